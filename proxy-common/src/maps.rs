@@ -1,0 +1,139 @@
+//! Keys and values of the BPF maps (DESIGN.md §3).
+
+use core::net::Ipv4Addr;
+
+/// IP protocol numbers the datapath translates.
+pub const PROTO_TCP: u8 = 6;
+pub const PROTO_UDP: u8 = 17;
+
+/// `ServiceKey::scope` of a ClusterIP frontend (reached from pods).
+pub const SCOPE_CLUSTER_IP: u8 = 0;
+
+/// A network-order `u32` as the packet holds it.
+pub fn addr_to_net(addr: Ipv4Addr) -> u32 {
+    u32::from_ne_bytes(addr.octets())
+}
+
+/// The inverse of [`addr_to_net`].
+pub fn addr_from_net(addr: u32) -> Ipv4Addr {
+    Ipv4Addr::from(addr.to_ne_bytes())
+}
+
+/// A network-order `u16` as the packet holds it.
+pub fn port_to_net(port: u16) -> u16 {
+    port.to_be()
+}
+
+/// The inverse of [`port_to_net`].
+pub fn port_from_net(port: u16) -> u16 {
+    u16::from_be(port)
+}
+
+macro_rules! map_type {
+    ($(#[$meta:meta])* pub struct $name:ident { $($body:tt)* }) => {
+        $(#[$meta])*
+        #[repr(C)]
+        #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+        #[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable, Hash, PartialOrd, Ord))]
+        pub struct $name { $($body)* }
+
+        #[cfg(feature = "user")]
+        // SAFETY: repr(C), every field is plain data, and bytemuck::Pod above
+        // proves there is no padding.
+        unsafe impl aya::Pod for $name {}
+    };
+}
+
+map_type! {
+    /// `services` key: a frontend the datapath answers for.
+    pub struct ServiceKey {
+        /// Virtual address, network order.
+        pub addr: u32,
+        /// Service port, network order.
+        pub port: u16,
+        pub proto: u8,
+        /// Where the frontend is reachable from, e.g. [`SCOPE_CLUSTER_IP`].
+        pub scope: u8,
+    }
+}
+
+map_type! {
+    /// `services` value.
+    pub struct ServiceValue {
+        /// Index into `selection` and `stats`; stable while the frontend exists.
+        pub id: u32,
+        /// Slots of this service in the `selection` table; 0 means no backend.
+        pub slot_count: u32,
+    }
+}
+
+map_type! {
+    /// `backends` value, keyed by backend id (`u32`).
+    pub struct BackendValue {
+        /// Pod (or external) address, network order.
+        pub addr: u32,
+        /// Target port, network order.
+        pub port: u16,
+        pub _pad: u16,
+    }
+}
+
+map_type! {
+    /// `selection` key: slot `slot` of service `service_id`; the value is a backend id.
+    pub struct SlotKey {
+        pub service_id: u32,
+        pub slot: u32,
+    }
+}
+
+map_type! {
+    /// `conntrack` key: a flow's 5-tuple as seen in the packet, network order.
+    pub struct FlowKey {
+        pub src_addr: u32,
+        pub dst_addr: u32,
+        pub src_port: u16,
+        pub dst_port: u16,
+        pub proto: u8,
+        pub _pad: [u8; 3],
+    }
+}
+
+/// `CtEntry::direction` of a client → VIP entry: rewrite the destination.
+pub const CT_FORWARD: u8 = 0;
+/// `CtEntry::direction` of a backend → client entry: rewrite the source.
+pub const CT_REPLY: u8 = 1;
+
+map_type! {
+    /// `conntrack` value: how to translate the packet matching the key.
+    pub struct CtEntry {
+        /// Forward: the backend address. Reply: the VIP. Network order.
+        pub nat_addr: u32,
+        /// Forward: the backend port. Reply: the service port. Network order.
+        pub nat_port: u16,
+        /// [`CT_FORWARD`] or [`CT_REPLY`].
+        pub direction: u8,
+        pub _pad: u8,
+        pub service_id: u32,
+        pub backend_id: u32,
+    }
+}
+
+map_type! {
+    /// `stats` value (per CPU, indexed by service id).
+    pub struct ServiceStats {
+        pub packets: u64,
+        pub bytes: u64,
+    }
+}
+
+/// Indexes of the per-CPU `drops` counters: why a packet was dropped.
+pub mod drop_reason {
+    /// The service has no backend (kube-proxy rejects; see the NodePort issue).
+    pub const NO_BACKEND: u32 = 0;
+    /// The selection slot or its backend vanished between lookups (a sync in flight).
+    pub const STALE_SELECTION: u32 = 1;
+    /// Conntrack insert failed: never forward a flow we cannot translate back.
+    pub const CONNTRACK_FULL: u32 = 2;
+    /// A packet rewrite helper failed.
+    pub const REWRITE_FAILED: u32 = 3;
+}

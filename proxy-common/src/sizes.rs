@@ -1,0 +1,12 @@
+//! Every map size in one place. The agent may override them at load time.
+
+/// Service frontends: one per (address, port, protocol).
+pub const MAX_SERVICES: u32 = 65_536;
+/// Distinct backends (address, port) across all services.
+pub const MAX_BACKENDS: u32 = 262_144;
+/// Selection-table slots across all services.
+pub const MAX_SELECTION_SLOTS: u32 = 1_048_576;
+/// Connection-tracking entries (two per connection: forward and reply).
+pub const MAX_CONNTRACK: u32 = 524_288;
+/// Number of drop-reason counters (see [`crate::maps::drop_reason`]).
+pub const DROP_REASONS: u32 = 8;

@@ -1,0 +1,83 @@
+//! Per-flow state: a connection keeps the backend chosen for its first packet,
+//! and replies find the VIP to restore.
+//!
+//! Each connection has two entries: the forward one keyed by the client → VIP
+//! tuple and the reply one keyed by the backend → client tuple.
+
+use aya_ebpf::bindings::BPF_ANY;
+use proxy_common::maps::{drop_reason, CtEntry, FlowKey, CT_FORWARD, CT_REPLY};
+
+use crate::{maps::CONNTRACK, parse::Ipv4Flow, select::Selected};
+
+#[inline(always)]
+fn flow_key(flow: &Ipv4Flow) -> FlowKey {
+    FlowKey {
+        src_addr: flow.src_addr,
+        dst_addr: flow.dst_addr,
+        src_port: flow.src_port,
+        dst_port: flow.dst_port,
+        proto: flow.proto,
+        _pad: [0; 3],
+    }
+}
+
+#[inline(always)]
+fn lookup(flow: &Ipv4Flow, direction: u8) -> Option<CtEntry> {
+    // SAFETY: the entry is copied out at once.
+    let entry = unsafe { CONNTRACK.get(&flow_key(flow)).copied() }?;
+    (entry.direction == direction).then_some(entry)
+}
+
+/// The translation of an established client → VIP flow.
+#[inline(always)]
+pub fn lookup_forward(flow: &Ipv4Flow) -> Option<CtEntry> {
+    lookup(flow, CT_FORWARD)
+}
+
+/// The translation of a backend → client reply.
+#[inline(always)]
+pub fn lookup_reply(flow: &Ipv4Flow) -> Option<CtEntry> {
+    lookup(flow, CT_REPLY)
+}
+
+/// Records a new connection and returns its forward translation. The reply
+/// entry goes in first: a flow is never forwarded unless its replies can be
+/// translated back (fail closed).
+#[inline(always)]
+pub fn create(flow: &Ipv4Flow, service_id: u32, chosen: &Selected) -> Result<CtEntry, u32> {
+    let reply_key = FlowKey {
+        src_addr: chosen.backend.addr,
+        dst_addr: flow.src_addr,
+        src_port: chosen.backend.port,
+        dst_port: flow.src_port,
+        proto: flow.proto,
+        _pad: [0; 3],
+    };
+    let reply = CtEntry {
+        nat_addr: flow.dst_addr,
+        nat_port: flow.dst_port,
+        direction: CT_REPLY,
+        _pad: 0,
+        service_id,
+        backend_id: chosen.id,
+    };
+    let forward = CtEntry {
+        nat_addr: chosen.backend.addr,
+        nat_port: chosen.backend.port,
+        direction: CT_FORWARD,
+        _pad: 0,
+        service_id,
+        backend_id: chosen.id,
+    };
+    CONNTRACK
+        .insert(&reply_key, &reply, BPF_ANY as u64)
+        .map_err(|_| drop_reason::CONNTRACK_FULL)?;
+    if CONNTRACK
+        .insert(&flow_key(flow), &forward, BPF_ANY as u64)
+        .is_err()
+    {
+        let _ = CONNTRACK.remove(&reply_key);
+        return Err(drop_reason::CONNTRACK_FULL);
+    }
+    Ok(forward)
+}

@@ -1,0 +1,27 @@
+//! kxdp datapath: Kubernetes Service translation in eBPF.
+//!
+//! One module per concern (DESIGN.md §2); `pod_ingress` is the tcx program on
+//! the host side of every pod interface and reads top to bottom as the path a
+//! packet takes.
+#![no_std]
+#![no_main]
+
+mod conntrack;
+mod csum;
+mod lookup;
+mod maps;
+mod nat;
+mod parse;
+mod pod_ingress;
+mod select;
+mod stats;
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 4] = *b"GPL\0";

@@ -1,0 +1,104 @@
+//! Header parsing with direct packet access. Every read is bounds-checked
+//! against `data_end`; anything that is not an unfragmented IPv4 TCP/UDP
+//! packet yields `None` and is passed on untouched.
+
+use aya_ebpf::programs::TcContext;
+use proxy_common::maps::{PROTO_TCP, PROTO_UDP};
+
+const ETH_HLEN: usize = 14;
+const VLAN_HLEN: usize = 4;
+const ETH_P_IPV4: u16 = 0x0800u16.to_be();
+const ETH_P_8021Q: u16 = 0x8100u16.to_be();
+/// IPv4 "more fragments" flag and fragment offset bits, network order.
+const IP_FRAGMENTED: u16 = 0x3fffu16.to_be();
+const TCP_HLEN: usize = 20;
+const UDP_HLEN: usize = 8;
+/// Longest header chain we read: Ethernet + VLAN + IPv4 with options + TCP.
+const MAX_HEADERS: u32 = (ETH_HLEN + VLAN_HLEN + 60 + TCP_HLEN) as u32;
+
+/// The fields of an IPv4 TCP/UDP packet the datapath needs, network order.
+pub struct Ipv4Flow {
+    /// Offset of the IPv4 header.
+    pub l3_off: usize,
+    /// Offset of the TCP/UDP header (after IP options).
+    pub l4_off: usize,
+    pub proto: u8,
+    pub src_addr: u32,
+    pub dst_addr: u32,
+    pub src_port: u16,
+    pub dst_port: u16,
+}
+
+#[repr(C)]
+struct Ipv4Hdr {
+    version_ihl: u8,
+    tos: u8,
+    tot_len: u16,
+    id: u16,
+    frag_off: u16,
+    ttl: u8,
+    proto: u8,
+    check: u16,
+    saddr: u32,
+    daddr: u32,
+}
+
+/// Returns a pointer to a `T` at `off`, or `None` if it does not fit.
+#[inline(always)]
+fn ptr_at<T>(ctx: &TcContext, off: usize) -> Option<*const T> {
+    let start = ctx.data();
+    if start + off + core::mem::size_of::<T>() > ctx.data_end() {
+        return None;
+    }
+    Some((start + off) as *const T)
+}
+
+/// Makes sure the headers are in the linear part of the skb, where direct
+/// packet access can see them (GRO'd or paged packets may not be).
+#[inline(always)]
+fn pull_headers(ctx: &TcContext) {
+    let want = if ctx.len() < MAX_HEADERS { ctx.len() } else { MAX_HEADERS };
+    if ctx.data() + (want as usize) > ctx.data_end() {
+        // On failure the bounds checks below reject the packet.
+        let _ = ctx.pull_data(want);
+    }
+}
+
+#[inline(always)]
+pub fn ipv4_flow(ctx: &TcContext) -> Option<Ipv4Flow> {
+    pull_headers(ctx);
+    let mut l3_off = ETH_HLEN;
+    let mut ether_type = unsafe { *ptr_at::<u16>(ctx, 12)? };
+    if ether_type == ETH_P_8021Q {
+        ether_type = unsafe { *ptr_at::<u16>(ctx, 16)? };
+        l3_off += VLAN_HLEN;
+    }
+    if ether_type != ETH_P_IPV4 {
+        return None;
+    }
+    let ip = unsafe { &*ptr_at::<Ipv4Hdr>(ctx, l3_off)? };
+    let ihl = ((ip.version_ihl & 0x0f) as usize) * 4;
+    if ip.version_ihl >> 4 != 4 || ihl < 20 || ip.frag_off & IP_FRAGMENTED != 0 {
+        return None;
+    }
+    let l4_off = l3_off + ihl;
+    let l4_len = match ip.proto {
+        PROTO_TCP => TCP_HLEN,
+        PROTO_UDP => UDP_HLEN,
+        _ => return None,
+    };
+    // The whole L4 header must be present: the checksum field is rewritten later.
+    if ctx.data() + l4_off + l4_len > ctx.data_end() {
+        return None;
+    }
+    let ports = unsafe { &*ptr_at::<[u16; 2]>(ctx, l4_off)? };
+    Some(Ipv4Flow {
+        l3_off,
+        l4_off,
+        proto: ip.proto,
+        src_addr: ip.saddr,
+        dst_addr: ip.daddr,
+        src_port: ports[0],
+        dst_port: ports[1],
+    })
+}

@@ -1,0 +1,45 @@
+//! tcx ingress on the host side of each pod interface: packets leaving a pod.
+//! Pod → ClusterIP is DNATed to a backend; backend → client replies are
+//! reverse-NATed. Everything else passes untouched.
+
+use aya_ebpf::{
+    bindings::{TC_ACT_OK, TC_ACT_SHOT},
+    macros::classifier,
+    programs::TcContext,
+};
+
+use crate::{conntrack, lookup, nat, parse, select, stats};
+
+#[classifier]
+pub fn pod_ingress(ctx: TcContext) -> i32 {
+    match translate(&ctx) {
+        Ok(()) => TC_ACT_OK,
+        Err(reason) => {
+            stats::count_drop(reason);
+            TC_ACT_SHOT
+        }
+    }
+}
+
+/// Err carries a `drop_reason`.
+#[inline(always)]
+fn translate(ctx: &TcContext) -> Result<(), u32> {
+    let Some(flow) = parse::ipv4_flow(ctx) else {
+        return Ok(());
+    };
+    if let Some(service) = lookup::cluster_ip_service(&flow) {
+        let entry = match conntrack::lookup_forward(&flow) {
+            Some(entry) => entry,
+            None => {
+                let chosen = select::select_backend(&service, &flow)?;
+                conntrack::create(&flow, service.id, &chosen)?
+            }
+        };
+        stats::count_service(service.id, ctx.len());
+        return nat::dnat(ctx, &flow, entry.nat_addr, entry.nat_port);
+    }
+    if let Some(entry) = conntrack::lookup_reply(&flow) {
+        return nat::reverse_nat(ctx, &flow, entry.nat_addr, entry.nat_port);
+    }
+    Ok(())
+}

@@ -1,0 +1,48 @@
+//! Backend choice for a new flow: a hash of the 5-tuple indexes the service's
+//! slots in the selection table, so flows spread over every backend.
+
+use proxy_common::maps::{drop_reason, BackendValue, ServiceValue, SlotKey};
+
+use crate::{
+    maps::{BACKENDS, SELECTION},
+    parse::Ipv4Flow,
+};
+
+/// A backend chosen for a flow.
+pub struct Selected {
+    pub id: u32,
+    pub backend: BackendValue,
+}
+
+#[inline(always)]
+pub fn select_backend(service: &ServiceValue, flow: &Ipv4Flow) -> Result<Selected, u32> {
+    if service.slot_count == 0 {
+        return Err(drop_reason::NO_BACKEND);
+    }
+    let key = SlotKey {
+        service_id: service.id,
+        slot: flow_hash(flow) % service.slot_count,
+    };
+    // SAFETY: values are copied out at once.
+    let id = unsafe { SELECTION.get(&key).copied() }.ok_or(drop_reason::STALE_SELECTION)?;
+    let backend = unsafe { BACKENDS.get(&id).copied() }.ok_or(drop_reason::STALE_SELECTION)?;
+    Ok(Selected { id, backend })
+}
+
+/// 32-bit finaliser (from the "lowbias32" family): cheap and well mixed.
+#[inline(always)]
+fn mix(mut x: u32) -> u32 {
+    x ^= x >> 16;
+    x = x.wrapping_mul(0x7feb_352d);
+    x ^= x >> 15;
+    x = x.wrapping_mul(0x846c_a68b);
+    x ^ (x >> 16)
+}
+
+#[inline(always)]
+fn flow_hash(flow: &Ipv4Flow) -> u32 {
+    let ports = ((flow.src_port as u32) << 16) | flow.dst_port as u32;
+    let h = mix(flow.src_addr ^ 0x9e37_79b9);
+    let h = mix(h ^ flow.dst_addr);
+    mix(h ^ ports ^ ((flow.proto as u32) << 24))
+}

@@ -1,0 +1,11 @@
+//! kxdp userspace: the agent that keeps the BPF maps in sync with Kubernetes
+//! Services, and the `kxdp` CLI.
+//!
+//! Data flows source → model → plan → sync → dataplane (DESIGN.md §1).
+
+pub mod cidr;
+pub mod ebpf_object;
+pub mod model;
+pub mod plan;
+pub mod source;
+pub mod sync;

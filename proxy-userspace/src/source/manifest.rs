@@ -1,0 +1,271 @@
+//! Manifest source: Kubernetes YAML as `kubectl apply -f` takes it: a file or
+//! a directory of `.yaml`/`.yml`/`.json` files, each possibly holding several
+//! `---`-separated documents or a `kind: List`.
+//!
+//! Each document is parsed on its own, so one broken document is reported and
+//! skipped while the others still load.
+
+use std::{
+    fs, io,
+    path::{Path, PathBuf},
+    time::SystemTime,
+};
+
+use k8s_openapi::{apimachinery::pkg::apis::meta::v1::ObjectMeta, Metadata};
+use serde::de::DeserializeOwned;
+use serde_yaml::Value;
+
+use super::{Objects, Rejection};
+
+/// Objects read from manifests, plus the documents that could not be used.
+#[derive(Debug, Default)]
+pub struct Loaded {
+    pub objects: Objects,
+    pub rejections: Vec<Rejection>,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("cannot read manifests at {path}: {source}")]
+pub struct ManifestError {
+    path: PathBuf,
+    source: io::Error,
+}
+
+/// What identifies the content of the manifest path without reading it:
+/// changes when a file is added, removed, resized or rewritten.
+pub type Fingerprint = Vec<(PathBuf, u64, Option<SystemTime>)>;
+
+/// The manifest files under `path`, in a stable order.
+fn manifest_files(path: &Path) -> io::Result<Vec<PathBuf>> {
+    if !fs::metadata(path)?.is_dir() {
+        return Ok(vec![path.to_path_buf()]);
+    }
+    let mut files = Vec::new();
+    for entry in fs::read_dir(path)? {
+        let file = entry?.path();
+        let is_manifest = matches!(
+            file.extension().and_then(|e| e.to_str()),
+            Some("yaml" | "yml" | "json")
+        );
+        if is_manifest && file.is_file() {
+            files.push(file);
+        }
+    }
+    files.sort();
+    Ok(files)
+}
+
+pub fn fingerprint(path: &Path) -> Result<Fingerprint, ManifestError> {
+    let error = |source| ManifestError {
+        path: path.to_path_buf(),
+        source,
+    };
+    manifest_files(path)
+        .map_err(error)?
+        .into_iter()
+        .map(|file| {
+            let meta = fs::metadata(&file).map_err(error)?;
+            Ok((file, meta.len(), meta.modified().ok()))
+        })
+        .collect()
+}
+
+/// Reads every manifest under `path`.
+pub fn load(path: &Path) -> Result<Loaded, ManifestError> {
+    let mut loaded = Loaded::default();
+    let files = manifest_files(path).map_err(|source| ManifestError {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    for file in files {
+        let text = fs::read_to_string(&file).map_err(|source| ManifestError {
+            path: file.clone(),
+            source,
+        })?;
+        parse_stream(&file.display().to_string(), &text, &mut loaded);
+    }
+    Ok(loaded)
+}
+
+/// Splits a YAML stream at `---` document markers, keeping each document's
+/// starting line for error messages.
+fn split_documents(text: &str) -> Vec<(usize, String)> {
+    let mut documents = vec![(1, String::new())];
+    for (index, line) in text.lines().enumerate() {
+        let is_marker = line == "---" || line.starts_with("--- ") || line.starts_with("---\t");
+        if is_marker {
+            documents.push((index + 2, String::new()));
+        } else if let Some((_, doc)) = documents.last_mut() {
+            doc.push_str(line);
+            doc.push('\n');
+        }
+    }
+    documents
+}
+
+/// Parses a multi-document YAML stream from `origin` into `loaded`.
+pub fn parse_stream(origin: &str, text: &str, loaded: &mut Loaded) {
+    for (line, document) in split_documents(text) {
+        let at = format!("{origin}:{line}");
+        match serde_yaml::from_str::<Value>(&document) {
+            Ok(Value::Null) => {}
+            Ok(value) => add_object(&at, value, loaded),
+            Err(error) => loaded.rejections.push(Rejection {
+                object: format!("document at {at}"),
+                reason: format!("not valid YAML: {error}"),
+            }),
+        }
+    }
+}
+
+fn field<'a>(value: &'a Value, path: &[&str]) -> Option<&'a str> {
+    path.iter()
+        .try_fold(value, |v, key| v.get(key))
+        .and_then(Value::as_str)
+}
+
+/// `Kind namespace/name (origin)`, as far as the document tells.
+fn describe(value: &Value, at: &str) -> String {
+    let kind = field(value, &["kind"]).unwrap_or("object");
+    let namespace = field(value, &["metadata", "namespace"]).unwrap_or("default");
+    let name = field(value, &["metadata", "name"]).unwrap_or("<unnamed>");
+    format!("{kind} {namespace}/{name} ({at})")
+}
+
+fn add_object(at: &str, value: Value, loaded: &mut Loaded) {
+    let api_version = field(&value, &["apiVersion"]).unwrap_or_default();
+    let kind = field(&value, &["kind"]).unwrap_or_default();
+    let objects = &mut loaded.objects;
+    let result = match (api_version, kind) {
+        ("v1", "Service") => decode(&value).map(|s| objects.services.push(s)),
+        ("discovery.k8s.io/v1", "EndpointSlice") => {
+            decode(&value).map(|s| objects.endpoint_slices.push(s))
+        }
+        ("v1", "Endpoints") => decode(&value).map(|e| objects.endpoints.push(e)),
+        (_, "List") => {
+            let items = value.get("items").and_then(Value::as_sequence);
+            for item in items.into_iter().flatten() {
+                add_object(at, item.clone(), loaded);
+            }
+            Ok(())
+        }
+        ("", _) | (_, "") => Err("missing apiVersion or kind".to_string()),
+        // Deployments, ConfigMaps, ...: not ours to proxy.
+        _ => Ok(()),
+    };
+    if let Err(reason) = result {
+        loaded.rejections.push(Rejection {
+            object: describe(&value, at),
+            reason,
+        });
+    }
+}
+
+fn decode<T: DeserializeOwned + Metadata<Ty = ObjectMeta>>(value: &Value) -> Result<T, String> {
+    let mut object: T =
+        serde_yaml::from_value(value.clone()).map_err(|e| format!("invalid object: {e}"))?;
+    let metadata = object.metadata_mut();
+    if metadata.name.as_deref().unwrap_or_default().is_empty() {
+        return Err("metadata.name is missing".to_string());
+    }
+    // `kubectl apply` puts objects without a namespace into "default".
+    metadata.namespace.get_or_insert_with(|| "default".to_string());
+    Ok(object)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Loaded {
+        let mut loaded = Loaded::default();
+        parse_stream("test.yaml", text, &mut loaded);
+        loaded
+    }
+
+    #[test]
+    fn reads_kubectl_output_and_defaults_namespace() {
+        let loaded = parse(include_str!("../../../tests/fixtures/kubectl-nodeport-web.yaml"));
+        assert!(loaded.rejections.is_empty(), "{:?}", loaded.rejections);
+        let service = &loaded.objects.services[0];
+        assert_eq!(service.metadata.name.as_deref(), Some("web"));
+        assert_eq!(service.metadata.namespace.as_deref(), Some("default"));
+        let spec = service.spec.as_ref().unwrap();
+        assert_eq!(spec.cluster_ip, None, "kubectl leaves clusterIP to the API server");
+        assert_eq!(spec.ports.as_ref().unwrap()[0].port, 80);
+    }
+
+    #[test]
+    fn one_bad_document_does_not_hide_the_others() {
+        let loaded = parse(
+            "apiVersion: v1\nkind: Service\nmetadata: {name: a}\nspec: {clusterIP: 10.96.0.1}\n\
+             ---\nkind: Service\napiVersion: v1\nmetadata: {name: broken\n\
+             ---\napiVersion: v1\nkind: Service\nmetadata: {name: c, namespace: prod}\n\
+             spec: {ports: [{port: notanumber}]}\n\
+             ---\n# only a comment\n---\n\
+             apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {name: a-1}\n\
+             addressType: IPv4\nendpoints: []\n",
+        );
+        let names: Vec<_> = loaded
+            .objects
+            .services
+            .iter()
+            .map(|s| s.metadata.name.clone().unwrap())
+            .collect();
+        assert_eq!(names, ["a"]);
+        assert_eq!(loaded.objects.endpoint_slices.len(), 1);
+        assert_eq!(loaded.rejections.len(), 2, "{:?}", loaded.rejections);
+        assert!(loaded.rejections[0].object.contains("test.yaml:6"));
+        assert!(loaded.rejections[0].reason.contains("not valid YAML"));
+        assert_eq!(
+            loaded.rejections[1].object,
+            "Service prod/c (test.yaml:10)",
+            "names the object"
+        );
+    }
+
+    #[test]
+    fn reads_lists_and_legacy_endpoints_and_ignores_other_kinds() {
+        let loaded = parse(
+            "apiVersion: v1\nkind: List\nitems:\n\
+             - {apiVersion: v1, kind: Endpoints, metadata: {name: ext}, subsets: []}\n\
+             - {apiVersion: apps/v1, kind: Deployment, metadata: {name: web}}\n",
+        );
+        assert!(loaded.rejections.is_empty());
+        assert_eq!(loaded.objects.endpoints.len(), 1);
+        assert!(loaded.objects.services.is_empty());
+    }
+
+    #[test]
+    fn object_without_name_or_kind_is_rejected() {
+        let loaded = parse("apiVersion: v1\nkind: Service\nspec: {}\n---\nfoo: bar\n");
+        assert_eq!(loaded.rejections.len(), 2);
+        assert!(loaded.rejections[0].reason.contains("metadata.name"));
+        assert!(loaded.rejections[1].reason.contains("apiVersion or kind"));
+    }
+
+    #[test]
+    fn directory_is_read_in_order_and_fingerprint_tracks_changes() {
+        let dir = std::env::temp_dir().join(format!("kxdp-manifest-test-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let service = |name: &str| {
+            format!("apiVersion: v1\nkind: Service\nmetadata: {{name: {name}}}\nspec: {{}}\n")
+        };
+        fs::write(dir.join("b.yaml"), service("b")).unwrap();
+        fs::write(dir.join("a.yml"), service("a")).unwrap();
+        fs::write(dir.join("notes.txt"), "not a manifest").unwrap();
+        let before = fingerprint(&dir).unwrap();
+        let loaded = load(&dir).unwrap();
+        let names: Vec<_> = loaded
+            .objects
+            .services
+            .iter()
+            .map(|s| s.metadata.name.clone().unwrap())
+            .collect();
+        assert_eq!(names, ["a", "b"]);
+        fs::write(dir.join("c.json"), "{}").unwrap();
+        assert_ne!(fingerprint(&dir).unwrap(), before);
+        fs::remove_dir_all(&dir).unwrap();
+        assert!(load(&dir).is_err());
+    }
+}

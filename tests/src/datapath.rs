@@ -1,0 +1,217 @@
+//! Harness for packet tests: loads the real kxdp object, gives typed access to
+//! its maps and runs `pod_ingress` on a frame through `BPF_PROG_TEST_RUN`.
+//!
+//! The object's maps are pinned by name, so each `Datapath` mounts its own
+//! private bpffs: parallel tests never share maps and nothing outlives a test.
+//! Privileged: without root and BPF this panics, it never skips (DESIGN.md §5).
+
+use std::{
+    net::Ipv4Addr,
+    path::{Path, PathBuf},
+    process::Command,
+    sync::atomic::{AtomicU32, Ordering},
+};
+
+use aya::{
+    maps::{HashMap, MapData, PerCpuArray},
+    programs::{SchedClassifier, TestRun, TestRunOptions},
+    Ebpf, EbpfLoader,
+};
+use proxy_common::maps::{
+    addr_to_net, port_to_net, BackendValue, CtEntry, FlowKey, ServiceKey, ServiceStats,
+    ServiceValue, SlotKey, SCOPE_CLUSTER_IP,
+};
+use proxy_userspace::ebpf_object::KXDP_OBJECT;
+
+/// tc verdicts (linux/pkt_cls.h).
+pub const TC_ACT_OK: u32 = 0;
+pub const TC_ACT_SHOT: u32 = 2;
+
+/// Room the program may add to a frame; pod_ingress never grows packets.
+const OUT_SLACK: usize = 256;
+
+fn fail(what: impl std::fmt::Display) -> ! {
+    panic!("packet tests need root and BPF: {what}")
+}
+
+/// A private bpffs mount, unmounted and removed on drop.
+struct BpffsMount(PathBuf);
+
+impl BpffsMount {
+    fn new() -> Self {
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "kxdp-packet-test-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&dir).unwrap_or_else(|e| fail(format!("mkdir {dir:?}: {e}")));
+        let status = Command::new("mount").args(["-t", "bpf", "bpf"]).arg(&dir).status();
+        if !matches!(&status, Ok(s) if s.success()) {
+            let _ = std::fs::remove_dir(&dir);
+            fail(format!("mount -t bpf on {dir:?} failed: {status:?}"));
+        }
+        BpffsMount(dir)
+    }
+
+    fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for BpffsMount {
+    fn drop(&mut self) {
+        // Unmounting drops the pins; the maps die with the last fd.
+        match Command::new("umount").arg(&self.0).status() {
+            Ok(s) if s.success() => {
+                let _ = std::fs::remove_dir(&self.0);
+            }
+            other => eprintln!("warning: umount {:?} failed: {other:?}", self.0),
+        }
+    }
+}
+
+/// Whether the process runs with effective uid 0 (read from /proc, no libc).
+fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            let line = s.lines().find(|l| l.starts_with("Uid:"))?;
+            line.split_whitespace().nth(2).map(|euid| euid == "0")
+        })
+        .unwrap_or(false)
+}
+
+/// The loaded datapath. Field order matters: `ebpf` drops before `mount`.
+pub struct Datapath {
+    ebpf: Ebpf,
+    _mount: BpffsMount,
+}
+
+impl Datapath {
+    /// Loads the object with its maps pinned in a fresh private bpffs.
+    pub fn load() -> Self {
+        if !is_root() {
+            fail("not running as root");
+        }
+        let mount = BpffsMount::new();
+        let mut ebpf = EbpfLoader::new()
+            .default_map_pin_directory(mount.path())
+            .load(KXDP_OBJECT)
+            .unwrap_or_else(|e| fail(format!("loading the kxdp object: {e:#?}")));
+        let prog: &mut SchedClassifier = ebpf
+            .program_mut("pod_ingress")
+            .unwrap_or_else(|| fail("no pod_ingress program in the object"))
+            .try_into()
+            .unwrap_or_else(|e| fail(format!("pod_ingress is not a classifier: {e}")));
+        prog.load()
+            .unwrap_or_else(|e| fail(format!("verifier rejected pod_ingress: {e:#?}")));
+        Datapath {
+            ebpf,
+            _mount: mount,
+        }
+    }
+
+    fn hash<K: aya::Pod, V: aya::Pod>(&mut self, name: &str) -> HashMap<&mut MapData, K, V> {
+        let map = self.ebpf.map_mut(name).unwrap_or_else(|| panic!("no map {name}"));
+        HashMap::try_from(map).unwrap_or_else(|e| panic!("map {name}: {e}"))
+    }
+
+    fn per_cpu<V: aya::Pod>(&self, name: &str) -> PerCpuArray<&MapData, V> {
+        let map = self.ebpf.map(name).unwrap_or_else(|| panic!("no map {name}"));
+        PerCpuArray::try_from(map).unwrap_or_else(|e| panic!("map {name}: {e}"))
+    }
+
+    /// Backend ids are derived from the service id so services never share them.
+    pub fn backend_id(service_id: u32, index: usize) -> u32 {
+        service_id * 1000 + index as u32 + 1
+    }
+
+    /// Writes a ClusterIP service the way sync does: backends, then selection
+    /// slots 0..n, then the service entry (slot_count n; 0 means no backend).
+    /// Calling it again for the same service replaces its backends.
+    pub fn add_service(
+        &mut self,
+        vip: Ipv4Addr,
+        port: u16,
+        proto: u8,
+        id: u32,
+        backends: &[(Ipv4Addr, u16)],
+    ) {
+        let mut map = self.hash::<u32, BackendValue>("BACKENDS");
+        for (i, &(addr, port)) in backends.iter().enumerate() {
+            let value = BackendValue {
+                addr: addr_to_net(addr),
+                port: port_to_net(port),
+                _pad: 0,
+            };
+            map.insert(Self::backend_id(id, i), value, 0).expect("insert backend");
+        }
+        let mut map = self.hash::<SlotKey, u32>("SELECTION");
+        for i in 0..backends.len() {
+            let key = SlotKey {
+                service_id: id,
+                slot: i as u32,
+            };
+            map.insert(key, Self::backend_id(id, i), 0).expect("insert slot");
+        }
+        let key = ServiceKey {
+            addr: addr_to_net(vip),
+            port: port_to_net(port),
+            proto,
+            scope: SCOPE_CLUSTER_IP,
+        };
+        let value = ServiceValue {
+            id,
+            slot_count: backends.len() as u32,
+        };
+        self.hash::<ServiceKey, ServiceValue>("SERVICES")
+            .insert(key, value, 0)
+            .expect("insert service");
+    }
+
+    /// Every conntrack entry, for tests that look at flow state.
+    pub fn conntrack(&mut self) -> Vec<(FlowKey, CtEntry)> {
+        let map = self.hash::<FlowKey, CtEntry>("CONNTRACK");
+        map.iter().map(|r| r.expect("read conntrack")).collect()
+    }
+
+    /// Runs `pod_ingress` once on `frame`: (verdict, frame as the program left it).
+    pub fn run(&mut self, frame: &[u8]) -> (u32, Vec<u8>) {
+        let prog: &mut SchedClassifier = self
+            .ebpf
+            .program_mut("pod_ingress")
+            .expect("pod_ingress")
+            .try_into()
+            .expect("classifier");
+        let mut out = vec![0u8; frame.len() + OUT_SLACK];
+        let result = prog
+            .test_run(TestRunOptions {
+                data_in: Some(frame),
+                data_out: Some(&mut out),
+                repeat: 1,
+                ..Default::default()
+            })
+            .unwrap_or_else(|e| panic!("BPF_PROG_TEST_RUN failed: {e:#?}"));
+        out.truncate(result.data_size_out as usize);
+        (result.return_value, out)
+    }
+
+    /// Drops counted for `reason` (`drop_reason::*`), summed over CPUs.
+    pub fn drops(&self, reason: u32) -> u64 {
+        let values = self.per_cpu::<u64>("DROPS").get(&reason, 0).expect("read DROPS");
+        values.iter().sum()
+    }
+
+    /// Packet and byte counters of a service, summed over CPUs.
+    pub fn stats(&self, service_id: u32) -> ServiceStats {
+        let values = self
+            .per_cpu::<ServiceStats>("STATS")
+            .get(&service_id, 0)
+            .expect("read STATS");
+        values.iter().fold(ServiceStats::default(), |acc, s| ServiceStats {
+            packets: acc.packets + s.packets,
+            bytes: acc.bytes + s.bytes,
+        })
+    }
+}

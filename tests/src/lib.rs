@@ -1,0 +1,3 @@
+
+pub mod packet;
+pub mod datapath;

@@ -1,0 +1,411 @@
+//! Test packets: a builder for Ethernet / (802.1Q) / IPv4 / TCP or UDP frames,
+//! a parser to read them back, and an RFC 1071 checksum written independently
+//! of the datapath, so a checksum bug there cannot hide behind the same bug here.
+
+use std::net::{Ipv4Addr, SocketAddrV4};
+
+pub const ETH_HLEN: usize = 14;
+pub const ETH_P_IPV4: u16 = 0x0800;
+pub const ETH_P_ARP: u16 = 0x0806;
+pub const ETH_P_8021Q: u16 = 0x8100;
+pub const ETH_P_IPV6: u16 = 0x86dd;
+pub const PROTO_ICMP: u8 = 1;
+pub const PROTO_TCP: u8 = 6;
+pub const PROTO_UDP: u8 = 17;
+/// IPv4 header offsets of the fields NAT touches.
+pub const IP_CSUM_OFF: usize = 10;
+pub const IP_SADDR_OFF: usize = 12;
+pub const IP_DADDR_OFF: usize = 16;
+/// TCP flags byte values.
+pub const TCP_SYN: u8 = 0x02;
+pub const TCP_ACK: u8 = 0x10;
+
+// ---------------------------------------------------------------- checksum
+
+/// The 32-bit one's-complement accumulator of RFC 1071: 16-bit big-endian
+/// words, an odd trailing byte padded with zero. Carries are folded later.
+pub fn sum_words(data: &[u8], mut acc: u32) -> u32 {
+    let mut words = data.chunks_exact(2);
+    for w in &mut words {
+        acc = acc.wrapping_add(u32::from(u16::from_be_bytes([w[0], w[1]])));
+        // Fold early so that even huge inputs never overflow the accumulator.
+        if acc > 0xffff_0000 {
+            acc = (acc & 0xffff) + (acc >> 16);
+        }
+    }
+    if let [last] = words.remainder() {
+        acc = acc.wrapping_add(u32::from(*last) << 8);
+    }
+    acc
+}
+
+/// Folds the carries back in (end-around carry) to a 16-bit sum.
+pub fn fold(mut acc: u32) -> u16 {
+    while acc > 0xffff {
+        acc = (acc & 0xffff) + (acc >> 16);
+    }
+    acc as u16
+}
+
+/// The Internet checksum of `data`: the complement of its folded sum.
+pub fn checksum(data: &[u8]) -> u16 {
+    !fold(sum_words(data, 0))
+}
+
+/// Sum of the TCP/UDP pseudo-header (RFC 793 / RFC 768).
+fn pseudo_header_sum(src: Ipv4Addr, dst: Ipv4Addr, proto: u8, l4_len: usize) -> u32 {
+    let mut ph = Vec::with_capacity(12);
+    ph.extend_from_slice(&src.octets());
+    ph.extend_from_slice(&dst.octets());
+    ph.extend_from_slice(&[0, proto]);
+    ph.extend_from_slice(&(l4_len as u16).to_be_bytes());
+    sum_words(&ph, 0)
+}
+
+/// Checksum of a TCP/UDP segment (whose checksum field must be zero).
+pub fn l4_checksum(src: Ipv4Addr, dst: Ipv4Addr, proto: u8, segment: &[u8]) -> u16 {
+    !fold(sum_words(segment, pseudo_header_sum(src, dst, proto, segment.len())))
+}
+
+// ------------------------------------------------------------------ builder
+
+/// What a frame carries after the IPv4 header.
+#[derive(Clone, Debug)]
+pub enum L4 {
+    Tcp { flags: u8 },
+    /// `checksum: false` sends a zero ("no checksum") UDP checksum.
+    Udp { checksum: bool },
+    /// Any other protocol: `payload` follows the IPv4 header as is.
+    Other { proto: u8 },
+}
+
+/// A frame description; `build` turns it into bytes with correct lengths
+/// and checksums. Fields are public so tests can tweak one thing at a time.
+#[derive(Clone, Debug)]
+pub struct Packet {
+    pub src_mac: [u8; 6],
+    pub dst_mac: [u8; 6],
+    /// 802.1Q VLAN id, if the frame is tagged.
+    pub vlan: Option<u16>,
+    pub src: SocketAddrV4,
+    pub dst: SocketAddrV4,
+    pub l4: L4,
+    /// Raw IPv4 options, a multiple of 4 bytes (ihl = 5 + len / 4).
+    pub ip_options: Vec<u8>,
+    /// IPv4 flags and fragment offset (host order), e.g. 0x4000 for DF.
+    pub frag: u16,
+    pub ttl: u8,
+    pub ip_id: u16,
+    pub payload: Vec<u8>,
+}
+
+impl Packet {
+    fn new(src: SocketAddrV4, dst: SocketAddrV4, l4: L4) -> Self {
+        Packet {
+            src_mac: [0x02, 0, 0, 0, 0, 0x01],
+            dst_mac: [0x02, 0, 0, 0, 0, 0x02],
+            vlan: None,
+            src,
+            dst,
+            l4,
+            ip_options: Vec::new(),
+            frag: 0x4000,
+            ttl: 64,
+            ip_id: 0x1234,
+            payload: b"kxdp test payload".to_vec(),
+        }
+    }
+
+    /// A TCP SYN from `src` to `dst`.
+    pub fn tcp(src: SocketAddrV4, dst: SocketAddrV4) -> Self {
+        Packet::new(src, dst, L4::Tcp { flags: TCP_SYN })
+    }
+
+    /// A UDP datagram with a computed checksum.
+    pub fn udp(src: SocketAddrV4, dst: SocketAddrV4) -> Self {
+        Packet::new(src, dst, L4::Udp { checksum: true })
+    }
+
+    pub fn vlan(mut self, id: u16) -> Self {
+        self.vlan = Some(id);
+        self
+    }
+
+    pub fn ip_options(mut self, options: &[u8]) -> Self {
+        assert!(options.len() % 4 == 0 && options.len() <= 40, "bad IPv4 options length");
+        self.ip_options = options.to_vec();
+        self
+    }
+
+    pub fn payload(mut self, payload: &[u8]) -> Self {
+        self.payload = payload.to_vec();
+        self
+    }
+
+    pub fn no_udp_checksum(mut self) -> Self {
+        self.l4 = L4::Udp { checksum: false };
+        self
+    }
+
+    /// The same packet with new endpoints (e.g. the expected NAT result).
+    pub fn with_src(mut self, src: SocketAddrV4) -> Self {
+        self.src = src;
+        self
+    }
+
+    pub fn with_dst(mut self, dst: SocketAddrV4) -> Self {
+        self.dst = dst;
+        self
+    }
+
+    fn proto(&self) -> u8 {
+        match self.l4 {
+            L4::Tcp { .. } => PROTO_TCP,
+            L4::Udp { .. } => PROTO_UDP,
+            L4::Other { proto } => proto,
+        }
+    }
+
+    /// The L4 segment (header + payload) with its checksum filled in.
+    fn segment(&self) -> Vec<u8> {
+        let (sport, dport) = (self.src.port().to_be_bytes(), self.dst.port().to_be_bytes());
+        let mut seg = Vec::new();
+        let csum_off = match self.l4 {
+            L4::Tcp { flags } => {
+                seg.extend_from_slice(&sport);
+                seg.extend_from_slice(&dport);
+                seg.extend_from_slice(&0x0102_0304u32.to_be_bytes()); // seq
+                let ack = if flags & TCP_ACK != 0 { 0x0a0b_0c0d } else { 0 };
+                seg.extend_from_slice(&u32::to_be_bytes(ack));
+                seg.extend_from_slice(&[5 << 4, flags]); // data offset 5, flags
+                seg.extend_from_slice(&64240u16.to_be_bytes()); // window
+                seg.extend_from_slice(&[0, 0, 0, 0]); // checksum, urgent pointer
+                Some(16)
+            }
+            L4::Udp { checksum } => {
+                seg.extend_from_slice(&sport);
+                seg.extend_from_slice(&dport);
+                seg.extend_from_slice(&((8 + self.payload.len()) as u16).to_be_bytes());
+                seg.extend_from_slice(&[0, 0]);
+                checksum.then_some(6)
+            }
+            L4::Other { .. } => None,
+        };
+        seg.extend_from_slice(&self.payload);
+        if let Some(off) = csum_off {
+            let mut sum = l4_checksum(*self.src.ip(), *self.dst.ip(), self.proto(), &seg);
+            if sum == 0 && self.proto() == PROTO_UDP {
+                sum = 0xffff; // RFC 768: a computed zero is sent as all ones
+            }
+            seg[off..off + 2].copy_from_slice(&sum.to_be_bytes());
+        }
+        seg
+    }
+
+    pub fn build(&self) -> Vec<u8> {
+        let mut f = Vec::new();
+        f.extend_from_slice(&self.dst_mac);
+        f.extend_from_slice(&self.src_mac);
+        if let Some(id) = self.vlan {
+            f.extend_from_slice(&ETH_P_8021Q.to_be_bytes());
+            f.extend_from_slice(&id.to_be_bytes());
+        }
+        f.extend_from_slice(&ETH_P_IPV4.to_be_bytes());
+
+        let seg = self.segment();
+        let ihl = 20 + self.ip_options.len();
+        let mut ip = Vec::with_capacity(ihl);
+        ip.push(0x40 | (ihl / 4) as u8);
+        ip.push(0); // TOS
+        ip.extend_from_slice(&((ihl + seg.len()) as u16).to_be_bytes());
+        ip.extend_from_slice(&self.ip_id.to_be_bytes());
+        ip.extend_from_slice(&self.frag.to_be_bytes());
+        ip.extend_from_slice(&[self.ttl, self.proto(), 0, 0]);
+        ip.extend_from_slice(&self.src.ip().octets());
+        ip.extend_from_slice(&self.dst.ip().octets());
+        ip.extend_from_slice(&self.ip_options);
+        let sum = checksum(&ip);
+        ip[IP_CSUM_OFF..IP_CSUM_OFF + 2].copy_from_slice(&sum.to_be_bytes());
+
+        f.extend_from_slice(&ip);
+        f.extend_from_slice(&seg);
+        f
+    }
+}
+
+/// A bare Ethernet frame with any ethertype and body (ARP, IPv6, ...).
+pub fn ethernet(ether_type: u16, body: &[u8]) -> Vec<u8> {
+    let mut f = vec![0x02, 0, 0, 0, 0, 0x02, 0x02, 0, 0, 0, 0, 0x01];
+    f.extend_from_slice(&ether_type.to_be_bytes());
+    f.extend_from_slice(body);
+    f
+}
+
+// ------------------------------------------------------------------- parser
+
+/// Where things are in a parsed IPv4 TCP/UDP frame.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Headers {
+    pub l3_off: usize,
+    pub l4_off: usize,
+    pub proto: u8,
+    /// End of the IPv4 packet (from its total length).
+    pub end: usize,
+    pub src: SocketAddrV4,
+    pub dst: SocketAddrV4,
+}
+
+impl Headers {
+    /// Offset of the L4 checksum field.
+    pub fn l4_csum_off(&self) -> usize {
+        self.l4_off + if self.proto == PROTO_TCP { 16 } else { 6 }
+    }
+}
+
+fn be16(frame: &[u8], off: usize) -> Result<u16, String> {
+    frame
+        .get(off..off + 2)
+        .map(|b| u16::from_be_bytes([b[0], b[1]]))
+        .ok_or_else(|| format!("frame too short for a u16 at {off}"))
+}
+
+fn addr(frame: &[u8], off: usize) -> Ipv4Addr {
+    Ipv4Addr::new(frame[off], frame[off + 1], frame[off + 2], frame[off + 3])
+}
+
+/// Parses an Ethernet (optionally 802.1Q) IPv4 TCP/UDP frame.
+pub fn parse(frame: &[u8]) -> Result<Headers, String> {
+    let mut l3_off = ETH_HLEN;
+    let mut ether_type = be16(frame, 12)?;
+    if ether_type == ETH_P_8021Q {
+        ether_type = be16(frame, 16)?;
+        l3_off += 4;
+    }
+    if ether_type != ETH_P_IPV4 {
+        return Err(format!("not IPv4: ethertype {ether_type:#06x}"));
+    }
+    let vihl = *frame.get(l3_off).ok_or("no IPv4 header")?;
+    let ihl = usize::from(vihl & 0x0f) * 4;
+    if vihl >> 4 != 4 || ihl < 20 || frame.len() < l3_off + ihl {
+        return Err(format!("bad IPv4 header (version/ihl {vihl:#04x})"));
+    }
+    let end = l3_off + usize::from(be16(frame, l3_off + 2)?);
+    if end > frame.len() || end < l3_off + ihl {
+        return Err(format!("IPv4 total length ends at {end}, frame has {}", frame.len()));
+    }
+    let proto = frame[l3_off + 9];
+    let l4_off = l3_off + ihl;
+    let l4_len = match proto {
+        PROTO_TCP => 20,
+        PROTO_UDP => 8,
+        p => return Err(format!("not TCP/UDP: protocol {p}")),
+    };
+    if end < l4_off + l4_len {
+        return Err("L4 header cut short".into());
+    }
+    Ok(Headers {
+        l3_off,
+        l4_off,
+        proto,
+        end,
+        src: SocketAddrV4::new(addr(frame, l3_off + IP_SADDR_OFF), be16(frame, l4_off)?),
+        dst: SocketAddrV4::new(addr(frame, l3_off + IP_DADDR_OFF), be16(frame, l4_off + 2)?),
+    })
+}
+
+/// Source address and port of an IPv4 TCP/UDP frame (panics otherwise).
+pub fn src(frame: &[u8]) -> SocketAddrV4 {
+    parse(frame).expect("parsable frame").src
+}
+
+/// Destination address and port of an IPv4 TCP/UDP frame (panics otherwise).
+pub fn dst(frame: &[u8]) -> SocketAddrV4 {
+    parse(frame).expect("parsable frame").dst
+}
+
+/// Checks the IPv4 header checksum and the TCP/UDP checksum (a zero UDP
+/// checksum means "none" and is accepted).
+pub fn verify_checksums(frame: &[u8]) -> Result<(), String> {
+    let h = parse(frame)?;
+    // Summing a header that includes its correct checksum gives all ones.
+    let ip_sum = fold(sum_words(&frame[h.l3_off..h.l4_off], 0));
+    if ip_sum != 0xffff {
+        return Err(format!("IPv4 header checksum wrong (sum {ip_sum:#06x})"));
+    }
+    let csum_field = be16(frame, h.l4_csum_off())?;
+    if h.proto == PROTO_UDP && csum_field == 0 {
+        return Ok(());
+    }
+    let seg = &frame[h.l4_off..h.end];
+    let l4_sum = fold(sum_words(seg, pseudo_header_sum(*h.src.ip(), *h.dst.ip(), h.proto, seg.len())));
+    if l4_sum != 0xffff {
+        return Err(format!(
+            "{} checksum {csum_field:#06x} wrong (sum {l4_sum:#06x})",
+            if h.proto == PROTO_TCP { "TCP" } else { "UDP" }
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The classic IPv4 header example (RFC 1071 style, as on Wikipedia).
+    const HEADER: [u8; 20] = [
+        0x45, 0x00, 0x00, 0x73, 0x00, 0x00, 0x40, 0x00, 0x40, 0x11, 0xb8, 0x61, 0xc0, 0xa8, 0x00,
+        0x01, 0xc0, 0xa8, 0x00, 0xc7,
+    ];
+
+    #[test]
+    fn known_ipv4_header_checksum() {
+        let mut h = HEADER;
+        h[10] = 0;
+        h[11] = 0;
+        assert_eq!(checksum(&h), 0xb861);
+        assert_eq!(fold(sum_words(&HEADER, 0)), 0xffff);
+    }
+
+    #[test]
+    fn rfc1071_example_sum() {
+        // RFC 1071 §3: the words 0001 f203 f4f5 f6f7 sum to ddf2 after folding.
+        let data = [0x00, 0x01, 0xf2, 0x03, 0xf4, 0xf5, 0xf6, 0xf7];
+        assert_eq!(fold(sum_words(&data, 0)), 0xddf2);
+        assert_eq!(checksum(&data), !0xddf2);
+    }
+
+    #[test]
+    fn odd_length_pads_with_zero() {
+        assert_eq!(sum_words(&[0x12, 0x34, 0x56], 0), 0x1234 + 0x5600);
+    }
+
+    #[test]
+    fn built_frames_verify_and_parse() {
+        let a = SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 1), 40000);
+        let b = SocketAddrV4::new(Ipv4Addr::new(10, 96, 0, 10), 80);
+        for p in [
+            Packet::tcp(a, b),
+            Packet::udp(a, b),
+            Packet::udp(a, b).no_udp_checksum(),
+            Packet::tcp(a, b).vlan(7).ip_options(&[0x94, 0x04, 0, 0]),
+            Packet::udp(a, b).payload(b"odd"),
+        ] {
+            let f = p.build();
+            verify_checksums(&f).unwrap();
+            assert_eq!((src(&f), dst(&f)), (a, b));
+        }
+    }
+
+    #[test]
+    fn corruption_is_detected() {
+        let a = SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 1), 40000);
+        let b = SocketAddrV4::new(Ipv4Addr::new(10, 96, 0, 10), 80);
+        let f = Packet::tcp(a, b).build();
+        let h = parse(&f).unwrap();
+        for off in [h.l3_off + IP_DADDR_OFF, h.l4_off + 2, f.len() - 1] {
+            let mut bad = f.clone();
+            bad[off] ^= 0x01;
+            assert!(verify_checksums(&bad).is_err(), "flip at {off} not detected");
+        }
+    }
+}
