@@ -40,7 +40,9 @@ impl FromStr for Ipv4Cidr {
             .ok()
             .filter(|l| *l <= 32)
             .ok_or_else(|| format!("'{len}' is not a prefix length (0-32)"))?;
-        let mask = u32::MAX.checked_shl(32 - u32::from(prefix_len)).unwrap_or(0);
+        let mask = u32::MAX
+            .checked_shl(32 - u32::from(prefix_len))
+            .unwrap_or(0);
         if u32::from(addr) & !mask != 0 {
             return Err(format!("'{s}' has host bits set"));
         }
@@ -74,7 +76,13 @@ mod tests {
 
     #[test]
     fn rejects_bad_input() {
-        for bad in ["10.96.0.0", "10.96.0.1/12", "10.96.0.0/33", "x/8", "10.0.0.0/a"] {
+        for bad in [
+            "10.96.0.0",
+            "10.96.0.1/12",
+            "10.96.0.0/33",
+            "x/8",
+            "10.0.0.0/a",
+        ] {
             assert!(bad.parse::<Ipv4Cidr>().is_err(), "{bad} accepted");
         }
         assert_eq!("0.0.0.0/0".parse::<Ipv4Cidr>().unwrap().size(), 1 << 32);

@@ -4,6 +4,9 @@
 //! Data flows source → model → plan → sync → dataplane (DESIGN.md §1).
 
 pub mod cidr;
+pub mod cli;
+pub mod commands;
+pub mod dataplane;
 pub mod ebpf_object;
 pub mod model;
 pub mod plan;

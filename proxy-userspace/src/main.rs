@@ -1,1 +1,26 @@
-fn main(){}
+//! The `kxdp` binary.
+
+use clap::Parser as _;
+use proxy_userspace::{
+    cli::{Cli, Command},
+    commands,
+};
+use tracing_subscriber::EnvFilter;
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&cli.log_level));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    match cli.command {
+        Command::Agent(args) => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
+            .block_on(commands::agent::run(args)),
+        Command::Services(args) => commands::services::run(&args.pin_path),
+        Command::Unload(args) => commands::unload::run(&args.pin_path),
+    }
+}

@@ -120,8 +120,7 @@ fn endpoint_address(text: &str) -> Result<Ipv4Addr, String> {
         .parse()
         .map_err(|_| format!("endpoint address '{text}' is not an IPv4 address"))?;
     let link_local_multicast = addr.octets()[..3] == [224, 0, 0];
-    if addr.is_loopback() || addr.is_link_local() || link_local_multicast || addr.is_unspecified()
-    {
+    if addr.is_loopback() || addr.is_link_local() || link_local_multicast || addr.is_unspecified() {
         return Err(format!(
             "endpoint address {addr} is loopback, link-local or unspecified"
         ));
@@ -130,13 +129,22 @@ fn endpoint_address(text: &str) -> Result<Ipv4Addr, String> {
 }
 
 /// Endpoint groups by "namespace/service".
-fn endpoint_groups(objects: &Objects, rejections: &mut Vec<Rejection>) -> BTreeMap<String, Vec<EndpointGroup>> {
+fn endpoint_groups(
+    objects: &Objects,
+    rejections: &mut Vec<Rejection>,
+) -> BTreeMap<String, Vec<EndpointGroup>> {
     let mut groups: BTreeMap<String, Vec<EndpointGroup>> = BTreeMap::new();
     for slice in &objects.endpoint_slices {
         let meta = &slice.metadata;
-        let object = format!("EndpointSlice {}", qualified(meta.namespace.as_ref(), meta.name.as_ref()));
+        let object = format!(
+            "EndpointSlice {}",
+            qualified(meta.namespace.as_ref(), meta.name.as_ref())
+        );
         let Some(service) = meta.labels.as_ref().and_then(|l| l.get(SERVICE_NAME_LABEL)) else {
-            rejections.push(Rejection { object, reason: format!("no {SERVICE_NAME_LABEL} label") });
+            rejections.push(Rejection {
+                object,
+                reason: format!("no {SERVICE_NAME_LABEL} label"),
+            });
             continue;
         };
         // IPv6 and FQDN slices are not proxied yet.
@@ -146,26 +154,48 @@ fn endpoint_groups(objects: &Objects, rejections: &mut Vec<Rejection>) -> BTreeM
         let mut group = EndpointGroup::default();
         for port in slice.ports.iter().flatten() {
             let parsed = Protocol::parse(port.protocol.as_deref()).and_then(|protocol| {
-                let number = port.port.and_then(port_number).ok_or("port missing or out of range")?;
-                Ok(EndpointPortModel { name: port.name.clone().unwrap_or_default(), protocol, port: number })
+                let number = port
+                    .port
+                    .and_then(port_number)
+                    .ok_or("port missing or out of range")?;
+                Ok(EndpointPortModel {
+                    name: port.name.clone().unwrap_or_default(),
+                    protocol,
+                    port: number,
+                })
             });
             match parsed {
                 Ok(p) => group.ports.push(p),
-                Err(reason) => rejections.push(Rejection { object: object.clone(), reason }),
+                Err(reason) => rejections.push(Rejection {
+                    object: object.clone(),
+                    reason,
+                }),
             }
         }
         for endpoint in &slice.endpoints {
             // A missing `ready` condition means ready (API contract).
-            let ready = endpoint.conditions.as_ref().and_then(|c| c.ready).unwrap_or(true);
+            let ready = endpoint
+                .conditions
+                .as_ref()
+                .and_then(|c| c.ready)
+                .unwrap_or(true);
             // Addresses are fungible; consumers use the first (as kube-proxy does).
-            let Some(first) = endpoint.addresses.first() else { continue };
+            let Some(first) = endpoint.addresses.first() else {
+                continue;
+            };
             match endpoint_address(first) {
                 Ok(addr) if ready => group.ready.push(addr),
                 Ok(_) => {}
-                Err(reason) => rejections.push(Rejection { object: object.clone(), reason }),
+                Err(reason) => rejections.push(Rejection {
+                    object: object.clone(),
+                    reason,
+                }),
             }
         }
-        groups.entry(qualified(meta.namespace.as_ref(), Some(service))).or_default().push(group);
+        groups
+            .entry(qualified(meta.namespace.as_ref(), Some(service)))
+            .or_default()
+            .push(group);
     }
     for endpoints in &objects.endpoints {
         let meta = &endpoints.metadata;
@@ -181,17 +211,27 @@ fn endpoint_groups(objects: &Objects, rejections: &mut Vec<Rejection>) -> BTreeM
             for port in subset.ports.iter().flatten() {
                 let parsed = Protocol::parse(port.protocol.as_deref()).and_then(|protocol| {
                     let number = port_number(port.port).ok_or("port out of range")?;
-                    Ok(EndpointPortModel { name: port.name.clone().unwrap_or_default(), protocol, port: number })
+                    Ok(EndpointPortModel {
+                        name: port.name.clone().unwrap_or_default(),
+                        protocol,
+                        port: number,
+                    })
                 });
                 match parsed {
                     Ok(p) => group.ports.push(p),
-                    Err(reason) => rejections.push(Rejection { object: object.clone(), reason }),
+                    Err(reason) => rejections.push(Rejection {
+                        object: object.clone(),
+                        reason,
+                    }),
                 }
             }
             for address in subset.addresses.iter().flatten() {
                 match endpoint_address(&address.ip) {
                     Ok(addr) => group.ready.push(addr),
-                    Err(reason) => rejections.push(Rejection { object: object.clone(), reason }),
+                    Err(reason) => rejections.push(Rejection {
+                        object: object.clone(),
+                        reason,
+                    }),
                 }
             }
             subsets.push(group);
@@ -205,11 +245,19 @@ fn endpoint_groups(objects: &Objects, rejections: &mut Vec<Rejection>) -> BTreeM
 /// (headless, ExternalName, owned by another proxy).
 fn cluster_ips(service: &Service) -> Result<Option<Vec<Ipv4Addr>>, String> {
     let spec = service.spec.as_ref().ok_or("no spec")?;
-    let other_proxy = service.metadata.labels.as_ref().is_some_and(|l| l.contains_key(SERVICE_PROXY_NAME_LABEL));
+    let other_proxy = service
+        .metadata
+        .labels
+        .as_ref()
+        .is_some_and(|l| l.contains_key(SERVICE_PROXY_NAME_LABEL));
     if spec.type_.as_deref() == Some("ExternalName") || other_proxy {
         return Ok(None);
     }
-    let listed = spec.cluster_ips.iter().flatten().chain(spec.cluster_ip.iter());
+    let listed = spec
+        .cluster_ips
+        .iter()
+        .flatten()
+        .chain(spec.cluster_ip.iter());
     let mut ips = BTreeSet::new();
     for text in listed {
         if text == "None" {
@@ -232,7 +280,8 @@ fn cluster_ips(service: &Service) -> Result<Option<Vec<Ipv4Addr>>, String> {
 
 fn service_port(port: &ServicePort) -> Result<(String, Protocol, u16), String> {
     let name = port.name.clone().unwrap_or_default();
-    let number = port_number(port.port).ok_or_else(|| format!("port {} is out of range", port.port))?;
+    let number =
+        port_number(port.port).ok_or_else(|| format!("port {} is out of range", port.port))?;
     if let Some(IntOrString::Int(target)) = port.target_port {
         port_number(target).ok_or_else(|| format!("targetPort {target} is out of range"))?;
     }
@@ -248,7 +297,10 @@ pub fn build(objects: &Objects) -> Model {
     for service in &objects.services {
         let meta = &service.metadata;
         let key = qualified(meta.namespace.as_ref(), meta.name.as_ref());
-        let reject = |reason: String| Rejection { object: format!("Service {key}"), reason };
+        let reject = |reason: String| Rejection {
+            object: format!("Service {key}"),
+            reason,
+        };
         let ips = match cluster_ips(service) {
             Ok(Some(ips)) => ips,
             Ok(None) => continue,
@@ -258,7 +310,12 @@ pub fn build(objects: &Objects) -> Model {
             }
         };
         let declared = service.spec.as_ref().and_then(|s| s.ports.as_ref());
-        let ports: Result<Vec<_>, String> = declared.iter().copied().flatten().map(service_port).collect();
+        let ports: Result<Vec<_>, String> = declared
+            .iter()
+            .copied()
+            .flatten()
+            .map(service_port)
+            .collect();
         let ports = match ports {
             Ok(ports) => ports,
             Err(reason) => {
@@ -275,11 +332,21 @@ pub fn build(objects: &Objects) -> Model {
                 let backends: BTreeSet<SocketAddrV4> = service_groups
                     .iter()
                     .flat_map(|group| {
-                        let target = group.ports.iter().find(|p| p.name == name && p.protocol == protocol);
-                        target.into_iter().flat_map(|t| group.ready.iter().map(|a| SocketAddrV4::new(*a, t.port)))
+                        let target = group
+                            .ports
+                            .iter()
+                            .find(|p| p.name == name && p.protocol == protocol);
+                        target
+                            .into_iter()
+                            .flat_map(|t| group.ready.iter().map(|a| SocketAddrV4::new(*a, t.port)))
                     })
                     .collect();
-                ServicePortModel { name, protocol, port, backends: backends.into_iter().collect() }
+                ServicePortModel {
+                    name,
+                    protocol,
+                    port,
+                    backends: backends.into_iter().collect(),
+                }
             })
             .collect();
         services.push(ServiceModel {
@@ -290,7 +357,10 @@ pub fn build(objects: &Objects) -> Model {
         });
     }
     services.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
-    Model { services, rejections }
+    Model {
+        services,
+        rejections,
+    }
 }
 
 #[cfg(test)]
@@ -331,10 +401,19 @@ mod tests {
         ));
         assert!(m.rejections.is_empty(), "{:?}", m.rejections);
         let service = &m.services[0];
-        assert_eq!((service.namespace.as_str(), service.name.as_str()), ("shop", "web"));
-        assert_eq!(service.cluster_ips, ["10.96.0.10".parse::<Ipv4Addr>().unwrap()]);
+        assert_eq!(
+            (service.namespace.as_str(), service.name.as_str()),
+            ("shop", "web")
+        );
+        assert_eq!(
+            service.cluster_ips,
+            ["10.96.0.10".parse::<Ipv4Addr>().unwrap()]
+        );
         let http = &service.ports[0];
-        assert_eq!((http.name.as_str(), http.protocol, http.port), ("http", Protocol::Tcp, 80));
+        assert_eq!(
+            (http.name.as_str(), http.protocol, http.port),
+            ("http", Protocol::Tcp, 80)
+        );
         // not-ready 10.244.1.3 is out; the duplicate 10.244.1.2 appears once.
         assert_eq!(backends(http), ["10.244.1.2:8080", "10.244.2.2:8080"]);
         let dns = &service.ports[1];
@@ -350,7 +429,10 @@ mod tests {
         let m = model(&format!("{SERVICE}{endpoints}"));
         assert_eq!(backends(&m.services[0].ports[0]), ["192.168.7.7:9090"]);
         assert!(m.services[0].ports[1].backends.is_empty());
-        let m = model(&format!("{SERVICE}{endpoints}{}", slice("web-a", "- {addresses: [10.244.1.2]}\n")));
+        let m = model(&format!(
+            "{SERVICE}{endpoints}{}",
+            slice("web-a", "- {addresses: [10.244.1.2]}\n")
+        ));
         assert_eq!(backends(&m.services[0].ports[0]), ["10.244.1.2:8080"]);
     }
 
@@ -399,7 +481,10 @@ mod tests {
         ];
         assert_eq!(reasons.len(), expect.len(), "{reasons:#?}");
         for (reason, prefix) in reasons.iter().zip(expect) {
-            assert!(reason.starts_with(prefix), "{reason} does not start with {prefix}");
+            assert!(
+                reason.starts_with(prefix),
+                "{reason} does not start with {prefix}"
+            );
         }
     }
 

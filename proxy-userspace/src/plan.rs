@@ -98,14 +98,29 @@ mod tests {
     }
 
     fn key(addr: &str, port: u16, protocol: Protocol) -> FrontendKey {
-        FrontendKey { addr: addr.parse().unwrap(), port, protocol }
+        FrontendKey {
+            addr: addr.parse().unwrap(),
+            port,
+            protocol,
+        }
     }
 
     #[test]
     fn every_port_of_every_cluster_ip_becomes_a_frontend() {
-        let mut web = service("shop", "web", "10.96.0.10", &[(80, Protocol::Tcp, &["10.244.1.2:8080"]), (53, Protocol::Udp, &[])]);
+        let mut web = service(
+            "shop",
+            "web",
+            "10.96.0.10",
+            &[
+                (80, Protocol::Tcp, &["10.244.1.2:8080"]),
+                (53, Protocol::Udp, &[]),
+            ],
+        );
         web.cluster_ips.push("10.96.0.11".parse().unwrap());
-        let plan = plan(&Model { services: vec![web], rejections: vec![] });
+        let plan = plan(&Model {
+            services: vec![web],
+            rejections: vec![],
+        });
         let keys: Vec<_> = plan.frontends.keys().copied().collect();
         assert_eq!(
             keys,
@@ -120,20 +135,40 @@ mod tests {
         assert_eq!(http.service, "shop/web");
         assert_eq!(http.port_name, "p80");
         assert_eq!(http.backends, ["10.244.1.2:8080".parse().unwrap()]);
-        assert!(plan.frontends[&key("10.96.0.10", 53, Protocol::Udp)].backends.is_empty());
+        assert!(plan.frontends[&key("10.96.0.10", 53, Protocol::Udp)]
+            .backends
+            .is_empty());
         assert!(plan.conflicts.is_empty());
     }
 
     #[test]
     fn same_port_number_on_tcp_and_udp_are_distinct_and_duplicates_conflict() {
-        let a = service("a", "dns", "10.96.0.10", &[(53, Protocol::Tcp, &[]), (53, Protocol::Udp, &[])]);
-        let b = service("b", "dns", "10.96.0.10", &[(53, Protocol::Udp, &["10.1.1.1:53"])]);
-        let plan = plan(&Model { services: vec![a, b], rejections: vec![] });
+        let a = service(
+            "a",
+            "dns",
+            "10.96.0.10",
+            &[(53, Protocol::Tcp, &[]), (53, Protocol::Udp, &[])],
+        );
+        let b = service(
+            "b",
+            "dns",
+            "10.96.0.10",
+            &[(53, Protocol::Udp, &["10.1.1.1:53"])],
+        );
+        let plan = plan(&Model {
+            services: vec![a, b],
+            rejections: vec![],
+        });
         assert_eq!(plan.frontends.len(), 2);
-        assert_eq!(plan.frontends[&key("10.96.0.10", 53, Protocol::Udp)].service, "a/dns");
+        assert_eq!(
+            plan.frontends[&key("10.96.0.10", 53, Protocol::Udp)].service,
+            "a/dns"
+        );
         assert_eq!(plan.conflicts.len(), 1);
         assert_eq!(plan.conflicts[0].object, "Service b/dns");
-        assert!(plan.conflicts[0].reason.contains("10.96.0.10:53/UDP is already served by Service a/dns"));
+        assert!(plan.conflicts[0]
+            .reason
+            .contains("10.96.0.10:53/UDP is already served by Service a/dns"));
     }
 
     #[test]

@@ -8,7 +8,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use proxy_common::{
-    maps::{addr_to_net, port_to_net, BackendValue, ServiceKey, ServiceValue, SlotKey, SCOPE_CLUSTER_IP},
+    maps::{
+        addr_to_net, port_to_net, BackendValue, ServiceKey, ServiceValue, SlotKey, SCOPE_CLUSTER_IP,
+    },
     sizes,
 };
 
@@ -84,8 +86,14 @@ impl Syncer {
     fn with_limits(current: MapContents, max_services: u32, max_backends: u32) -> Self {
         Self {
             current,
-            service_ids: IdCursor { next: 0, limit: max_services },
-            backend_ids: IdCursor { next: 0, limit: max_backends },
+            service_ids: IdCursor {
+                next: 0,
+                limit: max_services,
+            },
+            backend_ids: IdCursor {
+                next: 0,
+                limit: max_backends,
+            },
         }
     }
 
@@ -96,7 +104,8 @@ impl Syncer {
     /// The map content for `plan`, reusing the ids already in the maps.
     fn desired(&mut self, plan: &Plan, errors: &mut Vec<String>) -> MapContents {
         let current = &self.current;
-        let backend_by_addr: BTreeMap<BackendValue, u32> = current.backends.iter().map(|(id, b)| (*b, *id)).collect();
+        let backend_by_addr: BTreeMap<BackendValue, u32> =
+            current.backends.iter().map(|(id, b)| (*b, *id)).collect();
         let current_service_ids: BTreeSet<u32> = current.services.values().map(|v| v.id).collect();
         let mut desired = MapContents::default();
         let mut new_backends: BTreeMap<BackendValue, u32> = BTreeMap::new();
@@ -110,10 +119,15 @@ impl Syncer {
             };
             let id = match current.services.get(&key) {
                 Some(existing) => existing.id,
-                None => match self.service_ids.allocate(|id| current_service_ids.contains(&id) || used_service_ids.contains(&id)) {
+                None => match self.service_ids.allocate(|id| {
+                    current_service_ids.contains(&id) || used_service_ids.contains(&id)
+                }) {
                     Some(id) => id,
                     None => {
-                        errors.push(format!("{frontend} ({}): no free service id, the services map is full", plan_entry.service));
+                        errors.push(format!(
+                            "{frontend} ({}): no free service id, the services map is full",
+                            plan_entry.service
+                        ));
                         continue;
                     }
                 },
@@ -121,14 +135,25 @@ impl Syncer {
             used_service_ids.insert(id);
             let mut slot_count = 0;
             for backend in &plan_entry.backends {
-                let value = BackendValue { addr: addr_to_net(*backend.ip()), port: port_to_net(backend.port()), _pad: 0 };
-                let existing = backend_by_addr.get(&value).or_else(|| new_backends.get(&value)).copied();
+                let value = BackendValue {
+                    addr: addr_to_net(*backend.ip()),
+                    port: port_to_net(backend.port()),
+                    _pad: 0,
+                };
+                let existing = backend_by_addr
+                    .get(&value)
+                    .or_else(|| new_backends.get(&value))
+                    .copied();
                 let backend_id = match existing {
                     Some(id) => id,
                     None => {
-                        let taken = |id| current.backends.contains_key(&id) || desired.backends.contains_key(&id);
+                        let taken = |id| {
+                            current.backends.contains_key(&id) || desired.backends.contains_key(&id)
+                        };
                         let Some(id) = self.backend_ids.allocate(taken) else {
-                            errors.push(format!("{frontend}: no free backend id, the backends map is full"));
+                            errors.push(format!(
+                                "{frontend}: no free backend id, the backends map is full"
+                            ));
                             break;
                         };
                         new_backends.insert(value, id);
@@ -136,10 +161,18 @@ impl Syncer {
                     }
                 };
                 desired.backends.insert(backend_id, value);
-                desired.selection.insert(SlotKey { service_id: id, slot: slot_count }, backend_id);
+                desired.selection.insert(
+                    SlotKey {
+                        service_id: id,
+                        slot: slot_count,
+                    },
+                    backend_id,
+                );
                 slot_count += 1;
             }
-            desired.services.insert(key, ServiceValue { id, slot_count });
+            desired
+                .services
+                .insert(key, ServiceValue { id, slot_count });
         }
         desired
     }
@@ -187,10 +220,17 @@ impl Syncer {
                 continue;
             }
             if failed_services.contains(&value.id) {
-                report.errors.push(format!("service id {}: backends incomplete, entry not updated", value.id));
+                report.errors.push(format!(
+                    "service id {}: backends incomplete, entry not updated",
+                    value.id
+                ));
                 continue;
             }
-            let result = if live_ids.contains(&value.id) { Ok(()) } else { store.reset_stats(value.id) };
+            let result = if live_ids.contains(&value.id) {
+                Ok(())
+            } else {
+                store.reset_stats(value.id)
+            };
             match result.and_then(|()| store.put_service(key, value)) {
                 Ok(()) => {
                     current.services.insert(*key, *value);
@@ -200,7 +240,12 @@ impl Syncer {
             }
         }
 
-        let stale_services: Vec<ServiceKey> = current.services.keys().filter(|k| !desired.services.contains_key(k)).copied().collect();
+        let stale_services: Vec<ServiceKey> = current
+            .services
+            .keys()
+            .filter(|k| !desired.services.contains_key(k))
+            .copied()
+            .collect();
         for key in stale_services {
             match store.delete_service(&key) {
                 Ok(()) => {
@@ -211,12 +256,20 @@ impl Syncer {
             }
         }
         // A slot may go once no live service entry can index it.
-        let slot_counts: BTreeMap<u32, u32> = current.services.values().map(|v| (v.id, v.slot_count)).collect();
+        let slot_counts: BTreeMap<u32, u32> = current
+            .services
+            .values()
+            .map(|v| (v.id, v.slot_count))
+            .collect();
         let stale_slots: Vec<SlotKey> = current
             .selection
             .iter()
             .filter(|(k, id)| desired.selection.get(k) != Some(id))
-            .filter(|(k, _)| slot_counts.get(&k.service_id).is_none_or(|count| k.slot >= *count))
+            .filter(|(k, _)| {
+                slot_counts
+                    .get(&k.service_id)
+                    .is_none_or(|count| k.slot >= *count)
+            })
             .map(|(k, _)| *k)
             .collect();
         for key in stale_slots {
@@ -269,7 +322,10 @@ mod tests {
     impl MapStore for FakeStore {
         fn put_backend(&mut self, id: u32, value: &BackendValue) -> Result<(), StoreError> {
             if self.fail_backend_puts {
-                return Err(StoreError { map: "BACKENDS", reason: "full".into() });
+                return Err(StoreError {
+                    map: "BACKENDS",
+                    reason: "full".into(),
+                });
             }
             self.log.push(format!("put backend {id}"));
             self.maps.backends.insert(id, *value);
@@ -281,16 +337,22 @@ mod tests {
             Ok(())
         }
         fn put_slot(&mut self, key: &SlotKey, backend_id: u32) -> Result<(), StoreError> {
-            self.log.push(format!("put slot {}/{}", key.service_id, key.slot));
+            self.log
+                .push(format!("put slot {}/{}", key.service_id, key.slot));
             self.maps.selection.insert(*key, backend_id);
             Ok(())
         }
         fn delete_slot(&mut self, key: &SlotKey) -> Result<(), StoreError> {
-            self.log.push(format!("delete slot {}/{}", key.service_id, key.slot));
+            self.log
+                .push(format!("delete slot {}/{}", key.service_id, key.slot));
             self.maps.selection.remove(key);
             Ok(())
         }
-        fn put_service(&mut self, key: &ServiceKey, value: &ServiceValue) -> Result<(), StoreError> {
+        fn put_service(
+            &mut self,
+            key: &ServiceKey,
+            value: &ServiceValue,
+        ) -> Result<(), StoreError> {
             self.log.push(format!("put service {}", value.id));
             self.maps.services.insert(*key, *value);
             Ok(())
@@ -310,11 +372,18 @@ mod tests {
         let mut plan = Plan::default();
         for (vip, port, backends) in frontends {
             plan.frontends.insert(
-                FrontendKey { addr: vip.parse().unwrap(), port: *port, protocol: Protocol::Tcp },
+                FrontendKey {
+                    addr: vip.parse().unwrap(),
+                    port: *port,
+                    protocol: Protocol::Tcp,
+                },
                 Frontend {
                     service: format!("default/{vip}"),
                     port_name: String::new(),
-                    backends: backends.iter().map(|b| b.parse::<SocketAddrV4>().unwrap()).collect(),
+                    backends: backends
+                        .iter()
+                        .map(|b| b.parse::<SocketAddrV4>().unwrap())
+                        .collect(),
                 },
             );
         }
@@ -330,12 +399,22 @@ mod tests {
                 let vip = proxy_common::maps::addr_from_net(key.addr);
                 let backends = (0..value.slot_count)
                     .map(|slot| {
-                        let id = maps.selection[&SlotKey { service_id: value.id, slot }];
+                        let id = maps.selection[&SlotKey {
+                            service_id: value.id,
+                            slot,
+                        }];
                         let b = maps.backends[&id];
-                        format!("{}:{}", proxy_common::maps::addr_from_net(b.addr), proxy_common::maps::port_from_net(b.port))
+                        format!(
+                            "{}:{}",
+                            proxy_common::maps::addr_from_net(b.addr),
+                            proxy_common::maps::port_from_net(b.port)
+                        )
                     })
                     .collect();
-                (format!("{vip}:{}", proxy_common::maps::port_from_net(key.port)), backends)
+                (
+                    format!("{vip}:{}", proxy_common::maps::port_from_net(key.port)),
+                    backends,
+                )
             })
             .collect()
     }
@@ -344,17 +423,33 @@ mod tests {
     fn builds_backends_then_slots_then_service() {
         let mut store = FakeStore::default();
         let mut syncer = Syncer::adopt(MapContents::default());
-        let report = syncer.apply(&plan_of(&[("10.96.0.1", 80, &["10.244.0.2:8080", "10.244.0.3:8080"])]), &mut store);
+        let report = syncer.apply(
+            &plan_of(&[("10.96.0.1", 80, &["10.244.0.2:8080", "10.244.0.3:8080"])]),
+            &mut store,
+        );
         assert!(report.errors.is_empty(), "{:?}", report.errors);
         assert_eq!(
             store.log,
-            ["put backend 0", "put backend 1", "put slot 0/0", "put slot 0/1", "reset stats 0", "put service 0"]
+            [
+                "put backend 0",
+                "put backend 1",
+                "put slot 0/0",
+                "put slot 0/1",
+                "reset stats 0",
+                "put service 0"
+            ]
         );
         assert_eq!(&store.maps, syncer.current());
-        assert_eq!(reachable(&store.maps)["10.96.0.1:80"], ["10.244.0.2:8080", "10.244.0.3:8080"]);
+        assert_eq!(
+            reachable(&store.maps)["10.96.0.1:80"],
+            ["10.244.0.2:8080", "10.244.0.3:8080"]
+        );
         // Nothing changed: nothing written.
         store.log.clear();
-        let report = syncer.apply(&plan_of(&[("10.96.0.1", 80, &["10.244.0.2:8080", "10.244.0.3:8080"])]), &mut store);
+        let report = syncer.apply(
+            &plan_of(&[("10.96.0.1", 80, &["10.244.0.2:8080", "10.244.0.3:8080"])]),
+            &mut store,
+        );
         assert_eq!(report, SyncReport::default());
         assert!(store.log.is_empty());
     }
@@ -363,10 +458,20 @@ mod tests {
     fn deletes_service_first_then_slots_then_backends() {
         let mut store = FakeStore::default();
         let mut syncer = Syncer::adopt(MapContents::default());
-        syncer.apply(&plan_of(&[("10.96.0.1", 80, &["10.244.0.2:8080"])]), &mut store);
+        syncer.apply(
+            &plan_of(&[("10.96.0.1", 80, &["10.244.0.2:8080"])]),
+            &mut store,
+        );
         store.log.clear();
         let report = syncer.apply(&Plan::default(), &mut store);
-        assert_eq!(store.log, ["delete service Some(0)", "delete slot 0/0", "delete backend 0"]);
+        assert_eq!(
+            store.log,
+            [
+                "delete service Some(0)",
+                "delete slot 0/0",
+                "delete backend 0"
+            ]
+        );
         assert_eq!((report.services_deleted, report.backends_deleted), (1, 1));
         assert_eq!(store.maps, MapContents::default());
     }
@@ -381,12 +486,27 @@ mod tests {
         syncer.apply(&plan_of(&[("10.96.0.1", 80, &three[..1])]), &mut store);
         assert_eq!(
             store.log,
-            ["put service 0", "delete slot 0/1", "delete slot 0/2", "delete backend 1", "delete backend 2"]
+            [
+                "put service 0",
+                "delete slot 0/1",
+                "delete slot 0/2",
+                "delete backend 1",
+                "delete backend 2"
+            ]
         );
         store.log.clear();
         syncer.apply(&plan_of(&[("10.96.0.1", 80, &three)]), &mut store);
         // Backend ids move on (3, 4): recently freed ids rest a while.
-        assert_eq!(store.log, ["put backend 3", "put backend 4", "put slot 0/1", "put slot 0/2", "put service 0"]);
+        assert_eq!(
+            store.log,
+            [
+                "put backend 3",
+                "put backend 4",
+                "put slot 0/1",
+                "put slot 0/2",
+                "put service 0"
+            ]
+        );
         assert_eq!(reachable(&store.maps)["10.96.0.1:80"], three);
     }
 
@@ -394,15 +514,37 @@ mod tests {
     fn ids_are_stable_and_not_reused_within_the_sync_that_frees_them() {
         let mut store = FakeStore::default();
         let mut syncer = Syncer::adopt(MapContents::default());
-        syncer.apply(&plan_of(&[("10.96.0.1", 80, &["10.244.0.2:80"]), ("10.96.0.2", 80, &["10.244.0.3:80"])]), &mut store);
+        syncer.apply(
+            &plan_of(&[
+                ("10.96.0.1", 80, &["10.244.0.2:80"]),
+                ("10.96.0.2", 80, &["10.244.0.3:80"]),
+            ]),
+            &mut store,
+        );
         let id_of = |m: &MapContents, vip: &str| {
             let addr = proxy_common::maps::addr_to_net(vip.parse().unwrap());
-            m.services.iter().find(|(k, _)| k.addr == addr).map(|(_, v)| v.id)
+            m.services
+                .iter()
+                .find(|(k, _)| k.addr == addr)
+                .map(|(_, v)| v.id)
         };
-        let (first, second) = (id_of(&store.maps, "10.96.0.1"), id_of(&store.maps, "10.96.0.2"));
+        let (first, second) = (
+            id_of(&store.maps, "10.96.0.1"),
+            id_of(&store.maps, "10.96.0.2"),
+        );
         // Replace service 1 by service 3 and backend .2 by .4 in one sync.
-        syncer.apply(&plan_of(&[("10.96.0.3", 80, &["10.244.0.4:80"]), ("10.96.0.2", 80, &["10.244.0.3:80"])]), &mut store);
-        assert_eq!(id_of(&store.maps, "10.96.0.2"), second, "unchanged service keeps its id");
+        syncer.apply(
+            &plan_of(&[
+                ("10.96.0.3", 80, &["10.244.0.4:80"]),
+                ("10.96.0.2", 80, &["10.244.0.3:80"]),
+            ]),
+            &mut store,
+        );
+        assert_eq!(
+            id_of(&store.maps, "10.96.0.2"),
+            second,
+            "unchanged service keeps its id"
+        );
         let third = id_of(&store.maps, "10.96.0.3");
         assert_ne!(third, first, "a freed id is not reused in the same sync");
         assert_eq!(reachable(&store.maps).len(), 2);
@@ -414,9 +556,18 @@ mod tests {
     fn shared_backend_has_one_id_and_survives_while_referenced() {
         let mut store = FakeStore::default();
         let mut syncer = Syncer::adopt(MapContents::default());
-        syncer.apply(&plan_of(&[("10.96.0.1", 80, &["10.244.0.2:80"]), ("10.96.0.2", 80, &["10.244.0.2:80"])]), &mut store);
+        syncer.apply(
+            &plan_of(&[
+                ("10.96.0.1", 80, &["10.244.0.2:80"]),
+                ("10.96.0.2", 80, &["10.244.0.2:80"]),
+            ]),
+            &mut store,
+        );
         assert_eq!(store.maps.backends.len(), 1);
-        syncer.apply(&plan_of(&[("10.96.0.2", 80, &["10.244.0.2:80"])]), &mut store);
+        syncer.apply(
+            &plan_of(&[("10.96.0.2", 80, &["10.244.0.2:80"])]),
+            &mut store,
+        );
         assert_eq!(store.maps.backends.len(), 1);
         assert_eq!(reachable(&store.maps)["10.96.0.2:80"], ["10.244.0.2:80"]);
     }
@@ -434,10 +585,23 @@ mod tests {
 
     #[test]
     fn a_failed_backend_write_never_exposes_the_service() {
-        let mut store = FakeStore { fail_backend_puts: true, ..Default::default() };
+        let mut store = FakeStore {
+            fail_backend_puts: true,
+            ..Default::default()
+        };
         let mut syncer = Syncer::adopt(MapContents::default());
-        let report = syncer.apply(&plan_of(&[("10.96.0.1", 80, &["10.244.0.2:80"]), ("10.96.0.2", 80, &[])]), &mut store);
-        assert!(report.errors.iter().any(|e| e.contains("BACKENDS")), "{:?}", report.errors);
+        let report = syncer.apply(
+            &plan_of(&[
+                ("10.96.0.1", 80, &["10.244.0.2:80"]),
+                ("10.96.0.2", 80, &[]),
+            ]),
+            &mut store,
+        );
+        assert!(
+            report.errors.iter().any(|e| e.contains("BACKENDS")),
+            "{:?}",
+            report.errors
+        );
         // The service without backends is still written; the other is held back.
         assert_eq!(store.maps.services.len(), 1);
         assert_eq!(store.maps.services.values().next().unwrap().slot_count, 0);
@@ -449,9 +613,16 @@ mod tests {
     fn full_services_map_is_reported_not_silent() {
         let mut store = FakeStore::default();
         let mut syncer = Syncer::with_limits(MapContents::default(), 1, 8);
-        let report = syncer.apply(&plan_of(&[("10.96.0.1", 80, &[]), ("10.96.0.2", 80, &[])]), &mut store);
+        let report = syncer.apply(
+            &plan_of(&[("10.96.0.1", 80, &[]), ("10.96.0.2", 80, &[])]),
+            &mut store,
+        );
         assert_eq!(store.maps.services.len(), 1);
         assert_eq!(report.errors.len(), 1);
-        assert!(report.errors[0].contains("services map is full"), "{:?}", report.errors);
+        assert!(
+            report.errors[0].contains("services map is full"),
+            "{:?}",
+            report.errors
+        );
     }
 }

@@ -113,7 +113,9 @@ mod tests {
             .collect();
         allocate(&mut again, cidr);
         let by_name = |v: &[Service], n: &str| {
-            ip(v.iter().find(|s| s.metadata.name.as_deref() == Some(n)).unwrap())
+            ip(v.iter()
+                .find(|s| s.metadata.name.as_deref() == Some(n))
+                .unwrap())
         };
         assert_eq!(by_name(&services, "svc-7"), by_name(&again, "svc-7"));
     }

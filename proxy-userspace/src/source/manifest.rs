@@ -15,7 +15,8 @@ use k8s_openapi::{apimachinery::pkg::apis::meta::v1::ObjectMeta, Metadata};
 use serde::de::DeserializeOwned;
 use serde_yaml::Value;
 
-use super::{Objects, Rejection};
+use super::{cluster_ip, Objects, Rejection};
+use crate::cidr::Ipv4Cidr;
 
 /// Objects read from manifests, plus the documents that could not be used.
 #[derive(Debug, Default)]
@@ -169,8 +170,40 @@ fn decode<T: DeserializeOwned + Metadata<Ty = ObjectMeta>>(value: &Value) -> Res
         return Err("metadata.name is missing".to_string());
     }
     // `kubectl apply` puts objects without a namespace into "default".
-    metadata.namespace.get_or_insert_with(|| "default".to_string());
+    metadata
+        .namespace
+        .get_or_insert_with(|| "default".to_string());
     Ok(object)
+}
+
+/// Re-reads the manifests when their fingerprint changes.
+pub struct ManifestWatch {
+    path: PathBuf,
+    service_cidr: Ipv4Cidr,
+    last: Option<Fingerprint>,
+}
+
+impl ManifestWatch {
+    pub fn new(path: PathBuf, service_cidr: Ipv4Cidr) -> Self {
+        Self {
+            path,
+            service_cidr,
+            last: None,
+        }
+    }
+
+    /// The objects if anything changed since the last call (always on the
+    /// first), with clusterIPs allocated where the manifests have none.
+    pub fn poll(&mut self) -> Result<Option<Loaded>, ManifestError> {
+        let now = fingerprint(&self.path)?;
+        if self.last.as_ref() == Some(&now) {
+            return Ok(None);
+        }
+        let mut loaded = load(&self.path)?;
+        cluster_ip::allocate(&mut loaded.objects.services, self.service_cidr);
+        self.last = Some(now);
+        Ok(Some(loaded))
+    }
 }
 
 #[cfg(test)]
@@ -185,13 +218,18 @@ mod tests {
 
     #[test]
     fn reads_kubectl_output_and_defaults_namespace() {
-        let loaded = parse(include_str!("../../../tests/fixtures/kubectl-nodeport-web.yaml"));
+        let loaded = parse(include_str!(
+            "../../../tests/fixtures/kubectl-nodeport-web.yaml"
+        ));
         assert!(loaded.rejections.is_empty(), "{:?}", loaded.rejections);
         let service = &loaded.objects.services[0];
         assert_eq!(service.metadata.name.as_deref(), Some("web"));
         assert_eq!(service.metadata.namespace.as_deref(), Some("default"));
         let spec = service.spec.as_ref().unwrap();
-        assert_eq!(spec.cluster_ip, None, "kubectl leaves clusterIP to the API server");
+        assert_eq!(
+            spec.cluster_ip, None,
+            "kubectl leaves clusterIP to the API server"
+        );
         assert_eq!(spec.ports.as_ref().unwrap()[0].port, 80);
     }
 
@@ -218,8 +256,7 @@ mod tests {
         assert!(loaded.rejections[0].object.contains("test.yaml:6"));
         assert!(loaded.rejections[0].reason.contains("not valid YAML"));
         assert_eq!(
-            loaded.rejections[1].object,
-            "Service prod/c (test.yaml:10)",
+            loaded.rejections[1].object, "Service prod/c (test.yaml:10)",
             "names the object"
         );
     }
@@ -263,8 +300,20 @@ mod tests {
             .map(|s| s.metadata.name.clone().unwrap())
             .collect();
         assert_eq!(names, ["a", "b"]);
+        let mut watch = ManifestWatch::new(dir.clone(), "10.96.0.0/16".parse().unwrap());
+        let first = watch.poll().unwrap().expect("first poll loads");
+        let ip = first.objects.services[0]
+            .spec
+            .as_ref()
+            .unwrap()
+            .cluster_ip
+            .clone()
+            .unwrap();
+        assert!(ip.starts_with("10.96."), "allocated {ip}");
+        assert!(watch.poll().unwrap().is_none(), "unchanged");
         fs::write(dir.join("c.json"), "{}").unwrap();
         assert_ne!(fingerprint(&dir).unwrap(), before);
+        assert!(watch.poll().unwrap().is_some(), "a new file is a change");
         fs::remove_dir_all(&dir).unwrap();
         assert!(load(&dir).is_err());
     }

@@ -1,0 +1,127 @@
+//! Command-line interface. Every flag has a `KXDP_…` environment twin so the
+//! DaemonSet can configure the agent without arguments.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::cidr::Ipv4Cidr;
+
+pub const DEFAULT_PIN_PATH: &str = "/sys/fs/bpf/kxdp";
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "kxdp",
+    version,
+    about = "Kubernetes Services in eBPF: a kube-proxy replacement"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+    /// Log level (error, warn, info, debug, trace); RUST_LOG overrides it.
+    #[arg(long, env = "KXDP_LOG_LEVEL", default_value = "info", global = true)]
+    pub log_level: String,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Load the datapath, attach it, and keep the maps in sync with Services.
+    Agent(AgentArgs),
+    /// Show the services in the pinned maps with their backends and counters.
+    Services(PinArgs),
+    /// Detach the programs and remove every pin.
+    Unload(PinArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct PinArgs {
+    /// bpffs directory holding the pinned maps and links.
+    #[arg(long, env = "KXDP_PIN_PATH", default_value = DEFAULT_PIN_PATH)]
+    pub pin_path: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct AgentArgs {
+    /// Kubernetes YAML to serve: a file or a directory of files (re-read on change).
+    #[arg(long, env = "KXDP_MANIFESTS")]
+    pub manifests: PathBuf,
+    /// Globs naming the host side of pod interfaces, comma-separated (e.g. 'veth*,cali*').
+    #[arg(
+        long,
+        env = "KXDP_POD_INTERFACES",
+        value_delimiter = ',',
+        required = true
+    )]
+    pub pod_interfaces: Vec<String>,
+    /// Where manifests without a clusterIP get one, as the API server would allocate it.
+    #[arg(long, env = "KXDP_SERVICE_CIDR", default_value = "10.96.0.0/12")]
+    pub service_cidr: Ipv4Cidr,
+    /// How often to look for manifest changes and new interfaces, in milliseconds.
+    #[arg(long, env = "KXDP_RESCAN_MS", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(50..=60_000))]
+    pub rescan_ms: u64,
+    #[command(flatten)]
+    pub pin: PinArgs,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn agent_flags_parse_with_defaults() {
+        let cli = Cli::try_parse_from([
+            "kxdp",
+            "agent",
+            "--manifests",
+            "/m",
+            "--pod-interfaces",
+            "veth*,cali*",
+        ])
+        .unwrap();
+        let Command::Agent(args) = cli.command else {
+            panic!("not agent")
+        };
+        assert_eq!(args.manifests, PathBuf::from("/m"));
+        assert_eq!(args.pod_interfaces, ["veth*", "cali*"]);
+        assert_eq!(args.pin.pin_path, PathBuf::from(DEFAULT_PIN_PATH));
+        assert_eq!(args.service_cidr.to_string(), "10.96.0.0/12");
+        assert_eq!(args.rescan_ms, 1000);
+    }
+
+    #[test]
+    fn bad_flags_are_refused() {
+        assert!(
+            Cli::try_parse_from(["kxdp", "agent", "--manifests", "/m"]).is_err(),
+            "pod interfaces are required"
+        );
+        let bad_cidr = [
+            "kxdp",
+            "agent",
+            "--manifests",
+            "/m",
+            "--pod-interfaces",
+            "v*",
+            "--service-cidr",
+            "10.96.0.1/12",
+        ];
+        assert!(Cli::try_parse_from(bad_cidr).is_err());
+        assert!(Cli::try_parse_from(["kxdp", "services", "--pin-path"]).is_err());
+    }
+
+    #[test]
+    fn every_flag_has_an_environment_twin() {
+        let command = <Cli as clap::CommandFactory>::command();
+        for sub in command.get_subcommands() {
+            for arg in sub.get_arguments().filter(|a| !a.is_positional()) {
+                let id = arg.get_id().as_str();
+                if id == "help" || id == "version" {
+                    continue;
+                }
+                let env = arg
+                    .get_env()
+                    .unwrap_or_else(|| panic!("--{id} of {} has no env twin", sub.get_name()));
+                assert!(env.to_string_lossy().starts_with("KXDP_"), "{id}");
+            }
+        }
+    }
+}

@@ -1,0 +1,5 @@
+//! One module per `kxdp` subcommand.
+
+pub mod agent;
+pub mod services;
+pub mod unload;
