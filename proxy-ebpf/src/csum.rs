@@ -30,7 +30,12 @@ fn l4_csum(flow: &Ipv4Flow) -> (usize, u64) {
 pub fn replace_addr(ctx: &TcContext, flow: &Ipv4Flow, from: u32, to: u32) -> Result<(), i64> {
     ctx.l3_csum_replace(flow.l3_off + IP_CSUM_OFF, from as u64, to as u64, 4)?;
     let (off, flags) = l4_csum(flow);
-    ctx.l4_csum_replace(off, from as u64, to as u64, flags | BPF_F_PSEUDO_HDR as u64 | 4)
+    ctx.l4_csum_replace(
+        off,
+        from as u64,
+        to as u64,
+        flags | BPF_F_PSEUDO_HDR as u64 | 4,
+    )
 }
 
 /// Accounts for a port change in the L4 checksum.

@@ -12,8 +12,7 @@ use proxy_common::{
 
 /// (VIP, port, protocol, scope) → service id and slot count.
 #[map]
-pub static SERVICES: HashMap<ServiceKey, ServiceValue> =
-    HashMap::pinned(sizes::MAX_SERVICES, 0);
+pub static SERVICES: HashMap<ServiceKey, ServiceValue> = HashMap::pinned(sizes::MAX_SERVICES, 0);
 
 /// Backend id → backend address and port.
 #[map]
@@ -25,8 +24,7 @@ pub static SELECTION: HashMap<SlotKey, u32> = HashMap::pinned(sizes::MAX_SELECTI
 
 /// Flow → translation, one entry per direction of each connection.
 #[map]
-pub static CONNTRACK: LruHashMap<FlowKey, CtEntry> =
-    LruHashMap::pinned(sizes::MAX_CONNTRACK, 0);
+pub static CONNTRACK: LruHashMap<FlowKey, CtEntry> = LruHashMap::pinned(sizes::MAX_CONNTRACK, 0);
 
 /// Per-service packet and byte counters, indexed by service id.
 #[map]

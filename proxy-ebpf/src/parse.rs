@@ -57,7 +57,11 @@ fn ptr_at<T>(ctx: &TcContext, off: usize) -> Option<*const T> {
 /// packet access can see them (GRO'd or paged packets may not be).
 #[inline(always)]
 fn pull_headers(ctx: &TcContext) {
-    let want = if ctx.len() < MAX_HEADERS { ctx.len() } else { MAX_HEADERS };
+    let want = if ctx.len() < MAX_HEADERS {
+        ctx.len()
+    } else {
+        MAX_HEADERS
+    };
     if ctx.data() + (want as usize) > ctx.data_end() {
         // On failure the bounds checks below reject the packet.
         let _ = ctx.pull_data(want);

@@ -35,8 +35,9 @@ fn translate(ctx: &TcContext) -> Result<(), u32> {
                 conntrack::create(&flow, service.id, &chosen)?
             }
         };
+        nat::dnat(ctx, &flow, entry.nat_addr, entry.nat_port)?;
         stats::count_service(service.id, ctx.len());
-        return nat::dnat(ctx, &flow, entry.nat_addr, entry.nat_port);
+        return Ok(());
     }
     if let Some(entry) = conntrack::lookup_reply(&flow) {
         return nat::reverse_nat(ctx, &flow, entry.nat_addr, entry.nat_port);

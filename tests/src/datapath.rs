@@ -46,7 +46,10 @@ impl BpffsMount {
             NEXT.fetch_add(1, Ordering::Relaxed)
         ));
         std::fs::create_dir_all(&dir).unwrap_or_else(|e| fail(format!("mkdir {dir:?}: {e}")));
-        let status = Command::new("mount").args(["-t", "bpf", "bpf"]).arg(&dir).status();
+        let status = Command::new("mount")
+            .args(["-t", "bpf", "bpf"])
+            .arg(&dir)
+            .status();
         if !matches!(&status, Ok(s) if s.success()) {
             let _ = std::fs::remove_dir(&dir);
             fail(format!("mount -t bpf on {dir:?} failed: {status:?}"));
@@ -113,12 +116,18 @@ impl Datapath {
     }
 
     fn hash<K: aya::Pod, V: aya::Pod>(&mut self, name: &str) -> HashMap<&mut MapData, K, V> {
-        let map = self.ebpf.map_mut(name).unwrap_or_else(|| panic!("no map {name}"));
+        let map = self
+            .ebpf
+            .map_mut(name)
+            .unwrap_or_else(|| panic!("no map {name}"));
         HashMap::try_from(map).unwrap_or_else(|e| panic!("map {name}: {e}"))
     }
 
     fn per_cpu<V: aya::Pod>(&self, name: &str) -> PerCpuArray<&MapData, V> {
-        let map = self.ebpf.map(name).unwrap_or_else(|| panic!("no map {name}"));
+        let map = self
+            .ebpf
+            .map(name)
+            .unwrap_or_else(|| panic!("no map {name}"));
         PerCpuArray::try_from(map).unwrap_or_else(|e| panic!("map {name}: {e}"))
     }
 
@@ -145,7 +154,8 @@ impl Datapath {
                 port: port_to_net(port),
                 _pad: 0,
             };
-            map.insert(Self::backend_id(id, i), value, 0).expect("insert backend");
+            map.insert(Self::backend_id(id, i), value, 0)
+                .expect("insert backend");
         }
         let mut map = self.hash::<SlotKey, u32>("SELECTION");
         for i in 0..backends.len() {
@@ -153,7 +163,8 @@ impl Datapath {
                 service_id: id,
                 slot: i as u32,
             };
-            map.insert(key, Self::backend_id(id, i), 0).expect("insert slot");
+            map.insert(key, Self::backend_id(id, i), 0)
+                .expect("insert slot");
         }
         let key = ServiceKey {
             addr: addr_to_net(vip),
@@ -192,14 +203,19 @@ impl Datapath {
                 repeat: 1,
                 ..Default::default()
             })
-            .unwrap_or_else(|e| panic!("BPF_PROG_TEST_RUN failed: {e:#?}"));
+            .unwrap_or_else(|e| {
+                panic!("BPF_PROG_TEST_RUN on a {}-byte frame: {e:#?}", frame.len())
+            });
         out.truncate(result.data_size_out as usize);
         (result.return_value, out)
     }
 
     /// Drops counted for `reason` (`drop_reason::*`), summed over CPUs.
     pub fn drops(&self, reason: u32) -> u64 {
-        let values = self.per_cpu::<u64>("DROPS").get(&reason, 0).expect("read DROPS");
+        let values = self
+            .per_cpu::<u64>("DROPS")
+            .get(&reason, 0)
+            .expect("read DROPS");
         values.iter().sum()
     }
 
@@ -209,9 +225,11 @@ impl Datapath {
             .per_cpu::<ServiceStats>("STATS")
             .get(&service_id, 0)
             .expect("read STATS");
-        values.iter().fold(ServiceStats::default(), |acc, s| ServiceStats {
-            packets: acc.packets + s.packets,
-            bytes: acc.bytes + s.bytes,
-        })
+        values
+            .iter()
+            .fold(ServiceStats::default(), |acc, s| ServiceStats {
+                packets: acc.packets + s.packets,
+                bytes: acc.bytes + s.bytes,
+            })
     }
 }

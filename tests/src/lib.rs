@@ -1,3 +1,5 @@
-
-pub mod packet;
+pub mod agent;
 pub mod datapath;
+pub mod manifests;
+pub mod netns;
+pub mod packet;

@@ -64,7 +64,10 @@ fn pseudo_header_sum(src: Ipv4Addr, dst: Ipv4Addr, proto: u8, l4_len: usize) -> 
 
 /// Checksum of a TCP/UDP segment (whose checksum field must be zero).
 pub fn l4_checksum(src: Ipv4Addr, dst: Ipv4Addr, proto: u8, segment: &[u8]) -> u16 {
-    !fold(sum_words(segment, pseudo_header_sum(src, dst, proto, segment.len())))
+    !fold(sum_words(
+        segment,
+        pseudo_header_sum(src, dst, proto, segment.len()),
+    ))
 }
 
 // ------------------------------------------------------------------ builder
@@ -72,11 +75,17 @@ pub fn l4_checksum(src: Ipv4Addr, dst: Ipv4Addr, proto: u8, segment: &[u8]) -> u
 /// What a frame carries after the IPv4 header.
 #[derive(Clone, Debug)]
 pub enum L4 {
-    Tcp { flags: u8 },
+    Tcp {
+        flags: u8,
+    },
     /// `checksum: false` sends a zero ("no checksum") UDP checksum.
-    Udp { checksum: bool },
+    Udp {
+        checksum: bool,
+    },
     /// Any other protocol: `payload` follows the IPv4 header as is.
-    Other { proto: u8 },
+    Other {
+        proto: u8,
+    },
 }
 
 /// A frame description; `build` turns it into bytes with correct lengths
@@ -132,7 +141,10 @@ impl Packet {
     }
 
     pub fn ip_options(mut self, options: &[u8]) -> Self {
-        assert!(options.len() % 4 == 0 && options.len() <= 40, "bad IPv4 options length");
+        assert!(
+            options.len().is_multiple_of(4) && options.len() <= 40,
+            "bad IPv4 options length"
+        );
         self.ip_options = options.to_vec();
         self
     }
@@ -291,7 +303,10 @@ pub fn parse(frame: &[u8]) -> Result<Headers, String> {
     }
     let end = l3_off + usize::from(be16(frame, l3_off + 2)?);
     if end > frame.len() || end < l3_off + ihl {
-        return Err(format!("IPv4 total length ends at {end}, frame has {}", frame.len()));
+        return Err(format!(
+            "IPv4 total length ends at {end}, frame has {}",
+            frame.len()
+        ));
     }
     let proto = frame[l3_off + 9];
     let l4_off = l3_off + ihl;
@@ -323,6 +338,12 @@ pub fn dst(frame: &[u8]) -> SocketAddrV4 {
     parse(frame).expect("parsable frame").dst
 }
 
+/// The TCP/UDP checksum field of an IPv4 frame (panics if unparsable).
+pub fn l4_csum_field(frame: &[u8]) -> u16 {
+    let h = parse(frame).expect("parsable frame");
+    be16(frame, h.l4_csum_off()).expect("checksum field")
+}
+
 /// Checks the IPv4 header checksum and the TCP/UDP checksum (a zero UDP
 /// checksum means "none" and is accepted).
 pub fn verify_checksums(frame: &[u8]) -> Result<(), String> {
@@ -337,7 +358,10 @@ pub fn verify_checksums(frame: &[u8]) -> Result<(), String> {
         return Ok(());
     }
     let seg = &frame[h.l4_off..h.end];
-    let l4_sum = fold(sum_words(seg, pseudo_header_sum(*h.src.ip(), *h.dst.ip(), h.proto, seg.len())));
+    let l4_sum = fold(sum_words(
+        seg,
+        pseudo_header_sum(*h.src.ip(), *h.dst.ip(), h.proto, seg.len()),
+    ));
     if l4_sum != 0xffff {
         return Err(format!(
             "{} checksum {csum_field:#06x} wrong (sum {l4_sum:#06x})",
@@ -405,7 +429,10 @@ mod tests {
         for off in [h.l3_off + IP_DADDR_OFF, h.l4_off + 2, f.len() - 1] {
             let mut bad = f.clone();
             bad[off] ^= 0x01;
-            assert!(verify_checksums(&bad).is_err(), "flip at {off} not detected");
+            assert!(
+                verify_checksums(&bad).is_err(),
+                "flip at {off} not detected"
+            );
         }
     }
 }

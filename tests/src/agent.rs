@@ -1,0 +1,116 @@
+//! Running the real `kxdp` binary inside a mini node, and watching its log.
+
+use std::{
+    io::{BufRead, BufReader},
+    path::{Path, PathBuf},
+    process::{Child, Command, ExitStatus, Stdio},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context as _};
+
+use crate::netns::{run, MiniNode};
+
+/// The `kxdp` binary under test: `$KXDP_BIN` (set by `cargo xtask test`),
+/// else the workspace's debug build.
+pub fn kxdp_bin() -> PathBuf {
+    let path = std::env::var_os("KXDP_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug/kxdp"));
+    assert!(
+        path.exists(),
+        "kxdp binary not found at {}: build it first (`cargo xtask test` does)",
+        path.display()
+    );
+    path
+}
+
+/// A `kxdp agent` running in the node namespace.
+pub struct Agent {
+    child: Child,
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+impl Agent {
+    pub fn start(node: &MiniNode, manifests: &Path) -> anyhow::Result<Self> {
+        let mut command = node.command(&node.node_netns, kxdp_bin());
+        command
+            .arg("agent")
+            .arg("--manifests")
+            .arg(manifests)
+            .args([
+                "--pod-interfaces",
+                &node.pod_interface_glob(),
+                "--rescan-ms",
+                "100",
+            ])
+            .arg("--pin-path")
+            .arg(node.pin_path())
+            .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stderr(Stdio::piped());
+        let mut child = command.spawn().context("starting kxdp agent")?;
+        let stderr = child.stderr.take().expect("piped");
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let sink = Arc::clone(&log);
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                eprintln!("[agent] {line}");
+                sink.lock().expect("log lock").push(line);
+            }
+        });
+        Ok(Self { child, log })
+    }
+
+    /// How many log lines contain all of `needles`.
+    pub fn count(&self, needles: &[&str]) -> usize {
+        let log = self.log.lock().expect("log lock");
+        log.iter()
+            .filter(|l| needles.iter().all(|n| l.contains(n)))
+            .count()
+    }
+
+    /// Waits (bounded) until at least `n` log lines contain all of `needles`.
+    pub fn wait_for(
+        &mut self,
+        needles: &[&str],
+        n: usize,
+        timeout: Duration,
+    ) -> anyhow::Result<()> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if self.count(needles) >= n {
+                return Ok(());
+            }
+            if let Some(status) = self.child.try_wait()? {
+                bail!("agent exited early ({status}) while waiting for {needles:?}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        bail!("agent did not log {needles:?} {n} times within {timeout:?}")
+    }
+
+    /// SIGTERM, then wait (bounded) for the exit status.
+    pub fn stop(mut self) -> anyhow::Result<ExitStatus> {
+        run(Command::new("kill").args(["-TERM", &self.child.id().to_string()]))?;
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait()? {
+                return Ok(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        bail!("agent did not exit within 5 s of SIGTERM")
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
