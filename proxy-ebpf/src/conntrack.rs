@@ -24,7 +24,7 @@ fn flow_key(flow: &Ipv4Flow) -> FlowKey {
 #[inline(always)]
 fn lookup(flow: &Ipv4Flow, direction: u8) -> Option<CtEntry> {
     // SAFETY: the entry is copied out at once.
-    let entry = unsafe { CONNTRACK.get(&flow_key(flow)).copied() }?;
+    let entry = unsafe { CONNTRACK.get(flow_key(flow)).copied() }?;
     (entry.direction == direction).then_some(entry)
 }
 
@@ -70,13 +70,13 @@ pub fn create(flow: &Ipv4Flow, service_id: u32, chosen: &Selected) -> Result<CtE
         backend_id: chosen.id,
     };
     CONNTRACK
-        .insert(&reply_key, &reply, BPF_ANY as u64)
+        .insert(reply_key, reply, BPF_ANY as u64)
         .map_err(|_| drop_reason::CONNTRACK_FULL)?;
     if CONNTRACK
-        .insert(&flow_key(flow), &forward, BPF_ANY as u64)
+        .insert(flow_key(flow), forward, BPF_ANY as u64)
         .is_err()
     {
-        let _ = CONNTRACK.remove(&reply_key);
+        let _ = CONNTRACK.remove(reply_key);
         return Err(drop_reason::CONNTRACK_FULL);
     }
     Ok(forward)

@@ -14,5 +14,5 @@ pub fn cluster_ip_service(flow: &Ipv4Flow) -> Option<ServiceValue> {
         scope: SCOPE_CLUSTER_IP,
     };
     // SAFETY: the value is copied out at once.
-    unsafe { SERVICES.get(&key).copied() }
+    unsafe { SERVICES.get(key).copied() }
 }

@@ -24,8 +24,8 @@ pub fn select_backend(service: &ServiceValue, flow: &Ipv4Flow) -> Result<Selecte
         slot: flow_hash(flow) % service.slot_count,
     };
     // SAFETY: values are copied out at once.
-    let id = unsafe { SELECTION.get(&key).copied() }.ok_or(drop_reason::STALE_SELECTION)?;
-    let backend = unsafe { BACKENDS.get(&id).copied() }.ok_or(drop_reason::STALE_SELECTION)?;
+    let id = unsafe { SELECTION.get(key).copied() }.ok_or(drop_reason::STALE_SELECTION)?;
+    let backend = unsafe { BACKENDS.get(id).copied() }.ok_or(drop_reason::STALE_SELECTION)?;
     Ok(Selected { id, backend })
 }
 

@@ -3,3 +3,4 @@ pub mod datapath;
 pub mod manifests;
 pub mod netns;
 pub mod packet;
+pub mod scenario;

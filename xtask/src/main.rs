@@ -1,1 +1,110 @@
-fn main() {}
+//! Developer tasks: `cargo xtask setup | test | demo | bench`.
+//! `test`, `demo` and `bench` run `setup` first, so each works on a fresh
+//! machine with one command.
+
+mod setup;
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{bail, Context as _};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "xtask")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install what building and testing need (idempotent).
+    Setup,
+    /// Formatting, clippy, unit, packet and namespace suites (needs root).
+    Test,
+    /// Build a mini node from network namespaces and show a ClusterIP at work (needs root).
+    Demo,
+    /// Per-packet cost and connection-rate benchmarks; writes docs/bench/REPORT.md (needs root).
+    Bench {
+        /// Shorter runs, for a quick look.
+        #[arg(long)]
+        quick: bool,
+    },
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives in the workspace").to_path_buf()
+}
+
+/// Runs a command in the workspace root, failing if it fails.
+fn run(command: &mut Command) -> anyhow::Result<()> {
+    command.current_dir(workspace_root());
+    eprintln!("xtask: running {command:?}");
+    let status = command.status().with_context(|| format!("spawning {command:?}"))?;
+    if !status.success() {
+        bail!("{command:?} failed: {status}");
+    }
+    Ok(())
+}
+
+fn cargo() -> Command {
+    Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+}
+
+fn require_root(task: &str) -> anyhow::Result<()> {
+    let uid = String::from_utf8(Command::new("id").arg("-u").output()?.stdout)?;
+    if uid.trim() != "0" {
+        bail!("`cargo xtask {task}` loads eBPF programs and builds network namespaces: run it as root");
+    }
+    Ok(())
+}
+
+fn test() -> anyhow::Result<()> {
+    require_root("test")?;
+    run(cargo().args(["fmt", "--all", "--check"]))?;
+    run(cargo().args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]))?;
+    // The eBPF crate alone, for its own target.
+    run(cargo()
+        .current_dir(workspace_root().join("proxy-ebpf"))
+        .args(["+nightly", "clippy", "-p", "proxy-ebpf", "--target", "bpfel-unknown-none", "-Z", "build-std=core", "--", "-D", "warnings"])
+        .env_remove("RUSTUP_TOOLCHAIN"))?;
+    run(cargo().args(["build", "-p", "proxy-userspace"]))?;
+    let kxdp = workspace_root().join("target/debug/kxdp");
+    // Unit, packet (BPF_PROG_TEST_RUN) and namespace suites. The privileged
+    // ones fail, never skip, when they cannot run.
+    run(cargo().args(["test", "--workspace"]).env("KXDP_BIN", kxdp))
+}
+
+fn release_build() -> anyhow::Result<PathBuf> {
+    run(cargo().args(["build", "--release", "-p", "proxy-userspace", "-p", "kxdp-testbed"]))?;
+    Ok(workspace_root().join("target/release"))
+}
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().task {
+        Task::Setup => setup::run(),
+        Task::Test => {
+            setup::run()?;
+            test()
+        }
+        Task::Demo => {
+            setup::run()?;
+            require_root("demo")?;
+            let bin = release_build()?;
+            run(Command::new(bin.join("kxdp-demo")).env("KXDP_BIN", bin.join("kxdp")))
+        }
+        Task::Bench { quick } => {
+            setup::run()?;
+            require_root("bench")?;
+            let bin = release_build()?;
+            let mut bench = Command::new(bin.join("kxdp-bench"));
+            if quick {
+                bench.arg("--quick");
+            }
+            run(bench.env("KXDP_BIN", bin.join("kxdp")))
+        }
+    }
+}

@@ -193,7 +193,7 @@ fn adopt(program: &mut SchedClassifier, path: &Path) -> Result<&'static str, Att
         .map_err(|e| fail(e.to_string()))?;
     // The pin keeps the link alive; our handle can go.
     drop(program.take_link(id).map_err(|e| fail(e.to_string()))?);
-    Ok("adopted pinned link (program replaced atomically)")
+    Ok("attached: adopted pinned link, program replaced atomically")
 }
 
 fn attach(

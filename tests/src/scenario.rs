@@ -1,0 +1,130 @@
+//! The echo scenario shared by the namespace suite, the demo and the
+//! benchmarks: a mini node with a client pod and backend pods running
+//! `kxdp-peer serve`, the kubectl-written `echo` Service and its
+//! EndpointSlice in a manifest directory.
+
+use std::{
+    fs,
+    io::{BufRead, BufReader},
+    net::Ipv4Addr,
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    time::Duration,
+};
+
+use anyhow::{bail, Context as _};
+
+use crate::{
+    agent::{kxdp_bin, Agent},
+    manifests::{allocated_cluster_ip, echo_endpoint_slice, ECHO_SERVICE},
+    netns::{run, MiniNode},
+};
+
+const AGENT_READY: Duration = Duration::from_secs(10);
+
+/// `kxdp-peer` next to the running binary (bins) or one level up (tests run
+/// from `target/<profile>/deps`), unless `$KXDP_PEER_BIN` says otherwise.
+pub fn peer_bin() -> PathBuf {
+    if let Some(path) = std::env::var_os("KXDP_PEER_BIN") {
+        return path.into();
+    }
+    let exe = std::env::current_exe().expect("current exe");
+    let dir = exe.parent().expect("exe dir");
+    [dir.join("kxdp-peer"), dir.join("../kxdp-peer")]
+        .into_iter()
+        .find(|p| p.exists())
+        .unwrap_or_else(|| panic!("kxdp-peer not found near {}: build the kxdp-testbed package", exe.display()))
+}
+
+pub struct EchoScenario {
+    pub node: MiniNode,
+    pub manifests: PathBuf,
+    /// The ClusterIP the agent allocates for `echo`.
+    pub vip: Ipv4Addr,
+    pub backends: Vec<Ipv4Addr>,
+    peer: PathBuf,
+}
+
+impl EchoScenario {
+    /// Pod "client" (index 1) and backends "b1".."bN" (index 2..), serving
+    /// HTTP on 8080 and UDP on 5353, all ready in the EndpointSlice.
+    pub fn new(backend_count: u8, peer: PathBuf) -> anyhow::Result<Self> {
+        let mut node = MiniNode::new()?;
+        node.add_pod("client", 1)?;
+        let mut backends = Vec::new();
+        for i in 1..=backend_count {
+            let name = format!("b{i}");
+            let pod = node.add_pod(&name, i + 1)?;
+            let (netns, ip) = (pod.netns.clone(), pod.ip);
+            let mut serve = node.command(&netns, &peer);
+            serve.args(["serve", "--name", &name, "--tcp", "8080", "--udp", "5353"]).stdout(Stdio::piped());
+            let child = node.spawn(serve)?;
+            let mut line = String::new();
+            BufReader::new(child.stdout.take().context("peer stdout")?).read_line(&mut line)?;
+            if line.trim() != "ready" {
+                bail!("backend {name} did not start");
+            }
+            backends.push(ip);
+        }
+        let manifests = std::env::temp_dir().join(format!("{}-manifests", node.prefix));
+        fs::create_dir_all(&manifests)?;
+        fs::write(manifests.join("service.yaml"), ECHO_SERVICE)?;
+        let scenario = Self { vip: allocated_cluster_ip(ECHO_SERVICE), node, manifests, backends, peer };
+        let all_ready: Vec<_> = scenario.backends.iter().map(|b| (*b, true)).collect();
+        scenario.write_slice(&all_ready)?;
+        Ok(scenario)
+    }
+
+    /// Starts the agent and waits until it has synced and attached to every pod.
+    pub fn start_agent(&self) -> anyhow::Result<Agent> {
+        let mut agent = Agent::start(&self.node, &self.manifests)?;
+        agent.wait_for(&["attached"], self.node.pods.len(), AGENT_READY)?;
+        agent.wait_for(&["synced"], 1, AGENT_READY)?;
+        Ok(agent)
+    }
+
+    /// Replaces the EndpointSlice (write, then rename: never half a file).
+    pub fn write_slice(&self, endpoints: &[(Ipv4Addr, bool)]) -> anyhow::Result<()> {
+        let tmp = self.manifests.join(".slice.tmp");
+        fs::write(&tmp, echo_endpoint_slice(endpoints))?;
+        fs::rename(tmp, self.manifests.join("slice.yaml"))?;
+        Ok(())
+    }
+
+    fn client(&self, program: impl AsRef<Path>, args: &[&str]) -> Result<String, String> {
+        let output = self.node.command(&self.node.pod("client").netns, program).args(args).output();
+        match output {
+            Ok(o) if o.status.success() => Ok(String::from_utf8_lossy(&o.stdout).trim().to_string()),
+            Ok(o) => Err(String::from_utf8_lossy(&o.stderr).trim().to_string()),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    /// One HTTP GET from the client pod (curl); the backend's answer.
+    pub fn http_get(&self, target: &str) -> Result<String, String> {
+        self.client("curl", &["-sS", "--max-time", "3", &format!("http://{target}/")])
+    }
+
+    /// One UDP request from the client pod; `from=<addr> <answer>`.
+    pub fn udp_query(&self, target: &str, payload: &str) -> Result<String, String> {
+        self.client(&self.peer, &["udp-query", target, payload, "2000"])
+    }
+
+    /// Runs `kxdp ARGS --pin-path <this node's pins>` in the node namespace.
+    pub fn kxdp(&self, args: &[&str]) -> anyhow::Result<String> {
+        let mut command = self.node.command(&self.node.node_netns, kxdp_bin());
+        command.args(args).arg("--pin-path").arg(self.node.pin_path());
+        Ok(String::from_utf8_lossy(&run(&mut command)?.stdout).into_owned())
+    }
+
+    /// Runs a command in the client pod.
+    pub fn client_command(&self, program: impl AsRef<Path>) -> Command {
+        self.node.command(&self.node.pod("client").netns, program)
+    }
+}
+
+impl Drop for EchoScenario {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.manifests);
+    }
+}
