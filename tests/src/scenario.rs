@@ -8,7 +8,7 @@ use std::{
     io::{BufRead, BufReader},
     net::Ipv4Addr,
     path::{Path, PathBuf},
-    process::{Command, Stdio},
+    process::Stdio,
     time::Duration,
 };
 
@@ -33,7 +33,12 @@ pub fn peer_bin() -> PathBuf {
     [dir.join("kxdp-peer"), dir.join("../kxdp-peer")]
         .into_iter()
         .find(|p| p.exists())
-        .unwrap_or_else(|| panic!("kxdp-peer not found near {}: build the kxdp-testbed package", exe.display()))
+        .unwrap_or_else(|| {
+            panic!(
+                "kxdp-peer not found near {}: build the kxdp-testbed package",
+                exe.display()
+            )
+        })
 }
 
 pub struct EchoScenario {
@@ -57,7 +62,9 @@ impl EchoScenario {
             let pod = node.add_pod(&name, i + 1)?;
             let (netns, ip) = (pod.netns.clone(), pod.ip);
             let mut serve = node.command(&netns, &peer);
-            serve.args(["serve", "--name", &name, "--tcp", "8080", "--udp", "5353"]).stdout(Stdio::piped());
+            serve
+                .args(["serve", "--name", &name, "--tcp", "8080", "--udp", "5353"])
+                .stdout(Stdio::piped());
             let child = node.spawn(serve)?;
             let mut line = String::new();
             BufReader::new(child.stdout.take().context("peer stdout")?).read_line(&mut line)?;
@@ -69,7 +76,13 @@ impl EchoScenario {
         let manifests = std::env::temp_dir().join(format!("{}-manifests", node.prefix));
         fs::create_dir_all(&manifests)?;
         fs::write(manifests.join("service.yaml"), ECHO_SERVICE)?;
-        let scenario = Self { vip: allocated_cluster_ip(ECHO_SERVICE), node, manifests, backends, peer };
+        let scenario = Self {
+            vip: allocated_cluster_ip(ECHO_SERVICE),
+            node,
+            manifests,
+            backends,
+            peer,
+        };
         let all_ready: Vec<_> = scenario.backends.iter().map(|b| (*b, true)).collect();
         scenario.write_slice(&all_ready)?;
         Ok(scenario)
@@ -92,9 +105,25 @@ impl EchoScenario {
     }
 
     fn client(&self, program: impl AsRef<Path>, args: &[&str]) -> Result<String, String> {
-        let output = self.node.command(&self.node.pod("client").netns, program).args(args).output();
+        self.from_pod("client", program, args)
+    }
+
+    /// Runs a client program in pod `pod`; its stdout, or its stderr on failure.
+    pub fn from_pod(
+        &self,
+        pod: &str,
+        program: impl AsRef<Path>,
+        args: &[&str],
+    ) -> Result<String, String> {
+        let output = self
+            .node
+            .command(&self.node.pod(pod).netns, program)
+            .args(args)
+            .output();
         match output {
-            Ok(o) if o.status.success() => Ok(String::from_utf8_lossy(&o.stdout).trim().to_string()),
+            Ok(o) if o.status.success() => {
+                Ok(String::from_utf8_lossy(&o.stdout).trim().to_string())
+            }
             Ok(o) => Err(String::from_utf8_lossy(&o.stderr).trim().to_string()),
             Err(e) => Err(e.to_string()),
         }
@@ -102,7 +131,10 @@ impl EchoScenario {
 
     /// One HTTP GET from the client pod (curl); the backend's answer.
     pub fn http_get(&self, target: &str) -> Result<String, String> {
-        self.client("curl", &["-sS", "--max-time", "3", &format!("http://{target}/")])
+        self.client(
+            "curl",
+            &["-sS", "--max-time", "3", &format!("http://{target}/")],
+        )
     }
 
     /// One UDP request from the client pod; `from=<addr> <answer>`.
@@ -113,13 +145,11 @@ impl EchoScenario {
     /// Runs `kxdp ARGS --pin-path <this node's pins>` in the node namespace.
     pub fn kxdp(&self, args: &[&str]) -> anyhow::Result<String> {
         let mut command = self.node.command(&self.node.node_netns, kxdp_bin());
-        command.args(args).arg("--pin-path").arg(self.node.pin_path());
+        command
+            .args(args)
+            .arg("--pin-path")
+            .arg(self.node.pin_path());
         Ok(String::from_utf8_lossy(&run(&mut command)?.stdout).into_owned())
-    }
-
-    /// Runs a command in the client pod.
-    pub fn client_command(&self, program: impl AsRef<Path>) -> Command {
-        self.node.command(&self.node.pod("client").netns, program)
     }
 }
 

@@ -18,8 +18,14 @@ fn scenario() -> EchoScenario {
 fn spread(s: &EchoScenario, n: usize) -> BTreeMap<String, usize> {
     let mut seen = BTreeMap::new();
     for i in 0..n {
-        let body = s.http_get(&format!("{}:80", s.vip)).unwrap_or_else(|e| panic!("request {i} through {} failed: {e}", s.vip));
-        let backend = body.split_whitespace().next().unwrap_or_default().to_string();
+        let body = s
+            .http_get(&format!("{}:80", s.vip))
+            .unwrap_or_else(|e| panic!("request {i} through {} failed: {e}", s.vip));
+        let backend = body
+            .split_whitespace()
+            .next()
+            .unwrap_or_default()
+            .to_string();
         *seen.entry(backend).or_insert(0) += 1;
     }
     seen
@@ -31,18 +37,33 @@ fn tcp_and_udp_reach_both_backends_through_the_cluster_ip() {
     let _agent = s.start_agent().unwrap();
 
     let seen = spread(&s, 30);
-    assert_eq!(seen.keys().collect::<Vec<_>>(), ["backend=b1", "backend=b2"], "{seen:?}");
+    assert_eq!(
+        seen.keys().collect::<Vec<_>>(),
+        ["backend=b1", "backend=b2"],
+        "{seen:?}"
+    );
     // ClusterIP traffic from a pod keeps the client's address.
     let body = s.http_get(&format!("{}:80", s.vip)).unwrap();
-    assert!(body.contains(&format!("client={}:", s.node.pod("client").ip)), "{body}");
+    assert!(
+        body.contains(&format!("client={}:", s.node.pod("client").ip)),
+        "{body}"
+    );
 
-    let reply = s.udp_query(&format!("{}:53", s.vip), "hello").expect("UDP through the VIP");
+    let reply = s
+        .udp_query(&format!("{}:53", s.vip), "hello")
+        .expect("UDP through the VIP");
     // The reply comes from the VIP and service port, served by a backend.
-    assert!(reply.starts_with(&format!("from={}:53 backend=b", s.vip)), "{reply}");
+    assert!(
+        reply.starts_with(&format!("from={}:53 backend=b", s.vip)),
+        "{reply}"
+    );
     assert!(reply.ends_with("payload=hello"), "{reply}");
 
     let table = s.kxdp(&["services"]).unwrap();
-    let http_row = table.lines().find(|l| l.starts_with(&format!("{}:80/TCP", s.vip))).unwrap_or_else(|| panic!("{table}"));
+    let http_row = table
+        .lines()
+        .find(|l| l.starts_with(&format!("{}:80/TCP", s.vip)))
+        .unwrap_or_else(|| panic!("{table}"));
     for backend in &s.backends {
         assert!(http_row.contains(&format!("{backend}:8080")), "{http_row}");
     }
@@ -52,15 +73,60 @@ fn tcp_and_udp_reach_both_backends_through_the_cluster_ip() {
 }
 
 #[test]
-fn a_backend_that_turns_not_ready_leaves_rotation() {
+fn a_backend_that_turns_not_ready_leaves_rotation_and_bad_manifests_hurt_nobody() {
     let s = scenario();
     let mut agent = s.start_agent().unwrap();
     assert_eq!(spread(&s, 20).len(), 2);
 
-    s.write_slice(&[(s.backends[0], true), (s.backends[1], false)]).unwrap();
+    s.write_slice(&[(s.backends[0], true), (s.backends[1], false)])
+        .unwrap();
     agent.wait_for(&["synced"], 2, WAIT).unwrap();
     let seen = spread(&s, 20);
     assert_eq!(seen.keys().collect::<Vec<_>>(), ["backend=b1"], "{seen:?}");
+
+    // A broken document and an invalid Service are reported by name and
+    // skipped; the echo Service keeps working.
+    std::fs::write(
+        s.manifests.join("broken.yaml"),
+        "apiVersion: v1\nkind: Service\nmetadata: {name: bad-port, namespace: shop}\n\
+         spec: {clusterIP: 10.96.0.50, ports: [{port: 70000}]}\n---\nkind: [unclosed\n",
+    )
+    .unwrap();
+    agent.wait_for(&["synced"], 3, WAIT).unwrap();
+    assert_eq!(
+        agent.count(&[
+            "skipping invalid object",
+            "Service shop/bad-port",
+            "port 70000 is out of range"
+        ]),
+        1
+    );
+    assert_eq!(
+        agent.count(&["skipping invalid object", "broken.yaml:6", "not valid YAML"]),
+        1
+    );
+    assert_eq!(spread(&s, 5).len(), 1);
+}
+
+#[test]
+fn interfaces_that_appear_later_are_attached() {
+    let mut s = scenario();
+    let mut agent = s.start_agent().unwrap();
+    s.node.add_pod("late", 9).unwrap();
+    agent
+        .wait_for(&["attached", &s.node.pod("late").host_interface], 1, WAIT)
+        .unwrap();
+    let body = s
+        .from_pod(
+            "late",
+            "curl",
+            &["-sS", "--max-time", "3", &format!("http://{}:80/", s.vip)],
+        )
+        .unwrap();
+    assert!(
+        body.starts_with("backend=b") && body.contains("client=10.200.9.2:"),
+        "{body}"
+    );
 }
 
 #[test]
@@ -74,17 +140,23 @@ fn datapath_outlives_the_agent_until_unload() {
     let status = agent.stop().unwrap();
     assert!(status.success(), "agent exits cleanly on SIGTERM: {status}");
     assert!(started.elapsed() < Duration::from_secs(5));
-    s.http_get(&vip).expect("the datapath keeps serving with the agent stopped");
+    s.http_get(&vip)
+        .expect("the datapath keeps serving with the agent stopped");
 
     // A new agent adopts the pinned links and maps: nothing is rewritten.
     let mut agent = s.start_agent().unwrap();
     agent.wait_for(&["adopted pinned link"], 3, WAIT).unwrap();
-    agent.wait_for(&["synced", "written=0", "deleted=0"], 1, WAIT).unwrap();
+    agent
+        .wait_for(&["synced", "written=0", "deleted=0"], 1, WAIT)
+        .unwrap();
     assert_eq!(spread(&s, 10).values().sum::<usize>(), 10);
     agent.stop().unwrap();
 
     let out = s.kxdp(&["unload"]).unwrap();
     assert!(out.contains("detached 3 links, removed 6 maps"), "{out}");
     assert!(!s.node.pin_path().exists(), "unload leaves no pins");
-    assert!(s.http_get(&vip).is_err(), "with the datapath gone the VIP answers nothing");
+    assert!(
+        s.http_get(&vip).is_err(),
+        "with the datapath gone the VIP answers nothing"
+    );
 }

@@ -36,14 +36,19 @@ enum Task {
 }
 
 fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives in the workspace").to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .to_path_buf()
 }
 
 /// Runs a command in the workspace root, failing if it fails.
 fn run(command: &mut Command) -> anyhow::Result<()> {
     command.current_dir(workspace_root());
     eprintln!("xtask: running {command:?}");
-    let status = command.status().with_context(|| format!("spawning {command:?}"))?;
+    let status = command
+        .status()
+        .with_context(|| format!("spawning {command:?}"))?;
     if !status.success() {
         bail!("{command:?} failed: {status}");
     }
@@ -65,12 +70,29 @@ fn require_root(task: &str) -> anyhow::Result<()> {
 fn test() -> anyhow::Result<()> {
     require_root("test")?;
     run(cargo().args(["fmt", "--all", "--check"]))?;
-    run(cargo().args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]))?;
+    run(cargo().args([
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
     // The eBPF crate alone, for its own target.
-    run(cargo()
-        .current_dir(workspace_root().join("proxy-ebpf"))
-        .args(["+nightly", "clippy", "-p", "proxy-ebpf", "--target", "bpfel-unknown-none", "-Z", "build-std=core", "--", "-D", "warnings"])
-        .env_remove("RUSTUP_TOOLCHAIN"))?;
+    run(Command::new("rustup")
+        .args(["run", "nightly", "cargo", "clippy", "-p", "proxy-ebpf"])
+        .args([
+            "--target",
+            "bpfel-unknown-none",
+            "-Z",
+            "build-std=core",
+            "--",
+            "-D",
+            "warnings",
+        ])
+        .env_remove("RUSTUP_TOOLCHAIN")
+        .env_remove("CARGO")
+        .env_remove("RUSTC"))?;
     run(cargo().args(["build", "-p", "proxy-userspace"]))?;
     let kxdp = workspace_root().join("target/debug/kxdp");
     // Unit, packet (BPF_PROG_TEST_RUN) and namespace suites. The privileged
@@ -79,7 +101,14 @@ fn test() -> anyhow::Result<()> {
 }
 
 fn release_build() -> anyhow::Result<PathBuf> {
-    run(cargo().args(["build", "--release", "-p", "proxy-userspace", "-p", "kxdp-testbed"]))?;
+    run(cargo().args([
+        "build",
+        "--release",
+        "-p",
+        "proxy-userspace",
+        "-p",
+        "kxdp-testbed",
+    ]))?;
     Ok(workspace_root().join("target/release"))
 }
 

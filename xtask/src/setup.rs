@@ -21,14 +21,26 @@ const BPF_LINKER_VERSION: &str = "0.13.0";
 const LLVM_BIN: &str = "/usr/lib/llvm-22/bin";
 
 fn succeeds(command: &mut Command) -> bool {
-    command.stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok_and(|s| s.success())
+    command
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
 }
 
 fn output(command: &mut Command) -> String {
-    command.stderr(Stdio::null()).output().map(|o| String::from_utf8_lossy(&o.stdout).into_owned()).unwrap_or_default()
+    command
+        .stderr(Stdio::null())
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default()
 }
 
-fn step(name: &str, done: bool, install: impl FnOnce() -> anyhow::Result<()>) -> anyhow::Result<()> {
+fn step(
+    name: &str,
+    done: bool,
+    install: impl FnOnce() -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
     if done {
         eprintln!("setup: {name}: already present");
         return Ok(());
@@ -40,7 +52,9 @@ fn step(name: &str, done: bool, install: impl FnOnce() -> anyhow::Result<()>) ->
 }
 
 fn checked(command: &mut Command) -> anyhow::Result<()> {
-    let status = command.status().with_context(|| format!("spawning {command:?}"))?;
+    let status = command
+        .status()
+        .with_context(|| format!("spawning {command:?}"))?;
     if !status.success() {
         bail!("{command:?} failed: {status}");
     }
@@ -48,42 +62,104 @@ fn checked(command: &mut Command) -> anyhow::Result<()> {
 }
 
 fn apt_installed(package: &str) -> bool {
-    output(Command::new("dpkg-query").args(["-W", "-f=${Status}", package])).contains("install ok installed")
+    output(Command::new("dpkg-query").args(["-W", "-f=${Status}", package]))
+        .contains("install ok installed")
 }
 
 pub fn run() -> anyhow::Result<()> {
-    let missing: Vec<&str> = APT_PACKAGES.iter().copied().filter(|p| !apt_installed(p)).collect();
-    step(&format!("apt packages ({})", APT_PACKAGES.join(" ")), missing.is_empty(), || {
-        checked(Command::new("apt-get").arg("update"))?;
-        checked(Command::new("apt-get").args(["install", "-y"]).args(&missing).env("DEBIAN_FRONTEND", "noninteractive"))
-    })?;
+    let missing: Vec<&str> = APT_PACKAGES
+        .iter()
+        .copied()
+        .filter(|p| !apt_installed(p))
+        .collect();
+    step(
+        &format!("apt packages ({})", APT_PACKAGES.join(" ")),
+        missing.is_empty(),
+        || {
+            checked(Command::new("apt-get").arg("update"))?;
+            checked(
+                Command::new("apt-get")
+                    .args(["install", "-y"])
+                    .args(&missing)
+                    .env("DEBIAN_FRONTEND", "noninteractive"),
+            )
+        },
+    )?;
 
-    let nightly = output(Command::new("rustup").args(["toolchain", "list"])).lines().any(|l| l.starts_with("nightly"));
-    step("rust nightly toolchain (eBPF crate, -Z build-std)", nightly, || {
-        checked(Command::new("rustup").args(["toolchain", "install", "nightly", "--profile", "minimal"]))
-    })?;
-    let rust_src = output(Command::new("rustup").args(["component", "list", "--toolchain", "nightly", "--installed"]))
+    let nightly = output(Command::new("rustup").args(["toolchain", "list"]))
         .lines()
-        .any(|l| l.starts_with("rust-src"));
+        .any(|l| l.starts_with("nightly"));
+    step(
+        "rust nightly toolchain (eBPF crate, -Z build-std)",
+        nightly,
+        || {
+            checked(Command::new("rustup").args([
+                "toolchain",
+                "install",
+                "nightly",
+                "--profile",
+                "minimal",
+            ]))
+        },
+    )?;
+    let rust_src = output(Command::new("rustup").args([
+        "component",
+        "list",
+        "--toolchain",
+        "nightly",
+        "--installed",
+    ]))
+    .lines()
+    .any(|l| l.starts_with("rust-src"));
     step("rust-src for nightly", rust_src, || {
-        checked(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))
+        checked(Command::new("rustup").args([
+            "component",
+            "add",
+            "rust-src",
+            "--toolchain",
+            "nightly",
+        ]))
     })?;
-    let clippy = output(Command::new("rustup").args(["component", "list", "--toolchain", "nightly", "--installed"]))
-        .lines()
-        .any(|l| l.starts_with("clippy"));
+    let clippy = output(Command::new("rustup").args([
+        "component",
+        "list",
+        "--toolchain",
+        "nightly",
+        "--installed",
+    ]))
+    .lines()
+    .any(|l| l.starts_with("clippy"));
     step("clippy for nightly (lints the eBPF crate)", clippy, || {
-        checked(Command::new("rustup").args(["component", "add", "clippy", "--toolchain", "nightly"]))
+        checked(Command::new("rustup").args([
+            "component",
+            "add",
+            "clippy",
+            "--toolchain",
+            "nightly",
+        ]))
     })?;
 
     let linker = output(Command::new("bpf-linker").arg("--version")).contains(BPF_LINKER_VERSION);
-    step(&format!("bpf-linker {BPF_LINKER_VERSION} (llvm-22)"), linker, || {
-        let path = format!("{LLVM_BIN}:{}", std::env::var("PATH").unwrap_or_default());
-        checked(
-            Command::new("cargo")
-                .args(["install", "bpf-linker", "--version", BPF_LINKER_VERSION, "--no-default-features", "--features", "llvm-22"])
-                .env("PATH", path),
-        )
-    })?;
+    step(
+        &format!("bpf-linker {BPF_LINKER_VERSION} (llvm-22)"),
+        linker,
+        || {
+            let path = format!("{LLVM_BIN}:{}", std::env::var("PATH").unwrap_or_default());
+            checked(
+                Command::new("cargo")
+                    .args([
+                        "install",
+                        "bpf-linker",
+                        "--version",
+                        BPF_LINKER_VERSION,
+                        "--no-default-features",
+                        "--features",
+                        "llvm-22",
+                    ])
+                    .env("PATH", path),
+            )
+        },
+    )?;
 
     // The namespace suites need these at run time; a failure here is clearer
     // than one in the middle of a test.

@@ -11,13 +11,19 @@ fn main() -> anyhow::Result<()> {
     let s = EchoScenario::new(2, peer_bin())?;
     println!("Mini node: namespace {} with pods", s.node.node_netns);
     for pod in &s.node.pods {
-        println!("  {:<7} {:<12} host interface {}", pod.name, pod.ip, pod.host_interface);
+        println!(
+            "  {:<7} {:<12} host interface {}",
+            pod.name, pod.ip, pod.host_interface
+        );
     }
     println!("\nService manifest (written by kubectl, no clusterIP):\n");
     for line in ECHO_SERVICE.lines().filter(|l| !l.starts_with('#')) {
         println!("    {line}");
     }
-    println!("\nStarting `kxdp agent` (tcx on every pod interface; it allocates clusterIP {})\n", s.vip);
+    println!(
+        "\nStarting `kxdp agent` (tcx on every pod interface; it allocates clusterIP {})\n",
+        s.vip
+    );
     let agent = s.start_agent()?;
 
     println!("\nHTTP from the client pod to http://{}:80/ (TCP):", s.vip);
