@@ -5,12 +5,7 @@
 //! private bpffs: parallel tests never share maps and nothing outlives a test.
 //! Privileged: without root and BPF this panics, it never skips (DESIGN.md §5).
 
-use std::{
-    net::Ipv4Addr,
-    path::{Path, PathBuf},
-    process::Command,
-    sync::atomic::{AtomicU32, Ordering},
-};
+use std::net::Ipv4Addr;
 
 use aya::{
     maps::{HashMap, MapData, PerCpuArray},
@@ -23,6 +18,8 @@ use proxy_common::maps::{
 };
 use proxy_userspace::ebpf_object::KXDP_OBJECT;
 
+use crate::privileged::{require_root, PrivateBpffs};
+
 /// tc verdicts (linux/pkt_cls.h).
 pub const TC_ACT_OK: u32 = 0;
 pub const TC_ACT_SHOT: u32 = 2;
@@ -34,70 +31,17 @@ fn fail(what: impl std::fmt::Display) -> ! {
     panic!("packet tests need root and BPF: {what}")
 }
 
-/// A private bpffs mount, unmounted and removed on drop.
-struct BpffsMount(PathBuf);
-
-impl BpffsMount {
-    fn new() -> Self {
-        static NEXT: AtomicU32 = AtomicU32::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "kxdp-packet-test-{}-{}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::Relaxed)
-        ));
-        std::fs::create_dir_all(&dir).unwrap_or_else(|e| fail(format!("mkdir {dir:?}: {e}")));
-        let status = Command::new("mount")
-            .args(["-t", "bpf", "bpf"])
-            .arg(&dir)
-            .status();
-        if !matches!(&status, Ok(s) if s.success()) {
-            let _ = std::fs::remove_dir(&dir);
-            fail(format!("mount -t bpf on {dir:?} failed: {status:?}"));
-        }
-        BpffsMount(dir)
-    }
-
-    fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for BpffsMount {
-    fn drop(&mut self) {
-        // Unmounting drops the pins; the maps die with the last fd.
-        match Command::new("umount").arg(&self.0).status() {
-            Ok(s) if s.success() => {
-                let _ = std::fs::remove_dir(&self.0);
-            }
-            other => eprintln!("warning: umount {:?} failed: {other:?}", self.0),
-        }
-    }
-}
-
-/// Whether the process runs with effective uid 0 (read from /proc, no libc).
-fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            let line = s.lines().find(|l| l.starts_with("Uid:"))?;
-            line.split_whitespace().nth(2).map(|euid| euid == "0")
-        })
-        .unwrap_or(false)
-}
-
 /// The loaded datapath. Field order matters: `ebpf` drops before `mount`.
 pub struct Datapath {
     ebpf: Ebpf,
-    _mount: BpffsMount,
+    _mount: PrivateBpffs,
 }
 
 impl Datapath {
     /// Loads the object with its maps pinned in a fresh private bpffs.
     pub fn load() -> Self {
-        if !is_root() {
-            fail("not running as root");
-        }
-        let mount = BpffsMount::new();
+        require_root("packet tests");
+        let mount = PrivateBpffs::new("kxdp-packet-test").unwrap_or_else(|e| fail(e));
         let mut ebpf = EbpfLoader::new()
             .default_map_pin_directory(mount.path())
             .load(KXDP_OBJECT)

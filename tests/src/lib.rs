@@ -3,4 +3,5 @@ pub mod datapath;
 pub mod manifests;
 pub mod netns;
 pub mod packet;
+pub mod privileged;
 pub mod scenario;

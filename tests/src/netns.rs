@@ -17,6 +17,8 @@ use std::{
 
 use anyhow::{bail, Context as _};
 
+use crate::privileged::{require_root, PrivateBpffs};
+
 static NEXT_TAG: AtomicU32 = AtomicU32::new(0);
 
 /// Runs a command, failing with its stderr if it fails.
@@ -34,16 +36,6 @@ pub fn run(command: &mut Command) -> anyhow::Result<Output> {
     Ok(output)
 }
 
-/// Fails loudly unless we can build namespaces (root with CAP_NET_ADMIN).
-pub fn require_root(suite: &str) {
-    // SAFETY: geteuid has no preconditions.
-    let euid = unsafe { libc::geteuid() };
-    assert_eq!(
-        euid, 0,
-        "{suite} needs root (network namespaces, BPF); run it through `cargo xtask test` as root"
-    );
-}
-
 pub struct Pod {
     pub name: String,
     /// The pod's network namespace.
@@ -59,7 +51,7 @@ pub struct MiniNode {
     pub node_netns: String,
     pub pods: Vec<Pod>,
     /// Private bpffs mount for this node's pins.
-    bpffs: PathBuf,
+    bpffs: PrivateBpffs,
     children: Vec<Child>,
     namespaces: Vec<String>,
 }
@@ -69,7 +61,7 @@ impl MiniNode {
         require_root("the namespace suite");
         let tag = std::process::id() % 100_000 * 10 + NEXT_TAG.fetch_add(1, Ordering::Relaxed) % 10;
         let prefix = format!("kx{tag}");
-        let bpffs = std::env::temp_dir().join(format!("{prefix}-bpffs"));
+        let bpffs = PrivateBpffs::new(&prefix).context("mounting a private bpffs")?;
         let mut node = Self {
             node_netns: format!("{prefix}-node"),
             prefix,
@@ -78,11 +70,6 @@ impl MiniNode {
             children: Vec::new(),
             namespaces: Vec::new(),
         };
-        std::fs::create_dir_all(&node.bpffs)?;
-        run(Command::new("mount")
-            .args(["-t", "bpf", "bpf"])
-            .arg(&node.bpffs))
-        .context("mounting a private bpffs")?;
         let ns = node.node_netns.clone();
         node.add_netns(&ns)?;
         node.exec_ok(&ns, &["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"])?;
@@ -98,7 +85,7 @@ impl MiniNode {
 
     /// Where the agent of this node pins its maps and links.
     pub fn pin_path(&self) -> PathBuf {
-        self.bpffs.join("kxdp")
+        self.bpffs.path().join("kxdp")
     }
 
     /// Glob matching the host side of every pod interface.
@@ -201,7 +188,6 @@ impl Drop for MiniNode {
         for ns in self.namespaces.iter().rev() {
             let _ = Command::new("ip").args(["netns", "del", ns]).status();
         }
-        let _ = Command::new("umount").arg(&self.bpffs).status();
-        let _ = std::fs::remove_dir(&self.bpffs);
+        // `bpffs` unmounts itself after this.
     }
 }
