@@ -5,6 +5,8 @@ use std::process::{Command, Stdio};
 
 use anyhow::{bail, Context as _};
 
+use crate::run as checked;
+
 /// Debian packages: LLVM 22 for bpf-linker (matches rustc's LLVM), and the
 /// tools the namespace suites drive.
 const APT_PACKAGES: &[&str] = &[
@@ -51,16 +53,6 @@ fn step(
     Ok(())
 }
 
-fn checked(command: &mut Command) -> anyhow::Result<()> {
-    let status = command
-        .status()
-        .with_context(|| format!("spawning {command:?}"))?;
-    if !status.success() {
-        bail!("{command:?} failed: {status}");
-    }
-    Ok(())
-}
-
 fn apt_installed(package: &str) -> bool {
     output(Command::new("dpkg-query").args(["-W", "-f=${Status}", package]))
         .contains("install ok installed")
@@ -102,42 +94,26 @@ pub fn run() -> anyhow::Result<()> {
             ]))
         },
     )?;
-    let rust_src = output(Command::new("rustup").args([
+    let installed = output(Command::new("rustup").args([
         "component",
         "list",
         "--toolchain",
         "nightly",
         "--installed",
-    ]))
-    .lines()
-    .any(|l| l.starts_with("rust-src"));
-    step("rust-src for nightly", rust_src, || {
-        checked(Command::new("rustup").args([
-            "component",
-            "add",
-            "rust-src",
-            "--toolchain",
-            "nightly",
-        ]))
-    })?;
-    let clippy = output(Command::new("rustup").args([
-        "component",
-        "list",
-        "--toolchain",
-        "nightly",
-        "--installed",
-    ]))
-    .lines()
-    .any(|l| l.starts_with("clippy"));
-    step("clippy for nightly (lints the eBPF crate)", clippy, || {
-        checked(Command::new("rustup").args([
-            "component",
-            "add",
-            "clippy",
-            "--toolchain",
-            "nightly",
-        ]))
-    })?;
+    ]));
+    // rust-src for -Z build-std; clippy to lint the eBPF crate for its target.
+    for component in ["rust-src", "clippy"] {
+        let present = installed.lines().any(|l| l.starts_with(component));
+        step(&format!("{component} for nightly"), present, || {
+            checked(Command::new("rustup").args([
+                "component",
+                "add",
+                component,
+                "--toolchain",
+                "nightly",
+            ]))
+        })?;
+    }
 
     let linker = output(Command::new("bpf-linker").arg("--version")).contains(BPF_LINKER_VERSION);
     step(
