@@ -1,4 +1,10 @@
-//! The eBPF object built by `build.rs`, embedded in the binary.
+//! The eBPF objects built by `build.rs`, embedded in the binary.
 
 /// The datapath object (`proxy-ebpf`'s `kxdp` binary), 8-byte aligned for the ELF parser.
 pub static KXDP_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/kxdp"));
+
+/// Empty XDP (`floor_xdp`) and tc (`floor_tc`) programs (`proxy-ebpf`'s
+/// `floor` binary). They exist only for benchmarks: timing them measures the
+/// cost of the test harness (BPF_PROG_TEST_RUN) itself, the floor under
+/// every datapath number. The agent never loads them.
+pub static FLOOR_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/floor"));

@@ -125,6 +125,41 @@ impl Datapath {
             .expect("insert service");
     }
 
+    /// The loaded `pod_ingress` program, for callers that drive
+    /// BPF_PROG_TEST_RUN themselves (the benchmarks repeat and time it).
+    pub fn pod_ingress(&self) -> &SchedClassifier {
+        self.ebpf
+            .program("pod_ingress")
+            .expect("pod_ingress")
+            .try_into()
+            .expect("classifier")
+    }
+
+    /// Writes one conntrack entry directly, as if the datapath had made it.
+    pub fn insert_conntrack(&mut self, key: FlowKey, entry: CtEntry) {
+        self.hash::<FlowKey, CtEntry>("CONNTRACK")
+            .insert(key, entry, 0)
+            .expect("insert conntrack");
+    }
+
+    /// How many conntrack entries there are.
+    pub fn conntrack_len(&mut self) -> usize {
+        let map = self.hash::<FlowKey, CtEntry>("CONNTRACK");
+        map.keys()
+            .try_fold(0, |n, key| key.map(|_| n + 1))
+            .expect("read conntrack keys")
+    }
+
+    /// Removes every conntrack entry.
+    pub fn clear_conntrack(&mut self) {
+        let mut map = self.hash::<FlowKey, CtEntry>("CONNTRACK");
+        // Collect first: deleting while iterating would skip keys.
+        let keys: Vec<FlowKey> = map.keys().map(|k| k.expect("read key")).collect();
+        for key in keys {
+            map.remove(&key).expect("remove conntrack entry");
+        }
+    }
+
     /// Every conntrack entry, for tests that look at flow state.
     pub fn conntrack(&mut self) -> Vec<(FlowKey, CtEntry)> {
         let map = self.hash::<FlowKey, CtEntry>("CONNTRACK");

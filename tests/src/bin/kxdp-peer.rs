@@ -1,13 +1,16 @@
 //! Test peer for the namespace suites: a backend that answers HTTP and UDP
-//! with its name and the client address it saw, and a UDP client.
+//! with its name and the client address it saw, a UDP client, and a short
+//! TCP connection load generator for the benchmarks.
 //!
 //!   kxdp-peer serve --name NAME --tcp PORT --udp PORT
 //!   kxdp-peer udp-query ADDR:PORT PAYLOAD [TIMEOUT_MS]
+//!   kxdp-peer conn-rate ADDR:PORT DURATION_MS CONCURRENCY
 
 use std::{
     io::{Read, Write},
     net::{SocketAddr, TcpListener, TcpStream, UdpSocket},
-    time::Duration,
+    sync::atomic::{AtomicU64, Ordering},
+    time::{Duration, Instant},
 };
 
 use anyhow::{bail, Context as _};
@@ -68,6 +71,91 @@ fn udp_query(target: SocketAddr, payload: &str, timeout: Duration) -> anyhow::Re
     Ok(())
 }
 
+/// Longest a single connect, read or write of `conn-rate` may block.
+const CONN_TIMEOUT: Duration = Duration::from_secs(1);
+/// Upper bound on connections per `conn-rate` thread, whatever the duration.
+const MAX_CONNS_PER_THREAD: usize = 10_000_000;
+
+/// One short HTTP exchange: connect, send a request, read until the server
+/// closes, close. The whole exchange is bounded by `deadline`.
+fn one_connection(target: SocketAddr, deadline: Instant) -> std::io::Result<()> {
+    let mut stream = TcpStream::connect_timeout(&target, CONN_TIMEOUT)?;
+    stream.set_read_timeout(Some(CONN_TIMEOUT))?;
+    stream.set_write_timeout(Some(CONN_TIMEOUT))?;
+    stream.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")?;
+    let mut buf = [0u8; 1024];
+    let mut got = 0;
+    loop {
+        match stream.read(&mut buf)? {
+            0 => break,
+            n => got += n,
+        }
+        if Instant::now() > deadline {
+            return Err(std::io::Error::other("answer did not end in time"));
+        }
+    }
+    if got == 0 {
+        return Err(std::io::Error::other("empty answer"));
+    }
+    Ok(())
+}
+
+/// Connections back to back until `until`; the latency (µs) of each good one.
+fn connection_loop(target: SocketAddr, until: Instant, errors: &AtomicU64) -> Vec<u32> {
+    let mut latencies = Vec::new();
+    for _ in 0..MAX_CONNS_PER_THREAD {
+        let start = Instant::now();
+        if start >= until {
+            break;
+        }
+        match one_connection(target, start + 2 * CONN_TIMEOUT) {
+            Ok(()) => latencies.push(start.elapsed().as_micros().min(u32::MAX as u128) as u32),
+            Err(_) => {
+                errors.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+    latencies
+}
+
+/// The value at quantile `q` of sorted `values` (nearest rank).
+fn quantile(sorted: &[u32], q: f64) -> u32 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    let rank = (q * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+/// Short TCP connections from `concurrency` threads for `duration`; prints
+/// one `key=value` line.
+fn conn_rate(target: SocketAddr, duration: Duration, concurrency: usize) -> anyhow::Result<()> {
+    let errors = AtomicU64::new(0);
+    let start = Instant::now();
+    let until = start + duration;
+    let mut latencies: Vec<u32> = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..concurrency)
+            .map(|_| scope.spawn(|| connection_loop(target, until, &errors)))
+            .collect();
+        workers
+            .into_iter()
+            .flat_map(|w| w.join().expect("conn-rate worker panicked"))
+            .collect()
+    });
+    // Connections still open at `until` finish, so divide by the real time.
+    let secs = start.elapsed().as_secs_f64();
+    latencies.sort_unstable();
+    println!(
+        "conns={} secs={secs:.3} rate={:.1} p50_us={} p99_us={} errors={}",
+        latencies.len(),
+        latencies.len() as f64 / secs,
+        quantile(&latencies, 0.50),
+        quantile(&latencies, 0.99),
+        errors.load(Ordering::Relaxed),
+    );
+    Ok(())
+}
+
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let arg = |i: usize| args.get(i).map(String::as_str);
@@ -79,6 +167,14 @@ fn main() -> anyhow::Result<()> {
             let timeout = Duration::from_millis(timeout.unwrap_or("2000").parse()?);
             udp_query(target.parse()?, payload, timeout)
         }
-        _ => bail!("usage: kxdp-peer serve --name NAME --tcp PORT --udp PORT | udp-query ADDR:PORT PAYLOAD [TIMEOUT_MS]"),
+        (Some("conn-rate"), Some(target), Some(duration_ms), Some(concurrency), ..) => {
+            let concurrency: usize = concurrency.parse()?;
+            if !(1..=256).contains(&concurrency) {
+                bail!("CONCURRENCY must be 1..=256");
+            }
+            let duration = Duration::from_millis(duration_ms.parse()?);
+            conn_rate(target.parse()?, duration, concurrency)
+        }
+        _ => bail!("usage: kxdp-peer serve --name NAME --tcp PORT --udp PORT | udp-query ADDR:PORT PAYLOAD [TIMEOUT_MS] | conn-rate ADDR:PORT DURATION_MS CONCURRENCY"),
     }
 }
