@@ -40,6 +40,23 @@ pub fn lookup_reply(flow: &Ipv4Flow) -> Option<CtEntry> {
     lookup(flow, CT_REPLY)
 }
 
+/// A TCP SYN that is not addressed to a service opens a connection that
+/// bypasses us (e.g. straight to a pod IP). A reply entry left by an earlier
+/// connection through a VIP on the same tuple would rewrite its replies to
+/// come from the VIP; drop it.
+#[inline(always)]
+pub fn forget_stale_reply(flow: &Ipv4Flow) {
+    let reply_key = FlowKey {
+        src_addr: flow.dst_addr,
+        dst_addr: flow.src_addr,
+        src_port: flow.dst_port,
+        dst_port: flow.src_port,
+        proto: flow.proto,
+        _pad: [0; 3],
+    };
+    let _ = CONNTRACK.remove(reply_key);
+}
+
 /// Records a new connection and returns its forward translation. The reply
 /// entry goes in first: a flow is never forwarded unless its replies can be
 /// translated back (fail closed).

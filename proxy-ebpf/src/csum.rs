@@ -1,6 +1,7 @@
-//! Checksum offsets and flags, decided in one place. The kernel helpers keep
-//! the checksums right for every `ip_summed` state of the skb, including
-//! CHECKSUM_PARTIAL packets from veth with offloads on.
+//! Checksums, decided in one place. The L4 checksum goes through the kernel
+//! helper, the only one that knows whether the skb carries a full checksum or
+//! a partial one (veth with offloads on); the IPv4 header checksum is always
+//! full, so it is updated in place (RFC 1624) without a helper call.
 
 use aya_ebpf::{
     bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR},
@@ -10,7 +11,6 @@ use proxy_common::maps::PROTO_UDP;
 
 use crate::parse::Ipv4Flow;
 
-const IP_CSUM_OFF: usize = 10;
 const TCP_CSUM_OFF: usize = 16;
 const UDP_CSUM_OFF: usize = 6;
 
@@ -25,10 +25,9 @@ fn l4_csum(flow: &Ipv4Flow) -> (usize, u64) {
     }
 }
 
-/// Accounts for an IPv4 address change in the IP and L4 (pseudo-header) checksums.
+/// Accounts for an IPv4 address change in the L4 (pseudo-header) checksum.
 #[inline(always)]
-pub fn replace_addr(ctx: &TcContext, flow: &Ipv4Flow, from: u32, to: u32) -> Result<(), i64> {
-    ctx.l3_csum_replace(flow.l3_off + IP_CSUM_OFF, from as u64, to as u64, 4)?;
+pub fn l4_replace_addr(ctx: &TcContext, flow: &Ipv4Flow, from: u32, to: u32) -> Result<(), i64> {
     let (off, flags) = l4_csum(flow);
     ctx.l4_csum_replace(
         off,
@@ -40,7 +39,20 @@ pub fn replace_addr(ctx: &TcContext, flow: &Ipv4Flow, from: u32, to: u32) -> Res
 
 /// Accounts for a port change in the L4 checksum.
 #[inline(always)]
-pub fn replace_port(ctx: &TcContext, flow: &Ipv4Flow, from: u16, to: u16) -> Result<(), i64> {
+pub fn l4_replace_port(ctx: &TcContext, flow: &Ipv4Flow, from: u16, to: u16) -> Result<(), i64> {
     let (off, flags) = l4_csum(flow);
     ctx.l4_csum_replace(off, from as u64, to as u64, flags | 2)
+}
+
+/// The IPv4 header checksum after a 32-bit field changed from `from` to
+/// `to`: HC' = ~(~HC + ~m + m'), over 16-bit words. Byte order does not
+/// matter as long as all values are read from the packet the same way.
+#[inline(always)]
+pub fn ipv4_replace_u32(check: u16, from: u32, to: u32) -> u16 {
+    let sum =
+        (!check) as u32 + (!(from >> 16) & 0xffff) + (!from & 0xffff) + (to >> 16) + (to & 0xffff);
+    // Five 16-bit terms: two folds always suffice.
+    let sum = (sum & 0xffff) + (sum >> 16);
+    let sum = (sum & 0xffff) + (sum >> 16);
+    !(sum as u16)
 }

@@ -2,6 +2,7 @@
 //! agent (and `kxdp services`) finds the same state.
 
 use aya_ebpf::{
+    bindings::BPF_F_NO_COMMON_LRU,
     macros::map,
     maps::{HashMap, LruHashMap, PerCpuArray},
 };
@@ -22,9 +23,11 @@ pub static BACKENDS: HashMap<u32, BackendValue> = HashMap::pinned(sizes::MAX_BAC
 #[map]
 pub static SELECTION: HashMap<SlotKey, u32> = HashMap::pinned(sizes::MAX_SELECTION_SLOTS, 0);
 
-/// Flow → translation, one entry per direction of each connection.
+/// Flow → translation, one entry per direction of each connection. Per-CPU
+/// LRU lists: inserting a new flow takes no map-wide lock.
 #[map]
-pub static CONNTRACK: LruHashMap<FlowKey, CtEntry> = LruHashMap::pinned(sizes::MAX_CONNTRACK, 0);
+pub static CONNTRACK: LruHashMap<FlowKey, CtEntry> =
+    LruHashMap::pinned(sizes::MAX_CONNTRACK, BPF_F_NO_COMMON_LRU);
 
 /// Per-service packet and byte counters, indexed by service id.
 #[map]

@@ -4,12 +4,10 @@
 use aya_ebpf::programs::TcContext;
 use proxy_common::maps::drop_reason;
 
-use crate::{csum, parse::Ipv4Flow};
-
-const IP_SADDR_OFF: usize = 12;
-const IP_DADDR_OFF: usize = 16;
-const L4_SPORT_OFF: usize = 0;
-const L4_DPORT_OFF: usize = 2;
+use crate::{
+    csum,
+    parse::{ptr_at_mut, Ipv4Flow, Ipv4Hdr},
+};
 
 /// Which end of the packet a rewrite touches.
 #[derive(Clone, Copy)]
@@ -20,22 +18,32 @@ enum End {
 
 #[inline(always)]
 fn rewrite(ctx: &TcContext, flow: &Ipv4Flow, end: End, addr: u32, port: u16) -> Result<(), u32> {
-    let (addr_off, port_off, old_addr, old_port) = match end {
-        End::Source => (IP_SADDR_OFF, L4_SPORT_OFF, flow.src_addr, flow.src_port),
-        End::Destination => (IP_DADDR_OFF, L4_DPORT_OFF, flow.dst_addr, flow.dst_port),
+    let (old_addr, old_port, port_index) = match end {
+        End::Source => (flow.src_addr, flow.src_port, 0),
+        End::Destination => (flow.dst_addr, flow.dst_port, 1),
     };
-    let result = (|| {
-        if addr != old_addr {
-            csum::replace_addr(ctx, flow, old_addr, addr)?;
-            ctx.store(flow.l3_off + addr_off, &addr, 0)?;
+    // L4 checksum first: the helper may move the packet, so the header
+    // pointers are taken afterwards.
+    if addr != old_addr {
+        csum::l4_replace_addr(ctx, flow, old_addr, addr)
+            .map_err(|_| drop_reason::REWRITE_FAILED)?;
+    }
+    if port != old_port {
+        csum::l4_replace_port(ctx, flow, old_port, port)
+            .map_err(|_| drop_reason::REWRITE_FAILED)?;
+    }
+    let ip = ptr_at_mut::<Ipv4Hdr>(ctx, flow.l3_off).ok_or(drop_reason::REWRITE_FAILED)?;
+    let ports = ptr_at_mut::<[u16; 2]>(ctx, flow.l4_off).ok_or(drop_reason::REWRITE_FAILED)?;
+    // SAFETY: both pointers were bounds-checked against data_end just above.
+    unsafe {
+        (*ip).check = csum::ipv4_replace_u32((*ip).check, old_addr, addr);
+        match end {
+            End::Source => (*ip).saddr = addr,
+            End::Destination => (*ip).daddr = addr,
         }
-        if port != old_port {
-            csum::replace_port(ctx, flow, old_port, port)?;
-            ctx.store(flow.l4_off + port_off, &port, 0)?;
-        }
-        Ok::<(), i64>(())
-    })();
-    result.map_err(|_| drop_reason::REWRITE_FAILED)
+        (*ports)[port_index] = port;
+    }
+    Ok(())
 }
 
 /// Client → VIP becomes client → backend.

@@ -27,20 +27,25 @@ pub struct Ipv4Flow {
     pub dst_addr: u32,
     pub src_port: u16,
     pub dst_port: u16,
+    /// TCP flags byte (0 for UDP).
+    pub tcp_flags: u8,
 }
 
+pub const TCP_SYN: u8 = 0x02;
+pub const TCP_ACK: u8 = 0x10;
+
 #[repr(C)]
-struct Ipv4Hdr {
-    version_ihl: u8,
-    tos: u8,
-    tot_len: u16,
-    id: u16,
-    frag_off: u16,
-    ttl: u8,
-    proto: u8,
-    check: u16,
-    saddr: u32,
-    daddr: u32,
+pub struct Ipv4Hdr {
+    pub version_ihl: u8,
+    pub tos: u8,
+    pub tot_len: u16,
+    pub id: u16,
+    pub frag_off: u16,
+    pub ttl: u8,
+    pub proto: u8,
+    pub check: u16,
+    pub saddr: u32,
+    pub daddr: u32,
 }
 
 /// Returns a pointer to a `T` at `off`, or `None` if it does not fit.
@@ -51,6 +56,12 @@ fn ptr_at<T>(ctx: &TcContext, off: usize) -> Option<*const T> {
         return None;
     }
     Some((start + off) as *const T)
+}
+
+/// A writable pointer to a `T` at `off`, or `None` if it does not fit.
+#[inline(always)]
+pub fn ptr_at_mut<T>(ctx: &TcContext, off: usize) -> Option<*mut T> {
+    ptr_at::<T>(ctx, off).map(|p| p as *mut T)
 }
 
 /// Makes sure the headers are in the linear part of the skb, where direct
@@ -96,6 +107,11 @@ pub fn ipv4_flow(ctx: &TcContext) -> Option<Ipv4Flow> {
         return None;
     }
     let ports = unsafe { &*ptr_at::<[u16; 2]>(ctx, l4_off)? };
+    let tcp_flags = if ip.proto == PROTO_TCP {
+        unsafe { *ptr_at::<u8>(ctx, l4_off + 13)? }
+    } else {
+        0
+    };
     Some(Ipv4Flow {
         l3_off,
         l4_off,
@@ -104,5 +120,6 @@ pub fn ipv4_flow(ctx: &TcContext) -> Option<Ipv4Flow> {
         dst_addr: ip.daddr,
         src_port: ports[0],
         dst_port: ports[1],
+        tcp_flags,
     })
 }

@@ -39,6 +39,11 @@ fn translate(ctx: &TcContext) -> Result<(), u32> {
         stats::count_service(service.id, ctx.len());
         return Ok(());
     }
+    if flow.tcp_flags & (parse::TCP_SYN | parse::TCP_ACK) == parse::TCP_SYN {
+        // A new connection, not to a service: it cannot be a reply.
+        conntrack::forget_stale_reply(&flow);
+        return Ok(());
+    }
     if let Some(entry) = conntrack::lookup_reply(&flow) {
         return nat::reverse_nat(ctx, &flow, entry.nat_addr, entry.nat_port);
     }

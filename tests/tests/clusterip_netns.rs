@@ -160,3 +160,32 @@ fn datapath_outlives_the_agent_until_unload() {
         "with the datapath gone the VIP answers nothing"
     );
 }
+
+#[test]
+fn a_pod_can_reach_a_backend_directly_on_a_port_it_used_for_the_vip() {
+    let s = scenario();
+    let _agent = s.start_agent().unwrap();
+    let curl = |target: String| {
+        s.from_pod(
+            "client",
+            "curl",
+            &[
+                "-sS",
+                "--max-time",
+                "3",
+                "--local-port",
+                "45000",
+                &format!("http://{target}/"),
+            ],
+        )
+    };
+    let body = curl(format!("{}:80", s.vip)).expect("through the VIP");
+    assert!(body.contains("client=10.200.1.2:45000"), "{body}");
+    // Same client port, straight to each backend: replies must not be
+    // mistaken for replies of the earlier VIP connection.
+    for backend in &s.backends {
+        let body =
+            curl(format!("{backend}:8080")).unwrap_or_else(|e| panic!("direct to {backend}: {e}"));
+        assert!(body.contains("client=10.200.1.2:45000"), "{body}");
+    }
+}

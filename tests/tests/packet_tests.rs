@@ -475,3 +475,37 @@ fn stats_count_service_packets_and_bytes() {
     assert_eq!(dp.stats(UDP_ID).packets, 1);
     assert_eq!(dp.stats(9).packets, 0);
 }
+
+#[test]
+fn direct_connection_reusing_a_vip_tuple_is_not_reverse_nated() {
+    let mut dp = datapath();
+    let client = sa(CLIENT, 40100);
+    let backend = forward(&mut dp, &Packet::tcp(client, tcp_vip()), &TCP_BACKENDS);
+    let with_flags = |a, b, flags| {
+        let mut p = Packet::tcp(a, b);
+        p.l4 = L4::Tcp { flags };
+        p.build()
+    };
+    let syn_ack = packet::TCP_SYN | packet::TCP_ACK;
+    // While the VIP connection lives, a non-SYN packet straight to the
+    // backend leaves its reply entry alone: replies still come from the VIP.
+    let ack = with_flags(client, backend, packet::TCP_ACK);
+    assert_eq!(dp.run(&ack), (TC_ACT_OK, ack));
+    let (_, out) = dp.run(&with_flags(backend, client, syn_ack));
+    assert_eq!(packet::src(&out), tcp_vip(), "reply through the VIP");
+
+    // A new connection from the same client port straight to the backend...
+    let direct_syn = with_flags(client, backend, packet::TCP_SYN);
+    assert_eq!(dp.run(&direct_syn), (TC_ACT_OK, direct_syn));
+    // ...gets the backend's answer as the backend sent it.
+    let answer = with_flags(backend, client, syn_ack);
+    assert_eq!(
+        dp.run(&answer),
+        (TC_ACT_OK, answer),
+        "stale reply entry used"
+    );
+    assert!(dp
+        .conntrack()
+        .iter()
+        .all(|(_, e)| e.direction == CT_FORWARD));
+}
