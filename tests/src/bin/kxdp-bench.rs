@@ -171,13 +171,16 @@ fn syn(src: SocketAddrV4, dst: SocketAddrV4) -> Vec<u8> {
     pad(Packet::tcp(src, dst).payload(b"").build())
 }
 
+/// A minimum-size TCP frame with `flags`.
+fn tcp_with_flags(src: SocketAddrV4, dst: SocketAddrV4, flags: u8) -> Vec<u8> {
+    let mut packet = Packet::tcp(src, dst).payload(b"");
+    packet.l4 = L4::Tcp { flags };
+    pad(packet.build())
+}
+
 /// A minimum-size TCP SYN-ACK frame (what a backend answers).
 fn syn_ack(src: SocketAddrV4, dst: SocketAddrV4) -> Vec<u8> {
-    let mut packet = Packet::tcp(src, dst).payload(b"");
-    packet.l4 = L4::Tcp {
-        flags: TCP_SYN | TCP_ACK,
-    };
-    pad(packet.build())
+    tcp_with_flags(src, dst, TCP_SYN | TCP_ACK)
 }
 
 fn flow_key(src: SocketAddrV4, dst: SocketAddrV4) -> FlowKey {
@@ -349,8 +352,9 @@ fn add_tcp_service(dp: &mut Datapath, id: u32, frontend: SocketAddrV4, backend: 
     dp.add_service(*frontend.ip(), frontend.port(), PROTO_TCP, id, &backends);
 }
 
-/// Service lookup miss, then conntrack reply lookup miss: the packet passes
-/// unchanged, so every repetition sees the same input.
+/// Service lookup miss, then conntrack reply lookup miss: the packet (an ACK
+/// of an established connection that is not to a service, the bulk of pod
+/// traffic) passes unchanged, so every repetition sees the same input.
 struct Miss {
     dp: Datapath,
     frame: Vec<u8>,
@@ -361,7 +365,7 @@ impl Miss {
     fn new(repeat: u32) -> Self {
         Miss {
             dp: two_cycle_datapath(),
-            frame: syn(client(40_002), NOT_A_SERVICE),
+            frame: tcp_with_flags(client(40_002), NOT_A_SERVICE, TCP_ACK),
             repeat,
         }
     }
@@ -763,8 +767,8 @@ struct ConnReport {
     ratios: [Summary; 3],
 }
 
-/// The pod that runs the direct (no proxy) measurement. It is not the pod
-/// that uses the ClusterIP: see "Stale reply entries" in the report.
+/// The pod that runs the direct (no proxy) measurement: not the ClusterIP
+/// client, so the two measurements share no conntrack state.
 const DIRECT_POD: &str = "direct";
 
 fn measure_conn_rate(plan: &Plan) -> anyhow::Result<ConnReport> {
@@ -989,7 +993,7 @@ Nothing here is asserted: these are measurements. Compare runs on one machine, n
 - **The repeat trap**: with `repeat` > 1 the kernel runs the program again on the buffer the previous repetition
   rewrote. Timed naively, a DNAT path is taken once and every later repetition sees a packet addressed to a backend,
   i.e. the miss path. Each path is therefore set up so that the rewritten packet takes the same path again:
-  - **miss**: client → 10.0.9.9:80, an address that is no service. The service lookup misses, the conntrack reply
+  - **miss**: a TCP ACK client → 10.0.9.9:80, an address that is no service. The service lookup misses, the conntrack reply
     lookup misses, the packet passes unchanged, so every repetition sees the same input. Checked: frame unchanged, no
     conntrack entry created, no drops.
   - **established**: two services that point at each other: VIP 10.96.0.10:80 whose only backend is 10.0.2.1:8080,
@@ -1038,14 +1042,10 @@ Nothing here is asserted: these are measurements. Compare runs on one machine, n
 - Every veth in the mini node has checksum offloads off (`ethtool -K tx off rx off`, done by the MiniNode so that a
   broken checksum rewrite cannot hide behind a partial checksum); this makes both paths pay for software checksums.
 - Client, servers, agent and kernel share the machine's {nproc} CPUs; nothing is pinned.
-- **Stale reply entries**: the direct measurement runs from its own pod on purpose. Conntrack entries never expire
-  yet, so after the ClusterIP rounds the table holds a reply entry backend:8080 → client:port for every client port a
-  ClusterIP connection used. A later direct connection from the same pod to that backend that reuses such a port gets
-  its SYN-ACK rewritten to come from the VIP; the client answers with a reset and the connection stalls in SYN
-  retransmits. Measured from the ClusterIP client pod, the direct rate collapses to a few dozen connections per
-  second. Separate pods keep that out of the floor; the behaviour itself is a datapath issue (conntrack expiry, or
-  checking a reply entry against its forward entry), not a benchmark artefact.
-- kube-proxy baselines (iptables and IPVS modes on the same mini node) come with a later issue.
+- The direct measurement runs from its own, identical pod so the two measurements share no conntrack state. (Before
+  the datapath dropped stale reply entries on a direct SYN, a direct connection that reused a client port of an
+  earlier ClusterIP connection had its SYN-ACK rewritten to come from the VIP and stalled.)
+- kube-proxy baselines (iptables and nftables modes on the same mini node) come with the benchmark issue.
 "#,
         date = m.date,
         kernel = m.kernel,
