@@ -165,19 +165,19 @@ fn datapath_outlives_the_agent_until_unload() {
 fn a_pod_can_reach_a_backend_directly_on_a_port_it_used_for_the_vip() {
     let s = scenario();
     let _agent = s.start_agent().unwrap();
+    // One ephemeral port only: every connection of the client uses 45000,
+    // which the kernel allows while the 4-tuples differ.
+    let client = s.node.pod("client").netns.clone();
+    let range = [
+        "sysctl",
+        "-q",
+        "-w",
+        "net.ipv4.ip_local_port_range=45000 45000",
+    ];
+    s.node.exec_ok(&client, &range).unwrap();
     let curl = |target: String| {
-        s.from_pod(
-            "client",
-            "curl",
-            &[
-                "-sS",
-                "--max-time",
-                "3",
-                "--local-port",
-                "45000",
-                &format!("http://{target}/"),
-            ],
-        )
+        let url = format!("http://{target}/");
+        s.from_pod("client", "curl", &["-sS", "--max-time", "3", &url])
     };
     let body = curl(format!("{}:80", s.vip)).expect("through the VIP");
     assert!(body.contains("client=10.200.1.2:45000"), "{body}");

@@ -8,6 +8,7 @@ use std::{
     collections::BTreeMap,
     ffi::CStr,
     fs, io,
+    os::fd::{AsRawFd, FromRawFd, OwnedFd},
     path::{Path, PathBuf},
 };
 
@@ -212,12 +213,47 @@ fn attach(
     Ok("attached")
 }
 
+/// `bpf(2)` with a zeroed attribute block whose leading bytes are `fields`.
+fn bpf_call(cmd: libc::c_long, fields: &[u64]) -> io::Result<i64> {
+    let mut attr = [0u64; 16];
+    attr[..fields.len()].copy_from_slice(fields);
+    // SAFETY: attr is a valid, fully initialised bpf_attr-sized buffer.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            cmd,
+            attr.as_ptr(),
+            std::mem::size_of_val(&attr),
+        )
+    };
+    if rc < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(rc)
+    }
+}
+
+/// Detaches the link pinned at `path` now, whoever else holds it, then
+/// removes the pin. Merely unpinning would leave the detach to an RCU
+/// callback, after `kxdp unload` has returned.
+fn detach_pinned(path: &Path) -> io::Result<()> {
+    const BPF_OBJ_GET: libc::c_long = 7;
+    const BPF_LINK_DETACH: libc::c_long = 34;
+    let c_path = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+    let fd = bpf_call(BPF_OBJ_GET, &[c_path.as_ptr() as u64])?;
+    // SAFETY: BPF_OBJ_GET returned a new fd that we own.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+    // A link whose interface is gone is detached already: nothing to do.
+    let _ = bpf_call(BPF_LINK_DETACH, &[fd.as_raw_fd() as u64]);
+    fs::remove_file(path)
+}
+
 /// Detaches every pinned link under `links_dir` (for `kxdp unload`).
 pub fn detach_all(links_dir: &Path) -> io::Result<usize> {
     let links = pinned_links(links_dir)?;
     for path in links.values() {
-        // Unpinning drops the last reference: the kernel detaches the link.
-        fs::remove_file(path)?;
+        detach_pinned(path)?;
     }
     Ok(links.len())
 }

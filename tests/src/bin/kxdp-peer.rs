@@ -33,7 +33,12 @@ fn answer_http(mut stream: TcpStream, name: &str) -> std::io::Result<()> {
         stream,
         "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
-    )
+    )?;
+    // Let the client close first, so TIME_WAIT lands on the client's
+    // (ephemeral) side and never on this server's tuple: tests reuse client
+    // ports towards this server.
+    while stream.read(&mut buf)? > 0 {}
+    Ok(())
 }
 
 fn serve(name: String, tcp: u16, udp: u16) -> anyhow::Result<()> {
@@ -76,26 +81,37 @@ const CONN_TIMEOUT: Duration = Duration::from_secs(1);
 /// Upper bound on connections per `conn-rate` thread, whatever the duration.
 const MAX_CONNS_PER_THREAD: usize = 10_000_000;
 
-/// One short HTTP exchange: connect, send a request, read until the server
-/// closes, close. The whole exchange is bounded by `deadline`.
+/// Whether `response` holds a whole HTTP response (head and Content-Length body).
+fn response_complete(response: &[u8]) -> bool {
+    let Some(head_end) = response.windows(4).position(|w| w == b"\r\n\r\n") else {
+        return false;
+    };
+    let head = String::from_utf8_lossy(&response[..head_end]).to_ascii_lowercase();
+    let length = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .and_then(|v| v.trim().parse::<usize>().ok());
+    length.is_some_and(|len| response.len() >= head_end + 4 + len)
+}
+
+/// One short HTTP exchange: connect, send a request, read the whole answer,
+/// close (the client closes first, as `serve` expects). The whole exchange
+/// is bounded by `deadline`.
 fn one_connection(target: SocketAddr, deadline: Instant) -> std::io::Result<()> {
     let mut stream = TcpStream::connect_timeout(&target, CONN_TIMEOUT)?;
     stream.set_read_timeout(Some(CONN_TIMEOUT))?;
     stream.set_write_timeout(Some(CONN_TIMEOUT))?;
     stream.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")?;
     let mut buf = [0u8; 1024];
-    let mut got = 0;
-    loop {
+    let mut response = Vec::new();
+    while !response_complete(&response) {
         match stream.read(&mut buf)? {
-            0 => break,
-            n => got += n,
+            0 => return Err(std::io::Error::other("answer cut short")),
+            n => response.extend_from_slice(&buf[..n]),
         }
         if Instant::now() > deadline {
             return Err(std::io::Error::other("answer did not end in time"));
         }
-    }
-    if got == 0 {
-        return Err(std::io::Error::other("empty answer"));
     }
     Ok(())
 }
