@@ -774,6 +774,14 @@ const DIRECT_POD: &str = "direct";
 fn measure_conn_rate(plan: &Plan) -> anyhow::Result<ConnReport> {
     let mut s = EchoScenario::new(3, peer_bin())?;
     s.node.add_pod(DIRECT_POD, 5)?;
+    // The load generator closes first (see `kxdp-peer serve`), so its
+    // TIME_WAIT sockets would exhaust the ephemeral ports within seconds;
+    // reuse them, as load generators do.
+    for pod in ["client", DIRECT_POD] {
+        let netns = s.node.pod(pod).netns.clone();
+        s.node
+            .exec_ok(&netns, &["sysctl", "-q", "-w", "net.ipv4.tcp_tw_reuse=1"])?;
+    }
     let _agent = s.start_agent()?;
     let vip = format!("{}:80", s.vip);
     let direct = format!("{}:8080", s.backends[0]);
@@ -1039,6 +1047,8 @@ Nothing here is asserted: these are measurements. Compare runs on one machine, n
   spreads connections over three server processes, (b) sends them all to one. One warm-up of 0.3 s each, then
   {rounds} rounds alternating (a), (b); the table gives the median (and min, max) over the rounds, and the ratios are
   medians of the per-round kxdp / direct ratios (rate: higher is better; latencies: lower is better).
+- The client closes each connection first (the server waits for it), so the client pods run with
+  `net.ipv4.tcp_tw_reuse=1`: without it their TIME_WAIT sockets exhaust the ephemeral ports within seconds.
 - Every veth in the mini node has checksum offloads off (`ethtool -K tx off rx off`, done by the MiniNode so that a
   broken checksum rewrite cannot hide behind a partial checksum); this makes both paths pay for software checksums.
 - Client, servers, agent and kernel share the machine's {nproc} CPUs; nothing is pinned.
