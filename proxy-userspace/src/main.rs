@@ -7,7 +7,7 @@ use proxy_userspace::{
 };
 use tracing_subscriber::EnvFilter;
 
-fn main() -> anyhow::Result<()> {
+fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&cli.log_level));
@@ -15,12 +15,21 @@ fn main() -> anyhow::Result<()> {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .init();
-    match cli.command {
+    let result = match cli.command {
         Command::Agent(args) => tokio::runtime::Builder::new_current_thread()
             .enable_all()
-            .build()?
-            .block_on(commands::agent::run(args)),
+            .build()
+            .map_err(anyhow::Error::from)
+            .and_then(|runtime| runtime.block_on(commands::agent::run(args))),
         Command::Services(args) => commands::services::run(&args.pin_path),
         Command::Unload(args) => commands::unload::run(&args.pin_path),
+    };
+    // One line with the whole cause chain; no backtrace for operator errors.
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("kxdp: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
     }
 }

@@ -26,8 +26,8 @@ pub enum DataplaneError {
     Program(#[from] aya::programs::ProgramError),
     #[error("map {0} is missing from the object")]
     MissingMap(&'static str),
-    #[error("map {0}: {1}")]
-    Map(&'static str, aya::maps::MapError),
+    #[error("map {0}")]
+    Map(&'static str, #[source] aya::maps::MapError),
 }
 
 /// The loaded object: maps pinned (or adopted from a previous agent) under
