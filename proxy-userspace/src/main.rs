@@ -1,5 +1,7 @@
 //! The `kxdp` binary.
 
+use std::io::IsTerminal as _;
+
 use clap::Parser as _;
 use proxy_userspace::{
     cli::{Cli, Command},
@@ -11,8 +13,10 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&cli.log_level));
+    // Colours only on a terminal: log files and journald get plain text.
     tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
         .init();
     let result = match cli.command {
