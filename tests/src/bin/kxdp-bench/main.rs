@@ -1,0 +1,79 @@
+//! `kxdp-bench`: what the datapath costs, measured, never asserted.
+//!
+//!   kxdp-bench [--quick] [--out PATH]     (root; `cargo xtask bench` runs it)
+//!
+//! Part 1 times `pod_ingress` per packet through BPF_PROG_TEST_RUN, path by
+//! path, next to empty XDP and tc programs (the cost of the harness itself).
+//! Part 2 measures short TCP connections per second in a namespace mini node
+//! with the real agent, through a ClusterIP and directly to a pod.
+//! Both print a table and go into a Markdown report (default
+//! `docs/bench/REPORT.md` in the workspace).
+
+use std::{
+    collections::BTreeMap,
+    net::{Ipv4Addr, SocketAddrV4},
+    path::{Path, PathBuf},
+    process::Command,
+    time::Instant,
+};
+
+use anyhow::{bail, ensure, Context as _};
+use aya::{
+    programs::{SchedClassifier, TestRun, TestRunOptions, TestRunResult, Xdp},
+    Ebpf,
+};
+use kxdp_testbed::{
+    datapath::{Datapath, TC_ACT_OK},
+    packet::{Packet, L4, TCP_ACK, TCP_SYN},
+    privileged::require_root,
+    scenario::{peer_bin, EchoScenario},
+};
+use proxy_common::{
+    maps::{addr_to_net, port_to_net, CtEntry, FlowKey, CT_REPLY, PROTO_TCP},
+    sizes::DROP_REASONS,
+};
+use proxy_userspace::ebpf_object::FLOOR_OBJECT;
+
+mod conn_rate;
+mod floors;
+mod frames;
+mod options;
+mod packet_cost;
+mod paths;
+mod report;
+mod stats;
+mod timing;
+
+use conn_rate::*;
+use floors::*;
+use frames::*;
+use options::*;
+use packet_cost::*;
+use paths::*;
+use report::*;
+use stats::*;
+use timing::*;
+
+fn main() -> anyhow::Result<()> {
+    let options = parse_args()?;
+    require_root("kxdp-bench");
+    let plan = Plan::new(options.quick);
+    let machine = machine();
+
+    eprintln!("kxdp-bench: part 1, per-packet cost through BPF_PROG_TEST_RUN");
+    let packets = measure_packet_costs(&plan)?;
+    println!("\n{}", packet_table(&packets));
+
+    eprintln!("kxdp-bench: part 2, short TCP connections in a mini node");
+    let conns = measure_conn_rate(&plan)?;
+    println!("{}", conn_table(&conns));
+
+    let report = render_report(&plan, options.quick, &machine, &packets, &conns);
+    if let Some(dir) = options.out.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    std::fs::write(&options.out, report)
+        .with_context(|| format!("writing {}", options.out.display()))?;
+    println!("report written to {}", options.out.display());
+    Ok(())
+}

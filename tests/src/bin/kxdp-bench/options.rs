@@ -1,0 +1,80 @@
+//! Options, the measurement plan and where things are.
+
+use super::*;
+
+pub(crate) struct Options {
+    pub(crate) quick: bool,
+    pub(crate) out: PathBuf,
+}
+
+pub(crate) fn workspace_root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("the testbed lives in the workspace")
+}
+
+pub(crate) fn default_report_path() -> PathBuf {
+    workspace_root().join("docs/bench/REPORT.md")
+}
+
+pub(crate) fn parse_args() -> anyhow::Result<Options> {
+    let mut options = Options {
+        quick: false,
+        out: default_report_path(),
+    };
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--quick" => options.quick = true,
+            "--out" => options.out = args.next().context("--out needs a path")?.into(),
+            _ => bail!("usage: kxdp-bench [--quick] [--out PATH]"),
+        }
+    }
+    Ok(options)
+}
+
+/// How much to measure; `--quick` trades precision for time.
+pub(crate) struct Plan {
+    /// Timed runs per path (after one warm-up run).
+    pub(crate) runs: usize,
+    /// Repetitions per BPF_PROG_TEST_RUN call for the floors and the
+    /// steady-state paths; one call per run.
+    pub(crate) repeat: u32,
+    /// New flow, cold: service chain length (= repetitions), one call per run.
+    pub(crate) cold_chain: u32,
+    /// New flow, warm: a short chain, `warm_calls` calls per run.
+    pub(crate) warm_chain: u32,
+    pub(crate) warm_calls: u32,
+    /// Alternating ClusterIP / direct rounds of the connection-rate test.
+    pub(crate) conn_rounds: usize,
+    pub(crate) conn_ms: u64,
+    pub(crate) concurrency: usize,
+}
+
+impl Plan {
+    pub(crate) fn new(quick: bool) -> Self {
+        if quick {
+            Plan {
+                runs: 5,
+                repeat: 100_000,
+                cold_chain: 5_000,
+                warm_chain: 16,
+                warm_calls: 300,
+                conn_rounds: 3,
+                conn_ms: 1_000,
+                concurrency: 4,
+            }
+        } else {
+            Plan {
+                runs: 9,
+                repeat: 1_000_000,
+                cold_chain: 20_000,
+                warm_chain: 16,
+                warm_calls: 2_000,
+                conn_rounds: 5,
+                conn_ms: 3_000,
+                concurrency: 4,
+            }
+        }
+    }
+}

@@ -1,0 +1,247 @@
+//! Part 1: the `pod_ingress` paths, each set up so every repetition takes it.
+
+use super::*;
+
+/// Service VIP:80 → BACKEND, and service BACKEND → VIP:80: with both, a
+/// translated packet is again addressed to a service, which is what lets a
+/// repeated run take the same path every time (see `Established`).
+pub(crate) fn two_cycle_datapath() -> Datapath {
+    let mut dp = Datapath::load();
+    add_tcp_service(&mut dp, 1, VIP, BACKEND);
+    add_tcp_service(&mut dp, 2, BACKEND, VIP);
+    dp
+}
+
+/// A TCP ClusterIP service `id` on `frontend` with the single `backend`.
+pub(crate) fn add_tcp_service(
+    dp: &mut Datapath,
+    id: u32,
+    frontend: SocketAddrV4,
+    backend: SocketAddrV4,
+) {
+    let backends = [(*backend.ip(), backend.port())];
+    dp.add_service(*frontend.ip(), frontend.port(), PROTO_TCP, id, &backends);
+}
+
+/// Service lookup miss, then conntrack reply lookup miss: the packet (an ACK
+/// of an established connection that is not to a service, the bulk of pod
+/// traffic) passes unchanged, so every repetition sees the same input.
+pub(crate) struct Miss {
+    pub(crate) dp: Datapath,
+    pub(crate) frame: Vec<u8>,
+    pub(crate) repeat: u32,
+}
+
+impl Miss {
+    pub(crate) fn new(repeat: u32) -> Self {
+        Miss {
+            dp: two_cycle_datapath(),
+            frame: tcp_with_flags(client(40_002), NOT_A_SERVICE, TCP_ACK),
+            repeat,
+        }
+    }
+}
+
+impl Case for Miss {
+    fn run(&mut self) -> anyhow::Result<Sample> {
+        let timed = time_test_run(self.dp.pod_ingress(), &self.frame, self.repeat)?;
+        expect_verdict("miss", timed.verdict, TC_ACT_OK)?;
+        expect_frame("miss", &timed.out, &self.frame)?;
+        ensure!(
+            self.dp.conntrack_len() == 0,
+            "miss: conntrack entries appeared"
+        );
+        expect_no_drops("miss", &self.dp)?;
+        Ok(timed.sample)
+    }
+}
+
+/// Conntrack hit + DNAT + checksums on every repetition: client → VIP is
+/// DNATed to client → BACKEND, which is itself a service whose established
+/// flow is DNATed back to client → VIP, and so on.
+pub(crate) struct Established {
+    pub(crate) dp: Datapath,
+    pub(crate) to_vip: Vec<u8>,
+    pub(crate) to_backend: Vec<u8>,
+    pub(crate) repeat: u32,
+}
+
+impl Established {
+    pub(crate) fn new(repeat: u32) -> anyhow::Result<Self> {
+        let mut dp = two_cycle_datapath();
+        let to_vip = syn(client(40_000), VIP);
+        let to_backend = syn(client(40_000), BACKEND);
+        // One first packet each way creates both flows (forward + reply entries).
+        run_once(&dp, "established warm-up (VIP)", &to_vip, &to_backend)?;
+        run_once(&dp, "established warm-up (backend)", &to_backend, &to_vip)?;
+        ensure!(
+            dp.conntrack_len() == 4,
+            "established: expected 4 conntrack entries"
+        );
+        Ok(Established {
+            dp,
+            to_vip,
+            to_backend,
+            repeat,
+        })
+    }
+
+    fn packets_counted(&self) -> u64 {
+        self.dp.stats(1).packets + self.dp.stats(2).packets
+    }
+}
+
+impl Case for Established {
+    fn run(&mut self) -> anyhow::Result<Sample> {
+        let before = self.packets_counted();
+        let timed = time_test_run(self.dp.pod_ingress(), &self.to_vip, self.repeat)?;
+        expect_verdict("established", timed.verdict, TC_ACT_OK)?;
+        let want = cycle_end(&self.to_vip, &self.to_backend, self.repeat);
+        expect_frame("established", &timed.out, want)?;
+        // A service packet is counted only after a successful DNAT, and no
+        // new flow was created: every repetition was a conntrack hit + DNAT.
+        let counted = self.packets_counted() - before;
+        ensure!(
+            counted == u64::from(self.repeat),
+            "established: {counted} translated packets counted, expected {}",
+            self.repeat
+        );
+        ensure!(
+            self.dp.conntrack_len() == 4,
+            "established: new conntrack entries"
+        );
+        expect_no_drops("established", &self.dp)?;
+        Ok(timed.sample)
+    }
+}
+
+/// The first packet of a new flow on every repetition: services VIP_0 →
+/// VIP_1 → … → VIP_K, each with the next one as its only backend, and
+/// repeat = K, so repetition i selects a backend for a flow to VIP_i, creates
+/// its two conntrack entries and DNATs to VIP_{i+1}. A long chain touches a
+/// different service on every repetition (cold map entries); a short one,
+/// run many times per sample, keeps the service entries warm.
+pub(crate) struct NewFlow {
+    pub(crate) dp: Datapath,
+    pub(crate) chain: u32,
+    /// BPF_PROG_TEST_RUN calls per sample, each with a new client port.
+    pub(crate) calls: u32,
+    pub(crate) next_port: u16,
+}
+
+pub(crate) fn chain_vip(i: u32) -> SocketAddrV4 {
+    SocketAddrV4::new(Ipv4Addr::from(u32::from(ip(10, 100, 0, 1)) + i), 80)
+}
+
+impl NewFlow {
+    pub(crate) fn new(chain: u32, calls: u32) -> Self {
+        assert!(calls < 60_000, "client ports must not repeat within a run");
+        let mut dp = Datapath::load();
+        for i in 0..chain {
+            add_tcp_service(&mut dp, i + 1, chain_vip(i), chain_vip(i + 1));
+        }
+        NewFlow {
+            dp,
+            chain,
+            calls,
+            next_port: 1024,
+        }
+    }
+
+    /// A client port not used by the last 60,000 calls.
+    fn fresh_port(&mut self) -> u16 {
+        let port = self.next_port;
+        self.next_port = if port == u16::MAX { 1024 } else { port + 1 };
+        port
+    }
+
+    /// One call down the whole chain from a new client port.
+    fn one_call(&mut self) -> anyhow::Result<Sample> {
+        let port = self.fresh_port();
+        let frame = syn(client(port), chain_vip(0));
+        let timed = time_test_run(self.dp.pod_ingress(), &frame, self.chain)?;
+        expect_verdict("new flow", timed.verdict, TC_ACT_OK)?;
+        let end = syn(client(port), chain_vip(self.chain));
+        expect_frame("new flow", &timed.out, &end)?;
+        Ok(timed.sample)
+    }
+}
+
+impl Case for NewFlow {
+    fn run(&mut self) -> anyhow::Result<Sample> {
+        // An empty table each run, so every run inserts into the same state.
+        self.dp.clear_conntrack();
+        let mut total = Sample {
+            kernel_ns: 0.0,
+            wall_ns: 0.0,
+        };
+        for _ in 0..self.calls {
+            let sample = self.one_call()?;
+            total.kernel_ns += sample.kernel_ns;
+            total.wall_ns += sample.wall_ns;
+        }
+        let entries = self.dp.conntrack_len();
+        let want = 2 * (self.chain * self.calls) as usize;
+        ensure!(
+            entries == want,
+            "new flow: conntrack has {entries} entries after the run, expected {want} \
+             (2 per repetition): not every repetition created a flow"
+        );
+        expect_no_drops("new flow", &self.dp)?;
+        let calls = f64::from(self.calls);
+        Ok(Sample {
+            kernel_ns: total.kernel_ns / calls,
+            wall_ns: total.wall_ns / calls,
+        })
+    }
+}
+
+/// Conntrack reply hit + reverse NAT on every repetition: reply entries
+/// written from userspace turn BACKEND → client into VIP → client and
+/// VIP → client back into BACKEND → client.
+pub(crate) struct Reply {
+    pub(crate) dp: Datapath,
+    pub(crate) from_backend: Vec<u8>,
+    pub(crate) from_vip: Vec<u8>,
+    pub(crate) repeat: u32,
+}
+
+impl Reply {
+    pub(crate) fn new(repeat: u32) -> anyhow::Result<Self> {
+        let mut dp = two_cycle_datapath();
+        let peer = client(40_001);
+        let reply_to = |nat: SocketAddrV4| CtEntry {
+            nat_addr: addr_to_net(*nat.ip()),
+            nat_port: port_to_net(nat.port()),
+            direction: CT_REPLY,
+            _pad: 0,
+            service_id: 1,
+            backend_id: Datapath::backend_id(1, 0),
+        };
+        dp.insert_conntrack(flow_key(BACKEND, peer), reply_to(VIP));
+        dp.insert_conntrack(flow_key(VIP, peer), reply_to(BACKEND));
+        let from_backend = syn_ack(BACKEND, peer);
+        let from_vip = syn_ack(VIP, peer);
+        // Each step of the cycle, checked once: a repeated run cannot stall.
+        run_once(&dp, "reply set-up (backend)", &from_backend, &from_vip)?;
+        run_once(&dp, "reply set-up (VIP)", &from_vip, &from_backend)?;
+        Ok(Reply {
+            dp,
+            from_backend,
+            from_vip,
+            repeat,
+        })
+    }
+}
+
+impl Case for Reply {
+    fn run(&mut self) -> anyhow::Result<Sample> {
+        let timed = time_test_run(self.dp.pod_ingress(), &self.from_backend, self.repeat)?;
+        expect_verdict("reply", timed.verdict, TC_ACT_OK)?;
+        let want = cycle_end(&self.from_backend, &self.from_vip, self.repeat);
+        expect_frame("reply", &timed.out, want)?;
+        ensure!(self.dp.conntrack_len() == 2, "reply: conntrack changed");
+        expect_no_drops("reply", &self.dp)?;
+        Ok(timed.sample)
+    }
+}
