@@ -11,17 +11,8 @@ mod csum;
 mod lookup;
 mod maps;
 mod nat;
+mod object_runtime;
 mod parse;
 mod pod_ingress;
 mod select;
 mod stats;
-
-#[cfg(not(test))]
-#[panic_handler]
-fn panic(_info: &core::panic::PanicInfo) -> ! {
-    loop {}
-}
-
-#[unsafe(link_section = "license")]
-#[unsafe(no_mangle)]
-static LICENSE: [u8; 4] = *b"GPL\0";

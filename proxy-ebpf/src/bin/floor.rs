@@ -21,12 +21,5 @@ pub fn floor_tc(_ctx: TcContext) -> i32 {
     TC_ACT_OK
 }
 
-#[cfg(not(test))]
-#[panic_handler]
-fn panic(_info: &core::panic::PanicInfo) -> ! {
-    loop {}
-}
-
-#[unsafe(link_section = "license")]
-#[unsafe(no_mangle)]
-static LICENSE: [u8; 4] = *b"GPL\0";
+#[path = "../object_runtime.rs"]
+mod object_runtime;
