@@ -5,7 +5,7 @@ pub mod bpffs;
 pub mod interfaces;
 pub mod maps;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use aya::{programs::SchedClassifier, Ebpf, EbpfLoader};
 
@@ -34,7 +34,6 @@ pub enum DataplaneError {
 /// the pin path, programs loaded but not yet attached.
 pub struct Dataplane {
     ebpf: Ebpf,
-    pin_path: PathBuf,
 }
 
 impl Dataplane {
@@ -50,14 +49,7 @@ impl Dataplane {
             .ok_or(aya::programs::ProgramError::UnexpectedProgramType)?
             .try_into()?;
         program.load()?;
-        Ok(Self {
-            ebpf,
-            pin_path: pin_path.to_path_buf(),
-        })
-    }
-
-    pub fn pin_path(&self) -> &Path {
-        &self.pin_path
+        Ok(Self { ebpf })
     }
 
     pub fn pod_ingress(&mut self) -> Result<&mut SchedClassifier, DataplaneError> {
