@@ -13,12 +13,11 @@ use k8s_openapi::{
 };
 use proxy_common::maps::{PROTO_TCP, PROTO_UDP};
 
-use crate::source::{Objects, Rejection};
+use crate::source::{Objects, Rejection, RejectionKind};
 
 /// Label by which another proxy claims a Service (kube-proxy skips those too).
 const SERVICE_PROXY_NAME_LABEL: &str = "service.kubernetes.io/service-proxy-name";
-/// Label linking an EndpointSlice to its Service.
-const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+use crate::source::SERVICE_NAME_LABEL;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Protocol {
@@ -141,10 +140,11 @@ fn endpoint_groups(
             qualified(meta.namespace.as_ref(), meta.name.as_ref())
         );
         let Some(service) = meta.labels.as_ref().and_then(|l| l.get(SERVICE_NAME_LABEL)) else {
-            rejections.push(Rejection {
+            rejections.push(Rejection::new(
                 object,
-                reason: format!("no {SERVICE_NAME_LABEL} label"),
-            });
+                RejectionKind::MissingServiceLabel,
+                format!("no {SERVICE_NAME_LABEL} label"),
+            ));
             continue;
         };
         // IPv6 and FQDN slices are not proxied yet.
@@ -166,10 +166,11 @@ fn endpoint_groups(
             });
             match parsed {
                 Ok(p) => group.ports.push(p),
-                Err(reason) => rejections.push(Rejection {
-                    object: object.clone(),
+                Err(reason) => rejections.push(Rejection::new(
+                    object.clone(),
+                    RejectionKind::InvalidDocument,
                     reason,
-                }),
+                )),
             }
         }
         for endpoint in &slice.endpoints {
@@ -186,10 +187,11 @@ fn endpoint_groups(
             match endpoint_address(first) {
                 Ok(addr) if ready => group.ready.push(addr),
                 Ok(_) => {}
-                Err(reason) => rejections.push(Rejection {
-                    object: object.clone(),
+                Err(reason) => rejections.push(Rejection::new(
+                    object.clone(),
+                    RejectionKind::InvalidDocument,
                     reason,
-                }),
+                )),
             }
         }
         groups
@@ -219,19 +221,21 @@ fn endpoint_groups(
                 });
                 match parsed {
                     Ok(p) => group.ports.push(p),
-                    Err(reason) => rejections.push(Rejection {
-                        object: object.clone(),
+                    Err(reason) => rejections.push(Rejection::new(
+                        object.clone(),
+                        RejectionKind::InvalidDocument,
                         reason,
-                    }),
+                    )),
                 }
             }
             for address in subset.addresses.iter().flatten() {
                 match endpoint_address(&address.ip) {
                     Ok(addr) => group.ready.push(addr),
-                    Err(reason) => rejections.push(Rejection {
-                        object: object.clone(),
+                    Err(reason) => rejections.push(Rejection::new(
+                        object.clone(),
+                        RejectionKind::InvalidDocument,
                         reason,
-                    }),
+                    )),
                 }
             }
             subsets.push(group);
@@ -297,9 +301,12 @@ pub fn build(objects: &Objects) -> Model {
     for service in &objects.services {
         let meta = &service.metadata;
         let key = qualified(meta.namespace.as_ref(), meta.name.as_ref());
-        let reject = |reason: String| Rejection {
-            object: format!("Service {key}"),
-            reason,
+        let reject = |reason: String| {
+            Rejection::new(
+                format!("Service {key}"),
+                RejectionKind::InvalidDocument,
+                reason,
+            )
         };
         let ips = match cluster_ips(service) {
             Ok(Some(ips)) => ips,

@@ -55,10 +55,11 @@ pub fn plan(model: &Model) -> Plan {
                     protocol: port.protocol,
                 };
                 if let Some(owner) = plan.frontends.get(&key) {
-                    plan.conflicts.push(Rejection {
-                        object: format!("Service {qualified}"),
-                        reason: format!("{key} is already served by Service {}", owner.service),
-                    });
+                    plan.conflicts.push(Rejection::new(
+                        format!("Service {qualified}"),
+                        crate::source::RejectionKind::FrontendConflict,
+                        format!("{key} is already served by Service {}", owner.service),
+                    ));
                     continue;
                 }
                 plan.frontends.insert(

@@ -15,7 +15,7 @@ use k8s_openapi::{apimachinery::pkg::apis::meta::v1::ObjectMeta, Metadata};
 use serde::de::DeserializeOwned;
 use serde_yaml::Value;
 
-use super::{cluster_ip, Objects, Rejection};
+use super::{cluster_ip, Objects, Rejection, RejectionKind};
 use crate::cidr::Ipv4Cidr;
 
 /// Objects read from manifests, plus the documents that could not be used.
@@ -111,10 +111,11 @@ pub fn parse_stream(origin: &str, text: &str, loaded: &mut Loaded) {
         match serde_yaml::from_str::<Value>(&document) {
             Ok(Value::Null) => {}
             Ok(value) => add_object(&at, value, loaded),
-            Err(error) => loaded.rejections.push(Rejection {
-                object: format!("document at {at}"),
-                reason: format!("not valid YAML: {error}"),
-            }),
+            Err(error) => loaded.rejections.push(Rejection::new(
+                format!("document at {at}"),
+                RejectionKind::InvalidDocument,
+                format!("not valid YAML: {error}"),
+            )),
         }
     }
 }
@@ -155,10 +156,11 @@ fn add_object(at: &str, value: Value, loaded: &mut Loaded) {
         _ => Ok(()),
     };
     if let Err(reason) = result {
-        loaded.rejections.push(Rejection {
-            object: describe(&value, at),
+        loaded.rejections.push(Rejection::new(
+            describe(&value, at),
+            RejectionKind::InvalidDocument,
             reason,
-        });
+        ));
     }
 }
 

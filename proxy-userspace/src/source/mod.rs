@@ -1,18 +1,25 @@
 //! Sources turn the outside world into Kubernetes objects (DESIGN.md §1).
-//! Every source yields the same [`Objects`], so each semantic rule lives once,
-//! in the model.
+//! Every source yields the same [`Update`]s, grouped per Service, so each
+//! semantic rule lives once, in the model.
 
 pub mod cluster_ip;
+pub mod kubernetes;
 pub mod manifest;
 
-use std::fmt;
+use std::{collections::BTreeMap, fmt};
 
-use k8s_openapi::api::{
-    core::v1::{Endpoints, Service},
-    discovery::v1::EndpointSlice,
+use k8s_openapi::{
+    api::{
+        core::v1::{Endpoints, Service},
+        discovery::v1::EndpointSlice,
+    },
+    apimachinery::pkg::apis::meta::v1::ObjectMeta,
 };
 
-/// Everything a source knows at one moment.
+/// Label linking an EndpointSlice to its Service.
+pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+
+/// Everything a source knows at one moment, as flat lists.
 #[derive(Clone, Debug, Default)]
 pub struct Objects {
     pub services: Vec<Service>,
@@ -21,12 +28,158 @@ pub struct Objects {
     pub endpoints: Vec<Endpoints>,
 }
 
+/// `namespace/name` of a Service.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ServiceName {
+    pub namespace: String,
+    pub name: String,
+}
+
+impl ServiceName {
+    pub fn new(namespace: &str, name: &str) -> Self {
+        Self {
+            namespace: namespace.to_string(),
+            name: name.to_string(),
+        }
+    }
+
+    /// The name of the object described by `meta` (no namespace means "default").
+    pub fn of(meta: &ObjectMeta) -> Self {
+        Self::new(
+            meta.namespace.as_deref().unwrap_or("default"),
+            meta.name.as_deref().unwrap_or_default(),
+        )
+    }
+
+    /// The Service an EndpointSlice belongs to, from its label.
+    pub fn of_slice(slice: &EndpointSlice) -> Option<Self> {
+        let meta = &slice.metadata;
+        let service = meta.labels.as_ref()?.get(SERVICE_NAME_LABEL)?;
+        Some(Self::new(
+            meta.namespace.as_deref().unwrap_or("default"),
+            service,
+        ))
+    }
+}
+
+impl fmt::Display for ServiceName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+/// The objects that make up one Service: all the model needs to build it.
+#[derive(Clone, Debug, Default)]
+pub struct ServiceObjects {
+    /// `None` when the Service does not exist (deleted, or endpoints only).
+    pub service: Option<Service>,
+    pub slices: Vec<EndpointSlice>,
+    /// Legacy Endpoints (manifests only: the API server mirrors them to slices).
+    pub endpoints: Option<Endpoints>,
+}
+
+/// Whether an update describes everything or only what changed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Scope {
+    /// The complete state: a Service not in it no longer exists.
+    Full,
+    /// Only the Services in it changed; the others are as they were.
+    Changed,
+}
+
+/// What a source delivers each time something changes.
+#[derive(Clone, Debug)]
+pub struct Update {
+    pub scope: Scope,
+    pub services: BTreeMap<ServiceName, ServiceObjects>,
+    /// Objects the source could not use (bad documents, orphan slices).
+    pub rejections: Vec<Rejection>,
+}
+
+/// Groups flat objects per Service. EndpointSlices without the service-name
+/// label cannot belong to any Service and are rejected.
+pub fn group(objects: Objects) -> (BTreeMap<ServiceName, ServiceObjects>, Vec<Rejection>) {
+    let mut grouped: BTreeMap<ServiceName, ServiceObjects> = BTreeMap::new();
+    let mut rejections = Vec::new();
+    for service in objects.services {
+        let name = ServiceName::of(&service.metadata);
+        grouped.entry(name).or_default().service = Some(service);
+    }
+    for slice in objects.endpoint_slices {
+        match ServiceName::of_slice(&slice) {
+            Some(name) => grouped.entry(name).or_default().slices.push(slice),
+            None => rejections.push(Rejection::new(
+                format!("EndpointSlice {}", ServiceName::of(&slice.metadata)),
+                RejectionKind::MissingServiceLabel,
+                format!("no {SERVICE_NAME_LABEL} label"),
+            )),
+        }
+    }
+    for endpoints in objects.endpoints {
+        let name = ServiceName::of(&endpoints.metadata);
+        grouped.entry(name).or_default().endpoints = Some(endpoints);
+    }
+    (grouped, rejections)
+}
+
+/// Why an object was skipped, as a small fixed set (a metric label).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum RejectionKind {
+    /// Not YAML, no kind/apiVersion/name, or fields of the wrong type.
+    InvalidDocument,
+    MissingServiceLabel,
+    InvalidAddress,
+    InvalidPort,
+    UnsupportedProtocol,
+    NoClusterIp,
+    InvalidSessionAffinity,
+    /// Another Service already serves the same address, port and protocol.
+    FrontendConflict,
+}
+
+impl RejectionKind {
+    pub const ALL: [Self; 8] = [
+        Self::InvalidDocument,
+        Self::MissingServiceLabel,
+        Self::InvalidAddress,
+        Self::InvalidPort,
+        Self::UnsupportedProtocol,
+        Self::NoClusterIp,
+        Self::InvalidSessionAffinity,
+        Self::FrontendConflict,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::InvalidDocument => "invalid_document",
+            Self::MissingServiceLabel => "missing_service_label",
+            Self::InvalidAddress => "invalid_address",
+            Self::InvalidPort => "invalid_port",
+            Self::UnsupportedProtocol => "unsupported_protocol",
+            Self::NoClusterIp => "no_cluster_ip",
+            Self::InvalidSessionAffinity => "invalid_session_affinity",
+            Self::FrontendConflict => "frontend_conflict",
+        }
+    }
+}
+
 /// An object (or part of one) that was skipped, and why.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Rejection {
     /// Kind, namespace/name and, for manifests, where it came from.
     pub object: String,
+    pub kind: RejectionKind,
     pub reason: String,
+}
+
+impl Rejection {
+    pub fn new(object: impl Into<String>, kind: RejectionKind, reason: impl Into<String>) -> Self {
+        Self {
+            object: object.into(),
+            kind,
+            reason: reason.into(),
+        }
+    }
 }
 
 impl fmt::Display for Rejection {
