@@ -9,19 +9,26 @@ fn main() -> anyhow::Result<()> {
         .no_deps()
         .exec()
         .context("cargo metadata")?;
-    let ebpf = metadata
-        .packages
-        .into_iter()
-        .find(|p| p.name.as_str() == "proxy-ebpf")
-        .ok_or_else(|| anyhow!("proxy-ebpf package not found"))?;
-    let root_dir = ebpf
-        .manifest_path
-        .parent()
-        .ok_or_else(|| anyhow!("proxy-ebpf manifest has no parent"))?;
+    let package_dir = |name: &str| {
+        let package = metadata
+            .packages
+            .iter()
+            .find(|p| p.name.as_str() == name)
+            .ok_or_else(|| anyhow!("{name} package not found"))?;
+        package
+            .manifest_path
+            .parent()
+            .map(|dir| dir.to_string())
+            .ok_or_else(|| anyhow!("{name} manifest has no parent"))
+    };
+    let root_dir = package_dir("proxy-ebpf")?;
+    // aya-build watches the eBPF crate only; the map types it compiles in
+    // live in proxy-common, and a stale object would disagree with them.
+    println!("cargo:rerun-if-changed={}", package_dir("proxy-common")?);
     aya_build::build_ebpf(
         [aya_build::Package {
-            name: ebpf.name.as_str(),
-            root_dir: root_dir.as_str(),
+            name: "proxy-ebpf",
+            root_dir: &root_dir,
             ..Default::default()
         }],
         Toolchain::default(),

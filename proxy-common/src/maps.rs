@@ -64,8 +64,15 @@ map_type! {
         pub id: u32,
         /// Slots of this service in the `selection` table; 0 means no backend.
         pub slot_count: u32,
+        /// `SERVICE_*` bits.
+        pub flags: u32,
+        /// Seconds of inactivity after which ClientIP affinity lapses.
+        pub affinity_timeout: u32,
     }
 }
+
+/// `ServiceValue::flags`: `sessionAffinity: ClientIP`.
+pub const SERVICE_AFFINITY_CLIENT_IP: u32 = 1;
 
 map_type! {
     /// `backends` value, keyed by backend id (`u32`).
@@ -74,9 +81,14 @@ map_type! {
         pub addr: u32,
         /// Target port, network order.
         pub port: u16,
-        pub _pad: u16,
+        /// `BACKEND_*` bits.
+        pub flags: u8,
+        pub _pad: u8,
     }
 }
+
+/// `BackendValue::flags`: the endpoint runs on this node.
+pub const BACKEND_LOCAL: u8 = 1;
 
 map_type! {
     /// `selection` key: slot `slot` of service `service_id`; the value is a backend id.

@@ -1,6 +1,7 @@
 //! tcx ingress on the host side of each pod interface: packets leaving a pod.
-//! Pod → ClusterIP is DNATed to a backend; backend → client replies are
-//! reverse-NATed. Everything else passes untouched.
+//! Pod → ClusterIP is DNATed to a backend. Everything else passes untouched;
+//! replies are reverse-NATed on their way into the client (`pod_egress`),
+//! wherever the backend is.
 
 use aya_ebpf::{
     bindings::{TC_ACT_OK, TC_ACT_SHOT},
@@ -40,12 +41,9 @@ fn translate(ctx: &TcContext) -> Result<(), u32> {
         return Ok(());
     }
     if flow.tcp_flags & (parse::TCP_SYN | parse::TCP_ACK) == parse::TCP_SYN {
-        // A new connection, not to a service: it cannot be a reply.
+        // A new connection, not to a service: its replies must not be taken
+        // for replies of an earlier VIP connection on the same tuple.
         conntrack::forget_stale_reply(&flow);
-        return Ok(());
-    }
-    if let Some(entry) = conntrack::lookup_reply(&flow) {
-        return nat::reverse_nat(ctx, &flow, entry.nat_addr, entry.nat_port);
     }
     Ok(())
 }

@@ -42,9 +42,18 @@ pub struct PinArgs {
 
 #[derive(Debug, Args)]
 pub struct AgentArgs {
-    /// Kubernetes YAML to serve: a file or a directory of files (re-read on change).
-    #[arg(long, env = "KXDP_MANIFESTS")]
-    pub manifests: PathBuf,
+    /// Kubernetes YAML to serve: a file or a directory of files (re-read on
+    /// change), instead of a cluster.
+    #[arg(long, env = "KXDP_MANIFESTS", conflicts_with = "kubeconfig")]
+    pub manifests: Option<PathBuf>,
+    /// Kubeconfig of the cluster to watch; without it and without
+    /// --manifests, the in-cluster service account is used.
+    #[arg(long, env = "KXDP_KUBECONFIG")]
+    pub kubeconfig: Option<PathBuf>,
+    /// This node's name, as in the endpoints' nodeName (set from the downward
+    /// API in the DaemonSet), so local endpoints are known.
+    #[arg(long, env = "KXDP_NODE_NAME")]
+    pub node_name: Option<String>,
     /// Globs naming the host side of pod interfaces, comma-separated (e.g. 'veth*,cali*').
     #[arg(
         long,
@@ -81,7 +90,8 @@ mod tests {
         let Command::Agent(args) = cli.command else {
             panic!("not agent")
         };
-        assert_eq!(args.manifests, PathBuf::from("/m"));
+        assert_eq!(args.manifests, Some(PathBuf::from("/m")));
+        assert_eq!((args.kubeconfig, args.node_name), (None, None));
         assert_eq!(args.pod_interfaces, ["veth*", "cali*"]);
         assert_eq!(args.pin.pin_path, PathBuf::from(DEFAULT_PIN_PATH));
         assert_eq!(args.service_cidr.to_string(), "10.96.0.0/12");
@@ -93,6 +103,20 @@ mod tests {
         assert!(
             Cli::try_parse_from(["kxdp", "agent", "--manifests", "/m"]).is_err(),
             "pod interfaces are required"
+        );
+        let both_sources = [
+            "kxdp",
+            "agent",
+            "--manifests",
+            "/m",
+            "--kubeconfig",
+            "/k",
+            "--pod-interfaces",
+            "v*",
+        ];
+        assert!(
+            Cli::try_parse_from(both_sources).is_err(),
+            "one source at a time"
         );
         let bad_cidr = [
             "kxdp",

@@ -9,6 +9,7 @@ pub mod commands;
 pub mod dataplane;
 pub mod ebpf_object;
 pub mod model;
+pub mod pipeline;
 pub mod plan;
 pub mod source;
 pub mod sync;

@@ -1,23 +1,29 @@
-//! The typed, validated view of Services and their endpoints (DESIGN.md §1).
+//! The typed, validated view of one Service and its endpoints (DESIGN.md §1).
 //! Invalid objects are rejected here, with a reason, and never reach the maps.
+//! Every source feeds this module, so each Kubernetes rule lives here once.
 
 use std::{
-    collections::{BTreeMap, BTreeSet},
+    collections::BTreeSet,
     fmt,
     net::{IpAddr, Ipv4Addr, SocketAddrV4},
 };
 
 use k8s_openapi::{
-    api::core::v1::{Service, ServicePort},
+    api::{
+        core::v1::{Endpoints, Service, ServicePort, ServiceSpec},
+        discovery::v1::EndpointSlice,
+    },
     apimachinery::pkg::util::intstr::IntOrString,
 };
 use proxy_common::maps::{PROTO_TCP, PROTO_UDP};
 
-use crate::source::{Objects, Rejection, RejectionKind};
+use crate::source::{Rejection, RejectionKind, ServiceName, ServiceObjects};
 
 /// Label by which another proxy claims a Service (kube-proxy skips those too).
 const SERVICE_PROXY_NAME_LABEL: &str = "service.kubernetes.io/service-proxy-name";
-use crate::source::SERVICE_NAME_LABEL;
+/// `sessionAffinityConfig.clientIP.timeoutSeconds` when unset, and its bound.
+const DEFAULT_AFFINITY_TIMEOUT: u32 = 10_800;
+const MAX_AFFINITY_TIMEOUT: u32 = 86_400;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Protocol {
@@ -27,11 +33,14 @@ pub enum Protocol {
 
 impl Protocol {
     /// Kubernetes' protocol field; absent means TCP.
-    fn parse(field: Option<&str>) -> Result<Self, String> {
+    fn parse(field: Option<&str>) -> Result<Self, (RejectionKind, String)> {
         match field.unwrap_or("TCP") {
             "TCP" => Ok(Self::Tcp),
             "UDP" => Ok(Self::Udp),
-            other => Err(format!("protocol {other} is not supported yet")),
+            other => Err((
+                RejectionKind::UnsupportedProtocol,
+                format!("protocol {other} is not supported yet"),
+            )),
         }
     }
 
@@ -60,6 +69,14 @@ impl fmt::Display for Protocol {
     }
 }
 
+/// One endpoint serving a Service port.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Backend {
+    pub addr: SocketAddrV4,
+    /// The endpoint runs on this node (its `nodeName` is `--node-name`).
+    pub local: bool,
+}
+
 /// One port of a Service with the backends that serve it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ServicePortModel {
@@ -67,46 +84,64 @@ pub struct ServicePortModel {
     pub name: String,
     pub protocol: Protocol,
     pub port: u16,
-    /// Ready backends, sorted and unique.
-    pub backends: Vec<SocketAddrV4>,
+    /// Serving backends, sorted and unique.
+    pub backends: Vec<Backend>,
 }
 
 /// A Service the dataplane proxies.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ServiceModel {
-    pub namespace: String,
-    pub name: String,
+    pub name: ServiceName,
     pub cluster_ips: Vec<Ipv4Addr>,
     pub ports: Vec<ServicePortModel>,
+    /// `sessionAffinity: ClientIP` timeout in seconds; `None` without affinity.
+    pub affinity_timeout: Option<u32>,
 }
 
+/// What the model made of one Service's objects.
 #[derive(Debug, Default)]
-pub struct Model {
-    /// Sorted by namespace/name.
-    pub services: Vec<ServiceModel>,
+pub struct Built {
+    /// `None` when nothing is proxied: absent, headless, ExternalName,
+    /// another proxy's, IPv6-only, or rejected.
+    pub service: Option<ServiceModel>,
     pub rejections: Vec<Rejection>,
+    /// IPv6 addresses or slices were left out (not proxied yet).
+    pub ipv6_skipped: bool,
+}
+
+/// The node the agent runs on, for telling local endpoints apart.
+#[derive(Clone, Debug, Default)]
+pub struct Node {
+    pub name: Option<String>,
+}
+
+impl Node {
+    fn is_local(&self, node_name: Option<&String>) -> bool {
+        self.name.is_some() && self.name.as_ref() == node_name
+    }
 }
 
 /// A port as EndpointSlices and Endpoints publish it.
-struct EndpointPortModel {
+struct EndpointPort {
     name: String,
     protocol: Protocol,
     port: u16,
 }
 
-/// The endpoints of one EndpointSlice or Endpoints subset.
-#[derive(Default)]
-struct EndpointGroup {
-    ports: Vec<EndpointPortModel>,
-    ready: Vec<Ipv4Addr>,
+/// An endpoint address with the conditions that decide whether it serves.
+struct EndpointState {
+    addr: Ipv4Addr,
+    ready: bool,
+    serving: bool,
+    terminating: bool,
+    local: bool,
 }
 
-fn qualified(namespace: Option<&String>, name: Option<&String>) -> String {
-    format!(
-        "{}/{}",
-        namespace.map_or("default", String::as_str),
-        name.map_or("", String::as_str)
-    )
+/// The endpoints of one EndpointSlice or Endpoints subset, sharing ports.
+#[derive(Default)]
+struct EndpointGroup {
+    ports: Vec<EndpointPort>,
+    endpoints: Vec<EndpointState>,
 }
 
 fn port_number(value: i32) -> Option<u16> {
@@ -127,128 +162,133 @@ fn endpoint_address(text: &str) -> Result<Ipv4Addr, String> {
     Ok(addr)
 }
 
-/// Endpoint groups by "namespace/service".
-fn endpoint_groups(
-    objects: &Objects,
-    rejections: &mut Vec<Rejection>,
-) -> BTreeMap<String, Vec<EndpointGroup>> {
-    let mut groups: BTreeMap<String, Vec<EndpointGroup>> = BTreeMap::new();
-    for slice in &objects.endpoint_slices {
-        let meta = &slice.metadata;
-        let object = format!(
-            "EndpointSlice {}",
-            qualified(meta.namespace.as_ref(), meta.name.as_ref())
-        );
-        let Some(service) = meta.labels.as_ref().and_then(|l| l.get(SERVICE_NAME_LABEL)) else {
-            rejections.push(Rejection::new(
-                object,
-                RejectionKind::MissingServiceLabel,
-                format!("no {SERVICE_NAME_LABEL} label"),
-            ));
+fn endpoint_port(
+    name: Option<&String>,
+    protocol: Option<&str>,
+    port: Option<i32>,
+) -> Result<EndpointPort, (RejectionKind, String)> {
+    let protocol = Protocol::parse(protocol)?;
+    let port = port.and_then(port_number).ok_or((
+        RejectionKind::InvalidPort,
+        "port missing or out of range".to_string(),
+    ))?;
+    Ok(EndpointPort {
+        name: name.cloned().unwrap_or_default(),
+        protocol,
+        port,
+    })
+}
+
+/// Reads the ports and addresses of one object, recording each one skipped.
+struct GroupReader<'a> {
+    object: String,
+    built: &'a mut Built,
+}
+
+impl GroupReader<'_> {
+    fn reject(&mut self, kind: RejectionKind, reason: String) {
+        self.built
+            .rejections
+            .push(Rejection::new(self.object.clone(), kind, reason));
+    }
+
+    fn port(
+        &mut self,
+        group: &mut EndpointGroup,
+        port: Result<EndpointPort, (RejectionKind, String)>,
+    ) {
+        match port {
+            Ok(port) => group.ports.push(port),
+            Err((kind, reason)) => self.reject(kind, reason),
+        }
+    }
+
+    fn address(&mut self, text: &str) -> Option<Ipv4Addr> {
+        endpoint_address(text)
+            .map_err(|reason| self.reject(RejectionKind::InvalidAddress, reason))
+            .ok()
+    }
+}
+
+fn slice_group(slice: &EndpointSlice, node: &Node, built: &mut Built) -> Option<EndpointGroup> {
+    match slice.address_type.as_str() {
+        "IPv4" => {}
+        "IPv6" => {
+            built.ipv6_skipped = true;
+            return None;
+        }
+        // FQDN slices are deprecated and never proxied.
+        _ => return None,
+    }
+    let mut reader = GroupReader {
+        object: format!("EndpointSlice {}", ServiceName::of(&slice.metadata)),
+        built,
+    };
+    let mut group = EndpointGroup::default();
+    for port in slice.ports.iter().flatten() {
+        let parsed = endpoint_port(port.name.as_ref(), port.protocol.as_deref(), port.port);
+        reader.port(&mut group, parsed);
+    }
+    for endpoint in &slice.endpoints {
+        // Addresses are fungible; consumers use the first (as kube-proxy does).
+        let Some(addr) = endpoint.addresses.first().and_then(|a| reader.address(a)) else {
             continue;
         };
-        // IPv6 and FQDN slices are not proxied yet.
-        if slice.address_type != "IPv4" {
-            continue;
-        }
-        let mut group = EndpointGroup::default();
-        for port in slice.ports.iter().flatten() {
-            let parsed = Protocol::parse(port.protocol.as_deref()).and_then(|protocol| {
-                let number = port
-                    .port
-                    .and_then(port_number)
-                    .ok_or("port missing or out of range")?;
-                Ok(EndpointPortModel {
-                    name: port.name.clone().unwrap_or_default(),
-                    protocol,
-                    port: number,
-                })
-            });
-            match parsed {
-                Ok(p) => group.ports.push(p),
-                Err(reason) => rejections.push(Rejection::new(
-                    object.clone(),
-                    RejectionKind::InvalidDocument,
-                    reason,
-                )),
-            }
-        }
-        for endpoint in &slice.endpoints {
-            // A missing `ready` condition means ready (API contract).
-            let ready = endpoint
-                .conditions
-                .as_ref()
-                .and_then(|c| c.ready)
-                .unwrap_or(true);
-            // Addresses are fungible; consumers use the first (as kube-proxy does).
-            let Some(first) = endpoint.addresses.first() else {
-                continue;
-            };
-            match endpoint_address(first) {
-                Ok(addr) if ready => group.ready.push(addr),
-                Ok(_) => {}
-                Err(reason) => rejections.push(Rejection::new(
-                    object.clone(),
-                    RejectionKind::InvalidDocument,
-                    reason,
-                )),
-            }
-        }
-        groups
-            .entry(qualified(meta.namespace.as_ref(), Some(service)))
-            .or_default()
-            .push(group);
+        let conditions = endpoint.conditions.clone().unwrap_or_default();
+        // API contract: unknown readiness means ready, unknown serving means
+        // "as ready", unknown terminating means not terminating.
+        let ready = conditions.ready.unwrap_or(true);
+        group.endpoints.push(EndpointState {
+            addr,
+            ready,
+            serving: conditions.serving.unwrap_or(ready),
+            terminating: conditions.terminating.unwrap_or(false),
+            local: node.is_local(endpoint.node_name.as_ref()),
+        });
     }
-    for endpoints in &objects.endpoints {
-        let meta = &endpoints.metadata;
-        let key = qualified(meta.namespace.as_ref(), meta.name.as_ref());
-        // The API server mirrors Endpoints into slices; slices win.
-        if groups.contains_key(&key) {
-            continue;
+    Some(group)
+}
+
+fn endpoints_groups(endpoints: &Endpoints, node: &Node, built: &mut Built) -> Vec<EndpointGroup> {
+    let mut reader = GroupReader {
+        object: format!("Endpoints {}", ServiceName::of(&endpoints.metadata)),
+        built,
+    };
+    let mut groups = Vec::new();
+    for subset in endpoints.subsets.iter().flatten() {
+        let mut group = EndpointGroup::default();
+        for port in subset.ports.iter().flatten() {
+            let parsed = endpoint_port(
+                port.name.as_ref(),
+                port.protocol.as_deref(),
+                Some(port.port),
+            );
+            reader.port(&mut group, parsed);
         }
-        let object = format!("Endpoints {key}");
-        let mut subsets = Vec::new();
-        for subset in endpoints.subsets.iter().flatten() {
-            let mut group = EndpointGroup::default();
-            for port in subset.ports.iter().flatten() {
-                let parsed = Protocol::parse(port.protocol.as_deref()).and_then(|protocol| {
-                    let number = port_number(port.port).ok_or("port out of range")?;
-                    Ok(EndpointPortModel {
-                        name: port.name.clone().unwrap_or_default(),
-                        protocol,
-                        port: number,
-                    })
+        // Legacy Endpoints list only ready addresses as serving.
+        for address in subset.addresses.iter().flatten() {
+            if let Some(addr) = reader.address(&address.ip) {
+                group.endpoints.push(EndpointState {
+                    addr,
+                    ready: true,
+                    serving: true,
+                    terminating: false,
+                    local: node.is_local(address.node_name.as_ref()),
                 });
-                match parsed {
-                    Ok(p) => group.ports.push(p),
-                    Err(reason) => rejections.push(Rejection::new(
-                        object.clone(),
-                        RejectionKind::InvalidDocument,
-                        reason,
-                    )),
-                }
             }
-            for address in subset.addresses.iter().flatten() {
-                match endpoint_address(&address.ip) {
-                    Ok(addr) => group.ready.push(addr),
-                    Err(reason) => rejections.push(Rejection::new(
-                        object.clone(),
-                        RejectionKind::InvalidDocument,
-                        reason,
-                    )),
-                }
-            }
-            subsets.push(group);
         }
-        groups.insert(key, subsets);
+        groups.push(group);
     }
     groups
 }
 
 /// The IPv4 cluster IPs of a Service, `Ok(None)` if it is not proxied
-/// (headless, ExternalName, owned by another proxy).
-fn cluster_ips(service: &Service) -> Result<Option<Vec<Ipv4Addr>>, String> {
-    let spec = service.spec.as_ref().ok_or("no spec")?;
+/// (headless, ExternalName, owned by another proxy, IPv6 only).
+fn cluster_ips(
+    service: &Service,
+    spec: &ServiceSpec,
+    built: &mut Built,
+) -> Result<Option<Vec<Ipv4Addr>>, (RejectionKind, String)> {
     let other_proxy = service
         .metadata
         .labels
@@ -271,119 +311,204 @@ fn cluster_ips(service: &Service) -> Result<Option<Vec<Ipv4Addr>>, String> {
             Ok(IpAddr::V4(ip)) => {
                 ips.insert(ip);
             }
-            // IPv6 families are accepted but not proxied yet.
-            Ok(IpAddr::V6(_)) => {}
-            Err(_) => return Err(format!("clusterIP '{text}' is not an IP address")),
+            Ok(IpAddr::V6(_)) => built.ipv6_skipped = true,
+            Err(_) => {
+                return Err((
+                    RejectionKind::InvalidAddress,
+                    format!("clusterIP '{text}' is not an IP address"),
+                ))
+            }
         }
     }
     if ips.is_empty() {
-        return Err("no IPv4 clusterIP".to_string());
+        if built.ipv6_skipped {
+            return Ok(None);
+        }
+        return Err((RejectionKind::NoClusterIp, "no clusterIP".to_string()));
     }
     Ok(Some(ips.into_iter().collect()))
 }
 
-fn service_port(port: &ServicePort) -> Result<(String, Protocol, u16), String> {
+fn service_port(port: &ServicePort) -> Result<(String, Protocol, u16), (RejectionKind, String)> {
     let name = port.name.clone().unwrap_or_default();
-    let number =
-        port_number(port.port).ok_or_else(|| format!("port {} is out of range", port.port))?;
+    let invalid = |reason| (RejectionKind::InvalidPort, reason);
+    let number = port_number(port.port)
+        .ok_or_else(|| invalid(format!("port {} is out of range", port.port)))?;
     if let Some(IntOrString::Int(target)) = port.target_port {
-        port_number(target).ok_or_else(|| format!("targetPort {target} is out of range"))?;
+        port_number(target)
+            .ok_or_else(|| invalid(format!("targetPort {target} is out of range")))?;
     }
     let protocol = Protocol::parse(port.protocol.as_deref())?;
     Ok((name, protocol, number))
 }
 
-/// Builds the model from whatever a source delivered.
-pub fn build(objects: &Objects) -> Model {
-    let mut rejections = Vec::new();
-    let groups = endpoint_groups(objects, &mut rejections);
-    let mut services = Vec::new();
-    for service in &objects.services {
-        let meta = &service.metadata;
-        let key = qualified(meta.namespace.as_ref(), meta.name.as_ref());
-        let reject = |reason: String| {
-            Rejection::new(
-                format!("Service {key}"),
-                RejectionKind::InvalidDocument,
-                reason,
-            )
-        };
-        let ips = match cluster_ips(service) {
-            Ok(Some(ips)) => ips,
-            Ok(None) => continue,
-            Err(reason) => {
-                rejections.push(reject(reason));
-                continue;
+fn affinity_timeout(spec: &ServiceSpec) -> Result<Option<u32>, (RejectionKind, String)> {
+    let invalid = |reason| (RejectionKind::InvalidSessionAffinity, reason);
+    match spec.session_affinity.as_deref() {
+        None | Some("None") => Ok(None),
+        Some("ClientIP") => {
+            let configured = spec
+                .session_affinity_config
+                .as_ref()
+                .and_then(|c| c.client_ip.as_ref())
+                .and_then(|c| c.timeout_seconds);
+            match configured {
+                None => Ok(Some(DEFAULT_AFFINITY_TIMEOUT)),
+                Some(secs) => u32::try_from(secs)
+                    .ok()
+                    .filter(|s| (1..=MAX_AFFINITY_TIMEOUT).contains(s))
+                    .map(Some)
+                    .ok_or_else(|| {
+                        invalid(format!(
+                            "sessionAffinityConfig timeoutSeconds {secs} is not within 1..={MAX_AFFINITY_TIMEOUT}"
+                        ))
+                    }),
             }
-        };
-        let declared = service.spec.as_ref().and_then(|s| s.ports.as_ref());
-        let ports: Result<Vec<_>, String> = declared
+        }
+        Some(other) => Err(invalid(format!("sessionAffinity {other} is not supported"))),
+    }
+}
+
+/// The backends of one Service port: the endpoint port of the same name in
+/// each group (its number may differ from group to group, which is how a
+/// named targetPort resolves per pod). Ready endpoints serve; when none is
+/// ready, serving terminating ones do, so a rollout's last pods keep working.
+fn port_backends(groups: &[EndpointGroup], name: &str, protocol: Protocol) -> Vec<Backend> {
+    let mut ready = BTreeSet::new();
+    let mut terminating = BTreeSet::new();
+    for group in groups {
+        let Some(target) = group
+            .ports
             .iter()
-            .copied()
-            .flatten()
-            .map(service_port)
-            .collect();
-        let ports = match ports {
-            Ok(ports) => ports,
-            Err(reason) => {
-                rejections.push(reject(reason));
-                continue;
-            }
+            .find(|p| p.name == name && p.protocol == protocol)
+        else {
+            continue;
         };
-        let service_groups = groups.get(&key).map(Vec::as_slice).unwrap_or_default();
-        let ports = ports
-            .into_iter()
-            .map(|(name, protocol, port)| {
-                // Each Service port is served by the endpoint port of the same
-                // name; its number may differ from slice to slice.
-                let backends: BTreeSet<SocketAddrV4> = service_groups
-                    .iter()
-                    .flat_map(|group| {
-                        let target = group
-                            .ports
-                            .iter()
-                            .find(|p| p.name == name && p.protocol == protocol);
-                        target
-                            .into_iter()
-                            .flat_map(|t| group.ready.iter().map(|a| SocketAddrV4::new(*a, t.port)))
-                    })
-                    .collect();
-                ServicePortModel {
-                    name,
-                    protocol,
-                    port,
-                    backends: backends.into_iter().collect(),
-                }
-            })
-            .collect();
-        services.push(ServiceModel {
-            namespace: meta.namespace.clone().unwrap_or_else(|| "default".into()),
-            name: meta.name.clone().unwrap_or_default(),
-            cluster_ips: ips,
-            ports,
-        });
+        for endpoint in &group.endpoints {
+            let backend = Backend {
+                addr: SocketAddrV4::new(endpoint.addr, target.port),
+                local: endpoint.local,
+            };
+            if endpoint.ready {
+                ready.insert(backend);
+            } else if endpoint.serving && endpoint.terminating {
+                terminating.insert(backend);
+            }
+        }
     }
-    services.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
-    Model {
-        services,
-        rejections,
+    let chosen = if ready.is_empty() { terminating } else { ready };
+    chosen.into_iter().collect()
+}
+
+/// Builds the model of the Service `name` from its objects.
+pub fn build(name: &ServiceName, objects: &ServiceObjects, node: &Node) -> Built {
+    let mut built = Built::default();
+    let Some(service) = &objects.service else {
+        return built;
+    };
+    let object = format!("Service {name}");
+    match build_service(name, service, objects, node, &mut built) {
+        Ok(model) => built.service = model,
+        Err((kind, reason)) => built.rejections.push(Rejection::new(object, kind, reason)),
     }
+    built
+}
+
+fn build_service(
+    name: &ServiceName,
+    service: &Service,
+    objects: &ServiceObjects,
+    node: &Node,
+    built: &mut Built,
+) -> Result<Option<ServiceModel>, (RejectionKind, String)> {
+    let spec = service
+        .spec
+        .as_ref()
+        .ok_or((RejectionKind::InvalidDocument, "no spec".to_string()))?;
+    let Some(cluster_ips) = cluster_ips(service, spec, built)? else {
+        return Ok(None);
+    };
+    let ports: Vec<_> = spec
+        .ports
+        .iter()
+        .flatten()
+        .map(service_port)
+        .collect::<Result<_, _>>()?;
+    let affinity_timeout = affinity_timeout(spec)?;
+    // The API server mirrors Endpoints into slices; slices win.
+    let groups: Vec<EndpointGroup> = if objects.slices.is_empty() {
+        objects
+            .endpoints
+            .iter()
+            .flat_map(|e| endpoints_groups(e, node, built))
+            .collect()
+    } else {
+        objects
+            .slices
+            .iter()
+            .filter_map(|s| slice_group(s, node, built))
+            .collect()
+    };
+    let ports = ports
+        .into_iter()
+        .map(|(port_name, protocol, port)| ServicePortModel {
+            backends: port_backends(&groups, &port_name, protocol),
+            name: port_name,
+            protocol,
+            port,
+        })
+        .collect();
+    Ok(Some(ServiceModel {
+        name: name.clone(),
+        cluster_ips,
+        ports,
+        affinity_timeout,
+    }))
 }
 
 #[cfg(test)]
 mod tests {
-    use super::*;
-    use crate::source::manifest::{parse_stream, Loaded};
+    use std::collections::BTreeMap;
 
-    fn model(yaml: &str) -> Model {
+    use super::*;
+    use crate::source::{
+        group,
+        manifest::{parse_stream, Loaded},
+    };
+
+    /// Builds every Service in `yaml` as this node ("node-a") sees it.
+    fn model_all(yaml: &str) -> BTreeMap<ServiceName, Built> {
         let mut loaded = Loaded::default();
         parse_stream("test.yaml", yaml, &mut loaded);
         assert!(loaded.rejections.is_empty(), "{:?}", loaded.rejections);
-        build(&loaded.objects)
+        let (grouped, rejections) = group(loaded.objects);
+        assert!(rejections.is_empty(), "{rejections:?}");
+        let node = Node {
+            name: Some("node-a".into()),
+        };
+        grouped
+            .iter()
+            .map(|(name, objects)| (name.clone(), build(name, objects, &node)))
+            .collect()
+    }
+
+    /// The one proxied Service in `yaml`.
+    fn model(yaml: &str) -> ServiceModel {
+        let built = model_all(yaml);
+        let mut proxied = built.into_values().filter_map(|b| {
+            assert!(b.rejections.is_empty(), "{:?}", b.rejections);
+            b.service
+        });
+        let service = proxied.next().expect("a proxied service");
+        assert!(proxied.next().is_none());
+        service
     }
 
     fn backends(port: &ServicePortModel) -> Vec<String> {
-        port.backends.iter().map(ToString::to_string).collect()
+        port.backends
+            .iter()
+            .map(|b| format!("{}{}", b.addr, if b.local { " local" } else { "" }))
+            .collect()
     }
 
     const SERVICE: &str = "apiVersion: v1\nkind: Service\nmetadata: {name: web, namespace: shop}\n\
@@ -401,63 +526,169 @@ mod tests {
 
     #[test]
     fn multi_port_service_gets_ready_backends_from_all_slices() {
-        let m = model(&format!(
+        let service = model(&format!(
             "{SERVICE}{}{}",
-            slice("web-a", "- {addresses: [10.244.1.2], conditions: {ready: true}}\n- {addresses: [10.244.1.3], conditions: {ready: false}}\n"),
-            slice("web-b", "- {addresses: [10.244.2.2]}\n- {addresses: [10.244.1.2]}\n"),
+            slice("web-a", "- {addresses: [10.244.1.2], conditions: {ready: true}, nodeName: node-a}\n- {addresses: [10.244.1.3], conditions: {ready: false}}\n"),
+            slice("web-b", "- {addresses: [10.244.2.2], nodeName: node-b}\n- {addresses: [10.244.1.2], nodeName: node-a}\n"),
         ));
-        assert!(m.rejections.is_empty(), "{:?}", m.rejections);
-        let service = &m.services[0];
-        assert_eq!(
-            (service.namespace.as_str(), service.name.as_str()),
-            ("shop", "web")
-        );
+        assert_eq!(service.name, ServiceName::new("shop", "web"));
         assert_eq!(
             service.cluster_ips,
             ["10.96.0.10".parse::<Ipv4Addr>().unwrap()]
         );
+        assert_eq!(service.affinity_timeout, None);
         let http = &service.ports[0];
         assert_eq!(
             (http.name.as_str(), http.protocol, http.port),
             ("http", Protocol::Tcp, 80)
         );
-        // not-ready 10.244.1.3 is out; the duplicate 10.244.1.2 appears once.
-        assert_eq!(backends(http), ["10.244.1.2:8080", "10.244.2.2:8080"]);
+        // not-ready 10.244.1.3 is out; the duplicate 10.244.1.2 appears once;
+        // the endpoint on node-a is local.
+        assert_eq!(backends(http), ["10.244.1.2:8080 local", "10.244.2.2:8080"]);
         let dns = &service.ports[1];
         assert_eq!((dns.protocol, dns.port), (Protocol::Udp, 53));
-        assert_eq!(backends(dns), ["10.244.1.2:5353", "10.244.2.2:5353"]);
+        assert_eq!(backends(dns), ["10.244.1.2:5353 local", "10.244.2.2:5353"]);
+    }
+
+    #[test]
+    fn named_target_port_resolves_per_slice() {
+        let service = model(
+            "apiVersion: v1\nkind: Service\nmetadata: {name: web, namespace: shop}\n\
+             spec: {clusterIP: 10.96.0.10, ports: [{name: http, port: 80, targetPort: web}]}\n\
+             ---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n\
+             metadata: {name: web-a, namespace: shop, labels: {kubernetes.io/service-name: web}}\n\
+             addressType: IPv4\nports: [{name: http, port: 8080}]\nendpoints: [{addresses: [10.244.1.2]}]\n\
+             ---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n\
+             metadata: {name: web-b, namespace: shop, labels: {kubernetes.io/service-name: web}}\n\
+             addressType: IPv4\nports: [{name: http, port: 9090}, {name: other, port: 7070}]\n\
+             endpoints: [{addresses: [10.244.1.3]}]\n",
+        );
+        assert_eq!(
+            backends(&service.ports[0]),
+            ["10.244.1.2:8080", "10.244.1.3:9090"]
+        );
+    }
+
+    #[test]
+    fn terminating_endpoints_serve_only_when_none_is_ready() {
+        let endpoints = "- {addresses: [10.244.1.2], conditions: {ready: false, serving: true, terminating: true}}\n\
+             - {addresses: [10.244.1.3], conditions: {ready: false, serving: false, terminating: true}}\n\
+             - {addresses: [10.244.1.4], conditions: {ready: false, serving: false}}\n";
+        let service = model(&format!("{SERVICE}{}", slice("web-a", endpoints)));
+        assert_eq!(
+            backends(&service.ports[0]),
+            ["10.244.1.2:8080"],
+            "serving + terminating only"
+        );
+        let with_ready = format!("{endpoints}- {{addresses: [10.244.1.5]}}\n");
+        let service = model(&format!("{SERVICE}{}", slice("web-a", &with_ready)));
+        assert_eq!(
+            backends(&service.ports[0]),
+            ["10.244.1.5:8080"],
+            "a ready one wins"
+        );
+        let none = "- {addresses: [10.244.1.4], conditions: {ready: false}}\n";
+        let service = model(&format!("{SERVICE}{}", slice("web-a", none)));
+        assert!(service.ports[0].backends.is_empty());
+    }
+
+    #[test]
+    fn publish_not_ready_addresses_does_not_change_proxying() {
+        let with_flag =
+            SERVICE.replace("clusterIP:", "publishNotReadyAddresses: true\n  clusterIP:");
+        let endpoints = "- {addresses: [10.244.1.2], conditions: {ready: false}}\n- {addresses: [10.244.1.3]}\n";
+        let plain = model(&format!("{SERVICE}{}", slice("web-a", endpoints)));
+        let flagged = model(&format!("{with_flag}{}", slice("web-a", endpoints)));
+        assert_eq!(plain.ports, flagged.ports);
+        assert_eq!(backends(&flagged.ports[0]), ["10.244.1.3:8080"]);
     }
 
     #[test]
     fn legacy_endpoints_serve_only_when_no_slice_exists() {
         let endpoints = "---\napiVersion: v1\nkind: Endpoints\nmetadata: {name: web, namespace: shop}\n\
-            subsets:\n- addresses: [{ip: 192.168.7.7}]\n  notReadyAddresses: [{ip: 192.168.7.8}]\n  \
+            subsets:\n- addresses: [{ip: 192.168.7.7, nodeName: node-a}]\n  notReadyAddresses: [{ip: 192.168.7.8}]\n  \
             ports: [{name: http, port: 9090}]\n";
-        let m = model(&format!("{SERVICE}{endpoints}"));
-        assert_eq!(backends(&m.services[0].ports[0]), ["192.168.7.7:9090"]);
-        assert!(m.services[0].ports[1].backends.is_empty());
-        let m = model(&format!(
+        let service = model(&format!("{SERVICE}{endpoints}"));
+        assert_eq!(backends(&service.ports[0]), ["192.168.7.7:9090 local"]);
+        assert!(service.ports[1].backends.is_empty());
+        let service = model(&format!(
             "{SERVICE}{endpoints}{}",
             slice("web-a", "- {addresses: [10.244.1.2]}\n")
         ));
-        assert_eq!(backends(&m.services[0].ports[0]), ["10.244.1.2:8080"]);
+        assert_eq!(backends(&service.ports[0]), ["10.244.1.2:8080"]);
+    }
+
+    #[test]
+    fn selectorless_service_with_hand_written_slice_reaches_outside_addresses() {
+        let service = model(
+            "apiVersion: v1\nkind: Service\nmetadata: {name: external-service}\n\
+             spec: {clusterIP: 10.96.0.20, ports: [{name: https, port: 443, targetPort: 8443}]}\n\
+             ---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n\
+             metadata: {name: external-service-1, labels: {kubernetes.io/service-name: external-service}}\n\
+             addressType: IPv4\nports: [{name: https, port: 8443}]\n\
+             endpoints: [{addresses: [192.168.50.10]}, {addresses: [192.168.50.11]}]\n",
+        );
+        assert_eq!(
+            backends(&service.ports[0]),
+            ["192.168.50.10:8443", "192.168.50.11:8443"]
+        );
+    }
+
+    #[test]
+    fn session_affinity_reaches_the_model_with_its_default_and_bounds() {
+        let affinity = |extra: &str| {
+            format!(
+                "apiVersion: v1\nkind: Service\nmetadata: {{name: web}}\n\
+                 spec: {{clusterIP: 10.96.0.9, ports: [{{port: 80}}], {extra}}}\n"
+            )
+        };
+        assert_eq!(
+            model(&affinity("sessionAffinity: ClientIP")).affinity_timeout,
+            Some(10_800)
+        );
+        let configured =
+            "sessionAffinity: ClientIP, sessionAffinityConfig: {clientIP: {timeoutSeconds: 60}}";
+        assert_eq!(model(&affinity(configured)).affinity_timeout, Some(60));
+        assert_eq!(
+            model(&affinity("sessionAffinity: None")).affinity_timeout,
+            None
+        );
+        for bad in [
+            "sessionAffinity: ClientIP, sessionAffinityConfig: {clientIP: {timeoutSeconds: 0}}",
+            "sessionAffinity: ClientIP, sessionAffinityConfig: {clientIP: {timeoutSeconds: 86401}}",
+            "sessionAffinity: Cookie",
+        ] {
+            let built = model_all(&affinity(bad)).into_values().next().unwrap();
+            assert!(built.service.is_none(), "{bad}");
+            assert_eq!(
+                built.rejections[0].kind,
+                RejectionKind::InvalidSessionAffinity,
+                "{bad}"
+            );
+            assert!(built.rejections[0]
+                .to_string()
+                .starts_with("Service default/web: session"));
+        }
     }
 
     #[test]
     fn headless_external_name_and_foreign_services_are_not_proxied() {
-        let m = model(
+        let built = model_all(
             "apiVersion: v1\nkind: Service\nmetadata: {name: headless}\nspec: {clusterIP: None, ports: [{port: 80}]}\n\
              ---\napiVersion: v1\nkind: Service\nmetadata: {name: ext}\nspec: {type: ExternalName, externalName: example.com}\n\
              ---\napiVersion: v1\nkind: Service\nmetadata: {name: other, labels: {service.kubernetes.io/service-proxy-name: foo}}\n\
              spec: {clusterIP: 10.96.0.3, ports: [{port: 80}]}\n",
         );
-        assert!(m.services.is_empty());
-        assert!(m.rejections.is_empty(), "{:?}", m.rejections);
+        assert_eq!(built.len(), 3);
+        for (name, b) in built {
+            assert!(b.service.is_none(), "{name}");
+            assert!(b.rejections.is_empty(), "{:?}", b.rejections);
+        }
     }
 
     #[test]
     fn invalid_objects_are_rejected_with_reason_and_others_survive() {
-        let m = model(
+        let built = model_all(
             "apiVersion: v1\nkind: Service\nmetadata: {name: bad-ip}\nspec: {clusterIP: 10.96.0.300, ports: [{port: 80}]}\n\
              ---\napiVersion: v1\nkind: Service\nmetadata: {name: bad-port}\nspec: {clusterIP: 10.96.0.4, ports: [{port: 70000}]}\n\
              ---\napiVersion: v1\nkind: Service\nmetadata: {name: bad-target}\nspec: {clusterIP: 10.96.0.5, ports: [{port: 80, targetPort: 0}]}\n\
@@ -466,28 +697,61 @@ mod tests {
              ---\napiVersion: v1\nkind: Service\nmetadata: {name: good}\nspec: {clusterIP: 10.96.0.7, ports: [{port: 80}]}\n\
              ---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n\
              metadata: {name: good-1, labels: {kubernetes.io/service-name: good}}\naddressType: IPv4\n\
-             ports: [{port: 8080}]\nendpoints:\n- {addresses: [127.0.0.1]}\n- {addresses: [169.254.1.1]}\n\
-             - {addresses: [224.0.0.5]}\n- {addresses: [not-an-ip]}\n- {addresses: [10.1.2.3]}\n\
-             ---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {name: orphan}\naddressType: IPv4\nendpoints: []\n",
+             ports: [{port: 8080}, {port: 8081, protocol: SCTP}]\nendpoints:\n- {addresses: [127.0.0.1]}\n- {addresses: [169.254.1.1]}\n\
+             - {addresses: [224.0.0.5]}\n- {addresses: [not-an-ip]}\n- {addresses: [10.1.2.3]}\n",
         );
-        let names: Vec<_> = m.services.iter().map(|s| s.name.as_str()).collect();
-        assert_eq!(names, ["good"]);
-        assert_eq!(backends(&m.services[0].ports[0]), ["10.1.2.3:8080"]);
-        let reasons: Vec<String> = m.rejections.iter().map(ToString::to_string).collect();
+        let proxied: Vec<_> = built.values().filter_map(|b| b.service.as_ref()).collect();
+        assert_eq!(proxied.len(), 1);
+        assert_eq!(proxied[0].name.name, "good");
+        assert_eq!(backends(&proxied[0].ports[0]), ["10.1.2.3:8080"]);
+        let reasons: Vec<(RejectionKind, String)> = built
+            .values()
+            .flat_map(|b| &b.rejections)
+            .map(|r| (r.kind, r.to_string()))
+            .collect();
+        use RejectionKind::*;
         let expect = [
-            "EndpointSlice default/good-1: endpoint address 127.0.0.1",
-            "EndpointSlice default/good-1: endpoint address 169.254.1.1",
-            "EndpointSlice default/good-1: endpoint address 224.0.0.5",
-            "EndpointSlice default/good-1: endpoint address 'not-an-ip'",
-            "EndpointSlice default/orphan: no kubernetes.io/service-name label",
-            "Service default/bad-ip: clusterIP '10.96.0.300' is not an IP address",
-            "Service default/bad-port: port 70000 is out of range",
-            "Service default/bad-target: targetPort 0 is out of range",
-            "Service default/sctp: protocol SCTP is not supported yet",
-            "Service default/no-ip: no IPv4 clusterIP",
+            (
+                InvalidAddress,
+                "Service default/bad-ip: clusterIP '10.96.0.300' is not an IP address",
+            ),
+            (
+                InvalidPort,
+                "Service default/bad-port: port 70000 is out of range",
+            ),
+            (
+                InvalidPort,
+                "Service default/bad-target: targetPort 0 is out of range",
+            ),
+            (
+                UnsupportedProtocol,
+                "EndpointSlice default/good-1: protocol SCTP",
+            ),
+            (
+                InvalidAddress,
+                "EndpointSlice default/good-1: endpoint address 127.0.0.1",
+            ),
+            (
+                InvalidAddress,
+                "EndpointSlice default/good-1: endpoint address 169.254.1.1",
+            ),
+            (
+                InvalidAddress,
+                "EndpointSlice default/good-1: endpoint address 224.0.0.5",
+            ),
+            (
+                InvalidAddress,
+                "EndpointSlice default/good-1: endpoint address 'not-an-ip'",
+            ),
+            (NoClusterIp, "Service default/no-ip: no clusterIP"),
+            (
+                UnsupportedProtocol,
+                "Service default/sctp: protocol SCTP is not supported yet",
+            ),
         ];
         assert_eq!(reasons.len(), expect.len(), "{reasons:#?}");
-        for (reason, prefix) in reasons.iter().zip(expect) {
+        for ((kind, reason), (want_kind, prefix)) in reasons.iter().zip(expect) {
+            assert_eq!(*kind, want_kind, "{reason}");
             assert!(
                 reason.starts_with(prefix),
                 "{reason} does not start with {prefix}"
@@ -496,16 +760,30 @@ mod tests {
     }
 
     #[test]
-    fn dual_stack_keeps_ipv4_and_ignores_ipv6_slices() {
-        let m = model(
+    fn dual_stack_keeps_ipv4_and_skips_ipv6() {
+        let built = model_all(
             "apiVersion: v1\nkind: Service\nmetadata: {name: web}\n\
              spec: {clusterIP: 10.96.0.9, clusterIPs: [10.96.0.9, 'fd00::9'], ipFamilies: [IPv4, IPv6], ports: [{port: 80}]}\n\
              ---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n\
              metadata: {name: web-v6, labels: {kubernetes.io/service-name: web}}\naddressType: IPv6\n\
-             ports: [{port: 8080}]\nendpoints: [{addresses: ['fd00::1']}]\n",
+             ports: [{port: 8080}]\nendpoints: [{addresses: ['fd00::1']}]\n\
+             ---\napiVersion: v1\nkind: Service\nmetadata: {name: v6-only}\n\
+             spec: {clusterIP: 'fd00::10', ipFamilies: [IPv6], ports: [{port: 80}]}\n",
         );
-        assert!(m.rejections.is_empty(), "{:?}", m.rejections);
-        assert_eq!(m.services[0].cluster_ips.len(), 1);
-        assert!(m.services[0].ports[0].backends.is_empty());
+        let web = &built[&ServiceName::new("default", "web")];
+        assert!(web.rejections.is_empty(), "{:?}", web.rejections);
+        assert!(web.ipv6_skipped);
+        let service = web.service.as_ref().unwrap();
+        assert_eq!(service.cluster_ips.len(), 1);
+        assert!(service.ports[0].backends.is_empty());
+        let v6 = &built[&ServiceName::new("default", "v6-only")];
+        assert!(v6.service.is_none() && v6.rejections.is_empty() && v6.ipv6_skipped);
+    }
+
+    #[test]
+    fn endpoints_without_a_service_build_nothing() {
+        let built = model_all(&slice("web-a", "- {addresses: [10.244.1.2]}\n"));
+        let b = &built[&ServiceName::new("shop", "web")];
+        assert!(b.service.is_none() && b.rejections.is_empty());
     }
 }

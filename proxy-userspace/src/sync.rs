@@ -1,20 +1,24 @@
-//! Sync: turns a plan into map entries and applies the difference to the maps
-//! in an order that never exposes a half-built service (DESIGN.md §1):
-//! backends, then selection slots, then the service entry; deletions in
-//! reverse. Ids stay stable for as long as their frontend or backend exists,
-//! and an id freed by a sync is not reused in that same sync, so no packet can
-//! see a new service's slots through an old service's entry.
+//! Sync: turns the plan's frontends into map entries and writes only what
+//! differs, in an order that never exposes a half-built service
+//! (DESIGN.md §1): backends, then selection slots, then the service entry;
+//! removal in reverse. Work is per frontend, so a change to one Service costs
+//! the same whether ten or thirty thousand others exist.
+//!
+//! Ids stay stable for as long as their frontend or backend exists, and an id
+//! freed by a sync is not reused in that same sync, so no packet can see a new
+//! service's slots through an old service's entry.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use proxy_common::{
     maps::{
-        addr_to_net, port_to_net, BackendValue, ServiceKey, ServiceValue, SlotKey, SCOPE_CLUSTER_IP,
+        addr_to_net, port_to_net, BackendValue, ServiceKey, ServiceValue, SlotKey, BACKEND_LOCAL,
+        SCOPE_CLUSTER_IP, SERVICE_AFFINITY_CLIENT_IP,
     },
     sizes,
 };
 
-use crate::plan::Plan;
+use crate::plan::{Frontend, FrontendKey, Plan};
 
 /// The content of the maps the agent owns.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -69,11 +73,49 @@ impl IdCursor {
     }
 }
 
-/// Holds what the maps contain and brings them to what a plan wants.
+/// The map key of a frontend.
+pub fn service_key(frontend: &FrontendKey) -> ServiceKey {
+    ServiceKey {
+        addr: addr_to_net(frontend.addr),
+        port: port_to_net(frontend.port),
+        proto: frontend.protocol.ip_proto(),
+        scope: SCOPE_CLUSTER_IP,
+    }
+}
+
+/// The backend values and service flags a frontend needs.
+fn entries(frontend: &Frontend) -> (Vec<BackendValue>, u32, u32) {
+    let backends = frontend
+        .backends
+        .iter()
+        .map(|b| BackendValue {
+            addr: addr_to_net(*b.addr.ip()),
+            port: port_to_net(b.addr.port()),
+            flags: if b.local { BACKEND_LOCAL } else { 0 },
+            _pad: 0,
+        })
+        .collect();
+    match frontend.affinity_timeout {
+        Some(timeout) => (backends, SERVICE_AFFINITY_CLIENT_IP, timeout),
+        None => (backends, 0, 0),
+    }
+}
+
+/// Holds what the maps contain and brings them to what the plan wants.
 pub struct Syncer {
     current: MapContents,
+    /// Reverse of `current.backends`: one id per distinct backend.
+    backend_ids: HashMap<BackendValue, u32>,
+    /// How many slots refer to each backend id.
+    backend_refs: HashMap<u32, u32>,
+    live_service_ids: HashSet<u32>,
+    /// Ids freed during the current sync; not handed out again until the next.
+    resting_service_ids: HashSet<u32>,
+    resting_backend_ids: HashSet<u32>,
+    /// Backends that may have lost their last slot.
+    unreferenced: BTreeSet<u32>,
     service_ids: IdCursor,
-    backend_ids: IdCursor,
+    backend_id_cursor: IdCursor,
 }
 
 impl Syncer {
@@ -84,13 +126,33 @@ impl Syncer {
     }
 
     fn with_limits(current: MapContents, max_services: u32, max_backends: u32) -> Self {
+        let mut backend_ids = HashMap::new();
+        for (id, value) in &current.backends {
+            backend_ids.entry(*value).or_insert(*id);
+        }
+        let mut backend_refs: HashMap<u32, u32> = HashMap::new();
+        for id in current.selection.values() {
+            *backend_refs.entry(*id).or_default() += 1;
+        }
+        let unreferenced = current
+            .backends
+            .keys()
+            .filter(|id| !backend_refs.contains_key(id))
+            .copied()
+            .collect();
         Self {
+            live_service_ids: current.services.values().map(|v| v.id).collect(),
+            backend_ids,
+            backend_refs,
+            unreferenced,
             current,
+            resting_service_ids: HashSet::new(),
+            resting_backend_ids: HashSet::new(),
             service_ids: IdCursor {
                 next: 0,
                 limit: max_services,
             },
-            backend_ids: IdCursor {
+            backend_id_cursor: IdCursor {
                 next: 0,
                 limit: max_backends,
             },
@@ -101,205 +163,271 @@ impl Syncer {
         &self.current
     }
 
-    /// The map content for `plan`, reusing the ids already in the maps.
-    fn desired(&mut self, plan: &Plan, errors: &mut Vec<String>) -> MapContents {
-        let current = &self.current;
-        let backend_by_addr: BTreeMap<BackendValue, u32> =
-            current.backends.iter().map(|(id, b)| (*b, *id)).collect();
-        let current_service_ids: BTreeSet<u32> = current.services.values().map(|v| v.id).collect();
-        let mut desired = MapContents::default();
-        let mut new_backends: BTreeMap<BackendValue, u32> = BTreeMap::new();
-        let mut used_service_ids = BTreeSet::new();
-        for (frontend, plan_entry) in &plan.frontends {
-            let key = ServiceKey {
-                addr: addr_to_net(frontend.addr),
-                port: port_to_net(frontend.port),
-                proto: frontend.protocol.ip_proto(),
-                scope: SCOPE_CLUSTER_IP,
-            };
-            let id = match current.services.get(&key) {
-                Some(existing) => existing.id,
-                None => match self.service_ids.allocate(|id| {
-                    current_service_ids.contains(&id) || used_service_ids.contains(&id)
-                }) {
-                    Some(id) => id,
-                    None => {
-                        errors.push(format!(
-                            "{frontend} ({}): no free service id, the services map is full",
-                            plan_entry.service
-                        ));
-                        continue;
-                    }
-                },
-            };
-            used_service_ids.insert(id);
-            let mut slot_count = 0;
-            for backend in &plan_entry.backends {
-                let value = BackendValue {
-                    addr: addr_to_net(*backend.ip()),
-                    port: port_to_net(backend.port()),
-                    _pad: 0,
-                };
-                let existing = backend_by_addr
-                    .get(&value)
-                    .or_else(|| new_backends.get(&value))
-                    .copied();
-                let backend_id = match existing {
-                    Some(id) => id,
-                    None => {
-                        let taken = |id| {
-                            current.backends.contains_key(&id) || desired.backends.contains_key(&id)
-                        };
-                        let Some(id) = self.backend_ids.allocate(taken) else {
-                            errors.push(format!(
-                                "{frontend}: no free backend id, the backends map is full"
-                            ));
-                            break;
-                        };
-                        new_backends.insert(value, id);
-                        id
-                    }
-                };
-                desired.backends.insert(backend_id, value);
-                desired.selection.insert(
-                    SlotKey {
-                        service_id: id,
-                        slot: slot_count,
-                    },
-                    backend_id,
-                );
-                slot_count += 1;
+    /// Brings the frontends `keys` to what `plan` wants for them.
+    pub fn apply<'k>(
+        &mut self,
+        plan: &Plan,
+        keys: impl IntoIterator<Item = &'k FrontendKey>,
+        store: &mut impl MapStore,
+    ) -> SyncReport {
+        let mut report = SyncReport::default();
+        self.resting_service_ids.clear();
+        self.resting_backend_ids.clear();
+        for key in keys {
+            match plan.frontend(key) {
+                Some(frontend) => self.upsert(service_key(key), &frontend, store, &mut report),
+                None => self.remove(service_key(key), store, &mut report),
             }
-            desired
-                .services
-                .insert(key, ServiceValue { id, slot_count });
         }
-        desired
+        self.collect_backends(store, &mut report);
+        report
     }
 
-    /// Applies `plan` to `store`. Entries that fail to write are reported and
-    /// left as they were; everything else is still applied.
-    pub fn apply(&mut self, plan: &Plan, store: &mut impl MapStore) -> SyncReport {
+    /// Brings every entry to what `plan` wants, removing whatever the maps
+    /// hold beyond it (an adopted map may hold Services deleted meanwhile,
+    /// or the leftovers of an interrupted sync).
+    pub fn reconcile(&mut self, plan: &Plan, store: &mut impl MapStore) -> SyncReport {
+        let wanted: HashSet<ServiceKey> = plan.frontend_keys().map(service_key).collect();
         let mut report = SyncReport::default();
-        let desired = self.desired(plan, &mut report.errors);
-        let current = &mut self.current;
+        self.resting_service_ids.clear();
+        self.resting_backend_ids.clear();
+        let unwanted: Vec<ServiceKey> = self
+            .current
+            .services
+            .keys()
+            .filter(|k| !wanted.contains(k))
+            .copied()
+            .collect();
+        for key in unwanted {
+            self.remove(key, store, &mut report);
+        }
+        let orphan_slot_owners: BTreeSet<u32> = self
+            .current
+            .selection
+            .keys()
+            .map(|k| k.service_id)
+            .filter(|id| !self.live_service_ids.contains(id))
+            .collect();
+        for id in orphan_slot_owners {
+            self.trim_slots(id, 0, store, &mut report);
+        }
+        for key in plan.frontend_keys() {
+            if let Some(frontend) = plan.frontend(key) {
+                self.upsert(service_key(key), &frontend, store, &mut report);
+            }
+        }
+        self.collect_backends(store, &mut report);
+        report
+    }
 
-        for (id, value) in &desired.backends {
-            if current.backends.get(id) != Some(value) {
-                match store.put_backend(*id, value) {
-                    Ok(()) => {
-                        current.backends.insert(*id, *value);
-                        report.backends_written += 1;
-                    }
-                    Err(e) => report.errors.push(e.to_string()),
-                }
-            }
-        }
-        let mut failed_services = BTreeSet::new();
-        for (key, backend_id) in &desired.selection {
-            if current.selection.get(key) == Some(backend_id) {
-                continue;
-            }
-            if !current.backends.contains_key(backend_id) {
-                failed_services.insert(key.service_id);
-                continue;
-            }
-            match store.put_slot(key, *backend_id) {
-                Ok(()) => {
-                    current.selection.insert(*key, *backend_id);
-                }
-                Err(e) => {
-                    failed_services.insert(key.service_id);
-                    report.errors.push(e.to_string());
-                }
-            }
-        }
-        let live_ids: BTreeSet<u32> = current.services.values().map(|v| v.id).collect();
-        for (key, value) in &desired.services {
-            if current.services.get(key) == Some(value) {
-                continue;
-            }
-            if failed_services.contains(&value.id) {
-                report.errors.push(format!(
-                    "service id {}: backends incomplete, entry not updated",
-                    value.id
-                ));
-                continue;
-            }
-            let result = if live_ids.contains(&value.id) {
-                Ok(())
-            } else {
-                store.reset_stats(value.id)
+    fn upsert(
+        &mut self,
+        key: ServiceKey,
+        frontend: &Frontend,
+        store: &mut impl MapStore,
+        report: &mut SyncReport,
+    ) {
+        let existing = self.current.services.get(&key).copied();
+        let Some(id) = existing.map(|v| v.id).or_else(|| {
+            let (live, resting) = (&self.live_service_ids, &self.resting_service_ids);
+            self.service_ids
+                .allocate(|id| live.contains(&id) || resting.contains(&id))
+        }) else {
+            report.errors.push(format!(
+                "{} ({}): no free service id, the services map is full",
+                key_text(&key),
+                frontend.service
+            ));
+            return;
+        };
+        let (backends, flags, affinity_timeout) = entries(frontend);
+        let backend_ids: Option<Vec<u32>> = backends
+            .iter()
+            .map(|b| self.backend_id(b, store, report))
+            .collect();
+        let mut complete = backend_ids.is_some();
+        let mut slot_count = 0;
+        for backend_id in backend_ids.unwrap_or_default() {
+            let slot = SlotKey {
+                service_id: id,
+                slot: slot_count,
             };
-            match result.and_then(|()| store.put_service(key, value)) {
+            if self.current.selection.get(&slot) != Some(&backend_id) {
+                if let Err(e) = store.put_slot(&slot, backend_id) {
+                    report.errors.push(e.to_string());
+                    complete = false;
+                    break;
+                }
+                self.set_slot(slot, Some(backend_id));
+            }
+            slot_count += 1;
+        }
+        let value = ServiceValue {
+            id,
+            slot_count,
+            flags,
+            affinity_timeout,
+        };
+        if !complete {
+            report.errors.push(format!(
+                "{} ({}): backends incomplete, service entry not updated",
+                key_text(&key),
+                frontend.service
+            ));
+        } else if existing != Some(value) {
+            let fresh = existing.is_none();
+            let written = if fresh { store.reset_stats(id) } else { Ok(()) }
+                .and_then(|()| store.put_service(&key, &value));
+            match written {
                 Ok(()) => {
-                    current.services.insert(*key, *value);
+                    self.current.services.insert(key, value);
+                    self.live_service_ids.insert(id);
                     report.services_written += 1;
                 }
                 Err(e) => report.errors.push(e.to_string()),
             }
         }
+        // Slots past what the service entry now indexes are unreachable.
+        let live_count = self.current.services.get(&key).map_or(0, |v| v.slot_count);
+        self.trim_slots(id, live_count, store, report);
+    }
 
-        let stale_services: Vec<ServiceKey> = current
-            .services
-            .keys()
-            .filter(|k| !desired.services.contains_key(k))
-            .copied()
-            .collect();
-        for key in stale_services {
-            match store.delete_service(&key) {
-                Ok(()) => {
-                    current.services.remove(&key);
-                    report.services_deleted += 1;
-                }
-                Err(e) => report.errors.push(e.to_string()),
+    /// The id of `backend`, writing it first if the maps lack it.
+    fn backend_id(
+        &mut self,
+        backend: &BackendValue,
+        store: &mut impl MapStore,
+        report: &mut SyncReport,
+    ) -> Option<u32> {
+        if let Some(id) = self.backend_ids.get(backend) {
+            return Some(*id);
+        }
+        let (current, resting) = (&self.current.backends, &self.resting_backend_ids);
+        let Some(id) = self
+            .backend_id_cursor
+            .allocate(|id| current.contains_key(&id) || resting.contains(&id))
+        else {
+            report
+                .errors
+                .push("no free backend id, the backends map is full".to_string());
+            return None;
+        };
+        if let Err(e) = store.put_backend(id, backend) {
+            report.errors.push(e.to_string());
+            return None;
+        }
+        self.current.backends.insert(id, *backend);
+        self.backend_ids.insert(*backend, id);
+        self.unreferenced.insert(id);
+        report.backends_written += 1;
+        Some(id)
+    }
+
+    /// Records that `slot` now holds `backend_id` (`None`: deleted).
+    fn set_slot(&mut self, slot: SlotKey, backend_id: Option<u32>) {
+        let previous = match backend_id {
+            Some(id) => {
+                *self.backend_refs.entry(id).or_default() += 1;
+                self.current.selection.insert(slot, id)
+            }
+            None => self.current.selection.remove(&slot),
+        };
+        if let Some(old) = previous {
+            let refs = self.backend_refs.entry(old).or_default();
+            *refs = refs.saturating_sub(1);
+            if *refs == 0 {
+                self.backend_refs.remove(&old);
+                self.unreferenced.insert(old);
             }
         }
-        // A slot may go once no live service entry can index it.
-        let slot_counts: BTreeMap<u32, u32> = current
-            .services
-            .values()
-            .map(|v| (v.id, v.slot_count))
-            .collect();
-        let stale_slots: Vec<SlotKey> = current
+    }
+
+    fn remove(&mut self, key: ServiceKey, store: &mut impl MapStore, report: &mut SyncReport) {
+        let Some(existing) = self.current.services.get(&key).copied() else {
+            return;
+        };
+        if let Err(e) = store.delete_service(&key) {
+            report.errors.push(e.to_string());
+            return;
+        }
+        self.current.services.remove(&key);
+        self.live_service_ids.remove(&existing.id);
+        self.resting_service_ids.insert(existing.id);
+        report.services_deleted += 1;
+        self.trim_slots(existing.id, 0, store, report);
+    }
+
+    /// Deletes the slots of `service_id` from `keep` on.
+    fn trim_slots(
+        &mut self,
+        service_id: u32,
+        keep: u32,
+        store: &mut impl MapStore,
+        report: &mut SyncReport,
+    ) {
+        let from = SlotKey {
+            service_id,
+            slot: keep,
+        };
+        let to = SlotKey {
+            service_id,
+            slot: u32::MAX,
+        };
+        let doomed: Vec<SlotKey> = self
+            .current
             .selection
-            .iter()
-            .filter(|(k, id)| desired.selection.get(k) != Some(id))
-            .filter(|(k, _)| {
-                slot_counts
-                    .get(&k.service_id)
-                    .is_none_or(|count| k.slot >= *count)
-            })
+            .range(from..=to)
             .map(|(k, _)| *k)
             .collect();
-        for key in stale_slots {
-            match store.delete_slot(&key) {
-                Ok(()) => {
-                    current.selection.remove(&key);
-                }
+        for slot in doomed {
+            match store.delete_slot(&slot) {
+                Ok(()) => self.set_slot(slot, None),
                 Err(e) => report.errors.push(e.to_string()),
             }
         }
-        // A backend may go once no slot refers to it.
-        let referenced: BTreeSet<u32> = current.selection.values().copied().collect();
-        let stale_backends: Vec<u32> = current
-            .backends
-            .keys()
-            .filter(|id| !desired.backends.contains_key(id) && !referenced.contains(id))
-            .copied()
-            .collect();
-        for id in stale_backends {
+    }
+
+    /// Deletes the backends no slot refers to any more.
+    fn collect_backends(&mut self, store: &mut impl MapStore, report: &mut SyncReport) {
+        let candidates = std::mem::take(&mut self.unreferenced);
+        for id in candidates {
+            if self.backend_refs.contains_key(&id) {
+                continue;
+            }
+            let Some(value) = self.current.backends.get(&id).copied() else {
+                continue;
+            };
             match store.delete_backend(id) {
                 Ok(()) => {
-                    current.backends.remove(&id);
+                    self.current.backends.remove(&id);
+                    if self.backend_ids.get(&value) == Some(&id) {
+                        self.backend_ids.remove(&value);
+                    }
+                    self.resting_backend_ids.insert(id);
                     report.backends_deleted += 1;
                 }
-                Err(e) => report.errors.push(e.to_string()),
+                Err(e) => {
+                    report.errors.push(e.to_string());
+                    self.unreferenced.insert(id);
+                }
             }
         }
-        report
     }
 }
+
+/// `VIP:port/proto` of a map key, for messages.
+fn key_text(key: &ServiceKey) -> String {
+    let proto = crate::model::Protocol::from_ip_proto(key.proto)
+        .map_or_else(|| key.proto.to_string(), |p| p.to_string());
+    format!(
+        "{}:{}/{proto}",
+        proxy_common::maps::addr_from_net(key.addr),
+        proxy_common::maps::port_from_net(key.port)
+    )
+}
+
+#[cfg(test)]
+pub(crate) mod fake;
 
 #[cfg(test)]
 mod tests {
@@ -307,85 +435,36 @@ mod tests {
 
     use super::*;
     use crate::{
-        model::Protocol,
-        plan::{Frontend, FrontendKey},
+        model::{Backend, Protocol, ServiceModel, ServicePortModel},
+        plan::PlanChange,
+        source::ServiceName,
+        sync::fake::FakeStore,
     };
 
-    /// Records every write in order and can be told to fail on a map.
-    #[derive(Default)]
-    struct FakeStore {
-        maps: MapContents,
-        log: Vec<String>,
-        fail_backend_puts: bool,
-    }
-
-    impl MapStore for FakeStore {
-        fn put_backend(&mut self, id: u32, value: &BackendValue) -> Result<(), StoreError> {
-            if self.fail_backend_puts {
-                return Err(StoreError {
-                    map: "BACKENDS",
-                    reason: "full".into(),
-                });
-            }
-            self.log.push(format!("put backend {id}"));
-            self.maps.backends.insert(id, *value);
-            Ok(())
-        }
-        fn delete_backend(&mut self, id: u32) -> Result<(), StoreError> {
-            self.log.push(format!("delete backend {id}"));
-            self.maps.backends.remove(&id);
-            Ok(())
-        }
-        fn put_slot(&mut self, key: &SlotKey, backend_id: u32) -> Result<(), StoreError> {
-            self.log
-                .push(format!("put slot {}/{}", key.service_id, key.slot));
-            self.maps.selection.insert(*key, backend_id);
-            Ok(())
-        }
-        fn delete_slot(&mut self, key: &SlotKey) -> Result<(), StoreError> {
-            self.log
-                .push(format!("delete slot {}/{}", key.service_id, key.slot));
-            self.maps.selection.remove(key);
-            Ok(())
-        }
-        fn put_service(
-            &mut self,
-            key: &ServiceKey,
-            value: &ServiceValue,
-        ) -> Result<(), StoreError> {
-            self.log.push(format!("put service {}", value.id));
-            self.maps.services.insert(*key, *value);
-            Ok(())
-        }
-        fn delete_service(&mut self, key: &ServiceKey) -> Result<(), StoreError> {
-            let id = self.maps.services.remove(key).map(|v| v.id);
-            self.log.push(format!("delete service {id:?}"));
-            Ok(())
-        }
-        fn reset_stats(&mut self, service_id: u32) -> Result<(), StoreError> {
-            self.log.push(format!("reset stats {service_id}"));
-            Ok(())
-        }
-    }
-
+    /// A plan with one single-port Service per frontend.
     fn plan_of(frontends: &[(&str, u16, &[&str])]) -> Plan {
         let mut plan = Plan::default();
+        let mut change = PlanChange::default();
         for (vip, port, backends) in frontends {
-            plan.frontends.insert(
-                FrontendKey {
-                    addr: vip.parse().unwrap(),
-                    port: *port,
+            let name = ServiceName::new("default", &format!("{vip}-{port}"));
+            let model = ServiceModel {
+                name: name.clone(),
+                cluster_ips: vec![vip.parse().unwrap()],
+                ports: vec![ServicePortModel {
+                    name: String::new(),
                     protocol: Protocol::Tcp,
-                },
-                Frontend {
-                    service: format!("default/{vip}"),
-                    port_name: String::new(),
+                    port: *port,
                     backends: backends
                         .iter()
-                        .map(|b| b.parse::<SocketAddrV4>().unwrap())
+                        .map(|b| Backend {
+                            addr: b.parse::<SocketAddrV4>().unwrap(),
+                            local: false,
+                        })
                         .collect(),
-                },
-            );
+                }],
+                affinity_timeout: None,
+            };
+            plan.set(&name, Some(model), &mut change);
         }
         plan
     }
@@ -423,7 +502,7 @@ mod tests {
     fn builds_backends_then_slots_then_service() {
         let mut store = FakeStore::default();
         let mut syncer = Syncer::adopt(MapContents::default());
-        let report = syncer.apply(
+        let report = syncer.reconcile(
             &plan_of(&[("10.96.0.1", 80, &["10.244.0.2:8080", "10.244.0.3:8080"])]),
             &mut store,
         );
@@ -446,7 +525,7 @@ mod tests {
         );
         // Nothing changed: nothing written.
         store.log.clear();
-        let report = syncer.apply(
+        let report = syncer.reconcile(
             &plan_of(&[("10.96.0.1", 80, &["10.244.0.2:8080", "10.244.0.3:8080"])]),
             &mut store,
         );
@@ -458,12 +537,12 @@ mod tests {
     fn deletes_service_first_then_slots_then_backends() {
         let mut store = FakeStore::default();
         let mut syncer = Syncer::adopt(MapContents::default());
-        syncer.apply(
+        syncer.reconcile(
             &plan_of(&[("10.96.0.1", 80, &["10.244.0.2:8080"])]),
             &mut store,
         );
         store.log.clear();
-        let report = syncer.apply(&Plan::default(), &mut store);
+        let report = syncer.reconcile(&Plan::default(), &mut store);
         assert_eq!(
             store.log,
             [
@@ -481,9 +560,9 @@ mod tests {
         let mut store = FakeStore::default();
         let mut syncer = Syncer::adopt(MapContents::default());
         let three = ["10.244.0.2:80", "10.244.0.3:80", "10.244.0.4:80"];
-        syncer.apply(&plan_of(&[("10.96.0.1", 80, &three)]), &mut store);
+        syncer.reconcile(&plan_of(&[("10.96.0.1", 80, &three)]), &mut store);
         store.log.clear();
-        syncer.apply(&plan_of(&[("10.96.0.1", 80, &three[..1])]), &mut store);
+        syncer.reconcile(&plan_of(&[("10.96.0.1", 80, &three[..1])]), &mut store);
         assert_eq!(
             store.log,
             [
@@ -495,7 +574,7 @@ mod tests {
             ]
         );
         store.log.clear();
-        syncer.apply(&plan_of(&[("10.96.0.1", 80, &three)]), &mut store);
+        syncer.reconcile(&plan_of(&[("10.96.0.1", 80, &three)]), &mut store);
         // Backend ids move on (3, 4): recently freed ids rest a while.
         assert_eq!(
             store.log,
@@ -514,7 +593,7 @@ mod tests {
     fn ids_are_stable_and_not_reused_within_the_sync_that_frees_them() {
         let mut store = FakeStore::default();
         let mut syncer = Syncer::adopt(MapContents::default());
-        syncer.apply(
+        syncer.reconcile(
             &plan_of(&[
                 ("10.96.0.1", 80, &["10.244.0.2:80"]),
                 ("10.96.0.2", 80, &["10.244.0.3:80"]),
@@ -533,7 +612,7 @@ mod tests {
             id_of(&store.maps, "10.96.0.2"),
         );
         // Replace service 1 by service 3 and backend .2 by .4 in one sync.
-        syncer.apply(
+        syncer.reconcile(
             &plan_of(&[
                 ("10.96.0.3", 80, &["10.244.0.4:80"]),
                 ("10.96.0.2", 80, &["10.244.0.3:80"]),
@@ -556,7 +635,7 @@ mod tests {
     fn shared_backend_has_one_id_and_survives_while_referenced() {
         let mut store = FakeStore::default();
         let mut syncer = Syncer::adopt(MapContents::default());
-        syncer.apply(
+        syncer.reconcile(
             &plan_of(&[
                 ("10.96.0.1", 80, &["10.244.0.2:80"]),
                 ("10.96.0.2", 80, &["10.244.0.2:80"]),
@@ -564,7 +643,7 @@ mod tests {
             &mut store,
         );
         assert_eq!(store.maps.backends.len(), 1);
-        syncer.apply(
+        syncer.reconcile(
             &plan_of(&[("10.96.0.2", 80, &["10.244.0.2:80"])]),
             &mut store,
         );
@@ -576,9 +655,9 @@ mod tests {
     fn restarted_agent_adopts_maps_and_changes_nothing() {
         let mut store = FakeStore::default();
         let plan = plan_of(&[("10.96.0.1", 80, &["10.244.0.2:80", "10.244.0.3:80"])]);
-        Syncer::adopt(MapContents::default()).apply(&plan, &mut store);
+        Syncer::adopt(MapContents::default()).reconcile(&plan, &mut store);
         store.log.clear();
-        let report = Syncer::adopt(store.maps.clone()).apply(&plan, &mut store);
+        let report = Syncer::adopt(store.maps.clone()).reconcile(&plan, &mut store);
         assert_eq!(report, SyncReport::default());
         assert!(store.log.is_empty());
     }
@@ -590,7 +669,7 @@ mod tests {
             ..Default::default()
         };
         let mut syncer = Syncer::adopt(MapContents::default());
-        let report = syncer.apply(
+        let report = syncer.reconcile(
             &plan_of(&[
                 ("10.96.0.1", 80, &["10.244.0.2:80"]),
                 ("10.96.0.2", 80, &[]),
@@ -613,7 +692,7 @@ mod tests {
     fn full_services_map_is_reported_not_silent() {
         let mut store = FakeStore::default();
         let mut syncer = Syncer::with_limits(MapContents::default(), 1, 8);
-        let report = syncer.apply(
+        let report = syncer.reconcile(
             &plan_of(&[("10.96.0.1", 80, &[]), ("10.96.0.2", 80, &[])]),
             &mut store,
         );
@@ -623,6 +702,116 @@ mod tests {
             report.errors[0].contains("services map is full"),
             "{:?}",
             report.errors
+        );
+    }
+
+    #[test]
+    fn apply_touches_only_the_frontends_it_is_given() {
+        let mut store = FakeStore::default();
+        let mut syncer = Syncer::adopt(MapContents::default());
+        let before = plan_of(&[
+            ("10.96.0.1", 80, &["10.244.0.2:80"]),
+            ("10.96.0.2", 80, &["10.244.0.3:80"]),
+            ("10.96.0.3", 80, &["10.244.0.4:80"]),
+        ]);
+        syncer.reconcile(&before, &mut store);
+        store.log.clear();
+        let after = plan_of(&[
+            ("10.96.0.1", 80, &["10.244.0.2:80"]),
+            ("10.96.0.2", 80, &["10.244.0.3:80", "10.244.0.9:80"]),
+        ]);
+        let two = FrontendKey {
+            addr: "10.96.0.2".parse().unwrap(),
+            port: 80,
+            protocol: Protocol::Tcp,
+        };
+        let report = syncer.apply(&after, [&two], &mut store);
+        assert!(report.errors.is_empty(), "{:?}", report.errors);
+        assert_eq!(
+            store.log,
+            ["put backend 3", "put slot 1/1", "put service 1"]
+        );
+        assert_eq!(
+            reachable(&store.maps).len(),
+            3,
+            "10.96.0.3 was not named, so it stays"
+        );
+        let three = FrontendKey {
+            addr: "10.96.0.3".parse().unwrap(),
+            ..two
+        };
+        store.log.clear();
+        syncer.apply(&after, [&three], &mut store);
+        assert_eq!(
+            store.log,
+            [
+                "delete service Some(2)",
+                "delete slot 2/0",
+                "delete backend 2"
+            ]
+        );
+        assert_eq!(&store.maps, syncer.current());
+    }
+
+    #[test]
+    fn reconcile_clears_what_adopted_maps_hold_beyond_the_plan() {
+        let mut store = FakeStore::default();
+        let plan = plan_of(&[("10.96.0.1", 80, &["10.244.0.2:80"])]);
+        Syncer::adopt(MapContents::default()).reconcile(&plan, &mut store);
+        // Leftovers of an interrupted agent: slots of a service id without an
+        // entry, and a backend nothing refers to.
+        let orphan_slot = SlotKey {
+            service_id: 7,
+            slot: 0,
+        };
+        store.maps.selection.insert(orphan_slot, 0);
+        store.maps.backends.insert(
+            9,
+            BackendValue {
+                addr: addr_to_net("10.244.0.9".parse().unwrap()),
+                port: port_to_net(80),
+                flags: 0,
+                _pad: 0,
+            },
+        );
+        store.log.clear();
+        let report = Syncer::adopt(store.maps.clone()).reconcile(&plan, &mut store);
+        assert!(report.errors.is_empty(), "{:?}", report.errors);
+        assert_eq!(store.log, ["delete slot 7/0", "delete backend 9"]);
+        assert_eq!(reachable(&store.maps)["10.96.0.1:80"], ["10.244.0.2:80"]);
+        assert_eq!(store.maps.backends.len(), 1);
+    }
+
+    #[test]
+    fn local_backends_and_session_affinity_reach_the_entries() {
+        let mut plan = Plan::default();
+        let mut change = PlanChange::default();
+        let name = ServiceName::new("default", "sticky");
+        let local = Backend {
+            addr: "10.244.0.2:80".parse().unwrap(),
+            local: true,
+        };
+        let model = ServiceModel {
+            name: name.clone(),
+            cluster_ips: vec!["10.96.0.1".parse().unwrap()],
+            ports: vec![ServicePortModel {
+                name: String::new(),
+                protocol: Protocol::Udp,
+                port: 53,
+                backends: vec![local],
+            }],
+            affinity_timeout: Some(600),
+        };
+        plan.set(&name, Some(model), &mut change);
+        let mut store = FakeStore::default();
+        Syncer::adopt(MapContents::default()).reconcile(&plan, &mut store);
+        let (key, value) = store.maps.services.iter().next().unwrap();
+        assert_eq!(key.proto, proxy_common::maps::PROTO_UDP);
+        assert_eq!(value.flags, SERVICE_AFFINITY_CLIENT_IP);
+        assert_eq!(value.affinity_timeout, 600);
+        assert_eq!(
+            store.maps.backends.values().next().unwrap().flags,
+            BACKEND_LOCAL
         );
     }
 }

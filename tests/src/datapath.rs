@@ -1,5 +1,6 @@
 //! Harness for packet tests: loads the real kxdp object, gives typed access to
-//! its maps and runs `pod_ingress` on a frame through `BPF_PROG_TEST_RUN`.
+//! its maps and runs `pod_ingress` or `pod_egress` on a frame through
+//! `BPF_PROG_TEST_RUN`.
 //!
 //! The object's maps are pinned by name, so each `Datapath` mounts its own
 //! private bpffs: parallel tests never share maps and nothing outlives a test.
@@ -21,6 +22,10 @@ use proxy_userspace::ebpf_object::KXDP_OBJECT;
 use crate::privileged::{require_root, PrivateBpffs};
 
 /// tc verdicts (linux/pkt_cls.h).
+/// The program on packets leaving a pod (DNAT).
+pub const POD_INGRESS: &str = "pod_ingress";
+/// The program on packets entering a pod (reverse NAT).
+pub const POD_EGRESS: &str = "pod_egress";
 pub const TC_ACT_OK: u32 = 0;
 pub const TC_ACT_SHOT: u32 = 2;
 
@@ -46,13 +51,15 @@ impl Datapath {
             .default_map_pin_directory(mount.path())
             .load(KXDP_OBJECT)
             .unwrap_or_else(|e| fail(format!("loading the kxdp object: {e:#?}")));
-        let prog: &mut SchedClassifier = ebpf
-            .program_mut("pod_ingress")
-            .unwrap_or_else(|| fail("no pod_ingress program in the object"))
-            .try_into()
-            .unwrap_or_else(|e| fail(format!("pod_ingress is not a classifier: {e}")));
-        prog.load()
-            .unwrap_or_else(|e| fail(format!("verifier rejected pod_ingress: {e:#?}")));
+        for name in [POD_INGRESS, POD_EGRESS] {
+            let prog: &mut SchedClassifier = ebpf
+                .program_mut(name)
+                .unwrap_or_else(|| fail(format!("no {name} program in the object")))
+                .try_into()
+                .unwrap_or_else(|e| fail(format!("{name} is not a classifier: {e}")));
+            prog.load()
+                .unwrap_or_else(|e| fail(format!("verifier rejected {name}: {e:#?}")));
+        }
         Datapath {
             ebpf,
             _mount: mount,
@@ -96,7 +103,7 @@ impl Datapath {
             let value = BackendValue {
                 addr: addr_to_net(addr),
                 port: port_to_net(port),
-                _pad: 0,
+                ..BackendValue::default()
             };
             map.insert(Self::backend_id(id, i), value, 0)
                 .expect("insert backend");
@@ -119,18 +126,19 @@ impl Datapath {
         let value = ServiceValue {
             id,
             slot_count: backends.len() as u32,
+            ..ServiceValue::default()
         };
         self.hash::<ServiceKey, ServiceValue>("SERVICES")
             .insert(key, value, 0)
             .expect("insert service");
     }
 
-    /// The loaded `pod_ingress` program, for callers that drive
-    /// BPF_PROG_TEST_RUN themselves (the benchmarks repeat and time it).
-    pub fn pod_ingress(&self) -> &SchedClassifier {
+    /// A loaded program ([`POD_INGRESS`], [`POD_EGRESS`]), for callers that
+    /// drive BPF_PROG_TEST_RUN themselves (the benchmarks repeat and time it).
+    pub fn program(&self, name: &str) -> &SchedClassifier {
         self.ebpf
-            .program("pod_ingress")
-            .expect("pod_ingress")
+            .program(name)
+            .expect("program loaded")
             .try_into()
             .expect("classifier")
     }
@@ -166,12 +174,22 @@ impl Datapath {
         map.iter().map(|r| r.expect("read conntrack")).collect()
     }
 
-    /// Runs `pod_ingress` once on `frame`: (verdict, frame as the program left it).
+    /// Runs `pod_ingress` (a packet leaving a pod) once on `frame`:
+    /// (verdict, frame as the program left it).
     pub fn run(&mut self, frame: &[u8]) -> (u32, Vec<u8>) {
+        self.run_program(POD_INGRESS, frame)
+    }
+
+    /// Runs `pod_egress` (a packet entering a pod) once on `frame`.
+    pub fn run_egress(&mut self, frame: &[u8]) -> (u32, Vec<u8>) {
+        self.run_program(POD_EGRESS, frame)
+    }
+
+    fn run_program(&mut self, name: &str, frame: &[u8]) -> (u32, Vec<u8>) {
         let prog: &mut SchedClassifier = self
             .ebpf
-            .program_mut("pod_ingress")
-            .expect("pod_ingress")
+            .program_mut(name)
+            .expect("program loaded")
             .try_into()
             .expect("classifier");
         let mut out = vec![0u8; frame.len() + OUT_SLACK];

@@ -91,7 +91,8 @@ impl EchoScenario {
     /// Starts the agent and waits until it has synced and attached to every pod.
     pub fn start_agent(&self) -> anyhow::Result<Agent> {
         let mut agent = Agent::start(&self.node, &self.manifests)?;
-        agent.wait_for(&["attached"], self.node.pods.len(), AGENT_READY)?;
+        // Two programs per pod interface: pod_ingress and pod_egress.
+        agent.wait_for(&["attached"], 2 * self.node.pods.len(), AGENT_READY)?;
         agent.wait_for(&["synced"], 1, AGENT_READY)?;
         Ok(agent)
     }

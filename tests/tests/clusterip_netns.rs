@@ -67,7 +67,7 @@ fn tcp_and_udp_reach_both_backends_through_the_cluster_ip() {
     for backend in &s.backends {
         assert!(http_row.contains(&format!("{backend}:8080")), "{http_row}");
     }
-    let packets: u64 = http_row.split_whitespace().nth(2).unwrap().parse().unwrap();
+    let packets: u64 = http_row.split_whitespace().nth(3).unwrap().parse().unwrap();
     assert!(packets >= 31 * 3, "every request is counted: {http_row}");
     assert!(table.contains(&format!("{}:53/UDP", s.vip)), "{table}");
 }
@@ -114,7 +114,7 @@ fn interfaces_that_appear_later_are_attached() {
     let mut agent = s.start_agent().unwrap();
     s.node.add_pod("late", 9).unwrap();
     agent
-        .wait_for(&["attached", &s.node.pod("late").host_interface], 1, WAIT)
+        .wait_for(&["attached", &s.node.pod("late").host_interface], 2, WAIT)
         .unwrap();
     let body = s
         .from_pod(
@@ -145,7 +145,7 @@ fn datapath_outlives_the_agent_until_unload() {
 
     // A new agent adopts the pinned links and maps: nothing is rewritten.
     let mut agent = s.start_agent().unwrap();
-    agent.wait_for(&["adopted pinned link"], 3, WAIT).unwrap();
+    agent.wait_for(&["adopted pinned link"], 6, WAIT).unwrap();
     agent
         .wait_for(&["synced", "written=0", "deleted=0"], 1, WAIT)
         .unwrap();
@@ -153,7 +153,7 @@ fn datapath_outlives_the_agent_until_unload() {
     agent.stop().unwrap();
 
     let out = s.kxdp(&["unload"]).unwrap();
-    assert!(out.contains("detached 3 links, removed 6 maps"), "{out}");
+    assert!(out.contains("detached 6 links, removed 6 maps"), "{out}");
     assert!(!s.node.pin_path().exists(), "unload leaves no pins");
     assert!(
         s.http_get(&vip).is_err(),

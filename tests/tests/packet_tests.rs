@@ -277,7 +277,7 @@ fn reply_from_backend_is_reverse_nated() {
             let backend = forward(&mut dp, &make(client, vip), backends);
             let p = make(backend, client);
             let input = p.build();
-            let (verdict, out) = dp.run(&input);
+            let (verdict, out) = dp.run_egress(&input);
             assert_translated(verdict, &input, &out, &p.with_src(vip), true);
             *answered.entry(backend).or_insert(0) += 1;
         }
@@ -313,8 +313,28 @@ fn reply_without_forward_flow_is_untouched() {
         ),
     ] {
         let input = p.build();
-        assert_eq!(dp.run(&input), (TC_ACT_OK, input), "{name}");
+        assert_eq!(dp.run_egress(&input), (TC_ACT_OK, input), "{name}");
     }
+}
+
+#[test]
+fn each_direction_translates_only_its_own_packets() {
+    let mut dp = datapath();
+    let client = sa(CLIENT, 40200);
+    let to_vip = Packet::tcp(client, tcp_vip()).build();
+    // A packet entering a pod is never DNATed, even if it is for a VIP.
+    assert_eq!(dp.run_egress(&to_vip), (TC_ACT_OK, to_vip.clone()));
+    let backend = forward(&mut dp, &Packet::tcp(client, tcp_vip()), &TCP_BACKENDS);
+    // A reply leaving the backend pod passes as it is: it is reverse-NATed
+    // on its way into the client, wherever the backend runs.
+    let mut reply = Packet::tcp(backend, client);
+    reply.l4 = L4::Tcp {
+        flags: packet::TCP_SYN | packet::TCP_ACK,
+    };
+    let reply = reply.build();
+    assert_eq!(dp.run(&reply), (TC_ACT_OK, reply.clone()));
+    let (_, out) = dp.run_egress(&reply);
+    assert_eq!(packet::src(&out), tcp_vip());
 }
 
 #[test]
@@ -491,7 +511,7 @@ fn direct_connection_reusing_a_vip_tuple_is_not_reverse_nated() {
     // backend leaves its reply entry alone: replies still come from the VIP.
     let ack = with_flags(client, backend, packet::TCP_ACK);
     assert_eq!(dp.run(&ack), (TC_ACT_OK, ack));
-    let (_, out) = dp.run(&with_flags(backend, client, syn_ack));
+    let (_, out) = dp.run_egress(&with_flags(backend, client, syn_ack));
     assert_eq!(packet::src(&out), tcp_vip(), "reply through the VIP");
 
     // A new connection from the same client port straight to the backend...
@@ -500,7 +520,7 @@ fn direct_connection_reusing_a_vip_tuple_is_not_reverse_nated() {
     // ...gets the backend's answer as the backend sent it.
     let answer = with_flags(backend, client, syn_ack);
     assert_eq!(
-        dp.run(&answer),
+        dp.run_egress(&answer),
         (TC_ACT_OK, answer),
         "stale reply entry used"
     );

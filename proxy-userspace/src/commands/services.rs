@@ -3,7 +3,9 @@
 use std::{fmt::Write as _, path::Path};
 
 use anyhow::Context as _;
-use proxy_common::maps::{addr_from_net, drop_reason, port_from_net, SlotKey};
+use proxy_common::maps::{
+    addr_from_net, drop_reason, port_from_net, SlotKey, BACKEND_LOCAL, SERVICE_AFFINITY_CLIENT_IP,
+};
 
 use crate::{dataplane::maps::BpfMaps, model::Protocol, sync::MapContents};
 
@@ -11,6 +13,8 @@ use crate::{dataplane::maps::BpfMaps, model::Protocol, sync::MapContents};
 struct Row {
     frontend: String,
     id: u32,
+    /// ClientIP affinity timeout in seconds, if the service has affinity.
+    affinity: Option<u32>,
     backends: Vec<String>,
     packets: u64,
     bytes: u64,
@@ -28,7 +32,16 @@ fn rows(contents: &MapContents, maps: &BpfMaps) -> anyhow::Result<Vec<Row>> {
                     slot,
                 });
                 match id.and_then(|id| contents.backends.get(id)) {
-                    Some(b) => format!("{}:{}", addr_from_net(b.addr), port_from_net(b.port)),
+                    Some(b) => format!(
+                        "{}:{}{}",
+                        addr_from_net(b.addr),
+                        port_from_net(b.port),
+                        if b.flags & BACKEND_LOCAL != 0 {
+                            "(local)"
+                        } else {
+                            ""
+                        }
+                    ),
                     None => "<missing>".to_string(),
                 }
             })
@@ -42,6 +55,8 @@ fn rows(contents: &MapContents, maps: &BpfMaps) -> anyhow::Result<Vec<Row>> {
                 protocol
             ),
             id: value.id,
+            affinity: (value.flags & SERVICE_AFFINITY_CLIENT_IP != 0)
+                .then_some(value.affinity_timeout),
             backends,
             packets: stats.packets,
             bytes: stats.bytes,
@@ -60,8 +75,8 @@ fn render(rows: &[Row], no_backend_drops: u64) -> String {
         .max("FRONTEND".len());
     let _ = writeln!(
         out,
-        "{:<width$}  {:>5}  {:>10}  {:>12}  BACKENDS",
-        "FRONTEND", "ID", "PACKETS", "BYTES"
+        "{:<width$}  {:>5}  {:<15}  {:>10}  {:>12}  BACKENDS",
+        "FRONTEND", "ID", "AFFINITY", "PACKETS", "BYTES"
     );
     for row in rows {
         let backends = if row.backends.is_empty() {
@@ -69,9 +84,12 @@ fn render(rows: &[Row], no_backend_drops: u64) -> String {
         } else {
             row.backends.join(",")
         };
+        let affinity = row
+            .affinity
+            .map_or_else(|| "-".to_string(), |secs| format!("ClientIP/{secs}s"));
         let _ = writeln!(
             out,
-            "{:<width$}  {:>5}  {:>10}  {:>12}  {backends}",
+            "{:<width$}  {:>5}  {affinity:<15}  {:>10}  {:>12}  {backends}",
             row.frontend, row.id, row.packets, row.bytes
         );
     }
@@ -106,13 +124,15 @@ mod tests {
             Row {
                 frontend: "10.96.0.10:80/TCP".into(),
                 id: 0,
-                backends: vec!["10.244.0.2:8080".into(), "10.244.0.3:8080".into()],
+                affinity: Some(10_800),
+                backends: vec!["10.244.0.2:8080(local)".into(), "10.244.0.3:8080".into()],
                 packets: 12,
                 bytes: 960,
             },
             Row {
                 frontend: "10.96.0.10:53/UDP".into(),
                 id: 1,
+                affinity: None,
                 backends: vec![],
                 packets: 0,
                 bytes: 0,
@@ -124,7 +144,8 @@ mod tests {
         assert!(lines[0].starts_with("FRONTEND"));
         assert!(
             lines[1].starts_with("10.96.0.10:80/TCP")
-                && lines[1].ends_with("12           960  10.244.0.2:8080,10.244.0.3:8080"),
+                && lines[1].contains("ClientIP/10800s")
+                && lines[1].ends_with("12           960  10.244.0.2:8080(local),10.244.0.3:8080"),
             "{}",
             lines[1]
         );

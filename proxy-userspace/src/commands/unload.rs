@@ -24,8 +24,8 @@ pub fn run(pin_path: &Path) -> anyhow::Result<()> {
     let links = detach_all(&links_dir)
         .with_context(|| format!("detaching links under {}", links_dir.display()))?;
     let mut removed_maps = 0;
-    for name in maps::ALL {
-        let path = pin_path.join(name);
+    for map in &maps::ALL {
+        let path = pin_path.join(map.name);
         if remove_if_present(&path, |p| fs::remove_file(p))
             .with_context(|| format!("removing {}", path.display()))?
         {

@@ -1,11 +1,11 @@
-//! Pod interfaces: the agent attaches `pod_ingress` (tcx ingress) to every
-//! interface matching the `--pod-interfaces` globs, including ones created
+//! Pod interfaces: the agent attaches `pod_ingress` (tcx ingress) and
+//! `pod_egress` (tcx egress) to every interface matching the `--pod-interfaces` globs, including ones created
 //! later, and pins each link under `<pin path>/links` so the program stays
 //! attached when the agent stops. A restarted agent swaps its program into the
 //! pinned links atomically (bpf_link_update), so no packet is missed.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     ffi::CStr,
     fs, io,
     os::fd::{AsRawFd, FromRawFd, OwnedFd},
@@ -15,11 +15,11 @@ use std::{
 use aya::programs::{
     links::{FdLink, PinnedLink},
     tc::{SchedClassifierLink, TcAttachOptions},
-    LinkOrder, SchedClassifier, TcAttachType,
+    LinkOrder, SchedClassifier,
 };
 use tracing::{info, warn};
 
-use super::{LINKS_DIR, POD_INGRESS};
+use super::{Dataplane, PodHook, LINKS_DIR, POD_HOOKS};
 
 /// A network interface of the agent's network namespace.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -55,23 +55,26 @@ pub fn list_interfaces() -> io::Result<Vec<Interface>> {
     Ok(interfaces)
 }
 
-/// `pod_ingress-<ifindex>-<name>`: the index tells a re-created interface of
+/// `<program>-<ifindex>-<name>`: the index tells a re-created interface of
 /// the same name from the old one.
-fn pin_name(interface: &Interface) -> String {
-    format!("{POD_INGRESS}-{}-{}", interface.index, interface.name)
+fn pin_name(hook: PodHook, interface: &Interface) -> String {
+    format!("{}-{}-{}", hook.program, interface.index, interface.name)
 }
 
-fn parse_pin_name(file: &str) -> Option<Interface> {
-    let rest = file.strip_prefix(POD_INGRESS)?.strip_prefix('-')?;
-    let (index, name) = rest.split_once('-')?;
-    Some(Interface {
-        index: index.parse().ok()?,
-        name: name.to_string(),
+fn parse_pin_name(file: &str) -> Option<(PodHook, Interface)> {
+    POD_HOOKS.into_iter().find_map(|hook| {
+        let rest = file.strip_prefix(hook.program)?.strip_prefix('-')?;
+        let (index, name) = rest.split_once('-')?;
+        let interface = Interface {
+            index: index.parse().ok()?,
+            name: name.to_string(),
+        };
+        Some((hook, interface))
     })
 }
 
-/// Links pinned under `links_dir`, by interface.
-pub fn pinned_links(links_dir: &Path) -> io::Result<BTreeMap<Interface, PathBuf>> {
+/// Links pinned under `links_dir`, by hook and interface.
+pub fn pinned_links(links_dir: &Path) -> io::Result<BTreeMap<(PodHook, Interface), PathBuf>> {
     let entries = match fs::read_dir(links_dir) {
         Ok(entries) => entries,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(BTreeMap::new()),
@@ -80,12 +83,12 @@ pub fn pinned_links(links_dir: &Path) -> io::Result<BTreeMap<Interface, PathBuf>
     let mut links = BTreeMap::new();
     for entry in entries {
         let path = entry?.path();
-        if let Some(interface) = path
+        if let Some(hooked) = path
             .file_name()
             .and_then(|f| f.to_str())
             .and_then(parse_pin_name)
         {
-            links.insert(interface, path);
+            links.insert(hooked, path);
         }
     }
     Ok(links)
@@ -103,11 +106,12 @@ pub enum AttachError {
     Attach(String, String),
 }
 
-/// Keeps `pod_ingress` attached to the interfaces matching the patterns.
+/// Keeps both pod programs attached to the interfaces matching the patterns.
 pub struct PodInterfaces {
     patterns: Vec<glob::Pattern>,
     links_dir: PathBuf,
-    attached: BTreeMap<u32, Interface>,
+    /// By (hook, ifindex).
+    attached: BTreeMap<(PodHook, u32), Interface>,
 }
 
 impl PodInterfaces {
@@ -125,8 +129,9 @@ impl PodInterfaces {
         })
     }
 
-    pub fn attached(&self) -> impl Iterator<Item = &Interface> {
-        self.attached.values()
+    /// Interfaces with at least one program attached.
+    pub fn attached(&self) -> BTreeSet<&Interface> {
+        self.attached.values().collect()
     }
 
     fn matches(&self, name: &str) -> bool {
@@ -136,7 +141,7 @@ impl PodInterfaces {
     /// Attaches to new matching interfaces, adopts links a previous agent
     /// pinned, and drops the pins of interfaces that are gone. Failures on one
     /// interface are logged and retried at the next call.
-    pub fn reconcile(&mut self, program: &mut SchedClassifier) -> Result<(), AttachError> {
+    pub fn reconcile(&mut self, dataplane: &mut Dataplane) -> Result<(), AttachError> {
         let wanted: Vec<Interface> = list_interfaces()
             .map_err(AttachError::List)?
             .into_iter()
@@ -144,38 +149,44 @@ impl PodInterfaces {
             .collect();
         let pinned = pinned_links(&self.links_dir)
             .map_err(|e| AttachError::Io(self.links_dir.clone(), e))?;
-        for (interface, path) in &pinned {
+        for ((hook, interface), path) in &pinned {
             if !wanted.contains(interface) {
                 // The interface is gone (its link with it) or no longer matches:
                 // dropping the pin releases the link.
-                info!(interface = %interface.name, "detaching from interface that is gone or no longer matches");
+                info!(interface = %interface.name, program = hook.program, "detaching from interface that is gone or no longer matches");
                 if let Err(e) = fs::remove_file(path) {
                     warn!(path = %path.display(), error = %e, "cannot remove link pin");
                 }
             }
         }
-        self.attached.retain(|index, interface| {
+        self.attached.retain(|(_, index), interface| {
             wanted
                 .iter()
                 .any(|w| w.index == *index && w.name == interface.name)
         });
-        for interface in wanted {
-            if self.attached.contains_key(&interface.index) {
-                continue;
-            }
-            let path = self.links_dir.join(pin_name(&interface));
-            let result = if pinned.contains_key(&interface) {
-                adopt(program, &path)
-            } else {
-                attach(program, &interface, &path)
-            };
-            match result {
-                Ok(how) => {
-                    info!(interface = %interface.name, ifindex = interface.index, hook = "tcx ingress", "{how}");
-                    self.attached.insert(interface.index, interface);
+        for hook in POD_HOOKS {
+            let program = dataplane
+                .program(hook)
+                .map_err(|e| AttachError::Attach(hook.program.to_string(), e.to_string()))?;
+            for interface in &wanted {
+                if self.attached.contains_key(&(hook, interface.index)) {
+                    continue;
                 }
-                Err(e) => {
-                    warn!(interface = %interface.name, error = %e, "cannot attach; will retry")
+                let path = self.links_dir.join(pin_name(hook, interface));
+                let result = if pinned.contains_key(&(hook, interface.clone())) {
+                    adopt(program, &path)
+                } else {
+                    attach(program, hook, interface, &path)
+                };
+                match result {
+                    Ok(how) => {
+                        info!(interface = %interface.name, ifindex = interface.index, program = hook.program, hook = ?hook.attach, "{how}");
+                        self.attached
+                            .insert((hook, interface.index), interface.clone());
+                    }
+                    Err(e) => {
+                        warn!(interface = %interface.name, program = hook.program, error = %e, "cannot attach; will retry")
+                    }
                 }
             }
         }
@@ -199,13 +210,14 @@ fn adopt(program: &mut SchedClassifier, path: &Path) -> Result<&'static str, Att
 
 fn attach(
     program: &mut SchedClassifier,
+    hook: PodHook,
     interface: &Interface,
     path: &Path,
 ) -> Result<&'static str, AttachError> {
     let fail = |e: String| AttachError::Attach(interface.name.clone(), e);
     let options = TcAttachOptions::TcxOrder(LinkOrder::default());
     let id = program
-        .attach_with_options(&interface.name, TcAttachType::Ingress, options)
+        .attach_with_options(&interface.name, hook.attach, options)
         .map_err(|e| fail(e.to_string()))?;
     let link = FdLink::try_from(program.take_link(id).map_err(|e| fail(e.to_string()))?)
         .map_err(|e| fail(e.to_string()))?;
@@ -261,6 +273,7 @@ pub fn detach_all(links_dir: &Path) -> io::Result<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::dataplane::{POD_EGRESS, POD_INGRESS};
 
     #[test]
     fn pin_names_round_trip_even_with_dashes_in_names() {
@@ -268,8 +281,15 @@ mod tests {
             index: 42,
             name: "veth-pod-1".into(),
         };
-        assert_eq!(pin_name(&interface), "pod_ingress-42-veth-pod-1");
-        assert_eq!(parse_pin_name(&pin_name(&interface)), Some(interface));
+        assert_eq!(
+            pin_name(POD_INGRESS, &interface),
+            "pod_ingress-42-veth-pod-1"
+        );
+        assert_eq!(pin_name(POD_EGRESS, &interface), "pod_egress-42-veth-pod-1");
+        for hook in POD_HOOKS {
+            let parsed = parse_pin_name(&pin_name(hook, &interface));
+            assert_eq!(parsed, Some((hook, interface.clone())));
+        }
         assert_eq!(parse_pin_name("SERVICES"), None);
         assert_eq!(parse_pin_name("pod_ingress-x-eth0"), None);
     }

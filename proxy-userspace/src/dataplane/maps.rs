@@ -4,10 +4,12 @@
 use std::path::Path;
 
 use aya::{
-    maps::{HashMap, Map, MapData, MapError, PerCpuArray, PerCpuValues},
+    maps::{HashMap, Map, MapData, MapError, MapInfo, PerCpuArray, PerCpuValues},
     Ebpf,
 };
-use proxy_common::maps::{BackendValue, ServiceKey, ServiceStats, ServiceValue, SlotKey};
+use proxy_common::maps::{
+    BackendValue, CtEntry, FlowKey, ServiceKey, ServiceStats, ServiceValue, SlotKey,
+};
 
 use super::DataplaneError;
 use crate::sync::{MapContents, MapStore, StoreError};
@@ -17,8 +19,54 @@ pub const BACKENDS: &str = "BACKENDS";
 pub const SELECTION: &str = "SELECTION";
 pub const STATS: &str = "STATS";
 pub const DROPS: &str = "DROPS";
+
+/// A map pinned under the pin path, with the key and value sizes this
+/// version of the object gives it.
+pub struct PinnedMap {
+    pub name: &'static str,
+    key_size: usize,
+    value_size: usize,
+}
+
+const fn pinned<K, V>(name: &'static str) -> PinnedMap {
+    PinnedMap {
+        name,
+        key_size: size_of::<K>(),
+        value_size: size_of::<V>(),
+    }
+}
+
 /// Every map pinned under the pin path.
-pub const ALL: [&str; 6] = [SERVICES, BACKENDS, SELECTION, "CONNTRACK", STATS, DROPS];
+pub const ALL: [PinnedMap; 6] = [
+    pinned::<ServiceKey, ServiceValue>(SERVICES),
+    pinned::<u32, BackendValue>(BACKENDS),
+    pinned::<SlotKey, u32>(SELECTION),
+    pinned::<FlowKey, CtEntry>("CONNTRACK"),
+    pinned::<u32, ServiceStats>(STATS),
+    pinned::<u32, u64>(DROPS),
+];
+
+/// Refuses maps pinned by a version of kxdp that laid them out differently:
+/// the loader would adopt them as they are and the programs would read past
+/// their values.
+pub fn check_pinned_layout(pin_path: &Path) -> Result<(), DataplaneError> {
+    for map in &ALL {
+        let path = pin_path.join(map.name);
+        if !path.exists() {
+            continue;
+        }
+        let info = MapInfo::from_pin(&path).map_err(|e| DataplaneError::Map(map.name, e))?;
+        let pinned = (info.key_size() as usize, info.value_size() as usize);
+        if pinned != (map.key_size, map.value_size) {
+            return Err(DataplaneError::PinnedLayout {
+                path,
+                pinned,
+                expected: (map.key_size, map.value_size),
+            });
+        }
+    }
+    Ok(())
+}
 
 /// The maps the agent writes and the CLI reads.
 pub struct BpfMaps {

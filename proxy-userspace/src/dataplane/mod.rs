@@ -7,12 +7,44 @@ pub mod maps;
 
 use std::path::Path;
 
-use aya::{programs::SchedClassifier, Ebpf, EbpfLoader};
+use aya::{
+    programs::{ProgramError, SchedClassifier, TcAttachType},
+    Ebpf, EbpfLoader,
+};
 
 use crate::ebpf_object::KXDP_OBJECT;
 
-/// Name of the tcx program on the host side of pod interfaces.
-pub const POD_INGRESS: &str = "pod_ingress";
+/// A tcx program on the host side of pod interfaces, and where it hooks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PodHook {
+    pub program: &'static str,
+    pub attach: TcAttachType,
+}
+
+/// Hooks sort by program name (one program per hook).
+impl Ord for PodHook {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.program.cmp(other.program)
+    }
+}
+
+impl PartialOrd for PodHook {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+/// Packets leaving a pod: DNAT to a backend.
+pub const POD_INGRESS: PodHook = PodHook {
+    program: "pod_ingress",
+    attach: TcAttachType::Ingress,
+};
+/// Packets entering a pod: reverse NAT of replies.
+pub const POD_EGRESS: PodHook = PodHook {
+    program: "pod_egress",
+    attach: TcAttachType::Egress,
+};
+pub const POD_HOOKS: [PodHook; 2] = [POD_INGRESS, POD_EGRESS];
 /// Sub-directory of the pin path holding pinned links.
 pub const LINKS_DIR: &str = "links";
 
@@ -22,12 +54,21 @@ pub enum DataplaneError {
     Bpffs(#[from] bpffs::BpffsError),
     #[error("cannot load the eBPF object (are you root, with BPF enabled?): {0}")]
     Load(#[from] aya::EbpfError),
-    #[error("cannot load program {POD_INGRESS}: {0}")]
-    Program(#[from] aya::programs::ProgramError),
+    #[error("cannot load program {0}: {1}")]
+    Program(&'static str, #[source] ProgramError),
     #[error("map {0} is missing from the object")]
     MissingMap(&'static str),
     #[error("map {0}")]
     Map(&'static str, #[source] aya::maps::MapError),
+    #[error(
+        "{path} was pinned by another kxdp version (key, value sizes {pinned:?}, this version \
+         needs {expected:?}); run `kxdp unload` to replace the dataplane"
+    )]
+    PinnedLayout {
+        path: std::path::PathBuf,
+        pinned: (usize, usize),
+        expected: (usize, usize),
+    },
 }
 
 /// The loaded object: maps pinned (or adopted from a previous agent) under
@@ -39,25 +80,34 @@ pub struct Dataplane {
 impl Dataplane {
     pub fn load(pin_path: &Path) -> Result<Self, DataplaneError> {
         bpffs::prepare_pin_path(pin_path)?;
+        maps::check_pinned_layout(pin_path)?;
         // Maps already pinned there are reused as they are: a restarted agent
         // keeps the conntrack table and every service.
-        let mut ebpf = EbpfLoader::new()
+        let ebpf = EbpfLoader::new()
             .default_map_pin_directory(pin_path)
             .load(KXDP_OBJECT)?;
-        let program: &mut SchedClassifier = ebpf
-            .program_mut(POD_INGRESS)
-            .ok_or(aya::programs::ProgramError::UnexpectedProgramType)?
-            .try_into()?;
-        program.load()?;
-        Ok(Self { ebpf })
+        let mut dataplane = Self { ebpf };
+        for hook in POD_HOOKS {
+            dataplane
+                .program(hook)?
+                .load()
+                .map_err(|e| DataplaneError::Program(hook.program, e))?;
+        }
+        Ok(dataplane)
     }
 
-    pub fn pod_ingress(&mut self) -> Result<&mut SchedClassifier, DataplaneError> {
-        Ok(self
+    /// The program behind `hook`.
+    pub fn program(&mut self, hook: PodHook) -> Result<&mut SchedClassifier, DataplaneError> {
+        let program = self
             .ebpf
-            .program_mut(POD_INGRESS)
-            .ok_or(aya::programs::ProgramError::UnexpectedProgramType)?
-            .try_into()?)
+            .program_mut(hook.program)
+            .ok_or(DataplaneError::Program(
+                hook.program,
+                ProgramError::UnexpectedProgramType,
+            ))?;
+        program
+            .try_into()
+            .map_err(|e| DataplaneError::Program(hook.program, e))
     }
 
     /// Hands the service maps over to the sync writer.

@@ -15,7 +15,7 @@ use k8s_openapi::{apimachinery::pkg::apis::meta::v1::ObjectMeta, Metadata};
 use serde::de::DeserializeOwned;
 use serde_yaml::Value;
 
-use super::{cluster_ip, Objects, Rejection, RejectionKind};
+use super::{cluster_ip, group, Objects, Rejection, RejectionKind, Scope, Update};
 use crate::cidr::Ipv4Cidr;
 
 /// Objects read from manifests, plus the documents that could not be used.
@@ -194,9 +194,10 @@ impl ManifestWatch {
         }
     }
 
-    /// The objects if anything changed since the last call (always on the
-    /// first), with clusterIPs allocated where the manifests have none.
-    pub fn poll(&mut self) -> Result<Option<Loaded>, ManifestError> {
+    /// Everything the manifests hold if anything changed since the last
+    /// call (always on the first), with clusterIPs allocated where the
+    /// manifests have none.
+    pub fn poll(&mut self) -> Result<Option<Update>, ManifestError> {
         let now = fingerprint(&self.path)?;
         if self.last.as_ref() == Some(&now) {
             return Ok(None);
@@ -204,13 +205,20 @@ impl ManifestWatch {
         let mut loaded = load(&self.path)?;
         cluster_ip::allocate(&mut loaded.objects.services, self.service_cidr);
         self.last = Some(now);
-        Ok(Some(loaded))
+        let (services, mut rejections) = group(loaded.objects);
+        rejections.splice(0..0, loaded.rejections);
+        Ok(Some(Update {
+            scope: Scope::Full,
+            services,
+            rejections,
+        }))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::source::ServiceName;
 
     fn parse(text: &str) -> Loaded {
         let mut loaded = Loaded::default();
@@ -304,7 +312,11 @@ mod tests {
         assert_eq!(names, ["a", "b"]);
         let mut watch = ManifestWatch::new(dir.clone(), "10.96.0.0/16".parse().unwrap());
         let first = watch.poll().unwrap().expect("first poll loads");
-        let ip = first.objects.services[0]
+        assert_eq!(first.scope, Scope::Full);
+        let ip = first.services[&ServiceName::new("default", "a")]
+            .service
+            .as_ref()
+            .unwrap()
             .spec
             .as_ref()
             .unwrap()

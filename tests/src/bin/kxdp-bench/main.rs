@@ -23,7 +23,7 @@ use aya::{
     Ebpf,
 };
 use kxdp_testbed::{
-    datapath::{Datapath, TC_ACT_OK},
+    datapath::{Datapath, POD_EGRESS, POD_INGRESS, TC_ACT_OK},
     packet::{Packet, L4, TCP_ACK, TCP_SYN},
     privileged::require_root,
     scenario::{peer_bin, EchoScenario},

@@ -44,7 +44,7 @@ impl Miss {
 
 impl Case for Miss {
     fn run(&mut self) -> anyhow::Result<Sample> {
-        let timed = time_test_run(self.dp.pod_ingress(), &self.frame, self.repeat)?;
+        let timed = time_test_run(self.dp.program(POD_INGRESS), &self.frame, self.repeat)?;
         expect_verdict("miss", timed.verdict, TC_ACT_OK)?;
         expect_frame("miss", &timed.out, &self.frame)?;
         ensure!(
@@ -72,8 +72,20 @@ impl Established {
         let to_vip = syn(client(40_000), VIP);
         let to_backend = syn(client(40_000), BACKEND);
         // One first packet each way creates both flows (forward + reply entries).
-        run_once(&dp, "established warm-up (VIP)", &to_vip, &to_backend)?;
-        run_once(&dp, "established warm-up (backend)", &to_backend, &to_vip)?;
+        run_once(
+            &dp,
+            POD_INGRESS,
+            "established warm-up (VIP)",
+            &to_vip,
+            &to_backend,
+        )?;
+        run_once(
+            &dp,
+            POD_INGRESS,
+            "established warm-up (backend)",
+            &to_backend,
+            &to_vip,
+        )?;
         ensure!(
             dp.conntrack_len() == 4,
             "established: expected 4 conntrack entries"
@@ -94,7 +106,7 @@ impl Established {
 impl Case for Established {
     fn run(&mut self) -> anyhow::Result<Sample> {
         let before = self.packets_counted();
-        let timed = time_test_run(self.dp.pod_ingress(), &self.to_vip, self.repeat)?;
+        let timed = time_test_run(self.dp.program(POD_INGRESS), &self.to_vip, self.repeat)?;
         expect_verdict("established", timed.verdict, TC_ACT_OK)?;
         let want = cycle_end(&self.to_vip, &self.to_backend, self.repeat);
         expect_frame("established", &timed.out, want)?;
@@ -159,7 +171,7 @@ impl NewFlow {
     fn one_call(&mut self) -> anyhow::Result<Sample> {
         let port = self.fresh_port();
         let frame = syn(client(port), chain_vip(0));
-        let timed = time_test_run(self.dp.pod_ingress(), &frame, self.chain)?;
+        let timed = time_test_run(self.dp.program(POD_INGRESS), &frame, self.chain)?;
         expect_verdict("new flow", timed.verdict, TC_ACT_OK)?;
         let end = syn(client(port), chain_vip(self.chain));
         expect_frame("new flow", &timed.out, &end)?;
@@ -196,7 +208,7 @@ impl Case for NewFlow {
     }
 }
 
-/// Conntrack reply hit + reverse NAT on every repetition: reply entries
+/// Conntrack reply hit + reverse NAT (`pod_egress`) on every repetition: reply entries
 /// written from userspace turn BACKEND → client into VIP → client and
 /// VIP → client back into BACKEND → client.
 pub(crate) struct Reply {
@@ -223,8 +235,20 @@ impl Reply {
         let from_backend = syn_ack(BACKEND, peer);
         let from_vip = syn_ack(VIP, peer);
         // Each step of the cycle, checked once: a repeated run cannot stall.
-        run_once(&dp, "reply set-up (backend)", &from_backend, &from_vip)?;
-        run_once(&dp, "reply set-up (VIP)", &from_vip, &from_backend)?;
+        run_once(
+            &dp,
+            POD_EGRESS,
+            "reply set-up (backend)",
+            &from_backend,
+            &from_vip,
+        )?;
+        run_once(
+            &dp,
+            POD_EGRESS,
+            "reply set-up (VIP)",
+            &from_vip,
+            &from_backend,
+        )?;
         Ok(Reply {
             dp,
             from_backend,
@@ -236,7 +260,7 @@ impl Reply {
 
 impl Case for Reply {
     fn run(&mut self) -> anyhow::Result<Sample> {
-        let timed = time_test_run(self.dp.pod_ingress(), &self.from_backend, self.repeat)?;
+        let timed = time_test_run(self.dp.program(POD_EGRESS), &self.from_backend, self.repeat)?;
         expect_verdict("reply", timed.verdict, TC_ACT_OK)?;
         let want = cycle_end(&self.from_backend, &self.from_vip, self.repeat);
         expect_frame("reply", &timed.out, want)?;

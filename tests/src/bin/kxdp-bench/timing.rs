@@ -73,8 +73,14 @@ pub(crate) fn expect_no_drops(what: &str, dp: &Datapath) -> anyhow::Result<()> {
 }
 
 /// Runs `pod_ingress` once (repeat 1) and checks the result: set-up steps.
-pub(crate) fn run_once(dp: &Datapath, what: &str, frame: &[u8], want: &[u8]) -> anyhow::Result<()> {
-    let once = time_test_run(dp.pod_ingress(), frame, 1)?;
+pub(crate) fn run_once(
+    dp: &Datapath,
+    program: &str,
+    what: &str,
+    frame: &[u8],
+    want: &[u8],
+) -> anyhow::Result<()> {
+    let once = time_test_run(dp.program(program), frame, 1)?;
     expect_verdict(what, once.verdict, TC_ACT_OK)?;
     expect_frame(what, &once.out, want)
 }

@@ -1,0 +1,36 @@
+//! tcx egress on the host side of each pod interface: packets entering a pod.
+//! Replies of a connection the pod opened through a ClusterIP are
+//! reverse-NATed here, so the pod sees the VIP whether the backend was a pod
+//! on this node, on another node, or outside the cluster. Everything else
+//! passes untouched.
+
+use aya_ebpf::{
+    bindings::{TC_ACT_OK, TC_ACT_SHOT},
+    macros::classifier,
+    programs::TcContext,
+};
+
+use crate::{conntrack, nat, parse, stats};
+
+#[classifier]
+pub fn pod_egress(ctx: TcContext) -> i32 {
+    match translate(&ctx) {
+        Ok(()) => TC_ACT_OK,
+        Err(reason) => {
+            stats::count_drop(reason);
+            TC_ACT_SHOT
+        }
+    }
+}
+
+/// Err carries a `drop_reason`.
+#[inline(always)]
+fn translate(ctx: &TcContext) -> Result<(), u32> {
+    let Some(flow) = parse::ipv4_flow(ctx) else {
+        return Ok(());
+    };
+    match conntrack::lookup_reply(&flow) {
+        Some(entry) => nat::reverse_nat(ctx, &flow, entry.nat_addr, entry.nat_port),
+        None => Ok(()),
+    }
+}

@@ -1,0 +1,306 @@
+//! source → model → plan → sync for each update a source delivers
+//! (DESIGN.md §1), plus the counters an operator wants to see. No I/O of its
+//! own: the maps come in as a [`MapStore`].
+
+use std::{
+    collections::BTreeMap,
+    time::{Duration, Instant, SystemTime},
+};
+
+use crate::{
+    model::{self, Node},
+    plan::{Plan, PlanChange},
+    source::{Rejection, RejectionKind, Scope, Update},
+    sync::{MapContents, MapStore, SyncReport, Syncer},
+};
+
+/// Metrics-ready counters, kept for the agent's lifetime.
+#[derive(Debug, Default)]
+pub struct Counters {
+    pub syncs: u64,
+    /// Syncs that left at least one map entry unwritten.
+    pub failed_syncs: u64,
+    pub rejected: BTreeMap<RejectionKind, u64>,
+    pub last_sync_duration: Duration,
+    pub last_successful_sync: Option<SystemTime>,
+}
+
+/// What one update did.
+#[derive(Debug, Default)]
+pub struct Outcome {
+    pub rejections: Vec<Rejection>,
+    /// Some IPv6 address or slice was left out.
+    pub ipv6_skipped: bool,
+    /// Frontends the update touched (all of them on a reconcile).
+    pub frontends_touched: usize,
+    pub report: SyncReport,
+}
+
+pub struct Pipeline {
+    node: Node,
+    plan: Plan,
+    syncer: Syncer,
+    /// Compare every entry on the next sync: at start (adopted maps may hold
+    /// anything) and after a sync left entries unwritten.
+    reconcile: bool,
+    counters: Counters,
+}
+
+impl Pipeline {
+    /// Starts from the maps as they are (pinned by an earlier agent, or empty).
+    pub fn new(node: Node, adopted: MapContents) -> Self {
+        Self {
+            node,
+            plan: Plan::default(),
+            syncer: Syncer::adopt(adopted),
+            reconcile: true,
+            counters: Counters::default(),
+        }
+    }
+
+    pub fn plan(&self) -> &Plan {
+        &self.plan
+    }
+
+    pub fn counters(&self) -> &Counters {
+        &self.counters
+    }
+
+    /// Whether the last sync left something unwritten (a retry is due).
+    pub fn needs_retry(&self) -> bool {
+        self.reconcile && self.counters.syncs > 0
+    }
+
+    /// Brings the maps to what `update` says, touching only the Services in
+    /// it (or everything, when a reconcile is due).
+    pub fn apply(&mut self, update: Update, store: &mut impl MapStore) -> Outcome {
+        let started = Instant::now();
+        let mut outcome = Outcome {
+            rejections: update.rejections,
+            ..Outcome::default()
+        };
+        let mut change = PlanChange::default();
+        for (name, objects) in &update.services {
+            let built = model::build(name, objects, &self.node);
+            outcome.rejections.extend(built.rejections);
+            outcome.ipv6_skipped |= built.ipv6_skipped;
+            self.plan.set(name, built.service, &mut change);
+        }
+        if update.scope == Scope::Full {
+            self.plan
+                .retain(|name| update.services.contains_key(name), &mut change);
+        }
+        outcome.rejections.append(&mut change.conflicts);
+        for rejection in &outcome.rejections {
+            *self.counters.rejected.entry(rejection.kind).or_default() += 1;
+        }
+        (outcome.frontends_touched, outcome.report) = self.sync(&change, store);
+        self.count(started, &outcome.report);
+        outcome
+    }
+
+    /// Retries a sync that left entries unwritten.
+    pub fn retry(&mut self, store: &mut impl MapStore) -> SyncReport {
+        let started = Instant::now();
+        let (_, report) = self.sync(&PlanChange::default(), store);
+        self.count(started, &report);
+        report
+    }
+
+    fn sync(&mut self, change: &PlanChange, store: &mut impl MapStore) -> (usize, SyncReport) {
+        let (touched, report) = if self.reconcile {
+            let report = self.syncer.reconcile(&self.plan, store);
+            (self.plan.frontend_count(), report)
+        } else {
+            let report = self.syncer.apply(&self.plan, &change.frontends, store);
+            (change.frontends.len(), report)
+        };
+        self.reconcile = !report.errors.is_empty();
+        (touched, report)
+    }
+
+    fn count(&mut self, started: Instant, report: &SyncReport) {
+        self.counters.syncs += 1;
+        self.counters.last_sync_duration = started.elapsed();
+        if report.errors.is_empty() {
+            self.counters.last_successful_sync = Some(SystemTime::now());
+        } else {
+            self.counters.failed_syncs += 1;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        source::{
+            group,
+            manifest::{parse_stream, Loaded},
+        },
+        sync::fake::FakeStore,
+    };
+
+    fn update(scope: Scope, yaml: &str) -> Update {
+        let mut loaded = Loaded::default();
+        parse_stream("test.yaml", yaml, &mut loaded);
+        let (services, mut rejections) = group(loaded.objects);
+        rejections.splice(0..0, loaded.rejections);
+        Update {
+            scope,
+            services,
+            rejections,
+        }
+    }
+
+    /// A Service `name` at `vip` port 80 → 8080 with `type`, and a slice
+    /// holding `endpoints` (YAML flow items).
+    fn service(name: &str, vip: &str, type_: &str, endpoints: &str) -> String {
+        format!(
+            "---\napiVersion: v1\nkind: Service\nmetadata: {{name: {name}}}\n\
+             spec: {{type: {type_}, clusterIP: {vip}, ports: [{{name: http, port: 80, targetPort: 8080}}]}}\n\
+             ---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n\
+             metadata: {{name: {name}-1, labels: {{kubernetes.io/service-name: {name}}}}}\n\
+             addressType: IPv4\nports: [{{name: http, port: 8080}}]\nendpoints: [{endpoints}]\n"
+        )
+    }
+
+    fn pipeline() -> Pipeline {
+        Pipeline::new(Node::default(), MapContents::default())
+    }
+
+    #[test]
+    fn a_changed_service_touches_only_its_own_entries() {
+        let mut store = FakeStore::default();
+        let mut pipeline = pipeline();
+        let a = service("a", "10.96.0.1", "ClusterIP", "{addresses: [10.244.0.2]}");
+        let b = service("b", "10.96.0.2", "ClusterIP", "{addresses: [10.244.0.3]}");
+        let outcome = pipeline.apply(update(Scope::Full, &format!("{a}{b}")), &mut store);
+        assert_eq!(outcome.frontends_touched, 2);
+        assert_eq!(store.maps.services.len(), 2);
+        store.log.clear();
+        let a2 = service(
+            "a",
+            "10.96.0.1",
+            "ClusterIP",
+            "{addresses: [10.244.0.2]}, {addresses: [10.244.0.4]}",
+        );
+        let outcome = pipeline.apply(update(Scope::Changed, &a2), &mut store);
+        assert_eq!(outcome.frontends_touched, 1);
+        assert_eq!(
+            store.log,
+            ["put backend 2", "put slot 0/1", "put service 0"]
+        );
+        // Service b was not in the update and is still served.
+        assert_eq!(store.maps.services.len(), 2);
+    }
+
+    #[test]
+    fn type_switches_and_deletion_leave_no_stale_entries() {
+        let mut store = FakeStore::default();
+        let mut pipeline = pipeline();
+        let endpoints = "{addresses: [10.244.0.2]}";
+        for type_ in ["ClusterIP", "NodePort", "LoadBalancer"] {
+            pipeline.apply(
+                update(Scope::Full, &service("a", "10.96.0.1", type_, endpoints)),
+                &mut store,
+            );
+            assert_eq!(store.maps.services.len(), 1, "{type_}");
+            assert_eq!(store.maps.backends.len(), 1, "{type_}");
+        }
+        let external = "apiVersion: v1\nkind: Service\nmetadata: {name: a}\n\
+                        spec: {type: ExternalName, externalName: example.com}\n";
+        pipeline.apply(update(Scope::Full, external), &mut store);
+        assert_eq!(
+            store.maps,
+            MapContents::default(),
+            "ExternalName leaves nothing"
+        );
+        pipeline.apply(
+            update(
+                Scope::Full,
+                &service("a", "10.96.0.1", "ClusterIP", endpoints),
+            ),
+            &mut store,
+        );
+        assert_eq!(store.maps.services.len(), 1);
+        pipeline.apply(update(Scope::Full, ""), &mut store);
+        assert_eq!(
+            store.maps,
+            MapContents::default(),
+            "deletion leaves nothing"
+        );
+        assert_eq!(pipeline.plan().service_count(), 0);
+    }
+
+    #[test]
+    fn a_pod_that_turns_not_ready_leaves_rotation_in_one_sync() {
+        let mut store = FakeStore::default();
+        let mut pipeline = pipeline();
+        let both = "{addresses: [10.244.0.2]}, {addresses: [10.244.0.3]}";
+        pipeline.apply(
+            update(Scope::Full, &service("a", "10.96.0.1", "ClusterIP", both)),
+            &mut store,
+        );
+        let one_not_ready =
+            "{addresses: [10.244.0.2]}, {addresses: [10.244.0.3], conditions: {ready: false}}";
+        pipeline.apply(
+            update(
+                Scope::Changed,
+                &service("a", "10.96.0.1", "ClusterIP", one_not_ready),
+            ),
+            &mut store,
+        );
+        let value = store.maps.services.values().next().unwrap();
+        assert_eq!(value.slot_count, 1);
+        assert_eq!(store.maps.backends.len(), 1);
+    }
+
+    #[test]
+    fn a_restarted_agent_applies_only_the_difference() {
+        let mut store = FakeStore::default();
+        let a = service("a", "10.96.0.1", "ClusterIP", "{addresses: [10.244.0.2]}");
+        let b = service("b", "10.96.0.2", "ClusterIP", "{addresses: [10.244.0.3]}");
+        pipeline().apply(update(Scope::Full, &format!("{a}{b}")), &mut store);
+        store.log.clear();
+        // The agent restarts while b is deleted: the new one adopts the maps.
+        let mut restarted = Pipeline::new(Node::default(), store.maps.clone());
+        let outcome = restarted.apply(update(Scope::Full, &a), &mut store);
+        assert!(outcome.report.errors.is_empty());
+        assert_eq!(
+            store.log,
+            [
+                "delete service Some(1)",
+                "delete slot 1/0",
+                "delete backend 1"
+            ]
+        );
+    }
+
+    #[test]
+    fn counters_count_syncs_rejections_and_failures_and_a_retry_heals() {
+        let mut store = FakeStore {
+            fail_backend_puts: true,
+            ..FakeStore::default()
+        };
+        let mut pipeline = pipeline();
+        let bad = "---\napiVersion: v1\nkind: Service\nmetadata: {name: bad}\n\
+                   spec: {clusterIP: 10.96.0.9, ports: [{port: 80, protocol: SCTP}]}\n";
+        let a = service("a", "10.96.0.1", "ClusterIP", "{addresses: [10.244.0.2]}");
+        let outcome = pipeline.apply(update(Scope::Full, &format!("{a}{bad}")), &mut store);
+        assert_eq!(outcome.rejections.len(), 1);
+        assert!(!outcome.report.errors.is_empty());
+        assert!(pipeline.needs_retry());
+        let counters = pipeline.counters();
+        assert_eq!((counters.syncs, counters.failed_syncs), (1, 1));
+        assert_eq!(counters.rejected[&RejectionKind::UnsupportedProtocol], 1);
+        assert!(counters.last_successful_sync.is_none());
+        store.fail_backend_puts = false;
+        let report = pipeline.retry(&mut store);
+        assert!(report.errors.is_empty(), "{:?}", report.errors);
+        assert!(!pipeline.needs_retry());
+        assert_eq!(store.maps.services.len(), 1);
+        assert_eq!(store.maps.services.values().next().unwrap().slot_count, 1);
+        assert!(pipeline.counters().last_successful_sync.is_some());
+    }
+}

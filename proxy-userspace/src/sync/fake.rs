@@ -1,0 +1,58 @@
+//! A map store in memory that records every write, for tests.
+
+use proxy_common::maps::{BackendValue, ServiceKey, ServiceValue, SlotKey};
+
+use super::{MapContents, MapStore, StoreError};
+
+/// Records every write in order and can be told to fail on a map.
+#[derive(Default)]
+pub struct FakeStore {
+    pub maps: MapContents,
+    pub log: Vec<String>,
+    pub fail_backend_puts: bool,
+}
+
+impl MapStore for FakeStore {
+    fn put_backend(&mut self, id: u32, value: &BackendValue) -> Result<(), StoreError> {
+        if self.fail_backend_puts {
+            return Err(StoreError {
+                map: "BACKENDS",
+                reason: "full".into(),
+            });
+        }
+        self.log.push(format!("put backend {id}"));
+        self.maps.backends.insert(id, *value);
+        Ok(())
+    }
+    fn delete_backend(&mut self, id: u32) -> Result<(), StoreError> {
+        self.log.push(format!("delete backend {id}"));
+        self.maps.backends.remove(&id);
+        Ok(())
+    }
+    fn put_slot(&mut self, key: &SlotKey, backend_id: u32) -> Result<(), StoreError> {
+        self.log
+            .push(format!("put slot {}/{}", key.service_id, key.slot));
+        self.maps.selection.insert(*key, backend_id);
+        Ok(())
+    }
+    fn delete_slot(&mut self, key: &SlotKey) -> Result<(), StoreError> {
+        self.log
+            .push(format!("delete slot {}/{}", key.service_id, key.slot));
+        self.maps.selection.remove(key);
+        Ok(())
+    }
+    fn put_service(&mut self, key: &ServiceKey, value: &ServiceValue) -> Result<(), StoreError> {
+        self.log.push(format!("put service {}", value.id));
+        self.maps.services.insert(*key, *value);
+        Ok(())
+    }
+    fn delete_service(&mut self, key: &ServiceKey) -> Result<(), StoreError> {
+        let id = self.maps.services.remove(key).map(|v| v.id);
+        self.log.push(format!("delete service {id:?}"));
+        Ok(())
+    }
+    fn reset_stats(&mut self, service_id: u32) -> Result<(), StoreError> {
+        self.log.push(format!("reset stats {service_id}"));
+        Ok(())
+    }
+}
