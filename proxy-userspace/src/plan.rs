@@ -42,8 +42,10 @@ pub struct Frontend {
 #[derive(Debug, Default)]
 pub struct Plan {
     services: BTreeMap<ServiceName, ServiceModel>,
-    /// Every Service claiming a frontend; the first by namespace/name serves it.
-    claims: BTreeMap<FrontendKey, BTreeSet<ServiceName>>,
+    /// Every Service claiming a frontend, sorted; the first by namespace/name
+    /// serves it. A Vec: nearly every frontend has one claimant, and a set
+    /// would allocate a whole tree node for it.
+    claims: BTreeMap<FrontendKey, Vec<ServiceName>>,
 }
 
 /// What a batch of Service changes did to the plan.
@@ -89,7 +91,7 @@ impl Plan {
                 continue;
             }
             if let Some(claimants) = self.claims.get_mut(&key) {
-                claimants.remove(name);
+                claimants.retain(|claimant| claimant != name);
                 if claimants.is_empty() {
                     self.claims.remove(&key);
                 }
@@ -98,7 +100,9 @@ impl Plan {
         }
         for key in new_keys {
             let claimants = self.claims.entry(key).or_default();
-            claimants.insert(name.clone());
+            if let Err(at) = claimants.binary_search(name) {
+                claimants.insert(at, name.clone());
+            }
             if let Some(owner) = claimants.first() {
                 for loser in claimants.iter().skip(1) {
                     change.conflicts.push(Rejection::new(

@@ -111,6 +111,20 @@ fn apply(update: Update, pipeline: &mut Pipeline, maps: &mut BpfMaps) {
     let scope = update.scope;
     let outcome = pipeline.apply(update, maps);
     log_outcome(scope, &outcome, pipeline);
+    if scope == Scope::Full {
+        release_freed_memory();
+    }
+}
+
+/// A full update decodes every object at once and frees them after the
+/// sync; glibc keeps that heap mapped. Handing it back keeps the resident
+/// size to what the agent actually holds.
+fn release_freed_memory() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim only releases free heap pages; no pointer is touched.
+    unsafe {
+        libc::malloc_trim(0);
+    }
 }
 
 pub async fn run(args: AgentArgs) -> anyhow::Result<()> {

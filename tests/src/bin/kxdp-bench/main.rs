@@ -1,12 +1,15 @@
 //! `kxdp-bench`: what the datapath costs, measured, never asserted.
 //!
-//!   kxdp-bench [--quick] [--out PATH]     (root; `cargo xtask bench` runs it)
+//!   kxdp-bench [--quick] [--only packets|conns|control] [--out PATH]
+//!   (root; `cargo xtask bench` runs it)
 //!
-//! Part 1 times `pod_ingress` per packet through BPF_PROG_TEST_RUN, path by
-//! path, next to empty XDP and tc programs (the cost of the harness itself).
+//! Part 1 times the pod programs per packet through BPF_PROG_TEST_RUN, path
+//! by path, next to empty XDP and tc programs (the cost of the harness itself).
 //! Part 2 measures short TCP connections per second in a namespace mini node
 //! with the real agent, through a ClusterIP and directly to a pod.
-//! Both print a table and go into a Markdown report (default
+//! Part 3 times the control plane: N Services programmed from empty, one
+//! endpoint change at that size, and the agent's memory.
+//! Each prints a table and goes into a Markdown report (default
 //! `docs/bench/REPORT.md` in the workspace).
 
 use std::{
@@ -35,6 +38,7 @@ use proxy_common::{
 use proxy_userspace::ebpf_object::FLOOR_OBJECT;
 
 mod conn_rate;
+mod control_plane;
 mod floors;
 mod frames;
 mod options;
@@ -45,6 +49,7 @@ mod stats;
 mod timing;
 
 use conn_rate::*;
+use control_plane::*;
 use floors::*;
 use frames::*;
 use options::*;
@@ -54,21 +59,45 @@ use report::*;
 use stats::*;
 use timing::*;
 
+#[global_allocator]
+static ALLOCATOR: CountingAllocator = CountingAllocator;
+
 fn main() -> anyhow::Result<()> {
     let options = parse_args()?;
     require_root("kxdp-bench");
     let plan = Plan::new(options.quick);
     let machine = machine();
 
-    eprintln!("kxdp-bench: part 1, per-packet cost through BPF_PROG_TEST_RUN");
-    let packets = measure_packet_costs(&plan)?;
-    println!("\n{}", packet_table(&packets));
+    let mut packets = None;
+    if options.runs("packets") {
+        eprintln!("kxdp-bench: part 1, per-packet cost through BPF_PROG_TEST_RUN");
+        let rows = measure_packet_costs(&plan)?;
+        println!("\n{}", packet_table(&rows));
+        packets = Some(rows);
+    }
+    let mut conns = None;
+    if options.runs("conns") {
+        eprintln!("kxdp-bench: part 2, short TCP connections in a mini node");
+        let report = measure_conn_rate(&plan)?;
+        println!("{}", conn_table(&report));
+        conns = Some(report);
+    }
+    let mut control = None;
+    if options.runs("control") {
+        eprintln!("kxdp-bench: part 3, control plane");
+        let rows = measure_control_plane(&plan)?;
+        println!("{}", control_table(&rows));
+        control = Some(rows);
+    }
 
-    eprintln!("kxdp-bench: part 2, short TCP connections in a mini node");
-    let conns = measure_conn_rate(&plan)?;
-    println!("{}", conn_table(&conns));
-
-    let report = render_report(&plan, options.quick, &machine, &packets, &conns);
+    let report = render_report(
+        &plan,
+        options.quick,
+        &machine,
+        packets.as_deref(),
+        conns.as_ref(),
+        control.as_deref(),
+    );
     if let Some(dir) = options.out.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }

@@ -5,6 +5,15 @@ use super::*;
 pub(crate) struct Options {
     pub(crate) quick: bool,
     pub(crate) out: PathBuf,
+    /// Run only this part (`packets`, `conns`, `control`); the report then
+    /// holds only it.
+    pub(crate) only: Option<String>,
+}
+
+impl Options {
+    pub(crate) fn runs(&self, part: &str) -> bool {
+        self.only.as_deref().is_none_or(|only| only == part)
+    }
 }
 
 pub(crate) fn workspace_root() -> &'static Path {
@@ -21,13 +30,22 @@ pub(crate) fn parse_args() -> anyhow::Result<Options> {
     let mut options = Options {
         quick: false,
         out: default_report_path(),
+        only: None,
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--quick" => options.quick = true,
             "--out" => options.out = args.next().context("--out needs a path")?.into(),
-            _ => bail!("usage: kxdp-bench [--quick] [--out PATH]"),
+            "--only" => {
+                let part = args.next().context("--only needs a part")?;
+                ensure!(
+                    ["packets", "conns", "control"].contains(&part.as_str()),
+                    "--only takes packets, conns or control"
+                );
+                options.only = Some(part);
+            }
+            _ => bail!("usage: kxdp-bench [--quick] [--only packets|conns|control] [--out PATH]"),
         }
     }
     Ok(options)
@@ -49,6 +67,10 @@ pub(crate) struct Plan {
     pub(crate) conn_rounds: usize,
     pub(crate) conn_ms: u64,
     pub(crate) concurrency: usize,
+    /// Control plane: Service counts, runs per count, single changes per run.
+    pub(crate) control_sizes: Vec<usize>,
+    pub(crate) control_runs: usize,
+    pub(crate) control_changes: usize,
 }
 
 impl Plan {
@@ -63,6 +85,9 @@ impl Plan {
                 conn_rounds: 3,
                 conn_ms: 1_000,
                 concurrency: 4,
+                control_sizes: vec![1_000, 10_000],
+                control_runs: 1,
+                control_changes: 300,
             }
         } else {
             Plan {
@@ -74,6 +99,9 @@ impl Plan {
                 conn_rounds: 5,
                 conn_ms: 3_000,
                 concurrency: 4,
+                control_sizes: vec![1_000, 10_000, 30_000],
+                control_runs: 3,
+                control_changes: 1_000,
             }
         }
     }

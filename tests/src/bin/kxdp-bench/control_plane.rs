@@ -1,0 +1,326 @@
+//! Part 3: the control plane. Time to compute and apply N Services × 10
+//! endpoints from empty, and one endpoint change at that size, through the
+//! agent's own pipeline (model → plan → sync) into the real maps; and the
+//! real agent's resident memory serving N Services from manifests.
+
+use k8s_openapi::{
+    api::{
+        core::v1::{Service, ServicePort, ServiceSpec},
+        discovery::v1::{Endpoint, EndpointConditions, EndpointPort, EndpointSlice},
+    },
+    apimachinery::pkg::{apis::meta::v1::ObjectMeta, util::intstr::IntOrString},
+};
+use kxdp_testbed::privileged::PrivateBpffs;
+use proxy_userspace::{
+    dataplane::Dataplane,
+    model::Node,
+    pipeline::Pipeline,
+    source::{Scope, ServiceName, ServiceObjects, Update, SERVICE_NAME_LABEL},
+};
+
+use super::*;
+
+pub(crate) const ENDPOINTS_PER_SERVICE: usize = 10;
+
+pub(crate) struct ControlRow {
+    pub(crate) services: usize,
+    /// Milliseconds to compute and apply everything from empty.
+    pub(crate) full_ms: Summary,
+    /// Microseconds to apply one endpoint change, over many changes.
+    pub(crate) change_p50_us: f64,
+    pub(crate) change_p99_us: f64,
+    pub(crate) change_max_us: f64,
+    pub(crate) changes: usize,
+    /// Heap the pipeline keeps for the N Services (model, plan, map mirror).
+    pub(crate) state_mib: f64,
+    /// The real agent serving the same Services from a manifest file.
+    pub(crate) agent_sync_ms: f64,
+    pub(crate) agent_rss_mib: f64,
+    pub(crate) agent_peak_rss_mib: f64,
+}
+
+fn cluster_ip(i: usize) -> Ipv4Addr {
+    // 10.96.0.0/12 has room for a million; skip the first few as the API
+    // server does.
+    Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 96, 0, 0)) + 10 + i as u32)
+}
+
+/// Endpoint `e` of service `i`: no two services share a pod, the harder case
+/// for the maps (every endpoint is its own backend entry).
+fn pod_ip(i: usize, e: usize, generation: u32) -> Ipv4Addr {
+    let n = (i * ENDPOINTS_PER_SERVICE + e) as u32 + generation * 1_000_000;
+    Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 128, 0, 0)) + n)
+}
+
+fn service_objects(i: usize, generation: u32) -> (ServiceName, ServiceObjects) {
+    let name = ServiceName::new("bench", &format!("svc-{i}"));
+    let metadata = |object: String, labels| ObjectMeta {
+        name: Some(object),
+        namespace: Some(name.namespace.clone()),
+        labels,
+        ..ObjectMeta::default()
+    };
+    let service = Service {
+        metadata: metadata(name.name.clone(), None),
+        spec: Some(ServiceSpec {
+            cluster_ip: Some(cluster_ip(i).to_string()),
+            ports: Some(vec![ServicePort {
+                name: Some("http".into()),
+                port: 80,
+                protocol: Some("TCP".into()),
+                target_port: Some(IntOrString::Int(8080)),
+                ..ServicePort::default()
+            }]),
+            ..ServiceSpec::default()
+        }),
+        ..Service::default()
+    };
+    let labels = BTreeMap::from([(SERVICE_NAME_LABEL.to_string(), name.name.clone())]);
+    let slice = EndpointSlice {
+        metadata: metadata(format!("{}-abcde", name.name), Some(labels)),
+        address_type: "IPv4".into(),
+        endpoints: (0..ENDPOINTS_PER_SERVICE)
+            .map(|e| Endpoint {
+                addresses: vec![pod_ip(i, e, generation).to_string()],
+                conditions: Some(EndpointConditions {
+                    ready: Some(true),
+                    serving: Some(true),
+                    terminating: Some(false),
+                }),
+                ..Endpoint::default()
+            })
+            .collect(),
+        ports: Some(vec![EndpointPort {
+            name: Some("http".into()),
+            port: Some(8080),
+            protocol: Some("TCP".into()),
+            ..EndpointPort::default()
+        }]),
+    };
+    let objects = ServiceObjects {
+        service: Some(service),
+        slices: vec![slice],
+        endpoints: None,
+    };
+    (name, objects)
+}
+
+fn full_update(n: usize) -> Update {
+    Update {
+        scope: Scope::Full,
+        services: (0..n).map(|i| service_objects(i, 0)).collect(),
+        rejections: Vec::new(),
+    }
+}
+
+/// Service `i` with its first endpoint replaced (a pod rescheduled).
+fn one_change(i: usize, generation: u32) -> Update {
+    let (name, mut objects) = service_objects(i, 0);
+    objects.slices[0].endpoints[0].addresses = vec![pod_ip(i, 0, generation).to_string()];
+    Update {
+        scope: Scope::Changed,
+        services: BTreeMap::from([(name, objects)]),
+        rejections: Vec::new(),
+    }
+}
+
+/// Programs `n` Services from empty, then applies `changes` single-endpoint
+/// changes one by one. Returns (full ms, heap MiB the pipeline keeps for
+/// them, change µs each).
+fn pipeline_run(n: usize, changes: usize) -> anyhow::Result<(f64, f64, Vec<f64>)> {
+    let mount = PrivateBpffs::new("kxdp-bench-control")?;
+    let mut dataplane = Dataplane::load(&mount.path().join("kxdp"))?;
+    let mut maps = dataplane.take_maps()?;
+    let mut pipeline = Pipeline::new(Node::default(), maps.read_contents()?);
+    let heap_before = heap_mib();
+    let update = full_update(n);
+    let started = Instant::now();
+    let outcome = pipeline.apply(update, &mut maps);
+    let full_ms = started.elapsed().as_secs_f64() * 1e3;
+    let state_mib = heap_mib() - heap_before;
+    ensure!(
+        outcome.report.errors.is_empty(),
+        "full sync of {n}: {:?}",
+        &outcome.report.errors[..outcome.report.errors.len().min(3)]
+    );
+    ensure!(
+        outcome.report.services_written == n
+            && outcome.report.backends_written == n * ENDPOINTS_PER_SERVICE,
+        "full sync of {n} wrote {:?}",
+        outcome.report
+    );
+    let mut times = Vec::with_capacity(changes);
+    for c in 0..changes {
+        // Spread over the services; every change is a new pod address.
+        let i = (c * 7919) % n;
+        let update = one_change(i, c as u32 + 1);
+        let started = Instant::now();
+        let outcome = pipeline.apply(update, &mut maps);
+        times.push(started.elapsed().as_secs_f64() * 1e6);
+        let report = &outcome.report;
+        ensure!(
+            report.errors.is_empty()
+                && report.backends_written == 1
+                && report.backends_deleted == 1,
+            "change {c}: {report:?}"
+        );
+    }
+    Ok((full_ms, state_mib, times))
+}
+
+/// The manifests a user would write for `n` Services with their slices.
+fn manifest_yaml(n: usize) -> String {
+    let mut yaml = String::with_capacity(n * 900);
+    for i in 0..n {
+        let (name, objects) = service_objects(i, 0);
+        let ip = cluster_ip(i);
+        yaml.push_str(&format!(
+            "---\napiVersion: v1\nkind: Service\nmetadata: {{name: {n}, namespace: bench}}\n\
+             spec: {{clusterIP: {ip}, ports: [{{name: http, port: 80, targetPort: 8080}}]}}\n\
+             ---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n\
+             metadata: {{name: {n}-abcde, namespace: bench, labels: {{{SERVICE_NAME_LABEL}: {n}}}}}\n\
+             addressType: IPv4\nports: [{{name: http, port: 8080, protocol: TCP}}]\nendpoints:\n",
+            n = name.name
+        ));
+        for endpoint in &objects.slices[0].endpoints {
+            yaml.push_str(&format!(
+                "- {{addresses: [{}], conditions: {{ready: true}}}}\n",
+                endpoint.addresses[0]
+            ));
+        }
+    }
+    yaml
+}
+
+/// `VmRSS` and `VmHWM` (peak) of a process, in MiB.
+fn rss_mib(pid: u32) -> anyhow::Result<(f64, f64)> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let field = |name: &str| -> anyhow::Result<f64> {
+        let line = status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .with_context(|| format!("no {name} in /proc/{pid}/status"))?;
+        let kib: f64 = line
+            .split_whitespace()
+            .nth(1)
+            .context("no value")?
+            .parse()?;
+        Ok(kib / 1024.0)
+    };
+    Ok((field("VmRSS:")?, field("VmHWM:")?))
+}
+
+/// Starts the real agent on a manifest of `n` Services, waits (bounded) for
+/// its first sync, and reads its memory. Returns (sync ms, RSS, peak RSS).
+fn agent_run(n: usize) -> anyhow::Result<(f64, f64, f64)> {
+    let mount = PrivateBpffs::new("kxdp-bench-agent")?;
+    let dir = std::env::temp_dir().join(format!("kxdp-bench-manifests-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    std::fs::write(dir.join("services.yaml"), manifest_yaml(n))?;
+    let log = dir.join("agent.log");
+    let mut child = Command::new(proxy_userspace_bin())
+        .args([
+            "agent",
+            "--pod-interfaces",
+            "kxdp-bench-none*",
+            "--manifests",
+        ])
+        .arg(&dir)
+        .arg("--pin-path")
+        .arg(mount.path().join("kxdp"))
+        .env("RUST_LOG", "info")
+        .stderr(std::fs::File::create(&log)?)
+        .spawn()
+        .context("starting kxdp agent")?;
+    let started = Instant::now();
+    let result = (|| {
+        let deadline = started + std::time::Duration::from_secs(120);
+        loop {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            if text.contains("synced") {
+                ensure!(text.contains("errors=0"), "agent sync failed:\n{text}");
+                break;
+            }
+            if let Some(status) = child.try_wait()? {
+                bail!("agent exited with {status}:\n{text}");
+            }
+            ensure!(
+                Instant::now() < deadline,
+                "agent did not sync {n} services in 120 s"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        let sync_ms = started.elapsed().as_secs_f64() * 1e3;
+        // The agent returns the decoded objects' heap right after logging.
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        let (rss, peak) = rss_mib(child.id())?;
+        Ok((sync_ms, rss, peak))
+    })();
+    let _ = child.kill();
+    let _ = child.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+    result
+}
+
+fn proxy_userspace_bin() -> PathBuf {
+    kxdp_testbed::agent::kxdp_bin()
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    let rank = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[rank.min(sorted.len() - 1)]
+}
+
+pub(crate) fn measure_control_plane(plan: &Plan) -> anyhow::Result<Vec<ControlRow>> {
+    let mut rows = Vec::new();
+    for &n in &plan.control_sizes {
+        eprintln!("  control plane: {n} services × {ENDPOINTS_PER_SERVICE} endpoints");
+        let mut fulls = Vec::new();
+        let mut state_mib = 0.0;
+        let mut changes = Vec::new();
+        for _ in 0..plan.control_runs {
+            let (full, state, times) = pipeline_run(n, plan.control_changes)?;
+            fulls.push(full);
+            state_mib = state;
+            changes.extend(times);
+        }
+        changes.sort_by(f64::total_cmp);
+        let (agent_sync_ms, agent_rss_mib, agent_peak_rss_mib) = agent_run(n)?;
+        rows.push(ControlRow {
+            services: n,
+            full_ms: summarize(&fulls),
+            change_p50_us: percentile(&changes, 0.5),
+            change_p99_us: percentile(&changes, 0.99),
+            change_max_us: changes[changes.len() - 1],
+            changes: changes.len(),
+            state_mib,
+            agent_sync_ms,
+            agent_rss_mib,
+            agent_peak_rss_mib,
+        });
+    }
+    Ok(rows)
+}
+
+/// Counts the bytes the bench process holds on the heap, so the pipeline's
+/// own state can be told apart from what the allocator keeps around.
+pub(crate) struct CountingAllocator;
+
+static HEAP_BYTES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+// SAFETY: every call is forwarded to the system allocator unchanged.
+unsafe impl std::alloc::GlobalAlloc for CountingAllocator {
+    unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
+        HEAP_BYTES.fetch_add(layout.size(), std::sync::atomic::Ordering::Relaxed);
+        unsafe { std::alloc::System.alloc(layout) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: std::alloc::Layout) {
+        HEAP_BYTES.fetch_sub(layout.size(), std::sync::atomic::Ordering::Relaxed);
+        unsafe { std::alloc::System.dealloc(ptr, layout) }
+    }
+}
+
+fn heap_mib() -> f64 {
+    HEAP_BYTES.load(std::sync::atomic::Ordering::Relaxed) as f64 / (1024.0 * 1024.0)
+}
