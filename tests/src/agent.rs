@@ -33,12 +33,17 @@ pub struct Agent {
 }
 
 impl Agent {
+    /// An agent serving the manifests under `manifests`.
     pub fn start(node: &MiniNode, manifests: &Path) -> anyhow::Result<Self> {
+        Self::start_with(node, &["--manifests".as_ref(), manifests.as_os_str()])
+    }
+
+    /// An agent with `source` as its source of Services (and any other flags).
+    pub fn start_with(node: &MiniNode, source: &[&std::ffi::OsStr]) -> anyhow::Result<Self> {
         let mut command = node.command(&node.node_netns, kxdp_bin());
         command
             .arg("agent")
-            .arg("--manifests")
-            .arg(manifests)
+            .args(source)
             .args([
                 "--pod-interfaces",
                 &node.pod_interface_glob(),

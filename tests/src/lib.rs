@@ -1,5 +1,6 @@
 pub mod agent;
 pub mod datapath;
+pub mod fake_apiserver;
 pub mod manifests;
 pub mod netns;
 pub mod packet;

@@ -1,0 +1,197 @@
+//! A stand-in for the Kubernetes API server, just enough for
+//! `kxdp agent --kubeconfig`: it answers the list requests for Services and
+//! EndpointSlices with fixed objects and holds watch requests open without
+//! events, over plain HTTP on 127.0.0.1 inside a network namespace (where
+//! the agent runs). Every request line is recorded for assertions.
+
+use std::{
+    fs::File,
+    io::{BufRead, BufReader, Write},
+    net::{TcpListener, TcpStream},
+    os::fd::AsRawFd,
+    path::PathBuf,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc, Mutex,
+    },
+    thread::JoinHandle,
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context as _};
+use serde_json::{json, Value};
+
+/// How long a watch is held open at most; the tests end well before.
+const WATCH_HOLD: Duration = Duration::from_secs(120);
+const POLL: Duration = Duration::from_millis(20);
+
+pub struct FakeApiServer {
+    kubeconfig: PathBuf,
+    requests: Arc<Mutex<Vec<String>>>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+/// What the server answers.
+struct Objects {
+    services: Vec<Value>,
+    slices: Vec<Value>,
+}
+
+impl FakeApiServer {
+    /// Serves `services` and `slices` on a loopback port of `netns`.
+    pub fn start(netns: &str, services: Vec<Value>, slices: Vec<Value>) -> anyhow::Result<Self> {
+        let listener = listen_in(netns)?;
+        listener.set_nonblocking(true)?;
+        let port = listener.local_addr()?.port();
+        let kubeconfig =
+            std::env::temp_dir().join(format!("kxdp-fake-apiserver-{}-{port}.yaml", std::process::id()));
+        std::fs::write(
+            &kubeconfig,
+            format!(
+                "apiVersion: v1\nkind: Config\ncurrent-context: fake\n\
+                 clusters: [{{name: fake, cluster: {{server: 'http://127.0.0.1:{port}'}}}}]\n\
+                 users: [{{name: fake, user: {{}}}}]\n\
+                 contexts: [{{name: fake, context: {{cluster: fake, user: fake, namespace: default}}}}]\n"
+            ),
+        )?;
+        let requests = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let objects = Arc::new(Objects { services, slices });
+        let thread = {
+            let (requests, stop) = (Arc::clone(&requests), Arc::clone(&stop));
+            std::thread::spawn(move || accept_loop(listener, &objects, &requests, &stop))
+        };
+        Ok(Self {
+            kubeconfig,
+            requests,
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    pub fn kubeconfig(&self) -> &PathBuf {
+        &self.kubeconfig
+    }
+
+    /// Request lines (`GET /path?query HTTP/1.1`) seen so far.
+    pub fn requests(&self) -> Vec<String> {
+        self.requests.lock().expect("requests lock").clone()
+    }
+}
+
+impl Drop for FakeApiServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+        let _ = std::fs::remove_file(&self.kubeconfig);
+    }
+}
+
+/// A listener on 127.0.0.1 inside `netns`: bound from a short-lived thread
+/// that enters the namespace, so the test process stays where it is.
+fn listen_in(netns: &str) -> anyhow::Result<TcpListener> {
+    let path = format!("/var/run/netns/{netns}");
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                let ns = File::open(&path).with_context(|| format!("opening {path}"))?;
+                // SAFETY: setns on this thread only; the fd is valid while `ns` lives.
+                if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                    bail!("setns {path}: {}", std::io::Error::last_os_error());
+                }
+                Ok(TcpListener::bind("127.0.0.1:0")?)
+            })
+            .join()
+            .map_err(|_| anyhow::anyhow!("listener thread panicked"))?
+    })
+}
+
+fn accept_loop(
+    listener: TcpListener,
+    objects: &Arc<Objects>,
+    requests: &Arc<Mutex<Vec<String>>>,
+    stop: &Arc<AtomicBool>,
+) {
+    let mut connections = Vec::new();
+    while !stop.load(Ordering::Relaxed) {
+        match listener.accept() {
+            Ok((stream, _)) => {
+                let (objects, requests, stop) =
+                    (Arc::clone(objects), Arc::clone(requests), Arc::clone(stop));
+                connections.push(std::thread::spawn(move || {
+                    let _ = answer(stream, &objects, &requests, &stop);
+                }));
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => std::thread::sleep(POLL),
+            Err(_) => break,
+        }
+    }
+    for connection in connections {
+        let _ = connection.join();
+    }
+}
+
+/// Answers one request on `stream`, then closes it.
+fn answer(
+    stream: TcpStream,
+    objects: &Objects,
+    requests: &Mutex<Vec<String>>,
+    stop: &AtomicBool,
+) -> std::io::Result<()> {
+    stream.set_nonblocking(false)?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    let mut reader = BufReader::new(stream.try_clone()?);
+    let mut request_line = String::new();
+    reader.read_line(&mut request_line)?;
+    // Skip the headers: every request is a bodiless GET.
+    let mut header = String::new();
+    while reader.read_line(&mut header)? > 2 {
+        header.clear();
+    }
+    let request_line = request_line.trim().to_string();
+    requests.lock().expect("requests lock").push(request_line.clone());
+    let target = request_line.split_whitespace().nth(1).unwrap_or_default();
+    let (path, query) = target.split_once('?').unwrap_or((target, ""));
+    let items = match path {
+        "/api/v1/services" => Some(("ServiceList", "v1", &objects.services)),
+        "/apis/discovery.k8s.io/v1/endpointslices" => {
+            Some(("EndpointSliceList", "discovery.k8s.io/v1", &objects.slices))
+        }
+        _ => None,
+    };
+    let mut stream = stream;
+    let Some((kind, api_version, items)) = items else {
+        let body = r#"{"kind":"Status","apiVersion":"v1","status":"Failure","code":404}"#;
+        return respond(&mut stream, 404, body);
+    };
+    if query.split('&').any(|p| p == "watch=true") {
+        // An open watch with no events: the agent keeps what it listed.
+        stream.write_all(
+            b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n",
+        )?;
+        let until = Instant::now() + WATCH_HOLD;
+        while !stop.load(Ordering::Relaxed) && Instant::now() < until {
+            std::thread::sleep(POLL);
+        }
+        return stream.write_all(b"0\r\n\r\n");
+    }
+    let list = json!({
+        "kind": kind,
+        "apiVersion": api_version,
+        "metadata": {"resourceVersion": "1"},
+        "items": items,
+    });
+    respond(&mut stream, 200, &list.to_string())
+}
+
+fn respond(stream: &mut TcpStream, code: u16, body: &str) -> std::io::Result<()> {
+    write!(
+        stream,
+        "HTTP/1.1 {code} {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        if code == 200 { "OK" } else { "Not Found" },
+        body.len()
+    )
+}
