@@ -145,10 +145,15 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     // The first full sync happens before any attach, so a program never sees
     // a partial view; the Kubernetes source yields it only once both initial
     // lists are complete.
+    if matches!(source, Source::Kubernetes(_)) {
+        info!("waiting for the initial lists of Services and EndpointSlices");
+    }
     let first = match source {
         // Unreadable manifests are logged; the adopted maps keep serving.
         Source::Manifests(_) => source.poll(),
         Source::Kubernetes(_) => tokio::select! {
+            // Watch errors (unreachable API server, missing RBAC) are logged
+            // as they happen; until both lists arrive nothing is attached.
             update = source.next_event() => Some(update),
             _ = sigterm.recv() => None,
             _ = sigint.recv() => None,

@@ -124,12 +124,16 @@ impl KubernetesSource {
         // API server is not hammered while the last known state keeps serving.
         let service_events = reflector::reflector(
             services_writer,
-            watcher::watcher(Api::<Service>::all(client.clone()), service_config).default_backoff(),
+            watcher::watcher(Api::<Service>::all(client.clone()), service_config)
+                .default_backoff()
+                .modify(|service: &mut Service| trim_meta(&mut service.metadata)),
         )
         .map(|item| Observed::Service(Box::new(item)));
         let slice_events = reflector::reflector(
             slices_writer,
-            watcher::watcher(Api::<EndpointSlice>::all(client), slice_config).default_backoff(),
+            watcher::watcher(Api::<EndpointSlice>::all(client), slice_config)
+                .default_backoff()
+                .modify(trim_slice),
         )
         .map(|item| Observed::Slice(Box::new(item)));
         Self {
@@ -303,6 +307,28 @@ impl KubernetesSource {
             services: grouped,
             rejections,
         }
+    }
+}
+
+/// Drops metadata the model never reads before it reaches a store: with tens
+/// of thousands of objects, managed fields and annotations such as
+/// `last-applied-configuration` would be most of the agent's memory.
+fn trim_meta(meta: &mut ObjectMeta) {
+    meta.managed_fields = None;
+    meta.annotations = None;
+    meta.owner_references = None;
+}
+
+/// Keeps of each endpoint what the model reads (addresses, conditions,
+/// nodeName); target references, hints and topology are per-endpoint weight.
+fn trim_slice(slice: &mut EndpointSlice) {
+    trim_meta(&mut slice.metadata);
+    for endpoint in &mut slice.endpoints {
+        endpoint.target_ref = None;
+        endpoint.hints = None;
+        endpoint.deprecated_topology = None;
+        endpoint.hostname = None;
+        endpoint.zone = None;
     }
 }
 
@@ -1096,5 +1122,46 @@ users:
         };
         assert!(matches!(error, KubeError::Kubeconfig { .. }), "{error:?}");
         assert!(error.to_string().contains("/nonexistent/kxdp/kubeconfig"));
+    }
+
+    #[test]
+    fn stores_keep_only_what_the_model_reads() {
+        let mut slice: EndpointSlice = serde_json::from_value(json!({
+            "metadata": {
+                "name": "web-abcde", "namespace": "shop",
+                "labels": {SERVICE_NAME_LABEL: "web"},
+                "annotations": {"kubectl.kubernetes.io/last-applied-configuration": "{}"},
+                "managedFields": [{"manager": "kube-controller-manager"}],
+                "ownerReferences": [{"apiVersion": "v1", "kind": "Service", "name": "web", "uid": "u"}]
+            },
+            "addressType": "IPv4",
+            "ports": [{"name": "http", "port": 8080}],
+            "endpoints": [{
+                "addresses": ["10.244.1.2"], "nodeName": "node-a", "hostname": "web-0", "zone": "z1",
+                "conditions": {"ready": false, "serving": true, "terminating": true},
+                "targetRef": {"kind": "Pod", "name": "web-0", "namespace": "shop", "uid": "p"},
+                "hints": {"forZones": [{"name": "z1"}]}
+            }]
+        }))
+        .unwrap();
+        trim_slice(&mut slice);
+        let meta = &slice.metadata;
+        assert!(meta.annotations.is_none() && meta.managed_fields.is_none());
+        assert!(meta.owner_references.is_none());
+        assert_eq!(
+            ServiceName::of_slice(&slice),
+            Some(ServiceName::new("shop", "web"))
+        );
+        let endpoint = &slice.endpoints[0];
+        assert_eq!(endpoint.addresses, ["10.244.1.2"]);
+        assert_eq!(endpoint.node_name.as_deref(), Some("node-a"));
+        let conditions = endpoint.conditions.as_ref().unwrap();
+        assert_eq!(
+            (conditions.ready, conditions.serving, conditions.terminating),
+            (Some(false), Some(true), Some(true))
+        );
+        assert!(endpoint.target_ref.is_none() && endpoint.hints.is_none());
+        assert!(endpoint.hostname.is_none() && endpoint.zone.is_none());
+        assert_eq!(slice.ports.as_ref().unwrap()[0].port, Some(8080));
     }
 }
