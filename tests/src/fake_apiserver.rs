@@ -44,8 +44,10 @@ impl FakeApiServer {
         let listener = listen_in(netns)?;
         listener.set_nonblocking(true)?;
         let port = listener.local_addr()?.port();
-        let kubeconfig =
-            std::env::temp_dir().join(format!("kxdp-fake-apiserver-{}-{port}.yaml", std::process::id()));
+        let kubeconfig = std::env::temp_dir().join(format!(
+            "kxdp-fake-apiserver-{}-{port}.yaml",
+            std::process::id()
+        ));
         std::fs::write(
             &kubeconfig,
             format!(
@@ -152,7 +154,10 @@ fn answer(
         header.clear();
     }
     let request_line = request_line.trim().to_string();
-    requests.lock().expect("requests lock").push(request_line.clone());
+    requests
+        .lock()
+        .expect("requests lock")
+        .push(request_line.clone());
     let target = request_line.split_whitespace().nth(1).unwrap_or_default();
     let (path, query) = target.split_once('?').unwrap_or((target, ""));
     let items = match path {

@@ -52,8 +52,15 @@ fn agent_serves_what_it_lists_from_the_api_server() {
 
     let mut answered = BTreeSet::new();
     for _ in 0..20 {
-        let body = s.http_get(&format!("{VIP}:80")).expect("through the ClusterIP");
-        answered.insert(body.split_whitespace().next().unwrap_or_default().to_string());
+        let body = s
+            .http_get(&format!("{VIP}:80"))
+            .expect("through the ClusterIP");
+        answered.insert(
+            body.split_whitespace()
+                .next()
+                .unwrap_or_default()
+                .to_string(),
+        );
     }
     assert_eq!(
         answered.into_iter().collect::<Vec<_>>(),
