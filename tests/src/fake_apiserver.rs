@@ -39,9 +39,17 @@ struct Objects {
 }
 
 impl FakeApiServer {
-    /// Serves `services` and `slices` on a loopback port of `netns`.
-    pub fn start(netns: &str, services: Vec<Value>, slices: Vec<Value>) -> anyhow::Result<Self> {
-        let listener = listen_in(netns)?;
+    /// Serves `services` and `slices` on a loopback port of `netns` (of the
+    /// caller's namespace with `None`).
+    pub fn start(
+        netns: Option<&str>,
+        services: Vec<Value>,
+        slices: Vec<Value>,
+    ) -> anyhow::Result<Self> {
+        let listener = match netns {
+            Some(netns) => listen_in(netns)?,
+            None => TcpListener::bind("127.0.0.1:0")?,
+        };
         listener.set_nonblocking(true)?;
         let port = listener.local_addr()?.port();
         let kubeconfig = std::env::temp_dir().join(format!(

@@ -33,7 +33,7 @@ fn agent_serves_what_it_lists_from_the_api_server() {
         "endpoints": [endpoint(s.backends[0].to_string(), "node-a"),
                       endpoint(s.backends[1].to_string(), "node-b")]
     });
-    let server = FakeApiServer::start(&s.node.node_netns, vec![service], vec![slice])
+    let server = FakeApiServer::start(Some(&s.node.node_netns), vec![service], vec![slice])
         .expect("fake API server");
     let mut agent = Agent::start_with(
         &s.node,

@@ -10,7 +10,7 @@ use k8s_openapi::{
     },
     apimachinery::pkg::{apis::meta::v1::ObjectMeta, util::intstr::IntOrString},
 };
-use kxdp_testbed::privileged::PrivateBpffs;
+use kxdp_testbed::{fake_apiserver::FakeApiServer, privileged::PrivateBpffs};
 use proxy_userspace::{
     dataplane::Dataplane,
     model::Node,
@@ -33,10 +33,10 @@ pub(crate) struct ControlRow {
     pub(crate) changes: usize,
     /// Heap the pipeline keeps for the N Services (model, plan, map mirror).
     pub(crate) state_mib: f64,
-    /// The real agent serving the same Services from a manifest file.
-    pub(crate) agent_sync_ms: f64,
-    pub(crate) agent_rss_mib: f64,
-    pub(crate) agent_peak_rss_mib: f64,
+    /// The real agent serving the same Services from a manifest file, and
+    /// from the (stand-in) API server.
+    pub(crate) manifests: AgentSample,
+    pub(crate) kubernetes: AgentSample,
 }
 
 fn cluster_ip(i: usize) -> Ipv4Addr {
@@ -210,22 +210,47 @@ fn rss_mib(pid: u32) -> anyhow::Result<(f64, f64)> {
     Ok((field("VmRSS:")?, field("VmHWM:")?))
 }
 
-/// Starts the real agent on a manifest of `n` Services, waits (bounded) for
-/// its first sync, and reads its memory. Returns (sync ms, RSS, peak RSS).
-fn agent_run(n: usize) -> anyhow::Result<(f64, f64, f64)> {
+/// Where the measured agent reads its Services from.
+#[derive(Clone, Copy)]
+pub(crate) enum AgentSource {
+    /// One YAML file with every Service and slice.
+    Manifests,
+    /// A local API server stand-in listing them (JSON), watches held open.
+    Kubernetes,
+}
+
+/// What one agent run measured.
+pub(crate) struct AgentSample {
+    /// From process start to the first `synced` line.
+    pub(crate) first_sync_ms: f64,
+    pub(crate) rss_mib: f64,
+    pub(crate) peak_rss_mib: f64,
+}
+
+/// Starts the real agent on `n` Services from `source`, waits (bounded) for
+/// its first sync, and reads its memory.
+fn agent_run(n: usize, source: AgentSource) -> anyhow::Result<AgentSample> {
     let mount = PrivateBpffs::new("kxdp-bench-agent")?;
-    let dir = std::env::temp_dir().join(format!("kxdp-bench-manifests-{}", std::process::id()));
+    let dir = std::env::temp_dir().join(format!("kxdp-bench-agent-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
-    std::fs::write(dir.join("services.yaml"), manifest_yaml(n))?;
     let log = dir.join("agent.log");
-    let mut child = Command::new(proxy_userspace_bin())
-        .args([
-            "agent",
-            "--pod-interfaces",
-            "kxdp-bench-none*",
-            "--manifests",
-        ])
-        .arg(&dir)
+    let mut command = Command::new(kxdp_testbed::agent::kxdp_bin());
+    command.args(["agent", "--pod-interfaces", "kxdp-bench-none*"]);
+    // Kept alive until the agent is stopped.
+    let _server = match source {
+        AgentSource::Manifests => {
+            std::fs::write(dir.join("services.yaml"), manifest_yaml(n))?;
+            command.arg("--manifests").arg(&dir);
+            None
+        }
+        AgentSource::Kubernetes => {
+            let (services, slices) = api_objects(n)?;
+            let server = FakeApiServer::start(None, services, slices)?;
+            command.arg("--kubeconfig").arg(server.kubeconfig());
+            Some(server)
+        }
+    };
+    let mut child = command
         .arg("--pin-path")
         .arg(mount.path().join("kxdp"))
         .env("RUST_LOG", "info")
@@ -250,11 +275,15 @@ fn agent_run(n: usize) -> anyhow::Result<(f64, f64, f64)> {
             );
             std::thread::sleep(std::time::Duration::from_millis(20));
         }
-        let sync_ms = started.elapsed().as_secs_f64() * 1e3;
+        let first_sync_ms = started.elapsed().as_secs_f64() * 1e3;
         // The agent returns the decoded objects' heap right after logging.
         std::thread::sleep(std::time::Duration::from_millis(500));
-        let (rss, peak) = rss_mib(child.id())?;
-        Ok((sync_ms, rss, peak))
+        let (rss_mib, peak_rss_mib) = rss_mib(child.id())?;
+        Ok(AgentSample {
+            first_sync_ms,
+            rss_mib,
+            peak_rss_mib,
+        })
     })();
     let _ = child.kill();
     let _ = child.wait();
@@ -262,8 +291,22 @@ fn agent_run(n: usize) -> anyhow::Result<(f64, f64, f64)> {
     result
 }
 
-fn proxy_userspace_bin() -> PathBuf {
-    kxdp_testbed::agent::kxdp_bin()
+/// The same Services and slices as the API server would list them.
+fn api_objects(n: usize) -> anyhow::Result<(Vec<serde_json::Value>, Vec<serde_json::Value>)> {
+    let mut services = Vec::with_capacity(n);
+    let mut slices = Vec::with_capacity(n);
+    for i in 0..n {
+        let (_, objects) = service_objects(i, 0);
+        let mut service = serde_json::to_value(objects.service.context("service")?)?;
+        service["apiVersion"] = "v1".into();
+        service["kind"] = "Service".into();
+        services.push(service);
+        let mut slice = serde_json::to_value(&objects.slices[0])?;
+        slice["apiVersion"] = "discovery.k8s.io/v1".into();
+        slice["kind"] = "EndpointSlice".into();
+        slices.push(slice);
+    }
+    Ok((services, slices))
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -285,7 +328,8 @@ pub(crate) fn measure_control_plane(plan: &Plan) -> anyhow::Result<Vec<ControlRo
             changes.extend(times);
         }
         changes.sort_by(f64::total_cmp);
-        let (agent_sync_ms, agent_rss_mib, agent_peak_rss_mib) = agent_run(n)?;
+        let manifests = agent_run(n, AgentSource::Manifests)?;
+        let kubernetes = agent_run(n, AgentSource::Kubernetes)?;
         rows.push(ControlRow {
             services: n,
             full_ms: summarize(&fulls),
@@ -294,9 +338,8 @@ pub(crate) fn measure_control_plane(plan: &Plan) -> anyhow::Result<Vec<ControlRo
             change_max_us: changes[changes.len() - 1],
             changes: changes.len(),
             state_mib,
-            agent_sync_ms,
-            agent_rss_mib,
-            agent_peak_rss_mib,
+            manifests,
+            kubernetes,
         });
     }
     Ok(rows)

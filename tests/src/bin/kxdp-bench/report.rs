@@ -287,12 +287,12 @@ fn conn_section(plan: &Plan, m: &Machine, conns: &ConnReport) -> String {
 
 pub(crate) fn control_table(rows: &[ControlRow]) -> String {
     let mut t = String::from(
-        "| services × endpoints | full sync ms median | min | max | one change p50 µs | p99 µs | max µs | changes | pipeline state MiB | agent first sync ms | agent RSS MiB | agent peak RSS MiB |\n\
-         |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+        "| services × endpoints | full sync ms median | min | max | one change p50 µs | p99 µs | max µs | changes | pipeline state MiB | agent on manifests: first sync ms / RSS / peak MiB | agent on the API: first sync ms / RSS / peak MiB |\n\
+         |---|---:|---:|---:|---:|---:|---:|---:|---:|---|---|\n",
     );
     for r in rows {
         t.push_str(&format!(
-            "| {} × {ENDPOINTS_PER_SERVICE} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {} | {:.1} | {:.0} | {:.1} | {:.1} |\n",
+            "| {} × {ENDPOINTS_PER_SERVICE} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {} | {:.1} | {} | {} |\n",
             r.services,
             r.full_ms.median,
             r.full_ms.min,
@@ -302,12 +302,18 @@ pub(crate) fn control_table(rows: &[ControlRow]) -> String {
             r.change_max_us,
             r.changes,
             r.state_mib,
-            r.agent_sync_ms,
-            r.agent_rss_mib,
-            r.agent_peak_rss_mib,
+            agent_cell(&r.manifests),
+            agent_cell(&r.kubernetes),
         ));
     }
     t
+}
+
+fn agent_cell(sample: &AgentSample) -> String {
+    format!(
+        "{:.0} / {:.1} / {:.1}",
+        sample.first_sync_ms, sample.rss_mib, sample.peak_rss_mib
+    )
 }
 
 fn control_section(plan: &Plan, rows: &[ControlRow]) -> String {
