@@ -1,6 +1,7 @@
 //! A mini node built from network namespaces: a "node" namespace where the
 //! agent runs, and pod namespaces joined to it by veth pairs, the host side
 //! of each in the node. Pod `i` is 10.200.i.2/24 behind gateway 10.200.i.1.
+//! Hosts outside the cluster hang off the node the same way, on 192.168.x.
 //!
 //! Checksum offloads are switched off on every veth: with them on, veth
 //! leaves TCP checksums partial and nobody verifies them, so a broken
@@ -43,6 +44,14 @@ pub struct Pod {
     pub ip: Ipv4Addr,
     /// Host side of the pod's veth, in the node namespace.
     pub host_interface: String,
+}
+
+/// A host outside the cluster, routed through the node.
+pub struct ExternalHost {
+    pub netns: String,
+    pub ip: Ipv4Addr,
+    /// Node side of its veth.
+    pub node_interface: String,
 }
 
 pub struct MiniNode {
@@ -99,8 +108,47 @@ impl MiniNode {
         let host_interface = format!("{}p{index}", self.prefix);
         let peer = format!("{}c{index}", self.prefix);
         let ip = Ipv4Addr::new(10, 200, index, 2);
-        let gateway = format!("10.200.{index}.1");
+        let gateway = Ipv4Addr::new(10, 200, index, 1);
         self.add_netns(&netns)?;
+        self.link_to_node(&netns, &host_interface, &peer, gateway, ip)?;
+        self.pods.push(Pod {
+            name: name.to_string(),
+            netns,
+            ip,
+            host_interface,
+        });
+        Ok(self.pods.last().expect("just pushed"))
+    }
+
+    /// Adds a host outside the cluster (an external server) at
+    /// 192.168.`subnet`.2/24 behind the node's 192.168.`subnet`.1. Its veth's
+    /// node side is not named like pod interfaces, so no agent attaches to it.
+    pub fn add_external_host(&mut self, name: &str, subnet: u8) -> anyhow::Result<ExternalHost> {
+        let netns = format!("{}-{name}", self.prefix);
+        let node_interface = format!("{}x{subnet}", self.prefix);
+        let peer = format!("{}e{subnet}", self.prefix);
+        let ip = Ipv4Addr::new(192, 168, subnet, 2);
+        let gateway = Ipv4Addr::new(192, 168, subnet, 1);
+        self.add_netns(&netns)?;
+        self.link_to_node(&netns, &node_interface, &peer, gateway, ip)?;
+        Ok(ExternalHost {
+            netns,
+            ip,
+            node_interface,
+        })
+    }
+
+    /// Joins `netns` to the node by a veth: `host_interface` holds `gateway`
+    /// in the node, `eth0` holds `ip` in `netns` (both /24) and routes
+    /// everything via the gateway. `peer` names `eth0` until it moves.
+    fn link_to_node(
+        &self,
+        netns: &str,
+        host_interface: &str,
+        peer: &str,
+        gateway: Ipv4Addr,
+        ip: Ipv4Addr,
+    ) -> anyhow::Result<()> {
         let node = self.node_netns.clone();
         self.exec_ok(
             &node,
@@ -108,16 +156,16 @@ impl MiniNode {
                 "ip",
                 "link",
                 "add",
-                &host_interface,
+                host_interface,
                 "type",
                 "veth",
                 "peer",
                 "name",
-                &peer,
+                peer,
             ],
         )?;
-        self.exec_ok(&node, &["ip", "link", "set", &peer, "netns", &netns])?;
-        self.exec_ok(&netns, &["ip", "link", "set", &peer, "name", "eth0"])?;
+        self.exec_ok(&node, &["ip", "link", "set", peer, "netns", netns])?;
+        self.exec_ok(netns, &["ip", "link", "set", peer, "name", "eth0"])?;
         self.exec_ok(
             &node,
             &[
@@ -126,25 +174,22 @@ impl MiniNode {
                 "add",
                 &format!("{gateway}/24"),
                 "dev",
-                &host_interface,
+                host_interface,
             ],
         )?;
         self.exec_ok(
-            &netns,
+            netns,
             &["ip", "addr", "add", &format!("{ip}/24"), "dev", "eth0"],
         )?;
-        for (ns, dev) in [(&node, host_interface.as_str()), (&netns, "eth0")] {
+        for (ns, dev) in [(node.as_str(), host_interface), (netns, "eth0")] {
             self.exec_ok(ns, &["ethtool", "-K", dev, "tx", "off", "rx", "off"])?;
             self.exec_ok(ns, &["ip", "link", "set", dev, "up"])?;
         }
-        self.exec_ok(&netns, &["ip", "route", "add", "default", "via", &gateway])?;
-        self.pods.push(Pod {
-            name: name.to_string(),
+        self.exec_ok(
             netns,
-            ip,
-            host_interface,
-        });
-        Ok(self.pods.last().expect("just pushed"))
+            &["ip", "route", "add", "default", "via", &gateway.to_string()],
+        )?;
+        Ok(())
     }
 
     pub fn pod(&self, name: &str) -> &Pod {

@@ -41,6 +41,20 @@ pub fn peer_bin() -> PathBuf {
         })
 }
 
+/// Starts `peer ARGS` (a server) in `netns`, killed when the node goes, and
+/// waits for its "ready": no sleeping in tests.
+fn start_peer(node: &mut MiniNode, peer: &Path, netns: &str, args: &[&str]) -> anyhow::Result<()> {
+    let mut command = node.command(netns, peer);
+    command.args(args).stdout(Stdio::piped());
+    let child = node.spawn(command)?;
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().context("peer stdout")?).read_line(&mut line)?;
+    if line.trim() != "ready" {
+        bail!("kxdp-peer {args:?} in {netns} did not start");
+    }
+    Ok(())
+}
+
 pub struct EchoScenario {
     pub node: MiniNode,
     pub manifests: PathBuf,
@@ -61,16 +75,8 @@ impl EchoScenario {
             let name = format!("b{i}");
             let pod = node.add_pod(&name, i + 1)?;
             let (netns, ip) = (pod.netns.clone(), pod.ip);
-            let mut serve = node.command(&netns, &peer);
-            serve
-                .args(["serve", "--name", &name, "--tcp", "8080", "--udp", "5353"])
-                .stdout(Stdio::piped());
-            let child = node.spawn(serve)?;
-            let mut line = String::new();
-            BufReader::new(child.stdout.take().context("peer stdout")?).read_line(&mut line)?;
-            if line.trim() != "ready" {
-                bail!("backend {name} did not start");
-            }
+            let serve = ["serve", "--name", &name, "--tcp", "8080", "--udp", "5353"];
+            start_peer(&mut node, &peer, &netns, &serve)?;
             backends.push(ip);
         }
         let manifests = std::env::temp_dir().join(format!("{}-manifests", node.prefix));
@@ -99,10 +105,27 @@ impl EchoScenario {
 
     /// Replaces the EndpointSlice (write, then rename: never half a file).
     pub fn write_slice(&self, endpoints: &[(Ipv4Addr, bool)]) -> anyhow::Result<()> {
-        let tmp = self.manifests.join(".slice.tmp");
-        fs::write(&tmp, echo_endpoint_slice(endpoints))?;
-        fs::rename(tmp, self.manifests.join("slice.yaml"))?;
+        self.write_manifest("slice.yaml", &echo_endpoint_slice(endpoints))
+    }
+
+    /// Writes (or replaces) manifest `file`: write, then rename, so the
+    /// agent never reads half a file. The temporary name is no manifest.
+    pub fn write_manifest(&self, file: &str, yaml: &str) -> anyhow::Result<()> {
+        let tmp = self.manifests.join(format!(".{file}.tmp"));
+        fs::write(&tmp, yaml)?;
+        fs::rename(tmp, self.manifests.join(file))?;
         Ok(())
+    }
+
+    /// Deletes manifest `file`, as `kubectl delete -f` would its objects.
+    pub fn remove_manifest(&self, file: &str) -> anyhow::Result<()> {
+        Ok(fs::remove_file(self.manifests.join(file))?)
+    }
+
+    /// Starts `kxdp-peer ARGS` in `netns` for as long as the node lives, and
+    /// waits until it listens.
+    pub fn start_peer(&mut self, netns: &str, args: &[&str]) -> anyhow::Result<()> {
+        start_peer(&mut self.node, &self.peer, netns, args)
     }
 
     fn client(&self, program: impl AsRef<Path>, args: &[&str]) -> Result<String, String> {
@@ -136,6 +159,14 @@ impl EchoScenario {
             "curl",
             &["-sS", "--max-time", "3", &format!("http://{target}/")],
         )
+    }
+
+    /// One HTTP GET from the client pod that gives up after `max_time`: for
+    /// targets expected not to answer.
+    pub fn http_get_within(&self, target: &str, max_time: Duration) -> Result<String, String> {
+        let max_time = format!("{:.1}", max_time.as_secs_f64());
+        let url = format!("http://{target}/");
+        self.client("curl", &["-sS", "--max-time", &max_time, &url])
     }
 
     /// One UDP request from the client pod; `from=<addr> <answer>`.

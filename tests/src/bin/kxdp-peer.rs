@@ -1,13 +1,16 @@
 //! Test peer for the namespace suites: a backend that answers HTTP and UDP
-//! with its name and the client address it saw, a UDP client, and a short
-//! TCP connection load generator for the benchmarks.
+//! with its name and the client address it saw, a UDP client, a short
+//! TCP connection load generator for the benchmarks, and a line echo server
+//! with a client that holds one connection open for a while.
 //!
 //!   kxdp-peer serve --name NAME --tcp PORT --udp PORT
 //!   kxdp-peer udp-query ADDR:PORT PAYLOAD [TIMEOUT_MS]
 //!   kxdp-peer conn-rate ADDR:PORT DURATION_MS CONCURRENCY
+//!   kxdp-peer echo-lines --name NAME --tcp PORT
+//!   kxdp-peer chat ADDR:PORT COUNT INTERVAL_MS
 
 use std::{
-    io::{Read, Write},
+    io::{BufRead, BufReader, Read, Write},
     net::{SocketAddr, TcpListener, TcpStream, UdpSocket},
     sync::atomic::{AtomicU64, Ordering},
     time::{Duration, Instant},
@@ -172,6 +175,62 @@ fn conn_rate(target: SocketAddr, duration: Duration, concurrency: usize) -> anyh
     Ok(())
 }
 
+/// Answers every line of every connection with `backend=NAME line=LINE`.
+fn echo_lines(name: String, tcp: u16) -> anyhow::Result<()> {
+    let listener = TcpListener::bind(("0.0.0.0", tcp)).context("bind tcp")?;
+    println!("ready");
+    for stream in listener.incoming() {
+        let name = name.clone();
+        let Ok(stream) = stream else { continue };
+        std::thread::spawn(move || echo_connection(stream, &name));
+    }
+    Ok(())
+}
+
+fn echo_connection(stream: TcpStream, name: &str) -> std::io::Result<()> {
+    let mut writer = stream.try_clone()?;
+    for line in BufReader::new(stream).lines() {
+        writeln!(writer, "backend={name} line={}", line?)?;
+    }
+    Ok(())
+}
+
+/// Longest `chat` waits to connect, send or get one answer.
+const CHAT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// One TCP connection to an `echo-lines` server: lines 1..=COUNT, one every
+/// `interval`, each of which must come back. Prints `N backend=NAME` per
+/// answer and `done COUNT` at the end; an error, a reset, a close or a wrong
+/// answer ends it with an error instead.
+fn chat(target: SocketAddr, count: u32, interval: Duration) -> anyhow::Result<()> {
+    let stream = TcpStream::connect_timeout(&target, CHAT_TIMEOUT).context("connect")?;
+    stream.set_read_timeout(Some(CHAT_TIMEOUT))?;
+    stream.set_write_timeout(Some(CHAT_TIMEOUT))?;
+    let mut writer = stream.try_clone()?;
+    let mut reader = BufReader::new(stream);
+    let mut answer = String::new();
+    for n in 1..=count {
+        writeln!(writer, "{n}").with_context(|| format!("sending line {n}"))?;
+        answer.clear();
+        if reader
+            .read_line(&mut answer)
+            .with_context(|| format!("waiting for answer {n}"))?
+            == 0
+        {
+            bail!("connection closed after {} answers", n - 1);
+        }
+        let backend = answer
+            .trim_end()
+            .strip_suffix(&format!(" line={n}"))
+            .and_then(|a| a.strip_prefix("backend="))
+            .with_context(|| format!("answer {n} is {answer:?}"))?;
+        println!("{n} backend={backend}");
+        std::thread::sleep(interval);
+    }
+    println!("done {count}");
+    Ok(())
+}
+
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let arg = |i: usize| args.get(i).map(String::as_str);
@@ -191,6 +250,12 @@ fn main() -> anyhow::Result<()> {
             let duration = Duration::from_millis(duration_ms.parse()?);
             conn_rate(target.parse()?, duration, concurrency)
         }
-        _ => bail!("usage: kxdp-peer serve --name NAME --tcp PORT --udp PORT | udp-query ADDR:PORT PAYLOAD [TIMEOUT_MS] | conn-rate ADDR:PORT DURATION_MS CONCURRENCY"),
+        (Some("echo-lines"), Some("--name"), Some(name), Some("--tcp"), Some(tcp), ..) => {
+            echo_lines(name.to_string(), tcp.parse()?)
+        }
+        (Some("chat"), Some(target), Some(count), Some(interval_ms), ..) => {
+            chat(target.parse()?, count.parse()?, Duration::from_millis(interval_ms.parse()?))
+        }
+        _ => bail!("usage: kxdp-peer serve --name NAME --tcp PORT --udp PORT | udp-query ADDR:PORT PAYLOAD [TIMEOUT_MS] | conn-rate ADDR:PORT DURATION_MS CONCURRENCY | echo-lines --name NAME --tcp PORT | chat ADDR:PORT COUNT INTERVAL_MS"),
     }
 }

@@ -1,0 +1,477 @@
+//! Namespace suite: the Kubernetes Service rules the agent applies, seen
+//! through real traffic from the client pod of the echo scenario and through
+//! `kxdp services` (the map view). Each Service here has a fixed clusterIP
+//! in 10.96.100.0/24 and lives in its own manifest files, next to `echo`.
+
+use std::{
+    collections::BTreeSet,
+    io::{BufRead, BufReader},
+    net::Ipv4Addr,
+    process::{ChildStdout, Stdio},
+    sync::mpsc::{self, Receiver},
+    time::Duration,
+};
+
+use kxdp_testbed::{
+    agent::Agent,
+    manifests::{
+        endpoint_slice, external_name_service, legacy_endpoints, service, Endpoint,
+        SLICE_CONTROLLER,
+    },
+    scenario::EchoScenario,
+};
+
+const WAIT: Duration = Duration::from_secs(10);
+/// How long a request that must fail may take: a drop shows as a timeout.
+const NO_ANSWER: Duration = Duration::from_secs(1);
+
+fn scenario() -> EchoScenario {
+    EchoScenario::new(2, env!("CARGO_BIN_EXE_kxdp-peer").into()).expect("echo scenario")
+}
+
+/// Makes one manifest change and waits until the agent has applied it: one
+/// more `synced` line (the maps are written before the line is logged).
+fn apply(agent: &mut Agent, change: impl FnOnce() -> anyhow::Result<()>) {
+    let before = agent.count(&["synced"]);
+    change().expect("manifest change");
+    agent.wait_for(&["synced"], before + 1, WAIT).unwrap();
+}
+
+/// `NAME` from an answer `backend=NAME ...`.
+fn backend_of(answer: &str) -> String {
+    let first = answer.split_whitespace().next().unwrap_or_default();
+    first.strip_prefix("backend=").unwrap_or(first).to_string()
+}
+
+/// The backends answering `n` HTTP GETs to `target`. Every request must
+/// succeed, and every backend must see the client pod's own address.
+fn http_backends(s: &EchoScenario, target: &str, n: usize) -> BTreeSet<String> {
+    (0..n)
+        .map(|i| {
+            let body = s
+                .http_get(target)
+                .unwrap_or_else(|e| panic!("request {i} to {target} failed: {e}"));
+            let client = s.node.pod("client").ip;
+            assert!(body.contains(&format!(" client={client}:")), "{body}");
+            backend_of(&body)
+        })
+        .collect()
+}
+
+/// The backends answering `n` UDP queries to `target`. Every reply must
+/// reach the client from `target` itself, not from the backend.
+fn udp_backends(s: &EchoScenario, target: &str, n: usize) -> BTreeSet<String> {
+    (0..n)
+        .map(|i| {
+            let reply = s
+                .udp_query(target, &format!("q{i}"))
+                .unwrap_or_else(|e| panic!("query {i} to {target} failed: {e}"));
+            let answer = reply
+                .strip_prefix(&format!("from={target} "))
+                .unwrap_or_else(|| panic!("reply not from {target}: {reply}"));
+            backend_of(answer)
+        })
+        .collect()
+}
+
+fn set(names: &[&str]) -> BTreeSet<String> {
+    names.iter().map(|n| n.to_string()).collect()
+}
+
+/// `kxdp services` as a map view.
+struct Table(String);
+
+impl Table {
+    fn read(s: &EchoScenario) -> Self {
+        Self(s.kxdp(&["services"]).unwrap())
+    }
+
+    /// The row of `frontend` (`ADDR:PORT/PROTO`), if listed.
+    fn row(&self, frontend: &str) -> Option<Vec<&str>> {
+        self.0
+            .lines()
+            .map(|l| l.split_whitespace().collect::<Vec<_>>())
+            .find(|cols| cols.first() == Some(&frontend))
+    }
+
+    /// The service id and backends column of `frontend`, which must be listed.
+    fn id_and_backends(&self, frontend: &str) -> (&str, &str) {
+        let row = self
+            .row(frontend)
+            .unwrap_or_else(|| panic!("{frontend} not listed:\n{}", self.0));
+        (row[1], row[row.len() - 1])
+    }
+
+    /// How many frontends the maps hold.
+    fn frontends(&self) -> usize {
+        self.footer(0)
+    }
+
+    /// Packets dropped because their service had no backend.
+    fn no_backend_drops(&self) -> usize {
+        self.footer(2)
+    }
+
+    /// Field `n` of "F frontends; D packets dropped for want of a backend".
+    fn footer(&self, n: usize) -> usize {
+        let last = self.0.lines().last().unwrap_or_default();
+        let field = last.split_whitespace().nth(n).unwrap_or_default();
+        field
+            .parse()
+            .unwrap_or_else(|_| panic!("unexpected footer: {last}"))
+    }
+}
+
+#[test]
+fn a_named_target_port_resolves_to_each_pods_own_number() {
+    let vip = Ipv4Addr::new(10, 96, 100, 10);
+    let mut s = scenario();
+    // b1 serves on 8080/5353 already; b2's container names other numbers.
+    let b2 = s.node.pod("b2").netns.clone();
+    let alt = [
+        "serve", "--name", "b2-alt", "--tcp", "9090", "--udp", "5354",
+    ];
+    s.start_peer(&b2, &alt).unwrap();
+    let ports = [
+        "{name: http, port: 80, protocol: TCP, targetPort: web}",
+        "{name: dns, port: 53, protocol: UDP, targetPort: dns}",
+    ];
+    s.write_manifest(
+        "web.yaml",
+        &service("web", "ClusterIP", vip, Some("web"), &ports),
+    )
+    .unwrap();
+    // The controller puts endpoints with different port numbers in different
+    // slices, each port under the Service port's name.
+    for (file, slice, backend, http, dns) in [
+        ("web-1.yaml", "web-7fk2p", s.backends[0], 8080, 5353),
+        ("web-2.yaml", "web-q9x4d", s.backends[1], 9090, 5354),
+    ] {
+        let ports = [("http", "TCP", http), ("dns", "UDP", dns)];
+        let yaml = endpoint_slice(
+            "web",
+            slice,
+            SLICE_CONTROLLER,
+            &ports,
+            &[Endpoint::ready(backend)],
+        );
+        s.write_manifest(file, &yaml).unwrap();
+    }
+    let _agent = s.start_agent().unwrap();
+
+    let both = set(&["b1", "b2-alt"]);
+    assert_eq!(http_backends(&s, &format!("{vip}:80"), 20), both);
+    assert_eq!(udp_backends(&s, &format!("{vip}:53"), 20), both);
+
+    let table = Table::read(&s);
+    let (_, http) = table.id_and_backends(&format!("{vip}:80/TCP"));
+    assert_eq!(http, "10.200.2.2:8080,10.200.3.2:9090");
+    let (_, dns) = table.id_and_backends(&format!("{vip}:53/UDP"));
+    assert_eq!(dns, "10.200.2.2:5353,10.200.3.2:5354");
+}
+
+#[test]
+fn a_service_without_selector_reaches_a_server_outside_the_cluster() {
+    let vip = Ipv4Addr::new(10, 96, 100, 20);
+    let (https, dns) = (format!("{vip}:443"), format!("{vip}:53"));
+    let mut s = scenario();
+    let outside = s.node.add_external_host("outside", 77).unwrap();
+    let server = [
+        "serve", "--name", "outside", "--tcp", "8443", "--udp", "5353",
+    ];
+    s.start_peer(&outside.netns, &server).unwrap();
+    // Where the Endpoints of step (b) point: the same host, other ports.
+    let moved = ["serve", "--name", "moved", "--tcp", "9443", "--udp", "5354"];
+    s.start_peer(&outside.netns, &moved).unwrap();
+    let ports = [
+        "{name: https, port: 443, protocol: TCP, targetPort: 8443}",
+        "{name: dns, port: 53, protocol: UDP, targetPort: 5353}",
+    ];
+    let external = service("external-service", "ClusterIP", vip, None, &ports);
+    s.write_manifest("external-service.yaml", &external)
+        .unwrap();
+    let slice = endpoint_slice(
+        "external-service",
+        "external-service-1",
+        "cluster-admins",
+        &[("https", "TCP", 8443), ("dns", "UDP", 5353)],
+        &[Endpoint::ready(outside.ip)],
+    );
+    s.write_manifest("external-service-1.yaml", &slice).unwrap();
+    let mut agent = s.start_agent().unwrap();
+    assert_eq!(
+        agent.count(&["attached", &outside.node_interface]),
+        0,
+        "the link to the outside is no pod interface"
+    );
+
+    // (a) The hand-written slice.
+    assert_eq!(http_backends(&s, &https, 3), set(&["outside"]));
+    assert_eq!(udp_backends(&s, &dns, 3), set(&["outside"]));
+    let table = Table::read(&s);
+    assert_eq!(
+        table.id_and_backends(&format!("{https}/TCP")).1,
+        "192.168.77.2:8443"
+    );
+
+    // (b) Legacy Endpoints: ignored while a slice exists...
+    let endpoints = legacy_endpoints(
+        "external-service",
+        &[outside.ip],
+        &[("https", "TCP", 9443), ("dns", "UDP", 5354)],
+    );
+    apply(&mut agent, || {
+        s.write_manifest("external-service-endpoints.yaml", &endpoints)
+    });
+    assert_eq!(
+        Table::read(&s).id_and_backends(&format!("{https}/TCP")).1,
+        "192.168.77.2:8443",
+        "slices win over Endpoints"
+    );
+    assert_eq!(http_backends(&s, &https, 3), set(&["outside"]));
+
+    // ...and used once it is gone.
+    apply(&mut agent, || s.remove_manifest("external-service-1.yaml"));
+    let table = Table::read(&s);
+    assert_eq!(
+        table.id_and_backends(&format!("{https}/TCP")).1,
+        "192.168.77.2:9443"
+    );
+    assert_eq!(
+        table.id_and_backends(&format!("{dns}/UDP")).1,
+        "192.168.77.2:5354"
+    );
+    assert_eq!(http_backends(&s, &https, 3), set(&["moved"]));
+    assert_eq!(udp_backends(&s, &dns, 3), set(&["moved"]));
+}
+
+#[test]
+fn type_switches_and_deletion_leave_no_stale_frontends() {
+    let vip = Ipv4Addr::new(10, 96, 100, 30);
+    let (target, frontend) = (format!("{vip}:80"), format!("{vip}:80/TCP"));
+    let s = scenario();
+    let slice = endpoint_slice(
+        "switch",
+        "switch-8mzqt",
+        SLICE_CONTROLLER,
+        &[("http", "TCP", 8080)],
+        &[
+            Endpoint::ready(s.backends[0]),
+            Endpoint::ready(s.backends[1]),
+        ],
+    );
+    // The Service and its slice in one file, as `kubectl apply -f` takes it.
+    let manifest = |type_: &str| {
+        let port = match type_ {
+            "ClusterIP" => "{name: http, port: 80, protocol: TCP, targetPort: 8080}",
+            _ => "{name: http, port: 80, protocol: TCP, targetPort: 8080, nodePort: 30080}",
+        };
+        let service = service("switch", type_, vip, Some("switch"), &[port]);
+        format!("{service}---\n{slice}")
+    };
+    s.write_manifest("switch.yaml", &manifest("ClusterIP"))
+        .unwrap();
+    let mut agent = s.start_agent().unwrap();
+    // Only `echo` (TCP and UDP) is left once `switch` is not proxied.
+    let echo_frontends = 2;
+
+    let served = |when: &str| {
+        let backends = http_backends(&s, &target, 4);
+        assert!(
+            backends.is_subset(&set(&["b1", "b2"])),
+            "{when}: {backends:?}"
+        );
+        let table = Table::read(&s);
+        let (id, listed) = table.id_and_backends(&frontend);
+        assert_eq!(listed, "10.200.2.2:8080,10.200.3.2:8080", "{when}");
+        assert_eq!(table.frontends(), echo_frontends + 1, "{when}");
+        id.to_string()
+    };
+    let gone = |when: &str| {
+        let table = Table::read(&s);
+        assert!(table.row(&frontend).is_none(), "{when}:\n{}", table.0);
+        assert_eq!(table.frontends(), echo_frontends, "{when}:\n{}", table.0);
+        let answer = s.http_get_within(&target, NO_ANSWER);
+        assert!(answer.is_err(), "{when}: the VIP still answers: {answer:?}");
+    };
+
+    let id = served("ClusterIP");
+    for type_ in ["NodePort", "LoadBalancer"] {
+        apply(&mut agent, || {
+            s.write_manifest("switch.yaml", &manifest(type_))
+        });
+        assert_eq!(served(type_), id, "{type_}: the clusterIP frontend is kept");
+    }
+    // ExternalName drops the clusterIP (the API server requires it); the
+    // slice left over must not bring it back.
+    let alias = external_name_service("switch", "echo.example.com");
+    apply(&mut agent, || {
+        s.write_manifest("switch.yaml", &format!("{alias}---\n{slice}"))
+    });
+    gone("ExternalName");
+    apply(&mut agent, || {
+        s.write_manifest("switch.yaml", &manifest("ClusterIP"))
+    });
+    served("ClusterIP again");
+    apply(&mut agent, || s.remove_manifest("switch.yaml"));
+    gone("deleted");
+}
+
+#[test]
+fn only_ready_endpoints_serve_and_serving_terminating_ones_only_when_none_is() {
+    let vip = Ipv4Addr::new(10, 96, 100, 40);
+    let (target, frontend) = (format!("{vip}:80"), format!("{vip}:80/TCP"));
+    let s = scenario();
+    let ports = ["{name: http, port: 80, protocol: TCP, targetPort: 8080}"];
+    s.write_manifest(
+        "ready.yaml",
+        &service("ready", "ClusterIP", vip, Some("ready"), &ports),
+    )
+    .unwrap();
+    let write = |endpoints: &[Endpoint]| {
+        let slice = endpoint_slice(
+            "ready",
+            "ready-2hd8w",
+            SLICE_CONTROLLER,
+            &[("http", "TCP", 8080)],
+            endpoints,
+        );
+        s.write_manifest("ready-slice.yaml", &slice)
+    };
+    let (b1, b2) = (s.backends[0], s.backends[1]);
+    write(&[Endpoint::ready(b1), Endpoint::ready(b2)]).unwrap();
+    let mut agent = s.start_agent().unwrap();
+    let listed = || Table::read(&s).id_and_backends(&frontend).1.to_string();
+
+    assert_eq!(http_backends(&s, &target, 20), set(&["b1", "b2"]));
+
+    apply(&mut agent, || {
+        write(&[Endpoint::ready(b1), Endpoint::not_ready(b2)])
+    });
+    assert_eq!(listed(), "10.200.2.2:8080");
+    assert_eq!(http_backends(&s, &target, 20), set(&["b1"]));
+
+    // A rollout's last pods: none ready, b2 still passes its probe.
+    apply(&mut agent, || {
+        write(&[
+            Endpoint::terminating(b1, false),
+            Endpoint::terminating(b2, true),
+        ])
+    });
+    assert_eq!(listed(), "10.200.3.2:8080");
+    assert_eq!(http_backends(&s, &target, 20), set(&["b2"]));
+
+    apply(&mut agent, || {
+        write(&[
+            Endpoint::terminating(b1, false),
+            Endpoint::terminating(b2, false),
+        ])
+    });
+    assert_eq!(listed(), "<none>");
+    let drops = Table::read(&s).no_backend_drops();
+    let answer = s.http_get_within(&target, NO_ANSWER);
+    // Dropped (a timeout), not refused or routed elsewhere.
+    assert!(
+        answer.as_ref().is_err_and(|e| e.contains("timed out")),
+        "{answer:?}"
+    );
+    assert!(Table::read(&s).no_backend_drops() > drops);
+}
+
+/// The lines `stdout` prints, as they come.
+fn lines_of(stdout: ChildStdout) -> Receiver<String> {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+#[test]
+fn a_long_lived_connection_survives_the_agent_killed_and_replaced() {
+    // 100 ms apart: the chat lasts 5 s, far longer than an agent restart
+    // (well under a second).
+    const EXCHANGES: usize = 50;
+    const KILL_AFTER: usize = 10;
+    let vip = Ipv4Addr::new(10, 96, 100, 50);
+    let peer = env!("CARGO_BIN_EXE_kxdp-peer");
+    let mut s = scenario();
+    for backend in ["b1", "b2"] {
+        let netns = s.node.pod(backend).netns.clone();
+        let echo = ["echo-lines", "--name", backend, "--tcp", "7007"];
+        s.start_peer(&netns, &echo).unwrap();
+    }
+    let ports = ["{name: chat, port: 7000, protocol: TCP, targetPort: 7007}"];
+    s.write_manifest(
+        "chat.yaml",
+        &service("chat", "ClusterIP", vip, Some("chat"), &ports),
+    )
+    .unwrap();
+    let slice = endpoint_slice(
+        "chat",
+        "chat-x7c2v",
+        SLICE_CONTROLLER,
+        &[("chat", "TCP", 7007)],
+        &[
+            Endpoint::ready(s.backends[0]),
+            Endpoint::ready(s.backends[1]),
+        ],
+    );
+    s.write_manifest("chat-slice.yaml", &slice).unwrap();
+    let agent = s.start_agent().unwrap();
+
+    let mut chat = s.node.command(&s.node.pod("client").netns, peer);
+    chat.args(["chat", &format!("{vip}:7000")])
+        .arg(EXCHANGES.to_string())
+        .arg("100")
+        .stdout(Stdio::piped());
+    let stdout = s.node.spawn(chat).unwrap().stdout.take().unwrap();
+    let lines = lines_of(stdout);
+    // The chat's errors go to its stderr, shown with the test's output.
+    let next = || {
+        lines
+            .recv_timeout(WAIT)
+            .expect("the chat ended early or went silent")
+    };
+    let mut answers: Vec<String> = (0..KILL_AFTER).map(|_| next()).collect();
+
+    // Dropping an Agent SIGKILLs it: no chance to tidy anything up.
+    drop(agent);
+    let mut agent = s.start_agent().unwrap();
+    agent
+        .wait_for(&["adopted pinned link"], 2 * s.node.pods.len(), WAIT)
+        .unwrap();
+    agent
+        .wait_for(&["synced", "written=0", "deleted=0"], 1, WAIT)
+        .unwrap();
+    answers.extend(lines.try_iter());
+    let answered_at_resync = answers.len();
+    loop {
+        let line = next();
+        if line == format!("done {EXCHANGES}") {
+            break;
+        }
+        answers.push(line);
+    }
+    assert!(
+        answered_at_resync < EXCHANGES,
+        "the chat ended before the new agent had synced: make it longer"
+    );
+
+    // One connection, one backend, every line answered in order.
+    let backend = answers[0].split_once(" backend=").map_or("", |(_, b)| b);
+    assert!(["b1", "b2"].contains(&backend), "{answers:?}");
+    let expected: Vec<String> = (1..=EXCHANGES)
+        .map(|n| format!("{n} backend={backend}"))
+        .collect();
+    assert_eq!(answers, expected);
+    // The counters live in pinned maps too: every line was counted.
+    let table = Table::read(&s);
+    let row = table.row(&format!("{vip}:7000/TCP")).unwrap();
+    let packets: usize = row[3].parse().unwrap();
+    assert!(packets >= EXCHANGES, "{row:?}");
+}
