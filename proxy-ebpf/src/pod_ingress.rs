@@ -29,7 +29,15 @@ fn translate(ctx: &TcContext) -> Result<(), u32> {
         return Ok(());
     };
     if let Some(service) = lookup::cluster_ip_service(&flow) {
-        let entry = match conntrack::lookup_forward(&flow) {
+        // A SYN opens a new connection: an entry left on its tuple by an
+        // earlier one may name a backend that has left the service since.
+        let new_connection = flow.tcp_flags & (parse::TCP_SYN | parse::TCP_ACK) == parse::TCP_SYN;
+        let existing = if new_connection {
+            None
+        } else {
+            conntrack::lookup_forward(&flow)
+        };
+        let entry = match existing {
             Some(entry) => entry,
             None => {
                 let chosen = select::select_backend(&service, &flow)?;

@@ -198,17 +198,44 @@ fn same_flow_twice_gets_same_backend() {
 #[test]
 fn established_flow_keeps_backend_when_selection_changes() {
     let mut dp = datapath();
-    let old_flow = Packet::tcp(sa(CLIENT, 40002), tcp_vip());
-    let first = forward(&mut dp, &old_flow, &TCP_BACKENDS);
+    let client = sa(CLIENT, 40002);
+    let first = forward(&mut dp, &Packet::tcp(client, tcp_vip()), &TCP_BACKENDS);
 
     let replacement = [(ip(10, 0, 2, 9), 9090)];
     dp.add_service(TCP_VIP, TCP_PORT, PROTO_TCP, 5, &replacement);
-    assert_eq!(forward(&mut dp, &old_flow, &TCP_BACKENDS), first);
+    let mut established = Packet::tcp(client, tcp_vip());
+    established.l4 = L4::Tcp {
+        flags: packet::TCP_ACK,
+    };
+    assert_eq!(forward(&mut dp, &established, &TCP_BACKENDS), first);
     let new_flow = Packet::tcp(sa(CLIENT, 40003), tcp_vip());
     assert_eq!(
         forward(&mut dp, &new_flow, &replacement),
         sa(ip(10, 0, 2, 9), 9090)
     );
+}
+
+/// A new connection (SYN) on a tuple an earlier connection used is balanced
+/// afresh: the old entry may name a backend that has left the service.
+#[test]
+fn a_new_connection_on_a_reused_tuple_is_balanced_afresh() {
+    let mut dp = datapath();
+    let syn = Packet::tcp(sa(CLIENT, 40004), tcp_vip());
+    let first = forward(&mut dp, &syn, &TCP_BACKENDS);
+    let remaining: Vec<_> = TCP_BACKENDS
+        .iter()
+        .copied()
+        .filter(|(addr, port)| sa(*addr, *port) != first)
+        .collect();
+    dp.add_service(TCP_VIP, TCP_PORT, PROTO_TCP, 5, &remaining);
+    let again = forward(&mut dp, &syn, &remaining);
+    assert_ne!(again, first, "the SYN followed a stale conntrack entry");
+    // The new connection's later packets stay on the new backend.
+    let mut ack = Packet::tcp(sa(CLIENT, 40004), tcp_vip());
+    ack.l4 = L4::Tcp {
+        flags: packet::TCP_ACK,
+    };
+    assert_eq!(forward(&mut dp, &ack, &remaining), again);
 }
 
 #[test]

@@ -69,20 +69,31 @@ pub(crate) struct Established {
 impl Established {
     pub(crate) fn new(repeat: u32) -> anyhow::Result<Self> {
         let mut dp = two_cycle_datapath();
-        let to_vip = syn(client(40_000), VIP);
-        let to_backend = syn(client(40_000), BACKEND);
-        // One first packet each way creates both flows (forward + reply entries).
+        // One SYN each way opens both flows (forward + reply entries)...
+        let (syn_to_vip, syn_to_backend) = (syn(client(40_000), VIP), syn(client(40_000), BACKEND));
         run_once(
             &dp,
             POD_INGRESS,
-            "established warm-up (VIP)",
-            &to_vip,
-            &to_backend,
+            "established open (VIP)",
+            &syn_to_vip,
+            &syn_to_backend,
         )?;
         run_once(
             &dp,
             POD_INGRESS,
-            "established warm-up (backend)",
+            "established open (backend)",
+            &syn_to_backend,
+            &syn_to_vip,
+        )?;
+        // ...and the timed packets are the connections' later ones (ACK): a
+        // SYN would be balanced afresh.
+        let to_vip = tcp_with_flags(client(40_000), VIP, TCP_ACK);
+        let to_backend = tcp_with_flags(client(40_000), BACKEND, TCP_ACK);
+        run_once(&dp, POD_INGRESS, "established (VIP)", &to_vip, &to_backend)?;
+        run_once(
+            &dp,
+            POD_INGRESS,
+            "established (backend)",
             &to_backend,
             &to_vip,
         )?;

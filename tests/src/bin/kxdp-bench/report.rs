@@ -212,8 +212,9 @@ fn packet_section(plan: &Plan, packets: &[PacketRow]) -> String {
     lookup misses, the packet passes unchanged, so every repetition sees the same input. Checked: frame unchanged, no
     conntrack entry created, no drops.
   - **established**: two services that point at each other: VIP 10.96.0.10:80 whose only backend is 10.0.2.1:8080,
-    and a service on 10.0.2.1:8080 whose only backend is 10.96.0.10:80. One warm-up packet client → VIP and one
-    client → backend (repeat 1 each) create both forward conntrack entries. The timed run sends client → VIP: each
+    and a service on 10.0.2.1:8080 whose only backend is 10.96.0.10:80. One SYN client → VIP and one client →
+    backend (repeat 1 each) open both flows; the timed run sends the connection's later packets (ACK; a SYN is
+    balanced afresh, as a new connection on a reused tuple must be) client → VIP: each
     repetition is a service hit, a conntrack forward hit and a DNAT (address, port, IPv4 and TCP checksums) that
     alternately translates VIP → backend and backend → VIP. Checked: the service packet counters (incremented only after
     a successful DNAT) grew by exactly `repeat`, no conntrack entry was created, the final frame is the expected end of
