@@ -235,7 +235,7 @@ impl Syncer {
         }) else {
             report.errors.push(format!(
                 "{} ({}): no free service id, the services map is full",
-                key_text(&key),
+                frontend_text(&key),
                 frontend.service
             ));
             return;
@@ -271,7 +271,7 @@ impl Syncer {
         if !complete {
             report.errors.push(format!(
                 "{} ({}): backends incomplete, service entry not updated",
-                key_text(&key),
+                frontend_text(&key),
                 frontend.service
             ));
         } else if existing != Some(value) {
@@ -415,8 +415,8 @@ impl Syncer {
     }
 }
 
-/// `VIP:port/proto` of a map key, for messages.
-fn key_text(key: &ServiceKey) -> String {
+/// `VIP:port/proto` of a map key, for messages and tables.
+pub fn frontend_text(key: &ServiceKey) -> String {
     let proto = crate::model::Protocol::from_ip_proto(key.proto)
         .map_or_else(|| key.proto.to_string(), |p| p.to_string());
     format!(

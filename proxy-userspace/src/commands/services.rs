@@ -7,7 +7,10 @@ use proxy_common::maps::{
     addr_from_net, drop_reason, port_from_net, SlotKey, BACKEND_LOCAL, SERVICE_AFFINITY_CLIENT_IP,
 };
 
-use crate::{dataplane::maps::BpfMaps, model::Protocol, sync::MapContents};
+use crate::{
+    dataplane::maps::BpfMaps,
+    sync::{frontend_text, MapContents},
+};
 
 /// One row of the table.
 struct Row {
@@ -23,8 +26,6 @@ struct Row {
 fn rows(contents: &MapContents, maps: &BpfMaps) -> anyhow::Result<Vec<Row>> {
     let mut rows = Vec::new();
     for (key, value) in &contents.services {
-        let protocol = Protocol::from_ip_proto(key.proto)
-            .map_or_else(|| key.proto.to_string(), |p| p.to_string());
         let backends = (0..value.slot_count)
             .map(|slot| {
                 let id = contents.selection.get(&SlotKey {
@@ -48,12 +49,7 @@ fn rows(contents: &MapContents, maps: &BpfMaps) -> anyhow::Result<Vec<Row>> {
             .collect();
         let stats = maps.service_stats(value.id)?;
         rows.push(Row {
-            frontend: format!(
-                "{}:{}/{}",
-                addr_from_net(key.addr),
-                port_from_net(key.port),
-                protocol
-            ),
+            frontend: frontend_text(key),
             id: value.id,
             affinity: (value.flags & SERVICE_AFFINITY_CLIENT_IP != 0)
                 .then_some(value.affinity_timeout),
