@@ -57,7 +57,8 @@ pub struct PlanChange {
     pub conflicts: Vec<Rejection>,
 }
 
-fn frontend_keys(service: &ServiceModel) -> impl Iterator<Item = FrontendKey> + '_ {
+/// The frontends one Service claims: each cluster IP × each port.
+fn keys_of(service: &ServiceModel) -> impl Iterator<Item = FrontendKey> + '_ {
     service.cluster_ips.iter().flat_map(|addr| {
         service.ports.iter().map(|port| FrontendKey {
             addr: *addr,
@@ -84,9 +85,9 @@ impl Plan {
         let new_keys: BTreeSet<FrontendKey> = self
             .services
             .get(name)
-            .map(|s| frontend_keys(s).collect())
+            .map(|s| keys_of(s).collect())
             .unwrap_or_default();
-        for key in old.iter().flat_map(frontend_keys) {
+        for key in old.iter().flat_map(keys_of) {
             if new_keys.contains(&key) {
                 continue;
             }
