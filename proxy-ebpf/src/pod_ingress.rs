@@ -9,6 +9,8 @@ use aya_ebpf::{
     programs::TcContext,
 };
 
+use proxy_common::maps::PROTO_UDP;
+
 use crate::{conntrack, lookup, nat, parse, select, stats};
 
 #[classifier]
@@ -36,6 +38,7 @@ fn translate(ctx: &TcContext) -> Result<(), u32> {
             None
         } else {
             conntrack::lookup_forward(&flow)
+                .filter(|e| flow.proto != PROTO_UDP || select::backend_still_exists(e))
         };
         let entry = match existing {
             Some(entry) => entry,

@@ -1,7 +1,7 @@
 //! Backend choice for a new flow: a hash of the 5-tuple indexes the service's
 //! slots in the selection table, so flows spread over every backend.
 
-use proxy_common::maps::{drop_reason, BackendValue, ServiceValue, SlotKey};
+use proxy_common::maps::{drop_reason, BackendValue, CtEntry, ServiceValue, SlotKey};
 
 use crate::{
     maps::{BACKENDS, SELECTION},
@@ -27,6 +27,17 @@ pub fn select_backend(service: &ServiceValue, flow: &Ipv4Flow) -> Result<Selecte
     let id = unsafe { SELECTION.get(key).copied() }.ok_or(drop_reason::STALE_SELECTION)?;
     let backend = unsafe { BACKENDS.get(id).copied() }.ok_or(drop_reason::STALE_SELECTION)?;
     Ok(Selected { id, backend })
+}
+
+/// Whether the backend a conntrack entry names still exists as it was. The
+/// agent deletes a backend once no service lists it, so a UDP flow whose
+/// endpoint went away is balanced afresh instead of going on to the old
+/// address (kube-proxy flushes such UDP entries for the same reason).
+#[inline(always)]
+pub fn backend_still_exists(entry: &CtEntry) -> bool {
+    // SAFETY: the value is read at once.
+    unsafe { BACKENDS.get(entry.backend_id) }
+        .is_some_and(|b| b.addr == entry.nat_addr && b.port == entry.nat_port)
 }
 
 /// 32-bit finaliser (from the "lowbias32" family): cheap and well mixed.

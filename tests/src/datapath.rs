@@ -143,6 +143,13 @@ impl Datapath {
             .expect("classifier")
     }
 
+    /// Deletes a backend, as sync does once no service lists it.
+    pub fn remove_backend(&mut self, id: u32) {
+        self.hash::<u32, BackendValue>("BACKENDS")
+            .remove(&id)
+            .expect("remove backend");
+    }
+
     /// Writes one conntrack entry directly, as if the datapath had made it.
     pub fn insert_conntrack(&mut self, key: FlowKey, entry: CtEntry) {
         self.hash::<FlowKey, CtEntry>("CONNTRACK")

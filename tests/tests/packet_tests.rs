@@ -238,6 +238,38 @@ fn a_new_connection_on_a_reused_tuple_is_balanced_afresh() {
     assert_eq!(forward(&mut dp, &ack, &remaining), again);
 }
 
+/// A UDP flow keeps its backend while that backend exists, and is balanced
+/// afresh once the agent has deleted it (its endpoint went away).
+#[test]
+fn a_udp_flow_whose_backend_is_gone_is_balanced_afresh() {
+    let mut dp = datapath();
+    let p = Packet::udp(sa(CLIENT, 40300), udp_vip());
+    let first = forward(&mut dp, &p, &UDP_BACKENDS);
+    let index = UDP_BACKENDS
+        .iter()
+        .position(|(addr, port)| sa(*addr, *port) == first)
+        .unwrap();
+    let remaining: Vec<_> = UDP_BACKENDS
+        .iter()
+        .copied()
+        .filter(|(addr, port)| sa(*addr, *port) != first)
+        .collect();
+    dp.add_service(UDP_VIP, UDP_PORT, PROTO_UDP, 6, &remaining);
+    assert_eq!(
+        forward(&mut dp, &p, &UDP_BACKENDS),
+        first,
+        "the backend still exists: the flow stays on it"
+    );
+    dp.remove_backend(Datapath::backend_id(UDP_ID, index));
+    let again = forward(&mut dp, &p, &remaining);
+    assert_ne!(again, first, "the flow followed a deleted backend");
+    assert_eq!(
+        forward(&mut dp, &p, &remaining),
+        again,
+        "and stays on the new one"
+    );
+}
+
 #[test]
 fn conntrack_records_forward_and_reply_entries() {
     let mut dp = datapath();
