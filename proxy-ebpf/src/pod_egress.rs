@@ -4,23 +4,13 @@
 //! on this node, on another node, or outside the cluster. Everything else
 //! passes untouched.
 
-use aya_ebpf::{
-    bindings::{TC_ACT_OK, TC_ACT_SHOT},
-    macros::classifier,
-    programs::TcContext,
-};
+use aya_ebpf::{macros::classifier, programs::TcContext};
 
 use crate::{conntrack, nat, parse, stats};
 
 #[classifier]
 pub fn pod_egress(ctx: TcContext) -> i32 {
-    match translate(&ctx) {
-        Ok(()) => TC_ACT_OK,
-        Err(reason) => {
-            stats::count_drop(reason);
-            TC_ACT_SHOT
-        }
-    }
+    stats::tc_verdict(translate(&ctx))
 }
 
 /// Err carries a `drop_reason`.

@@ -3,11 +3,7 @@
 //! replies are reverse-NATed on their way into the client (`pod_egress`),
 //! wherever the backend is.
 
-use aya_ebpf::{
-    bindings::{TC_ACT_OK, TC_ACT_SHOT},
-    macros::classifier,
-    programs::TcContext,
-};
+use aya_ebpf::{macros::classifier, programs::TcContext};
 
 use proxy_common::maps::PROTO_UDP;
 
@@ -15,13 +11,7 @@ use crate::{conntrack, lookup, nat, parse, select, stats};
 
 #[classifier]
 pub fn pod_ingress(ctx: TcContext) -> i32 {
-    match translate(&ctx) {
-        Ok(()) => TC_ACT_OK,
-        Err(reason) => {
-            stats::count_drop(reason);
-            TC_ACT_SHOT
-        }
-    }
+    stats::tc_verdict(translate(&ctx))
 }
 
 /// Err carries a `drop_reason`.
