@@ -154,6 +154,12 @@ impl Packet {
         self
     }
 
+    /// A TCP packet with these flags instead of a bare SYN.
+    pub fn tcp_flags(mut self, flags: u8) -> Self {
+        self.l4 = L4::Tcp { flags };
+        self
+    }
+
     pub fn no_udp_checksum(mut self) -> Self {
         self.l4 = L4::Udp { checksum: false };
         self

@@ -203,10 +203,7 @@ fn established_flow_keeps_backend_when_selection_changes() {
 
     let replacement = [(ip(10, 0, 2, 9), 9090)];
     dp.add_service(TCP_VIP, TCP_PORT, PROTO_TCP, 5, &replacement);
-    let mut established = Packet::tcp(client, tcp_vip());
-    established.l4 = L4::Tcp {
-        flags: packet::TCP_ACK,
-    };
+    let established = Packet::tcp(client, tcp_vip()).tcp_flags(packet::TCP_ACK);
     assert_eq!(forward(&mut dp, &established, &TCP_BACKENDS), first);
     let new_flow = Packet::tcp(sa(CLIENT, 40003), tcp_vip());
     assert_eq!(
@@ -231,10 +228,7 @@ fn a_new_connection_on_a_reused_tuple_is_balanced_afresh() {
     let again = forward(&mut dp, &syn, &remaining);
     assert_ne!(again, first, "the SYN followed a stale conntrack entry");
     // The new connection's later packets stay on the new backend.
-    let mut ack = Packet::tcp(sa(CLIENT, 40004), tcp_vip());
-    ack.l4 = L4::Tcp {
-        flags: packet::TCP_ACK,
-    };
+    let ack = Packet::tcp(sa(CLIENT, 40004), tcp_vip()).tcp_flags(packet::TCP_ACK);
     assert_eq!(forward(&mut dp, &ack, &remaining), again);
 }
 
@@ -316,11 +310,7 @@ fn reply_from_backend_is_reverse_nated() {
     type Make = fn(SocketAddrV4, SocketAddrV4) -> Packet;
     let cases: [Case; 3] = [
         ("TCP", tcp_vip(), &TCP_BACKENDS, |a, b| {
-            let mut p = Packet::tcp(a, b);
-            p.l4 = L4::Tcp {
-                flags: packet::TCP_SYN | packet::TCP_ACK,
-            };
-            p
+            Packet::tcp(a, b).tcp_flags(packet::TCP_SYN | packet::TCP_ACK)
         }),
         ("UDP", udp_vip(), &UDP_BACKENDS, Packet::udp),
         ("UDP, no checksum", udp_vip(), &UDP_BACKENDS, |a, b| {
@@ -386,11 +376,9 @@ fn each_direction_translates_only_its_own_packets() {
     let backend = forward(&mut dp, &Packet::tcp(client, tcp_vip()), &TCP_BACKENDS);
     // A reply leaving the backend pod passes as it is: it is reverse-NATed
     // on its way into the client, wherever the backend runs.
-    let mut reply = Packet::tcp(backend, client);
-    reply.l4 = L4::Tcp {
-        flags: packet::TCP_SYN | packet::TCP_ACK,
-    };
-    let reply = reply.build();
+    let reply = Packet::tcp(backend, client)
+        .tcp_flags(packet::TCP_SYN | packet::TCP_ACK)
+        .build();
     assert_eq!(dp.run(&reply), (TC_ACT_OK, reply.clone()));
     let (_, out) = dp.run_egress(&reply);
     assert_eq!(packet::src(&out), tcp_vip());
@@ -560,11 +548,7 @@ fn direct_connection_reusing_a_vip_tuple_is_not_reverse_nated() {
     let mut dp = datapath();
     let client = sa(CLIENT, 40100);
     let backend = forward(&mut dp, &Packet::tcp(client, tcp_vip()), &TCP_BACKENDS);
-    let with_flags = |a, b, flags| {
-        let mut p = Packet::tcp(a, b);
-        p.l4 = L4::Tcp { flags };
-        p.build()
-    };
+    let with_flags = |a, b, flags| Packet::tcp(a, b).tcp_flags(flags).build();
     let syn_ack = packet::TCP_SYN | packet::TCP_ACK;
     // While the VIP connection lives, a non-SYN packet straight to the
     // backend leaves its reply entry alone: replies still come from the VIP.

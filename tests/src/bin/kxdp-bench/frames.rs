@@ -34,9 +34,7 @@ pub(crate) fn syn(src: SocketAddrV4, dst: SocketAddrV4) -> Vec<u8> {
 
 /// A minimum-size TCP frame with `flags`.
 pub(crate) fn tcp_with_flags(src: SocketAddrV4, dst: SocketAddrV4, flags: u8) -> Vec<u8> {
-    let mut packet = Packet::tcp(src, dst).payload(b"");
-    packet.l4 = L4::Tcp { flags };
-    pad(packet.build())
+    pad(Packet::tcp(src, dst).payload(b"").tcp_flags(flags).build())
 }
 
 /// A minimum-size TCP SYN-ACK frame (what a backend answers).

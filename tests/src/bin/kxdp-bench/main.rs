@@ -27,7 +27,7 @@ use aya::{
 };
 use kxdp_testbed::{
     datapath::{Datapath, POD_EGRESS, POD_INGRESS, TC_ACT_OK},
-    packet::{Packet, L4, TCP_ACK, TCP_SYN},
+    packet::{Packet, TCP_ACK, TCP_SYN},
     privileged::require_root,
     scenario::{peer_bin, EchoScenario},
 };
