@@ -718,6 +718,32 @@ mod tests {
             .as_deref()
     }
 
+    /// The update's only rejection is the unlabelled slice `object`.
+    fn assert_only_unlabelled(update: &Update, object: &str) {
+        assert_eq!(update.rejections.len(), 1, "{:?}", update.rejections);
+        assert_eq!(update.rejections[0].object, object);
+        assert_eq!(
+            update.rejections[0].kind,
+            RejectionKind::MissingServiceLabel
+        );
+    }
+
+    /// Services web, api and db, with slices for web and api only.
+    async fn started_with_web_api_db() -> (MockApi, KubernetesSource) {
+        started(
+            vec![
+                service("default", "web", "10.96.0.10", "7"),
+                service("default", "api", "10.96.0.20", "8"),
+                service("default", "db", "10.96.0.30", "9"),
+            ],
+            vec![
+                slice("default", "web-abc", Some("web"), "10.244.1.5", "18"),
+                slice("default", "api-abc", Some("api"), "10.244.1.6", "19"),
+            ],
+        )
+        .await
+    }
+
     /// A source whose first, Full, update has been taken, with Services listed
     /// at resource version 10 and slices at 20.
     async fn started(services: Vec<Value>, slices: Vec<Value>) -> (MockApi, KubernetesSource) {
@@ -796,12 +822,7 @@ mod tests {
         let api_objects = objects(&update, "default", "api");
         assert_eq!(cluster_ip(api_objects), Some("10.96.0.20"));
         assert!(api_objects.slices.is_empty());
-        assert_eq!(update.rejections.len(), 1, "{:?}", update.rejections);
-        assert_eq!(update.rejections[0].object, "EndpointSlice default/stray");
-        assert_eq!(
-            update.rejections[0].kind,
-            RejectionKind::MissingServiceLabel
-        );
+        assert_only_unlabelled(&update, "EndpointSlice default/stray");
 
         // Everything was in that update; the watches are now idle.
         api.assert_quiet(&mut source).await;
@@ -809,18 +830,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn added_and_modified_objects_name_only_their_services() {
-        let (mut api, mut source) = started(
-            vec![
-                service("default", "web", "10.96.0.10", "7"),
-                service("default", "api", "10.96.0.20", "8"),
-                service("default", "db", "10.96.0.30", "9"),
-            ],
-            vec![
-                slice("default", "web-abc", Some("web"), "10.244.1.5", "18"),
-                slice("default", "api-abc", Some("api"), "10.244.1.6", "19"),
-            ],
-        )
-        .await;
+        let (mut api, mut source) = started_with_web_api_db().await;
 
         let modified = service("default", "web", "10.96.0.11", "11");
         api.reply(
@@ -867,30 +877,14 @@ mod tests {
         let api_slices = &objects(&update, "default", "api").slices;
         let addresses = &api_slices[0].endpoints[0].addresses;
         assert_eq!(addresses, &["10.244.2.2"]);
-        assert_eq!(update.rejections.len(), 1, "{:?}", update.rejections);
-        assert_eq!(update.rejections[0].object, "EndpointSlice default/orphan");
-        assert_eq!(
-            update.rejections[0].kind,
-            RejectionKind::MissingServiceLabel
-        );
+        assert_only_unlabelled(&update, "EndpointSlice default/orphan");
 
         api.assert_quiet(&mut source).await;
     }
 
     #[tokio::test(start_paused = true)]
     async fn slice_moving_between_services_dirties_both() {
-        let (mut api, mut source) = started(
-            vec![
-                service("default", "web", "10.96.0.10", "7"),
-                service("default", "api", "10.96.0.20", "8"),
-                service("default", "db", "10.96.0.30", "9"),
-            ],
-            vec![
-                slice("default", "web-abc", Some("web"), "10.244.1.5", "18"),
-                slice("default", "api-abc", Some("api"), "10.244.1.6", "19"),
-            ],
-        )
-        .await;
+        let (mut api, mut source) = started_with_web_api_db().await;
 
         let moved = slice("default", "web-abc", Some("api"), "10.244.1.5", "21");
         api.reply(
@@ -923,8 +917,7 @@ mod tests {
         let update = api.update(&mut source).await;
         assert_eq!(names(&update), ["default/api"]);
         assert_eq!(slice_names(objects(&update, "default", "api")), ["api-abc"]);
-        assert_eq!(update.rejections.len(), 1, "{:?}", update.rejections);
-        assert_eq!(update.rejections[0].object, "EndpointSlice default/web-abc");
+        assert_only_unlabelled(&update, "EndpointSlice default/web-abc");
     }
 
     #[tokio::test(start_paused = true)]
