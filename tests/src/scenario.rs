@@ -96,10 +96,17 @@ impl EchoScenario {
 
     /// Starts the agent and waits until it has synced and attached to every pod.
     pub fn start_agent(&self) -> anyhow::Result<Agent> {
+        self.start_agent_within(AGENT_READY)
+    }
+
+    /// `start_agent` for manifests so large that the first sync may take
+    /// longer than a test's usual patience.
+    pub fn start_agent_within(&self, ready: Duration) -> anyhow::Result<Agent> {
         let mut agent = Agent::start(&self.node, &self.manifests)?;
+        // The first sync comes before the attachments.
+        agent.wait_for(&["synced"], 1, ready)?;
         // Two programs per pod interface: pod_ingress and pod_egress.
         agent.wait_for(&["attached"], 2 * self.node.pods.len(), AGENT_READY)?;
-        agent.wait_for(&["synced"], 1, AGENT_READY)?;
         Ok(agent)
     }
 

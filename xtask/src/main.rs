@@ -2,6 +2,7 @@
 //! `test`, `demo` and `bench` run `setup` first, so each works on a fresh
 //! machine with one command.
 
+mod bench_check;
 mod setup;
 
 use std::{
@@ -23,15 +24,21 @@ struct Cli {
 enum Task {
     /// Install what building and testing need (idempotent).
     Setup,
-    /// Formatting, clippy, unit, packet and namespace suites (needs root).
+    /// Formatting, clippy, unit, packet and namespace suites, and the
+    /// benchmark smoke test (needs root).
     Test,
     /// Build a mini node from network namespaces and show a ClusterIP at work (needs root).
     Demo,
-    /// Per-packet cost and connection-rate benchmarks; writes docs/bench/REPORT.md (needs root).
+    /// Per-packet, connection-rate, throughput and control-plane benchmarks,
+    /// kxdp next to kube-proxy's rulesets; writes docs/bench/REPORT.md with
+    /// SVG figures (needs root).
     Bench {
         /// Shorter runs, for a quick look.
         #[arg(long)]
         quick: bool,
+        /// Where the report goes (figures beside it).
+        #[arg(long)]
+        out: Option<PathBuf>,
     },
 }
 
@@ -91,7 +98,14 @@ fn test() -> anyhow::Result<()> {
     let kxdp = workspace_root().join("target/debug/kxdp");
     // Unit, packet (BPF_PROG_TEST_RUN) and namespace suites. The privileged
     // ones fail, never skip, when they cannot run.
-    run(cargo().arg("test").env("KXDP_BIN", kxdp))
+    run(cargo().arg("test").env("KXDP_BIN", kxdp))?;
+    // Benchmark smoke test: the quick run works and fills every section.
+    let report = workspace_root().join("target/bench-smoke/REPORT.md");
+    let _ = std::fs::remove_file(&report);
+    bench(true, Some(&report))?;
+    bench_check::check_file(&report)?;
+    eprintln!("xtask: benchmark smoke test passed ({})", report.display());
+    Ok(())
 }
 
 fn release_build() -> anyhow::Result<PathBuf> {
@@ -104,6 +118,18 @@ fn release_build() -> anyhow::Result<PathBuf> {
         "kxdp-testbed",
     ]))?;
     Ok(workspace_root().join("target/release"))
+}
+
+fn bench(quick: bool, out: Option<&Path>) -> anyhow::Result<()> {
+    let bin = release_build()?;
+    let mut bench = Command::new(bin.join("kxdp-bench"));
+    if quick {
+        bench.arg("--quick");
+    }
+    if let Some(out) = out {
+        bench.arg("--out").arg(out);
+    }
+    run(bench.env("KXDP_BIN", bin.join("kxdp")))
 }
 
 fn main() -> anyhow::Result<()> {
@@ -119,15 +145,10 @@ fn main() -> anyhow::Result<()> {
             let bin = release_build()?;
             run(Command::new(bin.join("kxdp-demo")).env("KXDP_BIN", bin.join("kxdp")))
         }
-        Task::Bench { quick } => {
+        Task::Bench { quick, out } => {
             setup::run()?;
             require_root("bench")?;
-            let bin = release_build()?;
-            let mut bench = Command::new(bin.join("kxdp-bench"));
-            if quick {
-                bench.arg("--quick");
-            }
-            run(bench.env("KXDP_BIN", bin.join("kxdp")))
+            bench(quick, out.as_deref())
         }
     }
 }

@@ -7,8 +7,9 @@ use anyhow::{bail, Context as _};
 
 use crate::run as checked;
 
-/// Debian packages: LLVM 22 for bpf-linker (matches rustc's LLVM), and the
-/// tools the namespace suites drive.
+/// Debian packages: LLVM 22 for bpf-linker (matches rustc's LLVM), the
+/// tools the namespace suites drive, and iptables/nftables for the
+/// kube-proxy baselines of the benchmarks.
 const APT_PACKAGES: &[&str] = &[
     "llvm-22-dev",
     "libclang-22-dev",
@@ -18,6 +19,8 @@ const APT_PACKAGES: &[&str] = &[
     "ethtool",
     "curl",
     "util-linux",
+    "iptables",
+    "nftables",
 ];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const LLVM_BIN: &str = "/usr/lib/llvm-22/bin";
@@ -139,7 +142,7 @@ pub fn run() -> anyhow::Result<()> {
 
     // The namespace suites need these at run time; a failure here is clearer
     // than one in the middle of a test.
-    for tool in ["ip", "ethtool", "curl", "mount"] {
+    for tool in ["ip", "ethtool", "curl", "mount", "iptables-restore", "nft"] {
         if !succeeds(Command::new("sh").args(["-c", &format!("command -v {tool}")])) {
             bail!("setup: {tool} is still missing after installing packages");
         }

@@ -1,9 +1,12 @@
 //! Test peer for the namespace suites: a backend that answers HTTP and UDP
 //! with its name and the client address it saw, a UDP client, a short
-//! TCP connection load generator for the benchmarks, and a line echo server
-//! with a client that holds one connection open for a while.
+//! TCP connection load generator and a bulk TCP stream with its sink for the
+//! benchmarks, and a line echo server with a client that holds one
+//! connection open for a while.
 //!
 //!   kxdp-peer serve --name NAME --tcp PORT --udp PORT
+//!   kxdp-peer sink --tcp PORT
+//!   kxdp-peer stream ADDR:PORT DURATION_MS
 //!   kxdp-peer udp-query ADDR:PORT PAYLOAD [TIMEOUT_MS]
 //!   kxdp-peer conn-rate ADDR:PORT DURATION_MS CONCURRENCY
 //!   kxdp-peer echo-lines --name NAME --tcp PORT
@@ -175,6 +178,65 @@ fn conn_rate(target: SocketAddr, duration: Duration, concurrency: usize) -> anyh
     Ok(())
 }
 
+/// Counts what each connection sends until it closes its side, then answers
+/// `bytes=N` and closes: the sender learns how much really arrived.
+fn sink(tcp: u16) -> anyhow::Result<()> {
+    let listener = TcpListener::bind(("0.0.0.0", tcp)).context("bind tcp")?;
+    println!("ready");
+    std::io::stdout().flush()?;
+    for stream in listener.incoming() {
+        let Ok(stream) = stream else { continue };
+        std::thread::spawn(move || sink_connection(stream));
+    }
+    Ok(())
+}
+
+fn sink_connection(mut stream: TcpStream) -> std::io::Result<()> {
+    stream.set_read_timeout(Some(STREAM_TIMEOUT))?;
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut total: u64 = 0;
+    loop {
+        match stream.read(&mut buf)? {
+            0 => break,
+            n => total += n as u64,
+        }
+    }
+    writeln!(stream, "bytes={total}")
+}
+
+/// Longest a `stream` write, or the wait for the sink's count, may block.
+const STREAM_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// One TCP connection sending as fast as it can for `duration`, then the
+/// sink's count of what arrived; prints `bytes=N secs=S gbps=G` (G counts
+/// payload, over the time until the count came back).
+fn stream(target: SocketAddr, duration: Duration) -> anyhow::Result<()> {
+    let mut stream = TcpStream::connect_timeout(&target, STREAM_TIMEOUT).context("connect")?;
+    stream.set_write_timeout(Some(STREAM_TIMEOUT))?;
+    stream.set_read_timeout(Some(STREAM_TIMEOUT))?;
+    let chunk = vec![0x5au8; 128 * 1024];
+    let start = Instant::now();
+    while start.elapsed() < duration {
+        stream.write_all(&chunk).context("sending")?;
+    }
+    stream.shutdown(std::net::Shutdown::Write)?;
+    let mut answer = String::new();
+    stream
+        .read_to_string(&mut answer)
+        .context("waiting for the count")?;
+    let secs = start.elapsed().as_secs_f64();
+    let bytes: u64 = answer
+        .trim()
+        .strip_prefix("bytes=")
+        .and_then(|n| n.parse().ok())
+        .with_context(|| format!("sink answered {answer:?}"))?;
+    println!(
+        "bytes={bytes} secs={secs:.3} gbps={:.3}",
+        bytes as f64 * 8.0 / secs / 1e9
+    );
+    Ok(())
+}
+
 /// Answers every line of every connection with `backend=NAME line=LINE`.
 fn echo_lines(name: String, tcp: u16) -> anyhow::Result<()> {
     let listener = TcpListener::bind(("0.0.0.0", tcp)).context("bind tcp")?;
@@ -250,12 +312,16 @@ fn main() -> anyhow::Result<()> {
             let duration = Duration::from_millis(duration_ms.parse()?);
             conn_rate(target.parse()?, duration, concurrency)
         }
+        (Some("sink"), Some("--tcp"), Some(tcp), ..) => sink(tcp.parse()?),
+        (Some("stream"), Some(target), Some(duration_ms), ..) => {
+            stream(target.parse()?, Duration::from_millis(duration_ms.parse()?))
+        }
         (Some("echo-lines"), Some("--name"), Some(name), Some("--tcp"), Some(tcp), ..) => {
             echo_lines(name.to_string(), tcp.parse()?)
         }
         (Some("chat"), Some(target), Some(count), Some(interval_ms), ..) => {
             chat(target.parse()?, count.parse()?, Duration::from_millis(interval_ms.parse()?))
         }
-        _ => bail!("usage: kxdp-peer serve --name NAME --tcp PORT --udp PORT | udp-query ADDR:PORT PAYLOAD [TIMEOUT_MS] | conn-rate ADDR:PORT DURATION_MS CONCURRENCY | echo-lines --name NAME --tcp PORT | chat ADDR:PORT COUNT INTERVAL_MS"),
+        _ => bail!("usage: kxdp-peer serve --name NAME --tcp PORT --udp PORT | sink --tcp PORT | stream ADDR:PORT DURATION_MS | udp-query ADDR:PORT PAYLOAD [TIMEOUT_MS] | conn-rate ADDR:PORT DURATION_MS CONCURRENCY | echo-lines --name NAME --tcp PORT | chat ADDR:PORT COUNT INTERVAL_MS"),
     }
 }

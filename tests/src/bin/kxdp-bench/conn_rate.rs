@@ -1,6 +1,112 @@
-//! Part 2: short TCP connections per second in the namespace mini node.
+//! Part 2: through a ClusterIP in the namespace mini node, with kxdp and
+//! with the rulesets kube-proxy writes, while N other Services exist: short
+//! TCP connections per second with their latency, and (at the smallest N)
+//! one bulk TCP stream; next to the same client talking to the pod IP with
+//! no proxy at all (the floor).
+
+use std::net::SocketAddrV4;
+
+use kxdp_testbed::manifests::{endpoint_slice, service, Endpoint, SLICE_CONTROLLER};
 
 use super::*;
+
+/// How the client pod reaches the backends in one phase of the benchmark.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum Proxy {
+    /// No Service: the client connects to a backend's pod IP.
+    None,
+    Kxdp,
+    /// kube-proxy's iptables mode through `iptables-nft-restore`
+    /// (Debian's default iptables: rules run in nf_tables).
+    IptablesNft,
+    /// kube-proxy's iptables mode through `iptables-legacy-restore` (x_tables).
+    IptablesLegacy,
+    /// kube-proxy's nftables mode through `nft -f`.
+    Nftables,
+}
+
+impl Proxy {
+    pub(crate) const ALL: [Proxy; 5] = [
+        Proxy::None,
+        Proxy::Kxdp,
+        Proxy::IptablesNft,
+        Proxy::IptablesLegacy,
+        Proxy::Nftables,
+    ];
+    /// The kube-proxy modes, programmed by the tool kube-proxy runs.
+    pub(crate) const KUBE_PROXY: [Proxy; 3] =
+        [Proxy::IptablesNft, Proxy::IptablesLegacy, Proxy::Nftables];
+
+    pub(crate) fn label(self) -> &'static str {
+        match self {
+            Proxy::None => "no proxy (pod IP)",
+            Proxy::Kxdp => "kxdp",
+            Proxy::IptablesNft => "kube-proxy iptables (nft backend)",
+            Proxy::IptablesLegacy => "kube-proxy iptables (legacy)",
+            Proxy::Nftables => "kube-proxy nftables",
+        }
+    }
+
+    /// The command that loads this mode's ruleset from stdin.
+    pub(crate) fn loader(self) -> &'static [&'static str] {
+        match self {
+            Proxy::IptablesNft => &["iptables-nft-restore"],
+            Proxy::IptablesLegacy => &["iptables-legacy-restore"],
+            Proxy::Nftables => &["nft", "-f", "-"],
+            Proxy::None | Proxy::Kxdp => &[],
+        }
+    }
+
+    /// `loader` for a partial update that keeps what it does not name.
+    pub(crate) fn partial_loader(self) -> &'static [&'static str] {
+        match self {
+            Proxy::IptablesNft => &["iptables-nft-restore", "--noflush"],
+            Proxy::IptablesLegacy => &["iptables-legacy-restore", "--noflush"],
+            other => other.loader(),
+        }
+    }
+
+    /// This mode's complete ruleset for `services`. In nftables mode only
+    /// the Services `numgen` accepts pick endpoints with kube-proxy's inline
+    /// `numgen` map; the others go to their first endpoint: the kernel names
+    /// each inline map by scanning all the table's sets, so N of them take
+    /// O(N²) to load (measured in part 3), while a packet to one Service never
+    /// enters another Service's chain.
+    pub(crate) fn ruleset(
+        self,
+        services: &[KpService],
+        numgen: &dyn Fn(&KpService) -> bool,
+    ) -> String {
+        match self {
+            Proxy::IptablesNft | Proxy::IptablesLegacy => iptables_ruleset(services, &KP_CONFIG),
+            Proxy::Nftables => nftables_ruleset(services, numgen, &KP_CONFIG),
+            Proxy::None | Proxy::Kxdp => String::new(),
+        }
+    }
+
+    /// Removes this mode's rules from `netns`.
+    pub(crate) fn flush(self, netns: &str) -> anyhow::Result<()> {
+        match self {
+            // Restoring empty tables deletes every rule and user chain.
+            Proxy::IptablesLegacy => {
+                load_rules(netns, self.loader(), "*nat\nCOMMIT\n*filter\nCOMMIT\n").map(drop)
+            }
+            // iptables-nft keeps its rules in the nftables ruleset.
+            Proxy::IptablesNft | Proxy::Nftables => flush_rules(netns),
+            Proxy::None | Proxy::Kxdp => Ok(()),
+        }
+    }
+}
+
+/// The mini node's pods are 10.200.i.2; Services live in 10.96.0.0/12.
+pub(crate) const KP_CONFIG: KpConfig = KpConfig {
+    cluster_cidr: "10.200.0.0/16",
+    service_cidr: "10.96.0.0/12",
+};
+
+/// The `sink` Service for the stream test: port 5001 on every backend.
+const SINK_VIP: Ipv4Addr = Ipv4Addr::new(10, 99, 0, 9);
+const SINK_PORT: u16 = 5001;
 
 /// One `kxdp-peer conn-rate` result line.
 pub(crate) struct ConnSample {
@@ -11,35 +117,33 @@ pub(crate) struct ConnSample {
     pub(crate) errors: u64,
 }
 
-pub(crate) fn parse_conn_line(line: &str) -> anyhow::Result<ConnSample> {
-    let fields: BTreeMap<&str, &str> = line
-        .split_whitespace()
+/// `key=value` fields of a peer's result line.
+fn fields(line: &str) -> BTreeMap<&str, &str> {
+    line.split_whitespace()
         .filter_map(|kv| kv.split_once('='))
-        .collect();
-    let get = |key: &str| -> anyhow::Result<f64> {
-        let value = fields
-            .get(key)
-            .with_context(|| format!("no {key} in {line:?}"))?;
-        value
-            .parse()
-            .with_context(|| format!("bad {key} in {line:?}"))
-    };
+        .collect()
+}
+
+fn field(line: &str, key: &str) -> anyhow::Result<f64> {
+    let value = *fields(line)
+        .get(key)
+        .with_context(|| format!("no {key} in {line:?}"))?;
+    value
+        .parse()
+        .with_context(|| format!("bad {key} in {line:?}"))
+}
+
+pub(crate) fn parse_conn_line(line: &str) -> anyhow::Result<ConnSample> {
     Ok(ConnSample {
-        conns: get("conns")? as u64,
-        rate: get("rate")?,
-        p50_us: get("p50_us")?,
-        p99_us: get("p99_us")?,
-        errors: get("errors")? as u64,
+        conns: field(line, "conns")? as u64,
+        rate: field(line, "rate")?,
+        p50_us: field(line, "p50_us")?,
+        p99_us: field(line, "p99_us")?,
+        errors: field(line, "errors")? as u64,
     })
 }
 
-pub(crate) fn conn_rate(
-    s: &EchoScenario,
-    pod: &str,
-    target: &str,
-    ms: u64,
-    plan: &Plan,
-) -> anyhow::Result<ConnSample> {
+fn conn_rate(s: &EchoScenario, target: &str, ms: u64, plan: &Plan) -> anyhow::Result<ConnSample> {
     let args = [
         "conn-rate",
         target,
@@ -47,18 +151,25 @@ pub(crate) fn conn_rate(
         &plan.concurrency.to_string(),
     ];
     let line = s
-        .from_pod(pod, peer_bin(), &args)
-        .map_err(|e| anyhow::anyhow!("conn-rate from {pod} to {target}: {e}"))?;
+        .from_pod("client", peer_bin(), &args)
+        .map_err(|e| anyhow::anyhow!("conn-rate to {target}: {e}"))?;
     let sample = parse_conn_line(&line)?;
     ensure!(
         sample.conns > 0,
-        "conn-rate from {pod} to {target}: no connection succeeded ({line})"
+        "conn-rate to {target}: no connection succeeded ({line})"
     );
     Ok(sample)
 }
 
+/// One bulk stream; its goodput in Gbit/s.
+fn stream(s: &EchoScenario, target: &str, ms: u64) -> anyhow::Result<f64> {
+    let line = s
+        .from_pod("client", peer_bin(), &["stream", target, &ms.to_string()])
+        .map_err(|e| anyhow::anyhow!("stream to {target}: {e}"))?;
+    field(&line, "gbps")
+}
+
 pub(crate) struct ConnRow {
-    pub(crate) label: String,
     pub(crate) rate: Summary,
     pub(crate) p50_us: Summary,
     pub(crate) p99_us: Summary,
@@ -66,10 +177,9 @@ pub(crate) struct ConnRow {
     pub(crate) errors: u64,
 }
 
-pub(crate) fn conn_row(label: String, samples: &[ConnSample]) -> ConnRow {
+pub(crate) fn conn_row(samples: &[ConnSample]) -> ConnRow {
     let column = |f: fn(&ConnSample) -> f64| summarize(&samples.iter().map(f).collect::<Vec<_>>());
     ConnRow {
-        label,
         rate: column(|s| s.rate),
         p50_us: column(|s| s.p50_us),
         p99_us: column(|s| s.p99_us),
@@ -78,57 +188,214 @@ pub(crate) fn conn_row(label: String, samples: &[ConnSample]) -> ConnRow {
     }
 }
 
-pub(crate) struct ConnReport {
-    pub(crate) rows: [ConnRow; 2],
-    /// kxdp / direct per round (paired), for rate, p50 and p99.
-    pub(crate) ratios: [Summary; 3],
+/// Every proxy at one number of other Services.
+pub(crate) struct ScaleRow {
+    pub(crate) others: usize,
+    pub(crate) modes: Vec<(Proxy, ConnRow)>,
 }
 
-/// The pod that runs the direct (no proxy) measurement: not the ClusterIP
-/// client, so the two measurements share no conntrack state.
-pub(crate) const DIRECT_POD: &str = "direct";
+impl ScaleRow {
+    pub(crate) fn get(&self, proxy: Proxy) -> Option<&ConnRow> {
+        self.modes.iter().find(|(p, _)| *p == proxy).map(|(_, r)| r)
+    }
+
+    /// Median connection rate of `proxy` over that of no proxy.
+    pub(crate) fn rate_ratio(&self, proxy: Proxy) -> Option<f64> {
+        Some(self.get(proxy)?.rate.median / self.get(Proxy::None)?.rate.median)
+    }
+}
+
+pub(crate) struct ConnReport {
+    pub(crate) rows: Vec<ScaleRow>,
+    /// One bulk stream per proxy (Gbit/s), at `rows[0].others` other Services.
+    pub(crate) streams: Vec<(Proxy, Summary)>,
+}
+
+impl ConnReport {
+    pub(crate) fn stream_ratio(&self, proxy: Proxy) -> Option<f64> {
+        let of = |p: Proxy| {
+            self.streams
+                .iter()
+                .find(|(q, _)| *q == p)
+                .map(|(_, s)| s.median)
+        };
+        Some(of(proxy)? / of(Proxy::None)?)
+    }
+}
+
+/// Endpoints of each other Service. Packets to `echo` never reach another
+/// Service's endpoints, so one each shows the cost of N Services while
+/// keeping kube-proxy's loads short (and within what iptables-legacy can
+/// hold at 30,000 Services; with 10 endpoints each it cannot, see part 3).
+const OTHER_ENDPOINTS: usize = 1;
+
+/// The mini node one Service count is measured on: the `echo` Service (3
+/// backends, port 80 → 8080) and `sink` (port 5001 on the same pods) among
+/// `others` Services of the control-plane benchmark's shape, with
+/// `OTHER_ENDPOINTS` endpoints each.
+struct Bed {
+    s: EchoScenario,
+    /// Every Service as kube-proxy sees it, `echo` and `sink` in the middle
+    /// of the list (iptables mode matches KUBE-SERVICES rules in order; in a
+    /// real cluster the order is arbitrary, so the middle is the average).
+    kube_proxy_services: Vec<KpService>,
+}
+
+impl Bed {
+    fn new(others: usize) -> anyhow::Result<Self> {
+        let mut s = EchoScenario::new(3, peer_bin())?;
+        for i in 0..s.backends.len() {
+            let netns = s.node.pods[i + 1].netns.clone();
+            s.start_peer(&netns, &["sink", "--tcp", &SINK_PORT.to_string()])?;
+        }
+        // The client closes first (see `kxdp-peer serve`), so its TIME_WAIT
+        // sockets would exhaust the ephemeral ports within seconds; reuse
+        // them, as load generators do.
+        let client = s.node.pod("client").netns.clone();
+        s.node
+            .exec_ok(&client, &["sysctl", "-q", "-w", "net.ipv4.tcp_tw_reuse=1"])?;
+
+        let mut kube_proxy_services: Vec<KpService> = (0..others)
+            .map(|i| {
+                let mut service = kp_service(i, 0);
+                service.endpoints.truncate(OTHER_ENDPOINTS);
+                service
+            })
+            .collect();
+        ensure!(
+            kube_proxy_services
+                .iter()
+                .all(|k| k.cluster_ip != s.vip && k.cluster_ip != SINK_VIP),
+            "echo's ClusterIP {} collides with another Service",
+            s.vip
+        );
+        let on_backends = |port| {
+            s.backends
+                .iter()
+                .map(|b| SocketAddrV4::new(*b, port))
+                .collect()
+        };
+        let echo = KpService {
+            namespace: "default".into(),
+            name: "echo".into(),
+            port_name: "80-8080".into(),
+            cluster_ip: s.vip,
+            port: 80,
+            protocol: "tcp",
+            endpoints: on_backends(8080),
+        };
+        let sink = KpService {
+            namespace: "default".into(),
+            name: "sink".into(),
+            port_name: "sink".into(),
+            cluster_ip: SINK_VIP,
+            port: SINK_PORT,
+            protocol: "tcp",
+            endpoints: on_backends(SINK_PORT),
+        };
+        kube_proxy_services.insert(others / 2, sink);
+        kube_proxy_services.insert(others / 2, echo);
+
+        // kxdp reads the same Services from manifests.
+        s.write_manifest("others.yaml", &manifest_yaml(others, OTHER_ENDPOINTS))?;
+        let port = format!("{{name: sink, port: {SINK_PORT}, targetPort: {SINK_PORT}}}");
+        let endpoints: Vec<Endpoint> = s.backends.iter().map(|b| Endpoint::ready(*b)).collect();
+        let sink_yaml = format!(
+            "{}---\n{}",
+            service("sink", "ClusterIP", SINK_VIP, Some("sink"), &[&port]),
+            endpoint_slice(
+                "sink",
+                "sink-abcde",
+                SLICE_CONTROLLER,
+                &[("sink", "TCP", SINK_PORT)],
+                &endpoints
+            )
+        );
+        s.write_manifest("sink.yaml", &sink_yaml)?;
+        Ok(Self {
+            s,
+            kube_proxy_services,
+        })
+    }
+
+    fn node_netns(&self) -> String {
+        self.s.node.node_netns.clone()
+    }
+
+    /// Where the client connects for HTTP and for the stream.
+    fn targets(&self, proxy: Proxy) -> (String, String) {
+        match proxy {
+            Proxy::None => (
+                format!("{}:8080", self.s.backends[0]),
+                format!("{}:{SINK_PORT}", self.s.backends[0]),
+            ),
+            _ => (
+                format!("{}:80", self.s.vip),
+                format!("{SINK_VIP}:{SINK_PORT}"),
+            ),
+        }
+    }
+
+    /// Installs `proxy`, runs `measure`, removes `proxy` again (also when
+    /// `measure` failed).
+    fn with_proxy<T>(
+        &self,
+        proxy: Proxy,
+        measure: impl FnOnce() -> anyhow::Result<T>,
+    ) -> anyhow::Result<T> {
+        let netns = self.node_netns();
+        match proxy {
+            Proxy::None => measure(),
+            Proxy::Kxdp => {
+                let agent = self.s.start_agent_within(Duration::from_secs(120))?;
+                let result = measure();
+                agent.stop()?;
+                self.s.kxdp(&["unload"])?;
+                result
+            }
+            _ => {
+                // The measured Services exactly as kube-proxy writes them.
+                let measured = |k: &KpService| k.namespace == "default";
+                let rules = proxy.ruleset(&self.kube_proxy_services, &measured);
+                let installed = load_rules(&netns, proxy.loader(), &rules);
+                let result = installed.and_then(|_| measure());
+                proxy.flush(&netns)?;
+                result
+            }
+        }
+    }
+}
 
 pub(crate) fn measure_conn_rate(plan: &Plan) -> anyhow::Result<ConnReport> {
-    let mut s = EchoScenario::new(3, peer_bin())?;
-    s.node.add_pod(DIRECT_POD, 5)?;
-    // The load generator closes first (see `kxdp-peer serve`), so its
-    // TIME_WAIT sockets would exhaust the ephemeral ports within seconds;
-    // reuse them, as load generators do.
-    for pod in ["client", DIRECT_POD] {
-        let netns = s.node.pod(pod).netns.clone();
-        s.node
-            .exec_ok(&netns, &["sysctl", "-q", "-w", "net.ipv4.tcp_tw_reuse=1"])?;
+    let mut rows = Vec::new();
+    let mut streams = Vec::new();
+    for (index, &others) in plan.conn_sizes.iter().enumerate() {
+        let bed = Bed::new(others)?;
+        let mut modes = Vec::new();
+        for proxy in Proxy::ALL {
+            eprintln!("  {} with {others} other Services", proxy.label());
+            let (http, bulk) = bed.targets(proxy);
+            let (samples, gbps) = bed.with_proxy(proxy, || {
+                // Warm-up: neighbour entries, page cache, first connections.
+                conn_rate(&bed.s, &http, 300, plan)?;
+                let samples = (0..plan.conn_rounds)
+                    .map(|_| conn_rate(&bed.s, &http, plan.conn_ms, plan))
+                    .collect::<anyhow::Result<Vec<_>>>()?;
+                let gbps = if index == 0 {
+                    (0..plan.stream_rounds)
+                        .map(|_| stream(&bed.s, &bulk, plan.stream_ms))
+                        .collect::<anyhow::Result<Vec<_>>>()?
+                } else {
+                    Vec::new()
+                };
+                Ok((samples, gbps))
+            })?;
+            if !gbps.is_empty() {
+                streams.push((proxy, summarize(&gbps)));
+            }
+            modes.push((proxy, conn_row(&samples)));
+        }
+        rows.push(ScaleRow { others, modes });
     }
-    let _agent = s.start_agent()?;
-    let vip = format!("{}:80", s.vip);
-    let direct = format!("{}:8080", s.backends[0]);
-    // Warm-up: neighbour entries, page cache, first connections.
-    conn_rate(&s, "client", &vip, 300, plan)?;
-    conn_rate(&s, DIRECT_POD, &direct, 300, plan)?;
-    let (mut through, mut bypass) = (Vec::new(), Vec::new());
-    for round in 0..plan.conn_rounds {
-        eprintln!(
-            "kxdp-bench: connection round {}/{}",
-            round + 1,
-            plan.conn_rounds
-        );
-        through.push(conn_rate(&s, "client", &vip, plan.conn_ms, plan)?);
-        bypass.push(conn_rate(&s, DIRECT_POD, &direct, plan.conn_ms, plan)?);
-    }
-    let ratio = |f: fn(&ConnSample) -> f64| {
-        let per_round: Vec<f64> = through
-            .iter()
-            .zip(&bypass)
-            .map(|(a, b)| f(a) / f(b))
-            .collect();
-        summarize(&per_round)
-    };
-    let ratios = [ratio(|s| s.rate), ratio(|s| s.p50_us), ratio(|s| s.p99_us)];
-    Ok(ConnReport {
-        rows: [
-            conn_row(format!("client → ClusterIP {vip} (kxdp)"), &through),
-            conn_row(format!("client → pod {direct} (direct)"), &bypass),
-        ],
-        ratios,
-    })
+    Ok(ConnReport { rows, streams })
 }

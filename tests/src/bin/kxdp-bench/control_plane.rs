@@ -10,7 +10,7 @@ use k8s_openapi::{
     },
     apimachinery::pkg::{apis::meta::v1::ObjectMeta, util::intstr::IntOrString},
 };
-use kxdp_testbed::{fake_apiserver::FakeApiServer, privileged::PrivateBpffs};
+use kxdp_testbed::{fake_apiserver::FakeApiServer, netns::MiniNode, privileged::PrivateBpffs};
 use proxy_userspace::{
     dataplane::Dataplane,
     model::Node,
@@ -37,12 +37,68 @@ pub(crate) struct ControlRow {
     /// from the (stand-in) API server.
     pub(crate) manifests: AgentSample,
     pub(crate) kubernetes: AgentSample,
+    /// The same Services programmed by kube-proxy's tools, per mode.
+    pub(crate) kube_proxy: Vec<KpControl>,
+}
+
+/// kube-proxy's tool programming N Services in one mode: its times, or why
+/// there are none (the tool refused the ruleset, or it was not run at N).
+pub(crate) struct KpControl {
+    pub(crate) proxy: Proxy,
+    pub(crate) outcome: Result<KpTimes, String>,
+}
+
+pub(crate) struct KpTimes {
+    /// Milliseconds for the full ruleset, from empty.
+    pub(crate) full_ms: Summary,
+    /// Milliseconds per single-endpoint change.
+    pub(crate) change_p50_ms: f64,
+    pub(crate) change_p99_ms: f64,
+    pub(crate) changes: usize,
+}
+
+/// Times `proxy`'s tool at `n` Services, within the plan's budget.
+fn measure_kube_proxy(
+    proxy: Proxy,
+    n: usize,
+    plan: &Plan,
+) -> anyhow::Result<Result<KpTimes, String>> {
+    let limit = plan.kube_proxy_max_services(proxy);
+    if n > limit {
+        return Ok(Err(format!(
+            "not run above {limit} Services: too slow for the bench's time budget (see the method)"
+        )));
+    }
+    let (mut fulls, mut changes) = (Vec::new(), Vec::new());
+    let started = Instant::now();
+    // Runs of the tool take seconds to minutes at large N: further runs
+    // only while the budget lasts.
+    for run in 0..plan.control_runs {
+        if run > 0 && started.elapsed() > plan.kube_proxy_budget {
+            break;
+        }
+        match kube_proxy_run(proxy, n, plan.kube_proxy_changes, plan.kube_proxy_budget)? {
+            Ok((full, times)) => {
+                fulls.push(full);
+                changes.extend(times);
+            }
+            // A ruleset the tool refuses at this size is a result.
+            Err(refusal) => return Ok(Err(refusal)),
+        }
+    }
+    changes.sort_by(f64::total_cmp);
+    Ok(Ok(KpTimes {
+        full_ms: summarize(&fulls),
+        change_p50_ms: percentile(&changes, 0.5),
+        change_p99_ms: percentile(&changes, 0.99),
+        changes: changes.len(),
+    }))
 }
 
 fn cluster_ip(i: usize) -> Ipv4Addr {
-    // 10.96.0.0/12 has room for a million; skip the first few as the API
-    // server does.
-    Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 96, 0, 0)) + 10 + i as u32)
+    // Inside 10.96.0.0/12, away from the low addresses the namespace
+    // suites and the echo Service use.
+    Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 100, 0, 0)) + i as u32)
 }
 
 /// Endpoint `e` of service `i`: no two services share a pod, the harder case
@@ -103,6 +159,25 @@ fn service_objects(i: usize, generation: u32) -> (ServiceName, ServiceObjects) {
         endpoints: None,
     };
     (name, objects)
+}
+
+/// Service `i` as kube-proxy's rulesets see it; endpoint 0 of `generation`
+/// (0: all as first written), as `one_change` leaves it.
+pub(crate) fn kp_service(i: usize, generation: u32) -> KpService {
+    KpService {
+        namespace: "bench".into(),
+        name: format!("svc-{i}"),
+        port_name: "http".into(),
+        cluster_ip: cluster_ip(i),
+        port: 80,
+        protocol: "tcp",
+        endpoints: (0..ENDPOINTS_PER_SERVICE)
+            .map(|e| {
+                let generation = if e == 0 { generation } else { 0 };
+                std::net::SocketAddrV4::new(pod_ip(i, e, generation), 8080)
+            })
+            .collect(),
+    }
 }
 
 fn full_update(n: usize) -> Update {
@@ -168,9 +243,10 @@ fn pipeline_run(n: usize, changes: usize) -> anyhow::Result<(f64, f64, Vec<f64>)
     Ok((full_ms, state_mib, times))
 }
 
-/// The manifests a user would write for `n` Services with their slices.
-fn manifest_yaml(n: usize) -> String {
-    let mut yaml = String::with_capacity(n * 900);
+/// The manifests a user would write for `n` Services with their slices,
+/// each with its first `endpoints` endpoints.
+pub(crate) fn manifest_yaml(n: usize, endpoints: usize) -> String {
+    let mut yaml = String::with_capacity(n * (200 + 70 * endpoints));
     for i in 0..n {
         let (name, objects) = service_objects(i, 0);
         let ip = cluster_ip(i);
@@ -182,7 +258,7 @@ fn manifest_yaml(n: usize) -> String {
              addressType: IPv4\nports: [{{name: http, port: 8080, protocol: TCP}}]\nendpoints:\n",
             n = name.name
         ));
-        for endpoint in &objects.slices[0].endpoints {
+        for endpoint in objects.slices[0].endpoints.iter().take(endpoints) {
             yaml.push_str(&format!(
                 "- {{addresses: [{}], conditions: {{ready: true}}}}\n",
                 endpoint.addresses[0]
@@ -239,7 +315,10 @@ fn agent_run(n: usize, source: AgentSource) -> anyhow::Result<AgentSample> {
     // Kept alive until the agent is stopped.
     let _server = match source {
         AgentSource::Manifests => {
-            std::fs::write(dir.join("services.yaml"), manifest_yaml(n))?;
+            std::fs::write(
+                dir.join("services.yaml"),
+                manifest_yaml(n, ENDPOINTS_PER_SERVICE),
+            )?;
             command.arg("--manifests").arg(&dir);
             None
         }
@@ -314,6 +393,61 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[rank.min(sorted.len() - 1)]
 }
 
+/// Fewest single changes timed per run, whatever the time budget.
+const MIN_KUBE_PROXY_CHANGES: usize = 3;
+
+/// Loads `n` Services × 10 endpoints with `proxy`'s tool into an empty
+/// network namespace, then applies up to `changes` single-endpoint changes
+/// the way kube-proxy writes them, stopping early (after at least
+/// `MIN_KUBE_PROXY_CHANGES`) once they have taken `budget`. Returns (full
+/// ms, change ms each), or the tool's complaint if it refused the full
+/// ruleset.
+fn kube_proxy_run(
+    proxy: Proxy,
+    n: usize,
+    changes: usize,
+    budget: Duration,
+) -> anyhow::Result<Result<(f64, Vec<f64>), String>> {
+    let node = MiniNode::new()?;
+    let netns = &node.node_netns;
+    let mut services: Vec<KpService> = (0..n).map(|i| kp_service(i, 0)).collect();
+    let started = Instant::now();
+    let full_ms = match load_rules(netns, proxy.loader(), &proxy.ruleset(&services, &|_| true)) {
+        Ok(ms) => ms,
+        Err(e) => {
+            let took = started.elapsed().as_secs_f64();
+            return Ok(Err(format!("refused after {took:.0} s: {e:#}")));
+        }
+    };
+    let mut times = Vec::with_capacity(changes);
+    let started = Instant::now();
+    for c in 0..changes {
+        if c >= MIN_KUBE_PROXY_CHANGES && started.elapsed() > budget {
+            break;
+        }
+        // The same changes, in the same order, as the kxdp pipeline gets.
+        let i = (c * 7919) % n;
+        let old = services[i].endpoints[0];
+        services[i] = kp_service(i, c as u32 + 1);
+        let new = services[i].endpoints[0];
+        let update = match proxy {
+            Proxy::Nftables => nftables_endpoint_change(&services[i], &old, &new, &KP_CONFIG),
+            _ => iptables_endpoint_change(&services, i, &old, &KP_CONFIG),
+        };
+        times.push(load_rules(netns, proxy.partial_loader(), &update)?);
+        if c + 1 == MIN_KUBE_PROXY_CHANGES {
+            let listed = list_service_rules(proxy, netns, &services[i])?;
+            ensure!(
+                listed.contains(&new.to_string())
+                    || listed.contains(&format!("{}/{}", new.ip(), new.port())),
+                "{}: the last change ({old} → {new}) is not in the rules:\n{listed}",
+                proxy.label()
+            );
+        }
+    }
+    Ok(Ok((full_ms, times)))
+}
+
 pub(crate) fn measure_control_plane(plan: &Plan) -> anyhow::Result<Vec<ControlRow>> {
     let mut rows = Vec::new();
     for &n in &plan.control_sizes {
@@ -330,6 +464,15 @@ pub(crate) fn measure_control_plane(plan: &Plan) -> anyhow::Result<Vec<ControlRo
         changes.sort_by(f64::total_cmp);
         let manifests = agent_run(n, AgentSource::Manifests)?;
         let kubernetes = agent_run(n, AgentSource::Kubernetes)?;
+        let mut kube_proxy = Vec::new();
+        for proxy in Proxy::KUBE_PROXY {
+            eprintln!("  control plane: {} with {n} services", proxy.label());
+            let outcome = measure_kube_proxy(proxy, n, plan)?;
+            if let Err(why) = &outcome {
+                eprintln!("    {why}");
+            }
+            kube_proxy.push(KpControl { proxy, outcome });
+        }
         rows.push(ControlRow {
             services: n,
             full_ms: summarize(&fulls),
@@ -340,6 +483,7 @@ pub(crate) fn measure_control_plane(plan: &Plan) -> anyhow::Result<Vec<ControlRo
             state_mib,
             manifests,
             kubernetes,
+            kube_proxy,
         });
     }
     Ok(rows)

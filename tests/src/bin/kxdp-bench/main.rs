@@ -5,19 +5,22 @@
 //!
 //! Part 1 times the pod programs per packet through BPF_PROG_TEST_RUN, path
 //! by path, next to empty XDP and tc programs (the cost of the harness itself).
-//! Part 2 measures short TCP connections per second in a namespace mini node
-//! with the real agent, through a ClusterIP and directly to a pod.
-//! Part 3 times the control plane: N Services programmed from empty, one
-//! endpoint change at that size, and the agent's memory.
+//! Part 2 measures short TCP connections per second and one bulk stream in a
+//! namespace mini node through a ClusterIP, with the real agent and with the
+//! rulesets kube-proxy writes (iptables, nftables), while N other Services
+//! exist, next to no proxy at all.
+//! Part 3 times the control plane: N Services programmed from empty and one
+//! endpoint change at that size, by kxdp and by kube-proxy's tools, and the
+//! agent's memory.
 //! Each prints a table and goes into a Markdown report (default
-//! `docs/bench/REPORT.md` in the workspace).
+//! `docs/bench/REPORT.md` in the workspace) with SVG figures beside it.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     net::{Ipv4Addr, SocketAddrV4},
     path::{Path, PathBuf},
     process::Command,
-    time::Instant,
+    time::{Duration, Instant},
 };
 
 use anyhow::{bail, ensure, Context as _};
@@ -41,9 +44,11 @@ mod conn_rate;
 mod control_plane;
 mod floors;
 mod frames;
+mod kube_proxy;
 mod options;
 mod packet_cost;
 mod paths;
+mod plots;
 mod report;
 mod stats;
 mod timing;
@@ -52,9 +57,11 @@ use conn_rate::*;
 use control_plane::*;
 use floors::*;
 use frames::*;
+use kube_proxy::*;
 use options::*;
 use packet_cost::*;
 use paths::*;
+use plots::*;
 use report::*;
 use stats::*;
 use timing::*;
@@ -79,28 +86,31 @@ fn main() -> anyhow::Result<()> {
     if options.runs("conns") {
         eprintln!("kxdp-bench: part 2, short TCP connections in a mini node");
         let report = measure_conn_rate(&plan)?;
-        println!("{}", conn_table(&report));
+        println!("{}\n{}", conn_table(&report), stream_table(&report));
         conns = Some(report);
     }
     let mut control = None;
     if options.runs("control") {
         eprintln!("kxdp-bench: part 3, control plane");
         let rows = measure_control_plane(&plan)?;
-        println!("{}", control_table(&rows));
+        println!(
+            "{}\n{}",
+            control_table(&rows),
+            kube_proxy_control_table(&rows)
+        );
         control = Some(rows);
     }
 
-    let report = render_report(
-        &plan,
-        options.quick,
-        &machine,
-        packets.as_deref(),
-        conns.as_ref(),
-        control.as_deref(),
-    );
-    if let Some(dir) = options.out.parent() {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    }
+    let dir = options.out.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let figures = write_figures(dir, conns.as_ref(), control.as_deref())?;
+    let results = Results {
+        packets: packets.as_deref(),
+        conns: conns.as_ref(),
+        control: control.as_deref(),
+        figures: &figures,
+    };
+    let report = render_report(&plan, options.quick, &machine, &results);
     std::fs::write(&options.out, report)
         .with_context(|| format!("writing {}", options.out.display()))?;
     println!("report written to {}", options.out.display());

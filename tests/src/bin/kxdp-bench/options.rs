@@ -63,14 +63,41 @@ pub(crate) struct Plan {
     /// New flow, warm: a short chain, `warm_calls` calls per run.
     pub(crate) warm_chain: u32,
     pub(crate) warm_calls: u32,
-    /// Alternating ClusterIP / direct rounds of the connection-rate test.
+    /// Connection rate: numbers of other Services, rounds per proxy and
+    /// their length, client threads.
+    pub(crate) conn_sizes: Vec<usize>,
     pub(crate) conn_rounds: usize,
     pub(crate) conn_ms: u64,
     pub(crate) concurrency: usize,
+    /// Bulk stream (at the smallest size): rounds per proxy, their length.
+    pub(crate) stream_rounds: usize,
+    pub(crate) stream_ms: u64,
     /// Control plane: Service counts, runs per count, single changes per run.
     pub(crate) control_sizes: Vec<usize>,
     pub(crate) control_runs: usize,
     pub(crate) control_changes: usize,
+    /// Single changes per run for kube-proxy's tools (a process each).
+    pub(crate) kube_proxy_changes: usize,
+    /// Time after which no further run (or change) of a kube-proxy tool
+    /// starts at one size.
+    pub(crate) kube_proxy_budget: Duration,
+    /// Largest N for `nft -f` of the full nftables ruleset: its load time
+    /// grows with N² (210 s at 10,000 here), see the report.
+    pub(crate) nftables_max_services: usize,
+    /// Largest N for `iptables-nft-restore` of the full iptables ruleset (at
+    /// 30,000 × 10 endpoints it had not finished after 4 minutes here).
+    pub(crate) iptables_nft_max_services: usize,
+}
+
+impl Plan {
+    /// Largest N at which `proxy`'s tool is run in the control-plane part.
+    pub(crate) fn kube_proxy_max_services(&self, proxy: Proxy) -> usize {
+        match proxy {
+            Proxy::Nftables => self.nftables_max_services,
+            Proxy::IptablesNft => self.iptables_nft_max_services,
+            _ => usize::MAX,
+        }
+    }
 }
 
 impl Plan {
@@ -82,12 +109,19 @@ impl Plan {
                 cold_chain: 5_000,
                 warm_chain: 16,
                 warm_calls: 300,
-                conn_rounds: 3,
-                conn_ms: 1_000,
+                conn_sizes: vec![1, 1_000],
+                conn_rounds: 2,
+                conn_ms: 500,
                 concurrency: 4,
-                control_sizes: vec![1_000, 10_000],
+                stream_rounds: 1,
+                stream_ms: 500,
+                control_sizes: vec![1_000, 3_000],
                 control_runs: 1,
                 control_changes: 300,
+                kube_proxy_changes: 5,
+                kube_proxy_budget: Duration::from_secs(5),
+                nftables_max_services: 3_000,
+                iptables_nft_max_services: usize::MAX,
             }
         } else {
             Plan {
@@ -96,12 +130,19 @@ impl Plan {
                 cold_chain: 20_000,
                 warm_chain: 16,
                 warm_calls: 2_000,
-                conn_rounds: 5,
-                conn_ms: 3_000,
+                conn_sizes: vec![1, 1_000, 10_000, 30_000],
+                conn_rounds: 3,
+                conn_ms: 2_000,
                 concurrency: 4,
+                stream_rounds: 3,
+                stream_ms: 2_000,
                 control_sizes: vec![1_000, 10_000, 30_000],
                 control_runs: 3,
                 control_changes: 1_000,
+                kube_proxy_changes: 20,
+                kube_proxy_budget: Duration::from_secs(20),
+                nftables_max_services: 10_000,
+                iptables_nft_max_services: 10_000,
             }
         }
     }
