@@ -192,6 +192,27 @@ impl MiniNode {
         Ok(())
     }
 
+    /// Switches checksum and segmentation offloads on every pod veth, both
+    /// ends. They start off (see the module doc); benchmarks switch them on
+    /// to measure what pods get with veth's defaults.
+    pub fn set_offloads(&self, on: bool) -> anyhow::Result<()> {
+        let state = if on { "on" } else { "off" };
+        let features = [
+            "tx", state, "rx", state, "sg", state, "tso", state, "gso", state,
+        ];
+        for pod in &self.pods {
+            for (ns, dev) in [
+                (self.node_netns.as_str(), pod.host_interface.as_str()),
+                (pod.netns.as_str(), "eth0"),
+            ] {
+                let mut argv = vec!["ethtool", "-K", dev];
+                argv.extend(features);
+                self.exec_ok(ns, &argv)?;
+            }
+        }
+        Ok(())
+    }
+
     pub fn pod(&self, name: &str) -> &Pod {
         self.pods
             .iter()

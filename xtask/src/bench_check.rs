@@ -18,7 +18,12 @@ const SECTIONS: &[&str] = &[
 const REQUIRED_ROWS: &[(&str, &[&str])] = &[
     (
         "## Headline",
-        &["| 1 |", "| one TCP stream", "| ClusterIP established hit"],
+        &[
+            "| 1 |",
+            "| one TCP stream, Gbit/s, veth offloads off",
+            "| one TCP stream, Gbit/s, veth offloads on",
+            "| ClusterIP established hit",
+        ],
     ),
     (
         "## 1. Per-packet cost",
@@ -115,7 +120,7 @@ mod tests {
 
     fn filled() -> String {
         "# kxdp benchmark report\n\n## Headline\n\n| N other Services | kxdp |\n|---:|---:|\n| 1 | 7000 (0.99×) |\n\
-         | one TCP stream, Gbit/s | 4.1 |\n\n| target | measured | met? |\n|---|---|---|\n\
+         | one TCP stream, Gbit/s, veth offloads off | 4.1 |\n| one TCP stream, Gbit/s, veth offloads on | 11 |\n\n| target | measured | met? |\n|---|---|---|\n\
          | ClusterIP established hit ≤ 3× | 5.4× | **no** |\n\n\
          ## 1. Per-packet cost of the pod programs\n\n| path | ns |\n|---|---:|\n| floor (empty XDP) | 26 |\n\
          | established (CT hit) | 170 |\n| new flow (x) | 900 |\n| reply (y) | 140 |\n\n\

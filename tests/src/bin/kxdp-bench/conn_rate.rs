@@ -205,21 +205,36 @@ impl ScaleRow {
     }
 }
 
+/// One bulk stream (Gbit/s) with one proxy installed.
+pub(crate) struct StreamRow {
+    pub(crate) proxy: Proxy,
+    /// Checksum and segmentation offloads on the veths (veth's default) or
+    /// off (every MTU-sized packet crosses the programs and rules alone).
+    pub(crate) offloads: bool,
+    /// Through the `sink` Service (to the pod IP for `Proxy::None`).
+    pub(crate) to_service: Summary,
+    /// To a pod IP while the proxy is installed: what the proxy costs
+    /// traffic that is not for a Service (`None` for `Proxy::None`).
+    pub(crate) to_pod: Option<Summary>,
+}
+
 pub(crate) struct ConnReport {
     pub(crate) rows: Vec<ScaleRow>,
-    /// One bulk stream per proxy (Gbit/s), at `rows[0].others` other Services.
-    pub(crate) streams: Vec<(Proxy, Summary)>,
+    /// One bulk stream per proxy, at `rows[0].others` other Services.
+    pub(crate) streams: Vec<StreamRow>,
 }
 
 impl ConnReport {
-    pub(crate) fn stream_ratio(&self, proxy: Proxy) -> Option<f64> {
-        let of = |p: Proxy| {
-            self.streams
-                .iter()
-                .find(|(q, _)| *q == p)
-                .map(|(_, s)| s.median)
-        };
-        Some(of(proxy)? / of(Proxy::None)?)
+    pub(crate) fn stream(&self, proxy: Proxy, offloads: bool) -> Option<&StreamRow> {
+        self.streams
+            .iter()
+            .find(|r| r.proxy == proxy && r.offloads == offloads)
+    }
+
+    /// Median stream rate through `proxy`'s Service over the no-proxy one.
+    pub(crate) fn stream_ratio(&self, proxy: Proxy, offloads: bool) -> Option<f64> {
+        let through = self.stream(proxy, offloads)?.to_service.median;
+        Some(through / self.stream(Proxy::None, offloads)?.to_service.median)
     }
 }
 
@@ -374,28 +389,61 @@ pub(crate) fn measure_conn_rate(plan: &Plan) -> anyhow::Result<ConnReport> {
         let mut modes = Vec::new();
         for proxy in Proxy::ALL {
             eprintln!("  {} with {others} other Services", proxy.label());
-            let (http, bulk) = bed.targets(proxy);
-            let (samples, gbps) = bed.with_proxy(proxy, || {
+            let http = bed.targets(proxy).0;
+            let samples = bed.with_proxy(proxy, || {
                 // Warm-up: neighbour entries, page cache, first connections.
                 conn_rate(&bed.s, &http, 300, plan)?;
-                let samples = (0..plan.conn_rounds)
+                (0..plan.conn_rounds)
                     .map(|_| conn_rate(&bed.s, &http, plan.conn_ms, plan))
-                    .collect::<anyhow::Result<Vec<_>>>()?;
-                let gbps = if index == 0 {
-                    (0..plan.stream_rounds)
-                        .map(|_| stream(&bed.s, &bulk, plan.stream_ms))
-                        .collect::<anyhow::Result<Vec<_>>>()?
-                } else {
-                    Vec::new()
-                };
-                Ok((samples, gbps))
+                    .collect::<anyhow::Result<Vec<_>>>()
             })?;
-            if !gbps.is_empty() {
-                streams.push((proxy, summarize(&gbps)));
-            }
             modes.push((proxy, conn_row(&samples)));
+        }
+        if index == 0 {
+            for offloads in [false, true] {
+                bed.s.node.set_offloads(offloads)?;
+                streams.extend(measure_streams(&bed, offloads, plan)?);
+            }
+            bed.s.node.set_offloads(false)?;
         }
         rows.push(ScaleRow { others, modes });
     }
     Ok(ConnReport { rows, streams })
+}
+
+/// One bulk stream per proxy, in cycles (each proxy installed in turn, once
+/// per cycle) so that the machine's drift over minutes spreads over all of
+/// them; under each proxy one stream through the Service and one to the pod
+/// IP, back to back.
+fn measure_streams(bed: &Bed, offloads: bool, plan: &Plan) -> anyhow::Result<Vec<StreamRow>> {
+    let direct = bed.targets(Proxy::None).1;
+    let mut samples: Vec<(Vec<f64>, Vec<f64>)> = vec![(Vec::new(), Vec::new()); Proxy::ALL.len()];
+    for cycle in 0..plan.stream_rounds {
+        eprintln!(
+            "  one TCP stream per proxy, offloads {}, cycle {}/{}",
+            if offloads { "on" } else { "off" },
+            cycle + 1,
+            plan.stream_rounds
+        );
+        for (proxy, (to_service, to_pod)) in Proxy::ALL.into_iter().zip(&mut samples) {
+            let bulk = bed.targets(proxy).1;
+            bed.with_proxy(proxy, || {
+                to_service.push(stream(&bed.s, &bulk, plan.stream_ms)?);
+                if proxy != Proxy::None {
+                    to_pod.push(stream(&bed.s, &direct, plan.stream_ms)?);
+                }
+                Ok(())
+            })?;
+        }
+    }
+    Ok(Proxy::ALL
+        .into_iter()
+        .zip(samples)
+        .map(|(proxy, (to_service, to_pod))| StreamRow {
+            proxy,
+            offloads,
+            to_service: summarize(&to_service),
+            to_pod: (!to_pod.is_empty()).then(|| summarize(&to_pod)),
+        })
+        .collect())
 }
