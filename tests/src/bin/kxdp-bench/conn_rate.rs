@@ -10,100 +10,6 @@ use kxdp_testbed::manifests::{endpoint_slice, service, Endpoint, SLICE_CONTROLLE
 
 use super::*;
 
-/// How the client pod reaches the backends in one phase of the benchmark.
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-pub(crate) enum Proxy {
-    /// No Service: the client connects to a backend's pod IP.
-    None,
-    Kxdp,
-    /// kube-proxy's iptables mode through `iptables-nft-restore`
-    /// (Debian's default iptables: rules run in nf_tables).
-    IptablesNft,
-    /// kube-proxy's iptables mode through `iptables-legacy-restore` (x_tables).
-    IptablesLegacy,
-    /// kube-proxy's nftables mode through `nft -f`.
-    Nftables,
-}
-
-impl Proxy {
-    pub(crate) const ALL: [Proxy; 5] = [
-        Proxy::None,
-        Proxy::Kxdp,
-        Proxy::IptablesNft,
-        Proxy::IptablesLegacy,
-        Proxy::Nftables,
-    ];
-    /// The kube-proxy modes, programmed by the tool kube-proxy runs.
-    pub(crate) const KUBE_PROXY: [Proxy; 3] =
-        [Proxy::IptablesNft, Proxy::IptablesLegacy, Proxy::Nftables];
-
-    pub(crate) fn label(self) -> &'static str {
-        match self {
-            Proxy::None => "no proxy (pod IP)",
-            Proxy::Kxdp => "kxdp",
-            Proxy::IptablesNft => "kube-proxy iptables (nft backend)",
-            Proxy::IptablesLegacy => "kube-proxy iptables (legacy)",
-            Proxy::Nftables => "kube-proxy nftables",
-        }
-    }
-
-    /// The command that loads this mode's ruleset from stdin.
-    pub(crate) fn loader(self) -> &'static [&'static str] {
-        match self {
-            Proxy::IptablesNft => &["iptables-nft-restore"],
-            Proxy::IptablesLegacy => &["iptables-legacy-restore"],
-            Proxy::Nftables => &["nft", "-f", "-"],
-            Proxy::None | Proxy::Kxdp => &[],
-        }
-    }
-
-    /// `loader` for a partial update that keeps what it does not name.
-    pub(crate) fn partial_loader(self) -> &'static [&'static str] {
-        match self {
-            Proxy::IptablesNft => &["iptables-nft-restore", "--noflush"],
-            Proxy::IptablesLegacy => &["iptables-legacy-restore", "--noflush"],
-            other => other.loader(),
-        }
-    }
-
-    /// This mode's complete ruleset for `services`. In nftables mode only
-    /// the Services `numgen` accepts pick endpoints with kube-proxy's inline
-    /// `numgen` map; the others go to their first endpoint: the kernel names
-    /// each inline map by scanning all the table's sets, so N of them take
-    /// O(N²) to load (measured in part 3), while a packet to one Service never
-    /// enters another Service's chain.
-    pub(crate) fn ruleset(
-        self,
-        services: &[KpService],
-        numgen: &dyn Fn(&KpService) -> bool,
-    ) -> String {
-        match self {
-            Proxy::IptablesNft | Proxy::IptablesLegacy => iptables_ruleset(services, &KP_CONFIG),
-            Proxy::Nftables => nftables_ruleset(services, numgen, &KP_CONFIG),
-            Proxy::None | Proxy::Kxdp => String::new(),
-        }
-    }
-
-    /// Removes this mode's rules from `netns`.
-    pub(crate) fn flush(self, netns: &str) -> anyhow::Result<()> {
-        match self {
-            // Restoring empty tables deletes every rule and user chain.
-            Proxy::IptablesLegacy => {
-                load_rules(netns, self.loader(), "*nat\nCOMMIT\n*filter\nCOMMIT\n").map(drop)
-            }
-            // iptables-nft keeps its rules in the nftables ruleset.
-            Proxy::IptablesNft | Proxy::Nftables => flush_rules(netns),
-            Proxy::None | Proxy::Kxdp => Ok(()),
-        }
-    }
-}
-
-/// The mini node's pods are 10.200.i.2; Services live in 10.96.0.0/12.
-pub(crate) const KP_CONFIG: KpConfig = KpConfig {
-    cluster_cidr: "10.200.0.0/16",
-    service_cidr: "10.96.0.0/12",
-};
-
 /// The `sink` Service for the stream test: port 5001 on every backend.
 const SINK_VIP: Ipv4Addr = Ipv4Addr::new(10, 99, 0, 9);
 const SINK_PORT: u16 = 5001;
@@ -386,19 +292,33 @@ pub(crate) fn measure_conn_rate(plan: &Plan) -> anyhow::Result<ConnReport> {
     let mut streams = Vec::new();
     for (index, &others) in plan.conn_sizes.iter().enumerate() {
         let bed = Bed::new(others)?;
-        let mut modes = Vec::new();
-        for proxy in Proxy::ALL {
-            eprintln!("  {} with {others} other Services", proxy.label());
-            let http = bed.targets(proxy).0;
-            let samples = bed.with_proxy(proxy, || {
-                // Warm-up: neighbour entries, page cache, first connections.
-                conn_rate(&bed.s, &http, 300, plan)?;
-                (0..plan.conn_rounds)
-                    .map(|_| conn_rate(&bed.s, &http, plan.conn_ms, plan))
-                    .collect::<anyhow::Result<Vec<_>>>()
-            })?;
-            modes.push((proxy, conn_row(&samples)));
+        // Passes over all proxies, so that a slow minute of the shared
+        // machine does not land on one proxy only.
+        let mut samples: Vec<Vec<ConnSample>> = Proxy::ALL.iter().map(|_| Vec::new()).collect();
+        for pass in 0..plan.conn_passes {
+            for (proxy, samples) in Proxy::ALL.into_iter().zip(&mut samples) {
+                eprintln!(
+                    "  {} with {others} other Services, pass {}/{}",
+                    proxy.label(),
+                    pass + 1,
+                    plan.conn_passes
+                );
+                let http = bed.targets(proxy).0;
+                bed.with_proxy(proxy, || {
+                    // Warm-up: neighbour entries, page cache, first connections.
+                    conn_rate(&bed.s, &http, 300, plan)?;
+                    for _ in 0..plan.conn_rounds {
+                        samples.push(conn_rate(&bed.s, &http, plan.conn_ms, plan)?);
+                    }
+                    Ok(())
+                })?;
+            }
         }
+        let modes = Proxy::ALL
+            .into_iter()
+            .zip(&samples)
+            .map(|(proxy, samples)| (proxy, conn_row(samples)))
+            .collect();
         if index == 0 {
             for offloads in [false, true] {
                 bed.s.node.set_offloads(offloads)?;

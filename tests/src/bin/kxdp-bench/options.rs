@@ -63,9 +63,10 @@ pub(crate) struct Plan {
     /// New flow, warm: a short chain, `warm_calls` calls per run.
     pub(crate) warm_chain: u32,
     pub(crate) warm_calls: u32,
-    /// Connection rate: numbers of other Services, rounds per proxy and
-    /// their length, client threads.
+    /// Connection rate: numbers of other Services, passes over all proxies,
+    /// rounds per proxy and pass and their length, client threads.
     pub(crate) conn_sizes: Vec<usize>,
+    pub(crate) conn_passes: usize,
     pub(crate) conn_rounds: usize,
     pub(crate) conn_ms: u64,
     pub(crate) concurrency: usize,
@@ -110,6 +111,7 @@ impl Plan {
                 warm_chain: 16,
                 warm_calls: 300,
                 conn_sizes: vec![1, 1_000],
+                conn_passes: 1,
                 conn_rounds: 2,
                 conn_ms: 500,
                 concurrency: 4,
@@ -131,7 +133,8 @@ impl Plan {
                 warm_chain: 16,
                 warm_calls: 2_000,
                 conn_sizes: vec![1, 1_000, 10_000, 30_000],
-                conn_rounds: 3,
+                conn_passes: 2,
+                conn_rounds: 2,
                 conn_ms: 2_000,
                 concurrency: 4,
                 stream_rounds: 3,

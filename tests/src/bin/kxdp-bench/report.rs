@@ -616,8 +616,11 @@ fn conn_section(
   threads, each one connection after another (connect, send `GET / HTTP/1.1`, read the whole answer, close) for
   {conn_secs:.1} s; rate = successful connections / elapsed seconds; p50/p99 are per-connection latencies from
   connect to the end of the answer. Connect, read and write each time out after 1 s; a timed-out or refused
-  connection counts as an error. Per phase: one warm-up of 0.3 s, then {rounds} rounds; the table gives their median,
-  min and max; "× no proxy" is the ratio of medians at the same N.
+  connection counts as an error. The phases run in {passes} pass(es) (none, kxdp, iptables ×2, nftables, then again),
+  each phase with one warm-up of 0.3 s and {rounds} rounds; the table gives the median, min and max of a proxy's
+  rounds over all passes; "× no proxy" is the ratio of medians at the same N. The shared 2-CPU machine has slow
+  minutes, in which a phase can lose a third of its rate; the passes spread them over the proxies, and the min
+  column shows them.
 - One TCP stream (at {stream_others} other Services only): `kxdp-peer stream ADDR:PORT {stream_ms}` writes 128 KiB
   blocks on one connection for {stream_secs:.1} s, closes its side, and waits for the sink's count of the bytes
   that arrived; Gbit/s = that count × 8 / the time until the count came back. {stream_rounds} cycle(s): in each,
@@ -644,6 +647,7 @@ fn conn_section(
         stream_ms = plan.stream_ms,
         concurrency = plan.concurrency,
         rounds = plan.conn_rounds,
+        passes = plan.conn_passes,
         stream_rounds = plan.stream_rounds,
         nproc = m.nproc,
     )
