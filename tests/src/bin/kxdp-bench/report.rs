@@ -405,16 +405,19 @@ fn headline_section(results: &Results) -> String {
     out
 }
 
-fn headline_conn_table(conns: &ConnReport) -> String {
-    let mut t = String::from("| N other Services |");
-    let mut rule = String::from("|---:|");
-    for proxy in Proxy::ALL {
-        t.push_str(&format!(" {} |", proxy.label()));
+/// A Markdown table head: `cells`, every column right-aligned.
+fn table_head<'a>(cells: impl IntoIterator<Item = &'a str>) -> String {
+    let (mut head, mut rule) = (String::from("|"), String::from("|"));
+    for cell in cells {
+        head.push_str(&format!(" {cell} |"));
         rule.push_str("---:|");
     }
-    t.push('\n');
-    t.push_str(&rule);
-    t.push('\n');
+    format!("{head}\n{rule}\n")
+}
+
+fn headline_conn_table(conns: &ConnReport) -> String {
+    let labels = Proxy::ALL.iter().map(|p| p.label());
+    let mut t = table_head(["N other Services"].into_iter().chain(labels));
     for row in &conns.rows {
         t.push_str(&format!("| {} |", row.others));
         for proxy in Proxy::ALL {
@@ -455,15 +458,13 @@ fn headline_conn_table(conns: &ConnReport) -> String {
 }
 
 fn headline_control_table(control: &[ControlRow]) -> String {
-    let mut t = String::from("| Services × 10 endpoints | kxdp |");
-    let mut rule = String::from("|---:|---:|");
-    for proxy in Proxy::KUBE_PROXY {
-        t.push_str(&format!(" {} |", proxy.label()));
-        rule.push_str("---:|");
-    }
-    t.push_str(" kxdp agent RSS (manifests / API) |\n");
-    rule.push_str("---:|\n");
-    t.push_str(&rule);
+    let labels = Proxy::KUBE_PROXY.iter().map(|p| p.label());
+    let mut t = table_head(
+        ["Services × 10 endpoints", "kxdp"]
+            .into_iter()
+            .chain(labels)
+            .chain(["kxdp agent RSS (manifests / API)"]),
+    );
     for r in control {
         t.push_str(&format!(
             "| {} | {:.0} ms, change {:.3} ms |",
