@@ -126,6 +126,9 @@ pub(crate) struct StreamRow {
 
 pub(crate) struct ConnReport {
     pub(crate) rows: Vec<ScaleRow>,
+    /// Share of CPU time the hypervisor took from this machine while the
+    /// part ran: a measure of how noisy the figures are.
+    pub(crate) steal: f64,
     /// One bulk stream per proxy, at `rows[0].others` other Services.
     pub(crate) streams: Vec<StreamRow>,
 }
@@ -287,7 +290,24 @@ impl Bed {
     }
 }
 
+/// CPU time counters from the first line of /proc/stat: (stolen, total).
+fn cpu_ticks() -> anyhow::Result<(u64, u64)> {
+    let stat = std::fs::read_to_string("/proc/stat")?;
+    let ticks: Vec<u64> = stat
+        .lines()
+        .next()
+        .context("empty /proc/stat")?
+        .split_whitespace()
+        .skip(1)
+        .map(str::parse)
+        .collect::<Result<_, _>>()?;
+    // user nice system idle iowait irq softirq steal (guest time is in user).
+    ensure!(ticks.len() >= 8, "/proc/stat has no steal column");
+    Ok((ticks[7], ticks[..8].iter().sum()))
+}
+
 pub(crate) fn measure_conn_rate(plan: &Plan) -> anyhow::Result<ConnReport> {
+    let (steal_before, total_before) = cpu_ticks()?;
     let mut rows = Vec::new();
     let mut streams = Vec::new();
     for (index, &others) in plan.conn_sizes.iter().enumerate() {
@@ -328,7 +348,13 @@ pub(crate) fn measure_conn_rate(plan: &Plan) -> anyhow::Result<ConnReport> {
         }
         rows.push(ScaleRow { others, modes });
     }
-    Ok(ConnReport { rows, streams })
+    let (steal_after, total_after) = cpu_ticks()?;
+    let steal = (steal_after - steal_before) as f64 / (total_after - total_before).max(1) as f64;
+    Ok(ConnReport {
+        rows,
+        steal,
+        streams,
+    })
 }
 
 /// One bulk stream per proxy, in cycles (each proxy installed in turn, once

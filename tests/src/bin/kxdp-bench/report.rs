@@ -637,7 +637,8 @@ fn conn_section(
   `net.ipv4.tcp_tw_reuse=1`: without it its TIME_WAIT sockets exhaust the ephemeral ports within seconds.
 - The kube-proxy modes bring netfilter connection tracking into the node namespace (NAT needs it); kxdp and the
   floor run without it, as they would on a node with no NAT rules. Client, servers, agent and kernel share the
-  machine's {nproc} CPUs; nothing is pinned. kxdp spreads connections over three server processes, the floor sends them
+  machine's {nproc} CPUs; nothing is pinned. While this part ran, the hypervisor took {steal:.1}% of the CPU time
+  (`steal` in /proc/stat). kxdp spreads connections over three server processes, the floor sends them
   all to one, the kube-proxy modes spread them like kxdp.
 "#,
         conn_table = conn_table(conns),
@@ -649,6 +650,7 @@ fn conn_section(
         concurrency = plan.concurrency,
         rounds = plan.conn_rounds,
         passes = plan.conn_passes,
+        steal = conns.steal * 100.0,
         stream_rounds = plan.stream_rounds,
         nproc = m.nproc,
     )
