@@ -8,6 +8,8 @@ use super::*;
 /// One line of a figure: a value (or none, if not measured) per category.
 pub(crate) struct Series {
     pub(crate) label: String,
+    /// The proxy it shows: each proxy keeps its colour in every figure.
+    pub(crate) proxy: Proxy,
     pub(crate) values: Vec<Option<f64>>,
 }
 
@@ -21,6 +23,7 @@ pub(crate) struct Figure<'a> {
     pub(crate) series: Vec<Series>,
 }
 
+/// One colour per proxy, in `Proxy::ALL` order.
 const COLORS: [RGBColor; 5] = [
     RGBColor(0x1f, 0x77, 0xb4),
     RGBColor(0xd6, 0x27, 0x28),
@@ -58,10 +61,11 @@ pub(crate) fn draw(path: &Path, figure: &Figure) -> anyhow::Result<()> {
     let (low, high) = points
         .iter()
         .fold((f64::MAX, f64::MIN), |(lo, hi), v| (lo.min(*v), hi.max(*v)));
+    // Head room above the data for the legend: a decade, or half again.
     let (y_from, y_to) = if figure.log_y {
-        (low.floor(), high.ceil().max(low.floor() + 1.0))
+        (low.floor(), high.ceil().max(low.floor() + 1.0) + 1.0)
     } else {
-        (0.0, high * 1.15)
+        (0.0, high * 1.5)
     };
     let last = figure.categories.len().saturating_sub(1) as f64;
     let root = SVGBackend::new(path, (760, 440)).into_drawing_area();
@@ -78,6 +82,12 @@ pub(crate) fn draw(path: &Path, figure: &Figure) -> anyhow::Result<()> {
     chart
         .configure_mesh()
         .x_labels(categories.len())
+        // Log scale: a label per decade.
+        .y_labels(if figure.log_y {
+            (y_to - y_from) as usize + 1
+        } else {
+            10
+        })
         .x_label_formatter(&|x| {
             let i = x.round();
             if (x - i).abs() < 0.01 && i >= 0.0 {
@@ -97,7 +107,12 @@ pub(crate) fn draw(path: &Path, figure: &Figure) -> anyhow::Result<()> {
         .y_desc(figure.y_desc)
         .draw()
         .map_err(|e| draw_error(&e))?;
-    for (series, color) in figure.series.iter().zip(COLORS.iter().cycle()) {
+    for series in &figure.series {
+        let index = Proxy::ALL
+            .iter()
+            .position(|p| *p == series.proxy)
+            .unwrap_or(0);
+        let color = &COLORS[index % COLORS.len()];
         let line: Vec<(f64, f64)> = series
             .values
             .iter()
@@ -152,6 +167,7 @@ pub(crate) fn write_figures(
                 .iter()
                 .map(|proxy| Series {
                     label: proxy.label().to_string(),
+                    proxy: *proxy,
                     values: conns
                         .rows
                         .iter()
@@ -188,11 +204,13 @@ pub(crate) fn write_figures(
         let series = |kxdp: fn(&ControlRow) -> f64, tool: fn(&KpTimes) -> f64| -> Vec<Series> {
             let mut all = vec![Series {
                 label: "kxdp".into(),
+                proxy: Proxy::Kxdp,
                 values: control.iter().map(|r| Some(kxdp(r))).collect(),
             }];
             all.extend(Proxy::KUBE_PROXY.iter().map(|proxy| {
                 Series {
                     label: proxy.label().to_string(),
+                    proxy: *proxy,
                     values: control
                         .iter()
                         .map(|r| {
@@ -246,10 +264,12 @@ mod tests {
             series: vec![
                 Series {
                     label: "kxdp".into(),
+                    proxy: Proxy::Kxdp,
                     values: vec![Some(7000.0), Some(6900.0), Some(7100.0)],
                 },
                 Series {
                     label: "iptables".into(),
+                    proxy: Proxy::IptablesNft,
                     values: vec![Some(6000.0), None, Some(900.0)],
                 },
             ],
@@ -275,6 +295,7 @@ mod tests {
             log_y: false,
             series: vec![Series {
                 label: "none".into(),
+                proxy: Proxy::None,
                 values: vec![None],
             }],
         };
