@@ -367,7 +367,7 @@ fn measure_streams(bed: &Bed, offloads: bool, plan: &Plan) -> anyhow::Result<Vec
     for cycle in 0..plan.stream_rounds {
         eprintln!(
             "  one TCP stream per proxy, offloads {}, cycle {}/{}",
-            if offloads { "on" } else { "off" },
+            offloads_label(offloads),
             cycle + 1,
             plan.stream_rounds
         );

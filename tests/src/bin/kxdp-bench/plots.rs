@@ -58,9 +58,11 @@ pub(crate) fn draw(path: &Path, figure: &Figure) -> anyhow::Result<()> {
         "figure {:?} has no values",
         figure.title
     );
-    let (low, high) = points
-        .iter()
-        .fold((f64::MAX, f64::MIN), |(lo, hi), v| (lo.min(*v), hi.max(*v)));
+    let Summary {
+        min: low,
+        max: high,
+        ..
+    } = summarize(&points);
     // Head room above the data for the legend: a decade, or half again.
     let (y_from, y_to) = if figure.log_y {
         (low.floor(), high.ceil().max(low.floor() + 1.0) + 1.0)

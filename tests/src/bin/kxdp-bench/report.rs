@@ -129,7 +129,7 @@ pub(crate) fn conn_table(report: &ConnReport) -> String {
     t
 }
 
-fn offloads_label(on: bool) -> &'static str {
+pub(crate) fn offloads_label(on: bool) -> &'static str {
     if on {
         "on"
     } else {
@@ -285,7 +285,8 @@ fn conn_verdicts(conns: &ConnReport) -> Vec<Verdict> {
         .iter()
         .filter_map(|r| Some((r.others, r.rate_ratio(Proxy::Kxdp)?)))
         .collect();
-    if let Some(worst) = ratios.iter().map(|(_, x)| *x).min_by(f64::total_cmp) {
+    if !ratios.is_empty() {
+        let ratio = summarize(&ratios.iter().map(|(_, x)| *x).collect::<Vec<_>>());
         let listed: Vec<String> = ratios
             .iter()
             .map(|(n, x)| format!("{x:.3} at N={n}"))
@@ -294,31 +295,24 @@ fn conn_verdicts(conns: &ConnReport) -> Vec<Verdict> {
             target: "short-connection rate through kxdp ≥ 0.9× the no-proxy floor at every N"
                 .into(),
             measured: listed.join(", "),
-            met: worst >= 0.9,
+            met: ratio.min >= 0.9,
             limit: "see section 2",
         });
         // Each N has a mini node of its own, measured minutes apart: the
         // ratio to the floor of the same node cancels the machine's drift.
-        let (lo, hi) = ratios
-            .iter()
-            .fold((f64::MAX, f64::MIN), |(lo, hi), (_, x)| {
-                (lo.min(*x), hi.max(*x))
-            });
-        let spread = (hi - lo) / hi;
+        let spread = (ratio.max - ratio.min) / ratio.max;
         let rates: Vec<f64> = conns
             .rows
             .iter()
             .filter_map(|r| Some(r.get(Proxy::Kxdp)?.rate.median))
             .collect();
-        let (rate_lo, rate_hi) = rates
-            .iter()
-            .fold((f64::MAX, f64::MIN), |(lo, hi), x| (lo.min(*x), hi.max(*x)));
+        let rate = summarize(&rates);
         verdicts.push(Verdict {
             target: "kxdp's rate flat within 5% across N".into(),
             measured: format!(
                 "{:.1}% between the lowest and the highest ratio to the floor (raw rates: {:.1}%, as the floor's own drift between the mini nodes)",
                 spread * 100.0,
-                (rate_hi - rate_lo) / rate_hi * 100.0
+                (rate.max - rate.min) / rate.max * 100.0
             ),
             met: spread <= 0.05,
             limit: "run-to-run noise of the shared 2-CPU machine is of the same order (compare the min–max columns in section 2)",
