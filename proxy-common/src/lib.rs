@@ -9,4 +9,5 @@
 #![no_std]
 
 pub mod maps;
+pub mod reject;
 pub mod sizes;

@@ -6,8 +6,20 @@ use core::net::Ipv4Addr;
 pub const PROTO_TCP: u8 = 6;
 pub const PROTO_UDP: u8 = 17;
 
-/// `ServiceKey::scope` of a ClusterIP frontend (reached from pods).
+/// `ServiceKey::scope` of a frontend reached from pods (tc on pod
+/// interfaces): ClusterIPs, and external addresses short-circuited to the
+/// Service as kube-proxy does.
 pub const SCOPE_CLUSTER_IP: u8 = 0;
+/// `ServiceKey::scope` of a frontend reached from outside through a NIC
+/// (XDP): a NodePort on each node address, LoadBalancer ingress IPs and
+/// `externalIPs` on the service port.
+pub const SCOPE_NODE: u8 = 1;
+
+/// Source ports the NIC program hands out when it SNATs a flow to a remote
+/// backend: above Linux's default ephemeral range (32768–60999), so they never
+/// collide with the node's own connections, and cheap to recognise.
+pub const SNAT_PORT_MIN: u16 = 61_000;
+pub const SNAT_PORT_MAX: u16 = 65_535;
 
 /// A network-order `u32` as the packet holds it.
 pub fn addr_to_net(addr: Ipv4Addr) -> u32 {
@@ -73,6 +85,15 @@ map_type! {
 
 /// `ServiceValue::flags`: `sessionAffinity: ClientIP`.
 pub const SERVICE_AFFINITY_CLIENT_IP: u32 = 1;
+/// `ServiceValue::flags`: with no slot, drop silently instead of rejecting
+/// (a traffic policy `Local` with no endpoint on this node, as kube-proxy).
+pub const SERVICE_EMPTY_DROP: u32 = 2;
+/// `ServiceValue::flags`: `externalTrafficPolicy: Cluster` on a node
+/// frontend: a flow to a backend on another node is SNATed to this node.
+pub const SERVICE_SNAT_REMOTE: u32 = 4;
+/// `ServiceValue::flags`: only clients in `SOURCE_RANGES` for this service
+/// id may use it (`loadBalancerSourceRanges`).
+pub const SERVICE_SOURCE_RANGES: u32 = 8;
 
 map_type! {
     /// `backends` value, keyed by backend id (`u32`).
@@ -115,6 +136,10 @@ pub const CT_FORWARD: u8 = 0;
 /// `CtEntry::direction` of a backend → client entry: rewrite the source.
 pub const CT_REPLY: u8 = 1;
 
+/// `CtEntry::flags`: the flow is SNATed as well (remote NodePort backend);
+/// `snat_addr`/`snat_port` hold the other end's translation.
+pub const CT_SNAT: u8 = 1;
+
 map_type! {
     /// `conntrack` value: how to translate the packet matching the key.
     pub struct CtEntry {
@@ -124,9 +149,28 @@ map_type! {
         pub nat_port: u16,
         /// [`CT_FORWARD`] or [`CT_REPLY`].
         pub direction: u8,
-        pub _pad: u8,
+        /// `CT_*` bits.
+        pub flags: u8,
         pub service_id: u32,
         pub backend_id: u32,
+        /// With [`CT_SNAT`]: forward, the node address and port the backend
+        /// sees as the client; reply, the client to restore as destination.
+        pub snat_addr: u32,
+        pub snat_port: u16,
+        pub _pad: u16,
+    }
+}
+
+map_type! {
+    /// `source_ranges` LPM-trie data: a client prefix allowed to reach the
+    /// frontend with id `service_id`. The trie's prefix length counts the 32
+    /// bits of `service_id` plus the CIDR's length, so a lookup with
+    /// (service id, client address) at length 64 finds the longest match.
+    pub struct SourceRange {
+        /// Big-endian, so the id is the leading bytes the trie compares first.
+        pub service_id_be: u32,
+        /// Network order.
+        pub addr: u32,
     }
 }
 
@@ -148,4 +192,21 @@ pub mod drop_reason {
     pub const CONNTRACK_FULL: u32 = 2;
     /// A packet rewrite helper failed.
     pub const REWRITE_FAILED: u32 = 3;
+    /// Traffic policy `Local` and no endpoint on this node (kube-proxy drops too).
+    pub const NO_LOCAL_BACKEND: u32 = 4;
+    /// The client is outside the Service's `loadBalancerSourceRanges`.
+    pub const SOURCE_RANGE: u32 = 5;
+    /// No free SNAT port for a flow to a remote backend.
+    pub const SNAT_PORTS_EXHAUSTED: u32 = 6;
+    /// A reject reply could not be built (e.g. IP options in the request).
+    pub const REJECT_FAILED: u32 = 7;
+}
+
+/// Indexes of the per-CPU `verdicts` counters: what was done that is not a
+/// plain translation.
+pub mod verdict {
+    /// TCP RST sent for a service without endpoints.
+    pub const REJECTED_TCP: u32 = 0;
+    /// ICMP port unreachable sent for a service without endpoints.
+    pub const REJECTED_UDP: u32 = 1;
 }

@@ -11,3 +11,9 @@ pub const MAX_SELECTION_SLOTS: u32 = 1_048_576;
 pub const MAX_CONNTRACK: u32 = 524_288;
 /// Number of drop-reason counters (see [`crate::maps::drop_reason`]).
 pub const DROP_REASONS: u32 = 8;
+/// Number of verdict counters (see [`crate::maps::verdict`]).
+pub const VERDICTS: u32 = 4;
+/// `loadBalancerSourceRanges` prefixes across all frontends.
+pub const MAX_SOURCE_RANGES: u32 = 16_384;
+/// NICs the node program can SNAT on (ifindex → address).
+pub const MAX_NICS: u32 = 64;

@@ -74,17 +74,17 @@ pub fn create(flow: &Ipv4Flow, service_id: u32, chosen: &Selected) -> Result<CtE
         nat_addr: flow.dst_addr,
         nat_port: flow.dst_port,
         direction: CT_REPLY,
-        _pad: 0,
         service_id,
         backend_id: chosen.id,
+        ..CtEntry::default()
     };
     let forward = CtEntry {
         nat_addr: chosen.backend.addr,
         nat_port: chosen.backend.port,
         direction: CT_FORWARD,
-        _pad: 0,
         service_id,
         backend_id: chosen.id,
+        ..CtEntry::default()
     };
     CONNTRACK
         .insert(reply_key, reply, BPF_ANY as u64)

@@ -237,9 +237,9 @@ impl Reply {
             nat_addr: addr_to_net(*nat.ip()),
             nat_port: port_to_net(nat.port()),
             direction: CT_REPLY,
-            _pad: 0,
             service_id: 1,
             backend_id: Datapath::backend_id(1, 0),
+            ..CtEntry::default()
         };
         dp.insert_conntrack(flow_key(BACKEND, peer), reply_to(VIP));
         dp.insert_conntrack(flow_key(VIP, peer), reply_to(BACKEND));
