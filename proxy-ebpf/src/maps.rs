@@ -2,12 +2,15 @@
 //! agent (and `kxdp services`) finds the same state.
 
 use aya_ebpf::{
-    bindings::BPF_F_NO_COMMON_LRU,
+    bindings::{BPF_F_NO_COMMON_LRU, BPF_F_NO_PREALLOC},
     macros::map,
-    maps::{HashMap, LruHashMap, PerCpuArray},
+    maps::{HashMap, LpmTrie, LruHashMap, PerCpuArray},
 };
 use proxy_common::{
-    maps::{BackendValue, CtEntry, FlowKey, ServiceKey, ServiceStats, ServiceValue, SlotKey},
+    maps::{
+        BackendValue, CtEntry, FlowKey, ServiceKey, ServiceStats, ServiceValue, SlotKey,
+        SourceRange,
+    },
     sizes,
 };
 
@@ -36,3 +39,17 @@ pub static STATS: PerCpuArray<ServiceStats> = PerCpuArray::pinned(sizes::MAX_SER
 /// Dropped packets by reason (`proxy_common::maps::drop_reason`).
 #[map]
 pub static DROPS: PerCpuArray<u64> = PerCpuArray::pinned(sizes::DROP_REASONS, 0);
+
+/// What was done besides translating, by `proxy_common::maps::verdict`.
+#[map]
+pub static VERDICTS: PerCpuArray<u64> = PerCpuArray::pinned(sizes::VERDICTS, 0);
+
+/// (frontend id, client prefix) allowed by `loadBalancerSourceRanges`.
+/// LPM tries must not be preallocated.
+#[map]
+pub static SOURCE_RANGES: LpmTrie<SourceRange, u8> =
+    LpmTrie::pinned(sizes::MAX_SOURCE_RANGES, BPF_F_NO_PREALLOC);
+
+/// NIC ifindex → the IPv4 address flows to remote backends are SNATed to.
+#[map]
+pub static NIC_ADDRS: HashMap<u32, u32> = HashMap::pinned(sizes::MAX_NICS, 0);
