@@ -139,6 +139,10 @@ pub const CT_REPLY: u8 = 1;
 /// `CtEntry::flags`: the flow is SNATed as well (remote NodePort backend);
 /// `snat_addr`/`snat_port` hold the other end's translation.
 pub const CT_SNAT: u8 = 1;
+/// `CtEntry::flags`: the client came in through a NIC (NodePort, external
+/// address) and the backend is a local pod: its reply gets the frontend
+/// back as source where it leaves the pod (`pod_ingress`).
+pub const CT_FROM_NIC: u8 = 2;
 
 map_type! {
     /// `conntrack` value: how to translate the packet matching the key.
@@ -200,6 +204,8 @@ pub mod drop_reason {
     pub const SNAT_PORTS_EXHAUSTED: u32 = 6;
     /// A reject reply could not be built (e.g. IP options in the request).
     pub const REJECT_FAILED: u32 = 7;
+    /// A flow to a remote backend came in on a NIC without an IPv4 address to SNAT to.
+    pub const NO_SNAT_ADDRESS: u32 = 8;
 }
 
 /// Indexes of the per-CPU `verdicts` counters: what was done that is not a

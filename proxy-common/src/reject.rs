@@ -19,6 +19,8 @@ pub const RST_FRAME_LEN: usize = ETH_HLEN + IP_HLEN + TCP_HLEN;
 pub const ICMP_REQUEST_LEN: usize = ETH_HLEN + QUOTE_LEN;
 /// Length of the ICMP port-unreachable frame.
 pub const ICMP_FRAME_LEN: usize = ETH_HLEN + IP_HLEN + ICMP_HLEN + QUOTE_LEN;
+/// How much an ICMP error is longer than the request prefix it quotes.
+pub const ICMP_GROWTH: usize = ICMP_FRAME_LEN - ICMP_REQUEST_LEN;
 
 const PROTO_ICMP: u8 = 1;
 const PROTO_TCP: u8 = 6;
@@ -29,6 +31,7 @@ const TCP_ACK: u8 = 0x10;
 const REPLY_TTL: u8 = 64;
 
 /// The one's-complement sum of `data` as big-endian 16-bit words, added to `acc`.
+#[inline(always)]
 fn sum_be_words(data: &[u8], mut acc: u32) -> u32 {
     let mut i = 0;
     while i + 1 < data.len() {
@@ -40,102 +43,113 @@ fn sum_be_words(data: &[u8], mut acc: u32) -> u32 {
 
 /// Folds a sum into the 16-bit checksum. Every sum here covers at most
 /// 64 words, so two folds always suffice.
+#[inline(always)]
 fn fold(acc: u32) -> u16 {
     let acc = (acc & 0xffff) + (acc >> 16);
     let acc = (acc & 0xffff) + (acc >> 16);
     !(acc as u16)
 }
 
+#[inline(always)]
 fn put_u16(frame: &mut [u8], off: usize, value: u16) {
     frame[off..off + 2].copy_from_slice(&value.to_be_bytes());
 }
 
-/// Writes the reply's Ethernet header (addresses swapped) and a fresh IPv4
-/// header from `dst` back to `src` of the request; returns nothing, the
-/// checksum is filled in.
-fn reply_headers(request: &[u8], reply: &mut [u8], proto: u8, total_len: u16) {
-    reply[0..6].copy_from_slice(&request[6..12]);
-    reply[6..12].copy_from_slice(&request[0..6]);
-    reply[12..14].copy_from_slice(&request[12..14]);
-    let ip = ETH_HLEN;
-    reply[ip] = 0x45;
-    reply[ip + 1] = 0;
-    put_u16(reply, ip + 2, total_len);
-    put_u16(reply, ip + 4, 0);
+#[inline(always)]
+fn swap<const N: usize>(frame: &mut [u8], a: usize, b: usize) {
+    let mut tmp = [0u8; N];
+    tmp.copy_from_slice(&frame[a..a + N]);
+    frame.copy_within(b..b + N, a);
+    frame[b..b + N].copy_from_slice(&tmp);
+}
+
+/// Turns the IPv4 header at `ip` into a reply's: addresses swapped, fresh
+/// fields, checksum filled in.
+#[inline(always)]
+fn reply_ip_header(frame: &mut [u8], ip: usize, proto: u8, total_len: u16) {
+    swap::<4>(frame, ip + 12, ip + 16);
+    frame[ip] = 0x45;
+    frame[ip + 1] = 0;
+    put_u16(frame, ip + 2, total_len);
+    put_u16(frame, ip + 4, 0);
     // Don't fragment, as Linux sends its own resets and ICMP errors.
-    put_u16(reply, ip + 6, 0x4000);
-    reply[ip + 8] = REPLY_TTL;
-    reply[ip + 9] = proto;
-    put_u16(reply, ip + 10, 0);
-    reply[ip + 12..ip + 16].copy_from_slice(&request[ip + 16..ip + 20]);
-    reply[ip + 16..ip + 20].copy_from_slice(&request[ip + 12..ip + 16]);
-    let check = fold(sum_be_words(&reply[ip..ip + IP_HLEN], 0));
-    put_u16(reply, ip + 10, check);
+    put_u16(frame, ip + 6, 0x4000);
+    frame[ip + 8] = REPLY_TTL;
+    frame[ip + 9] = proto;
+    put_u16(frame, ip + 10, 0);
+    let check = fold(sum_be_words(&frame[ip..ip + IP_HLEN], 0));
+    put_u16(frame, ip + 10, check);
 }
 
 /// Whether `frame` starts with an untagged IPv4 header without options.
+#[inline(always)]
 fn plain_ipv4(frame: &[u8]) -> bool {
     frame[12..14] == [0x08, 0x00] && frame[ETH_HLEN] == 0x45
 }
 
-/// The RST answering a TCP segment, or `None` if the segment is itself a
-/// RST (never answered) or not plain IPv4. `payload_len` is the segment's
-/// data length. Sequence numbers follow RFC 9293 §3.10.7.1: a segment with
-/// ACK gets `seq = its ack`; one without gets `ack = its seq + data + SYN + FIN`.
-pub fn tcp_rst(request: &[u8; RST_FRAME_LEN], payload_len: u16) -> Option<[u8; RST_FRAME_LEN]> {
+/// Turns a TCP segment (its first [`RST_FRAME_LEN`] bytes, the frame cut
+/// there by the caller) into the RST answering it. `payload_len` is the
+/// segment's data length. Returns false, leaving the frame unchanged, for a
+/// RST (never answered) or anything but plain IPv4 TCP. Sequence numbers
+/// follow RFC 9293 §3.10.7.1: a segment with ACK gets `seq = its ack`; one
+/// without gets `ack = its seq + data + SYN + FIN`.
+#[inline(always)]
+pub fn tcp_rst(frame: &mut [u8; RST_FRAME_LEN], payload_len: u16) -> bool {
     let tcp = ETH_HLEN + IP_HLEN;
-    let flags = request[tcp + 13];
-    if !plain_ipv4(request) || request[ETH_HLEN + 9] != PROTO_TCP || flags & TCP_RST != 0 {
-        return None;
+    let flags = frame[tcp + 13];
+    if !plain_ipv4(frame) || frame[ETH_HLEN + 9] != PROTO_TCP || flags & TCP_RST != 0 {
+        return false;
     }
-    let mut reply = [0u8; RST_FRAME_LEN];
-    reply_headers(request, &mut reply, PROTO_TCP, (IP_HLEN + TCP_HLEN) as u16);
-    reply[tcp..tcp + 2].copy_from_slice(&request[tcp + 2..tcp + 4]);
-    reply[tcp + 2..tcp + 4].copy_from_slice(&request[tcp..tcp + 2]);
+    swap::<6>(frame, 0, 6);
+    reply_ip_header(frame, ETH_HLEN, PROTO_TCP, (IP_HLEN + TCP_HLEN) as u16);
+    swap::<2>(frame, tcp, tcp + 2);
     if flags & TCP_ACK != 0 {
-        reply[tcp + 4..tcp + 8].copy_from_slice(&request[tcp + 8..tcp + 12]);
-        reply[tcp + 13] = TCP_RST;
+        frame.copy_within(tcp + 8..tcp + 12, tcp + 4);
+        frame[tcp + 8..tcp + 12].fill(0);
+        frame[tcp + 13] = TCP_RST;
     } else {
-        let seq = u32::from_be_bytes([
-            request[tcp + 4],
-            request[tcp + 5],
-            request[tcp + 6],
-            request[tcp + 7],
-        ]);
-        let consumed = payload_len as u32
-            + (flags & TCP_SYN != 0) as u32
-            + (flags & TCP_FIN != 0) as u32;
-        reply[tcp + 8..tcp + 12].copy_from_slice(&seq.wrapping_add(consumed).to_be_bytes());
-        reply[tcp + 13] = TCP_RST | TCP_ACK;
+        let seq = u32::from_be_bytes([frame[tcp + 4], frame[tcp + 5], frame[tcp + 6], frame[tcp + 7]]);
+        let consumed =
+            payload_len as u32 + (flags & TCP_SYN != 0) as u32 + (flags & TCP_FIN != 0) as u32;
+        frame[tcp + 4..tcp + 8].fill(0);
+        frame[tcp + 8..tcp + 12].copy_from_slice(&seq.wrapping_add(consumed).to_be_bytes());
+        frame[tcp + 13] = TCP_RST | TCP_ACK;
     }
-    // Data offset 5 words, window 0, urgent pointer 0.
-    reply[tcp + 12] = 5 << 4;
+    // Data offset 5 words; window, checksum and urgent pointer 0 for now.
+    frame[tcp + 12] = 5 << 4;
+    frame[tcp + 14..tcp + TCP_HLEN].fill(0);
     let ip = ETH_HLEN;
-    let mut acc = sum_be_words(&reply[ip + 12..ip + 20], 0);
-    acc += PROTO_TCP as u32 + TCP_HLEN as u32;
-    let check = fold(sum_be_words(&reply[tcp..tcp + TCP_HLEN], acc));
-    put_u16(&mut reply, tcp + 16, check);
-    Some(reply)
+    let pseudo = sum_be_words(&frame[ip + 12..ip + 20], PROTO_TCP as u32 + TCP_HLEN as u32);
+    let check = fold(sum_be_words(&frame[tcp..tcp + TCP_HLEN], pseudo));
+    put_u16(frame, tcp + 16, check);
+    true
 }
 
-/// The ICMP destination unreachable (port unreachable) answering a
-/// datagram, quoting its IP header and first 8 bytes of L4 (RFC 792), or
-/// `None` if the request is not plain IPv4.
-pub fn icmp_port_unreachable(request: &[u8; ICMP_REQUEST_LEN]) -> Option<[u8; ICMP_FRAME_LEN]> {
-    if !plain_ipv4(request) {
-        return None;
+/// Turns a datagram into the ICMP port unreachable answering it (RFC 792),
+/// in place: the caller grows the frame by [`ICMP_GROWTH`] bytes in front
+/// and cuts it at [`ICMP_FRAME_LEN`], so the request's first
+/// [`ICMP_REQUEST_LEN`] bytes sit at `ICMP_GROWTH..`. Its IP header and 8
+/// bytes of L4 are then exactly where the ICMP error quotes them. Returns
+/// false for anything but plain IPv4.
+#[inline(always)]
+pub fn icmp_port_unreachable(frame: &mut [u8; ICMP_FRAME_LEN]) -> bool {
+    let request = ICMP_GROWTH;
+    if !plain_ipv4(&frame[request..]) {
+        return false;
     }
-    let mut reply = [0u8; ICMP_FRAME_LEN];
+    frame.copy_within(request + 6..request + 12, 0);
+    frame.copy_within(request..request + 6, 6);
+    frame.copy_within(request + 12..request + 14, 12);
+    // The outer header starts as a copy of the quoted one.
+    frame.copy_within(request + ETH_HLEN..request + ETH_HLEN + IP_HLEN, ETH_HLEN);
     let total_len = (IP_HLEN + ICMP_HLEN + QUOTE_LEN) as u16;
-    reply_headers(request, &mut reply, PROTO_ICMP, total_len);
+    reply_ip_header(frame, ETH_HLEN, PROTO_ICMP, total_len);
     let icmp = ETH_HLEN + IP_HLEN;
-    // Type 3 (destination unreachable), code 3 (port unreachable).
-    reply[icmp] = 3;
-    reply[icmp + 1] = 3;
-    reply[icmp + ICMP_HLEN..].copy_from_slice(&request[ETH_HLEN..]);
-    let check = fold(sum_be_words(&reply[icmp..], 0));
-    put_u16(&mut reply, icmp + 2, check);
-    Some(reply)
+    // Type 3 (destination unreachable), code 3 (port unreachable), unused.
+    frame[icmp..icmp + ICMP_HLEN].copy_from_slice(&[3, 3, 0, 0, 0, 0, 0, 0]);
+    let check = fold(sum_be_words(&frame[icmp..], 0));
+    put_u16(frame, icmp + 2, check);
+    true
 }
 
 #[cfg(test)]
@@ -167,9 +181,13 @@ mod tests {
         fold(sum_be_words(data, acc)) == 0
     }
 
+    fn rst(mut request: [u8; RST_FRAME_LEN], payload_len: u16) -> Option<[u8; RST_FRAME_LEN]> {
+        tcp_rst(&mut request, payload_len).then_some(request)
+    }
+
     #[test]
     fn a_syn_gets_rst_ack_acknowledging_the_syn() {
-        let rst = tcp_rst(&tcp_request(TCP_SYN, 1000, 0), 0).unwrap();
+        let rst = rst(tcp_request(TCP_SYN, 1000, 0), 0).unwrap();
         assert_eq!(&rst[0..6], &[2, 0, 0, 0, 0, 1], "back to the sender's MAC");
         assert_eq!(&rst[26..30], &[10, 96, 0, 10], "from the VIP");
         assert_eq!(&rst[30..34], &[10, 0, 1, 5], "to the client");
@@ -185,7 +203,7 @@ mod tests {
 
     #[test]
     fn a_segment_with_ack_gets_a_bare_rst_at_its_ack_number() {
-        let rst = tcp_rst(&tcp_request(TCP_ACK, 5000, 777), 100).unwrap();
+        let rst = rst(tcp_request(TCP_ACK, 5000, 777), 100).unwrap();
         assert_eq!(u32::from_be_bytes([rst[38], rst[39], rst[40], rst[41]]), 777);
         assert_eq!(rst[47], TCP_RST);
         let pseudo = sum_be_words(&rst[26..34], PROTO_TCP as u32 + 20);
@@ -194,7 +212,7 @@ mod tests {
 
     #[test]
     fn data_and_fin_count_in_the_acknowledgement() {
-        let rst = tcp_rst(&tcp_request(TCP_FIN, 0xffff_fff0, 0), 0x20).unwrap();
+        let rst = rst(tcp_request(TCP_FIN, 0xffff_fff0, 0), 0x20).unwrap();
         assert_eq!(
             u32::from_be_bytes([rst[42], rst[43], rst[44], rst[45]]),
             0x11,
@@ -204,10 +222,13 @@ mod tests {
 
     #[test]
     fn resets_and_ip_options_are_not_answered() {
-        assert!(tcp_rst(&tcp_request(TCP_RST | TCP_ACK, 1, 1), 0).is_none());
+        let reset = tcp_request(TCP_RST | TCP_ACK, 1, 1);
+        let mut frame = reset;
+        assert!(!tcp_rst(&mut frame, 0));
+        assert_eq!(frame, reset, "left unchanged");
         let mut with_options = tcp_request(TCP_SYN, 1, 0);
         with_options[14] = 0x46;
-        assert!(tcp_rst(&with_options, 0).is_none());
+        assert!(rst(with_options, 0).is_none());
     }
 
     #[test]
@@ -216,7 +237,11 @@ mod tests {
         request[..34].copy_from_slice(&tcp_request(0, 0, 0)[..34]);
         request[14 + 9] = 17;
         request[34..42].copy_from_slice(&[0x9c, 0x40, 0, 53, 0, 12, 0xab, 0xcd]);
-        let reply = icmp_port_unreachable(&request).unwrap();
+        let mut reply = [0u8; ICMP_FRAME_LEN];
+        reply[ICMP_GROWTH..].copy_from_slice(&request);
+        assert!(icmp_port_unreachable(&mut reply));
+        assert_eq!(&reply[0..6], &[2, 0, 0, 0, 0, 1], "back to the sender's MAC");
+        assert_eq!(&reply[6..12], &[2, 0, 0, 0, 0, 2]);
         assert_eq!(reply.len(), 70);
         assert_eq!(reply[23], PROTO_ICMP);
         assert_eq!(u16::from_be_bytes([reply[16], reply[17]]), 56);

@@ -10,7 +10,7 @@ pub const MAX_SELECTION_SLOTS: u32 = 1_048_576;
 /// Connection-tracking entries (two per connection: forward and reply).
 pub const MAX_CONNTRACK: u32 = 524_288;
 /// Number of drop-reason counters (see [`crate::maps::drop_reason`]).
-pub const DROP_REASONS: u32 = 8;
+pub const DROP_REASONS: u32 = 16;
 /// Number of verdict counters (see [`crate::maps::verdict`]).
 pub const VERDICTS: u32 = 4;
 /// `loadBalancerSourceRanges` prefixes across all frontends.

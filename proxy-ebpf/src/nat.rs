@@ -1,7 +1,8 @@
 //! Address and port translation: DNAT towards the backend, reverse NAT on
-//! replies so the client sees the VIP and service port.
+//! replies so the client sees the VIP and service port; in XDP both ends at
+//! once for flows that are SNATed too.
 
-use aya_ebpf::programs::TcContext;
+use aya_ebpf::programs::{TcContext, XdpContext};
 use proxy_common::maps::drop_reason;
 
 use crate::{
@@ -36,7 +37,7 @@ fn rewrite(ctx: &TcContext, flow: &Ipv4Flow, end: End, addr: u32, port: u16) -> 
     let ports = ptr_at_mut::<[u16; 2]>(ctx, flow.l4_off).ok_or(drop_reason::REWRITE_FAILED)?;
     // SAFETY: both pointers were bounds-checked against data_end just above.
     unsafe {
-        (*ip).check = csum::ipv4_replace_u32((*ip).check, old_addr, addr);
+        (*ip).check = csum::replace_u32((*ip).check, old_addr, addr);
         match end {
             End::Source => (*ip).saddr = addr,
             End::Destination => (*ip).daddr = addr,
@@ -56,4 +57,46 @@ pub fn dnat(ctx: &TcContext, flow: &Ipv4Flow, addr: u32, port: u16) -> Result<()
 #[inline(always)]
 pub fn reverse_nat(ctx: &TcContext, flow: &Ipv4Flow, addr: u32, port: u16) -> Result<(), u32> {
     rewrite(ctx, flow, End::Source, addr, port)
+}
+
+/// One end of a flow: address and port, network order.
+pub type Endpoint = (u32, u16);
+
+/// XDP: rewrites the packet to go from `src` to `dst`, updating the IPv4
+/// and L4 checksums in place. A UDP checksum of zero ("none") stays zero.
+#[inline(always)]
+pub fn xdp_translate(
+    ctx: &XdpContext,
+    flow: &Ipv4Flow,
+    src: Endpoint,
+    dst: Endpoint,
+) -> Result<(), u32> {
+    let (csum_off, udp) = csum::l4_csum_off(flow);
+    let ip = ptr_at_mut::<Ipv4Hdr>(ctx, flow.l3_off).ok_or(drop_reason::REWRITE_FAILED)?;
+    let ports = ptr_at_mut::<[u16; 2]>(ctx, flow.l4_off).ok_or(drop_reason::REWRITE_FAILED)?;
+    let l4_check = ptr_at_mut::<u16>(ctx, csum_off).ok_or(drop_reason::REWRITE_FAILED)?;
+    // SAFETY: every pointer was bounds-checked against data_end just above.
+    unsafe {
+        let mut ip_check = (*ip).check;
+        ip_check = csum::replace_u32(ip_check, flow.src_addr, src.0);
+        ip_check = csum::replace_u32(ip_check, flow.dst_addr, dst.0);
+        (*ip).check = ip_check;
+        (*ip).saddr = src.0;
+        (*ip).daddr = dst.0;
+        (*ports)[0] = src.1;
+        (*ports)[1] = dst.1;
+        let mut check = *l4_check;
+        if !(udp && check == 0) {
+            // The pseudo-header holds both addresses.
+            check = csum::replace_u32(check, flow.src_addr, src.0);
+            check = csum::replace_u32(check, flow.dst_addr, dst.0);
+            check = csum::replace_u16(check, flow.src_port, src.1);
+            check = csum::replace_u16(check, flow.dst_port, dst.1);
+            if udp && check == 0 {
+                check = 0xffff;
+            }
+            *l4_check = check;
+        }
+    }
+    Ok(())
 }

@@ -1,11 +1,39 @@
-//! Header parsing with direct packet access. Every read is bounds-checked
-//! against `data_end`; anything that is not an unfragmented IPv4 TCP/UDP
-//! packet yields `None` and is passed on untouched.
+//! Header parsing with direct packet access, for tc and XDP alike. Every
+//! read is bounds-checked against `data_end`; anything that is not an
+//! unfragmented IPv4 TCP/UDP packet yields `None` and is passed on untouched.
 
-use aya_ebpf::programs::TcContext;
+use aya_ebpf::programs::{TcContext, XdpContext};
 use proxy_common::maps::{PROTO_TCP, PROTO_UDP};
 
-const ETH_HLEN: usize = 14;
+/// A packet in linear memory: what direct packet access needs of a context.
+pub trait Frame {
+    fn data(&self) -> usize;
+    fn data_end(&self) -> usize;
+}
+
+impl Frame for TcContext {
+    #[inline(always)]
+    fn data(&self) -> usize {
+        TcContext::data(self)
+    }
+    #[inline(always)]
+    fn data_end(&self) -> usize {
+        TcContext::data_end(self)
+    }
+}
+
+impl Frame for XdpContext {
+    #[inline(always)]
+    fn data(&self) -> usize {
+        XdpContext::data(self)
+    }
+    #[inline(always)]
+    fn data_end(&self) -> usize {
+        XdpContext::data_end(self)
+    }
+}
+
+pub const ETH_HLEN: usize = 14;
 const VLAN_HLEN: usize = 4;
 const ETH_P_IPV4: u16 = 0x0800u16.to_be();
 const ETH_P_8021Q: u16 = 0x8100u16.to_be();
@@ -23,6 +51,8 @@ pub struct Ipv4Flow {
     /// Offset of the TCP/UDP header (after IP options).
     pub l4_off: usize,
     pub proto: u8,
+    /// IPv4 total length: the TCP payload length follows from it.
+    pub ip_len: u16,
     pub src_addr: u32,
     pub dst_addr: u32,
     pub src_port: u16,
@@ -50,7 +80,7 @@ pub struct Ipv4Hdr {
 
 /// Returns a pointer to a `T` at `off`, or `None` if it does not fit.
 #[inline(always)]
-fn ptr_at<T>(ctx: &TcContext, off: usize) -> Option<*const T> {
+fn ptr_at<T>(ctx: &impl Frame, off: usize) -> Option<*const T> {
     let start = ctx.data();
     if start + off + core::mem::size_of::<T>() > ctx.data_end() {
         return None;
@@ -60,7 +90,7 @@ fn ptr_at<T>(ctx: &TcContext, off: usize) -> Option<*const T> {
 
 /// A writable pointer to a `T` at `off`, or `None` if it does not fit.
 #[inline(always)]
-pub fn ptr_at_mut<T>(ctx: &TcContext, off: usize) -> Option<*mut T> {
+pub fn ptr_at_mut<T>(ctx: &impl Frame, off: usize) -> Option<*mut T> {
     ptr_at::<T>(ctx, off).map(|p| p as *mut T)
 }
 
@@ -79,9 +109,16 @@ fn pull_headers(ctx: &TcContext) {
     }
 }
 
+/// The flow of a tc packet, after pulling its headers into linear memory.
 #[inline(always)]
-pub fn ipv4_flow(ctx: &TcContext) -> Option<Ipv4Flow> {
+pub fn tc_ipv4_flow(ctx: &TcContext) -> Option<Ipv4Flow> {
     pull_headers(ctx);
+    ipv4_flow(ctx)
+}
+
+/// The flow of a packet whose headers are in linear memory (always so in XDP).
+#[inline(always)]
+pub fn ipv4_flow(ctx: &impl Frame) -> Option<Ipv4Flow> {
     let mut l3_off = ETH_HLEN;
     let mut ether_type = unsafe { *ptr_at::<u16>(ctx, 12)? };
     if ether_type == ETH_P_8021Q {
@@ -116,6 +153,7 @@ pub fn ipv4_flow(ctx: &TcContext) -> Option<Ipv4Flow> {
         l3_off,
         l4_off,
         proto: ip.proto,
+        ip_len: u16::from_be(ip.tot_len),
         src_addr: ip.saddr,
         dst_addr: ip.daddr,
         src_port: ports[0],

@@ -4,7 +4,7 @@
 //! on this node, on another node, or outside the cluster. Everything else
 //! passes untouched.
 
-use aya_ebpf::{macros::classifier, programs::TcContext};
+use aya_ebpf::{bindings::TC_ACT_OK, macros::classifier, programs::TcContext};
 
 use crate::{conntrack, nat, parse, stats};
 
@@ -15,12 +15,12 @@ pub fn pod_egress(ctx: TcContext) -> i32 {
 
 /// Err carries a `drop_reason`.
 #[inline(always)]
-fn translate(ctx: &TcContext) -> Result<(), u32> {
-    let Some(flow) = parse::ipv4_flow(ctx) else {
-        return Ok(());
+fn translate(ctx: &TcContext) -> Result<i32, u32> {
+    let Some(flow) = parse::tc_ipv4_flow(ctx) else {
+        return Ok(TC_ACT_OK);
     };
-    match conntrack::lookup_reply(&flow) {
-        Some(entry) => nat::reverse_nat(ctx, &flow, entry.nat_addr, entry.nat_port),
-        None => Ok(()),
+    if let Some(entry) = conntrack::lookup_reply(&flow) {
+        nat::reverse_nat(ctx, &flow, entry.nat_addr, entry.nat_port)?;
     }
+    Ok(TC_ACT_OK)
 }

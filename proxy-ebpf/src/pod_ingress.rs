@@ -1,30 +1,32 @@
 //! tcx ingress on the host side of each pod interface: packets leaving a pod.
-//! Pod → ClusterIP is DNATed to a backend. Everything else passes untouched;
-//! replies are reverse-NATed on their way into the client (`pod_egress`),
-//! wherever the backend is.
+//! Pod → ClusterIP is DNATed to a backend, or rejected when the Service has
+//! none. A pod's reply to a client that reached it through the NIC program
+//! (NodePort, external address) gets its frontend back as source here.
+//! Everything else passes untouched; replies to pod clients are
+//! reverse-NATed on their way into the client (`pod_egress`), wherever the
+//! backend is.
 
-use aya_ebpf::{macros::classifier, programs::TcContext};
+use aya_ebpf::{bindings::TC_ACT_OK, macros::classifier, programs::TcContext};
+use proxy_common::maps::{drop_reason, CT_FROM_NIC, PROTO_UDP, SERVICE_EMPTY_DROP};
 
-use proxy_common::maps::PROTO_UDP;
-
-use crate::{conntrack, lookup, nat, parse, select, stats};
+use crate::{conntrack, lookup, nat, parse, reject, select, stats};
 
 #[classifier]
 pub fn pod_ingress(ctx: TcContext) -> i32 {
     stats::tc_verdict(translate(&ctx))
 }
 
-/// Err carries a `drop_reason`.
+/// Ok carries the tc action, Err a `drop_reason`.
 #[inline(always)]
-fn translate(ctx: &TcContext) -> Result<(), u32> {
-    let Some(flow) = parse::ipv4_flow(ctx) else {
-        return Ok(());
+fn translate(ctx: &TcContext) -> Result<i32, u32> {
+    let Some(flow) = parse::tc_ipv4_flow(ctx) else {
+        return Ok(TC_ACT_OK);
     };
+    let opening = flow.tcp_flags & (parse::TCP_SYN | parse::TCP_ACK) == parse::TCP_SYN;
     if let Some(service) = lookup::cluster_ip_service(&flow) {
         // A SYN opens a new connection: an entry left on its tuple by an
         // earlier one may name a backend that has left the service since.
-        let new_connection = flow.tcp_flags & (parse::TCP_SYN | parse::TCP_ACK) == parse::TCP_SYN;
-        let existing = if new_connection {
+        let existing = if opening {
             None
         } else {
             conntrack::lookup_forward(&flow)
@@ -32,19 +34,27 @@ fn translate(ctx: &TcContext) -> Result<(), u32> {
         };
         let entry = match existing {
             Some(entry) => entry,
+            None if service.slot_count == 0 => {
+                if service.flags & SERVICE_EMPTY_DROP != 0 {
+                    return Err(drop_reason::NO_LOCAL_BACKEND);
+                }
+                return reject::tc_reject(ctx, &flow);
+            }
             None => {
                 let chosen = select::select_backend(&service, &flow)?;
-                conntrack::create(&flow, service.id, &chosen)?
+                conntrack::create(&flow, service.id, &chosen, 0)?
             }
         };
         nat::dnat(ctx, &flow, entry.nat_addr, entry.nat_port)?;
         stats::count_service(service.id, ctx.len());
-        return Ok(());
+        return Ok(TC_ACT_OK);
     }
-    if flow.tcp_flags & (parse::TCP_SYN | parse::TCP_ACK) == parse::TCP_SYN {
+    if opening {
         // A new connection, not to a service: its replies must not be taken
         // for replies of an earlier VIP connection on the same tuple.
         conntrack::forget_stale_reply(&flow);
+    } else if let Some(entry) = conntrack::lookup_reply(&flow).filter(|e| e.flags == CT_FROM_NIC) {
+        nat::reverse_nat(ctx, &flow, entry.nat_addr, entry.nat_port)?;
     }
-    Ok(())
+    Ok(TC_ACT_OK)
 }

@@ -50,8 +50,9 @@ fn mix(mut x: u32) -> u32 {
     x ^ (x >> 16)
 }
 
+/// A well-mixed hash of the 5-tuple.
 #[inline(always)]
-fn flow_hash(flow: &Ipv4Flow) -> u32 {
+pub fn flow_hash(flow: &Ipv4Flow) -> u32 {
     let ports = ((flow.src_port as u32) << 16) | flow.dst_port as u32;
     let h = mix(flow.src_addr ^ 0x9e37_79b9);
     let h = mix(h ^ flow.dst_addr);

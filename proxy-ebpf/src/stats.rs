@@ -1,8 +1,8 @@
 //! Per-CPU counters: packets and bytes per service, drops per reason.
 
-use aya_ebpf::bindings::{TC_ACT_OK, TC_ACT_SHOT};
+use aya_ebpf::bindings::{xdp_action, TC_ACT_SHOT};
 
-use crate::maps::{DROPS, STATS};
+use crate::maps::{DROPS, STATS, VERDICTS};
 
 #[inline(always)]
 pub fn count_service(service_id: u32, bytes: u32) {
@@ -15,6 +15,15 @@ pub fn count_service(service_id: u32, bytes: u32) {
     }
 }
 
+/// Counts a `proxy_common::maps::verdict`.
+#[inline(always)]
+pub fn count_verdict(verdict: u32) {
+    if let Some(count) = VERDICTS.get_ptr_mut(verdict) {
+        // SAFETY: per-CPU slot, no other writer on this CPU.
+        unsafe { *count += 1 };
+    }
+}
+
 #[inline(always)]
 pub fn count_drop(reason: u32) {
     if let Some(count) = DROPS.get_ptr_mut(reason) {
@@ -23,15 +32,27 @@ pub fn count_drop(reason: u32) {
     }
 }
 
-/// The tc verdict for a program's result: pass, or drop and count why
-/// (`Err` carries a `drop_reason`). Every verdict is decided here.
+/// The tc verdict for a program's result: the action it chose, or drop
+/// and count why (`Err` carries a `drop_reason`). Every verdict is decided here.
 #[inline(always)]
-pub fn tc_verdict(result: Result<(), u32>) -> i32 {
+pub fn tc_verdict(result: Result<i32, u32>) -> i32 {
     match result {
-        Ok(()) => TC_ACT_OK,
+        Ok(action) => action,
         Err(reason) => {
             count_drop(reason);
             TC_ACT_SHOT
+        }
+    }
+}
+
+/// The XDP verdict for a program's result, as [`tc_verdict`].
+#[inline(always)]
+pub fn xdp_verdict(result: Result<u32, u32>) -> u32 {
+    match result {
+        Ok(action) => action,
+        Err(reason) => {
+            count_drop(reason);
+            xdp_action::XDP_DROP
         }
     }
 }

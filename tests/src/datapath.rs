@@ -1,6 +1,6 @@
 //! Harness for packet tests: loads the real kxdp object, gives typed access to
-//! its maps and runs `pod_ingress` or `pod_egress` on a frame through
-//! `BPF_PROG_TEST_RUN`.
+//! its maps and runs `pod_ingress`, `pod_egress` or `nic_ingress` on a frame
+//! through `BPF_PROG_TEST_RUN`.
 //!
 //! The object's maps are pinned by name, so each `Datapath` mounts its own
 //! private bpffs: parallel tests never share maps and nothing outlives a test.
@@ -9,13 +9,13 @@
 use std::net::Ipv4Addr;
 
 use aya::{
-    maps::{HashMap, MapData, PerCpuArray},
-    programs::{SchedClassifier, TestRun, TestRunOptions},
+    maps::{lpm_trie::Key, HashMap, LpmTrie, MapData, PerCpuArray},
+    programs::{SchedClassifier, TestRun, TestRunOptions, Xdp},
     Ebpf, EbpfLoader,
 };
 use proxy_common::maps::{
     addr_to_net, port_to_net, BackendValue, CtEntry, FlowKey, ServiceKey, ServiceStats,
-    ServiceValue, SlotKey, SCOPE_CLUSTER_IP,
+    ServiceValue, SlotKey, SourceRange, BACKEND_LOCAL, SCOPE_CLUSTER_IP,
 };
 use proxy_userspace::ebpf_object::KXDP_OBJECT;
 
@@ -26,11 +26,21 @@ use crate::privileged::{require_root, PrivateBpffs};
 pub const POD_INGRESS: &str = "pod_ingress";
 /// The program on packets entering a pod (reverse NAT).
 pub const POD_EGRESS: &str = "pod_egress";
+/// The program on packets arriving at a NIC (NodePort, external addresses).
+pub const NIC_INGRESS: &str = "nic_ingress";
 pub const TC_ACT_OK: u32 = 0;
 pub const TC_ACT_SHOT: u32 = 2;
+pub const TC_ACT_REDIRECT: u32 = 7;
+/// XDP verdicts (linux/bpf.h).
+pub const XDP_DROP: u32 = 1;
+pub const XDP_PASS: u32 = 2;
+pub const XDP_TX: u32 = 3;
 
-/// Room the program may add to a frame; pod_ingress never grows packets.
+/// Room the program may add to a frame (a reject reply grows small ones).
 const OUT_SLACK: usize = 256;
+
+/// A backend as the packet tests write it: address, port, on this node?
+pub type TestBackend = (Ipv4Addr, u16, bool);
 
 fn fail(what: impl std::fmt::Display) -> ! {
     panic!("packet tests need root and BPF: {what}")
@@ -60,6 +70,13 @@ impl Datapath {
             prog.load()
                 .unwrap_or_else(|e| fail(format!("verifier rejected {name}: {e:#?}")));
         }
+        let xdp: &mut Xdp = ebpf
+            .program_mut(NIC_INGRESS)
+            .unwrap_or_else(|| fail("no nic_ingress program in the object"))
+            .try_into()
+            .unwrap_or_else(|e| fail(format!("nic_ingress is not XDP: {e}")));
+        xdp.load()
+            .unwrap_or_else(|e| fail(format!("verifier rejected nic_ingress: {e:#?}")));
         Datapath {
             ebpf,
             _mount: mount,
@@ -98,11 +115,25 @@ impl Datapath {
         id: u32,
         backends: &[(Ipv4Addr, u16)],
     ) {
+        let backends: Vec<TestBackend> = backends.iter().map(|&(a, p)| (a, p, false)).collect();
+        let key = ServiceKey {
+            addr: addr_to_net(vip),
+            port: port_to_net(port),
+            proto,
+            scope: SCOPE_CLUSTER_IP,
+        };
+        self.add_frontend(key, id, 0, &backends);
+    }
+
+    /// Writes any frontend (`key` with its scope, `flags` as `SERVICE_*`)
+    /// the way [`Self::add_service`] does.
+    pub fn add_frontend(&mut self, key: ServiceKey, id: u32, flags: u32, backends: &[TestBackend]) {
         let mut map = self.hash::<u32, BackendValue>("BACKENDS");
-        for (i, &(addr, port)) in backends.iter().enumerate() {
+        for (i, &(addr, port, local)) in backends.iter().enumerate() {
             let value = BackendValue {
                 addr: addr_to_net(addr),
                 port: port_to_net(port),
+                flags: if local { BACKEND_LOCAL } else { 0 },
                 ..BackendValue::default()
             };
             map.insert(Self::backend_id(id, i), value, 0)
@@ -117,15 +148,10 @@ impl Datapath {
             map.insert(key, Self::backend_id(id, i), 0)
                 .expect("insert slot");
         }
-        let key = ServiceKey {
-            addr: addr_to_net(vip),
-            port: port_to_net(port),
-            proto,
-            scope: SCOPE_CLUSTER_IP,
-        };
         let value = ServiceValue {
             id,
             slot_count: backends.len() as u32,
+            flags,
             ..ServiceValue::default()
         };
         self.hash::<ServiceKey, ServiceValue>("SERVICES")
@@ -141,6 +167,25 @@ impl Datapath {
             .expect("program loaded")
             .try_into()
             .expect("classifier")
+    }
+
+    /// The address flows arriving on NIC `ifindex` are SNATed to.
+    pub fn set_nic_addr(&mut self, ifindex: u32, addr: Ipv4Addr) {
+        self.hash::<u32, u32>("NIC_ADDRS")
+            .insert(ifindex, addr_to_net(addr), 0)
+            .expect("insert NIC address");
+    }
+
+    /// Lets clients in `prefix/len` use frontend `service_id` (loadBalancerSourceRanges).
+    pub fn allow_source(&mut self, service_id: u32, prefix: Ipv4Addr, len: u32) {
+        let map = self.ebpf.map_mut("SOURCE_RANGES").expect("SOURCE_RANGES");
+        let mut trie = LpmTrie::<_, SourceRange, u8>::try_from(map).expect("LPM trie");
+        let data = SourceRange {
+            service_id_be: service_id.to_be(),
+            addr: addr_to_net(prefix),
+        };
+        trie.insert(&Key::new(32 + len, data), 1, 0)
+            .expect("insert source range");
     }
 
     /// Deletes a backend, as sync does once no service lists it.
@@ -190,6 +235,43 @@ impl Datapath {
     /// Runs `pod_egress` (a packet entering a pod) once on `frame`.
     pub fn run_egress(&mut self, frame: &[u8]) -> (u32, Vec<u8>) {
         self.run_program(POD_EGRESS, frame)
+    }
+
+    /// Runs `nic_ingress` once on `frame` as if it arrived on interface
+    /// `ifindex` of the calling thread's network namespace.
+    pub fn run_nic(&mut self, frame: &[u8], ifindex: u32) -> (u32, Vec<u8>) {
+        let prog: &mut Xdp = self
+            .ebpf
+            .program_mut(NIC_INGRESS)
+            .expect("program loaded")
+            .try_into()
+            .expect("XDP");
+        // struct xdp_md: data, data_end, data_meta, ingress_ifindex, rx_queue_index, egress_ifindex.
+        let md: Vec<u8> = [0, frame.len() as u32, 0, ifindex, 0, 0]
+            .iter()
+            .flat_map(|v| v.to_ne_bytes())
+            .collect();
+        let mut out = vec![0u8; frame.len() + OUT_SLACK];
+        let result = prog
+            .test_run(TestRunOptions {
+                data_in: Some(frame),
+                data_out: Some(&mut out),
+                ctx_in: Some(&md),
+                repeat: 1,
+                ..Default::default()
+            })
+            .unwrap_or_else(|e| panic!("XDP test run on a {}-byte frame: {e:#?}", frame.len()));
+        out.truncate(result.data_size_out as usize);
+        (result.return_value, out)
+    }
+
+    /// Verdicts counted for `verdict` (`verdict::*`), summed over CPUs.
+    pub fn verdicts(&self, verdict: u32) -> u64 {
+        let values = self
+            .per_cpu::<u64>("VERDICTS")
+            .get(&verdict, 0)
+            .expect("read VERDICTS");
+        values.iter().sum()
     }
 
     fn run_program(&mut self, name: &str, frame: &[u8]) -> (u32, Vec<u8>) {
