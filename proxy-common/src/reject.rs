@@ -108,7 +108,12 @@ pub fn tcp_rst(frame: &mut [u8; RST_FRAME_LEN], payload_len: u16) -> bool {
         frame[tcp + 8..tcp + 12].fill(0);
         frame[tcp + 13] = TCP_RST;
     } else {
-        let seq = u32::from_be_bytes([frame[tcp + 4], frame[tcp + 5], frame[tcp + 6], frame[tcp + 7]]);
+        let seq = u32::from_be_bytes([
+            frame[tcp + 4],
+            frame[tcp + 5],
+            frame[tcp + 6],
+            frame[tcp + 7],
+        ]);
         let consumed =
             payload_len as u32 + (flags & TCP_SYN != 0) as u32 + (flags & TCP_FIN != 0) as u32;
         frame[tcp + 4..tcp + 8].fill(0);
@@ -194,7 +199,10 @@ mod tests {
         assert_eq!(u16::from_be_bytes([rst[34], rst[35]]), 80);
         assert_eq!(u16::from_be_bytes([rst[36], rst[37]]), 40000);
         assert_eq!(&rst[38..42], &[0, 0, 0, 0]);
-        assert_eq!(u32::from_be_bytes([rst[42], rst[43], rst[44], rst[45]]), 1001);
+        assert_eq!(
+            u32::from_be_bytes([rst[42], rst[43], rst[44], rst[45]]),
+            1001
+        );
         assert_eq!(rst[47], TCP_RST | TCP_ACK);
         assert!(verifies(&rst[14..34], 0), "IP checksum");
         let pseudo = sum_be_words(&rst[26..34], PROTO_TCP as u32 + 20);
@@ -204,7 +212,10 @@ mod tests {
     #[test]
     fn a_segment_with_ack_gets_a_bare_rst_at_its_ack_number() {
         let rst = rst(tcp_request(TCP_ACK, 5000, 777), 100).unwrap();
-        assert_eq!(u32::from_be_bytes([rst[38], rst[39], rst[40], rst[41]]), 777);
+        assert_eq!(
+            u32::from_be_bytes([rst[38], rst[39], rst[40], rst[41]]),
+            777
+        );
         assert_eq!(rst[47], TCP_RST);
         let pseudo = sum_be_words(&rst[26..34], PROTO_TCP as u32 + 20);
         assert!(verifies(&rst[34..54], pseudo));
@@ -240,7 +251,11 @@ mod tests {
         let mut reply = [0u8; ICMP_FRAME_LEN];
         reply[ICMP_GROWTH..].copy_from_slice(&request);
         assert!(icmp_port_unreachable(&mut reply));
-        assert_eq!(&reply[0..6], &[2, 0, 0, 0, 0, 1], "back to the sender's MAC");
+        assert_eq!(
+            &reply[0..6],
+            &[2, 0, 0, 0, 0, 1],
+            "back to the sender's MAC"
+        );
         assert_eq!(&reply[6..12], &[2, 0, 0, 0, 0, 2]);
         assert_eq!(reply.len(), 70);
         assert_eq!(reply[23], PROTO_ICMP);

@@ -51,8 +51,8 @@ fn translate(ctx: &XdpContext) -> Result<u32, u32> {
     // exists; later TCP segments trust conntrack.
     let opening = flow.proto == PROTO_UDP
         || flow.tcp_flags & (parse::TCP_SYN | parse::TCP_ACK) == parse::TCP_SYN;
-    let existing = conntrack::lookup_forward(&flow)
-        .filter(|e| !opening || select::backend_still_exists(e));
+    let existing =
+        conntrack::lookup_forward(&flow).filter(|e| !opening || select::backend_still_exists(e));
     let entry = match existing {
         Some(entry) => entry,
         None if service.slot_count == 0 => return no_backend(ctx, &flow, &service),

@@ -5,7 +5,7 @@
 //! bytes; this module only resizes the packet and sends it.
 
 use aya_ebpf::{
-    bindings::{__sk_buff, xdp_action, TC_ACT_REDIRECT},
+    bindings::{xdp_action, TC_ACT_REDIRECT},
     helpers::generated::{
         bpf_redirect, bpf_skb_change_head, bpf_skb_change_tail, bpf_xdp_adjust_head,
         bpf_xdp_adjust_tail,
@@ -109,7 +109,7 @@ pub fn xdp_reject(ctx: &XdpContext, flow: &Ipv4Flow) -> Result<u32, u32> {
 pub fn tc_reject(ctx: &TcContext, flow: &Ipv4Flow) -> Result<i32, u32> {
     let answer = answer(ctx, flow)?;
     let (keep, grow) = sizes(&answer);
-    let skb = ctx.skb.skb as *mut __sk_buff;
+    let skb = ctx.skb.skb;
     // SAFETY: plain helper calls on our context.
     unsafe {
         if bpf_skb_change_tail(skb, keep as u32, 0) != 0 {
@@ -128,5 +128,5 @@ pub fn tc_reject(ctx: &TcContext, flow: &Ipv4Flow) -> Result<i32, u32> {
     if unsafe { bpf_redirect(ifindex, 0) } != TC_ACT_REDIRECT as i64 {
         return Err(drop_reason::REJECT_FAILED);
     }
-    Ok(TC_ACT_REDIRECT as i32)
+    Ok(TC_ACT_REDIRECT)
 }

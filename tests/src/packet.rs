@@ -377,6 +377,59 @@ pub fn verify_checksums(frame: &[u8]) -> Result<(), String> {
     Ok(())
 }
 
+// ------------------------------------------------------------ reject replies
+
+fn be32(frame: &[u8], off: usize) -> u32 {
+    u32::from_be_bytes([frame[off], frame[off + 1], frame[off + 2], frame[off + 3]])
+}
+
+/// Checks that `out` is the RST answering `request` (a TCP segment built by
+/// [`Packet`]): MACs and addresses swapped, no payload, RFC 9293 sequence
+/// numbers, and both checksums right by this module's own arithmetic.
+pub fn assert_rst_answers(out: &[u8], request: &Packet) {
+    let L4::Tcp { flags } = request.l4 else {
+        panic!("request is not TCP")
+    };
+    verify_checksums(out).unwrap_or_else(|e| panic!("RST checksums: {e}"));
+    let h = parse(out).expect("RST parses");
+    assert_eq!(out.len(), ETH_HLEN + 40, "RST carries nothing but headers");
+    assert_eq!((h.src, h.dst), (request.dst, request.src), "RST addresses");
+    assert_eq!(out[0..6], request.src_mac, "RST goes back to the sender");
+    assert_eq!(out[6..12], request.dst_mac);
+    let tcp = h.l4_off;
+    assert_eq!(out[tcp + 12], 5 << 4, "no TCP options");
+    let request_seq = 0x0102_0304u32;
+    if flags & TCP_ACK != 0 {
+        assert_eq!(out[tcp + 13], 0x04, "bare RST");
+        assert_eq!(be32(out, tcp + 4), 0x0a0b_0c0d, "seq = the segment's ack");
+    } else {
+        let consumed = request.payload.len() as u32 + u32::from(flags & TCP_SYN != 0);
+        assert_eq!(out[tcp + 13], 0x14, "RST|ACK");
+        assert_eq!(be32(out, tcp + 4), 0, "seq");
+        assert_eq!(be32(out, tcp + 8), request_seq + consumed, "ack");
+    }
+}
+
+/// Checks that `out` is the ICMP port unreachable answering `request` (the
+/// request's frame bytes): from its destination to its source, quoting its
+/// IPv4 header and first 8 bytes of UDP, checksums right.
+pub fn assert_port_unreachable_answers(out: &[u8], request: &[u8]) {
+    let req = parse(request).expect("request parses");
+    assert_eq!(out.len(), ETH_HLEN + 20 + 8 + 28, "ICMP error length");
+    assert_eq!(out[0..6], request[6..12], "back to the sender");
+    assert_eq!(out[6..12], request[0..6]);
+    let ip = &out[ETH_HLEN..ETH_HLEN + 20];
+    assert_eq!(fold(sum_words(ip, 0)), 0xffff, "IPv4 header checksum");
+    assert_eq!(ip[9], PROTO_ICMP);
+    assert_eq!(usize::from(u16::from_be_bytes([ip[2], ip[3]])), 56);
+    assert_eq!(addr(out, ETH_HLEN + IP_SADDR_OFF), *req.dst.ip());
+    assert_eq!(addr(out, ETH_HLEN + IP_DADDR_OFF), *req.src.ip());
+    let icmp = &out[ETH_HLEN + 20..];
+    assert_eq!((icmp[0], icmp[1]), (3, 3), "destination/port unreachable");
+    assert_eq!(fold(sum_words(icmp, 0)), 0xffff, "ICMP checksum");
+    assert_eq!(icmp[8..], request[req.l3_off..req.l4_off + 8], "quote");
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -7,11 +7,12 @@
 use std::{collections::BTreeMap, net::Ipv4Addr, net::SocketAddrV4};
 
 use kxdp_testbed::{
-    datapath::{Datapath, TC_ACT_OK, TC_ACT_SHOT},
+    datapath::{Datapath, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT},
     packet::{self, ethernet, Packet, ETH_P_ARP, ETH_P_IPV4, ETH_P_IPV6, L4, PROTO_ICMP},
 };
 use proxy_common::maps::{
-    addr_to_net, drop_reason, port_to_net, CT_FORWARD, CT_REPLY, PROTO_TCP, PROTO_UDP,
+    addr_to_net, drop_reason, port_to_net, verdict, ServiceKey, CT_FORWARD, CT_REPLY, PROTO_TCP,
+    PROTO_UDP, SCOPE_CLUSTER_IP, SERVICE_EMPTY_DROP,
 };
 
 const fn ip(a: u8, b: u8, c: u8, d: u8) -> Ipv4Addr {
@@ -497,26 +498,67 @@ fn vlan_tagged_tcp_to_vip_is_dnated() {
 }
 
 #[test]
-fn service_without_backends_drops_and_counts() {
+fn service_without_backends_rejects_tcp_with_a_reset() {
     let mut dp = datapath();
     let vip = sa(ip(10, 96, 0, 20), 80);
     dp.add_service(*vip.ip(), vip.port(), PROTO_TCP, 3, &[]);
-    for n in 1..=2 {
-        let (verdict, _) = dp.run(&Packet::tcp(sa(CLIENT, 40011), vip).build());
-        assert_eq!(verdict, TC_ACT_SHOT);
-        assert_eq!(dp.drops(drop_reason::NO_BACKEND), n);
+    let client = sa(CLIENT, 40011);
+    let cases = [
+        ("SYN with data", Packet::tcp(client, vip)),
+        (
+            "ACK",
+            Packet::tcp(client, vip)
+                .tcp_flags(packet::TCP_ACK)
+                .payload(&[]),
+        ),
+    ];
+    for (n, (name, request)) in cases.iter().enumerate() {
+        let (verdict, out) = dp.run(&request.build());
+        assert_eq!(verdict, TC_ACT_REDIRECT, "{name}: sent back into the pod");
+        packet::assert_rst_answers(&out, request);
+        assert_eq!(dp.verdicts(verdict::REJECTED_TCP), n as u64 + 1);
     }
-    for reason in [
-        drop_reason::STALE_SELECTION,
-        drop_reason::CONNTRACK_FULL,
-        drop_reason::REWRITE_FAILED,
-    ] {
-        assert_eq!(dp.drops(reason), 0, "drop reason {reason}");
-    }
+    // A RST is never answered.
+    let rst = Packet::tcp(client, vip).tcp_flags(0x04).build();
+    assert_eq!(dp.run(&rst).0, TC_ACT_SHOT);
     assert!(
         dp.conntrack().is_empty(),
-        "a dropped flow must not be tracked"
+        "a rejected flow must not be tracked"
     );
+}
+
+#[test]
+fn service_without_backends_answers_udp_with_port_unreachable() {
+    let mut dp = datapath();
+    let vip = sa(ip(10, 96, 0, 21), 53);
+    dp.add_service(*vip.ip(), vip.port(), PROTO_UDP, 4, &[]);
+    for request in [
+        Packet::udp(sa(CLIENT, 40012), vip),
+        Packet::udp(sa(CLIENT, 40012), vip).payload(&[]),
+        Packet::udp(sa(CLIENT, 40012), vip).payload(&[0x5a; 1200]),
+    ] {
+        let input = request.build();
+        let (verdict, out) = dp.run(&input);
+        assert_eq!(verdict, TC_ACT_REDIRECT);
+        packet::assert_port_unreachable_answers(&out, &input);
+    }
+    assert_eq!(dp.verdicts(verdict::REJECTED_UDP), 3);
+}
+
+#[test]
+fn internal_policy_local_without_local_endpoints_drops_silently() {
+    let mut dp = datapath();
+    let key = ServiceKey {
+        addr: addr_to_net(ip(10, 96, 0, 22)),
+        port: port_to_net(80),
+        proto: PROTO_TCP,
+        scope: SCOPE_CLUSTER_IP,
+    };
+    dp.add_frontend(key, 5, SERVICE_EMPTY_DROP, &[]);
+    let request = Packet::tcp(sa(CLIENT, 40013), sa(ip(10, 96, 0, 22), 80));
+    assert_eq!(dp.run(&request.build()).0, TC_ACT_SHOT);
+    assert_eq!(dp.drops(drop_reason::NO_LOCAL_BACKEND), 1);
+    assert_eq!(dp.verdicts(verdict::REJECTED_TCP), 0);
 }
 
 #[test]

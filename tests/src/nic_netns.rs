@@ -1,0 +1,84 @@
+//! A private network namespace for the calling thread, with one NIC whose
+//! neighbours and routes are fixed, so the NIC program's FIB lookups in
+//! packet tests have known answers: a remote backend's node and the client
+//! are known neighbours, one pod network routes via the other node.
+//!
+//! Only the calling thread moves (unshare(CLONE_NEWNET)); commands it
+//! spawns start in the new namespace. The namespace and its veth go when
+//! the thread ends, which is when a test ends.
+
+use std::{ffi::CString, net::Ipv4Addr, process::Command};
+
+use crate::{netns::run, privileged::require_root};
+
+/// This node's NIC and address.
+pub const NIC: &str = "nic0";
+pub const NIC_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0xa1];
+pub const NODE_ADDR: Ipv4Addr = Ipv4Addr::new(192, 168, 50, 1);
+/// The other node, which routes `REMOTE_PODS`.
+pub const OTHER_NODE: Ipv4Addr = Ipv4Addr::new(192, 168, 50, 2);
+pub const OTHER_NODE_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0xb2];
+pub const REMOTE_PODS: &str = "10.1.2.0/24";
+/// The external client, a neighbour on the NIC's network.
+pub const CLIENT: Ipv4Addr = Ipv4Addr::new(192, 168, 50, 100);
+pub const CLIENT_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0xc1];
+
+fn mac(bytes: [u8; 6]) -> String {
+    bytes
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+fn ip(args: &[&str]) {
+    run(Command::new("ip").args(args)).unwrap_or_else(|e| panic!("ip {args:?}: {e}"));
+}
+
+/// Moves the calling thread into a fresh namespace set up as above and
+/// returns the NIC's ifindex.
+pub fn enter() -> u32 {
+    require_root("NIC packet tests");
+    // SAFETY: unshare only affects the calling thread's namespaces.
+    if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
+        panic!("unshare(CLONE_NEWNET): {}", std::io::Error::last_os_error());
+    }
+    ip(&["link", "set", "lo", "up"]);
+    ip(&["link", "add", NIC, "type", "veth", "peer", "name", "peer0"]);
+    ip(&["link", "set", NIC, "address", &mac(NIC_MAC)]);
+    for dev in [NIC, "peer0"] {
+        ip(&["link", "set", dev, "up"]);
+    }
+    ip(&["addr", "add", &format!("{NODE_ADDR}/24"), "dev", NIC]);
+    for (addr, lladdr) in [(OTHER_NODE, OTHER_NODE_MAC), (CLIENT, CLIENT_MAC)] {
+        ip(&[
+            "neigh",
+            "replace",
+            &addr.to_string(),
+            "lladdr",
+            &mac(lladdr),
+            "dev",
+            NIC,
+            "nud",
+            "permanent",
+        ]);
+    }
+    ip(&[
+        "route",
+        "add",
+        REMOTE_PODS,
+        "via",
+        &OTHER_NODE.to_string(),
+        "dev",
+        NIC,
+    ]);
+    // The FIB helper refuses to forward where the stack would not.
+    std::fs::write("/proc/sys/net/ipv4/conf/all/forwarding", "1")
+        .and_then(|()| std::fs::write(format!("/proc/sys/net/ipv4/conf/{NIC}/forwarding"), "1"))
+        .unwrap_or_else(|e| panic!("enabling forwarding: {e}"));
+    let name = CString::new(NIC).expect("no NUL");
+    // SAFETY: a valid C string; the call only reads it.
+    let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
+    assert_ne!(index, 0, "{NIC} has no index");
+    index
+}

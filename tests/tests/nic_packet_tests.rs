@@ -1,0 +1,315 @@
+//! Packet tests of `nic_ingress`, the XDP program on the node's NICs
+//! (NodePort, LoadBalancer ingress IPs, external IPs), run through
+//! BPF_PROG_TEST_RUN. Each test moves its thread into a private network
+//! namespace (`nic_netns`) so the program's FIB lookups have fixed answers:
+//! the other node and the client are known neighbours of `nic0`.
+//! Expected frames are built from scratch by `kxdp_testbed::packet`, whose
+//! checksum code is independent of the datapath's. Needs root.
+
+use std::net::{Ipv4Addr, SocketAddrV4};
+
+use kxdp_testbed::{
+    datapath::{Datapath, TestBackend, TC_ACT_OK, XDP_DROP, XDP_PASS, XDP_TX},
+    nic_netns::{self, CLIENT, CLIENT_MAC, NIC_MAC, NODE_ADDR, OTHER_NODE_MAC},
+    packet::{self, Packet, L4, PROTO_ICMP},
+};
+use proxy_common::maps::{
+    addr_to_net, drop_reason, port_to_net, verdict, ServiceKey, CT_SNAT, PROTO_TCP, PROTO_UDP,
+    SCOPE_CLUSTER_IP, SCOPE_NODE, SERVICE_EMPTY_DROP, SERVICE_SNAT_REMOTE, SERVICE_SOURCE_RANGES,
+    SNAT_PORT_MAX, SNAT_PORT_MIN,
+};
+
+const NODE_PORT: u16 = 30080;
+const LOCAL_POD: Ipv4Addr = Ipv4Addr::new(10, 1, 1, 2);
+const REMOTE_POD: Ipv4Addr = Ipv4Addr::new(10, 1, 2, 2);
+/// A LoadBalancer ingress IP routed to this node.
+const LB_IP: Ipv4Addr = Ipv4Addr::new(192, 168, 60, 10);
+
+fn sa(addr: Ipv4Addr, port: u16) -> SocketAddrV4 {
+    SocketAddrV4::new(addr, port)
+}
+
+fn node_key(addr: Ipv4Addr, port: u16, proto: u8) -> ServiceKey {
+    ServiceKey {
+        addr: addr_to_net(addr),
+        port: port_to_net(port),
+        proto,
+        scope: SCOPE_NODE,
+    }
+}
+
+fn nodeport() -> SocketAddrV4 {
+    sa(NODE_ADDR, NODE_PORT)
+}
+
+fn client(port: u16) -> SocketAddrV4 {
+    sa(CLIENT, port)
+}
+
+/// A packet as it arrives from the client, addressed to our NIC.
+fn from_client(p: Packet) -> Packet {
+    Packet {
+        src_mac: CLIENT_MAC,
+        dst_mac: NIC_MAC,
+        ..p
+    }
+}
+
+/// A datapath in a private namespace with the NodePort frontend 1 (TCP) and
+/// 2 (UDP) serving `backends`; returns it with the NIC's ifindex.
+fn nodeport_datapath(flags: u32, backends: &[TestBackend]) -> (Datapath, u32) {
+    let nic = nic_netns::enter();
+    let mut dp = Datapath::load();
+    dp.set_nic_addr(nic, NODE_ADDR);
+    dp.add_frontend(
+        node_key(NODE_ADDR, NODE_PORT, PROTO_TCP),
+        1,
+        flags,
+        backends,
+    );
+    dp.add_frontend(
+        node_key(NODE_ADDR, NODE_PORT, PROTO_UDP),
+        2,
+        flags,
+        backends,
+    );
+    (dp, nic)
+}
+
+#[test]
+fn nodeport_to_a_local_backend_is_dnated_and_handed_to_the_stack() {
+    let backend = sa(LOCAL_POD, 8080);
+    let (mut dp, nic) = nodeport_datapath(SERVICE_SNAT_REMOTE, &[(LOCAL_POD, 8080, true)]);
+    let cases = [
+        Packet::tcp(client(40000), nodeport()),
+        Packet::udp(client(40001), nodeport()),
+        Packet::udp(client(40002), nodeport()).no_udp_checksum(),
+    ];
+    for request in cases {
+        let request = from_client(request);
+        let (verdict, out) = dp.run_nic(&request.build(), nic);
+        assert_eq!(verdict, XDP_PASS, "{request:?}");
+        packet::verify_checksums(&out).unwrap_or_else(|e| panic!("{e}"));
+        // Client address kept, destination now the pod; the stack routes it.
+        assert_eq!(out, request.clone().with_dst(backend).build());
+        // The pod's answer leaves it through pod_ingress, from the NodePort again.
+        let answer = match request.l4 {
+            L4::Tcp { .. } => {
+                Packet::tcp(backend, request.src).tcp_flags(packet::TCP_SYN | packet::TCP_ACK)
+            }
+            _ => Packet::udp(backend, request.src),
+        };
+        let (verdict, out) = dp.run(&answer.build());
+        assert_eq!(verdict, TC_ACT_OK);
+        packet::verify_checksums(&out).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(out, answer.with_src(nodeport()).build());
+    }
+    assert_eq!(dp.stats(1).packets, 1);
+    assert_eq!(dp.stats(2).packets, 2);
+}
+
+/// The SNAT port a remote-backend flow got, checking the rest of the frame.
+fn assert_snated(out: &[u8], request: &Packet, backend: SocketAddrV4) -> u16 {
+    packet::verify_checksums(out).unwrap_or_else(|e| panic!("{e}"));
+    let port = packet::src(out).port();
+    assert!(
+        (SNAT_PORT_MIN..=SNAT_PORT_MAX).contains(&port),
+        "SNAT port {port} out of range"
+    );
+    let expected = Packet {
+        src_mac: NIC_MAC,
+        dst_mac: OTHER_NODE_MAC,
+        ttl: request.ttl - 1,
+        ..request.clone()
+    }
+    .with_src(sa(NODE_ADDR, port))
+    .with_dst(backend);
+    assert_eq!(out, expected.build(), "forwarded to the other node");
+    port
+}
+
+#[test]
+fn nodeport_to_a_remote_backend_is_snated_and_its_reply_translated_back() {
+    let backend = sa(REMOTE_POD, 8080);
+    let (mut dp, nic) = nodeport_datapath(SERVICE_SNAT_REMOTE, &[(REMOTE_POD, 8080, false)]);
+    let syn = from_client(Packet::tcp(client(40000), nodeport()));
+    let (verdict, out) = dp.run_nic(&syn.build(), nic);
+    assert_eq!(verdict, XDP_TX, "back out of the NIC it came in on");
+    let port = assert_snated(&out, &syn, backend);
+
+    // Later packets of the flow keep its SNAT port.
+    let ack = from_client(Packet::tcp(client(40000), nodeport()).tcp_flags(packet::TCP_ACK));
+    let (verdict, out) = dp.run_nic(&ack.build(), nic);
+    assert_eq!(verdict, XDP_TX);
+    assert_eq!(assert_snated(&out, &ack, backend), port);
+
+    // The backend's reply reaches this node's address and SNAT port; it
+    // leaves for the client from the NodePort the client contacted.
+    let reply = Packet {
+        src_mac: OTHER_NODE_MAC,
+        dst_mac: NIC_MAC,
+        ..Packet::tcp(backend, sa(NODE_ADDR, port)).tcp_flags(packet::TCP_SYN | packet::TCP_ACK)
+    };
+    let (verdict, out) = dp.run_nic(&reply.build(), nic);
+    assert_eq!(verdict, XDP_TX);
+    packet::verify_checksums(&out).unwrap_or_else(|e| panic!("{e}"));
+    let expected = Packet {
+        src_mac: NIC_MAC,
+        dst_mac: CLIENT_MAC,
+        ttl: reply.ttl - 1,
+        ..reply.clone()
+    }
+    .with_src(nodeport())
+    .with_dst(client(40000));
+    assert_eq!(out, expected.build());
+
+    let entries = dp.conntrack();
+    assert_eq!(entries.len(), 2, "{entries:?}");
+    assert!(entries.iter().all(|(_, e)| e.flags == CT_SNAT));
+}
+
+#[test]
+fn snat_ports_are_not_shared_and_every_reply_finds_its_client() {
+    let backend = sa(REMOTE_POD, 8080);
+    let (mut dp, nic) = nodeport_datapath(SERVICE_SNAT_REMOTE, &[(REMOTE_POD, 8080, false)]);
+    let mut ports = std::collections::BTreeMap::new();
+    // Many clients using the same source port towards the one backend.
+    for host in 1..=50u8 {
+        let from = sa(Ipv4Addr::new(192, 168, 50, 100 + host), 40000);
+        let request = from_client(Packet::udp(from, nodeport()));
+        let (verdict, out) = dp.run_nic(&request.build(), nic);
+        // Only .100 is a known neighbour: a reply to the others goes to the stack.
+        assert_eq!(verdict, XDP_TX);
+        let port = packet::src(&out).port();
+        assert_eq!(packet::dst(&out), backend);
+        assert!(ports.insert(port, from).is_none(), "port {port} reused");
+    }
+    for (port, from) in ports {
+        let reply = Packet::udp(backend, sa(NODE_ADDR, port));
+        let (verdict, out) = dp.run_nic(&reply.build(), nic);
+        assert_eq!(
+            verdict, XDP_PASS,
+            "no neighbour entry: the stack resolves it"
+        );
+        packet::verify_checksums(&out).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!((packet::src(&out), packet::dst(&out)), (nodeport(), from));
+    }
+}
+
+#[test]
+fn a_remote_backend_without_a_route_is_left_to_the_stack() {
+    let unrouted = sa(Ipv4Addr::new(10, 9, 9, 9), 8080);
+    let (mut dp, nic) = nodeport_datapath(SERVICE_SNAT_REMOTE, &[(*unrouted.ip(), 8080, false)]);
+    let request = from_client(Packet::tcp(client(40000), nodeport()));
+    let (verdict, out) = dp.run_nic(&request.build(), nic);
+    assert_eq!(verdict, XDP_PASS);
+    packet::verify_checksums(&out).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(packet::dst(&out), unrouted);
+    assert_eq!(
+        *packet::src(&out).ip(),
+        NODE_ADDR,
+        "translated all the same"
+    );
+    assert_eq!(
+        out[packet::ETH_HLEN + 8],
+        request.ttl,
+        "TTL is the stack's to lower"
+    );
+}
+
+#[test]
+fn a_frontend_without_endpoints_rejects_tcp_and_udp() {
+    let (mut dp, nic) = nodeport_datapath(SERVICE_SNAT_REMOTE, &[]);
+    let syn = from_client(Packet::tcp(client(40000), nodeport()));
+    let (verdict, out) = dp.run_nic(&syn.build(), nic);
+    assert_eq!(verdict, XDP_TX);
+    packet::assert_rst_answers(&out, &syn);
+    let datagram = from_client(Packet::udp(client(40001), nodeport()).payload(&[7; 300])).build();
+    let (verdict, out) = dp.run_nic(&datagram, nic);
+    assert_eq!(verdict, XDP_TX);
+    packet::assert_port_unreachable_answers(&out, &datagram);
+    assert_eq!(dp.verdicts(verdict::REJECTED_TCP), 1);
+    assert_eq!(dp.verdicts(verdict::REJECTED_UDP), 1);
+    assert!(dp.conntrack().is_empty());
+}
+
+#[test]
+fn policy_local_without_local_endpoints_drops_silently() {
+    let (mut dp, nic) = nodeport_datapath(SERVICE_EMPTY_DROP, &[]);
+    let syn = from_client(Packet::tcp(client(40000), nodeport()));
+    assert_eq!(dp.run_nic(&syn.build(), nic).0, XDP_DROP);
+    assert_eq!(dp.drops(drop_reason::NO_LOCAL_BACKEND), 1);
+    assert_eq!(dp.verdicts(verdict::REJECTED_TCP), 0);
+}
+
+#[test]
+fn source_ranges_admit_only_their_clients() {
+    let nic = nic_netns::enter();
+    let mut dp = Datapath::load();
+    dp.set_nic_addr(nic, NODE_ADDR);
+    let lb = sa(LB_IP, 80);
+    dp.add_frontend(
+        node_key(LB_IP, 80, PROTO_TCP),
+        7,
+        SERVICE_SOURCE_RANGES,
+        &[(LOCAL_POD, 8080, true)],
+    );
+    dp.allow_source(7, Ipv4Addr::new(192, 168, 50, 0), 25);
+    dp.allow_source(7, Ipv4Addr::new(172, 16, 0, 9), 32);
+    // Another frontend's range admits nobody here.
+    dp.allow_source(8, Ipv4Addr::new(192, 168, 50, 128), 25);
+    for (from, admitted) in [
+        (Ipv4Addr::new(192, 168, 50, 100), true),
+        (Ipv4Addr::new(192, 168, 50, 127), true),
+        (Ipv4Addr::new(172, 16, 0, 9), true),
+        (Ipv4Addr::new(192, 168, 50, 200), false),
+        (Ipv4Addr::new(172, 16, 0, 10), false),
+    ] {
+        let request = from_client(Packet::tcp(sa(from, 40000), lb));
+        let (verdict, out) = dp.run_nic(&request.build(), nic);
+        if admitted {
+            assert_eq!(verdict, XDP_PASS, "{from}");
+            assert_eq!(packet::dst(&out), sa(LOCAL_POD, 8080), "{from}");
+        } else {
+            assert_eq!(verdict, XDP_DROP, "{from}");
+        }
+    }
+    assert_eq!(dp.drops(drop_reason::SOURCE_RANGE), 2);
+}
+
+#[test]
+fn traffic_that_is_not_for_a_node_frontend_passes_untouched() {
+    let (mut dp, nic) = nodeport_datapath(SERVICE_SNAT_REMOTE, &[(REMOTE_POD, 8080, false)]);
+    // A ClusterIP is served from pods, never from outside.
+    let cluster_ip = ServiceKey {
+        scope: SCOPE_CLUSTER_IP,
+        ..node_key(Ipv4Addr::new(10, 96, 0, 10), 80, PROTO_TCP)
+    };
+    dp.add_frontend(cluster_ip, 3, 0, &[(LOCAL_POD, 8080, true)]);
+    let mut ping = from_client(Packet::tcp(client(0), sa(LB_IP, 0)));
+    ping.l4 = L4::Other { proto: PROTO_ICMP };
+    ping.payload = vec![8, 0, 0xf7, 0xff, 0, 0, 0, 0];
+    for (name, p) in [
+        (
+            "ssh to the node",
+            Packet::tcp(client(40000), sa(NODE_ADDR, 22)),
+        ),
+        (
+            "NodePort on another address",
+            Packet::tcp(client(40000), sa(Ipv4Addr::new(192, 168, 50, 9), NODE_PORT)),
+        ),
+        (
+            "ClusterIP from outside",
+            Packet::tcp(client(40000), sa(Ipv4Addr::new(10, 96, 0, 10), 80)),
+        ),
+        (
+            "SNAT port range without a flow",
+            Packet::tcp(sa(REMOTE_POD, 8080), sa(NODE_ADDR, 61000)),
+        ),
+        ("ICMP echo to an external address", ping),
+    ] {
+        let input = from_client(p).build();
+        assert_eq!(dp.run_nic(&input, nic), (XDP_PASS, input), "{name}");
+    }
+    assert!(dp.conntrack().is_empty());
+}
