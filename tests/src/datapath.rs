@@ -39,6 +39,16 @@ pub const XDP_TX: u32 = 3;
 /// Room the program may add to a frame (a reject reply grows small ones).
 const OUT_SLACK: usize = 256;
 
+/// The XDP context of a test run: a `frame_len`-byte frame arriving on
+/// interface `ifindex` (struct xdp_md: data, data_end, data_meta,
+/// ingress_ifindex, rx_queue_index, egress_ifindex).
+pub fn xdp_md(frame_len: usize, ifindex: u32) -> Vec<u8> {
+    [0, frame_len as u32, 0, ifindex, 0, 0]
+        .iter()
+        .flat_map(|v| v.to_ne_bytes())
+        .collect()
+}
+
 /// A backend as the packet tests write it: address, port, on this node?
 pub type TestBackend = (Ipv4Addr, u16, bool);
 
@@ -188,6 +198,15 @@ impl Datapath {
             .expect("insert source range");
     }
 
+    /// The loaded `nic_ingress`, for callers that drive BPF_PROG_TEST_RUN themselves.
+    pub fn nic_program(&self) -> &Xdp {
+        self.ebpf
+            .program(NIC_INGRESS)
+            .expect("program loaded")
+            .try_into()
+            .expect("XDP")
+    }
+
     /// Deletes a backend, as sync does once no service lists it.
     pub fn remove_backend(&mut self, id: u32) {
         self.hash::<u32, BackendValue>("BACKENDS")
@@ -246,11 +265,7 @@ impl Datapath {
             .expect("program loaded")
             .try_into()
             .expect("XDP");
-        // struct xdp_md: data, data_end, data_meta, ingress_ifindex, rx_queue_index, egress_ifindex.
-        let md: Vec<u8> = [0, frame.len() as u32, 0, ifindex, 0, 0]
-            .iter()
-            .flat_map(|v| v.to_ne_bytes())
-            .collect();
+        let md = xdp_md(frame.len(), ifindex);
         let mut out = vec![0u8; frame.len() + OUT_SLACK];
         let result = prog
             .test_run(TestRunOptions {

@@ -3,8 +3,9 @@
 //!   kxdp-bench [--quick] [--only packets|conns|control] [--out PATH]
 //!   (root; `cargo xtask bench` runs it)
 //!
-//! Part 1 times the pod programs per packet through BPF_PROG_TEST_RUN, path
-//! by path, next to empty XDP and tc programs (the cost of the harness itself).
+//! Part 1 times the pod programs and the NIC program per packet through
+//! BPF_PROG_TEST_RUN, path by path, next to empty XDP and tc programs (the
+//! cost of the harness itself).
 //! Part 2 measures short TCP connections per second and one bulk stream in a
 //! namespace mini node through a ClusterIP, with the real agent and with the
 //! rulesets kube-proxy writes (iptables, nftables), while N other Services
@@ -29,7 +30,8 @@ use aya::{
     Ebpf,
 };
 use kxdp_testbed::{
-    datapath::{Datapath, POD_EGRESS, POD_INGRESS, TC_ACT_OK},
+    datapath::{Datapath, NIC_INGRESS, POD_EGRESS, POD_INGRESS, TC_ACT_OK},
+    nic_netns,
     packet::{Packet, TCP_ACK, TCP_SYN},
     privileged::require_root,
     scenario::{peer_bin, EchoScenario},
@@ -45,6 +47,7 @@ mod control_plane;
 mod floors;
 mod frames;
 mod kube_proxy;
+mod nodeport;
 mod options;
 mod packet_cost;
 mod paths;
@@ -59,6 +62,7 @@ use control_plane::*;
 use floors::*;
 use frames::*;
 use kube_proxy::*;
+use nodeport::*;
 use options::*;
 use packet_cost::*;
 use paths::*;

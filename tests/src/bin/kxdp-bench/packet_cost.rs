@@ -2,9 +2,16 @@
 
 use super::*;
 
+/// Labels of the floor rows, which the other rows name as their baseline.
+pub(crate) const FLOOR_XDP: &str = "floor (empty XDP)";
+pub(crate) const FLOOR_TC: &str = "floor (empty tc)";
+pub(crate) const FLOOR_XDP_SINGLE: &str = "floor (empty XDP), one repetition per call";
+
 pub(crate) struct PacketBench {
     pub(crate) label: String,
     pub(crate) program: &'static str,
+    /// Label of the floor row this row is compared with.
+    pub(crate) floor: &'static str,
     /// Repetitions per run, as the table shows them.
     pub(crate) repeat: String,
     pub(crate) case: Box<dyn Case>,
@@ -16,9 +23,15 @@ pub(crate) fn bench(
     repeat: String,
     case: Box<dyn Case>,
 ) -> PacketBench {
+    let floor = match program {
+        NIC_INGRESS => FLOOR_XDP_SINGLE,
+        "floor_xdp" => FLOOR_XDP,
+        _ => FLOOR_TC,
+    };
     PacketBench {
         label: label.to_string(),
         program,
+        floor,
         repeat,
         case,
     }
@@ -27,27 +40,37 @@ pub(crate) fn bench(
 pub(crate) struct PacketRow {
     pub(crate) label: String,
     pub(crate) program: &'static str,
+    pub(crate) floor: &'static str,
     pub(crate) repeat: String,
     pub(crate) kernel_ns: Summary,
     pub(crate) wall_ns: Summary,
 }
 
-pub(crate) fn packet_benches(plan: &Plan) -> anyhow::Result<Vec<PacketBench>> {
+/// `nic` is the NIC of the `nic_netns` the calling thread is in.
+pub(crate) fn packet_benches(plan: &Plan, nic: u32) -> anyhow::Result<Vec<PacketBench>> {
     let frame = syn(client(40_003), NOT_A_SERVICE);
     let repeat = plan.repeat;
     let (cold, warm, calls) = (plan.cold_chain, plan.warm_chain, plan.warm_calls);
+    let single_calls = warm * calls;
+    let mut floor_single = bench(
+        FLOOR_XDP_SINGLE,
+        "floor_xdp",
+        format!("1 × {single_calls} calls"),
+        Box::new(Floor::load(true, frame.clone(), 1, single_calls)?),
+    );
+    floor_single.floor = FLOOR_XDP_SINGLE;
     Ok(vec![
         bench(
-            "floor (empty XDP)",
+            FLOOR_XDP,
             "floor_xdp",
             repeat.to_string(),
-            Box::new(Floor::load(true, frame.clone(), repeat)?),
+            Box::new(Floor::load(true, frame.clone(), repeat, 1)?),
         ),
         bench(
-            "floor (empty tc)",
+            FLOOR_TC,
             "floor_tc",
             repeat.to_string(),
-            Box::new(Floor::load(false, frame, repeat)?),
+            Box::new(Floor::load(false, frame, repeat, 1)?),
         ),
         bench(
             "miss (not a service)",
@@ -79,13 +102,38 @@ pub(crate) fn packet_benches(plan: &Plan) -> anyhow::Result<Vec<PacketBench>> {
             repeat.to_string(),
             Box::new(Reply::new(repeat)?),
         ),
+        floor_single,
+        bench(
+            &format!("NodePort new flow, local backend (select + CT insert + DNAT), {warm} frontends"),
+            NIC_INGRESS,
+            format!("1 × {single_calls} calls"),
+            Box::new(NodePortNewFlow::new(false, warm, single_calls, nic)),
+        ),
+        bench(
+            &format!("NodePort new flow, remote backend (+ SNAT + FIB lookup + XDP_TX), {warm} frontends"),
+            NIC_INGRESS,
+            format!("1 × {single_calls} calls"),
+            Box::new(NodePortNewFlow::new(true, warm, single_calls, nic)),
+        ),
     ])
 }
 
 /// Every path once per round, rounds repeated: a slow moment of the machine
 /// hits all paths alike instead of one path's every run.
+///
+/// Runs on a thread of its own inside a private `nic_netns`, whose NIC and
+/// fixed neighbours give the NodePort paths' FIB lookups their answers.
 pub(crate) fn measure_packet_costs(plan: &Plan) -> anyhow::Result<Vec<PacketRow>> {
-    let mut benches = packet_benches(plan)?;
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| measure_in_nic_netns(plan, nic_netns::enter()))
+            .join()
+            .map_err(|_| anyhow::anyhow!("the packet benchmark thread panicked"))?
+    })
+}
+
+fn measure_in_nic_netns(plan: &Plan, nic: u32) -> anyhow::Result<Vec<PacketRow>> {
+    let mut benches = packet_benches(plan, nic)?;
     for b in &mut benches {
         b.case
             .run()
@@ -108,6 +156,7 @@ pub(crate) fn measure_packet_costs(plan: &Plan) -> anyhow::Result<Vec<PacketRow>
             wall_ns: column(&s, |t| t.wall_ns),
             label: b.label,
             program: b.program,
+            floor: b.floor,
             repeat: b.repeat,
         })
         .collect())

@@ -25,12 +25,26 @@ pub(crate) fn time_test_run<P>(prog: &P, frame: &[u8], repeat: u32) -> anyhow::R
 where
     P: for<'a> TestRun<Opts<'a> = TestRunOptions<'a>, Result = TestRunResult>,
 {
+    time_test_run_in(prog, frame, None, repeat)
+}
+
+/// [`time_test_run`] with a context (e.g. the XDP ingress interface).
+pub(crate) fn time_test_run_in<P>(
+    prog: &P,
+    frame: &[u8],
+    ctx: Option<&[u8]>,
+    repeat: u32,
+) -> anyhow::Result<Timed>
+where
+    P: for<'a> TestRun<Opts<'a> = TestRunOptions<'a>, Result = TestRunResult>,
+{
     let mut out = vec![0u8; frame.len() + OUT_SLACK];
     let started = Instant::now();
     let result = prog
         .test_run(TestRunOptions {
             data_in: Some(frame),
             data_out: Some(&mut out),
+            ctx_in: ctx,
             repeat,
             ..Default::default()
         })

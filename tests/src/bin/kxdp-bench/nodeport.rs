@@ -1,0 +1,150 @@
+//! Part 1: `nic_ingress`, a NodePort's first packet of a new flow, with a
+//! backend on this node and with one on another node. Run on the NIC of a
+//! private namespace (`nic_netns`) whose FIB routes the remote pods via a
+//! known neighbour, so the remote path really ends in the FIB lookup and
+//! XDP_TX.
+
+use kxdp_testbed::{
+    datapath::{xdp_md, TestBackend, XDP_TX},
+    nic_netns::{NIC_MAC, NODE_ADDR, OTHER_NODE_MAC},
+};
+use proxy_common::maps::{ServiceKey, SCOPE_NODE, SERVICE_SNAT_REMOTE};
+
+use super::*;
+
+const NODE_PORT: u16 = 30080;
+
+/// Frontend `i`: an address in the remote pod network on the NodePort.
+fn frontend(i: u32) -> SocketAddrV4 {
+    SocketAddrV4::new(Ipv4Addr::from(u32::from(ip(10, 1, 2, 1)) + i), NODE_PORT)
+}
+
+/// The only backend of frontend `i`: routed via the other node, whether
+/// the datapath is told it is local or not.
+fn backend(i: u32) -> SocketAddrV4 {
+    SocketAddrV4::new(Ipv4Addr::from(u32::from(ip(10, 1, 2, 101)) + i), 8080)
+}
+
+/// Where a NodePort packet comes from: outside, to our NIC.
+fn from_outside(src: SocketAddrV4, dst: SocketAddrV4) -> Vec<u8> {
+    pad(Packet {
+        src_mac: OTHER_NODE_MAC,
+        dst_mac: NIC_MAC,
+        ..Packet::tcp(src, dst).payload(b"")
+    }
+    .build())
+}
+
+/// The first packet of a new NodePort flow, one per BPF_PROG_TEST_RUN call
+/// (repeat 1), each call from a new client port to one of a few frontends
+/// (caches warm). With a local backend that is lookup, selection, two
+/// conntrack inserts and the DNAT (XDP_PASS); with a remote one (traffic
+/// policy Cluster) also the SNAT port claim, the SNAT, the FIB lookup, the
+/// MAC and TTL rewrite and XDP_TX.
+///
+/// Why not `repeat` > 1 as for the tc paths: for XDP the kernel swaps the
+/// program into its dispatcher (synchronize_rcu) before such a run, and the
+/// first repetitions after it pay for everything having gone cold: tens of
+/// microseconds per call, measured. One repetition per call skips the swap;
+/// the empty XDP program is timed the same way for the ratio.
+pub(crate) struct NodePortNewFlow {
+    pub(crate) dp: Datapath,
+    pub(crate) remote: bool,
+    pub(crate) frontends: u32,
+    pub(crate) calls: u32,
+    pub(crate) next_port: u16,
+    pub(crate) ctx: Vec<u8>,
+}
+
+impl NodePortNewFlow {
+    /// Call from a thread inside `nic_netns`, whose NIC is `nic`.
+    pub(crate) fn new(remote: bool, frontends: u32, calls: u32, nic: u32) -> Self {
+        assert!(calls < 60_000, "client ports must not repeat within a run");
+        let mut dp = Datapath::load();
+        dp.set_nic_addr(nic, NODE_ADDR);
+        for i in 0..frontends {
+            let (frontend, backend) = (frontend(i), backend(i));
+            let key = ServiceKey {
+                addr: addr_to_net(*frontend.ip()),
+                port: port_to_net(frontend.port()),
+                proto: PROTO_TCP,
+                scope: SCOPE_NODE,
+            };
+            let backends: [TestBackend; 1] = [(*backend.ip(), backend.port(), !remote)];
+            dp.add_frontend(key, i + 1, SERVICE_SNAT_REMOTE, &backends);
+        }
+        NodePortNewFlow {
+            dp,
+            remote,
+            frontends,
+            calls,
+            next_port: 1024,
+            ctx: xdp_md(FRAME_LEN, nic),
+        }
+    }
+
+    fn what(&self) -> &'static str {
+        if self.remote {
+            "NodePort new flow, remote backend"
+        } else {
+            "NodePort new flow, local backend"
+        }
+    }
+
+    fn one_call(&mut self, call: u32) -> anyhow::Result<Sample> {
+        let port = self.next_port;
+        self.next_port = if port == u16::MAX { 1024 } else { port + 1 };
+        let i = call % self.frontends;
+        let frame = from_outside(client(port), frontend(i));
+        let timed = time_test_run_in(self.dp.nic_program(), &frame, Some(&self.ctx), 1)?;
+        let what = self.what();
+        let out = &timed.out;
+        if self.remote {
+            expect_verdict(what, timed.verdict, XDP_TX)?;
+            ensure!(
+                out[..12] == [OTHER_NODE_MAC, NIC_MAC].concat(),
+                "{what}: not addressed to the other node"
+            );
+            let h = kxdp_testbed::packet::parse(out).map_err(anyhow::Error::msg)?;
+            ensure!(
+                h.dst == backend(i) && *h.src.ip() == NODE_ADDR,
+                "{what}: translated to {} → {}",
+                h.src,
+                h.dst
+            );
+            kxdp_testbed::packet::verify_checksums(out).map_err(anyhow::Error::msg)?;
+        } else {
+            expect_verdict(what, timed.verdict, XDP_PASS)?;
+            expect_frame(what, out, &from_outside(client(port), backend(i)))?;
+        }
+        Ok(timed.sample)
+    }
+}
+
+impl Case for NodePortNewFlow {
+    fn run(&mut self) -> anyhow::Result<Sample> {
+        self.dp.clear_conntrack();
+        let mut total = Sample {
+            kernel_ns: 0.0,
+            wall_ns: 0.0,
+        };
+        for call in 0..self.calls {
+            let sample = self.one_call(call)?;
+            total.kernel_ns += sample.kernel_ns;
+            total.wall_ns += sample.wall_ns;
+        }
+        let entries = self.dp.conntrack_len();
+        let want = 2 * self.calls as usize;
+        ensure!(
+            entries == want,
+            "{}: conntrack has {entries} entries after the run, expected {want} (2 per call)",
+            self.what()
+        );
+        expect_no_drops(self.what(), &self.dp)?;
+        let calls = f64::from(self.calls);
+        Ok(Sample {
+            kernel_ns: total.kernel_ns / calls,
+            wall_ns: total.wall_ns / calls,
+        })
+    }
+}
