@@ -1,7 +1,12 @@
 //! Command-line interface. Every flag has a `KXDP_…` environment twin so the
 //! DaemonSet can configure the agent without arguments.
 
-use std::path::PathBuf;
+use std::{
+    net::{IpAddr, Ipv4Addr},
+    ops::RangeInclusive,
+    path::PathBuf,
+    str::FromStr,
+};
 
 use clap::{Args, Parser, Subcommand};
 
@@ -68,8 +73,44 @@ pub struct AgentArgs {
     /// How often to look for manifest changes and new interfaces, in milliseconds.
     #[arg(long, env = "KXDP_RESCAN_MS", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(50..=60_000))]
     pub rescan_ms: u64,
+    /// Interfaces where traffic from outside arrives (NodePorts,
+    /// LoadBalancer and external IPs), comma-separated; XDP is attached to
+    /// each. Without it, nothing is served from outside.
+    #[arg(long, env = "KXDP_NIC", value_delimiter = ',')]
+    pub nic: Vec<String>,
+    /// CIDRs whose node addresses NodePorts answer on, comma-separated
+    /// (kube-proxy's flag); default: every IPv4 address but loopback.
+    #[arg(long, env = "KXDP_NODEPORT_ADDRESSES", value_delimiter = ',')]
+    pub nodeport_addresses: Vec<Ipv4Cidr>,
+    /// Node ports outside this range (the API server's
+    /// --service-node-port-range) are refused.
+    #[arg(long, env = "KXDP_NODEPORT_RANGE", default_value = "30000-32767")]
+    pub nodeport_range: PortRange,
+    /// Address the healthCheckNodePort listeners of
+    /// `externalTrafficPolicy: Local` Services bind.
+    #[arg(long, env = "KXDP_HEALTH_CHECK_BIND_ADDRESS", default_value_t = IpAddr::V4(Ipv4Addr::UNSPECIFIED))]
+    pub health_check_bind_address: IpAddr,
     #[command(flatten)]
     pub pin: PinArgs,
+}
+
+/// A port range `A-B` with `1 <= A <= B`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PortRange(pub RangeInclusive<u16>);
+
+impl FromStr for PortRange {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad = || format!("'{s}' is not a port range (expected A-B, 1 <= A <= B <= 65535)");
+        let (first, last) = s.split_once('-').ok_or_else(bad)?;
+        let first: u16 = first.trim().parse().map_err(|_| bad())?;
+        let last: u16 = last.trim().parse().map_err(|_| bad())?;
+        if first == 0 || first > last {
+            return Err(bad());
+        }
+        Ok(Self(first..=last))
+    }
 }
 
 #[cfg(test)]
@@ -96,6 +137,59 @@ mod tests {
         assert_eq!(args.pin.pin_path, PathBuf::from(DEFAULT_PIN_PATH));
         assert_eq!(args.service_cidr.to_string(), "10.96.0.0/12");
         assert_eq!(args.rescan_ms, 1000);
+        assert!(args.nic.is_empty() && args.nodeport_addresses.is_empty());
+        assert_eq!(args.nodeport_range, PortRange(30_000..=32_767));
+        assert_eq!(args.health_check_bind_address.to_string(), "0.0.0.0");
+    }
+
+    fn agent(extra: &[&str]) -> Result<AgentArgs, clap::Error> {
+        let base = [
+            "kxdp",
+            "agent",
+            "--manifests",
+            "/m",
+            "--pod-interfaces",
+            "v*",
+        ];
+        let cli = Cli::try_parse_from(base.iter().chain(extra))?;
+        match cli.command {
+            Command::Agent(args) => Ok(args),
+            _ => panic!("not agent"),
+        }
+    }
+
+    #[test]
+    fn node_frontend_flags_parse() {
+        let args = agent(&[
+            "--nic",
+            "eth0,eth1",
+            "--nodeport-addresses",
+            "192.168.1.0/24,10.0.0.0/8",
+            "--nodeport-range",
+            "20000-20100",
+            "--health-check-bind-address",
+            "192.168.1.10",
+        ])
+        .unwrap();
+        assert_eq!(args.nic, ["eth0", "eth1"]);
+        let cidrs: Vec<String> = args
+            .nodeport_addresses
+            .iter()
+            .map(|c| c.to_string())
+            .collect();
+        assert_eq!(cidrs, ["192.168.1.0/24", "10.0.0.0/8"]);
+        assert_eq!(args.nodeport_range, PortRange(20_000..=20_100));
+        assert_eq!(args.health_check_bind_address.to_string(), "192.168.1.10");
+        for bad in [
+            ["--nodeport-range", "32767-30000"],
+            ["--nodeport-range", "0-100"],
+            ["--nodeport-range", "30000"],
+            ["--nodeport-range", "30000-70000"],
+            ["--nodeport-addresses", "192.168.1.1/24"],
+            ["--health-check-bind-address", "localhost"],
+        ] {
+            assert!(agent(&bad).is_err(), "{bad:?} accepted");
+        }
     }
 
     #[test]

@@ -8,6 +8,7 @@ pub mod cli;
 pub mod commands;
 pub mod dataplane;
 pub mod ebpf_object;
+pub mod health_check;
 pub mod model;
 pub mod pipeline;
 pub mod plan;

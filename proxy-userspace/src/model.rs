@@ -3,7 +3,7 @@
 //! Every source feeds this module, so each Kubernetes rule lives here once.
 
 use std::{
-    collections::BTreeSet,
+    collections::{BTreeMap, BTreeSet},
     fmt,
     net::{IpAddr, Ipv4Addr, SocketAddrV4},
 };
@@ -17,7 +17,10 @@ use k8s_openapi::{
 };
 use proxy_common::maps::{PROTO_TCP, PROTO_UDP};
 
-use crate::source::{Rejection, RejectionKind, ServiceName, ServiceObjects};
+use crate::{
+    cidr::Ipv4Cidr,
+    source::{Rejection, RejectionKind, ServiceName, ServiceObjects},
+};
 
 /// Label by which another proxy claims a Service (kube-proxy skips those too).
 const SERVICE_PROXY_NAME_LABEL: &str = "service.kubernetes.io/service-proxy-name";
@@ -84,8 +87,20 @@ pub struct ServicePortModel {
     pub name: String,
     pub protocol: Protocol,
     pub port: u16,
+    /// The port's `nodePort`, for types NodePort and LoadBalancer only (a
+    /// LoadBalancer with `allocateLoadBalancerNodePorts: false` has none).
+    pub node_port: Option<u16>,
     /// Serving backends, sorted and unique.
     pub backends: Vec<Backend>,
+}
+
+/// An address from outside the cluster network the Service answers on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ExternalAddr {
+    pub addr: Ipv4Addr,
+    /// A LoadBalancer ingress IP (`loadBalancerSourceRanges` apply), not
+    /// only an `externalIP`.
+    pub load_balancer: bool,
 }
 
 /// A Service the dataplane proxies.
@@ -96,6 +111,18 @@ pub struct ServiceModel {
     pub ports: Vec<ServicePortModel>,
     /// `sessionAffinity: ClientIP` timeout in seconds; `None` without affinity.
     pub affinity_timeout: Option<u32>,
+    /// `externalIPs` and LoadBalancer ingress IPs, sorted, one per address.
+    pub external_addrs: Vec<ExternalAddr>,
+    /// `externalTrafficPolicy: Local` on a Service reachable from outside.
+    pub external_policy_local: bool,
+    /// `internalTrafficPolicy: Local`.
+    pub internal_policy_local: bool,
+    /// `healthCheckNodePort` of a Service with `externalTrafficPolicy: Local`.
+    pub health_check_node_port: Option<u16>,
+    /// `loadBalancerSourceRanges`; `None` lets every client in. `Some` of an
+    /// empty list (only IPv6 ranges given) lets no IPv4 client in: dropping a
+    /// range must never widen access.
+    pub source_ranges: Option<Vec<Ipv4Cidr>>,
 }
 
 /// What the model made of one Service's objects.
@@ -329,7 +356,12 @@ fn cluster_ips(
     Ok(Some(ips.into_iter().collect()))
 }
 
-fn service_port(port: &ServicePort) -> Result<(String, Protocol, u16), (RejectionKind, String)> {
+/// A Service port without its backends; `node_ports` says whether the
+/// Service type has node ports at all.
+fn service_port(
+    port: &ServicePort,
+    node_ports: bool,
+) -> Result<ServicePortModel, (RejectionKind, String)> {
     let name = port.name.clone().unwrap_or_default();
     let invalid = |reason| (RejectionKind::InvalidPort, reason);
     let number = port_number(port.port)
@@ -339,7 +371,112 @@ fn service_port(port: &ServicePort) -> Result<(String, Protocol, u16), (Rejectio
             .ok_or_else(|| invalid(format!("targetPort {target} is out of range")))?;
     }
     let protocol = Protocol::parse(port.protocol.as_deref())?;
-    Ok((name, protocol, number))
+    // 0 or absent: not allocated (yet).
+    let node_port = match port.node_port.filter(|p| *p != 0 && node_ports) {
+        None => None,
+        Some(value) => Some(
+            port_number(value)
+                .ok_or_else(|| invalid(format!("nodePort {value} is out of range")))?,
+        ),
+    };
+    Ok(ServicePortModel {
+        name,
+        protocol,
+        port: number,
+        node_port,
+        backends: Vec::new(),
+    })
+}
+
+/// `externalIPs`, and the ingress IPs of a LoadBalancer that traffic reaches
+/// with the IP still as destination (`ipMode: Proxy` ingress delivers to the
+/// node itself, so kube-proxy ignores those; hostname-only ingress has no IP).
+fn external_addrs(
+    spec: &ServiceSpec,
+    service: &Service,
+    load_balancer: bool,
+    built: &mut Built,
+) -> Result<Vec<ExternalAddr>, (RejectionKind, String)> {
+    let ingress = service
+        .status
+        .as_ref()
+        .and_then(|s| s.load_balancer.as_ref())
+        .and_then(|lb| lb.ingress.as_ref())
+        .filter(|_| load_balancer)
+        .into_iter()
+        .flatten()
+        .filter(|i| i.ip_mode.as_deref() != Some("Proxy"))
+        .filter_map(|i| i.ip.as_ref())
+        .map(|ip| (ip, "status.loadBalancer.ingress IP", true));
+    let listed = spec
+        .external_ips
+        .iter()
+        .flatten()
+        .map(|ip| (ip, "externalIP", false))
+        .chain(ingress);
+    let mut addrs: BTreeMap<Ipv4Addr, bool> = BTreeMap::new();
+    for (text, field, load_balancer) in listed {
+        match text.parse::<IpAddr>() {
+            Ok(IpAddr::V4(addr)) => *addrs.entry(addr).or_default() |= load_balancer,
+            Ok(IpAddr::V6(_)) => built.ipv6_skipped = true,
+            Err(_) => {
+                return Err((
+                    RejectionKind::InvalidAddress,
+                    format!("{field} '{text}' is not an IP address"),
+                ))
+            }
+        }
+    }
+    Ok(addrs
+        .into_iter()
+        .map(|(addr, load_balancer)| ExternalAddr {
+            addr,
+            load_balancer,
+        })
+        .collect())
+}
+
+/// Whether a traffic policy field says `Local` (absent means `Cluster`).
+fn policy_local(field: &str, value: Option<&str>) -> Result<bool, (RejectionKind, String)> {
+    match value {
+        None | Some("Cluster") => Ok(false),
+        Some("Local") => Ok(true),
+        Some(other) => Err((
+            RejectionKind::InvalidTrafficPolicy,
+            format!("{field} {other} is not Cluster or Local"),
+        )),
+    }
+}
+
+/// The IPv4 `loadBalancerSourceRanges`; an invalid entry rejects the
+/// Service, since serving it without the entry would let everyone in.
+fn source_ranges(
+    spec: &ServiceSpec,
+    built: &mut Built,
+) -> Result<Option<Vec<Ipv4Cidr>>, (RejectionKind, String)> {
+    let Some(listed) = spec
+        .load_balancer_source_ranges
+        .as_ref()
+        .filter(|l| !l.is_empty())
+    else {
+        return Ok(None);
+    };
+    let mut ranges = BTreeSet::new();
+    for text in listed {
+        let text = text.trim();
+        if text.contains(':') {
+            built.ipv6_skipped = true;
+            continue;
+        }
+        let cidr = Ipv4Cidr::parse_lenient(text).map_err(|e| {
+            (
+                RejectionKind::InvalidAddress,
+                format!("loadBalancerSourceRanges entry {e}"),
+            )
+        })?;
+        ranges.insert(cidr);
+    }
+    Ok(Some(ranges.into_iter().collect()))
 }
 
 fn affinity_timeout(spec: &ServiceSpec) -> Result<Option<u32>, (RejectionKind, String)> {
@@ -428,13 +565,42 @@ fn build_service(
     let Some(cluster_ips) = cluster_ips(service, spec, built)? else {
         return Ok(None);
     };
-    let ports: Vec<_> = spec
+    let type_ = spec.type_.as_deref();
+    let load_balancer = type_ == Some("LoadBalancer");
+    let node_ports = load_balancer || type_ == Some("NodePort");
+    let mut ports: Vec<ServicePortModel> = spec
         .ports
         .iter()
         .flatten()
-        .map(service_port)
+        .map(|p| service_port(p, node_ports))
         .collect::<Result<_, _>>()?;
     let affinity_timeout = affinity_timeout(spec)?;
+    let external_addrs = external_addrs(spec, service, load_balancer, built)?;
+    // The API server allows Local only where traffic comes from outside.
+    let external_policy_local = policy_local(
+        "externalTrafficPolicy",
+        spec.external_traffic_policy.as_deref(),
+    )? && (node_ports || !external_addrs.is_empty());
+    let internal_policy_local = policy_local(
+        "internalTrafficPolicy",
+        spec.internal_traffic_policy.as_deref(),
+    )?;
+    let health_check_node_port = spec
+        .health_check_node_port
+        .filter(|_| external_policy_local && node_ports)
+        .filter(|p| *p != 0)
+        .map(|value| {
+            port_number(value).ok_or((
+                RejectionKind::InvalidPort,
+                format!("healthCheckNodePort {value} is out of range"),
+            ))
+        })
+        .transpose()?;
+    let source_ranges = if load_balancer {
+        source_ranges(spec, built)?
+    } else {
+        None
+    };
     // The API server mirrors Endpoints into slices; slices win.
     let groups: Vec<EndpointGroup> = if objects.slices.is_empty() {
         objects
@@ -449,20 +615,19 @@ fn build_service(
             .filter_map(|s| slice_group(s, node, built))
             .collect()
     };
-    let ports = ports
-        .into_iter()
-        .map(|(port_name, protocol, port)| ServicePortModel {
-            backends: port_backends(&groups, &port_name, protocol),
-            name: port_name,
-            protocol,
-            port,
-        })
-        .collect();
+    for port in &mut ports {
+        port.backends = port_backends(&groups, &port.name, port.protocol);
+    }
     Ok(Some(ServiceModel {
         name: name.clone(),
         cluster_ips,
         ports,
         affinity_timeout,
+        external_addrs,
+        external_policy_local,
+        internal_policy_local,
+        health_check_node_port,
+        source_ranges,
     }))
 }
 
@@ -778,6 +943,180 @@ mod tests {
         assert!(service.ports[0].backends.is_empty());
         let v6 = &built[&ServiceName::new("default", "v6-only")];
         assert!(v6.service.is_none() && v6.rejections.is_empty() && v6.ipv6_skipped);
+    }
+
+    /// A LoadBalancer as the API server and a cloud controller leave it.
+    const LOAD_BALANCER: &str = "apiVersion: v1\nkind: Service\nmetadata: {name: web, namespace: shop}\n\
+        spec:\n  type: LoadBalancer\n  clusterIP: 10.96.0.10\n  externalIPs: [198.51.100.7, 'fd00::7']\n  \
+        externalTrafficPolicy: Local\n  healthCheckNodePort: 32000\n  \
+        loadBalancerSourceRanges: [' 203.0.113.77/24', 192.0.2.0/25, '2001:db8::/32']\n  ports:\n  \
+        - {name: http, port: 80, targetPort: 8080, nodePort: 30080}\n  \
+        - {name: dns, port: 53, protocol: UDP, targetPort: 5353, nodePort: 30053}\n\
+        status:\n  loadBalancer:\n    ingress:\n    - {ip: 192.0.2.10, ipMode: VIP}\n    \
+        - {ip: 198.51.100.7}\n    - {hostname: lb.example.com}\n    - {ip: 192.0.2.11, ipMode: Proxy}\n";
+
+    fn external(addr: &str, load_balancer: bool) -> ExternalAddr {
+        ExternalAddr {
+            addr: addr.parse().unwrap(),
+            load_balancer,
+        }
+    }
+
+    #[test]
+    fn load_balancer_has_node_ports_external_addresses_policy_and_ranges() {
+        let built = model_all(LOAD_BALANCER).into_values().next().unwrap();
+        assert!(built.rejections.is_empty(), "{:?}", built.rejections);
+        assert!(built.ipv6_skipped, "IPv6 externalIP and range are skipped");
+        let service = built.service.unwrap();
+        let node_ports: Vec<_> = service.ports.iter().map(|p| p.node_port).collect();
+        assert_eq!(node_ports, [Some(30080), Some(30053)]);
+        // An address both external and ingress is a LoadBalancer address;
+        // hostname-only and ipMode Proxy ingress are not served here.
+        assert_eq!(
+            service.external_addrs,
+            [external("192.0.2.10", true), external("198.51.100.7", true)]
+        );
+        assert!(service.external_policy_local);
+        assert!(!service.internal_policy_local);
+        assert_eq!(service.health_check_node_port, Some(32000));
+        let ranges: Vec<String> = service
+            .source_ranges
+            .unwrap()
+            .iter()
+            .map(|r| r.to_string())
+            .collect();
+        assert_eq!(ranges, ["192.0.2.0/25", "203.0.113.0/24"]);
+    }
+
+    #[test]
+    fn only_ipv6_source_ranges_let_no_ipv4_client_in() {
+        let yaml = LOAD_BALANCER.replace(
+            "[' 203.0.113.77/24', 192.0.2.0/25, '2001:db8::/32']",
+            "['2001:db8::/32']",
+        );
+        assert_eq!(model(&yaml).source_ranges, Some(vec![]));
+        let yaml = LOAD_BALANCER.replace(
+            "loadBalancerSourceRanges: [' 203.0.113.77/24', 192.0.2.0/25, '2001:db8::/32']",
+            "loadBalancerSourceRanges: []",
+        );
+        assert_eq!(
+            model(&yaml).source_ranges,
+            None,
+            "empty list: no restriction"
+        );
+    }
+
+    #[test]
+    fn type_change_to_cluster_ip_drops_node_and_load_balancer_facts() {
+        // A stale status and nodePorts left in a manifest do not survive the type.
+        let cluster_ip = LOAD_BALANCER.replace("type: LoadBalancer", "type: ClusterIP");
+        let service = model(&cluster_ip);
+        assert!(service.ports.iter().all(|p| p.node_port.is_none()));
+        assert_eq!(service.external_addrs, [external("198.51.100.7", false)]);
+        assert_eq!(service.source_ranges, None);
+        assert_eq!(service.health_check_node_port, None);
+        assert!(
+            service.external_policy_local,
+            "externalIPs still come from outside"
+        );
+        // NodePort: node ports and health check, but no ingress and no ranges.
+        let node_port = LOAD_BALANCER.replace("type: LoadBalancer", "type: NodePort");
+        let service = model(&node_port);
+        assert_eq!(service.ports[0].node_port, Some(30080));
+        assert_eq!(service.external_addrs, [external("198.51.100.7", false)]);
+        assert_eq!(service.source_ranges, None);
+        assert_eq!(service.health_check_node_port, Some(32000));
+    }
+
+    #[test]
+    fn traffic_policies_apply_only_where_they_mean_something() {
+        let service = |extra: &str| {
+            format!(
+                "apiVersion: v1\nkind: Service\nmetadata: {{name: web}}\n\
+                 spec: {{clusterIP: 10.96.0.9, ports: [{{port: 80, nodePort: 30001}}], {extra}}}\n"
+            )
+        };
+        let plain = model(&service(
+            "externalTrafficPolicy: Local, internalTrafficPolicy: Local",
+        ));
+        assert!(!plain.external_policy_local, "a ClusterIP has no outside");
+        assert!(plain.internal_policy_local);
+        assert_eq!(plain.ports[0].node_port, None);
+        let node_port = model(&service("type: NodePort, externalTrafficPolicy: Local"));
+        assert!(node_port.external_policy_local);
+        assert_eq!(node_port.health_check_node_port, None, "none allocated");
+        let cluster = model(&service(
+            "type: NodePort, externalTrafficPolicy: Cluster, healthCheckNodePort: 32000",
+        ));
+        assert!(!cluster.external_policy_local);
+        assert_eq!(cluster.health_check_node_port, None);
+        // LoadBalancer without allocated node ports.
+        let no_node_ports = model(
+            "apiVersion: v1\nkind: Service\nmetadata: {name: web}\n\
+             spec: {type: LoadBalancer, allocateLoadBalancerNodePorts: false, clusterIP: 10.96.0.9, ports: [{port: 80}]}\n",
+        );
+        assert_eq!(no_node_ports.ports[0].node_port, None);
+    }
+
+    #[test]
+    fn invalid_node_facts_reject_the_service_by_name() {
+        let cases = [
+            (
+                "externalIPs: [198.51.100.300]",
+                RejectionKind::InvalidAddress,
+                "Service default/web: externalIP '198.51.100.300' is not an IP address",
+            ),
+            (
+                "type: LoadBalancer, loadBalancerSourceRanges: [10.0.0.0/40]",
+                RejectionKind::InvalidAddress,
+                "Service default/web: loadBalancerSourceRanges entry '40' is not a prefix length",
+            ),
+            (
+                "type: LoadBalancer, loadBalancerSourceRanges: [everyone]",
+                RejectionKind::InvalidAddress,
+                "Service default/web: loadBalancerSourceRanges entry 'everyone' is not a CIDR",
+            ),
+            (
+                "type: NodePort, externalTrafficPolicy: Sometimes",
+                RejectionKind::InvalidTrafficPolicy,
+                "Service default/web: externalTrafficPolicy Sometimes",
+            ),
+            (
+                "internalTrafficPolicy: Nearby",
+                RejectionKind::InvalidTrafficPolicy,
+                "Service default/web: internalTrafficPolicy Nearby",
+            ),
+            (
+                "type: NodePort, ports: [{port: 80, nodePort: 70000}]",
+                RejectionKind::InvalidPort,
+                "Service default/web: nodePort 70000 is out of range",
+            ),
+        ];
+        for (extra, kind, prefix) in cases {
+            let yaml = format!(
+                "apiVersion: v1\nkind: Service\nmetadata: {{name: web}}\n\
+                 spec: {{clusterIP: 10.96.0.9, {}}}\n",
+                if extra.contains("ports:") {
+                    extra.to_string()
+                } else {
+                    format!("ports: [{{port: 80}}], {extra}")
+                }
+            );
+            let built = model_all(&yaml).into_values().next().unwrap();
+            assert!(built.service.is_none(), "{extra}");
+            assert_eq!(built.rejections.len(), 1, "{extra}");
+            assert_eq!(built.rejections[0].kind, kind, "{extra}");
+            let text = built.rejections[0].to_string();
+            assert!(
+                text.starts_with(prefix),
+                "{text} does not start with {prefix}"
+            );
+        }
+        let bad_ingress = LOAD_BALANCER.replace("{ip: 192.0.2.10, ipMode: VIP}", "{ip: not-an-ip}");
+        let built = model_all(&bad_ingress).into_values().next().unwrap();
+        assert!(built.rejections[0]
+            .to_string()
+            .starts_with("Service shop/web: status.loadBalancer.ingress IP 'not-an-ip'"));
     }
 
     #[test]

@@ -9,7 +9,7 @@ use std::{
 
 use crate::{
     model::{self, Node},
-    plan::{Plan, PlanChange},
+    plan::{NodeFacts, Plan, PlanChange},
     source::{Rejection, RejectionKind, Scope, Update},
     sync::{MapContents, MapStore, SyncReport, Syncer},
 };
@@ -47,11 +47,14 @@ pub struct Pipeline {
 }
 
 impl Pipeline {
-    /// Starts from the maps as they are (pinned by an earlier agent, or empty).
-    pub fn new(node: Node, adopted: MapContents) -> Self {
+    /// Starts from the maps as they are (pinned by an earlier agent, or
+    /// empty), with the node facts known at start.
+    pub fn new(node: Node, facts: NodeFacts, adopted: MapContents) -> Self {
+        let mut plan = Plan::default();
+        plan.set_node_facts(facts, &mut PlanChange::default());
         Self {
             node,
-            plan: Plan::default(),
+            plan,
             syncer: Syncer::adopt(adopted),
             reconcile: true,
             counters: Counters::default(),
@@ -90,13 +93,41 @@ impl Pipeline {
             self.plan
                 .retain(|name| update.services.contains_key(name), &mut change);
         }
-        outcome.rejections.append(&mut change.conflicts);
+        outcome.rejections.append(&mut change.rejections);
         for rejection in &outcome.rejections {
             *self.counters.rejected.entry(rejection.kind).or_default() += 1;
         }
         (outcome.frontends_touched, outcome.report) = self.sync(&change, store);
         self.count(started, &outcome.report);
         outcome
+    }
+
+    /// Replaces the node facts (node addresses, node port range) and syncs
+    /// the node frontends they change; `None` when nothing was synced: the
+    /// facts did not change, or no sync happened yet (the first one, a full
+    /// reconcile, covers them; syncing a plan without Services before it
+    /// would empty adopted maps).
+    pub fn set_node_facts(
+        &mut self,
+        facts: NodeFacts,
+        store: &mut impl MapStore,
+    ) -> Option<Outcome> {
+        if *self.plan.node_facts() == facts {
+            return None;
+        }
+        let started = Instant::now();
+        let mut change = PlanChange::default();
+        self.plan.set_node_facts(facts, &mut change);
+        if self.counters.syncs == 0 {
+            return None;
+        }
+        let mut outcome = Outcome {
+            rejections: std::mem::take(&mut change.rejections),
+            ..Outcome::default()
+        };
+        (outcome.frontends_touched, outcome.report) = self.sync(&change, store);
+        self.count(started, &outcome.report);
+        Some(outcome)
     }
 
     /// Retries a sync that left entries unwritten.
@@ -166,7 +197,11 @@ mod tests {
     }
 
     fn pipeline() -> Pipeline {
-        Pipeline::new(Node::default(), MapContents::default())
+        Pipeline::new(
+            Node::default(),
+            NodeFacts::default(),
+            MapContents::default(),
+        )
     }
 
     #[test]
@@ -264,7 +299,8 @@ mod tests {
         pipeline().apply(update(Scope::Full, &format!("{a}{b}")), &mut store);
         store.log.clear();
         // The agent restarts while b is deleted: the new one adopts the maps.
-        let mut restarted = Pipeline::new(Node::default(), store.maps.clone());
+        let mut restarted =
+            Pipeline::new(Node::default(), NodeFacts::default(), store.maps.clone());
         let outcome = restarted.apply(update(Scope::Full, &a), &mut store);
         assert!(outcome.report.errors.is_empty());
         assert_eq!(
@@ -302,5 +338,54 @@ mod tests {
         assert_eq!(store.maps.services.len(), 1);
         assert_eq!(store.maps.services.values().next().unwrap().slot_count, 1);
         assert!(pipeline.counters().last_successful_sync.is_some());
+    }
+
+    #[test]
+    fn node_addresses_bring_node_ports_and_a_new_address_moves_them() {
+        let mut store = FakeStore::default();
+        let mut pipeline = pipeline();
+        // Before the first sync the facts only reach the plan: syncing now
+        // would reconcile adopted maps against a plan without Services.
+        let empty = NodeFacts {
+            node_port_range: 1..=2,
+            ..NodeFacts::default()
+        };
+        assert!(pipeline.set_node_facts(empty, &mut store).is_none());
+        assert!(store.log.is_empty());
+        let node_port = service("a", "10.96.0.1", "NodePort", "{addresses: [10.244.0.2]}")
+            .replace("targetPort: 8080}", "targetPort: 8080, nodePort: 30080}");
+        pipeline.apply(update(Scope::Full, &node_port), &mut store);
+        assert_eq!(store.maps.services.len(), 1, "no node address yet");
+        let facts = |addr: &str| NodeFacts {
+            addresses: vec![addr.parse().unwrap()],
+            ..NodeFacts::default()
+        };
+        let outcome = pipeline
+            .set_node_facts(facts("192.168.1.10"), &mut store)
+            .unwrap();
+        assert_eq!(outcome.frontends_touched, 1);
+        let node_keys = |maps: &MapContents| -> Vec<String> {
+            maps.services
+                .keys()
+                .filter(|k| k.scope == proxy_common::maps::SCOPE_NODE)
+                .map(crate::sync::frontend_text)
+                .collect()
+        };
+        assert_eq!(node_keys(&store.maps), ["192.168.1.10:30080/TCP"]);
+        assert!(pipeline
+            .set_node_facts(facts("192.168.1.10"), &mut store)
+            .is_none());
+        pipeline.set_node_facts(facts("192.168.1.20"), &mut store);
+        assert_eq!(node_keys(&store.maps), ["192.168.1.20:30080/TCP"]);
+        // Back to ClusterIP: the node frontend goes.
+        pipeline.apply(
+            update(
+                Scope::Full,
+                &service("a", "10.96.0.1", "ClusterIP", "{addresses: [10.244.0.2]}"),
+            ),
+            &mut store,
+        );
+        assert!(node_keys(&store.maps).is_empty());
+        assert_eq!(store.maps.services.len(), 1);
     }
 }

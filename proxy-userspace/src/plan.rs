@@ -7,24 +7,61 @@ use std::{
     collections::{BTreeMap, BTreeSet},
     fmt,
     net::Ipv4Addr,
+    ops::RangeInclusive,
 };
 
 use crate::{
-    model::{Backend, Protocol, ServiceModel},
+    cidr::Ipv4Cidr,
+    model::{Backend, ExternalAddr, Protocol, ServiceModel, ServicePortModel},
     source::{Rejection, RejectionKind, ServiceName},
 };
 
-/// What the datapath matches on: (VIP, port, protocol).
+/// Where a frontend is reached from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum FrontendScope {
+    /// From pods (tc on pod interfaces): cluster IPs, and external addresses
+    /// short-circuited to the Service as kube-proxy does.
+    Pod,
+    /// From outside through a NIC (XDP): node ports, external addresses.
+    Node,
+}
+
+/// What the datapath matches on: (address, port, protocol, scope).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct FrontendKey {
     pub addr: Ipv4Addr,
     pub port: u16,
     pub protocol: Protocol,
+    pub scope: FrontendScope,
 }
 
 impl fmt::Display for FrontendKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}/{}", self.addr, self.port, self.protocol)
+        write!(f, "{}:{}/{}", self.addr, self.port, self.protocol)?;
+        match self.scope {
+            FrontendScope::Pod => Ok(()),
+            FrontendScope::Node => f.write_str(" (node)"),
+        }
+    }
+}
+
+/// The node facts node frontends depend on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeFacts {
+    /// Addresses NodePorts answer on (already filtered by
+    /// `--nodeport-addresses`).
+    pub addresses: Vec<Ipv4Addr>,
+    /// Node ports outside it are refused, as the API server would have.
+    pub node_port_range: RangeInclusive<u16>,
+}
+
+impl Default for NodeFacts {
+    /// No address yet, and Kubernetes' default range.
+    fn default() -> Self {
+        Self {
+            addresses: Vec::new(),
+            node_port_range: 30_000..=32_767,
+        }
     }
 }
 
@@ -36,6 +73,24 @@ pub struct Frontend {
     /// In selection order.
     pub backends: Vec<Backend>,
     pub affinity_timeout: Option<u32>,
+    /// With no backend, drop silently instead of rejecting: a traffic policy
+    /// `Local` on a Service whose endpoints all run elsewhere.
+    pub empty_drop: bool,
+    /// SNAT flows to backends on other nodes (`externalTrafficPolicy:
+    /// Cluster` on a node frontend), so replies come back through this node.
+    pub snat_remote: bool,
+    /// Only these clients may use the frontend (`loadBalancerSourceRanges`
+    /// on a LoadBalancer ingress IP); `None`: everyone.
+    pub source_ranges: Option<Vec<Ipv4Cidr>>,
+}
+
+/// A `healthCheckNodePort` the agent must answer on.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct HealthCheck {
+    pub port: u16,
+    pub service: ServiceName,
+    /// Distinct endpoints of the Service on this node.
+    pub local_endpoints: usize,
 }
 
 /// The desired state, kept per Service.
@@ -46,6 +101,7 @@ pub struct Plan {
     /// serves it. A Vec: nearly every frontend has one claimant, and a set
     /// would allocate a whole tree node for it.
     claims: BTreeMap<FrontendKey, Vec<ServiceName>>,
+    node: NodeFacts,
 }
 
 /// What a batch of Service changes did to the plan.
@@ -53,19 +109,129 @@ pub struct Plan {
 pub struct PlanChange {
     /// Frontends whose desired content may differ now.
     pub frontends: BTreeSet<FrontendKey>,
-    /// Frontends a Service claims but another Service already serves.
-    pub conflicts: Vec<Rejection>,
+    /// Frontends a Service claims but another Service already serves, and
+    /// node ports outside the node port range.
+    pub rejections: Vec<Rejection>,
 }
 
-/// The frontends one Service claims: each cluster IP × each port.
-fn keys_of(service: &ServiceModel) -> impl Iterator<Item = FrontendKey> + '_ {
-    service.cluster_ips.iter().flat_map(|addr| {
-        service.ports.iter().map(|port| FrontendKey {
-            addr: *addr,
-            port: port.port,
-            protocol: port.protocol,
+/// How a frontend reaches its Service.
+enum Via<'a> {
+    ClusterIp,
+    /// An external address, from a pod: kube-proxy short-circuits it to the
+    /// Service with every endpoint.
+    ExternalFromPod,
+    External(&'a ExternalAddr),
+    NodePort,
+}
+
+fn pod_key(addr: Ipv4Addr, port: u16, protocol: Protocol) -> FrontendKey {
+    FrontendKey {
+        addr,
+        port,
+        protocol,
+        scope: FrontendScope::Pod,
+    }
+}
+
+fn node_key(addr: Ipv4Addr, port: u16, protocol: Protocol) -> FrontendKey {
+    FrontendKey {
+        addr,
+        port,
+        protocol,
+        scope: FrontendScope::Node,
+    }
+}
+
+/// The node port of `port` if it lies in the range.
+fn node_port(port: &ServicePortModel, node: &NodeFacts) -> Option<u16> {
+    port.node_port.filter(|p| node.node_port_range.contains(p))
+}
+
+/// The frontends one Service claims: each cluster IP and external address ×
+/// each port from pods; each external address × each port and each node
+/// address × each node port from outside.
+fn keys_of(service: &ServiceModel, node: &NodeFacts) -> BTreeSet<FrontendKey> {
+    let mut keys = BTreeSet::new();
+    for port in &service.ports {
+        let (number, protocol) = (port.port, port.protocol);
+        for addr in &service.cluster_ips {
+            keys.insert(pod_key(*addr, number, protocol));
+        }
+        for external in &service.external_addrs {
+            keys.insert(pod_key(external.addr, number, protocol));
+            keys.insert(node_key(external.addr, number, protocol));
+        }
+        if let Some(node_port) = node_port(port, node) {
+            for addr in &node.addresses {
+                keys.insert(node_key(*addr, node_port, protocol));
+            }
+        }
+    }
+    keys
+}
+
+/// One rejection per node port outside the range; the other ports serve.
+fn node_port_rejections(service: &ServiceModel, node: &NodeFacts) -> Vec<Rejection> {
+    let range = &node.node_port_range;
+    service
+        .ports
+        .iter()
+        .filter_map(|port| {
+            let node_port = port.node_port.filter(|p| !range.contains(p))?;
+            Some(Rejection::new(
+                format!("Service {}", service.name),
+                RejectionKind::InvalidPort,
+                format!(
+                    "port {} nodePort {node_port} is outside the node port range {}-{}",
+                    if port.name.is_empty() {
+                        port.port.to_string()
+                    } else {
+                        port.name.clone()
+                    },
+                    range.start(),
+                    range.end()
+                ),
+            ))
         })
-    })
+        .collect()
+}
+
+/// The port of `service` behind `key` and how the key reaches it.
+fn route<'a>(
+    service: &'a ServiceModel,
+    key: &FrontendKey,
+    node: &NodeFacts,
+) -> Option<(&'a ServicePortModel, Via<'a>)> {
+    let external = service.external_addrs.iter().find(|e| e.addr == key.addr);
+    let service_port = service
+        .ports
+        .iter()
+        .find(|p| p.port == key.port && p.protocol == key.protocol);
+    match key.scope {
+        FrontendScope::Pod if service.cluster_ips.contains(&key.addr) => {
+            Some((service_port?, Via::ClusterIp))
+        }
+        FrontendScope::Pod => external.and(Some((service_port?, Via::ExternalFromPod))),
+        FrontendScope::Node => match (external, service_port) {
+            (Some(external), Some(port)) => Some((port, Via::External(external))),
+            _ if node.addresses.contains(&key.addr) => service
+                .ports
+                .iter()
+                .find(|p| node_port(p, node) == Some(key.port) && p.protocol == key.protocol)
+                .map(|p| (p, Via::NodePort)),
+            _ => None,
+        },
+    }
+}
+
+/// Only the local backends under a `Local` traffic policy, all otherwise.
+fn policy_backends(backends: &[Backend], local: bool) -> (Vec<Backend>, bool) {
+    if !local {
+        return (backends.to_vec(), false);
+    }
+    let local_only = backends.iter().filter(|b| b.local).copied().collect();
+    // Endpoints elsewhere but none here: drop. None at all: reject.
+    (local_only, !backends.is_empty())
 }
 
 impl Plan {
@@ -82,31 +248,69 @@ impl Plan {
             Some(service) => self.services.insert(name.clone(), service),
             None => self.services.remove(name),
         };
-        let new_keys: BTreeSet<FrontendKey> = self
+        let old_keys = old.map(|s| keys_of(&s, &self.node)).unwrap_or_default();
+        self.reclaim(name, old_keys, true, change);
+    }
+
+    /// Replaces the node facts; every Service with node ports gets its
+    /// frontends recomputed.
+    pub fn set_node_facts(&mut self, node: NodeFacts, change: &mut PlanChange) {
+        if self.node == node {
+            return;
+        }
+        let affected: Vec<(ServiceName, BTreeSet<FrontendKey>)> = self
             .services
-            .get(name)
-            .map(|s| keys_of(s).collect())
-            .unwrap_or_default();
-        for key in old.iter().flat_map(keys_of) {
-            if new_keys.contains(&key) {
-                continue;
-            }
-            if let Some(claimants) = self.claims.get_mut(&key) {
+            .iter()
+            .filter(|(_, s)| s.ports.iter().any(|p| p.node_port.is_some()))
+            .map(|(name, s)| (name.clone(), keys_of(s, &self.node)))
+            .collect();
+        self.node = node;
+        // The model is the same: frontends kept keep their content.
+        for (name, old_keys) in affected {
+            self.reclaim(&name, old_keys, false, change);
+        }
+    }
+
+    pub fn node_facts(&self) -> &NodeFacts {
+        &self.node
+    }
+
+    /// Moves the claims of `name` from `old_keys` to what it claims now;
+    /// `touch_kept`: the frontends in both may have new content.
+    fn reclaim(
+        &mut self,
+        name: &ServiceName,
+        old_keys: BTreeSet<FrontendKey>,
+        touch_kept: bool,
+        change: &mut PlanChange,
+    ) {
+        let service = self.services.get(name);
+        let new_keys = service.map(|s| keys_of(s, &self.node)).unwrap_or_default();
+        if let Some(service) = service {
+            change
+                .rejections
+                .extend(node_port_rejections(service, &self.node));
+        }
+        for key in old_keys.difference(&new_keys) {
+            if let Some(claimants) = self.claims.get_mut(key) {
                 claimants.retain(|claimant| claimant != name);
                 if claimants.is_empty() {
-                    self.claims.remove(&key);
+                    self.claims.remove(key);
                 }
             }
-            change.frontends.insert(key);
+            change.frontends.insert(*key);
         }
         for key in new_keys {
+            if !touch_kept && old_keys.contains(&key) {
+                continue;
+            }
             let claimants = self.claims.entry(key).or_default();
             if let Err(at) = claimants.binary_search(name) {
                 claimants.insert(at, name.clone());
             }
             if let Some(owner) = claimants.first() {
                 for loser in claimants.iter().skip(1) {
-                    change.conflicts.push(Rejection::new(
+                    change.rejections.push(Rejection::new(
                         format!("Service {loser}"),
                         RejectionKind::FrontendConflict,
                         format!("{key} is already served by Service {owner}"),
@@ -129,16 +333,53 @@ impl Plan {
     pub fn frontend(&self, key: &FrontendKey) -> Option<Frontend> {
         let owner = self.claims.get(key)?.first()?;
         let service = self.services.get(owner)?;
-        let port = service
-            .ports
-            .iter()
-            .find(|p| p.port == key.port && p.protocol == key.protocol)?;
+        let (port, via) = route(service, key, &self.node)?;
+        let (backends, empty_drop) = match via {
+            Via::ClusterIp => policy_backends(&port.backends, service.internal_policy_local),
+            Via::ExternalFromPod => (port.backends.clone(), false),
+            Via::External(_) | Via::NodePort => {
+                policy_backends(&port.backends, service.external_policy_local)
+            }
+        };
+        let source_ranges = match via {
+            Via::External(external) if external.load_balancer => service.source_ranges.clone(),
+            _ => None,
+        };
         Some(Frontend {
             service: owner.clone(),
             port_name: port.name.clone(),
-            backends: port.backends.clone(),
+            backends,
             affinity_timeout: service.affinity_timeout,
+            empty_drop,
+            snat_remote: key.scope == FrontendScope::Node && !service.external_policy_local,
+            source_ranges,
         })
+    }
+
+    /// The health checks to serve: each Service with `externalTrafficPolicy:
+    /// Local` and a `healthCheckNodePort`, by port.
+    pub fn health_checks(&self) -> Vec<HealthCheck> {
+        let mut checks: Vec<HealthCheck> = self
+            .services
+            .values()
+            .filter(|s| s.external_policy_local)
+            .filter_map(|s| {
+                let local: BTreeSet<Ipv4Addr> = s
+                    .ports
+                    .iter()
+                    .flat_map(|p| &p.backends)
+                    .filter(|b| b.local)
+                    .map(|b| *b.addr.ip())
+                    .collect();
+                Some(HealthCheck {
+                    port: s.health_check_node_port?,
+                    service: s.name.clone(),
+                    local_endpoints: local.len(),
+                })
+            })
+            .collect();
+        checks.sort();
+        checks
     }
 
     /// Every frontend, in key order.
@@ -170,6 +411,7 @@ mod tests {
                     name: format!("p{port}"),
                     protocol: *protocol,
                     port: *port,
+                    node_port: None,
                     backends: backends
                         .iter()
                         .map(|b| Backend {
@@ -180,15 +422,20 @@ mod tests {
                 })
                 .collect(),
             affinity_timeout: None,
+            external_addrs: vec![],
+            external_policy_local: false,
+            internal_policy_local: false,
+            health_check_node_port: None,
+            source_ranges: None,
         }
     }
 
     fn key(addr: &str, port: u16, protocol: Protocol) -> FrontendKey {
-        FrontendKey {
-            addr: addr.parse().unwrap(),
-            port,
-            protocol,
-        }
+        pod_key(addr.parse().unwrap(), port, protocol)
+    }
+
+    fn node(addr: &str, port: u16) -> FrontendKey {
+        node_key(addr.parse().unwrap(), port, Protocol::Tcp)
     }
 
     fn set(plan: &mut Plan, service: ServiceModel) -> PlanChange {
@@ -237,7 +484,7 @@ mod tests {
             .frontend(&key("10.96.0.10", 53, Protocol::Udp))
             .unwrap();
         assert!(dns.backends.is_empty());
-        assert!(change.conflicts.is_empty());
+        assert!(change.rejections.is_empty());
     }
 
     #[test]
@@ -338,10 +585,10 @@ mod tests {
             plan.frontend(&udp).unwrap().service,
             ServiceName::new("a", "dns")
         );
-        assert_eq!(change.conflicts.len(), 1);
-        assert_eq!(change.conflicts[0].object, "Service b/dns");
-        assert_eq!(change.conflicts[0].kind, RejectionKind::FrontendConflict);
-        assert!(change.conflicts[0]
+        assert_eq!(change.rejections.len(), 1);
+        assert_eq!(change.rejections[0].object, "Service b/dns");
+        assert_eq!(change.rejections[0].kind, RejectionKind::FrontendConflict);
+        assert!(change.rejections[0]
             .reason
             .contains("10.96.0.10:53/UDP is already served by Service a/dns"));
         // When a/dns goes, b/dns serves the frontend it was denied.
@@ -360,5 +607,233 @@ mod tests {
         assert!(plan
             .frontend(&key("10.96.0.1", 80, Protocol::Tcp))
             .is_none());
+    }
+
+    const NODE_A: &str = "192.168.1.10";
+    const NODE_B: &str = "192.168.1.11";
+
+    fn node_facts(addresses: &[&str]) -> NodeFacts {
+        NodeFacts {
+            addresses: addresses.iter().map(|a| a.parse().unwrap()).collect(),
+            ..NodeFacts::default()
+        }
+    }
+
+    /// A LoadBalancer `shop/web` on 10.96.0.10: port 80 (nodePort 30080)
+    /// and 81 (nodePort 40000, outside the range), one local and one remote
+    /// endpoint, ingress IP 192.0.2.10 and externalIP 198.51.100.7.
+    fn load_balancer() -> ServiceModel {
+        let mut web = service(
+            "shop",
+            "web",
+            "10.96.0.10",
+            &[
+                (80, Protocol::Tcp, &["10.244.1.2:8080", "10.244.2.2:8080"]),
+                (81, Protocol::Tcp, &[]),
+            ],
+        );
+        web.ports[0].backends[0].local = true;
+        web.ports[0].node_port = Some(30080);
+        web.ports[1].node_port = Some(40000);
+        web.external_addrs = vec![
+            ExternalAddr {
+                addr: "192.0.2.10".parse().unwrap(),
+                load_balancer: true,
+            },
+            ExternalAddr {
+                addr: "198.51.100.7".parse().unwrap(),
+                load_balancer: false,
+            },
+        ];
+        web.source_ranges = Some(vec!["203.0.113.0/24".parse().unwrap()]);
+        web
+    }
+
+    fn planned(service: ServiceModel, addresses: &[&str]) -> (Plan, PlanChange) {
+        let mut plan = Plan::default();
+        let mut change = PlanChange::default();
+        plan.set_node_facts(node_facts(addresses), &mut change);
+        let name = service.name.clone();
+        plan.set(&name, Some(service), &mut change);
+        (plan, change)
+    }
+
+    fn backend_addrs(frontend: &Frontend) -> Vec<String> {
+        frontend
+            .backends
+            .iter()
+            .map(|b| b.addr.to_string())
+            .collect()
+    }
+
+    #[test]
+    fn node_frontends_come_from_node_addresses_and_external_addresses() {
+        let (plan, change) = planned(load_balancer(), &[NODE_A, NODE_B]);
+        let keys: BTreeSet<_> = plan.frontend_keys().copied().collect();
+        let expected: BTreeSet<_> = [
+            key("10.96.0.10", 80, Protocol::Tcp),
+            key("10.96.0.10", 81, Protocol::Tcp),
+            key("192.0.2.10", 80, Protocol::Tcp),
+            key("192.0.2.10", 81, Protocol::Tcp),
+            key("198.51.100.7", 80, Protocol::Tcp),
+            key("198.51.100.7", 81, Protocol::Tcp),
+            node("192.0.2.10", 80),
+            node("192.0.2.10", 81),
+            node("198.51.100.7", 80),
+            node("198.51.100.7", 81),
+            node(NODE_A, 30080),
+            node(NODE_B, 30080),
+        ]
+        .into();
+        assert_eq!(keys, expected, "no node frontend for nodePort 40000");
+        assert_eq!(change.frontends, expected);
+        assert_eq!(change.rejections.len(), 1, "{:?}", change.rejections);
+        let rejection = &change.rejections[0];
+        assert_eq!(rejection.kind, RejectionKind::InvalidPort);
+        assert_eq!(
+            rejection.to_string(),
+            "Service shop/web: port p81 nodePort 40000 is outside the node port range 30000-32767"
+        );
+        assert_eq!(
+            node(NODE_A, 30080).to_string(),
+            "192.168.1.10:30080/TCP (node)"
+        );
+    }
+
+    #[test]
+    fn cluster_policy_serves_every_backend_and_snats_node_frontends() {
+        let (plan, _) = planned(load_balancer(), &[NODE_A]);
+        for key in [node(NODE_A, 30080), node("198.51.100.7", 80)] {
+            let frontend = plan.frontend(&key).unwrap();
+            assert_eq!(
+                backend_addrs(&frontend),
+                ["10.244.1.2:8080", "10.244.2.2:8080"]
+            );
+            assert!(frontend.snat_remote && !frontend.empty_drop, "{key}");
+            assert_eq!(frontend.source_ranges, None, "{key}: not an ingress IP");
+        }
+        let cluster_ip = plan
+            .frontend(&key("10.96.0.10", 80, Protocol::Tcp))
+            .unwrap();
+        assert!(!cluster_ip.snat_remote && !cluster_ip.empty_drop);
+        assert_eq!(cluster_ip.backends.len(), 2);
+    }
+
+    #[test]
+    fn source_ranges_guard_only_load_balancer_ingress_from_outside() {
+        let (plan, _) = planned(load_balancer(), &[NODE_A]);
+        let ingress = plan.frontend(&node("192.0.2.10", 80)).unwrap();
+        assert_eq!(
+            ingress.source_ranges,
+            Some(vec!["203.0.113.0/24".parse().unwrap()])
+        );
+        let from_pod = plan
+            .frontend(&key("192.0.2.10", 80, Protocol::Tcp))
+            .unwrap();
+        assert_eq!(from_pod.source_ranges, None);
+        assert_eq!(
+            plan.frontend(&node(NODE_A, 30080)).unwrap().source_ranges,
+            None
+        );
+    }
+
+    #[test]
+    fn local_policies_keep_local_backends_and_drop_when_none_is_here() {
+        let mut web = load_balancer();
+        web.external_policy_local = true;
+        web.internal_policy_local = true;
+        let (plan, _) = planned(web.clone(), &[NODE_A]);
+        for key in [
+            node(NODE_A, 30080),
+            node("192.0.2.10", 80),
+            key("10.96.0.10", 80, Protocol::Tcp),
+        ] {
+            let frontend = plan.frontend(&key).unwrap();
+            assert_eq!(backend_addrs(&frontend), ["10.244.1.2:8080"], "{key}");
+            assert!(frontend.empty_drop && !frontend.snat_remote, "{key}");
+        }
+        // From a pod, an external address short-circuits to every endpoint.
+        let from_pod = plan
+            .frontend(&key("192.0.2.10", 80, Protocol::Tcp))
+            .unwrap();
+        assert_eq!(from_pod.backends.len(), 2);
+        assert!(!from_pod.empty_drop);
+        // Endpoints only elsewhere: drop. No endpoint at all: reject.
+        web.ports[0].backends.retain(|b| !b.local);
+        let (plan, _) = planned(web, &[NODE_A]);
+        let remote_only = plan.frontend(&node(NODE_A, 30080)).unwrap();
+        assert!(remote_only.backends.is_empty() && remote_only.empty_drop);
+        let none = plan.frontend(&node("192.0.2.10", 81)).unwrap();
+        assert!(none.backends.is_empty() && !none.empty_drop);
+    }
+
+    #[test]
+    fn new_node_addresses_recompute_only_services_with_node_ports() {
+        let mut plan = Plan::default();
+        let mut change = PlanChange::default();
+        plan.set_node_facts(node_facts(&[NODE_A]), &mut change);
+        for model in [
+            load_balancer(),
+            service("a", "plain", "10.96.0.1", &[(80, Protocol::Tcp, &[])]),
+        ] {
+            let name = model.name.clone();
+            plan.set(&name, Some(model), &mut change);
+        }
+        let mut change = PlanChange::default();
+        plan.set_node_facts(node_facts(&[NODE_B]), &mut change);
+        assert_eq!(
+            change.frontends.into_iter().collect::<Vec<_>>(),
+            [node(NODE_A, 30080), node(NODE_B, 30080)]
+        );
+        assert!(plan.frontend(&node(NODE_A, 30080)).is_none());
+        assert!(plan.frontend(&node(NODE_B, 30080)).is_some());
+        // The same facts again: nothing to do.
+        let mut change = PlanChange::default();
+        plan.set_node_facts(node_facts(&[NODE_B]), &mut change);
+        assert!(change.frontends.is_empty());
+    }
+
+    #[test]
+    fn type_change_to_cluster_ip_removes_every_node_frontend() {
+        let (mut plan, _) = planned(load_balancer(), &[NODE_A]);
+        let cluster_ip = service(
+            "shop",
+            "web",
+            "10.96.0.10",
+            &[(80, Protocol::Tcp, &["10.244.1.2:8080"])],
+        );
+        let change = set(&mut plan, cluster_ip);
+        assert_eq!(
+            plan.frontend_keys().copied().collect::<Vec<_>>(),
+            [key("10.96.0.10", 80, Protocol::Tcp)]
+        );
+        assert!(change.frontends.contains(&node(NODE_A, 30080)));
+        assert!(change.frontends.contains(&node("192.0.2.10", 80)));
+    }
+
+    #[test]
+    fn health_checks_count_local_endpoints_of_local_policy_services() {
+        let mut web = load_balancer();
+        web.external_policy_local = true;
+        web.health_check_node_port = Some(32000);
+        // The same pod behind two ports counts once.
+        web.ports[1].backends = vec![web.ports[0].backends[0]];
+        let mut cluster = service("a", "cluster", "10.96.0.1", &[(80, Protocol::Tcp, &[])]);
+        cluster.health_check_node_port = Some(32001);
+        let (mut plan, _) = planned(web.clone(), &[NODE_A]);
+        set(&mut plan, cluster);
+        assert_eq!(
+            plan.health_checks(),
+            [HealthCheck {
+                port: 32000,
+                service: ServiceName::new("shop", "web"),
+                local_endpoints: 1
+            }]
+        );
+        web.ports
+            .iter_mut()
+            .for_each(|p| p.backends.retain(|b| !b.local));
+        set(&mut plan, web);
+        assert_eq!(plan.health_checks()[0].local_endpoints, 0);
     }
 }

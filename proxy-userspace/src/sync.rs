@@ -4,21 +4,46 @@
 //! removal in reverse. Work is per frontend, so a change to one Service costs
 //! the same whether ten or thirty thousand others exist.
 //!
+//! A frontend limited to `loadBalancerSourceRanges` gets its ranges written
+//! before the service entry that makes the datapath check them, and loses the
+//! ones it no longer needs only after the entry stops needing them.
+//!
 //! Ids stay stable for as long as their frontend or backend exists, and an id
 //! freed by a sync is not reused in that same sync, so no packet can see a new
 //! service's slots through an old service's entry.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
+use std::net::Ipv4Addr;
+
 use proxy_common::{
     maps::{
         addr_to_net, port_to_net, BackendValue, ServiceKey, ServiceValue, SlotKey, BACKEND_LOCAL,
-        SCOPE_CLUSTER_IP, SERVICE_AFFINITY_CLIENT_IP,
+        SCOPE_CLUSTER_IP, SCOPE_NODE, SERVICE_AFFINITY_CLIENT_IP, SERVICE_EMPTY_DROP,
+        SERVICE_SNAT_REMOTE, SERVICE_SOURCE_RANGES,
     },
     sizes,
 };
 
-use crate::plan::{Frontend, FrontendKey, Plan};
+use crate::{
+    cidr::Ipv4Cidr,
+    plan::{Frontend, FrontendKey, FrontendScope, Plan},
+};
+
+/// A `source_ranges` entry: clients in `cidr` may use frontend `service_id`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct RangeEntry {
+    pub service_id: u32,
+    pub cidr: Ipv4Cidr,
+}
+
+impl RangeEntry {
+    /// Every entry of `service_id`, as bounds of a range over sorted entries.
+    fn bounds(service_id: u32) -> std::ops::RangeInclusive<Self> {
+        let entry = |cidr| Self { service_id, cidr };
+        entry(Ipv4Cidr::ANY)..=entry(Ipv4Cidr::host(Ipv4Addr::BROADCAST))
+    }
+}
 
 /// The content of the maps the agent owns.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -26,6 +51,7 @@ pub struct MapContents {
     pub services: BTreeMap<ServiceKey, ServiceValue>,
     pub backends: BTreeMap<u32, BackendValue>,
     pub selection: BTreeMap<SlotKey, u32>,
+    pub source_ranges: BTreeSet<RangeEntry>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -43,6 +69,8 @@ pub trait MapStore {
     fn delete_slot(&mut self, key: &SlotKey) -> Result<(), StoreError>;
     fn put_service(&mut self, key: &ServiceKey, value: &ServiceValue) -> Result<(), StoreError>;
     fn delete_service(&mut self, key: &ServiceKey) -> Result<(), StoreError>;
+    fn put_source_range(&mut self, entry: &RangeEntry) -> Result<(), StoreError>;
+    fn delete_source_range(&mut self, entry: &RangeEntry) -> Result<(), StoreError>;
     /// Zeroes the counters of a service id about to be (re)used.
     fn reset_stats(&mut self, service_id: u32) -> Result<(), StoreError>;
 }
@@ -79,11 +107,30 @@ pub fn service_key(frontend: &FrontendKey) -> ServiceKey {
         addr: addr_to_net(frontend.addr),
         port: port_to_net(frontend.port),
         proto: frontend.protocol.ip_proto(),
-        scope: SCOPE_CLUSTER_IP,
+        scope: match frontend.scope {
+            FrontendScope::Pod => SCOPE_CLUSTER_IP,
+            FrontendScope::Node => SCOPE_NODE,
+        },
     }
 }
 
-/// The backend values and service flags a frontend needs.
+/// The `SERVICE_*` bits of a frontend.
+fn service_flags(frontend: &Frontend) -> u32 {
+    [
+        (
+            frontend.affinity_timeout.is_some(),
+            SERVICE_AFFINITY_CLIENT_IP,
+        ),
+        (frontend.empty_drop, SERVICE_EMPTY_DROP),
+        (frontend.snat_remote, SERVICE_SNAT_REMOTE),
+        (frontend.source_ranges.is_some(), SERVICE_SOURCE_RANGES),
+    ]
+    .into_iter()
+    .filter(|(on, _)| *on)
+    .fold(0, |flags, (_, bit)| flags | bit)
+}
+
+/// The backend values, service flags and affinity timeout a frontend needs.
 fn entries(frontend: &Frontend) -> (Vec<BackendValue>, u32, u32) {
     let backends = frontend
         .backends
@@ -95,10 +142,8 @@ fn entries(frontend: &Frontend) -> (Vec<BackendValue>, u32, u32) {
             _pad: 0,
         })
         .collect();
-    match frontend.affinity_timeout {
-        Some(timeout) => (backends, SERVICE_AFFINITY_CLIENT_IP, timeout),
-        None => (backends, 0, 0),
-    }
+    let timeout = frontend.affinity_timeout.unwrap_or(0);
+    (backends, service_flags(frontend), timeout)
 }
 
 /// Holds what the maps contain and brings them to what the plan wants.
@@ -211,6 +256,16 @@ impl Syncer {
         for id in orphan_slot_owners {
             self.trim_slots(id, 0, store, &mut report);
         }
+        let orphan_range_owners: BTreeSet<u32> = self
+            .current
+            .source_ranges
+            .iter()
+            .map(|r| r.service_id)
+            .filter(|id| !self.live_service_ids.contains(id))
+            .collect();
+        for id in orphan_range_owners {
+            self.trim_ranges(id, &BTreeSet::new(), store, &mut report);
+        }
         for key in plan.frontend_keys() {
             if let Some(frontend) = plan.frontend(key) {
                 self.upsert(service_key(key), &frontend, store, &mut report);
@@ -262,6 +317,35 @@ impl Syncer {
             }
             slot_count += 1;
         }
+        let ranges: BTreeSet<RangeEntry> = frontend
+            .source_ranges
+            .iter()
+            .flatten()
+            .map(|cidr| RangeEntry {
+                service_id: id,
+                cidr: *cidr,
+            })
+            .collect();
+        // Ranges first: the entry may make the datapath check them.
+        let missing: Vec<RangeEntry> = ranges
+            .iter()
+            .filter(|r| !self.current.source_ranges.contains(r))
+            .copied()
+            .collect();
+        for entry in missing {
+            if !complete {
+                break;
+            }
+            match store.put_source_range(&entry) {
+                Ok(()) => {
+                    self.current.source_ranges.insert(entry);
+                }
+                Err(e) => {
+                    report.errors.push(e.to_string());
+                    complete = false;
+                }
+            }
+        }
         let value = ServiceValue {
             id,
             slot_count,
@@ -288,8 +372,38 @@ impl Syncer {
             }
         }
         // Slots past what the service entry now indexes are unreachable.
-        let live_count = self.current.services.get(&key).map_or(0, |v| v.slot_count);
-        self.trim_slots(id, live_count, store, report);
+        let live = self.current.services.get(&key).copied();
+        self.trim_slots(id, live.map_or(0, |v| v.slot_count), store, report);
+        // Ranges beyond the wanted ones may still be needed by an entry
+        // that could not be updated; the retry removes them.
+        if live == Some(value) {
+            self.trim_ranges(id, &ranges, store, report);
+        }
+    }
+
+    /// Deletes the ranges of `service_id` not in `keep`.
+    fn trim_ranges(
+        &mut self,
+        service_id: u32,
+        keep: &BTreeSet<RangeEntry>,
+        store: &mut impl MapStore,
+        report: &mut SyncReport,
+    ) {
+        let doomed: Vec<RangeEntry> = self
+            .current
+            .source_ranges
+            .range(RangeEntry::bounds(service_id))
+            .filter(|r| !keep.contains(r))
+            .copied()
+            .collect();
+        for entry in doomed {
+            match store.delete_source_range(&entry) {
+                Ok(()) => {
+                    self.current.source_ranges.remove(&entry);
+                }
+                Err(e) => report.errors.push(e.to_string()),
+            }
+        }
     }
 
     /// The id of `backend`, writing it first if the maps lack it.
@@ -355,6 +469,7 @@ impl Syncer {
         self.resting_service_ids.insert(existing.id);
         report.services_deleted += 1;
         self.trim_slots(existing.id, 0, store, report);
+        self.trim_ranges(existing.id, &BTreeSet::new(), store, report);
     }
 
     /// Deletes the slots of `service_id` from `keep` on.
@@ -441,6 +556,20 @@ mod tests {
         sync::fake::FakeStore,
     };
 
+    fn model_without_ports(name: &ServiceName) -> ServiceModel {
+        ServiceModel {
+            name: name.clone(),
+            cluster_ips: vec![],
+            ports: vec![],
+            affinity_timeout: None,
+            external_addrs: vec![],
+            external_policy_local: false,
+            internal_policy_local: false,
+            health_check_node_port: None,
+            source_ranges: None,
+        }
+    }
+
     /// A plan with one single-port Service per frontend.
     fn plan_of(frontends: &[(&str, u16, &[&str])]) -> Plan {
         let mut plan = Plan::default();
@@ -454,6 +583,7 @@ mod tests {
                     name: String::new(),
                     protocol: Protocol::Tcp,
                     port: *port,
+                    node_port: None,
                     backends: backends
                         .iter()
                         .map(|b| Backend {
@@ -462,7 +592,7 @@ mod tests {
                         })
                         .collect(),
                 }],
-                affinity_timeout: None,
+                ..model_without_ports(&name)
             };
             plan.set(&name, Some(model), &mut change);
         }
@@ -724,6 +854,7 @@ mod tests {
             addr: "10.96.0.2".parse().unwrap(),
             port: 80,
             protocol: Protocol::Tcp,
+            scope: FrontendScope::Pod,
         };
         let report = syncer.apply(&after, [&two], &mut store);
         assert!(report.errors.is_empty(), "{:?}", report.errors);
@@ -798,9 +929,11 @@ mod tests {
                 name: String::new(),
                 protocol: Protocol::Udp,
                 port: 53,
+                node_port: None,
                 backends: vec![local],
             }],
             affinity_timeout: Some(600),
+            ..model_without_ports(&name)
         };
         plan.set(&name, Some(model), &mut change);
         let mut store = FakeStore::default();
@@ -813,5 +946,178 @@ mod tests {
             store.maps.backends.values().next().unwrap().flags,
             BACKEND_LOCAL
         );
+    }
+
+    /// A LoadBalancer `default/lb` with ingress IP 192.0.2.10 port 80 (one
+    /// remote backend) and the given source ranges, with no node address.
+    fn load_balancer_plan(ranges: Option<&[&str]>, external_local: bool) -> Plan {
+        let name = ServiceName::new("default", "lb");
+        let model = ServiceModel {
+            cluster_ips: vec!["10.96.0.1".parse().unwrap()],
+            ports: vec![ServicePortModel {
+                name: String::new(),
+                protocol: Protocol::Tcp,
+                port: 80,
+                node_port: None,
+                backends: vec![Backend {
+                    addr: "10.244.1.2:80".parse().unwrap(),
+                    local: false,
+                }],
+            }],
+            external_addrs: vec![crate::model::ExternalAddr {
+                addr: "192.0.2.10".parse().unwrap(),
+                load_balancer: true,
+            }],
+            external_policy_local: external_local,
+            source_ranges: ranges.map(|r| r.iter().map(|c| c.parse().unwrap()).collect()),
+            ..model_without_ports(&name)
+        };
+        let mut plan = Plan::default();
+        plan.set(&name, Some(model), &mut PlanChange::default());
+        plan
+    }
+
+    fn node_entry(maps: &MapContents) -> (ServiceKey, ServiceValue) {
+        let (key, value) = maps
+            .services
+            .iter()
+            .find(|(k, _)| k.scope == SCOPE_NODE)
+            .expect("a node frontend");
+        (*key, *value)
+    }
+
+    #[test]
+    fn node_frontends_get_node_scope_and_policy_flags() {
+        let mut store = FakeStore::default();
+        let mut syncer = Syncer::adopt(MapContents::default());
+        syncer.reconcile(&load_balancer_plan(None, false), &mut store);
+        // Cluster IP and ingress IP from pods, ingress IP from outside.
+        assert_eq!(store.maps.services.len(), 3);
+        let (key, value) = node_entry(&store.maps);
+        assert_eq!(
+            key.addr,
+            addr_to_net("192.0.2.10".parse().unwrap()),
+            "{}",
+            frontend_text(&key)
+        );
+        assert_eq!(value.flags, SERVICE_SNAT_REMOTE);
+        assert_eq!(value.slot_count, 1);
+        let pod_flags: Vec<u32> = store
+            .maps
+            .services
+            .iter()
+            .filter(|(k, _)| k.scope == SCOPE_CLUSTER_IP)
+            .map(|(_, v)| v.flags)
+            .collect();
+        assert_eq!(pod_flags, [0, 0]);
+        // externalTrafficPolicy Local, the only endpoint elsewhere: drop.
+        syncer.reconcile(&load_balancer_plan(None, true), &mut store);
+        let (_, value) = node_entry(&store.maps);
+        assert_eq!((value.flags, value.slot_count), (SERVICE_EMPTY_DROP, 0));
+    }
+
+    #[test]
+    fn source_ranges_are_written_before_and_removed_after_the_entry_needing_them() {
+        let mut store = FakeStore::default();
+        let mut syncer = Syncer::adopt(MapContents::default());
+        syncer.reconcile(
+            &load_balancer_plan(Some(&["203.0.113.0/24"]), false),
+            &mut store,
+        );
+        let (_, value) = node_entry(&store.maps);
+        let id = value.id;
+        assert_eq!(value.flags, SERVICE_SNAT_REMOTE | SERVICE_SOURCE_RANGES);
+        let put_range = store
+            .log
+            .iter()
+            .position(|l| l == &format!("put range {id} 203.0.113.0/24"))
+            .expect("range written");
+        let put_service = store
+            .log
+            .iter()
+            .position(|l| l == &format!("put service {id}"))
+            .unwrap();
+        assert!(put_range < put_service, "{:?}", store.log);
+        // Ranges replaced: the new one comes before the old one goes.
+        store.log.clear();
+        syncer.reconcile(
+            &load_balancer_plan(Some(&["198.51.100.0/24"]), false),
+            &mut store,
+        );
+        assert_eq!(
+            store.log,
+            [
+                format!("put range {id} 198.51.100.0/24"),
+                format!("delete range {id} 203.0.113.0/24")
+            ]
+        );
+        // Restriction lifted: the entry drops the flag before the ranges go.
+        store.log.clear();
+        syncer.reconcile(&load_balancer_plan(None, false), &mut store);
+        assert_eq!(
+            store.log,
+            [
+                format!("put service {id}"),
+                format!("delete range {id} 198.51.100.0/24")
+            ]
+        );
+        assert!(store.maps.source_ranges.is_empty());
+        assert_eq!(&store.maps, syncer.current());
+    }
+
+    #[test]
+    fn only_ipv6_ranges_leave_the_check_on_with_nobody_allowed() {
+        let mut store = FakeStore::default();
+        Syncer::adopt(MapContents::default())
+            .reconcile(&load_balancer_plan(Some(&[]), false), &mut store);
+        let (_, value) = node_entry(&store.maps);
+        assert_ne!(value.flags & SERVICE_SOURCE_RANGES, 0);
+        assert!(store.maps.source_ranges.is_empty());
+    }
+
+    #[test]
+    fn a_failed_range_write_never_exposes_the_restricted_entry() {
+        let mut store = FakeStore {
+            fail_range_puts: true,
+            ..Default::default()
+        };
+        let report = Syncer::adopt(MapContents::default()).reconcile(
+            &load_balancer_plan(Some(&["203.0.113.0/24"]), false),
+            &mut store,
+        );
+        assert!(
+            report.errors.iter().any(|e| e.contains("SOURCE_RANGES")),
+            "{:?}",
+            report.errors
+        );
+        assert!(
+            !store.maps.services.keys().any(|k| k.scope == SCOPE_NODE),
+            "the node entry waits for its ranges"
+        );
+    }
+
+    #[test]
+    fn removed_frontends_and_adopted_orphans_lose_their_ranges() {
+        let mut store = FakeStore::default();
+        let mut syncer = Syncer::adopt(MapContents::default());
+        syncer.reconcile(
+            &load_balancer_plan(Some(&["203.0.113.0/24"]), false),
+            &mut store,
+        );
+        let (_, value) = node_entry(&store.maps);
+        store.log.clear();
+        syncer.reconcile(&Plan::default(), &mut store);
+        assert!(store
+            .log
+            .contains(&format!("delete range {} 203.0.113.0/24", value.id)));
+        assert_eq!(store.maps, MapContents::default());
+        // A range of a service id without an entry, left by an interrupted agent.
+        store.maps.source_ranges.insert(RangeEntry {
+            service_id: 9,
+            cidr: "10.0.0.0/8".parse().unwrap(),
+        });
+        store.log.clear();
+        Syncer::adopt(store.maps.clone()).reconcile(&Plan::default(), &mut store);
+        assert_eq!(store.log, ["delete range 9 10.0.0.0/8"]);
     }
 }

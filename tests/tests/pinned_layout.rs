@@ -47,7 +47,7 @@ fn maps_pinned_with_another_layout_are_refused_with_advice() {
     std::fs::create_dir_all(&pin_path).unwrap();
     // The SERVICES map of an older kxdp: 8-byte values.
     pin_hash_map(&pin_path.join("SERVICES"), 8, 8);
-    let error = match Dataplane::load(&pin_path) {
+    let error = match Dataplane::load(&pin_path, false) {
         Ok(_) => panic!("an old SERVICES map was adopted"),
         Err(e) => e,
     };

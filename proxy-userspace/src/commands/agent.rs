@@ -1,6 +1,8 @@
 //! `kxdp agent`: load, sync, attach, and keep following the source (manifests
-//! or the Kubernetes API) and the pod interfaces until SIGINT/SIGTERM.
-//! Stopping leaves the datapath running.
+//! or the Kubernetes API), the pod interfaces, the NICs and the node
+//! addresses until SIGINT/SIGTERM, serving the health checks of
+//! `externalTrafficPolicy: Local` Services. Stopping leaves the datapath
+//! running.
 
 use std::{sync::Once, time::Duration};
 
@@ -10,9 +12,17 @@ use tracing::{error, info, warn};
 
 use crate::{
     cli::AgentArgs,
-    dataplane::{interfaces::PodInterfaces, maps::BpfMaps, Dataplane},
+    dataplane::{
+        interfaces::PodInterfaces,
+        maps::BpfMaps,
+        nic::{self, Nics},
+        node_addresses::{self, InterfaceAddr},
+        Dataplane,
+    },
+    health_check::HealthCheckServer,
     model::Node,
     pipeline::{Outcome, Pipeline},
+    plan::NodeFacts,
     source::{
         kubernetes::{self, KubernetesSource},
         manifest::ManifestWatch,
@@ -116,6 +126,44 @@ fn apply(update: Update, pipeline: &mut Pipeline, maps: &mut BpfMaps) {
     }
 }
 
+/// This node's addresses, or `None` (logged) when they cannot be read: the
+/// last known ones keep serving.
+fn read_addresses() -> Option<Vec<InterfaceAddr>> {
+    node_addresses::list()
+        .inspect_err(|e| error!(error = %e, "cannot list node addresses; keeping the last known"))
+        .ok()
+}
+
+fn node_facts(args: &AgentArgs, addrs: &[InterfaceAddr]) -> NodeFacts {
+    NodeFacts {
+        addresses: node_addresses::nodeport_addresses(addrs, &args.nodeport_addresses),
+        node_port_range: args.nodeport_range.0.clone(),
+    }
+}
+
+/// Follows the node addresses: node frontends move with them, and each NIC
+/// SNATs to its primary address.
+fn follow_node(
+    args: &AgentArgs,
+    addrs: &[InterfaceAddr],
+    pipeline: &mut Pipeline,
+    maps: &mut BpfMaps,
+    nics: Option<&Nics>,
+) {
+    let facts = node_facts(args, addrs);
+    let addresses = facts.addresses.clone();
+    if let Some(outcome) = pipeline.set_node_facts(facts, maps) {
+        info!(?addresses, "node addresses changed");
+        log_outcome(Scope::Changed, &outcome, pipeline);
+    }
+    if let Some(nics) = nics {
+        let wanted = node_addresses::nic_addresses(addrs, nics.names());
+        if let Err(e) = nic::sync_addrs(maps, &wanted) {
+            error!(error = %e, "cannot write NIC SNAT addresses");
+        }
+    }
+}
+
 /// A full update decodes every object at once and frees them after the
 /// sync; glibc keeps that heap mapped. Handing it back keeps the resident
 /// size to what the agent actually holds.
@@ -130,15 +178,25 @@ fn release_freed_memory() {
 pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     let mut source = Source::open(&args).await?;
     let pin_path = &args.pin.pin_path;
-    let mut dataplane = Dataplane::load(pin_path)?;
+    let mut dataplane = Dataplane::load(pin_path, !args.nic.is_empty())?;
     let mut maps = dataplane.take_maps()?;
     let adopted = maps.read_contents().context("reading pinned maps")?;
     info!(pin_path = %pin_path.display(), services = adopted.services.len(), "maps ready");
     let node = Node {
         name: args.node_name.clone(),
     };
-    let mut pipeline = Pipeline::new(node, adopted);
+    let mut addrs = read_addresses().unwrap_or_default();
+    let facts = node_facts(&args, &addrs);
+    info!(addresses = ?facts.addresses, range = ?facts.node_port_range, "node ports answer on");
+    let mut pipeline = Pipeline::new(node, facts, adopted);
     let mut interfaces = PodInterfaces::new(&args.pod_interfaces, pin_path)?;
+    let mut nics = if args.nic.is_empty() {
+        info!("no --nic: nothing is served from outside the node");
+        None
+    } else {
+        Some(Nics::new(&args.nic, pin_path)?)
+    };
+    let mut health_checks = HealthCheckServer::new(args.health_check_bind_address);
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sigint = signal(SignalKind::interrupt())?;
 
@@ -168,6 +226,11 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         None => {}
     }
     interfaces.reconcile(&mut dataplane)?;
+    follow_node(&args, &addrs, &mut pipeline, &mut maps, nics.as_ref());
+    if let Some(nics) = &mut nics {
+        nics.reconcile(&mut dataplane)?;
+    }
+    health_checks.update(&pipeline.plan().health_checks());
 
     let mut tick = tokio::time::interval(Duration::from_millis(args.rescan_ms));
     loop {
@@ -184,8 +247,22 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
                 if let Err(e) = interfaces.reconcile(&mut dataplane) {
                     error!(error = %e, "interface scan failed");
                 }
+                if let Some(read) = read_addresses() {
+                    addrs = read;
+                }
+                follow_node(&args, &addrs, &mut pipeline, &mut maps, nics.as_ref());
+                if let Some(nics) = &mut nics {
+                    if let Err(e) = nics.reconcile(&mut dataplane) {
+                        error!(error = %e, "NIC scan failed");
+                    }
+                }
+                // Also retries ports that could not be bound.
+                health_checks.update(&pipeline.plan().health_checks());
             }
-            update = source.next_event() => apply(update, &mut pipeline, &mut maps),
+            update = source.next_event() => {
+                apply(update, &mut pipeline, &mut maps);
+                health_checks.update(&pipeline.plan().health_checks());
+            }
             _ = sigterm.recv() => break,
             _ = sigint.recv() => break,
         }
@@ -195,8 +272,14 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         .into_iter()
         .map(|i| i.name.as_str())
         .collect();
+    let nics: Vec<_> = nics
+        .iter()
+        .flat_map(|n| n.attached())
+        .map(|i| i.name.as_str())
+        .collect();
     info!(
         ?attached,
+        ?nics,
         "stopping; the datapath stays attached and pinned (`kxdp unload` removes it)"
     );
     Ok(())

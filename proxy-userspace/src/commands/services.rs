@@ -4,7 +4,8 @@ use std::{fmt::Write as _, path::Path};
 
 use anyhow::Context as _;
 use proxy_common::maps::{
-    addr_from_net, drop_reason, port_from_net, SlotKey, BACKEND_LOCAL, SERVICE_AFFINITY_CLIENT_IP,
+    addr_from_net, drop_reason, port_from_net, verdict, SlotKey, BACKEND_LOCAL, SCOPE_NODE,
+    SERVICE_AFFINITY_CLIENT_IP, SERVICE_EMPTY_DROP, SERVICE_SNAT_REMOTE, SERVICE_SOURCE_RANGES,
 };
 
 use crate::{
@@ -15,6 +16,10 @@ use crate::{
 /// One row of the table.
 struct Row {
     frontend: String,
+    /// "pod" (cluster IPs, reached from pods) or "node" (from outside).
+    scope: &'static str,
+    /// Policy flags: Local drop, SNAT to remote backends, source ranges.
+    policy: String,
     id: u32,
     /// ClientIP affinity timeout in seconds, if the service has affinity.
     affinity: Option<u32>,
@@ -48,8 +53,27 @@ fn rows(contents: &MapContents, maps: &BpfMaps) -> anyhow::Result<Vec<Row>> {
             })
             .collect();
         let stats = maps.service_stats(value.id)?;
+        let policy: Vec<&str> = [
+            (SERVICE_EMPTY_DROP, "local"),
+            (SERVICE_SNAT_REMOTE, "snat"),
+            (SERVICE_SOURCE_RANGES, "ranges"),
+        ]
+        .into_iter()
+        .filter(|(bit, _)| value.flags & bit != 0)
+        .map(|(_, label)| label)
+        .collect();
         rows.push(Row {
             frontend: frontend_text(key),
+            scope: if key.scope == SCOPE_NODE {
+                "node"
+            } else {
+                "pod"
+            },
+            policy: if policy.is_empty() {
+                "-".to_string()
+            } else {
+                policy.join(",")
+            },
             id: value.id,
             affinity: (value.flags & SERVICE_AFFINITY_CLIENT_IP != 0)
                 .then_some(value.affinity_timeout),
@@ -61,7 +85,14 @@ fn rows(contents: &MapContents, maps: &BpfMaps) -> anyhow::Result<Vec<Row>> {
     Ok(rows)
 }
 
-fn render(rows: &[Row], no_backend_drops: u64) -> String {
+/// Counters under the table.
+struct Totals {
+    no_backend_drops: u64,
+    rejected_tcp: u64,
+    rejected_udp: u64,
+}
+
+fn render(rows: &[Row], totals: &Totals) -> String {
     let mut out = String::new();
     let width = rows
         .iter()
@@ -71,8 +102,8 @@ fn render(rows: &[Row], no_backend_drops: u64) -> String {
         .max("FRONTEND".len());
     let _ = writeln!(
         out,
-        "{:<width$}  {:>5}  {:<15}  {:>10}  {:>12}  BACKENDS",
-        "FRONTEND", "ID", "AFFINITY", "PACKETS", "BYTES"
+        "{:<width$}  {:<5}  {:<17}  {:>5}  {:<15}  {:>10}  {:>12}  BACKENDS",
+        "FRONTEND", "SCOPE", "POLICY", "ID", "AFFINITY", "PACKETS", "BYTES"
     );
     for row in rows {
         let backends = if row.backends.is_empty() {
@@ -85,14 +116,18 @@ fn render(rows: &[Row], no_backend_drops: u64) -> String {
             .map_or_else(|| "-".to_string(), |secs| format!("ClientIP/{secs}s"));
         let _ = writeln!(
             out,
-            "{:<width$}  {:>5}  {affinity:<15}  {:>10}  {:>12}  {backends}",
-            row.frontend, row.id, row.packets, row.bytes
+            "{:<width$}  {:<5}  {:<17}  {:>5}  {affinity:<15}  {:>10}  {:>12}  {backends}",
+            row.frontend, row.scope, row.policy, row.id, row.packets, row.bytes
         );
     }
     let _ = writeln!(
         out,
-        "{} frontends; {no_backend_drops} packets dropped for want of a backend",
-        rows.len()
+        "{} frontends; {} packets dropped for want of a backend; {} TCP resets and {} ICMP \
+         unreachables sent for Services without endpoints",
+        rows.len(),
+        totals.no_backend_drops,
+        totals.rejected_tcp,
+        totals.rejected_udp
     );
     out
 }
@@ -106,7 +141,12 @@ pub fn run(pin_path: &Path) -> anyhow::Result<()> {
     })?;
     let contents = maps.read_contents()?;
     let rows = rows(&contents, &maps)?;
-    print!("{}", render(&rows, maps.drops(drop_reason::NO_BACKEND)?));
+    let totals = Totals {
+        no_backend_drops: maps.drops(drop_reason::NO_BACKEND)?,
+        rejected_tcp: maps.verdicts(verdict::REJECTED_TCP)?,
+        rejected_udp: maps.verdicts(verdict::REJECTED_UDP)?,
+    };
+    print!("{}", render(&rows, &totals));
     Ok(())
 }
 
@@ -119,6 +159,8 @@ mod tests {
         let rows = [
             Row {
                 frontend: "10.96.0.10:80/TCP".into(),
+                scope: "pod",
+                policy: "-".into(),
                 id: 0,
                 affinity: Some(10_800),
                 backends: vec!["10.244.0.2:8080(local)".into(), "10.244.0.3:8080".into()],
@@ -126,7 +168,9 @@ mod tests {
                 bytes: 960,
             },
             Row {
-                frontend: "10.96.0.10:53/UDP".into(),
+                frontend: "192.168.1.10:30053/UDP".into(),
+                scope: "node",
+                policy: "local,ranges".into(),
                 id: 1,
                 affinity: None,
                 backends: vec![],
@@ -134,21 +178,33 @@ mod tests {
                 bytes: 0,
             },
         ];
-        let table = render(&rows, 3);
+        let totals = Totals {
+            no_backend_drops: 3,
+            rejected_tcp: 4,
+            rejected_udp: 5,
+        };
+        let table = render(&rows, &totals);
         let lines: Vec<_> = table.lines().collect();
         assert_eq!(lines.len(), 4);
         assert!(lines[0].starts_with("FRONTEND"));
         assert!(
             lines[1].starts_with("10.96.0.10:80/TCP")
+                && lines[1].contains(" pod ")
                 && lines[1].contains("ClientIP/10800s")
                 && lines[1].ends_with("12           960  10.244.0.2:8080(local),10.244.0.3:8080"),
             "{}",
             lines[1]
         );
         assert!(lines[2].ends_with("<none>"));
+        assert!(
+            lines[2].starts_with("192.168.1.10:30053/UDP  node   local,ranges"),
+            "{}",
+            lines[2]
+        );
         assert_eq!(
             lines[3],
-            "2 frontends; 3 packets dropped for want of a backend"
+            "2 frontends; 3 packets dropped for want of a backend; 4 TCP resets and 5 ICMP \
+             unreachables sent for Services without endpoints"
         );
     }
 }

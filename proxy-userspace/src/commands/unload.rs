@@ -5,7 +5,7 @@ use std::{fs, io, path::Path};
 
 use anyhow::Context as _;
 
-use crate::dataplane::{interfaces::detach_all, maps, LINKS_DIR};
+use crate::dataplane::{interfaces, maps, nic, LINKS_DIR};
 
 fn remove_if_present(path: &Path, remove: fn(&Path) -> io::Result<()>) -> io::Result<bool> {
     match remove(path) {
@@ -21,8 +21,11 @@ pub fn run(pin_path: &Path) -> anyhow::Result<()> {
         return Ok(());
     }
     let links_dir = pin_path.join(LINKS_DIR);
-    let links = detach_all(&links_dir)
-        .with_context(|| format!("detaching links under {}", links_dir.display()))?;
+    let detached = |what: io::Result<usize>| {
+        what.with_context(|| format!("detaching links under {}", links_dir.display()))
+    };
+    let links =
+        detached(interfaces::detach_all(&links_dir))? + detached(nic::detach_all(&links_dir))?;
     let mut removed_maps = 0;
     for map in &maps::ALL {
         let path = pin_path.join(map.name);

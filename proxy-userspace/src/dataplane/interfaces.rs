@@ -248,7 +248,7 @@ fn bpf_call(cmd: libc::c_long, fields: &[u64]) -> io::Result<i64> {
 /// Detaches the link pinned at `path` now, whoever else holds it, then
 /// removes the pin. Merely unpinning would leave the detach to an RCU
 /// callback, after `kxdp unload` has returned.
-fn detach_pinned(path: &Path) -> io::Result<()> {
+pub(super) fn detach_pinned(path: &Path) -> io::Result<()> {
     const BPF_OBJ_GET: libc::c_long = 7;
     const BPF_LINK_DETACH: libc::c_long = 34;
     let c_path = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())

@@ -1,24 +1,37 @@
 //! Typed access to the pinned maps: the sync writer (`MapStore`) and the
 //! readers behind `kxdp services`.
 
-use std::path::Path;
+use std::{collections::BTreeMap, net::Ipv4Addr, path::Path};
 
 use aya::{
-    maps::{HashMap, Map, MapData, MapError, MapInfo, PerCpuArray, PerCpuValues},
+    maps::{
+        lpm_trie::{Key, LpmTrie},
+        HashMap, Map, MapData, MapError, MapInfo, PerCpuArray, PerCpuValues,
+    },
     Ebpf,
 };
 use proxy_common::maps::{
-    BackendValue, CtEntry, FlowKey, ServiceKey, ServiceStats, ServiceValue, SlotKey,
+    addr_from_net, addr_to_net, BackendValue, CtEntry, FlowKey, ServiceKey, ServiceStats,
+    ServiceValue, SlotKey, SourceRange,
 };
 
 use super::DataplaneError;
-use crate::sync::{MapContents, MapStore, StoreError};
+use crate::{
+    cidr::Ipv4Cidr,
+    sync::{MapContents, MapStore, RangeEntry, StoreError},
+};
 
 pub const SERVICES: &str = "SERVICES";
 pub const BACKENDS: &str = "BACKENDS";
 pub const SELECTION: &str = "SELECTION";
 pub const STATS: &str = "STATS";
 pub const DROPS: &str = "DROPS";
+pub const VERDICTS: &str = "VERDICTS";
+pub const SOURCE_RANGES: &str = "SOURCE_RANGES";
+pub const NIC_ADDRS: &str = "NIC_ADDRS";
+
+/// Bits of an LPM key before the address: the service id.
+const SERVICE_ID_BITS: u32 = 32;
 
 /// A map pinned under the pin path, with the key and value sizes this
 /// version of the object gives it.
@@ -37,14 +50,38 @@ const fn pinned<K, V>(name: &'static str) -> PinnedMap {
 }
 
 /// Every map pinned under the pin path.
-pub const ALL: [PinnedMap; 6] = [
+pub const ALL: [PinnedMap; 9] = [
     pinned::<ServiceKey, ServiceValue>(SERVICES),
     pinned::<u32, BackendValue>(BACKENDS),
     pinned::<SlotKey, u32>(SELECTION),
     pinned::<FlowKey, CtEntry>("CONNTRACK"),
     pinned::<u32, ServiceStats>(STATS),
     pinned::<u32, u64>(DROPS),
+    pinned::<u32, u64>(VERDICTS),
+    pinned::<Key<SourceRange>, u8>(SOURCE_RANGES),
+    pinned::<u32, u32>(NIC_ADDRS),
 ];
+
+/// The trie key of a range: the service id's 32 bits, then the prefix.
+fn range_key(entry: &RangeEntry) -> Key<SourceRange> {
+    Key::new(
+        SERVICE_ID_BITS + u32::from(entry.cidr.prefix_len()),
+        SourceRange {
+            service_id_be: entry.service_id.to_be(),
+            addr: addr_to_net(entry.cidr.network()),
+        },
+    )
+}
+
+/// The inverse of [`range_key`]; `None` for a key no agent writes.
+fn range_entry(key: &Key<SourceRange>) -> Option<RangeEntry> {
+    let len = key.prefix_len().checked_sub(SERVICE_ID_BITS)?;
+    let data = key.data();
+    Some(RangeEntry {
+        service_id: u32::from_be(data.service_id_be),
+        cidr: Ipv4Cidr::new(addr_from_net(data.addr), u8::try_from(len).ok()?)?,
+    })
+}
 
 /// Refuses maps pinned by a version of kxdp that laid them out differently:
 /// the loader would adopt them as they are and the programs would read past
@@ -75,6 +112,9 @@ pub struct BpfMaps {
     selection: HashMap<MapData, SlotKey, u32>,
     stats: PerCpuArray<MapData, ServiceStats>,
     drops: PerCpuArray<MapData, u64>,
+    verdicts: PerCpuArray<MapData, u64>,
+    source_ranges: LpmTrie<MapData, SourceRange, u8>,
+    nic_addrs: HashMap<MapData, u32, u32>,
 }
 
 fn typed<T: TryFrom<Map, Error = MapError>>(
@@ -100,6 +140,9 @@ impl BpfMaps {
             selection: typed(SELECTION, ebpf.take_map(SELECTION))?,
             stats: typed(STATS, ebpf.take_map(STATS))?,
             drops: typed(DROPS, ebpf.take_map(DROPS))?,
+            verdicts: typed(VERDICTS, ebpf.take_map(VERDICTS))?,
+            source_ranges: typed(SOURCE_RANGES, ebpf.take_map(SOURCE_RANGES))?,
+            nic_addrs: typed(NIC_ADDRS, ebpf.take_map(NIC_ADDRS))?,
         })
     }
 
@@ -118,6 +161,9 @@ impl BpfMaps {
             selection: typed(SELECTION, open(SELECTION)?)?,
             stats: typed(STATS, open(STATS)?)?,
             drops: typed(DROPS, open(DROPS)?)?,
+            verdicts: typed(VERDICTS, open(VERDICTS)?)?,
+            source_ranges: typed(SOURCE_RANGES, open(SOURCE_RANGES)?)?,
+            nic_addrs: typed(NIC_ADDRS, open(NIC_ADDRS)?)?,
         })
     }
 
@@ -136,7 +182,47 @@ impl BpfMaps {
             let (k, v) = entry.map_err(store_error(SELECTION))?;
             contents.selection.insert(k, v);
         }
+        for entry in self.source_ranges.iter() {
+            let (k, _) = entry.map_err(store_error(SOURCE_RANGES))?;
+            // A key no agent wrote cannot be named for deletion; it also
+            // matches no frontend of ours.
+            if let Some(range) = range_entry(&k) {
+                contents.source_ranges.insert(range);
+            }
+        }
         Ok(contents)
+    }
+
+    /// What `NIC_ADDRS` holds: ifindex → SNAT address.
+    pub fn nic_addrs(&self) -> Result<BTreeMap<u32, Ipv4Addr>, StoreError> {
+        self.nic_addrs
+            .iter()
+            .map(|entry| {
+                let (index, addr) = entry.map_err(store_error(NIC_ADDRS))?;
+                Ok((index, addr_from_net(addr)))
+            })
+            .collect()
+    }
+
+    pub fn put_nic_addr(&mut self, ifindex: u32, addr: Ipv4Addr) -> Result<(), StoreError> {
+        self.nic_addrs
+            .insert(ifindex, addr_to_net(addr), 0)
+            .map_err(store_error(NIC_ADDRS))
+    }
+
+    pub fn delete_nic_addr(&mut self, ifindex: u32) -> Result<(), StoreError> {
+        self.nic_addrs
+            .remove(&ifindex)
+            .map_err(store_error(NIC_ADDRS))
+    }
+
+    /// One verdict counter (`proxy_common::maps::verdict`), summed over CPUs.
+    pub fn verdicts(&self, verdict: u32) -> Result<u64, StoreError> {
+        let per_cpu = self
+            .verdicts
+            .get(&verdict, 0)
+            .map_err(store_error(VERDICTS))?;
+        Ok(per_cpu.iter().sum())
     }
 
     /// A service's counters summed over CPUs.
@@ -182,6 +268,16 @@ impl MapStore for BpfMaps {
     fn delete_service(&mut self, key: &ServiceKey) -> Result<(), StoreError> {
         self.services.remove(key).map_err(store_error(SERVICES))
     }
+    fn put_source_range(&mut self, entry: &RangeEntry) -> Result<(), StoreError> {
+        self.source_ranges
+            .insert(&range_key(entry), 1, 0)
+            .map_err(store_error(SOURCE_RANGES))
+    }
+    fn delete_source_range(&mut self, entry: &RangeEntry) -> Result<(), StoreError> {
+        self.source_ranges
+            .remove(&range_key(entry))
+            .map_err(store_error(SOURCE_RANGES))
+    }
     fn reset_stats(&mut self, service_id: u32) -> Result<(), StoreError> {
         let cpus = aya::util::nr_cpus().map_err(|(_, e)| StoreError {
             map: STATS,
@@ -196,5 +292,40 @@ impl MapStore for BpfMaps {
         self.stats
             .set(service_id, zeroes, 0)
             .map_err(store_error(STATS))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn range_keys_put_the_service_id_first_and_round_trip() {
+        let entry = RangeEntry {
+            service_id: 0x0102_0304,
+            cidr: "203.0.113.0/24".parse().unwrap(),
+        };
+        let key = range_key(&entry);
+        assert_eq!(key.prefix_len(), 56);
+        let data = key.data();
+        let bytes: Vec<u8> = bytemuck::bytes_of(&data).to_vec();
+        assert_eq!(
+            bytes,
+            [1, 2, 3, 4, 203, 0, 113, 0],
+            "big-endian id, then the address"
+        );
+        assert_eq!(range_entry(&key), Some(entry));
+        assert_eq!(range_entry(&Key::new(8, data)), None, "shorter than an id");
+    }
+
+    #[test]
+    fn the_pinned_layout_lists_the_node_frontend_maps() {
+        let sizes: Vec<(&str, usize, usize)> = ALL
+            .iter()
+            .map(|m| (m.name, m.key_size, m.value_size))
+            .collect();
+        assert!(sizes.contains(&(SOURCE_RANGES, 12, 1)), "{sizes:?}");
+        assert!(sizes.contains(&(NIC_ADDRS, 4, 4)));
+        assert!(sizes.contains(&(VERDICTS, 4, 8)));
     }
 }

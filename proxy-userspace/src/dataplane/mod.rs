@@ -4,11 +4,13 @@
 pub mod bpffs;
 pub mod interfaces;
 pub mod maps;
+pub mod nic;
+pub mod node_addresses;
 
 use std::path::Path;
 
 use aya::{
-    programs::{ProgramError, SchedClassifier, TcAttachType},
+    programs::{ProgramError, SchedClassifier, TcAttachType, Xdp},
     Ebpf, EbpfLoader,
 };
 
@@ -78,7 +80,9 @@ pub struct Dataplane {
 }
 
 impl Dataplane {
-    pub fn load(pin_path: &Path) -> Result<Self, DataplaneError> {
+    /// Loads the object; `with_nic` also loads the NIC program (no `--nic`,
+    /// no XDP).
+    pub fn load(pin_path: &Path, with_nic: bool) -> Result<Self, DataplaneError> {
         bpffs::prepare_pin_path(pin_path)?;
         maps::check_pinned_layout(pin_path)?;
         // Maps already pinned there are reused as they are: a restarted agent
@@ -93,7 +97,25 @@ impl Dataplane {
                 .load()
                 .map_err(|e| DataplaneError::Program(hook.program, e))?;
         }
+        if with_nic {
+            dataplane
+                .nic_program()?
+                .load()
+                .map_err(|e| DataplaneError::Program(nic::NIC_PROGRAM, e))?;
+        }
         Ok(dataplane)
+    }
+
+    /// The XDP program for NICs.
+    pub fn nic_program(&mut self) -> Result<&mut Xdp, DataplaneError> {
+        let name = nic::NIC_PROGRAM;
+        let program = self.ebpf.program_mut(name).ok_or(DataplaneError::Program(
+            name,
+            ProgramError::UnexpectedProgramType,
+        ))?;
+        program
+            .try_into()
+            .map_err(|e| DataplaneError::Program(name, e))
     }
 
     /// The program behind `hook`.

@@ -133,12 +133,14 @@ pub enum RejectionKind {
     UnsupportedProtocol,
     NoClusterIp,
     InvalidSessionAffinity,
+    /// `externalTrafficPolicy` or `internalTrafficPolicy` neither Cluster nor Local.
+    InvalidTrafficPolicy,
     /// Another Service already serves the same address, port and protocol.
     FrontendConflict,
 }
 
 impl RejectionKind {
-    pub const ALL: [Self; 8] = [
+    pub const ALL: [Self; 9] = [
         Self::InvalidDocument,
         Self::MissingServiceLabel,
         Self::InvalidAddress,
@@ -146,6 +148,7 @@ impl RejectionKind {
         Self::UnsupportedProtocol,
         Self::NoClusterIp,
         Self::InvalidSessionAffinity,
+        Self::InvalidTrafficPolicy,
         Self::FrontendConflict,
     ];
 
@@ -158,6 +161,7 @@ impl RejectionKind {
             Self::UnsupportedProtocol => "unsupported_protocol",
             Self::NoClusterIp => "no_cluster_ip",
             Self::InvalidSessionAffinity => "invalid_session_affinity",
+            Self::InvalidTrafficPolicy => "invalid_traffic_policy",
             Self::FrontendConflict => "frontend_conflict",
         }
     }

@@ -2,7 +2,7 @@
 
 use proxy_common::maps::{BackendValue, ServiceKey, ServiceValue, SlotKey};
 
-use super::{MapContents, MapStore, StoreError};
+use super::{MapContents, MapStore, RangeEntry, StoreError};
 
 /// Records every write in order and can be told to fail on a map.
 #[derive(Default)]
@@ -10,6 +10,7 @@ pub struct FakeStore {
     pub maps: MapContents,
     pub log: Vec<String>,
     pub fail_backend_puts: bool,
+    pub fail_range_puts: bool,
 }
 
 impl MapStore for FakeStore {
@@ -53,6 +54,24 @@ impl MapStore for FakeStore {
     }
     fn reset_stats(&mut self, service_id: u32) -> Result<(), StoreError> {
         self.log.push(format!("reset stats {service_id}"));
+        Ok(())
+    }
+    fn put_source_range(&mut self, entry: &RangeEntry) -> Result<(), StoreError> {
+        if self.fail_range_puts {
+            return Err(StoreError {
+                map: "SOURCE_RANGES",
+                reason: "full".into(),
+            });
+        }
+        self.log
+            .push(format!("put range {} {}", entry.service_id, entry.cidr));
+        self.maps.source_ranges.insert(*entry);
+        Ok(())
+    }
+    fn delete_source_range(&mut self, entry: &RangeEntry) -> Result<(), StoreError> {
+        self.log
+            .push(format!("delete range {} {}", entry.service_id, entry.cidr));
+        self.maps.source_ranges.remove(entry);
         Ok(())
     }
 }

@@ -15,6 +15,7 @@ use proxy_userspace::{
     dataplane::Dataplane,
     model::Node,
     pipeline::Pipeline,
+    plan::NodeFacts,
     source::{Scope, ServiceName, ServiceObjects, Update, SERVICE_NAME_LABEL},
 };
 
@@ -204,9 +205,9 @@ fn one_change(i: usize, generation: u32) -> Update {
 /// them, change µs each).
 fn pipeline_run(n: usize, changes: usize) -> anyhow::Result<(f64, f64, Vec<f64>)> {
     let mount = PrivateBpffs::new("kxdp-bench-control")?;
-    let mut dataplane = Dataplane::load(&mount.path().join("kxdp"))?;
+    let mut dataplane = Dataplane::load(&mount.path().join("kxdp"), false)?;
     let mut maps = dataplane.take_maps()?;
-    let mut pipeline = Pipeline::new(Node::default(), maps.read_contents()?);
+    let mut pipeline = Pipeline::new(Node::default(), NodeFacts::default(), maps.read_contents()?);
     let heap_before = heap_mib();
     let update = full_update(n);
     let started = Instant::now();

@@ -1,0 +1,289 @@
+//! NICs: the agent attaches `nic_ingress` (XDP) to each `--nic` interface,
+//! in native (driver) mode where the driver supports it and generic (skb)
+//! mode otherwise, and pins each link under
+//! `<pin path>/links/nic_ingress-<ifindex>-<name>`, as the pod links are, so
+//! the program outlives the agent and a restarted agent swaps its program in
+//! atomically. It also keeps `NIC_ADDRS` holding the address each NIC SNATs
+//! flows to remote backends to.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    fs, io,
+    net::Ipv4Addr,
+    path::{Path, PathBuf},
+};
+
+use aya::programs::{
+    links::{FdLink, PinnedLink},
+    xdp::{XdpLink, XdpMode},
+    Xdp,
+};
+use tracing::{info, warn};
+
+use super::{
+    interfaces::{detach_pinned, list_interfaces, AttachError, Interface},
+    maps::BpfMaps,
+    Dataplane, LINKS_DIR,
+};
+use crate::sync::StoreError;
+
+/// The XDP program of the eBPF object.
+pub const NIC_PROGRAM: &str = "nic_ingress";
+
+/// `nic_ingress-<ifindex>-<name>`, like the pod links' pins.
+fn pin_name(interface: &Interface) -> String {
+    format!("{NIC_PROGRAM}-{}-{}", interface.index, interface.name)
+}
+
+fn parse_pin_name(file: &str) -> Option<Interface> {
+    let rest = file.strip_prefix(NIC_PROGRAM)?.strip_prefix('-')?;
+    let (index, name) = rest.split_once('-')?;
+    Some(Interface {
+        index: index.parse().ok()?,
+        name: name.to_string(),
+    })
+}
+
+/// NIC links pinned under `links_dir`.
+fn pinned_links(links_dir: &Path) -> io::Result<BTreeMap<Interface, PathBuf>> {
+    let entries = match fs::read_dir(links_dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(BTreeMap::new()),
+        Err(e) => return Err(e),
+    };
+    let mut links = BTreeMap::new();
+    for entry in entries {
+        let path = entry?.path();
+        if let Some(interface) = path
+            .file_name()
+            .and_then(|f| f.to_str())
+            .and_then(parse_pin_name)
+        {
+            links.insert(interface, path);
+        }
+    }
+    Ok(links)
+}
+
+/// Detaches every pinned NIC link under `links_dir` (for `kxdp unload`).
+pub fn detach_all(links_dir: &Path) -> io::Result<usize> {
+    let links = pinned_links(links_dir)?;
+    for path in links.values() {
+        detach_pinned(path)?;
+    }
+    Ok(links.len())
+}
+
+/// The writes that bring `NIC_ADDRS` from `current` to `wanted`: entries to
+/// put, then ifindexes to delete.
+fn addr_changes(
+    current: &BTreeMap<u32, Ipv4Addr>,
+    wanted: &BTreeMap<u32, Ipv4Addr>,
+) -> (Vec<(u32, Ipv4Addr)>, Vec<u32>) {
+    let puts = wanted
+        .iter()
+        .filter(|(index, addr)| current.get(index) != Some(addr))
+        .map(|(index, addr)| (*index, *addr))
+        .collect();
+    let deletes = current
+        .keys()
+        .filter(|index| !wanted.contains_key(index))
+        .copied()
+        .collect();
+    (puts, deletes)
+}
+
+/// Brings `NIC_ADDRS` to `wanted` (ifindex → address), logging each change.
+pub fn sync_addrs(maps: &mut BpfMaps, wanted: &BTreeMap<u32, Ipv4Addr>) -> Result<(), StoreError> {
+    let (puts, deletes) = addr_changes(&maps.nic_addrs()?, wanted);
+    for (index, addr) in puts {
+        maps.put_nic_addr(index, addr)?;
+        info!(ifindex = index, %addr, "NIC SNAT address set");
+    }
+    for index in deletes {
+        maps.delete_nic_addr(index)?;
+        info!(ifindex = index, "NIC SNAT address removed");
+    }
+    Ok(())
+}
+
+/// Keeps `nic_ingress` attached to the NICs named by `--nic`.
+pub struct Nics {
+    names: Vec<String>,
+    links_dir: PathBuf,
+    attached: BTreeSet<Interface>,
+    /// NICs reported missing, so the warning comes once, not every tick.
+    missing: BTreeSet<String>,
+}
+
+impl Nics {
+    pub fn new(names: &[String], pin_path: &Path) -> Result<Self, AttachError> {
+        let links_dir = pin_path.join(LINKS_DIR);
+        fs::create_dir_all(&links_dir).map_err(|e| AttachError::Io(links_dir.clone(), e))?;
+        Ok(Self {
+            names: names.to_vec(),
+            links_dir,
+            attached: BTreeSet::new(),
+            missing: BTreeSet::new(),
+        })
+    }
+
+    pub fn names(&self) -> &[String] {
+        &self.names
+    }
+
+    pub fn attached(&self) -> &BTreeSet<Interface> {
+        &self.attached
+    }
+
+    /// Attaches to each named NIC not attached yet, adopting links a
+    /// previous agent pinned, and drops the pins of NICs that are gone,
+    /// re-created or no longer named. A missing NIC or a failed attach is
+    /// logged and retried at the next call.
+    pub fn reconcile(&mut self, dataplane: &mut Dataplane) -> Result<(), AttachError> {
+        let present = list_interfaces().map_err(AttachError::List)?;
+        let wanted: Vec<&Interface> = present
+            .iter()
+            .filter(|i| self.names.contains(&i.name))
+            .collect();
+        for name in &self.names {
+            let found = wanted.iter().any(|i| &i.name == name);
+            if !found && self.missing.insert(name.clone()) {
+                warn!(interface = %name, "NIC not found; will attach when it appears");
+            } else if found {
+                self.missing.remove(name);
+            }
+        }
+        let pinned = pinned_links(&self.links_dir)
+            .map_err(|e| AttachError::Io(self.links_dir.clone(), e))?;
+        for (interface, path) in &pinned {
+            if !wanted.contains(&interface) {
+                info!(interface = %interface.name, ifindex = interface.index, "detaching XDP from NIC that is gone or no longer named");
+                if let Err(e) = fs::remove_file(path) {
+                    warn!(path = %path.display(), error = %e, "cannot remove link pin");
+                }
+            }
+        }
+        self.attached.retain(|a| wanted.contains(&a));
+        let program = dataplane
+            .nic_program()
+            .map_err(|e| AttachError::Attach(NIC_PROGRAM.to_string(), e.to_string()))?;
+        for interface in wanted {
+            if self.attached.contains(interface) {
+                continue;
+            }
+            let path = self.links_dir.join(pin_name(interface));
+            let result = if pinned.contains_key(interface) {
+                adopt(program, &path).map(|()| "as pinned")
+            } else {
+                attach(program, interface, &path)
+            };
+            match result {
+                Ok(mode) => {
+                    info!(interface = %interface.name, ifindex = interface.index, mode, "attached XDP");
+                    self.attached.insert(interface.clone());
+                }
+                Err(e) => {
+                    warn!(interface = %interface.name, error = %e, "cannot attach XDP; will retry")
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Swaps our program into a link pinned by an earlier agent.
+fn adopt(program: &mut Xdp, path: &Path) -> Result<(), AttachError> {
+    let fail = |e: String| AttachError::Attach(path.display().to_string(), e);
+    let link = PinnedLink::from_pin(path).map_err(|e| fail(e.to_string()))?;
+    let link = XdpLink::try_from(FdLink::from(link)).map_err(|e| fail(e.to_string()))?;
+    let id = program
+        .attach_to_link(link)
+        .map_err(|e| fail(e.to_string()))?;
+    // The pin keeps the link alive; our handle can go.
+    drop(program.take_link(id).map_err(|e| fail(e.to_string()))?);
+    Ok(())
+}
+
+/// Attaches in native mode, falling back to generic mode; returns the mode.
+fn attach(
+    program: &mut Xdp,
+    interface: &Interface,
+    path: &Path,
+) -> Result<&'static str, AttachError> {
+    let fail = |e: String| AttachError::Attach(interface.name.clone(), e);
+    let (id, mode) = match program.attach_to_if_index(interface.index, XdpMode::Driver) {
+        Ok(id) => (id, "native"),
+        Err(native) => {
+            info!(interface = %interface.name, error = %native, "native XDP unavailable; trying generic mode");
+            let id = program
+                .attach_to_if_index(interface.index, XdpMode::Skb)
+                .map_err(|e| fail(format!("native: {native}; generic: {e}")))?;
+            (id, "generic")
+        }
+    };
+    // Only a bpf_link can be pinned; kernels before 5.9 attach through
+    // netlink and are not supported.
+    let link = FdLink::try_from(program.take_link(id).map_err(|e| fail(e.to_string()))?)
+        .map_err(|e| fail(e.to_string()))?;
+    link.pin(path).map_err(|e| fail(e.to_string()))?;
+    Ok(mode)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pin_names_round_trip_and_skip_pod_links() {
+        let nic = Interface {
+            index: 2,
+            name: "enp0s1-a".into(),
+        };
+        assert_eq!(pin_name(&nic), "nic_ingress-2-enp0s1-a");
+        assert_eq!(parse_pin_name(&pin_name(&nic)), Some(nic));
+        assert_eq!(parse_pin_name("pod_ingress-2-veth0"), None);
+        assert_eq!(parse_pin_name("nic_ingress-x-eth0"), None);
+    }
+
+    #[test]
+    fn nic_address_changes_put_new_and_changed_and_delete_the_rest() {
+        let addr = |a: &str| a.parse::<Ipv4Addr>().unwrap();
+        let current = BTreeMap::from([
+            (2, addr("192.168.1.10")),
+            (3, addr("10.0.0.5")),
+            (4, addr("10.0.1.1")),
+        ]);
+        let wanted = BTreeMap::from([
+            (2, addr("192.168.1.10")),
+            (3, addr("10.0.0.6")),
+            (5, addr("10.0.2.1")),
+        ]);
+        let (puts, deletes) = addr_changes(&current, &wanted);
+        assert_eq!(puts, [(3, addr("10.0.0.6")), (5, addr("10.0.2.1"))]);
+        assert_eq!(deletes, [4]);
+        assert_eq!(addr_changes(&wanted, &wanted), (vec![], vec![]));
+    }
+
+    #[test]
+    fn pinned_nic_links_are_found_among_other_pins() {
+        let dir = std::env::temp_dir().join(format!("kxdp-nic-test-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        for file in ["nic_ingress-2-eth0", "pod_ingress-7-veth1", "other"] {
+            fs::write(dir.join(file), "").unwrap();
+        }
+        let links = pinned_links(&dir).unwrap();
+        fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(
+            links.keys().collect::<Vec<_>>(),
+            [&Interface {
+                index: 2,
+                name: "eth0".into()
+            }]
+        );
+        assert!(
+            pinned_links(&dir).unwrap().is_empty(),
+            "no directory, no links"
+        );
+    }
+}

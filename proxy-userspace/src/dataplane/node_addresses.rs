@@ -1,0 +1,133 @@
+//! This network namespace's IPv4 addresses: the node addresses NodePorts
+//! answer on (`--nodeport-addresses`, as kube-proxy's flag) and the address
+//! each NIC SNATs to. Re-read on every rescan, so a DHCP renewal or an added
+//! address reaches the plan.
+
+use std::{collections::BTreeMap, ffi::CStr, io, net::Ipv4Addr};
+
+use crate::cidr::Ipv4Cidr;
+
+/// One IPv4 address of one interface.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InterfaceAddr {
+    pub interface: String,
+    pub index: u32,
+    pub addr: Ipv4Addr,
+}
+
+/// Every non-loopback IPv4 address, in the kernel's order (an interface's
+/// primary address first).
+pub fn list() -> io::Result<Vec<InterfaceAddr>> {
+    let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: getifaddrs fills `head` with a list freed below.
+    if unsafe { libc::getifaddrs(&mut head) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let mut addrs = Vec::new();
+    let mut entry = head;
+    // SAFETY: walk the list getifaddrs returned; each ifa_addr of family
+    // AF_INET points to a sockaddr_in; names are NUL-terminated.
+    unsafe {
+        while !entry.is_null() {
+            let ifa = &*entry;
+            entry = ifa.ifa_next;
+            if ifa.ifa_addr.is_null()
+                || i32::from((*ifa.ifa_addr).sa_family) != libc::AF_INET
+                || ifa.ifa_name.is_null()
+            {
+                continue;
+            }
+            let sin = &*(ifa.ifa_addr as *const libc::sockaddr_in);
+            let addr = Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr));
+            if addr.is_loopback() {
+                continue;
+            }
+            addrs.push(InterfaceAddr {
+                interface: CStr::from_ptr(ifa.ifa_name).to_string_lossy().into_owned(),
+                index: libc::if_nametoindex(ifa.ifa_name),
+                addr,
+            });
+        }
+        libc::freeifaddrs(head);
+    }
+    Ok(addrs)
+}
+
+/// The addresses NodePorts answer on: those inside one of `filter` (every
+/// address when it is empty), sorted and unique.
+pub fn nodeport_addresses(all: &[InterfaceAddr], filter: &[Ipv4Cidr]) -> Vec<Ipv4Addr> {
+    let mut addrs: Vec<Ipv4Addr> = all
+        .iter()
+        .map(|a| a.addr)
+        .filter(|addr| filter.is_empty() || filter.iter().any(|c| c.contains(*addr)))
+        .collect();
+    addrs.sort();
+    addrs.dedup();
+    addrs
+}
+
+/// The primary (first) address of each interface in `nics` that has one,
+/// by ifindex: what the NIC program SNATs to.
+pub fn nic_addresses(all: &[InterfaceAddr], nics: &[String]) -> BTreeMap<u32, Ipv4Addr> {
+    let mut primary = BTreeMap::new();
+    for a in all.iter().filter(|a| nics.contains(&a.interface)) {
+        primary.entry(a.index).or_insert(a.addr);
+    }
+    primary
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn addr(interface: &str, index: u32, addr: &str) -> InterfaceAddr {
+        InterfaceAddr {
+            interface: interface.into(),
+            index,
+            addr: addr.parse().unwrap(),
+        }
+    }
+
+    fn host() -> Vec<InterfaceAddr> {
+        vec![
+            addr("eth0", 2, "192.168.1.10"),
+            addr("eth0", 2, "192.168.1.20"),
+            addr("eth1", 3, "10.0.0.5"),
+            addr("cni0", 4, "10.244.0.1"),
+        ]
+    }
+
+    #[test]
+    fn nodeport_addresses_are_filtered_by_cidr_or_all() {
+        let all = nodeport_addresses(&host(), &[]);
+        assert_eq!(all.len(), 4);
+        let filtered = nodeport_addresses(
+            &host(),
+            &[
+                "192.168.1.0/24".parse().unwrap(),
+                "10.0.0.4/30".parse().unwrap(),
+            ],
+        );
+        let expected: Vec<Ipv4Addr> = ["10.0.0.5", "192.168.1.10", "192.168.1.20"]
+            .iter()
+            .map(|a| a.parse().unwrap())
+            .collect();
+        assert_eq!(filtered, expected, "cni0's 10.244.0.1 is left out");
+    }
+
+    #[test]
+    fn a_nic_snats_to_its_first_address() {
+        let nics = nic_addresses(&host(), &["eth0".into(), "eth9".into()]);
+        assert_eq!(
+            nics.into_iter().collect::<Vec<_>>(),
+            [(2, "192.168.1.10".parse().unwrap())],
+            "eth9 has no address"
+        );
+    }
+
+    #[test]
+    fn lists_addresses_without_loopback() {
+        let addrs = list().unwrap();
+        assert!(addrs.iter().all(|a| !a.addr.is_loopback()), "{addrs:?}");
+    }
+}
