@@ -6,3 +6,4 @@ pub mod netns;
 pub mod packet;
 pub mod privileged;
 pub mod scenario;
+pub mod two_node;
