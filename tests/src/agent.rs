@@ -1,6 +1,8 @@
-//! Running the real `kxdp` binary inside a mini node, and watching its log.
+//! Running the real `kxdp` binary in a node namespace (a mini node, or node
+//! A of the two-node topology), and watching its log.
 
 use std::{
+    ffi::OsStr,
     io::{BufRead, BufReader},
     path::{Path, PathBuf},
     process::{Child, Command, ExitStatus, Stdio},
@@ -10,7 +12,7 @@ use std::{
 
 use anyhow::{bail, Context as _};
 
-use crate::netns::{run, MiniNode};
+use crate::netns::{command, run, MiniNode};
 
 /// The `kxdp` binary under test: `$KXDP_BIN` (set by `cargo xtask test`),
 /// else the workspace's debug build.
@@ -26,6 +28,14 @@ pub fn kxdp_bin() -> PathBuf {
     path
 }
 
+/// Where an agent runs: its node's namespace, the glob of that node's pod
+/// interfaces and the directory of its pins.
+pub struct AgentHost<'a> {
+    pub netns: &'a str,
+    pub pod_interfaces: &'a str,
+    pub pin_path: &'a Path,
+}
+
 /// A `kxdp agent` running in the node namespace.
 pub struct Agent {
     child: Child,
@@ -39,19 +49,29 @@ impl Agent {
     }
 
     /// An agent with `source` as its source of Services (and any other flags).
-    pub fn start_with(node: &MiniNode, source: &[&std::ffi::OsStr]) -> anyhow::Result<Self> {
-        let mut command = node.command(&node.node_netns, kxdp_bin());
+    pub fn start_with(node: &MiniNode, source: &[&OsStr]) -> anyhow::Result<Self> {
+        let host = AgentHost {
+            netns: &node.node_netns,
+            pod_interfaces: &node.pod_interface_glob(),
+            pin_path: &node.pin_path(),
+        };
+        Self::start_on(&host, source)
+    }
+
+    /// An agent on `host` with `flags` (its source of Services and any other).
+    pub fn start_on(host: &AgentHost, flags: &[&OsStr]) -> anyhow::Result<Self> {
+        let mut command = command(host.netns, kxdp_bin());
         command
             .arg("agent")
-            .args(source)
+            .args(flags)
             .args([
                 "--pod-interfaces",
-                &node.pod_interface_glob(),
+                host.pod_interfaces,
                 "--rescan-ms",
                 "100",
             ])
             .arg("--pin-path")
-            .arg(node.pin_path())
+            .arg(host.pin_path)
             .env("RUST_LOG", "info")
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())

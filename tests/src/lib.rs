@@ -7,3 +7,4 @@ pub mod nic_netns;
 pub mod packet;
 pub mod privileged;
 pub mod scenario;
+pub mod two_node;

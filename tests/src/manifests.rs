@@ -3,8 +3,9 @@
 //! EndpointSlice controller writes them. Builders below write other Services
 //! with a fixed clusterIP, and endpoints as controllers or people write them.
 
-use std::net::Ipv4Addr;
+use std::{fs, io, net::Ipv4Addr, path::Path};
 
+use k8s_openapi::api::core::v1::{LoadBalancerIngress, Service};
 use proxy_userspace::{
     cidr::Ipv4Cidr,
     source::{cluster_ip, manifest},
@@ -13,6 +14,18 @@ use proxy_userspace::{
 /// The `echo` Service (TCP 80 → 8080, UDP 53 → 5353), as kubectl wrote it.
 pub const ECHO_SERVICE: &str = include_str!("../fixtures/echo-service.yaml");
 pub const SERVICE_CIDR: &str = "10.96.0.0/12";
+/// `web`, NodePort 30080 → 8080, as kubectl wrote it.
+pub const NODEPORT_WEB: &str = include_str!("../fixtures/kubectl-nodeport-web-30080.yaml");
+/// `web-lb`, LoadBalancer 80/TCP → 8080 and 53/UDP → 5353, as kubectl wrote it.
+pub const LOADBALANCER_WEB_LB: &str = include_str!("../fixtures/kubectl-loadbalancer-web-lb.yaml");
+
+/// Writes (or replaces) `dir/file`: write, then rename, so an agent never
+/// reads half a file. The temporary name is no manifest.
+pub fn write_manifest(dir: &Path, file: &str, yaml: &str) -> io::Result<()> {
+    let tmp = dir.join(format!(".{file}.tmp"));
+    fs::write(&tmp, yaml)?;
+    fs::rename(tmp, dir.join(file))
+}
 
 /// The ClusterIP the agent will allocate for a manifest without one.
 pub fn allocated_cluster_ip(service_yaml: &str) -> Ipv4Addr {
@@ -41,6 +54,79 @@ pub fn echo_endpoint_slice(endpoints: &[(Ipv4Addr, bool)]) -> String {
         ));
     }
     yaml
+}
+
+/// A Service read from kubectl output, completed field by field the way the
+/// API server (clusterIP, nodePorts, healthCheckNodePort) and a cloud
+/// controller (`status.loadBalancer.ingress`) complete it.
+pub struct ServiceManifest(Service);
+
+impl ServiceManifest {
+    fn from_kubectl(yaml: &str, cluster_ip: Ipv4Addr) -> Self {
+        let mut service: Service = serde_yaml::from_str(yaml).expect("kubectl fixture");
+        spec_of(&mut service).cluster_ip = Some(cluster_ip.to_string());
+        Self(service)
+    }
+
+    /// `web`: NodePort 30080/TCP → 8080 behind `cluster_ip`.
+    pub fn nodeport_web(cluster_ip: Ipv4Addr) -> Self {
+        Self::from_kubectl(NODEPORT_WEB, cluster_ip)
+    }
+
+    /// `web-lb`: 80/TCP → 8080 and 53/UDP → 5353 behind `cluster_ip`, on
+    /// `node_ports` (in port order) and announced at `ingress`.
+    pub fn loadbalancer_web_lb(
+        cluster_ip: Ipv4Addr,
+        node_ports: [u16; 2],
+        ingress: Ipv4Addr,
+    ) -> Self {
+        let mut manifest = Self::from_kubectl(LOADBALANCER_WEB_LB, cluster_ip);
+        let ports = spec_of(&mut manifest.0)
+            .ports
+            .as_mut()
+            .expect("fixture ports");
+        for (port, node_port) in ports.iter_mut().zip(node_ports) {
+            port.node_port = Some(node_port.into());
+        }
+        let status = manifest.0.status.get_or_insert_with(Default::default);
+        status
+            .load_balancer
+            .get_or_insert_with(Default::default)
+            .ingress = Some(vec![LoadBalancerIngress {
+            ip: Some(ingress.to_string()),
+            ..Default::default()
+        }]);
+        manifest
+    }
+
+    pub fn external_ips(mut self, ips: &[Ipv4Addr]) -> Self {
+        spec_of(&mut self.0).external_ips = Some(ips.iter().map(Ipv4Addr::to_string).collect());
+        self
+    }
+
+    /// `externalTrafficPolicy: Local`; for a LoadBalancer the API server
+    /// also allocates `health_check_node_port`.
+    pub fn local_traffic(mut self, health_check_node_port: Option<u16>) -> Self {
+        let spec = spec_of(&mut self.0);
+        spec.external_traffic_policy = Some("Local".into());
+        spec.health_check_node_port = health_check_node_port.map(i32::from);
+        self
+    }
+
+    /// `loadBalancerSourceRanges`: CIDRs allowed to reach the load balancer.
+    pub fn source_ranges(mut self, cidrs: &[&str]) -> Self {
+        spec_of(&mut self.0).load_balancer_source_ranges =
+            Some(cidrs.iter().map(|c| c.to_string()).collect());
+        self
+    }
+
+    pub fn to_yaml(&self) -> String {
+        serde_yaml::to_string(&self.0).expect("Service serializes")
+    }
+}
+
+fn spec_of(service: &mut Service) -> &mut k8s_openapi::api::core::v1::ServiceSpec {
+    service.spec.get_or_insert_with(Default::default)
 }
 
 /// `managed-by` of slices the EndpointSlice controller writes.
@@ -94,6 +180,8 @@ pub struct Endpoint {
     pub ready: bool,
     pub serving: bool,
     pub terminating: bool,
+    /// `nodeName`: the node the pod runs on.
+    pub node_name: Option<&'static str>,
 }
 
 impl Endpoint {
@@ -103,6 +191,15 @@ impl Endpoint {
             ready: true,
             serving: true,
             terminating: false,
+            node_name: None,
+        }
+    }
+
+    /// The same endpoint, on node `node`.
+    pub fn on(self, node: &'static str) -> Self {
+        Self {
+            node_name: Some(node),
+            ..self
         }
     }
 
@@ -113,6 +210,7 @@ impl Endpoint {
             ready: false,
             serving: false,
             terminating: false,
+            node_name: None,
         }
     }
 
@@ -123,6 +221,7 @@ impl Endpoint {
             ready: false,
             serving,
             terminating: true,
+            node_name: None,
         }
     }
 }
@@ -147,6 +246,9 @@ pub fn endpoint_slice(
             "- addresses: [\"{}\"]\n  conditions: {{ready: {}, serving: {}, terminating: {}}}\n",
             e.addr, e.ready, e.serving, e.terminating
         ));
+        if let Some(node) = e.node_name {
+            yaml.push_str(&format!("  nodeName: {node}\n"));
+        }
     }
     yaml
 }
@@ -161,4 +263,89 @@ pub fn legacy_endpoints(service: &str, addresses: &[Ipv4Addr], ports: &[Endpoint
         addresses.join(", "),
         port_items(ports)
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What kxdp's manifest source makes of `yaml`; nothing may be rejected.
+    fn load(yaml: &str) -> manifest::Loaded {
+        let mut loaded = manifest::Loaded::default();
+        manifest::parse_stream("test.yaml", yaml, &mut loaded);
+        assert!(loaded.rejections.is_empty(), "{:?}", loaded.rejections);
+        loaded
+    }
+
+    #[test]
+    fn completed_kubectl_services_keep_every_field() {
+        let vip = Ipv4Addr::new(10, 96, 0, 80);
+        let ingress = Ipv4Addr::new(192, 168, 60, 10);
+        let yaml = ServiceManifest::loadbalancer_web_lb(vip, [30081, 30053], ingress)
+            .external_ips(&[Ipv4Addr::new(192, 168, 60, 20)])
+            .local_traffic(Some(32000))
+            .source_ranges(&["192.168.50.0/24"])
+            .to_yaml();
+        let loaded = load(&yaml);
+        let service = &loaded.objects.services[0];
+        let spec = service.spec.as_ref().unwrap();
+        assert_eq!(spec.type_.as_deref(), Some("LoadBalancer"));
+        assert_eq!(spec.cluster_ip.as_deref(), Some("10.96.0.80"));
+        let ports = spec.ports.as_ref().unwrap();
+        let node_ports: Vec<_> = ports
+            .iter()
+            .map(|p| (p.protocol.as_deref(), p.node_port))
+            .collect();
+        assert_eq!(
+            node_ports,
+            [(Some("TCP"), Some(30081)), (Some("UDP"), Some(30053))]
+        );
+        assert_eq!(spec.external_ips, Some(vec!["192.168.60.20".to_string()]));
+        assert_eq!(spec.external_traffic_policy.as_deref(), Some("Local"));
+        assert_eq!(spec.health_check_node_port, Some(32000));
+        assert_eq!(
+            spec.load_balancer_source_ranges,
+            Some(vec!["192.168.50.0/24".to_string()])
+        );
+        let status = service
+            .status
+            .as_ref()
+            .unwrap()
+            .load_balancer
+            .as_ref()
+            .unwrap();
+        assert_eq!(
+            status.ingress.as_ref().unwrap()[0].ip.as_deref(),
+            Some("192.168.60.10")
+        );
+
+        let loaded = load(&ServiceManifest::nodeport_web(vip).to_yaml());
+        let spec = loaded.objects.services[0].spec.as_ref().unwrap();
+        assert_eq!(spec.type_.as_deref(), Some("NodePort"));
+        assert_eq!(spec.cluster_ip.as_deref(), Some("10.96.0.80"));
+        assert_eq!(spec.ports.as_ref().unwrap()[0].node_port, Some(30080));
+    }
+
+    #[test]
+    fn slice_endpoints_carry_their_node() {
+        let endpoints = [
+            Endpoint::ready(Ipv4Addr::new(10, 1, 1, 2)).on("node-a"),
+            Endpoint::ready(Ipv4Addr::new(10, 1, 2, 2)).on("node-b"),
+            Endpoint::ready(Ipv4Addr::new(10, 1, 2, 3)),
+        ];
+        let yaml = endpoint_slice(
+            "web",
+            "web-abcde",
+            SLICE_CONTROLLER,
+            &[("80-8080", "TCP", 8080)],
+            &endpoints,
+        );
+        let loaded = load(&yaml);
+        let nodes: Vec<_> = loaded.objects.endpoint_slices[0]
+            .endpoints
+            .iter()
+            .map(|e| e.node_name.as_deref())
+            .collect();
+        assert_eq!(nodes, [Some("node-a"), Some("node-b"), None]);
+    }
 }

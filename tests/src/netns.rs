@@ -7,13 +7,20 @@
 //! leaves TCP checksums partial and nobody verifies them, so a broken
 //! checksum rewrite would still pass.
 //!
-//! Everything is removed on drop, also when a test panics.
+//! Everything is removed on drop, also when a test panics. The building
+//! blocks (`Namespaces`, `add_veth`, `command`) also make the two-node
+//! topology.
 
 use std::{
+    io::{BufRead as _, BufReader},
     net::Ipv4Addr,
     path::{Path, PathBuf},
     process::{Child, Command, Output, Stdio},
-    sync::atomic::{AtomicU32, Ordering},
+    sync::{
+        atomic::{AtomicU32, Ordering},
+        mpsc,
+    },
+    time::Duration,
 };
 
 use anyhow::{bail, Context as _};
@@ -35,6 +42,130 @@ pub fn run(command: &mut Command) -> anyhow::Result<Output> {
         );
     }
     Ok(output)
+}
+
+/// A command run inside `netns`.
+pub fn command(netns: &str, program: impl AsRef<Path>) -> Command {
+    let mut command = Command::new("ip");
+    command.args(["netns", "exec", netns]).arg(program.as_ref());
+    command
+}
+
+/// Runs `argv` inside `netns`, failing with its stderr if it fails.
+pub fn exec_ok(netns: &str, argv: &[&str]) -> anyhow::Result<Output> {
+    let mut command = command(netns, argv[0]);
+    command.args(&argv[1..]);
+    run(&mut command)
+}
+
+/// Network namespaces named `<prefix>-…` and the processes started in them.
+/// On drop the processes are killed, then the namespaces deleted (which
+/// deletes their veths and detaches whatever was attached to them).
+pub struct Namespaces {
+    /// Short prefix unique to this process and instance, for every name.
+    pub prefix: String,
+    names: Vec<String>,
+    children: Vec<Child>,
+}
+
+impl Namespaces {
+    pub fn new() -> Self {
+        let tag = std::process::id() % 100_000 * 10 + NEXT_TAG.fetch_add(1, Ordering::Relaxed) % 10;
+        Self {
+            prefix: format!("kx{tag}"),
+            names: Vec::new(),
+            children: Vec::new(),
+        }
+    }
+
+    /// Creates namespace `<prefix>-<suffix>` with loopback up; its name.
+    pub fn add(&mut self, suffix: &str) -> anyhow::Result<String> {
+        let name = format!("{}-{suffix}", self.prefix);
+        run(Command::new("ip").args(["netns", "add", &name]))?;
+        self.names.push(name.clone());
+        exec_ok(&name, &["ip", "link", "set", "lo", "up"])?;
+        Ok(name)
+    }
+
+    /// Starts a long-running process that is killed on drop.
+    pub fn spawn(&mut self, mut command: Command) -> anyhow::Result<&mut Child> {
+        let child = command
+            .stdin(Stdio::null())
+            .spawn()
+            .with_context(|| format!("spawning {command:?}"))?;
+        self.children.push(child);
+        Ok(self.children.last_mut().expect("just pushed"))
+    }
+
+    /// Starts a server that prints "ready" once it listens, and waits for
+    /// that line at most `within`: no sleeping in tests, no hanging either.
+    pub fn spawn_ready(&mut self, mut command: Command, within: Duration) -> anyhow::Result<()> {
+        let what = format!("{command:?}");
+        command.stdout(Stdio::piped());
+        let stdout = self.spawn(command)?.stdout.take().context("piped stdout")?;
+        let (tx, rx) = mpsc::channel();
+        // A reader thread, so the wait can time out; it ends at the
+        // server's first line or at its death.
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            let _ = BufReader::new(stdout).read_line(&mut line);
+            let _ = tx.send(line);
+        });
+        match rx.recv_timeout(within) {
+            Ok(line) if line.trim() == "ready" => Ok(()),
+            Ok(line) => bail!("{what} did not start: it printed {line:?}"),
+            Err(_) => bail!("{what} was not ready within {within:?}"),
+        }
+    }
+}
+
+impl Default for Namespaces {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for Namespaces {
+    fn drop(&mut self) {
+        for child in &mut self.children {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        for ns in self.names.iter().rev() {
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
+    }
+}
+
+/// A veth pair, both ends up with checksum offloads off: `dev` in `netns`
+/// and `peer_name` in `peer_netns`. `temp_peer` names the peer until it
+/// moves, so it must be free in `netns`.
+pub fn add_veth(
+    netns: &str,
+    dev: &str,
+    peer_netns: &str,
+    temp_peer: &str,
+    peer_name: &str,
+) -> anyhow::Result<()> {
+    exec_ok(
+        netns,
+        &[
+            "ip", "link", "add", dev, "type", "veth", "peer", "name", temp_peer,
+        ],
+    )?;
+    exec_ok(
+        netns,
+        &["ip", "link", "set", temp_peer, "netns", peer_netns],
+    )?;
+    exec_ok(
+        peer_netns,
+        &["ip", "link", "set", temp_peer, "name", peer_name],
+    )?;
+    for (ns, dev) in [(netns, dev), (peer_netns, peer_name)] {
+        exec_ok(ns, &["ethtool", "-K", dev, "tx", "off", "rx", "off"])?;
+        exec_ok(ns, &["ip", "link", "set", dev, "up"])?;
+    }
+    Ok(())
 }
 
 pub struct Pod {
@@ -59,37 +190,30 @@ pub struct MiniNode {
     pub prefix: String,
     pub node_netns: String,
     pub pods: Vec<Pod>,
+    /// Declared before `bpffs`: processes and veths go before the pins.
+    namespaces: Namespaces,
     /// Private bpffs mount for this node's pins.
     bpffs: PrivateBpffs,
-    children: Vec<Child>,
-    namespaces: Vec<String>,
 }
 
 impl MiniNode {
     pub fn new() -> anyhow::Result<Self> {
         require_root("the namespace suite");
-        let tag = std::process::id() % 100_000 * 10 + NEXT_TAG.fetch_add(1, Ordering::Relaxed) % 10;
-        let prefix = format!("kx{tag}");
+        let mut namespaces = Namespaces::new();
+        let prefix = namespaces.prefix.clone();
         let bpffs = PrivateBpffs::new(&prefix).context("mounting a private bpffs")?;
-        let mut node = Self {
-            node_netns: format!("{prefix}-node"),
+        let node_netns = namespaces.add("node")?;
+        exec_ok(
+            &node_netns,
+            &["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"],
+        )?;
+        Ok(Self {
             prefix,
+            node_netns,
             pods: Vec::new(),
+            namespaces,
             bpffs,
-            children: Vec::new(),
-            namespaces: Vec::new(),
-        };
-        let ns = node.node_netns.clone();
-        node.add_netns(&ns)?;
-        node.exec_ok(&ns, &["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"])?;
-        Ok(node)
-    }
-
-    fn add_netns(&mut self, name: &str) -> anyhow::Result<()> {
-        run(Command::new("ip").args(["netns", "add", name]))?;
-        self.namespaces.push(name.to_string());
-        self.exec_ok(name, &["ip", "link", "set", "lo", "up"])?;
-        Ok(())
+        })
     }
 
     /// Where the agent of this node pins its maps and links.
@@ -104,12 +228,11 @@ impl MiniNode {
 
     /// Adds pod number `index` (1..=250) named `name`.
     pub fn add_pod(&mut self, name: &str, index: u8) -> anyhow::Result<&Pod> {
-        let netns = format!("{}-{name}", self.prefix);
         let host_interface = format!("{}p{index}", self.prefix);
         let peer = format!("{}c{index}", self.prefix);
         let ip = Ipv4Addr::new(10, 200, index, 2);
         let gateway = Ipv4Addr::new(10, 200, index, 1);
-        self.add_netns(&netns)?;
+        let netns = self.namespaces.add(name)?;
         self.link_to_node(&netns, &host_interface, &peer, gateway, ip)?;
         self.pods.push(Pod {
             name: name.to_string(),
@@ -124,12 +247,11 @@ impl MiniNode {
     /// 192.168.`subnet`.2/24 behind the node's 192.168.`subnet`.1. Its veth's
     /// node side is not named like pod interfaces, so no agent attaches to it.
     pub fn add_external_host(&mut self, name: &str, subnet: u8) -> anyhow::Result<ExternalHost> {
-        let netns = format!("{}-{name}", self.prefix);
         let node_interface = format!("{}x{subnet}", self.prefix);
         let peer = format!("{}e{subnet}", self.prefix);
         let ip = Ipv4Addr::new(192, 168, subnet, 2);
         let gateway = Ipv4Addr::new(192, 168, subnet, 1);
-        self.add_netns(&netns)?;
+        let netns = self.namespaces.add(name)?;
         self.link_to_node(&netns, &node_interface, &peer, gateway, ip)?;
         Ok(ExternalHost {
             netns,
@@ -149,42 +271,17 @@ impl MiniNode {
         gateway: Ipv4Addr,
         ip: Ipv4Addr,
     ) -> anyhow::Result<()> {
-        let node = self.node_netns.clone();
-        self.exec_ok(
-            &node,
-            &[
-                "ip",
-                "link",
-                "add",
-                host_interface,
-                "type",
-                "veth",
-                "peer",
-                "name",
-                peer,
-            ],
+        let node = self.node_netns.as_str();
+        add_veth(node, host_interface, netns, peer, "eth0")?;
+        let gateway_cidr = format!("{gateway}/24");
+        exec_ok(
+            node,
+            &["ip", "addr", "add", &gateway_cidr, "dev", host_interface],
         )?;
-        self.exec_ok(&node, &["ip", "link", "set", peer, "netns", netns])?;
-        self.exec_ok(netns, &["ip", "link", "set", peer, "name", "eth0"])?;
-        self.exec_ok(
-            &node,
-            &[
-                "ip",
-                "addr",
-                "add",
-                &format!("{gateway}/24"),
-                "dev",
-                host_interface,
-            ],
-        )?;
-        self.exec_ok(
+        exec_ok(
             netns,
             &["ip", "addr", "add", &format!("{ip}/24"), "dev", "eth0"],
         )?;
-        for (ns, dev) in [(node.as_str(), host_interface), (netns, "eth0")] {
-            self.exec_ok(ns, &["ethtool", "-K", dev, "tx", "off", "rx", "off"])?;
-            self.exec_ok(ns, &["ip", "link", "set", dev, "up"])?;
-        }
         self.exec_ok(
             netns,
             &["ip", "route", "add", "default", "via", &gateway.to_string()],
@@ -222,38 +319,20 @@ impl MiniNode {
 
     /// A command run inside `netns`.
     pub fn command(&self, netns: &str, program: impl AsRef<Path>) -> Command {
-        let mut command = Command::new("ip");
-        command.args(["netns", "exec", netns]).arg(program.as_ref());
-        command
+        command(netns, program)
     }
 
     pub fn exec_ok(&self, netns: &str, argv: &[&str]) -> anyhow::Result<Output> {
-        let mut command = self.command(netns, argv[0]);
-        command.args(&argv[1..]);
-        run(&mut command)
+        exec_ok(netns, argv)
     }
 
     /// Starts a long-running process that is killed when the node goes.
-    pub fn spawn(&mut self, mut command: Command) -> anyhow::Result<&mut Child> {
-        let child = command
-            .stdin(Stdio::null())
-            .spawn()
-            .with_context(|| format!("spawning {command:?}"))?;
-        self.children.push(child);
-        Ok(self.children.last_mut().expect("just pushed"))
+    pub fn spawn(&mut self, command: Command) -> anyhow::Result<&mut Child> {
+        self.namespaces.spawn(command)
     }
-}
 
-impl Drop for MiniNode {
-    fn drop(&mut self) {
-        for child in &mut self.children {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        // Deleting a namespace deletes its veths, which detaches their links.
-        for ns in self.namespaces.iter().rev() {
-            let _ = Command::new("ip").args(["netns", "del", ns]).status();
-        }
-        // `bpffs` unmounts itself after this.
+    /// Starts a server printing "ready" (see `Namespaces::spawn_ready`).
+    pub fn spawn_ready(&mut self, command: Command, within: Duration) -> anyhow::Result<()> {
+        self.namespaces.spawn_ready(command, within)
     }
 }

@@ -5,18 +5,14 @@
 
 use std::{
     fs,
-    io::{BufRead, BufReader},
     net::Ipv4Addr,
     path::{Path, PathBuf},
-    process::Stdio,
     time::Duration,
 };
 
-use anyhow::{bail, Context as _};
-
 use crate::{
     agent::{kxdp_bin, Agent},
-    manifests::{allocated_cluster_ip, echo_endpoint_slice, ECHO_SERVICE},
+    manifests::{allocated_cluster_ip, echo_endpoint_slice, write_manifest, ECHO_SERVICE},
     netns::{run, MiniNode},
 };
 
@@ -41,18 +37,15 @@ pub fn peer_bin() -> PathBuf {
         })
 }
 
+/// Longest a `kxdp-peer` server may take to listen.
+pub const PEER_READY: Duration = Duration::from_secs(5);
+
 /// Starts `peer ARGS` (a server) in `netns`, killed when the node goes, and
-/// waits for its "ready": no sleeping in tests.
+/// waits for its "ready".
 fn start_peer(node: &mut MiniNode, peer: &Path, netns: &str, args: &[&str]) -> anyhow::Result<()> {
     let mut command = node.command(netns, peer);
-    command.args(args).stdout(Stdio::piped());
-    let child = node.spawn(command)?;
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().context("peer stdout")?).read_line(&mut line)?;
-    if line.trim() != "ready" {
-        bail!("kxdp-peer {args:?} in {netns} did not start");
-    }
-    Ok(())
+    command.args(args);
+    node.spawn_ready(command, PEER_READY)
 }
 
 pub struct EchoScenario {
@@ -115,13 +108,9 @@ impl EchoScenario {
         self.write_manifest("slice.yaml", &echo_endpoint_slice(endpoints))
     }
 
-    /// Writes (or replaces) manifest `file`: write, then rename, so the
-    /// agent never reads half a file. The temporary name is no manifest.
+    /// Writes (or replaces) manifest `file`, atomically.
     pub fn write_manifest(&self, file: &str, yaml: &str) -> anyhow::Result<()> {
-        let tmp = self.manifests.join(format!(".{file}.tmp"));
-        fs::write(&tmp, yaml)?;
-        fs::rename(tmp, self.manifests.join(file))?;
-        Ok(())
+        Ok(write_manifest(&self.manifests, file, yaml)?)
     }
 
     /// Deletes manifest `file`, as `kubectl delete -f` would its objects.
