@@ -94,28 +94,61 @@ impl Table {
             .find(|cols| cols.first() == Some(&frontend))
     }
 
-    /// The service id and backends column of `frontend`, which must be listed.
-    fn id_and_backends(&self, frontend: &str) -> (&str, &str) {
+    /// The index of column `name` in the header.
+    fn column(&self, name: &str) -> usize {
+        let header = self.0.lines().next().unwrap_or_default();
+        header
+            .split_whitespace()
+            .position(|h| h == name)
+            .unwrap_or_else(|| panic!("no column {name}: {header}"))
+    }
+
+    /// Column `name` of `frontend`'s row, which must be listed.
+    fn cell(&self, frontend: &str, name: &str) -> &str {
         let row = self
             .row(frontend)
             .unwrap_or_else(|| panic!("{frontend} not listed:\n{}", self.0));
-        (row[1], row[row.len() - 1])
+        row[self.column(name)]
+    }
+
+    /// The service id and backends column of `frontend`, which must be listed.
+    fn id_and_backends(&self, frontend: &str) -> (&str, &str) {
+        (self.cell(frontend, "ID"), self.cell(frontend, "BACKENDS"))
+    }
+
+    /// The frontends of scope `scope` ("pod" or "node").
+    fn frontends_of_scope(&self, scope: &str) -> Vec<&str> {
+        let column = self.column("SCOPE");
+        self.0
+            .lines()
+            .skip(1)
+            .map(|l| l.split_whitespace().collect::<Vec<_>>())
+            .filter(|cols| cols.get(column) == Some(&scope))
+            .map(|cols| cols[0])
+            .collect()
     }
 
     /// How many frontends the maps hold.
     fn frontends(&self) -> usize {
-        self.footer(0)
+        self.footer_count("frontends;")
     }
 
-    /// Packets dropped because their service had no backend.
-    fn no_backend_drops(&self) -> usize {
-        self.footer(2)
+    /// TCP resets sent for Services without endpoints.
+    fn tcp_resets(&self) -> usize {
+        self.footer_count("TCP resets")
     }
 
-    /// Field `n` of "F frontends; D packets dropped for want of a backend".
-    fn footer(&self, n: usize) -> usize {
+    /// The number just before `words` in the footer line.
+    fn footer_count(&self, words: &str) -> usize {
         let last = self.0.lines().last().unwrap_or_default();
-        let field = last.split_whitespace().nth(n).unwrap_or_default();
+        let before = last
+            .split_once(words)
+            .map(|(before, _)| before)
+            .unwrap_or_else(|| panic!("unexpected footer: {last}"));
+        let field = before
+            .split([' ', ';'])
+            .rfind(|w| !w.is_empty())
+            .unwrap_or_default();
         field
             .parse()
             .unwrap_or_else(|_| panic!("unexpected footer: {last}"))
@@ -284,7 +317,23 @@ fn type_switches_and_deletion_leave_no_stale_frontends() {
         let table = Table::read(&s);
         let (id, listed) = table.id_and_backends(&frontend);
         assert_eq!(listed, "10.200.2.2:8080,10.200.3.2:8080", "{when}");
-        assert_eq!(table.frontends(), echo_frontends + 1, "{when}");
+        assert_eq!(
+            table.frontends_of_scope("pod").len(),
+            echo_frontends + 1,
+            "{when}"
+        );
+        // Node frontends: the nodePort on node addresses, only while the
+        // type has one.
+        let node_frontends = table.frontends_of_scope("node");
+        if when == "ClusterIP" || when == "ClusterIP again" {
+            assert!(node_frontends.is_empty(), "{when}: {node_frontends:?}");
+        } else {
+            assert!(!node_frontends.is_empty(), "{when}:\n{}", table.0);
+            assert!(
+                node_frontends.iter().all(|f| f.ends_with(":30080/TCP")),
+                "{when}: {node_frontends:?}"
+            );
+        }
         id.to_string()
     };
     let gone = |when: &str| {
@@ -368,14 +417,17 @@ fn only_ready_endpoints_serve_and_serving_terminating_ones_only_when_none_is() {
         ])
     });
     assert_eq!(listed(), "<none>");
-    let drops = Table::read(&s).no_backend_drops();
+    let resets = Table::read(&s).tcp_resets();
     let answer = s.http_get_within(&target, NO_ANSWER);
-    // Dropped (a timeout), not refused or routed elsewhere.
+    // Refused at once by a RST, as kube-proxy rejects: not a timeout, not
+    // routed elsewhere.
     assert!(
-        answer.as_ref().is_err_and(|e| e.contains("timed out")),
+        answer
+            .as_ref()
+            .is_err_and(|e| e.contains("Couldn't connect")),
         "{answer:?}"
     );
-    assert!(Table::read(&s).no_backend_drops() > drops);
+    assert!(Table::read(&s).tcp_resets() > resets);
 }
 
 /// The lines `stdout` prints, as they come.
@@ -471,7 +523,9 @@ fn a_long_lived_connection_survives_the_agent_killed_and_replaced() {
     assert_eq!(answers, expected);
     // The counters live in pinned maps too: every line was counted.
     let table = Table::read(&s);
-    let row = table.row(&format!("{vip}:7000/TCP")).unwrap();
-    let packets: usize = row[3].parse().unwrap();
-    assert!(packets >= EXCHANGES, "{row:?}");
+    let packets: usize = table
+        .cell(&format!("{vip}:7000/TCP"), "PACKETS")
+        .parse()
+        .unwrap();
+    assert!(packets >= EXCHANGES, "{}", table.0);
 }
