@@ -1,14 +1,20 @@
-//! Forwarding from XDP: a translated packet for another host (a remote
-//! backend, or the client of a reply) leaves straight from the driver when
-//! the kernel's FIB knows the route and the neighbour; otherwise the stack
-//! routes it (and resolves the neighbour for the next packets).
+//! Forwarding a translated packet for another host (a remote backend, or
+//! the client of a reply) without the stack's routing input, which would
+//! drop it: its source is now this node's own address.
+//!
+//! From XDP it leaves straight from the driver when the kernel's FIB knows
+//! the route and the neighbour; otherwise the stack routes it (and resolves
+//! the neighbour for the next packets; the agent sets `accept_local` on its
+//! NICs for that). From tc the kernel resolves the neighbour itself
+//! (`bpf_redirect_neigh`).
 
 use aya_ebpf::{
     bindings::{
-        bpf_fib_lookup as FibParams, xdp_action, BPF_FIB_LKUP_RET_SUCCESS, BPF_FIB_LOOKUP_DIRECT,
+        bpf_fib_lookup as FibParams, xdp_action, BPF_FIB_LKUP_RET_NO_NEIGH,
+        BPF_FIB_LKUP_RET_SUCCESS, BPF_FIB_LOOKUP_DIRECT, TC_ACT_OK,
     },
-    helpers::generated::{bpf_fib_lookup, bpf_redirect},
-    programs::XdpContext,
+    helpers::generated::{bpf_fib_lookup, bpf_redirect, bpf_redirect_neigh},
+    programs::{TcContext, XdpContext},
     EbpfContext,
 };
 
@@ -19,29 +25,23 @@ use crate::{
 
 const AF_INET: u8 = 2;
 
-/// Sends the (already translated) packet of `flow` towards `dst` and returns
-/// the XDP action: TX back out of the NIC it came in on, redirect to another
-/// interface, or PASS to the stack when the FIB cannot say.
+/// Asks the FIB where a packet of `flow` from `src` to `dst`, arriving on
+/// `ifindex`, goes: (return code, params holding the egress interface and,
+/// on success, the MAC addresses).
 #[inline(always)]
-pub fn xdp_forward(ctx: &XdpContext, flow: &Ipv4Flow, src: u32, dst: u32) -> u32 {
-    let Some(ip) = ptr_at_mut::<Ipv4Hdr>(ctx, flow.l3_off) else {
-        return xdp_action::XDP_PASS;
-    };
-    let Some(eth) = ptr_at_mut::<[[u8; 6]; 2]>(ctx, 0) else {
-        return xdp_action::XDP_PASS;
-    };
-    // SAFETY: `ip` and `eth` were bounds-checked above.
-    let (ttl, tos) = unsafe { ((*ip).ttl, (*ip).tos) };
-    if ttl <= 1 {
-        // The stack sends the ICMP time-exceeded.
-        return xdp_action::XDP_PASS;
-    }
+fn fib_lookup(
+    ctx: &impl EbpfContext,
+    flow: &Ipv4Flow,
+    ifindex: u32,
+    tos: u8,
+    (src, dst): (u32, u32),
+) -> (i64, FibParams) {
     // SAFETY: an all-zero bpf_fib_lookup is a valid request to fill in.
     let mut params: FibParams = unsafe { core::mem::zeroed() };
     params.family = AF_INET;
     params.l4_protocol = flow.proto;
     params.__bindgen_anon_1.tot_len = flow.ip_len;
-    params.ifindex = ctx.ingress_ifindex() as u32;
+    params.ifindex = ifindex;
     params.__bindgen_anon_2.tos = tos;
     params.__bindgen_anon_3.ipv4_src = src;
     params.__bindgen_anon_4.ipv4_dst = dst;
@@ -54,24 +54,74 @@ pub fn xdp_forward(ctx: &XdpContext, flow: &Ipv4Flow, src: u32, dst: u32) -> u32
             BPF_FIB_LOOKUP_DIRECT,
         )
     };
-    if rc != BPF_FIB_LKUP_RET_SUCCESS as i64 {
-        // No route or no neighbour entry yet: the stack knows what to do.
+    (rc, params)
+}
+
+/// A router lowers the TTL; the checksum word holds TTL and protocol.
+/// Returns false, changing nothing, when the TTL is spent (the stack then
+/// sends the ICMP time-exceeded).
+#[inline(always)]
+fn decrement_ttl(ip: *mut Ipv4Hdr) -> bool {
+    // SAFETY: the caller bounds-checked `ip`.
+    unsafe {
+        let (ttl, proto) = ((*ip).ttl, (*ip).proto);
+        if ttl <= 1 {
+            return false;
+        }
+        (*ip).ttl = ttl - 1;
+        // Read as the packet holds them, like every checksum input here.
+        let before = u16::from_ne_bytes([ttl, proto]);
+        let after = u16::from_ne_bytes([ttl - 1, proto]);
+        (*ip).check = csum::replace_u16((*ip).check, before, after);
+    }
+    true
+}
+
+/// Sends the (already translated) packet of `flow` from `src` to `dst` and
+/// returns the XDP action: TX back out of the NIC it came in on, redirect to
+/// another interface, or PASS to the stack when the FIB cannot say.
+#[inline(always)]
+pub fn xdp_forward(ctx: &XdpContext, flow: &Ipv4Flow, src: u32, dst: u32) -> u32 {
+    let Some(ip) = ptr_at_mut::<Ipv4Hdr>(ctx, flow.l3_off) else {
+        return xdp_action::XDP_PASS;
+    };
+    let Some(eth) = ptr_at_mut::<[[u8; 6]; 2]>(ctx, 0) else {
+        return xdp_action::XDP_PASS;
+    };
+    let ingress = ctx.ingress_ifindex() as u32;
+    // SAFETY: bounds-checked above.
+    let tos = unsafe { (*ip).tos };
+    let (rc, params) = fib_lookup(ctx, flow, ingress, tos, (src, dst));
+    if rc != BPF_FIB_LKUP_RET_SUCCESS as i64 || !decrement_ttl(ip) {
+        // No route or no neighbour entry yet, or TTL spent: the stack knows what to do.
         return xdp_action::XDP_PASS;
     }
     // SAFETY: bounds-checked above; the FIB filled both addresses.
-    unsafe {
-        *eth = [params.dmac, params.smac];
-        // A router decrements the TTL; the checksum word holds TTL and protocol.
-        (*ip).ttl = ttl - 1;
-        // Read as the packet holds them, like every checksum input here.
-        let before = u16::from_ne_bytes([ttl, flow.proto]);
-        let after = u16::from_ne_bytes([ttl - 1, flow.proto]);
-        (*ip).check = csum::replace_u16((*ip).check, before, after);
-    }
-    if params.ifindex == ctx.ingress_ifindex() as u32 {
+    unsafe { *eth = [params.dmac, params.smac] };
+    if params.ifindex == ingress {
         xdp_action::XDP_TX
     } else {
         // SAFETY: plain helper call; it returns the action to take.
         unsafe { bpf_redirect(params.ifindex, 0) as u32 }
     }
+}
+
+/// Sends the (already translated) packet of `flow` from `src` to `dst` out
+/// of the interface the FIB names, the kernel filling in the neighbour, and
+/// returns the tc action; without a route, the stack gets it.
+#[inline(always)]
+pub fn tc_forward(ctx: &TcContext, flow: &Ipv4Flow, src: u32, dst: u32) -> i32 {
+    let Some(ip) = ptr_at_mut::<Ipv4Hdr>(ctx, flow.l3_off) else {
+        return TC_ACT_OK;
+    };
+    // SAFETY: bounds-checked above; reading our own skb's fields.
+    let (tos, ingress) = unsafe { ((*ip).tos, (*ctx.skb.skb).ingress_ifindex) };
+    let (rc, params) = fib_lookup(ctx, flow, ingress, tos, (src, dst));
+    let routed = rc == BPF_FIB_LKUP_RET_SUCCESS as i64 || rc == BPF_FIB_LKUP_RET_NO_NEIGH as i64;
+    if !routed || !decrement_ttl(ip) {
+        return TC_ACT_OK;
+    }
+    // SAFETY: plain helper call; without neighbour parameters the kernel
+    // resolves the next hop of the packet's own destination.
+    unsafe { bpf_redirect_neigh(params.ifindex, core::ptr::null_mut(), 0, 0) as i32 }
 }

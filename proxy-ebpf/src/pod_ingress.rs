@@ -9,7 +9,7 @@
 use aya_ebpf::{bindings::TC_ACT_OK, macros::classifier, programs::TcContext};
 use proxy_common::maps::{drop_reason, CT_FROM_NIC, PROTO_UDP, SERVICE_EMPTY_DROP};
 
-use crate::{conntrack, lookup, nat, parse, reject, select, stats};
+use crate::{conntrack, forward, lookup, nat, parse, reject, select, stats};
 
 #[classifier]
 pub fn pod_ingress(ctx: TcContext) -> i32 {
@@ -55,6 +55,14 @@ fn translate(ctx: &TcContext) -> Result<i32, u32> {
         conntrack::forget_stale_reply(&flow);
     } else if let Some(entry) = conntrack::lookup_reply(&flow).filter(|e| e.flags == CT_FROM_NIC) {
         nat::reverse_nat(ctx, &flow, entry.nat_addr, entry.nat_port)?;
+        // Its source is now a node address: the stack would take it for a
+        // spoofed packet, so it leaves without the stack's routing input.
+        return Ok(forward::tc_forward(
+            ctx,
+            &flow,
+            entry.nat_addr,
+            flow.dst_addr,
+        ));
     }
     Ok(TC_ACT_OK)
 }

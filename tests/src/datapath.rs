@@ -251,6 +251,17 @@ impl Datapath {
         self.run_program(POD_INGRESS, frame)
     }
 
+    /// Runs `pod_ingress` once on `frame` as if it came in on interface
+    /// `ifindex` of the calling thread's network namespace.
+    pub fn run_from(&mut self, frame: &[u8], ifindex: u32) -> (u32, Vec<u8>) {
+        // struct __sk_buff up to ingress_ifindex (the tenth u32); the kernel
+        // zeroes the rest.
+        let mut ctx = [0u32; 10];
+        ctx[9] = ifindex;
+        let ctx: Vec<u8> = ctx.iter().flat_map(|v| v.to_ne_bytes()).collect();
+        self.run_program_in(POD_INGRESS, frame, Some(&ctx))
+    }
+
     /// Runs `pod_egress` (a packet entering a pod) once on `frame`.
     pub fn run_egress(&mut self, frame: &[u8]) -> (u32, Vec<u8>) {
         self.run_program(POD_EGRESS, frame)
@@ -290,6 +301,10 @@ impl Datapath {
     }
 
     fn run_program(&mut self, name: &str, frame: &[u8]) -> (u32, Vec<u8>) {
+        self.run_program_in(name, frame, None)
+    }
+
+    fn run_program_in(&mut self, name: &str, frame: &[u8], ctx: Option<&[u8]>) -> (u32, Vec<u8>) {
         let prog: &mut SchedClassifier = self
             .ebpf
             .program_mut(name)
@@ -301,6 +316,7 @@ impl Datapath {
             .test_run(TestRunOptions {
                 data_in: Some(frame),
                 data_out: Some(&mut out),
+                ctx_in: ctx,
                 repeat: 1,
                 ..Default::default()
             })

@@ -35,6 +35,18 @@ fn ip(args: &[&str]) {
     run(Command::new("ip").args(args)).unwrap_or_else(|e| panic!("ip {args:?}: {e}"));
 }
 
+/// The index of interface `name` in the calling thread's namespace.
+pub fn ifindex(name: &str) -> u32 {
+    let name = CString::new(name).expect("no NUL");
+    // SAFETY: a valid C string; the call only reads it.
+    let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
+    assert_ne!(index, 0, "{name:?} has no index");
+    index
+}
+
+/// The other end of the NIC's veth, standing in for a pod interface.
+pub const POD_SIDE: &str = "peer0";
+
 /// Moves the calling thread into a fresh namespace set up as above and
 /// returns the NIC's ifindex.
 pub fn enter() -> u32 {
@@ -44,9 +56,9 @@ pub fn enter() -> u32 {
         panic!("unshare(CLONE_NEWNET): {}", std::io::Error::last_os_error());
     }
     ip(&["link", "set", "lo", "up"]);
-    ip(&["link", "add", NIC, "type", "veth", "peer", "name", "peer0"]);
+    ip(&["link", "add", NIC, "type", "veth", "peer", "name", POD_SIDE]);
     ip(&["link", "set", NIC, "address", &mac(NIC_MAC)]);
-    for dev in [NIC, "peer0"] {
+    for dev in [NIC, POD_SIDE] {
         ip(&["link", "set", dev, "up"]);
     }
     ip(&["addr", "add", &format!("{NODE_ADDR}/24"), "dev", NIC]);
@@ -76,9 +88,5 @@ pub fn enter() -> u32 {
     std::fs::write("/proc/sys/net/ipv4/conf/all/forwarding", "1")
         .and_then(|()| std::fs::write(format!("/proc/sys/net/ipv4/conf/{NIC}/forwarding"), "1"))
         .unwrap_or_else(|e| panic!("enabling forwarding: {e}"));
-    let name = CString::new(NIC).expect("no NUL");
-    // SAFETY: a valid C string; the call only reads it.
-    let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
-    assert_ne!(index, 0, "{NIC} has no index");
-    index
+    ifindex(NIC)
 }

@@ -9,7 +9,7 @@
 use std::net::{Ipv4Addr, SocketAddrV4};
 
 use kxdp_testbed::{
-    datapath::{Datapath, TestBackend, TC_ACT_OK, XDP_DROP, XDP_PASS, XDP_TX},
+    datapath::{Datapath, TestBackend, TC_ACT_REDIRECT, XDP_DROP, XDP_PASS, XDP_TX},
     nic_netns::{self, CLIENT, CLIENT_MAC, NIC_MAC, NODE_ADDR, OTHER_NODE_MAC},
     packet::{self, Packet, L4, PROTO_ICMP},
 };
@@ -80,6 +80,7 @@ fn nodeport_datapath(flags: u32, backends: &[TestBackend]) -> (Datapath, u32) {
 fn nodeport_to_a_local_backend_is_dnated_and_handed_to_the_stack() {
     let backend = sa(LOCAL_POD, 8080);
     let (mut dp, nic) = nodeport_datapath(SERVICE_SNAT_REMOTE, &[(LOCAL_POD, 8080, true)]);
+    let pod_interface = nic_netns::ifindex(nic_netns::POD_SIDE);
     let cases = [
         Packet::tcp(client(40000), nodeport()),
         Packet::udp(client(40001), nodeport()),
@@ -92,17 +93,23 @@ fn nodeport_to_a_local_backend_is_dnated_and_handed_to_the_stack() {
         packet::verify_checksums(&out).unwrap_or_else(|e| panic!("{e}"));
         // Client address kept, destination now the pod; the stack routes it.
         assert_eq!(out, request.clone().with_dst(backend).build());
-        // The pod's answer leaves it through pod_ingress, from the NodePort again.
+        // The pod's answer leaves it through pod_ingress, from the NodePort
+        // again, and goes straight out of the NIC towards the client: the
+        // stack would drop a packet from a pod with the node's address.
         let answer = match request.l4 {
             L4::Tcp { .. } => {
                 Packet::tcp(backend, request.src).tcp_flags(packet::TCP_SYN | packet::TCP_ACK)
             }
             _ => Packet::udp(backend, request.src),
         };
-        let (verdict, out) = dp.run(&answer.build());
-        assert_eq!(verdict, TC_ACT_OK);
+        let (verdict, out) = dp.run_from(&answer.build(), pod_interface);
+        assert_eq!(verdict, TC_ACT_REDIRECT);
         packet::verify_checksums(&out).unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(out, answer.with_src(nodeport()).build());
+        let routed = Packet {
+            ttl: answer.ttl - 1,
+            ..answer
+        };
+        assert_eq!(out, routed.with_src(nodeport()).build());
     }
     assert_eq!(dp.stats(1).packets, 1);
     assert_eq!(dp.stats(2).packets, 2);

@@ -182,6 +182,7 @@ impl Nics {
                 Ok(mode) => {
                     info!(interface = %interface.name, ifindex = interface.index, mode, "attached XDP");
                     self.attached.insert(interface.clone());
+                    accept_local(&interface.name);
                 }
                 Err(e) => {
                     warn!(interface = %interface.name, error = %e, "cannot attach XDP; will retry")
@@ -189,6 +190,19 @@ impl Nics {
             }
         }
         Ok(())
+    }
+}
+
+/// Lets NIC `name` take packets whose source is a node address. The XDP
+/// program hands a translated packet to the stack when the FIB has no
+/// neighbour entry for its next hop yet (the stack then resolves it); SNATed
+/// to this node, or answering from a NodePort, its source is this node's
+/// own address, which the stack drops as spoofed unless `accept_local` is on.
+fn accept_local(name: &str) {
+    let path = format!("/proc/sys/net/ipv4/conf/{name}/accept_local");
+    match fs::write(&path, "1") {
+        Ok(()) => info!(interface = %name, "accept_local on: translated packets the XDP program leaves to the stack come from a node address"),
+        Err(e) => warn!(interface = %name, error = %e, "cannot set accept_local; the first packets towards an unresolved neighbour will be dropped"),
     }
 }
 
