@@ -20,11 +20,17 @@
 use std::{
     ffi::OsStr,
     net::Ipv4Addr,
+    os::fd::AsRawFd,
     path::{Path, PathBuf},
     time::Duration,
 };
 
 use anyhow::{bail, Context as _};
+use aya::{
+    programs::{Xdp, XdpMode},
+    Ebpf,
+};
+use proxy_userspace::ebpf_object::FLOOR_OBJECT;
 
 use crate::{
     agent::{Agent, AgentHost},
@@ -119,6 +125,9 @@ pub struct TwoNode {
     /// The manifest directory node A's agent reads.
     pub manifests: PathBuf,
     peer: PathBuf,
+    /// The pass-everything XDP program on node A's bridge port, attached
+    /// while this lives (see `pass_xdp_on_bridge_port`).
+    _pass_xdp: Option<Ebpf>,
     /// Declared before `bpffs`: processes and veths go before the pins.
     namespaces: Namespaces,
     /// Private bpffs for node A's pins.
@@ -136,7 +145,7 @@ impl TwoNode {
         let node_a = namespaces.add(NodeId::A.name())?;
         let node_b = namespaces.add(NodeId::B.name())?;
         let manifests = std::env::temp_dir().join(format!("{prefix}-manifests"));
-        let topology = Self {
+        let mut topology = Self {
             prefix,
             lan,
             ext,
@@ -145,11 +154,13 @@ impl TwoNode {
             pods: Vec::new(),
             manifests,
             peer: peer_bin(),
+            _pass_xdp: None,
             namespaces,
             bpffs,
         };
         std::fs::create_dir_all(&topology.manifests)?;
         topology.build()?;
+        topology._pass_xdp = Some(topology.pass_xdp_on_bridge_port()?);
         Ok(topology)
     }
 
@@ -182,17 +193,40 @@ impl TwoNode {
             exec_ok(ns, &["ip", "route", "add", &other.pod_cidr(), "via", &via])?;
         }
 
-        // kxdp answers on node A's NIC with XDP_TX (and redirects to it). A
-        // veth hands such frames to its peer only when the peer has NAPI
-        // running, i.e. an XDP program or GRO; without either they are
-        // dropped silently (veth_xdp_xmit). So GRO on the bridge side.
-        let port = self.nic_bridge_port(NodeId::A);
-        exec_ok(lan, &["ethtool", "-K", &port, "gro", "on"])?;
-        let features = exec_ok(lan, &["ethtool", "-k", &port])?;
-        if !String::from_utf8_lossy(&features.stdout).contains("generic-receive-offload: on") {
-            bail!("GRO did not turn on on {port}: XDP_TX from node A would be dropped");
-        }
         Ok(())
+    }
+
+    /// kxdp answers on node A's NIC with XDP_TX (and redirects to it). A
+    /// veth hands such frames to its peer only when the peer runs NAPI (an
+    /// XDP program or GRO), and it wakes the peer's NAPI for them only when
+    /// the peer has an XDP program (veth_xdp_flush): with GRO alone they
+    /// wait, measured here, until the next ordinary packet, up to seconds.
+    /// So the bridge side of node A's NIC gets an XDP program that passes
+    /// everything, as a physical NIC needs none.
+    fn pass_xdp_on_bridge_port(&self) -> anyhow::Result<Ebpf> {
+        let (lan, port) = (self.lan.clone(), self.nic_bridge_port(NodeId::A));
+        std::thread::scope(|scope| {
+            scope
+                .spawn(move || -> anyhow::Result<Ebpf> {
+                    // Only this thread moves into the LAN's namespace.
+                    let netns = std::fs::File::open(format!("/run/netns/{lan}"))?;
+                    // SAFETY: a valid namespace fd; affects this thread only.
+                    if unsafe { libc::setns(netns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                        bail!("setns {lan}: {}", std::io::Error::last_os_error());
+                    }
+                    let mut ebpf = Ebpf::load(FLOOR_OBJECT)?;
+                    let pass: &mut Xdp = ebpf
+                        .program_mut("floor_xdp")
+                        .context("floor_xdp")?
+                        .try_into()?;
+                    pass.load()?;
+                    pass.attach(&port, XdpMode::Driver)
+                        .with_context(|| format!("XDP on {port}"))?;
+                    Ok(ebpf)
+                })
+                .join()
+                .map_err(|_| anyhow::anyhow!("the XDP attach thread panicked"))?
+        })
     }
 
     /// Gives `netns` an `eth0` holding `ip`/24, plugged into `br0`.
@@ -361,6 +395,13 @@ impl TwoNode {
             &self.peer,
             &["udp-query", target, payload, &timeout_ms],
         )
+    }
+
+    /// One datagram from `ext` on a connected socket: "answered", "refused"
+    /// (an ICMP port unreachable came back), or an error on silence.
+    pub fn ext_udp_probe(&self, target: &str) -> Result<String, String> {
+        let timeout_ms = ANSWER.as_millis().to_string();
+        self.run_in(&self.ext, &self.peer, &["udp-probe", target, &timeout_ms])
     }
 
     /// Writes (or replaces) manifest `file` for node A's agent, atomically.

@@ -120,11 +120,15 @@ fn ext_nodes_and_pods_reach_each_other_and_nothing_outlives_the_topology() {
     assert!(t.ext_http_get_within(&lb, Duration::from_secs(2)).is_err());
     assert!(refused.elapsed() < Duration::from_secs(3));
 
-    // What XDP tests rely on: GRO on node A's bridge port, rp_filter off in
-    // the nodes, checksum offloads off on every veth end.
+    // What XDP tests rely on: an XDP program on node A's bridge port (so
+    // XDP_TX frames are delivered at once), rp_filter off in the nodes,
+    // checksum offloads off on every veth end.
     let port = t.nic_bridge_port(NodeId::A);
-    let features = exec_ok(&t.lan, &["ethtool", "-k", &port]).unwrap();
-    assert!(String::from_utf8_lossy(&features.stdout).contains("generic-receive-offload: on"));
+    let link = exec_ok(&t.lan, &["ip", "-d", "link", "show", &port]).unwrap();
+    assert!(
+        String::from_utf8_lossy(&link.stdout).contains("prog/xdp"),
+        "no XDP program on {port}"
+    );
     for node in [NodeId::A, NodeId::B] {
         for conf in ["all", "default", "eth0"] {
             let key = format!("net.ipv4.conf.{conf}.rp_filter");

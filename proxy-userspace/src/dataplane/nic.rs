@@ -201,8 +201,12 @@ impl Nics {
 fn accept_local(name: &str) {
     let path = format!("/proc/sys/net/ipv4/conf/{name}/accept_local");
     match fs::write(&path, "1") {
-        Ok(()) => info!(interface = %name, "accept_local on: translated packets the XDP program leaves to the stack come from a node address"),
-        Err(e) => warn!(interface = %name, error = %e, "cannot set accept_local; the first packets towards an unresolved neighbour will be dropped"),
+        Ok(()) => {
+            info!(interface = %name, "accept_local on: translated packets the XDP program leaves to the stack come from a node address")
+        }
+        Err(e) => {
+            warn!(interface = %name, error = %e, "cannot set accept_local; the first packets towards an unresolved neighbour will be dropped")
+        }
     }
 }
 

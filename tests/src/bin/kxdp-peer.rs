@@ -8,6 +8,7 @@
 //!   kxdp-peer sink --tcp PORT
 //!   kxdp-peer stream ADDR:PORT DURATION_MS
 //!   kxdp-peer udp-query ADDR:PORT PAYLOAD [TIMEOUT_MS]
+//!   kxdp-peer udp-probe ADDR:PORT TIMEOUT_MS
 //!   kxdp-peer conn-rate ADDR:PORT DURATION_MS CONCURRENCY
 //!   kxdp-peer echo-lines --name NAME --tcp PORT
 //!   kxdp-peer chat ADDR:PORT COUNT INTERVAL_MS
@@ -79,6 +80,23 @@ fn udp_query(target: SocketAddr, payload: &str, timeout: Duration) -> anyhow::Re
     let mut buf = [0u8; 2048];
     let (n, from) = socket.recv_from(&mut buf).context("no UDP reply")?;
     println!("from={from} {}", String::from_utf8_lossy(&buf[..n]));
+    Ok(())
+}
+
+/// Sends one datagram from a connected socket, on which Linux reports an
+/// ICMP port unreachable as ECONNREFUSED: prints "answered" or "refused",
+/// fails on silence.
+fn udp_probe(target: SocketAddr, timeout: Duration) -> anyhow::Result<()> {
+    let socket = UdpSocket::bind("0.0.0.0:0")?;
+    socket.set_read_timeout(Some(timeout))?;
+    socket.connect(target)?;
+    socket.send(b"probe")?;
+    let mut buf = [0u8; 2048];
+    match socket.recv(&mut buf) {
+        Ok(_) => println!("answered"),
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => println!("refused"),
+        Err(e) => return Err(e).context("no UDP reply and no ICMP error"),
+    }
     Ok(())
 }
 
@@ -303,6 +321,9 @@ fn main() -> anyhow::Result<()> {
         (Some("udp-query"), Some(target), Some(payload), timeout, ..) => {
             let timeout = Duration::from_millis(timeout.unwrap_or("2000").parse()?);
             udp_query(target.parse()?, payload, timeout)
+        }
+        (Some("udp-probe"), Some(target), Some(timeout), ..) => {
+            udp_probe(target.parse()?, Duration::from_millis(timeout.parse()?))
         }
         (Some("conn-rate"), Some(target), Some(duration_ms), Some(concurrency), ..) => {
             let concurrency: usize = concurrency.parse()?;
