@@ -363,7 +363,8 @@ mod tests {
         let outcome = pipeline
             .set_node_facts(facts("192.168.1.10"), &mut store)
             .unwrap();
-        assert_eq!(outcome.frontends_touched, 1);
+        // The node port from outside, and from pods.
+        assert_eq!(outcome.frontends_touched, 2);
         let node_keys = |maps: &MapContents| -> Vec<String> {
             maps.services
                 .keys()

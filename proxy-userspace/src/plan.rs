@@ -122,6 +122,9 @@ enum Via<'a> {
     ExternalFromPod,
     External(&'a ExternalAddr),
     NodePort,
+    /// A node address and node port, from a pod: every endpoint, as for
+    /// external addresses.
+    NodePortFromPod,
 }
 
 fn pod_key(addr: Ipv4Addr, port: u16, protocol: Protocol) -> FrontendKey {
@@ -148,8 +151,8 @@ fn node_port(port: &ServicePortModel, node: &NodeFacts) -> Option<u16> {
 }
 
 /// The frontends one Service claims: each cluster IP and external address ×
-/// each port from pods; each external address × each port and each node
-/// address × each node port from outside.
+/// each port, and each node address × each node port, from pods and (but
+/// the cluster IPs) from outside.
 fn keys_of(service: &ServiceModel, node: &NodeFacts) -> BTreeSet<FrontendKey> {
     let mut keys = BTreeSet::new();
     for port in &service.ports {
@@ -163,6 +166,7 @@ fn keys_of(service: &ServiceModel, node: &NodeFacts) -> BTreeSet<FrontendKey> {
         }
         if let Some(node_port) = node_port(port, node) {
             for addr in &node.addresses {
+                keys.insert(pod_key(*addr, node_port, protocol));
                 keys.insert(node_key(*addr, node_port, protocol));
             }
         }
@@ -211,17 +215,30 @@ fn route<'a>(
         FrontendScope::Pod if service.cluster_ips.contains(&key.addr) => {
             Some((service_port?, Via::ClusterIp))
         }
-        FrontendScope::Pod => external.and(Some((service_port?, Via::ExternalFromPod))),
+        FrontendScope::Pod => match (external, service_port) {
+            (Some(_), Some(port)) => Some((port, Via::ExternalFromPod)),
+            _ => node_port_of(service, key, node).map(|p| (p, Via::NodePortFromPod)),
+        },
         FrontendScope::Node => match (external, service_port) {
             (Some(external), Some(port)) => Some((port, Via::External(external))),
-            _ if node.addresses.contains(&key.addr) => service
-                .ports
-                .iter()
-                .find(|p| node_port(p, node) == Some(key.port) && p.protocol == key.protocol)
-                .map(|p| (p, Via::NodePort)),
-            _ => None,
+            _ => node_port_of(service, key, node).map(|p| (p, Via::NodePort)),
         },
     }
+}
+
+/// The port of `service` whose node port `key` names on a node address.
+fn node_port_of<'a>(
+    service: &'a ServiceModel,
+    key: &FrontendKey,
+    node: &NodeFacts,
+) -> Option<&'a ServicePortModel> {
+    if !node.addresses.contains(&key.addr) {
+        return None;
+    }
+    service
+        .ports
+        .iter()
+        .find(|p| node_port(p, node) == Some(key.port) && p.protocol == key.protocol)
 }
 
 /// Only the local backends under a `Local` traffic policy, all otherwise.
@@ -336,7 +353,7 @@ impl Plan {
         let (port, via) = route(service, key, &self.node)?;
         let (backends, empty_drop) = match via {
             Via::ClusterIp => policy_backends(&port.backends, service.internal_policy_local),
-            Via::ExternalFromPod => (port.backends.clone(), false),
+            Via::ExternalFromPod | Via::NodePortFromPod => (port.backends.clone(), false),
             Via::External(_) | Via::NodePort => {
                 policy_backends(&port.backends, service.external_policy_local)
             }
@@ -683,9 +700,16 @@ mod tests {
             node("198.51.100.7", 81),
             node(NODE_A, 30080),
             node(NODE_B, 30080),
+            // Pods reach node ports on node addresses too.
+            key(NODE_A, 30080, Protocol::Tcp),
+            key(NODE_B, 30080, Protocol::Tcp),
         ]
         .into();
         assert_eq!(keys, expected, "no node frontend for nodePort 40000");
+        // From a pod, a node port uses every endpoint whatever the policy.
+        let from_pod = plan.frontend(&key(NODE_A, 30080, Protocol::Tcp)).unwrap();
+        assert!(!from_pod.snat_remote && !from_pod.empty_drop);
+        assert_eq!(from_pod.source_ranges, None);
         assert_eq!(change.frontends, expected);
         assert_eq!(change.rejections.len(), 1, "{:?}", change.rejections);
         let rejection = &change.rejections[0];
@@ -783,7 +807,12 @@ mod tests {
         plan.set_node_facts(node_facts(&[NODE_B]), &mut change);
         assert_eq!(
             change.frontends.into_iter().collect::<Vec<_>>(),
-            [node(NODE_A, 30080), node(NODE_B, 30080)]
+            [
+                key(NODE_A, 30080, Protocol::Tcp),
+                node(NODE_A, 30080),
+                key(NODE_B, 30080, Protocol::Tcp),
+                node(NODE_B, 30080)
+            ]
         );
         assert!(plan.frontend(&node(NODE_A, 30080)).is_none());
         assert!(plan.frontend(&node(NODE_B, 30080)).is_some());

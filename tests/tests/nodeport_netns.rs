@@ -29,11 +29,13 @@ fn node_a() -> Ipv4Addr {
     NodeId::A.nic_ip()
 }
 
-/// A topology with pod `a1` on node A and `b1` on node B.
+/// A topology with pod `a1` on node A and `b1` on node B, the Services'
+/// backends, and `c1` on node A, a client.
 fn topology() -> TwoNode {
     let mut t = TwoNode::new().expect("two-node topology");
     t.add_pod(NodeId::A, "a1", 2).unwrap();
     t.add_pod(NodeId::B, "b1", 2).unwrap();
+    t.add_pod(NodeId::A, "c1", 3).unwrap();
     t
 }
 
@@ -119,12 +121,22 @@ fn nodeport_with_policy_cluster_reaches_local_and_remote_backends() {
     t.write_manifest("slice.yaml", &slice("web", &[a1(&t), b1(&t)]))
         .unwrap();
     let _agent = start_agent(&t);
-    let seen = answers(&t, &format!("{}:{WEB_NODE_PORT}", node_a()), 30);
+    let target = format!("{}:{WEB_NODE_PORT}", node_a());
+    let seen = answers(&t, &target, 30);
     // The local pod sees the client itself; the remote one sees node A,
     // which SNATed the flow so the reply comes back through it.
     assert_eq!(
         seen,
         BTreeSet::from([("a1".into(), EXT_IP), ("b1".into(), node_a())]),
+    );
+    // A pod on node A reaches the node port too, as itself, on either node.
+    let client = t.pod("c1");
+    let from_pod: BTreeSet<(String, Ipv4Addr)> = (0..20)
+        .map(|_| parse_answer(&t.curl(&client.netns, &target, WAIT).unwrap()))
+        .collect();
+    assert_eq!(
+        from_pod,
+        BTreeSet::from([("a1".into(), client.ip), ("b1".into(), client.ip)]),
     );
 }
 
