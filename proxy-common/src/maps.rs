@@ -143,6 +143,17 @@ pub const CT_SNAT: u8 = 1;
 /// address) and the backend is a local pod: its reply gets the frontend
 /// back as source where it leaves the pod (`pod_ingress`).
 pub const CT_FROM_NIC: u8 = 2;
+/// `CtEntry::flags`: a FIN or RST of this SNATed TCP flow was seen; its
+/// SNAT port may be reused soon ([`SNAT_CLOSED_REUSE_S`]).
+pub const CT_CLOSING: u8 = 4;
+
+/// Seconds without a packet after which a SNATed flow's port may be handed
+/// to a new flow that needs it: UDP, TCP, and TCP after a FIN or RST. Ports
+/// are reclaimed only on demand, so an idle flow keeps its port as long as
+/// nobody needs it.
+pub const SNAT_UDP_REUSE_S: u32 = 60;
+pub const SNAT_TCP_REUSE_S: u32 = 3_600;
+pub const SNAT_CLOSED_REUSE_S: u32 = 10;
 
 map_type! {
     /// `conntrack` value: how to translate the packet matching the key.
@@ -162,6 +173,9 @@ map_type! {
         pub snat_addr: u32,
         pub snat_port: u16,
         pub _pad: u16,
+        /// With [`CT_SNAT`]: when a packet of this direction last passed,
+        /// in seconds of the kernel's coarse monotonic clock.
+        pub last_seen: u32,
     }
 }
 

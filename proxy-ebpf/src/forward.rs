@@ -19,7 +19,7 @@ use aya_ebpf::{
 };
 
 use crate::{
-    csum,
+    csum, lookup,
     parse::{ptr_at_mut, Ipv4Flow, Ipv4Hdr},
 };
 
@@ -27,20 +27,20 @@ const AF_INET: u8 = 2;
 
 /// Asks the FIB where a packet of `flow` from `src` to `dst`, arriving on
 /// `ifindex`, goes: (return code, params holding the egress interface and,
-/// on success, the MAC addresses).
+/// on success, the MAC addresses). A non-zero `tot_len` has the FIB check
+/// it against the egress MTU.
 #[inline(always)]
 fn fib_lookup(
     ctx: &impl EbpfContext,
-    flow: &Ipv4Flow,
     ifindex: u32,
-    tos: u8,
+    (proto, tot_len, tos): (u8, u16, u8),
     (src, dst): (u32, u32),
 ) -> (i64, FibParams) {
     // SAFETY: an all-zero bpf_fib_lookup is a valid request to fill in.
     let mut params: FibParams = unsafe { core::mem::zeroed() };
     params.family = AF_INET;
-    params.l4_protocol = flow.proto;
-    params.__bindgen_anon_1.tot_len = flow.ip_len;
+    params.l4_protocol = proto;
+    params.__bindgen_anon_1.tot_len = tot_len;
     params.ifindex = ifindex;
     params.__bindgen_anon_2.tos = tos;
     params.__bindgen_anon_3.ipv4_src = src;
@@ -91,9 +91,13 @@ pub fn xdp_forward(ctx: &XdpContext, flow: &Ipv4Flow, src: u32, dst: u32) -> u32
     let ingress = ctx.ingress_ifindex() as u32;
     // SAFETY: bounds-checked above.
     let tos = unsafe { (*ip).tos };
-    let (rc, params) = fib_lookup(ctx, flow, ingress, tos, (src, dst));
-    if rc != BPF_FIB_LKUP_RET_SUCCESS as i64 || !decrement_ttl(ip) {
-        // No route or no neighbour entry yet, or TTL spent: the stack knows what to do.
+    let (rc, params) = fib_lookup(ctx, ingress, (flow.proto, flow.ip_len, tos), (src, dst));
+    // Another interface takes XDP frames only if it is one of ours (a NIC
+    // with the program attached); a tunnel or bridge would drop them.
+    let egress_ok = params.ifindex == ingress || lookup::nic_address(params.ifindex).is_some();
+    if rc != BPF_FIB_LKUP_RET_SUCCESS as i64 || !egress_ok || !decrement_ttl(ip) {
+        // No route or no neighbour entry yet, an egress XDP cannot use, or
+        // TTL spent: the stack knows what to do.
         return xdp_action::XDP_PASS;
     }
     // SAFETY: bounds-checked above; the FIB filled both addresses.
@@ -116,7 +120,9 @@ pub fn tc_forward(ctx: &TcContext, flow: &Ipv4Flow, src: u32, dst: u32) -> i32 {
     };
     // SAFETY: bounds-checked above; reading our own skb's fields.
     let (tos, ingress) = unsafe { ((*ip).tos, (*ctx.skb.skb).ingress_ifindex) };
-    let (rc, params) = fib_lookup(ctx, flow, ingress, tos, (src, dst));
+    // tot_len 0: the FIB checks the MTU against the skb itself, which knows
+    // about GSO (a pod's 64 KB TCP segment is fine, an explicit length not).
+    let (rc, params) = fib_lookup(ctx, ingress, (flow.proto, 0, tos), (src, dst));
     let routed = rc == BPF_FIB_LKUP_RET_SUCCESS as i64 || rc == BPF_FIB_LKUP_RET_NO_NEIGH as i64;
     if !routed || !decrement_ttl(ip) {
         return TC_ACT_OK;

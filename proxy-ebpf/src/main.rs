@@ -20,4 +20,5 @@ mod pod_egress;
 mod pod_ingress;
 mod reject;
 mod select;
+mod snat;
 mod stats;

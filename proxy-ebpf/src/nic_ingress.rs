@@ -8,14 +8,15 @@
 
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
 use proxy_common::maps::{
-    drop_reason, ServiceValue, BACKEND_LOCAL, CT_FROM_NIC, CT_SNAT, PROTO_UDP, SERVICE_EMPTY_DROP,
-    SERVICE_SNAT_REMOTE, SERVICE_SOURCE_RANGES, SNAT_PORT_MIN,
+    drop_reason, ServiceValue, BACKEND_LOCAL, CT_CLOSING, CT_FORWARD, CT_FROM_NIC, CT_REPLY,
+    CT_SNAT, PROTO_UDP, SERVICE_EMPTY_DROP, SERVICE_SNAT_REMOTE, SERVICE_SOURCE_RANGES,
+    SNAT_PORT_MIN,
 };
 
 use crate::{
     conntrack, forward, lookup, nat,
     parse::{self, Ipv4Flow},
-    reject, select, stats,
+    reject, select, snat, stats,
 };
 
 #[xdp]
@@ -31,12 +32,17 @@ fn translate(ctx: &XdpContext) -> Result<u32, u32> {
     };
     // Only SNATed replies use these ports: other traffic skips the lookup.
     if u16::from_be(flow.dst_port) >= SNAT_PORT_MIN {
-        if let Some(entry) = conntrack::lookup_reply(&flow).filter(|e| e.flags & CT_SNAT != 0) {
-            // From the frontend the client contacted, to the client.
-            let frontend = (entry.nat_addr, entry.nat_port);
-            let client = (entry.snat_addr, entry.snat_port);
-            nat::xdp_translate(ctx, &flow, frontend, client)?;
-            return Ok(forward::xdp_forward(ctx, &flow, frontend.0, client.0));
+        if let Some(reply) = conntrack::entry_mut(&flow, CT_REPLY) {
+            // SAFETY: a map value pointer, valid for this program run.
+            let entry = unsafe { *reply };
+            if entry.flags & CT_SNAT != 0 {
+                snat::touch(reply, &flow);
+                // From the frontend the client contacted, to the client.
+                let frontend = (entry.nat_addr, entry.nat_port);
+                let client = (entry.snat_addr, entry.snat_port);
+                nat::xdp_translate(ctx, &flow, frontend, client)?;
+                return Ok(forward::xdp_forward(ctx, &flow, frontend.0, client.0));
+            }
         }
     }
     let Some(service) = lookup::node_service(&flow) else {
@@ -48,13 +54,25 @@ fn translate(ctx: &XdpContext) -> Result<u32, u32> {
         return Err(drop_reason::SOURCE_RANGE);
     }
     // A SYN or a UDP datagram may reuse an entry only while its backend
-    // exists; later TCP segments trust conntrack.
-    let opening = flow.proto == PROTO_UDP
-        || flow.tcp_flags & (parse::TCP_SYN | parse::TCP_ACK) == parse::TCP_SYN;
-    let existing =
-        conntrack::lookup_forward(&flow).filter(|e| !opening || select::backend_still_exists(e));
+    // exists, and a SYN not one whose connection was closing (its SNAT port
+    // may be handed on); later TCP segments trust conntrack.
+    let syn = flow.tcp_flags & (parse::TCP_SYN | parse::TCP_ACK) == parse::TCP_SYN;
+    let opening = flow.proto == PROTO_UDP || syn;
+    let existing = conntrack::entry_mut(&flow, CT_FORWARD).filter(|&e| {
+        // SAFETY: a map value pointer, valid for this program run.
+        let entry = unsafe { &*e };
+        let reusable = !opening || select::backend_still_exists(entry);
+        reusable && !(syn && entry.flags & CT_CLOSING != 0)
+    });
     let entry = match existing {
-        Some(entry) => entry,
+        Some(forward) => {
+            // SAFETY: a map value pointer, valid for this program run.
+            let entry = unsafe { *forward };
+            if entry.flags & CT_SNAT != 0 {
+                snat::touch(forward, &flow);
+            }
+            entry
+        }
         None if service.slot_count == 0 => return no_backend(ctx, &flow, &service),
         None => {
             let chosen = select::select_backend(&service, &flow)?;
@@ -62,7 +80,7 @@ fn translate(ctx: &XdpContext) -> Result<u32, u32> {
             if remote && service.flags & SERVICE_SNAT_REMOTE != 0 {
                 let node_addr = lookup::nic_address(ctx.ingress_ifindex() as u32)
                     .ok_or(drop_reason::NO_SNAT_ADDRESS)?;
-                conntrack::create_snat(&flow, service.id, &chosen, node_addr)?
+                snat::create(&flow, service.id, &chosen, node_addr)?
             } else {
                 conntrack::create(&flow, service.id, &chosen, CT_FROM_NIC)?
             }

@@ -21,11 +21,9 @@ use proxy_common::{
 };
 
 use crate::{
-    parse::{ptr_at_mut, Frame, Ipv4Flow, ETH_HLEN},
+    parse::{ptr_at_mut, Frame, Ipv4Flow, ETH_HLEN, TCP_RST},
     stats,
 };
-
-const TCP_RST: u8 = 0x04;
 
 /// What the request becomes.
 enum Answer {

@@ -90,3 +90,45 @@ pub fn enter() -> u32 {
         .unwrap_or_else(|e| panic!("enabling forwarding: {e}"));
     ifindex(NIC)
 }
+
+/// A second interface (a veth, up, 192.168.51.1/24) whose neighbour
+/// 192.168.51.2 routes `BEHIND_SECOND_NIC`; returns its ifindex.
+pub fn add_second_nic() -> u32 {
+    ip(&[
+        "link", "add", SECOND_NIC, "type", "veth", "peer", "name", "peer1",
+    ]);
+    for dev in [SECOND_NIC, "peer1"] {
+        ip(&["link", "set", dev, "up"]);
+    }
+    ip(&["addr", "add", "192.168.51.1/24", "dev", SECOND_NIC]);
+    ip(&[
+        "neigh",
+        "replace",
+        "192.168.51.2",
+        "lladdr",
+        "02:00:00:00:00:d2",
+        "dev",
+        SECOND_NIC,
+        "nud",
+        "permanent",
+    ]);
+    ip(&[
+        "route",
+        "add",
+        BEHIND_SECOND_NIC,
+        "via",
+        "192.168.51.2",
+        "dev",
+        SECOND_NIC,
+    ]);
+    std::fs::write(
+        format!("/proc/sys/net/ipv4/conf/{SECOND_NIC}/forwarding"),
+        "1",
+    )
+    .unwrap_or_else(|e| panic!("enabling forwarding: {e}"));
+    ifindex(SECOND_NIC)
+}
+
+/// See [`add_second_nic`].
+pub const SECOND_NIC: &str = "nic1";
+pub const BEHIND_SECOND_NIC: &str = "10.1.3.0/24";

@@ -9,14 +9,14 @@
 use std::net::{Ipv4Addr, SocketAddrV4};
 
 use kxdp_testbed::{
-    datapath::{Datapath, TestBackend, TC_ACT_REDIRECT, XDP_DROP, XDP_PASS, XDP_TX},
+    datapath::{Datapath, TestBackend, TC_ACT_REDIRECT, XDP_DROP, XDP_PASS, XDP_REDIRECT, XDP_TX},
     nic_netns::{self, CLIENT, CLIENT_MAC, NIC_MAC, NODE_ADDR, OTHER_NODE_MAC},
     packet::{self, Packet, L4, PROTO_ICMP},
 };
 use proxy_common::maps::{
-    addr_to_net, drop_reason, port_to_net, verdict, ServiceKey, CT_SNAT, PROTO_TCP, PROTO_UDP,
-    SCOPE_CLUSTER_IP, SCOPE_NODE, SERVICE_EMPTY_DROP, SERVICE_SNAT_REMOTE, SERVICE_SOURCE_RANGES,
-    SNAT_PORT_MAX, SNAT_PORT_MIN,
+    addr_to_net, drop_reason, port_to_net, verdict, CtEntry, FlowKey, ServiceKey, CT_CLOSING,
+    CT_FORWARD, CT_REPLY, CT_SNAT, PROTO_TCP, PROTO_UDP, SCOPE_CLUSTER_IP, SCOPE_NODE,
+    SERVICE_EMPTY_DROP, SERVICE_SNAT_REMOTE, SERVICE_SOURCE_RANGES, SNAT_PORT_MAX, SNAT_PORT_MIN,
 };
 
 const NODE_PORT: u16 = 30080;
@@ -319,4 +319,248 @@ fn traffic_that_is_not_for_a_node_frontend_passes_untouched() {
         assert_eq!(dp.run_nic(&input, nic), (XDP_PASS, input), "{name}");
     }
     assert!(dp.conntrack().is_empty());
+}
+
+/// Seconds of CLOCK_MONOTONIC_COARSE, the clock the datapath stamps with.
+fn now_s() -> u32 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: a valid timespec to fill.
+    assert_eq!(
+        unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) },
+        0
+    );
+    ts.tv_sec as u32
+}
+
+fn flow_key(src: SocketAddrV4, dst: SocketAddrV4, proto: u8) -> FlowKey {
+    FlowKey {
+        src_addr: addr_to_net(*src.ip()),
+        dst_addr: addr_to_net(*dst.ip()),
+        src_port: port_to_net(src.port()),
+        dst_port: port_to_net(dst.port()),
+        proto,
+        _pad: [0; 3],
+    }
+}
+
+/// How the flows holding every SNAT port towards one backend look.
+#[derive(Clone, Copy)]
+struct Holders {
+    /// Seconds since their last packet.
+    idle: u32,
+    /// `CT_CLOSING` on their forward entries.
+    closing: bool,
+    /// Whether their forward entries still exist.
+    forward: bool,
+}
+
+/// Occupies every SNAT port of (backend, node address, `proto`) with flows
+/// of other clients to the NodePort, as the datapath would have made them.
+fn hold_every_snat_port(dp: &mut Datapath, backend: SocketAddrV4, proto: u8, holders: Holders) {
+    let last_seen = now_s() - holders.idle;
+    for port in SNAT_PORT_MIN..=SNAT_PORT_MAX {
+        let client = sa(Ipv4Addr::new(172, 16, (port >> 8) as u8, port as u8), 40000);
+        let node = sa(NODE_ADDR, port);
+        let entry = |direction, nat: SocketAddrV4, snat: SocketAddrV4, flags| CtEntry {
+            nat_addr: addr_to_net(*nat.ip()),
+            nat_port: port_to_net(nat.port()),
+            direction,
+            flags: CT_SNAT | flags,
+            service_id: 1,
+            backend_id: Datapath::backend_id(1, 0),
+            snat_addr: addr_to_net(*snat.ip()),
+            snat_port: port_to_net(snat.port()),
+            last_seen,
+            ..CtEntry::default()
+        };
+        let reply = entry(CT_REPLY, nodeport(), client, 0);
+        dp.insert_conntrack(flow_key(backend, node, proto), reply);
+        if holders.forward {
+            let closing = if holders.closing { CT_CLOSING } else { 0 };
+            let forward = entry(CT_FORWARD, backend, node, closing);
+            dp.insert_conntrack(flow_key(client, nodeport(), proto), forward);
+        }
+    }
+}
+
+#[test]
+fn snat_ports_of_live_flows_are_never_taken_over() {
+    let backend = sa(REMOTE_POD, 8080);
+    for (proto, holders) in [
+        (
+            PROTO_TCP,
+            Holders {
+                idle: 5,
+                closing: false,
+                forward: true,
+            },
+        ),
+        (
+            PROTO_TCP,
+            Holders {
+                idle: 3,
+                closing: true,
+                forward: true,
+            },
+        ),
+        (
+            PROTO_UDP,
+            Holders {
+                idle: 30,
+                closing: false,
+                forward: true,
+            },
+        ),
+    ] {
+        let (mut dp, nic) = nodeport_datapath(SERVICE_SNAT_REMOTE, &[(REMOTE_POD, 8080, false)]);
+        hold_every_snat_port(&mut dp, backend, proto, holders);
+        let entries = dp.conntrack_len();
+        let request = if proto == PROTO_TCP {
+            Packet::tcp(client(40000), nodeport())
+        } else {
+            Packet::udp(client(40000), nodeport())
+        };
+        let (verdict, _) = dp.run_nic(&from_client(request).build(), nic);
+        assert_eq!(verdict, XDP_DROP, "proto {proto}");
+        assert_eq!(dp.drops(drop_reason::SNAT_PORTS_EXHAUSTED), 1);
+        assert_eq!(dp.conntrack_len(), entries, "nothing taken over");
+    }
+}
+
+#[test]
+fn snat_ports_of_gone_closed_or_idle_flows_are_taken_over() {
+    let backend = sa(REMOTE_POD, 8080);
+    for (name, proto, holders) in [
+        (
+            "forward entries gone",
+            PROTO_TCP,
+            Holders {
+                idle: 0,
+                closing: false,
+                forward: false,
+            },
+        ),
+        (
+            "closed 20 s ago",
+            PROTO_TCP,
+            Holders {
+                idle: 20,
+                closing: true,
+                forward: true,
+            },
+        ),
+        (
+            "TCP idle for 2 h",
+            PROTO_TCP,
+            Holders {
+                idle: 7200,
+                closing: false,
+                forward: true,
+            },
+        ),
+        (
+            "UDP idle for 90 s",
+            PROTO_UDP,
+            Holders {
+                idle: 90,
+                closing: false,
+                forward: true,
+            },
+        ),
+    ] {
+        let (mut dp, nic) = nodeport_datapath(SERVICE_SNAT_REMOTE, &[(REMOTE_POD, 8080, false)]);
+        hold_every_snat_port(&mut dp, backend, proto, holders);
+        let entries = dp.conntrack_len();
+        let request = if proto == PROTO_TCP {
+            Packet::tcp(client(40000), nodeport())
+        } else {
+            Packet::udp(client(40000), nodeport())
+        };
+        let (verdict, out) = dp.run_nic(&from_client(request).build(), nic);
+        assert_eq!(verdict, XDP_TX, "{name}");
+        let port = packet::src(&out).port();
+        // The old holder's forward entry went with its port, so its next
+        // packet opens a flow of its own instead of sharing this one.
+        let old_client = sa(Ipv4Addr::new(172, 16, (port >> 8) as u8, port as u8), 40000);
+        let entries_now: std::collections::BTreeMap<FlowKey, CtEntry> =
+            dp.conntrack().into_iter().collect();
+        assert!(
+            !entries_now.contains_key(&flow_key(old_client, nodeport(), proto)),
+            "{name}"
+        );
+        let reply = &entries_now[&flow_key(backend, sa(NODE_ADDR, port), proto)];
+        assert_eq!(
+            reply.snat_addr,
+            addr_to_net(CLIENT),
+            "{name}: the port is ours now"
+        );
+        // Our forward entry replaces the holder's, our reply entry its reply.
+        let added = usize::from(!holders.forward);
+        assert_eq!(dp.conntrack_len(), entries + added, "{name}");
+    }
+}
+
+#[test]
+fn snated_flows_record_their_packets_and_their_end() {
+    let backend = sa(REMOTE_POD, 8080);
+    let (mut dp, nic) = nodeport_datapath(SERVICE_SNAT_REMOTE, &[(REMOTE_POD, 8080, false)]);
+    let syn = from_client(Packet::tcp(client(40000), nodeport()));
+    let (_, out) = dp.run_nic(&syn.build(), nic);
+    let port = packet::src(&out).port();
+    let entry = |dp: &mut Datapath, key: FlowKey| {
+        dp.conntrack()
+            .into_iter()
+            .find(|(k, _)| *k == key)
+            .map(|(_, e)| e)
+            .expect("entry")
+    };
+    let forward_key = flow_key(client(40000), nodeport(), PROTO_TCP);
+    let reply_key = flow_key(backend, sa(NODE_ADDR, port), PROTO_TCP);
+    // Stamped at creation, both directions.
+    for key in [forward_key, reply_key] {
+        let e = entry(&mut dp, key);
+        assert!(now_s() - e.last_seen <= 1, "{e:?}");
+        assert_eq!(e.flags, CT_SNAT);
+    }
+    // Age both, then a reply refreshes its own entry.
+    let mut aged = entry(&mut dp, reply_key);
+    aged.last_seen -= 100;
+    dp.insert_conntrack(reply_key, aged);
+    let answer =
+        Packet::tcp(backend, sa(NODE_ADDR, port)).tcp_flags(packet::TCP_SYN | packet::TCP_ACK);
+    dp.run_nic(&answer.build(), nic);
+    assert!(now_s() - entry(&mut dp, reply_key).last_seen <= 1);
+    // The client's FIN marks its entry closing...
+    let fin = from_client(Packet::tcp(client(40000), nodeport()).tcp_flags(0x11));
+    assert_eq!(dp.run_nic(&fin.build(), nic).0, XDP_TX);
+    assert_eq!(entry(&mut dp, forward_key).flags, CT_SNAT | CT_CLOSING);
+    // ...and a new connection on the same tuple is a new flow, on another
+    // port: the closing one may still see its last packets.
+    let (verdict, out) = dp.run_nic(&syn.build(), nic);
+    assert_eq!(verdict, XDP_TX);
+    assert_ne!(packet::src(&out).port(), port);
+    assert_eq!(entry(&mut dp, forward_key).flags, CT_SNAT);
+}
+
+#[test]
+fn a_remote_backend_behind_another_interface_is_redirected_only_to_a_nic_of_ours() {
+    let behind = Ipv4Addr::new(10, 1, 3, 2);
+    let (mut dp, nic) = nodeport_datapath(SERVICE_SNAT_REMOTE, &[(behind, 8080, false)]);
+    let second = nic_netns::add_second_nic();
+    let request = from_client(Packet::tcp(client(40000), nodeport()));
+    // Not one of ours (a tunnel or bridge would drop XDP frames): the stack
+    // forwards the translated packet.
+    let (verdict, out) = dp.run_nic(&request.build(), nic);
+    assert_eq!(verdict, XDP_PASS);
+    assert_eq!(packet::dst(&out), sa(behind, 8080));
+    // One of ours: redirected from the driver.
+    dp.clear_conntrack();
+    dp.set_nic_addr(second, Ipv4Addr::new(192, 168, 51, 1));
+    let (verdict, out) = dp.run_nic(&request.build(), nic);
+    assert_eq!(verdict, XDP_REDIRECT);
+    assert_eq!(packet::dst(&out), sa(behind, 8080));
+    assert_eq!(out[0..6], [0x02, 0, 0, 0, 0, 0xd2], "the next hop's MAC");
 }

@@ -1,0 +1,167 @@
+//! SNAT for flows the NIC program sends to a backend on another node: the
+//! source becomes this node's address and a port from 61000–65535, claimed
+//! per (backend, node address, protocol) by inserting the reply entry with
+//! BPF_NOEXIST. Ports come back on demand: a port whose flow is gone (its
+//! forward entry lost or moved on), closed (FIN/RST seen, then quiet for a
+//! few seconds) or idle past its protocol's limit is taken over by the new
+//! flow that needs it; every packet of a SNATed flow records when it passed.
+
+use aya_ebpf::{
+    bindings::{BPF_ANY, BPF_NOEXIST},
+    helpers::generated::bpf_ktime_get_coarse_ns,
+};
+use proxy_common::maps::{
+    drop_reason, CtEntry, FlowKey, CT_CLOSING, CT_FORWARD, CT_REPLY, CT_SNAT, PROTO_UDP,
+    SNAT_CLOSED_REUSE_S, SNAT_PORT_MAX, SNAT_PORT_MIN, SNAT_TCP_REUSE_S, SNAT_UDP_REUSE_S,
+};
+
+use crate::{
+    conntrack::flow_key,
+    maps::CONNTRACK,
+    parse::{Ipv4Flow, TCP_FIN, TCP_RST},
+    select::{flow_hash, Selected},
+};
+
+/// Candidate ports per new flow; each costs a map insert (and, when taken,
+/// a liveness check).
+const TRIES: u32 = 8;
+/// Step between candidates: odd and prime to the range's length (4536 =
+/// 2³·3⁴·7), so candidates never repeat within a flow's tries.
+const STRIDE: u32 = 2_203;
+
+/// Seconds of the kernel's coarse monotonic clock.
+#[inline(always)]
+fn now_s() -> u32 {
+    // SAFETY: plain helper call.
+    (unsafe { bpf_ktime_get_coarse_ns() } / 1_000_000_000) as u32
+}
+
+/// Records that a packet of a SNATed flow passed in `entry`'s direction,
+/// and a FIN or RST. Writes only when something changed: once a second
+/// at most for a busy flow.
+#[inline(always)]
+pub fn touch(entry: *mut CtEntry, flow: &Ipv4Flow) {
+    let now = now_s();
+    let closing = flow.tcp_flags & (TCP_FIN | TCP_RST) != 0;
+    // SAFETY: a map value pointer, valid for this program run.
+    unsafe {
+        if (*entry).last_seen != now {
+            (*entry).last_seen = now;
+        }
+        if closing && (*entry).flags & CT_CLOSING == 0 {
+            (*entry).flags |= CT_CLOSING;
+        }
+    }
+}
+
+/// Whether the SNAT port held by the reply entry at `reply_key` may go to a
+/// new flow; if so, the old flow's forward entry is removed, so the old
+/// client's next packet opens a flow of its own.
+#[inline(always)]
+fn reclaim(reply_key: &FlowKey, now: u32) -> bool {
+    // SAFETY: the value is copied out at once.
+    let Some(reply) = (unsafe { CONNTRACK.get(reply_key).copied() }) else {
+        return true;
+    };
+    if reply.direction != CT_REPLY || reply.flags & CT_SNAT == 0 {
+        return false;
+    }
+    let forward_key = FlowKey {
+        src_addr: reply.snat_addr,
+        dst_addr: reply.nat_addr,
+        src_port: reply.snat_port,
+        dst_port: reply.nat_port,
+        proto: reply_key.proto,
+        _pad: [0; 3],
+    };
+    // SAFETY: the value is copied out at once.
+    let Some(forward) = (unsafe { CONNTRACK.get(forward_key).copied() }) else {
+        // Its flow is gone (evicted): the port is free.
+        return true;
+    };
+    let same_flow = forward.direction == CT_FORWARD
+        && forward.snat_addr == reply_key.dst_addr
+        && forward.snat_port == reply_key.dst_port;
+    if same_flow {
+        let limit = if (reply.flags | forward.flags) & CT_CLOSING != 0 {
+            SNAT_CLOSED_REUSE_S
+        } else if reply_key.proto == PROTO_UDP {
+            SNAT_UDP_REUSE_S
+        } else {
+            SNAT_TCP_REUSE_S
+        };
+        let last = if reply.last_seen > forward.last_seen {
+            reply.last_seen
+        } else {
+            forward.last_seen
+        };
+        if now.saturating_sub(last) <= limit {
+            return false;
+        }
+        let _ = CONNTRACK.remove(forward_key);
+    }
+    true
+}
+
+/// Records a new connection that the node SNATs to `node_addr` and returns
+/// its forward translation; the reply entry goes in first (fail closed).
+#[inline(always)]
+pub fn create(
+    flow: &Ipv4Flow,
+    service_id: u32,
+    chosen: &Selected,
+    node_addr: u32,
+) -> Result<CtEntry, u32> {
+    let span = (SNAT_PORT_MAX - SNAT_PORT_MIN) as u32 + 1;
+    let hash = flow_hash(flow);
+    let now = now_s();
+    for attempt in 0..TRIES {
+        let offset = hash.wrapping_add(attempt.wrapping_mul(STRIDE)) % span;
+        let port = (SNAT_PORT_MIN + offset as u16).to_be();
+        let reply_key = FlowKey {
+            src_addr: chosen.backend.addr,
+            dst_addr: node_addr,
+            src_port: chosen.backend.port,
+            dst_port: port,
+            proto: flow.proto,
+            _pad: [0; 3],
+        };
+        let reply = CtEntry {
+            nat_addr: flow.dst_addr,
+            nat_port: flow.dst_port,
+            direction: CT_REPLY,
+            flags: CT_SNAT,
+            service_id,
+            backend_id: chosen.id,
+            snat_addr: flow.src_addr,
+            snat_port: flow.src_port,
+            _pad: 0,
+            last_seen: now,
+        };
+        let claimed = CONNTRACK
+            .insert(reply_key, reply, BPF_NOEXIST as u64)
+            .is_ok()
+            || (reclaim(&reply_key, now)
+                && CONNTRACK.insert(reply_key, reply, BPF_ANY as u64).is_ok());
+        if !claimed {
+            continue;
+        }
+        let forward = CtEntry {
+            nat_addr: chosen.backend.addr,
+            nat_port: chosen.backend.port,
+            direction: CT_FORWARD,
+            snat_addr: node_addr,
+            snat_port: port,
+            ..reply
+        };
+        if CONNTRACK
+            .insert(flow_key(flow), forward, BPF_ANY as u64)
+            .is_err()
+        {
+            let _ = CONNTRACK.remove(reply_key);
+            return Err(drop_reason::CONNTRACK_FULL);
+        }
+        return Ok(forward);
+    }
+    Err(drop_reason::SNAT_PORTS_EXHAUSTED)
+}
