@@ -233,7 +233,9 @@ fn attach(
     let (id, mode) = match program.attach_to_if_index(interface.index, XdpMode::Driver) {
         Ok(id) => (id, "native"),
         Err(native) => {
-            info!(interface = %interface.name, error = %native, "native XDP unavailable; trying generic mode");
+            // Generic XDP runs after GRO, whose merged TCP packets carry
+            // partial checksums the program cannot tell from full ones.
+            warn!(interface = %interface.name, error = %native, "native XDP unavailable; trying generic mode: turn GRO off on this interface (ethtool -K IFACE gro off), or merged TCP packets get wrong checksums");
             let id = program
                 .attach_to_if_index(interface.index, XdpMode::Skb)
                 .map_err(|e| fail(format!("native: {native}; generic: {e}")))?;
