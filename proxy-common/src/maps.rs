@@ -193,6 +193,29 @@ map_type! {
 }
 
 map_type! {
+    /// `affinity` key: a client of a frontend with `sessionAffinity: ClientIP`.
+    pub struct AffinityKey {
+        pub service_id: u32,
+        /// Network order.
+        pub client_addr: u32,
+    }
+}
+
+map_type! {
+    /// `affinity` value: where the client's connections go.
+    pub struct AffinityValue {
+        pub backend_id: u32,
+        /// The selection slot the backend was found in: the affinity holds
+        /// only while that slot still names it (the backend is still in the
+        /// service).
+        pub slot: u32,
+        /// When the client last opened a connection, in seconds of the
+        /// kernel's coarse monotonic clock.
+        pub last_used: u32,
+    }
+}
+
+map_type! {
     /// `stats` value (per CPU, indexed by service id).
     pub struct ServiceStats {
         pub packets: u64,

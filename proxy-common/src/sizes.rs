@@ -9,6 +9,8 @@ pub const MAX_BACKENDS: u32 = 524_288;
 pub const MAX_SELECTION_SLOTS: u32 = 1_048_576;
 /// Connection-tracking entries (two per connection: forward and reply).
 pub const MAX_CONNTRACK: u32 = 524_288;
+/// ClientIP session-affinity entries (one per client and frontend in use).
+pub const MAX_AFFINITY: u32 = 262_144;
 /// Number of drop-reason counters (see [`crate::maps::drop_reason`]).
 pub const DROP_REASONS: u32 = 16;
 /// Number of verdict counters (see [`crate::maps::verdict`]).

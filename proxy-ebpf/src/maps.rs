@@ -8,8 +8,8 @@ use aya_ebpf::{
 };
 use proxy_common::{
     maps::{
-        BackendValue, CtEntry, FlowKey, ServiceKey, ServiceStats, ServiceValue, SlotKey,
-        SourceRange,
+        AffinityKey, AffinityValue, BackendValue, CtEntry, FlowKey, ServiceKey, ServiceStats,
+        ServiceValue, SlotKey, SourceRange,
     },
     sizes,
 };
@@ -53,3 +53,9 @@ pub static SOURCE_RANGES: LpmTrie<SourceRange, u8> =
 /// NIC ifindex → the IPv4 address flows to remote backends are SNATed to.
 #[map]
 pub static NIC_ADDRS: HashMap<u32, u32> = HashMap::pinned(sizes::MAX_NICS, 0);
+
+/// (frontend id, client address) → the backend its connections go to, for
+/// `sessionAffinity: ClientIP`. LRU: clients that went away age out.
+#[map]
+pub static AFFINITY: LruHashMap<AffinityKey, AffinityValue> =
+    LruHashMap::pinned(sizes::MAX_AFFINITY, 0);

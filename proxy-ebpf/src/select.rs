@@ -1,10 +1,17 @@
 //! Backend choice for a new flow: a hash of the 5-tuple indexes the service's
-//! slots in the selection table, so flows spread over every backend.
+//! slots in the selection table, so flows spread over every backend. With
+//! `sessionAffinity: ClientIP` a client's new flows go where its last one
+//! went, while that backend is still in the service and the client opened a
+//! connection within the timeout.
 
-use proxy_common::maps::{drop_reason, BackendValue, CtEntry, ServiceValue, SlotKey};
+use aya_ebpf::{bindings::BPF_ANY, helpers::generated::bpf_ktime_get_coarse_ns};
+use proxy_common::maps::{
+    drop_reason, AffinityKey, AffinityValue, BackendValue, CtEntry, ServiceValue, SlotKey,
+    SERVICE_AFFINITY_CLIENT_IP,
+};
 
 use crate::{
-    maps::{BACKENDS, SELECTION},
+    maps::{AFFINITY, BACKENDS, SELECTION},
     parse::Ipv4Flow,
 };
 
@@ -19,14 +26,48 @@ pub fn select_backend(service: &ServiceValue, flow: &Ipv4Flow) -> Result<Selecte
     if service.slot_count == 0 {
         return Err(drop_reason::NO_BACKEND);
     }
+    if service.flags & SERVICE_AFFINITY_CLIENT_IP == 0 {
+        return slot_backend(service, flow_hash(flow) % service.slot_count).map(|(s, _)| s);
+    }
+    let key = AffinityKey {
+        service_id: service.id,
+        client_addr: flow.src_addr,
+    };
+    // SAFETY: plain helper call.
+    let now = (unsafe { bpf_ktime_get_coarse_ns() } / 1_000_000_000) as u32;
+    // SAFETY: the value is copied out at once.
+    let remembered = unsafe { AFFINITY.get(key).copied() }
+        .filter(|a| now.saturating_sub(a.last_used) <= service.affinity_timeout);
+    let slot = remembered.map_or_else(|| flow_hash(flow) % service.slot_count, |a| a.slot);
+    let (chosen, slot) = match slot_backend(service, slot) {
+        // The remembered backend is still in its slot.
+        Ok((chosen, slot)) if remembered.is_none_or(|a| a.backend_id == chosen.id) => {
+            (chosen, slot)
+        }
+        // It left (or the slot moved): choose afresh.
+        _ => slot_backend(service, flow_hash(flow) % service.slot_count)?,
+    };
+    let value = AffinityValue {
+        backend_id: chosen.id,
+        slot,
+        last_used: now,
+    };
+    // Best effort: without an entry the next flow is balanced as usual.
+    let _ = AFFINITY.insert(key, value, BPF_ANY as u64);
+    Ok(chosen)
+}
+
+/// The backend in slot `slot` of `service` (which must be < its slot count).
+#[inline(always)]
+fn slot_backend(service: &ServiceValue, slot: u32) -> Result<(Selected, u32), u32> {
     let key = SlotKey {
         service_id: service.id,
-        slot: flow_hash(flow) % service.slot_count,
+        slot: slot % service.slot_count,
     };
     // SAFETY: values are copied out at once.
     let id = unsafe { SELECTION.get(key).copied() }.ok_or(drop_reason::STALE_SELECTION)?;
     let backend = unsafe { BACKENDS.get(id).copied() }.ok_or(drop_reason::STALE_SELECTION)?;
-    Ok(Selected { id, backend })
+    Ok((Selected { id, backend }, key.slot))
 }
 
 /// Whether the backend a conntrack entry names still exists as it was. The

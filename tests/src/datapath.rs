@@ -14,8 +14,9 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use proxy_common::maps::{
-    addr_to_net, port_to_net, BackendValue, CtEntry, FlowKey, ServiceKey, ServiceStats,
-    ServiceValue, SlotKey, SourceRange, BACKEND_LOCAL, SCOPE_CLUSTER_IP,
+    addr_to_net, port_to_net, AffinityKey, AffinityValue, BackendValue, CtEntry, FlowKey,
+    ServiceKey, ServiceStats, ServiceValue, SlotKey, SourceRange, BACKEND_LOCAL, SCOPE_CLUSTER_IP,
+    SERVICE_AFFINITY_CLIENT_IP,
 };
 use proxy_userspace::ebpf_object::KXDP_OBJECT;
 
@@ -178,6 +179,46 @@ impl Datapath {
             .expect("program loaded")
             .try_into()
             .expect("classifier")
+    }
+
+    /// Turns on `sessionAffinity: ClientIP` with `timeout` seconds for the
+    /// frontend `key`, which must exist.
+    pub fn set_affinity(&mut self, key: ServiceKey, timeout: u32) {
+        let mut services = self.hash::<ServiceKey, ServiceValue>("SERVICES");
+        let mut value = services.get(&key, 0).expect("frontend exists");
+        value.flags |= SERVICE_AFFINITY_CLIENT_IP;
+        value.affinity_timeout = timeout;
+        services.insert(key, value, 0).expect("update service");
+    }
+
+    /// Points frontend `key` (service `id`) at `backend_ids`, slot by slot,
+    /// as sync does when its backends change; backend ids stay as they are.
+    pub fn set_slots(&mut self, key: ServiceKey, id: u32, backend_ids: &[u32]) {
+        let mut slots = self.hash::<SlotKey, u32>("SELECTION");
+        for (slot, backend) in backend_ids.iter().enumerate() {
+            let slot = SlotKey {
+                service_id: id,
+                slot: slot as u32,
+            };
+            slots.insert(slot, backend, 0).expect("insert slot");
+        }
+        let mut services = self.hash::<ServiceKey, ServiceValue>("SERVICES");
+        let mut value = services.get(&key, 0).expect("frontend exists");
+        value.slot_count = backend_ids.len() as u32;
+        services.insert(key, value, 0).expect("update service");
+    }
+
+    /// Every session-affinity entry.
+    pub fn affinity(&mut self) -> Vec<(AffinityKey, AffinityValue)> {
+        let map = self.hash::<AffinityKey, AffinityValue>("AFFINITY");
+        map.iter().map(|r| r.expect("read affinity")).collect()
+    }
+
+    /// Writes one session-affinity entry, as if the datapath had made it.
+    pub fn insert_affinity(&mut self, key: AffinityKey, value: AffinityValue) {
+        self.hash::<AffinityKey, AffinityValue>("AFFINITY")
+            .insert(key, value, 0)
+            .expect("insert affinity");
     }
 
     /// The address flows arriving on NIC `ifindex` are SNATed to.

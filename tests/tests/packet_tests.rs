@@ -11,8 +11,8 @@ use kxdp_testbed::{
     packet::{self, ethernet, Packet, ETH_P_ARP, ETH_P_IPV4, ETH_P_IPV6, L4, PROTO_ICMP},
 };
 use proxy_common::maps::{
-    addr_to_net, drop_reason, port_to_net, verdict, ServiceKey, CT_FORWARD, CT_REPLY, PROTO_TCP,
-    PROTO_UDP, SCOPE_CLUSTER_IP, SERVICE_EMPTY_DROP,
+    addr_to_net, drop_reason, port_to_net, verdict, AffinityKey, AffinityValue, ServiceKey,
+    CT_FORWARD, CT_REPLY, PROTO_TCP, PROTO_UDP, SCOPE_CLUSTER_IP, SERVICE_EMPTY_DROP,
 };
 
 const fn ip(a: u8, b: u8, c: u8, d: u8) -> Ipv4Addr {
@@ -613,4 +613,138 @@ fn direct_connection_reusing_a_vip_tuple_is_not_reverse_nated() {
         .conntrack()
         .iter()
         .all(|(_, e)| e.direction == CT_FORWARD));
+}
+
+// ------------------------------------------------------ session affinity
+
+fn tcp_key() -> ServiceKey {
+    ServiceKey {
+        addr: addr_to_net(TCP_VIP),
+        port: port_to_net(TCP_PORT),
+        proto: PROTO_TCP,
+        scope: SCOPE_CLUSTER_IP,
+    }
+}
+
+/// Seconds of CLOCK_MONOTONIC_COARSE, the clock the datapath stamps with.
+fn now_s() -> u32 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: a valid timespec to fill.
+    assert_eq!(
+        unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) },
+        0
+    );
+    ts.tv_sec as u32
+}
+
+fn affinity_of(dp: &mut Datapath, client: Ipv4Addr) -> AffinityValue {
+    let key = AffinityKey {
+        service_id: TCP_ID,
+        client_addr: addr_to_net(client),
+    };
+    dp.affinity()
+        .into_iter()
+        .find(|(k, _)| *k == key)
+        .map(|(_, v)| v)
+        .expect("an affinity entry")
+}
+
+/// The backend of `TCP_BACKENDS` with the given backend id.
+fn backend_with_id(id: u32) -> SocketAddrV4 {
+    let index = (0..TCP_BACKENDS.len())
+        .find(|&i| Datapath::backend_id(TCP_ID, i) == id)
+        .expect("a backend of the TCP service");
+    sa(TCP_BACKENDS[index].0, TCP_BACKENDS[index].1)
+}
+
+#[test]
+fn client_ip_affinity_keeps_each_client_on_one_backend() {
+    let mut dp = datapath();
+    dp.set_affinity(tcp_key(), 60);
+    for client in [CLIENT, ip(10, 0, 1, 6), ip(10, 0, 1, 7)] {
+        let backends: BTreeMap<SocketAddrV4, usize> =
+            (0..30).fold(BTreeMap::new(), |mut seen, port| {
+                let syn = Packet::tcp(sa(client, 41000 + port), tcp_vip());
+                *seen
+                    .entry(forward(&mut dp, &syn, &TCP_BACKENDS))
+                    .or_default() += 1;
+                seen
+            });
+        assert_eq!(backends.len(), 1, "{client}: {backends:?}");
+        let remembered = affinity_of(&mut dp, client);
+        assert_eq!(
+            backends.keys().next(),
+            Some(&backend_with_id(remembered.backend_id))
+        );
+        assert!(now_s() - remembered.last_used <= 1);
+    }
+}
+
+/// The backend a datapath without affinity picks for `syn` (the same
+/// service layout, so the same hash and slots).
+fn hashed_backend(syn: &Packet) -> SocketAddrV4 {
+    let mut control = datapath();
+    forward(&mut control, syn, &TCP_BACKENDS)
+}
+
+#[test]
+fn affinity_lapses_after_the_timeout_and_when_its_backend_leaves() {
+    let mut dp = datapath();
+    dp.set_affinity(tcp_key(), 60);
+    let first = forward(
+        &mut dp,
+        &Packet::tcp(sa(CLIENT, 42000), tcp_vip()),
+        &TCP_BACKENDS,
+    );
+    // A port whose hash picks another backend than the remembered one.
+    let syn = (42001..42100)
+        .map(|port| Packet::tcp(sa(CLIENT, port), tcp_vip()))
+        .find(|syn| hashed_backend(syn) != first)
+        .expect("some port hashes elsewhere");
+    let elsewhere = hashed_backend(&syn);
+    let key = AffinityKey {
+        service_id: TCP_ID,
+        client_addr: addr_to_net(CLIENT),
+    };
+    // Within the timeout: the client stays.
+    let fresh = affinity_of(&mut dp, CLIENT);
+    dp.insert_affinity(
+        key,
+        AffinityValue {
+            last_used: now_s() - 50,
+            ..fresh
+        },
+    );
+    assert_eq!(forward(&mut dp, &syn, &TCP_BACKENDS), first);
+    // Past it: balanced as any new flow, and remembered anew.
+    dp.insert_affinity(
+        key,
+        AffinityValue {
+            last_used: now_s() - 70,
+            ..fresh
+        },
+    );
+    dp.clear_conntrack();
+    assert_eq!(forward(&mut dp, &syn, &TCP_BACKENDS), elsewhere);
+    assert_eq!(
+        backend_with_id(affinity_of(&mut dp, CLIENT).backend_id),
+        elsewhere
+    );
+    // Its backend leaves the service (the others keep their ids, as sync
+    // keeps them): the next connection goes elsewhere, and is remembered.
+    let leaving = affinity_of(&mut dp, CLIENT).backend_id;
+    let staying: Vec<u32> = (0..TCP_BACKENDS.len())
+        .map(|i| Datapath::backend_id(TCP_ID, i))
+        .filter(|id| *id != leaving)
+        .collect();
+    dp.set_slots(tcp_key(), TCP_ID, &staying);
+    let next = Packet::tcp(sa(CLIENT, 42200), tcp_vip());
+    let moved = forward(&mut dp, &next, &TCP_BACKENDS);
+    assert_ne!(moved, elsewhere);
+    let remembered = affinity_of(&mut dp, CLIENT).backend_id;
+    assert!(staying.contains(&remembered));
+    assert_eq!(backend_with_id(remembered), moved);
 }

@@ -530,3 +530,37 @@ fn a_long_lived_connection_survives_the_agent_killed_and_replaced() {
         .unwrap();
     assert!(packets >= EXCHANGES, "{}", table.0);
 }
+
+#[test]
+fn client_ip_affinity_keeps_a_client_on_one_backend_until_its_timeout() {
+    let vip = Ipv4Addr::new(10, 96, 100, 60);
+    let target = format!("{vip}:80");
+    let s = EchoScenario::new(3, env!("CARGO_BIN_EXE_kxdp-peer").into()).expect("echo scenario");
+    let ports = ["{name: http, port: 80, protocol: TCP, targetPort: 8080}"];
+    // The shortest timeout the API allows, so the test can outlast it.
+    let sticky = service("sticky", "ClusterIP", vip, Some("sticky"), &ports)
+        + "  sessionAffinity: ClientIP\n  sessionAffinityConfig: {clientIP: {timeoutSeconds: 1}}\n";
+    let endpoints: Vec<Endpoint> = s.backends.iter().map(|b| Endpoint::ready(*b)).collect();
+    let slice = endpoint_slice(
+        "sticky",
+        "sticky-4fj2k",
+        SLICE_CONTROLLER,
+        &[("http", "TCP", 8080)],
+        &endpoints,
+    );
+    s.write_manifest("sticky.yaml", &format!("{sticky}---\n{slice}"))
+        .unwrap();
+    let _agent = s.start_agent().unwrap();
+    // Each burst of connections sticks to one backend; between bursts the
+    // affinity lapses (1 s, counted in whole seconds), so over several
+    // bursts the client moves. With 3 backends, 7 bursts all landing on one
+    // is a 3 × (1/3)^7 ≈ 0.14% chance.
+    let mut chosen = BTreeSet::new();
+    for burst in 0..7 {
+        let backends = http_backends(&s, &target, 5);
+        assert_eq!(backends.len(), 1, "burst {burst}: {backends:?}");
+        chosen.extend(backends);
+        std::thread::sleep(Duration::from_millis(2_100));
+    }
+    assert!(chosen.len() > 1, "never moved: {chosen:?}");
+}

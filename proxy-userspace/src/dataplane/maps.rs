@@ -11,8 +11,8 @@ use aya::{
     Ebpf,
 };
 use proxy_common::maps::{
-    addr_from_net, addr_to_net, BackendValue, CtEntry, FlowKey, ServiceKey, ServiceStats,
-    ServiceValue, SlotKey, SourceRange,
+    addr_from_net, addr_to_net, AffinityKey, AffinityValue, BackendValue, CtEntry, FlowKey,
+    ServiceKey, ServiceStats, ServiceValue, SlotKey, SourceRange,
 };
 
 use super::DataplaneError;
@@ -50,7 +50,7 @@ const fn pinned<K, V>(name: &'static str) -> PinnedMap {
 }
 
 /// Every map pinned under the pin path.
-pub const ALL: [PinnedMap; 9] = [
+pub const ALL: [PinnedMap; 10] = [
     pinned::<ServiceKey, ServiceValue>(SERVICES),
     pinned::<u32, BackendValue>(BACKENDS),
     pinned::<SlotKey, u32>(SELECTION),
@@ -60,6 +60,7 @@ pub const ALL: [PinnedMap; 9] = [
     pinned::<u32, u64>(VERDICTS),
     pinned::<Key<SourceRange>, u8>(SOURCE_RANGES),
     pinned::<u32, u32>(NIC_ADDRS),
+    pinned::<AffinityKey, AffinityValue>("AFFINITY"),
 ];
 
 /// The trie key of a range: the service id's 32 bits, then the prefix.
