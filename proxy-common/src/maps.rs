@@ -143,6 +143,11 @@ pub const CT_SNAT: u8 = 1;
 /// address) and the backend is a local pod: its reply gets the frontend
 /// back as source where it leaves the pod (`pod_ingress`).
 pub const CT_FROM_NIC: u8 = 2;
+/// `CtEntry::flags`: a pod reached itself through a Service (hairpin). It
+/// must not see its own address as the source, so the VIP stands in for it
+/// (with the client's port): forward, `snat_*` is that stand-in; reply,
+/// `snat_*` is the pod's own end to restore as destination.
+pub const CT_HAIRPIN: u8 = 8;
 /// `CtEntry::flags`: a FIN or RST of this SNATed TCP flow was seen; its
 /// SNAT port may be reused soon ([`SNAT_CLOSED_REUSE_S`]).
 pub const CT_CLOSING: u8 = 4;

@@ -6,7 +6,7 @@
 //! node address and SNAT port when the node SNATs the flow).
 
 use aya_ebpf::bindings::BPF_ANY;
-use proxy_common::maps::{drop_reason, CtEntry, FlowKey, CT_FORWARD, CT_REPLY};
+use proxy_common::maps::{drop_reason, CtEntry, FlowKey, CT_FORWARD, CT_HAIRPIN, CT_REPLY};
 
 use crate::{maps::CONNTRACK, parse::Ipv4Flow, select::Selected};
 
@@ -102,6 +102,51 @@ pub fn create(
         service_id,
         backend_id: chosen.id,
         ..CtEntry::default()
+    };
+    CONNTRACK
+        .insert(reply_key, reply, BPF_ANY as u64)
+        .map_err(|_| drop_reason::CONNTRACK_FULL)?;
+    if CONNTRACK
+        .insert(flow_key(flow), forward, BPF_ANY as u64)
+        .is_err()
+    {
+        let _ = CONNTRACK.remove(reply_key);
+        return Err(drop_reason::CONNTRACK_FULL);
+    }
+    Ok(forward)
+}
+
+/// Records a connection from a pod to a Service that chose the pod itself
+/// (hairpin): the VIP with the client's port stands in as the source, and
+/// the reply, addressed to that stand-in, is translated back.
+#[inline(always)]
+pub fn create_hairpin(flow: &Ipv4Flow, service_id: u32, chosen: &Selected) -> Result<CtEntry, u32> {
+    let reply_key = FlowKey {
+        src_addr: chosen.backend.addr,
+        dst_addr: flow.dst_addr,
+        src_port: chosen.backend.port,
+        dst_port: flow.src_port,
+        proto: flow.proto,
+        _pad: [0; 3],
+    };
+    let reply = CtEntry {
+        nat_addr: flow.dst_addr,
+        nat_port: flow.dst_port,
+        direction: CT_REPLY,
+        flags: CT_HAIRPIN,
+        service_id,
+        backend_id: chosen.id,
+        snat_addr: flow.src_addr,
+        snat_port: flow.src_port,
+        ..CtEntry::default()
+    };
+    let forward = CtEntry {
+        nat_addr: chosen.backend.addr,
+        nat_port: chosen.backend.port,
+        direction: CT_FORWARD,
+        snat_addr: flow.dst_addr,
+        snat_port: flow.src_port,
+        ..reply
     };
     CONNTRACK
         .insert(reply_key, reply, BPF_ANY as u64)

@@ -11,12 +11,14 @@
 use aya_ebpf::{
     bindings::{
         bpf_fib_lookup as FibParams, xdp_action, BPF_FIB_LKUP_RET_NO_NEIGH,
-        BPF_FIB_LKUP_RET_SUCCESS, BPF_FIB_LOOKUP_DIRECT, TC_ACT_OK,
+        BPF_FIB_LKUP_RET_SUCCESS, BPF_FIB_LOOKUP_DIRECT, TC_ACT_OK, TC_ACT_REDIRECT,
     },
     helpers::generated::{bpf_fib_lookup, bpf_redirect, bpf_redirect_neigh},
     programs::{TcContext, XdpContext},
     EbpfContext,
 };
+
+use proxy_common::maps::drop_reason;
 
 use crate::{
     csum, lookup,
@@ -130,4 +132,30 @@ pub fn tc_forward(ctx: &TcContext, flow: &Ipv4Flow, src: u32, dst: u32) -> i32 {
     // SAFETY: plain helper call; without neighbour parameters the kernel
     // resolves the next hop of the packet's own destination.
     unsafe { bpf_redirect_neigh(params.ifindex, core::ptr::null_mut(), 0, 0) as i32 }
+}
+
+/// Swaps the Ethernet addresses, so a frame that came out of a pod is
+/// addressed to it when it goes back in.
+#[inline(always)]
+pub fn tc_swap_macs(ctx: &TcContext) -> Result<(), u32> {
+    let eth = ptr_at_mut::<[[u8; 6]; 2]>(ctx, 0).ok_or(drop_reason::REWRITE_FAILED)?;
+    // SAFETY: bounds-checked just above.
+    unsafe {
+        let [dst, src] = *eth;
+        *eth = [src, dst];
+    }
+    Ok(())
+}
+
+/// tc on a pod interface: sends the packet back into the pod it came from
+/// (a reject reply, a hairpin connection; addressed to the pod already),
+/// past the stack.
+#[inline(always)]
+pub fn tc_back_into_pod(ctx: &TcContext) -> Result<i32, u32> {
+    // SAFETY: reading our own skb's interface index; plain helper call.
+    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    if unsafe { bpf_redirect(ifindex, 0) } != TC_ACT_REDIRECT as i64 {
+        return Err(drop_reason::REWRITE_FAILED);
+    }
+    Ok(TC_ACT_REDIRECT)
 }

@@ -53,6 +53,12 @@ pub fn dnat(ctx: &TcContext, flow: &Ipv4Flow, addr: u32, port: u16) -> Result<()
     rewrite(ctx, flow, End::Destination, addr, port)
 }
 
+/// Client → backend becomes stand-in → backend (hairpin).
+#[inline(always)]
+pub fn snat(ctx: &TcContext, flow: &Ipv4Flow, addr: u32, port: u16) -> Result<(), u32> {
+    rewrite(ctx, flow, End::Source, addr, port)
+}
+
 /// Backend → client becomes VIP → client.
 #[inline(always)]
 pub fn reverse_nat(ctx: &TcContext, flow: &Ipv4Flow, addr: u32, port: u16) -> Result<(), u32> {

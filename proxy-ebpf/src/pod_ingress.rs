@@ -7,7 +7,7 @@
 //! backend is.
 
 use aya_ebpf::{bindings::TC_ACT_OK, macros::classifier, programs::TcContext};
-use proxy_common::maps::{drop_reason, CT_FROM_NIC, PROTO_UDP, SERVICE_EMPTY_DROP};
+use proxy_common::maps::{drop_reason, CT_FROM_NIC, CT_HAIRPIN, PROTO_UDP, SERVICE_EMPTY_DROP};
 
 use crate::{conntrack, forward, lookup, nat, parse, reject, select, stats};
 
@@ -42,27 +42,47 @@ fn translate(ctx: &TcContext) -> Result<i32, u32> {
             }
             None => {
                 let chosen = select::select_backend(&service, &flow)?;
-                conntrack::create(&flow, service.id, &chosen, 0)?
+                if chosen.backend.addr == flow.src_addr {
+                    conntrack::create_hairpin(&flow, service.id, &chosen)?
+                } else {
+                    conntrack::create(&flow, service.id, &chosen, 0)?
+                }
             }
         };
         nat::dnat(ctx, &flow, entry.nat_addr, entry.nat_port)?;
         stats::count_service(service.id, ctx.len());
+        if entry.flags & CT_HAIRPIN != 0 {
+            // The pod is its own backend: from the VIP stand-in, straight back in.
+            nat::snat(ctx, &flow, entry.snat_addr, entry.snat_port)?;
+            forward::tc_swap_macs(ctx)?;
+            return forward::tc_back_into_pod(ctx);
+        }
         return Ok(TC_ACT_OK);
     }
     if opening {
         // A new connection, not to a service: its replies must not be taken
         // for replies of an earlier VIP connection on the same tuple.
         conntrack::forget_stale_reply(&flow);
-    } else if let Some(entry) = conntrack::lookup_reply(&flow).filter(|e| e.flags == CT_FROM_NIC) {
-        nat::reverse_nat(ctx, &flow, entry.nat_addr, entry.nat_port)?;
-        // Its source is now a node address: the stack would take it for a
-        // spoofed packet, so it leaves without the stack's routing input.
-        return Ok(forward::tc_forward(
-            ctx,
-            &flow,
-            entry.nat_addr,
-            flow.dst_addr,
-        ));
+    } else if let Some(entry) = conntrack::lookup_reply(&flow) {
+        if entry.flags == CT_FROM_NIC {
+            nat::reverse_nat(ctx, &flow, entry.nat_addr, entry.nat_port)?;
+            // Its source is now a node address: the stack would take it for a
+            // spoofed packet, so it leaves without the stack's routing input.
+            return Ok(forward::tc_forward(
+                ctx,
+                &flow,
+                entry.nat_addr,
+                flow.dst_addr,
+            ));
+        }
+        if entry.flags == CT_HAIRPIN {
+            // A pod answering itself through its Service: from the VIP, to
+            // its own end, straight back in.
+            nat::dnat(ctx, &flow, entry.snat_addr, entry.snat_port)?;
+            nat::reverse_nat(ctx, &flow, entry.nat_addr, entry.nat_port)?;
+            forward::tc_swap_macs(ctx)?;
+            return forward::tc_back_into_pod(ctx);
+        }
     }
     Ok(TC_ACT_OK)
 }

@@ -5,10 +5,9 @@
 //! bytes; this module only resizes the packet and sends it.
 
 use aya_ebpf::{
-    bindings::{xdp_action, TC_ACT_REDIRECT},
+    bindings::xdp_action,
     helpers::generated::{
-        bpf_redirect, bpf_skb_change_head, bpf_skb_change_tail, bpf_xdp_adjust_head,
-        bpf_xdp_adjust_tail,
+        bpf_skb_change_head, bpf_skb_change_tail, bpf_xdp_adjust_head, bpf_xdp_adjust_tail,
     },
     programs::{TcContext, XdpContext},
 };
@@ -21,6 +20,7 @@ use proxy_common::{
 };
 
 use crate::{
+    forward,
     parse::{ptr_at_mut, Frame, Ipv4Flow, ETH_HLEN, TCP_RST},
     stats,
 };
@@ -121,10 +121,5 @@ pub fn tc_reject(ctx: &TcContext, flow: &Ipv4Flow) -> Result<i32, u32> {
     ctx.pull_data((keep + grow) as u32)
         .map_err(|_| drop_reason::REJECT_FAILED)?;
     rewrite(ctx, &answer)?;
-    // SAFETY: reading the interface index of our own skb; plain helper call.
-    let ifindex = unsafe { (*skb).ifindex };
-    if unsafe { bpf_redirect(ifindex, 0) } != TC_ACT_REDIRECT as i64 {
-        return Err(drop_reason::REJECT_FAILED);
-    }
-    Ok(TC_ACT_REDIRECT)
+    forward::tc_back_into_pod(ctx)
 }

@@ -199,3 +199,25 @@ fn a_pod_can_reach_a_backend_directly_on_a_port_it_used_for_the_vip() {
         assert!(body.contains("client=10.200.1.2:45000"), "{body}");
     }
 }
+
+#[test]
+fn a_backend_pod_reaches_its_own_service_even_when_it_is_chosen() {
+    let s = scenario();
+    let _agent = s.start_agent().unwrap();
+    let url = format!("http://{}:80/", s.vip);
+    let answers: Vec<String> = (0..16)
+        .map(|i| {
+            s.from_pod("b1", "curl", &["-sS", "--max-time", "3", &url])
+                .unwrap_or_else(|e| panic!("request {i} from b1: {e}"))
+        })
+        .collect();
+    // Chosen about half the time; then it sees the VIP as its client.
+    let to_itself: Vec<&String> = answers
+        .iter()
+        .filter(|a| a.starts_with("backend=b1 "))
+        .collect();
+    assert!(!to_itself.is_empty(), "{answers:?}");
+    for answer in to_itself {
+        assert!(answer.contains(&format!(" client={}:", s.vip)), "{answer}");
+    }
+}

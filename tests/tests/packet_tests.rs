@@ -748,3 +748,47 @@ fn affinity_lapses_after_the_timeout_and_when_its_backend_leaves() {
     assert!(staying.contains(&remembered));
     assert_eq!(backend_with_id(remembered), moved);
 }
+
+// --------------------------------------------------------------- hairpin
+
+#[test]
+fn a_pod_reaching_itself_through_its_service_sees_the_vip_as_the_client() {
+    let mut dp = Datapath::load();
+    let pod = sa(ip(10, 0, 2, 1), 8080);
+    let vip = sa(ip(10, 96, 0, 70), 80);
+    dp.add_service(
+        *vip.ip(),
+        vip.port(),
+        PROTO_TCP,
+        7,
+        &[(*pod.ip(), pod.port())],
+    );
+    let client = sa(*pod.ip(), 40000);
+    for flags in [packet::TCP_SYN, packet::TCP_ACK] {
+        // Out of the pod to the VIP, back in from the VIP (same port) to
+        // its server: the pod must not see its own address as the source.
+        let request = Packet::tcp(client, vip).tcp_flags(flags);
+        let (verdict, out) = dp.run(&request.build());
+        assert_eq!(verdict, TC_ACT_REDIRECT, "straight back into the pod");
+        packet::verify_checksums(&out).unwrap_or_else(|e| panic!("{e}"));
+        let stand_in = sa(*vip.ip(), client.port());
+        let back_in = Packet {
+            src_mac: request.dst_mac,
+            dst_mac: request.src_mac,
+            ..request.clone()
+        };
+        assert_eq!(out, back_in.with_src(stand_in).with_dst(pod).build());
+        // The server's answer goes to the stand-in; the client gets it from the VIP.
+        let answer = Packet::tcp(pod, stand_in).tcp_flags(packet::TCP_SYN | packet::TCP_ACK);
+        let (verdict, out) = dp.run(&answer.build());
+        assert_eq!(verdict, TC_ACT_REDIRECT);
+        packet::verify_checksums(&out).unwrap_or_else(|e| panic!("{e}"));
+        let back_in = Packet {
+            src_mac: answer.dst_mac,
+            dst_mac: answer.src_mac,
+            ..answer.clone()
+        };
+        assert_eq!(out, back_in.with_src(vip).with_dst(client).build());
+    }
+    assert_eq!(dp.conntrack().len(), 2);
+}
