@@ -53,17 +53,28 @@ fn translate(ctx: &XdpContext) -> Result<u32, u32> {
     {
         return Err(drop_reason::SOURCE_RANGE);
     }
-    // A SYN or a UDP datagram may reuse an entry only while its backend
-    // exists, and a SYN not one whose connection was closing (its SNAT port
-    // may be handed on); later TCP segments trust conntrack.
+    // An entry holds while its backend exists; then a SYN or a datagram is
+    // balanced afresh and any other TCP segment gets a RST, rather than
+    // hang or move mid-stream. A SYN never reuses a closing entry (its SNAT
+    // port may be handed on).
     let syn = flow.tcp_flags & (parse::TCP_SYN | parse::TCP_ACK) == parse::TCP_SYN;
-    let opening = flow.proto == PROTO_UDP || syn;
-    let existing = conntrack::entry_mut(&flow, CT_FORWARD).filter(|&e| {
-        // SAFETY: a map value pointer, valid for this program run.
-        let entry = unsafe { &*e };
-        let reusable = !opening || select::backend_still_exists(entry);
-        reusable && !(syn && entry.flags & CT_CLOSING != 0)
-    });
+    let existing = match conntrack::entry_mut(&flow, CT_FORWARD) {
+        Some(e) => {
+            // SAFETY: a map value pointer, valid for this program run.
+            let entry = unsafe { &*e };
+            if !select::backend_still_exists(entry) {
+                if flow.proto != PROTO_UDP && !syn {
+                    return reject::xdp_reject(ctx, &flow);
+                }
+                None
+            } else if syn && entry.flags & CT_CLOSING != 0 {
+                None
+            } else {
+                Some(e)
+            }
+        }
+        None => None,
+    };
     let entry = match existing {
         Some(forward) => {
             // SAFETY: a map value pointer, valid for this program run.

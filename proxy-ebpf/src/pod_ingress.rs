@@ -26,11 +26,17 @@ fn translate(ctx: &TcContext) -> Result<i32, u32> {
     if let Some(service) = lookup::cluster_ip_service(&flow) {
         // A SYN opens a new connection: an entry left on its tuple by an
         // earlier one may name a backend that has left the service since.
-        let existing = if opening {
-            None
-        } else {
-            conntrack::lookup_forward(&flow)
-                .filter(|e| flow.proto != PROTO_UDP || select::backend_still_exists(e))
+        let existing = match conntrack::lookup_forward(&flow).filter(|_| !opening) {
+            Some(entry) if !select::backend_still_exists(&entry) => {
+                if flow.proto != PROTO_UDP {
+                    // Its backend has left the Service: end the connection
+                    // now, rather than let it hang or move mid-stream.
+                    return reject::tc_reject(ctx, &flow);
+                }
+                // A datagram flow just moves on.
+                None
+            }
+            other => other,
         };
         let entry = match existing {
             Some(entry) => entry,

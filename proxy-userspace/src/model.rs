@@ -92,6 +92,9 @@ pub struct ServicePortModel {
     pub node_port: Option<u16>,
     /// Serving backends, sorted and unique.
     pub backends: Vec<Backend>,
+    /// Endpoints still listed but not taking new connections (terminating,
+    /// not ready): their existing connections go on. Sorted and unique.
+    pub draining: Vec<Backend>,
 }
 
 /// An address from outside the cluster network the Service answers on.
@@ -385,6 +388,7 @@ fn service_port(
         port: number,
         node_port,
         backends: Vec::new(),
+        draining: Vec::new(),
     })
 }
 
@@ -510,9 +514,15 @@ fn affinity_timeout(spec: &ServiceSpec) -> Result<Option<u32>, (RejectionKind, S
 /// each group (its number may differ from group to group, which is how a
 /// named targetPort resolves per pod). Ready endpoints serve; when none is
 /// ready, serving terminating ones do, so a rollout's last pods keep working.
-fn port_backends(groups: &[EndpointGroup], name: &str, protocol: Protocol) -> Vec<Backend> {
+/// Returns (serving, draining): every other listed endpoint drains.
+fn port_backends(
+    groups: &[EndpointGroup],
+    name: &str,
+    protocol: Protocol,
+) -> (Vec<Backend>, Vec<Backend>) {
     let mut ready = BTreeSet::new();
     let mut terminating = BTreeSet::new();
+    let mut listed = BTreeSet::new();
     for group in groups {
         let Some(target) = group
             .ports
@@ -526,6 +536,7 @@ fn port_backends(groups: &[EndpointGroup], name: &str, protocol: Protocol) -> Ve
                 addr: SocketAddrV4::new(endpoint.addr, target.port),
                 local: endpoint.local,
             };
+            listed.insert(backend);
             if endpoint.ready {
                 ready.insert(backend);
             } else if endpoint.serving && endpoint.terminating {
@@ -534,7 +545,8 @@ fn port_backends(groups: &[EndpointGroup], name: &str, protocol: Protocol) -> Ve
         }
     }
     let chosen = if ready.is_empty() { terminating } else { ready };
-    chosen.into_iter().collect()
+    let draining = listed.difference(&chosen).copied().collect();
+    (chosen.into_iter().collect(), draining)
 }
 
 /// Builds the model of the Service `name` from its objects.
@@ -616,7 +628,7 @@ fn build_service(
             .collect()
     };
     for port in &mut ports {
-        port.backends = port_backends(&groups, &port.name, port.protocol);
+        (port.backends, port.draining) = port_backends(&groups, &port.name, port.protocol);
     }
     Ok(Some(ServiceModel {
         name: name.clone(),
@@ -751,6 +763,16 @@ mod tests {
             backends(&service.ports[0]),
             ["10.244.1.5:8080"],
             "a ready one wins"
+        );
+        // The others keep the connections they have until they leave the slice.
+        let draining: Vec<String> = service.ports[0]
+            .draining
+            .iter()
+            .map(|b| b.addr.to_string())
+            .collect();
+        assert_eq!(
+            draining,
+            ["10.244.1.2:8080", "10.244.1.3:8080", "10.244.1.4:8080"]
         );
         let none = "- {addresses: [10.244.1.4], conditions: {ready: false}}\n";
         let service = model(&format!("{SERVICE}{}", slice("web-a", none)));

@@ -288,7 +288,9 @@ mod tests {
         );
         let value = store.maps.services.values().next().unwrap();
         assert_eq!(value.slot_count, 1);
-        assert_eq!(store.maps.backends.len(), 1);
+        // Still listed: kept for the connections it has, chosen for no new one.
+        assert_eq!(store.maps.backends.len(), 2);
+        assert_eq!(store.maps.selection.len(), 1);
     }
 
     #[test]

@@ -72,6 +72,8 @@ pub struct Frontend {
     pub port_name: String,
     /// In selection order.
     pub backends: Vec<Backend>,
+    /// Kept for the connections they have, chosen for no new one.
+    pub draining: Vec<Backend>,
     pub affinity_timeout: Option<u32>,
     /// With no backend, drop silently instead of rejecting: a traffic policy
     /// `Local` on a Service whose endpoints all run elsewhere.
@@ -366,6 +368,7 @@ impl Plan {
             service: owner.clone(),
             port_name: port.name.clone(),
             backends,
+            draining: port.draining.clone(),
             affinity_timeout: service.affinity_timeout,
             empty_drop,
             snat_remote: key.scope == FrontendScope::Node && !service.external_policy_local,
@@ -436,6 +439,7 @@ mod tests {
                             local: false,
                         })
                         .collect(),
+                    draining: Vec::new(),
                 })
                 .collect(),
             affinity_timeout: None,

@@ -27,6 +27,7 @@ use proxy_common::{
 
 use crate::{
     cidr::Ipv4Cidr,
+    model::Backend,
     plan::{Frontend, FrontendKey, FrontendScope, Plan},
 };
 
@@ -130,18 +131,19 @@ fn service_flags(frontend: &Frontend) -> u32 {
     .fold(0, |flags, (_, bit)| flags | bit)
 }
 
+/// The map value of a backend.
+fn backend_value(backend: &Backend) -> BackendValue {
+    BackendValue {
+        addr: addr_to_net(*backend.addr.ip()),
+        port: port_to_net(backend.addr.port()),
+        flags: if backend.local { BACKEND_LOCAL } else { 0 },
+        _pad: 0,
+    }
+}
+
 /// The backend values, service flags and affinity timeout a frontend needs.
 fn entries(frontend: &Frontend) -> (Vec<BackendValue>, u32, u32) {
-    let backends = frontend
-        .backends
-        .iter()
-        .map(|b| BackendValue {
-            addr: addr_to_net(*b.addr.ip()),
-            port: port_to_net(b.addr.port()),
-            flags: if b.local { BACKEND_LOCAL } else { 0 },
-            _pad: 0,
-        })
-        .collect();
+    let backends = frontend.backends.iter().map(backend_value).collect();
     let timeout = frontend.affinity_timeout.unwrap_or(0);
     (backends, service_flags(frontend), timeout)
 }
@@ -151,8 +153,12 @@ pub struct Syncer {
     current: MapContents,
     /// Reverse of `current.backends`: one id per distinct backend.
     backend_ids: HashMap<BackendValue, u32>,
-    /// How many slots refer to each backend id.
+    /// How many slots and draining lists refer to each backend id.
     backend_refs: HashMap<u32, u32>,
+    /// The backends each frontend keeps for existing connections only: in
+    /// `backends` (the datapath checks a flow's backend is still there), in
+    /// no slot. Rebuilt by the reconcile after a restart.
+    draining: HashMap<ServiceKey, Vec<u32>>,
     live_service_ids: HashSet<u32>,
     /// Ids freed during the current sync; not handed out again until the next.
     resting_service_ids: HashSet<u32>,
@@ -189,6 +195,7 @@ impl Syncer {
             live_service_ids: current.services.values().map(|v| v.id).collect(),
             backend_ids,
             backend_refs,
+            draining: HashMap::new(),
             unreferenced,
             current,
             resting_service_ids: HashSet::new(),
@@ -317,6 +324,12 @@ impl Syncer {
             }
             slot_count += 1;
         }
+        let draining: Vec<u32> = frontend
+            .draining
+            .iter()
+            .filter_map(|b| self.backend_id(&backend_value(b), store, report))
+            .collect();
+        self.set_draining(key, draining);
         let ranges: BTreeSet<RangeEntry> = frontend
             .source_ranges
             .iter()
@@ -447,12 +460,33 @@ impl Syncer {
             None => self.current.selection.remove(&slot),
         };
         if let Some(old) = previous {
-            let refs = self.backend_refs.entry(old).or_default();
-            *refs = refs.saturating_sub(1);
-            if *refs == 0 {
-                self.backend_refs.remove(&old);
-                self.unreferenced.insert(old);
-            }
+            self.release_backend(old);
+        }
+    }
+
+    /// Records that frontend `key` keeps `ids` for its existing connections.
+    fn set_draining(&mut self, key: ServiceKey, ids: Vec<u32>) {
+        for id in &ids {
+            *self.backend_refs.entry(*id).or_default() += 1;
+        }
+        let previous = if ids.is_empty() {
+            self.draining.remove(&key)
+        } else {
+            self.draining.insert(key, ids)
+        };
+        for old in previous.unwrap_or_default() {
+            self.release_backend(old);
+        }
+    }
+
+    /// Drops one reference to backend `id`; the last one makes it a
+    /// candidate for deletion at the end of the sync.
+    fn release_backend(&mut self, id: u32) {
+        let refs = self.backend_refs.entry(id).or_default();
+        *refs = refs.saturating_sub(1);
+        if *refs == 0 {
+            self.backend_refs.remove(&id);
+            self.unreferenced.insert(id);
         }
     }
 
@@ -469,6 +503,7 @@ impl Syncer {
         self.resting_service_ids.insert(existing.id);
         report.services_deleted += 1;
         self.trim_slots(existing.id, 0, store, report);
+        self.set_draining(key, Vec::new());
         self.trim_ranges(existing.id, &BTreeSet::new(), store, report);
     }
 
@@ -502,7 +537,7 @@ impl Syncer {
         }
     }
 
-    /// Deletes the backends no slot refers to any more.
+    /// Deletes the backends no slot and no draining list refers to any more.
     fn collect_backends(&mut self, store: &mut impl MapStore, report: &mut SyncReport) {
         let candidates = std::mem::take(&mut self.unreferenced);
         for id in candidates {
@@ -591,6 +626,7 @@ mod tests {
                             local: false,
                         })
                         .collect(),
+                    draining: Vec::new(),
                 }],
                 ..model_without_ports(&name)
             };
@@ -931,6 +967,7 @@ mod tests {
                 port: 53,
                 node_port: None,
                 backends: vec![local],
+                draining: Vec::new(),
             }],
             affinity_timeout: Some(600),
             ..model_without_ports(&name)
@@ -948,6 +985,67 @@ mod tests {
         );
     }
 
+    #[test]
+    fn draining_backends_stay_for_their_connections_until_they_leave_the_slice() {
+        let name = ServiceName::new("default", "web");
+        let backend = |addr: &str| Backend {
+            addr: addr.parse().unwrap(),
+            local: false,
+        };
+        let model = |backends: &[&str], draining: &[&str]| ServiceModel {
+            name: name.clone(),
+            cluster_ips: vec!["10.96.0.1".parse().unwrap()],
+            ports: vec![ServicePortModel {
+                name: String::new(),
+                protocol: Protocol::Tcp,
+                port: 80,
+                node_port: None,
+                backends: backends.iter().map(|b| backend(b)).collect(),
+                draining: draining.iter().map(|b| backend(b)).collect(),
+            }],
+            ..model_without_ports(&name)
+        };
+        let mut plan = Plan::default();
+        let mut store = FakeStore::default();
+        let mut syncer = Syncer::adopt(MapContents::default());
+        let mut apply = |plan: &mut Plan, store: &mut FakeStore, m: ServiceModel| {
+            let mut change = PlanChange::default();
+            plan.set(&name, Some(m), &mut change);
+            syncer.apply(plan, &change.frontends, store)
+        };
+        let addrs = |store: &FakeStore| -> Vec<u32> {
+            let mut a: Vec<u32> = store.maps.backends.values().map(|b| b.addr).collect();
+            a.sort();
+            a
+        };
+        let a = addr_to_net("10.244.0.1".parse().unwrap());
+        let b = addr_to_net("10.244.0.2".parse().unwrap());
+        apply(
+            &mut plan,
+            &mut store,
+            model(&["10.244.0.1:80", "10.244.0.2:80"], &[]),
+        );
+        let b_id = *store
+            .maps
+            .backends
+            .iter()
+            .find(|(_, v)| v.addr == b)
+            .unwrap()
+            .0;
+        // b terminates: no slot any more, but its entry (and id) stays.
+        apply(
+            &mut plan,
+            &mut store,
+            model(&["10.244.0.1:80"], &["10.244.0.2:80"]),
+        );
+        assert_eq!(store.maps.selection.len(), 1);
+        assert_eq!(store.maps.backends.get(&b_id).map(|v| v.addr), Some(b));
+        // b leaves the slice: gone, so its connections are reset.
+        let report = apply(&mut plan, &mut store, model(&["10.244.0.1:80"], &[]));
+        assert_eq!(addrs(&store), [a]);
+        assert_eq!(report.backends_deleted, 1);
+    }
+
     /// A LoadBalancer `default/lb` with ingress IP 192.0.2.10 port 80 (one
     /// remote backend) and the given source ranges, with no node address.
     fn load_balancer_plan(ranges: Option<&[&str]>, external_local: bool) -> Plan {
@@ -963,6 +1061,7 @@ mod tests {
                     addr: "10.244.1.2:80".parse().unwrap(),
                     local: false,
                 }],
+                draining: Vec::new(),
             }],
             external_addrs: vec![crate::model::ExternalAddr {
                 addr: "192.0.2.10".parse().unwrap(),

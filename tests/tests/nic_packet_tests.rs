@@ -564,3 +564,16 @@ fn a_remote_backend_behind_another_interface_is_redirected_only_to_a_nic_of_ours
     assert_eq!(packet::dst(&out), sa(behind, 8080));
     assert_eq!(out[0..6], [0x02, 0, 0, 0, 0, 0xd2], "the next hop's MAC");
 }
+
+#[test]
+fn a_nodeport_connection_whose_backend_left_is_reset() {
+    let (mut dp, nic) = nodeport_datapath(SERVICE_SNAT_REMOTE, &[(REMOTE_POD, 8080, false)]);
+    let syn = from_client(Packet::tcp(client(40000), nodeport()));
+    assert_eq!(dp.run_nic(&syn.build(), nic).0, XDP_TX);
+    let ack = from_client(Packet::tcp(client(40000), nodeport()).tcp_flags(packet::TCP_ACK));
+    assert_eq!(dp.run_nic(&ack.build(), nic).0, XDP_TX);
+    dp.remove_backend(Datapath::backend_id(1, 0));
+    let (verdict, out) = dp.run_nic(&ack.build(), nic);
+    assert_eq!(verdict, XDP_TX, "answered from the NIC");
+    packet::assert_rst_answers(&out, &ack);
+}

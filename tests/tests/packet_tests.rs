@@ -792,3 +792,27 @@ fn a_pod_reaching_itself_through_its_service_sees_the_vip_as_the_client() {
     }
     assert_eq!(dp.conntrack().len(), 2);
 }
+
+#[test]
+fn a_connection_whose_backend_left_is_reset_on_its_next_segment() {
+    let mut dp = datapath();
+    let client = sa(CLIENT, 43000);
+    let backend = forward(&mut dp, &Packet::tcp(client, tcp_vip()), &TCP_BACKENDS);
+    let index = TCP_BACKENDS
+        .iter()
+        .position(|&(a, p)| sa(a, p) == backend)
+        .unwrap();
+    // While the backend exists, the connection goes on.
+    let ack = Packet::tcp(client, tcp_vip()).tcp_flags(packet::TCP_ACK);
+    assert_eq!(forward(&mut dp, &ack, &TCP_BACKENDS), backend);
+    // Gone (sync deletes a backend once no frontend lists it, draining
+    // ones included): the next segment is answered with a RST from the VIP.
+    dp.remove_backend(Datapath::backend_id(TCP_ID, index));
+    let (verdict, out) = dp.run(&ack.build());
+    assert_eq!(verdict, TC_ACT_REDIRECT, "back into the client pod");
+    packet::assert_rst_answers(&out, &ack);
+    // A new connection from the same port is balanced afresh.
+    dp.add_service(TCP_VIP, TCP_PORT, PROTO_TCP, TCP_ID, &TCP_BACKENDS);
+    let syn = Packet::tcp(client, tcp_vip());
+    forward(&mut dp, &syn, &TCP_BACKENDS);
+}

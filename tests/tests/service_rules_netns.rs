@@ -9,7 +9,7 @@ use std::{
     net::Ipv4Addr,
     process::{ChildStdout, Stdio},
     sync::mpsc::{self, Receiver},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use kxdp_testbed::{
@@ -563,4 +563,102 @@ fn client_ip_affinity_keeps_a_client_on_one_backend_until_its_timeout() {
         std::thread::sleep(Duration::from_millis(2_100));
     }
     assert!(chosen.len() > 1, "never moved: {chosen:?}");
+}
+
+#[test]
+fn a_connection_drains_with_its_terminating_backend_and_is_reset_once_it_leaves() {
+    // 100 ms apart: 10 s, far longer than the test needs.
+    const EXCHANGES: usize = 100;
+    let vip = Ipv4Addr::new(10, 96, 100, 70);
+    let target = format!("{vip}:7000");
+    let peer = env!("CARGO_BIN_EXE_kxdp-peer");
+    let mut s = scenario();
+    for backend in ["b1", "b2"] {
+        let netns = s.node.pod(backend).netns.clone();
+        let echo = ["echo-lines", "--name", backend, "--tcp", "7007"];
+        s.start_peer(&netns, &echo).unwrap();
+    }
+    let ports = ["{name: chat, port: 7000, protocol: TCP, targetPort: 7007}"];
+    s.write_manifest(
+        "drain.yaml",
+        &service("drain", "ClusterIP", vip, Some("drain"), &ports),
+    )
+    .unwrap();
+    let slice = |endpoints: &[Endpoint]| {
+        endpoint_slice(
+            "drain",
+            "drain-k2n8q",
+            SLICE_CONTROLLER,
+            &[("chat", "TCP", 7007)],
+            endpoints,
+        )
+    };
+    let ips: Vec<(String, Ipv4Addr)> = ["b1", "b2"]
+        .iter()
+        .map(|n| (n.to_string(), s.node.pod(n).ip))
+        .collect();
+    let addr = |name: &str| ips.iter().find(|(n, _)| n == name).expect("a backend").1;
+    s.write_manifest(
+        "drain-slice.yaml",
+        &slice(&[Endpoint::ready(addr("b1")), Endpoint::ready(addr("b2"))]),
+    )
+    .unwrap();
+    let mut agent = s.start_agent().unwrap();
+
+    let mut chat = s.node.command(&s.node.pod("client").netns, peer);
+    chat.args(["chat", &target, &EXCHANGES.to_string(), "100"])
+        .stdout(Stdio::piped());
+    let lines = lines_of(s.node.spawn(chat).unwrap().stdout.take().unwrap());
+    let next = || lines.recv_timeout(WAIT).expect("the chat went silent");
+    let first = next();
+    let backend = first
+        .split_once(" backend=")
+        .map_or("", |(_, b)| b)
+        .to_string();
+    let other = if backend == "b1" { "b2" } else { "b1" };
+
+    // Its backend starts terminating: still listed (serving), not ready.
+    apply(&mut agent, || {
+        s.write_manifest(
+            "drain-slice.yaml",
+            &slice(&[
+                Endpoint::terminating(addr(&backend), true),
+                Endpoint::ready(addr(other)),
+            ]),
+        )
+    });
+    // New connections go to the ready one only...
+    for _ in 0..5 {
+        let one = s
+            .from_pod("client", peer, &["chat", &target, "1", "0"])
+            .expect("a new connection");
+        assert!(one.starts_with(&format!("1 backend={other}")), "{one}");
+    }
+    // ...while the old one goes on with its backend.
+    for _ in 0..5 {
+        let line = next();
+        assert!(line.ends_with(&format!(" backend={backend}")), "{line}");
+    }
+
+    // It leaves the slice: the connection is reset at its next segment,
+    // not left to time out (2 s) nor moved to the other backend.
+    apply(&mut agent, || {
+        s.write_manifest("drain-slice.yaml", &slice(&[Endpoint::ready(addr(other))]))
+    });
+    let removed = Instant::now();
+    loop {
+        match lines.recv_timeout(WAIT) {
+            Ok(line) => assert!(
+                line.ends_with(&format!(" backend={backend}")),
+                "moved: {line}"
+            ),
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            Err(mpsc::RecvTimeoutError::Timeout) => panic!("the chat went silent"),
+        }
+    }
+    assert!(
+        removed.elapsed() < Duration::from_millis(1_500),
+        "ended by a timeout, not a reset: {:?}",
+        removed.elapsed()
+    );
 }
