@@ -35,18 +35,22 @@ pub fn select_backend(service: &ServiceValue, flow: &Ipv4Flow) -> Result<Selecte
     };
     // SAFETY: plain helper call.
     let now = (unsafe { bpf_ktime_get_coarse_ns() } / 1_000_000_000) as u32;
-    // SAFETY: the value is copied out at once.
-    let remembered = unsafe { AFFINITY.get(key).copied() }
-        .filter(|a| now.saturating_sub(a.last_used) <= service.affinity_timeout);
-    let slot = remembered.map_or_else(|| flow_hash(flow) % service.slot_count, |a| a.slot);
-    let (chosen, slot) = match slot_backend(service, slot) {
-        // The remembered backend is still in its slot.
-        Ok((chosen, slot)) if remembered.is_none_or(|a| a.backend_id == chosen.id) => {
-            (chosen, slot)
+    if let Some(entry) = AFFINITY.get_ptr_mut(key) {
+        // SAFETY: a map value pointer, valid for this program run.
+        let remembered = unsafe { *entry };
+        if now.saturating_sub(remembered.last_used) <= service.affinity_timeout {
+            if let Ok((chosen, _)) = slot_backend(service, remembered.slot) {
+                // Still in its slot: the client stays; refreshed in place.
+                if chosen.id == remembered.backend_id {
+                    // SAFETY: as above.
+                    unsafe { (*entry).last_used = now };
+                    return Ok(chosen);
+                }
+            }
         }
-        // It left (or the slot moved): choose afresh.
-        _ => slot_backend(service, flow_hash(flow) % service.slot_count)?,
-    };
+    }
+    // None yet, lapsed, or its backend left: choose afresh and remember.
+    let (chosen, slot) = slot_backend(service, flow_hash(flow) % service.slot_count)?;
     let value = AffinityValue {
         backend_id: chosen.id,
         slot,

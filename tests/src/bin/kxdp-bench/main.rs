@@ -37,7 +37,10 @@ use kxdp_testbed::{
     scenario::{peer_bin, EchoScenario},
 };
 use proxy_common::{
-    maps::{addr_to_net, port_to_net, CtEntry, FlowKey, CT_REPLY, PROTO_TCP},
+    maps::{
+        addr_to_net, port_to_net, CtEntry, FlowKey, ServiceKey, CT_REPLY, PROTO_TCP,
+        SCOPE_CLUSTER_IP,
+    },
     sizes::DROP_REASONS,
 };
 use proxy_userspace::ebpf_object::FLOOR_OBJECT;

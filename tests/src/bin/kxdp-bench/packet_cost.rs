@@ -93,13 +93,19 @@ pub(crate) fn packet_benches(plan: &Plan, nic: u32) -> anyhow::Result<Vec<Packet
             &format!("new flow (select + CT insert + DNAT), {cold}-service chain"),
             POD_INGRESS,
             cold.to_string(),
-            Box::new(NewFlow::new(cold, 1)),
+            Box::new(NewFlow::new(cold, 1, false)),
         ),
         bench(
             &format!("new flow (select + CT insert + DNAT), {warm}-service chain"),
             POD_INGRESS,
             format!("{warm} × {calls} calls"),
-            Box::new(NewFlow::new(warm, calls)),
+            Box::new(NewFlow::new(warm, calls, false)),
+        ),
+        bench(
+            &format!("new flow with ClientIP affinity (affinity hit + CT insert + DNAT), {warm}-service chain"),
+            POD_INGRESS,
+            format!("{warm} × {calls} calls"),
+            Box::new(NewFlow::new(warm, calls, true)),
         ),
         bench(
             "reply (CT reply hit + reverse NAT)",

@@ -157,11 +157,24 @@ pub(crate) fn chain_vip(i: u32) -> SocketAddrV4 {
 }
 
 impl NewFlow {
-    pub(crate) fn new(chain: u32, calls: u32) -> Self {
+    /// With `affinity`, every service has ClientIP session affinity: after
+    /// the first call, each repetition also finds and checks the client's
+    /// affinity entry and refreshes it.
+    pub(crate) fn new(chain: u32, calls: u32, affinity: bool) -> Self {
         assert!(calls < 60_000, "client ports must not repeat within a run");
         let mut dp = Datapath::load();
         for i in 0..chain {
             add_tcp_service(&mut dp, i + 1, chain_vip(i), chain_vip(i + 1));
+            if affinity {
+                let vip = chain_vip(i);
+                let key = ServiceKey {
+                    addr: addr_to_net(*vip.ip()),
+                    port: port_to_net(vip.port()),
+                    proto: PROTO_TCP,
+                    scope: SCOPE_CLUSTER_IP,
+                };
+                dp.set_affinity(key, 10_800);
+            }
         }
         NewFlow {
             dp,

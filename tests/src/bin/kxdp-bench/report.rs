@@ -560,7 +560,9 @@ fn packet_section(plan: &Plan, packets: &[PacketRow]) -> String {
     (ns/packet is then the mean over the calls). The conntrack map is emptied before every run, so every run inserts
     into the same state, and every call uses a new client source port, so no flow was seen before. Checked: after each
     run the conntrack map holds exactly 2 entries per repetition (one forward, one reply), every call's final frame is
-    addressed to VIP_K, no drops.
+    addressed to VIP_K, no drops. The **ClientIP affinity** variant gives every service of the warm chain
+    `sessionAffinity: ClientIP`: the client is the same address in every call, so from the second call on each
+    repetition also finds the client's affinity entry, checks that its backend is still in its slot, and refreshes it.
   - **reply** (`pod_egress`, the program on packets entering a pod): two conntrack reply entries written from
     userspace (direction CT_REPLY): 10.0.2.1:8080 → client restores the source to 10.96.0.10:80, and
     10.96.0.10:80 → client restores it to 10.0.2.1:8080. The timed run sends a SYN-ACK from the backend: each
