@@ -7,7 +7,9 @@
 //! backend is.
 
 use aya_ebpf::{bindings::TC_ACT_OK, macros::classifier, programs::TcContext};
-use proxy_common::maps::{drop_reason, CT_FROM_NIC, CT_HAIRPIN, PROTO_UDP, SERVICE_EMPTY_DROP};
+use proxy_common::maps::{
+    drop_reason, CT_FROM_NIC, CT_HAIRPIN, PROTO_UDP, SERVICE_EMPTY_DROP, SERVICE_SOURCE_RANGES,
+};
 
 use crate::{conntrack, forward, lookup, nat, parse, reject, select, stats};
 
@@ -24,6 +26,12 @@ fn translate(ctx: &TcContext) -> Result<i32, u32> {
     };
     let opening = flow.tcp_flags & (parse::TCP_SYN | parse::TCP_ACK) == parse::TCP_SYN;
     if let Some(service) = lookup::cluster_ip_service(&flow) {
+        if service.flags & SERVICE_SOURCE_RANGES != 0
+            && !lookup::source_allowed(service.id, flow.src_addr)
+        {
+            // A load balancer's address whose ranges leave this pod out.
+            return Err(drop_reason::SOURCE_RANGE);
+        }
         // A SYN opens a new connection: an entry left on its tuple by an
         // earlier one may name a backend that has left the service since.
         let existing = match conntrack::lookup_forward(&flow).filter(|_| !opening) {

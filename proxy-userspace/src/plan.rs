@@ -121,7 +121,7 @@ enum Via<'a> {
     ClusterIp,
     /// An external address, from a pod: kube-proxy short-circuits it to the
     /// Service with every endpoint.
-    ExternalFromPod,
+    ExternalFromPod(&'a ExternalAddr),
     External(&'a ExternalAddr),
     NodePort,
     /// A node address and node port, from a pod: every endpoint, as for
@@ -218,7 +218,7 @@ fn route<'a>(
             Some((service_port?, Via::ClusterIp))
         }
         FrontendScope::Pod => match (external, service_port) {
-            (Some(_), Some(port)) => Some((port, Via::ExternalFromPod)),
+            (Some(external), Some(port)) => Some((port, Via::ExternalFromPod(external))),
             _ => node_port_of(service, key, node).map(|p| (p, Via::NodePortFromPod)),
         },
         FrontendScope::Node => match (external, service_port) {
@@ -355,13 +355,17 @@ impl Plan {
         let (port, via) = route(service, key, &self.node)?;
         let (backends, empty_drop) = match via {
             Via::ClusterIp => policy_backends(&port.backends, service.internal_policy_local),
-            Via::ExternalFromPod | Via::NodePortFromPod => (port.backends.clone(), false),
+            Via::ExternalFromPod(_) | Via::NodePortFromPod => (port.backends.clone(), false),
             Via::External(_) | Via::NodePort => {
                 policy_backends(&port.backends, service.external_policy_local)
             }
         };
+        // kube-proxy checks the ranges at the load balancer's address for
+        // every client, pods included.
         let source_ranges = match via {
-            Via::External(external) if external.load_balancer => service.source_ranges.clone(),
+            Via::External(external) | Via::ExternalFromPod(external) if external.load_balancer => {
+                service.source_ranges.clone()
+            }
             _ => None,
         };
         Some(Frontend {
@@ -748,17 +752,16 @@ mod tests {
     }
 
     #[test]
-    fn source_ranges_guard_only_load_balancer_ingress_from_outside() {
+    fn source_ranges_guard_only_load_balancer_ingress_addresses() {
         let (plan, _) = planned(load_balancer(), &[NODE_A]);
+        let ranges = Some(vec!["203.0.113.0/24".parse().unwrap()]);
         let ingress = plan.frontend(&node("192.0.2.10", 80)).unwrap();
-        assert_eq!(
-            ingress.source_ranges,
-            Some(vec!["203.0.113.0/24".parse().unwrap()])
-        );
+        assert_eq!(ingress.source_ranges, ranges);
+        // From pods too, as kube-proxy.
         let from_pod = plan
             .frontend(&key("192.0.2.10", 80, Protocol::Tcp))
             .unwrap();
-        assert_eq!(from_pod.source_ranges, None);
+        assert_eq!(from_pod.source_ranges, ranges);
         assert_eq!(
             plan.frontend(&node(NODE_A, 30080)).unwrap().source_ranges,
             None

@@ -13,6 +13,7 @@ use kxdp_testbed::{
 use proxy_common::maps::{
     addr_to_net, drop_reason, port_to_net, verdict, AffinityKey, AffinityValue, ServiceKey,
     CT_FORWARD, CT_REPLY, PROTO_TCP, PROTO_UDP, SCOPE_CLUSTER_IP, SERVICE_EMPTY_DROP,
+    SERVICE_SOURCE_RANGES,
 };
 
 const fn ip(a: u8, b: u8, c: u8, d: u8) -> Ipv4Addr {
@@ -815,4 +816,29 @@ fn a_connection_whose_backend_left_is_reset_on_its_next_segment() {
     dp.add_service(TCP_VIP, TCP_PORT, PROTO_TCP, TCP_ID, &TCP_BACKENDS);
     let syn = Packet::tcp(client, tcp_vip());
     forward(&mut dp, &syn, &TCP_BACKENDS);
+}
+
+#[test]
+fn a_load_balancer_address_keeps_its_source_ranges_for_pods_too() {
+    let mut dp = datapath();
+    let lb = sa(ip(192, 168, 60, 10), 80);
+    let key = ServiceKey {
+        addr: addr_to_net(*lb.ip()),
+        port: port_to_net(lb.port()),
+        proto: PROTO_TCP,
+        scope: SCOPE_CLUSTER_IP,
+    };
+    dp.add_frontend(
+        key,
+        9,
+        SERVICE_SOURCE_RANGES,
+        &[(TCP_BACKENDS[0].0, TCP_BACKENDS[0].1, false)],
+    );
+    dp.allow_source(9, ip(10, 0, 1, 0), 24);
+    let (verdict, out) = dp.run(&Packet::tcp(sa(CLIENT, 44000), lb).build());
+    assert_eq!(verdict, TC_ACT_OK);
+    assert_eq!(packet::dst(&out), sa(TCP_BACKENDS[0].0, TCP_BACKENDS[0].1));
+    let outsider = Packet::tcp(sa(ip(10, 0, 7, 5), 44000), lb).build();
+    assert_eq!(dp.run(&outsider).0, TC_ACT_SHOT);
+    assert_eq!(dp.drops(drop_reason::SOURCE_RANGE), 1);
 }
