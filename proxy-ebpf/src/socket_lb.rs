@@ -6,12 +6,18 @@
 //! back to the ClusterIP where the process can see it (`getpeername`, the
 //! source of UDP replies).
 //!
+//! Only sockets of the node's network namespace are translated (the agent
+//! sets [`HOST_NETNS_COOKIE`] at load time): pods are served by the tc
+//! programs on their interfaces, with session affinity and counters, even
+//! when their processes are in the hooked cgroup (the cgroup2 root by
+//! default holds every process on the node).
+//!
 //! Per socket, not per client: there is no client address yet at connect
 //! time, so `sessionAffinity: ClientIP` is not honoured here.
 
 use aya_ebpf::{
     bindings::BPF_ANY,
-    helpers::generated::{bpf_get_socket_cookie, bpf_set_retval},
+    helpers::generated::{bpf_get_netns_cookie, bpf_get_socket_cookie, bpf_set_retval},
     macros::cgroup_sock_addr,
     programs::SockAddrContext,
     EbpfContext as _,
@@ -24,6 +30,11 @@ use crate::{
     maps::{BACKENDS, SELECTION, SERVICES, SOCK_REVNAT},
     select::mix,
 };
+
+/// The cookie of the network namespace whose sockets are translated: the
+/// agent's (the node's). 0, what a failed read leaves, matches none.
+#[unsafe(no_mangle)]
+static HOST_NETNS_COOKIE: u64 = 0;
 
 /// Let the syscall go on (with whatever was rewritten).
 const PROCEED: i32 = 1;
@@ -100,6 +111,14 @@ fn cookie(ctx: &SockAddrContext) -> u64 {
 /// the socket at it and remember the ClusterIP for the way back.
 #[inline(always)]
 fn to_backend(ctx: &SockAddrContext) -> i32 {
+    // SAFETY: a sock_addr context is a valid argument for this helper; the
+    // global is read as the loader set it.
+    let in_host_netns = unsafe {
+        bpf_get_netns_cookie(ctx.as_ptr()) == core::ptr::read_volatile(&HOST_NETNS_COOKIE)
+    };
+    if !in_host_netns {
+        return PROCEED;
+    }
     let Some(proto) = protocol(ctx) else {
         return PROCEED;
     };
