@@ -5,7 +5,12 @@
 
 use std::{collections::BTreeSet, process::Output, time::Duration};
 
-use kxdp_testbed::{agent::Agent, netns::exec_ok, scenario::EchoScenario};
+use kxdp_testbed::{
+    agent::{Agent, AgentHost},
+    cgroup::TestCgroup,
+    netns::exec_ok,
+    scenario::EchoScenario,
+};
 
 const WAIT: Duration = Duration::from_secs(10);
 const HOOKED: &str = "reach ClusterIPs through the socket hooks";
@@ -158,4 +163,33 @@ fn pods_in_the_hooked_cgroup_are_left_to_the_pod_programs() {
     let body = stdout(&output.unwrap()).expect("from the pod");
     assert!(body.contains("client=10.200.1.2:"), "{body}");
     assert!(http_packets(&s) > before, "tc did not see the connection");
+}
+
+#[test]
+fn an_agent_given_another_cgroup_moves_the_hooks_there() {
+    let s = scenario();
+    let agent = start(&s);
+    agent.stop().unwrap();
+    let other = TestCgroup::new(&format!("{}-other", s.node.prefix)).unwrap();
+    let host = AgentHost {
+        netns: &s.node.node_netns,
+        pod_interfaces: &s.node.pod_interface_glob(),
+        pin_path: &s.node.pin_path(),
+        cgroup_path: other.path(),
+    };
+    let mut agent =
+        Agent::start_on(&host, &["--manifests".as_ref(), s.manifests.as_os_str()]).unwrap();
+    agent.wait_for(&[HOOKED], 1, WAIT).unwrap();
+    assert_eq!(agent.count(&["socket hook pinned on another cgroup"]), 4);
+    assert_eq!(agent.count(&["socket hook installed on cgroup"]), 4);
+    let url = format!("http://{}:80/", s.vip);
+    let curl = ["curl", "-sS", "--max-time", "2", &url];
+    let moved = other.output(&s.node.node_netns, &curl).unwrap();
+    assert!(moved.status.success(), "not translated in the new cgroup");
+    assert!(
+        host_curl(&s, &[]).is_err(),
+        "still translated in the old cgroup"
+    );
+    agent.stop().unwrap();
+    s.kxdp(&["unload"]).unwrap();
 }
