@@ -221,6 +221,29 @@ map_type! {
 }
 
 map_type! {
+    /// `sock_revnat` key: a socket (by cookie) whose connect or sendmsg to a
+    /// ClusterIP was rewritten to this backend, network order.
+    pub struct SockRevNatKey {
+        pub cookie: u64,
+        pub backend_addr: u32,
+        pub backend_port: u16,
+        pub _pad: u16,
+    }
+}
+
+map_type! {
+    /// `sock_revnat` value: the frontend the socket asked for, restored as
+    /// the peer by `getpeername` and as the source of UDP replies.
+    pub struct SockRevNatValue {
+        /// Network order.
+        pub vip: u32,
+        /// Network order.
+        pub port: u16,
+        pub _pad: u16,
+    }
+}
+
+map_type! {
     /// `stats` value (per CPU, indexed by service id).
     pub struct ServiceStats {
         pub packets: u64,

@@ -11,6 +11,9 @@ pub const MAX_SELECTION_SLOTS: u32 = 1_048_576;
 pub const MAX_CONNTRACK: u32 = 524_288;
 /// ClientIP session-affinity entries (one per client and frontend in use).
 pub const MAX_AFFINITY: u32 = 262_144;
+/// Sockets translated by the cgroup hooks (host-originated traffic), one
+/// entry per (socket, backend) pair.
+pub const MAX_SOCK_REVNAT: u32 = 262_144;
 /// Number of drop-reason counters (see [`crate::maps::drop_reason`]).
 pub const DROP_REASONS: u32 = 16;
 /// Number of verdict counters (see [`crate::maps::verdict`]).

@@ -3,7 +3,8 @@
 //! One module per concern (DESIGN.md §2); `pod_ingress` and `pod_egress` are
 //! the tcx programs on the host side of every pod interface (packets leaving
 //! and entering the pod), `nic_ingress` the XDP program on the node's NICs;
-//! each reads top to bottom as the path a packet takes.
+//! each reads top to bottom as the path a packet takes. `socket_lb` holds
+//! the cgroup socket hooks that translate host-originated connections.
 #![no_std]
 #![no_main]
 
@@ -21,4 +22,5 @@ mod pod_ingress;
 mod reject;
 mod select;
 mod snat;
+mod socket_lb;
 mod stats;

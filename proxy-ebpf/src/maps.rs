@@ -9,7 +9,7 @@ use aya_ebpf::{
 use proxy_common::{
     maps::{
         AffinityKey, AffinityValue, BackendValue, CtEntry, FlowKey, ServiceKey, ServiceStats,
-        ServiceValue, SlotKey, SourceRange,
+        ServiceValue, SlotKey, SockRevNatKey, SockRevNatValue, SourceRange,
     },
     sizes,
 };
@@ -59,3 +59,10 @@ pub static NIC_ADDRS: HashMap<u32, u32> = HashMap::pinned(sizes::MAX_NICS, 0);
 #[map]
 pub static AFFINITY: LruHashMap<AffinityKey, AffinityValue> =
     LruHashMap::pinned(sizes::MAX_AFFINITY, 0);
+
+/// (socket cookie, backend) → the ClusterIP and port the socket asked for:
+/// the cgroup hooks restore it as the peer (`getpeername`, UDP `recvmsg`).
+/// LRU: closed sockets age out.
+#[map]
+pub static SOCK_REVNAT: LruHashMap<SockRevNatKey, SockRevNatValue> =
+    LruHashMap::pinned(sizes::MAX_SOCK_REVNAT, 0);

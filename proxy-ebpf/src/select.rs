@@ -87,7 +87,7 @@ pub fn backend_still_exists(entry: &CtEntry) -> bool {
 
 /// 32-bit finaliser (from the "lowbias32" family): cheap and well mixed.
 #[inline(always)]
-fn mix(mut x: u32) -> u32 {
+pub fn mix(mut x: u32) -> u32 {
     x ^= x >> 16;
     x = x.wrapping_mul(0x7feb_352d);
     x ^= x >> 15;

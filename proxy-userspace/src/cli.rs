@@ -31,7 +31,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Load the datapath, attach it, and keep the maps in sync with Services.
-    Agent(AgentArgs),
+    Agent(Box<AgentArgs>),
     /// Show the services in the pinned maps with their backends and counters.
     Services(PinArgs),
     /// Detach the programs and remove every pin.
@@ -90,6 +90,11 @@ pub struct AgentArgs {
     /// `externalTrafficPolicy: Local` Services bind.
     #[arg(long, env = "KXDP_HEALTH_CHECK_BIND_ADDRESS", default_value_t = IpAddr::V4(Ipv4Addr::UNSPECIFIED))]
     pub health_check_bind_address: IpAddr,
+    /// cgroup (v2 directory) whose processes reach ClusterIPs through the
+    /// socket hooks: host-originated traffic. Default: the cgroup2 mount
+    /// point in /proc/mounts, i.e. every process on the node.
+    #[arg(long, env = "KXDP_CGROUP_PATH")]
+    pub cgroup_path: Option<PathBuf>,
     #[command(flatten)]
     pub pin: PinArgs,
 }
@@ -140,6 +145,13 @@ mod tests {
         assert!(args.nic.is_empty() && args.nodeport_addresses.is_empty());
         assert_eq!(args.nodeport_range, PortRange(30_000..=32_767));
         assert_eq!(args.health_check_bind_address.to_string(), "0.0.0.0");
+        assert_eq!(args.cgroup_path, None);
+    }
+
+    #[test]
+    fn the_cgroup_path_flag_parses() {
+        let args = agent(&["--cgroup-path", "/sys/fs/cgroup/kxdp"]).unwrap();
+        assert_eq!(args.cgroup_path, Some(PathBuf::from("/sys/fs/cgroup/kxdp")));
     }
 
     fn agent(extra: &[&str]) -> Result<AgentArgs, clap::Error> {
@@ -153,7 +165,7 @@ mod tests {
         ];
         let cli = Cli::try_parse_from(base.iter().chain(extra))?;
         match cli.command {
-            Command::Agent(args) => Ok(args),
+            Command::Agent(args) => Ok(*args),
             _ => panic!("not agent"),
         }
     }

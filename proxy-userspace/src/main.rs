@@ -24,7 +24,7 @@ fn main() -> std::process::ExitCode {
             .enable_all()
             .build()
             .map_err(anyhow::Error::from)
-            .and_then(|runtime| runtime.block_on(commands::agent::run(args))),
+            .and_then(|runtime| runtime.block_on(commands::agent::run(*args))),
         Command::Services(args) => commands::services::run(&args.pin_path),
         Command::Unload(args) => commands::unload::run(&args.pin_path),
     };

@@ -34,6 +34,8 @@ pub struct AgentHost<'a> {
     pub netns: &'a str,
     pub pod_interfaces: &'a str,
     pub pin_path: &'a Path,
+    /// The cgroup its socket hooks attach to: a test's own, never the root.
+    pub cgroup_path: &'a Path,
 }
 
 /// A `kxdp agent` running in the node namespace.
@@ -54,6 +56,7 @@ impl Agent {
             netns: &node.node_netns,
             pod_interfaces: &node.pod_interface_glob(),
             pin_path: &node.pin_path(),
+            cgroup_path: node.cgroup.path(),
         };
         Self::start_on(&host, source)
     }
@@ -72,6 +75,8 @@ impl Agent {
             ])
             .arg("--pin-path")
             .arg(host.pin_path)
+            .arg("--cgroup-path")
+            .arg(host.cgroup_path)
             .env("RUST_LOG", "info")
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())

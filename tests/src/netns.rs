@@ -25,7 +25,10 @@ use std::{
 
 use anyhow::{bail, Context as _};
 
-use crate::privileged::{require_root, PrivateBpffs};
+use crate::{
+    cgroup::TestCgroup,
+    privileged::{require_root, PrivateBpffs},
+};
 
 static NEXT_TAG: AtomicU32 = AtomicU32::new(0);
 
@@ -194,6 +197,9 @@ pub struct MiniNode {
     namespaces: Namespaces,
     /// Private bpffs mount for this node's pins.
     bpffs: PrivateBpffs,
+    /// The cgroup the agent's socket hooks attach to (never the machine's
+    /// root); last, so its processes and links are gone when it goes.
+    pub cgroup: TestCgroup,
 }
 
 impl MiniNode {
@@ -202,6 +208,7 @@ impl MiniNode {
         let mut namespaces = Namespaces::new();
         let prefix = namespaces.prefix.clone();
         let bpffs = PrivateBpffs::new(&prefix).context("mounting a private bpffs")?;
+        let cgroup = TestCgroup::new(&prefix).context("making a test cgroup")?;
         let node_netns = namespaces.add("node")?;
         exec_ok(
             &node_netns,
@@ -213,6 +220,7 @@ impl MiniNode {
             pods: Vec::new(),
             namespaces,
             bpffs,
+            cgroup,
         })
     }
 

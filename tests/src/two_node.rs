@@ -34,6 +34,7 @@ use proxy_userspace::ebpf_object::FLOOR_OBJECT;
 
 use crate::{
     agent::{Agent, AgentHost},
+    cgroup::TestCgroup,
     manifests::write_manifest,
     netns::{add_veth, command, exec_ok, Namespaces, Pod},
     privileged::{require_root, PrivateBpffs},
@@ -132,6 +133,8 @@ pub struct TwoNode {
     namespaces: Namespaces,
     /// Private bpffs for node A's pins.
     bpffs: PrivateBpffs,
+    /// The cgroup node A's socket hooks attach to (never the machine's root).
+    pub cgroup: TestCgroup,
 }
 
 impl TwoNode {
@@ -140,6 +143,7 @@ impl TwoNode {
         let mut namespaces = Namespaces::new();
         let prefix = namespaces.prefix.clone();
         let bpffs = PrivateBpffs::new(&prefix).context("mounting a private bpffs")?;
+        let cgroup = TestCgroup::new(&prefix).context("making a test cgroup")?;
         let lan = namespaces.add("lan")?;
         let ext = namespaces.add("ext")?;
         let node_a = namespaces.add(NodeId::A.name())?;
@@ -157,6 +161,7 @@ impl TwoNode {
             _pass_xdp: None,
             namespaces,
             bpffs,
+            cgroup,
         };
         std::fs::create_dir_all(&topology.manifests)?;
         topology.build()?;
@@ -416,6 +421,7 @@ impl TwoNode {
             netns: &self.node_a,
             pod_interfaces: &self.pod_interface_glob(),
             pin_path: &self.pin_path(),
+            cgroup_path: self.cgroup.path(),
         };
         let mut all: Vec<&OsStr> = vec![
             "--nic".as_ref(),

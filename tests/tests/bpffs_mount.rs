@@ -5,7 +5,9 @@
 
 use std::process::Command;
 
-use kxdp_testbed::{agent::kxdp_bin, manifests::ECHO_SERVICE, privileged::require_root};
+use kxdp_testbed::{
+    agent::kxdp_bin, cgroup::TestCgroup, manifests::ECHO_SERVICE, privileged::require_root,
+};
 
 /// Inside the private namespace: unmount any bpffs, start the agent (bounded
 /// by `timeout`), wait (bounded) for its maps, list services, stop it.
@@ -13,7 +15,7 @@ const SCRIPT: &str = r#"
 set -u
 umount /sys/fs/bpf 2>/dev/null
 mountpoint -q /sys/fs/bpf && { echo "bpffs still mounted"; exit 3; }
-timeout 20 "$KXDP" agent --manifests "$MANIFESTS" --pod-interfaces 'kxdp-no-such-if*' --rescan-ms 100 2>"$LOG" &
+timeout 20 "$KXDP" agent --manifests "$MANIFESTS" --pod-interfaces 'kxdp-no-such-if*' --rescan-ms 100 --cgroup-path "$CGROUP" 2>"$LOG" &
 agent=$!
 for _ in $(seq 1 200); do grep -q "synced" "$LOG" && break; sleep 0.05; done
 "$KXDP" services
@@ -31,11 +33,15 @@ fn agent_mounts_bpffs_and_services_reads_the_default_pin_path() {
     let service = ECHO_SERVICE.replace("spec:\n", "spec:\n  clusterIP: 10.96.7.7\n");
     std::fs::write(dir.join("service.yaml"), service).unwrap();
     let log = dir.join("agent.log");
+    // The agent runs in the host's network namespace: its socket hooks go
+    // on a cgroup of ours, never the machine's root.
+    let cgroup = TestCgroup::new("kxdp-bpffs-test").unwrap();
     let output = Command::new("unshare")
         .args(["--mount", "--propagation", "private", "sh", "-c", SCRIPT])
         .env("KXDP", kxdp_bin())
         .env("MANIFESTS", &dir)
         .env("LOG", &log)
+        .env("CGROUP", cgroup.path())
         .env("RUST_LOG", "info")
         .output()
         .unwrap();

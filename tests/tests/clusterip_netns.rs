@@ -156,6 +156,7 @@ fn datapath_outlives_the_agent_until_unload() {
     // A new agent adopts the pinned links and maps: nothing is rewritten.
     let mut agent = s.start_agent().unwrap();
     agent.wait_for(&["adopted pinned link"], 6, WAIT).unwrap();
+    agent.wait_for(&["socket hook adopted"], 4, WAIT).unwrap();
     agent
         .wait_for(&["synced", "written=0", "deleted=0"], 1, WAIT)
         .unwrap();
@@ -163,7 +164,7 @@ fn datapath_outlives_the_agent_until_unload() {
     agent.stop().unwrap();
 
     let out = s.kxdp(&["unload"]).unwrap();
-    assert!(out.contains("detached 6 links, removed 10 maps"), "{out}");
+    assert!(out.contains("detached 10 links, removed 11 maps"), "{out}");
     assert!(!s.node.pin_path().exists(), "unload leaves no pins");
     assert!(
         s.http_get(&vip).is_err(),

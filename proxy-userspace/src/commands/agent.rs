@@ -17,7 +17,7 @@ use crate::{
         maps::BpfMaps,
         nic::{self, Nics},
         node_addresses::{self, InterfaceAddr},
-        Dataplane,
+        sockets, Dataplane,
     },
     health_check::HealthCheckServer,
     model::Node,
@@ -175,6 +175,26 @@ fn release_freed_memory() {
     }
 }
 
+/// Host-originated traffic: the socket hooks on `--cgroup-path`, or on the
+/// cgroup2 root. Without a cgroup2 mount and no flag, host processes are
+/// simply not translated (pods still are).
+fn attach_socket_hooks(args: &AgentArgs, dataplane: &mut Dataplane) -> anyhow::Result<()> {
+    let cgroup = match &args.cgroup_path {
+        Some(path) => path.clone(),
+        None => match sockets::default_cgroup_path() {
+            Ok(path) => path,
+            Err(e) => {
+                warn!(error = %e, "host-originated traffic to ClusterIPs is not translated");
+                return Ok(());
+            }
+        },
+    };
+    sockets::attach(dataplane, &cgroup, &args.pin.pin_path)
+        .with_context(|| format!("socket hooks on cgroup {}", cgroup.display()))?;
+    info!(cgroup = %cgroup.display(), "host processes in this cgroup reach ClusterIPs through the socket hooks");
+    Ok(())
+}
+
 pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     let mut source = Source::open(&args).await?;
     let pin_path = &args.pin.pin_path;
@@ -226,6 +246,7 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         None => {}
     }
     interfaces.reconcile(&mut dataplane)?;
+    attach_socket_hooks(&args, &mut dataplane)?;
     follow_node(&args, &addrs, &mut pipeline, &mut maps, nics.as_ref());
     if let Some(nics) = &mut nics {
         nics.reconcile(&mut dataplane)?;

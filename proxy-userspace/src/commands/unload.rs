@@ -5,7 +5,7 @@ use std::{fs, io, path::Path};
 
 use anyhow::Context as _;
 
-use crate::dataplane::{interfaces, maps, nic, LINKS_DIR};
+use crate::dataplane::{interfaces, maps, nic, sockets, LINKS_DIR};
 
 fn remove_if_present(path: &Path, remove: fn(&Path) -> io::Result<()>) -> io::Result<bool> {
     match remove(path) {
@@ -24,8 +24,9 @@ pub fn run(pin_path: &Path) -> anyhow::Result<()> {
     let detached = |what: io::Result<usize>| {
         what.with_context(|| format!("detaching links under {}", links_dir.display()))
     };
-    let links =
-        detached(interfaces::detach_all(&links_dir))? + detached(nic::detach_all(&links_dir))?;
+    let links = detached(interfaces::detach_all(&links_dir))?
+        + detached(nic::detach_all(&links_dir))?
+        + detached(sockets::detach_all(&links_dir))?;
     let mut removed_maps = 0;
     for map in &maps::ALL {
         let path = pin_path.join(map.name);

@@ -226,7 +226,7 @@ fn attach(
 }
 
 /// `bpf(2)` with a zeroed attribute block whose leading bytes are `fields`.
-fn bpf_call(cmd: libc::c_long, fields: &[u64]) -> io::Result<i64> {
+pub(super) fn bpf_call(cmd: libc::c_long, fields: &[u64]) -> io::Result<i64> {
     let mut attr = [0u64; 16];
     attr[..fields.len()].copy_from_slice(fields);
     // SAFETY: attr is a valid, fully initialised bpf_attr-sized buffer.

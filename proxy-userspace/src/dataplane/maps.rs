@@ -12,7 +12,7 @@ use aya::{
 };
 use proxy_common::maps::{
     addr_from_net, addr_to_net, AffinityKey, AffinityValue, BackendValue, CtEntry, FlowKey,
-    ServiceKey, ServiceStats, ServiceValue, SlotKey, SourceRange,
+    ServiceKey, ServiceStats, ServiceValue, SlotKey, SockRevNatKey, SockRevNatValue, SourceRange,
 };
 
 use super::DataplaneError;
@@ -50,7 +50,7 @@ const fn pinned<K, V>(name: &'static str) -> PinnedMap {
 }
 
 /// Every map pinned under the pin path.
-pub const ALL: [PinnedMap; 10] = [
+pub const ALL: [PinnedMap; 11] = [
     pinned::<ServiceKey, ServiceValue>(SERVICES),
     pinned::<u32, BackendValue>(BACKENDS),
     pinned::<SlotKey, u32>(SELECTION),
@@ -61,6 +61,7 @@ pub const ALL: [PinnedMap; 10] = [
     pinned::<Key<SourceRange>, u8>(SOURCE_RANGES),
     pinned::<u32, u32>(NIC_ADDRS),
     pinned::<AffinityKey, AffinityValue>("AFFINITY"),
+    pinned::<SockRevNatKey, SockRevNatValue>("SOCK_REVNAT"),
 ];
 
 /// The trie key of a range: the service id's 32 bits, then the prefix.
@@ -328,5 +329,6 @@ mod tests {
         assert!(sizes.contains(&(SOURCE_RANGES, 12, 1)), "{sizes:?}");
         assert!(sizes.contains(&(NIC_ADDRS, 4, 4)));
         assert!(sizes.contains(&(VERDICTS, 4, 8)));
+        assert!(sizes.contains(&("SOCK_REVNAT", 16, 8)));
     }
 }

@@ -6,11 +6,12 @@ pub mod interfaces;
 pub mod maps;
 pub mod nic;
 pub mod node_addresses;
+pub mod sockets;
 
 use std::path::Path;
 
 use aya::{
-    programs::{ProgramError, SchedClassifier, TcAttachType, Xdp},
+    programs::{CgroupSockAddr, ProgramError, SchedClassifier, TcAttachType, Xdp},
     Ebpf, EbpfLoader,
 };
 
@@ -87,8 +88,14 @@ impl Dataplane {
         maps::check_pinned_layout(pin_path)?;
         // Maps already pinned there are reused as they are: a restarted agent
         // keeps the conntrack table and every service.
+        // The socket hooks translate sockets of this (the node's) network
+        // namespace only.
+        let netns_cookie = sockets::own_netns_cookie()
+            .inspect_err(|e| tracing::warn!(error = %e, "cannot read the network namespace cookie; host processes will not be translated"))
+            .unwrap_or(0);
         let ebpf = EbpfLoader::new()
             .default_map_pin_directory(pin_path)
+            .override_global(sockets::HOST_NETNS_COOKIE, &netns_cookie, true)
             .load(KXDP_OBJECT)?;
         let mut dataplane = Self { ebpf };
         for hook in POD_HOOKS {
@@ -96,6 +103,12 @@ impl Dataplane {
                 .program(hook)?
                 .load()
                 .map_err(|e| DataplaneError::Program(hook.program, e))?;
+        }
+        for name in sockets::SOCKET_PROGRAMS {
+            dataplane
+                .socket_program(name)?
+                .load()
+                .map_err(|e| DataplaneError::Program(name, e))?;
         }
         if with_nic {
             dataplane
@@ -109,6 +122,20 @@ impl Dataplane {
     /// The XDP program for NICs.
     pub fn nic_program(&mut self) -> Result<&mut Xdp, DataplaneError> {
         let name = nic::NIC_PROGRAM;
+        let program = self.ebpf.program_mut(name).ok_or(DataplaneError::Program(
+            name,
+            ProgramError::UnexpectedProgramType,
+        ))?;
+        program
+            .try_into()
+            .map_err(|e| DataplaneError::Program(name, e))
+    }
+
+    /// A cgroup socket hook (`sockets::SOCKET_PROGRAMS`).
+    pub fn socket_program(
+        &mut self,
+        name: &'static str,
+    ) -> Result<&mut CgroupSockAddr, DataplaneError> {
         let program = self.ebpf.program_mut(name).ok_or(DataplaneError::Program(
             name,
             ProgramError::UnexpectedProgramType,

@@ -308,6 +308,9 @@ pub(crate) struct AgentSample {
 /// its first sync, and reads its memory.
 fn agent_run(n: usize, source: AgentSource) -> anyhow::Result<AgentSample> {
     let mount = PrivateBpffs::new("kxdp-bench-agent")?;
+    // The agent runs in the host's network namespace: its socket hooks go
+    // on a cgroup of ours, never the machine's root.
+    let cgroup = kxdp_testbed::cgroup::TestCgroup::new("kxdp-bench-agent")?;
     let dir = std::env::temp_dir().join(format!("kxdp-bench-agent-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     let log = dir.join("agent.log");
@@ -333,6 +336,8 @@ fn agent_run(n: usize, source: AgentSource) -> anyhow::Result<AgentSample> {
     let mut child = command
         .arg("--pin-path")
         .arg(mount.path().join("kxdp"))
+        .arg("--cgroup-path")
+        .arg(cgroup.path())
         .env("RUST_LOG", "info")
         .stderr(std::fs::File::create(&log)?)
         .spawn()
