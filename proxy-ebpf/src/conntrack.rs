@@ -12,12 +12,22 @@ use crate::{maps::CONNTRACK, parse::Ipv4Flow, select::Selected};
 
 #[inline(always)]
 pub fn flow_key(flow: &Ipv4Flow) -> FlowKey {
+    tuple_key(
+        (flow.src_addr, flow.src_port),
+        (flow.dst_addr, flow.dst_port),
+        flow.proto,
+    )
+}
+
+/// The key of a packet from `src` to `dst` (address, port; network order).
+#[inline(always)]
+pub fn tuple_key(src: (u32, u16), dst: (u32, u16), proto: u8) -> FlowKey {
     FlowKey {
-        src_addr: flow.src_addr,
-        dst_addr: flow.dst_addr,
-        src_port: flow.src_port,
-        dst_port: flow.dst_port,
-        proto: flow.proto,
+        src_addr: src.0,
+        dst_addr: dst.0,
+        src_port: src.1,
+        dst_port: dst.1,
+        proto,
         _pad: [0; 3],
     }
 }
@@ -56,14 +66,11 @@ pub fn entry_mut(flow: &Ipv4Flow, direction: u8) -> Option<*mut CtEntry> {
 /// come from the VIP; drop it.
 #[inline(always)]
 pub fn forget_stale_reply(flow: &Ipv4Flow) {
-    let reply_key = FlowKey {
-        src_addr: flow.dst_addr,
-        dst_addr: flow.src_addr,
-        src_port: flow.dst_port,
-        dst_port: flow.src_port,
-        proto: flow.proto,
-        _pad: [0; 3],
-    };
+    let reply_key = tuple_key(
+        (flow.dst_addr, flow.dst_port),
+        (flow.src_addr, flow.src_port),
+        flow.proto,
+    );
     let _ = CONNTRACK.remove(reply_key);
 }
 
@@ -77,14 +84,8 @@ pub fn create(
     chosen: &Selected,
     flags: u8,
 ) -> Result<CtEntry, u32> {
-    let reply_key = FlowKey {
-        src_addr: chosen.backend.addr,
-        dst_addr: flow.src_addr,
-        src_port: chosen.backend.port,
-        dst_port: flow.src_port,
-        proto: flow.proto,
-        _pad: [0; 3],
-    };
+    let backend = (chosen.backend.addr, chosen.backend.port);
+    let reply_key = tuple_key(backend, (flow.src_addr, flow.src_port), flow.proto);
     let reply = CtEntry {
         nat_addr: flow.dst_addr,
         nat_port: flow.dst_port,
@@ -106,14 +107,7 @@ pub fn create(
     CONNTRACK
         .insert(reply_key, reply, BPF_ANY as u64)
         .map_err(|_| drop_reason::CONNTRACK_FULL)?;
-    if CONNTRACK
-        .insert(flow_key(flow), forward, BPF_ANY as u64)
-        .is_err()
-    {
-        let _ = CONNTRACK.remove(reply_key);
-        return Err(drop_reason::CONNTRACK_FULL);
-    }
-    Ok(forward)
+    insert_forward(flow, forward, reply_key)
 }
 
 /// Records a connection from a pod to a Service that chose the pod itself
@@ -121,14 +115,8 @@ pub fn create(
 /// the reply, addressed to that stand-in, is translated back.
 #[inline(always)]
 pub fn create_hairpin(flow: &Ipv4Flow, service_id: u32, chosen: &Selected) -> Result<CtEntry, u32> {
-    let reply_key = FlowKey {
-        src_addr: chosen.backend.addr,
-        dst_addr: flow.dst_addr,
-        src_port: chosen.backend.port,
-        dst_port: flow.src_port,
-        proto: flow.proto,
-        _pad: [0; 3],
-    };
+    let backend = (chosen.backend.addr, chosen.backend.port);
+    let reply_key = tuple_key(backend, (flow.dst_addr, flow.src_port), flow.proto);
     let reply = CtEntry {
         nat_addr: flow.dst_addr,
         nat_port: flow.dst_port,
@@ -151,6 +139,18 @@ pub fn create_hairpin(flow: &Ipv4Flow, service_id: u32, chosen: &Selected) -> Re
     CONNTRACK
         .insert(reply_key, reply, BPF_ANY as u64)
         .map_err(|_| drop_reason::CONNTRACK_FULL)?;
+    insert_forward(flow, forward, reply_key)
+}
+
+/// Puts the forward entry of `flow`, whose reply entry at `reply_key` is in
+/// already, and returns it; if it cannot go in, the reply entry goes too
+/// (fail closed).
+#[inline(always)]
+pub fn insert_forward(
+    flow: &Ipv4Flow,
+    forward: CtEntry,
+    reply_key: FlowKey,
+) -> Result<CtEntry, u32> {
     if CONNTRACK
         .insert(flow_key(flow), forward, BPF_ANY as u64)
         .is_err()

@@ -16,7 +16,7 @@ use proxy_common::maps::{
 };
 
 use crate::{
-    conntrack::flow_key,
+    conntrack,
     maps::CONNTRACK,
     parse::{Ipv4Flow, TCP_FIN, TCP_RST},
     select::{flow_hash, Selected},
@@ -66,14 +66,11 @@ fn reclaim(reply_key: &FlowKey, now: u32) -> bool {
     if reply.direction != CT_REPLY || reply.flags & CT_SNAT == 0 {
         return false;
     }
-    let forward_key = FlowKey {
-        src_addr: reply.snat_addr,
-        dst_addr: reply.nat_addr,
-        src_port: reply.snat_port,
-        dst_port: reply.nat_port,
-        proto: reply_key.proto,
-        _pad: [0; 3],
-    };
+    let forward_key = conntrack::tuple_key(
+        (reply.snat_addr, reply.snat_port),
+        (reply.nat_addr, reply.nat_port),
+        reply_key.proto,
+    );
     // SAFETY: the value is copied out at once.
     let Some(forward) = (unsafe { CONNTRACK.get(forward_key).copied() }) else {
         // Its flow is gone (evicted): the port is free.
@@ -118,14 +115,8 @@ pub fn create(
     for attempt in 0..TRIES {
         let offset = hash.wrapping_add(attempt.wrapping_mul(STRIDE)) % span;
         let port = (SNAT_PORT_MIN + offset as u16).to_be();
-        let reply_key = FlowKey {
-            src_addr: chosen.backend.addr,
-            dst_addr: node_addr,
-            src_port: chosen.backend.port,
-            dst_port: port,
-            proto: flow.proto,
-            _pad: [0; 3],
-        };
+        let backend = (chosen.backend.addr, chosen.backend.port);
+        let reply_key = conntrack::tuple_key(backend, (node_addr, port), flow.proto);
         let reply = CtEntry {
             nat_addr: flow.dst_addr,
             nat_port: flow.dst_port,
@@ -154,14 +145,7 @@ pub fn create(
             snat_port: port,
             ..reply
         };
-        if CONNTRACK
-            .insert(flow_key(flow), forward, BPF_ANY as u64)
-            .is_err()
-        {
-            let _ = CONNTRACK.remove(reply_key);
-            return Err(drop_reason::CONNTRACK_FULL);
-        }
-        return Ok(forward);
+        return conntrack::insert_forward(flow, forward, reply_key);
     }
     Err(drop_reason::SNAT_PORTS_EXHAUSTED)
 }

@@ -10,7 +10,7 @@ use std::net::Ipv4Addr;
 
 use aya::{
     maps::{lpm_trie::Key, HashMap, LpmTrie, MapData, PerCpuArray},
-    programs::{SchedClassifier, TestRun, TestRunOptions, Xdp},
+    programs::{SchedClassifier, TestRun, TestRunOptions, TestRunResult, Xdp},
     Ebpf, EbpfLoader,
 };
 use proxy_common::maps::{
@@ -49,6 +49,41 @@ pub fn xdp_md(frame_len: usize, ifindex: u32) -> Vec<u8> {
         .iter()
         .flat_map(|v| v.to_ne_bytes())
         .collect()
+}
+
+/// Seconds of CLOCK_MONOTONIC_COARSE, the clock the datapath stamps
+/// conntrack and affinity entries with.
+pub fn coarse_now_s() -> u32 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: a valid timespec to fill.
+    assert_eq!(
+        unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) },
+        0
+    );
+    ts.tv_sec as u32
+}
+
+/// One BPF_PROG_TEST_RUN of `prog` on `frame` (with context `ctx`):
+/// (verdict, frame as the program left it).
+fn test_run_once<P>(prog: &P, frame: &[u8], ctx: Option<&[u8]>) -> (u32, Vec<u8>)
+where
+    P: for<'a> TestRun<Opts<'a> = TestRunOptions<'a>, Result = TestRunResult>,
+{
+    let mut out = vec![0u8; frame.len() + OUT_SLACK];
+    let result = prog
+        .test_run(TestRunOptions {
+            data_in: Some(frame),
+            data_out: Some(&mut out),
+            ctx_in: ctx,
+            repeat: 1,
+            ..Default::default()
+        })
+        .unwrap_or_else(|e| panic!("BPF_PROG_TEST_RUN on a {}-byte frame: {e:#?}", frame.len()));
+    out.truncate(result.data_size_out as usize);
+    (result.return_value, out)
 }
 
 /// A backend as the packet tests write it: address, port, on this node?
@@ -318,19 +353,7 @@ impl Datapath {
             .expect("program loaded")
             .try_into()
             .expect("XDP");
-        let md = xdp_md(frame.len(), ifindex);
-        let mut out = vec![0u8; frame.len() + OUT_SLACK];
-        let result = prog
-            .test_run(TestRunOptions {
-                data_in: Some(frame),
-                data_out: Some(&mut out),
-                ctx_in: Some(&md),
-                repeat: 1,
-                ..Default::default()
-            })
-            .unwrap_or_else(|e| panic!("XDP test run on a {}-byte frame: {e:#?}", frame.len()));
-        out.truncate(result.data_size_out as usize);
-        (result.return_value, out)
+        test_run_once(prog, frame, Some(&xdp_md(frame.len(), ifindex)))
     }
 
     /// Verdicts counted for `verdict` (`verdict::*`), summed over CPUs.
@@ -353,20 +376,7 @@ impl Datapath {
             .expect("program loaded")
             .try_into()
             .expect("classifier");
-        let mut out = vec![0u8; frame.len() + OUT_SLACK];
-        let result = prog
-            .test_run(TestRunOptions {
-                data_in: Some(frame),
-                data_out: Some(&mut out),
-                ctx_in: ctx,
-                repeat: 1,
-                ..Default::default()
-            })
-            .unwrap_or_else(|e| {
-                panic!("BPF_PROG_TEST_RUN on a {}-byte frame: {e:#?}", frame.len())
-            });
-        out.truncate(result.data_size_out as usize);
-        (result.return_value, out)
+        test_run_once(prog, frame, ctx)
     }
 
     /// Drops counted for `reason` (`drop_reason::*`), summed over CPUs.

@@ -9,7 +9,10 @@
 use std::net::{Ipv4Addr, SocketAddrV4};
 
 use kxdp_testbed::{
-    datapath::{Datapath, TestBackend, TC_ACT_REDIRECT, XDP_DROP, XDP_PASS, XDP_REDIRECT, XDP_TX},
+    datapath::{
+        coarse_now_s, Datapath, TestBackend, TC_ACT_REDIRECT, XDP_DROP, XDP_PASS, XDP_REDIRECT,
+        XDP_TX,
+    },
     nic_netns::{self, CLIENT, CLIENT_MAC, NIC_MAC, NODE_ADDR, OTHER_NODE_MAC},
     packet::{self, Packet, L4, PROTO_ICMP},
 };
@@ -321,20 +324,6 @@ fn traffic_that_is_not_for_a_node_frontend_passes_untouched() {
     assert!(dp.conntrack().is_empty());
 }
 
-/// Seconds of CLOCK_MONOTONIC_COARSE, the clock the datapath stamps with.
-fn now_s() -> u32 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: a valid timespec to fill.
-    assert_eq!(
-        unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) },
-        0
-    );
-    ts.tv_sec as u32
-}
-
 fn flow_key(src: SocketAddrV4, dst: SocketAddrV4, proto: u8) -> FlowKey {
     FlowKey {
         src_addr: addr_to_net(*src.ip()),
@@ -360,7 +349,7 @@ struct Holders {
 /// Occupies every SNAT port of (backend, node address, `proto`) with flows
 /// of other clients to the NodePort, as the datapath would have made them.
 fn hold_every_snat_port(dp: &mut Datapath, backend: SocketAddrV4, proto: u8, holders: Holders) {
-    let last_seen = now_s() - holders.idle;
+    let last_seen = coarse_now_s() - holders.idle;
     for port in SNAT_PORT_MIN..=SNAT_PORT_MAX {
         let client = sa(Ipv4Addr::new(172, 16, (port >> 8) as u8, port as u8), 40000);
         let node = sa(NODE_ADDR, port);
@@ -383,6 +372,15 @@ fn hold_every_snat_port(dp: &mut Datapath, backend: SocketAddrV4, proto: u8, hol
             let forward = entry(CT_FORWARD, backend, node, closing);
             dp.insert_conntrack(flow_key(client, nodeport(), proto), forward);
         }
+    }
+}
+
+/// The first packet of a flow of `proto` from the client to the NodePort.
+fn new_flow(proto: u8) -> Packet {
+    if proto == PROTO_TCP {
+        Packet::tcp(client(40000), nodeport())
+    } else {
+        Packet::udp(client(40000), nodeport())
     }
 }
 
@@ -418,11 +416,7 @@ fn snat_ports_of_live_flows_are_never_taken_over() {
         let (mut dp, nic) = nodeport_datapath(SERVICE_SNAT_REMOTE, &[(REMOTE_POD, 8080, false)]);
         hold_every_snat_port(&mut dp, backend, proto, holders);
         let entries = dp.conntrack_len();
-        let request = if proto == PROTO_TCP {
-            Packet::tcp(client(40000), nodeport())
-        } else {
-            Packet::udp(client(40000), nodeport())
-        };
+        let request = new_flow(proto);
         let (verdict, _) = dp.run_nic(&from_client(request).build(), nic);
         assert_eq!(verdict, XDP_DROP, "proto {proto}");
         assert_eq!(dp.drops(drop_reason::SNAT_PORTS_EXHAUSTED), 1);
@@ -474,11 +468,7 @@ fn snat_ports_of_gone_closed_or_idle_flows_are_taken_over() {
         let (mut dp, nic) = nodeport_datapath(SERVICE_SNAT_REMOTE, &[(REMOTE_POD, 8080, false)]);
         hold_every_snat_port(&mut dp, backend, proto, holders);
         let entries = dp.conntrack_len();
-        let request = if proto == PROTO_TCP {
-            Packet::tcp(client(40000), nodeport())
-        } else {
-            Packet::udp(client(40000), nodeport())
-        };
+        let request = new_flow(proto);
         let (verdict, out) = dp.run_nic(&from_client(request).build(), nic);
         assert_eq!(verdict, XDP_TX, "{name}");
         let port = packet::src(&out).port();
@@ -522,7 +512,7 @@ fn snated_flows_record_their_packets_and_their_end() {
     // Stamped at creation, both directions.
     for key in [forward_key, reply_key] {
         let e = entry(&mut dp, key);
-        assert!(now_s() - e.last_seen <= 1, "{e:?}");
+        assert!(coarse_now_s() - e.last_seen <= 1, "{e:?}");
         assert_eq!(e.flags, CT_SNAT);
     }
     // Age both, then a reply refreshes its own entry.
@@ -532,7 +522,7 @@ fn snated_flows_record_their_packets_and_their_end() {
     let answer =
         Packet::tcp(backend, sa(NODE_ADDR, port)).tcp_flags(packet::TCP_SYN | packet::TCP_ACK);
     dp.run_nic(&answer.build(), nic);
-    assert!(now_s() - entry(&mut dp, reply_key).last_seen <= 1);
+    assert!(coarse_now_s() - entry(&mut dp, reply_key).last_seen <= 1);
     // The client's FIN marks its entry closing...
     let fin = from_client(Packet::tcp(client(40000), nodeport()).tcp_flags(0x11));
     assert_eq!(dp.run_nic(&fin.build(), nic).0, XDP_TX);

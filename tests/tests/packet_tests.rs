@@ -7,7 +7,7 @@
 use std::{collections::BTreeMap, net::Ipv4Addr, net::SocketAddrV4};
 
 use kxdp_testbed::{
-    datapath::{Datapath, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT},
+    datapath::{coarse_now_s, Datapath, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT},
     packet::{self, ethernet, Packet, ETH_P_ARP, ETH_P_IPV4, ETH_P_IPV6, L4, PROTO_ICMP},
 };
 use proxy_common::maps::{
@@ -627,20 +627,6 @@ fn tcp_key() -> ServiceKey {
     }
 }
 
-/// Seconds of CLOCK_MONOTONIC_COARSE, the clock the datapath stamps with.
-fn now_s() -> u32 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: a valid timespec to fill.
-    assert_eq!(
-        unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) },
-        0
-    );
-    ts.tv_sec as u32
-}
-
 fn affinity_of(dp: &mut Datapath, client: Ipv4Addr) -> AffinityValue {
     let key = AffinityKey {
         service_id: TCP_ID,
@@ -680,7 +666,7 @@ fn client_ip_affinity_keeps_each_client_on_one_backend() {
             backends.keys().next(),
             Some(&backend_with_id(remembered.backend_id))
         );
-        assert!(now_s() - remembered.last_used <= 1);
+        assert!(coarse_now_s() - remembered.last_used <= 1);
     }
 }
 
@@ -715,7 +701,7 @@ fn affinity_lapses_after_the_timeout_and_when_its_backend_leaves() {
     dp.insert_affinity(
         key,
         AffinityValue {
-            last_used: now_s() - 50,
+            last_used: coarse_now_s() - 50,
             ..fresh
         },
     );
@@ -724,7 +710,7 @@ fn affinity_lapses_after_the_timeout_and_when_its_backend_leaves() {
     dp.insert_affinity(
         key,
         AffinityValue {
-            last_used: now_s() - 70,
+            last_used: coarse_now_s() - 70,
             ..fresh
         },
     );

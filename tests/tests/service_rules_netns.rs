@@ -444,15 +444,9 @@ fn lines_of(stdout: ChildStdout) -> Receiver<String> {
     rx
 }
 
-#[test]
-fn a_long_lived_connection_survives_the_agent_killed_and_replaced() {
-    // 100 ms apart: the chat lasts 5 s, far longer than an agent restart
-    // (well under a second).
-    const EXCHANGES: usize = 50;
-    const KILL_AFTER: usize = 10;
-    let vip = Ipv4Addr::new(10, 96, 100, 50);
-    let peer = env!("CARGO_BIN_EXE_kxdp-peer");
-    let mut s = scenario();
+/// Service `name` on `vip`:7000, a line-echo server on port 7007 of each
+/// backend pod, for long-lived connections.
+fn chat_service(s: &mut EchoScenario, name: &str, vip: Ipv4Addr) {
     for backend in ["b1", "b2"] {
         let netns = s.node.pod(backend).netns.clone();
         let echo = ["echo-lines", "--name", backend, "--tcp", "7007"];
@@ -460,10 +454,31 @@ fn a_long_lived_connection_survives_the_agent_killed_and_replaced() {
     }
     let ports = ["{name: chat, port: 7000, protocol: TCP, targetPort: 7007}"];
     s.write_manifest(
-        "chat.yaml",
-        &service("chat", "ClusterIP", vip, Some("chat"), &ports),
+        &format!("{name}.yaml"),
+        &service(name, "ClusterIP", vip, Some(name), &ports),
     )
     .unwrap();
+}
+
+/// One connection from the client pod to `target`, `exchanges` lines 100 ms
+/// apart; its output lines ("N backend=NAME", then "done N").
+fn start_chat(s: &mut EchoScenario, target: &str, exchanges: usize) -> Receiver<String> {
+    let peer = env!("CARGO_BIN_EXE_kxdp-peer");
+    let mut chat = s.node.command(&s.node.pod("client").netns, peer);
+    chat.args(["chat", target, &exchanges.to_string(), "100"])
+        .stdout(Stdio::piped());
+    lines_of(s.node.spawn(chat).unwrap().stdout.take().unwrap())
+}
+
+#[test]
+fn a_long_lived_connection_survives_the_agent_killed_and_replaced() {
+    // 100 ms apart: the chat lasts 5 s, far longer than an agent restart
+    // (well under a second).
+    const EXCHANGES: usize = 50;
+    const KILL_AFTER: usize = 10;
+    let vip = Ipv4Addr::new(10, 96, 100, 50);
+    let mut s = scenario();
+    chat_service(&mut s, "chat", vip);
     let slice = endpoint_slice(
         "chat",
         "chat-x7c2v",
@@ -477,13 +492,7 @@ fn a_long_lived_connection_survives_the_agent_killed_and_replaced() {
     s.write_manifest("chat-slice.yaml", &slice).unwrap();
     let agent = s.start_agent().unwrap();
 
-    let mut chat = s.node.command(&s.node.pod("client").netns, peer);
-    chat.args(["chat", &format!("{vip}:7000")])
-        .arg(EXCHANGES.to_string())
-        .arg("100")
-        .stdout(Stdio::piped());
-    let stdout = s.node.spawn(chat).unwrap().stdout.take().unwrap();
-    let lines = lines_of(stdout);
+    let lines = start_chat(&mut s, &format!("{vip}:7000"), EXCHANGES);
     // The chat's errors go to its stderr, shown with the test's output.
     let next = || {
         lines
@@ -573,17 +582,7 @@ fn a_connection_drains_with_its_terminating_backend_and_is_reset_once_it_leaves(
     let target = format!("{vip}:7000");
     let peer = env!("CARGO_BIN_EXE_kxdp-peer");
     let mut s = scenario();
-    for backend in ["b1", "b2"] {
-        let netns = s.node.pod(backend).netns.clone();
-        let echo = ["echo-lines", "--name", backend, "--tcp", "7007"];
-        s.start_peer(&netns, &echo).unwrap();
-    }
-    let ports = ["{name: chat, port: 7000, protocol: TCP, targetPort: 7007}"];
-    s.write_manifest(
-        "drain.yaml",
-        &service("drain", "ClusterIP", vip, Some("drain"), &ports),
-    )
-    .unwrap();
+    chat_service(&mut s, "drain", vip);
     let slice = |endpoints: &[Endpoint]| {
         endpoint_slice(
             "drain",
@@ -605,10 +604,7 @@ fn a_connection_drains_with_its_terminating_backend_and_is_reset_once_it_leaves(
     .unwrap();
     let mut agent = s.start_agent().unwrap();
 
-    let mut chat = s.node.command(&s.node.pod("client").netns, peer);
-    chat.args(["chat", &target, &EXCHANGES.to_string(), "100"])
-        .stdout(Stdio::piped());
-    let lines = lines_of(s.node.spawn(chat).unwrap().stdout.take().unwrap());
+    let lines = start_chat(&mut s, &target, EXCHANGES);
     let next = || lines.recv_timeout(WAIT).expect("the chat went silent");
     let first = next();
     let backend = first

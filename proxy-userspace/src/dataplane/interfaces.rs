@@ -73,8 +73,12 @@ fn parse_pin_name(file: &str) -> Option<(PodHook, Interface)> {
     })
 }
 
-/// Links pinned under `links_dir`, by hook and interface.
-pub fn pinned_links(links_dir: &Path) -> io::Result<BTreeMap<(PodHook, Interface), PathBuf>> {
+/// The links pinned under `links_dir` whose file name `parse` recognises,
+/// by what it makes of the name.
+pub(super) fn pinned_links_named<K: Ord>(
+    links_dir: &Path,
+    parse: impl Fn(&str) -> Option<K>,
+) -> io::Result<BTreeMap<K, PathBuf>> {
     let entries = match fs::read_dir(links_dir) {
         Ok(entries) => entries,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(BTreeMap::new()),
@@ -83,15 +87,29 @@ pub fn pinned_links(links_dir: &Path) -> io::Result<BTreeMap<(PodHook, Interface
     let mut links = BTreeMap::new();
     for entry in entries {
         let path = entry?.path();
-        if let Some(hooked) = path
-            .file_name()
-            .and_then(|f| f.to_str())
-            .and_then(parse_pin_name)
-        {
-            links.insert(hooked, path);
+        if let Some(key) = path.file_name().and_then(|f| f.to_str()).and_then(&parse) {
+            links.insert(key, path);
         }
     }
     Ok(links)
+}
+
+/// Links pinned under `links_dir`, by hook and interface.
+pub fn pinned_links(links_dir: &Path) -> io::Result<BTreeMap<(PodHook, Interface), PathBuf>> {
+    pinned_links_named(links_dir, parse_pin_name)
+}
+
+/// Detaches every link under `links_dir` whose name `parse` recognises;
+/// how many.
+pub(super) fn detach_named<K: Ord>(
+    links_dir: &Path,
+    parse: impl Fn(&str) -> Option<K>,
+) -> io::Result<usize> {
+    let links = pinned_links_named(links_dir, parse)?;
+    for path in links.values() {
+        detach_pinned(path)?;
+    }
+    Ok(links.len())
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -261,13 +279,9 @@ pub(super) fn detach_pinned(path: &Path) -> io::Result<()> {
     fs::remove_file(path)
 }
 
-/// Detaches every pinned link under `links_dir` (for `kxdp unload`).
+/// Detaches every pinned pod link under `links_dir` (for `kxdp unload`).
 pub fn detach_all(links_dir: &Path) -> io::Result<usize> {
-    let links = pinned_links(links_dir)?;
-    for path in links.values() {
-        detach_pinned(path)?;
-    }
-    Ok(links.len())
+    detach_named(links_dir, parse_pin_name)
 }
 
 #[cfg(test)]

@@ -119,9 +119,11 @@ impl Dataplane {
         Ok(dataplane)
     }
 
-    /// The XDP program for NICs.
-    pub fn nic_program(&mut self) -> Result<&mut Xdp, DataplaneError> {
-        let name = nic::NIC_PROGRAM;
+    /// Program `name` of the object as its type `T`.
+    fn typed_program<'a, T>(&'a mut self, name: &'static str) -> Result<&'a mut T, DataplaneError>
+    where
+        &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = ProgramError>,
+    {
         let program = self.ebpf.program_mut(name).ok_or(DataplaneError::Program(
             name,
             ProgramError::UnexpectedProgramType,
@@ -129,6 +131,11 @@ impl Dataplane {
         program
             .try_into()
             .map_err(|e| DataplaneError::Program(name, e))
+    }
+
+    /// The XDP program for NICs.
+    pub fn nic_program(&mut self) -> Result<&mut Xdp, DataplaneError> {
+        self.typed_program(nic::NIC_PROGRAM)
     }
 
     /// A cgroup socket hook (`sockets::SOCKET_PROGRAMS`).
@@ -136,27 +143,12 @@ impl Dataplane {
         &mut self,
         name: &'static str,
     ) -> Result<&mut CgroupSockAddr, DataplaneError> {
-        let program = self.ebpf.program_mut(name).ok_or(DataplaneError::Program(
-            name,
-            ProgramError::UnexpectedProgramType,
-        ))?;
-        program
-            .try_into()
-            .map_err(|e| DataplaneError::Program(name, e))
+        self.typed_program(name)
     }
 
     /// The program behind `hook`.
     pub fn program(&mut self, hook: PodHook) -> Result<&mut SchedClassifier, DataplaneError> {
-        let program = self
-            .ebpf
-            .program_mut(hook.program)
-            .ok_or(DataplaneError::Program(
-                hook.program,
-                ProgramError::UnexpectedProgramType,
-            ))?;
-        program
-            .try_into()
-            .map_err(|e| DataplaneError::Program(hook.program, e))
+        self.typed_program(hook.program)
     }
 
     /// Hands the service maps over to the sync writer.

@@ -21,7 +21,7 @@ use aya::programs::{
 use tracing::{info, warn};
 
 use super::{
-    interfaces::{detach_pinned, list_interfaces, AttachError, Interface},
+    interfaces::{detach_named, list_interfaces, pinned_links_named, AttachError, Interface},
     maps::BpfMaps,
     Dataplane, LINKS_DIR,
 };
@@ -46,32 +46,12 @@ fn parse_pin_name(file: &str) -> Option<Interface> {
 
 /// NIC links pinned under `links_dir`.
 fn pinned_links(links_dir: &Path) -> io::Result<BTreeMap<Interface, PathBuf>> {
-    let entries = match fs::read_dir(links_dir) {
-        Ok(entries) => entries,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(BTreeMap::new()),
-        Err(e) => return Err(e),
-    };
-    let mut links = BTreeMap::new();
-    for entry in entries {
-        let path = entry?.path();
-        if let Some(interface) = path
-            .file_name()
-            .and_then(|f| f.to_str())
-            .and_then(parse_pin_name)
-        {
-            links.insert(interface, path);
-        }
-    }
-    Ok(links)
+    pinned_links_named(links_dir, parse_pin_name)
 }
 
 /// Detaches every pinned NIC link under `links_dir` (for `kxdp unload`).
 pub fn detach_all(links_dir: &Path) -> io::Result<usize> {
-    let links = pinned_links(links_dir)?;
-    for path in links.values() {
-        detach_pinned(path)?;
-    }
-    Ok(links.len())
+    detach_named(links_dir, parse_pin_name)
 }
 
 /// The writes that bring `NIC_ADDRS` from `current` to `wanted`: entries to
