@@ -18,6 +18,7 @@ const APT_PACKAGES: &[&str] = &[
     "iproute2",
     "ethtool",
     "curl",
+    "iputils-ping",
     "util-linux",
     "iptables",
     "nftables",
@@ -142,7 +143,15 @@ pub fn run() -> anyhow::Result<()> {
 
     // The namespace suites need these at run time; a failure here is clearer
     // than one in the middle of a test.
-    for tool in ["ip", "ethtool", "curl", "mount", "iptables-restore", "nft"] {
+    for tool in [
+        "ip",
+        "ethtool",
+        "curl",
+        "ping",
+        "mount",
+        "iptables-restore",
+        "nft",
+    ] {
         if !succeeds(Command::new("sh").args(["-c", &format!("command -v {tool}")])) {
             bail!("setup: {tool} is still missing after installing packages");
         }
