@@ -9,6 +9,7 @@ pub mod commands;
 pub mod dataplane;
 pub mod ebpf_object;
 pub mod health_check;
+pub mod maglev;
 pub mod model;
 pub mod pipeline;
 pub mod plan;
