@@ -8,6 +8,7 @@
 //! the packet, so the datapath never swaps bytes.
 #![no_std]
 
+pub mod hash;
 pub mod maps;
 pub mod reject;
 pub mod sizes;

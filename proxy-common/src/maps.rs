@@ -72,10 +72,13 @@ map_type! {
 map_type! {
     /// `services` value.
     pub struct ServiceValue {
-        /// Index into `selection` and `stats`; stable while the frontend exists.
+        /// Index into `maglev` and `stats`; stable while the frontend exists.
         pub id: u32,
-        /// Slots of this service in the `selection` table; 0 means no backend.
-        pub slot_count: u32,
+        /// Slots of the frontend's Maglev table; 0 means no backend. The
+        /// datapath indexes the table by the size the table itself holds
+        /// ([`maglev_layout::HEADER`]), so a table of another size replaces
+        /// the old one in a single update.
+        pub table_size: u32,
         /// `SERVICE_*` bits.
         pub flags: u32,
         /// Seconds of inactivity after which ClientIP affinity lapses.
@@ -111,11 +114,30 @@ map_type! {
 /// `BackendValue::flags`: the endpoint runs on this node.
 pub const BACKEND_LOCAL: u8 = 1;
 
-map_type! {
-    /// `selection` key: slot `slot` of service `service_id`; the value is a backend id.
-    pub struct SlotKey {
-        pub service_id: u32,
-        pub slot: u32,
+/// Flags of every Maglev table (the inner arrays of `maglev`): their sizes
+/// differ per frontend (`BPF_F_INNER_MAP`).
+pub const MAGLEV_TABLE_FLAGS: u32 = 0x1000;
+
+/// Layout of a Maglev table: an array of 64-bit entries (an array spends 8
+/// bytes per entry whatever the value size, so slots are packed). A frontend
+/// of N backends and M slots keeps its N backend ids once, and each slot as
+/// a 16-bit index into them.
+pub mod maglev_layout {
+    /// Entry 0: M in the low 32 bits, N in the high 32 bits.
+    pub const HEADER: u32 = 0;
+    /// Member `k`'s backend id: entry `MEMBERS_START + k / 2`, bits `32 · (k % 2)`.
+    pub const MEMBERS_START: u32 = 1;
+
+    /// Slot `s`'s member index: entry `slots_start(N) + s / 4`, bits `16 · (s % 4)`.
+    #[inline(always)]
+    pub const fn slots_start(members: u32) -> u32 {
+        MEMBERS_START + members.div_ceil(2)
+    }
+
+    /// Entries of a table of `size` slots over `members` backends.
+    #[inline(always)]
+    pub const fn entries(size: u32, members: u32) -> u32 {
+        slots_start(members) + size.div_ceil(4)
     }
 }
 

@@ -5,8 +5,6 @@ pub const MAX_SERVICES: u32 = 65_536;
 /// Distinct backends (address, port) across all services: room for 30,000
 /// services with 10 endpoints each, none shared.
 pub const MAX_BACKENDS: u32 = 524_288;
-/// Selection-table slots across all services.
-pub const MAX_SELECTION_SLOTS: u32 = 1_048_576;
 /// Connection-tracking entries (two per connection: forward and reply).
 pub const MAX_CONNTRACK: u32 = 524_288;
 /// ClientIP session-affinity entries (one per client and frontend in use).

@@ -3,18 +3,19 @@
 
 use aya_ebpf::{
     bindings::{BPF_F_NO_COMMON_LRU, BPF_F_NO_PREALLOC},
-    macros::map,
+    btf_maps::{Array, ArrayOfMaps},
+    macros::{btf_map, map},
     maps::{HashMap, LpmTrie, LruHashMap, PerCpuArray},
 };
 use proxy_common::{
     maps::{
         AffinityKey, AffinityValue, BackendValue, CtEntry, FlowKey, ServiceKey, ServiceStats,
-        ServiceValue, SlotKey, SockRevNatKey, SockRevNatValue, SourceRange,
+        ServiceValue, SockRevNatKey, SockRevNatValue, SourceRange, MAGLEV_TABLE_FLAGS,
     },
     sizes,
 };
 
-/// (VIP, port, protocol, scope) → service id and slot count.
+/// (VIP, port, protocol, scope) → service id and table size.
 #[map]
 pub static SERVICES: HashMap<ServiceKey, ServiceValue> = HashMap::pinned(sizes::MAX_SERVICES, 0);
 
@@ -22,9 +23,17 @@ pub static SERVICES: HashMap<ServiceKey, ServiceValue> = HashMap::pinned(sizes::
 #[map]
 pub static BACKENDS: HashMap<u32, BackendValue> = HashMap::pinned(sizes::MAX_BACKENDS, 0);
 
-/// (service id, slot) → backend id: the selection table the agent fills.
-#[map]
-pub static SELECTION: HashMap<SlotKey, u32> = HashMap::pinned(sizes::MAX_SELECTION_SLOTS, 0);
+/// A frontend's Maglev table (`proxy_common::maps::maglev_layout`). The one
+/// entry here only describes the type; the agent creates each table with
+/// the size it needs.
+pub type MaglevTable = Array<u64, 1, { MAGLEV_TABLE_FLAGS as usize }>;
+
+/// Service id → its Maglev table. The agent builds a changed table beside
+/// the old one and swaps it in with one update, so a packet sees either
+/// table whole. A BTF map (map-in-map needs its inner type); pinned by the
+/// agent's loader.
+#[btf_map]
+pub static MAGLEV: ArrayOfMaps<MaglevTable, { sizes::MAX_SERVICES as usize }> = ArrayOfMaps::new();
 
 /// Flow → translation, one entry per direction of each connection. Per-CPU
 /// LRU lists: inserting a new flow takes no map-wide lock.

@@ -84,7 +84,7 @@ fn translate(ctx: &XdpContext) -> Result<u32, u32> {
             }
             entry
         }
-        None if service.slot_count == 0 => return no_backend(ctx, &flow, &service),
+        None if service.table_size == 0 => return no_backend(ctx, &flow, &service),
         None => {
             let chosen = select::select_backend(&service, &flow)?;
             let remote = chosen.backend.flags & BACKEND_LOCAL == 0;

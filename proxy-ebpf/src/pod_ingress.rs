@@ -48,7 +48,7 @@ fn translate(ctx: &TcContext) -> Result<i32, u32> {
         };
         let entry = match existing {
             Some(entry) => entry,
-            None if service.slot_count == 0 => {
+            None if service.table_size == 0 => {
                 if service.flags & SERVICE_EMPTY_DROP != 0 {
                     return Err(drop_reason::NO_LOCAL_BACKEND);
                 }

@@ -1,17 +1,18 @@
-//! Backend choice for a new flow: a hash of the 5-tuple indexes the service's
-//! slots in the selection table, so flows spread over every backend. With
+//! Backend choice for a new flow: a hash of the 5-tuple indexes the
+//! frontend's Maglev table, so flows spread evenly over every backend and
+//! most keep their slot's backend when another backend comes or goes. With
 //! `sessionAffinity: ClientIP` a client's new flows go where its last one
 //! went, while that backend is still in the service and the client opened a
 //! connection within the timeout.
 
 use aya_ebpf::{bindings::BPF_ANY, helpers::generated::bpf_ktime_get_coarse_ns};
 use proxy_common::maps::{
-    drop_reason, AffinityKey, AffinityValue, BackendValue, CtEntry, ServiceValue, SlotKey,
+    drop_reason, maglev_layout, AffinityKey, AffinityValue, BackendValue, CtEntry, ServiceValue,
     SERVICE_AFFINITY_CLIENT_IP,
 };
 
 use crate::{
-    maps::{AFFINITY, BACKENDS, SELECTION},
+    maps::{AFFINITY, BACKENDS, MAGLEV},
     parse::Ipv4Flow,
 };
 
@@ -23,11 +24,11 @@ pub struct Selected {
 
 #[inline(always)]
 pub fn select_backend(service: &ServiceValue, flow: &Ipv4Flow) -> Result<Selected, u32> {
-    if service.slot_count == 0 {
+    if service.table_size == 0 {
         return Err(drop_reason::NO_BACKEND);
     }
     if service.flags & SERVICE_AFFINITY_CLIENT_IP == 0 {
-        return slot_backend(service, flow_hash(flow) % service.slot_count).map(|(s, _)| s);
+        return slot_backend(service, flow_hash(flow)).map(|(s, _)| s);
     }
     let key = AffinityKey {
         service_id: service.id,
@@ -50,7 +51,7 @@ pub fn select_backend(service: &ServiceValue, flow: &Ipv4Flow) -> Result<Selecte
         }
     }
     // None yet, lapsed, or its backend left: choose afresh and remember.
-    let (chosen, slot) = slot_backend(service, flow_hash(flow) % service.slot_count)?;
+    let (chosen, slot) = slot_backend(service, flow_hash(flow))?;
     let value = AffinityValue {
         backend_id: chosen.id,
         slot,
@@ -61,17 +62,32 @@ pub fn select_backend(service: &ServiceValue, flow: &Ipv4Flow) -> Result<Selecte
     Ok(chosen)
 }
 
-/// The backend in slot `slot` of `service` (which must be < its slot count).
+/// The backend in slot `hash` mod M of `service`'s table, and that slot.
 #[inline(always)]
-fn slot_backend(service: &ServiceValue, slot: u32) -> Result<(Selected, u32), u32> {
-    let key = SlotKey {
-        service_id: service.id,
-        slot: slot % service.slot_count,
-    };
-    // SAFETY: values are copied out at once.
-    let id = unsafe { SELECTION.get(key).copied() }.ok_or(drop_reason::STALE_SELECTION)?;
+fn slot_backend(service: &ServiceValue, hash: u32) -> Result<(Selected, u32), u32> {
+    let (id, slot) = table_entry(service.id, hash).ok_or(drop_reason::STALE_SELECTION)?;
+    // SAFETY: the value is copied out at once.
     let backend = unsafe { BACKENDS.get(id).copied() }.ok_or(drop_reason::STALE_SELECTION)?;
-    Ok((Selected { id, backend }, key.slot))
+    Ok((Selected { id, backend }, slot))
+}
+
+/// The backend id in slot `hash` mod M of the Maglev table of `service_id`,
+/// and that slot. M and the layout are read from the table itself, so they
+/// always match the table being read, even while the agent swaps in one of
+/// another size.
+#[inline(always)]
+pub fn table_entry(service_id: u32, hash: u32) -> Option<(u32, u32)> {
+    let table = MAGLEV.get(service_id)?;
+    let header = *table.get(maglev_layout::HEADER)?;
+    let (size, members) = (header as u32, (header >> 32) as u32);
+    if size == 0 {
+        return None;
+    }
+    let slot = hash % size;
+    let lanes = *table.get(maglev_layout::slots_start(members) + slot / 4)?;
+    let member = ((lanes >> ((slot % 4) * 16)) & 0xffff) as u32;
+    let ids = *table.get(maglev_layout::MEMBERS_START + member / 2)?;
+    Some(((ids >> ((member % 2) * 32)) as u32, slot))
 }
 
 /// Whether the backend a conntrack entry names still exists as it was. The
@@ -85,21 +101,14 @@ pub fn backend_still_exists(entry: &CtEntry) -> bool {
         .is_some_and(|b| b.addr == entry.nat_addr && b.port == entry.nat_port)
 }
 
-/// 32-bit finaliser (from the "lowbias32" family): cheap and well mixed.
-#[inline(always)]
-pub fn mix(mut x: u32) -> u32 {
-    x ^= x >> 16;
-    x = x.wrapping_mul(0x7feb_352d);
-    x ^= x >> 15;
-    x = x.wrapping_mul(0x846c_a68b);
-    x ^ (x >> 16)
-}
-
-/// A well-mixed hash of the 5-tuple.
+/// The hash of the flow's 5-tuple ([`proxy_common::hash::flow_hash`]).
 #[inline(always)]
 pub fn flow_hash(flow: &Ipv4Flow) -> u32 {
-    let ports = ((flow.src_port as u32) << 16) | flow.dst_port as u32;
-    let h = mix(flow.src_addr ^ 0x9e37_79b9);
-    let h = mix(h ^ flow.dst_addr);
-    mix(h ^ ports ^ ((flow.proto as u32) << 24))
+    proxy_common::hash::flow_hash(
+        flow.src_addr,
+        flow.dst_addr,
+        flow.src_port,
+        flow.dst_port,
+        flow.proto,
+    )
 }

@@ -22,13 +22,14 @@ use aya_ebpf::{
     programs::SockAddrContext,
     EbpfContext as _,
 };
-use proxy_common::maps::{
-    ServiceKey, SlotKey, SockRevNatKey, SockRevNatValue, PROTO_TCP, PROTO_UDP, SCOPE_CLUSTER_IP,
+use proxy_common::{
+    hash::mix,
+    maps::{ServiceKey, SockRevNatKey, SockRevNatValue, PROTO_TCP, PROTO_UDP, SCOPE_CLUSTER_IP},
 };
 
 use crate::{
-    maps::{BACKENDS, SELECTION, SERVICES, SOCK_REVNAT},
-    select::mix,
+    maps::{BACKENDS, SERVICES, SOCK_REVNAT},
+    select::table_entry,
 };
 
 /// The cookie of the network namespace whose sockets are translated: the
@@ -133,19 +134,14 @@ fn to_backend(ctx: &SockAddrContext) -> i32 {
     let Some(service) = (unsafe { SERVICES.get(key).copied() }) else {
         return PROCEED;
     };
-    if service.slot_count == 0 {
+    if service.table_size == 0 {
         return refuse();
     }
     let cookie = cookie(ctx);
-    let slot = socket_hash(cookie, port) % service.slot_count;
-    let slot_key = SlotKey {
-        service_id: service.id,
-        slot,
-    };
-    // SAFETY: values are copied out at once.
-    let Some(backend_id) = (unsafe { SELECTION.get(slot_key).copied() }) else {
+    let Some((backend_id, _)) = table_entry(service.id, socket_hash(cookie, port)) else {
         return refuse();
     };
+    // SAFETY: the value is copied out at once.
     let Some(backend) = (unsafe { BACKENDS.get(backend_id).copied() }) else {
         return refuse();
     };

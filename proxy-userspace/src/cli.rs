@@ -10,7 +10,7 @@ use std::{
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::cidr::Ipv4Cidr;
+use crate::{cidr::Ipv4Cidr, maglev};
 
 pub const DEFAULT_PIN_PATH: &str = "/sys/fs/bpf/kxdp";
 
@@ -95,8 +95,25 @@ pub struct AgentArgs {
     /// point in /proc/mounts, i.e. every process on the node.
     #[arg(long, env = "KXDP_CGROUP_PATH")]
     pub cgroup_path: Option<PathBuf>,
+    /// Largest Maglev table a frontend gets (slots; one of 251, 509, 1021,
+    /// 2039, 4093, 8191, 16381, 32749, 65521). A frontend's table has about
+    /// 100 slots per backend up to this cap.
+    #[arg(long, env = "KXDP_MAGLEV_TABLE_SIZE", default_value_t = maglev::DEFAULT_MAX_TABLE_SIZE, value_parser = parse_table_size)]
+    pub maglev_table_size: u32,
     #[command(flatten)]
     pub pin: PinArgs,
+}
+
+fn parse_table_size(s: &str) -> Result<u32, String> {
+    s.parse()
+        .ok()
+        .filter(|size| maglev::is_table_size(*size))
+        .ok_or_else(|| {
+            format!(
+                "'{s}' is not a Maglev table size (one of {:?})",
+                maglev::TABLE_SIZES
+            )
+        })
 }
 
 /// A port range `A-B` with `1 <= A <= B`.
@@ -146,6 +163,21 @@ mod tests {
         assert_eq!(args.nodeport_range, PortRange(30_000..=32_767));
         assert_eq!(args.health_check_bind_address.to_string(), "0.0.0.0");
         assert_eq!(args.cgroup_path, None);
+        assert_eq!(args.maglev_table_size, 16_381);
+    }
+
+    #[test]
+    fn the_maglev_table_size_must_be_a_prime_of_the_ladder() {
+        assert_eq!(
+            agent(&["--maglev-table-size", "65521"])
+                .unwrap()
+                .maglev_table_size,
+            65_521
+        );
+        let refused = agent(&["--maglev-table-size", "16384"])
+            .unwrap_err()
+            .to_string();
+        assert!(refused.contains("not a Maglev table size"), "{refused}");
     }
 
     #[test]

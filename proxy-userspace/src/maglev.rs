@@ -164,7 +164,10 @@ mod tests {
             let even = f64::from(size) / f64::from(n);
             for (id, count) in counts {
                 let deviation = (count as f64 - even).abs() / even;
-                assert!(deviation <= 0.01, "N={n}: backend {id} holds {count}, even {even:.1}");
+                assert!(
+                    deviation <= 0.01,
+                    "N={n}: backend {id} holds {count}, even {even:.1}"
+                );
             }
         }
     }

@@ -48,14 +48,15 @@ pub struct Pipeline {
 
 impl Pipeline {
     /// Starts from the maps as they are (pinned by an earlier agent, or
-    /// empty), with the node facts known at start.
-    pub fn new(node: Node, facts: NodeFacts, adopted: MapContents) -> Self {
+    /// empty), with the node facts known at start; Maglev tables get at
+    /// most `max_table_size` slots.
+    pub fn new(node: Node, facts: NodeFacts, adopted: MapContents, max_table_size: u32) -> Self {
         let mut plan = Plan::default();
         plan.set_node_facts(facts, &mut PlanChange::default());
         Self {
             node,
             plan,
-            syncer: Syncer::adopt(adopted),
+            syncer: Syncer::adopt(adopted, max_table_size),
             reconcile: true,
             counters: Counters::default(),
         }
@@ -165,6 +166,7 @@ impl Pipeline {
 mod tests {
     use super::*;
     use crate::{
+        maglev,
         source::{
             group,
             manifest::{parse_stream, Loaded},
@@ -201,6 +203,7 @@ mod tests {
             Node::default(),
             NodeFacts::default(),
             MapContents::default(),
+            maglev::DEFAULT_MAX_TABLE_SIZE,
         )
     }
 
@@ -222,10 +225,7 @@ mod tests {
         );
         let outcome = pipeline.apply(update(Scope::Changed, &a2), &mut store);
         assert_eq!(outcome.frontends_touched, 1);
-        assert_eq!(
-            store.log,
-            ["put backend 2", "put slot 0/1", "put service 0"]
-        );
+        assert_eq!(store.log, ["put backend 2", "put table 0"]);
         // Service b was not in the update and is still served.
         assert_eq!(store.maps.services.len(), 2);
     }
@@ -287,10 +287,11 @@ mod tests {
             &mut store,
         );
         let value = store.maps.services.values().next().unwrap();
-        assert_eq!(value.slot_count, 1);
+        assert_eq!(value.table_size, 251);
         // Still listed: kept for the connections it has, chosen for no new one.
         assert_eq!(store.maps.backends.len(), 2);
-        assert_eq!(store.maps.selection.len(), 1);
+        let table = &store.maps.tables[&value.id];
+        assert!(table.iter().all(|id| *id == table[0]), "one backend serves");
     }
 
     #[test]
@@ -301,15 +302,19 @@ mod tests {
         pipeline().apply(update(Scope::Full, &format!("{a}{b}")), &mut store);
         store.log.clear();
         // The agent restarts while b is deleted: the new one adopts the maps.
-        let mut restarted =
-            Pipeline::new(Node::default(), NodeFacts::default(), store.maps.clone());
+        let mut restarted = Pipeline::new(
+            Node::default(),
+            NodeFacts::default(),
+            store.maps.clone(),
+            maglev::DEFAULT_MAX_TABLE_SIZE,
+        );
         let outcome = restarted.apply(update(Scope::Full, &a), &mut store);
         assert!(outcome.report.errors.is_empty());
         assert_eq!(
             store.log,
             [
                 "delete service Some(1)",
-                "delete slot 1/0",
+                "delete table 1",
                 "delete backend 1"
             ]
         );
@@ -338,7 +343,7 @@ mod tests {
         assert!(report.errors.is_empty(), "{:?}", report.errors);
         assert!(!pipeline.needs_retry());
         assert_eq!(store.maps.services.len(), 1);
-        assert_eq!(store.maps.services.values().next().unwrap().slot_count, 1);
+        assert_eq!(store.maps.services.values().next().unwrap().table_size, 251);
         assert!(pipeline.counters().last_successful_sync.is_some());
     }
 

@@ -1,7 +1,8 @@
 //! Sync: turns the plan's frontends into map entries and writes only what
 //! differs, in an order that never exposes a half-built service
-//! (DESIGN.md §1): backends, then selection slots, then the service entry;
-//! removal in reverse. Work is per frontend, so a change to one Service costs
+//! (DESIGN.md §1): backends, then the Maglev table, then the service entry;
+//! removal in reverse. A table is replaced whole in one update, so the
+//! datapath never indexes half of one. Work is per frontend, so a change to one Service costs
 //! the same whether ten or thirty thousand others exist.
 //!
 //! A frontend limited to `loadBalancerSourceRanges` gets its ranges written
@@ -10,7 +11,7 @@
 //!
 //! Ids stay stable for as long as their frontend or backend exists, and an id
 //! freed by a sync is not reused in that same sync, so no packet can see a new
-//! service's slots through an old service's entry.
+//! service's table through an old service's entry.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
@@ -18,15 +19,16 @@ use std::net::Ipv4Addr;
 
 use proxy_common::{
     maps::{
-        addr_to_net, port_to_net, BackendValue, ServiceKey, ServiceValue, SlotKey, BACKEND_LOCAL,
-        SCOPE_CLUSTER_IP, SCOPE_NODE, SERVICE_AFFINITY_CLIENT_IP, SERVICE_EMPTY_DROP,
-        SERVICE_SNAT_REMOTE, SERVICE_SOURCE_RANGES,
+        addr_from_net, addr_to_net, port_from_net, port_to_net, BackendValue, ServiceKey,
+        ServiceValue, BACKEND_LOCAL, SCOPE_CLUSTER_IP, SCOPE_NODE, SERVICE_AFFINITY_CLIENT_IP,
+        SERVICE_EMPTY_DROP, SERVICE_SNAT_REMOTE, SERVICE_SOURCE_RANGES,
     },
     sizes,
 };
 
 use crate::{
     cidr::Ipv4Cidr,
+    maglev::{self, Member},
     model::Backend,
     plan::{Frontend, FrontendKey, FrontendScope, Plan},
 };
@@ -51,7 +53,8 @@ impl RangeEntry {
 pub struct MapContents {
     pub services: BTreeMap<ServiceKey, ServiceValue>,
     pub backends: BTreeMap<u32, BackendValue>,
-    pub selection: BTreeMap<SlotKey, u32>,
+    /// Maglev tables by service id: slot → backend id.
+    pub tables: BTreeMap<u32, Vec<u32>>,
     pub source_ranges: BTreeSet<RangeEntry>,
 }
 
@@ -66,8 +69,9 @@ pub struct StoreError {
 pub trait MapStore {
     fn put_backend(&mut self, id: u32, value: &BackendValue) -> Result<(), StoreError>;
     fn delete_backend(&mut self, id: u32) -> Result<(), StoreError>;
-    fn put_slot(&mut self, key: &SlotKey, backend_id: u32) -> Result<(), StoreError>;
-    fn delete_slot(&mut self, key: &SlotKey) -> Result<(), StoreError>;
+    /// Replaces the Maglev table of `service_id` (slot → backend id) whole.
+    fn put_table(&mut self, service_id: u32, slots: &[u32]) -> Result<(), StoreError>;
+    fn delete_table(&mut self, service_id: u32) -> Result<(), StoreError>;
     fn put_service(&mut self, key: &ServiceKey, value: &ServiceValue) -> Result<(), StoreError>;
     fn delete_service(&mut self, key: &ServiceKey) -> Result<(), StoreError>;
     fn put_source_range(&mut self, entry: &RangeEntry) -> Result<(), StoreError>;
@@ -141,6 +145,20 @@ fn backend_value(backend: &Backend) -> BackendValue {
     }
 }
 
+/// A backend as a Maglev table member: its address and port decide its
+/// slots, the same on every node.
+fn member(value: &BackendValue, id: u32) -> Member {
+    Member {
+        identity: maglev::identity(addr_from_net(value.addr), port_from_net(value.port)),
+        id,
+    }
+}
+
+/// The distinct backend ids of a table.
+fn table_members(slots: &[u32]) -> BTreeSet<u32> {
+    slots.iter().copied().collect()
+}
+
 /// The backend values, service flags and affinity timeout a frontend needs.
 fn entries(frontend: &Frontend) -> (Vec<BackendValue>, u32, u32) {
     let backends = frontend.backends.iter().map(backend_value).collect();
@@ -153,18 +171,20 @@ pub struct Syncer {
     current: MapContents,
     /// Reverse of `current.backends`: one id per distinct backend.
     backend_ids: HashMap<BackendValue, u32>,
-    /// How many slots and draining lists refer to each backend id.
+    /// How many tables and draining lists refer to each backend id.
     backend_refs: HashMap<u32, u32>,
     /// The backends each frontend keeps for existing connections only: in
     /// `backends` (the datapath checks a flow's backend is still there), in
-    /// no slot. Rebuilt by the reconcile after a restart.
+    /// no table. Rebuilt by the reconcile after a restart.
     draining: HashMap<ServiceKey, Vec<u32>>,
     live_service_ids: HashSet<u32>,
     /// Ids freed during the current sync; not handed out again until the next.
     resting_service_ids: HashSet<u32>,
     resting_backend_ids: HashSet<u32>,
-    /// Backends that may have lost their last slot.
+    /// Backends that may have lost their last reference.
     unreferenced: BTreeSet<u32>,
+    /// Cap on a Maglev table's size (`--maglev-table-size`).
+    max_table_size: u32,
     service_ids: IdCursor,
     backend_id_cursor: IdCursor,
 }
@@ -172,8 +192,15 @@ pub struct Syncer {
 impl Syncer {
     /// Starts from what the (possibly pinned, pre-existing) maps hold, so a
     /// restarted agent keeps every id and touches only what changed.
-    pub fn adopt(current: MapContents) -> Self {
+    /// Tables get at most `max_table_size` slots.
+    pub fn adopt(current: MapContents, max_table_size: u32) -> Self {
         Self::with_limits(current, sizes::MAX_SERVICES, sizes::MAX_BACKENDS)
+            .with_max_table_size(max_table_size)
+    }
+
+    fn with_max_table_size(mut self, max_table_size: u32) -> Self {
+        self.max_table_size = max_table_size;
+        self
     }
 
     fn with_limits(current: MapContents, max_services: u32, max_backends: u32) -> Self {
@@ -182,8 +209,12 @@ impl Syncer {
             backend_ids.entry(*value).or_insert(*id);
         }
         let mut backend_refs: HashMap<u32, u32> = HashMap::new();
-        for id in current.selection.values() {
-            *backend_refs.entry(*id).or_default() += 1;
+        for id in current
+            .tables
+            .values()
+            .flat_map(|slots| table_members(slots))
+        {
+            *backend_refs.entry(id).or_default() += 1;
         }
         let unreferenced = current
             .backends
@@ -197,6 +228,7 @@ impl Syncer {
             backend_refs,
             draining: HashMap::new(),
             unreferenced,
+            max_table_size: maglev::DEFAULT_MAX_TABLE_SIZE,
             current,
             resting_service_ids: HashSet::new(),
             resting_backend_ids: HashSet::new(),
@@ -253,15 +285,15 @@ impl Syncer {
         for key in unwanted {
             self.remove(key, store, &mut report);
         }
-        let orphan_slot_owners: BTreeSet<u32> = self
+        let orphan_tables: Vec<u32> = self
             .current
-            .selection
+            .tables
             .keys()
-            .map(|k| k.service_id)
             .filter(|id| !self.live_service_ids.contains(id))
+            .copied()
             .collect();
-        for id in orphan_slot_owners {
-            self.trim_slots(id, 0, store, &mut report);
+        for id in orphan_tables {
+            self.drop_table(id, store, &mut report);
         }
         let orphan_range_owners: BTreeSet<u32> = self
             .current
@@ -303,26 +335,25 @@ impl Syncer {
             return;
         };
         let (backends, flags, affinity_timeout) = entries(frontend);
-        let backend_ids: Option<Vec<u32>> = backends
+        let members: Option<Vec<Member>> = backends
             .iter()
-            .map(|b| self.backend_id(b, store, report))
+            .map(|b| self.backend_id(b, store, report).map(|id| member(b, id)))
             .collect();
-        let mut complete = backend_ids.is_some();
-        let mut slot_count = 0;
-        for backend_id in backend_ids.unwrap_or_default() {
-            let slot = SlotKey {
-                service_id: id,
-                slot: slot_count,
-            };
-            if self.current.selection.get(&slot) != Some(&backend_id) {
-                if let Err(e) = store.put_slot(&slot, backend_id) {
+        let mut complete = members.is_some();
+        let members = members.unwrap_or_default();
+        let slots = match members.len() {
+            0 => Vec::new(),
+            n => maglev::build(&members, maglev::table_size(n, self.max_table_size)),
+        };
+        let table_size = slots.len() as u32;
+        if complete && table_size > 0 && self.current.tables.get(&id) != Some(&slots) {
+            match store.put_table(id, &slots) {
+                Ok(()) => self.set_table(id, Some(slots)),
+                Err(e) => {
                     report.errors.push(e.to_string());
                     complete = false;
-                    break;
                 }
-                self.set_slot(slot, Some(backend_id));
             }
-            slot_count += 1;
         }
         let draining: Vec<u32> = frontend
             .draining
@@ -361,7 +392,7 @@ impl Syncer {
         }
         let value = ServiceValue {
             id,
-            slot_count,
+            table_size,
             flags,
             affinity_timeout,
         };
@@ -384,9 +415,11 @@ impl Syncer {
                 Err(e) => report.errors.push(e.to_string()),
             }
         }
-        // Slots past what the service entry now indexes are unreachable.
+        // A table the entry no longer uses (no backends) is unreachable.
         let live = self.current.services.get(&key).copied();
-        self.trim_slots(id, live.map_or(0, |v| v.slot_count), store, report);
+        if live.is_none_or(|v| v.table_size == 0) {
+            self.drop_table(id, store, report);
+        }
         // Ranges beyond the wanted ones may still be needed by an entry
         // that could not be updated; the retry removes them.
         if live == Some(value) {
@@ -450,16 +483,18 @@ impl Syncer {
         Some(id)
     }
 
-    /// Records that `slot` now holds `backend_id` (`None`: deleted).
-    fn set_slot(&mut self, slot: SlotKey, backend_id: Option<u32>) {
-        let previous = match backend_id {
-            Some(id) => {
-                *self.backend_refs.entry(id).or_default() += 1;
-                self.current.selection.insert(slot, id)
+    /// Records that `service_id` now has the table `slots` (`None`: none).
+    fn set_table(&mut self, service_id: u32, slots: Option<Vec<u32>>) {
+        let previous = match slots {
+            Some(slots) => {
+                for id in table_members(&slots) {
+                    *self.backend_refs.entry(id).or_default() += 1;
+                }
+                self.current.tables.insert(service_id, slots)
             }
-            None => self.current.selection.remove(&slot),
+            None => self.current.tables.remove(&service_id),
         };
-        if let Some(old) = previous {
+        for old in table_members(&previous.unwrap_or_default()) {
             self.release_backend(old);
         }
     }
@@ -502,42 +537,23 @@ impl Syncer {
         self.live_service_ids.remove(&existing.id);
         self.resting_service_ids.insert(existing.id);
         report.services_deleted += 1;
-        self.trim_slots(existing.id, 0, store, report);
+        self.drop_table(existing.id, store, report);
         self.set_draining(key, Vec::new());
         self.trim_ranges(existing.id, &BTreeSet::new(), store, report);
     }
 
-    /// Deletes the slots of `service_id` from `keep` on.
-    fn trim_slots(
-        &mut self,
-        service_id: u32,
-        keep: u32,
-        store: &mut impl MapStore,
-        report: &mut SyncReport,
-    ) {
-        let from = SlotKey {
-            service_id,
-            slot: keep,
-        };
-        let to = SlotKey {
-            service_id,
-            slot: u32::MAX,
-        };
-        let doomed: Vec<SlotKey> = self
-            .current
-            .selection
-            .range(from..=to)
-            .map(|(k, _)| *k)
-            .collect();
-        for slot in doomed {
-            match store.delete_slot(&slot) {
-                Ok(()) => self.set_slot(slot, None),
-                Err(e) => report.errors.push(e.to_string()),
-            }
+    /// Deletes the table of `service_id`, if it has one.
+    fn drop_table(&mut self, service_id: u32, store: &mut impl MapStore, report: &mut SyncReport) {
+        if !self.current.tables.contains_key(&service_id) {
+            return;
+        }
+        match store.delete_table(service_id) {
+            Ok(()) => self.set_table(service_id, None),
+            Err(e) => report.errors.push(e.to_string()),
         }
     }
 
-    /// Deletes the backends no slot and no draining list refers to any more.
+    /// Deletes the backends no table and no draining list refers to any more.
     fn collect_backends(&mut self, store: &mut impl MapStore, report: &mut SyncReport) {
         let candidates = std::mem::take(&mut self.unreferenced);
         for id in candidates {
@@ -636,19 +652,21 @@ mod tests {
     }
 
     /// The backends each service entry can reach, read back through the maps
-    /// the way the datapath does.
+    /// the way the datapath does (each once, in text order).
     fn reachable(maps: &MapContents) -> BTreeMap<String, Vec<String>> {
         maps.services
             .iter()
             .map(|(key, value)| {
                 let vip = proxy_common::maps::addr_from_net(key.addr);
-                let backends = (0..value.slot_count)
-                    .map(|slot| {
-                        let id = maps.selection[&SlotKey {
-                            service_id: value.id,
-                            slot,
-                        }];
-                        let b = maps.backends[&id];
+                let slots = match value.table_size {
+                    0 => &[][..],
+                    _ => &maps.tables[&value.id][..],
+                };
+                assert_eq!(slots.len(), value.table_size as usize);
+                let backends: BTreeSet<String> = slots
+                    .iter()
+                    .map(|id| {
+                        let b = maps.backends[id];
                         format!(
                             "{}:{}",
                             proxy_common::maps::addr_from_net(b.addr),
@@ -656,6 +674,7 @@ mod tests {
                         )
                     })
                     .collect();
+                let backends: Vec<String> = backends.into_iter().collect();
                 (
                     format!("{vip}:{}", proxy_common::maps::port_from_net(key.port)),
                     backends,
@@ -665,9 +684,9 @@ mod tests {
     }
 
     #[test]
-    fn builds_backends_then_slots_then_service() {
+    fn builds_backends_then_the_table_then_the_service() {
         let mut store = FakeStore::default();
-        let mut syncer = Syncer::adopt(MapContents::default());
+        let mut syncer = Syncer::adopt(MapContents::default(), maglev::DEFAULT_MAX_TABLE_SIZE);
         let report = syncer.reconcile(
             &plan_of(&[("10.96.0.1", 80, &["10.244.0.2:8080", "10.244.0.3:8080"])]),
             &mut store,
@@ -678,8 +697,7 @@ mod tests {
             [
                 "put backend 0",
                 "put backend 1",
-                "put slot 0/0",
-                "put slot 0/1",
+                "put table 0",
                 "reset stats 0",
                 "put service 0"
             ]
@@ -700,9 +718,9 @@ mod tests {
     }
 
     #[test]
-    fn deletes_service_first_then_slots_then_backends() {
+    fn deletes_service_first_then_the_table_then_backends() {
         let mut store = FakeStore::default();
-        let mut syncer = Syncer::adopt(MapContents::default());
+        let mut syncer = Syncer::adopt(MapContents::default(), maglev::DEFAULT_MAX_TABLE_SIZE);
         syncer.reconcile(
             &plan_of(&[("10.96.0.1", 80, &["10.244.0.2:8080"])]),
             &mut store,
@@ -713,7 +731,7 @@ mod tests {
             store.log,
             [
                 "delete service Some(0)",
-                "delete slot 0/0",
+                "delete table 0",
                 "delete backend 0"
             ]
         );
@@ -722,9 +740,9 @@ mod tests {
     }
 
     #[test]
-    fn shrinking_lowers_the_count_before_removing_slots_and_growing_adds_slots_first() {
+    fn a_changed_backend_set_gets_a_whole_new_table_before_backends_go() {
         let mut store = FakeStore::default();
-        let mut syncer = Syncer::adopt(MapContents::default());
+        let mut syncer = Syncer::adopt(MapContents::default(), maglev::DEFAULT_MAX_TABLE_SIZE);
         let three = ["10.244.0.2:80", "10.244.0.3:80", "10.244.0.4:80"];
         syncer.reconcile(&plan_of(&[("10.96.0.1", 80, &three)]), &mut store);
         store.log.clear();
@@ -732,9 +750,8 @@ mod tests {
         assert_eq!(
             store.log,
             [
+                "put table 0",
                 "put service 0",
-                "delete slot 0/1",
-                "delete slot 0/2",
                 "delete backend 1",
                 "delete backend 2"
             ]
@@ -747,8 +764,7 @@ mod tests {
             [
                 "put backend 3",
                 "put backend 4",
-                "put slot 0/1",
-                "put slot 0/2",
+                "put table 0",
                 "put service 0"
             ]
         );
@@ -758,7 +774,7 @@ mod tests {
     #[test]
     fn ids_are_stable_and_not_reused_within_the_sync_that_frees_them() {
         let mut store = FakeStore::default();
-        let mut syncer = Syncer::adopt(MapContents::default());
+        let mut syncer = Syncer::adopt(MapContents::default(), maglev::DEFAULT_MAX_TABLE_SIZE);
         syncer.reconcile(
             &plan_of(&[
                 ("10.96.0.1", 80, &["10.244.0.2:80"]),
@@ -800,7 +816,7 @@ mod tests {
     #[test]
     fn shared_backend_has_one_id_and_survives_while_referenced() {
         let mut store = FakeStore::default();
-        let mut syncer = Syncer::adopt(MapContents::default());
+        let mut syncer = Syncer::adopt(MapContents::default(), maglev::DEFAULT_MAX_TABLE_SIZE);
         syncer.reconcile(
             &plan_of(&[
                 ("10.96.0.1", 80, &["10.244.0.2:80"]),
@@ -821,9 +837,11 @@ mod tests {
     fn restarted_agent_adopts_maps_and_changes_nothing() {
         let mut store = FakeStore::default();
         let plan = plan_of(&[("10.96.0.1", 80, &["10.244.0.2:80", "10.244.0.3:80"])]);
-        Syncer::adopt(MapContents::default()).reconcile(&plan, &mut store);
+        Syncer::adopt(MapContents::default(), maglev::DEFAULT_MAX_TABLE_SIZE)
+            .reconcile(&plan, &mut store);
         store.log.clear();
-        let report = Syncer::adopt(store.maps.clone()).reconcile(&plan, &mut store);
+        let report = Syncer::adopt(store.maps.clone(), maglev::DEFAULT_MAX_TABLE_SIZE)
+            .reconcile(&plan, &mut store);
         assert_eq!(report, SyncReport::default());
         assert!(store.log.is_empty());
     }
@@ -834,7 +852,7 @@ mod tests {
             fail_backend_puts: true,
             ..Default::default()
         };
-        let mut syncer = Syncer::adopt(MapContents::default());
+        let mut syncer = Syncer::adopt(MapContents::default(), maglev::DEFAULT_MAX_TABLE_SIZE);
         let report = syncer.reconcile(
             &plan_of(&[
                 ("10.96.0.1", 80, &["10.244.0.2:80"]),
@@ -849,8 +867,8 @@ mod tests {
         );
         // The service without backends is still written; the other is held back.
         assert_eq!(store.maps.services.len(), 1);
-        assert_eq!(store.maps.services.values().next().unwrap().slot_count, 0);
-        assert!(store.maps.selection.is_empty());
+        assert_eq!(store.maps.services.values().next().unwrap().table_size, 0);
+        assert!(store.maps.tables.is_empty());
         assert_eq!(&store.maps, syncer.current());
     }
 
@@ -874,7 +892,7 @@ mod tests {
     #[test]
     fn apply_touches_only_the_frontends_it_is_given() {
         let mut store = FakeStore::default();
-        let mut syncer = Syncer::adopt(MapContents::default());
+        let mut syncer = Syncer::adopt(MapContents::default(), maglev::DEFAULT_MAX_TABLE_SIZE);
         let before = plan_of(&[
             ("10.96.0.1", 80, &["10.244.0.2:80"]),
             ("10.96.0.2", 80, &["10.244.0.3:80"]),
@@ -896,7 +914,8 @@ mod tests {
         assert!(report.errors.is_empty(), "{:?}", report.errors);
         assert_eq!(
             store.log,
-            ["put backend 3", "put slot 1/1", "put service 1"]
+            // Same table size: the entry itself is unchanged.
+            ["put backend 3", "put table 1"]
         );
         assert_eq!(
             reachable(&store.maps).len(),
@@ -913,7 +932,7 @@ mod tests {
             store.log,
             [
                 "delete service Some(2)",
-                "delete slot 2/0",
+                "delete table 2",
                 "delete backend 2"
             ]
         );
@@ -924,14 +943,11 @@ mod tests {
     fn reconcile_clears_what_adopted_maps_hold_beyond_the_plan() {
         let mut store = FakeStore::default();
         let plan = plan_of(&[("10.96.0.1", 80, &["10.244.0.2:80"])]);
-        Syncer::adopt(MapContents::default()).reconcile(&plan, &mut store);
-        // Leftovers of an interrupted agent: slots of a service id without an
-        // entry, and a backend nothing refers to.
-        let orphan_slot = SlotKey {
-            service_id: 7,
-            slot: 0,
-        };
-        store.maps.selection.insert(orphan_slot, 0);
+        Syncer::adopt(MapContents::default(), maglev::DEFAULT_MAX_TABLE_SIZE)
+            .reconcile(&plan, &mut store);
+        // Leftovers of an interrupted agent: the table of a service id
+        // without an entry, and a backend nothing refers to.
+        store.maps.tables.insert(7, vec![0; 251]);
         store.maps.backends.insert(
             9,
             BackendValue {
@@ -942,9 +958,10 @@ mod tests {
             },
         );
         store.log.clear();
-        let report = Syncer::adopt(store.maps.clone()).reconcile(&plan, &mut store);
+        let report = Syncer::adopt(store.maps.clone(), maglev::DEFAULT_MAX_TABLE_SIZE)
+            .reconcile(&plan, &mut store);
         assert!(report.errors.is_empty(), "{:?}", report.errors);
-        assert_eq!(store.log, ["delete slot 7/0", "delete backend 9"]);
+        assert_eq!(store.log, ["delete table 7", "delete backend 9"]);
         assert_eq!(reachable(&store.maps)["10.96.0.1:80"], ["10.244.0.2:80"]);
         assert_eq!(store.maps.backends.len(), 1);
     }
@@ -974,7 +991,8 @@ mod tests {
         };
         plan.set(&name, Some(model), &mut change);
         let mut store = FakeStore::default();
-        Syncer::adopt(MapContents::default()).reconcile(&plan, &mut store);
+        Syncer::adopt(MapContents::default(), maglev::DEFAULT_MAX_TABLE_SIZE)
+            .reconcile(&plan, &mut store);
         let (key, value) = store.maps.services.iter().next().unwrap();
         assert_eq!(key.proto, proxy_common::maps::PROTO_UDP);
         assert_eq!(value.flags, SERVICE_AFFINITY_CLIENT_IP);
@@ -1007,7 +1025,7 @@ mod tests {
         };
         let mut plan = Plan::default();
         let mut store = FakeStore::default();
-        let mut syncer = Syncer::adopt(MapContents::default());
+        let mut syncer = Syncer::adopt(MapContents::default(), maglev::DEFAULT_MAX_TABLE_SIZE);
         let mut apply = |plan: &mut Plan, store: &mut FakeStore, m: ServiceModel| {
             let mut change = PlanChange::default();
             plan.set(&name, Some(m), &mut change);
@@ -1032,13 +1050,14 @@ mod tests {
             .find(|(_, v)| v.addr == b)
             .unwrap()
             .0;
-        // b terminates: no slot any more, but its entry (and id) stays.
+        // b terminates: in no table any more, but its entry (and id) stays.
         apply(
             &mut plan,
             &mut store,
             model(&["10.244.0.1:80"], &["10.244.0.2:80"]),
         );
-        assert_eq!(store.maps.selection.len(), 1);
+        let table: BTreeSet<u32> = store.maps.tables.values().flatten().copied().collect();
+        assert!(!table.contains(&b_id));
         assert_eq!(store.maps.backends.get(&b_id).map(|v| v.addr), Some(b));
         // b leaves the slice: gone, so its connections are reset.
         let report = apply(&mut plan, &mut store, model(&["10.244.0.1:80"], &[]));
@@ -1088,7 +1107,7 @@ mod tests {
     #[test]
     fn node_frontends_get_node_scope_and_policy_flags() {
         let mut store = FakeStore::default();
-        let mut syncer = Syncer::adopt(MapContents::default());
+        let mut syncer = Syncer::adopt(MapContents::default(), maglev::DEFAULT_MAX_TABLE_SIZE);
         syncer.reconcile(&load_balancer_plan(None, false), &mut store);
         // Cluster IP and ingress IP from pods, ingress IP from outside.
         assert_eq!(store.maps.services.len(), 3);
@@ -1100,7 +1119,7 @@ mod tests {
             frontend_text(&key)
         );
         assert_eq!(value.flags, SERVICE_SNAT_REMOTE);
-        assert_eq!(value.slot_count, 1);
+        assert_eq!(value.table_size, 251);
         let pod_flags: Vec<u32> = store
             .maps
             .services
@@ -1112,13 +1131,13 @@ mod tests {
         // externalTrafficPolicy Local, the only endpoint elsewhere: drop.
         syncer.reconcile(&load_balancer_plan(None, true), &mut store);
         let (_, value) = node_entry(&store.maps);
-        assert_eq!((value.flags, value.slot_count), (SERVICE_EMPTY_DROP, 0));
+        assert_eq!((value.flags, value.table_size), (SERVICE_EMPTY_DROP, 0));
     }
 
     #[test]
     fn source_ranges_are_written_before_and_removed_after_the_entry_needing_them() {
         let mut store = FakeStore::default();
-        let mut syncer = Syncer::adopt(MapContents::default());
+        let mut syncer = Syncer::adopt(MapContents::default(), maglev::DEFAULT_MAX_TABLE_SIZE);
         syncer.reconcile(
             &load_balancer_plan(Some(&["203.0.113.0/24"]), false),
             &mut store,
@@ -1175,7 +1194,7 @@ mod tests {
     #[test]
     fn only_ipv6_ranges_leave_the_check_on_with_nobody_allowed() {
         let mut store = FakeStore::default();
-        Syncer::adopt(MapContents::default())
+        Syncer::adopt(MapContents::default(), maglev::DEFAULT_MAX_TABLE_SIZE)
             .reconcile(&load_balancer_plan(Some(&[]), false), &mut store);
         let (_, value) = node_entry(&store.maps);
         assert_ne!(value.flags & SERVICE_SOURCE_RANGES, 0);
@@ -1188,10 +1207,11 @@ mod tests {
             fail_range_puts: true,
             ..Default::default()
         };
-        let report = Syncer::adopt(MapContents::default()).reconcile(
-            &load_balancer_plan(Some(&["203.0.113.0/24"]), false),
-            &mut store,
-        );
+        let report = Syncer::adopt(MapContents::default(), maglev::DEFAULT_MAX_TABLE_SIZE)
+            .reconcile(
+                &load_balancer_plan(Some(&["203.0.113.0/24"]), false),
+                &mut store,
+            );
         assert!(
             report.errors.iter().any(|e| e.contains("SOURCE_RANGES")),
             "{:?}",
@@ -1206,7 +1226,7 @@ mod tests {
     #[test]
     fn removed_frontends_and_adopted_orphans_lose_their_ranges() {
         let mut store = FakeStore::default();
-        let mut syncer = Syncer::adopt(MapContents::default());
+        let mut syncer = Syncer::adopt(MapContents::default(), maglev::DEFAULT_MAX_TABLE_SIZE);
         syncer.reconcile(
             &load_balancer_plan(Some(&["203.0.113.0/24"]), false),
             &mut store,
@@ -1224,7 +1244,8 @@ mod tests {
             cidr: "10.0.0.0/8".parse().unwrap(),
         });
         store.log.clear();
-        Syncer::adopt(store.maps.clone()).reconcile(&Plan::default(), &mut store);
+        Syncer::adopt(store.maps.clone(), maglev::DEFAULT_MAX_TABLE_SIZE)
+            .reconcile(&Plan::default(), &mut store);
         assert_eq!(store.log, ["delete range 9 10.0.0.0/8"]);
     }
 }

@@ -14,11 +14,15 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use proxy_common::maps::{
-    addr_to_net, port_to_net, AffinityKey, AffinityValue, BackendValue, CtEntry, FlowKey,
-    ServiceKey, ServiceStats, ServiceValue, SlotKey, SourceRange, BACKEND_LOCAL, SCOPE_CLUSTER_IP,
-    SERVICE_AFFINITY_CLIENT_IP,
+    addr_from_net, addr_to_net, port_from_net, port_to_net, AffinityKey, AffinityValue,
+    BackendValue, CtEntry, FlowKey, ServiceKey, ServiceStats, ServiceValue, SourceRange,
+    BACKEND_LOCAL, SCOPE_CLUSTER_IP, SERVICE_AFFINITY_CLIENT_IP,
 };
-use proxy_userspace::ebpf_object::KXDP_OBJECT;
+use proxy_userspace::{
+    dataplane::maglev_tables::{MaglevTables, MAGLEV},
+    ebpf_object::KXDP_OBJECT,
+    maglev,
+};
 
 use crate::privileged::{require_root, PrivateBpffs};
 
@@ -93,9 +97,10 @@ fn fail(what: impl std::fmt::Display) -> ! {
     panic!("packet tests need root and BPF: {what}")
 }
 
-/// The loaded datapath. Field order matters: `ebpf` drops before `mount`.
+/// The loaded datapath. Field order matters: the maps drop before `mount`.
 pub struct Datapath {
     ebpf: Ebpf,
+    tables: MaglevTables,
     _mount: PrivateBpffs,
 }
 
@@ -104,8 +109,10 @@ impl Datapath {
     pub fn load() -> Self {
         require_root("packet tests");
         let mount = PrivateBpffs::new("kxdp-packet-test").unwrap_or_else(|e| fail(e));
+        let maglev_pin = mount.path().join(MAGLEV);
         let mut ebpf = EbpfLoader::new()
             .default_map_pin_directory(mount.path())
+            .map_pin_path(MAGLEV, maglev_pin.as_path())
             .load(KXDP_OBJECT)
             .unwrap_or_else(|e| fail(format!("loading the kxdp object: {e:#?}")));
         for name in [POD_INGRESS, POD_EGRESS] {
@@ -124,8 +131,14 @@ impl Datapath {
             .unwrap_or_else(|e| fail(format!("nic_ingress is not XDP: {e}")));
         xdp.load()
             .unwrap_or_else(|e| fail(format!("verifier rejected nic_ingress: {e:#?}")));
+        let tables = ebpf
+            .take_map(MAGLEV)
+            .map(MaglevTables::new)
+            .unwrap_or_else(|| fail("no MAGLEV map in the object"))
+            .unwrap_or_else(|e| fail(format!("MAGLEV: {e}")));
         Datapath {
             ebpf,
+            tables,
             _mount: mount,
         }
     }
@@ -151,8 +164,8 @@ impl Datapath {
         service_id * 1000 + index as u32 + 1
     }
 
-    /// Writes a ClusterIP service the way sync does: backends, then selection
-    /// slots 0..n, then the service entry (slot_count n; 0 means no backend).
+    /// Writes a ClusterIP service the way sync does: backends, then the
+    /// Maglev table, then the service entry (table size M; 0 means no backend).
     /// Calling it again for the same service replaces its backends.
     pub fn add_service(
         &mut self,
@@ -186,18 +199,12 @@ impl Datapath {
             map.insert(Self::backend_id(id, i), value, 0)
                 .expect("insert backend");
         }
-        let mut map = self.hash::<SlotKey, u32>("SELECTION");
-        for i in 0..backends.len() {
-            let key = SlotKey {
-                service_id: id,
-                slot: i as u32,
-            };
-            map.insert(key, Self::backend_id(id, i), 0)
-                .expect("insert slot");
-        }
+        let ids: Vec<u32> = (0..backends.len())
+            .map(|i| Self::backend_id(id, i))
+            .collect();
         let value = ServiceValue {
             id,
-            slot_count: backends.len() as u32,
+            table_size: self.write_table(id, &ids),
             flags,
             ..ServiceValue::default()
         };
@@ -226,21 +233,44 @@ impl Datapath {
         services.insert(key, value, 0).expect("update service");
     }
 
-    /// Points frontend `key` (service `id`) at `backend_ids`, slot by slot,
-    /// as sync does when its backends change; backend ids stay as they are.
-    pub fn set_slots(&mut self, key: ServiceKey, id: u32, backend_ids: &[u32]) {
-        let mut slots = self.hash::<SlotKey, u32>("SELECTION");
-        for (slot, backend) in backend_ids.iter().enumerate() {
-            let slot = SlotKey {
-                service_id: id,
-                slot: slot as u32,
-            };
-            slots.insert(slot, backend, 0).expect("insert slot");
-        }
+    /// Points frontend `key` (service `id`) at `backend_ids` (already in
+    /// `BACKENDS`) with a new Maglev table, as sync does when its backends
+    /// change; backend ids stay as they are.
+    pub fn set_backends(&mut self, key: ServiceKey, id: u32, backend_ids: &[u32]) {
+        let table_size = self.write_table(id, backend_ids);
         let mut services = self.hash::<ServiceKey, ServiceValue>("SERVICES");
         let mut value = services.get(&key, 0).expect("frontend exists");
-        value.slot_count = backend_ids.len() as u32;
+        value.table_size = table_size;
         services.insert(key, value, 0).expect("update service");
+    }
+
+    /// Builds and writes the Maglev table of service `id` over `backend_ids`
+    /// as sync does (none: no table); returns its size.
+    fn write_table(&mut self, id: u32, backend_ids: &[u32]) -> u32 {
+        let backends = self.hash::<u32, BackendValue>("BACKENDS");
+        let members: Vec<maglev::Member> = backend_ids
+            .iter()
+            .map(|backend_id| {
+                let b = backends.get(backend_id, 0).expect("backend written first");
+                maglev::Member {
+                    identity: maglev::identity(addr_from_net(b.addr), port_from_net(b.port)),
+                    id: *backend_id,
+                }
+            })
+            .collect();
+        if members.is_empty() {
+            self.tables.delete(id).expect("delete table");
+            return 0;
+        }
+        let size = maglev::table_size(members.len(), maglev::DEFAULT_MAX_TABLE_SIZE);
+        let slots = maglev::build(&members, size);
+        self.tables.put(id, &slots).expect("write table");
+        size
+    }
+
+    /// The Maglev table of service `id` as the datapath reads it.
+    pub fn table(&self, id: u32) -> Vec<u32> {
+        self.tables.get(id).expect("read table").unwrap_or_default()
     }
 
     /// Every session-affinity entry.

@@ -727,7 +727,7 @@ fn affinity_lapses_after_the_timeout_and_when_its_backend_leaves() {
         .map(|i| Datapath::backend_id(TCP_ID, i))
         .filter(|id| *id != leaving)
         .collect();
-    dp.set_slots(tcp_key(), TCP_ID, &staying);
+    dp.set_backends(tcp_key(), TCP_ID, &staying);
     let next = Packet::tcp(sa(CLIENT, 42200), tcp_vip());
     let moved = forward(&mut dp, &next, &TCP_BACKENDS);
     assert_ne!(moved, elsewhere);

@@ -208,7 +208,7 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     let mut addrs = read_addresses().unwrap_or_default();
     let facts = node_facts(&args, &addrs);
     info!(addresses = ?facts.addresses, range = ?facts.node_port_range, "node ports answer on");
-    let mut pipeline = Pipeline::new(node, facts, adopted);
+    let mut pipeline = Pipeline::new(node, facts, adopted, args.maglev_table_size);
     let mut interfaces = PodInterfaces::new(&args.pod_interfaces, pin_path)?;
     let mut nics = if args.nic.is_empty() {
         info!("no --nic: nothing is served from outside the node");

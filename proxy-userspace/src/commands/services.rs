@@ -1,10 +1,10 @@
 //! `kxdp services`: what the datapath serves, read from the pinned maps.
 
-use std::{fmt::Write as _, path::Path};
+use std::{collections::BTreeSet, fmt::Write as _, path::Path};
 
 use anyhow::Context as _;
 use proxy_common::maps::{
-    addr_from_net, drop_reason, port_from_net, verdict, SlotKey, BACKEND_LOCAL, SCOPE_NODE,
+    addr_from_net, drop_reason, port_from_net, verdict, BackendValue, BACKEND_LOCAL, SCOPE_NODE,
     SERVICE_AFFINITY_CLIENT_IP, SERVICE_EMPTY_DROP, SERVICE_SNAT_REMOTE, SERVICE_SOURCE_RANGES,
 };
 
@@ -31,25 +31,33 @@ struct Row {
 fn rows(contents: &MapContents, maps: &BpfMaps) -> anyhow::Result<Vec<Row>> {
     let mut rows = Vec::new();
     for (key, value) in &contents.services {
-        let backends = (0..value.slot_count)
-            .map(|slot| {
-                let id = contents.selection.get(&SlotKey {
-                    service_id: value.id,
-                    slot,
-                });
-                match id.and_then(|id| contents.backends.get(id)) {
-                    Some(b) => format!(
-                        "{}:{}{}",
-                        addr_from_net(b.addr),
-                        port_from_net(b.port),
-                        if b.flags & BACKEND_LOCAL != 0 {
-                            "(local)"
-                        } else {
-                            ""
-                        }
-                    ),
-                    None => "<missing>".to_string(),
-                }
+        // Each backend once, in address order, however many slots it holds.
+        let members: BTreeSet<u32> = match value.table_size {
+            0 => BTreeSet::new(),
+            _ => contents.tables.get(&value.id).map_or_else(
+                || [u32::MAX].into(),
+                |slots| slots.iter().copied().collect(),
+            ),
+        };
+        let mut found: Vec<Option<BackendValue>> = members
+            .iter()
+            .map(|id| contents.backends.get(id).copied())
+            .collect();
+        found.sort_by_key(|b| b.map(|b| (addr_from_net(b.addr), port_from_net(b.port))));
+        let backends = found
+            .into_iter()
+            .map(|backend| match backend {
+                Some(b) => format!(
+                    "{}:{}{}",
+                    addr_from_net(b.addr),
+                    port_from_net(b.port),
+                    if b.flags & BACKEND_LOCAL != 0 {
+                        "(local)"
+                    } else {
+                        ""
+                    }
+                ),
+                None => "<missing>".to_string(),
             })
             .collect();
         let stats = maps.service_stats(value.id)?;

@@ -12,10 +12,13 @@ use aya::{
 };
 use proxy_common::maps::{
     addr_from_net, addr_to_net, AffinityKey, AffinityValue, BackendValue, CtEntry, FlowKey,
-    ServiceKey, ServiceStats, ServiceValue, SlotKey, SockRevNatKey, SockRevNatValue, SourceRange,
+    ServiceKey, ServiceStats, ServiceValue, SockRevNatKey, SockRevNatValue, SourceRange,
 };
 
-use super::DataplaneError;
+use super::{
+    maglev_tables::{MaglevTables, TableError, MAGLEV},
+    DataplaneError,
+};
 use crate::{
     cidr::Ipv4Cidr,
     sync::{MapContents, MapStore, RangeEntry, StoreError},
@@ -23,7 +26,6 @@ use crate::{
 
 pub const SERVICES: &str = "SERVICES";
 pub const BACKENDS: &str = "BACKENDS";
-pub const SELECTION: &str = "SELECTION";
 pub const STATS: &str = "STATS";
 pub const DROPS: &str = "DROPS";
 pub const VERDICTS: &str = "VERDICTS";
@@ -53,7 +55,8 @@ const fn pinned<K, V>(name: &'static str) -> PinnedMap {
 pub const ALL: [PinnedMap; 11] = [
     pinned::<ServiceKey, ServiceValue>(SERVICES),
     pinned::<u32, BackendValue>(BACKENDS),
-    pinned::<SlotKey, u32>(SELECTION),
+    // Values of an array of maps are inner map fds (ids when read).
+    pinned::<u32, u32>(MAGLEV),
     pinned::<FlowKey, CtEntry>("CONNTRACK"),
     pinned::<u32, ServiceStats>(STATS),
     pinned::<u32, u64>(DROPS),
@@ -111,7 +114,7 @@ pub fn check_pinned_layout(pin_path: &Path) -> Result<(), DataplaneError> {
 pub struct BpfMaps {
     services: HashMap<MapData, ServiceKey, ServiceValue>,
     backends: HashMap<MapData, u32, BackendValue>,
-    selection: HashMap<MapData, SlotKey, u32>,
+    maglev: MaglevTables,
     stats: PerCpuArray<MapData, ServiceStats>,
     drops: PerCpuArray<MapData, u64>,
     verdicts: PerCpuArray<MapData, u64>,
@@ -127,6 +130,18 @@ fn typed<T: TryFrom<Map, Error = MapError>>(
     T::try_from(map).map_err(|e| DataplaneError::Map(name, e))
 }
 
+fn maglev(map: Option<Map>) -> Result<MaglevTables, DataplaneError> {
+    let map = map.ok_or(DataplaneError::MissingMap(MAGLEV))?;
+    MaglevTables::new(map).map_err(|e| DataplaneError::Map(MAGLEV, e))
+}
+
+fn table_error(e: TableError) -> StoreError {
+    StoreError {
+        map: MAGLEV,
+        reason: e.to_string(),
+    }
+}
+
 fn store_error(map: &'static str) -> impl Fn(MapError) -> StoreError {
     move |e| StoreError {
         map,
@@ -139,7 +154,7 @@ impl BpfMaps {
         Ok(Self {
             services: typed(SERVICES, ebpf.take_map(SERVICES))?,
             backends: typed(BACKENDS, ebpf.take_map(BACKENDS))?,
-            selection: typed(SELECTION, ebpf.take_map(SELECTION))?,
+            maglev: maglev(ebpf.take_map(MAGLEV))?,
             stats: typed(STATS, ebpf.take_map(STATS))?,
             drops: typed(DROPS, ebpf.take_map(DROPS))?,
             verdicts: typed(VERDICTS, ebpf.take_map(VERDICTS))?,
@@ -160,7 +175,7 @@ impl BpfMaps {
         Ok(Self {
             services: typed(SERVICES, open(SERVICES)?)?,
             backends: typed(BACKENDS, open(BACKENDS)?)?,
-            selection: typed(SELECTION, open(SELECTION)?)?,
+            maglev: maglev(open(MAGLEV)?)?,
             stats: typed(STATS, open(STATS)?)?,
             drops: typed(DROPS, open(DROPS)?)?,
             verdicts: typed(VERDICTS, open(VERDICTS)?)?,
@@ -180,10 +195,7 @@ impl BpfMaps {
             let (k, v) = entry.map_err(store_error(BACKENDS))?;
             contents.backends.insert(k, v);
         }
-        for entry in self.selection.iter() {
-            let (k, v) = entry.map_err(store_error(SELECTION))?;
-            contents.selection.insert(k, v);
-        }
+        contents.tables = self.maglev.all().map_err(table_error)?;
         for entry in self.source_ranges.iter() {
             let (k, _) = entry.map_err(store_error(SOURCE_RANGES))?;
             // A key no agent wrote cannot be named for deletion; it also
@@ -254,13 +266,11 @@ impl MapStore for BpfMaps {
     fn delete_backend(&mut self, id: u32) -> Result<(), StoreError> {
         self.backends.remove(&id).map_err(store_error(BACKENDS))
     }
-    fn put_slot(&mut self, key: &SlotKey, backend_id: u32) -> Result<(), StoreError> {
-        self.selection
-            .insert(key, backend_id, 0)
-            .map_err(store_error(SELECTION))
+    fn put_table(&mut self, service_id: u32, slots: &[u32]) -> Result<(), StoreError> {
+        self.maglev.put(service_id, slots).map_err(table_error)
     }
-    fn delete_slot(&mut self, key: &SlotKey) -> Result<(), StoreError> {
-        self.selection.remove(key).map_err(store_error(SELECTION))
+    fn delete_table(&mut self, service_id: u32) -> Result<(), StoreError> {
+        self.maglev.delete(service_id).map_err(table_error)
     }
     fn put_service(&mut self, key: &ServiceKey, value: &ServiceValue) -> Result<(), StoreError> {
         self.services

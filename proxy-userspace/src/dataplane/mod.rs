@@ -3,6 +3,7 @@
 
 pub mod bpffs;
 pub mod interfaces;
+pub mod maglev_tables;
 pub mod maps;
 pub mod nic;
 pub mod node_addresses;
@@ -93,8 +94,11 @@ impl Dataplane {
         let netns_cookie = sockets::own_netns_cookie()
             .inspect_err(|e| tracing::warn!(error = %e, "cannot read the network namespace cookie; host processes will not be translated"))
             .unwrap_or(0);
+        let maglev_pin = pin_path.join(maglev_tables::MAGLEV);
         let ebpf = EbpfLoader::new()
             .default_map_pin_directory(pin_path)
+            // A BTF map carries no pinning attribute: named here.
+            .map_pin_path(maglev_tables::MAGLEV, maglev_pin.as_path())
             .override_global(sockets::HOST_NETNS_COOKIE, &netns_cookie, true)
             .load(KXDP_OBJECT)?;
         let mut dataplane = Self { ebpf };

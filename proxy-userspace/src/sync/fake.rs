@@ -1,6 +1,6 @@
 //! A map store in memory that records every write, for tests.
 
-use proxy_common::maps::{BackendValue, ServiceKey, ServiceValue, SlotKey};
+use proxy_common::maps::{BackendValue, ServiceKey, ServiceValue};
 
 use super::{MapContents, MapStore, RangeEntry, StoreError};
 
@@ -30,16 +30,14 @@ impl MapStore for FakeStore {
         self.maps.backends.remove(&id);
         Ok(())
     }
-    fn put_slot(&mut self, key: &SlotKey, backend_id: u32) -> Result<(), StoreError> {
-        self.log
-            .push(format!("put slot {}/{}", key.service_id, key.slot));
-        self.maps.selection.insert(*key, backend_id);
+    fn put_table(&mut self, service_id: u32, slots: &[u32]) -> Result<(), StoreError> {
+        self.log.push(format!("put table {service_id}"));
+        self.maps.tables.insert(service_id, slots.to_vec());
         Ok(())
     }
-    fn delete_slot(&mut self, key: &SlotKey) -> Result<(), StoreError> {
-        self.log
-            .push(format!("delete slot {}/{}", key.service_id, key.slot));
-        self.maps.selection.remove(key);
+    fn delete_table(&mut self, service_id: u32) -> Result<(), StoreError> {
+        self.log.push(format!("delete table {service_id}"));
+        self.maps.tables.remove(&service_id);
         Ok(())
     }
     fn put_service(&mut self, key: &ServiceKey, value: &ServiceValue) -> Result<(), StoreError> {

@@ -13,6 +13,7 @@ use k8s_openapi::{
 use kxdp_testbed::{fake_apiserver::FakeApiServer, netns::MiniNode, privileged::PrivateBpffs};
 use proxy_userspace::{
     dataplane::Dataplane,
+    maglev,
     model::Node,
     pipeline::Pipeline,
     plan::NodeFacts,
@@ -207,7 +208,12 @@ fn pipeline_run(n: usize, changes: usize) -> anyhow::Result<(f64, f64, Vec<f64>)
     let mount = PrivateBpffs::new("kxdp-bench-control")?;
     let mut dataplane = Dataplane::load(&mount.path().join("kxdp"), false)?;
     let mut maps = dataplane.take_maps()?;
-    let mut pipeline = Pipeline::new(Node::default(), NodeFacts::default(), maps.read_contents()?);
+    let mut pipeline = Pipeline::new(
+        Node::default(),
+        NodeFacts::default(),
+        maps.read_contents()?,
+        maglev::DEFAULT_MAX_TABLE_SIZE,
+    );
     let heap_before = heap_mib();
     let update = full_update(n);
     let started = Instant::now();
