@@ -244,6 +244,12 @@ impl Datapath {
         services.insert(key, value, 0).expect("update service");
     }
 
+    /// Swaps in a new table for service `id` over `backend_ids` and leaves
+    /// the service entry as it was (sync rewrites the entry afterwards).
+    pub fn replace_table(&mut self, id: u32, backend_ids: &[u32]) {
+        self.write_table(id, backend_ids);
+    }
+
     /// Builds and writes the Maglev table of service `id` over `backend_ids`
     /// as sync does (none: no table); returns its size.
     fn write_table(&mut self, id: u32, backend_ids: &[u32]) -> u32 {

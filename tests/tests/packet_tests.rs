@@ -10,6 +10,7 @@ use kxdp_testbed::{
     datapath::{coarse_now_s, Datapath, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT},
     packet::{self, ethernet, Packet, ETH_P_ARP, ETH_P_IPV4, ETH_P_IPV6, L4, PROTO_ICMP},
 };
+use proxy_common::hash::flow_hash;
 use proxy_common::maps::{
     addr_to_net, drop_reason, port_to_net, verdict, AffinityKey, AffinityValue, ServiceKey,
     CT_FORWARD, CT_REPLY, PROTO_TCP, PROTO_UDP, SCOPE_CLUSTER_IP, SERVICE_EMPTY_DROP,
@@ -302,6 +303,63 @@ fn many_flows_spread_over_every_backend() {
         *hits.entry(backend).or_insert(0) += 1;
     }
     assert_eq!(hits.len(), TCP_BACKENDS.len(), "backends chosen: {hits:?}");
+}
+
+/// The backend the frontend's Maglev table names for `flow` (client → VIP),
+/// worked out in userspace from the same hash the datapath uses.
+fn maglev_choice(table: &[u32], client: SocketAddrV4, vip: SocketAddrV4, proto: u8) -> u32 {
+    let hash = flow_hash(
+        addr_to_net(*client.ip()),
+        addr_to_net(*vip.ip()),
+        port_to_net(client.port()),
+        port_to_net(vip.port()),
+        proto,
+    );
+    table[(hash % table.len() as u32) as usize]
+}
+
+#[test]
+fn a_new_flow_takes_the_backend_its_maglev_slot_names() {
+    let mut dp = datapath();
+    let table = dp.table(TCP_ID);
+    assert_eq!(table.len(), 509, "smallest prime of the ladder >= 100 x 3");
+    for port in 41000..41200 {
+        let client = sa(CLIENT, port);
+        let expected = backend_with_id(maglev_choice(&table, client, tcp_vip(), PROTO_TCP));
+        let got = forward(&mut dp, &Packet::tcp(client, tcp_vip()), &TCP_BACKENDS);
+        assert_eq!(got, expected, "client port {port}");
+    }
+}
+
+/// A table of another size class replaces the old one whole: the datapath
+/// takes M from the table it reads, not from the service entry, so new
+/// flows follow the new table at once and established ones keep their
+/// backend.
+#[test]
+fn a_table_of_another_size_takes_over_in_one_update() {
+    let mut dp = datapath();
+    let vip = sa(ip(10, 96, 0, 90), 80);
+    let many: Vec<(Ipv4Addr, u16)> = (1..=30).map(|i| (ip(10, 0, 9, i), 8080)).collect();
+    dp.add_service(*vip.ip(), vip.port(), PROTO_TCP, 9, &many);
+    let big = dp.table(9);
+    assert_eq!(big.len(), 4093);
+    let established = sa(CLIENT, 43000);
+    let kept = forward(&mut dp, &Packet::tcp(established, vip), &many);
+    // Down to two backends (the first two, ids unchanged): M = 251, but
+    // the service entry still says 4093 until sync rewrites it.
+    let two = [Datapath::backend_id(9, 0), Datapath::backend_id(9, 1)];
+    dp.replace_table(9, &two);
+    let small = dp.table(9);
+    assert_eq!(small.len(), 251);
+    for port in 43001..43101 {
+        let client = sa(CLIENT, port);
+        let id = maglev_choice(&small, client, vip, PROTO_TCP);
+        let expected = many[two.iter().position(|b| *b == id).expect("one of the two")];
+        let got = forward(&mut dp, &Packet::tcp(client, vip), &many);
+        assert_eq!(got, sa(expected.0, expected.1), "client port {port}");
+    }
+    let next_segment = Packet::tcp(established, vip).tcp_flags(packet::TCP_ACK);
+    assert_eq!(forward(&mut dp, &next_segment, &many), kept);
 }
 
 #[test]
