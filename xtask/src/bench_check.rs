@@ -11,6 +11,7 @@ const SECTIONS: &[&str] = &[
     "## 1. Per-packet cost",
     "## 2. Through a ClusterIP",
     "## 3. Control plane",
+    "## 4. Maglev tables",
 ];
 
 /// Cells some table row of each section must hold, so a part that ran but
@@ -55,6 +56,15 @@ const REQUIRED_ROWS: &[(&str, &[&str])] = &[
             "| kxdp (pipeline → maps)",
             "| kube-proxy iptables",
             "| kube-proxy nftables",
+        ],
+    ),
+    (
+        "## 4. Maglev tables",
+        &[
+            "| built in userspace |",
+            "| kernel memory held",
+            "| one frontend rebuilt and swapped, 1000 backends",
+            "| slots moved when 1 of 1000 backends goes",
         ],
     ),
 ];

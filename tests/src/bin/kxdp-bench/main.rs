@@ -13,11 +13,14 @@
 //! Part 3 times the control plane: N Services programmed from empty and one
 //! endpoint change at that size, by kxdp and by kube-proxy's tools, and the
 //! agent's memory.
+//! Part 4 builds and writes Maglev tables for 30,000 frontends, rebuilds
+//! one, and measures how much of a table moves when a backend goes.
 //! Each prints a table and goes into a Markdown report (default
 //! `docs/bench/REPORT.md` in the workspace) with SVG figures beside it.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
+    fmt::Write as _,
     net::{Ipv4Addr, SocketAddrV4},
     path::{Path, PathBuf},
     process::Command,
@@ -50,6 +53,7 @@ mod control_plane;
 mod floors;
 mod frames;
 mod kube_proxy;
+mod maglev;
 mod nodeport;
 mod options;
 mod packet_cost;
@@ -65,6 +69,7 @@ use control_plane::*;
 use floors::*;
 use frames::*;
 use kube_proxy::*;
+use maglev::*;
 use nodeport::*;
 use options::*;
 use packet_cost::*;
@@ -110,6 +115,14 @@ fn main() -> anyhow::Result<()> {
         control = Some(rows);
     }
 
+    let mut maglev = None;
+    if options.runs("maglev") {
+        eprintln!("kxdp-bench: part 4, Maglev tables");
+        let report = measure_maglev(&plan)?;
+        println!("{}", maglev_table(&report));
+        maglev = Some(report);
+    }
+
     let dir = options.out.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let figures = write_figures(dir, conns.as_ref(), control.as_deref())?;
@@ -117,6 +130,7 @@ fn main() -> anyhow::Result<()> {
         packets: packets.as_deref(),
         conns: conns.as_ref(),
         control: control.as_deref(),
+        maglev: maglev.as_ref(),
         figures: &figures,
     };
     let report = render_report(&plan, options.quick, &machine, &results);

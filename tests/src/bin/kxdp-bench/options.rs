@@ -5,7 +5,7 @@ use super::*;
 pub(crate) struct Options {
     pub(crate) quick: bool,
     pub(crate) out: PathBuf,
-    /// Run only this part (`packets`, `conns`, `control`); the report then
+    /// Run only this part (`packets`, `conns`, `control`, `maglev`); the report then
     /// holds only it.
     pub(crate) only: Option<String>,
 }
@@ -41,7 +41,7 @@ pub(crate) fn parse_args() -> anyhow::Result<Options> {
                 let part = args.next().context("--only needs a part")?;
                 ensure!(
                     ["packets", "conns", "control"].contains(&part.as_str()),
-                    "--only takes packets, conns or control"
+                    "--only takes packets, conns, control or maglev"
                 );
                 options.only = Some(part);
             }
@@ -77,6 +77,9 @@ pub(crate) struct Plan {
     pub(crate) control_sizes: Vec<usize>,
     pub(crate) control_runs: usize,
     pub(crate) control_changes: usize,
+    /// Maglev: builds of all tables (best kept), rebuilds of one table.
+    pub(crate) maglev_runs: usize,
+    pub(crate) maglev_rebuilds: usize,
     /// Single changes per run for kube-proxy's tools (a process each).
     pub(crate) kube_proxy_changes: usize,
     /// Time after which no further run (or change) of a kube-proxy tool
@@ -120,6 +123,8 @@ impl Plan {
                 control_sizes: vec![1_000, 3_000],
                 control_runs: 1,
                 control_changes: 300,
+                maglev_runs: 1,
+                maglev_rebuilds: 100,
                 kube_proxy_changes: 5,
                 kube_proxy_budget: Duration::from_secs(5),
                 nftables_max_services: 3_000,
@@ -142,6 +147,8 @@ impl Plan {
                 control_sizes: vec![1_000, 10_000, 30_000],
                 control_runs: 3,
                 control_changes: 1_000,
+                maglev_runs: 3,
+                maglev_rebuilds: 1_000,
                 kube_proxy_changes: 20,
                 kube_proxy_budget: Duration::from_secs(10),
                 nftables_max_services: 10_000,

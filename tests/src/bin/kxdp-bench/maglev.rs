@@ -1,0 +1,162 @@
+//! Part 4: Maglev tables. Building them in userspace for many frontends,
+//! the kernel memory they hold once written, one frontend's rebuild (build
+//! and swap), and how much of a table moves when one backend goes.
+
+use kxdp_testbed::privileged::PrivateBpffs;
+use proxy_userspace::{
+    dataplane::Dataplane,
+    maglev::{self, Member},
+    sync::MapStore,
+};
+
+use super::*;
+
+pub(crate) struct MaglevReport {
+    pub(crate) frontends: usize,
+    pub(crate) backends_each: usize,
+    pub(crate) table_size: u32,
+    /// Building every table in userspace, ms (best of the runs).
+    pub(crate) build_ms: f64,
+    /// Writing every table into the kernel (create, batch fill, swap in), ms.
+    pub(crate) write_ms: f64,
+    /// Kernel memory the written tables hold (slab + vmalloc growth), MiB.
+    pub(crate) kernel_mib: f64,
+    /// The bytes the table layout itself needs, MiB.
+    pub(crate) layout_mib: f64,
+    /// One frontend's rebuild and swap, µs: (backends, M, p50, p99).
+    pub(crate) rebuilds: Vec<(usize, u32, f64, f64)>,
+    /// Fraction of M = 16381 slots that change when one of N backends goes:
+    /// (N, measured, 1/N).
+    pub(crate) remaps: Vec<(usize, f64, f64)>,
+}
+
+fn members(frontend: usize, n: usize) -> Vec<Member> {
+    (0..n)
+        .map(|b| Member {
+            identity: maglev::identity(
+                Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 128, 0, 0)) + (frontend * n + b) as u32),
+                8080,
+            ),
+            id: (frontend * n + b) as u32,
+        })
+        .collect()
+}
+
+/// Kernel memory in slab (unreclaimable) and vmalloc, KiB: where BPF arrays live.
+fn kernel_kib() -> anyhow::Result<u64> {
+    let meminfo = std::fs::read_to_string("/proc/meminfo")?;
+    let field = |name: &str| -> anyhow::Result<u64> {
+        let line = meminfo
+            .lines()
+            .find(|l| l.starts_with(name))
+            .with_context(|| format!("no {name} in /proc/meminfo"))?;
+        Ok(line.split_whitespace().nth(1).unwrap_or("0").parse()?)
+    };
+    Ok(field("SUnreclaim:")? + field("VmallocUsed:")?)
+}
+
+fn remap_fraction(n: usize) -> f64 {
+    let all = members(0, n);
+    let before = maglev::build(&all, 16_381);
+    let after = maglev::build(&all[1..], 16_381);
+    let moved = before.iter().zip(&after).filter(|(a, b)| a != b).count();
+    moved as f64 / before.len() as f64
+}
+
+pub(crate) fn measure_maglev(plan: &Plan) -> anyhow::Result<MaglevReport> {
+    let (frontends, backends_each) = (30_000, 10);
+    let table_size = maglev::table_size(backends_each, maglev::DEFAULT_MAX_TABLE_SIZE);
+    let sets: Vec<Vec<Member>> = (0..frontends).map(|f| members(f, backends_each)).collect();
+    let mut build_ms = f64::INFINITY;
+    let mut tables = Vec::new();
+    for _ in 0..plan.maglev_runs {
+        let started = Instant::now();
+        tables = sets
+            .iter()
+            .map(|set| maglev::build(set, table_size))
+            .collect();
+        build_ms = build_ms.min(started.elapsed().as_secs_f64() * 1e3);
+    }
+
+    let mount = PrivateBpffs::new("kxdp-bench-maglev")?;
+    let mut dataplane = Dataplane::load(&mount.path().join("kxdp"), false)?;
+    let mut maps = dataplane.take_maps()?;
+    let before = kernel_kib()?;
+    let started = Instant::now();
+    for (id, slots) in tables.iter().enumerate() {
+        maps.put_table(id as u32, slots)?;
+    }
+    let write_ms = started.elapsed().as_secs_f64() * 1e3;
+    let kernel_mib = kernel_kib()?.saturating_sub(before) as f64 / 1024.0;
+    let entries = proxy_common::maps::maglev_layout::entries(table_size, backends_each as u32);
+    let layout_mib = (frontends as f64 * f64::from(entries) * 8.0) / (1024.0 * 1024.0);
+
+    let mut rebuilds = Vec::new();
+    for n in [10, 1000] {
+        let size = maglev::table_size(n, maglev::DEFAULT_MAX_TABLE_SIZE);
+        let mut times = Vec::with_capacity(plan.maglev_rebuilds);
+        for r in 0..plan.maglev_rebuilds {
+            // Alternate between two backend sets, so every swap changes the table.
+            let set = members(r % 2, n);
+            let started = Instant::now();
+            let slots = maglev::build(&set, size);
+            maps.put_table(0, &slots)?;
+            times.push(started.elapsed().as_secs_f64() * 1e6);
+        }
+        times.sort_by(f64::total_cmp);
+        rebuilds.push((
+            n,
+            size,
+            times[times.len() / 2],
+            times[(times.len() * 99 / 100).min(times.len() - 1)],
+        ));
+    }
+    drop(maps);
+    drop(dataplane);
+
+    let remaps = [10, 100, 1000]
+        .into_iter()
+        .map(|n| (n, remap_fraction(n), 1.0 / n as f64))
+        .collect();
+    Ok(MaglevReport {
+        frontends,
+        backends_each,
+        table_size,
+        build_ms,
+        write_ms,
+        kernel_mib,
+        layout_mib,
+        rebuilds,
+        remaps,
+    })
+}
+
+pub(crate) fn maglev_table(r: &MaglevReport) -> String {
+    let mut out = format!(
+        "| Maglev, {} frontends × {} backends (M = {}) | value |\n|---|---:|\n\
+         | built in userspace | {:.0} ms |\n\
+         | written into the kernel (create, batch fill, swap in) | {:.0} ms |\n\
+         | kernel memory held (slab + vmalloc growth) | {:.1} MiB |\n\
+         | bytes the layout needs | {:.1} MiB |\n",
+        r.frontends,
+        r.backends_each,
+        r.table_size,
+        r.build_ms,
+        r.write_ms,
+        r.kernel_mib,
+        r.layout_mib
+    );
+    for (n, size, p50, p99) in &r.rebuilds {
+        let _ = writeln!(
+            out,
+            "| one frontend rebuilt and swapped, {n} backends (M = {size}), p50 / p99 | {p50:.0} / {p99:.0} µs |"
+        );
+    }
+    for (n, measured, minimum) in &r.remaps {
+        let _ = writeln!(
+            out,
+            "| slots moved when 1 of {n} backends goes (M = 16381) | {measured:.4} (1/N = {minimum:.4}) |"
+        );
+    }
+    out
+}
