@@ -119,25 +119,25 @@ pub const BACKEND_LOCAL: u8 = 1;
 pub const MAGLEV_TABLE_FLAGS: u32 = 0x1000;
 
 /// Layout of a Maglev table: an array of 64-bit entries (an array spends 8
-/// bytes per entry whatever the value size, so slots are packed). A frontend
-/// of N backends and M slots keeps its N backend ids once, and each slot as
-/// a 16-bit index into them.
+/// bytes per entry whatever the value size, so slots are packed). A table of
+/// M slots keeps room for C member backend ids, each once, and each slot as
+/// a 16-bit index into them; C leaves room to add backends in place.
 pub mod maglev_layout {
-    /// Entry 0: M in the low 32 bits, N in the high 32 bits.
+    /// Entry 0: M in the low 32 bits, C in the high 32 bits.
     pub const HEADER: u32 = 0;
     /// Member `k`'s backend id: entry `MEMBERS_START + k / 2`, bits `32 · (k % 2)`.
     pub const MEMBERS_START: u32 = 1;
 
-    /// Slot `s`'s member index: entry `slots_start(N) + s / 4`, bits `16 · (s % 4)`.
+    /// Slot `s`'s member index: entry `slots_start(C) + s / 4`, bits `16 · (s % 4)`.
     #[inline(always)]
-    pub const fn slots_start(members: u32) -> u32 {
-        MEMBERS_START + members.div_ceil(2)
+    pub const fn slots_start(capacity: u32) -> u32 {
+        MEMBERS_START + capacity.div_ceil(2)
     }
 
-    /// Entries of a table of `size` slots over `members` backends.
+    /// Entries of a table of `size` slots with room for `capacity` members.
     #[inline(always)]
-    pub const fn entries(size: u32, members: u32) -> u32 {
-        slots_start(members) + size.div_ceil(4)
+    pub const fn entries(size: u32, capacity: u32) -> u32 {
+        slots_start(capacity) + size.div_ceil(4)
     }
 }
 

@@ -79,12 +79,12 @@ fn slot_backend(service: &ServiceValue, hash: u32) -> Result<(Selected, u32), u3
 pub fn table_entry(service_id: u32, hash: u32) -> Option<(u32, u32)> {
     let table = MAGLEV.get(service_id)?;
     let header = *table.get(maglev_layout::HEADER)?;
-    let (size, members) = (header as u32, (header >> 32) as u32);
+    let (size, capacity) = (header as u32, (header >> 32) as u32);
     if size == 0 {
         return None;
     }
     let slot = hash % size;
-    let lanes = *table.get(maglev_layout::slots_start(members) + slot / 4)?;
+    let lanes = *table.get(maglev_layout::slots_start(capacity) + slot / 4)?;
     let member = ((lanes >> ((slot % 4) * 16)) & 0xffff) as u32;
     let ids = *table.get(maglev_layout::MEMBERS_START + member / 2)?;
     Some(((ids >> ((member % 2) * 32)) as u32, slot))

@@ -225,7 +225,7 @@ mod tests {
         );
         let outcome = pipeline.apply(update(Scope::Changed, &a2), &mut store);
         assert_eq!(outcome.frontends_touched, 1);
-        assert_eq!(store.log, ["put backend 2", "put table 0"]);
+        assert_eq!(store.log, ["put backend 2", "put table 0", "commit tables"]);
         // Service b was not in the update and is still served.
         assert_eq!(store.maps.services.len(), 2);
     }
@@ -315,6 +315,7 @@ mod tests {
             [
                 "delete service Some(1)",
                 "delete table 1",
+                "commit tables",
                 "delete backend 1"
             ]
         );

@@ -69,9 +69,17 @@ pub struct StoreError {
 pub trait MapStore {
     fn put_backend(&mut self, id: u32, value: &BackendValue) -> Result<(), StoreError>;
     fn delete_backend(&mut self, id: u32) -> Result<(), StoreError>;
-    /// Replaces the Maglev table of `service_id` (slot → backend id) whole.
+    /// Makes `slots` (slot → backend id) the Maglev table of `service_id`:
+    /// rewritten in place when the old table has the same size and room for
+    /// the members, otherwise built beside it and swapped in whole by the
+    /// next [`MapStore::commit_tables`].
     fn put_table(&mut self, service_id: u32, slots: &[u32]) -> Result<(), StoreError>;
+    /// Removes the table of `service_id` at the next commit.
     fn delete_table(&mut self, service_id: u32) -> Result<(), StoreError>;
+    /// Swaps in and removes the tables handed over since the last commit, at
+    /// once: the kernel waits for running programs once per commit, not
+    /// once per table.
+    fn commit_tables(&mut self) -> Result<(), StoreError>;
     fn put_service(&mut self, key: &ServiceKey, value: &ServiceValue) -> Result<(), StoreError>;
     fn delete_service(&mut self, key: &ServiceKey) -> Result<(), StoreError>;
     fn put_source_range(&mut self, entry: &RangeEntry) -> Result<(), StoreError>;
@@ -159,6 +167,17 @@ fn table_members(slots: &[u32]) -> BTreeSet<u32> {
     slots.iter().copied().collect()
 }
 
+/// A frontend between the two steps of a sync.
+struct Staged {
+    key: ServiceKey,
+    frontend: Frontend,
+    existing: Option<ServiceValue>,
+    value: ServiceValue,
+    complete: bool,
+    /// A table handed to the store, live once committed.
+    table: Option<Vec<u32>>,
+}
+
 /// The backend values, service flags and affinity timeout a frontend needs.
 fn entries(frontend: &Frontend) -> (Vec<BackendValue>, u32, u32) {
     let backends = frontend.backends.iter().map(backend_value).collect();
@@ -181,6 +200,10 @@ pub struct Syncer {
     /// Ids freed during the current sync; not handed out again until the next.
     resting_service_ids: HashSet<u32>,
     resting_backend_ids: HashSet<u32>,
+    /// Ids handed to frontends staged in the current sync, not yet live.
+    reserved_service_ids: HashSet<u32>,
+    /// Tables handed to the store for removal in the current sync.
+    dropping_tables: BTreeSet<u32>,
     /// Backends that may have lost their last reference.
     unreferenced: BTreeSet<u32>,
     /// Cap on a Maglev table's size (`--maglev-table-size`).
@@ -228,6 +251,8 @@ impl Syncer {
             backend_refs,
             draining: HashMap::new(),
             unreferenced,
+            reserved_service_ids: HashSet::new(),
+            dropping_tables: BTreeSet::new(),
             max_table_size: maglev::DEFAULT_MAX_TABLE_SIZE,
             current,
             resting_service_ids: HashSet::new(),
@@ -255,15 +280,16 @@ impl Syncer {
         store: &mut impl MapStore,
     ) -> SyncReport {
         let mut report = SyncReport::default();
-        self.resting_service_ids.clear();
-        self.resting_backend_ids.clear();
+        self.begin();
+        let mut wanted = Vec::new();
+        let mut unwanted = Vec::new();
         for key in keys {
             match plan.frontend(key) {
-                Some(frontend) => self.upsert(service_key(key), &frontend, store, &mut report),
-                None => self.remove(service_key(key), store, &mut report),
+                Some(frontend) => wanted.push((service_key(key), frontend)),
+                None => unwanted.push(service_key(key)),
             }
         }
-        self.collect_backends(store, &mut report);
+        self.write(wanted, unwanted, store, &mut report);
         report
     }
 
@@ -273,8 +299,7 @@ impl Syncer {
     pub fn reconcile(&mut self, plan: &Plan, store: &mut impl MapStore) -> SyncReport {
         let wanted: HashSet<ServiceKey> = plan.frontend_keys().map(service_key).collect();
         let mut report = SyncReport::default();
-        self.resting_service_ids.clear();
-        self.resting_backend_ids.clear();
+        self.begin();
         let unwanted: Vec<ServiceKey> = self
             .current
             .services
@@ -282,9 +307,6 @@ impl Syncer {
             .filter(|k| !wanted.contains(k))
             .copied()
             .collect();
-        for key in unwanted {
-            self.remove(key, store, &mut report);
-        }
         let orphan_tables: Vec<u32> = self
             .current
             .tables
@@ -305,36 +327,97 @@ impl Syncer {
         for id in orphan_range_owners {
             self.trim_ranges(id, &BTreeSet::new(), store, &mut report);
         }
-        for key in plan.frontend_keys() {
-            if let Some(frontend) = plan.frontend(key) {
-                self.upsert(service_key(key), &frontend, store, &mut report);
-            }
-        }
-        self.collect_backends(store, &mut report);
+        let frontends = plan
+            .frontend_keys()
+            .filter_map(|key| Some((service_key(key), plan.frontend(key)?)))
+            .collect();
+        self.write(frontends, unwanted, store, &mut report);
         report
     }
 
-    fn upsert(
+    fn begin(&mut self) {
+        self.resting_service_ids.clear();
+        self.resting_backend_ids.clear();
+        self.dropping_tables.clear();
+    }
+
+    /// Writes `wanted` and removes `unwanted` in three steps, so the kernel
+    /// waits for running programs (an RCU grace period, milliseconds) at
+    /// most twice per sync however many tables change: every frontend's
+    /// backends and table first, then the table swaps at once, then the
+    /// service entries (and removals), then the table removals at once,
+    /// and the backends nothing refers to any more.
+    fn write(
         &mut self,
-        key: ServiceKey,
-        frontend: &Frontend,
+        wanted: Vec<(ServiceKey, Frontend)>,
+        unwanted: Vec<ServiceKey>,
         store: &mut impl MapStore,
         report: &mut SyncReport,
     ) {
+        let mut staged: Vec<Staged> = wanted
+            .into_iter()
+            .filter_map(|(key, frontend)| self.stage(key, frontend, store, report))
+            .collect();
+        let swapped = store.commit_tables();
+        for entry in &mut staged {
+            if let Some(slots) = entry.table.take() {
+                match &swapped {
+                    Ok(()) => self.set_table(entry.value.id, Some(slots)),
+                    Err(_) => entry.complete = false,
+                }
+            }
+        }
+        if let Err(e) = swapped {
+            report.errors.push(e.to_string());
+        }
+        for entry in staged {
+            self.finish(entry, store, report);
+        }
+        for key in unwanted {
+            self.remove(key, store, report);
+        }
+        let dropping = std::mem::take(&mut self.dropping_tables);
+        match store.commit_tables() {
+            Ok(()) => {
+                for id in dropping {
+                    self.set_table(id, None);
+                }
+            }
+            Err(e) => report.errors.push(e.to_string()),
+        }
+        self.reserved_service_ids.clear();
+        self.collect_backends(store, report);
+    }
+
+    /// First step for one frontend: its id, backends and table (handed to
+    /// the store, in place at once or swapped in by the next commit).
+    fn stage(
+        &mut self,
+        key: ServiceKey,
+        frontend: Frontend,
+        store: &mut impl MapStore,
+        report: &mut SyncReport,
+    ) -> Option<Staged> {
         let existing = self.current.services.get(&key).copied();
         let Some(id) = existing.map(|v| v.id).or_else(|| {
-            let (live, resting) = (&self.live_service_ids, &self.resting_service_ids);
-            self.service_ids
-                .allocate(|id| live.contains(&id) || resting.contains(&id))
+            let (live, resting, reserved) = (
+                &self.live_service_ids,
+                &self.resting_service_ids,
+                &self.reserved_service_ids,
+            );
+            self.service_ids.allocate(|id| {
+                live.contains(&id) || resting.contains(&id) || reserved.contains(&id)
+            })
         }) else {
             report.errors.push(format!(
                 "{} ({}): no free service id, the services map is full",
                 frontend_text(&key),
                 frontend.service
             ));
-            return;
+            return None;
         };
-        let (backends, flags, affinity_timeout) = entries(frontend);
+        self.reserved_service_ids.insert(id);
+        let (backends, flags, affinity_timeout) = entries(&frontend);
         let members: Option<Vec<Member>> = backends
             .iter()
             .map(|b| self.backend_id(b, store, report).map(|id| member(b, id)))
@@ -345,10 +428,16 @@ impl Syncer {
             0 => Vec::new(),
             n => maglev::build(&members, maglev::table_size(n, self.max_table_size)),
         };
-        let table_size = slots.len() as u32;
-        if complete && table_size > 0 && self.current.tables.get(&id) != Some(&slots) {
+        let value = ServiceValue {
+            id,
+            table_size: slots.len() as u32,
+            flags,
+            affinity_timeout,
+        };
+        let mut table = None;
+        if complete && !slots.is_empty() && self.current.tables.get(&id) != Some(&slots) {
             match store.put_table(id, &slots) {
-                Ok(()) => self.set_table(id, Some(slots)),
+                Ok(()) => table = Some(slots),
                 Err(e) => {
                     report.errors.push(e.to_string());
                     complete = false;
@@ -361,6 +450,28 @@ impl Syncer {
             .filter_map(|b| self.backend_id(&backend_value(b), store, report))
             .collect();
         self.set_draining(key, draining);
+        Some(Staged {
+            key,
+            frontend,
+            existing,
+            value,
+            complete,
+            table,
+        })
+    }
+
+    /// Last step for one frontend: its source ranges, then its entry; a
+    /// table the entry no longer uses goes.
+    fn finish(&mut self, staged: Staged, store: &mut impl MapStore, report: &mut SyncReport) {
+        let Staged {
+            key,
+            frontend,
+            existing,
+            value,
+            mut complete,
+            ..
+        } = staged;
+        let id = value.id;
         let ranges: BTreeSet<RangeEntry> = frontend
             .source_ranges
             .iter()
@@ -390,12 +501,6 @@ impl Syncer {
                 }
             }
         }
-        let value = ServiceValue {
-            id,
-            table_size,
-            flags,
-            affinity_timeout,
-        };
         if !complete {
             report.errors.push(format!(
                 "{} ({}): backends incomplete, service entry not updated",
@@ -542,13 +647,18 @@ impl Syncer {
         self.trim_ranges(existing.id, &BTreeSet::new(), store, report);
     }
 
-    /// Deletes the table of `service_id`, if it has one.
+    /// Hands the table of `service_id`, if it has one, to the store for
+    /// removal at the sync's last commit.
     fn drop_table(&mut self, service_id: u32, store: &mut impl MapStore, report: &mut SyncReport) {
-        if !self.current.tables.contains_key(&service_id) {
+        if !self.current.tables.contains_key(&service_id)
+            || self.dropping_tables.contains(&service_id)
+        {
             return;
         }
         match store.delete_table(service_id) {
-            Ok(()) => self.set_table(service_id, None),
+            Ok(()) => {
+                self.dropping_tables.insert(service_id);
+            }
             Err(e) => report.errors.push(e.to_string()),
         }
     }
@@ -698,6 +808,7 @@ mod tests {
                 "put backend 0",
                 "put backend 1",
                 "put table 0",
+                "commit tables",
                 "reset stats 0",
                 "put service 0"
             ]
@@ -732,6 +843,7 @@ mod tests {
             [
                 "delete service Some(0)",
                 "delete table 0",
+                "commit tables",
                 "delete backend 0"
             ]
         );
@@ -751,6 +863,7 @@ mod tests {
             store.log,
             [
                 "put table 0",
+                "commit tables",
                 "put service 0",
                 "delete backend 1",
                 "delete backend 2"
@@ -765,6 +878,7 @@ mod tests {
                 "put backend 3",
                 "put backend 4",
                 "put table 0",
+                "commit tables",
                 "put service 0"
             ]
         );
@@ -873,6 +987,59 @@ mod tests {
     }
 
     #[test]
+    fn a_failed_table_swap_holds_the_entry_back_until_a_retry_heals_it() {
+        let mut store = FakeStore {
+            fail_table_commits: true,
+            ..Default::default()
+        };
+        let mut syncer = Syncer::adopt(MapContents::default(), maglev::DEFAULT_MAX_TABLE_SIZE);
+        let plan = plan_of(&[("10.96.0.1", 80, &["10.244.0.2:80"])]);
+        let report = syncer.reconcile(&plan, &mut store);
+        assert!(
+            report.errors.iter().any(|e| e.contains("commit failed")),
+            "{:?}",
+            report.errors
+        );
+        assert!(store.maps.services.is_empty(), "no entry without its table");
+        assert!(syncer.current().tables.is_empty());
+        store.fail_table_commits = false;
+        let report = syncer.reconcile(&plan, &mut store);
+        assert!(report.errors.is_empty(), "{:?}", report.errors);
+        assert_eq!(reachable(&store.maps)["10.96.0.1:80"], ["10.244.0.2:80"]);
+    }
+
+    #[test]
+    fn many_table_changes_share_one_commit() {
+        let mut store = FakeStore::default();
+        let mut syncer = Syncer::adopt(MapContents::default(), maglev::DEFAULT_MAX_TABLE_SIZE);
+        syncer.reconcile(
+            &plan_of(&[
+                ("10.96.0.1", 80, &["10.244.0.2:80"]),
+                ("10.96.0.2", 80, &["10.244.0.3:80"]),
+                ("10.96.0.3", 80, &["10.244.0.4:80"]),
+            ]),
+            &mut store,
+        );
+        let commits = store.log.iter().filter(|l| *l == "commit tables").count();
+        assert_eq!(commits, 1, "{:?}", store.log);
+        let first_entry = store
+            .log
+            .iter()
+            .position(|l| l.starts_with("put service"))
+            .unwrap();
+        let last_table = store
+            .log
+            .iter()
+            .rposition(|l| l.starts_with("put table"))
+            .unwrap();
+        assert!(
+            last_table < first_entry,
+            "tables before entries: {:?}",
+            store.log
+        );
+    }
+
+    #[test]
     fn full_services_map_is_reported_not_silent() {
         let mut store = FakeStore::default();
         let mut syncer = Syncer::with_limits(MapContents::default(), 1, 8);
@@ -915,7 +1082,7 @@ mod tests {
         assert_eq!(
             store.log,
             // Same table size: the entry itself is unchanged.
-            ["put backend 3", "put table 1"]
+            ["put backend 3", "put table 1", "commit tables"]
         );
         assert_eq!(
             reachable(&store.maps).len(),
@@ -933,6 +1100,7 @@ mod tests {
             [
                 "delete service Some(2)",
                 "delete table 2",
+                "commit tables",
                 "delete backend 2"
             ]
         );
@@ -961,7 +1129,10 @@ mod tests {
         let report = Syncer::adopt(store.maps.clone(), maglev::DEFAULT_MAX_TABLE_SIZE)
             .reconcile(&plan, &mut store);
         assert!(report.errors.is_empty(), "{:?}", report.errors);
-        assert_eq!(store.log, ["delete table 7", "delete backend 9"]);
+        assert_eq!(
+            store.log,
+            ["delete table 7", "commit tables", "delete backend 9"]
+        );
         assert_eq!(reachable(&store.maps)["10.96.0.1:80"], ["10.244.0.2:80"]);
         assert_eq!(store.maps.backends.len(), 1);
     }

@@ -265,12 +265,14 @@ impl Datapath {
             })
             .collect();
         if members.is_empty() {
-            self.tables.delete(id).expect("delete table");
+            self.tables.delete(id);
+            self.tables.commit().expect("remove table");
             return 0;
         }
         let size = maglev::table_size(members.len(), maglev::DEFAULT_MAX_TABLE_SIZE);
         let slots = maglev::build(&members, size);
         self.tables.put(id, &slots).expect("write table");
+        self.tables.commit().expect("swap table in");
         size
     }
 

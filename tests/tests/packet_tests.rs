@@ -331,10 +331,10 @@ fn a_new_flow_takes_the_backend_its_maglev_slot_names() {
     }
 }
 
-/// A table of another size class replaces the old one whole: the datapath
-/// takes M from the table it reads, not from the service entry, so new
-/// flows follow the new table at once and established ones keep their
-/// backend.
+/// A changed table takes over at once for new flows, in place within its
+/// size class and swapped whole into another one (the datapath takes M from
+/// the table it reads, not from the service entry); established flows keep
+/// their backend, even one the table no longer holds.
 #[test]
 fn a_table_of_another_size_takes_over_in_one_update() {
     let mut dp = datapath();
@@ -345,6 +345,24 @@ fn a_table_of_another_size_takes_over_in_one_update() {
     assert_eq!(big.len(), 4093);
     let established = sa(CLIENT, 43000);
     let kept = forward(&mut dp, &Packet::tcp(established, vip), &many);
+    // One backend fewer, same size class: the table is rewritten in place.
+    let kept_id = Datapath::backend_id(9, many.iter().position(|b| sa(b.0, b.1) == kept).unwrap());
+    let others: Vec<u32> = (0..30)
+        .map(|i| Datapath::backend_id(9, i))
+        .filter(|id| *id != kept_id)
+        .take(29)
+        .collect();
+    dp.replace_table(9, &others);
+    let fewer = dp.table(9);
+    assert_eq!(fewer.len(), 4093);
+    assert!(!fewer.contains(&kept_id));
+    for port in 44001..44101 {
+        let client = sa(CLIENT, port);
+        let id = maglev_choice(&fewer, client, vip, PROTO_TCP);
+        let index = (0..30).find(|i| Datapath::backend_id(9, *i) == id).unwrap();
+        let got = forward(&mut dp, &Packet::tcp(client, vip), &many);
+        assert_eq!(got, sa(many[index].0, many[index].1), "client port {port}");
+    }
     // Down to two backends (the first two, ids unchanged): M = 251, but
     // the service entry still says 4093 until sync rewrites it.
     let two = [Datapath::backend_id(9, 0), Datapath::backend_id(9, 1)];

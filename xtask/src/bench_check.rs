@@ -63,7 +63,7 @@ const REQUIRED_ROWS: &[(&str, &[&str])] = &[
         &[
             "| built in userspace |",
             "| kernel memory held",
-            "| one frontend rebuilt and swapped, 1000 backends",
+            "| one frontend's table rebuilt and live, 1000 backends",
             "| slots moved when 1 of 1000 backends goes",
         ],
     ),

@@ -1,16 +1,25 @@
 //! The frontends' Maglev tables in `MAGLEV`, an array of maps indexed by
-//! service id. A table is a separate BPF array sized for its frontend,
-//! created whole, filled with one batch update and swapped in with one
-//! update of the outer array: a packet sees the old table or the new one,
-//! never a mix, whatever their sizes. The kernel frees the old table once no
-//! program uses it.
+//! service id. A table is a separate BPF array sized for its frontend.
 //!
-//! Layout (`proxy_common::maps::MAGLEV_*`): 64-bit entries, because an array
-//! spends 8 bytes per entry whatever its value size. Entry 0 holds M and the
-//! member count N; then the N member backend ids, two per entry; then the M
-//! slots as 16-bit member indexes, four per entry. At 100 slots per backend
-//! a table of 10 backends (M = 1021) takes 262 entries, 2 KiB, where one
-//! backend id per entry would take 8 KiB.
+//! Changing a table: when the new one has the same size M and the old one
+//! has room for its members, its entries are rewritten in place with one
+//! batch update (a packet meanwhile may find old and new entries side by
+//! side, every one naming a backend that is still there). Otherwise the new
+//! table is built beside the old one and swapped in whole with an update of
+//! the outer array, so a packet sees either table, never a mix of sizes.
+//! The kernel waits for running programs (an RCU grace period) after every
+//! update of an array of maps, so swaps and removals are queued and done in
+//! one batch update by [`MaglevTables::commit`]. Arrays of maps have no
+//! batch delete, so a removed table is replaced by one shared empty table
+//! (size 0), which the datapath never reads: a frontend without backends
+//! is rejected before its table is looked at.
+//!
+//! Layout (`proxy_common::maps::maglev_layout`): 64-bit entries, because an
+//! array spends 8 bytes per entry whatever its value size. Entry 0 holds M
+//! and the member capacity C; then C member backend ids, two per entry; then
+//! the M slots as 16-bit member indexes, four per entry. At 100 slots per
+//! backend a table of 10 backends (M = 1021) takes 262 entries, 2 KiB,
+//! where one backend id per entry would take 8 KiB.
 
 use std::{
     collections::BTreeMap,
@@ -23,6 +32,14 @@ use proxy_common::maps::{maglev_layout, MAGLEV_TABLE_FLAGS};
 
 /// Name of the outer map in the object and under the pin path.
 pub const MAGLEV: &str = "MAGLEV";
+
+/// New tables that may wait for a commit, each with an open descriptor:
+/// well under the usual 1024 soft limit, and 30 commits for 30,000 tables.
+const MAX_WAITING: usize = 1000;
+
+/// Slots per member a new table leaves room for: the size class's own
+/// ratio, so backends can be added in place until the table would grow.
+const SLOTS_PER_MEMBER: u32 = 100;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TableError {
@@ -44,22 +61,28 @@ fn io_error(what: &'static str) -> impl FnOnce(io::Error) -> TableError {
     move |error| TableError::Io { what, error }
 }
 
-/// The entries of the table holding `slots` (slot → backend id).
-pub fn encode(slots: &[u32]) -> Option<Vec<u64>> {
-    let members: Vec<u32> = {
-        let mut ids = slots.to_vec();
-        ids.sort_unstable();
-        ids.dedup();
-        ids
-    };
+/// The distinct backend ids of `slots`, in id order.
+fn members_of(slots: &[u32]) -> Vec<u32> {
+    let mut ids = slots.to_vec();
+    ids.sort_unstable();
+    ids.dedup();
+    ids
+}
+
+/// The entries of a table holding `slots` (slot → backend id) with room for
+/// `capacity` members; `None` when they do not fit.
+pub fn encode(slots: &[u32], capacity: u32) -> Option<Vec<u64>> {
+    let members = members_of(slots);
     let size = u32::try_from(slots.len()).ok()?;
-    let count = u16::try_from(members.len()).ok()?;
-    let index: BTreeMap<u32, u64> = (0u64..)
-        .zip(members.iter().copied())
-        .map(|(i, id)| (id, i))
-        .collect();
-    let mut entries = vec![u64::from(size) | u64::from(count) << 32];
-    entries.extend(members.chunks(2).map(|pair| {
+    if members.len() > capacity as usize || capacity > u32::from(u16::MAX) + 1 {
+        return None;
+    }
+    // Members are sorted: a slot's index is found by binary search.
+    let index = |id: &u32| members.binary_search(id).unwrap_or_default() as u64;
+    let mut entries = vec![u64::from(size) | u64::from(capacity) << 32];
+    let mut ids = members.clone();
+    ids.resize(capacity as usize, 0);
+    entries.extend(ids.chunks(2).map(|pair| {
         pair.iter()
             .enumerate()
             .fold(0, |e, (lane, id)| e | u64::from(*id) << (32 * lane))
@@ -68,29 +91,26 @@ pub fn encode(slots: &[u32]) -> Option<Vec<u64>> {
         lanes
             .iter()
             .enumerate()
-            .fold(0, |e, (lane, id)| e | index[id] << (16 * lane))
+            .fold(0, |e, (lane, id)| e | index(id) << (16 * lane))
     }));
-    debug_assert_eq!(
-        entries.len() as u32,
-        maglev_layout::entries(size, u32::from(count))
-    );
+    debug_assert_eq!(entries.len() as u32, maglev_layout::entries(size, capacity));
     Some(entries)
 }
 
 /// The slots a table's entries hold; `None` when they are not a table.
 pub fn decode(entries: &[u64]) -> Option<Vec<u32>> {
     let header = *entries.first()?;
-    let (size, count) = (header as u32, (header >> 32) as u32);
-    if entries.len() as u32 != maglev_layout::entries(size, count) {
+    let (size, capacity) = (header as u32, (header >> 32) as u32);
+    if entries.len() as u32 != maglev_layout::entries(size, capacity) {
         return None;
     }
     let member = |index: u32| {
-        (index < count).then(|| {
+        (index < capacity).then(|| {
             let entry = entries[(maglev_layout::MEMBERS_START + index / 2) as usize];
             (entry >> (32 * (index % 2))) as u32
         })
     };
-    let slots_start = maglev_layout::slots_start(count);
+    let slots_start = maglev_layout::slots_start(capacity);
     (0..size)
         .map(|slot| {
             let entry = entries[(slots_start + slot / 4) as usize];
@@ -104,42 +124,98 @@ pub struct MaglevTables {
     /// Kept untyped: `ArrayOfMaps` has no removal, so `delete` needs the
     /// map's own fd; typed views are made per call.
     outer: Map,
+    /// New tables waiting for [`Self::commit`], by service id.
+    swaps: BTreeMap<u32, MapData>,
+    /// Service ids whose table [`Self::commit`] removes.
+    removals: Vec<u32>,
+    /// The table removed ones are replaced by, made on first use.
+    empty: Option<MapData>,
 }
 
 impl MaglevTables {
     /// Checks `outer` is the array of maps `MAGLEV` is.
     pub fn new(outer: Map) -> Result<Self, MapError> {
         ArrayOfMaps::<&MapData, MapData>::try_from(&outer)?;
-        Ok(Self { outer })
+        Ok(Self {
+            outer,
+            swaps: BTreeMap::new(),
+            removals: Vec::new(),
+            empty: None,
+        })
     }
 
-    /// Makes `slots` (slot → backend id, not empty) the table of `service_id`.
+    /// Makes `slots` (slot → backend id, not empty) the table of
+    /// `service_id`: in place at once when the live table has the same size
+    /// and room for the members, otherwise at the next [`Self::commit`].
     pub fn put(&mut self, service_id: u32, slots: &[u32]) -> Result<(), TableError> {
-        let entries = encode(slots).ok_or(TableError::TooLarge(slots.len()))?;
-        let table = MapData::create(
-            aya_obj::Map::new_from_params(
-                aya_obj::generated::bpf_map_type::BPF_MAP_TYPE_ARRAY as u32,
-                size_of::<u32>() as u32,
-                size_of::<u64>() as u32,
-                entries.len() as u32,
-                MAGLEV_TABLE_FLAGS,
-            ),
-            "kxdp_maglev",
-            None,
-        )?;
-        batch(BatchOp::Update, table.fd().as_fd(), &mut entries.clone())
-            .map_err(io_error("filling a new table"))?;
-        ArrayOfMaps::<&mut MapData, MapData>::try_from(&mut self.outer)?
-            .set(service_id, &table, 0)?;
+        self.removals.retain(|id| *id != service_id);
+        let size = slots.len();
+        let members = members_of(slots).len() as u32;
+        if !self.swaps.contains_key(&service_id) {
+            if let Some((table, live_size, capacity)) = self.live(service_id)? {
+                if live_size as usize == size && members <= capacity {
+                    let mut entries = encode(slots, capacity).ok_or(TableError::TooLarge(size))?;
+                    return batch(BatchOp::Update, table.fd().as_fd(), &mut entries)
+                        .map_err(io_error("rewriting a table"));
+                }
+            }
+        }
+        let room = (size as u32 / SLOTS_PER_MEMBER).max(members);
+        let entries = encode(slots, room).ok_or(TableError::TooLarge(size))?;
+        self.swaps.insert(service_id, new_table(entries)?);
+        // Each waiting table holds a file descriptor: past a bound, commit
+        // early (still before any service entry can point at them).
+        if self.swaps.len() >= MAX_WAITING {
+            self.commit()?;
+        }
         Ok(())
     }
 
-    /// Removes the table of `service_id`; a missing one is not an error.
-    pub fn delete(&mut self, service_id: u32) -> Result<(), TableError> {
-        delete_elem(self.outer_fd()?, service_id).map_err(io_error("deleting a table"))
+    /// Removes the table of `service_id` at the next [`Self::commit`].
+    pub fn delete(&mut self, service_id: u32) {
+        self.swaps.remove(&service_id);
+        self.removals.push(service_id);
     }
 
-    /// The slots of `service_id`'s table, if it has one.
+    /// Swaps in the new tables, then removes the doomed ones: one batch
+    /// update and one batch delete of the outer array, so one wait for
+    /// running programs each. The queue is emptied even on failure.
+    pub fn commit(&mut self) -> Result<(), TableError> {
+        let swaps = std::mem::take(&mut self.swaps);
+        let removals = std::mem::take(&mut self.removals);
+        if swaps.is_empty() && removals.is_empty() {
+            return Ok(());
+        }
+        if !removals.is_empty() && self.empty.is_none() {
+            self.empty = Some(new_table(vec![0])?);
+        }
+        // An array of maps takes inner map fds as values.
+        let fd = |table: &MapData| table.fd().as_fd().as_raw_fd() as u32;
+        let mut keys: Vec<u32> = swaps.keys().copied().collect();
+        let mut fds: Vec<u32> = swaps.values().map(fd).collect();
+        if let Some(empty) = &self.empty {
+            keys.extend(&removals);
+            fds.extend(removals.iter().map(|_| fd(empty)));
+        }
+        batch_call(BatchOp::Update, self.outer_fd()?, &mut keys, &mut fds)
+            .map_err(io_error("swapping tables"))
+    }
+
+    /// The live table of `service_id` with its size and member capacity.
+    fn live(&self, service_id: u32) -> Result<Option<(MapData, u32, u32)>, TableError> {
+        let outer = ArrayOfMaps::<&MapData, MapData>::try_from(&self.outer)?;
+        let table = match outer.get(&service_id, 0) {
+            Ok(table) => table,
+            Err(MapError::KeyNotFound) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        let mut header = [0u64];
+        batch(BatchOp::Lookup, table.fd().as_fd(), &mut header)
+            .map_err(io_error("reading a table's header"))?;
+        Ok(Some((table, header[0] as u32, (header[0] >> 32) as u32)))
+    }
+
+    /// The slots of `service_id`'s live table, if it has one.
     pub fn get(&self, service_id: u32) -> Result<Option<Vec<u32>>, TableError> {
         let outer = ArrayOfMaps::<&MapData, MapData>::try_from(&self.outer)?;
         let table = match outer.get(&service_id, 0) {
@@ -150,12 +226,15 @@ impl MaglevTables {
         let mut entries = vec![0u64; table.info()?.max_entries() as usize];
         batch(BatchOp::Lookup, table.fd().as_fd(), &mut entries)
             .map_err(io_error("reading a table"))?;
-        decode(&entries)
-            .map(Some)
-            .ok_or(TableError::Malformed(service_id))
+        match decode(&entries) {
+            // The shared empty table of a removed one.
+            Some(slots) if slots.is_empty() => Ok(None),
+            Some(slots) => Ok(Some(slots)),
+            None => Err(TableError::Malformed(service_id)),
+        }
     }
 
-    /// Every table, by service id.
+    /// Every live table, by service id.
     pub fn all(&self) -> Result<BTreeMap<u32, Vec<u32>>, TableError> {
         let mut tables = BTreeMap::new();
         let len = ArrayOfMaps::<&MapData, MapData>::try_from(&self.outer)?.len();
@@ -175,22 +254,28 @@ impl MaglevTables {
     }
 }
 
-// aya has no calls for batch operations or for removing an element of an
-// array of maps: the few `bpf()` commands needed, by hand.
+/// A new table holding `entries`, not yet in the outer array.
+fn new_table(mut entries: Vec<u64>) -> Result<MapData, TableError> {
+    let table = MapData::create(
+        aya_obj::Map::new_from_params(
+            aya_obj::generated::bpf_map_type::BPF_MAP_TYPE_ARRAY as u32,
+            size_of::<u32>() as u32,
+            size_of::<u64>() as u32,
+            entries.len() as u32,
+            MAGLEV_TABLE_FLAGS,
+        ),
+        "kxdp_maglev",
+        None,
+    )?;
+    batch(BatchOp::Update, table.fd().as_fd(), &mut entries)
+        .map_err(io_error("filling a new table"))?;
+    Ok(table)
+}
 
-const BPF_MAP_DELETE_ELEM: libc::c_long = 3;
+// aya has no calls for batch operations: the `bpf()` commands needed, by hand.
+
 const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
 const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
-
-/// The `union bpf_attr` member of the element commands.
-#[repr(C)]
-struct ElemAttr {
-    map_fd: u32,
-    _pad: u32,
-    key: u64,
-    value: u64,
-    flags: u64,
-}
 
 /// The `union bpf_attr` member of the batch commands.
 #[repr(C)]
@@ -205,66 +290,67 @@ struct BatchAttr {
     flags: u64,
 }
 
-fn bpf<T>(command: libc::c_long, attr: &mut T) -> io::Result<()> {
-    // SAFETY: `attr` is the fully initialised bpf_attr member `command`
-    // reads, of the size passed; the pointers in it outlive the call.
-    let ret = unsafe { libc::syscall(libc::SYS_bpf, command, attr as *mut T, size_of::<T>()) };
-    match ret {
-        0 => Ok(()),
-        _ => Err(io::Error::last_os_error()),
-    }
-}
-
-fn delete_elem(map: BorrowedFd<'_>, key: u32) -> io::Result<()> {
-    let mut attr = ElemAttr {
-        map_fd: map.as_raw_fd() as u32,
-        _pad: 0,
-        key: std::ptr::from_ref(&key) as u64,
-        value: 0,
-        flags: 0,
-    };
-    match bpf(BPF_MAP_DELETE_ELEM, &mut attr) {
-        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(()),
-        other => other,
-    }
-}
-
+#[derive(Clone, Copy, PartialEq, Eq)]
 enum BatchOp {
-    Update,
     Lookup,
+    Update,
 }
 
-/// Writes `entries` to, or reads them from, array `map` at keys 0.. in one call.
-fn batch(op: BatchOp, map: BorrowedFd<'_>, entries: &mut [u64]) -> io::Result<()> {
-    let keys: Vec<u32> = (0..entries.len() as u32).collect();
+/// One batch command on `map` for `keys` and `values` of the same count;
+/// fails unless every key was handled.
+fn batch_call<V>(
+    op: BatchOp,
+    map: BorrowedFd<'_>,
+    keys: &mut [u32],
+    values: &mut [V],
+) -> io::Result<()> {
     let mut out_batch = 0u32;
     let mut attr = BatchAttr {
         in_batch: 0,
         out_batch: std::ptr::from_mut(&mut out_batch) as u64,
-        keys: keys.as_ptr() as u64,
-        values: entries.as_mut_ptr() as u64,
-        count: entries.len() as u32,
+        keys: keys.as_mut_ptr() as u64,
+        values: values.as_mut_ptr() as u64,
+        count: keys.len() as u32,
         map_fd: map.as_raw_fd() as u32,
         elem_flags: 0,
         flags: 0,
     };
     let command = match op {
-        BatchOp::Update => BPF_MAP_UPDATE_BATCH,
         BatchOp::Lookup => BPF_MAP_LOOKUP_BATCH,
+        BatchOp::Update => BPF_MAP_UPDATE_BATCH,
     };
-    match bpf(command, &mut attr) {
-        // A lookup that reached the end says so with ENOENT.
-        Err(e) if matches!(op, BatchOp::Lookup) && e.raw_os_error() == Some(libc::ENOENT) => {}
-        other => other?,
+    // SAFETY: `attr` is the fully initialised bpf_attr member the batch
+    // commands read, of the size passed; `keys` and `values` hold `count`
+    // elements of the map's key and value sizes and outlive the call.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            command,
+            std::ptr::from_mut(&mut attr),
+            size_of::<BatchAttr>(),
+        )
+    };
+    if ret != 0 {
+        let error = io::Error::last_os_error();
+        // A lookup that reached the end of the array says so with ENOENT.
+        if !(op == BatchOp::Lookup && error.raw_os_error() == Some(libc::ENOENT)) {
+            return Err(error);
+        }
     }
-    if attr.count as usize != entries.len() {
+    if attr.count as usize != keys.len() {
         return Err(io::Error::other(format!(
             "batch handled {} of {} entries",
             attr.count,
-            entries.len()
+            keys.len()
         )));
     }
     Ok(())
+}
+
+/// Writes `entries` to, or reads them from, table `map` at keys 0.. in one call.
+fn batch(op: BatchOp, map: BorrowedFd<'_>, entries: &mut [u64]) -> io::Result<()> {
+    let mut keys: Vec<u32> = (0..entries.len() as u32).collect();
+    batch_call(op, map, &mut keys, entries)
 }
 
 #[cfg(test)]
@@ -274,18 +360,24 @@ mod tests {
     #[test]
     fn a_table_survives_encoding_and_takes_two_bytes_a_slot() {
         let slots: Vec<u32> = (0..1021).map(|s| 500_000 + (s * 7) % 10).collect();
-        let entries = encode(&slots).unwrap();
+        let entries = encode(&slots, 10).unwrap();
         assert_eq!(entries.len(), 1 + 5 + 256);
         assert_eq!(entries[0], 1021 | 10 << 32);
         assert_eq!(entries[1], 500_000 | 500_001 << 32, "members in id order");
         assert_eq!(decode(&entries).unwrap(), slots);
         let odd: Vec<u32> = vec![7, 9, 7, 3, 3];
-        assert_eq!(decode(&encode(&odd).unwrap()).unwrap(), odd);
+        assert_eq!(decode(&encode(&odd, 3).unwrap()).unwrap(), odd);
+        // Room for more members: the same slots, a longer member list.
+        assert_eq!(decode(&encode(&odd, 8).unwrap()).unwrap(), odd);
+        assert!(
+            encode(&odd, 2).is_none(),
+            "three members need room for three"
+        );
     }
 
     #[test]
     fn entries_that_are_not_a_table_are_refused() {
-        let entries = encode(&[1, 2, 3]).unwrap();
+        let entries = encode(&[1, 2, 3], 3).unwrap();
         assert!(decode(&entries[..entries.len() - 1]).is_none());
         assert!(decode(&[]).is_none());
         let mut bad_index = entries.clone();

@@ -270,7 +270,11 @@ impl MapStore for BpfMaps {
         self.maglev.put(service_id, slots).map_err(table_error)
     }
     fn delete_table(&mut self, service_id: u32) -> Result<(), StoreError> {
-        self.maglev.delete(service_id).map_err(table_error)
+        self.maglev.delete(service_id);
+        Ok(())
+    }
+    fn commit_tables(&mut self) -> Result<(), StoreError> {
+        self.maglev.commit().map_err(table_error)
     }
     fn put_service(&mut self, key: &ServiceKey, value: &ServiceValue) -> Result<(), StoreError> {
         self.services

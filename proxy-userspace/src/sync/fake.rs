@@ -11,6 +11,9 @@ pub struct FakeStore {
     pub log: Vec<String>,
     pub fail_backend_puts: bool,
     pub fail_range_puts: bool,
+    pub fail_table_commits: bool,
+    /// Table changes since the last commit (only then is a commit logged).
+    pub uncommitted: usize,
 }
 
 impl MapStore for FakeStore {
@@ -33,11 +36,26 @@ impl MapStore for FakeStore {
     fn put_table(&mut self, service_id: u32, slots: &[u32]) -> Result<(), StoreError> {
         self.log.push(format!("put table {service_id}"));
         self.maps.tables.insert(service_id, slots.to_vec());
+        self.uncommitted += 1;
         Ok(())
     }
     fn delete_table(&mut self, service_id: u32) -> Result<(), StoreError> {
         self.log.push(format!("delete table {service_id}"));
         self.maps.tables.remove(&service_id);
+        self.uncommitted += 1;
+        Ok(())
+    }
+    fn commit_tables(&mut self) -> Result<(), StoreError> {
+        if std::mem::take(&mut self.uncommitted) == 0 {
+            return Ok(());
+        }
+        if self.fail_table_commits {
+            return Err(StoreError {
+                map: "MAGLEV",
+                reason: "commit failed".into(),
+            });
+        }
+        self.log.push("commit tables".to_string());
         Ok(())
     }
     fn put_service(&mut self, key: &ServiceKey, value: &ServiceValue) -> Result<(), StoreError> {

@@ -1,6 +1,6 @@
 //! `kxdp-bench`: what the datapath costs, measured, never asserted.
 //!
-//!   kxdp-bench [--quick] [--only packets|conns|control] [--out PATH]
+//!   kxdp-bench [--quick] [--only packets|conns|control|maglev] [--out PATH]
 //!   (root; `cargo xtask bench` runs it)
 //!
 //! Part 1 times the pod programs and the NIC program per packet through

@@ -40,12 +40,14 @@ pub(crate) fn parse_args() -> anyhow::Result<Options> {
             "--only" => {
                 let part = args.next().context("--only needs a part")?;
                 ensure!(
-                    ["packets", "conns", "control"].contains(&part.as_str()),
+                    ["packets", "conns", "control", "maglev"].contains(&part.as_str()),
                     "--only takes packets, conns, control or maglev"
                 );
                 options.only = Some(part);
             }
-            _ => bail!("usage: kxdp-bench [--quick] [--only packets|conns|control] [--out PATH]"),
+            _ => bail!(
+                "usage: kxdp-bench [--quick] [--only packets|conns|control|maglev] [--out PATH]"
+            ),
         }
     }
     Ok(options)

@@ -239,7 +239,9 @@ fn maglev_section(plan: &Plan, r: &MaglevReport) -> String {
   **Kernel memory**: growth of `SUnreclaim` + `VmallocUsed` in `/proc/meminfo` across the writes (other activity
   on the machine shows up too). **Layout**: entries × 8 bytes (header, backend ids two per entry, 16-bit slots
   four per entry).
-- **rebuilt**: one frontend's table built and swapped in, {rebuilds} times, alternating between two backend sets.
+- **rebuilt**: one frontend's table built, written and made live (`put_table` + `commit_tables`), {rebuilds} times:
+  alternating between two backend sets of the same size class (rewritten in place), and between 10 and 11
+  backends (a new table of the other size swapped in, one update of the outer array of maps).
 - **moved**: one of N backends removed, M = 16381; the fraction of slots whose backend changed (its own 1/N must
   move; Maglev moves some others too, more when a backend has fewer slots).
 "#,
@@ -253,7 +255,7 @@ fn maglev_section(plan: &Plan, r: &MaglevReport) -> String {
 }
 
 fn maglev_verdicts(r: &MaglevReport) -> Vec<Verdict> {
-    let rebuild_p99 = r.rebuilds.iter().map(|x| x.3).fold(0.0, f64::max);
+    let rebuild_p99 = r.rebuilds.iter().map(|x| x.2).fold(0.0, f64::max);
     vec![
         Verdict {
             target: format!(
@@ -272,9 +274,9 @@ fn maglev_verdicts(r: &MaglevReport) -> Vec<Verdict> {
         },
         Verdict {
             target: "one frontend's table rebuilt < 1 ms".into(),
-            measured: format!("{rebuild_p99:.0} µs p99 (up to 1000 backends, M = 16381)"),
+            measured: format!("{rebuild_p99:.0} µs p99, worst of in place (up to 1000 backends, M = 16381) and swapped to another size"),
             met: rebuild_p99 < 1_000.0,
-            limit: "",
+            limit: "a swap into another size class is an update of an array of maps, after which the kernel waits for an RCU grace period (synchronize_rcu_expedited), milliseconds on this VM; within a size class the table is rewritten in place without it",
         },
     ]
 }
