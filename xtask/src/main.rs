@@ -96,9 +96,12 @@ fn test() -> anyhow::Result<()> {
         .env_remove("RUSTC"))?;
     run(cargo().args(["build", "-p", "proxy-userspace"]))?;
     let kxdp = workspace_root().join("target/debug/kxdp");
-    // Unit, packet (BPF_PROG_TEST_RUN) and namespace suites. The privileged
-    // ones fail, never skip, when they cannot run.
-    run(cargo().arg("test").env("KXDP_BIN", kxdp))?;
+    // Unit, packet (BPF_PROG_TEST_RUN), namespace and deploy manifest
+    // suites. The privileged ones fail, never skip, when they cannot run.
+    run(cargo()
+        .arg("test")
+        .env("KXDP_BIN", kxdp)
+        .env("KXDP_KUBERNETES_VALIDATE", setup::kubernetes_validate()))?;
     // Benchmark smoke test: the quick run works and fills every section.
     let report = workspace_root().join("target/bench-smoke/REPORT.md");
     let _ = std::fs::remove_file(&report);

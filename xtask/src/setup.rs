@@ -1,15 +1,19 @@
 //! `cargo xtask setup`: installs what is missing, one step at a time, and
 //! says what it did. Safe to run again: each step checks first.
 
-use std::process::{Command, Stdio};
+use std::{
+    path::PathBuf,
+    process::{Command, Stdio},
+};
 
 use anyhow::{bail, Context as _};
 
-use crate::run as checked;
+use crate::{run as checked, workspace_root};
 
 /// Debian packages: LLVM 22 for bpf-linker (matches rustc's LLVM), the
-/// tools the namespace suites drive, and iptables/nftables for the
-/// kube-proxy baselines of the benchmarks.
+/// tools the namespace suites drive, iptables/nftables for the kube-proxy
+/// baselines of the benchmarks, and python3-venv for the manifest
+/// validator's virtualenv.
 const APT_PACKAGES: &[&str] = &[
     "llvm-22-dev",
     "libclang-22-dev",
@@ -22,9 +26,23 @@ const APT_PACKAGES: &[&str] = &[
     "util-linux",
     "iptables",
     "nftables",
+    "python3-venv",
 ];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const LLVM_BIN: &str = "/usr/lib/llvm-22/bin";
+/// Validates deploy/*.yaml against the API's schemas, which it bundles (it
+/// works offline); from PyPI into a virtualenv under target/.
+const KUBERNETES_VALIDATE_VERSION: &str = "1.37.0";
+
+fn python_venv() -> PathBuf {
+    workspace_root().join("target/py-venv")
+}
+
+/// The `kubernetes-validate` the set-up installs; `cargo xtask test` hands
+/// it to the deploy manifest test.
+pub fn kubernetes_validate() -> PathBuf {
+    python_venv().join("bin/kubernetes-validate")
+}
 
 fn succeeds(command: &mut Command) -> bool {
     command
@@ -137,6 +155,27 @@ pub fn run() -> anyhow::Result<()> {
                         "llvm-22",
                     ])
                     .env("PATH", path),
+            )
+        },
+    )?;
+
+    let validator = output(Command::new(kubernetes_validate()).arg("--version"));
+    step(
+        &format!("kubernetes-validate {KUBERNETES_VALIDATE_VERSION} (python venv in target/)"),
+        validator.trim() == KUBERNETES_VALIDATE_VERSION,
+        || {
+            // Debian's python3, which python3-venv above equips with ensurepip.
+            checked(
+                Command::new("/usr/bin/python3")
+                    .args(["-m", "venv"])
+                    .arg(python_venv()),
+            )?;
+            checked(
+                Command::new(python_venv().join("bin/pip"))
+                    .args(["install", "--quiet"])
+                    .arg(format!(
+                        "kubernetes-validate=={KUBERNETES_VALIDATE_VERSION}"
+                    )),
             )
         },
     )?;
