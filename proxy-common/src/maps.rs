@@ -232,10 +232,11 @@ map_type! {
     /// `affinity` value: where the client's connections go.
     pub struct AffinityValue {
         pub backend_id: u32,
-        /// The selection slot the backend was found in: the affinity holds
-        /// only while that slot still names it (the backend is still in the
-        /// service).
-        pub slot: u32,
+        /// The backend's member index in the frontend's Maglev table: the
+        /// affinity holds while that member is still this backend, i.e. it
+        /// is still in the service (a rewritten table keeps every remaining
+        /// backend's index).
+        pub member: u32,
         /// When the client last opened a connection, in seconds of the
         /// kernel's coarse monotonic clock.
         pub last_used: u32,

@@ -12,7 +12,7 @@ use proxy_common::maps::{
 };
 
 use crate::{
-    maps::{AFFINITY, BACKENDS, MAGLEV},
+    maps::{MaglevTable, AFFINITY, BACKENDS, MAGLEV},
     parse::Ipv4Flow,
 };
 
@@ -39,22 +39,24 @@ pub fn select_backend(service: &ServiceValue, flow: &Ipv4Flow) -> Result<Selecte
     if let Some(entry) = AFFINITY.get_ptr_mut(key) {
         // SAFETY: a map value pointer, valid for this program run.
         let remembered = unsafe { *entry };
-        if now.saturating_sub(remembered.last_used) <= service.affinity_timeout {
-            if let Ok((chosen, _)) = slot_backend(service, remembered.slot) {
-                // Still in its slot: the client stays; refreshed in place.
-                if chosen.id == remembered.backend_id {
-                    // SAFETY: as above.
-                    unsafe { (*entry).last_used = now };
-                    return Ok(chosen);
-                }
+        let id = remembered.backend_id;
+        if now.saturating_sub(remembered.last_used) <= service.affinity_timeout
+            && table_member(service.id, remembered.member) == Some(id)
+        {
+            // Still a member of the service: the client stays; refreshed in place.
+            // SAFETY: the value is copied out at once.
+            if let Some(backend) = unsafe { BACKENDS.get(id).copied() } {
+                // SAFETY: as above.
+                unsafe { (*entry).last_used = now };
+                return Ok(Selected { id, backend });
             }
         }
     }
     // None yet, lapsed, or its backend left: choose afresh and remember.
-    let (chosen, slot) = slot_backend(service, flow_hash(flow))?;
+    let (chosen, member) = slot_backend(service, flow_hash(flow))?;
     let value = AffinityValue {
         backend_id: chosen.id,
-        slot,
+        member,
         last_used: now,
     };
     // Best effort: without an entry the next flow is balanced as usual.
@@ -62,19 +64,19 @@ pub fn select_backend(service: &ServiceValue, flow: &Ipv4Flow) -> Result<Selecte
     Ok(chosen)
 }
 
-/// The backend in slot `hash` mod M of `service`'s table, and that slot.
+/// The backend in slot `hash` mod M of `service`'s table, and its member index.
 #[inline(always)]
 fn slot_backend(service: &ServiceValue, hash: u32) -> Result<(Selected, u32), u32> {
-    let (id, slot) = table_entry(service.id, hash).ok_or(drop_reason::STALE_SELECTION)?;
+    let (id, member) = table_entry(service.id, hash).ok_or(drop_reason::STALE_SELECTION)?;
     // SAFETY: the value is copied out at once.
     let backend = unsafe { BACKENDS.get(id).copied() }.ok_or(drop_reason::STALE_SELECTION)?;
-    Ok((Selected { id, backend }, slot))
+    Ok((Selected { id, backend }, member))
 }
 
 /// The backend id in slot `hash` mod M of the Maglev table of `service_id`,
-/// and that slot. M and the layout are read from the table itself, so they
-/// always match the table being read, even while the agent swaps in one of
-/// another size.
+/// and its member index. M and the layout are read from the table itself,
+/// so they always match the table being read, even while the agent swaps
+/// in one of another size.
 #[inline(always)]
 pub fn table_entry(service_id: u32, hash: u32) -> Option<(u32, u32)> {
     let table = MAGLEV.get(service_id)?;
@@ -86,8 +88,25 @@ pub fn table_entry(service_id: u32, hash: u32) -> Option<(u32, u32)> {
     let slot = hash % size;
     let lanes = *table.get(maglev_layout::slots_start(capacity) + slot / 4)?;
     let member = ((lanes >> ((slot % 4) * 16)) & 0xffff) as u32;
+    member_of(table, member).map(|id| (id, member))
+}
+
+/// The backend id at member index `member` of the Maglev table of
+/// `service_id`, if the table has such a member.
+#[inline(always)]
+fn table_member(service_id: u32, member: u32) -> Option<u32> {
+    let table = MAGLEV.get(service_id)?;
+    let capacity = (*table.get(maglev_layout::HEADER)? >> 32) as u32;
+    if member >= capacity {
+        return None;
+    }
+    member_of(table, member)
+}
+
+#[inline(always)]
+fn member_of(table: &MaglevTable, member: u32) -> Option<u32> {
     let ids = *table.get(maglev_layout::MEMBERS_START + member / 2)?;
-    Some(((ids >> ((member % 2) * 32)) as u32, slot))
+    Some((ids >> ((member % 2) * 32)) as u32)
 }
 
 /// Whether the backend a conntrack entry names still exists as it was. The

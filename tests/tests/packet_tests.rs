@@ -753,6 +753,58 @@ fn hashed_backend(syn: &Packet) -> SocketAddrV4 {
     forward(&mut control, syn, &TCP_BACKENDS)
 }
 
+/// Maglev moves about a quarter of the slots to a fourth backend: the
+/// clients whose remembered slot moved must still stay, since their backend
+/// is still a member of the service.
+#[test]
+fn affinity_holds_when_a_backend_joins_the_service() {
+    let mut dp = datapath();
+    dp.set_affinity(tcp_key(), 60);
+    let clients: Vec<Ipv4Addr> = (10..50).map(|d| ip(10, 0, 1, d)).collect();
+    let before: Vec<SocketAddrV4> = clients
+        .iter()
+        .map(|c| {
+            forward(
+                &mut dp,
+                &Packet::tcp(sa(*c, 45000), tcp_vip()),
+                &TCP_BACKENDS,
+            )
+        })
+        .collect();
+    let table_before = dp.table(TCP_ID);
+    let mut four = TCP_BACKENDS.to_vec();
+    four.push((ip(10, 0, 2, 4), 8080));
+    dp.add_service(TCP_VIP, TCP_PORT, PROTO_TCP, TCP_ID, &four);
+    dp.set_affinity(tcp_key(), 60);
+    let table_after = dp.table(TCP_ID);
+    assert_eq!(table_after.len(), table_before.len(), "same size class");
+    let moved_slots = table_before
+        .iter()
+        .zip(&table_after)
+        .filter(|(a, b)| a != b)
+        .count();
+    assert!(
+        moved_slots > table_before.len() / 8,
+        "the newcomer took slots"
+    );
+    for (client, first) in clients.iter().zip(&before) {
+        let again = forward(&mut dp, &Packet::tcp(sa(*client, 45001), tcp_vip()), &four);
+        assert_eq!(again, *first, "client {client} moved");
+    }
+    // New clients do reach the newcomer.
+    let newcomer = sa(four[3].0, four[3].1);
+    let reached = (100..200)
+        .map(|d| {
+            forward(
+                &mut dp,
+                &Packet::tcp(sa(ip(10, 0, 1, d), 45000), tcp_vip()),
+                &four,
+            )
+        })
+        .any(|b| b == newcomer);
+    assert!(reached, "no new client reached the new backend");
+}
+
 #[test]
 fn affinity_lapses_after_the_timeout_and_when_its_backend_leaves() {
     let mut dp = datapath();

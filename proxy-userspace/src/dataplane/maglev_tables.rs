@@ -22,7 +22,7 @@
 //! where one backend id per entry would take 8 KiB.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, HashMap, HashSet},
     io,
     os::fd::{AsFd, AsRawFd, BorrowedFd},
 };
@@ -61,28 +61,44 @@ fn io_error(what: &'static str) -> impl FnOnce(io::Error) -> TableError {
     move |error| TableError::Io { what, error }
 }
 
-/// The distinct backend ids of `slots`, in id order.
-fn members_of(slots: &[u32]) -> Vec<u32> {
-    let mut ids = slots.to_vec();
-    ids.sort_unstable();
-    ids.dedup();
-    ids
+/// A member position no backend holds.
+const UNUSED: u32 = u32::MAX;
+
+/// Where each backend of `slots` sits among `capacity` member positions:
+/// where it sat in `previous` (the live table's members) if it is still
+/// there, so a remaining backend keeps its index (session affinity checks
+/// membership by it), new ones in the first free positions. `None` when
+/// they do not fit.
+fn member_positions(slots: &[u32], capacity: u32, previous: &[u32]) -> Option<Vec<u32>> {
+    let wanted: HashSet<u32> = slots.iter().copied().collect();
+    let mut positions = vec![UNUSED; capacity as usize];
+    let mut placed = HashSet::new();
+    for (position, id) in positions.iter_mut().zip(previous) {
+        if wanted.contains(id) && placed.insert(*id) {
+            *position = *id;
+        }
+    }
+    let mut newcomers: Vec<u32> = wanted.difference(&placed).copied().collect();
+    newcomers.sort_unstable();
+    let mut free = positions.iter_mut().filter(|p| **p == UNUSED);
+    for id in newcomers {
+        *free.next()? = id;
+    }
+    Some(positions)
 }
 
 /// The entries of a table holding `slots` (slot → backend id) with room for
-/// `capacity` members; `None` when they do not fit.
-pub fn encode(slots: &[u32], capacity: u32) -> Option<Vec<u64>> {
-    let members = members_of(slots);
+/// `capacity` members, keeping the positions of `previous` members; `None`
+/// when they do not fit.
+pub fn encode(slots: &[u32], capacity: u32, previous: &[u32]) -> Option<Vec<u64>> {
     let size = u32::try_from(slots.len()).ok()?;
-    if members.len() > capacity as usize || capacity > u32::from(u16::MAX) + 1 {
+    if capacity > u32::from(u16::MAX) + 1 {
         return None;
     }
-    // Members are sorted: a slot's index is found by binary search.
-    let index = |id: &u32| members.binary_search(id).unwrap_or_default() as u64;
+    let members = member_positions(slots, capacity, previous)?;
+    let index: HashMap<u32, u64> = (0u64..).zip(&members).map(|(i, id)| (*id, i)).collect();
     let mut entries = vec![u64::from(size) | u64::from(capacity) << 32];
-    let mut ids = members.clone();
-    ids.resize(capacity as usize, 0);
-    entries.extend(ids.chunks(2).map(|pair| {
+    entries.extend(members.chunks(2).map(|pair| {
         pair.iter()
             .enumerate()
             .fold(0, |e, (lane, id)| e | u64::from(*id) << (32 * lane))
@@ -91,30 +107,40 @@ pub fn encode(slots: &[u32], capacity: u32) -> Option<Vec<u64>> {
         lanes
             .iter()
             .enumerate()
-            .fold(0, |e, (lane, id)| e | index(id) << (16 * lane))
+            .fold(0, |e, (lane, id)| e | index[id] << (16 * lane))
     }));
     debug_assert_eq!(entries.len() as u32, maglev_layout::entries(size, capacity));
     Some(entries)
 }
 
-/// The slots a table's entries hold; `None` when they are not a table.
-pub fn decode(entries: &[u64]) -> Option<Vec<u32>> {
+/// The member positions of a table's entries (`UNUSED` where free); `None`
+/// when they are not a table.
+fn members_in(entries: &[u64]) -> Option<Vec<u32>> {
     let header = *entries.first()?;
     let (size, capacity) = (header as u32, (header >> 32) as u32);
     if entries.len() as u32 != maglev_layout::entries(size, capacity) {
         return None;
     }
-    let member = |index: u32| {
-        (index < capacity).then(|| {
-            let entry = entries[(maglev_layout::MEMBERS_START + index / 2) as usize];
-            (entry >> (32 * (index % 2))) as u32
-        })
-    };
-    let slots_start = maglev_layout::slots_start(capacity);
-    (0..size)
+    let start = maglev_layout::MEMBERS_START as usize;
+    Some(
+        (0..capacity as usize)
+            .map(|index| (entries[start + index / 2] >> (32 * (index % 2))) as u32)
+            .collect(),
+    )
+}
+
+/// The slots a table's entries hold; `None` when they are not a table.
+pub fn decode(entries: &[u64]) -> Option<Vec<u32>> {
+    let members = members_in(entries)?;
+    let size = entries[0] as u32;
+    let slots_start = maglev_layout::slots_start(members.len() as u32) as usize;
+    (0..size as usize)
         .map(|slot| {
-            let entry = entries[(slots_start + slot / 4) as usize];
-            member(((entry >> (16 * (slot % 4))) & 0xffff) as u32)
+            let index = (entries[slots_start + slot / 4] >> (16 * (slot % 4))) & 0xffff;
+            members
+                .get(index as usize)
+                .copied()
+                .filter(|id| *id != UNUSED)
         })
         .collect()
 }
@@ -150,18 +176,26 @@ impl MaglevTables {
     pub fn put(&mut self, service_id: u32, slots: &[u32]) -> Result<(), TableError> {
         self.removals.retain(|id| *id != service_id);
         let size = slots.len();
-        let members = members_of(slots).len() as u32;
-        if !self.swaps.contains_key(&service_id) {
-            if let Some((table, live_size, capacity)) = self.live(service_id)? {
-                if live_size as usize == size && members <= capacity {
-                    let mut entries = encode(slots, capacity).ok_or(TableError::TooLarge(size))?;
-                    return batch(BatchOp::Update, table.fd().as_fd(), &mut entries)
-                        .map_err(io_error("rewriting a table"));
-                }
+        let live = self.live(service_id)?;
+        let previous = match &live {
+            Some((_, entries)) => members_in(entries).ok_or(TableError::Malformed(service_id))?,
+            None => Vec::new(),
+        };
+        if let Some((table, entries)) = &live {
+            let (live_size, capacity) = (entries[0] as u32, (entries[0] >> 32) as u32);
+            let fits = encode(slots, capacity, &previous);
+            if let (false, true, Some(mut entries)) = (
+                self.swaps.contains_key(&service_id),
+                live_size as usize == size,
+                fits,
+            ) {
+                return batch(BatchOp::Update, table.fd().as_fd(), &mut entries)
+                    .map_err(io_error("rewriting a table"));
             }
         }
+        let members = slots.iter().collect::<HashSet<_>>().len() as u32;
         let room = (size as u32 / SLOTS_PER_MEMBER).max(members);
-        let entries = encode(slots, room).ok_or(TableError::TooLarge(size))?;
+        let entries = encode(slots, room, &previous).ok_or(TableError::TooLarge(size))?;
         self.swaps.insert(service_id, new_table(entries)?);
         // Each waiting table holds a file descriptor: past a bound, commit
         // early (still before any service entry can point at them).
@@ -201,22 +235,8 @@ impl MaglevTables {
             .map_err(io_error("swapping tables"))
     }
 
-    /// The live table of `service_id` with its size and member capacity.
-    fn live(&self, service_id: u32) -> Result<Option<(MapData, u32, u32)>, TableError> {
-        let outer = ArrayOfMaps::<&MapData, MapData>::try_from(&self.outer)?;
-        let table = match outer.get(&service_id, 0) {
-            Ok(table) => table,
-            Err(MapError::KeyNotFound) => return Ok(None),
-            Err(e) => return Err(e.into()),
-        };
-        let mut header = [0u64];
-        batch(BatchOp::Lookup, table.fd().as_fd(), &mut header)
-            .map_err(io_error("reading a table's header"))?;
-        Ok(Some((table, header[0] as u32, (header[0] >> 32) as u32)))
-    }
-
-    /// The slots of `service_id`'s live table, if it has one.
-    pub fn get(&self, service_id: u32) -> Result<Option<Vec<u32>>, TableError> {
+    /// The live table of `service_id` and its entries.
+    fn live(&self, service_id: u32) -> Result<Option<(MapData, Vec<u64>)>, TableError> {
         let outer = ArrayOfMaps::<&MapData, MapData>::try_from(&self.outer)?;
         let table = match outer.get(&service_id, 0) {
             Ok(table) => table,
@@ -226,6 +246,14 @@ impl MaglevTables {
         let mut entries = vec![0u64; table.info()?.max_entries() as usize];
         batch(BatchOp::Lookup, table.fd().as_fd(), &mut entries)
             .map_err(io_error("reading a table"))?;
+        Ok(Some((table, entries)))
+    }
+
+    /// The slots of `service_id`'s live table, if it has one.
+    pub fn get(&self, service_id: u32) -> Result<Option<Vec<u32>>, TableError> {
+        let Some((_, entries)) = self.live(service_id)? else {
+            return Ok(None);
+        };
         match decode(&entries) {
             // The shared empty table of a removed one.
             Some(slots) if slots.is_empty() => Ok(None),
@@ -360,29 +388,48 @@ mod tests {
     #[test]
     fn a_table_survives_encoding_and_takes_two_bytes_a_slot() {
         let slots: Vec<u32> = (0..1021).map(|s| 500_000 + (s * 7) % 10).collect();
-        let entries = encode(&slots, 10).unwrap();
+        let entries = encode(&slots, 10, &[]).unwrap();
         assert_eq!(entries.len(), 1 + 5 + 256);
         assert_eq!(entries[0], 1021 | 10 << 32);
-        assert_eq!(entries[1], 500_000 | 500_001 << 32, "members in id order");
+        assert_eq!(
+            entries[1],
+            500_000 | 500_001 << 32,
+            "new members in id order"
+        );
         assert_eq!(decode(&entries).unwrap(), slots);
         let odd: Vec<u32> = vec![7, 9, 7, 3, 3];
-        assert_eq!(decode(&encode(&odd, 3).unwrap()).unwrap(), odd);
+        assert_eq!(decode(&encode(&odd, 3, &[]).unwrap()).unwrap(), odd);
         // Room for more members: the same slots, a longer member list.
-        assert_eq!(decode(&encode(&odd, 8).unwrap()).unwrap(), odd);
+        assert_eq!(decode(&encode(&odd, 8, &[]).unwrap()).unwrap(), odd);
         assert!(
-            encode(&odd, 2).is_none(),
+            encode(&odd, 2, &[]).is_none(),
             "three members need room for three"
         );
     }
 
     #[test]
+    fn remaining_members_keep_their_positions_and_newcomers_fill_gaps() {
+        let before = encode(&[1, 2, 3, 1], 5, &[]).unwrap();
+        let previous = members_in(&before).unwrap();
+        assert_eq!(previous, [1, 2, 3, UNUSED, UNUSED]);
+        // 2 leaves, 9 and 0 come: 1 and 3 stay put, the newcomers take the
+        // free positions in id order.
+        let after = encode(&[9, 3, 1, 0], 5, &previous).unwrap();
+        assert_eq!(members_in(&after).unwrap(), [1, 0, 3, 9, UNUSED]);
+        assert_eq!(decode(&after).unwrap(), [9, 3, 1, 0]);
+        // A smaller table keeps the positions that still exist.
+        let smaller = encode(&[3, 1], 2, &[1, 2, 3]).unwrap();
+        assert_eq!(members_in(&smaller).unwrap(), [1, 3]);
+    }
+
+    #[test]
     fn entries_that_are_not_a_table_are_refused() {
-        let entries = encode(&[1, 2, 3], 3).unwrap();
+        let entries = encode(&[1, 2, 3], 4, &[]).unwrap();
         assert!(decode(&entries[..entries.len() - 1]).is_none());
         assert!(decode(&[]).is_none());
-        let mut bad_index = entries.clone();
-        let last = bad_index.len() - 1;
-        bad_index[last] = 0xffff;
-        assert!(decode(&bad_index).is_none());
+        let mut unused_member = entries.clone();
+        let last = unused_member.len() - 1;
+        unused_member[last] = 3; // slot 0 names the free fourth position
+        assert!(decode(&unused_member).is_none());
     }
 }
