@@ -731,6 +731,16 @@ mod tests {
         }
     }
 
+    /// A syncer over empty maps.
+    fn fresh_syncer() -> Syncer {
+        Syncer::adopt(MapContents::default(), maglev::DEFAULT_MAX_TABLE_SIZE)
+    }
+
+    /// A restarted agent's syncer, adopting what `store` holds.
+    fn adopting_syncer(store: &FakeStore) -> Syncer {
+        Syncer::adopt(store.maps.clone(), maglev::DEFAULT_MAX_TABLE_SIZE)
+    }
+
     /// A plan with one single-port Service per frontend.
     fn plan_of(frontends: &[(&str, u16, &[&str])]) -> Plan {
         let mut plan = Plan::default();
@@ -796,7 +806,7 @@ mod tests {
     #[test]
     fn builds_backends_then_the_table_then_the_service() {
         let mut store = FakeStore::default();
-        let mut syncer = Syncer::adopt(MapContents::default(), maglev::DEFAULT_MAX_TABLE_SIZE);
+        let mut syncer = fresh_syncer();
         let report = syncer.reconcile(
             &plan_of(&[("10.96.0.1", 80, &["10.244.0.2:8080", "10.244.0.3:8080"])]),
             &mut store,
@@ -831,7 +841,7 @@ mod tests {
     #[test]
     fn deletes_service_first_then_the_table_then_backends() {
         let mut store = FakeStore::default();
-        let mut syncer = Syncer::adopt(MapContents::default(), maglev::DEFAULT_MAX_TABLE_SIZE);
+        let mut syncer = fresh_syncer();
         syncer.reconcile(
             &plan_of(&[("10.96.0.1", 80, &["10.244.0.2:8080"])]),
             &mut store,
@@ -854,7 +864,7 @@ mod tests {
     #[test]
     fn a_changed_backend_set_gets_a_whole_new_table_before_backends_go() {
         let mut store = FakeStore::default();
-        let mut syncer = Syncer::adopt(MapContents::default(), maglev::DEFAULT_MAX_TABLE_SIZE);
+        let mut syncer = fresh_syncer();
         let three = ["10.244.0.2:80", "10.244.0.3:80", "10.244.0.4:80"];
         syncer.reconcile(&plan_of(&[("10.96.0.1", 80, &three)]), &mut store);
         store.log.clear();
@@ -888,7 +898,7 @@ mod tests {
     #[test]
     fn ids_are_stable_and_not_reused_within_the_sync_that_frees_them() {
         let mut store = FakeStore::default();
-        let mut syncer = Syncer::adopt(MapContents::default(), maglev::DEFAULT_MAX_TABLE_SIZE);
+        let mut syncer = fresh_syncer();
         syncer.reconcile(
             &plan_of(&[
                 ("10.96.0.1", 80, &["10.244.0.2:80"]),
@@ -930,7 +940,7 @@ mod tests {
     #[test]
     fn shared_backend_has_one_id_and_survives_while_referenced() {
         let mut store = FakeStore::default();
-        let mut syncer = Syncer::adopt(MapContents::default(), maglev::DEFAULT_MAX_TABLE_SIZE);
+        let mut syncer = fresh_syncer();
         syncer.reconcile(
             &plan_of(&[
                 ("10.96.0.1", 80, &["10.244.0.2:80"]),
@@ -951,11 +961,9 @@ mod tests {
     fn restarted_agent_adopts_maps_and_changes_nothing() {
         let mut store = FakeStore::default();
         let plan = plan_of(&[("10.96.0.1", 80, &["10.244.0.2:80", "10.244.0.3:80"])]);
-        Syncer::adopt(MapContents::default(), maglev::DEFAULT_MAX_TABLE_SIZE)
-            .reconcile(&plan, &mut store);
+        fresh_syncer().reconcile(&plan, &mut store);
         store.log.clear();
-        let report = Syncer::adopt(store.maps.clone(), maglev::DEFAULT_MAX_TABLE_SIZE)
-            .reconcile(&plan, &mut store);
+        let report = adopting_syncer(&store).reconcile(&plan, &mut store);
         assert_eq!(report, SyncReport::default());
         assert!(store.log.is_empty());
     }
@@ -966,7 +974,7 @@ mod tests {
             fail_backend_puts: true,
             ..Default::default()
         };
-        let mut syncer = Syncer::adopt(MapContents::default(), maglev::DEFAULT_MAX_TABLE_SIZE);
+        let mut syncer = fresh_syncer();
         let report = syncer.reconcile(
             &plan_of(&[
                 ("10.96.0.1", 80, &["10.244.0.2:80"]),
@@ -992,7 +1000,7 @@ mod tests {
             fail_table_commits: true,
             ..Default::default()
         };
-        let mut syncer = Syncer::adopt(MapContents::default(), maglev::DEFAULT_MAX_TABLE_SIZE);
+        let mut syncer = fresh_syncer();
         let plan = plan_of(&[("10.96.0.1", 80, &["10.244.0.2:80"])]);
         let report = syncer.reconcile(&plan, &mut store);
         assert!(
@@ -1011,7 +1019,7 @@ mod tests {
     #[test]
     fn many_table_changes_share_one_commit() {
         let mut store = FakeStore::default();
-        let mut syncer = Syncer::adopt(MapContents::default(), maglev::DEFAULT_MAX_TABLE_SIZE);
+        let mut syncer = fresh_syncer();
         syncer.reconcile(
             &plan_of(&[
                 ("10.96.0.1", 80, &["10.244.0.2:80"]),
@@ -1059,7 +1067,7 @@ mod tests {
     #[test]
     fn apply_touches_only_the_frontends_it_is_given() {
         let mut store = FakeStore::default();
-        let mut syncer = Syncer::adopt(MapContents::default(), maglev::DEFAULT_MAX_TABLE_SIZE);
+        let mut syncer = fresh_syncer();
         let before = plan_of(&[
             ("10.96.0.1", 80, &["10.244.0.2:80"]),
             ("10.96.0.2", 80, &["10.244.0.3:80"]),
@@ -1111,8 +1119,7 @@ mod tests {
     fn reconcile_clears_what_adopted_maps_hold_beyond_the_plan() {
         let mut store = FakeStore::default();
         let plan = plan_of(&[("10.96.0.1", 80, &["10.244.0.2:80"])]);
-        Syncer::adopt(MapContents::default(), maglev::DEFAULT_MAX_TABLE_SIZE)
-            .reconcile(&plan, &mut store);
+        fresh_syncer().reconcile(&plan, &mut store);
         // Leftovers of an interrupted agent: the table of a service id
         // without an entry, and a backend nothing refers to.
         store.maps.tables.insert(7, vec![0; 251]);
@@ -1126,8 +1133,7 @@ mod tests {
             },
         );
         store.log.clear();
-        let report = Syncer::adopt(store.maps.clone(), maglev::DEFAULT_MAX_TABLE_SIZE)
-            .reconcile(&plan, &mut store);
+        let report = adopting_syncer(&store).reconcile(&plan, &mut store);
         assert!(report.errors.is_empty(), "{:?}", report.errors);
         assert_eq!(
             store.log,
@@ -1162,8 +1168,7 @@ mod tests {
         };
         plan.set(&name, Some(model), &mut change);
         let mut store = FakeStore::default();
-        Syncer::adopt(MapContents::default(), maglev::DEFAULT_MAX_TABLE_SIZE)
-            .reconcile(&plan, &mut store);
+        fresh_syncer().reconcile(&plan, &mut store);
         let (key, value) = store.maps.services.iter().next().unwrap();
         assert_eq!(key.proto, proxy_common::maps::PROTO_UDP);
         assert_eq!(value.flags, SERVICE_AFFINITY_CLIENT_IP);
@@ -1196,7 +1201,7 @@ mod tests {
         };
         let mut plan = Plan::default();
         let mut store = FakeStore::default();
-        let mut syncer = Syncer::adopt(MapContents::default(), maglev::DEFAULT_MAX_TABLE_SIZE);
+        let mut syncer = fresh_syncer();
         let mut apply = |plan: &mut Plan, store: &mut FakeStore, m: ServiceModel| {
             let mut change = PlanChange::default();
             plan.set(&name, Some(m), &mut change);
@@ -1278,7 +1283,7 @@ mod tests {
     #[test]
     fn node_frontends_get_node_scope_and_policy_flags() {
         let mut store = FakeStore::default();
-        let mut syncer = Syncer::adopt(MapContents::default(), maglev::DEFAULT_MAX_TABLE_SIZE);
+        let mut syncer = fresh_syncer();
         syncer.reconcile(&load_balancer_plan(None, false), &mut store);
         // Cluster IP and ingress IP from pods, ingress IP from outside.
         assert_eq!(store.maps.services.len(), 3);
@@ -1308,7 +1313,7 @@ mod tests {
     #[test]
     fn source_ranges_are_written_before_and_removed_after_the_entry_needing_them() {
         let mut store = FakeStore::default();
-        let mut syncer = Syncer::adopt(MapContents::default(), maglev::DEFAULT_MAX_TABLE_SIZE);
+        let mut syncer = fresh_syncer();
         syncer.reconcile(
             &load_balancer_plan(Some(&["203.0.113.0/24"]), false),
             &mut store,
@@ -1365,8 +1370,7 @@ mod tests {
     #[test]
     fn only_ipv6_ranges_leave_the_check_on_with_nobody_allowed() {
         let mut store = FakeStore::default();
-        Syncer::adopt(MapContents::default(), maglev::DEFAULT_MAX_TABLE_SIZE)
-            .reconcile(&load_balancer_plan(Some(&[]), false), &mut store);
+        fresh_syncer().reconcile(&load_balancer_plan(Some(&[]), false), &mut store);
         let (_, value) = node_entry(&store.maps);
         assert_ne!(value.flags & SERVICE_SOURCE_RANGES, 0);
         assert!(store.maps.source_ranges.is_empty());
@@ -1378,11 +1382,10 @@ mod tests {
             fail_range_puts: true,
             ..Default::default()
         };
-        let report = Syncer::adopt(MapContents::default(), maglev::DEFAULT_MAX_TABLE_SIZE)
-            .reconcile(
-                &load_balancer_plan(Some(&["203.0.113.0/24"]), false),
-                &mut store,
-            );
+        let report = fresh_syncer().reconcile(
+            &load_balancer_plan(Some(&["203.0.113.0/24"]), false),
+            &mut store,
+        );
         assert!(
             report.errors.iter().any(|e| e.contains("SOURCE_RANGES")),
             "{:?}",
@@ -1397,7 +1400,7 @@ mod tests {
     #[test]
     fn removed_frontends_and_adopted_orphans_lose_their_ranges() {
         let mut store = FakeStore::default();
-        let mut syncer = Syncer::adopt(MapContents::default(), maglev::DEFAULT_MAX_TABLE_SIZE);
+        let mut syncer = fresh_syncer();
         syncer.reconcile(
             &load_balancer_plan(Some(&["203.0.113.0/24"]), false),
             &mut store,
@@ -1415,8 +1418,7 @@ mod tests {
             cidr: "10.0.0.0/8".parse().unwrap(),
         });
         store.log.clear();
-        Syncer::adopt(store.maps.clone(), maglev::DEFAULT_MAX_TABLE_SIZE)
-            .reconcile(&Plan::default(), &mut store);
+        adopting_syncer(&store).reconcile(&Plan::default(), &mut store);
         assert_eq!(store.log, ["delete range 9 10.0.0.0/8"]);
     }
 }
