@@ -2,9 +2,10 @@
 //! service id. A table is a separate BPF array sized for its frontend.
 //!
 //! Changing a table: when the new one has the same size M and the old one
-//! has room for its members, its entries are rewritten in place with one
-//! batch update (a packet meanwhile may find old and new entries side by
-//! side, every one naming a backend that is still there). Otherwise the new
+//! has room for its members, its entries are rewritten in place (a packet
+//! meanwhile may find old and new entries side by side, so the rewrite is
+//! ordered for every one to name a backend that is still there; see
+//! [`rewrite_in_place`]). Otherwise the new
 //! table is built beside the old one and swapped in whole with an update of
 //! the outer array, so a packet sees either table, never a mix of sizes.
 //! The kernel waits for running programs (an RCU grace period) after every
@@ -98,11 +99,8 @@ pub fn encode(slots: &[u32], capacity: u32, previous: &[u32]) -> Option<Vec<u64>
     let members = member_positions(slots, capacity, previous)?;
     let index: HashMap<u32, u64> = (0u64..).zip(&members).map(|(i, id)| (*id, i)).collect();
     let mut entries = vec![u64::from(size) | u64::from(capacity) << 32];
-    entries.extend(members.chunks(2).map(|pair| {
-        pair.iter()
-            .enumerate()
-            .fold(0, |e, (lane, id)| e | u64::from(*id) << (32 * lane))
-    }));
+    entries.resize(maglev_layout::slots_start(capacity) as usize, 0);
+    set_members(&mut entries, &members);
     entries.extend(slots.chunks(4).map(|lanes| {
         lanes
             .iter()
@@ -184,12 +182,12 @@ impl MaglevTables {
         if let Some((table, entries)) = &live {
             let (live_size, capacity) = (entries[0] as u32, (entries[0] >> 32) as u32);
             let fits = encode(slots, capacity, &previous);
-            if let (false, true, Some(mut entries)) = (
+            if let (false, true, Some(entries)) = (
                 self.swaps.contains_key(&service_id),
                 live_size as usize == size,
                 fits,
             ) {
-                return batch(BatchOp::Update, table.fd().as_fd(), &mut entries)
+                return rewrite_in_place(table.fd().as_fd(), entries, &previous)
                     .map_err(io_error("rewriting a table"));
             }
         }
@@ -279,6 +277,48 @@ impl MaglevTables {
             Map::ArrayOfMaps(data) => Ok(data.fd().as_fd()),
             _ => Err(MapError::InvalidMapType { map_type: 0 }.into()),
         }
+    }
+}
+
+/// Rewrites a live table whose new `entries` keep its size and capacity.
+/// A batch update writes entries in key order (header, members, slots), and
+/// programs read the table meanwhile. So the first pass writes the members
+/// with each position a leaving backend held kept as it was (that backend
+/// is still in `backends` until the sync ends), then the new slots, which
+/// name only new members; the second pass clears the leaving ones, which no
+/// slot names any more. Every read on the way finds a live backend.
+fn rewrite_in_place(
+    table: BorrowedFd<'_>,
+    mut entries: Vec<u64>,
+    previous: &[u32],
+) -> io::Result<()> {
+    let members = members_in(&entries).unwrap_or_default();
+    let mut first = entries.clone();
+    set_members(&mut first, &interim_members(&members, previous));
+    batch(BatchOp::Update, table, &mut first)?;
+    if first != entries {
+        batch(BatchOp::Update, table, &mut entries)?;
+    }
+    Ok(())
+}
+
+/// The members while a table is rewritten: the new ones, and where a
+/// position is left free, the backend that held it before.
+fn interim_members(new: &[u32], previous: &[u32]) -> Vec<u32> {
+    new.iter()
+        .zip(previous.iter().chain(std::iter::repeat(&UNUSED)))
+        .map(|(new, old)| if *new == UNUSED { *old } else { *new })
+        .collect()
+}
+
+/// Writes `members` (one per position) into a table's member entries.
+fn set_members(entries: &mut [u64], members: &[u32]) {
+    let start = maglev_layout::MEMBERS_START as usize;
+    for (entry, pair) in entries[start..].iter_mut().zip(members.chunks(2)) {
+        *entry = pair
+            .iter()
+            .enumerate()
+            .fold(0, |e, (lane, id)| e | u64::from(*id) << (32 * lane));
     }
 }
 
@@ -420,6 +460,16 @@ mod tests {
         // A smaller table keeps the positions that still exist.
         let smaller = encode(&[3, 1], 2, &[1, 2, 3]).unwrap();
         assert_eq!(members_in(&smaller).unwrap(), [1, 3]);
+    }
+
+    #[test]
+    fn a_rewrite_keeps_a_leaving_backend_where_no_newcomer_takes_its_place() {
+        assert_eq!(
+            interim_members(&[1, UNUSED, 3, UNUSED], &[1, 2, 3]),
+            [1, 2, 3, UNUSED]
+        );
+        // A newcomer in a leaving backend's place: both are live meanwhile.
+        assert_eq!(interim_members(&[1, 9, 3], &[1, 2, 3]), [1, 9, 3]);
     }
 
     #[test]
