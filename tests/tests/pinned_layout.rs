@@ -61,3 +61,17 @@ fn maps_pinned_with_another_layout_are_refused_with_advice() {
         "{message}"
     );
 }
+
+/// An earlier version's slot table (`SELECTION`, before Maglev) is left
+/// alone by a new agent and removed by `kxdp unload` with everything else.
+#[test]
+fn unload_removes_maps_an_earlier_version_pinned() {
+    require_root("the pinned-layout test");
+    let mount = PrivateBpffs::new("kxdp-retired-test").unwrap();
+    let pin_path = mount.path().join("kxdp");
+    std::fs::create_dir_all(&pin_path).unwrap();
+    pin_hash_map(&pin_path.join("SELECTION"), 8, 4);
+    drop(Dataplane::load(&pin_path, false).expect("a retired map is no obstacle"));
+    proxy_userspace::commands::unload::run(&pin_path).expect("unload");
+    assert!(!pin_path.exists(), "unload left {}", pin_path.display());
+}

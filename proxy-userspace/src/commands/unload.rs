@@ -28,8 +28,9 @@ pub fn run(pin_path: &Path) -> anyhow::Result<()> {
         + detached(nic::detach_all(&links_dir))?
         + detached(sockets::detach_all(&links_dir))?;
     let mut removed_maps = 0;
-    for map in &maps::ALL {
-        let path = pin_path.join(map.name);
+    let names = maps::ALL.iter().map(|m| m.name).chain(maps::RETIRED);
+    for name in names {
+        let path = pin_path.join(name);
         if remove_if_present(&path, |p| fs::remove_file(p))
             .with_context(|| format!("removing {}", path.display()))?
         {

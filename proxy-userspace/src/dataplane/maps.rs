@@ -67,6 +67,11 @@ pub const ALL: [PinnedMap; 11] = [
     pinned::<SockRevNatKey, SockRevNatValue>("SOCK_REVNAT"),
 ];
 
+/// Maps earlier versions pinned and this one no longer uses (`SELECTION`:
+/// the slot table before Maglev). A new agent ignores them; `kxdp unload`
+/// removes them with the rest.
+pub const RETIRED: [&str; 1] = ["SELECTION"];
+
 /// The trie key of a range: the service id's 32 bits, then the prefix.
 fn range_key(entry: &RangeEntry) -> Key<SourceRange> {
     Key::new(
