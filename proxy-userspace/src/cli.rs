@@ -2,17 +2,21 @@
 //! DaemonSet can configure the agent without arguments.
 
 use std::{
-    net::{IpAddr, Ipv4Addr},
+    net::{IpAddr, Ipv4Addr, SocketAddr},
     ops::RangeInclusive,
     path::PathBuf,
     str::FromStr,
 };
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::{cidr::Ipv4Cidr, maglev};
 
 pub const DEFAULT_PIN_PATH: &str = "/sys/fs/bpf/kxdp";
+/// kube-proxy's healthz port: the DaemonSet's probes use it.
+pub const DEFAULT_HEALTH_ADDR: &str = "0.0.0.0:10256";
+/// kube-proxy's metrics address.
+pub const DEFAULT_METRICS_ADDR: &str = "127.0.0.1:10249";
 
 #[derive(Debug, Parser)]
 #[command(
@@ -26,6 +30,22 @@ pub struct Cli {
     /// Log level (error, warn, info, debug, trace); RUST_LOG overrides it.
     #[arg(long, env = "KXDP_LOG_LEVEL", default_value = "info", global = true)]
     pub log_level: String,
+    /// Log lines as plain text or as one JSON object each.
+    #[arg(long, env = "KXDP_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
+    pub log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// How the read-only commands print.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    Table,
+    Json,
 }
 
 #[derive(Debug, Subcommand)]
@@ -33,7 +53,9 @@ pub enum Command {
     /// Load the datapath, attach it, and keep the maps in sync with Services.
     Agent(Box<AgentArgs>),
     /// Show the services in the pinned maps with their backends and counters.
-    Services(PinArgs),
+    Services(ReadArgs),
+    /// Show the attached programs, how full the maps are and the agent's last sync.
+    Status(StatusArgs),
     /// Detach the programs and remove every pin.
     Unload(PinArgs),
 }
@@ -43,6 +65,25 @@ pub struct PinArgs {
     /// bpffs directory holding the pinned maps and links.
     #[arg(long, env = "KXDP_PIN_PATH", default_value = DEFAULT_PIN_PATH)]
     pub pin_path: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct ReadArgs {
+    #[command(flatten)]
+    pub pin: PinArgs,
+    /// table for people, json for scripts (stable field names).
+    #[arg(long, short = 'o', env = "KXDP_OUTPUT", value_enum, default_value_t = Output::Table)]
+    pub output: Output,
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    pub read: ReadArgs,
+    /// The agent's --health-addr, asked for its version and last sync (an
+    /// unspecified address means this host's loopback).
+    #[arg(long, env = "KXDP_HEALTH_ADDR", default_value = DEFAULT_HEALTH_ADDR)]
+    pub health_addr: SocketAddr,
 }
 
 #[derive(Debug, Args)]
@@ -100,6 +141,12 @@ pub struct AgentArgs {
     /// 100 slots per backend up to this cap.
     #[arg(long, env = "KXDP_MAGLEV_TABLE_SIZE", default_value_t = maglev::DEFAULT_MAX_TABLE_SIZE, value_parser = parse_table_size)]
     pub maglev_table_size: u32,
+    /// Where /healthz and /readyz answer (kube-proxy's healthz port).
+    #[arg(long, env = "KXDP_HEALTH_ADDR", default_value = DEFAULT_HEALTH_ADDR)]
+    pub health_addr: SocketAddr,
+    /// Where /metrics answers, in the Prometheus text format.
+    #[arg(long, env = "KXDP_METRICS_ADDR", default_value = DEFAULT_METRICS_ADDR)]
+    pub metrics_addr: SocketAddr,
     #[command(flatten)]
     pub pin: PinArgs,
 }
@@ -150,6 +197,7 @@ mod tests {
             "veth*,cali*",
         ])
         .unwrap();
+        assert_eq!(cli.log_format, LogFormat::Text);
         let Command::Agent(args) = cli.command else {
             panic!("not agent")
         };
@@ -164,6 +212,46 @@ mod tests {
         assert_eq!(args.health_check_bind_address.to_string(), "0.0.0.0");
         assert_eq!(args.cgroup_path, None);
         assert_eq!(args.maglev_table_size, 16_381);
+        assert_eq!(args.health_addr.to_string(), "0.0.0.0:10256");
+        assert_eq!(args.metrics_addr.to_string(), "127.0.0.1:10249");
+    }
+
+    #[test]
+    fn admin_addresses_log_format_and_output_parse() {
+        let args = agent(&[
+            "--health-addr",
+            "127.0.0.1:20256",
+            "--metrics-addr",
+            "0.0.0.0:20249",
+        ])
+        .unwrap();
+        assert_eq!(args.health_addr.to_string(), "127.0.0.1:20256");
+        assert_eq!(args.metrics_addr.to_string(), "0.0.0.0:20249");
+        assert!(
+            agent(&["--metrics-addr", "10249"]).is_err(),
+            "needs an address"
+        );
+        let cli = Cli::try_parse_from([
+            "kxdp",
+            "services",
+            "--output",
+            "json",
+            "--log-format",
+            "json",
+        ])
+        .unwrap();
+        assert_eq!(cli.log_format, LogFormat::Json);
+        let Command::Services(args) = cli.command else {
+            panic!("not services")
+        };
+        assert_eq!(args.output, Output::Json);
+        let cli = Cli::try_parse_from(["kxdp", "status", "-o", "json"]).unwrap();
+        let Command::Status(args) = cli.command else {
+            panic!("not status")
+        };
+        assert_eq!(args.read.output, Output::Json);
+        assert_eq!(args.health_addr.to_string(), DEFAULT_HEALTH_ADDR);
+        assert!(Cli::try_parse_from(["kxdp", "status", "-o", "yaml"]).is_err());
     }
 
     #[test]

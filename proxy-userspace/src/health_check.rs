@@ -6,22 +6,16 @@
 use std::{
     collections::BTreeMap,
     net::{IpAddr, SocketAddr},
-    time::Duration,
 };
 
-use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
-    net::{TcpListener, TcpStream},
-    sync::watch,
-    task::JoinHandle,
-};
+use tokio::{sync::watch, task::JoinHandle};
 use tracing::{info, warn};
 
-use crate::{plan::HealthCheck, source::ServiceName};
-
-/// Bounds on a request: a health checker sends a few headers at once.
-const MAX_REQUEST: usize = 4096;
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+use crate::{
+    http::{self, Handler, Request, Response},
+    plan::HealthCheck,
+    source::ServiceName,
+};
 
 /// What one listener reports.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -87,11 +81,11 @@ impl HealthCheckServer {
                 });
                 continue;
             }
-            match bind(SocketAddr::new(self.bind, port)) {
+            match http::bind(SocketAddr::new(self.bind, port)) {
                 Ok(socket) => {
                     info!(port, service = %status.service, local_endpoints = status.local_endpoints, "health check serving");
                     let (sender, receiver) = watch::channel(status);
-                    let task = tokio::spawn(serve(socket, receiver));
+                    let task = tokio::spawn(http::serve(socket, Answer(receiver)));
                     self.listeners.insert(
                         port,
                         Listener {
@@ -108,52 +102,20 @@ impl HealthCheckServer {
     }
 }
 
-fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    let socket = std::net::TcpListener::bind(addr)?;
-    socket.set_nonblocking(true)?;
-    TcpListener::from_std(socket)
-}
+/// Answers every request with the Service's current status.
+#[derive(Clone)]
+struct Answer(watch::Receiver<Status>);
 
-async fn serve(socket: TcpListener, status: watch::Receiver<Status>) {
-    loop {
-        match socket.accept().await {
-            Ok((stream, _)) => {
-                let status = status.borrow().clone();
-                tokio::spawn(answer(stream, status));
-            }
-            // Out of file descriptors and the like: pause rather than spin.
-            Err(e) => {
-                warn!(error = %e, "health check accept failed");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        }
+impl Handler for Answer {
+    async fn handle(&self, _: Request) -> Response {
+        // Whatever was asked, the answer is the same, as kube-proxy's.
+        let status = self.0.borrow().clone();
+        response(&status)
     }
-}
-
-/// Reads the request head (bounded in size and time) and answers it.
-async fn answer(mut stream: TcpStream, status: Status) {
-    let mut request = Vec::with_capacity(512);
-    let read = tokio::time::timeout(REQUEST_TIMEOUT, async {
-        let mut buf = [0u8; 512];
-        while request.len() < MAX_REQUEST && !request.windows(4).any(|w| w == b"\r\n\r\n") {
-            match stream.read(&mut buf).await {
-                Ok(0) | Err(_) => return false,
-                Ok(n) => request.extend_from_slice(&buf[..n]),
-            }
-        }
-        true
-    })
-    .await;
-    if !matches!(read, Ok(true)) {
-        return;
-    }
-    // Whatever was asked, the answer is the same, as kube-proxy's.
-    let _ = tokio::time::timeout(REQUEST_TIMEOUT, stream.write_all(&response(&status))).await;
-    let _ = stream.shutdown().await;
 }
 
 /// The HTTP response kube-proxy gives, with its JSON body.
-fn response(status: &Status) -> Vec<u8> {
+fn response(status: &Status) -> Response {
     let body = serde_json::json!({
         "service": {
             "namespace": status.service.namespace,
@@ -161,19 +123,13 @@ fn response(status: &Status) -> Vec<u8> {
         },
         "localEndpoints": status.local_endpoints,
         "serviceProxyHealthy": true,
-    })
-    .to_string();
+    });
     let code = if status.local_endpoints > 0 {
         "200 OK"
     } else {
         "503 Service Unavailable"
     };
-    format!(
-        "HTTP/1.1 {code}\r\nContent-Type: application/json\r\nX-Content-Type-Options: nosniff\r\n\
-         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )
-    .into_bytes()
+    Response::json(code, &body)
 }
 
 #[cfg(test)]
@@ -181,6 +137,7 @@ mod tests {
     use std::net::Ipv4Addr;
 
     use super::*;
+    use crate::http::testing::{exchange as get, free_port};
 
     fn check(port: u16, local_endpoints: usize) -> HealthCheck {
         HealthCheck {
@@ -188,22 +145,6 @@ mod tests {
             service: ServiceName::new("shop", "web"),
             local_endpoints,
         }
-    }
-
-    /// A port free on 127.0.0.1 a moment ago.
-    fn free_port() -> u16 {
-        let socket = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
-        socket.local_addr().unwrap().port()
-    }
-
-    async fn get(port: u16, request: &[u8]) -> String {
-        let mut stream = TcpStream::connect((Ipv4Addr::LOCALHOST, port))
-            .await
-            .unwrap();
-        stream.write_all(request).await.unwrap();
-        let mut response = String::new();
-        stream.read_to_string(&mut response).await.unwrap();
-        response
     }
 
     const GET: &[u8] = b"GET /healthz HTTP/1.1\r\nHost: node\r\n\r\n";

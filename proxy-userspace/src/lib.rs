@@ -3,13 +3,16 @@
 //!
 //! Data flows source → model → plan → sync → dataplane (DESIGN.md §1).
 
+pub mod admin;
 pub mod cidr;
 pub mod cli;
 pub mod commands;
 pub mod dataplane;
 pub mod ebpf_object;
 pub mod health_check;
+pub mod http;
 pub mod maglev;
+pub mod metrics;
 pub mod model;
 pub mod pipeline;
 pub mod plan;

@@ -1,10 +1,10 @@
 //! The `kxdp` binary.
 
-use std::io::IsTerminal as _;
+use std::{io::IsTerminal as _, time::Duration};
 
 use clap::Parser as _;
 use proxy_userspace::{
-    cli::{Cli, Command},
+    cli::{Cli, Command, LogFormat},
     commands,
 };
 use tracing_subscriber::EnvFilter;
@@ -13,19 +13,19 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&cli.log_level));
-    // Colours only on a terminal: log files and journald get plain text.
-    tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    match cli.log_format {
+        // Colours only on a terminal: log files and journald get plain text.
+        LogFormat::Text => logs.with_ansi(std::io::stderr().is_terminal()).init(),
+        // One object a line, fields flattened, for log collectors.
+        LogFormat::Json => logs.json().flatten_event(true).init(),
+    }
     let result = match cli.command {
-        Command::Agent(args) => tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(anyhow::Error::from)
-            .and_then(|runtime| runtime.block_on(commands::agent::run(*args))),
-        Command::Services(args) => commands::services::run(&args.pin_path),
+        Command::Agent(args) => run_agent(*args),
+        Command::Services(args) => commands::services::run(&args.pin.pin_path, args.output),
+        Command::Status(args) => commands::status::run(&args),
         Command::Unload(args) => commands::unload::run(&args.pin_path),
     };
     // One line with the whole cause chain; no backtrace for operator errors.
@@ -36,4 +36,18 @@ fn main() -> std::process::ExitCode {
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+/// The agent runs on this thread; the HTTP listeners on one worker, so they
+/// answer while a long sync holds this one.
+fn run_agent(args: proxy_userspace::cli::AgentArgs) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()?;
+    let result = runtime.block_on(commands::agent::run(args));
+    // Connections still being answered get a moment, not a hang: the stop
+    // stays well within the 10 s the DaemonSet grants after SIGTERM.
+    runtime.shutdown_timeout(Duration::from_millis(500));
+    result
 }

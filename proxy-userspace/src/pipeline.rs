@@ -70,6 +70,11 @@ impl Pipeline {
         &self.counters
     }
 
+    /// What the agent's maps hold as far as the syncs know.
+    pub fn contents(&self) -> &MapContents {
+        self.syncer.current()
+    }
+
     /// Whether the last sync left something unwritten (a retry is due).
     pub fn needs_retry(&self) -> bool {
         self.reconcile && self.counters.syncs > 0

@@ -348,6 +348,11 @@ impl Plan {
         }
     }
 
+    /// The Service serving `key`, if any.
+    pub fn owner(&self, key: &FrontendKey) -> Option<&ServiceName> {
+        self.claims.get(key)?.first()
+    }
+
     /// What `key` should do, if any Service claims it.
     pub fn frontend(&self, key: &FrontendKey) -> Option<Frontend> {
         let owner = self.claims.get(key)?.first()?;

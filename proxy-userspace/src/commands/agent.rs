@@ -1,16 +1,23 @@
 //! `kxdp agent`: load, sync, attach, and keep following the source (manifests
 //! or the Kubernetes API), the pod interfaces, the NICs and the node
 //! addresses until SIGINT/SIGTERM, serving the health checks of
-//! `externalTrafficPolicy: Local` Services. Stopping leaves the datapath
-//! running.
+//! `externalTrafficPolicy: Local` Services and its own admin endpoints.
+//! Stopping leaves the datapath running.
+//!
+//! Syncs run on this task and are never interrupted: a signal is seen
+//! between two of them, so the agent stops with every sync whole.
 
-use std::{sync::Once, time::Duration};
+use std::{
+    sync::Once,
+    time::{Duration, SystemTime},
+};
 
 use anyhow::{bail, Context as _};
 use tokio::signal::unix::{signal, SignalKind};
 use tracing::{error, info, warn};
 
 use crate::{
+    admin::{AdminServer, HealthState},
     cli::AgentArgs,
     dataplane::{
         interfaces::PodInterfaces,
@@ -20,6 +27,7 @@ use crate::{
         sockets, Dataplane,
     },
     health_check::HealthCheckServer,
+    metrics::Telemetry,
     model::Node,
     pipeline::{Outcome, Pipeline},
     plan::NodeFacts,
@@ -117,13 +125,43 @@ fn log_outcome(scope: Scope, outcome: &Outcome, pipeline: &Pipeline) {
     );
 }
 
-fn apply(update: Update, pipeline: &mut Pipeline, maps: &mut BpfMaps) {
+/// Where each sync is reported: the metrics and the health endpoints.
+struct Reporting {
+    telemetry: Telemetry,
+    health: HealthState,
+}
+
+impl Reporting {
+    /// Call after anything that may have synced.
+    fn synced(&mut self, pipeline: &Pipeline) {
+        let counters = pipeline.counters();
+        if counters.syncs == 0 {
+            return;
+        }
+        self.telemetry.observe(counters);
+        self.health.record_sync(
+            pipeline.needs_retry(),
+            counters.last_successful_sync,
+            SystemTime::now(),
+        );
+    }
+}
+
+/// Applies `update`; whether it was a full one.
+fn apply(
+    update: Update,
+    pipeline: &mut Pipeline,
+    maps: &mut BpfMaps,
+    reporting: &mut Reporting,
+) -> bool {
     let scope = update.scope;
     let outcome = pipeline.apply(update, maps);
     log_outcome(scope, &outcome, pipeline);
+    reporting.synced(pipeline);
     if scope == Scope::Full {
         release_freed_memory();
     }
+    scope == Scope::Full
 }
 
 /// This node's addresses, or `None` (logged) when they cannot be read: the
@@ -149,12 +187,14 @@ fn follow_node(
     pipeline: &mut Pipeline,
     maps: &mut BpfMaps,
     nics: Option<&Nics>,
+    reporting: &mut Reporting,
 ) {
     let facts = node_facts(args, addrs);
     let addresses = facts.addresses.clone();
     if let Some(outcome) = pipeline.set_node_facts(facts, maps) {
         info!(?addresses, "node addresses changed");
         log_outcome(Scope::Changed, &outcome, pipeline);
+        reporting.synced(pipeline);
     }
     if let Some(nics) = nics {
         let wanted = node_addresses::nic_addresses(addrs, nics.names());
@@ -196,10 +236,21 @@ fn attach_socket_hooks(args: &AgentArgs, dataplane: &mut Dataplane) -> anyhow::R
 }
 
 pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
+    // First of all, so a signal during start-up is a clean stop too.
+    let mut sigterm = signal(SignalKind::terminate())?;
+    let mut sigint = signal(SignalKind::interrupt())?;
+    // Up before anything slow: readiness answers 503 until the first sync.
+    let health = HealthState::default();
+    let (admin, mut scrapes) =
+        AdminServer::start(args.health_addr, args.metrics_addr, health.clone());
     let mut source = Source::open(&args).await?;
     let pin_path = &args.pin.pin_path;
     let mut dataplane = Dataplane::load(pin_path, !args.nic.is_empty())?;
     let mut maps = dataplane.take_maps()?;
+    let mut reporting = Reporting {
+        telemetry: Telemetry::new(pin_path),
+        health,
+    };
     let adopted = maps.read_contents().context("reading pinned maps")?;
     info!(pin_path = %pin_path.display(), services = adopted.services.len(), "maps ready");
     let node = Node {
@@ -217,8 +268,6 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         Some(Nics::new(&args.nic, pin_path)?)
     };
     let mut health_checks = HealthCheckServer::new(args.health_check_bind_address);
-    let mut sigterm = signal(SignalKind::terminate())?;
-    let mut sigint = signal(SignalKind::interrupt())?;
 
     // The first full sync happens before any attach, so a program never sees
     // a partial view; the Kubernetes source yields it only once both initial
@@ -229,41 +278,60 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     let first = match source {
         // Unreadable manifests are logged; the adopted maps keep serving.
         Source::Manifests(_) => source.poll(),
-        Source::Kubernetes(_) => tokio::select! {
-            // Watch errors (unreachable API server, missing RBAC) are logged
-            // as they happen; until both lists arrive nothing is attached.
-            update = source.next_event() => Some(update),
-            _ = sigterm.recv() => None,
-            _ = sigint.recv() => None,
+        Source::Kubernetes(_) => loop {
+            tokio::select! {
+                // Watch errors (unreachable API server, missing RBAC) are
+                // logged as they happen; until both lists arrive nothing is
+                // attached.
+                update = source.next_event() => break Some(update),
+                Some(reply) = scrapes.recv() => {
+                    let _ = reply.send(reporting.telemetry.scrape(&pipeline, &maps));
+                }
+                _ = sigterm.recv() => break None,
+                _ = sigint.recv() => break None,
+            }
         },
     };
-    match first {
-        Some(update) => apply(update, &mut pipeline, &mut maps),
+    let mut full_synced = match first {
+        Some(update) => apply(update, &mut pipeline, &mut maps, &mut reporting),
         None if matches!(source, Source::Kubernetes(_)) => {
             info!("stopped before the first sync; nothing was changed");
             return Ok(());
         }
-        None => {}
-    }
+        None => false,
+    };
     interfaces.reconcile(&mut dataplane)?;
     attach_socket_hooks(&args, &mut dataplane)?;
-    follow_node(&args, &addrs, &mut pipeline, &mut maps, nics.as_ref());
+    follow_node(
+        &args,
+        &addrs,
+        &mut pipeline,
+        &mut maps,
+        nics.as_ref(),
+        &mut reporting,
+    );
     if let Some(nics) = &mut nics {
         nics.reconcile(&mut dataplane)?;
     }
     health_checks.update(&pipeline.plan().health_checks());
+    // Attached; ready once a full sync is in the maps too (manifests that
+    // could not be read yet give it later).
+    if full_synced {
+        reporting.health.set_ready();
+    }
 
     let mut tick = tokio::time::interval(Duration::from_millis(args.rescan_ms));
     loop {
         tokio::select! {
             _ = tick.tick() => {
                 if let Some(update) = source.poll() {
-                    apply(update, &mut pipeline, &mut maps);
+                    full_synced |= apply(update, &mut pipeline, &mut maps, &mut reporting);
                 } else if pipeline.needs_retry() {
                     let report = pipeline.retry(&mut maps);
                     for e in &report.errors {
                         error!(error = %e, "map update failed again");
                     }
+                    reporting.synced(&pipeline);
                 }
                 if let Err(e) = interfaces.reconcile(&mut dataplane) {
                     error!(error = %e, "interface scan failed");
@@ -271,7 +339,7 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
                 if let Some(read) = read_addresses() {
                     addrs = read;
                 }
-                follow_node(&args, &addrs, &mut pipeline, &mut maps, nics.as_ref());
+                follow_node(&args, &addrs, &mut pipeline, &mut maps, nics.as_ref(), &mut reporting);
                 if let Some(nics) = &mut nics {
                     if let Err(e) = nics.reconcile(&mut dataplane) {
                         error!(error = %e, "NIC scan failed");
@@ -281,13 +349,22 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
                 health_checks.update(&pipeline.plan().health_checks());
             }
             update = source.next_event() => {
-                apply(update, &mut pipeline, &mut maps);
+                full_synced |= apply(update, &mut pipeline, &mut maps, &mut reporting);
                 health_checks.update(&pipeline.plan().health_checks());
+            }
+            Some(reply) = scrapes.recv() => {
+                let _ = reply.send(reporting.telemetry.scrape(&pipeline, &maps));
             }
             _ = sigterm.recv() => break,
             _ = sigint.recv() => break,
         }
+        if full_synced {
+            reporting.health.set_ready();
+        }
     }
+    // Closes the listeners: probes and health checks now fail fast.
+    drop(admin);
+    drop(health_checks);
     let attached: Vec<_> = interfaces
         .attached()
         .into_iter()

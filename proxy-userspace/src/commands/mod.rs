@@ -2,4 +2,5 @@
 
 pub mod agent;
 pub mod services;
+pub mod status;
 pub mod unload;

@@ -1,6 +1,7 @@
-//! `kxdp services`: what the datapath serves, read from the pinned maps.
+//! `kxdp services`: what the datapath serves, read from the pinned maps, as
+//! a table or as JSON.
 
-use std::{collections::BTreeSet, fmt::Write as _, path::Path};
+use std::{collections::BTreeSet, fmt::Write as _, net::Ipv4Addr, path::Path};
 
 use anyhow::Context as _;
 use proxy_common::maps::{
@@ -9,21 +10,35 @@ use proxy_common::maps::{
 };
 
 use crate::{
+    cli::Output,
     dataplane::maps::BpfMaps,
     sync::{frontend_text, MapContents},
 };
 
-/// One row of the table.
+/// A backend of a frontend.
+#[derive(Debug, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Backend {
+    address: Ipv4Addr,
+    port: u16,
+    /// Runs on this node.
+    local: bool,
+}
+
+/// One frontend: a row of the table, an element of the JSON list.
+#[derive(Debug, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
 struct Row {
     frontend: String,
     /// "pod" (cluster IPs, reached from pods) or "node" (from outside).
     scope: &'static str,
     /// Policy flags: Local drop, SNAT to remote backends, source ranges.
-    policy: String,
+    policy: Vec<&'static str>,
     id: u32,
     /// ClientIP affinity timeout in seconds, if the service has affinity.
-    affinity: Option<u32>,
-    backends: Vec<String>,
+    affinity_timeout_seconds: Option<u32>,
+    /// `null` for a backend id the maps name but do not hold.
+    backends: Vec<Option<Backend>>,
     packets: u64,
     bytes: u64,
 }
@@ -46,22 +61,16 @@ fn rows(contents: &MapContents, maps: &BpfMaps) -> anyhow::Result<Vec<Row>> {
         found.sort_by_key(|b| b.map(|b| (addr_from_net(b.addr), port_from_net(b.port))));
         let backends = found
             .into_iter()
-            .map(|backend| match backend {
-                Some(b) => format!(
-                    "{}:{}{}",
-                    addr_from_net(b.addr),
-                    port_from_net(b.port),
-                    if b.flags & BACKEND_LOCAL != 0 {
-                        "(local)"
-                    } else {
-                        ""
-                    }
-                ),
-                None => "<missing>".to_string(),
+            .map(|backend| {
+                backend.map(|b| Backend {
+                    address: addr_from_net(b.addr),
+                    port: port_from_net(b.port),
+                    local: b.flags & BACKEND_LOCAL != 0,
+                })
             })
             .collect();
         let stats = maps.service_stats(value.id)?;
-        let policy: Vec<&str> = [
+        let policy = [
             (SERVICE_EMPTY_DROP, "local"),
             (SERVICE_SNAT_REMOTE, "snat"),
             (SERVICE_SOURCE_RANGES, "ranges"),
@@ -77,13 +86,9 @@ fn rows(contents: &MapContents, maps: &BpfMaps) -> anyhow::Result<Vec<Row>> {
             } else {
                 "pod"
             },
-            policy: if policy.is_empty() {
-                "-".to_string()
-            } else {
-                policy.join(",")
-            },
+            policy,
             id: value.id,
-            affinity: (value.flags & SERVICE_AFFINITY_CLIENT_IP != 0)
+            affinity_timeout_seconds: (value.flags & SERVICE_AFFINITY_CLIENT_IP != 0)
                 .then_some(value.affinity_timeout),
             backends,
             packets: stats.packets,
@@ -94,6 +99,8 @@ fn rows(contents: &MapContents, maps: &BpfMaps) -> anyhow::Result<Vec<Row>> {
 }
 
 /// Counters under the table.
+#[derive(Debug, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
 struct Totals {
     no_backend_drops: u64,
     rejected_tcp: u64,
@@ -117,15 +124,33 @@ fn render(rows: &[Row], totals: &Totals) -> String {
         let backends = if row.backends.is_empty() {
             "<none>".to_string()
         } else {
-            row.backends.join(",")
+            let text: Vec<String> = row
+                .backends
+                .iter()
+                .map(|backend| match backend {
+                    Some(b) => format!(
+                        "{}:{}{}",
+                        b.address,
+                        b.port,
+                        if b.local { "(local)" } else { "" }
+                    ),
+                    None => "<missing>".to_string(),
+                })
+                .collect();
+            text.join(",")
+        };
+        let policy = if row.policy.is_empty() {
+            "-".to_string()
+        } else {
+            row.policy.join(",")
         };
         let affinity = row
-            .affinity
+            .affinity_timeout_seconds
             .map_or_else(|| "-".to_string(), |secs| format!("ClientIP/{secs}s"));
         let _ = writeln!(
             out,
-            "{:<width$}  {:<5}  {:<17}  {:>5}  {affinity:<15}  {:>10}  {:>12}  {backends}",
-            row.frontend, row.scope, row.policy, row.id, row.packets, row.bytes
+            "{:<width$}  {:<5}  {policy:<17}  {:>5}  {affinity:<15}  {:>10}  {:>12}  {backends}",
+            row.frontend, row.scope, row.id, row.packets, row.bytes
         );
     }
     let _ = writeln!(
@@ -140,7 +165,13 @@ fn render(rows: &[Row], totals: &Totals) -> String {
     out
 }
 
-pub fn run(pin_path: &Path) -> anyhow::Result<()> {
+/// The JSON document: field names are kept stable for scripts.
+fn render_json(rows: &[Row], totals: &Totals) -> String {
+    let document = serde_json::json!({ "frontends": rows, "totals": totals });
+    format!("{document:#}\n")
+}
+
+pub fn run(pin_path: &Path, output: Output) -> anyhow::Result<()> {
     let maps = BpfMaps::open_pinned(pin_path).with_context(|| {
         format!(
             "no kxdp maps under {} (is the agent loaded?)",
@@ -154,7 +185,10 @@ pub fn run(pin_path: &Path) -> anyhow::Result<()> {
         rejected_tcp: maps.verdicts(verdict::REJECTED_TCP)?,
         rejected_udp: maps.verdicts(verdict::REJECTED_UDP)?,
     };
-    print!("{}", render(&rows, &totals));
+    match output {
+        Output::Table => print!("{}", render(&rows, &totals)),
+        Output::Json => print!("{}", render_json(&rows, &totals)),
+    }
     Ok(())
 }
 
@@ -162,36 +196,90 @@ pub fn run(pin_path: &Path) -> anyhow::Result<()> {
 mod tests {
     use super::*;
 
-    #[test]
-    fn table_lists_frontends_backends_and_counters() {
-        let rows = [
+    fn rows() -> Vec<Row> {
+        vec![
             Row {
                 frontend: "10.96.0.10:80/TCP".into(),
                 scope: "pod",
-                policy: "-".into(),
+                policy: vec![],
                 id: 0,
-                affinity: Some(10_800),
-                backends: vec!["10.244.0.2:8080(local)".into(), "10.244.0.3:8080".into()],
+                affinity_timeout_seconds: Some(10_800),
+                backends: vec![
+                    Some(backend("10.244.0.2", true)),
+                    Some(backend("10.244.0.3", false)),
+                ],
                 packets: 12,
                 bytes: 960,
             },
             Row {
                 frontend: "192.168.1.10:30053/UDP".into(),
                 scope: "node",
-                policy: "local,ranges".into(),
+                policy: vec!["local", "ranges"],
                 id: 1,
-                affinity: None,
+                affinity_timeout_seconds: None,
                 backends: vec![],
                 packets: 0,
                 bytes: 0,
             },
-        ];
-        let totals = Totals {
+        ]
+    }
+
+    fn backend(address: &str, local: bool) -> Backend {
+        Backend {
+            address: address.parse().unwrap(),
+            port: 8080,
+            local,
+        }
+    }
+
+    fn totals() -> Totals {
+        Totals {
             no_backend_drops: 3,
             rejected_tcp: 4,
             rejected_udp: 5,
-        };
-        let table = render(&rows, &totals);
+        }
+    }
+
+    #[test]
+    fn json_has_stable_field_names() {
+        let mut rows = rows();
+        rows[1].backends.push(None);
+        let json: serde_json::Value = serde_json::from_str(&render_json(&rows, &totals())).unwrap();
+        assert_eq!(
+            json["frontends"][0],
+            serde_json::json!({
+                "frontend": "10.96.0.10:80/TCP",
+                "scope": "pod",
+                "policy": [],
+                "id": 0,
+                "affinityTimeoutSeconds": 10800,
+                "backends": [
+                    {"address": "10.244.0.2", "port": 8080, "local": true},
+                    {"address": "10.244.0.3", "port": 8080, "local": false},
+                ],
+                "packets": 12,
+                "bytes": 960,
+            })
+        );
+        assert_eq!(
+            json["frontends"][1]["policy"],
+            serde_json::json!(["local", "ranges"])
+        );
+        assert_eq!(
+            json["frontends"][1]["affinityTimeoutSeconds"],
+            serde_json::Value::Null
+        );
+        assert_eq!(json["frontends"][1]["backends"], serde_json::json!([null]));
+        assert_eq!(
+            json["totals"],
+            serde_json::json!({"noBackendDrops": 3, "rejectedTcp": 4, "rejectedUdp": 5})
+        );
+    }
+
+    #[test]
+    fn table_lists_frontends_backends_and_counters() {
+        let rows = rows();
+        let table = render(&rows, &totals());
         let lines: Vec<_> = table.lines().collect();
         assert_eq!(lines.len(), 4);
         assert!(lines[0].starts_with("FRONTEND"));

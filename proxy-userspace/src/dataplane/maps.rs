@@ -16,6 +16,7 @@ use proxy_common::maps::{
 };
 
 use super::{
+    fill::{count_keys, Count},
     maglev_tables::{MaglevTables, TableError, MAGLEV},
     DataplaneError,
 };
@@ -31,6 +32,8 @@ pub const DROPS: &str = "DROPS";
 pub const VERDICTS: &str = "VERDICTS";
 pub const SOURCE_RANGES: &str = "SOURCE_RANGES";
 pub const NIC_ADDRS: &str = "NIC_ADDRS";
+/// The maps the agent writes from the Services, whose fill it reports.
+pub const AGENT_WRITTEN: [&str; 3] = [SERVICES, BACKENDS, SOURCE_RANGES];
 
 /// Bits of an LPM key before the address: the service id.
 const SERVICE_ID_BITS: u32 = 32;
@@ -57,7 +60,7 @@ pub const ALL: [PinnedMap; 11] = [
     pinned::<u32, BackendValue>(BACKENDS),
     // Values of an array of maps are inner map fds (ids when read).
     pinned::<u32, u32>(MAGLEV),
-    pinned::<FlowKey, CtEntry>("CONNTRACK"),
+    pinned::<FlowKey, CtEntry>(super::fill::CONNTRACK),
     pinned::<u32, ServiceStats>(STATS),
     pinned::<u32, u64>(DROPS),
     pinned::<u32, u64>(VERDICTS),
@@ -253,6 +256,18 @@ impl BpfMaps {
                 packets: sum.packets + s.packets,
                 bytes: sum.bytes + s.bytes,
             }))
+    }
+
+    /// Entries of the agent-written map `name` (`SERVICES`, `BACKENDS` or
+    /// `SOURCE_RANGES`), counted up to `cap`; `None` for another map.
+    pub fn count(&self, name: &str, cap: u32) -> Option<Result<Count, StoreError>> {
+        let (map, counted) = match name {
+            SERVICES => (SERVICES, count_keys(self.services.keys(), cap)),
+            BACKENDS => (BACKENDS, count_keys(self.backends.keys(), cap)),
+            SOURCE_RANGES => (SOURCE_RANGES, count_keys(self.source_ranges.keys(), cap)),
+            _ => return None,
+        };
+        Some(counted.map_err(store_error(map)))
     }
 
     /// Drops for one reason (`proxy_common::maps::drop_reason`), summed over CPUs.

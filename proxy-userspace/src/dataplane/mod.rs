@@ -2,6 +2,7 @@
 //! maps and links under the pin path, attaching to interfaces.
 
 pub mod bpffs;
+pub mod fill;
 pub mod interfaces;
 pub mod maglev_tables;
 pub mod maps;

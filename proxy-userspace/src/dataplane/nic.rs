@@ -45,7 +45,7 @@ fn parse_pin_name(file: &str) -> Option<Interface> {
 }
 
 /// NIC links pinned under `links_dir`.
-fn pinned_links(links_dir: &Path) -> io::Result<BTreeMap<Interface, PathBuf>> {
+pub fn pinned_links(links_dir: &Path) -> io::Result<BTreeMap<Interface, PathBuf>> {
     pinned_links_named(links_dir, parse_pin_name)
 }
 

@@ -181,6 +181,14 @@ pub fn attach(
     Ok(())
 }
 
+/// The socket programs whose links are pinned under `links_dir`.
+pub fn pinned(links_dir: &Path) -> Vec<&'static str> {
+    SOCKET_PROGRAMS
+        .into_iter()
+        .filter(|name| links_dir.join(pin_name(name)).exists())
+        .collect()
+}
+
 /// Detaches every pinned socket hook under `links_dir` (for `kxdp unload`).
 pub fn detach_all(links_dir: &Path) -> io::Result<usize> {
     let mut detached = 0;

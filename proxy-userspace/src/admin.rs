@@ -1,0 +1,271 @@
+//! The agent's admin endpoints, as kube-proxy serves them: `/healthz` and
+//! `/readyz` on `--health-addr`, `/metrics` on `--metrics-addr`. They listen
+//! from the agent's start, before the first sync, so readiness can say no.
+
+use std::{
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+    time::{Duration, SystemTime},
+};
+
+use tokio::{
+    sync::{mpsc, oneshot},
+    task::JoinHandle,
+};
+use tracing::{info, warn};
+
+use crate::http::{self, Handler, Request, Response};
+
+/// Syncs failing for longer than this make `/healthz` answer 503 (the
+/// DaemonSet's liveness probe then restarts the agent).
+pub const UNHEALTHY_AFTER: Duration = Duration::from_secs(60);
+/// A port that cannot be bound (kube-proxy still holding it) is tried again
+/// this often, as kube-proxy does.
+const BIND_RETRY: Duration = Duration::from_secs(5);
+/// Longest a scrape waits for the agent's loop, which may be in a long sync.
+const SCRAPE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Scrapes waiting at once; more are refused (503) rather than queued.
+const SCRAPES_QUEUED: usize = 4;
+
+/// What the agent tells the health endpoints.
+#[derive(Debug, Default)]
+struct SyncHealth {
+    /// Programs attached and the first full sync applied.
+    ready: bool,
+    last_success: Option<SystemTime>,
+    /// When the current run of failed syncs began.
+    failing_since: Option<SystemTime>,
+}
+
+impl SyncHealth {
+    fn healthy(&self, now: SystemTime) -> bool {
+        self.failing_since
+            .is_none_or(|since| now.duration_since(since).unwrap_or_default() <= UNHEALTHY_AFTER)
+    }
+}
+
+/// The body of `/healthz` and `/readyz`: kube-proxy's fields (RFC 3339
+/// times), plus the agent's view; `kxdp status` reads it.
+#[derive(Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HealthReport {
+    /// The last successful sync; null before the first.
+    pub last_updated: Option<String>,
+    pub current_time: String,
+    pub ready: bool,
+    pub healthy: bool,
+    pub version: String,
+}
+
+fn rfc3339(time: SystemTime) -> String {
+    jiff::Timestamp::try_from(time).map_or_else(|_| String::new(), |t| t.to_string())
+}
+
+/// Shared between the agent's loop (writer) and the health listener.
+#[derive(Clone, Debug, Default)]
+pub struct HealthState(Arc<Mutex<SyncHealth>>);
+
+impl HealthState {
+    fn with<T>(&self, f: impl FnOnce(&mut SyncHealth) -> T) -> T {
+        // A panic while holding this lock cannot leave it half-written.
+        let mut guard = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        f(&mut guard)
+    }
+
+    /// Programs attached and the first full sync applied.
+    pub fn set_ready(&self) {
+        self.with(|h| h.ready = true);
+    }
+
+    /// After a sync: `failed` when it left entries unwritten.
+    pub fn record_sync(&self, failed: bool, last_success: Option<SystemTime>, now: SystemTime) {
+        self.with(|h| {
+            h.last_success = last_success;
+            h.failing_since = match (failed, h.failing_since) {
+                (false, _) => None,
+                (true, None) => Some(now),
+                (true, since) => since,
+            };
+        });
+    }
+
+    pub fn report(&self, now: SystemTime) -> HealthReport {
+        self.with(|h| {
+            let healthy = h.healthy(now);
+            HealthReport {
+                last_updated: h.last_success.map(rfc3339),
+                current_time: rfc3339(now),
+                ready: h.ready && healthy,
+                healthy,
+                version: env!("CARGO_PKG_VERSION").to_string(),
+            }
+        })
+    }
+}
+
+#[derive(Clone)]
+struct HealthEndpoints(HealthState);
+
+impl Handler for HealthEndpoints {
+    async fn handle(&self, request: Request) -> Response {
+        let report = self.0.report(SystemTime::now());
+        let ok = match request.path.as_str() {
+            "/healthz" => report.healthy,
+            "/readyz" => report.ready,
+            _ => return Response::text("404 Not Found", "try /healthz or /readyz\n"),
+        };
+        let status = if ok {
+            "200 OK"
+        } else {
+            "503 Service Unavailable"
+        };
+        Response::json(status, &report)
+    }
+}
+
+/// A scrape waiting for the agent's loop to render the metrics.
+pub type Scrape = oneshot::Sender<String>;
+
+#[derive(Clone)]
+struct MetricsEndpoint(mpsc::Sender<Scrape>);
+
+impl Handler for MetricsEndpoint {
+    async fn handle(&self, request: Request) -> Response {
+        if request.path != "/metrics" {
+            return Response::text("404 Not Found", "try /metrics\n");
+        }
+        let (reply, rendered) = oneshot::channel();
+        if self.0.try_send(reply).is_err() {
+            return Response::text("503 Service Unavailable", "too many scrapes at once\n");
+        }
+        match tokio::time::timeout(SCRAPE_TIMEOUT, rendered).await {
+            Ok(Ok(text)) => Response {
+                status: "200 OK",
+                content_type: prometheus_client::encoding::prometheus_text::CONTENT_TYPE,
+                body: text.into_bytes(),
+            },
+            _ => Response::text("503 Service Unavailable", "the agent is busy\n"),
+        }
+    }
+}
+
+/// Both listeners; dropping this closes them.
+pub struct AdminServer {
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl AdminServer {
+    /// Starts listening on both addresses now (a busy port is logged and
+    /// retried); metrics requests arrive on the returned receiver, for the
+    /// agent's loop to answer. Must run inside a tokio runtime.
+    pub fn start(
+        health_addr: SocketAddr,
+        metrics_addr: SocketAddr,
+        health: HealthState,
+    ) -> (Self, mpsc::Receiver<Scrape>) {
+        let (scrapes, requests) = mpsc::channel(SCRAPES_QUEUED);
+        let tasks = vec![
+            listen(health_addr, "/healthz, /readyz", HealthEndpoints(health)),
+            listen(metrics_addr, "/metrics", MetricsEndpoint(scrapes)),
+        ];
+        (Self { tasks }, requests)
+    }
+}
+
+impl Drop for AdminServer {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}
+
+/// Binds `addr` at once (so the port is open when this returns) and serves
+/// it, retrying the bind in the background when the port is busy.
+fn listen(addr: SocketAddr, what: &'static str, handler: impl Handler) -> JoinHandle<()> {
+    let mut bound = http::bind(addr);
+    tokio::spawn(async move {
+        loop {
+            match bound {
+                Ok(socket) => {
+                    let local = socket.local_addr().unwrap_or(addr);
+                    info!(addr = %local, endpoints = what, "listening");
+                    return http::serve(socket, handler).await;
+                }
+                Err(e) => {
+                    warn!(addr = %addr, endpoints = what, error = %e, "cannot listen; will retry");
+                    tokio::time::sleep(BIND_RETRY).await;
+                    bound = http::bind(addr);
+                }
+            }
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv4Addr;
+
+    use super::*;
+    use crate::http::testing::{free_port, get};
+
+    fn at(secs: u64) -> SystemTime {
+        SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000 + secs)
+    }
+
+    #[test]
+    fn ready_after_the_first_sync_and_unhealthy_after_a_minute_of_failures() {
+        let health = HealthState::default();
+        let report = health.report(at(0));
+        assert!(!report.ready && report.healthy);
+        assert_eq!(report.last_updated, None);
+        assert_eq!(report.current_time, "2023-11-14T22:13:20Z");
+        health.record_sync(false, Some(at(1)), at(1));
+        health.set_ready();
+        assert!(health.report(at(2)).ready);
+        // Failing from t=10 on: healthy for a minute, then not, and not ready.
+        health.record_sync(true, Some(at(1)), at(10));
+        health.record_sync(true, Some(at(1)), at(40));
+        assert!(health.report(at(70)).healthy, "60 s exactly");
+        let report = health.report(at(71));
+        assert!(!report.healthy && !report.ready);
+        assert_eq!(
+            report.last_updated.as_deref(),
+            Some("2023-11-14T22:13:21Z"),
+            "the last success is kept"
+        );
+        health.record_sync(false, Some(at(72)), at(72));
+        assert!(health.report(at(73)).healthy && health.report(at(73)).ready);
+    }
+
+    #[tokio::test]
+    async fn endpoints_answer_with_the_state_and_json_bodies() {
+        let (health_port, metrics_port) = (free_port(), free_port());
+        let health = HealthState::default();
+        let (server, mut scrapes) = AdminServer::start(
+            (Ipv4Addr::LOCALHOST, health_port).into(),
+            (Ipv4Addr::LOCALHOST, metrics_port).into(),
+            health.clone(),
+        );
+        let (status, body) = get(health_port, "/readyz").await;
+        assert_eq!(status, "HTTP/1.1 503 Service Unavailable");
+        let report: HealthReport = serde_json::from_str(&body).unwrap();
+        assert!(!report.ready && report.healthy);
+        assert_eq!(report.version, env!("CARGO_PKG_VERSION"));
+        assert_eq!(get(health_port, "/healthz").await.0, "HTTP/1.1 200 OK");
+        health.set_ready();
+        assert_eq!(get(health_port, "/readyz").await.0, "HTTP/1.1 200 OK");
+        assert_eq!(get(health_port, "/nope").await.0, "HTTP/1.1 404 Not Found");
+
+        // The loop's side of a scrape.
+        tokio::spawn(async move {
+            while let Some(reply) = scrapes.recv().await {
+                let _ = reply.send("kxdp_syncs_total 1\n".to_string());
+            }
+        });
+        let (status, body) = get(metrics_port, "/metrics").await;
+        assert_eq!(status, "HTTP/1.1 200 OK");
+        assert_eq!(body, "kxdp_syncs_total 1\n");
+        drop(server);
+    }
+}

@@ -1,0 +1,97 @@
+//! How full the pinned maps are, for `kxdp status` and `/metrics`. The
+//! kernel keeps no entry count a reader can ask for, so entries are counted
+//! by walking keys, up to a cap that keeps the walk short.
+
+use std::path::Path;
+
+use aya::{
+    maps::{HashMap, MapData, MapError, MapInfo},
+    Pod,
+};
+use proxy_common::maps::{CtEntry, FlowKey};
+
+use super::DataplaneError;
+
+pub const CONNTRACK: &str = "CONNTRACK";
+/// Connection-tracking entries counted per look (1 µs or so each); past it
+/// the count says "at least".
+pub const CONNTRACK_COUNT_CAP: u32 = 65_536;
+
+/// Entries found, and whether the walk saw them all.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Count {
+    pub entries: u32,
+    /// False when the walk stopped at its cap.
+    pub complete: bool,
+}
+
+/// Counts the keys `keys` yields, stopping at `cap`. Under churn (an LRU
+/// evicting the key the walk stands on restarts it) the count is approximate.
+pub fn count_keys<K: Pod>(
+    keys: impl Iterator<Item = Result<K, MapError>>,
+    cap: u32,
+) -> Result<Count, MapError> {
+    let mut entries = 0;
+    for key in keys {
+        key?;
+        if entries == cap {
+            return Ok(Count {
+                entries,
+                complete: false,
+            });
+        }
+        entries += 1;
+    }
+    Ok(Count {
+        entries,
+        complete: true,
+    })
+}
+
+/// `max_entries` of the map pinned as `name` under `pin_path`.
+pub fn capacity(pin_path: &Path, name: &'static str) -> Result<u32, DataplaneError> {
+    MapInfo::from_pin(pin_path.join(name))
+        .map(|info| info.max_entries())
+        .map_err(|e| DataplaneError::Map(name, e))
+}
+
+/// The pinned connection-tracking table, read only.
+pub struct Conntrack(HashMap<MapData, FlowKey, CtEntry>);
+
+impl Conntrack {
+    pub fn open(pin_path: &Path) -> Result<Self, DataplaneError> {
+        let map = MapData::from_pin(pin_path.join(CONNTRACK))
+            .and_then(aya::maps::Map::from_map_data)
+            .and_then(HashMap::try_from)
+            .map_err(|e| DataplaneError::Map(CONNTRACK, e))?;
+        Ok(Self(map))
+    }
+
+    /// Entries, up to [`CONNTRACK_COUNT_CAP`].
+    pub fn count(&self) -> Result<Count, MapError> {
+        count_keys(self.0.keys(), CONNTRACK_COUNT_CAP)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counting_stops_at_the_cap_and_says_so() {
+        let keys = |n: u32| (0..n).map(Ok::<u32, MapError>);
+        let complete = |entries| Count {
+            entries,
+            complete: true,
+        };
+        assert_eq!(count_keys(keys(0), 3).unwrap(), complete(0));
+        assert_eq!(count_keys(keys(3), 3).unwrap(), complete(3));
+        assert_eq!(
+            count_keys(keys(1_000), 3).unwrap(),
+            Count {
+                entries: 3,
+                complete: false
+            }
+        );
+    }
+}

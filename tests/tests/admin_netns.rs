@@ -1,0 +1,223 @@
+//! Namespace suite: the agent's admin surface in a mini node. `/readyz`,
+//! `/healthz` and `/metrics` answer in the node namespace on their default
+//! addresses (kube-proxy's ports), `kxdp status` and `kxdp services`
+//! print JSON, and SIGTERM stops the agent at once, cleanly, with the
+//! datapath still serving.
+
+use std::{
+    collections::BTreeMap,
+    path::PathBuf,
+    time::{Duration, Instant},
+};
+
+use kxdp_testbed::{agent::Agent, scenario::EchoScenario};
+
+const WAIT: Duration = Duration::from_secs(10);
+const HEALTH: &str = "127.0.0.1:10256";
+const METRICS: &str = "127.0.0.1:10249";
+
+fn scenario() -> EchoScenario {
+    EchoScenario::new(2, env!("CARGO_BIN_EXE_kxdp-peer").into()).expect("echo scenario")
+}
+
+/// `GET http://{addr}{path}` from the node namespace: (status code, body);
+/// code 0 when nothing answered.
+fn get(s: &EchoScenario, addr: &str, path: &str) -> (u16, String) {
+    let url = format!("http://{addr}{path}");
+    let output = s
+        .node
+        .command(&s.node.node_netns, "curl")
+        .args(["-sS", "--max-time", "3", "-w", "\n%{http_code}", &url])
+        .output()
+        .expect("curl");
+    let text = String::from_utf8_lossy(&output.stdout);
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+    (code.trim().parse().unwrap_or(0), body.to_string())
+}
+
+/// Polls `GET addr path` (bounded) until it answers `code`.
+fn wait_for_code(s: &EchoScenario, addr: &str, path: &str, code: u16) -> String {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let (got, body) = get(s, addr, path);
+        if got == code {
+            return body;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{path} answered {got}, not {code}: {body}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The samples of a scrape: `name{labels}` → value.
+fn scrape(s: &EchoScenario) -> BTreeMap<String, f64> {
+    let (code, text) = get(s, METRICS, "/metrics");
+    assert_eq!(code, 200, "{text}");
+    text.lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .map(|l| {
+            let (series, value) = l.rsplit_once(' ').expect("name value");
+            (series.to_string(), value.parse().expect("a number"))
+        })
+        .collect()
+}
+
+fn json(text: &str) -> serde_json::Value {
+    serde_json::from_str(text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
+}
+
+#[test]
+fn readiness_follows_the_first_sync_and_metrics_count_the_traffic() {
+    let s = scenario();
+    // The manifests appear only later: the agent attaches, listens and
+    // waits for its first full sync.
+    let later: PathBuf = s.manifests.with_extension("later");
+    let mut agent = Agent::start(&s.node, &later).unwrap();
+    agent
+        .wait_for(&["attached"], 2 * s.node.pods.len(), WAIT)
+        .unwrap();
+    let body = wait_for_code(&s, HEALTH, "/readyz", 503);
+    let report = json(&body);
+    assert_eq!(report["ready"], false, "{report}");
+    assert_eq!(report["lastUpdated"], serde_json::Value::Null, "{report}");
+    let (code, body) = get(&s, HEALTH, "/healthz");
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(scrape(&s)["kxdp_syncs_total"], 0.0);
+
+    std::os::unix::fs::symlink(&s.manifests, &later).unwrap();
+    agent.wait_for(&["synced"], 1, WAIT).unwrap();
+    let report = json(&wait_for_code(&s, HEALTH, "/readyz", 200));
+    assert_eq!(report["ready"], true, "{report}");
+    assert!(report["lastUpdated"].is_string(), "{report}");
+
+    let vip = format!("{}:80", s.vip);
+    let packets = format!(
+        "kxdp_frontend_packets_total{{frontend=\"{vip}/TCP\",scope=\"pod\",\
+         service_namespace=\"default\",service_name=\"echo\"}}"
+    );
+    let before = scrape(&s);
+    let start = before
+        .get(&packets)
+        .copied()
+        .unwrap_or_else(|| panic!("{packets} missing: {:?}", before.keys().collect::<Vec<_>>()));
+    for i in 0..5 {
+        s.http_get(&vip)
+            .unwrap_or_else(|e| panic!("request {i}: {e}"));
+    }
+    let started = Instant::now();
+    let after = scrape(&s);
+    eprintln!("scrape of 2 frontends took {:?}", started.elapsed());
+    // Each connection is at least SYN, ACK, request, FIN from the client.
+    assert!(
+        after[&packets] >= start + 5.0 * 4.0,
+        "{} → {}",
+        start,
+        after[&packets]
+    );
+    assert!(after["kxdp_syncs_total"] >= 1.0);
+    assert_eq!(after["kxdp_failed_syncs_total"], 0.0);
+    assert_eq!(
+        after[r#"kxdp_map_entries{map="services"}"#], 2.0,
+        "TCP and UDP"
+    );
+    assert_eq!(after[r#"kxdp_map_entries{map="backends"}"#], 4.0);
+    assert_eq!(after[r#"kxdp_map_capacity{map="services"}"#], 65_536.0);
+    assert!(
+        after["kxdp_conntrack_entries"] >= 2.0,
+        "the connections' entries"
+    );
+    assert_eq!(after["kxdp_conntrack_capacity"], 524_288.0);
+    assert!(after["kxdp_sync_duration_seconds_count"] >= 1.0);
+    assert!(after["kxdp_last_successful_sync_timestamp_seconds"] > 1.7e9);
+    assert_eq!(
+        after[r#"kxdp_dropped_packets_total{reason="no_backend"}"#],
+        0.0
+    );
+    assert_eq!(after["kxdp_scrape_read_errors"], 0.0);
+
+    let status = json(&s.kxdp(&["status", "--output", "json"]).unwrap());
+    let programs = status["programs"].as_array().unwrap();
+    for pod in &s.node.pods {
+        for program in ["pod_ingress", "pod_egress"] {
+            assert!(
+                programs.iter().any(|p| p["program"] == program
+                    && p["interface"] == pod.host_interface.as_str()
+                    && p["mode"] == "tcx"),
+                "{program} on {}: {status}",
+                pod.host_interface
+            );
+        }
+    }
+    assert_eq!(
+        programs.iter().filter(|p| p["mode"] == "cgroup").count(),
+        4,
+        "{status}"
+    );
+    let maps = status["maps"].as_array().unwrap();
+    let services = maps.iter().find(|m| m["map"] == "services").unwrap();
+    assert_eq!(
+        (services["entries"].as_u64(), services["capacity"].as_u64()),
+        (Some(2), Some(65_536))
+    );
+    assert!(maps.iter().any(|m| m["map"] == "conntrack"), "{status}");
+    assert_eq!(status["agent"]["report"]["ready"], true, "{status}");
+    assert_eq!(status["agent"]["report"]["version"], status["version"]);
+
+    let services = json(&s.kxdp(&["services", "--output", "json"]).unwrap());
+    let http = services["frontends"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["frontend"] == format!("{vip}/TCP"))
+        .unwrap_or_else(|| panic!("{services}"));
+    let mut backends: Vec<String> = http["backends"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["address"].as_str().unwrap().to_string())
+        .collect();
+    backends.sort();
+    let expected: Vec<String> = s.backends.iter().map(|b| b.to_string()).collect();
+    assert_eq!(backends, expected);
+    assert!(http["packets"].as_u64().unwrap() >= 20, "{http}");
+
+    agent.stop().unwrap();
+    std::fs::remove_file(&later).unwrap();
+}
+
+#[test]
+fn sigterm_stops_the_agent_within_seconds_and_the_datapath_keeps_serving() {
+    let s = scenario();
+    let vip = format!("{}:80", s.vip);
+    let agent = s.start_agent().unwrap();
+    wait_for_code(&s, HEALTH, "/readyz", 200);
+    s.http_get(&vip).expect("through the agent");
+
+    let started = Instant::now();
+    let status = agent.stop().unwrap();
+    let took = started.elapsed();
+    eprintln!("agent exited {took:?} after SIGTERM");
+    assert!(status.success(), "exit status 0 on SIGTERM: {status}");
+    assert!(took < Duration::from_secs(5), "{took:?}");
+    assert_eq!(get(&s, HEALTH, "/healthz").0, 0, "the listener is gone");
+
+    s.http_get(&vip)
+        .expect("the datapath keeps serving with the agent stopped");
+    let status = json(&s.kxdp(&["status", "--output", "json"]).unwrap());
+    assert_eq!(
+        status["agent"]["report"],
+        serde_json::Value::Null,
+        "{status}"
+    );
+    assert!(status["agent"]["error"].is_string(), "{status}");
+    assert_eq!(
+        status["programs"].as_array().unwrap().len(),
+        2 * s.node.pods.len() + 4,
+        "still attached: {status}"
+    );
+
+    s.kxdp(&["unload"]).unwrap();
+    assert!(!s.node.pin_path().exists(), "unload leaves no pins");
+}
