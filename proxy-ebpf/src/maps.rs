@@ -28,10 +28,10 @@ pub static BACKENDS: HashMap<u32, BackendValue> = HashMap::pinned(sizes::MAX_BAC
 /// the size it needs.
 pub type MaglevTable = Array<u64, 1, { MAGLEV_TABLE_FLAGS as usize }>;
 
-/// Service id → its Maglev table. The agent builds a changed table beside
-/// the old one and swaps it in with one update, so a packet sees either
-/// table whole. A BTF map (map-in-map needs its inner type); pinned by the
-/// agent's loader.
+/// Service id → its Maglev table. The agent rewrites a table of the same
+/// size in place and swaps one of another size in whole, so a packet never
+/// indexes a table by another's size. A BTF map (map-in-map needs its inner
+/// type); pinned by the agent's loader.
 #[btf_map]
 pub static MAGLEV: ArrayOfMaps<MaglevTable, { sizes::MAX_SERVICES as usize }> = ArrayOfMaps::new();
 

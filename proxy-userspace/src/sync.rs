@@ -1,7 +1,7 @@
 //! Sync: turns the plan's frontends into map entries and writes only what
 //! differs, in an order that never exposes a half-built service
 //! (DESIGN.md §1): backends, then the Maglev table, then the service entry;
-//! removal in reverse. A table is replaced whole in one update, so the
+//! removal in reverse. A table of a new size is swapped in whole, so the
 //! datapath never indexes half of one. Work is per frontend, so a change to one Service costs
 //! the same whether ten or thirty thousand others exist.
 //!
@@ -72,8 +72,9 @@ pub trait MapStore {
     /// Makes `slots` (slot → backend id) the Maglev table of `service_id`:
     /// rewritten in place when the old table has the same size and room for
     /// the members, otherwise built beside it and swapped in whole by the
-    /// next [`MapStore::commit_tables`].
-    fn put_table(&mut self, service_id: u32, slots: &[u32]) -> Result<(), StoreError>;
+    /// next [`MapStore::commit_tables`]. After an error the live table may
+    /// hold the old or the new backends.
+    fn put_table(&mut self, service_id: u32, slots: &[u32]) -> Result<TableWrite, StoreError>;
     /// Removes the table of `service_id` at the next commit.
     fn delete_table(&mut self, service_id: u32) -> Result<(), StoreError>;
     /// Swaps in and removes the tables handed over since the last commit, at
@@ -86,6 +87,15 @@ pub trait MapStore {
     fn delete_source_range(&mut self, entry: &RangeEntry) -> Result<(), StoreError>;
     /// Zeroes the counters of a service id about to be (re)used.
     fn reset_stats(&mut self, service_id: u32) -> Result<(), StoreError>;
+}
+
+/// How [`MapStore::put_table`] wrote a table.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TableWrite {
+    /// Rewritten in place: live already.
+    InPlace,
+    /// Built beside the old one: live once committed.
+    Queued,
 }
 
 /// What one sync changed.
@@ -204,6 +214,10 @@ pub struct Syncer {
     reserved_service_ids: HashSet<u32>,
     /// Tables handed to the store for removal in the current sync.
     dropping_tables: BTreeSet<u32>,
+    /// Backends a table may name after a write of it failed (half written,
+    /// or not known to be swapped in): referenced until a later write of
+    /// that table succeeds, so none a live table might name is deleted.
+    unsettled: HashMap<u32, BTreeSet<u32>>,
     /// Backends that may have lost their last reference.
     unreferenced: BTreeSet<u32>,
     /// Cap on a Maglev table's size (`--maglev-table-size`).
@@ -253,6 +267,7 @@ impl Syncer {
             unreferenced,
             reserved_service_ids: HashSet::new(),
             dropping_tables: BTreeSet::new(),
+            unsettled: HashMap::new(),
             max_table_size: maglev::DEFAULT_MAX_TABLE_SIZE,
             current,
             resting_service_ids: HashSet::new(),
@@ -341,9 +356,9 @@ impl Syncer {
         self.dropping_tables.clear();
     }
 
-    /// Writes `wanted` and removes `unwanted` in three steps, so the kernel
-    /// waits for running programs (an RCU grace period, milliseconds) at
-    /// most twice per sync however many tables change: every frontend's
+    /// Writes `wanted` and removes `unwanted` in steps, so the kernel waits
+    /// for running programs (an RCU grace period, milliseconds) once per
+    /// commit rather than once per table (Linux ≥ 6.8): every frontend's
     /// backends and table first, then the table swaps at once, then the
     /// service entries (and removals), then the table removals at once,
     /// and the backends nothing refers to any more.
@@ -363,7 +378,10 @@ impl Syncer {
             if let Some(slots) = entry.table.take() {
                 match &swapped {
                     Ok(()) => self.set_table(entry.value.id, Some(slots)),
-                    Err(_) => entry.complete = false,
+                    Err(_) => {
+                        self.unsettle(entry.value.id, &slots);
+                        entry.complete = false;
+                    }
                 }
             }
         }
@@ -405,8 +423,14 @@ impl Syncer {
                 &self.resting_service_ids,
                 &self.reserved_service_ids,
             );
+            // Nor an id whose table is still there (an orphan of an
+            // interrupted sync, removed at the end of this one).
+            let tables = &self.current.tables;
             self.service_ids.allocate(|id| {
-                live.contains(&id) || resting.contains(&id) || reserved.contains(&id)
+                live.contains(&id)
+                    || resting.contains(&id)
+                    || reserved.contains(&id)
+                    || tables.contains_key(&id)
             })
         }) else {
             report.errors.push(format!(
@@ -437,8 +461,10 @@ impl Syncer {
         let mut table = None;
         if complete && !slots.is_empty() && self.current.tables.get(&id) != Some(&slots) {
             match store.put_table(id, &slots) {
-                Ok(()) => table = Some(slots),
+                Ok(TableWrite::InPlace) => self.set_table(id, Some(slots)),
+                Ok(TableWrite::Queued) => table = Some(slots),
                 Err(e) => {
+                    self.unsettle(id, &slots);
                     report.errors.push(e.to_string());
                     complete = false;
                 }
@@ -599,8 +625,23 @@ impl Syncer {
             }
             None => self.current.tables.remove(&service_id),
         };
-        for old in table_members(&previous.unwrap_or_default()) {
+        let unsettled = self.unsettled.remove(&service_id).unwrap_or_default();
+        for old in table_members(&previous.unwrap_or_default())
+            .into_iter()
+            .chain(unsettled)
+        {
             self.release_backend(old);
+        }
+    }
+
+    /// Records that a write of `slots` as the table of `service_id` failed:
+    /// the live table may name them until a later write settles it.
+    fn unsettle(&mut self, service_id: u32, slots: &[u32]) {
+        let held = self.unsettled.entry(service_id).or_default();
+        for id in table_members(slots) {
+            if held.insert(id) {
+                *self.backend_refs.entry(id).or_default() += 1;
+            }
         }
     }
 
@@ -1017,6 +1058,52 @@ mod tests {
     }
 
     #[test]
+    fn a_failed_table_write_keeps_every_backend_it_may_name_until_a_retry() {
+        let mut store = FakeStore::default();
+        let mut syncer = fresh_syncer();
+        syncer.reconcile(
+            &plan_of(&[("10.96.0.1", 80, &["10.244.0.2:80"])]),
+            &mut store,
+        );
+        let two = plan_of(&[("10.96.0.1", 80, &["10.244.0.2:80", "10.244.0.9:80"])]);
+        store.fail_table_puts = true;
+        let report = syncer.reconcile(&two, &mut store);
+        assert!(!report.errors.is_empty());
+        // A half-written table may name the newcomer already: it stays.
+        let newcomer = addr_to_net("10.244.0.9".parse().unwrap());
+        assert!(store.maps.backends.values().any(|b| b.addr == newcomer));
+        store.fail_table_puts = false;
+        let report = syncer.reconcile(&two, &mut store);
+        assert!(report.errors.is_empty(), "{:?}", report.errors);
+        assert_eq!(
+            reachable(&store.maps)["10.96.0.1:80"],
+            ["10.244.0.2:80", "10.244.0.9:80"]
+        );
+        // Settled: once it leaves, it goes.
+        syncer.reconcile(
+            &plan_of(&[("10.96.0.1", 80, &["10.244.0.2:80"])]),
+            &mut store,
+        );
+        assert!(!store.maps.backends.values().any(|b| b.addr == newcomer));
+    }
+
+    #[test]
+    fn an_orphan_tables_id_is_not_handed_to_a_new_frontend_in_the_sync_removing_it() {
+        let mut store = FakeStore::default();
+        let plan = plan_of(&[("10.96.0.1", 80, &["10.244.0.2:80"])]);
+        fresh_syncer().reconcile(&plan, &mut store);
+        // An agent killed between swapping a table in and writing its entry.
+        let (key, value) = store.maps.services.pop_first().unwrap();
+        store.log.clear();
+        let report = adopting_syncer(&store).reconcile(&plan, &mut store);
+        assert!(report.errors.is_empty(), "{:?}", report.errors);
+        let now = store.maps.services[&key];
+        assert_ne!(now.id, value.id, "the orphan's id is reused only later");
+        assert_eq!(reachable(&store.maps)["10.96.0.1:80"], ["10.244.0.2:80"]);
+        assert!(!store.maps.tables.contains_key(&value.id), "orphan removed");
+    }
+
+    #[test]
     fn many_table_changes_share_one_commit() {
         let mut store = FakeStore::default();
         let mut syncer = fresh_syncer();
@@ -1089,8 +1176,9 @@ mod tests {
         assert!(report.errors.is_empty(), "{:?}", report.errors);
         assert_eq!(
             store.log,
-            // Same table size: the entry itself is unchanged.
-            ["put backend 3", "put table 1", "commit tables"]
+            // Same table size: rewritten in place (nothing to commit), and
+            // the entry itself is unchanged.
+            ["put backend 3", "put table 1"]
         );
         assert_eq!(
             reachable(&store.maps).len(),

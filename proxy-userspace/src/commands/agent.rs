@@ -215,6 +215,25 @@ fn release_freed_memory() {
     }
 }
 
+/// Raises the soft limit on open files to the hard one: a large sync
+/// holds a descriptor for every Maglev table waiting to be swapped in.
+fn raise_open_files_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit read and write the struct passed.
+    let raised = unsafe {
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && {
+            limit.rlim_cur = limit.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0
+        }
+    };
+    if !raised {
+        warn!(error = %std::io::Error::last_os_error(), "cannot raise the open files limit");
+    }
+}
+
 /// Host-originated traffic: the socket hooks on `--cgroup-path`, or on the
 /// cgroup2 root. Without a cgroup2 mount and no flag, host processes are
 /// simply not translated (pods still are).
@@ -243,6 +262,7 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     let health = HealthState::default();
     let (admin, mut scrapes) =
         AdminServer::start(args.health_addr, args.metrics_addr, health.clone());
+    raise_open_files_limit();
     let mut source = Source::open(&args).await?;
     let pin_path = &args.pin.pin_path;
     let mut dataplane = Dataplane::load(pin_path, !args.nic.is_empty())?;

@@ -2,18 +2,18 @@
 //! service id. A table is a separate BPF array sized for its frontend.
 //!
 //! Changing a table: when the new one has the same size M and the old one
-//! has room for its members, its entries are rewritten in place (a packet
-//! meanwhile may find old and new entries side by side, so the rewrite is
-//! ordered for every one to name a backend that is still there; see
-//! [`rewrite_in_place`]). Otherwise the new
-//! table is built beside the old one and swapped in whole with an update of
-//! the outer array, so a packet sees either table, never a mix of sizes.
-//! The kernel waits for running programs (an RCU grace period) after every
-//! update of an array of maps, so swaps and removals are queued and done in
-//! one batch update by [`MaglevTables::commit`]. Arrays of maps have no
-//! batch delete, so a removed table is replaced by one shared empty table
-//! (size 0), which the datapath never reads: a frontend without backends
-//! is rejected before its table is looked at.
+//! has room for its members, its entries are rewritten in place, in two
+//! ordered passes (see [`rewrite_in_place`]). Otherwise the new table is
+//! built beside the old one and swapped in whole with an update of the
+//! outer array, so a packet sees either table, never a mix of sizes.
+//! The kernel waits for running programs (an RCU grace period) after
+//! updating an array of maps: since Linux 6.8 once per batch update, before
+//! it once per element. So swaps and removals are queued and done in one
+//! batch update by [`MaglevTables::commit`] (or earlier, when too many new
+//! tables wait). Arrays of maps have no batch delete, so a removed table is
+//! replaced by one shared empty table (size 0), which the datapath never
+//! reads: a frontend without backends is rejected before its table is
+//! looked at.
 //!
 //! Layout (`proxy_common::maps::maglev_layout`): 64-bit entries, because an
 //! array spends 8 bytes per entry whatever its value size. Entry 0 holds M
@@ -31,12 +31,18 @@ use std::{
 use aya::maps::{ArrayOfMaps, Map, MapData, MapError};
 use proxy_common::maps::{maglev_layout, MAGLEV_TABLE_FLAGS};
 
+use crate::sync::TableWrite;
+
 /// Name of the outer map in the object and under the pin path.
 pub const MAGLEV: &str = "MAGLEV";
 
 /// New tables that may wait for a commit, each with an open descriptor:
-/// well under the usual 1024 soft limit, and 30 commits for 30,000 tables.
-const MAX_WAITING: usize = 1000;
+/// half the usual 1024 soft limit (the agent raises it where it can), and
+/// 59 commits for 30,000 tables.
+const MAX_WAITING: usize = 512;
+
+/// Member positions a 16-bit slot can name.
+const MAX_MEMBERS: usize = 1 << 16;
 
 /// Slots per member a new table leaves room for: the size class's own
 /// ratio, so backends can be added in place until the table would grow.
@@ -56,6 +62,8 @@ pub enum TableError {
     TooLarge(usize),
     #[error("table of service id {0} is malformed")]
     Malformed(u32),
+    #[error("an earlier commit of waiting tables failed: {0}")]
+    EarlierCommit(String),
 }
 
 fn io_error(what: &'static str) -> impl FnOnce(io::Error) -> TableError {
@@ -145,8 +153,8 @@ pub fn decode(entries: &[u64]) -> Option<Vec<u32>> {
 
 /// `MAGLEV`, read and written.
 pub struct MaglevTables {
-    /// Kept untyped: `ArrayOfMaps` has no removal, so `delete` needs the
-    /// map's own fd; typed views are made per call.
+    /// Kept untyped: batch updates need the map's own fd, which
+    /// `ArrayOfMaps` does not give; typed views are made per call.
     outer: Map,
     /// New tables waiting for [`Self::commit`], by service id.
     swaps: BTreeMap<u32, MapData>,
@@ -154,6 +162,9 @@ pub struct MaglevTables {
     removals: Vec<u32>,
     /// The table removed ones are replaced by, made on first use.
     empty: Option<MapData>,
+    /// Why an early commit (too many tables waiting) failed: reported by
+    /// the next [`Self::commit`], which the sync checks.
+    failed_early: Option<String>,
 }
 
 impl MaglevTables {
@@ -165,42 +176,58 @@ impl MaglevTables {
             swaps: BTreeMap::new(),
             removals: Vec::new(),
             empty: None,
+            failed_early: None,
         })
     }
 
     /// Makes `slots` (slot → backend id, not empty) the table of
     /// `service_id`: in place at once when the live table has the same size
     /// and room for the members, otherwise at the next [`Self::commit`].
-    pub fn put(&mut self, service_id: u32, slots: &[u32]) -> Result<(), TableError> {
+    pub fn put(&mut self, service_id: u32, slots: &[u32]) -> Result<TableWrite, TableError> {
         self.removals.retain(|id| *id != service_id);
         let size = slots.len();
         let live = self.live(service_id)?;
-        let previous = match &live {
-            Some((_, entries)) => members_in(entries).ok_or(TableError::Malformed(service_id))?,
-            None => Vec::new(),
-        };
-        if let Some((table, entries)) = &live {
-            let (live_size, capacity) = (entries[0] as u32, (entries[0] >> 32) as u32);
+        // A live table this version cannot read is replaced, not rewritten.
+        let live =
+            live.and_then(|(table, entries)| Some((table, members_in(&entries)?, entries[0])));
+        let previous = live
+            .as_ref()
+            .map(|(_, members, _)| members.clone())
+            .unwrap_or_default();
+        if let Some((table, _, header)) = &live {
+            let (live_size, capacity) = (*header as u32, (*header >> 32) as u32);
             let fits = encode(slots, capacity, &previous);
             if let (false, true, Some(entries)) = (
                 self.swaps.contains_key(&service_id),
                 live_size as usize == size,
                 fits,
             ) {
-                return rewrite_in_place(table.fd().as_fd(), entries, &previous)
-                    .map_err(io_error("rewriting a table"));
+                rewrite_in_place(table.fd().as_fd(), entries, &previous)
+                    .map_err(io_error("rewriting a table"))?;
+                return Ok(TableWrite::InPlace);
             }
         }
-        let members = slots.iter().collect::<HashSet<_>>().len() as u32;
-        let room = (size as u32 / SLOTS_PER_MEMBER).max(members);
+        let wanted: HashSet<u32> = slots.iter().copied().collect();
+        // Room for the size class, and for every remaining backend to keep
+        // its position (affinity checks membership by it).
+        let kept_end = previous
+            .iter()
+            .rposition(|id| wanted.contains(id))
+            .map_or(0, |p| p + 1);
+        let room = (size / SLOTS_PER_MEMBER as usize)
+            .max(wanted.len())
+            .max(kept_end)
+            .min(MAX_MEMBERS) as u32;
         let entries = encode(slots, room, &previous).ok_or(TableError::TooLarge(size))?;
         self.swaps.insert(service_id, new_table(entries)?);
         // Each waiting table holds a file descriptor: past a bound, commit
         // early (still before any service entry can point at them).
         if self.swaps.len() >= MAX_WAITING {
-            self.commit()?;
+            if let Err(e) = self.commit() {
+                self.failed_early.get_or_insert(e.to_string());
+            }
         }
-        Ok(())
+        Ok(TableWrite::Queued)
     }
 
     /// Removes the table of `service_id` at the next [`Self::commit`].
@@ -209,10 +236,17 @@ impl MaglevTables {
         self.removals.push(service_id);
     }
 
-    /// Swaps in the new tables, then removes the doomed ones: one batch
-    /// update and one batch delete of the outer array, so one wait for
-    /// running programs each. The queue is emptied even on failure.
+    /// Swaps in the new tables and replaces the removed ones by the empty
+    /// table: one batch update of the outer array, so one wait for running
+    /// programs (Linux ≥ 6.8). The queue is emptied even on failure; a
+    /// failure may leave part of the batch applied. An early commit's
+    /// failure is reported here too.
     pub fn commit(&mut self) -> Result<(), TableError> {
+        if let Some(e) = self.failed_early.take() {
+            self.swaps.clear();
+            self.removals.clear();
+            return Err(TableError::EarlierCommit(e));
+        }
         let swaps = std::mem::take(&mut self.swaps);
         let removals = std::mem::take(&mut self.removals);
         if swaps.is_empty() && removals.is_empty() {
@@ -260,13 +294,21 @@ impl MaglevTables {
         }
     }
 
-    /// Every live table, by service id.
+    /// Every live table, by service id. One this version cannot read is
+    /// left out (logged): the next sync replaces it.
     pub fn all(&self) -> Result<BTreeMap<u32, Vec<u32>>, TableError> {
         let mut tables = BTreeMap::new();
         let len = ArrayOfMaps::<&MapData, MapData>::try_from(&self.outer)?.len();
         for service_id in 0..len {
-            if let Some(slots) = self.get(service_id)? {
-                tables.insert(service_id, slots);
+            match self.get(service_id) {
+                Ok(Some(slots)) => {
+                    tables.insert(service_id, slots);
+                }
+                Ok(None) => {}
+                Err(e @ TableError::Malformed(_)) => {
+                    tracing::warn!(error = %e, "ignoring a Maglev table; it will be rebuilt");
+                }
+                Err(e) => return Err(e),
             }
         }
         Ok(tables)
@@ -286,7 +328,10 @@ impl MaglevTables {
 /// with each position a leaving backend held kept as it was (that backend
 /// is still in `backends` until the sync ends), then the new slots, which
 /// name only new members; the second pass clears the leaving ones, which no
-/// slot names any more. Every read on the way finds a live backend.
+/// slot names any more. So a new flow almost always finds a live backend;
+/// the rare one that reads a slot before the first pass and its member
+/// after the second (no grace period between them) is dropped, counted as
+/// `STALE_SELECTION`, and its retransmission chooses again.
 fn rewrite_in_place(
     table: BorrowedFd<'_>,
     mut entries: Vec<u64>,

@@ -22,7 +22,7 @@ use super::{
 };
 use crate::{
     cidr::Ipv4Cidr,
-    sync::{MapContents, MapStore, RangeEntry, StoreError},
+    sync::{MapContents, MapStore, RangeEntry, StoreError, TableWrite},
 };
 
 pub const SERVICES: &str = "SERVICES";
@@ -286,7 +286,7 @@ impl MapStore for BpfMaps {
     fn delete_backend(&mut self, id: u32) -> Result<(), StoreError> {
         self.backends.remove(&id).map_err(store_error(BACKENDS))
     }
-    fn put_table(&mut self, service_id: u32, slots: &[u32]) -> Result<(), StoreError> {
+    fn put_table(&mut self, service_id: u32, slots: &[u32]) -> Result<TableWrite, StoreError> {
         self.maglev.put(service_id, slots).map_err(table_error)
     }
     fn delete_table(&mut self, service_id: u32) -> Result<(), StoreError> {

@@ -2,7 +2,7 @@
 
 use proxy_common::maps::{BackendValue, ServiceKey, ServiceValue};
 
-use super::{MapContents, MapStore, RangeEntry, StoreError};
+use super::{MapContents, MapStore, RangeEntry, StoreError, TableWrite};
 
 /// Records every write in order and can be told to fail on a map.
 #[derive(Default)]
@@ -11,6 +11,7 @@ pub struct FakeStore {
     pub log: Vec<String>,
     pub fail_backend_puts: bool,
     pub fail_range_puts: bool,
+    pub fail_table_puts: bool,
     pub fail_table_commits: bool,
     /// Table changes since the last commit (only then is a commit logged).
     pub uncommitted: usize,
@@ -33,11 +34,22 @@ impl MapStore for FakeStore {
         self.maps.backends.remove(&id);
         Ok(())
     }
-    fn put_table(&mut self, service_id: u32, slots: &[u32]) -> Result<(), StoreError> {
+    /// Like the real store: a table of the same size is rewritten in place
+    /// (and not committed), another is queued for the commit.
+    fn put_table(&mut self, service_id: u32, slots: &[u32]) -> Result<TableWrite, StoreError> {
+        if self.fail_table_puts {
+            return Err(StoreError {
+                map: "MAGLEV",
+                reason: "put failed".into(),
+            });
+        }
         self.log.push(format!("put table {service_id}"));
-        self.maps.tables.insert(service_id, slots.to_vec());
+        let previous = self.maps.tables.insert(service_id, slots.to_vec());
+        if previous.is_some_and(|p| p.len() == slots.len()) {
+            return Ok(TableWrite::InPlace);
+        }
         self.uncommitted += 1;
-        Ok(())
+        Ok(TableWrite::Queued)
     }
     fn delete_table(&mut self, service_id: u32) -> Result<(), StoreError> {
         self.log.push(format!("delete table {service_id}"));
