@@ -5,7 +5,7 @@
 use std::{
     net::SocketAddr,
     sync::{Arc, Mutex},
-    time::{Duration, SystemTime},
+    time::{Duration, Instant, SystemTime},
 };
 
 use tokio::{
@@ -19,6 +19,10 @@ use crate::http::{self, Handler, Request, Response};
 /// Syncs failing for longer than this make `/healthz` answer 503 (the
 /// DaemonSet's liveness probe then restarts the agent).
 pub const UNHEALTHY_AFTER: Duration = Duration::from_secs(60);
+/// The agent's loop passing no more for this long (it passes at least every
+/// `--rescan-ms`; a full sync of 30,000 Services takes seconds) makes
+/// `/healthz` answer 503 too: the loop is stuck.
+pub const STALLED_AFTER: Duration = Duration::from_secs(120);
 /// A port that cannot be bound (kube-proxy still holding it) is tried again
 /// this often, as kube-proxy does.
 const BIND_RETRY: Duration = Duration::from_secs(5);
@@ -33,14 +37,19 @@ struct SyncHealth {
     /// Programs attached and the first full sync applied.
     ready: bool,
     last_success: Option<SystemTime>,
-    /// When the current run of failed syncs began.
-    failing_since: Option<SystemTime>,
+    /// When the current run of failed syncs began (monotonic: a clock step
+    /// must not flip health).
+    failing_since: Option<Instant>,
+    /// When the agent's loop last went round; `None` before it starts.
+    last_pass: Option<Instant>,
 }
 
 impl SyncHealth {
-    fn healthy(&self, now: SystemTime) -> bool {
+    fn healthy(&self, now: Instant) -> bool {
+        let within = |since: Instant, limit| now.saturating_duration_since(since) <= limit;
         self.failing_since
-            .is_none_or(|since| now.duration_since(since).unwrap_or_default() <= UNHEALTHY_AFTER)
+            .is_none_or(|since| within(since, UNHEALTHY_AFTER))
+            && self.last_pass.is_none_or(|at| within(at, STALLED_AFTER))
     }
 }
 
@@ -77,8 +86,13 @@ impl HealthState {
         self.with(|h| h.ready = true);
     }
 
+    /// The agent's loop went round at `now`.
+    pub fn record_pass(&self, now: Instant) {
+        self.with(|h| h.last_pass = Some(now));
+    }
+
     /// After a sync: `failed` when it left entries unwritten.
-    pub fn record_sync(&self, failed: bool, last_success: Option<SystemTime>, now: SystemTime) {
+    pub fn record_sync(&self, failed: bool, last_success: Option<SystemTime>, now: Instant) {
         self.with(|h| {
             h.last_success = last_success;
             h.failing_since = match (failed, h.failing_since) {
@@ -89,12 +103,13 @@ impl HealthState {
         });
     }
 
-    pub fn report(&self, now: SystemTime) -> HealthReport {
+    /// The report at wall-clock `wall`, monotonic `now`.
+    pub fn report(&self, wall: SystemTime, now: Instant) -> HealthReport {
         self.with(|h| {
             let healthy = h.healthy(now);
             HealthReport {
                 last_updated: h.last_success.map(rfc3339),
-                current_time: rfc3339(now),
+                current_time: rfc3339(wall),
                 ready: h.ready && healthy,
                 healthy,
                 version: env!("CARGO_PKG_VERSION").to_string(),
@@ -108,7 +123,7 @@ struct HealthEndpoints(HealthState);
 
 impl Handler for HealthEndpoints {
     async fn handle(&self, request: Request) -> Response {
-        let report = self.0.report(SystemTime::now());
+        let report = self.0.report(SystemTime::now(), Instant::now());
         let ok = match request.path.as_str() {
             "/healthz" => report.healthy,
             "/readyz" => report.ready,
@@ -213,34 +228,61 @@ mod tests {
         SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000 + secs)
     }
 
+    /// Wall-clock and monotonic time `secs` into a test.
+    fn times(start: Instant) -> impl Fn(u64) -> (SystemTime, Instant) {
+        move |secs| (at(secs), start + Duration::from_secs(secs))
+    }
+
     #[test]
     fn ready_after_the_first_sync_and_unhealthy_after_a_minute_of_failures() {
+        let t = times(Instant::now());
         let health = HealthState::default();
-        let report = health.report(at(0));
+        let report = health.report(t(0).0, t(0).1);
         assert!(!report.ready && report.healthy);
         assert_eq!(report.last_updated, None);
         assert_eq!(report.current_time, "2023-11-14T22:13:20Z");
-        health.record_sync(false, Some(at(1)), at(1));
+        health.record_sync(false, Some(at(1)), t(1).1);
         health.set_ready();
-        assert!(health.report(at(2)).ready);
+        assert!(health.report(t(2).0, t(2).1).ready);
         // Failing from t=10 on: healthy for a minute, then not, and not ready.
-        health.record_sync(true, Some(at(1)), at(10));
-        health.record_sync(true, Some(at(1)), at(40));
-        assert!(health.report(at(70)).healthy, "60 s exactly");
-        let report = health.report(at(71));
+        health.record_sync(true, Some(at(1)), t(10).1);
+        health.record_sync(true, Some(at(1)), t(40).1);
+        assert!(health.report(t(70).0, t(70).1).healthy, "60 s exactly");
+        let report = health.report(t(71).0, t(71).1);
         assert!(!report.healthy && !report.ready);
         assert_eq!(
             report.last_updated.as_deref(),
             Some("2023-11-14T22:13:21Z"),
             "the last success is kept"
         );
-        health.record_sync(false, Some(at(72)), at(72));
-        assert!(health.report(at(73)).healthy && health.report(at(73)).ready);
+        health.record_sync(false, Some(at(72)), t(72).1);
+        let report = health.report(t(73).0, t(73).1);
+        assert!(report.healthy && report.ready);
+    }
+
+    #[test]
+    fn a_loop_that_stops_going_round_is_unhealthy() {
+        let t = times(Instant::now());
+        let health = HealthState::default();
+        health.set_ready();
+        health.record_pass(t(0).1);
+        assert!(health.report(t(120).0, t(120).1).healthy);
+        let report = health.report(t(121).0, t(121).1);
+        assert!(
+            !report.healthy && !report.ready,
+            "stuck for over two minutes"
+        );
+        health.record_pass(t(122).1);
+        assert!(health.report(t(122).0, t(122).1).healthy);
     }
 
     #[tokio::test]
     async fn endpoints_answer_with_the_state_and_json_bodies() {
-        let (health_port, metrics_port) = (free_port(), free_port());
+        let health_port = free_port();
+        // Two free ports, never the same one twice.
+        let metrics_port = std::iter::repeat_with(free_port)
+            .find(|p| *p != health_port)
+            .unwrap();
         let health = HealthState::default();
         let (server, mut scrapes) = AdminServer::start(
             (Ipv4Addr::LOCALHOST, health_port).into(),

@@ -221,3 +221,41 @@ fn sigterm_stops_the_agent_within_seconds_and_the_datapath_keeps_serving() {
     s.kxdp(&["unload"]).unwrap();
     assert!(!s.node.pin_path().exists(), "unload leaves no pins");
 }
+
+/// An agent told to serve a NIC it cannot attach to is not ready: a
+/// rolling update must stop on this node instead of leaving NodePorts
+/// unserved. Once the NIC appears, it is attached and the agent is ready.
+#[test]
+fn a_nic_that_cannot_be_served_keeps_the_agent_unready() {
+    let s = scenario();
+    let mut agent = Agent::start_with(
+        &s.node,
+        &[
+            "--manifests".as_ref(),
+            s.manifests.as_os_str(),
+            "--nic".as_ref(),
+            "kxdpnic0".as_ref(),
+        ],
+    )
+    .unwrap();
+    agent.wait_for(&["synced"], 1, WAIT).unwrap();
+    // Several loop rounds (100 ms each) later, still not ready.
+    std::thread::sleep(Duration::from_millis(500));
+    let (code, body) = get(&s, HEALTH, "/readyz");
+    assert_eq!(code, 503, "{body}");
+    assert_eq!(get(&s, HEALTH, "/healthz").0, 200);
+    s.node
+        .exec_ok(
+            &s.node.node_netns,
+            &[
+                "ip", "link", "add", "kxdpnic0", "type", "veth", "peer", "name", "kxdpnic1",
+            ],
+        )
+        .unwrap();
+    for end in ["kxdpnic0", "kxdpnic1"] {
+        s.node
+            .exec_ok(&s.node.node_netns, &["ip", "link", "set", end, "up"])
+            .unwrap();
+    }
+    wait_for_code(&s, HEALTH, "/readyz", 200);
+}

@@ -409,6 +409,14 @@ fn check_daemon_set(docs: &[Value]) -> Result<(), String> {
         || "KXDP_CGROUP_PATH is not where the cgroup root is mounted".into(),
     )?;
 
+    // The kubelet probes the pod's (the node's) address on the probe port:
+    // the agent must listen there, on every address.
+    let health_addr = str_at(config, "data.KXDP_HEALTH_ADDR");
+    ensure(
+        health_addr.is_empty() || health_addr == format!("0.0.0.0:{HEALTH_PORT}"),
+        || format!("KXDP_HEALTH_ADDR {health_addr:?} is not what the probes reach"),
+    )?;
+
     let namespace = str_at(kind(docs, "Namespace"), "metadata.name");
     for namespaced in ["ServiceAccount", "ConfigMap", "DaemonSet"] {
         ensure(
@@ -474,6 +482,14 @@ fn the_daemon_set_can_run_the_agent_on_every_node() {
         assert!(
             check_daemon_set(&docs).is_err(),
             "a DaemonSet with {name} passed"
+        );
+    }
+    for addr in ["127.0.0.1:10256", "0.0.0.0:10257"] {
+        let mut docs = documents(&good);
+        kind_mut(&mut docs, "ConfigMap")["data"]["KXDP_HEALTH_ADDR"] = addr.into();
+        assert!(
+            check_daemon_set(&docs).is_err(),
+            "KXDP_HEALTH_ADDR {addr} passed"
         );
     }
     let mut docs = documents(&good);

@@ -9,15 +9,16 @@
 
 use std::{
     sync::Once,
-    time::{Duration, SystemTime},
+    time::{Duration, Instant},
 };
 
 use anyhow::{bail, Context as _};
+use futures::FutureExt as _;
 use tokio::signal::unix::{signal, SignalKind};
 use tracing::{error, info, warn};
 
 use crate::{
-    admin::{AdminServer, HealthState},
+    admin::{AdminServer, HealthState, Scrape},
     cli::AgentArgs,
     dataplane::{
         interfaces::PodInterfaces,
@@ -142,8 +143,15 @@ impl Reporting {
         self.health.record_sync(
             pipeline.needs_retry(),
             counters.last_successful_sync,
-            SystemTime::now(),
+            Instant::now(),
         );
+    }
+}
+
+/// Renders the metrics for a scrape, unless its requester gave up waiting.
+fn answer(reply: Scrape, reporting: &mut Reporting, pipeline: &Pipeline, maps: &BpfMaps) {
+    if !reply.is_closed() {
+        let _ = reply.send(reporting.telemetry.scrape(pipeline, maps));
     }
 }
 
@@ -297,18 +305,25 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     }
     let first = match source {
         // Unreadable manifests are logged; the adopted maps keep serving.
-        Source::Manifests(_) => source.poll(),
+        Source::Manifests(_) => {
+            let stop =
+                |signal: &mut tokio::signal::unix::Signal| signal.recv().now_or_never().is_some();
+            if stop(&mut sigterm) || stop(&mut sigint) {
+                info!("stopped before the first sync; nothing was changed");
+                return Ok(());
+            }
+            source.poll()
+        }
         Source::Kubernetes(_) => loop {
             tokio::select! {
                 // Watch errors (unreachable API server, missing RBAC) are
                 // logged as they happen; until both lists arrive nothing is
                 // attached.
-                update = source.next_event() => break Some(update),
-                Some(reply) = scrapes.recv() => {
-                    let _ = reply.send(reporting.telemetry.scrape(&pipeline, &maps));
-                }
+                biased;
                 _ = sigterm.recv() => break None,
                 _ = sigint.recv() => break None,
+                update = source.next_event() => break Some(update),
+                Some(reply) = scrapes.recv() => answer(reply, &mut reporting, &pipeline, &maps),
             }
         },
     };
@@ -334,15 +349,22 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         nics.reconcile(&mut dataplane)?;
     }
     health_checks.update(&pipeline.plan().health_checks());
-    // Attached; ready once a full sync is in the maps too (manifests that
-    // could not be read yet give it later).
-    if full_synced {
+    // Attached; ready once a full sync is wholly in the maps too (manifests
+    // that could not be read yet give it later) and every NIC is served.
+    let ready = |full_synced: bool, pipeline: &Pipeline, nics: Option<&Nics>| {
+        full_synced && !pipeline.needs_retry() && nics.is_none_or(Nics::all_attached)
+    };
+    if ready(full_synced, &pipeline, nics.as_ref()) {
         reporting.health.set_ready();
     }
 
     let mut tick = tokio::time::interval(Duration::from_millis(args.rescan_ms));
     loop {
         tokio::select! {
+            // Signals first: a stop never waits behind another round.
+            biased;
+            _ = sigterm.recv() => break,
+            _ = sigint.recv() => break,
             _ = tick.tick() => {
                 if let Some(update) = source.poll() {
                     full_synced |= apply(update, &mut pipeline, &mut maps, &mut reporting);
@@ -372,13 +394,10 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
                 full_synced |= apply(update, &mut pipeline, &mut maps, &mut reporting);
                 health_checks.update(&pipeline.plan().health_checks());
             }
-            Some(reply) = scrapes.recv() => {
-                let _ = reply.send(reporting.telemetry.scrape(&pipeline, &maps));
-            }
-            _ = sigterm.recv() => break,
-            _ = sigint.recv() => break,
+            Some(reply) = scrapes.recv() => answer(reply, &mut reporting, &pipeline, &maps),
         }
-        if full_synced {
+        reporting.health.record_pass(Instant::now());
+        if ready(full_synced, &pipeline, nics.as_ref()) {
             reporting.health.set_ready();
         }
     }

@@ -112,6 +112,13 @@ impl Nics {
         &self.names
     }
 
+    /// Whether every NIC named by `--nic` has the program attached.
+    pub fn all_attached(&self) -> bool {
+        self.names
+            .iter()
+            .all(|name| self.attached.iter().any(|i| &i.name == name))
+    }
+
     pub fn attached(&self) -> &BTreeSet<Interface> {
         &self.attached
     }
