@@ -33,10 +33,6 @@ const SUITES: &[Suite] = &[
         skip: &[],
     },
     Suite {
-        name: "clusterip_netns",
-        skip: &[],
-    },
-    Suite {
         name: "nic_packet_tests",
         // Back-dates a flow by 2 h, but the datapath's clock starts at boot:
         // a fresh VM cannot hold a flow that old.
@@ -44,8 +40,8 @@ const SUITES: &[Suite] = &[
     },
 ];
 /// Host programs the suites run, copied in with their libraries (busybox's
-/// `ip` makes no veth pairs, its ping and curl-less wget would not do).
-const HOST_TOOLS: &[&str] = &["ip", "ethtool", "curl", "ping"];
+/// `ip` makes no veth pairs).
+const HOST_TOOLS: &[&str] = &["ip"];
 /// Modules to load when the kernel's config builds them as modules (Debian's
 /// cloud kernels do): veth for namespace suites, clsact and cls_bpf for the
 /// classic tc attach below 6.6.
@@ -214,37 +210,20 @@ fn cargo_executables(args: &[&str]) -> anyhow::Result<Vec<(String, PathBuf)>> {
     Ok(built)
 }
 
-/// What the VM runs: the suites' test binaries by suite, and the programs
-/// they start (`kxdp`, `kxdp-peer`).
-struct Built {
-    suites: Vec<(String, PathBuf)>,
-    kxdp: PathBuf,
-    programs: Vec<PathBuf>,
-}
-
-fn build() -> anyhow::Result<Built> {
+/// Builds the suites' test binaries; (suite, executable).
+fn build_suites() -> anyhow::Result<Vec<(String, PathBuf)>> {
     let mut args = vec!["test", "--no-run", "-p", "kxdp-testbed"];
     for suite in SUITES {
         args.extend(["--test", suite.name]);
     }
-    let (suites, mut programs): (Vec<_>, Vec<_>) = cargo_executables(&args)?
+    let suites: Vec<_> = cargo_executables(&args)?
         .into_iter()
-        .partition(|(name, _)| SUITES.iter().any(|s| s.name == name));
+        .filter(|(name, _)| SUITES.iter().any(|s| s.name == name))
+        .collect();
     if suites.len() != SUITES.len() {
         bail!("cargo built {suites:?}, not every suite the VM runs");
     }
-    let kxdp = cargo_executables(&["build", "-p", "proxy-userspace", "--bin", "kxdp"])?;
-    programs.extend(kxdp);
-    let kxdp = programs
-        .iter()
-        .find(|(name, _)| name == "kxdp")
-        .map(|(_, path)| path.clone())
-        .context("cargo built no kxdp")?;
-    Ok(Built {
-        suites,
-        kxdp,
-        programs: programs.into_iter().map(|(_, path)| path).collect(),
-    })
+    Ok(suites)
 }
 
 /// The absolute paths of the shared libraries (and loader) `binary` needs.
@@ -337,22 +316,20 @@ fn strip(binary: &Path, to: &Path) -> anyhow::Result<()> {
 }
 
 /// Builds `target/vm/<name>.cpio` for `kernel`; its path.
-fn initramfs(name: &str, kernel: &Kernel, built: &Built) -> anyhow::Result<PathBuf> {
+fn initramfs(name: &str, kernel: &Kernel, suites: &[(String, PathBuf)]) -> anyhow::Result<PathBuf> {
     let root = vm_dir().join("root").join(name);
     let _ = fs::remove_dir_all(&root);
     for dir in [
-        "bin", "sbin", "usr/bin", "usr/sbin", "proc", "sys", "dev", "tmp", "root", "run", "var",
+        "bin", "sbin", "usr/bin", "usr/sbin", "proc", "sys", "dev", "tmp", "root",
     ] {
         fs::create_dir_all(root.join(dir))?;
     }
-    // `ip netns` keeps its namespaces under /run/netns or /var/run/netns.
-    std::os::unix::fs::symlink("../run", root.join("var/run"))?;
     install(Path::new("/bin/busybox"), &root.join("bin/busybox"), 0o755)?;
     fs::write(root.join("init"), INIT)?;
     fs::set_permissions(root.join("init"), fs::Permissions::from_mode(0o755))?;
     let mut binaries = Vec::new();
-    let mut script = format!("export KXDP_BIN={}\n", built.kxdp.display());
-    for (name, exe) in &built.suites {
+    let mut script = String::new();
+    for (name, exe) in suites {
         strip(exe, &root.join("suites").join(name))?;
         binaries.push(exe.clone());
         let suite = SUITES
@@ -366,11 +343,6 @@ fn initramfs(name: &str, kernel: &Kernel, built: &Built) -> anyhow::Result<PathB
         script.push('\n');
     }
     fs::write(root.join("suites.sh"), script)?;
-    // Where the host has them: suites find them by compiled-in paths.
-    for program in &built.programs {
-        strip(program, &root.join(program.strip_prefix("/")?))?;
-        binaries.push(program.clone());
-    }
     for tool in HOST_TOOLS {
         let path = host_tool(tool)?;
         install(&path, &root.join("usr/local/sbin").join(tool), 0o755)?;
@@ -573,11 +545,11 @@ pub fn vm_test(kernel_args: &[String], timeout: Duration) -> anyhow::Result<()> 
         .iter()
         .map(|k| resolve_kernel(k))
         .collect::<anyhow::Result<Vec<_>>>()?;
-    let built = build()?;
+    let suites = build_suites()?;
     let mut accel = None;
     let mut summary = Vec::new();
     for (n, kernel) in kernels.iter().enumerate() {
-        let initrd = initramfs(&format!("kernel-{n}"), kernel, &built)?;
+        let initrd = initramfs(&format!("kernel-{n}"), kernel, &suites)?;
         let accel = match accel {
             Some(accel) => accel,
             None => *accel.insert(accelerator(kernel, &initrd)?),
