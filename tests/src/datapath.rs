@@ -70,6 +70,20 @@ pub fn coarse_now_s() -> u32 {
     ts.tv_sec as u32
 }
 
+/// The moment `secs` seconds ago on `coarse_now_s`'s clock, for entries a
+/// test back-dates. The clock starts at boot, so on a machine up for less
+/// than `secs` (a freshly booted test VM) this waits until that moment
+/// exists: the datapath would see a younger entry otherwise.
+pub fn coarse_s_ago(secs: u32) -> u32 {
+    loop {
+        let now = coarse_now_s();
+        if let Some(then) = now.checked_sub(secs) {
+            return then;
+        }
+        std::thread::sleep(std::time::Duration::from_secs(u64::from(secs - now)));
+    }
+}
+
 /// One BPF_PROG_TEST_RUN of `prog` on `frame` (with context `ctx`):
 /// (verdict, frame as the program left it).
 fn test_run_once<P>(prog: &P, frame: &[u8], ctx: Option<&[u8]>) -> (u32, Vec<u8>)

@@ -10,8 +10,8 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 
 use kxdp_testbed::{
     datapath::{
-        coarse_now_s, Datapath, TestBackend, TC_ACT_REDIRECT, XDP_DROP, XDP_PASS, XDP_REDIRECT,
-        XDP_TX,
+        coarse_now_s, coarse_s_ago, Datapath, TestBackend, TC_ACT_REDIRECT, XDP_DROP, XDP_PASS,
+        XDP_REDIRECT, XDP_TX,
     },
     nic_netns::{self, CLIENT, CLIENT_MAC, NIC_MAC, NODE_ADDR, OTHER_NODE_MAC},
     packet::{self, Packet, L4, PROTO_ICMP},
@@ -349,7 +349,7 @@ struct Holders {
 /// Occupies every SNAT port of (backend, node address, `proto`) with flows
 /// of other clients to the NodePort, as the datapath would have made them.
 fn hold_every_snat_port(dp: &mut Datapath, backend: SocketAddrV4, proto: u8, holders: Holders) {
-    let last_seen = coarse_now_s() - holders.idle;
+    let last_seen = coarse_s_ago(holders.idle);
     for port in SNAT_PORT_MIN..=SNAT_PORT_MAX {
         let client = sa(Ipv4Addr::new(172, 16, (port >> 8) as u8, port as u8), 40000);
         let node = sa(NODE_ADDR, port);
@@ -517,7 +517,7 @@ fn snated_flows_record_their_packets_and_their_end() {
     }
     // Age both, then a reply refreshes its own entry.
     let mut aged = entry(&mut dp, reply_key);
-    aged.last_seen -= 100;
+    aged.last_seen = coarse_s_ago(100);
     dp.insert_conntrack(reply_key, aged);
     let answer =
         Packet::tcp(backend, sa(NODE_ADDR, port)).tcp_flags(packet::TCP_SYN | packet::TCP_ACK);

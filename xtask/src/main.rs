@@ -1,13 +1,15 @@
-//! Developer tasks: `cargo xtask setup | test | demo | bench`.
+//! Developer tasks: `cargo xtask setup | test | demo | bench | vm-test`.
 //! `test`, `demo` and `bench` run `setup` first, so each works on a fresh
 //! machine with one command.
 
 mod bench_check;
 mod setup;
+mod vm;
 
 use std::{
     path::{Path, PathBuf},
     process::Command,
+    time::Duration,
 };
 
 use anyhow::{bail, Context as _};
@@ -40,6 +42,17 @@ enum Task {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    /// The packet suites inside QEMU, on each kernel in turn (Debian's
+    /// cloud kernels, downloaded with apt and cached under target/vm/).
+    VmTest {
+        /// 6.1 or 6.12 (Debian's newest of that line), a linux-image .deb,
+        /// or a kernel image; repeat for several. Default: 6.1 and 6.12.
+        #[arg(long = "kernel", value_name = "6.1|6.12|PATH")]
+        kernels: Vec<String>,
+        /// Seconds one kernel's boot and suites may take.
+        #[arg(long, default_value_t = 1800)]
+        timeout: u64,
+    },
 }
 
 fn workspace_root() -> PathBuf {
@@ -51,7 +64,12 @@ fn workspace_root() -> PathBuf {
 
 /// Runs a command in the workspace root, failing if it fails.
 fn run(command: &mut Command) -> anyhow::Result<()> {
-    command.current_dir(workspace_root());
+    run_in(&workspace_root(), command)
+}
+
+/// Runs a command in `dir`, failing if it fails.
+fn run_in(dir: &Path, command: &mut Command) -> anyhow::Result<()> {
+    command.current_dir(dir);
     eprintln!("xtask: running {command:?}");
     let status = command
         .status()
@@ -152,6 +170,15 @@ fn main() -> anyhow::Result<()> {
             setup::run()?;
             require_root("bench")?;
             bench(quick, out.as_deref())
+        }
+        Task::VmTest { kernels, timeout } => {
+            setup::run()?;
+            let kernels = if kernels.is_empty() {
+                vm::DEFAULT_KERNELS.iter().map(|k| k.to_string()).collect()
+            } else {
+                kernels
+            };
+            vm::vm_test(&kernels, Duration::from_secs(timeout))
         }
     }
 }

@@ -80,25 +80,32 @@ fn apt_installed(package: &str) -> bool {
         .contains("install ok installed")
 }
 
-pub fn run() -> anyhow::Result<()> {
-    let missing: Vec<&str> = APT_PACKAGES
+/// Installs those of `packages` that are missing, in one `apt-get install`;
+/// without their recommended packages unless `recommends`.
+pub fn apt_packages(packages: &[&str], recommends: bool) -> anyhow::Result<()> {
+    let missing: Vec<&str> = packages
         .iter()
         .copied()
         .filter(|p| !apt_installed(p))
         .collect();
     step(
-        &format!("apt packages ({})", APT_PACKAGES.join(" ")),
+        &format!("apt packages ({})", packages.join(" ")),
         missing.is_empty(),
         || {
             checked(Command::new("apt-get").arg("update"))?;
             checked(
                 Command::new("apt-get")
                     .args(["install", "-y"])
+                    .args((!recommends).then_some("--no-install-recommends"))
                     .args(&missing)
                     .env("DEBIAN_FRONTEND", "noninteractive"),
             )
         },
-    )?;
+    )
+}
+
+pub fn run() -> anyhow::Result<()> {
+    apt_packages(APT_PACKAGES, true)?;
 
     let nightly = output(Command::new("rustup").args(["toolchain", "list"]))
         .lines()

@@ -3,6 +3,13 @@
 //! later, and pins each link under `<pin path>/links` so the program stays
 //! attached when the agent stops. A restarted agent swaps its program into the
 //! pinned links atomically (bpf_link_update), so no packet is missed.
+//!
+//! Kernels before 6.6 have no tcx: there the programs go in as classic tc
+//! filters of a `clsact` qdisc, at kxdp's own priority and handle. A filter
+//! is no link and cannot be pinned; it stays without the agent anyway, so
+//! the pin under `links/` (prefixed `tc-`) is the program itself, a record
+//! telling a restarted agent to replace the filter's program in place and
+//! `kxdp unload` to delete the filter.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -13,9 +20,9 @@ use std::{
 };
 
 use aya::programs::{
-    links::{FdLink, PinnedLink},
-    tc::{SchedClassifierLink, TcAttachOptions},
-    LinkOrder, SchedClassifier,
+    links::{FdLink, Link, PinnedLink},
+    tc::{self, NlOptions, SchedClassifierLink, TcAttachOptions, TcError, TcHandle},
+    LinkOrder, ProgramError, SchedClassifier,
 };
 use tracing::{info, warn};
 
@@ -61,7 +68,26 @@ fn pin_name(hook: PodHook, interface: &Interface) -> String {
     format!("{}-{}-{}", hook.program, interface.index, interface.name)
 }
 
+/// Pin names of classic tc filters start with this.
+const TC_PIN_PREFIX: &str = "tc-";
+/// kxdp's classic tc filters: a priority of their own (a high number, so they
+/// run after filters others put first, as tcx's default order does), handle 1.
+const TC_PRIORITY: u16 = 0x6b78;
+const TC_HANDLE: TcHandle = TcHandle::new(0, 1);
+
+fn tc_pin_name(hook: PodHook, interface: &Interface) -> String {
+    format!("{TC_PIN_PREFIX}{}", pin_name(hook, interface))
+}
+
+/// Whether the pin at `path` records a classic tc filter.
+fn is_tc_pin(path: &Path) -> bool {
+    path.file_name()
+        .and_then(|f| f.to_str())
+        .is_some_and(|f| f.starts_with(TC_PIN_PREFIX))
+}
+
 fn parse_pin_name(file: &str) -> Option<(PodHook, Interface)> {
+    let file = file.strip_prefix(TC_PIN_PREFIX).unwrap_or(file);
     POD_HOOKS.into_iter().find_map(|hook| {
         let rest = file.strip_prefix(hook.program)?.strip_prefix('-')?;
         let (index, name) = rest.split_once('-')?;
@@ -99,6 +125,28 @@ pub fn pinned_links(links_dir: &Path) -> io::Result<BTreeMap<(PodHook, Interface
     pinned_links_named(links_dir, parse_pin_name)
 }
 
+/// Deletes kxdp's classic tc filter of `hook` on `interface`, if the
+/// interface is still there (the filter goes with it otherwise).
+fn detach_tc(hook: PodHook, interface: &Interface) -> io::Result<()> {
+    if !list_interfaces()?.contains(interface) {
+        return Ok(());
+    }
+    let link =
+        SchedClassifierLink::attached(&interface.name, hook.attach, TC_PRIORITY, TC_HANDLE, None)?;
+    link.detach().map_err(io::Error::other)
+}
+
+/// Detaches what the pin at `path` holds on `interface`: the link, or the
+/// classic tc filter; then removes the pin.
+fn detach_pod_pin(hook: PodHook, interface: &Interface, path: &Path) -> io::Result<()> {
+    if is_tc_pin(path) {
+        detach_tc(hook, interface)?;
+        fs::remove_file(path)
+    } else {
+        detach_pinned(path)
+    }
+}
+
 /// Detaches every link under `links_dir` whose name `parse` recognises;
 /// how many.
 pub(super) fn detach_named<K: Ord>(
@@ -130,6 +178,8 @@ pub struct PodInterfaces {
     links_dir: PathBuf,
     /// By (hook, ifindex).
     attached: BTreeMap<(PodHook, u32), Interface>,
+    /// The kernel has no tcx (before 6.6): classic tc filters instead.
+    classic_tc: bool,
 }
 
 impl PodInterfaces {
@@ -144,6 +194,7 @@ impl PodInterfaces {
             patterns,
             links_dir,
             attached: BTreeMap::new(),
+            classic_tc: false,
         })
     }
 
@@ -172,7 +223,12 @@ impl PodInterfaces {
                 // The interface is gone (its link with it) or no longer matches:
                 // dropping the pin releases the link.
                 info!(interface = %interface.name, program = hook.program, "detaching from interface that is gone or no longer matches");
-                if let Err(e) = fs::remove_file(path) {
+                let removed = if is_tc_pin(path) {
+                    detach_pod_pin(*hook, interface, path)
+                } else {
+                    fs::remove_file(path)
+                };
+                if let Err(e) = removed {
                     warn!(path = %path.display(), error = %e, "cannot remove link pin");
                 }
             }
@@ -190,11 +246,10 @@ impl PodInterfaces {
                 if self.attached.contains_key(&(hook, interface.index)) {
                     continue;
                 }
-                let path = self.links_dir.join(pin_name(hook, interface));
-                let result = if pinned.contains_key(&(hook, interface.clone())) {
-                    adopt(program, &path)
-                } else {
-                    attach(program, hook, interface, &path)
+                let result = match pinned.get(&(hook, interface.clone())) {
+                    Some(path) if is_tc_pin(path) => adopt_tc(program, hook, interface, path),
+                    Some(path) => adopt(program, path),
+                    None => self.attach(program, hook, interface),
                 };
                 match result {
                     Ok(how) => {
@@ -210,6 +265,40 @@ impl PodInterfaces {
         }
         Ok(())
     }
+
+    /// Attaches with tcx, or as a classic tc filter on kernels without tcx.
+    fn attach(
+        &mut self,
+        program: &mut SchedClassifier,
+        hook: PodHook,
+        interface: &Interface,
+    ) -> Result<&'static str, AttachError> {
+        if !self.classic_tc {
+            let path = self.links_dir.join(pin_name(hook, interface));
+            match attach(program, hook, interface, &path) {
+                Err(AttachTcx::NoTcx(e)) => {
+                    warn!(error = %e, "this kernel has no tcx (it needs 6.6): attaching pod programs as classic tc filters (clsact) instead");
+                    self.classic_tc = true;
+                }
+                Err(AttachTcx::Failed(e)) => return Err(e),
+                Ok(how) => return Ok(how),
+            }
+        }
+        let path = self.links_dir.join(tc_pin_name(hook, interface));
+        attach_tc(program, hook, interface, &path)
+    }
+}
+
+/// Whether a tcx attach failed because the kernel has no tcx.
+fn no_tcx(error: &ProgramError) -> bool {
+    // Kernels before 6.6 do not know the tcx attach types.
+    matches!(error, ProgramError::SyscallError(e)
+        if matches!(e.io_error.raw_os_error(), Some(libc::EINVAL | libc::EOPNOTSUPP)))
+}
+
+enum AttachTcx {
+    NoTcx(ProgramError),
+    Failed(AttachError),
 }
 
 /// Swaps our program into a link pinned by an earlier agent.
@@ -231,16 +320,85 @@ fn attach(
     hook: PodHook,
     interface: &Interface,
     path: &Path,
-) -> Result<&'static str, AttachError> {
-    let fail = |e: String| AttachError::Attach(interface.name.clone(), e);
+) -> Result<&'static str, AttachTcx> {
+    let fail = |e: String| AttachTcx::Failed(AttachError::Attach(interface.name.clone(), e));
     let options = TcAttachOptions::TcxOrder(LinkOrder::default());
-    let id = program
-        .attach_with_options(&interface.name, hook.attach, options)
-        .map_err(|e| fail(e.to_string()))?;
+    let id = match program.attach_with_options(&interface.name, hook.attach, options) {
+        Err(e) if no_tcx(&e) => return Err(AttachTcx::NoTcx(e)),
+        Err(e) => return Err(fail(e.to_string())),
+        Ok(id) => id,
+    };
     let link = FdLink::try_from(program.take_link(id).map_err(|e| fail(e.to_string()))?)
         .map_err(|e| fail(e.to_string()))?;
     link.pin(path).map_err(|e| fail(e.to_string()))?;
     Ok("attached")
+}
+
+/// Adds kxdp's classic tc filter of `hook` on `interface` (and the
+/// interface's clsact qdisc if it has none) and pins the program at `path`
+/// as its record.
+fn attach_tc(
+    program: &mut SchedClassifier,
+    hook: PodHook,
+    interface: &Interface,
+    path: &Path,
+) -> Result<&'static str, AttachError> {
+    let fail = |e: String| AttachError::Attach(interface.name.clone(), e);
+    match tc::qdisc_add_clsact(&interface.name) {
+        Err(TcError::NetlinkError(e)) if e.raw_os_error() == Some(libc::EEXIST) => {}
+        other => other.map_err(|e| fail(format!("adding the clsact qdisc: {e}")))?,
+    }
+    let options = TcAttachOptions::Netlink(NlOptions {
+        priority: TC_PRIORITY,
+        handle: TC_HANDLE,
+        classid: None,
+    });
+    let id = program
+        .attach_with_options(&interface.name, hook.attach, options)
+        .map_err(|e| fail(e.to_string()))?;
+    keep_filter(program, id, path).map_err(fail)?;
+    Ok("attached (classic tc)")
+}
+
+/// Replaces the program of the classic tc filter an earlier agent added.
+fn adopt_tc(
+    program: &mut SchedClassifier,
+    hook: PodHook,
+    interface: &Interface,
+    path: &Path,
+) -> Result<&'static str, AttachError> {
+    let fail = |e: String| AttachError::Attach(interface.name.clone(), e);
+    let link =
+        SchedClassifierLink::attached(&interface.name, hook.attach, TC_PRIORITY, TC_HANDLE, None)
+            .map_err(|e| fail(e.to_string()))?;
+    // A filter of the same priority and handle is changed in place.
+    let id = program
+        .attach_to_link(link)
+        .map_err(|e| fail(e.to_string()))?;
+    fs::remove_file(path).map_err(|e| fail(e.to_string()))?;
+    keep_filter(program, id, path).map_err(fail)?;
+    Ok("attached (classic tc): filter's program replaced in place")
+}
+
+/// Leaves the filter `id` in the kernel when the agent stops, and pins the
+/// program at `path` as its record.
+fn keep_filter(
+    program: &mut SchedClassifier,
+    id: aya::programs::tc::SchedClassifierLinkId,
+    path: &Path,
+) -> Result<(), String> {
+    let link = program.take_link(id).map_err(|e| e.to_string())?;
+    // Dropping a filter's link deletes the filter; it must outlive the agent
+    // (it holds nothing but numbers).
+    std::mem::forget(link);
+    const BPF_OBJ_PIN: libc::c_long = 6;
+    let c_path =
+        std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).map_err(|e| e.to_string())?;
+    let fd = program.fd().map_err(|e| e.to_string())?;
+    let fd = std::os::fd::AsFd::as_fd(fd).as_raw_fd();
+    bpf_call(BPF_OBJ_PIN, &[c_path.as_ptr() as u64, fd as u64])
+        .map_err(|e| format!("pinning {}: {e}", path.display()))?;
+    Ok(())
 }
 
 /// `bpf(2)` with a zeroed attribute block whose leading bytes are `fields`.
@@ -279,9 +437,14 @@ pub(super) fn detach_pinned(path: &Path) -> io::Result<()> {
     fs::remove_file(path)
 }
 
-/// Detaches every pinned pod link under `links_dir` (for `kxdp unload`).
+/// Detaches every pinned pod link and classic tc filter under `links_dir`
+/// (for `kxdp unload`).
 pub fn detach_all(links_dir: &Path) -> io::Result<usize> {
-    detach_named(links_dir, parse_pin_name)
+    let pinned = pinned_links(links_dir)?;
+    for ((hook, interface), path) in &pinned {
+        detach_pod_pin(*hook, interface, path)?;
+    }
+    Ok(pinned.len())
 }
 
 #[cfg(test)]

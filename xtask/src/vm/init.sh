@@ -1,0 +1,34 @@
+#!/bin/busybox sh
+# PID 1 of the kxdp test VM (`cargo xtask vm-test`): mounts what the suites
+# expect of a host, runs every suite under /suites, prints one result line
+# and powers off. The xtask reads the result line; no line means failure.
+/bin/busybox --install -s
+export PATH=/usr/local/sbin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/root RUST_BACKTRACE=1
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev
+mount -t bpf bpf /sys/fs/bpf
+mount -t cgroup2 cgroup2 /sys/fs/cgroup
+mount -t tmpfs tmpfs /tmp
+ip link set lo up
+echo "kxdp-vm: booted $(uname -r)"
+# The xtask's KVM probe only needs to know that the kernel gets this far.
+if grep -qw kxdp.probe /proc/cmdline; then
+    poweroff -f
+fi
+status=0
+# Modules the kernel builds as modules (veth, clsact, cls_bpf); none has
+# dependencies.
+for module in /lib/modules/*.ko; do
+    [ -e "$module" ] || continue
+    insmod "$module" || status=1
+done
+run_suite() {
+    suite=$1
+    shift
+    echo "kxdp-vm: running $suite $*"
+    "/suites/$suite" "$@" || status=1
+}
+. /suites.sh
+echo "kxdp-vm: exit status $status"
+poweroff -f
