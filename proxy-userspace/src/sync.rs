@@ -53,9 +53,32 @@ impl RangeEntry {
 pub struct MapContents {
     pub services: BTreeMap<ServiceKey, ServiceValue>,
     pub backends: BTreeMap<u32, BackendValue>,
-    /// Maglev tables by service id: slot → backend id.
-    pub tables: BTreeMap<u32, Vec<u32>>,
+    /// Maglev tables by service id, as what decides their content.
+    pub tables: BTreeMap<u32, TableSpec>,
     pub source_ranges: BTreeSet<RangeEntry>,
+}
+
+/// What a Maglev table holds, in short: its size and its members. The
+/// slots follow from them (a backend id names one backend for as long as a
+/// table refers to it), so the agent keeps this instead of every slot.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TableSpec {
+    pub size: u32,
+    /// Distinct backend ids, ascending.
+    pub members: Vec<u32>,
+}
+
+impl TableSpec {
+    /// The spec of a table holding `slots`.
+    pub fn of(slots: &[u32]) -> Self {
+        let mut members = slots.to_vec();
+        members.sort_unstable();
+        members.dedup();
+        Self {
+            size: slots.len() as u32,
+            members,
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -172,11 +195,6 @@ fn member(value: &BackendValue, id: u32) -> Member {
     }
 }
 
-/// The distinct backend ids of a table.
-fn table_members(slots: &[u32]) -> BTreeSet<u32> {
-    slots.iter().copied().collect()
-}
-
 /// A frontend between the two steps of a sync.
 struct Staged {
     key: ServiceKey,
@@ -185,7 +203,7 @@ struct Staged {
     value: ServiceValue,
     complete: bool,
     /// A table handed to the store, live once committed.
-    table: Option<Vec<u32>>,
+    table: Option<TableSpec>,
 }
 
 /// The backend values, service flags and affinity timeout a frontend needs.
@@ -249,7 +267,7 @@ impl Syncer {
         for id in current
             .tables
             .values()
-            .flat_map(|slots| table_members(slots))
+            .flat_map(|t| t.members.iter().copied())
         {
             *backend_refs.entry(id).or_default() += 1;
         }
@@ -375,11 +393,11 @@ impl Syncer {
             .collect();
         let swapped = store.commit_tables();
         for entry in &mut staged {
-            if let Some(slots) = entry.table.take() {
+            if let Some(spec) = entry.table.take() {
                 match &swapped {
-                    Ok(()) => self.set_table(entry.value.id, Some(slots)),
+                    Ok(()) => self.set_table(entry.value.id, Some(spec)),
                     Err(_) => {
-                        self.unsettle(entry.value.id, &slots);
+                        self.unsettle(entry.value.id, &spec.members);
                         entry.complete = false;
                     }
                 }
@@ -448,23 +466,33 @@ impl Syncer {
             .collect();
         let mut complete = members.is_some();
         let members = members.unwrap_or_default();
-        let slots = match members.len() {
-            0 => Vec::new(),
-            n => maglev::build(&members, maglev::table_size(n, self.max_table_size)),
+        let spec = TableSpec {
+            size: match members.len() {
+                0 => 0,
+                n => maglev::table_size(n, self.max_table_size),
+            },
+            members: {
+                let mut ids: Vec<u32> = members.iter().map(|m| m.id).collect();
+                ids.sort_unstable();
+                ids.dedup();
+                ids
+            },
         };
         let value = ServiceValue {
             id,
-            table_size: slots.len() as u32,
+            table_size: spec.size,
             flags,
             affinity_timeout,
         };
         let mut table = None;
-        if complete && !slots.is_empty() && self.current.tables.get(&id) != Some(&slots) {
+        // Built only when it would differ from the live one.
+        if complete && spec.size > 0 && self.current.tables.get(&id) != Some(&spec) {
+            let slots = maglev::build(&members, spec.size);
             match store.put_table(id, &slots) {
-                Ok(TableWrite::InPlace) => self.set_table(id, Some(slots)),
-                Ok(TableWrite::Queued) => table = Some(slots),
+                Ok(TableWrite::InPlace) => self.set_table(id, Some(spec)),
+                Ok(TableWrite::Queued) => table = Some(spec),
                 Err(e) => {
-                    self.unsettle(id, &slots);
+                    self.unsettle(id, &spec.members);
                     report.errors.push(e.to_string());
                     complete = false;
                 }
@@ -614,19 +642,21 @@ impl Syncer {
         Some(id)
     }
 
-    /// Records that `service_id` now has the table `slots` (`None`: none).
-    fn set_table(&mut self, service_id: u32, slots: Option<Vec<u32>>) {
-        let previous = match slots {
-            Some(slots) => {
-                for id in table_members(&slots) {
-                    *self.backend_refs.entry(id).or_default() += 1;
+    /// Records that `service_id` now has the table `spec` (`None`: none).
+    fn set_table(&mut self, service_id: u32, spec: Option<TableSpec>) {
+        let previous = match spec {
+            Some(spec) => {
+                for id in &spec.members {
+                    *self.backend_refs.entry(*id).or_default() += 1;
                 }
-                self.current.tables.insert(service_id, slots)
+                self.current.tables.insert(service_id, spec)
             }
             None => self.current.tables.remove(&service_id),
         };
         let unsettled = self.unsettled.remove(&service_id).unwrap_or_default();
-        for old in table_members(&previous.unwrap_or_default())
+        for old in previous
+            .unwrap_or_default()
+            .members
             .into_iter()
             .chain(unsettled)
         {
@@ -634,13 +664,13 @@ impl Syncer {
         }
     }
 
-    /// Records that a write of `slots` as the table of `service_id` failed:
-    /// the live table may name them until a later write settles it.
-    fn unsettle(&mut self, service_id: u32, slots: &[u32]) {
+    /// Records that a write of a table over `members` for `service_id`
+    /// failed: the live table may name them until a later write settles it.
+    fn unsettle(&mut self, service_id: u32, members: &[u32]) {
         let held = self.unsettled.entry(service_id).or_default();
-        for id in table_members(slots) {
-            if held.insert(id) {
-                *self.backend_refs.entry(id).or_default() += 1;
+        for id in members {
+            if held.insert(*id) {
+                *self.backend_refs.entry(*id).or_default() += 1;
             }
         }
     }
@@ -819,12 +849,13 @@ mod tests {
             .iter()
             .map(|(key, value)| {
                 let vip = proxy_common::maps::addr_from_net(key.addr);
-                let slots = match value.table_size {
-                    0 => &[][..],
-                    _ => &maps.tables[&value.id][..],
+                let spec = match value.table_size {
+                    0 => TableSpec::default(),
+                    _ => maps.tables[&value.id].clone(),
                 };
-                assert_eq!(slots.len(), value.table_size as usize);
-                let backends: BTreeSet<String> = slots
+                assert_eq!(spec.size, value.table_size);
+                let backends: BTreeSet<String> = spec
+                    .members
                     .iter()
                     .map(|id| {
                         let b = maps.backends[id];
@@ -1210,7 +1241,7 @@ mod tests {
         fresh_syncer().reconcile(&plan, &mut store);
         // Leftovers of an interrupted agent: the table of a service id
         // without an entry, and a backend nothing refers to.
-        store.maps.tables.insert(7, vec![0; 251]);
+        store.maps.tables.insert(7, TableSpec::of(&[0; 251]));
         store.maps.backends.insert(
             9,
             BackendValue {
@@ -1320,7 +1351,12 @@ mod tests {
             &mut store,
             model(&["10.244.0.1:80"], &["10.244.0.2:80"]),
         );
-        let table: BTreeSet<u32> = store.maps.tables.values().flatten().copied().collect();
+        let table: BTreeSet<u32> = store
+            .maps
+            .tables
+            .values()
+            .flat_map(|t| t.members.iter().copied())
+            .collect();
         assert!(!table.contains(&b_id));
         assert_eq!(store.maps.backends.get(&b_id).map(|v| v.addr), Some(b));
         // b leaves the slice: gone, so its connections are reset.

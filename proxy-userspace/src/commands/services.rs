@@ -51,7 +51,7 @@ fn rows(contents: &MapContents, maps: &BpfMaps) -> anyhow::Result<Vec<Row>> {
             0 => BTreeSet::new(),
             _ => contents.tables.get(&value.id).map_or_else(
                 || [u32::MAX].into(),
-                |slots| slots.iter().copied().collect(),
+                |table| table.members.iter().copied().collect(),
             ),
         };
         let mut found: Vec<Option<BackendValue>> = members

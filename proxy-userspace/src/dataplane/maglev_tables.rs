@@ -31,7 +31,7 @@ use std::{
 use aya::maps::{ArrayOfMaps, Map, MapData, MapError};
 use proxy_common::maps::{maglev_layout, MAGLEV_TABLE_FLAGS};
 
-use crate::sync::TableWrite;
+use crate::sync::{TableSpec, TableWrite};
 
 /// Name of the outer map in the object and under the pin path.
 pub const MAGLEV: &str = "MAGLEV";
@@ -294,15 +294,15 @@ impl MaglevTables {
         }
     }
 
-    /// Every live table, by service id. One this version cannot read is
-    /// left out (logged): the next sync replaces it.
-    pub fn all(&self) -> Result<BTreeMap<u32, Vec<u32>>, TableError> {
+    /// What every live table holds, by service id. One this version cannot
+    /// read is left out (logged): the next sync replaces it.
+    pub fn all(&self) -> Result<BTreeMap<u32, TableSpec>, TableError> {
         let mut tables = BTreeMap::new();
         let len = ArrayOfMaps::<&MapData, MapData>::try_from(&self.outer)?.len();
         for service_id in 0..len {
             match self.get(service_id) {
                 Ok(Some(slots)) => {
-                    tables.insert(service_id, slots);
+                    tables.insert(service_id, TableSpec::of(&slots));
                 }
                 Ok(None) => {}
                 Err(e @ TableError::Malformed(_)) => {

@@ -2,7 +2,7 @@
 
 use proxy_common::maps::{BackendValue, ServiceKey, ServiceValue};
 
-use super::{MapContents, MapStore, RangeEntry, StoreError, TableWrite};
+use super::{MapContents, MapStore, RangeEntry, StoreError, TableSpec, TableWrite};
 
 /// Records every write in order and can be told to fail on a map.
 #[derive(Default)]
@@ -44,8 +44,8 @@ impl MapStore for FakeStore {
             });
         }
         self.log.push(format!("put table {service_id}"));
-        let previous = self.maps.tables.insert(service_id, slots.to_vec());
-        if previous.is_some_and(|p| p.len() == slots.len()) {
+        let previous = self.maps.tables.insert(service_id, TableSpec::of(slots));
+        if previous.is_some_and(|p| p.size as usize == slots.len()) {
             return Ok(TableWrite::InPlace);
         }
         self.uncommitted += 1;
