@@ -136,6 +136,11 @@ pub struct AgentArgs {
     /// point in /proc/mounts, i.e. every process on the node.
     #[arg(long, env = "KXDP_CGROUP_PATH")]
     pub cgroup_path: Option<PathBuf>,
+    /// How the pod programs attach: `auto` (tcx, or classic tc filters on
+    /// kernels without tcx, before 6.6) or `tc` (classic tc filters always,
+    /// e.g. next to tools that manage clsact filters themselves).
+    #[arg(long, env = "KXDP_POD_ATTACH", value_enum, default_value_t = PodAttach::Auto)]
+    pub pod_attach: PodAttach,
     /// Largest Maglev table a frontend gets (slots; one of 251, 509, 1021,
     /// 2039, 4093, 8191, 16381, 32749, 65521). A frontend's table has about
     /// 100 slots per backend up to this cap.
@@ -161,6 +166,13 @@ fn parse_table_size(s: &str) -> Result<u32, String> {
                 maglev::TABLE_SIZES
             )
         })
+}
+
+/// `--pod-attach`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum PodAttach {
+    Auto,
+    Tc,
 }
 
 /// A port range `A-B` with `1 <= A <= B`.
@@ -212,6 +224,7 @@ mod tests {
         assert_eq!(args.health_check_bind_address.to_string(), "0.0.0.0");
         assert_eq!(args.cgroup_path, None);
         assert_eq!(args.maglev_table_size, 16_381);
+        assert_eq!(args.pod_attach, PodAttach::Auto);
         assert_eq!(args.health_addr.to_string(), "0.0.0.0:10256");
         assert_eq!(args.metrics_addr.to_string(), "127.0.0.1:10249");
     }
@@ -252,6 +265,15 @@ mod tests {
         assert_eq!(args.read.output, Output::Json);
         assert_eq!(args.health_addr.to_string(), DEFAULT_HEALTH_ADDR);
         assert!(Cli::try_parse_from(["kxdp", "status", "-o", "yaml"]).is_err());
+    }
+
+    #[test]
+    fn pod_programs_can_be_told_to_use_classic_tc() {
+        assert_eq!(
+            agent(&["--pod-attach", "tc"]).unwrap().pod_attach,
+            PodAttach::Tc
+        );
+        assert!(agent(&["--pod-attach", "tcx-only"]).is_err());
     }
 
     #[test]

@@ -6,7 +6,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use kxdp_testbed::scenario::EchoScenario;
+use kxdp_testbed::{agent::Agent, scenario::EchoScenario};
 
 const WAIT: Duration = Duration::from_secs(10);
 
@@ -221,4 +221,61 @@ fn a_backend_pod_reaches_its_own_service_even_when_it_is_chosen() {
     for answer in to_itself {
         assert!(answer.contains(&format!(" client={}:", s.vip)), "{answer}");
     }
+}
+
+/// `--pod-attach tc`: the pod programs as classic tc filters (the path
+/// kernels without tcx take): pods reach the ClusterIP over TCP and UDP, a
+/// restarted agent swaps its program into the same filters, and unload
+/// deletes them.
+#[test]
+fn classic_tc_filters_serve_pods_and_survive_a_restart_until_unload() {
+    let s = scenario();
+    let flags = [
+        "--manifests".as_ref(),
+        s.manifests.as_os_str(),
+        "--pod-attach".as_ref(),
+        "tc".as_ref(),
+    ];
+    let mut agent = Agent::start_with(&s.node, &flags).unwrap();
+    let hooks = 2 * s.node.pods.len();
+    agent
+        .wait_for(&["attached (classic tc)"], hooks, WAIT)
+        .unwrap();
+    assert_eq!(agent.count(&["tcx"]), 0, "no tcx link was made");
+    let filters = |pod: &str, direction: &str| {
+        let dev = &s.node.pod(pod).host_interface;
+        let out = s
+            .node
+            .exec_ok(
+                &s.node.node_netns,
+                &["tc", "filter", "show", "dev", dev, direction],
+            )
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    for direction in ["ingress", "egress"] {
+        let shown = filters("client", direction);
+        assert!(
+            shown.contains("bpf") && shown.contains("direct-action"),
+            "{direction}: {shown}"
+        );
+    }
+    assert_eq!(spread(&s, 20).len(), 2, "both backends through the filters");
+    let reply = s.udp_query(&format!("{}:53", s.vip), "hi").unwrap();
+    assert!(reply.starts_with(&format!("from={}:53 ", s.vip)), "{reply}");
+
+    agent.stop().unwrap();
+    let mut agent = Agent::start_with(&s.node, &flags).unwrap();
+    agent
+        .wait_for(&["filter's program replaced in place"], hooks, WAIT)
+        .unwrap();
+    assert_eq!(spread(&s, 10).values().sum::<usize>(), 10);
+    agent.stop().unwrap();
+
+    s.kxdp(&["unload"]).unwrap();
+    for direction in ["ingress", "egress"] {
+        let shown = filters("client", direction);
+        assert!(!shown.contains("bpf"), "{direction} after unload: {shown}");
+    }
+    assert!(s.http_get(&format!("{}:80", s.vip)).is_err());
 }

@@ -19,7 +19,7 @@ use tracing::{error, info, warn};
 
 use crate::{
     admin::{AdminServer, HealthState, Scrape},
-    cli::AgentArgs,
+    cli::{AgentArgs, PodAttach},
     dataplane::{
         interfaces::PodInterfaces,
         maps::BpfMaps,
@@ -288,7 +288,8 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     let facts = node_facts(&args, &addrs);
     info!(addresses = ?facts.addresses, range = ?facts.node_port_range, "node ports answer on");
     let mut pipeline = Pipeline::new(node, facts, adopted, args.maglev_table_size);
-    let mut interfaces = PodInterfaces::new(&args.pod_interfaces, pin_path)?;
+    let classic_tc = args.pod_attach == PodAttach::Tc;
+    let mut interfaces = PodInterfaces::new(&args.pod_interfaces, pin_path, classic_tc)?;
     let mut nics = if args.nic.is_empty() {
         info!("no --nic: nothing is served from outside the node");
         None

@@ -178,12 +178,18 @@ pub struct PodInterfaces {
     links_dir: PathBuf,
     /// By (hook, ifindex).
     attached: BTreeMap<(PodHook, u32), Interface>,
-    /// The kernel has no tcx (before 6.6): classic tc filters instead.
+    /// Classic tc filters instead of tcx links: asked for, or the kernel
+    /// has no tcx (before 6.6).
     classic_tc: bool,
 }
 
 impl PodInterfaces {
-    pub fn new(patterns: &[String], pin_path: &Path) -> Result<Self, AttachError> {
+    /// `classic_tc`: attach classic tc filters from the start.
+    pub fn new(
+        patterns: &[String],
+        pin_path: &Path,
+        classic_tc: bool,
+    ) -> Result<Self, AttachError> {
         let patterns = patterns
             .iter()
             .map(|p| glob::Pattern::new(p).map_err(|e| AttachError::Pattern(p.clone(), e)))
@@ -194,7 +200,7 @@ impl PodInterfaces {
             patterns,
             links_dir,
             attached: BTreeMap::new(),
-            classic_tc: false,
+            classic_tc,
         })
     }
 
