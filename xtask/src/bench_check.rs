@@ -149,7 +149,11 @@ mod tests {
          ![a](a.svg)\n\n![b](b.svg)\n\n\
          ## 3. Control plane: programming Services\n\n| services | by |\n|---|---|\n\
          | kxdp (pipeline → maps) | 36 |\n| kube-proxy iptables (nft backend) | 744 |\n| kube-proxy nftables | 1289 |\n\n\
-         ![c](c.svg)\n\n![d](d.svg)\n"
+         ![c](c.svg)\n\n![d](d.svg)\n\n\
+         ## 4. Maglev tables\n\n| Maglev | value |\n|---|---:|\n| built in userspace | 1002 ms |\n\
+         | kernel memory held (slab + vmalloc growth) | 117.0 MiB |\n\
+         | one frontend's table rebuilt and live, 1000 backends, in place (M = 16381), p50 / p99 | 3025 / 10596 µs |\n\
+         | slots moved when 1 of 1000 backends goes (M = 16381) | 0.0064 (1/N = 0.0010) |\n"
             .to_string()
     }
 
