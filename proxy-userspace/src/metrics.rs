@@ -31,7 +31,7 @@ use crate::{
     pipeline::{Counters, Pipeline},
     plan::{FrontendKey, FrontendScope},
     source::RejectionKind,
-    sync::frontend_text,
+    sync::{frontend_text, scope_label},
 };
 
 /// Names of the `drops` indexes (`proxy_common::maps::drop_reason`); an
@@ -356,11 +356,7 @@ impl Telemetry {
             let owner = frontend_key(key).and_then(|k| pipeline.plan().owner(&k));
             frontends.push(FrontendSample {
                 frontend: frontend_text(key),
-                scope: if key.scope == SCOPE_NODE {
-                    "node"
-                } else {
-                    "pod"
-                },
+                scope: scope_label(key),
                 namespace: owner.map(|o| o.namespace.clone()).unwrap_or_default(),
                 name: owner.map(|o| o.name.clone()).unwrap_or_default(),
                 packets: stats.packets,

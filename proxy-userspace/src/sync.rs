@@ -69,15 +69,17 @@ pub struct TableSpec {
 }
 
 impl TableSpec {
+    /// A table of `size` slots over the backend ids `ids` (in any order,
+    /// repeats allowed).
+    pub fn new(size: u32, mut ids: Vec<u32>) -> Self {
+        ids.sort_unstable();
+        ids.dedup();
+        Self { size, members: ids }
+    }
+
     /// The spec of a table holding `slots`.
     pub fn of(slots: &[u32]) -> Self {
-        let mut members = slots.to_vec();
-        members.sort_unstable();
-        members.dedup();
-        Self {
-            size: slots.len() as u32,
-            members,
-        }
+        Self::new(slots.len() as u32, slots.to_vec())
     }
 }
 
@@ -466,18 +468,11 @@ impl Syncer {
             .collect();
         let mut complete = members.is_some();
         let members = members.unwrap_or_default();
-        let spec = TableSpec {
-            size: match members.len() {
-                0 => 0,
-                n => maglev::table_size(n, self.max_table_size),
-            },
-            members: {
-                let mut ids: Vec<u32> = members.iter().map(|m| m.id).collect();
-                ids.sort_unstable();
-                ids.dedup();
-                ids
-            },
+        let size = match members.len() {
+            0 => 0,
+            n => maglev::table_size(n, self.max_table_size),
         };
+        let spec = TableSpec::new(size, members.iter().map(|m| m.id).collect());
         let value = ServiceValue {
             id,
             table_size: spec.size,
@@ -759,6 +754,16 @@ impl Syncer {
                 }
             }
         }
+    }
+}
+
+/// Where a map key's frontend is reached from, as `kxdp services` and the
+/// metrics name it.
+pub fn scope_label(key: &ServiceKey) -> &'static str {
+    if key.scope == SCOPE_NODE {
+        "node"
+    } else {
+        "pod"
     }
 }
 

@@ -5,14 +5,14 @@ use std::{collections::BTreeSet, fmt::Write as _, net::Ipv4Addr, path::Path};
 
 use anyhow::Context as _;
 use proxy_common::maps::{
-    addr_from_net, drop_reason, port_from_net, verdict, BackendValue, BACKEND_LOCAL, SCOPE_NODE,
+    addr_from_net, drop_reason, port_from_net, verdict, BackendValue, BACKEND_LOCAL,
     SERVICE_AFFINITY_CLIENT_IP, SERVICE_EMPTY_DROP, SERVICE_SNAT_REMOTE, SERVICE_SOURCE_RANGES,
 };
 
 use crate::{
     cli::Output,
     dataplane::maps::BpfMaps,
-    sync::{frontend_text, MapContents},
+    sync::{frontend_text, scope_label, MapContents},
 };
 
 /// A backend of a frontend.
@@ -81,11 +81,7 @@ fn rows(contents: &MapContents, maps: &BpfMaps) -> anyhow::Result<Vec<Row>> {
         .collect();
         rows.push(Row {
             frontend: frontend_text(key),
-            scope: if key.scope == SCOPE_NODE {
-                "node"
-            } else {
-                "pod"
-            },
+            scope: scope_label(key),
             policy,
             id: value.id,
             affinity_timeout_seconds: (value.flags & SERVICE_AFFINITY_CLIENT_IP != 0)
