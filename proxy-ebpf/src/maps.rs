@@ -35,6 +35,14 @@ pub type MaglevTable = Array<u64, 1, { MAGLEV_TABLE_FLAGS as usize }>;
 #[btf_map]
 pub static MAGLEV: ArrayOfMaps<MaglevTable, { sizes::MAX_SERVICES as usize }> = ArrayOfMaps::new();
 
+/// Service id → kernel id of the table the agent put in that slot of
+/// `MAGLEV` (0: none). No program reads it: it is the agent's record, since
+/// before Linux 6.8 every read of an array of maps from userspace waits for
+/// an RCU grace period.
+#[map]
+pub static MAGLEV_IDS: aya_ebpf::maps::Array<u32> =
+    aya_ebpf::maps::Array::pinned(sizes::MAX_SERVICES, 0);
+
 /// Flow → translation, one entry per direction of each connection. Per-CPU
 /// LRU lists: inserting a new flow takes no map-wide lock.
 #[map]

@@ -9,7 +9,7 @@
 use std::net::Ipv4Addr;
 
 use aya::{
-    maps::{lpm_trie::Key, HashMap, LpmTrie, MapData, PerCpuArray},
+    maps::{lpm_trie::Key, Array, HashMap, LpmTrie, Map, MapData, MapInfo, PerCpuArray},
     programs::{SchedClassifier, TestRun, TestRunOptions, TestRunResult, Xdp},
     Ebpf, EbpfLoader,
 };
@@ -19,7 +19,7 @@ use proxy_common::maps::{
     BACKEND_LOCAL, SCOPE_CLUSTER_IP, SERVICE_AFFINITY_CLIENT_IP,
 };
 use proxy_userspace::{
-    dataplane::maglev_tables::{MaglevTables, MAGLEV},
+    dataplane::maglev_tables::{MaglevTables, MAGLEV, MAGLEV_IDS},
     ebpf_object::KXDP_OBJECT,
     maglev,
 };
@@ -115,7 +115,7 @@ fn fail(what: impl std::fmt::Display) -> ! {
 pub struct Datapath {
     ebpf: Ebpf,
     tables: MaglevTables,
-    _mount: PrivateBpffs,
+    mount: PrivateBpffs,
 }
 
 impl Datapath {
@@ -145,15 +145,15 @@ impl Datapath {
             .unwrap_or_else(|e| fail(format!("nic_ingress is not XDP: {e}")));
         xdp.load()
             .unwrap_or_else(|e| fail(format!("verifier rejected nic_ingress: {e:#?}")));
-        let tables = ebpf
-            .take_map(MAGLEV)
-            .map(MaglevTables::new)
-            .unwrap_or_else(|| fail("no MAGLEV map in the object"))
-            .unwrap_or_else(|e| fail(format!("MAGLEV: {e}")));
+        let (Some(outer), Some(record)) = (ebpf.take_map(MAGLEV), ebpf.take_map(MAGLEV_IDS)) else {
+            fail("no MAGLEV or MAGLEV_IDS map in the object")
+        };
+        let tables =
+            MaglevTables::new(outer, record).unwrap_or_else(|e| fail(format!("MAGLEV: {e}")));
         Datapath {
             ebpf,
             tables,
-            _mount: mount,
+            mount,
         }
     }
 
@@ -293,6 +293,34 @@ impl Datapath {
     /// The Maglev table of service `id` as the datapath reads it.
     pub fn table(&self, id: u32) -> Vec<u32> {
         self.tables.get(id).expect("read table").unwrap_or_default()
+    }
+
+    /// The kernel id of map `name` (pinned under the test's bpffs).
+    pub fn map_id(&self, name: &str) -> u32 {
+        MapInfo::from_pin(self.mount.path().join(name))
+            .unwrap_or_else(|e| panic!("map {name}: {e}"))
+            .id()
+    }
+
+    /// The table record, `MAGLEV_IDS`.
+    fn table_record(&self) -> Array<MapData, u32> {
+        MapData::from_pin(self.mount.path().join(MAGLEV_IDS))
+            .and_then(Map::from_map_data)
+            .and_then(Array::try_from)
+            .unwrap_or_else(|e| panic!("map {MAGLEV_IDS}: {e}"))
+    }
+
+    /// The kernel id of service `id`'s table in the table record.
+    pub fn recorded_table_id(&self, id: u32) -> u32 {
+        self.table_record().get(&id, 0).expect("read the record")
+    }
+
+    /// Makes the table record name map `map_id` for service `id`, as an
+    /// agent killed between writing the record and `MAGLEV` leaves it.
+    pub fn record_table_id(&mut self, id: u32, map_id: u32) {
+        self.table_record()
+            .set(id, map_id, 0)
+            .expect("write the record");
     }
 
     /// Every session-affinity entry.

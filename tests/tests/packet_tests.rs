@@ -380,6 +380,60 @@ fn a_table_of_another_size_takes_over_in_one_update() {
     assert_eq!(forward(&mut dp, &next_segment, &many), kept);
 }
 
+/// The agent knows which table each slot holds from its record
+/// (`MAGLEV_IDS`), never by reading `MAGLEV` back: before Linux 6.8 every
+/// such read waits for a grace period. A record naming a table that is gone
+/// (an agent killed between writing the record and the outer array) or a
+/// map that is no table reads as no table; the datapath keeps the table in
+/// its slot, and the next write swaps a new one in.
+#[test]
+fn a_recorded_table_that_is_gone_reads_as_none_and_the_next_write_replaces_it() {
+    let mut dp = datapath();
+    let vip = sa(ip(10, 96, 0, 91), 80);
+    let three = [
+        (ip(10, 0, 9, 1), 8080),
+        (ip(10, 0, 9, 2), 8080),
+        (ip(10, 0, 9, 3), 8080),
+    ];
+    dp.add_service(*vip.ip(), vip.port(), PROTO_TCP, 12, &three);
+    let ids: Vec<u32> = (0..3).map(|i| Datapath::backend_id(12, i)).collect();
+    let first = dp.recorded_table_id(12);
+    assert_ne!(first, 0, "a written table is recorded");
+    assert_eq!(dp.table(12).len(), 509);
+    // Two backends: another size class, so a new table replaces the first,
+    // which is freed.
+    dp.replace_table(12, &ids[..2]);
+    let second = dp.recorded_table_id(12);
+    assert_ne!(second, first);
+    let live = dp.table(12);
+    assert_eq!(live.len(), 251);
+    let routes_by = |dp: &mut Datapath, table: &[u32], ports: std::ops::Range<u16>| {
+        for port in ports {
+            let client = sa(CLIENT, port);
+            let id = maglev_choice(table, client, vip, PROTO_TCP);
+            let expected = three[ids.iter().position(|b| *b == id).expect("a backend")];
+            let got = forward(dp, &Packet::tcp(client, vip), &three);
+            assert_eq!(got, sa(expected.0, expected.1), "client port {port}");
+        }
+    };
+    for (what, stale) in [
+        ("a gone table", first),
+        ("a map that is no table", dp.map_id("BACKENDS")),
+    ] {
+        dp.record_table_id(12, stale);
+        assert!(dp.table(12).is_empty(), "the record names {what}: no table");
+        routes_by(&mut dp, &live, 45001..45041);
+    }
+    // Same size class as the live table, but it is not known: swapped in
+    // whole, and recorded.
+    dp.replace_table(12, &[ids[0], ids[2]]);
+    let healed = dp.table(12);
+    assert_eq!(healed.len(), 251);
+    assert_ne!(healed, live);
+    assert!(![0, first, second].contains(&dp.recorded_table_id(12)));
+    routes_by(&mut dp, &healed, 46001..46041);
+}
+
 #[test]
 fn reply_from_backend_is_reverse_nated() {
     let mut dp = datapath();

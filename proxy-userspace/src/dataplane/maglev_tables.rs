@@ -15,6 +15,15 @@
 //! reads: a frontend without backends is rejected before its table is
 //! looked at.
 //!
+//! The agent never reads `MAGLEV` itself: before Linux 6.8 a lookup in an
+//! array of maps from userspace waits for a grace period as well, so
+//! reading back its 65,536 slots took minutes (hours under emulation). It
+//! records each slot's table by kernel id in `MAGLEV_IDS`, a plain array,
+//! and opens tables by id. The record is written before the outer array,
+//! so a recorded table that never got into its slot (a failed commit, an
+//! agent killed in between) was held only by the agent's descriptor: it is
+//! gone, and read as no table, which the next write replaces.
+//!
 //! Layout (`proxy_common::maps::maglev_layout`): 64-bit entries, because an
 //! array spends 8 bytes per entry whatever its value size. Entry 0 holds M
 //! and the member capacity C; then C member backend ids, two per entry; then
@@ -28,13 +37,15 @@ use std::{
     os::fd::{AsFd, AsRawFd, BorrowedFd},
 };
 
-use aya::maps::{ArrayOfMaps, Map, MapData, MapError};
+use aya::maps::{Array, ArrayOfMaps, Map, MapData, MapError, MapInfo, MapType};
 use proxy_common::maps::{maglev_layout, MAGLEV_TABLE_FLAGS};
 
 use crate::sync::{TableSpec, TableWrite};
 
 /// Name of the outer map in the object and under the pin path.
 pub const MAGLEV: &str = "MAGLEV";
+/// Name of the record of the tables in `MAGLEV`'s slots.
+pub const MAGLEV_IDS: &str = "MAGLEV_IDS";
 
 /// New tables that may wait for a commit, each with an open descriptor:
 /// half the usual 1024 soft limit (the agent raises it where it can), and
@@ -156,6 +167,8 @@ pub struct MaglevTables {
     /// Kept untyped: batch updates need the map's own fd, which
     /// `ArrayOfMaps` does not give; typed views are made per call.
     outer: Map,
+    /// `MAGLEV_IDS`: slot → kernel id of its table, 0 for none.
+    record: Map,
     /// New tables waiting for [`Self::commit`], by service id.
     swaps: BTreeMap<u32, MapData>,
     /// Service ids whose table [`Self::commit`] removes.
@@ -168,11 +181,14 @@ pub struct MaglevTables {
 }
 
 impl MaglevTables {
-    /// Checks `outer` is the array of maps `MAGLEV` is.
-    pub fn new(outer: Map) -> Result<Self, MapError> {
+    /// Checks `outer` is the array of maps `MAGLEV` is and `record` the
+    /// array `MAGLEV_IDS` is.
+    pub fn new(outer: Map, record: Map) -> Result<Self, MapError> {
         ArrayOfMaps::<&MapData, MapData>::try_from(&outer)?;
+        Array::<&MapData, u32>::try_from(&record)?;
         Ok(Self {
             outer,
+            record,
             swaps: BTreeMap::new(),
             removals: Vec::new(),
             empty: None,
@@ -259,48 +275,54 @@ impl MaglevTables {
         let fd = |table: &MapData| table.fd().as_fd().as_raw_fd() as u32;
         let mut keys: Vec<u32> = swaps.keys().copied().collect();
         let mut fds: Vec<u32> = swaps.values().map(fd).collect();
+        let mut ids = swaps
+            .values()
+            .map(|table| Ok(table.info()?.id()))
+            .collect::<Result<Vec<u32>, MapError>>()?;
         if let Some(empty) = &self.empty {
             keys.extend(&removals);
             fds.extend(removals.iter().map(|_| fd(empty)));
+            ids.extend(removals.iter().map(|_| 0));
         }
-        batch_call(BatchOp::Update, self.outer_fd()?, &mut keys, &mut fds)
+        // Recorded first (module comment).
+        batch_call(
+            BatchOp::Update,
+            fd_of(&self.record)?,
+            &mut keys.clone(),
+            &mut ids,
+        )
+        .map_err(io_error("recording tables"))?;
+        batch_call(BatchOp::Update, fd_of(&self.outer)?, &mut keys, &mut fds)
             .map_err(io_error("swapping tables"))
     }
 
     /// The live table of `service_id` and its entries.
     fn live(&self, service_id: u32) -> Result<Option<(MapData, Vec<u64>)>, TableError> {
-        let outer = ArrayOfMaps::<&MapData, MapData>::try_from(&self.outer)?;
-        let table = match outer.get(&service_id, 0) {
-            Ok(table) => table,
-            Err(MapError::KeyNotFound) => return Ok(None),
-            Err(e) => return Err(e.into()),
-        };
-        let mut entries = vec![0u64; table.info()?.max_entries() as usize];
-        batch(BatchOp::Lookup, table.fd().as_fd(), &mut entries)
-            .map_err(io_error("reading a table"))?;
-        Ok(Some((table, entries)))
+        let record = Array::<&MapData, u32>::try_from(&self.record)?;
+        recorded_table(record.get(&service_id, 0)?)
     }
 
     /// The slots of `service_id`'s live table, if it has one.
     pub fn get(&self, service_id: u32) -> Result<Option<Vec<u32>>, TableError> {
-        let Some((_, entries)) = self.live(service_id)? else {
-            return Ok(None);
-        };
-        match decode(&entries) {
-            // The shared empty table of a removed one.
-            Some(slots) if slots.is_empty() => Ok(None),
-            Some(slots) => Ok(Some(slots)),
-            None => Err(TableError::Malformed(service_id)),
-        }
+        slots_of(service_id, self.live(service_id)?)
     }
 
     /// What every live table holds, by service id. One this version cannot
     /// read is left out (logged): the next sync replaces it.
     pub fn all(&self) -> Result<BTreeMap<u32, TableSpec>, TableError> {
+        let len = Array::<&MapData, u32>::try_from(&self.record)?.len();
+        let mut service_ids: Vec<u32> = (0..len).collect();
+        let mut ids = vec![0u32; service_ids.len()];
+        batch_call(
+            BatchOp::Lookup,
+            fd_of(&self.record)?,
+            &mut service_ids,
+            &mut ids,
+        )
+        .map_err(io_error("reading the table record"))?;
         let mut tables = BTreeMap::new();
-        let len = ArrayOfMaps::<&MapData, MapData>::try_from(&self.outer)?.len();
-        for service_id in 0..len {
-            match self.get(service_id) {
+        for (service_id, id) in service_ids.into_iter().zip(ids) {
+            match recorded_table(id).and_then(|live| slots_of(service_id, live)) {
                 Ok(Some(slots)) => {
                     tables.insert(service_id, TableSpec::of(&slots));
                 }
@@ -313,12 +335,62 @@ impl MaglevTables {
         }
         Ok(tables)
     }
+}
 
-    fn outer_fd(&self) -> Result<BorrowedFd<'_>, TableError> {
-        match &self.outer {
-            Map::ArrayOfMaps(data) => Ok(data.fd().as_fd()),
-            _ => Err(MapError::InvalidMapType { map_type: 0 }.into()),
+/// The fd of an array (outer or plain), which batch calls need and aya's
+/// typed maps do not give.
+fn fd_of(map: &Map) -> Result<BorrowedFd<'_>, TableError> {
+    match map {
+        Map::ArrayOfMaps(data) | Map::Array(data) => Ok(data.fd().as_fd()),
+        _ => Err(MapError::InvalidMapType { map_type: 0 }.into()),
+    }
+}
+
+/// Whether `info` describes a table as [`new_table`] makes them (a
+/// recorded id may, rarely, have been given to another map since).
+fn is_table(info: &MapInfo) -> bool {
+    matches!(info.map_type(), Ok(MapType::Array))
+        && info.key_size() as usize == size_of::<u32>()
+        && info.value_size() as usize == size_of::<u64>()
+        && info.map_flags() == MAGLEV_TABLE_FLAGS
+}
+
+/// The table recorded by kernel id `id` (0: none) and its entries; none
+/// when it is gone (module comment).
+fn recorded_table(id: u32) -> Result<Option<(MapData, Vec<u64>)>, TableError> {
+    if id == 0 {
+        return Ok(None);
+    }
+    let table = match MapData::from_id(id) {
+        Ok(table) => table,
+        Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => {
+            return Ok(None)
         }
+        Err(e) => return Err(e.into()),
+    };
+    let info = table.info()?;
+    if !is_table(&info) {
+        return Ok(None);
+    }
+    let mut entries = vec![0u64; info.max_entries() as usize];
+    batch(BatchOp::Lookup, table.fd().as_fd(), &mut entries)
+        .map_err(io_error("reading a table"))?;
+    Ok(Some((table, entries)))
+}
+
+/// The slots of a live table of `service_id`; none for the shared empty
+/// table of a removed one.
+fn slots_of(
+    service_id: u32,
+    live: Option<(MapData, Vec<u64>)>,
+) -> Result<Option<Vec<u32>>, TableError> {
+    let Some((_, entries)) = live else {
+        return Ok(None);
+    };
+    match decode(&entries) {
+        Some(slots) if slots.is_empty() => Ok(None),
+        Some(slots) => Ok(Some(slots)),
+        None => Err(TableError::Malformed(service_id)),
     }
 }
 

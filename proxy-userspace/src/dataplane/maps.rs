@@ -17,7 +17,7 @@ use proxy_common::maps::{
 
 use super::{
     fill::{count_keys, Count},
-    maglev_tables::{MaglevTables, TableError, MAGLEV},
+    maglev_tables::{MaglevTables, TableError, MAGLEV, MAGLEV_IDS},
     DataplaneError,
 };
 use crate::{
@@ -55,11 +55,12 @@ const fn pinned<K, V>(name: &'static str) -> PinnedMap {
 }
 
 /// Every map pinned under the pin path.
-pub const ALL: [PinnedMap; 11] = [
+pub const ALL: [PinnedMap; 12] = [
     pinned::<ServiceKey, ServiceValue>(SERVICES),
     pinned::<u32, BackendValue>(BACKENDS),
     // Values of an array of maps are inner map fds (ids when read).
     pinned::<u32, u32>(MAGLEV),
+    pinned::<u32, u32>(MAGLEV_IDS),
     pinned::<FlowKey, CtEntry>(super::fill::CONNTRACK),
     pinned::<u32, ServiceStats>(STATS),
     pinned::<u32, u64>(DROPS),
@@ -138,9 +139,10 @@ fn typed<T: TryFrom<Map, Error = MapError>>(
     T::try_from(map).map_err(|e| DataplaneError::Map(name, e))
 }
 
-fn maglev(map: Option<Map>) -> Result<MaglevTables, DataplaneError> {
-    let map = map.ok_or(DataplaneError::MissingMap(MAGLEV))?;
-    MaglevTables::new(map).map_err(|e| DataplaneError::Map(MAGLEV, e))
+fn maglev(outer: Option<Map>, record: Option<Map>) -> Result<MaglevTables, DataplaneError> {
+    let outer = outer.ok_or(DataplaneError::MissingMap(MAGLEV))?;
+    let record = record.ok_or(DataplaneError::MissingMap(MAGLEV_IDS))?;
+    MaglevTables::new(outer, record).map_err(|e| DataplaneError::Map(MAGLEV, e))
 }
 
 fn table_error(e: TableError) -> StoreError {
@@ -162,7 +164,7 @@ impl BpfMaps {
         Ok(Self {
             services: typed(SERVICES, ebpf.take_map(SERVICES))?,
             backends: typed(BACKENDS, ebpf.take_map(BACKENDS))?,
-            maglev: maglev(ebpf.take_map(MAGLEV))?,
+            maglev: maglev(ebpf.take_map(MAGLEV), ebpf.take_map(MAGLEV_IDS))?,
             stats: typed(STATS, ebpf.take_map(STATS))?,
             drops: typed(DROPS, ebpf.take_map(DROPS))?,
             verdicts: typed(VERDICTS, ebpf.take_map(VERDICTS))?,
@@ -183,7 +185,7 @@ impl BpfMaps {
         Ok(Self {
             services: typed(SERVICES, open(SERVICES)?)?,
             backends: typed(BACKENDS, open(BACKENDS)?)?,
-            maglev: maglev(open(MAGLEV)?)?,
+            maglev: maglev(open(MAGLEV)?, open(MAGLEV_IDS)?)?,
             stats: typed(STATS, open(STATS)?)?,
             drops: typed(DROPS, open(DROPS)?)?,
             verdicts: typed(VERDICTS, open(VERDICTS)?)?,
