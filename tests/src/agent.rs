@@ -12,7 +12,11 @@ use std::{
 
 use anyhow::{bail, Context as _};
 
-use crate::netns::{command, run, MiniNode};
+use crate::{
+    netns::{command, run, MiniNode},
+    patience,
+    privileged::kernel_has_tcx,
+};
 
 /// The `kxdp` binary under test: `$KXDP_BIN` (set by `cargo xtask test`),
 /// else the workspace's debug build.
@@ -36,6 +40,17 @@ pub struct AgentHost<'a> {
     pub pin_path: &'a Path,
     /// The cgroup its socket hooks attach to: a test's own, never the root.
     pub cgroup_path: &'a Path,
+}
+
+/// What a restarted agent logs for each pod hook it takes over: a pinned
+/// tcx link's program replaced, or below Linux 6.6 (the 6.1 VM suite) a
+/// classic tc filter's.
+pub fn pod_hook_adopted() -> &'static str {
+    if kernel_has_tcx() {
+        "adopted pinned link"
+    } else {
+        "filter's program replaced in place"
+    }
 }
 
 /// A `kxdp agent` running in the node namespace.
@@ -109,6 +124,7 @@ impl Agent {
         n: usize,
         timeout: Duration,
     ) -> anyhow::Result<()> {
+        let timeout = patience(timeout);
         let deadline = Instant::now() + timeout;
         while Instant::now() < deadline {
             if self.count(needles) >= n {

@@ -9,3 +9,17 @@ pub mod packet;
 pub mod privileged;
 pub mod scenario;
 pub mod two_node;
+
+use std::time::Duration;
+
+/// `wait` stretched by `$KXDP_TEST_PATIENCE` (a whole factor, 1 when unset):
+/// the VM suites run under emulation, many times slower. Only the bounds on
+/// waiting for something grow; a passing test waits no longer.
+pub fn patience(wait: Duration) -> Duration {
+    let factor = std::env::var("KXDP_TEST_PATIENCE")
+        .ok()
+        .and_then(|f| f.parse::<u32>().ok())
+        .unwrap_or(1)
+        .max(1);
+    wait * factor
+}

@@ -114,6 +114,7 @@ impl Namespaces {
             let _ = BufReader::new(stdout).read_line(&mut line);
             let _ = tx.send(line);
         });
+        let within = crate::patience(within);
         match rx.recv_timeout(within) {
             Ok(line) if line.trim() == "ready" => Ok(()),
             Ok(line) => bail!("{what} did not start: it printed {line:?}"),

@@ -6,7 +6,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use kxdp_testbed::{agent::Agent, scenario::EchoScenario};
+use kxdp_testbed::{
+    agent::{pod_hook_adopted, Agent},
+    scenario::EchoScenario,
+};
 
 const WAIT: Duration = Duration::from_secs(10);
 
@@ -155,7 +158,7 @@ fn datapath_outlives_the_agent_until_unload() {
 
     // A new agent adopts the pinned links and maps: nothing is rewritten.
     let mut agent = s.start_agent().unwrap();
-    agent.wait_for(&["adopted pinned link"], 6, WAIT).unwrap();
+    agent.wait_for(&[pod_hook_adopted()], 6, WAIT).unwrap();
     agent.wait_for(&["socket hook adopted"], 4, WAIT).unwrap();
     agent
         .wait_for(&["synced", "written=0", "deleted=0"], 1, WAIT)

@@ -13,7 +13,7 @@ use std::{
 };
 
 use kxdp_testbed::{
-    agent::Agent,
+    agent::{pod_hook_adopted, Agent},
     manifests::{
         endpoint_slice, external_name_service, legacy_endpoints, service, Endpoint,
         SLICE_CONTROLLER,
@@ -505,7 +505,7 @@ fn a_long_lived_connection_survives_the_agent_killed_and_replaced() {
     drop(agent);
     let mut agent = s.start_agent().unwrap();
     agent
-        .wait_for(&["adopted pinned link"], 2 * s.node.pods.len(), WAIT)
+        .wait_for(&[pod_hook_adopted()], 2 * s.node.pods.len(), WAIT)
         .unwrap();
     agent
         .wait_for(&["synced", "written=0", "deleted=0"], 1, WAIT)

@@ -26,8 +26,9 @@ struct Cli {
 enum Task {
     /// Install what building and testing need (idempotent).
     Setup,
-    /// Formatting, clippy, unit, packet and namespace suites, the packet
-    /// suites in a 6.1 VM, and the benchmark smoke test (needs root).
+    /// Formatting, clippy, unit, packet and namespace suites, the
+    /// privileged suites again in a 6.1 VM, and the benchmark smoke test
+    /// (needs root).
     Test,
     /// Build a mini node from network namespaces and show a ClusterIP at work (needs root).
     Demo,
@@ -42,7 +43,7 @@ enum Task {
         #[arg(long)]
         out: Option<PathBuf>,
     },
-    /// The packet suites inside QEMU, on each kernel in turn (Debian's
+    /// The packet and namespace suites inside QEMU, on each kernel in turn (Debian's
     /// cloud kernels, downloaded with apt and cached under target/vm/).
     VmTest {
         /// 6.1 or 6.12 (Debian's newest of that line), a linux-image .deb,
@@ -120,8 +121,9 @@ fn test() -> anyhow::Result<()> {
         .arg("test")
         .env("KXDP_BIN", kxdp)
         .env("KXDP_KUBERNETES_VALIDATE", setup::kubernetes_validate()))?;
-    // The packet suites again inside QEMU on Debian's 6.1 kernel, the
-    // oldest line of the matrix (about 3 minutes under TCG; 6.12 runs with
+    // The packet and namespace suites again inside QEMU on Debian's 6.1
+    // kernel, the oldest line of the matrix, where the pod programs fall
+    // back to classic tc (about 11 minutes under TCG; 6.12 runs with
     // `cargo xtask vm-test`).
     vm::vm_test(&["6.1".to_string()], Duration::from_secs(1800))?;
     // Benchmark smoke test: the quick run works and fills every section.

@@ -20,8 +20,17 @@ use anyhow::{bail, Context as _};
 
 use crate::{cargo, run, run_in, setup, workspace_root};
 
-/// The emulator, a busybox that needs no libraries, cpio for the archive.
-const HOST_PACKAGES: &[&str] = &["qemu-system-x86", "busybox-static", "cpio"];
+/// The emulator, a busybox that needs no libraries, cpio for the archive,
+/// and the CA bundle (`CA_BUNDLE`).
+const HOST_PACKAGES: &[&str] = &[
+    "qemu-system-x86",
+    "busybox-static",
+    "cpio",
+    "ca-certificates",
+];
+/// The system's CA bundle, which the Kubernetes client loads when a
+/// kubeconfig names no CA of its own (the API server stand-in's).
+const CA_BUNDLE: &str = "etc/ssl/certs/ca-certificates.crt";
 /// A suite the VM runs (tests/tests/<name>.rs) and tests it leaves out.
 struct Suite {
     name: &'static str,
@@ -33,6 +42,36 @@ const SUITES: &[Suite] = &[
         skip: &[],
     },
     Suite {
+        name: "clusterip_netns",
+        skip: &[],
+    },
+    Suite {
+        name: "service_rules_netns",
+        // Each burst of five connections must fit in the shortest affinity
+        // timeout the API allows (1 s); emulated curls do not.
+        skip: &["client_ip_affinity_keeps_a_client_on_one_backend_until_its_timeout"],
+    },
+    Suite {
+        name: "socket_lb_netns",
+        skip: &[],
+    },
+    Suite {
+        name: "admin_netns",
+        skip: &[],
+    },
+    Suite {
+        name: "nodeport_netns",
+        skip: &[],
+    },
+    Suite {
+        name: "kubernetes_netns",
+        skip: &[],
+    },
+    Suite {
+        name: "two_node_topology",
+        skip: &[],
+    },
+    Suite {
         name: "nic_packet_tests",
         // Back-dates a flow by 2 h, but the datapath's clock starts at boot:
         // a fresh VM cannot hold a flow that old.
@@ -40,13 +79,22 @@ const SUITES: &[Suite] = &[
     },
 ];
 /// Host programs the suites run, copied in with their libraries (busybox's
-/// `ip` makes no veth pairs).
-const HOST_TOOLS: &[&str] = &["ip"];
+/// `ip` makes no veth pairs, its `tc` shows no filters, its ping and
+/// curl-less wget would not do).
+const HOST_TOOLS: &[&str] = &["ip", "tc", "ethtool", "curl", "ping"];
+/// Programs of this workspace the suites start, and the variable that
+/// tells the suites where (the test build also makes the bench and demo
+/// binaries, which the VM does not need).
+const PROGRAMS: &[(&str, &str)] = &[("kxdp", "KXDP_BIN"), ("kxdp-peer", "KXDP_PEER_BIN")];
 /// Modules to load when the kernel's config builds them as modules (Debian's
-/// cloud kernels do): veth for namespace suites, clsact and cls_bpf for the
-/// classic tc attach below 6.6.
+/// cloud kernels do), in the order they load (a module after those it
+/// depends on): veth for namespace suites, the bridge for the two-node
+/// topology, clsact and cls_bpf for the classic tc attach below 6.6.
 const MODULES: &[(&str, &str)] = &[
     ("CONFIG_VETH", "kernel/drivers/net/veth.ko"),
+    ("CONFIG_LLC", "kernel/net/llc/llc.ko"),
+    ("CONFIG_STP", "kernel/net/802/stp.ko"),
+    ("CONFIG_BRIDGE", "kernel/net/bridge/bridge.ko"),
     ("CONFIG_NET_SCH_INGRESS", "kernel/net/sched/sch_ingress.ko"),
     ("CONFIG_NET_CLS_BPF", "kernel/net/sched/cls_bpf.ko"),
 ];
@@ -210,20 +258,36 @@ fn cargo_executables(args: &[&str]) -> anyhow::Result<Vec<(String, PathBuf)>> {
     Ok(built)
 }
 
-/// Builds the suites' test binaries; (suite, executable).
-fn build_suites() -> anyhow::Result<Vec<(String, PathBuf)>> {
+/// What the VM runs: the suites' test binaries by suite, and the programs
+/// they start (`PROGRAMS`).
+struct Built {
+    suites: Vec<(String, PathBuf)>,
+    programs: Vec<(String, PathBuf)>,
+}
+
+fn build() -> anyhow::Result<Built> {
     let mut args = vec!["test", "--no-run", "-p", "kxdp-testbed"];
     for suite in SUITES {
         args.extend(["--test", suite.name]);
     }
-    let suites: Vec<_> = cargo_executables(&args)?
+    let mut built = cargo_executables(&args)?;
+    built.extend(cargo_executables(&[
+        "build",
+        "-p",
+        "proxy-userspace",
+        "--bin",
+        "kxdp",
+    ])?);
+    let (suites, programs): (Vec<_>, Vec<_>) = built
         .into_iter()
-        .filter(|(name, _)| SUITES.iter().any(|s| s.name == name))
-        .collect();
-    if suites.len() != SUITES.len() {
-        bail!("cargo built {suites:?}, not every suite the VM runs");
+        .filter(|(name, _)| {
+            PROGRAMS.iter().any(|(p, _)| p == name) || SUITES.iter().any(|s| s.name == name)
+        })
+        .partition(|(name, _)| SUITES.iter().any(|s| s.name == name));
+    if suites.len() != SUITES.len() || programs.len() != PROGRAMS.len() {
+        bail!("cargo built {suites:?} and {programs:?}, not every suite and program the VM runs");
     }
-    Ok(suites)
+    Ok(Built { suites, programs })
 }
 
 /// The absolute paths of the shared libraries (and loader) `binary` needs.
@@ -259,7 +323,8 @@ fn install(from: &Path, to: &Path, mode: u32) -> anyhow::Result<()> {
 }
 
 /// The modules `MODULES` names that `kernel`'s config builds as modules,
-/// decompressed (busybox insmod reads plain .ko files).
+/// decompressed (busybox insmod reads plain .ko files), numbered in
+/// `MODULES`' order, which init loads them in.
 fn install_modules(kernel: &Kernel, root: &Path) -> anyhow::Result<()> {
     let Some((tree, release)) = &kernel.tree else {
         return Ok(());
@@ -267,12 +332,14 @@ fn install_modules(kernel: &Kernel, root: &Path) -> anyhow::Result<()> {
     let config = fs::read_to_string(tree.join(format!("boot/config-{release}")))
         .context("reading the kernel's config")?;
     let modules = tree.join("lib/modules").join(release);
-    for (option, module) in MODULES {
+    for (n, (option, module)) in MODULES.iter().enumerate() {
         if !config.lines().any(|l| l == format!("{option}=m")) {
             continue;
         }
         let name = Path::new(module).file_name().expect("a file name");
-        let to = root.join("lib/modules").join(name);
+        let to = root
+            .join("lib/modules")
+            .join(format!("{n:02}-{}", name.to_string_lossy()));
         fs::create_dir_all(to.parent().expect("lib/modules"))?;
         let plain = modules.join(module);
         let xz = plain.with_extension("ko.xz");
@@ -316,20 +383,29 @@ fn strip(binary: &Path, to: &Path) -> anyhow::Result<()> {
 }
 
 /// Builds `target/vm/<name>.cpio` for `kernel`; its path.
-fn initramfs(name: &str, kernel: &Kernel, suites: &[(String, PathBuf)]) -> anyhow::Result<PathBuf> {
+fn initramfs(name: &str, kernel: &Kernel, built: &Built) -> anyhow::Result<PathBuf> {
     let root = vm_dir().join("root").join(name);
     let _ = fs::remove_dir_all(&root);
     for dir in [
-        "bin", "sbin", "usr/bin", "usr/sbin", "proc", "sys", "dev", "tmp", "root",
+        "bin", "sbin", "usr/bin", "usr/sbin", "proc", "sys", "dev", "tmp", "root", "run", "var",
     ] {
         fs::create_dir_all(root.join(dir))?;
     }
+    // `ip netns` keeps its namespaces under /run/netns or /var/run/netns.
+    std::os::unix::fs::symlink("../run", root.join("var/run"))?;
     install(Path::new("/bin/busybox"), &root.join("bin/busybox"), 0o755)?;
     fs::write(root.join("init"), INIT)?;
     fs::set_permissions(root.join("init"), fs::Permissions::from_mode(0o755))?;
     let mut binaries = Vec::new();
     let mut script = String::new();
-    for (name, exe) in suites {
+    for (name, path) in &built.programs {
+        let (_, variable) = PROGRAMS
+            .iter()
+            .find(|(p, _)| p == name)
+            .expect("built from PROGRAMS");
+        script.push_str(&format!("export {variable}={}\n", path.display()));
+    }
+    for (name, exe) in &built.suites {
         strip(exe, &root.join("suites").join(name))?;
         binaries.push(exe.clone());
         let suite = SUITES
@@ -343,6 +419,16 @@ fn initramfs(name: &str, kernel: &Kernel, suites: &[(String, PathBuf)]) -> anyho
         script.push('\n');
     }
     fs::write(root.join("suites.sh"), script)?;
+    // Where the host has them: suites find them by compiled-in paths.
+    for (_, program) in &built.programs {
+        strip(program, &root.join(program.strip_prefix("/")?))?;
+        binaries.push(program.clone());
+    }
+    install(
+        &Path::new("/").join(CA_BUNDLE),
+        &root.join(CA_BUNDLE),
+        0o644,
+    )?;
     for tool in HOST_TOOLS {
         let path = host_tool(tool)?;
         install(&path, &root.join("usr/local/sbin").join(tool), 0o755)?;
@@ -545,11 +631,11 @@ pub fn vm_test(kernel_args: &[String], timeout: Duration) -> anyhow::Result<()> 
         .iter()
         .map(|k| resolve_kernel(k))
         .collect::<anyhow::Result<Vec<_>>>()?;
-    let suites = build_suites()?;
+    let built = build()?;
     let mut accel = None;
     let mut summary = Vec::new();
     for (n, kernel) in kernels.iter().enumerate() {
-        let initrd = initramfs(&format!("kernel-{n}"), kernel, &suites)?;
+        let initrd = initramfs(&format!("kernel-{n}"), kernel, &built)?;
         let accel = match accel {
             Some(accel) => accel,
             None => *accel.insert(accelerator(kernel, &initrd)?),

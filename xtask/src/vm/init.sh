@@ -4,6 +4,9 @@
 # and powers off. The xtask reads the result line; no line means failure.
 /bin/busybox --install -s
 export PATH=/usr/local/sbin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/root RUST_BACKTRACE=1
+# Under emulation (TCG) everything is many times slower: the suites' bounds
+# on waiting (for the agent's sync, a server's start) grow fivefold.
+export KXDP_TEST_PATIENCE=5
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
@@ -17,8 +20,8 @@ if grep -qw kxdp.probe /proc/cmdline; then
     poweroff -f
 fi
 status=0
-# Modules the kernel builds as modules (veth, clsact, cls_bpf); none has
-# dependencies.
+# Modules the kernel builds as modules, numbered so that each comes after
+# those it depends on.
 for module in /lib/modules/*.ko; do
     [ -e "$module" ] || continue
     insmod "$module" || status=1
