@@ -12,7 +12,8 @@ mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
 mount -t bpf bpf /sys/fs/bpf
 mount -t cgroup2 cgroup2 /sys/fs/cgroup
-mount -t tmpfs tmpfs /tmp
+# No tmpfs on /tmp: the initramfs is writable already, and the programs the
+# suites start sit at their build paths, which may be under /tmp.
 ip link set lo up
 echo "kxdp-vm: booted $(uname -r)"
 # The xtask's KVM probe only needs to know that the kernel gets this far.
