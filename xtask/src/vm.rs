@@ -32,6 +32,7 @@ const HOST_PACKAGES: &[&str] = &[
 /// kubeconfig names no CA of its own (the API server stand-in's).
 const CA_BUNDLE: &str = "etc/ssl/certs/ca-certificates.crt";
 /// A suite the VM runs (tests/tests/<name>.rs) and tests it leaves out.
+#[derive(Debug)]
 struct Suite {
     name: &'static str,
     skip: &'static [&'static str],
@@ -259,10 +260,10 @@ fn cargo_executables(args: &[&str]) -> anyhow::Result<Vec<(String, PathBuf)>> {
 }
 
 /// What the VM runs: the suites' test binaries by suite, and the programs
-/// they start (`PROGRAMS`).
+/// they start by the variable that names them (`PROGRAMS`).
 struct Built {
-    suites: Vec<(String, PathBuf)>,
-    programs: Vec<(String, PathBuf)>,
+    suites: Vec<(&'static Suite, PathBuf)>,
+    programs: Vec<(&'static str, PathBuf)>,
 }
 
 fn build() -> anyhow::Result<Built> {
@@ -278,12 +279,15 @@ fn build() -> anyhow::Result<Built> {
         "--bin",
         "kxdp",
     ])?);
-    let (suites, programs): (Vec<_>, Vec<_>) = built
-        .into_iter()
-        .filter(|(name, _)| {
-            PROGRAMS.iter().any(|(p, _)| p == name) || SUITES.iter().any(|s| s.name == name)
-        })
-        .partition(|(name, _)| SUITES.iter().any(|s| s.name == name));
+    let mut suites = Vec::new();
+    let mut programs = Vec::new();
+    for (name, path) in built {
+        if let Some(suite) = SUITES.iter().find(|s| s.name == name) {
+            suites.push((suite, path));
+        } else if let Some((_, variable)) = PROGRAMS.iter().find(|(p, _)| *p == name) {
+            programs.push((*variable, path));
+        }
+    }
     if suites.len() != SUITES.len() || programs.len() != PROGRAMS.len() {
         bail!("cargo built {suites:?} and {programs:?}, not every suite and program the VM runs");
     }
@@ -398,32 +402,23 @@ fn initramfs(name: &str, kernel: &Kernel, built: &Built) -> anyhow::Result<PathB
     fs::set_permissions(root.join("init"), fs::Permissions::from_mode(0o755))?;
     let mut binaries = Vec::new();
     let mut script = String::new();
-    for (name, path) in &built.programs {
-        let (_, variable) = PROGRAMS
-            .iter()
-            .find(|(p, _)| p == name)
-            .expect("built from PROGRAMS");
-        script.push_str(&format!("export {variable}={}\n", path.display()));
+    // Where the host has them: suites find them by compiled-in paths, and
+    // by these variables.
+    for (variable, program) in &built.programs {
+        script.push_str(&format!("export {variable}={}\n", program.display()));
+        strip(program, &root.join(program.strip_prefix("/")?))?;
+        binaries.push(program.clone());
     }
-    for (name, exe) in &built.suites {
-        strip(exe, &root.join("suites").join(name))?;
+    for (suite, exe) in &built.suites {
+        strip(exe, &root.join("suites").join(suite.name))?;
         binaries.push(exe.clone());
-        let suite = SUITES
-            .iter()
-            .find(|s| s.name == name)
-            .expect("built from SUITES");
-        script.push_str(&format!("run_suite {name}"));
+        script.push_str(&format!("run_suite {}", suite.name));
         for test in suite.skip {
             script.push_str(&format!(" --skip {test}"));
         }
         script.push('\n');
     }
     fs::write(root.join("suites.sh"), script)?;
-    // Where the host has them: suites find them by compiled-in paths.
-    for (_, program) in &built.programs {
-        strip(program, &root.join(program.strip_prefix("/")?))?;
-        binaries.push(program.clone());
-    }
     install(
         &Path::new("/").join(CA_BUNDLE),
         &root.join(CA_BUNDLE),
