@@ -9,6 +9,7 @@
 #![no_std]
 
 pub mod hash;
+pub mod kernel;
 pub mod maps;
 pub mod reject;
 pub mod sizes;

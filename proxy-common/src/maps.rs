@@ -201,7 +201,7 @@ map_type! {
         pub snat_port: u16,
         pub _pad: u16,
         /// With [`CT_SNAT`]: when a packet of this direction last passed,
-        /// in seconds of the kernel's coarse monotonic clock.
+        /// on the datapath's clock (`kernel::clock_s`).
         pub last_seen: u32,
     }
 }
@@ -237,8 +237,8 @@ map_type! {
         /// is still in the service (a rewritten table keeps every remaining
         /// backend's index).
         pub member: u32,
-        /// When the client last opened a connection, in seconds of the
-        /// kernel's coarse monotonic clock.
+        /// When the client last opened a connection, on the datapath's
+        /// clock (`kernel::clock_s`).
         pub last_used: u32,
     }
 }

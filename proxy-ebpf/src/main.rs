@@ -11,6 +11,7 @@
 mod conntrack;
 mod csum;
 mod forward;
+mod kernel;
 mod lookup;
 mod maps;
 mod nat;

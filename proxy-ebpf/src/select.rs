@@ -5,13 +5,14 @@
 //! went, while that backend is still in the service and the client opened a
 //! connection within the timeout.
 
-use aya_ebpf::{bindings::BPF_ANY, helpers::generated::bpf_ktime_get_coarse_ns};
+use aya_ebpf::bindings::BPF_ANY;
 use proxy_common::maps::{
     drop_reason, maglev_layout, AffinityKey, AffinityValue, BackendValue, CtEntry, ServiceValue,
     SERVICE_AFFINITY_CLIENT_IP,
 };
 
 use crate::{
+    kernel,
     maps::{MaglevTable, AFFINITY, BACKENDS, MAGLEV},
     parse::Ipv4Flow,
 };
@@ -34,8 +35,7 @@ pub fn select_backend(service: &ServiceValue, flow: &Ipv4Flow) -> Result<Selecte
         service_id: service.id,
         client_addr: flow.src_addr,
     };
-    // SAFETY: plain helper call.
-    let now = (unsafe { bpf_ktime_get_coarse_ns() } / 1_000_000_000) as u32;
+    let now = kernel::now_s();
     if let Some(entry) = AFFINITY.get_ptr_mut(key) {
         // SAFETY: a map value pointer, valid for this program run.
         let remembered = unsafe { *entry };

@@ -6,10 +6,7 @@
 //! few seconds) or idle past its protocol's limit is taken over by the new
 //! flow that needs it; every packet of a SNATed flow records when it passed.
 
-use aya_ebpf::{
-    bindings::{BPF_ANY, BPF_NOEXIST},
-    helpers::generated::bpf_ktime_get_coarse_ns,
-};
+use aya_ebpf::bindings::{BPF_ANY, BPF_NOEXIST};
 use proxy_common::maps::{
     drop_reason, CtEntry, FlowKey, CT_CLOSING, CT_FORWARD, CT_REPLY, CT_SNAT, PROTO_UDP,
     SNAT_CLOSED_REUSE_S, SNAT_PORT_MAX, SNAT_PORT_MIN, SNAT_TCP_REUSE_S, SNAT_UDP_REUSE_S,
@@ -17,6 +14,7 @@ use proxy_common::maps::{
 
 use crate::{
     conntrack,
+    kernel::now_s,
     maps::CONNTRACK,
     parse::{Ipv4Flow, TCP_FIN, TCP_RST},
     select::{flow_hash, Selected},
@@ -28,13 +26,6 @@ const TRIES: u32 = 8;
 /// Step between candidates: odd and prime to the range's length (4536 =
 /// 2³·3⁴·7), so candidates never repeat within a flow's tries.
 const STRIDE: u32 = 2_203;
-
-/// Seconds of the kernel's coarse monotonic clock.
-#[inline(always)]
-fn now_s() -> u32 {
-    // SAFETY: plain helper call.
-    (unsafe { bpf_ktime_get_coarse_ns() } / 1_000_000_000) as u32
-}
 
 /// Records that a packet of a SNATed flow passed in `entry`'s direction,
 /// and a FIN or RST. Writes only when something changed: once a second

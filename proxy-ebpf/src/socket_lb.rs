@@ -24,10 +24,12 @@ use aya_ebpf::{
 };
 use proxy_common::{
     hash::mix,
+    kernel::FEATURE_SOCK_ADDR_SET_RETVAL,
     maps::{ServiceKey, SockRevNatKey, SockRevNatValue, PROTO_TCP, PROTO_UDP, SCOPE_CLUSTER_IP},
 };
 
 use crate::{
+    kernel,
     maps::{BACKENDS, SERVICES, SOCK_REVNAT},
     select::table_entry,
 };
@@ -182,11 +184,15 @@ fn from_backend(ctx: &SockAddrContext) {
 }
 
 /// A frontend without backends: the connect fails with ECONNREFUSED, as a
-/// TCP RST would make it (a UDP send fails the same way).
+/// TCP RST would make it (a UDP send fails the same way). Kernels before
+/// 6.1 cannot set the error from these hooks: there it is EPERM, as with
+/// Cilium's socket-LB on such kernels.
 #[inline(always)]
 fn refuse() -> i32 {
-    // SAFETY: plain helper call; the kernel keeps EPERM if it fails.
-    unsafe { bpf_set_retval(-ECONNREFUSED) };
+    if kernel::has(FEATURE_SOCK_ADDR_SET_RETVAL) {
+        // SAFETY: plain helper call; the kernel keeps EPERM if it fails.
+        unsafe { bpf_set_retval(-ECONNREFUSED) };
+    }
     REFUSE
 }
 

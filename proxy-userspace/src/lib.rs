@@ -9,6 +9,7 @@ pub mod cli;
 pub mod commands;
 pub mod dataplane;
 pub mod ebpf_object;
+pub mod features;
 pub mod health_check;
 pub mod http;
 pub mod maglev;

@@ -13,13 +13,19 @@ use aya::{
     programs::{SchedClassifier, TestRun, TestRunOptions, TestRunResult, Xdp},
     Ebpf, EbpfLoader,
 };
-use proxy_common::maps::{
-    addr_from_net, addr_to_net, port_from_net, port_to_net, AffinityKey, AffinityValue,
-    BackendValue, CtEntry, FlowKey, ServiceKey, ServiceStats, ServiceValue, SourceRange,
-    BACKEND_LOCAL, SCOPE_CLUSTER_IP, SERVICE_AFFINITY_CLIENT_IP,
+use proxy_common::{
+    kernel::clock_s,
+    maps::{
+        addr_from_net, addr_to_net, port_from_net, port_to_net, AffinityKey, AffinityValue,
+        BackendValue, CtEntry, FlowKey, ServiceKey, ServiceStats, ServiceValue, SourceRange,
+        BACKEND_LOCAL, SCOPE_CLUSTER_IP, SERVICE_AFFINITY_CLIENT_IP,
+    },
 };
 use proxy_userspace::{
-    dataplane::maglev_tables::{MaglevTables, MAGLEV, MAGLEV_IDS},
+    dataplane::{
+        maglev_tables::{MaglevTables, MAGLEV, MAGLEV_IDS},
+        probe, KXDP_FEATURES,
+    },
     ebpf_object::KXDP_OBJECT,
     maglev,
 };
@@ -55,33 +61,26 @@ pub fn xdp_md(frame_len: usize, ifindex: u32) -> Vec<u8> {
         .collect()
 }
 
-/// Seconds of CLOCK_MONOTONIC_COARSE, the clock the datapath stamps
-/// conntrack and affinity entries with.
-pub fn coarse_now_s() -> u32 {
+/// Now on the datapath's clock (`proxy_common::kernel::clock_s`), which
+/// stamps conntrack, affinity and SNAT entries.
+pub fn datapath_now_s() -> u32 {
     let mut ts = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,
     };
     // SAFETY: a valid timespec to fill.
     assert_eq!(
-        unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) },
+        unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) },
         0
     );
-    ts.tv_sec as u32
+    clock_s(ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64)
 }
 
-/// The moment `secs` seconds ago on `coarse_now_s`'s clock, for entries a
-/// test back-dates. The clock starts at boot, so on a machine up for less
-/// than `secs` (a freshly booted test VM) this waits until that moment
-/// exists: the datapath would see a younger entry otherwise.
-pub fn coarse_s_ago(secs: u32) -> u32 {
-    loop {
-        let now = coarse_now_s();
-        if let Some(then) = now.checked_sub(secs) {
-            return then;
-        }
-        std::thread::sleep(std::time::Duration::from_secs(u64::from(secs - now)));
-    }
+/// The moment `secs` seconds ago on the datapath's clock, for entries a
+/// test back-dates. The clock starts far from zero, so this moment exists
+/// even on a machine booted a minute ago.
+pub fn datapath_s_ago(secs: u32) -> u32 {
+    datapath_now_s() - secs
 }
 
 /// One BPF_PROG_TEST_RUN of `prog` on `frame` (with context `ctx`):
@@ -124,9 +123,12 @@ impl Datapath {
         require_root("packet tests");
         let mount = PrivateBpffs::new("kxdp-packet-test").unwrap_or_else(|e| fail(e));
         let maglev_pin = mount.path().join(MAGLEV);
+        // Loaded for this kernel as the agent loads it.
+        let (_, loadout) = probe::this_kernel(false).unwrap_or_else(|e| fail(e));
         let mut ebpf = EbpfLoader::new()
             .default_map_pin_directory(mount.path())
             .map_pin_path(MAGLEV, maglev_pin.as_path())
+            .override_global(KXDP_FEATURES, &loadout.datapath_bits, true)
             .load(KXDP_OBJECT)
             .unwrap_or_else(|e| fail(format!("loading the kxdp object: {e:#?}")));
         for name in [POD_INGRESS, POD_EGRESS] {

@@ -10,7 +10,7 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 
 use kxdp_testbed::{
     datapath::{
-        coarse_now_s, coarse_s_ago, Datapath, TestBackend, TC_ACT_REDIRECT, XDP_DROP, XDP_PASS,
+        datapath_now_s, datapath_s_ago, Datapath, TestBackend, TC_ACT_REDIRECT, XDP_DROP, XDP_PASS,
         XDP_REDIRECT, XDP_TX,
     },
     nic_netns::{self, CLIENT, CLIENT_MAC, NIC_MAC, NODE_ADDR, OTHER_NODE_MAC},
@@ -349,7 +349,7 @@ struct Holders {
 /// Occupies every SNAT port of (backend, node address, `proto`) with flows
 /// of other clients to the NodePort, as the datapath would have made them.
 fn hold_every_snat_port(dp: &mut Datapath, backend: SocketAddrV4, proto: u8, holders: Holders) {
-    let last_seen = coarse_s_ago(holders.idle);
+    let last_seen = datapath_s_ago(holders.idle);
     for port in SNAT_PORT_MIN..=SNAT_PORT_MAX {
         let client = sa(Ipv4Addr::new(172, 16, (port >> 8) as u8, port as u8), 40000);
         let node = sa(NODE_ADDR, port);
@@ -512,17 +512,17 @@ fn snated_flows_record_their_packets_and_their_end() {
     // Stamped at creation, both directions.
     for key in [forward_key, reply_key] {
         let e = entry(&mut dp, key);
-        assert!(coarse_now_s() - e.last_seen <= 1, "{e:?}");
+        assert!(datapath_now_s() - e.last_seen <= 1, "{e:?}");
         assert_eq!(e.flags, CT_SNAT);
     }
     // Age both, then a reply refreshes its own entry.
     let mut aged = entry(&mut dp, reply_key);
-    aged.last_seen = coarse_s_ago(100);
+    aged.last_seen = datapath_s_ago(100);
     dp.insert_conntrack(reply_key, aged);
     let answer =
         Packet::tcp(backend, sa(NODE_ADDR, port)).tcp_flags(packet::TCP_SYN | packet::TCP_ACK);
     dp.run_nic(&answer.build(), nic);
-    assert!(coarse_now_s() - entry(&mut dp, reply_key).last_seen <= 1);
+    assert!(datapath_now_s() - entry(&mut dp, reply_key).last_seen <= 1);
     // The client's FIN marks its entry closing...
     let fin = from_client(Packet::tcp(client(40000), nodeport()).tcp_flags(0x11));
     assert_eq!(dp.run_nic(&fin.build(), nic).0, XDP_TX);

@@ -7,7 +7,7 @@
 use std::{collections::BTreeMap, net::Ipv4Addr, net::SocketAddrV4};
 
 use kxdp_testbed::{
-    datapath::{coarse_now_s, coarse_s_ago, Datapath, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT},
+    datapath::{datapath_now_s, datapath_s_ago, Datapath, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT},
     packet::{self, ethernet, Packet, ETH_P_ARP, ETH_P_IPV4, ETH_P_IPV6, L4, PROTO_ICMP},
 };
 use proxy_common::hash::flow_hash;
@@ -796,7 +796,7 @@ fn client_ip_affinity_keeps_each_client_on_one_backend() {
             backends.keys().next(),
             Some(&backend_with_id(remembered.backend_id))
         );
-        assert!(coarse_now_s() - remembered.last_used <= 1);
+        assert!(datapath_now_s() - remembered.last_used <= 1);
     }
 }
 
@@ -883,7 +883,7 @@ fn affinity_lapses_after_the_timeout_and_when_its_backend_leaves() {
     dp.insert_affinity(
         key,
         AffinityValue {
-            last_used: coarse_s_ago(50),
+            last_used: datapath_s_ago(50),
             ..fresh
         },
     );
@@ -892,7 +892,7 @@ fn affinity_lapses_after_the_timeout_and_when_its_backend_leaves() {
     dp.insert_affinity(
         key,
         AffinityValue {
-            last_used: coarse_s_ago(70),
+            last_used: datapath_s_ago(70),
             ..fresh
         },
     );

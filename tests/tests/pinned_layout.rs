@@ -5,7 +5,14 @@
 use std::{ffi::CString, os::unix::ffi::OsStrExt as _, path::Path};
 
 use kxdp_testbed::privileged::{require_root, PrivateBpffs};
-use proxy_userspace::dataplane::{Dataplane, DataplaneError};
+use proxy_userspace::{
+    dataplane::{probe, Dataplane, DataplaneError},
+    features::Loadout,
+};
+
+fn loadout() -> Loadout {
+    probe::this_kernel(false).expect("probing the kernel").1
+}
 
 /// `bpf(2)` with a zeroed attribute block starting with `words`.
 fn bpf(cmd: libc::c_long, words: &[u64]) -> i64 {
@@ -47,7 +54,7 @@ fn maps_pinned_with_another_layout_are_refused_with_advice() {
     std::fs::create_dir_all(&pin_path).unwrap();
     // The SERVICES map of an older kxdp: 8-byte values.
     pin_hash_map(&pin_path.join("SERVICES"), 8, 8);
-    let error = match Dataplane::load(&pin_path, false) {
+    let error = match Dataplane::load(&pin_path, &loadout(), false) {
         Ok(_) => panic!("an old SERVICES map was adopted"),
         Err(e) => e,
     };
@@ -71,7 +78,7 @@ fn unload_removes_maps_an_earlier_version_pinned() {
     let pin_path = mount.path().join("kxdp");
     std::fs::create_dir_all(&pin_path).unwrap();
     pin_hash_map(&pin_path.join("SELECTION"), 8, 4);
-    drop(Dataplane::load(&pin_path, false).expect("a retired map is no obstacle"));
+    drop(Dataplane::load(&pin_path, &loadout(), false).expect("a retired map is no obstacle"));
     proxy_userspace::commands::unload::run(&pin_path).expect("unload");
     assert!(!pin_path.exists(), "unload left {}", pin_path.display());
 }

@@ -46,9 +46,9 @@ enum Task {
     /// The packet and namespace suites inside QEMU, on each kernel in turn (Debian's
     /// cloud kernels, downloaded with apt and cached under target/vm/).
     VmTest {
-        /// 6.1 or 6.12 (Debian's newest of that line), a linux-image .deb,
-        /// or a kernel image; repeat for several. Default: 6.1 and 6.12.
-        #[arg(long = "kernel", value_name = "6.1|6.12|PATH")]
+        /// 5.10, 6.1 or 6.12 (Debian's newest of that line), a linux-image
+        /// .deb, or a kernel image; repeat for several. Default: all three.
+        #[arg(long = "kernel", value_name = "5.10|6.1|6.12|PATH")]
         kernels: Vec<String>,
         /// Seconds one kernel's boot and suites may take.
         #[arg(long, default_value_t = 1800)]

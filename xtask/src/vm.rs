@@ -100,7 +100,7 @@ const MODULES: &[(&str, &str)] = &[
     ("CONFIG_NET_CLS_BPF", "kernel/net/sched/cls_bpf.ko"),
 ];
 /// `kernel_versions` when `--kernel` is not given.
-pub const DEFAULT_KERNELS: &[&str] = &["6.1", "6.12"];
+pub const DEFAULT_KERNELS: &[&str] = &["5.10", "6.1", "6.12"];
 /// How long the KVM probe may take to reach init.
 const PROBE_SECS: u64 = 20;
 const INIT: &str = include_str!("vm/init.sh");
@@ -119,13 +119,69 @@ struct Kernel {
     tree: Option<(PathBuf, String)>,
 }
 
-/// Debian's package name pattern for `version` (apt-cache regex).
-fn package_pattern(version: &str) -> Option<&'static str> {
+/// Where apt finds a kernel line: the host's own sources, or a Debian
+/// suite it is not configured for, reached through a private apt
+/// configuration under target/vm/apt/ (the host's sources stay untouched).
+#[derive(Clone, Copy)]
+enum AptSource {
+    Host,
+    Suite(&'static str),
+}
+
+/// Debian's package name pattern for `version` (apt-cache regex) and where
+/// apt finds it.
+fn package_pattern(version: &str) -> Option<(&'static str, AptSource)> {
     match version {
-        "6.1" => Some(r"^linux-image-6\.1\.0-[0-9]+-cloud-amd64$"),
-        "6.12" => Some(r"^linux-image-6\.12\.[0-9]+\+deb[0-9]+-cloud-amd64$"),
+        // Debian 11's kernel line, as Amazon Linux 2 and Debian 11 run it.
+        "5.10" => Some((
+            r"^linux-image-5\.10\.0-[0-9]+-cloud-amd64$",
+            AptSource::Suite("bullseye"),
+        )),
+        "6.1" => Some((r"^linux-image-6\.1\.0-[0-9]+-cloud-amd64$", AptSource::Host)),
+        "6.12" => Some((
+            r"^linux-image-6\.12\.[0-9]+\+deb[0-9]+-cloud-amd64$",
+            AptSource::Host,
+        )),
         _ => None,
     }
+}
+
+/// The options that point apt at `source`: none for the host's sources;
+/// for a suite, its own sources list, package lists and cache under
+/// target/vm/apt/<suite>/, refreshed once per run.
+fn apt_options(source: AptSource) -> anyhow::Result<Vec<String>> {
+    let AptSource::Suite(suite) = source else {
+        return Ok(Vec::new());
+    };
+    let dir = vm_dir().join("apt").join(suite);
+    for sub in ["lists/partial", "cache/archives/partial"] {
+        fs::create_dir_all(dir.join(sub))?;
+    }
+    let keyring = "/usr/share/keyrings/debian-archive-keyring.gpg";
+    let sources = dir.join("sources.list");
+    fs::write(
+        &sources,
+        format!(
+            "deb [signed-by={keyring}] http://deb.debian.org/debian {suite} main\n\
+             deb [signed-by={keyring}] http://deb.debian.org/debian-security {suite}-security main\n"
+        ),
+    )?;
+    let options: Vec<String> = [
+        format!("Dir::Etc::SourceList={}", sources.display()),
+        "Dir::Etc::SourceParts=/nonexistent".to_string(),
+        format!("Dir::State::Lists={}", dir.join("lists").display()),
+        format!("Dir::Cache={}", dir.join("cache").display()),
+        "Dir::State::Status=/dev/null".to_string(),
+        // Fetching as root into directories the _apt user cannot write.
+        "APT::Sandbox::User=root".to_string(),
+    ]
+    .into_iter()
+    .flat_map(|o| ["-o".to_string(), o])
+    .collect();
+    run(Command::new("apt-get")
+        .args(&options)
+        .args(["-q", "update"]))?;
+    Ok(options)
 }
 
 /// The numbers in a package name, to order `6.1.0-9` before `6.1.0-57`.
@@ -135,9 +191,11 @@ fn version_key(name: &str) -> Vec<u64> {
         .collect()
 }
 
-/// The newest kernel package matching `pattern` that apt knows.
-fn newest_package(pattern: &str) -> anyhow::Result<String> {
+/// The newest kernel package matching `pattern` that apt (with `options`)
+/// knows.
+fn newest_package(pattern: &str, options: &[String]) -> anyhow::Result<String> {
     let out = Command::new("apt-cache")
+        .args(options)
         .args(["search", "--names-only", pattern])
         .output()
         .context("apt-cache search")?;
@@ -151,8 +209,9 @@ fn newest_package(pattern: &str) -> anyhow::Result<String> {
         })
 }
 
-/// Downloads and unpacks `package` once; the unpacked tree.
-fn fetch_package(package: &str) -> anyhow::Result<PathBuf> {
+/// Downloads (with apt `options`) and unpacks `package` once; the unpacked
+/// tree.
+fn fetch_package(package: &str, options: &[String]) -> anyhow::Result<PathBuf> {
     let tree = vm_dir().join("kernels").join(package);
     if tree.join("boot").is_dir() {
         return Ok(tree);
@@ -163,6 +222,7 @@ fn fetch_package(package: &str) -> anyhow::Result<PathBuf> {
     run_in(
         &debs,
         Command::new("apt-get")
+            .args(options)
             .args(["-o", "APT::Sandbox::User=root", "download"])
             .arg(package),
     )?;
@@ -207,13 +267,17 @@ fn kernel_in_tree(label: String, tree: PathBuf) -> anyhow::Result<Kernel> {
 /// `6.1`, `6.12` (Debian's newest cloud kernel of that line), a
 /// linux-image `.deb`, or a kernel image (booted without modules).
 fn resolve_kernel(arg: &str) -> anyhow::Result<Kernel> {
-    if let Some(pattern) = package_pattern(arg) {
-        let package = newest_package(pattern)?;
-        return kernel_in_tree(format!("{arg} ({package})"), fetch_package(&package)?);
+    if let Some((pattern, source)) = package_pattern(arg) {
+        let options = apt_options(source)?;
+        let package = newest_package(pattern, &options)?;
+        return kernel_in_tree(
+            format!("{arg} ({package})"),
+            fetch_package(&package, &options)?,
+        );
     }
     let path = PathBuf::from(arg);
     if !path.is_file() {
-        bail!("--kernel {arg}: neither 6.1, 6.12 nor a file");
+        bail!("--kernel {arg}: neither 5.10, 6.1, 6.12 nor a file");
     }
     if path.extension().is_some_and(|e| e == "deb") {
         let stem = path

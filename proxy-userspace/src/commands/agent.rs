@@ -25,8 +25,9 @@ use crate::{
         maps::BpfMaps,
         nic::{self, Nics},
         node_addresses::{self, InterfaceAddr},
-        sockets, Dataplane,
+        probe, sockets, Dataplane,
     },
+    features::Loadout,
     health_check::HealthCheckServer,
     metrics::Telemetry,
     model::Node,
@@ -242,6 +243,22 @@ fn raise_open_files_limit() {
     }
 }
 
+/// Probes the kernel and decides what to load: one line per feature it
+/// lacks, naming what degrades.
+fn kernel_loadout(classic_tc_asked: bool) -> anyhow::Result<Loadout> {
+    let (probed, loadout) = probe::this_kernel(classic_tc_asked)?;
+    for feature in probed.missing() {
+        warn!(
+            feature = feature.name(),
+            since = feature.first_kernel(),
+            "this kernel lacks {}: {}",
+            feature.name(),
+            feature.without()
+        );
+    }
+    Ok(loadout)
+}
+
 /// Host-originated traffic: the socket hooks on `--cgroup-path`, or on the
 /// cgroup2 root. Without a cgroup2 mount and no flag, host processes are
 /// simply not translated (pods still are).
@@ -273,7 +290,8 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     raise_open_files_limit();
     let mut source = Source::open(&args).await?;
     let pin_path = &args.pin.pin_path;
-    let mut dataplane = Dataplane::load(pin_path, !args.nic.is_empty())?;
+    let loadout = kernel_loadout(args.pod_attach == PodAttach::Tc)?;
+    let mut dataplane = Dataplane::load(pin_path, &loadout, !args.nic.is_empty())?;
     let mut maps = dataplane.take_maps()?;
     let mut reporting = Reporting {
         telemetry: Telemetry::new(pin_path),
@@ -288,8 +306,7 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     let facts = node_facts(&args, &addrs);
     info!(addresses = ?facts.addresses, range = ?facts.node_port_range, "node ports answer on");
     let mut pipeline = Pipeline::new(node, facts, adopted, args.maglev_table_size);
-    let classic_tc = args.pod_attach == PodAttach::Tc;
-    let mut interfaces = PodInterfaces::new(&args.pod_interfaces, pin_path, classic_tc)?;
+    let mut interfaces = PodInterfaces::new(&args.pod_interfaces, pin_path, loadout.classic_tc)?;
     let mut nics = if args.nic.is_empty() {
         info!("no --nic: nothing is served from outside the node");
         None
@@ -337,7 +354,9 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         None => false,
     };
     interfaces.reconcile(&mut dataplane)?;
-    attach_socket_hooks(&args, &mut dataplane)?;
+    if loadout.socket_hooks {
+        attach_socket_hooks(&args, &mut dataplane)?;
+    }
     follow_node(
         &args,
         &addrs,

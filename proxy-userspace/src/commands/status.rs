@@ -20,7 +20,9 @@ use crate::{
         fill::{self, Conntrack, CONNTRACK_COUNT_CAP},
         interfaces,
         maps::{BpfMaps, AGENT_WRITTEN},
-        nic, sockets, POD_INGRESS,
+        nic, probe, sockets,
+        xdp_mode::{xdp_mode, XdpMode},
+        POD_INGRESS,
     },
 };
 
@@ -37,9 +39,23 @@ struct Program {
     ifindex: Option<u32>,
     /// e.g. "tcx ingress", "xdp", "cgroup connect4".
     hook: String,
-    /// "tcx", "xdp" or "cgroup": how the link is attached. (Whether XDP
-    /// runs in native or generic mode is in the agent's log.)
+    /// "tcx", "tc" (a classic tc filter, kernels without tcx), "xdp" or
+    /// "cgroup": how the program is attached.
     mode: &'static str,
+    /// For XDP: "native", "generic" (needs GRO off) or "offloaded", as the
+    /// kernel reports it.
+    xdp_mode: Option<&'static str>,
+}
+
+/// A kernel feature kxdp probes, and what its absence means.
+#[derive(Debug, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct KernelFeature {
+    feature: &'static str,
+    present: bool,
+    since: &'static str,
+    /// What kxdp does without it.
+    without: &'static str,
 }
 
 #[derive(Debug, serde::Serialize)]
@@ -68,6 +84,7 @@ struct Status {
     /// This binary's version.
     version: &'static str,
     pin_path: String,
+    kernel: Vec<KernelFeature>,
     programs: Vec<Program>,
     maps: Vec<MapFill>,
     agent: AgentStatus,
@@ -77,33 +94,39 @@ fn programs(pin_path: &Path) -> anyhow::Result<Vec<Program>> {
     let links_dir = pin_path.join(crate::dataplane::LINKS_DIR);
     let context = || format!("reading links under {}", links_dir.display());
     let mut programs = Vec::new();
-    for (hook, interface) in interfaces::pinned_links(&links_dir)
-        .with_context(context)?
-        .into_keys()
-    {
+    for ((hook, interface), path) in interfaces::pinned_links(&links_dir).with_context(context)? {
         let direction = if hook == POD_INGRESS {
             "ingress"
         } else {
             "egress"
         };
+        let mode = if interfaces::is_tc_pin(&path) {
+            "tc"
+        } else {
+            "tcx"
+        };
         programs.push(Program {
             program: hook.program,
             interface: Some(interface.name),
             ifindex: Some(interface.index),
-            hook: format!("tcx {direction}"),
-            mode: "tcx",
+            hook: format!("{mode} {direction}"),
+            mode,
+            xdp_mode: None,
         });
     }
     for interface in nic::pinned_links(&links_dir)
         .with_context(context)?
         .into_keys()
     {
+        // An interface gone since shows as unknown.
+        let xdp_mode = xdp_mode(interface.index).map_or("unknown", XdpMode::name);
         programs.push(Program {
             program: nic::NIC_PROGRAM,
             interface: Some(interface.name),
             ifindex: Some(interface.index),
             hook: "xdp".into(),
             mode: "xdp",
+            xdp_mode: Some(xdp_mode),
         });
     }
     for program in sockets::pinned(&links_dir) {
@@ -113,9 +136,25 @@ fn programs(pin_path: &Path) -> anyhow::Result<Vec<Program>> {
             ifindex: None,
             hook: format!("cgroup {}", program.trim_start_matches("sock_")),
             mode: "cgroup",
+            xdp_mode: None,
         });
     }
     Ok(programs)
+}
+
+/// Every feature kxdp probes, probed now (the agent probed the same
+/// kernel).
+fn kernel() -> anyhow::Result<Vec<KernelFeature>> {
+    Ok(probe::probe()?
+        .0
+        .into_iter()
+        .map(|(feature, present)| KernelFeature {
+            feature: feature.name(),
+            present,
+            since: feature.first_kernel(),
+            without: feature.without(),
+        })
+        .collect())
 }
 
 fn maps(pin_path: &Path) -> anyhow::Result<Vec<MapFill>> {
@@ -219,18 +258,36 @@ fn render_table(status: &Status) -> String {
     }
     let _ = writeln!(
         out,
+        "\n{:<28}  {:<7}  {:<5}  WITHOUT IT",
+        "KERNEL FEATURE", "PRESENT", "SINCE"
+    );
+    for f in &status.kernel {
+        let _ = writeln!(
+            out,
+            "{:<28}  {:<7}  {:<5}  {}",
+            f.feature,
+            if f.present { "yes" } else { "no" },
+            f.since,
+            if f.present { "-" } else { f.without }
+        );
+    }
+    let _ = writeln!(
+        out,
         "\n{:<18}  {:<16}  {:>7}  {:<16}  MODE",
         "PROGRAM", "INTERFACE", "IFINDEX", "HOOK"
     );
     for p in &status.programs {
+        let mode = match p.xdp_mode {
+            Some(xdp) => format!("{} {xdp}", p.mode),
+            None => p.mode.to_string(),
+        };
         let _ = writeln!(
             out,
-            "{:<18}  {:<16}  {:>7}  {:<16}  {}",
+            "{:<18}  {:<16}  {:>7}  {:<16}  {mode}",
             p.program,
             p.interface.as_deref().unwrap_or("-"),
             p.ifindex.map_or_else(|| "-".into(), |i| i.to_string()),
             p.hook,
-            p.mode
         );
     }
     let _ = writeln!(
@@ -263,6 +320,7 @@ pub fn run(args: &StatusArgs) -> anyhow::Result<()> {
     let status = Status {
         version: env!("CARGO_PKG_VERSION"),
         pin_path: pin_path.display().to_string(),
+        kernel: kernel()?,
         programs: programs(pin_path)?,
         maps: maps(pin_path)?,
         agent: agent(args.health_addr),
@@ -282,6 +340,20 @@ mod tests {
         Status {
             version: "0.1.0",
             pin_path: "/sys/fs/bpf/kxdp".into(),
+            kernel: vec![
+                KernelFeature {
+                    feature: "tcx",
+                    present: false,
+                    since: "6.6",
+                    without: "classic tc filters",
+                },
+                KernelFeature {
+                    feature: "bpf_ktime_get_coarse_ns",
+                    present: true,
+                    since: "5.11",
+                    without: "bpf_ktime_get_ns",
+                },
+            ],
             programs: vec![
                 Program {
                     program: "pod_ingress",
@@ -289,6 +361,7 @@ mod tests {
                     ifindex: Some(7),
                     hook: "tcx ingress".into(),
                     mode: "tcx",
+                    xdp_mode: None,
                 },
                 Program {
                     program: "sock_connect4",
@@ -296,6 +369,15 @@ mod tests {
                     ifindex: None,
                     hook: "cgroup connect4".into(),
                     mode: "cgroup",
+                    xdp_mode: None,
+                },
+                Program {
+                    program: "nic_ingress",
+                    interface: Some("eth0".into()),
+                    ifindex: Some(2),
+                    hook: "xdp".into(),
+                    mode: "xdp",
+                    xdp_mode: Some("generic"),
                 },
             ],
             maps: vec![
@@ -336,7 +418,13 @@ mod tests {
         assert_eq!(
             json["programs"][0],
             serde_json::json!({"program": "pod_ingress", "interface": "veth1", "ifindex": 7,
-                               "hook": "tcx ingress", "mode": "tcx"})
+                               "hook": "tcx ingress", "mode": "tcx", "xdpMode": null})
+        );
+        assert_eq!(json["programs"][2]["xdpMode"], "generic");
+        assert_eq!(
+            json["kernel"][0],
+            serde_json::json!({"feature": "tcx", "present": false, "since": "6.6",
+                               "without": "classic tc filters"})
         );
         assert_eq!(json["programs"][1]["interface"], serde_json::Value::Null);
         assert_eq!(
@@ -364,6 +452,15 @@ mod tests {
         );
         assert!(table.contains("veth1"), "{table}");
         assert!(table.contains("65536+"), "{table}");
+        assert!(table.contains("xdp generic"), "{table}");
+        assert!(
+            table.contains("tcx                           no       6.6    classic tc filters"),
+            "{table}"
+        );
+        assert!(
+            table.contains("bpf_ktime_get_coarse_ns       yes      5.11   -"),
+            "{table}"
+        );
         let table = render_table(&status(Some(report())));
         assert!(
             table.contains("ready, healthy, last successful sync 2024-01-01T00:00:00Z"),

@@ -22,7 +22,7 @@ use std::{
 use aya::programs::{
     links::{FdLink, Link, PinnedLink},
     tc::{self, NlOptions, SchedClassifierLink, TcAttachOptions, TcError, TcHandle},
-    LinkOrder, ProgramError, SchedClassifier,
+    LinkOrder, SchedClassifier,
 };
 use tracing::{info, warn};
 
@@ -80,7 +80,7 @@ fn tc_pin_name(hook: PodHook, interface: &Interface) -> String {
 }
 
 /// Whether the pin at `path` records a classic tc filter.
-fn is_tc_pin(path: &Path) -> bool {
+pub fn is_tc_pin(path: &Path) -> bool {
     path.file_name()
         .and_then(|f| f.to_str())
         .is_some_and(|f| f.starts_with(TC_PIN_PREFIX))
@@ -179,7 +179,7 @@ pub struct PodInterfaces {
     /// By (hook, ifindex).
     attached: BTreeMap<(PodHook, u32), Interface>,
     /// Classic tc filters instead of tcx links: asked for, or the kernel
-    /// has no tcx (before 6.6).
+    /// has no tcx (`features::Feature::Tcx`).
     classic_tc: bool,
 }
 
@@ -272,39 +272,22 @@ impl PodInterfaces {
         Ok(())
     }
 
-    /// Attaches with tcx, or as a classic tc filter on kernels without tcx.
+    /// Attaches with tcx, or as a classic tc filter where the kernel has no
+    /// tcx or `--pod-attach tc` asked for it.
     fn attach(
         &mut self,
         program: &mut SchedClassifier,
         hook: PodHook,
         interface: &Interface,
     ) -> Result<&'static str, AttachError> {
-        if !self.classic_tc {
+        if self.classic_tc {
+            let path = self.links_dir.join(tc_pin_name(hook, interface));
+            attach_tc(program, hook, interface, &path)
+        } else {
             let path = self.links_dir.join(pin_name(hook, interface));
-            match attach(program, hook, interface, &path) {
-                Err(AttachTcx::NoTcx(e)) => {
-                    warn!(error = %e, "this kernel has no tcx (it needs 6.6): attaching pod programs as classic tc filters (clsact) instead");
-                    self.classic_tc = true;
-                }
-                Err(AttachTcx::Failed(e)) => return Err(e),
-                Ok(how) => return Ok(how),
-            }
+            attach(program, hook, interface, &path)
         }
-        let path = self.links_dir.join(tc_pin_name(hook, interface));
-        attach_tc(program, hook, interface, &path)
     }
-}
-
-/// Whether a tcx attach failed because the kernel has no tcx.
-fn no_tcx(error: &ProgramError) -> bool {
-    // Kernels before 6.6 do not know the tcx attach types.
-    matches!(error, ProgramError::SyscallError(e)
-        if matches!(e.io_error.raw_os_error(), Some(libc::EINVAL | libc::EOPNOTSUPP)))
-}
-
-enum AttachTcx {
-    NoTcx(ProgramError),
-    Failed(AttachError),
 }
 
 /// Swaps our program into a link pinned by an earlier agent.
@@ -326,14 +309,12 @@ fn attach(
     hook: PodHook,
     interface: &Interface,
     path: &Path,
-) -> Result<&'static str, AttachTcx> {
-    let fail = |e: String| AttachTcx::Failed(AttachError::Attach(interface.name.clone(), e));
+) -> Result<&'static str, AttachError> {
+    let fail = |e: String| AttachError::Attach(interface.name.clone(), e);
     let options = TcAttachOptions::TcxOrder(LinkOrder::default());
-    let id = match program.attach_with_options(&interface.name, hook.attach, options) {
-        Err(e) if no_tcx(&e) => return Err(AttachTcx::NoTcx(e)),
-        Err(e) => return Err(fail(e.to_string())),
-        Ok(id) => id,
-    };
+    let id = program
+        .attach_with_options(&interface.name, hook.attach, options)
+        .map_err(|e| fail(e.to_string()))?;
     let link = FdLink::try_from(program.take_link(id).map_err(|e| fail(e.to_string()))?)
         .map_err(|e| fail(e.to_string()))?;
     link.pin(path).map_err(|e| fail(e.to_string()))?;

@@ -8,7 +8,9 @@ pub mod maglev_tables;
 pub mod maps;
 pub mod nic;
 pub mod node_addresses;
+pub mod probe;
 pub mod sockets;
+pub mod xdp_mode;
 
 use std::path::Path;
 
@@ -17,7 +19,7 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 
-use crate::ebpf_object::KXDP_OBJECT;
+use crate::{ebpf_object::KXDP_OBJECT, features::Loadout};
 
 /// A tcx program on the host side of pod interfaces, and where it hooks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -52,6 +54,8 @@ pub const POD_EGRESS: PodHook = PodHook {
 pub const POD_HOOKS: [PodHook; 2] = [POD_INGRESS, POD_EGRESS];
 /// Sub-directory of the pin path holding pinned links.
 pub const LINKS_DIR: &str = "links";
+/// The object's global of `proxy_common::kernel` feature bits.
+pub const KXDP_FEATURES: &str = "KXDP_FEATURES";
 
 #[derive(Debug, thiserror::Error)]
 pub enum DataplaneError {
@@ -83,9 +87,13 @@ pub struct Dataplane {
 }
 
 impl Dataplane {
-    /// Loads the object; `with_nic` also loads the NIC program (no `--nic`,
-    /// no XDP).
-    pub fn load(pin_path: &Path, with_nic: bool) -> Result<Self, DataplaneError> {
+    /// Loads the object for this kernel's `loadout`; `with_nic` also loads
+    /// the NIC program (no `--nic`, no XDP).
+    pub fn load(
+        pin_path: &Path,
+        loadout: &Loadout,
+        with_nic: bool,
+    ) -> Result<Self, DataplaneError> {
         bpffs::prepare_pin_path(pin_path)?;
         maps::check_pinned_layout(pin_path)?;
         // Maps already pinned there are reused as they are: a restarted agent
@@ -101,6 +109,7 @@ impl Dataplane {
             // A BTF map carries no pinning attribute: named here.
             .map_pin_path(maglev_tables::MAGLEV, maglev_pin.as_path())
             .override_global(sockets::HOST_NETNS_COOKIE, &netns_cookie, true)
+            .override_global(KXDP_FEATURES, &loadout.datapath_bits, true)
             .load(KXDP_OBJECT)?;
         let mut dataplane = Self { ebpf };
         for hook in POD_HOOKS {
@@ -109,7 +118,12 @@ impl Dataplane {
                 .load()
                 .map_err(|e| DataplaneError::Program(hook.program, e))?;
         }
-        for name in sockets::SOCKET_PROGRAMS {
+        let socket_programs = if loadout.socket_hooks {
+            &sockets::SOCKET_PROGRAMS[..]
+        } else {
+            &[]
+        };
+        for &name in socket_programs {
             dataplane
                 .socket_program(name)?
                 .load()

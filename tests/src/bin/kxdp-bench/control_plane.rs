@@ -12,7 +12,7 @@ use k8s_openapi::{
 };
 use kxdp_testbed::{fake_apiserver::FakeApiServer, netns::MiniNode, privileged::PrivateBpffs};
 use proxy_userspace::{
-    dataplane::Dataplane,
+    dataplane::{probe, Dataplane},
     maglev,
     model::Node,
     pipeline::Pipeline,
@@ -206,7 +206,11 @@ fn one_change(i: usize, generation: u32) -> Update {
 /// them, change µs each).
 fn pipeline_run(n: usize, changes: usize) -> anyhow::Result<(f64, f64, Vec<f64>)> {
     let mount = PrivateBpffs::new("kxdp-bench-control")?;
-    let mut dataplane = Dataplane::load(&mount.path().join("kxdp"), false)?;
+    let mut dataplane = Dataplane::load(
+        &mount.path().join("kxdp"),
+        &probe::this_kernel(false)?.1,
+        false,
+    )?;
     let mut maps = dataplane.take_maps()?;
     let mut pipeline = Pipeline::new(
         Node::default(),

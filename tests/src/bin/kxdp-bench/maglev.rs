@@ -4,7 +4,7 @@
 
 use kxdp_testbed::privileged::PrivateBpffs;
 use proxy_userspace::{
-    dataplane::Dataplane,
+    dataplane::{probe, Dataplane},
     maglev::{self, Member},
     sync::MapStore,
 };
@@ -100,7 +100,11 @@ pub(crate) fn measure_maglev(plan: &Plan) -> anyhow::Result<MaglevReport> {
     }
 
     let mount = PrivateBpffs::new("kxdp-bench-maglev")?;
-    let mut dataplane = Dataplane::load(&mount.path().join("kxdp"), false)?;
+    let mut dataplane = Dataplane::load(
+        &mount.path().join("kxdp"),
+        &probe::this_kernel(false)?.1,
+        false,
+    )?;
     let mut maps = dataplane.take_maps()?;
     let before = kernel_kib()?;
     let started = Instant::now();

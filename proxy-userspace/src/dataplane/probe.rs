@@ -1,0 +1,186 @@
+//! Asks the kernel which `features::Feature`s it has, the way bpftool's
+//! feature probes do: load a minimal program calling the helper (or using
+//! the attach type), create a minimal map, or make a call whose error tells
+//! an unknown command from a bad argument. Each probe leaves nothing behind.
+
+use std::{
+    io,
+    os::fd::{FromRawFd as _, OwnedFd},
+};
+
+use crate::features::{loadout, Feature, Loadout, Probed, TooOld};
+
+const BPF_MAP_CREATE: libc::c_long = 0;
+const BPF_PROG_LOAD: libc::c_long = 5;
+const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
+const BPF_LINK_CREATE: libc::c_long = 28;
+
+const PROG_SCHED_CLS: u32 = 3;
+const PROG_CGROUP_SOCK_ADDR: u32 = 18;
+const MAP_ARRAY: u32 = 2;
+const BPF_F_INNER_MAP: u32 = 1 << 12;
+
+const ATTACH_CONNECT4: u32 = 10;
+const ATTACH_SENDMSG4: u32 = 14;
+const ATTACH_RECVMSG4: u32 = 19;
+const ATTACH_GETPEERNAME4: u32 = 29;
+const ATTACH_TCX_INGRESS: u32 = 46;
+
+const HELPER_REDIRECT_NEIGH: i32 = 152;
+const HELPER_KTIME_GET_COARSE_NS: i32 = 160;
+const HELPER_SET_RETVAL: i32 = 187;
+
+#[derive(Debug, thiserror::Error)]
+#[error("cannot probe the kernel's BPF features (are you root, with BPF enabled?): {0}")]
+pub struct ProbeError(#[source] io::Error);
+
+/// `bpf(2)` on an attribute block of the kernel's size.
+fn bpf(cmd: libc::c_long, attr: &mut [u8; 128]) -> io::Result<i64> {
+    // SAFETY: attr is a valid, initialised buffer of the length passed.
+    let rc = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr.as_mut_ptr(), attr.len()) };
+    if rc < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(rc)
+    }
+}
+
+/// `bpf(2)` for a command that returns a new descriptor.
+fn bpf_fd(cmd: libc::c_long, attr: &mut [u8; 128]) -> io::Result<OwnedFd> {
+    let fd = bpf(cmd, attr)?;
+    // SAFETY: the kernel handed this new descriptor to us.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+fn put_u32(attr: &mut [u8; 128], offset: usize, value: u32) {
+    attr[offset..offset + 4].copy_from_slice(&value.to_ne_bytes());
+}
+
+fn put_u64(attr: &mut [u8; 128], offset: usize, value: u64) {
+    attr[offset..offset + 8].copy_from_slice(&value.to_ne_bytes());
+}
+
+/// One instruction: opcode, registers, offset, immediate.
+const fn insn(code: u8, dst: u8, imm: i32) -> u64 {
+    code as u64 | (dst as u64) << 8 | (imm as u32 as u64) << 32
+}
+const fn mov64_imm(dst: u8, imm: i32) -> u64 {
+    insn(0xb7, dst, imm)
+}
+const fn call(helper: i32) -> u64 {
+    insn(0x85, 0, helper)
+}
+const EXIT: u64 = insn(0x95, 0, 0);
+
+/// Loads a GPL program; its descriptor.
+fn load(prog_type: u32, attach_type: u32, insns: &[u64]) -> io::Result<OwnedFd> {
+    let license = c"GPL";
+    let mut attr = [0u8; 128];
+    put_u32(&mut attr, 0, prog_type);
+    put_u32(&mut attr, 4, insns.len() as u32);
+    put_u64(&mut attr, 8, insns.as_ptr() as u64);
+    put_u64(&mut attr, 16, license.as_ptr() as u64);
+    put_u32(&mut attr, 68, attach_type);
+    bpf_fd(BPF_PROG_LOAD, &mut attr)
+}
+
+/// Whether a program of `prog_type` (for `attach_type`) may call `helper`
+/// (with zeroed arguments) and return `ret`.
+fn helper_loads(prog_type: u32, attach_type: u32, helper: i32, ret: i32) -> bool {
+    let insns = [
+        mov64_imm(1, 0),
+        mov64_imm(2, 0),
+        mov64_imm(3, 0),
+        mov64_imm(4, 0),
+        call(helper),
+        mov64_imm(0, ret),
+        EXIT,
+    ];
+    load(prog_type, attach_type, &insns).is_ok()
+}
+
+fn array_map(flags: u32) -> io::Result<OwnedFd> {
+    let mut attr = [0u8; 128];
+    put_u32(&mut attr, 0, MAP_ARRAY);
+    put_u32(&mut attr, 4, 4);
+    put_u32(&mut attr, 8, 8);
+    put_u32(&mut attr, 12, 1);
+    put_u32(&mut attr, 16, flags);
+    bpf_fd(BPF_MAP_CREATE, &mut attr)
+}
+
+fn socket_hooks() -> bool {
+    [
+        ATTACH_CONNECT4,
+        ATTACH_SENDMSG4,
+        ATTACH_RECVMSG4,
+        ATTACH_GETPEERNAME4,
+    ]
+    .iter()
+    .all(|&attach| load(PROG_CGROUP_SOCK_ADDR, attach, &[mov64_imm(0, 1), EXIT]).is_ok())
+}
+
+/// An empty batch update: kernels without batch operations do not know the
+/// command (EINVAL); others accept it.
+fn map_batch_ops() -> io::Result<bool> {
+    let map = array_map(0)?;
+    let mut attr = [0u8; 128];
+    put_u32(&mut attr, 36, std::os::fd::AsRawFd::as_raw_fd(&map) as u32);
+    Ok(bpf(BPF_MAP_UPDATE_BATCH, &mut attr).is_ok())
+}
+
+/// A tcx link to no interface: kernels with tcx look for the interface
+/// (ENODEV); older ones do not know the attach type (EINVAL).
+fn tcx(classifier: &OwnedFd) -> bool {
+    let mut attr = [0u8; 128];
+    put_u32(
+        &mut attr,
+        0,
+        std::os::fd::AsRawFd::as_raw_fd(classifier) as u32,
+    );
+    put_u32(&mut attr, 8, ATTACH_TCX_INGRESS);
+    // A link made anyway (it cannot be: there is no interface 0) closes here.
+    matches!(bpf_fd(BPF_LINK_CREATE, &mut attr), Err(e) if e.raw_os_error() == Some(libc::ENODEV))
+}
+
+/// Probes every feature. Fails only when not even a plain tc program
+/// loads: then nothing could be told apart.
+pub fn probe() -> Result<Probed, ProbeError> {
+    let classifier = load(PROG_SCHED_CLS, 0, &[mov64_imm(0, 0), EXIT]).map_err(ProbeError)?;
+    let found = Feature::ALL
+        .iter()
+        .map(|&feature| {
+            let present = match feature {
+                Feature::RedirectNeigh => helper_loads(PROG_SCHED_CLS, 0, HELPER_REDIRECT_NEIGH, 0),
+                Feature::InnerMapSizes => array_map(BPF_F_INNER_MAP).is_ok(),
+                Feature::MapBatchOps => map_batch_ops().map_err(ProbeError)?,
+                Feature::SocketHooks => socket_hooks(),
+                Feature::KtimeCoarse => {
+                    helper_loads(PROG_SCHED_CLS, 0, HELPER_KTIME_GET_COARSE_NS, 0)
+                }
+                Feature::SockAddrSetRetval => {
+                    helper_loads(PROG_CGROUP_SOCK_ADDR, ATTACH_CONNECT4, HELPER_SET_RETVAL, 1)
+                }
+                Feature::Tcx => tcx(&classifier),
+            };
+            Ok((feature, present))
+        })
+        .collect::<Result<_, ProbeError>>()?;
+    Ok(Probed(found))
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum KernelError {
+    #[error(transparent)]
+    Probe(#[from] ProbeError),
+    #[error(transparent)]
+    TooOld(#[from] TooOld),
+}
+
+/// What this kernel has, and what kxdp loads on it
+/// (`features::loadout`); `classic_tc_asked`: `--pod-attach tc`.
+pub fn this_kernel(classic_tc_asked: bool) -> Result<(Probed, Loadout), KernelError> {
+    let probed = probe()?;
+    let loadout = loadout(&probed, classic_tc_asked)?;
+    Ok((probed, loadout))
+}

@@ -1,0 +1,229 @@
+//! The kernel features kxdp uses beyond what every kernel it supports has
+//! (Linux 5.10 and newer), what each one's absence means, and what to load
+//! given a probe's findings. Pure: `dataplane::probe` asks the kernel.
+//!
+//! kxdp decides by what loads, never by the kernel's version (a
+//! distribution kernel may carry features of a later release). The first
+//! kernel named for each is the upstream release that brought it, for the
+//! README and for messages.
+
+use proxy_common::kernel::{FEATURE_KTIME_COARSE, FEATURE_SOCK_ADDR_SET_RETVAL};
+
+/// A probed kernel feature.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Feature {
+    /// `bpf_redirect_neigh` in tc programs: replies to NodePort clients
+    /// leave through the FIB's interface with the neighbour resolved.
+    RedirectNeigh,
+    /// `BPF_F_INNER_MAP`: Maglev tables of different sizes in one array of
+    /// maps.
+    InnerMapSizes,
+    /// `BPF_MAP_UPDATE_BATCH` on arrays: Maglev tables written in one call.
+    MapBatchOps,
+    /// The four cgroup `sock_addr` hooks of socket-level balancing
+    /// (connect4, sendmsg4, recvmsg4 and getpeername4, the last in 5.8).
+    SocketHooks,
+    /// `bpf_ktime_get_coarse_ns` in tc and XDP programs.
+    KtimeCoarse,
+    /// `bpf_set_retval` in cgroup `sock_addr` programs.
+    SockAddrSetRetval,
+    /// tcx links for the pod programs.
+    Tcx,
+}
+
+impl Feature {
+    /// Every feature, in the order they are probed and listed.
+    pub const ALL: [Feature; 7] = [
+        Feature::RedirectNeigh,
+        Feature::InnerMapSizes,
+        Feature::MapBatchOps,
+        Feature::SocketHooks,
+        Feature::KtimeCoarse,
+        Feature::SockAddrSetRetval,
+        Feature::Tcx,
+    ];
+
+    /// Its name in logs and `kxdp status`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Feature::RedirectNeigh => "bpf_redirect_neigh",
+            Feature::InnerMapSizes => "BPF_F_INNER_MAP",
+            Feature::MapBatchOps => "map batch ops",
+            Feature::SocketHooks => "cgroup sock_addr hooks",
+            Feature::KtimeCoarse => "bpf_ktime_get_coarse_ns",
+            Feature::SockAddrSetRetval => "bpf_set_retval in sock_addr",
+            Feature::Tcx => "tcx",
+        }
+    }
+
+    /// The upstream release that brought it.
+    pub fn first_kernel(self) -> &'static str {
+        match self {
+            Feature::RedirectNeigh | Feature::InnerMapSizes => "5.10",
+            Feature::MapBatchOps => "5.6",
+            Feature::SocketHooks => "5.8",
+            Feature::KtimeCoarse => "5.11",
+            Feature::SockAddrSetRetval => "6.1",
+            Feature::Tcx => "6.6",
+        }
+    }
+
+    /// What kxdp does without it.
+    pub fn without(self) -> &'static str {
+        match self {
+            Feature::RedirectNeigh | Feature::InnerMapSizes | Feature::MapBatchOps => {
+                "required: the datapath cannot load (kxdp needs Linux 5.10 or newer)"
+            }
+            Feature::SocketHooks => {
+                "no socket-level balancing: host processes do not reach ClusterIPs (pods still do)"
+            }
+            Feature::KtimeCoarse => {
+                "entries are stamped from bpf_ktime_get_ns instead (the same seconds, read a little more dearly)"
+            }
+            Feature::SockAddrSetRetval => {
+                "a host process connecting to a Service without endpoints gets EPERM instead of ECONNREFUSED"
+            }
+            Feature::Tcx => {
+                "pod programs are attached as classic tc filters of a clsact qdisc instead of tcx links"
+            }
+        }
+    }
+
+    fn required(self) -> bool {
+        matches!(
+            self,
+            Feature::RedirectNeigh | Feature::InnerMapSizes | Feature::MapBatchOps
+        )
+    }
+}
+
+/// What a probe found: each feature and whether the kernel has it.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Probed(pub Vec<(Feature, bool)>);
+
+impl Probed {
+    pub fn has(&self, feature: Feature) -> bool {
+        self.0.iter().any(|&(f, present)| f == feature && present)
+    }
+
+    pub fn missing(&self) -> impl Iterator<Item = Feature> + '_ {
+        self.0.iter().filter(|(_, p)| !p).map(|&(f, _)| f)
+    }
+}
+
+/// What to load and how, decided from the probe.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Loadout {
+    /// `KXDP_FEATURES` for the object (`proxy_common::kernel`).
+    pub datapath_bits: u32,
+    /// Load and attach the cgroup socket hooks.
+    pub socket_hooks: bool,
+    /// Attach the pod programs as classic tc filters.
+    pub classic_tc: bool,
+}
+
+/// The kernel lacks what every supported kernel has.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+#[error("this kernel lacks {}: kxdp needs Linux 5.10 or newer", names(.0))]
+pub struct TooOld(pub Vec<Feature>);
+
+fn names(features: &[Feature]) -> String {
+    features
+        .iter()
+        .map(|f| format!("{} ({})", f.name(), f.first_kernel()))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The loadout for `probed`; `classic_tc_asked`: `--pod-attach tc`.
+pub fn loadout(probed: &Probed, classic_tc_asked: bool) -> Result<Loadout, TooOld> {
+    let too_old: Vec<Feature> = probed.missing().filter(|f| f.required()).collect();
+    if !too_old.is_empty() {
+        return Err(TooOld(too_old));
+    }
+    let mut datapath_bits = 0;
+    if probed.has(Feature::KtimeCoarse) {
+        datapath_bits |= FEATURE_KTIME_COARSE;
+    }
+    if probed.has(Feature::SockAddrSetRetval) {
+        datapath_bits |= FEATURE_SOCK_ADDR_SET_RETVAL;
+    }
+    Ok(Loadout {
+        datapath_bits,
+        socket_hooks: probed.has(Feature::SocketHooks),
+        classic_tc: classic_tc_asked || !probed.has(Feature::Tcx),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn probed(missing: &[Feature]) -> Probed {
+        Probed(
+            Feature::ALL
+                .iter()
+                .map(|&f| (f, !missing.contains(&f)))
+                .collect(),
+        )
+    }
+
+    #[test]
+    fn a_kernel_with_everything_gets_every_datapath_feature_and_tcx() {
+        assert_eq!(
+            loadout(&probed(&[]), false),
+            Ok(Loadout {
+                datapath_bits: FEATURE_KTIME_COARSE | FEATURE_SOCK_ADDR_SET_RETVAL,
+                socket_hooks: true,
+                classic_tc: false,
+            })
+        );
+        assert!(loadout(&probed(&[]), true).unwrap().classic_tc);
+    }
+
+    #[test]
+    fn a_5_10_kernel_degrades_the_clock_the_refusal_error_and_the_attach() {
+        let on_5_10 = probed(&[
+            Feature::KtimeCoarse,
+            Feature::SockAddrSetRetval,
+            Feature::Tcx,
+        ]);
+        assert_eq!(
+            loadout(&on_5_10, false),
+            Ok(Loadout {
+                datapath_bits: 0,
+                socket_hooks: true,
+                classic_tc: true,
+            })
+        );
+    }
+
+    #[test]
+    fn without_socket_hooks_only_they_are_left_out() {
+        let out = loadout(&probed(&[Feature::SocketHooks]), false).unwrap();
+        assert!(!out.socket_hooks);
+        assert!(!out.classic_tc);
+        assert_ne!(out.datapath_bits, 0);
+    }
+
+    #[test]
+    fn a_kernel_older_than_5_10_is_refused_naming_what_it_lacks() {
+        let err = loadout(
+            &probed(&[Feature::RedirectNeigh, Feature::KtimeCoarse]),
+            false,
+        )
+        .unwrap_err();
+        assert_eq!(err, TooOld(vec![Feature::RedirectNeigh]));
+        assert!(err.to_string().contains("bpf_redirect_neigh (5.10)"));
+    }
+
+    #[test]
+    fn every_feature_is_listed_once_with_a_kernel_and_a_consequence() {
+        for (i, f) in Feature::ALL.iter().enumerate() {
+            assert!(!Feature::ALL[i + 1..].contains(f), "{f:?} twice");
+            assert!(f.first_kernel().starts_with(['5', '6']));
+            assert!(!f.without().is_empty());
+        }
+    }
+}
