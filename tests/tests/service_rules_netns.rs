@@ -14,6 +14,7 @@ use std::{
 
 use kxdp_testbed::{
     agent::{pod_hook_adopted, Agent},
+    datapath::back_date_affinity,
     manifests::{
         endpoint_slice, external_name_service, legacy_endpoints, service, Endpoint,
         SLICE_CONTROLLER,
@@ -546,9 +547,10 @@ fn client_ip_affinity_keeps_a_client_on_one_backend_until_its_timeout() {
     let target = format!("{vip}:80");
     let s = EchoScenario::new(3, env!("CARGO_BIN_EXE_kxdp-peer").into()).expect("echo scenario");
     let ports = ["{name: http, port: 80, protocol: TCP, targetPort: 8080}"];
-    // The shortest timeout the API allows, so the test can outlast it.
+    // Long enough that no burst outlasts it, even under emulation; the test
+    // outlasts it by back-dating the client's affinity entry instead.
     let sticky = service("sticky", "ClusterIP", vip, Some("sticky"), &ports)
-        + "  sessionAffinity: ClientIP\n  sessionAffinityConfig: {clientIP: {timeoutSeconds: 1}}\n";
+        + "  sessionAffinity: ClientIP\n  sessionAffinityConfig: {clientIP: {timeoutSeconds: 30}}\n";
     let endpoints: Vec<Endpoint> = s.backends.iter().map(|b| Endpoint::ready(*b)).collect();
     let slice = endpoint_slice(
         "sticky",
@@ -561,17 +563,22 @@ fn client_ip_affinity_keeps_a_client_on_one_backend_until_its_timeout() {
         .unwrap();
     let _agent = s.start_agent().unwrap();
     // Each burst of connections sticks to one backend; between bursts the
-    // affinity lapses (1 s, counted in whole seconds), so over several
-    // bursts the client moves. With 3 backends, 7 bursts all landing on one
-    // is a 3 × (1/3)^7 ≈ 0.14% chance.
+    // client's entry is made 31 s old, so the affinity has lapsed and over
+    // several bursts the client moves. With 3 backends, 7 bursts all
+    // landing on one is a 3 × (1/3)^7 ≈ 0.14% chance.
     let mut chosen = BTreeSet::new();
     for burst in 0..7 {
         let backends = http_backends(&s, &target, 5);
         assert_eq!(backends.len(), 1, "burst {burst}: {backends:?}");
         chosen.extend(backends);
-        std::thread::sleep(Duration::from_millis(2_100));
+        let aged = back_date_affinity(&s.node.pin_path(), 31).unwrap();
+        assert_eq!(aged, 1, "one client, one entry");
     }
     assert!(chosen.len() > 1, "never moved: {chosen:?}");
+    // A lapse just inside the timeout keeps the client where it is.
+    let before = http_backends(&s, &target, 1);
+    back_date_affinity(&s.node.pin_path(), 29).unwrap();
+    assert_eq!(http_backends(&s, &target, 3), before);
 }
 
 #[test]

@@ -31,53 +31,18 @@ const HOST_PACKAGES: &[&str] = &[
 /// The system's CA bundle, which the Kubernetes client loads when a
 /// kubeconfig names no CA of its own (the API server stand-in's).
 const CA_BUNDLE: &str = "etc/ssl/certs/ca-certificates.crt";
-/// A suite the VM runs (tests/tests/<name>.rs) and tests it leaves out.
-#[derive(Debug)]
-struct Suite {
-    name: &'static str,
-    skip: &'static [&'static str],
-}
-const SUITES: &[Suite] = &[
-    Suite {
-        name: "packet_tests",
-        skip: &[],
-    },
-    Suite {
-        name: "clusterip_netns",
-        skip: &[],
-    },
-    Suite {
-        name: "service_rules_netns",
-        // Each burst of five connections must fit in the shortest affinity
-        // timeout the API allows (1 s); emulated curls do not.
-        skip: &["client_ip_affinity_keeps_a_client_on_one_backend_until_its_timeout"],
-    },
-    Suite {
-        name: "socket_lb_netns",
-        skip: &[],
-    },
-    Suite {
-        name: "admin_netns",
-        skip: &[],
-    },
-    Suite {
-        name: "nodeport_netns",
-        skip: &[],
-    },
-    Suite {
-        name: "kubernetes_netns",
-        skip: &[],
-    },
-    Suite {
-        name: "two_node_topology",
-        skip: &[],
-    },
-    Suite {
-        name: "nic_packet_tests",
-        // Back-dates a flow by 2 h, but the datapath's clock starts at boot:
-        // a fresh VM cannot hold a flow that old.
-        skip: &["snat_ports_of_gone_closed_or_idle_flows_are_taken_over"],
-    },
+/// The suites the VM runs (tests/tests/<name>.rs), every test of each.
+const SUITES: &[&str] = &[
+    "kernel_probe",
+    "packet_tests",
+    "clusterip_netns",
+    "service_rules_netns",
+    "socket_lb_netns",
+    "admin_netns",
+    "nodeport_netns",
+    "kubernetes_netns",
+    "two_node_topology",
+    "nic_packet_tests",
 ];
 /// Host programs the suites run, copied in with their libraries (busybox's
 /// `ip` makes no veth pairs, its `tc` shows no filters, its ping and
@@ -117,6 +82,8 @@ struct Kernel {
     image: PathBuf,
     /// The unpacked package (boot/, lib/modules/<release>/).
     tree: Option<(PathBuf, String)>,
+    /// For a kernel line of the matrix, what the probe must find missing.
+    expect_missing: Option<&'static str>,
 }
 
 /// Where apt finds a kernel line: the host's own sources, or a Debian
@@ -128,20 +95,34 @@ enum AptSource {
     Suite(&'static str),
 }
 
-/// Debian's package name pattern for `version` (apt-cache regex) and where
-/// apt finds it.
-fn package_pattern(version: &str) -> Option<(&'static str, AptSource)> {
+/// A kernel line of the matrix: Debian's package name pattern (apt-cache
+/// regex), where apt finds it, and the features kxdp's probe must find
+/// missing there (`features::Feature::name`, in probe order), which the
+/// `kernel_probe` suite checks.
+struct KernelLine {
+    pattern: &'static str,
+    source: AptSource,
+    missing: &'static str,
+}
+
+fn kernel_line(version: &str) -> Option<KernelLine> {
     match version {
         // Debian 11's kernel line, as Amazon Linux 2 and Debian 11 run it.
-        "5.10" => Some((
-            r"^linux-image-5\.10\.0-[0-9]+-cloud-amd64$",
-            AptSource::Suite("bullseye"),
-        )),
-        "6.1" => Some((r"^linux-image-6\.1\.0-[0-9]+-cloud-amd64$", AptSource::Host)),
-        "6.12" => Some((
-            r"^linux-image-6\.12\.[0-9]+\+deb[0-9]+-cloud-amd64$",
-            AptSource::Host,
-        )),
+        "5.10" => Some(KernelLine {
+            pattern: r"^linux-image-5\.10\.0-[0-9]+-cloud-amd64$",
+            source: AptSource::Suite("bullseye"),
+            missing: "bpf_ktime_get_coarse_ns,bpf_set_retval in sock_addr,tcx",
+        }),
+        "6.1" => Some(KernelLine {
+            pattern: r"^linux-image-6\.1\.0-[0-9]+-cloud-amd64$",
+            source: AptSource::Host,
+            missing: "tcx",
+        }),
+        "6.12" => Some(KernelLine {
+            pattern: r"^linux-image-6\.12\.[0-9]+\+deb[0-9]+-cloud-amd64$",
+            source: AptSource::Host,
+            missing: "",
+        }),
         _ => None,
     }
 }
@@ -261,19 +242,22 @@ fn kernel_in_tree(label: String, tree: PathBuf) -> anyhow::Result<Kernel> {
         label,
         image: tree.join("boot").join(format!("vmlinuz-{release}")),
         tree: Some((tree, release)),
+        expect_missing: None,
     })
 }
 
 /// `6.1`, `6.12` (Debian's newest cloud kernel of that line), a
 /// linux-image `.deb`, or a kernel image (booted without modules).
 fn resolve_kernel(arg: &str) -> anyhow::Result<Kernel> {
-    if let Some((pattern, source)) = package_pattern(arg) {
-        let options = apt_options(source)?;
-        let package = newest_package(pattern, &options)?;
-        return kernel_in_tree(
+    if let Some(line) = kernel_line(arg) {
+        let options = apt_options(line.source)?;
+        let package = newest_package(line.pattern, &options)?;
+        let mut kernel = kernel_in_tree(
             format!("{arg} ({package})"),
             fetch_package(&package, &options)?,
-        );
+        )?;
+        kernel.expect_missing = Some(line.missing);
+        return Ok(kernel);
     }
     let path = PathBuf::from(arg);
     if !path.is_file() {
@@ -294,6 +278,7 @@ fn resolve_kernel(arg: &str) -> anyhow::Result<Kernel> {
         label: arg.to_string(),
         image: path,
         tree: None,
+        expect_missing: None,
     })
 }
 
@@ -326,14 +311,14 @@ fn cargo_executables(args: &[&str]) -> anyhow::Result<Vec<(String, PathBuf)>> {
 /// What the VM runs: the suites' test binaries by suite, and the programs
 /// they start by the variable that names them (`PROGRAMS`).
 struct Built {
-    suites: Vec<(&'static Suite, PathBuf)>,
+    suites: Vec<(&'static str, PathBuf)>,
     programs: Vec<(&'static str, PathBuf)>,
 }
 
 fn build() -> anyhow::Result<Built> {
     let mut args = vec!["test", "--no-run", "-p", "kxdp-testbed"];
     for suite in SUITES {
-        args.extend(["--test", suite.name]);
+        args.extend(["--test", suite]);
     }
     let mut built = cargo_executables(&args)?;
     built.extend(cargo_executables(&[
@@ -346,8 +331,8 @@ fn build() -> anyhow::Result<Built> {
     let mut suites = Vec::new();
     let mut programs = Vec::new();
     for (name, path) in built {
-        if let Some(suite) = SUITES.iter().find(|s| s.name == name) {
-            suites.push((suite, path));
+        if let Some(suite) = SUITES.iter().find(|s| **s == name) {
+            suites.push((*suite, path));
         } else if let Some((_, variable)) = PROGRAMS.iter().find(|(p, _)| *p == name) {
             programs.push((*variable, path));
         }
@@ -466,6 +451,9 @@ fn initramfs(name: &str, kernel: &Kernel, built: &Built) -> anyhow::Result<PathB
     fs::set_permissions(root.join("init"), fs::Permissions::from_mode(0o755))?;
     let mut binaries = Vec::new();
     let mut script = String::new();
+    if let Some(missing) = kernel.expect_missing {
+        script.push_str(&format!("export KXDP_EXPECT_MISSING='{missing}'\n"));
+    }
     // Where the host has them: suites find them by compiled-in paths, and
     // by these variables.
     for (variable, program) in &built.programs {
@@ -474,13 +462,9 @@ fn initramfs(name: &str, kernel: &Kernel, built: &Built) -> anyhow::Result<PathB
         binaries.push(program.clone());
     }
     for (suite, exe) in &built.suites {
-        strip(exe, &root.join("suites").join(suite.name))?;
+        strip(exe, &root.join("suites").join(suite))?;
         binaries.push(exe.clone());
-        script.push_str(&format!("run_suite {}", suite.name));
-        for test in suite.skip {
-            script.push_str(&format!(" --skip {test}"));
-        }
-        script.push('\n');
+        script.push_str(&format!("run_suite {suite}\n"));
     }
     fs::write(root.join("suites.sh"), script)?;
     install(

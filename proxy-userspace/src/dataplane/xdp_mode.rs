@@ -54,7 +54,7 @@ fn attributes(mut bytes: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
             return None;
         }
         let payload = &bytes[4..len];
-        bytes = &bytes[(len + 3 & !3).min(bytes.len())..];
+        bytes = &bytes[((len + 3) & !3).min(bytes.len())..];
         Some((kind, payload))
     })
 }
@@ -164,7 +164,7 @@ mod tests {
         let mut out = ((payload.len() + 4) as u16).to_ne_bytes().to_vec();
         out.extend(kind.to_ne_bytes());
         out.extend(payload);
-        out.resize(out.len() + 3 & !3, 0);
+        out.resize((out.len() + 3) & !3, 0);
         out
     }
 
