@@ -43,7 +43,7 @@ pub struct AgentHost<'a> {
 }
 
 /// What a restarted agent logs for each pod hook it takes over: a pinned
-/// tcx link's program replaced, or below Linux 6.6 (the 6.1 VM suite) a
+/// tcx link's program replaced, or where the kernel has no tcx (the 5.10 and 6.1 VMs) a
 /// classic tc filter's.
 pub fn pod_hook_adopted() -> &'static str {
     if kernel_has_tcx() {

@@ -19,15 +19,11 @@ pub fn require_root(suite: &str) {
     );
 }
 
-/// Whether the running kernel has tcx (Linux 6.6): below it the agent
-/// attaches pod programs as classic tc filters, and its log says so.
+/// Whether this kernel has tcx, as the agent's probe finds it.
 pub fn kernel_has_tcx() -> bool {
-    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-    let mut numbers = release
-        .split(|c: char| !c.is_ascii_digit())
-        .map(|n| n.parse::<u32>().unwrap_or(0));
-    let version = (numbers.next().unwrap_or(0), numbers.next().unwrap_or(0));
-    version >= (6, 6)
+    let (probed, _) = proxy_userspace::dataplane::probe::this_kernel(false)
+        .unwrap_or_else(|e| panic!("probing the kernel: {e}"));
+    probed.has(proxy_userspace::features::Feature::Tcx)
 }
 
 /// A bpffs mounted on a fresh temporary directory; unmounted and removed on drop.

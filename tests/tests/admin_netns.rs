@@ -11,6 +11,7 @@ use std::{
 };
 
 use kxdp_testbed::{agent::Agent, scenario::EchoScenario};
+use proxy_userspace::{dataplane::probe, features::Feature};
 
 const WAIT: Duration = Duration::from_secs(10);
 const HEALTH: &str = "127.0.0.1:10256";
@@ -138,13 +139,32 @@ fn readiness_follows_the_first_sync_and_metrics_count_the_traffic() {
     assert_eq!(after["kxdp_scrape_read_errors"], 0.0);
 
     let status = json(&s.kxdp(&["status", "--output", "json"]).unwrap());
+    // The probe's findings, each with what its absence means.
+    let (probed, _) = probe::this_kernel(false).expect("probing the kernel");
+    let kernel = status["kernel"].as_array().unwrap();
+    assert_eq!(kernel.len(), Feature::ALL.len(), "{status}");
+    for (feature, present) in &probed.0 {
+        let listed = kernel
+            .iter()
+            .find(|f| f["feature"] == feature.name())
+            .unwrap_or_else(|| panic!("{} not listed: {status}", feature.name()));
+        assert_eq!(listed["present"], *present, "{status}");
+        assert_eq!(listed["since"], feature.first_kernel(), "{status}");
+    }
+    // Pod programs as tcx links, or as classic tc filters where the kernel
+    // has no tcx.
+    let pod_mode = if probed.has(Feature::Tcx) {
+        "tcx"
+    } else {
+        "tc"
+    };
     let programs = status["programs"].as_array().unwrap();
     for pod in &s.node.pods {
         for program in ["pod_ingress", "pod_egress"] {
             assert!(
                 programs.iter().any(|p| p["program"] == program
                     && p["interface"] == pod.host_interface.as_str()
-                    && p["mode"] == "tcx"),
+                    && p["mode"] == pod_mode),
                 "{program} on {}: {status}",
                 pod.host_interface
             );
@@ -258,4 +278,19 @@ fn a_nic_that_cannot_be_served_keeps_the_agent_unready() {
             .unwrap();
     }
     wait_for_code(&s, HEALTH, "/readyz", 200);
+    // veth runs XDP in the driver; `kxdp status` asks the kernel.
+    let status = json(&s.kxdp(&["status", "--output", "json"]).unwrap());
+    let nic = status["programs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["program"] == "nic_ingress")
+        .unwrap_or_else(|| panic!("{status}"));
+    assert_eq!(
+        (&nic["interface"], &nic["xdpMode"]),
+        (&"kxdpnic0".into(), &"native".into()),
+        "{status}"
+    );
+    let table = s.kxdp(&["status"]).unwrap();
+    assert!(table.contains("xdp native"), "{table}");
 }

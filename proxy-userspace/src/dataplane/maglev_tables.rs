@@ -178,6 +178,9 @@ pub struct MaglevTables {
     /// Why an early commit (too many tables waiting) failed: reported by
     /// the next [`Self::commit`], which the sync checks.
     failed_early: Option<String>,
+    /// Whether the kernel takes batch updates of an array of maps (5.10
+    /// does not): otherwise a commit updates slot by slot.
+    outer_batches: bool,
 }
 
 impl MaglevTables {
@@ -186,6 +189,7 @@ impl MaglevTables {
     pub fn new(outer: Map, record: Map) -> Result<Self, MapError> {
         ArrayOfMaps::<&MapData, MapData>::try_from(&outer)?;
         Array::<&MapData, u32>::try_from(&record)?;
+        let outer_batches = fd_of(&outer).is_ok_and(takes_batch_updates);
         Ok(Self {
             outer,
             record,
@@ -193,6 +197,7 @@ impl MaglevTables {
             removals: Vec::new(),
             empty: None,
             failed_early: None,
+            outer_batches,
         })
     }
 
@@ -254,9 +259,10 @@ impl MaglevTables {
 
     /// Swaps in the new tables and replaces the removed ones by the empty
     /// table: one batch update of the outer array, so one wait for running
-    /// programs (Linux ≥ 6.8). The queue is emptied even on failure; a
-    /// failure may leave part of the batch applied. An early commit's
-    /// failure is reported here too.
+    /// programs (Linux ≥ 6.8); one update per slot where the kernel has no
+    /// batch updates of arrays of maps. The queue is emptied even on
+    /// failure; a failure may leave part of the batch applied. An early
+    /// commit's failure is reported here too.
     pub fn commit(&mut self) -> Result<(), TableError> {
         if let Some(e) = self.failed_early.take() {
             self.swaps.clear();
@@ -292,8 +298,15 @@ impl MaglevTables {
             &mut ids,
         )
         .map_err(io_error("recording tables"))?;
-        batch_call(BatchOp::Update, fd_of(&self.outer)?, &mut keys, &mut fds)
-            .map_err(io_error("swapping tables"))
+        let outer = fd_of(&self.outer)?;
+        if self.outer_batches {
+            return batch_call(BatchOp::Update, outer, &mut keys, &mut fds)
+                .map_err(io_error("swapping tables"));
+        }
+        for (key, fd) in keys.iter().zip(&fds) {
+            update_elem(outer, key, fd).map_err(io_error("swapping tables"))?;
+        }
+        Ok(())
     }
 
     /// The live table of `service_id` and its entries.
@@ -528,6 +541,46 @@ fn batch_call<V>(
             attr.count,
             keys.len()
         )));
+    }
+    Ok(())
+}
+
+/// Whether `map` takes batch updates: an empty one fails with ENOTSUPP on
+/// kernels without them for its type, and does nothing otherwise.
+pub fn takes_batch_updates(map: BorrowedFd<'_>) -> bool {
+    batch_call::<u32>(BatchOp::Update, map, &mut [], &mut []).is_ok()
+}
+
+/// `BPF_MAP_UPDATE_ELEM` of one `key` with `value` (any flags).
+fn update_elem<K, V>(map: BorrowedFd<'_>, key: &K, value: &V) -> io::Result<()> {
+    const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
+    #[repr(C)]
+    struct ElemAttr {
+        map_fd: u32,
+        _pad: u32,
+        key: u64,
+        value: u64,
+        flags: u64,
+    }
+    let mut attr = ElemAttr {
+        map_fd: map.as_raw_fd() as u32,
+        _pad: 0,
+        key: std::ptr::from_ref(key) as u64,
+        value: std::ptr::from_ref(value) as u64,
+        flags: 0,
+    };
+    // SAFETY: `attr` is the bpf_attr member the command reads, of the size
+    // passed; `key` and `value` have the map's sizes and outlive the call.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_MAP_UPDATE_ELEM,
+            std::ptr::from_mut(&mut attr),
+            size_of::<ElemAttr>(),
+        )
+    };
+    if ret != 0 {
+        return Err(io::Error::last_os_error());
     }
     Ok(())
 }

@@ -5,9 +5,10 @@
 
 use std::{
     io,
-    os::fd::{FromRawFd as _, OwnedFd},
+    os::fd::{AsFd as _, AsRawFd as _, FromRawFd as _, OwnedFd},
 };
 
+use super::maglev_tables::takes_batch_updates;
 use crate::features::{loadout, Feature, Loadout, Probed, TooOld};
 
 const BPF_MAP_CREATE: libc::c_long = 0;
@@ -18,6 +19,7 @@ const BPF_LINK_CREATE: libc::c_long = 28;
 const PROG_SCHED_CLS: u32 = 3;
 const PROG_CGROUP_SOCK_ADDR: u32 = 18;
 const MAP_ARRAY: u32 = 2;
+const MAP_ARRAY_OF_MAPS: u32 = 12;
 const BPF_F_INNER_MAP: u32 = 1 << 12;
 
 const ATTACH_CONNECT4: u32 = 10;
@@ -125,19 +127,29 @@ fn socket_hooks() -> bool {
 fn map_batch_ops() -> io::Result<bool> {
     let map = array_map(0)?;
     let mut attr = [0u8; 128];
-    put_u32(&mut attr, 36, std::os::fd::AsRawFd::as_raw_fd(&map) as u32);
+    put_u32(&mut attr, 36, map.as_raw_fd() as u32);
     Ok(bpf(BPF_MAP_UPDATE_BATCH, &mut attr).is_ok())
+}
+
+/// An empty batch update of an array of maps (`maglev_tables` asks its
+/// own `MAGLEV` the same way).
+fn map_in_map_batch() -> io::Result<bool> {
+    let inner = array_map(0)?;
+    let mut attr = [0u8; 128];
+    put_u32(&mut attr, 0, MAP_ARRAY_OF_MAPS);
+    put_u32(&mut attr, 4, 4);
+    put_u32(&mut attr, 8, 4);
+    put_u32(&mut attr, 12, 1);
+    put_u32(&mut attr, 20, inner.as_raw_fd() as u32);
+    let outer = bpf_fd(BPF_MAP_CREATE, &mut attr)?;
+    Ok(takes_batch_updates(outer.as_fd()))
 }
 
 /// A tcx link to no interface: kernels with tcx look for the interface
 /// (ENODEV); older ones do not know the attach type (EINVAL).
 fn tcx(classifier: &OwnedFd) -> bool {
     let mut attr = [0u8; 128];
-    put_u32(
-        &mut attr,
-        0,
-        std::os::fd::AsRawFd::as_raw_fd(classifier) as u32,
-    );
+    put_u32(&mut attr, 0, classifier.as_raw_fd() as u32);
     put_u32(&mut attr, 8, ATTACH_TCX_INGRESS);
     // A link made anyway (it cannot be: there is no interface 0) closes here.
     matches!(bpf_fd(BPF_LINK_CREATE, &mut attr), Err(e) if e.raw_os_error() == Some(libc::ENODEV))
@@ -154,6 +166,7 @@ pub fn probe() -> Result<Probed, ProbeError> {
                 Feature::RedirectNeigh => helper_loads(PROG_SCHED_CLS, 0, HELPER_REDIRECT_NEIGH, 0),
                 Feature::InnerMapSizes => array_map(BPF_F_INNER_MAP).is_ok(),
                 Feature::MapBatchOps => map_batch_ops().map_err(ProbeError)?,
+                Feature::MapInMapBatch => map_in_map_batch().map_err(ProbeError)?,
                 Feature::SocketHooks => socket_hooks(),
                 Feature::KtimeCoarse => {
                     helper_loads(PROG_SCHED_CLS, 0, HELPER_KTIME_GET_COARSE_NS, 0)
