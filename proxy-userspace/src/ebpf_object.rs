@@ -8,3 +8,9 @@ pub static KXDP_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DI
 /// cost of the test harness (BPF_PROG_TEST_RUN) itself, the floor under
 /// every datapath number. The agent never loads them.
 pub static FLOOR_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/floor"));
+
+/// The program that learns the agent's network-namespace cookie on kernels
+/// without `SO_NETNS_COOKIE` (`proxy-ebpf`'s `netns_cookie` binary;
+/// `dataplane::sockets::learn_netns_cookie`).
+pub static NETNS_COOKIE_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/netns_cookie"));

@@ -33,11 +33,14 @@ pub enum Feature {
     SockAddrSetRetval,
     /// tcx links for the pod programs.
     Tcx,
+    /// `SO_NETNS_COOKIE`: the agent reads its network namespace's cookie,
+    /// which the socket hooks compare with.
+    NetnsCookieOption,
 }
 
 impl Feature {
     /// Every feature, in the order they are probed and listed.
-    pub const ALL: [Feature; 8] = [
+    pub const ALL: [Feature; 9] = [
         Feature::RedirectNeigh,
         Feature::InnerMapSizes,
         Feature::MapBatchOps,
@@ -45,6 +48,7 @@ impl Feature {
         Feature::SocketHooks,
         Feature::KtimeCoarse,
         Feature::SockAddrSetRetval,
+        Feature::NetnsCookieOption,
         Feature::Tcx,
     ];
 
@@ -59,6 +63,7 @@ impl Feature {
             Feature::KtimeCoarse => "bpf_ktime_get_coarse_ns",
             Feature::SockAddrSetRetval => "bpf_set_retval in sock_addr",
             Feature::Tcx => "tcx",
+            Feature::NetnsCookieOption => "SO_NETNS_COOKIE",
         }
     }
 
@@ -74,6 +79,7 @@ impl Feature {
             Feature::KtimeCoarse => "5.11",
             Feature::SockAddrSetRetval => "6.1",
             Feature::Tcx => "6.6",
+            Feature::NetnsCookieOption => "5.14",
         }
     }
 
@@ -97,6 +103,9 @@ impl Feature {
             }
             Feature::Tcx => {
                 "pod programs are attached as classic tc filters of a clsact qdisc instead of tcx links"
+            }
+            Feature::NetnsCookieOption => {
+                "the node's network namespace cookie is learnt by a program attached for a moment to the agent's own cgroup (needs a cgroup2 mount it can see)"
             }
         }
     }
@@ -132,6 +141,9 @@ pub struct Loadout {
     pub socket_hooks: bool,
     /// Attach the pod programs as classic tc filters.
     pub classic_tc: bool,
+    /// Read the network namespace cookie with `SO_NETNS_COOKIE` (else
+    /// learn it).
+    pub netns_cookie_option: bool,
 }
 
 /// The kernel lacks what every supported kernel has.
@@ -164,6 +176,7 @@ pub fn loadout(probed: &Probed, classic_tc_asked: bool) -> Result<Loadout, TooOl
         datapath_bits,
         socket_hooks: probed.has(Feature::SocketHooks),
         classic_tc: classic_tc_asked || !probed.has(Feature::Tcx),
+        netns_cookie_option: probed.has(Feature::NetnsCookieOption),
     })
 }
 
@@ -188,6 +201,7 @@ mod tests {
                 datapath_bits: FEATURE_KTIME_COARSE | FEATURE_SOCK_ADDR_SET_RETVAL,
                 socket_hooks: true,
                 classic_tc: false,
+                netns_cookie_option: true,
             })
         );
         assert!(loadout(&probed(&[]), true).unwrap().classic_tc);
@@ -199,6 +213,7 @@ mod tests {
             Feature::MapInMapBatch,
             Feature::KtimeCoarse,
             Feature::SockAddrSetRetval,
+            Feature::NetnsCookieOption,
             Feature::Tcx,
         ]);
         assert_eq!(
@@ -207,6 +222,7 @@ mod tests {
                 datapath_bits: 0,
                 socket_hooks: true,
                 classic_tc: true,
+                netns_cookie_option: false,
             })
         );
     }

@@ -111,7 +111,7 @@ fn kernel_line(version: &str) -> Option<KernelLine> {
         "5.10" => Some(KernelLine {
             pattern: r"^linux-image-5\.10\.0-[0-9]+-cloud-amd64$",
             source: AptSource::Suite("bullseye"),
-            missing: "batch ops on arrays of maps,bpf_ktime_get_coarse_ns,bpf_set_retval in sock_addr,tcx",
+            missing: "batch ops on arrays of maps,bpf_ktime_get_coarse_ns,bpf_set_retval in sock_addr,SO_NETNS_COOKIE,tcx",
         }),
         "6.1" => Some(KernelLine {
             pattern: r"^linux-image-6\.1\.0-[0-9]+-cloud-amd64$",

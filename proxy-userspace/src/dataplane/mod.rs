@@ -6,6 +6,7 @@ pub mod fill;
 pub mod interfaces;
 pub mod maglev_tables;
 pub mod maps;
+pub mod netns_cookie;
 pub mod nic;
 pub mod node_addresses;
 pub mod probe;
@@ -80,6 +81,20 @@ pub enum DataplaneError {
     },
 }
 
+/// Before Linux 5.11 BPF maps and programs are charged to the locked
+/// memory limit (since, to the memory cgroup): lifted, as libbpf does, or
+/// loading fails with EPERM once a few maps exist.
+pub fn lift_memlock_limit() {
+    let unlimited = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: setrlimit reads the struct passed.
+    if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) } != 0 {
+        tracing::warn!(error = %std::io::Error::last_os_error(), "cannot lift the locked memory limit; on kernels before 5.11 loading may fail");
+    }
+}
+
 /// The loaded object: maps pinned (or adopted from a previous agent) under
 /// the pin path, programs loaded but not yet attached.
 pub struct Dataplane {
@@ -98,11 +113,18 @@ impl Dataplane {
         maps::check_pinned_layout(pin_path)?;
         // Maps already pinned there are reused as they are: a restarted agent
         // keeps the conntrack table and every service.
+        lift_memlock_limit();
         // The socket hooks translate sockets of this (the node's) network
         // namespace only.
-        let netns_cookie = sockets::own_netns_cookie()
-            .inspect_err(|e| tracing::warn!(error = %e, "cannot read the network namespace cookie; host processes will not be translated"))
-            .unwrap_or(0);
+        let netns_cookie = if !loadout.socket_hooks {
+            Ok(0)
+        } else if loadout.netns_cookie_option {
+            netns_cookie::from_socket_option().map_err(|e| e.to_string())
+        } else {
+            netns_cookie::learn().map_err(|e| e.to_string())
+        }
+        .inspect_err(|e| tracing::warn!(error = %e, "cannot find the network namespace cookie; host processes will not be translated"))
+        .unwrap_or(0);
         let maglev_pin = pin_path.join(maglev_tables::MAGLEV);
         let ebpf = EbpfLoader::new()
             .default_map_pin_directory(pin_path)

@@ -8,12 +8,11 @@ use std::{
     os::fd::{AsFd as _, AsRawFd as _, FromRawFd as _, OwnedFd},
 };
 
-use super::maglev_tables::takes_batch_updates;
+use super::{maglev_tables::takes_batch_updates, netns_cookie};
 use crate::features::{loadout, Feature, Loadout, Probed, TooOld};
 
 const BPF_MAP_CREATE: libc::c_long = 0;
 const BPF_PROG_LOAD: libc::c_long = 5;
-const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
 const BPF_LINK_CREATE: libc::c_long = 28;
 
 const PROG_SCHED_CLS: u32 = 3;
@@ -122,13 +121,10 @@ fn socket_hooks() -> bool {
     .all(|&attach| load(PROG_CGROUP_SOCK_ADDR, attach, &[mov64_imm(0, 1), EXIT]).is_ok())
 }
 
-/// An empty batch update: kernels without batch operations do not know the
-/// command (EINVAL); others accept it.
+/// An empty batch update of an array: kernels without batch operations do
+/// not know the command.
 fn map_batch_ops() -> io::Result<bool> {
-    let map = array_map(0)?;
-    let mut attr = [0u8; 128];
-    put_u32(&mut attr, 36, map.as_raw_fd() as u32);
-    Ok(bpf(BPF_MAP_UPDATE_BATCH, &mut attr).is_ok())
+    Ok(takes_batch_updates(array_map(0)?.as_fd()))
 }
 
 /// An empty batch update of an array of maps (`maglev_tables` asks its
@@ -158,6 +154,7 @@ fn tcx(classifier: &OwnedFd) -> bool {
 /// Probes every feature. Fails only when not even a plain tc program
 /// loads: then nothing could be told apart.
 pub fn probe() -> Result<Probed, ProbeError> {
+    super::lift_memlock_limit();
     let classifier = load(PROG_SCHED_CLS, 0, &[mov64_imm(0, 0), EXIT]).map_err(ProbeError)?;
     let found = Feature::ALL
         .iter()
@@ -175,6 +172,7 @@ pub fn probe() -> Result<Probed, ProbeError> {
                     helper_loads(PROG_CGROUP_SOCK_ADDR, ATTACH_CONNECT4, HELPER_SET_RETVAL, 1)
                 }
                 Feature::Tcx => tcx(&classifier),
+                Feature::NetnsCookieOption => netns_cookie::from_socket_option().is_ok(),
             };
             Ok((feature, present))
         })

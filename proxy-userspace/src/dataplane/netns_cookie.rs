@@ -1,0 +1,163 @@
+//! The cookie of the agent's network namespace (the node's), which the
+//! socket hooks compare each socket's with: only the node's own sockets are
+//! translated there, pods' are left to the tc programs.
+//!
+//! Since Linux 5.14 a socket option gives it (`SO_NETNS_COOKIE`). Before,
+//! it is learnt: a cgroup `sock_create` program (`proxy-ebpf`'s
+//! `netns_cookie`) is attached for a moment to the agent's own cgroup, the
+//! agent opens a marker socket, and the program records the cookie of the
+//! namespace that socket was made in.
+
+use std::{
+    fs, io,
+    os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
+    path::{Path, PathBuf},
+};
+
+use aya::{
+    maps::Array,
+    programs::{CgroupAttachMode, CgroupSock},
+    EbpfLoader,
+};
+
+use crate::ebpf_object::NETNS_COOKIE_OBJECT;
+
+#[derive(Debug, thiserror::Error)]
+pub enum NetnsCookieError {
+    #[error("reading {0}: {1}")]
+    Read(&'static str, io::Error),
+    #[error("this process's cgroup is under no cgroup2 mount it can see")]
+    NoCgroup,
+    #[error("the cookie-learning program: {0}")]
+    Program(String),
+    #[error("the marker socket: {0}")]
+    Socket(io::Error),
+    #[error("the marker socket's creation was not seen")]
+    NotSeen,
+}
+
+fn socket(kind: libc::c_int, protocol: libc::c_int) -> io::Result<OwnedFd> {
+    // SAFETY: plain socket call; the fd is owned at once.
+    let fd = unsafe { libc::socket(libc::AF_INET, kind | libc::SOCK_CLOEXEC, protocol) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a fresh fd we own.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// The cookie from `SO_NETNS_COOKIE` (Linux 5.14); ENOPROTOOPT before.
+pub fn from_socket_option() -> io::Result<u64> {
+    const SO_NETNS_COOKIE: libc::c_int = 71;
+    let socket = socket(libc::SOCK_DGRAM, 0)?;
+    let mut cookie = 0u64;
+    let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
+    // SAFETY: cookie and len are valid for writes of the sizes given.
+    let rc = unsafe {
+        libc::getsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            SO_NETNS_COOKIE,
+            (&raw mut cookie).cast(),
+            &mut len,
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(cookie)
+}
+
+/// The directory of the cgroup `/proc/self/cgroup` names (`cgroup`) under
+/// a cgroup2 mount of `mountinfo` (`/proc/self/mountinfo`) whose root holds
+/// it.
+fn own_cgroup_dir(cgroup: &str, mountinfo: &str) -> Option<PathBuf> {
+    let path = cgroup.lines().find_map(|l| l.strip_prefix("0::"))?;
+    mountinfo.lines().find_map(|line| {
+        let (mount, filesystem) = line.split_once(" - ")?;
+        if filesystem.split_whitespace().next()? != "cgroup2" {
+            return None;
+        }
+        let mut fields = mount.split_whitespace().skip(3);
+        let (root, point) = (fields.next()?, fields.next()?);
+        let unescape = |s: &str| s.replace("\\040", " ");
+        let below = Path::new(path).strip_prefix(unescape(root)).ok()?;
+        Some(Path::new(&unescape(point)).join(below))
+    })
+}
+
+/// Learns the cookie with the `netns_cookie` program attached to this
+/// process's cgroup while it opens the marker socket (UDP-Lite).
+pub fn learn() -> Result<u64, NetnsCookieError> {
+    let read =
+        |path: &'static str| fs::read_to_string(path).map_err(|e| NetnsCookieError::Read(path, e));
+    let dir = own_cgroup_dir(&read("/proc/self/cgroup")?, &read("/proc/self/mountinfo")?)
+        .filter(|dir| dir.is_dir())
+        .ok_or(NetnsCookieError::NoCgroup)?;
+    let program_error = |e: &dyn std::fmt::Debug| NetnsCookieError::Program(format!("{e:?}"));
+    let mut ebpf = EbpfLoader::new()
+        .load(NETNS_COOKIE_OBJECT)
+        .map_err(|e| program_error(&e))?;
+    let program: &mut CgroupSock = ebpf
+        .program_mut("learn_netns_cookie")
+        .ok_or_else(|| program_error(&"not in the object"))?
+        .try_into()
+        .map_err(|e| program_error(&e))?;
+    program.load().map_err(|e| program_error(&e))?;
+    let cgroup =
+        fs::File::open(&dir).map_err(|e| program_error(&format!("{}: {e}", dir.display())))?;
+    // A link: beside whatever else is attached there (links always are);
+    // detached when `ebpf` drops.
+    program
+        .attach(cgroup, CgroupAttachMode::Single)
+        .map_err(|e| program_error(&e))?;
+    drop(socket(libc::SOCK_DGRAM, libc::IPPROTO_UDPLITE).map_err(NetnsCookieError::Socket)?);
+    let cookies: Array<_, u64> = ebpf
+        .map("NETNS_COOKIE")
+        .ok_or_else(|| program_error(&"no NETNS_COOKIE map"))?
+        .try_into()
+        .map_err(|e| program_error(&e))?;
+    match cookies.get(&0, 0).map_err(|e| program_error(&e))? {
+        0 => Err(NetnsCookieError::NotSeen),
+        cookie => Ok(cookie),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_own_cgroup_is_found_under_a_mount_whose_root_holds_it() {
+        let cgroup = "0::/system.slice/kxdp.service\n";
+        let mountinfo = "\
+22 1 0:21 / /proc rw - proc proc rw
+30 25 0:26 / /sys/fs/cgroup rw,nosuid - cgroup2 cgroup2 rw,nsdelegate
+41 30 0:26 /system.slice /mnt/my\\040cg rw - cgroup2 cgroup2 rw
+";
+        assert_eq!(
+            own_cgroup_dir(cgroup, mountinfo),
+            Some(PathBuf::from("/sys/fs/cgroup/system.slice/kxdp.service"))
+        );
+        // Only a mount of a subtree holding it.
+        let subtree_only = "41 30 0:26 /system.slice /mnt/my\\040cg rw - cgroup2 cgroup2 rw\n";
+        assert_eq!(
+            own_cgroup_dir(cgroup, subtree_only),
+            Some(PathBuf::from("/mnt/my cg/kxdp.service"))
+        );
+        let elsewhere = "41 30 0:26 /user.slice /mnt/u rw - cgroup2 cgroup2 rw\n";
+        assert_eq!(own_cgroup_dir(cgroup, elsewhere), None);
+        // cgroup v1 only: no "0::" line.
+        assert_eq!(own_cgroup_dir("1:cpu:/x\n", mountinfo), None);
+    }
+
+    #[test]
+    fn both_ways_give_this_namespace_s_cookie() {
+        let learnt = learn().expect("learning the cookie (needs root)");
+        assert_ne!(learnt, 0);
+        // Where the socket option exists, both agree.
+        if let Ok(told) = from_socket_option() {
+            assert_eq!(learnt, told);
+        }
+    }
+}
