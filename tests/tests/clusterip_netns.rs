@@ -245,8 +245,8 @@ fn classic_tc_filters_serve_pods_and_survive_a_restart_until_unload() {
         .wait_for(&["attached (classic tc)"], hooks, WAIT)
         .unwrap();
     assert_eq!(
-        agent.count(&["attached"]),
-        agent.count(&["attached (classic tc)"]),
+        agent.count(&["interfaces: attached"]),
+        agent.count(&["interfaces: attached (classic tc)"]),
         "no tcx link was made"
     );
     let filters = |pod: &str, direction: &str| {
