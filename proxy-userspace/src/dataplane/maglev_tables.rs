@@ -40,6 +40,7 @@ use std::{
 use aya::maps::{Array, ArrayOfMaps, Map, MapData, MapError, MapInfo, MapType};
 use proxy_common::maps::{maglev_layout, MAGLEV_TABLE_FLAGS};
 
+use super::interfaces::bpf_call;
 use crate::sync::{TableSpec, TableWrite};
 
 /// Name of the outer map in the object and under the pin path.
@@ -554,35 +555,14 @@ pub fn takes_batch_updates(map: BorrowedFd<'_>) -> bool {
 /// `BPF_MAP_UPDATE_ELEM` of one `key` with `value` (any flags).
 fn update_elem<K, V>(map: BorrowedFd<'_>, key: &K, value: &V) -> io::Result<()> {
     const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
-    #[repr(C)]
-    struct ElemAttr {
-        map_fd: u32,
-        _pad: u32,
-        key: u64,
-        value: u64,
-        flags: u64,
-    }
-    let mut attr = ElemAttr {
-        map_fd: map.as_raw_fd() as u32,
-        _pad: 0,
-        key: std::ptr::from_ref(key) as u64,
-        value: std::ptr::from_ref(value) as u64,
-        flags: 0,
-    };
-    // SAFETY: `attr` is the bpf_attr member the command reads, of the size
-    // passed; `key` and `value` have the map's sizes and outlive the call.
-    let ret = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_MAP_UPDATE_ELEM,
-            std::ptr::from_mut(&mut attr),
-            size_of::<ElemAttr>(),
-        )
-    };
-    if ret != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
+    let key = std::ptr::from_ref(key) as u64;
+    let value = std::ptr::from_ref(value) as u64;
+    // `key` and `value` have the map's sizes and outlive the call.
+    bpf_call(
+        BPF_MAP_UPDATE_ELEM,
+        &[map.as_raw_fd() as u64, key, value, 0],
+    )
+    .map(drop)
 }
 
 /// Writes `entries` to, or reads them from, table `map` at keys 0.. in one call.
