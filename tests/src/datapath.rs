@@ -23,6 +23,7 @@ use proxy_common::{
 };
 use proxy_userspace::{
     dataplane::{
+        load_program,
         maglev_tables::{MaglevTables, MAGLEV, MAGLEV_IDS},
         probe, KXDP_FEATURES,
     },
@@ -137,7 +138,7 @@ impl Datapath {
                 .unwrap_or_else(|| fail(format!("no {name} program in the object")))
                 .try_into()
                 .unwrap_or_else(|e| fail(format!("{name} is not a classifier: {e}")));
-            prog.load()
+            load_program(|| prog.load())
                 .unwrap_or_else(|e| fail(format!("verifier rejected {name}: {e:#?}")));
         }
         let xdp: &mut Xdp = ebpf
@@ -145,7 +146,7 @@ impl Datapath {
             .unwrap_or_else(|| fail("no nic_ingress program in the object"))
             .try_into()
             .unwrap_or_else(|e| fail(format!("nic_ingress is not XDP: {e}")));
-        xdp.load()
+        load_program(|| xdp.load())
             .unwrap_or_else(|e| fail(format!("verifier rejected nic_ingress: {e:#?}")));
         let (Some(outer), Some(record)) = (ebpf.take_map(MAGLEV), ebpf.take_map(MAGLEV_IDS)) else {
             fail("no MAGLEV or MAGLEV_IDS map in the object")

@@ -81,6 +81,37 @@ pub enum DataplaneError {
     },
 }
 
+/// How many times a program load the kernel interrupted is tried.
+const LOAD_ATTEMPTS: usize = 5;
+
+/// Runs `load` again while it fails as `interrupted` says: the verifier
+/// gives up with EAGAIN when a signal reaches the loading thread, a
+/// transient failure libbpf retries as well.
+pub fn retry_interrupted<T, E>(
+    mut load: impl FnMut() -> Result<T, E>,
+    interrupted: impl Fn(&E) -> bool,
+) -> Result<T, E> {
+    let mut attempt = 1;
+    loop {
+        match load() {
+            Err(e) if interrupted(&e) && attempt < LOAD_ATTEMPTS => attempt += 1,
+            result => return result,
+        }
+    }
+}
+
+/// `program.load()` for aya programs, retried when interrupted.
+pub fn load_program(load: impl FnMut() -> Result<(), ProgramError>) -> Result<(), ProgramError> {
+    retry_interrupted(load, |e| {
+        let io_error = match e {
+            ProgramError::LoadError { io_error, .. } => io_error,
+            ProgramError::SyscallError(e) => &e.io_error,
+            _ => return false,
+        };
+        io_error.raw_os_error() == Some(libc::EAGAIN)
+    })
+}
+
 /// Before Linux 5.11 BPF maps and programs are charged to the locked
 /// memory limit (since, to the memory cgroup): lifted, as libbpf does, or
 /// loading fails with EPERM once a few maps exist.
@@ -135,9 +166,8 @@ impl Dataplane {
             .load(KXDP_OBJECT)?;
         let mut dataplane = Self { ebpf };
         for hook in POD_HOOKS {
-            dataplane
-                .program(hook)?
-                .load()
+            let program = dataplane.program(hook)?;
+            load_program(|| program.load())
                 .map_err(|e| DataplaneError::Program(hook.program, e))?;
         }
         let socket_programs = if loadout.socket_hooks {
@@ -146,15 +176,12 @@ impl Dataplane {
             &[]
         };
         for &name in socket_programs {
-            dataplane
-                .socket_program(name)?
-                .load()
-                .map_err(|e| DataplaneError::Program(name, e))?;
+            let program = dataplane.socket_program(name)?;
+            load_program(|| program.load()).map_err(|e| DataplaneError::Program(name, e))?;
         }
         if with_nic {
-            dataplane
-                .nic_program()?
-                .load()
+            let program = dataplane.nic_program()?;
+            load_program(|| program.load())
                 .map_err(|e| DataplaneError::Program(nic::NIC_PROGRAM, e))?;
         }
         Ok(dataplane)

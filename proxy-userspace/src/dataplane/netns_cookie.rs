@@ -103,7 +103,7 @@ pub fn learn() -> Result<u64, NetnsCookieError> {
         .ok_or_else(|| program_error(&"not in the object"))?
         .try_into()
         .map_err(|e| program_error(&e))?;
-    program.load().map_err(|e| program_error(&e))?;
+    super::load_program(|| program.load()).map_err(|e| program_error(&e))?;
     let cgroup =
         fs::File::open(&dir).map_err(|e| program_error(&format!("{}: {e}", dir.display())))?;
     // A link: beside whatever else is attached there (links always are);

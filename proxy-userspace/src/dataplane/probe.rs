@@ -82,7 +82,10 @@ fn load(prog_type: u32, attach_type: u32, insns: &[u64]) -> io::Result<OwnedFd> 
     put_u64(&mut attr, 8, insns.as_ptr() as u64);
     put_u64(&mut attr, 16, license.as_ptr() as u64);
     put_u32(&mut attr, 68, attach_type);
-    bpf_fd(BPF_PROG_LOAD, &mut attr)
+    super::retry_interrupted(
+        || bpf_fd(BPF_PROG_LOAD, &mut attr),
+        |e| e.raw_os_error() == Some(libc::EAGAIN),
+    )
 }
 
 /// Whether a program of `prog_type` (for `attach_type`) may call `helper`
