@@ -33,22 +33,16 @@ const HELPER_SET_RETVAL: i32 = 187;
 
 #[derive(Debug, thiserror::Error)]
 #[error("cannot probe the kernel's BPF features (are you root, with BPF enabled?): {0}")]
-pub struct ProbeError(#[source] io::Error);
+pub struct ProbeError(io::Error);
 
-/// `bpf(2)` on an attribute block of the kernel's size.
-fn bpf(cmd: libc::c_long, attr: &mut [u8; 128]) -> io::Result<i64> {
-    // SAFETY: attr is a valid, initialised buffer of the length passed.
-    let rc = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr.as_mut_ptr(), attr.len()) };
-    if rc < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(rc)
-    }
-}
-
-/// `bpf(2)` for a command that returns a new descriptor.
+/// `bpf(2)`, on an attribute block of the kernel's size, for a command
+/// that returns a new descriptor.
 fn bpf_fd(cmd: libc::c_long, attr: &mut [u8; 128]) -> io::Result<OwnedFd> {
-    let fd = bpf(cmd, attr)?;
+    // SAFETY: attr is a valid, initialised buffer of the length passed.
+    let fd = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr.as_mut_ptr(), attr.len()) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
     // SAFETY: the kernel handed this new descriptor to us.
     Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
 }
