@@ -491,10 +491,9 @@ impl Datapath {
 /// connection were that much older: a test outlasts an affinity timeout
 /// without waiting for it. The number of entries changed.
 pub fn back_date_affinity(pin_path: &std::path::Path, secs: u32) -> anyhow::Result<usize> {
-    let map = MapData::from_pin(pin_path.join("AFFINITY"))
+    let mut map = MapData::from_pin(pin_path.join("AFFINITY"))
         .and_then(Map::from_map_data)
         .and_then(HashMap::<MapData, AffinityKey, AffinityValue>::try_from)?;
-    let mut map = map;
     let entries: Vec<(AffinityKey, AffinityValue)> = map.iter().collect::<Result<_, _>>()?;
     for (key, mut value) in entries.iter().copied() {
         value.last_used -= secs;

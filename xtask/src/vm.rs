@@ -82,10 +82,15 @@ struct Kernel {
     image: PathBuf,
     /// The unpacked package (boot/, lib/modules/<release>/).
     tree: Option<(PathBuf, String)>,
-    /// For a kernel line of the matrix, what the probe must find missing.
-    expect_missing: Option<&'static str>,
+    /// The kernel line of the matrix it is, if any.
+    line: Option<KernelLine>,
+}
+
+impl Kernel {
     /// Suites this kernel cannot run, and why.
-    not_run: &'static [(&'static str, &'static str)],
+    fn not_run(&self) -> &'static [(&'static str, &'static str)] {
+        self.line.as_ref().map_or(&[], |line| line.not_run)
+    }
 }
 
 /// Where apt finds a kernel line: the host's own sources, or a Debian
@@ -105,6 +110,7 @@ struct KernelLine {
     pattern: &'static str,
     source: AptSource,
     missing: &'static str,
+    /// Suites this kernel line cannot run, and why.
     not_run: &'static [(&'static str, &'static str)],
 }
 
@@ -257,12 +263,11 @@ fn kernel_in_tree(label: String, tree: PathBuf) -> anyhow::Result<Kernel> {
         label,
         image: tree.join("boot").join(format!("vmlinuz-{release}")),
         tree: Some((tree, release)),
-        expect_missing: None,
-        not_run: &[],
+        line: None,
     })
 }
 
-/// `6.1`, `6.12` (Debian's newest cloud kernel of that line), a
+/// `5.10`, `6.1`, `6.12` (Debian's newest cloud kernel of that line), a
 /// linux-image `.deb`, or a kernel image (booted without modules).
 fn resolve_kernel(arg: &str) -> anyhow::Result<Kernel> {
     if let Some(line) = kernel_line(arg) {
@@ -272,8 +277,7 @@ fn resolve_kernel(arg: &str) -> anyhow::Result<Kernel> {
             format!("{arg} ({package})"),
             fetch_package(&package, &options)?,
         )?;
-        kernel.expect_missing = Some(line.missing);
-        kernel.not_run = line.not_run;
+        kernel.line = Some(line);
         return Ok(kernel);
     }
     let path = PathBuf::from(arg);
@@ -295,8 +299,7 @@ fn resolve_kernel(arg: &str) -> anyhow::Result<Kernel> {
         label: arg.to_string(),
         image: path,
         tree: None,
-        expect_missing: None,
-        not_run: &[],
+        line: None,
     })
 }
 
@@ -469,7 +472,7 @@ fn initramfs(name: &str, kernel: &Kernel, built: &Built) -> anyhow::Result<PathB
     fs::set_permissions(root.join("init"), fs::Permissions::from_mode(0o755))?;
     let mut binaries = Vec::new();
     let mut script = String::new();
-    if let Some(missing) = kernel.expect_missing {
+    if let Some(KernelLine { missing, .. }) = &kernel.line {
         script.push_str(&format!("export KXDP_EXPECT_MISSING='{missing}'\n"));
     }
     // Where the host has them: suites find them by compiled-in paths, and
@@ -480,7 +483,7 @@ fn initramfs(name: &str, kernel: &Kernel, built: &Built) -> anyhow::Result<PathB
         binaries.push(program.clone());
     }
     for (suite, exe) in &built.suites {
-        if let Some((_, why)) = kernel.not_run.iter().find(|(s, _)| s == suite) {
+        if let Some((_, why)) = kernel.not_run().iter().find(|(s, _)| s == suite) {
             script.push_str(&format!("echo 'kxdp-vm: not running {suite}: {why}'\n"));
             continue;
         }
@@ -715,7 +718,7 @@ pub fn vm_test(kernel_args: &[String], timeout: Duration) -> anyhow::Result<()> 
         };
         let booted = boot.booted.unwrap_or(boot.total);
         let finished = boot.finished.unwrap_or(boot.total);
-        let not_run: Vec<&str> = kernel.not_run.iter().map(|(suite, _)| *suite).collect();
+        let not_run: Vec<&str> = kernel.not_run().iter().map(|(suite, _)| *suite).collect();
         let not_run = if not_run.is_empty() {
             String::new()
         } else {

@@ -275,7 +275,7 @@ impl PodInterfaces {
     /// Attaches with tcx, or as a classic tc filter where the kernel has no
     /// tcx or `--pod-attach tc` asked for it.
     fn attach(
-        &mut self,
+        &self,
         program: &mut SchedClassifier,
         hook: PodHook,
         interface: &Interface,

@@ -112,20 +112,6 @@ pub fn load_program(load: impl FnMut() -> Result<(), ProgramError>) -> Result<()
     })
 }
 
-/// Before Linux 5.11 BPF maps and programs are charged to the locked
-/// memory limit (since, to the memory cgroup): lifted, as libbpf does, or
-/// loading fails with EPERM once a few maps exist.
-pub fn lift_memlock_limit() {
-    let unlimited = libc::rlimit {
-        rlim_cur: libc::RLIM_INFINITY,
-        rlim_max: libc::RLIM_INFINITY,
-    };
-    // SAFETY: setrlimit reads the struct passed.
-    if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) } != 0 {
-        tracing::warn!(error = %std::io::Error::last_os_error(), "cannot lift the locked memory limit; on kernels before 5.11 loading may fail");
-    }
-}
-
 /// The loaded object: maps pinned (or adopted from a previous agent) under
 /// the pin path, programs loaded but not yet attached.
 pub struct Dataplane {
@@ -143,8 +129,8 @@ impl Dataplane {
         bpffs::prepare_pin_path(pin_path)?;
         maps::check_pinned_layout(pin_path)?;
         // Maps already pinned there are reused as they are: a restarted agent
-        // keeps the conntrack table and every service.
-        lift_memlock_limit();
+        // keeps the conntrack table and every service. The probe that
+        // gave `loadout` lifted the locked memory limit.
         // The socket hooks translate sockets of this (the node's) network
         // namespace only.
         let netns_cookie = if !loadout.socket_hooks {

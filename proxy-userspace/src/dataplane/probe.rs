@@ -148,10 +148,25 @@ fn tcx(classifier: &OwnedFd) -> bool {
     matches!(bpf_fd(BPF_LINK_CREATE, &mut attr), Err(e) if e.raw_os_error() == Some(libc::ENODEV))
 }
 
-/// Probes every feature. Fails only when not even a plain tc program
-/// loads: then nothing could be told apart.
+/// Before Linux 5.11 BPF maps and programs are charged to the locked
+/// memory limit (since, to the memory cgroup): lifted, as libbpf does, or
+/// loading fails with EPERM once a few maps exist.
+fn lift_memlock_limit() {
+    let unlimited = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: setrlimit reads the struct passed.
+    if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) } != 0 {
+        tracing::warn!(error = %std::io::Error::last_os_error(), "cannot lift the locked memory limit; on kernels before 5.11 loading may fail");
+    }
+}
+
+/// Probes every feature, after lifting the locked memory limit for this
+/// process's BPF objects (`lift_memlock_limit`). Fails only when not even
+/// a plain tc program loads: then nothing could be told apart.
 pub fn probe() -> Result<Probed, ProbeError> {
-    super::lift_memlock_limit();
+    lift_memlock_limit();
     let classifier = load(PROG_SCHED_CLS, 0, &[mov64_imm(0, 0), EXIT]).map_err(ProbeError)?;
     let found = Feature::ALL
         .iter()
