@@ -8,8 +8,10 @@
 //! the packet, so the datapath never swaps bytes.
 #![no_std]
 
+pub mod csum;
 pub mod hash;
 pub mod kernel;
+pub mod lb;
 pub mod maps;
 pub mod reject;
 pub mod sizes;

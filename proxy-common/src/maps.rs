@@ -274,33 +274,114 @@ map_type! {
     }
 }
 
-/// Indexes of the per-CPU `drops` counters: why a packet was dropped.
-pub mod drop_reason {
-    /// The service has no backend (kube-proxy rejects; see the NodePort issue).
-    pub const NO_BACKEND: u32 = 0;
+/// Why a packet was dropped: the index of its per-CPU `drops` counter.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DropReason {
+    /// The frontend has no backend and its answer could not be sent.
+    NoBackend = 0,
     /// The selection slot or its backend vanished between lookups (a sync in flight).
-    pub const STALE_SELECTION: u32 = 1;
+    StaleSelection = 1,
     /// Conntrack insert failed: never forward a flow we cannot translate back.
-    pub const CONNTRACK_FULL: u32 = 2;
+    ConntrackFull = 2,
     /// A packet rewrite helper failed.
-    pub const REWRITE_FAILED: u32 = 3;
+    RewriteFailed = 3,
     /// Traffic policy `Local` and no endpoint on this node (kube-proxy drops too).
-    pub const NO_LOCAL_BACKEND: u32 = 4;
+    NoLocalBackend = 4,
     /// The client is outside the Service's `loadBalancerSourceRanges`.
-    pub const SOURCE_RANGE: u32 = 5;
+    SourceRange = 5,
     /// No free SNAT port for a flow to a remote backend.
-    pub const SNAT_PORTS_EXHAUSTED: u32 = 6;
+    SnatPortsExhausted = 6,
     /// A reject reply could not be built (e.g. IP options in the request).
-    pub const REJECT_FAILED: u32 = 7;
+    RejectFailed = 7,
     /// A flow to a remote backend came in on a NIC without an IPv4 address to SNAT to.
-    pub const NO_SNAT_ADDRESS: u32 = 8;
+    NoSnatAddress = 8,
 }
 
-/// Indexes of the per-CPU `verdicts` counters: what was done that is not a
-/// plain translation.
-pub mod verdict {
-    /// TCP RST sent for a service without endpoints.
-    pub const REJECTED_TCP: u32 = 0;
-    /// ICMP port unreachable sent for a service without endpoints.
-    pub const REJECTED_UDP: u32 = 1;
+impl DropReason {
+    pub const ALL: [DropReason; 9] = [
+        DropReason::NoBackend,
+        DropReason::StaleSelection,
+        DropReason::ConntrackFull,
+        DropReason::RewriteFailed,
+        DropReason::NoLocalBackend,
+        DropReason::SourceRange,
+        DropReason::SnatPortsExhausted,
+        DropReason::RejectFailed,
+        DropReason::NoSnatAddress,
+    ];
+
+    /// Its counter's index in `drops`.
+    #[inline(always)]
+    pub const fn index(self) -> u32 {
+        self as u32
+    }
+
+    /// Its name in metrics and the CLI.
+    pub const fn name(self) -> &'static str {
+        match self {
+            DropReason::NoBackend => "no_backend",
+            DropReason::StaleSelection => "stale_selection",
+            DropReason::ConntrackFull => "conntrack_full",
+            DropReason::RewriteFailed => "rewrite_failed",
+            DropReason::NoLocalBackend => "no_local_backend",
+            DropReason::SourceRange => "source_range",
+            DropReason::SnatPortsExhausted => "snat_ports_exhausted",
+            DropReason::RejectFailed => "reject_failed",
+            DropReason::NoSnatAddress => "no_snat_address",
+        }
+    }
+}
+
+/// What was done that is not a plain translation: the index of its per-CPU
+/// `verdicts` counter.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// TCP RST sent for a frontend without endpoints.
+    RejectedTcp = 0,
+    /// ICMP port unreachable sent for a frontend without endpoints.
+    RejectedUdp = 1,
+}
+
+impl Verdict {
+    pub const ALL: [Verdict; 2] = [Verdict::RejectedTcp, Verdict::RejectedUdp];
+
+    /// Its counter's index in `verdicts`.
+    #[inline(always)]
+    pub const fn index(self) -> u32 {
+        self as u32
+    }
+
+    /// Its name in metrics.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Verdict::RejectedTcp => "tcp_rst",
+            Verdict::RejectedUdp => "icmp_port_unreachable",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sizes;
+
+    #[test]
+    fn every_counter_has_its_own_index_and_name_within_its_map() {
+        for (i, a) in DropReason::ALL.iter().enumerate() {
+            assert!(a.index() < sizes::DROP_REASONS, "{a:?}");
+            for b in &DropReason::ALL[i + 1..] {
+                assert_ne!(a.index(), b.index());
+                assert_ne!(a.name(), b.name());
+            }
+        }
+        for (i, a) in Verdict::ALL.iter().enumerate() {
+            assert!(a.index() < sizes::VERDICTS, "{a:?}");
+            for b in &Verdict::ALL[i + 1..] {
+                assert_ne!(a.index(), b.index());
+                assert_ne!(a.name(), b.name());
+            }
+        }
+    }
 }

@@ -23,32 +23,13 @@ pub const ICMP_FRAME_LEN: usize = ETH_HLEN + IP_HLEN + ICMP_HLEN + QUOTE_LEN;
 pub const ICMP_GROWTH: usize = ICMP_FRAME_LEN - ICMP_REQUEST_LEN;
 
 const PROTO_ICMP: u8 = 1;
-const PROTO_TCP: u8 = 6;
-const TCP_FIN: u8 = 0x01;
-const TCP_SYN: u8 = 0x02;
-const TCP_RST: u8 = 0x04;
-const TCP_ACK: u8 = 0x10;
 const REPLY_TTL: u8 = 64;
 
-/// The one's-complement sum of `data` as big-endian 16-bit words, added to `acc`.
-#[inline(always)]
-fn sum_be_words(data: &[u8], mut acc: u32) -> u32 {
-    let mut i = 0;
-    while i + 1 < data.len() {
-        acc += u16::from_be_bytes([data[i], data[i + 1]]) as u32;
-        i += 2;
-    }
-    acc
-}
-
-/// Folds a sum into the 16-bit checksum. Every sum here covers at most
-/// 64 words, so two folds always suffice.
-#[inline(always)]
-fn fold(acc: u32) -> u16 {
-    let acc = (acc & 0xffff) + (acc >> 16);
-    let acc = (acc & 0xffff) + (acc >> 16);
-    !(acc as u16)
-}
+use crate::{
+    csum::{fold, sum_be_words},
+    lb::{TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
+    maps::PROTO_TCP,
+};
 
 #[inline(always)]
 fn put_u16(frame: &mut [u8], off: usize, value: u16) {

@@ -3,12 +3,16 @@
 //!
 //! Each connection has two entries: the forward one keyed by the client → VIP
 //! tuple and the reply one keyed by the backend → client tuple (backend →
-//! node address and SNAT port when the node SNATs the flow).
+//! the client's stand-in when the client is translated too: the VIP for a
+//! hairpin connection, a node address and port for a SNATed one). Both are
+//! built by [`pair`], the one place that lays them out, and go in reply
+//! first: a flow is never forwarded unless its replies can be translated
+//! back (fail closed).
 
 use aya_ebpf::bindings::BPF_ANY;
-use proxy_common::maps::{drop_reason, CtEntry, FlowKey, CT_FORWARD, CT_HAIRPIN, CT_REPLY};
+use proxy_common::maps::{CtEntry, DropReason, FlowKey, CT_FORWARD, CT_REPLY};
 
-use crate::{maps::CONNTRACK, parse::Ipv4Flow, select::Selected};
+use crate::{maps::CONNTRACK, nat::Endpoint, parse::Ipv4Flow, select::Selected};
 
 #[inline(always)]
 pub fn flow_key(flow: &Ipv4Flow) -> FlowKey {
@@ -21,7 +25,7 @@ pub fn flow_key(flow: &Ipv4Flow) -> FlowKey {
 
 /// The key of a packet from `src` to `dst` (address, port; network order).
 #[inline(always)]
-pub fn tuple_key(src: (u32, u16), dst: (u32, u16), proto: u8) -> FlowKey {
+pub fn tuple_key(src: Endpoint, dst: Endpoint, proto: u8) -> FlowKey {
     FlowKey {
         src_addr: src.0,
         dst_addr: dst.0,
@@ -32,23 +36,12 @@ pub fn tuple_key(src: (u32, u16), dst: (u32, u16), proto: u8) -> FlowKey {
     }
 }
 
-#[inline(always)]
-fn lookup(flow: &Ipv4Flow, direction: u8) -> Option<CtEntry> {
-    // SAFETY: the entry is copied out at once.
-    let entry = unsafe { CONNTRACK.get(flow_key(flow)).copied() }?;
-    (entry.direction == direction).then_some(entry)
-}
-
-/// The translation of an established client → VIP flow.
-#[inline(always)]
-pub fn lookup_forward(flow: &Ipv4Flow) -> Option<CtEntry> {
-    lookup(flow, CT_FORWARD)
-}
-
 /// The translation of a backend → client reply.
 #[inline(always)]
 pub fn lookup_reply(flow: &Ipv4Flow) -> Option<CtEntry> {
-    lookup(flow, CT_REPLY)
+    // SAFETY: the entry is copied out at once.
+    let entry = unsafe { CONNTRACK.get(flow_key(flow)).copied() }?;
+    (entry.direction == CT_REPLY).then_some(entry)
 }
 
 /// The entry of `flow` in place, if it goes in `direction`: for paths that
@@ -74,18 +67,28 @@ pub fn forget_stale_reply(flow: &Ipv4Flow) {
     let _ = CONNTRACK.remove(reply_key);
 }
 
-/// Records a new connection and returns its forward translation. The reply
-/// entry goes in first: a flow is never forwarded unless its replies can be
-/// translated back (fail closed). `flags` are `CT_*` bits for both entries.
+/// The two entries of a new connection.
+pub struct Pair {
+    pub reply_key: FlowKey,
+    pub reply: CtEntry,
+    pub forward: CtEntry,
+}
+
+/// The entries of `flow`, sent to `chosen` by frontend `service_id`, with
+/// `CT_*` `flags`. `stand_in`: the source the backend sees instead of the
+/// client, if any (the entries then hold both ends' translations);
+/// `last_seen`: the clock for entries that record liveness, else 0.
 #[inline(always)]
-pub fn create(
+pub fn pair(
     flow: &Ipv4Flow,
     service_id: u32,
     chosen: &Selected,
     flags: u8,
-) -> Result<CtEntry, u32> {
+    stand_in: Option<Endpoint>,
+    last_seen: u32,
+) -> Pair {
+    let client = (flow.src_addr, flow.src_port);
     let backend = (chosen.backend.addr, chosen.backend.port);
-    let reply_key = tuple_key(backend, (flow.src_addr, flow.src_port), flow.proto);
     let reply = CtEntry {
         nat_addr: flow.dst_addr,
         nat_port: flow.dst_port,
@@ -93,70 +96,46 @@ pub fn create(
         flags,
         service_id,
         backend_id: chosen.id,
-        ..CtEntry::default()
+        snat_addr: if stand_in.is_some() { client.0 } else { 0 },
+        snat_port: if stand_in.is_some() { client.1 } else { 0 },
+        _pad: 0,
+        last_seen,
     };
+    let seen_as = stand_in.unwrap_or(client);
     let forward = CtEntry {
-        nat_addr: chosen.backend.addr,
-        nat_port: chosen.backend.port,
+        nat_addr: backend.0,
+        nat_port: backend.1,
         direction: CT_FORWARD,
-        flags,
-        service_id,
-        backend_id: chosen.id,
-        ..CtEntry::default()
-    };
-    CONNTRACK
-        .insert(reply_key, reply, BPF_ANY as u64)
-        .map_err(|_| drop_reason::CONNTRACK_FULL)?;
-    insert_forward(flow, forward, reply_key)
-}
-
-/// Records a connection from a pod to a Service that chose the pod itself
-/// (hairpin): the VIP with the client's port stands in as the source, and
-/// the reply, addressed to that stand-in, is translated back.
-#[inline(always)]
-pub fn create_hairpin(flow: &Ipv4Flow, service_id: u32, chosen: &Selected) -> Result<CtEntry, u32> {
-    let backend = (chosen.backend.addr, chosen.backend.port);
-    let reply_key = tuple_key(backend, (flow.dst_addr, flow.src_port), flow.proto);
-    let reply = CtEntry {
-        nat_addr: flow.dst_addr,
-        nat_port: flow.dst_port,
-        direction: CT_REPLY,
-        flags: CT_HAIRPIN,
-        service_id,
-        backend_id: chosen.id,
-        snat_addr: flow.src_addr,
-        snat_port: flow.src_port,
-        ..CtEntry::default()
-    };
-    let forward = CtEntry {
-        nat_addr: chosen.backend.addr,
-        nat_port: chosen.backend.port,
-        direction: CT_FORWARD,
-        snat_addr: flow.dst_addr,
-        snat_port: flow.src_port,
+        snat_addr: if stand_in.is_some() { seen_as.0 } else { 0 },
+        snat_port: if stand_in.is_some() { seen_as.1 } else { 0 },
         ..reply
     };
-    CONNTRACK
-        .insert(reply_key, reply, BPF_ANY as u64)
-        .map_err(|_| drop_reason::CONNTRACK_FULL)?;
-    insert_forward(flow, forward, reply_key)
+    Pair {
+        reply_key: tuple_key(backend, seen_as, flow.proto),
+        reply,
+        forward,
+    }
 }
 
-/// Puts the forward entry of `flow`, whose reply entry at `reply_key` is in
-/// already, and returns it; if it cannot go in, the reply entry goes too
-/// (fail closed).
+/// Records `pair`, reply entry first, and returns its forward entry.
 #[inline(always)]
-pub fn insert_forward(
-    flow: &Ipv4Flow,
-    forward: CtEntry,
-    reply_key: FlowKey,
-) -> Result<CtEntry, u32> {
+pub fn record(flow: &Ipv4Flow, pair: &Pair) -> Result<CtEntry, DropReason> {
+    CONNTRACK
+        .insert(pair.reply_key, pair.reply, BPF_ANY as u64)
+        .map_err(|_| DropReason::ConntrackFull)?;
+    record_forward(flow, pair)
+}
+
+/// Puts the forward entry of `pair`, whose reply entry is in already, and
+/// returns it; if it cannot go in, the reply entry goes too (fail closed).
+#[inline(always)]
+pub fn record_forward(flow: &Ipv4Flow, pair: &Pair) -> Result<CtEntry, DropReason> {
     if CONNTRACK
-        .insert(flow_key(flow), forward, BPF_ANY as u64)
+        .insert(flow_key(flow), pair.forward, BPF_ANY as u64)
         .is_err()
     {
-        let _ = CONNTRACK.remove(reply_key);
-        return Err(drop_reason::CONNTRACK_FULL);
+        let _ = CONNTRACK.remove(pair.reply_key);
+        return Err(DropReason::ConntrackFull);
     }
-    Ok(forward)
+    Ok(pair.forward)
 }

@@ -18,10 +18,10 @@ use aya_ebpf::{
     EbpfContext,
 };
 
-use proxy_common::maps::drop_reason;
+use proxy_common::{csum, maps::DropReason};
 
 use crate::{
-    csum, lookup,
+    lookup,
     parse::{ptr_at_mut, Ipv4Flow, Ipv4Hdr},
 };
 
@@ -137,8 +137,8 @@ pub fn tc_forward(ctx: &TcContext, flow: &Ipv4Flow, src: u32, dst: u32) -> i32 {
 /// Swaps the Ethernet addresses, so a frame that came out of a pod is
 /// addressed to it when it goes back in.
 #[inline(always)]
-pub fn tc_swap_macs(ctx: &TcContext) -> Result<(), u32> {
-    let eth = ptr_at_mut::<[[u8; 6]; 2]>(ctx, 0).ok_or(drop_reason::REWRITE_FAILED)?;
+pub fn tc_swap_macs(ctx: &TcContext) -> Result<(), DropReason> {
+    let eth = ptr_at_mut::<[[u8; 6]; 2]>(ctx, 0).ok_or(DropReason::RewriteFailed)?;
     // SAFETY: bounds-checked just above.
     unsafe {
         let [dst, src] = *eth;
@@ -151,11 +151,11 @@ pub fn tc_swap_macs(ctx: &TcContext) -> Result<(), u32> {
 /// (a reject reply, a hairpin connection; addressed to the pod already),
 /// past the stack.
 #[inline(always)]
-pub fn tc_back_into_pod(ctx: &TcContext) -> Result<i32, u32> {
+pub fn tc_back_into_pod(ctx: &TcContext) -> Result<i32, DropReason> {
     // SAFETY: reading our own skb's interface index; plain helper call.
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
     if unsafe { bpf_redirect(ifindex, 0) } != TC_ACT_REDIRECT as i64 {
-        return Err(drop_reason::REWRITE_FAILED);
+        return Err(DropReason::RewriteFailed);
     }
     Ok(TC_ACT_REDIRECT)
 }

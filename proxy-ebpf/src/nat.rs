@@ -1,14 +1,65 @@
-//! Address and port translation: DNAT towards the backend, reverse NAT on
-//! replies so the client sees the VIP and service port; in XDP both ends at
-//! once for flows that are SNATed too.
+//! IPv4 address and port translation: DNAT towards the backend, reverse NAT
+//! on replies so the client sees the VIP and service port; in XDP both ends
+//! at once for flows that are SNATed too.
+//!
+//! Checksums: in tc the L4 checksum goes through the kernel helper, the only
+//! one that knows whether the skb carries a full checksum or a partial one
+//! (veth with offloads on); the IPv4 header checksum is always full, so it
+//! is updated in place. XDP frames carry full checksums and have no such
+//! helper: there every checksum is updated in place. The arithmetic is
+//! `proxy_common::csum`'s.
 
-use aya_ebpf::programs::{TcContext, XdpContext};
-use proxy_common::maps::drop_reason;
-
-use crate::{
-    csum,
-    parse::{ptr_at_mut, Ipv4Flow, Ipv4Hdr},
+use aya_ebpf::{
+    bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR},
+    programs::{TcContext, XdpContext},
 };
+use proxy_common::{
+    csum,
+    maps::{DropReason, PROTO_UDP},
+};
+
+use crate::parse::{ptr_at_mut, Ipv4Flow, Ipv4Hdr};
+
+const TCP_CSUM_OFF: usize = 16;
+const UDP_CSUM_OFF: usize = 6;
+
+/// One end of a flow: address and port, network order.
+pub type Endpoint = csum::Endpoint4;
+
+/// The offset of the L4 checksum field, and whether it is UDP's.
+#[inline(always)]
+fn l4_csum_off(flow: &Ipv4Flow) -> (usize, bool) {
+    if flow.proto == PROTO_UDP {
+        (flow.l4_off + UDP_CSUM_OFF, true)
+    } else {
+        (flow.l4_off + TCP_CSUM_OFF, false)
+    }
+}
+
+/// tc: accounts for a change of `from` to `to` (`size` bytes; `pseudo`: a
+/// field of the pseudo-header) in the L4 checksum, through the helper.
+#[inline(always)]
+fn l4_replace(
+    ctx: &TcContext,
+    flow: &Ipv4Flow,
+    from: u32,
+    to: u32,
+    size: u64,
+    pseudo: bool,
+) -> Result<(), DropReason> {
+    let (off, udp) = l4_csum_off(flow);
+    // A zero UDP checksum means "none" and must stay zero; a computed zero
+    // is written as 0xffff.
+    let mut flags = size;
+    if udp {
+        flags |= BPF_F_MARK_MANGLED_0 as u64;
+    }
+    if pseudo {
+        flags |= BPF_F_PSEUDO_HDR as u64;
+    }
+    ctx.l4_csum_replace(off, from as u64, to as u64, flags)
+        .map_err(|_| DropReason::RewriteFailed)
+}
 
 /// Which end of the packet a rewrite touches.
 #[derive(Clone, Copy)]
@@ -18,7 +69,8 @@ enum End {
 }
 
 #[inline(always)]
-fn rewrite(ctx: &TcContext, flow: &Ipv4Flow, end: End, addr: u32, port: u16) -> Result<(), u32> {
+fn rewrite(ctx: &TcContext, flow: &Ipv4Flow, end: End, to: Endpoint) -> Result<(), DropReason> {
+    let (addr, port) = to;
     let (old_addr, old_port, port_index) = match end {
         End::Source => (flow.src_addr, flow.src_port, 0),
         End::Destination => (flow.dst_addr, flow.dst_port, 1),
@@ -26,15 +78,13 @@ fn rewrite(ctx: &TcContext, flow: &Ipv4Flow, end: End, addr: u32, port: u16) -> 
     // L4 checksum first: the helper may move the packet, so the header
     // pointers are taken afterwards.
     if addr != old_addr {
-        csum::l4_replace_addr(ctx, flow, old_addr, addr)
-            .map_err(|_| drop_reason::REWRITE_FAILED)?;
+        l4_replace(ctx, flow, old_addr, addr, 4, true)?;
     }
     if port != old_port {
-        csum::l4_replace_port(ctx, flow, old_port, port)
-            .map_err(|_| drop_reason::REWRITE_FAILED)?;
+        l4_replace(ctx, flow, old_port as u32, port as u32, 2, false)?;
     }
-    let ip = ptr_at_mut::<Ipv4Hdr>(ctx, flow.l3_off).ok_or(drop_reason::REWRITE_FAILED)?;
-    let ports = ptr_at_mut::<[u16; 2]>(ctx, flow.l4_off).ok_or(drop_reason::REWRITE_FAILED)?;
+    let ip = ptr_at_mut::<Ipv4Hdr>(ctx, flow.l3_off).ok_or(DropReason::RewriteFailed)?;
+    let ports = ptr_at_mut::<[u16; 2]>(ctx, flow.l4_off).ok_or(DropReason::RewriteFailed)?;
     // SAFETY: both pointers were bounds-checked against data_end just above.
     unsafe {
         (*ip).check = csum::replace_u32((*ip).check, old_addr, addr);
@@ -47,62 +97,49 @@ fn rewrite(ctx: &TcContext, flow: &Ipv4Flow, end: End, addr: u32, port: u16) -> 
     Ok(())
 }
 
-/// Client → VIP becomes client → backend.
+/// tc: the packet goes to `destination` (DNAT: client → VIP becomes
+/// client → backend).
 #[inline(always)]
-pub fn dnat(ctx: &TcContext, flow: &Ipv4Flow, addr: u32, port: u16) -> Result<(), u32> {
-    rewrite(ctx, flow, End::Destination, addr, port)
+pub fn set_destination(
+    ctx: &TcContext,
+    flow: &Ipv4Flow,
+    destination: Endpoint,
+) -> Result<(), DropReason> {
+    rewrite(ctx, flow, End::Destination, destination)
 }
 
-/// Client → backend becomes stand-in → backend (hairpin).
+/// tc: the packet comes from `source` (reverse NAT: backend → client
+/// becomes VIP → client; hairpin: the VIP stands in for the client).
 #[inline(always)]
-pub fn snat(ctx: &TcContext, flow: &Ipv4Flow, addr: u32, port: u16) -> Result<(), u32> {
-    rewrite(ctx, flow, End::Source, addr, port)
+pub fn set_source(ctx: &TcContext, flow: &Ipv4Flow, source: Endpoint) -> Result<(), DropReason> {
+    rewrite(ctx, flow, End::Source, source)
 }
-
-/// Backend → client becomes VIP → client.
-#[inline(always)]
-pub fn reverse_nat(ctx: &TcContext, flow: &Ipv4Flow, addr: u32, port: u16) -> Result<(), u32> {
-    rewrite(ctx, flow, End::Source, addr, port)
-}
-
-/// One end of a flow: address and port, network order.
-pub type Endpoint = (u32, u16);
 
 /// XDP: rewrites the packet to go from `src` to `dst`, updating the IPv4
-/// and L4 checksums in place. A UDP checksum of zero ("none") stays zero.
+/// and L4 checksums in place.
 #[inline(always)]
 pub fn xdp_translate(
     ctx: &XdpContext,
     flow: &Ipv4Flow,
     src: Endpoint,
     dst: Endpoint,
-) -> Result<(), u32> {
-    let (csum_off, udp) = csum::l4_csum_off(flow);
-    let ip = ptr_at_mut::<Ipv4Hdr>(ctx, flow.l3_off).ok_or(drop_reason::REWRITE_FAILED)?;
-    let ports = ptr_at_mut::<[u16; 2]>(ctx, flow.l4_off).ok_or(drop_reason::REWRITE_FAILED)?;
-    let l4_check = ptr_at_mut::<u16>(ctx, csum_off).ok_or(drop_reason::REWRITE_FAILED)?;
+) -> Result<(), DropReason> {
+    let (csum_off, udp) = l4_csum_off(flow);
+    let ip = ptr_at_mut::<Ipv4Hdr>(ctx, flow.l3_off).ok_or(DropReason::RewriteFailed)?;
+    let ports = ptr_at_mut::<[u16; 2]>(ctx, flow.l4_off).ok_or(DropReason::RewriteFailed)?;
+    let l4_check = ptr_at_mut::<u16>(ctx, csum_off).ok_or(DropReason::RewriteFailed)?;
+    let from = (
+        (flow.src_addr, flow.src_port),
+        (flow.dst_addr, flow.dst_port),
+    );
     // SAFETY: every pointer was bounds-checked against data_end just above.
     unsafe {
-        let mut ip_check = (*ip).check;
-        ip_check = csum::replace_u32(ip_check, flow.src_addr, src.0);
-        ip_check = csum::replace_u32(ip_check, flow.dst_addr, dst.0);
-        (*ip).check = ip_check;
+        (*ip).check = csum::ipv4_translated((*ip).check, (from.0 .0, from.1 .0), (src.0, dst.0));
         (*ip).saddr = src.0;
         (*ip).daddr = dst.0;
         (*ports)[0] = src.1;
         (*ports)[1] = dst.1;
-        let mut check = *l4_check;
-        if !(udp && check == 0) {
-            // The pseudo-header holds both addresses.
-            check = csum::replace_u32(check, flow.src_addr, src.0);
-            check = csum::replace_u32(check, flow.dst_addr, dst.0);
-            check = csum::replace_u16(check, flow.src_port, src.1);
-            check = csum::replace_u16(check, flow.dst_port, dst.1);
-            if udp && check == 0 {
-                check = 0xffff;
-            }
-            *l4_check = check;
-        }
+        *l4_check = csum::l4_translated(*l4_check, udp, from, (src, dst));
     }
     Ok(())
 }

@@ -3,7 +3,10 @@
 //! unfragmented IPv4 TCP/UDP packet yields `None` and is passed on untouched.
 
 use aya_ebpf::programs::{TcContext, XdpContext};
-use proxy_common::maps::{PROTO_TCP, PROTO_UDP};
+use proxy_common::{
+    lb::Packet,
+    maps::{PROTO_TCP, PROTO_UDP},
+};
 
 /// A packet in linear memory: what direct packet access needs of a context.
 pub trait Frame {
@@ -61,10 +64,16 @@ pub struct Ipv4Flow {
     pub tcp_flags: u8,
 }
 
-pub const TCP_FIN: u8 = 0x01;
-pub const TCP_SYN: u8 = 0x02;
-pub const TCP_RST: u8 = 0x04;
-pub const TCP_ACK: u8 = 0x10;
+impl Ipv4Flow {
+    /// What the load-balancing rules read of it.
+    #[inline(always)]
+    pub fn packet(&self) -> Packet {
+        Packet {
+            proto: self.proto,
+            tcp_flags: self.tcp_flags,
+        }
+    }
+}
 
 #[repr(C)]
 pub struct Ipv4Hdr {
@@ -122,14 +131,17 @@ pub fn tc_ipv4_flow(ctx: &TcContext) -> Option<Ipv4Flow> {
 #[inline(always)]
 pub fn ipv4_flow(ctx: &impl Frame) -> Option<Ipv4Flow> {
     let mut l3_off = ETH_HLEN;
+    // SAFETY: `ptr_at` checked that the value lies before `data_end`.
     let mut ether_type = unsafe { *ptr_at::<u16>(ctx, 12)? };
     if ether_type == ETH_P_8021Q {
+        // SAFETY: `ptr_at` checked that the value lies before `data_end`.
         ether_type = unsafe { *ptr_at::<u16>(ctx, 16)? };
         l3_off += VLAN_HLEN;
     }
     if ether_type != ETH_P_IPV4 {
         return None;
     }
+    // SAFETY: `ptr_at` checked that the value lies before `data_end`.
     let ip = unsafe { &*ptr_at::<Ipv4Hdr>(ctx, l3_off)? };
     let ihl = ((ip.version_ihl & 0x0f) as usize) * 4;
     if ip.version_ihl >> 4 != 4 || ihl < 20 || ip.frag_off & IP_FRAGMENTED != 0 {
@@ -145,8 +157,10 @@ pub fn ipv4_flow(ctx: &impl Frame) -> Option<Ipv4Flow> {
     if ctx.data() + l4_off + l4_len > ctx.data_end() {
         return None;
     }
+    // SAFETY: `ptr_at` checked that the value lies before `data_end`.
     let ports = unsafe { &*ptr_at::<[u16; 2]>(ctx, l4_off)? };
     let tcp_flags = if ip.proto == PROTO_TCP {
+        // SAFETY: `ptr_at` checked that the value lies before `data_end`.
         unsafe { *ptr_at::<u8>(ctx, l4_off + 13)? }
     } else {
         0

@@ -7,7 +7,7 @@
 
 use aya_ebpf::bindings::BPF_ANY;
 use proxy_common::maps::{
-    drop_reason, maglev_layout, AffinityKey, AffinityValue, BackendValue, CtEntry, ServiceValue,
+    maglev_layout, AffinityKey, AffinityValue, BackendValue, CtEntry, DropReason, ServiceValue,
     SERVICE_AFFINITY_CLIENT_IP,
 };
 
@@ -24,10 +24,7 @@ pub struct Selected {
 }
 
 #[inline(always)]
-pub fn select_backend(service: &ServiceValue, flow: &Ipv4Flow) -> Result<Selected, u32> {
-    if service.table_size == 0 {
-        return Err(drop_reason::NO_BACKEND);
-    }
+pub fn select_backend(service: &ServiceValue, flow: &Ipv4Flow) -> Result<Selected, DropReason> {
     if service.flags & SERVICE_AFFINITY_CLIENT_IP == 0 {
         return slot_backend(service, flow_hash(flow)).map(|(s, _)| s);
     }
@@ -66,10 +63,10 @@ pub fn select_backend(service: &ServiceValue, flow: &Ipv4Flow) -> Result<Selecte
 
 /// The backend in slot `hash` mod M of `service`'s table, and its member index.
 #[inline(always)]
-fn slot_backend(service: &ServiceValue, hash: u32) -> Result<(Selected, u32), u32> {
-    let (id, member) = table_entry(service.id, hash).ok_or(drop_reason::STALE_SELECTION)?;
+fn slot_backend(service: &ServiceValue, hash: u32) -> Result<(Selected, u32), DropReason> {
+    let (id, member) = table_entry(service.id, hash).ok_or(DropReason::StaleSelection)?;
     // SAFETY: the value is copied out at once.
-    let backend = unsafe { BACKENDS.get(id).copied() }.ok_or(drop_reason::STALE_SELECTION)?;
+    let backend = unsafe { BACKENDS.get(id).copied() }.ok_or(DropReason::StaleSelection)?;
     Ok((Selected { id, backend }, member))
 }
 

@@ -7,16 +7,19 @@
 //! flow that needs it; every packet of a SNATed flow records when it passed.
 
 use aya_ebpf::bindings::{BPF_ANY, BPF_NOEXIST};
-use proxy_common::maps::{
-    drop_reason, CtEntry, FlowKey, CT_CLOSING, CT_FORWARD, CT_REPLY, CT_SNAT, PROTO_UDP,
-    SNAT_CLOSED_REUSE_S, SNAT_PORT_MAX, SNAT_PORT_MIN, SNAT_TCP_REUSE_S, SNAT_UDP_REUSE_S,
+use proxy_common::{
+    lb::{TCP_FIN, TCP_RST},
+    maps::{
+        CtEntry, DropReason, FlowKey, CT_CLOSING, CT_FORWARD, CT_REPLY, CT_SNAT, PROTO_UDP,
+        SNAT_CLOSED_REUSE_S, SNAT_PORT_MAX, SNAT_PORT_MIN, SNAT_TCP_REUSE_S, SNAT_UDP_REUSE_S,
+    },
 };
 
 use crate::{
     conntrack,
     kernel::now_s,
     maps::CONNTRACK,
-    parse::{Ipv4Flow, TCP_FIN, TCP_RST},
+    parse::Ipv4Flow,
     select::{flow_hash, Selected},
 };
 
@@ -92,51 +95,38 @@ fn reclaim(reply_key: &FlowKey, now: u32) -> bool {
 }
 
 /// Records a new connection that the node SNATs to `node_addr` and returns
-/// its forward translation; the reply entry goes in first (fail closed).
+/// its forward translation; the reply entry claims the port (fail closed).
 #[inline(always)]
 pub fn create(
     flow: &Ipv4Flow,
     service_id: u32,
     chosen: &Selected,
     node_addr: u32,
-) -> Result<CtEntry, u32> {
+) -> Result<CtEntry, DropReason> {
     let span = (SNAT_PORT_MAX - SNAT_PORT_MIN) as u32 + 1;
     let hash = flow_hash(flow);
     let now = now_s();
     for attempt in 0..TRIES {
         let offset = hash.wrapping_add(attempt.wrapping_mul(STRIDE)) % span;
         let port = (SNAT_PORT_MIN + offset as u16).to_be();
-        let backend = (chosen.backend.addr, chosen.backend.port);
-        let reply_key = conntrack::tuple_key(backend, (node_addr, port), flow.proto);
-        let reply = CtEntry {
-            nat_addr: flow.dst_addr,
-            nat_port: flow.dst_port,
-            direction: CT_REPLY,
-            flags: CT_SNAT,
+        let pair = conntrack::pair(
+            flow,
             service_id,
-            backend_id: chosen.id,
-            snat_addr: flow.src_addr,
-            snat_port: flow.src_port,
-            _pad: 0,
-            last_seen: now,
-        };
+            chosen,
+            CT_SNAT,
+            Some((node_addr, port)),
+            now,
+        );
         let claimed = CONNTRACK
-            .insert(reply_key, reply, BPF_NOEXIST as u64)
+            .insert(pair.reply_key, pair.reply, BPF_NOEXIST as u64)
             .is_ok()
-            || (reclaim(&reply_key, now)
-                && CONNTRACK.insert(reply_key, reply, BPF_ANY as u64).is_ok());
-        if !claimed {
-            continue;
+            || (reclaim(&pair.reply_key, now)
+                && CONNTRACK
+                    .insert(pair.reply_key, pair.reply, BPF_ANY as u64)
+                    .is_ok());
+        if claimed {
+            return conntrack::record_forward(flow, &pair);
         }
-        let forward = CtEntry {
-            nat_addr: chosen.backend.addr,
-            nat_port: chosen.backend.port,
-            direction: CT_FORWARD,
-            snat_addr: node_addr,
-            snat_port: port,
-            ..reply
-        };
-        return conntrack::insert_forward(flow, forward, reply_key);
     }
-    Err(drop_reason::SNAT_PORTS_EXHAUSTED)
+    Err(DropReason::SnatPortsExhausted)
 }

@@ -2,6 +2,8 @@
 
 use aya_ebpf::bindings::{xdp_action, TC_ACT_SHOT};
 
+use proxy_common::maps::{DropReason, Verdict};
+
 use crate::maps::{DROPS, STATS, VERDICTS};
 
 #[inline(always)]
@@ -15,27 +17,26 @@ pub fn count_service(service_id: u32, bytes: u32) {
     }
 }
 
-/// Counts a `proxy_common::maps::verdict`.
 #[inline(always)]
-pub fn count_verdict(verdict: u32) {
-    if let Some(count) = VERDICTS.get_ptr_mut(verdict) {
+pub fn count_verdict(verdict: Verdict) {
+    if let Some(count) = VERDICTS.get_ptr_mut(verdict.index()) {
         // SAFETY: per-CPU slot, no other writer on this CPU.
         unsafe { *count += 1 };
     }
 }
 
 #[inline(always)]
-pub fn count_drop(reason: u32) {
-    if let Some(count) = DROPS.get_ptr_mut(reason) {
+pub fn count_drop(reason: DropReason) {
+    if let Some(count) = DROPS.get_ptr_mut(reason.index()) {
         // SAFETY: per-CPU slot, no other writer on this CPU.
         unsafe { *count += 1 };
     }
 }
 
 /// The tc verdict for a program's result: the action it chose, or drop
-/// and count why (`Err` carries a `drop_reason`). Every verdict is decided here.
+/// and count why. Every verdict is decided here.
 #[inline(always)]
-pub fn tc_verdict(result: Result<i32, u32>) -> i32 {
+pub fn tc_verdict(result: Result<i32, DropReason>) -> i32 {
     match result {
         Ok(action) => action,
         Err(reason) => {
@@ -47,7 +48,7 @@ pub fn tc_verdict(result: Result<i32, u32>) -> i32 {
 
 /// The XDP verdict for a program's result, as [`tc_verdict`].
 #[inline(always)]
-pub fn xdp_verdict(result: Result<u32, u32>) -> u32 {
+pub fn xdp_verdict(result: Result<u32, DropReason>) -> u32 {
     match result {
         Ok(action) => action,
         Err(reason) => {

@@ -17,7 +17,7 @@ use prometheus_client::{
     registry::Registry,
 };
 use proxy_common::{
-    maps::{addr_from_net, drop_reason, port_from_net, verdict, ServiceKey, SCOPE_NODE},
+    maps::{addr_from_net, port_from_net, DropReason, ServiceKey, Verdict, SCOPE_NODE},
     sizes,
 };
 use tracing::warn;
@@ -33,26 +33,6 @@ use crate::{
     source::RejectionKind,
     sync::{frontend_text, scope_label},
 };
-
-/// Names of the `drops` indexes (`proxy_common::maps::drop_reason`); an
-/// index missing here is still reported, as `code_N`.
-const DROP_REASONS: [(u32, &str); 9] = [
-    (drop_reason::NO_BACKEND, "no_backend"),
-    (drop_reason::STALE_SELECTION, "stale_selection"),
-    (drop_reason::CONNTRACK_FULL, "conntrack_full"),
-    (drop_reason::REWRITE_FAILED, "rewrite_failed"),
-    (drop_reason::NO_LOCAL_BACKEND, "no_local_backend"),
-    (drop_reason::SOURCE_RANGE, "source_range"),
-    (drop_reason::SNAT_PORTS_EXHAUSTED, "snat_ports_exhausted"),
-    (drop_reason::REJECT_FAILED, "reject_failed"),
-    (drop_reason::NO_SNAT_ADDRESS, "no_snat_address"),
-];
-
-/// The reject replies (`proxy_common::maps::verdict`).
-const REJECT_REPLIES: [(u32, &str); 2] = [
-    (verdict::REJECTED_TCP, "tcp_rst"),
-    (verdict::REJECTED_UDP, "icmp_port_unreachable"),
-];
 
 /// One frontend's counters and who it belongs to.
 #[derive(Debug, Default)]
@@ -364,11 +344,13 @@ impl Telemetry {
             });
         }
         let mut drops = Vec::new();
+        // A counter of a reason this agent does not know (another
+        // object's) is still reported, as `code_N`.
         for index in 0..sizes::DROP_REASONS {
-            let known = DROP_REASONS.iter().find(|(i, _)| *i == index);
+            let known = DropReason::ALL.iter().find(|r| r.index() == index);
             match maps.drops(index) {
                 Ok(n) if known.is_some() || n > 0 => drops.push((
-                    known.map_or_else(|| format!("code_{index}"), |(_, name)| name.to_string()),
+                    known.map_or_else(|| format!("code_{index}"), |r| r.name().to_string()),
                     n,
                 )),
                 Ok(_) => {}
@@ -376,9 +358,9 @@ impl Telemetry {
             }
         }
         let mut rejects = Vec::new();
-        for (index, reply) in REJECT_REPLIES {
-            match maps.verdicts(index) {
-                Ok(n) => rejects.push((reply, n)),
+        for verdict in Verdict::ALL {
+            match maps.verdicts(verdict.index()) {
+                Ok(n) => rejects.push((verdict.name(), n)),
                 Err(e) => failed("verdicts", &e),
             }
         }
@@ -563,15 +545,6 @@ mod tests {
             .any(|k| k.starts_with("kxdp_last_successful_sync")));
         assert!(!series.keys().any(|k| k.starts_with("kxdp_conntrack")));
         assert_eq!(series["kxdp_syncs_total"], 7.0);
-    }
-
-    #[test]
-    fn drop_reason_names_are_distinct_and_within_the_counters() {
-        let mut indexes: Vec<u32> = DROP_REASONS.iter().map(|(i, _)| *i).collect();
-        indexes.sort_unstable();
-        indexes.dedup();
-        assert_eq!(indexes.len(), DROP_REASONS.len());
-        assert!(indexes.iter().all(|i| *i < sizes::DROP_REASONS));
     }
 
     #[test]

@@ -17,8 +17,8 @@ use proxy_common::{
     kernel::clock_s,
     maps::{
         addr_from_net, addr_to_net, port_from_net, port_to_net, AffinityKey, AffinityValue,
-        BackendValue, CtEntry, FlowKey, ServiceKey, ServiceStats, ServiceValue, SourceRange,
-        BACKEND_LOCAL, SCOPE_CLUSTER_IP, SERVICE_AFFINITY_CLIENT_IP,
+        BackendValue, CtEntry, DropReason, FlowKey, ServiceKey, ServiceStats, ServiceValue,
+        SourceRange, Verdict, BACKEND_LOCAL, SCOPE_CLUSTER_IP, SERVICE_AFFINITY_CLIENT_IP,
     },
 };
 use proxy_userspace::{
@@ -439,11 +439,11 @@ impl Datapath {
         test_run_once(prog, frame, Some(&xdp_md(frame.len(), ifindex)))
     }
 
-    /// Verdicts counted for `verdict` (`verdict::*`), summed over CPUs.
-    pub fn verdicts(&self, verdict: u32) -> u64 {
+    /// Verdicts counted for `verdict`, summed over CPUs.
+    pub fn verdicts(&self, verdict: Verdict) -> u64 {
         let values = self
             .per_cpu::<u64>("VERDICTS")
-            .get(&verdict, 0)
+            .get(&verdict.index(), 0)
             .expect("read VERDICTS");
         values.iter().sum()
     }
@@ -462,11 +462,11 @@ impl Datapath {
         test_run_once(prog, frame, ctx)
     }
 
-    /// Drops counted for `reason` (`drop_reason::*`), summed over CPUs.
-    pub fn drops(&self, reason: u32) -> u64 {
+    /// Drops counted for `reason`, summed over CPUs.
+    pub fn drops(&self, reason: DropReason) -> u64 {
         let values = self
             .per_cpu::<u64>("DROPS")
-            .get(&reason, 0)
+            .get(&reason.index(), 0)
             .expect("read DROPS");
         values.iter().sum()
     }

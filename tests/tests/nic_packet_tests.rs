@@ -17,7 +17,7 @@ use kxdp_testbed::{
     packet::{self, Packet, L4, PROTO_ICMP},
 };
 use proxy_common::maps::{
-    addr_to_net, drop_reason, port_to_net, verdict, CtEntry, FlowKey, ServiceKey, CT_CLOSING,
+    addr_to_net, port_to_net, CtEntry, DropReason, FlowKey, ServiceKey, Verdict, CT_CLOSING,
     CT_FORWARD, CT_REPLY, CT_SNAT, PROTO_TCP, PROTO_UDP, SCOPE_CLUSTER_IP, SCOPE_NODE,
     SERVICE_EMPTY_DROP, SERVICE_SNAT_REMOTE, SERVICE_SOURCE_RANGES, SNAT_PORT_MAX, SNAT_PORT_MIN,
 };
@@ -238,8 +238,8 @@ fn a_frontend_without_endpoints_rejects_tcp_and_udp() {
     let (verdict, out) = dp.run_nic(&datagram, nic);
     assert_eq!(verdict, XDP_TX);
     packet::assert_port_unreachable_answers(&out, &datagram);
-    assert_eq!(dp.verdicts(verdict::REJECTED_TCP), 1);
-    assert_eq!(dp.verdicts(verdict::REJECTED_UDP), 1);
+    assert_eq!(dp.verdicts(Verdict::RejectedTcp), 1);
+    assert_eq!(dp.verdicts(Verdict::RejectedUdp), 1);
     assert!(dp.conntrack().is_empty());
 }
 
@@ -248,8 +248,8 @@ fn policy_local_without_local_endpoints_drops_silently() {
     let (mut dp, nic) = nodeport_datapath(SERVICE_EMPTY_DROP, &[]);
     let syn = from_client(Packet::tcp(client(40000), nodeport()));
     assert_eq!(dp.run_nic(&syn.build(), nic).0, XDP_DROP);
-    assert_eq!(dp.drops(drop_reason::NO_LOCAL_BACKEND), 1);
-    assert_eq!(dp.verdicts(verdict::REJECTED_TCP), 0);
+    assert_eq!(dp.drops(DropReason::NoLocalBackend), 1);
+    assert_eq!(dp.verdicts(Verdict::RejectedTcp), 0);
 }
 
 #[test]
@@ -284,7 +284,7 @@ fn source_ranges_admit_only_their_clients() {
             assert_eq!(verdict, XDP_DROP, "{from}");
         }
     }
-    assert_eq!(dp.drops(drop_reason::SOURCE_RANGE), 2);
+    assert_eq!(dp.drops(DropReason::SourceRange), 2);
 }
 
 #[test]
@@ -419,7 +419,7 @@ fn snat_ports_of_live_flows_are_never_taken_over() {
         let request = new_flow(proto);
         let (verdict, _) = dp.run_nic(&from_client(request).build(), nic);
         assert_eq!(verdict, XDP_DROP, "proto {proto}");
-        assert_eq!(dp.drops(drop_reason::SNAT_PORTS_EXHAUSTED), 1);
+        assert_eq!(dp.drops(DropReason::SnatPortsExhausted), 1);
         assert_eq!(dp.conntrack_len(), entries, "nothing taken over");
     }
 }

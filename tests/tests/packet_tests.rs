@@ -12,7 +12,7 @@ use kxdp_testbed::{
 };
 use proxy_common::hash::flow_hash;
 use proxy_common::maps::{
-    addr_to_net, drop_reason, port_to_net, verdict, AffinityKey, AffinityValue, ServiceKey,
+    addr_to_net, port_to_net, AffinityKey, AffinityValue, DropReason, ServiceKey, Verdict,
     CT_FORWARD, CT_REPLY, PROTO_TCP, PROTO_UDP, SCOPE_CLUSTER_IP, SERVICE_EMPTY_DROP,
     SERVICE_SOURCE_RANGES,
 };
@@ -647,7 +647,7 @@ fn service_without_backends_rejects_tcp_with_a_reset() {
         let (verdict, out) = dp.run(&request.build());
         assert_eq!(verdict, TC_ACT_REDIRECT, "{name}: sent back into the pod");
         packet::assert_rst_answers(&out, request);
-        assert_eq!(dp.verdicts(verdict::REJECTED_TCP), n as u64 + 1);
+        assert_eq!(dp.verdicts(Verdict::RejectedTcp), n as u64 + 1);
     }
     // A RST is never answered.
     let rst = Packet::tcp(client, vip).tcp_flags(0x04).build();
@@ -673,7 +673,7 @@ fn service_without_backends_answers_udp_with_port_unreachable() {
         assert_eq!(verdict, TC_ACT_REDIRECT);
         packet::assert_port_unreachable_answers(&out, &input);
     }
-    assert_eq!(dp.verdicts(verdict::REJECTED_UDP), 3);
+    assert_eq!(dp.verdicts(Verdict::RejectedUdp), 3);
 }
 
 #[test]
@@ -688,8 +688,8 @@ fn internal_policy_local_without_local_endpoints_drops_silently() {
     dp.add_frontend(key, 5, SERVICE_EMPTY_DROP, &[]);
     let request = Packet::tcp(sa(CLIENT, 40013), sa(ip(10, 96, 0, 22), 80));
     assert_eq!(dp.run(&request.build()).0, TC_ACT_SHOT);
-    assert_eq!(dp.drops(drop_reason::NO_LOCAL_BACKEND), 1);
-    assert_eq!(dp.verdicts(verdict::REJECTED_TCP), 0);
+    assert_eq!(dp.drops(DropReason::NoLocalBackend), 1);
+    assert_eq!(dp.verdicts(Verdict::RejectedTcp), 0);
 }
 
 #[test]
@@ -1008,5 +1008,5 @@ fn a_load_balancer_address_keeps_its_source_ranges_for_pods_too() {
     assert_eq!(packet::dst(&out), sa(TCP_BACKENDS[0].0, TCP_BACKENDS[0].1));
     let outsider = Packet::tcp(sa(ip(10, 0, 7, 5), 44000), lb).build();
     assert_eq!(dp.run(&outsider).0, TC_ACT_SHOT);
-    assert_eq!(dp.drops(drop_reason::SOURCE_RANGE), 1);
+    assert_eq!(dp.drops(DropReason::SourceRange), 1);
 }

@@ -5,7 +5,7 @@ use std::{collections::BTreeSet, fmt::Write as _, net::Ipv4Addr, path::Path};
 
 use anyhow::Context as _;
 use proxy_common::maps::{
-    addr_from_net, drop_reason, port_from_net, verdict, BackendValue, BACKEND_LOCAL,
+    addr_from_net, port_from_net, BackendValue, DropReason, Verdict, BACKEND_LOCAL,
     SERVICE_AFFINITY_CLIENT_IP, SERVICE_EMPTY_DROP, SERVICE_SNAT_REMOTE, SERVICE_SOURCE_RANGES,
 };
 
@@ -177,9 +177,9 @@ pub fn run(pin_path: &Path, output: Output) -> anyhow::Result<()> {
     let contents = maps.read_contents()?;
     let rows = rows(&contents, &maps)?;
     let totals = Totals {
-        no_backend_drops: maps.drops(drop_reason::NO_BACKEND)?,
-        rejected_tcp: maps.verdicts(verdict::REJECTED_TCP)?,
-        rejected_udp: maps.verdicts(verdict::REJECTED_UDP)?,
+        no_backend_drops: maps.drops(DropReason::NoBackend.index())?,
+        rejected_tcp: maps.verdicts(Verdict::RejectedTcp.index())?,
+        rejected_udp: maps.verdicts(Verdict::RejectedUdp.index())?,
     };
     match output {
         Output::Table => print!("{}", render(&rows, &totals)),

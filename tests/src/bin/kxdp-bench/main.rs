@@ -39,12 +39,9 @@ use kxdp_testbed::{
     privileged::require_root,
     scenario::{peer_bin, EchoScenario},
 };
-use proxy_common::{
-    maps::{
-        addr_to_net, port_to_net, CtEntry, FlowKey, ServiceKey, CT_REPLY, PROTO_TCP,
-        SCOPE_CLUSTER_IP,
-    },
-    sizes::DROP_REASONS,
+use proxy_common::maps::{
+    addr_to_net, port_to_net, CtEntry, DropReason, FlowKey, ServiceKey, CT_REPLY, PROTO_TCP,
+    SCOPE_CLUSTER_IP,
 };
 use proxy_userspace::ebpf_object::FLOOR_OBJECT;
 

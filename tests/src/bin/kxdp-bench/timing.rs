@@ -81,7 +81,7 @@ pub(crate) fn expect_verdict(what: &str, got: u32, want: u32) -> anyhow::Result<
 }
 
 pub(crate) fn expect_no_drops(what: &str, dp: &Datapath) -> anyhow::Result<()> {
-    let drops: u64 = (0..DROP_REASONS).map(|r| dp.drops(r)).sum();
+    let drops: u64 = DropReason::ALL.into_iter().map(|r| dp.drops(r)).sum();
     ensure!(drops == 0, "{what}: {drops} packets dropped");
     Ok(())
 }

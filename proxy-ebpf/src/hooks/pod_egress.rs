@@ -5,6 +5,7 @@
 //! passes untouched.
 
 use aya_ebpf::{bindings::TC_ACT_OK, macros::classifier, programs::TcContext};
+use proxy_common::maps::DropReason;
 
 use crate::{conntrack, nat, parse, stats};
 
@@ -13,14 +14,13 @@ pub fn pod_egress(ctx: TcContext) -> i32 {
     stats::tc_verdict(translate(&ctx))
 }
 
-/// Err carries a `drop_reason`.
 #[inline(always)]
-fn translate(ctx: &TcContext) -> Result<i32, u32> {
+fn translate(ctx: &TcContext) -> Result<i32, DropReason> {
     let Some(flow) = parse::tc_ipv4_flow(ctx) else {
         return Ok(TC_ACT_OK);
     };
     if let Some(entry) = conntrack::lookup_reply(&flow) {
-        nat::reverse_nat(ctx, &flow, entry.nat_addr, entry.nat_port)?;
+        nat::set_source(ctx, &flow, (entry.nat_addr, entry.nat_port))?;
     }
     Ok(TC_ACT_OK)
 }

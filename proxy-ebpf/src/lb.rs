@@ -1,0 +1,101 @@
+//! The load-balancing core's IPv4 side: what `proxy_common::lb::decide`
+//! consults for an IPv4 packet (source ranges, the forward conntrack entry,
+//! backend selection) and how a new flow is recorded for the hook it was
+//! seen at. Every hook asks [`balance`]; an IPv6 path adds its own
+//! `Lookups` and keeps the rules.
+
+use proxy_common::{
+    lb::{self, Decision, Established, Hook, Lookups, Recording},
+    maps::{CtEntry, DropReason, ServiceValue, CT_FORWARD, CT_FROM_NIC, CT_HAIRPIN, CT_SNAT},
+};
+
+use crate::{conntrack, lookup, parse::Ipv4Flow, select, snat};
+
+struct Ipv4Lookups<'a> {
+    flow: &'a Ipv4Flow,
+    hook: Hook,
+    /// NIC the packet came in on (XDP), for the address a SNAT uses.
+    ingress_ifindex: u32,
+}
+
+impl Lookups for Ipv4Lookups<'_> {
+    type Found = *mut CtEntry;
+    type Entry = CtEntry;
+
+    #[inline(always)]
+    fn source_allowed(&self, frontend_id: u32) -> bool {
+        lookup::source_allowed(frontend_id, self.flow.src_addr)
+    }
+
+    #[inline(always)]
+    fn established(&self) -> Established<*mut CtEntry> {
+        let Some(found) = conntrack::entry_mut(self.flow, CT_FORWARD) else {
+            return Established::None;
+        };
+        // SAFETY: a map value pointer, valid for this program run.
+        let entry = unsafe { &*found };
+        if select::backend_still_exists(entry) {
+            Established::Live {
+                entry: found,
+                flags: entry.flags,
+            }
+        } else {
+            Established::BackendGone
+        }
+    }
+
+    #[inline(always)]
+    fn keep(&self, found: *mut CtEntry) -> CtEntry {
+        // SAFETY: a map value pointer, valid for this program run.
+        let entry = unsafe { *found };
+        if entry.flags & CT_SNAT != 0 {
+            snat::touch(found, self.flow);
+        }
+        entry
+    }
+
+    #[inline(always)]
+    fn open(&self, frontend: &ServiceValue) -> Result<CtEntry, DropReason> {
+        let flow = self.flow;
+        let chosen = select::select_backend(frontend, flow)?;
+        let backend = &chosen.backend;
+        let id = frontend.id;
+        let pair = match lb::recording(
+            self.hook,
+            frontend,
+            backend.flags,
+            backend.addr == flow.src_addr,
+        ) {
+            Recording::Plain => conntrack::pair(flow, id, &chosen, 0, None, 0),
+            Recording::FromNic => conntrack::pair(flow, id, &chosen, CT_FROM_NIC, None, 0),
+            Recording::Hairpin => {
+                // The VIP with the client's port stands in as the source.
+                let stand_in = (flow.dst_addr, flow.src_port);
+                conntrack::pair(flow, id, &chosen, CT_HAIRPIN, Some(stand_in), 0)
+            }
+            Recording::Snat => {
+                let node_addr =
+                    lookup::nic_address(self.ingress_ifindex).ok_or(DropReason::NoSnatAddress)?;
+                return snat::create(flow, id, &chosen, node_addr);
+            }
+        };
+        conntrack::record(flow, &pair)
+    }
+}
+
+/// The core's decision for `flow`, addressed to `frontend`, seen at `hook`
+/// (`ingress_ifindex`: the NIC, for XDP).
+#[inline(always)]
+pub fn balance(
+    flow: &Ipv4Flow,
+    frontend: &ServiceValue,
+    hook: Hook,
+    ingress_ifindex: u32,
+) -> Result<Decision<CtEntry>, DropReason> {
+    let lookups = Ipv4Lookups {
+        flow,
+        hook,
+        ingress_ifindex,
+    };
+    lb::decide(&lookups, frontend, flow.packet())
+}
