@@ -1,4 +1,5 @@
 pub mod agent;
+pub mod cases;
 pub mod cgroup;
 pub mod datapath;
 pub mod fake_apiserver;

@@ -9,6 +9,7 @@
 use std::net::{Ipv4Addr, SocketAddrV4};
 
 use kxdp_testbed::{
+    cases::{self, Case, Count, Frame, Frontend, Hook, Out, Step},
     datapath::{
         datapath_now_s, datapath_s_ago, Datapath, TestBackend, TC_ACT_REDIRECT, XDP_DROP, XDP_PASS,
         XDP_REDIRECT, XDP_TX,
@@ -24,6 +25,7 @@ use proxy_common::maps::{
 
 const NODE_PORT: u16 = 30080;
 const LOCAL_POD: Ipv4Addr = Ipv4Addr::new(10, 1, 1, 2);
+const OTHER_LOCAL_POD: Ipv4Addr = Ipv4Addr::new(10, 1, 1, 3);
 const REMOTE_POD: Ipv4Addr = Ipv4Addr::new(10, 1, 2, 2);
 /// A LoadBalancer ingress IP routed to this node.
 const LB_IP: Ipv4Addr = Ipv4Addr::new(192, 168, 60, 10);
@@ -79,44 +81,273 @@ fn nodeport_datapath(flags: u32, backends: &[TestBackend]) -> (Datapath, u32) {
     (dp, nic)
 }
 
-#[test]
-fn nodeport_to_a_local_backend_is_dnated_and_handed_to_the_stack() {
+// ------------------------------------------------------------ case table
+
+fn nic_frontend(
+    addr: Ipv4Addr,
+    port: u16,
+    proto: u8,
+    id: u32,
+    flags: u32,
+    backends: &[TestBackend],
+) -> Frontend {
+    Frontend {
+        key: node_key(addr, port, proto),
+        id,
+        flags,
+        backends: backends.to_vec(),
+        sources: Vec::new(),
+    }
+}
+
+/// The NodePort frontends 1 (TCP) and 2 (UDP) of [`nodeport_datapath`].
+fn nodeports(flags: u32, backends: &[TestBackend]) -> Vec<Frontend> {
+    vec![
+        nic_frontend(NODE_ADDR, NODE_PORT, PROTO_TCP, 1, flags, backends),
+        nic_frontend(NODE_ADDR, NODE_PORT, PROTO_UDP, 2, flags, backends),
+    ]
+}
+
+fn nic_case(name: &str, frontends: Vec<Frontend>, steps: Vec<Step>, counts: Vec<Count>) -> Case {
+    Case {
+        name: name.into(),
+        frontends,
+        nic: true,
+        steps,
+        counts,
+    }
+}
+
+/// A packet from the client arriving at the NIC.
+fn arriving(what: &str, p: Packet, verdict: u32, expect: Out) -> Step {
+    Step::new(
+        what,
+        Hook::Nic,
+        Frame::Built(from_client(p)),
+        verdict,
+        expect,
+    )
+}
+
+fn nic_cases() -> Vec<Case> {
     let backend = sa(LOCAL_POD, 8080);
-    let (mut dp, nic) = nodeport_datapath(SERVICE_SNAT_REMOTE, &[(LOCAL_POD, 8080, true)]);
-    let pod_interface = nic_netns::ifindex(nic_netns::POD_SIDE);
-    let cases = [
-        Packet::tcp(client(40000), nodeport()),
-        Packet::udp(client(40001), nodeport()),
-        Packet::udp(client(40002), nodeport()).no_udp_checksum(),
-    ];
-    for request in cases {
-        let request = from_client(request);
-        let (verdict, out) = dp.run_nic(&request.build(), nic);
-        assert_eq!(verdict, XDP_PASS, "{request:?}");
-        packet::verify_checksums(&out).unwrap_or_else(|e| panic!("{e}"));
-        // Client address kept, destination now the pod; the stack routes it.
-        assert_eq!(out, request.clone().with_dst(backend).build());
-        // The pod's answer leaves it through pod_ingress, from the NodePort
-        // again, and goes straight out of the NIC towards the client: the
-        // stack would drop a packet from a pod with the node's address.
-        let answer = match request.l4 {
-            L4::Tcp { .. } => {
-                Packet::tcp(backend, request.src).tcp_flags(packet::TCP_SYN | packet::TCP_ACK)
-            }
-            _ => Packet::udp(backend, request.src),
-        };
-        let (verdict, out) = dp.run_from(&answer.build(), pod_interface);
-        assert_eq!(verdict, TC_ACT_REDIRECT);
-        packet::verify_checksums(&out).unwrap_or_else(|e| panic!("{e}"));
+    let local = [(LOCAL_POD, 8080, true)];
+    // The local pod's answer leaves it through pod_ingress, from the
+    // NodePort again, and goes straight out of the NIC towards the client:
+    // the stack would drop a packet from a pod with the node's address.
+    let answered = |answer: Packet| {
         let routed = Packet {
             ttl: answer.ttl - 1,
-            ..answer
+            ..answer.clone()
         };
-        assert_eq!(out, routed.with_src(nodeport()).build());
-    }
-    assert_eq!(dp.stats(1).packets, 1);
-    assert_eq!(dp.stats(2).packets, 2);
+        Step::new(
+            "the pod's answer",
+            Hook::PodIngressOnPodSide,
+            Frame::Built(answer),
+            TC_ACT_REDIRECT,
+            Out::Exactly(routed.with_src(nodeport())),
+        )
+    };
+    let syn_ack = packet::TCP_SYN | packet::TCP_ACK;
+    let lb = sa(LB_IP, 80);
+    let mut lb_frontend = nic_frontend(LB_IP, 80, PROTO_TCP, 7, SERVICE_SOURCE_RANGES, &local);
+    lb_frontend.sources = vec![
+        (Ipv4Addr::new(192, 168, 50, 0), 25),
+        (Ipv4Addr::new(172, 16, 0, 9), 32),
+    ];
+    // Another frontend's range admits nobody here.
+    let mut other = nic_frontend(LB_IP, 81, PROTO_TCP, 8, SERVICE_SOURCE_RANGES, &local);
+    other.sources = vec![(Ipv4Addr::new(192, 168, 50, 128), 25)];
+    let ranged = |from: Ipv4Addr| Packet::tcp(sa(from, 40000), lb);
+    let mut ping = Packet::tcp(client(0), sa(LB_IP, 0));
+    ping.l4 = L4::Other { proto: PROTO_ICMP };
+    ping.payload = vec![8, 0, 0xf7, 0xff, 0, 0, 0, 0];
+    // A ClusterIP is served from pods, never from outside.
+    let cluster_ip = Frontend {
+        key: ServiceKey {
+            scope: SCOPE_CLUSTER_IP,
+            ..node_key(Ipv4Addr::new(10, 96, 0, 10), 80, PROTO_TCP)
+        },
+        ..nic_frontend(Ipv4Addr::new(10, 96, 0, 10), 80, PROTO_TCP, 3, 0, &local)
+    };
+    let untouched = |what, p| arriving(what, p, XDP_PASS, Out::Untouched);
+
+    vec![
+        nic_case(
+            "a NodePort to a local backend is DNATed and handed to the stack",
+            nodeports(SERVICE_SNAT_REMOTE, &local),
+            vec![
+                arriving(
+                    "SYN",
+                    Packet::tcp(client(40000), nodeport()),
+                    XDP_PASS,
+                    Out::Dnat(vec![backend]),
+                ),
+                answered(from_client(Packet::tcp(backend, client(40000))).tcp_flags(syn_ack)),
+                arriving(
+                    "datagram",
+                    Packet::udp(client(40001), nodeport()),
+                    XDP_PASS,
+                    Out::Dnat(vec![backend]),
+                ),
+                answered(from_client(Packet::udp(backend, client(40001)))),
+                arriving(
+                    "datagram without a checksum",
+                    Packet::udp(client(40002), nodeport()).no_udp_checksum(),
+                    XDP_PASS,
+                    Out::Dnat(vec![backend]),
+                ),
+                answered(from_client(Packet::udp(backend, client(40002)))),
+            ],
+            vec![Count::Packets(1, 1), Count::Packets(2, 2)],
+        ),
+        // One conntrack rule for every hook: a SYN reuses only an entry
+        // known to be open (a SNATed one); a local backend's entry may be a
+        // finished connection's, so a SYN on its tuple is balanced afresh.
+        nic_case(
+            "a SYN on a tuple a local backend served is balanced afresh",
+            nodeports(SERVICE_SNAT_REMOTE, &local),
+            vec![
+                arriving(
+                    "SYN",
+                    Packet::tcp(client(40003), nodeport()),
+                    XDP_PASS,
+                    Out::Dnat(vec![backend]),
+                )
+                .then(|dp| {
+                    // Another local backend takes over the table; the
+                    // first one still exists.
+                    let other = node_key(NODE_ADDR, NODE_PORT + 1, PROTO_TCP);
+                    dp.add_frontend(other, 5, 0, &[(OTHER_LOCAL_POD, 8080, true)]);
+                    let tcp = node_key(NODE_ADDR, NODE_PORT, PROTO_TCP);
+                    dp.set_backends(tcp, 1, &[Datapath::backend_id(5, 0)]);
+                }),
+                arriving(
+                    "SYN on the same tuple",
+                    Packet::tcp(client(40003), nodeport()),
+                    XDP_PASS,
+                    Out::Dnat(vec![sa(OTHER_LOCAL_POD, 8080)]),
+                ),
+                arriving(
+                    "its next segment",
+                    Packet::tcp(client(40003), nodeport()).tcp_flags(packet::TCP_ACK),
+                    XDP_PASS,
+                    Out::DnatAsBefore,
+                ),
+            ],
+            vec![Count::Packets(1, 3)],
+        ),
+        nic_case(
+            "a frontend without endpoints rejects TCP and UDP",
+            nodeports(SERVICE_SNAT_REMOTE, &[]),
+            vec![
+                arriving(
+                    "SYN",
+                    Packet::tcp(client(40000), nodeport()),
+                    XDP_TX,
+                    Out::Rst,
+                ),
+                arriving(
+                    "datagram",
+                    Packet::udp(client(40001), nodeport()).payload(&[7; 300]),
+                    XDP_TX,
+                    Out::PortUnreachable,
+                ),
+            ],
+            vec![
+                Count::Verdicts(Verdict::RejectedTcp, 1),
+                Count::Verdicts(Verdict::RejectedUdp, 1),
+                Count::ConntrackEntries(0),
+            ],
+        ),
+        nic_case(
+            "policy Local without local endpoints drops silently",
+            nodeports(SERVICE_EMPTY_DROP, &[]),
+            vec![arriving(
+                "SYN",
+                Packet::tcp(client(40000), nodeport()),
+                XDP_DROP,
+                Out::Dropped(DropReason::NoLocalBackend),
+            )],
+            vec![
+                Count::Drops(DropReason::NoLocalBackend, 1),
+                Count::Verdicts(Verdict::RejectedTcp, 0),
+            ],
+        ),
+        nic_case(
+            "source ranges admit only their clients",
+            vec![lb_frontend, other],
+            vec![
+                arriving(
+                    "inside a /25",
+                    ranged(Ipv4Addr::new(192, 168, 50, 100)),
+                    XDP_PASS,
+                    Out::Dnat(vec![backend]),
+                ),
+                arriving(
+                    "its last address",
+                    ranged(Ipv4Addr::new(192, 168, 50, 127)),
+                    XDP_PASS,
+                    Out::Dnat(vec![backend]),
+                ),
+                arriving(
+                    "a /32",
+                    ranged(Ipv4Addr::new(172, 16, 0, 9)),
+                    XDP_PASS,
+                    Out::Dnat(vec![backend]),
+                ),
+                arriving(
+                    "another frontend's range",
+                    ranged(Ipv4Addr::new(192, 168, 50, 200)),
+                    XDP_DROP,
+                    Out::Dropped(DropReason::SourceRange),
+                ),
+                arriving(
+                    "next to the /32",
+                    ranged(Ipv4Addr::new(172, 16, 0, 10)),
+                    XDP_DROP,
+                    Out::Dropped(DropReason::SourceRange),
+                ),
+            ],
+            vec![Count::Drops(DropReason::SourceRange, 2)],
+        ),
+        nic_case(
+            "traffic that is not for a node frontend passes untouched",
+            {
+                let mut frontends = nodeports(SERVICE_SNAT_REMOTE, &[(REMOTE_POD, 8080, false)]);
+                frontends.push(cluster_ip);
+                frontends
+            },
+            vec![
+                untouched(
+                    "ssh to the node",
+                    Packet::tcp(client(40000), sa(NODE_ADDR, 22)),
+                ),
+                untouched(
+                    "NodePort on another address",
+                    Packet::tcp(client(40000), sa(Ipv4Addr::new(192, 168, 50, 9), NODE_PORT)),
+                ),
+                untouched(
+                    "ClusterIP from outside",
+                    Packet::tcp(client(40000), sa(Ipv4Addr::new(10, 96, 0, 10), 80)),
+                ),
+                untouched(
+                    "SNAT port range without a flow",
+                    Packet::tcp(sa(REMOTE_POD, 8080), sa(NODE_ADDR, 61000)),
+                ),
+                untouched("ICMP echo to an external address", ping),
+            ],
+            vec![Count::ConntrackEntries(0)],
+        ),
+    ]
 }
+
+#[test]
+fn nic_packet_cases() {
+    cases::run(nic_cases());
+}
+
+// ------------------------------------------------------------ SNAT
 
 /// The SNAT port a remote-backend flow got, checking the rest of the frame.
 fn assert_snated(out: &[u8], request: &Packet, backend: SocketAddrV4) -> u16 {
@@ -225,103 +456,6 @@ fn a_remote_backend_without_a_route_is_left_to_the_stack() {
         request.ttl,
         "TTL is the stack's to lower"
     );
-}
-
-#[test]
-fn a_frontend_without_endpoints_rejects_tcp_and_udp() {
-    let (mut dp, nic) = nodeport_datapath(SERVICE_SNAT_REMOTE, &[]);
-    let syn = from_client(Packet::tcp(client(40000), nodeport()));
-    let (verdict, out) = dp.run_nic(&syn.build(), nic);
-    assert_eq!(verdict, XDP_TX);
-    packet::assert_rst_answers(&out, &syn);
-    let datagram = from_client(Packet::udp(client(40001), nodeport()).payload(&[7; 300])).build();
-    let (verdict, out) = dp.run_nic(&datagram, nic);
-    assert_eq!(verdict, XDP_TX);
-    packet::assert_port_unreachable_answers(&out, &datagram);
-    assert_eq!(dp.verdicts(Verdict::RejectedTcp), 1);
-    assert_eq!(dp.verdicts(Verdict::RejectedUdp), 1);
-    assert!(dp.conntrack().is_empty());
-}
-
-#[test]
-fn policy_local_without_local_endpoints_drops_silently() {
-    let (mut dp, nic) = nodeport_datapath(SERVICE_EMPTY_DROP, &[]);
-    let syn = from_client(Packet::tcp(client(40000), nodeport()));
-    assert_eq!(dp.run_nic(&syn.build(), nic).0, XDP_DROP);
-    assert_eq!(dp.drops(DropReason::NoLocalBackend), 1);
-    assert_eq!(dp.verdicts(Verdict::RejectedTcp), 0);
-}
-
-#[test]
-fn source_ranges_admit_only_their_clients() {
-    let nic = nic_netns::enter();
-    let mut dp = Datapath::load();
-    dp.set_nic_addr(nic, NODE_ADDR);
-    let lb = sa(LB_IP, 80);
-    dp.add_frontend(
-        node_key(LB_IP, 80, PROTO_TCP),
-        7,
-        SERVICE_SOURCE_RANGES,
-        &[(LOCAL_POD, 8080, true)],
-    );
-    dp.allow_source(7, Ipv4Addr::new(192, 168, 50, 0), 25);
-    dp.allow_source(7, Ipv4Addr::new(172, 16, 0, 9), 32);
-    // Another frontend's range admits nobody here.
-    dp.allow_source(8, Ipv4Addr::new(192, 168, 50, 128), 25);
-    for (from, admitted) in [
-        (Ipv4Addr::new(192, 168, 50, 100), true),
-        (Ipv4Addr::new(192, 168, 50, 127), true),
-        (Ipv4Addr::new(172, 16, 0, 9), true),
-        (Ipv4Addr::new(192, 168, 50, 200), false),
-        (Ipv4Addr::new(172, 16, 0, 10), false),
-    ] {
-        let request = from_client(Packet::tcp(sa(from, 40000), lb));
-        let (verdict, out) = dp.run_nic(&request.build(), nic);
-        if admitted {
-            assert_eq!(verdict, XDP_PASS, "{from}");
-            assert_eq!(packet::dst(&out), sa(LOCAL_POD, 8080), "{from}");
-        } else {
-            assert_eq!(verdict, XDP_DROP, "{from}");
-        }
-    }
-    assert_eq!(dp.drops(DropReason::SourceRange), 2);
-}
-
-#[test]
-fn traffic_that_is_not_for_a_node_frontend_passes_untouched() {
-    let (mut dp, nic) = nodeport_datapath(SERVICE_SNAT_REMOTE, &[(REMOTE_POD, 8080, false)]);
-    // A ClusterIP is served from pods, never from outside.
-    let cluster_ip = ServiceKey {
-        scope: SCOPE_CLUSTER_IP,
-        ..node_key(Ipv4Addr::new(10, 96, 0, 10), 80, PROTO_TCP)
-    };
-    dp.add_frontend(cluster_ip, 3, 0, &[(LOCAL_POD, 8080, true)]);
-    let mut ping = from_client(Packet::tcp(client(0), sa(LB_IP, 0)));
-    ping.l4 = L4::Other { proto: PROTO_ICMP };
-    ping.payload = vec![8, 0, 0xf7, 0xff, 0, 0, 0, 0];
-    for (name, p) in [
-        (
-            "ssh to the node",
-            Packet::tcp(client(40000), sa(NODE_ADDR, 22)),
-        ),
-        (
-            "NodePort on another address",
-            Packet::tcp(client(40000), sa(Ipv4Addr::new(192, 168, 50, 9), NODE_PORT)),
-        ),
-        (
-            "ClusterIP from outside",
-            Packet::tcp(client(40000), sa(Ipv4Addr::new(10, 96, 0, 10), 80)),
-        ),
-        (
-            "SNAT port range without a flow",
-            Packet::tcp(sa(REMOTE_POD, 8080), sa(NODE_ADDR, 61000)),
-        ),
-        ("ICMP echo to an external address", ping),
-    ] {
-        let input = from_client(p).build();
-        assert_eq!(dp.run_nic(&input, nic), (XDP_PASS, input), "{name}");
-    }
-    assert!(dp.conntrack().is_empty());
 }
 
 fn flow_key(src: SocketAddrV4, dst: SocketAddrV4, proto: u8) -> FlowKey {
