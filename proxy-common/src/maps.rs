@@ -1,4 +1,4 @@
-//! Keys and values of the BPF maps (DESIGN.md §3).
+//! Keys and values of the BPF maps (docs/ARCHITECTURE.md, "Maps").
 
 use core::net::Ipv4Addr;
 

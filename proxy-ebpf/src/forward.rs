@@ -152,8 +152,9 @@ pub fn tc_swap_macs(ctx: &TcContext) -> Result<(), DropReason> {
 /// past the stack.
 #[inline(always)]
 pub fn tc_back_into_pod(ctx: &TcContext) -> Result<i32, DropReason> {
-    // SAFETY: reading our own skb's interface index; plain helper call.
+    // SAFETY: reading our own skb's interface index.
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    // SAFETY: a plain helper call; it returns the action to take.
     if unsafe { bpf_redirect(ifindex, 0) } != TC_ACT_REDIRECT as i64 {
         return Err(DropReason::RewriteFailed);
     }

@@ -19,10 +19,13 @@ pub fn has(feature: u32) -> bool {
 /// conntrack, affinity and SNAT entries are stamped with it.
 #[inline(always)]
 pub fn now_s() -> u32 {
-    // SAFETY: plain helper calls; the coarse one only where the kernel has it.
+    // The coarse clock only where the kernel has the helper: the verifier
+    // drops the branch not taken.
     let ns = if has(FEATURE_KTIME_COARSE) {
+        // SAFETY: a plain helper call without arguments.
         unsafe { bpf_ktime_get_coarse_ns() }
     } else {
+        // SAFETY: a plain helper call without arguments.
         unsafe { bpf_ktime_get_ns() }
     };
     clock_s(ns)

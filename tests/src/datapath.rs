@@ -4,7 +4,7 @@
 //!
 //! The object's maps are pinned by name, so each `Datapath` mounts its own
 //! private bpffs: parallel tests never share maps and nothing outlives a test.
-//! Privileged: without root and BPF this panics, it never skips (DESIGN.md §5).
+//! Privileged: without root and BPF this panics, it never skips.
 
 use std::net::Ipv4Addr;
 

@@ -1,6 +1,8 @@
 //! Packet tests of `nic_ingress`, the XDP program on the node's NICs
 //! (NodePort, LoadBalancer ingress IPs, external IPs), run through
-//! BPF_PROG_TEST_RUN. Each test moves its thread into a private network
+//! BPF_PROG_TEST_RUN: a table of cases (`nic_cases`), then the SNAT and
+//! forwarding tests that check more than a frame. Each test (and case)
+//! moves its thread into a private network
 //! namespace (`nic_netns`) so the program's FIB lookups have fixed answers:
 //! the other node and the client are known neighbours of `nic0`.
 //! Expected frames are built from scratch by `kxdp_testbed::packet`, whose

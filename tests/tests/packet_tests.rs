@@ -1,8 +1,11 @@
-//! Packet tests (DESIGN.md §5): the real `pod_ingress` program run through
-//! BPF_PROG_TEST_RUN. Each case asserts the verdict and the whole output frame:
-//! the expected frame is built from scratch (checksums computed by
-//! `kxdp_testbed::packet`, not by the kernel) and compared byte for byte.
-//! Needs root; panics rather than skipping without it.
+//! Packet tests of the pod programs (`pod_ingress`, `pod_egress`) through
+//! BPF_PROG_TEST_RUN: a table of cases (`pod_cases`, run by
+//! `kxdp_testbed::cases`), then the properties a table does not express
+//! (spread, Maglev slots, table swaps, affinity over time). Each packet's
+//! verdict and whole output frame are asserted: the expected frame is built
+//! from scratch (checksums computed by `kxdp_testbed::packet`, not by the
+//! kernel) and compared byte for byte. Needs root; panics rather than
+//! skipping without it.
 
 use std::{collections::BTreeMap, net::Ipv4Addr, net::SocketAddrV4};
 

@@ -1,5 +1,5 @@
 //! `cargo xtask vm-test`: the privileged suites inside QEMU on Debian's
-//! cloud kernels (DESIGN.md §5), for a kernel matrix and without loading
+//! cloud kernels (docs/ARCHITECTURE.md, "Tests"), for a kernel matrix and without loading
 //! programs on the host. Each kernel boots an initramfs holding a static
 //! busybox, the suites' test binaries with the libraries they link and the
 //! modules they need; its `/init` (vm/init.sh) runs the suites, prints one
