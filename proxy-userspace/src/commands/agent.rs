@@ -24,7 +24,6 @@ use crate::{
         interfaces::PodInterfaces,
         maps::BpfMaps,
         nic::{self, Nics},
-        node_addresses::{self, InterfaceAddr},
         probe, sockets, Dataplane,
     },
     features::Loadout,
@@ -36,6 +35,7 @@ use crate::{
     source::{
         kubernetes::{self, KubernetesSource},
         manifest::ManifestWatch,
+        node_addresses::{self, InterfaceAddr},
         Scope, Update,
     },
 };
