@@ -15,7 +15,7 @@ pub fn scope_label(key: &ServiceKey) -> &'static str {
 
 /// `VIP:port/proto` of a map key, for messages and tables.
 pub fn frontend_text(key: &ServiceKey) -> String {
-    let proto = crate::model::Protocol::from_ip_proto(key.proto)
+    let proto = crate::model::types::Protocol::from_ip_proto(key.proto)
         .map_or_else(|| key.proto.to_string(), |p| p.to_string());
     format!(
         "{}:{}/{proto}",

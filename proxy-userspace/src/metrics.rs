@@ -28,7 +28,7 @@ use crate::{
         maps::{BpfMaps, AGENT_WRITTEN},
     },
     frontend_text::{frontend_text, scope_label},
-    model::Protocol,
+    model::types::Protocol,
     pipeline::{Counters, Pipeline},
     plan::{FrontendKey, FrontendScope},
     source::RejectionKind,

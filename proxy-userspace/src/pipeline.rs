@@ -8,7 +8,7 @@ use std::{
 };
 
 use crate::{
-    model::{self, Node},
+    model::{self, types::Node},
     plan::{NodeFacts, Plan, PlanChange},
     source::{Rejection, RejectionKind, Scope, Update},
     sync::{

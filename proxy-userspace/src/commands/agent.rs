@@ -29,7 +29,7 @@ use crate::{
     features::Loadout,
     health_check::HealthCheckServer,
     metrics::Telemetry,
-    model::Node,
+    model::types::Node,
     pipeline::{Outcome, Pipeline},
     plan::NodeFacts,
     source::{

@@ -9,7 +9,7 @@ use proxy_common::maps::{
 
 use crate::{
     maglev::{self, Member},
-    model::Backend,
+    model::types::Backend,
     plan::{Frontend, FrontendKey, FrontendScope},
 };
 

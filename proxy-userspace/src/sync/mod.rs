@@ -535,7 +535,7 @@ mod tests {
 
     use super::*;
     use crate::{
-        model::{Backend, Protocol, ServiceModel, ServicePortModel},
+        model::types::{Backend, ExternalAddr, Protocol, ServiceModel, ServicePortModel},
         plan::{FrontendScope, PlanChange},
         source::ServiceName,
         sync::fake::FakeStore,
@@ -1135,7 +1135,7 @@ mod tests {
                 }],
                 draining: Vec::new(),
             }],
-            external_addrs: vec![crate::model::ExternalAddr {
+            external_addrs: vec![ExternalAddr {
                 addr: "192.0.2.10".parse().unwrap(),
                 load_balancer: true,
             }],
