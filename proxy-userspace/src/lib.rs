@@ -10,6 +10,7 @@ pub mod commands;
 pub mod dataplane;
 pub mod ebpf_object;
 pub mod features;
+pub mod frontend_text;
 pub mod health_check;
 pub mod http;
 pub mod maglev;

@@ -27,11 +27,11 @@ use crate::{
         fill::{self, Conntrack, Count, CONNTRACK_COUNT_CAP},
         maps::{BpfMaps, AGENT_WRITTEN},
     },
-    model::Protocol,
+    frontend_text::{frontend_text, scope_label},
+    model::types::Protocol,
     pipeline::{Counters, Pipeline},
     plan::{FrontendKey, FrontendScope},
     source::RejectionKind,
-    sync::{frontend_text, scope_label},
 };
 
 /// One frontend's counters and who it belongs to.
@@ -557,6 +557,6 @@ mod tests {
         };
         let frontend = frontend_key(&key).unwrap();
         assert_eq!(frontend.to_string(), "10.96.0.10:80/UDP (node)");
-        assert_eq!(crate::sync::service_key(&frontend), key);
+        assert_eq!(crate::sync::map_values::service_key(&frontend), key);
     }
 }

@@ -8,10 +8,13 @@ use std::{
 };
 
 use crate::{
-    model::{self, Node},
+    model::{self, types::Node},
     plan::{NodeFacts, Plan, PlanChange},
     source::{Rejection, RejectionKind, Scope, Update},
-    sync::{MapContents, MapStore, SyncReport, Syncer},
+    sync::{
+        store::{MapContents, MapStore},
+        SyncReport, Syncer,
+    },
 };
 
 /// Metrics-ready counters, kept for the agent's lifetime.
@@ -388,7 +391,7 @@ mod tests {
             maps.services
                 .keys()
                 .filter(|k| k.scope == proxy_common::maps::SCOPE_NODE)
-                .map(crate::sync::frontend_text)
+                .map(crate::frontend_text::frontend_text)
                 .collect()
         };
         assert_eq!(node_keys(&store.maps), ["192.168.1.10:30080/TCP"]);

@@ -12,7 +12,7 @@ use std::{
 
 use crate::{
     cidr::Ipv4Cidr,
-    model::{Backend, ExternalAddr, Protocol, ServiceModel, ServicePortModel},
+    model::types::{Backend, ExternalAddr, Protocol, ServiceModel, ServicePortModel},
     source::{Rejection, RejectionKind, ServiceName},
 };
 
@@ -428,7 +428,7 @@ impl Plan {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::ServicePortModel;
+    use crate::model::types::ServicePortModel;
 
     fn service(ns: &str, name: &str, ip: &str, ports: &[(u16, Protocol, &[&str])]) -> ServiceModel {
         ServiceModel {

@@ -12,7 +12,8 @@ use proxy_common::maps::{
 use crate::{
     cli::Output,
     dataplane::maps::BpfMaps,
-    sync::{frontend_text, scope_label, MapContents},
+    frontend_text::{frontend_text, scope_label},
+    sync::store::MapContents,
 };
 
 /// A backend of a frontend.

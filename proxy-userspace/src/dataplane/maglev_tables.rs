@@ -41,7 +41,7 @@ use aya::maps::{Array, ArrayOfMaps, Map, MapData, MapError, MapInfo, MapType};
 use proxy_common::maps::{maglev_layout, MAGLEV_TABLE_FLAGS};
 
 use super::interfaces::bpf_call;
-use crate::sync::{TableSpec, TableWrite};
+use crate::sync::store::{TableSpec, TableWrite};
 
 /// Name of the outer map in the object and under the pin path.
 pub const MAGLEV: &str = "MAGLEV";

@@ -22,7 +22,7 @@ use super::{
 };
 use crate::{
     cidr::Ipv4Cidr,
-    sync::{MapContents, MapStore, RangeEntry, StoreError, TableWrite},
+    sync::store::{MapContents, MapStore, RangeEntry, StoreError, TableWrite},
 };
 
 pub const SERVICES: &str = "SERVICES";

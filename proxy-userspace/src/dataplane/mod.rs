@@ -8,7 +8,6 @@ pub mod maglev_tables;
 pub mod maps;
 pub mod netns_cookie;
 pub mod nic;
-pub mod node_addresses;
 pub mod probe;
 pub mod sockets;
 pub mod xdp_mode;

@@ -25,7 +25,7 @@ use super::{
     maps::BpfMaps,
     Dataplane, LINKS_DIR,
 };
-use crate::sync::StoreError;
+use crate::sync::store::StoreError;
 
 /// The XDP program of the eBPF object.
 pub const NIC_PROGRAM: &str = "nic_ingress";

@@ -1,10 +1,12 @@
 //! Sources turn the outside world into Kubernetes objects (DESIGN.md §1).
 //! Every source yields the same [`Update`]s, grouped per Service, so each
-//! semantic rule lives once, in the model.
+//! semantic rule lives once, in the model. Beside them, [`node_addresses`]
+//! reads the node's own addresses, the node facts the plan takes.
 
 pub mod cluster_ip;
 pub mod kubernetes;
 pub mod manifest;
+pub mod node_addresses;
 
 use std::{collections::BTreeMap, fmt};
 

@@ -2,7 +2,7 @@
 
 use proxy_common::maps::{BackendValue, ServiceKey, ServiceValue};
 
-use super::{MapContents, MapStore, RangeEntry, StoreError, TableSpec, TableWrite};
+use super::store::{MapContents, MapStore, RangeEntry, StoreError, TableSpec, TableWrite};
 
 /// Records every write in order and can be told to fail on a map.
 #[derive(Default)]

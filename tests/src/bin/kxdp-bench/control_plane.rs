@@ -14,7 +14,7 @@ use kxdp_testbed::{fake_apiserver::FakeApiServer, netns::MiniNode, privileged::P
 use proxy_userspace::{
     dataplane::{probe, Dataplane},
     maglev,
-    model::Node,
+    model::types::Node,
     pipeline::Pipeline,
     plan::NodeFacts,
     source::{Scope, ServiceName, ServiceObjects, Update, SERVICE_NAME_LABEL},

@@ -6,7 +6,7 @@ use kxdp_testbed::privileged::PrivateBpffs;
 use proxy_userspace::{
     dataplane::{probe, Dataplane},
     maglev::{self, Member},
-    sync::MapStore,
+    sync::store::MapStore,
 };
 
 use super::*;

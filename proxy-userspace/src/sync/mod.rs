@@ -13,115 +13,32 @@
 //! freed by a sync is not reused in that same sync, so no packet can see a new
 //! service's table through an old service's entry.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+mod backend_refs;
+#[cfg(test)]
+pub(crate) mod fake;
+mod ids;
+pub mod map_values;
+pub mod store;
 
-use std::net::Ipv4Addr;
+use std::collections::{BTreeSet, HashMap, HashSet};
 
 use proxy_common::{
-    maps::{
-        addr_from_net, addr_to_net, port_from_net, port_to_net, BackendValue, ServiceKey,
-        ServiceValue, BACKEND_LOCAL, SCOPE_CLUSTER_IP, SCOPE_NODE, SERVICE_AFFINITY_CLIENT_IP,
-        SERVICE_EMPTY_DROP, SERVICE_SNAT_REMOTE, SERVICE_SOURCE_RANGES,
-    },
+    maps::{BackendValue, ServiceKey, ServiceValue},
     sizes,
 };
 
 use crate::{
-    cidr::Ipv4Cidr,
+    frontend_text::frontend_text,
     maglev::{self, Member},
-    model::Backend,
-    plan::{Frontend, FrontendKey, FrontendScope, Plan},
+    plan::{Frontend, FrontendKey, Plan},
 };
 
-/// A `source_ranges` entry: clients in `cidr` may use frontend `service_id`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct RangeEntry {
-    pub service_id: u32,
-    pub cidr: Ipv4Cidr,
-}
-
-impl RangeEntry {
-    /// Every entry of `service_id`, as bounds of a range over sorted entries.
-    fn bounds(service_id: u32) -> std::ops::RangeInclusive<Self> {
-        let entry = |cidr| Self { service_id, cidr };
-        entry(Ipv4Cidr::ANY)..=entry(Ipv4Cidr::host(Ipv4Addr::BROADCAST))
-    }
-}
-
-/// The content of the maps the agent owns.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct MapContents {
-    pub services: BTreeMap<ServiceKey, ServiceValue>,
-    pub backends: BTreeMap<u32, BackendValue>,
-    /// Maglev tables by service id, as what decides their content.
-    pub tables: BTreeMap<u32, TableSpec>,
-    pub source_ranges: BTreeSet<RangeEntry>,
-}
-
-/// What a Maglev table holds, in short: its size and its members. The
-/// slots follow from them (a backend id names one backend for as long as a
-/// table refers to it), so the agent keeps this instead of every slot.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct TableSpec {
-    pub size: u32,
-    /// Distinct backend ids, ascending.
-    pub members: Vec<u32>,
-}
-
-impl TableSpec {
-    /// A table of `size` slots over the backend ids `ids` (in any order,
-    /// repeats allowed).
-    pub fn new(size: u32, mut ids: Vec<u32>) -> Self {
-        ids.sort_unstable();
-        ids.dedup();
-        Self { size, members: ids }
-    }
-
-    /// The spec of a table holding `slots`.
-    pub fn of(slots: &[u32]) -> Self {
-        Self::new(slots.len() as u32, slots.to_vec())
-    }
-}
-
-#[derive(Debug, thiserror::Error)]
-#[error("map {map}: {reason}")]
-pub struct StoreError {
-    pub map: &'static str,
-    pub reason: String,
-}
-
-/// Where sync writes: the pinned BPF maps, or a fake in tests.
-pub trait MapStore {
-    fn put_backend(&mut self, id: u32, value: &BackendValue) -> Result<(), StoreError>;
-    fn delete_backend(&mut self, id: u32) -> Result<(), StoreError>;
-    /// Makes `slots` (slot → backend id) the Maglev table of `service_id`:
-    /// rewritten in place when the old table has the same size and room for
-    /// the members, otherwise built beside it and swapped in whole by the
-    /// next [`MapStore::commit_tables`]. After an error the live table may
-    /// hold the old or the new backends.
-    fn put_table(&mut self, service_id: u32, slots: &[u32]) -> Result<TableWrite, StoreError>;
-    /// Removes the table of `service_id` at the next commit.
-    fn delete_table(&mut self, service_id: u32) -> Result<(), StoreError>;
-    /// Swaps in and removes the tables handed over since the last commit, at
-    /// once: the kernel waits for running programs once per commit, not
-    /// once per table.
-    fn commit_tables(&mut self) -> Result<(), StoreError>;
-    fn put_service(&mut self, key: &ServiceKey, value: &ServiceValue) -> Result<(), StoreError>;
-    fn delete_service(&mut self, key: &ServiceKey) -> Result<(), StoreError>;
-    fn put_source_range(&mut self, entry: &RangeEntry) -> Result<(), StoreError>;
-    fn delete_source_range(&mut self, entry: &RangeEntry) -> Result<(), StoreError>;
-    /// Zeroes the counters of a service id about to be (re)used.
-    fn reset_stats(&mut self, service_id: u32) -> Result<(), StoreError>;
-}
-
-/// How [`MapStore::put_table`] wrote a table.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum TableWrite {
-    /// Rewritten in place: live already.
-    InPlace,
-    /// Built beside the old one: live once committed.
-    Queued,
-}
+use self::{
+    backend_refs::BackendRefs,
+    ids::IdCursor,
+    map_values::{backend_value, entries, member, service_key},
+    store::{MapContents, MapStore, RangeEntry, TableSpec, TableWrite},
+};
 
 /// What one sync changed.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -131,70 +48,6 @@ pub struct SyncReport {
     pub backends_written: usize,
     pub backends_deleted: usize,
     pub errors: Vec<String>,
-}
-
-/// Hands out the lowest-numbered free ids above a moving cursor, so repeated
-/// allocations stay cheap even with tens of thousands of ids in use.
-struct IdCursor {
-    next: u32,
-    limit: u32,
-}
-
-impl IdCursor {
-    fn allocate(&mut self, in_use: impl Fn(u32) -> bool) -> Option<u32> {
-        (0..self.limit)
-            .map(|step| (self.next + step) % self.limit)
-            .find(|id| !in_use(*id))
-            .inspect(|id| self.next = (id + 1) % self.limit)
-    }
-}
-
-/// The map key of a frontend.
-pub fn service_key(frontend: &FrontendKey) -> ServiceKey {
-    ServiceKey {
-        addr: addr_to_net(frontend.addr),
-        port: port_to_net(frontend.port),
-        proto: frontend.protocol.ip_proto(),
-        scope: match frontend.scope {
-            FrontendScope::Pod => SCOPE_CLUSTER_IP,
-            FrontendScope::Node => SCOPE_NODE,
-        },
-    }
-}
-
-/// The `SERVICE_*` bits of a frontend.
-fn service_flags(frontend: &Frontend) -> u32 {
-    [
-        (
-            frontend.affinity_timeout.is_some(),
-            SERVICE_AFFINITY_CLIENT_IP,
-        ),
-        (frontend.empty_drop, SERVICE_EMPTY_DROP),
-        (frontend.snat_remote, SERVICE_SNAT_REMOTE),
-        (frontend.source_ranges.is_some(), SERVICE_SOURCE_RANGES),
-    ]
-    .into_iter()
-    .filter(|(on, _)| *on)
-    .fold(0, |flags, (_, bit)| flags | bit)
-}
-
-/// The map value of a backend.
-fn backend_value(backend: &Backend) -> BackendValue {
-    BackendValue {
-        addr: addr_to_net(*backend.addr.ip()),
-        port: port_to_net(backend.addr.port()),
-        flags: if backend.local { BACKEND_LOCAL } else { 0 },
-        _pad: 0,
-    }
-}
-
-/// A backend as a Maglev table member: its address and port decide its
-/// slots, the same on every node.
-fn member(value: &BackendValue, id: u32) -> Member {
-    Member {
-        identity: maglev::identity(addr_from_net(value.addr), port_from_net(value.port)),
-        id,
-    }
 }
 
 /// A frontend between the two steps of a sync.
@@ -208,24 +61,13 @@ struct Staged {
     table: Option<TableSpec>,
 }
 
-/// The backend values, service flags and affinity timeout a frontend needs.
-fn entries(frontend: &Frontend) -> (Vec<BackendValue>, u32, u32) {
-    let backends = frontend.backends.iter().map(backend_value).collect();
-    let timeout = frontend.affinity_timeout.unwrap_or(0);
-    (backends, service_flags(frontend), timeout)
-}
-
 /// Holds what the maps contain and brings them to what the plan wants.
 pub struct Syncer {
     current: MapContents,
     /// Reverse of `current.backends`: one id per distinct backend.
     backend_ids: HashMap<BackendValue, u32>,
-    /// How many tables and draining lists refer to each backend id.
-    backend_refs: HashMap<u32, u32>,
-    /// The backends each frontend keeps for existing connections only: in
-    /// `backends` (the datapath checks a flow's backend is still there), in
-    /// no table. Rebuilt by the reconcile after a restart.
-    draining: HashMap<ServiceKey, Vec<u32>>,
+    /// Who refers to each backend, and which backends may go.
+    refs: BackendRefs,
     live_service_ids: HashSet<u32>,
     /// Ids freed during the current sync; not handed out again until the next.
     resting_service_ids: HashSet<u32>,
@@ -234,12 +76,6 @@ pub struct Syncer {
     reserved_service_ids: HashSet<u32>,
     /// Tables handed to the store for removal in the current sync.
     dropping_tables: BTreeSet<u32>,
-    /// Backends a table may name after a write of it failed (half written,
-    /// or not known to be swapped in): referenced until a later write of
-    /// that table succeeds, so none a live table might name is deleted.
-    unsettled: HashMap<u32, BTreeSet<u32>>,
-    /// Backends that may have lost their last reference.
-    unreferenced: BTreeSet<u32>,
     /// Cap on a Maglev table's size (`--maglev-table-size`).
     max_table_size: u32,
     service_ids: IdCursor,
@@ -265,41 +101,18 @@ impl Syncer {
         for (id, value) in &current.backends {
             backend_ids.entry(*value).or_insert(*id);
         }
-        let mut backend_refs: HashMap<u32, u32> = HashMap::new();
-        for id in current
-            .tables
-            .values()
-            .flat_map(|t| t.members.iter().copied())
-        {
-            *backend_refs.entry(id).or_default() += 1;
-        }
-        let unreferenced = current
-            .backends
-            .keys()
-            .filter(|id| !backend_refs.contains_key(id))
-            .copied()
-            .collect();
         Self {
             live_service_ids: current.services.values().map(|v| v.id).collect(),
             backend_ids,
-            backend_refs,
-            draining: HashMap::new(),
-            unreferenced,
+            refs: BackendRefs::adopt(&current),
             reserved_service_ids: HashSet::new(),
             dropping_tables: BTreeSet::new(),
-            unsettled: HashMap::new(),
             max_table_size: maglev::DEFAULT_MAX_TABLE_SIZE,
             current,
             resting_service_ids: HashSet::new(),
             resting_backend_ids: HashSet::new(),
-            service_ids: IdCursor {
-                next: 0,
-                limit: max_services,
-            },
-            backend_id_cursor: IdCursor {
-                next: 0,
-                limit: max_backends,
-            },
+            service_ids: IdCursor::new(max_services),
+            backend_id_cursor: IdCursor::new(max_backends),
         }
     }
 
@@ -399,7 +212,7 @@ impl Syncer {
                 match &swapped {
                     Ok(()) => self.set_table(entry.value.id, Some(spec)),
                     Err(_) => {
-                        self.unsettle(entry.value.id, &spec.members);
+                        self.refs.unsettle(entry.value.id, &spec.members);
                         entry.complete = false;
                     }
                 }
@@ -487,7 +300,7 @@ impl Syncer {
                 Ok(TableWrite::InPlace) => self.set_table(id, Some(spec)),
                 Ok(TableWrite::Queued) => table = Some(spec),
                 Err(e) => {
-                    self.unsettle(id, &spec.members);
+                    self.refs.unsettle(id, &spec.members);
                     report.errors.push(e.to_string());
                     complete = false;
                 }
@@ -498,7 +311,7 @@ impl Syncer {
             .iter()
             .filter_map(|b| self.backend_id(&backend_value(b), store, report))
             .collect();
-        self.set_draining(key, draining);
+        self.refs.set_draining(key, draining);
         Some(Staged {
             key,
             frontend,
@@ -632,7 +445,7 @@ impl Syncer {
         }
         self.current.backends.insert(id, *backend);
         self.backend_ids.insert(*backend, id);
-        self.unreferenced.insert(id);
+        self.refs.candidate(id);
         report.backends_written += 1;
         Some(id)
     }
@@ -641,59 +454,13 @@ impl Syncer {
     fn set_table(&mut self, service_id: u32, spec: Option<TableSpec>) {
         let previous = match spec {
             Some(spec) => {
-                for id in &spec.members {
-                    *self.backend_refs.entry(*id).or_default() += 1;
-                }
+                self.refs.hold_table(&spec.members);
                 self.current.tables.insert(service_id, spec)
             }
             None => self.current.tables.remove(&service_id),
         };
-        let unsettled = self.unsettled.remove(&service_id).unwrap_or_default();
-        for old in previous
-            .unwrap_or_default()
-            .members
-            .into_iter()
-            .chain(unsettled)
-        {
-            self.release_backend(old);
-        }
-    }
-
-    /// Records that a write of a table over `members` for `service_id`
-    /// failed: the live table may name them until a later write settles it.
-    fn unsettle(&mut self, service_id: u32, members: &[u32]) {
-        let held = self.unsettled.entry(service_id).or_default();
-        for id in members {
-            if held.insert(*id) {
-                *self.backend_refs.entry(*id).or_default() += 1;
-            }
-        }
-    }
-
-    /// Records that frontend `key` keeps `ids` for its existing connections.
-    fn set_draining(&mut self, key: ServiceKey, ids: Vec<u32>) {
-        for id in &ids {
-            *self.backend_refs.entry(*id).or_default() += 1;
-        }
-        let previous = if ids.is_empty() {
-            self.draining.remove(&key)
-        } else {
-            self.draining.insert(key, ids)
-        };
-        for old in previous.unwrap_or_default() {
-            self.release_backend(old);
-        }
-    }
-
-    /// Drops one reference to backend `id`; the last one makes it a
-    /// candidate for deletion at the end of the sync.
-    fn release_backend(&mut self, id: u32) {
-        let refs = self.backend_refs.entry(id).or_default();
-        *refs = refs.saturating_sub(1);
-        if *refs == 0 {
-            self.backend_refs.remove(&id);
-            self.unreferenced.insert(id);
-        }
+        self.refs
+            .release_table(service_id, previous.unwrap_or_default().members);
     }
 
     fn remove(&mut self, key: ServiceKey, store: &mut impl MapStore, report: &mut SyncReport) {
@@ -709,7 +476,7 @@ impl Syncer {
         self.resting_service_ids.insert(existing.id);
         report.services_deleted += 1;
         self.drop_table(existing.id, store, report);
-        self.set_draining(key, Vec::new());
+        self.refs.set_draining(key, Vec::new());
         self.trim_ranges(existing.id, &BTreeSet::new(), store, report);
     }
 
@@ -731,9 +498,9 @@ impl Syncer {
 
     /// Deletes the backends no table and no draining list refers to any more.
     fn collect_backends(&mut self, store: &mut impl MapStore, report: &mut SyncReport) {
-        let candidates = std::mem::take(&mut self.unreferenced);
+        let candidates = self.refs.take_candidates();
         for id in candidates {
-            if self.backend_refs.contains_key(&id) {
+            if self.refs.is_referenced(id) {
                 continue;
             }
             let Some(value) = self.current.backends.get(&id).copied() else {
@@ -750,45 +517,26 @@ impl Syncer {
                 }
                 Err(e) => {
                     report.errors.push(e.to_string());
-                    self.unreferenced.insert(id);
+                    self.refs.candidate(id);
                 }
             }
         }
     }
 }
 
-/// Where a map key's frontend is reached from, as `kxdp services` and the
-/// metrics name it.
-pub fn scope_label(key: &ServiceKey) -> &'static str {
-    if key.scope == SCOPE_NODE {
-        "node"
-    } else {
-        "pod"
-    }
-}
-
-/// `VIP:port/proto` of a map key, for messages and tables.
-pub fn frontend_text(key: &ServiceKey) -> String {
-    let proto = crate::model::Protocol::from_ip_proto(key.proto)
-        .map_or_else(|| key.proto.to_string(), |p| p.to_string());
-    format!(
-        "{}:{}/{proto}",
-        proxy_common::maps::addr_from_net(key.addr),
-        proxy_common::maps::port_from_net(key.port)
-    )
-}
-
-#[cfg(test)]
-pub(crate) mod fake;
-
 #[cfg(test)]
 mod tests {
-    use std::net::SocketAddrV4;
+    use std::{collections::BTreeMap, net::SocketAddrV4};
+
+    use proxy_common::maps::{
+        addr_to_net, port_to_net, BACKEND_LOCAL, SCOPE_CLUSTER_IP, SCOPE_NODE,
+        SERVICE_AFFINITY_CLIENT_IP, SERVICE_EMPTY_DROP, SERVICE_SNAT_REMOTE, SERVICE_SOURCE_RANGES,
+    };
 
     use super::*;
     use crate::{
-        model::{Backend, Protocol, ServiceModel, ServicePortModel},
-        plan::PlanChange,
+        model::types::{Backend, ExternalAddr, Protocol, ServiceModel, ServicePortModel},
+        plan::{FrontendScope, PlanChange},
         source::ServiceName,
         sync::fake::FakeStore,
     };
@@ -1387,7 +1135,7 @@ mod tests {
                 }],
                 draining: Vec::new(),
             }],
-            external_addrs: vec![crate::model::ExternalAddr {
+            external_addrs: vec![ExternalAddr {
                 addr: "192.0.2.10".parse().unwrap(),
                 load_balancer: true,
             }],

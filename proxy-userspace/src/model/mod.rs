@@ -1,0 +1,222 @@
+//! The typed, validated view of one Service and its endpoints (DESIGN.md §1).
+//! Invalid objects are rejected here, with a reason, and never reach the maps.
+//! Every source feeds this module, so each Kubernetes rule lives here once:
+//! the Service's in `service.rs`, the endpoints' in `endpoints.rs`; [`build`]
+//! assembles them into the [`types`].
+
+mod endpoints;
+mod service;
+#[cfg(test)]
+mod test_yaml;
+pub mod types;
+
+use k8s_openapi::api::core::v1::Service;
+
+use crate::source::{Rejection, RejectionKind, ServiceName, ServiceObjects};
+
+use self::{
+    endpoints::{endpoints_groups, port_backends, slice_group, EndpointGroup},
+    service::{
+        affinity_timeout, cluster_ips, external_addrs, policy_local, service_port, source_ranges,
+    },
+    types::{Built, Node, ServiceModel, ServicePortModel},
+};
+
+/// A port field's value as a port number; `None` for 0 or out of range.
+fn port_number(value: i32) -> Option<u16> {
+    u16::try_from(value).ok().filter(|p| *p != 0)
+}
+
+/// Builds the model of the Service `name` from its objects.
+pub fn build(name: &ServiceName, objects: &ServiceObjects, node: &Node) -> Built {
+    let mut built = Built::default();
+    let Some(service) = &objects.service else {
+        return built;
+    };
+    let object = format!("Service {name}");
+    match build_service(name, service, objects, node, &mut built) {
+        Ok(model) => built.service = model,
+        Err((kind, reason)) => built.rejections.push(Rejection::new(object, kind, reason)),
+    }
+    built
+}
+
+fn build_service(
+    name: &ServiceName,
+    service: &Service,
+    objects: &ServiceObjects,
+    node: &Node,
+    built: &mut Built,
+) -> Result<Option<ServiceModel>, (RejectionKind, String)> {
+    let spec = service
+        .spec
+        .as_ref()
+        .ok_or((RejectionKind::InvalidDocument, "no spec".to_string()))?;
+    let Some(cluster_ips) = cluster_ips(service, spec, built)? else {
+        return Ok(None);
+    };
+    let type_ = spec.type_.as_deref();
+    let load_balancer = type_ == Some("LoadBalancer");
+    let node_ports = load_balancer || type_ == Some("NodePort");
+    let mut ports: Vec<ServicePortModel> = spec
+        .ports
+        .iter()
+        .flatten()
+        .map(|p| service_port(p, node_ports))
+        .collect::<Result<_, _>>()?;
+    let affinity_timeout = affinity_timeout(spec)?;
+    let external_addrs = external_addrs(spec, service, load_balancer, built)?;
+    // The API server allows Local only where traffic comes from outside.
+    let external_policy_local = policy_local(
+        "externalTrafficPolicy",
+        spec.external_traffic_policy.as_deref(),
+    )? && (node_ports || !external_addrs.is_empty());
+    let internal_policy_local = policy_local(
+        "internalTrafficPolicy",
+        spec.internal_traffic_policy.as_deref(),
+    )?;
+    let health_check_node_port = spec
+        .health_check_node_port
+        .filter(|_| external_policy_local && node_ports)
+        .filter(|p| *p != 0)
+        .map(|value| {
+            port_number(value).ok_or((
+                RejectionKind::InvalidPort,
+                format!("healthCheckNodePort {value} is out of range"),
+            ))
+        })
+        .transpose()?;
+    let source_ranges = if load_balancer {
+        source_ranges(spec, built)?
+    } else {
+        None
+    };
+    // The API server mirrors Endpoints into slices; slices win.
+    let groups: Vec<EndpointGroup> = if objects.slices.is_empty() {
+        objects
+            .endpoints
+            .iter()
+            .flat_map(|e| endpoints_groups(e, node, built))
+            .collect()
+    } else {
+        objects
+            .slices
+            .iter()
+            .filter_map(|s| slice_group(s, node, built))
+            .collect()
+    };
+    for port in &mut ports {
+        (port.backends, port.draining) = port_backends(&groups, &port.name, port.protocol);
+    }
+    Ok(Some(ServiceModel {
+        name: name.clone(),
+        cluster_ips,
+        ports,
+        affinity_timeout,
+        external_addrs,
+        external_policy_local,
+        internal_policy_local,
+        health_check_node_port,
+        source_ranges,
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::test_yaml::{backends, model_all};
+
+    #[test]
+    fn invalid_objects_are_rejected_with_reason_and_others_survive() {
+        let built = model_all(
+            "apiVersion: v1\nkind: Service\nmetadata: {name: bad-ip}\nspec: {clusterIP: 10.96.0.300, ports: [{port: 80}]}\n\
+             ---\napiVersion: v1\nkind: Service\nmetadata: {name: bad-port}\nspec: {clusterIP: 10.96.0.4, ports: [{port: 70000}]}\n\
+             ---\napiVersion: v1\nkind: Service\nmetadata: {name: bad-target}\nspec: {clusterIP: 10.96.0.5, ports: [{port: 80, targetPort: 0}]}\n\
+             ---\napiVersion: v1\nkind: Service\nmetadata: {name: sctp}\nspec: {clusterIP: 10.96.0.6, ports: [{port: 80, protocol: SCTP}]}\n\
+             ---\napiVersion: v1\nkind: Service\nmetadata: {name: no-ip}\nspec: {ports: [{port: 80}]}\n\
+             ---\napiVersion: v1\nkind: Service\nmetadata: {name: good}\nspec: {clusterIP: 10.96.0.7, ports: [{port: 80}]}\n\
+             ---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n\
+             metadata: {name: good-1, labels: {kubernetes.io/service-name: good}}\naddressType: IPv4\n\
+             ports: [{port: 8080}, {port: 8081, protocol: SCTP}]\nendpoints:\n- {addresses: [127.0.0.1]}\n- {addresses: [169.254.1.1]}\n\
+             - {addresses: [224.0.0.5]}\n- {addresses: [not-an-ip]}\n- {addresses: [10.1.2.3]}\n",
+        );
+        let proxied: Vec<_> = built.values().filter_map(|b| b.service.as_ref()).collect();
+        assert_eq!(proxied.len(), 1);
+        assert_eq!(proxied[0].name.name, "good");
+        assert_eq!(backends(&proxied[0].ports[0]), ["10.1.2.3:8080"]);
+        let reasons: Vec<(RejectionKind, String)> = built
+            .values()
+            .flat_map(|b| &b.rejections)
+            .map(|r| (r.kind, r.to_string()))
+            .collect();
+        use RejectionKind::*;
+        let expect = [
+            (
+                InvalidAddress,
+                "Service default/bad-ip: clusterIP '10.96.0.300' is not an IP address",
+            ),
+            (
+                InvalidPort,
+                "Service default/bad-port: port 70000 is out of range",
+            ),
+            (
+                InvalidPort,
+                "Service default/bad-target: targetPort 0 is out of range",
+            ),
+            (
+                UnsupportedProtocol,
+                "EndpointSlice default/good-1: protocol SCTP",
+            ),
+            (
+                InvalidAddress,
+                "EndpointSlice default/good-1: endpoint address 127.0.0.1",
+            ),
+            (
+                InvalidAddress,
+                "EndpointSlice default/good-1: endpoint address 169.254.1.1",
+            ),
+            (
+                InvalidAddress,
+                "EndpointSlice default/good-1: endpoint address 224.0.0.5",
+            ),
+            (
+                InvalidAddress,
+                "EndpointSlice default/good-1: endpoint address 'not-an-ip'",
+            ),
+            (NoClusterIp, "Service default/no-ip: no clusterIP"),
+            (
+                UnsupportedProtocol,
+                "Service default/sctp: protocol SCTP is not supported yet",
+            ),
+        ];
+        assert_eq!(reasons.len(), expect.len(), "{reasons:#?}");
+        for ((kind, reason), (want_kind, prefix)) in reasons.iter().zip(expect) {
+            assert_eq!(*kind, want_kind, "{reason}");
+            assert!(
+                reason.starts_with(prefix),
+                "{reason} does not start with {prefix}"
+            );
+        }
+    }
+
+    #[test]
+    fn dual_stack_keeps_ipv4_and_skips_ipv6() {
+        let built = model_all(
+            "apiVersion: v1\nkind: Service\nmetadata: {name: web}\n\
+             spec: {clusterIP: 10.96.0.9, clusterIPs: [10.96.0.9, 'fd00::9'], ipFamilies: [IPv4, IPv6], ports: [{port: 80}]}\n\
+             ---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n\
+             metadata: {name: web-v6, labels: {kubernetes.io/service-name: web}}\naddressType: IPv6\n\
+             ports: [{port: 8080}]\nendpoints: [{addresses: ['fd00::1']}]\n\
+             ---\napiVersion: v1\nkind: Service\nmetadata: {name: v6-only}\n\
+             spec: {clusterIP: 'fd00::10', ipFamilies: [IPv6], ports: [{port: 80}]}\n",
+        );
+        let web = &built[&ServiceName::new("default", "web")];
+        assert!(web.rejections.is_empty(), "{:?}", web.rejections);
+        assert!(web.ipv6_skipped);
+        let service = web.service.as_ref().unwrap();
+        assert_eq!(service.cluster_ips.len(), 1);
+        assert!(service.ports[0].backends.is_empty());
+        let v6 = &built[&ServiceName::new("default", "v6-only")];
+        assert!(v6.service.is_none() && v6.rejections.is_empty() && v6.ipv6_skipped);
+    }
+}

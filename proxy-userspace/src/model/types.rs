@@ -1,0 +1,137 @@
+//! The model's types: a validated Service with its ports and backends, what
+//! building made of one Service's objects, and the node the agent runs on.
+
+use std::{
+    fmt,
+    net::{Ipv4Addr, SocketAddrV4},
+};
+
+use proxy_common::maps::{PROTO_TCP, PROTO_UDP};
+
+use crate::{
+    cidr::Ipv4Cidr,
+    source::{Rejection, RejectionKind, ServiceName},
+};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Protocol {
+    Tcp,
+    Udp,
+}
+
+impl Protocol {
+    /// Kubernetes' protocol field; absent means TCP.
+    pub(super) fn parse(field: Option<&str>) -> Result<Self, (RejectionKind, String)> {
+        match field.unwrap_or("TCP") {
+            "TCP" => Ok(Self::Tcp),
+            "UDP" => Ok(Self::Udp),
+            other => Err((
+                RejectionKind::UnsupportedProtocol,
+                format!("protocol {other} is not supported yet"),
+            )),
+        }
+    }
+
+    pub fn ip_proto(self) -> u8 {
+        match self {
+            Self::Tcp => PROTO_TCP,
+            Self::Udp => PROTO_UDP,
+        }
+    }
+
+    pub fn from_ip_proto(proto: u8) -> Option<Self> {
+        match proto {
+            PROTO_TCP => Some(Self::Tcp),
+            PROTO_UDP => Some(Self::Udp),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Tcp => "TCP",
+            Self::Udp => "UDP",
+        })
+    }
+}
+
+/// One endpoint serving a Service port.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Backend {
+    pub addr: SocketAddrV4,
+    /// The endpoint runs on this node (its `nodeName` is `--node-name`).
+    pub local: bool,
+}
+
+/// One port of a Service with the backends that serve it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServicePortModel {
+    /// The port's name ("" for an unnamed single port).
+    pub name: String,
+    pub protocol: Protocol,
+    pub port: u16,
+    /// The port's `nodePort`, for types NodePort and LoadBalancer only (a
+    /// LoadBalancer with `allocateLoadBalancerNodePorts: false` has none).
+    pub node_port: Option<u16>,
+    /// Serving backends, sorted and unique.
+    pub backends: Vec<Backend>,
+    /// Endpoints still listed but not taking new connections (terminating,
+    /// not ready): their existing connections go on. Sorted and unique.
+    pub draining: Vec<Backend>,
+}
+
+/// An address from outside the cluster network the Service answers on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ExternalAddr {
+    pub addr: Ipv4Addr,
+    /// A LoadBalancer ingress IP (`loadBalancerSourceRanges` apply), not
+    /// only an `externalIP`.
+    pub load_balancer: bool,
+}
+
+/// A Service the dataplane proxies.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServiceModel {
+    pub name: ServiceName,
+    pub cluster_ips: Vec<Ipv4Addr>,
+    pub ports: Vec<ServicePortModel>,
+    /// `sessionAffinity: ClientIP` timeout in seconds; `None` without affinity.
+    pub affinity_timeout: Option<u32>,
+    /// `externalIPs` and LoadBalancer ingress IPs, sorted, one per address.
+    pub external_addrs: Vec<ExternalAddr>,
+    /// `externalTrafficPolicy: Local` on a Service reachable from outside.
+    pub external_policy_local: bool,
+    /// `internalTrafficPolicy: Local`.
+    pub internal_policy_local: bool,
+    /// `healthCheckNodePort` of a Service with `externalTrafficPolicy: Local`.
+    pub health_check_node_port: Option<u16>,
+    /// `loadBalancerSourceRanges`; `None` lets every client in. `Some` of an
+    /// empty list (only IPv6 ranges given) lets no IPv4 client in: dropping a
+    /// range must never widen access.
+    pub source_ranges: Option<Vec<Ipv4Cidr>>,
+}
+
+/// What the model made of one Service's objects.
+#[derive(Debug, Default)]
+pub struct Built {
+    /// `None` when nothing is proxied: absent, headless, ExternalName,
+    /// another proxy's, IPv6-only, or rejected.
+    pub service: Option<ServiceModel>,
+    pub rejections: Vec<Rejection>,
+    /// IPv6 addresses or slices were left out (not proxied yet).
+    pub ipv6_skipped: bool,
+}
+
+/// The node the agent runs on, for telling local endpoints apart.
+#[derive(Clone, Debug, Default)]
+pub struct Node {
+    pub name: Option<String>,
+}
+
+impl Node {
+    pub(super) fn is_local(&self, node_name: Option<&String>) -> bool {
+        self.name.is_some() && self.name.as_ref() == node_name
+    }
+}

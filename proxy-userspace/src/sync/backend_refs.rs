@@ -1,0 +1,128 @@
+//! Backend reference counts: which tables and draining lists still name each
+//! backend id, so a backend is deleted only once nothing refers to it.
+
+use std::collections::{BTreeSet, HashMap};
+
+use proxy_common::maps::ServiceKey;
+
+use super::store::MapContents;
+
+/// Who refers to each backend id, and the ids that may have lost their last
+/// reference.
+pub(super) struct BackendRefs {
+    /// How many tables and draining lists refer to each backend id.
+    counts: HashMap<u32, u32>,
+    /// The backends each frontend keeps for existing connections only: in
+    /// `backends` (the datapath checks a flow's backend is still there), in
+    /// no table. Rebuilt by the reconcile after a restart.
+    draining: HashMap<ServiceKey, Vec<u32>>,
+    /// Backends a table may name after a write of it failed (half written,
+    /// or not known to be swapped in): referenced until a later write of
+    /// that table succeeds, so none a live table might name is deleted.
+    unsettled: HashMap<u32, BTreeSet<u32>>,
+    /// Backends that may have lost their last reference.
+    unreferenced: BTreeSet<u32>,
+}
+
+impl BackendRefs {
+    /// The references of the tables in `current`; its backends no table
+    /// names are candidates for deletion.
+    pub(super) fn adopt(current: &MapContents) -> Self {
+        let mut counts: HashMap<u32, u32> = HashMap::new();
+        for id in current
+            .tables
+            .values()
+            .flat_map(|t| t.members.iter().copied())
+        {
+            *counts.entry(id).or_default() += 1;
+        }
+        let unreferenced = current
+            .backends
+            .keys()
+            .filter(|id| !counts.contains_key(id))
+            .copied()
+            .collect();
+        Self {
+            counts,
+            draining: HashMap::new(),
+            unsettled: HashMap::new(),
+            unreferenced,
+        }
+    }
+
+    /// Adds one reference to backend `id`.
+    fn hold(&mut self, id: u32) {
+        *self.counts.entry(id).or_default() += 1;
+    }
+
+    /// Records that a table now names `members`; held before the table's
+    /// previous members are released (see [`Self::release_table`]).
+    pub(super) fn hold_table(&mut self, members: &[u32]) {
+        for id in members {
+            self.hold(*id);
+        }
+    }
+
+    /// Drops the references of the `previous` members of the table of
+    /// `service_id` and of the backends a failed write of it held: the
+    /// table is settled.
+    pub(super) fn release_table(&mut self, service_id: u32, previous: Vec<u32>) {
+        let unsettled = self.unsettled.remove(&service_id).unwrap_or_default();
+        for old in previous.into_iter().chain(unsettled) {
+            self.release(old);
+        }
+    }
+
+    /// Records that a write of a table over `members` for `service_id`
+    /// failed: the live table may name them until a later write settles it.
+    pub(super) fn unsettle(&mut self, service_id: u32, members: &[u32]) {
+        let held = self.unsettled.entry(service_id).or_default();
+        for id in members {
+            if held.insert(*id) {
+                *self.counts.entry(*id).or_default() += 1;
+            }
+        }
+    }
+
+    /// Records that frontend `key` keeps `ids` for its existing connections.
+    pub(super) fn set_draining(&mut self, key: ServiceKey, ids: Vec<u32>) {
+        for id in &ids {
+            self.hold(*id);
+        }
+        let previous = if ids.is_empty() {
+            self.draining.remove(&key)
+        } else {
+            self.draining.insert(key, ids)
+        };
+        for old in previous.unwrap_or_default() {
+            self.release(old);
+        }
+    }
+
+    /// Drops one reference to backend `id`; the last one makes it a
+    /// candidate for deletion at the end of the sync.
+    fn release(&mut self, id: u32) {
+        let refs = self.counts.entry(id).or_default();
+        *refs = refs.saturating_sub(1);
+        if *refs == 0 {
+            self.counts.remove(&id);
+            self.unreferenced.insert(id);
+        }
+    }
+
+    /// Makes backend `id` a candidate for deletion at the end of the sync:
+    /// a new one nothing refers to yet, or one whose deletion failed.
+    pub(super) fn candidate(&mut self, id: u32) {
+        self.unreferenced.insert(id);
+    }
+
+    /// Takes the backends that may have lost their last reference.
+    pub(super) fn take_candidates(&mut self) -> BTreeSet<u32> {
+        std::mem::take(&mut self.unreferenced)
+    }
+
+    /// Whether a table or a draining list refers to backend `id`.
+    pub(super) fn is_referenced(&self, id: u32) -> bool {
+        self.counts.contains_key(&id)
+    }
+}

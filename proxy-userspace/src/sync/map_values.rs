@@ -1,0 +1,69 @@
+//! Map-value translation: the plan's frontends and backends as the
+//! proxy-common keys and values the datapath reads.
+
+use proxy_common::maps::{
+    addr_from_net, addr_to_net, port_from_net, port_to_net, BackendValue, ServiceKey,
+    BACKEND_LOCAL, SCOPE_CLUSTER_IP, SCOPE_NODE, SERVICE_AFFINITY_CLIENT_IP, SERVICE_EMPTY_DROP,
+    SERVICE_SNAT_REMOTE, SERVICE_SOURCE_RANGES,
+};
+
+use crate::{
+    maglev::{self, Member},
+    model::types::Backend,
+    plan::{Frontend, FrontendKey, FrontendScope},
+};
+
+/// The map key of a frontend.
+pub fn service_key(frontend: &FrontendKey) -> ServiceKey {
+    ServiceKey {
+        addr: addr_to_net(frontend.addr),
+        port: port_to_net(frontend.port),
+        proto: frontend.protocol.ip_proto(),
+        scope: match frontend.scope {
+            FrontendScope::Pod => SCOPE_CLUSTER_IP,
+            FrontendScope::Node => SCOPE_NODE,
+        },
+    }
+}
+
+/// The `SERVICE_*` bits of a frontend.
+fn service_flags(frontend: &Frontend) -> u32 {
+    [
+        (
+            frontend.affinity_timeout.is_some(),
+            SERVICE_AFFINITY_CLIENT_IP,
+        ),
+        (frontend.empty_drop, SERVICE_EMPTY_DROP),
+        (frontend.snat_remote, SERVICE_SNAT_REMOTE),
+        (frontend.source_ranges.is_some(), SERVICE_SOURCE_RANGES),
+    ]
+    .into_iter()
+    .filter(|(on, _)| *on)
+    .fold(0, |flags, (_, bit)| flags | bit)
+}
+
+/// The map value of a backend.
+pub(super) fn backend_value(backend: &Backend) -> BackendValue {
+    BackendValue {
+        addr: addr_to_net(*backend.addr.ip()),
+        port: port_to_net(backend.addr.port()),
+        flags: if backend.local { BACKEND_LOCAL } else { 0 },
+        _pad: 0,
+    }
+}
+
+/// A backend as a Maglev table member: its address and port decide its
+/// slots, the same on every node.
+pub(super) fn member(value: &BackendValue, id: u32) -> Member {
+    Member {
+        identity: maglev::identity(addr_from_net(value.addr), port_from_net(value.port)),
+        id,
+    }
+}
+
+/// The backend values, service flags and affinity timeout a frontend needs.
+pub(super) fn entries(frontend: &Frontend) -> (Vec<BackendValue>, u32, u32) {
+    let backends = frontend.backends.iter().map(backend_value).collect();
+    let timeout = frontend.affinity_timeout.unwrap_or(0);
+    (backends, service_flags(frontend), timeout)
+}

@@ -1,0 +1,102 @@
+//! The store contract: what the agent's maps hold ([`MapContents`]) and the
+//! [`MapStore`] the syncer writes them through (the pinned BPF maps, or a
+//! fake in tests).
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::Ipv4Addr,
+};
+
+use proxy_common::maps::{BackendValue, ServiceKey, ServiceValue};
+
+use crate::cidr::Ipv4Cidr;
+
+/// A `source_ranges` entry: clients in `cidr` may use frontend `service_id`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct RangeEntry {
+    pub service_id: u32,
+    pub cidr: Ipv4Cidr,
+}
+
+impl RangeEntry {
+    /// Every entry of `service_id`, as bounds of a range over sorted entries.
+    pub(super) fn bounds(service_id: u32) -> std::ops::RangeInclusive<Self> {
+        let entry = |cidr| Self { service_id, cidr };
+        entry(Ipv4Cidr::ANY)..=entry(Ipv4Cidr::host(Ipv4Addr::BROADCAST))
+    }
+}
+
+/// The content of the maps the agent owns.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct MapContents {
+    pub services: BTreeMap<ServiceKey, ServiceValue>,
+    pub backends: BTreeMap<u32, BackendValue>,
+    /// Maglev tables by service id, as what decides their content.
+    pub tables: BTreeMap<u32, TableSpec>,
+    pub source_ranges: BTreeSet<RangeEntry>,
+}
+
+/// What a Maglev table holds, in short: its size and its members. The
+/// slots follow from them (a backend id names one backend for as long as a
+/// table refers to it), so the agent keeps this instead of every slot.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TableSpec {
+    pub size: u32,
+    /// Distinct backend ids, ascending.
+    pub members: Vec<u32>,
+}
+
+impl TableSpec {
+    /// A table of `size` slots over the backend ids `ids` (in any order,
+    /// repeats allowed).
+    pub fn new(size: u32, mut ids: Vec<u32>) -> Self {
+        ids.sort_unstable();
+        ids.dedup();
+        Self { size, members: ids }
+    }
+
+    /// The spec of a table holding `slots`.
+    pub fn of(slots: &[u32]) -> Self {
+        Self::new(slots.len() as u32, slots.to_vec())
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("map {map}: {reason}")]
+pub struct StoreError {
+    pub map: &'static str,
+    pub reason: String,
+}
+
+/// Where sync writes: the pinned BPF maps, or a fake in tests.
+pub trait MapStore {
+    fn put_backend(&mut self, id: u32, value: &BackendValue) -> Result<(), StoreError>;
+    fn delete_backend(&mut self, id: u32) -> Result<(), StoreError>;
+    /// Makes `slots` (slot → backend id) the Maglev table of `service_id`:
+    /// rewritten in place when the old table has the same size and room for
+    /// the members, otherwise built beside it and swapped in whole by the
+    /// next [`MapStore::commit_tables`]. After an error the live table may
+    /// hold the old or the new backends.
+    fn put_table(&mut self, service_id: u32, slots: &[u32]) -> Result<TableWrite, StoreError>;
+    /// Removes the table of `service_id` at the next commit.
+    fn delete_table(&mut self, service_id: u32) -> Result<(), StoreError>;
+    /// Swaps in and removes the tables handed over since the last commit, at
+    /// once: the kernel waits for running programs once per commit, not
+    /// once per table.
+    fn commit_tables(&mut self) -> Result<(), StoreError>;
+    fn put_service(&mut self, key: &ServiceKey, value: &ServiceValue) -> Result<(), StoreError>;
+    fn delete_service(&mut self, key: &ServiceKey) -> Result<(), StoreError>;
+    fn put_source_range(&mut self, entry: &RangeEntry) -> Result<(), StoreError>;
+    fn delete_source_range(&mut self, entry: &RangeEntry) -> Result<(), StoreError>;
+    /// Zeroes the counters of a service id about to be (re)used.
+    fn reset_stats(&mut self, service_id: u32) -> Result<(), StoreError>;
+}
+
+/// How [`MapStore::put_table`] wrote a table.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TableWrite {
+    /// Rewritten in place: live already.
+    InPlace,
+    /// Built beside the old one: live once committed.
+    Queued,
+}
