@@ -8,6 +8,7 @@ use std::{
     time::{Duration, Instant, SystemTime},
 };
 
+use hyper::StatusCode;
 use tokio::{
     sync::{mpsc, oneshot},
     task::JoinHandle,
@@ -124,17 +125,17 @@ struct HealthEndpoints(HealthState);
 impl Handler for HealthEndpoints {
     async fn handle(&self, request: Request) -> Response {
         let report = self.0.report(SystemTime::now(), Instant::now());
-        let ok = match request.path.as_str() {
+        let ok = match request.uri().path() {
             "/healthz" => report.healthy,
             "/readyz" => report.ready,
-            _ => return Response::text("404 Not Found", "try /healthz or /readyz\n"),
+            _ => return http::text(StatusCode::NOT_FOUND, "try /healthz or /readyz\n"),
         };
         let status = if ok {
-            "200 OK"
+            StatusCode::OK
         } else {
-            "503 Service Unavailable"
+            StatusCode::SERVICE_UNAVAILABLE
         };
-        Response::json(status, &report)
+        http::json(status, &report)
     }
 }
 
@@ -146,20 +147,23 @@ struct MetricsEndpoint(mpsc::Sender<Scrape>);
 
 impl Handler for MetricsEndpoint {
     async fn handle(&self, request: Request) -> Response {
-        if request.path != "/metrics" {
-            return Response::text("404 Not Found", "try /metrics\n");
+        if request.uri().path() != "/metrics" {
+            return http::text(StatusCode::NOT_FOUND, "try /metrics\n");
         }
         let (reply, rendered) = oneshot::channel();
         if self.0.try_send(reply).is_err() {
-            return Response::text("503 Service Unavailable", "too many scrapes at once\n");
+            return http::text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "too many scrapes at once\n",
+            );
         }
         match tokio::time::timeout(SCRAPE_TIMEOUT, rendered).await {
-            Ok(Ok(text)) => Response {
-                status: "200 OK",
-                content_type: prometheus_client::encoding::prometheus_text::CONTENT_TYPE,
-                body: text.into_bytes(),
-            },
-            _ => Response::text("503 Service Unavailable", "the agent is busy\n"),
+            Ok(Ok(text)) => http::response(
+                StatusCode::OK,
+                prometheus_client::encoding::prometheus_text::CONTENT_TYPE,
+                text,
+            ),
+            _ => http::text(StatusCode::SERVICE_UNAVAILABLE, "the agent is busy\n"),
         }
     }
 }

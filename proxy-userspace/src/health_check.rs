@@ -8,6 +8,7 @@ use std::{
     net::{IpAddr, SocketAddr},
 };
 
+use hyper::StatusCode;
 use tokio::{sync::watch, task::JoinHandle};
 use tracing::{info, warn};
 
@@ -125,11 +126,11 @@ fn response(status: &Status) -> Response {
         "serviceProxyHealthy": true,
     });
     let code = if status.local_endpoints > 0 {
-        "200 OK"
+        StatusCode::OK
     } else {
-        "503 Service Unavailable"
+        StatusCode::SERVICE_UNAVAILABLE
     };
-    Response::json(code, &body)
+    http::json(code, &body)
 }
 
 #[cfg(test)]

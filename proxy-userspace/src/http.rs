@@ -1,64 +1,49 @@
-//! The agent's tiny HTTP/1.1 responder, for health checkers, probes and
-//! scrapers: one request per connection, its head bounded in size and time,
-//! answered and closed. Enough for `GET /path`; no bodies, no keep-alive.
+//! The agent's HTTP listeners' shared server, on hyper: for health
+//! checkers, probes and scrapers. HTTP/1 only, one request per connection
+//! (answered with `Connection: close`), its head bounded in size and time.
 
-use std::{future::Future, net::SocketAddr, time::Duration};
+use std::{convert::Infallible, future::Future, net::SocketAddr, time::Duration};
 
-use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
-    net::{TcpListener, TcpStream},
+use hyper::{
+    header::{HeaderValue, CONTENT_TYPE, X_CONTENT_TYPE_OPTIONS},
+    server::conn::http1,
+    service::service_fn,
+    StatusCode,
 };
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpListener;
 use tracing::warn;
 
-/// Bounds on a request: a checker sends a few headers at once.
+/// Bounds on a request's head: a checker sends a few headers at once. A
+/// bigger head is answered 431, a slower one dropped unanswered.
 const MAX_REQUEST: usize = 4096;
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// Longest a connection lives: its head, the handler (a scrape waits up to
+/// 10 s for the agent's loop) and writing the answer to a slow reader.
+const CONNECTION_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// What a handler sees of a request.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Request {
-    pub method: String,
-    /// Without the query string.
-    pub path: String,
+pub type Request = hyper::Request<hyper::body::Incoming>;
+pub type Response = hyper::Response<String>;
+
+/// A response with `body` of type `content_type`.
+pub fn response(status: StatusCode, content_type: &'static str, body: String) -> Response {
+    let mut response = Response::new(body);
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    headers.insert(X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    response
 }
 
-pub struct Response {
-    /// e.g. "200 OK".
-    pub status: &'static str,
-    pub content_type: &'static str,
-    pub body: Vec<u8>,
+/// `body` as JSON.
+pub fn json(status: StatusCode, body: &impl serde::Serialize) -> Response {
+    // Serializing plain structs and json! values cannot fail.
+    let body = serde_json::to_string(body).unwrap_or_default();
+    response(status, "application/json", body)
 }
 
-impl Response {
-    pub fn json(status: &'static str, body: &impl serde::Serialize) -> Self {
-        Self {
-            status,
-            content_type: "application/json",
-            // Serializing plain structs and json! values cannot fail.
-            body: serde_json::to_vec(body).unwrap_or_default(),
-        }
-    }
-
-    pub fn text(status: &'static str, body: impl Into<String>) -> Self {
-        Self {
-            status,
-            content_type: "text/plain; charset=utf-8",
-            body: body.into().into_bytes(),
-        }
-    }
-
-    fn into_bytes(self) -> Vec<u8> {
-        let mut out = format!(
-            "HTTP/1.1 {}\r\nContent-Type: {}\r\nX-Content-Type-Options: nosniff\r\n\
-             Content-Length: {}\r\nConnection: close\r\n\r\n",
-            self.status,
-            self.content_type,
-            self.body.len()
-        )
-        .into_bytes();
-        out.extend_from_slice(&self.body);
-        out
-    }
+pub fn text(status: StatusCode, body: impl Into<String>) -> Response {
+    response(status, "text/plain; charset=utf-8", body.into())
 }
 
 /// Answers requests; cloned into each connection's task.
@@ -75,10 +60,25 @@ pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
 
 /// Accepts connections until the task is aborted, each answered by its own task.
 pub async fn serve(socket: TcpListener, handler: impl Handler) {
+    let mut http = http1::Builder::new();
+    http.keep_alive(false)
+        // Header names as they were written before hyper: `Content-Type`.
+        .title_case_headers(true)
+        .max_header_size(MAX_REQUEST)
+        .timer(TokioTimer::new())
+        .header_read_timeout(REQUEST_TIMEOUT);
     loop {
         match socket.accept().await {
             Ok((stream, _)) => {
-                tokio::spawn(answer(stream, handler.clone()));
+                let handler = handler.clone();
+                let service = service_fn(move |request| {
+                    let handler = handler.clone();
+                    async move { Ok::<_, Infallible>(handler.handle(request).await) }
+                });
+                let connection = http.serve_connection(TokioIo::new(stream), service);
+                // Errors are the client's (it left, or sent no valid head in
+                // time) and hyper has answered what can be answered.
+                tokio::spawn(tokio::time::timeout(CONNECTION_TIMEOUT, connection));
             }
             // Out of file descriptors and the like: pause rather than spin.
             Err(e) => {
@@ -87,47 +87,6 @@ pub async fn serve(socket: TcpListener, handler: impl Handler) {
             }
         }
     }
-}
-
-/// Reads the request head (bounded in size and time) and answers it; a
-/// request that never ends is dropped unanswered.
-async fn answer(mut stream: TcpStream, handler: impl Handler) {
-    let mut head = Vec::with_capacity(512);
-    let read = tokio::time::timeout(REQUEST_TIMEOUT, async {
-        let mut buf = [0u8; 512];
-        while head.len() < MAX_REQUEST && !head.windows(4).any(|w| w == b"\r\n\r\n") {
-            match stream.read(&mut buf).await {
-                Ok(0) | Err(_) => return false,
-                Ok(n) => head.extend_from_slice(&buf[..n]),
-            }
-        }
-        true
-    })
-    .await;
-    if !matches!(read, Ok(true)) {
-        return;
-    }
-    let response = match parse(&head) {
-        Some(request) => handler.handle(request).await,
-        None => Response::text("400 Bad Request", "bad request\n"),
-    };
-    let _ = tokio::time::timeout(REQUEST_TIMEOUT, stream.write_all(&response.into_bytes())).await;
-    let _ = stream.shutdown().await;
-}
-
-/// The request line of `head`: `METHOD TARGET HTTP/x`.
-fn parse(head: &[u8]) -> Option<Request> {
-    let line = head.split(|b| *b == b'\r').next()?;
-    let mut parts = std::str::from_utf8(line).ok()?.split(' ');
-    let (method, target, version) = (parts.next()?, parts.next()?, parts.next()?);
-    if !version.starts_with("HTTP/") || parts.next().is_some() {
-        return None;
-    }
-    let path = target.split('?').next().unwrap_or(target);
-    Some(Request {
-        method: method.to_string(),
-        path: path.to_string(),
-    })
 }
 
 #[cfg(test)]
@@ -170,14 +129,61 @@ pub(crate) mod testing {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use std::net::Ipv4Addr;
 
-    #[test]
-    fn the_request_line_gives_method_and_path() {
-        let request = parse(b"GET /metrics?x=1 HTTP/1.1\r\nHost: a\r\n\r\n").unwrap();
-        assert_eq!(request.method, "GET");
-        assert_eq!(request.path, "/metrics");
-        assert_eq!(parse(b"GET /\r\n\r\n"), None, "no version");
-        assert_eq!(parse(b"\xff\xfe HTTP/1.1\r\n\r\n"), None);
+    use super::{testing::*, *};
+
+    /// Answers with the method and path it was asked.
+    #[derive(Clone)]
+    struct Echo;
+
+    impl Handler for Echo {
+        async fn handle(&self, request: Request) -> Response {
+            let asked = format!("{} {}", request.method(), request.uri().path());
+            text(StatusCode::OK, asked)
+        }
+    }
+
+    #[tokio::test]
+    async fn the_request_line_gives_method_and_path() {
+        let port = free_port();
+        let socket = bind((Ipv4Addr::LOCALHOST, port).into()).unwrap();
+        let server = tokio::spawn(serve(socket, Echo));
+        let answer = exchange(port, b"GET /metrics?x=1 HTTP/1.1\r\nHost: a\r\n\r\n").await;
+        assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer}");
+        assert!(answer.contains("\r\nConnection: close\r\n"), "{answer}");
+        assert!(
+            answer.contains("\r\nContent-Type: text/plain; charset=utf-8\r\n"),
+            "{answer}"
+        );
+        assert!(answer.ends_with("\r\n\r\nGET /metrics"), "{answer}");
+        let answer = exchange(port, b"GET /\r\n\r\n").await;
+        assert!(
+            answer.starts_with("HTTP/1.1 400 Bad Request\r\n"),
+            "no version: {answer}"
+        );
+        let answer = exchange(port, b"\xff\xfe HTTP/1.1\r\n\r\n").await;
+        assert!(
+            answer.starts_with("HTTP/1.1 400 Bad Request\r\n"),
+            "{answer}"
+        );
+        server.abort();
+    }
+
+    #[tokio::test]
+    async fn a_head_too_big_is_refused() {
+        let port = free_port();
+        let socket = bind((Ipv4Addr::LOCALHOST, port).into()).unwrap();
+        let server = tokio::spawn(serve(socket, Echo));
+        let request = format!(
+            "GET / HTTP/1.1\r\nHost: a\r\nX-Pad: {}\r\n\r\n",
+            "x".repeat(MAX_REQUEST)
+        );
+        let answer = exchange(port, request.as_bytes()).await;
+        assert!(
+            answer.starts_with("HTTP/1.1 431 Request Header Fields Too Large\r\n"),
+            "{answer}"
+        );
+        server.abort();
     }
 }

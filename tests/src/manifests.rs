@@ -63,7 +63,7 @@ pub struct ServiceManifest(Service);
 
 impl ServiceManifest {
     fn from_kubectl(yaml: &str, cluster_ip: Ipv4Addr) -> Self {
-        let mut service: Service = serde_yaml::from_str(yaml).expect("kubectl fixture");
+        let mut service: Service = serde_norway::from_str(yaml).expect("kubectl fixture");
         spec_of(&mut service).cluster_ip = Some(cluster_ip.to_string());
         Self(service)
     }
@@ -121,7 +121,7 @@ impl ServiceManifest {
     }
 
     pub fn to_yaml(&self) -> String {
-        serde_yaml::to_string(&self.0).expect("Service serializes")
+        serde_norway::to_string(&self.0).expect("Service serializes")
     }
 }
 

@@ -12,7 +12,7 @@ use std::{
 };
 
 use serde::Deserialize as _;
-use serde_yaml::Value;
+use serde_norway::Value;
 
 /// The API version the documents are validated against: the one the agent
 /// is built against (k8s-openapi's `v1_33`).
@@ -51,7 +51,7 @@ fn deploy_files() -> Vec<PathBuf> {
 }
 
 fn documents(text: &str) -> Vec<Value> {
-    serde_yaml::Deserializer::from_str(text)
+    serde_norway::Deserializer::from_str(text)
         .map(|doc| Value::deserialize(doc).expect("YAML document"))
         .filter(|doc| !doc.is_null())
         .collect()
@@ -324,7 +324,7 @@ fn check_daemon_set(docs: &[Value]) -> Result<(), String> {
         str_at(pod, "priorityClassName") == "system-node-critical",
         || "priorityClassName is not system-node-critical".into(),
     )?;
-    let tolerate_all: Value = serde_yaml::from_str("operator: Exists").unwrap();
+    let tolerate_all: Value = serde_norway::from_str("operator: Exists").unwrap();
     ensure(
         at(pod, "tolerations")
             .and_then(Value::as_sequence)
@@ -464,7 +464,7 @@ fn the_daemon_set_can_run_the_agent_on_every_node() {
         }),
         ("a missing capability", |p| {
             p["containers"][0]["securityContext"]["capabilities"]["add"] =
-                serde_yaml::from_str("[BPF, NET_ADMIN, SYS_ADMIN]").unwrap()
+                serde_norway::from_str("[BPF, NET_ADMIN, SYS_ADMIN]").unwrap()
         }),
         ("Bidirectional unprivileged", |p| {
             p["containers"][0]["volumeMounts"][0]["mountPropagation"] = "Bidirectional".into()
@@ -581,7 +581,7 @@ fn check_privileged_variant(base: &[Value], privileged: &[Value]) -> Result<(), 
     let mut expected = base.to_vec();
     let container =
         &mut kind_mut(&mut expected, "DaemonSet")["spec"]["template"]["spec"]["containers"][0];
-    container["securityContext"] = serde_yaml::from_str("privileged: true").unwrap();
+    container["securityContext"] = serde_norway::from_str("privileged: true").unwrap();
     container["volumeMounts"][0]["mountPropagation"] = "Bidirectional".into();
     ensure(expected == privileged, || {
         "kxdp-privileged.yaml differs from kxdp.yaml beyond securityContext and bpffs propagation"

@@ -13,7 +13,7 @@ use std::{
 
 use k8s_openapi::{apimachinery::pkg::apis::meta::v1::ObjectMeta, Metadata};
 use serde::de::DeserializeOwned;
-use serde_yaml::Value;
+use serde_norway::Value;
 
 use super::{cluster_ip, group, Objects, Rejection, RejectionKind, Scope, Update};
 use crate::cidr::Ipv4Cidr;
@@ -108,7 +108,7 @@ fn split_documents(text: &str) -> Vec<(usize, String)> {
 pub fn parse_stream(origin: &str, text: &str, loaded: &mut Loaded) {
     for (line, document) in split_documents(text) {
         let at = format!("{origin}:{line}");
-        match serde_yaml::from_str::<Value>(&document) {
+        match serde_norway::from_str::<Value>(&document) {
             Ok(Value::Null) => {}
             Ok(value) => add_object(&at, value, loaded),
             Err(error) => loaded.rejections.push(Rejection::new(
@@ -166,7 +166,7 @@ fn add_object(at: &str, value: Value, loaded: &mut Loaded) {
 
 fn decode<T: DeserializeOwned + Metadata<Ty = ObjectMeta>>(value: &Value) -> Result<T, String> {
     let mut object: T =
-        serde_yaml::from_value(value.clone()).map_err(|e| format!("invalid object: {e}"))?;
+        serde_norway::from_value(value.clone()).map_err(|e| format!("invalid object: {e}"))?;
     let metadata = object.metadata_mut();
     if metadata.name.as_deref().unwrap_or_default().is_empty() {
         return Err("metadata.name is missing".to_string());
