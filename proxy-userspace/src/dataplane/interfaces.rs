@@ -15,7 +15,7 @@ use std::{
     collections::{BTreeMap, BTreeSet},
     ffi::CStr,
     fs, io,
-    os::fd::{AsRawFd, FromRawFd, OwnedFd},
+    os::fd::AsFd,
     path::{Path, PathBuf},
 };
 
@@ -26,7 +26,7 @@ use aya::programs::{
 };
 use tracing::{info, warn};
 
-use super::{Dataplane, PodHook, LINKS_DIR, POD_HOOKS};
+use super::{bpf_syscall, Dataplane, PodHook, LINKS_DIR, POD_HOOKS};
 
 /// A network interface of the agent's network namespace.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -378,49 +378,17 @@ fn keep_filter(
     // Dropping a filter's link deletes the filter; it must outlive the agent
     // (it holds nothing but numbers).
     std::mem::forget(link);
-    const BPF_OBJ_PIN: libc::c_long = 6;
-    let c_path =
-        std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).map_err(|e| e.to_string())?;
     let fd = program.fd().map_err(|e| e.to_string())?;
-    let fd = std::os::fd::AsFd::as_fd(fd).as_raw_fd();
-    bpf_call(BPF_OBJ_PIN, &[c_path.as_ptr() as u64, fd as u64])
-        .map_err(|e| format!("pinning {}: {e}", path.display()))?;
-    Ok(())
-}
-
-/// `bpf(2)` with a zeroed attribute block whose leading bytes are `fields`.
-pub(super) fn bpf_call(cmd: libc::c_long, fields: &[u64]) -> io::Result<i64> {
-    let mut attr = [0u64; 16];
-    attr[..fields.len()].copy_from_slice(fields);
-    // SAFETY: attr is a valid, fully initialised bpf_attr-sized buffer.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            cmd,
-            attr.as_ptr(),
-            std::mem::size_of_val(&attr),
-        )
-    };
-    if rc < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(rc)
-    }
+    bpf_syscall::obj_pin(fd.as_fd(), path).map_err(|e| format!("pinning {}: {e}", path.display()))
 }
 
 /// Detaches the link pinned at `path` now, whoever else holds it, then
 /// removes the pin. Merely unpinning would leave the detach to an RCU
 /// callback, after `kxdp unload` has returned.
 pub(super) fn detach_pinned(path: &Path) -> io::Result<()> {
-    const BPF_OBJ_GET: libc::c_long = 7;
-    const BPF_LINK_DETACH: libc::c_long = 34;
-    let c_path = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())
-        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
-    let fd = bpf_call(BPF_OBJ_GET, &[c_path.as_ptr() as u64])?;
-    // SAFETY: BPF_OBJ_GET returned a new fd that we own.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+    let link = bpf_syscall::obj_get(path)?;
     // A link whose interface is gone is detached already: nothing to do.
-    let _ = bpf_call(BPF_LINK_DETACH, &[fd.as_raw_fd() as u64]);
+    let _ = bpf_syscall::link_detach(link.as_fd());
     fs::remove_file(path)
 }
 
