@@ -38,6 +38,7 @@ use kxdp_testbed::{
     packet::{Packet, TCP_ACK, TCP_SYN},
     privileged::require_root,
     scenario::{peer_bin, EchoScenario},
+    FLOOR_OBJECT,
 };
 use proxy_common::{
     maps::{
@@ -46,7 +47,6 @@ use proxy_common::{
     },
     sizes::DROP_REASONS,
 };
-use proxy_userspace::ebpf_object::FLOOR_OBJECT;
 
 mod conn_rate;
 mod control_plane;
