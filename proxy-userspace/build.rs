@@ -1,5 +1,7 @@
-//! Builds the eBPF crate (nightly, bpfel target) and leaves the object in
-//! OUT_DIR, where `src/ebpf_object.rs` embeds it.
+//! Builds the eBPF crate (nightly, bpfel target) and leaves the objects in
+//! OUT_DIR, where `src/ebpf_object.rs` embeds the agent's. The benchmarks'
+//! `floor` object is named to the `tests` crate's build script instead
+//! (`links` metadata: `DEP_KXDP_EBPF_FLOOR`).
 
 use anyhow::{anyhow, Context as _};
 use aya_build::Toolchain;
@@ -32,5 +34,8 @@ fn main() -> anyhow::Result<()> {
             ..Default::default()
         }],
         Toolchain::default(),
-    )
+    )?;
+    let out_dir = std::env::var("OUT_DIR").context("OUT_DIR")?;
+    println!("cargo::metadata=floor={out_dir}/floor");
+    Ok(())
 }

@@ -13,6 +13,12 @@ pub mod two_node;
 
 use std::time::Duration;
 
+/// Empty XDP (`floor_xdp`) and tc (`floor_tc`) programs (`proxy-ebpf`'s
+/// `floor` binary, `build.rs`). They exist only for benchmarks: timing them
+/// measures the cost of the test harness (BPF_PROG_TEST_RUN) itself, the
+/// floor under every datapath number.
+pub static FLOOR_OBJECT: &[u8] = aya::include_bytes_aligned!(env!("KXDP_FLOOR_OBJECT"));
+
 /// `wait` stretched by `$KXDP_TEST_PATIENCE` (a whole factor, 1 when unset):
 /// the VM suites run under emulation, many times slower. Only the bounds on
 /// waiting for something grow; a passing test waits no longer.

@@ -30,7 +30,6 @@ use aya::{
     programs::{Xdp, XdpMode},
     Ebpf,
 };
-use proxy_userspace::ebpf_object::FLOOR_OBJECT;
 
 use crate::{
     agent::{Agent, AgentHost},
@@ -39,6 +38,7 @@ use crate::{
     netns::{add_veth, command, exec_ok, Namespaces, Pod},
     privileged::{require_root, PrivateBpffs},
     scenario::{peer_bin, PEER_READY},
+    FLOOR_OBJECT,
 };
 
 pub const EXT_IP: Ipv4Addr = Ipv4Addr::new(192, 168, 50, 100);

@@ -2,11 +2,14 @@
 //! differently, instead of adopting them and letting the programs read past
 //! their values.
 
-use std::{ffi::CString, os::unix::ffi::OsStrExt as _, path::Path};
+use std::{os::fd::AsFd as _, path::Path};
 
 use kxdp_testbed::privileged::{require_root, PrivateBpffs};
 use proxy_userspace::{
-    dataplane::{probe, Dataplane, DataplaneError},
+    dataplane::{
+        bpf_syscall::{self, MapSpec},
+        probe, Dataplane, DataplaneError,
+    },
     features::Loadout,
 };
 
@@ -14,36 +17,20 @@ fn loadout() -> Loadout {
     probe::this_kernel(false).expect("probing the kernel").1
 }
 
-/// `bpf(2)` with a zeroed attribute block starting with `words`.
-fn bpf(cmd: libc::c_long, words: &[u64]) -> i64 {
-    let mut attr = [0u64; 16];
-    attr[..words.len()].copy_from_slice(words);
-    // SAFETY: attr is a valid, fully initialised bpf_attr-sized buffer.
-    unsafe { libc::syscall(libc::SYS_bpf, cmd, attr.as_ptr(), size_of_val(&attr)) }
-}
-
 /// Pins a hash map with the given key and value sizes at `path`.
 fn pin_hash_map(path: &Path, key_size: u32, value_size: u32) {
-    const BPF_MAP_CREATE: libc::c_long = 0;
-    const BPF_OBJ_PIN: libc::c_long = 6;
-    const BPF_MAP_TYPE_HASH: u64 = 1;
-    let fd = bpf(
-        BPF_MAP_CREATE,
-        &[
-            BPF_MAP_TYPE_HASH | (u64::from(key_size) << 32),
-            u64::from(value_size) | (16 << 32),
-        ],
-    );
-    assert!(
-        fd >= 0,
-        "BPF_MAP_CREATE: {}",
-        std::io::Error::last_os_error()
-    );
-    let c_path = CString::new(path.as_os_str().as_bytes()).unwrap();
-    let rc = bpf(BPF_OBJ_PIN, &[c_path.as_ptr() as u64, fd as u64]);
-    assert_eq!(rc, 0, "BPF_OBJ_PIN: {}", std::io::Error::last_os_error());
-    // SAFETY: fd came from BPF_MAP_CREATE above and is ours; the pin keeps the map.
-    unsafe { libc::close(fd as i32) };
+    const BPF_MAP_TYPE_HASH: u32 = 1;
+    let map = bpf_syscall::map_create(&MapSpec {
+        map_type: BPF_MAP_TYPE_HASH,
+        key_size,
+        value_size,
+        max_entries: 16,
+        flags: 0,
+        inner_map: None,
+    })
+    .unwrap_or_else(|e| panic!("BPF_MAP_CREATE: {e}"));
+    // The pin keeps the map when `map` closes.
+    bpf_syscall::obj_pin(map.as_fd(), path).unwrap_or_else(|e| panic!("BPF_OBJ_PIN: {e}"));
 }
 
 #[test]

@@ -15,7 +15,7 @@ use std::{
     collections::{BTreeMap, BTreeSet},
     ffi::CStr,
     fs, io,
-    os::fd::{AsRawFd, FromRawFd, OwnedFd},
+    os::fd::AsFd,
     path::{Path, PathBuf},
 };
 
@@ -26,7 +26,10 @@ use aya::programs::{
 };
 use tracing::{info, warn};
 
-use super::{Dataplane, PodHook, LINKS_DIR, POD_HOOKS};
+use super::{
+    attach_plan::{self, Action, Present},
+    bpf_syscall, Dataplane, PodHook, LINKS_DIR, POD_HOOKS,
+};
 
 /// A network interface of the agent's network namespace.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -176,8 +179,8 @@ pub enum AttachError {
 pub struct PodInterfaces {
     patterns: Vec<glob::Pattern>,
     links_dir: PathBuf,
-    /// By (hook, ifindex).
-    attached: BTreeMap<(PodHook, u32), Interface>,
+    /// Attached or adopted by this agent.
+    attached: BTreeSet<(PodHook, Interface)>,
     /// Classic tc filters instead of tcx links: asked for, or the kernel
     /// has no tcx (`features::Feature::Tcx`).
     classic_tc: bool,
@@ -199,14 +202,17 @@ impl PodInterfaces {
         Ok(Self {
             patterns,
             links_dir,
-            attached: BTreeMap::new(),
+            attached: BTreeSet::new(),
             classic_tc,
         })
     }
 
     /// Interfaces with at least one program attached.
     pub fn attached(&self) -> BTreeSet<&Interface> {
-        self.attached.values().collect()
+        self.attached
+            .iter()
+            .map(|(_, interface)| interface)
+            .collect()
     }
 
     fn matches(&self, name: &str) -> bool {
@@ -214,62 +220,73 @@ impl PodInterfaces {
     }
 
     /// Attaches to new matching interfaces, adopts links a previous agent
-    /// pinned, and drops the pins of interfaces that are gone. Failures on one
-    /// interface are logged and retried at the next call.
+    /// pinned, and drops the pins of interfaces that are gone
+    /// (`attach_plan`). Failures on one interface are logged and retried at
+    /// the next call.
     pub fn reconcile(&mut self, dataplane: &mut Dataplane) -> Result<(), AttachError> {
-        let wanted: Vec<Interface> = list_interfaces()
+        let interfaces: Vec<Interface> = list_interfaces()
             .map_err(AttachError::List)?
             .into_iter()
             .filter(|i| self.matches(&i.name))
             .collect();
         let pinned = pinned_links(&self.links_dir)
             .map_err(|e| AttachError::Io(self.links_dir.clone(), e))?;
-        for ((hook, interface), path) in &pinned {
-            if !wanted.contains(interface) {
-                // The interface is gone (its link with it) or no longer matches:
-                // dropping the pin releases the link.
-                info!(interface = %interface.name, program = hook.program, "detaching from interface that is gone or no longer matches");
-                let removed = if is_tc_pin(path) {
-                    detach_pod_pin(*hook, interface, path)
-                } else {
-                    fs::remove_file(path)
-                };
-                if let Err(e) = removed {
-                    warn!(path = %path.display(), error = %e, "cannot remove link pin");
-                }
-            }
-        }
-        self.attached.retain(|(_, index), interface| {
-            wanted
-                .iter()
-                .any(|w| w.index == *index && w.name == interface.name)
-        });
-        for hook in POD_HOOKS {
-            let program = dataplane
-                .program(hook)
-                .map_err(|e| AttachError::Attach(hook.program.to_string(), e.to_string()))?;
-            for interface in &wanted {
-                if self.attached.contains_key(&(hook, interface.index)) {
+        let present = pinned
+            .keys()
+            .map(|key| (key.clone(), Present::Pinned))
+            .chain(self.attached.iter().map(|key| (key.clone(), Present::Ours)))
+            .collect();
+        let wanted = POD_HOOKS
+            .into_iter()
+            .flat_map(|hook| interfaces.iter().map(move |i| (hook, i.clone())));
+        for action in attach_plan::plan(wanted, &present) {
+            let (key, adopting) = match action {
+                Action::Detach(key) => {
+                    self.detach(&key, pinned.get(&key));
                     continue;
                 }
-                let result = match pinned.get(&(hook, interface.clone())) {
-                    Some(path) if is_tc_pin(path) => adopt_tc(program, hook, interface, path),
-                    Some(path) => adopt(program, path),
-                    None => self.attach(program, hook, interface),
-                };
-                match result {
-                    Ok(how) => {
-                        info!(interface = %interface.name, ifindex = interface.index, program = hook.program, hook = ?hook.attach, "{how}");
-                        self.attached
-                            .insert((hook, interface.index), interface.clone());
-                    }
-                    Err(e) => {
-                        warn!(interface = %interface.name, program = hook.program, error = %e, "cannot attach; will retry")
-                    }
+                Action::Adopt(key) => (key, true),
+                Action::Attach(key) => (key, false),
+            };
+            let (hook, interface) = &key;
+            let program = dataplane
+                .program(*hook)
+                .map_err(|e| AttachError::Attach(hook.program.to_string(), e.to_string()))?;
+            let result = match pinned.get(&key) {
+                Some(path) if adopting && is_tc_pin(path) => {
+                    adopt_tc(program, *hook, interface, path)
+                }
+                Some(path) if adopting => adopt(program, path),
+                _ => self.attach(program, *hook, interface),
+            };
+            match result {
+                Ok(how) => {
+                    info!(interface = %interface.name, ifindex = interface.index, program = hook.program, hook = ?hook.attach, "{how}");
+                    self.attached.insert(key);
+                }
+                Err(e) => {
+                    warn!(interface = %interface.name, program = hook.program, error = %e, "cannot attach; will retry")
                 }
             }
         }
         Ok(())
+    }
+
+    /// Forgets `hook` on `interface` (gone or no longer matching) and drops
+    /// its pin, if any: the link goes with it.
+    fn detach(&mut self, key: &(PodHook, Interface), pin: Option<&PathBuf>) {
+        self.attached.remove(key);
+        let Some(path) = pin else { return };
+        let (hook, interface) = key;
+        info!(interface = %interface.name, program = hook.program, "detaching from interface that is gone or no longer matches");
+        let removed = if is_tc_pin(path) {
+            detach_pod_pin(*hook, interface, path)
+        } else {
+            fs::remove_file(path)
+        };
+        if let Err(e) = removed {
+            warn!(path = %path.display(), error = %e, "cannot remove link pin");
+        }
     }
 
     /// Attaches with tcx, or as a classic tc filter where the kernel has no
@@ -378,49 +395,17 @@ fn keep_filter(
     // Dropping a filter's link deletes the filter; it must outlive the agent
     // (it holds nothing but numbers).
     std::mem::forget(link);
-    const BPF_OBJ_PIN: libc::c_long = 6;
-    let c_path =
-        std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).map_err(|e| e.to_string())?;
     let fd = program.fd().map_err(|e| e.to_string())?;
-    let fd = std::os::fd::AsFd::as_fd(fd).as_raw_fd();
-    bpf_call(BPF_OBJ_PIN, &[c_path.as_ptr() as u64, fd as u64])
-        .map_err(|e| format!("pinning {}: {e}", path.display()))?;
-    Ok(())
-}
-
-/// `bpf(2)` with a zeroed attribute block whose leading bytes are `fields`.
-pub(super) fn bpf_call(cmd: libc::c_long, fields: &[u64]) -> io::Result<i64> {
-    let mut attr = [0u64; 16];
-    attr[..fields.len()].copy_from_slice(fields);
-    // SAFETY: attr is a valid, fully initialised bpf_attr-sized buffer.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            cmd,
-            attr.as_ptr(),
-            std::mem::size_of_val(&attr),
-        )
-    };
-    if rc < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(rc)
-    }
+    bpf_syscall::obj_pin(fd.as_fd(), path).map_err(|e| format!("pinning {}: {e}", path.display()))
 }
 
 /// Detaches the link pinned at `path` now, whoever else holds it, then
 /// removes the pin. Merely unpinning would leave the detach to an RCU
 /// callback, after `kxdp unload` has returned.
 pub(super) fn detach_pinned(path: &Path) -> io::Result<()> {
-    const BPF_OBJ_GET: libc::c_long = 7;
-    const BPF_LINK_DETACH: libc::c_long = 34;
-    let c_path = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())
-        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
-    let fd = bpf_call(BPF_OBJ_GET, &[c_path.as_ptr() as u64])?;
-    // SAFETY: BPF_OBJ_GET returned a new fd that we own.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+    let link = bpf_syscall::obj_get(path)?;
     // A link whose interface is gone is detached already: nothing to do.
-    let _ = bpf_call(BPF_LINK_DETACH, &[fd.as_raw_fd() as u64]);
+    let _ = bpf_syscall::link_detach(link.as_fd());
     fs::remove_file(path)
 }
 

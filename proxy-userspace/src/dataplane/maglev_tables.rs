@@ -40,7 +40,7 @@ use std::{
 use aya::maps::{Array, ArrayOfMaps, Map, MapData, MapError, MapInfo, MapType};
 use proxy_common::maps::{maglev_layout, MAGLEV_TABLE_FLAGS};
 
-use super::interfaces::bpf_call;
+use super::bpf_syscall;
 use crate::sync::store::{TableSpec, TableWrite};
 
 /// Name of the outer map in the object and under the pin path.
@@ -305,7 +305,10 @@ impl MaglevTables {
                 .map_err(io_error("swapping tables"));
         }
         for (key, fd) in keys.iter().zip(&fds) {
-            update_elem(outer, key, fd).map_err(io_error("swapping tables"))?;
+            // SAFETY: `MAGLEV` is an array of maps: `u32` keys, inner map
+            // descriptors (`u32`) as values.
+            unsafe { bpf_syscall::map_update_elem(outer, key, fd) }
+                .map_err(io_error("swapping tables"))?;
         }
         Ok(())
     }
@@ -471,24 +474,6 @@ fn new_table(mut entries: Vec<u64>) -> Result<MapData, TableError> {
     Ok(table)
 }
 
-// aya has no calls for batch operations: the `bpf()` commands needed, by hand.
-
-const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
-const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
-
-/// The `union bpf_attr` member of the batch commands.
-#[repr(C)]
-struct BatchAttr {
-    in_batch: u64,
-    out_batch: u64,
-    keys: u64,
-    values: u64,
-    count: u32,
-    map_fd: u32,
-    elem_flags: u64,
-    flags: u64,
-}
-
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum BatchOp {
     Lookup,
@@ -496,50 +481,26 @@ enum BatchOp {
 }
 
 /// One batch command on `map` for `keys` and `values` of the same count;
-/// fails unless every key was handled.
+/// fails unless every key was handled. `V` is the map's value size: every
+/// caller here passes `u64` entries for a table, `u32` ids for
+/// `MAGLEV_IDS`, `u32` descriptors for `MAGLEV`, or nothing at all.
 fn batch_call<V>(
     op: BatchOp,
     map: BorrowedFd<'_>,
     keys: &mut [u32],
     values: &mut [V],
 ) -> io::Result<()> {
-    let mut out_batch = 0u32;
-    let mut attr = BatchAttr {
-        in_batch: 0,
-        out_batch: std::ptr::from_mut(&mut out_batch) as u64,
-        keys: keys.as_mut_ptr() as u64,
-        values: values.as_mut_ptr() as u64,
-        count: keys.len() as u32,
-        map_fd: map.as_raw_fd() as u32,
-        elem_flags: 0,
-        flags: 0,
-    };
-    let command = match op {
-        BatchOp::Lookup => BPF_MAP_LOOKUP_BATCH,
-        BatchOp::Update => BPF_MAP_UPDATE_BATCH,
-    };
-    // SAFETY: `attr` is the fully initialised bpf_attr member the batch
-    // commands read, of the size passed; `keys` and `values` hold `count`
-    // elements of the map's key and value sizes and outlive the call.
-    let ret = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            command,
-            std::ptr::from_mut(&mut attr),
-            size_of::<BatchAttr>(),
-        )
-    };
-    if ret != 0 {
-        let error = io::Error::last_os_error();
-        // A lookup that reached the end of the array says so with ENOENT.
-        if !(op == BatchOp::Lookup && error.raw_os_error() == Some(libc::ENOENT)) {
-            return Err(error);
+    // SAFETY: the maps here are arrays (`u32` keys) of values of `V`'s size
+    // (above).
+    let handled = unsafe {
+        match op {
+            BatchOp::Lookup => bpf_syscall::map_lookup_batch(map, keys, values),
+            BatchOp::Update => bpf_syscall::map_update_batch(map, keys, values),
         }
-    }
-    if attr.count as usize != keys.len() {
+    }?;
+    if handled != keys.len() {
         return Err(io::Error::other(format!(
-            "batch handled {} of {} entries",
-            attr.count,
+            "batch handled {handled} of {} entries",
             keys.len()
         )));
     }
@@ -550,19 +511,6 @@ fn batch_call<V>(
 /// kernels without them for its type, and does nothing otherwise.
 pub fn takes_batch_updates(map: BorrowedFd<'_>) -> bool {
     batch_call::<u32>(BatchOp::Update, map, &mut [], &mut []).is_ok()
-}
-
-/// `BPF_MAP_UPDATE_ELEM` of one `key` with `value` (any flags).
-fn update_elem<K, V>(map: BorrowedFd<'_>, key: &K, value: &V) -> io::Result<()> {
-    const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
-    let key = std::ptr::from_ref(key) as u64;
-    let value = std::ptr::from_ref(value) as u64;
-    // `key` and `value` have the map's sizes and outlive the call.
-    bpf_call(
-        BPF_MAP_UPDATE_ELEM,
-        &[map.as_raw_fd() as u64, key, value, 0],
-    )
-    .map(drop)
 }
 
 /// Writes `entries` to, or reads them from, table `map` at keys 0.. in one call.

@@ -1,6 +1,8 @@
 //! The kernel side, seen from userspace: loading the eBPF object, pinning
 //! maps and links under the pin path, attaching to interfaces.
 
+pub mod attach_plan;
+pub mod bpf_syscall;
 pub mod bpffs;
 pub mod fill;
 pub mod interfaces;

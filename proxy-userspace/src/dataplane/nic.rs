@@ -21,6 +21,7 @@ use aya::programs::{
 use tracing::{info, warn};
 
 use super::{
+    attach_plan::{self, Action, Present},
     interfaces::{detach_named, list_interfaces, pinned_links_named, AttachError, Interface},
     maps::BpfMaps,
     Dataplane, LINKS_DIR,
@@ -125,11 +126,11 @@ impl Nics {
 
     /// Attaches to each named NIC not attached yet, adopting links a
     /// previous agent pinned, and drops the pins of NICs that are gone,
-    /// re-created or no longer named. A missing NIC or a failed attach is
+    /// re-created or no longer named (`attach_plan`). A missing NIC or a failed attach is
     /// logged and retried at the next call.
     pub fn reconcile(&mut self, dataplane: &mut Dataplane) -> Result<(), AttachError> {
-        let present = list_interfaces().map_err(AttachError::List)?;
-        let wanted: Vec<&Interface> = present
+        let interfaces = list_interfaces().map_err(AttachError::List)?;
+        let wanted: Vec<&Interface> = interfaces
             .iter()
             .filter(|i| self.names.contains(&i.name))
             .collect();
@@ -143,33 +144,32 @@ impl Nics {
         }
         let pinned = pinned_links(&self.links_dir)
             .map_err(|e| AttachError::Io(self.links_dir.clone(), e))?;
-        for (interface, path) in &pinned {
-            if !wanted.contains(&interface) {
-                info!(interface = %interface.name, ifindex = interface.index, "detaching XDP from NIC that is gone or no longer named");
-                if let Err(e) = fs::remove_file(path) {
-                    warn!(path = %path.display(), error = %e, "cannot remove link pin");
+        let present = pinned
+            .keys()
+            .map(|interface| (interface.clone(), Present::Pinned))
+            .chain(self.attached.iter().map(|i| (i.clone(), Present::Ours)))
+            .collect();
+        for action in attach_plan::plan(wanted.into_iter().cloned(), &present) {
+            let (interface, adopting) = match action {
+                Action::Detach(interface) => {
+                    self.detach(&interface, pinned.get(&interface));
+                    continue;
                 }
-            }
-        }
-        self.attached.retain(|a| wanted.contains(&a));
-        let program = dataplane
-            .nic_program()
-            .map_err(|e| AttachError::Attach(NIC_PROGRAM.to_string(), e.to_string()))?;
-        for interface in wanted {
-            if self.attached.contains(interface) {
-                continue;
-            }
-            let path = self.links_dir.join(pin_name(interface));
-            let result = if pinned.contains_key(interface) {
+                Action::Adopt(interface) => (interface, true),
+                Action::Attach(interface) => (interface, false),
+            };
+            let program = nic_program(dataplane)?;
+            let path = self.links_dir.join(pin_name(&interface));
+            let result = if adopting {
                 adopt(program, &path).map(|()| "as pinned")
             } else {
-                attach(program, interface, &path)
+                attach(program, &interface, &path)
             };
             match result {
                 Ok(mode) => {
                     info!(interface = %interface.name, ifindex = interface.index, mode, "attached XDP");
-                    self.attached.insert(interface.clone());
                     accept_local(&interface.name);
+                    self.attached.insert(interface);
                 }
                 Err(e) => {
                     warn!(interface = %interface.name, error = %e, "cannot attach XDP; will retry")
@@ -178,6 +178,24 @@ impl Nics {
         }
         Ok(())
     }
+
+    /// Forgets `interface` (gone, re-created or no longer named) and drops
+    /// its pin, if any: the link goes with it.
+    fn detach(&mut self, interface: &Interface, pin: Option<&PathBuf>) {
+        self.attached.remove(interface);
+        let Some(path) = pin else { return };
+        info!(interface = %interface.name, ifindex = interface.index, "detaching XDP from NIC that is gone or no longer named");
+        if let Err(e) = fs::remove_file(path) {
+            warn!(path = %path.display(), error = %e, "cannot remove link pin");
+        }
+    }
+}
+
+/// The XDP program for NICs.
+fn nic_program(dataplane: &mut Dataplane) -> Result<&mut Xdp, AttachError> {
+    dataplane
+        .nic_program()
+        .map_err(|e| AttachError::Attach(NIC_PROGRAM.to_string(), e.to_string()))
 }
 
 /// Lets NIC `name` take packets whose source is a node address. The XDP

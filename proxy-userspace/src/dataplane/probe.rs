@@ -5,15 +5,15 @@
 
 use std::{
     io,
-    os::fd::{AsFd as _, AsRawFd as _, FromRawFd as _, OwnedFd},
+    os::fd::{AsFd as _, OwnedFd},
 };
 
-use super::{maglev_tables::takes_batch_updates, netns_cookie};
+use super::{
+    bpf_syscall::{self, MapSpec},
+    maglev_tables::takes_batch_updates,
+    netns_cookie,
+};
 use crate::features::{loadout, Feature, Loadout, Probed, TooOld};
-
-const BPF_MAP_CREATE: libc::c_long = 0;
-const BPF_PROG_LOAD: libc::c_long = 5;
-const BPF_LINK_CREATE: libc::c_long = 28;
 
 const PROG_SCHED_CLS: u32 = 3;
 const PROG_CGROUP_SOCK_ADDR: u32 = 18;
@@ -35,26 +35,6 @@ const HELPER_SET_RETVAL: i32 = 187;
 #[error("cannot probe the kernel's BPF features (are you root, with BPF enabled?): {0}")]
 pub struct ProbeError(io::Error);
 
-/// `bpf(2)`, on an attribute block of the kernel's size, for a command
-/// that returns a new descriptor.
-fn bpf_fd(cmd: libc::c_long, attr: &mut [u8; 128]) -> io::Result<OwnedFd> {
-    // SAFETY: attr is a valid, initialised buffer of the length passed.
-    let fd = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr.as_mut_ptr(), attr.len()) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: the kernel handed this new descriptor to us.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
-}
-
-fn put_u32(attr: &mut [u8; 128], offset: usize, value: u32) {
-    attr[offset..offset + 4].copy_from_slice(&value.to_ne_bytes());
-}
-
-fn put_u64(attr: &mut [u8; 128], offset: usize, value: u64) {
-    attr[offset..offset + 8].copy_from_slice(&value.to_ne_bytes());
-}
-
 /// One instruction: opcode, registers, offset, immediate.
 const fn insn(code: u8, dst: u8, imm: i32) -> u64 {
     code as u64 | (dst as u64) << 8 | (imm as u32 as u64) << 32
@@ -69,15 +49,8 @@ const EXIT: u64 = insn(0x95, 0, 0);
 
 /// Loads a GPL program; its descriptor.
 fn load(prog_type: u32, attach_type: u32, insns: &[u64]) -> io::Result<OwnedFd> {
-    let license = c"GPL";
-    let mut attr = [0u8; 128];
-    put_u32(&mut attr, 0, prog_type);
-    put_u32(&mut attr, 4, insns.len() as u32);
-    put_u64(&mut attr, 8, insns.as_ptr() as u64);
-    put_u64(&mut attr, 16, license.as_ptr() as u64);
-    put_u32(&mut attr, 68, attach_type);
     super::retry_interrupted(
-        || bpf_fd(BPF_PROG_LOAD, &mut attr),
+        || bpf_syscall::prog_load(prog_type, attach_type, insns),
         |e| e.raw_os_error() == Some(libc::EAGAIN),
     )
 }
@@ -98,13 +71,14 @@ fn helper_loads(prog_type: u32, attach_type: u32, helper: i32, ret: i32) -> bool
 }
 
 fn array_map(flags: u32) -> io::Result<OwnedFd> {
-    let mut attr = [0u8; 128];
-    put_u32(&mut attr, 0, MAP_ARRAY);
-    put_u32(&mut attr, 4, 4);
-    put_u32(&mut attr, 8, 8);
-    put_u32(&mut attr, 12, 1);
-    put_u32(&mut attr, 16, flags);
-    bpf_fd(BPF_MAP_CREATE, &mut attr)
+    bpf_syscall::map_create(&MapSpec {
+        map_type: MAP_ARRAY,
+        key_size: 4,
+        value_size: 8,
+        max_entries: 1,
+        flags,
+        inner_map: None,
+    })
 }
 
 fn socket_hooks() -> bool {
@@ -128,24 +102,25 @@ fn map_batch_ops() -> io::Result<bool> {
 /// own `MAGLEV` the same way).
 fn map_in_map_batch() -> io::Result<bool> {
     let inner = array_map(0)?;
-    let mut attr = [0u8; 128];
-    put_u32(&mut attr, 0, MAP_ARRAY_OF_MAPS);
-    put_u32(&mut attr, 4, 4);
-    put_u32(&mut attr, 8, 4);
-    put_u32(&mut attr, 12, 1);
-    put_u32(&mut attr, 20, inner.as_raw_fd() as u32);
-    let outer = bpf_fd(BPF_MAP_CREATE, &mut attr)?;
+    let outer = bpf_syscall::map_create(&MapSpec {
+        map_type: MAP_ARRAY_OF_MAPS,
+        key_size: 4,
+        value_size: 4,
+        max_entries: 1,
+        flags: 0,
+        inner_map: Some(inner.as_fd()),
+    })?;
     Ok(takes_batch_updates(outer.as_fd()))
 }
 
 /// A tcx link to no interface: kernels with tcx look for the interface
 /// (ENODEV); older ones do not know the attach type (EINVAL).
 fn tcx(classifier: &OwnedFd) -> bool {
-    let mut attr = [0u8; 128];
-    put_u32(&mut attr, 0, classifier.as_raw_fd() as u32);
-    put_u32(&mut attr, 8, ATTACH_TCX_INGRESS);
     // A link made anyway (it cannot be: there is no interface 0) closes here.
-    matches!(bpf_fd(BPF_LINK_CREATE, &mut attr), Err(e) if e.raw_os_error() == Some(libc::ENODEV))
+    matches!(
+        bpf_syscall::link_create(classifier.as_fd(), 0, ATTACH_TCX_INGRESS),
+        Err(e) if e.raw_os_error() == Some(libc::ENODEV)
+    )
 }
 
 /// Before Linux 5.11 BPF maps and programs are charged to the locked

@@ -9,7 +9,7 @@
 use std::{
     fs, io,
     os::{
-        fd::{AsFd, AsRawFd, FromRawFd, OwnedFd},
+        fd::{AsFd, OwnedFd},
         unix::fs::MetadataExt,
     },
     path::{Path, PathBuf},
@@ -18,10 +18,7 @@ use std::{
 use aya::programs::{links::FdLink, CgroupAttachMode, CgroupSockAddr};
 use tracing::info;
 
-use super::{
-    interfaces::{bpf_call, detach_pinned},
-    Dataplane, DataplaneError, LINKS_DIR,
-};
+use super::{bpf_syscall, interfaces::detach_pinned, Dataplane, DataplaneError, LINKS_DIR};
 
 /// The socket programs of the eBPF object.
 pub const SOCKET_PROGRAMS: [&str; 4] = [
@@ -75,34 +72,16 @@ pub fn default_cgroup_path() -> Result<PathBuf, SocketHookError> {
 /// The cgroup id a pinned cgroup link is attached to (`bpf_link_info`:
 /// type, id, prog_id, then the cgroup id at byte 16).
 fn link_cgroup_id(link: &OwnedFd) -> io::Result<u64> {
-    const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
     let mut info = [0u64; 8];
-    let fd = link.as_raw_fd() as u32 as u64;
-    let len = std::mem::size_of_val(&info) as u64;
-    bpf_call(
-        BPF_OBJ_GET_INFO_BY_FD,
-        &[fd | (len << 32), info.as_mut_ptr() as u64],
-    )?;
+    bpf_syscall::obj_get_info_by_fd(link.as_fd(), &mut info)?;
     Ok(info[2])
-}
-
-/// The link pinned at `path` (BPF_OBJ_GET).
-fn open_pinned(path: &Path) -> io::Result<OwnedFd> {
-    const BPF_OBJ_GET: libc::c_long = 7;
-    let c_path = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())
-        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
-    let fd = bpf_call(BPF_OBJ_GET, &[c_path.as_ptr() as u64])?;
-    // SAFETY: BPF_OBJ_GET returned a new fd that we own.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
 }
 
 /// Points the pinned link at `program` (BPF_LINK_UPDATE): no moment without
 /// a hook.
 fn update_link(link: &OwnedFd, program: &CgroupSockAddr) -> io::Result<()> {
-    const BPF_LINK_UPDATE: libc::c_long = 29;
-    let prog_fd = program.fd().map_err(io::Error::other)?.as_fd().as_raw_fd() as u32 as u64;
-    let link_fd = link.as_raw_fd() as u32 as u64;
-    bpf_call(BPF_LINK_UPDATE, &[link_fd | (prog_fd << 32)]).map(drop)
+    let program = program.fd().map_err(io::Error::other)?;
+    bpf_syscall::link_update(link.as_fd(), program.as_fd())
 }
 
 /// Attaches (or adopts) every socket hook on the cgroup at `cgroup`.
@@ -128,7 +107,7 @@ pub fn attach(
         let program = dataplane.socket_program(name)?;
         let path = links_dir.join(pin_name(name));
         if path.exists() {
-            let link = open_pinned(&path).map_err(|e| fail(e.to_string()))?;
+            let link = bpf_syscall::obj_get(&path).map_err(|e| fail(e.to_string()))?;
             if link_cgroup_id(&link).map_err(|e| fail(e.to_string()))? == cgroup_id {
                 update_link(&link, program).map_err(|e| fail(e.to_string()))?;
                 info!(program = name, cgroup = %cgroup.display(), "socket hook adopted: program replaced in its pinned link");

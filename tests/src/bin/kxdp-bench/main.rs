@@ -38,12 +38,12 @@ use kxdp_testbed::{
     packet::{Packet, TCP_ACK, TCP_SYN},
     privileged::require_root,
     scenario::{peer_bin, EchoScenario},
+    FLOOR_OBJECT,
 };
 use proxy_common::maps::{
     addr_to_net, port_to_net, CtEntry, DropReason, FlowKey, ServiceKey, CT_REPLY, PROTO_TCP,
     SCOPE_CLUSTER_IP,
 };
-use proxy_userspace::ebpf_object::FLOOR_OBJECT;
 
 mod conn_rate;
 mod control_plane;
