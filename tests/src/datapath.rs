@@ -4,31 +4,45 @@
 //!
 //! The object's maps are pinned by name, so each `Datapath` mounts its own
 //! private bpffs: parallel tests never share maps and nothing outlives a test.
+//! The maps the agent writes are written by the agent's own code (the map
+//! values of `sync::map_values`, the `BpfMaps` store, the Maglev table
+//! writer), so a test also proves both sides agree on their layout; the
+//! maps the datapath writes (conntrack, affinity) are read and, to set up
+//! a state, written directly.
 //! Privileged: without root and BPF this panics, it never skips.
 
-use std::net::Ipv4Addr;
+use std::{collections::HashMap as StdHashMap, net::Ipv4Addr};
 
 use aya::{
-    maps::{lpm_trie::Key, Array, HashMap, LpmTrie, Map, MapData, MapInfo, PerCpuArray},
+    maps::{Array, HashMap, Map, MapData, MapInfo},
     programs::{SchedClassifier, TestRun, TestRunOptions, TestRunResult, Xdp},
     Ebpf, EbpfLoader,
 };
 use proxy_common::{
     kernel::clock_s,
     maps::{
-        addr_from_net, addr_to_net, port_from_net, port_to_net, AffinityKey, AffinityValue,
-        BackendValue, CtEntry, DropReason, FlowKey, ServiceKey, ServiceStats, ServiceValue,
-        SourceRange, Verdict, BACKEND_LOCAL, SCOPE_CLUSTER_IP, SERVICE_AFFINITY_CLIENT_IP,
+        addr_to_net, port_to_net, AffinityKey, AffinityValue, BackendValue, CtEntry, DropReason,
+        FlowKey, ServiceKey, ServiceStats, Verdict, SCOPE_CLUSTER_IP, SERVICE_EMPTY_DROP,
+        SERVICE_SNAT_REMOTE, SERVICE_SOURCE_RANGES,
     },
 };
 use proxy_userspace::{
+    cidr::Ipv4Cidr,
     dataplane::{
         load_program,
-        maglev_tables::{MaglevTables, MAGLEV, MAGLEV_IDS},
+        maglev_tables::{MAGLEV, MAGLEV_IDS},
+        maps::BpfMaps,
         probe, KXDP_FEATURES,
     },
     ebpf_object::KXDP_OBJECT,
     maglev,
+    model::types::Backend,
+    plan::Frontend,
+    source::ServiceName,
+    sync::{
+        map_values::{backend_value, frontend_value, member, range_entries},
+        store::{MapStore, RangeEntry},
+    },
 };
 
 use crate::privileged::{require_root, PrivateBpffs};
@@ -114,8 +128,39 @@ fn fail(what: impl std::fmt::Display) -> ! {
 /// The loaded datapath. Field order matters: the maps drop before `mount`.
 pub struct Datapath {
     ebpf: Ebpf,
-    tables: MaglevTables,
+    /// The agent's store over the maps it writes.
+    maps: BpfMaps,
+    /// What each frontend was written from: (id, the plan's frontend).
+    frontends: StdHashMap<ServiceKey, (u32, Frontend)>,
+    /// The backends written, by id.
+    backends: StdHashMap<u32, BackendValue>,
     mount: PrivateBpffs,
+}
+
+/// A plan frontend as the tests describe one: `SERVICE_*` bits (the
+/// datapath's vocabulary) and backends; the agent's code turns it back into
+/// the map value.
+fn plan_frontend(flags: u32, backends: &[TestBackend]) -> Frontend {
+    Frontend {
+        service: ServiceName {
+            namespace: "test".into(),
+            name: "packet-test".into(),
+        },
+        port_name: String::new(),
+        backends: backends
+            .iter()
+            .map(|&(addr, port, local)| Backend {
+                addr: std::net::SocketAddrV4::new(addr, port),
+                local,
+            })
+            .collect(),
+        draining: Vec::new(),
+        affinity_timeout: None,
+        empty_drop: flags & SERVICE_EMPTY_DROP != 0,
+        snat_remote: flags & SERVICE_SNAT_REMOTE != 0,
+        // The ranges themselves come with `allow_source`.
+        source_ranges: (flags & SERVICE_SOURCE_RANGES != 0).then(Vec::new),
+    }
 }
 
 impl Datapath {
@@ -148,14 +193,12 @@ impl Datapath {
             .unwrap_or_else(|e| fail(format!("nic_ingress is not XDP: {e}")));
         load_program(|| xdp.load())
             .unwrap_or_else(|e| fail(format!("verifier rejected nic_ingress: {e:#?}")));
-        let (Some(outer), Some(record)) = (ebpf.take_map(MAGLEV), ebpf.take_map(MAGLEV_IDS)) else {
-            fail("no MAGLEV or MAGLEV_IDS map in the object")
-        };
-        let tables =
-            MaglevTables::new(outer, record).unwrap_or_else(|e| fail(format!("MAGLEV: {e}")));
+        let maps = BpfMaps::from_ebpf(&mut ebpf).unwrap_or_else(|e| fail(format!("maps: {e}")));
         Datapath {
             ebpf,
-            tables,
+            maps,
+            frontends: StdHashMap::new(),
+            backends: StdHashMap::new(),
             mount,
         }
     }
@@ -166,14 +209,6 @@ impl Datapath {
             .map_mut(name)
             .unwrap_or_else(|| panic!("no map {name}"));
         HashMap::try_from(map).unwrap_or_else(|e| panic!("map {name}: {e}"))
-    }
-
-    fn per_cpu<V: aya::Pod>(&self, name: &str) -> PerCpuArray<&MapData, V> {
-        let map = self
-            .ebpf
-            .map(name)
-            .unwrap_or_else(|| panic!("no map {name}"));
-        PerCpuArray::try_from(map).unwrap_or_else(|e| panic!("map {name}: {e}"))
     }
 
     /// Backend ids are derived from the service id so services never share them.
@@ -205,29 +240,36 @@ impl Datapath {
     /// Writes any frontend (`key` with its scope, `flags` as `SERVICE_*`)
     /// the way [`Self::add_service`] does.
     pub fn add_frontend(&mut self, key: ServiceKey, id: u32, flags: u32, backends: &[TestBackend]) {
-        let mut map = self.hash::<u32, BackendValue>("BACKENDS");
-        for (i, &(addr, port, local)) in backends.iter().enumerate() {
-            let value = BackendValue {
-                addr: addr_to_net(addr),
-                port: port_to_net(port),
-                flags: if local { BACKEND_LOCAL } else { 0 },
-                ..BackendValue::default()
-            };
-            map.insert(Self::backend_id(id, i), value, 0)
-                .expect("insert backend");
-        }
+        let frontend = plan_frontend(flags, backends);
         let ids: Vec<u32> = (0..backends.len())
             .map(|i| Self::backend_id(id, i))
             .collect();
-        let value = ServiceValue {
-            id,
-            table_size: self.write_table(id, &ids),
-            flags,
-            ..ServiceValue::default()
-        };
-        self.hash::<ServiceKey, ServiceValue>("SERVICES")
-            .insert(key, value, 0)
-            .expect("insert service");
+        for (backend, &backend_id) in frontend.backends.iter().zip(&ids) {
+            let value = backend_value(backend);
+            self.maps
+                .put_backend(backend_id, &value)
+                .expect("write backend");
+            self.backends.insert(backend_id, value);
+        }
+        let table_size = self.write_table(id, &ids);
+        self.write_frontend(key, id, frontend, table_size);
+    }
+
+    /// Writes the entry of frontend `key` as sync does.
+    fn write_frontend(&mut self, key: ServiceKey, id: u32, frontend: Frontend, table_size: u32) {
+        for range in range_entries(&frontend, id) {
+            self.maps
+                .put_source_range(&range)
+                .expect("write source range");
+        }
+        self.maps
+            .put_service(&key, &frontend_value(&frontend, id, table_size))
+            .expect("write frontend");
+        self.frontends.insert(key, (id, frontend));
+    }
+
+    fn frontend(&self, key: &ServiceKey) -> (u32, Frontend) {
+        self.frontends.get(key).cloned().expect("frontend written")
     }
 
     /// A loaded program ([`POD_INGRESS`], [`POD_EGRESS`]), for callers that
@@ -243,22 +285,19 @@ impl Datapath {
     /// Turns on `sessionAffinity: ClientIP` with `timeout` seconds for the
     /// frontend `key`, which must exist.
     pub fn set_affinity(&mut self, key: ServiceKey, timeout: u32) {
-        let mut services = self.hash::<ServiceKey, ServiceValue>("SERVICES");
-        let mut value = services.get(&key, 0).expect("frontend exists");
-        value.flags |= SERVICE_AFFINITY_CLIENT_IP;
-        value.affinity_timeout = timeout;
-        services.insert(key, value, 0).expect("update service");
+        let (id, mut frontend) = self.frontend(&key);
+        frontend.affinity_timeout = Some(timeout);
+        let table_size = self.table(id).len() as u32;
+        self.write_frontend(key, id, frontend, table_size);
     }
 
     /// Points frontend `key` (service `id`) at `backend_ids` (already in
     /// `BACKENDS`) with a new Maglev table, as sync does when its backends
     /// change; backend ids stay as they are.
     pub fn set_backends(&mut self, key: ServiceKey, id: u32, backend_ids: &[u32]) {
+        let (_, frontend) = self.frontend(&key);
         let table_size = self.write_table(id, backend_ids);
-        let mut services = self.hash::<ServiceKey, ServiceValue>("SERVICES");
-        let mut value = services.get(&key, 0).expect("frontend exists");
-        value.table_size = table_size;
-        services.insert(key, value, 0).expect("update service");
+        self.write_frontend(key, id, frontend, table_size);
     }
 
     /// Swaps in a new table for service `id` over `backend_ids` and leaves
@@ -270,32 +309,29 @@ impl Datapath {
     /// Builds and writes the Maglev table of service `id` over `backend_ids`
     /// as sync does (none: no table); returns its size.
     fn write_table(&mut self, id: u32, backend_ids: &[u32]) -> u32 {
-        let backends = self.hash::<u32, BackendValue>("BACKENDS");
         let members: Vec<maglev::Member> = backend_ids
             .iter()
-            .map(|backend_id| {
-                let b = backends.get(backend_id, 0).expect("backend written first");
-                maglev::Member {
-                    identity: maglev::identity(addr_from_net(b.addr), port_from_net(b.port)),
-                    id: *backend_id,
-                }
-            })
+            .map(|backend_id| member(&self.backends[backend_id], *backend_id))
             .collect();
         if members.is_empty() {
-            self.tables.delete(id);
-            self.tables.commit().expect("remove table");
+            self.maps.delete_table(id).expect("remove table");
+            self.maps.commit_tables().expect("remove table");
             return 0;
         }
         let size = maglev::table_size(members.len(), maglev::DEFAULT_MAX_TABLE_SIZE);
         let slots = maglev::build(&members, size);
-        self.tables.put(id, &slots).expect("write table");
-        self.tables.commit().expect("swap table in");
+        self.maps.put_table(id, &slots).expect("write table");
+        self.maps.commit_tables().expect("swap table in");
         size
     }
 
     /// The Maglev table of service `id` as the datapath reads it.
     pub fn table(&self, id: u32) -> Vec<u32> {
-        self.tables.get(id).expect("read table").unwrap_or_default()
+        self.maps
+            .tables()
+            .get(id)
+            .expect("read table")
+            .unwrap_or_default()
     }
 
     /// The kernel id of map `name` (pinned under the test's bpffs).
@@ -341,21 +377,17 @@ impl Datapath {
 
     /// The address flows arriving on NIC `ifindex` are SNATed to.
     pub fn set_nic_addr(&mut self, ifindex: u32, addr: Ipv4Addr) {
-        self.hash::<u32, u32>("NIC_ADDRS")
-            .insert(ifindex, addr_to_net(addr), 0)
-            .expect("insert NIC address");
+        self.maps
+            .put_nic_addr(ifindex, addr)
+            .expect("write NIC address");
     }
 
     /// Lets clients in `prefix/len` use frontend `service_id` (loadBalancerSourceRanges).
     pub fn allow_source(&mut self, service_id: u32, prefix: Ipv4Addr, len: u32) {
-        let map = self.ebpf.map_mut("SOURCE_RANGES").expect("SOURCE_RANGES");
-        let mut trie = LpmTrie::<_, SourceRange, u8>::try_from(map).expect("LPM trie");
-        let data = SourceRange {
-            service_id_be: service_id.to_be(),
-            addr: addr_to_net(prefix),
-        };
-        trie.insert(&Key::new(32 + len, data), 1, 0)
-            .expect("insert source range");
+        let cidr = Ipv4Cidr::new(prefix, len as u8).expect("a valid prefix");
+        self.maps
+            .put_source_range(&RangeEntry { service_id, cidr })
+            .expect("write source range");
     }
 
     /// The loaded `nic_ingress`, for callers that drive BPF_PROG_TEST_RUN themselves.
@@ -369,9 +401,8 @@ impl Datapath {
 
     /// Deletes a backend, as sync does once no service lists it.
     pub fn remove_backend(&mut self, id: u32) {
-        self.hash::<u32, BackendValue>("BACKENDS")
-            .remove(&id)
-            .expect("remove backend");
+        self.maps.delete_backend(id).expect("remove backend");
+        self.backends.remove(&id);
     }
 
     /// Writes one conntrack entry directly, as if the datapath had made it.
@@ -441,11 +472,7 @@ impl Datapath {
 
     /// Verdicts counted for `verdict`, summed over CPUs.
     pub fn verdicts(&self, verdict: Verdict) -> u64 {
-        let values = self
-            .per_cpu::<u64>("VERDICTS")
-            .get(&verdict.index(), 0)
-            .expect("read VERDICTS");
-        values.iter().sum()
+        self.maps.verdicts(verdict.index()).expect("read VERDICTS")
     }
 
     fn run_program(&mut self, name: &str, frame: &[u8]) -> (u32, Vec<u8>) {
@@ -464,25 +491,12 @@ impl Datapath {
 
     /// Drops counted for `reason`, summed over CPUs.
     pub fn drops(&self, reason: DropReason) -> u64 {
-        let values = self
-            .per_cpu::<u64>("DROPS")
-            .get(&reason.index(), 0)
-            .expect("read DROPS");
-        values.iter().sum()
+        self.maps.drops(reason.index()).expect("read DROPS")
     }
 
     /// Packet and byte counters of a service, summed over CPUs.
     pub fn stats(&self, service_id: u32) -> ServiceStats {
-        let values = self
-            .per_cpu::<ServiceStats>("STATS")
-            .get(&service_id, 0)
-            .expect("read STATS");
-        values
-            .iter()
-            .fold(ServiceStats::default(), |acc, s| ServiceStats {
-                packets: acc.packets + s.packets,
-                bytes: acc.bytes + s.bytes,
-            })
+        self.maps.service_stats(service_id).expect("read STATS")
     }
 }
 

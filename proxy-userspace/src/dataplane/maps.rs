@@ -194,6 +194,11 @@ impl BpfMaps {
         })
     }
 
+    /// The Maglev tables, to read one as the datapath does.
+    pub fn tables(&self) -> &MaglevTables {
+        &self.maglev
+    }
+
     /// Everything the service maps hold now.
     pub fn read_contents(&self) -> Result<MapContents, StoreError> {
         let mut contents = MapContents::default();

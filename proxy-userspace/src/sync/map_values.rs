@@ -2,11 +2,12 @@
 //! proxy-common keys and values the datapath reads.
 
 use proxy_common::maps::{
-    addr_from_net, addr_to_net, port_from_net, port_to_net, BackendValue, ServiceKey,
+    addr_from_net, addr_to_net, port_from_net, port_to_net, BackendValue, ServiceKey, ServiceValue,
     BACKEND_LOCAL, SCOPE_CLUSTER_IP, SCOPE_NODE, SERVICE_AFFINITY_CLIENT_IP, SERVICE_EMPTY_DROP,
     SERVICE_SNAT_REMOTE, SERVICE_SOURCE_RANGES,
 };
 
+use super::store::RangeEntry;
 use crate::{
     maglev::{self, Member},
     model::types::Backend,
@@ -43,7 +44,7 @@ fn service_flags(frontend: &Frontend) -> u32 {
 }
 
 /// The map value of a backend.
-pub(super) fn backend_value(backend: &Backend) -> BackendValue {
+pub fn backend_value(backend: &Backend) -> BackendValue {
     BackendValue {
         addr: addr_to_net(*backend.addr.ip()),
         port: port_to_net(backend.addr.port()),
@@ -54,16 +55,31 @@ pub(super) fn backend_value(backend: &Backend) -> BackendValue {
 
 /// A backend as a Maglev table member: its address and port decide its
 /// slots, the same on every node.
-pub(super) fn member(value: &BackendValue, id: u32) -> Member {
+pub fn member(value: &BackendValue, id: u32) -> Member {
     Member {
         identity: maglev::identity(addr_from_net(value.addr), port_from_net(value.port)),
         id,
     }
 }
 
-/// The backend values, service flags and affinity timeout a frontend needs.
-pub(super) fn entries(frontend: &Frontend) -> (Vec<BackendValue>, u32, u32) {
-    let backends = frontend.backends.iter().map(backend_value).collect();
-    let timeout = frontend.affinity_timeout.unwrap_or(0);
-    (backends, service_flags(frontend), timeout)
+/// The map value of frontend `id` whose Maglev table has `table_size` slots.
+pub fn frontend_value(frontend: &Frontend, id: u32, table_size: u32) -> ServiceValue {
+    ServiceValue {
+        id,
+        table_size,
+        flags: service_flags(frontend),
+        affinity_timeout: frontend.affinity_timeout.unwrap_or(0),
+    }
+}
+
+/// The `loadBalancerSourceRanges` entries of frontend `id`.
+pub fn range_entries(frontend: &Frontend, id: u32) -> impl Iterator<Item = RangeEntry> + '_ {
+    frontend
+        .source_ranges
+        .iter()
+        .flatten()
+        .map(move |cidr| RangeEntry {
+            service_id: id,
+            cidr: *cidr,
+        })
 }

@@ -36,7 +36,7 @@ use crate::{
 use self::{
     backend_refs::BackendRefs,
     ids::IdCursor,
-    map_values::{backend_value, entries, member, service_key},
+    map_values::{backend_value, frontend_value, member, range_entries, service_key},
     store::{MapContents, MapStore, RangeEntry, TableSpec, TableWrite},
 };
 
@@ -274,7 +274,7 @@ impl Syncer {
             return None;
         };
         self.reserved_service_ids.insert(id);
-        let (backends, flags, affinity_timeout) = entries(&frontend);
+        let backends: Vec<BackendValue> = frontend.backends.iter().map(backend_value).collect();
         let members: Option<Vec<Member>> = backends
             .iter()
             .map(|b| self.backend_id(b, store, report).map(|id| member(b, id)))
@@ -286,12 +286,7 @@ impl Syncer {
             n => maglev::table_size(n, self.max_table_size),
         };
         let spec = TableSpec::new(size, members.iter().map(|m| m.id).collect());
-        let value = ServiceValue {
-            id,
-            table_size: spec.size,
-            flags,
-            affinity_timeout,
-        };
+        let value = frontend_value(&frontend, id, spec.size);
         let mut table = None;
         // Built only when it would differ from the live one.
         if complete && spec.size > 0 && self.current.tables.get(&id) != Some(&spec) {
@@ -334,15 +329,7 @@ impl Syncer {
             ..
         } = staged;
         let id = value.id;
-        let ranges: BTreeSet<RangeEntry> = frontend
-            .source_ranges
-            .iter()
-            .flatten()
-            .map(|cidr| RangeEntry {
-                service_id: id,
-                cidr: *cidr,
-            })
-            .collect();
+        let ranges: BTreeSet<RangeEntry> = range_entries(&frontend, id).collect();
         // Ranges first: the entry may make the datapath check them.
         let missing: Vec<RangeEntry> = ranges
             .iter()
