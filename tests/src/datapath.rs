@@ -84,10 +84,8 @@ pub fn datapath_now_s() -> u32 {
         tv_nsec: 0,
     };
     // SAFETY: a valid timespec to fill.
-    assert_eq!(
-        unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) },
-        0
-    );
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    assert_eq!(rc, 0);
     clock_s(ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64)
 }
 

@@ -25,6 +25,7 @@ fn is_bpffs(path: &Path) -> bool {
     let Ok(c_path) = CString::new(path.as_os_str().as_bytes()) else {
         return false;
     };
+    // SAFETY: statfs is plain old data; all zeroes is a valid value.
     let mut stat: libc::statfs = unsafe { std::mem::zeroed() };
     // SAFETY: valid NUL-terminated path and a zeroed out-struct.
     let rc = unsafe { libc::statfs(c_path.as_ptr(), &mut stat) };

@@ -515,11 +515,14 @@ static HEAP_BYTES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsi
 unsafe impl std::alloc::GlobalAlloc for CountingAllocator {
     unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
         HEAP_BYTES.fetch_add(layout.size(), std::sync::atomic::Ordering::Relaxed);
+        // SAFETY: our caller's contract for `layout` is the system allocator's.
         unsafe { std::alloc::System.alloc(layout) }
     }
 
     unsafe fn dealloc(&self, ptr: *mut u8, layout: std::alloc::Layout) {
         HEAP_BYTES.fetch_sub(layout.size(), std::sync::atomic::Ordering::Relaxed);
+        // SAFETY: `ptr` came from `alloc` with this `layout`, i.e. from the
+        // system allocator.
         unsafe { std::alloc::System.dealloc(ptr, layout) }
     }
 }
