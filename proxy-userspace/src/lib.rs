@@ -1,7 +1,7 @@
 //! kxdp userspace: the agent that keeps the BPF maps in sync with Kubernetes
 //! Services, and the `kxdp` CLI.
 //!
-//! Data flows source → model → plan → sync → dataplane (DESIGN.md §1).
+//! Data flows source → model → plan → sync → dataplane (docs/ARCHITECTURE.md, "Data flow").
 
 pub mod admin;
 pub mod cidr;

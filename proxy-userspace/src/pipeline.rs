@@ -1,5 +1,5 @@
 //! source → model → plan → sync for each update a source delivers
-//! (DESIGN.md §1), plus the counters an operator wants to see. No I/O of its
+//! (docs/ARCHITECTURE.md, "Data flow"), plus the counters an operator wants to see. No I/O of its
 //! own: the maps come in as a [`MapStore`].
 
 use std::{

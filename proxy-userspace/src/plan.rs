@@ -1,5 +1,5 @@
 //! The plan: the frontends the dataplane must serve and their backends,
-//! derived from the Service models without I/O (DESIGN.md §1). It is kept
+//! derived from the Service models without I/O (docs/ARCHITECTURE.md, "Data flow"). It is kept
 //! per Service, so a change to one Service names exactly the frontends it
 //! touches; `sync` turns those into map entries.
 

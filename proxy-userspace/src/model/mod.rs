@@ -1,4 +1,4 @@
-//! The typed, validated view of one Service and its endpoints (DESIGN.md §1).
+//! The typed, validated view of one Service and its endpoints (docs/ARCHITECTURE.md, "Data flow").
 //! Invalid objects are rejected here, with a reason, and never reach the maps.
 //! Every source feeds this module, so each Kubernetes rule lives here once:
 //! the Service's in `service.rs`, the endpoints' in `endpoints.rs`; [`build`]

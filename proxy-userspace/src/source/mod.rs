@@ -1,4 +1,4 @@
-//! Sources turn the outside world into Kubernetes objects (DESIGN.md §1).
+//! Sources turn the outside world into Kubernetes objects (docs/ARCHITECTURE.md, "Data flow").
 //! Every source yields the same [`Update`]s, grouped per Service, so each
 //! semantic rule lives once, in the model. Beside them, [`node_addresses`]
 //! reads the node's own addresses, the node facts the plan takes.

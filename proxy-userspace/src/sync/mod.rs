@@ -1,6 +1,6 @@
 //! Sync: turns the plan's frontends into map entries and writes only what
 //! differs, in an order that never exposes a half-built service
-//! (DESIGN.md §1): backends, then the Maglev table, then the service entry;
+//! (docs/ARCHITECTURE.md, "Data flow"): backends, then the Maglev table, then the service entry;
 //! removal in reverse. A table of a new size is swapped in whole, so the
 //! datapath never indexes half of one. Work is per frontend, so a change to one Service costs
 //! the same whether ten or thirty thousand others exist.
