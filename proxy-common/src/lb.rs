@@ -7,8 +7,8 @@
 //! them (docs/ARCHITECTURE.md, "The load-balancing core").
 
 use crate::maps::{
-    DropReason, ServiceValue, BACKEND_LOCAL, CT_CLOSING, CT_SNAT, PROTO_UDP, SERVICE_EMPTY_DROP,
-    SERVICE_SNAT_REMOTE, SERVICE_SOURCE_RANGES,
+    DropReason, FrontendValue, BACKEND_LOCAL, CT_CLOSING, CT_SNAT, FRONTEND_EMPTY_DROP,
+    FRONTEND_SNAT_REMOTE, FRONTEND_SOURCE_RANGES, PROTO_UDP,
 };
 
 /// TCP flags the rules read.
@@ -59,7 +59,7 @@ pub trait Lookups {
     fn keep(&self, found: Self::Found) -> Self::Entry;
     /// Chooses a backend for a new flow and records the flow (both
     /// conntrack entries, reply first), returning its forward entry.
-    fn open(&self, frontend: &ServiceValue) -> Result<Self::Entry, DropReason>;
+    fn open(&self, frontend: &FrontendValue) -> Result<Self::Entry, DropReason>;
 }
 
 /// What to do with a packet to a frontend.
@@ -87,10 +87,10 @@ pub enum Decision<E> {
 #[inline(always)]
 pub fn decide<L: Lookups>(
     lookups: &L,
-    frontend: &ServiceValue,
+    frontend: &FrontendValue,
     packet: Packet,
 ) -> Result<Decision<L::Entry>, DropReason> {
-    if frontend.flags & SERVICE_SOURCE_RANGES != 0 && !lookups.source_allowed(frontend.id) {
+    if frontend.flags & FRONTEND_SOURCE_RANGES != 0 && !lookups.source_allowed(frontend.id) {
         return Err(DropReason::SourceRange);
     }
     let opening = packet.opens_connection();
@@ -109,7 +109,7 @@ pub fn decide<L: Lookups>(
     if frontend.table_size == 0 {
         // A traffic policy Local without a local endpoint drops, as
         // kube-proxy does; any other frontend without endpoints refuses.
-        if frontend.flags & SERVICE_EMPTY_DROP != 0 {
+        if frontend.flags & FRONTEND_EMPTY_DROP != 0 {
             return Err(DropReason::NoLocalBackend);
         }
         return Ok(Decision::Reject);
@@ -148,7 +148,7 @@ pub enum Recording {
 #[inline(always)]
 pub fn recording(
     hook: Hook,
-    frontend: &ServiceValue,
+    frontend: &FrontendValue,
     backend_flags: u8,
     backend_is_client: bool,
 ) -> Recording {
@@ -156,7 +156,7 @@ pub fn recording(
         Hook::Pod if backend_is_client => Recording::Hairpin,
         Hook::Pod => Recording::Plain,
         Hook::Nic
-            if backend_flags & BACKEND_LOCAL == 0 && frontend.flags & SERVICE_SNAT_REMOTE != 0 =>
+            if backend_flags & BACKEND_LOCAL == 0 && frontend.flags & FRONTEND_SNAT_REMOTE != 0 =>
         {
             Recording::Snat
         }
@@ -171,7 +171,7 @@ mod tests {
     use std::{vec, vec::Vec};
 
     use super::*;
-    use crate::maps::{PROTO_TCP, SERVICE_AFFINITY_CLIENT_IP};
+    use crate::maps::{FRONTEND_AFFINITY_CLIENT_IP, PROTO_TCP};
 
     /// Entries are numbers: 1 the existing one, 2 a new one.
     struct Fake {
@@ -205,14 +205,14 @@ mod tests {
             self.calls.borrow_mut().push("keep");
             entry
         }
-        fn open(&self, _: &ServiceValue) -> Result<u32, DropReason> {
+        fn open(&self, _: &FrontendValue) -> Result<u32, DropReason> {
             self.calls.borrow_mut().push("open");
             Ok(2)
         }
     }
 
-    fn frontend(table_size: u32, flags: u32) -> ServiceValue {
-        ServiceValue {
+    fn frontend(table_size: u32, flags: u32) -> FrontendValue {
+        FrontendValue {
             id: 7,
             table_size,
             flags,
@@ -245,7 +245,7 @@ mod tests {
     fn source_ranges_are_checked_first_and_only_when_the_frontend_has_them() {
         let mut fake = Fake::new(live(0));
         fake.allowed = false;
-        let gated = frontend(4, SERVICE_SOURCE_RANGES);
+        let gated = frontend(4, FRONTEND_SOURCE_RANGES);
         assert_eq!(decide(&fake, &gated, ACK), Err(DropReason::SourceRange));
         assert_eq!(*fake.calls.borrow(), vec!["source_allowed"]);
         let open = Fake::new(live(0));
@@ -316,7 +316,7 @@ mod tests {
             assert_eq!(
                 decide(
                     &fake,
-                    &frontend(0, SERVICE_EMPTY_DROP | SERVICE_AFFINITY_CLIENT_IP),
+                    &frontend(0, FRONTEND_EMPTY_DROP | FRONTEND_AFFINITY_CLIENT_IP),
                     packet
                 ),
                 Err(DropReason::NoLocalBackend)
@@ -329,7 +329,7 @@ mod tests {
     fn a_new_flow_is_opened() {
         let fake = Fake::new(Established::None);
         assert_eq!(
-            decide(&fake, &frontend(4, SERVICE_SOURCE_RANGES), SYN),
+            decide(&fake, &frontend(4, FRONTEND_SOURCE_RANGES), SYN),
             Ok(Decision::Translate(2))
         );
         assert_eq!(
@@ -340,8 +340,8 @@ mod tests {
 
     #[test]
     fn a_new_flow_is_recorded_by_hook_backend_and_policy() {
-        use crate::maps::{BACKEND_LOCAL, SERVICE_SNAT_REMOTE};
-        let cluster = frontend(4, SERVICE_SNAT_REMOTE);
+        use crate::maps::{BACKEND_LOCAL, FRONTEND_SNAT_REMOTE};
+        let cluster = frontend(4, FRONTEND_SNAT_REMOTE);
         let local = frontend(4, 0);
         let cases = [
             (Hook::Pod, &cluster, 0, false, Recording::Plain),

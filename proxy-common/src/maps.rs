@@ -6,11 +6,11 @@ use core::net::Ipv4Addr;
 pub const PROTO_TCP: u8 = 6;
 pub const PROTO_UDP: u8 = 17;
 
-/// `ServiceKey::scope` of a frontend reached from pods (tc on pod
+/// `FrontendKey::scope` of a frontend reached from pods (tc on pod
 /// interfaces): ClusterIPs, and external addresses short-circuited to the
 /// Service as kube-proxy does.
-pub const SCOPE_CLUSTER_IP: u8 = 0;
-/// `ServiceKey::scope` of a frontend reached from outside through a NIC
+pub const SCOPE_POD: u8 = 0;
+/// `FrontendKey::scope` of a frontend reached from outside through a NIC
 /// (XDP): a NodePort on each node address, LoadBalancer ingress IPs and
 /// `externalIPs` on the service port.
 pub const SCOPE_NODE: u8 = 1;
@@ -57,21 +57,21 @@ macro_rules! map_type {
 }
 
 map_type! {
-    /// `services` key: a frontend the datapath answers for.
-    pub struct ServiceKey {
+    /// `FRONTENDS` key: a frontend the datapath answers for.
+    pub struct FrontendKey {
         /// Virtual address, network order.
         pub addr: u32,
         /// Service port, network order.
         pub port: u16,
         pub proto: u8,
-        /// Where the frontend is reachable from, e.g. [`SCOPE_CLUSTER_IP`].
+        /// Where the frontend is reachable from, e.g. [`SCOPE_POD`].
         pub scope: u8,
     }
 }
 
 map_type! {
-    /// `services` value.
-    pub struct ServiceValue {
+    /// `FRONTENDS` value.
+    pub struct FrontendValue {
         /// Index into `maglev` and `stats`; stable while the frontend exists.
         pub id: u32,
         /// Slots of the frontend's Maglev table; 0 means no backend. The
@@ -86,17 +86,17 @@ map_type! {
     }
 }
 
-/// `ServiceValue::flags`: `sessionAffinity: ClientIP`.
-pub const SERVICE_AFFINITY_CLIENT_IP: u32 = 1;
-/// `ServiceValue::flags`: with no slot, drop silently instead of rejecting
+/// `FrontendValue::flags`: `sessionAffinity: ClientIP`.
+pub const FRONTEND_AFFINITY_CLIENT_IP: u32 = 1;
+/// `FrontendValue::flags`: with no slot, drop silently instead of rejecting
 /// (a traffic policy `Local` with no endpoint on this node, as kube-proxy).
-pub const SERVICE_EMPTY_DROP: u32 = 2;
-/// `ServiceValue::flags`: `externalTrafficPolicy: Cluster` on a node
+pub const FRONTEND_EMPTY_DROP: u32 = 2;
+/// `FrontendValue::flags`: `externalTrafficPolicy: Cluster` on a node
 /// frontend: a flow to a backend on another node is SNATed to this node.
-pub const SERVICE_SNAT_REMOTE: u32 = 4;
-/// `ServiceValue::flags`: only clients in `SOURCE_RANGES` for this service
+pub const FRONTEND_SNAT_REMOTE: u32 = 4;
+/// `FrontendValue::flags`: only clients in `SOURCE_RANGES` for this frontend
 /// id may use it (`loadBalancerSourceRanges`).
-pub const SERVICE_SOURCE_RANGES: u32 = 8;
+pub const FRONTEND_SOURCE_RANGES: u32 = 8;
 
 map_type! {
     /// `backends` value, keyed by backend id (`u32`).
@@ -193,7 +193,7 @@ map_type! {
         pub direction: u8,
         /// `CT_*` bits.
         pub flags: u8,
-        pub service_id: u32,
+        pub frontend_id: u32,
         pub backend_id: u32,
         /// With [`CT_SNAT`]: forward, the node address and port the backend
         /// sees as the client; reply, the client to restore as destination.
@@ -208,12 +208,12 @@ map_type! {
 
 map_type! {
     /// `source_ranges` LPM-trie data: a client prefix allowed to reach the
-    /// frontend with id `service_id`. The trie's prefix length counts the 32
-    /// bits of `service_id` plus the CIDR's length, so a lookup with
-    /// (service id, client address) at length 64 finds the longest match.
+    /// frontend with id `frontend_id`. The trie's prefix length counts the 32
+    /// bits of `frontend_id` plus the CIDR's length, so a lookup with
+    /// (frontend id, client address) at length 64 finds the longest match.
     pub struct SourceRange {
         /// Big-endian, so the id is the leading bytes the trie compares first.
-        pub service_id_be: u32,
+        pub frontend_id_be: u32,
         /// Network order.
         pub addr: u32,
     }
@@ -222,7 +222,7 @@ map_type! {
 map_type! {
     /// `affinity` key: a client of a frontend with `sessionAffinity: ClientIP`.
     pub struct AffinityKey {
-        pub service_id: u32,
+        pub frontend_id: u32,
         /// Network order.
         pub client_addr: u32,
     }
@@ -267,8 +267,8 @@ map_type! {
 }
 
 map_type! {
-    /// `stats` value (per CPU, indexed by service id).
-    pub struct ServiceStats {
+    /// `STATS` value (per CPU, indexed by frontend id).
+    pub struct FrontendStats {
         pub packets: u64,
         pub bytes: u64,
     }

@@ -1,7 +1,7 @@
 //! Every map size in one place. The agent may override them at load time.
 
 /// Service frontends: one per (address, port, protocol).
-pub const MAX_SERVICES: u32 = 65_536;
+pub const MAX_FRONTENDS: u32 = 65_536;
 /// Distinct backends (address, port) across all services: room for 30,000
 /// services with 10 endpoints each, none shared.
 pub const MAX_BACKENDS: u32 = 524_288;

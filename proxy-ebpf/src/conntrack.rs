@@ -74,14 +74,14 @@ pub struct Pair {
     pub forward: CtEntry,
 }
 
-/// The entries of `flow`, sent to `chosen` by frontend `service_id`, with
+/// The entries of `flow`, sent to `chosen` by frontend `frontend_id`, with
 /// `CT_*` `flags`. `stand_in`: the source the backend sees instead of the
 /// client, if any (the entries then hold both ends' translations);
 /// `last_seen`: the clock for entries that record liveness, else 0.
 #[inline(always)]
 pub fn pair(
     flow: &Ipv4Flow,
-    service_id: u32,
+    frontend_id: u32,
     chosen: &Selected,
     flags: u8,
     stand_in: Option<Endpoint>,
@@ -94,7 +94,7 @@ pub fn pair(
         nat_port: flow.dst_port,
         direction: CT_REPLY,
         flags,
-        service_id,
+        frontend_id,
         backend_id: chosen.id,
         snat_addr: if stand_in.is_some() { client.0 } else { 0 },
         snat_port: if stand_in.is_some() { client.1 } else { 0 },

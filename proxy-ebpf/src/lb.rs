@@ -6,7 +6,7 @@
 
 use proxy_common::{
     lb::{self, Decision, Established, Hook, Lookups, Recording},
-    maps::{CtEntry, DropReason, ServiceValue, CT_FORWARD, CT_FROM_NIC, CT_HAIRPIN, CT_SNAT},
+    maps::{CtEntry, DropReason, FrontendValue, CT_FORWARD, CT_FROM_NIC, CT_HAIRPIN, CT_SNAT},
 };
 
 use crate::{conntrack, lookup, parse::Ipv4Flow, select, snat};
@@ -55,7 +55,7 @@ impl Lookups for Ipv4Lookups<'_> {
     }
 
     #[inline(always)]
-    fn open(&self, frontend: &ServiceValue) -> Result<CtEntry, DropReason> {
+    fn open(&self, frontend: &FrontendValue) -> Result<CtEntry, DropReason> {
         let flow = self.flow;
         let chosen = select::select_backend(frontend, flow)?;
         let backend = &chosen.backend;
@@ -88,7 +88,7 @@ impl Lookups for Ipv4Lookups<'_> {
 #[inline(always)]
 pub fn balance(
     flow: &Ipv4Flow,
-    frontend: &ServiceValue,
+    frontend: &FrontendValue,
     hook: Hook,
     ingress_ifindex: u32,
 ) -> Result<Decision<CtEntry>, DropReason> {

@@ -9,15 +9,16 @@ use aya_ebpf::{
 };
 use proxy_common::{
     maps::{
-        AffinityKey, AffinityValue, BackendValue, CtEntry, FlowKey, ServiceKey, ServiceStats,
-        ServiceValue, SockRevNatKey, SockRevNatValue, SourceRange, MAGLEV_TABLE_FLAGS,
+        AffinityKey, AffinityValue, BackendValue, CtEntry, FlowKey, FrontendKey, FrontendStats,
+        FrontendValue, SockRevNatKey, SockRevNatValue, SourceRange, MAGLEV_TABLE_FLAGS,
     },
     sizes,
 };
 
 /// (VIP, port, protocol, scope) → service id and table size.
 #[map]
-pub static SERVICES: HashMap<ServiceKey, ServiceValue> = HashMap::pinned(sizes::MAX_SERVICES, 0);
+pub static FRONTENDS: HashMap<FrontendKey, FrontendValue> =
+    HashMap::pinned(sizes::MAX_FRONTENDS, 0);
 
 /// Backend id → backend address and port.
 #[map]
@@ -33,7 +34,7 @@ pub type MaglevTable = Array<u64, 1, { MAGLEV_TABLE_FLAGS as usize }>;
 /// indexes a table by another's size. A BTF map (map-in-map needs its inner
 /// type); pinned by the agent's loader.
 #[btf_map]
-pub static MAGLEV: ArrayOfMaps<MaglevTable, { sizes::MAX_SERVICES as usize }> = ArrayOfMaps::new();
+pub static MAGLEV: ArrayOfMaps<MaglevTable, { sizes::MAX_FRONTENDS as usize }> = ArrayOfMaps::new();
 
 /// Service id → kernel id of the table the agent put in that slot of
 /// `MAGLEV` (0: none). No program reads it: it is the agent's record, since
@@ -41,7 +42,7 @@ pub static MAGLEV: ArrayOfMaps<MaglevTable, { sizes::MAX_SERVICES as usize }> = 
 /// an RCU grace period.
 #[map]
 pub static MAGLEV_IDS: aya_ebpf::maps::Array<u32> =
-    aya_ebpf::maps::Array::pinned(sizes::MAX_SERVICES, 0);
+    aya_ebpf::maps::Array::pinned(sizes::MAX_FRONTENDS, 0);
 
 /// Flow → translation, one entry per direction of each connection. Per-CPU
 /// LRU lists: inserting a new flow takes no map-wide lock.
@@ -51,7 +52,7 @@ pub static CONNTRACK: LruHashMap<FlowKey, CtEntry> =
 
 /// Per-service packet and byte counters, indexed by service id.
 #[map]
-pub static STATS: PerCpuArray<ServiceStats> = PerCpuArray::pinned(sizes::MAX_SERVICES, 0);
+pub static STATS: PerCpuArray<FrontendStats> = PerCpuArray::pinned(sizes::MAX_FRONTENDS, 0);
 
 /// Dropped packets by reason (`proxy_common::maps::drop_reason`).
 #[map]

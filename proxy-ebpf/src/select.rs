@@ -7,8 +7,8 @@
 
 use aya_ebpf::bindings::BPF_ANY;
 use proxy_common::maps::{
-    maglev_layout, AffinityKey, AffinityValue, BackendValue, CtEntry, DropReason, ServiceValue,
-    SERVICE_AFFINITY_CLIENT_IP,
+    maglev_layout, AffinityKey, AffinityValue, BackendValue, CtEntry, DropReason, FrontendValue,
+    FRONTEND_AFFINITY_CLIENT_IP,
 };
 
 use crate::{
@@ -24,12 +24,12 @@ pub struct Selected {
 }
 
 #[inline(always)]
-pub fn select_backend(service: &ServiceValue, flow: &Ipv4Flow) -> Result<Selected, DropReason> {
-    if service.flags & SERVICE_AFFINITY_CLIENT_IP == 0 {
-        return slot_backend(service, flow_hash(flow)).map(|(s, _)| s);
+pub fn select_backend(frontend: &FrontendValue, flow: &Ipv4Flow) -> Result<Selected, DropReason> {
+    if frontend.flags & FRONTEND_AFFINITY_CLIENT_IP == 0 {
+        return slot_backend(frontend, flow_hash(flow)).map(|(s, _)| s);
     }
     let key = AffinityKey {
-        service_id: service.id,
+        frontend_id: frontend.id,
         client_addr: flow.src_addr,
     };
     let now = kernel::now_s();
@@ -37,10 +37,10 @@ pub fn select_backend(service: &ServiceValue, flow: &Ipv4Flow) -> Result<Selecte
         // SAFETY: a map value pointer, valid for this program run.
         let remembered = unsafe { *entry };
         let id = remembered.backend_id;
-        if now.saturating_sub(remembered.last_used) <= service.affinity_timeout
-            && table_member(service.id, remembered.member) == Some(id)
+        if now.saturating_sub(remembered.last_used) <= frontend.affinity_timeout
+            && table_member(frontend.id, remembered.member) == Some(id)
         {
-            // Still a member of the service: the client stays; refreshed in place.
+            // Still a member of the frontend: the client stays; refreshed in place.
             // SAFETY: the value is copied out at once.
             if let Some(backend) = unsafe { BACKENDS.get(id).copied() } {
                 // SAFETY: as above.
@@ -50,7 +50,7 @@ pub fn select_backend(service: &ServiceValue, flow: &Ipv4Flow) -> Result<Selecte
         }
     }
     // None yet, lapsed, or its backend left: choose afresh and remember.
-    let (chosen, member) = slot_backend(service, flow_hash(flow))?;
+    let (chosen, member) = slot_backend(frontend, flow_hash(flow))?;
     let value = AffinityValue {
         backend_id: chosen.id,
         member,
@@ -61,22 +61,22 @@ pub fn select_backend(service: &ServiceValue, flow: &Ipv4Flow) -> Result<Selecte
     Ok(chosen)
 }
 
-/// The backend in slot `hash` mod M of `service`'s table, and its member index.
+/// The backend in slot `hash` mod M of `frontend`'s table, and its member index.
 #[inline(always)]
-fn slot_backend(service: &ServiceValue, hash: u32) -> Result<(Selected, u32), DropReason> {
-    let (id, member) = table_entry(service.id, hash).ok_or(DropReason::StaleSelection)?;
+fn slot_backend(frontend: &FrontendValue, hash: u32) -> Result<(Selected, u32), DropReason> {
+    let (id, member) = table_entry(frontend.id, hash).ok_or(DropReason::StaleSelection)?;
     // SAFETY: the value is copied out at once.
     let backend = unsafe { BACKENDS.get(id).copied() }.ok_or(DropReason::StaleSelection)?;
     Ok((Selected { id, backend }, member))
 }
 
-/// The backend id in slot `hash` mod M of the Maglev table of `service_id`,
+/// The backend id in slot `hash` mod M of the Maglev table of `frontend_id`,
 /// and its member index. M and the layout are read from the table itself,
 /// so they always match the table being read, even while the agent swaps
 /// in one of another size.
 #[inline(always)]
-pub fn table_entry(service_id: u32, hash: u32) -> Option<(u32, u32)> {
-    let table = MAGLEV.get(service_id)?;
+pub fn table_entry(frontend_id: u32, hash: u32) -> Option<(u32, u32)> {
+    let table = MAGLEV.get(frontend_id)?;
     let header = *table.get(maglev_layout::HEADER)?;
     let (size, capacity) = (header as u32, (header >> 32) as u32);
     if size == 0 {
@@ -89,10 +89,10 @@ pub fn table_entry(service_id: u32, hash: u32) -> Option<(u32, u32)> {
 }
 
 /// The backend id at member index `member` of the Maglev table of
-/// `service_id`, if the table has such a member.
+/// `frontend_id`, if the table has such a member.
 #[inline(always)]
-fn table_member(service_id: u32, member: u32) -> Option<u32> {
-    let table = MAGLEV.get(service_id)?;
+fn table_member(frontend_id: u32, member: u32) -> Option<u32> {
+    let table = MAGLEV.get(frontend_id)?;
     let capacity = (*table.get(maglev_layout::HEADER)? >> 32) as u32;
     if member >= capacity {
         return None;

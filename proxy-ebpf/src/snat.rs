@@ -99,7 +99,7 @@ fn reclaim(reply_key: &FlowKey, now: u32) -> bool {
 #[inline(always)]
 pub fn create(
     flow: &Ipv4Flow,
-    service_id: u32,
+    frontend_id: u32,
     chosen: &Selected,
     node_addr: u32,
 ) -> Result<CtEntry, DropReason> {
@@ -111,7 +111,7 @@ pub fn create(
         let port = (SNAT_PORT_MIN + offset as u16).to_be();
         let pair = conntrack::pair(
             flow,
-            service_id,
+            frontend_id,
             chosen,
             CT_SNAT,
             Some((node_addr, port)),

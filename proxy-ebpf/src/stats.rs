@@ -7,8 +7,8 @@ use proxy_common::maps::{DropReason, Verdict};
 use crate::maps::{DROPS, STATS, VERDICTS};
 
 #[inline(always)]
-pub fn count_service(service_id: u32, bytes: u32) {
-    if let Some(stats) = STATS.get_ptr_mut(service_id) {
+pub fn count_frontend(frontend_id: u32, bytes: u32) {
+    if let Some(stats) = STATS.get_ptr_mut(frontend_id) {
         // SAFETY: per-CPU slot, no other writer on this CPU.
         unsafe {
             (*stats).packets += 1;

@@ -17,7 +17,7 @@ use prometheus_client::{
     registry::Registry,
 };
 use proxy_common::{
-    maps::{addr_from_net, port_from_net, DropReason, ServiceKey, Verdict, SCOPE_NODE},
+    maps::{addr_from_net, port_from_net, DropReason, FrontendKey, Verdict, SCOPE_NODE},
     sizes,
 };
 use tracing::warn;
@@ -30,7 +30,7 @@ use crate::{
     frontend_text::{frontend_text, scope_label},
     model::types::Protocol,
     pipeline::{Counters, Pipeline},
-    plan::{FrontendKey, FrontendScope},
+    plan::{FrontendAddr, FrontendScope},
     source::RejectionKind,
 };
 
@@ -253,8 +253,8 @@ pub fn render(sample: &Sample, sync_seconds: &Histogram) -> String {
 }
 
 /// The plan's key of a map key, to find the Service that owns it.
-fn frontend_key(key: &ServiceKey) -> Option<FrontendKey> {
-    Some(FrontendKey {
+fn frontend_addr(key: &FrontendKey) -> Option<FrontendAddr> {
+    Some(FrontendAddr {
         addr: addr_from_net(key.addr),
         port: port_from_net(key.port),
         protocol: Protocol::from_ip_proto(key.proto)?,
@@ -324,8 +324,8 @@ impl Telemetry {
             tracing::debug!(what, error = %e, "metrics read failed");
         };
         let contents = pipeline.contents();
-        let mut frontends = Vec::with_capacity(contents.services.len());
-        for (key, value) in &contents.services {
+        let mut frontends = Vec::with_capacity(contents.frontends.len());
+        for (key, value) in &contents.frontends {
             let stats = match maps.service_stats(value.id) {
                 Ok(stats) => stats,
                 Err(e) => {
@@ -333,7 +333,7 @@ impl Telemetry {
                     continue;
                 }
             };
-            let owner = frontend_key(key).and_then(|k| pipeline.plan().owner(&k));
+            let owner = frontend_addr(key).and_then(|k| pipeline.plan().owner(&k));
             frontends.push(FrontendSample {
                 frontend: frontend_text(key),
                 scope: scope_label(key),
@@ -371,7 +371,7 @@ impl Telemetry {
                 map,
                 // What the syncs wrote: exact, and free to know.
                 entries: match map {
-                    crate::dataplane::maps::SERVICES => contents.services.len(),
+                    crate::dataplane::maps::FRONTENDS => contents.frontends.len(),
                     crate::dataplane::maps::BACKENDS => contents.backends.len(),
                     _ => contents.source_ranges.len(),
                 } as u64,
@@ -440,7 +440,7 @@ mod tests {
             drops: vec![("no_backend".into(), 3), ("code_15".into(), 1)],
             rejects: vec![("tcp_rst", 4), ("icmp_port_unreachable", 5)],
             maps: vec![MapSample {
-                map: "SERVICES",
+                map: "FRONTENDS",
                 entries: 2,
                 capacity: 65_536,
             }],
@@ -486,8 +486,8 @@ mod tests {
                 r#"kxdp_rejected_packets_total{reply="icmp_port_unreachable"}"#.into(),
                 5.0,
             ),
-            (r#"kxdp_map_entries{map="services"}"#.into(), 2.0),
-            (r#"kxdp_map_capacity{map="services"}"#.into(), 65_536.0),
+            (r#"kxdp_map_entries{map="frontends"}"#.into(), 2.0),
+            (r#"kxdp_map_capacity{map="frontends"}"#.into(), 65_536.0),
             ("kxdp_conntrack_entries".into(), 6.0),
             ("kxdp_conntrack_capacity".into(), 524_288.0),
             ("kxdp_syncs_total".into(), 7.0),
@@ -549,14 +549,14 @@ mod tests {
 
     #[test]
     fn map_keys_find_their_frontend() {
-        let key = ServiceKey {
+        let key = FrontendKey {
             addr: proxy_common::maps::addr_to_net("10.96.0.10".parse().unwrap()),
             port: proxy_common::maps::port_to_net(80),
             proto: proxy_common::maps::PROTO_UDP,
             scope: SCOPE_NODE,
         };
-        let frontend = frontend_key(&key).unwrap();
+        let frontend = frontend_addr(&key).unwrap();
         assert_eq!(frontend.to_string(), "10.96.0.10:80/UDP (node)");
-        assert_eq!(crate::sync::map_values::service_key(&frontend), key);
+        assert_eq!(crate::sync::map_values::frontend_key(&frontend), key);
     }
 }

@@ -223,7 +223,7 @@ mod tests {
         let b = service("b", "10.96.0.2", "ClusterIP", "{addresses: [10.244.0.3]}");
         let outcome = pipeline.apply(update(Scope::Full, &format!("{a}{b}")), &mut store);
         assert_eq!(outcome.frontends_touched, 2);
-        assert_eq!(store.maps.services.len(), 2);
+        assert_eq!(store.maps.frontends.len(), 2);
         store.log.clear();
         let a2 = service(
             "a",
@@ -238,7 +238,7 @@ mod tests {
             ["put backend 2", "put table 0"]
         );
         // Service b was not in the update and is still served.
-        assert_eq!(store.maps.services.len(), 2);
+        assert_eq!(store.maps.frontends.len(), 2);
     }
 
     #[test]
@@ -251,7 +251,7 @@ mod tests {
                 update(Scope::Full, &service("a", "10.96.0.1", type_, endpoints)),
                 &mut store,
             );
-            assert_eq!(store.maps.services.len(), 1, "{type_}");
+            assert_eq!(store.maps.frontends.len(), 1, "{type_}");
             assert_eq!(store.maps.backends.len(), 1, "{type_}");
         }
         let external = "apiVersion: v1\nkind: Service\nmetadata: {name: a}\n\
@@ -269,7 +269,7 @@ mod tests {
             ),
             &mut store,
         );
-        assert_eq!(store.maps.services.len(), 1);
+        assert_eq!(store.maps.frontends.len(), 1);
         pipeline.apply(update(Scope::Full, ""), &mut store);
         assert_eq!(
             store.maps,
@@ -297,7 +297,7 @@ mod tests {
             ),
             &mut store,
         );
-        let value = store.maps.services.values().next().unwrap();
+        let value = store.maps.frontends.values().next().unwrap();
         assert_eq!(value.table_size, 251);
         // Still listed: kept for the connections it has, chosen for no new one.
         assert_eq!(store.maps.backends.len(), 2);
@@ -357,8 +357,11 @@ mod tests {
         let report = pipeline.retry(&mut store);
         assert!(report.errors.is_empty(), "{:?}", report.errors);
         assert!(!pipeline.needs_retry());
-        assert_eq!(store.maps.services.len(), 1);
-        assert_eq!(store.maps.services.values().next().unwrap().table_size, 251);
+        assert_eq!(store.maps.frontends.len(), 1);
+        assert_eq!(
+            store.maps.frontends.values().next().unwrap().table_size,
+            251
+        );
         assert!(pipeline.counters().last_successful_sync.is_some());
     }
 
@@ -377,7 +380,7 @@ mod tests {
         let node_port = service("a", "10.96.0.1", "NodePort", "{addresses: [10.244.0.2]}")
             .replace("targetPort: 8080}", "targetPort: 8080, nodePort: 30080}");
         pipeline.apply(update(Scope::Full, &node_port), &mut store);
-        assert_eq!(store.maps.services.len(), 1, "no node address yet");
+        assert_eq!(store.maps.frontends.len(), 1, "no node address yet");
         let facts = |addr: &str| NodeFacts {
             addresses: vec![addr.parse().unwrap()],
             ..NodeFacts::default()
@@ -388,7 +391,7 @@ mod tests {
         // The node port from outside, and from pods.
         assert_eq!(outcome.frontends_touched, 2);
         let node_keys = |maps: &MapContents| -> Vec<String> {
-            maps.services
+            maps.frontends
                 .keys()
                 .filter(|k| k.scope == proxy_common::maps::SCOPE_NODE)
                 .map(crate::frontend_text::frontend_text)
@@ -409,6 +412,6 @@ mod tests {
             &mut store,
         );
         assert!(node_keys(&store.maps).is_empty());
-        assert_eq!(store.maps.services.len(), 1);
+        assert_eq!(store.maps.frontends.len(), 1);
     }
 }

@@ -28,14 +28,14 @@ pub enum FrontendScope {
 
 /// What the datapath matches on: (address, port, protocol, scope).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct FrontendKey {
+pub struct FrontendAddr {
     pub addr: Ipv4Addr,
     pub port: u16,
     pub protocol: Protocol,
     pub scope: FrontendScope,
 }
 
-impl fmt::Display for FrontendKey {
+impl fmt::Display for FrontendAddr {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}:{}/{}", self.addr, self.port, self.protocol)?;
         match self.scope {
@@ -102,7 +102,7 @@ pub struct Plan {
     /// Every Service claiming a frontend, sorted; the first by namespace/name
     /// serves it. A Vec: nearly every frontend has one claimant, and a set
     /// would allocate a whole tree node for it.
-    claims: BTreeMap<FrontendKey, Vec<ServiceName>>,
+    claims: BTreeMap<FrontendAddr, Vec<ServiceName>>,
     node: NodeFacts,
 }
 
@@ -110,7 +110,7 @@ pub struct Plan {
 #[derive(Debug, Default)]
 pub struct PlanChange {
     /// Frontends whose desired content may differ now.
-    pub frontends: BTreeSet<FrontendKey>,
+    pub frontends: BTreeSet<FrontendAddr>,
     /// Frontends a Service claims but another Service already serves, and
     /// node ports outside the node port range.
     pub rejections: Vec<Rejection>,
@@ -129,8 +129,8 @@ enum Via<'a> {
     NodePortFromPod,
 }
 
-fn pod_key(addr: Ipv4Addr, port: u16, protocol: Protocol) -> FrontendKey {
-    FrontendKey {
+fn pod_key(addr: Ipv4Addr, port: u16, protocol: Protocol) -> FrontendAddr {
+    FrontendAddr {
         addr,
         port,
         protocol,
@@ -138,8 +138,8 @@ fn pod_key(addr: Ipv4Addr, port: u16, protocol: Protocol) -> FrontendKey {
     }
 }
 
-fn node_key(addr: Ipv4Addr, port: u16, protocol: Protocol) -> FrontendKey {
-    FrontendKey {
+fn node_key(addr: Ipv4Addr, port: u16, protocol: Protocol) -> FrontendAddr {
+    FrontendAddr {
         addr,
         port,
         protocol,
@@ -155,7 +155,7 @@ fn node_port(port: &ServicePortModel, node: &NodeFacts) -> Option<u16> {
 /// The frontends one Service claims: each cluster IP and external address ×
 /// each port, and each node address × each node port, from pods and (but
 /// the cluster IPs) from outside.
-fn keys_of(service: &ServiceModel, node: &NodeFacts) -> BTreeSet<FrontendKey> {
+fn keys_of(service: &ServiceModel, node: &NodeFacts) -> BTreeSet<FrontendAddr> {
     let mut keys = BTreeSet::new();
     for port in &service.ports {
         let (number, protocol) = (port.port, port.protocol);
@@ -205,7 +205,7 @@ fn node_port_rejections(service: &ServiceModel, node: &NodeFacts) -> Vec<Rejecti
 /// The port of `service` behind `key` and how the key reaches it.
 fn route<'a>(
     service: &'a ServiceModel,
-    key: &FrontendKey,
+    key: &FrontendAddr,
     node: &NodeFacts,
 ) -> Option<(&'a ServicePortModel, Via<'a>)> {
     let external = service.external_addrs.iter().find(|e| e.addr == key.addr);
@@ -231,7 +231,7 @@ fn route<'a>(
 /// The port of `service` whose node port `key` names on a node address.
 fn node_port_of<'a>(
     service: &'a ServiceModel,
-    key: &FrontendKey,
+    key: &FrontendAddr,
     node: &NodeFacts,
 ) -> Option<&'a ServicePortModel> {
     if !node.addresses.contains(&key.addr) {
@@ -277,7 +277,7 @@ impl Plan {
         if self.node == node {
             return;
         }
-        let affected: Vec<(ServiceName, BTreeSet<FrontendKey>)> = self
+        let affected: Vec<(ServiceName, BTreeSet<FrontendAddr>)> = self
             .services
             .iter()
             .filter(|(_, s)| s.ports.iter().any(|p| p.node_port.is_some()))
@@ -299,7 +299,7 @@ impl Plan {
     fn reclaim(
         &mut self,
         name: &ServiceName,
-        old_keys: BTreeSet<FrontendKey>,
+        old_keys: BTreeSet<FrontendAddr>,
         touch_kept: bool,
         change: &mut PlanChange,
     ) {
@@ -349,12 +349,12 @@ impl Plan {
     }
 
     /// The Service serving `key`, if any.
-    pub fn owner(&self, key: &FrontendKey) -> Option<&ServiceName> {
+    pub fn owner(&self, key: &FrontendAddr) -> Option<&ServiceName> {
         self.claims.get(key)?.first()
     }
 
     /// What `key` should do, if any Service claims it.
-    pub fn frontend(&self, key: &FrontendKey) -> Option<Frontend> {
+    pub fn frontend(&self, key: &FrontendAddr) -> Option<Frontend> {
         let owner = self.claims.get(key)?.first()?;
         let service = self.services.get(owner)?;
         let (port, via) = route(service, key, &self.node)?;
@@ -412,7 +412,7 @@ impl Plan {
     }
 
     /// Every frontend, in key order.
-    pub fn frontend_keys(&self) -> impl Iterator<Item = &FrontendKey> {
+    pub fn frontend_keys(&self) -> impl Iterator<Item = &FrontendAddr> {
         self.claims.keys()
     }
 
@@ -460,11 +460,11 @@ mod tests {
         }
     }
 
-    fn key(addr: &str, port: u16, protocol: Protocol) -> FrontendKey {
+    fn key(addr: &str, port: u16, protocol: Protocol) -> FrontendAddr {
         pod_key(addr.parse().unwrap(), port, protocol)
     }
 
-    fn node(addr: &str, port: u16) -> FrontendKey {
+    fn node(addr: &str, port: u16) -> FrontendAddr {
         node_key(addr.parse().unwrap(), port, Protocol::Tcp)
     }
 

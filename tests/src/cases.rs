@@ -13,7 +13,7 @@ use std::{
     panic::{catch_unwind, AssertUnwindSafe},
 };
 
-use proxy_common::maps::{DropReason, ServiceKey, Verdict};
+use proxy_common::maps::{DropReason, FrontendKey, Verdict};
 
 use crate::{
     datapath::{Datapath, TestBackend},
@@ -99,7 +99,7 @@ impl Step {
 
 /// A frontend of a case's set-up.
 pub struct Frontend {
-    pub key: ServiceKey,
+    pub key: FrontendKey,
     pub id: u32,
     /// `SERVICE_*` bits.
     pub flags: u32,

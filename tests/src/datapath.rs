@@ -22,8 +22,8 @@ use proxy_common::{
     kernel::clock_s,
     maps::{
         addr_to_net, port_to_net, AffinityKey, AffinityValue, BackendValue, CtEntry, DropReason,
-        FlowKey, ServiceKey, ServiceStats, Verdict, SCOPE_CLUSTER_IP, SERVICE_EMPTY_DROP,
-        SERVICE_SNAT_REMOTE, SERVICE_SOURCE_RANGES,
+        FlowKey, FrontendKey, FrontendStats, Verdict, FRONTEND_EMPTY_DROP, FRONTEND_SNAT_REMOTE,
+        FRONTEND_SOURCE_RANGES, SCOPE_POD,
     },
 };
 use proxy_userspace::{
@@ -129,7 +129,7 @@ pub struct Datapath {
     /// The agent's store over the maps it writes.
     maps: BpfMaps,
     /// What each frontend was written from: (id, the plan's frontend).
-    frontends: StdHashMap<ServiceKey, (u32, Frontend)>,
+    frontends: StdHashMap<FrontendKey, (u32, Frontend)>,
     /// The backends written, by id.
     backends: StdHashMap<u32, BackendValue>,
     mount: PrivateBpffs,
@@ -154,10 +154,10 @@ fn plan_frontend(flags: u32, backends: &[TestBackend]) -> Frontend {
             .collect(),
         draining: Vec::new(),
         affinity_timeout: None,
-        empty_drop: flags & SERVICE_EMPTY_DROP != 0,
-        snat_remote: flags & SERVICE_SNAT_REMOTE != 0,
+        empty_drop: flags & FRONTEND_EMPTY_DROP != 0,
+        snat_remote: flags & FRONTEND_SNAT_REMOTE != 0,
         // The ranges themselves come with `allow_source`.
-        source_ranges: (flags & SERVICE_SOURCE_RANGES != 0).then(Vec::new),
+        source_ranges: (flags & FRONTEND_SOURCE_RANGES != 0).then(Vec::new),
     }
 }
 
@@ -210,8 +210,8 @@ impl Datapath {
     }
 
     /// Backend ids are derived from the service id so services never share them.
-    pub fn backend_id(service_id: u32, index: usize) -> u32 {
-        service_id * 1000 + index as u32 + 1
+    pub fn backend_id(frontend_id: u32, index: usize) -> u32 {
+        frontend_id * 1000 + index as u32 + 1
     }
 
     /// Writes a ClusterIP service the way sync does: backends, then the
@@ -226,18 +226,24 @@ impl Datapath {
         backends: &[(Ipv4Addr, u16)],
     ) {
         let backends: Vec<TestBackend> = backends.iter().map(|&(a, p)| (a, p, false)).collect();
-        let key = ServiceKey {
+        let key = FrontendKey {
             addr: addr_to_net(vip),
             port: port_to_net(port),
             proto,
-            scope: SCOPE_CLUSTER_IP,
+            scope: SCOPE_POD,
         };
         self.add_frontend(key, id, 0, &backends);
     }
 
     /// Writes any frontend (`key` with its scope, `flags` as `SERVICE_*`)
     /// the way [`Self::add_service`] does.
-    pub fn add_frontend(&mut self, key: ServiceKey, id: u32, flags: u32, backends: &[TestBackend]) {
+    pub fn add_frontend(
+        &mut self,
+        key: FrontendKey,
+        id: u32,
+        flags: u32,
+        backends: &[TestBackend],
+    ) {
         let frontend = plan_frontend(flags, backends);
         let ids: Vec<u32> = (0..backends.len())
             .map(|i| Self::backend_id(id, i))
@@ -254,19 +260,19 @@ impl Datapath {
     }
 
     /// Writes the entry of frontend `key` as sync does.
-    fn write_frontend(&mut self, key: ServiceKey, id: u32, frontend: Frontend, table_size: u32) {
+    fn write_frontend(&mut self, key: FrontendKey, id: u32, frontend: Frontend, table_size: u32) {
         for range in range_entries(&frontend, id) {
             self.maps
                 .put_source_range(&range)
                 .expect("write source range");
         }
         self.maps
-            .put_service(&key, &frontend_value(&frontend, id, table_size))
+            .put_frontend(&key, &frontend_value(&frontend, id, table_size))
             .expect("write frontend");
         self.frontends.insert(key, (id, frontend));
     }
 
-    fn frontend(&self, key: &ServiceKey) -> (u32, Frontend) {
+    fn frontend(&self, key: &FrontendKey) -> (u32, Frontend) {
         self.frontends.get(key).cloned().expect("frontend written")
     }
 
@@ -282,7 +288,7 @@ impl Datapath {
 
     /// Turns on `sessionAffinity: ClientIP` with `timeout` seconds for the
     /// frontend `key`, which must exist.
-    pub fn set_affinity(&mut self, key: ServiceKey, timeout: u32) {
+    pub fn set_affinity(&mut self, key: FrontendKey, timeout: u32) {
         let (id, mut frontend) = self.frontend(&key);
         frontend.affinity_timeout = Some(timeout);
         let table_size = self.table(id).len() as u32;
@@ -292,7 +298,7 @@ impl Datapath {
     /// Points frontend `key` (service `id`) at `backend_ids` (already in
     /// `BACKENDS`) with a new Maglev table, as sync does when its backends
     /// change; backend ids stay as they are.
-    pub fn set_backends(&mut self, key: ServiceKey, id: u32, backend_ids: &[u32]) {
+    pub fn set_backends(&mut self, key: FrontendKey, id: u32, backend_ids: &[u32]) {
         let (_, frontend) = self.frontend(&key);
         let table_size = self.write_table(id, backend_ids);
         self.write_frontend(key, id, frontend, table_size);
@@ -380,11 +386,11 @@ impl Datapath {
             .expect("write NIC address");
     }
 
-    /// Lets clients in `prefix/len` use frontend `service_id` (loadBalancerSourceRanges).
-    pub fn allow_source(&mut self, service_id: u32, prefix: Ipv4Addr, len: u32) {
+    /// Lets clients in `prefix/len` use frontend `frontend_id` (loadBalancerSourceRanges).
+    pub fn allow_source(&mut self, frontend_id: u32, prefix: Ipv4Addr, len: u32) {
         let cidr = Ipv4Cidr::new(prefix, len as u8).expect("a valid prefix");
         self.maps
-            .put_source_range(&RangeEntry { service_id, cidr })
+            .put_source_range(&RangeEntry { frontend_id, cidr })
             .expect("write source range");
     }
 
@@ -493,8 +499,8 @@ impl Datapath {
     }
 
     /// Packet and byte counters of a service, summed over CPUs.
-    pub fn stats(&self, service_id: u32) -> ServiceStats {
-        self.maps.service_stats(service_id).expect("read STATS")
+    pub fn stats(&self, frontend_id: u32) -> FrontendStats {
+        self.maps.service_stats(frontend_id).expect("read STATS")
     }
 }
 

@@ -120,11 +120,11 @@ fn readiness_follows_the_first_sync_and_metrics_count_the_traffic() {
     assert!(after["kxdp_syncs_total"] >= 1.0);
     assert_eq!(after["kxdp_failed_syncs_total"], 0.0);
     assert_eq!(
-        after[r#"kxdp_map_entries{map="services"}"#], 2.0,
+        after[r#"kxdp_map_entries{map="frontends"}"#], 2.0,
         "TCP and UDP"
     );
     assert_eq!(after[r#"kxdp_map_entries{map="backends"}"#], 4.0);
-    assert_eq!(after[r#"kxdp_map_capacity{map="services"}"#], 65_536.0);
+    assert_eq!(after[r#"kxdp_map_capacity{map="frontends"}"#], 65_536.0);
     assert!(
         after["kxdp_conntrack_entries"] >= 2.0,
         "the connections' entries"
@@ -176,9 +176,12 @@ fn readiness_follows_the_first_sync_and_metrics_count_the_traffic() {
         "{status}"
     );
     let maps = status["maps"].as_array().unwrap();
-    let services = maps.iter().find(|m| m["map"] == "services").unwrap();
+    let frontends = maps.iter().find(|m| m["map"] == "frontends").unwrap();
     assert_eq!(
-        (services["entries"].as_u64(), services["capacity"].as_u64()),
+        (
+            frontends["entries"].as_u64(),
+            frontends["capacity"].as_u64()
+        ),
         (Some(2), Some(65_536))
     );
     assert!(maps.iter().any(|m| m["map"] == "conntrack"), "{status}");

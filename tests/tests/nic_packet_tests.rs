@@ -20,9 +20,10 @@ use kxdp_testbed::{
     packet::{self, Packet, L4, PROTO_ICMP},
 };
 use proxy_common::maps::{
-    addr_to_net, port_to_net, CtEntry, DropReason, FlowKey, ServiceKey, Verdict, CT_CLOSING,
-    CT_FORWARD, CT_REPLY, CT_SNAT, PROTO_TCP, PROTO_UDP, SCOPE_CLUSTER_IP, SCOPE_NODE,
-    SERVICE_EMPTY_DROP, SERVICE_SNAT_REMOTE, SERVICE_SOURCE_RANGES, SNAT_PORT_MAX, SNAT_PORT_MIN,
+    addr_to_net, port_to_net, CtEntry, DropReason, FlowKey, FrontendKey, Verdict, CT_CLOSING,
+    CT_FORWARD, CT_REPLY, CT_SNAT, FRONTEND_EMPTY_DROP, FRONTEND_SNAT_REMOTE,
+    FRONTEND_SOURCE_RANGES, PROTO_TCP, PROTO_UDP, SCOPE_NODE, SCOPE_POD, SNAT_PORT_MAX,
+    SNAT_PORT_MIN,
 };
 
 const NODE_PORT: u16 = 30080;
@@ -36,8 +37,8 @@ fn sa(addr: Ipv4Addr, port: u16) -> SocketAddrV4 {
     SocketAddrV4::new(addr, port)
 }
 
-fn node_key(addr: Ipv4Addr, port: u16, proto: u8) -> ServiceKey {
-    ServiceKey {
+fn node_key(addr: Ipv4Addr, port: u16, proto: u8) -> FrontendKey {
+    FrontendKey {
         addr: addr_to_net(addr),
         port: port_to_net(port),
         proto,
@@ -152,13 +153,13 @@ fn nic_cases() -> Vec<Case> {
     };
     let syn_ack = packet::TCP_SYN | packet::TCP_ACK;
     let lb = sa(LB_IP, 80);
-    let mut lb_frontend = nic_frontend(LB_IP, 80, PROTO_TCP, 7, SERVICE_SOURCE_RANGES, &local);
+    let mut lb_frontend = nic_frontend(LB_IP, 80, PROTO_TCP, 7, FRONTEND_SOURCE_RANGES, &local);
     lb_frontend.sources = vec![
         (Ipv4Addr::new(192, 168, 50, 0), 25),
         (Ipv4Addr::new(172, 16, 0, 9), 32),
     ];
     // Another frontend's range admits nobody here.
-    let mut other = nic_frontend(LB_IP, 81, PROTO_TCP, 8, SERVICE_SOURCE_RANGES, &local);
+    let mut other = nic_frontend(LB_IP, 81, PROTO_TCP, 8, FRONTEND_SOURCE_RANGES, &local);
     other.sources = vec![(Ipv4Addr::new(192, 168, 50, 128), 25)];
     let ranged = |from: Ipv4Addr| Packet::tcp(sa(from, 40000), lb);
     let mut ping = Packet::tcp(client(0), sa(LB_IP, 0));
@@ -166,8 +167,8 @@ fn nic_cases() -> Vec<Case> {
     ping.payload = vec![8, 0, 0xf7, 0xff, 0, 0, 0, 0];
     // A ClusterIP is served from pods, never from outside.
     let cluster_ip = Frontend {
-        key: ServiceKey {
-            scope: SCOPE_CLUSTER_IP,
+        key: FrontendKey {
+            scope: SCOPE_POD,
             ..node_key(Ipv4Addr::new(10, 96, 0, 10), 80, PROTO_TCP)
         },
         ..nic_frontend(Ipv4Addr::new(10, 96, 0, 10), 80, PROTO_TCP, 3, 0, &local)
@@ -177,7 +178,7 @@ fn nic_cases() -> Vec<Case> {
     vec![
         nic_case(
             "a NodePort to a local backend is DNATed and handed to the stack",
-            nodeports(SERVICE_SNAT_REMOTE, &local),
+            nodeports(FRONTEND_SNAT_REMOTE, &local),
             vec![
                 arriving(
                     "SYN",
@@ -208,7 +209,7 @@ fn nic_cases() -> Vec<Case> {
         // finished connection's, so a SYN on its tuple is balanced afresh.
         nic_case(
             "a SYN on a tuple a local backend served is balanced afresh",
-            nodeports(SERVICE_SNAT_REMOTE, &local),
+            nodeports(FRONTEND_SNAT_REMOTE, &local),
             vec![
                 arriving(
                     "SYN",
@@ -241,7 +242,7 @@ fn nic_cases() -> Vec<Case> {
         ),
         nic_case(
             "a frontend without endpoints rejects TCP and UDP",
-            nodeports(SERVICE_SNAT_REMOTE, &[]),
+            nodeports(FRONTEND_SNAT_REMOTE, &[]),
             vec![
                 arriving(
                     "SYN",
@@ -264,7 +265,7 @@ fn nic_cases() -> Vec<Case> {
         ),
         nic_case(
             "policy Local without local endpoints drops silently",
-            nodeports(SERVICE_EMPTY_DROP, &[]),
+            nodeports(FRONTEND_EMPTY_DROP, &[]),
             vec![arriving(
                 "SYN",
                 Packet::tcp(client(40000), nodeport()),
@@ -316,7 +317,7 @@ fn nic_cases() -> Vec<Case> {
         nic_case(
             "traffic that is not for a node frontend passes untouched",
             {
-                let mut frontends = nodeports(SERVICE_SNAT_REMOTE, &[(REMOTE_POD, 8080, false)]);
+                let mut frontends = nodeports(FRONTEND_SNAT_REMOTE, &[(REMOTE_POD, 8080, false)]);
                 frontends.push(cluster_ip);
                 frontends
             },
@@ -374,7 +375,7 @@ fn assert_snated(out: &[u8], request: &Packet, backend: SocketAddrV4) -> u16 {
 #[test]
 fn nodeport_to_a_remote_backend_is_snated_and_its_reply_translated_back() {
     let backend = sa(REMOTE_POD, 8080);
-    let (mut dp, nic) = nodeport_datapath(SERVICE_SNAT_REMOTE, &[(REMOTE_POD, 8080, false)]);
+    let (mut dp, nic) = nodeport_datapath(FRONTEND_SNAT_REMOTE, &[(REMOTE_POD, 8080, false)]);
     let syn = from_client(Packet::tcp(client(40000), nodeport()));
     let (verdict, out) = dp.run_nic(&syn.build(), nic);
     assert_eq!(verdict, XDP_TX, "back out of the NIC it came in on");
@@ -414,7 +415,7 @@ fn nodeport_to_a_remote_backend_is_snated_and_its_reply_translated_back() {
 #[test]
 fn snat_ports_are_not_shared_and_every_reply_finds_its_client() {
     let backend = sa(REMOTE_POD, 8080);
-    let (mut dp, nic) = nodeport_datapath(SERVICE_SNAT_REMOTE, &[(REMOTE_POD, 8080, false)]);
+    let (mut dp, nic) = nodeport_datapath(FRONTEND_SNAT_REMOTE, &[(REMOTE_POD, 8080, false)]);
     let mut ports = std::collections::BTreeMap::new();
     // Many clients using the same source port towards the one backend.
     for host in 1..=50u8 {
@@ -442,7 +443,7 @@ fn snat_ports_are_not_shared_and_every_reply_finds_its_client() {
 #[test]
 fn a_remote_backend_without_a_route_is_left_to_the_stack() {
     let unrouted = sa(Ipv4Addr::new(10, 9, 9, 9), 8080);
-    let (mut dp, nic) = nodeport_datapath(SERVICE_SNAT_REMOTE, &[(*unrouted.ip(), 8080, false)]);
+    let (mut dp, nic) = nodeport_datapath(FRONTEND_SNAT_REMOTE, &[(*unrouted.ip(), 8080, false)]);
     let request = from_client(Packet::tcp(client(40000), nodeport()));
     let (verdict, out) = dp.run_nic(&request.build(), nic);
     assert_eq!(verdict, XDP_PASS);
@@ -494,7 +495,7 @@ fn hold_every_snat_port(dp: &mut Datapath, backend: SocketAddrV4, proto: u8, hol
             nat_port: port_to_net(nat.port()),
             direction,
             flags: CT_SNAT | flags,
-            service_id: 1,
+            frontend_id: 1,
             backend_id: Datapath::backend_id(1, 0),
             snat_addr: addr_to_net(*snat.ip()),
             snat_port: port_to_net(snat.port()),
@@ -549,7 +550,7 @@ fn snat_ports_of_live_flows_are_never_taken_over() {
             },
         ),
     ] {
-        let (mut dp, nic) = nodeport_datapath(SERVICE_SNAT_REMOTE, &[(REMOTE_POD, 8080, false)]);
+        let (mut dp, nic) = nodeport_datapath(FRONTEND_SNAT_REMOTE, &[(REMOTE_POD, 8080, false)]);
         hold_every_snat_port(&mut dp, backend, proto, holders);
         let entries = dp.conntrack_len();
         let request = new_flow(proto);
@@ -601,7 +602,7 @@ fn snat_ports_of_gone_closed_or_idle_flows_are_taken_over() {
             },
         ),
     ] {
-        let (mut dp, nic) = nodeport_datapath(SERVICE_SNAT_REMOTE, &[(REMOTE_POD, 8080, false)]);
+        let (mut dp, nic) = nodeport_datapath(FRONTEND_SNAT_REMOTE, &[(REMOTE_POD, 8080, false)]);
         hold_every_snat_port(&mut dp, backend, proto, holders);
         let entries = dp.conntrack_len();
         let request = new_flow(proto);
@@ -632,7 +633,7 @@ fn snat_ports_of_gone_closed_or_idle_flows_are_taken_over() {
 #[test]
 fn snated_flows_record_their_packets_and_their_end() {
     let backend = sa(REMOTE_POD, 8080);
-    let (mut dp, nic) = nodeport_datapath(SERVICE_SNAT_REMOTE, &[(REMOTE_POD, 8080, false)]);
+    let (mut dp, nic) = nodeport_datapath(FRONTEND_SNAT_REMOTE, &[(REMOTE_POD, 8080, false)]);
     let syn = from_client(Packet::tcp(client(40000), nodeport()));
     let (_, out) = dp.run_nic(&syn.build(), nic);
     let port = packet::src(&out).port();
@@ -674,7 +675,7 @@ fn snated_flows_record_their_packets_and_their_end() {
 #[test]
 fn a_remote_backend_behind_another_interface_is_redirected_only_to_a_nic_of_ours() {
     let behind = Ipv4Addr::new(10, 1, 3, 2);
-    let (mut dp, nic) = nodeport_datapath(SERVICE_SNAT_REMOTE, &[(behind, 8080, false)]);
+    let (mut dp, nic) = nodeport_datapath(FRONTEND_SNAT_REMOTE, &[(behind, 8080, false)]);
     let second = nic_netns::add_second_nic();
     let request = from_client(Packet::tcp(client(40000), nodeport()));
     // Not one of ours (a tunnel or bridge would drop XDP frames): the stack
@@ -693,7 +694,7 @@ fn a_remote_backend_behind_another_interface_is_redirected_only_to_a_nic_of_ours
 
 #[test]
 fn a_nodeport_connection_whose_backend_left_is_reset() {
-    let (mut dp, nic) = nodeport_datapath(SERVICE_SNAT_REMOTE, &[(REMOTE_POD, 8080, false)]);
+    let (mut dp, nic) = nodeport_datapath(FRONTEND_SNAT_REMOTE, &[(REMOTE_POD, 8080, false)]);
     let syn = from_client(Packet::tcp(client(40000), nodeport()));
     assert_eq!(dp.run_nic(&syn.build(), nic).0, XDP_TX);
     let ack = from_client(Packet::tcp(client(40000), nodeport()).tcp_flags(packet::TCP_ACK));

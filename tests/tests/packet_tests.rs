@@ -19,9 +19,9 @@ use kxdp_testbed::{
 };
 use proxy_common::hash::flow_hash;
 use proxy_common::maps::{
-    addr_to_net, port_to_net, AffinityKey, AffinityValue, DropReason, ServiceKey, Verdict,
-    CT_FORWARD, CT_REPLY, PROTO_TCP, PROTO_UDP, SCOPE_CLUSTER_IP, SERVICE_EMPTY_DROP,
-    SERVICE_SOURCE_RANGES,
+    addr_to_net, port_to_net, AffinityKey, AffinityValue, DropReason, FrontendKey, Verdict,
+    CT_FORWARD, CT_REPLY, FRONTEND_EMPTY_DROP, FRONTEND_SOURCE_RANGES, PROTO_TCP, PROTO_UDP,
+    SCOPE_POD,
 };
 
 const fn ip(a: u8, b: u8, c: u8, d: u8) -> Ipv4Addr {
@@ -103,11 +103,11 @@ fn pod_frontend(
     backends: &[(Ipv4Addr, u16)],
 ) -> Frontend {
     Frontend {
-        key: ServiceKey {
+        key: FrontendKey {
             addr: addr_to_net(*vip.ip()),
             port: port_to_net(vip.port()),
             proto,
-            scope: SCOPE_CLUSTER_IP,
+            scope: SCOPE_POD,
         },
         id,
         flags,
@@ -302,7 +302,8 @@ fn pod_cases() -> Vec<Case> {
     let pod = sa(ip(10, 0, 2, 1), 8080);
     let pod_vip = sa(ip(10, 96, 0, 70), 80);
     let lb = sa(ip(192, 168, 60, 10), 80);
-    let mut lb_frontend = pod_frontend(lb, PROTO_TCP, 9, SERVICE_SOURCE_RANGES, &TCP_BACKENDS[..1]);
+    let mut lb_frontend =
+        pod_frontend(lb, PROTO_TCP, 9, FRONTEND_SOURCE_RANGES, &TCP_BACKENDS[..1]);
     lb_frontend.sources.push((ip(10, 0, 1, 0), 24));
 
     vec![
@@ -538,7 +539,7 @@ fn pod_cases() -> Vec<Case> {
                 policy_local,
                 PROTO_TCP,
                 5,
-                SERVICE_EMPTY_DROP,
+                FRONTEND_EMPTY_DROP,
                 &[],
             )],
             vec![out(
@@ -758,7 +759,7 @@ fn conntrack_records_forward_and_reply_entries() {
     assert_eq!((rev_key.dst_addr, rev_key.dst_port), net(client));
     assert_eq!((rev.nat_addr, rev.nat_port), net(tcp_vip()));
     assert_eq!((fwd_key.proto, rev_key.proto), (PROTO_TCP, PROTO_TCP));
-    assert_eq!((fwd.service_id, rev.service_id), (TCP_ID, TCP_ID));
+    assert_eq!((fwd.frontend_id, rev.frontend_id), (TCP_ID, TCP_ID));
     assert_eq!(fwd.backend_id, rev.backend_id);
 }
 
@@ -940,18 +941,18 @@ fn reply_from_backend_is_reverse_nated() {
 
 // ------------------------------------------------------ session affinity
 
-fn tcp_key() -> ServiceKey {
-    ServiceKey {
+fn tcp_key() -> FrontendKey {
+    FrontendKey {
         addr: addr_to_net(TCP_VIP),
         port: port_to_net(TCP_PORT),
         proto: PROTO_TCP,
-        scope: SCOPE_CLUSTER_IP,
+        scope: SCOPE_POD,
     }
 }
 
 fn affinity_of(dp: &mut Datapath, client: Ipv4Addr) -> AffinityValue {
     let key = AffinityKey {
-        service_id: TCP_ID,
+        frontend_id: TCP_ID,
         client_addr: addr_to_net(client),
     };
     dp.affinity()
@@ -1067,7 +1068,7 @@ fn affinity_lapses_after_the_timeout_and_when_its_backend_leaves() {
         .expect("some port hashes elsewhere");
     let elsewhere = hashed_backend(&syn);
     let key = AffinityKey {
-        service_id: TCP_ID,
+        frontend_id: TCP_ID,
         client_addr: addr_to_net(CLIENT),
     };
     // Within the timeout: the client stays.

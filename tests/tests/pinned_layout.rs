@@ -39,10 +39,10 @@ fn maps_pinned_with_another_layout_are_refused_with_advice() {
     let mount = PrivateBpffs::new("kxdp-layout-test").unwrap();
     let pin_path = mount.path().join("kxdp");
     std::fs::create_dir_all(&pin_path).unwrap();
-    // The SERVICES map of an older kxdp: 8-byte values.
-    pin_hash_map(&pin_path.join("SERVICES"), 8, 8);
+    // A FRONTENDS map of another layout: 8-byte values.
+    pin_hash_map(&pin_path.join("FRONTENDS"), 8, 8);
     let error = match Dataplane::load(&pin_path, &loadout(), false) {
-        Ok(_) => panic!("an old SERVICES map was adopted"),
+        Ok(_) => panic!("a FRONTENDS map of another layout was adopted"),
         Err(e) => e,
     };
     assert!(
@@ -51,7 +51,7 @@ fn maps_pinned_with_another_layout_are_refused_with_advice() {
     );
     let message = error.to_string();
     assert!(
-        message.contains("SERVICES") && message.contains("kxdp unload"),
+        message.contains("FRONTENDS") && message.contains("kxdp unload"),
         "{message}"
     );
 }

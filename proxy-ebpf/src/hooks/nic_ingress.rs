@@ -40,7 +40,7 @@ fn translate(ctx: &XdpContext) -> Result<u32, DropReason> {
             }
         }
     }
-    let Some(frontend) = lookup::node_service(&flow) else {
+    let Some(frontend) = lookup::node_frontend(&flow) else {
         return Ok(xdp_action::XDP_PASS);
     };
     let ingress = ctx.ingress_ifindex() as u32;
@@ -48,7 +48,7 @@ fn translate(ctx: &XdpContext) -> Result<u32, DropReason> {
         Decision::Translate(entry) => entry,
         Decision::Reject => return reject::xdp_reject(ctx, &flow),
     };
-    stats::count_service(frontend.id, (ctx.data_end() - ctx.data()) as u32);
+    stats::count_frontend(frontend.id, (ctx.data_end() - ctx.data()) as u32);
     let backend = (entry.nat_addr, entry.nat_port);
     if entry.flags & CT_SNAT != 0 {
         let node = (entry.snat_addr, entry.snat_port);

@@ -25,13 +25,13 @@ fn translate(ctx: &TcContext) -> Result<i32, DropReason> {
     let Some(flow) = parse::tc_ipv4_flow(ctx) else {
         return Ok(TC_ACT_OK);
     };
-    if let Some(frontend) = lookup::cluster_ip_service(&flow) {
+    if let Some(frontend) = lookup::pod_frontend(&flow) {
         let entry = match lb::balance(&flow, &frontend, Hook::Pod, 0)? {
             Decision::Translate(entry) => entry,
             Decision::Reject => return reject::tc_reject(ctx, &flow),
         };
         nat::set_destination(ctx, &flow, (entry.nat_addr, entry.nat_port))?;
-        stats::count_service(frontend.id, ctx.len());
+        stats::count_frontend(frontend.id, ctx.len());
         if entry.flags & CT_HAIRPIN != 0 {
             // The pod is its own backend: from the VIP stand-in, straight back in.
             nat::set_source(ctx, &flow, (entry.snat_addr, entry.snat_port))?;

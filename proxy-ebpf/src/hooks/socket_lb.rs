@@ -25,12 +25,12 @@ use aya_ebpf::{
 use proxy_common::{
     hash::mix,
     kernel::FEATURE_SOCK_ADDR_SET_RETVAL,
-    maps::{ServiceKey, SockRevNatKey, SockRevNatValue, PROTO_TCP, PROTO_UDP, SCOPE_CLUSTER_IP},
+    maps::{FrontendKey, SockRevNatKey, SockRevNatValue, PROTO_TCP, PROTO_UDP, SCOPE_POD},
 };
 
 use crate::{
     kernel,
-    maps::{BACKENDS, SERVICES, SOCK_REVNAT},
+    maps::{BACKENDS, FRONTENDS, SOCK_REVNAT},
     select::table_entry,
 };
 
@@ -126,21 +126,21 @@ fn to_backend(ctx: &SockAddrContext) -> i32 {
         return PROCEED;
     };
     let (vip, port) = user_addr(ctx);
-    let key = ServiceKey {
+    let key = FrontendKey {
         addr: vip,
         port,
         proto,
-        scope: SCOPE_CLUSTER_IP,
+        scope: SCOPE_POD,
     };
     // SAFETY: the value is copied out at once.
-    let Some(service) = (unsafe { SERVICES.get(key).copied() }) else {
+    let Some(frontend) = (unsafe { FRONTENDS.get(key).copied() }) else {
         return PROCEED;
     };
-    if service.table_size == 0 {
+    if frontend.table_size == 0 {
         return refuse();
     }
     let cookie = cookie(ctx);
-    let Some((backend_id, _)) = table_entry(service.id, socket_hash(cookie, port)) else {
+    let Some((backend_id, _)) = table_entry(frontend.id, socket_hash(cookie, port)) else {
         return refuse();
     };
     // SAFETY: the value is copied out at once.

@@ -298,7 +298,7 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         health,
     };
     let adopted = maps.read_contents().context("reading pinned maps")?;
-    info!(pin_path = %pin_path.display(), services = adopted.services.len(), "maps ready");
+    info!(pin_path = %pin_path.display(), frontends = adopted.frontends.len(), "maps ready");
     let node = Node {
         name: args.node_name.clone(),
     };

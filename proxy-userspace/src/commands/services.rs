@@ -6,7 +6,7 @@ use std::{collections::BTreeSet, fmt::Write as _, net::Ipv4Addr, path::Path};
 use anyhow::Context as _;
 use proxy_common::maps::{
     addr_from_net, port_from_net, BackendValue, DropReason, Verdict, BACKEND_LOCAL,
-    SERVICE_AFFINITY_CLIENT_IP, SERVICE_EMPTY_DROP, SERVICE_SNAT_REMOTE, SERVICE_SOURCE_RANGES,
+    FRONTEND_AFFINITY_CLIENT_IP, FRONTEND_EMPTY_DROP, FRONTEND_SNAT_REMOTE, FRONTEND_SOURCE_RANGES,
 };
 
 use crate::{
@@ -46,7 +46,7 @@ struct Row {
 
 fn rows(contents: &MapContents, maps: &BpfMaps) -> anyhow::Result<Vec<Row>> {
     let mut rows = Vec::new();
-    for (key, value) in &contents.services {
+    for (key, value) in &contents.frontends {
         // Each backend once, in address order, however many slots it holds.
         let members: BTreeSet<u32> = match value.table_size {
             0 => BTreeSet::new(),
@@ -72,9 +72,9 @@ fn rows(contents: &MapContents, maps: &BpfMaps) -> anyhow::Result<Vec<Row>> {
             .collect();
         let stats = maps.service_stats(value.id)?;
         let policy = [
-            (SERVICE_EMPTY_DROP, "local"),
-            (SERVICE_SNAT_REMOTE, "snat"),
-            (SERVICE_SOURCE_RANGES, "ranges"),
+            (FRONTEND_EMPTY_DROP, "local"),
+            (FRONTEND_SNAT_REMOTE, "snat"),
+            (FRONTEND_SOURCE_RANGES, "ranges"),
         ]
         .into_iter()
         .filter(|(bit, _)| value.flags & bit != 0)
@@ -85,7 +85,7 @@ fn rows(contents: &MapContents, maps: &BpfMaps) -> anyhow::Result<Vec<Row>> {
             scope: scope_label(key),
             policy,
             id: value.id,
-            affinity_timeout_seconds: (value.flags & SERVICE_AFFINITY_CLIENT_IP != 0)
+            affinity_timeout_seconds: (value.flags & FRONTEND_AFFINITY_CLIENT_IP != 0)
                 .then_some(value.affinity_timeout),
             backends,
             packets: stats.packets,

@@ -203,12 +203,12 @@ impl MaglevTables {
     }
 
     /// Makes `slots` (slot → backend id, not empty) the table of
-    /// `service_id`: in place at once when the live table has the same size
+    /// `frontend_id`: in place at once when the live table has the same size
     /// and room for the members, otherwise at the next [`Self::commit`].
-    pub fn put(&mut self, service_id: u32, slots: &[u32]) -> Result<TableWrite, TableError> {
-        self.removals.retain(|id| *id != service_id);
+    pub fn put(&mut self, frontend_id: u32, slots: &[u32]) -> Result<TableWrite, TableError> {
+        self.removals.retain(|id| *id != frontend_id);
         let size = slots.len();
-        let live = self.live(service_id)?;
+        let live = self.live(frontend_id)?;
         // A live table this version cannot read is replaced, not rewritten.
         let live =
             live.and_then(|(table, entries)| Some((table, members_in(&entries)?, entries[0])));
@@ -220,7 +220,7 @@ impl MaglevTables {
             let (live_size, capacity) = (*header as u32, (*header >> 32) as u32);
             let fits = encode(slots, capacity, &previous);
             if let (false, true, Some(entries)) = (
-                self.swaps.contains_key(&service_id),
+                self.swaps.contains_key(&frontend_id),
                 live_size as usize == size,
                 fits,
             ) {
@@ -241,7 +241,7 @@ impl MaglevTables {
             .max(kept_end)
             .min(MAX_MEMBERS) as u32;
         let entries = encode(slots, room, &previous).ok_or(TableError::TooLarge(size))?;
-        self.swaps.insert(service_id, new_table(entries)?);
+        self.swaps.insert(frontend_id, new_table(entries)?);
         // Each waiting table holds a file descriptor: past a bound, commit
         // early (still before any service entry can point at them).
         if self.swaps.len() >= MAX_WAITING {
@@ -252,10 +252,10 @@ impl MaglevTables {
         Ok(TableWrite::Queued)
     }
 
-    /// Removes the table of `service_id` at the next [`Self::commit`].
-    pub fn delete(&mut self, service_id: u32) {
-        self.swaps.remove(&service_id);
-        self.removals.push(service_id);
+    /// Removes the table of `frontend_id` at the next [`Self::commit`].
+    pub fn delete(&mut self, frontend_id: u32) {
+        self.swaps.remove(&frontend_id);
+        self.removals.push(frontend_id);
     }
 
     /// Swaps in the new tables and replaces the removed ones by the empty
@@ -313,35 +313,35 @@ impl MaglevTables {
         Ok(())
     }
 
-    /// The live table of `service_id` and its entries.
-    fn live(&self, service_id: u32) -> Result<Option<(MapData, Vec<u64>)>, TableError> {
+    /// The live table of `frontend_id` and its entries.
+    fn live(&self, frontend_id: u32) -> Result<Option<(MapData, Vec<u64>)>, TableError> {
         let record = Array::<&MapData, u32>::try_from(&self.record)?;
-        recorded_table(record.get(&service_id, 0)?)
+        recorded_table(record.get(&frontend_id, 0)?)
     }
 
-    /// The slots of `service_id`'s live table, if it has one.
-    pub fn get(&self, service_id: u32) -> Result<Option<Vec<u32>>, TableError> {
-        slots_of(service_id, self.live(service_id)?)
+    /// The slots of `frontend_id`'s live table, if it has one.
+    pub fn get(&self, frontend_id: u32) -> Result<Option<Vec<u32>>, TableError> {
+        slots_of(frontend_id, self.live(frontend_id)?)
     }
 
     /// What every live table holds, by service id. One this version cannot
     /// read is left out (logged): the next sync replaces it.
     pub fn all(&self) -> Result<BTreeMap<u32, TableSpec>, TableError> {
         let len = Array::<&MapData, u32>::try_from(&self.record)?.len();
-        let mut service_ids: Vec<u32> = (0..len).collect();
-        let mut ids = vec![0u32; service_ids.len()];
+        let mut frontend_ids: Vec<u32> = (0..len).collect();
+        let mut ids = vec![0u32; frontend_ids.len()];
         batch_call(
             BatchOp::Lookup,
             fd_of(&self.record)?,
-            &mut service_ids,
+            &mut frontend_ids,
             &mut ids,
         )
         .map_err(io_error("reading the table record"))?;
         let mut tables = BTreeMap::new();
-        for (service_id, id) in service_ids.into_iter().zip(ids) {
-            match recorded_table(id).and_then(|live| slots_of(service_id, live)) {
+        for (frontend_id, id) in frontend_ids.into_iter().zip(ids) {
+            match recorded_table(id).and_then(|live| slots_of(frontend_id, live)) {
                 Ok(Some(slots)) => {
-                    tables.insert(service_id, TableSpec::of(&slots));
+                    tables.insert(frontend_id, TableSpec::of(&slots));
                 }
                 Ok(None) => {}
                 Err(e @ TableError::Malformed(_)) => {
@@ -395,10 +395,10 @@ fn recorded_table(id: u32) -> Result<Option<(MapData, Vec<u64>)>, TableError> {
     Ok(Some((table, entries)))
 }
 
-/// The slots of a live table of `service_id`; none for the shared empty
+/// The slots of a live table of `frontend_id`; none for the shared empty
 /// table of a removed one.
 fn slots_of(
-    service_id: u32,
+    frontend_id: u32,
     live: Option<(MapData, Vec<u64>)>,
 ) -> Result<Option<Vec<u32>>, TableError> {
     let Some((_, entries)) = live else {
@@ -407,7 +407,7 @@ fn slots_of(
     match decode(&entries) {
         Some(slots) if slots.is_empty() => Ok(None),
         Some(slots) => Ok(Some(slots)),
-        None => Err(TableError::Malformed(service_id)),
+        None => Err(TableError::Malformed(frontend_id)),
     }
 }
 

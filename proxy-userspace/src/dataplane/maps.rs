@@ -12,7 +12,7 @@ use aya::{
 };
 use proxy_common::maps::{
     addr_from_net, addr_to_net, AffinityKey, AffinityValue, BackendValue, CtEntry, FlowKey,
-    ServiceKey, ServiceStats, ServiceValue, SockRevNatKey, SockRevNatValue, SourceRange,
+    FrontendKey, FrontendStats, FrontendValue, SockRevNatKey, SockRevNatValue, SourceRange,
 };
 
 use super::{
@@ -25,7 +25,7 @@ use crate::{
     sync::store::{MapContents, MapStore, RangeEntry, StoreError, TableWrite},
 };
 
-pub const SERVICES: &str = "SERVICES";
+pub const FRONTENDS: &str = "FRONTENDS";
 pub const BACKENDS: &str = "BACKENDS";
 pub const STATS: &str = "STATS";
 pub const DROPS: &str = "DROPS";
@@ -33,7 +33,7 @@ pub const VERDICTS: &str = "VERDICTS";
 pub const SOURCE_RANGES: &str = "SOURCE_RANGES";
 pub const NIC_ADDRS: &str = "NIC_ADDRS";
 /// The maps the agent writes from the Services, whose fill it reports.
-pub const AGENT_WRITTEN: [&str; 3] = [SERVICES, BACKENDS, SOURCE_RANGES];
+pub const AGENT_WRITTEN: [&str; 3] = [FRONTENDS, BACKENDS, SOURCE_RANGES];
 
 /// Bits of an LPM key before the address: the service id.
 const SERVICE_ID_BITS: u32 = 32;
@@ -56,13 +56,13 @@ const fn pinned<K, V>(name: &'static str) -> PinnedMap {
 
 /// Every map pinned under the pin path.
 pub const ALL: [PinnedMap; 12] = [
-    pinned::<ServiceKey, ServiceValue>(SERVICES),
+    pinned::<FrontendKey, FrontendValue>(FRONTENDS),
     pinned::<u32, BackendValue>(BACKENDS),
     // Values of an array of maps are inner map fds (ids when read).
     pinned::<u32, u32>(MAGLEV),
     pinned::<u32, u32>(MAGLEV_IDS),
     pinned::<FlowKey, CtEntry>(super::fill::CONNTRACK),
-    pinned::<u32, ServiceStats>(STATS),
+    pinned::<u32, FrontendStats>(STATS),
     pinned::<u32, u64>(DROPS),
     pinned::<u32, u64>(VERDICTS),
     pinned::<Key<SourceRange>, u8>(SOURCE_RANGES),
@@ -81,7 +81,7 @@ fn range_key(entry: &RangeEntry) -> Key<SourceRange> {
     Key::new(
         SERVICE_ID_BITS + u32::from(entry.cidr.prefix_len()),
         SourceRange {
-            service_id_be: entry.service_id.to_be(),
+            frontend_id_be: entry.frontend_id.to_be(),
             addr: addr_to_net(entry.cidr.network()),
         },
     )
@@ -92,7 +92,7 @@ fn range_entry(key: &Key<SourceRange>) -> Option<RangeEntry> {
     let len = key.prefix_len().checked_sub(SERVICE_ID_BITS)?;
     let data = key.data();
     Some(RangeEntry {
-        service_id: u32::from_be(data.service_id_be),
+        frontend_id: u32::from_be(data.frontend_id_be),
         cidr: Ipv4Cidr::new(addr_from_net(data.addr), u8::try_from(len).ok()?)?,
     })
 }
@@ -121,10 +121,10 @@ pub fn check_pinned_layout(pin_path: &Path) -> Result<(), DataplaneError> {
 
 /// The maps the agent writes and the CLI reads.
 pub struct BpfMaps {
-    services: HashMap<MapData, ServiceKey, ServiceValue>,
+    services: HashMap<MapData, FrontendKey, FrontendValue>,
     backends: HashMap<MapData, u32, BackendValue>,
     maglev: MaglevTables,
-    stats: PerCpuArray<MapData, ServiceStats>,
+    stats: PerCpuArray<MapData, FrontendStats>,
     drops: PerCpuArray<MapData, u64>,
     verdicts: PerCpuArray<MapData, u64>,
     source_ranges: LpmTrie<MapData, SourceRange, u8>,
@@ -162,7 +162,7 @@ fn store_error(map: &'static str) -> impl Fn(MapError) -> StoreError {
 impl BpfMaps {
     pub fn from_ebpf(ebpf: &mut Ebpf) -> Result<Self, DataplaneError> {
         Ok(Self {
-            services: typed(SERVICES, ebpf.take_map(SERVICES))?,
+            services: typed(FRONTENDS, ebpf.take_map(FRONTENDS))?,
             backends: typed(BACKENDS, ebpf.take_map(BACKENDS))?,
             maglev: maglev(ebpf.take_map(MAGLEV), ebpf.take_map(MAGLEV_IDS))?,
             stats: typed(STATS, ebpf.take_map(STATS))?,
@@ -183,7 +183,7 @@ impl BpfMaps {
                 .map_err(|e| DataplaneError::Map(name, e))
         };
         Ok(Self {
-            services: typed(SERVICES, open(SERVICES)?)?,
+            services: typed(FRONTENDS, open(FRONTENDS)?)?,
             backends: typed(BACKENDS, open(BACKENDS)?)?,
             maglev: maglev(open(MAGLEV)?, open(MAGLEV_IDS)?)?,
             stats: typed(STATS, open(STATS)?)?,
@@ -203,8 +203,8 @@ impl BpfMaps {
     pub fn read_contents(&self) -> Result<MapContents, StoreError> {
         let mut contents = MapContents::default();
         for entry in self.services.iter() {
-            let (k, v) = entry.map_err(store_error(SERVICES))?;
-            contents.services.insert(k, v);
+            let (k, v) = entry.map_err(store_error(FRONTENDS))?;
+            contents.frontends.insert(k, v);
         }
         for entry in self.backends.iter() {
             let (k, v) = entry.map_err(store_error(BACKENDS))?;
@@ -255,21 +255,24 @@ impl BpfMaps {
     }
 
     /// A service's counters summed over CPUs.
-    pub fn service_stats(&self, service_id: u32) -> Result<ServiceStats, StoreError> {
-        let per_cpu = self.stats.get(&service_id, 0).map_err(store_error(STATS))?;
+    pub fn service_stats(&self, frontend_id: u32) -> Result<FrontendStats, StoreError> {
+        let per_cpu = self
+            .stats
+            .get(&frontend_id, 0)
+            .map_err(store_error(STATS))?;
         Ok(per_cpu
             .iter()
-            .fold(ServiceStats::default(), |sum, s| ServiceStats {
+            .fold(FrontendStats::default(), |sum, s| FrontendStats {
                 packets: sum.packets + s.packets,
                 bytes: sum.bytes + s.bytes,
             }))
     }
 
-    /// Entries of the agent-written map `name` (`SERVICES`, `BACKENDS` or
+    /// Entries of the agent-written map `name` (`FRONTENDS`, `BACKENDS` or
     /// `SOURCE_RANGES`), counted up to `cap`; `None` for another map.
     pub fn count(&self, name: &str, cap: u32) -> Option<Result<Count, StoreError>> {
         let (map, counted) = match name {
-            SERVICES => (SERVICES, count_keys(self.services.keys(), cap)),
+            FRONTENDS => (FRONTENDS, count_keys(self.services.keys(), cap)),
             BACKENDS => (BACKENDS, count_keys(self.backends.keys(), cap)),
             SOURCE_RANGES => (SOURCE_RANGES, count_keys(self.source_ranges.keys(), cap)),
             _ => return None,
@@ -293,23 +296,23 @@ impl MapStore for BpfMaps {
     fn delete_backend(&mut self, id: u32) -> Result<(), StoreError> {
         self.backends.remove(&id).map_err(store_error(BACKENDS))
     }
-    fn put_table(&mut self, service_id: u32, slots: &[u32]) -> Result<TableWrite, StoreError> {
-        self.maglev.put(service_id, slots).map_err(table_error)
+    fn put_table(&mut self, frontend_id: u32, slots: &[u32]) -> Result<TableWrite, StoreError> {
+        self.maglev.put(frontend_id, slots).map_err(table_error)
     }
-    fn delete_table(&mut self, service_id: u32) -> Result<(), StoreError> {
-        self.maglev.delete(service_id);
+    fn delete_table(&mut self, frontend_id: u32) -> Result<(), StoreError> {
+        self.maglev.delete(frontend_id);
         Ok(())
     }
     fn commit_tables(&mut self) -> Result<(), StoreError> {
         self.maglev.commit().map_err(table_error)
     }
-    fn put_service(&mut self, key: &ServiceKey, value: &ServiceValue) -> Result<(), StoreError> {
+    fn put_frontend(&mut self, key: &FrontendKey, value: &FrontendValue) -> Result<(), StoreError> {
         self.services
             .insert(key, value, 0)
-            .map_err(store_error(SERVICES))
+            .map_err(store_error(FRONTENDS))
     }
-    fn delete_service(&mut self, key: &ServiceKey) -> Result<(), StoreError> {
-        self.services.remove(key).map_err(store_error(SERVICES))
+    fn delete_frontend(&mut self, key: &FrontendKey) -> Result<(), StoreError> {
+        self.services.remove(key).map_err(store_error(FRONTENDS))
     }
     fn put_source_range(&mut self, entry: &RangeEntry) -> Result<(), StoreError> {
         self.source_ranges
@@ -321,19 +324,19 @@ impl MapStore for BpfMaps {
             .remove(&range_key(entry))
             .map_err(store_error(SOURCE_RANGES))
     }
-    fn reset_stats(&mut self, service_id: u32) -> Result<(), StoreError> {
+    fn reset_stats(&mut self, frontend_id: u32) -> Result<(), StoreError> {
         let cpus = aya::util::nr_cpus().map_err(|(_, e)| StoreError {
             map: STATS,
             reason: e.to_string(),
         })?;
-        let zeroes = PerCpuValues::try_from(vec![ServiceStats::default(); cpus]).map_err(|e| {
+        let zeroes = PerCpuValues::try_from(vec![FrontendStats::default(); cpus]).map_err(|e| {
             StoreError {
                 map: STATS,
                 reason: e.to_string(),
             }
         })?;
         self.stats
-            .set(service_id, zeroes, 0)
+            .set(frontend_id, zeroes, 0)
             .map_err(store_error(STATS))
     }
 }
@@ -345,7 +348,7 @@ mod tests {
     #[test]
     fn range_keys_put_the_service_id_first_and_round_trip() {
         let entry = RangeEntry {
-            service_id: 0x0102_0304,
+            frontend_id: 0x0102_0304,
             cidr: "203.0.113.0/24".parse().unwrap(),
         };
         let key = range_key(&entry);

@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 
-use proxy_common::maps::ServiceKey;
+use proxy_common::maps::FrontendKey;
 
 use super::store::MapContents;
 
@@ -15,7 +15,7 @@ pub(super) struct BackendRefs {
     /// The backends each frontend keeps for existing connections only: in
     /// `backends` (the datapath checks a flow's backend is still there), in
     /// no table. Rebuilt by the reconcile after a restart.
-    draining: HashMap<ServiceKey, Vec<u32>>,
+    draining: HashMap<FrontendKey, Vec<u32>>,
     /// Backends a table may name after a write of it failed (half written,
     /// or not known to be swapped in): referenced until a later write of
     /// that table succeeds, so none a live table might name is deleted.
@@ -64,19 +64,19 @@ impl BackendRefs {
     }
 
     /// Drops the references of the `previous` members of the table of
-    /// `service_id` and of the backends a failed write of it held: the
+    /// `frontend_id` and of the backends a failed write of it held: the
     /// table is settled.
-    pub(super) fn release_table(&mut self, service_id: u32, previous: Vec<u32>) {
-        let unsettled = self.unsettled.remove(&service_id).unwrap_or_default();
+    pub(super) fn release_table(&mut self, frontend_id: u32, previous: Vec<u32>) {
+        let unsettled = self.unsettled.remove(&frontend_id).unwrap_or_default();
         for old in previous.into_iter().chain(unsettled) {
             self.release(old);
         }
     }
 
-    /// Records that a write of a table over `members` for `service_id`
+    /// Records that a write of a table over `members` for `frontend_id`
     /// failed: the live table may name them until a later write settles it.
-    pub(super) fn unsettle(&mut self, service_id: u32, members: &[u32]) {
-        let held = self.unsettled.entry(service_id).or_default();
+    pub(super) fn unsettle(&mut self, frontend_id: u32, members: &[u32]) {
+        let held = self.unsettled.entry(frontend_id).or_default();
         for id in members {
             if held.insert(*id) {
                 *self.counts.entry(*id).or_default() += 1;
@@ -85,7 +85,7 @@ impl BackendRefs {
     }
 
     /// Records that frontend `key` keeps `ids` for its existing connections.
-    pub(super) fn set_draining(&mut self, key: ServiceKey, ids: Vec<u32>) {
+    pub(super) fn set_draining(&mut self, key: FrontendKey, ids: Vec<u32>) {
         for id in &ids {
             self.hold(*id);
         }

@@ -1,6 +1,6 @@
 //! A map store in memory that records every write, for tests.
 
-use proxy_common::maps::{BackendValue, ServiceKey, ServiceValue};
+use proxy_common::maps::{BackendValue, FrontendKey, FrontendValue};
 
 use super::store::{MapContents, MapStore, RangeEntry, StoreError, TableSpec, TableWrite};
 
@@ -36,24 +36,24 @@ impl MapStore for FakeStore {
     }
     /// Like the real store: a table of the same size is rewritten in place
     /// (and not committed), another is queued for the commit.
-    fn put_table(&mut self, service_id: u32, slots: &[u32]) -> Result<TableWrite, StoreError> {
+    fn put_table(&mut self, frontend_id: u32, slots: &[u32]) -> Result<TableWrite, StoreError> {
         if self.fail_table_puts {
             return Err(StoreError {
                 map: "MAGLEV",
                 reason: "put failed".into(),
             });
         }
-        self.log.push(format!("put table {service_id}"));
-        let previous = self.maps.tables.insert(service_id, TableSpec::of(slots));
+        self.log.push(format!("put table {frontend_id}"));
+        let previous = self.maps.tables.insert(frontend_id, TableSpec::of(slots));
         if previous.is_some_and(|p| p.size as usize == slots.len()) {
             return Ok(TableWrite::InPlace);
         }
         self.uncommitted += 1;
         Ok(TableWrite::Queued)
     }
-    fn delete_table(&mut self, service_id: u32) -> Result<(), StoreError> {
-        self.log.push(format!("delete table {service_id}"));
-        self.maps.tables.remove(&service_id);
+    fn delete_table(&mut self, frontend_id: u32) -> Result<(), StoreError> {
+        self.log.push(format!("delete table {frontend_id}"));
+        self.maps.tables.remove(&frontend_id);
         self.uncommitted += 1;
         Ok(())
     }
@@ -70,18 +70,18 @@ impl MapStore for FakeStore {
         self.log.push("commit tables".to_string());
         Ok(())
     }
-    fn put_service(&mut self, key: &ServiceKey, value: &ServiceValue) -> Result<(), StoreError> {
+    fn put_frontend(&mut self, key: &FrontendKey, value: &FrontendValue) -> Result<(), StoreError> {
         self.log.push(format!("put service {}", value.id));
-        self.maps.services.insert(*key, *value);
+        self.maps.frontends.insert(*key, *value);
         Ok(())
     }
-    fn delete_service(&mut self, key: &ServiceKey) -> Result<(), StoreError> {
-        let id = self.maps.services.remove(key).map(|v| v.id);
+    fn delete_frontend(&mut self, key: &FrontendKey) -> Result<(), StoreError> {
+        let id = self.maps.frontends.remove(key).map(|v| v.id);
         self.log.push(format!("delete service {id:?}"));
         Ok(())
     }
-    fn reset_stats(&mut self, service_id: u32) -> Result<(), StoreError> {
-        self.log.push(format!("reset stats {service_id}"));
+    fn reset_stats(&mut self, frontend_id: u32) -> Result<(), StoreError> {
+        self.log.push(format!("reset stats {frontend_id}"));
         Ok(())
     }
     fn put_source_range(&mut self, entry: &RangeEntry) -> Result<(), StoreError> {
@@ -92,13 +92,13 @@ impl MapStore for FakeStore {
             });
         }
         self.log
-            .push(format!("put range {} {}", entry.service_id, entry.cidr));
+            .push(format!("put range {} {}", entry.frontend_id, entry.cidr));
         self.maps.source_ranges.insert(*entry);
         Ok(())
     }
     fn delete_source_range(&mut self, entry: &RangeEntry) -> Result<(), StoreError> {
         self.log
-            .push(format!("delete range {} {}", entry.service_id, entry.cidr));
+            .push(format!("delete range {} {}", entry.frontend_id, entry.cidr));
         self.maps.source_ranges.remove(entry);
         Ok(())
     }

@@ -2,26 +2,26 @@
 //! proxy-common keys and values the datapath reads.
 
 use proxy_common::maps::{
-    addr_from_net, addr_to_net, port_from_net, port_to_net, BackendValue, ServiceKey, ServiceValue,
-    BACKEND_LOCAL, SCOPE_CLUSTER_IP, SCOPE_NODE, SERVICE_AFFINITY_CLIENT_IP, SERVICE_EMPTY_DROP,
-    SERVICE_SNAT_REMOTE, SERVICE_SOURCE_RANGES,
+    addr_from_net, addr_to_net, port_from_net, port_to_net, BackendValue, FrontendKey,
+    FrontendValue, BACKEND_LOCAL, FRONTEND_AFFINITY_CLIENT_IP, FRONTEND_EMPTY_DROP,
+    FRONTEND_SNAT_REMOTE, FRONTEND_SOURCE_RANGES, SCOPE_NODE, SCOPE_POD,
 };
 
 use super::store::RangeEntry;
 use crate::{
     maglev::{self, Member},
     model::types::Backend,
-    plan::{Frontend, FrontendKey, FrontendScope},
+    plan::{Frontend, FrontendAddr, FrontendScope},
 };
 
 /// The map key of a frontend.
-pub fn service_key(frontend: &FrontendKey) -> ServiceKey {
-    ServiceKey {
+pub fn frontend_key(frontend: &FrontendAddr) -> FrontendKey {
+    FrontendKey {
         addr: addr_to_net(frontend.addr),
         port: port_to_net(frontend.port),
         proto: frontend.protocol.ip_proto(),
         scope: match frontend.scope {
-            FrontendScope::Pod => SCOPE_CLUSTER_IP,
+            FrontendScope::Pod => SCOPE_POD,
             FrontendScope::Node => SCOPE_NODE,
         },
     }
@@ -32,11 +32,11 @@ fn service_flags(frontend: &Frontend) -> u32 {
     [
         (
             frontend.affinity_timeout.is_some(),
-            SERVICE_AFFINITY_CLIENT_IP,
+            FRONTEND_AFFINITY_CLIENT_IP,
         ),
-        (frontend.empty_drop, SERVICE_EMPTY_DROP),
-        (frontend.snat_remote, SERVICE_SNAT_REMOTE),
-        (frontend.source_ranges.is_some(), SERVICE_SOURCE_RANGES),
+        (frontend.empty_drop, FRONTEND_EMPTY_DROP),
+        (frontend.snat_remote, FRONTEND_SNAT_REMOTE),
+        (frontend.source_ranges.is_some(), FRONTEND_SOURCE_RANGES),
     ]
     .into_iter()
     .filter(|(on, _)| *on)
@@ -63,8 +63,8 @@ pub fn member(value: &BackendValue, id: u32) -> Member {
 }
 
 /// The map value of frontend `id` whose Maglev table has `table_size` slots.
-pub fn frontend_value(frontend: &Frontend, id: u32, table_size: u32) -> ServiceValue {
-    ServiceValue {
+pub fn frontend_value(frontend: &Frontend, id: u32, table_size: u32) -> FrontendValue {
+    FrontendValue {
         id,
         table_size,
         flags: service_flags(frontend),
@@ -79,7 +79,7 @@ pub fn range_entries(frontend: &Frontend, id: u32) -> impl Iterator<Item = Range
         .iter()
         .flatten()
         .map(move |cidr| RangeEntry {
-            service_id: id,
+            frontend_id: id,
             cidr: *cidr,
         })
 }

@@ -23,20 +23,20 @@ pub mod store;
 use std::collections::{BTreeSet, HashMap, HashSet};
 
 use proxy_common::{
-    maps::{BackendValue, ServiceKey, ServiceValue},
+    maps::{BackendValue, FrontendKey, FrontendValue},
     sizes,
 };
 
 use crate::{
     frontend_text::frontend_text,
     maglev::{self, Member},
-    plan::{Frontend, FrontendKey, Plan},
+    plan::{Frontend, FrontendAddr, Plan},
 };
 
 use self::{
     backend_refs::BackendRefs,
     ids::IdCursor,
-    map_values::{backend_value, frontend_value, member, range_entries, service_key},
+    map_values::{backend_value, frontend_key, frontend_value, member, range_entries},
     store::{MapContents, MapStore, RangeEntry, TableSpec, TableWrite},
 };
 
@@ -52,10 +52,10 @@ pub struct SyncReport {
 
 /// A frontend between the two steps of a sync.
 struct Staged {
-    key: ServiceKey,
+    key: FrontendKey,
     frontend: Frontend,
-    existing: Option<ServiceValue>,
-    value: ServiceValue,
+    existing: Option<FrontendValue>,
+    value: FrontendValue,
     complete: bool,
     /// A table handed to the store, live once committed.
     table: Option<TableSpec>,
@@ -68,17 +68,17 @@ pub struct Syncer {
     backend_ids: HashMap<BackendValue, u32>,
     /// Who refers to each backend, and which backends may go.
     refs: BackendRefs,
-    live_service_ids: HashSet<u32>,
+    live_frontend_ids: HashSet<u32>,
     /// Ids freed during the current sync; not handed out again until the next.
-    resting_service_ids: HashSet<u32>,
+    resting_frontend_ids: HashSet<u32>,
     resting_backend_ids: HashSet<u32>,
     /// Ids handed to frontends staged in the current sync, not yet live.
-    reserved_service_ids: HashSet<u32>,
+    reserved_frontend_ids: HashSet<u32>,
     /// Tables handed to the store for removal in the current sync.
     dropping_tables: BTreeSet<u32>,
     /// Cap on a Maglev table's size (`--maglev-table-size`).
     max_table_size: u32,
-    service_ids: IdCursor,
+    frontend_ids: IdCursor,
     backend_id_cursor: IdCursor,
 }
 
@@ -87,7 +87,7 @@ impl Syncer {
     /// restarted agent keeps every id and touches only what changed.
     /// Tables get at most `max_table_size` slots.
     pub fn adopt(current: MapContents, max_table_size: u32) -> Self {
-        Self::with_limits(current, sizes::MAX_SERVICES, sizes::MAX_BACKENDS)
+        Self::with_limits(current, sizes::MAX_FRONTENDS, sizes::MAX_BACKENDS)
             .with_max_table_size(max_table_size)
     }
 
@@ -102,16 +102,16 @@ impl Syncer {
             backend_ids.entry(*value).or_insert(*id);
         }
         Self {
-            live_service_ids: current.services.values().map(|v| v.id).collect(),
+            live_frontend_ids: current.frontends.values().map(|v| v.id).collect(),
             backend_ids,
             refs: BackendRefs::adopt(&current),
-            reserved_service_ids: HashSet::new(),
+            reserved_frontend_ids: HashSet::new(),
             dropping_tables: BTreeSet::new(),
             max_table_size: maglev::DEFAULT_MAX_TABLE_SIZE,
             current,
-            resting_service_ids: HashSet::new(),
+            resting_frontend_ids: HashSet::new(),
             resting_backend_ids: HashSet::new(),
-            service_ids: IdCursor::new(max_services),
+            frontend_ids: IdCursor::new(max_services),
             backend_id_cursor: IdCursor::new(max_backends),
         }
     }
@@ -124,7 +124,7 @@ impl Syncer {
     pub fn apply<'k>(
         &mut self,
         plan: &Plan,
-        keys: impl IntoIterator<Item = &'k FrontendKey>,
+        keys: impl IntoIterator<Item = &'k FrontendAddr>,
         store: &mut impl MapStore,
     ) -> SyncReport {
         let mut report = SyncReport::default();
@@ -133,8 +133,8 @@ impl Syncer {
         let mut unwanted = Vec::new();
         for key in keys {
             match plan.frontend(key) {
-                Some(frontend) => wanted.push((service_key(key), frontend)),
-                None => unwanted.push(service_key(key)),
+                Some(frontend) => wanted.push((frontend_key(key), frontend)),
+                None => unwanted.push(frontend_key(key)),
             }
         }
         self.write(wanted, unwanted, store, &mut report);
@@ -145,12 +145,12 @@ impl Syncer {
     /// hold beyond it (an adopted map may hold Services deleted meanwhile,
     /// or the leftovers of an interrupted sync).
     pub fn reconcile(&mut self, plan: &Plan, store: &mut impl MapStore) -> SyncReport {
-        let wanted: HashSet<ServiceKey> = plan.frontend_keys().map(service_key).collect();
+        let wanted: HashSet<FrontendKey> = plan.frontend_keys().map(frontend_key).collect();
         let mut report = SyncReport::default();
         self.begin();
-        let unwanted: Vec<ServiceKey> = self
+        let unwanted: Vec<FrontendKey> = self
             .current
-            .services
+            .frontends
             .keys()
             .filter(|k| !wanted.contains(k))
             .copied()
@@ -159,7 +159,7 @@ impl Syncer {
             .current
             .tables
             .keys()
-            .filter(|id| !self.live_service_ids.contains(id))
+            .filter(|id| !self.live_frontend_ids.contains(id))
             .copied()
             .collect();
         for id in orphan_tables {
@@ -169,22 +169,22 @@ impl Syncer {
             .current
             .source_ranges
             .iter()
-            .map(|r| r.service_id)
-            .filter(|id| !self.live_service_ids.contains(id))
+            .map(|r| r.frontend_id)
+            .filter(|id| !self.live_frontend_ids.contains(id))
             .collect();
         for id in orphan_range_owners {
             self.trim_ranges(id, &BTreeSet::new(), store, &mut report);
         }
         let frontends = plan
             .frontend_keys()
-            .filter_map(|key| Some((service_key(key), plan.frontend(key)?)))
+            .filter_map(|key| Some((frontend_key(key), plan.frontend(key)?)))
             .collect();
         self.write(frontends, unwanted, store, &mut report);
         report
     }
 
     fn begin(&mut self) {
-        self.resting_service_ids.clear();
+        self.resting_frontend_ids.clear();
         self.resting_backend_ids.clear();
         self.dropping_tables.clear();
     }
@@ -197,8 +197,8 @@ impl Syncer {
     /// and the backends nothing refers to any more.
     fn write(
         &mut self,
-        wanted: Vec<(ServiceKey, Frontend)>,
-        unwanted: Vec<ServiceKey>,
+        wanted: Vec<(FrontendKey, Frontend)>,
+        unwanted: Vec<FrontendKey>,
         store: &mut impl MapStore,
         report: &mut SyncReport,
     ) {
@@ -236,7 +236,7 @@ impl Syncer {
             }
             Err(e) => report.errors.push(e.to_string()),
         }
-        self.reserved_service_ids.clear();
+        self.reserved_frontend_ids.clear();
         self.collect_backends(store, report);
     }
 
@@ -244,22 +244,22 @@ impl Syncer {
     /// the store, in place at once or swapped in by the next commit).
     fn stage(
         &mut self,
-        key: ServiceKey,
+        key: FrontendKey,
         frontend: Frontend,
         store: &mut impl MapStore,
         report: &mut SyncReport,
     ) -> Option<Staged> {
-        let existing = self.current.services.get(&key).copied();
+        let existing = self.current.frontends.get(&key).copied();
         let Some(id) = existing.map(|v| v.id).or_else(|| {
             let (live, resting, reserved) = (
-                &self.live_service_ids,
-                &self.resting_service_ids,
-                &self.reserved_service_ids,
+                &self.live_frontend_ids,
+                &self.resting_frontend_ids,
+                &self.reserved_frontend_ids,
             );
             // Nor an id whose table is still there (an orphan of an
             // interrupted sync, removed at the end of this one).
             let tables = &self.current.tables;
-            self.service_ids.allocate(|id| {
+            self.frontend_ids.allocate(|id| {
                 live.contains(&id)
                     || resting.contains(&id)
                     || reserved.contains(&id)
@@ -273,7 +273,7 @@ impl Syncer {
             ));
             return None;
         };
-        self.reserved_service_ids.insert(id);
+        self.reserved_frontend_ids.insert(id);
         let backends: Vec<BackendValue> = frontend.backends.iter().map(backend_value).collect();
         let members: Option<Vec<Member>> = backends
             .iter()
@@ -359,18 +359,18 @@ impl Syncer {
         } else if existing != Some(value) {
             let fresh = existing.is_none();
             let written = if fresh { store.reset_stats(id) } else { Ok(()) }
-                .and_then(|()| store.put_service(&key, &value));
+                .and_then(|()| store.put_frontend(&key, &value));
             match written {
                 Ok(()) => {
-                    self.current.services.insert(key, value);
-                    self.live_service_ids.insert(id);
+                    self.current.frontends.insert(key, value);
+                    self.live_frontend_ids.insert(id);
                     report.services_written += 1;
                 }
                 Err(e) => report.errors.push(e.to_string()),
             }
         }
         // A table the entry no longer uses (no backends) is unreachable.
-        let live = self.current.services.get(&key).copied();
+        let live = self.current.frontends.get(&key).copied();
         if live.is_none_or(|v| v.table_size == 0) {
             self.drop_table(id, store, report);
         }
@@ -381,10 +381,10 @@ impl Syncer {
         }
     }
 
-    /// Deletes the ranges of `service_id` not in `keep`.
+    /// Deletes the ranges of `frontend_id` not in `keep`.
     fn trim_ranges(
         &mut self,
-        service_id: u32,
+        frontend_id: u32,
         keep: &BTreeSet<RangeEntry>,
         store: &mut impl MapStore,
         report: &mut SyncReport,
@@ -392,7 +392,7 @@ impl Syncer {
         let doomed: Vec<RangeEntry> = self
             .current
             .source_ranges
-            .range(RangeEntry::bounds(service_id))
+            .range(RangeEntry::bounds(frontend_id))
             .filter(|r| !keep.contains(r))
             .copied()
             .collect();
@@ -437,47 +437,47 @@ impl Syncer {
         Some(id)
     }
 
-    /// Records that `service_id` now has the table `spec` (`None`: none).
-    fn set_table(&mut self, service_id: u32, spec: Option<TableSpec>) {
+    /// Records that `frontend_id` now has the table `spec` (`None`: none).
+    fn set_table(&mut self, frontend_id: u32, spec: Option<TableSpec>) {
         let previous = match spec {
             Some(spec) => {
                 self.refs.hold_table(&spec.members);
-                self.current.tables.insert(service_id, spec)
+                self.current.tables.insert(frontend_id, spec)
             }
-            None => self.current.tables.remove(&service_id),
+            None => self.current.tables.remove(&frontend_id),
         };
         self.refs
-            .release_table(service_id, previous.unwrap_or_default().members);
+            .release_table(frontend_id, previous.unwrap_or_default().members);
     }
 
-    fn remove(&mut self, key: ServiceKey, store: &mut impl MapStore, report: &mut SyncReport) {
-        let Some(existing) = self.current.services.get(&key).copied() else {
+    fn remove(&mut self, key: FrontendKey, store: &mut impl MapStore, report: &mut SyncReport) {
+        let Some(existing) = self.current.frontends.get(&key).copied() else {
             return;
         };
-        if let Err(e) = store.delete_service(&key) {
+        if let Err(e) = store.delete_frontend(&key) {
             report.errors.push(e.to_string());
             return;
         }
-        self.current.services.remove(&key);
-        self.live_service_ids.remove(&existing.id);
-        self.resting_service_ids.insert(existing.id);
+        self.current.frontends.remove(&key);
+        self.live_frontend_ids.remove(&existing.id);
+        self.resting_frontend_ids.insert(existing.id);
         report.services_deleted += 1;
         self.drop_table(existing.id, store, report);
         self.refs.set_draining(key, Vec::new());
         self.trim_ranges(existing.id, &BTreeSet::new(), store, report);
     }
 
-    /// Hands the table of `service_id`, if it has one, to the store for
+    /// Hands the table of `frontend_id`, if it has one, to the store for
     /// removal at the sync's last commit.
-    fn drop_table(&mut self, service_id: u32, store: &mut impl MapStore, report: &mut SyncReport) {
-        if !self.current.tables.contains_key(&service_id)
-            || self.dropping_tables.contains(&service_id)
+    fn drop_table(&mut self, frontend_id: u32, store: &mut impl MapStore, report: &mut SyncReport) {
+        if !self.current.tables.contains_key(&frontend_id)
+            || self.dropping_tables.contains(&frontend_id)
         {
             return;
         }
-        match store.delete_table(service_id) {
+        match store.delete_table(frontend_id) {
             Ok(()) => {
-                self.dropping_tables.insert(service_id);
+                self.dropping_tables.insert(frontend_id);
             }
             Err(e) => report.errors.push(e.to_string()),
         }
@@ -516,8 +516,8 @@ mod tests {
     use std::{collections::BTreeMap, net::SocketAddrV4};
 
     use proxy_common::maps::{
-        addr_to_net, port_to_net, BACKEND_LOCAL, SCOPE_CLUSTER_IP, SCOPE_NODE,
-        SERVICE_AFFINITY_CLIENT_IP, SERVICE_EMPTY_DROP, SERVICE_SNAT_REMOTE, SERVICE_SOURCE_RANGES,
+        addr_to_net, port_to_net, BACKEND_LOCAL, FRONTEND_AFFINITY_CLIENT_IP, FRONTEND_EMPTY_DROP,
+        FRONTEND_SNAT_REMOTE, FRONTEND_SOURCE_RANGES, SCOPE_NODE, SCOPE_POD,
     };
 
     use super::*;
@@ -585,7 +585,7 @@ mod tests {
     /// The backends each service entry can reach, read back through the maps
     /// the way the datapath does (each once, in text order).
     fn reachable(maps: &MapContents) -> BTreeMap<String, Vec<String>> {
-        maps.services
+        maps.frontends
             .iter()
             .map(|(key, value)| {
                 let vip = proxy_common::maps::addr_from_net(key.addr);
@@ -720,7 +720,7 @@ mod tests {
         );
         let id_of = |m: &MapContents, vip: &str| {
             let addr = proxy_common::maps::addr_to_net(vip.parse().unwrap());
-            m.services
+            m.frontends
                 .iter()
                 .find(|(k, _)| k.addr == addr)
                 .map(|(_, v)| v.id)
@@ -800,8 +800,8 @@ mod tests {
             report.errors
         );
         // The service without backends is still written; the other is held back.
-        assert_eq!(store.maps.services.len(), 1);
-        assert_eq!(store.maps.services.values().next().unwrap().table_size, 0);
+        assert_eq!(store.maps.frontends.len(), 1);
+        assert_eq!(store.maps.frontends.values().next().unwrap().table_size, 0);
         assert!(store.maps.tables.is_empty());
         assert_eq!(&store.maps, syncer.current());
     }
@@ -820,7 +820,10 @@ mod tests {
             "{:?}",
             report.errors
         );
-        assert!(store.maps.services.is_empty(), "no entry without its table");
+        assert!(
+            store.maps.frontends.is_empty(),
+            "no entry without its table"
+        );
         assert!(syncer.current().tables.is_empty());
         store.fail_table_commits = false;
         let report = syncer.reconcile(&plan, &mut store);
@@ -864,11 +867,11 @@ mod tests {
         let plan = plan_of(&[("10.96.0.1", 80, &["10.244.0.2:80"])]);
         fresh_syncer().reconcile(&plan, &mut store);
         // An agent killed between swapping a table in and writing its entry.
-        let (key, value) = store.maps.services.pop_first().unwrap();
+        let (key, value) = store.maps.frontends.pop_first().unwrap();
         store.log.clear();
         let report = adopting_syncer(&store).reconcile(&plan, &mut store);
         assert!(report.errors.is_empty(), "{:?}", report.errors);
-        let now = store.maps.services[&key];
+        let now = store.maps.frontends[&key];
         assert_ne!(now.id, value.id, "the orphan's id is reused only later");
         assert_eq!(reachable(&store.maps)["10.96.0.1:80"], ["10.244.0.2:80"]);
         assert!(!store.maps.tables.contains_key(&value.id), "orphan removed");
@@ -913,7 +916,7 @@ mod tests {
             &plan_of(&[("10.96.0.1", 80, &[]), ("10.96.0.2", 80, &[])]),
             &mut store,
         );
-        assert_eq!(store.maps.services.len(), 1);
+        assert_eq!(store.maps.frontends.len(), 1);
         assert_eq!(report.errors.len(), 1);
         assert!(
             report.errors[0].contains("services map is full"),
@@ -937,7 +940,7 @@ mod tests {
             ("10.96.0.1", 80, &["10.244.0.2:80"]),
             ("10.96.0.2", 80, &["10.244.0.3:80", "10.244.0.9:80"]),
         ]);
-        let two = FrontendKey {
+        let two = FrontendAddr {
             addr: "10.96.0.2".parse().unwrap(),
             port: 80,
             protocol: Protocol::Tcp,
@@ -956,7 +959,7 @@ mod tests {
             3,
             "10.96.0.3 was not named, so it stays"
         );
-        let three = FrontendKey {
+        let three = FrontendAddr {
             addr: "10.96.0.3".parse().unwrap(),
             ..two
         };
@@ -1028,9 +1031,9 @@ mod tests {
         plan.set(&name, Some(model), &mut change);
         let mut store = FakeStore::default();
         fresh_syncer().reconcile(&plan, &mut store);
-        let (key, value) = store.maps.services.iter().next().unwrap();
+        let (key, value) = store.maps.frontends.iter().next().unwrap();
         assert_eq!(key.proto, proxy_common::maps::PROTO_UDP);
-        assert_eq!(value.flags, SERVICE_AFFINITY_CLIENT_IP);
+        assert_eq!(value.flags, FRONTEND_AFFINITY_CLIENT_IP);
         assert_eq!(value.affinity_timeout, 600);
         assert_eq!(
             store.maps.backends.values().next().unwrap().flags,
@@ -1135,9 +1138,9 @@ mod tests {
         plan
     }
 
-    fn node_entry(maps: &MapContents) -> (ServiceKey, ServiceValue) {
+    fn node_entry(maps: &MapContents) -> (FrontendKey, FrontendValue) {
         let (key, value) = maps
-            .services
+            .frontends
             .iter()
             .find(|(k, _)| k.scope == SCOPE_NODE)
             .expect("a node frontend");
@@ -1150,7 +1153,7 @@ mod tests {
         let mut syncer = fresh_syncer();
         syncer.reconcile(&load_balancer_plan(None, false), &mut store);
         // Cluster IP and ingress IP from pods, ingress IP from outside.
-        assert_eq!(store.maps.services.len(), 3);
+        assert_eq!(store.maps.frontends.len(), 3);
         let (key, value) = node_entry(&store.maps);
         assert_eq!(
             key.addr,
@@ -1158,20 +1161,20 @@ mod tests {
             "{}",
             frontend_text(&key)
         );
-        assert_eq!(value.flags, SERVICE_SNAT_REMOTE);
+        assert_eq!(value.flags, FRONTEND_SNAT_REMOTE);
         assert_eq!(value.table_size, 251);
         let pod_flags: Vec<u32> = store
             .maps
-            .services
+            .frontends
             .iter()
-            .filter(|(k, _)| k.scope == SCOPE_CLUSTER_IP)
+            .filter(|(k, _)| k.scope == SCOPE_POD)
             .map(|(_, v)| v.flags)
             .collect();
         assert_eq!(pod_flags, [0, 0]);
         // externalTrafficPolicy Local, the only endpoint elsewhere: drop.
         syncer.reconcile(&load_balancer_plan(None, true), &mut store);
         let (_, value) = node_entry(&store.maps);
-        assert_eq!((value.flags, value.table_size), (SERVICE_EMPTY_DROP, 0));
+        assert_eq!((value.flags, value.table_size), (FRONTEND_EMPTY_DROP, 0));
     }
 
     #[test]
@@ -1184,18 +1187,18 @@ mod tests {
         );
         let (_, value) = node_entry(&store.maps);
         let id = value.id;
-        assert_eq!(value.flags, SERVICE_SNAT_REMOTE | SERVICE_SOURCE_RANGES);
+        assert_eq!(value.flags, FRONTEND_SNAT_REMOTE | FRONTEND_SOURCE_RANGES);
         let put_range = store
             .log
             .iter()
             .position(|l| l == &format!("put range {id} 203.0.113.0/24"))
             .expect("range written");
-        let put_service = store
+        let put_frontend = store
             .log
             .iter()
             .position(|l| l == &format!("put service {id}"))
             .unwrap();
-        assert!(put_range < put_service, "{:?}", store.log);
+        assert!(put_range < put_frontend, "{:?}", store.log);
         // The node frontend's lines (the pod one of the same address has
         // its own ranges and id).
         let of_id = |log: &[String]| -> Vec<String> {
@@ -1236,7 +1239,7 @@ mod tests {
         let mut store = FakeStore::default();
         fresh_syncer().reconcile(&load_balancer_plan(Some(&[]), false), &mut store);
         let (_, value) = node_entry(&store.maps);
-        assert_ne!(value.flags & SERVICE_SOURCE_RANGES, 0);
+        assert_ne!(value.flags & FRONTEND_SOURCE_RANGES, 0);
         assert!(store.maps.source_ranges.is_empty());
     }
 
@@ -1256,7 +1259,7 @@ mod tests {
             report.errors
         );
         assert!(
-            !store.maps.services.keys().any(|k| k.scope == SCOPE_NODE),
+            !store.maps.frontends.keys().any(|k| k.scope == SCOPE_NODE),
             "the node entry waits for its ranges"
         );
     }
@@ -1278,7 +1281,7 @@ mod tests {
         assert_eq!(store.maps, MapContents::default());
         // A range of a service id without an entry, left by an interrupted agent.
         store.maps.source_ranges.insert(RangeEntry {
-            service_id: 9,
+            frontend_id: 9,
             cidr: "10.0.0.0/8".parse().unwrap(),
         });
         store.log.clear();

@@ -7,21 +7,21 @@ use std::{
     net::Ipv4Addr,
 };
 
-use proxy_common::maps::{BackendValue, ServiceKey, ServiceValue};
+use proxy_common::maps::{BackendValue, FrontendKey, FrontendValue};
 
 use crate::cidr::Ipv4Cidr;
 
-/// A `source_ranges` entry: clients in `cidr` may use frontend `service_id`.
+/// A `source_ranges` entry: clients in `cidr` may use frontend `frontend_id`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct RangeEntry {
-    pub service_id: u32,
+    pub frontend_id: u32,
     pub cidr: Ipv4Cidr,
 }
 
 impl RangeEntry {
-    /// Every entry of `service_id`, as bounds of a range over sorted entries.
-    pub(super) fn bounds(service_id: u32) -> std::ops::RangeInclusive<Self> {
-        let entry = |cidr| Self { service_id, cidr };
+    /// Every entry of `frontend_id`, as bounds of a range over sorted entries.
+    pub(super) fn bounds(frontend_id: u32) -> std::ops::RangeInclusive<Self> {
+        let entry = |cidr| Self { frontend_id, cidr };
         entry(Ipv4Cidr::ANY)..=entry(Ipv4Cidr::host(Ipv4Addr::BROADCAST))
     }
 }
@@ -29,7 +29,7 @@ impl RangeEntry {
 /// The content of the maps the agent owns.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct MapContents {
-    pub services: BTreeMap<ServiceKey, ServiceValue>,
+    pub frontends: BTreeMap<FrontendKey, FrontendValue>,
     pub backends: BTreeMap<u32, BackendValue>,
     /// Maglev tables by service id, as what decides their content.
     pub tables: BTreeMap<u32, TableSpec>,
@@ -72,24 +72,24 @@ pub struct StoreError {
 pub trait MapStore {
     fn put_backend(&mut self, id: u32, value: &BackendValue) -> Result<(), StoreError>;
     fn delete_backend(&mut self, id: u32) -> Result<(), StoreError>;
-    /// Makes `slots` (slot → backend id) the Maglev table of `service_id`:
+    /// Makes `slots` (slot → backend id) the Maglev table of `frontend_id`:
     /// rewritten in place when the old table has the same size and room for
     /// the members, otherwise built beside it and swapped in whole by the
     /// next [`MapStore::commit_tables`]. After an error the live table may
     /// hold the old or the new backends.
-    fn put_table(&mut self, service_id: u32, slots: &[u32]) -> Result<TableWrite, StoreError>;
-    /// Removes the table of `service_id` at the next commit.
-    fn delete_table(&mut self, service_id: u32) -> Result<(), StoreError>;
+    fn put_table(&mut self, frontend_id: u32, slots: &[u32]) -> Result<TableWrite, StoreError>;
+    /// Removes the table of `frontend_id` at the next commit.
+    fn delete_table(&mut self, frontend_id: u32) -> Result<(), StoreError>;
     /// Swaps in and removes the tables handed over since the last commit, at
     /// once: the kernel waits for running programs once per commit, not
     /// once per table.
     fn commit_tables(&mut self) -> Result<(), StoreError>;
-    fn put_service(&mut self, key: &ServiceKey, value: &ServiceValue) -> Result<(), StoreError>;
-    fn delete_service(&mut self, key: &ServiceKey) -> Result<(), StoreError>;
+    fn put_frontend(&mut self, key: &FrontendKey, value: &FrontendValue) -> Result<(), StoreError>;
+    fn delete_frontend(&mut self, key: &FrontendKey) -> Result<(), StoreError>;
     fn put_source_range(&mut self, entry: &RangeEntry) -> Result<(), StoreError>;
     fn delete_source_range(&mut self, entry: &RangeEntry) -> Result<(), StoreError>;
     /// Zeroes the counters of a service id about to be (re)used.
-    fn reset_stats(&mut self, service_id: u32) -> Result<(), StoreError>;
+    fn reset_stats(&mut self, frontend_id: u32) -> Result<(), StoreError>;
 }
 
 /// How [`MapStore::put_table`] wrote a table.

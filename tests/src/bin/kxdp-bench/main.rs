@@ -41,8 +41,8 @@ use kxdp_testbed::{
     FLOOR_OBJECT,
 };
 use proxy_common::maps::{
-    addr_to_net, port_to_net, CtEntry, DropReason, FlowKey, ServiceKey, CT_REPLY, PROTO_TCP,
-    SCOPE_CLUSTER_IP,
+    addr_to_net, port_to_net, CtEntry, DropReason, FlowKey, FrontendKey, CT_REPLY, PROTO_TCP,
+    SCOPE_POD,
 };
 
 mod conn_rate;

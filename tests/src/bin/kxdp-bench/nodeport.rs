@@ -8,7 +8,7 @@ use kxdp_testbed::{
     datapath::{xdp_md, TestBackend, XDP_TX},
     nic_netns::{NIC_MAC, NODE_ADDR, OTHER_NODE_MAC},
 };
-use proxy_common::maps::{ServiceKey, SCOPE_NODE, SERVICE_SNAT_REMOTE};
+use proxy_common::maps::{FrontendKey, FRONTEND_SNAT_REMOTE, SCOPE_NODE};
 
 use super::*;
 
@@ -64,14 +64,14 @@ impl NodePortNewFlow {
         dp.set_nic_addr(nic, NODE_ADDR);
         for i in 0..frontends {
             let (frontend, backend) = (frontend(i), backend(i));
-            let key = ServiceKey {
+            let key = FrontendKey {
                 addr: addr_to_net(*frontend.ip()),
                 port: port_to_net(frontend.port()),
                 proto: PROTO_TCP,
                 scope: SCOPE_NODE,
             };
             let backends: [TestBackend; 1] = [(*backend.ip(), backend.port(), !remote)];
-            dp.add_frontend(key, i + 1, SERVICE_SNAT_REMOTE, &backends);
+            dp.add_frontend(key, i + 1, FRONTEND_SNAT_REMOTE, &backends);
         }
         NodePortNewFlow {
             dp,

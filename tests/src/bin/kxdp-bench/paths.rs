@@ -167,11 +167,11 @@ impl NewFlow {
             add_tcp_service(&mut dp, i + 1, chain_vip(i), chain_vip(i + 1));
             if affinity {
                 let vip = chain_vip(i);
-                let key = ServiceKey {
+                let key = FrontendKey {
                     addr: addr_to_net(*vip.ip()),
                     port: port_to_net(vip.port()),
                     proto: PROTO_TCP,
-                    scope: SCOPE_CLUSTER_IP,
+                    scope: SCOPE_POD,
                 };
                 dp.set_affinity(key, 10_800);
             }
@@ -250,7 +250,7 @@ impl Reply {
             nat_addr: addr_to_net(*nat.ip()),
             nat_port: port_to_net(nat.port()),
             direction: CT_REPLY,
-            service_id: 1,
+            frontend_id: 1,
             backend_id: Datapath::backend_id(1, 0),
             ..CtEntry::default()
         };
