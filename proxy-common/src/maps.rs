@@ -79,7 +79,7 @@ map_type! {
         /// ([`maglev_layout::HEADER`]), so a table of another size replaces
         /// the old one in a single update.
         pub table_size: u32,
-        /// `SERVICE_*` bits.
+        /// `FRONTEND_*` bits.
         pub flags: u32,
         /// Seconds of inactivity after which ClientIP affinity lapses.
         pub affinity_timeout: u32,
@@ -278,7 +278,7 @@ map_type! {
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DropReason {
-    /// The frontend has no backend and its answer could not be sent.
+    /// A TCP RST to a frontend without backends: a RST is never answered.
     NoBackend = 0,
     /// The selection slot or its backend vanished between lookups (a sync in flight).
     StaleSelection = 1,

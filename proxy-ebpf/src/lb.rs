@@ -1,7 +1,7 @@
 //! The load-balancing core's IPv4 side: what `proxy_common::lb::decide`
 //! consults for an IPv4 packet (source ranges, the forward conntrack entry,
 //! backend selection) and how a new flow is recorded for the hook it was
-//! seen at. Every hook asks [`balance`]; an IPv6 path adds its own
+//! seen at. Every packet hook asks [`balance`]; an IPv6 path adds its own
 //! `Lookups` and keeps the rules.
 
 use proxy_common::{

@@ -15,7 +15,7 @@ use proxy_common::{
     sizes,
 };
 
-/// (VIP, port, protocol, scope) → service id and table size.
+/// (VIP, port, protocol, scope) → frontend id and table size.
 #[map]
 pub static FRONTENDS: HashMap<FrontendKey, FrontendValue> =
     HashMap::pinned(sizes::MAX_FRONTENDS, 0);
@@ -50,7 +50,7 @@ pub static MAGLEV_IDS: aya_ebpf::maps::Array<u32> =
 pub static CONNTRACK: LruHashMap<FlowKey, CtEntry> =
     LruHashMap::pinned(sizes::MAX_CONNTRACK, BPF_F_NO_COMMON_LRU);
 
-/// Per-service packet and byte counters, indexed by service id.
+/// Per-frontend packet and byte counters, indexed by frontend id.
 #[map]
 pub static STATS: PerCpuArray<FrontendStats> = PerCpuArray::pinned(sizes::MAX_FRONTENDS, 0);
 

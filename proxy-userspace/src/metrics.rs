@@ -326,7 +326,7 @@ impl Telemetry {
         let contents = pipeline.contents();
         let mut frontends = Vec::with_capacity(contents.frontends.len());
         for (key, value) in &contents.frontends {
-            let stats = match maps.service_stats(value.id) {
+            let stats = match maps.frontend_stats(value.id) {
                 Ok(stats) => stats,
                 Err(e) => {
                     failed("stats", &e);

@@ -13,7 +13,7 @@ use std::{
     panic::{catch_unwind, AssertUnwindSafe},
 };
 
-use proxy_common::maps::{DropReason, FrontendKey, Verdict};
+use proxy_common::maps::{DropReason, FrontendKey, Verdict, CT_REPLY};
 
 use crate::{
     datapath::{Datapath, TestBackend},
@@ -60,7 +60,8 @@ pub enum Out {
     Rst,
     /// The ICMP port unreachable answering the input.
     PortUnreachable,
-    /// Dropped for this reason (the output is not looked at).
+    /// Dropped, this step counted under this reason (the output frame is
+    /// not looked at: a dropped packet has none).
     Dropped(DropReason),
 }
 
@@ -101,7 +102,7 @@ impl Step {
 pub struct Frontend {
     pub key: FrontendKey,
     pub id: u32,
-    /// `SERVICE_*` bits.
+    /// `FRONTEND_*` bits.
     pub flags: u32,
     pub backends: Vec<TestBackend>,
     /// `loadBalancerSourceRanges` (prefix, length).
@@ -117,6 +118,8 @@ pub enum Count {
     Packets(u32, u64),
     Bytes(u32, u64),
     ConntrackEntries(usize),
+    /// Conntrack entries of the reply direction.
+    ConntrackReplies(usize),
 }
 
 pub struct Case {
@@ -181,6 +184,14 @@ fn run_case(case: Case) {
             Count::Packets(id, n) => (dp.stats(id).packets, n),
             Count::Bytes(id, n) => (dp.stats(id).bytes, n),
             Count::ConntrackEntries(n) => (dp.conntrack().len() as u64, n as u64),
+            Count::ConntrackReplies(n) => {
+                let replies = dp
+                    .conntrack()
+                    .iter()
+                    .filter(|(_, e)| e.direction == CT_REPLY)
+                    .count();
+                (replies as u64, n as u64)
+            }
         };
         assert_eq!(got, want, "case {:?}: {count:?}", case.name);
     }
@@ -196,6 +207,10 @@ fn run_step(dp: &mut Datapath, nic: Option<u32>, step: &Step, chosen: &mut Optio
         (Frame::Raw(bytes), _) => bytes.clone(),
         (_, Some(p)) => p.build(),
         (_, None) => unreachable!("every other frame is a packet"),
+    };
+    let dropped_before = match step.out {
+        Out::Dropped(reason) => dp.drops(reason),
+        _ => 0,
     };
     let (verdict, out) = match step.hook {
         Hook::PodIngress => dp.run(&input),
@@ -236,7 +251,11 @@ fn run_step(dp: &mut Datapath, nic: Option<u32>, step: &Step, chosen: &mut Optio
         }
         Out::Rst => packet::assert_rst_answers(&out, &packet()),
         Out::PortUnreachable => packet::assert_port_unreachable_answers(&out, &input),
-        Out::Dropped(reason) => assert!(dp.drops(*reason) > 0, "no {reason:?} drop counted"),
+        Out::Dropped(reason) => assert_eq!(
+            dp.drops(*reason),
+            dropped_before + 1,
+            "one {reason:?} drop counted"
+        ),
     }
 }
 

@@ -135,7 +135,7 @@ pub struct Datapath {
     mount: PrivateBpffs,
 }
 
-/// A plan frontend as the tests describe one: `SERVICE_*` bits (the
+/// A plan frontend as the tests describe one: `FRONTEND_*` bits (the
 /// datapath's vocabulary) and backends; the agent's code turns it back into
 /// the map value.
 fn plan_frontend(flags: u32, backends: &[TestBackend]) -> Frontend {
@@ -235,7 +235,7 @@ impl Datapath {
         self.add_frontend(key, id, 0, &backends);
     }
 
-    /// Writes any frontend (`key` with its scope, `flags` as `SERVICE_*`)
+    /// Writes any frontend (`key` with its scope, `flags` as `FRONTEND_*`)
     /// the way [`Self::add_service`] does.
     pub fn add_frontend(
         &mut self,
@@ -500,7 +500,7 @@ impl Datapath {
 
     /// Packet and byte counters of a service, summed over CPUs.
     pub fn stats(&self, frontend_id: u32) -> FrontendStats {
-        self.maps.service_stats(frontend_id).expect("read STATS")
+        self.maps.frontend_stats(frontend_id).expect("read STATS")
     }
 }
 

@@ -230,7 +230,13 @@ fn nic_cases() -> Vec<Case> {
                     Packet::tcp(client(40003), nodeport()),
                     XDP_PASS,
                     Out::Dnat(vec![sa(OTHER_LOCAL_POD, 8080)]),
-                ),
+                )
+                .then(|dp| {
+                    // The first backend takes the table back: the
+                    // connection stays where its SYN went.
+                    let tcp = node_key(NODE_ADDR, NODE_PORT, PROTO_TCP);
+                    dp.set_backends(tcp, 1, &[Datapath::backend_id(1, 0)]);
+                }),
                 arriving(
                     "its next segment",
                     Packet::tcp(client(40003), nodeport()).tcp_flags(packet::TCP_ACK),

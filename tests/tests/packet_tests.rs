@@ -608,7 +608,7 @@ fn pod_cases() -> Vec<Case> {
                 ),
             ],
             // The forward entry only: the stale reply entry is gone.
-            vec![Count::ConntrackEntries(1)],
+            vec![Count::ConntrackEntries(1), Count::ConntrackReplies(0)],
         ),
         hairpin(pod, pod_vip),
         case(

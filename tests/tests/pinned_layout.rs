@@ -69,3 +69,53 @@ fn unload_removes_maps_an_earlier_version_pinned() {
     proxy_userspace::commands::unload::run(&pin_path).expect("unload");
     assert!(!pin_path.exists(), "unload left {}", pin_path.display());
 }
+
+/// Earlier versions pinned the frontends as `SERVICES`: an upgraded agent
+/// adopts that map under its new name, entries (and so frontend ids) kept,
+/// and `kxdp unload` removes a leftover old pin too.
+#[test]
+fn a_map_an_earlier_version_pinned_under_another_name_is_adopted() {
+    use aya::maps::{HashMap, Map, MapData};
+    use proxy_common::maps::{FrontendKey, FrontendValue, SCOPE_POD};
+    use proxy_userspace::dataplane::maps::FRONTENDS;
+
+    require_root("the pinned-layout test");
+    let mount = PrivateBpffs::new("kxdp-renamed-test").unwrap();
+    let pin_path = mount.path().join("kxdp");
+    std::fs::create_dir_all(&pin_path).unwrap();
+    let (key_size, value_size) = (
+        size_of::<FrontendKey>() as u32,
+        size_of::<FrontendValue>() as u32,
+    );
+    let old = pin_path.join("SERVICES");
+    pin_hash_map(&old, key_size, value_size);
+    let key = FrontendKey {
+        addr: 0x0a60_000a,
+        port: 80u16.to_be(),
+        proto: 6,
+        scope: SCOPE_POD,
+    };
+    let value = FrontendValue {
+        id: 42,
+        ..FrontendValue::default()
+    };
+    let open = |path: &Path| {
+        MapData::from_pin(path)
+            .and_then(Map::from_map_data)
+            .and_then(HashMap::<MapData, FrontendKey, FrontendValue>::try_from)
+            .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+    };
+    open(&old).insert(key, value, 0).unwrap();
+
+    drop(Dataplane::load(&pin_path, &loadout(), false).expect("the old pin is adopted"));
+    assert!(!old.exists(), "the old name is gone");
+    assert_eq!(open(&pin_path.join(FRONTENDS)).get(&key, 0).unwrap(), value);
+
+    // Both names present (an old agent started again meanwhile): the new
+    // one is kept, and unload removes both.
+    pin_hash_map(&old, key_size, value_size);
+    drop(Dataplane::load(&pin_path, &loadout(), false).expect("loads beside a leftover"));
+    assert_eq!(open(&pin_path.join(FRONTENDS)).get(&key, 0).unwrap(), value);
+    proxy_userspace::commands::unload::run(&pin_path).expect("unload");
+    assert!(!pin_path.exists(), "unload left {}", pin_path.display());
+}

@@ -70,7 +70,7 @@ fn rows(contents: &MapContents, maps: &BpfMaps) -> anyhow::Result<Vec<Row>> {
                 })
             })
             .collect();
-        let stats = maps.service_stats(value.id)?;
+        let stats = maps.frontend_stats(value.id)?;
         let policy = [
             (FRONTEND_EMPTY_DROP, "local"),
             (FRONTEND_SNAT_REMOTE, "snat"),

@@ -28,7 +28,11 @@ pub fn run(pin_path: &Path) -> anyhow::Result<()> {
         + detached(nic::detach_all(&links_dir))?
         + detached(sockets::detach_all(&links_dir))?;
     let mut removed_maps = 0;
-    let names = maps::ALL.iter().map(|m| m.name).chain(maps::RETIRED);
+    let names = maps::ALL
+        .iter()
+        .map(|m| m.name)
+        .chain(maps::RETIRED)
+        .chain(maps::RENAMED.iter().map(|(old, _)| *old));
     for name in names {
         let path = pin_path.join(name);
         if remove_if_present(&path, |p| fs::remove_file(p))

@@ -1,5 +1,5 @@
 //! The frontends' Maglev tables in `MAGLEV`, an array of maps indexed by
-//! service id. A table is a separate BPF array sized for its frontend.
+//! frontend id. A table is a separate BPF array sized for its frontend.
 //!
 //! Changing a table: when the new one has the same size M and the old one
 //! has room for its members, its entries are rewritten in place, in two
@@ -72,7 +72,7 @@ pub enum TableError {
     },
     #[error("a table of {0} slots cannot be stored (at most 65535 backends, 65521 slots)")]
     TooLarge(usize),
-    #[error("table of service id {0} is malformed")]
+    #[error("table of frontend id {0} is malformed")]
     Malformed(u32),
     #[error("an earlier commit of waiting tables failed: {0}")]
     EarlierCommit(String),
@@ -170,7 +170,7 @@ pub struct MaglevTables {
     outer: Map,
     /// `MAGLEV_IDS`: slot → kernel id of its table, 0 for none.
     record: Map,
-    /// New tables waiting for [`Self::commit`], by service id.
+    /// New tables waiting for [`Self::commit`], by frontend id.
     swaps: BTreeMap<u32, MapData>,
     /// Service ids whose table [`Self::commit`] removes.
     removals: Vec<u32>,
@@ -324,7 +324,7 @@ impl MaglevTables {
         slots_of(frontend_id, self.live(frontend_id)?)
     }
 
-    /// What every live table holds, by service id. One this version cannot
+    /// What every live table holds, by frontend id. One this version cannot
     /// read is left out (logged): the next sync replaces it.
     pub fn all(&self) -> Result<BTreeMap<u32, TableSpec>, TableError> {
         let len = Array::<&MapData, u32>::try_from(&self.record)?.len();

@@ -35,8 +35,8 @@ pub const NIC_ADDRS: &str = "NIC_ADDRS";
 /// The maps the agent writes from the Services, whose fill it reports.
 pub const AGENT_WRITTEN: [&str; 3] = [FRONTENDS, BACKENDS, SOURCE_RANGES];
 
-/// Bits of an LPM key before the address: the service id.
-const SERVICE_ID_BITS: u32 = 32;
+/// Bits of an LPM key before the address: the frontend id.
+const FRONTEND_ID_BITS: u32 = 32;
 
 /// A map pinned under the pin path, with the key and value sizes this
 /// version of the object gives it.
@@ -76,10 +76,27 @@ pub const ALL: [PinnedMap; 12] = [
 /// removes them with the rest.
 pub const RETIRED: [&str; 1] = ["SELECTION"];
 
-/// The trie key of a range: the service id's 32 bits, then the prefix.
+/// Maps earlier versions pinned under another name, same layout: (old, new).
+pub const RENAMED: [(&str, &str); 1] = [("SERVICES", FRONTENDS)];
+
+/// Moves the pins of [`RENAMED`] maps to their new names, so an upgraded
+/// agent adopts them (and their frontend ids) like any other pinned map.
+/// A pin already under the new name wins; the old one is then left to
+/// `kxdp unload`.
+pub fn adopt_renamed_pins(pin_path: &Path) -> Result<(), DataplaneError> {
+    for (old, new) in RENAMED {
+        let (from, to) = (pin_path.join(old), pin_path.join(new));
+        if from.exists() && !to.exists() {
+            std::fs::rename(&from, &to).map_err(|e| DataplaneError::RenamePin(from, e))?;
+        }
+    }
+    Ok(())
+}
+
+/// The trie key of a range: the frontend id's 32 bits, then the prefix.
 fn range_key(entry: &RangeEntry) -> Key<SourceRange> {
     Key::new(
-        SERVICE_ID_BITS + u32::from(entry.cidr.prefix_len()),
+        FRONTEND_ID_BITS + u32::from(entry.cidr.prefix_len()),
         SourceRange {
             frontend_id_be: entry.frontend_id.to_be(),
             addr: addr_to_net(entry.cidr.network()),
@@ -89,7 +106,7 @@ fn range_key(entry: &RangeEntry) -> Key<SourceRange> {
 
 /// The inverse of [`range_key`]; `None` for a key no agent writes.
 fn range_entry(key: &Key<SourceRange>) -> Option<RangeEntry> {
-    let len = key.prefix_len().checked_sub(SERVICE_ID_BITS)?;
+    let len = key.prefix_len().checked_sub(FRONTEND_ID_BITS)?;
     let data = key.data();
     Some(RangeEntry {
         frontend_id: u32::from_be(data.frontend_id_be),
@@ -121,7 +138,7 @@ pub fn check_pinned_layout(pin_path: &Path) -> Result<(), DataplaneError> {
 
 /// The maps the agent writes and the CLI reads.
 pub struct BpfMaps {
-    services: HashMap<MapData, FrontendKey, FrontendValue>,
+    frontends: HashMap<MapData, FrontendKey, FrontendValue>,
     backends: HashMap<MapData, u32, BackendValue>,
     maglev: MaglevTables,
     stats: PerCpuArray<MapData, FrontendStats>,
@@ -162,7 +179,7 @@ fn store_error(map: &'static str) -> impl Fn(MapError) -> StoreError {
 impl BpfMaps {
     pub fn from_ebpf(ebpf: &mut Ebpf) -> Result<Self, DataplaneError> {
         Ok(Self {
-            services: typed(FRONTENDS, ebpf.take_map(FRONTENDS))?,
+            frontends: typed(FRONTENDS, ebpf.take_map(FRONTENDS))?,
             backends: typed(BACKENDS, ebpf.take_map(BACKENDS))?,
             maglev: maglev(ebpf.take_map(MAGLEV), ebpf.take_map(MAGLEV_IDS))?,
             stats: typed(STATS, ebpf.take_map(STATS))?,
@@ -183,7 +200,7 @@ impl BpfMaps {
                 .map_err(|e| DataplaneError::Map(name, e))
         };
         Ok(Self {
-            services: typed(FRONTENDS, open(FRONTENDS)?)?,
+            frontends: typed(FRONTENDS, open(FRONTENDS)?)?,
             backends: typed(BACKENDS, open(BACKENDS)?)?,
             maglev: maglev(open(MAGLEV)?, open(MAGLEV_IDS)?)?,
             stats: typed(STATS, open(STATS)?)?,
@@ -202,7 +219,7 @@ impl BpfMaps {
     /// Everything the service maps hold now.
     pub fn read_contents(&self) -> Result<MapContents, StoreError> {
         let mut contents = MapContents::default();
-        for entry in self.services.iter() {
+        for entry in self.frontends.iter() {
             let (k, v) = entry.map_err(store_error(FRONTENDS))?;
             contents.frontends.insert(k, v);
         }
@@ -255,7 +272,7 @@ impl BpfMaps {
     }
 
     /// A service's counters summed over CPUs.
-    pub fn service_stats(&self, frontend_id: u32) -> Result<FrontendStats, StoreError> {
+    pub fn frontend_stats(&self, frontend_id: u32) -> Result<FrontendStats, StoreError> {
         let per_cpu = self
             .stats
             .get(&frontend_id, 0)
@@ -272,7 +289,7 @@ impl BpfMaps {
     /// `SOURCE_RANGES`), counted up to `cap`; `None` for another map.
     pub fn count(&self, name: &str, cap: u32) -> Option<Result<Count, StoreError>> {
         let (map, counted) = match name {
-            FRONTENDS => (FRONTENDS, count_keys(self.services.keys(), cap)),
+            FRONTENDS => (FRONTENDS, count_keys(self.frontends.keys(), cap)),
             BACKENDS => (BACKENDS, count_keys(self.backends.keys(), cap)),
             SOURCE_RANGES => (SOURCE_RANGES, count_keys(self.source_ranges.keys(), cap)),
             _ => return None,
@@ -307,12 +324,12 @@ impl MapStore for BpfMaps {
         self.maglev.commit().map_err(table_error)
     }
     fn put_frontend(&mut self, key: &FrontendKey, value: &FrontendValue) -> Result<(), StoreError> {
-        self.services
+        self.frontends
             .insert(key, value, 0)
             .map_err(store_error(FRONTENDS))
     }
     fn delete_frontend(&mut self, key: &FrontendKey) -> Result<(), StoreError> {
-        self.services.remove(key).map_err(store_error(FRONTENDS))
+        self.frontends.remove(key).map_err(store_error(FRONTENDS))
     }
     fn put_source_range(&mut self, entry: &RangeEntry) -> Result<(), StoreError> {
         self.source_ranges

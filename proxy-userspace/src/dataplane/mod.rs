@@ -80,6 +80,8 @@ pub enum DataplaneError {
         pinned: (usize, usize),
         expected: (usize, usize),
     },
+    #[error("moving {0} (a map an earlier version pinned) to its new name: {1}")]
+    RenamePin(std::path::PathBuf, #[source] std::io::Error),
 }
 
 /// How many times a program load the kernel interrupted is tried.
@@ -128,6 +130,7 @@ impl Dataplane {
         with_nic: bool,
     ) -> Result<Self, DataplaneError> {
         bpffs::prepare_pin_path(pin_path)?;
+        maps::adopt_renamed_pins(pin_path)?;
         maps::check_pinned_layout(pin_path)?;
         // Maps already pinned there are reused as they are: a restarted agent
         // keeps the conntrack table and every service. The probe that

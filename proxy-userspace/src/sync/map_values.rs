@@ -28,7 +28,7 @@ pub fn frontend_key(frontend: &FrontendAddr) -> FrontendKey {
 }
 
 /// The `SERVICE_*` bits of a frontend.
-fn service_flags(frontend: &Frontend) -> u32 {
+fn frontend_flags(frontend: &Frontend) -> u32 {
     [
         (
             frontend.affinity_timeout.is_some(),
@@ -67,7 +67,7 @@ pub fn frontend_value(frontend: &Frontend, id: u32, table_size: u32) -> Frontend
     FrontendValue {
         id,
         table_size,
-        flags: service_flags(frontend),
+        flags: frontend_flags(frontend),
         affinity_timeout: frontend.affinity_timeout.unwrap_or(0),
     }
 }

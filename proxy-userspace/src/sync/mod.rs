@@ -96,7 +96,7 @@ impl Syncer {
         self
     }
 
-    fn with_limits(current: MapContents, max_services: u32, max_backends: u32) -> Self {
+    fn with_limits(current: MapContents, max_frontends: u32, max_backends: u32) -> Self {
         let mut backend_ids = HashMap::new();
         for (id, value) in &current.backends {
             backend_ids.entry(*value).or_insert(*id);
@@ -111,7 +111,7 @@ impl Syncer {
             current,
             resting_frontend_ids: HashSet::new(),
             resting_backend_ids: HashSet::new(),
-            frontend_ids: IdCursor::new(max_services),
+            frontend_ids: IdCursor::new(max_frontends),
             backend_id_cursor: IdCursor::new(max_backends),
         }
     }
@@ -267,7 +267,7 @@ impl Syncer {
             })
         }) else {
             report.errors.push(format!(
-                "{} ({}): no free service id, the services map is full",
+                "{} ({}): no free frontend id, the FRONTENDS map is full",
                 frontend_text(&key),
                 frontend.service
             ));
@@ -982,7 +982,7 @@ mod tests {
         let mut store = FakeStore::default();
         let plan = plan_of(&[("10.96.0.1", 80, &["10.244.0.2:80"])]);
         fresh_syncer().reconcile(&plan, &mut store);
-        // Leftovers of an interrupted agent: the table of a service id
+        // Leftovers of an interrupted agent: the table of a frontend id
         // without an entry, and a backend nothing refers to.
         store.maps.tables.insert(7, TableSpec::of(&[0; 251]));
         store.maps.backends.insert(
@@ -1279,7 +1279,7 @@ mod tests {
             .log
             .contains(&format!("delete range {} 203.0.113.0/24", value.id)));
         assert_eq!(store.maps, MapContents::default());
-        // A range of a service id without an entry, left by an interrupted agent.
+        // A range of a frontend id without an entry, left by an interrupted agent.
         store.maps.source_ranges.insert(RangeEntry {
             frontend_id: 9,
             cidr: "10.0.0.0/8".parse().unwrap(),

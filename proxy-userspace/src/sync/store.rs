@@ -31,7 +31,7 @@ impl RangeEntry {
 pub struct MapContents {
     pub frontends: BTreeMap<FrontendKey, FrontendValue>,
     pub backends: BTreeMap<u32, BackendValue>,
-    /// Maglev tables by service id, as what decides their content.
+    /// Maglev tables by frontend id, as what decides their content.
     pub tables: BTreeMap<u32, TableSpec>,
     pub source_ranges: BTreeSet<RangeEntry>,
 }
@@ -88,7 +88,7 @@ pub trait MapStore {
     fn delete_frontend(&mut self, key: &FrontendKey) -> Result<(), StoreError>;
     fn put_source_range(&mut self, entry: &RangeEntry) -> Result<(), StoreError>;
     fn delete_source_range(&mut self, entry: &RangeEntry) -> Result<(), StoreError>;
-    /// Zeroes the counters of a service id about to be (re)used.
+    /// Zeroes the counters of a frontend id about to be (re)used.
     fn reset_stats(&mut self, frontend_id: u32) -> Result<(), StoreError>;
 }
 
