@@ -909,7 +909,7 @@ mod tests {
     }
 
     #[test]
-    fn full_services_map_is_reported_not_silent() {
+    fn a_full_frontends_map_is_reported_not_silent() {
         let mut store = FakeStore::default();
         let mut syncer = Syncer::with_limits(MapContents::default(), 1, 8);
         let report = syncer.reconcile(
@@ -919,7 +919,7 @@ mod tests {
         assert_eq!(store.maps.frontends.len(), 1);
         assert_eq!(report.errors.len(), 1);
         assert!(
-            report.errors[0].contains("services map is full"),
+            report.errors[0].contains("FRONTENDS map is full"),
             "{:?}",
             report.errors
         );
