@@ -34,6 +34,41 @@ pub enum NetnsCookieError {
     Socket(io::Error),
     #[error("the marker socket's creation was not seen")]
     NotSeen,
+    #[error("locking {0}: {1}")]
+    Lock(PathBuf, io::Error),
+}
+
+/// Where learners take turns: every learner's program sees every marker
+/// socket made in its cgroup, so two agents learning at once (agents in
+/// several network namespaces of one node, as the test suites run them)
+/// could each record the other's namespace. A file lock serialises them;
+/// each detaches its program before it lets the next one in.
+fn learners_lock_path() -> PathBuf {
+    let run = Path::new("/run");
+    let dir = if run.is_dir() {
+        run.to_path_buf()
+    } else {
+        std::env::temp_dir()
+    };
+    dir.join("kxdp-netns-cookie.lock")
+}
+
+/// Holds the learners' lock until dropped (closing the file releases it,
+/// as does the process's exit).
+fn take_learners_lock() -> Result<fs::File, NetnsCookieError> {
+    let path = learners_lock_path();
+    let file = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| NetnsCookieError::Lock(path.clone(), e))?;
+    // SAFETY: flock on a descriptor this function owns; a holder keeps it
+    // for one socket's creation, and the kernel releases it at exit.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } != 0 {
+        return Err(NetnsCookieError::Lock(path, io::Error::last_os_error()));
+    }
+    Ok(file)
 }
 
 fn socket(kind: libc::c_int, protocol: libc::c_int) -> io::Result<OwnedFd> {
@@ -95,6 +130,8 @@ pub fn learn() -> Result<u64, NetnsCookieError> {
         .filter(|dir| dir.is_dir())
         .ok_or(NetnsCookieError::NoCgroup)?;
     let program_error = |e: &dyn std::fmt::Debug| NetnsCookieError::Program(format!("{e:?}"));
+    // Declared before `ebpf`, so released after the program is detached.
+    let _turn = take_learners_lock()?;
     let mut ebpf = EbpfLoader::new()
         .load(NETNS_COOKIE_OBJECT)
         .map_err(|e| program_error(&e))?;
