@@ -72,12 +72,12 @@ map_type! {
 map_type! {
     /// `FRONTENDS` value.
     pub struct FrontendValue {
-        /// Index into `maglev` and `stats`; stable while the frontend exists.
+        /// Index into `MAGLEV_INDEX` and `STATS`; stable while the frontend exists.
         pub id: u32,
         /// Slots of the frontend's Maglev table; 0 means no backend. The
         /// datapath indexes the table by the size the table itself holds
         /// ([`maglev_layout::HEADER`]), so a table of another size replaces
-        /// the old one in a single update.
+        /// the old one by a single switch of its `MAGLEV_INDEX` entry.
         pub table_size: u32,
         /// `FRONTEND_*` bits.
         pub flags: u32,
@@ -114,14 +114,19 @@ map_type! {
 /// `BackendValue::flags`: the endpoint runs on this node.
 pub const BACKEND_LOCAL: u8 = 1;
 
-/// Flags of every Maglev table (the inner arrays of `maglev`): their sizes
-/// differ per frontend (`BPF_F_INNER_MAP`).
-pub const MAGLEV_TABLE_FLAGS: u32 = 0x1000;
+/// `BPF_F_MMAPABLE`: the Maglev arena and its index are written by the
+/// agent through `mmap`, without a syscall per entry.
+pub const MAGLEV_ARENA_FLAGS: u32 = 0x400;
 
-/// Layout of a Maglev table: an array of 64-bit entries (an array spends 8
-/// bytes per entry whatever the value size, so slots are packed). A table of
-/// M slots keeps room for C member backend ids, each once, and each slot as
-/// a 16-bit index into them; C leaves room to add backends in place.
+/// `MAGLEV_INDEX` value of a frontend without a table.
+pub const NO_TABLE: u64 = 0;
+
+/// Layout of a Maglev table, a block of 64-bit entries in `MAGLEV_ARENA`
+/// starting at the offset `MAGLEV_INDEX` gives for its frontend (offsets
+/// below are relative to the block; an array spends 8 bytes per entry
+/// whatever the value size, so slots are packed). A table of M slots keeps
+/// room for C member backend ids, each once, and each slot as a 16-bit
+/// index into them; C leaves room to add backends in place.
 pub mod maglev_layout {
     /// Entry 0: M in the low 32 bits, C in the high 32 bits.
     pub const HEADER: u32 = 0;

@@ -5,6 +5,11 @@ pub const MAX_FRONTENDS: u32 = 65_536;
 /// Distinct backends (address, port) across all services: room for 30,000
 /// services with 10 endpoints each, none shared.
 pub const MAX_BACKENDS: u32 = 524_288;
+/// 64-bit entries of `MAGLEV_ARENA`, the store of every Maglev table
+/// (64 MiB): 30,000 distinct tables of 10 backends (M = 1021, 262 entries
+/// each) with room to spare. The agent may set another size
+/// (`--maglev-arena-mib`).
+pub const MAGLEV_ARENA_ENTRIES: u32 = 8 << 20;
 /// Connection-tracking entries (two per connection: forward and reply).
 pub const MAX_CONNTRACK: u32 = 524_288;
 /// ClientIP session-affinity entries (one per client and frontend in use).

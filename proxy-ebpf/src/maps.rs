@@ -3,14 +3,13 @@
 
 use aya_ebpf::{
     bindings::{BPF_F_NO_COMMON_LRU, BPF_F_NO_PREALLOC},
-    btf_maps::{Array, ArrayOfMaps},
-    macros::{btf_map, map},
-    maps::{HashMap, LpmTrie, LruHashMap, PerCpuArray},
+    macros::map,
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
 };
 use proxy_common::{
     maps::{
         AffinityKey, AffinityValue, BackendValue, CtEntry, FlowKey, FrontendKey, FrontendStats,
-        FrontendValue, SockRevNatKey, SockRevNatValue, SourceRange, MAGLEV_TABLE_FLAGS,
+        FrontendValue, SockRevNatKey, SockRevNatValue, SourceRange, MAGLEV_ARENA_FLAGS,
     },
     sizes,
 };
@@ -24,25 +23,20 @@ pub static FRONTENDS: HashMap<FrontendKey, FrontendValue> =
 #[map]
 pub static BACKENDS: HashMap<u32, BackendValue> = HashMap::pinned(sizes::MAX_BACKENDS, 0);
 
-/// A frontend's Maglev table (`proxy_common::maps::maglev_layout`). The one
-/// entry here only describes the type; the agent creates each table with
-/// the size it needs.
-pub type MaglevTable = Array<u64, 1, { MAGLEV_TABLE_FLAGS as usize }>;
-
-/// Service id → its Maglev table. The agent rewrites a table of the same
-/// size in place and swaps one of another size in whole, so a packet never
-/// indexes a table by another's size. A BTF map (map-in-map needs its inner
-/// type); pinned by the agent's loader.
-#[btf_map]
-pub static MAGLEV: ArrayOfMaps<MaglevTable, { sizes::MAX_FRONTENDS as usize }> = ArrayOfMaps::new();
-
-/// Service id → kernel id of the table the agent put in that slot of
-/// `MAGLEV` (0: none). No program reads it: it is the agent's record, since
-/// before Linux 6.8 every read of an array of maps from userspace waits for
-/// an RCU grace period.
+/// Every frontend's Maglev table, each a block of entries
+/// (`proxy_common::maps::maglev_layout`); frontends with the same backends
+/// share one. A plain array, so each read is an inlined load. The agent
+/// writes it through `mmap`: a table of the same size in place, another
+/// one in a fresh block that `MAGLEV_INDEX` then points at; a block is
+/// reused only after every program that could read it has finished.
 #[map]
-pub static MAGLEV_IDS: aya_ebpf::maps::Array<u32> =
-    aya_ebpf::maps::Array::pinned(sizes::MAX_FRONTENDS, 0);
+pub static MAGLEV_ARENA: Array<u64> =
+    Array::pinned(sizes::MAGLEV_ARENA_ENTRIES, MAGLEV_ARENA_FLAGS);
+
+/// Frontend id → offset of its table's block in `MAGLEV_ARENA` (low 32
+/// bits; `NO_TABLE`: none). Switched in one 8-byte store.
+#[map]
+pub static MAGLEV_INDEX: Array<u64> = Array::pinned(sizes::MAX_FRONTENDS, MAGLEV_ARENA_FLAGS);
 
 /// Flow → translation, one entry per direction of each connection. Per-CPU
 /// LRU lists: inserting a new flow takes no map-wide lock.

@@ -8,12 +8,12 @@
 use aya_ebpf::bindings::BPF_ANY;
 use proxy_common::maps::{
     maglev_layout, AffinityKey, AffinityValue, BackendValue, CtEntry, DropReason, FrontendValue,
-    FRONTEND_AFFINITY_CLIENT_IP,
+    FRONTEND_AFFINITY_CLIENT_IP, NO_TABLE,
 };
 
 use crate::{
     kernel,
-    maps::{MaglevTable, AFFINITY, BACKENDS, MAGLEV},
+    maps::{AFFINITY, BACKENDS, MAGLEV_ARENA, MAGLEV_INDEX},
     parse::Ipv4Flow,
 };
 
@@ -71,38 +71,48 @@ fn slot_backend(frontend: &FrontendValue, hash: u32) -> Result<(Selected, u32), 
 }
 
 /// The backend id in slot `hash` mod M of the Maglev table of `frontend_id`,
-/// and its member index. M and the layout are read from the table itself,
-/// so they always match the table being read, even while the agent swaps
-/// in one of another size.
+/// and its member index. The block is read once from `MAGLEV_INDEX`, and M
+/// and the layout from the block itself, so they always match the table
+/// being read, even while the agent switches to one of another size.
 #[inline(always)]
 pub fn table_entry(frontend_id: u32, hash: u32) -> Option<(u32, u32)> {
-    let table = MAGLEV.get(frontend_id)?;
-    let header = *table.get(maglev_layout::HEADER)?;
+    let block = table_block(frontend_id)?;
+    let header = *MAGLEV_ARENA.get(block + maglev_layout::HEADER)?;
     let (size, capacity) = (header as u32, (header >> 32) as u32);
     if size == 0 {
         return None;
     }
     let slot = hash % size;
-    let lanes = *table.get(maglev_layout::slots_start(capacity) + slot / 4)?;
+    let lanes = *MAGLEV_ARENA.get(block + maglev_layout::slots_start(capacity) + slot / 4)?;
     let member = ((lanes >> ((slot % 4) * 16)) & 0xffff) as u32;
-    member_of(table, member).map(|id| (id, member))
+    if member >= capacity {
+        return None;
+    }
+    member_of(block, member).map(|id| (id, member))
 }
 
 /// The backend id at member index `member` of the Maglev table of
 /// `frontend_id`, if the table has such a member.
 #[inline(always)]
 fn table_member(frontend_id: u32, member: u32) -> Option<u32> {
-    let table = MAGLEV.get(frontend_id)?;
-    let capacity = (*table.get(maglev_layout::HEADER)? >> 32) as u32;
+    let block = table_block(frontend_id)?;
+    let capacity = (*MAGLEV_ARENA.get(block + maglev_layout::HEADER)? >> 32) as u32;
     if member >= capacity {
         return None;
     }
-    member_of(table, member)
+    member_of(block, member)
+}
+
+/// Where the table of `frontend_id` starts in `MAGLEV_ARENA`.
+#[inline(always)]
+fn table_block(frontend_id: u32) -> Option<u32> {
+    let descriptor = *MAGLEV_INDEX.get(frontend_id)?;
+    (descriptor != NO_TABLE).then_some(descriptor as u32)
 }
 
 #[inline(always)]
-fn member_of(table: &MaglevTable, member: u32) -> Option<u32> {
-    let ids = *table.get(maglev_layout::MEMBERS_START + member / 2)?;
+fn member_of(block: u32, member: u32) -> Option<u32> {
+    let ids = *MAGLEV_ARENA.get(block + maglev_layout::MEMBERS_START + member / 2)?;
     Some((ids >> ((member % 2) * 32)) as u32)
 }
 

@@ -146,6 +146,12 @@ pub struct AgentArgs {
     /// 100 slots per backend up to this cap.
     #[arg(long, env = "KXDP_MAGLEV_TABLE_SIZE", default_value_t = maglev::DEFAULT_MAX_TABLE_SIZE, value_parser = parse_table_size)]
     pub maglev_table_size: u32,
+    /// Kernel memory kept for every Maglev table (MiB, 1 to 4095): 64 holds
+    /// 30,000 distinct tables of 10 backends. Frontends with the same
+    /// backends share a table. Takes effect when the maps are created (a
+    /// pinned arena keeps its size until `kxdp unload`).
+    #[arg(long, env = "KXDP_MAGLEV_ARENA_MIB", default_value_t = DEFAULT_ARENA_MIB, value_parser = clap::value_parser!(u32).range(1..4096))]
+    pub maglev_arena_mib: u32,
     /// Where /healthz and /readyz answer (kube-proxy's healthz port).
     #[arg(long, env = "KXDP_HEALTH_ADDR", default_value = DEFAULT_HEALTH_ADDR)]
     pub health_addr: SocketAddr,
@@ -154,6 +160,16 @@ pub struct AgentArgs {
     pub metrics_addr: SocketAddr,
     #[command(flatten)]
     pub pin: PinArgs,
+}
+
+/// `--maglev-arena-mib` by default: `sizes::MAGLEV_ARENA_ENTRIES`.
+const DEFAULT_ARENA_MIB: u32 = proxy_common::sizes::MAGLEV_ARENA_ENTRIES >> 17;
+
+impl AgentArgs {
+    /// Entries of the Maglev arena `--maglev-arena-mib` asks for.
+    pub fn arena_entries(&self) -> u32 {
+        self.maglev_arena_mib << 17
+    }
 }
 
 fn parse_table_size(s: &str) -> Result<u32, String> {
@@ -288,6 +304,17 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(refused.contains("not a Maglev table size"), "{refused}");
+    }
+
+    #[test]
+    fn the_arena_size_is_given_in_mib_of_8_byte_entries() {
+        assert_eq!(agent(&[]).unwrap().arena_entries(), 8 << 20);
+        assert_eq!(
+            agent(&["--maglev-arena-mib", "1"]).unwrap().arena_entries(),
+            131_072
+        );
+        assert!(agent(&["--maglev-arena-mib", "0"]).is_err());
+        assert!(agent(&["--maglev-arena-mib", "4096"]).is_err());
     }
 
     #[test]

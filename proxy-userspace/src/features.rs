@@ -16,14 +16,10 @@ pub enum Feature {
     /// `bpf_redirect_neigh` in tc programs: replies to NodePort clients
     /// leave through the FIB's interface with the neighbour resolved.
     RedirectNeigh,
-    /// `BPF_F_INNER_MAP`: Maglev tables of different sizes in one array of
-    /// maps.
-    InnerMapSizes,
-    /// `BPF_MAP_UPDATE_BATCH` on arrays: Maglev tables written in one call.
+    /// `BPF_F_MMAPABLE` arrays: the Maglev arena, written through `mmap`.
+    MmapableArrays,
+    /// `BPF_MAP_UPDATE_BATCH`: a full sync's entries written in few calls.
     MapBatchOps,
-    /// `BPF_MAP_UPDATE_BATCH` on an array of maps: the tables of a sync
-    /// swapped in with one update of `MAGLEV`.
-    MapInMapBatch,
     /// The four cgroup `sock_addr` hooks of socket-level balancing
     /// (connect4, sendmsg4, recvmsg4 and getpeername4, the last in 5.8).
     SocketHooks,
@@ -40,11 +36,10 @@ pub enum Feature {
 
 impl Feature {
     /// Every feature, in the order they are probed and listed.
-    pub const ALL: [Feature; 9] = [
+    pub const ALL: [Feature; 8] = [
         Feature::RedirectNeigh,
-        Feature::InnerMapSizes,
+        Feature::MmapableArrays,
         Feature::MapBatchOps,
-        Feature::MapInMapBatch,
         Feature::SocketHooks,
         Feature::KtimeCoarse,
         Feature::SockAddrSetRetval,
@@ -56,9 +51,8 @@ impl Feature {
     pub fn name(self) -> &'static str {
         match self {
             Feature::RedirectNeigh => "bpf_redirect_neigh",
-            Feature::InnerMapSizes => "BPF_F_INNER_MAP",
+            Feature::MmapableArrays => "BPF_F_MMAPABLE",
             Feature::MapBatchOps => "map batch ops",
-            Feature::MapInMapBatch => "batch ops on arrays of maps",
             Feature::SocketHooks => "cgroup sock_addr hooks",
             Feature::KtimeCoarse => "bpf_ktime_get_coarse_ns",
             Feature::SockAddrSetRetval => "bpf_set_retval in sock_addr",
@@ -70,11 +64,9 @@ impl Feature {
     /// The upstream release that brought it.
     pub fn first_kernel(self) -> &'static str {
         match self {
-            Feature::RedirectNeigh | Feature::InnerMapSizes => "5.10",
+            Feature::RedirectNeigh => "5.10",
+            Feature::MmapableArrays => "5.5",
             Feature::MapBatchOps => "5.6",
-            // Absent from 5.10, present in 6.1; the release between is
-            // not pinned down.
-            Feature::MapInMapBatch => "≤6.1",
             Feature::SocketHooks => "5.8",
             Feature::KtimeCoarse => "5.11",
             Feature::SockAddrSetRetval => "6.1",
@@ -86,11 +78,8 @@ impl Feature {
     /// What kxdp does without it.
     pub fn without(self) -> &'static str {
         match self {
-            Feature::RedirectNeigh | Feature::InnerMapSizes | Feature::MapBatchOps => {
+            Feature::RedirectNeigh | Feature::MmapableArrays | Feature::MapBatchOps => {
                 "required: the datapath cannot load (kxdp needs Linux 5.10 or newer)"
-            }
-            Feature::MapInMapBatch => {
-                "Maglev tables are swapped in one update each (correct, but each waits for its own RCU grace period)"
             }
             Feature::SocketHooks => {
                 "no socket-level balancing: host processes do not reach ClusterIPs (pods still do)"
@@ -113,7 +102,7 @@ impl Feature {
     fn required(self) -> bool {
         matches!(
             self,
-            Feature::RedirectNeigh | Feature::InnerMapSizes | Feature::MapBatchOps
+            Feature::RedirectNeigh | Feature::MmapableArrays | Feature::MapBatchOps
         )
     }
 }
@@ -210,7 +199,6 @@ mod tests {
     #[test]
     fn a_5_10_kernel_degrades_the_clock_the_refusal_error_and_the_attach() {
         let on_5_10 = probed(&[
-            Feature::MapInMapBatch,
             Feature::KtimeCoarse,
             Feature::SockAddrSetRetval,
             Feature::NetnsCookieOption,

@@ -329,7 +329,6 @@ mod tests {
             [
                 "delete service Some(1)",
                 "delete table 1",
-                "commit tables",
                 "delete backend 1"
             ]
         );

@@ -14,7 +14,7 @@
 use std::{collections::HashMap as StdHashMap, net::Ipv4Addr};
 
 use aya::{
-    maps::{Array, HashMap, Map, MapData, MapInfo},
+    maps::{HashMap, Map, MapData},
     programs::{SchedClassifier, TestRun, TestRunOptions, TestRunResult, Xdp},
     Ebpf, EbpfLoader,
 };
@@ -28,12 +28,7 @@ use proxy_common::{
 };
 use proxy_userspace::{
     cidr::Ipv4Cidr,
-    dataplane::{
-        load_program,
-        maglev_tables::{MAGLEV, MAGLEV_IDS},
-        maps::BpfMaps,
-        probe, KXDP_FEATURES,
-    },
+    dataplane::{load_program, maglev_arena::MAGLEV_ARENA, maps::BpfMaps, probe, KXDP_FEATURES},
     ebpf_object::KXDP_OBJECT,
     maglev,
     model::types::Backend,
@@ -41,11 +36,15 @@ use proxy_userspace::{
     source::ServiceName,
     sync::{
         map_values::{backend_value, frontend_value, member, range_entries},
-        store::{MapStore, RangeEntry},
+        store::{MapStore, RangeEntry, TableSpec},
     },
 };
 
 use crate::privileged::{require_root, PrivateBpffs};
+
+/// Entries of a test's Maglev arena (1 MiB): room for hundreds of tables,
+/// without 64 MiB of kernel memory per test.
+pub const TEST_ARENA_ENTRIES: u32 = 1 << 17;
 
 /// tc verdicts (linux/pkt_cls.h).
 /// The program on packets leaving a pod (DNAT).
@@ -123,7 +122,7 @@ fn fail(what: impl std::fmt::Display) -> ! {
     panic!("packet tests need root and BPF: {what}")
 }
 
-/// The loaded datapath. Field order matters: the maps drop before `mount`.
+/// The loaded datapath. Field order matters: the maps drop before `_mount`.
 pub struct Datapath {
     ebpf: Ebpf,
     /// The agent's store over the maps it writes.
@@ -132,7 +131,7 @@ pub struct Datapath {
     frontends: StdHashMap<FrontendKey, (u32, Frontend)>,
     /// The backends written, by id.
     backends: StdHashMap<u32, BackendValue>,
-    mount: PrivateBpffs,
+    _mount: PrivateBpffs,
 }
 
 /// A plan frontend as the tests describe one: `FRONTEND_*` bits (the
@@ -164,14 +163,18 @@ fn plan_frontend(flags: u32, backends: &[TestBackend]) -> Frontend {
 impl Datapath {
     /// Loads the object with its maps pinned in a fresh private bpffs.
     pub fn load() -> Self {
+        Self::load_with_arena(TEST_ARENA_ENTRIES)
+    }
+
+    /// [`Self::load`] with a Maglev arena of `arena_entries`.
+    pub fn load_with_arena(arena_entries: u32) -> Self {
         require_root("packet tests");
         let mount = PrivateBpffs::new("kxdp-packet-test").unwrap_or_else(|e| fail(e));
-        let maglev_pin = mount.path().join(MAGLEV);
         // Loaded for this kernel as the agent loads it.
         let (_, loadout) = probe::this_kernel(false).unwrap_or_else(|e| fail(e));
         let mut ebpf = EbpfLoader::new()
             .default_map_pin_directory(mount.path())
-            .map_pin_path(MAGLEV, maglev_pin.as_path())
+            .map_max_entries(MAGLEV_ARENA, arena_entries)
             .override_global(KXDP_FEATURES, &loadout.datapath_bits, true)
             .load(KXDP_OBJECT)
             .unwrap_or_else(|e| fail(format!("loading the kxdp object: {e:#?}")));
@@ -197,7 +200,7 @@ impl Datapath {
             maps,
             frontends: StdHashMap::new(),
             backends: StdHashMap::new(),
-            mount,
+            _mount: mount,
         }
     }
 
@@ -233,6 +236,27 @@ impl Datapath {
             scope: SCOPE_POD,
         };
         self.add_frontend(key, id, 0, &backends);
+    }
+
+    /// Writes a ClusterIP service over backends already written (by id),
+    /// as sync does for a frontend sharing another's backends.
+    pub fn add_service_over(
+        &mut self,
+        vip: Ipv4Addr,
+        port: u16,
+        proto: u8,
+        id: u32,
+        backend_ids: &[u32],
+    ) {
+        let key = FrontendKey {
+            addr: addr_to_net(vip),
+            port: port_to_net(port),
+            proto,
+            scope: SCOPE_POD,
+        };
+        let frontend = plan_frontend(0, &[]);
+        let table_size = self.write_table(id, backend_ids);
+        self.write_frontend(key, id, frontend, table_size);
     }
 
     /// Writes any frontend (`key` with its scope, `flags` as `FRONTEND_*`)
@@ -304,8 +328,9 @@ impl Datapath {
         self.write_frontend(key, id, frontend, table_size);
     }
 
-    /// Swaps in a new table for service `id` over `backend_ids` and leaves
-    /// the service entry as it was (sync rewrites the entry afterwards).
+    /// Makes a new table for service `id` over `backend_ids` live and
+    /// leaves the service entry as it was (sync rewrites the entry
+    /// afterwards).
     pub fn replace_table(&mut self, id: u32, backend_ids: &[u32]) {
         self.write_table(id, backend_ids);
     }
@@ -318,52 +343,37 @@ impl Datapath {
             .map(|backend_id| member(&self.backends[backend_id], *backend_id))
             .collect();
         if members.is_empty() {
-            self.maps.delete_table(id).expect("remove table");
-            self.maps.commit_tables().expect("remove table");
+            self.maps.delete_table(id);
             return 0;
         }
         let size = maglev::table_size(members.len(), maglev::DEFAULT_MAX_TABLE_SIZE);
-        let slots = maglev::build(&members, size);
-        self.maps.put_table(id, &slots).expect("write table");
-        self.maps.commit_tables().expect("swap table in");
+        let spec = TableSpec::new(size, backend_ids.to_vec());
+        self.maps
+            .put_table(id, &spec, || maglev::build(&members, size))
+            .expect("write table");
         size
     }
 
     /// The Maglev table of service `id` as the datapath reads it.
     pub fn table(&self, id: u32) -> Vec<u32> {
-        self.maps
-            .tables()
-            .get(id)
-            .expect("read table")
-            .unwrap_or_default()
+        self.maps.tables().get(id).unwrap_or_default()
     }
 
-    /// The kernel id of map `name` (pinned under the test's bpffs).
-    pub fn map_id(&self, name: &str) -> u32 {
-        MapInfo::from_pin(self.mount.path().join(name))
-            .unwrap_or_else(|e| panic!("map {name}: {e}"))
-            .id()
+    /// Drops the maps and opens them again from their pins, as a restarted
+    /// agent does (the arena's allocator rebuilt from what it holds).
+    pub fn reopen_maps(&mut self) {
+        self.maps = BpfMaps::open_pinned(self._mount.path())
+            .unwrap_or_else(|e| fail(format!("reopening the pinned maps: {e}")));
     }
 
-    /// The table record, `MAGLEV_IDS`.
-    fn table_record(&self) -> Array<MapData, u32> {
-        MapData::from_pin(self.mount.path().join(MAGLEV_IDS))
-            .and_then(Map::from_map_data)
-            .and_then(Array::try_from)
-            .unwrap_or_else(|e| panic!("map {MAGLEV_IDS}: {e}"))
+    /// Every table the maps hold, as a restarted agent reads them.
+    pub fn table_specs(&self) -> std::collections::BTreeMap<u32, TableSpec> {
+        self.maps.read_contents().expect("read the maps").tables
     }
 
-    /// The kernel id of service `id`'s table in the table record.
-    pub fn recorded_table_id(&self, id: u32) -> u32 {
-        self.table_record().get(&id, 0).expect("read the record")
-    }
-
-    /// Makes the table record name map `map_id` for service `id`, as an
-    /// agent killed between writing the record and `MAGLEV` leaves it.
-    pub fn record_table_id(&mut self, id: u32, map_id: u32) {
-        self.table_record()
-            .set(id, map_id, 0)
-            .expect("write the record");
+    /// Where the table of service `id` starts in the arena (0: none).
+    pub fn table_block(&self, id: u32) -> u32 {
+        self.maps.tables().block_of(id)
     }
 
     /// Every session-affinity entry.

@@ -853,58 +853,113 @@ fn a_table_of_another_size_takes_over_in_one_update() {
     assert_eq!(forward(&mut dp, &next_segment, &many), kept);
 }
 
-/// The agent knows which table each slot holds from its record
-/// (`MAGLEV_IDS`), never by reading `MAGLEV` back: before Linux 6.8 every
-/// such read waits for a grace period. A record naming a table that is gone
-/// (an agent killed between writing the record and the outer array) or a
-/// map that is no table reads as no table; the datapath keeps the table in
-/// its slot, and the next write swaps a new one in.
+/// Frontends with the same backends (a Service's ClusterIP, NodePorts,
+/// external addresses) share one block of the arena; a frontend whose
+/// backends change moves to a block of its own while the other keeps
+/// routing through the shared one; a block no frontend points at any more
+/// is reused, but only once the untouched tail has no room (the reuse
+/// waits for a grace period; the allocator's unit tests show the order).
 #[test]
-fn a_recorded_table_that_is_gone_reads_as_none_and_the_next_write_replaces_it() {
-    let mut dp = datapath();
-    let vip = sa(ip(10, 96, 0, 91), 80);
+fn frontends_with_the_same_backends_share_a_block_and_a_released_one_is_reused() {
+    // Blocks: 136 entries for three backends (M = 509, room for 5
+    // members), 72 for two (M = 251). The arena holds, after its unused
+    // first line, one of 136 and two of 72.
+    let mut dp = Datapath::load_with_arena(8 + 136 + 72 + 72);
     let three = [
         (ip(10, 0, 9, 1), 8080),
         (ip(10, 0, 9, 2), 8080),
         (ip(10, 0, 9, 3), 8080),
     ];
-    dp.add_service(*vip.ip(), vip.port(), PROTO_TCP, 12, &three);
+    let (a, b) = (sa(ip(10, 96, 0, 91), 80), sa(ip(10, 96, 0, 92), 80));
+    dp.add_service(*a.ip(), a.port(), PROTO_TCP, 12, &three);
     let ids: Vec<u32> = (0..3).map(|i| Datapath::backend_id(12, i)).collect();
-    let first = dp.recorded_table_id(12);
-    assert_ne!(first, 0, "a written table is recorded");
-    assert_eq!(dp.table(12).len(), 509);
-    // Two backends: another size class, so a new table replaces the first,
-    // which is freed.
-    dp.replace_table(12, &ids[..2]);
-    let second = dp.recorded_table_id(12);
-    assert_ne!(second, first);
-    let live = dp.table(12);
-    assert_eq!(live.len(), 251);
-    let routes_by = |dp: &mut Datapath, table: &[u32], ports: std::ops::Range<u16>| {
-        for port in ports {
-            let client = sa(CLIENT, port);
-            let id = maglev_choice(table, client, vip, PROTO_TCP);
-            let expected = three[ids.iter().position(|b| *b == id).expect("a backend")];
-            let got = forward(dp, &Packet::tcp(client, vip), &three);
-            assert_eq!(got, sa(expected.0, expected.1), "client port {port}");
-        }
-    };
-    for (what, stale) in [
-        ("a gone table", first),
-        ("a map that is no table", dp.map_id("BACKENDS")),
-    ] {
-        dp.record_table_id(12, stale);
-        assert!(dp.table(12).is_empty(), "the record names {what}: no table");
-        routes_by(&mut dp, &live, 45001..45041);
-    }
-    // Same size class as the live table, but it is not known: swapped in
-    // whole, and recorded.
+    // Frontend 13 over the same backends: the same table, the same block.
+    dp.add_service_over(*b.ip(), b.port(), PROTO_TCP, 13, &ids);
+    let shared = dp.table_block(12);
+    assert_eq!(shared, 8, "the first block after the unused line");
+    assert_eq!(dp.table_block(13), shared, "one block for both");
+    let routes_by =
+        |dp: &mut Datapath, vip: SocketAddrV4, table: &[u32], ports: std::ops::Range<u16>| {
+            for port in ports {
+                let client = sa(CLIENT, port);
+                let id = maglev_choice(table, client, vip, PROTO_TCP);
+                let expected = three[ids.iter().position(|b| *b == id).expect("a backend")];
+                let got = forward(dp, &Packet::tcp(client, vip), &three);
+                assert_eq!(got, sa(expected.0, expected.1), "{vip} client port {port}");
+            }
+        };
+    let full = dp.table(12);
+    assert_eq!(full.len(), 509);
+    routes_by(&mut dp, a, &full, 45001..45041);
+    routes_by(&mut dp, b, &full, 45001..45041);
+    // 13 loses a backend: its own block; 12 keeps the shared one as it was.
+    dp.replace_table(13, &[ids[0], ids[2]]);
+    let own = dp.table_block(13);
+    assert_eq!(own, 8 + 136);
+    assert_eq!((dp.table_block(12), dp.table(12)), (shared, full.clone()));
+    routes_by(&mut dp, a, &full, 46001..46041);
+    let two = dp.table(13);
+    assert_eq!(two.len(), 251);
+    assert!(!two.contains(&ids[1]));
+    routes_by(&mut dp, b, &two, 46001..46041);
+    // 12 comes to the table 13 has: it joins 13's block, and the first
+    // block, now unused, is released.
     dp.replace_table(12, &[ids[0], ids[2]]);
-    let healed = dp.table(12);
-    assert_eq!(healed.len(), 251);
-    assert_ne!(healed, live);
-    assert!(![0, first, second].contains(&dp.recorded_table_id(12)));
-    routes_by(&mut dp, &healed, 46001..46041);
+    assert_eq!(dp.table_block(12), own, "shared again");
+    routes_by(&mut dp, a, &two, 47001..47041);
+    // A new table of two backends: the tail has room, so no wait.
+    dp.add_service_over(ip(10, 96, 0, 93), 80, PROTO_TCP, 14, &ids[..2]);
+    assert_eq!(dp.table_block(14), 8 + 136 + 72, "from the tail");
+    // One of three: only the released block fits, reused after a grace
+    // period.
+    dp.add_service_over(ip(10, 96, 0, 94), 80, PROTO_TCP, 15, &ids);
+    assert_eq!(dp.table_block(15), shared, "the released block, reused");
+    let c = sa(ip(10, 96, 0, 94), 80);
+    routes_by(&mut dp, c, &full, 48001..48041);
+    routes_by(&mut dp, a, &two, 48001..48041);
+    routes_by(&mut dp, b, &two, 48001..48041);
+}
+
+/// A restarted agent takes the arena over as it is: every table, every
+/// shared block with its count of frontends, and the free space past
+/// them. So the first change after a restart neither rewrites a block
+/// another frontend still reads nor writes over a live one.
+#[test]
+fn a_reopened_arena_keeps_every_table_and_its_sharing() {
+    let mut dp = Datapath::load_with_arena(1 << 12);
+    let three = [
+        (ip(10, 0, 9, 1), 8080),
+        (ip(10, 0, 9, 2), 8080),
+        (ip(10, 0, 9, 3), 8080),
+    ];
+    let (a, b) = (sa(ip(10, 96, 0, 91), 80), sa(ip(10, 96, 0, 92), 80));
+    dp.add_service(*a.ip(), a.port(), PROTO_TCP, 12, &three);
+    let ids: Vec<u32> = (0..3).map(|i| Datapath::backend_id(12, i)).collect();
+    dp.add_service_over(*b.ip(), b.port(), PROTO_TCP, 13, &ids);
+    dp.add_service(ip(10, 96, 0, 95), 80, PROTO_TCP, 20, &three[..2]);
+    let before = dp.table_specs();
+    let blocks: Vec<u32> = [12, 13, 20].map(|id| dp.table_block(id)).to_vec();
+    let full = dp.table(12);
+
+    dp.reopen_maps();
+    assert_eq!(dp.table_specs(), before);
+    assert_eq!([12, 13, 20].map(|id| dp.table_block(id)).to_vec(), blocks);
+    // 13 changes: its block is still 12's too, so 13 moves to a fresh one
+    // past every live block, and 12 reads its table as before.
+    dp.replace_table(13, &[ids[0], ids[2]]);
+    let moved = dp.table_block(13);
+    assert!(
+        !blocks.contains(&moved),
+        "{moved} is a live block: {blocks:?}"
+    );
+    assert_eq!(dp.table(12), full);
+    for port in 50001..50041 {
+        let client = sa(CLIENT, port);
+        let id = maglev_choice(&full, client, a, PROTO_TCP);
+        let expected = three[ids.iter().position(|b| *b == id).expect("a backend")];
+        let got = forward(&mut dp, &Packet::tcp(client, a), &three);
+        assert_eq!(got, sa(expected.0, expected.1), "client port {port}");
+    }
 }
 
 #[test]

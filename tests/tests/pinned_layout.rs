@@ -4,7 +4,10 @@
 
 use std::{os::fd::AsFd as _, path::Path};
 
-use kxdp_testbed::privileged::{require_root, PrivateBpffs};
+use kxdp_testbed::{
+    datapath::TEST_ARENA_ENTRIES,
+    privileged::{require_root, PrivateBpffs},
+};
 use proxy_userspace::{
     dataplane::{
         bpf_syscall::{self, MapSpec},
@@ -41,7 +44,7 @@ fn maps_pinned_with_another_layout_are_refused_with_advice() {
     std::fs::create_dir_all(&pin_path).unwrap();
     // A FRONTENDS map of another layout: 8-byte values.
     pin_hash_map(&pin_path.join("FRONTENDS"), 8, 8);
-    let error = match Dataplane::load(&pin_path, &loadout(), false) {
+    let error = match Dataplane::load(&pin_path, &loadout(), TEST_ARENA_ENTRIES, false) {
         Ok(_) => panic!("a FRONTENDS map of another layout was adopted"),
         Err(e) => e,
     };
@@ -56,18 +59,61 @@ fn maps_pinned_with_another_layout_are_refused_with_advice() {
     );
 }
 
-/// An earlier version's slot table (`SELECTION`, before Maglev) is left
-/// alone by a new agent and removed by `kxdp unload` with everything else.
+/// Maps of earlier layouts (`SELECTION`, the slot table before Maglev;
+/// `MAGLEV` and `MAGLEV_IDS`, the Maglev tables as an array of maps before
+/// the arena) lose their pins once a new agent's object is loaded (programs
+/// still running keep their maps until replaced), and `kxdp unload`
+/// removes them with everything else.
 #[test]
-fn unload_removes_maps_an_earlier_version_pinned() {
+fn the_pins_of_an_earlier_layout_go_at_load_and_at_unload() {
     require_root("the pinned-layout test");
     let mount = PrivateBpffs::new("kxdp-retired-test").unwrap();
     let pin_path = mount.path().join("kxdp");
     std::fs::create_dir_all(&pin_path).unwrap();
-    pin_hash_map(&pin_path.join("SELECTION"), 8, 4);
-    drop(Dataplane::load(&pin_path, &loadout(), false).expect("a retired map is no obstacle"));
+    let retired = ["SELECTION", "MAGLEV", "MAGLEV_IDS"];
+    let pin_all = || {
+        pin_hash_map(&pin_path.join("SELECTION"), 8, 4);
+        pin_array_of_maps(&pin_path.join("MAGLEV"));
+        pin_hash_map(&pin_path.join("MAGLEV_IDS"), 4, 4);
+    };
+    pin_all();
+    drop(
+        Dataplane::load(&pin_path, &loadout(), TEST_ARENA_ENTRIES, false)
+            .expect("a retired map is no obstacle"),
+    );
+    for name in retired {
+        assert!(!pin_path.join(name).exists(), "{name} is still pinned");
+    }
+    assert!(pin_path.join("MAGLEV_ARENA").exists());
+    // Pinned again (an old agent started meanwhile): unload removes them.
+    pin_all();
     proxy_userspace::commands::unload::run(&pin_path).expect("unload");
     assert!(!pin_path.exists(), "unload left {}", pin_path.display());
+}
+
+/// Pins an array of maps (the old `MAGLEV`) at `path`.
+fn pin_array_of_maps(path: &Path) {
+    const BPF_MAP_TYPE_ARRAY: u32 = 2;
+    const BPF_MAP_TYPE_ARRAY_OF_MAPS: u32 = 12;
+    let inner = bpf_syscall::map_create(&MapSpec {
+        map_type: BPF_MAP_TYPE_ARRAY,
+        key_size: 4,
+        value_size: 8,
+        max_entries: 4,
+        flags: 0,
+        inner_map: None,
+    })
+    .unwrap();
+    let outer = bpf_syscall::map_create(&MapSpec {
+        map_type: BPF_MAP_TYPE_ARRAY_OF_MAPS,
+        key_size: 4,
+        value_size: 4,
+        max_entries: 4,
+        flags: 0,
+        inner_map: Some(inner.as_fd()),
+    })
+    .unwrap();
+    bpf_syscall::obj_pin(outer.as_fd(), path).unwrap_or_else(|e| panic!("BPF_OBJ_PIN: {e}"));
 }
 
 /// Earlier versions pinned the frontends as `SERVICES`: an upgraded agent
@@ -107,14 +153,20 @@ fn a_map_an_earlier_version_pinned_under_another_name_is_adopted() {
     };
     open(&old).insert(key, value, 0).unwrap();
 
-    drop(Dataplane::load(&pin_path, &loadout(), false).expect("the old pin is adopted"));
+    drop(
+        Dataplane::load(&pin_path, &loadout(), TEST_ARENA_ENTRIES, false)
+            .expect("the old pin is adopted"),
+    );
     assert!(!old.exists(), "the old name is gone");
     assert_eq!(open(&pin_path.join(FRONTENDS)).get(&key, 0).unwrap(), value);
 
     // Both names present (an old agent started again meanwhile): the new
     // one is kept, and unload removes both.
     pin_hash_map(&old, key_size, value_size);
-    drop(Dataplane::load(&pin_path, &loadout(), false).expect("loads beside a leftover"));
+    drop(
+        Dataplane::load(&pin_path, &loadout(), TEST_ARENA_ENTRIES, false)
+            .expect("loads beside a leftover"),
+    );
     assert_eq!(open(&pin_path.join(FRONTENDS)).get(&key, 0).unwrap(), value);
     proxy_userspace::commands::unload::run(&pin_path).expect("unload");
     assert!(!pin_path.exists(), "unload left {}", pin_path.display());

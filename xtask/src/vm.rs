@@ -129,7 +129,7 @@ fn kernel_line(version: &str) -> Option<KernelLine> {
         "5.10" => Some(KernelLine {
             pattern: r"^linux-image-5\.10\.0-[0-9]+-cloud-amd64$",
             source: AptSource::Suite("bullseye"),
-            missing: "batch ops on arrays of maps,bpf_ktime_get_coarse_ns,bpf_set_retval in sock_addr,SO_NETNS_COOKIE,tcx",
+            missing: "bpf_ktime_get_coarse_ns,bpf_set_retval in sock_addr,SO_NETNS_COOKIE,tcx",
             not_run: NO_XDP_TEST_CONTEXT,
         }),
         "6.1" => Some(KernelLine {

@@ -291,7 +291,12 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     let mut source = Source::open(&args).await?;
     let pin_path = &args.pin.pin_path;
     let loadout = kernel_loadout(args.pod_attach == PodAttach::Tc)?;
-    let mut dataplane = Dataplane::load(pin_path, &loadout, !args.nic.is_empty())?;
+    let mut dataplane = Dataplane::load(
+        pin_path,
+        &loadout,
+        args.arena_entries(),
+        !args.nic.is_empty(),
+    )?;
     let mut maps = dataplane.take_maps()?;
     let mut reporting = Reporting {
         telemetry: Telemetry::new(pin_path),

@@ -1,7 +1,7 @@
 //! Typed access to the pinned maps: the sync writer (`MapStore`) and the
 //! readers behind `kxdp services`.
 
-use std::{collections::BTreeMap, net::Ipv4Addr, path::Path};
+use std::{collections::BTreeMap, net::Ipv4Addr, os::fd::AsFd, path::Path};
 
 use aya::{
     maps::{
@@ -17,12 +17,12 @@ use proxy_common::maps::{
 
 use super::{
     fill::{count_keys, Count},
-    maglev_tables::{MaglevTables, TableError, MAGLEV, MAGLEV_IDS},
+    maglev_arena::{ArenaError, MaglevArena, MAGLEV_ARENA, MAGLEV_INDEX},
     DataplaneError,
 };
 use crate::{
     cidr::Ipv4Cidr,
-    sync::store::{MapContents, MapStore, RangeEntry, StoreError, TableWrite},
+    sync::store::{MapContents, MapStore, RangeEntry, StoreError, TableSpec},
 };
 
 pub const FRONTENDS: &str = "FRONTENDS";
@@ -58,9 +58,8 @@ const fn pinned<K, V>(name: &'static str) -> PinnedMap {
 pub const ALL: [PinnedMap; 12] = [
     pinned::<FrontendKey, FrontendValue>(FRONTENDS),
     pinned::<u32, BackendValue>(BACKENDS),
-    // Values of an array of maps are inner map fds (ids when read).
-    pinned::<u32, u32>(MAGLEV),
-    pinned::<u32, u32>(MAGLEV_IDS),
+    pinned::<u32, u64>(MAGLEV_ARENA),
+    pinned::<u32, u64>(MAGLEV_INDEX),
     pinned::<FlowKey, CtEntry>(super::fill::CONNTRACK),
     pinned::<u32, FrontendStats>(STATS),
     pinned::<u32, u64>(DROPS),
@@ -72,9 +71,11 @@ pub const ALL: [PinnedMap; 12] = [
 ];
 
 /// Maps earlier versions pinned and this one no longer uses (`SELECTION`:
-/// the slot table before Maglev). A new agent ignores them; `kxdp unload`
-/// removes them with the rest.
-pub const RETIRED: [&str; 1] = ["SELECTION"];
+/// the slot table before Maglev; `MAGLEV` and `MAGLEV_IDS`: the Maglev
+/// tables as an array of maps, before the arena). A new agent removes their
+/// pins once its own object is loaded (the programs still running keep
+/// theirs until replaced), and so does `kxdp unload`.
+pub const RETIRED: [&str; 3] = ["SELECTION", "MAGLEV", "MAGLEV_IDS"];
 
 /// Maps earlier versions pinned under another name, same layout: (old, new).
 pub const RENAMED: [(&str, &str); 1] = [("SERVICES", FRONTENDS)];
@@ -140,7 +141,7 @@ pub fn check_pinned_layout(pin_path: &Path) -> Result<(), DataplaneError> {
 pub struct BpfMaps {
     frontends: HashMap<MapData, FrontendKey, FrontendValue>,
     backends: HashMap<MapData, u32, BackendValue>,
-    maglev: MaglevTables,
+    maglev: MaglevArena,
     stats: PerCpuArray<MapData, FrontendStats>,
     drops: PerCpuArray<MapData, u64>,
     verdicts: PerCpuArray<MapData, u64>,
@@ -156,15 +157,36 @@ fn typed<T: TryFrom<Map, Error = MapError>>(
     T::try_from(map).map_err(|e| DataplaneError::Map(name, e))
 }
 
-fn maglev(outer: Option<Map>, record: Option<Map>) -> Result<MaglevTables, DataplaneError> {
-    let outer = outer.ok_or(DataplaneError::MissingMap(MAGLEV))?;
-    let record = record.ok_or(DataplaneError::MissingMap(MAGLEV_IDS))?;
-    MaglevTables::new(outer, record).map_err(|e| DataplaneError::Map(MAGLEV, e))
+/// The arena and its index, mapped.
+fn maglev(arena: Option<Map>, index: Option<Map>) -> Result<MaglevArena, DataplaneError> {
+    let array = |name: &'static str, map: Option<Map>| match map {
+        Some(Map::Array(data)) => {
+            let entries = data
+                .info()
+                .map_err(|e| DataplaneError::Map(name, e))?
+                .max_entries();
+            Ok((data, entries))
+        }
+        Some(_) => Err(DataplaneError::Map(
+            name,
+            MapError::InvalidMapType { map_type: 0 },
+        )),
+        None => Err(DataplaneError::MissingMap(name)),
+    };
+    let (arena, arena_entries) = array(MAGLEV_ARENA, arena)?;
+    let (index, index_entries) = array(MAGLEV_INDEX, index)?;
+    MaglevArena::open(
+        arena.fd().as_fd(),
+        arena_entries,
+        index.fd().as_fd(),
+        index_entries,
+    )
+    .map_err(DataplaneError::Arena)
 }
 
-fn table_error(e: TableError) -> StoreError {
+fn arena_error(e: ArenaError) -> StoreError {
     StoreError {
-        map: MAGLEV,
+        map: MAGLEV_ARENA,
         reason: e.to_string(),
     }
 }
@@ -181,7 +203,7 @@ impl BpfMaps {
         Ok(Self {
             frontends: typed(FRONTENDS, ebpf.take_map(FRONTENDS))?,
             backends: typed(BACKENDS, ebpf.take_map(BACKENDS))?,
-            maglev: maglev(ebpf.take_map(MAGLEV), ebpf.take_map(MAGLEV_IDS))?,
+            maglev: maglev(ebpf.take_map(MAGLEV_ARENA), ebpf.take_map(MAGLEV_INDEX))?,
             stats: typed(STATS, ebpf.take_map(STATS))?,
             drops: typed(DROPS, ebpf.take_map(DROPS))?,
             verdicts: typed(VERDICTS, ebpf.take_map(VERDICTS))?,
@@ -202,7 +224,7 @@ impl BpfMaps {
         Ok(Self {
             frontends: typed(FRONTENDS, open(FRONTENDS)?)?,
             backends: typed(BACKENDS, open(BACKENDS)?)?,
-            maglev: maglev(open(MAGLEV)?, open(MAGLEV_IDS)?)?,
+            maglev: maglev(open(MAGLEV_ARENA)?, open(MAGLEV_INDEX)?)?,
             stats: typed(STATS, open(STATS)?)?,
             drops: typed(DROPS, open(DROPS)?)?,
             verdicts: typed(VERDICTS, open(VERDICTS)?)?,
@@ -212,7 +234,7 @@ impl BpfMaps {
     }
 
     /// The Maglev tables, to read one as the datapath does.
-    pub fn tables(&self) -> &MaglevTables {
+    pub fn tables(&self) -> &MaglevArena {
         &self.maglev
     }
 
@@ -227,7 +249,7 @@ impl BpfMaps {
             let (k, v) = entry.map_err(store_error(BACKENDS))?;
             contents.backends.insert(k, v);
         }
-        contents.tables = self.maglev.all().map_err(table_error)?;
+        contents.tables = self.maglev.all();
         for entry in self.source_ranges.iter() {
             let (k, _) = entry.map_err(store_error(SOURCE_RANGES))?;
             // A key no agent wrote cannot be named for deletion; it also
@@ -313,15 +335,18 @@ impl MapStore for BpfMaps {
     fn delete_backend(&mut self, id: u32) -> Result<(), StoreError> {
         self.backends.remove(&id).map_err(store_error(BACKENDS))
     }
-    fn put_table(&mut self, frontend_id: u32, slots: &[u32]) -> Result<TableWrite, StoreError> {
-        self.maglev.put(frontend_id, slots).map_err(table_error)
+    fn put_table(
+        &mut self,
+        frontend_id: u32,
+        spec: &TableSpec,
+        build: impl FnOnce() -> Vec<u32>,
+    ) -> Result<(), StoreError> {
+        self.maglev
+            .put(frontend_id, spec, build)
+            .map_err(arena_error)
     }
-    fn delete_table(&mut self, frontend_id: u32) -> Result<(), StoreError> {
+    fn delete_table(&mut self, frontend_id: u32) {
         self.maglev.delete(frontend_id);
-        Ok(())
-    }
-    fn commit_tables(&mut self) -> Result<(), StoreError> {
-        self.maglev.commit().map_err(table_error)
     }
     fn put_frontend(&mut self, key: &FrontendKey, value: &FrontendValue) -> Result<(), StoreError> {
         self.frontends

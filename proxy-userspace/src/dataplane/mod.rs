@@ -6,7 +6,7 @@ pub mod bpf_syscall;
 pub mod bpffs;
 pub mod fill;
 pub mod interfaces;
-pub mod maglev_tables;
+pub mod maglev_arena;
 pub mod maps;
 pub mod netns_cookie;
 pub mod nic;
@@ -82,6 +82,27 @@ pub enum DataplaneError {
     },
     #[error("moving {0} (a map an earlier version pinned) to its new name: {1}")]
     RenamePin(std::path::PathBuf, #[source] std::io::Error),
+    #[error("the Maglev arena: {0}")]
+    Arena(#[source] maglev_arena::ArenaError),
+}
+
+/// Unpins the maps of an earlier layout (`maps::RETIRED`): their memory
+/// goes once the programs still using them are replaced.
+fn remove_retired_pins(pin_path: &Path) {
+    for name in maps::RETIRED {
+        let path = pin_path.join(name);
+        if path.exists() {
+            match std::fs::remove_file(&path) {
+                Ok(()) => tracing::info!(
+                    map = name,
+                    "removed the pin of a map this version no longer uses"
+                ),
+                Err(e) => {
+                    tracing::warn!(map = name, error = %e, "cannot remove the pin of a retired map")
+                }
+            }
+        }
+    }
 }
 
 /// How many times a program load the kernel interrupted is tried.
@@ -122,11 +143,13 @@ pub struct Dataplane {
 }
 
 impl Dataplane {
-    /// Loads the object for this kernel's `loadout`; `with_nic` also loads
-    /// the NIC program (no `--nic`, no XDP).
+    /// Loads the object for this kernel's `loadout`, with a Maglev arena
+    /// of `arena_entries` (a pinned arena keeps its size); `with_nic` also
+    /// loads the NIC program (no `--nic`, no XDP).
     pub fn load(
         pin_path: &Path,
         loadout: &Loadout,
+        arena_entries: u32,
         with_nic: bool,
     ) -> Result<Self, DataplaneError> {
         bpffs::prepare_pin_path(pin_path)?;
@@ -146,11 +169,9 @@ impl Dataplane {
         }
         .inspect_err(|e| tracing::warn!(error = %e, "cannot find the network namespace cookie; host processes will not be translated"))
         .unwrap_or(0);
-        let maglev_pin = pin_path.join(maglev_tables::MAGLEV);
         let ebpf = EbpfLoader::new()
             .default_map_pin_directory(pin_path)
-            // A BTF map carries no pinning attribute: named here.
-            .map_pin_path(maglev_tables::MAGLEV, maglev_pin.as_path())
+            .map_max_entries(maglev_arena::MAGLEV_ARENA, arena_entries)
             .override_global(sockets::HOST_NETNS_COOKIE, &netns_cookie, true)
             .override_global(KXDP_FEATURES, &loadout.datapath_bits, true)
             .load(KXDP_OBJECT)?;
@@ -174,6 +195,7 @@ impl Dataplane {
             load_program(|| program.load())
                 .map_err(|e| DataplaneError::Program(nic::NIC_PROGRAM, e))?;
         }
+        remove_retired_pins(pin_path);
         Ok(dataplane)
     }
 

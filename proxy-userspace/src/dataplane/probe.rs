@@ -10,16 +10,15 @@ use std::{
 
 use super::{
     bpf_syscall::{self, MapSpec},
-    maglev_tables::takes_batch_updates,
     netns_cookie,
 };
+use proxy_common::maps::MAGLEV_ARENA_FLAGS;
+
 use crate::features::{loadout, Feature, Loadout, Probed, TooOld};
 
 const PROG_SCHED_CLS: u32 = 3;
 const PROG_CGROUP_SOCK_ADDR: u32 = 18;
 const MAP_ARRAY: u32 = 2;
-const MAP_ARRAY_OF_MAPS: u32 = 12;
-const BPF_F_INNER_MAP: u32 = 1 << 12;
 
 const ATTACH_CONNECT4: u32 = 10;
 const ATTACH_SENDMSG4: u32 = 14;
@@ -95,22 +94,9 @@ fn socket_hooks() -> bool {
 /// An empty batch update of an array: kernels without batch operations do
 /// not know the command.
 fn map_batch_ops() -> io::Result<bool> {
-    Ok(takes_batch_updates(array_map(0)?.as_fd()))
-}
-
-/// An empty batch update of an array of maps (`maglev_tables` asks its
-/// own `MAGLEV` the same way).
-fn map_in_map_batch() -> io::Result<bool> {
-    let inner = array_map(0)?;
-    let outer = bpf_syscall::map_create(&MapSpec {
-        map_type: MAP_ARRAY_OF_MAPS,
-        key_size: 4,
-        value_size: 4,
-        max_entries: 1,
-        flags: 0,
-        inner_map: Some(inner.as_fd()),
-    })?;
-    Ok(takes_batch_updates(outer.as_fd()))
+    let map = array_map(0)?;
+    // SAFETY: an array of `u64` values; nothing is passed.
+    Ok(unsafe { bpf_syscall::map_update_batch::<u64>(map.as_fd(), &[], &[]) }.is_ok())
 }
 
 /// A tcx link to no interface: kernels with tcx look for the interface
@@ -148,9 +134,8 @@ pub fn probe() -> Result<Probed, ProbeError> {
         .map(|&feature| {
             let present = match feature {
                 Feature::RedirectNeigh => helper_loads(PROG_SCHED_CLS, 0, HELPER_REDIRECT_NEIGH, 0),
-                Feature::InnerMapSizes => array_map(BPF_F_INNER_MAP).is_ok(),
+                Feature::MmapableArrays => array_map(MAGLEV_ARENA_FLAGS).is_ok(),
                 Feature::MapBatchOps => map_batch_ops().map_err(ProbeError)?,
-                Feature::MapInMapBatch => map_in_map_batch().map_err(ProbeError)?,
                 Feature::SocketHooks => socket_hooks(),
                 Feature::KtimeCoarse => {
                     helper_loads(PROG_SCHED_CLS, 0, HELPER_KTIME_GET_COARSE_NS, 0)

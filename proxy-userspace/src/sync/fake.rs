@@ -2,7 +2,7 @@
 
 use proxy_common::maps::{BackendValue, FrontendKey, FrontendValue};
 
-use super::store::{MapContents, MapStore, RangeEntry, StoreError, TableSpec, TableWrite};
+use super::store::{MapContents, MapStore, RangeEntry, StoreError, TableSpec};
 
 /// Records every write in order and can be told to fail on a map.
 #[derive(Default)]
@@ -12,9 +12,6 @@ pub struct FakeStore {
     pub fail_backend_puts: bool,
     pub fail_range_puts: bool,
     pub fail_table_puts: bool,
-    pub fail_table_commits: bool,
-    /// Table changes since the last commit (only then is a commit logged).
-    pub uncommitted: usize,
 }
 
 impl MapStore for FakeStore {
@@ -34,41 +31,28 @@ impl MapStore for FakeStore {
         self.maps.backends.remove(&id);
         Ok(())
     }
-    /// Like the real store: a table of the same size is rewritten in place
-    /// (and not committed), another is queued for the commit.
-    fn put_table(&mut self, frontend_id: u32, slots: &[u32]) -> Result<TableWrite, StoreError> {
+    /// Builds the table and checks it is the one `spec` describes.
+    fn put_table(
+        &mut self,
+        frontend_id: u32,
+        spec: &TableSpec,
+        build: impl FnOnce() -> Vec<u32>,
+    ) -> Result<(), StoreError> {
         if self.fail_table_puts {
             return Err(StoreError {
-                map: "MAGLEV",
+                map: "MAGLEV_ARENA",
                 reason: "put failed".into(),
             });
         }
         self.log.push(format!("put table {frontend_id}"));
-        let previous = self.maps.tables.insert(frontend_id, TableSpec::of(slots));
-        if previous.is_some_and(|p| p.size as usize == slots.len()) {
-            return Ok(TableWrite::InPlace);
-        }
-        self.uncommitted += 1;
-        Ok(TableWrite::Queued)
+        let built = TableSpec::of(&build());
+        assert_eq!(&built, spec, "the slots built are the table described");
+        self.maps.tables.insert(frontend_id, built);
+        Ok(())
     }
-    fn delete_table(&mut self, frontend_id: u32) -> Result<(), StoreError> {
+    fn delete_table(&mut self, frontend_id: u32) {
         self.log.push(format!("delete table {frontend_id}"));
         self.maps.tables.remove(&frontend_id);
-        self.uncommitted += 1;
-        Ok(())
-    }
-    fn commit_tables(&mut self) -> Result<(), StoreError> {
-        if std::mem::take(&mut self.uncommitted) == 0 {
-            return Ok(());
-        }
-        if self.fail_table_commits {
-            return Err(StoreError {
-                map: "MAGLEV",
-                reason: "commit failed".into(),
-            });
-        }
-        self.log.push("commit tables".to_string());
-        Ok(())
     }
     fn put_frontend(&mut self, key: &FrontendKey, value: &FrontendValue) -> Result<(), StoreError> {
         self.log.push(format!("put service {}", value.id));

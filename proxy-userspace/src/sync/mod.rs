@@ -1,7 +1,7 @@
 //! Sync: turns the plan's frontends into map entries and writes only what
 //! differs, in an order that never exposes a half-built service
 //! (docs/ARCHITECTURE.md, "Data flow"): backends, then the Maglev table, then the service entry;
-//! removal in reverse. A table of a new size is swapped in whole, so the
+//! removal in reverse. A table of a new size is switched to whole, so the
 //! datapath never indexes half of one. Work is per frontend, so a change to one Service costs
 //! the same whether ten or thirty thousand others exist.
 //!
@@ -37,7 +37,7 @@ use self::{
     backend_refs::BackendRefs,
     ids::IdCursor,
     map_values::{backend_value, frontend_key, frontend_value, member, range_entries},
-    store::{MapContents, MapStore, RangeEntry, TableSpec, TableWrite},
+    store::{MapContents, MapStore, RangeEntry, TableSpec},
 };
 
 /// What one sync changed.
@@ -57,8 +57,6 @@ struct Staged {
     existing: Option<FrontendValue>,
     value: FrontendValue,
     complete: bool,
-    /// A table handed to the store, live once committed.
-    table: Option<TableSpec>,
 }
 
 /// Holds what the maps contain and brings them to what the plan wants.
@@ -74,8 +72,6 @@ pub struct Syncer {
     resting_backend_ids: HashSet<u32>,
     /// Ids handed to frontends staged in the current sync, not yet live.
     reserved_frontend_ids: HashSet<u32>,
-    /// Tables handed to the store for removal in the current sync.
-    dropping_tables: BTreeSet<u32>,
     /// Cap on a Maglev table's size (`--maglev-table-size`).
     max_table_size: u32,
     frontend_ids: IdCursor,
@@ -106,7 +102,6 @@ impl Syncer {
             backend_ids,
             refs: BackendRefs::adopt(&current),
             reserved_frontend_ids: HashSet::new(),
-            dropping_tables: BTreeSet::new(),
             max_table_size: maglev::DEFAULT_MAX_TABLE_SIZE,
             current,
             resting_frontend_ids: HashSet::new(),
@@ -163,7 +158,8 @@ impl Syncer {
             .copied()
             .collect();
         for id in orphan_tables {
-            self.drop_table(id, store, &mut report);
+            self.drop_table(id, store);
+            self.resting_frontend_ids.insert(id);
         }
         let orphan_range_owners: BTreeSet<u32> = self
             .current
@@ -186,15 +182,11 @@ impl Syncer {
     fn begin(&mut self) {
         self.resting_frontend_ids.clear();
         self.resting_backend_ids.clear();
-        self.dropping_tables.clear();
     }
 
-    /// Writes `wanted` and removes `unwanted` in steps, so the kernel waits
-    /// for running programs (an RCU grace period, milliseconds) once per
-    /// commit rather than once per table (Linux ≥ 6.8): every frontend's
-    /// backends and table first, then the table swaps at once, then the
-    /// service entries (and removals), then the table removals at once,
-    /// and the backends nothing refers to any more.
+    /// Writes `wanted` and removes `unwanted` in steps: every frontend's
+    /// backends and table first, then the service entries (and removals),
+    /// and last the backends nothing refers to any more.
     fn write(
         &mut self,
         wanted: Vec<(FrontendKey, Frontend)>,
@@ -202,46 +194,22 @@ impl Syncer {
         store: &mut impl MapStore,
         report: &mut SyncReport,
     ) {
-        let mut staged: Vec<Staged> = wanted
+        let staged: Vec<Staged> = wanted
             .into_iter()
             .filter_map(|(key, frontend)| self.stage(key, frontend, store, report))
             .collect();
-        let swapped = store.commit_tables();
-        for entry in &mut staged {
-            if let Some(spec) = entry.table.take() {
-                match &swapped {
-                    Ok(()) => self.set_table(entry.value.id, Some(spec)),
-                    Err(_) => {
-                        self.refs.unsettle(entry.value.id, &spec.members);
-                        entry.complete = false;
-                    }
-                }
-            }
-        }
-        if let Err(e) = swapped {
-            report.errors.push(e.to_string());
-        }
         for entry in staged {
             self.finish(entry, store, report);
         }
         for key in unwanted {
             self.remove(key, store, report);
         }
-        let dropping = std::mem::take(&mut self.dropping_tables);
-        match store.commit_tables() {
-            Ok(()) => {
-                for id in dropping {
-                    self.set_table(id, None);
-                }
-            }
-            Err(e) => report.errors.push(e.to_string()),
-        }
         self.reserved_frontend_ids.clear();
         self.collect_backends(store, report);
     }
 
-    /// First step for one frontend: its id, backends and table (handed to
-    /// the store, in place at once or swapped in by the next commit).
+    /// First step for one frontend: its id, backends and table (live once
+    /// the store has it).
     fn stage(
         &mut self,
         key: FrontendKey,
@@ -287,13 +255,11 @@ impl Syncer {
         };
         let spec = TableSpec::new(size, members.iter().map(|m| m.id).collect());
         let value = frontend_value(&frontend, id, spec.size);
-        let mut table = None;
-        // Built only when it would differ from the live one.
+        // Built only when it would differ from the live one and no other
+        // frontend has it.
         if complete && spec.size > 0 && self.current.tables.get(&id) != Some(&spec) {
-            let slots = maglev::build(&members, spec.size);
-            match store.put_table(id, &slots) {
-                Ok(TableWrite::InPlace) => self.set_table(id, Some(spec)),
-                Ok(TableWrite::Queued) => table = Some(spec),
+            match store.put_table(id, &spec, || maglev::build(&members, spec.size)) {
+                Ok(()) => self.set_table(id, Some(spec)),
                 Err(e) => {
                     self.refs.unsettle(id, &spec.members);
                     report.errors.push(e.to_string());
@@ -313,7 +279,6 @@ impl Syncer {
             existing,
             value,
             complete,
-            table,
         })
     }
 
@@ -372,7 +337,7 @@ impl Syncer {
         // A table the entry no longer uses (no backends) is unreachable.
         let live = self.current.frontends.get(&key).copied();
         if live.is_none_or(|v| v.table_size == 0) {
-            self.drop_table(id, store, report);
+            self.drop_table(id, store);
         }
         // Ranges beyond the wanted ones may still be needed by an entry
         // that could not be updated; the retry removes them.
@@ -462,24 +427,16 @@ impl Syncer {
         self.live_frontend_ids.remove(&existing.id);
         self.resting_frontend_ids.insert(existing.id);
         report.services_deleted += 1;
-        self.drop_table(existing.id, store, report);
+        self.drop_table(existing.id, store);
         self.refs.set_draining(key, Vec::new());
         self.trim_ranges(existing.id, &BTreeSet::new(), store, report);
     }
 
-    /// Hands the table of `frontend_id`, if it has one, to the store for
-    /// removal at the sync's last commit.
-    fn drop_table(&mut self, frontend_id: u32, store: &mut impl MapStore, report: &mut SyncReport) {
-        if !self.current.tables.contains_key(&frontend_id)
-            || self.dropping_tables.contains(&frontend_id)
-        {
-            return;
-        }
-        match store.delete_table(frontend_id) {
-            Ok(()) => {
-                self.dropping_tables.insert(frontend_id);
-            }
-            Err(e) => report.errors.push(e.to_string()),
+    /// Removes the table of `frontend_id`, if it has one.
+    fn drop_table(&mut self, frontend_id: u32, store: &mut impl MapStore) {
+        if self.current.tables.contains_key(&frontend_id) {
+            store.delete_table(frontend_id);
+            self.set_table(frontend_id, None);
         }
     }
 
@@ -630,7 +587,6 @@ mod tests {
                 "put backend 0",
                 "put backend 1",
                 "put table 0",
-                "commit tables",
                 "reset stats 0",
                 "put service 0"
             ]
@@ -665,7 +621,6 @@ mod tests {
             [
                 "delete service Some(0)",
                 "delete table 0",
-                "commit tables",
                 "delete backend 0"
             ]
         );
@@ -685,7 +640,6 @@ mod tests {
             store.log,
             [
                 "put table 0",
-                "commit tables",
                 "put service 0",
                 "delete backend 1",
                 "delete backend 2"
@@ -700,7 +654,6 @@ mod tests {
                 "put backend 3",
                 "put backend 4",
                 "put table 0",
-                "commit tables",
                 "put service 0"
             ]
         );
@@ -807,16 +760,16 @@ mod tests {
     }
 
     #[test]
-    fn a_failed_table_swap_holds_the_entry_back_until_a_retry_heals_it() {
+    fn a_failed_table_write_holds_a_new_entry_back_until_a_retry_heals_it() {
         let mut store = FakeStore {
-            fail_table_commits: true,
+            fail_table_puts: true,
             ..Default::default()
         };
         let mut syncer = fresh_syncer();
         let plan = plan_of(&[("10.96.0.1", 80, &["10.244.0.2:80"])]);
         let report = syncer.reconcile(&plan, &mut store);
         assert!(
-            report.errors.iter().any(|e| e.contains("commit failed")),
+            report.errors.iter().any(|e| e.contains("put failed")),
             "{:?}",
             report.errors
         );
@@ -825,7 +778,7 @@ mod tests {
             "no entry without its table"
         );
         assert!(syncer.current().tables.is_empty());
-        store.fail_table_commits = false;
+        store.fail_table_puts = false;
         let report = syncer.reconcile(&plan, &mut store);
         assert!(report.errors.is_empty(), "{:?}", report.errors);
         assert_eq!(reachable(&store.maps)["10.96.0.1:80"], ["10.244.0.2:80"]);
@@ -878,7 +831,7 @@ mod tests {
     }
 
     #[test]
-    fn many_table_changes_share_one_commit() {
+    fn every_table_is_live_before_any_entry_of_the_sync() {
         let mut store = FakeStore::default();
         let mut syncer = fresh_syncer();
         syncer.reconcile(
@@ -889,8 +842,6 @@ mod tests {
             ]),
             &mut store,
         );
-        let commits = store.log.iter().filter(|l| *l == "commit tables").count();
-        assert_eq!(commits, 1, "{:?}", store.log);
         let first_entry = store
             .log
             .iter()
@@ -950,8 +901,7 @@ mod tests {
         assert!(report.errors.is_empty(), "{:?}", report.errors);
         assert_eq!(
             store.log,
-            // Same table size: rewritten in place (nothing to commit), and
-            // the entry itself is unchanged.
+            // A new table, and the entry itself is unchanged.
             ["put backend 3", "put table 1"]
         );
         assert_eq!(
@@ -970,7 +920,6 @@ mod tests {
             [
                 "delete service Some(2)",
                 "delete table 2",
-                "commit tables",
                 "delete backend 2"
             ]
         );
@@ -997,10 +946,7 @@ mod tests {
         store.log.clear();
         let report = adopting_syncer(&store).reconcile(&plan, &mut store);
         assert!(report.errors.is_empty(), "{:?}", report.errors);
-        assert_eq!(
-            store.log,
-            ["delete table 7", "commit tables", "delete backend 9"]
-        );
+        assert_eq!(store.log, ["delete table 7", "delete backend 9"]);
         assert_eq!(reachable(&store.maps)["10.96.0.1:80"], ["10.244.0.2:80"]);
         assert_eq!(store.maps.backends.len(), 1);
     }

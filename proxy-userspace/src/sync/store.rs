@@ -39,7 +39,7 @@ pub struct MapContents {
 /// What a Maglev table holds, in short: its size and its members. The
 /// slots follow from them (a backend id names one backend for as long as a
 /// table refers to it), so the agent keeps this instead of every slot.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
 pub struct TableSpec {
     pub size: u32,
     /// Distinct backend ids, ascending.
@@ -72,31 +72,22 @@ pub struct StoreError {
 pub trait MapStore {
     fn put_backend(&mut self, id: u32, value: &BackendValue) -> Result<(), StoreError>;
     fn delete_backend(&mut self, id: u32) -> Result<(), StoreError>;
-    /// Makes `slots` (slot → backend id) the Maglev table of `frontend_id`:
-    /// rewritten in place when the old table has the same size and room for
-    /// the members, otherwise built beside it and swapped in whole by the
-    /// next [`MapStore::commit_tables`]. After an error the live table may
-    /// hold the old or the new backends.
-    fn put_table(&mut self, frontend_id: u32, slots: &[u32]) -> Result<TableWrite, StoreError>;
-    /// Removes the table of `frontend_id` at the next commit.
-    fn delete_table(&mut self, frontend_id: u32) -> Result<(), StoreError>;
-    /// Swaps in and removes the tables handed over since the last commit, at
-    /// once: the kernel waits for running programs once per commit, not
-    /// once per table.
-    fn commit_tables(&mut self) -> Result<(), StoreError>;
+    /// Makes the table `spec` the Maglev table of `frontend_id`, live when
+    /// this returns; `build` gives its slots (slot → backend id) and is
+    /// called only when no frontend has the same table already. After an
+    /// error the live table may hold the old or the new backends.
+    fn put_table(
+        &mut self,
+        frontend_id: u32,
+        spec: &TableSpec,
+        build: impl FnOnce() -> Vec<u32>,
+    ) -> Result<(), StoreError>;
+    /// Leaves `frontend_id` without a table.
+    fn delete_table(&mut self, frontend_id: u32);
     fn put_frontend(&mut self, key: &FrontendKey, value: &FrontendValue) -> Result<(), StoreError>;
     fn delete_frontend(&mut self, key: &FrontendKey) -> Result<(), StoreError>;
     fn put_source_range(&mut self, entry: &RangeEntry) -> Result<(), StoreError>;
     fn delete_source_range(&mut self, entry: &RangeEntry) -> Result<(), StoreError>;
     /// Zeroes the counters of a frontend id about to be (re)used.
     fn reset_stats(&mut self, frontend_id: u32) -> Result<(), StoreError>;
-}
-
-/// How [`MapStore::put_table`] wrote a table.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum TableWrite {
-    /// Rewritten in place: live already.
-    InPlace,
-    /// Built beside the old one: live once committed.
-    Queued,
 }

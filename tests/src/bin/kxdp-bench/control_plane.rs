@@ -209,6 +209,7 @@ fn pipeline_run(n: usize, changes: usize) -> anyhow::Result<(f64, f64, Vec<f64>)
     let mut dataplane = Dataplane::load(
         &mount.path().join("kxdp"),
         &probe::this_kernel(false)?.1,
+        proxy_common::sizes::MAGLEV_ARENA_ENTRIES,
         false,
     )?;
     let mut maps = dataplane.take_maps()?;
