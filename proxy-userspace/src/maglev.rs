@@ -105,6 +105,37 @@ pub fn build(members: &[Member], size: u32) -> Vec<u32> {
         .collect()
 }
 
+/// The tables of `jobs` (members, size), built on every CPU: a full sync
+/// of thousands of Services builds that many, each independent.
+pub fn build_all(jobs: &[(&[Member], u32)]) -> Vec<Vec<u32>> {
+    let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if workers == 1 || jobs.len() < 2 {
+        return jobs.iter().map(|(m, size)| build(m, *size)).collect();
+    }
+    let share = jobs.len().div_ceil(workers);
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = jobs
+            .chunks(share)
+            .map(|chunk| {
+                scope.spawn(move || {
+                    chunk
+                        .iter()
+                        .map(|(m, size)| build(m, *size))
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|handle| match handle.join() {
+                Ok(tables) => tables,
+                // `build` does not panic; were it to, the panic goes on.
+                Err(panic) => std::panic::resume_unwind(panic),
+            })
+            .collect()
+    })
+}
+
 const OFFSET_SEED: u64 = 0x243f_6a88_85a3_08d3;
 const SKIP_SEED: u64 = 0x1319_8a2e_0370_7344;
 
@@ -213,5 +244,21 @@ mod tests {
         let one = members(1);
         let twice = [one[0], one[0]];
         assert_eq!(build(&twice, 251), vec![100; 251]);
+    }
+
+    #[test]
+    fn building_in_parallel_gives_each_job_its_own_table_in_order() {
+        let sets: Vec<Vec<Member>> = (1..=9).map(members).collect();
+        let jobs: Vec<(&[Member], u32)> = sets
+            .iter()
+            .enumerate()
+            .map(|(i, m)| (m.as_slice(), TABLE_SIZES[i % 3]))
+            .collect();
+        let tables = build_all(&jobs);
+        assert_eq!(tables.len(), jobs.len());
+        for ((members, size), table) in jobs.iter().zip(&tables) {
+            assert_eq!(table, &build(members, *size));
+        }
+        assert!(build_all(&[]).is_empty());
     }
 }

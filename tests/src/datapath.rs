@@ -272,13 +272,14 @@ impl Datapath {
         let ids: Vec<u32> = (0..backends.len())
             .map(|i| Self::backend_id(id, i))
             .collect();
-        for (backend, &backend_id) in frontend.backends.iter().zip(&ids) {
-            let value = backend_value(backend);
-            self.maps
-                .put_backend(backend_id, &value)
-                .expect("write backend");
-            self.backends.insert(backend_id, value);
-        }
+        let values: Vec<(u32, BackendValue)> = ids
+            .iter()
+            .zip(&frontend.backends)
+            .map(|(&backend_id, backend)| (backend_id, backend_value(backend)))
+            .collect();
+        let failed = self.maps.put_backends(&values);
+        assert!(failed.is_empty(), "write backends: {failed:?}");
+        self.backends.extend(values);
         let table_size = self.write_table(id, &ids);
         self.write_frontend(key, id, frontend, table_size);
     }
@@ -290,9 +291,10 @@ impl Datapath {
                 .put_source_range(&range)
                 .expect("write source range");
         }
-        self.maps
-            .put_frontend(&key, &frontend_value(&frontend, id, table_size))
-            .expect("write frontend");
+        let failed = self
+            .maps
+            .put_frontends(&[(key, frontend_value(&frontend, id, table_size))]);
+        assert!(failed.is_empty(), "write frontend: {failed:?}");
         self.frontends.insert(key, (id, frontend));
     }
 

@@ -127,9 +127,9 @@ pub unsafe fn map_update_elem<K, V>(map: BorrowedFd<'_>, key: &K, value: &V) -> 
 
 /// The `BPF_MAP_*_BATCH` attribute for `keys` and `values` of `map`,
 /// from the start of the map, with `out_batch` for the position reached.
-fn batch_attr<V>(
+fn batch_attr<K, V>(
     map: BorrowedFd<'_>,
-    keys: *const u32,
+    keys: *const K,
     values: *const V,
     count: usize,
     out_batch: &mut u32,
@@ -146,18 +146,23 @@ fn batch_attr<V>(
 /// elements it handled.
 const BATCH_COUNT: usize = 32;
 
-/// `BPF_MAP_UPDATE_BATCH`: `keys[i]` set to `values[i]`; how many the
+/// `BPF_MAP_UPDATE_BATCH`: `keys[i]` set to `values[i]` (for a per-CPU
+/// map, to the `i`-th run of one value per possible CPU); how many the
 /// kernel handled.
 ///
 /// # Safety
 ///
-/// `V` is the map's value size (the keys, `u32`, its key size).
-pub unsafe fn map_update_batch<V>(
+/// `K` and `V` are the map's key and value sizes (for a per-CPU map, `V`
+/// is its value rounded up to 8 bytes).
+pub unsafe fn map_update_batch<K, V>(
     map: BorrowedFd<'_>,
-    keys: &[u32],
+    keys: &[K],
     values: &[V],
 ) -> io::Result<usize> {
-    assert_eq!(keys.len(), values.len(), "one value per key");
+    assert!(
+        values.len() == keys.len() || (!keys.is_empty() && values.len() % keys.len() == 0),
+        "one value (per CPU) per key"
+    );
     let mut out_batch = 0u32;
     let mut attr = batch_attr(
         map,
@@ -167,8 +172,9 @@ pub unsafe fn map_update_batch<V>(
         &mut out_batch,
     );
     // SAFETY: the kernel reads `count` keys and values of the map's sizes,
-    // which are `u32`'s and `V`'s (the caller's word), from slices of that
-    // length; `out_batch` is a `u32`; all outlive the call.
+    // which are `K`'s and `V`'s (times the CPUs of a per-CPU map: the
+    // caller's word), from slices of that length; `out_batch` is a `u32`;
+    // all outlive the call.
     unsafe { bpf(BPF_MAP_UPDATE_BATCH, &mut attr) }?;
     Ok(attr.get_u32(BATCH_COUNT) as usize)
 }

@@ -6,7 +6,7 @@ use std::{collections::BTreeMap, net::Ipv4Addr, os::fd::AsFd, path::Path};
 use aya::{
     maps::{
         lpm_trie::{Key, LpmTrie},
-        HashMap, Map, MapData, MapError, MapInfo, PerCpuArray, PerCpuValues,
+        HashMap, Map, MapData, MapError, MapInfo, PerCpuArray,
     },
     Ebpf,
 };
@@ -16,6 +16,7 @@ use proxy_common::maps::{
 };
 
 use super::{
+    batch,
     fill::{count_keys, Count},
     maglev_arena::{ArenaError, MaglevArena, MAGLEV_ARENA, MAGLEV_INDEX},
     DataplaneError,
@@ -327,10 +328,8 @@ impl BpfMaps {
 }
 
 impl MapStore for BpfMaps {
-    fn put_backend(&mut self, id: u32, value: &BackendValue) -> Result<(), StoreError> {
-        self.backends
-            .insert(id, value, 0)
-            .map_err(store_error(BACKENDS))
+    fn put_backends(&mut self, entries: &[(u32, BackendValue)]) -> Vec<(u32, StoreError)> {
+        batch::put_all(&mut self.backends, BACKENDS, entries)
     }
     fn delete_backend(&mut self, id: u32) -> Result<(), StoreError> {
         self.backends.remove(&id).map_err(store_error(BACKENDS))
@@ -345,13 +344,17 @@ impl MapStore for BpfMaps {
             .put(frontend_id, spec, build)
             .map_err(arena_error)
     }
+    fn has_table(&self, spec: &TableSpec) -> bool {
+        self.maglev.has(spec)
+    }
     fn delete_table(&mut self, frontend_id: u32) {
         self.maglev.delete(frontend_id);
     }
-    fn put_frontend(&mut self, key: &FrontendKey, value: &FrontendValue) -> Result<(), StoreError> {
-        self.frontends
-            .insert(key, value, 0)
-            .map_err(store_error(FRONTENDS))
+    fn put_frontends(
+        &mut self,
+        entries: &[(FrontendKey, FrontendValue)],
+    ) -> Vec<(FrontendKey, StoreError)> {
+        batch::put_all(&mut self.frontends, FRONTENDS, entries)
     }
     fn delete_frontend(&mut self, key: &FrontendKey) -> Result<(), StoreError> {
         self.frontends.remove(key).map_err(store_error(FRONTENDS))
@@ -366,20 +369,8 @@ impl MapStore for BpfMaps {
             .remove(&range_key(entry))
             .map_err(store_error(SOURCE_RANGES))
     }
-    fn reset_stats(&mut self, frontend_id: u32) -> Result<(), StoreError> {
-        let cpus = aya::util::nr_cpus().map_err(|(_, e)| StoreError {
-            map: STATS,
-            reason: e.to_string(),
-        })?;
-        let zeroes = PerCpuValues::try_from(vec![FrontendStats::default(); cpus]).map_err(|e| {
-            StoreError {
-                map: STATS,
-                reason: e.to_string(),
-            }
-        })?;
-        self.stats
-            .set(frontend_id, zeroes, 0)
-            .map_err(store_error(STATS))
+    fn reset_stats(&mut self, frontend_ids: &[u32]) -> Vec<(u32, StoreError)> {
+        batch::zero_all(&mut self.stats, STATS, frontend_ids)
     }
 }
 

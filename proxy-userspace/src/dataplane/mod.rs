@@ -2,6 +2,7 @@
 //! maps and links under the pin path, attaching to interfaces.
 
 pub mod attach_plan;
+pub mod batch;
 pub mod bpf_syscall;
 pub mod bpffs;
 pub mod fill;

@@ -96,7 +96,7 @@ fn socket_hooks() -> bool {
 fn map_batch_ops() -> io::Result<bool> {
     let map = array_map(0)?;
     // SAFETY: an array of `u64` values; nothing is passed.
-    Ok(unsafe { bpf_syscall::map_update_batch::<u64>(map.as_fd(), &[], &[]) }.is_ok())
+    Ok(unsafe { bpf_syscall::map_update_batch::<u32, u64>(map.as_fd(), &[], &[]) }.is_ok())
 }
 
 /// A tcx link to no interface: kernels with tcx look for the interface

@@ -15,16 +15,19 @@ pub struct FakeStore {
 }
 
 impl MapStore for FakeStore {
-    fn put_backend(&mut self, id: u32, value: &BackendValue) -> Result<(), StoreError> {
+    fn put_backends(&mut self, entries: &[(u32, BackendValue)]) -> Vec<(u32, StoreError)> {
         if self.fail_backend_puts {
-            return Err(StoreError {
+            let full = |id| StoreError {
                 map: "BACKENDS",
-                reason: "full".into(),
-            });
+                reason: format!("full, backend {id}"),
+            };
+            return entries.iter().map(|(id, _)| (*id, full(id))).collect();
         }
-        self.log.push(format!("put backend {id}"));
-        self.maps.backends.insert(id, *value);
-        Ok(())
+        for (id, value) in entries {
+            self.log.push(format!("put backend {id}"));
+            self.maps.backends.insert(*id, *value);
+        }
+        Vec::new()
     }
     fn delete_backend(&mut self, id: u32) -> Result<(), StoreError> {
         self.log.push(format!("delete backend {id}"));
@@ -50,23 +53,33 @@ impl MapStore for FakeStore {
         self.maps.tables.insert(frontend_id, built);
         Ok(())
     }
+    fn has_table(&self, spec: &TableSpec) -> bool {
+        self.maps.tables.values().any(|t| t == spec)
+    }
     fn delete_table(&mut self, frontend_id: u32) {
         self.log.push(format!("delete table {frontend_id}"));
         self.maps.tables.remove(&frontend_id);
     }
-    fn put_frontend(&mut self, key: &FrontendKey, value: &FrontendValue) -> Result<(), StoreError> {
-        self.log.push(format!("put service {}", value.id));
-        self.maps.frontends.insert(*key, *value);
-        Ok(())
+    fn put_frontends(
+        &mut self,
+        entries: &[(FrontendKey, FrontendValue)],
+    ) -> Vec<(FrontendKey, StoreError)> {
+        for (key, value) in entries {
+            self.log.push(format!("put service {}", value.id));
+            self.maps.frontends.insert(*key, *value);
+        }
+        Vec::new()
     }
     fn delete_frontend(&mut self, key: &FrontendKey) -> Result<(), StoreError> {
         let id = self.maps.frontends.remove(key).map(|v| v.id);
         self.log.push(format!("delete service {id:?}"));
         Ok(())
     }
-    fn reset_stats(&mut self, frontend_id: u32) -> Result<(), StoreError> {
-        self.log.push(format!("reset stats {frontend_id}"));
-        Ok(())
+    fn reset_stats(&mut self, frontend_ids: &[u32]) -> Vec<(u32, StoreError)> {
+        for id in frontend_ids {
+            self.log.push(format!("reset stats {id}"));
+        }
+        Vec::new()
     }
     fn put_source_range(&mut self, entry: &RangeEntry) -> Result<(), StoreError> {
         if self.fail_range_puts {

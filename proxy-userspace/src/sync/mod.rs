@@ -50,14 +50,43 @@ pub struct SyncReport {
     pub errors: Vec<String>,
 }
 
-/// A frontend between the two steps of a sync.
+/// A frontend between the steps of a sync.
 struct Staged {
     key: FrontendKey,
     frontend: Frontend,
     existing: Option<FrontendValue>,
     value: FrontendValue,
     complete: bool,
+    /// Its backends as Maglev members, and its table.
+    members: Vec<Member>,
+    spec: TableSpec,
+    /// Backends kept for its existing connections only.
+    draining: Vec<u32>,
 }
+
+impl Staged {
+    /// Whether its table must be written: one with backends that differs
+    /// from the live one.
+    fn needs_table(&self, live: &MapContents) -> bool {
+        self.complete && self.spec.size > 0 && live.tables.get(&self.value.id) != Some(&self.spec)
+    }
+}
+
+/// A frontend whose entry is written with the others of its sync.
+struct Finishing {
+    key: FrontendKey,
+    value: FrontendValue,
+    /// The source ranges it needs.
+    ranges: BTreeSet<RangeEntry>,
+    /// Whether its entry is to be written (complete, and changed).
+    write: bool,
+    /// Whether its id is new to it (its counters are zeroed first).
+    fresh: bool,
+}
+
+/// Tables built at once (in parallel), then written: bounds the slots held
+/// in memory meanwhile (1024 tables of M = 1021: 4 MiB).
+const BUILD_BATCH: usize = 1024;
 
 /// Holds what the maps contain and brings them to what the plan wants.
 pub struct Syncer {
@@ -72,6 +101,9 @@ pub struct Syncer {
     resting_backend_ids: HashSet<u32>,
     /// Ids handed to frontends staged in the current sync, not yet live.
     reserved_frontend_ids: HashSet<u32>,
+    /// Backends given an id in the current sync, written together before
+    /// any table can name them.
+    new_backends: Vec<(u32, BackendValue)>,
     /// Cap on a Maglev table's size (`--maglev-table-size`).
     max_table_size: u32,
     frontend_ids: IdCursor,
@@ -102,6 +134,7 @@ impl Syncer {
             backend_ids,
             refs: BackendRefs::adopt(&current),
             reserved_frontend_ids: HashSet::new(),
+            new_backends: Vec::new(),
             max_table_size: maglev::DEFAULT_MAX_TABLE_SIZE,
             current,
             resting_frontend_ids: HashSet::new(),
@@ -184,9 +217,10 @@ impl Syncer {
         self.resting_backend_ids.clear();
     }
 
-    /// Writes `wanted` and removes `unwanted` in steps: every frontend's
-    /// backends and table first, then the service entries (and removals),
-    /// and last the backends nothing refers to any more.
+    /// Writes `wanted` and removes `unwanted` in steps: the new backends
+    /// (together), every frontend's table, its source ranges, then the
+    /// service entries (together) and removals, and last the backends
+    /// nothing refers to any more.
     fn write(
         &mut self,
         wanted: Vec<(FrontendKey, Frontend)>,
@@ -194,12 +228,29 @@ impl Syncer {
         store: &mut impl MapStore,
         report: &mut SyncReport,
     ) {
-        let staged: Vec<Staged> = wanted
+        let mut staged: Vec<Staged> = wanted
             .into_iter()
-            .filter_map(|(key, frontend)| self.stage(key, frontend, store, report))
+            .filter_map(|(key, frontend)| self.stage(key, frontend, report))
             .collect();
-        for entry in staged {
-            self.finish(entry, store, report);
+        let failed = self.write_new_backends(store, report);
+        for entry in &mut staged {
+            if entry.spec.members.iter().any(|id| failed.contains(id)) {
+                entry.complete = false;
+            }
+            entry.draining.retain(|id| !failed.contains(id));
+            self.refs
+                .set_draining(entry.key, std::mem::take(&mut entry.draining));
+        }
+        for batch in staged.chunks_mut(BUILD_BATCH) {
+            self.write_tables(batch, store, report);
+        }
+        let finishing: Vec<Finishing> = staged
+            .into_iter()
+            .map(|entry| self.write_ranges(entry, store, report))
+            .collect();
+        self.write_entries(&finishing, store, report);
+        for entry in finishing {
+            self.settle(entry, store, report);
         }
         for key in unwanted {
             self.remove(key, store, report);
@@ -208,13 +259,12 @@ impl Syncer {
         self.collect_backends(store, report);
     }
 
-    /// First step for one frontend: its id, backends and table (live once
-    /// the store has it).
+    /// First step for one frontend: its id, the ids of its backends (new
+    /// ones queued for [`Self::write_new_backends`]) and its table.
     fn stage(
         &mut self,
         key: FrontendKey,
         frontend: Frontend,
-        store: &mut impl MapStore,
         report: &mut SyncReport,
     ) -> Option<Staged> {
         let existing = self.current.frontends.get(&key).copied();
@@ -242,12 +292,15 @@ impl Syncer {
             return None;
         };
         self.reserved_frontend_ids.insert(id);
-        let backends: Vec<BackendValue> = frontend.backends.iter().map(backend_value).collect();
-        let members: Option<Vec<Member>> = backends
+        let members: Option<Vec<Member>> = frontend
+            .backends
             .iter()
-            .map(|b| self.backend_id(b, store, report).map(|id| member(b, id)))
+            .map(|b| {
+                let value = backend_value(b);
+                self.backend_id(&value, report).map(|id| member(&value, id))
+            })
             .collect();
-        let mut complete = members.is_some();
+        let complete = members.is_some();
         let members = members.unwrap_or_default();
         let size = match members.len() {
             0 => 0,
@@ -255,36 +308,99 @@ impl Syncer {
         };
         let spec = TableSpec::new(size, members.iter().map(|m| m.id).collect());
         let value = frontend_value(&frontend, id, spec.size);
-        // Built only when it would differ from the live one and no other
-        // frontend has it.
-        if complete && spec.size > 0 && self.current.tables.get(&id) != Some(&spec) {
-            match store.put_table(id, &spec, || maglev::build(&members, spec.size)) {
-                Ok(()) => self.set_table(id, Some(spec)),
-                Err(e) => {
-                    self.refs.unsettle(id, &spec.members);
-                    report.errors.push(e.to_string());
-                    complete = false;
-                }
-            }
-        }
         let draining: Vec<u32> = frontend
             .draining
             .iter()
-            .filter_map(|b| self.backend_id(&backend_value(b), store, report))
+            .filter_map(|b| self.backend_id(&backend_value(b), report))
             .collect();
-        self.refs.set_draining(key, draining);
         Some(Staged {
             key,
             frontend,
             existing,
             value,
             complete,
+            members,
+            spec,
+            draining,
         })
     }
 
-    /// Last step for one frontend: its source ranges, then its entry; a
-    /// table the entry no longer uses goes.
-    fn finish(&mut self, staged: Staged, store: &mut impl MapStore, report: &mut SyncReport) {
+    /// Writes the backends staged frontends named for the first time, in
+    /// one batch; returns the ids whose write failed (reported, and taken
+    /// back: a later sync gives them afresh).
+    fn write_new_backends(
+        &mut self,
+        store: &mut impl MapStore,
+        report: &mut SyncReport,
+    ) -> HashSet<u32> {
+        let new = std::mem::take(&mut self.new_backends);
+        let failures = store.put_backends(&new);
+        let mut failed = HashSet::new();
+        for (id, error) in failures {
+            report.errors.push(error.to_string());
+            if let Some(value) = self.current.backends.remove(&id) {
+                self.backend_ids.remove(&value);
+            }
+            failed.insert(id);
+        }
+        report.backends_written += new.len() - failed.len();
+        failed
+    }
+
+    /// Writes the tables `batch` needs: those no frontend has yet are built
+    /// first, in parallel, each once however many frontends want it.
+    fn write_tables(
+        &mut self,
+        batch: &mut [Staged],
+        store: &mut impl MapStore,
+        report: &mut SyncReport,
+    ) {
+        let mut to_build: Vec<(&TableSpec, &[Member])> = Vec::new();
+        let mut seen = HashSet::new();
+        for entry in batch.iter() {
+            if entry.needs_table(&self.current)
+                && !store.has_table(&entry.spec)
+                && seen.insert(&entry.spec)
+            {
+                to_build.push((&entry.spec, &entry.members));
+            }
+        }
+        let jobs: Vec<(&[Member], u32)> = to_build.iter().map(|(s, m)| (*m, s.size)).collect();
+        let mut built: HashMap<TableSpec, Vec<u32>> = to_build
+            .iter()
+            .map(|(spec, _)| (*spec).clone())
+            .zip(maglev::build_all(&jobs))
+            .collect();
+        for entry in batch.iter_mut() {
+            if !entry.needs_table(&self.current) {
+                continue;
+            }
+            let id = entry.value.id;
+            let (spec, members) = (&entry.spec, &entry.members);
+            let build = || {
+                built
+                    .remove(spec)
+                    .unwrap_or_else(|| maglev::build(members, spec.size))
+            };
+            match store.put_table(id, spec, build) {
+                Ok(()) => self.set_table(id, Some(entry.spec.clone())),
+                Err(e) => {
+                    self.refs.unsettle(id, &entry.spec.members);
+                    report.errors.push(e.to_string());
+                    entry.complete = false;
+                }
+            }
+        }
+    }
+
+    /// Third step for one frontend: its source ranges (the entry may make
+    /// the datapath check them), and whether its entry is to be written.
+    fn write_ranges(
+        &mut self,
+        staged: Staged,
+        store: &mut impl MapStore,
+        report: &mut SyncReport,
+    ) -> Finishing {
         let Staged {
             key,
             frontend,
@@ -293,9 +409,7 @@ impl Syncer {
             mut complete,
             ..
         } = staged;
-        let id = value.id;
-        let ranges: BTreeSet<RangeEntry> = range_entries(&frontend, id).collect();
-        // Ranges first: the entry may make the datapath check them.
+        let ranges: BTreeSet<RangeEntry> = range_entries(&frontend, value.id).collect();
         let missing: Vec<RangeEntry> = ranges
             .iter()
             .filter(|r| !self.current.source_ranges.contains(r))
@@ -321,28 +435,68 @@ impl Syncer {
                 frontend_text(&key),
                 frontend.service
             ));
-        } else if existing != Some(value) {
-            let fresh = existing.is_none();
-            let written = if fresh { store.reset_stats(id) } else { Ok(()) }
-                .and_then(|()| store.put_frontend(&key, &value));
-            match written {
-                Ok(()) => {
-                    self.current.frontends.insert(key, value);
-                    self.live_frontend_ids.insert(id);
-                    report.services_written += 1;
-                }
-                Err(e) => report.errors.push(e.to_string()),
+        }
+        Finishing {
+            key,
+            value,
+            ranges,
+            write: complete && existing != Some(value),
+            fresh: existing.is_none(),
+        }
+    }
+
+    /// Writes the entries of `finishing` that are to be written, together:
+    /// counters of new ids zeroed first.
+    fn write_entries(
+        &mut self,
+        finishing: &[Finishing],
+        store: &mut impl MapStore,
+        report: &mut SyncReport,
+    ) {
+        let fresh: Vec<u32> = finishing
+            .iter()
+            .filter(|f| f.write && f.fresh)
+            .map(|f| f.value.id)
+            .collect();
+        let mut unready = HashSet::new();
+        for (id, e) in store.reset_stats(&fresh) {
+            report.errors.push(e.to_string());
+            unready.insert(id);
+        }
+        let entries: Vec<(FrontendKey, FrontendValue)> = finishing
+            .iter()
+            .filter(|f| f.write && !unready.contains(&f.value.id))
+            .map(|f| (f.key, f.value))
+            .collect();
+        let mut failed = HashSet::new();
+        for (key, e) in store.put_frontends(&entries) {
+            report.errors.push(e.to_string());
+            failed.insert(key);
+        }
+        for (key, value) in entries {
+            if !failed.contains(&key) {
+                self.current.frontends.insert(key, value);
+                self.live_frontend_ids.insert(value.id);
+                report.services_written += 1;
             }
         }
+    }
+
+    /// Last step for one frontend: a table the entry no longer uses goes,
+    /// and so do ranges it no longer needs.
+    fn settle(&mut self, finishing: Finishing, store: &mut impl MapStore, report: &mut SyncReport) {
+        let Finishing {
+            key, value, ranges, ..
+        } = finishing;
         // A table the entry no longer uses (no backends) is unreachable.
         let live = self.current.frontends.get(&key).copied();
         if live.is_none_or(|v| v.table_size == 0) {
-            self.drop_table(id, store);
+            self.drop_table(value.id, store);
         }
         // Ranges beyond the wanted ones may still be needed by an entry
         // that could not be updated; the retry removes them.
         if live == Some(value) {
-            self.trim_ranges(id, &ranges, store, report);
+            self.trim_ranges(value.id, &ranges, store, report);
         }
     }
 
@@ -371,13 +525,9 @@ impl Syncer {
         }
     }
 
-    /// The id of `backend`, writing it first if the maps lack it.
-    fn backend_id(
-        &mut self,
-        backend: &BackendValue,
-        store: &mut impl MapStore,
-        report: &mut SyncReport,
-    ) -> Option<u32> {
+    /// The id of `backend`; a new one is queued for
+    /// [`Self::write_new_backends`].
+    fn backend_id(&mut self, backend: &BackendValue, report: &mut SyncReport) -> Option<u32> {
         if let Some(id) = self.backend_ids.get(backend) {
             return Some(*id);
         }
@@ -391,14 +541,10 @@ impl Syncer {
                 .push("no free backend id, the backends map is full".to_string());
             return None;
         };
-        if let Err(e) = store.put_backend(id, backend) {
-            report.errors.push(e.to_string());
-            return None;
-        }
         self.current.backends.insert(id, *backend);
         self.backend_ids.insert(*backend, id);
         self.refs.candidate(id);
-        report.backends_written += 1;
+        self.new_backends.push((id, *backend));
         Some(id)
     }
 

@@ -70,7 +70,9 @@ pub struct StoreError {
 
 /// Where sync writes: the pinned BPF maps, or a fake in tests.
 pub trait MapStore {
-    fn put_backend(&mut self, id: u32, value: &BackendValue) -> Result<(), StoreError>;
+    /// Writes `entries` (backend id, value), as few calls as the map
+    /// takes; returns the ones that could not be written, with why.
+    fn put_backends(&mut self, entries: &[(u32, BackendValue)]) -> Vec<(u32, StoreError)>;
     fn delete_backend(&mut self, id: u32) -> Result<(), StoreError>;
     /// Makes the table `spec` the Maglev table of `frontend_id`, live when
     /// this returns; `build` gives its slots (slot → backend id) and is
@@ -82,12 +84,21 @@ pub trait MapStore {
         spec: &TableSpec,
         build: impl FnOnce() -> Vec<u32>,
     ) -> Result<(), StoreError>;
+    /// Whether some frontend has the table `spec` (a new frontend with it
+    /// shares it, nothing is built).
+    fn has_table(&self, spec: &TableSpec) -> bool;
     /// Leaves `frontend_id` without a table.
     fn delete_table(&mut self, frontend_id: u32);
-    fn put_frontend(&mut self, key: &FrontendKey, value: &FrontendValue) -> Result<(), StoreError>;
+    /// Writes `entries`, as few calls as the map takes; returns the ones
+    /// that could not be written, with why.
+    fn put_frontends(
+        &mut self,
+        entries: &[(FrontendKey, FrontendValue)],
+    ) -> Vec<(FrontendKey, StoreError)>;
     fn delete_frontend(&mut self, key: &FrontendKey) -> Result<(), StoreError>;
     fn put_source_range(&mut self, entry: &RangeEntry) -> Result<(), StoreError>;
     fn delete_source_range(&mut self, entry: &RangeEntry) -> Result<(), StoreError>;
-    /// Zeroes the counters of a frontend id about to be (re)used.
-    fn reset_stats(&mut self, frontend_id: u32) -> Result<(), StoreError>;
+    /// Zeroes the counters of frontend ids about to be (re)used; returns
+    /// the ids whose counters could not be zeroed, with why.
+    fn reset_stats(&mut self, frontend_ids: &[u32]) -> Vec<(u32, StoreError)>;
 }

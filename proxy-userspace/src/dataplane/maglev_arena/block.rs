@@ -9,8 +9,6 @@
 //! (M = 1021) takes 262 entries, 2 KiB, where one backend id per entry
 //! would take 8 KiB.
 
-use std::collections::{HashMap, HashSet};
-
 use proxy_common::maps::maglev_layout;
 
 /// Member positions a 16-bit slot can name.
@@ -25,17 +23,17 @@ pub fn header(entry: u64) -> (u32, u32) {
     (entry as u32, (entry >> 32) as u32)
 }
 
-/// The member capacity of a new table holding `slots`: room for the size
-/// class, and for every remaining backend of `previous` to keep its
-/// position (affinity checks membership by it).
-pub fn capacity_for(slots: &[u32], previous: &[u32]) -> u32 {
-    let wanted: HashSet<u32> = slots.iter().copied().collect();
+/// The member capacity of a new table of `size` slots over `members`
+/// (distinct, ascending): room for the size class, and for every
+/// remaining backend of `previous` to keep its position (affinity checks
+/// membership by it).
+pub fn capacity_for(size: usize, members: &[u32], previous: &[u32]) -> u32 {
     let kept_end = previous
         .iter()
-        .rposition(|id| wanted.contains(id))
+        .rposition(|id| members.binary_search(id).is_ok())
         .map_or(0, |p| p + 1);
-    (slots.len() / SLOTS_PER_MEMBER)
-        .max(wanted.len())
+    (size / SLOTS_PER_MEMBER)
+        .max(members.len())
         .max(kept_end)
         .min(MAX_MEMBERS) as u32
 }
@@ -53,50 +51,99 @@ pub fn interim_entries(entries: &[u64], previous: &[u32]) -> Vec<u64> {
 /// A member position no backend holds.
 const UNUSED: u32 = u32::MAX;
 
-/// Where each backend of `slots` sits among `capacity` member positions:
-/// where it sat in `previous` (the live table's members) if it is still
-/// there, so a remaining backend keeps its index (session affinity checks
-/// membership by it), new ones in the first free positions. `None` when
-/// they do not fit.
-fn member_positions(slots: &[u32], capacity: u32, previous: &[u32]) -> Option<Vec<u32>> {
-    let wanted: HashSet<u32> = slots.iter().copied().collect();
+/// Where each of `members` (distinct, ascending) sits among `capacity`
+/// member positions: where it sat in `previous` (the live table's members)
+/// if it is still there, so a remaining backend keeps its index (session
+/// affinity checks membership by it), new ones in the first free positions
+/// in id order. `None` when they do not fit.
+fn member_positions(members: &[u32], capacity: u32, previous: &[u32]) -> Option<Vec<u32>> {
     let mut positions = vec![UNUSED; capacity as usize];
-    let mut placed = HashSet::new();
+    let mut placed = vec![false; members.len()];
     for (position, id) in positions.iter_mut().zip(previous) {
-        if wanted.contains(id) && placed.insert(*id) {
-            *position = *id;
+        if let Ok(i) = members.binary_search(id) {
+            if !std::mem::replace(&mut placed[i], true) {
+                *position = *id;
+            }
         }
     }
-    let mut newcomers: Vec<u32> = wanted.difference(&placed).copied().collect();
-    newcomers.sort_unstable();
     let mut free = positions.iter_mut().filter(|p| **p == UNUSED);
-    for id in newcomers {
-        *free.next()? = id;
+    for (id, _) in members.iter().zip(&placed).filter(|(_, placed)| !**placed) {
+        *free.next()? = *id;
     }
     Some(positions)
 }
 
-/// The entries of a table holding `slots` (slot → backend id) with room for
-/// `capacity` members, keeping the positions of `previous` members; `None`
-/// when they do not fit.
-pub fn encode(slots: &[u32], capacity: u32, previous: &[u32]) -> Option<Vec<u64>> {
+/// The entries of a table holding `slots` (slot → backend id, every one
+/// of `members`: distinct, ascending) with room for `capacity` members,
+/// keeping the positions of `previous` members; `None` when they do not
+/// fit or a slot names no member.
+pub fn encode(slots: &[u32], members: &[u32], capacity: u32, previous: &[u32]) -> Option<Vec<u64>> {
     let size = u32::try_from(slots.len()).ok()?;
     if capacity as usize > MAX_MEMBERS {
         return None;
     }
-    let members = member_positions(slots, capacity, previous)?;
-    let index: HashMap<u32, u64> = (0u64..).zip(&members).map(|(i, id)| (*id, i)).collect();
+    let positions = member_positions(members, capacity, previous)?;
+    let index = PositionIndex::new(&positions);
     let mut entries = vec![u64::from(size) | u64::from(capacity) << 32];
     entries.resize(maglev_layout::slots_start(capacity) as usize, 0);
-    set_members(&mut entries, &members);
-    entries.extend(slots.chunks(4).map(|lanes| {
-        lanes
-            .iter()
-            .enumerate()
-            .fold(0, |e, (lane, id)| e | index[id] << (16 * lane))
-    }));
+    set_members(&mut entries, &positions);
+    for lanes in slots.chunks(4) {
+        let mut entry = 0;
+        for (lane, id) in lanes.iter().enumerate() {
+            entry |= index.position_of(*id)? << (16 * lane);
+        }
+        entries.push(entry);
+    }
     debug_assert_eq!(entries.len() as u32, maglev_layout::entries(size, capacity));
     Some(entries)
+}
+
+/// Each member's position, by backend id, looked up once per slot: by
+/// offset from the lowest id when the ids are close together (a Service's
+/// backends get ids one after the other), else in a sorted list.
+enum PositionIndex {
+    Dense { first: u32, positions: Vec<u32> },
+    Sorted(Vec<(u32, u32)>),
+}
+
+impl PositionIndex {
+    /// Widest id range (per member) kept as a dense table.
+    const DENSE_SPREAD: usize = 8;
+
+    fn new(positions: &[u32]) -> Self {
+        let mut sorted: Vec<(u32, u32)> = (0u32..)
+            .zip(positions)
+            .filter(|(_, id)| **id != UNUSED)
+            .map(|(position, id)| (*id, position))
+            .collect();
+        sorted.sort_unstable();
+        let (Some(&(first, _)), Some(&(last, _))) = (sorted.first(), sorted.last()) else {
+            return Self::Sorted(sorted);
+        };
+        let spread = (last - first) as usize + 1;
+        if spread > Self::DENSE_SPREAD * sorted.len() {
+            return Self::Sorted(sorted);
+        }
+        let mut dense = vec![UNUSED; spread];
+        for (id, position) in sorted {
+            dense[(id - first) as usize] = position;
+        }
+        Self::Dense {
+            first,
+            positions: dense,
+        }
+    }
+
+    fn position_of(&self, id: u32) -> Option<u64> {
+        let position = match self {
+            Self::Dense { first, positions } => *positions.get(id.checked_sub(*first)? as usize)?,
+            Self::Sorted(sorted) => {
+                let found = sorted.binary_search_by_key(&id, |&(id, _)| id).ok()?;
+                sorted[found].1
+            }
+        };
+        (position != UNUSED).then_some(u64::from(position))
+    }
 }
 
 /// The member positions of a table's entries (`UNUSED` where free); `None`
@@ -155,10 +202,17 @@ fn set_members(entries: &mut [u64], members: &[u32]) {
 mod tests {
     use super::*;
 
+    fn distinct(slots: &[u32]) -> Vec<u32> {
+        let mut ids = slots.to_vec();
+        ids.sort_unstable();
+        ids.dedup();
+        ids
+    }
+
     #[test]
     fn a_table_survives_encoding_and_takes_two_bytes_a_slot() {
         let slots: Vec<u32> = (0..1021).map(|s| 500_000 + (s * 7) % 10).collect();
-        let entries = encode(&slots, 10, &[]).unwrap();
+        let entries = encode(&slots, &distinct(&slots), 10, &[]).unwrap();
         assert_eq!(entries.len(), 1 + 5 + 256);
         assert_eq!(entries[0], 1021 | 10 << 32);
         assert_eq!(
@@ -168,27 +222,33 @@ mod tests {
         );
         assert_eq!(decode(&entries).unwrap(), slots);
         let odd: Vec<u32> = vec![7, 9, 7, 3, 3];
-        assert_eq!(decode(&encode(&odd, 3, &[]).unwrap()).unwrap(), odd);
+        assert_eq!(
+            decode(&encode(&odd, &distinct(&odd), 3, &[]).unwrap()).unwrap(),
+            odd
+        );
         // Room for more members: the same slots, a longer member list.
-        assert_eq!(decode(&encode(&odd, 8, &[]).unwrap()).unwrap(), odd);
+        assert_eq!(
+            decode(&encode(&odd, &distinct(&odd), 8, &[]).unwrap()).unwrap(),
+            odd
+        );
         assert!(
-            encode(&odd, 2, &[]).is_none(),
+            encode(&odd, &distinct(&odd), 2, &[]).is_none(),
             "three members need room for three"
         );
     }
 
     #[test]
     fn remaining_members_keep_their_positions_and_newcomers_fill_gaps() {
-        let before = encode(&[1, 2, 3, 1], 5, &[]).unwrap();
+        let before = encode(&[1, 2, 3, 1], &distinct(&[1, 2, 3, 1]), 5, &[]).unwrap();
         let previous = members_in(&before).unwrap();
         assert_eq!(previous, [1, 2, 3, UNUSED, UNUSED]);
         // 2 leaves, 9 and 0 come: 1 and 3 stay put, the newcomers take the
         // free positions in id order.
-        let after = encode(&[9, 3, 1, 0], 5, &previous).unwrap();
+        let after = encode(&[9, 3, 1, 0], &distinct(&[9, 3, 1, 0]), 5, &previous).unwrap();
         assert_eq!(members_in(&after).unwrap(), [1, 0, 3, 9, UNUSED]);
         assert_eq!(decode(&after).unwrap(), [9, 3, 1, 0]);
         // A smaller table keeps the positions that still exist.
-        let smaller = encode(&[3, 1], 2, &[1, 2, 3]).unwrap();
+        let smaller = encode(&[3, 1], &distinct(&[3, 1]), 2, &[1, 2, 3]).unwrap();
         assert_eq!(members_in(&smaller).unwrap(), [1, 3]);
     }
 
@@ -203,8 +263,22 @@ mod tests {
     }
 
     #[test]
+    fn scattered_and_close_ids_encode_alike() {
+        // Ids far apart take the sorted list, close ones the dense table.
+        let scattered: Vec<u32> = (0..1021).map(|s| [7, 400_000, 90][s % 3]).collect();
+        let entries = encode(&scattered, &distinct(&scattered), 3, &[]).unwrap();
+        assert_eq!(decode(&entries).unwrap(), scattered);
+        let close: Vec<u32> = scattered.iter().map(|id| id % 100).collect();
+        let entries = encode(&close, &distinct(&close), 3, &[]).unwrap();
+        assert_eq!(decode(&entries).unwrap(), close);
+        // A slot naming no member: not a table.
+        assert!(encode(&[7, 8], &[7], 2, &[]).is_none());
+        assert!(encode(&[7, 400_000], &[7], 2, &[]).is_none());
+    }
+
+    #[test]
     fn entries_that_are_not_a_table_are_refused() {
-        let entries = encode(&[1, 2, 3], 4, &[]).unwrap();
+        let entries = encode(&[1, 2, 3], &distinct(&[1, 2, 3]), 4, &[]).unwrap();
         assert!(decode(&entries[..entries.len() - 1]).is_none());
         assert!(decode(&[]).is_none());
         let mut unused_member = entries.clone();

@@ -154,6 +154,11 @@ impl MaglevArena {
         block::decode(&self.arena.read(offset, len)?)
     }
 
+    /// Whether some frontend has the table `spec`.
+    pub fn has(&self, spec: &TableSpec) -> bool {
+        self.by_spec.contains_key(spec)
+    }
+
     /// The block offset of `frontend_id`'s table (0: none).
     pub fn block_of(&self, frontend_id: u32) -> u32 {
         self.index.get(frontend_id) as u32
@@ -198,7 +203,7 @@ impl MaglevArena {
         if self.blocks.get(&current).is_some_and(|b| b.refs == 1) {
             let (size, capacity) = block::header(self.arena.get(current));
             if size as usize == slots.len() {
-                if let Some(entries) = block::encode(&slots, capacity, &previous) {
+                if let Some(entries) = block::encode(&slots, &spec.members, capacity, &previous) {
                     write_in_place(&self.arena, current, &entries, &previous);
                     if let Some(block) = self.blocks.get_mut(&current) {
                         let old = std::mem::replace(&mut block.spec, spec.clone());
@@ -209,9 +214,9 @@ impl MaglevArena {
                 }
             }
         }
-        let capacity = block::capacity_for(&slots, &previous);
-        let entries =
-            block::encode(&slots, capacity, &previous).ok_or(ArenaError::TooLarge(slots.len()))?;
+        let capacity = block::capacity_for(slots.len(), &spec.members, &previous);
+        let entries = block::encode(&slots, &spec.members, capacity, &previous)
+            .ok_or(ArenaError::TooLarge(slots.len()))?;
         let len = entries.len() as u32;
         let offset = self.allocate(len)?;
         self.arena.write(offset, &entries);

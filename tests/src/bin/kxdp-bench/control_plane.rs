@@ -65,6 +65,9 @@ fn measure_kube_proxy(
     n: usize,
     plan: &Plan,
 ) -> anyhow::Result<Result<KpTimes, String>> {
+    if plan.without_peers {
+        return Ok(Err("not run (--without-peers)".into()));
+    }
     let limit = plan.kube_proxy_max_services(proxy);
     if n > limit {
         return Ok(Err(format!(

@@ -1,6 +1,7 @@
 //! `kxdp-bench`: what the datapath costs, measured, never asserted.
 //!
-//!   kxdp-bench [--quick] [--only packets|conns|control|maglev] [--out PATH]
+//!   kxdp-bench [--quick] [--only packets|conns|control|maglev]
+//!              [--services N[,N…]] [--without-peers] [--out PATH]
 //!   (root; `cargo xtask bench` runs it)
 //!
 //! Part 1 times the pod programs and the NIC program per packet through
@@ -83,7 +84,7 @@ static ALLOCATOR: CountingAllocator = CountingAllocator;
 fn main() -> anyhow::Result<()> {
     let options = parse_args()?;
     require_root("kxdp-bench");
-    let plan = Plan::new(options.quick);
+    let plan = Plan::for_options(&options);
     let machine = machine();
 
     let mut packets = None;

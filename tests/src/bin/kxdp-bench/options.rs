@@ -8,6 +8,10 @@ pub(crate) struct Options {
     /// Run only this part (`packets`, `conns`, `control`, `maglev`); the report then
     /// holds only it.
     pub(crate) only: Option<String>,
+    /// Service counts for the control plane instead of the plan's.
+    pub(crate) services: Option<Vec<usize>>,
+    /// Leave kube-proxy's tools out of the control plane (kxdp alone).
+    pub(crate) without_peers: bool,
 }
 
 impl Options {
@@ -31,11 +35,23 @@ pub(crate) fn parse_args() -> anyhow::Result<Options> {
         quick: false,
         out: default_report_path(),
         only: None,
+        services: None,
+        without_peers: false,
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--quick" => options.quick = true,
+            "--without-peers" => options.without_peers = true,
+            "--services" => {
+                let list = args.next().context("--services needs a list, e.g. 30000")?;
+                let counts = list
+                    .split(',')
+                    .map(|n| n.trim().parse::<usize>().ok().filter(|n| *n > 0))
+                    .collect::<Option<Vec<usize>>>()
+                    .with_context(|| format!("--services {list}: not a list of counts"))?;
+                options.services = Some(counts);
+            }
             "--out" => options.out = args.next().context("--out needs a path")?.into(),
             "--only" => {
                 let part = args.next().context("--only needs a part")?;
@@ -46,7 +62,8 @@ pub(crate) fn parse_args() -> anyhow::Result<Options> {
                 options.only = Some(part);
             }
             _ => bail!(
-                "usage: kxdp-bench [--quick] [--only packets|conns|control|maglev] [--out PATH]"
+                "usage: kxdp-bench [--quick] [--only packets|conns|control|maglev] \
+                 [--services N[,N…]] [--without-peers] [--out PATH]"
             ),
         }
     }
@@ -79,6 +96,8 @@ pub(crate) struct Plan {
     pub(crate) control_sizes: Vec<usize>,
     pub(crate) control_runs: usize,
     pub(crate) control_changes: usize,
+    /// kube-proxy's tools left out (`--without-peers`).
+    pub(crate) without_peers: bool,
     /// Maglev: builds of all tables (best kept), rebuilds of one table.
     pub(crate) maglev_runs: usize,
     pub(crate) maglev_rebuilds: usize,
@@ -107,7 +126,17 @@ impl Plan {
 }
 
 impl Plan {
-    pub(crate) fn new(quick: bool) -> Self {
+    /// The plan `options` ask for.
+    pub(crate) fn for_options(options: &Options) -> Self {
+        let mut plan = Self::new(options.quick);
+        if let Some(services) = &options.services {
+            plan.control_sizes = services.clone();
+        }
+        plan.without_peers = options.without_peers;
+        plan
+    }
+
+    fn new(quick: bool) -> Self {
         if quick {
             Plan {
                 runs: 5,
@@ -131,6 +160,7 @@ impl Plan {
                 kube_proxy_budget: Duration::from_secs(5),
                 nftables_max_services: 3_000,
                 iptables_nft_max_services: usize::MAX,
+                without_peers: false,
             }
         } else {
             Plan {
@@ -155,6 +185,7 @@ impl Plan {
                 kube_proxy_budget: Duration::from_secs(10),
                 nftables_max_services: 10_000,
                 iptables_nft_max_services: 10_000,
+                without_peers: false,
             }
         }
     }
