@@ -160,7 +160,7 @@ pub unsafe fn map_update_batch<K, V>(
     values: &[V],
 ) -> io::Result<usize> {
     assert!(
-        values.len() == keys.len() || (!keys.is_empty() && values.len() % keys.len() == 0),
+        values.len() == keys.len() || (!keys.is_empty() && values.len().is_multiple_of(keys.len())),
         "one value (per CPU) per key"
     );
     let mut out_batch = 0u32;
