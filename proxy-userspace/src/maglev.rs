@@ -64,35 +64,40 @@ pub fn build(members: &[Member], size: u32) -> Vec<u32> {
     if members.is_empty() {
         return Vec::new();
     }
-    let m = u64::from(size);
+    let m = size;
     // Where each member's permutation stands: slot = offset + j·skip (mod m).
-    let mut cursors: Vec<(u64, u64)> = members
+    let mut cursors: Vec<(u32, u32)> = members
         .iter()
         .map(|member| {
-            let offset = hash(member.identity, OFFSET_SEED) % m;
-            let skip = hash(member.identity, SKIP_SEED) % (m - 1) + 1;
-            (offset, skip)
+            let offset = hash(member.identity, OFFSET_SEED) % u64::from(m);
+            let skip = hash(member.identity, SKIP_SEED) % u64::from(m - 1) + 1;
+            (offset as u32, skip as u32)
         })
         .collect();
     const FREE: u32 = u32::MAX;
     let mut owner = vec![FREE; size as usize];
     let mut filled = 0u32;
-    // Both terms are below m: one subtraction instead of a division.
-    let step = |position: &mut u64, skip: u64| {
-        *position += skip;
-        if *position >= m {
-            *position -= m;
-        }
-    };
     'fill: loop {
         for (index, (position, skip)) in cursors.iter_mut().enumerate() {
             // m is prime and 0 < skip < m, so the permutation visits every
-            // slot: a free one is found within m steps.
-            while owner[*position as usize] != FREE {
-                step(position, *skip);
+            // slot: a free one is found within m steps. Claiming and
+            // stepping in one pass keeps the loop to one unpredictable
+            // branch per probe (the table's build time is in it).
+            loop {
+                let slot = &mut owner[*position as usize];
+                let free = *slot == FREE;
+                if free {
+                    *slot = index as u32;
+                }
+                // Both terms are below m: one subtraction, no division.
+                *position += *skip;
+                if *position >= m {
+                    *position -= m;
+                }
+                if free {
+                    break;
+                }
             }
-            owner[*position as usize] = index as u32;
-            step(position, *skip);
             filled += 1;
             if filled == size {
                 break 'fill;

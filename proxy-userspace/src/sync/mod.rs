@@ -355,32 +355,33 @@ impl Syncer {
         store: &mut impl MapStore,
         report: &mut SyncReport,
     ) {
-        let mut to_build: Vec<(&TableSpec, &[Member])> = Vec::new();
-        let mut seen = HashSet::new();
-        for entry in batch.iter() {
-            if entry.needs_table(&self.current)
-                && !store.has_table(&entry.spec)
-                && seen.insert(&entry.spec)
-            {
-                to_build.push((&entry.spec, &entry.members));
+        // Which entry's members build each missing table, and each entry's
+        // build (the first entry wanting a table builds it).
+        let mut builder_of: HashMap<&TableSpec, usize> = HashMap::new();
+        let mut job_of: Vec<Option<usize>> = vec![None; batch.len()];
+        let mut jobs: Vec<(&[Member], u32)> = Vec::new();
+        for (i, entry) in batch.iter().enumerate() {
+            if !entry.needs_table(&self.current) || store.has_table(&entry.spec) {
+                continue;
             }
+            job_of[i] = Some(*builder_of.entry(&entry.spec).or_insert_with(|| {
+                jobs.push((&entry.members, entry.spec.size));
+                jobs.len() - 1
+            }));
         }
-        let jobs: Vec<(&[Member], u32)> = to_build.iter().map(|(s, m)| (*m, s.size)).collect();
-        let mut built: HashMap<TableSpec, Vec<u32>> = to_build
-            .iter()
-            .map(|(spec, _)| (*spec).clone())
-            .zip(maglev::build_all(&jobs))
-            .collect();
-        for entry in batch.iter_mut() {
+        let mut built = maglev::build_all(&jobs);
+        for (i, entry) in batch.iter_mut().enumerate() {
             if !entry.needs_table(&self.current) {
                 continue;
             }
             let id = entry.value.id;
             let (spec, members) = (&entry.spec, &entry.members);
-            let build = || {
-                built
-                    .remove(spec)
-                    .unwrap_or_else(|| maglev::build(members, spec.size))
+            // A table built for an earlier entry and shared by now is not
+            // asked for again; one released meanwhile is built again.
+            let prebuilt = job_of[i].map(|job| std::mem::take(&mut built[job]));
+            let build = || match prebuilt {
+                Some(slots) if !slots.is_empty() => slots,
+                _ => maglev::build(members, spec.size),
             };
             match store.put_table(id, spec, build) {
                 Ok(()) => self.set_table(id, Some(entry.spec.clone())),
@@ -1003,6 +1004,35 @@ mod tests {
             "tables before entries: {:?}",
             store.log
         );
+    }
+
+    #[test]
+    fn a_table_wanted_by_several_frontends_is_built_once() {
+        let mut store = FakeStore::default();
+        let mut syncer = fresh_syncer();
+        let backends: &[&str] = &["10.244.0.2:80", "10.244.0.3:80"];
+        let report = syncer.reconcile(
+            &plan_of(&[
+                ("10.96.0.1", 80, backends),
+                ("10.96.0.2", 80, backends),
+                ("10.96.0.3", 80, &backends[..1]),
+            ]),
+            &mut store,
+        );
+        assert!(report.errors.is_empty(), "{:?}", report.errors);
+        assert_eq!(store.builds, 2, "{:?}", store.log);
+        assert_eq!(reachable(&store.maps)["10.96.0.2:80"], backends);
+        // A new frontend over the same backends later: shared, not built.
+        syncer.reconcile(
+            &plan_of(&[
+                ("10.96.0.1", 80, backends),
+                ("10.96.0.2", 80, backends),
+                ("10.96.0.3", 80, &backends[..1]),
+                ("10.96.0.4", 80, backends),
+            ]),
+            &mut store,
+        );
+        assert_eq!(store.builds, 2);
     }
 
     #[test]

@@ -26,6 +26,7 @@ use std::{
     collections::{BTreeMap, HashMap},
     io,
     os::fd::BorrowedFd,
+    sync::Arc,
 };
 
 use proxy_common::maps::{maglev_layout, NO_TABLE};
@@ -65,7 +66,8 @@ fn io_error(what: &'static str) -> impl FnOnce(io::Error) -> ArenaError {
 /// A block in use.
 #[derive(Debug)]
 struct Block {
-    spec: TableSpec,
+    /// Shared with the block's key in `by_spec`.
+    spec: Arc<TableSpec>,
     /// Entries it spans.
     len: u32,
     /// Frontends pointing at it.
@@ -79,7 +81,7 @@ pub struct MaglevArena {
     /// Blocks in use, by offset.
     blocks: HashMap<u32, Block>,
     /// The block holding each table in use, to share it.
-    by_spec: HashMap<TableSpec, u32>,
+    by_spec: HashMap<Arc<TableSpec>, u32>,
     alloc: Allocator,
     grace: GracePeriods,
 }
@@ -110,6 +112,7 @@ impl MaglevArena {
             }
             match read_block(&arena, offset) {
                 Some((spec, len)) => {
+                    let spec = Arc::new(spec);
                     blocks.insert(offset, Block { spec, len, refs: 1 });
                 }
                 None => {
@@ -142,7 +145,7 @@ impl MaglevArena {
         (0..self.index.len())
             .filter_map(|id| {
                 let block = self.blocks.get(&(self.index.get(id) as u32))?;
-                Some((id, block.spec.clone()))
+                Some((id, TableSpec::clone(&block.spec)))
             })
             .collect()
     }
@@ -184,7 +187,7 @@ impl MaglevArena {
         }
         let current = self.index.get(frontend_id) as u32;
         let live = self.blocks.get(&current);
-        if live.is_some_and(|b| b.spec == *spec) {
+        if live.is_some_and(|b| *b.spec == *spec) {
             return Ok(());
         }
         if let Some(&shared) = self.by_spec.get(spec) {
@@ -206,9 +209,10 @@ impl MaglevArena {
                 if let Some(entries) = block::encode(&slots, &spec.members, capacity, &previous) {
                     write_in_place(&self.arena, current, &entries, &previous);
                     if let Some(block) = self.blocks.get_mut(&current) {
+                        let spec = Arc::new(spec.clone());
                         let old = std::mem::replace(&mut block.spec, spec.clone());
                         self.by_spec.remove(&old);
-                        self.by_spec.insert(spec.clone(), current);
+                        self.by_spec.insert(spec, current);
                     }
                     return Ok(());
                 }
@@ -222,15 +226,9 @@ impl MaglevArena {
         self.arena.write(offset, &entries);
         // Written whole before any frontend can reach it.
         self.index.write(frontend_id, &[u64::from(offset)]);
-        self.blocks.insert(
-            offset,
-            Block {
-                spec: spec.clone(),
-                len,
-                refs: 1,
-            },
-        );
+        let spec = Arc::new(spec.clone());
         self.by_spec.insert(spec.clone(), offset);
+        self.blocks.insert(offset, Block { spec, len, refs: 1 });
         self.release(current);
         Ok(())
     }
