@@ -25,6 +25,7 @@ use tracing::warn;
 use crate::{
     dataplane::{
         fill::{self, Conntrack, Count, CONNTRACK_COUNT_CAP},
+        maglev_arena::MAGLEV_ARENA,
         maps::{BpfMaps, AGENT_WRITTEN},
     },
     frontend_text::{frontend_text, scope_label},
@@ -364,7 +365,7 @@ impl Telemetry {
                 Err(e) => failed("verdicts", &e),
             }
         }
-        let maps_sample = self
+        let mut maps_sample: Vec<MapSample> = self
             .capacities
             .iter()
             .map(|&(map, capacity)| MapSample {
@@ -378,6 +379,13 @@ impl Telemetry {
                 capacity,
             })
             .collect();
+        // The arena's entries in live blocks: its fill, as the other maps'.
+        let (used, total) = maps.tables().usage();
+        maps_sample.push(MapSample {
+            map: MAGLEV_ARENA,
+            entries: used,
+            capacity: u32::try_from(total).unwrap_or(u32::MAX),
+        });
         let conntrack = self.conntrack.as_ref().and_then(|(ct, capacity)| {
             ct.count()
                 .map(|count| (count, *capacity))

@@ -125,6 +125,13 @@ fn readiness_follows_the_first_sync_and_metrics_count_the_traffic() {
     );
     assert_eq!(after[r#"kxdp_map_entries{map="backends"}"#], 4.0);
     assert_eq!(after[r#"kxdp_map_capacity{map="frontends"}"#], 65_536.0);
+    // Two tables of two backends (M = 251: 65 entries, a block of 72),
+    // in an arena of 64 MiB of 8-byte entries.
+    assert_eq!(after[r#"kxdp_map_entries{map="maglev_arena"}"#], 144.0);
+    assert_eq!(
+        after[r#"kxdp_map_capacity{map="maglev_arena"}"#],
+        f64::from(8u32 << 20)
+    );
     assert!(
         after["kxdp_conntrack_entries"] >= 2.0,
         "the connections' entries"
@@ -183,6 +190,12 @@ fn readiness_follows_the_first_sync_and_metrics_count_the_traffic() {
             frontends["capacity"].as_u64()
         ),
         (Some(2), Some(65_536))
+    );
+    let arena = maps.iter().find(|m| m["map"] == "maglev_arena").unwrap();
+    assert_eq!(
+        (arena["entries"].as_u64(), arena["capacity"].as_u64()),
+        (Some(144), Some(8 << 20)),
+        "{status}"
     );
     assert!(maps.iter().any(|m| m["map"] == "conntrack"), "{status}");
     assert_eq!(status["agent"]["report"]["ready"], true, "{status}");

@@ -19,6 +19,7 @@ use crate::{
     dataplane::{
         fill::{self, Conntrack, CONNTRACK_COUNT_CAP},
         interfaces,
+        maglev_arena::MAGLEV_ARENA,
         maps::{BpfMaps, AGENT_WRITTEN},
         nic, probe, sockets,
         xdp_mode::{xdp_mode, XdpMode},
@@ -178,6 +179,14 @@ fn maps(pin_path: &Path) -> anyhow::Result<Vec<MapFill>> {
             complete: count.complete,
         });
     }
+    // The Maglev arena, in 8-byte entries held by live tables.
+    let (used, total) = maps.tables().usage();
+    fills.push(MapFill {
+        map: MAGLEV_ARENA.to_lowercase(),
+        entries: u32::try_from(used).unwrap_or(u32::MAX),
+        capacity: u32::try_from(total).unwrap_or(u32::MAX),
+        complete: true,
+    });
     let count = Conntrack::open(pin_path)?.count()?;
     fills.push(MapFill {
         map: fill::CONNTRACK.to_lowercase(),
