@@ -345,7 +345,7 @@ impl Datapath {
             .map(|backend_id| member(&self.backends[backend_id], *backend_id))
             .collect();
         if members.is_empty() {
-            self.maps.delete_table(id);
+            self.maps.delete_table(id).expect("remove table");
             return 0;
         }
         let size = maglev::table_size(members.len(), maglev::DEFAULT_MAX_TABLE_SIZE);
@@ -358,7 +358,11 @@ impl Datapath {
 
     /// The Maglev table of service `id` as the datapath reads it.
     pub fn table(&self, id: u32) -> Vec<u32> {
-        self.maps.tables().get(id).unwrap_or_default()
+        self.maps
+            .tables()
+            .get(id)
+            .expect("read table")
+            .unwrap_or_default()
     }
 
     /// Drops the maps and opens them again from their pins, as a restarted
@@ -375,7 +379,7 @@ impl Datapath {
 
     /// Where the table of service `id` starts in the arena (0: none).
     pub fn table_block(&self, id: u32) -> u32 {
-        self.maps.tables().block_of(id)
+        self.maps.tables().block_of(id).expect("read the index")
     }
 
     /// Every session-affinity entry.

@@ -1,7 +1,9 @@
-//! A full sync writes its entries in batches (`dataplane::batch`): every
-//! entry lands, a single one goes as one update, and when the kernel stops
-//! a batch (here: a full map) the rest is written one by one so each
-//! failure names its own key.
+//! How the agent reaches many map entries at once. A full sync writes its
+//! entries in batches (`dataplane::batch`): every entry lands, a single one
+//! goes as one update, and when the kernel stops a batch (here: a full map)
+//! the rest is written one by one so each failure names its own key. The
+//! Maglev arena is written through a window of mapped pages
+//! (`maglev_arena::mapped`).
 
 use std::os::fd::OwnedFd;
 
@@ -80,4 +82,46 @@ fn per_cpu_counters_are_zeroed_in_a_batch_on_every_cpu() {
         };
         assert!(values.iter().all(|v| *v == want), "index {index}");
     }
+}
+
+/// The arena is seen through a window of its pages (what the agent's RSS
+/// holds of it): entries anywhere in it are written and read back right,
+/// the window moving as needed, and the kernel's view (a syscall lookup)
+/// agrees.
+#[test]
+fn an_array_larger_than_its_window_is_written_and_read_everywhere() {
+    use aya::maps::Array;
+    use proxy_common::maps::MAGLEV_ARENA_FLAGS;
+    use proxy_userspace::dataplane::maglev_arena::mapped::MappedArray;
+    use std::os::fd::AsFd;
+
+    require_root("the map batch test");
+    let entries = 5 * 512 + 100;
+    let fd: OwnedFd = bpf_syscall::map_create(&MapSpec {
+        map_type: 2, // BPF_MAP_TYPE_ARRAY
+        key_size: 4,
+        value_size: 8,
+        max_entries: entries,
+        flags: MAGLEV_ARENA_FLAGS,
+        inner_map: None,
+    })
+    .unwrap_or_else(|e| panic!("BPF_MAP_CREATE: {e}"));
+    // A window of one page (512 entries).
+    let mapped = MappedArray::new(fd.as_fd(), entries, 512).expect("mapped");
+    let value = |i: u32| u64::from(i) * 0x1_0001 + 7;
+    // Runs that cross page and window bounds, then back to the start, and
+    // the very end.
+    for (start, count) in [(0, 10), (500, 30), (1020, 1100), (3, 4), (entries - 9, 9)] {
+        let values: Vec<u64> = (start..start + count).map(value).collect();
+        mapped.write(start, &values).expect("write");
+        assert_eq!(mapped.read(start, count).expect("read"), values);
+    }
+    assert!(mapped.read(entries - 1, 2).is_err(), "beyond the end");
+    let array: Array<MapData, u64> =
+        Array::try_from(Map::Array(MapData::from_fd(fd).unwrap())).unwrap();
+    for i in [0, 9, 500, 529, 1020, 1600, 2119, 3, 6, entries - 1] {
+        assert_eq!(array.get(&i, 0).unwrap(), value(i), "entry {i}");
+        assert_eq!(mapped.get(i).unwrap(), value(i), "entry {i}");
+    }
+    assert_eq!(array.get(&12, 0).unwrap(), 0, "never written");
 }

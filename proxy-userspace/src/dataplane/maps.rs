@@ -250,7 +250,7 @@ impl BpfMaps {
             let (k, v) = entry.map_err(store_error(BACKENDS))?;
             contents.backends.insert(k, v);
         }
-        contents.tables = self.maglev.all();
+        contents.tables = self.maglev.all().map_err(arena_error)?;
         for entry in self.source_ranges.iter() {
             let (k, _) = entry.map_err(store_error(SOURCE_RANGES))?;
             // A key no agent wrote cannot be named for deletion; it also
@@ -347,8 +347,8 @@ impl MapStore for BpfMaps {
     fn has_table(&self, spec: &TableSpec) -> bool {
         self.maglev.has(spec)
     }
-    fn delete_table(&mut self, frontend_id: u32) {
-        self.maglev.delete(frontend_id);
+    fn delete_table(&mut self, frontend_id: u32) -> Result<(), StoreError> {
+        self.maglev.delete(frontend_id).map_err(arena_error)
     }
     fn put_frontends(
         &mut self,

@@ -62,9 +62,10 @@ impl MapStore for FakeStore {
     fn has_table(&self, spec: &TableSpec) -> bool {
         self.maps.tables.values().any(|t| t == spec)
     }
-    fn delete_table(&mut self, frontend_id: u32) {
+    fn delete_table(&mut self, frontend_id: u32) -> Result<(), StoreError> {
         self.log.push(format!("delete table {frontend_id}"));
         self.maps.tables.remove(&frontend_id);
+        Ok(())
     }
     fn put_frontends(
         &mut self,

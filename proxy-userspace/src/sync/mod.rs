@@ -191,7 +191,7 @@ impl Syncer {
             .copied()
             .collect();
         for id in orphan_tables {
-            self.drop_table(id, store);
+            self.drop_table(id, store, &mut report);
             self.resting_frontend_ids.insert(id);
         }
         let orphan_range_owners: BTreeSet<u32> = self
@@ -492,7 +492,7 @@ impl Syncer {
         // A table the entry no longer uses (no backends) is unreachable.
         let live = self.current.frontends.get(&key).copied();
         if live.is_none_or(|v| v.table_size == 0) {
-            self.drop_table(value.id, store);
+            self.drop_table(value.id, store, report);
         }
         // Ranges beyond the wanted ones may still be needed by an entry
         // that could not be updated; the retry removes them.
@@ -574,16 +574,19 @@ impl Syncer {
         self.live_frontend_ids.remove(&existing.id);
         self.resting_frontend_ids.insert(existing.id);
         report.services_deleted += 1;
-        self.drop_table(existing.id, store);
+        self.drop_table(existing.id, store, report);
         self.refs.set_draining(key, Vec::new());
         self.trim_ranges(existing.id, &BTreeSet::new(), store, report);
     }
 
-    /// Removes the table of `frontend_id`, if it has one.
-    fn drop_table(&mut self, frontend_id: u32, store: &mut impl MapStore) {
+    /// Removes the table of `frontend_id`, if it has one; one that could
+    /// not be removed is left to the next sync.
+    fn drop_table(&mut self, frontend_id: u32, store: &mut impl MapStore, report: &mut SyncReport) {
         if self.current.tables.contains_key(&frontend_id) {
-            store.delete_table(frontend_id);
-            self.set_table(frontend_id, None);
+            match store.delete_table(frontend_id) {
+                Ok(()) => self.set_table(frontend_id, None),
+                Err(e) => report.errors.push(e.to_string()),
+            }
         }
     }
 

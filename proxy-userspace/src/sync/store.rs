@@ -88,7 +88,7 @@ pub trait MapStore {
     /// shares it, nothing is built).
     fn has_table(&self, spec: &TableSpec) -> bool;
     /// Leaves `frontend_id` without a table.
-    fn delete_table(&mut self, frontend_id: u32);
+    fn delete_table(&mut self, frontend_id: u32) -> Result<(), StoreError>;
     /// Writes `entries`, as few calls as the map takes; returns the ones
     /// that could not be written, with why.
     fn put_frontends(

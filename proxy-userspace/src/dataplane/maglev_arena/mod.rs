@@ -20,7 +20,7 @@
 mod alloc;
 pub mod block;
 mod grace;
-mod mapped;
+pub mod mapped;
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -42,6 +42,10 @@ use crate::sync::store::TableSpec;
 pub const MAGLEV_ARENA: &str = "MAGLEV_ARENA";
 /// Name of the frontend id → block offset index.
 pub const MAGLEV_INDEX: &str = "MAGLEV_INDEX";
+
+/// Entries of the arena mapped at a time (2 MiB): what the agent's RSS
+/// holds of it, whatever its size (`mapped.rs`).
+const ARENA_WINDOW: u32 = 1 << 18;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ArenaError {
@@ -95,40 +99,52 @@ impl MaglevArena {
         index: BorrowedFd<'_>,
         index_entries: u32,
     ) -> Result<Self, ArenaError> {
-        let arena =
-            MappedArray::new(arena, arena_entries).map_err(io_error("mapping MAGLEV_ARENA"))?;
-        let index =
-            MappedArray::new(index, index_entries).map_err(io_error("mapping MAGLEV_INDEX"))?;
+        let arena = MappedArray::new(arena, arena_entries, ARENA_WINDOW)
+            .map_err(io_error("mapping MAGLEV_ARENA"))?;
+        // Small: mapped whole, once.
+        let index = MappedArray::new(index, index_entries, index_entries)
+            .map_err(io_error("mapping MAGLEV_INDEX"))?;
         let mut grace = GracePeriods::new().map_err(io_error("making the grace barrier"))?;
+        let offsets = index
+            .read(0, index.entries())
+            .map_err(io_error("reading MAGLEV_INDEX"))?;
+        // The frontends of each block, blocks in offset order: the arena's
+        // window then only moves forward.
+        let mut users: BTreeMap<u32, Vec<u32>> = BTreeMap::new();
+        for (frontend_id, descriptor) in (0u32..).zip(offsets) {
+            if descriptor != NO_TABLE {
+                users
+                    .entry(descriptor as u32)
+                    .or_default()
+                    .push(frontend_id);
+            }
+        }
         let mut blocks: HashMap<u32, Block> = HashMap::new();
-        for frontend_id in 0..index.len() {
-            let offset = index.get(frontend_id) as u32;
-            if u64::from(offset) == NO_TABLE {
-                continue;
-            }
-            if let Some(block) = blocks.get_mut(&offset) {
-                block.refs += 1;
-                continue;
-            }
+        for (offset, frontend_ids) in users {
             match read_block(&arena, offset) {
                 Some((spec, len)) => {
+                    let refs = frontend_ids.len() as u32;
                     let spec = Arc::new(spec);
-                    blocks.insert(offset, Block { spec, len, refs: 1 });
+                    blocks.insert(offset, Block { spec, len, refs });
                 }
                 None => {
                     // Not a table this version can read: the next sync
-                    // writes the frontend's table afresh.
+                    // writes these frontends' tables afresh.
                     tracing::warn!(
-                        frontend_id,
+                        ?frontend_ids,
                         offset,
                         "ignoring a malformed Maglev table; it will be rebuilt"
                     );
-                    index.write(frontend_id, &[NO_TABLE]);
+                    for frontend_id in frontend_ids {
+                        index
+                            .write(frontend_id, &[NO_TABLE])
+                            .map_err(io_error("writing MAGLEV_INDEX"))?;
+                    }
                 }
             }
         }
         let live: Vec<(u32, u32)> = blocks.iter().map(|(o, b)| (*o, b.len)).collect();
-        let alloc = Allocator::rebuild(arena.len(), &live, grace.ask());
+        let alloc = Allocator::rebuild(arena.entries(), &live, grace.ask());
         let by_spec = blocks.iter().map(|(o, b)| (b.spec.clone(), *o)).collect();
         Ok(Self {
             arena,
@@ -141,20 +157,31 @@ impl MaglevArena {
     }
 
     /// What every frontend's table holds, by frontend id.
-    pub fn all(&self) -> BTreeMap<u32, TableSpec> {
-        (0..self.index.len())
-            .filter_map(|id| {
-                let block = self.blocks.get(&(self.index.get(id) as u32))?;
+    pub fn all(&self) -> Result<BTreeMap<u32, TableSpec>, ArenaError> {
+        let offsets = self
+            .index
+            .read(0, self.index.entries())
+            .map_err(io_error("reading MAGLEV_INDEX"))?;
+        Ok((0u32..)
+            .zip(offsets)
+            .filter_map(|(id, offset)| {
+                let block = self.blocks.get(&(offset as u32))?;
                 Some((id, TableSpec::clone(&block.spec)))
             })
-            .collect()
+            .collect())
     }
 
     /// The slots of `frontend_id`'s table, as the datapath reads them.
-    pub fn get(&self, frontend_id: u32) -> Option<Vec<u32>> {
-        let offset = self.index.get(frontend_id) as u32;
-        let len = self.blocks.get(&offset)?.len;
-        block::decode(&self.arena.read(offset, len)?)
+    pub fn get(&self, frontend_id: u32) -> Result<Option<Vec<u32>>, ArenaError> {
+        let offset = self.block_of(frontend_id)?;
+        let Some(block) = self.blocks.get(&offset) else {
+            return Ok(None);
+        };
+        let entries = self
+            .arena
+            .read(offset, block.len)
+            .map_err(io_error("reading MAGLEV_ARENA"))?;
+        Ok(block::decode(&entries))
     }
 
     /// Whether some frontend has the table `spec`.
@@ -163,13 +190,20 @@ impl MaglevArena {
     }
 
     /// The block offset of `frontend_id`'s table (0: none).
-    pub fn block_of(&self, frontend_id: u32) -> u32 {
-        self.index.get(frontend_id) as u32
+    pub fn block_of(&self, frontend_id: u32) -> Result<u32, ArenaError> {
+        if frontend_id >= self.index.entries() {
+            return Err(ArenaError::NoSuchFrontend(frontend_id));
+        }
+        let descriptor = self
+            .index
+            .get(frontend_id)
+            .map_err(io_error("reading MAGLEV_INDEX"))?;
+        Ok(descriptor as u32)
     }
 
     /// Entries in live blocks, and entries of the arena.
     pub fn usage(&self) -> (u64, u64) {
-        (self.alloc.usage().0, u64::from(self.arena.len()))
+        (self.alloc.usage().0, u64::from(self.arena.entries()))
     }
 
     /// Makes the table `spec` (built by `build`, slot → backend id, only
@@ -182,10 +216,7 @@ impl MaglevArena {
         spec: &TableSpec,
         build: impl FnOnce() -> Vec<u32>,
     ) -> Result<(), ArenaError> {
-        if frontend_id >= self.index.len() {
-            return Err(ArenaError::NoSuchFrontend(frontend_id));
-        }
-        let current = self.index.get(frontend_id) as u32;
+        let current = self.block_of(frontend_id)?;
         let live = self.blocks.get(&current);
         if live.is_some_and(|b| *b.spec == *spec) {
             return Ok(());
@@ -194,38 +225,51 @@ impl MaglevArena {
             if let Some(block) = self.blocks.get_mut(&shared) {
                 block.refs += 1;
             }
-            self.index.write(frontend_id, &[u64::from(shared)]);
+            self.switch(frontend_id, shared)?;
             self.release(current);
             return Ok(());
         }
         let slots = build();
-        let previous = live
-            .and_then(|b| self.arena.read(current, b.len))
-            .and_then(|entries| block::members_in(&entries))
-            .unwrap_or_default();
-        if self.blocks.get(&current).is_some_and(|b| b.refs == 1) {
-            let (size, capacity) = block::header(self.arena.get(current));
-            if size as usize == slots.len() {
-                if let Some(entries) = block::encode(&slots, &spec.members, capacity, &previous) {
-                    write_in_place(&self.arena, current, &entries, &previous);
-                    if let Some(block) = self.blocks.get_mut(&current) {
-                        let spec = Arc::new(spec.clone());
-                        let old = std::mem::replace(&mut block.spec, spec.clone());
-                        self.by_spec.remove(&old);
-                        self.by_spec.insert(spec, current);
-                    }
-                    return Ok(());
-                }
+        let (previous, alone) = match live {
+            Some(block) => {
+                let entries = self
+                    .arena
+                    .read(current, block.len)
+                    .map_err(io_error("reading MAGLEV_ARENA"))?;
+                let members = block::members_in(&entries).unwrap_or_default();
+                let (size, capacity) = entries.first().map_or((0, 0), |h| block::header(*h));
+                let fits = block.refs == 1 && size as usize == slots.len();
+                (members, fits.then_some(capacity))
             }
+            None => (Vec::new(), None),
+        };
+        // Alone on a block of the same size: rewritten in place if the
+        // members fit its capacity.
+        let in_place =
+            alone.and_then(|capacity| block::encode(&slots, &spec.members, capacity, &previous));
+        if let Some(entries) = in_place {
+            write_in_place(&self.arena, current, &entries, &previous)
+                .map_err(io_error("writing MAGLEV_ARENA"))?;
+            if let Some(block) = self.blocks.get_mut(&current) {
+                let spec = Arc::new(spec.clone());
+                let old = std::mem::replace(&mut block.spec, spec.clone());
+                self.by_spec.remove(&old);
+                self.by_spec.insert(spec, current);
+            }
+            return Ok(());
         }
         let capacity = block::capacity_for(slots.len(), &spec.members, &previous);
         let entries = block::encode(&slots, &spec.members, capacity, &previous)
             .ok_or(ArenaError::TooLarge(slots.len()))?;
         let len = entries.len() as u32;
         let offset = self.allocate(len)?;
-        self.arena.write(offset, &entries);
+        if let Err(e) = self.arena.write(offset, &entries) {
+            // Never reachable by a packet: free again at once.
+            self.alloc.release(offset, len, 0);
+            return Err(io_error("writing MAGLEV_ARENA")(e));
+        }
         // Written whole before any frontend can reach it.
-        self.index.write(frontend_id, &[u64::from(offset)]);
+        self.switch(frontend_id, offset)?;
         let spec = Arc::new(spec.clone());
         self.by_spec.insert(spec.clone(), offset);
         self.blocks.insert(offset, Block { spec, len, refs: 1 });
@@ -235,12 +279,20 @@ impl MaglevArena {
 
     /// Leaves `frontend_id` without a table (the datapath rejects a
     /// frontend without backends before it looks at one).
-    pub fn delete(&mut self, frontend_id: u32) {
-        let current = self.index.get(frontend_id) as u32;
+    pub fn delete(&mut self, frontend_id: u32) -> Result<(), ArenaError> {
+        let current = self.block_of(frontend_id)?;
         if u64::from(current) != NO_TABLE {
-            self.index.write(frontend_id, &[NO_TABLE]);
+            self.switch(frontend_id, NO_TABLE as u32)?;
             self.release(current);
         }
+        Ok(())
+    }
+
+    /// Points `frontend_id` at the block at `offset`: one 8-byte store.
+    fn switch(&mut self, frontend_id: u32, offset: u32) -> Result<(), ArenaError> {
+        self.index
+            .write(frontend_id, &[u64::from(offset)])
+            .map_err(io_error("writing MAGLEV_INDEX"))
     }
 
     /// One frontend less points at the block at `offset`; the last one
@@ -276,10 +328,10 @@ impl MaglevArena {
                 self.alloc.grace_passed(epoch);
                 match self.alloc.allocate(len) {
                     Allocation::At(offset) => Ok(offset),
-                    _ => Err(ArenaError::Full(self.arena.len())),
+                    _ => Err(ArenaError::Full(self.arena.entries())),
                 }
             }
-            Allocation::Full => Err(ArenaError::Full(self.arena.len())),
+            Allocation::Full => Err(ArenaError::Full(self.arena.entries())),
         }
     }
 }
@@ -287,9 +339,9 @@ impl MaglevArena {
 /// The table in the block at `offset` and the entries it spans; `None`
 /// when the entries there are not a table.
 fn read_block(arena: &MappedArray, offset: u32) -> Option<(TableSpec, u32)> {
-    let (size, capacity) = block::header(arena.get(offset));
+    let (size, capacity) = block::header(arena.get(offset).ok()?);
     let len = maglev_layout::entries(size, capacity);
-    let slots = block::decode(&arena.read(offset, len)?)?;
+    let slots = block::decode(&arena.read(offset, len).ok()?)?;
     (!slots.is_empty()).then(|| (TableSpec::of(&slots), len))
 }
 
@@ -303,10 +355,16 @@ fn read_block(arena: &MappedArray, offset: u32) -> Option<(TableSpec, u32)> {
 /// backend; the rare one that reads a slot before the first pass and its
 /// member after the second is dropped, counted as `STALE_SELECTION`, and
 /// its retransmission chooses again.
-fn write_in_place(arena: &MappedArray, offset: u32, entries: &[u64], previous: &[u32]) {
+fn write_in_place(
+    arena: &MappedArray,
+    offset: u32,
+    entries: &[u64],
+    previous: &[u32],
+) -> io::Result<()> {
     let first = block::interim_entries(entries, previous);
-    arena.write(offset, &first);
+    arena.write(offset, &first)?;
     if first != entries {
-        arena.write(offset, entries);
+        arena.write(offset, entries)?;
     }
+    Ok(())
 }
