@@ -4,7 +4,8 @@
 //! at once, and mapped pages count in the process's RSS although they are
 //! the map's own memory, so a large array is mapped a window at a time
 //! (moved when an access falls outside it: a full sync writes blocks in
-//! order, so it moves a few dozen times), a small one whole.
+//! order, so it moves a few dozen times; a single change maps just the
+//! pages it touches), a small one whole.
 
 use std::{
     cell::RefCell,
@@ -19,7 +20,8 @@ pub struct MappedArray {
     map: OwnedFd,
     /// Entries in the array.
     len: u32,
-    /// Entries a window spans (at least; more when one access needs more).
+    /// Entries a window spans when accesses go on in order (more when one
+    /// access needs more).
     window: u32,
     /// Entries per page: windows start on a page.
     page: u32,
@@ -72,10 +74,23 @@ impl MappedArray {
             .as_ref()
             .is_some_and(|v| v.first <= start && end <= v.first + v.count);
         if !covered {
-            // The old mapping goes first: at most one window is mapped.
+            // Going on past the window (a full sync writing blocks in
+            // order, a restart reading them) maps a whole window; an access
+            // elsewhere (one change) maps only its own pages, which is
+            // quicker: the kernel fills every page of a mapping at once.
+            let onward = view.as_ref().is_none_or(|v| {
+                let past = v.first + v.count;
+                start >= past && start - past < self.window
+            });
+            // The old mapping goes first: at most one is mapped.
             *view = None;
             let first = start - start % self.page;
-            let count = (end - first).max(self.window).min(self.len - first);
+            let wanted = if onward {
+                (end - first).max(self.window)
+            } else {
+                (end - first).div_ceil(self.page) * self.page
+            };
+            let count = wanted.min(self.len - first);
             *view = Some(View::map(self.map.as_fd(), first, count)?);
         }
         let Some(v) = view.as_ref() else {
