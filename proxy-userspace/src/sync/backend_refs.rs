@@ -10,8 +10,11 @@ use super::store::MapContents;
 /// Who refers to each backend id, and the ids that may have lost their last
 /// reference.
 pub(super) struct BackendRefs {
-    /// How many tables and draining lists refer to each backend id.
-    counts: HashMap<u32, u32>,
+    /// How many tables and draining lists refer to each backend id, by id:
+    /// ids are handed out densely from 0 (below `sizes::MAX_BACKENDS`; the
+    /// arena refuses tables naming others), so a vector is smaller and
+    /// quicker than a map.
+    counts: Vec<u32>,
     /// The backends each frontend keeps for existing connections only: in
     /// `backends` (the datapath checks a flow's backend is still there), in
     /// no table. Rebuilt by the reconcile after a restart.
@@ -28,31 +31,40 @@ impl BackendRefs {
     /// The references of the tables in `current`; its backends no table
     /// names are candidates for deletion.
     pub(super) fn adopt(current: &MapContents) -> Self {
-        let mut counts: HashMap<u32, u32> = HashMap::new();
+        let mut refs = Self {
+            counts: Vec::new(),
+            draining: HashMap::new(),
+            unsettled: HashMap::new(),
+            unreferenced: BTreeSet::new(),
+        };
         for id in current
             .tables
             .values()
             .flat_map(|t| t.members.iter().copied())
         {
-            *counts.entry(id).or_default() += 1;
+            refs.hold(id);
         }
-        let unreferenced = current
+        refs.unreferenced = current
             .backends
             .keys()
-            .filter(|id| !counts.contains_key(id))
+            .filter(|id| !refs.is_referenced(**id))
             .copied()
             .collect();
-        Self {
-            counts,
-            draining: HashMap::new(),
-            unsettled: HashMap::new(),
-            unreferenced,
+        refs
+    }
+
+    /// The count of backend `id`, made room for.
+    fn count_mut(&mut self, id: u32) -> &mut u32 {
+        let index = id as usize;
+        if index >= self.counts.len() {
+            self.counts.resize(index + 1, 0);
         }
+        &mut self.counts[index]
     }
 
     /// Adds one reference to backend `id`.
     fn hold(&mut self, id: u32) {
-        *self.counts.entry(id).or_default() += 1;
+        *self.count_mut(id) += 1;
     }
 
     /// Records that a table now names `members`; held before the table's
@@ -77,10 +89,13 @@ impl BackendRefs {
     /// failed: the live table may name them until a later write settles it.
     pub(super) fn unsettle(&mut self, frontend_id: u32, members: &[u32]) {
         let held = self.unsettled.entry(frontend_id).or_default();
-        for id in members {
-            if held.insert(*id) {
-                *self.counts.entry(*id).or_default() += 1;
-            }
+        let newly: Vec<u32> = members
+            .iter()
+            .copied()
+            .filter(|id| held.insert(*id))
+            .collect();
+        for id in newly {
+            self.hold(id);
         }
     }
 
@@ -102,10 +117,9 @@ impl BackendRefs {
     /// Drops one reference to backend `id`; the last one makes it a
     /// candidate for deletion at the end of the sync.
     fn release(&mut self, id: u32) {
-        let refs = self.counts.entry(id).or_default();
+        let refs = self.count_mut(id);
         *refs = refs.saturating_sub(1);
         if *refs == 0 {
-            self.counts.remove(&id);
             self.unreferenced.insert(id);
         }
     }
@@ -123,6 +137,6 @@ impl BackendRefs {
 
     /// Whether a table or a draining list refers to backend `id`.
     pub(super) fn is_referenced(&self, id: u32) -> bool {
-        self.counts.contains_key(&id)
+        self.counts.get(id as usize).is_some_and(|n| *n > 0)
     }
 }

@@ -29,7 +29,10 @@ use std::{
     sync::Arc,
 };
 
-use proxy_common::maps::{maglev_layout, NO_TABLE};
+use proxy_common::{
+    maps::{maglev_layout, NO_TABLE},
+    sizes,
+};
 
 use self::{
     alloc::{Allocation, Allocator},
@@ -337,12 +340,15 @@ impl MaglevArena {
 }
 
 /// The table in the block at `offset` and the entries it spans; `None`
-/// when the entries there are not a table.
+/// when the entries there are not a table of backend ids this version
+/// hands out.
 fn read_block(arena: &MappedArray, offset: u32) -> Option<(TableSpec, u32)> {
     let (size, capacity) = block::header(arena.get(offset).ok()?);
     let len = maglev_layout::entries(size, capacity);
     let slots = block::decode(&arena.read(offset, len).ok()?)?;
-    (!slots.is_empty()).then(|| (TableSpec::of(&slots), len))
+    let spec = TableSpec::of(&slots);
+    let known = spec.members.iter().all(|id| *id < sizes::MAX_BACKENDS);
+    (!slots.is_empty() && known).then_some((spec, len))
 }
 
 /// Rewrites the live table at `offset` with `entries` of the same size and
