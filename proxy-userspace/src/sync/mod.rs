@@ -387,7 +387,11 @@ impl Syncer {
                 Ok(()) => self.set_table(id, Some(entry.spec.clone())),
                 Err(e) => {
                     self.refs.unsettle(id, &entry.spec.members);
-                    report.errors.push(e.to_string());
+                    report.errors.push(format!(
+                        "{} ({}): {e}",
+                        frontend_text(&entry.key),
+                        entry.frontend.service
+                    ));
                     entry.complete = false;
                 }
             }
@@ -919,7 +923,10 @@ mod tests {
         let plan = plan_of(&[("10.96.0.1", 80, &["10.244.0.2:80"])]);
         let report = syncer.reconcile(&plan, &mut store);
         assert!(
-            report.errors.iter().any(|e| e.contains("put failed")),
+            report
+                .errors
+                .iter()
+                .any(|e| e.contains("put failed") && e.contains("10.96.0.1:80")),
             "{:?}",
             report.errors
         );
