@@ -103,7 +103,8 @@ impl Allocator {
     }
 
     /// Whether freed blocks wait for a grace period.
-    pub fn has_resting(&self) -> bool {
+    #[cfg(test)]
+    fn has_resting(&self) -> bool {
         !self.resting.is_empty()
     }
 

@@ -106,9 +106,10 @@ impl GracePeriods {
         self.ended.load(Ordering::Acquire)
     }
 
-    /// Waits here for a grace period beginning now; returns the epoch that
-    /// covers everything asked for until now.
+    /// Waits here for a grace period beginning now; returns its epoch,
+    /// which covers every release until now.
     pub fn wait_now(&mut self) -> io::Result<u64> {
+        self.asked += 1;
         let epoch = self.asked;
         self.barrier.wait()?;
         self.ended.fetch_max(epoch, Ordering::Release);

@@ -90,7 +90,8 @@ pub struct MaglevArena {
     /// The block holding each table in use, to share it.
     by_spec: HashMap<Arc<TableSpec>, u32>,
     alloc: Allocator,
-    grace: GracePeriods,
+    /// Made on the first release: a reader (`kxdp services`) needs none.
+    grace: Option<GracePeriods>,
 }
 
 impl MaglevArena {
@@ -107,7 +108,6 @@ impl MaglevArena {
         // Small: mapped whole, once.
         let index = MappedArray::new(index, index_entries, index_entries)
             .map_err(io_error("mapping MAGLEV_INDEX"))?;
-        let mut grace = GracePeriods::new().map_err(io_error("making the grace barrier"))?;
         let offsets = index
             .read(0, index.entries())
             .map_err(io_error("reading MAGLEV_INDEX"))?;
@@ -147,7 +147,9 @@ impl MaglevArena {
             }
         }
         let live: Vec<(u32, u32)> = blocks.iter().map(|(o, b)| (*o, b.len)).collect();
-        let alloc = Allocator::rebuild(arena.entries(), &live, grace.ask());
+        // The space between live blocks rests until the first grace period
+        // (epoch 1), which begins after this.
+        let alloc = Allocator::rebuild(arena.entries(), &live, 1);
         let by_spec = blocks.iter().map(|(o, b)| (b.spec.clone(), *o)).collect();
         Ok(Self {
             arena,
@@ -155,7 +157,7 @@ impl MaglevArena {
             blocks,
             by_spec,
             alloc,
-            grace,
+            grace: None,
         })
     }
 
@@ -298,8 +300,17 @@ impl MaglevArena {
             .map_err(io_error("writing MAGLEV_INDEX"))
     }
 
+    /// The grace periods, made on first use.
+    fn grace(&mut self) -> Result<&mut GracePeriods, ArenaError> {
+        let grace = match self.grace.take() {
+            Some(grace) => grace,
+            None => GracePeriods::new().map_err(io_error("making the grace barrier"))?,
+        };
+        Ok(self.grace.insert(grace))
+    }
+
     /// One frontend less points at the block at `offset`; the last one
-    /// leaving frees it after a grace period.
+    /// leaving frees it after a grace period (none to be had: never).
     fn release(&mut self, offset: u32) {
         let Some(block) = self.blocks.get_mut(&offset) else {
             return;
@@ -310,22 +321,29 @@ impl MaglevArena {
         }
         if let Some(block) = self.blocks.remove(&offset) {
             self.by_spec.remove(&block.spec);
-            let epoch = self.grace.ask();
-            self.alloc.release(offset, block.len, epoch);
+            match self.grace() {
+                Ok(grace) => {
+                    let epoch = grace.ask();
+                    self.alloc.release(offset, block.len, epoch);
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, offset, "a released Maglev block is not reused")
+                }
+            }
         }
     }
 
     /// A block of `len` entries; waits for a grace period only when the
     /// arena has room in resting blocks alone.
     fn allocate(&mut self, len: u32) -> Result<u32, ArenaError> {
-        if self.alloc.has_resting() {
-            self.alloc.grace_passed(self.grace.ended());
+        if let Some(grace) = &self.grace {
+            self.alloc.grace_passed(grace.ended());
         }
         match self.alloc.allocate(len) {
             Allocation::At(offset) => Ok(offset),
             Allocation::AfterGrace => {
                 let epoch = self
-                    .grace
+                    .grace()?
                     .wait_now()
                     .map_err(io_error("waiting for running programs"))?;
                 self.alloc.grace_passed(epoch);
