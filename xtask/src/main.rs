@@ -50,9 +50,14 @@ enum Task {
         /// .deb, or a kernel image; repeat for several. Default: all three.
         #[arg(long = "kernel", value_name = "5.10|6.1|6.12|PATH")]
         kernels: Vec<String>,
-        /// Seconds one kernel's boot and suites may take.
+        /// Seconds one kernel's boot and suites (or bench) may take.
         #[arg(long, default_value_t = 1800)]
         timeout: u64,
+        /// Instead of the suites, time the full sync of 30,000 Services ×
+        /// 10 endpoints in each VM (`kxdp-bench --only sync`, release
+        /// build) and compare the kernels; writes target/vm/bench.md.
+        #[arg(long)]
+        bench: bool,
     },
 }
 
@@ -124,7 +129,11 @@ fn test() -> anyhow::Result<()> {
     // The packet and namespace suites again inside QEMU on Debian 11's 5.10
     // kernel, the oldest of the matrix, where most features degrade (the
     // whole matrix, 6.1 and 6.12 too, runs with `cargo xtask vm-test`).
-    vm::vm_test(&["5.10".to_string()], Duration::from_secs(1800))?;
+    vm::vm_test(
+        &["5.10".to_string()],
+        Duration::from_secs(1800),
+        vm::Mode::Suites,
+    )?;
     // Benchmark smoke test: the quick run works and fills every section.
     let report = workspace_root().join("target/bench-smoke/REPORT.md");
     let _ = std::fs::remove_file(&report);
@@ -176,14 +185,23 @@ fn main() -> anyhow::Result<()> {
             require_root("bench")?;
             bench(quick, out.as_deref())
         }
-        Task::VmTest { kernels, timeout } => {
+        Task::VmTest {
+            kernels,
+            timeout,
+            bench,
+        } => {
             setup::run()?;
             let kernels = if kernels.is_empty() {
                 vm::DEFAULT_KERNELS.iter().map(|k| k.to_string()).collect()
             } else {
                 kernels
             };
-            vm::vm_test(&kernels, Duration::from_secs(timeout))
+            let mode = if bench {
+                vm::Mode::Bench
+            } else {
+                vm::Mode::Suites
+            };
+            vm::vm_test(&kernels, Duration::from_secs(timeout), mode)
         }
     }
 }

@@ -4,6 +4,9 @@
 //! busybox, the suites' test binaries with the libraries they link and the
 //! modules they need; its `/init` (vm/init.sh) runs the suites, prints one
 //! result line and powers off. Kernel packages are cached under target/vm/.
+//! With `--bench` the VMs run the full-sync benchmark instead (vm/bench.rs).
+
+mod bench;
 
 use std::{
     fs,
@@ -329,8 +332,25 @@ fn cargo_executables(args: &[&str]) -> anyhow::Result<Vec<(String, PathBuf)>> {
     Ok(built)
 }
 
-/// What the VM runs: the suites' test binaries by suite, and the programs
-/// they start by the variable that names them (`PROGRAMS`).
+/// What the VMs run.
+#[derive(Clone, Copy)]
+pub enum Mode {
+    /// The privileged suites (`SUITES`).
+    Suites,
+    /// The full-sync benchmark, compared across the kernels (vm/bench.rs).
+    Bench,
+}
+
+/// What one VM runs: programs copied in (stripped, with the libraries they
+/// link) as (path on the host, path in the VM), and the lines of
+/// `/run.sh`, which init sources.
+struct Payload {
+    programs: Vec<(PathBuf, PathBuf)>,
+    script: String,
+}
+
+/// The suites' test binaries by suite, and the programs they start by the
+/// variable that names them (`PROGRAMS`).
 struct Built {
     suites: Vec<(&'static str, PathBuf)>,
     programs: Vec<(&'static str, PathBuf)>,
@@ -362,6 +382,30 @@ fn build() -> anyhow::Result<Built> {
         bail!("cargo built {suites:?} and {programs:?}, not every suite and program the VM runs");
     }
     Ok(Built { suites, programs })
+}
+
+/// The suites `kernel` can run, with their programs where the host has them.
+fn suites_payload(kernel: &Kernel, built: &Built) -> Payload {
+    let mut programs = Vec::new();
+    let mut script = String::new();
+    if let Some(KernelLine { missing, .. }) = &kernel.line {
+        script.push_str(&format!("export KXDP_EXPECT_MISSING='{missing}'\n"));
+    }
+    // Where the host has them: suites find them by compiled-in paths, and
+    // by these variables.
+    for (variable, program) in &built.programs {
+        script.push_str(&format!("export {variable}={}\n", program.display()));
+        programs.push((program.clone(), program.clone()));
+    }
+    for (suite, exe) in &built.suites {
+        if let Some((_, why)) = kernel.not_run().iter().find(|(s, _)| s == suite) {
+            script.push_str(&format!("echo 'kxdp-vm: not running {suite}: {why}'\n"));
+            continue;
+        }
+        programs.push((exe.clone(), Path::new("/suites").join(suite)));
+        script.push_str(&format!("run_suite {suite}\n"));
+    }
+    Payload { programs, script }
 }
 
 /// The absolute paths of the shared libraries (and loader) `binary` needs.
@@ -456,8 +500,8 @@ fn strip(binary: &Path, to: &Path) -> anyhow::Result<()> {
         .arg(binary))
 }
 
-/// Builds `target/vm/<name>.cpio` for `kernel`; its path.
-fn initramfs(name: &str, kernel: &Kernel, built: &Built) -> anyhow::Result<PathBuf> {
+/// Builds `target/vm/<name>.cpio` for `kernel`, running `payload`; its path.
+fn initramfs(name: &str, kernel: &Kernel, payload: &Payload) -> anyhow::Result<PathBuf> {
     let root = vm_dir().join("root").join(name);
     let _ = fs::remove_dir_all(&root);
     for dir in [
@@ -471,27 +515,11 @@ fn initramfs(name: &str, kernel: &Kernel, built: &Built) -> anyhow::Result<PathB
     fs::write(root.join("init"), INIT)?;
     fs::set_permissions(root.join("init"), fs::Permissions::from_mode(0o755))?;
     let mut binaries = Vec::new();
-    let mut script = String::new();
-    if let Some(KernelLine { missing, .. }) = &kernel.line {
-        script.push_str(&format!("export KXDP_EXPECT_MISSING='{missing}'\n"));
+    for (from, to) in &payload.programs {
+        strip(from, &root.join(to.strip_prefix("/")?))?;
+        binaries.push(from.clone());
     }
-    // Where the host has them: suites find them by compiled-in paths, and
-    // by these variables.
-    for (variable, program) in &built.programs {
-        script.push_str(&format!("export {variable}={}\n", program.display()));
-        strip(program, &root.join(program.strip_prefix("/")?))?;
-        binaries.push(program.clone());
-    }
-    for (suite, exe) in &built.suites {
-        if let Some((_, why)) = kernel.not_run().iter().find(|(s, _)| s == suite) {
-            script.push_str(&format!("echo 'kxdp-vm: not running {suite}: {why}'\n"));
-            continue;
-        }
-        strip(exe, &root.join("suites").join(suite))?;
-        binaries.push(exe.clone());
-        script.push_str(&format!("run_suite {suite}\n"));
-    }
-    fs::write(root.join("suites.sh"), script)?;
+    fs::write(root.join("run.sh"), &payload.script)?;
     install(
         &Path::new("/").join(CA_BUNDLE),
         &root.join(CA_BUNDLE),
@@ -540,6 +568,9 @@ enum Accel {
 
 /// What one boot printed and how long it took.
 struct Boot {
+    accel: Accel,
+    /// The console, line by line.
+    lines: Vec<String>,
     /// Until init's first line.
     booted: Option<Duration>,
     total: Duration,
@@ -606,6 +637,8 @@ fn boot(
     forward(child.stdout.take().expect("piped"), send.clone());
     forward(child.stderr.take().expect("piped"), send);
     let mut boot = Boot {
+        accel,
+        lines: Vec::new(),
         booted: None,
         total: Duration::ZERO,
         finished: None,
@@ -634,6 +667,7 @@ fn boot(
                     kill(&mut child);
                     break;
                 }
+                boot.lines.push(line.to_string());
             }
             Err(mpsc::RecvTimeoutError::Timeout) => {
                 boot.timed_out = true;
@@ -691,31 +725,56 @@ fn seconds(d: Duration) -> String {
     format!("{:.1} s", d.as_secs_f64())
 }
 
-/// `cargo xtask vm-test`: boots each kernel in turn and fails if a suite
-/// failed in any of them.
-pub fn vm_test(kernel_args: &[String], timeout: Duration) -> anyhow::Result<()> {
+/// How one boot ended, in words.
+fn verdict(boot: &Boot, timeout: Duration) -> String {
+    match (boot.status, boot.timed_out) {
+        (Some(0), _) => "passed".to_string(),
+        (Some(_), _) => "FAILED".to_string(),
+        (None, true) => format!("TIMED OUT after {}", seconds(timeout)),
+        (None, false) => "FAILED (no result line: kernel panic or init died?)".to_string(),
+    }
+}
+
+/// `cargo xtask vm-test`: boots each kernel in turn with what `mode` runs,
+/// and fails if it failed in any of them.
+pub fn vm_test(kernel_args: &[String], timeout: Duration, mode: Mode) -> anyhow::Result<()> {
     setup::apt_packages(HOST_PACKAGES, false)?;
     let kernels = kernel_args
         .iter()
         .map(|k| resolve_kernel(k))
         .collect::<anyhow::Result<Vec<_>>>()?;
-    let built = build()?;
+    let payload: Box<dyn Fn(&Kernel) -> Payload> = match mode {
+        Mode::Suites => {
+            let built = build()?;
+            Box::new(move |kernel: &Kernel| suites_payload(kernel, &built))
+        }
+        Mode::Bench => {
+            let bench = bench::build()?;
+            Box::new(move |_: &Kernel| bench::payload(&bench))
+        }
+    };
     let mut accel = None;
-    let mut summary = Vec::new();
+    let mut boots = Vec::new();
     for (n, kernel) in kernels.iter().enumerate() {
-        let initrd = initramfs(&format!("kernel-{n}"), kernel, &built)?;
+        let initrd = initramfs(&format!("kernel-{n}"), kernel, &payload(kernel))?;
         let accel = match accel {
             Some(accel) => accel,
             None => *accel.insert(accelerator(kernel, &initrd)?),
         };
         eprintln!("xtask: booting {} ({accel:?})", kernel.label);
-        let boot = boot(kernel, &initrd, accel, "", timeout, true)?;
-        let verdict = match (boot.status, boot.timed_out) {
-            (Some(0), _) => "passed".to_string(),
-            (Some(_), _) => "FAILED".to_string(),
-            (None, true) => format!("TIMED OUT after {}", seconds(timeout)),
-            (None, false) => "FAILED (no result line: kernel panic or init died?)".to_string(),
-        };
+        boots.push(boot(kernel, &initrd, accel, "", timeout, true)?);
+    }
+    match mode {
+        Mode::Suites => suites_summary(&kernels, &boots, timeout),
+        Mode::Bench => bench::summary(&kernels, &boots, timeout),
+    }
+}
+
+/// Prints each kernel's verdict and times; fails if a suite failed.
+fn suites_summary(kernels: &[Kernel], boots: &[Boot], timeout: Duration) -> anyhow::Result<()> {
+    let mut summary = Vec::new();
+    for (kernel, boot) in kernels.iter().zip(boots) {
+        let verdict = verdict(boot, timeout);
         let booted = boot.booted.unwrap_or(boot.total);
         let finished = boot.finished.unwrap_or(boot.total);
         let not_run: Vec<&str> = kernel.not_run().iter().map(|(suite, _)| *suite).collect();
@@ -727,11 +786,12 @@ pub fn vm_test(kernel_args: &[String], timeout: Duration) -> anyhow::Result<()> 
         summary.push((
             boot.status == Some(0),
             format!(
-                "{}: {verdict}; boot {}, suites {}, total {} ({accel:?}){not_run}",
+                "{}: {verdict}; boot {}, suites {}, total {} ({:?}){not_run}",
                 kernel.label,
                 seconds(booted),
                 seconds(finished.saturating_sub(booted)),
-                seconds(boot.total)
+                seconds(boot.total),
+                boot.accel,
             ),
         ));
     }

@@ -1,7 +1,8 @@
 #!/bin/busybox sh
 # PID 1 of the kxdp test VM (`cargo xtask vm-test`): mounts what the suites
-# expect of a host, runs every suite under /suites, prints one result line
-# and powers off. The xtask reads the result line; no line means failure.
+# expect of a host, runs what /run.sh says (every suite under /suites, or
+# with --bench the benchmark), prints one result line and powers off. The
+# xtask reads the result line; no line means failure.
 /bin/busybox --install -s
 export PATH=/usr/local/sbin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/root RUST_BACKTRACE=1
 # Under emulation (TCG) everything is many times slower: the suites' bounds
@@ -33,6 +34,6 @@ run_suite() {
     echo "kxdp-vm: running $suite $*"
     "/suites/$suite" "$@" || status=1
 }
-. /suites.sh
+. /run.sh
 echo "kxdp-vm: exit status $status"
 poweroff -f

@@ -24,7 +24,8 @@ use super::*;
 
 pub(crate) const ENDPOINTS_PER_SERVICE: usize = 10;
 
-pub(crate) struct ControlRow {
+/// The agent's pipeline programming N Services into the maps.
+pub(crate) struct SyncRow {
     pub(crate) services: usize,
     /// Milliseconds to compute and apply everything from empty.
     pub(crate) full_ms: Summary,
@@ -35,6 +36,20 @@ pub(crate) struct ControlRow {
     pub(crate) changes: usize,
     /// Heap the pipeline keeps for the N Services (model, plan, map mirror).
     pub(crate) state_mib: f64,
+}
+
+/// The pipeline alone (`--only sync`) at each size, on this kernel.
+pub(crate) struct SyncReport {
+    pub(crate) rows: Vec<SyncRow>,
+    /// `/proc/sys/kernel/osrelease`: what `uname -r` prints.
+    pub(crate) kernel: String,
+    /// The bench process's peak resident memory after every size (`VmHWM`),
+    /// to tell whether a small VM holds the largest.
+    pub(crate) peak_rss_mib: f64,
+}
+
+pub(crate) struct ControlRow {
+    pub(crate) sync: SyncRow,
     /// The real agent serving the same Services from a manifest file, and
     /// from the (stand-in) API server.
     pub(crate) manifests: AgentSample,
@@ -468,20 +483,49 @@ fn kube_proxy_run(
     Ok(Ok((full_ms, times)))
 }
 
+/// The pipeline's figures at `n` Services over the plan's runs.
+fn measure_sync_row(n: usize, plan: &Plan) -> anyhow::Result<SyncRow> {
+    let mut fulls = Vec::new();
+    let mut state_mib = 0.0;
+    let mut changes = Vec::new();
+    for _ in 0..plan.control_runs {
+        let (full, state, times) = pipeline_run(n, plan.control_changes)?;
+        fulls.push(full);
+        state_mib = state;
+        changes.extend(times);
+    }
+    changes.sort_by(f64::total_cmp);
+    Ok(SyncRow {
+        services: n,
+        full_ms: summarize(&fulls),
+        change_p50_us: percentile(&changes, 0.5),
+        change_p99_us: percentile(&changes, 0.99),
+        change_max_us: changes[changes.len() - 1],
+        changes: changes.len(),
+        state_mib,
+    })
+}
+
+/// The pipeline alone at each control size: no agent process, no
+/// kube-proxy tool, light enough for an emulated VM.
+pub(crate) fn measure_sync(plan: &Plan) -> anyhow::Result<SyncReport> {
+    let mut rows = Vec::new();
+    for &n in &plan.control_sizes {
+        eprintln!("  full sync: {n} services × {ENDPOINTS_PER_SERVICE} endpoints");
+        rows.push(measure_sync_row(n, plan)?);
+    }
+    Ok(SyncReport {
+        rows,
+        kernel: read_trimmed("/proc/sys/kernel/osrelease"),
+        peak_rss_mib: rss_mib(std::process::id())?.1,
+    })
+}
+
 pub(crate) fn measure_control_plane(plan: &Plan) -> anyhow::Result<Vec<ControlRow>> {
     let mut rows = Vec::new();
     for &n in &plan.control_sizes {
         eprintln!("  control plane: {n} services × {ENDPOINTS_PER_SERVICE} endpoints");
-        let mut fulls = Vec::new();
-        let mut state_mib = 0.0;
-        let mut changes = Vec::new();
-        for _ in 0..plan.control_runs {
-            let (full, state, times) = pipeline_run(n, plan.control_changes)?;
-            fulls.push(full);
-            state_mib = state;
-            changes.extend(times);
-        }
-        changes.sort_by(f64::total_cmp);
+        let sync = measure_sync_row(n, plan)?;
         let manifests = agent_run(n, AgentSource::Manifests)?;
         let kubernetes = agent_run(n, AgentSource::Kubernetes)?;
         let mut kube_proxy = Vec::new();
@@ -494,13 +538,7 @@ pub(crate) fn measure_control_plane(plan: &Plan) -> anyhow::Result<Vec<ControlRo
             kube_proxy.push(KpControl { proxy, outcome });
         }
         rows.push(ControlRow {
-            services: n,
-            full_ms: summarize(&fulls),
-            change_p50_us: percentile(&changes, 0.5),
-            change_p99_us: percentile(&changes, 0.99),
-            change_max_us: changes[changes.len() - 1],
-            changes: changes.len(),
-            state_mib,
+            sync,
             manifests,
             kubernetes,
             kube_proxy,

@@ -1,6 +1,6 @@
 //! `kxdp-bench`: what the datapath costs, measured, never asserted.
 //!
-//!   kxdp-bench [--quick] [--only packets|conns|control|maglev]
+//!   kxdp-bench [--quick] [--only packets|conns|control|sync|maglev]
 //!              [--services N[,N…]] [--without-peers] [--out PATH]
 //!   (root; `cargo xtask bench` runs it)
 //!
@@ -14,6 +14,10 @@
 //! Part 3 times the control plane: N Services programmed from empty and one
 //! endpoint change at that size, by kxdp and by kube-proxy's tools, and the
 //! agent's memory.
+//! `--only sync` runs part 3's pipeline alone (no agent process, no
+//! kube-proxy tool), light enough for a VM (`cargo xtask vm-test --bench`
+//! compares kernels with it); a full run leaves it out, as part 3 has its
+//! figures.
 //! Part 4 builds and writes Maglev tables for 30,000 frontends, rebuilds
 //! one, and measures how much of a table moves when a backend goes.
 //! Each prints a table and goes into a Markdown report (default
@@ -113,6 +117,17 @@ fn main() -> anyhow::Result<()> {
         control = Some(rows);
     }
 
+    let mut sync = None;
+    if options.runs("sync") {
+        eprintln!("kxdp-bench: the control plane's pipeline alone, full sync and changes");
+        let report = measure_sync(&plan)?;
+        println!("{}", sync_table(&report));
+        for row in &report.rows {
+            println!("{}", sync_line(&report, row));
+        }
+        sync = Some(report);
+    }
+
     let mut maglev = None;
     if options.runs("maglev") {
         eprintln!("kxdp-bench: part 4, Maglev tables");
@@ -128,6 +143,7 @@ fn main() -> anyhow::Result<()> {
         packets: packets.as_deref(),
         conns: conns.as_ref(),
         control: control.as_deref(),
+        sync: sync.as_ref(),
         maglev: maglev.as_ref(),
         figures: &figures,
     };

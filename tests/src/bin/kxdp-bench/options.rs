@@ -5,18 +5,24 @@ use super::*;
 pub(crate) struct Options {
     pub(crate) quick: bool,
     pub(crate) out: PathBuf,
-    /// Run only this part (`packets`, `conns`, `control`, `maglev`); the report then
-    /// holds only it.
+    /// Run only this part (one of `PARTS`); the report then holds only it.
     pub(crate) only: Option<String>,
-    /// Service counts for the control plane instead of the plan's.
+    /// Service counts for the control plane (and `sync`) instead of the plan's.
     pub(crate) services: Option<Vec<usize>>,
     /// Leave kube-proxy's tools out of the control plane (kxdp alone).
     pub(crate) without_peers: bool,
 }
 
+/// The parts `--only` takes. `sync` runs only when asked for: it is part 3
+/// (`control`) without the agent process and kube-proxy's tools.
+const PARTS: &[&str] = &["packets", "conns", "control", "sync", "maglev"];
+
 impl Options {
     pub(crate) fn runs(&self, part: &str) -> bool {
-        self.only.as_deref().is_none_or(|only| only == part)
+        match self.only.as_deref() {
+            Some(only) => only == part,
+            None => part != "sync",
+        }
     }
 }
 
@@ -56,13 +62,14 @@ pub(crate) fn parse_args() -> anyhow::Result<Options> {
             "--only" => {
                 let part = args.next().context("--only needs a part")?;
                 ensure!(
-                    ["packets", "conns", "control", "maglev"].contains(&part.as_str()),
-                    "--only takes packets, conns, control or maglev"
+                    PARTS.contains(&part.as_str()),
+                    "--only takes one of {}",
+                    PARTS.join(", ")
                 );
                 options.only = Some(part);
             }
             _ => bail!(
-                "usage: kxdp-bench [--quick] [--only packets|conns|control|maglev] \
+                "usage: kxdp-bench [--quick] [--only packets|conns|control|sync|maglev] \
                  [--services N[,N…]] [--without-peers] [--out PATH]"
             ),
         }

@@ -202,7 +202,10 @@ pub(crate) fn write_figures(
         )?;
     }
     if let Some(control) = control {
-        let categories: Vec<String> = control.iter().map(|r| r.services.to_string()).collect();
+        let categories: Vec<String> = control
+            .iter()
+            .map(|r| r.sync.services.to_string())
+            .collect();
         let series = |kxdp: fn(&ControlRow) -> f64, tool: fn(&KpTimes) -> f64| -> Vec<Series> {
             let mut all = vec![Series {
                 label: "kxdp".into(),
@@ -232,7 +235,7 @@ pub(crate) fn write_figures(
                 y_desc: "ms (median, log scale)",
                 categories: categories.clone(),
                 log_y: true,
-                series: series(|r| r.full_ms.median, |k| k.full_ms.median),
+                series: series(|r| r.sync.full_ms.median, |k| k.full_ms.median),
             },
         )?;
         emit(
@@ -243,7 +246,7 @@ pub(crate) fn write_figures(
                 y_desc: "ms (log scale)",
                 categories,
                 log_y: true,
-                series: series(|r| r.change_p99_us / 1e3, |k| k.change_p99_ms),
+                series: series(|r| r.sync.change_p99_us / 1e3, |k| k.change_p99_ms),
             },
         )?;
     }

@@ -172,6 +172,7 @@ pub(crate) struct Results<'a> {
     pub(crate) packets: Option<&'a [PacketRow]>,
     pub(crate) conns: Option<&'a ConnReport>,
     pub(crate) control: Option<&'a [ControlRow]>,
+    pub(crate) sync: Option<&'a SyncReport>,
     pub(crate) maglev: Option<&'a MaglevReport>,
     /// SVG files (relative to the report) with their captions.
     pub(crate) figures: &'a [(String, String)],
@@ -217,6 +218,9 @@ Nothing here is asserted: these are measurements. Compare runs on one machine, n
     }
     if let Some(control) = results.control {
         report.push_str(&control_section(plan, control, results.figures));
+    }
+    if let Some(sync) = results.sync {
+        report.push_str(&sync_section(plan, sync));
     }
     if let Some(maglev) = results.maglev {
         report.push_str(&maglev_section(plan, maglev));
@@ -423,11 +427,11 @@ fn conn_verdicts(conns: &ConnReport) -> Vec<Verdict> {
 }
 
 fn control_verdicts(control: &[ControlRow]) -> Vec<Verdict> {
-    let Some(largest) = control.iter().max_by_key(|r| r.services) else {
+    let Some(largest) = control.iter().max_by_key(|r| r.sync.services) else {
         return Vec::new();
     };
-    let n = largest.services;
-    let full_s = largest.full_ms.median / 1e3;
+    let n = largest.sync.services;
+    let full_s = largest.sync.full_ms.median / 1e3;
     let rss = largest.manifests.rss_mib.max(largest.kubernetes.rss_mib);
     vec![
         Verdict {
@@ -438,8 +442,8 @@ fn control_verdicts(control: &[ControlRow]) -> Vec<Verdict> {
         },
         Verdict {
             target: "one endpoint change < 5 ms p99".into(),
-            measured: format!("{:.0} µs p99 at {n} Services", largest.change_p99_us),
-            met: largest.change_p99_us < 5_000.0,
+            measured: format!("{:.0} µs p99 at {n} Services", largest.sync.change_p99_us),
+            met: largest.sync.change_p99_us < 5_000.0,
             limit: "",
         },
         Verdict {
@@ -467,6 +471,10 @@ fn headline_section(results: &Results) -> String {
     }
     if let Some(maglev) = results.maglev {
         verdicts.extend(maglev_verdicts(maglev));
+    }
+    // `--only sync` judges nothing: its figures are for comparing kernels.
+    if verdicts.is_empty() && results.conns.is_none() && results.control.is_none() {
+        return String::new();
     }
     let mut out = String::from("## Headline\n\n");
     if let Some(conns) = results.conns {
@@ -550,9 +558,9 @@ fn headline_control_table(control: &[ControlRow]) -> String {
     for r in control {
         t.push_str(&format!(
             "| {} | {:.0} ms, change {:.3} ms |",
-            r.services,
-            r.full_ms.median,
-            r.change_p99_us / 1e3
+            r.sync.services,
+            r.sync.full_ms.median,
+            r.sync.change_p99_us / 1e3
         ));
         for proxy in Proxy::KUBE_PROXY {
             let cell = match r
@@ -759,15 +767,15 @@ pub(crate) fn control_table(rows: &[ControlRow]) -> String {
     for r in rows {
         t.push_str(&format!(
             "| {} × {ENDPOINTS_PER_SERVICE} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {} | {:.1} | {} | {} |\n",
-            r.services,
-            r.full_ms.median,
-            r.full_ms.min,
-            r.full_ms.max,
-            r.change_p50_us,
-            r.change_p99_us,
-            r.change_max_us,
-            r.changes,
-            r.state_mib,
+            r.sync.services,
+            r.sync.full_ms.median,
+            r.sync.full_ms.min,
+            r.sync.full_ms.max,
+            r.sync.change_p50_us,
+            r.sync.change_p99_us,
+            r.sync.change_max_us,
+            r.sync.changes,
+            r.sync.state_mib,
             agent_cell(&r.manifests),
             agent_cell(&r.kubernetes),
         ));
@@ -783,13 +791,13 @@ pub(crate) fn kube_proxy_control_table(rows: &[ControlRow]) -> String {
     for r in rows {
         t.push_str(&format!(
             "| {} × {ENDPOINTS_PER_SERVICE} | kxdp (pipeline → maps) | {:.0} | {:.0} | {:.0} | 1 | {:.3} | {:.3} | 1 | {} |\n",
-            r.services,
-            r.full_ms.median,
-            r.full_ms.min,
-            r.full_ms.max,
-            r.change_p50_us / 1e3,
-            r.change_p99_us / 1e3,
-            r.changes,
+            r.sync.services,
+            r.sync.full_ms.median,
+            r.sync.full_ms.min,
+            r.sync.full_ms.max,
+            r.sync.change_p50_us / 1e3,
+            r.sync.change_p99_us / 1e3,
+            r.sync.changes,
         ));
         for kp in &r.kube_proxy {
             let k = match &kp.outcome {
@@ -797,7 +805,7 @@ pub(crate) fn kube_proxy_control_table(rows: &[ControlRow]) -> String {
                 Err(why) => {
                     t.push_str(&format!(
                         "| {} × {ENDPOINTS_PER_SERVICE} | {} | {} | | | | | | | |\n",
-                        r.services,
+                        r.sync.services,
                         kp.proxy.label(),
                         why.replace('|', "/").replace('\n', " "),
                     ));
@@ -806,20 +814,76 @@ pub(crate) fn kube_proxy_control_table(rows: &[ControlRow]) -> String {
             };
             t.push_str(&format!(
                 "| {} × {ENDPOINTS_PER_SERVICE} | {} | {:.0} | {:.0} | {:.0} | {:.1} | {:.1} | {:.1} | {:.0} | {} |\n",
-                r.services,
+                r.sync.services,
                 kp.proxy.label(),
                 k.full_ms.median,
                 k.full_ms.min,
                 k.full_ms.max,
-                k.full_ms.median / r.full_ms.median,
+                k.full_ms.median / r.sync.full_ms.median,
                 k.change_p50_ms,
                 k.change_p99_ms,
-                k.change_p99_ms * 1e3 / r.change_p99_us,
+                k.change_p99_ms * 1e3 / r.sync.change_p99_us,
                 k.changes,
             ));
         }
     }
     t
+}
+
+pub(crate) fn sync_table(report: &SyncReport) -> String {
+    let mut t = String::from(
+        "| services × endpoints | full sync ms median | min | max | one change p50 µs | p99 µs | max µs | changes | pipeline state MiB | kernel |\n\
+         |---|---:|---:|---:|---:|---:|---:|---:|---:|---|\n",
+    );
+    for r in &report.rows {
+        t.push_str(&format!(
+            "| {} × {ENDPOINTS_PER_SERVICE} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {} | {:.1} | {} |\n",
+            r.services,
+            r.full_ms.median,
+            r.full_ms.min,
+            r.full_ms.max,
+            r.change_p50_us,
+            r.change_p99_us,
+            r.change_max_us,
+            r.changes,
+            r.state_mib,
+            report.kernel,
+        ));
+    }
+    t
+}
+
+/// How `sync_line` starts: `cargo xtask vm-test --bench` looks for it on
+/// the VM's console.
+pub(crate) const SYNC_LINE: &str = "kxdp-bench: sync ";
+
+/// One size of the `sync` part as `key=value` words, for programs to read.
+pub(crate) fn sync_line(report: &SyncReport, r: &SyncRow) -> String {
+    format!(
+        "{SYNC_LINE}services={} endpoints={ENDPOINTS_PER_SERVICE} full_ms={:.1} change_p50_us={:.1} change_p99_us={:.1} kernel={}",
+        r.services, r.full_ms.median, r.change_p50_us, r.change_p99_us, report.kernel
+    )
+}
+
+fn sync_section(plan: &Plan, report: &SyncReport) -> String {
+    format!(
+        r#"
+## Full sync on {kernel}: the control plane's pipeline alone
+
+{table}
+The bench process's peak resident memory (`VmHWM`) after every size: {rss:.0} MiB.
+
+### Method
+
+{pipeline_method}- Part 3's pipeline figures without the real agent and kube-proxy's tools (`kxdp-bench --only sync`), light
+  enough for a small VM: `cargo xtask vm-test --bench` runs it on each kernel and compares them. A full run leaves it
+  out, as part 3 has the same figures.
+"#,
+        kernel = report.kernel,
+        table = sync_table(report),
+        rss = report.peak_rss_mib,
+        pipeline_method = pipeline_method(plan),
+    )
 }
 
 fn agent_cell(sample: &AgentSample) -> String {
@@ -840,18 +904,7 @@ Next to kube-proxy's tools, the same Services and the same changes:
 {kube_proxy_table}
 {full_figure}{change_figure}### Method
 
-- **full sync**: the agent's own pipeline (`proxy_userspace::pipeline::Pipeline`: model → plan → sync) applies one
-  update holding N Services (one TCP port each) with one EndpointSlice of {ENDPOINTS_PER_SERVICE} ready endpoints
-  each to freshly created maps of the real object (pinned in a private bpffs), from empty; no two Services share an
-  endpoint, so every endpoint is its own backend entry (N × {ENDPOINTS_PER_SERVICE} backends, N × {ENDPOINTS_PER_SERVICE} selection
-  slots, N service entries, one `bpf()` update each). The time runs from handing the update over (objects already
-  decoded, as the watch delivers them) to the last map write. Median, min and max of {runs} runs, each on new maps.
-  Checked: no error, every service and backend written.
-- **one change**: then {changes} single-Service updates, each replacing one endpoint of one Service by a new pod
-  address (as an EndpointSlice event does), spread over the Services; time from handing the update over to the last
-  map write (new backend, its slot, the old backend deleted). Percentiles over all changes of all runs. Checked: each
-  change wrote exactly one backend and deleted one.
-- **kube-proxy's tools**: the rulesets of section 2 for the same N Services × {ENDPOINTS_PER_SERVICE} endpoints,
+{pipeline_method}- **kube-proxy's tools**: the rulesets of section 2 for the same N Services × {ENDPOINTS_PER_SERVICE} endpoints,
   generated in memory, then timed from spawning the tool to its exit, as kube-proxy runs it: `iptables-nft-restore`
   / `iptables-legacy-restore` / `nft -f -` reading the whole ruleset on stdin, in an empty network namespace
   ({runs} run(s), each in a new namespace). Then {kp_changes} single-endpoint changes per run, the same
@@ -881,13 +934,34 @@ Next to kube-proxy's tools, the same Services and the same changes:
 "#,
         table = control_table(rows),
         kube_proxy_table = kube_proxy_control_table(rows),
+        pipeline_method = pipeline_method(plan),
         full_figure = figure(figures, CONTROL_FULL_SVG),
         change_figure = figure(figures, CONTROL_CHANGE_SVG),
         runs = plan.control_runs,
-        changes = plan.control_changes,
         kp_changes = plan.kube_proxy_changes,
         budget = plan.kube_proxy_budget.as_secs(),
         nft_max = plan.nftables_max_services,
         ipt_nft_max = plan.iptables_nft_max_services,
+    )
+}
+
+/// How the pipeline's full sync and single changes are timed (parts 3 and
+/// `sync`).
+fn pipeline_method(plan: &Plan) -> String {
+    format!(
+        r#"- **full sync**: the agent's own pipeline (`proxy_userspace::pipeline::Pipeline`: model → plan → sync) applies one
+  update holding N Services (one TCP port each) with one EndpointSlice of {ENDPOINTS_PER_SERVICE} ready endpoints
+  each to freshly created maps of the real object (pinned in a private bpffs), from empty; no two Services share an
+  endpoint, so every endpoint is its own backend entry (N × {ENDPOINTS_PER_SERVICE} backends, N × {ENDPOINTS_PER_SERVICE} selection
+  slots, N service entries, one `bpf()` update each). The time runs from handing the update over (objects already
+  decoded, as the watch delivers them) to the last map write. Median, min and max of {runs} runs, each on new maps.
+  Checked: no error, every service and backend written.
+- **one change**: then {changes} single-Service updates, each replacing one endpoint of one Service by a new pod
+  address (as an EndpointSlice event does), spread over the Services; time from handing the update over to the last
+  map write (new backend, its slot, the old backend deleted). Percentiles over all changes of all runs. Checked: each
+  change wrote exactly one backend and deleted one.
+"#,
+        runs = plan.control_runs,
+        changes = plan.control_changes,
     )
 }
