@@ -312,11 +312,24 @@ pub(crate) struct AgentSample {
     pub(crate) first_sync_ms: f64,
     pub(crate) rss_mib: f64,
     pub(crate) peak_rss_mib: f64,
+    /// RSS and peak after the API server forced a relist of everything
+    /// (when asked for, from the API only).
+    pub(crate) relisted_mib: Option<(f64, f64)>,
+}
+
+/// Full syncs the agent has logged so far.
+fn full_syncs(log: &Path) -> usize {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    text.lines()
+        .filter(|l| l.contains("synced full=true"))
+        .count()
 }
 
 /// Starts the real agent on `n` Services from `source`, waits (bounded) for
-/// its first sync, and reads its memory.
-fn agent_run(n: usize, source: AgentSource) -> anyhow::Result<AgentSample> {
+/// its first sync, and reads its memory; with `relist` (API only), then has
+/// every watch end with 410 Gone, waits for the agent's full sync of what
+/// it listed again and reads its memory once more.
+fn agent_run(n: usize, source: AgentSource, relist: bool) -> anyhow::Result<AgentSample> {
     let mount = PrivateBpffs::new("kxdp-bench-agent")?;
     // The agent runs in the host's network namespace: its socket hooks go
     // on a cgroup of ours, never the machine's root.
@@ -327,7 +340,7 @@ fn agent_run(n: usize, source: AgentSource) -> anyhow::Result<AgentSample> {
     let mut command = Command::new(kxdp_testbed::agent::kxdp_bin());
     command.args(["agent", "--pod-interfaces", "kxdp-bench-none*"]);
     // Kept alive until the agent is stopped.
-    let _server = match source {
+    let server = match source {
         AgentSource::Manifests => {
             std::fs::write(
                 dir.join("services.yaml"),
@@ -373,11 +386,37 @@ fn agent_run(n: usize, source: AgentSource) -> anyhow::Result<AgentSample> {
         let first_sync_ms = started.elapsed().as_secs_f64() * 1e3;
         // The agent returns the decoded objects' heap right after logging.
         std::thread::sleep(std::time::Duration::from_millis(500));
-        let (rss_mib, peak_rss_mib) = rss_mib(child.id())?;
+        let (rss, peak) = rss_mib(child.id())?;
+        let relisted_mib = match server.as_ref().filter(|_| relist) {
+            None => None,
+            Some(server) => {
+                let before = full_syncs(&log);
+                server.expire_watches();
+                // Both kinds are listed again; each relist may end in a full
+                // sync of its own. Settled: no new one for two seconds.
+                let mut seen = (before, Instant::now());
+                loop {
+                    let now = full_syncs(&log);
+                    if now != seen.0 {
+                        seen = (now, Instant::now());
+                    }
+                    if now > before && seen.1.elapsed() > Duration::from_secs(2) {
+                        break;
+                    }
+                    ensure!(
+                        Instant::now() < deadline + Duration::from_secs(120),
+                        "agent did not sync again after the relist"
+                    );
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                Some(rss_mib(child.id())?)
+            }
+        };
         Ok(AgentSample {
             first_sync_ms,
-            rss_mib,
-            peak_rss_mib,
+            rss_mib: rss,
+            peak_rss_mib: peak,
+            relisted_mib,
         })
     })();
     let _ = child.kill();
@@ -478,8 +517,8 @@ pub(crate) fn measure_control_plane(plan: &Plan) -> anyhow::Result<Vec<ControlRo
             changes.extend(times);
         }
         changes.sort_by(f64::total_cmp);
-        let manifests = agent_run(n, AgentSource::Manifests)?;
-        let kubernetes = agent_run(n, AgentSource::Kubernetes)?;
+        let manifests = agent_run(n, AgentSource::Manifests, false)?;
+        let kubernetes = agent_run(n, AgentSource::Kubernetes, false)?;
         let mut kube_proxy = Vec::new();
         for proxy in Proxy::KUBE_PROXY {
             eprintln!("  control plane: {} with {n} services", proxy.label());
@@ -503,6 +542,34 @@ pub(crate) fn measure_control_plane(plan: &Plan) -> anyhow::Result<Vec<ControlRo
         });
     }
     Ok(rows)
+}
+
+/// The real agent's memory alone (`--only memory`), at each control size:
+/// from manifests, and from the API before and after a forced relist of
+/// everything. Printed, not written into the report.
+pub(crate) fn measure_agent_memory(plan: &Plan) -> anyhow::Result<String> {
+    let mut table = String::from(
+        "| services × endpoints | source | first sync ms | RSS MiB | peak MiB | after a relist: RSS / peak MiB |\n\
+         |---|---|---:|---:|---:|---|\n",
+    );
+    for &n in &plan.control_sizes {
+        eprintln!("  agent memory: {n} services × {ENDPOINTS_PER_SERVICE} endpoints");
+        for (label, source) in [
+            ("manifests", AgentSource::Manifests),
+            ("API", AgentSource::Kubernetes),
+        ] {
+            let sample = agent_run(n, source, true)?;
+            let relisted = sample.relisted_mib.map_or("—".to_string(), |(rss, peak)| {
+                format!("{rss:.1} / {peak:.1}")
+            });
+            writeln!(
+                table,
+                "| {n} × {ENDPOINTS_PER_SERVICE} | {label} | {:.0} | {:.1} | {:.1} | {relisted} |",
+                sample.first_sync_ms, sample.rss_mib, sample.peak_rss_mib
+            )?;
+        }
+    }
+    Ok(table)
 }
 
 /// Counts the bytes the bench process holds on the heap, so the pipeline's

@@ -1,6 +1,6 @@
 //! `kxdp-bench`: what the datapath costs, measured, never asserted.
 //!
-//!   kxdp-bench [--quick] [--only packets|conns|control|maglev] [--out PATH]
+//!   kxdp-bench [--quick] [--only packets|conns|control|maglev|memory] [--out PATH]
 //!   (root; `cargo xtask bench` runs it)
 //!
 //! Part 1 times the pod programs and the NIC program per packet through
@@ -84,6 +84,11 @@ fn main() -> anyhow::Result<()> {
     let options = parse_args()?;
     require_root("kxdp-bench");
     let plan = Plan::new(options.quick);
+    if options.only.as_deref() == Some("memory") {
+        eprintln!("kxdp-bench: the agent's memory (part 3's agent runs, with a relist)");
+        println!("{}", measure_agent_memory(&plan)?);
+        return Ok(());
+    }
     let machine = machine();
 
     let mut packets = None;

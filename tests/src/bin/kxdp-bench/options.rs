@@ -6,7 +6,8 @@ pub(crate) struct Options {
     pub(crate) quick: bool,
     pub(crate) out: PathBuf,
     /// Run only this part (`packets`, `conns`, `control`, `maglev`); the report then
-    /// holds only it.
+    /// holds only it. `memory` (the agent's memory alone, a quick look at part
+    /// 3's) runs only when named and writes no report.
     pub(crate) only: Option<String>,
 }
 
@@ -40,13 +41,13 @@ pub(crate) fn parse_args() -> anyhow::Result<Options> {
             "--only" => {
                 let part = args.next().context("--only needs a part")?;
                 ensure!(
-                    ["packets", "conns", "control", "maglev"].contains(&part.as_str()),
-                    "--only takes packets, conns, control or maglev"
+                    ["packets", "conns", "control", "maglev", "memory"].contains(&part.as_str()),
+                    "--only takes packets, conns, control, maglev or memory"
                 );
                 options.only = Some(part);
             }
             _ => bail!(
-                "usage: kxdp-bench [--quick] [--only packets|conns|control|maglev] [--out PATH]"
+                "usage: kxdp-bench [--quick] [--only packets|conns|control|maglev|memory] [--out PATH]"
             ),
         }
     }
