@@ -8,14 +8,18 @@
 use std::{
     fs, io,
     path::{Path, PathBuf},
+    sync::Arc,
     time::SystemTime,
 };
 
-use k8s_openapi::{apimachinery::pkg::apis::meta::v1::ObjectMeta, Metadata};
 use serde::de::DeserializeOwned;
 use serde_norway::Value;
 
-use super::{cluster_ip, group, Objects, Rejection, RejectionKind, Scope, Update};
+use super::{
+    cluster_ip, group, intern,
+    objects::{Name, Object},
+    Objects, Rejection, RejectionKind, Scope, Update,
+};
 use crate::cidr::Ipv4Cidr;
 
 /// Objects read from manifests, plus the documents that could not be used.
@@ -89,18 +93,23 @@ pub fn load(path: &Path) -> Result<Loaded, ManifestError> {
 }
 
 /// Splits a YAML stream at `---` document markers, keeping each document's
-/// starting line for error messages.
-fn split_documents(text: &str) -> Vec<(usize, String)> {
-    let mut documents = vec![(1, String::new())];
-    for (index, line) in text.lines().enumerate() {
-        let is_marker = line == "---" || line.starts_with("--- ") || line.starts_with("---\t");
+/// starting line for error messages. The documents are slices of `text`:
+/// a large manifest is not copied.
+fn split_documents(text: &str) -> Vec<(usize, &str)> {
+    let mut documents = Vec::new();
+    let (mut start, mut start_line, mut offset) = (0, 1, 0);
+    for (index, line) in text.split_inclusive('\n').enumerate() {
+        let bare = line.strip_suffix('\n').unwrap_or(line);
+        let bare = bare.strip_suffix('\r').unwrap_or(bare);
+        let is_marker = bare == "---" || bare.starts_with("--- ") || bare.starts_with("---\t");
         if is_marker {
-            documents.push((index + 2, String::new()));
-        } else if let Some((_, doc)) = documents.last_mut() {
-            doc.push_str(line);
-            doc.push('\n');
+            documents.push((start_line, &text[start..offset]));
+            start = offset + line.len();
+            start_line = index + 2;
         }
+        offset += line.len();
     }
+    documents.push((start_line, &text[start..]));
     documents
 }
 
@@ -108,7 +117,7 @@ fn split_documents(text: &str) -> Vec<(usize, String)> {
 pub fn parse_stream(origin: &str, text: &str, loaded: &mut Loaded) {
     for (line, document) in split_documents(text) {
         let at = format!("{origin}:{line}");
-        match serde_norway::from_str::<Value>(&document) {
+        match serde_norway::from_str::<Value>(document) {
             Ok(Value::Null) => {}
             Ok(value) => add_object(&at, value, loaded),
             Err(error) => loaded.rejections.push(Rejection::new(
@@ -164,7 +173,7 @@ fn add_object(at: &str, value: Value, loaded: &mut Loaded) {
     }
 }
 
-fn decode<T: DeserializeOwned + Metadata<Ty = ObjectMeta>>(value: &Value) -> Result<T, String> {
+fn decode<T: DeserializeOwned + Object>(value: &Value) -> Result<Arc<T>, String> {
     let mut object: T =
         serde_norway::from_value(value.clone()).map_err(|e| format!("invalid object: {e}"))?;
     let metadata = object.metadata_mut();
@@ -174,8 +183,9 @@ fn decode<T: DeserializeOwned + Metadata<Ty = ObjectMeta>>(value: &Value) -> Res
     // `kubectl apply` puts objects without a namespace into "default".
     metadata
         .namespace
-        .get_or_insert_with(|| "default".to_string());
-    Ok(object)
+        .get_or_insert_with(|| Name::new("default"));
+    metadata.resource_version = None;
+    Ok(Arc::new(object))
 }
 
 /// Re-reads the manifests when their fingerprint changes.
@@ -207,6 +217,8 @@ impl ManifestWatch {
         self.last = Some(now);
         let (services, mut rejections) = group(loaded.objects);
         rejections.splice(0..0, loaded.rejections);
+        // Names only the previous manifests used are let go.
+        intern::prune();
         Ok(Some(Update {
             scope: Scope::Full,
             services,
@@ -269,6 +281,11 @@ mod tests {
             loaded.rejections[1].object, "Service prod/c (test.yaml:10)",
             "names the object"
         );
+        assert_eq!(loaded.rejections[1].kind, RejectionKind::InvalidDocument);
+        assert_eq!(
+            loaded.rejections[1].reason,
+            "invalid object: invalid type: string \"notanumber\", expected i32"
+        );
     }
 
     #[test]
@@ -321,8 +338,9 @@ mod tests {
             .as_ref()
             .unwrap()
             .cluster_ip
-            .clone()
-            .unwrap();
+            .as_ref()
+            .unwrap()
+            .to_string();
         assert!(ip.starts_with("10.96."), "allocated {ip}");
         assert!(watch.poll().unwrap().is_none(), "unchanged");
         fs::write(dir.join("c.json"), "{}").unwrap();

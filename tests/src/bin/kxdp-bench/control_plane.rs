@@ -3,13 +3,8 @@
 //! agent's own pipeline (model → plan → sync) into the real maps; and the
 //! real agent's resident memory serving N Services from manifests.
 
-use k8s_openapi::{
-    api::{
-        core::v1::{Service, ServicePort, ServiceSpec},
-        discovery::v1::{Endpoint, EndpointConditions, EndpointPort, EndpointSlice},
-    },
-    apimachinery::pkg::{apis::meta::v1::ObjectMeta, util::intstr::IntOrString},
-};
+use std::sync::Arc;
+
 use kxdp_testbed::{fake_apiserver::FakeApiServer, netns::MiniNode, privileged::PrivateBpffs};
 use proxy_userspace::{
     dataplane::{probe, Dataplane},
@@ -17,8 +12,15 @@ use proxy_userspace::{
     model::types::Node,
     pipeline::Pipeline,
     plan::NodeFacts,
-    source::{Scope, ServiceName, ServiceObjects, Update, SERVICE_NAME_LABEL},
+    source::{
+        objects::{
+            Endpoint, EndpointConditions, EndpointPort, EndpointSlice, IpText, Labels, Meta, Name,
+            Service, ServicePort, ServiceSpec,
+        },
+        Scope, ServiceName, ServiceObjects, Update, SERVICE_NAME_LABEL,
+    },
 };
+use serde_json::json;
 
 use super::*;
 
@@ -112,52 +114,54 @@ fn pod_ip(i: usize, e: usize, generation: u32) -> Ipv4Addr {
 
 fn service_objects(i: usize, generation: u32) -> (ServiceName, ServiceObjects) {
     let name = ServiceName::new("bench", &format!("svc-{i}"));
-    let metadata = |object: String, labels| ObjectMeta {
-        name: Some(object),
-        namespace: Some(name.namespace.clone()),
+    let metadata = |object: String, labels| Meta {
+        name: Some(Name::new(&object)),
+        namespace: Some(Name::new(&name.namespace)),
         labels,
-        ..ObjectMeta::default()
+        ..Meta::default()
     };
     let service = Service {
-        metadata: metadata(name.name.clone(), None),
+        metadata: metadata(name.name.clone(), Labels::default()),
         spec: Some(ServiceSpec {
-            cluster_ip: Some(cluster_ip(i).to_string()),
+            cluster_ip: Some(IpText::V4(cluster_ip(i))),
             ports: Some(vec![ServicePort {
-                name: Some("http".into()),
+                name: Some(Name::new("http")),
                 port: 80,
-                protocol: Some("TCP".into()),
-                target_port: Some(IntOrString::Int(8080)),
+                protocol: Some(Name::new("TCP")),
+                target_port: Some(8080),
                 ..ServicePort::default()
             }]),
             ..ServiceSpec::default()
         }),
         ..Service::default()
     };
-    let labels = BTreeMap::from([(SERVICE_NAME_LABEL.to_string(), name.name.clone())]);
+    let labels = Labels {
+        service_name: Some(Name::new(&name.name)),
+        ..Labels::default()
+    };
     let slice = EndpointSlice {
-        metadata: metadata(format!("{}-abcde", name.name), Some(labels)),
-        address_type: "IPv4".into(),
+        metadata: metadata(format!("{}-abcde", name.name), labels),
+        address_type: Some(Name::new("IPv4")),
         endpoints: (0..ENDPOINTS_PER_SERVICE)
             .map(|e| Endpoint {
-                addresses: vec![pod_ip(i, e, generation).to_string()],
+                address: Some(IpText::V4(pod_ip(i, e, generation))),
                 conditions: Some(EndpointConditions {
                     ready: Some(true),
                     serving: Some(true),
                     terminating: Some(false),
                 }),
-                ..Endpoint::default()
+                node_name: None,
             })
             .collect(),
         ports: Some(vec![EndpointPort {
-            name: Some("http".into()),
+            name: Some(Name::new("http")),
             port: Some(8080),
-            protocol: Some("TCP".into()),
-            ..EndpointPort::default()
+            protocol: Some(Name::new("TCP")),
         }]),
     };
     let objects = ServiceObjects {
-        service: Some(service),
-        slices: vec![slice],
+        service: Some(Arc::new(service)),
+        slices: vec![Arc::new(slice)],
         endpoints: None,
     };
     (name, objects)
@@ -193,7 +197,8 @@ fn full_update(n: usize) -> Update {
 /// Service `i` with its first endpoint replaced (a pod rescheduled).
 fn one_change(i: usize, generation: u32) -> Update {
     let (name, mut objects) = service_objects(i, 0);
-    objects.slices[0].endpoints[0].addresses = vec![pod_ip(i, 0, generation).to_string()];
+    Arc::make_mut(&mut objects.slices[0]).endpoints[0].address =
+        Some(IpText::V4(pod_ip(i, 0, generation)));
     Update {
         scope: Scope::Changed,
         services: BTreeMap::from([(name, objects)]),
@@ -259,7 +264,7 @@ fn pipeline_run(n: usize, changes: usize) -> anyhow::Result<(f64, f64, Vec<f64>)
 pub(crate) fn manifest_yaml(n: usize, endpoints: usize) -> String {
     let mut yaml = String::with_capacity(n * (200 + 70 * endpoints));
     for i in 0..n {
-        let (name, objects) = service_objects(i, 0);
+        let name = format!("svc-{i}");
         let ip = cluster_ip(i);
         yaml.push_str(&format!(
             "---\napiVersion: v1\nkind: Service\nmetadata: {{name: {n}, namespace: bench}}\n\
@@ -267,12 +272,12 @@ pub(crate) fn manifest_yaml(n: usize, endpoints: usize) -> String {
              ---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n\
              metadata: {{name: {n}-abcde, namespace: bench, labels: {{{SERVICE_NAME_LABEL}: {n}}}}}\n\
              addressType: IPv4\nports: [{{name: http, port: 8080, protocol: TCP}}]\nendpoints:\n",
-            n = name.name
+            n = name
         ));
-        for endpoint in objects.slices[0].endpoints.iter().take(endpoints) {
+        for e in 0..endpoints.min(ENDPOINTS_PER_SERVICE) {
             yaml.push_str(&format!(
                 "- {{addresses: [{}], conditions: {{ready: true}}}}\n",
-                endpoint.addresses[0]
+                pod_ip(i, e, 0)
             ));
         }
     }
@@ -350,7 +355,7 @@ fn agent_run(n: usize, source: AgentSource, relist: bool) -> anyhow::Result<Agen
             None
         }
         AgentSource::Kubernetes => {
-            let (services, slices) = api_objects(n)?;
+            let (services, slices) = api_objects(n);
             let server = FakeApiServer::start(None, services, slices)?;
             command.arg("--kubeconfig").arg(server.kubeconfig());
             Some(server)
@@ -426,21 +431,43 @@ fn agent_run(n: usize, source: AgentSource, relist: bool) -> anyhow::Result<Agen
 }
 
 /// The same Services and slices as the API server would list them.
-fn api_objects(n: usize) -> anyhow::Result<(Vec<serde_json::Value>, Vec<serde_json::Value>)> {
+fn api_objects(n: usize) -> (Vec<serde_json::Value>, Vec<serde_json::Value>) {
     let mut services = Vec::with_capacity(n);
     let mut slices = Vec::with_capacity(n);
     for i in 0..n {
-        let (_, objects) = service_objects(i, 0);
-        let mut service = serde_json::to_value(objects.service.context("service")?)?;
-        service["apiVersion"] = "v1".into();
-        service["kind"] = "Service".into();
-        services.push(service);
-        let mut slice = serde_json::to_value(&objects.slices[0])?;
-        slice["apiVersion"] = "discovery.k8s.io/v1".into();
-        slice["kind"] = "EndpointSlice".into();
-        slices.push(slice);
+        let name = format!("svc-{i}");
+        let ip = cluster_ip(i).to_string();
+        services.push(json!({
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {"name": name, "namespace": "bench"},
+            "spec": {
+                "clusterIP": ip,
+                "ports": [{"name": "http", "port": 80, "protocol": "TCP", "targetPort": 8080}],
+            },
+        }));
+        let endpoints: Vec<_> = (0..ENDPOINTS_PER_SERVICE)
+            .map(|e| {
+                json!({
+                    "addresses": [pod_ip(i, e, 0).to_string()],
+                    "conditions": {"ready": true, "serving": true, "terminating": false},
+                })
+            })
+            .collect();
+        slices.push(json!({
+            "apiVersion": "discovery.k8s.io/v1",
+            "kind": "EndpointSlice",
+            "metadata": {
+                "name": format!("{name}-abcde"),
+                "namespace": "bench",
+                "labels": {SERVICE_NAME_LABEL: name},
+            },
+            "addressType": "IPv4",
+            "endpoints": endpoints,
+            "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
+        }));
     }
-    Ok((services, slices))
+    (services, slices)
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
