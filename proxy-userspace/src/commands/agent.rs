@@ -33,6 +33,7 @@ use crate::{
     pipeline::{Outcome, Pipeline},
     plan::NodeFacts,
     source::{
+        intern,
         kubernetes::{self, KubernetesSource},
         manifest::ManifestWatch,
         node_addresses::{self, InterfaceAddr},
@@ -168,6 +169,9 @@ fn apply(
     log_outcome(scope, &outcome, pipeline);
     reporting.synced(pipeline);
     if scope == Scope::Full {
+        // The update is gone: the names only it held go too (manifests keep
+        // no objects), before the freed heap is handed back.
+        intern::prune();
         release_freed_memory();
     }
     scope == Scope::Full

@@ -3,7 +3,9 @@
 //!
 //! The table is process-wide because objects are decoded inside serde (by
 //! kube's watcher, by the manifest reader), where no source state reaches.
-//! [`prune`] drops the names no object holds any more.
+//! [`prune`] drops the names no object holds any more; the agent calls it
+//! after each full sync, when the update's objects are gone and only what
+//! a source keeps still holds names.
 
 use std::{
     borrow::Borrow,

@@ -30,7 +30,7 @@ use tracing::warn;
 
 use self::store::{Kept, Key, SliceIndex};
 use super::{
-    group, intern,
+    group,
     objects::{EndpointSlice, Object, Service},
     Objects, Scope, ServiceObjects, Update,
 };
@@ -350,10 +350,7 @@ impl KubernetesSource {
             self.reported = true;
             self.dirty.clear();
             self.unlabelled.clear();
-            let update = self.full_update();
-            // Names only deleted objects used are let go.
-            intern::prune();
-            return Some(update);
+            return Some(self.full_update());
         }
         // While one watcher relists, changes seen by the other still go out,
         // read from the objects kept so far: each is as recent as the

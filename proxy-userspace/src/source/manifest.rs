@@ -16,7 +16,7 @@ use serde::de::DeserializeOwned;
 use serde_norway::Value;
 
 use super::{
-    cluster_ip, group, intern,
+    cluster_ip, group,
     objects::{Name, Object},
     Objects, Rejection, RejectionKind, Scope, Update,
 };
@@ -217,8 +217,6 @@ impl ManifestWatch {
         self.last = Some(now);
         let (services, mut rejections) = group(loaded.objects);
         rejections.splice(0..0, loaded.rejections);
-        // Names only the previous manifests used are let go.
-        intern::prune();
         Ok(Some(Update {
             scope: Scope::Full,
             services,

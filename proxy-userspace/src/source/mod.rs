@@ -5,7 +5,7 @@
 //! addresses, the node facts the plan takes.
 
 pub mod cluster_ip;
-mod intern;
+pub mod intern;
 pub mod kubernetes;
 pub mod manifest;
 pub mod node_addresses;
