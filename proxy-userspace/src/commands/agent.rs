@@ -41,10 +41,11 @@ use crate::{
     },
 };
 
-/// Where Services come from.
+/// Where Services come from. The Kubernetes source, with what it keeps, is
+/// boxed: the enum stays small either way.
 enum Source {
     Manifests(ManifestWatch),
-    Kubernetes(KubernetesSource),
+    Kubernetes(Box<KubernetesSource>),
 }
 
 impl Source {
@@ -62,7 +63,7 @@ impl Source {
         }
         let client = kubernetes::client(kubeconfig).await?;
         info!(kubeconfig = ?kubeconfig, "watching Services and EndpointSlices");
-        Ok(Self::Kubernetes(KubernetesSource::new(client)))
+        Ok(Self::Kubernetes(Box::new(KubernetesSource::new(client))))
     }
 
     /// The next update from the Kubernetes API; never resolves for manifests,
