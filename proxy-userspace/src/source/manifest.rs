@@ -143,39 +143,63 @@ fn describe(value: &Value, at: &str) -> String {
     format!("{kind} {namespace}/{name} ({at})")
 }
 
+/// What a document is, by its `apiVersion` and `kind`.
+enum DocumentKind {
+    Service,
+    EndpointSlice,
+    Endpoints,
+    List,
+    Unnamed,
+    /// Deployments, ConfigMaps, ...: not ours to proxy.
+    Other,
+}
+
 fn add_object(at: &str, value: Value, loaded: &mut Loaded) {
     let api_version = field(&value, &["apiVersion"]).unwrap_or_default();
-    let kind = field(&value, &["kind"]).unwrap_or_default();
+    let kind = match (api_version, field(&value, &["kind"]).unwrap_or_default()) {
+        ("v1", "Service") => DocumentKind::Service,
+        ("discovery.k8s.io/v1", "EndpointSlice") => DocumentKind::EndpointSlice,
+        ("v1", "Endpoints") => DocumentKind::Endpoints,
+        (_, "List") => DocumentKind::List,
+        ("", _) | (_, "") => DocumentKind::Unnamed,
+        _ => DocumentKind::Other,
+    };
+    // Named before decoding: decoding takes the document, so no copy of it
+    // is made. A list is not named: its items are.
+    let object = match kind {
+        DocumentKind::List | DocumentKind::Other => String::new(),
+        _ => describe(&value, at),
+    };
     let objects = &mut loaded.objects;
-    let result = match (api_version, kind) {
-        ("v1", "Service") => decode(&value).map(|s| objects.services.push(s)),
-        ("discovery.k8s.io/v1", "EndpointSlice") => {
-            decode(&value).map(|s| objects.endpoint_slices.push(s))
-        }
-        ("v1", "Endpoints") => decode(&value).map(|e| objects.endpoints.push(e)),
-        (_, "List") => {
-            let items = value.get("items").and_then(Value::as_sequence);
-            for item in items.into_iter().flatten() {
-                add_object(at, item.clone(), loaded);
+    let result = match kind {
+        DocumentKind::Service => decode(value).map(|s| objects.services.push(s)),
+        DocumentKind::EndpointSlice => decode(value).map(|s| objects.endpoint_slices.push(s)),
+        DocumentKind::Endpoints => decode(value).map(|e| objects.endpoints.push(e)),
+        DocumentKind::List => {
+            if let Value::Mapping(mut list) = value {
+                if let Some(Value::Sequence(items)) = list.remove("items") {
+                    for item in items {
+                        add_object(at, item, loaded);
+                    }
+                }
             }
             Ok(())
         }
-        ("", _) | (_, "") => Err("missing apiVersion or kind".to_string()),
-        // Deployments, ConfigMaps, ...: not ours to proxy.
-        _ => Ok(()),
+        DocumentKind::Unnamed => Err("missing apiVersion or kind".to_string()),
+        DocumentKind::Other => Ok(()),
     };
     if let Err(reason) = result {
         loaded.rejections.push(Rejection::new(
-            describe(&value, at),
+            object,
             RejectionKind::InvalidDocument,
             reason,
         ));
     }
 }
 
-fn decode<T: DeserializeOwned + Object>(value: &Value) -> Result<Arc<T>, String> {
+fn decode<T: DeserializeOwned + Object>(value: Value) -> Result<Arc<T>, String> {
     let mut object: T =
-        serde_norway::from_value(value.clone()).map_err(|e| format!("invalid object: {e}"))?;
+        serde_norway::from_value(value).map_err(|e| format!("invalid object: {e}"))?;
     let metadata = object.metadata_mut();
     if metadata.name.as_deref().unwrap_or_default().is_empty() {
         return Err("metadata.name is missing".to_string());
