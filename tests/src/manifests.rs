@@ -299,12 +299,15 @@ mod tests {
             node_ports,
             [(Some("TCP"), Some(30081)), (Some("UDP"), Some(30053))]
         );
-        assert_eq!(spec.external_ips, Some(vec![IpText::new("192.168.60.20")]));
+        assert_eq!(
+            spec.external_ips,
+            Some([IpText::new("192.168.60.20")].into())
+        );
         assert_eq!(spec.external_traffic_policy.as_deref(), Some("Local"));
         assert_eq!(spec.health_check_node_port, Some(32000));
         assert_eq!(
             spec.load_balancer_source_ranges,
-            Some(vec!["192.168.50.0/24".into()])
+            Some(["192.168.50.0/24".into()].into())
         );
         let status = service
             .status

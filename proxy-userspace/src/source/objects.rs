@@ -1,6 +1,7 @@
 //! The Kubernetes objects as the sources keep them: only the fields the
 //! model reads, decoded straight from the API server's JSON or a manifest's
-//! YAML. Fields not listed here are skipped unread, so their content (or
+//! YAML. Lists are boxed slices, exactly as long as they are (a vector
+//! grown while decoding keeps up to twice the room). Fields not listed here are skipped unread, so their content (or
 //! type) never fails a document; a field listed here of the wrong type
 //! does. Repeated strings are interned ([`Name`]), IPv4 addresses are kept
 //! as integers, and of an endpoint's addresses only the first, the one
@@ -9,7 +10,7 @@
 //! Field names and nesting follow the Kubernetes API, so the model reads
 //! these as it would read the full objects.
 
-use std::{borrow::Cow, fmt, net::Ipv4Addr};
+use std::{fmt, net::Ipv4Addr};
 
 use serde::{de, Deserialize, Deserializer};
 
@@ -52,15 +53,15 @@ impl<'de> Deserialize<'de> for Labels {
             fn visit_map<A: de::MapAccess<'de>>(self, mut map: A) -> Result<Labels, A::Error> {
                 let mut labels = Labels::default();
                 // Every value is read as a string, as the API types it.
-                while let Some(key) = map.next_key::<Cow<'de, str>>()? {
-                    match &*key {
-                        SERVICE_NAME_LABEL => labels.service_name = Some(map.next_value()?),
-                        SERVICE_PROXY_NAME_LABEL => {
-                            map.next_value::<Cow<'de, str>>()?;
+                while let Some(key) = map.next_key::<LabelKey>()? {
+                    match key {
+                        LabelKey::ServiceName => labels.service_name = Some(map.next_value()?),
+                        LabelKey::ServiceProxyName => {
+                            map.next_value::<AnyString>()?;
                             labels.service_proxy_name = true;
                         }
-                        _ => {
-                            map.next_value::<Cow<'de, str>>()?;
+                        LabelKey::Other => {
+                            map.next_value::<AnyString>()?;
                         }
                     }
                 }
@@ -69,6 +70,54 @@ impl<'de> Deserialize<'de> for Labels {
         }
         deserializer.deserialize_map(Visitor)
     }
+}
+
+/// A label's key, as far as a proxy cares.
+enum LabelKey {
+    ServiceName,
+    ServiceProxyName,
+    Other,
+}
+
+impl<'de> Deserialize<'de> for LabelKey {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        read_str(deserializer, |key| match key {
+            SERVICE_NAME_LABEL => Self::ServiceName,
+            SERVICE_PROXY_NAME_LABEL => Self::ServiceProxyName,
+            _ => Self::Other,
+        })
+    }
+}
+
+/// A string that is checked to be one and dropped.
+struct AnyString;
+
+impl<'de> Deserialize<'de> for AnyString {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        read_str(deserializer, |_| Self)
+    }
+}
+
+/// `read` applied to a string, lent where the decoder can lend it: the
+/// strings a proxy only looks at are never copied.
+fn read_str<'de, D, T, F>(deserializer: D, read: F) -> Result<T, D::Error>
+where
+    D: Deserializer<'de>,
+    F: FnOnce(&str) -> T,
+{
+    struct Visitor<F>(F);
+    impl<T, F: FnOnce(&str) -> T> de::Visitor<'_> for Visitor<F> {
+        type Value = T;
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a string")
+        }
+
+        fn visit_str<E: de::Error>(self, text: &str) -> Result<T, E> {
+            Ok((self.0)(text))
+        }
+    }
+    deserializer.deserialize_str(Visitor(read))
 }
 
 /// An IP address field: an IPv4 address as an integer, anything else (IPv6,
@@ -106,7 +155,7 @@ impl fmt::Display for IpText {
 
 impl<'de> Deserialize<'de> for IpText {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        Ok(Self::new(&Cow::<'de, str>::deserialize(deserializer)?))
+        read_str(deserializer, Self::new)
     }
 }
 
@@ -127,16 +176,16 @@ pub struct ServiceSpec {
     #[serde(rename = "clusterIP")]
     pub cluster_ip: Option<IpText>,
     #[serde(rename = "clusterIPs")]
-    pub cluster_ips: Option<Vec<IpText>>,
-    pub ports: Option<Vec<ServicePort>>,
+    pub cluster_ips: Option<Box<[IpText]>>,
+    pub ports: Option<Box<[ServicePort]>>,
     pub session_affinity: Option<Name>,
     pub session_affinity_config: Option<SessionAffinityConfig>,
     #[serde(rename = "externalIPs")]
-    pub external_ips: Option<Vec<IpText>>,
+    pub external_ips: Option<Box<[IpText]>>,
     pub external_traffic_policy: Option<Name>,
     pub internal_traffic_policy: Option<Name>,
     pub health_check_node_port: Option<i32>,
-    pub load_balancer_source_ranges: Option<Vec<Box<str>>>,
+    pub load_balancer_source_ranges: Option<Box<[Box<str>]>>,
 }
 
 /// A Service port; the numbers stay as written so a rejection can quote them.
@@ -174,7 +223,7 @@ pub struct ServiceStatus {
 
 #[derive(Clone, Debug, Default, Deserialize)]
 pub struct LoadBalancerStatus {
-    pub ingress: Option<Vec<LoadBalancerIngress>>,
+    pub ingress: Option<Box<[LoadBalancerIngress]>>,
 }
 
 /// A load balancer's ingress point; a hostname-only one has no `ip`.
@@ -192,9 +241,9 @@ pub struct EndpointSlice {
     #[serde(default, deserialize_with = "or_default")]
     pub metadata: Meta,
     pub address_type: Option<Name>,
-    pub ports: Option<Vec<EndpointPort>>,
+    pub ports: Option<Box<[EndpointPort]>>,
     #[serde(default, deserialize_with = "or_default")]
-    pub endpoints: Vec<Endpoint>,
+    pub endpoints: Box<[Endpoint]>,
 }
 
 /// A port of an EndpointSlice or of a legacy Endpoints subset.
@@ -229,14 +278,14 @@ pub struct EndpointConditions {
 pub struct Endpoints {
     #[serde(default, deserialize_with = "or_default")]
     pub metadata: Meta,
-    pub subsets: Option<Vec<EndpointSubset>>,
+    pub subsets: Option<Box<[EndpointSubset]>>,
 }
 
 /// Ready addresses and their ports; `notReadyAddresses` never serve.
 #[derive(Clone, Debug, Default, Deserialize)]
 pub struct EndpointSubset {
-    pub addresses: Option<Vec<EndpointAddress>>,
-    pub ports: Option<Vec<EndpointPort>>,
+    pub addresses: Option<Box<[EndpointAddress]>>,
+    pub ports: Option<Box<[EndpointPort]>>,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -308,7 +357,7 @@ fn first_of_addresses<'de, D: Deserializer<'de>>(
 
         fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Option<IpText>, A::Error> {
             let first = seq.next_element::<IpText>()?;
-            while seq.next_element::<Cow<'de, str>>()?.is_some() {}
+            while seq.next_element::<AnyString>()?.is_some() {}
             Ok(first)
         }
     }
@@ -437,7 +486,7 @@ mod tests {
         assert_eq!(spec.cluster_ip, Some(v4("10.96.0.10")));
         assert_eq!(
             spec.cluster_ips,
-            Some(vec![v4("10.96.0.10"), IpText::Other("fd00::10".into())])
+            Some([v4("10.96.0.10"), IpText::Other("fd00::10".into())].into())
         );
         let ports = spec.ports.as_ref().unwrap();
         assert_eq!(
@@ -455,7 +504,7 @@ mod tests {
             .client_ip
             .as_ref();
         assert_eq!(timeout.unwrap().timeout_seconds, Some(600));
-        assert_eq!(spec.external_ips, Some(vec![v4("198.51.100.7")]));
+        assert_eq!(spec.external_ips, Some([v4("198.51.100.7")].into()));
         assert_eq!(spec.external_traffic_policy.as_deref(), Some("Local"));
         assert_eq!(spec.health_check_node_port, Some(32000));
         let ingress = service

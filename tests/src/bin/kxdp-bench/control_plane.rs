@@ -124,13 +124,13 @@ fn service_objects(i: usize, generation: u32) -> (ServiceName, ServiceObjects) {
         metadata: metadata(name.name.clone(), Labels::default()),
         spec: Some(ServiceSpec {
             cluster_ip: Some(IpText::V4(cluster_ip(i))),
-            ports: Some(vec![ServicePort {
+            ports: Some(Box::new([ServicePort {
                 name: Some(Name::new("http")),
                 port: 80,
                 protocol: Some(Name::new("TCP")),
                 target_port: Some(8080),
                 ..ServicePort::default()
-            }]),
+            }])),
             ..ServiceSpec::default()
         }),
         ..Service::default()
@@ -153,11 +153,11 @@ fn service_objects(i: usize, generation: u32) -> (ServiceName, ServiceObjects) {
                 node_name: None,
             })
             .collect(),
-        ports: Some(vec![EndpointPort {
+        ports: Some(Box::new([EndpointPort {
             name: Some(Name::new("http")),
             port: Some(8080),
             protocol: Some(Name::new("TCP")),
-        }]),
+        }])),
     };
     let objects = ServiceObjects {
         service: Some(Arc::new(service)),
