@@ -1,7 +1,9 @@
 //! A stand-in for the Kubernetes API server, just enough for
 //! `kxdp agent --kubeconfig`: it answers the list requests for Services and
-//! EndpointSlices with fixed objects and holds watch requests open without
-//! events, over plain HTTP on 127.0.0.1 inside a network namespace (where
+//! EndpointSlices with fixed objects, in pages when asked to (`limit`,
+//! `continue`, as the API server pages), and holds watch requests open
+//! without events until [`FakeApiServer::expire_watches`] ends them with
+//! 410 Gone, over plain HTTP on 127.0.0.1 inside a network namespace (where
 //! the agent runs). Every request line is recorded for assertions.
 
 use std::{
@@ -11,7 +13,7 @@ use std::{
     os::fd::AsRawFd,
     path::PathBuf,
     sync::{
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
         Arc, Mutex,
     },
     thread::JoinHandle,
@@ -28,14 +30,17 @@ const POLL: Duration = Duration::from_millis(20);
 pub struct FakeApiServer {
     kubeconfig: PathBuf,
     requests: Arc<Mutex<Vec<String>>>,
-    stop: Arc<AtomicBool>,
+    shared: Arc<Shared>,
     thread: Option<JoinHandle<()>>,
 }
 
-/// What the server answers.
-struct Objects {
+/// What the server answers, and what its connections watch for.
+struct Shared {
     services: Vec<Value>,
     slices: Vec<Value>,
+    stop: AtomicBool,
+    /// Bumped by `expire_watches`: watches opened before end with 410 Gone.
+    expired: AtomicU64,
 }
 
 impl FakeApiServer {
@@ -66,18 +71,28 @@ impl FakeApiServer {
             ),
         )?;
         let requests = Arc::new(Mutex::new(Vec::new()));
-        let stop = Arc::new(AtomicBool::new(false));
-        let objects = Arc::new(Objects { services, slices });
+        let shared = Arc::new(Shared {
+            services,
+            slices,
+            stop: AtomicBool::new(false),
+            expired: AtomicU64::new(0),
+        });
         let thread = {
-            let (requests, stop) = (Arc::clone(&requests), Arc::clone(&stop));
-            std::thread::spawn(move || accept_loop(listener, &objects, &requests, &stop))
+            let (requests, shared) = (Arc::clone(&requests), Arc::clone(&shared));
+            std::thread::spawn(move || accept_loop(listener, &shared, &requests))
         };
         Ok(Self {
             kubeconfig,
             requests,
-            stop,
+            shared,
             thread: Some(thread),
         })
+    }
+
+    /// Ends every open watch with 410 Gone, as the API server does when the
+    /// version a watch resumes from was compacted: the client lists again.
+    pub fn expire_watches(&self) {
+        self.shared.expired.fetch_add(1, Ordering::Relaxed);
     }
 
     pub fn kubeconfig(&self) -> &PathBuf {
@@ -92,7 +107,7 @@ impl FakeApiServer {
 
 impl Drop for FakeApiServer {
     fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
+        self.shared.stop.store(true, Ordering::Relaxed);
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
@@ -119,20 +134,14 @@ fn listen_in(netns: &str) -> anyhow::Result<TcpListener> {
     })
 }
 
-fn accept_loop(
-    listener: TcpListener,
-    objects: &Arc<Objects>,
-    requests: &Arc<Mutex<Vec<String>>>,
-    stop: &Arc<AtomicBool>,
-) {
+fn accept_loop(listener: TcpListener, shared: &Arc<Shared>, requests: &Arc<Mutex<Vec<String>>>) {
     let mut connections = Vec::new();
-    while !stop.load(Ordering::Relaxed) {
+    while !shared.stop.load(Ordering::Relaxed) {
         match listener.accept() {
             Ok((stream, _)) => {
-                let (objects, requests, stop) =
-                    (Arc::clone(objects), Arc::clone(requests), Arc::clone(stop));
+                let (shared, requests) = (Arc::clone(shared), Arc::clone(requests));
                 connections.push(std::thread::spawn(move || {
-                    let _ = answer(stream, &objects, &requests, &stop);
+                    let _ = answer(stream, &shared, &requests);
                 }));
             }
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => std::thread::sleep(POLL),
@@ -147,9 +156,8 @@ fn accept_loop(
 /// Answers one request on `stream`, then closes it.
 fn answer(
     stream: TcpStream,
-    objects: &Objects,
+    shared: &Shared,
     requests: &Mutex<Vec<String>>,
-    stop: &AtomicBool,
 ) -> std::io::Result<()> {
     stream.set_nonblocking(false)?;
     stream.set_read_timeout(Some(Duration::from_secs(5)))?;
@@ -169,9 +177,9 @@ fn answer(
     let target = request_line.split_whitespace().nth(1).unwrap_or_default();
     let (path, query) = target.split_once('?').unwrap_or((target, ""));
     let items = match path {
-        "/api/v1/services" => Some(("ServiceList", "v1", &objects.services)),
+        "/api/v1/services" => Some(("ServiceList", "v1", &shared.services)),
         "/apis/discovery.k8s.io/v1/endpointslices" => {
-            Some(("EndpointSliceList", "discovery.k8s.io/v1", &objects.slices))
+            Some(("EndpointSliceList", "discovery.k8s.io/v1", &shared.slices))
         }
         _ => None,
     };
@@ -180,22 +188,49 @@ fn answer(
         let body = r#"{"kind":"Status","apiVersion":"v1","status":"Failure","code":404}"#;
         return respond(&mut stream, 404, body);
     };
-    if query.split('&').any(|p| p == "watch=true") {
+    let param = |key: &str| {
+        query
+            .split('&')
+            .find_map(|p| p.strip_prefix(key)?.strip_prefix('='))
+    };
+    if param("watch") == Some("true") {
         // An open watch with no events: the agent keeps what it listed.
         stream.write_all(
             b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n",
         )?;
+        let expired = shared.expired.load(Ordering::Relaxed);
         let until = Instant::now() + WATCH_HOLD;
-        while !stop.load(Ordering::Relaxed) && Instant::now() < until {
+        while !shared.stop.load(Ordering::Relaxed) && Instant::now() < until {
+            if shared.expired.load(Ordering::Relaxed) != expired {
+                let gone = json!({"type": "ERROR", "object": {
+                    "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+                    "message": "too old resource version", "reason": "Expired", "code": 410,
+                }});
+                let line = format!("{gone}\n");
+                write!(stream, "{:x}\r\n{line}\r\n", line.len())?;
+                break;
+            }
             std::thread::sleep(POLL);
         }
         return stream.write_all(b"0\r\n\r\n");
     }
+    // Pages as the API server pages: `limit` items from the offset the
+    // `continue` token names.
+    let from: usize = param("continue").and_then(|c| c.parse().ok()).unwrap_or(0);
+    let limit = param("limit")
+        .and_then(|l| l.parse().ok())
+        .filter(|l| *l > 0)
+        .unwrap_or(usize::MAX);
+    let to = from.saturating_add(limit).min(items.len());
+    let mut metadata = json!({"resourceVersion": "1"});
+    if to < items.len() {
+        metadata["continue"] = to.to_string().into();
+    }
     let list = json!({
         "kind": kind,
         "apiVersion": api_version,
-        "metadata": {"resourceVersion": "1"},
-        "items": items,
+        "metadata": metadata,
+        "items": &items[from.min(to)..to],
     });
     respond(&mut stream, 200, &list.to_string())
 }

@@ -8,7 +8,7 @@ use std::{fs, io, net::Ipv4Addr, path::Path};
 use k8s_openapi::api::core::v1::{LoadBalancerIngress, Service};
 use proxy_userspace::{
     cidr::Ipv4Cidr,
-    source::{cluster_ip, manifest},
+    source::{cluster_ip, manifest, objects::IpText},
 };
 
 /// The `echo` Service (TCP 80 → 8080, UDP 53 → 5353), as kubectl wrote it.
@@ -34,11 +34,10 @@ pub fn allocated_cluster_ip(service_yaml: &str) -> Ipv4Addr {
     let cidr: Ipv4Cidr = SERVICE_CIDR.parse().expect("valid CIDR");
     cluster_ip::allocate(&mut loaded.objects.services, cidr);
     let spec = loaded.objects.services[0].spec.as_ref().expect("spec");
-    spec.cluster_ip
-        .as_deref()
-        .expect("allocated")
-        .parse()
-        .expect("IPv4")
+    match spec.cluster_ip.as_ref().expect("allocated") {
+        IpText::V4(addr) => *addr,
+        IpText::Other(text) => panic!("allocated {text}, not IPv4"),
+    }
 }
 
 /// An EndpointSlice for `echo` with `(address, ready)` endpoints.
@@ -290,7 +289,7 @@ mod tests {
         let service = &loaded.objects.services[0];
         let spec = service.spec.as_ref().unwrap();
         assert_eq!(spec.type_.as_deref(), Some("LoadBalancer"));
-        assert_eq!(spec.cluster_ip.as_deref(), Some("10.96.0.80"));
+        assert_eq!(spec.cluster_ip, Some(IpText::new("10.96.0.80")));
         let ports = spec.ports.as_ref().unwrap();
         let node_ports: Vec<_> = ports
             .iter()
@@ -300,12 +299,15 @@ mod tests {
             node_ports,
             [(Some("TCP"), Some(30081)), (Some("UDP"), Some(30053))]
         );
-        assert_eq!(spec.external_ips, Some(vec!["192.168.60.20".to_string()]));
+        assert_eq!(
+            spec.external_ips,
+            Some([IpText::new("192.168.60.20")].into())
+        );
         assert_eq!(spec.external_traffic_policy.as_deref(), Some("Local"));
         assert_eq!(spec.health_check_node_port, Some(32000));
         assert_eq!(
             spec.load_balancer_source_ranges,
-            Some(vec!["192.168.50.0/24".to_string()])
+            Some(["192.168.50.0/24".into()].into())
         );
         let status = service
             .status
@@ -315,14 +317,14 @@ mod tests {
             .as_ref()
             .unwrap();
         assert_eq!(
-            status.ingress.as_ref().unwrap()[0].ip.as_deref(),
-            Some("192.168.60.10")
+            status.ingress.as_ref().unwrap()[0].ip,
+            Some(IpText::new("192.168.60.10"))
         );
 
         let loaded = load(&ServiceManifest::nodeport_web(vip).to_yaml());
         let spec = loaded.objects.services[0].spec.as_ref().unwrap();
         assert_eq!(spec.type_.as_deref(), Some("NodePort"));
-        assert_eq!(spec.cluster_ip.as_deref(), Some("10.96.0.80"));
+        assert_eq!(spec.cluster_ip, Some(IpText::new("10.96.0.80")));
         assert_eq!(spec.ports.as_ref().unwrap()[0].node_port, Some(30080));
     }
 

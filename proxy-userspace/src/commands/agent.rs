@@ -33,6 +33,7 @@ use crate::{
     pipeline::{Outcome, Pipeline},
     plan::NodeFacts,
     source::{
+        intern,
         kubernetes::{self, KubernetesSource},
         manifest::ManifestWatch,
         node_addresses::{self, InterfaceAddr},
@@ -40,10 +41,11 @@ use crate::{
     },
 };
 
-/// Where Services come from.
+/// Where Services come from. The Kubernetes source, with what it keeps, is
+/// boxed: the enum stays small either way.
 enum Source {
     Manifests(ManifestWatch),
-    Kubernetes(KubernetesSource),
+    Kubernetes(Box<KubernetesSource>),
 }
 
 impl Source {
@@ -61,7 +63,7 @@ impl Source {
         }
         let client = kubernetes::client(kubeconfig).await?;
         info!(kubeconfig = ?kubeconfig, "watching Services and EndpointSlices");
-        Ok(Self::Kubernetes(KubernetesSource::new(client)))
+        Ok(Self::Kubernetes(Box::new(KubernetesSource::new(client))))
     }
 
     /// The next update from the Kubernetes API; never resolves for manifests,
@@ -168,6 +170,9 @@ fn apply(
     log_outcome(scope, &outcome, pipeline);
     reporting.synced(pipeline);
     if scope == Scope::Full {
+        // The update is gone: the names only it held go too (manifests keep
+        // no objects), before the freed heap is handed back.
+        intern::prune();
         release_freed_memory();
     }
     scope == Scope::Full

@@ -7,13 +7,14 @@ use std::{
     net::{Ipv4Addr, SocketAddrV4},
 };
 
-use k8s_openapi::api::{core::v1::Endpoints, discovery::v1::EndpointSlice};
-
 use super::{
     port_number,
     types::{Backend, Built, Node, Protocol},
 };
-use crate::source::{Rejection, RejectionKind, ServiceName};
+use crate::source::{
+    objects::{self, EndpointSlice, Endpoints, IpText},
+    Rejection, RejectionKind, ServiceName,
+};
 
 /// A port as EndpointSlices and Endpoints publish it.
 struct EndpointPort {
@@ -39,10 +40,13 @@ pub(super) struct EndpointGroup {
 }
 
 /// Why an endpoint address cannot be a backend, if it cannot.
-fn endpoint_address(text: &str) -> Result<Ipv4Addr, String> {
-    let addr: Ipv4Addr = text
-        .parse()
-        .map_err(|_| format!("endpoint address '{text}' is not an IPv4 address"))?;
+fn endpoint_address(ip: &IpText) -> Result<Ipv4Addr, String> {
+    let addr = match ip {
+        IpText::V4(addr) => *addr,
+        IpText::Other(text) => {
+            return Err(format!("endpoint address '{text}' is not an IPv4 address"))
+        }
+    };
     let link_local_multicast = addr.octets()[..3] == [224, 0, 0];
     if addr.is_loopback() || addr.is_link_local() || link_local_multicast || addr.is_unspecified() {
         return Err(format!(
@@ -52,20 +56,16 @@ fn endpoint_address(text: &str) -> Result<Ipv4Addr, String> {
     Ok(addr)
 }
 
-fn endpoint_port(
-    name: Option<&String>,
-    protocol: Option<&str>,
-    port: Option<i32>,
-) -> Result<EndpointPort, (RejectionKind, String)> {
-    let protocol = Protocol::parse(protocol)?;
-    let port = port.and_then(port_number).ok_or((
+fn endpoint_port(port: &objects::EndpointPort) -> Result<EndpointPort, (RejectionKind, String)> {
+    let protocol = Protocol::parse(port.protocol.as_deref())?;
+    let number = port.port.and_then(port_number).ok_or((
         RejectionKind::InvalidPort,
         "port missing or out of range".to_string(),
     ))?;
     Ok(EndpointPort {
-        name: name.cloned().unwrap_or_default(),
+        name: port.name.as_deref().unwrap_or_default().to_string(),
         protocol,
-        port,
+        port: number,
     })
 }
 
@@ -93,8 +93,8 @@ impl GroupReader<'_> {
         }
     }
 
-    fn address(&mut self, text: &str) -> Option<Ipv4Addr> {
-        endpoint_address(text)
+    fn address(&mut self, ip: &IpText) -> Option<Ipv4Addr> {
+        endpoint_address(ip)
             .map_err(|reason| self.reject(RejectionKind::InvalidAddress, reason))
             .ok()
     }
@@ -105,7 +105,7 @@ pub(super) fn slice_group(
     node: &Node,
     built: &mut Built,
 ) -> Option<EndpointGroup> {
-    match slice.address_type.as_str() {
+    match slice.address_type.as_deref().unwrap_or_default() {
         "IPv4" => {}
         "IPv6" => {
             built.ipv6_skipped = true;
@@ -120,15 +120,13 @@ pub(super) fn slice_group(
     };
     let mut group = EndpointGroup::default();
     for port in slice.ports.iter().flatten() {
-        let parsed = endpoint_port(port.name.as_ref(), port.protocol.as_deref(), port.port);
-        reader.port(&mut group, parsed);
+        reader.port(&mut group, endpoint_port(port));
     }
     for endpoint in &slice.endpoints {
-        // Addresses are fungible; consumers use the first (as kube-proxy does).
-        let Some(addr) = endpoint.addresses.first().and_then(|a| reader.address(a)) else {
+        let Some(addr) = endpoint.address.as_ref().and_then(|a| reader.address(a)) else {
             continue;
         };
-        let conditions = endpoint.conditions.clone().unwrap_or_default();
+        let conditions = endpoint.conditions.unwrap_or_default();
         // API contract: unknown readiness means ready, unknown serving means
         // "as ready", unknown terminating means not terminating.
         let ready = conditions.ready.unwrap_or(true);
@@ -137,7 +135,7 @@ pub(super) fn slice_group(
             ready,
             serving: conditions.serving.unwrap_or(ready),
             terminating: conditions.terminating.unwrap_or(false),
-            local: node.is_local(endpoint.node_name.as_ref()),
+            local: node.is_local(endpoint.node_name.as_deref()),
         });
     }
     Some(group)
@@ -156,12 +154,7 @@ pub(super) fn endpoints_groups(
     for subset in endpoints.subsets.iter().flatten() {
         let mut group = EndpointGroup::default();
         for port in subset.ports.iter().flatten() {
-            let parsed = endpoint_port(
-                port.name.as_ref(),
-                port.protocol.as_deref(),
-                Some(port.port),
-            );
-            reader.port(&mut group, parsed);
+            reader.port(&mut group, endpoint_port(port));
         }
         // Legacy Endpoints list only ready addresses as serving.
         for address in subset.addresses.iter().flatten() {
@@ -171,7 +164,7 @@ pub(super) fn endpoints_groups(
                     ready: true,
                     serving: true,
                     terminating: false,
-                    local: node.is_local(address.node_name.as_ref()),
+                    local: node.is_local(address.node_name.as_deref()),
                 });
             }
         }

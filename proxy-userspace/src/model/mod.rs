@@ -10,9 +10,7 @@ mod service;
 mod test_yaml;
 pub mod types;
 
-use k8s_openapi::api::core::v1::Service;
-
-use crate::source::{Rejection, RejectionKind, ServiceName, ServiceObjects};
+use crate::source::{objects::Service, Rejection, RejectionKind, ServiceName, ServiceObjects};
 
 use self::{
     endpoints::{endpoints_groups, port_backends, slice_group, EndpointGroup},

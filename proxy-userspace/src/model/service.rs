@@ -7,22 +7,39 @@ use std::{
     net::{IpAddr, Ipv4Addr},
 };
 
-use k8s_openapi::{
-    api::core::v1::{Service, ServicePort, ServiceSpec},
-    apimachinery::pkg::util::intstr::IntOrString,
-};
-
 use super::{
     port_number,
     types::{Built, ExternalAddr, Protocol, ServicePortModel},
 };
-use crate::{cidr::Ipv4Cidr, source::RejectionKind};
-
-/// Label by which another proxy claims a Service (kube-proxy skips those too).
-const SERVICE_PROXY_NAME_LABEL: &str = "service.kubernetes.io/service-proxy-name";
+use crate::{
+    cidr::Ipv4Cidr,
+    source::{
+        objects::{IpText, Service, ServicePort, ServiceSpec},
+        RejectionKind,
+    },
+};
 /// `sessionAffinityConfig.clientIP.timeoutSeconds` when unset, and its bound.
 const DEFAULT_AFFINITY_TIMEOUT: u32 = 10_800;
 const MAX_AFFINITY_TIMEOUT: u32 = 86_400;
+
+/// An address field as the API server reads it.
+enum Ip<'a> {
+    V4(Ipv4Addr),
+    /// Not proxied yet: skipped, never rejected.
+    V6,
+    Invalid(&'a str),
+}
+
+fn read_ip(ip: &IpText) -> Ip<'_> {
+    match ip {
+        IpText::V4(addr) => Ip::V4(*addr),
+        IpText::Other(text) => match text.parse::<IpAddr>() {
+            Ok(IpAddr::V4(addr)) => Ip::V4(addr),
+            Ok(IpAddr::V6(_)) => Ip::V6,
+            Err(_) => Ip::Invalid(text),
+        },
+    }
+}
 
 /// The IPv4 cluster IPs of a Service, `Ok(None)` if it is not proxied
 /// (headless, ExternalName, owned by another proxy, IPv6 only).
@@ -31,11 +48,7 @@ pub(super) fn cluster_ips(
     spec: &ServiceSpec,
     built: &mut Built,
 ) -> Result<Option<Vec<Ipv4Addr>>, (RejectionKind, String)> {
-    let other_proxy = service
-        .metadata
-        .labels
-        .as_ref()
-        .is_some_and(|l| l.contains_key(SERVICE_PROXY_NAME_LABEL));
+    let other_proxy = service.metadata.labels.service_proxy_name;
     if spec.type_.as_deref() == Some("ExternalName") || other_proxy {
         return Ok(None);
     }
@@ -45,16 +58,16 @@ pub(super) fn cluster_ips(
         .flatten()
         .chain(spec.cluster_ip.iter());
     let mut ips = BTreeSet::new();
-    for text in listed {
-        if text == "None" {
+    for ip in listed {
+        if matches!(ip, IpText::Other(text) if &**text == "None") {
             return Ok(None);
         }
-        match text.parse::<IpAddr>() {
-            Ok(IpAddr::V4(ip)) => {
+        match read_ip(ip) {
+            Ip::V4(ip) => {
                 ips.insert(ip);
             }
-            Ok(IpAddr::V6(_)) => built.ipv6_skipped = true,
-            Err(_) => {
+            Ip::V6 => built.ipv6_skipped = true,
+            Ip::Invalid(text) => {
                 return Err((
                     RejectionKind::InvalidAddress,
                     format!("clusterIP '{text}' is not an IP address"),
@@ -77,11 +90,11 @@ pub(super) fn service_port(
     port: &ServicePort,
     node_ports: bool,
 ) -> Result<ServicePortModel, (RejectionKind, String)> {
-    let name = port.name.clone().unwrap_or_default();
+    let name = port.name.as_deref().unwrap_or_default().to_string();
     let invalid = |reason| (RejectionKind::InvalidPort, reason);
     let number = port_number(port.port)
         .ok_or_else(|| invalid(format!("port {} is out of range", port.port)))?;
-    if let Some(IntOrString::Int(target)) = port.target_port {
+    if let Some(target) = port.target_port {
         port_number(target)
             .ok_or_else(|| invalid(format!("targetPort {target} is out of range")))?;
     }
@@ -131,11 +144,11 @@ pub(super) fn external_addrs(
         .map(|ip| (ip, "externalIP", false))
         .chain(ingress);
     let mut addrs: BTreeMap<Ipv4Addr, bool> = BTreeMap::new();
-    for (text, field, load_balancer) in listed {
-        match text.parse::<IpAddr>() {
-            Ok(IpAddr::V4(addr)) => *addrs.entry(addr).or_default() |= load_balancer,
-            Ok(IpAddr::V6(_)) => built.ipv6_skipped = true,
-            Err(_) => {
+    for (ip, field, load_balancer) in listed {
+        match read_ip(ip) {
+            Ip::V4(addr) => *addrs.entry(addr).or_default() |= load_balancer,
+            Ip::V6 => built.ipv6_skipped = true,
+            Ip::Invalid(text) => {
                 return Err((
                     RejectionKind::InvalidAddress,
                     format!("{field} '{text}' is not an IP address"),

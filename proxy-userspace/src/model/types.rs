@@ -131,7 +131,7 @@ pub struct Node {
 }
 
 impl Node {
-    pub(super) fn is_local(&self, node_name: Option<&String>) -> bool {
-        self.name.is_some() && self.name.as_ref() == node_name
+    pub(super) fn is_local(&self, node_name: Option<&str>) -> bool {
+        self.name.is_some() && self.name.as_deref() == node_name
     }
 }

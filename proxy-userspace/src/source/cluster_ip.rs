@@ -6,19 +6,19 @@
 //! unrelated edits), probing forward on collision; addresses set explicitly
 //! always win.
 
-use std::{collections::BTreeSet, net::Ipv4Addr};
+use std::{collections::BTreeSet, net::Ipv4Addr, sync::Arc};
 
-use k8s_openapi::api::core::v1::Service;
 use tracing::info;
 
+use super::objects::{IpText, Service};
 use crate::cidr::Ipv4Cidr;
 
 fn wants_allocation(service: &Service) -> bool {
     let spec = service.spec.as_ref();
     let is_external_name = spec.and_then(|s| s.type_.as_deref()) == Some("ExternalName");
     let has_ip = spec
-        .and_then(|s| s.cluster_ip.as_deref())
-        .is_some_and(|ip| !ip.is_empty());
+        .and_then(|s| s.cluster_ip.as_ref())
+        .is_some_and(|ip| !matches!(ip, IpText::Other(text) if text.is_empty()));
     spec.is_some() && !is_external_name && !has_ip
 }
 
@@ -32,10 +32,13 @@ fn fnv1a(text: &str) -> u64 {
 /// Gives every Service without a clusterIP one from `cidr`. Returns how many
 /// were allocated; when the block is full the rest are left without one (the
 /// model then rejects them with a reason).
-pub fn allocate(services: &mut [Service], cidr: Ipv4Cidr) -> usize {
+pub fn allocate(services: &mut [Arc<Service>], cidr: Ipv4Cidr) -> usize {
     let mut taken: BTreeSet<Ipv4Addr> = services
         .iter()
-        .filter_map(|s| s.spec.as_ref()?.cluster_ip.as_deref()?.parse().ok())
+        .filter_map(|s| match s.spec.as_ref()?.cluster_ip.as_ref()? {
+            IpText::V4(addr) => Some(*addr),
+            IpText::Other(_) => None,
+        })
         .collect();
     // Network address, the first host (the `kubernetes` Service by convention)
     // and the broadcast address are never handed out.
@@ -62,8 +65,9 @@ pub fn allocate(services: &mut [Service], cidr: Ipv4Cidr) -> usize {
         let Some(addr) = free else { break };
         taken.insert(addr);
         info!(service = %key, cluster_ip = %addr, "allocated clusterIP (the manifest has none)");
-        if let Some(spec) = services[index].spec.as_mut() {
-            spec.cluster_ip = Some(addr.to_string());
+        // The manifest source holds the only reference: no copy is made.
+        if let Some(spec) = Arc::make_mut(&mut services[index]).spec.as_mut() {
+            spec.cluster_ip = Some(IpText::V4(addr));
         }
         allocated += 1;
     }
@@ -72,24 +76,23 @@ pub fn allocate(services: &mut [Service], cidr: Ipv4Cidr) -> usize {
 
 #[cfg(test)]
 mod tests {
-    use k8s_openapi::api::core::v1::ServiceSpec;
-
     use super::*;
+    use crate::source::objects::ServiceSpec;
 
-    fn service(name: &str, cluster_ip: Option<&str>, type_: Option<&str>) -> Service {
+    fn service(name: &str, cluster_ip: Option<&str>, type_: Option<&str>) -> Arc<Service> {
         let mut s = Service::default();
         s.metadata.name = Some(name.into());
         s.metadata.namespace = Some("default".into());
         s.spec = Some(ServiceSpec {
-            cluster_ip: cluster_ip.map(Into::into),
+            cluster_ip: cluster_ip.map(IpText::new),
             type_: type_.map(Into::into),
             ..Default::default()
         });
-        s
+        Arc::new(s)
     }
 
     fn ip(s: &Service) -> Option<String> {
-        s.spec.as_ref()?.cluster_ip.clone()
+        Some(s.spec.as_ref()?.cluster_ip.as_ref()?.to_string())
     }
 
     #[test]
@@ -112,7 +115,7 @@ mod tests {
             .map(|i| service(&format!("svc-{i}"), None, None))
             .collect();
         allocate(&mut again, cidr);
-        let by_name = |v: &[Service], n: &str| {
+        let by_name = |v: &[Arc<Service>], n: &str| {
             ip(v.iter()
                 .find(|s| s.metadata.name.as_deref() == Some(n))
                 .unwrap())

@@ -1,36 +1,41 @@
 //! Kubernetes API source: watches Services and EndpointSlices with kube-proxy's
-//! filters, caches them in reflector stores and reports, per update, which
-//! Services changed.
+//! filters, keeps them in their compact forms ([`objects`](super::objects),
+//! [`store`]) and reports, per update, which Services changed.
 //!
 //! The first update, and the one after every relist, is [`Scope::Full`] and
 //! waits for both lists to be complete, so a restart never programs a partial
 //! view. Between relists, watch events only name the Services they touch;
-//! their objects are read back from the stores when the update is built.
+//! their objects are read back from the store when the update is built.
 
 use std::{
-    collections::{BTreeSet, HashMap, HashSet},
+    borrow::Cow,
+    collections::BTreeSet,
     env,
     path::{Path, PathBuf},
     sync::Arc,
 };
 
 use futures::{stream::BoxStream, FutureExt, StreamExt};
-use k8s_openapi::{
-    api::{core::v1::Service, discovery::v1::EndpointSlice},
-    apimachinery::pkg::apis::meta::v1::ObjectMeta,
-};
+use k8s_openapi::{apimachinery::pkg::apis::meta::v1::ObjectMeta, NamespaceResourceScope};
 use kube::{
     config::{InClusterError, KubeConfigOptions, Kubeconfig, KubeconfigError},
     runtime::{
-        reflector::{self, ObjectRef, Store},
         watcher::{self, Event},
         WatchStreamExt,
     },
-    Api, Client, Config,
+    Api, Client, Config, Resource,
 };
+use serde::{Deserialize, Deserializer};
 use tracing::warn;
 
-use super::{group, Objects, Scope, ServiceName, ServiceObjects, Update};
+use self::store::{Kept, Key, SliceIndex};
+use super::{
+    group,
+    objects::{EndpointSlice, Object, Service},
+    Objects, Scope, ServiceObjects, Update,
+};
+
+mod store;
 
 /// kube-proxy skips Services claimed by another proxy implementation...
 const SERVICE_LABEL_SELECTOR: &str = "!service.kubernetes.io/service-proxy-name";
@@ -81,21 +86,99 @@ pub async fn client(kubeconfig: Option<&Path>) -> Result<Client, KubeError> {
     Ok(Client::try_from(config)?)
 }
 
+/// An object as kube's watcher decodes it: the watcher reads the resource
+/// version it resumes from in `meta`; the source keeps only `object`, the
+/// compact form decoded straight from the API server's JSON.
+#[derive(Clone, Debug)]
+struct Watched<K> {
+    meta: ObjectMeta,
+    object: K,
+}
+
+impl<'de, K: Deserialize<'de> + Object> Deserialize<'de> for Watched<K> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let mut object = K::deserialize(deserializer)?;
+        let meta = ObjectMeta {
+            resource_version: object.metadata_mut().resource_version.take(),
+            ..ObjectMeta::default()
+        };
+        Ok(Self { meta, object })
+    }
+}
+
+impl Resource for Watched<Service> {
+    type DynamicType = ();
+    type Scope = NamespaceResourceScope;
+
+    fn kind(_: &()) -> Cow<'_, str> {
+        "Service".into()
+    }
+
+    fn group(_: &()) -> Cow<'_, str> {
+        "".into()
+    }
+
+    fn version(_: &()) -> Cow<'_, str> {
+        "v1".into()
+    }
+
+    fn plural(_: &()) -> Cow<'_, str> {
+        "services".into()
+    }
+
+    fn meta(&self) -> &ObjectMeta {
+        &self.meta
+    }
+
+    fn meta_mut(&mut self) -> &mut ObjectMeta {
+        &mut self.meta
+    }
+}
+
+impl Resource for Watched<EndpointSlice> {
+    type DynamicType = ();
+    type Scope = NamespaceResourceScope;
+
+    fn kind(_: &()) -> Cow<'_, str> {
+        "EndpointSlice".into()
+    }
+
+    fn group(_: &()) -> Cow<'_, str> {
+        "discovery.k8s.io".into()
+    }
+
+    fn version(_: &()) -> Cow<'_, str> {
+        "v1".into()
+    }
+
+    fn plural(_: &()) -> Cow<'_, str> {
+        "endpointslices".into()
+    }
+
+    fn meta(&self) -> &ObjectMeta {
+        &self.meta
+    }
+
+    fn meta_mut(&mut self) -> &mut ObjectMeta {
+        &mut self.meta
+    }
+}
+
 /// One item from either watch stream. Boxed because a Service event is about
 /// twice the size of a slice event; the allocation is cheap next to decoding.
 enum Observed {
-    Service(Box<watcher::Result<Event<Service>>>),
-    Slice(Box<watcher::Result<Event<EndpointSlice>>>),
+    Service(Box<watcher::Result<Event<Watched<Service>>>>),
+    Slice(Box<watcher::Result<Event<Watched<EndpointSlice>>>>),
 }
 
 /// Services and EndpointSlices from the API server, as [`Update`]s.
 pub struct KubernetesSource {
-    /// Both watch streams, merged. Polling them also fills the stores.
+    /// Both watch streams, merged.
     observed: BoxStream<'static, Observed>,
-    services: Store<Service>,
-    slices: Store<EndpointSlice>,
+    services: Kept<Service>,
+    slices: Kept<EndpointSlice>,
     slice_index: SliceIndex,
-    /// Whether each store holds a complete list: false from a watcher's
+    /// Whether each kind is completely listed: false from a watcher's
     /// `Init` until its `InitDone`.
     services_listed: bool,
     slices_listed: bool,
@@ -104,49 +187,39 @@ pub struct KubernetesSource {
     /// Whether the first Full update went out; changes are absorbed until then.
     reported: bool,
     /// Services touched by watch events since the last update.
-    dirty: BTreeSet<ServiceName>,
+    dirty: BTreeSet<Key>,
     /// Slices applied without the service-name label since the last update,
     /// to be reported as rejections.
-    unlabelled: HashSet<ObjectRef<EndpointSlice>>,
+    unlabelled: BTreeSet<Key>,
 }
 
 impl KubernetesSource {
     /// Starts nothing yet: the watches begin when [`next`](Self::next) is
     /// first awaited.
     pub fn new(client: Client) -> Self {
-        let (services, services_writer) = reflector::store();
-        let (slices, slices_writer) = reflector::store();
         let service_config = watcher::Config::default()
             .labels(SERVICE_LABEL_SELECTOR)
             .fields(SERVICE_FIELD_SELECTOR);
         let slice_config = watcher::Config::default().labels(SLICE_LABEL_SELECTOR);
         // The backoff delays the retry after each error, so an unreachable
         // API server is not hammered while the last known state keeps serving.
-        let service_events = reflector::reflector(
-            services_writer,
-            watcher::watcher(Api::<Service>::all(client.clone()), service_config)
-                .default_backoff()
-                .modify(|service: &mut Service| trim_meta(&mut service.metadata)),
-        )
-        .map(|item| Observed::Service(Box::new(item)));
-        let slice_events = reflector::reflector(
-            slices_writer,
-            watcher::watcher(Api::<EndpointSlice>::all(client), slice_config)
-                .default_backoff()
-                .modify(trim_slice),
-        )
-        .map(|item| Observed::Slice(Box::new(item)));
+        let service_events = watcher::watcher(Api::all(client.clone()), service_config)
+            .default_backoff()
+            .map(|item| Observed::Service(Box::new(item)));
+        let slice_events = watcher::watcher(Api::all(client), slice_config)
+            .default_backoff()
+            .map(|item| Observed::Slice(Box::new(item)));
         Self {
             observed: futures::stream::select(service_events, slice_events).boxed(),
-            services,
-            slices,
+            services: Kept::default(),
+            slices: Kept::default(),
             slice_index: SliceIndex::default(),
             services_listed: false,
             slices_listed: false,
             full_due: true,
             reported: false,
             dirty: BTreeSet::new(),
-            unlabelled: HashSet::new(),
+            unlabelled: BTreeSet::new(),
         }
     }
 
@@ -193,48 +266,81 @@ impl KubernetesSource {
         }
     }
 
-    fn observe_service(&mut self, event: Event<Service>) {
+    fn observe_service(&mut self, event: Event<Watched<Service>>) {
         match event {
-            Event::Init => self.services_listed = false,
-            Event::InitApply(_) => {}
+            Event::Init => {
+                self.services_listed = false;
+                self.services.begin_relist();
+            }
+            Event::InitApply(service) => {
+                self.services.insert(service.object);
+            }
             Event::InitDone => {
+                // Services deleted while the watch was away sent no event.
+                self.services.end_relist();
                 self.services_listed = true;
                 self.full_due = true;
             }
-            Event::Apply(service) | Event::Delete(service) => {
-                self.dirty.insert(ServiceName::of(&service.metadata));
+            Event::Apply(service) => {
+                self.dirty.insert(Key::of(&service.object.metadata));
+                self.services.insert(service.object);
+            }
+            Event::Delete(service) => {
+                self.dirty.insert(Key::of(&service.object.metadata));
+                self.services.remove(&service.object.metadata);
             }
         }
     }
 
-    fn observe_slice(&mut self, event: Event<EndpointSlice>) {
+    fn observe_slice(&mut self, event: Event<Watched<EndpointSlice>>) {
         match event {
-            Event::Init => self.slices_listed = false,
-            Event::InitApply(_) => {}
+            Event::Init => {
+                self.slices_listed = false;
+                self.slices.begin_relist();
+            }
+            Event::InitApply(slice) => {
+                self.keep_slice(slice.object);
+            }
             Event::InitDone => {
-                // The list replaced the store wholesale: slices that went
-                // away or changed label meanwhile sent no event, so the index
-                // starts over from the store.
-                self.slice_index = SliceIndex::from_slices(&self.slices.state());
+                // Slices that went away meanwhile sent no event.
+                for gone in self.slices.end_relist() {
+                    self.slice_index.unfile(&gone);
+                }
                 self.slices_listed = true;
                 self.full_due = true;
             }
             Event::Apply(slice) => {
-                self.dirty.extend(self.slice_index.file(&slice));
-                match ServiceName::of_slice(&slice) {
-                    Some(service) => {
-                        self.dirty.insert(service);
+                let key = Key::of(&slice.object.metadata);
+                match Key::owner(&slice.object) {
+                    Some(owner) => {
+                        self.dirty.insert(owner);
                     }
                     None => {
-                        self.unlabelled.insert(object_ref(&slice.metadata));
+                        self.unlabelled.insert(key);
                     }
+                }
+                // A slice whose label changed leaves its former Service too.
+                if let Some(previous) = self.keep_slice(slice.object) {
+                    self.dirty.extend(Key::owner(&previous));
                 }
             }
             Event::Delete(slice) => {
-                self.dirty.extend(self.slice_index.unfile(&slice.metadata));
-                self.dirty.extend(ServiceName::of_slice(&slice));
+                let removed = self.slices.remove(&slice.object.metadata);
+                if let Some(removed) = &removed {
+                    self.slice_index.unfile(removed);
+                    self.dirty.extend(Key::owner(removed));
+                }
+                self.dirty.extend(Key::owner(&slice.object));
             }
         }
+    }
+
+    /// Keeps `slice` and files it under its Service; returns the version it
+    /// replaced.
+    fn keep_slice(&mut self, slice: EndpointSlice) -> Option<Arc<EndpointSlice>> {
+        let previous = self.slices.get(&Key::of(&slice.metadata));
+        self.slice_index.refile(previous.map(|p| &**p), &slice);
+        self.slices.insert(slice)
     }
 
     /// The update owed for what was observed so far, if one can go out.
@@ -246,19 +352,21 @@ impl KubernetesSource {
             self.unlabelled.clear();
             return Some(self.full_update());
         }
-        // While one watcher relists, changes seen by the other still go out:
-        // a relisting store keeps its old contents until `InitDone`, so they
-        // agree with what was last reported.
+        // While one watcher relists, changes seen by the other still go out,
+        // read from the objects kept so far: each is as recent as the
+        // source knows it, and the Full update at the relist's end settles
+        // what the relist changed.
         if !self.reported || (self.dirty.is_empty() && self.unlabelled.is_empty()) {
             return None;
         }
         Some(self.changed_update())
     }
 
+    /// Every kept object, shared with the store, never copied.
     fn full_update(&self) -> Update {
         let objects = Objects {
-            services: sorted(self.services.state()),
-            endpoint_slices: sorted(self.slices.state()),
+            services: self.services.sorted(),
+            endpoint_slices: self.slices.sorted(),
             endpoints: Vec::new(),
         };
         let (services, rejections) = group(objects);
@@ -269,38 +377,41 @@ impl KubernetesSource {
         }
     }
 
-    /// The dirty Services with their slices, read from the stores through the
+    /// The dirty Services with their slices, read from the store through the
     /// index; plus the unlabelled slices, which [`group`] rejects.
     fn changed_update(&mut self) -> Update {
         let dirty = std::mem::take(&mut self.dirty);
         let unlabelled = std::mem::take(&mut self.unlabelled);
         let mut services = Vec::new();
         let mut slices = Vec::new();
-        for name in &dirty {
-            let service_ref = ObjectRef::new(&name.name).within(&name.namespace);
-            services.extend(self.services.get(&service_ref));
-            for slice_name in self.slice_index.slices_of(name) {
-                let slice_ref = ObjectRef::new(slice_name).within(&name.namespace);
-                slices.extend(self.slices.get(&slice_ref));
+        for key in &dirty {
+            services.extend(self.services.get(key).cloned());
+            for slice in self.slice_index.slices_of(key) {
+                slices.extend(self.slices.get(&slice).cloned());
             }
         }
         // A slice relabelled or deleted later in the same batch is no orphan.
-        for slice_ref in &unlabelled {
+        for key in &unlabelled {
             slices.extend(
                 self.slices
-                    .get(slice_ref)
-                    .filter(|slice| ServiceName::of_slice(slice).is_none()),
+                    .get(key)
+                    .filter(|slice| slice.metadata.labels.service_name.is_none())
+                    .cloned(),
             );
         }
+        // Slices in namespace/name order, as in a Full update.
+        slices.sort_by_cached_key(|slice| Key::of(&slice.metadata));
         let objects = Objects {
-            services: sorted(services),
-            endpoint_slices: sorted(slices),
+            services,
+            endpoint_slices: slices,
             endpoints: Vec::new(),
         };
         let (mut grouped, rejections) = group(objects);
         // A deleted Service without slices still needs its entry, empty.
-        for name in dirty {
-            grouped.entry(name).or_insert_with(ServiceObjects::default);
+        for key in dirty {
+            grouped
+                .entry(key.service_name())
+                .or_insert_with(ServiceObjects::default);
         }
         Update {
             scope: Scope::Changed,
@@ -308,111 +419,6 @@ impl KubernetesSource {
             rejections,
         }
     }
-}
-
-/// Drops metadata the model never reads before it reaches a store: with tens
-/// of thousands of objects, managed fields and annotations such as
-/// `last-applied-configuration` would be most of the agent's memory.
-fn trim_meta(meta: &mut ObjectMeta) {
-    meta.managed_fields = None;
-    meta.annotations = None;
-    meta.owner_references = None;
-}
-
-/// Keeps of each endpoint what the model reads (addresses, conditions,
-/// nodeName); target references, hints and topology are per-endpoint weight.
-fn trim_slice(slice: &mut EndpointSlice) {
-    trim_meta(&mut slice.metadata);
-    for endpoint in &mut slice.endpoints {
-        endpoint.target_ref = None;
-        endpoint.hints = None;
-        endpoint.deprecated_topology = None;
-        endpoint.hostname = None;
-        endpoint.zone = None;
-    }
-}
-
-/// Which slices belong to which Service, kept up to date from watch events so
-/// a Service's slices are found without scanning every slice.
-#[derive(Default)]
-struct SliceIndex {
-    /// Slice names per Service; a slice lives in its Service's namespace.
-    slices: HashMap<ServiceName, BTreeSet<String>>,
-    /// The Service each slice is filed under, to unfile it when its label
-    /// changes or it is deleted (the event only carries the new object).
-    owners: HashMap<ObjectRef<EndpointSlice>, ServiceName>,
-}
-
-impl SliceIndex {
-    fn from_slices(slices: &[Arc<EndpointSlice>]) -> Self {
-        let mut index = Self::default();
-        for slice in slices {
-            index.file(slice);
-        }
-        index
-    }
-
-    /// Files `slice` under the Service its label names, if any. Returns the
-    /// Service it was filed under before.
-    fn file(&mut self, slice: &EndpointSlice) -> Option<ServiceName> {
-        let previous = self.unfile(&slice.metadata);
-        if let (Some(service), Some(name)) = (ServiceName::of_slice(slice), &slice.metadata.name) {
-            self.slices
-                .entry(service.clone())
-                .or_default()
-                .insert(name.clone());
-            self.owners.insert(object_ref(&slice.metadata), service);
-        }
-        previous
-    }
-
-    /// Forgets the slice described by `meta`; returns the Service it was
-    /// filed under.
-    fn unfile(&mut self, meta: &ObjectMeta) -> Option<ServiceName> {
-        let service = self.owners.remove(&object_ref(meta))?;
-        if let Some(names) = self.slices.get_mut(&service) {
-            names.remove(meta.name.as_deref().unwrap_or_default());
-            if names.is_empty() {
-                self.slices.remove(&service);
-            }
-        }
-        Some(service)
-    }
-
-    fn slices_of(&self, service: &ServiceName) -> impl Iterator<Item = &str> {
-        self.slices
-            .get(service)
-            .into_iter()
-            .flatten()
-            .map(String::as_str)
-    }
-}
-
-/// The store key of the object described by `meta`. Built by hand because
-/// `ObjectRef::from_obj` panics on a nameless object.
-fn object_ref<K>(meta: &ObjectMeta) -> ObjectRef<K>
-where
-    K: kube::Resource<DynamicType = ()>,
-{
-    let mut key = ObjectRef::new(meta.name.as_deref().unwrap_or_default());
-    key.namespace = meta.namespace.clone();
-    key
-}
-
-/// Owned copies of store objects in namespace/name order, so updates (slice
-/// order, rejections) do not depend on hash order.
-fn sorted<K>(objects: Vec<Arc<K>>) -> Vec<K>
-where
-    K: kube::Resource + Clone,
-{
-    let mut objects: Vec<K> = objects.iter().map(|object| K::clone(object)).collect();
-    objects.sort_by(|a, b| namespaced_name(a).cmp(&namespaced_name(b)));
-    objects
-}
-
-fn namespaced_name<K: kube::Resource>(object: &K) -> (Option<&str>, Option<&str>) {
-    let meta = object.meta();
-    (meta.namespace.as_deref(), meta.name.as_deref())
 }
 
 #[cfg(test)]
@@ -424,13 +430,13 @@ mod tests {
     //! it jumps ahead whenever every task waits, so watcher backoffs cost
     //! nothing and "nothing happens for a second" is a real quiescence check.
 
-    use serde_json::{json, Value};
+    use serde_json::Value;
 
     use super::{
         mock_api::{event, gone, service, slice, MockApi, Reply, Resource},
         *,
     };
-    use crate::source::{RejectionKind, SERVICE_NAME_LABEL};
+    use crate::source::{objects::IpText, RejectionKind, ServiceName};
 
     fn names(update: &Update) -> Vec<String> {
         update.services.keys().map(ToString::to_string).collect()
@@ -451,14 +457,9 @@ mod tests {
             .collect()
     }
 
-    fn cluster_ip(objects: &ServiceObjects) -> Option<&str> {
-        objects
-            .service
-            .as_ref()?
-            .spec
-            .as_ref()?
-            .cluster_ip
-            .as_deref()
+    fn cluster_ip(objects: &ServiceObjects) -> Option<String> {
+        let ip = objects.service.as_ref()?.spec.as_ref()?.cluster_ip.as_ref();
+        ip.map(ToString::to_string)
     }
 
     /// The update's only rejection is the unlabelled slice `object`.
@@ -556,14 +557,14 @@ mod tests {
             ["default/api", "default/web", "kube-system/dns"]
         );
         let web = objects(&update, "default", "web");
-        assert_eq!(cluster_ip(web), Some("10.96.0.10"));
+        assert_eq!(cluster_ip(web).as_deref(), Some("10.96.0.10"));
         assert_eq!(slice_names(web), ["web-abc", "web-def"]);
         assert!(web.endpoints.is_none());
         let dns = objects(&update, "kube-system", "dns");
-        assert_eq!(cluster_ip(dns), Some("10.96.0.53"));
+        assert_eq!(cluster_ip(dns).as_deref(), Some("10.96.0.53"));
         assert_eq!(slice_names(dns), ["dns-xyz"]);
         let api_objects = objects(&update, "default", "api");
-        assert_eq!(cluster_ip(api_objects), Some("10.96.0.20"));
+        assert_eq!(cluster_ip(api_objects).as_deref(), Some("10.96.0.20"));
         assert!(api_objects.slices.is_empty());
         assert_only_unlabelled(&update, "EndpointSlice default/stray");
 
@@ -587,7 +588,7 @@ mod tests {
         assert_eq!(update.scope, Scope::Changed);
         assert_eq!(names(&update), ["default/web"]);
         let web = objects(&update, "default", "web");
-        assert_eq!(cluster_ip(web), Some("10.96.0.11"));
+        assert_eq!(cluster_ip(web).as_deref(), Some("10.96.0.11"));
         assert_eq!(slice_names(web), ["web-abc"]);
 
         // A burst arriving together becomes one update.
@@ -615,11 +616,11 @@ mod tests {
         assert_eq!(update.scope, Scope::Changed);
         assert_eq!(names(&update), ["default/api", "default/db"]);
         let db = objects(&update, "default", "db");
-        assert_eq!(cluster_ip(db), Some("10.96.0.30"));
+        assert_eq!(cluster_ip(db).as_deref(), Some("10.96.0.30"));
         assert_eq!(slice_names(db), ["db-abc"]);
         let api_slices = &objects(&update, "default", "api").slices;
-        let addresses = &api_slices[0].endpoints[0].addresses;
-        assert_eq!(addresses, &["10.244.2.2"]);
+        let address = &api_slices[0].endpoints[0].address;
+        assert_eq!(address, &Some(IpText::new("10.244.2.2")));
         assert_only_unlabelled(&update, "EndpointSlice default/orphan");
 
         api.assert_quiet(&mut source).await;
@@ -752,7 +753,7 @@ mod tests {
         assert_eq!(update.scope, Scope::Full);
         assert_eq!(names(&update), ["default/web"]);
         let web = objects(&update, "default", "web");
-        assert_eq!(cluster_ip(web), Some("10.96.0.11"));
+        assert_eq!(cluster_ip(web).as_deref(), Some("10.96.0.11"));
         assert_eq!(slice_names(web), ["web-abc"]);
 
         api.assert_quiet(&mut source).await;
@@ -820,6 +821,82 @@ mod tests {
         assert!(objects(&update, "default", "web").slices.is_empty());
     }
 
+    #[tokio::test(start_paused = true)]
+    async fn relists_replace_what_is_kept_without_doubling_it() {
+        let (mut api, mut source) = started(
+            vec![
+                service("default", "web", "10.96.0.10", "7"),
+                service("default", "old", "10.96.0.40", "8"),
+                service("default", "api", "10.96.0.20", "9"),
+            ],
+            vec![
+                slice("default", "web-abc", Some("web"), "10.244.1.5", "17"),
+                slice("default", "old-abc", Some("old"), "10.244.1.6", "18"),
+                slice("default", "api-abc", Some("api"), "10.244.1.7", "19"),
+            ],
+        )
+        .await;
+
+        // While the watch was away "old" went and "web" changed: the Service
+        // watch learns its version is gone and lists everything again.
+        api.reply(
+            Resource::Services,
+            Reply::Watch {
+                from: "10",
+                events: vec![gone()],
+            },
+        );
+        api.reply(
+            Resource::Services,
+            Reply::List {
+                version: "30",
+                items: vec![
+                    service("default", "web", "10.96.0.11", "25"),
+                    service("default", "api", "10.96.0.20", "9"),
+                ],
+            },
+        );
+        let update = api.update(&mut source).await;
+        assert_eq!(update.scope, Scope::Full);
+        assert_eq!(
+            names(&update),
+            ["default/api", "default/old", "default/web"]
+        );
+        assert!(objects(&update, "default", "old").service.is_none());
+        let web = objects(&update, "default", "web");
+        assert_eq!(cluster_ip(web).as_deref(), Some("10.96.0.11"));
+        assert_eq!((source.services.len(), source.slices.len()), (2, 3));
+
+        // The same for slices: old-abc went, web-abc moved to api.
+        api.reply(
+            Resource::Slices,
+            Reply::Watch {
+                from: "20",
+                events: vec![gone()],
+            },
+        );
+        api.reply(
+            Resource::Slices,
+            Reply::List {
+                version: "31",
+                items: vec![
+                    slice("default", "web-abc", Some("api"), "10.244.1.5", "26"),
+                    slice("default", "api-abc", Some("api"), "10.244.1.7", "19"),
+                ],
+            },
+        );
+        let update = api.update(&mut source).await;
+        assert_eq!(update.scope, Scope::Full);
+        assert_eq!(names(&update), ["default/api", "default/web"]);
+        assert_eq!(
+            slice_names(objects(&update, "default", "api")),
+            ["api-abc", "web-abc"]
+        );
+        assert!(objects(&update, "default", "web").slices.is_empty());
+        assert_eq!((source.services.len(), source.slices.len()), (2, 2));
+        api.assert_quiet(&mut source).await;
+    }
+
     #[tokio::test]
     async fn kubeconfig_gives_a_client_for_its_current_context() {
         let path = env::temp_dir().join(format!("kxdp-kubeconfig-{}", std::process::id()));
@@ -858,46 +935,5 @@ users:
         };
         assert!(matches!(error, KubeError::Kubeconfig { .. }), "{error:?}");
         assert!(error.to_string().contains("/nonexistent/kxdp/kubeconfig"));
-    }
-
-    #[test]
-    fn stores_keep_only_what_the_model_reads() {
-        let mut slice: EndpointSlice = serde_json::from_value(json!({
-            "metadata": {
-                "name": "web-abcde", "namespace": "shop",
-                "labels": {SERVICE_NAME_LABEL: "web"},
-                "annotations": {"kubectl.kubernetes.io/last-applied-configuration": "{}"},
-                "managedFields": [{"manager": "kube-controller-manager"}],
-                "ownerReferences": [{"apiVersion": "v1", "kind": "Service", "name": "web", "uid": "u"}]
-            },
-            "addressType": "IPv4",
-            "ports": [{"name": "http", "port": 8080}],
-            "endpoints": [{
-                "addresses": ["10.244.1.2"], "nodeName": "node-a", "hostname": "web-0", "zone": "z1",
-                "conditions": {"ready": false, "serving": true, "terminating": true},
-                "targetRef": {"kind": "Pod", "name": "web-0", "namespace": "shop", "uid": "p"},
-                "hints": {"forZones": [{"name": "z1"}]}
-            }]
-        }))
-        .unwrap();
-        trim_slice(&mut slice);
-        let meta = &slice.metadata;
-        assert!(meta.annotations.is_none() && meta.managed_fields.is_none());
-        assert!(meta.owner_references.is_none());
-        assert_eq!(
-            ServiceName::of_slice(&slice),
-            Some(ServiceName::new("shop", "web"))
-        );
-        let endpoint = &slice.endpoints[0];
-        assert_eq!(endpoint.addresses, ["10.244.1.2"]);
-        assert_eq!(endpoint.node_name.as_deref(), Some("node-a"));
-        let conditions = endpoint.conditions.as_ref().unwrap();
-        assert_eq!(
-            (conditions.ready, conditions.serving, conditions.terminating),
-            (Some(false), Some(true), Some(true))
-        );
-        assert!(endpoint.target_ref.is_none() && endpoint.hints.is_none());
-        assert!(endpoint.hostname.is_none() && endpoint.zone.is_none());
-        assert_eq!(slice.ports.as_ref().unwrap()[0].port, Some(8080));
     }
 }

@@ -8,14 +8,18 @@
 use std::{
     fs, io,
     path::{Path, PathBuf},
+    sync::Arc,
     time::SystemTime,
 };
 
-use k8s_openapi::{apimachinery::pkg::apis::meta::v1::ObjectMeta, Metadata};
 use serde::de::DeserializeOwned;
 use serde_norway::Value;
 
-use super::{cluster_ip, group, Objects, Rejection, RejectionKind, Scope, Update};
+use super::{
+    cluster_ip, group,
+    objects::{Name, Object},
+    Objects, Rejection, RejectionKind, Scope, Update,
+};
 use crate::cidr::Ipv4Cidr;
 
 /// Objects read from manifests, plus the documents that could not be used.
@@ -89,18 +93,23 @@ pub fn load(path: &Path) -> Result<Loaded, ManifestError> {
 }
 
 /// Splits a YAML stream at `---` document markers, keeping each document's
-/// starting line for error messages.
-fn split_documents(text: &str) -> Vec<(usize, String)> {
-    let mut documents = vec![(1, String::new())];
-    for (index, line) in text.lines().enumerate() {
-        let is_marker = line == "---" || line.starts_with("--- ") || line.starts_with("---\t");
+/// starting line for error messages. The documents are slices of `text`:
+/// a large manifest is not copied.
+fn split_documents(text: &str) -> Vec<(usize, &str)> {
+    let mut documents = Vec::new();
+    let (mut start, mut start_line, mut offset) = (0, 1, 0);
+    for (index, line) in text.split_inclusive('\n').enumerate() {
+        let bare = line.strip_suffix('\n').unwrap_or(line);
+        let bare = bare.strip_suffix('\r').unwrap_or(bare);
+        let is_marker = bare == "---" || bare.starts_with("--- ") || bare.starts_with("---\t");
         if is_marker {
-            documents.push((index + 2, String::new()));
-        } else if let Some((_, doc)) = documents.last_mut() {
-            doc.push_str(line);
-            doc.push('\n');
+            documents.push((start_line, &text[start..offset]));
+            start = offset + line.len();
+            start_line = index + 2;
         }
+        offset += line.len();
     }
+    documents.push((start_line, &text[start..]));
     documents
 }
 
@@ -108,7 +117,7 @@ fn split_documents(text: &str) -> Vec<(usize, String)> {
 pub fn parse_stream(origin: &str, text: &str, loaded: &mut Loaded) {
     for (line, document) in split_documents(text) {
         let at = format!("{origin}:{line}");
-        match serde_norway::from_str::<Value>(&document) {
+        match serde_norway::from_str::<Value>(document) {
             Ok(Value::Null) => {}
             Ok(value) => add_object(&at, value, loaded),
             Err(error) => loaded.rejections.push(Rejection::new(
@@ -134,39 +143,63 @@ fn describe(value: &Value, at: &str) -> String {
     format!("{kind} {namespace}/{name} ({at})")
 }
 
+/// What a document is, by its `apiVersion` and `kind`.
+enum DocumentKind {
+    Service,
+    EndpointSlice,
+    Endpoints,
+    List,
+    Unnamed,
+    /// Deployments, ConfigMaps, ...: not ours to proxy.
+    Other,
+}
+
 fn add_object(at: &str, value: Value, loaded: &mut Loaded) {
     let api_version = field(&value, &["apiVersion"]).unwrap_or_default();
-    let kind = field(&value, &["kind"]).unwrap_or_default();
+    let kind = match (api_version, field(&value, &["kind"]).unwrap_or_default()) {
+        ("v1", "Service") => DocumentKind::Service,
+        ("discovery.k8s.io/v1", "EndpointSlice") => DocumentKind::EndpointSlice,
+        ("v1", "Endpoints") => DocumentKind::Endpoints,
+        (_, "List") => DocumentKind::List,
+        ("", _) | (_, "") => DocumentKind::Unnamed,
+        _ => DocumentKind::Other,
+    };
+    // Named before decoding: decoding takes the document, so no copy of it
+    // is made. A list is not named: its items are.
+    let object = match kind {
+        DocumentKind::List | DocumentKind::Other => String::new(),
+        _ => describe(&value, at),
+    };
     let objects = &mut loaded.objects;
-    let result = match (api_version, kind) {
-        ("v1", "Service") => decode(&value).map(|s| objects.services.push(s)),
-        ("discovery.k8s.io/v1", "EndpointSlice") => {
-            decode(&value).map(|s| objects.endpoint_slices.push(s))
-        }
-        ("v1", "Endpoints") => decode(&value).map(|e| objects.endpoints.push(e)),
-        (_, "List") => {
-            let items = value.get("items").and_then(Value::as_sequence);
-            for item in items.into_iter().flatten() {
-                add_object(at, item.clone(), loaded);
+    let result = match kind {
+        DocumentKind::Service => decode(value).map(|s| objects.services.push(s)),
+        DocumentKind::EndpointSlice => decode(value).map(|s| objects.endpoint_slices.push(s)),
+        DocumentKind::Endpoints => decode(value).map(|e| objects.endpoints.push(e)),
+        DocumentKind::List => {
+            if let Value::Mapping(mut list) = value {
+                if let Some(Value::Sequence(items)) = list.remove("items") {
+                    for item in items {
+                        add_object(at, item, loaded);
+                    }
+                }
             }
             Ok(())
         }
-        ("", _) | (_, "") => Err("missing apiVersion or kind".to_string()),
-        // Deployments, ConfigMaps, ...: not ours to proxy.
-        _ => Ok(()),
+        DocumentKind::Unnamed => Err("missing apiVersion or kind".to_string()),
+        DocumentKind::Other => Ok(()),
     };
     if let Err(reason) = result {
         loaded.rejections.push(Rejection::new(
-            describe(&value, at),
+            object,
             RejectionKind::InvalidDocument,
             reason,
         ));
     }
 }
 
-fn decode<T: DeserializeOwned + Metadata<Ty = ObjectMeta>>(value: &Value) -> Result<T, String> {
+fn decode<T: DeserializeOwned + Object>(value: Value) -> Result<Arc<T>, String> {
     let mut object: T =
-        serde_norway::from_value(value.clone()).map_err(|e| format!("invalid object: {e}"))?;
+        serde_norway::from_value(value).map_err(|e| format!("invalid object: {e}"))?;
     let metadata = object.metadata_mut();
     if metadata.name.as_deref().unwrap_or_default().is_empty() {
         return Err("metadata.name is missing".to_string());
@@ -174,8 +207,9 @@ fn decode<T: DeserializeOwned + Metadata<Ty = ObjectMeta>>(value: &Value) -> Res
     // `kubectl apply` puts objects without a namespace into "default".
     metadata
         .namespace
-        .get_or_insert_with(|| "default".to_string());
-    Ok(object)
+        .get_or_insert_with(|| Name::new("default"));
+    metadata.resource_version = None;
+    Ok(Arc::new(object))
 }
 
 /// Re-reads the manifests when their fingerprint changes.
@@ -269,6 +303,11 @@ mod tests {
             loaded.rejections[1].object, "Service prod/c (test.yaml:10)",
             "names the object"
         );
+        assert_eq!(loaded.rejections[1].kind, RejectionKind::InvalidDocument);
+        assert_eq!(
+            loaded.rejections[1].reason,
+            "invalid object: invalid type: string \"notanumber\", expected i32"
+        );
     }
 
     #[test]
@@ -321,8 +360,9 @@ mod tests {
             .as_ref()
             .unwrap()
             .cluster_ip
-            .clone()
-            .unwrap();
+            .as_ref()
+            .unwrap()
+            .to_string();
         assert!(ip.starts_with("10.96."), "allocated {ip}");
         assert!(watch.poll().unwrap().is_none(), "unchanged");
         fs::write(dir.join("c.json"), "{}").unwrap();

@@ -1,33 +1,33 @@
-//! Sources turn the outside world into Kubernetes objects (docs/ARCHITECTURE.md, "Data flow").
-//! Every source yields the same [`Update`]s, grouped per Service, so each
-//! semantic rule lives once, in the model. Beside them, [`node_addresses`]
-//! reads the node's own addresses, the node facts the plan takes.
+//! Sources turn the outside world into Kubernetes objects (docs/ARCHITECTURE.md, "Data flow"),
+//! kept in the compact forms of [`objects`]. Every source yields the same
+//! [`Update`]s, grouped per Service, so each semantic rule lives once, in
+//! the model. Beside them, [`node_addresses`] reads the node's own
+//! addresses, the node facts the plan takes.
 
 pub mod cluster_ip;
+pub mod intern;
 pub mod kubernetes;
 pub mod manifest;
 pub mod node_addresses;
+pub mod objects;
 
-use std::{collections::BTreeMap, fmt};
+use std::{collections::BTreeMap, fmt, sync::Arc};
 
-use k8s_openapi::{
-    api::{
-        core::v1::{Endpoints, Service},
-        discovery::v1::EndpointSlice,
-    },
-    apimachinery::pkg::apis::meta::v1::ObjectMeta,
-};
+use self::objects::{EndpointSlice, Endpoints, Meta, Service};
 
 /// Label linking an EndpointSlice to its Service.
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+/// Label by which another proxy claims a Service (kube-proxy skips those too).
+pub const SERVICE_PROXY_NAME_LABEL: &str = "service.kubernetes.io/service-proxy-name";
 
-/// Everything a source knows at one moment, as flat lists.
+/// Everything a source knows at one moment, as flat lists. Objects are
+/// shared with the source that keeps them, never copied.
 #[derive(Clone, Debug, Default)]
 pub struct Objects {
-    pub services: Vec<Service>,
-    pub endpoint_slices: Vec<EndpointSlice>,
+    pub services: Vec<Arc<Service>>,
+    pub endpoint_slices: Vec<Arc<EndpointSlice>>,
     /// Legacy Endpoints, used for a Service only when it has no EndpointSlice.
-    pub endpoints: Vec<Endpoints>,
+    pub endpoints: Vec<Arc<Endpoints>>,
 }
 
 /// `namespace/name` of a Service.
@@ -46,7 +46,7 @@ impl ServiceName {
     }
 
     /// The name of the object described by `meta` (no namespace means "default").
-    pub fn of(meta: &ObjectMeta) -> Self {
+    pub fn of(meta: &Meta) -> Self {
         Self::new(
             meta.namespace.as_deref().unwrap_or("default"),
             meta.name.as_deref().unwrap_or_default(),
@@ -56,7 +56,7 @@ impl ServiceName {
     /// The Service an EndpointSlice belongs to, from its label.
     pub fn of_slice(slice: &EndpointSlice) -> Option<Self> {
         let meta = &slice.metadata;
-        let service = meta.labels.as_ref()?.get(SERVICE_NAME_LABEL)?;
+        let service = meta.labels.service_name.as_ref()?;
         Some(Self::new(
             meta.namespace.as_deref().unwrap_or("default"),
             service,
@@ -74,10 +74,10 @@ impl fmt::Display for ServiceName {
 #[derive(Clone, Debug, Default)]
 pub struct ServiceObjects {
     /// `None` when the Service does not exist (deleted, or endpoints only).
-    pub service: Option<Service>,
-    pub slices: Vec<EndpointSlice>,
+    pub service: Option<Arc<Service>>,
+    pub slices: Vec<Arc<EndpointSlice>>,
     /// Legacy Endpoints (manifests only: the API server mirrors them to slices).
-    pub endpoints: Option<Endpoints>,
+    pub endpoints: Option<Arc<Endpoints>>,
 }
 
 /// Whether an update describes everything or only what changed.

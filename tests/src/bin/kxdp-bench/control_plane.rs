@@ -3,13 +3,8 @@
 //! agent's own pipeline (model → plan → sync) into the real maps; and the
 //! real agent's resident memory serving N Services from manifests.
 
-use k8s_openapi::{
-    api::{
-        core::v1::{Service, ServicePort, ServiceSpec},
-        discovery::v1::{Endpoint, EndpointConditions, EndpointPort, EndpointSlice},
-    },
-    apimachinery::pkg::{apis::meta::v1::ObjectMeta, util::intstr::IntOrString},
-};
+use std::sync::Arc;
+
 use kxdp_testbed::{fake_apiserver::FakeApiServer, netns::MiniNode, privileged::PrivateBpffs};
 use proxy_userspace::{
     dataplane::{probe, Dataplane},
@@ -17,8 +12,15 @@ use proxy_userspace::{
     model::types::Node,
     pipeline::Pipeline,
     plan::NodeFacts,
-    source::{Scope, ServiceName, ServiceObjects, Update, SERVICE_NAME_LABEL},
+    source::{
+        objects::{
+            Endpoint, EndpointConditions, EndpointPort, EndpointSlice, IpText, Labels, Meta, Name,
+            Service, ServicePort, ServiceSpec,
+        },
+        Scope, ServiceName, ServiceObjects, Update, SERVICE_NAME_LABEL,
+    },
 };
+use serde_json::json;
 
 use super::*;
 
@@ -130,52 +132,54 @@ fn pod_ip(i: usize, e: usize, generation: u32) -> Ipv4Addr {
 
 fn service_objects(i: usize, generation: u32) -> (ServiceName, ServiceObjects) {
     let name = ServiceName::new("bench", &format!("svc-{i}"));
-    let metadata = |object: String, labels| ObjectMeta {
-        name: Some(object),
-        namespace: Some(name.namespace.clone()),
+    let metadata = |object: String, labels| Meta {
+        name: Some(Name::new(&object)),
+        namespace: Some(Name::new(&name.namespace)),
         labels,
-        ..ObjectMeta::default()
+        ..Meta::default()
     };
     let service = Service {
-        metadata: metadata(name.name.clone(), None),
+        metadata: metadata(name.name.clone(), Labels::default()),
         spec: Some(ServiceSpec {
-            cluster_ip: Some(cluster_ip(i).to_string()),
-            ports: Some(vec![ServicePort {
-                name: Some("http".into()),
+            cluster_ip: Some(IpText::V4(cluster_ip(i))),
+            ports: Some(Box::new([ServicePort {
+                name: Some(Name::new("http")),
                 port: 80,
-                protocol: Some("TCP".into()),
-                target_port: Some(IntOrString::Int(8080)),
+                protocol: Some(Name::new("TCP")),
+                target_port: Some(8080),
                 ..ServicePort::default()
-            }]),
+            }])),
             ..ServiceSpec::default()
         }),
         ..Service::default()
     };
-    let labels = BTreeMap::from([(SERVICE_NAME_LABEL.to_string(), name.name.clone())]);
+    let labels = Labels {
+        service_name: Some(Name::new(&name.name)),
+        ..Labels::default()
+    };
     let slice = EndpointSlice {
-        metadata: metadata(format!("{}-abcde", name.name), Some(labels)),
-        address_type: "IPv4".into(),
+        metadata: metadata(format!("{}-abcde", name.name), labels),
+        address_type: Some(Name::new("IPv4")),
         endpoints: (0..ENDPOINTS_PER_SERVICE)
             .map(|e| Endpoint {
-                addresses: vec![pod_ip(i, e, generation).to_string()],
+                address: Some(IpText::V4(pod_ip(i, e, generation))),
                 conditions: Some(EndpointConditions {
                     ready: Some(true),
                     serving: Some(true),
                     terminating: Some(false),
                 }),
-                ..Endpoint::default()
+                node_name: None,
             })
             .collect(),
-        ports: Some(vec![EndpointPort {
-            name: Some("http".into()),
+        ports: Some(Box::new([EndpointPort {
+            name: Some(Name::new("http")),
             port: Some(8080),
-            protocol: Some("TCP".into()),
-            ..EndpointPort::default()
-        }]),
+            protocol: Some(Name::new("TCP")),
+        }])),
     };
     let objects = ServiceObjects {
-        service: Some(service),
-        slices: vec![slice],
+        service: Some(Arc::new(service)),
+        slices: vec![Arc::new(slice)],
         endpoints: None,
     };
     (name, objects)
@@ -211,7 +215,8 @@ fn full_update(n: usize) -> Update {
 /// Service `i` with its first endpoint replaced (a pod rescheduled).
 fn one_change(i: usize, generation: u32) -> Update {
     let (name, mut objects) = service_objects(i, 0);
-    objects.slices[0].endpoints[0].addresses = vec![pod_ip(i, 0, generation).to_string()];
+    Arc::make_mut(&mut objects.slices[0]).endpoints[0].address =
+        Some(IpText::V4(pod_ip(i, 0, generation)));
     Update {
         scope: Scope::Changed,
         services: BTreeMap::from([(name, objects)]),
@@ -278,7 +283,7 @@ fn pipeline_run(n: usize, changes: usize) -> anyhow::Result<(f64, f64, Vec<f64>)
 pub(crate) fn manifest_yaml(n: usize, endpoints: usize) -> String {
     let mut yaml = String::with_capacity(n * (200 + 70 * endpoints));
     for i in 0..n {
-        let (name, objects) = service_objects(i, 0);
+        let name = format!("svc-{i}");
         let ip = cluster_ip(i);
         yaml.push_str(&format!(
             "---\napiVersion: v1\nkind: Service\nmetadata: {{name: {n}, namespace: bench}}\n\
@@ -286,12 +291,12 @@ pub(crate) fn manifest_yaml(n: usize, endpoints: usize) -> String {
              ---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n\
              metadata: {{name: {n}-abcde, namespace: bench, labels: {{{SERVICE_NAME_LABEL}: {n}}}}}\n\
              addressType: IPv4\nports: [{{name: http, port: 8080, protocol: TCP}}]\nendpoints:\n",
-            n = name.name
+            n = name
         ));
-        for endpoint in objects.slices[0].endpoints.iter().take(endpoints) {
+        for e in 0..endpoints.min(ENDPOINTS_PER_SERVICE) {
             yaml.push_str(&format!(
                 "- {{addresses: [{}], conditions: {{ready: true}}}}\n",
-                endpoint.addresses[0]
+                pod_ip(i, e, 0)
             ));
         }
     }
@@ -331,11 +336,24 @@ pub(crate) struct AgentSample {
     pub(crate) first_sync_ms: f64,
     pub(crate) rss_mib: f64,
     pub(crate) peak_rss_mib: f64,
+    /// RSS and peak after the API server forced a relist of everything
+    /// (when asked for, from the API only).
+    pub(crate) relisted_mib: Option<(f64, f64)>,
+}
+
+/// Full syncs the agent has logged so far.
+fn full_syncs(log: &Path) -> usize {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    text.lines()
+        .filter(|l| l.contains("synced full=true"))
+        .count()
 }
 
 /// Starts the real agent on `n` Services from `source`, waits (bounded) for
-/// its first sync, and reads its memory.
-fn agent_run(n: usize, source: AgentSource) -> anyhow::Result<AgentSample> {
+/// its first sync, and reads its memory; with `relist` (API only), then has
+/// every watch end with 410 Gone, waits for the agent's full sync of what
+/// it listed again and reads its memory once more.
+fn agent_run(n: usize, source: AgentSource, relist: bool) -> anyhow::Result<AgentSample> {
     let mount = PrivateBpffs::new("kxdp-bench-agent")?;
     // The agent runs in the host's network namespace: its socket hooks go
     // on a cgroup of ours, never the machine's root.
@@ -346,7 +364,7 @@ fn agent_run(n: usize, source: AgentSource) -> anyhow::Result<AgentSample> {
     let mut command = Command::new(kxdp_testbed::agent::kxdp_bin());
     command.args(["agent", "--pod-interfaces", "kxdp-bench-none*"]);
     // Kept alive until the agent is stopped.
-    let _server = match source {
+    let server = match source {
         AgentSource::Manifests => {
             std::fs::write(
                 dir.join("services.yaml"),
@@ -356,7 +374,7 @@ fn agent_run(n: usize, source: AgentSource) -> anyhow::Result<AgentSample> {
             None
         }
         AgentSource::Kubernetes => {
-            let (services, slices) = api_objects(n)?;
+            let (services, slices) = api_objects(n);
             let server = FakeApiServer::start(None, services, slices)?;
             command.arg("--kubeconfig").arg(server.kubeconfig());
             Some(server)
@@ -392,11 +410,37 @@ fn agent_run(n: usize, source: AgentSource) -> anyhow::Result<AgentSample> {
         let first_sync_ms = started.elapsed().as_secs_f64() * 1e3;
         // The agent returns the decoded objects' heap right after logging.
         std::thread::sleep(std::time::Duration::from_millis(500));
-        let (rss_mib, peak_rss_mib) = rss_mib(child.id())?;
+        let (rss, peak) = rss_mib(child.id())?;
+        let relisted_mib = match server.as_ref().filter(|_| relist) {
+            None => None,
+            Some(server) => {
+                let before = full_syncs(&log);
+                server.expire_watches();
+                // Both kinds are listed again; each relist may end in a full
+                // sync of its own. Settled: no new one for two seconds.
+                let mut seen = (before, Instant::now());
+                loop {
+                    let now = full_syncs(&log);
+                    if now != seen.0 {
+                        seen = (now, Instant::now());
+                    }
+                    if now > before && seen.1.elapsed() > Duration::from_secs(2) {
+                        break;
+                    }
+                    ensure!(
+                        Instant::now() < deadline + Duration::from_secs(120),
+                        "agent did not sync again after the relist"
+                    );
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                Some(rss_mib(child.id())?)
+            }
+        };
         Ok(AgentSample {
             first_sync_ms,
-            rss_mib,
-            peak_rss_mib,
+            rss_mib: rss,
+            peak_rss_mib: peak,
+            relisted_mib,
         })
     })();
     let _ = child.kill();
@@ -406,21 +450,43 @@ fn agent_run(n: usize, source: AgentSource) -> anyhow::Result<AgentSample> {
 }
 
 /// The same Services and slices as the API server would list them.
-fn api_objects(n: usize) -> anyhow::Result<(Vec<serde_json::Value>, Vec<serde_json::Value>)> {
+fn api_objects(n: usize) -> (Vec<serde_json::Value>, Vec<serde_json::Value>) {
     let mut services = Vec::with_capacity(n);
     let mut slices = Vec::with_capacity(n);
     for i in 0..n {
-        let (_, objects) = service_objects(i, 0);
-        let mut service = serde_json::to_value(objects.service.context("service")?)?;
-        service["apiVersion"] = "v1".into();
-        service["kind"] = "Service".into();
-        services.push(service);
-        let mut slice = serde_json::to_value(&objects.slices[0])?;
-        slice["apiVersion"] = "discovery.k8s.io/v1".into();
-        slice["kind"] = "EndpointSlice".into();
-        slices.push(slice);
+        let name = format!("svc-{i}");
+        let ip = cluster_ip(i).to_string();
+        services.push(json!({
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {"name": name, "namespace": "bench"},
+            "spec": {
+                "clusterIP": ip,
+                "ports": [{"name": "http", "port": 80, "protocol": "TCP", "targetPort": 8080}],
+            },
+        }));
+        let endpoints: Vec<_> = (0..ENDPOINTS_PER_SERVICE)
+            .map(|e| {
+                json!({
+                    "addresses": [pod_ip(i, e, 0).to_string()],
+                    "conditions": {"ready": true, "serving": true, "terminating": false},
+                })
+            })
+            .collect();
+        slices.push(json!({
+            "apiVersion": "discovery.k8s.io/v1",
+            "kind": "EndpointSlice",
+            "metadata": {
+                "name": format!("{name}-abcde"),
+                "namespace": "bench",
+                "labels": {SERVICE_NAME_LABEL: name},
+            },
+            "addressType": "IPv4",
+            "endpoints": endpoints,
+            "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
+        }));
     }
-    Ok((services, slices))
+    (services, slices)
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -526,8 +592,8 @@ pub(crate) fn measure_control_plane(plan: &Plan) -> anyhow::Result<Vec<ControlRo
     for &n in &plan.control_sizes {
         eprintln!("  control plane: {n} services × {ENDPOINTS_PER_SERVICE} endpoints");
         let sync = measure_sync_row(n, plan)?;
-        let manifests = agent_run(n, AgentSource::Manifests)?;
-        let kubernetes = agent_run(n, AgentSource::Kubernetes)?;
+        let manifests = agent_run(n, AgentSource::Manifests, false)?;
+        let kubernetes = agent_run(n, AgentSource::Kubernetes, false)?;
         let mut kube_proxy = Vec::new();
         for proxy in Proxy::KUBE_PROXY {
             eprintln!("  control plane: {} with {n} services", proxy.label());
@@ -545,6 +611,34 @@ pub(crate) fn measure_control_plane(plan: &Plan) -> anyhow::Result<Vec<ControlRo
         });
     }
     Ok(rows)
+}
+
+/// The real agent's memory alone (`--only memory`), at each control size:
+/// from manifests, and from the API before and after a forced relist of
+/// everything. Printed, not written into the report.
+pub(crate) fn measure_agent_memory(plan: &Plan) -> anyhow::Result<String> {
+    let mut table = String::from(
+        "| services × endpoints | source | first sync ms | RSS MiB | peak MiB | after a relist: RSS / peak MiB |\n\
+         |---|---|---:|---:|---:|---|\n",
+    );
+    for &n in &plan.control_sizes {
+        eprintln!("  agent memory: {n} services × {ENDPOINTS_PER_SERVICE} endpoints");
+        for (label, source) in [
+            ("manifests", AgentSource::Manifests),
+            ("API", AgentSource::Kubernetes),
+        ] {
+            let sample = agent_run(n, source, true)?;
+            let relisted = sample.relisted_mib.map_or("—".to_string(), |(rss, peak)| {
+                format!("{rss:.1} / {peak:.1}")
+            });
+            writeln!(
+                table,
+                "| {n} × {ENDPOINTS_PER_SERVICE} | {label} | {:.0} | {:.1} | {:.1} | {relisted} |",
+                sample.first_sync_ms, sample.rss_mib, sample.peak_rss_mib
+            )?;
+        }
+    }
+    Ok(table)
 }
 
 /// Counts the bytes the bench process holds on the heap, so the pipeline's

@@ -1,6 +1,6 @@
 //! `kxdp-bench`: what the datapath costs, measured, never asserted.
 //!
-//!   kxdp-bench [--quick] [--only packets|conns|control|sync|maglev]
+//!   kxdp-bench [--quick] [--only packets|conns|control|sync|maglev|memory]
 //!              [--services N[,N…]] [--without-peers] [--out PATH]
 //!   (root; `cargo xtask bench` runs it)
 //!
@@ -89,6 +89,11 @@ fn main() -> anyhow::Result<()> {
     let options = parse_args()?;
     require_root("kxdp-bench");
     let plan = Plan::for_options(&options);
+    if options.only.as_deref() == Some("memory") {
+        eprintln!("kxdp-bench: the agent's memory (part 3's agent runs, with a relist)");
+        println!("{}", measure_agent_memory(&plan)?);
+        return Ok(());
+    }
     let machine = machine();
 
     let mut packets = None;

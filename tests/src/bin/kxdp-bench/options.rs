@@ -6,6 +6,8 @@ pub(crate) struct Options {
     pub(crate) quick: bool,
     pub(crate) out: PathBuf,
     /// Run only this part (one of `PARTS`); the report then holds only it.
+    /// `memory` (the agent's memory alone, a quick look at part 3's) writes
+    /// no report.
     pub(crate) only: Option<String>,
     /// Service counts for the control plane (and `sync`) instead of the plan's.
     pub(crate) services: Option<Vec<usize>>,
@@ -13,15 +15,16 @@ pub(crate) struct Options {
     pub(crate) without_peers: bool,
 }
 
-/// The parts `--only` takes. `sync` runs only when asked for: it is part 3
-/// (`control`) without the agent process and kube-proxy's tools.
-const PARTS: &[&str] = &["packets", "conns", "control", "sync", "maglev"];
+/// The parts `--only` takes. `sync` and `memory` run only when asked for:
+/// they are part 3 (`control`) without the agent process and kube-proxy's
+/// tools, and the agent process alone.
+const PARTS: &[&str] = &["packets", "conns", "control", "sync", "maglev", "memory"];
 
 impl Options {
     pub(crate) fn runs(&self, part: &str) -> bool {
         match self.only.as_deref() {
             Some(only) => only == part,
-            None => part != "sync",
+            None => !["sync", "memory"].contains(&part),
         }
     }
 }
@@ -69,7 +72,7 @@ pub(crate) fn parse_args() -> anyhow::Result<Options> {
                 options.only = Some(part);
             }
             _ => bail!(
-                "usage: kxdp-bench [--quick] [--only packets|conns|control|sync|maglev] \
+                "usage: kxdp-bench [--quick] [--only packets|conns|control|sync|maglev|memory] \
                  [--services N[,N…]] [--without-peers] [--out PATH]"
             ),
         }

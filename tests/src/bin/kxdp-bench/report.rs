@@ -453,7 +453,7 @@ fn control_verdicts(control: &[ControlRow]) -> Vec<Verdict> {
                 largest.manifests.rss_mib, largest.kubernetes.rss_mib
             ),
             met: rss < 64.0 && n >= 30_000,
-            limit: "the Kubernetes source's reflector stores hold full k8s-openapi objects (≈ 6 KB per Service + slice); compact stored forms are the fix",
+            limit: "most of it is the pipeline's own state (model, plan, map mirror: the pipeline state column); the Kubernetes source adds its compact objects and indexes (≈ 1.6 KB per Service + slice)",
         },
     ]
 }
@@ -930,7 +930,8 @@ Next to kube-proxy's tools, the same Services and the same changes:
 - **agent**: the real `kxdp agent` started on a manifest file with the same N Services and slices (YAML, as a user
   would write them), no pod interface to attach to; first sync = from process start to its first `synced` line
   (reading and decoding the YAML included); RSS and peak RSS (`VmRSS`, `VmHWM` from `/proc/PID/status`) right after.
-  With the Kubernetes source, the reflector stores hold the decoded objects instead of the YAML text.
+  With the Kubernetes source (a stand-in API server paging its lists as the API server does), the source keeps its
+  compact objects instead of the YAML text.
 "#,
         table = control_table(rows),
         kube_proxy_table = kube_proxy_control_table(rows),
