@@ -103,35 +103,49 @@ pub fn from_socket_option() -> io::Result<u64> {
     Ok(cookie)
 }
 
-/// The directory of the cgroup `/proc/self/cgroup` names (`cgroup`) under
-/// a cgroup2 mount of `mountinfo` (`/proc/self/mountinfo`) whose root holds
-/// it.
-fn own_cgroup_dir(cgroup: &str, mountinfo: &str) -> Option<PathBuf> {
-    let path = cgroup.lines().find_map(|l| l.strip_prefix("0::"))?;
-    mountinfo.lines().find_map(|line| {
-        let (mount, filesystem) = line.split_once(" - ")?;
-        if filesystem.split_whitespace().next()? != "cgroup2" {
-            return None;
-        }
-        let mut fields = mount.split_whitespace().skip(3);
-        let (root, point) = (fields.next()?, fields.next()?);
-        let unescape = |s: &str| s.replace("\\040", " ");
-        let below = Path::new(path).strip_prefix(unescape(root)).ok()?;
-        Some(Path::new(&unescape(point)).join(below))
-    })
+/// The directories of the cgroup `/proc/self/cgroup` names (`cgroup`)
+/// under each cgroup2 mount of `mountinfo` (`/proc/self/mountinfo`) whose
+/// root holds it, in mount order.
+fn own_cgroup_dirs(cgroup: &str, mountinfo: &str) -> Vec<PathBuf> {
+    let Some(path) = cgroup.lines().find_map(|l| l.strip_prefix("0::")) else {
+        return Vec::new();
+    };
+    mountinfo
+        .lines()
+        .filter_map(|line| {
+            let (mount, filesystem) = line.split_once(" - ")?;
+            if filesystem.split_whitespace().next()? != "cgroup2" {
+                return None;
+            }
+            let mut fields = mount.split_whitespace().skip(3);
+            let (root, point) = (fields.next()?, fields.next()?);
+            let unescape = |s: &str| s.replace("\\040", " ");
+            let below = Path::new(path).strip_prefix(unescape(root)).ok()?;
+            Some(Path::new(&unescape(point)).join(below))
+        })
+        .collect()
+}
+
+/// This process's cgroup, opened under the first of its cgroup2 mounts
+/// that is still there: another program's mount (a test's private one)
+/// may be gone by the time it is opened.
+fn open_own_cgroup() -> Result<fs::File, NetnsCookieError> {
+    let read =
+        |path: &'static str| fs::read_to_string(path).map_err(|e| NetnsCookieError::Read(path, e));
+    own_cgroup_dirs(&read("/proc/self/cgroup")?, &read("/proc/self/mountinfo")?)
+        .iter()
+        .find_map(|dir| fs::File::open(dir).ok().filter(|_| dir.is_dir()))
+        .ok_or(NetnsCookieError::NoCgroup)
 }
 
 /// Learns the cookie with the `netns_cookie` program attached to this
 /// process's cgroup while it opens the marker socket (UDP-Lite).
 pub fn learn() -> Result<u64, NetnsCookieError> {
-    let read =
-        |path: &'static str| fs::read_to_string(path).map_err(|e| NetnsCookieError::Read(path, e));
-    let dir = own_cgroup_dir(&read("/proc/self/cgroup")?, &read("/proc/self/mountinfo")?)
-        .filter(|dir| dir.is_dir())
-        .ok_or(NetnsCookieError::NoCgroup)?;
     let program_error = |e: &dyn std::fmt::Debug| NetnsCookieError::Program(format!("{e:?}"));
     // Declared before `ebpf`, so released after the program is detached.
     let _turn = take_learners_lock()?;
+    // Opened once it is this learner's turn, which may have been a while.
+    let cgroup = open_own_cgroup()?;
     let mut ebpf = EbpfLoader::new()
         .load(NETNS_COOKIE_OBJECT)
         .map_err(|e| program_error(&e))?;
@@ -141,8 +155,6 @@ pub fn learn() -> Result<u64, NetnsCookieError> {
         .try_into()
         .map_err(|e| program_error(&e))?;
     super::load_program(|| program.load()).map_err(|e| program_error(&e))?;
-    let cgroup =
-        fs::File::open(&dir).map_err(|e| program_error(&format!("{}: {e}", dir.display())))?;
     // A link: beside whatever else is attached there (links always are);
     // detached when `ebpf` drops.
     program
@@ -173,19 +185,22 @@ mod tests {
 41 30 0:26 /system.slice /mnt/my\\040cg rw - cgroup2 cgroup2 rw
 ";
         assert_eq!(
-            own_cgroup_dir(cgroup, mountinfo),
-            Some(PathBuf::from("/sys/fs/cgroup/system.slice/kxdp.service"))
+            own_cgroup_dirs(cgroup, mountinfo),
+            [
+                PathBuf::from("/sys/fs/cgroup/system.slice/kxdp.service"),
+                PathBuf::from("/mnt/my cg/kxdp.service")
+            ]
         );
         // Only a mount of a subtree holding it.
         let subtree_only = "41 30 0:26 /system.slice /mnt/my\\040cg rw - cgroup2 cgroup2 rw\n";
         assert_eq!(
-            own_cgroup_dir(cgroup, subtree_only),
-            Some(PathBuf::from("/mnt/my cg/kxdp.service"))
+            own_cgroup_dirs(cgroup, subtree_only),
+            [PathBuf::from("/mnt/my cg/kxdp.service")]
         );
         let elsewhere = "41 30 0:26 /user.slice /mnt/u rw - cgroup2 cgroup2 rw\n";
-        assert_eq!(own_cgroup_dir(cgroup, elsewhere), None);
+        assert!(own_cgroup_dirs(cgroup, elsewhere).is_empty());
         // cgroup v1 only: no "0::" line.
-        assert_eq!(own_cgroup_dir("1:cpu:/x\n", mountinfo), None);
+        assert!(own_cgroup_dirs("1:cpu:/x\n", mountinfo).is_empty());
     }
 
     #[test]
