@@ -474,8 +474,9 @@ fn start_chat(s: &mut EchoScenario, target: &str, exchanges: usize) -> Receiver<
 #[test]
 fn a_long_lived_connection_survives_the_agent_killed_and_replaced() {
     // 100 ms apart: the chat lasts 5 s, far longer than an agent restart
-    // (well under a second).
-    const EXCHANGES: usize = 50;
+    // (well under a second; seconds under emulation, where it lasts
+    // patience-fold longer).
+    let exchanges = (kxdp_testbed::patience(Duration::from_secs(5)).as_millis() / 100) as usize;
     const KILL_AFTER: usize = 10;
     let vip = Ipv4Addr::new(10, 96, 100, 50);
     let mut s = scenario();
@@ -493,7 +494,7 @@ fn a_long_lived_connection_survives_the_agent_killed_and_replaced() {
     s.write_manifest("chat-slice.yaml", &slice).unwrap();
     let agent = s.start_agent().unwrap();
 
-    let lines = start_chat(&mut s, &format!("{vip}:7000"), EXCHANGES);
+    let lines = start_chat(&mut s, &format!("{vip}:7000"), exchanges);
     // The chat's errors go to its stderr, shown with the test's output.
     let next = || {
         lines
@@ -515,20 +516,20 @@ fn a_long_lived_connection_survives_the_agent_killed_and_replaced() {
     let answered_at_resync = answers.len();
     loop {
         let line = next();
-        if line == format!("done {EXCHANGES}") {
+        if line == format!("done {exchanges}") {
             break;
         }
         answers.push(line);
     }
     assert!(
-        answered_at_resync < EXCHANGES,
+        answered_at_resync < exchanges,
         "the chat ended before the new agent had synced: make it longer"
     );
 
     // One connection, one backend, every line answered in order.
     let backend = answers[0].split_once(" backend=").map_or("", |(_, b)| b);
     assert!(["b1", "b2"].contains(&backend), "{answers:?}");
-    let expected: Vec<String> = (1..=EXCHANGES)
+    let expected: Vec<String> = (1..=exchanges)
         .map(|n| format!("{n} backend={backend}"))
         .collect();
     assert_eq!(answers, expected);
@@ -538,7 +539,7 @@ fn a_long_lived_connection_survives_the_agent_killed_and_replaced() {
         .cell(&format!("{vip}:7000/TCP"), "PACKETS")
         .parse()
         .unwrap();
-    assert!(packets >= EXCHANGES, "{}", table.0);
+    assert!(packets >= exchanges, "{}", table.0);
 }
 
 #[test]
