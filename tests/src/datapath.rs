@@ -43,7 +43,8 @@ use proxy_userspace::{
 use crate::privileged::{require_root, PrivateBpffs};
 
 /// Entries of a test's Maglev arena (1 MiB): room for hundreds of tables,
-/// without 64 MiB of kernel memory per test.
+/// without 64 MiB of kernel memory per test (the benchmarks, with
+/// thousands of Services, load the agent's default).
 pub const TEST_ARENA_ENTRIES: u32 = 1 << 17;
 
 /// tc verdicts (linux/pkt_cls.h).

@@ -60,7 +60,7 @@ impl NodePortNewFlow {
     /// Call from a thread inside `nic_netns`, whose NIC is `nic`.
     pub(crate) fn new(remote: bool, frontends: u32, calls: u32, nic: u32) -> Self {
         assert!(calls < 60_000, "client ports must not repeat within a run");
-        let mut dp = Datapath::load();
+        let mut dp = Datapath::load_with_arena(proxy_common::sizes::MAGLEV_ARENA_ENTRIES);
         dp.set_nic_addr(nic, NODE_ADDR);
         for i in 0..frontends {
             let (frontend, backend) = (frontend(i), backend(i));

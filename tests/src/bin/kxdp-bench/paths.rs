@@ -6,7 +6,7 @@ use super::*;
 /// translated packet is again addressed to a service, which is what lets a
 /// repeated run take the same path every time (see `Established`).
 pub(crate) fn two_cycle_datapath() -> Datapath {
-    let mut dp = Datapath::load();
+    let mut dp = Datapath::load_with_arena(proxy_common::sizes::MAGLEV_ARENA_ENTRIES);
     add_tcp_service(&mut dp, 1, VIP, BACKEND);
     add_tcp_service(&mut dp, 2, BACKEND, VIP);
     dp
@@ -162,7 +162,7 @@ impl NewFlow {
     /// affinity entry and refreshes it.
     pub(crate) fn new(chain: u32, calls: u32, affinity: bool) -> Self {
         assert!(calls < 60_000, "client ports must not repeat within a run");
-        let mut dp = Datapath::load();
+        let mut dp = Datapath::load_with_arena(proxy_common::sizes::MAGLEV_ARENA_ENTRIES);
         for i in 0..chain {
             add_tcp_service(&mut dp, i + 1, chain_vip(i), chain_vip(i + 1));
             if affinity {
