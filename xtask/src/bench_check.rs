@@ -62,7 +62,7 @@ const REQUIRED_ROWS: &[(&str, &[&str])] = &[
         "## 4. Maglev tables",
         &[
             "| built in userspace |",
-            "| kernel memory held",
+            "| kernel memory",
             "| one frontend's table rebuilt and live, 1000 backends",
             "| slots moved when 1 of 1000 backends goes",
         ],
@@ -151,7 +151,7 @@ mod tests {
          | kxdp (pipeline → maps) | 36 |\n| kube-proxy iptables (nft backend) | 744 |\n| kube-proxy nftables | 1289 |\n\n\
          ![c](c.svg)\n\n![d](d.svg)\n\n\
          ## 4. Maglev tables\n\n| Maglev | value |\n|---|---:|\n| built in userspace | 1002 ms |\n\
-         | kernel memory held (slab + vmalloc growth) | 117.0 MiB |\n\
+         | kernel memory of the arena and its index (fixed at load) | 64.5 MiB |\n\
          | one frontend's table rebuilt and live, 1000 backends, in place (M = 16381), p50 / p99 | 3025 / 10596 µs |\n\
          | slots moved when 1 of 1000 backends goes (M = 16381) | 0.0064 (1/N = 0.0010) |\n"
             .to_string()
