@@ -17,6 +17,39 @@ use crate::sync::store::StoreError;
 /// Entries per batch call: the kernel copies each batch in whole.
 const BATCH: usize = 4096;
 
+/// Hands `items` of `map` to `batch` a chunk at a time (a single item goes to
+/// `one` directly) and to `one` whatever a batch did not write (`batch`
+/// says how many it wrote from the start of its chunk); returns the items
+/// `one` could not write, with why.
+fn in_batches<M, T: Copy>(
+    map: &mut M,
+    items: &[T],
+    name: &'static str,
+    batch: impl Fn(&M, &[T]) -> usize,
+    one: impl Fn(&mut M, &T) -> Result<(), String>,
+) -> Vec<(T, StoreError)> {
+    let mut failures = Vec::new();
+    for chunk in items.chunks(BATCH) {
+        let written = if chunk.len() == 1 {
+            0
+        } else {
+            batch(map, chunk).min(chunk.len())
+        };
+        for item in &chunk[written..] {
+            if let Err(reason) = one(map, item) {
+                failures.push((*item, StoreError { map: name, reason }));
+            }
+        }
+    }
+    failures
+}
+
+/// How many entries a batch call wrote: where it stopped is not said on
+/// every error, so then all again, one by one.
+fn written(result: std::io::Result<usize>) -> usize {
+    result.unwrap_or(0)
+}
+
 /// Writes `entries` into `map` (named `name` in errors); returns the keys
 /// that could not be written, with why.
 pub fn put_all<K: Pod, V: Pod>(
@@ -24,41 +57,21 @@ pub fn put_all<K: Pod, V: Pod>(
     name: &'static str,
     entries: &[(K, V)],
 ) -> Vec<(K, StoreError)> {
-    let mut failures = Vec::new();
-    for chunk in entries.chunks(BATCH) {
-        let written = if chunk.len() == 1 {
-            0
-        } else {
-            batch(map, chunk)
-        };
-        for (key, value) in &chunk[written..] {
-            if let Err(e) = map.insert(key, value, 0) {
-                failures.push((
-                    *key,
-                    StoreError {
-                        map: name,
-                        reason: e.to_string(),
-                    },
-                ));
-            }
-        }
-    }
-    failures
-}
-
-/// One batch update of `chunk`; how many of its entries it wrote (the
-/// kernel stops at the first it cannot write).
-fn batch<K: Pod, V: Pod>(map: &HashMap<MapData, K, V>, chunk: &[(K, V)]) -> usize {
-    let keys: Vec<K> = chunk.iter().map(|(k, _)| *k).collect();
-    let values: Vec<V> = chunk.iter().map(|(_, v)| *v).collect();
-    let fd = map.map().fd().as_fd();
-    // SAFETY: `K` and `V` are the map's key and value types (aya checked
-    // their sizes when it typed the map).
-    match unsafe { bpf_syscall::map_update_batch(fd, &keys, &values) } {
-        Ok(written) => written.min(chunk.len()),
-        // Where it stopped is not said on every error: all again, one by one.
-        Err(_) => 0,
-    }
+    let failures = in_batches(
+        map,
+        entries,
+        name,
+        |map, chunk| {
+            let keys: Vec<K> = chunk.iter().map(|(k, _)| *k).collect();
+            let values: Vec<V> = chunk.iter().map(|(_, v)| *v).collect();
+            let fd = map.map().fd().as_fd();
+            // SAFETY: `K` and `V` are the map's key and value types (aya
+            // checked their sizes when it typed the map).
+            written(unsafe { bpf_syscall::map_update_batch(fd, &keys, &values) })
+        },
+        |map, (key, value)| map.insert(key, value, 0).map_err(|e| e.to_string()),
+    );
+    failures.into_iter().map(|((k, _), e)| (k, e)).collect()
 }
 
 /// Sets the per-CPU values at `indexes` of `map` (named `name` in errors)
@@ -69,33 +82,36 @@ pub fn zero_all<V: Pod + Default>(
     name: &'static str,
     indexes: &[u32],
 ) -> Vec<(u32, StoreError)> {
-    let error = |reason: String| StoreError { map: name, reason };
     let cpus = match aya::util::nr_cpus() {
         Ok(cpus) => cpus,
-        Err((_, e)) => return indexes.iter().map(|i| (*i, error(e.to_string()))).collect(),
+        Err((_, e)) => {
+            let error = |i: &u32| {
+                (
+                    *i,
+                    StoreError {
+                        map: name,
+                        reason: e.to_string(),
+                    },
+                )
+            };
+            return indexes.iter().map(error).collect();
+        }
     };
-    let mut failures = Vec::new();
-    for chunk in indexes.chunks(BATCH) {
-        let written = if chunk.len() == 1 {
-            0
-        } else {
+    in_batches(
+        map,
+        indexes,
+        name,
+        |map, chunk| {
             let zeroes = vec![V::default(); chunk.len() * cpus];
             let fd = map.map().fd().as_fd();
             // SAFETY: `u32` indexes, and one `V` (8-byte aligned in every
             // map kxdp zeroes) per possible CPU per index.
-            match unsafe { bpf_syscall::map_update_batch(fd, chunk, &zeroes) } {
-                Ok(written) => written.min(chunk.len()),
-                Err(_) => 0,
-            }
-        };
-        for index in &chunk[written..] {
-            let zeroes = PerCpuValues::try_from(vec![V::default(); cpus])
-                .map_err(|e| error(e.to_string()))
-                .and_then(|z| map.set(*index, z, 0).map_err(|e| error(e.to_string())));
-            if let Err(e) = zeroes {
-                failures.push((*index, e));
-            }
-        }
-    }
-    failures
+            written(unsafe { bpf_syscall::map_update_batch(fd, chunk, &zeroes) })
+        },
+        |map, index| {
+            let zeroes =
+                PerCpuValues::try_from(vec![V::default(); cpus]).map_err(|e| e.to_string())?;
+            map.set(*index, zeroes, 0).map_err(|e| e.to_string())
+        },
+    )
 }
