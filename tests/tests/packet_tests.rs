@@ -853,6 +853,41 @@ fn a_table_of_another_size_takes_over_in_one_update() {
     assert_eq!(forward(&mut dp, &next_segment, &many), kept);
 }
 
+/// The backends of the arena tests' frontends.
+const ARENA_BACKENDS: [(Ipv4Addr, u16); 3] = [
+    (ip(10, 0, 9, 1), 8080),
+    (ip(10, 0, 9, 2), 8080),
+    (ip(10, 0, 9, 3), 8080),
+];
+
+/// Frontend 12 (`a`) over [`ARENA_BACKENDS`], and frontend 13 (`b`) over
+/// the same backends (by id: the same table); the backend ids.
+fn two_frontends_over_three(dp: &mut Datapath) -> (SocketAddrV4, SocketAddrV4, Vec<u32>) {
+    let (a, b) = (sa(ip(10, 96, 0, 91), 80), sa(ip(10, 96, 0, 92), 80));
+    dp.add_service(*a.ip(), a.port(), PROTO_TCP, 12, &ARENA_BACKENDS);
+    let ids: Vec<u32> = (0..3).map(|i| Datapath::backend_id(12, i)).collect();
+    dp.add_service_over(*b.ip(), b.port(), PROTO_TCP, 13, &ids);
+    (a, b, ids)
+}
+
+/// New flows from `ports` to `vip` go where `table` (over the backend ids
+/// `ids` of [`ARENA_BACKENDS`]) names.
+fn routes_by_table(
+    dp: &mut Datapath,
+    vip: SocketAddrV4,
+    table: &[u32],
+    ids: &[u32],
+    ports: std::ops::Range<u16>,
+) {
+    for port in ports {
+        let client = sa(CLIENT, port);
+        let id = maglev_choice(table, client, vip, PROTO_TCP);
+        let expected = ARENA_BACKENDS[ids.iter().position(|b| *b == id).expect("a backend")];
+        let got = forward(dp, &Packet::tcp(client, vip), &ARENA_BACKENDS);
+        assert_eq!(got, sa(expected.0, expected.1), "{vip} client port {port}");
+    }
+}
+
 /// Frontends with the same backends (a Service's ClusterIP, NodePorts,
 /// external addresses) share one block of the arena; a frontend whose
 /// backends change moves to a block of its own while the other keeps
@@ -865,29 +900,13 @@ fn frontends_with_the_same_backends_share_a_block_and_a_released_one_is_reused()
     // members), 72 for two (M = 251). The arena holds, after its unused
     // first line, one of 136 and two of 72.
     let mut dp = Datapath::load_with_arena(8 + 136 + 72 + 72);
-    let three = [
-        (ip(10, 0, 9, 1), 8080),
-        (ip(10, 0, 9, 2), 8080),
-        (ip(10, 0, 9, 3), 8080),
-    ];
-    let (a, b) = (sa(ip(10, 96, 0, 91), 80), sa(ip(10, 96, 0, 92), 80));
-    dp.add_service(*a.ip(), a.port(), PROTO_TCP, 12, &three);
-    let ids: Vec<u32> = (0..3).map(|i| Datapath::backend_id(12, i)).collect();
-    // Frontend 13 over the same backends: the same table, the same block.
-    dp.add_service_over(*b.ip(), b.port(), PROTO_TCP, 13, &ids);
+    let (a, b, ids) = two_frontends_over_three(&mut dp);
     let shared = dp.table_block(12);
     assert_eq!(shared, 8, "the first block after the unused line");
     assert_eq!(dp.table_block(13), shared, "one block for both");
-    let routes_by =
-        |dp: &mut Datapath, vip: SocketAddrV4, table: &[u32], ports: std::ops::Range<u16>| {
-            for port in ports {
-                let client = sa(CLIENT, port);
-                let id = maglev_choice(table, client, vip, PROTO_TCP);
-                let expected = three[ids.iter().position(|b| *b == id).expect("a backend")];
-                let got = forward(dp, &Packet::tcp(client, vip), &three);
-                assert_eq!(got, sa(expected.0, expected.1), "{vip} client port {port}");
-            }
-        };
+    let routes_by = |dp: &mut Datapath, vip, table: &[u32], ports| {
+        routes_by_table(dp, vip, table, &ids, ports);
+    };
     let full = dp.table(12);
     assert_eq!(full.len(), 509);
     routes_by(&mut dp, a, &full, 45001..45041);
@@ -927,16 +946,8 @@ fn frontends_with_the_same_backends_share_a_block_and_a_released_one_is_reused()
 #[test]
 fn a_reopened_arena_keeps_every_table_and_its_sharing() {
     let mut dp = Datapath::load_with_arena(1 << 12);
-    let three = [
-        (ip(10, 0, 9, 1), 8080),
-        (ip(10, 0, 9, 2), 8080),
-        (ip(10, 0, 9, 3), 8080),
-    ];
-    let (a, b) = (sa(ip(10, 96, 0, 91), 80), sa(ip(10, 96, 0, 92), 80));
-    dp.add_service(*a.ip(), a.port(), PROTO_TCP, 12, &three);
-    let ids: Vec<u32> = (0..3).map(|i| Datapath::backend_id(12, i)).collect();
-    dp.add_service_over(*b.ip(), b.port(), PROTO_TCP, 13, &ids);
-    dp.add_service(ip(10, 96, 0, 95), 80, PROTO_TCP, 20, &three[..2]);
+    let (a, _, ids) = two_frontends_over_three(&mut dp);
+    dp.add_service(ip(10, 96, 0, 95), 80, PROTO_TCP, 20, &ARENA_BACKENDS[..2]);
     let before = dp.table_specs();
     let blocks: Vec<u32> = [12, 13, 20].map(|id| dp.table_block(id)).to_vec();
     let full = dp.table(12);
@@ -953,13 +964,7 @@ fn a_reopened_arena_keeps_every_table_and_its_sharing() {
         "{moved} is a live block: {blocks:?}"
     );
     assert_eq!(dp.table(12), full);
-    for port in 50001..50041 {
-        let client = sa(CLIENT, port);
-        let id = maglev_choice(&full, client, a, PROTO_TCP);
-        let expected = three[ids.iter().position(|b| *b == id).expect("a backend")];
-        let got = forward(&mut dp, &Packet::tcp(client, a), &three);
-        assert_eq!(got, sa(expected.0, expected.1), "client port {port}");
-    }
+    routes_by_table(&mut dp, a, &full, &ids, 50001..50041);
 }
 
 #[test]
