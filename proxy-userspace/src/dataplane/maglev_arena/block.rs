@@ -162,6 +162,15 @@ pub fn members_in(entries: &[u64]) -> Option<Vec<u32>> {
     )
 }
 
+/// The backend ids a table's members hold (its free positions left out).
+pub fn member_ids(positions: &[u32]) -> Vec<u32> {
+    positions
+        .iter()
+        .copied()
+        .filter(|id| *id != UNUSED)
+        .collect()
+}
+
 /// The slots a table's entries hold; `None` when they are not a table.
 pub fn decode(entries: &[u64]) -> Option<Vec<u32>> {
     let members = members_in(entries)?;

@@ -363,8 +363,11 @@ impl MaglevArena {
 fn read_block(arena: &MappedArray, offset: u32) -> Option<(TableSpec, u32)> {
     let (size, capacity) = block::header(arena.get(offset).ok()?);
     let len = maglev_layout::entries(size, capacity);
-    let slots = block::decode(&arena.read(offset, len).ok()?)?;
-    let spec = TableSpec::of(&slots);
+    let entries = arena.read(offset, len).ok()?;
+    // Checked whole (every slot names a member), described by its members:
+    // no sort of its slots per table at start.
+    let slots = block::decode(&entries)?;
+    let spec = TableSpec::new(size, block::member_ids(&block::members_in(&entries)?));
     let known = spec.members.iter().all(|id| *id < sizes::MAX_BACKENDS);
     (!slots.is_empty() && known).then_some((spec, len))
 }
