@@ -373,6 +373,23 @@ impl TwoNode {
         self.curl(&self.ext, target, max_time)
     }
 
+    /// Whether `ext`'s connect to `target` is refused (RST or ICMP
+    /// unreachable) before the first SYN retransmission, i.e. within
+    /// `before`: curl reports a refusal as "Couldn't connect" and a connect
+    /// that ran out of time as "timed out", so no wall clock is read.
+    pub fn ext_connect_refused_within(&self, target: &str, before: Duration) -> Result<(), String> {
+        let connect_timeout = format!("{:.1}", before.as_secs_f64());
+        let url = format!("http://{target}/");
+        match self.run_in(
+            &self.ext,
+            "curl",
+            &["-sS", "--connect-timeout", &connect_timeout, &url],
+        ) {
+            Err(e) if e.contains("Couldn't connect") => Ok(()),
+            other => Err(format!("{target}: not refused at once: {other:?}")),
+        }
+    }
+
     /// One HTTP GET of `http://TARGET/` from `ext`, e.g. to a
     /// healthCheckNodePort, which answers 503 when it has no local endpoint:
     /// the status code and the body.

@@ -281,8 +281,23 @@ const CHAT_TIMEOUT: Duration = Duration::from_secs(2);
 /// One TCP connection to an `echo-lines` server: lines 1..=COUNT, one every
 /// `interval`, each of which must come back. Prints `N backend=NAME` per
 /// answer and `done COUNT` at the end; an error, a reset, a close or a wrong
-/// answer ends it with an error instead.
+/// answer ends it with an error instead, a reset also with a last line
+/// `reset` (so a test tells it from a timeout without reading a clock).
 fn chat(target: SocketAddr, count: u32, interval: Duration) -> anyhow::Result<()> {
+    let ended = chat_lines(target, count, interval);
+    if let Err(e) = &ended {
+        let reset = e
+            .chain()
+            .filter_map(|cause| cause.downcast_ref::<std::io::Error>())
+            .any(|io| io.kind() == std::io::ErrorKind::ConnectionReset);
+        if reset {
+            println!("reset");
+        }
+    }
+    ended
+}
+
+fn chat_lines(target: SocketAddr, count: u32, interval: Duration) -> anyhow::Result<()> {
     let stream = TcpStream::connect_timeout(&target, CHAT_TIMEOUT).context("connect")?;
     stream.set_read_timeout(Some(CHAT_TIMEOUT))?;
     stream.set_write_timeout(Some(CHAT_TIMEOUT))?;
