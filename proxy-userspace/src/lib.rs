@@ -16,6 +16,7 @@ pub mod http;
 pub mod maglev;
 pub mod metrics;
 pub mod model;
+pub mod parallel;
 pub mod pipeline;
 pub mod plan;
 pub mod source;

@@ -113,32 +113,18 @@ pub fn build(members: &[Member], size: u32) -> Vec<u32> {
 /// The tables of `jobs` (members, size), built on every CPU: a full sync
 /// of thousands of Services builds that many, each independent.
 pub fn build_all(jobs: &[(&[Member], u32)]) -> Vec<Vec<u32>> {
-    let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
-    if workers == 1 || jobs.len() < 2 {
-        return jobs.iter().map(|(m, size)| build(m, *size)).collect();
-    }
-    let share = jobs.len().div_ceil(workers);
-    std::thread::scope(|scope| {
-        let handles: Vec<_> = jobs
-            .chunks(share)
-            .map(|chunk| {
-                scope.spawn(move || {
-                    chunk
-                        .iter()
-                        .map(|(m, size)| build(m, *size))
-                        .collect::<Vec<_>>()
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .flat_map(|handle| match handle.join() {
-                Ok(tables) => tables,
-                // `build` does not panic; were it to, the panic goes on.
-                Err(panic) => std::panic::resume_unwind(panic),
-            })
-            .collect()
+    // A table of 10 backends takes tens of microseconds: a thread pays
+    // off from a few of them.
+    const MIN_PER_THREAD: usize = 8;
+    crate::parallel::map_chunks(jobs, MIN_PER_THREAD, |chunk| {
+        chunk
+            .iter()
+            .map(|(members, size)| build(members, *size))
+            .collect::<Vec<_>>()
     })
+    .into_iter()
+    .flatten()
+    .collect()
 }
 
 const OFFSET_SEED: u64 = 0x243f_6a88_85a3_08d3;

@@ -52,7 +52,7 @@ impl Source {
     async fn open(args: &AgentArgs) -> anyhow::Result<Self> {
         if let Some(path) = &args.manifests {
             info!(path = %path.display(), "serving Services from manifests");
-            return Ok(Self::Manifests(ManifestWatch::new(
+            return Ok(Self::Manifests(ManifestWatch::start(
                 path.clone(),
                 args.service_cidr,
             )));

@@ -1,0 +1,61 @@
+//! Independent work spread over the machine's CPUs: a large manifest's
+//! documents, a full sync's Maglev tables.
+
+use std::num::NonZeroUsize;
+
+/// `work` applied to consecutive chunks of `items`, one chunk per CPU, the
+/// results in the chunks' order. Runs on the calling thread alone when
+/// there is one CPU or fewer than `min_per_chunk` items per CPU (a thread
+/// costs more than it saves).
+pub fn map_chunks<T, R, F>(items: &[T], min_per_chunk: usize, work: F) -> Vec<R>
+where
+    T: Sync,
+    R: Send,
+    F: Fn(&[T]) -> R + Sync,
+{
+    let cpus = std::thread::available_parallelism().map_or(1, NonZeroUsize::get);
+    let chunks = cpus.min(items.len() / min_per_chunk.max(1)).max(1);
+    if chunks == 1 {
+        return vec![work(items)];
+    }
+    let work = &work;
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = items
+            .chunks(items.len().div_ceil(chunks))
+            .map(|chunk| scope.spawn(move || work(chunk)))
+            .collect();
+        handles
+            .into_iter()
+            .map(|handle| match handle.join() {
+                Ok(result) => result,
+                // The work does not panic; were it to, the panic goes on.
+                Err(panic) => std::panic::resume_unwind(panic),
+            })
+            .collect()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_item_is_worked_on_once_in_order() {
+        let items: Vec<u32> = (0..10_000).collect();
+        let parts = map_chunks(&items, 1, |chunk| chunk.to_vec());
+        let cpus = std::thread::available_parallelism().map_or(1, NonZeroUsize::get);
+        assert_eq!(parts.len(), cpus.min(items.len()));
+        assert_eq!(parts.concat(), items);
+    }
+
+    #[test]
+    fn few_items_stay_on_the_calling_thread() {
+        let caller = std::thread::current().id();
+        let parts = map_chunks(&[1, 2, 3], 64, |chunk| {
+            (std::thread::current().id(), chunk.len())
+        });
+        assert_eq!(parts, vec![(caller, 3)]);
+        let empty: Vec<usize> = map_chunks(&[] as &[u8], 64, <[u8]>::len);
+        assert_eq!(empty, vec![0]);
+    }
+}
