@@ -323,7 +323,11 @@ impl Plan {
             if !touch_kept && old_keys.contains(&key) {
                 continue;
             }
-            let claimants = self.claims.entry(key).or_default();
+            // Almost always one claimant: no room reserved for more.
+            let claimants = self
+                .claims
+                .entry(key)
+                .or_insert_with(|| Vec::with_capacity(1));
             if let Err(at) = claimants.binary_search(name) {
                 claimants.insert(at, name.clone());
             }

@@ -127,12 +127,16 @@ fn test() -> anyhow::Result<()> {
         .env("KXDP_BIN", kxdp)
         .env("KXDP_KUBERNETES_VALIDATE", setup::kubernetes_validate()))?;
     // The packet and namespace suites again inside QEMU on Debian 11's 5.10
-    // kernel, the oldest of the matrix, where most features degrade (the
-    // whole matrix, 6.1 and 6.12 too, runs with `cargo xtask vm-test`).
+    // kernel, the oldest of the matrix, where most features degrade: all
+    // but the Service-rule suite (`LEFT_TO_THE_FULL_MATRIX`), which keeps
+    // the run within the CI's time. The whole matrix, every suite on 5.10,
+    // 6.1 and 6.12, runs with `cargo xtask vm-test`.
     vm::vm_test(
         &["5.10".to_string()],
         Duration::from_secs(1800),
-        vm::Mode::Suites,
+        vm::Mode::Suites {
+            left_out: vm::LEFT_TO_THE_FULL_MATRIX,
+        },
     )?;
     // Benchmark smoke test: the quick run works and fills every section.
     let report = workspace_root().join("target/bench-smoke/REPORT.md");
@@ -199,7 +203,7 @@ fn main() -> anyhow::Result<()> {
             let mode = if bench {
                 vm::Mode::Bench
             } else {
-                vm::Mode::Suites
+                vm::Mode::Suites { left_out: &[] }
             };
             vm::vm_test(&kernels, Duration::from_secs(timeout), mode)
         }

@@ -106,6 +106,9 @@ fn build_service(
     for port in &mut ports {
         (port.backends, port.draining) = port_backends(&groups, &port.name, port.protocol);
     }
+    // Kept in the plan for as long as the Service lives: no room for ports
+    // it does not have (collecting reserves four).
+    ports.shrink_to_fit();
     Ok(Some(ServiceModel {
         name: name.clone(),
         cluster_ips,
