@@ -14,7 +14,10 @@ use std::{
 
 use anyhow::{bail, Context as _};
 use futures::FutureExt as _;
-use tokio::signal::unix::{signal, SignalKind};
+use tokio::{
+    signal::unix::{signal, SignalKind},
+    sync::mpsc,
+};
 use tracing::{error, info, warn};
 
 use crate::{
@@ -41,11 +44,13 @@ use crate::{
     },
 };
 
-/// Where Services come from. The Kubernetes source, with what it keeps, is
-/// boxed: the enum stays small either way.
+/// Where Services come from. Both start reading at once, so the initial
+/// lists (or manifests) load while the datapath does.
 enum Source {
     Manifests(ManifestWatch),
-    Kubernetes(Box<KubernetesSource>),
+    /// The updates of the Kubernetes source, which runs as a task of its
+    /// own (`follow_kubernetes`).
+    Kubernetes(mpsc::Receiver<Update>),
 }
 
 impl Source {
@@ -63,14 +68,21 @@ impl Source {
         }
         let client = kubernetes::client(kubeconfig).await?;
         info!(kubeconfig = ?kubeconfig, "watching Services and EndpointSlices");
-        Ok(Self::Kubernetes(Box::new(KubernetesSource::new(client))))
+        let (updates, received) = mpsc::channel(1);
+        tokio::spawn(follow_kubernetes(KubernetesSource::new(client), updates));
+        Ok(Self::Kubernetes(received))
     }
 
     /// The next update from the Kubernetes API; never resolves for manifests,
-    /// which are polled on the rescan tick instead.
-    async fn next_event(&mut self) -> Update {
+    /// which are polled on the rescan tick instead. An error when the
+    /// source's task is gone (it ends only by panicking): the agent stops
+    /// rather than serve on without updates.
+    async fn next_event(&mut self) -> anyhow::Result<Update> {
         match self {
-            Self::Kubernetes(source) => source.next().await,
+            Self::Kubernetes(updates) => updates
+                .recv()
+                .await
+                .context("the Kubernetes source stopped"),
             Self::Manifests(_) => std::future::pending().await,
         }
     }
@@ -87,6 +99,18 @@ impl Source {
                 error!(error = %e, "cannot read manifests; keeping the current services");
                 None
             }
+        }
+    }
+}
+
+/// Hands the source's updates to the agent: one waits while the agent
+/// applies another, and the events that arrive meanwhile are folded into
+/// the one after.
+async fn follow_kubernetes(mut source: KubernetesSource, updates: mpsc::Sender<Update>) {
+    loop {
+        let update = source.next().await;
+        if updates.send(update).await.is_err() {
+            return;
         }
     }
 }
@@ -350,7 +374,7 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
                 biased;
                 _ = sigterm.recv() => break None,
                 _ = sigint.recv() => break None,
-                update = source.next_event() => break Some(update),
+                update = source.next_event() => break Some(update?),
                 Some(reply) = scrapes.recv() => answer(reply, &mut reporting, &pipeline, &maps),
             }
         },
@@ -421,7 +445,7 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
                 health_checks.update(&pipeline.plan().health_checks());
             }
             update = source.next_event() => {
-                full_synced |= apply(update, &mut pipeline, &mut maps, &mut reporting);
+                full_synced |= apply(update?, &mut pipeline, &mut maps, &mut reporting);
                 health_checks.update(&pipeline.plan().health_checks());
             }
             Some(reply) = scrapes.recv() => answer(reply, &mut reporting, &pipeline, &maps),
