@@ -35,6 +35,11 @@ fn main() -> anyhow::Result<()> {
         }],
         Toolchain::default(),
     )?;
+    // The allocator's header, where the agent's tests check the option
+    // numbers it sets (`src/main.rs`).
+    let mimalloc_include =
+        std::env::var("DEP_MIMALLOC_INCLUDE_DIR").context("mimalloc's include dir")?;
+    println!("cargo:rustc-env=KXDP_MIMALLOC_INCLUDE_DIR={mimalloc_include}");
     let out_dir = std::env::var("OUT_DIR").context("OUT_DIR")?;
     println!("cargo::metadata=floor={out_dir}/floor");
     Ok(())

@@ -243,13 +243,13 @@ fn follow_node(
 }
 
 /// A full update decodes every object at once and frees them after the
-/// sync; glibc keeps that heap mapped. Handing it back keeps the resident
-/// size to what the agent actually holds.
+/// sync; the allocator's pages that held only them (on this thread and the
+/// decoding and building ones) go back to the system, so the resident size
+/// is what the agent actually holds.
 fn release_freed_memory() {
-    #[cfg(target_env = "gnu")]
-    // SAFETY: malloc_trim only releases free heap pages; no pointer is touched.
+    // SAFETY: only releases free pages; no pointer is touched.
     unsafe {
-        libc::malloc_trim(0);
+        libmimalloc_sys::mi_collect(true);
     }
 }
 
