@@ -9,12 +9,12 @@
 
 use std::{
     borrow::Borrow,
-    collections::HashSet,
     fmt,
     ops::Deref,
     sync::{Arc, Mutex, MutexGuard, PoisonError},
 };
 
+use foldhash::{HashSet, HashSetExt as _};
 use serde::{de, Deserialize, Deserializer};
 
 /// A shared, immutable string; equal names are the same allocation.

@@ -1,7 +1,9 @@
 //! Backend reference counts: which tables and draining lists still name each
 //! backend id, so a backend is deleted only once nothing refers to it.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
+
+use foldhash::{HashMap, HashMapExt as _};
 
 use proxy_common::maps::FrontendKey;
 

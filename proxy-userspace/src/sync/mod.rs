@@ -20,7 +20,9 @@ mod ids;
 pub mod map_values;
 pub mod store;
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::BTreeSet;
+
+use foldhash::{HashMap, HashMapExt as _, HashSet, HashSetExt as _};
 
 use proxy_common::{
     maps::{BackendValue, FrontendKey, FrontendValue},

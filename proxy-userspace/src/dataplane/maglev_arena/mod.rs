@@ -22,13 +22,9 @@ pub mod block;
 mod grace;
 pub mod mapped;
 
-use std::{
-    collections::{BTreeMap, HashMap},
-    io,
-    os::fd::BorrowedFd,
-    sync::Arc,
-};
+use std::{collections::BTreeMap, io, os::fd::BorrowedFd, sync::Arc};
 
+use foldhash::{HashMap, HashMapExt as _};
 use proxy_common::{
     maps::{maglev_layout, NO_TABLE},
     sizes,
