@@ -157,15 +157,32 @@ mod tests {
             .to_string()
     }
 
-    /// A directory of its own per test (they run in parallel).
-    fn figures_dir(test: &str) -> std::path::PathBuf {
+    /// A directory of figures of its own per test (they run in parallel),
+    /// removed when dropped, a failing test's too.
+    struct Figures(std::path::PathBuf);
+
+    impl std::ops::Deref for Figures {
+        type Target = Path;
+
+        fn deref(&self) -> &Path {
+            &self.0
+        }
+    }
+
+    impl Drop for Figures {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn figures_dir(test: &str) -> Figures {
         let dir =
             std::env::temp_dir().join(format!("kxdp-bench-check-{}-{test}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("mkdir");
         for f in ["a.svg", "b.svg", "c.svg", "d.svg"] {
             std::fs::write(dir.join(f), "<svg><circle/></svg>").expect("write");
         }
-        dir
+        Figures(dir)
     }
 
     #[test]
