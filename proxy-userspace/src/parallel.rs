@@ -1,7 +1,14 @@
 //! Independent work spread over the machine's CPUs: a large manifest's
 //! documents, a full sync's Maglev tables.
 
-use std::num::NonZeroUsize;
+use std::{num::NonZeroUsize, sync::OnceLock};
+
+/// The CPUs this process may use, counted once (the count reads the
+/// cgroup's CPU limit and the affinity mask).
+fn cpus() -> usize {
+    static CPUS: OnceLock<usize> = OnceLock::new();
+    *CPUS.get_or_init(|| std::thread::available_parallelism().map_or(1, NonZeroUsize::get))
+}
 
 /// `work` applied to consecutive chunks of `items`, one chunk per CPU, the
 /// results in the chunks' order. Runs on the calling thread alone when
@@ -13,8 +20,10 @@ where
     R: Send,
     F: Fn(&[T]) -> R + Sync,
 {
-    let cpus = std::thread::available_parallelism().map_or(1, NonZeroUsize::get);
-    let chunks = cpus.min(items.len() / min_per_chunk.max(1)).max(1);
+    let most = items.len() / min_per_chunk.max(1);
+    // Asked first: counting the CPUs reads cgroup files, a single change's
+    // sync should not.
+    let chunks = if most < 2 { 1 } else { cpus().min(most) };
     if chunks == 1 {
         return vec![work(items)];
     }
@@ -43,8 +52,7 @@ mod tests {
     fn every_item_is_worked_on_once_in_order() {
         let items: Vec<u32> = (0..10_000).collect();
         let parts = map_chunks(&items, 1, |chunk| chunk.to_vec());
-        let cpus = std::thread::available_parallelism().map_or(1, NonZeroUsize::get);
-        assert_eq!(parts.len(), cpus.min(items.len()));
+        assert_eq!(parts.len(), cpus().min(items.len()));
         assert_eq!(parts.concat(), items);
     }
 
