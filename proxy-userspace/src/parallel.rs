@@ -10,10 +10,10 @@ fn cpus() -> usize {
     *CPUS.get_or_init(|| std::thread::available_parallelism().map_or(1, NonZeroUsize::get))
 }
 
-/// `work` applied to consecutive chunks of `items`, one chunk per CPU, the
-/// results in the chunks' order. Runs on the calling thread alone when
-/// there is one CPU or fewer than `min_per_chunk` items per CPU (a thread
-/// costs more than it saves).
+/// `work` applied to consecutive chunks of `items`, one chunk per CPU but
+/// none of fewer than `min_per_chunk` items (a thread would cost more than
+/// it saves), the results in the chunks' order. With one chunk, it runs on
+/// the calling thread.
 pub fn map_chunks<T, R, F>(items: &[T], min_per_chunk: usize, work: F) -> Vec<R>
 where
     T: Sync,

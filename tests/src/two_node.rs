@@ -56,6 +56,9 @@ pub const POD_UDP_PORT: u16 = 5353;
 /// Longest a client helper waits for an answer that should come.
 const ANSWER: Duration = Duration::from_secs(3);
 
+/// Just under Linux's first SYN retransmission (TCP_TIMEOUT_INIT, 1 s).
+const BEFORE_SYN_RETRANSMIT: Duration = Duration::from_millis(900);
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum NodeId {
     A,
@@ -374,11 +377,11 @@ impl TwoNode {
     }
 
     /// Whether `ext`'s connect to `target` is refused (RST or ICMP
-    /// unreachable) before the first SYN retransmission, i.e. within
-    /// `before`: curl reports a refusal as "Couldn't connect" and a connect
-    /// that ran out of time as "timed out", so no wall clock is read.
-    pub fn ext_connect_refused_within(&self, target: &str, before: Duration) -> Result<(), String> {
-        let connect_timeout = format!("{:.1}", before.as_secs_f64());
+    /// unreachable) at its first SYN: curl, given less time to connect than
+    /// the SYN's first retransmission takes, reports a refusal as "Couldn't
+    /// connect" and a dropped SYN as "timed out", so no wall clock is read.
+    pub fn ext_connect_refused_at_once(&self, target: &str) -> Result<(), String> {
+        let connect_timeout = format!("{:.1}", BEFORE_SYN_RETRANSMIT.as_secs_f64());
         let url = format!("http://{target}/");
         match self.run_in(
             &self.ext,
