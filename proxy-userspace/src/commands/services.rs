@@ -57,7 +57,7 @@ fn rows(contents: &MapContents, maps: &BpfMaps) -> anyhow::Result<Vec<Row>> {
         };
         let mut found: Vec<Option<BackendValue>> = members
             .iter()
-            .map(|id| contents.backends.get(id).copied())
+            .map(|id| contents.backends.get(*id))
             .collect();
         found.sort_by_key(|b| b.map(|b| (addr_from_net(b.addr), port_from_net(b.port))));
         let backends = found

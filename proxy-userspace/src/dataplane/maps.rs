@@ -248,7 +248,11 @@ impl BpfMaps {
         }
         for entry in self.backends.iter() {
             let (k, v) = entry.map_err(store_error(BACKENDS))?;
-            contents.backends.insert(k, v);
+            // An id no agent hands out (none at or above the map's size)
+            // is named by no table of ours: not mirrored, left alone.
+            if k < proxy_common::sizes::MAX_BACKENDS {
+                contents.backends.insert(k, v);
+            }
         }
         contents.tables = self.maglev.all().map_err(arena_error)?;
         for entry in self.source_ranges.iter() {

@@ -48,9 +48,9 @@ impl BackendRefs {
         }
         refs.unreferenced = current
             .backends
-            .keys()
-            .filter(|id| !refs.is_referenced(**id))
-            .copied()
+            .iter()
+            .map(|(id, _)| id)
+            .filter(|id| !refs.is_referenced(*id))
             .collect();
         refs
     }

@@ -33,7 +33,7 @@ impl MapStore for FakeStore {
     }
     fn delete_backend(&mut self, id: u32) -> Result<(), StoreError> {
         self.log.push(format!("delete backend {id}"));
-        self.maps.backends.remove(&id);
+        self.maps.backends.remove(id);
         Ok(())
     }
     /// Like the real store: shares a table some frontend has, else builds

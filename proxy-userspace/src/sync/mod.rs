@@ -14,6 +14,7 @@
 //! service's table through an old service's entry.
 
 mod backend_refs;
+pub mod backend_table;
 #[cfg(test)]
 pub(crate) mod fake;
 mod ids;
@@ -93,8 +94,6 @@ const BUILD_BATCH: usize = 1024;
 /// Holds what the maps contain and brings them to what the plan wants.
 pub struct Syncer {
     current: MapContents,
-    /// Reverse of `current.backends`: one id per distinct backend.
-    backend_ids: HashMap<BackendValue, u32>,
     /// Who refers to each backend, and which backends may go.
     refs: BackendRefs,
     live_frontend_ids: HashSet<u32>,
@@ -127,13 +126,8 @@ impl Syncer {
     }
 
     fn with_limits(current: MapContents, max_frontends: u32, max_backends: u32) -> Self {
-        let mut backend_ids = HashMap::new();
-        for (id, value) in &current.backends {
-            backend_ids.entry(*value).or_insert(*id);
-        }
         Self {
             live_frontend_ids: current.frontends.values().map(|v| v.id).collect(),
-            backend_ids,
             refs: BackendRefs::adopt(&current),
             reserved_frontend_ids: HashSet::new(),
             new_backends: Vec::new(),
@@ -340,9 +334,7 @@ impl Syncer {
         let mut failed = HashSet::new();
         for (id, error) in failures {
             report.errors.push(error.to_string());
-            if let Some(value) = self.current.backends.remove(&id) {
-                self.backend_ids.remove(&value);
-            }
+            self.current.backends.remove(id);
             failed.insert(id);
         }
         report.backends_written += new.len() - failed.len();
@@ -535,13 +527,13 @@ impl Syncer {
     /// The id of `backend`; a new one is queued for
     /// [`Self::write_new_backends`].
     fn backend_id(&mut self, backend: &BackendValue, report: &mut SyncReport) -> Option<u32> {
-        if let Some(id) = self.backend_ids.get(backend) {
-            return Some(*id);
+        if let Some(id) = self.current.backends.id_of(backend) {
+            return Some(id);
         }
         let (current, resting) = (&self.current.backends, &self.resting_backend_ids);
         let Some(id) = self
             .backend_id_cursor
-            .allocate(|id| current.contains_key(&id) || resting.contains(&id))
+            .allocate(|id| current.contains(id) || resting.contains(&id))
         else {
             report
                 .errors
@@ -549,7 +541,6 @@ impl Syncer {
             return None;
         };
         self.current.backends.insert(id, *backend);
-        self.backend_ids.insert(*backend, id);
         self.refs.candidate(id);
         self.new_backends.push((id, *backend));
         Some(id)
@@ -603,15 +594,12 @@ impl Syncer {
             if self.refs.is_referenced(id) {
                 continue;
             }
-            let Some(value) = self.current.backends.get(&id).copied() else {
+            if !self.current.backends.contains(id) {
                 continue;
-            };
+            }
             match store.delete_backend(id) {
                 Ok(()) => {
-                    self.current.backends.remove(&id);
-                    if self.backend_ids.get(&value) == Some(&id) {
-                        self.backend_ids.remove(&value);
-                    }
+                    self.current.backends.remove(id);
                     self.resting_backend_ids.insert(id);
                     report.backends_deleted += 1;
                 }
@@ -711,7 +699,7 @@ mod tests {
                     .members
                     .iter()
                     .map(|id| {
-                        let b = maps.backends[id];
+                        let b = maps.backends.get(*id).expect("a table names held backends");
                         format!(
                             "{}:{}",
                             proxy_common::maps::addr_from_net(b.addr),
@@ -1215,7 +1203,7 @@ mod tests {
             &mut store,
             model(&["10.244.0.1:80", "10.244.0.2:80"], &[]),
         );
-        let b_id = *store
+        let b_id = store
             .maps
             .backends
             .iter()
@@ -1235,7 +1223,7 @@ mod tests {
             .flat_map(|t| t.members.iter().copied())
             .collect();
         assert!(!table.contains(&b_id));
-        assert_eq!(store.maps.backends.get(&b_id).map(|v| v.addr), Some(b));
+        assert_eq!(store.maps.backends.get(b_id).map(|v| v.addr), Some(b));
         // b leaves the slice: gone, so its connections are reset.
         let report = apply(&mut plan, &mut store, model(&["10.244.0.1:80"], &[]));
         assert_eq!(addrs(&store), [a]);

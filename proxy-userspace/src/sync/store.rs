@@ -9,6 +9,7 @@ use std::{
 
 use proxy_common::maps::{BackendValue, FrontendKey, FrontendValue};
 
+use super::backend_table::BackendTable;
 use crate::cidr::Ipv4Cidr;
 
 /// A `source_ranges` entry: clients in `cidr` may use frontend `frontend_id`.
@@ -30,7 +31,7 @@ impl RangeEntry {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct MapContents {
     pub frontends: BTreeMap<FrontendKey, FrontendValue>,
-    pub backends: BTreeMap<u32, BackendValue>,
+    pub backends: BackendTable,
     /// Maglev tables by frontend id, as what decides their content.
     pub tables: BTreeMap<u32, TableSpec>,
     pub source_ranges: BTreeSet<RangeEntry>,

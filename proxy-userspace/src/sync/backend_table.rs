@@ -1,0 +1,275 @@
+//! The backends map as the agent mirrors it: values by id, and one id per
+//! distinct value.
+//!
+//! Backend ids are handed out by a cursor (`ids.rs`), so the live ids sit in
+//! a few contiguous runs: values are kept in fixed pages by id (8 bytes an
+//! entry, a page allocated while any of its ids is used) and found by value
+//! through a hash table of ids (4 bytes an entry). A `BTreeMap` and a
+//! `HashMap<BackendValue, u32>` held about 60 bytes per backend; at 300,000
+//! backends the difference is 12 MiB of the agent's heap.
+
+use std::{fmt, hash::BuildHasher as _};
+
+use foldhash::fast::RandomState;
+use hashbrown::HashTable;
+use proxy_common::{maps::BackendValue, sizes};
+
+/// Ids per page: a page is 4 KiB of values.
+const PAGE: usize = 512;
+
+struct Page {
+    values: [BackendValue; PAGE],
+    /// Which slots hold a value.
+    used: [u64; PAGE / 64],
+    count: u16,
+}
+
+impl Page {
+    fn new() -> Box<Self> {
+        Box::new(Self {
+            values: [BackendValue::default(); PAGE],
+            used: [0; PAGE / 64],
+            count: 0,
+        })
+    }
+
+    fn has(&self, slot: usize) -> bool {
+        self.used[slot / 64] & (1 << (slot % 64)) != 0
+    }
+}
+
+/// Every backend the maps hold, by id, with the reverse lookup the syncer
+/// reuses ids by. Ids at or above `MAX_BACKENDS` are never held.
+pub struct BackendTable {
+    pages: Vec<Option<Box<Page>>>,
+    /// One id per distinct value (the first inserted of equal ones).
+    by_value: HashTable<u32>,
+    hasher: RandomState,
+    len: usize,
+}
+
+impl Default for BackendTable {
+    fn default() -> Self {
+        Self {
+            pages: Vec::new(),
+            by_value: HashTable::new(),
+            hasher: RandomState::default(),
+            len: 0,
+        }
+    }
+}
+
+fn place(id: u32) -> (usize, usize) {
+    (id as usize / PAGE, id as usize % PAGE)
+}
+
+impl BackendTable {
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub fn get(&self, id: u32) -> Option<BackendValue> {
+        let (page, slot) = place(id);
+        let page = self.pages.get(page)?.as_ref()?;
+        page.has(slot).then(|| page.values[slot])
+    }
+
+    pub fn contains(&self, id: u32) -> bool {
+        self.get(id).is_some()
+    }
+
+    /// The id a value is held under (one of them, if several).
+    pub fn id_of(&self, value: &BackendValue) -> Option<u32> {
+        let hash = self.hasher.hash_one(value);
+        self.by_value
+            .find(hash, |&id| self.get(id).as_ref() == Some(value))
+            .copied()
+    }
+
+    /// Holds `value` under `id`, replacing what `id` held (returned).
+    ///
+    /// # Panics
+    /// When `id` is at or above `MAX_BACKENDS`: the id allocator never
+    /// hands such an id out, and the map cannot hold it.
+    pub fn insert(&mut self, id: u32, value: BackendValue) -> Option<BackendValue> {
+        assert!(id < sizes::MAX_BACKENDS, "backend id {id} beyond the map");
+        let previous = self.remove(id);
+        let (page, slot) = place(id);
+        if self.pages.len() <= page {
+            self.pages.resize_with(page + 1, || None);
+        }
+        let entry = self.pages[page].get_or_insert_with(Page::new);
+        entry.values[slot] = value;
+        entry.used[slot / 64] |= 1 << (slot % 64);
+        entry.count += 1;
+        self.len += 1;
+        if self.id_of(&value).is_none() {
+            let hash = self.hasher.hash_one(value);
+            let (pages, hasher) = (&self.pages, &self.hasher);
+            self.by_value.insert_unique(hash, id, |&held| {
+                hasher.hash_one(value_at(pages, held).unwrap_or_default())
+            });
+        }
+        previous
+    }
+
+    pub fn remove(&mut self, id: u32) -> Option<BackendValue> {
+        let value = self.get(id)?;
+        let hash = self.hasher.hash_one(value);
+        if let Ok(entry) = self.by_value.find_entry(hash, |&held| held == id) {
+            entry.remove();
+        }
+        let (page, slot) = place(id);
+        let entry = self.pages[page].as_mut()?;
+        entry.used[slot / 64] &= !(1 << (slot % 64));
+        entry.count -= 1;
+        if entry.count == 0 {
+            self.pages[page] = None;
+        }
+        self.len -= 1;
+        Some(value)
+    }
+
+    /// Every (id, value), by ascending id.
+    pub fn iter(&self) -> impl Iterator<Item = (u32, BackendValue)> + '_ {
+        self.pages
+            .iter()
+            .enumerate()
+            .filter_map(|(n, page)| Some((n, page.as_ref()?)))
+            .flat_map(|(n, page)| {
+                (0..PAGE)
+                    .filter(|&slot| page.has(slot))
+                    .map(move |slot| ((n * PAGE + slot) as u32, page.values[slot]))
+            })
+    }
+}
+
+impl BackendTable {
+    pub fn values(&self) -> impl Iterator<Item = BackendValue> + '_ {
+        self.iter().map(|(_, value)| value)
+    }
+}
+
+fn value_at(pages: &[Option<Box<Page>>], id: u32) -> Option<BackendValue> {
+    let (page, slot) = place(id);
+    let page = pages.get(page)?.as_ref()?;
+    page.has(slot).then(|| page.values[slot])
+}
+
+impl FromIterator<(u32, BackendValue)> for BackendTable {
+    fn from_iter<I: IntoIterator<Item = (u32, BackendValue)>>(entries: I) -> Self {
+        let mut table = Self::default();
+        for (id, value) in entries {
+            table.insert(id, value);
+        }
+        table
+    }
+}
+
+impl Clone for BackendTable {
+    fn clone(&self) -> Self {
+        self.iter().collect()
+    }
+}
+
+/// Equal when they hold the same values under the same ids.
+impl PartialEq for BackendTable {
+    fn eq(&self, other: &Self) -> bool {
+        self.len == other.len && self.iter().eq(other.iter())
+    }
+}
+
+impl Eq for BackendTable {}
+
+impl fmt::Debug for BackendTable {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_map().entries(self.iter()).finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+
+    fn value(addr: u32, port: u16) -> BackendValue {
+        BackendValue {
+            addr,
+            port,
+            ..BackendValue::default()
+        }
+    }
+
+    #[test]
+    fn holds_what_a_btree_map_would_hold() {
+        let mut table = BackendTable::default();
+        let mut model: BTreeMap<u32, BackendValue> = BTreeMap::new();
+        // A deterministic walk of inserts, replacements and removals over
+        // ids spread across pages, the last page included.
+        let mut state = 0x2545_f491_u32;
+        for step in 0..20_000u32 {
+            state ^= state << 13;
+            state ^= state >> 17;
+            state ^= state << 5;
+            let id = match step % 3 {
+                0 => state % 2048,
+                1 => sizes::MAX_BACKENDS - 1 - state % 600,
+                _ => state % sizes::MAX_BACKENDS,
+            };
+            let v = value(state % 97, (state % 5) as u16);
+            if state.is_multiple_of(4) {
+                assert_eq!(table.remove(id), model.remove(&id));
+            } else {
+                assert_eq!(table.insert(id, v), model.insert(id, v));
+            }
+            assert_eq!(table.len(), model.len());
+        }
+        assert!(table.iter().eq(model.iter().map(|(id, v)| (*id, *v))));
+        for (id, v) in &model {
+            assert_eq!(table.get(*id), Some(*v));
+            // A value found is found under an id holding it.
+            if let Some(found) = table.id_of(v) {
+                assert_eq!(model.get(&found), Some(v));
+            }
+        }
+        // Distinct values, each found under its id.
+        for id in (0..sizes::MAX_BACKENDS).step_by(997) {
+            table.insert(id, value(5000 + id, 1));
+        }
+        for id in (0..sizes::MAX_BACKENDS).step_by(997) {
+            assert_eq!(table.id_of(&value(5000 + id, 1)), Some(id));
+        }
+        assert_eq!(table.id_of(&value(1000, 0)), None);
+        assert_eq!(table.clone(), table);
+    }
+
+    #[test]
+    fn a_value_is_found_under_its_first_id_until_that_id_goes() {
+        let mut table = BackendTable::default();
+        let v = value(7, 80);
+        table.insert(3, v);
+        table.insert(900, v);
+        assert_eq!(table.id_of(&v), Some(3));
+        table.remove(3);
+        // The syncer then gives the value a new id of its own; the other
+        // holder is left to its references.
+        assert_eq!(table.id_of(&v), None);
+        assert_eq!(table.get(900), Some(v));
+    }
+
+    #[test]
+    fn an_emptied_page_is_freed() {
+        let mut table = BackendTable::default();
+        table.insert(PAGE as u32 + 1, value(1, 1));
+        assert!(table.pages[1].is_some());
+        table.remove(PAGE as u32 + 1);
+        assert!(table.pages[1].is_none());
+        assert!(table.is_empty());
+        assert_eq!(table.iter().count(), 0);
+    }
+}
