@@ -4,6 +4,7 @@
 //! Data flows source → model → plan → sync → dataplane (docs/ARCHITECTURE.md, "Data flow").
 
 pub mod admin;
+pub mod allocator;
 pub mod cidr;
 pub mod cli;
 pub mod commands;

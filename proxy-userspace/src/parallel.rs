@@ -20,10 +20,7 @@ where
     R: Send,
     F: Fn(&[T]) -> R + Sync,
 {
-    let most = items.len() / min_per_chunk.max(1);
-    // Asked first: counting the CPUs reads cgroup files, a single change's
-    // sync should not.
-    let chunks = if most < 2 { 1 } else { cpus().min(most) };
+    let chunks = chunk_count(items.len(), min_per_chunk);
     if chunks == 1 {
         return vec![work(items)];
     }
@@ -44,6 +41,40 @@ where
     })
 }
 
+/// `work` applied to consecutive chunks of `items`, as [`map_chunks`]
+/// splits them, with each chunk lent mutably (work that writes its results
+/// into the items, for example into slices of one buffer).
+pub fn for_chunks_mut<T, F>(items: &mut [T], min_per_chunk: usize, work: F)
+where
+    T: Send,
+    F: Fn(&mut [T]) + Sync,
+{
+    let chunks = chunk_count(items.len(), min_per_chunk);
+    if chunks == 1 {
+        return work(items);
+    }
+    let work = &work;
+    let size = items.len().div_ceil(chunks);
+    std::thread::scope(|scope| {
+        for chunk in items.chunks_mut(size) {
+            scope.spawn(move || work(chunk));
+        }
+    });
+}
+
+/// How many chunks `len` items are split into: one per CPU, none of fewer
+/// than `min_per_chunk` items (a thread would cost more than it saves).
+fn chunk_count(len: usize, min_per_chunk: usize) -> usize {
+    let most = len / min_per_chunk.max(1);
+    // Asked second: counting the CPUs reads cgroup files, a single change's
+    // sync should not.
+    if most < 2 {
+        1
+    } else {
+        cpus().min(most)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -54,6 +85,17 @@ mod tests {
         let parts = map_chunks(&items, 1, |chunk| chunk.to_vec());
         assert_eq!(parts.len(), cpus().min(items.len()));
         assert_eq!(parts.concat(), items);
+    }
+
+    #[test]
+    fn chunks_lent_mutably_cover_every_item_once() {
+        let mut items: Vec<u32> = (0..10_000).collect();
+        for_chunks_mut(&mut items, 1, |chunk| {
+            for item in chunk {
+                *item *= 2;
+            }
+        });
+        assert!(items.iter().enumerate().all(|(i, v)| *v == 2 * i as u32));
     }
 
     #[test]

@@ -352,7 +352,7 @@ impl Datapath {
         let size = maglev::table_size(members.len(), maglev::DEFAULT_MAX_TABLE_SIZE);
         let spec = TableSpec::new(size, backend_ids.to_vec());
         self.maps
-            .put_table(id, &spec, || maglev::build(&members, size))
+            .put_table(id, &spec, || maglev::build(&members, size).into())
             .expect("write table");
         size
     }

@@ -1,7 +1,7 @@
 //! Typed access to the pinned maps: the sync writer (`MapStore`) and the
 //! readers behind `kxdp services`.
 
-use std::{collections::BTreeMap, net::Ipv4Addr, os::fd::AsFd, path::Path};
+use std::{borrow::Cow, collections::BTreeMap, net::Ipv4Addr, os::fd::AsFd, path::Path};
 
 use aya::{
     maps::{
@@ -338,11 +338,11 @@ impl MapStore for BpfMaps {
     fn delete_backend(&mut self, id: u32) -> Result<(), StoreError> {
         self.backends.remove(&id).map_err(store_error(BACKENDS))
     }
-    fn put_table(
+    fn put_table<'s>(
         &mut self,
         frontend_id: u32,
         spec: &TableSpec,
-        build: impl FnOnce() -> Vec<u32>,
+        build: impl FnOnce() -> Cow<'s, [u32]>,
     ) -> Result<(), StoreError> {
         self.maglev
             .put(frontend_id, spec, build)

@@ -1,5 +1,7 @@
 //! A map store in memory that records every write, for tests.
 
+use std::borrow::Cow;
+
 use proxy_common::maps::{BackendValue, FrontendKey, FrontendValue};
 
 use super::store::{MapContents, MapStore, RangeEntry, StoreError, TableSpec};
@@ -38,11 +40,11 @@ impl MapStore for FakeStore {
     }
     /// Like the real store: shares a table some frontend has, else builds
     /// it and checks it is the one `spec` describes.
-    fn put_table(
+    fn put_table<'s>(
         &mut self,
         frontend_id: u32,
         spec: &TableSpec,
-        build: impl FnOnce() -> Vec<u32>,
+        build: impl FnOnce() -> Cow<'s, [u32]>,
     ) -> Result<(), StoreError> {
         if self.fail_table_puts {
             return Err(StoreError {

@@ -21,7 +21,7 @@ mod ids;
 pub mod map_values;
 pub mod store;
 
-use std::collections::BTreeSet;
+use std::{borrow::Cow, collections::BTreeSet};
 
 use foldhash::{HashMap, HashMapExt as _, HashSet, HashSetExt as _};
 
@@ -237,9 +237,12 @@ impl Syncer {
             self.refs
                 .set_draining(entry.key, std::mem::take(&mut entry.draining));
         }
+        // The batches' tables are built into one buffer, kept for the sync.
+        let mut slots = Vec::new();
         for batch in staged.chunks_mut(BUILD_BATCH) {
-            self.write_tables(batch, store, report);
+            self.write_tables(batch, &mut slots, store, report);
         }
+        drop(slots);
         let finishing: Vec<Finishing> = staged
             .into_iter()
             .map(|entry| self.write_ranges(entry, store, report))
@@ -346,6 +349,7 @@ impl Syncer {
     fn write_tables(
         &mut self,
         batch: &mut [Staged],
+        slots: &mut Vec<u32>,
         store: &mut impl MapStore,
         report: &mut SyncReport,
     ) {
@@ -363,19 +367,20 @@ impl Syncer {
                 jobs.len() - 1
             }));
         }
-        let mut built = maglev::build_all(&jobs);
+        let built = maglev::build_all_into(&jobs, slots);
         for (i, entry) in batch.iter_mut().enumerate() {
             if !entry.needs_table(&self.current) {
                 continue;
             }
             let id = entry.value.id;
             let (spec, members) = (&entry.spec, &entry.members);
-            // A table built for an earlier entry and shared by now is not
-            // asked for again; one released meanwhile is built again.
-            let prebuilt = job_of[i].map(|job| std::mem::take(&mut built[job]));
+            // A table shared since it was built is not asked for; one
+            // that was not built here (its sharer released meanwhile) is
+            // built now.
+            let prebuilt = job_of[i].map(|job| &slots[built[job].clone()]);
             let build = || match prebuilt {
-                Some(slots) if !slots.is_empty() => slots,
-                _ => maglev::build(members, spec.size),
+                Some(table) => Cow::Borrowed(table),
+                None => Cow::Owned(maglev::build(members, spec.size)),
             };
             match store.put_table(id, spec, build) {
                 Ok(()) => self.set_table(id, Some(entry.spec.clone())),

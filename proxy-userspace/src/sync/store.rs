@@ -3,6 +3,7 @@
 //! fake in tests).
 
 use std::{
+    borrow::Cow,
     collections::{BTreeMap, BTreeSet},
     net::Ipv4Addr,
 };
@@ -81,11 +82,11 @@ pub trait MapStore {
     /// this returns; `build` gives its slots (slot → backend id) and is
     /// called only when no frontend has the same table already. After an
     /// error the live table may hold the old or the new backends.
-    fn put_table(
+    fn put_table<'s>(
         &mut self,
         frontend_id: u32,
         spec: &TableSpec,
-        build: impl FnOnce() -> Vec<u32>,
+        build: impl FnOnce() -> Cow<'s, [u32]>,
     ) -> Result<(), StoreError>;
     /// Whether some frontend has the table `spec` (a new frontend with it
     /// shares it, nothing is built).

@@ -22,7 +22,7 @@ pub mod block;
 mod grace;
 pub mod mapped;
 
-use std::{collections::BTreeMap, io, os::fd::BorrowedFd, sync::Arc};
+use std::{borrow::Cow, collections::BTreeMap, io, os::fd::BorrowedFd, sync::Arc};
 
 use foldhash::{HashMap, HashMapExt as _};
 use proxy_common::{
@@ -211,11 +211,11 @@ impl MaglevArena {
     /// when no frontend has it already) the table of `frontend_id`: shared
     /// with a frontend that has the same, rewritten in place, or written to
     /// a fresh block and switched to. Live when this returns.
-    pub fn put(
+    pub fn put<'s>(
         &mut self,
         frontend_id: u32,
         spec: &TableSpec,
-        build: impl FnOnce() -> Vec<u32>,
+        build: impl FnOnce() -> Cow<'s, [u32]>,
     ) -> Result<(), ArenaError> {
         let current = self.block_of(frontend_id)?;
         let live = self.blocks.get(&current);

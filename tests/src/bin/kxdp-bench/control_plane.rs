@@ -642,24 +642,45 @@ pub(crate) fn measure_agent_memory(plan: &Plan) -> anyhow::Result<String> {
 }
 
 /// Counts the bytes the bench process holds on the heap, so the pipeline's
-/// own state can be told apart from what the allocator keeps around.
+/// own state can be told apart from what the allocator keeps around. The
+/// allocator under it is the agent's (mimalloc, tuned as the agent tunes
+/// it), so the pipeline is timed as the agent runs it.
 pub(crate) struct CountingAllocator;
 
 static HEAP_BYTES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
-// SAFETY: every call is forwarded to the system allocator unchanged.
+/// As the `kxdp` binary does: before the first allocation.
+#[used]
+#[unsafe(link_section = ".init_array")]
+static TUNE_ALLOCATOR: extern "C" fn() = proxy_userspace::allocator::tune;
+
+// SAFETY: every call is forwarded to mimalloc unchanged.
 unsafe impl std::alloc::GlobalAlloc for CountingAllocator {
     unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
         HEAP_BYTES.fetch_add(layout.size(), std::sync::atomic::Ordering::Relaxed);
-        // SAFETY: our caller's contract for `layout` is the system allocator's.
-        unsafe { std::alloc::System.alloc(layout) }
+        // SAFETY: our caller's contract for `layout` is mimalloc's.
+        unsafe { mimalloc::MiMalloc.alloc(layout) }
     }
 
     unsafe fn dealloc(&self, ptr: *mut u8, layout: std::alloc::Layout) {
         HEAP_BYTES.fetch_sub(layout.size(), std::sync::atomic::Ordering::Relaxed);
-        // SAFETY: `ptr` came from `alloc` with this `layout`, i.e. from the
-        // system allocator.
-        unsafe { std::alloc::System.dealloc(ptr, layout) }
+        // SAFETY: `ptr` came from `alloc` with this `layout`, i.e. from
+        // mimalloc.
+        unsafe { mimalloc::MiMalloc.dealloc(ptr, layout) }
+    }
+
+    unsafe fn alloc_zeroed(&self, layout: std::alloc::Layout) -> *mut u8 {
+        HEAP_BYTES.fetch_add(layout.size(), std::sync::atomic::Ordering::Relaxed);
+        // SAFETY: as for `alloc`.
+        unsafe { mimalloc::MiMalloc.alloc_zeroed(layout) }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: std::alloc::Layout, new_size: usize) -> *mut u8 {
+        HEAP_BYTES.fetch_add(new_size, std::sync::atomic::Ordering::Relaxed);
+        HEAP_BYTES.fetch_sub(layout.size(), std::sync::atomic::Ordering::Relaxed);
+        // SAFETY: `ptr` came from this allocator with `layout`; the caller
+        // vouches for `new_size`.
+        unsafe { mimalloc::MiMalloc.realloc(ptr, layout, new_size) }
     }
 }
 

@@ -72,7 +72,7 @@ fn time_rebuilds(
         let started = Instant::now();
         let size = maglev::table_size(set.len(), maglev::DEFAULT_MAX_TABLE_SIZE);
         let spec = TableSpec::new(size, set.iter().map(|m| m.id).collect());
-        maps.put_table(0, &spec, || maglev::build(&set, size))?;
+        maps.put_table(0, &spec, || maglev::build(&set, size).into())?;
         times.push(started.elapsed().as_secs_f64() * 1e6);
     }
     times.sort_by(f64::total_cmp);
@@ -131,7 +131,7 @@ pub(crate) fn measure_maglev(plan: &Plan) -> anyhow::Result<MaglevReport> {
         .collect();
     let started = Instant::now();
     for (id, (spec, slots)) in specs.iter().zip(&tables).enumerate() {
-        maps.put_table(id as u32, spec, || slots.clone())?;
+        maps.put_table(id as u32, spec, || slots.as_slice().into())?;
     }
     let write_ms = started.elapsed().as_secs_f64() * 1e3;
     // The other maps of the object: their sizes as created, arena aside.
