@@ -121,7 +121,8 @@ impl<'de> Deserialize<'de> for Name {
                 Ok(Name::new(text))
             }
         }
-        deserializer.deserialize_str(Visitor)
+        // Any value, as `objects::read_str` asks: a number is refused.
+        deserializer.deserialize_any(Visitor)
     }
 }
 

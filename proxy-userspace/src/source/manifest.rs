@@ -137,6 +137,9 @@ pub fn parse_stream(origin: &str, text: &str, loaded: &mut Loaded) {
 }
 
 fn parse_document(at: &str, document: &str, loaded: &mut Loaded) {
+    if decode_directly(document, &mut loaded.objects) {
+        return;
+    }
     match serde_norway::from_str::<Value>(document) {
         Ok(Value::Null) => {}
         Ok(value) => add_object(at, value, loaded),
@@ -146,6 +149,65 @@ fn parse_document(at: &str, document: &str, loaded: &mut Loaded) {
             format!("not valid YAML: {error}"),
         )),
     }
+}
+
+/// Decodes a Service, EndpointSlice or Endpoints document straight from
+/// its text into its type, when its `apiVersion` and `kind` can be read
+/// off its lines (top-level keys in block style with plain values, as
+/// kubectl and people write them): building the generic YAML tree first
+/// took as long again as the parse itself. Whether the document was
+/// decoded and added; any doubt or failure leaves it to the general path,
+/// which names the object and the reason.
+fn decode_directly(document: &str, objects: &mut Objects) -> bool {
+    match plain_kind(document) {
+        Some(DocumentKind::Service) => decode_text(document).map(|s| objects.services.push(s)),
+        Some(DocumentKind::EndpointSlice) => {
+            decode_text(document).map(|s| objects.endpoint_slices.push(s))
+        }
+        Some(DocumentKind::Endpoints) => decode_text(document).map(|e| objects.endpoints.push(e)),
+        _ => None,
+    }
+    .is_some()
+}
+
+/// The kind of a document whose `apiVersion` and `kind` are top-level keys
+/// in block style, each once, with plain values. A line at column 0 that
+/// is not a comment is a top-level key (a block scalar's lines are
+/// indented), unless the document is in flow style, which is left alone.
+fn plain_kind(document: &str) -> Option<DocumentKind> {
+    let (mut api_version, mut kind) = (None, None);
+    for line in document.lines() {
+        if line.starts_with(['{', '[', '"', '\'', '?', '&', '*', '!', '%']) {
+            return None;
+        }
+        let (slot, rest) = if let Some(rest) = line.strip_prefix("apiVersion:") {
+            (&mut api_version, rest)
+        } else if let Some(rest) = line.strip_prefix("kind:") {
+            (&mut kind, rest)
+        } else {
+            continue;
+        };
+        let value = rest.trim();
+        let plain = !value.is_empty()
+            && value
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"./-".contains(&b));
+        if !plain || slot.replace(value).is_some() {
+            return None;
+        }
+    }
+    match (api_version?, kind?) {
+        ("v1", "Service") => Some(DocumentKind::Service),
+        ("discovery.k8s.io/v1", "EndpointSlice") => Some(DocumentKind::EndpointSlice),
+        ("v1", "Endpoints") => Some(DocumentKind::Endpoints),
+        _ => None,
+    }
+}
+
+/// `document` decoded as `T`, if it decodes and is named.
+fn decode_text<T: DeserializeOwned + Object>(document: &str) -> Option<Arc<T>> {
+    let object = serde_norway::from_str(document).ok()?;
+    named(object).ok()
 }
 
 impl Loaded {
@@ -230,8 +292,12 @@ fn add_object(at: &str, value: Value, loaded: &mut Loaded) {
 }
 
 fn decode<T: DeserializeOwned + Object>(value: Value) -> Result<Arc<T>, String> {
-    let mut object: T =
-        serde_norway::from_value(value).map_err(|e| format!("invalid object: {e}"))?;
+    let object = serde_norway::from_value(value).map_err(|e| format!("invalid object: {e}"))?;
+    named(object)
+}
+
+/// A decoded object, if it is named, as `kubectl apply` takes it.
+fn named<T: Object>(mut object: T) -> Result<Arc<T>, String> {
     let metadata = object.metadata_mut();
     if metadata.name.as_deref().unwrap_or_default().is_empty() {
         return Err("metadata.name is missing".to_string());
@@ -405,6 +471,64 @@ mod tests {
             .map(|i| format!("document at test.yaml:{}", 4 * i + 1))
             .collect();
         assert_eq!(lines, expected);
+    }
+
+    #[test]
+    fn the_kind_is_read_off_the_lines_only_when_they_leave_no_doubt() {
+        let kind = |text: &str| plain_kind(text).map(|k| matches!(k, DocumentKind::Service));
+        assert_eq!(
+            kind("apiVersion: v1\nkind: Service\nmetadata: {}\n"),
+            Some(true)
+        );
+        assert_eq!(kind("# c\nkind: Service\r\napiVersion: v1\r\n"), Some(true));
+        assert_eq!(
+            kind("apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n"),
+            Some(false)
+        );
+        // Left to the general path: flow style and JSON, quoted or
+        // commented values, a key twice, kinds not ours, lists.
+        for text in [
+            "{apiVersion: v1, kind: Service}\n",
+            "{\n\"apiVersion\": \"v1\",\n\"kind\": \"Service\"\n}\n",
+            "apiVersion: \"v1\"\nkind: Service\n",
+            "apiVersion: v1\nkind: Service # the web\n",
+            "apiVersion: v1\nkind: Service\nkind: Service\n",
+            "apiVersion: apps/v1\nkind: Deployment\n",
+            "apiVersion: v1\nkind: List\nitems: []\n",
+            "kind: Service\n",
+            "? apiVersion\n: v1\nkind: Service\n",
+        ] {
+            assert!(plain_kind(text).is_none(), "{text:?}");
+        }
+    }
+
+    #[test]
+    fn decoding_directly_gives_what_the_general_path_gives() {
+        for text in [
+            include_str!("../../../tests/fixtures/kubectl-nodeport-web.yaml"),
+            include_str!("../../../tests/fixtures/kubectl-clusterip-x.yaml"),
+            "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: x-1\n  \
+             labels: {kubernetes.io/service-name: x}\naddressType: IPv4\nports: [{name: h, port: 80}]\n\
+             endpoints:\n- addresses: [10.0.0.1, 10.0.0.9]\n  conditions: {ready: true}\n  nodeName: n1\n",
+            "apiVersion: v1\nkind: Endpoints\nmetadata: {name: ext, namespace: db}\n\
+             subsets: [{addresses: [{ip: 192.168.1.5}], ports: [{port: 5432}]}]\n",
+        ] {
+            let mut direct = Objects::default();
+            assert!(decode_directly(text, &mut direct), "{text}");
+            let mut general = Loaded::default();
+            add_object("test.yaml:1", serde_norway::from_str(text).unwrap(), &mut general);
+            assert!(general.rejections.is_empty());
+            assert_eq!(format!("{direct:?}"), format!("{:?}", general.objects));
+        }
+        // A number where a string belongs fails either way, so the general
+        // path names the object and the reason.
+        let numbered = "apiVersion: v1\nkind: Service\nmetadata: {name: 123}\n";
+        assert!(!decode_directly(numbered, &mut Objects::default()));
+        let labelled = "apiVersion: v1\nkind: Service\nmetadata: {name: a, labels: {v: 2}}\n";
+        assert!(!decode_directly(labelled, &mut Objects::default()));
+        let loaded = parse(labelled);
+        assert_eq!(loaded.rejections.len(), 1);
+        assert!(loaded.objects.services.is_empty());
     }
 
     #[test]

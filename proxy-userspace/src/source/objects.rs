@@ -99,7 +99,10 @@ impl<'de> Deserialize<'de> for AnyString {
 }
 
 /// `read` applied to a string, lent where the decoder can lend it: the
-/// strings a proxy only looks at are never copied.
+/// strings a proxy only looks at are never copied. Asked for as any value,
+/// so YAML's `name: 123` is the number it reads as and is refused (YAML
+/// asked for a string would hand over the text): a manifest decoded
+/// straight from its text is judged as one decoded through a YAML tree.
 fn read_str<'de, D, T, F>(deserializer: D, read: F) -> Result<T, D::Error>
 where
     D: Deserializer<'de>,
@@ -117,7 +120,7 @@ where
             Ok((self.0)(text))
         }
     }
-    deserializer.deserialize_str(Visitor(read))
+    deserializer.deserialize_any(Visitor(read))
 }
 
 /// An IP address field: an IPv4 address as an integer, anything else (IPv6,
