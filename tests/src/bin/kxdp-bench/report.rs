@@ -432,28 +432,51 @@ fn control_verdicts(control: &[ControlRow]) -> Vec<Verdict> {
     };
     let n = largest.sync.services;
     let full_s = largest.sync.full_ms.median / 1e3;
-    let rss = largest.manifests.rss_mib.max(largest.kubernetes.rss_mib);
+    let (manifests, api) = (&largest.manifests, &largest.kubernetes);
+    let rss = manifests.rss_mib.max(api.rss_mib);
+    let peak = manifests.peak_rss_mib.max(api.peak_rss_mib);
+    let start_s = manifests.first_sync_ms.max(api.first_sync_ms) / 1e3;
+    let at = format!("at {n} Services");
     vec![
         Verdict {
             target: format!("30,000 Services × 10 endpoints programmed from empty in < 1 s (largest measured here: {n})"),
             measured: format!("{full_s:.2} s"),
             met: full_s < 1.0 && n >= 30_000,
-            limit: "building N Maglev tables (M = 1021) is most of it: ≈ 1 s of CPU at 30,000, spread over the machine's cores (2 here); the map writes are batched and the tables written through `mmap`",
+            limit: "building N Maglev tables (M = 1021, 19 µs each) is a third of the CPU, spread over the machine's cores (2 here); the rest is serial: the backends' hash-map updates in the kernel ≈ 9%, modelling, planning and staging ≈ 20%",
         },
         Verdict {
             target: "one endpoint change < 5 ms p99".into(),
-            measured: format!("{:.0} µs p99 at {n} Services", largest.sync.change_p99_us),
+            measured: format!("{:.0} µs p99 {at}", largest.sync.change_p99_us),
             met: largest.sync.change_p99_us < 5_000.0,
             limit: "",
         },
         Verdict {
+            target: "agent start to its first sync < 2 s".into(),
+            measured: format!(
+                "{:.2} s from manifests, {:.2} s from the API, {at}",
+                manifests.first_sync_ms / 1e3,
+                api.first_sync_ms / 1e3
+            ),
+            met: start_s < 2.0 && n >= 30_000,
+            limit: "from manifests, parsing the YAML comes first (29 MB at 30,000 Services, 8–10 MB/s a core with the YAML parsers tried)",
+        },
+        Verdict {
             target: "agent RSS < 64 MiB at 30,000 Services".into(),
             measured: format!(
-                "{:.1} MiB from manifests, {:.1} MiB from the API, at {n} Services",
-                largest.manifests.rss_mib, largest.kubernetes.rss_mib
+                "{:.1} MiB from manifests, {:.1} MiB from the API, {at}",
+                manifests.rss_mib, api.rss_mib
             ),
             met: rss < 64.0 && n >= 30_000,
-            limit: "most of it is the pipeline's own state (model, plan, map mirror: the pipeline state column); the Kubernetes source adds its compact objects and indexes (≈ 1.6 KB per Service + slice)",
+            limit: "from the API, the Kubernetes source's kept objects and indexes (≈ 1.5 KB per Service + slice) come on top of the pipeline's own state (the pipeline state column)",
+        },
+        Verdict {
+            target: "agent peak RSS < 128 MiB at 30,000 Services".into(),
+            measured: format!(
+                "{:.1} MiB from manifests, {:.1} MiB from the API, {at}",
+                manifests.peak_rss_mib, api.peak_rss_mib
+            ),
+            met: peak < 128.0 && n >= 30_000,
+            limit: "from the API, the source's objects are held through the sync, as the store keeps them",
         },
     ]
 }
