@@ -3,9 +3,11 @@
 //! own: the maps come in as a [`MapStore`].
 
 use std::{
-    collections::{BTreeMap, HashSet},
+    collections::BTreeMap,
     time::{Duration, Instant, SystemTime},
 };
+
+use foldhash::{HashSet, HashSetExt as _};
 
 use crate::{
     model::{self, types::Node},

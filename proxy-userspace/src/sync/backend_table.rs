@@ -73,9 +73,7 @@ impl BackendTable {
     }
 
     pub fn get(&self, id: u32) -> Option<BackendValue> {
-        let (page, slot) = place(id);
-        let page = self.pages.get(page)?.as_ref()?;
-        page.has(slot).then(|| page.values[slot])
+        value_at(&self.pages, id)
     }
 
     pub fn contains(&self, id: u32) -> bool {
@@ -84,7 +82,10 @@ impl BackendTable {
 
     /// The id a value is held under (one of them, if several).
     pub fn id_of(&self, value: &BackendValue) -> Option<u32> {
-        let hash = self.hasher.hash_one(value);
+        self.find(self.hasher.hash_one(value), value)
+    }
+
+    fn find(&self, hash: u64, value: &BackendValue) -> Option<u32> {
         self.by_value
             .find(hash, |&id| self.get(id).as_ref() == Some(value))
             .copied()
@@ -107,8 +108,8 @@ impl BackendTable {
         entry.used[slot / 64] |= 1 << (slot % 64);
         entry.count += 1;
         self.len += 1;
-        if self.id_of(&value).is_none() {
-            let hash = self.hasher.hash_one(value);
+        let hash = self.hasher.hash_one(value);
+        if self.find(hash, &value).is_none() {
             let (pages, hasher) = (&self.pages, &self.hasher);
             self.by_value.insert_unique(hash, id, |&held| {
                 hasher.hash_one(value_at(pages, held).unwrap_or_default())
@@ -146,14 +147,14 @@ impl BackendTable {
                     .map(move |slot| ((n * PAGE + slot) as u32, page.values[slot]))
             })
     }
-}
 
-impl BackendTable {
     pub fn values(&self) -> impl Iterator<Item = BackendValue> + '_ {
         self.iter().map(|(_, value)| value)
     }
 }
 
+/// The value under `id` in `pages` (apart from the table, for the hash
+/// table's rehashing, which holds the table's other half).
 fn value_at(pages: &[Option<Box<Page>>], id: u32) -> Option<BackendValue> {
     let (page, slot) = place(id);
     let page = pages.get(page)?.as_ref()?;
