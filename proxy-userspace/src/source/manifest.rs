@@ -17,7 +17,7 @@ use serde::de::DeserializeOwned;
 use serde_norway::Value;
 
 use super::{
-    cluster_ip, group,
+    block_yaml, cluster_ip, group,
     objects::{Name, Object},
     Objects, Rejection, RejectionKind, Scope, Update,
 };
@@ -140,7 +140,9 @@ fn parse_document(at: &str, document: &str, loaded: &mut Loaded) {
     if decode_directly(document, &mut loaded.objects) {
         return;
     }
-    match serde_norway::from_str::<Value>(document) {
+    let value = block_yaml::from_str::<Value>(document)
+        .or_else(|_| serde_norway::from_str::<Value>(document));
+    match value {
         Ok(Value::Null) => {}
         Ok(value) => add_object(at, value, loaded),
         Err(error) => loaded.rejections.push(Rejection::new(
@@ -204,9 +206,12 @@ fn plain_kind(document: &str) -> Option<DocumentKind> {
     }
 }
 
-/// `document` decoded as `T`, if it decodes and is named.
+/// `document` decoded as `T`, if it decodes and is named: by the fast
+/// reader of the YAML kubectl and people write, else by the YAML parser.
 fn decode_text<T: DeserializeOwned + Object>(document: &str) -> Option<Arc<T>> {
-    let object = serde_norway::from_str(document).ok()?;
+    let object = block_yaml::from_str(document)
+        .ok()
+        .or_else(|| serde_norway::from_str(document).ok())?;
     named(object).ok()
 }
 

@@ -4,6 +4,7 @@
 //! the model. Beside them, [`node_addresses`] reads the node's own
 //! addresses, the node facts the plan takes.
 
+mod block_yaml;
 pub mod cluster_ip;
 pub mod intern;
 pub mod kubernetes;
