@@ -1,7 +1,8 @@
 //! How the agent reaches many map entries at once. A full sync writes its
 //! entries in batches (`dataplane::batch`): every entry lands, a single one
 //! goes as one update, and when the kernel stops a batch (here: a full map)
-//! the rest is written one by one so each failure names its own key. The
+//! the rest is written one by one so each failure names its own key;
+//! many batches go out from several threads. The
 //! Maglev arena is written through a window of mapped pages
 //! (`maglev_arena::mapped`).
 
@@ -49,6 +50,31 @@ fn a_batch_writes_every_entry_and_names_each_one_that_does_not_fit() {
     // One entry alone, replacing a value.
     assert!(batch::put_all(&mut hash, "TEST", &[(7, 1)]).is_empty());
     assert_eq!(hash.get(&7, 0).unwrap(), 1);
+}
+
+#[test]
+fn a_full_syncs_batches_go_out_on_every_cpu_and_still_name_what_does_not_fit() {
+    require_root("the map batch test");
+    // Ten batches, enough to be split over threads, 4,000 more entries
+    // than the map holds: which ones miss out depends on the threads'
+    // order, but every entry is either written or named.
+    let data = map(BPF_MAP_TYPE_HASH, 8, 36_000);
+    let mut hash: HashMap<MapData, u32, u64> =
+        HashMap::try_from(Map::HashMap(data)).expect("a hash map");
+    let entries: Vec<(u32, u64)> = (0..40_000u32).map(|k| (k, u64::from(k) * 5)).collect();
+    let failed = batch::put_all(&mut hash, "TEST", &entries);
+    assert_eq!(failed.len(), 4_000);
+    let failed_keys: std::collections::HashSet<u32> = failed.iter().map(|(k, _)| *k).collect();
+    assert_eq!(failed_keys.len(), 4_000);
+    for (key, value) in &entries {
+        match hash.get(key, 0) {
+            Ok(found) => {
+                assert_eq!(found, *value, "key {key}");
+                assert!(!failed_keys.contains(key), "key {key} written and named");
+            }
+            Err(_) => assert!(failed_keys.contains(key), "key {key} lost unnamed"),
+        }
+    }
 }
 
 #[test]
