@@ -50,6 +50,7 @@ pub(super) fn payload(bench: &Path) -> Payload {
 struct Figures {
     release: String,
     full_ms: f64,
+    writes_ms: f64,
     change_p99_us: f64,
 }
 
@@ -67,6 +68,7 @@ fn figures(boot: &Boot) -> Option<Figures> {
         Some(Figures {
             release: words.get("kernel")?.to_string(),
             full_ms: words.get("full_ms")?.parse().ok()?,
+            writes_ms: words.get("writes_ms")?.parse().ok()?,
             change_p99_us: words.get("change_p99_us")?.parse().ok()?,
         })
     })
@@ -76,8 +78,8 @@ fn figures(boot: &Boot) -> Option<Figures> {
 /// first kernel's over the last one's; fails if a VM gave none.
 pub(super) fn summary(kernels: &[Kernel], boots: &[Boot], timeout: Duration) -> anyhow::Result<()> {
     let mut table = String::from(
-        "| kernel | release | full sync ms | one change p99 µs | run |\n\
-         |---|---|---:|---:|---|\n",
+        "| kernel | release | full sync ms | of it map writes ms | one change p99 µs | run |\n\
+         |---|---|---:|---:|---:|---|\n",
     );
     let mut measured = Vec::new();
     for (kernel, boot) in kernels.iter().zip(boots) {
@@ -90,11 +92,11 @@ pub(super) fn summary(kernels: &[Kernel], boots: &[Boot], timeout: Duration) -> 
         );
         match &found {
             Some(f) => table.push_str(&format!(
-                "| {} | {} | {:.0} | {:.0} | {run} |\n",
-                kernel.label, f.release, f.full_ms, f.change_p99_us
+                "| {} | {} | {:.0} | {:.0} | {:.0} | {run} |\n",
+                kernel.label, f.release, f.full_ms, f.writes_ms, f.change_p99_us
             )),
             None => table.push_str(&format!(
-                "| {} | | | | {run}; no `{}services={SERVICES}` line |\n",
+                "| {} | | | | | {run}; no `{}services={SERVICES}` line |\n",
                 kernel.label,
                 SYNC_LINE.trim_end()
             )),

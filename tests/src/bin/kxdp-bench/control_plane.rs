@@ -22,7 +22,7 @@ use proxy_userspace::{
 };
 use serde_json::json;
 
-use super::*;
+use super::{timed_store::TimedStore, *};
 
 pub(crate) const ENDPOINTS_PER_SERVICE: usize = 10;
 
@@ -31,6 +31,9 @@ pub(crate) struct SyncRow {
     pub(crate) services: usize,
     /// Milliseconds to compute and apply everything from empty.
     pub(crate) full_ms: Summary,
+    /// Of them, milliseconds spent in the map store's calls (writing the
+    /// maps), the Maglev builds excluded.
+    pub(crate) writes_ms: Summary,
     /// Microseconds to apply one endpoint change, over many changes.
     pub(crate) change_p50_us: f64,
     pub(crate) change_p99_us: f64,
@@ -224,10 +227,20 @@ fn one_change(i: usize, generation: u32) -> Update {
     }
 }
 
+/// What one pipeline run measured.
+struct PipelineRun {
+    full_ms: f64,
+    /// Of `full_ms`, in the map store's calls.
+    writes_ms: f64,
+    /// Heap the pipeline keeps for the Services.
+    state_mib: f64,
+    /// Each change's microseconds.
+    changes_us: Vec<f64>,
+}
+
 /// Programs `n` Services from empty, then applies `changes` single-endpoint
-/// changes one by one. Returns (full ms, heap MiB the pipeline keeps for
-/// them, change µs each).
-fn pipeline_run(n: usize, changes: usize) -> anyhow::Result<(f64, f64, Vec<f64>)> {
+/// changes one by one.
+fn pipeline_run(n: usize, changes: usize) -> anyhow::Result<PipelineRun> {
     let mount = PrivateBpffs::new("kxdp-bench-control")?;
     let mut dataplane = Dataplane::load(
         &mount.path().join("kxdp"),
@@ -244,9 +257,11 @@ fn pipeline_run(n: usize, changes: usize) -> anyhow::Result<(f64, f64, Vec<f64>)
     );
     let heap_before = heap_mib();
     let update = full_update(n);
+    let mut timed = TimedStore::new(&mut maps);
     let started = Instant::now();
-    let outcome = pipeline.apply(update, &mut maps);
+    let outcome = pipeline.apply(update, &mut timed);
     let full_ms = started.elapsed().as_secs_f64() * 1e3;
+    let writes_ms = timed.writing.as_secs_f64() * 1e3;
     let state_mib = heap_mib() - heap_before;
     ensure!(
         outcome.report.errors.is_empty(),
@@ -275,7 +290,12 @@ fn pipeline_run(n: usize, changes: usize) -> anyhow::Result<(f64, f64, Vec<f64>)
             "change {c}: {report:?}"
         );
     }
-    Ok((full_ms, state_mib, times))
+    Ok(PipelineRun {
+        full_ms,
+        writes_ms,
+        state_mib,
+        changes_us: times,
+    })
 }
 
 /// The manifests a user would write for `n` Services with their slices,
@@ -551,19 +571,21 @@ fn kube_proxy_run(
 
 /// The pipeline's figures at `n` Services over the plan's runs.
 fn measure_sync_row(n: usize, plan: &Plan) -> anyhow::Result<SyncRow> {
-    let mut fulls = Vec::new();
+    let (mut fulls, mut writes) = (Vec::new(), Vec::new());
     let mut state_mib = 0.0;
     let mut changes = Vec::new();
     for _ in 0..plan.control_runs {
-        let (full, state, times) = pipeline_run(n, plan.control_changes)?;
-        fulls.push(full);
-        state_mib = state;
-        changes.extend(times);
+        let run = pipeline_run(n, plan.control_changes)?;
+        fulls.push(run.full_ms);
+        writes.push(run.writes_ms);
+        state_mib = run.state_mib;
+        changes.extend(run.changes_us);
     }
     changes.sort_by(f64::total_cmp);
     Ok(SyncRow {
         services: n,
         full_ms: summarize(&fulls),
+        writes_ms: summarize(&writes),
         change_p50_us: percentile(&changes, 0.5),
         change_p99_us: percentile(&changes, 0.99),
         change_max_us: changes[changes.len() - 1],

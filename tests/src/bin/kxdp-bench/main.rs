@@ -64,6 +64,7 @@ mod plots;
 mod proxies;
 mod report;
 mod stats;
+mod timed_store;
 mod timing;
 
 use conn_rate::*;
