@@ -120,8 +120,11 @@ pub fn tc_forward(ctx: &TcContext, flow: &Ipv4Flow, src: u32, dst: u32) -> i32 {
     let Some(ip) = ptr_at_mut::<Ipv4Hdr>(ctx, flow.l3_off) else {
         return TC_ACT_OK;
     };
+    // The interface the program runs on, which at tc ingress is the one the
+    // packet came in on (as `ingress_ifindex`, which BPF_PROG_TEST_RUN
+    // cannot set on 5.10, while it can set this one).
     // SAFETY: bounds-checked above; reading our own skb's fields.
-    let (tos, ingress) = unsafe { ((*ip).tos, (*ctx.skb.skb).ingress_ifindex) };
+    let (tos, ingress) = unsafe { ((*ip).tos, (*ctx.skb.skb).ifindex) };
     // tot_len 0: the FIB checks the MTU against the skb itself, which knows
     // about GSO (a pod's 64 KB TCP segment is fine, an explicit length not).
     let (rc, params) = fib_lookup(ctx, ingress, (flow.proto, 0, tos), (src, dst));

@@ -15,7 +15,7 @@ use std::{collections::HashMap as StdHashMap, net::Ipv4Addr};
 
 use aya::{
     maps::{HashMap, Map, MapData},
-    programs::{SchedClassifier, TestRun, TestRunOptions, TestRunResult, Xdp},
+    programs::{ProgramError, SchedClassifier, TestRun, TestRunOptions, TestRunResult, Xdp},
     Ebpf, EbpfLoader,
 };
 use proxy_common::{
@@ -96,24 +96,48 @@ pub fn datapath_s_ago(secs: u32) -> u32 {
     datapath_now_s() - secs
 }
 
+/// The loopback interface's index in every network namespace.
+const LOOPBACK_IFINDEX: u32 = 1;
+
 /// One BPF_PROG_TEST_RUN of `prog` on `frame` (with context `ctx`):
 /// (verdict, frame as the program left it).
 fn test_run_once<P>(prog: &P, frame: &[u8], ctx: Option<&[u8]>) -> (u32, Vec<u8>)
 where
     P: for<'a> TestRun<Opts<'a> = TestRunOptions<'a>, Result = TestRunResult>,
 {
+    try_test_run(prog, frame, ctx).unwrap_or_else(|| {
+        panic!(
+            "BPF_PROG_TEST_RUN on a {}-byte frame: the kernel refused the context",
+            frame.len()
+        )
+    })
+}
+
+/// As [`test_run_once`], or `None` when the kernel refuses to take a
+/// context for this program type (EINVAL; an XDP context before 5.15).
+fn try_test_run<P>(prog: &P, frame: &[u8], ctx: Option<&[u8]>) -> Option<(u32, Vec<u8>)>
+where
+    P: for<'a> TestRun<Opts<'a> = TestRunOptions<'a>, Result = TestRunResult>,
+{
     let mut out = vec![0u8; frame.len() + OUT_SLACK];
-    let result = prog
-        .test_run(TestRunOptions {
-            data_in: Some(frame),
-            data_out: Some(&mut out),
-            ctx_in: ctx,
-            repeat: 1,
-            ..Default::default()
-        })
-        .unwrap_or_else(|e| panic!("BPF_PROG_TEST_RUN on a {}-byte frame: {e:#?}", frame.len()));
+    let result = prog.test_run(TestRunOptions {
+        data_in: Some(frame),
+        data_out: Some(&mut out),
+        ctx_in: ctx,
+        repeat: 1,
+        ..Default::default()
+    });
+    let result = match result {
+        Ok(result) => result,
+        Err(ProgramError::SyscallError(e))
+            if ctx.is_some() && e.io_error.raw_os_error() == Some(libc::EINVAL) =>
+        {
+            return None;
+        }
+        Err(e) => panic!("BPF_PROG_TEST_RUN on a {}-byte frame: {e:#?}", frame.len()),
+    };
     out.truncate(result.data_size_out as usize);
-    (result.return_value, out)
+    Some((result.return_value, out))
 }
 
 /// A backend as the packet tests write it: address, port, on this node?
@@ -132,6 +156,8 @@ pub struct Datapath {
     frontends: StdHashMap<FrontendKey, (u32, Frontend)>,
     /// The backends written, by id.
     backends: StdHashMap<u32, BackendValue>,
+    /// The NIC addresses written, by interface index.
+    nic_addrs: StdHashMap<u32, Ipv4Addr>,
     _mount: PrivateBpffs,
 }
 
@@ -201,6 +227,7 @@ impl Datapath {
             maps,
             frontends: StdHashMap::new(),
             backends: StdHashMap::new(),
+            nic_addrs: StdHashMap::new(),
             _mount: mount,
         }
     }
@@ -401,6 +428,7 @@ impl Datapath {
         self.maps
             .put_nic_addr(ifindex, addr)
             .expect("write NIC address");
+        self.nic_addrs.insert(ifindex, addr);
     }
 
     /// Lets clients in `prefix/len` use frontend `frontend_id` (loadBalancerSourceRanges).
@@ -466,10 +494,11 @@ impl Datapath {
     /// Runs `pod_ingress` once on `frame` as if it came in on interface
     /// `ifindex` of the calling thread's network namespace.
     pub fn run_from(&mut self, frame: &[u8], ifindex: u32) -> (u32, Vec<u8>) {
-        // struct __sk_buff up to ingress_ifindex (the tenth u32); the kernel
-        // zeroes the rest.
-        let mut ctx = [0u32; 10];
-        ctx[9] = ifindex;
+        // struct __sk_buff up to ifindex (the eleventh u32: the interface the
+        // skb is on, which every kernel from 5.10 lets a test run set); the
+        // kernel zeroes the rest.
+        let mut ctx = [0u32; 11];
+        ctx[10] = ifindex;
         let ctx: Vec<u8> = ctx.iter().flat_map(|v| v.to_ne_bytes()).collect();
         self.run_program_in(POD_INGRESS, frame, Some(&ctx))
     }
@@ -481,6 +510,14 @@ impl Datapath {
 
     /// Runs `nic_ingress` once on `frame` as if it arrived on interface
     /// `ifindex` of the calling thread's network namespace.
+    ///
+    /// Before Linux 5.15 a test run takes no XDP context (EINVAL): the frame
+    /// arrives on the namespace's loopback interface instead, so `ifindex`'s
+    /// address is written for the loopback too, and a frame the FIB sends
+    /// out of `ifindex` is redirected there rather than sent back. The
+    /// FIB writes the egress interface's own MAC as the frame's source, so
+    /// a redirect with `ifindex`'s MAC as its source is what a kernel
+    /// taking the context gives as XDP_TX, and is read as that.
     pub fn run_nic(&mut self, frame: &[u8], ifindex: u32) -> (u32, Vec<u8>) {
         let prog: &mut Xdp = self
             .ebpf
@@ -488,7 +525,27 @@ impl Datapath {
             .expect("program loaded")
             .try_into()
             .expect("XDP");
-        test_run_once(prog, frame, Some(&xdp_md(frame.len(), ifindex)))
+        let context = xdp_md(frame.len(), ifindex);
+        if let Some(run) = try_test_run(prog, frame, Some(&context)) {
+            return run;
+        }
+        if let Some(&addr) = self.nic_addrs.get(&ifindex) {
+            self.maps
+                .put_nic_addr(LOOPBACK_IFINDEX, addr)
+                .expect("write NIC address");
+        }
+        let prog: &mut Xdp = self
+            .ebpf
+            .program_mut(NIC_INGRESS)
+            .expect("program loaded")
+            .try_into()
+            .expect("XDP");
+        let (verdict, out) = test_run_once(prog, frame, None);
+        let sent_from_ifindex = out.get(6..12) == Some(&crate::nic_netns::mac_of(ifindex)[..]);
+        match verdict {
+            XDP_REDIRECT if sent_from_ifindex => (XDP_TX, out),
+            _ => (verdict, out),
+        }
     }
 
     /// Verdicts counted for `verdict`, summed over CPUs.

@@ -44,6 +44,31 @@ pub fn ifindex(name: &str) -> u32 {
     index
 }
 
+/// The MAC address of interface `ifindex` in the calling thread's
+/// namespace (read with `ip`, which starts in that namespace: `/sys` shows
+/// the namespace it was mounted in).
+pub fn mac_of(ifindex: u32) -> [u8; 6] {
+    let output = Command::new("ip")
+        .args(["-o", "link", "show"])
+        .output()
+        .unwrap_or_else(|e| panic!("ip link show: {e}"));
+    let listing = String::from_utf8_lossy(&output.stdout);
+    let line = listing
+        .lines()
+        .find(|line| line.starts_with(&format!("{ifindex}: ")))
+        .unwrap_or_else(|| panic!("no interface {ifindex} in:\n{listing}"));
+    let text = line
+        .split_whitespace()
+        .skip_while(|word| !word.starts_with("link/"))
+        .nth(1)
+        .unwrap_or_else(|| panic!("no link address in {line:?}"));
+    let mut mac = [0u8; 6];
+    for (byte, hex) in mac.iter_mut().zip(text.split(':')) {
+        *byte = u8::from_str_radix(hex, 16).unwrap_or_else(|e| panic!("{text}: {e}"));
+    }
+    mac
+}
+
 /// The other end of the NIC's veth, standing in for a pod interface.
 pub const POD_SIDE: &str = "peer0";
 

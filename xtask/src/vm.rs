@@ -117,15 +117,6 @@ struct KernelLine {
     not_run: &'static [(&'static str, &'static str)],
 }
 
-/// Before 5.15 `BPF_PROG_TEST_RUN` takes no XDP context, so the NIC
-/// program cannot be told its ingress interface under test; real traffic
-/// drives it there instead.
-const NO_XDP_TEST_CONTEXT: &[(&str, &str)] = &[(
-    "nic_packet_tests",
-    "BPF_PROG_TEST_RUN takes no XDP context (ingress interface) before 5.15; \
-     nodeport_netns and two_node_topology drive the NIC program with real traffic",
-)];
-
 fn kernel_line(version: &str) -> Option<KernelLine> {
     match version {
         // Debian 11's kernel line, as Amazon Linux 2 and Debian 11 run it.
@@ -133,7 +124,7 @@ fn kernel_line(version: &str) -> Option<KernelLine> {
             pattern: r"^linux-image-5\.10\.0-[0-9]+-cloud-amd64$",
             source: AptSource::Suite("bullseye"),
             missing: "bpf_ktime_get_coarse_ns,bpf_set_retval in sock_addr,SO_NETNS_COOKIE,tcx",
-            not_run: NO_XDP_TEST_CONTEXT,
+            not_run: &[],
         }),
         "6.1" => Some(KernelLine {
             pattern: r"^linux-image-6\.1\.0-[0-9]+-cloud-amd64$",
