@@ -519,9 +519,10 @@ impl Datapath {
     /// a redirect with `ifindex`'s MAC as its source is what a kernel
     /// taking the context gives as XDP_TX, and is read as that.
     pub fn run_nic(&mut self, frame: &[u8], ifindex: u32) -> (u32, Vec<u8>) {
-        let prog: &mut Xdp = self
+        // Borrowed from the object alone, so the maps stay writable below.
+        let prog: &Xdp = self
             .ebpf
-            .program_mut(NIC_INGRESS)
+            .program(NIC_INGRESS)
             .expect("program loaded")
             .try_into()
             .expect("XDP");
@@ -534,12 +535,6 @@ impl Datapath {
                 .put_nic_addr(LOOPBACK_IFINDEX, addr)
                 .expect("write NIC address");
         }
-        let prog: &mut Xdp = self
-            .ebpf
-            .program_mut(NIC_INGRESS)
-            .expect("program loaded")
-            .try_into()
-            .expect("XDP");
         let (verdict, out) = test_run_once(prog, frame, None);
         let sent_from_ifindex = out.get(6..12) == Some(&crate::nic_netns::mac_of(ifindex)[..]);
         match verdict {
