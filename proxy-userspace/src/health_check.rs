@@ -119,8 +119,8 @@ impl Handler for Answer {
 fn response(status: &Status) -> Response {
     let body = serde_json::json!({
         "service": {
-            "namespace": status.service.namespace,
-            "name": status.service.name,
+            "namespace": &*status.service.namespace,
+            "name": &*status.service.name,
         },
         "localEndpoints": status.local_endpoints,
         "serviceProxyHealthy": true,

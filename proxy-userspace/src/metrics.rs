@@ -338,8 +338,8 @@ impl Telemetry {
             frontends.push(FrontendSample {
                 frontend: frontend_text(key),
                 scope: scope_label(key),
-                namespace: owner.map(|o| o.namespace.clone()).unwrap_or_default(),
-                name: owner.map(|o| o.name.clone()).unwrap_or_default(),
+                namespace: owner.map(|o| o.namespace.to_string()).unwrap_or_default(),
+                name: owner.map(|o| o.name.to_string()).unwrap_or_default(),
                 packets: stats.packets,
                 bytes: stats.bytes,
             });

@@ -31,10 +31,11 @@ use tracing::warn;
 use self::store::{Kept, Key, SliceIndex};
 use super::{
     group,
-    objects::{EndpointSlice, Object, Service},
+    objects::{EndpointSlice, Meta, Object, Service},
     Objects, Scope, ServiceObjects, Update,
 };
 
+mod packed;
 mod store;
 
 /// kube-proxy skips Services claimed by another proxy implementation...
@@ -273,7 +274,7 @@ impl KubernetesSource {
                 self.services.begin_relist();
             }
             Event::InitApply(service) => {
-                self.services.insert(service.object);
+                self.services.insert(&service.object);
             }
             Event::InitDone => {
                 // Services deleted while the watch was away sent no event.
@@ -283,7 +284,7 @@ impl KubernetesSource {
             }
             Event::Apply(service) => {
                 self.dirty.insert(Key::of(&service.object.metadata));
-                self.services.insert(service.object);
+                self.services.insert(&service.object);
             }
             Event::Delete(service) => {
                 self.dirty.insert(Key::of(&service.object.metadata));
@@ -299,19 +300,19 @@ impl KubernetesSource {
                 self.slices.begin_relist();
             }
             Event::InitApply(slice) => {
-                self.keep_slice(slice.object);
+                self.keep_slice(&slice.object);
             }
             Event::InitDone => {
                 // Slices that went away meanwhile sent no event.
                 for gone in self.slices.end_relist() {
-                    self.slice_index.unfile(&gone);
+                    self.slice_index.unfile(&gone.metadata);
                 }
                 self.slices_listed = true;
                 self.full_due = true;
             }
             Event::Apply(slice) => {
                 let key = Key::of(&slice.object.metadata);
-                match Key::owner(&slice.object) {
+                match Key::owner(&slice.object.metadata) {
                     Some(owner) => {
                         self.dirty.insert(owner);
                     }
@@ -320,27 +321,28 @@ impl KubernetesSource {
                     }
                 }
                 // A slice whose label changed leaves its former Service too.
-                if let Some(previous) = self.keep_slice(slice.object) {
+                if let Some(previous) = self.keep_slice(&slice.object) {
                     self.dirty.extend(Key::owner(&previous));
                 }
             }
             Event::Delete(slice) => {
                 let removed = self.slices.remove(&slice.object.metadata);
                 if let Some(removed) = &removed {
-                    self.slice_index.unfile(removed);
-                    self.dirty.extend(Key::owner(removed));
+                    self.slice_index.unfile(&removed.metadata);
+                    self.dirty.extend(Key::owner(&removed.metadata));
                 }
-                self.dirty.extend(Key::owner(&slice.object));
+                self.dirty.extend(Key::owner(&slice.object.metadata));
             }
         }
     }
 
-    /// Keeps `slice` and files it under its Service; returns the version it
-    /// replaced.
-    fn keep_slice(&mut self, slice: EndpointSlice) -> Option<Arc<EndpointSlice>> {
-        let previous = self.slices.get(&Key::of(&slice.metadata));
-        self.slice_index.refile(previous.map(|p| &**p), &slice);
-        self.slices.insert(slice)
+    /// Keeps `slice` and files it under its Service; returns the metadata of
+    /// the version it replaced.
+    fn keep_slice(&mut self, slice: &EndpointSlice) -> Option<Meta> {
+        let previous = self.slices.meta(&Key::of(&slice.metadata));
+        self.slice_index.refile(previous.as_ref(), &slice.metadata);
+        self.slices.insert(slice);
+        previous
     }
 
     /// The update owed for what was observed so far, if one can go out.
@@ -385,9 +387,9 @@ impl KubernetesSource {
         let mut services = Vec::new();
         let mut slices = Vec::new();
         for key in &dirty {
-            services.extend(self.services.get(key).cloned());
+            services.extend(self.services.get(key).map(Arc::new));
             for slice in self.slice_index.slices_of(key) {
-                slices.extend(self.slices.get(&slice).cloned());
+                slices.extend(self.slices.get(&slice).map(Arc::new));
             }
         }
         // A slice relabelled or deleted later in the same batch is no orphan.
@@ -396,7 +398,7 @@ impl KubernetesSource {
                 self.slices
                     .get(key)
                     .filter(|slice| slice.metadata.labels.service_name.is_none())
-                    .cloned(),
+                    .map(Arc::new),
             );
         }
         // Slices in namespace/name order, as in a Full update.

@@ -14,7 +14,7 @@ pub mod objects;
 
 use std::{collections::BTreeMap, fmt, sync::Arc};
 
-use self::objects::{EndpointSlice, Endpoints, Meta, Service};
+use self::objects::{EndpointSlice, Endpoints, Meta, Name, Service};
 
 /// Label linking an EndpointSlice to its Service.
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
@@ -31,18 +31,20 @@ pub struct Objects {
     pub endpoints: Vec<Arc<Endpoints>>,
 }
 
-/// `namespace/name` of a Service.
+/// `namespace/name` of a Service. Interned: the plan, the claims of its
+/// frontends and the models all name a Service, and share one allocation
+/// per name.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct ServiceName {
-    pub namespace: String,
-    pub name: String,
+    pub namespace: Name,
+    pub name: Name,
 }
 
 impl ServiceName {
     pub fn new(namespace: &str, name: &str) -> Self {
         Self {
-            namespace: namespace.to_string(),
-            name: name.to_string(),
+            namespace: Name::new(namespace),
+            name: Name::new(name),
         }
     }
 

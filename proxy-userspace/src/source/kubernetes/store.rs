@@ -1,17 +1,22 @@
-//! What the Kubernetes source keeps between events: one compact object per
-//! Service and per EndpointSlice, and which slices belong to which Service.
+//! What the Kubernetes source keeps between events: every Service and
+//! EndpointSlice packed into one allocation of bytes ([`packed`](super::packed)),
+//! and which slices belong to which Service. A change or a full update
+//! unpacks the objects it needs; they are dropped once modelled.
 //!
-//! A relist updates the kept objects in place and, when it is complete,
-//! drops those it did not list (deleted while the watch was away), so a
-//! relist never holds a second copy of the state.
+//! Every entry of a table begins with its key, namespace and name, so the
+//! tables hold the entries alone: no key objects, no names kept apart.
+//! A relist marks what it lists in the entries themselves and, when it is
+//! complete, drops what it did not list (deleted while the watch was
+//! away), so a relist never holds a second copy of the state.
 
-use std::{
-    collections::{HashMap, HashSet},
-    sync::Arc,
-};
+use std::{hash::BuildHasher, marker::PhantomData, sync::Arc};
 
+use hashbrown::HashTable;
+use tracing::error;
+
+use super::packed::{put_str, Pack, Reader};
 use crate::source::{
-    objects::{EndpointSlice, Meta, Name, Object},
+    objects::{Meta, Name, Object},
     ServiceName,
 };
 
@@ -29,10 +34,10 @@ impl Key {
         Self::new(meta, meta.name.clone())
     }
 
-    /// The Service `slice` belongs to, from its label.
-    pub(super) fn owner(slice: &EndpointSlice) -> Option<Self> {
-        let service = slice.metadata.labels.service_name.clone()?;
-        Some(Self::new(&slice.metadata, Some(service)))
+    /// The Service the slice described by `meta` belongs to, from its label.
+    pub(super) fn owner(meta: &Meta) -> Option<Self> {
+        let service = meta.labels.service_name.clone()?;
+        Some(Self::new(meta, Some(service)))
     }
 
     fn new(meta: &Meta, name: Option<Name>) -> Self {
@@ -50,123 +55,302 @@ impl Key {
     }
 }
 
+/// Entries that begin with their key (namespace, name), found by it.
+struct Keyed {
+    entries: HashTable<Box<[u8]>>,
+    hasher: foldhash::fast::RandomState,
+}
+
+impl Default for Keyed {
+    fn default() -> Self {
+        Self {
+            entries: HashTable::new(),
+            hasher: foldhash::fast::RandomState::default(),
+        }
+    }
+}
+
+/// The key an entry begins with, and the bytes after it.
+fn split_key(entry: &[u8]) -> Option<(&str, &str, &[u8])> {
+    let mut reader = Reader::new(entry);
+    let namespace = reader.str()?;
+    let name = reader.str()?;
+    Some((namespace, name, reader.rest()))
+}
+
+fn begin_entry(namespace: &str, name: &str) -> Vec<u8> {
+    let mut entry = Vec::with_capacity(namespace.len() + name.len() + 64);
+    put_str(&mut entry, namespace);
+    put_str(&mut entry, name);
+    entry
+}
+
+impl Keyed {
+    fn hash(hasher: &foldhash::fast::RandomState, namespace: &str, name: &str) -> u64 {
+        hasher.hash_one((namespace, name))
+    }
+
+    fn hash_entry(hasher: &foldhash::fast::RandomState, entry: &[u8]) -> u64 {
+        // Every entry was written by `begin_entry`; an empty key stands in
+        // for one that could not be read, which no lookup then finds.
+        let (namespace, name, _) = split_key(entry).unwrap_or(("", "", &[]));
+        Self::hash(hasher, namespace, name)
+    }
+
+    fn is(entry: &[u8], namespace: &str, name: &str) -> bool {
+        split_key(entry).is_some_and(|(ns, n, _)| ns == namespace && n == name)
+    }
+
+    fn get(&self, namespace: &str, name: &str) -> Option<&[u8]> {
+        let hash = Self::hash(&self.hasher, namespace, name);
+        self.entries
+            .find(hash, |entry| Self::is(entry, namespace, name))
+            .map(|entry| &**entry)
+    }
+
+    /// Keeps `entry` in place of the one with the same key.
+    fn put(&mut self, entry: Box<[u8]>) {
+        let Some((namespace, name, _)) = split_key(&entry) else {
+            return;
+        };
+        let hash = Self::hash(&self.hasher, namespace, name);
+        let hasher = &self.hasher;
+        match self.entries.entry(
+            hash,
+            |kept| Self::is(kept, namespace, name),
+            |kept| Self::hash_entry(hasher, kept),
+        ) {
+            hashbrown::hash_table::Entry::Occupied(mut kept) => *kept.get_mut() = entry,
+            hashbrown::hash_table::Entry::Vacant(vacant) => {
+                vacant.insert(entry);
+            }
+        }
+    }
+
+    fn remove(&mut self, namespace: &str, name: &str) -> Option<Box<[u8]>> {
+        let hash = Self::hash(&self.hasher, namespace, name);
+        let found = self
+            .entries
+            .find_entry(hash, |entry| Self::is(entry, namespace, name));
+        found.ok().map(|entry| entry.remove().0)
+    }
+
+    fn shrink_to_fit(&mut self) {
+        let hasher = &self.hasher;
+        self.entries
+            .shrink_to_fit(|entry| Self::hash_entry(hasher, entry));
+    }
+}
+
+/// An object entry: key, whether the running relist listed it, the object
+/// packed (its metadata first).
+const LISTED: usize = 0;
+
 /// The objects of one kind, by key.
 pub(super) struct Kept<K> {
-    objects: HashMap<Key, Arc<K>>,
-    /// The keys listed since the watcher began a relist; `None` outside one.
-    listed: Option<HashSet<Key>>,
+    objects: Keyed,
+    /// A relist is under way: objects kept now are marked as listed.
+    relisting: bool,
+    kind: PhantomData<fn() -> K>,
 }
 
 impl<K> Default for Kept<K> {
     fn default() -> Self {
         Self {
-            objects: HashMap::new(),
-            listed: None,
+            objects: Keyed::default(),
+            relisting: false,
+            kind: PhantomData,
         }
     }
 }
 
-impl<K: Object> Kept<K> {
-    pub(super) fn get(&self, key: &Key) -> Option<&Arc<K>> {
-        self.objects.get(key)
+impl<K: Object + Pack> Kept<K> {
+    /// The object of `key`, unpacked.
+    pub(super) fn get(&self, key: &Key) -> Option<K> {
+        self.objects
+            .get(&key.namespace, &key.name)
+            .and_then(unpack::<K>)
     }
 
-    /// Keeps `object` in place of the one of the same key; returns that one.
-    pub(super) fn insert(&mut self, object: K) -> Option<Arc<K>> {
+    /// The metadata of the object of `key`, unpacked alone.
+    pub(super) fn meta(&self, key: &Key) -> Option<Meta> {
+        let entry = self.objects.get(&key.namespace, &key.name)?;
+        let (namespace, name, rest) = split_key(entry)?;
+        let mut meta = Meta::unpack(&mut Reader::new(rest.get(LISTED + 1..)?))?;
+        meta.namespace = Some(Name::new(namespace));
+        meta.name = Some(Name::new(name));
+        Some(meta)
+    }
+
+    /// Keeps `object` in place of the one of the same key.
+    pub(super) fn insert(&mut self, object: &K) {
         let key = Key::of(object.metadata());
-        if let Some(listed) = &mut self.listed {
-            listed.insert(key.clone());
-        }
-        self.objects.insert(key, Arc::new(object))
+        let mut entry = begin_entry(&key.namespace, &key.name);
+        entry.push(u8::from(self.relisting));
+        object.pack(&mut entry);
+        self.objects.put(entry.into_boxed_slice());
     }
 
-    pub(super) fn remove(&mut self, meta: &Meta) -> Option<Arc<K>> {
-        self.objects.remove(&Key::of(meta))
+    /// Drops the object described by `meta`; returns it.
+    pub(super) fn remove(&mut self, meta: &Meta) -> Option<K> {
+        let key = Key::of(meta);
+        let entry = self.objects.remove(&key.namespace, &key.name)?;
+        unpack(&entry)
     }
 
     /// A relist starts (again): what it does not list by [`Self::end_relist`]
     /// is gone.
     pub(super) fn begin_relist(&mut self) {
-        self.listed = Some(HashSet::new());
+        self.relisting = true;
+        for entry in self.objects.entries.iter_mut() {
+            set_listed(entry, false);
+        }
     }
 
     /// The relist is complete: drops and returns the objects it did not list.
-    pub(super) fn end_relist(&mut self) -> Vec<Arc<K>> {
-        let Some(listed) = self.listed.take() else {
+    pub(super) fn end_relist(&mut self) -> Vec<K> {
+        if !std::mem::take(&mut self.relisting) {
             return Vec::new();
-        };
-        let gone: Vec<Key> = self
-            .objects
-            .keys()
-            .filter(|key| !listed.contains(*key))
-            .cloned()
-            .collect();
-        let removed = gone
-            .iter()
-            .filter_map(|key| self.objects.remove(key))
-            .collect();
+        }
+        let mut gone = Vec::new();
+        self.objects.entries.retain(|entry| {
+            if listed(entry) {
+                set_listed(entry, false);
+                true
+            } else {
+                gone.extend(unpack::<K>(entry));
+                false
+            }
+        });
         self.objects.shrink_to_fit();
-        removed
+        gone
     }
 
-    /// Every object, shared, in namespace/name order so updates (slice
+    /// Every object, unpacked, in namespace/name order so updates (slice
     /// order, rejections) do not depend on hash order.
     pub(super) fn sorted(&self) -> Vec<Arc<K>> {
-        let mut objects: Vec<(&Key, &Arc<K>)> = self.objects.iter().collect();
-        objects.sort_unstable_by(|a, b| a.0.cmp(b.0));
-        objects.into_iter().map(|(_, o)| Arc::clone(o)).collect()
+        let mut entries: Vec<(&str, &str, &[u8])> = self
+            .objects
+            .entries
+            .iter()
+            .filter_map(|entry| split_key(entry).map(|(ns, name, _)| (ns, name, &**entry)))
+            .collect();
+        entries.sort_unstable_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
+        entries
+            .into_iter()
+            .filter_map(|(_, _, entry)| unpack(entry).map(Arc::new))
+            .collect()
     }
 
     #[cfg(test)]
     pub(super) fn len(&self) -> usize {
-        self.objects.len()
+        self.objects.entries.len()
     }
+}
+
+fn listed(entry: &[u8]) -> bool {
+    split_key(entry).is_some_and(|(_, _, rest)| rest.get(LISTED) == Some(&1))
+}
+
+fn set_listed(entry: &mut [u8], listed: bool) {
+    let Some((_, _, rest)) = split_key(entry) else {
+        return;
+    };
+    let at = entry.len() - rest.len() + LISTED;
+    if let Some(flag) = entry.get_mut(at) {
+        *flag = u8::from(listed);
+    }
+}
+
+/// The object an entry holds, its name and namespace from the key. Entries
+/// are only ever written by [`Kept::insert`], so a failure is a bug; it is
+/// reported and the object left out rather than the agent stopped.
+fn unpack<K: Object + Pack>(entry: &[u8]) -> Option<K> {
+    let unpacked = split_key(entry).and_then(|(namespace, name, rest)| {
+        let mut object = K::unpack(&mut Reader::new(rest.get(LISTED + 1..)?))?;
+        object.metadata_mut().namespace = Some(Name::new(namespace));
+        object.metadata_mut().name = Some(Name::new(name));
+        Some(object)
+    });
+    if unpacked.is_none() {
+        error!(
+            entry = ?split_key(entry).map(|(ns, name, _)| format!("{ns}/{name}")),
+            "a kept Kubernetes object could not be unpacked (a bug in kxdp); it is left out"
+        );
+    }
+    unpacked
 }
 
 /// Which slices belong to which Service, kept up to date from the events so
 /// a Service's slices are found without scanning every slice. A slice lives
-/// in its Service's namespace, so a name is enough.
+/// in its Service's namespace, so a name is enough: an entry is the
+/// Service's key followed by its slices' names, sorted.
 #[derive(Default)]
 pub(super) struct SliceIndex {
-    slices: HashMap<Key, Vec<Name>>,
+    services: Keyed,
 }
 
 impl SliceIndex {
-    /// Moves `slice` from the Service `previous` (if any) to the one its
-    /// label names now (if any).
-    pub(super) fn refile(&mut self, previous: Option<&EndpointSlice>, slice: &EndpointSlice) {
+    /// Moves the slice described by `meta` from the Service `previous` (the
+    /// metadata of its kept version, if any) to the one its label names now
+    /// (if any).
+    pub(super) fn refile(&mut self, previous: Option<&Meta>, meta: &Meta) {
         if let Some(previous) = previous {
             self.unfile(previous);
         }
-        let (Some(owner), Some(name)) = (Key::owner(slice), &slice.metadata.name) else {
+        let (Some(owner), Some(name)) = (Key::owner(meta), &meta.name) else {
             return;
         };
-        let names = self.slices.entry(owner).or_default();
-        if let Err(at) = names.binary_search(name) {
-            names.insert(at, name.clone());
+        let mut names = self.names(&owner);
+        if let Err(at) = names.binary_search_by(|n| n.as_str().cmp(name)) {
+            names.insert(at, name.to_string());
+            self.store(&owner, &names);
         }
     }
 
-    pub(super) fn unfile(&mut self, slice: &EndpointSlice) {
-        let (Some(owner), Some(name)) = (Key::owner(slice), &slice.metadata.name) else {
+    pub(super) fn unfile(&mut self, meta: &Meta) {
+        let (Some(owner), Some(name)) = (Key::owner(meta), &meta.name) else {
             return;
         };
-        if let Some(names) = self.slices.get_mut(&owner) {
-            names.retain(|n| n != name);
-            if names.is_empty() {
-                self.slices.remove(&owner);
-            }
+        let mut names = self.names(&owner);
+        let before = names.len();
+        names.retain(|n| *n != **name);
+        if names.len() != before {
+            self.store(&owner, &names);
         }
     }
 
-    pub(super) fn slices_of<'a>(&'a self, service: &'a Key) -> impl Iterator<Item = Key> + 'a {
-        self.slices
-            .get(service)
+    /// The keys of the slices filed under `service`.
+    pub(super) fn slices_of(&self, service: &Key) -> Vec<Key> {
+        self.names(service)
             .into_iter()
-            .flatten()
             .map(|name| Key {
                 namespace: service.namespace.clone(),
-                name: name.clone(),
+                name: Name::new(&name),
             })
+            .collect()
+    }
+
+    fn names(&self, service: &Key) -> Vec<String> {
+        let Some(entry) = self.services.get(&service.namespace, &service.name) else {
+            return Vec::new();
+        };
+        let Some((_, _, rest)) = split_key(entry) else {
+            return Vec::new();
+        };
+        let mut reader = Reader::new(rest);
+        std::iter::from_fn(|| reader.str().map(str::to_string)).collect()
+    }
+
+    fn store(&mut self, service: &Key, names: &[String]) {
+        if names.is_empty() {
+            self.services.remove(&service.namespace, &service.name);
+            return;
+        }
+        let mut entry = begin_entry(&service.namespace, &service.name);
+        for name in names {
+            put_str(&mut entry, name);
+        }
+        self.services.put(entry.into_boxed_slice());
     }
 }

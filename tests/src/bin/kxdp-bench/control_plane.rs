@@ -142,7 +142,7 @@ fn service_objects(i: usize, generation: u32) -> (ServiceName, ServiceObjects) {
         ..Meta::default()
     };
     let service = Service {
-        metadata: metadata(name.name.clone(), Labels::default()),
+        metadata: metadata(name.name.to_string(), Labels::default()),
         spec: Some(ServiceSpec {
             cluster_ip: Some(IpText::V4(cluster_ip(i))),
             ports: Some(Box::new([ServicePort {
