@@ -98,7 +98,9 @@ pub struct HealthCheck {
 /// The desired state, kept per Service.
 #[derive(Debug, Default)]
 pub struct Plan {
-    services: BTreeMap<ServiceName, ServiceModel>,
+    /// Boxed: a tree node holds eleven entries, and a model inline made
+    /// each node 2.5 KiB, most of it in nodes' spare room.
+    services: BTreeMap<ServiceName, Box<ServiceModel>>,
     /// Every Service claiming a frontend, sorted; the first by namespace/name
     /// serves it. A Vec: nearly every frontend has one claimant, and a set
     /// would allocate a whole tree node for it.
@@ -263,8 +265,8 @@ impl Plan {
         change: &mut PlanChange,
     ) {
         let old = match service {
-            Some(service) if self.services.get(name) == Some(&service) => return,
-            Some(service) => self.services.insert(name.clone(), service),
+            Some(service) if self.services.get(name).map(|s| &**s) == Some(&service) => return,
+            Some(service) => self.services.insert(name.clone(), Box::new(service)),
             None => self.services.remove(name),
         };
         let old_keys = old.map(|s| keys_of(&s, &self.node)).unwrap_or_default();

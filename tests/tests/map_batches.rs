@@ -150,4 +150,18 @@ fn an_array_larger_than_its_window_is_written_and_read_everywhere() {
         assert_eq!(mapped.get(i).unwrap(), value(i), "entry {i}");
     }
     assert_eq!(array.get(&12, 0).unwrap(), 0, "never written");
+    // Unmapped (as the agent does after a full sync), none of the array's
+    // pages stay mapped, and the next access maps what it needs again.
+    let mappings = || {
+        std::fs::read_to_string("/proc/self/maps")
+            .expect("/proc/self/maps")
+            .lines()
+            .filter(|line| line.contains("anon_inode:bpf-map"))
+            .count()
+    };
+    assert_eq!(mappings(), 1, "one window mapped");
+    mapped.unmap();
+    assert_eq!(mappings(), 0, "nothing mapped after unmap");
+    assert_eq!(mapped.get(1600).unwrap(), value(1600));
+    assert_eq!(mappings(), 1, "mapped again on access");
 }

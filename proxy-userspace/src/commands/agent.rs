@@ -197,6 +197,7 @@ fn apply(
         // The update is gone: the names only it held go too (manifests keep
         // no objects), before the freed heap is handed back.
         intern::prune();
+        maps.tables().unmap();
         release_freed_memory();
     }
     scope == Scope::Full
@@ -243,13 +244,21 @@ fn follow_node(
 }
 
 /// A full update decodes every object at once and frees them after the
-/// sync; the allocator's pages that held only them (on this thread and the
-/// decoding and building ones) go back to the system, so the resident size
-/// is what the agent actually holds.
+/// sync; the allocator's pages that held only them go back to the system,
+/// so the resident size is what the agent actually holds. Those of the
+/// runtime's worker, where the Kubernetes source unpacked them, only once
+/// that thread collects: objects freed here wait on its heap until then.
 fn release_freed_memory() {
     // SAFETY: only releases free pages; no pointer is touched.
     unsafe {
         libmimalloc_sys::mi_collect(true);
+    }
+    // The runtime has one worker (main.rs): a spawned task runs there.
+    if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+        runtime.spawn(async {
+            // SAFETY: as above.
+            unsafe { libmimalloc_sys::mi_collect(true) }
+        });
     }
 }
 

@@ -55,6 +55,12 @@ impl BackendRefs {
         refs
     }
 
+    /// Gives back the room the counts grew by beyond the highest id (up to
+    /// as much again), once a full sync has written every backend.
+    pub(super) fn trim(&mut self) {
+        self.counts.shrink_to_fit();
+    }
+
     /// The count of backend `id`, made room for.
     fn count_mut(&mut self, id: u32) -> &mut u32 {
         let index = id as usize;

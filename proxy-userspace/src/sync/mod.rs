@@ -210,6 +210,7 @@ impl Syncer {
             .frontend_keys()
             .filter_map(|key| Some((frontend_key(key), plan.frontend(key)?)));
         self.write(frontends, unwanted, store, &mut report);
+        self.refs.trim();
         report
     }
 

@@ -5,7 +5,8 @@
 //! the map's own memory, so a large array is mapped a window at a time
 //! (moved when an access falls outside it: a full sync writes blocks in
 //! order, so it moves a few dozen times; a single change maps just the
-//! pages it touches), a small one whole.
+//! pages it touches), a small one whole. The agent unmaps both arrays
+//! after a full sync, whose windows would otherwise stay resident.
 
 use std::{
     cell::RefCell,
@@ -78,7 +79,8 @@ impl MappedArray {
             // order, a restart reading them) maps a whole window; an access
             // elsewhere (one change) maps only its own pages, which is
             // quicker: the kernel fills every page of a mapping at once.
-            let onward = view.as_ref().is_none_or(|v| {
+            // The first access after [`Self::unmap`] maps only its pages.
+            let onward = view.as_ref().is_some_and(|v| {
                 let past = v.first + v.count;
                 start >= past && start - past < self.window
             });
@@ -102,6 +104,12 @@ impl MappedArray {
         Ok(f(
             &entries[(start - v.first) as usize..(end - v.first) as usize]
         ))
+    }
+
+    /// Unmaps the window, so its pages stop counting in the agent's RSS;
+    /// the next access maps what it needs again.
+    pub fn unmap(&self) {
+        *self.view.borrow_mut() = None;
     }
 
     /// Entry `index`.

@@ -202,6 +202,13 @@ impl MaglevArena {
         Ok(descriptor as u32)
     }
 
+    /// Unmaps the windows onto the arena and the index (see
+    /// [`MappedArray::unmap`]).
+    pub fn unmap(&self) {
+        self.arena.unmap();
+        self.index.unmap();
+    }
+
     /// Entries in live blocks, and entries of the arena.
     pub fn usage(&self) -> (u64, u64) {
         (self.alloc.usage().0, u64::from(self.arena.entries()))

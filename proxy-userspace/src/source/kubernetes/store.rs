@@ -354,3 +354,119 @@ impl SliceIndex {
         self.services.put(entry.into_boxed_slice());
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::source::objects::{EndpointSlice, Service};
+
+    fn service(namespace: &str, name: &str, ip: &str) -> Service {
+        serde_json::from_value(json!({
+            "metadata": {"name": name, "namespace": namespace},
+            "spec": {"clusterIP": ip, "ports": [{"port": 80}]},
+        }))
+        .unwrap()
+    }
+
+    fn slice(name: &str, owner: Option<&str>) -> EndpointSlice {
+        let labels = owner.map_or(json!({}), |o| json!({"kubernetes.io/service-name": o}));
+        serde_json::from_value(json!({
+            "metadata": {"name": name, "namespace": "shop", "labels": labels},
+            "endpoints": [{"addresses": ["10.1.0.1"], "conditions": {"ready": true}}],
+        }))
+        .unwrap()
+    }
+
+    fn key(namespace: &str, name: &str) -> Key {
+        Key {
+            namespace: Name::new(namespace),
+            name: Name::new(name),
+        }
+    }
+
+    fn cluster_ip(service: &Service) -> String {
+        service.spec.as_ref().unwrap().cluster_ip.as_ref().unwrap().to_string()
+    }
+
+    #[test]
+    fn an_object_comes_back_with_its_key_and_is_replaced_in_place() {
+        let mut kept = Kept::<Service>::default();
+        kept.insert(&service("shop", "web", "10.96.0.1"));
+        kept.insert(&service("shop", "web", "10.96.0.2"));
+        kept.insert(&service("other", "web", "10.96.0.3"));
+        assert_eq!(kept.len(), 2);
+        let web = kept.get(&key("shop", "web")).unwrap();
+        assert_eq!(web.metadata.namespace.as_deref(), Some("shop"));
+        assert_eq!(web.metadata.name.as_deref(), Some("web"));
+        assert_eq!(cluster_ip(&web), "10.96.0.2");
+        let meta = kept.meta(&key("other", "web")).unwrap();
+        assert_eq!(meta.namespace.as_deref(), Some("other"));
+        assert!(kept.get(&key("shop", "nope")).is_none());
+        let removed = kept.remove(&web.metadata).unwrap();
+        assert_eq!(cluster_ip(&removed), "10.96.0.2");
+        assert!(kept.get(&key("shop", "web")).is_none());
+        let names: Vec<String> = kept
+            .sorted()
+            .iter()
+            .map(|s| s.metadata.namespace.as_deref().unwrap().to_string())
+            .collect();
+        assert_eq!(names, ["other"]);
+    }
+
+    #[test]
+    fn a_relist_drops_what_it_did_not_list_and_only_that() {
+        let mut kept = Kept::<Service>::default();
+        for name in ["a", "b", "c"] {
+            kept.insert(&service("shop", name, "10.96.0.1"));
+        }
+        // A relist interrupted by another: the first one's marks do not
+        // count for the second.
+        kept.begin_relist();
+        kept.insert(&service("shop", "a", "10.96.0.1"));
+        kept.begin_relist();
+        kept.insert(&service("shop", "b", "10.96.0.9"));
+        let gone: Vec<String> = kept
+            .end_relist()
+            .iter()
+            .map(|s| s.metadata.name.as_deref().unwrap().to_string())
+            .collect();
+        assert_eq!(gone.len(), 2);
+        assert!(gone.contains(&"a".to_string()) && gone.contains(&"c".to_string()));
+        assert_eq!(cluster_ip(&kept.get(&key("shop", "b")).unwrap()), "10.96.0.9");
+        assert!(kept.end_relist().is_empty(), "no relist under way");
+        // The marks are cleared: the next relist that lists nothing drops b.
+        kept.begin_relist();
+        assert_eq!(kept.end_relist().len(), 1);
+        assert_eq!(kept.len(), 0);
+    }
+
+    #[test]
+    fn the_slice_index_follows_a_slice_between_services() {
+        let mut index = SliceIndex::default();
+        let first = slice("web-1", Some("web"));
+        let second = slice("web-2", Some("web"));
+        index.refile(None, &second.metadata);
+        index.refile(None, &first.metadata);
+        let names = |index: &SliceIndex, service: &str| -> Vec<String> {
+            index
+                .slices_of(&key("shop", service))
+                .iter()
+                .map(|k| k.name.to_string())
+                .collect()
+        };
+        assert_eq!(names(&index, "web"), ["web-1", "web-2"]);
+        // Relabelled to another Service, then its label removed.
+        let moved = slice("web-2", Some("api"));
+        index.refile(Some(&second.metadata), &moved.metadata);
+        assert_eq!(names(&index, "web"), ["web-1"]);
+        assert_eq!(names(&index, "api"), ["web-2"]);
+        let unlabelled = slice("web-2", None);
+        index.refile(Some(&moved.metadata), &unlabelled.metadata);
+        assert!(names(&index, "api").is_empty());
+        index.unfile(&first.metadata);
+        assert!(names(&index, "web").is_empty());
+        assert_eq!(index.services.entries.len(), 0, "empty entries go");
+    }
+}
