@@ -387,7 +387,14 @@ mod tests {
     }
 
     fn cluster_ip(service: &Service) -> String {
-        service.spec.as_ref().unwrap().cluster_ip.as_ref().unwrap().to_string()
+        service
+            .spec
+            .as_ref()
+            .unwrap()
+            .cluster_ip
+            .as_ref()
+            .unwrap()
+            .to_string()
     }
 
     #[test]
@@ -434,7 +441,10 @@ mod tests {
             .collect();
         assert_eq!(gone.len(), 2);
         assert!(gone.contains(&"a".to_string()) && gone.contains(&"c".to_string()));
-        assert_eq!(cluster_ip(&kept.get(&key("shop", "b")).unwrap()), "10.96.0.9");
+        assert_eq!(
+            cluster_ip(&kept.get(&key("shop", "b")).unwrap()),
+            "10.96.0.9"
+        );
         assert!(kept.end_relist().is_empty(), "no relist under way");
         // The marks are cleared: the next relist that lists nothing drops b.
         kept.begin_relist();
