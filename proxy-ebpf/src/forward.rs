@@ -22,7 +22,6 @@ use proxy_common::{csum, maps::DropReason};
 
 use crate::{
     lookup,
-    nat::{IP_CHECK_OFF, IP_TTL_OFF},
     parse::{ptr_at_mut, Ipv4Flow, Ipv4Hdr},
 };
 
@@ -80,22 +79,6 @@ fn decrement_ttl(ip: *mut Ipv4Hdr) -> bool {
     true
 }
 
-/// tc's [`decrement_ttl`], through the helpers (see `nat.rs`).
-#[inline(always)]
-fn tc_decrement_ttl(ctx: &TcContext, flow: &Ipv4Flow) -> bool {
-    let Ok([ttl, proto]) = ctx.load::<[u8; 2]>(flow.l3_off + IP_TTL_OFF) else {
-        return false;
-    };
-    if ttl <= 1 {
-        return false;
-    }
-    let before = u16::from_ne_bytes([ttl, proto]);
-    let after = u16::from_ne_bytes([ttl - 1, proto]);
-    ctx.l3_csum_replace(flow.l3_off + IP_CHECK_OFF, before as u64, after as u64, 2)
-        .is_ok()
-        && ctx.store(flow.l3_off + IP_TTL_OFF, &(ttl - 1), 0).is_ok()
-}
-
 /// Sends the (already translated) packet of `flow` from `src` to `dst` and
 /// returns the XDP action: TX back out of the NIC it came in on, redirect to
 /// another interface, or PASS to the stack when the FIB cannot say.
@@ -146,7 +129,7 @@ pub fn tc_forward(ctx: &TcContext, flow: &Ipv4Flow, src: u32, dst: u32) -> i32 {
     // about GSO (a pod's 64 KB TCP segment is fine, an explicit length not).
     let (rc, params) = fib_lookup(ctx, ingress, (flow.proto, 0, tos), (src, dst));
     let routed = rc == BPF_FIB_LKUP_RET_SUCCESS as i64 || rc == BPF_FIB_LKUP_RET_NO_NEIGH as i64;
-    if !routed || !tc_decrement_ttl(ctx, flow) {
+    if !routed || !decrement_ttl(ip) {
         return TC_ACT_OK;
     }
     // SAFETY: plain helper call; without neighbour parameters the kernel
@@ -155,13 +138,16 @@ pub fn tc_forward(ctx: &TcContext, flow: &Ipv4Flow, src: u32, dst: u32) -> i32 {
 }
 
 /// Swaps the Ethernet addresses, so a frame that came out of a pod is
-/// addressed to it when it goes back in. Through the helper, as every tc
-/// write (see `nat.rs`).
+/// addressed to it when it goes back in.
 #[inline(always)]
 pub fn tc_swap_macs(ctx: &TcContext) -> Result<(), DropReason> {
-    let [dst, src]: [[u8; 6]; 2] = ctx.load(0).map_err(|_| DropReason::RewriteFailed)?;
-    ctx.store(0, &[src, dst], 0)
-        .map_err(|_| DropReason::RewriteFailed)
+    let eth = ptr_at_mut::<[[u8; 6]; 2]>(ctx, 0).ok_or(DropReason::RewriteFailed)?;
+    // SAFETY: bounds-checked just above.
+    unsafe {
+        let [dst, src] = *eth;
+        *eth = [src, dst];
+    }
+    Ok(())
 }
 
 /// tc on a pod interface: sends the packet back into the pod it came from

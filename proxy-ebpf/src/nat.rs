@@ -4,10 +4,10 @@
 //!
 //! Checksums: in tc the L4 checksum goes through the kernel helper, the only
 //! one that knows whether the skb carries a full checksum or a partial one
-//! (veth with offloads on), and so do the IPv4 header's and the fields
-//! themselves: tc programs never store into a packet (see `rewrite`). XDP
-//! frames carry full checksums and have no such helper: there every
-//! checksum is updated in place. The arithmetic is `proxy_common::csum`'s.
+//! (veth with offloads on); the IPv4 header checksum is always full, so it
+//! is updated in place. XDP frames carry full checksums and have no such
+//! helper: there every checksum is updated in place. The arithmetic is
+//! `proxy_common::csum`'s.
 
 use aya_ebpf::{
     bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR},
@@ -22,11 +22,6 @@ use crate::parse::{ptr_at_mut, Ipv4Flow, Ipv4Hdr};
 
 const TCP_CSUM_OFF: usize = 16;
 const UDP_CSUM_OFF: usize = 6;
-/// Offsets in the IPv4 header.
-pub const IP_TTL_OFF: usize = 8;
-pub const IP_CHECK_OFF: usize = 10;
-const IP_SADDR_OFF: usize = 12;
-const IP_DADDR_OFF: usize = 16;
 
 /// One end of a flow: address and port, network order.
 pub type Endpoint = csum::Endpoint4;
@@ -76,25 +71,28 @@ enum End {
 #[inline(always)]
 fn rewrite(ctx: &TcContext, flow: &Ipv4Flow, end: End, to: Endpoint) -> Result<(), DropReason> {
     let (addr, port) = to;
-    let (old_addr, old_port, addr_off, port_off) = match end {
-        End::Source => (flow.src_addr, flow.src_port, IP_SADDR_OFF, 0),
-        End::Destination => (flow.dst_addr, flow.dst_port, IP_DADDR_OFF, 2),
+    let (old_addr, old_port, port_index) = match end {
+        End::Source => (flow.src_addr, flow.src_port, 0),
+        End::Destination => (flow.dst_addr, flow.dst_port, 1),
     };
-    // Through helpers only, never a store into the packet: a program that
-    // writes packets directly gets the verifier's unclone prologue, a copy
-    // of every cloned skb (every TCP segment a pod sends) before the
-    // program even looks at it.
+    // L4 checksum first: the helper may move the packet, so the header
+    // pointers are taken afterwards.
     if addr != old_addr {
         l4_replace(ctx, flow, old_addr, addr, 4, true)?;
-        ctx.l3_csum_replace(flow.l3_off + IP_CHECK_OFF, old_addr as u64, addr as u64, 4)
-            .map_err(|_| DropReason::RewriteFailed)?;
-        ctx.store(flow.l3_off + addr_off, &addr, 0)
-            .map_err(|_| DropReason::RewriteFailed)?;
     }
     if port != old_port {
         l4_replace(ctx, flow, old_port as u32, port as u32, 2, false)?;
-        ctx.store(flow.l4_off + port_off, &port, 0)
-            .map_err(|_| DropReason::RewriteFailed)?;
+    }
+    let ip = ptr_at_mut::<Ipv4Hdr>(ctx, flow.l3_off).ok_or(DropReason::RewriteFailed)?;
+    let ports = ptr_at_mut::<[u16; 2]>(ctx, flow.l4_off).ok_or(DropReason::RewriteFailed)?;
+    // SAFETY: both pointers were bounds-checked against data_end just above.
+    unsafe {
+        (*ip).check = csum::replace_u32((*ip).check, old_addr, addr);
+        match end {
+            End::Source => (*ip).saddr = addr,
+            End::Destination => (*ip).daddr = addr,
+        }
+        (*ports)[port_index] = port;
     }
     Ok(())
 }

@@ -2,8 +2,7 @@
 //! request is turned into its answer in place (TCP RST, or ICMP port
 //! unreachable for UDP) and sent back where it came from, so the client
 //! fails at once instead of timing out. `proxy_common::reject` rewrites the
-//! bytes (in place in XDP, on the stack in tc); this module only resizes the
-//! packet and sends it.
+//! bytes; this module only resizes the packet and sends it.
 
 use aya_ebpf::{
     bindings::xdp_action,
@@ -53,9 +52,9 @@ fn answer(ctx: &impl Frame, flow: &Ipv4Flow) -> Result<Answer, DropReason> {
     Ok(Answer::Rst(flow.ip_len.saturating_sub(20 + header_len)))
 }
 
-/// XDP: rewrites the (resized) frame in place into the answer and counts it.
+/// Rewrites the (resized) frame into the answer and counts it.
 #[inline(always)]
-fn rewrite(ctx: &XdpContext, answer: &Answer) -> Result<(), DropReason> {
+fn rewrite(ctx: &impl Frame, answer: &Answer) -> Result<(), DropReason> {
     let done = match *answer {
         Answer::Rst(payload_len) => {
             let frame =
@@ -73,32 +72,6 @@ fn rewrite(ctx: &XdpContext, answer: &Answer) -> Result<(), DropReason> {
         }
     };
     done.ok_or(DropReason::RejectFailed)
-}
-
-/// tc: the same, built on the stack and written back through the helper:
-/// a tc program never stores into a packet (see `nat.rs`).
-#[inline(always)]
-fn tc_rewrite(ctx: &TcContext, answer: &Answer) -> Result<(), DropReason> {
-    let failed = |_| DropReason::RejectFailed;
-    match *answer {
-        Answer::Rst(payload_len) => {
-            let mut frame: [u8; RST_FRAME_LEN] = ctx.load(0).map_err(failed)?;
-            if !tcp_rst(&mut frame, payload_len) {
-                return Err(DropReason::RejectFailed);
-            }
-            ctx.store(0, &frame, 0).map_err(failed)?;
-            stats::count_verdict(Verdict::RejectedTcp);
-        }
-        Answer::Unreachable => {
-            let mut frame: [u8; ICMP_FRAME_LEN] = ctx.load(0).map_err(failed)?;
-            if !icmp_port_unreachable(&mut frame) {
-                return Err(DropReason::RejectFailed);
-            }
-            ctx.store(0, &frame, 0).map_err(failed)?;
-            stats::count_verdict(Verdict::RejectedUdp);
-        }
-    }
-    Ok(())
 }
 
 /// The request's length once resized: what stays of it, and the room the
@@ -145,6 +118,9 @@ pub fn tc_reject(ctx: &TcContext, flow: &Ipv4Flow) -> Result<i32, DropReason> {
             return Err(DropReason::RejectFailed);
         }
     }
-    tc_rewrite(ctx, &answer)?;
+    // Resizing may leave the skb non-linear; direct access needs it linear.
+    ctx.pull_data((keep + grow) as u32)
+        .map_err(|_| DropReason::RejectFailed)?;
+    rewrite(ctx, &answer)?;
     forward::tc_back_into_pod(ctx)
 }

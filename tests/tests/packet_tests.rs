@@ -14,10 +14,7 @@ use kxdp_testbed::{
         self, assert_only_changed, from_chosen, nat_fields, Case, Count, Frame, Frontend, Hook,
         Out, Step,
     },
-    datapath::{
-        datapath_now_s, datapath_s_ago, Datapath, POD_EGRESS, POD_INGRESS, TC_ACT_OK,
-        TC_ACT_REDIRECT, TC_ACT_SHOT,
-    },
+    datapath::{datapath_now_s, datapath_s_ago, Datapath, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT},
     packet::{self, ethernet, Packet, ETH_P_ARP, ETH_P_IPV4, ETH_P_IPV6, L4, PROTO_ICMP},
 };
 use proxy_common::hash::flow_hash;
@@ -687,49 +684,6 @@ fn hairpin(pod: SocketAddrV4, vip: SocketAddrV4) -> Case {
 #[test]
 fn pod_packet_cases() {
     cases::run(pod_cases());
-}
-
-/// The verifier gives a tc program that stores into packets directly a
-/// prologue that copies every cloned skb (every TCP segment a pod sends is
-/// one) before the program runs: the pod programs pay nothing on traffic
-/// that is not theirs only if they write through helpers alone. Read off
-/// the instructions the kernel runs: the prologue is `r6 = *(u8 *)(r1 +
-/// cloned); w6 &= mask; if r6 == 0 goto +7; …`, ahead of the program's own.
-#[test]
-fn the_pod_programs_carry_no_unclone_prologue() {
-    use std::os::fd::AsFd;
-
-    use proxy_userspace::dataplane::bpf_syscall::obj_get_info_by_fd;
-
-    let dp = datapath();
-    for name in [POD_INGRESS, POD_EGRESS] {
-        let program = dp.program(name);
-        let fd = program.fd().expect("program fd");
-        // bpf_prog_info: xlated_prog_len at byte 20, xlated_prog_insns at 32.
-        let mut info = [0u64; 8];
-        obj_get_info_by_fd(fd.as_fd(), &mut info).expect("BPF_OBJ_GET_INFO_BY_FD");
-        let xlated_len = (info[2] >> 32) as usize;
-        assert!(
-            xlated_len >= 16,
-            "{name}: {xlated_len} bytes of instructions"
-        );
-        let mut insns = vec![0u64; xlated_len / 8];
-        let mut info = [0u64; 8];
-        info[2] = (xlated_len as u64) << 32;
-        info[4] = insns.as_mut_ptr() as u64;
-        obj_get_info_by_fd(fd.as_fd(), &mut info).expect("BPF_OBJ_GET_INFO_BY_FD with insns");
-        // An instruction: opcode, dst/src registers, offset, immediate.
-        let op = |i: usize| (insns[i] & 0xff) as u8;
-        let regs = |i: usize| ((insns[i] >> 8) & 0xff) as u8;
-        let prologue = op(0) == 0x71 // ldxb
-            && regs(0) == 0x16 // r6 = *(r1 + …)
-            && op(1) == 0x54 // w6 &= imm
-            && regs(1) & 0x0f == 6;
-        assert!(
-            !prologue,
-            "{name} starts with the unclone prologue: it stores into packets directly"
-        );
-    }
 }
 
 // ------------------------------------------------------------ conntrack
