@@ -411,9 +411,7 @@ impl KubernetesSource {
         let (mut grouped, rejections) = group(objects);
         // A deleted Service without slices still needs its entry, empty.
         for key in dirty {
-            grouped
-                .entry(key.service_name())
-                .or_insert_with(ServiceObjects::default);
+            grouped.entry(key).or_insert_with(ServiceObjects::default);
         }
         Update {
             scope: Scope::Changed,

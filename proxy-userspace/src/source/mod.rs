@@ -48,22 +48,27 @@ impl ServiceName {
         }
     }
 
-    /// The name of the object described by `meta` (no namespace means "default").
+    /// The name of the object described by `meta` (no namespace means
+    /// "default"), sharing the names `meta` holds.
     pub fn of(meta: &Meta) -> Self {
-        Self::new(
-            meta.namespace.as_deref().unwrap_or("default"),
-            meta.name.as_deref().unwrap_or_default(),
-        )
+        Self::within(meta, meta.name.clone())
     }
 
-    /// The Service an EndpointSlice belongs to, from its label.
-    pub fn of_slice(slice: &EndpointSlice) -> Option<Self> {
-        let meta = &slice.metadata;
-        let service = meta.labels.service_name.as_ref()?;
-        Some(Self::new(
-            meta.namespace.as_deref().unwrap_or("default"),
-            service,
-        ))
+    /// The Service the slice described by `meta` belongs to, from its label.
+    pub fn owner(meta: &Meta) -> Option<Self> {
+        let service = meta.labels.service_name.clone()?;
+        Some(Self::within(meta, Some(service)))
+    }
+
+    /// `name` in the namespace of `meta`.
+    fn within(meta: &Meta, name: Option<Name>) -> Self {
+        Self {
+            namespace: meta
+                .namespace
+                .clone()
+                .unwrap_or_else(|| Name::new("default")),
+            name: name.unwrap_or_else(|| Name::new("")),
+        }
     }
 }
 
@@ -111,7 +116,7 @@ pub fn group(objects: Objects) -> (BTreeMap<ServiceName, ServiceObjects>, Vec<Re
         grouped.entry(name).or_default().service = Some(service);
     }
     for slice in objects.endpoint_slices {
-        match ServiceName::of_slice(&slice) {
+        match ServiceName::owner(&slice.metadata) {
             Some(name) => grouped.entry(name).or_default().slices.push(slice),
             None => rejections.push(Rejection::new(
                 format!("EndpointSlice {}", ServiceName::of(&slice.metadata)),

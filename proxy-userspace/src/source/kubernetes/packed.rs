@@ -63,6 +63,11 @@ impl<'a> Reader<'a> {
             .filter(|&len| len <= self.bytes.len())
     }
 
+    fn ipv4(&mut self) -> Option<Ipv4Addr> {
+        let octets: [u8; 4] = self.take(4)?.try_into().ok()?;
+        Some(Ipv4Addr::from(octets))
+    }
+
     pub(super) fn str(&mut self) -> Option<&'a str> {
         let len = self.len()?;
         std::str::from_utf8(self.take(len)?).ok()
@@ -203,9 +208,7 @@ impl Pack for IpText {
 
     fn unpack(input: &mut Reader<'_>) -> Option<Self> {
         match input.byte()? {
-            IP_V4 => Some(Self::V4(Ipv4Addr::from(
-                <[u8; 4]>::try_from(input.take(4)?).ok()?,
-            ))),
+            IP_V4 => input.ipv4().map(Self::V4),
             IP_OTHER => input.str().map(|text| Self::Other(text.into())),
             _ => None,
         }
@@ -295,9 +298,7 @@ impl Pack for Endpoint {
         };
         let address = match flags & (ENDPOINT_V4 | ENDPOINT_OTHER_ADDRESS) {
             0 => None,
-            ENDPOINT_V4 => Some(IpText::V4(Ipv4Addr::from(
-                <[u8; 4]>::try_from(input.take(4)?).ok()?,
-            ))),
+            ENDPOINT_V4 => Some(IpText::V4(input.ipv4()?)),
             ENDPOINT_OTHER_ADDRESS => Some(IpText::Other(input.str()?.into())),
             _ => return None,
         };

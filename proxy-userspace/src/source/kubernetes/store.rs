@@ -21,39 +21,7 @@ use crate::source::{
 };
 
 /// Namespace and name of a kept object, or of the Service a slice names.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub(super) struct Key {
-    pub(super) namespace: Name,
-    pub(super) name: Name,
-}
-
-impl Key {
-    /// The key of the object described by `meta`, named as
-    /// [`ServiceName::of`] names it.
-    pub(super) fn of(meta: &Meta) -> Self {
-        Self::new(meta, meta.name.clone())
-    }
-
-    /// The Service the slice described by `meta` belongs to, from its label.
-    pub(super) fn owner(meta: &Meta) -> Option<Self> {
-        let service = meta.labels.service_name.clone()?;
-        Some(Self::new(meta, Some(service)))
-    }
-
-    fn new(meta: &Meta, name: Option<Name>) -> Self {
-        Self {
-            namespace: meta
-                .namespace
-                .clone()
-                .unwrap_or_else(|| Name::new("default")),
-            name: name.unwrap_or_else(|| Name::new("")),
-        }
-    }
-
-    pub(super) fn service_name(&self) -> ServiceName {
-        ServiceName::new(&self.namespace, &self.name)
-    }
-}
+pub(super) type Key = ServiceName;
 
 /// Entries that begin with their key (namespace, name), found by it.
 struct Keyed {
@@ -175,10 +143,9 @@ impl<K: Object + Pack> Kept<K> {
     /// The metadata of the object of `key`, unpacked alone.
     pub(super) fn meta(&self, key: &Key) -> Option<Meta> {
         let entry = self.objects.get(&key.namespace, &key.name)?;
-        let (namespace, name, rest) = split_key(entry)?;
-        let mut meta = Meta::unpack(&mut Reader::new(rest.get(LISTED + 1..)?))?;
-        meta.namespace = Some(Name::new(namespace));
-        meta.name = Some(Name::new(name));
+        let (namespace, name, mut object) = split_object(entry)?;
+        let mut meta = Meta::unpack(&mut object)?;
+        restore_key(&mut meta, namespace, name);
         Some(meta)
     }
 
@@ -248,28 +215,41 @@ impl<K: Object + Pack> Kept<K> {
     }
 }
 
+/// An object entry's key, and its packed object (past the listed flag).
+fn split_object(entry: &[u8]) -> Option<(&str, &str, Reader<'_>)> {
+    let (namespace, name, rest) = split_key(entry)?;
+    Some((namespace, name, Reader::new(rest.get(LISTED + 1..)?)))
+}
+
+/// Where an object entry's listed flag is.
+fn flag_at(entry: &[u8]) -> Option<usize> {
+    let (_, _, rest) = split_key(entry)?;
+    Some(entry.len() - rest.len() + LISTED)
+}
+
 fn listed(entry: &[u8]) -> bool {
-    split_key(entry).is_some_and(|(_, _, rest)| rest.get(LISTED) == Some(&1))
+    flag_at(entry).and_then(|at| entry.get(at)) == Some(&1)
 }
 
 fn set_listed(entry: &mut [u8], listed: bool) {
-    let Some((_, _, rest)) = split_key(entry) else {
-        return;
-    };
-    let at = entry.len() - rest.len() + LISTED;
-    if let Some(flag) = entry.get_mut(at) {
+    if let Some(flag) = flag_at(entry).and_then(|at| entry.get_mut(at)) {
         *flag = u8::from(listed);
     }
+}
+
+/// Puts back the name and namespace a packed [`Meta`] leaves to the key.
+fn restore_key(meta: &mut Meta, namespace: &str, name: &str) {
+    meta.namespace = Some(Name::new(namespace));
+    meta.name = Some(Name::new(name));
 }
 
 /// The object an entry holds, its name and namespace from the key. Entries
 /// are only ever written by [`Kept::insert`], so a failure is a bug; it is
 /// reported and the object left out rather than the agent stopped.
 fn unpack<K: Object + Pack>(entry: &[u8]) -> Option<K> {
-    let unpacked = split_key(entry).and_then(|(namespace, name, rest)| {
-        let mut object = K::unpack(&mut Reader::new(rest.get(LISTED + 1..)?))?;
-        object.metadata_mut().namespace = Some(Name::new(namespace));
-        object.metadata_mut().name = Some(Name::new(name));
+    let unpacked = split_object(entry).and_then(|(namespace, name, mut packed)| {
+        let mut object = K::unpack(&mut packed)?;
+        restore_key(object.metadata_mut(), namespace, name);
         Some(object)
     });
     if unpacked.is_none() {
