@@ -249,6 +249,19 @@ map_type! {
 }
 
 map_type! {
+    /// `SOCK_AFFINITY` key: a client of a frontend with `sessionAffinity:
+    /// ClientIP` as the socket hooks see it. A socket has no source address
+    /// at connect time, so its network namespace stands for the client: a
+    /// pod's own, or the node's for host processes (which share its
+    /// addresses).
+    pub struct SockAffinityKey {
+        pub frontend_id: u32,
+        pub _pad: u32,
+        pub netns_cookie: u64,
+    }
+}
+
+map_type! {
     /// `sock_revnat` key: a socket (by cookie) whose connect or sendmsg to a
     /// ClusterIP was rewritten to this backend, network order.
     pub struct SockRevNatKey {
@@ -347,10 +360,17 @@ pub enum Verdict {
     RejectedTcp = 0,
     /// ICMP port unreachable sent for a frontend without endpoints.
     RejectedUdp = 1,
+    /// A socket's connect or send to a frontend without endpoints failed
+    /// with ECONNREFUSED (EPERM before Linux 6.1) in the socket hooks.
+    RefusedSocket = 2,
 }
 
 impl Verdict {
-    pub const ALL: [Verdict; 2] = [Verdict::RejectedTcp, Verdict::RejectedUdp];
+    pub const ALL: [Verdict; 3] = [
+        Verdict::RejectedTcp,
+        Verdict::RejectedUdp,
+        Verdict::RefusedSocket,
+    ];
 
     /// Its counter's index in `verdicts`.
     #[inline(always)]
@@ -363,6 +383,7 @@ impl Verdict {
         match self {
             Verdict::RejectedTcp => "tcp_rst",
             Verdict::RejectedUdp => "icmp_port_unreachable",
+            Verdict::RefusedSocket => "socket_refused",
         }
     }
 }

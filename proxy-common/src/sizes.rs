@@ -14,9 +14,12 @@ pub const MAGLEV_ARENA_ENTRIES: u32 = 8 << 20;
 pub const MAX_CONNTRACK: u32 = 524_288;
 /// ClientIP session-affinity entries (one per client and frontend in use).
 pub const MAX_AFFINITY: u32 = 262_144;
-/// Sockets translated by the cgroup hooks (host-originated traffic), one
-/// entry per (socket, backend) pair.
+/// Sockets translated by the cgroup hooks, one entry per (socket, backend)
+/// pair.
 pub const MAX_SOCK_REVNAT: u32 = 262_144;
+/// ClientIP affinity entries of the socket hooks (one per client network
+/// namespace and frontend in use).
+pub const MAX_SOCK_AFFINITY: u32 = 65_536;
 /// Number of drop-reason counters (see [`crate::maps::drop_reason`]).
 pub const DROP_REASONS: u32 = 16;
 /// Number of verdict counters (see [`crate::maps::verdict`]).

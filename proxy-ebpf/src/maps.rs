@@ -9,7 +9,8 @@ use aya_ebpf::{
 use proxy_common::{
     maps::{
         AffinityKey, AffinityValue, BackendValue, CtEntry, FlowKey, FrontendKey, FrontendStats,
-        FrontendValue, SockRevNatKey, SockRevNatValue, SourceRange, MAGLEV_ARENA_FLAGS,
+        FrontendValue, SockAffinityKey, SockRevNatKey, SockRevNatValue, SourceRange,
+        MAGLEV_ARENA_FLAGS,
     },
     sizes,
 };
@@ -48,6 +49,11 @@ pub static CONNTRACK: LruHashMap<FlowKey, CtEntry> =
 #[map]
 pub static STATS: PerCpuArray<FrontendStats> = PerCpuArray::pinned(sizes::MAX_FRONTENDS, 0);
 
+/// Per-frontend count of sockets the socket hooks pointed at a backend
+/// (connects, and datagrams of unconnected UDP sockets), by frontend id.
+#[map]
+pub static SOCK_STATS: PerCpuArray<u64> = PerCpuArray::pinned(sizes::MAX_FRONTENDS, 0);
+
 /// Dropped packets by reason (`proxy_common::maps::drop_reason`).
 #[map]
 pub static DROPS: PerCpuArray<u64> = PerCpuArray::pinned(sizes::DROP_REASONS, 0);
@@ -78,3 +84,10 @@ pub static AFFINITY: LruHashMap<AffinityKey, AffinityValue> =
 #[map]
 pub static SOCK_REVNAT: LruHashMap<SockRevNatKey, SockRevNatValue> =
     LruHashMap::pinned(sizes::MAX_SOCK_REVNAT, 0);
+
+/// (frontend id, network namespace) → the backend its sockets go to: the
+/// socket hooks' `sessionAffinity: ClientIP` (`SockAffinityKey`). LRU, as
+/// `AFFINITY`.
+#[map]
+pub static SOCK_AFFINITY: LruHashMap<SockAffinityKey, AffinityValue> =
+    LruHashMap::pinned(sizes::MAX_SOCK_AFFINITY, 0);

@@ -5,7 +5,7 @@
 //! went, while that backend is still in the service and the client opened a
 //! connection within the timeout.
 
-use aya_ebpf::bindings::BPF_ANY;
+use aya_ebpf::{bindings::BPF_ANY, maps::LruHashMap};
 use proxy_common::maps::{
     maglev_layout, AffinityKey, AffinityValue, BackendValue, CtEntry, DropReason, FrontendValue,
     FRONTEND_AFFINITY_CLIENT_IP, NO_TABLE,
@@ -25,15 +25,29 @@ pub struct Selected {
 
 #[inline(always)]
 pub fn select_backend(frontend: &FrontendValue, flow: &Ipv4Flow) -> Result<Selected, DropReason> {
+    let hash = flow_hash(flow);
     if frontend.flags & FRONTEND_AFFINITY_CLIENT_IP == 0 {
-        return slot_backend(frontend, flow_hash(flow)).map(|(s, _)| s);
+        return slot_backend(frontend, hash).map(|(s, _)| s);
     }
-    let key = AffinityKey {
+    let client = AffinityKey {
         frontend_id: frontend.id,
         client_addr: flow.src_addr,
     };
+    with_affinity(frontend, hash, &AFFINITY, client)
+}
+
+/// `sessionAffinity: ClientIP`: the backend `client` (its key in
+/// `clients`) was last sent to, else the slot `hash` of the table, which
+/// the client is then sent to.
+#[inline(always)]
+pub fn with_affinity<K>(
+    frontend: &FrontendValue,
+    hash: u32,
+    clients: &LruHashMap<K, AffinityValue>,
+    client: K,
+) -> Result<Selected, DropReason> {
     let now = kernel::now_s();
-    if let Some(entry) = AFFINITY.get_ptr_mut(key) {
+    if let Some(entry) = clients.get_ptr_mut(&client) {
         // SAFETY: a map value pointer, valid for this program run.
         let remembered = unsafe { *entry };
         let id = remembered.backend_id;
@@ -50,20 +64,20 @@ pub fn select_backend(frontend: &FrontendValue, flow: &Ipv4Flow) -> Result<Selec
         }
     }
     // None yet, lapsed, or its backend left: choose afresh and remember.
-    let (chosen, member) = slot_backend(frontend, flow_hash(flow))?;
+    let (chosen, member) = slot_backend(frontend, hash)?;
     let value = AffinityValue {
         backend_id: chosen.id,
         member,
         last_used: now,
     };
     // Best effort: without an entry the next flow is balanced as usual.
-    let _ = AFFINITY.insert(key, value, BPF_ANY as u64);
+    let _ = clients.insert(&client, value, BPF_ANY as u64);
     Ok(chosen)
 }
 
 /// The backend in slot `hash` mod M of `frontend`'s table, and its member index.
 #[inline(always)]
-fn slot_backend(frontend: &FrontendValue, hash: u32) -> Result<(Selected, u32), DropReason> {
+pub fn slot_backend(frontend: &FrontendValue, hash: u32) -> Result<(Selected, u32), DropReason> {
     let (id, member) = table_entry(frontend.id, hash).ok_or(DropReason::StaleSelection)?;
     // SAFETY: the value is copied out at once.
     let backend = unsafe { BACKENDS.get(id).copied() }.ok_or(DropReason::StaleSelection)?;
@@ -75,7 +89,7 @@ fn slot_backend(frontend: &FrontendValue, hash: u32) -> Result<(Selected, u32), 
 /// and the layout from the block itself, so they always match the table
 /// being read, even while the agent switches to one of another size.
 #[inline(always)]
-pub fn table_entry(frontend_id: u32, hash: u32) -> Option<(u32, u32)> {
+fn table_entry(frontend_id: u32, hash: u32) -> Option<(u32, u32)> {
     let block = table_block(frontend_id)?;
     let header = *MAGLEV_ARENA.get(block + maglev_layout::HEADER)?;
     let (size, capacity) = (header as u32, (header >> 32) as u32);

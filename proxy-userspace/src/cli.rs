@@ -131,11 +131,19 @@ pub struct AgentArgs {
     /// `externalTrafficPolicy: Local` Services bind.
     #[arg(long, env = "KXDP_HEALTH_CHECK_BIND_ADDRESS", default_value_t = IpAddr::V4(Ipv4Addr::UNSPECIFIED))]
     pub health_check_bind_address: IpAddr,
-    /// cgroup (v2 directory) whose processes reach ClusterIPs through the
-    /// socket hooks: host-originated traffic. Default: the cgroup2 mount
-    /// point in /proc/mounts, i.e. every process on the node.
+    /// cgroup (v2 directory) whose processes reach Services through the
+    /// socket hooks (see --socket-lb). Default: the cgroup2 mount point in
+    /// /proc/mounts, i.e. every process on the node, pods' included.
     #[arg(long, env = "KXDP_CGROUP_PATH")]
     pub cgroup_path: Option<PathBuf>,
+    /// Whose sockets the cgroup socket hooks send straight to a backend at
+    /// connect (or send) time: `all` (host processes and pods: no
+    /// per-packet translation for pods' TCP and unconnected UDP), `host`
+    /// (host processes only; pods go through the per-packet path, e.g.
+    /// where service-mesh sidecars must see the ClusterIP) or `off` (no
+    /// socket hooks: host processes cannot reach ClusterIPs).
+    #[arg(long, env = "KXDP_SOCKET_LB", value_enum, default_value_t = SocketLb::All)]
+    pub socket_lb: SocketLb,
     /// How the pod programs attach: `auto` (tcx, or classic tc filters on
     /// kernels without tcx, before 6.6) or `tc` (classic tc filters always,
     /// e.g. next to tools that manage clsact filters themselves).
@@ -191,6 +199,14 @@ pub enum PodAttach {
     Tc,
 }
 
+/// `--socket-lb`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum SocketLb {
+    All,
+    Host,
+    Off,
+}
+
 /// A port range `A-B` with `1 <= A <= B`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PortRange(pub RangeInclusive<u16>);
@@ -241,6 +257,7 @@ mod tests {
         assert_eq!(args.cgroup_path, None);
         assert_eq!(args.maglev_table_size, 16_381);
         assert_eq!(args.pod_attach, PodAttach::Auto);
+        assert_eq!(args.socket_lb, SocketLb::All);
         assert_eq!(args.health_addr.to_string(), "0.0.0.0:10256");
         assert_eq!(args.metrics_addr.to_string(), "127.0.0.1:10249");
     }

@@ -9,6 +9,8 @@
 
 use proxy_common::kernel::{FEATURE_KTIME_COARSE, FEATURE_SOCK_ADDR_SET_RETVAL};
 
+use crate::cli::SocketLb;
+
 /// A probed kernel feature.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -126,8 +128,9 @@ impl Probed {
 pub struct Loadout {
     /// `KXDP_FEATURES` for the object (`proxy_common::kernel`).
     pub datapath_bits: u32,
-    /// Load and attach the cgroup socket hooks.
-    pub socket_hooks: bool,
+    /// Whose sockets the cgroup socket hooks translate (`Off`: the hooks
+    /// are not loaded).
+    pub socket_lb: SocketLb,
     /// Attach the pod programs as classic tc filters.
     pub classic_tc: bool,
     /// Read the network namespace cookie with `SO_NETNS_COOKIE` (else
@@ -163,10 +166,28 @@ pub fn loadout(probed: &Probed, classic_tc_asked: bool) -> Result<Loadout, TooOl
     }
     Ok(Loadout {
         datapath_bits,
-        socket_hooks: probed.has(Feature::SocketHooks),
+        socket_lb: if probed.has(Feature::SocketHooks) {
+            SocketLb::All
+        } else {
+            SocketLb::Off
+        },
         classic_tc: classic_tc_asked || !probed.has(Feature::Tcx),
         netns_cookie_option: probed.has(Feature::NetnsCookieOption),
     })
+}
+
+impl Loadout {
+    /// This loadout with the socket hooks serving whom `--socket-lb` asks,
+    /// where the kernel has them.
+    pub fn with_socket_lb(self, asked: SocketLb) -> Self {
+        match self.socket_lb {
+            SocketLb::Off => self,
+            _ => Self {
+                socket_lb: asked,
+                ..self
+            },
+        }
+    }
 }
 
 #[cfg(test)]
@@ -188,7 +209,7 @@ mod tests {
             loadout(&probed(&[]), false),
             Ok(Loadout {
                 datapath_bits: FEATURE_KTIME_COARSE | FEATURE_SOCK_ADDR_SET_RETVAL,
-                socket_hooks: true,
+                socket_lb: SocketLb::All,
                 classic_tc: false,
                 netns_cookie_option: true,
             })
@@ -208,7 +229,7 @@ mod tests {
             loadout(&on_5_10, false),
             Ok(Loadout {
                 datapath_bits: 0,
-                socket_hooks: true,
+                socket_lb: SocketLb::All,
                 classic_tc: true,
                 netns_cookie_option: false,
             })
@@ -218,9 +239,18 @@ mod tests {
     #[test]
     fn without_socket_hooks_only_they_are_left_out() {
         let out = loadout(&probed(&[Feature::SocketHooks]), false).unwrap();
-        assert!(!out.socket_hooks);
+        assert_eq!(out.socket_lb, SocketLb::Off);
+        assert_eq!(out.with_socket_lb(SocketLb::Host).socket_lb, SocketLb::Off);
         assert!(!out.classic_tc);
         assert_ne!(out.datapath_bits, 0);
+    }
+
+    #[test]
+    fn socket_lb_is_what_was_asked_where_the_kernel_has_the_hooks() {
+        let full = loadout(&probed(&[]), false).unwrap();
+        for asked in [SocketLb::All, SocketLb::Host, SocketLb::Off] {
+            assert_eq!(full.with_socket_lb(asked).socket_lb, asked);
+        }
     }
 
     #[test]

@@ -45,6 +45,8 @@ pub struct FrontendSample {
     /// Empty when no Service claims it (adopted from an earlier agent).
     pub namespace: String,
     pub name: String,
+    /// Sockets the socket hooks sent to a backend.
+    pub sockets: u64,
     pub packets: u64,
     pub bytes: u64,
 }
@@ -140,6 +142,16 @@ pub fn render(sample: &Sample, sync_seconds: &Histogram) -> String {
     );
     counter_family(
         &mut registry,
+        "kxdp_frontend_sockets",
+        "Sockets the socket hooks sent to a backend (connects, unconnected UDP datagrams), \
+         per frontend; their packets are not counted above.",
+        sample
+            .frontends
+            .iter()
+            .map(|f| (frontend_labels(f), f.sockets)),
+    );
+    counter_family(
+        &mut registry,
         "kxdp_frontend_bytes",
         "Bytes translated to a backend, per frontend.",
         sample
@@ -159,7 +171,8 @@ pub fn render(sample: &Sample, sync_seconds: &Histogram) -> String {
     counter_family(
         &mut registry,
         "kxdp_rejected_packets",
-        "Packets to a Service without endpoints answered with a TCP RST or an ICMP port unreachable.",
+        "Packets to a Service without endpoints answered with a TCP RST or an ICMP port unreachable, \
+         and socket calls to one refused by the socket hooks (reply=socket_refused).",
         sample
             .rejects
             .iter()
@@ -334,12 +347,20 @@ impl Telemetry {
                     continue;
                 }
             };
+            let sockets = match maps.frontend_sockets(value.id) {
+                Ok(sockets) => sockets,
+                Err(e) => {
+                    failed("socket stats", &e);
+                    continue;
+                }
+            };
             let owner = frontend_addr(key).and_then(|k| pipeline.plan().owner(&k));
             frontends.push(FrontendSample {
                 frontend: frontend_text(key),
                 scope: scope_label(key),
                 namespace: owner.map(|o| o.namespace.to_string()).unwrap_or_default(),
                 name: owner.map(|o| o.name.to_string()).unwrap_or_default(),
+                sockets,
                 packets: stats.packets,
                 bytes: stats.bytes,
             });
@@ -442,6 +463,7 @@ mod tests {
                 scope: "pod",
                 namespace: "shop".into(),
                 name: "web".into(),
+                sockets: 7,
                 packets: 12,
                 bytes: 960,
             }],
@@ -477,6 +499,7 @@ mod tests {
         let frontend = r#"frontend="10.96.0.10:80/TCP",scope="pod",service_namespace="shop",service_name="web""#;
         for (name, value) in [
             (format!("kxdp_frontend_packets_total{{{frontend}}}"), 12.0),
+            (format!("kxdp_frontend_sockets_total{{{frontend}}}"), 7.0),
             (format!("kxdp_frontend_bytes_total{{{frontend}}}"), 960.0),
             (
                 r#"kxdp_dropped_packets_total{reason="no_backend"}"#.into(),

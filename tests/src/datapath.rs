@@ -22,8 +22,8 @@ use proxy_common::{
     kernel::clock_s,
     maps::{
         addr_to_net, port_to_net, AffinityKey, AffinityValue, BackendValue, CtEntry, DropReason,
-        FlowKey, FrontendKey, FrontendStats, Verdict, FRONTEND_EMPTY_DROP, FRONTEND_SNAT_REMOTE,
-        FRONTEND_SOURCE_RANGES, SCOPE_POD,
+        FlowKey, FrontendKey, FrontendStats, SockAffinityKey, Verdict, FRONTEND_EMPTY_DROP,
+        FRONTEND_SNAT_REMOTE, FRONTEND_SOURCE_RANGES, SCOPE_POD,
     },
 };
 use proxy_userspace::{
@@ -578,10 +578,23 @@ impl Datapath {
 /// connection were that much older: a test outlasts an affinity timeout
 /// without waiting for it. The number of entries changed.
 pub fn back_date_affinity(pin_path: &std::path::Path, secs: u32) -> anyhow::Result<usize> {
-    let mut map = MapData::from_pin(pin_path.join("AFFINITY"))
+    back_date::<AffinityKey>(pin_path, "AFFINITY", secs)
+}
+
+/// [`back_date_affinity`] for the socket hooks' entries (`SOCK_AFFINITY`).
+pub fn back_date_sock_affinity(pin_path: &std::path::Path, secs: u32) -> anyhow::Result<usize> {
+    back_date::<SockAffinityKey>(pin_path, "SOCK_AFFINITY", secs)
+}
+
+fn back_date<K: aya::Pod>(
+    pin_path: &std::path::Path,
+    map: &str,
+    secs: u32,
+) -> anyhow::Result<usize> {
+    let mut map = MapData::from_pin(pin_path.join(map))
         .and_then(Map::from_map_data)
-        .and_then(HashMap::<MapData, AffinityKey, AffinityValue>::try_from)?;
-    let entries: Vec<(AffinityKey, AffinityValue)> = map.iter().collect::<Result<_, _>>()?;
+        .and_then(HashMap::<MapData, K, AffinityValue>::try_from)?;
+    let entries: Vec<(K, AffinityValue)> = map.iter().collect::<Result<_, _>>()?;
     for (key, mut value) in entries.iter().copied() {
         value.last_used -= secs;
         map.insert(key, value, 0)?;

@@ -1,19 +1,24 @@
-//! Host-originated traffic (processes on the node, hostNetwork pods): their
-//! packets never pass the tc programs on pod interfaces, so the translation
-//! happens at the socket, as Cilium's socket-LB does. cgroup hooks rewrite
-//! the address a socket connects (or sends a datagram) to from a ClusterIP to
-//! a backend, once per connect instead of per packet, and rewrite the peer
-//! back to the ClusterIP where the process can see it (`getpeername`, the
-//! source of UDP replies).
+//! Socket-level load balancing: cgroup hooks rewrite the address a socket
+//! connects (or sends a datagram) to from a frontend to a backend, once per
+//! connect instead of per packet, and rewrite the peer back to the frontend
+//! where the process can see it (`getpeername`, the source of UDP replies),
+//! as Cilium's socket-LB does. Host processes (and hostNetwork pods) need
+//! it: their packets never pass the tc programs on pod interfaces. Pods'
+//! processes in the hooked cgroup get it too with `--socket-lb all` (the
+//! agent sets [`SOCKET_LB_PODS`]): their connections then cost nothing per
+//! packet on their interfaces.
 //!
-//! Only sockets of the node's network namespace are translated (the agent
-//! sets [`HOST_NETNS_COOKIE`] at load time): pods are served by the tc
-//! programs on their interfaces, with session affinity and counters, even
-//! when their processes are in the hooked cgroup (the cgroup2 root by
-//! default holds every process on the node).
-//!
-//! Per socket, not per client: there is no client address yet at connect
-//! time, so `sessionAffinity: ClientIP` is not honoured here.
+//! The rules are the per-packet path's: the same frontends (pod scope),
+//! Maglev table, `sessionAffinity: ClientIP` (keyed by the socket's network
+//! namespace, as there is no source address yet at connect time), and
+//! refusal without endpoints. What a socket cannot decide as the tc path
+//! would is left to it, for pods, by not translating: a frontend with
+//! `loadBalancerSourceRanges` (the client's address is known only in its
+//! packets), a traffic policy `Local` without local endpoints (dropped, as
+//! kube-proxy does, not refused), and connected UDP (no hook sees its later
+//! datagrams, so a socket pointed at a backend that leaves would stay
+//! pointed at it; per packet, a datagram whose backend left is balanced
+//! afresh).
 
 use aya_ebpf::{
     bindings::BPF_ANY,
@@ -25,19 +30,29 @@ use aya_ebpf::{
 use proxy_common::{
     hash::mix,
     kernel::FEATURE_SOCK_ADDR_SET_RETVAL,
-    maps::{FrontendKey, SockRevNatKey, SockRevNatValue, PROTO_TCP, PROTO_UDP, SCOPE_POD},
+    maps::{
+        FrontendKey, FrontendValue, SockAffinityKey, SockRevNatKey, SockRevNatValue, Verdict,
+        FRONTEND_AFFINITY_CLIENT_IP, FRONTEND_EMPTY_DROP, FRONTEND_SOURCE_RANGES, PROTO_TCP,
+        PROTO_UDP, SCOPE_POD,
+    },
 };
 
 use crate::{
     kernel,
-    maps::{BACKENDS, FRONTENDS, SOCK_REVNAT},
-    select::table_entry,
+    maps::{FRONTENDS, SOCK_AFFINITY, SOCK_REVNAT, SOCK_STATS},
+    select::{self, Selected},
+    stats,
 };
 
-/// The cookie of the network namespace whose sockets are translated: the
-/// agent's (the node's). 0, what a failed read leaves, matches none.
+/// The cookie of the node's network namespace (the agent's), whose sockets
+/// are always translated. 0, what a failed read leaves, matches none.
 #[unsafe(no_mangle)]
 static HOST_NETNS_COOKIE: u64 = 0;
+
+/// Non-zero: sockets of every other network namespace (pods) are
+/// translated too (`--socket-lb all`).
+#[unsafe(no_mangle)]
+static SOCKET_LB_PODS: u32 = 0;
 
 /// Let the syscall go on (with whatever was rewritten).
 const PROCEED: i32 = 1;
@@ -47,13 +62,13 @@ const ECONNREFUSED: i32 = 111;
 
 #[cgroup_sock_addr(connect4)]
 pub fn sock_connect4(ctx: SockAddrContext) -> i32 {
-    to_backend(&ctx)
+    to_backend(&ctx, Call::Connect)
 }
 
 /// Unconnected UDP: each datagram sent to a ClusterIP.
 #[cgroup_sock_addr(sendmsg4)]
 pub fn sock_sendmsg4(ctx: SockAddrContext) -> i32 {
-    to_backend(&ctx)
+    to_backend(&ctx, Call::Send)
 }
 
 /// UDP replies: the source the process sees.
@@ -110,16 +125,29 @@ fn cookie(ctx: &SockAddrContext) -> u64 {
     unsafe { bpf_get_socket_cookie(ctx.as_ptr()) }
 }
 
-/// connect / sendmsg to a ClusterIP: pick a backend for this socket, point
-/// the socket at it and remember the ClusterIP for the way back.
+/// The call a hook runs in.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Call {
+    Connect,
+    /// A datagram of an unconnected socket.
+    Send,
+}
+
+/// connect / sendmsg to a frontend: pick a backend for this socket, point
+/// the socket at it and remember the frontend for the way back.
 #[inline(always)]
-fn to_backend(ctx: &SockAddrContext) -> i32 {
+fn to_backend(ctx: &SockAddrContext, call: Call) -> i32 {
     // SAFETY: a sock_addr context is a valid argument for this helper; the
-    // global is read as the loader set it.
-    let in_host_netns = unsafe {
-        bpf_get_netns_cookie(ctx.as_ptr()) == core::ptr::read_volatile(&HOST_NETNS_COOKIE)
+    // globals are read as the loader set them.
+    let (netns, from_host, pods) = unsafe {
+        let netns = bpf_get_netns_cookie(ctx.as_ptr());
+        (
+            netns,
+            netns == core::ptr::read_volatile(&HOST_NETNS_COOKIE),
+            core::ptr::read_volatile(&SOCKET_LB_PODS) != 0,
+        )
     };
-    if !in_host_netns {
+    if !from_host && !pods {
         return PROCEED;
     }
     let Some(proto) = protocol(ctx) else {
@@ -136,15 +164,25 @@ fn to_backend(ctx: &SockAddrContext) -> i32 {
     let Some(frontend) = (unsafe { FRONTENDS.get(key).copied() }) else {
         return PROCEED;
     };
+    if !from_host && left_to_packets(&frontend, proto, call) {
+        return PROCEED;
+    }
     if frontend.table_size == 0 {
         return refuse();
     }
     let cookie = cookie(ctx);
-    let Some((backend_id, _)) = table_entry(frontend.id, socket_hash(cookie, port)) else {
-        return refuse();
+    let hash = socket_hash(cookie, port);
+    let selected = if frontend.flags & FRONTEND_AFFINITY_CLIENT_IP != 0 {
+        let client = SockAffinityKey {
+            frontend_id: frontend.id,
+            _pad: 0,
+            netns_cookie: netns,
+        };
+        select::with_affinity(&frontend, hash, &SOCK_AFFINITY, client)
+    } else {
+        select::slot_backend(&frontend, hash).map(|(s, _)| s)
     };
-    // SAFETY: the value is copied out at once.
-    let Some(backend) = (unsafe { BACKENDS.get(backend_id).copied() }) else {
+    let Ok(Selected { backend, .. }) = selected else {
         return refuse();
     };
     let revnat_key = SockRevNatKey {
@@ -162,8 +200,26 @@ fn to_backend(ctx: &SockAddrContext) -> i32 {
     {
         return refuse();
     }
+    count_socket(frontend.id);
     set_user_addr(ctx, backend.addr, backend.port);
     PROCEED
+}
+
+/// What a pod's socket leaves to the per-packet path (see the module's
+/// comment): source ranges, a `Local` policy's drop, connected UDP.
+#[inline(always)]
+fn left_to_packets(frontend: &FrontendValue, proto: u8, call: Call) -> bool {
+    frontend.flags & FRONTEND_SOURCE_RANGES != 0
+        || (frontend.table_size == 0 && frontend.flags & FRONTEND_EMPTY_DROP != 0)
+        || (proto == PROTO_UDP && call == Call::Connect)
+}
+
+#[inline(always)]
+fn count_socket(frontend_id: u32) {
+    if let Some(count) = SOCK_STATS.get_ptr_mut(frontend_id) {
+        // SAFETY: per-CPU slot, no other writer on this CPU.
+        unsafe { *count += 1 };
+    }
 }
 
 /// recvmsg / getpeername: a backend this socket was pointed at shows as the
@@ -189,6 +245,7 @@ fn from_backend(ctx: &SockAddrContext) {
 /// Cilium's socket-LB on such kernels.
 #[inline(always)]
 fn refuse() -> i32 {
+    stats::count_verdict(Verdict::RefusedSocket);
     if kernel::has(FEATURE_SOCK_ADDR_SET_RETVAL) {
         // SAFETY: plain helper call; the kernel keeps EPERM if it fails.
         unsafe { bpf_set_retval(-ECONNREFUSED) };

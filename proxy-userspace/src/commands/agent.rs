@@ -22,12 +22,12 @@ use tracing::{error, info, warn};
 
 use crate::{
     admin::{AdminServer, HealthState, Scrape},
-    cli::{AgentArgs, PodAttach},
+    cli::{AgentArgs, PodAttach, SocketLb},
     dataplane::{
         interfaces::PodInterfaces,
         maps::BpfMaps,
         nic::{self, Nics},
-        probe, sockets, Dataplane,
+        probe, sockets, Dataplane, LINKS_DIR,
     },
     features::Loadout,
     health_check::HealthCheckServer,
@@ -297,23 +297,40 @@ fn kernel_loadout(classic_tc_asked: bool) -> anyhow::Result<Loadout> {
     Ok(loadout)
 }
 
-/// Host-originated traffic: the socket hooks on `--cgroup-path`, or on the
-/// cgroup2 root. Without a cgroup2 mount and no flag, host processes are
-/// simply not translated (pods still are).
-fn attach_socket_hooks(args: &AgentArgs, dataplane: &mut Dataplane) -> anyhow::Result<()> {
+/// Socket-level load balancing (`--socket-lb`): the socket hooks on
+/// `--cgroup-path`, or on the cgroup2 root. Without a cgroup2 mount and no
+/// flag, sockets are simply not translated (pods' packets still are).
+fn attach_socket_hooks(
+    args: &AgentArgs,
+    socket_lb: SocketLb,
+    dataplane: &mut Dataplane,
+) -> anyhow::Result<()> {
+    if socket_lb == SocketLb::Off {
+        // Hooks an earlier agent pinned would go on translating.
+        let links = args.pin.pin_path.join(LINKS_DIR);
+        let detached = sockets::detach_all(&links).context("detaching the socket hooks")?;
+        if detached > 0 {
+            info!(detached, "socket hooks detached (--socket-lb off)");
+        }
+        return Ok(());
+    }
     let cgroup = match &args.cgroup_path {
         Some(path) => path.clone(),
         None => match sockets::default_cgroup_path() {
             Ok(path) => path,
             Err(e) => {
-                warn!(error = %e, "host-originated traffic to ClusterIPs is not translated");
+                warn!(error = %e, "sockets are not translated: host processes cannot reach ClusterIPs");
                 return Ok(());
             }
         },
     };
     sockets::attach(dataplane, &cgroup, &args.pin.pin_path)
         .with_context(|| format!("socket hooks on cgroup {}", cgroup.display()))?;
-    info!(cgroup = %cgroup.display(), "host processes in this cgroup reach ClusterIPs through the socket hooks");
+    let whose = match socket_lb {
+        SocketLb::All => "host processes and pods",
+        _ => "host processes",
+    };
+    info!(cgroup = %cgroup.display(), sockets = whose, "processes in this cgroup reach ClusterIPs through the socket hooks");
     Ok(())
 }
 
@@ -328,7 +345,7 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     raise_open_files_limit();
     let mut source = Source::open(&args).await?;
     let pin_path = &args.pin.pin_path;
-    let loadout = kernel_loadout(args.pod_attach == PodAttach::Tc)?;
+    let loadout = kernel_loadout(args.pod_attach == PodAttach::Tc)?.with_socket_lb(args.socket_lb);
     let mut dataplane = Dataplane::load(
         pin_path,
         &loadout,
@@ -397,9 +414,7 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         None => false,
     };
     interfaces.reconcile(&mut dataplane)?;
-    if loadout.socket_hooks {
-        attach_socket_hooks(&args, &mut dataplane)?;
-    }
+    attach_socket_hooks(&args, loadout.socket_lb, &mut dataplane)?;
     follow_node(
         &args,
         &addrs,

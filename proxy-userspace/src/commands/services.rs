@@ -40,6 +40,9 @@ struct Row {
     affinity_timeout_seconds: Option<u32>,
     /// `null` for a backend id the maps name but do not hold.
     backends: Vec<Option<Backend>>,
+    /// Sockets the socket hooks sent to a backend (connects, unconnected
+    /// UDP datagrams): their packets are not translated, nor counted.
+    sockets: u64,
     packets: u64,
     bytes: u64,
 }
@@ -71,6 +74,7 @@ fn rows(contents: &MapContents, maps: &BpfMaps) -> anyhow::Result<Vec<Row>> {
             })
             .collect();
         let stats = maps.frontend_stats(value.id)?;
+        let sockets = maps.frontend_sockets(value.id)?;
         let policy = [
             (FRONTEND_EMPTY_DROP, "local"),
             (FRONTEND_SNAT_REMOTE, "snat"),
@@ -88,6 +92,7 @@ fn rows(contents: &MapContents, maps: &BpfMaps) -> anyhow::Result<Vec<Row>> {
             affinity_timeout_seconds: (value.flags & FRONTEND_AFFINITY_CLIENT_IP != 0)
                 .then_some(value.affinity_timeout),
             backends,
+            sockets,
             packets: stats.packets,
             bytes: stats.bytes,
         });
@@ -102,6 +107,7 @@ struct Totals {
     no_backend_drops: u64,
     rejected_tcp: u64,
     rejected_udp: u64,
+    refused_sockets: u64,
 }
 
 fn render(rows: &[Row], totals: &Totals) -> String {
@@ -114,8 +120,8 @@ fn render(rows: &[Row], totals: &Totals) -> String {
         .max("FRONTEND".len());
     let _ = writeln!(
         out,
-        "{:<width$}  {:<5}  {:<17}  {:>5}  {:<15}  {:>10}  {:>12}  BACKENDS",
-        "FRONTEND", "SCOPE", "POLICY", "ID", "AFFINITY", "PACKETS", "BYTES"
+        "{:<width$}  {:<5}  {:<17}  {:>5}  {:<15}  {:>8}  {:>10}  {:>12}  BACKENDS",
+        "FRONTEND", "SCOPE", "POLICY", "ID", "AFFINITY", "SOCKETS", "PACKETS", "BYTES"
     );
     for row in rows {
         let backends = if row.backends.is_empty() {
@@ -146,18 +152,19 @@ fn render(rows: &[Row], totals: &Totals) -> String {
             .map_or_else(|| "-".to_string(), |secs| format!("ClientIP/{secs}s"));
         let _ = writeln!(
             out,
-            "{:<width$}  {:<5}  {policy:<17}  {:>5}  {affinity:<15}  {:>10}  {:>12}  {backends}",
-            row.frontend, row.scope, row.id, row.packets, row.bytes
+            "{:<width$}  {:<5}  {policy:<17}  {:>5}  {affinity:<15}  {:>8}  {:>10}  {:>12}  {backends}",
+            row.frontend, row.scope, row.id, row.sockets, row.packets, row.bytes
         );
     }
     let _ = writeln!(
         out,
         "{} frontends; {} packets dropped for want of a backend; {} TCP resets and {} ICMP \
-         unreachables sent for Services without endpoints",
+         unreachables sent and {} socket calls refused for Services without endpoints",
         rows.len(),
         totals.no_backend_drops,
         totals.rejected_tcp,
-        totals.rejected_udp
+        totals.rejected_udp,
+        totals.refused_sockets
     );
     out
 }
@@ -181,6 +188,7 @@ pub fn run(pin_path: &Path, output: Output) -> anyhow::Result<()> {
         no_backend_drops: maps.drops(DropReason::NoBackend.index())?,
         rejected_tcp: maps.verdicts(Verdict::RejectedTcp.index())?,
         rejected_udp: maps.verdicts(Verdict::RejectedUdp.index())?,
+        refused_sockets: maps.verdicts(Verdict::RefusedSocket.index())?,
     };
     match output {
         Output::Table => print!("{}", render(&rows, &totals)),
@@ -205,6 +213,7 @@ mod tests {
                     Some(backend("10.244.0.2", true)),
                     Some(backend("10.244.0.3", false)),
                 ],
+                sockets: 7,
                 packets: 12,
                 bytes: 960,
             },
@@ -215,6 +224,7 @@ mod tests {
                 id: 1,
                 affinity_timeout_seconds: None,
                 backends: vec![],
+                sockets: 0,
                 packets: 0,
                 bytes: 0,
             },
@@ -234,6 +244,7 @@ mod tests {
             no_backend_drops: 3,
             rejected_tcp: 4,
             rejected_udp: 5,
+            refused_sockets: 6,
         }
     }
 
@@ -254,6 +265,7 @@ mod tests {
                     {"address": "10.244.0.2", "port": 8080, "local": true},
                     {"address": "10.244.0.3", "port": 8080, "local": false},
                 ],
+                "sockets": 7,
                 "packets": 12,
                 "bytes": 960,
             })
@@ -269,7 +281,12 @@ mod tests {
         assert_eq!(json["frontends"][1]["backends"], serde_json::json!([null]));
         assert_eq!(
             json["totals"],
-            serde_json::json!({"noBackendDrops": 3, "rejectedTcp": 4, "rejectedUdp": 5})
+            serde_json::json!({
+                "noBackendDrops": 3,
+                "rejectedTcp": 4,
+                "rejectedUdp": 5,
+                "refusedSockets": 6
+            })
         );
     }
 
@@ -284,7 +301,9 @@ mod tests {
             lines[1].starts_with("10.96.0.10:80/TCP")
                 && lines[1].contains(" pod ")
                 && lines[1].contains("ClientIP/10800s")
-                && lines[1].ends_with("12           960  10.244.0.2:8080(local),10.244.0.3:8080"),
+                && lines[1].ends_with(
+                    "7          12           960  10.244.0.2:8080(local),10.244.0.3:8080"
+                ),
             "{}",
             lines[1]
         );
@@ -297,7 +316,7 @@ mod tests {
         assert_eq!(
             lines[3],
             "2 frontends; 3 packets dropped for want of a backend; 4 TCP resets and 5 ICMP \
-             unreachables sent for Services without endpoints"
+             unreachables sent and 6 socket calls refused for Services without endpoints"
         );
     }
 }

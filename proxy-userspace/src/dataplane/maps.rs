@@ -12,7 +12,8 @@ use aya::{
 };
 use proxy_common::maps::{
     addr_from_net, addr_to_net, AffinityKey, AffinityValue, BackendValue, CtEntry, FlowKey,
-    FrontendKey, FrontendStats, FrontendValue, SockRevNatKey, SockRevNatValue, SourceRange,
+    FrontendKey, FrontendStats, FrontendValue, SockAffinityKey, SockRevNatKey, SockRevNatValue,
+    SourceRange,
 };
 
 use super::{
@@ -29,6 +30,7 @@ use crate::{
 pub const FRONTENDS: &str = "FRONTENDS";
 pub const BACKENDS: &str = "BACKENDS";
 pub const STATS: &str = "STATS";
+pub const SOCK_STATS: &str = "SOCK_STATS";
 pub const DROPS: &str = "DROPS";
 pub const VERDICTS: &str = "VERDICTS";
 pub const SOURCE_RANGES: &str = "SOURCE_RANGES";
@@ -56,7 +58,7 @@ const fn pinned<K, V>(name: &'static str) -> PinnedMap {
 }
 
 /// Every map pinned under the pin path.
-pub const ALL: [PinnedMap; 12] = [
+pub const ALL: [PinnedMap; 14] = [
     pinned::<FrontendKey, FrontendValue>(FRONTENDS),
     pinned::<u32, BackendValue>(BACKENDS),
     pinned::<u32, u64>(MAGLEV_ARENA),
@@ -69,6 +71,8 @@ pub const ALL: [PinnedMap; 12] = [
     pinned::<u32, u32>(NIC_ADDRS),
     pinned::<AffinityKey, AffinityValue>("AFFINITY"),
     pinned::<SockRevNatKey, SockRevNatValue>("SOCK_REVNAT"),
+    pinned::<u32, u64>(SOCK_STATS),
+    pinned::<SockAffinityKey, AffinityValue>("SOCK_AFFINITY"),
 ];
 
 /// Maps earlier versions pinned and this one no longer uses (`SELECTION`:
@@ -144,6 +148,7 @@ pub struct BpfMaps {
     backends: HashMap<MapData, u32, BackendValue>,
     maglev: MaglevArena,
     stats: PerCpuArray<MapData, FrontendStats>,
+    sock_stats: PerCpuArray<MapData, u64>,
     drops: PerCpuArray<MapData, u64>,
     verdicts: PerCpuArray<MapData, u64>,
     source_ranges: LpmTrie<MapData, SourceRange, u8>,
@@ -206,6 +211,7 @@ impl BpfMaps {
             backends: typed(BACKENDS, ebpf.take_map(BACKENDS))?,
             maglev: maglev(ebpf.take_map(MAGLEV_ARENA), ebpf.take_map(MAGLEV_INDEX))?,
             stats: typed(STATS, ebpf.take_map(STATS))?,
+            sock_stats: typed(SOCK_STATS, ebpf.take_map(SOCK_STATS))?,
             drops: typed(DROPS, ebpf.take_map(DROPS))?,
             verdicts: typed(VERDICTS, ebpf.take_map(VERDICTS))?,
             source_ranges: typed(SOURCE_RANGES, ebpf.take_map(SOURCE_RANGES))?,
@@ -227,6 +233,7 @@ impl BpfMaps {
             backends: typed(BACKENDS, open(BACKENDS)?)?,
             maglev: maglev(open(MAGLEV_ARENA)?, open(MAGLEV_INDEX)?)?,
             stats: typed(STATS, open(STATS)?)?,
+            sock_stats: typed(SOCK_STATS, open(SOCK_STATS)?)?,
             drops: typed(DROPS, open(DROPS)?)?,
             verdicts: typed(VERDICTS, open(VERDICTS)?)?,
             source_ranges: typed(SOURCE_RANGES, open(SOURCE_RANGES)?)?,
@@ -312,6 +319,16 @@ impl BpfMaps {
             }))
     }
 
+    /// Sockets the socket hooks pointed from a frontend at a backend,
+    /// summed over CPUs.
+    pub fn frontend_sockets(&self, frontend_id: u32) -> Result<u64, StoreError> {
+        let per_cpu = self
+            .sock_stats
+            .get(&frontend_id, 0)
+            .map_err(store_error(SOCK_STATS))?;
+        Ok(per_cpu.iter().sum())
+    }
+
     /// Entries of the agent-written map `name` (`FRONTENDS`, `BACKENDS` or
     /// `SOURCE_RANGES`), counted up to `cap`; `None` for another map.
     pub fn count(&self, name: &str, cap: u32) -> Option<Result<Count, StoreError>> {
@@ -374,7 +391,13 @@ impl MapStore for BpfMaps {
             .map_err(store_error(SOURCE_RANGES))
     }
     fn reset_stats(&mut self, frontend_ids: &[u32]) -> Vec<(u32, StoreError)> {
-        batch::zero_all(&mut self.stats, STATS, frontend_ids)
+        let mut failed = batch::zero_all(&mut self.stats, STATS, frontend_ids);
+        failed.extend(batch::zero_all(
+            &mut self.sock_stats,
+            SOCK_STATS,
+            frontend_ids,
+        ));
+        failed
     }
 }
 

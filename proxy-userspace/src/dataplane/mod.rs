@@ -22,7 +22,7 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 
-use crate::{ebpf_object::KXDP_OBJECT, features::Loadout};
+use crate::{cli::SocketLb, ebpf_object::KXDP_OBJECT, features::Loadout};
 
 /// A tcx program on the host side of pod interfaces, and where it hooks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -159,9 +159,12 @@ impl Dataplane {
         // Maps already pinned there are reused as they are: a restarted agent
         // keeps the conntrack table and every service. The probe that
         // gave `loadout` lifted the locked memory limit.
-        // The socket hooks translate sockets of this (the node's) network
-        // namespace only.
-        let netns_cookie = if !loadout.socket_hooks {
+        // The socket hooks always translate sockets of this (the node's)
+        // network namespace, and those of every other one (pods) with
+        // `--socket-lb all`.
+        let socket_hooks = loadout.socket_lb != SocketLb::Off;
+        let socket_lb_pods = u32::from(loadout.socket_lb == SocketLb::All);
+        let netns_cookie = if !socket_hooks {
             Ok(0)
         } else if loadout.netns_cookie_option {
             netns_cookie::from_socket_option().map_err(|e| e.to_string())
@@ -174,6 +177,7 @@ impl Dataplane {
             .default_map_pin_directory(pin_path)
             .map_max_entries(maglev_arena::MAGLEV_ARENA, arena_entries)
             .override_global(sockets::HOST_NETNS_COOKIE, &netns_cookie, true)
+            .override_global(sockets::SOCKET_LB_PODS, &socket_lb_pods, true)
             .override_global(KXDP_FEATURES, &loadout.datapath_bits, true)
             .load(KXDP_OBJECT)?;
         let mut dataplane = Self { ebpf };
@@ -182,7 +186,7 @@ impl Dataplane {
             load_program(|| program.load())
                 .map_err(|e| DataplaneError::Program(hook.program, e))?;
         }
-        let socket_programs = if loadout.socket_hooks {
+        let socket_programs = if socket_hooks {
             &sockets::SOCKET_PROGRAMS[..]
         } else {
             &[]

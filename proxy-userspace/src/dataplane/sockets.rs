@@ -1,4 +1,4 @@
-//! Host-originated traffic: the four cgroup socket hooks (`connect4`,
+//! Socket-level load balancing: the four cgroup socket hooks (`connect4`,
 //! `sendmsg4`, `recvmsg4`, `getpeername4`) attached to one cgroup (by default
 //! the root of the cgroup2 hierarchy: every process on the node), each link
 //! pinned under `<pin path>/links/<program>-cgroup` so the hooks outlive the
@@ -28,8 +28,12 @@ pub const SOCKET_PROGRAMS: [&str; 4] = [
     "sock_getpeername4",
 ];
 
-/// Global of the object: the network namespace whose sockets are translated.
+/// Global of the object: the node's network namespace, whose sockets are
+/// always translated.
 pub const HOST_NETNS_COOKIE: &str = "HOST_NETNS_COOKIE";
+/// Global of the object: non-zero to translate every other network
+/// namespace's sockets too (`--socket-lb all`).
+pub const SOCKET_LB_PODS: &str = "SOCKET_LB_PODS";
 
 /// `<program>-cgroup`.
 fn pin_name(program: &str) -> String {

@@ -9,6 +9,7 @@
 //!   kxdp-peer stream ADDR:PORT DURATION_MS
 //!   kxdp-peer udp-query ADDR:PORT PAYLOAD [TIMEOUT_MS]
 //!   kxdp-peer udp-probe ADDR:PORT TIMEOUT_MS
+//!   kxdp-peer udp-session ADDR:PORT COUNT INTERVAL_MS
 //!   kxdp-peer conn-rate ADDR:PORT DURATION_MS CONCURRENCY
 //!   kxdp-peer echo-lines --name NAME --tcp PORT
 //!   kxdp-peer chat ADDR:PORT COUNT INTERVAL_MS
@@ -97,6 +98,38 @@ fn udp_probe(target: SocketAddr, timeout: Duration) -> anyhow::Result<()> {
         Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => println!("refused"),
         Err(e) => return Err(e).context("no UDP reply and no ICMP error"),
     }
+    Ok(())
+}
+
+/// Longest `udp-session` waits for one answer.
+const SESSION_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// One connected UDP socket sending datagrams 1..=COUNT, one every
+/// `interval`: prints `N backend=NAME` per answer, `N silent` where none
+/// came (a connected socket takes answers from its peer's address only),
+/// `N refused` on an ICMP error, and `done COUNT` at the end.
+fn udp_session(target: SocketAddr, count: u32, interval: Duration) -> anyhow::Result<()> {
+    let socket = UdpSocket::bind("0.0.0.0:0")?;
+    socket.set_read_timeout(Some(SESSION_TIMEOUT))?;
+    socket.connect(target)?;
+    let mut buf = [0u8; 2048];
+    for n in 1..=count {
+        let answer = socket
+            .send(n.to_string().as_bytes())
+            .and_then(|_| socket.recv(&mut buf));
+        match answer {
+            Ok(len) => {
+                let text = String::from_utf8_lossy(&buf[..len]);
+                let backend = text.split_whitespace().next().unwrap_or_default();
+                println!("{n} {backend}");
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => println!("{n} refused"),
+            Err(_) => println!("{n} silent"),
+        }
+        std::io::stdout().flush()?;
+        std::thread::sleep(interval);
+    }
+    println!("done {count}");
     Ok(())
 }
 
@@ -340,6 +373,10 @@ fn main() -> anyhow::Result<()> {
         (Some("udp-probe"), Some(target), Some(timeout), ..) => {
             udp_probe(target.parse()?, Duration::from_millis(timeout.parse()?))
         }
+        (Some("udp-session"), Some(target), Some(count), Some(interval_ms), ..) => {
+            let interval = Duration::from_millis(interval_ms.parse()?);
+            udp_session(target.parse()?, count.parse()?, interval)
+        }
         (Some("conn-rate"), Some(target), Some(duration_ms), Some(concurrency), ..) => {
             let concurrency: usize = concurrency.parse()?;
             if !(1..=256).contains(&concurrency) {
@@ -358,6 +395,6 @@ fn main() -> anyhow::Result<()> {
         (Some("chat"), Some(target), Some(count), Some(interval_ms), ..) => {
             chat(target.parse()?, count.parse()?, Duration::from_millis(interval_ms.parse()?))
         }
-        _ => bail!("usage: kxdp-peer serve --name NAME --tcp PORT --udp PORT | sink --tcp PORT | stream ADDR:PORT DURATION_MS | udp-query ADDR:PORT PAYLOAD [TIMEOUT_MS] | conn-rate ADDR:PORT DURATION_MS CONCURRENCY | echo-lines --name NAME --tcp PORT | chat ADDR:PORT COUNT INTERVAL_MS"),
+        _ => bail!("usage: kxdp-peer serve --name NAME --tcp PORT --udp PORT | sink --tcp PORT | stream ADDR:PORT DURATION_MS | udp-query ADDR:PORT PAYLOAD [TIMEOUT_MS] | udp-probe ADDR:PORT TIMEOUT_MS | udp-session ADDR:PORT COUNT INTERVAL_MS | conn-rate ADDR:PORT DURATION_MS CONCURRENCY | echo-lines --name NAME --tcp PORT | chat ADDR:PORT COUNT INTERVAL_MS"),
     }
 }
