@@ -22,7 +22,7 @@ use kxdp_testbed::{
     agent::{Agent, AgentHost},
     cgroup::TestCgroup,
     datapath::back_date_sock_affinity,
-    manifests::{endpoint_slice, service, Endpoint, SLICE_CONTROLLER},
+    manifests::{endpoint_slice, service, Endpoint, ServiceManifest, SLICE_CONTROLLER},
     netns::exec_ok,
     scenario::EchoScenario,
 };
@@ -157,14 +157,14 @@ fn a_restarted_agent_adopts_the_socket_hooks_and_unload_removes_them() {
     assert!(host_curl(&s, &[]).is_err(), "no hooks after unload");
 }
 
-/// A column of the row of `frontend` in `kxdp services`.
+/// A column of the row of pod-scope `frontend` in `kxdp services`.
 fn services_cell(s: &EchoScenario, frontend: &str, column: &str) -> u64 {
     let table = s.kxdp(&["services"]).unwrap();
     let header: Vec<&str> = table.lines().next().unwrap().split_whitespace().collect();
     let index = header.iter().position(|h| *h == column).unwrap();
     let row = table
         .lines()
-        .find(|l| l.starts_with(&format!("{frontend} ")))
+        .find(|l| l.split_whitespace().take(2).eq([frontend, "pod"]))
         .unwrap_or_else(|| panic!("{table}"));
     row.split_whitespace().nth(index).unwrap().parse().unwrap()
 }
@@ -342,6 +342,74 @@ fn a_service_without_endpoints_refuses_a_pods_connect() {
     assert!(err.contains(expected), "{err}");
     let summary = s.kxdp(&["services"]).unwrap();
     assert!(summary.contains(" and 1 socket calls refused"), "{summary}");
+}
+
+#[test]
+fn a_pods_socket_leaves_source_ranges_and_a_local_policys_drop_to_the_pod_programs() {
+    let s = scenario();
+    let endpoints: Vec<Endpoint> = s.backends.iter().map(|b| Endpoint::ready(*b)).collect();
+    // A load balancer address open to b2's subnet only.
+    let ingress = Ipv4Addr::new(192, 168, 77, 10);
+    let web = ServiceManifest::loadbalancer_web_lb(
+        Ipv4Addr::new(10, 96, 100, 62),
+        [30080, 30053],
+        ingress,
+    )
+    .source_ranges(&["10.200.3.0/24"]);
+    let web_slice = endpoint_slice(
+        "web-lb",
+        "web-lb-q8w2e",
+        SLICE_CONTROLLER,
+        &[("80-8080", "TCP", 8080)],
+        &endpoints,
+    );
+    s.write_manifest("web-lb.yaml", &format!("{}---\n{web_slice}", web.to_yaml()))
+        .unwrap();
+    // internalTrafficPolicy: Local, and no endpoint on this node (the agent
+    // has no node name: none is local).
+    let elsewhere_vip = Ipv4Addr::new(10, 96, 100, 63);
+    let ports = ["{name: http, port: 80, protocol: TCP, targetPort: 8080}"];
+    let elsewhere = service(
+        "elsewhere",
+        "ClusterIP",
+        elsewhere_vip,
+        Some("elsewhere"),
+        &ports,
+    ) + "  internalTrafficPolicy: Local\n";
+    let elsewhere_slice = endpoint_slice(
+        "elsewhere",
+        "elsewhere-7tq4z",
+        SLICE_CONTROLLER,
+        &[("http", "TCP", 8080)],
+        &endpoints,
+    );
+    s.write_manifest(
+        "elsewhere.yaml",
+        &format!("{elsewhere}---\n{elsewhere_slice}"),
+    )
+    .unwrap();
+    let _agent = start(&s);
+    let quick = ["--max-time", "1"];
+
+    // The client pod (10.200.1.2) is outside the ranges: its packets are
+    // dropped, as per packet, not its connect refused.
+    let lb_url = format!("http://{ingress}:80/");
+    let outside = pod_curl(&s, "client", &lb_url, &quick).unwrap_err();
+    assert!(outside.contains("timed out"), "{outside}");
+    // b2 (10.200.3.2) is inside: served, per packet (where it chooses
+    // itself, hairpinned: it sees the address it asked for as its client).
+    for i in 0..3 {
+        let body = pod_curl(&s, "b2", &lb_url, &[]).unwrap_or_else(|e| panic!("request {i}: {e}"));
+        assert!(body.starts_with("backend=b"), "{body}");
+    }
+    let lb_frontend = format!("{ingress}:80/TCP");
+    assert_eq!(services_cell(&s, &lb_frontend, "SOCKETS"), 0);
+    assert!(services_cell(&s, &lb_frontend, "PACKETS") > 0);
+
+    // A Local policy without a local endpoint drops too.
+    let dropped =
+        pod_curl(&s, "client", &format!("http://{elsewhere_vip}:80/"), &quick).unwrap_err();
+    assert!(dropped.contains("timed out"), "{dropped}");
 }
 
 #[test]
