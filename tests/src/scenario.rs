@@ -4,6 +4,7 @@
 //! EndpointSlice in a manifest directory.
 
 use std::{
+    ffi::OsStr,
     fs,
     net::Ipv4Addr,
     path::{Path, PathBuf},
@@ -95,7 +96,14 @@ impl EchoScenario {
     /// `start_agent` for manifests so large that the first sync may take
     /// longer than a test's usual patience.
     pub fn start_agent_within(&self, ready: Duration) -> anyhow::Result<Agent> {
-        let mut agent = Agent::start(&self.node, &self.manifests)?;
+        self.start_agent_with(&[], ready)
+    }
+
+    /// `start_agent_within` with `flags` besides the manifests.
+    pub fn start_agent_with(&self, flags: &[&str], ready: Duration) -> anyhow::Result<Agent> {
+        let mut all: Vec<&OsStr> = vec!["--manifests".as_ref(), self.manifests.as_os_str()];
+        all.extend(flags.iter().map(OsStr::new));
+        let mut agent = Agent::start_with(&self.node, &all)?;
         // The first sync comes before the attachments.
         agent.wait_for(&["synced"], 1, ready)?;
         // Two programs per pod interface: pod_ingress and pod_egress.
@@ -122,6 +130,32 @@ impl EchoScenario {
     /// waits until it listens.
     pub fn start_peer(&mut self, netns: &str, args: &[&str]) -> anyhow::Result<()> {
         start_peer(&mut self.node, &self.peer, netns, args)
+    }
+
+    /// Runs a client program in the client pod from inside the node's
+    /// hooked cgroup (where the socket hooks see it); its stdout, or its
+    /// stderr on failure.
+    pub fn from_client_in_cgroup(
+        &self,
+        program: impl AsRef<Path>,
+        args: &[&str],
+    ) -> Result<String, String> {
+        let program = program.as_ref().to_string_lossy();
+        let argv: Vec<&str> = [&*program]
+            .into_iter()
+            .chain(args.iter().copied())
+            .collect();
+        match self
+            .node
+            .cgroup
+            .output(&self.node.pod("client").netns, &argv)
+        {
+            Ok(o) if o.status.success() => {
+                Ok(String::from_utf8_lossy(&o.stdout).trim().to_string())
+            }
+            Ok(o) => Err(String::from_utf8_lossy(&o.stderr).trim().to_string()),
+            Err(e) => Err(e.to_string()),
+        }
     }
 
     fn client(&self, program: impl AsRef<Path>, args: &[&str]) -> Result<String, String> {

@@ -1,5 +1,5 @@
-//! Part 2: through a ClusterIP in the namespace mini node, with kxdp and
-//! with the rulesets kube-proxy writes, while N other Services exist: short
+//! Part 2: through a ClusterIP in the namespace mini node, with kxdp (its
+//! socket hooks, and per packet) and with the rulesets kube-proxy writes, while N other Services exist: short
 //! TCP connections per second with their latency, and (at the smallest N)
 //! one bulk TCP stream; next to the same client talking to the pod IP with
 //! no proxy at all (the floor).
@@ -57,7 +57,7 @@ fn conn_rate(s: &EchoScenario, target: &str, ms: u64, plan: &Plan) -> anyhow::Re
         &plan.concurrency.to_string(),
     ];
     let line = s
-        .from_pod("client", peer_bin(), &args)
+        .from_client_in_cgroup(peer_bin(), &args)
         .map_err(|e| anyhow::anyhow!("conn-rate to {target}: {e}"))?;
     let sample = parse_conn_line(&line)?;
     ensure!(
@@ -70,7 +70,7 @@ fn conn_rate(s: &EchoScenario, target: &str, ms: u64, plan: &Plan) -> anyhow::Re
 /// One bulk stream; its goodput in Gbit/s.
 fn stream(s: &EchoScenario, target: &str, ms: u64) -> anyhow::Result<f64> {
     let line = s
-        .from_pod("client", peer_bin(), &["stream", target, &ms.to_string()])
+        .from_client_in_cgroup(peer_bin(), &["stream", target, &ms.to_string()])
         .map_err(|e| anyhow::anyhow!("stream to {target}: {e}"))?;
     field(&line, "gbps")
 }
@@ -270,8 +270,11 @@ impl Bed {
         let netns = self.node_netns();
         match proxy {
             Proxy::None => measure(),
-            Proxy::Kxdp => {
-                let agent = self.s.start_agent_within(Duration::from_secs(120))?;
+            Proxy::Kxdp | Proxy::KxdpPerPacket => {
+                let socket_lb = if proxy == Proxy::Kxdp { "all" } else { "host" };
+                let agent = self
+                    .s
+                    .start_agent_with(&["--socket-lb", socket_lb], Duration::from_secs(120))?;
                 let result = measure();
                 agent.stop()?;
                 self.s.kxdp(&["unload"])?;

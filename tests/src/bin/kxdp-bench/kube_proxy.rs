@@ -514,7 +514,7 @@ pub(crate) fn list_service_rules(
         Proxy::IptablesNft => vec!["iptables-nft", "-t", "nat", "-S", &svc_iptables],
         Proxy::IptablesLegacy => vec!["iptables-legacy", "-t", "nat", "-S", &svc_iptables],
         Proxy::Nftables => vec!["nft", "list", "chain", "ip", "kube-proxy", &svc_nft],
-        Proxy::None | Proxy::Kxdp => bail!("{} has no rules", proxy.label()),
+        Proxy::None | Proxy::Kxdp | Proxy::KxdpPerPacket => bail!("{} has no rules", proxy.label()),
     };
     let output = kxdp_testbed::netns::run(
         Command::new("ip")

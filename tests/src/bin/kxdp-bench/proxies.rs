@@ -8,7 +8,11 @@ use super::*;
 pub(crate) enum Proxy {
     /// No Service: the client connects to a backend's pod IP.
     None,
+    /// kxdp as it runs by default: pods' sockets sent to a backend at
+    /// connect (`--socket-lb all`).
     Kxdp,
+    /// kxdp translating pods' packets (`--socket-lb host`).
+    KxdpPerPacket,
     /// kube-proxy's iptables mode through `iptables-nft-restore`
     /// (Debian's default iptables: rules run in nf_tables).
     IptablesNft,
@@ -19,9 +23,10 @@ pub(crate) enum Proxy {
 }
 
 impl Proxy {
-    pub(crate) const ALL: [Proxy; 5] = [
+    pub(crate) const ALL: [Proxy; 6] = [
         Proxy::None,
         Proxy::Kxdp,
+        Proxy::KxdpPerPacket,
         Proxy::IptablesNft,
         Proxy::IptablesLegacy,
         Proxy::Nftables,
@@ -34,6 +39,7 @@ impl Proxy {
         match self {
             Proxy::None => "no proxy (pod IP)",
             Proxy::Kxdp => "kxdp",
+            Proxy::KxdpPerPacket => "kxdp per packet (--socket-lb host)",
             Proxy::IptablesNft => "kube-proxy iptables (nft backend)",
             Proxy::IptablesLegacy => "kube-proxy iptables (legacy)",
             Proxy::Nftables => "kube-proxy nftables",
@@ -46,7 +52,7 @@ impl Proxy {
             Proxy::IptablesNft => &["iptables-nft-restore"],
             Proxy::IptablesLegacy => &["iptables-legacy-restore"],
             Proxy::Nftables => &["nft", "-f", "-"],
-            Proxy::None | Proxy::Kxdp => &[],
+            Proxy::None | Proxy::Kxdp | Proxy::KxdpPerPacket => &[],
         }
     }
 
@@ -73,7 +79,7 @@ impl Proxy {
         match self {
             Proxy::IptablesNft | Proxy::IptablesLegacy => iptables_ruleset(services, &KP_CONFIG),
             Proxy::Nftables => nftables_ruleset(services, numgen, &KP_CONFIG),
-            Proxy::None | Proxy::Kxdp => String::new(),
+            Proxy::None | Proxy::Kxdp | Proxy::KxdpPerPacket => String::new(),
         }
     }
 
@@ -86,7 +92,7 @@ impl Proxy {
             }
             // iptables-nft keeps its rules in the nftables ruleset.
             Proxy::IptablesNft | Proxy::Nftables => flush_rules(netns),
-            Proxy::None | Proxy::Kxdp => Ok(()),
+            Proxy::None | Proxy::Kxdp | Proxy::KxdpPerPacket => Ok(()),
         }
     }
 }
