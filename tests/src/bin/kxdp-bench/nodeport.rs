@@ -1,5 +1,6 @@
-//! Part 1: `nic_ingress`, a NodePort's first packet of a new flow, with a
-//! backend on this node and with one on another node. Run on the NIC of a
+//! Part 1: `nic_ingress`, a NodePort's first packet of a new flow and a
+//! packet of an established one, with a backend on this node and with one
+//! on another node. Run on the NIC of a
 //! private namespace (`nic_netns`) whose FIB routes the remote pods via a
 //! known neighbour, so the remote path really ends in the FIB lookup and
 //! XDP_TX.
@@ -25,14 +26,68 @@ fn backend(i: u32) -> SocketAddrV4 {
     SocketAddrV4::new(Ipv4Addr::from(u32::from(ip(10, 1, 2, 101)) + i), 8080)
 }
 
-/// Where a NodePort packet comes from: outside, to our NIC.
+/// Where a NodePort packet comes from: outside, to our NIC (a SYN).
 fn from_outside(src: SocketAddrV4, dst: SocketAddrV4) -> Vec<u8> {
+    from_outside_flagged(src, dst, TCP_SYN)
+}
+
+fn from_outside_flagged(src: SocketAddrV4, dst: SocketAddrV4, flags: u8) -> Vec<u8> {
     pad(Packet {
         src_mac: OTHER_NODE_MAC,
         dst_mac: NIC_MAC,
-        ..Packet::tcp(src, dst).payload(b"")
+        ..Packet::tcp(src, dst).payload(b"").tcp_flags(flags)
     }
     .build())
+}
+
+/// A datapath whose NIC `nic` serves `frontends` NodePort frontends, each
+/// with one backend, on this node or (`remote`) on another, SNATed.
+fn nodeport_datapath(remote: bool, frontends: u32, nic: u32) -> Datapath {
+    let mut dp = Datapath::load_with_arena(proxy_common::sizes::MAGLEV_ARENA_ENTRIES);
+    dp.set_nic_addr(nic, NODE_ADDR);
+    for i in 0..frontends {
+        let (frontend, backend) = (frontend(i), backend(i));
+        let key = FrontendKey {
+            addr: addr_to_net(*frontend.ip()),
+            port: port_to_net(frontend.port()),
+            proto: PROTO_TCP,
+            scope: SCOPE_NODE,
+        };
+        let backends: [TestBackend; 1] = [(*backend.ip(), backend.port(), !remote)];
+        dp.add_frontend(key, i + 1, FRONTEND_SNAT_REMOTE, &backends);
+    }
+    dp
+}
+
+/// Checks what `nic_ingress` made of a packet from `client` to frontend
+/// `i`: sent on to the other node, SNATed (remote), or DNATed up the stack.
+fn expect_translated(
+    what: &str,
+    remote: bool,
+    timed: &Timed,
+    client: SocketAddrV4,
+    i: u32,
+    flags: u8,
+) -> anyhow::Result<()> {
+    let out = &timed.out;
+    if remote {
+        expect_verdict(what, timed.verdict, XDP_TX)?;
+        ensure!(
+            out[..12] == [OTHER_NODE_MAC, NIC_MAC].concat(),
+            "{what}: not addressed to the other node"
+        );
+        let h = kxdp_testbed::packet::parse(out).map_err(anyhow::Error::msg)?;
+        ensure!(
+            h.dst == backend(i) && *h.src.ip() == NODE_ADDR,
+            "{what}: translated to {} → {}",
+            h.src,
+            h.dst
+        );
+        kxdp_testbed::packet::verify_checksums(out).map_err(anyhow::Error::msg)
+    } else {
+        expect_verdict(what, timed.verdict, XDP_PASS)?;
+        expect_frame(what, out, &from_outside_flagged(client, backend(i), flags))
+    }
 }
 
 /// The first packet of a new NodePort flow, one per BPF_PROG_TEST_RUN call
@@ -60,21 +115,8 @@ impl NodePortNewFlow {
     /// Call from a thread inside `nic_netns`, whose NIC is `nic`.
     pub(crate) fn new(remote: bool, frontends: u32, calls: u32, nic: u32) -> Self {
         assert!(calls < 60_000, "client ports must not repeat within a run");
-        let mut dp = Datapath::load_with_arena(proxy_common::sizes::MAGLEV_ARENA_ENTRIES);
-        dp.set_nic_addr(nic, NODE_ADDR);
-        for i in 0..frontends {
-            let (frontend, backend) = (frontend(i), backend(i));
-            let key = FrontendKey {
-                addr: addr_to_net(*frontend.ip()),
-                port: port_to_net(frontend.port()),
-                proto: PROTO_TCP,
-                scope: SCOPE_NODE,
-            };
-            let backends: [TestBackend; 1] = [(*backend.ip(), backend.port(), !remote)];
-            dp.add_frontend(key, i + 1, FRONTEND_SNAT_REMOTE, &backends);
-        }
         NodePortNewFlow {
-            dp,
+            dp: nodeport_datapath(remote, frontends, nic),
             remote,
             frontends,
             calls,
@@ -97,26 +139,7 @@ impl NodePortNewFlow {
         let i = call % self.frontends;
         let frame = from_outside(client(port), frontend(i));
         let timed = time_test_run_in(self.dp.nic_program(), &frame, Some(&self.ctx), 1)?;
-        let what = self.what();
-        let out = &timed.out;
-        if self.remote {
-            expect_verdict(what, timed.verdict, XDP_TX)?;
-            ensure!(
-                out[..12] == [OTHER_NODE_MAC, NIC_MAC].concat(),
-                "{what}: not addressed to the other node"
-            );
-            let h = kxdp_testbed::packet::parse(out).map_err(anyhow::Error::msg)?;
-            ensure!(
-                h.dst == backend(i) && *h.src.ip() == NODE_ADDR,
-                "{what}: translated to {} → {}",
-                h.src,
-                h.dst
-            );
-            kxdp_testbed::packet::verify_checksums(out).map_err(anyhow::Error::msg)?;
-        } else {
-            expect_verdict(what, timed.verdict, XDP_PASS)?;
-            expect_frame(what, out, &from_outside(client(port), backend(i)))?;
-        }
+        expect_translated(self.what(), self.remote, &timed, client(port), i, TCP_SYN)?;
         Ok(timed.sample)
     }
 }
@@ -138,6 +161,83 @@ impl Case for NodePortNewFlow {
         ensure!(
             entries == want,
             "{}: conntrack has {entries} entries after the run, expected {want} (2 per call)",
+            self.what()
+        );
+        expect_no_drops(self.what(), &self.dp)?;
+        let calls = f64::from(self.calls);
+        Ok(Sample {
+            kernel_ns: total.kernel_ns / calls,
+            wall_ns: total.wall_ns / calls,
+        })
+    }
+}
+
+/// A packet of an established NodePort flow (an ACK of the flow a SYN
+/// opened at set-up), one per BPF_PROG_TEST_RUN call as for new flows:
+/// with a local backend, the conntrack hit and the DNAT (XDP_PASS); with a
+/// remote one, also the SNAT, the FIB lookup, the MAC and TTL rewrite and
+/// XDP_TX.
+pub(crate) struct NodePortEstablished {
+    dp: Datapath,
+    remote: bool,
+    calls: u32,
+    frame: Vec<u8>,
+    ctx: Vec<u8>,
+}
+
+/// The client port of the established flow.
+const ESTABLISHED_PORT: u16 = 50_001;
+
+impl NodePortEstablished {
+    /// Call from a thread inside `nic_netns`, whose NIC is `nic`.
+    pub(crate) fn new(remote: bool, calls: u32, nic: u32) -> anyhow::Result<Self> {
+        let dp = nodeport_datapath(remote, 1, nic);
+        let ctx = xdp_md(FRAME_LEN, nic);
+        let from = client(ESTABLISHED_PORT);
+        let syn = from_outside(from, frontend(0));
+        let opened = time_test_run_in(dp.nic_program(), &syn, Some(&ctx), 1)?;
+        let mut case = NodePortEstablished {
+            dp,
+            remote,
+            calls,
+            frame: from_outside_flagged(from, frontend(0), TCP_ACK),
+            ctx,
+        };
+        expect_translated(case.what(), remote, &opened, from, 0, TCP_SYN)?;
+        case.one_call()?;
+        Ok(case)
+    }
+
+    fn what(&self) -> &'static str {
+        if self.remote {
+            "NodePort established, remote backend"
+        } else {
+            "NodePort established, local backend"
+        }
+    }
+
+    fn one_call(&mut self) -> anyhow::Result<Sample> {
+        let timed = time_test_run_in(self.dp.nic_program(), &self.frame, Some(&self.ctx), 1)?;
+        let from = client(ESTABLISHED_PORT);
+        expect_translated(self.what(), self.remote, &timed, from, 0, TCP_ACK)?;
+        Ok(timed.sample)
+    }
+}
+
+impl Case for NodePortEstablished {
+    fn run(&mut self) -> anyhow::Result<Sample> {
+        let mut total = Sample {
+            kernel_ns: 0.0,
+            wall_ns: 0.0,
+        };
+        for _ in 0..self.calls {
+            let sample = self.one_call()?;
+            total.kernel_ns += sample.kernel_ns;
+            total.wall_ns += sample.wall_ns;
+        }
+        ensure!(
+            self.dp.conntrack_len() == 2,
+            "{}: the flow's two conntrack entries are not all there is",
             self.what()
         );
         expect_no_drops(self.what(), &self.dp)?;

@@ -115,6 +115,18 @@ pub(crate) fn packet_benches(plan: &Plan, nic: u32) -> anyhow::Result<Vec<Packet
         ),
         floor_single,
         bench(
+            "NodePort established, local backend (CT hit + DNAT)",
+            NIC_INGRESS,
+            format!("1 × {single_calls} calls"),
+            Box::new(NodePortEstablished::new(false, single_calls, nic)?),
+        ),
+        bench(
+            "NodePort established, remote backend (CT hit + DNAT + SNAT + FIB lookup + XDP_TX)",
+            NIC_INGRESS,
+            format!("1 × {single_calls} calls"),
+            Box::new(NodePortEstablished::new(true, single_calls, nic)?),
+        ),
+        bench(
             &format!("NodePort new flow, local backend (select + CT insert + DNAT), {warm} frontends"),
             NIC_INGRESS,
             format!("1 × {single_calls} calls"),
