@@ -2,7 +2,7 @@
 //! agent (and `kxdp services`) finds the same state.
 
 use aya_ebpf::{
-    bindings::{BPF_F_NO_COMMON_LRU, BPF_F_NO_PREALLOC},
+    bindings::BPF_F_NO_PREALLOC,
     macros::map,
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
 };
@@ -39,11 +39,13 @@ pub static MAGLEV_ARENA: Array<u64> =
 #[map]
 pub static MAGLEV_INDEX: Array<u64> = Array::pinned(sizes::MAX_FRONTENDS, MAGLEV_ARENA_FLAGS);
 
-/// Flow → translation, one entry per direction of each connection. Per-CPU
-/// LRU lists: inserting a new flow takes no map-wide lock.
+/// Flow → translation, one entry per direction of each connection. One
+/// LRU shared by every CPU: per-CPU lists (`BPF_F_NO_COMMON_LRU`) would
+/// give each *possible* CPU a fixed share for good, so a node with 64
+/// possible CPUs and its flows on a few would evict them at 8,192 each.
 #[map]
 pub static CONNTRACK: LruHashMap<FlowKey, CtEntry> =
-    LruHashMap::pinned(sizes::MAX_CONNTRACK, BPF_F_NO_COMMON_LRU);
+    LruHashMap::pinned(sizes::MAX_CONNTRACK, 0);
 
 /// Per-frontend packet and byte counters, indexed by frontend id.
 #[map]
