@@ -118,6 +118,32 @@ pub const BACKEND_LOCAL: u8 = 1;
 /// agent through `mmap`, without a syscall per entry.
 pub const MAGLEV_ARENA_FLAGS: u32 = 0x400;
 
+/// `PORT_ROLES`: which ports some frontend or backend uses, one bit per
+/// port and role, so a packet that no lookup could match skips the hash
+/// lookups (a frontend's by its destination port, a reply's conntrack
+/// entry by its source port). A word of 64 ports per entry, the roles one
+/// after another.
+pub mod port_roles {
+    /// Destination ports of pod-scope frontends.
+    pub const POD_FRONTEND: u32 = 0;
+    /// Destination ports of node-scope frontends (at the NICs).
+    pub const NODE_FRONTEND: u32 = 1;
+    /// Ports of backends: the source port of every reply to translate.
+    pub const BACKEND: u32 = 2;
+    pub const ROLES: u32 = 3;
+    /// Words per role: 65,536 ports, 64 to a word.
+    pub const WORDS_PER_ROLE: u32 = 1024;
+    /// Entries of `PORT_ROLES`.
+    pub const WORDS: u32 = ROLES * WORDS_PER_ROLE;
+
+    /// The word holding `port` (host order) for `role`, and its bit there.
+    #[inline(always)]
+    pub const fn position(role: u32, port: u16) -> (u32, u64) {
+        let port = port as u32;
+        (role * WORDS_PER_ROLE + port / 64, 1 << (port % 64))
+    }
+}
+
 /// `MAGLEV_INDEX` value of a frontend without a table.
 pub const NO_TABLE: u64 = 0;
 
@@ -392,6 +418,15 @@ impl Verdict {
 mod tests {
     use super::*;
     use crate::sizes;
+
+    #[test]
+    fn each_port_and_role_has_a_bit_of_its_own() {
+        use port_roles::*;
+        assert_eq!(position(POD_FRONTEND, 0), (0, 1));
+        assert_eq!(position(POD_FRONTEND, 65), (1, 2));
+        assert_eq!(position(BACKEND, 65_535), (WORDS - 1, 1 << 63));
+        assert_eq!(position(NODE_FRONTEND, 80).0, WORDS_PER_ROLE + 1);
+    }
 
     #[test]
     fn every_counter_has_its_own_index_and_name_within_its_map() {

@@ -2,12 +2,31 @@
 //! this client use it?
 
 use aya_ebpf::maps::lpm_trie::Key;
-use proxy_common::maps::{FrontendKey, FrontendValue, SourceRange, SCOPE_NODE, SCOPE_POD};
+use proxy_common::maps::{
+    port_roles::{self, BACKEND, NODE_FRONTEND, POD_FRONTEND},
+    FrontendKey, FrontendValue, SourceRange, SCOPE_NODE, SCOPE_POD,
+};
 
 use crate::{
-    maps::{FRONTENDS, NIC_ADDRS, SOURCE_RANGES},
+    maps::{FRONTENDS, NIC_ADDRS, PORT_ROLES, SOURCE_RANGES},
     parse::Ipv4Flow,
 };
+
+/// Whether some frontend or backend uses `port` (network order) in `role`
+/// (`proxy_common::maps::port_roles`): an array read, inlined, where a
+/// lookup that cannot match would hash and probe a table.
+#[inline(always)]
+fn in_use(role: u32, port: u16) -> bool {
+    let (word, bit) = port_roles::position(role, u16::from_be(port));
+    PORT_ROLES.get(word).is_some_and(|w| w & bit != 0)
+}
+
+/// Whether a packet from `port` (network order) may be a reply to
+/// translate: some backend has this port.
+#[inline(always)]
+pub fn from_backend_port(port: u16) -> bool {
+    in_use(BACKEND, port)
+}
 
 #[inline(always)]
 fn frontend(flow: &Ipv4Flow, scope: u8) -> Option<FrontendValue> {
@@ -25,6 +44,9 @@ fn frontend(flow: &Ipv4Flow, scope: u8) -> Option<FrontendValue> {
 /// address short-circuited to its Service), if any.
 #[inline(always)]
 pub fn pod_frontend(flow: &Ipv4Flow) -> Option<FrontendValue> {
+    if !in_use(POD_FRONTEND, flow.dst_port) {
+        return None;
+    }
     frontend(flow, SCOPE_POD)
 }
 
@@ -32,6 +54,9 @@ pub fn pod_frontend(flow: &Ipv4Flow) -> Option<FrontendValue> {
 /// address, a LoadBalancer ingress IP or an external IP.
 #[inline(always)]
 pub fn node_frontend(flow: &Ipv4Flow) -> Option<FrontendValue> {
+    if !in_use(NODE_FRONTEND, flow.dst_port) {
+        return None;
+    }
     frontend(flow, SCOPE_NODE)
 }
 

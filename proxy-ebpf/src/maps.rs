@@ -8,8 +8,8 @@ use aya_ebpf::{
 };
 use proxy_common::{
     maps::{
-        AffinityKey, AffinityValue, BackendValue, CtEntry, FlowKey, FrontendKey, FrontendStats,
-        FrontendValue, SockAffinityKey, SockRevNatKey, SockRevNatValue, SourceRange,
+        port_roles, AffinityKey, AffinityValue, BackendValue, CtEntry, FlowKey, FrontendKey,
+        FrontendStats, FrontendValue, SockAffinityKey, SockRevNatKey, SockRevNatValue, SourceRange,
         MAGLEV_ARENA_FLAGS,
     },
     sizes,
@@ -44,8 +44,13 @@ pub static MAGLEV_INDEX: Array<u64> = Array::pinned(sizes::MAX_FRONTENDS, MAGLEV
 /// give each *possible* CPU a fixed share for good, so a node with 64
 /// possible CPUs and its flows on a few would evict them at 8,192 each.
 #[map]
-pub static CONNTRACK: LruHashMap<FlowKey, CtEntry> =
-    LruHashMap::pinned(sizes::MAX_CONNTRACK, 0);
+pub static CONNTRACK: LruHashMap<FlowKey, CtEntry> = LruHashMap::pinned(sizes::MAX_CONNTRACK, 0);
+
+/// Which ports frontends and backends use, a bit per port and role
+/// (`proxy_common::maps::port_roles`), written by the agent: packets no
+/// lookup could match skip them.
+#[map]
+pub static PORT_ROLES: Array<u64> = Array::pinned(port_roles::WORDS, 0);
 
 /// Per-frontend packet and byte counters, indexed by frontend id.
 #[map]

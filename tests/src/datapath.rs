@@ -21,9 +21,9 @@ use aya::{
 use proxy_common::{
     kernel::clock_s,
     maps::{
-        addr_to_net, port_to_net, AffinityKey, AffinityValue, BackendValue, CtEntry, DropReason,
-        FlowKey, FrontendKey, FrontendStats, SockAffinityKey, Verdict, FRONTEND_EMPTY_DROP,
-        FRONTEND_SNAT_REMOTE, FRONTEND_SOURCE_RANGES, SCOPE_POD,
+        addr_to_net, port_from_net, port_roles, port_to_net, AffinityKey, AffinityValue,
+        BackendValue, CtEntry, DropReason, FlowKey, FrontendKey, FrontendStats, SockAffinityKey,
+        Verdict, FRONTEND_EMPTY_DROP, FRONTEND_SNAT_REMOTE, FRONTEND_SOURCE_RANGES, SCOPE_POD,
     },
 };
 use proxy_userspace::{
@@ -158,6 +158,10 @@ pub struct Datapath {
     backends: StdHashMap<u32, BackendValue>,
     /// The NIC addresses written, by interface index.
     nic_addrs: StdHashMap<u32, Ipv4Addr>,
+    /// `PORT_ROLES` as written, by word: every port any frontend or
+    /// backend was written with keeps its role (extra bits cost only a
+    /// lookup).
+    port_roles: StdHashMap<u32, u64>,
     _mount: PrivateBpffs,
 }
 
@@ -228,6 +232,7 @@ impl Datapath {
             frontends: StdHashMap::new(),
             backends: StdHashMap::new(),
             nic_addrs: StdHashMap::new(),
+            port_roles: StdHashMap::new(),
             _mount: mount,
         }
     }
@@ -305,11 +310,30 @@ impl Datapath {
             .zip(&frontend.backends)
             .map(|(&backend_id, backend)| (backend_id, backend_value(backend)))
             .collect();
+        for (_, backend) in &values {
+            self.give_role(port_roles::BACKEND, port_from_net(backend.port));
+        }
+        let role = if key.scope == SCOPE_POD {
+            port_roles::POD_FRONTEND
+        } else {
+            port_roles::NODE_FRONTEND
+        };
+        self.give_role(role, port_from_net(key.port));
         let failed = self.maps.put_backends(&values);
         assert!(failed.is_empty(), "write backends: {failed:?}");
         self.backends.extend(values);
         let table_size = self.write_table(id, &ids);
         self.write_frontend(key, id, frontend, table_size);
+    }
+
+    /// Sets `port`'s bit for `role` in `PORT_ROLES`, as sync does before
+    /// writing what uses it.
+    pub fn give_role(&mut self, role: u32, port: u16) {
+        let (word, bit) = port_roles::position(role, port);
+        let bits = self.port_roles.entry(word).or_insert(0);
+        *bits |= bit;
+        let failed = self.maps.put_port_roles(&[(word, *bits)]);
+        assert!(failed.is_empty(), "write port roles: {failed:?}");
     }
 
     /// Writes the entry of frontend `key` as sync does.

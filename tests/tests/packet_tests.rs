@@ -19,9 +19,9 @@ use kxdp_testbed::{
 };
 use proxy_common::hash::flow_hash;
 use proxy_common::maps::{
-    addr_to_net, port_to_net, AffinityKey, AffinityValue, DropReason, FrontendKey, Verdict,
-    CT_FORWARD, CT_REPLY, FRONTEND_EMPTY_DROP, FRONTEND_SOURCE_RANGES, PROTO_TCP, PROTO_UDP,
-    SCOPE_POD,
+    addr_to_net, port_roles, port_to_net, AffinityKey, AffinityValue, DropReason, FrontendKey,
+    Verdict, CT_FORWARD, CT_REPLY, FRONTEND_EMPTY_DROP, FRONTEND_SOURCE_RANGES, PROTO_TCP,
+    PROTO_UDP, SCOPE_POD,
 };
 
 const fn ip(a: u8, b: u8, c: u8, d: u8) -> Ipv4Addr {
@@ -761,6 +761,31 @@ fn conntrack_records_forward_and_reply_entries() {
     assert_eq!((fwd_key.proto, rev_key.proto), (PROTO_TCP, PROTO_TCP));
     assert_eq!((fwd.frontend_id, rev.frontend_id), (TCP_ID, TCP_ID));
     assert_eq!(fwd.backend_id, rev.backend_id);
+}
+
+#[test]
+fn a_reply_is_looked_up_only_from_a_port_some_backend_uses() {
+    let mut dp = datapath();
+    let client = sa(CLIENT, 40_010);
+    let backend = forward(&mut dp, &Packet::tcp(client, tcp_vip()), &TCP_BACKENDS);
+    // The flow's reply entry, moved to a port no backend has (PORT_ROLES
+    // has no bit for it).
+    let stray = sa(*backend.ip(), 9_999);
+    let (mut key, entry) = dp
+        .conntrack()
+        .into_iter()
+        .find(|(_, e)| e.direction == CT_REPLY)
+        .expect("a reply entry");
+    key.src_port = port_to_net(stray.port());
+    dp.insert_conntrack(key, entry);
+    let reply = Packet::tcp(stray, client).tcp_flags(packet::TCP_SYN | packet::TCP_ACK);
+    let input = reply.build();
+    let (verdict, out) = dp.run_egress(&input);
+    assert_eq!((verdict, &out), (TC_ACT_OK, &input), "looked up anyway");
+    // Once a backend has the port, the same reply is translated.
+    dp.give_role(port_roles::BACKEND, stray.port());
+    let (verdict, out) = dp.run_egress(&input);
+    assert_translated(verdict, &input, &out, &reply.with_src(tcp_vip()), true);
 }
 
 #[test]

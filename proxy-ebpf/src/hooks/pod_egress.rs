@@ -7,7 +7,7 @@
 use aya_ebpf::{bindings::TC_ACT_OK, macros::classifier, programs::TcContext};
 use proxy_common::maps::DropReason;
 
-use crate::{conntrack, nat, parse, stats};
+use crate::{conntrack, lookup, nat, parse, stats};
 
 #[classifier]
 pub fn pod_egress(ctx: TcContext) -> i32 {
@@ -19,6 +19,9 @@ fn translate(ctx: &TcContext) -> Result<i32, DropReason> {
     let Some(flow) = parse::tc_ipv4_flow(ctx) else {
         return Ok(TC_ACT_OK);
     };
+    if !lookup::from_backend_port(flow.src_port) {
+        return Ok(TC_ACT_OK);
+    }
     if let Some(entry) = conntrack::lookup_reply(&flow) {
         nat::set_source(ctx, &flow, (entry.nat_addr, entry.nat_port))?;
     }

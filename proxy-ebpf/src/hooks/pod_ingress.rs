@@ -40,10 +40,16 @@ fn translate(ctx: &TcContext) -> Result<i32, DropReason> {
         }
         return Ok(TC_ACT_OK);
     }
+    // Reply entries are keyed from a backend's port (the port filter skips
+    // both lookups for other packets).
     if flow.packet().opens_connection() {
         // A new connection, not to a service: its replies must not be taken
         // for replies of an earlier VIP connection on the same tuple.
-        conntrack::forget_stale_reply(&flow);
+        if lookup::from_backend_port(flow.dst_port) {
+            conntrack::forget_stale_reply(&flow);
+        }
+    } else if !lookup::from_backend_port(flow.src_port) {
+        return Ok(TC_ACT_OK);
     } else if let Some(entry) = conntrack::lookup_reply(&flow) {
         if entry.flags == CT_FROM_NIC {
             nat::set_source(ctx, &flow, (entry.nat_addr, entry.nat_port))?;

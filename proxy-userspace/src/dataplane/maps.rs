@@ -6,7 +6,7 @@ use std::{borrow::Cow, collections::BTreeMap, net::Ipv4Addr, os::fd::AsFd, path:
 use aya::{
     maps::{
         lpm_trie::{Key, LpmTrie},
-        HashMap, Map, MapData, MapError, MapInfo, PerCpuArray,
+        Array, HashMap, Map, MapData, MapError, MapInfo, PerCpuArray,
     },
     Ebpf,
 };
@@ -31,6 +31,7 @@ pub const FRONTENDS: &str = "FRONTENDS";
 pub const BACKENDS: &str = "BACKENDS";
 pub const STATS: &str = "STATS";
 pub const SOCK_STATS: &str = "SOCK_STATS";
+pub const PORT_ROLES: &str = "PORT_ROLES";
 pub const DROPS: &str = "DROPS";
 pub const VERDICTS: &str = "VERDICTS";
 pub const SOURCE_RANGES: &str = "SOURCE_RANGES";
@@ -58,7 +59,7 @@ const fn pinned<K, V>(name: &'static str) -> PinnedMap {
 }
 
 /// Every map pinned under the pin path.
-pub const ALL: [PinnedMap; 14] = [
+pub const ALL: [PinnedMap; 15] = [
     pinned::<FrontendKey, FrontendValue>(FRONTENDS),
     pinned::<u32, BackendValue>(BACKENDS),
     pinned::<u32, u64>(MAGLEV_ARENA),
@@ -73,6 +74,7 @@ pub const ALL: [PinnedMap; 14] = [
     pinned::<SockRevNatKey, SockRevNatValue>("SOCK_REVNAT"),
     pinned::<u32, u64>(SOCK_STATS),
     pinned::<SockAffinityKey, AffinityValue>("SOCK_AFFINITY"),
+    pinned::<u32, u64>(PORT_ROLES),
 ];
 
 /// Maps earlier versions pinned and this one no longer uses (`SELECTION`:
@@ -153,6 +155,7 @@ pub struct BpfMaps {
     verdicts: PerCpuArray<MapData, u64>,
     source_ranges: LpmTrie<MapData, SourceRange, u8>,
     nic_addrs: HashMap<MapData, u32, u32>,
+    port_roles: Array<MapData, u64>,
 }
 
 fn typed<T: TryFrom<Map, Error = MapError>>(
@@ -216,6 +219,7 @@ impl BpfMaps {
             verdicts: typed(VERDICTS, ebpf.take_map(VERDICTS))?,
             source_ranges: typed(SOURCE_RANGES, ebpf.take_map(SOURCE_RANGES))?,
             nic_addrs: typed(NIC_ADDRS, ebpf.take_map(NIC_ADDRS))?,
+            port_roles: typed(PORT_ROLES, ebpf.take_map(PORT_ROLES))?,
         })
     }
 
@@ -238,6 +242,7 @@ impl BpfMaps {
             verdicts: typed(VERDICTS, open(VERDICTS)?)?,
             source_ranges: typed(SOURCE_RANGES, open(SOURCE_RANGES)?)?,
             nic_addrs: typed(NIC_ADDRS, open(NIC_ADDRS)?)?,
+            port_roles: typed(PORT_ROLES, open(PORT_ROLES)?)?,
         })
     }
 
@@ -389,6 +394,16 @@ impl MapStore for BpfMaps {
         self.source_ranges
             .remove(&range_key(entry))
             .map_err(store_error(SOURCE_RANGES))
+    }
+    fn put_port_roles(&mut self, words: &[(u32, u64)]) -> Vec<(u32, StoreError)> {
+        // A few words a sync: one call each.
+        words
+            .iter()
+            .filter_map(|&(word, bits)| {
+                let written = self.port_roles.set(word, bits, 0);
+                written.err().map(|e| (word, store_error(PORT_ROLES)(e)))
+            })
+            .collect()
     }
     fn reset_stats(&mut self, frontend_ids: &[u32]) -> Vec<(u32, StoreError)> {
         let mut failed = batch::zero_all(&mut self.stats, STATS, frontend_ids);

@@ -16,6 +16,10 @@ pub struct FakeStore {
     pub fail_table_puts: bool,
     /// Tables built: a table some frontend has already is shared, not built.
     pub builds: usize,
+    /// `PORT_ROLES` as written, by word.
+    pub port_roles: std::collections::BTreeMap<u32, u64>,
+    /// Log `PORT_ROLES` writes too (most tests follow the other maps only).
+    pub log_port_roles: bool,
 }
 
 impl MapStore for FakeStore {
@@ -87,6 +91,15 @@ impl MapStore for FakeStore {
     fn reset_stats(&mut self, frontend_ids: &[u32]) -> Vec<(u32, StoreError)> {
         for id in frontend_ids {
             self.log.push(format!("reset stats {id}"));
+        }
+        Vec::new()
+    }
+    fn put_port_roles(&mut self, words: &[(u32, u64)]) -> Vec<(u32, StoreError)> {
+        for &(word, bits) in words {
+            if self.log_port_roles {
+                self.log.push(format!("port roles {word} = {bits:#x}"));
+            }
+            self.port_roles.insert(word, bits);
         }
         Vec::new()
     }

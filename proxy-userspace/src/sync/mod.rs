@@ -9,6 +9,11 @@
 //! before the service entry that makes the datapath check them, and loses the
 //! ones it no longer needs only after the entry stops needing them.
 //!
+//! The ports frontends and backends use (`PORT_ROLES`, which lets packets
+//! no lookup could match skip them) gain their bits before the entries
+//! needing them are written and lose them after the sync removed the last
+//! user (`port_roles.rs`).
+//!
 //! Ids stay stable for as long as their frontend or backend exists, and an id
 //! freed by a sync is not reused in that same sync, so no packet can see a new
 //! service's table through an old service's entry.
@@ -19,6 +24,7 @@ pub mod backend_table;
 pub(crate) mod fake;
 mod ids;
 pub mod map_values;
+mod port_roles;
 pub mod store;
 
 use std::{borrow::Cow, collections::BTreeSet};
@@ -40,6 +46,7 @@ use self::{
     backend_refs::BackendRefs,
     ids::IdCursor,
     map_values::{backend_value, frontend_key, frontend_value, member, range_entries},
+    port_roles::PortRoles,
     store::{MapContents, MapStore, RangeEntry, TableSpec},
 };
 
@@ -102,6 +109,8 @@ pub struct Syncer {
     current: MapContents,
     /// Who refers to each backend, and which backends may go.
     refs: BackendRefs,
+    /// Which ports the mirror's frontends and backends use.
+    roles: PortRoles,
     live_frontend_ids: HashSet<u32>,
     /// Ids freed during the current sync; not handed out again until the next.
     resting_frontend_ids: HashSet<u32>,
@@ -135,6 +144,7 @@ impl Syncer {
         Self {
             live_frontend_ids: current.frontends.values().map(|v| v.id).collect(),
             refs: BackendRefs::adopt(&current),
+            roles: PortRoles::of(&current),
             reserved_frontend_ids: HashSet::new(),
             new_backends: Vec::new(),
             max_table_size: maglev::DEFAULT_MAX_TABLE_SIZE,
@@ -247,6 +257,34 @@ impl Syncer {
         }
         self.reserved_frontend_ids.clear();
         self.collect_backends(store, report);
+        let changes = self.roles.changes();
+        self.publish_roles(changes, store, report);
+    }
+
+    /// Writes `words` of `PORT_ROLES`; a word that could not be written is
+    /// reported and left to the next sync.
+    fn publish_roles(
+        &mut self,
+        words: Vec<(u32, u64)>,
+        store: &mut impl MapStore,
+        report: &mut SyncReport,
+    ) {
+        if words.is_empty() {
+            return;
+        }
+        let failed: HashSet<u32> = store
+            .put_port_roles(&words)
+            .into_iter()
+            .map(|(word, e)| {
+                report.errors.push(e.to_string());
+                word
+            })
+            .collect();
+        let written: Vec<(u32, u64)> = words
+            .into_iter()
+            .filter(|(word, _)| !failed.contains(word))
+            .collect();
+        self.roles.written(&written);
     }
 
     /// Writes frontends in steps: their new backends (together), every
@@ -360,11 +398,15 @@ impl Syncer {
         report: &mut SyncReport,
     ) -> HashSet<u32> {
         let new = std::mem::take(&mut self.new_backends);
+        let additions = self.roles.additions();
+        self.publish_roles(additions, store, report);
         let failures = store.put_backends(&new);
         let mut failed = HashSet::new();
         for (id, error) in failures {
             report.errors.push(error.to_string());
-            self.current.backends.remove(id);
+            if let Some(backend) = self.current.backends.remove(id) {
+                self.roles.remove_backend(&backend);
+            }
             failed.insert(id);
         }
         report.backends_written += new.len() - failed.len();
@@ -499,9 +541,23 @@ impl Syncer {
             .filter(|f| f.write && !unready.contains(&f.value.id))
             .map(|f| (f.key, f.value))
             .collect();
+        // New frontends' ports get their bits before the entries.
+        let new_keys: HashSet<FrontendKey> = entries
+            .iter()
+            .map(|(key, _)| *key)
+            .filter(|key| !self.current.frontends.contains_key(key))
+            .collect();
+        for key in &new_keys {
+            self.roles.add_frontend(key);
+        }
+        let additions = self.roles.additions();
+        self.publish_roles(additions, store, report);
         let mut failed = HashSet::new();
         for (key, e) in store.put_frontends(&entries) {
             report.errors.push(e.to_string());
+            if new_keys.contains(&key) {
+                self.roles.remove_frontend(&key);
+            }
             failed.insert(key);
         }
         for (key, value) in entries {
@@ -573,6 +629,7 @@ impl Syncer {
             return None;
         };
         self.current.backends.insert(id, *backend);
+        self.roles.add_backend(backend);
         self.refs.candidate(id);
         self.new_backends.push((id, *backend));
         Some(id)
@@ -600,6 +657,7 @@ impl Syncer {
             return;
         }
         self.current.frontends.remove(&key);
+        self.roles.remove_frontend(&key);
         self.live_frontend_ids.remove(&existing.id);
         self.resting_frontend_ids.insert(existing.id);
         report.services_deleted += 1;
@@ -631,7 +689,9 @@ impl Syncer {
             }
             match store.delete_backend(id) {
                 Ok(()) => {
-                    self.current.backends.remove(id);
+                    if let Some(backend) = self.current.backends.remove(id) {
+                        self.roles.remove_backend(&backend);
+                    }
                     self.resting_backend_ids.insert(id);
                     report.backends_deleted += 1;
                 }
@@ -780,6 +840,55 @@ mod tests {
         );
         assert_eq!(report, SyncReport::default());
         assert!(store.log.is_empty());
+    }
+
+    #[test]
+    fn ports_gain_their_roles_before_the_entries_and_lose_them_after() {
+        let mut store = FakeStore {
+            log_port_roles: true,
+            ..Default::default()
+        };
+        let mut syncer = fresh_syncer();
+        let plan = plan_of(&[("10.96.0.1", 80, &["10.244.0.2:8080"])]);
+        let report = syncer.reconcile(&plan, &mut store);
+        assert!(report.errors.is_empty(), "{:?}", report.errors);
+        // Port 80 of a pod frontend: word 1, bit 16; backend port 8080:
+        // word 2 × 1024 + 126, bit 16.
+        assert_eq!(
+            store.log,
+            [
+                "port roles 2174 = 0x10000",
+                "put backend 0",
+                "put table 0",
+                "reset stats 0",
+                "port roles 1 = 0x10000",
+                "put service 0"
+            ]
+        );
+        store.log.clear();
+        syncer.reconcile(&Plan::default(), &mut store);
+        assert_eq!(
+            store.log,
+            [
+                "delete service Some(0)",
+                "delete table 0",
+                "delete backend 0",
+                "port roles 1 = 0x0",
+                "port roles 2174 = 0x0"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_restarted_agent_publishes_the_roles_of_what_it_adopted() {
+        let mut store = FakeStore::default();
+        let plan = plan_of(&[("10.96.0.1", 80, &["10.244.0.2:8080"])]);
+        fresh_syncer().reconcile(&plan, &mut store);
+        let written = std::mem::take(&mut store.port_roles);
+        let mut adopted = adopting_syncer(&store);
+        let report = adopted.reconcile(&plan, &mut store);
+        assert!(report.errors.is_empty(), "{:?}", report.errors);
+        assert_eq!(store.port_roles, written);
     }
 
     #[test]

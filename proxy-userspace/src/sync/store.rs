@@ -105,4 +105,7 @@ pub trait MapStore {
     /// Zeroes the counters of frontend ids about to be (re)used; returns
     /// the ids whose counters could not be zeroed, with why.
     fn reset_stats(&mut self, frontend_ids: &[u32]) -> Vec<(u32, StoreError)>;
+    /// Writes words of `PORT_ROLES` (index, bits); returns the ones that
+    /// could not be written, with why.
+    fn put_port_roles(&mut self, words: &[(u32, u64)]) -> Vec<(u32, StoreError)>;
 }

@@ -90,4 +90,8 @@ impl<S: MapStore> MapStore for TimedStore<'_, S> {
     fn reset_stats(&mut self, frontend_ids: &[u32]) -> Vec<(u32, StoreError)> {
         self.timed(|s| s.reset_stats(frontend_ids))
     }
+
+    fn put_port_roles(&mut self, words: &[(u32, u64)]) -> Vec<(u32, StoreError)> {
+        self.timed(|s| s.put_port_roles(words))
+    }
 }
