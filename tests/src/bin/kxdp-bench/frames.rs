@@ -10,6 +10,9 @@ pub(crate) const CLIENT: Ipv4Addr = ip(10, 0, 1, 5);
 pub(crate) const VIP: SocketAddrV4 = SocketAddrV4::new(ip(10, 96, 0, 10), 80);
 pub(crate) const BACKEND: SocketAddrV4 = SocketAddrV4::new(ip(10, 0, 2, 1), 8080);
 pub(crate) const NOT_A_SERVICE: SocketAddrV4 = SocketAddrV4::new(ip(10, 0, 9, 9), 80);
+/// Not a Service either, on a port no frontend or backend uses: the port
+/// filter (`PORT_ROLES`) spares it every lookup.
+pub(crate) const NO_SERVICE_PORT: SocketAddrV4 = SocketAddrV4::new(ip(10, 0, 9, 9), 5201);
 /// Frame length: Ethernet + IPv4 + TCP with no payload is 54 bytes; padded
 /// to the Ethernet minimum of 60 (64 on the wire with the FCS).
 pub(crate) const FRAME_LEN: usize = 60;

@@ -141,6 +141,7 @@ impl Plan {
         let mut plan = Self::new(options.quick);
         if let Some(services) = &options.services {
             plan.control_sizes = services.clone();
+            plan.conn_sizes = services.clone();
         }
         plan.without_peers = options.without_peers;
         plan

@@ -78,10 +78,16 @@ pub(crate) fn packet_benches(plan: &Plan, nic: u32) -> anyhow::Result<Vec<Packet
             Box::new(Floor::load(false, frame, repeat, 1)?),
         ),
         bench(
-            "miss (not a service)",
+            "miss (not a service, on a Service's port)",
             POD_INGRESS,
             repeat.to_string(),
-            Box::new(Miss::new(repeat)),
+            Box::new(Miss::new(repeat, NOT_A_SERVICE)),
+        ),
+        bench(
+            "miss (not a service, ports no Service uses)",
+            POD_INGRESS,
+            repeat.to_string(),
+            Box::new(Miss::new(repeat, NO_SERVICE_PORT)),
         ),
         bench(
             "established (CT hit + DNAT)",

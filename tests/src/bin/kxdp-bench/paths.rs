@@ -33,10 +33,11 @@ pub(crate) struct Miss {
 }
 
 impl Miss {
-    pub(crate) fn new(repeat: u32) -> Self {
+    /// A packet from a client's port to `dst`, which no frontend has.
+    pub(crate) fn new(repeat: u32, dst: SocketAddrV4) -> Self {
         Miss {
             dp: two_cycle_datapath(),
-            frame: tcp_with_flags(client(40_002), NOT_A_SERVICE, TCP_ACK),
+            frame: tcp_with_flags(client(40_002), dst, TCP_ACK),
             repeat,
         }
     }
