@@ -1,6 +1,7 @@
 //! The load-balancing rules every hook applies to a packet addressed to a
-//! frontend, written once: source ranges, conntrack reuse, the verdict for a
-//! frontend without backends, and a new flow otherwise. Pure: what the
+//! frontend, written once: conntrack first (an established flow carries
+//! on), then, by the frontend, source ranges, the verdict for a frontend
+//! without backends, and a new flow otherwise. Pure: what the
 //! rules consult (maps, the chosen hook's way of recording a flow) comes in
 //! through [`Lookups`], one implementation per hook and address family, so
 //! the rules are unit-tested here on the host and the eBPF programs inline
@@ -71,17 +72,43 @@ pub enum Decision<E> {
     Reject,
 }
 
-/// The rules for `packet`, addressed to `frontend`; `Err` drops it for the
-/// reason given.
+/// The first rule, before any frontend is looked up.
+pub enum First<E, F> {
+    /// The packet's flow carries on with this forward entry.
+    Carried(E),
+    /// Look the packet's frontend up and [`decide`], with what conntrack
+    /// found.
+    ByFrontend(Established<F>),
+}
+
+/// Conntrack first: a packet whose forward entry is live carries on with
+/// it, unless it opens a connection the entry does not know to be open.
+/// Only SNATed entries know (every packet records a FIN or RST in them,
+/// and keeping the entry keeps the flow's SNAT port across a retransmitted
+/// SYN); any other entry may be a finished connection's whose tuple the
+/// client reuses, so a SYN is balanced as the new connection it is.
 ///
-/// Conntrack reuse, one rule for every hook: an entry carries its flow while
-/// its backend exists, except that a SYN opens afresh unless the entry
-/// knows its connection is still open. Only SNATed entries know (every
-/// packet records a FIN or RST in them, and keeping the entry keeps the
-/// flow's SNAT port across a retransmitted SYN); any other entry may be a
-/// finished connection's whose tuple the client reuses, so a SYN is
-/// balanced as the new connection it is (affinity and the current table
-/// apply). Once the backend is gone, a datagram or a SYN is balanced
+/// As with kube-proxy's conntrack, the rules of the frontend (its source
+/// ranges, its very existence) apply to a connection's first packet: an
+/// established flow costs no frontend lookup, and goes on while its backend
+/// exists.
+#[inline(always)]
+pub fn carried<L: Lookups>(lookups: &L, packet: Packet) -> First<L::Entry, L::Found> {
+    match lookups.established() {
+        Established::Live { entry, flags }
+            if !packet.opens_connection() || flags & (CT_SNAT | CT_CLOSING) == CT_SNAT =>
+        {
+            First::Carried(lookups.keep(entry))
+        }
+        other => First::ByFrontend(other),
+    }
+}
+
+/// The rules for `packet`, addressed to `frontend`, which [`carried`] did
+/// not carry (`established`: what it found); `Err` drops it for the reason
+/// given.
+///
+/// Once the backend of its entry is gone, a datagram or a SYN is balanced
 /// afresh and any other TCP segment is answered with a RST, rather than
 /// hang or move mid-stream.
 #[inline(always)]
@@ -89,22 +116,15 @@ pub fn decide<L: Lookups>(
     lookups: &L,
     frontend: &FrontendValue,
     packet: Packet,
+    established: Established<L::Found>,
 ) -> Result<Decision<L::Entry>, DropReason> {
     if frontend.flags & FRONTEND_SOURCE_RANGES != 0 && !lookups.source_allowed(frontend.id) {
         return Err(DropReason::SourceRange);
     }
-    let opening = packet.opens_connection();
-    match lookups.established() {
-        Established::Live { entry, flags } => {
-            let known_open = flags & (CT_SNAT | CT_CLOSING) == CT_SNAT;
-            if !opening || known_open {
-                return Ok(Decision::Translate(lookups.keep(entry)));
-            }
-        }
-        Established::BackendGone if packet.proto != PROTO_UDP && !opening => {
+    if let Established::BackendGone = established {
+        if packet.proto != PROTO_UDP && !packet.opens_connection() {
             return Ok(Decision::Reject);
         }
-        Established::BackendGone | Established::None => {}
     }
     if frontend.table_size == 0 {
         // A traffic policy Local without a local endpoint drops, as
@@ -241,37 +261,47 @@ mod tests {
         Established::Live { entry: 1, flags }
     }
 
+    /// Both rules, as a hook applies them.
+    fn apply(
+        fake: &Fake,
+        frontend: &FrontendValue,
+        packet: Packet,
+    ) -> Result<Decision<u32>, DropReason> {
+        match carried(fake, packet) {
+            First::Carried(entry) => Ok(Decision::Translate(entry)),
+            First::ByFrontend(established) => decide(fake, frontend, packet, established),
+        }
+    }
+
     #[test]
-    fn source_ranges_are_checked_first_and_only_when_the_frontend_has_them() {
-        let mut fake = Fake::new(live(0));
+    fn source_ranges_are_checked_for_a_new_flow_and_only_when_the_frontend_has_them() {
+        let mut fake = Fake::new(Established::None);
         fake.allowed = false;
         let gated = frontend(4, FRONTEND_SOURCE_RANGES);
-        assert_eq!(decide(&fake, &gated, ACK), Err(DropReason::SourceRange));
-        assert_eq!(*fake.calls.borrow(), vec!["source_allowed"]);
-        let open = Fake::new(live(0));
+        assert_eq!(apply(&fake, &gated, SYN), Err(DropReason::SourceRange));
+        assert_eq!(*fake.calls.borrow(), vec!["established", "source_allowed"]);
+        let open = Fake::new(Established::None);
         assert_eq!(
-            decide(&open, &frontend(4, 0), ACK),
-            Ok(Decision::Translate(1))
+            apply(&open, &frontend(4, 0), SYN),
+            Ok(Decision::Translate(2))
         );
         assert!(!open.calls.borrow().contains(&"source_allowed"));
     }
 
     #[test]
-    fn an_established_flow_keeps_its_entry() {
+    fn an_established_flow_keeps_its_entry_without_its_frontend() {
         for packet in [ACK, SYN_ACK, DATAGRAM] {
             for flags in [0, CT_SNAT, CT_SNAT | CT_CLOSING] {
                 let fake = Fake::new(live(flags));
-                assert_eq!(
-                    decide(&fake, &frontend(4, 0), packet),
-                    Ok(Decision::Translate(1))
-                );
+                assert!(matches!(carried(&fake, packet), First::Carried(1)));
                 assert_eq!(*fake.calls.borrow(), vec!["established", "keep"]);
             }
         }
-        // Even when the frontend has lost every backend since.
-        let fake = Fake::new(live(0));
+        // Even once the frontend's source ranges leave the client out.
+        let mut fake = Fake::new(live(0));
+        fake.allowed = false;
         assert_eq!(
-            decide(&fake, &frontend(0, 0), ACK),
+            apply(&fake, &frontend(4, FRONTEND_SOURCE_RANGES), ACK),
             Ok(Decision::Translate(1))
         );
     }
@@ -280,13 +310,13 @@ mod tests {
     fn a_syn_reuses_only_an_entry_known_to_be_open() {
         let snat_open = Fake::new(live(CT_SNAT));
         assert_eq!(
-            decide(&snat_open, &frontend(4, 0), SYN),
+            apply(&snat_open, &frontend(4, 0), SYN),
             Ok(Decision::Translate(1))
         );
         for flags in [0, CT_SNAT | CT_CLOSING, crate::maps::CT_FROM_NIC] {
             let fake = Fake::new(live(flags));
             assert_eq!(
-                decide(&fake, &frontend(4, 0), SYN),
+                apply(&fake, &frontend(4, 0), SYN),
                 Ok(Decision::Translate(2)),
                 "flags {flags}"
             );
@@ -297,11 +327,11 @@ mod tests {
     #[test]
     fn a_flow_whose_backend_is_gone_is_reset_or_balanced_afresh() {
         let fake = Fake::new(Established::BackendGone);
-        assert_eq!(decide(&fake, &frontend(4, 0), ACK), Ok(Decision::Reject));
+        assert_eq!(apply(&fake, &frontend(4, 0), ACK), Ok(Decision::Reject));
         for packet in [SYN, DATAGRAM] {
             let fake = Fake::new(Established::BackendGone);
             assert_eq!(
-                decide(&fake, &frontend(4, 0), packet),
+                apply(&fake, &frontend(4, 0), packet),
                 Ok(Decision::Translate(2))
             );
         }
@@ -311,10 +341,10 @@ mod tests {
     fn a_frontend_without_backends_rejects_or_drops_by_policy() {
         for packet in [SYN, ACK, DATAGRAM] {
             let fake = Fake::new(Established::None);
-            assert_eq!(decide(&fake, &frontend(0, 0), packet), Ok(Decision::Reject));
+            assert_eq!(apply(&fake, &frontend(0, 0), packet), Ok(Decision::Reject));
             let fake = Fake::new(Established::None);
             assert_eq!(
-                decide(
+                apply(
                     &fake,
                     &frontend(0, FRONTEND_EMPTY_DROP | FRONTEND_AFFINITY_CLIENT_IP),
                     packet
@@ -323,18 +353,24 @@ mod tests {
             );
             assert!(!fake.calls.borrow().contains(&"open"));
         }
+        // An established flow goes on while its backend exists.
+        let fake = Fake::new(live(0));
+        assert_eq!(
+            apply(&fake, &frontend(0, 0), ACK),
+            Ok(Decision::Translate(1))
+        );
     }
 
     #[test]
     fn a_new_flow_is_opened() {
         let fake = Fake::new(Established::None);
         assert_eq!(
-            decide(&fake, &frontend(4, FRONTEND_SOURCE_RANGES), SYN),
+            apply(&fake, &frontend(4, FRONTEND_SOURCE_RANGES), SYN),
             Ok(Decision::Translate(2))
         );
         assert_eq!(
             *fake.calls.borrow(),
-            vec!["source_allowed", "established", "open"]
+            vec!["established", "source_allowed", "open"]
         );
     }
 

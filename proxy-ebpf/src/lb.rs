@@ -1,11 +1,11 @@
-//! The load-balancing core's IPv4 side: what `proxy_common::lb::decide`
-//! consults for an IPv4 packet (source ranges, the forward conntrack entry,
+//! The load-balancing core's IPv4 side: what `proxy_common::lb`'s rules
+//! consult for an IPv4 packet (source ranges, the forward conntrack entry,
 //! backend selection) and how a new flow is recorded for the hook it was
 //! seen at. Every packet hook asks [`balance`]; an IPv6 path adds its own
 //! `Lookups` and keeps the rules.
 
 use proxy_common::{
-    lb::{self, Decision, Established, Hook, Lookups, Recording},
+    lb::{self, Decision, Established, First, Hook, Lookups, Recording},
     maps::{CtEntry, DropReason, FrontendValue, CT_FORWARD, CT_FROM_NIC, CT_HAIRPIN, CT_SNAT},
 };
 
@@ -83,19 +83,28 @@ impl Lookups for Ipv4Lookups<'_> {
     }
 }
 
-/// The core's decision for `flow`, addressed to `frontend`, seen at `hook`
-/// (`ingress_ifindex`: the NIC, for XDP).
+/// The core's decision for `flow`, on a frontend's port, seen at `hook`
+/// (`ingress_ifindex`: the NIC, for XDP): conntrack first, then the
+/// frontend `find` gives, if any (`None`: no frontend, the packet is not
+/// ours). Every forward entry names its frontend, for the counters.
 #[inline(always)]
 pub fn balance(
     flow: &Ipv4Flow,
-    frontend: &FrontendValue,
     hook: Hook,
     ingress_ifindex: u32,
-) -> Result<Decision<CtEntry>, DropReason> {
+    find: impl FnOnce(&Ipv4Flow) -> Option<FrontendValue>,
+) -> Result<Option<Decision<CtEntry>>, DropReason> {
     let lookups = Ipv4Lookups {
         flow,
         hook,
         ingress_ifindex,
     };
-    lb::decide(&lookups, frontend, flow.packet())
+    let packet = flow.packet();
+    match lb::carried(&lookups, packet) {
+        First::Carried(entry) => Ok(Some(Decision::Translate(entry))),
+        First::ByFrontend(established) => match find(flow) {
+            Some(frontend) => lb::decide(&lookups, &frontend, packet, established).map(Some),
+            None => Ok(None),
+        },
+    }
 }

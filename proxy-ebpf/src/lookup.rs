@@ -44,19 +44,26 @@ fn frontend(flow: &Ipv4Flow, scope: u8) -> Option<FrontendValue> {
 /// address short-circuited to its Service), if any.
 #[inline(always)]
 pub fn pod_frontend(flow: &Ipv4Flow) -> Option<FrontendValue> {
-    if !in_use(POD_FRONTEND, flow.dst_port) {
-        return None;
-    }
     frontend(flow, SCOPE_POD)
+}
+
+/// Whether some pod-scope frontend has `port` (network order): a packet to
+/// another port is no frontend's, nor of a flow through one.
+#[inline(always)]
+pub fn pod_frontend_port(port: u16) -> bool {
+    in_use(POD_FRONTEND, port)
+}
+
+/// [`pod_frontend_port`] for node-scope frontends.
+#[inline(always)]
+pub fn node_frontend_port(port: u16) -> bool {
+    in_use(NODE_FRONTEND, port)
 }
 
 /// The frontend a packet from outside is addressed to: a NodePort on a node
 /// address, a LoadBalancer ingress IP or an external IP.
 #[inline(always)]
 pub fn node_frontend(flow: &Ipv4Flow) -> Option<FrontendValue> {
-    if !in_use(NODE_FRONTEND, flow.dst_port) {
-        return None;
-    }
     frontend(flow, SCOPE_NODE)
 }
 

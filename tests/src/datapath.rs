@@ -472,6 +472,13 @@ impl Datapath {
             .expect("XDP")
     }
 
+    /// Deletes the entry of frontend `key`, as sync does when its Service
+    /// goes (its table and backends stay).
+    pub fn remove_frontend(&mut self, key: FrontendKey) {
+        self.maps.delete_frontend(&key).expect("remove frontend");
+        self.frontends.remove(&key);
+    }
+
     /// Deletes a backend, as sync does once no service lists it.
     pub fn remove_backend(&mut self, id: u32) {
         self.maps.delete_backend(id).expect("remove backend");

@@ -764,6 +764,24 @@ fn conntrack_records_forward_and_reply_entries() {
 }
 
 #[test]
+fn an_established_flow_goes_on_without_its_frontend_while_its_backend_exists() {
+    let mut dp = datapath();
+    let client = sa(CLIENT, 40_011);
+    let backend = forward(&mut dp, &Packet::tcp(client, tcp_vip()), &TCP_BACKENDS);
+    dp.remove_frontend(tcp_key());
+    // Conntrack first: the flow's next segment needs no frontend.
+    let ack = Packet::tcp(client, tcp_vip()).tcp_flags(packet::TCP_ACK);
+    let input = ack.build();
+    let (verdict, out) = dp.run(&input);
+    assert_translated(verdict, &input, &out, &ack.with_dst(backend), false);
+    assert_eq!(dp.stats(TCP_ID).packets, 2, "counted for its frontend");
+    // A new connection has no frontend to go to.
+    let syn = Packet::tcp(sa(CLIENT, 40_012), tcp_vip()).build();
+    let (verdict, out) = dp.run(&syn);
+    assert_eq!((verdict, &out), (TC_ACT_OK, &syn));
+}
+
+#[test]
 fn a_reply_is_looked_up_only_from_a_port_some_backend_uses() {
     let mut dp = datapath();
     let client = sa(CLIENT, 40_010);

@@ -40,15 +40,16 @@ fn translate(ctx: &XdpContext) -> Result<u32, DropReason> {
             }
         }
     }
-    let Some(frontend) = lookup::node_frontend(&flow) else {
+    if !lookup::node_frontend_port(flow.dst_port) {
         return Ok(xdp_action::XDP_PASS);
-    };
+    }
     let ingress = ctx.ingress_ifindex() as u32;
-    let entry = match lb::balance(&flow, &frontend, Hook::Nic, ingress)? {
-        Decision::Translate(entry) => entry,
-        Decision::Reject => return reject::xdp_reject(ctx, &flow),
+    let entry = match lb::balance(&flow, Hook::Nic, ingress, lookup::node_frontend)? {
+        Some(Decision::Translate(entry)) => entry,
+        Some(Decision::Reject) => return reject::xdp_reject(ctx, &flow),
+        None => return Ok(xdp_action::XDP_PASS),
     };
-    stats::count_frontend(frontend.id, (ctx.data_end() - ctx.data()) as u32);
+    stats::count_frontend(entry.frontend_id, (ctx.data_end() - ctx.data()) as u32);
     let backend = (entry.nat_addr, entry.nat_port);
     if entry.flags & CT_SNAT != 0 {
         let node = (entry.snat_addr, entry.snat_port);

@@ -25,13 +25,18 @@ fn translate(ctx: &TcContext) -> Result<i32, DropReason> {
     let Some(flow) = parse::tc_ipv4_flow(ctx) else {
         return Ok(TC_ACT_OK);
     };
-    if let Some(frontend) = lookup::pod_frontend(&flow) {
-        let entry = match lb::balance(&flow, &frontend, Hook::Pod, 0)? {
+    let decision = if lookup::pod_frontend_port(flow.dst_port) {
+        lb::balance(&flow, Hook::Pod, 0, lookup::pod_frontend)?
+    } else {
+        None
+    };
+    if let Some(decision) = decision {
+        let entry = match decision {
             Decision::Translate(entry) => entry,
             Decision::Reject => return reject::tc_reject(ctx, &flow),
         };
         nat::set_destination(ctx, &flow, (entry.nat_addr, entry.nat_port))?;
-        stats::count_frontend(frontend.id, ctx.len());
+        stats::count_frontend(entry.frontend_id, ctx.len());
         if entry.flags & CT_HAIRPIN != 0 {
             // The pod is its own backend: from the VIP stand-in, straight back in.
             nat::set_source(ctx, &flow, (entry.snat_addr, entry.snat_port))?;
