@@ -83,12 +83,37 @@ impl Lookups for Ipv4Lookups<'_> {
     }
 }
 
-/// The core's decision for `flow`, on a frontend's port, seen at `hook`
-/// (`ingress_ifindex`: the NIC, for XDP): conntrack first, then the
-/// frontend `find` gives, if any (`None`: no frontend, the packet is not
-/// ours). Every forward entry names its frontend, for the counters.
+/// The core's decision for `flow`, addressed to `frontend`, seen at `hook`
+/// (`ingress_ifindex`: the NIC, for XDP): its forward entry, then the
+/// frontend's rules. For hooks where most packets on a frontend's port are
+/// for no frontend (pod interfaces: with socket-level balancing, pods talk
+/// to backends directly), the frontend is looked up first.
 #[inline(always)]
 pub fn balance(
+    flow: &Ipv4Flow,
+    frontend: &FrontendValue,
+    hook: Hook,
+    ingress_ifindex: u32,
+) -> Result<Decision<CtEntry>, DropReason> {
+    let lookups = Ipv4Lookups {
+        flow,
+        hook,
+        ingress_ifindex,
+    };
+    let packet = flow.packet();
+    match lb::carried(&lookups, packet) {
+        First::Carried(entry) => Ok(Decision::Translate(entry)),
+        First::ByFrontend(established) => lb::decide(&lookups, frontend, packet, established),
+    }
+}
+
+/// [`balance`] with conntrack first, for hooks where nearly every packet on
+/// a frontend's port is for one (NICs): a live forward entry carries its
+/// flow without the frontend lookup; otherwise `find` gives the frontend,
+/// if any (`None`: the packet is not ours). Every forward entry names its
+/// frontend, for the counters.
+#[inline(always)]
+pub fn balance_conntrack_first(
     flow: &Ipv4Flow,
     hook: Hook,
     ingress_ifindex: u32,

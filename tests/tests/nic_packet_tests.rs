@@ -379,6 +379,26 @@ fn assert_snated(out: &[u8], request: &Packet, backend: SocketAddrV4) -> u16 {
 }
 
 #[test]
+fn an_established_nodeport_flow_goes_on_without_its_frontend_while_its_backend_exists() {
+    let local = sa(LOCAL_POD, 8080);
+    let (mut dp, nic) = nodeport_datapath(0, &[(LOCAL_POD, 8080, true)]);
+    let syn = from_client(Packet::tcp(client(41_001), nodeport()));
+    let (verdict, _) = dp.run_nic(&syn.build(), nic);
+    assert_eq!(verdict, XDP_PASS);
+    dp.remove_frontend(node_key(NODE_ADDR, NODE_PORT, PROTO_TCP));
+    // Conntrack first at the NIC: the flow's next segment needs no frontend.
+    let ack = from_client(Packet::tcp(client(41_001), nodeport()).tcp_flags(packet::TCP_ACK));
+    let (verdict, out) = dp.run_nic(&ack.build(), nic);
+    assert_eq!(verdict, XDP_PASS);
+    assert_eq!(out, ack.clone().with_dst(local).build());
+    assert_eq!(dp.stats(1).packets, 2, "counted for its frontend");
+    // A new connection has no frontend to go to.
+    let new = from_client(Packet::tcp(client(41_002), nodeport())).build();
+    let (verdict, out) = dp.run_nic(&new, nic);
+    assert_eq!((verdict, &out), (XDP_PASS, &new));
+}
+
+#[test]
 fn nodeport_to_a_remote_backend_is_snated_and_its_reply_translated_back() {
     let backend = sa(REMOTE_POD, 8080);
     let (mut dp, nic) = nodeport_datapath(FRONTEND_SNAT_REMOTE, &[(REMOTE_POD, 8080, false)]);

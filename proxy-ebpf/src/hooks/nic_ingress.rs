@@ -44,7 +44,8 @@ fn translate(ctx: &XdpContext) -> Result<u32, DropReason> {
         return Ok(xdp_action::XDP_PASS);
     }
     let ingress = ctx.ingress_ifindex() as u32;
-    let entry = match lb::balance(&flow, Hook::Nic, ingress, lookup::node_frontend)? {
+    let entry = match lb::balance_conntrack_first(&flow, Hook::Nic, ingress, lookup::node_frontend)?
+    {
         Some(Decision::Translate(entry)) => entry,
         Some(Decision::Reject) => return reject::xdp_reject(ctx, &flow),
         None => return Ok(xdp_action::XDP_PASS),

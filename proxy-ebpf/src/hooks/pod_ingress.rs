@@ -25,13 +25,13 @@ fn translate(ctx: &TcContext) -> Result<i32, DropReason> {
     let Some(flow) = parse::tc_ipv4_flow(ctx) else {
         return Ok(TC_ACT_OK);
     };
-    let decision = if lookup::pod_frontend_port(flow.dst_port) {
-        lb::balance(&flow, Hook::Pod, 0, lookup::pod_frontend)?
+    let frontend = if lookup::pod_frontend_port(flow.dst_port) {
+        lookup::pod_frontend(&flow)
     } else {
         None
     };
-    if let Some(decision) = decision {
-        let entry = match decision {
+    if let Some(frontend) = frontend {
+        let entry = match lb::balance(&flow, &frontend, Hook::Pod, 0)? {
             Decision::Translate(entry) => entry,
             Decision::Reject => return reject::tc_reject(ctx, &flow),
         };
