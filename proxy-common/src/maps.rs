@@ -288,6 +288,27 @@ map_type! {
 }
 
 map_type! {
+    /// `NEXT_HOPS` key: where a packet from `src` to `dst` (network
+    /// order) that came in on NIC `ifindex` goes back out.
+    pub struct NextHopKey {
+        pub dst: u32,
+        pub src: u32,
+        pub ifindex: u32,
+    }
+}
+
+map_type! {
+    /// `NEXT_HOPS` value: the Ethernet addresses the FIB gave for a packet
+    /// leaving by the NIC it came in on, and when (the datapath's clock):
+    /// reused within that second.
+    pub struct NextHop {
+        pub stamp: u32,
+        pub dmac: [u8; 6],
+        pub smac: [u8; 6],
+    }
+}
+
+map_type! {
     /// `sock_revnat` key: a socket (by cookie) whose connect or sendmsg to a
     /// ClusterIP was rewritten to this backend, network order.
     pub struct SockRevNatKey {

@@ -18,10 +18,14 @@ use aya_ebpf::{
     EbpfContext,
 };
 
-use proxy_common::{csum, maps::DropReason};
+use proxy_common::{
+    csum,
+    maps::{DropReason, NextHop, NextHopKey},
+};
 
 use crate::{
-    lookup,
+    kernel, lookup,
+    maps::NEXT_HOPS,
     parse::{ptr_at_mut, Ipv4Flow, Ipv4Hdr},
 };
 
@@ -91,6 +95,25 @@ pub fn xdp_forward(ctx: &XdpContext, flow: &Ipv4Flow, src: u32, dst: u32) -> u32
         return xdp_action::XDP_PASS;
     };
     let ingress = ctx.ingress_ifindex() as u32;
+    let hop_key = NextHopKey {
+        dst,
+        src,
+        ifindex: ingress,
+    };
+    let now = kernel::now_s();
+    // SAFETY: the value is copied out at once.
+    if let Some(hop) = unsafe { NEXT_HOPS.get(hop_key).copied() } {
+        // Learnt this second: the FIB would say the same (a packet that
+        // came in on this NIC fits its MTU going back out).
+        if hop.stamp == now {
+            if !decrement_ttl(ip) {
+                return xdp_action::XDP_PASS;
+            }
+            // SAFETY: bounds-checked above.
+            unsafe { *eth = [hop.dmac, hop.smac] };
+            return xdp_action::XDP_TX;
+        }
+    }
     // SAFETY: bounds-checked above.
     let tos = unsafe { (*ip).tos };
     let (rc, params) = fib_lookup(ctx, ingress, (flow.proto, flow.ip_len, tos), (src, dst));
@@ -105,6 +128,13 @@ pub fn xdp_forward(ctx: &XdpContext, flow: &Ipv4Flow, src: u32, dst: u32) -> u32
     // SAFETY: bounds-checked above; the FIB filled both addresses.
     unsafe { *eth = [params.dmac, params.smac] };
     if params.ifindex == ingress {
+        let hop = NextHop {
+            stamp: now,
+            dmac: params.dmac,
+            smac: params.smac,
+        };
+        // Best effort: without it the next packet asks the FIB again.
+        let _ = NEXT_HOPS.insert(hop_key, hop, 0);
         xdp_action::XDP_TX
     } else {
         // SAFETY: plain helper call; it returns the action to take.

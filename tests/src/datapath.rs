@@ -22,8 +22,9 @@ use proxy_common::{
     kernel::clock_s,
     maps::{
         addr_to_net, port_from_net, port_roles, port_to_net, AffinityKey, AffinityValue,
-        BackendValue, CtEntry, DropReason, FlowKey, FrontendKey, FrontendStats, SockAffinityKey,
-        Verdict, FRONTEND_EMPTY_DROP, FRONTEND_SNAT_REMOTE, FRONTEND_SOURCE_RANGES, SCOPE_POD,
+        BackendValue, CtEntry, DropReason, FlowKey, FrontendKey, FrontendStats, NextHop,
+        NextHopKey, SockAffinityKey, Verdict, FRONTEND_EMPTY_DROP, FRONTEND_SNAT_REMOTE,
+        FRONTEND_SOURCE_RANGES, SCOPE_POD,
     },
 };
 use proxy_userspace::{
@@ -162,6 +163,9 @@ pub struct Datapath {
     /// backend was written with keeps its role (extra bits cost only a
     /// lookup).
     port_roles: StdHashMap<u32, u64>,
+    /// NIC frames ran on the loopback standing in for the NIC (the
+    /// kernel's BPF_PROG_TEST_RUN takes no XDP context before 5.15).
+    nic_on_loopback: bool,
     _mount: PrivateBpffs,
 }
 
@@ -233,6 +237,7 @@ impl Datapath {
             backends: StdHashMap::new(),
             nic_addrs: StdHashMap::new(),
             port_roles: StdHashMap::new(),
+            nic_on_loopback: false,
             _mount: mount,
         }
     }
@@ -492,6 +497,21 @@ impl Datapath {
             .expect("insert conntrack");
     }
 
+    /// The next hops the NIC program learnt.
+    pub fn next_hops(&mut self) -> Vec<(NextHopKey, NextHop)> {
+        let map = self.hash::<NextHopKey, NextHop>("NEXT_HOPS");
+        map.iter()
+            .collect::<Result<_, _>>()
+            .expect("read NEXT_HOPS")
+    }
+
+    /// Writes one next hop directly, as if the NIC program had learnt it.
+    pub fn insert_next_hop(&mut self, key: NextHopKey, hop: NextHop) {
+        self.hash::<NextHopKey, NextHop>("NEXT_HOPS")
+            .insert(key, hop, 0)
+            .expect("insert next hop");
+    }
+
     /// How many conntrack entries there are.
     pub fn conntrack_len(&mut self) -> usize {
         let map = self.hash::<FlowKey, CtEntry>("CONNTRACK");
@@ -561,6 +581,7 @@ impl Datapath {
         if let Some(run) = try_test_run(prog, frame, Some(&context)) {
             return run;
         }
+        self.nic_on_loopback = true;
         if let Some(&addr) = self.nic_addrs.get(&ifindex) {
             self.maps
                 .put_nic_addr(LOOPBACK_IFINDEX, addr)
@@ -572,6 +593,12 @@ impl Datapath {
             XDP_REDIRECT if sent_from_ifindex => (XDP_TX, out),
             _ => (verdict, out),
         }
+    }
+
+    /// Whether NIC frames ran on the loopback instead of the NIC (see
+    /// [`Self::run_nic`]): a packet sent back out then leaves by redirect.
+    pub fn nic_on_loopback(&self) -> bool {
+        self.nic_on_loopback
     }
 
     /// Verdicts counted for `verdict`, summed over CPUs.

@@ -12,8 +12,8 @@ use aya::{
 };
 use proxy_common::maps::{
     addr_from_net, addr_to_net, AffinityKey, AffinityValue, BackendValue, CtEntry, FlowKey,
-    FrontendKey, FrontendStats, FrontendValue, SockAffinityKey, SockRevNatKey, SockRevNatValue,
-    SourceRange,
+    FrontendKey, FrontendStats, FrontendValue, NextHop, NextHopKey, SockAffinityKey, SockRevNatKey,
+    SockRevNatValue, SourceRange,
 };
 
 use super::{
@@ -59,7 +59,7 @@ const fn pinned<K, V>(name: &'static str) -> PinnedMap {
 }
 
 /// Every map pinned under the pin path.
-pub const ALL: [PinnedMap; 15] = [
+pub const ALL: [PinnedMap; 16] = [
     pinned::<FrontendKey, FrontendValue>(FRONTENDS),
     pinned::<u32, BackendValue>(BACKENDS),
     pinned::<u32, u64>(MAGLEV_ARENA),
@@ -75,6 +75,7 @@ pub const ALL: [PinnedMap; 15] = [
     pinned::<u32, u64>(SOCK_STATS),
     pinned::<SockAffinityKey, AffinityValue>("SOCK_AFFINITY"),
     pinned::<u32, u64>(PORT_ROLES),
+    pinned::<NextHopKey, NextHop>("NEXT_HOPS"),
 ];
 
 /// Maps earlier versions pinned and this one no longer uses (`SELECTION`:
