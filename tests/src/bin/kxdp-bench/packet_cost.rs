@@ -127,7 +127,7 @@ pub(crate) fn packet_benches(plan: &Plan, nic: u32) -> anyhow::Result<Vec<Packet
             Box::new(NodePortEstablished::new(false, single_calls, nic)?),
         ),
         bench(
-            "NodePort established, remote backend (CT hit + DNAT + SNAT + FIB lookup + XDP_TX)",
+            "NodePort established, remote backend (CT hit + DNAT + SNAT + next hop learnt this second + XDP_TX)",
             NIC_INGRESS,
             format!("1 × {single_calls} calls"),
             Box::new(NodePortEstablished::new(true, single_calls, nic)?),

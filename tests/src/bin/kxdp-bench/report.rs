@@ -349,7 +349,7 @@ fn packet_verdicts(packets: &[PacketRow]) -> Vec<Verdict> {
             "NodePort established, remote backend",
             KATRAN_SAME_FLOW,
             "Katran's same-flow path",
-            "does more than Katran's: SNAT and the reply's state (Katran encapsulates and never sees replies), the FIB lookup for the next hop",
+            "does more than Katran's: SNAT and the reply's state (Katran encapsulates and never sees replies); the next hop comes from the FIB once a second (`NEXT_HOPS`), Katran's from a fixed gateway address",
         ),
         (
             "NodePort new flow, local backend",
