@@ -343,7 +343,7 @@ fn packet_verdicts(packets: &[PacketRow]) -> Vec<Verdict> {
             "NodePort established, local backend",
             2.0,
             "2× the empty XDP program",
-            "parse + node frontend lookup + conntrack lookup + the backend's existence check + DNAT with in-place checksums",
+            "parse + the port filter + the conntrack lookup (conntrack first: no frontend lookup) + the backend's existence check (a hash lookup in `BACKENDS`, ≈ 20 ns: an array would make it a load) + counters + DNAT with in-place checksums",
         ),
         (
             "NodePort established, remote backend",
