@@ -75,6 +75,14 @@ impl Pipeline {
         &self.counters
     }
 
+    /// Writes the port roles of the adopted maps: at start, before any
+    /// program reading them is attached; errors are logged.
+    pub fn publish_port_roles(&mut self, store: &mut impl MapStore) {
+        for error in self.syncer.publish_port_roles(store) {
+            tracing::warn!(%error, "port roles not written; the next sync retries");
+        }
+    }
+
     /// What the agent's maps hold as far as the syncs know.
     pub fn contents(&self) -> &MapContents {
         self.syncer.current()

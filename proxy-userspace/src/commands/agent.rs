@@ -366,6 +366,8 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     let facts = node_facts(&args, &addrs);
     info!(addresses = ?facts.addresses, range = ?facts.node_port_range, "node ports answer on");
     let mut pipeline = Pipeline::new(node, facts, adopted, args.maglev_table_size);
+    // The new programs read PORT_ROLES; an upgrade may have just created it.
+    pipeline.publish_port_roles(&mut maps);
     let mut interfaces = PodInterfaces::new(&args.pod_interfaces, pin_path, loadout.classic_tc)?;
     let mut nics = if args.nic.is_empty() {
         info!("no --nic: nothing is served from outside the node");

@@ -156,6 +156,16 @@ impl Syncer {
         }
     }
 
+    /// Writes the port roles of what the maps hold (adopted ones at
+    /// start: a map that did not exist before starts empty), before any
+    /// program that reads them is attached, sync or not; the errors.
+    pub fn publish_port_roles(&mut self, store: &mut impl MapStore) -> Vec<String> {
+        let mut report = SyncReport::default();
+        let changes = self.roles.changes();
+        self.publish_roles(changes, store, &mut report);
+        report.errors
+    }
+
     pub fn current(&self) -> &MapContents {
         &self.current
     }
@@ -885,6 +895,12 @@ mod tests {
         let plan = plan_of(&[("10.96.0.1", 80, &["10.244.0.2:8080"])]);
         fresh_syncer().reconcile(&plan, &mut store);
         let written = std::mem::take(&mut store.port_roles);
+        // At start, before any sync (manifests may not be readable yet).
+        let mut adopted = adopting_syncer(&store);
+        assert!(adopted.publish_port_roles(&mut store).is_empty());
+        assert_eq!(store.port_roles, written);
+        // And by a sync.
+        store.port_roles.clear();
         let mut adopted = adopting_syncer(&store);
         let report = adopted.reconcile(&plan, &mut store);
         assert!(report.errors.is_empty(), "{:?}", report.errors);
