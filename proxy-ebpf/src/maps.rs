@@ -20,9 +20,12 @@ use proxy_common::{
 pub static FRONTENDS: HashMap<FrontendKey, FrontendValue> =
     HashMap::pinned(sizes::MAX_FRONTENDS, 0);
 
-/// Backend id → backend address and port.
+/// Backend id → backend address and port; an all-zero value is no
+/// backend (no backend has address 0.0.0.0: the model refuses it). An
+/// array, so reading a backend is an inlined load, not a hash lookup (an
+/// earlier layout kept them in the hash map `BACKENDS`).
 #[map]
-pub static BACKENDS: HashMap<u32, BackendValue> = HashMap::pinned(sizes::MAX_BACKENDS, 0);
+pub static BACKEND_SLOTS: Array<BackendValue> = Array::pinned(sizes::MAX_BACKENDS, 0);
 
 /// Every frontend's Maglev table, each a block of entries
 /// (`proxy_common::maps::maglev_layout`); frontends with the same backends

@@ -13,7 +13,7 @@ use proxy_common::maps::{
 
 use crate::{
     kernel,
-    maps::{AFFINITY, BACKENDS, MAGLEV_ARENA, MAGLEV_INDEX},
+    maps::{AFFINITY, BACKEND_SLOTS, MAGLEV_ARENA, MAGLEV_INDEX},
     parse::Ipv4Flow,
 };
 
@@ -55,8 +55,7 @@ pub fn with_affinity<K>(
             && table_member(frontend.id, remembered.member) == Some(id)
         {
             // Still a member of the frontend: the client stays; refreshed in place.
-            // SAFETY: the value is copied out at once.
-            if let Some(backend) = unsafe { BACKENDS.get(id).copied() } {
+            if let Some(backend) = backend(id) {
                 // SAFETY: as above.
                 unsafe { (*entry).last_used = now };
                 return Ok(Selected { id, backend });
@@ -75,12 +74,17 @@ pub fn with_affinity<K>(
     Ok(chosen)
 }
 
+/// Backend `id`, if there is one (an empty slot is all zeros).
+#[inline(always)]
+fn backend(id: u32) -> Option<BackendValue> {
+    BACKEND_SLOTS.get(id).copied().filter(|b| b.addr != 0)
+}
+
 /// The backend in slot `hash` mod M of `frontend`'s table, and its member index.
 #[inline(always)]
 pub fn slot_backend(frontend: &FrontendValue, hash: u32) -> Result<(Selected, u32), DropReason> {
     let (id, member) = table_entry(frontend.id, hash).ok_or(DropReason::StaleSelection)?;
-    // SAFETY: the value is copied out at once.
-    let backend = unsafe { BACKENDS.get(id).copied() }.ok_or(DropReason::StaleSelection)?;
+    let backend = backend(id).ok_or(DropReason::StaleSelection)?;
     Ok((Selected { id, backend }, member))
 }
 
@@ -136,9 +140,7 @@ fn member_of(block: u32, member: u32) -> Option<u32> {
 /// address (kube-proxy flushes such UDP entries for the same reason).
 #[inline(always)]
 pub fn backend_still_exists(entry: &CtEntry) -> bool {
-    // SAFETY: the value is read at once.
-    unsafe { BACKENDS.get(entry.backend_id) }
-        .is_some_and(|b| b.addr == entry.nat_addr && b.port == entry.nat_port)
+    backend(entry.backend_id).is_some_and(|b| b.addr == entry.nat_addr && b.port == entry.nat_port)
 }
 
 /// The hash of the flow's 5-tuple ([`proxy_common::hash::flow_hash`]).

@@ -171,3 +171,73 @@ fn a_map_an_earlier_version_pinned_under_another_name_is_adopted() {
     proxy_userspace::commands::unload::run(&pin_path).expect("unload");
     assert!(!pin_path.exists(), "unload left {}", pin_path.display());
 }
+
+#[test]
+fn backends_an_earlier_version_kept_in_a_hash_map_are_copied_with_their_ids() {
+    use aya::maps::{Array, Map, MapData};
+    use proxy_common::maps::BackendValue;
+    use proxy_userspace::dataplane::maps::{BACKENDS, BACKEND_SLOTS};
+
+    require_root("the pinned-layout test");
+    let mount = PrivateBpffs::new("kxdp-backends-test").unwrap();
+    let pin_path = mount.path().join("kxdp");
+    std::fs::create_dir_all(&pin_path).unwrap();
+    let old = pin_path.join(BACKENDS);
+    pin_hash_map(&old, 4, size_of::<BackendValue>() as u32);
+    let backends = [
+        (
+            3u32,
+            BackendValue {
+                addr: 0x0200_f40a,
+                port: 8080u16.to_be(),
+                flags: 1,
+                _pad: 0,
+            },
+        ),
+        (
+            15,
+            BackendValue {
+                addr: 0x0300_f40a,
+                port: 53u16.to_be(),
+                flags: 0,
+                _pad: 0,
+            },
+        ),
+    ];
+    let hash = bpf_syscall::obj_get(&old).unwrap();
+    for (id, value) in &backends {
+        // SAFETY: the map's key is a u32 and its value a BackendValue.
+        unsafe { bpf_syscall::map_update_elem(hash.as_fd(), id, value) }.unwrap();
+    }
+    drop(hash);
+
+    drop(
+        Dataplane::load(&pin_path, &loadout(), TEST_ARENA_ENTRIES, false)
+            .expect("the old backends are adopted"),
+    );
+    assert!(!old.exists(), "the hash map's pin is retired");
+    let slots: Array<MapData, BackendValue> = MapData::from_pin(pin_path.join(BACKEND_SLOTS))
+        .and_then(Map::from_map_data)
+        .and_then(Array::try_from)
+        .unwrap();
+    for (id, value) in &backends {
+        assert_eq!(slots.get(id, 0).unwrap(), *value, "backend {id}");
+    }
+    assert_eq!(slots.get(&4, 0).unwrap(), BackendValue::default());
+
+    // A later start (the array pinned) copies nothing again.
+    pin_hash_map(&old, 4, size_of::<BackendValue>() as u32);
+    let hash = bpf_syscall::obj_get(&old).unwrap();
+    let stale = BackendValue {
+        addr: 0x0900_f40a,
+        port: 1u16.to_be(),
+        flags: 0,
+        _pad: 0,
+    };
+    // SAFETY: as above.
+    unsafe { bpf_syscall::map_update_elem(hash.as_fd(), &3u32, &stale) }.unwrap();
+    drop(hash);
+    drop(Dataplane::load(&pin_path, &loadout(), TEST_ARENA_ENTRIES, false).expect("loads"));
+    assert_eq!(slots.get(&3, 0).unwrap(), backends[0].1);
+    proxy_userspace::commands::unload::run(&pin_path).expect("unload");
+}

@@ -7,7 +7,7 @@
 use std::os::fd::AsFd;
 
 use aya::{
-    maps::{HashMap, IterableMap, MapData, PerCpuArray, PerCpuValues},
+    maps::{Array, HashMap, IterableMap, MapData, PerCpuArray, PerCpuValues},
     Pod,
 };
 
@@ -87,6 +87,41 @@ pub fn put_all<K: Pod + Sync, V: Pod + Sync>(
         |map, (key, value)| map.insert(key, value, 0).map_err(|e| e.to_string()),
     );
     failures.into_iter().map(|((k, _), e)| (k, e)).collect()
+}
+
+/// [`put_all`] for an array: `entries` are (index, value).
+pub fn put_all_indexed<V: Pod + Sync>(
+    map: &mut Array<MapData, V>,
+    name: &'static str,
+    entries: &[(u32, V)],
+) -> Vec<(u32, StoreError)> {
+    let failures = in_batches(
+        map,
+        entries,
+        name,
+        |map, chunk| {
+            let keys: Vec<u32> = chunk.iter().map(|(k, _)| *k).collect();
+            let values: Vec<V> = chunk.iter().map(|(_, v)| *v).collect();
+            let fd = map.map().fd().as_fd();
+            // SAFETY: `u32` and `V` are the array's key and value types
+            // (aya checked the value size when it typed the map).
+            written(unsafe { bpf_syscall::map_update_batch(fd, &keys, &values) })
+        },
+        |map, (index, value)| map.set(*index, value, 0).map_err(|e| e.to_string()),
+    );
+    failures.into_iter().map(|((k, _), e)| (k, e)).collect()
+}
+
+/// Every slot of `map`, in index order, in one `BPF_MAP_LOOKUP_BATCH`.
+pub fn read_all<V: Pod + Default>(map: &Array<MapData, V>) -> std::io::Result<Vec<V>> {
+    let len = map.len() as usize;
+    let mut keys = vec![0u32; len];
+    let mut values = vec![V::default(); len];
+    let fd = map.map().fd().as_fd();
+    // SAFETY: `V` is the array's value type (aya checked its size).
+    let read = unsafe { bpf_syscall::map_lookup_batch(fd, &mut keys, &mut values) }?;
+    values.truncate(read);
+    Ok(values)
 }
 
 /// Sets the per-CPU values at `indexes` of `map` (named `name` in errors)

@@ -50,7 +50,7 @@ pub fn count_keys<K: Pod>(
 
 /// `max_entries` of the map pinned as `name` under `pin_path`.
 pub fn capacity(pin_path: &Path, name: &'static str) -> Result<u32, DataplaneError> {
-    MapInfo::from_pin(pin_path.join(name))
+    MapInfo::from_pin(pin_path.join(super::maps::pinned_as(name)))
         .map(|info| info.max_entries())
         .map_err(|e| DataplaneError::Map(name, e))
 }

@@ -28,7 +28,12 @@ use crate::{
 };
 
 pub const FRONTENDS: &str = "FRONTENDS";
+/// The backends map as metrics and `kxdp status` name it.
 pub const BACKENDS: &str = "BACKENDS";
+/// Where the backends are pinned: an array by id. An earlier layout pinned
+/// a hash map as `BACKENDS`; an upgraded agent copies it
+/// ([`adopt_backends_hash`]).
+pub const BACKEND_SLOTS: &str = "BACKEND_SLOTS";
 pub const STATS: &str = "STATS";
 pub const SOCK_STATS: &str = "SOCK_STATS";
 pub const PORT_ROLES: &str = "PORT_ROLES";
@@ -61,7 +66,7 @@ const fn pinned<K, V>(name: &'static str) -> PinnedMap {
 /// Every map pinned under the pin path.
 pub const ALL: [PinnedMap; 16] = [
     pinned::<FrontendKey, FrontendValue>(FRONTENDS),
-    pinned::<u32, BackendValue>(BACKENDS),
+    pinned::<u32, BackendValue>(BACKEND_SLOTS),
     pinned::<u32, u64>(MAGLEV_ARENA),
     pinned::<u32, u64>(MAGLEV_INDEX),
     pinned::<FlowKey, CtEntry>(super::fill::CONNTRACK),
@@ -80,10 +85,11 @@ pub const ALL: [PinnedMap; 16] = [
 
 /// Maps earlier versions pinned and this one no longer uses (`SELECTION`:
 /// the slot table before Maglev; `MAGLEV` and `MAGLEV_IDS`: the Maglev
-/// tables as an array of maps, before the arena). A new agent removes their
+/// tables as an array of maps, before the arena; `BACKENDS`: the backends
+/// as a hash map, before `BACKEND_SLOTS`). A new agent removes their
 /// pins once its own object is loaded (the programs still running keep
 /// theirs until replaced), and so does `kxdp unload`.
-pub const RETIRED: [&str; 3] = ["SELECTION", "MAGLEV", "MAGLEV_IDS"];
+pub const RETIRED: [&str; 4] = ["SELECTION", "MAGLEV", "MAGLEV_IDS", BACKENDS];
 
 /// Maps earlier versions pinned under another name, same layout: (old, new).
 pub const RENAMED: [(&str, &str); 1] = [("SERVICES", FRONTENDS)];
@@ -100,6 +106,43 @@ pub fn adopt_renamed_pins(pin_path: &Path) -> Result<(), DataplaneError> {
         }
     }
     Ok(())
+}
+
+/// The pin of the agent-written map `name` (`AGENT_WRITTEN`).
+pub fn pinned_as(name: &'static str) -> &'static str {
+    if name == BACKENDS {
+        BACKEND_SLOTS
+    } else {
+        name
+    }
+}
+
+/// Copies the backends an earlier agent kept in the hash map `BACKENDS`
+/// into `BACKEND_SLOTS`, just created empty, ids and all, so the flows
+/// and tables naming them go on; the old pin is retired after. How many.
+pub fn adopt_backends_hash(pin_path: &Path) -> Result<usize, DataplaneError> {
+    let old = pin_path.join(BACKENDS);
+    if !old.exists() {
+        return Ok(0);
+    }
+    let hash: HashMap<MapData, u32, BackendValue> = MapData::from_pin(&old)
+        .and_then(Map::from_map_data)
+        .and_then(HashMap::try_from)
+        .map_err(|e| DataplaneError::Map(BACKENDS, e))?;
+    let mut slots: Array<MapData, BackendValue> = MapData::from_pin(pin_path.join(BACKEND_SLOTS))
+        .and_then(Map::from_map_data)
+        .and_then(Array::try_from)
+        .map_err(|e| DataplaneError::Map(BACKEND_SLOTS, e))?;
+    let entries: Vec<(u32, BackendValue)> = hash
+        .iter()
+        .filter_map(Result::ok)
+        .filter(|(id, _)| *id < proxy_common::sizes::MAX_BACKENDS)
+        .collect();
+    let failed = batch::put_all_indexed(&mut slots, BACKEND_SLOTS, &entries);
+    if let Some((id, e)) = failed.first() {
+        return Err(DataplaneError::AdoptBackends(*id, e.reason.clone()));
+    }
+    Ok(entries.len())
 }
 
 /// The trie key of a range: the frontend id's 32 bits, then the prefix.
@@ -148,7 +191,7 @@ pub fn check_pinned_layout(pin_path: &Path) -> Result<(), DataplaneError> {
 /// The maps the agent writes and the CLI reads.
 pub struct BpfMaps {
     frontends: HashMap<MapData, FrontendKey, FrontendValue>,
-    backends: HashMap<MapData, u32, BackendValue>,
+    backends: Array<MapData, BackendValue>,
     maglev: MaglevArena,
     stats: PerCpuArray<MapData, FrontendStats>,
     sock_stats: PerCpuArray<MapData, u64>,
@@ -212,7 +255,7 @@ impl BpfMaps {
     pub fn from_ebpf(ebpf: &mut Ebpf) -> Result<Self, DataplaneError> {
         Ok(Self {
             frontends: typed(FRONTENDS, ebpf.take_map(FRONTENDS))?,
-            backends: typed(BACKENDS, ebpf.take_map(BACKENDS))?,
+            backends: typed(BACKEND_SLOTS, ebpf.take_map(BACKEND_SLOTS))?,
             maglev: maglev(ebpf.take_map(MAGLEV_ARENA), ebpf.take_map(MAGLEV_INDEX))?,
             stats: typed(STATS, ebpf.take_map(STATS))?,
             sock_stats: typed(SOCK_STATS, ebpf.take_map(SOCK_STATS))?,
@@ -235,7 +278,7 @@ impl BpfMaps {
         };
         Ok(Self {
             frontends: typed(FRONTENDS, open(FRONTENDS)?)?,
-            backends: typed(BACKENDS, open(BACKENDS)?)?,
+            backends: typed(BACKEND_SLOTS, open(BACKEND_SLOTS)?)?,
             maglev: maglev(open(MAGLEV_ARENA)?, open(MAGLEV_INDEX)?)?,
             stats: typed(STATS, open(STATS)?)?,
             sock_stats: typed(SOCK_STATS, open(SOCK_STATS)?)?,
@@ -259,12 +302,11 @@ impl BpfMaps {
             let (k, v) = entry.map_err(store_error(FRONTENDS))?;
             contents.frontends.insert(k, v);
         }
-        for entry in self.backends.iter() {
-            let (k, v) = entry.map_err(store_error(BACKENDS))?;
+        for (id, backend) in self.backend_entries()? {
             // An id no agent hands out (none at or above the map's size)
             // is named by no table of ours: not mirrored, left alone.
-            if k < proxy_common::sizes::MAX_BACKENDS {
-                contents.backends.insert(k, v);
+            if id < proxy_common::sizes::MAX_BACKENDS {
+                contents.backends.insert(id, backend);
             }
         }
         contents.tables = self.maglev.all().map_err(arena_error)?;
@@ -277,6 +319,18 @@ impl BpfMaps {
             }
         }
         Ok(contents)
+    }
+
+    /// The backends the array holds (its non-empty slots), by id.
+    fn backend_entries(&self) -> Result<Vec<(u32, BackendValue)>, StoreError> {
+        let slots = batch::read_all(&self.backends).map_err(|e| StoreError {
+            map: BACKEND_SLOTS,
+            reason: e.to_string(),
+        })?;
+        Ok((0u32..)
+            .zip(slots)
+            .filter(|(_, backend)| backend.addr != 0)
+            .collect())
     }
 
     /// What `NIC_ADDRS` holds: ifindex → SNAT address.
@@ -340,7 +394,16 @@ impl BpfMaps {
     pub fn count(&self, name: &str, cap: u32) -> Option<Result<Count, StoreError>> {
         let (map, counted) = match name {
             FRONTENDS => (FRONTENDS, count_keys(self.frontends.keys(), cap)),
-            BACKENDS => (BACKENDS, count_keys(self.backends.keys(), cap)),
+            BACKENDS => {
+                let held = match self.backend_entries() {
+                    Ok(entries) => entries.len() as u32,
+                    Err(e) => return Some(Err(e)),
+                };
+                return Some(Ok(Count {
+                    entries: held.min(cap),
+                    complete: held <= cap,
+                }));
+            }
             SOURCE_RANGES => (SOURCE_RANGES, count_keys(self.source_ranges.keys(), cap)),
             _ => return None,
         };
@@ -356,10 +419,13 @@ impl BpfMaps {
 
 impl MapStore for BpfMaps {
     fn put_backends(&mut self, entries: &[(u32, BackendValue)]) -> Vec<(u32, StoreError)> {
-        batch::put_all(&mut self.backends, BACKENDS, entries)
+        batch::put_all_indexed(&mut self.backends, BACKEND_SLOTS, entries)
     }
     fn delete_backend(&mut self, id: u32) -> Result<(), StoreError> {
-        self.backends.remove(&id).map_err(store_error(BACKENDS))
+        // An empty slot is no backend.
+        self.backends
+            .set(id, BackendValue::default(), 0)
+            .map_err(store_error(BACKEND_SLOTS))
     }
     fn put_table<'s>(
         &mut self,

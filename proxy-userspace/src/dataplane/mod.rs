@@ -85,6 +85,8 @@ pub enum DataplaneError {
     RenamePin(std::path::PathBuf, #[source] std::io::Error),
     #[error("the Maglev arena: {0}")]
     Arena(#[source] maglev_arena::ArenaError),
+    #[error("copying backend {0} from an earlier version's BACKENDS map: {1}")]
+    AdoptBackends(u32, String),
 }
 
 /// Unpins the maps of an earlier layout (`maps::RETIRED`): their memory
@@ -156,6 +158,9 @@ impl Dataplane {
         bpffs::prepare_pin_path(pin_path)?;
         maps::adopt_renamed_pins(pin_path)?;
         maps::check_pinned_layout(pin_path)?;
+        // An earlier version's backends, in a hash map, are copied into the
+        // array once it is created, and only then.
+        let backends_to_adopt = !pin_path.join(maps::BACKEND_SLOTS).exists();
         // Maps already pinned there are reused as they are: a restarted agent
         // keeps the conntrack table and every service. The probe that
         // gave `loadout` lifted the locked memory limit.
@@ -199,6 +204,15 @@ impl Dataplane {
             let program = dataplane.nic_program()?;
             load_program(|| program.load())
                 .map_err(|e| DataplaneError::Program(nic::NIC_PROGRAM, e))?;
+        }
+        if backends_to_adopt {
+            let adopted = maps::adopt_backends_hash(pin_path)?;
+            if adopted > 0 {
+                tracing::info!(
+                    backends = adopted,
+                    "backends an earlier version kept in a hash map copied into BACKEND_SLOTS"
+                );
+            }
         }
         remove_retired_pins(pin_path);
         Ok(dataplane)
