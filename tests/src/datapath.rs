@@ -250,9 +250,17 @@ impl Datapath {
         HashMap::try_from(map).unwrap_or_else(|e| panic!("map {name}: {e}"))
     }
 
-    /// Backend ids are derived from the service id so services never share them.
+    /// Backend ids are derived from the service id so services never share
+    /// them: up to this many backends a frontend, and ids within
+    /// `BACKEND_SLOTS` for the benchmarks' 20,000 frontends.
+    pub const BACKENDS_PER_FRONTEND: usize = 24;
+
     pub fn backend_id(frontend_id: u32, index: usize) -> u32 {
-        frontend_id * 1000 + index as u32 + 1
+        assert!(
+            index < Self::BACKENDS_PER_FRONTEND,
+            "backend {index} of one frontend"
+        );
+        frontend_id * Self::BACKENDS_PER_FRONTEND as u32 + index as u32 + 1
     }
 
     /// Writes a ClusterIP service the way sync does: backends, then the
