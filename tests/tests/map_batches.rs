@@ -8,7 +8,7 @@
 
 use std::os::fd::OwnedFd;
 
-use aya::maps::{HashMap, Map, MapData, PerCpuArray};
+use aya::maps::{Array, HashMap, Map, MapData, PerCpuArray};
 use kxdp_testbed::privileged::require_root;
 use proxy_common::maps::FrontendStats;
 use proxy_userspace::dataplane::{
@@ -17,6 +17,7 @@ use proxy_userspace::dataplane::{
 };
 
 const BPF_MAP_TYPE_HASH: u32 = 1;
+const BPF_MAP_TYPE_ARRAY: u32 = 2;
 const BPF_MAP_TYPE_PERCPU_ARRAY: u32 = 6;
 
 fn map(map_type: u32, value_size: u32, max_entries: u32) -> MapData {
@@ -50,6 +51,23 @@ fn a_batch_writes_every_entry_and_names_each_one_that_does_not_fit() {
     // One entry alone, replacing a value.
     assert!(batch::put_all(&mut hash, "TEST", &[(7, 1)]).is_empty());
     assert_eq!(hash.get(&7, 0).unwrap(), 1);
+}
+
+#[test]
+fn an_array_is_written_in_batches_and_read_back_a_batch_at_a_time() {
+    require_root("the map batch test");
+    let data = map(BPF_MAP_TYPE_ARRAY, 8, 20_000);
+    let mut array: Array<MapData, u64> = Array::try_from(Map::Array(data)).expect("an array");
+    // Slots spread over several read batches, the last one included, and
+    // one past the end.
+    let entries: Vec<(u32, u64)> = [0u32, 4_095, 4_096, 9_000, 19_999, 20_000]
+        .iter()
+        .map(|&k| (k, u64::from(k) + 1))
+        .collect();
+    let failed = batch::put_all_indexed(&mut array, "TEST", &entries);
+    assert_eq!(failed.iter().map(|(k, _)| *k).collect::<Vec<_>>(), [20_000]);
+    let kept = batch::read_kept(&array, |v| *v != 0).expect("read back");
+    assert_eq!(kept, entries[..5]);
 }
 
 #[test]

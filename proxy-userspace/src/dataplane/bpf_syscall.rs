@@ -179,20 +179,23 @@ pub unsafe fn map_update_batch<K, V>(
     Ok(attr.get_u32(BATCH_COUNT) as usize)
 }
 
-/// `BPF_MAP_LOOKUP_BATCH` from the start of the map into `keys` and
-/// `values`; how many the kernel read. Reaching the end of the map (ENOENT)
-/// is no error.
+/// `BPF_MAP_LOOKUP_BATCH` into `keys` and `values`, from the start of the
+/// map or after the batch that gave the token `after`: how many the kernel
+/// read, and the token to go on from (`None`: the map's end was reached).
 ///
 /// # Safety
 ///
-/// `V` is the map's value size (the keys, `u32`, its key size).
+/// `V` is the map's value size (the keys, `u32`, its key size, as the
+/// tokens of an array's batches are).
 pub unsafe fn map_lookup_batch<V>(
     map: BorrowedFd<'_>,
+    after: Option<u32>,
     keys: &mut [u32],
     values: &mut [V],
-) -> io::Result<usize> {
+) -> io::Result<(usize, Option<u32>)> {
     assert_eq!(keys.len(), values.len(), "one value per key");
     let mut out_batch = 0u32;
+    let in_batch = after.unwrap_or(0);
     let mut attr = batch_attr(
         map,
         keys.as_mut_ptr(),
@@ -200,15 +203,23 @@ pub unsafe fn map_lookup_batch<V>(
         keys.len(),
         &mut out_batch,
     );
+    if after.is_some() {
+        attr = attr.u64(0, std::ptr::from_ref(&in_batch) as u64);
+    }
     // SAFETY: the kernel writes at most `count` keys and values of the
     // map's sizes, which are `u32`'s and `V`'s (the caller's word), into
-    // slices of that length, and a `u32` into `out_batch`; all outlive the
-    // call and nothing else borrows them meanwhile.
-    match unsafe { bpf(BPF_MAP_LOOKUP_BATCH, &mut attr) } {
-        Err(e) if e.raw_os_error() != Some(libc::ENOENT) => return Err(e),
-        _ => {}
-    }
-    Ok(attr.get_u32(BATCH_COUNT) as usize)
+    // slices of that length, reads a `u32` token from `in_batch` and writes
+    // one into `out_batch`; all outlive the call and nothing else borrows
+    // them meanwhile.
+    let more = match unsafe { bpf(BPF_MAP_LOOKUP_BATCH, &mut attr) } {
+        Ok(_) => true,
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => false,
+        Err(e) => return Err(e),
+    };
+    Ok((
+        attr.get_u32(BATCH_COUNT) as usize,
+        more.then_some(out_batch),
+    ))
 }
 
 /// `BPF_PROG_LOAD` of a GPL program of `prog_type` (expecting

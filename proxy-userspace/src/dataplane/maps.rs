@@ -323,14 +323,10 @@ impl BpfMaps {
 
     /// The backends the array holds (its non-empty slots), by id.
     fn backend_entries(&self) -> Result<Vec<(u32, BackendValue)>, StoreError> {
-        let slots = batch::read_all(&self.backends).map_err(|e| StoreError {
+        batch::read_kept(&self.backends, |backend| backend.addr != 0).map_err(|e| StoreError {
             map: BACKEND_SLOTS,
             reason: e.to_string(),
-        })?;
-        Ok((0u32..)
-            .zip(slots)
-            .filter(|(_, backend)| backend.addr != 0)
-            .collect())
+        })
     }
 
     /// What `NIC_ADDRS` holds: ifindex → SNAT address.
