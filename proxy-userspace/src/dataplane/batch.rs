@@ -112,35 +112,31 @@ pub fn put_all_indexed<V: Pod + Sync>(
     failures.into_iter().map(|((k, _), e)| (k, e)).collect()
 }
 
-/// The slots of `map` that `keep` keeps, with their indexes, read a batch
-/// of `BATCH` slots at a time (`BPF_MAP_LOOKUP_BATCH`).
-pub fn read_kept<V: Pod + Default>(
+/// Hands every slot of `map` to `each` with its index, read a batch of
+/// `BATCH` slots at a time (`BPF_MAP_LOOKUP_BATCH`), so reading a large
+/// array holds one batch, never the whole array.
+pub fn read_each<V: Pod + Default>(
     map: &Array<MapData, V>,
-    keep: impl Fn(&V) -> bool,
-) -> std::io::Result<Vec<(u32, V)>> {
+    mut each: impl FnMut(u32, V),
+) -> std::io::Result<()> {
     let fd = map.map().fd().as_fd();
     let mut keys = vec![0u32; BATCH];
     let mut values = vec![V::default(); BATCH];
-    let mut kept = Vec::new();
     let mut after = None;
     // Bounded by the map's size: every call reads up to a batch.
     for _ in 0..=map.len() as usize / BATCH {
         // SAFETY: `V` is the array's value type (aya checked its size).
         let (read, next) =
             unsafe { bpf_syscall::map_lookup_batch(fd, after, &mut keys, &mut values) }?;
-        kept.extend(
-            keys[..read]
-                .iter()
-                .zip(&values[..read])
-                .filter(|(_, v)| keep(v))
-                .map(|(k, v)| (*k, *v)),
-        );
+        for (key, value) in keys[..read].iter().zip(&values[..read]) {
+            each(*key, *value);
+        }
         match next {
             Some(token) => after = Some(token),
             None => break,
         }
     }
-    Ok(kept)
+    Ok(())
 }
 
 /// Sets the per-CPU values at `indexes` of `map` (named `name` in errors)

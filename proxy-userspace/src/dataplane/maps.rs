@@ -302,13 +302,13 @@ impl BpfMaps {
             let (k, v) = entry.map_err(store_error(FRONTENDS))?;
             contents.frontends.insert(k, v);
         }
-        for (id, backend) in self.backend_entries()? {
+        self.each_backend(|id, backend| {
             // An id no agent hands out (none at or above the map's size)
             // is named by no table of ours: not mirrored, left alone.
             if id < proxy_common::sizes::MAX_BACKENDS {
                 contents.backends.insert(id, backend);
             }
-        }
+        })?;
         contents.tables = self.maglev.all().map_err(arena_error)?;
         for entry in self.source_ranges.iter() {
             let (k, _) = entry.map_err(store_error(SOURCE_RANGES))?;
@@ -321,9 +321,14 @@ impl BpfMaps {
         Ok(contents)
     }
 
-    /// The backends the array holds (its non-empty slots), by id.
-    fn backend_entries(&self) -> Result<Vec<(u32, BackendValue)>, StoreError> {
-        batch::read_kept(&self.backends, |backend| backend.addr != 0).map_err(|e| StoreError {
+    /// Hands each backend the array holds (its non-empty slots) to `each`.
+    fn each_backend(&self, mut each: impl FnMut(u32, BackendValue)) -> Result<(), StoreError> {
+        batch::read_each(&self.backends, |id, backend| {
+            if backend.addr != 0 {
+                each(id, backend);
+            }
+        })
+        .map_err(|e| StoreError {
             map: BACKEND_SLOTS,
             reason: e.to_string(),
         })
@@ -391,10 +396,10 @@ impl BpfMaps {
         let (map, counted) = match name {
             FRONTENDS => (FRONTENDS, count_keys(self.frontends.keys(), cap)),
             BACKENDS => {
-                let held = match self.backend_entries() {
-                    Ok(entries) => entries.len() as u32,
-                    Err(e) => return Some(Err(e)),
-                };
+                let mut held = 0u32;
+                if let Err(e) = self.each_backend(|_, _| held += 1) {
+                    return Some(Err(e));
+                }
                 return Some(Ok(Count {
                     entries: held.min(cap),
                     complete: held <= cap,
