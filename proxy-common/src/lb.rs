@@ -137,6 +137,20 @@ pub fn decide<L: Lookups>(
     lookups.open(frontend).map(Decision::Translate)
 }
 
+/// Both rules for a packet whose frontend is already known: [`carried`],
+/// then [`decide`] by it.
+#[inline(always)]
+pub fn balance<L: Lookups>(
+    lookups: &L,
+    frontend: &FrontendValue,
+    packet: Packet,
+) -> Result<Decision<L::Entry>, DropReason> {
+    match carried(lookups, packet) {
+        First::Carried(entry) => Ok(Decision::Translate(entry)),
+        First::ByFrontend(established) => decide(lookups, frontend, packet, established),
+    }
+}
+
 /// The hook a packet is seen at.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Hook {
@@ -261,28 +275,16 @@ mod tests {
         Established::Live { entry: 1, flags }
     }
 
-    /// Both rules, as a hook applies them.
-    fn apply(
-        fake: &Fake,
-        frontend: &FrontendValue,
-        packet: Packet,
-    ) -> Result<Decision<u32>, DropReason> {
-        match carried(fake, packet) {
-            First::Carried(entry) => Ok(Decision::Translate(entry)),
-            First::ByFrontend(established) => decide(fake, frontend, packet, established),
-        }
-    }
-
     #[test]
     fn source_ranges_are_checked_for_a_new_flow_and_only_when_the_frontend_has_them() {
         let mut fake = Fake::new(Established::None);
         fake.allowed = false;
         let gated = frontend(4, FRONTEND_SOURCE_RANGES);
-        assert_eq!(apply(&fake, &gated, SYN), Err(DropReason::SourceRange));
+        assert_eq!(balance(&fake, &gated, SYN), Err(DropReason::SourceRange));
         assert_eq!(*fake.calls.borrow(), vec!["established", "source_allowed"]);
         let open = Fake::new(Established::None);
         assert_eq!(
-            apply(&open, &frontend(4, 0), SYN),
+            balance(&open, &frontend(4, 0), SYN),
             Ok(Decision::Translate(2))
         );
         assert!(!open.calls.borrow().contains(&"source_allowed"));
@@ -301,7 +303,7 @@ mod tests {
         let mut fake = Fake::new(live(0));
         fake.allowed = false;
         assert_eq!(
-            apply(&fake, &frontend(4, FRONTEND_SOURCE_RANGES), ACK),
+            balance(&fake, &frontend(4, FRONTEND_SOURCE_RANGES), ACK),
             Ok(Decision::Translate(1))
         );
     }
@@ -310,13 +312,13 @@ mod tests {
     fn a_syn_reuses_only_an_entry_known_to_be_open() {
         let snat_open = Fake::new(live(CT_SNAT));
         assert_eq!(
-            apply(&snat_open, &frontend(4, 0), SYN),
+            balance(&snat_open, &frontend(4, 0), SYN),
             Ok(Decision::Translate(1))
         );
         for flags in [0, CT_SNAT | CT_CLOSING, crate::maps::CT_FROM_NIC] {
             let fake = Fake::new(live(flags));
             assert_eq!(
-                apply(&fake, &frontend(4, 0), SYN),
+                balance(&fake, &frontend(4, 0), SYN),
                 Ok(Decision::Translate(2)),
                 "flags {flags}"
             );
@@ -327,11 +329,11 @@ mod tests {
     #[test]
     fn a_flow_whose_backend_is_gone_is_reset_or_balanced_afresh() {
         let fake = Fake::new(Established::BackendGone);
-        assert_eq!(apply(&fake, &frontend(4, 0), ACK), Ok(Decision::Reject));
+        assert_eq!(balance(&fake, &frontend(4, 0), ACK), Ok(Decision::Reject));
         for packet in [SYN, DATAGRAM] {
             let fake = Fake::new(Established::BackendGone);
             assert_eq!(
-                apply(&fake, &frontend(4, 0), packet),
+                balance(&fake, &frontend(4, 0), packet),
                 Ok(Decision::Translate(2))
             );
         }
@@ -341,10 +343,13 @@ mod tests {
     fn a_frontend_without_backends_rejects_or_drops_by_policy() {
         for packet in [SYN, ACK, DATAGRAM] {
             let fake = Fake::new(Established::None);
-            assert_eq!(apply(&fake, &frontend(0, 0), packet), Ok(Decision::Reject));
+            assert_eq!(
+                balance(&fake, &frontend(0, 0), packet),
+                Ok(Decision::Reject)
+            );
             let fake = Fake::new(Established::None);
             assert_eq!(
-                apply(
+                balance(
                     &fake,
                     &frontend(0, FRONTEND_EMPTY_DROP | FRONTEND_AFFINITY_CLIENT_IP),
                     packet
@@ -356,7 +361,7 @@ mod tests {
         // An established flow goes on while its backend exists.
         let fake = Fake::new(live(0));
         assert_eq!(
-            apply(&fake, &frontend(0, 0), ACK),
+            balance(&fake, &frontend(0, 0), ACK),
             Ok(Decision::Translate(1))
         );
     }
@@ -365,7 +370,7 @@ mod tests {
     fn a_new_flow_is_opened() {
         let fake = Fake::new(Established::None);
         assert_eq!(
-            apply(&fake, &frontend(4, FRONTEND_SOURCE_RANGES), SYN),
+            balance(&fake, &frontend(4, FRONTEND_SOURCE_RANGES), SYN),
             Ok(Decision::Translate(2))
         );
         assert_eq!(

@@ -18,6 +18,17 @@ struct Ipv4Lookups<'a> {
     ingress_ifindex: u32,
 }
 
+impl<'a> Ipv4Lookups<'a> {
+    #[inline(always)]
+    fn new(flow: &'a Ipv4Flow, hook: Hook, ingress_ifindex: u32) -> Self {
+        Ipv4Lookups {
+            flow,
+            hook,
+            ingress_ifindex,
+        }
+    }
+}
+
 impl Lookups for Ipv4Lookups<'_> {
     type Found = *mut CtEntry;
     type Entry = CtEntry;
@@ -95,16 +106,8 @@ pub fn balance(
     hook: Hook,
     ingress_ifindex: u32,
 ) -> Result<Decision<CtEntry>, DropReason> {
-    let lookups = Ipv4Lookups {
-        flow,
-        hook,
-        ingress_ifindex,
-    };
-    let packet = flow.packet();
-    match lb::carried(&lookups, packet) {
-        First::Carried(entry) => Ok(Decision::Translate(entry)),
-        First::ByFrontend(established) => lb::decide(&lookups, frontend, packet, established),
-    }
+    let lookups = Ipv4Lookups::new(flow, hook, ingress_ifindex);
+    lb::balance(&lookups, frontend, flow.packet())
 }
 
 /// [`balance`] with conntrack first, for hooks where nearly every packet on
@@ -119,11 +122,7 @@ pub fn balance_conntrack_first(
     ingress_ifindex: u32,
     find: impl FnOnce(&Ipv4Flow) -> Option<FrontendValue>,
 ) -> Result<Option<Decision<CtEntry>>, DropReason> {
-    let lookups = Ipv4Lookups {
-        flow,
-        hook,
-        ingress_ifindex,
-    };
+    let lookups = Ipv4Lookups::new(flow, hook, ingress_ifindex);
     let packet = flow.packet();
     match lb::carried(&lookups, packet) {
         First::Carried(entry) => Ok(Some(Decision::Translate(entry))),

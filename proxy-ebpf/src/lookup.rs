@@ -28,16 +28,28 @@ pub fn from_backend_port(port: u16) -> bool {
     in_use(BACKEND, port)
 }
 
+/// The frontend of `scope` at (`addr`, `port`, `proto`), network order.
 #[inline(always)]
-fn frontend(flow: &Ipv4Flow, scope: u8) -> Option<FrontendValue> {
+fn frontend_at(addr: u32, port: u16, proto: u8, scope: u8) -> Option<FrontendValue> {
     let key = FrontendKey {
-        addr: flow.dst_addr,
-        port: flow.dst_port,
-        proto: flow.proto,
+        addr,
+        port,
+        proto,
         scope,
     };
     // SAFETY: the value is copied out at once.
     unsafe { FRONTENDS.get(key).copied() }
+}
+
+#[inline(always)]
+fn frontend(flow: &Ipv4Flow, scope: u8) -> Option<FrontendValue> {
+    frontend_at(flow.dst_addr, flow.dst_port, flow.proto, scope)
+}
+
+/// The pod-scope frontend a socket asks for (the socket hooks).
+#[inline(always)]
+pub fn pod_frontend_at(addr: u32, port: u16, proto: u8) -> Option<FrontendValue> {
+    frontend_at(addr, port, proto, SCOPE_POD)
 }
 
 /// The frontend a pod's packet is addressed to (a ClusterIP, or an external

@@ -25,22 +25,35 @@ pub struct Selected {
 
 #[inline(always)]
 pub fn select_backend(frontend: &FrontendValue, flow: &Ipv4Flow) -> Result<Selected, DropReason> {
-    let hash = flow_hash(flow);
-    if frontend.flags & FRONTEND_AFFINITY_CLIENT_IP == 0 {
-        return slot_backend(frontend, hash).map(|(s, _)| s);
-    }
-    let client = AffinityKey {
+    let client = || AffinityKey {
         frontend_id: frontend.id,
         client_addr: flow.src_addr,
     };
-    with_affinity(frontend, hash, &AFFINITY, client)
+    choose(frontend, flow_hash(flow), &AFFINITY, client)
+}
+
+/// The backend for a new flow or socket of `frontend` whose hash is
+/// `hash`: with `sessionAffinity: ClientIP`, the one the client (its key
+/// in `clients`, made by `client`) was last sent to, else the slot `hash`
+/// of the table.
+#[inline(always)]
+pub fn choose<K>(
+    frontend: &FrontendValue,
+    hash: u32,
+    clients: &LruHashMap<K, AffinityValue>,
+    client: impl FnOnce() -> K,
+) -> Result<Selected, DropReason> {
+    if frontend.flags & FRONTEND_AFFINITY_CLIENT_IP == 0 {
+        return slot_backend(frontend, hash).map(|(s, _)| s);
+    }
+    with_affinity(frontend, hash, clients, client())
 }
 
 /// `sessionAffinity: ClientIP`: the backend `client` (its key in
 /// `clients`) was last sent to, else the slot `hash` of the table, which
 /// the client is then sent to.
 #[inline(always)]
-pub fn with_affinity<K>(
+fn with_affinity<K>(
     frontend: &FrontendValue,
     hash: u32,
     clients: &LruHashMap<K, AffinityValue>,
@@ -82,7 +95,7 @@ fn backend(id: u32) -> Option<BackendValue> {
 
 /// The backend in slot `hash` mod M of `frontend`'s table, and its member index.
 #[inline(always)]
-pub fn slot_backend(frontend: &FrontendValue, hash: u32) -> Result<(Selected, u32), DropReason> {
+fn slot_backend(frontend: &FrontendValue, hash: u32) -> Result<(Selected, u32), DropReason> {
     let (id, member) = table_entry(frontend.id, hash).ok_or(DropReason::StaleSelection)?;
     let backend = backend(id).ok_or(DropReason::StaleSelection)?;
     Ok((Selected { id, backend }, member))

@@ -13,7 +13,10 @@ use std::{
 
 use crate::{
     agent::{kxdp_bin, Agent},
-    manifests::{allocated_cluster_ip, echo_endpoint_slice, write_manifest, ECHO_SERVICE},
+    manifests::{
+        allocated_cluster_ip, echo_endpoint_slice, endpoint_slice, service, write_manifest,
+        Endpoint, ECHO_SERVICE, SLICE_CONTROLLER,
+    },
     netns::{run, MiniNode},
 };
 
@@ -119,6 +122,25 @@ impl EchoScenario {
     /// Writes (or replaces) manifest `file`, atomically.
     pub fn write_manifest(&self, file: &str, yaml: &str) -> anyhow::Result<()> {
         Ok(write_manifest(&self.manifests, file, yaml)?)
+    }
+
+    /// Writes the Service `sticky` on `vip`:80 → 8080 of every backend, with
+    /// `sessionAffinity: ClientIP` and a timeout of 30 s: long enough that
+    /// no burst of connections outlasts it, even under emulation (tests
+    /// outlast it by back-dating the affinity entries instead).
+    pub fn write_sticky_service(&self, vip: Ipv4Addr) -> anyhow::Result<()> {
+        let ports = ["{name: http, port: 80, protocol: TCP, targetPort: 8080}"];
+        let sticky = service("sticky", "ClusterIP", vip, Some("sticky"), &ports)
+            + "  sessionAffinity: ClientIP\n  sessionAffinityConfig: {clientIP: {timeoutSeconds: 30}}\n";
+        let endpoints: Vec<Endpoint> = self.backends.iter().map(|b| Endpoint::ready(*b)).collect();
+        let slice = endpoint_slice(
+            "sticky",
+            "sticky-4fj2k",
+            SLICE_CONTROLLER,
+            &[("http", "TCP", 8080)],
+            &endpoints,
+        );
+        self.write_manifest("sticky.yaml", &format!("{sticky}---\n{slice}"))
     }
 
     /// Deletes manifest `file`, as `kubectl delete -f` would its objects.

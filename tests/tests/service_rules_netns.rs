@@ -547,21 +547,7 @@ fn client_ip_affinity_keeps_a_client_on_one_backend_until_its_timeout() {
     let vip = Ipv4Addr::new(10, 96, 100, 60);
     let target = format!("{vip}:80");
     let s = EchoScenario::new(3, env!("CARGO_BIN_EXE_kxdp-peer").into()).expect("echo scenario");
-    let ports = ["{name: http, port: 80, protocol: TCP, targetPort: 8080}"];
-    // Long enough that no burst outlasts it, even under emulation; the test
-    // outlasts it by back-dating the client's affinity entry instead.
-    let sticky = service("sticky", "ClusterIP", vip, Some("sticky"), &ports)
-        + "  sessionAffinity: ClientIP\n  sessionAffinityConfig: {clientIP: {timeoutSeconds: 30}}\n";
-    let endpoints: Vec<Endpoint> = s.backends.iter().map(|b| Endpoint::ready(*b)).collect();
-    let slice = endpoint_slice(
-        "sticky",
-        "sticky-4fj2k",
-        SLICE_CONTROLLER,
-        &[("http", "TCP", 8080)],
-        &endpoints,
-    );
-    s.write_manifest("sticky.yaml", &format!("{sticky}---\n{slice}"))
-        .unwrap();
+    s.write_sticky_service(vip).unwrap();
     let _agent = s.start_agent().unwrap();
     // Each burst of connections sticks to one backend; between bursts the
     // client's entry is made 31 s old, so the affinity has lapsed and the

@@ -119,21 +119,27 @@ fn the_hooks_are_scoped_to_their_cgroup() {
     );
 }
 
+/// Takes every endpoint of the echo Service out of service and waits for
+/// the sync; what a refused connect then fails with: ECONNREFUSED, as a TCP
+/// RST would give (curl -v names it), or EPERM where the kernel cannot set
+/// the hook's error (before 6.1).
+fn without_endpoints(s: &EchoScenario, agent: &mut Agent) -> &'static str {
+    s.write_slice(&[(s.backends[0], false), (s.backends[1], false)])
+        .unwrap();
+    agent.wait_for(&["synced"], 2, WAIT).unwrap();
+    let (probed, _) = probe::this_kernel(false).expect("probing the kernel");
+    if probed.has(Feature::SockAddrSetRetval) {
+        "Connection refused"
+    } else {
+        "Operation not permitted"
+    }
+}
+
 #[test]
 fn a_cluster_ip_without_backends_refuses_host_connections() {
     let s = scenario();
     let mut agent = start(&s);
-    s.write_slice(&[(s.backends[0], false), (s.backends[1], false)])
-        .unwrap();
-    agent.wait_for(&["synced"], 2, WAIT).unwrap();
-    // ECONNREFUSED at connect, as a TCP RST would give (curl -v names it);
-    // EPERM where the kernel cannot set the hook's error (before 6.1).
-    let (probed, _) = probe::this_kernel(false).expect("probing the kernel");
-    let expected = if probed.has(Feature::SockAddrSetRetval) {
-        "Connection refused"
-    } else {
-        "Operation not permitted"
-    };
+    let expected = without_endpoints(&s, &mut agent);
     let err = host_curl(&s, &["-v"]).unwrap_err();
     assert!(err.contains(expected), "{err}");
 }
@@ -328,15 +334,7 @@ fn a_pod_choosing_itself_reaches_itself() {
 fn a_service_without_endpoints_refuses_a_pods_connect() {
     let s = scenario();
     let mut agent = start(&s);
-    s.write_slice(&[(s.backends[0], false), (s.backends[1], false)])
-        .unwrap();
-    agent.wait_for(&["synced"], 2, WAIT).unwrap();
-    let (probed, _) = probe::this_kernel(false).expect("probing the kernel");
-    let expected = if probed.has(Feature::SockAddrSetRetval) {
-        "Connection refused"
-    } else {
-        "Operation not permitted"
-    };
+    let expected = without_endpoints(&s, &mut agent);
     let url = format!("http://{}:80/", s.vip);
     let err = pod_curl(&s, "client", &url, &["-v"]).unwrap_err();
     assert!(err.contains(expected), "{err}");
@@ -416,19 +414,7 @@ fn a_pods_socket_leaves_source_ranges_and_a_local_policys_drop_to_the_pod_progra
 fn client_ip_affinity_holds_per_pod_through_the_socket_hooks() {
     let s = scenario();
     let vip = Ipv4Addr::new(10, 96, 100, 61);
-    let ports = ["{name: http, port: 80, protocol: TCP, targetPort: 8080}"];
-    let sticky = service("sticky", "ClusterIP", vip, Some("sticky"), &ports)
-        + "  sessionAffinity: ClientIP\n  sessionAffinityConfig: {clientIP: {timeoutSeconds: 30}}\n";
-    let endpoints: Vec<Endpoint> = s.backends.iter().map(|b| Endpoint::ready(*b)).collect();
-    let slice = endpoint_slice(
-        "sticky",
-        "sticky-8dk3m",
-        SLICE_CONTROLLER,
-        &[("http", "TCP", 8080)],
-        &endpoints,
-    );
-    s.write_manifest("sticky.yaml", &format!("{sticky}---\n{slice}"))
-        .unwrap();
+    s.write_sticky_service(vip).unwrap();
     let _agent = start(&s);
     let url = format!("http://{vip}:80/");
     let pin_path = s.node.pin_path();

@@ -31,15 +31,14 @@ use proxy_common::{
     hash::mix,
     kernel::FEATURE_SOCK_ADDR_SET_RETVAL,
     maps::{
-        FrontendKey, FrontendValue, SockAffinityKey, SockRevNatKey, SockRevNatValue, Verdict,
-        FRONTEND_AFFINITY_CLIENT_IP, FRONTEND_EMPTY_DROP, FRONTEND_SOURCE_RANGES, PROTO_TCP,
-        PROTO_UDP, SCOPE_POD,
+        FrontendValue, SockAffinityKey, SockRevNatKey, SockRevNatValue, Verdict,
+        FRONTEND_EMPTY_DROP, FRONTEND_SOURCE_RANGES, PROTO_TCP, PROTO_UDP,
     },
 };
 
 use crate::{
-    kernel,
-    maps::{FRONTENDS, SOCK_AFFINITY, SOCK_REVNAT, SOCK_STATS},
+    kernel, lookup,
+    maps::{SOCK_AFFINITY, SOCK_REVNAT, SOCK_STATS},
     select::{self, Selected},
     stats,
 };
@@ -154,14 +153,7 @@ fn to_backend(ctx: &SockAddrContext, call: Call) -> i32 {
         return PROCEED;
     };
     let (vip, port) = user_addr(ctx);
-    let key = FrontendKey {
-        addr: vip,
-        port,
-        proto,
-        scope: SCOPE_POD,
-    };
-    // SAFETY: the value is copied out at once.
-    let Some(frontend) = (unsafe { FRONTENDS.get(key).copied() }) else {
+    let Some(frontend) = lookup::pod_frontend_at(vip, port, proto) else {
         return PROCEED;
     };
     if !from_host && left_to_packets(&frontend, proto, call) {
@@ -172,17 +164,13 @@ fn to_backend(ctx: &SockAddrContext, call: Call) -> i32 {
     }
     let cookie = cookie(ctx);
     let hash = socket_hash(cookie, port);
-    let selected = if frontend.flags & FRONTEND_AFFINITY_CLIENT_IP != 0 {
-        let client = SockAffinityKey {
-            frontend_id: frontend.id,
-            _pad: 0,
-            netns_cookie: netns,
-        };
-        select::with_affinity(&frontend, hash, &SOCK_AFFINITY, client)
-    } else {
-        select::slot_backend(&frontend, hash).map(|(s, _)| s)
+    let client = || SockAffinityKey {
+        frontend_id: frontend.id,
+        _pad: 0,
+        netns_cookie: netns,
     };
-    let Ok(Selected { backend, .. }) = selected else {
+    let Ok(Selected { backend, .. }) = select::choose(&frontend, hash, &SOCK_AFFINITY, client)
+    else {
         return refuse();
     };
     let revnat_key = SockRevNatKey {

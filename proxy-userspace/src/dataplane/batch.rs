@@ -65,6 +65,19 @@ fn written(result: std::io::Result<usize>) -> usize {
     result.unwrap_or(0)
 }
 
+/// One `BPF_MAP_UPDATE_BATCH` of `chunk` into `map`: how many entries it
+/// wrote from the start.
+///
+/// # Safety
+///
+/// `K` and `V` are the map's key and value types.
+unsafe fn update_batch<K: Pod, V: Pod>(map: &MapData, chunk: &[(K, V)]) -> usize {
+    let keys: Vec<K> = chunk.iter().map(|(k, _)| *k).collect();
+    let values: Vec<V> = chunk.iter().map(|(_, v)| *v).collect();
+    // SAFETY: the caller's word on `K` and `V`.
+    written(unsafe { bpf_syscall::map_update_batch(map.fd().as_fd(), &keys, &values) })
+}
+
 /// Writes `entries` into `map` (named `name` in errors); returns the keys
 /// that could not be written, with why.
 pub fn put_all<K: Pod + Sync, V: Pod + Sync>(
@@ -76,14 +89,9 @@ pub fn put_all<K: Pod + Sync, V: Pod + Sync>(
         map,
         entries,
         name,
-        |map, chunk| {
-            let keys: Vec<K> = chunk.iter().map(|(k, _)| *k).collect();
-            let values: Vec<V> = chunk.iter().map(|(_, v)| *v).collect();
-            let fd = map.map().fd().as_fd();
-            // SAFETY: `K` and `V` are the map's key and value types (aya
-            // checked their sizes when it typed the map).
-            written(unsafe { bpf_syscall::map_update_batch(fd, &keys, &values) })
-        },
+        // SAFETY: `K` and `V` are the map's key and value types (aya
+        // checked their sizes when it typed the map).
+        |map, chunk| unsafe { update_batch(map.map(), chunk) },
         |map, (key, value)| map.insert(key, value, 0).map_err(|e| e.to_string()),
     );
     failures.into_iter().map(|((k, _), e)| (k, e)).collect()
@@ -99,14 +107,9 @@ pub fn put_all_indexed<V: Pod + Sync>(
         map,
         entries,
         name,
-        |map, chunk| {
-            let keys: Vec<u32> = chunk.iter().map(|(k, _)| *k).collect();
-            let values: Vec<V> = chunk.iter().map(|(_, v)| *v).collect();
-            let fd = map.map().fd().as_fd();
-            // SAFETY: `u32` and `V` are the array's key and value types
-            // (aya checked the value size when it typed the map).
-            written(unsafe { bpf_syscall::map_update_batch(fd, &keys, &values) })
-        },
+        // SAFETY: `u32` and `V` are the array's key and value types (aya
+        // checked the value size when it typed the map).
+        |map, chunk| unsafe { update_batch(map.map(), chunk) },
         |map, (index, value)| map.set(*index, value, 0).map_err(|e| e.to_string()),
     );
     failures.into_iter().map(|((k, _), e)| (k, e)).collect()

@@ -133,11 +133,14 @@ pub fn adopt_backends_hash(pin_path: &Path) -> Result<usize, DataplaneError> {
         .and_then(Map::from_map_data)
         .and_then(Array::try_from)
         .map_err(|e| DataplaneError::Map(BACKEND_SLOTS, e))?;
-    let entries: Vec<(u32, BackendValue)> = hash
-        .iter()
-        .filter_map(Result::ok)
-        .filter(|(id, _)| *id < proxy_common::sizes::MAX_BACKENDS)
-        .collect();
+    let mut entries = Vec::new();
+    for entry in hash.iter() {
+        let (id, backend) = entry.map_err(|e| DataplaneError::Map(BACKENDS, e))?;
+        // Ids at or above the array's size were never handed out.
+        if id < proxy_common::sizes::MAX_BACKENDS {
+            entries.push((id, backend));
+        }
+    }
     let failed = batch::put_all_indexed(&mut slots, BACKEND_SLOTS, &entries);
     if let Some((id, e)) = failed.first() {
         return Err(DataplaneError::AdoptBackends(*id, e.reason.clone()));

@@ -161,8 +161,7 @@ impl Syncer {
     /// program that reads them is attached, sync or not; the errors.
     pub fn publish_port_roles(&mut self, store: &mut impl MapStore) -> Vec<String> {
         let mut report = SyncReport::default();
-        let changes = self.roles.changes();
-        self.publish_roles(changes, store, &mut report);
+        self.publish_roles(PortRoles::changes, store, &mut report);
         report.errors
     }
 
@@ -267,18 +266,19 @@ impl Syncer {
         }
         self.reserved_frontend_ids.clear();
         self.collect_backends(store, report);
-        let changes = self.roles.changes();
-        self.publish_roles(changes, store, report);
+        self.publish_roles(PortRoles::changes, store, report);
     }
 
-    /// Writes `words` of `PORT_ROLES`; a word that could not be written is
-    /// reported and left to the next sync.
+    /// Writes the words of `PORT_ROLES` that `which` names (the roles'
+    /// additions or all their changes); a word that could not be written
+    /// is reported and left to the next sync.
     fn publish_roles(
         &mut self,
-        words: Vec<(u32, u64)>,
+        which: fn(&PortRoles) -> Vec<(u32, u64)>,
         store: &mut impl MapStore,
         report: &mut SyncReport,
     ) {
+        let words = which(&self.roles);
         if words.is_empty() {
             return;
         }
@@ -408,15 +408,12 @@ impl Syncer {
         report: &mut SyncReport,
     ) -> HashSet<u32> {
         let new = std::mem::take(&mut self.new_backends);
-        let additions = self.roles.additions();
-        self.publish_roles(additions, store, report);
+        self.publish_roles(PortRoles::additions, store, report);
         let failures = store.put_backends(&new);
         let mut failed = HashSet::new();
         for (id, error) in failures {
             report.errors.push(error.to_string());
-            if let Some(backend) = self.current.backends.remove(id) {
-                self.roles.remove_backend(&backend);
-            }
+            self.forget_backend(id);
             failed.insert(id);
         }
         report.backends_written += new.len() - failed.len();
@@ -560,8 +557,7 @@ impl Syncer {
         for key in &new_keys {
             self.roles.add_frontend(key);
         }
-        let additions = self.roles.additions();
-        self.publish_roles(additions, store, report);
+        self.publish_roles(PortRoles::additions, store, report);
         let mut failed = HashSet::new();
         for (key, e) in store.put_frontends(&entries) {
             report.errors.push(e.to_string());
@@ -645,6 +641,13 @@ impl Syncer {
         Some(id)
     }
 
+    /// Takes backend `id` out of the mirror, and its port's role with it.
+    fn forget_backend(&mut self, id: u32) {
+        if let Some(backend) = self.current.backends.remove(id) {
+            self.roles.remove_backend(&backend);
+        }
+    }
+
     /// Records that `frontend_id` now has the table `spec` (`None`: none).
     fn set_table(&mut self, frontend_id: u32, spec: Option<TableSpec>) {
         let previous = match spec {
@@ -699,9 +702,7 @@ impl Syncer {
             }
             match store.delete_backend(id) {
                 Ok(()) => {
-                    if let Some(backend) = self.current.backends.remove(id) {
-                        self.roles.remove_backend(&backend);
-                    }
+                    self.forget_backend(id);
                     self.resting_backend_ids.insert(id);
                     report.backends_deleted += 1;
                 }

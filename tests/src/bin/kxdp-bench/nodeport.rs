@@ -147,15 +147,7 @@ impl NodePortNewFlow {
 impl Case for NodePortNewFlow {
     fn run(&mut self) -> anyhow::Result<Sample> {
         self.dp.clear_conntrack();
-        let mut total = Sample {
-            kernel_ns: 0.0,
-            wall_ns: 0.0,
-        };
-        for call in 0..self.calls {
-            let sample = self.one_call(call)?;
-            total.kernel_ns += sample.kernel_ns;
-            total.wall_ns += sample.wall_ns;
-        }
+        let mean = mean_over_calls(self.calls, |call| self.one_call(call))?;
         let entries = self.dp.conntrack_len();
         let want = 2 * self.calls as usize;
         ensure!(
@@ -164,11 +156,7 @@ impl Case for NodePortNewFlow {
             self.what()
         );
         expect_no_drops(self.what(), &self.dp)?;
-        let calls = f64::from(self.calls);
-        Ok(Sample {
-            kernel_ns: total.kernel_ns / calls,
-            wall_ns: total.wall_ns / calls,
-        })
+        Ok(mean)
     }
 }
 
@@ -226,25 +214,13 @@ impl NodePortEstablished {
 
 impl Case for NodePortEstablished {
     fn run(&mut self) -> anyhow::Result<Sample> {
-        let mut total = Sample {
-            kernel_ns: 0.0,
-            wall_ns: 0.0,
-        };
-        for _ in 0..self.calls {
-            let sample = self.one_call()?;
-            total.kernel_ns += sample.kernel_ns;
-            total.wall_ns += sample.wall_ns;
-        }
+        let mean = mean_over_calls(self.calls, |_| self.one_call())?;
         ensure!(
             self.dp.conntrack_len() == 2,
             "{}: the flow's two conntrack entries are not all there is",
             self.what()
         );
         expect_no_drops(self.what(), &self.dp)?;
-        let calls = f64::from(self.calls);
-        Ok(Sample {
-            kernel_ns: total.kernel_ns / calls,
-            wall_ns: total.wall_ns / calls,
-        })
+        Ok(mean)
     }
 }

@@ -208,15 +208,7 @@ impl Case for NewFlow {
     fn run(&mut self) -> anyhow::Result<Sample> {
         // An empty table each run, so every run inserts into the same state.
         self.dp.clear_conntrack();
-        let mut total = Sample {
-            kernel_ns: 0.0,
-            wall_ns: 0.0,
-        };
-        for _ in 0..self.calls {
-            let sample = self.one_call()?;
-            total.kernel_ns += sample.kernel_ns;
-            total.wall_ns += sample.wall_ns;
-        }
+        let mean = mean_over_calls(self.calls, |_| self.one_call())?;
         let entries = self.dp.conntrack_len();
         let want = 2 * (self.chain * self.calls) as usize;
         ensure!(
@@ -225,11 +217,7 @@ impl Case for NewFlow {
              (2 per repetition): not every repetition created a flow"
         );
         expect_no_drops("new flow", &self.dp)?;
-        let calls = f64::from(self.calls);
-        Ok(Sample {
-            kernel_ns: total.kernel_ns / calls,
-            wall_ns: total.wall_ns / calls,
-        })
+        Ok(mean)
     }
 }
 

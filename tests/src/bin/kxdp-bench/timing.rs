@@ -107,3 +107,25 @@ pub(crate) fn cycle_end<'a>(a: &'a [u8], b: &'a [u8], repeat: u32) -> &'a [u8] {
         b
     }
 }
+
+/// The mean `Sample` of `calls` calls of `one` (given each call's number):
+/// for paths timed one call at a time.
+pub(crate) fn mean_over_calls(
+    calls: u32,
+    mut one: impl FnMut(u32) -> anyhow::Result<Sample>,
+) -> anyhow::Result<Sample> {
+    let mut total = Sample {
+        kernel_ns: 0.0,
+        wall_ns: 0.0,
+    };
+    for call in 0..calls {
+        let sample = one(call)?;
+        total.kernel_ns += sample.kernel_ns;
+        total.wall_ns += sample.wall_ns;
+    }
+    let calls = f64::from(calls);
+    Ok(Sample {
+        kernel_ns: total.kernel_ns / calls,
+        wall_ns: total.wall_ns / calls,
+    })
+}
