@@ -1,7 +1,7 @@
 //! Builds the eBPF crate (nightly, bpfel target) and leaves the objects in
 //! OUT_DIR, where `src/ebpf_object.rs` embeds the agent's. The benchmarks'
-//! `floor` object is named to the `tests` crate's build script instead
-//! (`links` metadata: `DEP_KXDP_EBPF_FLOOR`).
+//! `floor` and `sink` objects are named to the `tests` crate's build
+//! script instead (`links` metadata: `DEP_KXDP_EBPF_FLOOR`, `…_SINK`).
 
 use anyhow::{anyhow, Context as _};
 use aya_build::Toolchain;
@@ -42,5 +42,6 @@ fn main() -> anyhow::Result<()> {
     println!("cargo:rustc-env=KXDP_MIMALLOC_INCLUDE_DIR={mimalloc_include}");
     let out_dir = std::env::var("OUT_DIR").context("OUT_DIR")?;
     println!("cargo::metadata=floor={out_dir}/floor");
+    println!("cargo::metadata=sink={out_dir}/sink");
     Ok(())
 }

@@ -377,6 +377,12 @@ impl Datapath {
             .expect("classifier")
     }
 
+    /// A loaded program, for callers that attach it to an interface (the
+    /// real-traffic benchmark).
+    pub fn program_mut(&mut self, name: &str) -> &mut aya::programs::Program {
+        self.ebpf.program_mut(name).expect("program loaded")
+    }
+
     /// Turns on `sessionAffinity: ClientIP` with `timeout` seconds for the
     /// frontend `key`, which must exist.
     pub fn set_affinity(&mut self, key: FrontendKey, timeout: u32) {

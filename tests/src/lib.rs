@@ -19,6 +19,11 @@ use std::time::Duration;
 /// floor under every datapath number.
 pub static FLOOR_OBJECT: &[u8] = aya::include_bytes_aligned!(env!("KXDP_FLOOR_OBJECT"));
 
+/// The XDP program that counts and drops the real-traffic benchmark's
+/// frames where they leave (`proxy-ebpf`'s `sink` binary); for benchmarks
+/// only.
+pub static SINK_OBJECT: &[u8] = aya::include_bytes_aligned!(env!("KXDP_SINK_OBJECT"));
+
 /// `wait` stretched by `$KXDP_TEST_PATIENCE` (a whole factor, 1 when unset):
 /// the VM suites run under emulation, many times slower. Only the bounds on
 /// waiting for something grow; a passing test waits no longer.

@@ -12,6 +12,7 @@ const SECTIONS: &[&str] = &[
     "## 2. Through a ClusterIP",
     "## 3. Control plane",
     "## 4. Maglev tables",
+    "## 5. Packets per second in real traffic",
 ];
 
 /// Cells some table row of each section must hold, so a part that ran but
@@ -65,6 +66,16 @@ const REQUIRED_ROWS: &[(&str, &[&str])] = &[
             "| kernel memory",
             "| one frontend's table rebuilt and live, 1000 backends",
             "| slots moved when 1 of 1000 backends goes",
+        ],
+    ),
+    (
+        "## 5. Packets per second in real traffic",
+        &[
+            "| NodePort established, remote backend | kxdp |",
+            "| NodePort established, local backend | empty program |",
+            "| NodePort new flows, local backend | no program |",
+            "| ClusterIP established, from a pod | kxdp |",
+            "| ClusterIP new flows, from a pod | empty program |",
         ],
     ),
 ];
@@ -153,7 +164,13 @@ mod tests {
          ## 4. Maglev tables\n\n| Maglev | value |\n|---|---:|\n| built in userspace | 1002 ms |\n\
          | kernel memory of the arena and its index (fixed at load) | 64.5 MiB |\n\
          | one frontend's table rebuilt and live, 1000 backends, in place (M = 16381), p50 / p99 | 3025 / 10596 µs |\n\
-         | slots moved when 1 of 1000 backends goes (M = 16381) | 0.0064 (1/N = 0.0010) |\n"
+         | slots moved when 1 of 1000 backends goes (M = 16381) | 0.0064 (1/N = 0.0010) |\n\n\
+         ## 5. Packets per second in real traffic\n\n| hook | path | program | Mpps |\n|---|---|---|---:|\n\
+         | XDP, NIC | NodePort established, remote backend | kxdp | 0.4 |\n\
+         | XDP, NIC | NodePort established, local backend | empty program | 0.3 |\n\
+         | XDP, NIC | NodePort new flows, local backend | no program | 0.3 |\n\
+         | tc, pod interface | ClusterIP established, from a pod | kxdp | 0.3 |\n\
+         | tc, pod interface | ClusterIP new flows, from a pod | empty program | 0.2 |\n"
             .to_string()
     }
 

@@ -16,6 +16,13 @@ pub fn floor_xdp(_ctx: XdpContext) -> u32 {
     xdp_action::XDP_PASS
 }
 
+/// The empty program for paths that end in XDP_TX (the real-traffic
+/// bench's remote NodePort rows).
+#[xdp]
+pub fn floor_xdp_tx(_ctx: XdpContext) -> u32 {
+    xdp_action::XDP_TX
+}
+
 #[classifier]
 pub fn floor_tc(_ctx: TcContext) -> i32 {
     TC_ACT_OK

@@ -1,6 +1,6 @@
 //! `kxdp-bench`: what the datapath costs, measured, never asserted.
 //!
-//!   kxdp-bench [--quick] [--only packets|conns|control|sync|maglev|memory]
+//!   kxdp-bench [--quick] [--only packets|conns|control|sync|maglev|pps|memory]
 //!              [--services N[,N…]] [--without-peers] [--out PATH]
 //!   (root; `cargo xtask bench` runs it)
 //!
@@ -20,6 +20,9 @@
 //! figures.
 //! Part 4 builds and writes Maglev tables for 30,000 frontends, rebuilds
 //! one, and measures how much of a table moves when a backend goes.
+//! Part 5 counts packets per second through each hook in real traffic: a
+//! generator's frames through the NIC and a pod interface of a private
+//! namespace, with kxdp, an empty program and none attached.
 //! Each prints a table and goes into a Markdown report (default
 //! `docs/bench/REPORT.md` in the workspace) with SVG figures beside it.
 
@@ -63,9 +66,11 @@ mod paths;
 mod plots;
 mod proxies;
 mod report;
+mod sender;
 mod stats;
 mod timed_store;
 mod timing;
+mod traffic;
 
 use conn_rate::*;
 use control_plane::*;
@@ -80,8 +85,10 @@ use paths::*;
 use plots::*;
 use proxies::*;
 use report::*;
+use sender::*;
 use stats::*;
 use timing::*;
+use traffic::*;
 
 #[global_allocator]
 static ALLOCATOR: CountingAllocator = CountingAllocator;
@@ -142,6 +149,14 @@ fn main() -> anyhow::Result<()> {
         maglev = Some(report);
     }
 
+    let mut pps = None;
+    if options.runs("pps") {
+        eprintln!("kxdp-bench: part 5, packets per second in real traffic");
+        let rows = measure_pps(&plan)?;
+        println!("{}", pps_table(&rows));
+        pps = Some(rows);
+    }
+
     let dir = options.out.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let figures = write_figures(dir, conns.as_ref(), control.as_deref())?;
@@ -151,6 +166,7 @@ fn main() -> anyhow::Result<()> {
         control: control.as_deref(),
         sync: sync.as_ref(),
         maglev: maglev.as_ref(),
+        pps: pps.as_deref(),
         figures: &figures,
     };
     let report = render_report(&plan, options.quick, &machine, &results);

@@ -18,7 +18,9 @@ pub(crate) struct Options {
 /// The parts `--only` takes. `sync` and `memory` run only when asked for:
 /// they are part 3 (`control`) without the agent process and kube-proxy's
 /// tools, and the agent process alone.
-const PARTS: &[&str] = &["packets", "conns", "control", "sync", "maglev", "memory"];
+const PARTS: &[&str] = &[
+    "packets", "conns", "control", "sync", "maglev", "pps", "memory",
+];
 
 impl Options {
     pub(crate) fn runs(&self, part: &str) -> bool {
@@ -72,7 +74,7 @@ pub(crate) fn parse_args() -> anyhow::Result<Options> {
                 options.only = Some(part);
             }
             _ => bail!(
-                "usage: kxdp-bench [--quick] [--only packets|conns|control|sync|maglev|memory] \
+                "usage: kxdp-bench [--quick] [--only packets|conns|control|sync|maglev|pps|memory] \
                  [--services N[,N…]] [--without-peers] [--out PATH]"
             ),
         }
@@ -111,6 +113,9 @@ pub(crate) struct Plan {
     /// Maglev: builds of all tables (best kept), rebuilds of one table.
     pub(crate) maglev_runs: usize,
     pub(crate) maglev_rebuilds: usize,
+    /// Real traffic: frames a run, rounds over every path.
+    pub(crate) pps_frames: u32,
+    pub(crate) pps_rounds: usize,
     /// Single changes per run for kube-proxy's tools (a process each).
     pub(crate) kube_proxy_changes: usize,
     /// Time after which no further run (or change) of a kube-proxy tool
@@ -167,6 +172,8 @@ impl Plan {
                 control_changes: 300,
                 maglev_runs: 1,
                 maglev_rebuilds: 100,
+                pps_frames: 100_000,
+                pps_rounds: 1,
                 kube_proxy_changes: 5,
                 kube_proxy_budget: Duration::from_secs(5),
                 nftables_max_services: 3_000,
@@ -192,6 +199,8 @@ impl Plan {
                 control_changes: 1_000,
                 maglev_runs: 3,
                 maglev_rebuilds: 1_000,
+                pps_frames: 500_000,
+                pps_rounds: 5,
                 kube_proxy_changes: 20,
                 kube_proxy_budget: Duration::from_secs(10),
                 nftables_max_services: 10_000,

@@ -174,6 +174,7 @@ pub(crate) struct Results<'a> {
     pub(crate) control: Option<&'a [ControlRow]>,
     pub(crate) sync: Option<&'a SyncReport>,
     pub(crate) maglev: Option<&'a MaglevReport>,
+    pub(crate) pps: Option<&'a [PpsRow]>,
     /// SVG files (relative to the report) with their captions.
     pub(crate) figures: &'a [(String, String)],
 }
@@ -225,7 +226,63 @@ Nothing here is asserted: these are measurements. Compare runs on one machine, n
     if let Some(maglev) = results.maglev {
         report.push_str(&maglev_section(plan, maglev));
     }
+    if let Some(pps) = results.pps {
+        report.push_str(&pps_section(plan, pps));
+    }
     report
+}
+
+fn pps_section(plan: &Plan, rows: &[PpsRow]) -> String {
+    format!(
+        r#"
+## 5. Packets per second in real traffic
+
+{table}
+### Method
+
+- In a private network namespace: a NIC (`nic0`, a veth) whose wire end `peer0` stands for the outside, and a
+  pod interface (`pod0`, a veth) whose other end `pod0c` stands for the pod. A sender writes each frame from a
+  template to an AF_PACKET socket on `peer0` or `pod0c` that hands it straight to the veth
+  (`PACKET_QDISC_BYPASS`, {batch} frames a `sendmmsg`): this kernel has no pktgen, and refuses
+  `BPF_PROG_TEST_RUN`'s live frames (`BPF_F_TEST_XDP_LIVE_FRAMES`: EPERM). The hook runs `nic_ingress` in
+  driver mode, or `pod_ingress` by tcx, each with its datapath's maps (one NodePort with 24 backends behind the
+  other node, SNATed, or on this node; one ClusterIP for pods). Every frame ends on the wire, counted by `sink`
+  (XDP on `peer0`): remote NodePort flows by the NIC program's XDP_TX, the others forwarded by the stack to a
+  backend routed via the other node.
+- **Mpps**: frames that reached the sink over the wall time of the sending (the softirqs that carry the frames
+  through run on the sender's CPU as it goes); medians of {rounds} round(s) over every row, {frames} frames a run
+  (remote new flows: at most {remote_new}, fewer than the backends' SNAT ports) after {warm} frames of warm-up.
+  **Delivered**: the share of sent frames that reached the sink.
+- **Empty program / no program**: the same hook running an empty program (`floor_xdp_tx` for paths ending in
+  XDP_TX, `floor_xdp` or `floor_tc` for the others), or nothing, fed frames already translated as kxdp translates
+  them, so the stack after the hook does the same work. **× empty**: kxdp's Mpps over the empty program's.
+- **Established**: one flow's ACKs (its first frame, in the warm-up, opens it). **New flows**: SYNs from a new
+  source port (and after 60,000 ports, address) each, conntrack emptied before each run.
+- **Program ns/packet**: the hook program's run time over its run count (`BPF_ENABLE_STATS`), taken around the
+  timed run; kxdp's rows also check that the frontend counted every frame the program saw.
+"#,
+        table = pps_table(rows),
+        rounds = plan.pps_rounds,
+        frames = plan.pps_frames,
+        remote_new = plan.pps_frames.min(REMOTE_NEW_FLOWS),
+        warm = WARM_UP,
+        batch = SEND_BATCH,
+    )
+}
+
+/// The real-traffic target: the NodePort established path at ≥ 0.8× the
+/// same hook with an empty program.
+fn pps_verdicts(rows: &[PpsRow]) -> Vec<Verdict> {
+    rows.iter()
+        .filter(|r| r.path.starts_with("NodePort established"))
+        .filter_map(|r| r.baseline(rows).map(|b| (r, r.mpps / b.mpps)))
+        .map(|(r, ratio)| Verdict {
+            target: format!("{}: Mpps ≥ 0.8× the empty program", r.path),
+            measured: format!("{ratio:.2}× ({:.3} Mpps)", r.mpps),
+            met: ratio >= 0.8,
+            limit: "see the table",
+        })
+        .collect()
 }
 
 fn maglev_section(plan: &Plan, r: &MaglevReport) -> String {
@@ -534,6 +591,9 @@ fn headline_section(results: &Results) -> String {
     }
     if let Some(maglev) = results.maglev {
         verdicts.extend(maglev_verdicts(maglev));
+    }
+    if let Some(pps) = results.pps {
+        verdicts.extend(pps_verdicts(pps));
     }
     // `--only sync` judges nothing: its figures are for comparing kernels.
     if verdicts.is_empty() && results.conns.is_none() && results.control.is_none() {

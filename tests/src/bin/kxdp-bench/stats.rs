@@ -23,3 +23,7 @@ pub(crate) fn summarize(values: &[f64]) -> Summary {
         max: sorted[sorted.len() - 1],
     }
 }
+
+pub(crate) fn median_of(values: Vec<f64>) -> f64 {
+    summarize(&values).median
+}
