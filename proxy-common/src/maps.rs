@@ -288,24 +288,28 @@ map_type! {
 }
 
 map_type! {
-    /// `NEXT_HOPS` key: where a packet from `src` to `dst` (network
-    /// order) that came in on NIC `ifindex` goes back out.
-    pub struct NextHopKey {
-        pub dst: u32,
-        pub src: u32,
-        pub ifindex: u32,
-    }
-}
-
-map_type! {
-    /// `NEXT_HOPS` value: the Ethernet addresses the FIB gave for a packet
-    /// leaving by the NIC it came in on, and when (the datapath's clock):
-    /// reused within that second.
+    /// `HOP_CACHE` slot: the Ethernet addresses the FIB gave for packets
+    /// to `dst` (network order) leaving by NIC `ifindex`, the one they came
+    /// in on, and when (the datapath's clock): used within that second.
+    /// An empty slot is all zeros (no NIC has index 0).
     pub struct NextHop {
+        pub dst: u32,
+        pub ifindex: u32,
         pub stamp: u32,
         pub dmac: [u8; 6],
         pub smac: [u8; 6],
     }
+}
+
+/// The `HOP_CACHE` slot of packets to `dst` (network order) leaving by NIC
+/// `ifindex`: a multiplicative hash, so destinations of one subnet spread
+/// over the slots; two destinations sharing a slot take turns (each costs
+/// the other a FIB lookup).
+#[inline(always)]
+pub fn hop_slot(dst: u32, ifindex: u32) -> u32 {
+    const GOLDEN: u32 = 0x9e37_79b9;
+    let mixed = (dst ^ ifindex.wrapping_mul(GOLDEN)).wrapping_mul(GOLDEN);
+    mixed >> (32 - crate::sizes::HOP_CACHE_BITS)
 }
 
 map_type! {
@@ -439,6 +443,23 @@ impl Verdict {
 mod tests {
     use super::*;
     use crate::sizes;
+
+    #[test]
+    fn next_hops_of_one_subnet_spread_over_the_cache() {
+        extern crate std;
+        let nic = 3;
+        let slots: std::collections::BTreeSet<u32> = (0..256u32)
+            .map(|host| hop_slot(u32::from_be_bytes([10, 1, 2, host as u8]).to_be(), nic))
+            .collect();
+        assert!(slots.iter().all(|&s| s < sizes::HOP_CACHE_SLOTS));
+        // 256 destinations in 4,096 slots: a handful may share one.
+        assert!(slots.len() >= 240, "{} distinct slots", slots.len());
+        let other_nic = hop_slot(u32::from_be_bytes([10, 1, 2, 7]).to_be(), nic + 1);
+        assert_ne!(
+            other_nic,
+            hop_slot(u32::from_be_bytes([10, 1, 2, 7]).to_be(), nic)
+        );
+    }
 
     #[test]
     fn each_port_and_role_has_a_bit_of_its_own() {

@@ -20,12 +20,12 @@ use aya_ebpf::{
 
 use proxy_common::{
     csum,
-    maps::{DropReason, NextHop, NextHopKey},
+    maps::{hop_slot, DropReason, NextHop},
 };
 
 use crate::{
     kernel, lookup,
-    maps::NEXT_HOPS,
+    maps::HOP_CACHE,
     parse::{ptr_at_mut, Ipv4Flow, Ipv4Hdr},
 };
 
@@ -95,17 +95,15 @@ pub fn xdp_forward(ctx: &XdpContext, flow: &Ipv4Flow, src: u32, dst: u32) -> u32
         return xdp_action::XDP_PASS;
     };
     let ingress = ctx.ingress_ifindex() as u32;
-    let hop_key = NextHopKey {
-        dst,
-        src,
-        ifindex: ingress,
-    };
     let now = kernel::now_s();
-    // SAFETY: the value is copied out at once.
-    if let Some(hop) = unsafe { NEXT_HOPS.get(hop_key).copied() } {
-        // Learnt this second: the FIB would say the same (a packet that
-        // came in on this NIC fits its MTU going back out).
-        if hop.stamp == now {
+    let slot = HOP_CACHE.get_ptr_mut(hop_slot(dst, ingress));
+    if let Some(slot) = slot {
+        // SAFETY: this CPU's slot, copied out at once.
+        let hop = unsafe { *slot };
+        // Learnt this second for this destination and NIC: the FIB would
+        // say the same (a packet that came in on this NIC fits its MTU
+        // going back out). The FIB's main table ignores the source.
+        if hop.dst == dst && hop.ifindex == ingress && hop.stamp == now {
             if !decrement_ttl(ip) {
                 return xdp_action::XDP_PASS;
             }
@@ -128,13 +126,19 @@ pub fn xdp_forward(ctx: &XdpContext, flow: &Ipv4Flow, src: u32, dst: u32) -> u32
     // SAFETY: bounds-checked above; the FIB filled both addresses.
     unsafe { *eth = [params.dmac, params.smac] };
     if params.ifindex == ingress {
-        let hop = NextHop {
-            stamp: now,
-            dmac: params.dmac,
-            smac: params.smac,
-        };
-        // Best effort: without it the next packet asks the FIB again.
-        let _ = NEXT_HOPS.insert(hop_key, hop, 0);
+        if let Some(slot) = slot {
+            // SAFETY: this CPU's slot; a program run is never interrupted
+            // by another on the same CPU.
+            unsafe {
+                *slot = NextHop {
+                    dst,
+                    ifindex: ingress,
+                    stamp: now,
+                    dmac: params.dmac,
+                    smac: params.smac,
+                }
+            };
+        }
         xdp_action::XDP_TX
     } else {
         // SAFETY: plain helper call; it returns the action to take.

@@ -14,16 +14,16 @@
 use std::{collections::HashMap as StdHashMap, net::Ipv4Addr};
 
 use aya::{
-    maps::{HashMap, Map, MapData},
+    maps::{HashMap, Map, MapData, PerCpuArray, PerCpuValues},
     programs::{ProgramError, SchedClassifier, TestRun, TestRunOptions, TestRunResult, Xdp},
     Ebpf, EbpfLoader,
 };
 use proxy_common::{
     kernel::clock_s,
     maps::{
-        addr_to_net, port_from_net, port_roles, port_to_net, AffinityKey, AffinityValue,
+        addr_to_net, hop_slot, port_from_net, port_roles, port_to_net, AffinityKey, AffinityValue,
         BackendValue, CtEntry, DropReason, FlowKey, FrontendKey, FrontendStats, NextHop,
-        NextHopKey, SockAffinityKey, Verdict, FRONTEND_EMPTY_DROP, FRONTEND_SNAT_REMOTE,
+        SockAffinityKey, Verdict, FRONTEND_EMPTY_DROP, FRONTEND_SNAT_REMOTE,
         FRONTEND_SOURCE_RANGES, SCOPE_POD,
     },
 };
@@ -511,19 +511,33 @@ impl Datapath {
             .expect("insert conntrack");
     }
 
-    /// The next hops the NIC program learnt.
-    pub fn next_hops(&mut self) -> Vec<(NextHopKey, NextHop)> {
-        let map = self.hash::<NextHopKey, NextHop>("NEXT_HOPS");
-        map.iter()
-            .collect::<Result<_, _>>()
-            .expect("read NEXT_HOPS")
+    /// The next hops the NIC program learnt, on any CPU.
+    pub fn next_hops(&mut self) -> Vec<NextHop> {
+        let map = self.hop_cache();
+        let mut hops = Vec::new();
+        for slot in 0..map.len() {
+            for hop in map.get(&slot, 0).expect("read HOP_CACHE").iter() {
+                if hop.ifindex != 0 && !hops.contains(hop) {
+                    hops.push(*hop);
+                }
+            }
+        }
+        hops
     }
 
-    /// Writes one next hop directly, as if the NIC program had learnt it.
-    pub fn insert_next_hop(&mut self, key: NextHopKey, hop: NextHop) {
-        self.hash::<NextHopKey, NextHop>("NEXT_HOPS")
-            .insert(key, hop, 0)
-            .expect("insert next hop");
+    /// Writes one next hop directly, in its slot on every CPU, as if the
+    /// NIC program had learnt it.
+    pub fn insert_next_hop(&mut self, hop: NextHop) {
+        let mut map = self.hop_cache();
+        let copies = aya::util::nr_cpus().expect("possible CPUs");
+        let values = PerCpuValues::try_from(vec![hop; copies]).expect("per-CPU values");
+        map.set(hop_slot(hop.dst, hop.ifindex), values, 0)
+            .expect("write next hop");
+    }
+
+    fn hop_cache(&mut self) -> PerCpuArray<&mut MapData, NextHop> {
+        let map = self.ebpf.map_mut("HOP_CACHE").expect("no map HOP_CACHE");
+        PerCpuArray::try_from(map).expect("HOP_CACHE is a per-CPU array")
     }
 
     /// How many conntrack entries there are.

@@ -20,8 +20,8 @@ use kxdp_testbed::{
     packet::{self, Packet, L4, PROTO_ICMP},
 };
 use proxy_common::maps::{
-    addr_to_net, port_to_net, CtEntry, DropReason, FlowKey, FrontendKey, NextHop, Verdict,
-    CT_CLOSING, CT_FORWARD, CT_REPLY, CT_SNAT, FRONTEND_EMPTY_DROP, FRONTEND_SNAT_REMOTE,
+    addr_to_net, hop_slot, port_to_net, CtEntry, DropReason, FlowKey, FrontendKey, NextHop,
+    Verdict, CT_CLOSING, CT_FORWARD, CT_REPLY, CT_SNAT, FRONTEND_EMPTY_DROP, FRONTEND_SNAT_REMOTE,
     FRONTEND_SOURCE_RANGES, PROTO_TCP, PROTO_UDP, SCOPE_NODE, SCOPE_POD, SNAT_PORT_MAX,
     SNAT_PORT_MIN,
 };
@@ -415,28 +415,25 @@ fn a_next_hop_is_asked_of_the_fib_once_a_second() {
         return;
     }
     // Learnt from the FIB: the other node's and the NIC's addresses.
-    let [(key, hop)] = hops.as_slice() else {
+    let [hop] = hops.as_slice() else {
         panic!("one next hop expected: {hops:?}");
     };
-    assert_eq!(
-        (key.dst, key.src, key.ifindex),
-        (addr_to_net(REMOTE_POD), addr_to_net(NODE_ADDR), nic)
-    );
+    assert_eq!((hop.dst, hop.ifindex), (addr_to_net(REMOTE_POD), nic));
     assert_eq!((hop.dmac, hop.smac), (OTHER_NODE_MAC, NIC_MAC));
     let ack = from_client(Packet::tcp(client(40_100), nodeport()).tcp_flags(packet::TCP_ACK));
     // Within its second the learnt hop is used as it is (made recognisable
-    // here); a hop from an earlier second is asked of the FIB again. The
-    // clock may tick in between: then the round is tried again.
+    // here); a hop from an earlier second, or one learnt for another
+    // destination sharing its slot, is asked of the FIB again. The clock
+    // may tick in between: then the round is tried again.
     let marked = [0x02, 0xaa, 0xbb, 0xcc, 0xdd, 0xee];
     let mut used_as_learnt = false;
     for _ in 0..3 {
         let now = datapath_now_s();
-        let learnt = NextHop {
+        dp.insert_next_hop(NextHop {
             stamp: now,
             dmac: marked,
             ..*hop
-        };
-        dp.insert_next_hop(*key, learnt);
+        });
         let (verdict, out) = dp.run_nic(&ack.build(), nic);
         assert_eq!(verdict, XDP_TX);
         if out[..6] == marked {
@@ -446,17 +443,33 @@ fn a_next_hop_is_asked_of_the_fib_once_a_second() {
         assert_ne!(datapath_now_s(), now, "not used: {:02x?}", &out[..12]);
     }
     assert!(used_as_learnt, "the clock ticked in every round");
-    dp.insert_next_hop(
-        *key,
+    for stale in [
         NextHop {
             stamp: datapath_s_ago(1),
             dmac: marked,
             ..*hop
         },
-    );
-    let (verdict, out) = dp.run_nic(&ack.build(), nic);
-    assert_eq!(verdict, XDP_TX);
-    assert_snated(&out, &ack, backend);
+        NextHop {
+            dst: colliding_destination(hop.dst, nic),
+            stamp: datapath_now_s(),
+            dmac: marked,
+            ..*hop
+        },
+    ] {
+        dp.insert_next_hop(stale);
+        let (verdict, out) = dp.run_nic(&ack.build(), nic);
+        assert_eq!(verdict, XDP_TX);
+        assert_snated(&out, &ack, backend);
+    }
+}
+
+/// Another destination whose next hop shares the slot of `dst`'s.
+fn colliding_destination(dst: u32, nic: u32) -> u32 {
+    let slot = hop_slot(dst, nic);
+    (1..u32::MAX)
+        .map(|i| dst.wrapping_add(i))
+        .find(|&other| hop_slot(other, nic) == slot)
+        .expect("the slots are fewer than the addresses")
 }
 
 #[test]

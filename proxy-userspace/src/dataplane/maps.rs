@@ -12,7 +12,7 @@ use aya::{
 };
 use proxy_common::maps::{
     addr_from_net, addr_to_net, AffinityKey, AffinityValue, BackendValue, CtEntry, FlowKey,
-    FrontendKey, FrontendStats, FrontendValue, NextHop, NextHopKey, SockAffinityKey, SockRevNatKey,
+    FrontendKey, FrontendStats, FrontendValue, NextHop, SockAffinityKey, SockRevNatKey,
     SockRevNatValue, SourceRange,
 };
 
@@ -80,16 +80,17 @@ pub const ALL: [PinnedMap; 16] = [
     pinned::<u32, u64>(SOCK_STATS),
     pinned::<SockAffinityKey, AffinityValue>("SOCK_AFFINITY"),
     pinned::<u32, u64>(PORT_ROLES),
-    pinned::<NextHopKey, NextHop>("NEXT_HOPS"),
+    pinned::<u32, NextHop>("HOP_CACHE"),
 ];
 
 /// Maps earlier versions pinned and this one no longer uses (`SELECTION`:
 /// the slot table before Maglev; `MAGLEV` and `MAGLEV_IDS`: the Maglev
 /// tables as an array of maps, before the arena; `BACKENDS`: the backends
-/// as a hash map, before `BACKEND_SLOTS`). A new agent removes their
-/// pins once its own object is loaded (the programs still running keep
-/// theirs until replaced), and so does `kxdp unload`.
-pub const RETIRED: [&str; 4] = ["SELECTION", "MAGLEV", "MAGLEV_IDS", BACKENDS];
+/// as a hash map, before `BACKEND_SLOTS`; `NEXT_HOPS`: the next hops as an
+/// LRU hash map, before `HOP_CACHE`). A new agent removes their pins once
+/// its own object is loaded (the programs still running keep theirs until
+/// replaced), and so does `kxdp unload`.
+pub const RETIRED: [&str; 5] = ["SELECTION", "MAGLEV", "MAGLEV_IDS", BACKENDS, "NEXT_HOPS"];
 
 /// Maps earlier versions pinned under another name, same layout: (old, new).
 pub const RENAMED: [(&str, &str); 1] = [("SERVICES", FRONTENDS)];
