@@ -105,67 +105,82 @@ pub fn ptr_at_mut<T>(ctx: &impl Frame, off: usize) -> Option<*mut T> {
     ptr_at::<T>(ctx, off).map(|p| p as *mut T)
 }
 
-/// Makes sure the headers are in the linear part of the skb, where direct
-/// packet access can see them (GRO'd or paged packets may not be).
-#[inline(always)]
-fn pull_headers(ctx: &TcContext) {
-    let want = if ctx.len() < MAX_HEADERS {
-        ctx.len()
-    } else {
-        MAX_HEADERS
-    };
-    if ctx.data() + (want as usize) > ctx.data_end() {
-        // On failure the bounds checks below reject the packet.
-        let _ = ctx.pull_data(want);
-    }
+/// Why a packet yielded no flow.
+enum Unparsed {
+    /// Not an unfragmented IPv4 TCP/UDP packet: not ours.
+    NotOurs,
+    /// Its headers end past the linear data (always complete in XDP).
+    Short,
 }
 
-/// The flow of a tc packet, after pulling its headers into linear memory.
+/// The flow of a tc packet. Its headers are nearly always in the skb's
+/// linear part; only when they are not (a GRO'd or paged packet) are they
+/// pulled in. Pulling more than is missing would cost every TCP segment
+/// with offloads on a copy: its linear part holds just the headers, and
+/// making pulled payload writable copies the head of a cloned skb (TCP
+/// transmits clones), which an earlier fixed-length pull did to each one.
 #[inline(always)]
 pub fn tc_ipv4_flow(ctx: &TcContext) -> Option<Ipv4Flow> {
-    pull_headers(ctx);
-    ipv4_flow(ctx)
+    match parse(ctx) {
+        Ok(flow) => Some(flow),
+        Err(Unparsed::NotOurs) => None,
+        Err(Unparsed::Short) => {
+            let want = if ctx.len() < MAX_HEADERS {
+                ctx.len()
+            } else {
+                MAX_HEADERS
+            };
+            // On failure the parse below finds the headers short again.
+            let _ = ctx.pull_data(want);
+            parse(ctx).ok()
+        }
+    }
 }
 
 /// The flow of a packet whose headers are in linear memory (always so in XDP).
 #[inline(always)]
 pub fn ipv4_flow(ctx: &impl Frame) -> Option<Ipv4Flow> {
+    parse(ctx).ok()
+}
+
+#[inline(always)]
+fn parse(ctx: &impl Frame) -> Result<Ipv4Flow, Unparsed> {
     let mut l3_off = ETH_HLEN;
     // SAFETY: `ptr_at` checked that the value lies before `data_end`.
-    let mut ether_type = unsafe { *ptr_at::<u16>(ctx, 12)? };
+    let mut ether_type = unsafe { *ptr_at::<u16>(ctx, 12).ok_or(Unparsed::Short)? };
     if ether_type == ETH_P_8021Q {
         // SAFETY: `ptr_at` checked that the value lies before `data_end`.
-        ether_type = unsafe { *ptr_at::<u16>(ctx, 16)? };
+        ether_type = unsafe { *ptr_at::<u16>(ctx, 16).ok_or(Unparsed::Short)? };
         l3_off += VLAN_HLEN;
     }
     if ether_type != ETH_P_IPV4 {
-        return None;
+        return Err(Unparsed::NotOurs);
     }
     // SAFETY: `ptr_at` checked that the value lies before `data_end`.
-    let ip = unsafe { &*ptr_at::<Ipv4Hdr>(ctx, l3_off)? };
+    let ip = unsafe { &*ptr_at::<Ipv4Hdr>(ctx, l3_off).ok_or(Unparsed::Short)? };
     let ihl = ((ip.version_ihl & 0x0f) as usize) * 4;
     if ip.version_ihl >> 4 != 4 || ihl < 20 || ip.frag_off & IP_FRAGMENTED != 0 {
-        return None;
+        return Err(Unparsed::NotOurs);
     }
     let l4_off = l3_off + ihl;
     let l4_len = match ip.proto {
         PROTO_TCP => TCP_HLEN,
         PROTO_UDP => UDP_HLEN,
-        _ => return None,
+        _ => return Err(Unparsed::NotOurs),
     };
     // The whole L4 header must be present: the checksum field is rewritten later.
     if ctx.data() + l4_off + l4_len > ctx.data_end() {
-        return None;
+        return Err(Unparsed::Short);
     }
     // SAFETY: `ptr_at` checked that the value lies before `data_end`.
-    let ports = unsafe { &*ptr_at::<[u16; 2]>(ctx, l4_off)? };
+    let ports = unsafe { &*ptr_at::<[u16; 2]>(ctx, l4_off).ok_or(Unparsed::Short)? };
     let tcp_flags = if ip.proto == PROTO_TCP {
         // SAFETY: `ptr_at` checked that the value lies before `data_end`.
-        unsafe { *ptr_at::<u8>(ctx, l4_off + 13)? }
+        unsafe { *ptr_at::<u8>(ctx, l4_off + 13).ok_or(Unparsed::Short)? }
     } else {
         0
     };
-    Some(Ipv4Flow {
+    Ok(Ipv4Flow {
         l3_off,
         l4_off,
         proto: ip.proto,

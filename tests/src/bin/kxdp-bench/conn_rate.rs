@@ -6,6 +6,8 @@
 
 use std::net::SocketAddrV4;
 
+use aya::sys::{enable_stats, Stats};
+
 use kxdp_testbed::manifests::{endpoint_slice, service, Endpoint, SLICE_CONTROLLER};
 
 use super::*;
@@ -75,6 +77,52 @@ fn stream(s: &EchoScenario, target: &str, ms: u64) -> anyhow::Result<f64> {
     field(&line, "gbps")
 }
 
+/// What kxdp's programs took of a stream, measured in a stream of its own:
+/// with `BPF_ENABLE_STATS` on, every program run also reads the clock
+/// twice, which the timed streams must not pay.
+#[derive(Clone, Copy)]
+pub(crate) struct ProgramShare {
+    /// The programs' run time over the stream's duration: the most they
+    /// can take from it (less where another CPU has time to spare; the
+    /// clock reads of the statistics are in it too).
+    pub(crate) share: f64,
+    /// Their mean run time a run, ns.
+    pub(crate) ns_per_run: f64,
+}
+
+fn kxdp_program_share(s: &EchoScenario, target: &str, ms: u64) -> anyhow::Result<ProgramShare> {
+    let _stats = enable_stats(Stats::RunTime).context("BPF_ENABLE_STATS")?;
+    let (time_before, runs_before) = kxdp_run_stats()?;
+    let started = Instant::now();
+    stream(s, target, ms)?;
+    let wall = started.elapsed();
+    let (time_after, runs_after) = kxdp_run_stats()?;
+    let time = (time_after - time_before).as_secs_f64();
+    Ok(ProgramShare {
+        share: time / wall.as_secs_f64(),
+        ns_per_run: time * 1e9 / (runs_after - runs_before).max(1) as f64,
+    })
+}
+
+/// The run time and run count on record of every loaded kxdp program: the
+/// pod and NIC programs and the socket hooks, by their names' prefixes
+/// (the kernel keeps 15 characters of a name).
+fn kxdp_run_stats() -> anyhow::Result<(Duration, u64)> {
+    let (mut time, mut runs) = (Duration::ZERO, 0);
+    for info in aya::programs::loaded_programs() {
+        let info = info.context("listing loaded programs")?;
+        let name = info.name_as_str().unwrap_or_default();
+        if ["pod_", "nic_", "sock_"]
+            .iter()
+            .any(|p| name.starts_with(p))
+        {
+            time += info.run_time();
+            runs += info.run_count();
+        }
+    }
+    Ok((time, runs))
+}
+
 pub(crate) struct ConnRow {
     pub(crate) rate: Summary,
     pub(crate) p50_us: Summary,
@@ -122,6 +170,9 @@ pub(crate) struct StreamRow {
     /// To a pod IP while the proxy is installed: what the proxy costs
     /// traffic that is not for a Service (`None` for `Proxy::None`).
     pub(crate) to_pod: Option<Summary>,
+    /// kxdp's rows: what its programs took of a stream through the
+    /// Service and of one to the pod IP (the cycles' medians).
+    pub(crate) program_share: Option<(ProgramShare, ProgramShare)>,
 }
 
 pub(crate) struct ConnReport {
@@ -366,7 +417,7 @@ pub(crate) fn measure_conn_rate(plan: &Plan) -> anyhow::Result<ConnReport> {
 /// IP, back to back.
 fn measure_streams(bed: &Bed, offloads: bool, plan: &Plan) -> anyhow::Result<Vec<StreamRow>> {
     let direct = bed.targets(Proxy::None).1;
-    let mut samples: Vec<(Vec<f64>, Vec<f64>)> = vec![(Vec::new(), Vec::new()); Proxy::ALL.len()];
+    let mut samples: Vec<StreamSamples> = vec![StreamSamples::default(); Proxy::ALL.len()];
     for cycle in 0..plan.stream_rounds {
         eprintln!(
             "  one TCP stream per proxy, offloads {}, cycle {}/{}",
@@ -374,12 +425,21 @@ fn measure_streams(bed: &Bed, offloads: bool, plan: &Plan) -> anyhow::Result<Vec
             cycle + 1,
             plan.stream_rounds
         );
-        for (proxy, (to_service, to_pod)) in Proxy::ALL.into_iter().zip(&mut samples) {
+        for (proxy, samples) in Proxy::ALL.into_iter().zip(&mut samples) {
             let bulk = bed.targets(proxy).1;
             bed.with_proxy(proxy, || {
-                to_service.push(stream(&bed.s, &bulk, plan.stream_ms)?);
+                samples
+                    .to_service
+                    .push(stream(&bed.s, &bulk, plan.stream_ms)?);
                 if proxy != Proxy::None {
-                    to_pod.push(stream(&bed.s, &direct, plan.stream_ms)?);
+                    samples
+                        .to_pod
+                        .push(stream(&bed.s, &direct, plan.stream_ms)?);
+                }
+                if matches!(proxy, Proxy::Kxdp | Proxy::KxdpPerPacket) {
+                    let service = kxdp_program_share(&bed.s, &bulk, plan.stream_ms)?;
+                    let pod = kxdp_program_share(&bed.s, &direct, plan.stream_ms)?;
+                    samples.shares.push((service, pod));
                 }
                 Ok(())
             })?;
@@ -388,11 +448,31 @@ fn measure_streams(bed: &Bed, offloads: bool, plan: &Plan) -> anyhow::Result<Vec
     Ok(Proxy::ALL
         .into_iter()
         .zip(samples)
-        .map(|(proxy, (to_service, to_pod))| StreamRow {
-            proxy,
-            offloads,
-            to_service: summarize(&to_service),
-            to_pod: (!to_pod.is_empty()).then(|| summarize(&to_pod)),
+        .map(|(proxy, samples)| {
+            let median = |f: &dyn Fn(&(ProgramShare, ProgramShare)) -> f64| {
+                summarize(&samples.shares.iter().map(f).collect::<Vec<_>>()).median
+            };
+            let share = |pick: fn(&(ProgramShare, ProgramShare)) -> &ProgramShare| ProgramShare {
+                share: median(&|s| pick(s).share),
+                ns_per_run: median(&|s| pick(s).ns_per_run),
+            };
+            StreamRow {
+                proxy,
+                offloads,
+                to_service: summarize(&samples.to_service),
+                to_pod: (!samples.to_pod.is_empty()).then(|| summarize(&samples.to_pod)),
+                program_share: (!samples.shares.is_empty())
+                    .then(|| (share(|s| &s.0), share(|s| &s.1))),
+            }
         })
         .collect())
+}
+
+/// One proxy's streams over the cycles.
+#[derive(Clone, Default)]
+struct StreamSamples {
+    to_service: Vec<f64>,
+    to_pod: Vec<f64>,
+    /// kxdp's programs' share of a stream: (through the Service, to the pod IP).
+    shares: Vec<(ProgramShare, ProgramShare)>,
 }

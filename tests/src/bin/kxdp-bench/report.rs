@@ -143,8 +143,8 @@ pub(crate) fn offloads_label(on: bool) -> &'static str {
 
 pub(crate) fn stream_table(report: &ConnReport) -> String {
     let mut t = String::from(
-        "| veth offloads | installed | Gbit/s through the Service, median | min | max | × no proxy | Gbit/s to the pod IP meanwhile, median | min | max |\n\
-         |---|---|---:|---:|---:|---:|---:|---:|---:|\n",
+        "| veth offloads | installed | Gbit/s through the Service, median | min | max | × no proxy | Gbit/s to the pod IP meanwhile, median | min | max | kxdp's programs' run time, % of a stream (through the Service / to the pod IP), with statistics on |\n\
+         |---|---|---:|---:|---:|---:|---:|---:|---:|---:|\n",
     );
     for row in &report.streams {
         let ratio = report
@@ -154,9 +154,20 @@ pub(crate) fn stream_table(report: &ConnReport) -> String {
             || "(the row's own figure is to the pod IP) | | ".to_string(),
             |g| format!("{:.2} | {:.2} | {:.2}", g.median, g.min, g.max),
         );
+        let share = row
+            .program_share
+            .map_or_else(String::new, |(service, pod)| {
+                format!(
+                    "{:.1}% ({:.0} ns a run) / {:.1}% ({:.0} ns a run)",
+                    service.share * 100.0,
+                    service.ns_per_run,
+                    pod.share * 100.0,
+                    pod.ns_per_run
+                )
+            });
         let g = row.to_service;
         t.push_str(&format!(
-            "| {} | {} | {:.2} | {:.2} | {:.2} | {ratio} | {to_pod} |\n",
+            "| {} | {} | {:.2} | {:.2} | {:.2} | {ratio} | {to_pod} | {share} |\n",
             offloads_label(row.offloads),
             row.proxy.label(),
             g.median,
@@ -483,7 +494,7 @@ fn conn_verdicts(conns: &ConnReport) -> Vec<Verdict> {
                     "one TCP stream from a pod through a ClusterIP, socket hooks, ≥ 0.97× direct (veth offloads {})",
                     offloads_label(offloads)
                 ),
-                measured: format!("{ratio:.3}×"),
+                measured: format!("{ratio:.3}×{}", share_note(conns, Proxy::Kxdp, offloads, |s| &s.0)),
                 met: ratio >= 0.97,
                 limit: stream_limit,
             });
@@ -500,7 +511,7 @@ fn conn_verdicts(conns: &ConnReport) -> Vec<Verdict> {
                     "one TCP stream from a pod to a pod IP with kxdp attached ≥ 0.98× without (veth offloads {})",
                     offloads_label(offloads)
                 ),
-                measured: format!("{ratio:.3}×"),
+                measured: format!("{ratio:.3}×{}", share_note(conns, Proxy::Kxdp, offloads, |s| &s.1)),
                 met: ratio >= 0.98,
                 limit: stream_limit,
             });
@@ -509,12 +520,32 @@ fn conn_verdicts(conns: &ConnReport) -> Vec<Verdict> {
     if let Some(ratio) = conns.stream_ratio(Proxy::KxdpPerPacket, false) {
         verdicts.push(Verdict {
             target: "one TCP stream through a ClusterIP per packet (--socket-lb host) ≥ 0.95× direct (veth offloads off)".into(),
-            measured: format!("{ratio:.3}×"),
+            measured: format!("{ratio:.3}×{}", share_note(conns, Proxy::KxdpPerPacket, false, |s| &s.0)),
             met: ratio >= 0.95,
             limit: "with offloads off every MTU-sized packet crosses two programs on each side (≈ 100–150 ns each in real traffic, measured with `kernel.bpf_stats_enabled`)",
         });
     }
     verdicts
+}
+
+/// What kxdp's programs can take from a stream at most: their run time's
+/// share of it (`pick`: through the Service, or to the pod IP).
+fn share_note(
+    conns: &ConnReport,
+    proxy: Proxy,
+    offloads: bool,
+    pick: fn(&(ProgramShare, ProgramShare)) -> &ProgramShare,
+) -> String {
+    conns
+        .stream(proxy, offloads)
+        .and_then(|r| r.program_share.as_ref())
+        .map_or_else(String::new, |shares| {
+            format!(
+                "; kxdp's programs ran {:.1}% of a stream's time ({:.0} ns a run, statistics on), the most they can take from it",
+                pick(shares).share * 100.0,
+                pick(shares).ns_per_run
+            )
+        })
 }
 
 fn control_verdicts(control: &[ControlRow]) -> Vec<Verdict> {
