@@ -289,11 +289,13 @@ map_type! {
 
 map_type! {
     /// `HOP_CACHE` slot: the Ethernet addresses the FIB gave for packets
-    /// to `dst` (network order) leaving by NIC `ifindex`, the one they came
-    /// in on, and when (the datapath's clock): used within that second.
-    /// An empty slot is all zeros (no NIC has index 0).
+    /// from `src` to `dst` (network order) leaving by NIC `ifindex`, the one
+    /// they came in on, and when (the datapath's clock): used within that
+    /// second. The source counts: a multipath route hashes it to pick a
+    /// path. An empty slot is all zeros (no NIC has index 0).
     pub struct NextHop {
         pub dst: u32,
+        pub src: u32,
         pub ifindex: u32,
         pub stamp: u32,
         pub dmac: [u8; 6],
@@ -301,14 +303,14 @@ map_type! {
     }
 }
 
-/// The `HOP_CACHE` slot of packets to `dst` (network order) leaving by NIC
-/// `ifindex`: a multiplicative hash, so destinations of one subnet spread
-/// over the slots; two destinations sharing a slot take turns (each costs
-/// the other a FIB lookup).
+/// The `HOP_CACHE` slot of packets from `src` to `dst` (network order)
+/// leaving by NIC `ifindex`: a multiplicative hash, so destinations of one
+/// subnet spread over the slots; two hops sharing a slot take turns (each
+/// costs the other a FIB lookup).
 #[inline(always)]
-pub fn hop_slot(dst: u32, ifindex: u32) -> u32 {
+pub fn hop_slot(dst: u32, src: u32, ifindex: u32) -> u32 {
     const GOLDEN: u32 = 0x9e37_79b9;
-    let mixed = (dst ^ ifindex.wrapping_mul(GOLDEN)).wrapping_mul(GOLDEN);
+    let mixed = (dst ^ (src ^ ifindex).wrapping_mul(GOLDEN)).wrapping_mul(GOLDEN);
     mixed >> (32 - crate::sizes::HOP_CACHE_BITS)
 }
 
@@ -447,17 +449,24 @@ mod tests {
     #[test]
     fn next_hops_of_one_subnet_spread_over_the_cache() {
         extern crate std;
-        let nic = 3;
+        let (nic, node) = (3, u32::from_be_bytes([192, 168, 50, 1]).to_be());
         let slots: std::collections::BTreeSet<u32> = (0..256u32)
-            .map(|host| hop_slot(u32::from_be_bytes([10, 1, 2, host as u8]).to_be(), nic))
+            .map(|host| {
+                hop_slot(
+                    u32::from_be_bytes([10, 1, 2, host as u8]).to_be(),
+                    node,
+                    nic,
+                )
+            })
             .collect();
         assert!(slots.iter().all(|&s| s < sizes::HOP_CACHE_SLOTS));
         // 256 destinations in 4,096 slots: a handful may share one.
         assert!(slots.len() >= 240, "{} distinct slots", slots.len());
-        let other_nic = hop_slot(u32::from_be_bytes([10, 1, 2, 7]).to_be(), nic + 1);
+        let dst = u32::from_be_bytes([10, 1, 2, 7]).to_be();
+        assert_ne!(hop_slot(dst, node, nic + 1), hop_slot(dst, node, nic));
         assert_ne!(
-            other_nic,
-            hop_slot(u32::from_be_bytes([10, 1, 2, 7]).to_be(), nic)
+            hop_slot(dst, node.wrapping_add(1), nic),
+            hop_slot(dst, node, nic)
         );
     }
 

@@ -20,9 +20,10 @@ pub const MAX_SOCK_REVNAT: u32 = 262_144;
 /// ClientIP affinity entries of the socket hooks (one per client network
 /// namespace and frontend in use).
 pub const MAX_SOCK_AFFINITY: u32 = 65_536;
-/// Slots of the NIC program's next-hop cache, per CPU, as a power of two:
-/// 4,096 of 24 bytes (96 KiB a CPU).
+/// log2 of [`HOP_CACHE_SLOTS`].
 pub const HOP_CACHE_BITS: u32 = 12;
+/// Slots of the NIC program's next-hop cache, per CPU: 4,096 of 28 bytes,
+/// 112 KiB for each *possible* CPU (the kernel allocates them all).
 pub const HOP_CACHE_SLOTS: u32 = 1 << HOP_CACHE_BITS;
 /// Number of drop-reason counters (see [`crate::maps::drop_reason`]).
 pub const DROP_REASONS: u32 = 16;

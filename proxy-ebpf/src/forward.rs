@@ -96,14 +96,14 @@ pub fn xdp_forward(ctx: &XdpContext, flow: &Ipv4Flow, src: u32, dst: u32) -> u32
     };
     let ingress = ctx.ingress_ifindex() as u32;
     let now = kernel::now_s();
-    let slot = HOP_CACHE.get_ptr_mut(hop_slot(dst, ingress));
+    let slot = HOP_CACHE.get_ptr_mut(hop_slot(dst, src, ingress));
     if let Some(slot) = slot {
         // SAFETY: this CPU's slot, copied out at once.
         let hop = unsafe { *slot };
-        // Learnt this second for this destination and NIC: the FIB would
+        // Learnt this second for these addresses and NIC: the FIB would
         // say the same (a packet that came in on this NIC fits its MTU
-        // going back out). The FIB's main table ignores the source.
-        if hop.dst == dst && hop.ifindex == ingress && hop.stamp == now {
+        // going back out).
+        if hop.dst == dst && hop.src == src && hop.ifindex == ingress && hop.stamp == now {
             if !decrement_ttl(ip) {
                 return xdp_action::XDP_PASS;
             }
@@ -132,6 +132,7 @@ pub fn xdp_forward(ctx: &XdpContext, flow: &Ipv4Flow, src: u32, dst: u32) -> u32
             unsafe {
                 *slot = NextHop {
                     dst,
+                    src,
                     ifindex: ingress,
                     stamp: now,
                     dmac: params.dmac,

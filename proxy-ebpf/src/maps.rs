@@ -103,11 +103,11 @@ pub static SOCK_AFFINITY: LruHashMap<SockAffinityKey, AffinityValue> =
     LruHashMap::pinned(sizes::MAX_SOCK_AFFINITY, 0);
 
 /// The next hops the FIB gave the NIC program, per CPU, direct-mapped by
-/// destination and NIC (`proxy_common::maps::hop_slot`): a flow to a
-/// remote backend (and its replies) costs the FIB one lookup a second, not
-/// one a packet, and finding the hop is an array lookup, which the JIT
-/// inlines since Linux 6.10 (an LRU hash map here cost an established
-/// remote packet 20 ns more on 6.18). Per CPU, so a slot is never read
-/// half-written.
+/// destination, source and NIC (`proxy_common::maps::hop_slot`): a flow
+/// to a remote backend (and its replies) costs the FIB one lookup a second
+/// on each CPU it lands on, not one a packet, and finding the hop is an
+/// array lookup, which the JIT inlines since Linux 6.10 (an LRU hash map
+/// here cost an established remote packet 20 ns more on 6.18). Per CPU,
+/// so a slot is never read half-written.
 #[map]
 pub static HOP_CACHE: PerCpuArray<NextHop> = PerCpuArray::pinned(sizes::HOP_CACHE_SLOTS, 0);

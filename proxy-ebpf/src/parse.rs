@@ -114,11 +114,12 @@ enum Unparsed {
 }
 
 /// The flow of a tc packet. Its headers are nearly always in the skb's
-/// linear part; only when they are not (a GRO'd or paged packet) are they
-/// pulled in. Pulling more than is missing would cost every TCP segment
-/// with offloads on a copy: its linear part holds just the headers, and
-/// making pulled payload writable copies the head of a cloned skb (TCP
-/// transmits clones), which an earlier fixed-length pull did to each one.
+/// linear part; only when a header read would go past it (a GRO'd or
+/// paged packet) is the longest header chain pulled in. Pulling whenever
+/// the linear part is shorter than that chain cost every TCP segment with
+/// offloads on a copy: its linear part holds just its headers, and making
+/// pulled payload writable copies the head of a cloned skb (TCP transmits
+/// clones).
 #[inline(always)]
 pub fn tc_ipv4_flow(ctx: &TcContext) -> Option<Ipv4Flow> {
     match parse(ctx) {

@@ -531,7 +531,7 @@ impl Datapath {
         let mut map = self.hop_cache();
         let copies = aya::util::nr_cpus().expect("possible CPUs");
         let values = PerCpuValues::try_from(vec![hop; copies]).expect("per-CPU values");
-        map.set(hop_slot(hop.dst, hop.ifindex), values, 0)
+        map.set(hop_slot(hop.dst, hop.src, hop.ifindex), values, 0)
             .expect("write next hop");
     }
 

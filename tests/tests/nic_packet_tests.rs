@@ -418,12 +418,15 @@ fn a_next_hop_is_asked_of_the_fib_once_a_second() {
     let [hop] = hops.as_slice() else {
         panic!("one next hop expected: {hops:?}");
     };
-    assert_eq!((hop.dst, hop.ifindex), (addr_to_net(REMOTE_POD), nic));
+    assert_eq!(
+        (hop.dst, hop.src, hop.ifindex),
+        (addr_to_net(REMOTE_POD), addr_to_net(NODE_ADDR), nic)
+    );
     assert_eq!((hop.dmac, hop.smac), (OTHER_NODE_MAC, NIC_MAC));
     let ack = from_client(Packet::tcp(client(40_100), nodeport()).tcp_flags(packet::TCP_ACK));
     // Within its second the learnt hop is used as it is (made recognisable
     // here); a hop from an earlier second, or one learnt for another
-    // destination sharing its slot, is asked of the FIB again. The clock
+    // destination or source sharing its slot, is asked of the FIB again. The clock
     // may tick in between: then the round is tried again.
     let marked = [0x02, 0xaa, 0xbb, 0xcc, 0xdd, 0xee];
     let mut used_as_learnt = false;
@@ -450,10 +453,20 @@ fn a_next_hop_is_asked_of_the_fib_once_a_second() {
             ..*hop
         },
         NextHop {
-            dst: colliding_destination(hop.dst, nic),
             stamp: datapath_now_s(),
             dmac: marked,
-            ..*hop
+            ..sharing_its_slot(hop, |h, i| NextHop {
+                dst: h.dst.wrapping_add(i),
+                ..*h
+            })
+        },
+        NextHop {
+            stamp: datapath_now_s(),
+            dmac: marked,
+            ..sharing_its_slot(hop, |h, i| NextHop {
+                src: h.src.wrapping_add(i),
+                ..*h
+            })
         },
     ] {
         dp.insert_next_hop(stale);
@@ -463,12 +476,12 @@ fn a_next_hop_is_asked_of_the_fib_once_a_second() {
     }
 }
 
-/// Another destination whose next hop shares the slot of `dst`'s.
-fn colliding_destination(dst: u32, nic: u32) -> u32 {
-    let slot = hop_slot(dst, nic);
+/// The first of `step(hop, 1)`, `step(hop, 2)`, … whose slot is `hop`'s.
+fn sharing_its_slot(hop: &NextHop, step: impl Fn(&NextHop, u32) -> NextHop) -> NextHop {
+    let slot = |h: &NextHop| hop_slot(h.dst, h.src, h.ifindex);
     (1..u32::MAX)
-        .map(|i| dst.wrapping_add(i))
-        .find(|&other| hop_slot(other, nic) == slot)
+        .map(|i| step(hop, i))
+        .find(|other| slot(other) == slot(hop))
         .expect("the slots are fewer than the addresses")
 }
 

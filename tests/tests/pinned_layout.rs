@@ -61,7 +61,8 @@ fn maps_pinned_with_another_layout_are_refused_with_advice() {
 
 /// Maps of earlier layouts (`SELECTION`, the slot table before Maglev;
 /// `MAGLEV` and `MAGLEV_IDS`, the Maglev tables as an array of maps before
-/// the arena) lose their pins once a new agent's object is loaded (programs
+/// the arena; `NEXT_HOPS`, the next hops as a hash map before `HOP_CACHE`)
+/// lose their pins once a new agent's object is loaded (programs
 /// still running keep their maps until replaced), and `kxdp unload`
 /// removes them with everything else.
 #[test]
@@ -70,11 +71,12 @@ fn the_pins_of_an_earlier_layout_go_at_load_and_at_unload() {
     let mount = PrivateBpffs::new("kxdp-retired-test").unwrap();
     let pin_path = mount.path().join("kxdp");
     std::fs::create_dir_all(&pin_path).unwrap();
-    let retired = ["SELECTION", "MAGLEV", "MAGLEV_IDS"];
+    let retired = ["SELECTION", "MAGLEV", "MAGLEV_IDS", "NEXT_HOPS"];
     let pin_all = || {
         pin_hash_map(&pin_path.join("SELECTION"), 8, 4);
         pin_array_of_maps(&pin_path.join("MAGLEV"));
         pin_hash_map(&pin_path.join("MAGLEV_IDS"), 4, 4);
+        pin_hash_map(&pin_path.join("NEXT_HOPS"), 12, 16);
     };
     pin_all();
     drop(

@@ -92,23 +92,31 @@ pub(crate) struct ProgramShare {
 
 fn kxdp_program_share(s: &EchoScenario, target: &str, ms: u64) -> anyhow::Result<ProgramShare> {
     let _stats = enable_stats(Stats::RunTime).context("BPF_ENABLE_STATS")?;
-    let (time_before, runs_before) = kxdp_run_stats()?;
+    let before = kxdp_run_stats()?;
     let started = Instant::now();
     stream(s, target, ms)?;
     let wall = started.elapsed();
-    let (time_after, runs_after) = kxdp_run_stats()?;
-    let time = (time_after - time_before).as_secs_f64();
+    let after = kxdp_run_stats()?;
+    // Programs loaded throughout only: one that came or went in between
+    // (an earlier agent's being freed) has no difference to take.
+    let (mut time, mut runs) = (Duration::ZERO, 0u64);
+    for (id, (time_after, runs_after)) in &after {
+        if let Some((time_before, runs_before)) = before.get(id) {
+            time += time_after.saturating_sub(*time_before);
+            runs += runs_after.saturating_sub(*runs_before);
+        }
+    }
     Ok(ProgramShare {
-        share: time / wall.as_secs_f64(),
-        ns_per_run: time * 1e9 / (runs_after - runs_before).max(1) as f64,
+        share: time.as_secs_f64() / wall.as_secs_f64(),
+        ns_per_run: time.as_nanos() as f64 / runs.max(1) as f64,
     })
 }
 
-/// The run time and run count on record of every loaded kxdp program: the
-/// pod and NIC programs and the socket hooks, by their names' prefixes
-/// (the kernel keeps 15 characters of a name).
-fn kxdp_run_stats() -> anyhow::Result<(Duration, u64)> {
-    let (mut time, mut runs) = (Duration::ZERO, 0);
+/// The run time and run count on record of every loaded kxdp program, by
+/// id: the pod and NIC programs and the socket hooks, by their names'
+/// prefixes (the kernel keeps 15 characters of a name).
+fn kxdp_run_stats() -> anyhow::Result<BTreeMap<u32, (Duration, u64)>> {
+    let mut stats = BTreeMap::new();
     for info in aya::programs::loaded_programs() {
         let info = info.context("listing loaded programs")?;
         let name = info.name_as_str().unwrap_or_default();
@@ -116,11 +124,10 @@ fn kxdp_run_stats() -> anyhow::Result<(Duration, u64)> {
             .iter()
             .any(|p| name.starts_with(p))
         {
-            time += info.run_time();
-            runs += info.run_count();
+            stats.insert(info.id(), (info.run_time(), info.run_count()));
         }
     }
-    Ok((time, runs))
+    Ok(stats)
 }
 
 pub(crate) struct ConnRow {

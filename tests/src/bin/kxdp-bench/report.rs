@@ -260,13 +260,14 @@ fn pps_section(plan: &Plan, rows: &[PpsRow]) -> String {
   other node, SNATed, or on this node; one ClusterIP for pods). Every frame ends on the wire, counted by `sink`
   (XDP on `peer0`): remote NodePort flows by the NIC program's XDP_TX, the others forwarded by the stack to a
   backend routed via the other node.
-- **Mpps**: frames that reached the sink over the wall time of the sending (the softirqs that carry the frames
-  through run on the sender's CPU as it goes); medians of {rounds} round(s) over every row, {frames} frames a run
+- **Mpps**: frames that reached the sink over the time from the first send until the last frame reached it (the
+  softirqs that carry the frames through run on the sender's CPU as it goes); medians of {rounds} round(s) over every row, {frames} frames a run
   (remote new flows: at most {remote_new}, fewer than the backends' SNAT ports) after {warm} frames of warm-up.
   **Delivered**: the share of sent frames that reached the sink.
 - **Empty program / no program**: the same hook running an empty program (`floor_xdp_tx` for paths ending in
-  XDP_TX, `floor_xdp` or `floor_tc` for the others), or nothing, fed frames already translated as kxdp translates
-  them, so the stack after the hook does the same work. **× empty**: kxdp's Mpps over the empty program's.
+  XDP_TX, sending the frontend's frame back out as it is; `floor_xdp` or `floor_tc` for the others), or nothing;
+  where the stack goes on with the frame, it is fed frames already translated as kxdp translates them, so the
+  stack after the hook does the same work. **× empty**: kxdp's Mpps over the empty program's.
 - **Established**: one flow's ACKs (its first frame, in the warm-up, opens it). **New flows**: SYNs from a new
   source port (and after 60,000 ports, address) each, conntrack emptied before each run.
 - **Program ns/packet**: the hook program's run time over its run count (`BPF_ENABLE_STATS`), taken around the

@@ -27,7 +27,8 @@ const PORTS: u32 = 60_000;
 /// Source addresses after the template's, in its last byte: a template's
 /// source address ends in a byte below 128, so the byte never carries.
 const HOSTS: u32 = 128;
-/// Tries of one batch when the device has no room (ENOBUFS).
+/// Tries in a row that send nothing because the device has no room
+/// (ENOBUFS), each after yielding the CPU to whatever drains it.
 const FULL_RETRIES: u32 = 1_000;
 
 pub(crate) struct FrameSender {
@@ -150,8 +151,10 @@ impl FrameSender {
                         error.raw_os_error() == Some(libc::ENOBUFS) && full < FULL_RETRIES,
                         "sendmmsg: {error}"
                     );
+                    std::thread::yield_now();
                     continue;
                 }
+                full = 0;
                 done += n as usize;
             }
             self.sent = self.sent.wrapping_add(frames as u32);

@@ -114,7 +114,9 @@ impl Case {
     }
 
     /// What kxdp gets (a packet to the frontend), or what an empty hook
-    /// gets: the same packet as kxdp leaves it, addressed to a backend.
+    /// gets where the stack goes on with it: the same packet as kxdp leaves
+    /// it, addressed to a backend (an empty XDP_TX program sends the
+    /// frontend's packet back out as it is).
     fn frame(&self) -> Vec<u8> {
         let flags = if self.new_flows { TCP_SYN } else { TCP_ACK };
         let translated = self.runs != Runs::Kxdp;
@@ -192,7 +194,7 @@ fn cases() -> Vec<Case> {
 pub(crate) struct PpsRow {
     pub(crate) hook: &'static str,
     pub(crate) path: &'static str,
-    pub(crate) runs: &'static str,
+    runs: Runs,
     pub(crate) frames: u32,
     /// Frames that reached the sink, a second (millions).
     pub(crate) mpps: f64,
@@ -206,9 +208,13 @@ pub(crate) struct PpsRow {
 impl PpsRow {
     /// The row of the same path with an empty program, for kxdp's rows.
     pub(crate) fn baseline<'a>(&self, rows: &'a [PpsRow]) -> Option<&'a PpsRow> {
-        (self.runs == Runs::Kxdp.label()).then_some(())?;
+        (self.runs == Runs::Kxdp).then_some(())?;
         rows.iter()
-            .find(|r| r.path == self.path && r.runs == Runs::Empty.label())
+            .find(|r| r.path == self.path && r.runs == Runs::Empty)
+    }
+
+    pub(crate) fn runs(&self) -> &'static str {
+        self.runs.label()
     }
 }
 
@@ -262,15 +268,15 @@ fn measure_in_nic_netns(plan: &Plan, nic: u32) -> anyhow::Result<Vec<PpsRow>> {
         .zip(samples)
         .map(|(case, samples)| {
             let med = |f: fn(&Measured) -> f64| median_of(samples.iter().map(f).collect());
-            let program_ns = samples.iter().all(|s| s.program_ns.is_some());
+            let every_run_timed = samples.iter().all(|s| s.program_ns.is_some());
             PpsRow {
                 hook: case.hook_label(),
                 path: case.path(),
-                runs: case.runs.label(),
+                runs: case.runs,
                 frames: case.frames(plan),
                 mpps: med(|s| s.mpps),
                 delivered: med(|s| s.delivered),
-                program_ns: program_ns.then(|| med(|s| s.program_ns.unwrap_or(0.0))),
+                program_ns: every_run_timed.then(|| med(|s| s.program_ns.unwrap_or(0.0))),
             }
         })
         .collect())
@@ -431,8 +437,9 @@ fn translated(rig: &mut Rig, case: &Case) -> u64 {
 }
 
 /// One run of `case`: the hook's program attached, a warm-up, then
-/// `frames` frames timed from the first send to the last (the softirqs
-/// that carry them through the node run on the sender's CPU as it goes).
+/// `frames` frames timed from the first send until the last frame reached
+/// the sink (the softirqs that carry them through the node run on the
+/// sender's CPU as it goes; a few are still in flight when it is done).
 fn measure(rig: &mut Rig, case: &Case, frames: u32) -> anyhow::Result<Measured> {
     let what = format!("{} ({})", case.path(), case.runs.label());
     let mut sink_object = Ebpf::load(SINK_OBJECT).context("loading the sink object")?;
@@ -454,15 +461,16 @@ fn measure(rig: &mut Rig, case: &Case, frames: u32) -> anyhow::Result<Measured> 
         .send(WARM_UP)
         .with_context(|| format!("{what}: warm-up"))?;
 
-    let sunk_before = settled_sink_count(&sink_object)?;
+    let (sunk_before, _) = settled_sink_count(&sink_object)?;
     let stats_before = hook_program(rig, case)?.map(|p| run_stats(p)).transpose()?;
     let translated_before = translated(rig, case);
     let started = Instant::now();
     sender
         .send(frames)
         .with_context(|| format!("{what}: timed run"))?;
-    let wall = started.elapsed();
-    let delivered = settled_sink_count(&sink_object)? - sunk_before;
+    let (sunk_after, last_arrival) = settled_sink_count(&sink_object)?;
+    let wall = last_arrival.duration_since(started);
+    let delivered = sunk_after - sunk_before;
     let stats_after = hook_program(rig, case)?.map(|p| run_stats(p)).transpose()?;
     let translated_count = translated(rig, case) - translated_before;
 
@@ -498,18 +506,23 @@ fn sunk(sink: &Ebpf) -> anyhow::Result<u64> {
 }
 
 /// The sink's count once frames still in flight have arrived (it stops
-/// changing; 200 ms at most).
-fn settled_sink_count(sink: &Ebpf) -> anyhow::Result<u64> {
-    let mut count = sunk(sink)?;
-    for _ in 0..40 {
-        std::thread::sleep(Duration::from_millis(5));
+/// changing for a few ms; 200 ms at most), and when it last changed.
+fn settled_sink_count(sink: &Ebpf) -> anyhow::Result<(u64, Instant)> {
+    const QUIET: u32 = 5;
+    let (mut count, mut changed, mut quiet) = (sunk(sink)?, Instant::now(), 0);
+    for _ in 0..200 {
+        std::thread::sleep(Duration::from_millis(1));
         let now = sunk(sink)?;
-        if now == count {
-            break;
+        if now != count {
+            (count, changed, quiet) = (now, Instant::now(), 0);
+        } else {
+            quiet += 1;
+            if quiet == QUIET {
+                break;
+            }
         }
-        count = now;
     }
-    Ok(count)
+    Ok((count, changed))
 }
 
 pub(crate) fn pps_table(rows: &[PpsRow]) -> String {
@@ -529,7 +542,7 @@ pub(crate) fn pps_table(rows: &[PpsRow]) -> String {
             "| {} | {} | {} | {} | {:.3} | {:.0}% | {ratio} | {ns} |",
             row.hook,
             row.path,
-            row.runs,
+            row.runs(),
             row.frames,
             row.mpps,
             row.delivered * 100.0
