@@ -8,6 +8,7 @@ use std::{
 
 use kxdp_testbed::{
     agent::{pod_hook_adopted, Agent},
+    manifests::{endpoint_slice, service, Endpoint, SLICE_CONTROLLER},
     scenario::EchoScenario,
 };
 
@@ -285,4 +286,67 @@ fn classic_tc_filters_serve_pods_and_survive_a_restart_until_unload() {
         assert!(!shown.contains("bpf"), "{direction} after unload: {shown}");
     }
     assert!(s.http_get(&format!("{}:80", s.vip)).is_err());
+}
+
+/// With veth offloads on, a pod's TCP segments reach its interface as GSO
+/// packets whose linear part holds only their headers; the per-packet path
+/// (`--socket-lb host`) parses and translates them as they are, and the
+/// bulk stream through the ClusterIP arrives whole.
+#[test]
+fn a_bulk_stream_through_the_cluster_ip_per_packet_with_veth_offloads_on() {
+    const SINK_PORT: u16 = 5001;
+    let sink_vip = std::net::Ipv4Addr::new(10, 96, 0, 50);
+    let mut s = scenario();
+    for i in 0..s.backends.len() {
+        let netns = s.node.pods[i + 1].netns.clone();
+        s.start_peer(&netns, &["sink", "--tcp", &SINK_PORT.to_string()])
+            .unwrap();
+    }
+    let port = format!("{{name: sink, port: {SINK_PORT}, targetPort: {SINK_PORT}}}");
+    let endpoints: Vec<Endpoint> = s.backends.iter().map(|b| Endpoint::ready(*b)).collect();
+    let sink = format!(
+        "{}---\n{}",
+        service("sink", "ClusterIP", sink_vip, Some("sink"), &[&port]),
+        endpoint_slice(
+            "sink",
+            "sink-abcde",
+            SLICE_CONTROLLER,
+            &[("sink", "TCP", SINK_PORT)],
+            &endpoints
+        )
+    );
+    s.write_manifest("sink.yaml", &sink).unwrap();
+    s.node.set_offloads(true).unwrap();
+    let _agent = s.start_agent_with(&["--socket-lb", "host"], WAIT).unwrap();
+
+    let target = format!("{sink_vip}:{SINK_PORT}");
+    let line = s
+        .from_pod(
+            "client",
+            env!("CARGO_BIN_EXE_kxdp-peer"),
+            &["stream", &target, "500"],
+        )
+        .unwrap_or_else(|e| panic!("stream through {target}: {e}"));
+    let bytes: u64 = line
+        .split_whitespace()
+        .find_map(|kv| kv.strip_prefix("bytes="))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no byte count in {line:?}"));
+    assert!(bytes >= 10 << 20, "{line}");
+
+    let services: serde_json::Value =
+        serde_json::from_str(&s.kxdp(&["services", "--output", "json"]).unwrap()).unwrap();
+    let frontend = services["frontends"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["frontend"] == format!("{target}/TCP"))
+        .unwrap_or_else(|| panic!("{services}"));
+    let (packets, counted) = (
+        frontend["packets"].as_u64().unwrap(),
+        frontend["bytes"].as_u64().unwrap(),
+    );
+    // Translated per packet, and in segments larger than the MTU: GSO.
+    assert!(packets > 0, "{frontend}");
+    assert!(counted / packets > 1500, "{frontend}");
 }
