@@ -23,7 +23,8 @@ pub const REMOTE_PODS: &str = "10.1.2.0/24";
 pub const CLIENT: Ipv4Addr = Ipv4Addr::new(192, 168, 50, 100);
 pub const CLIENT_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0xc1];
 
-fn mac(bytes: [u8; 6]) -> String {
+/// A MAC address as `ip` writes it (`02:00:00:00:00:a1`).
+pub fn mac(bytes: [u8; 6]) -> String {
     bytes
         .iter()
         .map(|b| format!("{b:02x}"))

@@ -143,6 +143,27 @@ impl EchoScenario {
         self.write_manifest("sticky.yaml", &format!("{sticky}---\n{slice}"))
     }
 
+    /// Starts `kxdp-peer sink` on `port` of every backend and writes the
+    /// Service `sink` on `vip`:`port` → `port` of them: where a bulk TCP
+    /// stream (`kxdp-peer stream`) goes.
+    pub fn add_sink_service(&mut self, vip: Ipv4Addr, port: u16) -> anyhow::Result<()> {
+        for i in 0..self.backends.len() {
+            let netns = self.node.pods[i + 1].netns.clone();
+            self.start_peer(&netns, &["sink", "--tcp", &port.to_string()])?;
+        }
+        let ports = format!("{{name: sink, port: {port}, targetPort: {port}}}");
+        let sink = service("sink", "ClusterIP", vip, Some("sink"), &[&ports]);
+        let endpoints: Vec<Endpoint> = self.backends.iter().map(|b| Endpoint::ready(*b)).collect();
+        let slice = endpoint_slice(
+            "sink",
+            "sink-abcde",
+            SLICE_CONTROLLER,
+            &[("sink", "TCP", port)],
+            &endpoints,
+        );
+        self.write_manifest("sink.yaml", &format!("{sink}---\n{slice}"))
+    }
+
     /// Deletes manifest `file`, as `kubectl delete -f` would its objects.
     pub fn remove_manifest(&self, file: &str) -> anyhow::Result<()> {
         Ok(fs::remove_file(self.manifests.join(file))?)

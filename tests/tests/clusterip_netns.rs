@@ -8,7 +8,6 @@ use std::{
 
 use kxdp_testbed::{
     agent::{pod_hook_adopted, Agent},
-    manifests::{endpoint_slice, service, Endpoint, SLICE_CONTROLLER},
     scenario::EchoScenario,
 };
 
@@ -297,25 +296,7 @@ fn a_bulk_stream_through_the_cluster_ip_per_packet_with_veth_offloads_on() {
     const SINK_PORT: u16 = 5001;
     let sink_vip = std::net::Ipv4Addr::new(10, 96, 0, 50);
     let mut s = scenario();
-    for i in 0..s.backends.len() {
-        let netns = s.node.pods[i + 1].netns.clone();
-        s.start_peer(&netns, &["sink", "--tcp", &SINK_PORT.to_string()])
-            .unwrap();
-    }
-    let port = format!("{{name: sink, port: {SINK_PORT}, targetPort: {SINK_PORT}}}");
-    let endpoints: Vec<Endpoint> = s.backends.iter().map(|b| Endpoint::ready(*b)).collect();
-    let sink = format!(
-        "{}---\n{}",
-        service("sink", "ClusterIP", sink_vip, Some("sink"), &[&port]),
-        endpoint_slice(
-            "sink",
-            "sink-abcde",
-            SLICE_CONTROLLER,
-            &[("sink", "TCP", SINK_PORT)],
-            &endpoints
-        )
-    );
-    s.write_manifest("sink.yaml", &sink).unwrap();
+    s.add_sink_service(sink_vip, SINK_PORT).unwrap();
     s.node.set_offloads(true).unwrap();
     let _agent = s.start_agent_with(&["--socket-lb", "host"], WAIT).unwrap();
 

@@ -8,8 +8,6 @@ use std::net::SocketAddrV4;
 
 use aya::sys::{enable_stats, Stats};
 
-use kxdp_testbed::manifests::{endpoint_slice, service, Endpoint, SLICE_CONTROLLER};
-
 use super::*;
 
 /// The `sink` Service for the stream test: port 5001 on every backend.
@@ -226,10 +224,7 @@ struct Bed {
 impl Bed {
     fn new(others: usize) -> anyhow::Result<Self> {
         let mut s = EchoScenario::new(3, peer_bin())?;
-        for i in 0..s.backends.len() {
-            let netns = s.node.pods[i + 1].netns.clone();
-            s.start_peer(&netns, &["sink", "--tcp", &SINK_PORT.to_string()])?;
-        }
+        s.add_sink_service(SINK_VIP, SINK_PORT)?;
         // The client closes first (see `kxdp-peer serve`), so its TIME_WAIT
         // sockets would exhaust the ephemeral ports within seconds; reuse
         // them, as load generators do.
@@ -280,20 +275,6 @@ impl Bed {
 
         // kxdp reads the same Services from manifests.
         s.write_manifest("others.yaml", &manifest_yaml(others, OTHER_ENDPOINTS))?;
-        let port = format!("{{name: sink, port: {SINK_PORT}, targetPort: {SINK_PORT}}}");
-        let endpoints: Vec<Endpoint> = s.backends.iter().map(|b| Endpoint::ready(*b)).collect();
-        let sink_yaml = format!(
-            "{}---\n{}",
-            service("sink", "ClusterIP", SINK_VIP, Some("sink"), &[&port]),
-            endpoint_slice(
-                "sink",
-                "sink-abcde",
-                SLICE_CONTROLLER,
-                &[("sink", "TCP", SINK_PORT)],
-                &endpoints
-            )
-        );
-        s.write_manifest("sink.yaml", &sink_yaml)?;
         Ok(Self {
             s,
             kube_proxy_services,
@@ -457,7 +438,7 @@ fn measure_streams(bed: &Bed, offloads: bool, plan: &Plan) -> anyhow::Result<Vec
         .zip(samples)
         .map(|(proxy, samples)| {
             let median = |f: &dyn Fn(&(ProgramShare, ProgramShare)) -> f64| {
-                summarize(&samples.shares.iter().map(f).collect::<Vec<_>>()).median
+                median_of(samples.shares.iter().map(f).collect())
             };
             let share = |pick: fn(&(ProgramShare, ProgramShare)) -> &ProgramShare| ProgramShare {
                 share: median(&|s| pick(s).share),

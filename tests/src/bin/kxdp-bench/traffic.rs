@@ -290,7 +290,13 @@ fn set_up_namespace() -> anyhow::Result<()> {
     ip(&[
         "link", "add", POD_IF, "type", "veth", "peer", "name", POD_PEER,
     ])?;
-    ip(&["link", "set", POD_IF, "address", &mac_text(POD_IF_MAC)])?;
+    ip(&[
+        "link",
+        "set",
+        POD_IF,
+        "address",
+        &nic_netns::mac(POD_IF_MAC),
+    ])?;
     for dev in [POD_IF, POD_PEER] {
         ip(&["link", "set", dev, "up"])?;
     }
@@ -308,11 +314,6 @@ fn set_up_namespace() -> anyhow::Result<()> {
         std::fs::write(&path, value).with_context(|| format!("writing {path}"))?;
     }
     Ok(())
-}
-
-fn mac_text(mac: [u8; 6]) -> String {
-    let hex: Vec<String> = mac.iter().map(|b| format!("{b:02x}")).collect();
-    hex.join(":")
 }
 
 /// A datapath whose NIC `nic` serves the NodePort with 24 backends, on
