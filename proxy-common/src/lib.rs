@@ -8,6 +8,7 @@
 //! the packet, so the datapath never swaps bytes.
 #![no_std]
 
+pub mod addr;
 pub mod csum;
 pub mod hash;
 pub mod kernel;

@@ -1,6 +1,6 @@
 //! Keys and values of the BPF maps (docs/ARCHITECTURE.md, "Maps").
 
-use core::net::Ipv4Addr;
+pub use crate::addr::{addr_from_net, addr_to_net, Addr, Addr6};
 
 /// IP protocol numbers the datapath translates.
 pub const PROTO_TCP: u8 = 6;
@@ -20,16 +20,6 @@ pub const SCOPE_NODE: u8 = 1;
 /// collide with the node's own connections, and cheap to recognise.
 pub const SNAT_PORT_MIN: u16 = 61_000;
 pub const SNAT_PORT_MAX: u16 = 65_535;
-
-/// A network-order `u32` as the packet holds it.
-pub fn addr_to_net(addr: Ipv4Addr) -> u32 {
-    u32::from_ne_bytes(addr.octets())
-}
-
-/// The inverse of [`addr_to_net`].
-pub fn addr_from_net(addr: u32) -> Ipv4Addr {
-    Ipv4Addr::from(addr.to_ne_bytes())
-}
 
 /// A network-order `u16` as the packet holds it.
 pub fn port_to_net(port: u16) -> u16 {
@@ -56,17 +46,66 @@ macro_rules! map_type {
     };
 }
 
-map_type! {
-    /// `FRONTENDS` key: a frontend the datapath answers for.
-    pub struct FrontendKey {
+/// A map type of both families: generic over the address (`u32` or
+/// [`Addr6`]), with an alias for each (`$v4`, `$v6`), and with neither
+/// layout holding a hidden padding byte (checked at compile time: the
+/// `Pod` impls rely on it).
+macro_rules! family_map_type {
+    ($(#[$meta:meta])* pub struct $name:ident<A> {
+        $($(#[$fmeta:meta])* pub $field:ident: $ty:ty,)*
+    } $(#[$v4meta:meta])* $v4:ident, $(#[$v6meta:meta])* $v6:ident) => {
+        $(#[$meta])*
+        #[repr(C)]
+        #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+        #[cfg_attr(feature = "user", derive(Hash, PartialOrd, Ord))]
+        pub struct $name<A> { $($(#[$fmeta])* pub $field: $ty,)* }
+
+        $(#[$v4meta])*
+        pub type $v4 = $name<u32>;
+        $(#[$v6meta])*
+        pub type $v6 = $name<Addr6>;
+
+        impl<A: Addr> $name<A> {
+            const UNPADDED: bool =
+                core::mem::size_of::<Self>() == 0 $(+ core::mem::size_of::<$ty>())*;
+        }
+        const _: () = assert!($v4::UNPADDED && $v6::UNPADDED);
+
+        // SAFETY (each impl below): repr(C), every field is plain data,
+        // and the assertion above proves neither layout has padding.
+        #[cfg(feature = "user")]
+        const _: () = {
+            // SAFETY: as above.
+            unsafe impl bytemuck::Zeroable for $v4 {}
+            // SAFETY: as above.
+            unsafe impl bytemuck::Pod for $v4 {}
+            // SAFETY: as above.
+            unsafe impl aya::Pod for $v4 {}
+            // SAFETY: as above.
+            unsafe impl bytemuck::Zeroable for $v6 {}
+            // SAFETY: as above.
+            unsafe impl bytemuck::Pod for $v6 {}
+            // SAFETY: as above.
+            unsafe impl aya::Pod for $v6 {}
+        };
+    };
+}
+
+family_map_type! {
+    /// `FRONTENDS` (`FRONTENDS6`) key: a frontend the datapath answers for.
+    pub struct FrontendKeyOf<A> {
         /// Virtual address, network order.
-        pub addr: u32,
+        pub addr: A,
         /// Service port, network order.
         pub port: u16,
         pub proto: u8,
         /// Where the frontend is reachable from, e.g. [`SCOPE_POD`].
         pub scope: u8,
     }
+    /// An IPv4 frontend.
+    FrontendKey,
+    /// An IPv6 frontend.
+    FrontendKey6
 }
 
 map_type! {
@@ -98,17 +137,21 @@ pub const FRONTEND_SNAT_REMOTE: u32 = 4;
 /// id may use it (`loadBalancerSourceRanges`).
 pub const FRONTEND_SOURCE_RANGES: u32 = 8;
 
-map_type! {
-    /// `backends` value, keyed by backend id (`u32`).
-    pub struct BackendValue {
+family_map_type! {
+    /// `BACKEND_SLOTS` (`BACKEND_SLOTS6`) value, indexed by backend id:
+    /// backend ids are one space over both families, each id's backend in
+    /// the array of its family.
+    pub struct BackendValueOf<A> {
         /// Pod (or external) address, network order.
-        pub addr: u32,
+        pub addr: A,
         /// Target port, network order.
         pub port: u16,
         /// `BACKEND_*` bits.
         pub flags: u8,
         pub _pad: u8,
     }
+    BackendValue,
+    BackendValue6
 }
 
 /// `BackendValue::flags`: the endpoint runs on this node.
@@ -172,16 +215,19 @@ pub mod maglev_layout {
     }
 }
 
-map_type! {
-    /// `conntrack` key: a flow's 5-tuple as seen in the packet, network order.
-    pub struct FlowKey {
-        pub src_addr: u32,
-        pub dst_addr: u32,
+family_map_type! {
+    /// `CONNTRACK` (`CONNTRACK6`) key: a flow's 5-tuple as seen in the
+    /// packet, network order.
+    pub struct FlowKeyOf<A> {
+        pub src_addr: A,
+        pub dst_addr: A,
         pub src_port: u16,
         pub dst_port: u16,
         pub proto: u8,
         pub _pad: [u8; 3],
     }
+    FlowKey,
+    FlowKey6
 }
 
 /// `CtEntry::direction` of a client → VIP entry: rewrite the destination.
@@ -213,11 +259,12 @@ pub const SNAT_UDP_REUSE_S: u32 = 60;
 pub const SNAT_TCP_REUSE_S: u32 = 3_600;
 pub const SNAT_CLOSED_REUSE_S: u32 = 10;
 
-map_type! {
-    /// `conntrack` value: how to translate the packet matching the key.
-    pub struct CtEntry {
+family_map_type! {
+    /// `CONNTRACK` (`CONNTRACK6`) value: how to translate the packet
+    /// matching the key.
+    pub struct CtEntryOf<A> {
         /// Forward: the backend address. Reply: the VIP. Network order.
-        pub nat_addr: u32,
+        pub nat_addr: A,
         /// Forward: the backend port. Reply: the service port. Network order.
         pub nat_port: u16,
         /// [`CT_FORWARD`] or [`CT_REPLY`].
@@ -228,35 +275,43 @@ map_type! {
         pub backend_id: u32,
         /// With [`CT_SNAT`]: forward, the node address and port the backend
         /// sees as the client; reply, the client to restore as destination.
-        pub snat_addr: u32,
+        pub snat_addr: A,
         pub snat_port: u16,
         pub _pad: u16,
         /// With [`CT_SNAT`]: when a packet of this direction last passed,
         /// on the datapath's clock (`kernel::clock_s`).
         pub last_seen: u32,
     }
+    CtEntry,
+    CtEntry6
 }
 
-map_type! {
-    /// `source_ranges` LPM-trie data: a client prefix allowed to reach the
-    /// frontend with id `frontend_id`. The trie's prefix length counts the 32
-    /// bits of `frontend_id` plus the CIDR's length, so a lookup with
-    /// (frontend id, client address) at length 64 finds the longest match.
-    pub struct SourceRange {
+family_map_type! {
+    /// `SOURCE_RANGES` (`SOURCE_RANGES6`) LPM-trie data: a client prefix
+    /// allowed to reach the frontend with id `frontend_id`. The trie's
+    /// prefix length counts the 32 bits of `frontend_id` plus the CIDR's
+    /// length, so a lookup with (frontend id, client address) at 32 plus
+    /// the address's bits finds the longest match.
+    pub struct SourceRangeOf<A> {
         /// Big-endian, so the id is the leading bytes the trie compares first.
         pub frontend_id_be: u32,
         /// Network order.
-        pub addr: u32,
+        pub addr: A,
     }
+    SourceRange,
+    SourceRange6
 }
 
-map_type! {
-    /// `affinity` key: a client of a frontend with `sessionAffinity: ClientIP`.
-    pub struct AffinityKey {
+family_map_type! {
+    /// `AFFINITY` (`AFFINITY6`) key: a client of a frontend with
+    /// `sessionAffinity: ClientIP`.
+    pub struct AffinityKeyOf<A> {
         pub frontend_id: u32,
         /// Network order.
-        pub client_addr: u32,
+        pub client_addr: A,
     }
+    AffinityKey,
+    AffinityKey6
 }
 
 map_type! {

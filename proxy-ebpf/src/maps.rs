@@ -8,9 +8,10 @@ use aya_ebpf::{
 };
 use proxy_common::{
     maps::{
-        port_roles, AffinityKey, AffinityValue, BackendValue, CtEntry, FlowKey, FrontendKey,
-        FrontendStats, FrontendValue, NextHop, SockAffinityKey, SockRevNatKey, SockRevNatValue,
-        SourceRange, MAGLEV_ARENA_FLAGS,
+        port_roles, AffinityKey, AffinityKey6, AffinityValue, BackendValue, BackendValue6, CtEntry,
+        CtEntry6, FlowKey, FlowKey6, FrontendKey, FrontendKey6, FrontendStats, FrontendValue,
+        NextHop, SockAffinityKey, SockRevNatKey, SockRevNatValue, SourceRange, SourceRange6,
+        MAGLEV_ARENA_FLAGS,
     },
     sizes,
 };
@@ -26,6 +27,18 @@ pub static FRONTENDS: HashMap<FrontendKey, FrontendValue> =
 /// earlier layout kept them in the hash map `BACKENDS`).
 #[map]
 pub static BACKEND_SLOTS: Array<BackendValue> = Array::pinned(sizes::MAX_BACKENDS, 0);
+
+/// The IPv6 frontends, as `FRONTENDS`. Frontend ids are one space over
+/// both families (`MAGLEV_INDEX`, `STATS`).
+#[map]
+pub static FRONTENDS6: HashMap<FrontendKey6, FrontendValue> =
+    HashMap::pinned(sizes::MAX_FRONTENDS, 0);
+
+/// The IPv6 backends by id, as `BACKEND_SLOTS`: ids are one space over
+/// both families, each id's backend in its family's array (the other's
+/// slot stays empty), so a Maglev table's member ids need no family.
+#[map]
+pub static BACKEND_SLOTS6: Array<BackendValue6> = Array::pinned(sizes::MAX_BACKENDS, 0);
 
 /// Every frontend's Maglev table, each a block of entries
 /// (`proxy_common::maps::maglev_layout`); frontends with the same backends
@@ -48,6 +61,10 @@ pub static MAGLEV_INDEX: Array<u64> = Array::pinned(sizes::MAX_FRONTENDS, MAGLEV
 /// possible CPUs and its flows on a few would evict them at 8,192 each.
 #[map]
 pub static CONNTRACK: LruHashMap<FlowKey, CtEntry> = LruHashMap::pinned(sizes::MAX_CONNTRACK, 0);
+
+/// IPv6 flows, as `CONNTRACK`.
+#[map]
+pub static CONNTRACK6: LruHashMap<FlowKey6, CtEntry6> = LruHashMap::pinned(sizes::MAX_CONNTRACK, 0);
 
 /// Which ports frontends and backends use, a bit per port and role
 /// (`proxy_common::maps::port_roles`), written by the agent: packets no
@@ -78,6 +95,11 @@ pub static VERDICTS: PerCpuArray<u64> = PerCpuArray::pinned(sizes::VERDICTS, 0);
 pub static SOURCE_RANGES: LpmTrie<SourceRange, u8> =
     LpmTrie::pinned(sizes::MAX_SOURCE_RANGES, BPF_F_NO_PREALLOC);
 
+/// IPv6 client prefixes, as `SOURCE_RANGES`.
+#[map]
+pub static SOURCE_RANGES6: LpmTrie<SourceRange6, u8> =
+    LpmTrie::pinned(sizes::MAX_SOURCE_RANGES, BPF_F_NO_PREALLOC);
+
 /// NIC ifindex → the IPv4 address flows to remote backends are SNATed to.
 #[map]
 pub static NIC_ADDRS: HashMap<u32, u32> = HashMap::pinned(sizes::MAX_NICS, 0);
@@ -86,6 +108,11 @@ pub static NIC_ADDRS: HashMap<u32, u32> = HashMap::pinned(sizes::MAX_NICS, 0);
 /// `sessionAffinity: ClientIP`. LRU: clients that went away age out.
 #[map]
 pub static AFFINITY: LruHashMap<AffinityKey, AffinityValue> =
+    LruHashMap::pinned(sizes::MAX_AFFINITY, 0);
+
+/// IPv6 clients' affinity, as `AFFINITY`.
+#[map]
+pub static AFFINITY6: LruHashMap<AffinityKey6, AffinityValue> =
     LruHashMap::pinned(sizes::MAX_AFFINITY, 0);
 
 /// (socket cookie, backend) → the ClusterIP and port the socket asked for:
