@@ -2,8 +2,8 @@
 //! endpoints: a TCP RST for TCP, an ICMP port unreachable for UDP. Pure
 //! functions over fixed-size frames, shared by the XDP and tc programs and
 //! unit-tested on the host. Only untagged frames whose IPv4 header has no
-//! options are answered (every pod and NIC frame in practice); the caller
-//! drops the rest.
+//! options, or whose IPv6 header has no extension headers, are answered
+//! (every pod and NIC frame in practice); the caller drops the rest.
 
 const ETH_HLEN: usize = 14;
 const IP_HLEN: usize = 20;
@@ -25,10 +25,26 @@ pub const ICMP_GROWTH: usize = ICMP_FRAME_LEN - ICMP_REQUEST_LEN;
 const PROTO_ICMP: u8 = 1;
 const REPLY_TTL: u8 = 64;
 
+const IPV6_HLEN: usize = 40;
+/// What an ICMPv6 error quotes of the request here: its IPv6 header and 8
+/// bytes of L4, the same fixed shape as IPv4's (well within the minimum
+/// MTU RFC 4443 bounds it by).
+const QUOTE6_LEN: usize = IPV6_HLEN + 8;
+/// Ethernet + IPv6 + TCP without options: `tcp_rst6`'s request prefix and
+/// RST.
+pub const RST6_FRAME_LEN: usize = ETH_HLEN + IPV6_HLEN + TCP_HLEN;
+/// The request prefix `icmp6_port_unreachable` reads.
+pub const ICMP6_REQUEST_LEN: usize = ETH_HLEN + QUOTE6_LEN;
+/// Length of the ICMPv6 port-unreachable frame.
+pub const ICMP6_FRAME_LEN: usize = ETH_HLEN + IPV6_HLEN + ICMP_HLEN + QUOTE6_LEN;
+/// How much an ICMPv6 error is longer than the request prefix it quotes.
+pub const ICMP6_GROWTH: usize = ICMP6_FRAME_LEN - ICMP6_REQUEST_LEN;
+const PROTO_ICMPV6: u8 = 58;
+
 use crate::{
     csum::{fold, sum_be_words},
     lb::{TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
-    maps::PROTO_TCP,
+    maps::{PROTO_TCP, PROTO_UDP},
 };
 
 #[inline(always)]
@@ -83,6 +99,34 @@ pub fn tcp_rst(frame: &mut [u8; RST_FRAME_LEN], payload_len: u16) -> bool {
     }
     swap::<6>(frame, 0, 6);
     reply_ip_header(frame, ETH_HLEN, PROTO_TCP, (IP_HLEN + TCP_HLEN) as u16);
+    let ip = ETH_HLEN;
+    let pseudo = sum_be_words(&frame[ip + 12..ip + 20], PROTO_TCP as u32 + TCP_HLEN as u32);
+    rst_segment(frame, tcp, payload_len, pseudo);
+    true
+}
+
+/// [`tcp_rst`] for IPv6: a segment in an IPv6 header without extension
+/// headers (its first [`RST6_FRAME_LEN`] bytes).
+#[inline(always)]
+pub fn tcp_rst6(frame: &mut [u8; RST6_FRAME_LEN], payload_len: u16) -> bool {
+    let tcp = ETH_HLEN + IPV6_HLEN;
+    let flags = frame[tcp + 13];
+    if !plain_ipv6(frame, PROTO_TCP) || flags & TCP_RST != 0 {
+        return false;
+    }
+    swap::<6>(frame, 0, 6);
+    reply_ipv6_header(frame, ETH_HLEN, PROTO_TCP, TCP_HLEN as u16);
+    let pseudo = pseudo6(frame, PROTO_TCP, TCP_HLEN as u32);
+    rst_segment(frame, tcp, payload_len, pseudo);
+    true
+}
+
+/// Turns the TCP header at `tcp` (flags of the request's) into the RST
+/// answering it, its checksum over `pseudo` (the reply's pseudo-header
+/// sum). Sequence numbers follow RFC 9293 §3.10.7.1.
+#[inline(always)]
+fn rst_segment(frame: &mut [u8], tcp: usize, payload_len: u16, pseudo: u32) {
+    let flags = frame[tcp + 13];
     swap::<2>(frame, tcp, tcp + 2);
     if flags & TCP_ACK != 0 {
         frame.copy_within(tcp + 8..tcp + 12, tcp + 4);
@@ -104,11 +148,37 @@ pub fn tcp_rst(frame: &mut [u8; RST_FRAME_LEN], payload_len: u16) -> bool {
     // Data offset 5 words; window, checksum and urgent pointer 0 for now.
     frame[tcp + 12] = 5 << 4;
     frame[tcp + 14..tcp + TCP_HLEN].fill(0);
-    let ip = ETH_HLEN;
-    let pseudo = sum_be_words(&frame[ip + 12..ip + 20], PROTO_TCP as u32 + TCP_HLEN as u32);
     let check = fold(sum_be_words(&frame[tcp..tcp + TCP_HLEN], pseudo));
     put_u16(frame, tcp + 16, check);
-    true
+}
+
+/// Whether `frame` starts with an untagged IPv6 header whose next header
+/// is `proto` (no extension headers).
+#[inline(always)]
+fn plain_ipv6(frame: &[u8], proto: u8) -> bool {
+    frame[12..14] == [0x86, 0xdd] && frame[ETH_HLEN] >> 4 == 6 && frame[ETH_HLEN + 6] == proto
+}
+
+/// Turns the IPv6 header at `ip` into a reply's: addresses swapped, fresh
+/// fields (no traffic class or flow label, as Linux's own errors).
+#[inline(always)]
+fn reply_ipv6_header(frame: &mut [u8], ip: usize, proto: u8, payload_len: u16) {
+    swap::<16>(frame, ip + 8, ip + 24);
+    frame[ip..ip + 4].copy_from_slice(&[0x60, 0, 0, 0]);
+    put_u16(frame, ip + 4, payload_len);
+    frame[ip + 6] = proto;
+    frame[ip + 7] = REPLY_TTL;
+}
+
+/// The sum of the IPv6 pseudo-header (RFC 8200 §8.1) of the header at
+/// [`ETH_HLEN`], for an upper-layer packet of `len` bytes.
+#[inline(always)]
+fn pseudo6(frame: &[u8], proto: u8, len: u32) -> u32 {
+    let ip = ETH_HLEN;
+    sum_be_words(
+        &frame[ip + 8..ip + 40],
+        proto as u32 + (len >> 16) + (len & 0xffff),
+    )
 }
 
 /// Turns a datagram into the ICMP port unreachable answering it (RFC 792),
@@ -134,6 +204,33 @@ pub fn icmp_port_unreachable(frame: &mut [u8; ICMP_FRAME_LEN]) -> bool {
     // Type 3 (destination unreachable), code 3 (port unreachable), unused.
     frame[icmp..icmp + ICMP_HLEN].copy_from_slice(&[3, 3, 0, 0, 0, 0, 0, 0]);
     let check = fold(sum_be_words(&frame[icmp..], 0));
+    put_u16(frame, icmp + 2, check);
+    true
+}
+
+/// [`icmp_port_unreachable`] for IPv6: the ICMPv6 destination unreachable,
+/// port unreachable (type 1, code 4; RFC 4443), quoting the request's IPv6
+/// header and 8 bytes of its datagram; the caller grows the frame by
+/// [`ICMP6_GROWTH`] in front and cuts it at [`ICMP6_FRAME_LEN`]. Returns
+/// false for anything but a plain IPv6 UDP datagram.
+#[inline(always)]
+pub fn icmp6_port_unreachable(frame: &mut [u8; ICMP6_FRAME_LEN]) -> bool {
+    let request = ICMP6_GROWTH;
+    if !plain_ipv6(&frame[request..], PROTO_UDP) {
+        return false;
+    }
+    frame.copy_within(request + 6..request + 12, 0);
+    frame.copy_within(request..request + 6, 6);
+    frame.copy_within(request + 12..request + 14, 12);
+    frame.copy_within(request + ETH_HLEN..request + ETH_HLEN + IPV6_HLEN, ETH_HLEN);
+    let icmp_len = (ICMP_HLEN + QUOTE6_LEN) as u16;
+    reply_ipv6_header(frame, ETH_HLEN, PROTO_ICMPV6, icmp_len);
+    let icmp = ETH_HLEN + IPV6_HLEN;
+    // Type 1 (destination unreachable), code 4 (port unreachable), unused.
+    frame[icmp..icmp + ICMP_HLEN].copy_from_slice(&[1, 4, 0, 0, 0, 0, 0, 0]);
+    // ICMPv6, unlike ICMP, covers the pseudo-header.
+    let pseudo = pseudo6(frame, PROTO_ICMPV6, icmp_len as u32);
+    let check = fold(sum_be_words(&frame[icmp..], pseudo));
     put_u16(frame, icmp + 2, check);
     true
 }
@@ -247,5 +344,103 @@ mod tests {
         assert_eq!(&reply[42..], &request[14..], "original header and 8 bytes");
         assert!(verifies(&reply[14..34], 0), "IP checksum");
         assert!(verifies(&reply[34..], 0), "ICMP checksum");
+    }
+
+    /// A segment from [fd00:10:244::5]:40000 to [fd00:10:96::a]:80.
+    fn tcp6_request(flags: u8, seq: u32, ack: u32) -> [u8; RST6_FRAME_LEN] {
+        let mut f = [0u8; RST6_FRAME_LEN];
+        f[0..6].copy_from_slice(&[2, 0, 0, 0, 0, 2]);
+        f[6..12].copy_from_slice(&[2, 0, 0, 0, 0, 1]);
+        f[12..14].copy_from_slice(&[0x86, 0xdd]);
+        f[14..18].copy_from_slice(&[0x60, 0x12, 0x34, 0x56]);
+        f[18..20].copy_from_slice(&20u16.to_be_bytes());
+        f[20] = PROTO_TCP;
+        f[21] = 63;
+        f[22..38].copy_from_slice(&CLIENT6);
+        f[38..54].copy_from_slice(&VIP6);
+        f[54..56].copy_from_slice(&40000u16.to_be_bytes());
+        f[56..58].copy_from_slice(&80u16.to_be_bytes());
+        f[58..62].copy_from_slice(&seq.to_be_bytes());
+        f[62..66].copy_from_slice(&ack.to_be_bytes());
+        f[66] = 5 << 4;
+        f[67] = flags;
+        f
+    }
+
+    const CLIENT6: [u8; 16] = [0xfd, 0, 0, 0x10, 0x02, 0x44, 0, 0, 0, 0, 0, 0, 0, 0, 0, 5];
+    const VIP6: [u8; 16] = [0xfd, 0, 0, 0x10, 0, 0x96, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x0a];
+
+    /// The sum of the IPv6 pseudo-header of `frame` for `len` bytes of `proto`.
+    fn pseudo6_sum(frame: &[u8], proto: u8, len: u32) -> u32 {
+        sum_be_words(&frame[22..54], proto as u32 + len)
+    }
+
+    #[test]
+    fn an_ipv6_syn_gets_rst_ack_from_the_vip() {
+        let mut rst = tcp6_request(TCP_SYN, 1000, 0);
+        assert!(tcp_rst6(&mut rst, 0));
+        assert_eq!(&rst[0..6], &[2, 0, 0, 0, 0, 1], "back to the sender's MAC");
+        assert_eq!(&rst[14..18], &[0x60, 0, 0, 0], "no class or flow label");
+        assert_eq!(u16::from_be_bytes([rst[18], rst[19]]), 20);
+        assert_eq!((rst[20], rst[21]), (PROTO_TCP, REPLY_TTL));
+        assert_eq!(&rst[22..38], &VIP6, "from the VIP");
+        assert_eq!(&rst[38..54], &CLIENT6, "to the client");
+        assert_eq!(u16::from_be_bytes([rst[54], rst[55]]), 80);
+        assert_eq!(u16::from_be_bytes([rst[56], rst[57]]), 40000);
+        assert_eq!(
+            u32::from_be_bytes([rst[62], rst[63], rst[64], rst[65]]),
+            1001
+        );
+        assert_eq!(rst[67], TCP_RST | TCP_ACK);
+        let pseudo = pseudo6_sum(&rst, PROTO_TCP, 20);
+        assert!(verifies(&rst[54..74], pseudo), "TCP checksum");
+
+        let mut bare = tcp6_request(TCP_ACK, 5000, 777);
+        assert!(tcp_rst6(&mut bare, 100));
+        assert_eq!(
+            u32::from_be_bytes([bare[58], bare[59], bare[60], bare[61]]),
+            777
+        );
+        assert_eq!(bare[67], TCP_RST);
+    }
+
+    #[test]
+    fn ipv6_resets_and_extension_headers_are_not_answered() {
+        let reset = tcp6_request(TCP_RST, 1, 1);
+        let mut frame = reset;
+        assert!(!tcp_rst6(&mut frame, 0));
+        assert_eq!(frame, reset, "left unchanged");
+        let mut hop_by_hop = tcp6_request(TCP_SYN, 1, 0);
+        hop_by_hop[20] = 0;
+        assert!(!tcp_rst6(&mut hop_by_hop, 0));
+        let mut ipv4 = tcp6_request(TCP_SYN, 1, 0);
+        ipv4[12..14].copy_from_slice(&[0x08, 0x00]);
+        assert!(!tcp_rst6(&mut ipv4, 0));
+    }
+
+    #[test]
+    fn ipv6_udp_gets_icmpv6_port_unreachable_quoting_the_request() {
+        let mut request = [0u8; ICMP6_REQUEST_LEN];
+        request[..54].copy_from_slice(&tcp6_request(0, 0, 0)[..54]);
+        request[20] = PROTO_UDP;
+        request[54..62].copy_from_slice(&[0x9c, 0x40, 0, 53, 0, 12, 0xab, 0xcd]);
+        let mut reply = [0u8; ICMP6_FRAME_LEN];
+        reply[ICMP6_GROWTH..].copy_from_slice(&request);
+        assert!(icmp6_port_unreachable(&mut reply));
+        assert_eq!(&reply[0..6], &[2, 0, 0, 0, 0, 1], "back to the sender");
+        assert_eq!(&reply[6..12], &[2, 0, 0, 0, 0, 2]);
+        assert_eq!(&reply[12..14], &[0x86, 0xdd]);
+        assert_eq!(u16::from_be_bytes([reply[18], reply[19]]), 56);
+        assert_eq!(reply[20], PROTO_ICMPV6);
+        assert_eq!(&reply[22..38], &VIP6);
+        assert_eq!(&reply[38..54], &CLIENT6);
+        assert_eq!((reply[54], reply[55]), (1, 4));
+        assert_eq!(&reply[62..], &request[14..], "IPv6 header and 8 bytes");
+        let pseudo = pseudo6_sum(&reply, PROTO_ICMPV6, 56);
+        assert!(verifies(&reply[54..], pseudo), "ICMPv6 checksum");
+
+        let mut tcp = [0u8; ICMP6_FRAME_LEN];
+        tcp[ICMP6_GROWTH..].copy_from_slice(&tcp6_request(0, 0, 0)[..ICMP6_REQUEST_LEN]);
+        assert!(!icmp6_port_unreachable(&mut tcp), "only UDP");
     }
 }

@@ -10,12 +10,12 @@
 //! back (fail closed).
 
 use aya_ebpf::bindings::BPF_ANY;
-use proxy_common::maps::{CtEntry, DropReason, FlowKey, CT_FORWARD, CT_REPLY};
+use proxy_common::maps::{CtEntryOf, DropReason, FlowKeyOf, CT_FORWARD, CT_REPLY};
 
-use crate::{maps::CONNTRACK, nat::Endpoint, parse::Ipv4Flow, select::Selected};
+use crate::{family::Family, nat::Endpoint, parse::Flow, select::Selected};
 
 #[inline(always)]
-pub fn flow_key(flow: &Ipv4Flow) -> FlowKey {
+pub fn flow_key<F: Family>(flow: &Flow<F>) -> FlowKeyOf<F> {
     tuple_key(
         (flow.src_addr, flow.src_port),
         (flow.dst_addr, flow.dst_port),
@@ -25,8 +25,8 @@ pub fn flow_key(flow: &Ipv4Flow) -> FlowKey {
 
 /// The key of a packet from `src` to `dst` (address, port; network order).
 #[inline(always)]
-pub fn tuple_key(src: Endpoint, dst: Endpoint, proto: u8) -> FlowKey {
-    FlowKey {
+pub fn tuple_key<F: Family>(src: Endpoint<F>, dst: Endpoint<F>, proto: u8) -> FlowKeyOf<F> {
+    FlowKeyOf {
         src_addr: src.0,
         dst_addr: dst.0,
         src_port: src.1,
@@ -38,17 +38,17 @@ pub fn tuple_key(src: Endpoint, dst: Endpoint, proto: u8) -> FlowKey {
 
 /// The translation of a backend → client reply.
 #[inline(always)]
-pub fn lookup_reply(flow: &Ipv4Flow) -> Option<CtEntry> {
+pub fn lookup_reply<F: Family>(flow: &Flow<F>) -> Option<CtEntryOf<F>> {
     // SAFETY: the entry is copied out at once.
-    let entry = unsafe { CONNTRACK.get(flow_key(flow)).copied() }?;
+    let entry = unsafe { F::conntrack().get(flow_key(flow)).copied() }?;
     (entry.direction == CT_REPLY).then_some(entry)
 }
 
 /// The entry of `flow` in place, if it goes in `direction`: for paths that
 /// record liveness in it.
 #[inline(always)]
-pub fn entry_mut(flow: &Ipv4Flow, direction: u8) -> Option<*mut CtEntry> {
-    let entry = CONNTRACK.get_ptr_mut(flow_key(flow))?;
+pub fn entry_mut<F: Family>(flow: &Flow<F>, direction: u8) -> Option<*mut CtEntryOf<F>> {
+    let entry = F::conntrack().get_ptr_mut(flow_key(flow))?;
     // SAFETY: a map value pointer, valid for this program run.
     (unsafe { (*entry).direction } == direction).then_some(entry)
 }
@@ -58,20 +58,20 @@ pub fn entry_mut(flow: &Ipv4Flow, direction: u8) -> Option<*mut CtEntry> {
 /// connection through a VIP on the same tuple would rewrite its replies to
 /// come from the VIP; drop it.
 #[inline(always)]
-pub fn forget_stale_reply(flow: &Ipv4Flow) {
+pub fn forget_stale_reply<F: Family>(flow: &Flow<F>) {
     let reply_key = tuple_key(
         (flow.dst_addr, flow.dst_port),
         (flow.src_addr, flow.src_port),
         flow.proto,
     );
-    let _ = CONNTRACK.remove(reply_key);
+    let _ = F::conntrack().remove(reply_key);
 }
 
 /// The two entries of a new connection.
-pub struct Pair {
-    pub reply_key: FlowKey,
-    pub reply: CtEntry,
-    pub forward: CtEntry,
+pub struct Pair<F> {
+    pub reply_key: FlowKeyOf<F>,
+    pub reply: CtEntryOf<F>,
+    pub forward: CtEntryOf<F>,
 }
 
 /// The entries of `flow`, sent to `chosen` by frontend `frontend_id`, with
@@ -79,34 +79,42 @@ pub struct Pair {
 /// client, if any (the entries then hold both ends' translations);
 /// `last_seen`: the clock for entries that record liveness, else 0.
 #[inline(always)]
-pub fn pair(
-    flow: &Ipv4Flow,
+pub fn pair<F: Family>(
+    flow: &Flow<F>,
     frontend_id: u32,
-    chosen: &Selected,
+    chosen: &Selected<F>,
     flags: u8,
-    stand_in: Option<Endpoint>,
+    stand_in: Option<Endpoint<F>>,
     last_seen: u32,
-) -> Pair {
+) -> Pair<F> {
     let client = (flow.src_addr, flow.src_port);
     let backend = (chosen.backend.addr, chosen.backend.port);
-    let reply = CtEntry {
+    let reply = CtEntryOf {
         nat_addr: flow.dst_addr,
         nat_port: flow.dst_port,
         direction: CT_REPLY,
         flags,
         frontend_id,
         backend_id: chosen.id,
-        snat_addr: if stand_in.is_some() { client.0 } else { 0 },
+        snat_addr: if stand_in.is_some() {
+            client.0
+        } else {
+            F::default()
+        },
         snat_port: if stand_in.is_some() { client.1 } else { 0 },
         _pad: 0,
         last_seen,
     };
     let seen_as = stand_in.unwrap_or(client);
-    let forward = CtEntry {
+    let forward = CtEntryOf {
         nat_addr: backend.0,
         nat_port: backend.1,
         direction: CT_FORWARD,
-        snat_addr: if stand_in.is_some() { seen_as.0 } else { 0 },
+        snat_addr: if stand_in.is_some() {
+            seen_as.0
+        } else {
+            F::default()
+        },
         snat_port: if stand_in.is_some() { seen_as.1 } else { 0 },
         ..reply
     };
@@ -119,8 +127,8 @@ pub fn pair(
 
 /// Records `pair`, reply entry first, and returns its forward entry.
 #[inline(always)]
-pub fn record(flow: &Ipv4Flow, pair: &Pair) -> Result<CtEntry, DropReason> {
-    CONNTRACK
+pub fn record<F: Family>(flow: &Flow<F>, pair: &Pair<F>) -> Result<CtEntryOf<F>, DropReason> {
+    F::conntrack()
         .insert(pair.reply_key, pair.reply, BPF_ANY as u64)
         .map_err(|_| DropReason::ConntrackFull)?;
     record_forward(flow, pair)
@@ -129,12 +137,16 @@ pub fn record(flow: &Ipv4Flow, pair: &Pair) -> Result<CtEntry, DropReason> {
 /// Puts the forward entry of `pair`, whose reply entry is in already, and
 /// returns it; if it cannot go in, the reply entry goes too (fail closed).
 #[inline(always)]
-pub fn record_forward(flow: &Ipv4Flow, pair: &Pair) -> Result<CtEntry, DropReason> {
-    if CONNTRACK
+pub fn record_forward<F: Family>(
+    flow: &Flow<F>,
+    pair: &Pair<F>,
+) -> Result<CtEntryOf<F>, DropReason> {
+    let conntrack = F::conntrack();
+    if conntrack
         .insert(flow_key(flow), pair.forward, BPF_ANY as u64)
         .is_err()
     {
-        let _ = CONNTRACK.remove(pair.reply_key);
+        let _ = conntrack.remove(pair.reply_key);
         return Err(DropReason::ConntrackFull);
     }
     Ok(pair.forward)

@@ -24,33 +24,29 @@ use proxy_common::{
 };
 
 use crate::{
-    kernel, lookup,
+    family::Family,
+    kernel,
     maps::HOP_CACHE,
-    parse::{ptr_at_mut, Ipv4Flow, Ipv4Hdr},
+    parse::{ptr_at_mut, Flow, Ipv4Flow, Ipv4Hdr},
 };
-
-const AF_INET: u8 = 2;
 
 /// Asks the FIB where a packet of `flow` from `src` to `dst`, arriving on
 /// `ifindex`, goes: (return code, params holding the egress interface and,
 /// on success, the MAC addresses). A non-zero `tot_len` has the FIB check
-/// it against the egress MTU.
+/// it against the egress MTU; `class`: IPv4's TOS, IPv6's flow information.
 #[inline(always)]
-fn fib_lookup(
+fn fib_lookup<F: Family>(
     ctx: &impl EbpfContext,
     ifindex: u32,
-    (proto, tot_len, tos): (u8, u16, u8),
-    (src, dst): (u32, u32),
+    (proto, tot_len, class): (u8, u16, u32),
+    (src, dst): (F, F),
 ) -> (i64, FibParams) {
     // SAFETY: an all-zero bpf_fib_lookup is a valid request to fill in.
     let mut params: FibParams = unsafe { core::mem::zeroed() };
-    params.family = AF_INET;
     params.l4_protocol = proto;
     params.__bindgen_anon_1.tot_len = tot_len;
     params.ifindex = ifindex;
-    params.__bindgen_anon_2.tos = tos;
-    params.__bindgen_anon_3.ipv4_src = src;
-    params.__bindgen_anon_4.ipv4_dst = dst;
+    F::fib_request(&mut params, class, src, dst);
     // SAFETY: params lives on this stack frame for the call.
     let rc = unsafe {
         bpf_fib_lookup(
@@ -63,9 +59,28 @@ fn fib_lookup(
     (rc, params)
 }
 
-/// A router lowers the TTL; the checksum word holds TTL and protocol.
-/// Returns false, changing nothing, when the TTL is spent (the stack then
-/// sends the ICMP time-exceeded).
+/// A router lowers the TTL (IPv6: the hop limit, which no checksum
+/// covers). Returns false, changing nothing, when it is spent (the stack
+/// then sends the time-exceeded error).
+#[inline(always)]
+fn decrement_hop_limit<F: Family>(ctx: &impl crate::parse::Frame, l3_off: usize) -> bool {
+    if F::HEADER_CHECKSUM {
+        return ptr_at_mut::<Ipv4Hdr>(ctx, l3_off).is_some_and(decrement_ttl);
+    }
+    let Some(hop_limit) = ptr_at_mut::<u8>(ctx, l3_off + F::HOP_LIMIT_OFF) else {
+        return false;
+    };
+    // SAFETY: bounds-checked just above.
+    unsafe {
+        if *hop_limit <= 1 {
+            return false;
+        }
+        *hop_limit -= 1;
+    }
+    true
+}
+
+/// IPv4's TTL; the checksum word holds TTL and protocol.
 #[inline(always)]
 fn decrement_ttl(ip: *mut Ipv4Hdr) -> bool {
     // SAFETY: the caller bounds-checked `ip`.
@@ -114,10 +129,15 @@ pub fn xdp_forward(ctx: &XdpContext, flow: &Ipv4Flow, src: u32, dst: u32) -> u32
     }
     // SAFETY: bounds-checked above.
     let tos = unsafe { (*ip).tos };
-    let (rc, params) = fib_lookup(ctx, ingress, (flow.proto, flow.ip_len, tos), (src, dst));
+    let (rc, params) = fib_lookup(
+        ctx,
+        ingress,
+        (flow.proto, flow.ip_len, tos as u32),
+        (src, dst),
+    );
     // Another interface takes XDP frames only if it is one of ours (a NIC
     // with the program attached); a tunnel or bridge would drop them.
-    let egress_ok = params.ifindex == ingress || lookup::nic_address(params.ifindex).is_some();
+    let egress_ok = params.ifindex == ingress || u32::nic_address(params.ifindex).is_some();
     if rc != BPF_FIB_LKUP_RET_SUCCESS as i64 || !egress_ok || !decrement_ttl(ip) {
         // No route or no neighbour entry yet, an egress XDP cannot use, or
         // TTL spent: the stack knows what to do.
@@ -151,20 +171,20 @@ pub fn xdp_forward(ctx: &XdpContext, flow: &Ipv4Flow, src: u32, dst: u32) -> u32
 /// of the interface the FIB names, the kernel filling in the neighbour, and
 /// returns the tc action; without a route, the stack gets it.
 #[inline(always)]
-pub fn tc_forward(ctx: &TcContext, flow: &Ipv4Flow, src: u32, dst: u32) -> i32 {
-    let Some(ip) = ptr_at_mut::<Ipv4Hdr>(ctx, flow.l3_off) else {
+pub fn tc_forward<F: Family>(ctx: &TcContext, flow: &Flow<F>, src: F, dst: F) -> i32 {
+    let Some(class) = F::traffic_class(ctx, flow.l3_off) else {
         return TC_ACT_OK;
     };
     // The interface the program runs on, which at tc ingress is the one the
     // packet came in on (as `ingress_ifindex`, which BPF_PROG_TEST_RUN
     // cannot set on 5.10, while it can set this one).
-    // SAFETY: bounds-checked above; reading our own skb's fields.
-    let (tos, ingress) = unsafe { ((*ip).tos, (*ctx.skb.skb).ifindex) };
+    // SAFETY: reading our own skb's fields.
+    let ingress = unsafe { (*ctx.skb.skb).ifindex };
     // tot_len 0: the FIB checks the MTU against the skb itself, which knows
     // about GSO (a pod's 64 KB TCP segment is fine, an explicit length not).
-    let (rc, params) = fib_lookup(ctx, ingress, (flow.proto, 0, tos), (src, dst));
+    let (rc, params) = fib_lookup(ctx, ingress, (flow.proto, 0, class), (src, dst));
     let routed = rc == BPF_FIB_LKUP_RET_SUCCESS as i64 || rc == BPF_FIB_LKUP_RET_NO_NEIGH as i64;
-    if !routed || !decrement_ttl(ip) {
+    if !routed || !decrement_hop_limit::<F>(ctx, flow.l3_off) {
         return TC_ACT_OK;
     }
     // SAFETY: plain helper call; without neighbour parameters the kernel

@@ -1,27 +1,32 @@
-//! The load-balancing core's IPv4 side: what `proxy_common::lb`'s rules
-//! consult for an IPv4 packet (source ranges, the forward conntrack entry,
-//! backend selection) and how a new flow is recorded for the hook it was
-//! seen at. Every packet hook asks [`balance`]; an IPv6 path adds its own
-//! `Lookups` and keeps the rules.
+//! The load-balancing core's datapath side: what `proxy_common::lb`'s
+//! rules consult for a packet of either family (source ranges, the forward
+//! conntrack entry, backend selection) and how a new flow is recorded for
+//! the hook it was seen at. Every packet hook asks [`balance`].
 
 use proxy_common::{
     lb::{self, Decision, Established, First, Hook, Lookups, Recording},
-    maps::{CtEntry, DropReason, FrontendValue, CT_FORWARD, CT_FROM_NIC, CT_HAIRPIN, CT_SNAT},
+    maps::{CtEntryOf, DropReason, FrontendValue, CT_FORWARD, CT_FROM_NIC, CT_HAIRPIN, CT_SNAT},
 };
 
-use crate::{conntrack, lookup, parse::Ipv4Flow, select, snat};
+use crate::{
+    conntrack,
+    family::Family,
+    lookup,
+    parse::{Flow, Ipv4Flow},
+    select, snat,
+};
 
-struct Ipv4Lookups<'a> {
-    flow: &'a Ipv4Flow,
+struct FlowLookups<'a, F> {
+    flow: &'a Flow<F>,
     hook: Hook,
     /// NIC the packet came in on (XDP), for the address a SNAT uses.
     ingress_ifindex: u32,
 }
 
-impl<'a> Ipv4Lookups<'a> {
+impl<'a, F: Family> FlowLookups<'a, F> {
     #[inline(always)]
-    fn new(flow: &'a Ipv4Flow, hook: Hook, ingress_ifindex: u32) -> Self {
-        Ipv4Lookups {
+    fn new(flow: &'a Flow<F>, hook: Hook, ingress_ifindex: u32) -> Self {
+        FlowLookups {
             flow,
             hook,
             ingress_ifindex,
@@ -29,9 +34,9 @@ impl<'a> Ipv4Lookups<'a> {
     }
 }
 
-impl Lookups for Ipv4Lookups<'_> {
-    type Found = *mut CtEntry;
-    type Entry = CtEntry;
+impl<F: Family> Lookups for FlowLookups<'_, F> {
+    type Found = *mut CtEntryOf<F>;
+    type Entry = CtEntryOf<F>;
 
     #[inline(always)]
     fn source_allowed(&self, frontend_id: u32) -> bool {
@@ -39,7 +44,7 @@ impl Lookups for Ipv4Lookups<'_> {
     }
 
     #[inline(always)]
-    fn established(&self) -> Established<*mut CtEntry> {
+    fn established(&self) -> Established<*mut CtEntryOf<F>> {
         let Some(found) = conntrack::entry_mut(self.flow, CT_FORWARD) else {
             return Established::None;
         };
@@ -56,7 +61,7 @@ impl Lookups for Ipv4Lookups<'_> {
     }
 
     #[inline(always)]
-    fn keep(&self, found: *mut CtEntry) -> CtEntry {
+    fn keep(&self, found: *mut CtEntryOf<F>) -> CtEntryOf<F> {
         // SAFETY: a map value pointer, valid for this program run.
         let entry = unsafe { *found };
         if entry.flags & CT_SNAT != 0 {
@@ -66,7 +71,7 @@ impl Lookups for Ipv4Lookups<'_> {
     }
 
     #[inline(always)]
-    fn open(&self, frontend: &FrontendValue) -> Result<CtEntry, DropReason> {
+    fn open(&self, frontend: &FrontendValue) -> Result<CtEntryOf<F>, DropReason> {
         let flow = self.flow;
         let chosen = select::select_backend(frontend, flow)?;
         let backend = &chosen.backend;
@@ -86,7 +91,7 @@ impl Lookups for Ipv4Lookups<'_> {
             }
             Recording::Snat => {
                 let node_addr =
-                    lookup::nic_address(self.ingress_ifindex).ok_or(DropReason::NoSnatAddress)?;
+                    F::nic_address(self.ingress_ifindex).ok_or(DropReason::NoSnatAddress)?;
                 return snat::create(flow, id, &chosen, node_addr);
             }
         };
@@ -100,13 +105,13 @@ impl Lookups for Ipv4Lookups<'_> {
 /// for no frontend (pod interfaces: with socket-level balancing, pods talk
 /// to backends directly), the frontend is looked up first.
 #[inline(always)]
-pub fn balance(
-    flow: &Ipv4Flow,
+pub fn balance<F: Family>(
+    flow: &Flow<F>,
     frontend: &FrontendValue,
     hook: Hook,
     ingress_ifindex: u32,
-) -> Result<Decision<CtEntry>, DropReason> {
-    let lookups = Ipv4Lookups::new(flow, hook, ingress_ifindex);
+) -> Result<Decision<CtEntryOf<F>>, DropReason> {
+    let lookups = FlowLookups::new(flow, hook, ingress_ifindex);
     lb::balance(&lookups, frontend, flow.packet())
 }
 
@@ -121,8 +126,8 @@ pub fn balance_conntrack_first(
     hook: Hook,
     ingress_ifindex: u32,
     find: impl FnOnce(&Ipv4Flow) -> Option<FrontendValue>,
-) -> Result<Option<Decision<CtEntry>>, DropReason> {
-    let lookups = Ipv4Lookups::new(flow, hook, ingress_ifindex);
+) -> Result<Option<Decision<CtEntryOf<u32>>>, DropReason> {
+    let lookups = FlowLookups::new(flow, hook, ingress_ifindex);
     let packet = flow.packet();
     match lb::carried(&lookups, packet) {
         First::Carried(entry) => Ok(Some(Decision::Translate(entry))),

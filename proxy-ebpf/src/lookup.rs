@@ -4,12 +4,13 @@
 use aya_ebpf::maps::lpm_trie::Key;
 use proxy_common::maps::{
     port_roles::{self, BACKEND, NODE_FRONTEND, POD_FRONTEND},
-    FrontendKey, FrontendValue, SourceRange, SCOPE_NODE, SCOPE_POD,
+    FrontendKeyOf, FrontendValue, SourceRangeOf, SCOPE_NODE, SCOPE_POD,
 };
 
 use crate::{
-    maps::{FRONTENDS, NIC_ADDRS, PORT_ROLES, SOURCE_RANGES},
-    parse::Ipv4Flow,
+    family::Family,
+    maps::PORT_ROLES,
+    parse::{Flow, Ipv4Flow},
 };
 
 /// Whether some frontend or backend uses `port` (network order) in `role`
@@ -30,19 +31,19 @@ pub fn from_backend_port(port: u16) -> bool {
 
 /// The frontend of `scope` at (`addr`, `port`, `proto`), network order.
 #[inline(always)]
-fn frontend_at(addr: u32, port: u16, proto: u8, scope: u8) -> Option<FrontendValue> {
-    let key = FrontendKey {
+fn frontend_at<F: Family>(addr: F, port: u16, proto: u8, scope: u8) -> Option<FrontendValue> {
+    let key = FrontendKeyOf {
         addr,
         port,
         proto,
         scope,
     };
     // SAFETY: the value is copied out at once.
-    unsafe { FRONTENDS.get(key).copied() }
+    unsafe { F::frontends().get(key).copied() }
 }
 
 #[inline(always)]
-fn frontend(flow: &Ipv4Flow, scope: u8) -> Option<FrontendValue> {
+fn frontend<F: Family>(flow: &Flow<F>, scope: u8) -> Option<FrontendValue> {
     frontend_at(flow.dst_addr, flow.dst_port, flow.proto, scope)
 }
 
@@ -55,7 +56,7 @@ pub fn pod_frontend_at(addr: u32, port: u16, proto: u8) -> Option<FrontendValue>
 /// The frontend a pod's packet is addressed to (a ClusterIP, or an external
 /// address short-circuited to its Service), if any.
 #[inline(always)]
-pub fn pod_frontend(flow: &Ipv4Flow) -> Option<FrontendValue> {
+pub fn pod_frontend<F: Family>(flow: &Flow<F>) -> Option<FrontendValue> {
     frontend(flow, SCOPE_POD)
 }
 
@@ -81,20 +82,13 @@ pub fn node_frontend(flow: &Ipv4Flow) -> Option<FrontendValue> {
 
 /// Whether `loadBalancerSourceRanges` of frontend `frontend_id` admit the client.
 #[inline(always)]
-pub fn source_allowed(frontend_id: u32, client: u32) -> bool {
+pub fn source_allowed<F: Family>(frontend_id: u32, client: F) -> bool {
     let key = Key::new(
-        64,
-        SourceRange {
+        32 + F::BITS,
+        SourceRangeOf {
             frontend_id_be: frontend_id.to_be(),
             addr: client,
         },
     );
-    SOURCE_RANGES.get(&key).is_some()
-}
-
-/// The address flows arriving on NIC `ifindex` are SNATed to.
-#[inline(always)]
-pub fn nic_address(ifindex: u32) -> Option<u32> {
-    // SAFETY: the value is copied out at once.
-    unsafe { NIC_ADDRS.get(ifindex).copied() }
+    F::source_ranges().get(&key).is_some()
 }

@@ -11,6 +11,7 @@
 #![no_main]
 
 mod conntrack;
+mod family;
 mod forward;
 mod hooks;
 mod kernel;

@@ -1,12 +1,14 @@
-//! IPv4 address and port translation: DNAT towards the backend, reverse NAT
-//! on replies so the client sees the VIP and service port; in XDP both ends
-//! at once for flows that are SNATed too.
+//! Address and port translation: DNAT towards the backend, reverse NAT on
+//! replies so the client sees the VIP and service port (tc: both families;
+//! XDP: IPv4); in XDP both ends at once for flows that are SNATed too.
 //!
 //! Checksums: in tc the L4 checksum goes through the kernel helper, the only
 //! one that knows whether the skb carries a full checksum or a partial one
-//! (veth with offloads on); the IPv4 header checksum is always full, so it
-//! is updated in place. XDP frames carry full checksums and have no such
-//! helper: there every checksum is updated in place. The arithmetic is
+//! (veth with offloads on): an IPv4 address as one 4-byte replacement, an
+//! IPv6 address (four words of the pseudo-header) as one difference; the
+//! IPv4 header checksum is always full, so it is updated in place (IPv6 has
+//! none). XDP frames carry full checksums and have no such helper: there
+//! every checksum is updated in place. The arithmetic is
 //! `proxy_common::csum`'s.
 
 use aya_ebpf::{
@@ -18,17 +20,22 @@ use proxy_common::{
     maps::{DropReason, PROTO_UDP},
 };
 
-use crate::parse::{ptr_at_mut, Ipv4Flow, Ipv4Hdr};
+use crate::{
+    family::Family,
+    parse::{ptr_at_mut, Flow, Ipv4Flow, Ipv4Hdr},
+};
 
 const TCP_CSUM_OFF: usize = 16;
 const UDP_CSUM_OFF: usize = 6;
+/// The IPv4 header checksum's offset.
+const IPV4_CSUM_OFF: usize = 10;
 
 /// One end of a flow: address and port, network order.
-pub type Endpoint = csum::Endpoint4;
+pub type Endpoint<F> = (F, u16);
 
 /// The offset of the L4 checksum field, and whether it is UDP's.
 #[inline(always)]
-fn l4_csum_off(flow: &Ipv4Flow) -> (usize, bool) {
+fn l4_csum_off<F>(flow: &Flow<F>) -> (usize, bool) {
     if flow.proto == PROTO_UDP {
         (flow.l4_off + UDP_CSUM_OFF, true)
     } else {
@@ -39,9 +46,9 @@ fn l4_csum_off(flow: &Ipv4Flow) -> (usize, bool) {
 /// tc: accounts for a change of `from` to `to` (`size` bytes; `pseudo`: a
 /// field of the pseudo-header) in the L4 checksum, through the helper.
 #[inline(always)]
-fn l4_replace(
+fn l4_replace<F>(
     ctx: &TcContext,
-    flow: &Ipv4Flow,
+    flow: &Flow<F>,
     from: u32,
     to: u32,
     size: u64,
@@ -68,30 +75,55 @@ enum End {
     Destination,
 }
 
+/// tc: accounts for an address of the pseudo-header changing from `from`
+/// to `to` in the L4 checksum: IPv4's in one 4-byte replacement, IPv6's
+/// four words as one difference (size 0: `to` is the difference).
 #[inline(always)]
-fn rewrite(ctx: &TcContext, flow: &Ipv4Flow, end: End, to: Endpoint) -> Result<(), DropReason> {
+fn l4_replace_addr<F: Family>(
+    ctx: &TcContext,
+    flow: &Flow<F>,
+    from: F,
+    to: F,
+) -> Result<(), DropReason> {
+    match (from.words(), to.words()) {
+        ([from], [to]) => l4_replace(ctx, flow, *from, *to, 4, true),
+        (from, to) => l4_replace(ctx, flow, 0, csum::words_diff(from, to), 0, true),
+    }
+}
+
+#[inline(always)]
+fn rewrite<F: Family>(
+    ctx: &TcContext,
+    flow: &Flow<F>,
+    end: End,
+    to: Endpoint<F>,
+) -> Result<(), DropReason> {
     let (addr, port) = to;
-    let (old_addr, old_port, port_index) = match end {
-        End::Source => (flow.src_addr, flow.src_port, 0),
-        End::Destination => (flow.dst_addr, flow.dst_port, 1),
+    let (old_addr, old_port, port_index, addr_off) = match end {
+        End::Source => (flow.src_addr, flow.src_port, 0, F::SRC_OFF),
+        End::Destination => (flow.dst_addr, flow.dst_port, 1, F::DST_OFF),
     };
     // L4 checksum first: the helper may move the packet, so the header
     // pointers are taken afterwards.
     if addr != old_addr {
-        l4_replace(ctx, flow, old_addr, addr, 4, true)?;
+        l4_replace_addr(ctx, flow, old_addr, addr)?;
     }
     if port != old_port {
         l4_replace(ctx, flow, old_port as u32, port as u32, 2, false)?;
     }
-    let ip = ptr_at_mut::<Ipv4Hdr>(ctx, flow.l3_off).ok_or(DropReason::RewriteFailed)?;
+    let field = ptr_at_mut::<F>(ctx, flow.l3_off + addr_off).ok_or(DropReason::RewriteFailed)?;
     let ports = ptr_at_mut::<[u16; 2]>(ctx, flow.l4_off).ok_or(DropReason::RewriteFailed)?;
+    if F::HEADER_CHECKSUM {
+        let check =
+            ptr_at_mut::<u16>(ctx, flow.l3_off + IPV4_CSUM_OFF).ok_or(DropReason::RewriteFailed)?;
+        if let ([from], [to]) = (old_addr.words(), addr.words()) {
+            // SAFETY: bounds-checked just above.
+            unsafe { *check = csum::replace_u32(*check, *from, *to) };
+        }
+    }
     // SAFETY: both pointers were bounds-checked against data_end just above.
     unsafe {
-        (*ip).check = csum::replace_u32((*ip).check, old_addr, addr);
-        match end {
-            End::Source => (*ip).saddr = addr,
-            End::Destination => (*ip).daddr = addr,
-        }
+        *field = addr;
         (*ports)[port_index] = port;
     }
     Ok(())
@@ -100,10 +132,10 @@ fn rewrite(ctx: &TcContext, flow: &Ipv4Flow, end: End, to: Endpoint) -> Result<(
 /// tc: the packet goes to `destination` (DNAT: client → VIP becomes
 /// client → backend).
 #[inline(always)]
-pub fn set_destination(
+pub fn set_destination<F: Family>(
     ctx: &TcContext,
-    flow: &Ipv4Flow,
-    destination: Endpoint,
+    flow: &Flow<F>,
+    destination: Endpoint<F>,
 ) -> Result<(), DropReason> {
     rewrite(ctx, flow, End::Destination, destination)
 }
@@ -111,7 +143,11 @@ pub fn set_destination(
 /// tc: the packet comes from `source` (reverse NAT: backend → client
 /// becomes VIP → client; hairpin: the VIP stands in for the client).
 #[inline(always)]
-pub fn set_source(ctx: &TcContext, flow: &Ipv4Flow, source: Endpoint) -> Result<(), DropReason> {
+pub fn set_source<F: Family>(
+    ctx: &TcContext,
+    flow: &Flow<F>,
+    source: Endpoint<F>,
+) -> Result<(), DropReason> {
     rewrite(ctx, flow, End::Source, source)
 }
 
@@ -121,8 +157,8 @@ pub fn set_source(ctx: &TcContext, flow: &Ipv4Flow, source: Endpoint) -> Result<
 pub fn xdp_translate(
     ctx: &XdpContext,
     flow: &Ipv4Flow,
-    src: Endpoint,
-    dst: Endpoint,
+    src: Endpoint<u32>,
+    dst: Endpoint<u32>,
 ) -> Result<(), DropReason> {
     let (csum_off, udp) = l4_csum_off(flow);
     let ip = ptr_at_mut::<Ipv4Hdr>(ctx, flow.l3_off).ok_or(DropReason::RewriteFailed)?;

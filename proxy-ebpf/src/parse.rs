@@ -1,9 +1,12 @@
 //! Header parsing with direct packet access, for tc and XDP alike. Every
 //! read is bounds-checked against `data_end`; anything that is not an
-//! unfragmented IPv4 TCP/UDP packet yields `None` and is passed on untouched.
+//! unfragmented IPv4 or IPv6 TCP/UDP packet yields `None` and is passed on
+//! untouched (ICMP, ICMPv6 with neighbour discovery, router advertisements
+//! and MLD among them).
 
 use aya_ebpf::programs::{TcContext, XdpContext};
 use proxy_common::{
+    addr::Addr6,
     lb::Packet,
     maps::{PROTO_TCP, PROTO_UDP},
 };
@@ -39,32 +42,63 @@ impl Frame for XdpContext {
 pub const ETH_HLEN: usize = 14;
 const VLAN_HLEN: usize = 4;
 const ETH_P_IPV4: u16 = 0x0800u16.to_be();
+const ETH_P_IPV6: u16 = 0x86ddu16.to_be();
 const ETH_P_8021Q: u16 = 0x8100u16.to_be();
 /// IPv4 "more fragments" flag and fragment offset bits, network order.
 const IP_FRAGMENTED: u16 = 0x3fffu16.to_be();
+pub const IPV4_HLEN: usize = 20;
+pub const IPV6_HLEN: usize = 40;
 const TCP_HLEN: usize = 20;
 const UDP_HLEN: usize = 8;
-/// Longest header chain we read: Ethernet + VLAN + IPv4 with options + TCP.
-const MAX_HEADERS: u32 = (ETH_HLEN + VLAN_HLEN + 60 + TCP_HLEN) as u32;
+/// IPv6 extension headers walked past: hop-by-hop options, routing,
+/// fragment, destination options. Any other next header (ESP, AH, ICMPv6,
+/// no next header) is not ours.
+const IPV6_HOP_BY_HOP: u8 = 0;
+const IPV6_ROUTING: u8 = 43;
+const IPV6_FRAGMENT: u8 = 44;
+const IPV6_DEST_OPTS: u8 = 60;
+/// Extension headers read before giving up on a packet (the verifier needs
+/// a bound; real packets carry one or two).
+const IPV6_MAX_EXT: usize = 4;
+/// A fragment header's offset and "more fragments" bits: an atomic
+/// fragment (both zero) is a whole packet.
+const IPV6_FRAGMENTED: u16 = 0xfff9;
+/// Longest header chains tc pulls into the linear part: Ethernet + VLAN +
+/// IPv4 with options + TCP; Ethernet + VLAN + IPv6 + room for extension
+/// headers + TCP.
+const MAX_HEADERS4: u32 = (ETH_HLEN + VLAN_HLEN + 60 + TCP_HLEN) as u32;
+const MAX_HEADERS6: u32 = (ETH_HLEN + VLAN_HLEN + IPV6_HLEN + 64 + TCP_HLEN) as u32;
 
-/// The fields of an IPv4 TCP/UDP packet the datapath needs, network order.
-pub struct Ipv4Flow {
-    /// Offset of the IPv4 header.
+/// The fields of a TCP/UDP packet the datapath needs, network order; `A`
+/// is its family's address (`u32`, `Addr6`).
+pub struct Flow<A> {
+    /// Offset of the IP header.
     pub l3_off: usize,
-    /// Offset of the TCP/UDP header (after IP options).
+    /// Offset of the TCP/UDP header (after IPv4 options or IPv6
+    /// extension headers).
     pub l4_off: usize,
     pub proto: u8,
-    /// IPv4 total length: the TCP payload length follows from it.
+    /// The IP packet's length, headers included (IPv4 total length; IPv6
+    /// payload length + 40): the TCP payload length follows from it.
     pub ip_len: u16,
-    pub src_addr: u32,
-    pub dst_addr: u32,
+    pub src_addr: A,
+    pub dst_addr: A,
     pub src_port: u16,
     pub dst_port: u16,
     /// TCP flags byte (0 for UDP).
     pub tcp_flags: u8,
 }
 
-impl Ipv4Flow {
+pub type Ipv4Flow = Flow<u32>;
+pub type Ipv6Flow = Flow<Addr6>;
+
+/// A packet's flow, of either family.
+pub enum AnyFlow {
+    V4(Ipv4Flow),
+    V6(Ipv6Flow),
+}
+
+impl<A> Flow<A> {
     /// What the load-balancing rules read of it.
     #[inline(always)]
     pub fn packet(&self) -> Packet {
@@ -89,6 +123,17 @@ pub struct Ipv4Hdr {
     pub daddr: u32,
 }
 
+#[repr(C)]
+pub struct Ipv6Hdr {
+    /// Version, traffic class, flow label.
+    pub head: [u8; 4],
+    pub payload_len: u16,
+    pub next_header: u8,
+    pub hop_limit: u8,
+    pub saddr: Addr6,
+    pub daddr: Addr6,
+}
+
 /// Returns a pointer to a `T` at `off`, or `None` if it does not fit.
 #[inline(always)]
 fn ptr_at<T>(ctx: &impl Frame, off: usize) -> Option<*const T> {
@@ -107,10 +152,11 @@ pub fn ptr_at_mut<T>(ctx: &impl Frame, off: usize) -> Option<*mut T> {
 
 /// Why a packet yielded no flow.
 enum Unparsed {
-    /// Not an unfragmented IPv4 TCP/UDP packet: not ours.
+    /// Not an unfragmented IPv4 or IPv6 TCP/UDP packet: not ours.
     NotOurs,
-    /// Its headers end past the linear data (always complete in XDP).
-    Short,
+    /// Its headers end past the linear data (always complete in XDP); the
+    /// longest header chain of its family, to pull.
+    Short(u32),
 }
 
 /// The flow of a tc packet. Its headers are nearly always in the skb's
@@ -121,15 +167,15 @@ enum Unparsed {
 /// pulled payload writable copies the head of a cloned skb (TCP transmits
 /// clones).
 #[inline(always)]
-pub fn tc_ipv4_flow(ctx: &TcContext) -> Option<Ipv4Flow> {
+pub fn tc_flow(ctx: &TcContext) -> Option<AnyFlow> {
     match parse(ctx) {
         Ok(flow) => Some(flow),
         Err(Unparsed::NotOurs) => None,
-        Err(Unparsed::Short) => {
-            let want = if ctx.len() < MAX_HEADERS {
+        Err(Unparsed::Short(longest)) => {
+            let want = if ctx.len() < longest {
                 ctx.len()
             } else {
-                MAX_HEADERS
+                longest
             };
             // On failure the parse below finds the headers short again.
             let _ = ctx.pull_data(want);
@@ -138,58 +184,139 @@ pub fn tc_ipv4_flow(ctx: &TcContext) -> Option<Ipv4Flow> {
     }
 }
 
-/// The flow of a packet whose headers are in linear memory (always so in XDP).
+/// The flow of an IPv4 packet whose headers are in linear memory (always
+/// so in XDP).
 #[inline(always)]
 pub fn ipv4_flow(ctx: &impl Frame) -> Option<Ipv4Flow> {
-    parse(ctx).ok()
+    let (ether_type, l3_off) = ether_type(ctx).ok()?;
+    if ether_type != ETH_P_IPV4 {
+        return None;
+    }
+    parse_ipv4(ctx, l3_off).ok()
+}
+
+/// The EtherType past an optional VLAN tag, and where the L3 header starts.
+#[inline(always)]
+fn ether_type(ctx: &impl Frame) -> Result<(u16, usize), Unparsed> {
+    // SAFETY: `ptr_at` checked that the value lies before `data_end`.
+    let ether_type = unsafe { *ptr_at::<u16>(ctx, 12).ok_or(Unparsed::Short(MAX_HEADERS4))? };
+    if ether_type != ETH_P_8021Q {
+        return Ok((ether_type, ETH_HLEN));
+    }
+    // SAFETY: `ptr_at` checked that the value lies before `data_end`.
+    let inner = unsafe { *ptr_at::<u16>(ctx, 16).ok_or(Unparsed::Short(MAX_HEADERS4))? };
+    Ok((inner, ETH_HLEN + VLAN_HLEN))
 }
 
 #[inline(always)]
-fn parse(ctx: &impl Frame) -> Result<Ipv4Flow, Unparsed> {
-    let mut l3_off = ETH_HLEN;
-    // SAFETY: `ptr_at` checked that the value lies before `data_end`.
-    let mut ether_type = unsafe { *ptr_at::<u16>(ctx, 12).ok_or(Unparsed::Short)? };
-    if ether_type == ETH_P_8021Q {
-        // SAFETY: `ptr_at` checked that the value lies before `data_end`.
-        ether_type = unsafe { *ptr_at::<u16>(ctx, 16).ok_or(Unparsed::Short)? };
-        l3_off += VLAN_HLEN;
+fn parse(ctx: &impl Frame) -> Result<AnyFlow, Unparsed> {
+    let (ether_type, l3_off) = ether_type(ctx)?;
+    if ether_type == ETH_P_IPV4 {
+        parse_ipv4(ctx, l3_off).map(AnyFlow::V4)
+    } else if ether_type == ETH_P_IPV6 {
+        parse_ipv6(ctx, l3_off).map(AnyFlow::V6)
+    } else {
+        Err(Unparsed::NotOurs)
     }
-    if ether_type != ETH_P_IPV4 {
-        return Err(Unparsed::NotOurs);
-    }
+}
+
+#[inline(always)]
+fn parse_ipv4(ctx: &impl Frame, l3_off: usize) -> Result<Ipv4Flow, Unparsed> {
+    let short = Unparsed::Short(MAX_HEADERS4);
     // SAFETY: `ptr_at` checked that the value lies before `data_end`.
-    let ip = unsafe { &*ptr_at::<Ipv4Hdr>(ctx, l3_off).ok_or(Unparsed::Short)? };
+    let ip = unsafe { &*ptr_at::<Ipv4Hdr>(ctx, l3_off).ok_or(short)? };
     let ihl = ((ip.version_ihl & 0x0f) as usize) * 4;
-    if ip.version_ihl >> 4 != 4 || ihl < 20 || ip.frag_off & IP_FRAGMENTED != 0 {
+    if ip.version_ihl >> 4 != 4 || ihl < IPV4_HLEN || ip.frag_off & IP_FRAGMENTED != 0 {
         return Err(Unparsed::NotOurs);
     }
     let l4_off = l3_off + ihl;
-    let l4_len = match ip.proto {
-        PROTO_TCP => TCP_HLEN,
-        PROTO_UDP => UDP_HLEN,
-        _ => return Err(Unparsed::NotOurs),
-    };
-    // The whole L4 header must be present: the checksum field is rewritten later.
-    if ctx.data() + l4_off + l4_len > ctx.data_end() {
-        return Err(Unparsed::Short);
-    }
-    // SAFETY: `ptr_at` checked that the value lies before `data_end`.
-    let ports = unsafe { &*ptr_at::<[u16; 2]>(ctx, l4_off).ok_or(Unparsed::Short)? };
-    let tcp_flags = if ip.proto == PROTO_TCP {
-        // SAFETY: `ptr_at` checked that the value lies before `data_end`.
-        unsafe { *ptr_at::<u8>(ctx, l4_off + 13).ok_or(Unparsed::Short)? }
-    } else {
-        0
-    };
-    Ok(Ipv4Flow {
+    let (src_port, dst_port, tcp_flags) = ports(ctx, l4_off, ip.proto, MAX_HEADERS4)?;
+    Ok(Flow {
         l3_off,
         l4_off,
         proto: ip.proto,
         ip_len: u16::from_be(ip.tot_len),
         src_addr: ip.saddr,
         dst_addr: ip.daddr,
-        src_port: ports[0],
-        dst_port: ports[1],
+        src_port,
+        dst_port,
         tcp_flags,
     })
+}
+
+/// An IPv6 packet, past its extension headers; a fragment (but an atomic
+/// one) is not ours, as an IPv4 fragment is not: only the first would
+/// carry the ports.
+#[inline(always)]
+fn parse_ipv6(ctx: &impl Frame, l3_off: usize) -> Result<Ipv6Flow, Unparsed> {
+    let short = || Unparsed::Short(MAX_HEADERS6);
+    // SAFETY: `ptr_at` checked that the value lies before `data_end`.
+    let ip = unsafe { &*ptr_at::<Ipv6Hdr>(ctx, l3_off).ok_or(short())? };
+    if ip.head[0] >> 4 != 6 {
+        return Err(Unparsed::NotOurs);
+    }
+    let mut next = ip.next_header;
+    let mut l4_off = l3_off + IPV6_HLEN;
+    for _ in 0..IPV6_MAX_EXT {
+        if next == PROTO_TCP || next == PROTO_UDP {
+            break;
+        }
+        // Every extension header begins with its next header and length.
+        // SAFETY: `ptr_at` checked that the value lies before `data_end`.
+        let ext = unsafe { *ptr_at::<[u8; 4]>(ctx, l4_off).ok_or(short())? };
+        match next {
+            IPV6_HOP_BY_HOP | IPV6_ROUTING | IPV6_DEST_OPTS => {
+                l4_off += (ext[1] as usize + 1) * 8;
+            }
+            IPV6_FRAGMENT => {
+                if u16::from_be_bytes([ext[2], ext[3]]) & IPV6_FRAGMENTED != 0 {
+                    return Err(Unparsed::NotOurs);
+                }
+                l4_off += 8;
+            }
+            _ => return Err(Unparsed::NotOurs),
+        }
+        next = ext[0];
+    }
+    let (src_port, dst_port, tcp_flags) = ports(ctx, l4_off, next, MAX_HEADERS6)?;
+    Ok(Flow {
+        l3_off,
+        l4_off,
+        proto: next,
+        ip_len: u16::from_be(ip.payload_len).saturating_add(IPV6_HLEN as u16),
+        src_addr: ip.saddr,
+        dst_addr: ip.daddr,
+        src_port,
+        dst_port,
+        tcp_flags,
+    })
+}
+
+/// The ports and TCP flags of the TCP/UDP header at `l4_off`; `longest`:
+/// the header chain to pull if it is short.
+#[inline(always)]
+fn ports(
+    ctx: &impl Frame,
+    l4_off: usize,
+    proto: u8,
+    longest: u32,
+) -> Result<(u16, u16, u8), Unparsed> {
+    let l4_len = match proto {
+        PROTO_TCP => TCP_HLEN,
+        PROTO_UDP => UDP_HLEN,
+        _ => return Err(Unparsed::NotOurs),
+    };
+    // The whole L4 header must be present: the checksum field is rewritten later.
+    if ctx.data() + l4_off + l4_len > ctx.data_end() {
+        return Err(Unparsed::Short(longest));
+    }
+    // SAFETY: `ptr_at` checked that the value lies before `data_end`.
+    let ports = unsafe { &*ptr_at::<[u16; 2]>(ctx, l4_off).ok_or(Unparsed::Short(longest))? };
+    let tcp_flags = if proto == PROTO_TCP {
+        // SAFETY: `ptr_at` checked that the value lies before `data_end`.
+        unsafe { *ptr_at::<u8>(ctx, l4_off + 13).ok_or(Unparsed::Short(longest))? }
+    } else {
+        0
+    };
+    Ok((ports[0], ports[1], tcp_flags))
 }

@@ -1,7 +1,7 @@
 //! Rejecting a flow to a Service without endpoints, as kube-proxy does: the
-//! request is turned into its answer in place (TCP RST, or ICMP port
-//! unreachable for UDP) and sent back where it came from, so the client
-//! fails at once instead of timing out. `proxy_common::reject` rewrites the
+//! request is turned into its answer in place (TCP RST, or ICMP / ICMPv6
+//! port unreachable for UDP) and sent back where it came from, so the
+//! client fails at once instead of timing out. `proxy_common::reject` rewrites the
 //! bytes; this module only resizes the packet and sends it.
 
 use aya_ebpf::{
@@ -15,29 +15,45 @@ use proxy_common::{
     lb::TCP_RST,
     maps::{DropReason, Verdict, PROTO_TCP},
     reject::{
-        icmp_port_unreachable, tcp_rst, ICMP_FRAME_LEN, ICMP_GROWTH, ICMP_REQUEST_LEN,
-        RST_FRAME_LEN,
+        icmp6_port_unreachable, icmp_port_unreachable, tcp_rst, tcp_rst6, ICMP6_FRAME_LEN,
+        ICMP6_GROWTH, ICMP6_REQUEST_LEN, ICMP_FRAME_LEN, ICMP_GROWTH, ICMP_REQUEST_LEN,
+        RST6_FRAME_LEN, RST_FRAME_LEN,
     },
 };
 
 use crate::{
+    family::Family,
     forward,
-    parse::{ptr_at_mut, Frame, Ipv4Flow, ETH_HLEN},
+    parse::{ptr_at_mut, Flow, Frame, Ipv4Flow, ETH_HLEN, IPV4_HLEN, IPV6_HLEN},
     stats,
 };
 
 /// What the request becomes.
+#[derive(Clone, Copy)]
 enum Answer {
     /// A RST; the TCP payload length of the request.
     Rst(u16),
     Unreachable,
 }
 
-/// Decides the answer, before the request is cut: only untagged IPv4
-/// without options is answered, and a RST never is.
+/// The IP header's length in the requests answered: IPv4 without
+/// options, IPv6 without extension headers.
 #[inline(always)]
-fn answer(ctx: &impl Frame, flow: &Ipv4Flow) -> Result<Answer, DropReason> {
-    if flow.l3_off != ETH_HLEN || flow.l4_off != ETH_HLEN + 20 {
+fn plain_ip_len<F: Family>() -> usize {
+    if F::HEADER_CHECKSUM {
+        IPV4_HLEN
+    } else {
+        IPV6_HLEN
+    }
+}
+
+/// Decides the answer, before the request is cut: only untagged IPv4
+/// without options or IPv6 without extension headers is answered, and a
+/// RST never is.
+#[inline(always)]
+fn answer<F: Family>(ctx: &impl Frame, flow: &Flow<F>) -> Result<Answer, DropReason> {
+    let ip_len = plain_ip_len::<F>();
+    if flow.l3_off != ETH_HLEN || flow.l4_off != ETH_HLEN + ip_len {
         return Err(DropReason::RejectFailed);
     }
     if flow.proto != PROTO_TCP {
@@ -49,25 +65,41 @@ fn answer(ctx: &impl Frame, flow: &Ipv4Flow) -> Result<Answer, DropReason> {
     let data_offset = ptr_at_mut::<u8>(ctx, flow.l4_off + 12).ok_or(DropReason::RejectFailed)?;
     // SAFETY: bounds-checked just above.
     let header_len = ((unsafe { *data_offset } >> 4) as u16) * 4;
-    Ok(Answer::Rst(flow.ip_len.saturating_sub(20 + header_len)))
+    Ok(Answer::Rst(
+        flow.ip_len.saturating_sub(ip_len as u16 + header_len),
+    ))
 }
 
 /// Rewrites the (resized) frame into the answer and counts it.
 #[inline(always)]
-fn rewrite(ctx: &impl Frame, answer: &Answer) -> Result<(), DropReason> {
-    let done = match *answer {
-        Answer::Rst(payload_len) => {
+fn rewrite<F: Family>(ctx: &impl Frame, answer: &Answer) -> Result<(), DropReason> {
+    let done = match (*answer, F::HEADER_CHECKSUM) {
+        (Answer::Rst(payload_len), true) => {
             let frame =
                 ptr_at_mut::<[u8; RST_FRAME_LEN]>(ctx, 0).ok_or(DropReason::RejectFailed)?;
             // SAFETY: bounds-checked just above.
             tcp_rst(unsafe { &mut *frame }, payload_len)
                 .then(|| stats::count_verdict(Verdict::RejectedTcp))
         }
-        Answer::Unreachable => {
+        (Answer::Rst(payload_len), false) => {
+            let frame =
+                ptr_at_mut::<[u8; RST6_FRAME_LEN]>(ctx, 0).ok_or(DropReason::RejectFailed)?;
+            // SAFETY: bounds-checked just above.
+            tcp_rst6(unsafe { &mut *frame }, payload_len)
+                .then(|| stats::count_verdict(Verdict::RejectedTcp))
+        }
+        (Answer::Unreachable, true) => {
             let frame =
                 ptr_at_mut::<[u8; ICMP_FRAME_LEN]>(ctx, 0).ok_or(DropReason::RejectFailed)?;
             // SAFETY: bounds-checked just above.
             icmp_port_unreachable(unsafe { &mut *frame })
+                .then(|| stats::count_verdict(Verdict::RejectedUdp))
+        }
+        (Answer::Unreachable, false) => {
+            let frame =
+                ptr_at_mut::<[u8; ICMP6_FRAME_LEN]>(ctx, 0).ok_or(DropReason::RejectFailed)?;
+            // SAFETY: bounds-checked just above.
+            icmp6_port_unreachable(unsafe { &mut *frame })
                 .then(|| stats::count_verdict(Verdict::RejectedUdp))
         }
     };
@@ -77,10 +109,12 @@ fn rewrite(ctx: &impl Frame, answer: &Answer) -> Result<(), DropReason> {
 /// The request's length once resized: what stays of it, and the room the
 /// answer needs in front of it.
 #[inline(always)]
-fn sizes(answer: &Answer) -> (usize, usize) {
-    match answer {
-        Answer::Rst(_) => (RST_FRAME_LEN, 0),
-        Answer::Unreachable => (ICMP_REQUEST_LEN, ICMP_GROWTH),
+fn sizes<F: Family>(answer: &Answer) -> (usize, usize) {
+    match (answer, F::HEADER_CHECKSUM) {
+        (Answer::Rst(_), true) => (RST_FRAME_LEN, 0),
+        (Answer::Rst(_), false) => (RST6_FRAME_LEN, 0),
+        (Answer::Unreachable, true) => (ICMP_REQUEST_LEN, ICMP_GROWTH),
+        (Answer::Unreachable, false) => (ICMP6_REQUEST_LEN, ICMP6_GROWTH),
     }
 }
 
@@ -88,7 +122,7 @@ fn sizes(answer: &Answer) -> (usize, usize) {
 #[inline(always)]
 pub fn xdp_reject(ctx: &XdpContext, flow: &Ipv4Flow) -> Result<u32, DropReason> {
     let answer = answer(ctx, flow)?;
-    let (keep, grow) = sizes(&answer);
+    let (keep, grow) = sizes::<u32>(&answer);
     let len = (ctx.data_end() - ctx.data()) as i32;
     // SAFETY: plain helper calls on our context.
     unsafe {
@@ -99,15 +133,15 @@ pub fn xdp_reject(ctx: &XdpContext, flow: &Ipv4Flow) -> Result<u32, DropReason> 
             return Err(DropReason::RejectFailed);
         }
     }
-    rewrite(ctx, &answer)?;
+    rewrite::<u32>(ctx, &answer)?;
     Ok(xdp_action::XDP_TX)
 }
 
 /// tc, on the host side of a pod interface: answers `flow` back into the pod.
 #[inline(always)]
-pub fn tc_reject(ctx: &TcContext, flow: &Ipv4Flow) -> Result<i32, DropReason> {
+pub fn tc_reject<F: Family>(ctx: &TcContext, flow: &Flow<F>) -> Result<i32, DropReason> {
     let answer = answer(ctx, flow)?;
-    let (keep, grow) = sizes(&answer);
+    let (keep, grow) = sizes::<F>(&answer);
     let skb = ctx.skb.skb;
     // SAFETY: plain helper calls on our context.
     unsafe {
@@ -121,6 +155,6 @@ pub fn tc_reject(ctx: &TcContext, flow: &Ipv4Flow) -> Result<i32, DropReason> {
     // Resizing may leave the skb non-linear; direct access needs it linear.
     ctx.pull_data((keep + grow) as u32)
         .map_err(|_| DropReason::RejectFailed)?;
-    rewrite(ctx, &answer)?;
+    rewrite::<F>(ctx, &answer)?;
     forward::tc_back_into_pod(ctx)
 }

@@ -7,29 +7,33 @@
 
 use aya_ebpf::{bindings::BPF_ANY, maps::LruHashMap};
 use proxy_common::maps::{
-    maglev_layout, AffinityKey, AffinityValue, BackendValue, CtEntry, DropReason, FrontendValue,
-    FRONTEND_AFFINITY_CLIENT_IP, NO_TABLE,
+    maglev_layout, AffinityKeyOf, AffinityValue, BackendValueOf, CtEntryOf, DropReason,
+    FrontendValue, FRONTEND_AFFINITY_CLIENT_IP, NO_TABLE,
 };
 
 use crate::{
+    family::Family,
     kernel,
-    maps::{AFFINITY, BACKEND_SLOTS, MAGLEV_ARENA, MAGLEV_INDEX},
-    parse::Ipv4Flow,
+    maps::{MAGLEV_ARENA, MAGLEV_INDEX},
+    parse::Flow,
 };
 
 /// A backend chosen for a flow.
-pub struct Selected {
+pub struct Selected<F> {
     pub id: u32,
-    pub backend: BackendValue,
+    pub backend: BackendValueOf<F>,
 }
 
 #[inline(always)]
-pub fn select_backend(frontend: &FrontendValue, flow: &Ipv4Flow) -> Result<Selected, DropReason> {
-    let client = || AffinityKey {
+pub fn select_backend<F: Family>(
+    frontend: &FrontendValue,
+    flow: &Flow<F>,
+) -> Result<Selected<F>, DropReason> {
+    let client = || AffinityKeyOf {
         frontend_id: frontend.id,
         client_addr: flow.src_addr,
     };
-    choose(frontend, flow_hash(flow), &AFFINITY, client)
+    choose(frontend, flow_hash(flow), F::affinity(), client)
 }
 
 /// The backend for a new flow or socket of `frontend` whose hash is
@@ -37,12 +41,12 @@ pub fn select_backend(frontend: &FrontendValue, flow: &Ipv4Flow) -> Result<Selec
 /// in `clients`, made by `client`) was last sent to, else the slot `hash`
 /// of the table.
 #[inline(always)]
-pub fn choose<K>(
+pub fn choose<F: Family, K>(
     frontend: &FrontendValue,
     hash: u32,
     clients: &LruHashMap<K, AffinityValue>,
     client: impl FnOnce() -> K,
-) -> Result<Selected, DropReason> {
+) -> Result<Selected<F>, DropReason> {
     if frontend.flags & FRONTEND_AFFINITY_CLIENT_IP == 0 {
         return slot_backend(frontend, hash).map(|(s, _)| s);
     }
@@ -53,12 +57,12 @@ pub fn choose<K>(
 /// `clients`) was last sent to, else the slot `hash` of the table, which
 /// the client is then sent to.
 #[inline(always)]
-fn with_affinity<K>(
+fn with_affinity<F: Family, K>(
     frontend: &FrontendValue,
     hash: u32,
     clients: &LruHashMap<K, AffinityValue>,
     client: K,
-) -> Result<Selected, DropReason> {
+) -> Result<Selected<F>, DropReason> {
     let now = kernel::now_s();
     if let Some(entry) = clients.get_ptr_mut(&client) {
         // SAFETY: a map value pointer, valid for this program run.
@@ -87,15 +91,19 @@ fn with_affinity<K>(
     Ok(chosen)
 }
 
-/// Backend `id`, if there is one (an empty slot is all zeros).
+/// Backend `id`, if there is one of this family (an empty slot is all
+/// zeros).
 #[inline(always)]
-fn backend(id: u32) -> Option<BackendValue> {
-    BACKEND_SLOTS.get(id).copied().filter(|b| b.addr != 0)
+fn backend<F: Family>(id: u32) -> Option<BackendValueOf<F>> {
+    F::backends().get(id).copied().filter(|b| !b.addr.is_zero())
 }
 
 /// The backend in slot `hash` mod M of `frontend`'s table, and its member index.
 #[inline(always)]
-fn slot_backend(frontend: &FrontendValue, hash: u32) -> Result<(Selected, u32), DropReason> {
+fn slot_backend<F: Family>(
+    frontend: &FrontendValue,
+    hash: u32,
+) -> Result<(Selected<F>, u32), DropReason> {
     let (id, member) = table_entry(frontend.id, hash).ok_or(DropReason::StaleSelection)?;
     let backend = backend(id).ok_or(DropReason::StaleSelection)?;
     Ok((Selected { id, backend }, member))
@@ -152,13 +160,14 @@ fn member_of(block: u32, member: u32) -> Option<u32> {
 /// endpoint went away is balanced afresh instead of going on to the old
 /// address (kube-proxy flushes such UDP entries for the same reason).
 #[inline(always)]
-pub fn backend_still_exists(entry: &CtEntry) -> bool {
-    backend(entry.backend_id).is_some_and(|b| b.addr == entry.nat_addr && b.port == entry.nat_port)
+pub fn backend_still_exists<F: Family>(entry: &CtEntryOf<F>) -> bool {
+    backend::<F>(entry.backend_id)
+        .is_some_and(|b| b.addr == entry.nat_addr && b.port == entry.nat_port)
 }
 
 /// The hash of the flow's 5-tuple ([`proxy_common::hash::flow_hash`]).
 #[inline(always)]
-pub fn flow_hash(flow: &Ipv4Flow) -> u32 {
+pub fn flow_hash<F: Family>(flow: &Flow<F>) -> u32 {
     proxy_common::hash::flow_hash(
         flow.src_addr,
         flow.dst_addr,

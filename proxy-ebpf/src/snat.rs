@@ -10,16 +10,16 @@ use aya_ebpf::bindings::{BPF_ANY, BPF_NOEXIST};
 use proxy_common::{
     lb::{TCP_FIN, TCP_RST},
     maps::{
-        CtEntry, DropReason, FlowKey, CT_CLOSING, CT_FORWARD, CT_REPLY, CT_SNAT, PROTO_UDP,
+        CtEntryOf, DropReason, FlowKeyOf, CT_CLOSING, CT_FORWARD, CT_REPLY, CT_SNAT, PROTO_UDP,
         SNAT_CLOSED_REUSE_S, SNAT_PORT_MAX, SNAT_PORT_MIN, SNAT_TCP_REUSE_S, SNAT_UDP_REUSE_S,
     },
 };
 
 use crate::{
     conntrack,
+    family::Family,
     kernel::now_s,
-    maps::CONNTRACK,
-    parse::Ipv4Flow,
+    parse::Flow,
     select::{flow_hash, Selected},
 };
 
@@ -34,7 +34,7 @@ const STRIDE: u32 = 2_203;
 /// and a FIN or RST. Writes only when something changed: once a second
 /// at most for a busy flow.
 #[inline(always)]
-pub fn touch(entry: *mut CtEntry, flow: &Ipv4Flow) {
+pub fn touch<F: Family>(entry: *mut CtEntryOf<F>, flow: &Flow<F>) {
     let now = now_s();
     let closing = flow.tcp_flags & (TCP_FIN | TCP_RST) != 0;
     // SAFETY: a map value pointer, valid for this program run.
@@ -52,9 +52,10 @@ pub fn touch(entry: *mut CtEntry, flow: &Ipv4Flow) {
 /// new flow; if so, the old flow's forward entry is removed, so the old
 /// client's next packet opens a flow of its own.
 #[inline(always)]
-fn reclaim(reply_key: &FlowKey, now: u32) -> bool {
+fn reclaim<F: Family>(reply_key: &FlowKeyOf<F>, now: u32) -> bool {
+    let conntrack = F::conntrack();
     // SAFETY: the value is copied out at once.
-    let Some(reply) = (unsafe { CONNTRACK.get(reply_key).copied() }) else {
+    let Some(reply) = (unsafe { conntrack.get(reply_key).copied() }) else {
         return true;
     };
     if reply.direction != CT_REPLY || reply.flags & CT_SNAT == 0 {
@@ -66,7 +67,7 @@ fn reclaim(reply_key: &FlowKey, now: u32) -> bool {
         reply_key.proto,
     );
     // SAFETY: the value is copied out at once.
-    let Some(forward) = (unsafe { CONNTRACK.get(forward_key).copied() }) else {
+    let Some(forward) = (unsafe { conntrack.get(forward_key).copied() }) else {
         // Its flow is gone (evicted): the port is free.
         return true;
     };
@@ -89,7 +90,7 @@ fn reclaim(reply_key: &FlowKey, now: u32) -> bool {
         if now.saturating_sub(last) <= limit {
             return false;
         }
-        let _ = CONNTRACK.remove(forward_key);
+        let _ = conntrack.remove(forward_key);
     }
     true
 }
@@ -97,12 +98,13 @@ fn reclaim(reply_key: &FlowKey, now: u32) -> bool {
 /// Records a new connection that the node SNATs to `node_addr` and returns
 /// its forward translation; the reply entry claims the port (fail closed).
 #[inline(always)]
-pub fn create(
-    flow: &Ipv4Flow,
+pub fn create<F: Family>(
+    flow: &Flow<F>,
     frontend_id: u32,
-    chosen: &Selected,
-    node_addr: u32,
-) -> Result<CtEntry, DropReason> {
+    chosen: &Selected<F>,
+    node_addr: F,
+) -> Result<CtEntryOf<F>, DropReason> {
+    let conntrack = F::conntrack();
     let span = (SNAT_PORT_MAX - SNAT_PORT_MIN) as u32 + 1;
     let hash = flow_hash(flow);
     let now = now_s();
@@ -117,11 +119,11 @@ pub fn create(
             Some((node_addr, port)),
             now,
         );
-        let claimed = CONNTRACK
+        let claimed = conntrack
             .insert(pair.reply_key, pair.reply, BPF_NOEXIST as u64)
             .is_ok()
             || (reclaim(&pair.reply_key, now)
-                && CONNTRACK
+                && conntrack
                     .insert(pair.reply_key, pair.reply, BPF_ANY as u64)
                     .is_ok());
         if claimed {
