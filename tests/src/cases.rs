@@ -9,7 +9,7 @@
 //! steps; a step may change the maps after it ran (`then`).
 
 use std::{
-    net::{Ipv4Addr, SocketAddrV4},
+    net::{Ipv4Addr, SocketAddr},
     panic::{catch_unwind, AssertUnwindSafe},
 };
 
@@ -40,7 +40,7 @@ pub enum Frame {
     /// Bytes no [`Packet`] builds (cut or malformed headers).
     Raw(Vec<u8>),
     /// A packet made from the backend the latest DNAT step chose.
-    FromChosen(Box<dyn Fn(SocketAddrV4) -> Packet + Send>),
+    FromChosen(Box<dyn Fn(SocketAddr) -> Packet + Send>),
 }
 
 /// What must come out of a step, besides its verdict.
@@ -49,11 +49,11 @@ pub enum Out {
     Untouched,
     /// DNATed to one of these backends: the input with that destination,
     /// only the NAT fields changed.
-    Dnat(Vec<SocketAddrV4>),
+    Dnat(Vec<SocketAddr>),
     /// DNATed to the backend the latest DNAT step chose.
     DnatAsBefore,
     /// Reverse-NATed: the input with this source, only the NAT fields changed.
-    ReverseNat(SocketAddrV4),
+    ReverseNat(SocketAddr),
     /// Exactly this frame (checksums verified on their own).
     Exactly(Packet),
     /// The TCP RST answering the input.
@@ -76,7 +76,7 @@ pub struct Step {
 }
 
 /// A frame made from the backend the latest DNAT step chose.
-pub fn from_chosen(make: impl Fn(SocketAddrV4) -> Packet + Send + 'static) -> Frame {
+pub fn from_chosen(make: impl Fn(SocketAddr) -> Packet + Send + 'static) -> Frame {
     Frame::FromChosen(Box::new(make))
 }
 
@@ -197,7 +197,7 @@ fn run_case(case: Case) {
     }
 }
 
-fn run_step(dp: &mut Datapath, nic: Option<u32>, step: &Step, chosen: &mut Option<SocketAddrV4>) {
+fn run_step(dp: &mut Datapath, nic: Option<u32>, step: &Step, chosen: &mut Option<SocketAddr>) {
     let packet = match &step.frame {
         Frame::Built(p) => Some(p.clone()),
         Frame::Raw(_) => None,
@@ -270,18 +270,23 @@ pub fn assert_only_changed(input: &[u8], out: &[u8], fields: &[(usize, usize)]) 
     }
 }
 
-/// The fields DNAT (`source == false`) or reverse NAT (`source == true`) may touch.
+/// The fields DNAT (`source == false`) or reverse NAT (`source == true`)
+/// may touch: an address, a port, the L4 checksum, and IPv4's header
+/// checksum (IPv6 has none).
 pub fn nat_fields(frame: &[u8], source: bool) -> Vec<(usize, usize)> {
     let h = packet::parse(frame).expect("parsable input");
-    let (addr, port) = if source {
-        (packet::IP_SADDR_OFF, 0)
+    let port = if source { 0 } else { 2 };
+    let mut fields = vec![(h.l4_off + port, 2), (h.l4_csum_off(), 2)];
+    if h.src.is_ipv4() {
+        let addr = if source {
+            packet::IP_SADDR_OFF
+        } else {
+            packet::IP_DADDR_OFF
+        };
+        fields.extend([(h.l3_off + addr, 4), (h.l3_off + packet::IP_CSUM_OFF, 2)]);
     } else {
-        (packet::IP_DADDR_OFF, 2)
-    };
-    vec![
-        (h.l3_off + addr, 4),
-        (h.l3_off + packet::IP_CSUM_OFF, 2),
-        (h.l4_off + port, 2),
-        (h.l4_csum_off(), 2),
-    ]
+        let addr = if source { 8 } else { 24 };
+        fields.push((h.l3_off + addr, 16));
+    }
+    fields
 }

@@ -1,8 +1,9 @@
-//! Test packets: a builder for Ethernet / (802.1Q) / IPv4 / TCP or UDP frames,
-//! a parser to read them back, and an RFC 1071 checksum written independently
-//! of the datapath, so a checksum bug there cannot hide behind the same bug here.
+//! Test packets: a builder for Ethernet / (802.1Q) / IPv4 or IPv6 (with
+//! extension headers) / TCP or UDP frames, a parser to read them back, and
+//! an RFC 1071 checksum written independently of the datapath, so a
+//! checksum bug there cannot hide behind the same bug here.
 
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 pub const ETH_HLEN: usize = 14;
 pub const ETH_P_IPV4: u16 = 0x0800;
@@ -12,6 +13,13 @@ pub const ETH_P_IPV6: u16 = 0x86dd;
 pub const PROTO_ICMP: u8 = 1;
 pub const PROTO_TCP: u8 = 6;
 pub const PROTO_UDP: u8 = 17;
+pub const PROTO_ICMPV6: u8 = 58;
+/// IPv6 extension headers the builder and parser know.
+pub const IPV6_HOP_BY_HOP: u8 = 0;
+pub const IPV6_ROUTING: u8 = 43;
+pub const IPV6_FRAGMENT: u8 = 44;
+pub const IPV6_DEST_OPTS: u8 = 60;
+pub const IPV6_HLEN: usize = 40;
 /// IPv4 header offsets of the fields NAT touches.
 pub const IP_CSUM_OFF: usize = 10;
 pub const IP_SADDR_OFF: usize = 12;
@@ -52,18 +60,30 @@ pub fn checksum(data: &[u8]) -> u16 {
     !fold(sum_words(data, 0))
 }
 
-/// Sum of the TCP/UDP pseudo-header (RFC 793 / RFC 768).
-fn pseudo_header_sum(src: Ipv4Addr, dst: Ipv4Addr, proto: u8, l4_len: usize) -> u32 {
-    let mut ph = Vec::with_capacity(12);
-    ph.extend_from_slice(&src.octets());
-    ph.extend_from_slice(&dst.octets());
-    ph.extend_from_slice(&[0, proto]);
-    ph.extend_from_slice(&(l4_len as u16).to_be_bytes());
+/// Sum of the TCP/UDP/ICMPv6 pseudo-header (RFC 793 / RFC 768 for IPv4,
+/// RFC 8200 §8.1 for IPv6: both addresses, a 32-bit length, the next header).
+pub fn pseudo_header_sum(src: IpAddr, dst: IpAddr, proto: u8, l4_len: usize) -> u32 {
+    let mut ph = Vec::with_capacity(40);
+    match (src, dst) {
+        (IpAddr::V4(src), IpAddr::V4(dst)) => {
+            ph.extend_from_slice(&src.octets());
+            ph.extend_from_slice(&dst.octets());
+            ph.extend_from_slice(&[0, proto]);
+            ph.extend_from_slice(&(l4_len as u16).to_be_bytes());
+        }
+        (IpAddr::V6(src), IpAddr::V6(dst)) => {
+            ph.extend_from_slice(&src.octets());
+            ph.extend_from_slice(&dst.octets());
+            ph.extend_from_slice(&(l4_len as u32).to_be_bytes());
+            ph.extend_from_slice(&[0, 0, 0, proto]);
+        }
+        _ => panic!("a pseudo-header of mixed families: {src} → {dst}"),
+    }
     sum_words(&ph, 0)
 }
 
 /// Checksum of a TCP/UDP segment (whose checksum field must be zero).
-pub fn l4_checksum(src: Ipv4Addr, dst: Ipv4Addr, proto: u8, segment: &[u8]) -> u16 {
+pub fn l4_checksum(src: IpAddr, dst: IpAddr, proto: u8, segment: &[u8]) -> u16 {
     !fold(sum_words(
         segment,
         pseudo_header_sum(src, dst, proto, segment.len()),
@@ -72,7 +92,7 @@ pub fn l4_checksum(src: Ipv4Addr, dst: Ipv4Addr, proto: u8, segment: &[u8]) -> u
 
 // ------------------------------------------------------------------ builder
 
-/// What a frame carries after the IPv4 header.
+/// What a frame carries after the IP header.
 #[derive(Clone, Debug)]
 pub enum L4 {
     Tcp {
@@ -82,7 +102,7 @@ pub enum L4 {
     Udp {
         checksum: bool,
     },
-    /// Any other protocol: `payload` follows the IPv4 header as is.
+    /// Any other protocol: `payload` follows the IP header as is.
     Other {
         proto: u8,
     },
@@ -96,20 +116,29 @@ pub struct Packet {
     pub dst_mac: [u8; 6],
     /// 802.1Q VLAN id, if the frame is tagged.
     pub vlan: Option<u16>,
-    pub src: SocketAddrV4,
-    pub dst: SocketAddrV4,
+    /// Both of one family: IPv4 or IPv6.
+    pub src: SocketAddr,
+    pub dst: SocketAddr,
     pub l4: L4,
     /// Raw IPv4 options, a multiple of 4 bytes (ihl = 5 + len / 4).
     pub ip_options: Vec<u8>,
+    /// IPv6 extension headers in order: (type, the bytes after its next
+    /// header and length bytes, so 6 + a multiple of 8; a fragment
+    /// header's are its offset, flags and identification after a reserved
+    /// byte, which the builder writes where the length would be).
+    pub ipv6_ext: Vec<(u8, Vec<u8>)>,
     /// IPv4 flags and fragment offset (host order), e.g. 0x4000 for DF.
     pub frag: u16,
+    /// IPv4 TTL, IPv6 hop limit.
     pub ttl: u8,
     pub ip_id: u16,
     pub payload: Vec<u8>,
 }
 
 impl Packet {
-    fn new(src: SocketAddrV4, dst: SocketAddrV4, l4: L4) -> Self {
+    fn new(src: impl Into<SocketAddr>, dst: impl Into<SocketAddr>, l4: L4) -> Self {
+        let (src, dst) = (src.into(), dst.into());
+        assert_eq!(src.is_ipv4(), dst.is_ipv4(), "{src} → {dst}: one family");
         Packet {
             src_mac: [0x02, 0, 0, 0, 0, 0x01],
             dst_mac: [0x02, 0, 0, 0, 0, 0x02],
@@ -118,6 +147,7 @@ impl Packet {
             dst,
             l4,
             ip_options: Vec::new(),
+            ipv6_ext: Vec::new(),
             frag: 0x4000,
             ttl: 64,
             ip_id: 0x1234,
@@ -126,13 +156,29 @@ impl Packet {
     }
 
     /// A TCP SYN from `src` to `dst`.
-    pub fn tcp(src: SocketAddrV4, dst: SocketAddrV4) -> Self {
+    pub fn tcp(src: impl Into<SocketAddr>, dst: impl Into<SocketAddr>) -> Self {
         Packet::new(src, dst, L4::Tcp { flags: TCP_SYN })
     }
 
     /// A UDP datagram with a computed checksum.
-    pub fn udp(src: SocketAddrV4, dst: SocketAddrV4) -> Self {
+    pub fn udp(src: impl Into<SocketAddr>, dst: impl Into<SocketAddr>) -> Self {
         Packet::new(src, dst, L4::Udp { checksum: true })
+    }
+
+    /// Another protocol's packet (ICMP, ICMPv6, ...) carrying `payload` as is.
+    pub fn other(src: impl Into<SocketAddr>, dst: impl Into<SocketAddr>, proto: u8) -> Self {
+        Packet::new(src, dst, L4::Other { proto })
+    }
+
+    /// An IPv6 extension header of `kind` after the ones already added.
+    pub fn ipv6_ext(mut self, kind: u8, body: &[u8]) -> Self {
+        assert!(self.src.is_ipv6(), "extension headers are IPv6's");
+        assert!(
+            body.len() >= 6 && (body.len() - 6).is_multiple_of(8),
+            "an extension header is a multiple of 8 bytes"
+        );
+        self.ipv6_ext.push((kind, body.to_vec()));
+        self
     }
 
     pub fn vlan(mut self, id: u16) -> Self {
@@ -166,13 +212,13 @@ impl Packet {
     }
 
     /// The same packet with new endpoints (e.g. the expected NAT result).
-    pub fn with_src(mut self, src: SocketAddrV4) -> Self {
-        self.src = src;
+    pub fn with_src(mut self, src: impl Into<SocketAddr>) -> Self {
+        self.src = src.into();
         self
     }
 
-    pub fn with_dst(mut self, dst: SocketAddrV4) -> Self {
-        self.dst = dst;
+    pub fn with_dst(mut self, dst: impl Into<SocketAddr>) -> Self {
+        self.dst = dst.into();
         self
     }
 
@@ -211,7 +257,7 @@ impl Packet {
         };
         seg.extend_from_slice(&self.payload);
         if let Some(off) = csum_off {
-            let mut sum = l4_checksum(*self.src.ip(), *self.dst.ip(), self.proto(), &seg);
+            let mut sum = l4_checksum(self.src.ip(), self.dst.ip(), self.proto(), &seg);
             if sum == 0 && self.proto() == PROTO_UDP {
                 sum = 0xffff; // RFC 768: a computed zero is sent as all ones
             }
@@ -228,26 +274,60 @@ impl Packet {
             f.extend_from_slice(&ETH_P_8021Q.to_be_bytes());
             f.extend_from_slice(&id.to_be_bytes());
         }
-        f.extend_from_slice(&ETH_P_IPV4.to_be_bytes());
-
         let seg = self.segment();
+        match (self.src.ip(), self.dst.ip()) {
+            (IpAddr::V4(src), IpAddr::V4(dst)) => {
+                f.extend_from_slice(&ETH_P_IPV4.to_be_bytes());
+                f.extend_from_slice(&self.ipv4_header(src, dst, seg.len()));
+            }
+            (IpAddr::V6(src), IpAddr::V6(dst)) => {
+                f.extend_from_slice(&ETH_P_IPV6.to_be_bytes());
+                let ext = self.ipv6_ext_bytes();
+                f.extend_from_slice(&[0x60, 0, 0, 0]);
+                f.extend_from_slice(&((ext.len() + seg.len()) as u16).to_be_bytes());
+                let first = self.ipv6_ext.first().map_or(self.proto(), |e| e.0);
+                f.extend_from_slice(&[first, self.ttl]);
+                f.extend_from_slice(&src.octets());
+                f.extend_from_slice(&dst.octets());
+                f.extend_from_slice(&ext);
+            }
+            _ => unreachable!("one family, checked at construction"),
+        }
+        f.extend_from_slice(&seg);
+        f
+    }
+
+    fn ipv4_header(&self, src: Ipv4Addr, dst: Ipv4Addr, seg_len: usize) -> Vec<u8> {
         let ihl = 20 + self.ip_options.len();
         let mut ip = Vec::with_capacity(ihl);
         ip.push(0x40 | (ihl / 4) as u8);
         ip.push(0); // TOS
-        ip.extend_from_slice(&((ihl + seg.len()) as u16).to_be_bytes());
+        ip.extend_from_slice(&((ihl + seg_len) as u16).to_be_bytes());
         ip.extend_from_slice(&self.ip_id.to_be_bytes());
         ip.extend_from_slice(&self.frag.to_be_bytes());
         ip.extend_from_slice(&[self.ttl, self.proto(), 0, 0]);
-        ip.extend_from_slice(&self.src.ip().octets());
-        ip.extend_from_slice(&self.dst.ip().octets());
+        ip.extend_from_slice(&src.octets());
+        ip.extend_from_slice(&dst.octets());
         ip.extend_from_slice(&self.ip_options);
         let sum = checksum(&ip);
         ip[IP_CSUM_OFF..IP_CSUM_OFF + 2].copy_from_slice(&sum.to_be_bytes());
+        ip
+    }
 
-        f.extend_from_slice(&ip);
-        f.extend_from_slice(&seg);
-        f
+    /// The extension headers, each with its next header and length.
+    fn ipv6_ext_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        for (i, (kind, body)) in self.ipv6_ext.iter().enumerate() {
+            let next = self.ipv6_ext.get(i + 1).map_or(self.proto(), |e| e.0);
+            let len = if *kind == IPV6_FRAGMENT {
+                0 // reserved
+            } else {
+                ((body.len() + 2) / 8 - 1) as u8
+            };
+            out.extend_from_slice(&[next, len]);
+            out.extend_from_slice(body);
+        }
+        out
     }
 }
 
@@ -261,22 +341,30 @@ pub fn ethernet(ether_type: u16, body: &[u8]) -> Vec<u8> {
 
 // ------------------------------------------------------------------- parser
 
-/// Where things are in a parsed IPv4 TCP/UDP frame.
+/// Where things are in a parsed IPv4 or IPv6 TCP/UDP frame.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Headers {
     pub l3_off: usize,
     pub l4_off: usize,
     pub proto: u8,
-    /// End of the IPv4 packet (from its total length).
+    /// End of the IP packet (from its total or payload length).
     pub end: usize,
-    pub src: SocketAddrV4,
-    pub dst: SocketAddrV4,
+    pub src: SocketAddr,
+    pub dst: SocketAddr,
 }
 
 impl Headers {
     /// Offset of the L4 checksum field.
     pub fn l4_csum_off(&self) -> usize {
         self.l4_off + if self.proto == PROTO_TCP { 16 } else { 6 }
+    }
+}
+
+/// The IPv4 address of a test that speaks IPv4 (panics on IPv6).
+pub fn ipv4(addr: IpAddr) -> Ipv4Addr {
+    match addr {
+        IpAddr::V4(addr) => addr,
+        IpAddr::V6(addr) => panic!("{addr} is not IPv4"),
     }
 }
 
@@ -291,7 +379,12 @@ fn addr(frame: &[u8], off: usize) -> Ipv4Addr {
     Ipv4Addr::new(frame[off], frame[off + 1], frame[off + 2], frame[off + 3])
 }
 
-/// Parses an Ethernet (optionally 802.1Q) IPv4 TCP/UDP frame.
+fn addr6(frame: &[u8], off: usize) -> IpAddr {
+    let octets: [u8; 16] = frame[off..off + 16].try_into().expect("16 bytes");
+    IpAddr::from(octets)
+}
+
+/// Parses an Ethernet (optionally 802.1Q) IPv4 or IPv6 TCP/UDP frame.
 pub fn parse(frame: &[u8]) -> Result<Headers, String> {
     let mut l3_off = ETH_HLEN;
     let mut ether_type = be16(frame, 12)?;
@@ -299,23 +392,51 @@ pub fn parse(frame: &[u8]) -> Result<Headers, String> {
         ether_type = be16(frame, 16)?;
         l3_off += 4;
     }
-    if ether_type != ETH_P_IPV4 {
-        return Err(format!("not IPv4: ethertype {ether_type:#06x}"));
-    }
-    let vihl = *frame.get(l3_off).ok_or("no IPv4 header")?;
-    let ihl = usize::from(vihl & 0x0f) * 4;
-    if vihl >> 4 != 4 || ihl < 20 || frame.len() < l3_off + ihl {
-        return Err(format!("bad IPv4 header (version/ihl {vihl:#04x})"));
-    }
-    let end = l3_off + usize::from(be16(frame, l3_off + 2)?);
-    if end > frame.len() || end < l3_off + ihl {
+    let (l4_off, proto, end, (src, dst)) = match ether_type {
+        ETH_P_IPV4 => {
+            let vihl = *frame.get(l3_off).ok_or("no IPv4 header")?;
+            let ihl = usize::from(vihl & 0x0f) * 4;
+            if vihl >> 4 != 4 || ihl < 20 || frame.len() < l3_off + ihl {
+                return Err(format!("bad IPv4 header (version/ihl {vihl:#04x})"));
+            }
+            let end = l3_off + usize::from(be16(frame, l3_off + 2)?);
+            let addrs = (
+                IpAddr::V4(addr(frame, l3_off + IP_SADDR_OFF)),
+                IpAddr::V4(addr(frame, l3_off + IP_DADDR_OFF)),
+            );
+            (l3_off + ihl, frame[l3_off + 9], end, addrs)
+        }
+        ETH_P_IPV6 => {
+            if frame.len() < l3_off + IPV6_HLEN || frame[l3_off] >> 4 != 6 {
+                return Err("bad IPv6 header".into());
+            }
+            let end = l3_off + IPV6_HLEN + usize::from(be16(frame, l3_off + 4)?);
+            let (mut next, mut off) = (frame[l3_off + 6], l3_off + IPV6_HLEN);
+            while matches!(
+                next,
+                IPV6_HOP_BY_HOP | IPV6_ROUTING | IPV6_DEST_OPTS | IPV6_FRAGMENT
+            ) {
+                let ext = frame
+                    .get(off..off + 2)
+                    .ok_or("extension header cut short")?;
+                off += if next == IPV6_FRAGMENT {
+                    8
+                } else {
+                    (usize::from(ext[1]) + 1) * 8
+                };
+                next = ext[0];
+            }
+            let addrs = (addr6(frame, l3_off + 8), addr6(frame, l3_off + 24));
+            (off, next, end, addrs)
+        }
+        other => return Err(format!("not IP: ethertype {other:#06x}")),
+    };
+    if end > frame.len() || end < l4_off {
         return Err(format!(
-            "IPv4 total length ends at {end}, frame has {}",
+            "IP length ends at {end}, frame has {}",
             frame.len()
         ));
     }
-    let proto = frame[l3_off + 9];
-    let l4_off = l3_off + ihl;
     let l4_len = match proto {
         PROTO_TCP => 20,
         PROTO_UDP => 8,
@@ -329,44 +450,54 @@ pub fn parse(frame: &[u8]) -> Result<Headers, String> {
         l4_off,
         proto,
         end,
-        src: SocketAddrV4::new(addr(frame, l3_off + IP_SADDR_OFF), be16(frame, l4_off)?),
-        dst: SocketAddrV4::new(addr(frame, l3_off + IP_DADDR_OFF), be16(frame, l4_off + 2)?),
+        src: SocketAddr::new(src, be16(frame, l4_off)?),
+        dst: SocketAddr::new(dst, be16(frame, l4_off + 2)?),
     })
 }
 
-/// Source address and port of an IPv4 TCP/UDP frame (panics otherwise).
-pub fn src(frame: &[u8]) -> SocketAddrV4 {
+/// Source address and port of a TCP/UDP frame (panics otherwise).
+pub fn src(frame: &[u8]) -> SocketAddr {
     parse(frame).expect("parsable frame").src
 }
 
-/// Destination address and port of an IPv4 TCP/UDP frame (panics otherwise).
-pub fn dst(frame: &[u8]) -> SocketAddrV4 {
+/// Destination address and port of a TCP/UDP frame (panics otherwise).
+pub fn dst(frame: &[u8]) -> SocketAddr {
     parse(frame).expect("parsable frame").dst
 }
 
-/// The TCP/UDP checksum field of an IPv4 frame (panics if unparsable).
+/// The TCP/UDP checksum field of a frame (panics if unparsable).
 pub fn l4_csum_field(frame: &[u8]) -> u16 {
     let h = parse(frame).expect("parsable frame");
     be16(frame, h.l4_csum_off()).expect("checksum field")
 }
 
-/// Checks the IPv4 header checksum and the TCP/UDP checksum (a zero UDP
-/// checksum means "none" and is accepted).
+/// Checks the IPv4 header checksum (IPv6 has none) and the TCP/UDP
+/// checksum (a zero UDP checksum means "none" and is accepted over IPv4;
+/// over IPv6 it is invalid, RFC 8200 §8.1).
 pub fn verify_checksums(frame: &[u8]) -> Result<(), String> {
     let h = parse(frame)?;
-    // Summing a header that includes its correct checksum gives all ones.
-    let ip_sum = fold(sum_words(&frame[h.l3_off..h.l4_off], 0));
-    if ip_sum != 0xffff {
-        return Err(format!("IPv4 header checksum wrong (sum {ip_sum:#06x})"));
+    if h.src.is_ipv4() {
+        // Summing a header that includes its correct checksum gives all ones.
+        let ip_sum = fold(sum_words(
+            &frame[h.l3_off..h.l3_off + ipv4_header_len(frame, &h)],
+            0,
+        ));
+        if ip_sum != 0xffff {
+            return Err(format!("IPv4 header checksum wrong (sum {ip_sum:#06x})"));
+        }
     }
     let csum_field = be16(frame, h.l4_csum_off())?;
     if h.proto == PROTO_UDP && csum_field == 0 {
-        return Ok(());
+        return if h.src.is_ipv4() {
+            Ok(())
+        } else {
+            Err("a zero UDP checksum over IPv6".into())
+        };
     }
     let seg = &frame[h.l4_off..h.end];
     let l4_sum = fold(sum_words(
         seg,
-        pseudo_header_sum(*h.src.ip(), *h.dst.ip(), h.proto, seg.len()),
+        pseudo_header_sum(h.src.ip(), h.dst.ip(), h.proto, seg.len()),
     ));
     if l4_sum != 0xffff {
         return Err(format!(
@@ -375,6 +506,10 @@ pub fn verify_checksums(frame: &[u8]) -> Result<(), String> {
         ));
     }
     Ok(())
+}
+
+fn ipv4_header_len(frame: &[u8], h: &Headers) -> usize {
+    usize::from(frame[h.l3_off] & 0x0f) * 4
 }
 
 // ------------------------------------------------------------ reject replies
@@ -392,7 +527,12 @@ pub fn assert_rst_answers(out: &[u8], request: &Packet) {
     };
     verify_checksums(out).unwrap_or_else(|e| panic!("RST checksums: {e}"));
     let h = parse(out).expect("RST parses");
-    assert_eq!(out.len(), ETH_HLEN + 40, "RST carries nothing but headers");
+    let ip_len = if h.src.is_ipv4() { 20 } else { IPV6_HLEN };
+    assert_eq!(
+        out.len(),
+        ETH_HLEN + ip_len + 20,
+        "RST carries nothing but headers"
+    );
     assert_eq!((h.src, h.dst), (request.dst, request.src), "RST addresses");
     assert_eq!(out[0..6], request.src_mac, "RST goes back to the sender");
     assert_eq!(out[6..12], request.dst_mac);
@@ -410,24 +550,44 @@ pub fn assert_rst_answers(out: &[u8], request: &Packet) {
     }
 }
 
-/// Checks that `out` is the ICMP port unreachable answering `request` (the
-/// request's frame bytes): from its destination to its source, quoting its
-/// IPv4 header and first 8 bytes of UDP, checksums right.
+/// Checks that `out` is the ICMP (ICMPv6) port unreachable answering
+/// `request` (the request's frame bytes): from its destination to its
+/// source, quoting its IP header and first 8 bytes of UDP, checksums right.
 pub fn assert_port_unreachable_answers(out: &[u8], request: &[u8]) {
     let req = parse(request).expect("request parses");
-    assert_eq!(out.len(), ETH_HLEN + 20 + 8 + 28, "ICMP error length");
     assert_eq!(out[0..6], request[6..12], "back to the sender");
     assert_eq!(out[6..12], request[0..6]);
-    let ip = &out[ETH_HLEN..ETH_HLEN + 20];
-    assert_eq!(fold(sum_words(ip, 0)), 0xffff, "IPv4 header checksum");
-    assert_eq!(ip[9], PROTO_ICMP);
-    assert_eq!(usize::from(u16::from_be_bytes([ip[2], ip[3]])), 56);
-    assert_eq!(addr(out, ETH_HLEN + IP_SADDR_OFF), *req.dst.ip());
-    assert_eq!(addr(out, ETH_HLEN + IP_DADDR_OFF), *req.src.ip());
-    let icmp = &out[ETH_HLEN + 20..];
-    assert_eq!((icmp[0], icmp[1]), (3, 3), "destination/port unreachable");
-    assert_eq!(fold(sum_words(icmp, 0)), 0xffff, "ICMP checksum");
-    assert_eq!(icmp[8..], request[req.l3_off..req.l4_off + 8], "quote");
+    if req.src.is_ipv4() {
+        assert_eq!(out.len(), ETH_HLEN + 20 + 8 + 28, "ICMP error length");
+        let ip = &out[ETH_HLEN..ETH_HLEN + 20];
+        assert_eq!(fold(sum_words(ip, 0)), 0xffff, "IPv4 header checksum");
+        assert_eq!(ip[9], PROTO_ICMP);
+        assert_eq!(usize::from(u16::from_be_bytes([ip[2], ip[3]])), 56);
+        assert_eq!(IpAddr::V4(addr(out, ETH_HLEN + IP_SADDR_OFF)), req.dst.ip());
+        assert_eq!(IpAddr::V4(addr(out, ETH_HLEN + IP_DADDR_OFF)), req.src.ip());
+        let icmp = &out[ETH_HLEN + 20..];
+        assert_eq!((icmp[0], icmp[1]), (3, 3), "destination/port unreachable");
+        assert_eq!(fold(sum_words(icmp, 0)), 0xffff, "ICMP checksum");
+        assert_eq!(icmp[8..], request[req.l3_off..req.l4_off + 8], "quote");
+    } else {
+        let quote = IPV6_HLEN + 8;
+        assert_eq!(
+            out.len(),
+            ETH_HLEN + IPV6_HLEN + 8 + quote,
+            "ICMPv6 error length"
+        );
+        assert_eq!(out[12..14], ETH_P_IPV6.to_be_bytes());
+        let ip = &out[ETH_HLEN..ETH_HLEN + IPV6_HLEN];
+        assert_eq!(usize::from(u16::from_be_bytes([ip[4], ip[5]])), 8 + quote);
+        assert_eq!(ip[6], PROTO_ICMPV6);
+        assert_eq!(addr6(out, ETH_HLEN + 8), req.dst.ip());
+        assert_eq!(addr6(out, ETH_HLEN + 24), req.src.ip());
+        let icmp = &out[ETH_HLEN + IPV6_HLEN..];
+        assert_eq!((icmp[0], icmp[1]), (1, 4), "destination/port unreachable");
+        let pseudo = pseudo_header_sum(req.dst.ip(), req.src.ip(), PROTO_ICMPV6, icmp.len());
+        assert_eq!(fold(sum_words(icmp, pseudo)), 0xffff, "ICMPv6 checksum");
+        assert_eq!(icmp[8..], request[req.l3_off..req.l3_off + quote], "quote");
+    }
 }
 
 #[cfg(test)]
@@ -464,8 +624,8 @@ mod tests {
 
     #[test]
     fn built_frames_verify_and_parse() {
-        let a = SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 1), 40000);
-        let b = SocketAddrV4::new(Ipv4Addr::new(10, 96, 0, 10), 80);
+        let a = SocketAddr::from((Ipv4Addr::new(10, 0, 0, 1), 40000));
+        let b = SocketAddr::from((Ipv4Addr::new(10, 96, 0, 10), 80));
         for p in [
             Packet::tcp(a, b),
             Packet::udp(a, b),
@@ -480,9 +640,37 @@ mod tests {
     }
 
     #[test]
+    fn built_ipv6_frames_verify_and_parse_past_extension_headers() {
+        let a: SocketAddr = "[fd00:10:244::5]:40000".parse().unwrap();
+        let b: SocketAddr = "[fd00:10:96::a]:80".parse().unwrap();
+        let options = [1, 4, 0, 0, 0, 0]; // a PadN option filling 8 bytes
+        for p in [
+            Packet::tcp(a, b),
+            Packet::udp(a, b).payload(b"odd"),
+            Packet::tcp(a, b)
+                .vlan(7)
+                .ipv6_ext(IPV6_HOP_BY_HOP, &options),
+            Packet::udp(a, b)
+                .ipv6_ext(IPV6_DEST_OPTS, &options)
+                .ipv6_ext(IPV6_FRAGMENT, &[0, 0, 0, 0, 0, 9]),
+        ] {
+            let f = p.build();
+            verify_checksums(&f).unwrap();
+            let h = parse(&f).unwrap();
+            assert_eq!((h.src, h.dst), (a, b));
+            assert_eq!(h.l4_off, h.l3_off + IPV6_HLEN + 8 * p.ipv6_ext.len());
+        }
+        let zero = Packet::udp(a, b).no_udp_checksum().build();
+        assert!(
+            verify_checksums(&zero).is_err(),
+            "no zero UDP checksum over IPv6"
+        );
+    }
+
+    #[test]
     fn corruption_is_detected() {
-        let a = SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 1), 40000);
-        let b = SocketAddrV4::new(Ipv4Addr::new(10, 96, 0, 10), 80);
+        let a = SocketAddr::from((Ipv4Addr::new(10, 0, 0, 1), 40000));
+        let b = SocketAddr::from((Ipv4Addr::new(10, 96, 0, 10), 80));
         let f = Packet::tcp(a, b).build();
         let h = parse(&f).unwrap();
         for off in [h.l3_off + IP_DADDR_OFF, h.l4_off + 2, f.len() - 1] {

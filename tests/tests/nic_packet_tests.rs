@@ -8,7 +8,7 @@
 //! Expected frames are built from scratch by `kxdp_testbed::packet`, whose
 //! checksum code is independent of the datapath's. Needs root.
 
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{Ipv4Addr, SocketAddr};
 
 use kxdp_testbed::{
     cases::{self, Case, Count, Frame, Frontend, Hook, Out, Step},
@@ -33,8 +33,8 @@ const REMOTE_POD: Ipv4Addr = Ipv4Addr::new(10, 1, 2, 2);
 /// A LoadBalancer ingress IP routed to this node.
 const LB_IP: Ipv4Addr = Ipv4Addr::new(192, 168, 60, 10);
 
-fn sa(addr: Ipv4Addr, port: u16) -> SocketAddrV4 {
-    SocketAddrV4::new(addr, port)
+fn sa(addr: Ipv4Addr, port: u16) -> SocketAddr {
+    SocketAddr::from((addr, port))
 }
 
 fn node_key(addr: Ipv4Addr, port: u16, proto: u8) -> FrontendKey {
@@ -46,11 +46,11 @@ fn node_key(addr: Ipv4Addr, port: u16, proto: u8) -> FrontendKey {
     }
 }
 
-fn nodeport() -> SocketAddrV4 {
+fn nodeport() -> SocketAddr {
     sa(NODE_ADDR, NODE_PORT)
 }
 
-fn client(port: u16) -> SocketAddrV4 {
+fn client(port: u16) -> SocketAddr {
     sa(CLIENT, port)
 }
 
@@ -359,7 +359,7 @@ fn nic_packet_cases() {
 // ------------------------------------------------------------ SNAT
 
 /// The SNAT port a remote-backend flow got, checking the rest of the frame.
-fn assert_snated(out: &[u8], request: &Packet, backend: SocketAddrV4) -> u16 {
+fn assert_snated(out: &[u8], request: &Packet, backend: SocketAddr) -> u16 {
     packet::verify_checksums(out).unwrap_or_else(|e| panic!("{e}"));
     let port = packet::src(out).port();
     assert!(
@@ -556,14 +556,17 @@ fn snat_ports_are_not_shared_and_every_reply_finds_its_client() {
 #[test]
 fn a_remote_backend_without_a_route_is_left_to_the_stack() {
     let unrouted = sa(Ipv4Addr::new(10, 9, 9, 9), 8080);
-    let (mut dp, nic) = nodeport_datapath(FRONTEND_SNAT_REMOTE, &[(*unrouted.ip(), 8080, false)]);
+    let (mut dp, nic) = nodeport_datapath(
+        FRONTEND_SNAT_REMOTE,
+        &[(packet::ipv4(unrouted.ip()), 8080, false)],
+    );
     let request = from_client(Packet::tcp(client(40000), nodeport()));
     let (verdict, out) = dp.run_nic(&request.build(), nic);
     assert_eq!(verdict, XDP_PASS);
     packet::verify_checksums(&out).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(packet::dst(&out), unrouted);
     assert_eq!(
-        *packet::src(&out).ip(),
+        packet::ipv4(packet::src(&out).ip()),
         NODE_ADDR,
         "translated all the same"
     );
@@ -574,10 +577,10 @@ fn a_remote_backend_without_a_route_is_left_to_the_stack() {
     );
 }
 
-fn flow_key(src: SocketAddrV4, dst: SocketAddrV4, proto: u8) -> FlowKey {
+fn flow_key(src: SocketAddr, dst: SocketAddr, proto: u8) -> FlowKey {
     FlowKey {
-        src_addr: addr_to_net(*src.ip()),
-        dst_addr: addr_to_net(*dst.ip()),
+        src_addr: addr_to_net(packet::ipv4(src.ip())),
+        dst_addr: addr_to_net(packet::ipv4(dst.ip())),
         src_port: port_to_net(src.port()),
         dst_port: port_to_net(dst.port()),
         proto,
@@ -598,19 +601,19 @@ struct Holders {
 
 /// Occupies every SNAT port of (backend, node address, `proto`) with flows
 /// of other clients to the NodePort, as the datapath would have made them.
-fn hold_every_snat_port(dp: &mut Datapath, backend: SocketAddrV4, proto: u8, holders: Holders) {
+fn hold_every_snat_port(dp: &mut Datapath, backend: SocketAddr, proto: u8, holders: Holders) {
     let last_seen = datapath_s_ago(holders.idle);
     for port in SNAT_PORT_MIN..=SNAT_PORT_MAX {
         let client = sa(Ipv4Addr::new(172, 16, (port >> 8) as u8, port as u8), 40000);
         let node = sa(NODE_ADDR, port);
-        let entry = |direction, nat: SocketAddrV4, snat: SocketAddrV4, flags| CtEntry {
-            nat_addr: addr_to_net(*nat.ip()),
+        let entry = |direction, nat: SocketAddr, snat: SocketAddr, flags| CtEntry {
+            nat_addr: addr_to_net(packet::ipv4(nat.ip())),
             nat_port: port_to_net(nat.port()),
             direction,
             flags: CT_SNAT | flags,
             frontend_id: 1,
             backend_id: Datapath::backend_id(1, 0),
-            snat_addr: addr_to_net(*snat.ip()),
+            snat_addr: addr_to_net(packet::ipv4(snat.ip())),
             snat_port: port_to_net(snat.port()),
             last_seen,
             ..CtEntry::default()

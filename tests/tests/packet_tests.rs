@@ -7,7 +7,7 @@
 //! kernel) and compared byte for byte. Needs root; panics rather than
 //! skipping without it.
 
-use std::{collections::BTreeMap, net::Ipv4Addr, net::SocketAddrV4};
+use std::{collections::BTreeMap, net::Ipv4Addr, net::SocketAddr};
 
 use kxdp_testbed::{
     cases::{
@@ -28,8 +28,8 @@ const fn ip(a: u8, b: u8, c: u8, d: u8) -> Ipv4Addr {
     Ipv4Addr::new(a, b, c, d)
 }
 
-fn sa(addr: Ipv4Addr, port: u16) -> SocketAddrV4 {
-    SocketAddrV4::new(addr, port)
+fn sa(addr: Ipv4Addr, port: u16) -> SocketAddr {
+    SocketAddr::from((addr, port))
 }
 
 const CLIENT: Ipv4Addr = ip(10, 0, 1, 5);
@@ -57,15 +57,15 @@ fn datapath() -> Datapath {
     dp
 }
 
-fn tcp_vip() -> SocketAddrV4 {
+fn tcp_vip() -> SocketAddr {
     sa(TCP_VIP, TCP_PORT)
 }
 
-fn udp_vip() -> SocketAddrV4 {
+fn udp_vip() -> SocketAddr {
     sa(UDP_VIP, UDP_PORT)
 }
 
-fn backend_of(out: &[u8], backends: &[(Ipv4Addr, u16)]) -> SocketAddrV4 {
+fn backend_of(out: &[u8], backends: &[(Ipv4Addr, u16)]) -> SocketAddr {
     let dst = packet::dst(out);
     assert!(
         backends.iter().any(|&(a, p)| sa(a, p) == dst),
@@ -84,7 +84,7 @@ fn assert_translated(verdict: u32, input: &[u8], out: &[u8], expected: &Packet, 
 }
 
 /// Sends `p` (client → VIP) and checks it is DNATed to one of `backends`.
-fn forward(dp: &mut Datapath, p: &Packet, backends: &[(Ipv4Addr, u16)]) -> SocketAddrV4 {
+fn forward(dp: &mut Datapath, p: &Packet, backends: &[(Ipv4Addr, u16)]) -> SocketAddr {
     let input = p.build();
     let (verdict, out) = dp.run(&input);
     assert_eq!(verdict, TC_ACT_OK, "verdict");
@@ -96,7 +96,7 @@ fn forward(dp: &mut Datapath, p: &Packet, backends: &[(Ipv4Addr, u16)]) -> Socke
 // ------------------------------------------------------------ case table
 
 fn pod_frontend(
-    vip: SocketAddrV4,
+    vip: SocketAddr,
     proto: u8,
     id: u32,
     flags: u32,
@@ -104,7 +104,7 @@ fn pod_frontend(
 ) -> Frontend {
     Frontend {
         key: FrontendKey {
-            addr: addr_to_net(*vip.ip()),
+            addr: addr_to_net(packet::ipv4(vip.ip())),
             port: port_to_net(vip.port()),
             proto,
             scope: SCOPE_POD,
@@ -150,7 +150,7 @@ fn to_udp_backend(what: &str, p: Packet) -> Step {
     out(what, p, TC_ACT_OK, Out::Dnat(addrs(&UDP_BACKENDS)))
 }
 
-fn addrs(backends: &[(Ipv4Addr, u16)]) -> Vec<SocketAddrV4> {
+fn addrs(backends: &[(Ipv4Addr, u16)]) -> Vec<SocketAddr> {
     backends.iter().map(|&(a, p)| sa(a, p)).collect()
 }
 
@@ -251,7 +251,7 @@ fn udp_checksum_computing_to_zero() -> Case {
             PROTO_UDP,
             4,
             0,
-            &[(*backend.ip(), backend.port())],
+            &[(packet::ipv4(backend.ip()), backend.port())],
         )],
         vec![out(
             "the datagram",
@@ -637,9 +637,9 @@ fn pod_cases() -> Vec<Case> {
 /// back in from the VIP (same port) to its server; it must not see its own
 /// address as the source. The server's answer goes to the stand-in; the
 /// client gets it from the VIP.
-fn hairpin(pod: SocketAddrV4, vip: SocketAddrV4) -> Case {
-    let client = sa(*pod.ip(), 40000);
-    let stand_in = sa(*vip.ip(), client.port());
+fn hairpin(pod: SocketAddr, vip: SocketAddr) -> Case {
+    let client = sa(packet::ipv4(pod.ip()), 40000);
+    let stand_in = sa(packet::ipv4(vip.ip()), client.port());
     let mut steps = Vec::new();
     for flags in [packet::TCP_SYN, packet::TCP_ACK] {
         let request = Packet::tcp(client, vip).tcp_flags(flags);
@@ -674,7 +674,7 @@ fn hairpin(pod: SocketAddrV4, vip: SocketAddrV4) -> Case {
             PROTO_TCP,
             7,
             0,
-            &[(*pod.ip(), pod.port())],
+            &[(packet::ipv4(pod.ip()), pod.port())],
         )],
         steps,
         vec![Count::ConntrackEntries(2)],
@@ -750,7 +750,7 @@ fn conntrack_records_forward_and_reply_entries() {
     let [(fwd_key, fwd), (rev_key, rev)] = entries.as_slice() else {
         panic!("expected 2 conntrack entries, got {entries:?}");
     };
-    let net = |s: SocketAddrV4| (addr_to_net(*s.ip()), port_to_net(s.port()));
+    let net = |s: SocketAddr| (addr_to_net(packet::ipv4(s.ip())), port_to_net(s.port()));
     assert_eq!((fwd.direction, rev.direction), (CT_FORWARD, CT_REPLY));
     assert_eq!((fwd_key.src_addr, fwd_key.src_port), net(client));
     assert_eq!((fwd_key.dst_addr, fwd_key.dst_port), net(tcp_vip()));
@@ -785,7 +785,7 @@ fn a_reply_is_looked_up_only_from_a_port_some_backend_uses() {
     let backend = forward(&mut dp, &Packet::tcp(client, tcp_vip()), &TCP_BACKENDS);
     // The flow's reply entry, moved to a port no backend has (PORT_ROLES
     // has no bit for it).
-    let stray = sa(*backend.ip(), 9_999);
+    let stray = sa(packet::ipv4(backend.ip()), 9_999);
     let (mut key, entry) = dp
         .conntrack()
         .into_iter()
@@ -820,10 +820,10 @@ fn many_flows_spread_over_every_backend() {
 
 /// The backend the frontend's Maglev table names for `flow` (client → VIP),
 /// worked out in userspace from the same hash the datapath uses.
-fn maglev_choice(table: &[u32], client: SocketAddrV4, vip: SocketAddrV4, proto: u8) -> u32 {
+fn maglev_choice(table: &[u32], client: SocketAddr, vip: SocketAddr, proto: u8) -> u32 {
     let hash = flow_hash(
-        addr_to_net(*client.ip()),
-        addr_to_net(*vip.ip()),
+        addr_to_net(packet::ipv4(client.ip())),
+        addr_to_net(packet::ipv4(vip.ip())),
         port_to_net(client.port()),
         port_to_net(vip.port()),
         proto,
@@ -853,7 +853,7 @@ fn a_table_of_another_size_takes_over_in_one_update() {
     let mut dp = datapath();
     let vip = sa(ip(10, 96, 0, 90), 80);
     let many: Vec<(Ipv4Addr, u16)> = (1..=24).map(|i| (ip(10, 0, 9, i), 8080)).collect();
-    dp.add_service(*vip.ip(), vip.port(), PROTO_TCP, 9, &many);
+    dp.add_service(packet::ipv4(vip.ip()), vip.port(), PROTO_TCP, 9, &many);
     let big = dp.table(9);
     assert_eq!(big.len(), 4093);
     let established = sa(CLIENT, 43000);
@@ -902,11 +902,17 @@ const ARENA_BACKENDS: [(Ipv4Addr, u16); 3] = [
 
 /// Frontend 12 (`a`) over [`ARENA_BACKENDS`], and frontend 13 (`b`) over
 /// the same backends (by id: the same table); the backend ids.
-fn two_frontends_over_three(dp: &mut Datapath) -> (SocketAddrV4, SocketAddrV4, Vec<u32>) {
+fn two_frontends_over_three(dp: &mut Datapath) -> (SocketAddr, SocketAddr, Vec<u32>) {
     let (a, b) = (sa(ip(10, 96, 0, 91), 80), sa(ip(10, 96, 0, 92), 80));
-    dp.add_service(*a.ip(), a.port(), PROTO_TCP, 12, &ARENA_BACKENDS);
+    dp.add_service(
+        packet::ipv4(a.ip()),
+        a.port(),
+        PROTO_TCP,
+        12,
+        &ARENA_BACKENDS,
+    );
     let ids: Vec<u32> = (0..3).map(|i| Datapath::backend_id(12, i)).collect();
-    dp.add_service_over(*b.ip(), b.port(), PROTO_TCP, 13, &ids);
+    dp.add_service_over(packet::ipv4(b.ip()), b.port(), PROTO_TCP, 13, &ids);
     (a, b, ids)
 }
 
@@ -914,7 +920,7 @@ fn two_frontends_over_three(dp: &mut Datapath) -> (SocketAddrV4, SocketAddrV4, V
 /// `ids` of [`ARENA_BACKENDS`]) names.
 fn routes_by_table(
     dp: &mut Datapath,
-    vip: SocketAddrV4,
+    vip: SocketAddr,
     table: &[u32],
     ids: &[u32],
     ports: std::ops::Range<u16>,
@@ -1011,8 +1017,8 @@ fn a_reopened_arena_keeps_every_table_and_its_sharing() {
 fn reply_from_backend_is_reverse_nated() {
     let mut dp = datapath();
     // (name, VIP, backends, packet from a to b)
-    type Case = (&'static str, SocketAddrV4, &'static [(Ipv4Addr, u16)], Make);
-    type Make = fn(SocketAddrV4, SocketAddrV4) -> Packet;
+    type Case = (&'static str, SocketAddr, &'static [(Ipv4Addr, u16)], Make);
+    type Make = fn(SocketAddr, SocketAddr) -> Packet;
     let cases: [Case; 3] = [
         ("TCP", tcp_vip(), &TCP_BACKENDS, |a, b| {
             Packet::tcp(a, b).tcp_flags(packet::TCP_SYN | packet::TCP_ACK)
@@ -1063,7 +1069,7 @@ fn affinity_of(dp: &mut Datapath, client: Ipv4Addr) -> AffinityValue {
 }
 
 /// The backend of `TCP_BACKENDS` with the given backend id.
-fn backend_with_id(id: u32) -> SocketAddrV4 {
+fn backend_with_id(id: u32) -> SocketAddr {
     let index = (0..TCP_BACKENDS.len())
         .find(|&i| Datapath::backend_id(TCP_ID, i) == id)
         .expect("a backend of the TCP service");
@@ -1075,7 +1081,7 @@ fn client_ip_affinity_keeps_each_client_on_one_backend() {
     let mut dp = datapath();
     dp.set_affinity(tcp_key(), 60);
     for client in [CLIENT, ip(10, 0, 1, 6), ip(10, 0, 1, 7)] {
-        let backends: BTreeMap<SocketAddrV4, usize> =
+        let backends: BTreeMap<SocketAddr, usize> =
             (0..30).fold(BTreeMap::new(), |mut seen, port| {
                 let syn = Packet::tcp(sa(client, 41000 + port), tcp_vip());
                 *seen
@@ -1095,7 +1101,7 @@ fn client_ip_affinity_keeps_each_client_on_one_backend() {
 
 /// The backend a datapath without affinity picks for `syn` (the same
 /// service layout, so the same hash and slots).
-fn hashed_backend(syn: &Packet) -> SocketAddrV4 {
+fn hashed_backend(syn: &Packet) -> SocketAddr {
     let mut control = datapath();
     forward(&mut control, syn, &TCP_BACKENDS)
 }
@@ -1108,7 +1114,7 @@ fn affinity_holds_when_a_backend_joins_the_service() {
     let mut dp = datapath();
     dp.set_affinity(tcp_key(), 60);
     let clients: Vec<Ipv4Addr> = (10..50).map(|d| ip(10, 0, 1, d)).collect();
-    let before: Vec<SocketAddrV4> = clients
+    let before: Vec<SocketAddr> = clients
         .iter()
         .map(|c| {
             forward(

@@ -78,7 +78,7 @@ fn expect_translated(
         );
         let h = kxdp_testbed::packet::parse(out).map_err(anyhow::Error::msg)?;
         ensure!(
-            h.dst == backend(i) && *h.src.ip() == NODE_ADDR,
+            h.dst == backend(i).into() && h.src.ip() == NODE_ADDR,
             "{what}: translated to {} → {}",
             h.src,
             h.dst

@@ -203,7 +203,9 @@ mod tests {
             let mut frame = template.clone();
             set_source(&mut frame, &template, n);
             kxdp_testbed::packet::verify_checksums(&frame).unwrap();
-            let source = kxdp_testbed::packet::src(&frame);
+            let std::net::SocketAddr::V4(source) = kxdp_testbed::packet::src(&frame) else {
+                panic!("an IPv4 frame");
+            };
             assert_eq!(u32::from(source.port()), FIRST_PORT + n % PORTS);
             assert_eq!(
                 source.ip().octets()[3],
