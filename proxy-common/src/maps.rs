@@ -380,15 +380,32 @@ map_type! {
     }
 }
 
-map_type! {
-    /// `sock_revnat` value: the frontend the socket asked for, restored as
-    /// the peer by `getpeername` and as the source of UDP replies.
-    pub struct SockRevNatValue {
+family_map_type! {
+    /// `SOCK_REVNAT` (`SOCK_REVNAT6`) value: the frontend the socket asked
+    /// for, restored as the peer by `getpeername` and as the source of UDP
+    /// replies.
+    pub struct SockRevNatValueOf<A> {
         /// Network order.
-        pub vip: u32,
+        pub vip: A,
         /// Network order.
         pub port: u16,
         pub _pad: u16,
+    }
+    SockRevNatValue,
+    SockRevNatValue6
+}
+
+map_type! {
+    /// `SOCK_REVNAT6` key: an IPv6 socket (by cookie) whose connect or
+    /// sendmsg to an IPv6 frontend was rewritten to this backend.
+    pub struct SockRevNatKey6 {
+        pub cookie: u64,
+        /// Network order.
+        pub backend_addr: Addr6,
+        /// Network order.
+        pub backend_port: u16,
+        pub _pad: u16,
+        pub _pad2: u32,
     }
 }
 

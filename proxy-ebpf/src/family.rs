@@ -12,13 +12,13 @@ use proxy_common::{
     addr::{Addr, Addr6},
     maps::{
         AffinityKeyOf, AffinityValue, BackendValueOf, CtEntryOf, FlowKeyOf, FrontendKeyOf,
-        FrontendValue, SourceRangeOf,
+        FrontendValue, SockRevNatKey, SockRevNatKey6, SockRevNatValueOf, SourceRangeOf,
     },
 };
 
 use crate::maps::{
     AFFINITY, AFFINITY6, BACKEND_SLOTS, BACKEND_SLOTS6, CONNTRACK, CONNTRACK6, FRONTENDS,
-    FRONTENDS6, NIC_ADDRS, SOURCE_RANGES, SOURCE_RANGES6,
+    FRONTENDS6, NIC_ADDRS, SOCK_REVNAT, SOCK_REVNAT6, SOURCE_RANGES, SOURCE_RANGES6,
 };
 use crate::parse::{ptr_at_mut, Frame};
 
@@ -47,6 +47,12 @@ pub trait Family: Addr {
     fn traffic_class(ctx: &impl Frame, l3_off: usize) -> Option<u32>;
     /// Fills in the family's part of a FIB request.
     fn fib_request(params: &mut FibParams, class: u32, src: Self, dst: Self);
+
+    /// The socket hooks' record of the frontend a socket asked for, by
+    /// (socket cookie, the backend it was pointed at).
+    type SockRevNatKey: 'static;
+    fn sock_revnat_key(cookie: u64, backend: Self, port: u16) -> Self::SockRevNatKey;
+    fn sock_revnat() -> &'static LruHashMap<Self::SockRevNatKey, SockRevNatValueOf<Self>>;
 }
 
 const AF_INET: u8 = 2;
@@ -96,6 +102,21 @@ impl Family for u32 {
         params.__bindgen_anon_3.ipv4_src = src;
         params.__bindgen_anon_4.ipv4_dst = dst;
     }
+
+    type SockRevNatKey = SockRevNatKey;
+    #[inline(always)]
+    fn sock_revnat_key(cookie: u64, backend: Self, port: u16) -> SockRevNatKey {
+        SockRevNatKey {
+            cookie,
+            backend_addr: backend,
+            backend_port: port,
+            _pad: 0,
+        }
+    }
+    #[inline(always)]
+    fn sock_revnat() -> &'static LruHashMap<SockRevNatKey, SockRevNatValueOf<Self>> {
+        &SOCK_REVNAT
+    }
 }
 
 impl Family for Addr6 {
@@ -144,5 +165,21 @@ impl Family for Addr6 {
         params.__bindgen_anon_2.flowinfo = class;
         params.__bindgen_anon_3.ipv6_src = src;
         params.__bindgen_anon_4.ipv6_dst = dst;
+    }
+
+    type SockRevNatKey = SockRevNatKey6;
+    #[inline(always)]
+    fn sock_revnat_key(cookie: u64, backend: Self, port: u16) -> SockRevNatKey6 {
+        SockRevNatKey6 {
+            cookie,
+            backend_addr: backend,
+            backend_port: port,
+            _pad: 0,
+            _pad2: 0,
+        }
+    }
+    #[inline(always)]
+    fn sock_revnat() -> &'static LruHashMap<SockRevNatKey6, SockRevNatValueOf<Self>> {
+        &SOCK_REVNAT6
     }
 }

@@ -49,7 +49,7 @@ fn frontend<F: Family>(flow: &Flow<F>, scope: u8) -> Option<FrontendValue> {
 
 /// The pod-scope frontend a socket asks for (the socket hooks).
 #[inline(always)]
-pub fn pod_frontend_at(addr: u32, port: u16, proto: u8) -> Option<FrontendValue> {
+pub fn pod_frontend_at<F: Family>(addr: F, port: u16, proto: u8) -> Option<FrontendValue> {
     frontend_at(addr, port, proto, SCOPE_POD)
 }
 

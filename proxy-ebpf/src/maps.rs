@@ -10,8 +10,8 @@ use proxy_common::{
     maps::{
         port_roles, AffinityKey, AffinityKey6, AffinityValue, BackendValue, BackendValue6, CtEntry,
         CtEntry6, FlowKey, FlowKey6, FrontendKey, FrontendKey6, FrontendStats, FrontendValue,
-        NextHop, SockAffinityKey, SockRevNatKey, SockRevNatValue, SourceRange, SourceRange6,
-        MAGLEV_ARENA_FLAGS,
+        NextHop, SockAffinityKey, SockRevNatKey, SockRevNatKey6, SockRevNatValue, SockRevNatValue6,
+        SourceRange, SourceRange6, MAGLEV_ARENA_FLAGS,
     },
     sizes,
 };
@@ -120,6 +120,12 @@ pub static AFFINITY6: LruHashMap<AffinityKey6, AffinityValue> =
 /// LRU: closed sockets age out.
 #[map]
 pub static SOCK_REVNAT: LruHashMap<SockRevNatKey, SockRevNatValue> =
+    LruHashMap::pinned(sizes::MAX_SOCK_REVNAT, 0);
+
+/// IPv6 sockets' frontends, as `SOCK_REVNAT` (an IPv6 socket to an
+/// IPv4-mapped address is an IPv4 socket's business: `SOCK_REVNAT`).
+#[map]
+pub static SOCK_REVNAT6: LruHashMap<SockRevNatKey6, SockRevNatValue6> =
     LruHashMap::pinned(sizes::MAX_SOCK_REVNAT, 0);
 
 /// (frontend id, network namespace) → the backend its sockets go to: the

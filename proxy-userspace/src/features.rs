@@ -22,8 +22,8 @@ pub enum Feature {
     MmapableArrays,
     /// `BPF_MAP_UPDATE_BATCH`: a full sync's entries written in few calls.
     MapBatchOps,
-    /// The four cgroup `sock_addr` hooks of socket-level balancing
-    /// (connect4, sendmsg4, recvmsg4 and getpeername4, the last in 5.8).
+    /// The cgroup `sock_addr` hooks of socket-level balancing (connect,
+    /// sendmsg, recvmsg and getpeername of each family, the last in 5.8).
     SocketHooks,
     /// `bpf_ktime_get_coarse_ns` in tc and XDP programs.
     KtimeCoarse,

@@ -159,7 +159,7 @@ fn a_restarted_agent_adopts_the_socket_hooks_and_unload_removes_them() {
     agent.stop().unwrap();
 
     let out = s.kxdp(&["unload"]).unwrap();
-    assert!(out.contains("detached 10 links, removed 16 maps"), "{out}");
+    assert!(out.contains("detached 14 links, removed 22 maps"), "{out}");
     assert!(host_curl(&s, &[]).is_err(), "no hooks after unload");
 }
 
@@ -306,7 +306,7 @@ fn with_socket_lb_off_the_hooks_are_detached_and_pods_use_the_pod_programs() {
     agent.stop().unwrap();
     let mut agent = agent_with(&s, "off");
     agent
-        .wait_for(&["socket hooks detached", "detached=4"], 1, WAIT)
+        .wait_for(&["socket hooks detached", "detached=8"], 1, WAIT)
         .unwrap();
     assert!(host_curl(&s, &[]).is_err(), "the node still translated");
     let url = format!("http://{}:80/", s.vip);
@@ -508,8 +508,8 @@ fn an_agent_given_another_cgroup_moves_the_hooks_there() {
     let mut agent =
         Agent::start_on(&host, &["--manifests".as_ref(), s.manifests.as_os_str()]).unwrap();
     agent.wait_for(&[HOOKED], 1, WAIT).unwrap();
-    assert_eq!(agent.count(&["socket hook pinned on another cgroup"]), 4);
-    assert_eq!(agent.count(&["socket hook installed on cgroup"]), 4);
+    assert_eq!(agent.count(&["socket hook pinned on another cgroup"]), 8);
+    assert_eq!(agent.count(&["socket hook installed on cgroup"]), 8);
     let url = format!("http://{}:80/", s.vip);
     let curl = ["curl", "-sS", "--max-time", "2", &url];
     let moved = other.output(&s.node.node_netns, &curl).unwrap();

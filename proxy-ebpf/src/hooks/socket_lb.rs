@@ -19,6 +19,11 @@
 //! datagrams, so a socket pointed at a backend that leaves would stay
 //! pointed at it; per packet, a datagram whose backend left is balanced
 //! afresh).
+//!
+//! Both families: the `*4` hooks for IPv4 sockets, the `*6` hooks for IPv6
+//! ones, where an IPv4-mapped address (`::ffff:10.96.0.10`, a dual-stack
+//! socket reaching an IPv4 Service) is balanced as the IPv4 frontend it
+//! names and the backend written back mapped.
 
 use aya_ebpf::{
     bindings::BPF_ANY,
@@ -28,17 +33,19 @@ use aya_ebpf::{
     EbpfContext as _,
 };
 use proxy_common::{
+    addr::Addr6,
     hash::mix,
     kernel::FEATURE_SOCK_ADDR_SET_RETVAL,
     maps::{
-        FrontendValue, SockAffinityKey, SockRevNatKey, SockRevNatValue, Verdict,
-        FRONTEND_EMPTY_DROP, FRONTEND_SOURCE_RANGES, PROTO_TCP, PROTO_UDP,
+        FrontendValue, SockAffinityKey, SockRevNatValueOf, Verdict, FRONTEND_EMPTY_DROP,
+        FRONTEND_SOURCE_RANGES, PROTO_TCP, PROTO_UDP,
     },
 };
 
 use crate::{
+    family::Family,
     kernel, lookup,
-    maps::{SOCK_AFFINITY, SOCK_REVNAT, SOCK_STATS},
+    maps::{SOCK_AFFINITY, SOCK_STATS},
     select::{self, Selected},
     stats,
 };
@@ -61,26 +68,48 @@ const ECONNREFUSED: i32 = 111;
 
 #[cgroup_sock_addr(connect4)]
 pub fn sock_connect4(ctx: SockAddrContext) -> i32 {
-    to_backend(&ctx, Call::Connect)
+    to_backend4(&ctx, Call::Connect)
 }
 
 /// Unconnected UDP: each datagram sent to a ClusterIP.
 #[cgroup_sock_addr(sendmsg4)]
 pub fn sock_sendmsg4(ctx: SockAddrContext) -> i32 {
-    to_backend(&ctx, Call::Send)
+    to_backend4(&ctx, Call::Send)
 }
 
 /// UDP replies: the source the process sees.
 #[cgroup_sock_addr(recvmsg4)]
 pub fn sock_recvmsg4(ctx: SockAddrContext) -> i32 {
-    from_backend(&ctx);
+    from_backend4(&ctx);
     // recvmsg hooks may not fail the call.
     PROCEED
 }
 
 #[cgroup_sock_addr(getpeername4)]
 pub fn sock_getpeername4(ctx: SockAddrContext) -> i32 {
-    from_backend(&ctx);
+    from_backend4(&ctx);
+    PROCEED
+}
+
+#[cgroup_sock_addr(connect6)]
+pub fn sock_connect6(ctx: SockAddrContext) -> i32 {
+    to_backend6(&ctx, Call::Connect)
+}
+
+#[cgroup_sock_addr(sendmsg6)]
+pub fn sock_sendmsg6(ctx: SockAddrContext) -> i32 {
+    to_backend6(&ctx, Call::Send)
+}
+
+#[cgroup_sock_addr(recvmsg6)]
+pub fn sock_recvmsg6(ctx: SockAddrContext) -> i32 {
+    from_backend6(&ctx);
+    PROCEED
+}
+
+#[cgroup_sock_addr(getpeername6)]
+pub fn sock_getpeername6(ctx: SockAddrContext) -> i32 {
+    from_backend6(&ctx);
     PROCEED
 }
 
@@ -105,6 +134,42 @@ fn set_user_addr(ctx: &SockAddrContext, addr: u32, port: u16) {
         core::ptr::write_volatile(&raw mut (*ctx.sock_addr).user_ip4, addr);
         core::ptr::write_volatile(&raw mut (*ctx.sock_addr).user_port, port as u32);
     }
+}
+
+/// The IPv6 address in the context, a word at a time as the kernel allows.
+#[inline(always)]
+fn user_addr6(ctx: &SockAddrContext) -> (Addr6, u16) {
+    let mut addr = [0; 4];
+    // SAFETY: as for `user_addr`.
+    unsafe {
+        for (i, word) in addr.iter_mut().enumerate() {
+            *word = core::ptr::read_volatile(&raw const (*ctx.sock_addr).user_ip6[i]);
+        }
+        let port = core::ptr::read_volatile(&raw const (*ctx.sock_addr).user_port);
+        (addr, port as u16)
+    }
+}
+
+#[inline(always)]
+fn set_user_addr6(ctx: &SockAddrContext, addr: Addr6, port: u16) {
+    // SAFETY: as for `set_user_addr`.
+    unsafe {
+        for (i, word) in addr.iter().enumerate() {
+            core::ptr::write_volatile(&raw mut (*ctx.sock_addr).user_ip6[i], *word);
+        }
+        core::ptr::write_volatile(&raw mut (*ctx.sock_addr).user_port, port as u32);
+    }
+}
+
+/// `::ffff:0:0/96`, network order: the IPv4 address an IPv6 socket names.
+#[inline(always)]
+fn v4_mapped(addr: Addr6) -> Option<u32> {
+    (addr[0] == 0 && addr[1] == 0 && addr[2] == 0xffff_u32.to_be()).then_some(addr[3])
+}
+
+#[inline(always)]
+fn mapped(addr: u32) -> Addr6 {
+    [0, 0, 0xffff_u32.to_be(), addr]
 }
 
 #[inline(always)]
@@ -132,10 +197,38 @@ enum Call {
     Send,
 }
 
-/// connect / sendmsg to a frontend: pick a backend for this socket, point
-/// the socket at it and remember the frontend for the way back.
 #[inline(always)]
-fn to_backend(ctx: &SockAddrContext, call: Call) -> i32 {
+fn to_backend4(ctx: &SockAddrContext, call: Call) -> i32 {
+    let (vip, port) = user_addr(ctx);
+    to_backend(ctx, call, vip, port, |addr, port| {
+        set_user_addr(ctx, addr, port)
+    })
+}
+
+#[inline(always)]
+fn to_backend6(ctx: &SockAddrContext, call: Call) -> i32 {
+    let (vip, port) = user_addr6(ctx);
+    match v4_mapped(vip) {
+        Some(vip) => to_backend(ctx, call, vip, port, |addr, port| {
+            set_user_addr6(ctx, mapped(addr), port)
+        }),
+        None => to_backend(ctx, call, vip, port, |addr, port| {
+            set_user_addr6(ctx, addr, port)
+        }),
+    }
+}
+
+/// connect / sendmsg to (`vip`, `port`): if a frontend, pick a backend for
+/// this socket, point the socket at it (`point`) and remember the frontend
+/// for the way back.
+#[inline(always)]
+fn to_backend<F: Family>(
+    ctx: &SockAddrContext,
+    call: Call,
+    vip: F,
+    port: u16,
+    point: impl FnOnce(F, u16),
+) -> i32 {
     // SAFETY: a sock_addr context is a valid argument for this helper; the
     // globals are read as the loader set them.
     let (netns, from_host, pods) = unsafe {
@@ -152,7 +245,6 @@ fn to_backend(ctx: &SockAddrContext, call: Call) -> i32 {
     let Some(proto) = protocol(ctx) else {
         return PROCEED;
     };
-    let (vip, port) = user_addr(ctx);
     let Some(frontend) = lookup::pod_frontend_at(vip, port, proto) else {
         return PROCEED;
     };
@@ -169,27 +261,22 @@ fn to_backend(ctx: &SockAddrContext, call: Call) -> i32 {
         _pad: 0,
         netns_cookie: netns,
     };
-    let Ok(Selected { backend, .. }) = select::choose(&frontend, hash, &SOCK_AFFINITY, client)
+    let Ok(Selected::<F> { backend, .. }) = select::choose(&frontend, hash, &SOCK_AFFINITY, client)
     else {
         return refuse();
     };
-    let revnat_key = SockRevNatKey {
-        cookie,
-        backend_addr: backend.addr,
-        backend_port: backend.port,
-        _pad: 0,
-    };
-    let revnat = SockRevNatValue { vip, port, _pad: 0 };
+    let revnat_key = F::sock_revnat_key(cookie, backend.addr, backend.port);
+    let revnat = SockRevNatValueOf { vip, port, _pad: 0 };
     // Fail closed: never send a socket where its replies cannot be named
     // back.
-    if SOCK_REVNAT
+    if F::sock_revnat()
         .insert(revnat_key, revnat, BPF_ANY as u64)
         .is_err()
     {
         return refuse();
     }
     count_socket(frontend.id);
-    set_user_addr(ctx, backend.addr, backend.port);
+    point(backend.addr, backend.port);
     PROCEED
 }
 
@@ -213,18 +300,40 @@ fn count_socket(frontend_id: u32) {
 /// recvmsg / getpeername: a backend this socket was pointed at shows as the
 /// ClusterIP it asked for.
 #[inline(always)]
-fn from_backend(ctx: &SockAddrContext) {
+fn from_backend4(ctx: &SockAddrContext) {
     let (addr, port) = user_addr(ctx);
-    let key = SockRevNatKey {
-        cookie: cookie(ctx),
-        backend_addr: addr,
-        backend_port: port,
-        _pad: 0,
-    };
-    // SAFETY: the value is copied out at once.
-    if let Some(frontend) = unsafe { SOCK_REVNAT.get(key).copied() } {
+    if let Some(frontend) = asked_for(ctx, addr, port) {
         set_user_addr(ctx, frontend.vip, frontend.port);
     }
+}
+
+#[inline(always)]
+fn from_backend6(ctx: &SockAddrContext) {
+    let (addr, port) = user_addr6(ctx);
+    match v4_mapped(addr) {
+        Some(addr) => {
+            if let Some(frontend) = asked_for(ctx, addr, port) {
+                set_user_addr6(ctx, mapped(frontend.vip), frontend.port);
+            }
+        }
+        None => {
+            if let Some(frontend) = asked_for(ctx, addr, port) {
+                set_user_addr6(ctx, frontend.vip, frontend.port);
+            }
+        }
+    }
+}
+
+/// The frontend this socket asked for when it was pointed at `backend`.
+#[inline(always)]
+fn asked_for<F: Family>(
+    ctx: &SockAddrContext,
+    backend: F,
+    port: u16,
+) -> Option<SockRevNatValueOf<F>> {
+    let key = F::sock_revnat_key(cookie(ctx), backend, port);
+    // SAFETY: the value is copied out at once.
+    unsafe { F::sock_revnat().get(key).copied() }
 }
 
 /// A frontend without backends: the connect fails with ECONNREFUSED, as a

@@ -11,9 +11,10 @@ use aya::{
     Ebpf,
 };
 use proxy_common::maps::{
-    addr_from_net, addr_to_net, AffinityKey, AffinityValue, BackendValue, CtEntry, FlowKey,
-    FrontendKey, FrontendStats, FrontendValue, NextHop, SockAffinityKey, SockRevNatKey,
-    SockRevNatValue, SourceRange,
+    addr_from_net, addr_to_net, AffinityKey, AffinityKey6, AffinityValue, BackendValue,
+    BackendValue6, CtEntry, CtEntry6, FlowKey, FlowKey6, FrontendKey, FrontendKey6, FrontendStats,
+    FrontendValue, NextHop, SockAffinityKey, SockRevNatKey, SockRevNatKey6, SockRevNatValue,
+    SockRevNatValue6, SourceRange, SourceRange6,
 };
 
 use super::{
@@ -64,7 +65,7 @@ const fn pinned<K, V>(name: &'static str) -> PinnedMap {
 }
 
 /// Every map pinned under the pin path.
-pub const ALL: [PinnedMap; 16] = [
+pub const ALL: [PinnedMap; 22] = [
     pinned::<FrontendKey, FrontendValue>(FRONTENDS),
     pinned::<u32, BackendValue>(BACKEND_SLOTS),
     pinned::<u32, u64>(MAGLEV_ARENA),
@@ -81,6 +82,12 @@ pub const ALL: [PinnedMap; 16] = [
     pinned::<SockAffinityKey, AffinityValue>("SOCK_AFFINITY"),
     pinned::<u32, u64>(PORT_ROLES),
     pinned::<u32, NextHop>("HOP_CACHE"),
+    pinned::<FrontendKey6, FrontendValue>("FRONTENDS6"),
+    pinned::<u32, BackendValue6>("BACKEND_SLOTS6"),
+    pinned::<FlowKey6, CtEntry6>("CONNTRACK6"),
+    pinned::<Key<SourceRange6>, u8>("SOURCE_RANGES6"),
+    pinned::<AffinityKey6, AffinityValue>("AFFINITY6"),
+    pinned::<SockRevNatKey6, SockRevNatValue6>("SOCK_REVNAT6"),
 ];
 
 /// Maps earlier versions pinned and this one no longer uses (`SELECTION`:

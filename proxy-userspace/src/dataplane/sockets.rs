@@ -1,5 +1,6 @@
-//! Socket-level load balancing: the four cgroup socket hooks (`connect4`,
-//! `sendmsg4`, `recvmsg4`, `getpeername4`) attached to one cgroup (by default
+//! Socket-level load balancing: the cgroup socket hooks of both families
+//! (`connect4`, `sendmsg4`, `recvmsg4`, `getpeername4` and their `6`
+//! twins) attached to one cgroup (by default
 //! the root of the cgroup2 hierarchy: every process on the node), each link
 //! pinned under `<pin path>/links/<program>-cgroup` so the hooks outlive the
 //! agent. A restarted agent swaps its programs into the pinned links
@@ -21,11 +22,15 @@ use tracing::info;
 use super::{bpf_syscall, interfaces::detach_pinned, Dataplane, DataplaneError, LINKS_DIR};
 
 /// The socket programs of the eBPF object.
-pub const SOCKET_PROGRAMS: [&str; 4] = [
+pub const SOCKET_PROGRAMS: [&str; 8] = [
     "sock_connect4",
     "sock_sendmsg4",
     "sock_recvmsg4",
     "sock_getpeername4",
+    "sock_connect6",
+    "sock_sendmsg6",
+    "sock_recvmsg6",
+    "sock_getpeername6",
 ];
 
 /// Global of the object: the node's network namespace, whose sockets are
