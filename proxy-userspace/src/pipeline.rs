@@ -34,8 +34,6 @@ pub struct Counters {
 #[derive(Debug, Default)]
 pub struct Outcome {
     pub rejections: Vec<Rejection>,
-    /// Some IPv6 address or slice was left out.
-    pub ipv6_skipped: bool,
     /// Frontends the update touched (all of them on a reconcile).
     pub frontends_touched: usize,
     pub report: SyncReport,
@@ -112,7 +110,6 @@ impl Pipeline {
             let built = model::build(&name, &objects, &self.node);
             drop(objects);
             outcome.rejections.extend(built.rejections);
-            outcome.ipv6_skipped |= built.ipv6_skipped;
             self.plan.set(&name, built.service, &mut change);
             if let Some(listed) = &mut listed {
                 listed.insert(name);
@@ -411,7 +408,7 @@ mod tests {
         let node_keys = |maps: &MapContents| -> Vec<String> {
             maps.frontends
                 .keys()
-                .filter(|k| k.scope == proxy_common::maps::SCOPE_NODE)
+                .filter(|k| k.scope() == proxy_common::maps::SCOPE_NODE)
                 .map(crate::frontend_text::frontend_text)
                 .collect()
         };

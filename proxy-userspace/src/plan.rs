@@ -6,12 +6,12 @@
 use std::{
     collections::{BTreeMap, BTreeSet},
     fmt,
-    net::Ipv4Addr,
+    net::{IpAddr, SocketAddr},
     ops::RangeInclusive,
 };
 
 use crate::{
-    cidr::Ipv4Cidr,
+    cidr::IpCidr,
     model::types::{Backend, ExternalAddr, Protocol, ServiceModel, ServicePortModel},
     source::{Rejection, RejectionKind, ServiceName},
 };
@@ -26,10 +26,11 @@ pub enum FrontendScope {
     Node,
 }
 
-/// What the datapath matches on: (address, port, protocol, scope).
+/// What the datapath matches on: (address, port, protocol, scope), in
+/// the frontends map of the address's family.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct FrontendAddr {
-    pub addr: Ipv4Addr,
+    pub addr: IpAddr,
     pub port: u16,
     pub protocol: Protocol,
     pub scope: FrontendScope,
@@ -37,7 +38,8 @@ pub struct FrontendAddr {
 
 impl fmt::Display for FrontendAddr {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}/{}", self.addr, self.port, self.protocol)?;
+        let socket = SocketAddr::new(self.addr, self.port);
+        write!(f, "{socket}/{}", self.protocol)?;
         match self.scope {
             FrontendScope::Pod => Ok(()),
             FrontendScope::Node => f.write_str(" (node)"),
@@ -49,8 +51,8 @@ impl fmt::Display for FrontendAddr {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NodeFacts {
     /// Addresses NodePorts answer on (already filtered by
-    /// `--nodeport-addresses`).
-    pub addresses: Vec<Ipv4Addr>,
+    /// `--nodeport-addresses`), of both families.
+    pub addresses: Vec<IpAddr>,
     /// Node ports outside it are refused, as the API server would have.
     pub node_port_range: RangeInclusive<u16>,
 }
@@ -70,9 +72,10 @@ impl Default for NodeFacts {
 pub struct Frontend {
     pub service: ServiceName,
     pub port_name: String,
-    /// In selection order.
+    /// In selection order, of the frontend's family.
     pub backends: Vec<Backend>,
-    /// Kept for the connections they have, chosen for no new one.
+    /// Kept for the connections they have, chosen for no new one; of the
+    /// frontend's family.
     pub draining: Vec<Backend>,
     pub affinity_timeout: Option<u32>,
     /// With no backend, drop silently instead of rejecting: a traffic policy
@@ -82,8 +85,9 @@ pub struct Frontend {
     /// Cluster` on a node frontend), so replies come back through this node.
     pub snat_remote: bool,
     /// Only these clients may use the frontend (`loadBalancerSourceRanges`
-    /// on a LoadBalancer ingress IP); `None`: everyone.
-    pub source_ranges: Option<Vec<Ipv4Cidr>>,
+    /// of its family on a LoadBalancer ingress IP; empty: nobody); `None`:
+    /// everyone.
+    pub source_ranges: Option<Vec<IpCidr>>,
 }
 
 /// A `healthCheckNodePort` the agent must answer on.
@@ -131,7 +135,7 @@ enum Via<'a> {
     NodePortFromPod,
 }
 
-fn pod_key(addr: Ipv4Addr, port: u16, protocol: Protocol) -> FrontendAddr {
+fn pod_key(addr: IpAddr, port: u16, protocol: Protocol) -> FrontendAddr {
     FrontendAddr {
         addr,
         port,
@@ -140,7 +144,7 @@ fn pod_key(addr: Ipv4Addr, port: u16, protocol: Protocol) -> FrontendAddr {
     }
 }
 
-fn node_key(addr: Ipv4Addr, port: u16, protocol: Protocol) -> FrontendAddr {
+fn node_key(addr: IpAddr, port: u16, protocol: Protocol) -> FrontendAddr {
     FrontendAddr {
         addr,
         port,
@@ -156,20 +160,29 @@ fn node_port(port: &ServicePortModel, node: &NodeFacts) -> Option<u16> {
 
 /// The frontends one Service claims: each cluster IP and external address ×
 /// each port, and each node address × each node port, from pods and (but
-/// the cluster IPs) from outside.
+/// the cluster IPs) from outside. Only in the families it has a cluster IP
+/// of, as kube-proxy's proxier of each family sees only those Services (an
+/// IPv4-only Service's IPv6 external IPs and IPv6 node addresses are left
+/// out).
 fn keys_of(service: &ServiceModel, node: &NodeFacts) -> BTreeSet<FrontendAddr> {
+    let served = |addr: &IpAddr| {
+        service
+            .cluster_ips
+            .iter()
+            .any(|ip| ip.is_ipv4() == addr.is_ipv4())
+    };
     let mut keys = BTreeSet::new();
     for port in &service.ports {
         let (number, protocol) = (port.port, port.protocol);
         for addr in &service.cluster_ips {
             keys.insert(pod_key(*addr, number, protocol));
         }
-        for external in &service.external_addrs {
+        for external in service.external_addrs.iter().filter(|e| served(&e.addr)) {
             keys.insert(pod_key(external.addr, number, protocol));
             keys.insert(node_key(external.addr, number, protocol));
         }
         if let Some(node_port) = node_port(port, node) {
-            for addr in &node.addresses {
+            for addr in node.addresses.iter().filter(|a| served(a)) {
                 keys.insert(pod_key(*addr, node_port, protocol));
                 keys.insert(node_key(*addr, node_port, protocol));
             }
@@ -245,10 +258,20 @@ fn node_port_of<'a>(
         .find(|p| node_port(p, node) == Some(key.port) && p.protocol == key.protocol)
 }
 
+/// The backends of `addr`'s family: a frontend is served by its own
+/// family's EndpointSlices only.
+fn of_family(backends: &[Backend], addr: IpAddr) -> Vec<Backend> {
+    backends
+        .iter()
+        .filter(|b| b.addr.is_ipv4() == addr.is_ipv4())
+        .copied()
+        .collect()
+}
+
 /// Only the local backends under a `Local` traffic policy, all otherwise.
-fn policy_backends(backends: &[Backend], local: bool) -> (Vec<Backend>, bool) {
+fn policy_backends(backends: Vec<Backend>, local: bool) -> (Vec<Backend>, bool) {
     if !local {
-        return (backends.to_vec(), false);
+        return (backends, false);
     }
     let local_only = backends.iter().filter(|b| b.local).copied().collect();
     // Endpoints elsewhere but none here: drop. None at all: reject.
@@ -364,18 +387,26 @@ impl Plan {
         let owner = self.claims.get(key)?.first()?;
         let service = self.services.get(owner)?;
         let (port, via) = route(service, key, &self.node)?;
+        let backends = of_family(&port.backends, key.addr);
         let (backends, empty_drop) = match via {
-            Via::ClusterIp => policy_backends(&port.backends, service.internal_policy_local),
-            Via::ExternalFromPod(_) | Via::NodePortFromPod => (port.backends.clone(), false),
+            Via::ClusterIp => policy_backends(backends, service.internal_policy_local),
+            Via::ExternalFromPod(_) | Via::NodePortFromPod => (backends, false),
             Via::External(_) | Via::NodePort => {
-                policy_backends(&port.backends, service.external_policy_local)
+                policy_backends(backends, service.external_policy_local)
             }
         };
         // kube-proxy checks the ranges at the load balancer's address for
-        // every client, pods included.
+        // every client, pods included; a family's frontend checks that
+        // family's ranges (none listed: nobody of the family gets in).
         let source_ranges = match via {
             Via::External(external) | Via::ExternalFromPod(external) if external.load_balancer => {
-                service.source_ranges.clone()
+                service.source_ranges.as_ref().map(|ranges| {
+                    ranges
+                        .iter()
+                        .filter(|r| r.is_ipv4() == key.addr.is_ipv4())
+                        .copied()
+                        .collect()
+                })
             }
             _ => None,
         };
@@ -383,7 +414,7 @@ impl Plan {
             service: owner.clone(),
             port_name: port.name.clone(),
             backends,
-            draining: port.draining.clone(),
+            draining: of_family(&port.draining, key.addr),
             affinity_timeout: service.affinity_timeout,
             empty_drop,
             snat_remote: key.scope == FrontendScope::Node && !service.external_policy_local,
@@ -392,19 +423,20 @@ impl Plan {
     }
 
     /// The health checks to serve: each Service with `externalTrafficPolicy:
-    /// Local` and a `healthCheckNodePort`, by port.
+    /// Local` and a `healthCheckNodePort`, by port, counting the distinct
+    /// local endpoint addresses of both families.
     pub fn health_checks(&self) -> Vec<HealthCheck> {
         let mut checks: Vec<HealthCheck> = self
             .services
             .values()
             .filter(|s| s.external_policy_local)
             .filter_map(|s| {
-                let local: BTreeSet<Ipv4Addr> = s
+                let local: BTreeSet<IpAddr> = s
                     .ports
                     .iter()
                     .flat_map(|p| &p.backends)
                     .filter(|b| b.local)
-                    .map(|b| *b.addr.ip())
+                    .map(|b| b.addr.ip())
                     .collect();
                 Some(HealthCheck {
                     port: s.health_check_node_port?,
