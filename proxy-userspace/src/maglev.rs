@@ -301,4 +301,35 @@ mod tests {
         assert!(build_all_into(&[], &mut out).is_empty());
         assert!(out.is_empty());
     }
+
+    #[test]
+    fn ipv4_identities_are_address_and_port_and_ipv6_ones_differ_by_both() {
+        let v4: std::net::IpAddr = "10.244.1.2".parse().unwrap();
+        assert_eq!(identity(v4, 8080), 0x0af4_0102_1f90);
+        let addr = |text: &str| text.parse::<std::net::IpAddr>().unwrap();
+        let a = identity(addr("fd00:10:244::5"), 8080);
+        assert_eq!(
+            a,
+            identity(addr("fd00:10:244::5"), 8080),
+            "the same on every node"
+        );
+        assert_ne!(a, identity(addr("fd00:10:244::5"), 8081));
+        assert_ne!(a, identity(addr("fd00:10:244::6"), 8080));
+        // Differing only in the high half of the address.
+        assert_ne!(a, identity(addr("fd01:10:244::5"), 8080));
+        // A table of IPv6 backends shares its slots as an IPv4 one does.
+        let members: Vec<Member> = (0..10u32)
+            .map(|i| Member {
+                identity: identity(addr(&format!("fd00:10:244::{:x}", i + 1)), 8080),
+                id: i,
+            })
+            .collect();
+        let table = build(&members, 1021);
+        let counts = shares(&table);
+        assert_eq!(counts.len(), 10);
+        assert!(
+            counts.values().all(|n| (102..=103).contains(n)),
+            "{counts:?}"
+        );
+    }
 }

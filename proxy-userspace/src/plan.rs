@@ -915,4 +915,166 @@ mod tests {
         set(&mut plan, web);
         assert_eq!(plan.health_checks()[0].local_endpoints, 0);
     }
+
+    /// `load_balancer()` made dual-stack: cluster IP fd00:10:96::a too,
+    /// an IPv6 endpoint of each node beside the IPv4 ones, an IPv6 ingress
+    /// IP, and IPv4 source ranges only.
+    fn dual_stack() -> ServiceModel {
+        let mut web = load_balancer();
+        web.cluster_ips.push("fd00:10:96::a".parse().unwrap());
+        for (addr, local) in [
+            ("[fd00:10:244::5]:8080", true),
+            ("[fd00:10:244::6]:8080", false),
+        ] {
+            web.ports[0].backends.push(Backend {
+                addr: addr.parse().unwrap(),
+                local,
+            });
+        }
+        web.ports[0].draining.push(Backend {
+            addr: "[fd00:10:244::7]:8080".parse().unwrap(),
+            local: false,
+        });
+        web.external_addrs.push(ExternalAddr {
+            addr: "fd00:192::10".parse().unwrap(),
+            load_balancer: true,
+        });
+        web
+    }
+
+    const NODE_A6: &str = "fd00:192:168::10";
+
+    #[test]
+    fn each_family_s_frontends_are_served_by_that_family_s_backends_only() {
+        let (plan, change) = planned(dual_stack(), &[NODE_A, NODE_A6]);
+        assert!(
+            change.rejections.len() == 1,
+            "only nodePort 40000: {:?}",
+            change.rejections
+        );
+        let v6 = [
+            key("fd00:10:96::a", 80, Protocol::Tcp),
+            node("fd00:192::10", 80),
+            key("fd00:192::10", 80, Protocol::Tcp),
+            node(NODE_A6, 30080),
+            key(NODE_A6, 30080, Protocol::Tcp),
+        ];
+        for key in v6 {
+            let frontend = plan.frontend(&key).unwrap_or_else(|| panic!("{key}"));
+            assert_eq!(
+                backend_addrs(&frontend),
+                ["[fd00:10:244::5]:8080", "[fd00:10:244::6]:8080"],
+                "{key}"
+            );
+            let draining: Vec<String> = frontend
+                .draining
+                .iter()
+                .map(|b| b.addr.to_string())
+                .collect();
+            assert_eq!(draining, ["[fd00:10:244::7]:8080"], "{key}");
+        }
+        let v4 = plan.frontend(&node(NODE_A, 30080)).unwrap();
+        assert_eq!(backend_addrs(&v4), ["10.244.1.2:8080", "10.244.2.2:8080"]);
+        assert!(v4.draining.is_empty());
+        assert_eq!(
+            node(NODE_A6, 30080).to_string(),
+            "[fd00:192:168::10]:30080/TCP (node)"
+        );
+    }
+
+    #[test]
+    fn local_policy_and_snat_apply_per_family() {
+        let mut web = dual_stack();
+        web.external_policy_local = true;
+        web.ports[0]
+            .backends
+            .retain(|b| b.addr.is_ipv6() || !b.local);
+        let (plan, _) = planned(web, &[NODE_A, NODE_A6]);
+        let v6 = plan.frontend(&node(NODE_A6, 30080)).unwrap();
+        assert_eq!(backend_addrs(&v6), ["[fd00:10:244::5]:8080"]);
+        assert!(v6.empty_drop && !v6.snat_remote);
+        // No local IPv4 endpoint: the IPv4 frontend drops, whatever the
+        // local IPv6 one.
+        let v4 = plan.frontend(&node(NODE_A, 30080)).unwrap();
+        assert!(v4.backends.is_empty() && v4.empty_drop);
+        // No IPv6 endpoint at all: the IPv6 frontend rejects, whatever the
+        // IPv4 ones; Cluster policy SNATs in both families.
+        let mut web = dual_stack();
+        web.ports[0].backends.retain(|b| b.addr.is_ipv4());
+        let (plan, _) = planned(web, &[NODE_A, NODE_A6]);
+        let v6 = plan.frontend(&node(NODE_A6, 30080)).unwrap();
+        assert!(v6.backends.is_empty() && !v6.empty_drop && v6.snat_remote);
+        assert_eq!(
+            plan.frontend(&node(NODE_A, 30080)).unwrap().backends.len(),
+            2
+        );
+    }
+
+    #[test]
+    fn source_ranges_apply_per_family_and_a_family_without_ranges_lets_nobody_in() {
+        let (plan, _) = planned(dual_stack(), &[NODE_A]);
+        let v4 = plan.frontend(&node("192.0.2.10", 80)).unwrap();
+        assert_eq!(
+            v4.source_ranges,
+            Some(vec!["203.0.113.0/24".parse().unwrap()])
+        );
+        let v6 = plan.frontend(&node("fd00:192::10", 80)).unwrap();
+        assert_eq!(
+            v6.source_ranges,
+            Some(vec![]),
+            "IPv4 ranges only: no IPv6 client"
+        );
+        let mut web = dual_stack();
+        web.source_ranges = Some(vec![
+            "203.0.113.0/24".parse().unwrap(),
+            "fd00:203::/32".parse().unwrap(),
+        ]);
+        let (plan, _) = planned(web, &[NODE_A]);
+        let v6 = plan
+            .frontend(&key("fd00:192::10", 80, Protocol::Tcp))
+            .unwrap();
+        assert_eq!(
+            v6.source_ranges,
+            Some(vec!["fd00:203::/32".parse().unwrap()])
+        );
+        let v4 = plan.frontend(&node("192.0.2.10", 80)).unwrap();
+        assert_eq!(
+            v4.source_ranges,
+            Some(vec!["203.0.113.0/24".parse().unwrap()])
+        );
+    }
+
+    #[test]
+    fn a_single_stack_service_claims_no_frontend_of_the_other_family() {
+        let mut web = load_balancer();
+        web.external_addrs.push(ExternalAddr {
+            addr: "fd00:192::10".parse().unwrap(),
+            load_balancer: true,
+        });
+        let (plan, _) = planned(web, &[NODE_A, NODE_A6]);
+        assert!(
+            plan.frontend_keys().all(|k| k.addr.is_ipv4()),
+            "{:?}",
+            plan.frontend_keys().collect::<Vec<_>>()
+        );
+        // An IPv6-only one: IPv6 node addresses only.
+        let mut v6_only = dual_stack();
+        v6_only.cluster_ips.retain(|ip| ip.is_ipv6());
+        let (plan, _) = planned(v6_only, &[NODE_A, NODE_A6]);
+        assert!(plan.frontend(&node(NODE_A6, 30080)).is_some());
+        assert!(plan.frontend(&node(NODE_A, 30080)).is_none());
+        assert!(plan.frontend_keys().all(|k| k.addr.is_ipv6()));
+    }
+
+    #[test]
+    fn health_checks_count_distinct_local_endpoints_of_both_families() {
+        let mut web = dual_stack();
+        web.external_policy_local = true;
+        web.health_check_node_port = Some(32000);
+        // The IPv6 local endpoint behind a second port counts once.
+        web.ports[1].backends = vec![web.ports[0].backends[2]];
+        let (plan, _) = planned(web, &[NODE_A]);
+        // 10.244.1.2 and fd00:10:244::5.
+        assert_eq!(plan.health_checks()[0].local_endpoints, 2);
+    }
 }

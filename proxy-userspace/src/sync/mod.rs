@@ -1605,4 +1605,172 @@ mod tests {
         adopting_syncer(&store).reconcile(&Plan::default(), &mut store);
         assert_eq!(store.log, ["delete range 9 10.0.0.0/8"]);
     }
+
+    /// A dual-stack LoadBalancer `default/web`: cluster IPs 10.96.0.1 and
+    /// fd00:10:96::1, ingress IPs 192.168.50.10 and fd00:192::10, port 80
+    /// with an endpoint of each family, and the given source ranges (none:
+    /// no restriction).
+    fn dual_stack_plan(ranges: &[&str]) -> Plan {
+        let name = ServiceName::new("default", "web");
+        let backend = |addr: &str| Backend {
+            addr: addr.parse().unwrap(),
+            local: false,
+        };
+        let external = |addr: &str| ExternalAddr {
+            addr: addr.parse().unwrap(),
+            load_balancer: true,
+        };
+        let model = ServiceModel {
+            cluster_ips: vec![
+                "10.96.0.1".parse().unwrap(),
+                "fd00:10:96::1".parse().unwrap(),
+            ],
+            ports: vec![ServicePortModel {
+                name: String::new(),
+                protocol: Protocol::Tcp,
+                port: 80,
+                node_port: None,
+                backends: vec![backend("10.244.1.2:8080"), backend("[fd00:10:244::2]:8080")],
+                draining: Vec::new(),
+            }],
+            external_addrs: vec![external("192.168.50.10"), external("fd00:192::10")],
+            source_ranges: (!ranges.is_empty())
+                .then(|| ranges.iter().map(|c| c.parse().unwrap()).collect()),
+            ..model_without_ports(&name)
+        };
+        let mut plan = Plan::default();
+        plan.set(&name, Some(model), &mut PlanChange::default());
+        plan
+    }
+
+    #[test]
+    fn each_family_s_entries_go_to_its_maps_with_ids_of_one_space() {
+        let mut store = FakeStore::default();
+        let mut syncer = fresh_syncer();
+        let plan = dual_stack_plan(&[]);
+        let report = syncer.reconcile(&plan, &mut store);
+        assert!(report.errors.is_empty(), "{:?}", report.errors);
+        let reachable = reachable(&store.maps);
+        assert_eq!(reachable["10.96.0.1:80"], ["10.244.1.2:8080"]);
+        assert_eq!(reachable["[fd00:10:96::1]:80"], ["[fd00:10:244::2]:8080"]);
+        assert_eq!(reachable["[fd00:192::10]:80"], ["[fd00:10:244::2]:8080"]);
+        let v6 = store
+            .maps
+            .frontends
+            .keys()
+            .filter(|k| matches!(k, FrontendMapKey::V6(_)))
+            .count();
+        assert_eq!((store.maps.frontends.len(), v6), (6, 3));
+        // Frontend ids and backend ids: each once over both families.
+        let ids: BTreeSet<u32> = store.maps.frontends.values().map(|v| v.id).collect();
+        assert_eq!(ids.len(), 6);
+        let backends: Vec<(u32, bool)> = store
+            .maps
+            .backends
+            .iter()
+            .map(|(id, b)| (id, matches!(b, BackendMapValue::V6(_))))
+            .collect();
+        assert_eq!(backends, [(0, false), (1, true)]);
+        // A restarted agent adopts both families and changes nothing.
+        store.log.clear();
+        let report = adopting_syncer(&store).reconcile(&plan, &mut store);
+        assert_eq!(report, SyncReport::default());
+        assert!(store.log.is_empty(), "{:?}", store.log);
+        // Removed in reverse, both families.
+        syncer.reconcile(&Plan::default(), &mut store);
+        assert_eq!(store.maps, MapContents::default());
+    }
+
+    #[test]
+    fn an_ipv6_frontend_gets_its_backend_before_its_table_and_its_table_before_its_entry() {
+        let name = ServiceName::new("default", "v6");
+        let model = ServiceModel {
+            cluster_ips: vec!["fd00:10:96::a".parse().unwrap()],
+            ports: vec![ServicePortModel {
+                name: String::new(),
+                protocol: Protocol::Udp,
+                port: 53,
+                node_port: None,
+                backends: vec![Backend {
+                    addr: "[fd00:10:244::5]:5353".parse().unwrap(),
+                    local: true,
+                }],
+                draining: Vec::new(),
+            }],
+            ..model_without_ports(&name)
+        };
+        let mut plan = Plan::default();
+        plan.set(&name, Some(model), &mut PlanChange::default());
+        let mut store = FakeStore::default();
+        fresh_syncer().reconcile(&plan, &mut store);
+        assert_eq!(
+            store.log,
+            [
+                "put backend 0",
+                "put table 0",
+                "reset stats 0",
+                "put service 0"
+            ]
+        );
+        let Some((FrontendMapKey::V6(key), _)) = store.maps.frontends.iter().next() else {
+            panic!("an IPv6 key: {:?}", store.maps.frontends);
+        };
+        assert_eq!(
+            proxy_common::addr::addr6_from_net(key.addr),
+            "fd00:10:96::a".parse::<std::net::Ipv6Addr>().unwrap()
+        );
+        let Some(BackendMapValue::V6(backend)) = store.maps.backends.get(0) else {
+            panic!("an IPv6 backend");
+        };
+        assert_eq!(
+            (backend.port, backend.flags),
+            (port_to_net(5353), BACKEND_LOCAL)
+        );
+    }
+
+    #[test]
+    fn source_ranges_are_written_per_family_and_a_family_without_any_admits_nobody() {
+        let mut store = FakeStore::default();
+        let mut syncer = fresh_syncer();
+        syncer.reconcile(&dual_stack_plan(&["192.168.0.0/16"]), &mut store);
+        let restricted: Vec<(IpAddr, u32)> = store
+            .maps
+            .frontends
+            .iter()
+            .filter(|(_, v)| v.flags & FRONTEND_SOURCE_RANGES != 0)
+            .map(|(k, v)| (k.addr(), v.id))
+            .collect();
+        // Each ingress IP, from pods and from outside.
+        assert_eq!(restricted.len(), 4, "{restricted:?}");
+        let ranges_of = |maps: &MapContents, id: u32| -> Vec<String> {
+            maps.source_ranges
+                .range(RangeEntry::bounds(id))
+                .map(|r| r.cidr.to_string())
+                .collect()
+        };
+        for (addr, id) in &restricted {
+            let expected: &[&str] = if addr.is_ipv4() {
+                &["192.168.0.0/16"]
+            } else {
+                &[]
+            };
+            assert_eq!(ranges_of(&store.maps, *id), expected, "{addr}");
+        }
+        // An IPv6 range goes to the IPv6 frontends only.
+        syncer.reconcile(
+            &dual_stack_plan(&["192.168.0.0/16", "fd00:203::/32"]),
+            &mut store,
+        );
+        for (addr, id) in &restricted {
+            let expected: &[&str] = if addr.is_ipv4() {
+                &["192.168.0.0/16"]
+            } else {
+                &["fd00:203::/32"]
+            };
+            assert_eq!(ranges_of(&store.maps, *id), expected, "{addr}");
+        }
+        assert_eq!(&store.maps, syncer.current());
+        syncer.reconcile(&Plan::default(), &mut store);
+        assert!(store.maps.source_ranges.is_empty());
+    }
 }
