@@ -167,7 +167,7 @@ fn datapath_outlives_the_agent_until_unload() {
     agent.stop().unwrap();
 
     let out = s.kxdp(&["unload"]).unwrap();
-    assert!(out.contains("detached 10 links, removed 16 maps"), "{out}");
+    assert!(out.contains("detached 10 links, removed 21 maps"), "{out}");
     assert!(!s.node.pin_path().exists(), "unload leaves no pins");
     assert!(
         s.http_get(&vip).is_err(),

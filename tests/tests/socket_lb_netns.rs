@@ -159,7 +159,7 @@ fn a_restarted_agent_adopts_the_socket_hooks_and_unload_removes_them() {
     agent.stop().unwrap();
 
     let out = s.kxdp(&["unload"]).unwrap();
-    assert!(out.contains("detached 10 links, removed 16 maps"), "{out}");
+    assert!(out.contains("detached 10 links, removed 21 maps"), "{out}");
     assert!(host_curl(&s, &[]).is_err(), "no hooks after unload");
 }
 

@@ -49,6 +49,18 @@ impl FrontendMapKey {
     }
 }
 
+impl From<FrontendKey> for FrontendMapKey {
+    fn from(key: FrontendKey) -> Self {
+        Self::V4(key)
+    }
+}
+
+impl From<FrontendKey6> for FrontendMapKey {
+    fn from(key: FrontendKey6) -> Self {
+        Self::V6(key)
+    }
+}
+
 /// A backend slot's value: an IPv4 backend keeps its 8-byte value.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum BackendMapValue {
