@@ -232,6 +232,41 @@ mod tests {
     }
 
     #[test]
+    fn a_dual_stack_manifest_fills_the_maps_of_both_families() {
+        let mut store = FakeStore::default();
+        let mut pipeline = pipeline();
+        let yaml = service("web", "10.96.0.9", "ClusterIP", "{addresses: [10.244.0.2]}")
+            .replace(
+                "clusterIP: 10.96.0.9,",
+                "clusterIP: 10.96.0.9, clusterIPs: [10.96.0.9, 'fd00:10:96::9'], ipFamilies: [IPv4, IPv6],",
+            )
+            + "---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n\
+               metadata: {name: web-2, labels: {kubernetes.io/service-name: web}}\n\
+               addressType: IPv6\nports: [{name: http, port: 8080}]\nendpoints: [{addresses: ['fd00:10:244::2']}]\n";
+        let outcome = pipeline.apply(update(Scope::Full, &yaml), &mut store);
+        assert!(outcome.rejections.is_empty(), "{:?}", outcome.rejections);
+        assert!(
+            outcome.report.errors.is_empty(),
+            "{:?}",
+            outcome.report.errors
+        );
+        let frontends: Vec<String> = store
+            .maps
+            .frontends
+            .keys()
+            .map(crate::frontend_text::frontend_text)
+            .collect();
+        assert_eq!(frontends, ["10.96.0.9:80/TCP", "[fd00:10:96::9]:80/TCP"]);
+        let backends: Vec<String> = store
+            .maps
+            .backends
+            .values()
+            .map(|b| std::net::SocketAddr::new(b.addr(), b.port()).to_string())
+            .collect();
+        assert_eq!(backends, ["10.244.0.2:8080", "[fd00:10:244::2]:8080"]);
+    }
+
+    #[test]
     fn a_changed_service_touches_only_its_own_entries() {
         let mut store = FakeStore::default();
         let mut pipeline = pipeline();

@@ -232,6 +232,17 @@ mod tests {
                 packets: 0,
                 bytes: 0,
             },
+            Row {
+                frontend: "[fd00:10:96::a]:80/TCP".into(),
+                scope: "pod",
+                policy: vec![],
+                id: 2,
+                affinity_timeout_seconds: None,
+                backends: vec![Some(backend("fd00:10:244::5", false))],
+                sockets: 0,
+                packets: 0,
+                bytes: 0,
+            },
         ]
     }
 
@@ -299,7 +310,7 @@ mod tests {
         let rows = rows();
         let table = render(&rows, &totals());
         let lines: Vec<_> = table.lines().collect();
-        assert_eq!(lines.len(), 4);
+        assert_eq!(lines.len(), 5);
         assert!(lines[0].starts_with("FRONTEND"));
         assert!(
             lines[1].starts_with("10.96.0.10:80/TCP")
@@ -317,9 +328,15 @@ mod tests {
             "{}",
             lines[2]
         );
+        assert!(
+            lines[3].starts_with("[fd00:10:96::a]:80/TCP")
+                && lines[3].ends_with("  [fd00:10:244::5]:8080"),
+            "{}",
+            lines[3]
+        );
         assert_eq!(
-            lines[3],
-            "2 frontends; 3 packets dropped for want of a backend; 4 TCP resets and 5 ICMP \
+            lines[4],
+            "3 frontends; 3 packets dropped for want of a backend; 4 TCP resets and 5 ICMP \
              unreachables sent and 6 socket calls refused for Services without endpoints"
         );
     }
