@@ -1,48 +1,73 @@
-//! IPv4 CIDR blocks, as given in flags such as `--service-cidr`.
+//! CIDR blocks of either family, as given in flags such as
+//! `--service-cidr` and in `loadBalancerSourceRanges`.
 
-use std::{fmt, net::Ipv4Addr, str::FromStr};
+use std::{
+    fmt,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    str::FromStr,
+};
 
+/// A block of addresses of one family. Sorts IPv4 blocks before IPv6 ones
+/// (as `IpAddr` does), then by network and length.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct Ipv4Cidr {
-    network: Ipv4Addr,
+pub struct IpCidr {
+    network: IpAddr,
     prefix_len: u8,
 }
 
-impl Ipv4Cidr {
-    /// Every address: 0.0.0.0/0, the lowest block in sort order.
-    pub const ANY: Self = Self {
-        network: Ipv4Addr::UNSPECIFIED,
-        prefix_len: 0,
-    };
-
-    /// The block of the single address `addr`.
-    pub const fn host(addr: Ipv4Addr) -> Self {
-        Self {
-            network: addr,
-            prefix_len: 32,
-        }
+/// Bits of an address of `addr`'s family.
+fn family_bits(addr: IpAddr) -> u8 {
+    match addr {
+        IpAddr::V4(_) => 32,
+        IpAddr::V6(_) => 128,
     }
+}
 
+/// The address as a number, whatever its family (an IPv4 one in the low 32 bits).
+fn to_bits(addr: IpAddr) -> u128 {
+    match addr {
+        IpAddr::V4(a) => u128::from(u32::from(a)),
+        IpAddr::V6(a) => u128::from(a),
+    }
+}
+
+/// The address of `family`'s family numbered `bits`.
+fn from_bits(family: IpAddr, bits: u128) -> IpAddr {
+    match family {
+        IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::from(bits as u32)),
+        IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::from(bits)),
+    }
+}
+
+impl IpCidr {
     /// The block holding `addr` with `prefix_len` leading bits, host bits
-    /// cleared; `None` for a length above 32.
-    pub fn new(addr: Ipv4Addr, prefix_len: u8) -> Option<Self> {
-        let host_bits = 32u32.checked_sub(u32::from(prefix_len))?;
-        // A shift by 32 overflows: /0 keeps no bit.
-        let mask = u32::MAX.checked_shl(host_bits).unwrap_or(0);
+    /// cleared; `None` for a length beyond the family's bits.
+    pub fn new(addr: IpAddr, prefix_len: u8) -> Option<Self> {
+        let host_bits = u32::from(family_bits(addr).checked_sub(prefix_len)?);
+        // A shift by 128 overflows: /0 keeps no bit.
+        let mask = u128::MAX.checked_shl(host_bits).unwrap_or(0);
         Some(Self {
-            network: Ipv4Addr::from(u32::from(addr) & mask),
+            network: from_bits(addr, to_bits(addr) & mask),
             prefix_len,
         })
     }
 
-    /// Parses `a.b.c.d/len` clearing host bits, as the API server accepts
+    /// The block of the single address `addr`.
+    pub fn host(addr: IpAddr) -> Self {
+        Self {
+            network: addr,
+            prefix_len: family_bits(addr),
+        }
+    }
+
+    /// Parses `addr/len` clearing host bits, as the API server accepts
     /// `loadBalancerSourceRanges` (Go's `net.ParseCIDR`).
     pub fn parse_lenient(s: &str) -> Result<Self, String> {
         let (addr, len) = split(s)?;
         Self::new(addr, len).ok_or_else(|| format!("'{s}' has a bad prefix length"))
     }
 
-    pub fn network(&self) -> Ipv4Addr {
+    pub fn network(&self) -> IpAddr {
         self.network
     }
 
@@ -50,23 +75,30 @@ impl Ipv4Cidr {
         self.prefix_len
     }
 
-    /// Number of addresses in the block.
-    pub fn size(&self) -> u64 {
-        1u64 << (32 - u32::from(self.prefix_len))
+    pub fn is_ipv4(&self) -> bool {
+        self.network.is_ipv4()
     }
 
-    /// The `index`-th address of the block (`index < size()`).
-    pub fn nth(&self, index: u64) -> Ipv4Addr {
-        Ipv4Addr::from(u32::from(self.network).wrapping_add(index as u32))
+    /// Bits of the block's addresses that vary (32 for an IPv4 /0).
+    pub fn host_bits(&self) -> u32 {
+        u32::from(family_bits(self.network) - self.prefix_len)
     }
 
-    pub fn contains(&self, addr: Ipv4Addr) -> bool {
-        let offset = u64::from(u32::from(addr).wrapping_sub(u32::from(self.network)));
-        offset < self.size()
+    /// The `index`-th address of the block (`index` below 2^[`Self::host_bits`]).
+    pub fn nth(&self, index: u128) -> IpAddr {
+        from_bits(self.network, to_bits(self.network).wrapping_add(index))
+    }
+
+    pub fn contains(&self, addr: IpAddr) -> bool {
+        addr.is_ipv4() == self.is_ipv4()
+            && to_bits(addr).checked_shr(self.host_bits()).unwrap_or(0)
+                == to_bits(self.network)
+                    .checked_shr(self.host_bits())
+                    .unwrap_or(0)
     }
 }
 
-impl FromStr for Ipv4Cidr {
+impl FromStr for IpCidr {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, String> {
@@ -78,23 +110,24 @@ impl FromStr for Ipv4Cidr {
     }
 }
 
-/// The address and prefix length of `a.b.c.d/len`.
-fn split(s: &str) -> Result<(Ipv4Addr, u8), String> {
+/// The address and prefix length of `addr/len`.
+fn split(s: &str) -> Result<(IpAddr, u8), String> {
     let (addr, len) = s
         .split_once('/')
-        .ok_or_else(|| format!("'{s}' is not a CIDR (expected a.b.c.d/len)"))?;
-    let addr: Ipv4Addr = addr
+        .ok_or_else(|| format!("'{s}' is not a CIDR (expected address/length)"))?;
+    let addr: IpAddr = addr
         .parse()
-        .map_err(|_| format!("'{addr}' is not an IPv4 address"))?;
+        .map_err(|_| format!("'{addr}' is not an IP address"))?;
+    let bits = family_bits(addr);
     let prefix_len: u8 = len
         .parse()
         .ok()
-        .filter(|l| *l <= 32)
-        .ok_or_else(|| format!("'{len}' is not a prefix length (0-32)"))?;
+        .filter(|l| *l <= bits)
+        .ok_or_else(|| format!("'{len}' is not a prefix length (0-{bits})"))?;
     Ok((addr, prefix_len))
 }
 
-impl fmt::Display for Ipv4Cidr {
+impl fmt::Display for IpCidr {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}/{}", self.network, self.prefix_len)
     }
@@ -104,15 +137,40 @@ impl fmt::Display for Ipv4Cidr {
 mod tests {
     use super::*;
 
+    fn ip(text: &str) -> IpAddr {
+        text.parse().unwrap()
+    }
+
     #[test]
     fn parses_and_contains() {
-        let cidr: Ipv4Cidr = "10.96.0.0/12".parse().unwrap();
-        assert_eq!(cidr.size(), 1 << 20);
-        assert!(cidr.contains("10.111.255.255".parse().unwrap()));
-        assert!(!cidr.contains("10.112.0.0".parse().unwrap()));
-        assert!(!cidr.contains("10.95.255.255".parse().unwrap()));
-        assert_eq!(cidr.nth(10), "10.96.0.10".parse::<Ipv4Addr>().unwrap());
+        let cidr: IpCidr = "10.96.0.0/12".parse().unwrap();
+        assert_eq!(cidr.host_bits(), 20);
+        assert!(cidr.contains(ip("10.111.255.255")));
+        assert!(!cidr.contains(ip("10.112.0.0")));
+        assert!(!cidr.contains(ip("10.95.255.255")));
+        assert_eq!(cidr.nth(10), ip("10.96.0.10"));
         assert_eq!(cidr.to_string(), "10.96.0.0/12");
+    }
+
+    #[test]
+    fn ipv6_blocks_parse_and_contain_only_their_family() {
+        let cidr: IpCidr = "fd00:10:96::/112".parse().unwrap();
+        assert!(!cidr.is_ipv4());
+        assert_eq!(cidr.host_bits(), 16);
+        assert!(cidr.contains(ip("fd00:10:96::ffff")));
+        assert!(!cidr.contains(ip("fd00:10:96::1:0")));
+        assert_eq!(cidr.nth(0xa), ip("fd00:10:96::a"));
+        assert_eq!(cidr.to_string(), "fd00:10:96::/112");
+        let any: IpCidr = "::/0".parse().unwrap();
+        assert!(any.contains(ip("fd00::1")));
+        assert!(
+            !any.contains(ip("10.0.0.1")),
+            "no IPv4 address in an IPv6 block"
+        );
+        let all_v4: IpCidr = "0.0.0.0/0".parse().unwrap();
+        assert!(all_v4.contains(ip("10.0.0.1")) && !all_v4.contains(ip("fd00::1")));
+        assert_eq!(all_v4.host_bits(), 32);
+        assert!(IpCidr::host(ip("10.0.0.1")) < IpCidr::host(ip("fd00::1")));
     }
 
     #[test]
@@ -121,26 +179,33 @@ mod tests {
             "10.96.0.0",
             "10.96.0.1/12",
             "10.96.0.0/33",
+            "fd00::1/64",
+            "fd00::/129",
             "x/8",
             "10.0.0.0/a",
         ] {
-            assert!(bad.parse::<Ipv4Cidr>().is_err(), "{bad} accepted");
+            assert!(bad.parse::<IpCidr>().is_err(), "{bad} accepted");
         }
-        assert_eq!("0.0.0.0/0".parse::<Ipv4Cidr>().unwrap().size(), 1 << 32);
     }
 
     #[test]
     fn lenient_parse_clears_host_bits_like_the_api_server() {
-        let cidr = Ipv4Cidr::parse_lenient("203.0.113.77/24").unwrap();
+        let cidr = IpCidr::parse_lenient("203.0.113.77/24").unwrap();
         assert_eq!(cidr.to_string(), "203.0.113.0/24");
         assert_eq!(cidr.prefix_len(), 24);
-        assert_eq!(cidr.network(), Ipv4Addr::new(203, 0, 113, 0));
+        assert_eq!(cidr.network(), ip("203.0.113.0"));
         assert_eq!(
-            Ipv4Cidr::parse_lenient("1.2.3.4/0").unwrap().to_string(),
+            IpCidr::parse_lenient("1.2.3.4/0").unwrap().to_string(),
             "0.0.0.0/0"
         );
-        for bad in ["1.2.3.4", "1.2.3.4/33", "fd00::/8", "x/8"] {
-            assert!(Ipv4Cidr::parse_lenient(bad).is_err(), "{bad} accepted");
+        assert_eq!(
+            IpCidr::parse_lenient("fd00:1:2:3::77/48")
+                .unwrap()
+                .to_string(),
+            "fd00:1:2::/48"
+        );
+        for bad in ["1.2.3.4", "1.2.3.4/33", "fd00::/200", "x/8"] {
+            assert!(IpCidr::parse_lenient(bad).is_err(), "{bad} accepted");
         }
     }
 }

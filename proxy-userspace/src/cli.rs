@@ -10,7 +10,7 @@ use std::{
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::{cidr::Ipv4Cidr, maglev};
+use crate::{cidr::IpCidr, maglev, source::cluster_ip::ServiceCidrs};
 
 pub const DEFAULT_PIN_PATH: &str = "/sys/fs/bpf/kxdp";
 /// kube-proxy's healthz port: the DaemonSet's probes use it.
@@ -108,9 +108,12 @@ pub struct AgentArgs {
         required = true
     )]
     pub pod_interfaces: Vec<String>,
-    /// Where manifests without a clusterIP get one, as the API server would allocate it.
+    /// Where manifests without a clusterIP get one, as the API server would
+    /// allocate it: one CIDR per family, comma-separated (e.g.
+    /// 10.96.0.0/12,fd00:10:96::/112); the first one's family is the
+    /// default of a Service that names none.
     #[arg(long, env = "KXDP_SERVICE_CIDR", default_value = "10.96.0.0/12")]
-    pub service_cidr: Ipv4Cidr,
+    pub service_cidr: ServiceCidrs,
     /// How often to look for manifest changes and new interfaces, in milliseconds.
     #[arg(long, env = "KXDP_RESCAN_MS", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(50..=60_000))]
     pub rescan_ms: u64,
@@ -119,10 +122,11 @@ pub struct AgentArgs {
     /// each. Without it, nothing is served from outside.
     #[arg(long, env = "KXDP_NIC", value_delimiter = ',')]
     pub nic: Vec<String>,
-    /// CIDRs whose node addresses NodePorts answer on, comma-separated
-    /// (kube-proxy's flag); default: every IPv4 address but loopback.
+    /// CIDRs (IPv4 or IPv6) whose node addresses NodePorts answer on,
+    /// comma-separated (kube-proxy's flag); default: every address but
+    /// loopback and IPv6 link-local.
     #[arg(long, env = "KXDP_NODEPORT_ADDRESSES", value_delimiter = ',')]
-    pub nodeport_addresses: Vec<Ipv4Cidr>,
+    pub nodeport_addresses: Vec<IpCidr>,
     /// Node ports outside this range (the API server's
     /// --service-node-port-range) are refused.
     #[arg(long, env = "KXDP_NODEPORT_RANGE", default_value = "30000-32767")]
@@ -362,7 +366,9 @@ mod tests {
             "--nic",
             "eth0,eth1",
             "--nodeport-addresses",
-            "192.168.1.0/24,10.0.0.0/8",
+            "192.168.1.0/24,10.0.0.0/8,fd00:192:168::/64",
+            "--service-cidr",
+            "10.96.0.0/12,fd00:10:96::/112",
             "--nodeport-range",
             "20000-20100",
             "--health-check-bind-address",
@@ -375,7 +381,11 @@ mod tests {
             .iter()
             .map(|c| c.to_string())
             .collect();
-        assert_eq!(cidrs, ["192.168.1.0/24", "10.0.0.0/8"]);
+        assert_eq!(cidrs, ["192.168.1.0/24", "10.0.0.0/8", "fd00:192:168::/64"]);
+        assert_eq!(
+            args.service_cidr.to_string(),
+            "10.96.0.0/12,fd00:10:96::/112"
+        );
         assert_eq!(args.nodeport_range, PortRange(20_000..=20_100));
         assert_eq!(args.health_check_bind_address.to_string(), "192.168.1.10");
         for bad in [

@@ -51,9 +51,20 @@ pub struct Member {
     pub id: u32,
 }
 
-/// The identity of backend `addr:port`, the same on every node.
-pub fn identity(addr: std::net::Ipv4Addr, port: u16) -> u64 {
-    (u64::from(u32::from(addr)) << 16) | u64::from(port)
+/// The identity of backend `addr:port`, the same on every node: an IPv4
+/// backend's address and port as they are; an IPv6 backend's folded into 64
+/// bits by the hash its permutation is drawn with (two IPv6 backends of one
+/// frontend collide, one then taking no slot, with a chance of 2⁻⁶⁴; the
+/// two families never share a table).
+pub fn identity(addr: std::net::IpAddr, port: u16) -> u64 {
+    match addr {
+        std::net::IpAddr::V4(addr) => (u64::from(u32::from(addr)) << 16) | u64::from(port),
+        std::net::IpAddr::V6(addr) => {
+            let bits = u128::from(addr);
+            let high = hash((bits >> 64) as u64, IPV6_SEED);
+            hash(high ^ bits as u64, IPV6_SEED ^ u64::from(port))
+        }
+    }
 }
 
 /// The filled table of size `size` (a prime from [`TABLE_SIZES`]): slot →
@@ -159,6 +170,7 @@ pub fn build_all_into(jobs: &[(&[Member], u32)], out: &mut Vec<u32>) -> Vec<Rang
 
 const OFFSET_SEED: u64 = 0x243f_6a88_85a3_08d3;
 const SKIP_SEED: u64 = 0x1319_8a2e_0370_7344;
+const IPV6_SEED: u64 = 0xa409_3822_299f_31d0;
 
 /// 64-bit mix (the SplitMix64 finaliser) of `value` under `seed`: two seeds
 /// give two independent hashes of the same identity.
@@ -179,7 +191,10 @@ mod tests {
     fn members(n: u32) -> Vec<Member> {
         (0..n)
             .map(|i| Member {
-                identity: identity(Ipv4Addr::new(10, (i / 250) as u8, (i % 250) as u8, 1), 8080),
+                identity: identity(
+                    Ipv4Addr::new(10, (i / 250) as u8, (i % 250) as u8, 1).into(),
+                    8080,
+                ),
                 id: 100 + i,
             })
             .collect()
@@ -285,5 +300,36 @@ mod tests {
         }
         assert!(build_all_into(&[], &mut out).is_empty());
         assert!(out.is_empty());
+    }
+
+    #[test]
+    fn ipv4_identities_are_address_and_port_and_ipv6_ones_differ_by_both() {
+        let v4: std::net::IpAddr = "10.244.1.2".parse().unwrap();
+        assert_eq!(identity(v4, 8080), 0x0af4_0102_1f90);
+        let addr = |text: &str| text.parse::<std::net::IpAddr>().unwrap();
+        let a = identity(addr("fd00:10:244::5"), 8080);
+        assert_eq!(
+            a,
+            identity(addr("fd00:10:244::5"), 8080),
+            "the same on every node"
+        );
+        assert_ne!(a, identity(addr("fd00:10:244::5"), 8081));
+        assert_ne!(a, identity(addr("fd00:10:244::6"), 8080));
+        // Differing only in the high half of the address.
+        assert_ne!(a, identity(addr("fd01:10:244::5"), 8080));
+        // A table of IPv6 backends shares its slots as an IPv4 one does.
+        let members: Vec<Member> = (0..10u32)
+            .map(|i| Member {
+                identity: identity(addr(&format!("fd00:10:244::{:x}", i + 1)), 8080),
+                id: i,
+            })
+            .collect();
+        let table = build(&members, 1021);
+        let counts = shares(&table);
+        assert_eq!(counts.len(), 10);
+        assert!(
+            counts.values().all(|n| (102..=103).contains(n)),
+            "{counts:?}"
+        );
     }
 }

@@ -17,7 +17,7 @@ use prometheus_client::{
     registry::Registry,
 };
 use proxy_common::{
-    maps::{addr_from_net, port_from_net, DropReason, FrontendKey, Verdict, SCOPE_NODE},
+    maps::{DropReason, Verdict, SCOPE_NODE},
     sizes,
 };
 use tracing::warn;
@@ -33,6 +33,7 @@ use crate::{
     pipeline::{Counters, Pipeline},
     plan::{FrontendAddr, FrontendScope},
     source::RejectionKind,
+    sync::entries::FrontendMapKey,
 };
 
 /// One frontend's counters and who it belongs to.
@@ -267,12 +268,12 @@ pub fn render(sample: &Sample, sync_seconds: &Histogram) -> String {
 }
 
 /// The plan's key of a map key, to find the Service that owns it.
-fn frontend_addr(key: &FrontendKey) -> Option<FrontendAddr> {
+fn frontend_addr(key: &FrontendMapKey) -> Option<FrontendAddr> {
     Some(FrontendAddr {
-        addr: addr_from_net(key.addr),
-        port: port_from_net(key.port),
-        protocol: Protocol::from_ip_proto(key.proto)?,
-        scope: if key.scope == SCOPE_NODE {
+        addr: key.addr(),
+        port: key.port(),
+        protocol: Protocol::from_ip_proto(key.proto())?,
+        scope: if key.scope() == SCOPE_NODE {
             FrontendScope::Node
         } else {
             FrontendScope::Pod
@@ -580,14 +581,23 @@ mod tests {
 
     #[test]
     fn map_keys_find_their_frontend() {
-        let key = FrontendKey {
+        let key = FrontendMapKey::V4(proxy_common::maps::FrontendKey {
             addr: proxy_common::maps::addr_to_net("10.96.0.10".parse().unwrap()),
             port: proxy_common::maps::port_to_net(80),
             proto: proxy_common::maps::PROTO_UDP,
             scope: SCOPE_NODE,
-        };
+        });
         let frontend = frontend_addr(&key).unwrap();
         assert_eq!(frontend.to_string(), "10.96.0.10:80/UDP (node)");
         assert_eq!(crate::sync::map_values::frontend_key(&frontend), key);
+        let key6 = FrontendMapKey::V6(proxy_common::maps::FrontendKey6 {
+            addr: proxy_common::addr::addr6_to_net("fd00:10:96::a".parse().unwrap()),
+            port: proxy_common::maps::port_to_net(53),
+            proto: proxy_common::maps::PROTO_UDP,
+            scope: proxy_common::maps::SCOPE_POD,
+        });
+        let frontend = frontend_addr(&key6).unwrap();
+        assert_eq!(frontend.to_string(), "[fd00:10:96::a]:53/UDP");
+        assert_eq!(crate::sync::map_values::frontend_key(&frontend), key6);
     }
 }

@@ -34,8 +34,6 @@ pub struct Counters {
 #[derive(Debug, Default)]
 pub struct Outcome {
     pub rejections: Vec<Rejection>,
-    /// Some IPv6 address or slice was left out.
-    pub ipv6_skipped: bool,
     /// Frontends the update touched (all of them on a reconcile).
     pub frontends_touched: usize,
     pub report: SyncReport,
@@ -112,7 +110,6 @@ impl Pipeline {
             let built = model::build(&name, &objects, &self.node);
             drop(objects);
             outcome.rejections.extend(built.rejections);
-            outcome.ipv6_skipped |= built.ipv6_skipped;
             self.plan.set(&name, built.service, &mut change);
             if let Some(listed) = &mut listed {
                 listed.insert(name);
@@ -232,6 +229,41 @@ mod tests {
             MapContents::default(),
             maglev::DEFAULT_MAX_TABLE_SIZE,
         )
+    }
+
+    #[test]
+    fn a_dual_stack_manifest_fills_the_maps_of_both_families() {
+        let mut store = FakeStore::default();
+        let mut pipeline = pipeline();
+        let yaml = service("web", "10.96.0.9", "ClusterIP", "{addresses: [10.244.0.2]}")
+            .replace(
+                "clusterIP: 10.96.0.9,",
+                "clusterIP: 10.96.0.9, clusterIPs: [10.96.0.9, 'fd00:10:96::9'], ipFamilies: [IPv4, IPv6],",
+            )
+            + "---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n\
+               metadata: {name: web-2, labels: {kubernetes.io/service-name: web}}\n\
+               addressType: IPv6\nports: [{name: http, port: 8080}]\nendpoints: [{addresses: ['fd00:10:244::2']}]\n";
+        let outcome = pipeline.apply(update(Scope::Full, &yaml), &mut store);
+        assert!(outcome.rejections.is_empty(), "{:?}", outcome.rejections);
+        assert!(
+            outcome.report.errors.is_empty(),
+            "{:?}",
+            outcome.report.errors
+        );
+        let frontends: Vec<String> = store
+            .maps
+            .frontends
+            .keys()
+            .map(crate::frontend_text::frontend_text)
+            .collect();
+        assert_eq!(frontends, ["10.96.0.9:80/TCP", "[fd00:10:96::9]:80/TCP"]);
+        let backends: Vec<String> = store
+            .maps
+            .backends
+            .values()
+            .map(|b| std::net::SocketAddr::new(b.addr(), b.port()).to_string())
+            .collect();
+        assert_eq!(backends, ["10.244.0.2:8080", "[fd00:10:244::2]:8080"]);
     }
 
     #[test]
@@ -411,7 +443,7 @@ mod tests {
         let node_keys = |maps: &MapContents| -> Vec<String> {
             maps.frontends
                 .keys()
-                .filter(|k| k.scope == proxy_common::maps::SCOPE_NODE)
+                .filter(|k| k.scope() == proxy_common::maps::SCOPE_NODE)
                 .map(crate::frontend_text::frontend_text)
                 .collect()
         };

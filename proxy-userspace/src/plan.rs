@@ -6,12 +6,12 @@
 use std::{
     collections::{BTreeMap, BTreeSet},
     fmt,
-    net::Ipv4Addr,
+    net::{IpAddr, SocketAddr},
     ops::RangeInclusive,
 };
 
 use crate::{
-    cidr::Ipv4Cidr,
+    cidr::IpCidr,
     model::types::{Backend, ExternalAddr, Protocol, ServiceModel, ServicePortModel},
     source::{Rejection, RejectionKind, ServiceName},
 };
@@ -26,10 +26,11 @@ pub enum FrontendScope {
     Node,
 }
 
-/// What the datapath matches on: (address, port, protocol, scope).
+/// What the datapath matches on: (address, port, protocol, scope), in
+/// the frontends map of the address's family.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct FrontendAddr {
-    pub addr: Ipv4Addr,
+    pub addr: IpAddr,
     pub port: u16,
     pub protocol: Protocol,
     pub scope: FrontendScope,
@@ -37,7 +38,8 @@ pub struct FrontendAddr {
 
 impl fmt::Display for FrontendAddr {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}/{}", self.addr, self.port, self.protocol)?;
+        let socket = SocketAddr::new(self.addr, self.port);
+        write!(f, "{socket}/{}", self.protocol)?;
         match self.scope {
             FrontendScope::Pod => Ok(()),
             FrontendScope::Node => f.write_str(" (node)"),
@@ -49,8 +51,8 @@ impl fmt::Display for FrontendAddr {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NodeFacts {
     /// Addresses NodePorts answer on (already filtered by
-    /// `--nodeport-addresses`).
-    pub addresses: Vec<Ipv4Addr>,
+    /// `--nodeport-addresses`), of both families.
+    pub addresses: Vec<IpAddr>,
     /// Node ports outside it are refused, as the API server would have.
     pub node_port_range: RangeInclusive<u16>,
 }
@@ -70,9 +72,10 @@ impl Default for NodeFacts {
 pub struct Frontend {
     pub service: ServiceName,
     pub port_name: String,
-    /// In selection order.
+    /// In selection order, of the frontend's family.
     pub backends: Vec<Backend>,
-    /// Kept for the connections they have, chosen for no new one.
+    /// Kept for the connections they have, chosen for no new one; of the
+    /// frontend's family.
     pub draining: Vec<Backend>,
     pub affinity_timeout: Option<u32>,
     /// With no backend, drop silently instead of rejecting: a traffic policy
@@ -82,8 +85,9 @@ pub struct Frontend {
     /// Cluster` on a node frontend), so replies come back through this node.
     pub snat_remote: bool,
     /// Only these clients may use the frontend (`loadBalancerSourceRanges`
-    /// on a LoadBalancer ingress IP); `None`: everyone.
-    pub source_ranges: Option<Vec<Ipv4Cidr>>,
+    /// of its family on a LoadBalancer ingress IP; empty: nobody); `None`:
+    /// everyone.
+    pub source_ranges: Option<Vec<IpCidr>>,
 }
 
 /// A `healthCheckNodePort` the agent must answer on.
@@ -131,7 +135,7 @@ enum Via<'a> {
     NodePortFromPod,
 }
 
-fn pod_key(addr: Ipv4Addr, port: u16, protocol: Protocol) -> FrontendAddr {
+fn pod_key(addr: IpAddr, port: u16, protocol: Protocol) -> FrontendAddr {
     FrontendAddr {
         addr,
         port,
@@ -140,7 +144,7 @@ fn pod_key(addr: Ipv4Addr, port: u16, protocol: Protocol) -> FrontendAddr {
     }
 }
 
-fn node_key(addr: Ipv4Addr, port: u16, protocol: Protocol) -> FrontendAddr {
+fn node_key(addr: IpAddr, port: u16, protocol: Protocol) -> FrontendAddr {
     FrontendAddr {
         addr,
         port,
@@ -156,20 +160,29 @@ fn node_port(port: &ServicePortModel, node: &NodeFacts) -> Option<u16> {
 
 /// The frontends one Service claims: each cluster IP and external address ×
 /// each port, and each node address × each node port, from pods and (but
-/// the cluster IPs) from outside.
+/// the cluster IPs) from outside. Only in the families it has a cluster IP
+/// of, as kube-proxy's proxier of each family sees only those Services (an
+/// IPv4-only Service's IPv6 external IPs and IPv6 node addresses are left
+/// out).
 fn keys_of(service: &ServiceModel, node: &NodeFacts) -> BTreeSet<FrontendAddr> {
+    let served = |addr: &IpAddr| {
+        service
+            .cluster_ips
+            .iter()
+            .any(|ip| ip.is_ipv4() == addr.is_ipv4())
+    };
     let mut keys = BTreeSet::new();
     for port in &service.ports {
         let (number, protocol) = (port.port, port.protocol);
         for addr in &service.cluster_ips {
             keys.insert(pod_key(*addr, number, protocol));
         }
-        for external in &service.external_addrs {
+        for external in service.external_addrs.iter().filter(|e| served(&e.addr)) {
             keys.insert(pod_key(external.addr, number, protocol));
             keys.insert(node_key(external.addr, number, protocol));
         }
         if let Some(node_port) = node_port(port, node) {
-            for addr in &node.addresses {
+            for addr in node.addresses.iter().filter(|a| served(a)) {
                 keys.insert(pod_key(*addr, node_port, protocol));
                 keys.insert(node_key(*addr, node_port, protocol));
             }
@@ -245,10 +258,20 @@ fn node_port_of<'a>(
         .find(|p| node_port(p, node) == Some(key.port) && p.protocol == key.protocol)
 }
 
+/// The backends of `addr`'s family: a frontend is served by its own
+/// family's EndpointSlices only.
+fn of_family(backends: &[Backend], addr: IpAddr) -> Vec<Backend> {
+    backends
+        .iter()
+        .filter(|b| b.addr.is_ipv4() == addr.is_ipv4())
+        .copied()
+        .collect()
+}
+
 /// Only the local backends under a `Local` traffic policy, all otherwise.
-fn policy_backends(backends: &[Backend], local: bool) -> (Vec<Backend>, bool) {
+fn policy_backends(backends: Vec<Backend>, local: bool) -> (Vec<Backend>, bool) {
     if !local {
-        return (backends.to_vec(), false);
+        return (backends, false);
     }
     let local_only = backends.iter().filter(|b| b.local).copied().collect();
     // Endpoints elsewhere but none here: drop. None at all: reject.
@@ -364,18 +387,26 @@ impl Plan {
         let owner = self.claims.get(key)?.first()?;
         let service = self.services.get(owner)?;
         let (port, via) = route(service, key, &self.node)?;
+        let backends = of_family(&port.backends, key.addr);
         let (backends, empty_drop) = match via {
-            Via::ClusterIp => policy_backends(&port.backends, service.internal_policy_local),
-            Via::ExternalFromPod(_) | Via::NodePortFromPod => (port.backends.clone(), false),
+            Via::ClusterIp => policy_backends(backends, service.internal_policy_local),
+            Via::ExternalFromPod(_) | Via::NodePortFromPod => (backends, false),
             Via::External(_) | Via::NodePort => {
-                policy_backends(&port.backends, service.external_policy_local)
+                policy_backends(backends, service.external_policy_local)
             }
         };
         // kube-proxy checks the ranges at the load balancer's address for
-        // every client, pods included.
+        // every client, pods included; a family's frontend checks that
+        // family's ranges (none listed: nobody of the family gets in).
         let source_ranges = match via {
             Via::External(external) | Via::ExternalFromPod(external) if external.load_balancer => {
-                service.source_ranges.clone()
+                service.source_ranges.as_ref().map(|ranges| {
+                    ranges
+                        .iter()
+                        .filter(|r| r.is_ipv4() == key.addr.is_ipv4())
+                        .copied()
+                        .collect()
+                })
             }
             _ => None,
         };
@@ -383,7 +414,7 @@ impl Plan {
             service: owner.clone(),
             port_name: port.name.clone(),
             backends,
-            draining: port.draining.clone(),
+            draining: of_family(&port.draining, key.addr),
             affinity_timeout: service.affinity_timeout,
             empty_drop,
             snat_remote: key.scope == FrontendScope::Node && !service.external_policy_local,
@@ -392,19 +423,20 @@ impl Plan {
     }
 
     /// The health checks to serve: each Service with `externalTrafficPolicy:
-    /// Local` and a `healthCheckNodePort`, by port.
+    /// Local` and a `healthCheckNodePort`, by port, counting the distinct
+    /// local endpoint addresses of both families.
     pub fn health_checks(&self) -> Vec<HealthCheck> {
         let mut checks: Vec<HealthCheck> = self
             .services
             .values()
             .filter(|s| s.external_policy_local)
             .filter_map(|s| {
-                let local: BTreeSet<Ipv4Addr> = s
+                let local: BTreeSet<IpAddr> = s
                     .ports
                     .iter()
                     .flat_map(|p| &p.backends)
                     .filter(|b| b.local)
-                    .map(|b| *b.addr.ip())
+                    .map(|b| b.addr.ip())
                     .collect();
                 Some(HealthCheck {
                     port: s.health_check_node_port?,
@@ -882,5 +914,167 @@ mod tests {
             .for_each(|p| p.backends.retain(|b| !b.local));
         set(&mut plan, web);
         assert_eq!(plan.health_checks()[0].local_endpoints, 0);
+    }
+
+    /// `load_balancer()` made dual-stack: cluster IP fd00:10:96::a too,
+    /// an IPv6 endpoint of each node beside the IPv4 ones, an IPv6 ingress
+    /// IP, and IPv4 source ranges only.
+    fn dual_stack() -> ServiceModel {
+        let mut web = load_balancer();
+        web.cluster_ips.push("fd00:10:96::a".parse().unwrap());
+        for (addr, local) in [
+            ("[fd00:10:244::5]:8080", true),
+            ("[fd00:10:244::6]:8080", false),
+        ] {
+            web.ports[0].backends.push(Backend {
+                addr: addr.parse().unwrap(),
+                local,
+            });
+        }
+        web.ports[0].draining.push(Backend {
+            addr: "[fd00:10:244::7]:8080".parse().unwrap(),
+            local: false,
+        });
+        web.external_addrs.push(ExternalAddr {
+            addr: "fd00:192::10".parse().unwrap(),
+            load_balancer: true,
+        });
+        web
+    }
+
+    const NODE_A6: &str = "fd00:192:168::10";
+
+    #[test]
+    fn each_family_s_frontends_are_served_by_that_family_s_backends_only() {
+        let (plan, change) = planned(dual_stack(), &[NODE_A, NODE_A6]);
+        assert!(
+            change.rejections.len() == 1,
+            "only nodePort 40000: {:?}",
+            change.rejections
+        );
+        let v6 = [
+            key("fd00:10:96::a", 80, Protocol::Tcp),
+            node("fd00:192::10", 80),
+            key("fd00:192::10", 80, Protocol::Tcp),
+            node(NODE_A6, 30080),
+            key(NODE_A6, 30080, Protocol::Tcp),
+        ];
+        for key in v6 {
+            let frontend = plan.frontend(&key).unwrap_or_else(|| panic!("{key}"));
+            assert_eq!(
+                backend_addrs(&frontend),
+                ["[fd00:10:244::5]:8080", "[fd00:10:244::6]:8080"],
+                "{key}"
+            );
+            let draining: Vec<String> = frontend
+                .draining
+                .iter()
+                .map(|b| b.addr.to_string())
+                .collect();
+            assert_eq!(draining, ["[fd00:10:244::7]:8080"], "{key}");
+        }
+        let v4 = plan.frontend(&node(NODE_A, 30080)).unwrap();
+        assert_eq!(backend_addrs(&v4), ["10.244.1.2:8080", "10.244.2.2:8080"]);
+        assert!(v4.draining.is_empty());
+        assert_eq!(
+            node(NODE_A6, 30080).to_string(),
+            "[fd00:192:168::10]:30080/TCP (node)"
+        );
+    }
+
+    #[test]
+    fn local_policy_and_snat_apply_per_family() {
+        let mut web = dual_stack();
+        web.external_policy_local = true;
+        web.ports[0]
+            .backends
+            .retain(|b| b.addr.is_ipv6() || !b.local);
+        let (plan, _) = planned(web, &[NODE_A, NODE_A6]);
+        let v6 = plan.frontend(&node(NODE_A6, 30080)).unwrap();
+        assert_eq!(backend_addrs(&v6), ["[fd00:10:244::5]:8080"]);
+        assert!(v6.empty_drop && !v6.snat_remote);
+        // No local IPv4 endpoint: the IPv4 frontend drops, whatever the
+        // local IPv6 one.
+        let v4 = plan.frontend(&node(NODE_A, 30080)).unwrap();
+        assert!(v4.backends.is_empty() && v4.empty_drop);
+        // No IPv6 endpoint at all: the IPv6 frontend rejects, whatever the
+        // IPv4 ones; Cluster policy SNATs in both families.
+        let mut web = dual_stack();
+        web.ports[0].backends.retain(|b| b.addr.is_ipv4());
+        let (plan, _) = planned(web, &[NODE_A, NODE_A6]);
+        let v6 = plan.frontend(&node(NODE_A6, 30080)).unwrap();
+        assert!(v6.backends.is_empty() && !v6.empty_drop && v6.snat_remote);
+        assert_eq!(
+            plan.frontend(&node(NODE_A, 30080)).unwrap().backends.len(),
+            2
+        );
+    }
+
+    #[test]
+    fn source_ranges_apply_per_family_and_a_family_without_ranges_lets_nobody_in() {
+        let (plan, _) = planned(dual_stack(), &[NODE_A]);
+        let v4 = plan.frontend(&node("192.0.2.10", 80)).unwrap();
+        assert_eq!(
+            v4.source_ranges,
+            Some(vec!["203.0.113.0/24".parse().unwrap()])
+        );
+        let v6 = plan.frontend(&node("fd00:192::10", 80)).unwrap();
+        assert_eq!(
+            v6.source_ranges,
+            Some(vec![]),
+            "IPv4 ranges only: no IPv6 client"
+        );
+        let mut web = dual_stack();
+        web.source_ranges = Some(vec![
+            "203.0.113.0/24".parse().unwrap(),
+            "fd00:203::/32".parse().unwrap(),
+        ]);
+        let (plan, _) = planned(web, &[NODE_A]);
+        let v6 = plan
+            .frontend(&key("fd00:192::10", 80, Protocol::Tcp))
+            .unwrap();
+        assert_eq!(
+            v6.source_ranges,
+            Some(vec!["fd00:203::/32".parse().unwrap()])
+        );
+        let v4 = plan.frontend(&node("192.0.2.10", 80)).unwrap();
+        assert_eq!(
+            v4.source_ranges,
+            Some(vec!["203.0.113.0/24".parse().unwrap()])
+        );
+    }
+
+    #[test]
+    fn a_single_stack_service_claims_no_frontend_of_the_other_family() {
+        let mut web = load_balancer();
+        web.external_addrs.push(ExternalAddr {
+            addr: "fd00:192::10".parse().unwrap(),
+            load_balancer: true,
+        });
+        let (plan, _) = planned(web, &[NODE_A, NODE_A6]);
+        assert!(
+            plan.frontend_keys().all(|k| k.addr.is_ipv4()),
+            "{:?}",
+            plan.frontend_keys().collect::<Vec<_>>()
+        );
+        // An IPv6-only one: IPv6 node addresses only.
+        let mut v6_only = dual_stack();
+        v6_only.cluster_ips.retain(|ip| ip.is_ipv6());
+        let (plan, _) = planned(v6_only, &[NODE_A, NODE_A6]);
+        assert!(plan.frontend(&node(NODE_A6, 30080)).is_some());
+        assert!(plan.frontend(&node(NODE_A, 30080)).is_none());
+        assert!(plan.frontend_keys().all(|k| k.addr.is_ipv6()));
+    }
+
+    #[test]
+    fn health_checks_count_distinct_local_endpoints_of_both_families() {
+        let mut web = dual_stack();
+        web.external_policy_local = true;
+        web.health_check_node_port = Some(32000);
+        // The IPv6 local endpoint behind a second port counts once.
+        web.ports[1].backends = vec![web.ports[0].backends[2]];
+        let (plan, _) = planned(web, &[NODE_A]);
+        // 10.244.1.2 and fd00:10:244::5.
+        assert_eq!(plan.health_checks()[0].local_endpoints, 2);
     }
 }

@@ -11,7 +11,10 @@
 //! a state, written directly.
 //! Privileged: without root and BPF this panics, it never skips.
 
-use std::{collections::HashMap as StdHashMap, net::Ipv4Addr};
+use std::{
+    collections::HashMap as StdHashMap,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+};
 
 use aya::{
     maps::{HashMap, Map, MapData, PerCpuArray, PerCpuValues},
@@ -19,16 +22,16 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use proxy_common::{
+    addr::addr6_to_net,
     kernel::clock_s,
     maps::{
-        addr_to_net, hop_slot, port_from_net, port_roles, port_to_net, AffinityKey, AffinityValue,
-        BackendValue, CtEntry, DropReason, FlowKey, FrontendKey, FrontendStats, NextHop,
-        SockAffinityKey, Verdict, FRONTEND_EMPTY_DROP, FRONTEND_SNAT_REMOTE,
-        FRONTEND_SOURCE_RANGES, SCOPE_POD,
+        addr_to_net, hop_slot, port_roles, port_to_net, AffinityKey, AffinityValue, CtEntry,
+        DropReason, FlowKey, FrontendKey, FrontendKey6, FrontendStats, NextHop, SockAffinityKey,
+        Verdict, FRONTEND_EMPTY_DROP, FRONTEND_SNAT_REMOTE, FRONTEND_SOURCE_RANGES, SCOPE_POD,
     },
 };
 use proxy_userspace::{
-    cidr::Ipv4Cidr,
+    cidr::IpCidr,
     dataplane::{load_program, maglev_arena::MAGLEV_ARENA, maps::BpfMaps, probe, KXDP_FEATURES},
     ebpf_object::KXDP_OBJECT,
     maglev,
@@ -36,8 +39,9 @@ use proxy_userspace::{
     plan::Frontend,
     source::ServiceName,
     sync::{
+        entries::{BackendMapValue, FrontendMapKey},
         map_values::{backend_value, frontend_value, member, range_entries},
-        store::{MapStore, RangeEntry, TableSpec},
+        store::{MapContents, MapStore, RangeEntry, TableSpec},
     },
 };
 
@@ -143,6 +147,8 @@ where
 
 /// A backend as the packet tests write it: address, port, on this node?
 pub type TestBackend = (Ipv4Addr, u16, bool);
+/// An IPv6 backend as the packet tests write it: address, port, on this node?
+pub type TestBackend6 = (Ipv6Addr, u16, bool);
 
 fn fail(what: impl std::fmt::Display) -> ! {
     panic!("packet tests need root and BPF: {what}")
@@ -154,9 +160,9 @@ pub struct Datapath {
     /// The agent's store over the maps it writes.
     maps: BpfMaps,
     /// What each frontend was written from: (id, the plan's frontend).
-    frontends: StdHashMap<FrontendKey, (u32, Frontend)>,
-    /// The backends written, by id.
-    backends: StdHashMap<u32, BackendValue>,
+    frontends: StdHashMap<FrontendMapKey, (u32, Frontend)>,
+    /// The backends written, by id (ids are one space over both families).
+    backends: StdHashMap<u32, BackendMapValue>,
     /// The NIC addresses written, by interface index.
     nic_addrs: StdHashMap<u32, Ipv4Addr>,
     /// `PORT_ROLES` as written, by word: every port any frontend or
@@ -169,29 +175,51 @@ pub struct Datapath {
     _mount: PrivateBpffs,
 }
 
+/// A test backend of either family as the plan holds it.
+fn plan_backend(addr: impl Into<IpAddr>, port: u16, local: bool) -> Backend {
+    Backend {
+        addr: SocketAddr::new(addr.into(), port),
+        local,
+    }
+}
+
 /// A plan frontend as the tests describe one: `FRONTEND_*` bits (the
 /// datapath's vocabulary) and backends; the agent's code turns it back into
 /// the map value.
-fn plan_frontend(flags: u32, backends: &[TestBackend]) -> Frontend {
+fn plan_frontend(flags: u32, backends: Vec<Backend>) -> Frontend {
     Frontend {
         service: ServiceName {
             namespace: "test".into(),
             name: "packet-test".into(),
         },
         port_name: String::new(),
-        backends: backends
-            .iter()
-            .map(|&(addr, port, local)| Backend {
-                addr: std::net::SocketAddrV4::new(addr, port),
-                local,
-            })
-            .collect(),
+        backends,
         draining: Vec::new(),
         affinity_timeout: None,
         empty_drop: flags & FRONTEND_EMPTY_DROP != 0,
         snat_remote: flags & FRONTEND_SNAT_REMOTE != 0,
         // The ranges themselves come with `allow_source`.
         source_ranges: (flags & FRONTEND_SOURCE_RANGES != 0).then(Vec::new),
+    }
+}
+
+/// The key of a ClusterIP frontend (`SCOPE_POD`).
+pub fn pod_key(vip: Ipv4Addr, port: u16, proto: u8) -> FrontendKey {
+    FrontendKey {
+        addr: addr_to_net(vip),
+        port: port_to_net(port),
+        proto,
+        scope: SCOPE_POD,
+    }
+}
+
+/// The key of an IPv6 ClusterIP frontend (`SCOPE_POD`), in `FRONTENDS6`.
+pub fn pod_key6(vip: Ipv6Addr, port: u16, proto: u8) -> FrontendKey6 {
+    FrontendKey6 {
+        addr: addr6_to_net(vip),
+        port: port_to_net(port),
+        proto,
+        scope: SCOPE_POD,
     }
 }
 
@@ -275,32 +303,40 @@ impl Datapath {
         backends: &[(Ipv4Addr, u16)],
     ) {
         let backends: Vec<TestBackend> = backends.iter().map(|&(a, p)| (a, p, false)).collect();
-        let key = FrontendKey {
-            addr: addr_to_net(vip),
-            port: port_to_net(port),
-            proto,
-            scope: SCOPE_POD,
-        };
-        self.add_frontend(key, id, 0, &backends);
+        self.add_frontend(pod_key(vip, port, proto), id, 0, &backends);
     }
 
-    /// Writes a ClusterIP service over backends already written (by id),
-    /// as sync does for a frontend sharing another's backends.
+    /// [`Self::add_service`] for an IPv6 ClusterIP: its entry in
+    /// `FRONTENDS6`, its backends in `BACKEND_SLOTS6` (backend ids as
+    /// [`Self::backend_id`] gives them, one space with IPv4's).
+    pub fn add_service6(
+        &mut self,
+        vip: Ipv6Addr,
+        port: u16,
+        proto: u8,
+        id: u32,
+        backends: &[(Ipv6Addr, u16)],
+    ) {
+        let backends: Vec<TestBackend6> = backends.iter().map(|&(a, p)| (a, p, false)).collect();
+        self.add_frontend6(pod_key6(vip, port, proto), id, 0, &backends);
+    }
+
+    /// Writes a ClusterIP service (either family) over backends already
+    /// written (by id, of the same family), as sync does for a frontend
+    /// sharing another's backends.
     pub fn add_service_over(
         &mut self,
-        vip: Ipv4Addr,
+        vip: impl Into<IpAddr>,
         port: u16,
         proto: u8,
         id: u32,
         backend_ids: &[u32],
     ) {
-        let key = FrontendKey {
-            addr: addr_to_net(vip),
-            port: port_to_net(port),
-            proto,
-            scope: SCOPE_POD,
+        let key: FrontendMapKey = match vip.into() {
+            IpAddr::V4(vip) => pod_key(vip, port, proto).into(),
+            IpAddr::V6(vip) => pod_key6(vip, port, proto).into(),
         };
-        let frontend = plan_frontend(0, &[]);
+        let frontend = plan_frontend(0, Vec::new());
         let table_size = self.write_table(id, backend_ids);
         self.write_frontend(key, id, frontend, table_size);
     }
@@ -314,24 +350,56 @@ impl Datapath {
         flags: u32,
         backends: &[TestBackend],
     ) {
+        let backends = backends
+            .iter()
+            .map(|&(addr, port, local)| plan_backend(addr, port, local))
+            .collect();
+        self.add_frontend_of(key.into(), id, flags, backends);
+    }
+
+    /// [`Self::add_frontend`] for an IPv6 frontend (`FrontendKey6`, scope
+    /// and all) over IPv6 backends.
+    pub fn add_frontend6(
+        &mut self,
+        key: FrontendKey6,
+        id: u32,
+        flags: u32,
+        backends: &[TestBackend6],
+    ) {
+        let backends = backends
+            .iter()
+            .map(|&(addr, port, local)| plan_backend(addr, port, local))
+            .collect();
+        self.add_frontend_of(key.into(), id, flags, backends);
+    }
+
+    /// Writes frontend `key` of either family over `backends` (of its
+    /// family) as sync does: port roles, backends, table, entry.
+    fn add_frontend_of(
+        &mut self,
+        key: FrontendMapKey,
+        id: u32,
+        flags: u32,
+        backends: Vec<Backend>,
+    ) {
         let frontend = plan_frontend(flags, backends);
-        let ids: Vec<u32> = (0..backends.len())
+        let ids: Vec<u32> = (0..frontend.backends.len())
             .map(|i| Self::backend_id(id, i))
             .collect();
-        let values: Vec<(u32, BackendValue)> = ids
+        let values: Vec<(u32, BackendMapValue)> = ids
             .iter()
             .zip(&frontend.backends)
             .map(|(&backend_id, backend)| (backend_id, backend_value(backend)))
             .collect();
         for (_, backend) in &values {
-            self.give_role(port_roles::BACKEND, port_from_net(backend.port));
+            self.give_role(port_roles::BACKEND, backend.port());
         }
-        let role = if key.scope == SCOPE_POD {
+        let role = if key.scope() == SCOPE_POD {
             port_roles::POD_FRONTEND
         } else {
             port_roles::NODE_FRONTEND
         };
-        self.give_role(role, port_from_net(key.port));
+        self.give_role(role, key.port());
         let failed = self.maps.put_backends(&values);
         assert!(failed.is_empty(), "write backends: {failed:?}");
         self.backends.extend(values);
@@ -350,7 +418,13 @@ impl Datapath {
     }
 
     /// Writes the entry of frontend `key` as sync does.
-    fn write_frontend(&mut self, key: FrontendKey, id: u32, frontend: Frontend, table_size: u32) {
+    fn write_frontend(
+        &mut self,
+        key: FrontendMapKey,
+        id: u32,
+        frontend: Frontend,
+        table_size: u32,
+    ) {
         for range in range_entries(&frontend, id) {
             self.maps
                 .put_source_range(&range)
@@ -363,7 +437,7 @@ impl Datapath {
         self.frontends.insert(key, (id, frontend));
     }
 
-    fn frontend(&self, key: &FrontendKey) -> (u32, Frontend) {
+    fn frontend(&self, key: &FrontendMapKey) -> (u32, Frontend) {
         self.frontends.get(key).cloned().expect("frontend written")
     }
 
@@ -384,8 +458,9 @@ impl Datapath {
     }
 
     /// Turns on `sessionAffinity: ClientIP` with `timeout` seconds for the
-    /// frontend `key`, which must exist.
-    pub fn set_affinity(&mut self, key: FrontendKey, timeout: u32) {
+    /// frontend `key` (`FrontendKey` or `FrontendKey6`), which must exist.
+    pub fn set_affinity(&mut self, key: impl Into<FrontendMapKey>, timeout: u32) {
+        let key = key.into();
         let (id, mut frontend) = self.frontend(&key);
         frontend.affinity_timeout = Some(timeout);
         let table_size = self.table(id).len() as u32;
@@ -394,8 +469,9 @@ impl Datapath {
 
     /// Points frontend `key` (service `id`) at `backend_ids` (already in
     /// `BACKENDS`) with a new Maglev table, as sync does when its backends
-    /// change; backend ids stay as they are.
-    pub fn set_backends(&mut self, key: FrontendKey, id: u32, backend_ids: &[u32]) {
+    /// change; backend ids stay as they are. Either family's key.
+    pub fn set_backends(&mut self, key: impl Into<FrontendMapKey>, id: u32, backend_ids: &[u32]) {
+        let key = key.into();
         let (_, frontend) = self.frontend(&key);
         let table_size = self.write_table(id, backend_ids);
         self.write_frontend(key, id, frontend, table_size);
@@ -445,7 +521,13 @@ impl Datapath {
 
     /// Every table the maps hold, as a restarted agent reads them.
     pub fn table_specs(&self) -> std::collections::BTreeMap<u32, TableSpec> {
-        self.maps.read_contents().expect("read the maps").tables
+        self.contents().tables
+    }
+
+    /// Everything the agent-written maps of both families hold, as a
+    /// restarted agent reads them.
+    pub fn contents(&self) -> MapContents {
+        self.maps.read_contents().expect("read the maps")
     }
 
     /// Where the table of service `id` starts in the arena (0: none).
@@ -474,9 +556,11 @@ impl Datapath {
         self.nic_addrs.insert(ifindex, addr);
     }
 
-    /// Lets clients in `prefix/len` use frontend `frontend_id` (loadBalancerSourceRanges).
-    pub fn allow_source(&mut self, frontend_id: u32, prefix: Ipv4Addr, len: u32) {
-        let cidr = Ipv4Cidr::new(prefix, len as u8).expect("a valid prefix");
+    /// Lets clients in `prefix/len` (either family: `SOURCE_RANGES` or
+    /// `SOURCE_RANGES6`) use frontend `frontend_id` (loadBalancerSourceRanges).
+    pub fn allow_source(&mut self, frontend_id: u32, prefix: impl Into<IpAddr>, len: u32) {
+        let len = u8::try_from(len).expect("a prefix length");
+        let cidr = IpCidr::new(prefix.into(), len).expect("a valid prefix");
         self.maps
             .put_source_range(&RangeEntry { frontend_id, cidr })
             .expect("write source range");
@@ -491,17 +575,19 @@ impl Datapath {
             .expect("XDP")
     }
 
-    /// Deletes the entry of frontend `key`, as sync does when its Service
-    /// goes (its table and backends stay).
-    pub fn remove_frontend(&mut self, key: FrontendKey) {
+    /// Deletes the entry of frontend `key` (either family), as sync does
+    /// when its Service goes (its table and backends stay).
+    pub fn remove_frontend(&mut self, key: impl Into<FrontendMapKey>) {
+        let key = key.into();
         self.maps.delete_frontend(&key).expect("remove frontend");
         self.frontends.remove(&key);
     }
 
-    /// Deletes a backend, as sync does once no service lists it.
+    /// Deletes a backend (either family), as sync does once no service
+    /// lists it.
     pub fn remove_backend(&mut self, id: u32) {
-        self.maps.delete_backend(id).expect("remove backend");
-        self.backends.remove(&id);
+        let held = self.backends.remove(&id).expect("a backend written");
+        self.maps.delete_backend(id, &held).expect("remove backend");
     }
 
     /// Writes one conntrack entry directly, as if the datapath had made it.

@@ -6,9 +6,10 @@
 use std::{fs, io, net::Ipv4Addr, path::Path};
 
 use k8s_openapi::api::core::v1::{LoadBalancerIngress, Service};
-use proxy_userspace::{
-    cidr::Ipv4Cidr,
-    source::{cluster_ip, manifest, objects::IpText},
+use proxy_userspace::source::{
+    cluster_ip::{self, ServiceCidrs},
+    manifest,
+    objects::IpText,
 };
 
 /// The `echo` Service (TCP 80 → 8080, UDP 53 → 5353), as kubectl wrote it.
@@ -31,12 +32,12 @@ pub fn write_manifest(dir: &Path, file: &str, yaml: &str) -> io::Result<()> {
 pub fn allocated_cluster_ip(service_yaml: &str) -> Ipv4Addr {
     let mut loaded = manifest::Loaded::default();
     manifest::parse_stream("fixture", service_yaml, &mut loaded);
-    let cidr: Ipv4Cidr = SERVICE_CIDR.parse().expect("valid CIDR");
-    cluster_ip::allocate(&mut loaded.objects.services, cidr);
+    let cidrs: ServiceCidrs = SERVICE_CIDR.parse().expect("valid CIDR");
+    cluster_ip::allocate(&mut loaded.objects.services, cidrs);
     let spec = loaded.objects.services[0].spec.as_ref().expect("spec");
     match spec.cluster_ip.as_ref().expect("allocated") {
         IpText::V4(addr) => *addr,
-        IpText::Other(text) => panic!("allocated {text}, not IPv4"),
+        other => panic!("allocated {other}, not IPv4"),
     }
 }
 

@@ -7,10 +7,7 @@
 //! Syncs run on this task and are never interrupted: a signal is seen
 //! between two of them, so the agent stops with every sync whole.
 
-use std::{
-    sync::Once,
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
 use futures::FutureExt as _;
@@ -117,7 +114,6 @@ async fn follow_kubernetes(mut source: KubernetesSource, updates: mpsc::Sender<U
 
 /// Logs what an update did: every skipped object, and one summary line.
 fn log_outcome(scope: Scope, outcome: &Outcome, pipeline: &Pipeline) {
-    static IPV6_NOTICE: Once = Once::new();
     for rejection in &outcome.rejections {
         warn!(
             object = %rejection.object,
@@ -125,11 +121,6 @@ fn log_outcome(scope: Scope, outcome: &Outcome, pipeline: &Pipeline) {
             reason = %rejection.reason,
             "skipping invalid object"
         );
-    }
-    if outcome.ipv6_skipped {
-        IPV6_NOTICE.call_once(|| {
-            info!("IPv6 cluster IPs and endpoints are not proxied yet; skipping them")
-        });
     }
     let report = &outcome.report;
     for e in &report.errors {

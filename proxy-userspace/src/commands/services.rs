@@ -1,26 +1,31 @@
 //! `kxdp services`: what the datapath serves, read from the pinned maps, as
 //! a table or as JSON.
 
-use std::{collections::BTreeSet, fmt::Write as _, net::Ipv4Addr, path::Path};
+use std::{
+    collections::BTreeSet,
+    fmt::Write as _,
+    net::{IpAddr, SocketAddr},
+    path::Path,
+};
 
 use anyhow::Context as _;
 use proxy_common::maps::{
-    addr_from_net, port_from_net, BackendValue, DropReason, Verdict, BACKEND_LOCAL,
-    FRONTEND_AFFINITY_CLIENT_IP, FRONTEND_EMPTY_DROP, FRONTEND_SNAT_REMOTE, FRONTEND_SOURCE_RANGES,
+    DropReason, Verdict, BACKEND_LOCAL, FRONTEND_AFFINITY_CLIENT_IP, FRONTEND_EMPTY_DROP,
+    FRONTEND_SNAT_REMOTE, FRONTEND_SOURCE_RANGES,
 };
 
 use crate::{
     cli::Output,
     dataplane::maps::BpfMaps,
     frontend_text::{frontend_text, scope_label},
-    sync::store::MapContents,
+    sync::{entries::BackendMapValue, store::MapContents},
 };
 
 /// A backend of a frontend.
 #[derive(Debug, serde::Serialize)]
 #[serde(rename_all = "camelCase")]
 struct Backend {
-    address: Ipv4Addr,
+    address: IpAddr,
     port: u16,
     /// Runs on this node.
     local: bool,
@@ -58,18 +63,18 @@ fn rows(contents: &MapContents, maps: &BpfMaps) -> anyhow::Result<Vec<Row>> {
                 |table| table.members.iter().copied().collect(),
             ),
         };
-        let mut found: Vec<Option<BackendValue>> = members
+        let mut found: Vec<Option<BackendMapValue>> = members
             .iter()
             .map(|id| contents.backends.get(*id))
             .collect();
-        found.sort_by_key(|b| b.map(|b| (addr_from_net(b.addr), port_from_net(b.port))));
+        found.sort_by_key(|b| b.map(|b| (b.addr(), b.port())));
         let backends = found
             .into_iter()
             .map(|backend| {
                 backend.map(|b| Backend {
-                    address: addr_from_net(b.addr),
-                    port: port_from_net(b.port),
-                    local: b.flags & BACKEND_LOCAL != 0,
+                    address: b.addr(),
+                    port: b.port(),
+                    local: b.flags() & BACKEND_LOCAL != 0,
                 })
             })
             .collect();
@@ -132,9 +137,8 @@ fn render(rows: &[Row], totals: &Totals) -> String {
                 .iter()
                 .map(|backend| match backend {
                     Some(b) => format!(
-                        "{}:{}{}",
-                        b.address,
-                        b.port,
+                        "{}{}",
+                        SocketAddr::new(b.address, b.port),
                         if b.local { "(local)" } else { "" }
                     ),
                     None => "<missing>".to_string(),
@@ -228,6 +232,17 @@ mod tests {
                 packets: 0,
                 bytes: 0,
             },
+            Row {
+                frontend: "[fd00:10:96::a]:80/TCP".into(),
+                scope: "pod",
+                policy: vec![],
+                id: 2,
+                affinity_timeout_seconds: None,
+                backends: vec![Some(backend("fd00:10:244::5", false))],
+                sockets: 0,
+                packets: 0,
+                bytes: 0,
+            },
         ]
     }
 
@@ -295,7 +310,7 @@ mod tests {
         let rows = rows();
         let table = render(&rows, &totals());
         let lines: Vec<_> = table.lines().collect();
-        assert_eq!(lines.len(), 4);
+        assert_eq!(lines.len(), 5);
         assert!(lines[0].starts_with("FRONTEND"));
         assert!(
             lines[1].starts_with("10.96.0.10:80/TCP")
@@ -313,9 +328,15 @@ mod tests {
             "{}",
             lines[2]
         );
+        assert!(
+            lines[3].starts_with("[fd00:10:96::a]:80/TCP")
+                && lines[3].ends_with("  [fd00:10:244::5]:8080"),
+            "{}",
+            lines[3]
+        );
         assert_eq!(
-            lines[3],
-            "2 frontends; 3 packets dropped for want of a backend; 4 TCP resets and 5 ICMP \
+            lines[4],
+            "3 frontends; 3 packets dropped for want of a backend; 4 TCP resets and 5 ICMP \
              unreachables sent and 6 socket calls refused for Services without endpoints"
         );
     }

@@ -1,7 +1,13 @@
 //! Typed access to the pinned maps: the sync writer (`MapStore`) and the
 //! readers behind `kxdp services`.
 
-use std::{borrow::Cow, collections::BTreeMap, net::Ipv4Addr, os::fd::AsFd, path::Path};
+use std::{
+    borrow::Cow,
+    collections::BTreeMap,
+    net::{IpAddr, Ipv4Addr},
+    os::fd::AsFd,
+    path::Path,
+};
 
 use aya::{
     maps::{
@@ -10,11 +16,14 @@ use aya::{
     },
     Ebpf,
 };
-use proxy_common::maps::{
-    addr_from_net, addr_to_net, AffinityKey, AffinityKey6, AffinityValue, BackendValue,
-    BackendValue6, CtEntry, CtEntry6, FlowKey, FlowKey6, FrontendKey, FrontendKey6, FrontendStats,
-    FrontendValue, NextHop, SockAffinityKey, SockRevNatKey, SockRevNatKey6, SockRevNatValue,
-    SockRevNatValue6, SourceRange, SourceRange6,
+use proxy_common::{
+    addr::{addr6_from_net, addr6_to_net},
+    maps::{
+        addr_from_net, addr_to_net, AffinityKey, AffinityKey6, AffinityValue, BackendValue,
+        BackendValue6, CtEntry, CtEntry6, FlowKey, FlowKey6, FrontendKey, FrontendKey6,
+        FrontendStats, FrontendValue, NextHop, SockAffinityKey, SockRevNatKey, SockRevNatKey6,
+        SockRevNatValue, SockRevNatValue6, SourceRange, SourceRange6,
+    },
 };
 
 use super::{
@@ -24,26 +33,42 @@ use super::{
     DataplaneError,
 };
 use crate::{
-    cidr::Ipv4Cidr,
-    sync::store::{MapContents, MapStore, RangeEntry, StoreError, TableSpec},
+    cidr::IpCidr,
+    sync::{
+        entries::{BackendMapValue, FrontendMapKey},
+        store::{MapContents, MapStore, RangeEntry, StoreError, TableSpec},
+    },
 };
 
 pub const FRONTENDS: &str = "FRONTENDS";
+pub const FRONTENDS6: &str = "FRONTENDS6";
 /// The backends map as metrics and `kxdp status` name it.
 pub const BACKENDS: &str = "BACKENDS";
 /// Where the backends are pinned: an array by id. An earlier layout pinned
 /// a hash map as `BACKENDS`; an upgraded agent copies it
 /// ([`adopt_backends_hash`]).
 pub const BACKEND_SLOTS: &str = "BACKEND_SLOTS";
+/// The IPv6 backends as metrics and `kxdp status` name them; pinned as
+/// `BACKEND_SLOTS6`. Backend ids are one space over both arrays.
+pub const BACKENDS6: &str = "BACKENDS6";
+pub const BACKEND_SLOTS6: &str = "BACKEND_SLOTS6";
 pub const STATS: &str = "STATS";
 pub const SOCK_STATS: &str = "SOCK_STATS";
 pub const PORT_ROLES: &str = "PORT_ROLES";
 pub const DROPS: &str = "DROPS";
 pub const VERDICTS: &str = "VERDICTS";
 pub const SOURCE_RANGES: &str = "SOURCE_RANGES";
+pub const SOURCE_RANGES6: &str = "SOURCE_RANGES6";
 pub const NIC_ADDRS: &str = "NIC_ADDRS";
 /// The maps the agent writes from the Services, whose fill it reports.
-pub const AGENT_WRITTEN: [&str; 3] = [FRONTENDS, BACKENDS, SOURCE_RANGES];
+pub const AGENT_WRITTEN: [&str; 6] = [
+    FRONTENDS,
+    FRONTENDS6,
+    BACKENDS,
+    BACKENDS6,
+    SOURCE_RANGES,
+    SOURCE_RANGES6,
+];
 
 /// Bits of an LPM key before the address: the frontend id.
 const FRONTEND_ID_BITS: u32 = 32;
@@ -67,27 +92,27 @@ const fn pinned<K, V>(name: &'static str) -> PinnedMap {
 /// Every map pinned under the pin path.
 pub const ALL: [PinnedMap; 22] = [
     pinned::<FrontendKey, FrontendValue>(FRONTENDS),
+    pinned::<FrontendKey6, FrontendValue>(FRONTENDS6),
     pinned::<u32, BackendValue>(BACKEND_SLOTS),
+    pinned::<u32, BackendValue6>(BACKEND_SLOTS6),
     pinned::<u32, u64>(MAGLEV_ARENA),
     pinned::<u32, u64>(MAGLEV_INDEX),
     pinned::<FlowKey, CtEntry>(super::fill::CONNTRACK),
+    pinned::<FlowKey6, CtEntry6>("CONNTRACK6"),
     pinned::<u32, FrontendStats>(STATS),
     pinned::<u32, u64>(DROPS),
     pinned::<u32, u64>(VERDICTS),
     pinned::<Key<SourceRange>, u8>(SOURCE_RANGES),
+    pinned::<Key<SourceRange6>, u8>(SOURCE_RANGES6),
     pinned::<u32, u32>(NIC_ADDRS),
     pinned::<AffinityKey, AffinityValue>("AFFINITY"),
+    pinned::<AffinityKey6, AffinityValue>("AFFINITY6"),
     pinned::<SockRevNatKey, SockRevNatValue>("SOCK_REVNAT"),
     pinned::<u32, u64>(SOCK_STATS),
     pinned::<SockAffinityKey, AffinityValue>("SOCK_AFFINITY"),
     pinned::<u32, u64>(PORT_ROLES),
-    pinned::<u32, NextHop>("HOP_CACHE"),
-    pinned::<FrontendKey6, FrontendValue>("FRONTENDS6"),
-    pinned::<u32, BackendValue6>("BACKEND_SLOTS6"),
-    pinned::<FlowKey6, CtEntry6>("CONNTRACK6"),
-    pinned::<Key<SourceRange6>, u8>("SOURCE_RANGES6"),
-    pinned::<AffinityKey6, AffinityValue>("AFFINITY6"),
     pinned::<SockRevNatKey6, SockRevNatValue6>("SOCK_REVNAT6"),
+    pinned::<u32, NextHop>("HOP_CACHE"),
 ];
 
 /// Maps earlier versions pinned and this one no longer uses (`SELECTION`:
@@ -118,10 +143,10 @@ pub fn adopt_renamed_pins(pin_path: &Path) -> Result<(), DataplaneError> {
 
 /// The pin of the agent-written map `name` (`AGENT_WRITTEN`).
 pub fn pinned_as(name: &'static str) -> &'static str {
-    if name == BACKENDS {
-        BACKEND_SLOTS
-    } else {
-        name
+    match name {
+        BACKENDS => BACKEND_SLOTS,
+        BACKENDS6 => BACKEND_SLOTS6,
+        _ => name,
     }
 }
 
@@ -156,24 +181,41 @@ pub fn adopt_backends_hash(pin_path: &Path) -> Result<usize, DataplaneError> {
     Ok(entries.len())
 }
 
-/// The trie key of a range: the frontend id's 32 bits, then the prefix.
-fn range_key(entry: &RangeEntry) -> Key<SourceRange> {
-    Key::new(
-        FRONTEND_ID_BITS + u32::from(entry.cidr.prefix_len()),
-        SourceRange {
-            frontend_id_be: entry.frontend_id.to_be(),
-            addr: addr_to_net(entry.cidr.network()),
-        },
-    )
+/// A range's trie key in the trie of its family: the frontend id's 32
+/// bits, then the prefix.
+enum RangeKey {
+    V4(Key<SourceRange>),
+    V6(Key<SourceRange6>),
 }
 
-/// The inverse of [`range_key`]; `None` for a key no agent writes.
-fn range_entry(key: &Key<SourceRange>) -> Option<RangeEntry> {
-    let len = key.prefix_len().checked_sub(FRONTEND_ID_BITS)?;
-    let data = key.data();
+fn range_key(entry: &RangeEntry) -> RangeKey {
+    let bits = FRONTEND_ID_BITS + u32::from(entry.cidr.prefix_len());
+    let frontend_id_be = entry.frontend_id.to_be();
+    match entry.cidr.network() {
+        IpAddr::V4(addr) => RangeKey::V4(Key::new(
+            bits,
+            SourceRange {
+                frontend_id_be,
+                addr: addr_to_net(addr),
+            },
+        )),
+        IpAddr::V6(addr) => RangeKey::V6(Key::new(
+            bits,
+            SourceRange6 {
+                frontend_id_be,
+                addr: addr6_to_net(addr),
+            },
+        )),
+    }
+}
+
+/// The inverse of [`range_key`], for either family's key; `None` for a
+/// key no agent writes.
+fn range_entry(prefix_len: u32, frontend_id_be: u32, addr: IpAddr) -> Option<RangeEntry> {
+    let len = prefix_len.checked_sub(FRONTEND_ID_BITS)?;
     Some(RangeEntry {
-        frontend_id: u32::from_be(data.frontend_id_be),
-        cidr: Ipv4Cidr::new(addr_from_net(data.addr), u8::try_from(len).ok()?)?,
+        frontend_id: u32::from_be(frontend_id_be),
+        cidr: IpCidr::new(addr, u8::try_from(len).ok()?)?,
     })
 }
 
@@ -202,13 +244,16 @@ pub fn check_pinned_layout(pin_path: &Path) -> Result<(), DataplaneError> {
 /// The maps the agent writes and the CLI reads.
 pub struct BpfMaps {
     frontends: HashMap<MapData, FrontendKey, FrontendValue>,
+    frontends6: HashMap<MapData, FrontendKey6, FrontendValue>,
     backends: Array<MapData, BackendValue>,
+    backends6: Array<MapData, BackendValue6>,
     maglev: MaglevArena,
     stats: PerCpuArray<MapData, FrontendStats>,
     sock_stats: PerCpuArray<MapData, u64>,
     drops: PerCpuArray<MapData, u64>,
     verdicts: PerCpuArray<MapData, u64>,
     source_ranges: LpmTrie<MapData, SourceRange, u8>,
+    source_ranges6: LpmTrie<MapData, SourceRange6, u8>,
     nic_addrs: HashMap<MapData, u32, u32>,
     port_roles: Array<MapData, u64>,
 }
@@ -266,13 +311,16 @@ impl BpfMaps {
     pub fn from_ebpf(ebpf: &mut Ebpf) -> Result<Self, DataplaneError> {
         Ok(Self {
             frontends: typed(FRONTENDS, ebpf.take_map(FRONTENDS))?,
+            frontends6: typed(FRONTENDS6, ebpf.take_map(FRONTENDS6))?,
             backends: typed(BACKEND_SLOTS, ebpf.take_map(BACKEND_SLOTS))?,
+            backends6: typed(BACKEND_SLOTS6, ebpf.take_map(BACKEND_SLOTS6))?,
             maglev: maglev(ebpf.take_map(MAGLEV_ARENA), ebpf.take_map(MAGLEV_INDEX))?,
             stats: typed(STATS, ebpf.take_map(STATS))?,
             sock_stats: typed(SOCK_STATS, ebpf.take_map(SOCK_STATS))?,
             drops: typed(DROPS, ebpf.take_map(DROPS))?,
             verdicts: typed(VERDICTS, ebpf.take_map(VERDICTS))?,
             source_ranges: typed(SOURCE_RANGES, ebpf.take_map(SOURCE_RANGES))?,
+            source_ranges6: typed(SOURCE_RANGES6, ebpf.take_map(SOURCE_RANGES6))?,
             nic_addrs: typed(NIC_ADDRS, ebpf.take_map(NIC_ADDRS))?,
             port_roles: typed(PORT_ROLES, ebpf.take_map(PORT_ROLES))?,
         })
@@ -289,13 +337,16 @@ impl BpfMaps {
         };
         Ok(Self {
             frontends: typed(FRONTENDS, open(FRONTENDS)?)?,
+            frontends6: typed(FRONTENDS6, open(FRONTENDS6)?)?,
             backends: typed(BACKEND_SLOTS, open(BACKEND_SLOTS)?)?,
+            backends6: typed(BACKEND_SLOTS6, open(BACKEND_SLOTS6)?)?,
             maglev: maglev(open(MAGLEV_ARENA)?, open(MAGLEV_INDEX)?)?,
             stats: typed(STATS, open(STATS)?)?,
             sock_stats: typed(SOCK_STATS, open(SOCK_STATS)?)?,
             drops: typed(DROPS, open(DROPS)?)?,
             verdicts: typed(VERDICTS, open(VERDICTS)?)?,
             source_ranges: typed(SOURCE_RANGES, open(SOURCE_RANGES)?)?,
+            source_ranges6: typed(SOURCE_RANGES6, open(SOURCE_RANGES6)?)?,
             nic_addrs: typed(NIC_ADDRS, open(NIC_ADDRS)?)?,
             port_roles: typed(PORT_ROLES, open(PORT_ROLES)?)?,
         })
@@ -306,12 +357,16 @@ impl BpfMaps {
         &self.maglev
     }
 
-    /// Everything the service maps hold now.
+    /// Everything the service maps of both families hold now.
     pub fn read_contents(&self) -> Result<MapContents, StoreError> {
         let mut contents = MapContents::default();
         for entry in self.frontends.iter() {
             let (k, v) = entry.map_err(store_error(FRONTENDS))?;
-            contents.frontends.insert(k, v);
+            contents.frontends.insert(FrontendMapKey::V4(k), v);
+        }
+        for entry in self.frontends6.iter() {
+            let (k, v) = entry.map_err(store_error(FRONTENDS6))?;
+            contents.frontends.insert(FrontendMapKey::V6(k), v);
         }
         self.each_backend(|id, backend| {
             // An id no agent hands out (none at or above the map's size)
@@ -321,26 +376,54 @@ impl BpfMaps {
             }
         })?;
         contents.tables = self.maglev.all().map_err(arena_error)?;
+        // A key no agent wrote cannot be named for deletion; it also
+        // matches no frontend of ours.
         for entry in self.source_ranges.iter() {
             let (k, _) = entry.map_err(store_error(SOURCE_RANGES))?;
-            // A key no agent wrote cannot be named for deletion; it also
-            // matches no frontend of ours.
-            if let Some(range) = range_entry(&k) {
+            let data = k.data();
+            let addr = addr_from_net(data.addr).into();
+            if let Some(range) = range_entry(k.prefix_len(), data.frontend_id_be, addr) {
+                contents.source_ranges.insert(range);
+            }
+        }
+        for entry in self.source_ranges6.iter() {
+            let (k, _) = entry.map_err(store_error(SOURCE_RANGES6))?;
+            let data = k.data();
+            let addr = addr6_from_net(data.addr).into();
+            if let Some(range) = range_entry(k.prefix_len(), data.frontend_id_be, addr) {
                 contents.source_ranges.insert(range);
             }
         }
         Ok(contents)
     }
 
-    /// Hands each backend the array holds (its non-empty slots) to `each`.
-    fn each_backend(&self, mut each: impl FnMut(u32, BackendValue)) -> Result<(), StoreError> {
-        batch::read_each(&self.backends, |id, backend| {
-            if backend.addr != 0 {
-                each(id, backend);
-            }
-        })
-        .map_err(|e| StoreError {
-            map: BACKEND_SLOTS,
+    /// Hands each backend the arrays hold (their non-empty slots) to
+    /// `each`: IPv4 ones first, then IPv6 ones.
+    fn each_backend(&self, mut each: impl FnMut(u32, BackendMapValue)) -> Result<(), StoreError> {
+        self.each_backend_of(Family::V4, &mut each)?;
+        self.each_backend_of(Family::V6, &mut each)
+    }
+
+    /// Hands each backend of `family`'s array to `each`.
+    fn each_backend_of(
+        &self,
+        family: Family,
+        mut each: impl FnMut(u32, BackendMapValue),
+    ) -> Result<(), StoreError> {
+        let read = match family {
+            Family::V4 => batch::read_each(&self.backends, |id, backend| {
+                if backend.addr != 0 {
+                    each(id, BackendMapValue::V4(backend));
+                }
+            }),
+            Family::V6 => batch::read_each(&self.backends6, |id, backend| {
+                if backend.addr != [0; 4] {
+                    each(id, BackendMapValue::V6(backend));
+                }
+            }),
+        };
+        read.map_err(|e| StoreError {
+            map: family.backends_pin(),
             reason: e.to_string(),
         })
     }
@@ -401,14 +484,20 @@ impl BpfMaps {
         Ok(per_cpu.iter().sum())
     }
 
-    /// Entries of the agent-written map `name` (`FRONTENDS`, `BACKENDS` or
-    /// `SOURCE_RANGES`), counted up to `cap`; `None` for another map.
+    /// Entries of the agent-written map `name` (one of `AGENT_WRITTEN`),
+    /// counted up to `cap`; `None` for another map.
     pub fn count(&self, name: &str, cap: u32) -> Option<Result<Count, StoreError>> {
         let (map, counted) = match name {
             FRONTENDS => (FRONTENDS, count_keys(self.frontends.keys(), cap)),
-            BACKENDS => {
+            FRONTENDS6 => (FRONTENDS6, count_keys(self.frontends6.keys(), cap)),
+            BACKENDS | BACKENDS6 => {
+                let family = if name == BACKENDS {
+                    Family::V4
+                } else {
+                    Family::V6
+                };
                 let mut held = 0u32;
-                if let Err(e) = self.each_backend(|_, _| held += 1) {
+                if let Err(e) = self.each_backend_of(family, |_, _| held += 1) {
                     return Some(Err(e));
                 }
                 return Some(Ok(Count {
@@ -417,6 +506,7 @@ impl BpfMaps {
                 }));
             }
             SOURCE_RANGES => (SOURCE_RANGES, count_keys(self.source_ranges.keys(), cap)),
+            SOURCE_RANGES6 => (SOURCE_RANGES6, count_keys(self.source_ranges6.keys(), cap)),
             _ => return None,
         };
         Some(counted.map_err(store_error(map)))
@@ -429,15 +519,55 @@ impl BpfMaps {
     }
 }
 
-impl MapStore for BpfMaps {
-    fn put_backends(&mut self, entries: &[(u32, BackendValue)]) -> Vec<(u32, StoreError)> {
-        batch::put_all_indexed(&mut self.backends, BACKEND_SLOTS, entries)
+/// An address family, for the maps that come in one per family.
+#[derive(Clone, Copy)]
+enum Family {
+    V4,
+    V6,
+}
+
+impl Family {
+    fn backends_pin(self) -> &'static str {
+        match self {
+            Self::V4 => BACKEND_SLOTS,
+            Self::V6 => BACKEND_SLOTS6,
+        }
     }
-    fn delete_backend(&mut self, id: u32) -> Result<(), StoreError> {
+}
+
+impl MapStore for BpfMaps {
+    fn put_backends(&mut self, entries: &[(u32, BackendMapValue)]) -> Vec<(u32, StoreError)> {
+        // Each family's array in batches of its own.
+        let mut v4 = Vec::new();
+        let mut v6 = Vec::new();
+        for (id, value) in entries {
+            match value {
+                BackendMapValue::V4(value) => v4.push((*id, *value)),
+                BackendMapValue::V6(value) => v6.push((*id, *value)),
+            }
+        }
+        let mut failed = batch::put_all_indexed(&mut self.backends, BACKEND_SLOTS, &v4);
+        if !v6.is_empty() {
+            failed.extend(batch::put_all_indexed(
+                &mut self.backends6,
+                BACKEND_SLOTS6,
+                &v6,
+            ));
+        }
+        failed
+    }
+    fn delete_backend(&mut self, id: u32, held: &BackendMapValue) -> Result<(), StoreError> {
         // An empty slot is no backend.
-        self.backends
-            .set(id, BackendValue::default(), 0)
-            .map_err(store_error(BACKEND_SLOTS))
+        match held {
+            BackendMapValue::V4(_) => self
+                .backends
+                .set(id, BackendValue::default(), 0)
+                .map_err(store_error(BACKEND_SLOTS)),
+            BackendMapValue::V6(_) => self
+                .backends6
+                .set(id, BackendValue6::default(), 0)
+                .map_err(store_error(BACKEND_SLOTS6)),
+        }
     }
     fn put_table<'s>(
         &mut self,
@@ -457,22 +587,56 @@ impl MapStore for BpfMaps {
     }
     fn put_frontends(
         &mut self,
-        entries: &[(FrontendKey, FrontendValue)],
-    ) -> Vec<(FrontendKey, StoreError)> {
-        batch::put_all(&mut self.frontends, FRONTENDS, entries)
+        entries: &[(FrontendMapKey, FrontendValue)],
+    ) -> Vec<(FrontendMapKey, StoreError)> {
+        // Each family's map in batches of its own.
+        let mut v4 = Vec::new();
+        let mut v6 = Vec::new();
+        for (key, value) in entries {
+            match key {
+                FrontendMapKey::V4(key) => v4.push((*key, *value)),
+                FrontendMapKey::V6(key) => v6.push((*key, *value)),
+            }
+        }
+        let failed4 = batch::put_all(&mut self.frontends, FRONTENDS, &v4);
+        let failed6 = if v6.is_empty() {
+            Vec::new()
+        } else {
+            batch::put_all(&mut self.frontends6, FRONTENDS6, &v6)
+        };
+        let failed4 = failed4.into_iter().map(|(k, e)| (FrontendMapKey::V4(k), e));
+        let failed6 = failed6.into_iter().map(|(k, e)| (FrontendMapKey::V6(k), e));
+        failed4.chain(failed6).collect()
     }
-    fn delete_frontend(&mut self, key: &FrontendKey) -> Result<(), StoreError> {
-        self.frontends.remove(key).map_err(store_error(FRONTENDS))
+    fn delete_frontend(&mut self, key: &FrontendMapKey) -> Result<(), StoreError> {
+        match key {
+            FrontendMapKey::V4(key) => self.frontends.remove(key).map_err(store_error(FRONTENDS)),
+            FrontendMapKey::V6(key) => self.frontends6.remove(key).map_err(store_error(FRONTENDS6)),
+        }
     }
     fn put_source_range(&mut self, entry: &RangeEntry) -> Result<(), StoreError> {
-        self.source_ranges
-            .insert(&range_key(entry), 1, 0)
-            .map_err(store_error(SOURCE_RANGES))
+        match range_key(entry) {
+            RangeKey::V4(key) => self
+                .source_ranges
+                .insert(&key, 1, 0)
+                .map_err(store_error(SOURCE_RANGES)),
+            RangeKey::V6(key) => self
+                .source_ranges6
+                .insert(&key, 1, 0)
+                .map_err(store_error(SOURCE_RANGES6)),
+        }
     }
     fn delete_source_range(&mut self, entry: &RangeEntry) -> Result<(), StoreError> {
-        self.source_ranges
-            .remove(&range_key(entry))
-            .map_err(store_error(SOURCE_RANGES))
+        match range_key(entry) {
+            RangeKey::V4(key) => self
+                .source_ranges
+                .remove(&key)
+                .map_err(store_error(SOURCE_RANGES)),
+            RangeKey::V6(key) => self
+                .source_ranges6
+                .remove(&key)
+                .map_err(store_error(SOURCE_RANGES6)),
+        }
     }
     fn put_port_roles(&mut self, words: &[(u32, u64)]) -> Vec<(u32, StoreError)> {
         // A few words a sync: one call each.
@@ -505,7 +669,9 @@ mod tests {
             frontend_id: 0x0102_0304,
             cidr: "203.0.113.0/24".parse().unwrap(),
         };
-        let key = range_key(&entry);
+        let RangeKey::V4(key) = range_key(&entry) else {
+            panic!("an IPv4 range in the IPv4 trie");
+        };
         assert_eq!(key.prefix_len(), 56);
         let data = key.data();
         let bytes: Vec<u8> = bytemuck::bytes_of(&data).to_vec();
@@ -514,17 +680,51 @@ mod tests {
             [1, 2, 3, 4, 203, 0, 113, 0],
             "big-endian id, then the address"
         );
-        assert_eq!(range_entry(&key), Some(entry));
-        assert_eq!(range_entry(&Key::new(8, data)), None, "shorter than an id");
+        let addr = addr_from_net(data.addr).into();
+        assert_eq!(
+            range_entry(key.prefix_len(), data.frontend_id_be, addr),
+            Some(entry)
+        );
+        assert_eq!(
+            range_entry(8, data.frontend_id_be, addr),
+            None,
+            "shorter than an id"
+        );
     }
 
     #[test]
-    fn the_pinned_layout_lists_the_node_frontend_maps() {
+    fn ipv6_range_keys_go_to_their_own_trie_and_round_trip() {
+        let entry = RangeEntry {
+            frontend_id: 7,
+            cidr: "fd00:203::/32".parse().unwrap(),
+        };
+        let RangeKey::V6(key) = range_key(&entry) else {
+            panic!("an IPv6 range in the IPv6 trie");
+        };
+        // 32 bits of frontend id, then the CIDR's 32.
+        assert_eq!(key.prefix_len(), 64);
+        let data = key.data();
+        let bytes: Vec<u8> = bytemuck::bytes_of(&data).to_vec();
+        assert_eq!(bytes[..8], [0, 0, 0, 7, 0xfd, 0, 2, 3]);
+        assert!(bytes[8..].iter().all(|b| *b == 0));
+        let addr = addr6_from_net(data.addr).into();
+        assert_eq!(
+            range_entry(key.prefix_len(), data.frontend_id_be, addr),
+            Some(entry)
+        );
+        assert_eq!(range_entry(32 + 129, data.frontend_id_be, addr), None);
+    }
+
+    #[test]
+    fn the_pinned_layout_lists_the_node_frontend_maps_and_the_ipv6_maps() {
         let sizes: Vec<(&str, usize, usize)> = ALL
             .iter()
             .map(|m| (m.name, m.key_size, m.value_size))
             .collect();
         assert!(sizes.contains(&(SOURCE_RANGES, 12, 1)), "{sizes:?}");
+        assert!(sizes.contains(&(SOURCE_RANGES6, 24, 1)));
+        assert!(sizes.contains(&(FRONTENDS6, 20, 16)));
+        assert!(sizes.contains(&(BACKEND_SLOTS6, 4, 20)));
         assert!(sizes.contains(&(NIC_ADDRS, 4, 4)));
         assert!(sizes.contains(&(VERDICTS, 4, 8)));
         assert!(sizes.contains(&("SOCK_REVNAT", 16, 8)));

@@ -4,7 +4,7 @@
 
 use std::{
     collections::BTreeSet,
-    net::{Ipv4Addr, SocketAddrV4},
+    net::{IpAddr, SocketAddr},
 };
 
 use super::{
@@ -25,7 +25,7 @@ struct EndpointPort {
 
 /// An endpoint address with the conditions that decide whether it serves.
 struct EndpointState {
-    addr: Ipv4Addr,
+    addr: IpAddr,
     ready: bool,
     serving: bool,
     terminating: bool,
@@ -39,18 +39,47 @@ pub(super) struct EndpointGroup {
     endpoints: Vec<EndpointState>,
 }
 
-/// Why an endpoint address cannot be a backend, if it cannot.
-fn endpoint_address(ip: &IpText) -> Result<Ipv4Addr, String> {
-    let addr = match ip {
-        IpText::V4(addr) => *addr,
-        IpText::Other(text) => {
-            return Err(format!("endpoint address '{text}' is not an IPv4 address"))
+/// Whether an address is one no endpoint may have: loopback, link-local,
+/// unspecified, multicast (IPv4: link-local multicast only) or, in IPv6,
+/// an IPv4-mapped address.
+fn unusable(addr: IpAddr) -> bool {
+    match addr {
+        IpAddr::V4(addr) => {
+            let link_local_multicast = addr.octets()[..3] == [224, 0, 0];
+            addr.is_loopback()
+                || addr.is_link_local()
+                || link_local_multicast
+                || addr.is_unspecified()
         }
+        IpAddr::V6(addr) => {
+            addr.is_loopback()
+                || addr.is_unspecified()
+                || addr.is_unicast_link_local()
+                || addr.is_multicast()
+                || addr.to_ipv4_mapped().is_some()
+        }
+    }
+}
+
+/// Why an endpoint address cannot be a backend, if it cannot. `ipv4`: the
+/// family its slice holds (`None`: legacy Endpoints, either family).
+fn endpoint_address(ip: &IpText, ipv4: Option<bool>) -> Result<IpAddr, String> {
+    let Some(addr) = ip.addr() else {
+        return Err(format!("endpoint address '{ip}' is not an IP address"));
     };
-    let link_local_multicast = addr.octets()[..3] == [224, 0, 0];
-    if addr.is_loopback() || addr.is_link_local() || link_local_multicast || addr.is_unspecified() {
+    if ipv4.is_some_and(|ipv4| ipv4 != addr.is_ipv4()) {
+        let (is, slice) = if addr.is_ipv4() {
+            ("IPv4", "IPv6")
+        } else {
+            ("IPv6", "IPv4")
+        };
         return Err(format!(
-            "endpoint address {addr} is loopback, link-local or unspecified"
+            "endpoint address {addr} is {is} in an addressType {slice} slice"
+        ));
+    }
+    if unusable(addr) {
+        return Err(format!(
+            "endpoint address {addr} is loopback, link-local, multicast, unspecified or IPv4-mapped"
         ));
     }
     Ok(addr)
@@ -72,6 +101,9 @@ fn endpoint_port(port: &objects::EndpointPort) -> Result<EndpointPort, (Rejectio
 /// Reads the ports and addresses of one object, recording each one skipped.
 struct GroupReader<'a> {
     object: String,
+    /// The family the object holds: `Some(true)` IPv4, `Some(false)` IPv6,
+    /// `None` either (legacy Endpoints).
+    ipv4: Option<bool>,
     built: &'a mut Built,
 }
 
@@ -93,8 +125,8 @@ impl GroupReader<'_> {
         }
     }
 
-    fn address(&mut self, ip: &IpText) -> Option<Ipv4Addr> {
-        endpoint_address(ip)
+    fn address(&mut self, ip: &IpText) -> Option<IpAddr> {
+        endpoint_address(ip, self.ipv4)
             .map_err(|reason| self.reject(RejectionKind::InvalidAddress, reason))
             .ok()
     }
@@ -105,17 +137,15 @@ pub(super) fn slice_group(
     node: &Node,
     built: &mut Built,
 ) -> Option<EndpointGroup> {
-    match slice.address_type.as_deref().unwrap_or_default() {
-        "IPv4" => {}
-        "IPv6" => {
-            built.ipv6_skipped = true;
-            return None;
-        }
+    let ipv4 = match slice.address_type.as_deref().unwrap_or_default() {
+        "IPv4" => true,
+        "IPv6" => false,
         // FQDN slices are deprecated and never proxied.
         _ => return None,
-    }
+    };
     let mut reader = GroupReader {
         object: format!("EndpointSlice {}", ServiceName::of(&slice.metadata)),
+        ipv4: Some(ipv4),
         built,
     };
     let mut group = EndpointGroup::default();
@@ -148,6 +178,7 @@ pub(super) fn endpoints_groups(
 ) -> Vec<EndpointGroup> {
     let mut reader = GroupReader {
         object: format!("Endpoints {}", ServiceName::of(&endpoints.metadata)),
+        ipv4: None,
         built,
     };
     let mut groups = Vec::new();
@@ -196,7 +227,7 @@ pub(super) fn port_backends(
         };
         for endpoint in &group.endpoints {
             let backend = Backend {
-                addr: SocketAddrV4::new(endpoint.addr, target.port),
+                addr: SocketAddr::new(endpoint.addr, target.port),
                 local: endpoint.local,
             };
             listed.insert(backend);
@@ -240,7 +271,7 @@ mod tests {
         assert_eq!(service.name, ServiceName::new("shop", "web"));
         assert_eq!(
             service.cluster_ips,
-            ["10.96.0.10".parse::<Ipv4Addr>().unwrap()]
+            ["10.96.0.10".parse::<IpAddr>().unwrap()]
         );
         assert_eq!(service.affinity_timeout, None);
         let http = &service.ports[0];

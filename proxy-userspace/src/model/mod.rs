@@ -50,7 +50,7 @@ fn build_service(
         .spec
         .as_ref()
         .ok_or((RejectionKind::InvalidDocument, "no spec".to_string()))?;
-    let Some(cluster_ips) = cluster_ips(service, spec, built)? else {
+    let Some(cluster_ips) = cluster_ips(service, spec)? else {
         return Ok(None);
     };
     let type_ = spec.type_.as_deref();
@@ -63,7 +63,7 @@ fn build_service(
         .map(|p| service_port(p, node_ports))
         .collect::<Result<_, _>>()?;
     let affinity_timeout = affinity_timeout(spec)?;
-    let external_addrs = external_addrs(spec, service, load_balancer, built)?;
+    let external_addrs = external_addrs(spec, service, load_balancer)?;
     // The API server allows Local only where traffic comes from outside.
     let external_policy_local = policy_local(
         "externalTrafficPolicy",
@@ -85,7 +85,7 @@ fn build_service(
         })
         .transpose()?;
     let source_ranges = if load_balancer {
-        source_ranges(spec, built)?
+        source_ranges(spec)?
     } else {
         None
     };
@@ -139,12 +139,21 @@ mod tests {
              ---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n\
              metadata: {name: good-1, labels: {kubernetes.io/service-name: good}}\naddressType: IPv4\n\
              ports: [{port: 8080}, {port: 8081, protocol: SCTP}]\nendpoints:\n- {addresses: [127.0.0.1]}\n- {addresses: [169.254.1.1]}\n\
-             - {addresses: [224.0.0.5]}\n- {addresses: [not-an-ip]}\n- {addresses: [10.1.2.3]}\n",
+             - {addresses: [224.0.0.5]}\n- {addresses: [not-an-ip]}\n- {addresses: [10.1.2.3]}\n- {addresses: ['fd00:10:244::5']}\n\
+             ---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n\
+             metadata: {name: good-2, labels: {kubernetes.io/service-name: good}}\naddressType: IPv6\n\
+             ports: [{port: 8080}]\nendpoints:\n- {addresses: ['::1']}\n- {addresses: ['::']}\n- {addresses: ['fe80::1']}\n\
+             - {addresses: ['ff02::1']}\n- {addresses: ['::ffff:10.1.2.4']}\n- {addresses: [10.1.2.5]}\n- {addresses: ['fd00:10:244::6']}\n",
         );
         let proxied: Vec<_> = built.values().filter_map(|b| b.service.as_ref()).collect();
         assert_eq!(proxied.len(), 1);
         assert_eq!(proxied[0].name.name, "good");
-        assert_eq!(backends(&proxied[0].ports[0]), ["10.1.2.3:8080"]);
+        // An IPv4 Service: the IPv6 slice's endpoint is kept in the model,
+        // and no frontend of the Service is of its family (plan).
+        assert_eq!(
+            backends(&proxied[0].ports[0]),
+            ["10.1.2.3:8080", "[fd00:10:244::6]:8080"]
+        );
         let reasons: Vec<(RejectionKind, String)> = built
             .values()
             .flat_map(|b| &b.rejections)
@@ -184,6 +193,34 @@ mod tests {
                 InvalidAddress,
                 "EndpointSlice default/good-1: endpoint address 'not-an-ip'",
             ),
+            (
+                InvalidAddress,
+                "EndpointSlice default/good-1: endpoint address fd00:10:244::5 is IPv6 in an addressType IPv4 slice",
+            ),
+            (
+                InvalidAddress,
+                "EndpointSlice default/good-2: endpoint address ::1 is loopback",
+            ),
+            (
+                InvalidAddress,
+                "EndpointSlice default/good-2: endpoint address :: is loopback, link-local, multicast, unspecified",
+            ),
+            (
+                InvalidAddress,
+                "EndpointSlice default/good-2: endpoint address fe80::1 is",
+            ),
+            (
+                InvalidAddress,
+                "EndpointSlice default/good-2: endpoint address ff02::1 is",
+            ),
+            (
+                InvalidAddress,
+                "EndpointSlice default/good-2: endpoint address ::ffff:10.1.2.4 is loopback, link-local, multicast, unspecified or IPv4-mapped",
+            ),
+            (
+                InvalidAddress,
+                "EndpointSlice default/good-2: endpoint address 10.1.2.5 is IPv4 in an addressType IPv6 slice",
+            ),
             (NoClusterIp, "Service default/no-ip: no clusterIP"),
             (
                 UnsupportedProtocol,
@@ -201,23 +238,43 @@ mod tests {
     }
 
     #[test]
-    fn dual_stack_keeps_ipv4_and_skips_ipv6() {
+    fn a_dual_stack_service_takes_the_endpoints_of_both_families_slices() {
+        // `kubectl create service clusterip web --tcp=80:8080`, made dual-stack.
         let built = model_all(
-            "apiVersion: v1\nkind: Service\nmetadata: {name: web}\n\
-             spec: {clusterIP: 10.96.0.9, clusterIPs: [10.96.0.9, 'fd00::9'], ipFamilies: [IPv4, IPv6], ports: [{port: 80}]}\n\
+            "apiVersion: v1\nkind: Service\nmetadata: {name: web, labels: {app: web}}\n\
+             spec:\n  clusterIP: 10.96.0.9\n  clusterIPs: [10.96.0.9, 'fd00:10:96::9']\n  \
+             ipFamilies: [IPv4, IPv6]\n  ipFamilyPolicy: PreferDualStack\n  \
+             ports:\n  - {name: 80-8080, port: 80, protocol: TCP, targetPort: 8080}\n  \
+             selector: {app: web}\n  type: ClusterIP\n\
+             ---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n\
+             metadata: {name: web-v4, labels: {kubernetes.io/service-name: web}}\naddressType: IPv4\n\
+             ports: [{name: 80-8080, port: 8080}]\nendpoints: [{addresses: [10.244.1.5], nodeName: node-a}]\n\
              ---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n\
              metadata: {name: web-v6, labels: {kubernetes.io/service-name: web}}\naddressType: IPv6\n\
-             ports: [{port: 8080}]\nendpoints: [{addresses: ['fd00::1']}]\n\
+             ports: [{name: 80-8080, port: 8080}]\nendpoints: [{addresses: ['fd00:10:244::5'], nodeName: node-a}]\n\
              ---\napiVersion: v1\nkind: Service\nmetadata: {name: v6-only}\n\
-             spec: {clusterIP: 'fd00::10', ipFamilies: [IPv6], ports: [{port: 80}]}\n",
+             spec: {clusterIP: 'fd00:10:96::10', ipFamilies: [IPv6], ports: [{port: 80}]}\n",
         );
         let web = &built[&ServiceName::new("default", "web")];
         assert!(web.rejections.is_empty(), "{:?}", web.rejections);
-        assert!(web.ipv6_skipped);
         let service = web.service.as_ref().unwrap();
-        assert_eq!(service.cluster_ips.len(), 1);
-        assert!(service.ports[0].backends.is_empty());
-        let v6 = &built[&ServiceName::new("default", "v6-only")];
-        assert!(v6.service.is_none() && v6.rejections.is_empty() && v6.ipv6_skipped);
+        let cluster_ips: Vec<String> = service
+            .cluster_ips
+            .iter()
+            .map(|ip| ip.to_string())
+            .collect();
+        assert_eq!(cluster_ips, ["10.96.0.9", "fd00:10:96::9"]);
+        assert_eq!(
+            backends(&service.ports[0]),
+            ["10.244.1.5:8080 local", "[fd00:10:244::5]:8080 local"]
+        );
+        let v6 = built[&ServiceName::new("default", "v6-only")]
+            .service
+            .as_ref()
+            .unwrap();
+        assert_eq!(
+            v6.cluster_ips,
+            ["fd00:10:96::10".parse::<std::net::IpAddr>().unwrap()]
+        );
     }
 }

@@ -4,15 +4,15 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    net::{IpAddr, Ipv4Addr},
+    net::IpAddr,
 };
 
 use super::{
     port_number,
-    types::{Built, ExternalAddr, Protocol, ServicePortModel},
+    types::{ExternalAddr, Protocol, ServicePortModel},
 };
 use crate::{
-    cidr::Ipv4Cidr,
+    cidr::IpCidr,
     source::{
         objects::{IpText, Service, ServicePort, ServiceSpec},
         RejectionKind,
@@ -22,66 +22,125 @@ use crate::{
 const DEFAULT_AFFINITY_TIMEOUT: u32 = 10_800;
 const MAX_AFFINITY_TIMEOUT: u32 = 86_400;
 
-/// An address field as the API server reads it.
-enum Ip<'a> {
-    V4(Ipv4Addr),
-    /// Not proxied yet: skipped, never rejected.
-    V6,
-    Invalid(&'a str),
+/// An address field's address, or the rejection naming `field`.
+fn read_ip(ip: &IpText, field: &str) -> Result<IpAddr, (RejectionKind, String)> {
+    ip.addr().ok_or_else(|| {
+        (
+            RejectionKind::InvalidAddress,
+            format!("{field} '{ip}' is not an IP address"),
+        )
+    })
 }
 
-fn read_ip(ip: &IpText) -> Ip<'_> {
-    match ip {
-        IpText::V4(addr) => Ip::V4(*addr),
-        IpText::Other(text) => match text.parse::<IpAddr>() {
-            Ok(IpAddr::V4(addr)) => Ip::V4(addr),
-            Ok(IpAddr::V6(_)) => Ip::V6,
-            Err(_) => Ip::Invalid(text),
-        },
+/// An `ipFamilies` entry as the family test of an address.
+fn family_is_ipv4(family: &str) -> Result<bool, (RejectionKind, String)> {
+    match family {
+        "IPv4" => Ok(true),
+        "IPv6" => Ok(false),
+        other => Err((
+            RejectionKind::InvalidIpFamily,
+            format!("ipFamilies entry {other} is not IPv4 or IPv6"),
+        )),
     }
 }
 
-/// The IPv4 cluster IPs of a Service, `Ok(None)` if it is not proxied
-/// (headless, ExternalName, owned by another proxy, IPv6 only).
+fn family_name(addr: IpAddr) -> &'static str {
+    if addr.is_ipv4() {
+        "IPv4"
+    } else {
+        "IPv6"
+    }
+}
+
+/// The cluster IPs of a Service, primary first, `Ok(None)` if it is not
+/// proxied (headless, ExternalName, owned by another proxy). As the API
+/// server validates them: `clusterIP` is `clusterIPs[0]`, one address per
+/// family, `clusterIPs[i]` of family `ipFamilies[i]`, and both families
+/// under `RequireDualStack`.
 pub(super) fn cluster_ips(
     service: &Service,
     spec: &ServiceSpec,
-    built: &mut Built,
-) -> Result<Option<Vec<Ipv4Addr>>, (RejectionKind, String)> {
+) -> Result<Option<Vec<IpAddr>>, (RejectionKind, String)> {
     let other_proxy = service.metadata.labels.service_proxy_name;
     if spec.type_.as_deref() == Some("ExternalName") || other_proxy {
         return Ok(None);
     }
-    let listed = spec
-        .cluster_ips
-        .iter()
-        .flatten()
-        .chain(spec.cluster_ip.iter());
-    let mut ips = BTreeSet::new();
-    for ip in listed {
-        if matches!(ip, IpText::Other(text) if &**text == "None") {
-            return Ok(None);
+    let family_error = |reason: String| (RejectionKind::InvalidIpFamily, reason);
+    let listed: &[IpText] = match (spec.cluster_ips.as_deref(), spec.cluster_ip.as_ref()) {
+        (Some(ips), _) if !ips.is_empty() => ips,
+        (_, Some(ip)) => std::slice::from_ref(ip),
+        _ => &[],
+    };
+    if let (Some(ip), Some(first)) = (&spec.cluster_ip, listed.first()) {
+        if ip != first {
+            return Err((
+                RejectionKind::InvalidAddress,
+                format!("clusterIP '{ip}' is not clusterIPs[0] '{first}'"),
+            ));
         }
-        match read_ip(ip) {
-            Ip::V4(ip) => {
-                ips.insert(ip);
+    }
+    if listed
+        .iter()
+        .any(|ip| matches!(ip, IpText::Other(text) if &**text == "None"))
+    {
+        return Ok(None);
+    }
+    let ips: Vec<IpAddr> = listed
+        .iter()
+        .map(|ip| read_ip(ip, "clusterIP"))
+        .collect::<Result<_, _>>()?;
+    if let [first, second, ..] = ips[..] {
+        if ips.len() > 2 || first.is_ipv4() == second.is_ipv4() {
+            return Err(family_error(format!(
+                "clusterIPs {} hold more than one address of a family",
+                ips.iter()
+                    .map(IpAddr::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )));
+        }
+    }
+    let families = spec.ip_families.as_deref().unwrap_or_default();
+    if !families.is_empty() {
+        if ips.len() > families.len() {
+            return Err(family_error(format!(
+                "{} clusterIPs for ipFamilies [{}]",
+                ips.len(),
+                families
+                    .iter()
+                    .map(|f| f.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )));
+        }
+        for (ip, family) in ips.iter().zip(families) {
+            if family_is_ipv4(family)? != ip.is_ipv4() {
+                return Err(family_error(format!(
+                    "clusterIP {ip} is {}, not ipFamilies' {family}",
+                    family_name(*ip)
+                )));
             }
-            Ip::V6 => built.ipv6_skipped = true,
-            Ip::Invalid(text) => {
-                return Err((
-                    RejectionKind::InvalidAddress,
-                    format!("clusterIP '{text}' is not an IP address"),
-                ))
-            }
+        }
+    }
+    match spec.ip_family_policy.as_deref() {
+        None | Some("SingleStack" | "PreferDualStack") => {}
+        Some("RequireDualStack") if ips.len() == 2 => {}
+        Some("RequireDualStack") => {
+            return Err(family_error(format!(
+                "ipFamilyPolicy RequireDualStack with {} clusterIP",
+                ips.len()
+            )))
+        }
+        Some(other) => {
+            return Err(family_error(format!(
+                "ipFamilyPolicy {other} is not SingleStack, PreferDualStack or RequireDualStack"
+            )))
         }
     }
     if ips.is_empty() {
-        if built.ipv6_skipped {
-            return Ok(None);
-        }
         return Err((RejectionKind::NoClusterIp, "no clusterIP".to_string()));
     }
-    Ok(Some(ips.into_iter().collect()))
+    Ok(Some(ips))
 }
 
 /// A Service port without its backends; `node_ports` says whether the
@@ -124,7 +183,6 @@ pub(super) fn external_addrs(
     spec: &ServiceSpec,
     service: &Service,
     load_balancer: bool,
-    built: &mut Built,
 ) -> Result<Vec<ExternalAddr>, (RejectionKind, String)> {
     let ingress = service
         .status
@@ -143,18 +201,9 @@ pub(super) fn external_addrs(
         .flatten()
         .map(|ip| (ip, "externalIP", false))
         .chain(ingress);
-    let mut addrs: BTreeMap<Ipv4Addr, bool> = BTreeMap::new();
+    let mut addrs: BTreeMap<IpAddr, bool> = BTreeMap::new();
     for (ip, field, load_balancer) in listed {
-        match read_ip(ip) {
-            Ip::V4(addr) => *addrs.entry(addr).or_default() |= load_balancer,
-            Ip::V6 => built.ipv6_skipped = true,
-            Ip::Invalid(text) => {
-                return Err((
-                    RejectionKind::InvalidAddress,
-                    format!("{field} '{text}' is not an IP address"),
-                ))
-            }
-        }
+        *addrs.entry(read_ip(ip, field)?).or_default() |= load_balancer;
     }
     Ok(addrs
         .into_iter()
@@ -180,12 +229,12 @@ pub(super) fn policy_local(
     }
 }
 
-/// The IPv4 `loadBalancerSourceRanges`; an invalid entry rejects the
-/// Service, since serving it without the entry would let everyone in.
+/// The `loadBalancerSourceRanges` of both families; an invalid entry
+/// rejects the Service, since serving it without the entry would let
+/// everyone in.
 pub(super) fn source_ranges(
     spec: &ServiceSpec,
-    built: &mut Built,
-) -> Result<Option<Vec<Ipv4Cidr>>, (RejectionKind, String)> {
+) -> Result<Option<Vec<IpCidr>>, (RejectionKind, String)> {
     let Some(listed) = spec
         .load_balancer_source_ranges
         .as_ref()
@@ -195,12 +244,7 @@ pub(super) fn source_ranges(
     };
     let mut ranges = BTreeSet::new();
     for text in listed {
-        let text = text.trim();
-        if text.contains(':') {
-            built.ipv6_skipped = true;
-            continue;
-        }
-        let cidr = Ipv4Cidr::parse_lenient(text).map_err(|e| {
+        let cidr = IpCidr::parse_lenient(text.trim()).map_err(|e| {
             (
                 RejectionKind::InvalidAddress,
                 format!("loadBalancerSourceRanges entry {e}"),
@@ -280,6 +324,106 @@ mod tests {
         }
     }
 
+    fn spec(fields: &str) -> String {
+        format!("apiVersion: v1\nkind: Service\nmetadata: {{name: web}}\nspec: {{ports: [{{port: 80}}], {fields}}}\n")
+    }
+
+    fn ips(texts: &[&str]) -> Vec<IpAddr> {
+        texts.iter().map(|t| t.parse().unwrap()).collect()
+    }
+
+    #[test]
+    fn cluster_ips_of_both_families_are_kept_primary_first() {
+        let dual = "clusterIP: 'fd00:10:96::a', clusterIPs: ['fd00:10:96::a', 10.96.0.10], \
+                    ipFamilies: [IPv6, IPv4], ipFamilyPolicy: RequireDualStack";
+        assert_eq!(
+            model(&spec(dual)).cluster_ips,
+            ips(&["fd00:10:96::a", "10.96.0.10"])
+        );
+        let v6_only = "clusterIP: 'fd00:10:96::a', ipFamilies: [IPv6], ipFamilyPolicy: SingleStack";
+        assert_eq!(model(&spec(v6_only)).cluster_ips, ips(&["fd00:10:96::a"]));
+        // PreferDualStack where only one family was allocated; no ipFamilies
+        // (an older object or a hand-written manifest): no family check.
+        let preferred =
+            "clusterIPs: [10.96.0.10], ipFamilies: [IPv4, IPv6], ipFamilyPolicy: PreferDualStack";
+        assert_eq!(model(&spec(preferred)).cluster_ips, ips(&["10.96.0.10"]));
+        let unlabelled = "clusterIPs: [10.96.0.10, 'fd00:10:96::a']";
+        assert_eq!(model(&spec(unlabelled)).cluster_ips.len(), 2);
+        // Headless in either family's list.
+        let headless = "clusterIP: None, clusterIPs: [None], ipFamilies: [IPv6]";
+        let built = model_all(&spec(headless)).into_values().next().unwrap();
+        assert!(built.service.is_none() && built.rejections.is_empty());
+    }
+
+    #[test]
+    fn cluster_ips_disagreeing_with_their_families_are_rejected_by_name() {
+        use RejectionKind::{InvalidAddress, InvalidIpFamily};
+        let cases = [
+            (
+                "clusterIP: 'fd00:10:96::a', ipFamilies: [IPv4]",
+                InvalidIpFamily,
+                "clusterIP fd00:10:96::a is IPv6, not ipFamilies' IPv4",
+            ),
+            (
+                "clusterIPs: [10.96.0.10, 'fd00:10:96::a'], ipFamilies: [IPv6, IPv4]",
+                InvalidIpFamily,
+                "clusterIP 10.96.0.10 is IPv4, not ipFamilies' IPv6",
+            ),
+            (
+                "clusterIPs: [10.96.0.10, 10.96.0.11], ipFamilies: [IPv4, IPv4]",
+                InvalidIpFamily,
+                "clusterIPs 10.96.0.10, 10.96.0.11 hold more than one address of a family",
+            ),
+            (
+                "clusterIPs: [10.96.0.10, 'fd00:10:96::a', 10.96.0.11]",
+                InvalidIpFamily,
+                "clusterIPs 10.96.0.10, fd00:10:96::a, 10.96.0.11 hold more than one",
+            ),
+            (
+                "clusterIPs: [10.96.0.10, 'fd00:10:96::a'], ipFamilies: [IPv4]",
+                InvalidIpFamily,
+                "2 clusterIPs for ipFamilies [IPv4]",
+            ),
+            (
+                "clusterIP: 10.96.0.10, ipFamilies: [IPv4, IPv6], ipFamilyPolicy: RequireDualStack",
+                InvalidIpFamily,
+                "ipFamilyPolicy RequireDualStack with 1 clusterIP",
+            ),
+            (
+                "clusterIP: 10.96.0.10, ipFamilyPolicy: Sometimes",
+                InvalidIpFamily,
+                "ipFamilyPolicy Sometimes is not",
+            ),
+            (
+                "clusterIP: 10.96.0.10, ipFamilies: [IPv5]",
+                InvalidIpFamily,
+                "ipFamilies entry IPv5 is not IPv4 or IPv6",
+            ),
+            (
+                "clusterIP: 10.96.0.10, clusterIPs: [10.96.0.11]",
+                InvalidAddress,
+                "clusterIP '10.96.0.10' is not clusterIPs[0] '10.96.0.11'",
+            ),
+            (
+                "clusterIPs: ['fd00:10:96::zz']",
+                InvalidAddress,
+                "clusterIP 'fd00:10:96::zz' is not an IP address",
+            ),
+        ];
+        for (fields, kind, reason) in cases {
+            let built = model_all(&spec(fields)).into_values().next().unwrap();
+            assert!(built.service.is_none(), "{fields}");
+            assert_eq!(built.rejections.len(), 1, "{fields}");
+            assert_eq!(built.rejections[0].kind, kind, "{fields}");
+            let text = built.rejections[0].to_string();
+            let prefix = format!("Service default/web: {reason}");
+            assert!(
+                text.starts_with(&prefix),
+                "{text} does not start with {prefix}"
+            );
+        }
+    }
+
     #[test]
     fn headless_external_name_and_foreign_services_are_not_proxied() {
         let built = model_all(
@@ -299,11 +443,12 @@ mod tests {
     const LOAD_BALANCER: &str = "apiVersion: v1\nkind: Service\nmetadata: {name: web, namespace: shop}\n\
         spec:\n  type: LoadBalancer\n  clusterIP: 10.96.0.10\n  externalIPs: [198.51.100.7, 'fd00::7']\n  \
         externalTrafficPolicy: Local\n  healthCheckNodePort: 32000\n  \
-        loadBalancerSourceRanges: [' 203.0.113.77/24', 192.0.2.0/25, '2001:db8::/32']\n  ports:\n  \
+        loadBalancerSourceRanges: [' 203.0.113.77/24', 192.0.2.0/25, 'fd00:203::77/32']\n  ports:\n  \
         - {name: http, port: 80, targetPort: 8080, nodePort: 30080}\n  \
         - {name: dns, port: 53, protocol: UDP, targetPort: 5353, nodePort: 30053}\n\
         status:\n  loadBalancer:\n    ingress:\n    - {ip: 192.0.2.10, ipMode: VIP}\n    \
-        - {ip: 198.51.100.7}\n    - {hostname: lb.example.com}\n    - {ip: 192.0.2.11, ipMode: Proxy}\n";
+        - {ip: 198.51.100.7}\n    - {hostname: lb.example.com}\n    - {ip: 192.0.2.11, ipMode: Proxy}\n    \
+        - {ip: 'fd00:192::10'}\n";
 
     fn external(addr: &str, load_balancer: bool) -> ExternalAddr {
         ExternalAddr {
@@ -316,7 +461,6 @@ mod tests {
     fn load_balancer_has_node_ports_external_addresses_policy_and_ranges() {
         let built = model_all(LOAD_BALANCER).into_values().next().unwrap();
         assert!(built.rejections.is_empty(), "{:?}", built.rejections);
-        assert!(built.ipv6_skipped, "IPv6 externalIP and range are skipped");
         let service = built.service.unwrap();
         let node_ports: Vec<_> = service.ports.iter().map(|p| p.node_port).collect();
         assert_eq!(node_ports, [Some(30080), Some(30053)]);
@@ -324,7 +468,12 @@ mod tests {
         // hostname-only and ipMode Proxy ingress are not served here.
         assert_eq!(
             service.external_addrs,
-            [external("192.0.2.10", true), external("198.51.100.7", true)]
+            [
+                external("192.0.2.10", true),
+                external("198.51.100.7", true),
+                external("fd00::7", false),
+                external("fd00:192::10", true)
+            ]
         );
         assert!(service.external_policy_local);
         assert!(!service.internal_policy_local);
@@ -335,18 +484,23 @@ mod tests {
             .iter()
             .map(|r| r.to_string())
             .collect();
-        assert_eq!(ranges, ["192.0.2.0/25", "203.0.113.0/24"]);
+        assert_eq!(ranges, ["192.0.2.0/25", "203.0.113.0/24", "fd00:203::/32"]);
     }
 
     #[test]
-    fn only_ipv6_source_ranges_let_no_ipv4_client_in() {
+    fn source_ranges_of_one_family_restrict_and_an_empty_list_does_not() {
         let yaml = LOAD_BALANCER.replace(
-            "[' 203.0.113.77/24', 192.0.2.0/25, '2001:db8::/32']",
-            "['2001:db8::/32']",
+            "[' 203.0.113.77/24', 192.0.2.0/25, 'fd00:203::77/32']",
+            "['fd00:203::/32']",
         );
-        assert_eq!(model(&yaml).source_ranges, Some(vec![]));
+        // Kept as listed: the plan gives the IPv4 frontends none of them,
+        // so no IPv4 client gets in.
+        assert_eq!(
+            model(&yaml).source_ranges,
+            Some(vec!["fd00:203::/32".parse().unwrap()])
+        );
         let yaml = LOAD_BALANCER.replace(
-            "loadBalancerSourceRanges: [' 203.0.113.77/24', 192.0.2.0/25, '2001:db8::/32']",
+            "loadBalancerSourceRanges: [' 203.0.113.77/24', 192.0.2.0/25, 'fd00:203::77/32']",
             "loadBalancerSourceRanges: []",
         );
         assert_eq!(
@@ -362,7 +516,8 @@ mod tests {
         let cluster_ip = LOAD_BALANCER.replace("type: LoadBalancer", "type: ClusterIP");
         let service = model(&cluster_ip);
         assert!(service.ports.iter().all(|p| p.node_port.is_none()));
-        assert_eq!(service.external_addrs, [external("198.51.100.7", false)]);
+        let external_ips = [external("198.51.100.7", false), external("fd00::7", false)];
+        assert_eq!(service.external_addrs, external_ips);
         assert_eq!(service.source_ranges, None);
         assert_eq!(service.health_check_node_port, None);
         assert!(
@@ -373,7 +528,7 @@ mod tests {
         let node_port = LOAD_BALANCER.replace("type: LoadBalancer", "type: NodePort");
         let service = model(&node_port);
         assert_eq!(service.ports[0].node_port, Some(30080));
-        assert_eq!(service.external_addrs, [external("198.51.100.7", false)]);
+        assert_eq!(service.external_addrs, external_ips);
         assert_eq!(service.source_ranges, None);
         assert_eq!(service.health_check_node_port, Some(32000));
     }

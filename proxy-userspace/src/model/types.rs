@@ -3,13 +3,13 @@
 
 use std::{
     fmt,
-    net::{Ipv4Addr, SocketAddrV4},
+    net::{IpAddr, SocketAddr},
 };
 
 use proxy_common::maps::{PROTO_TCP, PROTO_UDP};
 
 use crate::{
-    cidr::Ipv4Cidr,
+    cidr::IpCidr,
     source::{Rejection, RejectionKind, ServiceName},
 };
 
@@ -60,7 +60,8 @@ impl fmt::Display for Protocol {
 /// One endpoint serving a Service port.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Backend {
-    pub addr: SocketAddrV4,
+    /// Of the family of the slice it came from.
+    pub addr: SocketAddr,
     /// The endpoint runs on this node (its `nodeName` is `--node-name`).
     pub local: bool,
 }
@@ -75,7 +76,8 @@ pub struct ServicePortModel {
     /// The port's `nodePort`, for types NodePort and LoadBalancer only (a
     /// LoadBalancer with `allocateLoadBalancerNodePorts: false` has none).
     pub node_port: Option<u16>,
-    /// Serving backends, sorted and unique.
+    /// Serving backends, sorted and unique, of both families (a frontend
+    /// takes those of its own).
     pub backends: Vec<Backend>,
     /// Endpoints still listed but not taking new connections (terminating,
     /// not ready): their existing connections go on. Sorted and unique.
@@ -85,7 +87,7 @@ pub struct ServicePortModel {
 /// An address from outside the cluster network the Service answers on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct ExternalAddr {
-    pub addr: Ipv4Addr,
+    pub addr: IpAddr,
     /// A LoadBalancer ingress IP (`loadBalancerSourceRanges` apply), not
     /// only an `externalIP`.
     pub load_balancer: bool,
@@ -95,7 +97,8 @@ pub struct ExternalAddr {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ServiceModel {
     pub name: ServiceName,
-    pub cluster_ips: Vec<Ipv4Addr>,
+    /// One per family at most, the primary first (`clusterIPs`' order).
+    pub cluster_ips: Vec<IpAddr>,
     pub ports: Vec<ServicePortModel>,
     /// `sessionAffinity: ClientIP` timeout in seconds; `None` without affinity.
     pub affinity_timeout: Option<u32>,
@@ -107,21 +110,19 @@ pub struct ServiceModel {
     pub internal_policy_local: bool,
     /// `healthCheckNodePort` of a Service with `externalTrafficPolicy: Local`.
     pub health_check_node_port: Option<u16>,
-    /// `loadBalancerSourceRanges`; `None` lets every client in. `Some` of an
-    /// empty list (only IPv6 ranges given) lets no IPv4 client in: dropping a
-    /// range must never widen access.
-    pub source_ranges: Option<Vec<Ipv4Cidr>>,
+    /// `loadBalancerSourceRanges` of both families; `None` lets every
+    /// client in. With `Some`, a family none of whose ranges is listed lets
+    /// no client of that family in: dropping a range never widens access.
+    pub source_ranges: Option<Vec<IpCidr>>,
 }
 
 /// What the model made of one Service's objects.
 #[derive(Debug, Default)]
 pub struct Built {
     /// `None` when nothing is proxied: absent, headless, ExternalName,
-    /// another proxy's, IPv6-only, or rejected.
+    /// another proxy's, or rejected.
     pub service: Option<ServiceModel>,
     pub rejections: Vec<Rejection>,
-    /// IPv6 addresses or slices were left out (not proxied yet).
-    pub ipv6_skipped: bool,
 }
 
 /// The node the agent runs on, for telling local endpoints apart.

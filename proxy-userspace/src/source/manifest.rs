@@ -17,11 +17,12 @@ use serde::de::DeserializeOwned;
 use serde_norway::Value;
 
 use super::{
-    block_yaml, cluster_ip, group,
+    block_yaml,
+    cluster_ip::{self, ServiceCidrs},
+    group,
     objects::{Name, Object},
     Objects, Rejection, RejectionKind, Scope, Update,
 };
-use crate::cidr::Ipv4Cidr;
 
 /// Objects read from manifests, plus the documents that could not be used.
 #[derive(Debug, Default)]
@@ -322,7 +323,7 @@ type FirstRead = JoinHandle<(Option<Fingerprint>, Result<Option<Update>, Manifes
 /// Re-reads the manifests when their fingerprint changes.
 pub struct ManifestWatch {
     path: PathBuf,
-    service_cidr: Ipv4Cidr,
+    service_cidr: ServiceCidrs,
     last: Option<Fingerprint>,
     /// Begun at start, so parsing a large manifest overlaps the datapath's
     /// load; the first poll takes its result.
@@ -331,7 +332,7 @@ pub struct ManifestWatch {
 
 impl ManifestWatch {
     /// Starts reading the manifests at once, in the background.
-    pub fn start(path: PathBuf, service_cidr: Ipv4Cidr) -> Self {
+    pub fn start(path: PathBuf, service_cidr: ServiceCidrs) -> Self {
         let mut reader = Self {
             path: path.clone(),
             service_cidr,

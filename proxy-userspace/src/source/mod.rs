@@ -142,6 +142,8 @@ pub enum RejectionKind {
     InvalidPort,
     UnsupportedProtocol,
     NoClusterIp,
+    /// Cluster IPs that disagree with `ipFamilies` or `ipFamilyPolicy`.
+    InvalidIpFamily,
     InvalidSessionAffinity,
     /// `externalTrafficPolicy` or `internalTrafficPolicy` neither Cluster nor Local.
     InvalidTrafficPolicy,
@@ -150,13 +152,14 @@ pub enum RejectionKind {
 }
 
 impl RejectionKind {
-    pub const ALL: [Self; 9] = [
+    pub const ALL: [Self; 10] = [
         Self::InvalidDocument,
         Self::MissingServiceLabel,
         Self::InvalidAddress,
         Self::InvalidPort,
         Self::UnsupportedProtocol,
         Self::NoClusterIp,
+        Self::InvalidIpFamily,
         Self::InvalidSessionAffinity,
         Self::InvalidTrafficPolicy,
         Self::FrontendConflict,
@@ -170,6 +173,7 @@ impl RejectionKind {
             Self::InvalidPort => "invalid_port",
             Self::UnsupportedProtocol => "unsupported_protocol",
             Self::NoClusterIp => "no_cluster_ip",
+            Self::InvalidIpFamily => "invalid_ip_family",
             Self::InvalidSessionAffinity => "invalid_session_affinity",
             Self::InvalidTrafficPolicy => "invalid_traffic_policy",
             Self::FrontendConflict => "frontend_conflict",

@@ -1,22 +1,28 @@
-//! This network namespace's IPv4 addresses: the node addresses NodePorts
-//! answer on (`--nodeport-addresses`, as kube-proxy's flag) and the address
-//! each NIC SNATs to. Re-read on every rescan, so a DHCP renewal or an added
-//! address reaches the plan.
+//! This network namespace's addresses: the node addresses NodePorts
+//! answer on (`--nodeport-addresses`, as kube-proxy's flag), both
+//! families, and the IPv4 address each NIC SNATs to. Re-read on every
+//! rescan, so a DHCP renewal or an added address reaches the plan.
 
-use std::{collections::BTreeMap, ffi::CStr, io, net::Ipv4Addr};
+use std::{
+    collections::BTreeMap,
+    ffi::CStr,
+    io,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+};
 
-use crate::cidr::Ipv4Cidr;
+use crate::cidr::IpCidr;
 
-/// One IPv4 address of one interface.
+/// One address of one interface.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct InterfaceAddr {
     pub interface: String,
     pub index: u32,
-    pub addr: Ipv4Addr,
+    pub addr: IpAddr,
 }
 
-/// Every non-loopback IPv4 address, in the kernel's order (an interface's
-/// primary address first).
+/// Every address of either family but loopback and IPv6 link-local (an
+/// address of one link, no NodePort address), in the kernel's order (an
+/// interface's primary address first).
 pub fn list() -> io::Result<Vec<InterfaceAddr>> {
     let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
     // SAFETY: getifaddrs fills `head` with a list freed below.
@@ -26,20 +32,27 @@ pub fn list() -> io::Result<Vec<InterfaceAddr>> {
     let mut addrs = Vec::new();
     let mut entry = head;
     // SAFETY: walk the list getifaddrs returned; each ifa_addr of family
-    // AF_INET points to a sockaddr_in; names are NUL-terminated.
+    // AF_INET points to a sockaddr_in, of AF_INET6 to a sockaddr_in6;
+    // names are NUL-terminated.
     unsafe {
         while !entry.is_null() {
             let ifa = &*entry;
             entry = ifa.ifa_next;
-            if ifa.ifa_addr.is_null()
-                || i32::from((*ifa.ifa_addr).sa_family) != libc::AF_INET
-                || ifa.ifa_name.is_null()
-            {
+            if ifa.ifa_addr.is_null() || ifa.ifa_name.is_null() {
                 continue;
             }
-            let sin = &*(ifa.ifa_addr as *const libc::sockaddr_in);
-            let addr = Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr));
-            if addr.is_loopback() {
+            let addr = match i32::from((*ifa.ifa_addr).sa_family) {
+                libc::AF_INET => {
+                    let sin = &*(ifa.ifa_addr as *const libc::sockaddr_in);
+                    IpAddr::V4(Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr)))
+                }
+                libc::AF_INET6 => {
+                    let sin6 = &*(ifa.ifa_addr as *const libc::sockaddr_in6);
+                    IpAddr::V6(Ipv6Addr::from(sin6.sin6_addr.s6_addr))
+                }
+                _ => continue,
+            };
+            if !is_node_address(addr) {
                 continue;
             }
             addrs.push(InterfaceAddr {
@@ -53,10 +66,19 @@ pub fn list() -> io::Result<Vec<InterfaceAddr>> {
     Ok(addrs)
 }
 
+/// Whether an interface's address can be a node address: not loopback,
+/// and not IPv6 link-local (kube-proxy skips those too).
+fn is_node_address(addr: IpAddr) -> bool {
+    match addr {
+        IpAddr::V4(addr) => !addr.is_loopback(),
+        IpAddr::V6(addr) => !addr.is_loopback() && !addr.is_unicast_link_local(),
+    }
+}
+
 /// The addresses NodePorts answer on: those inside one of `filter` (every
 /// address when it is empty), sorted and unique.
-pub fn nodeport_addresses(all: &[InterfaceAddr], filter: &[Ipv4Cidr]) -> Vec<Ipv4Addr> {
-    let mut addrs: Vec<Ipv4Addr> = all
+pub fn nodeport_addresses(all: &[InterfaceAddr], filter: &[IpCidr]) -> Vec<IpAddr> {
+    let mut addrs: Vec<IpAddr> = all
         .iter()
         .map(|a| a.addr)
         .filter(|addr| filter.is_empty() || filter.iter().any(|c| c.contains(*addr)))
@@ -66,12 +88,14 @@ pub fn nodeport_addresses(all: &[InterfaceAddr], filter: &[Ipv4Cidr]) -> Vec<Ipv
     addrs
 }
 
-/// The primary (first) address of each interface in `nics` that has one,
-/// by ifindex: what the NIC program SNATs to.
+/// The primary (first) IPv4 address of each interface in `nics` that has
+/// one, by ifindex: what the NIC program SNATs to.
 pub fn nic_addresses(all: &[InterfaceAddr], nics: &[String]) -> BTreeMap<u32, Ipv4Addr> {
     let mut primary = BTreeMap::new();
     for a in all.iter().filter(|a| nics.contains(&a.interface)) {
-        primary.entry(a.index).or_insert(a.addr);
+        if let IpAddr::V4(addr) = a.addr {
+            primary.entry(a.index).or_insert(addr);
+        }
     }
     primary
 }
@@ -94,30 +118,44 @@ mod tests {
             addr("eth0", 2, "192.168.1.20"),
             addr("eth1", 3, "10.0.0.5"),
             addr("cni0", 4, "10.244.0.1"),
+            addr("eth0", 2, "fd00:192:168::10"),
+            addr("eth1", 3, "fd00:10::5"),
         ]
     }
 
     #[test]
     fn nodeport_addresses_are_filtered_by_cidr_or_all() {
         let all = nodeport_addresses(&host(), &[]);
-        assert_eq!(all.len(), 4);
+        assert_eq!(all.len(), 6);
         let filtered = nodeport_addresses(
             &host(),
             &[
                 "192.168.1.0/24".parse().unwrap(),
                 "10.0.0.4/30".parse().unwrap(),
+                "fd00:192:168::/64".parse().unwrap(),
             ],
         );
-        let expected: Vec<Ipv4Addr> = ["10.0.0.5", "192.168.1.10", "192.168.1.20"]
-            .iter()
-            .map(|a| a.parse().unwrap())
-            .collect();
-        assert_eq!(filtered, expected, "cni0's 10.244.0.1 is left out");
+        let expected: Vec<IpAddr> = [
+            "10.0.0.5",
+            "192.168.1.10",
+            "192.168.1.20",
+            "fd00:192:168::10",
+        ]
+        .iter()
+        .map(|a| a.parse().unwrap())
+        .collect();
+        assert_eq!(
+            filtered, expected,
+            "cni0's 10.244.0.1 and eth1's fd00:10::5 are left out"
+        );
     }
 
     #[test]
-    fn a_nic_snats_to_its_first_address() {
-        let nics = nic_addresses(&host(), &["eth0".into(), "eth9".into()]);
+    fn a_nic_snats_to_its_first_ipv4_address() {
+        let mut addrs = host();
+        // An IPv6 address listed first is no SNAT address.
+        addrs.insert(0, addr("eth0", 2, "fd00:192:168::1"));
+        let nics = nic_addresses(&addrs, &["eth0".into(), "eth9".into()]);
         assert_eq!(
             nics.into_iter().collect::<Vec<_>>(),
             [(2, "192.168.1.10".parse().unwrap())],
@@ -129,5 +167,18 @@ mod tests {
     fn lists_addresses_without_loopback() {
         let addrs = list().unwrap();
         assert!(addrs.iter().all(|a| !a.addr.is_loopback()), "{addrs:?}");
+    }
+
+    #[test]
+    fn loopback_and_ipv6_link_local_are_no_node_addresses() {
+        for (addr, node) in [
+            ("192.168.1.10", true),
+            ("127.0.0.1", false),
+            ("fd00:192:168::10", true),
+            ("::1", false),
+            ("fe80::1", false),
+        ] {
+            assert_eq!(is_node_address(addr.parse().unwrap()), node, "{addr}");
+        }
     }
 }

@@ -3,14 +3,17 @@
 //! YAML. Lists are boxed slices, exactly as long as they are (a vector
 //! grown while decoding keeps up to twice the room). Fields not listed here are skipped unread, so their content (or
 //! type) never fails a document; a field listed here of the wrong type
-//! does. Repeated strings are interned ([`Name`]), IPv4 addresses are kept
-//! as integers, and of an endpoint's addresses only the first, the one
+//! does. Repeated strings are interned ([`Name`]), IP addresses are kept
+//! as numbers, and of an endpoint's addresses only the first, the one
 //! every consumer uses.
 //!
 //! Field names and nesting follow the Kubernetes API, so the model reads
 //! these as it would read the full objects.
 
-use std::{fmt, net::Ipv4Addr};
+use std::{
+    fmt,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+};
 
 use serde::{de, Deserialize, Deserializer};
 
@@ -123,19 +126,38 @@ where
     deserializer.deserialize_any(Visitor(read))
 }
 
-/// An IP address field: an IPv4 address as an integer, anything else (IPv6,
-/// `None`, a typo) as written, for the model to judge and name.
+/// An IP address field: an address of either family as a number, anything
+/// else (`None`, a typo) as written, for the model to judge and name.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum IpText {
     V4(Ipv4Addr),
+    V6(Ipv6Addr),
     Other(Box<str>),
 }
 
 impl IpText {
     pub fn new(text: &str) -> Self {
-        match text.parse() {
-            Ok(addr) => Self::V4(addr),
+        match text.parse::<IpAddr>() {
+            Ok(addr) => addr.into(),
             Err(_) => Self::Other(text.into()),
+        }
+    }
+
+    /// The address, if the field holds one.
+    pub fn addr(&self) -> Option<IpAddr> {
+        match self {
+            Self::V4(addr) => Some(IpAddr::V4(*addr)),
+            Self::V6(addr) => Some(IpAddr::V6(*addr)),
+            Self::Other(_) => None,
+        }
+    }
+}
+
+impl From<IpAddr> for IpText {
+    fn from(addr: IpAddr) -> Self {
+        match addr {
+            IpAddr::V4(addr) => Self::V4(addr),
+            IpAddr::V6(addr) => Self::V6(addr),
         }
     }
 }
@@ -151,6 +173,7 @@ impl fmt::Display for IpText {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::V4(addr) => addr.fmt(f),
+            Self::V6(addr) => addr.fmt(f),
             Self::Other(text) => f.write_str(text),
         }
     }
@@ -180,6 +203,10 @@ pub struct ServiceSpec {
     pub cluster_ip: Option<IpText>,
     #[serde(rename = "clusterIPs")]
     pub cluster_ips: Option<Box<[IpText]>>,
+    /// `IPv4` / `IPv6`, one per cluster IP, in the same order.
+    pub ip_families: Option<Box<[Name]>>,
+    /// `SingleStack`, `PreferDualStack` or `RequireDualStack`.
+    pub ip_family_policy: Option<Name>,
     pub ports: Option<Box<[ServicePort]>>,
     pub session_affinity: Option<Name>,
     pub session_affinity_config: Option<SessionAffinityConfig>,
@@ -489,8 +516,16 @@ mod tests {
         assert_eq!(spec.cluster_ip, Some(v4("10.96.0.10")));
         assert_eq!(
             spec.cluster_ips,
-            Some([v4("10.96.0.10"), IpText::Other("fd00::10".into())].into())
+            Some([v4("10.96.0.10"), IpText::V6("fd00::10".parse().unwrap())].into())
         );
+        let families: Vec<&str> = spec
+            .ip_families
+            .iter()
+            .flatten()
+            .map(|f| f.as_str())
+            .collect();
+        assert_eq!(families, ["IPv4", "IPv6"]);
+        assert_eq!(spec.ip_family_policy.as_deref(), Some("PreferDualStack"));
         let ports = spec.ports.as_ref().unwrap();
         assert_eq!(
             (ports[0].target_port, ports[0].node_port),

@@ -5,9 +5,7 @@ use std::collections::BTreeSet;
 
 use foldhash::{HashMap, HashMapExt as _};
 
-use proxy_common::maps::FrontendKey;
-
-use super::store::MapContents;
+use super::{entries::FrontendMapKey, store::MapContents};
 
 /// Who refers to each backend id, and the ids that may have lost their last
 /// reference.
@@ -20,7 +18,7 @@ pub(super) struct BackendRefs {
     /// The backends each frontend keeps for existing connections only: in
     /// `backends` (the datapath checks a flow's backend is still there), in
     /// no table. Rebuilt by the reconcile after a restart.
-    draining: HashMap<FrontendKey, Vec<u32>>,
+    draining: HashMap<FrontendMapKey, Vec<u32>>,
     /// Backends a table may name after a write of it failed (half written,
     /// or not known to be swapped in): referenced until a later write of
     /// that table succeeds, so none a live table might name is deleted.
@@ -108,7 +106,7 @@ impl BackendRefs {
     }
 
     /// Records that frontend `key` keeps `ids` for its existing connections.
-    pub(super) fn set_draining(&mut self, key: FrontendKey, ids: Vec<u32>) {
+    pub(super) fn set_draining(&mut self, key: FrontendMapKey, ids: Vec<u32>) {
         for id in &ids {
             self.hold(*id);
         }

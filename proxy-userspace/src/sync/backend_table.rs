@@ -1,9 +1,11 @@
-//! The backends map as the agent mirrors it: values by id, and one id per
-//! distinct value.
+//! The backends maps of both families as the agent mirrors them: values by
+//! id, and one id per distinct value.
 //!
 //! Backend ids are handed out by a cursor (`ids.rs`), so the live ids sit in
 //! a few contiguous runs: values are kept in fixed pages by id (8 bytes an
-//! entry, a page allocated while any of its ids is used) and found by value
+//! IPv4 entry, a page allocated while any of its ids is used; IPv6 values,
+//! 20 bytes each, in pages of their own, so IPv4 pages stay as small as
+//! before IPv6) and found by value
 //! through a hash table of ids (4 bytes an entry). A `BTreeMap` and a
 //! `HashMap<BackendValue, u32>` held about 60 bytes per backend; at 300,000
 //! backends the difference is 12 MiB of the agent's heap.
@@ -12,22 +14,27 @@ use std::{fmt, hash::BuildHasher as _};
 
 use foldhash::fast::RandomState;
 use hashbrown::HashTable;
-use proxy_common::{maps::BackendValue, sizes};
+use proxy_common::{
+    maps::{BackendValue, BackendValue6},
+    sizes,
+};
 
-/// Ids per page: a page is 4 KiB of values.
+use super::entries::BackendMapValue;
+
+/// Ids per page: a page is 4 KiB of IPv4 values (10 KiB of IPv6 ones).
 const PAGE: usize = 512;
 
-struct Page {
-    values: [BackendValue; PAGE],
+struct Page<V> {
+    values: [V; PAGE],
     /// Which slots hold a value.
     used: [u64; PAGE / 64],
     count: u16,
 }
 
-impl Page {
+impl<V: Copy + Default> Page<V> {
     fn new() -> Box<Self> {
         Box::new(Self {
-            values: [BackendValue::default(); PAGE],
+            values: [V::default(); PAGE],
             used: [0; PAGE / 64],
             count: 0,
         })
@@ -38,10 +45,77 @@ impl Page {
     }
 }
 
+/// One family's values in pages by id: a page allocated while any of its
+/// ids holds a value of the family.
+struct Pages<V>(Vec<Option<Box<Page<V>>>>);
+
+impl<V> Default for Pages<V> {
+    fn default() -> Self {
+        Self(Vec::new())
+    }
+}
+
+impl<V: Copy + Default> Pages<V> {
+    fn get(&self, id: u32) -> Option<V> {
+        let (page, slot) = place(id);
+        let page = self.0.get(page)?.as_ref()?;
+        page.has(slot).then(|| page.values[slot])
+    }
+
+    /// Holds `value` under `id`, which holds nothing.
+    fn put(&mut self, id: u32, value: V) {
+        let (page, slot) = place(id);
+        if self.0.len() <= page {
+            self.0.resize_with(page + 1, || None);
+        }
+        let entry = self.0[page].get_or_insert_with(Page::new);
+        entry.values[slot] = value;
+        entry.used[slot / 64] |= 1 << (slot % 64);
+        entry.count += 1;
+    }
+
+    /// Empties `id`, which holds a value.
+    fn clear(&mut self, id: u32) {
+        let (page, slot) = place(id);
+        if let Some(entry) = self.0[page].as_mut() {
+            entry.used[slot / 64] &= !(1 << (slot % 64));
+            entry.count -= 1;
+            if entry.count == 0 {
+                self.0[page] = None;
+            }
+        }
+    }
+
+    /// Whether page `n` is allocated.
+    fn has_page(&self, n: usize) -> bool {
+        self.0.get(n).is_some_and(Option::is_some)
+    }
+}
+
+/// Both families' pages: an id holds a value in at most one of them.
+#[derive(Default)]
+struct Families {
+    v4: Pages<BackendValue>,
+    v6: Pages<BackendValue6>,
+}
+
+impl Families {
+    fn get(&self, id: u32) -> Option<BackendMapValue> {
+        self.v4
+            .get(id)
+            .map(BackendMapValue::V4)
+            .or_else(|| self.v6.get(id).map(BackendMapValue::V6))
+    }
+
+    fn pages(&self) -> usize {
+        self.v4.0.len().max(self.v6.0.len())
+    }
+}
+
 /// Every backend the maps hold, by id, with the reverse lookup the syncer
 /// reuses ids by. Ids at or above `MAX_BACKENDS` are never held.
 pub struct BackendTable {
-    pages: Vec<Option<Box<Page>>>,
+    pages: Families,
     /// One id per distinct value (the first inserted of equal ones).
     by_value: HashTable<u32>,
     hasher: RandomState,
@@ -51,7 +125,7 @@ pub struct BackendTable {
 impl Default for BackendTable {
     fn default() -> Self {
         Self {
-            pages: Vec::new(),
+            pages: Families::default(),
             by_value: HashTable::new(),
             hasher: RandomState::default(),
             len: 0,
@@ -72,8 +146,8 @@ impl BackendTable {
         self.len == 0
     }
 
-    pub fn get(&self, id: u32) -> Option<BackendValue> {
-        value_at(&self.pages, id)
+    pub fn get(&self, id: u32) -> Option<BackendMapValue> {
+        self.pages.get(id)
     }
 
     pub fn contains(&self, id: u32) -> bool {
@@ -81,11 +155,11 @@ impl BackendTable {
     }
 
     /// The id a value is held under (one of them, if several).
-    pub fn id_of(&self, value: &BackendValue) -> Option<u32> {
+    pub fn id_of(&self, value: &BackendMapValue) -> Option<u32> {
         self.find(self.hasher.hash_one(value), value)
     }
 
-    fn find(&self, hash: u64, value: &BackendValue) -> Option<u32> {
+    fn find(&self, hash: u64, value: &BackendMapValue) -> Option<u32> {
         self.by_value
             .find(hash, |&id| self.get(id).as_ref() == Some(value))
             .copied()
@@ -96,73 +170,58 @@ impl BackendTable {
     /// # Panics
     /// When `id` is at or above `MAX_BACKENDS`: the id allocator never
     /// hands such an id out, and the map cannot hold it.
-    pub fn insert(&mut self, id: u32, value: BackendValue) -> Option<BackendValue> {
+    pub fn insert(&mut self, id: u32, value: BackendMapValue) -> Option<BackendMapValue> {
         assert!(id < sizes::MAX_BACKENDS, "backend id {id} beyond the map");
         let previous = self.remove(id);
-        let (page, slot) = place(id);
-        if self.pages.len() <= page {
-            self.pages.resize_with(page + 1, || None);
+        match value {
+            BackendMapValue::V4(v) => self.pages.v4.put(id, v),
+            BackendMapValue::V6(v) => self.pages.v6.put(id, v),
         }
-        let entry = self.pages[page].get_or_insert_with(Page::new);
-        entry.values[slot] = value;
-        entry.used[slot / 64] |= 1 << (slot % 64);
-        entry.count += 1;
         self.len += 1;
         let hash = self.hasher.hash_one(value);
         if self.find(hash, &value).is_none() {
             let (pages, hasher) = (&self.pages, &self.hasher);
             self.by_value.insert_unique(hash, id, |&held| {
-                hasher.hash_one(value_at(pages, held).unwrap_or_default())
+                hasher.hash_one(pages.get(held).expect("an id the table holds"))
             });
         }
         previous
     }
 
-    pub fn remove(&mut self, id: u32) -> Option<BackendValue> {
+    pub fn remove(&mut self, id: u32) -> Option<BackendMapValue> {
         let value = self.get(id)?;
         let hash = self.hasher.hash_one(value);
         if let Ok(entry) = self.by_value.find_entry(hash, |&held| held == id) {
             entry.remove();
         }
-        let (page, slot) = place(id);
-        let entry = self.pages[page].as_mut()?;
-        entry.used[slot / 64] &= !(1 << (slot % 64));
-        entry.count -= 1;
-        if entry.count == 0 {
-            self.pages[page] = None;
+        match value {
+            BackendMapValue::V4(_) => self.pages.v4.clear(id),
+            BackendMapValue::V6(_) => self.pages.v6.clear(id),
         }
         self.len -= 1;
         Some(value)
     }
 
     /// Every (id, value), by ascending id.
-    pub fn iter(&self) -> impl Iterator<Item = (u32, BackendValue)> + '_ {
-        self.pages
-            .iter()
-            .enumerate()
-            .filter_map(|(n, page)| Some((n, page.as_ref()?)))
-            .flat_map(|(n, page)| {
-                (0..PAGE)
-                    .filter(|&slot| page.has(slot))
-                    .map(move |slot| ((n * PAGE + slot) as u32, page.values[slot]))
+    pub fn iter(&self) -> impl Iterator<Item = (u32, BackendMapValue)> + '_ {
+        let pages = &self.pages;
+        (0..pages.pages())
+            .filter(|&n| pages.v4.has_page(n) || pages.v6.has_page(n))
+            .flat_map(move |n| {
+                (0..PAGE).filter_map(move |slot| {
+                    let id = (n * PAGE + slot) as u32;
+                    Some((id, pages.get(id)?))
+                })
             })
     }
 
-    pub fn values(&self) -> impl Iterator<Item = BackendValue> + '_ {
+    pub fn values(&self) -> impl Iterator<Item = BackendMapValue> + '_ {
         self.iter().map(|(_, value)| value)
     }
 }
 
-/// The value under `id` in `pages` (apart from the table, for the hash
-/// table's rehashing, which holds the table's other half).
-fn value_at(pages: &[Option<Box<Page>>], id: u32) -> Option<BackendValue> {
-    let (page, slot) = place(id);
-    let page = pages.get(page)?.as_ref()?;
-    page.has(slot).then(|| page.values[slot])
-}
-
-impl FromIterator<(u32, BackendValue)> for BackendTable {
-    fn from_iter<I: IntoIterator<Item = (u32, BackendValue)>>(entries: I) -> Self {
+impl FromIterator<(u32, BackendMapValue)> for BackendTable {
+    fn from_iter<I: IntoIterator<Item = (u32, BackendMapValue)>>(entries: I) -> Self {
         let mut table = Self::default();
         for (id, value) in entries {
             table.insert(id, value);
@@ -198,18 +257,26 @@ mod tests {
 
     use super::*;
 
-    fn value(addr: u32, port: u16) -> BackendValue {
-        BackendValue {
+    fn value(addr: u32, port: u16) -> BackendMapValue {
+        BackendMapValue::V4(BackendValue {
             addr,
             port,
             ..BackendValue::default()
-        }
+        })
+    }
+
+    fn value6(addr: u32, port: u16) -> BackendMapValue {
+        BackendMapValue::V6(BackendValue6 {
+            addr: [0xfd, 0, 0, addr],
+            port,
+            ..BackendValue6::default()
+        })
     }
 
     #[test]
     fn holds_what_a_btree_map_would_hold() {
         let mut table = BackendTable::default();
-        let mut model: BTreeMap<u32, BackendValue> = BTreeMap::new();
+        let mut model: BTreeMap<u32, BackendMapValue> = BTreeMap::new();
         // A deterministic walk of inserts, replacements and removals over
         // ids spread across pages, the last page included.
         let mut state = 0x2545_f491_u32;
@@ -222,7 +289,12 @@ mod tests {
                 1 => sizes::MAX_BACKENDS - 1 - state % 600,
                 _ => state % sizes::MAX_BACKENDS,
             };
-            let v = value(state % 97, (state % 5) as u16);
+            // Both families, an id moving from one to the other at times.
+            let v = if state % 7 < 2 {
+                value6(state % 97, (state % 5) as u16)
+            } else {
+                value(state % 97, (state % 5) as u16)
+            };
             if state.is_multiple_of(4) {
                 assert_eq!(table.remove(id), model.remove(&id));
             } else {
@@ -267,10 +339,28 @@ mod tests {
     fn an_emptied_page_is_freed() {
         let mut table = BackendTable::default();
         table.insert(PAGE as u32 + 1, value(1, 1));
-        assert!(table.pages[1].is_some());
+        assert!(table.pages.v4.has_page(1) && !table.pages.v6.has_page(1));
         table.remove(PAGE as u32 + 1);
-        assert!(table.pages[1].is_none());
+        assert!(!table.pages.v4.has_page(1));
         assert!(table.is_empty());
         assert_eq!(table.iter().count(), 0);
+    }
+
+    #[test]
+    fn ipv6_values_live_in_their_own_pages_and_ipv4_pages_stay_small() {
+        let mut table = BackendTable::default();
+        table.insert(3, value(7, 80));
+        table.insert(4, value6(7, 80));
+        assert_eq!(table.get(4), Some(value6(7, 80)));
+        assert_eq!(table.id_of(&value6(7, 80)), Some(4));
+        assert_eq!(table.id_of(&value(7, 80)), Some(3));
+        assert!(table.pages.v4.has_page(0) && table.pages.v6.has_page(0));
+        assert_eq!(table.iter().map(|(id, _)| id).collect::<Vec<_>>(), [3, 4]);
+        // An id changing family leaves the other family's page.
+        table.insert(4, value(9, 80));
+        assert!(!table.pages.v6.has_page(0));
+        assert_eq!(table.len(), 2);
+        // An IPv4 value takes 8 bytes in its page, as before IPv6.
+        assert_eq!(size_of::<Page<BackendValue>>(), PAGE * 8 + PAGE / 8 + 8);
     }
 }

@@ -2,9 +2,12 @@
 
 use std::borrow::Cow;
 
-use proxy_common::maps::{BackendValue, FrontendKey, FrontendValue};
+use proxy_common::maps::FrontendValue;
 
-use super::store::{MapContents, MapStore, RangeEntry, StoreError, TableSpec};
+use super::{
+    entries::{BackendMapValue, FrontendMapKey},
+    store::{MapContents, MapStore, RangeEntry, StoreError, TableSpec},
+};
 
 /// Records every write in order and can be told to fail on a map.
 #[derive(Default)]
@@ -23,7 +26,7 @@ pub struct FakeStore {
 }
 
 impl MapStore for FakeStore {
-    fn put_backends(&mut self, entries: &[(u32, BackendValue)]) -> Vec<(u32, StoreError)> {
+    fn put_backends(&mut self, entries: &[(u32, BackendMapValue)]) -> Vec<(u32, StoreError)> {
         if self.fail_backend_puts {
             let full = |id| StoreError {
                 map: "BACKENDS",
@@ -37,9 +40,10 @@ impl MapStore for FakeStore {
         }
         Vec::new()
     }
-    fn delete_backend(&mut self, id: u32) -> Result<(), StoreError> {
+    fn delete_backend(&mut self, id: u32, held: &BackendMapValue) -> Result<(), StoreError> {
         self.log.push(format!("delete backend {id}"));
-        self.maps.backends.remove(id);
+        let removed = self.maps.backends.remove(id);
+        assert_eq!(removed.as_ref(), Some(held), "the value the slot holds");
         Ok(())
     }
     /// Like the real store: shares a table some frontend has, else builds
@@ -75,15 +79,15 @@ impl MapStore for FakeStore {
     }
     fn put_frontends(
         &mut self,
-        entries: &[(FrontendKey, FrontendValue)],
-    ) -> Vec<(FrontendKey, StoreError)> {
+        entries: &[(FrontendMapKey, FrontendValue)],
+    ) -> Vec<(FrontendMapKey, StoreError)> {
         for (key, value) in entries {
             self.log.push(format!("put service {}", value.id));
             self.maps.frontends.insert(*key, *value);
         }
         Vec::new()
     }
-    fn delete_frontend(&mut self, key: &FrontendKey) -> Result<(), StoreError> {
+    fn delete_frontend(&mut self, key: &FrontendMapKey) -> Result<(), StoreError> {
         let id = self.maps.frontends.remove(key).map(|v| v.id);
         self.log.push(format!("delete service {id:?}"));
         Ok(())

@@ -1,29 +1,48 @@
 //! Map-value translation: the plan's frontends and backends as the
 //! proxy-common keys and values the datapath reads.
 
-use proxy_common::maps::{
-    addr_from_net, addr_to_net, port_from_net, port_to_net, BackendValue, FrontendKey,
-    FrontendValue, BACKEND_LOCAL, FRONTEND_AFFINITY_CLIENT_IP, FRONTEND_EMPTY_DROP,
-    FRONTEND_SNAT_REMOTE, FRONTEND_SOURCE_RANGES, SCOPE_NODE, SCOPE_POD,
+use std::net::IpAddr;
+
+use proxy_common::{
+    addr::addr6_to_net,
+    maps::{
+        addr_to_net, port_to_net, BackendValueOf, FrontendKeyOf, FrontendValue, BACKEND_LOCAL,
+        FRONTEND_AFFINITY_CLIENT_IP, FRONTEND_EMPTY_DROP, FRONTEND_SNAT_REMOTE,
+        FRONTEND_SOURCE_RANGES, SCOPE_NODE, SCOPE_POD,
+    },
 };
 
-use super::store::RangeEntry;
+use super::{
+    entries::{BackendMapValue, FrontendMapKey},
+    store::RangeEntry,
+};
 use crate::{
     maglev::{self, Member},
     model::types::Backend,
     plan::{Frontend, FrontendAddr, FrontendScope},
 };
 
-/// The map key of a frontend.
-pub fn frontend_key(frontend: &FrontendAddr) -> FrontendKey {
-    FrontendKey {
-        addr: addr_to_net(frontend.addr),
-        port: port_to_net(frontend.port),
-        proto: frontend.protocol.ip_proto(),
-        scope: match frontend.scope {
-            FrontendScope::Pod => SCOPE_POD,
-            FrontendScope::Node => SCOPE_NODE,
-        },
+/// The map key of a frontend, in its family's map.
+pub fn frontend_key(frontend: &FrontendAddr) -> FrontendMapKey {
+    let port = port_to_net(frontend.port);
+    let proto = frontend.protocol.ip_proto();
+    let scope = match frontend.scope {
+        FrontendScope::Pod => SCOPE_POD,
+        FrontendScope::Node => SCOPE_NODE,
+    };
+    match frontend.addr {
+        IpAddr::V4(addr) => FrontendMapKey::V4(FrontendKeyOf {
+            addr: addr_to_net(addr),
+            port,
+            proto,
+            scope,
+        }),
+        IpAddr::V6(addr) => FrontendMapKey::V6(FrontendKeyOf {
+            addr: addr6_to_net(addr),
+            port,
+            proto,
+            scope,
+        }),
     }
 }
 
@@ -43,21 +62,31 @@ fn frontend_flags(frontend: &Frontend) -> u32 {
     .fold(0, |flags, (_, bit)| flags | bit)
 }
 
-/// The map value of a backend.
-pub fn backend_value(backend: &Backend) -> BackendValue {
-    BackendValue {
-        addr: addr_to_net(*backend.addr.ip()),
-        port: port_to_net(backend.addr.port()),
-        flags: if backend.local { BACKEND_LOCAL } else { 0 },
-        _pad: 0,
+/// The map value of a backend, in its family's array.
+pub fn backend_value(backend: &Backend) -> BackendMapValue {
+    let port = port_to_net(backend.addr.port());
+    let flags = if backend.local { BACKEND_LOCAL } else { 0 };
+    match backend.addr.ip() {
+        IpAddr::V4(addr) => BackendMapValue::V4(BackendValueOf {
+            addr: addr_to_net(addr),
+            port,
+            flags,
+            _pad: 0,
+        }),
+        IpAddr::V6(addr) => BackendMapValue::V6(BackendValueOf {
+            addr: addr6_to_net(addr),
+            port,
+            flags,
+            _pad: 0,
+        }),
     }
 }
 
 /// A backend as a Maglev table member: its address and port decide its
 /// slots, the same on every node.
-pub fn member(value: &BackendValue, id: u32) -> Member {
+pub fn member(value: &BackendMapValue, id: u32) -> Member {
     Member {
-        identity: maglev::identity(addr_from_net(value.addr), port_from_net(value.port)),
+        identity: maglev::identity(value.addr(), value.port()),
         id,
     }
 }

@@ -20,6 +20,7 @@
 
 mod backend_refs;
 pub mod backend_table;
+pub mod entries;
 #[cfg(test)]
 pub(crate) mod fake;
 mod ids;
@@ -31,10 +32,7 @@ use std::{borrow::Cow, collections::BTreeSet};
 
 use foldhash::{HashMap, HashMapExt as _, HashSet, HashSetExt as _};
 
-use proxy_common::{
-    maps::{BackendValue, FrontendKey, FrontendValue},
-    sizes,
-};
+use proxy_common::{maps::FrontendValue, sizes};
 
 use crate::{
     frontend_text::frontend_text,
@@ -44,6 +42,7 @@ use crate::{
 
 use self::{
     backend_refs::BackendRefs,
+    entries::{BackendMapValue, FrontendMapKey},
     ids::IdCursor,
     map_values::{backend_value, frontend_key, frontend_value, member, range_entries},
     port_roles::PortRoles,
@@ -62,7 +61,7 @@ pub struct SyncReport {
 
 /// A frontend between the steps of a sync.
 struct Staged {
-    key: FrontendKey,
+    key: FrontendMapKey,
     frontend: Frontend,
     existing: Option<FrontendValue>,
     value: FrontendValue,
@@ -84,7 +83,7 @@ impl Staged {
 
 /// A frontend whose entry is written with the others of its sync.
 struct Finishing {
-    key: FrontendKey,
+    key: FrontendMapKey,
     value: FrontendValue,
     /// The source ranges it needs.
     ranges: BTreeSet<RangeEntry>,
@@ -119,7 +118,7 @@ pub struct Syncer {
     reserved_frontend_ids: HashSet<u32>,
     /// Backends given an id in the current sync, written together before
     /// any table can name them.
-    new_backends: Vec<(u32, BackendValue)>,
+    new_backends: Vec<(u32, BackendMapValue)>,
     /// Cap on a Maglev table's size (`--maglev-table-size`).
     max_table_size: u32,
     frontend_ids: IdCursor,
@@ -194,10 +193,10 @@ impl Syncer {
     /// hold beyond it (an adopted map may hold Services deleted meanwhile,
     /// or the leftovers of an interrupted sync).
     pub fn reconcile(&mut self, plan: &Plan, store: &mut impl MapStore) -> SyncReport {
-        let wanted: HashSet<FrontendKey> = plan.frontend_keys().map(frontend_key).collect();
+        let wanted: HashSet<FrontendMapKey> = plan.frontend_keys().map(frontend_key).collect();
         let mut report = SyncReport::default();
         self.begin();
-        let unwanted: Vec<FrontendKey> = self
+        let unwanted: Vec<FrontendMapKey> = self
             .current
             .frontends
             .keys()
@@ -245,8 +244,8 @@ impl Syncer {
     /// frontends staged together held about 20 MiB).
     fn write(
         &mut self,
-        wanted: impl IntoIterator<Item = (FrontendKey, Frontend)>,
-        unwanted: Vec<FrontendKey>,
+        wanted: impl IntoIterator<Item = (FrontendMapKey, Frontend)>,
+        unwanted: Vec<FrontendMapKey>,
         store: &mut impl MapStore,
         report: &mut SyncReport,
     ) {
@@ -254,7 +253,7 @@ impl Syncer {
         // The parts' tables are built into one buffer, kept for the sync.
         let mut slots = Vec::new();
         loop {
-            let part: Vec<(FrontendKey, Frontend)> = wanted.by_ref().take(WRITE_PART).collect();
+            let part: Vec<(FrontendMapKey, Frontend)> = wanted.by_ref().take(WRITE_PART).collect();
             if part.is_empty() {
                 break;
             }
@@ -302,7 +301,7 @@ impl Syncer {
     /// (together).
     fn write_part(
         &mut self,
-        part: Vec<(FrontendKey, Frontend)>,
+        part: Vec<(FrontendMapKey, Frontend)>,
         slots: &mut Vec<u32>,
         store: &mut impl MapStore,
         report: &mut SyncReport,
@@ -337,7 +336,7 @@ impl Syncer {
     /// ones queued for [`Self::write_new_backends`]) and its table.
     fn stage(
         &mut self,
-        key: FrontendKey,
+        key: FrontendMapKey,
         frontend: Frontend,
         report: &mut SyncReport,
     ) -> Option<Staged> {
@@ -543,13 +542,13 @@ impl Syncer {
             report.errors.push(e.to_string());
             unready.insert(id);
         }
-        let entries: Vec<(FrontendKey, FrontendValue)> = finishing
+        let entries: Vec<(FrontendMapKey, FrontendValue)> = finishing
             .iter()
             .filter(|f| f.write && !unready.contains(&f.value.id))
             .map(|f| (f.key, f.value))
             .collect();
         // New frontends' ports get their bits before the entries.
-        let new_keys: HashSet<FrontendKey> = entries
+        let new_keys: HashSet<FrontendMapKey> = entries
             .iter()
             .map(|(key, _)| *key)
             .filter(|key| !self.current.frontends.contains_key(key))
@@ -620,7 +619,7 @@ impl Syncer {
 
     /// The id of `backend`; a new one is queued for
     /// [`Self::write_new_backends`].
-    fn backend_id(&mut self, backend: &BackendValue, report: &mut SyncReport) -> Option<u32> {
+    fn backend_id(&mut self, backend: &BackendMapValue, report: &mut SyncReport) -> Option<u32> {
         if let Some(id) = self.current.backends.id_of(backend) {
             return Some(id);
         }
@@ -661,7 +660,7 @@ impl Syncer {
             .release_table(frontend_id, previous.unwrap_or_default().members);
     }
 
-    fn remove(&mut self, key: FrontendKey, store: &mut impl MapStore, report: &mut SyncReport) {
+    fn remove(&mut self, key: FrontendMapKey, store: &mut impl MapStore, report: &mut SyncReport) {
         let Some(existing) = self.current.frontends.get(&key).copied() else {
             return;
         };
@@ -697,10 +696,10 @@ impl Syncer {
             if self.refs.is_referenced(id) {
                 continue;
             }
-            if !self.current.backends.contains(id) {
+            let Some(held) = self.current.backends.get(id) else {
                 continue;
-            }
-            match store.delete_backend(id) {
+            };
+            match store.delete_backend(id, &held) {
                 Ok(()) => {
                     self.forget_backend(id);
                     self.resting_backend_ids.insert(id);
@@ -717,11 +716,14 @@ impl Syncer {
 
 #[cfg(test)]
 mod tests {
-    use std::{collections::BTreeMap, net::SocketAddrV4};
+    use std::{
+        collections::BTreeMap,
+        net::{IpAddr, SocketAddr},
+    };
 
     use proxy_common::maps::{
-        addr_to_net, port_to_net, BACKEND_LOCAL, FRONTEND_AFFINITY_CLIENT_IP, FRONTEND_EMPTY_DROP,
-        FRONTEND_SNAT_REMOTE, FRONTEND_SOURCE_RANGES, SCOPE_NODE, SCOPE_POD,
+        addr_to_net, port_to_net, BackendValue, BACKEND_LOCAL, FRONTEND_AFFINITY_CLIENT_IP,
+        FRONTEND_EMPTY_DROP, FRONTEND_SNAT_REMOTE, FRONTEND_SOURCE_RANGES, SCOPE_NODE, SCOPE_POD,
     };
 
     use super::*;
@@ -773,7 +775,7 @@ mod tests {
                     backends: backends
                         .iter()
                         .map(|b| Backend {
-                            addr: b.parse::<SocketAddrV4>().unwrap(),
+                            addr: b.parse::<SocketAddr>().unwrap(),
                             local: false,
                         })
                         .collect(),
@@ -792,7 +794,7 @@ mod tests {
         maps.frontends
             .iter()
             .map(|(key, value)| {
-                let vip = proxy_common::maps::addr_from_net(key.addr);
+                let vip = SocketAddr::new(key.addr(), key.port());
                 let spec = match value.table_size {
                     0 => TableSpec::default(),
                     _ => maps.tables[&value.id].clone(),
@@ -803,18 +805,11 @@ mod tests {
                     .iter()
                     .map(|id| {
                         let b = maps.backends.get(*id).expect("a table names held backends");
-                        format!(
-                            "{}:{}",
-                            proxy_common::maps::addr_from_net(b.addr),
-                            proxy_common::maps::port_from_net(b.port)
-                        )
+                        SocketAddr::new(b.addr(), b.port()).to_string()
                     })
                     .collect();
                 let backends: Vec<String> = backends.into_iter().collect();
-                (
-                    format!("{vip}:{}", proxy_common::maps::port_from_net(key.port)),
-                    backends,
-                )
+                (vip.to_string(), backends)
             })
             .collect()
     }
@@ -974,10 +969,10 @@ mod tests {
             &mut store,
         );
         let id_of = |m: &MapContents, vip: &str| {
-            let addr = proxy_common::maps::addr_to_net(vip.parse().unwrap());
+            let addr: IpAddr = vip.parse().unwrap();
             m.frontends
                 .iter()
-                .find(|(k, _)| k.addr == addr)
+                .find(|(k, _)| k.addr() == addr)
                 .map(|(_, v)| v.id)
         };
         let (first, second) = (
@@ -1102,8 +1097,8 @@ mod tests {
         let report = syncer.reconcile(&two, &mut store);
         assert!(!report.errors.is_empty());
         // A half-written table may name the newcomer already: it stays.
-        let newcomer = addr_to_net("10.244.0.9".parse().unwrap());
-        assert!(store.maps.backends.values().any(|b| b.addr == newcomer));
+        let newcomer: IpAddr = "10.244.0.9".parse().unwrap();
+        assert!(store.maps.backends.values().any(|b| b.addr() == newcomer));
         store.fail_table_puts = false;
         let report = syncer.reconcile(&two, &mut store);
         assert!(report.errors.is_empty(), "{:?}", report.errors);
@@ -1116,7 +1111,7 @@ mod tests {
             &plan_of(&[("10.96.0.1", 80, &["10.244.0.2:80"])]),
             &mut store,
         );
-        assert!(!store.maps.backends.values().any(|b| b.addr == newcomer));
+        assert!(!store.maps.backends.values().any(|b| b.addr() == newcomer));
     }
 
     #[test]
@@ -1312,12 +1307,12 @@ mod tests {
         store.maps.tables.insert(7, TableSpec::of(&[0; 251]));
         store.maps.backends.insert(
             9,
-            BackendValue {
+            BackendMapValue::V4(BackendValue {
                 addr: addr_to_net("10.244.0.9".parse().unwrap()),
                 port: port_to_net(80),
                 flags: 0,
                 _pad: 0,
-            },
+            }),
         );
         store.log.clear();
         let report = adopting_syncer(&store).reconcile(&plan, &mut store);
@@ -1354,11 +1349,11 @@ mod tests {
         let mut store = FakeStore::default();
         fresh_syncer().reconcile(&plan, &mut store);
         let (key, value) = store.maps.frontends.iter().next().unwrap();
-        assert_eq!(key.proto, proxy_common::maps::PROTO_UDP);
+        assert_eq!(key.proto(), proxy_common::maps::PROTO_UDP);
         assert_eq!(value.flags, FRONTEND_AFFINITY_CLIENT_IP);
         assert_eq!(value.affinity_timeout, 600);
         assert_eq!(
-            store.maps.backends.values().next().unwrap().flags,
+            store.maps.backends.values().next().unwrap().flags(),
             BACKEND_LOCAL
         );
     }
@@ -1391,13 +1386,13 @@ mod tests {
             plan.set(&name, Some(m), &mut change);
             syncer.apply(plan, &change.frontends, store)
         };
-        let addrs = |store: &FakeStore| -> Vec<u32> {
-            let mut a: Vec<u32> = store.maps.backends.values().map(|b| b.addr).collect();
+        let addrs = |store: &FakeStore| -> Vec<IpAddr> {
+            let mut a: Vec<IpAddr> = store.maps.backends.values().map(|b| b.addr()).collect();
             a.sort();
             a
         };
-        let a = addr_to_net("10.244.0.1".parse().unwrap());
-        let b = addr_to_net("10.244.0.2".parse().unwrap());
+        let a: IpAddr = "10.244.0.1".parse().unwrap();
+        let b: IpAddr = "10.244.0.2".parse().unwrap();
         apply(
             &mut plan,
             &mut store,
@@ -1407,7 +1402,7 @@ mod tests {
             .maps
             .backends
             .iter()
-            .find(|(_, v)| v.addr == b)
+            .find(|(_, v)| v.addr() == b)
             .unwrap()
             .0;
         // b terminates: in no table any more, but its entry (and id) stays.
@@ -1423,7 +1418,7 @@ mod tests {
             .flat_map(|t| t.members.iter().copied())
             .collect();
         assert!(!table.contains(&b_id));
-        assert_eq!(store.maps.backends.get(b_id).map(|v| v.addr), Some(b));
+        assert_eq!(store.maps.backends.get(b_id).map(|v| v.addr()), Some(b));
         // b leaves the slice: gone, so its connections are reset.
         let report = apply(&mut plan, &mut store, model(&["10.244.0.1:80"], &[]));
         assert_eq!(addrs(&store), [a]);
@@ -1460,11 +1455,11 @@ mod tests {
         plan
     }
 
-    fn node_entry(maps: &MapContents) -> (FrontendKey, FrontendValue) {
+    fn node_entry(maps: &MapContents) -> (FrontendMapKey, FrontendValue) {
         let (key, value) = maps
             .frontends
             .iter()
-            .find(|(k, _)| k.scope == SCOPE_NODE)
+            .find(|(k, _)| k.scope() == SCOPE_NODE)
             .expect("a node frontend");
         (*key, *value)
     }
@@ -1478,8 +1473,8 @@ mod tests {
         assert_eq!(store.maps.frontends.len(), 3);
         let (key, value) = node_entry(&store.maps);
         assert_eq!(
-            key.addr,
-            addr_to_net("192.0.2.10".parse().unwrap()),
+            key.addr(),
+            "192.0.2.10".parse::<IpAddr>().unwrap(),
             "{}",
             frontend_text(&key)
         );
@@ -1489,7 +1484,7 @@ mod tests {
             .maps
             .frontends
             .iter()
-            .filter(|(k, _)| k.scope == SCOPE_POD)
+            .filter(|(k, _)| k.scope() == SCOPE_POD)
             .map(|(_, v)| v.flags)
             .collect();
         assert_eq!(pod_flags, [0, 0]);
@@ -1581,7 +1576,7 @@ mod tests {
             report.errors
         );
         assert!(
-            !store.maps.frontends.keys().any(|k| k.scope == SCOPE_NODE),
+            !store.maps.frontends.keys().any(|k| k.scope() == SCOPE_NODE),
             "the node entry waits for its ranges"
         );
     }
@@ -1609,5 +1604,173 @@ mod tests {
         store.log.clear();
         adopting_syncer(&store).reconcile(&Plan::default(), &mut store);
         assert_eq!(store.log, ["delete range 9 10.0.0.0/8"]);
+    }
+
+    /// A dual-stack LoadBalancer `default/web`: cluster IPs 10.96.0.1 and
+    /// fd00:10:96::1, ingress IPs 192.168.50.10 and fd00:192::10, port 80
+    /// with an endpoint of each family, and the given source ranges (none:
+    /// no restriction).
+    fn dual_stack_plan(ranges: &[&str]) -> Plan {
+        let name = ServiceName::new("default", "web");
+        let backend = |addr: &str| Backend {
+            addr: addr.parse().unwrap(),
+            local: false,
+        };
+        let external = |addr: &str| ExternalAddr {
+            addr: addr.parse().unwrap(),
+            load_balancer: true,
+        };
+        let model = ServiceModel {
+            cluster_ips: vec![
+                "10.96.0.1".parse().unwrap(),
+                "fd00:10:96::1".parse().unwrap(),
+            ],
+            ports: vec![ServicePortModel {
+                name: String::new(),
+                protocol: Protocol::Tcp,
+                port: 80,
+                node_port: None,
+                backends: vec![backend("10.244.1.2:8080"), backend("[fd00:10:244::2]:8080")],
+                draining: Vec::new(),
+            }],
+            external_addrs: vec![external("192.168.50.10"), external("fd00:192::10")],
+            source_ranges: (!ranges.is_empty())
+                .then(|| ranges.iter().map(|c| c.parse().unwrap()).collect()),
+            ..model_without_ports(&name)
+        };
+        let mut plan = Plan::default();
+        plan.set(&name, Some(model), &mut PlanChange::default());
+        plan
+    }
+
+    #[test]
+    fn each_family_s_entries_go_to_its_maps_with_ids_of_one_space() {
+        let mut store = FakeStore::default();
+        let mut syncer = fresh_syncer();
+        let plan = dual_stack_plan(&[]);
+        let report = syncer.reconcile(&plan, &mut store);
+        assert!(report.errors.is_empty(), "{:?}", report.errors);
+        let reachable = reachable(&store.maps);
+        assert_eq!(reachable["10.96.0.1:80"], ["10.244.1.2:8080"]);
+        assert_eq!(reachable["[fd00:10:96::1]:80"], ["[fd00:10:244::2]:8080"]);
+        assert_eq!(reachable["[fd00:192::10]:80"], ["[fd00:10:244::2]:8080"]);
+        let v6 = store
+            .maps
+            .frontends
+            .keys()
+            .filter(|k| matches!(k, FrontendMapKey::V6(_)))
+            .count();
+        assert_eq!((store.maps.frontends.len(), v6), (6, 3));
+        // Frontend ids and backend ids: each once over both families.
+        let ids: BTreeSet<u32> = store.maps.frontends.values().map(|v| v.id).collect();
+        assert_eq!(ids.len(), 6);
+        let backends: Vec<(u32, bool)> = store
+            .maps
+            .backends
+            .iter()
+            .map(|(id, b)| (id, matches!(b, BackendMapValue::V6(_))))
+            .collect();
+        assert_eq!(backends, [(0, false), (1, true)]);
+        // A restarted agent adopts both families and changes nothing.
+        store.log.clear();
+        let report = adopting_syncer(&store).reconcile(&plan, &mut store);
+        assert_eq!(report, SyncReport::default());
+        assert!(store.log.is_empty(), "{:?}", store.log);
+        // Removed in reverse, both families.
+        syncer.reconcile(&Plan::default(), &mut store);
+        assert_eq!(store.maps, MapContents::default());
+    }
+
+    #[test]
+    fn an_ipv6_frontend_gets_its_backend_before_its_table_and_its_table_before_its_entry() {
+        let name = ServiceName::new("default", "v6");
+        let model = ServiceModel {
+            cluster_ips: vec!["fd00:10:96::a".parse().unwrap()],
+            ports: vec![ServicePortModel {
+                name: String::new(),
+                protocol: Protocol::Udp,
+                port: 53,
+                node_port: None,
+                backends: vec![Backend {
+                    addr: "[fd00:10:244::5]:5353".parse().unwrap(),
+                    local: true,
+                }],
+                draining: Vec::new(),
+            }],
+            ..model_without_ports(&name)
+        };
+        let mut plan = Plan::default();
+        plan.set(&name, Some(model), &mut PlanChange::default());
+        let mut store = FakeStore::default();
+        fresh_syncer().reconcile(&plan, &mut store);
+        assert_eq!(
+            store.log,
+            [
+                "put backend 0",
+                "put table 0",
+                "reset stats 0",
+                "put service 0"
+            ]
+        );
+        let Some((FrontendMapKey::V6(key), _)) = store.maps.frontends.iter().next() else {
+            panic!("an IPv6 key: {:?}", store.maps.frontends);
+        };
+        assert_eq!(
+            proxy_common::addr::addr6_from_net(key.addr),
+            "fd00:10:96::a".parse::<std::net::Ipv6Addr>().unwrap()
+        );
+        let Some(BackendMapValue::V6(backend)) = store.maps.backends.get(0) else {
+            panic!("an IPv6 backend");
+        };
+        assert_eq!(
+            (backend.port, backend.flags),
+            (port_to_net(5353), BACKEND_LOCAL)
+        );
+    }
+
+    #[test]
+    fn source_ranges_are_written_per_family_and_a_family_without_any_admits_nobody() {
+        let mut store = FakeStore::default();
+        let mut syncer = fresh_syncer();
+        syncer.reconcile(&dual_stack_plan(&["192.168.0.0/16"]), &mut store);
+        let restricted: Vec<(IpAddr, u32)> = store
+            .maps
+            .frontends
+            .iter()
+            .filter(|(_, v)| v.flags & FRONTEND_SOURCE_RANGES != 0)
+            .map(|(k, v)| (k.addr(), v.id))
+            .collect();
+        // Each ingress IP, from pods and from outside.
+        assert_eq!(restricted.len(), 4, "{restricted:?}");
+        let ranges_of = |maps: &MapContents, id: u32| -> Vec<String> {
+            maps.source_ranges
+                .range(RangeEntry::bounds(id))
+                .map(|r| r.cidr.to_string())
+                .collect()
+        };
+        for (addr, id) in &restricted {
+            let expected: &[&str] = if addr.is_ipv4() {
+                &["192.168.0.0/16"]
+            } else {
+                &[]
+            };
+            assert_eq!(ranges_of(&store.maps, *id), expected, "{addr}");
+        }
+        // An IPv6 range goes to the IPv6 frontends only.
+        syncer.reconcile(
+            &dual_stack_plan(&["192.168.0.0/16", "fd00:203::/32"]),
+            &mut store,
+        );
+        for (addr, id) in &restricted {
+            let expected: &[&str] = if addr.is_ipv4() {
+                &["192.168.0.0/16"]
+            } else {
+                &["fd00:203::/32"]
+            };
+            assert_eq!(ranges_of(&store.maps, *id), expected, "{addr}");
+        }
+        assert_eq!(&store.maps, syncer.current());
+        syncer.reconcile(&Plan::default(), &mut store);
+        assert!(store.maps.source_ranges.is_empty());
     }
 }

@@ -9,12 +9,14 @@
 use std::collections::{BTreeSet, HashMap};
 
 use proxy_common::maps::{
-    port_from_net,
     port_roles::{self, BACKEND, NODE_FRONTEND, POD_FRONTEND},
-    BackendValue, FrontendKey, SCOPE_NODE,
+    SCOPE_NODE,
 };
 
-use super::store::MapContents;
+use super::{
+    entries::{BackendMapValue, FrontendMapKey},
+    store::MapContents,
+};
 
 #[derive(Debug)]
 pub struct PortRoles {
@@ -39,17 +41,18 @@ impl Default for PortRoles {
     }
 }
 
-fn frontend_role(key: &FrontendKey) -> (u32, u16) {
-    let role = if key.scope == SCOPE_NODE {
+/// A frontend's role and port; the roles are shared by both families.
+fn frontend_role(key: &FrontendMapKey) -> (u32, u16) {
+    let role = if key.scope() == SCOPE_NODE {
         NODE_FRONTEND
     } else {
         POD_FRONTEND
     };
-    (role, port_from_net(key.port))
+    (role, key.port())
 }
 
-fn backend_role(backend: &BackendValue) -> (u32, u16) {
-    (BACKEND, port_from_net(backend.port))
+fn backend_role(backend: &BackendMapValue) -> (u32, u16) {
+    (BACKEND, backend.port())
 }
 
 impl PortRoles {
@@ -66,19 +69,19 @@ impl PortRoles {
         roles
     }
 
-    pub fn add_frontend(&mut self, key: &FrontendKey) {
+    pub fn add_frontend(&mut self, key: &FrontendMapKey) {
         self.add(frontend_role(key));
     }
 
-    pub fn remove_frontend(&mut self, key: &FrontendKey) {
+    pub fn remove_frontend(&mut self, key: &FrontendMapKey) {
         self.remove(frontend_role(key));
     }
 
-    pub fn add_backend(&mut self, backend: &BackendValue) {
+    pub fn add_backend(&mut self, backend: &BackendMapValue) {
         self.add(backend_role(backend));
     }
 
-    pub fn remove_backend(&mut self, backend: &BackendValue) {
+    pub fn remove_backend(&mut self, backend: &BackendMapValue) {
         self.remove(backend_role(backend));
     }
 
@@ -150,26 +153,46 @@ impl PortRoles {
 
 #[cfg(test)]
 mod tests {
-    use proxy_common::maps::{port_to_net, SCOPE_POD};
+    use proxy_common::maps::{
+        port_to_net, BackendValue, BackendValue6, FrontendKey, FrontendKey6, SCOPE_POD,
+    };
 
     use super::*;
 
-    fn key(port: u16, scope: u8) -> FrontendKey {
-        FrontendKey {
+    fn key(port: u16, scope: u8) -> FrontendMapKey {
+        FrontendMapKey::V4(FrontendKey {
             addr: 0x0a60_0001,
             port: port_to_net(port),
             proto: 6,
             scope,
-        }
+        })
     }
 
-    fn backend(port: u16) -> BackendValue {
-        BackendValue {
+    fn key6(port: u16, scope: u8) -> FrontendMapKey {
+        FrontendMapKey::V6(FrontendKey6 {
+            addr: [0xfd, 0, 0, 0x0a00_0000],
+            port: port_to_net(port),
+            proto: 6,
+            scope,
+        })
+    }
+
+    fn backend(port: u16) -> BackendMapValue {
+        BackendMapValue::V4(BackendValue {
             addr: 0x0af4_0002,
             port: port_to_net(port),
             flags: 0,
             _pad: 0,
-        }
+        })
+    }
+
+    fn backend6(port: u16) -> BackendMapValue {
+        BackendMapValue::V6(BackendValue6 {
+            addr: [0xfd, 0, 0, 0x0500_0000],
+            port: port_to_net(port),
+            flags: 0,
+            _pad: 0,
+        })
     }
 
     /// Writes what the sync writes at its end.
@@ -196,6 +219,27 @@ mod tests {
         roles.remove_backend(&backend(8080));
         publish_changes(&mut roles);
         assert!(!roles.published(BACKEND, 8080));
+    }
+
+    #[test]
+    fn both_families_share_a_port_bit_until_the_last_user_leaves() {
+        let mut roles = PortRoles::default();
+        roles.add_frontend(&key(80, SCOPE_POD));
+        roles.add_frontend(&key6(80, SCOPE_POD));
+        roles.add_backend(&backend6(8080));
+        publish_changes(&mut roles);
+        assert!(roles.published(POD_FRONTEND, 80));
+        assert!(roles.published(BACKEND, 8080));
+        roles.remove_frontend(&key(80, SCOPE_POD));
+        publish_changes(&mut roles);
+        assert!(
+            roles.published(POD_FRONTEND, 80),
+            "the IPv6 frontend uses it"
+        );
+        roles.remove_frontend(&key6(80, SCOPE_POD));
+        roles.remove_backend(&backend6(8080));
+        publish_changes(&mut roles);
+        assert!(!roles.published(POD_FRONTEND, 80) && !roles.published(BACKEND, 8080));
     }
 
     #[test]

@@ -5,36 +5,46 @@
 use std::{
     borrow::Cow,
     collections::{BTreeMap, BTreeSet},
-    net::Ipv4Addr,
+    net::{Ipv4Addr, Ipv6Addr},
 };
 
-use proxy_common::maps::{BackendValue, FrontendKey, FrontendValue};
+use proxy_common::maps::FrontendValue;
 
-use super::backend_table::BackendTable;
-use crate::cidr::Ipv4Cidr;
+use super::{
+    backend_table::BackendTable,
+    entries::{BackendMapValue, FrontendMapKey},
+};
+use crate::cidr::IpCidr;
 
-/// A `source_ranges` entry: clients in `cidr` may use frontend `frontend_id`.
+/// A source ranges entry: clients in `cidr` may use frontend
+/// `frontend_id` (in `SOURCE_RANGES` or `SOURCE_RANGES6` by its family).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct RangeEntry {
     pub frontend_id: u32,
-    pub cidr: Ipv4Cidr,
+    pub cidr: IpCidr,
 }
 
 impl RangeEntry {
-    /// Every entry of `frontend_id`, as bounds of a range over sorted entries.
+    /// Every entry of `frontend_id`, both families, as bounds of a range
+    /// over sorted entries (IPv4 blocks sort first).
     pub(super) fn bounds(frontend_id: u32) -> std::ops::RangeInclusive<Self> {
         let entry = |cidr| Self { frontend_id, cidr };
-        entry(Ipv4Cidr::ANY)..=entry(Ipv4Cidr::host(Ipv4Addr::BROADCAST))
+        let lowest = IpCidr::new(Ipv4Addr::UNSPECIFIED.into(), 0);
+        let highest = IpCidr::host(Ipv6Addr::from(u128::MAX).into());
+        entry(lowest.expect("/0 is a prefix of IPv4"))..=entry(highest)
     }
 }
 
 /// The content of the maps the agent owns.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct MapContents {
-    pub frontends: BTreeMap<FrontendKey, FrontendValue>,
+    /// `FRONTENDS` and `FRONTENDS6`.
+    pub frontends: BTreeMap<FrontendMapKey, FrontendValue>,
+    /// `BACKEND_SLOTS` and `BACKEND_SLOTS6`.
     pub backends: BackendTable,
     /// Maglev tables by frontend id, as what decides their content.
     pub tables: BTreeMap<u32, TableSpec>,
+    /// `SOURCE_RANGES` and `SOURCE_RANGES6`.
     pub source_ranges: BTreeSet<RangeEntry>,
 }
 
@@ -74,10 +84,13 @@ pub struct StoreError {
 
 /// Where sync writes: the pinned BPF maps, or a fake in tests.
 pub trait MapStore {
-    /// Writes `entries` (backend id, value), as few calls as the map
-    /// takes; returns the ones that could not be written, with why.
-    fn put_backends(&mut self, entries: &[(u32, BackendValue)]) -> Vec<(u32, StoreError)>;
-    fn delete_backend(&mut self, id: u32) -> Result<(), StoreError>;
+    /// Writes `entries` (backend id, value) each into its family's array,
+    /// as few calls as the maps take; returns the ones that could not be
+    /// written, with why.
+    fn put_backends(&mut self, entries: &[(u32, BackendMapValue)]) -> Vec<(u32, StoreError)>;
+    /// Empties the slot of backend `id`, which holds `held` (in its
+    /// family's array).
+    fn delete_backend(&mut self, id: u32, held: &BackendMapValue) -> Result<(), StoreError>;
     /// Makes the table `spec` the Maglev table of `frontend_id`, live when
     /// this returns; `build` gives its slots (slot → backend id) and is
     /// called only when no frontend has the same table already. After an
@@ -93,13 +106,13 @@ pub trait MapStore {
     fn has_table(&self, spec: &TableSpec) -> bool;
     /// Leaves `frontend_id` without a table.
     fn delete_table(&mut self, frontend_id: u32) -> Result<(), StoreError>;
-    /// Writes `entries`, as few calls as the map takes; returns the ones
-    /// that could not be written, with why.
+    /// Writes `entries` each into its family's map, as few calls as the
+    /// maps take; returns the ones that could not be written, with why.
     fn put_frontends(
         &mut self,
-        entries: &[(FrontendKey, FrontendValue)],
-    ) -> Vec<(FrontendKey, StoreError)>;
-    fn delete_frontend(&mut self, key: &FrontendKey) -> Result<(), StoreError>;
+        entries: &[(FrontendMapKey, FrontendValue)],
+    ) -> Vec<(FrontendMapKey, StoreError)>;
+    fn delete_frontend(&mut self, key: &FrontendMapKey) -> Result<(), StoreError>;
     fn put_source_range(&mut self, entry: &RangeEntry) -> Result<(), StoreError>;
     fn delete_source_range(&mut self, entry: &RangeEntry) -> Result<(), StoreError>;
     /// Zeroes the counters of frontend ids about to be (re)used; returns

@@ -1,7 +1,7 @@
 //! The compact objects packed into bytes while the Kubernetes source keeps
 //! them between events: one allocation per object, strings inline,
 //! numbers as varints, an endpoint in six bytes (its flags, conditions and
-//! IPv4 address). Unpacked only when a change or a full update needs the
+//! IPv4 address; eighteen with an IPv6 address). Unpacked only when a change or a full update needs the
 //! object again, which is rare next to how long it is kept.
 //!
 //! A struct packs its fields in the order [`pack_struct!`] lists them; the
@@ -9,7 +9,7 @@
 //! packed does not compile. A [`Meta`] packs without its name and namespace:
 //! the store's key holds them (`store.rs`).
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 use crate::source::objects::{
     ClientIpConfig, Endpoint, EndpointConditions, EndpointPort, EndpointSlice, IpText, Labels,
@@ -66,6 +66,11 @@ impl<'a> Reader<'a> {
     fn ipv4(&mut self) -> Option<Ipv4Addr> {
         let octets: [u8; 4] = self.take(4)?.try_into().ok()?;
         Some(Ipv4Addr::from(octets))
+    }
+
+    fn ipv6(&mut self) -> Option<Ipv6Addr> {
+        let octets: [u8; 16] = self.take(16)?.try_into().ok()?;
+        Some(Ipv6Addr::from(octets))
     }
 
     pub(super) fn str(&mut self) -> Option<&'a str> {
@@ -191,12 +196,17 @@ impl<T: Pack> Pack for Box<[T]> {
 
 const IP_V4: u8 = 0;
 const IP_OTHER: u8 = 1;
+const IP_V6: u8 = 2;
 
 impl Pack for IpText {
     fn pack(&self, out: &mut Vec<u8>) {
         match self {
             Self::V4(addr) => {
                 out.push(IP_V4);
+                out.extend_from_slice(&addr.octets());
+            }
+            Self::V6(addr) => {
+                out.push(IP_V6);
                 out.extend_from_slice(&addr.octets());
             }
             Self::Other(text) => {
@@ -209,6 +219,7 @@ impl Pack for IpText {
     fn unpack(input: &mut Reader<'_>) -> Option<Self> {
         match input.byte()? {
             IP_V4 => input.ipv4().map(Self::V4),
+            IP_V6 => input.ipv6().map(Self::V6),
             IP_OTHER => input.str().map(|text| Self::Other(text.into())),
             _ => None,
         }
@@ -251,6 +262,9 @@ const ENDPOINT_V4: u8 = 1;
 const ENDPOINT_OTHER_ADDRESS: u8 = 2;
 const ENDPOINT_CONDITIONS: u8 = 4;
 const ENDPOINT_NODE: u8 = 8;
+const ENDPOINT_V6: u8 = 16;
+/// The bits naming the address kind: at most one is set.
+const ENDPOINT_ADDRESS: u8 = ENDPOINT_V4 | ENDPOINT_V6 | ENDPOINT_OTHER_ADDRESS;
 
 impl Pack for Endpoint {
     fn pack(&self, out: &mut Vec<u8>) {
@@ -262,6 +276,7 @@ impl Pack for Endpoint {
         let mut flags = match address {
             None => 0,
             Some(IpText::V4(_)) => ENDPOINT_V4,
+            Some(IpText::V6(_)) => ENDPOINT_V6,
             Some(IpText::Other(_)) => ENDPOINT_OTHER_ADDRESS,
         };
         if conditions.is_some() {
@@ -277,6 +292,7 @@ impl Pack for Endpoint {
         match address {
             None => {}
             Some(IpText::V4(addr)) => out.extend_from_slice(&addr.octets()),
+            Some(IpText::V6(addr)) => out.extend_from_slice(&addr.octets()),
             Some(IpText::Other(text)) => put_str(out, text),
         }
         if let Some(node) = node_name {
@@ -286,9 +302,7 @@ impl Pack for Endpoint {
 
     fn unpack(input: &mut Reader<'_>) -> Option<Self> {
         let flags = input.byte()?;
-        if flags & !(ENDPOINT_V4 | ENDPOINT_OTHER_ADDRESS | ENDPOINT_CONDITIONS | ENDPOINT_NODE)
-            != 0
-        {
+        if flags & !(ENDPOINT_ADDRESS | ENDPOINT_CONDITIONS | ENDPOINT_NODE) != 0 {
             return None;
         }
         let conditions = if flags & ENDPOINT_CONDITIONS != 0 {
@@ -296,9 +310,10 @@ impl Pack for Endpoint {
         } else {
             None
         };
-        let address = match flags & (ENDPOINT_V4 | ENDPOINT_OTHER_ADDRESS) {
+        let address = match flags & ENDPOINT_ADDRESS {
             0 => None,
             ENDPOINT_V4 => Some(IpText::V4(input.ipv4()?)),
+            ENDPOINT_V6 => Some(IpText::V6(input.ipv6()?)),
             ENDPOINT_OTHER_ADDRESS => Some(IpText::Other(input.str()?.into())),
             _ => return None,
         };
@@ -369,6 +384,8 @@ pack_struct!(ServiceSpec {
     type_,
     cluster_ip,
     cluster_ips,
+    ip_families,
+    ip_family_policy,
     ports,
     session_affinity,
     session_affinity_config,
@@ -425,6 +442,7 @@ mod tests {
             "spec": {
                 "type": "LoadBalancer", "clusterIP": "10.96.0.10",
                 "clusterIPs": ["10.96.0.10", "fd00::10"],
+                "ipFamilies": ["IPv4", "IPv6"], "ipFamilyPolicy": "RequireDualStack",
                 "ports": [
                     {"name": "http", "protocol": "TCP", "port": 80, "targetPort": 8080, "nodePort": 30080},
                     {"name": "named", "port": 443, "targetPort": "https"},
@@ -432,13 +450,14 @@ mod tests {
                 ],
                 "sessionAffinity": "ClientIP",
                 "sessionAffinityConfig": {"clientIP": {"timeoutSeconds": 10800}},
-                "externalIPs": ["192.168.1.5", "not-an-ip"],
+                "externalIPs": ["192.168.1.5", "fd00:192:168::5", "not-an-ip"],
                 "externalTrafficPolicy": "Local", "internalTrafficPolicy": "Cluster",
                 "healthCheckNodePort": 32000,
-                "loadBalancerSourceRanges": ["10.0.0.0/8"],
+                "loadBalancerSourceRanges": ["10.0.0.0/8", "fd00:10::/32"],
             },
             "status": {"loadBalancer": {"ingress": [
                 {"ip": "192.168.2.1", "ipMode": "Proxy"}, {"hostname": "lb.example"},
+                {"ip": "fd00:192:168::2"},
             ]}},
         }))
         .unwrap()
@@ -501,6 +520,27 @@ mod tests {
         let (back, len) = round_trip(&endpoint);
         same(&back, &endpoint);
         assert_eq!(len, 6);
+    }
+
+    #[test]
+    fn an_ipv6_endpoint_keeps_its_sixteen_bytes() {
+        let endpoint = Endpoint {
+            address: Some(IpText::V6("fd00:10:244::5".parse().unwrap())),
+            conditions: Some(EndpointConditions {
+                ready: Some(true),
+                serving: Some(true),
+                terminating: Some(false),
+            }),
+            node_name: Some(Name::new("node-a")),
+        };
+        let (back, len) = round_trip(&endpoint);
+        same(&back, &endpoint);
+        // Flags, conditions, the address, the node name's length and text.
+        assert_eq!(len, 1 + 1 + 16 + 1 + 6);
+        // Two address kinds at once is no packing.
+        assert!(
+            Endpoint::unpack(&mut Reader::new(&[ENDPOINT_V4 | ENDPOINT_V6, 0, 0, 0, 0])).is_none()
+        );
     }
 
     #[test]

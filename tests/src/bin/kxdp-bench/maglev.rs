@@ -38,7 +38,8 @@ fn members(frontend: usize, n: usize) -> Vec<Member> {
     (0..n)
         .map(|b| Member {
             identity: maglev::identity(
-                Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 128, 0, 0)) + (frontend * n + b) as u32),
+                Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 128, 0, 0)) + (frontend * n + b) as u32)
+                    .into(),
                 8080,
             ),
             id: (frontend * n + b) as u32,

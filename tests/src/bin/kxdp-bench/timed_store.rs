@@ -8,8 +8,11 @@ use std::{
     time::{Duration, Instant},
 };
 
-use proxy_common::maps::{BackendValue, FrontendKey, FrontendValue};
-use proxy_userspace::sync::store::{MapStore, RangeEntry, StoreError, TableSpec};
+use proxy_common::maps::FrontendValue;
+use proxy_userspace::sync::{
+    entries::{BackendMapValue, FrontendMapKey},
+    store::{MapStore, RangeEntry, StoreError, TableSpec},
+};
 
 pub(crate) struct TimedStore<'s, S> {
     inner: &'s mut S,
@@ -34,12 +37,12 @@ impl<'s, S: MapStore> TimedStore<'s, S> {
 }
 
 impl<S: MapStore> MapStore for TimedStore<'_, S> {
-    fn put_backends(&mut self, entries: &[(u32, BackendValue)]) -> Vec<(u32, StoreError)> {
+    fn put_backends(&mut self, entries: &[(u32, BackendMapValue)]) -> Vec<(u32, StoreError)> {
         self.timed(|s| s.put_backends(entries))
     }
 
-    fn delete_backend(&mut self, id: u32) -> Result<(), StoreError> {
-        self.timed(|s| s.delete_backend(id))
+    fn delete_backend(&mut self, id: u32, held: &BackendMapValue) -> Result<(), StoreError> {
+        self.timed(|s| s.delete_backend(id, held))
     }
 
     fn put_table<'b>(
@@ -70,12 +73,12 @@ impl<S: MapStore> MapStore for TimedStore<'_, S> {
 
     fn put_frontends(
         &mut self,
-        entries: &[(FrontendKey, FrontendValue)],
-    ) -> Vec<(FrontendKey, StoreError)> {
+        entries: &[(FrontendMapKey, FrontendValue)],
+    ) -> Vec<(FrontendMapKey, StoreError)> {
         self.timed(|s| s.put_frontends(entries))
     }
 
-    fn delete_frontend(&mut self, key: &FrontendKey) -> Result<(), StoreError> {
+    fn delete_frontend(&mut self, key: &FrontendMapKey) -> Result<(), StoreError> {
         self.timed(|s| s.delete_frontend(key))
     }
 
