@@ -9,14 +9,15 @@
 //! steps; a step may change the maps after it ran (`then`).
 
 use std::{
-    net::{Ipv4Addr, SocketAddr},
+    net::{IpAddr, SocketAddr},
     panic::{catch_unwind, AssertUnwindSafe},
 };
 
-use proxy_common::maps::{DropReason, FrontendKey, Verdict, CT_REPLY};
+use proxy_common::maps::{DropReason, Verdict, CT_REPLY};
+use proxy_userspace::sync::entries::FrontendMapKey;
 
 use crate::{
-    datapath::{Datapath, TestBackend},
+    datapath::Datapath,
     nic_netns,
     packet::{self, Packet},
 };
@@ -98,15 +99,16 @@ impl Step {
     }
 }
 
-/// A frontend of a case's set-up.
+/// A frontend of a case's set-up, of either family.
 pub struct Frontend {
-    pub key: FrontendKey,
+    pub key: FrontendMapKey,
     pub id: u32,
     /// `FRONTEND_*` bits.
     pub flags: u32,
-    pub backends: Vec<TestBackend>,
+    /// Backends of the key's family: address, port, on this node?
+    pub backends: Vec<(IpAddr, u16, bool)>,
     /// `loadBalancerSourceRanges` (prefix, length).
-    pub sources: Vec<(Ipv4Addr, u32)>,
+    pub sources: Vec<(IpAddr, u32)>,
 }
 
 /// A counter the case must have left.
@@ -117,8 +119,9 @@ pub enum Count {
     /// Packets and bytes counted for a frontend id.
     Packets(u32, u64),
     Bytes(u32, u64),
+    /// Conntrack entries of both families.
     ConntrackEntries(usize),
-    /// Conntrack entries of the reply direction.
+    /// Conntrack entries of the reply direction, of both families.
     ConntrackReplies(usize),
 }
 
@@ -158,7 +161,7 @@ fn run_case(case: Case) {
         dp.set_nic_addr(nic, nic_netns::NODE_ADDR);
     }
     for f in &case.frontends {
-        dp.add_frontend(f.key, f.id, f.flags, &f.backends);
+        dp.add_frontend_any(f.key, f.id, f.flags, &f.backends);
         for &(prefix, len) in &f.sources {
             dp.allow_source(f.id, prefix, len);
         }
@@ -183,13 +186,10 @@ fn run_case(case: Case) {
             Count::Verdicts(verdict, n) => (dp.verdicts(verdict), n),
             Count::Packets(id, n) => (dp.stats(id).packets, n),
             Count::Bytes(id, n) => (dp.stats(id).bytes, n),
-            Count::ConntrackEntries(n) => (dp.conntrack().len() as u64, n as u64),
+            Count::ConntrackEntries(n) => (dp.conntrack_directions().len() as u64, n as u64),
             Count::ConntrackReplies(n) => {
-                let replies = dp
-                    .conntrack()
-                    .iter()
-                    .filter(|(_, e)| e.direction == CT_REPLY)
-                    .count();
+                let directions = dp.conntrack_directions();
+                let replies = directions.iter().filter(|&&d| d == CT_REPLY).count();
                 (replies as u64, n as u64)
             }
         };

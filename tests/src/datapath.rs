@@ -26,8 +26,9 @@ use proxy_common::{
     kernel::clock_s,
     maps::{
         addr_to_net, hop_slot, port_roles, port_to_net, AffinityKey, AffinityValue, CtEntry,
-        DropReason, FlowKey, FrontendKey, FrontendKey6, FrontendStats, NextHop, SockAffinityKey,
-        Verdict, FRONTEND_EMPTY_DROP, FRONTEND_SNAT_REMOTE, FRONTEND_SOURCE_RANGES, SCOPE_POD,
+        CtEntry6, DropReason, FlowKey, FlowKey6, FrontendKey, FrontendKey6, FrontendStats, NextHop,
+        SockAffinityKey, Verdict, FRONTEND_AFFINITY_CLIENT_IP, FRONTEND_EMPTY_DROP,
+        FRONTEND_SNAT_REMOTE, FRONTEND_SOURCE_RANGES, SCOPE_POD,
     },
 };
 use proxy_userspace::{
@@ -195,7 +196,8 @@ fn plan_frontend(flags: u32, backends: Vec<Backend>) -> Frontend {
         port_name: String::new(),
         backends,
         draining: Vec::new(),
-        affinity_timeout: None,
+        // Kubernetes' default timeout; `set_affinity` sets another.
+        affinity_timeout: (flags & FRONTEND_AFFINITY_CLIENT_IP != 0).then_some(10_800),
         empty_drop: flags & FRONTEND_EMPTY_DROP != 0,
         snat_remote: flags & FRONTEND_SNAT_REMOTE != 0,
         // The ranges themselves come with `allow_source`.
@@ -365,6 +367,22 @@ impl Datapath {
         id: u32,
         flags: u32,
         backends: &[TestBackend6],
+    ) {
+        let backends = backends
+            .iter()
+            .map(|&(addr, port, local)| plan_backend(addr, port, local))
+            .collect();
+        self.add_frontend_of(key.into(), id, flags, backends);
+    }
+
+    /// [`Self::add_frontend`] for a frontend of either family over backends
+    /// of its family (address, port, on this node?).
+    pub fn add_frontend_any(
+        &mut self,
+        key: impl Into<FrontendMapKey>,
+        id: u32,
+        flags: u32,
+        backends: &[(IpAddr, u16, bool)],
     ) {
         let backends = backends
             .iter()
@@ -648,6 +666,20 @@ impl Datapath {
     pub fn conntrack(&mut self) -> Vec<(FlowKey, CtEntry)> {
         let map = self.hash::<FlowKey, CtEntry>("CONNTRACK");
         map.iter().map(|r| r.expect("read conntrack")).collect()
+    }
+
+    /// Every IPv6 conntrack entry.
+    pub fn conntrack6(&mut self) -> Vec<(FlowKey6, CtEntry6)> {
+        let map = self.hash::<FlowKey6, CtEntry6>("CONNTRACK6");
+        map.iter().map(|r| r.expect("read conntrack")).collect()
+    }
+
+    /// The directions (`CT_FORWARD`, `CT_REPLY`) of every conntrack entry
+    /// of both families.
+    pub fn conntrack_directions(&mut self) -> Vec<u8> {
+        let v4 = self.conntrack().into_iter().map(|(_, e)| e.direction);
+        let v6 = self.conntrack6().into_iter().map(|(_, e)| e.direction);
+        v4.chain(v6).collect()
     }
 
     /// Runs `pod_ingress` (a packet leaving a pod) once on `frame`:

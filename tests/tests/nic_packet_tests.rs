@@ -95,10 +95,10 @@ fn nic_frontend(
     backends: &[TestBackend],
 ) -> Frontend {
     Frontend {
-        key: node_key(addr, port, proto),
+        key: node_key(addr, port, proto).into(),
         id,
         flags,
-        backends: backends.to_vec(),
+        backends: backends.iter().map(|&(a, p, l)| (a.into(), p, l)).collect(),
         sources: Vec::new(),
     }
 }
@@ -155,12 +155,12 @@ fn nic_cases() -> Vec<Case> {
     let lb = sa(LB_IP, 80);
     let mut lb_frontend = nic_frontend(LB_IP, 80, PROTO_TCP, 7, FRONTEND_SOURCE_RANGES, &local);
     lb_frontend.sources = vec![
-        (Ipv4Addr::new(192, 168, 50, 0), 25),
-        (Ipv4Addr::new(172, 16, 0, 9), 32),
+        (Ipv4Addr::new(192, 168, 50, 0).into(), 25),
+        (Ipv4Addr::new(172, 16, 0, 9).into(), 32),
     ];
     // Another frontend's range admits nobody here.
     let mut other = nic_frontend(LB_IP, 81, PROTO_TCP, 8, FRONTEND_SOURCE_RANGES, &local);
-    other.sources = vec![(Ipv4Addr::new(192, 168, 50, 128), 25)];
+    other.sources = vec![(Ipv4Addr::new(192, 168, 50, 128).into(), 25)];
     let ranged = |from: Ipv4Addr| Packet::tcp(sa(from, 40000), lb);
     let mut ping = Packet::tcp(client(0), sa(LB_IP, 0));
     ping.l4 = L4::Other { proto: PROTO_ICMP };
@@ -170,7 +170,8 @@ fn nic_cases() -> Vec<Case> {
         key: FrontendKey {
             scope: SCOPE_POD,
             ..node_key(Ipv4Addr::new(10, 96, 0, 10), 80, PROTO_TCP)
-        },
+        }
+        .into(),
         ..nic_frontend(Ipv4Addr::new(10, 96, 0, 10), 80, PROTO_TCP, 3, 0, &local)
     };
     let untouched = |what, p| arriving(what, p, XDP_PASS, Out::Untouched);

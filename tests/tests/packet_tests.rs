@@ -108,10 +108,14 @@ fn pod_frontend(
             port: port_to_net(vip.port()),
             proto,
             scope: SCOPE_POD,
-        },
+        }
+        .into(),
         id,
         flags,
-        backends: backends.iter().map(|&(a, p)| (a, p, false)).collect(),
+        backends: backends
+            .iter()
+            .map(|&(a, p)| (a.into(), p, false))
+            .collect(),
         sources: Vec::new(),
     }
 }
@@ -304,7 +308,7 @@ fn pod_cases() -> Vec<Case> {
     let lb = sa(ip(192, 168, 60, 10), 80);
     let mut lb_frontend =
         pod_frontend(lb, PROTO_TCP, 9, FRONTEND_SOURCE_RANGES, &TCP_BACKENDS[..1]);
-    lb_frontend.sources.push((ip(10, 0, 1, 0), 24));
+    lb_frontend.sources.push((ip(10, 0, 1, 0).into(), 24));
 
     vec![
         case(
