@@ -3,7 +3,11 @@
 //! EndpointSlice controller writes them. Builders below write other Services
 //! with a fixed clusterIP, and endpoints as controllers or people write them.
 
-use std::{fs, io, net::Ipv4Addr, path::Path};
+use std::{
+    fs, io,
+    net::{IpAddr, Ipv4Addr},
+    path::Path,
+};
 
 use k8s_openapi::api::core::v1::{LoadBalancerIngress, Service};
 use proxy_userspace::source::{
@@ -65,6 +69,25 @@ impl ServiceManifest {
     fn from_kubectl(yaml: &str, cluster_ip: Ipv4Addr) -> Self {
         let mut service: Service = serde_norway::from_str(yaml).expect("kubectl fixture");
         spec_of(&mut service).cluster_ip = Some(cluster_ip.to_string());
+        Self(service)
+    }
+
+    /// `echo` (TCP 80 → 8080, UDP 53 → 5353) on `cluster_ips`, the first
+    /// the primary: dual-stack (`PreferDualStack`) with one of each family,
+    /// else single-stack, `ipFamilies` as the API server fills them in.
+    pub fn echo(cluster_ips: &[IpAddr]) -> Self {
+        let mut service: Service = serde_norway::from_str(ECHO_SERVICE).expect("kubectl fixture");
+        let spec = spec_of(&mut service);
+        let family = |ip: &IpAddr| if ip.is_ipv4() { "IPv4" } else { "IPv6" }.to_string();
+        spec.cluster_ip = cluster_ips.first().map(IpAddr::to_string);
+        spec.cluster_ips = Some(cluster_ips.iter().map(IpAddr::to_string).collect());
+        spec.ip_families = Some(cluster_ips.iter().map(family).collect());
+        let policy = if cluster_ips.len() > 1 {
+            "PreferDualStack"
+        } else {
+            "SingleStack"
+        };
+        spec.ip_family_policy = Some(policy.into());
         Self(service)
     }
 
@@ -176,7 +199,7 @@ fn port_items(ports: &[EndpointPort]) -> String {
 /// An endpoint address with its EndpointSlice conditions.
 #[derive(Clone, Copy, Debug)]
 pub struct Endpoint {
-    pub addr: Ipv4Addr,
+    pub addr: IpAddr,
     pub ready: bool,
     pub serving: bool,
     pub terminating: bool,
@@ -185,9 +208,9 @@ pub struct Endpoint {
 }
 
 impl Endpoint {
-    pub fn ready(addr: Ipv4Addr) -> Self {
+    pub fn ready(addr: impl Into<IpAddr>) -> Self {
         Self {
-            addr,
+            addr: addr.into(),
             ready: true,
             serving: true,
             terminating: false,
@@ -204,9 +227,9 @@ impl Endpoint {
     }
 
     /// Running but failing its readiness probe.
-    pub fn not_ready(addr: Ipv4Addr) -> Self {
+    pub fn not_ready(addr: impl Into<IpAddr>) -> Self {
         Self {
-            addr,
+            addr: addr.into(),
             ready: false,
             serving: false,
             terminating: false,
@@ -215,9 +238,9 @@ impl Endpoint {
     }
 
     /// Shutting down; `serving` while it still passes its readiness probe.
-    pub fn terminating(addr: Ipv4Addr, serving: bool) -> Self {
+    pub fn terminating(addr: impl Into<IpAddr>, serving: bool) -> Self {
         Self {
-            addr,
+            addr: addr.into(),
             ready: false,
             serving,
             terminating: true,
@@ -227,7 +250,9 @@ impl Endpoint {
 }
 
 /// An EndpointSlice `default/SLICE` for Service `service`, labelled as
-/// kube-proxy selects them, managed by `managed_by`.
+/// kube-proxy selects them, managed by `managed_by`; its `addressType` is
+/// its endpoints' family (IPv6 if the first is), one per slice as the
+/// controller writes them.
 pub fn endpoint_slice(
     service: &str,
     slice: &str,
@@ -235,10 +260,14 @@ pub fn endpoint_slice(
     ports: &[EndpointPort],
     endpoints: &[Endpoint],
 ) -> String {
+    let family = match endpoints.first() {
+        Some(e) if e.addr.is_ipv6() => "IPv6",
+        _ => "IPv4",
+    };
     let mut yaml = format!(
         "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: {slice}\n  namespace: default\n  \
          labels:\n    kubernetes.io/service-name: {service}\n    endpointslice.kubernetes.io/managed-by: {managed_by}\n\
-         addressType: IPv4\nports: [{}]\nendpoints:\n",
+         addressType: {family}\nports: [{}]\nendpoints:\n",
         port_items(ports)
     );
     for e in endpoints {

@@ -1,7 +1,9 @@
 //! A mini node built from network namespaces: a "node" namespace where the
 //! agent runs, and pod namespaces joined to it by veth pairs, the host side
-//! of each in the node. Pod `i` is 10.200.i.2/24 behind gateway 10.200.i.1.
-//! Hosts outside the cluster hang off the node the same way, on 192.168.x.
+//! of each in the node. Pod `i` is 10.200.i.2/24 behind gateway 10.200.i.1,
+//! and fd00:200:i::2/64 behind fd00:200:i::1: every pod is dual-stack.
+//! Hosts outside the cluster hang off the node the same way, on 192.168.x
+//! and fd00:c0a8:x::.
 //!
 //! Checksum offloads are switched off on every veth: with them on, veth
 //! leaves TCP checksums partial and nobody verifies them, so a broken
@@ -13,7 +15,7 @@
 
 use std::{
     io::{BufRead as _, BufReader},
-    net::Ipv4Addr,
+    net::{Ipv4Addr, Ipv6Addr},
     path::{Path, PathBuf},
     process::{Child, Command, Output, Stdio},
     sync::{
@@ -177,6 +179,9 @@ pub struct Pod {
     /// The pod's network namespace.
     pub netns: String,
     pub ip: Ipv4Addr,
+    /// Its IPv6 address: every pod of a mini node is dual-stack; the
+    /// two-node topology is IPv4 only (`None`).
+    pub ip6: Option<Ipv6Addr>,
     /// Host side of the pod's veth, in the node namespace.
     pub host_interface: String,
 }
@@ -185,8 +190,37 @@ pub struct Pod {
 pub struct ExternalHost {
     pub netns: String,
     pub ip: Ipv4Addr,
+    pub ip6: Ipv6Addr,
     /// Node side of its veth.
     pub node_interface: String,
+}
+
+/// No duplicate address detection on interfaces `netns` gets from now on:
+/// while a fresh veth's link-local address is tentative, IPv6 between the
+/// namespaces stalls (the first connection took 2 s, measured), and the
+/// addresses here are unique by construction.
+fn skip_dad(netns: &str) -> anyhow::Result<()> {
+    for conf in ["all", "default"] {
+        let setting = format!("net.ipv6.conf.{conf}.accept_dad=0");
+        exec_ok(netns, &["sysctl", "-q", "-w", &setting])?;
+    }
+    Ok(())
+}
+
+/// Pod `index`'s IPv6 subnet fd00:200:`index`::/64, host `host` in it.
+pub fn pod_ip6(index: u8, host: u16) -> Ipv6Addr {
+    Ipv6Addr::new(0xfd00, 0x200, index.into(), 0, 0, 0, 0, host)
+}
+
+/// A veth joining a namespace to the node, with both families' addresses.
+struct Link<'a> {
+    host_interface: &'a str,
+    /// Names the namespace's `eth0` until it moves.
+    peer: &'a str,
+    gateway: Ipv4Addr,
+    ip: Ipv4Addr,
+    gateway6: Ipv6Addr,
+    ip6: Ipv6Addr,
 }
 
 pub struct MiniNode {
@@ -211,10 +245,10 @@ impl MiniNode {
         let bpffs = PrivateBpffs::new(&prefix).context("mounting a private bpffs")?;
         let cgroup = TestCgroup::new(&prefix).context("making a test cgroup")?;
         let node_netns = namespaces.add("node")?;
-        exec_ok(
-            &node_netns,
-            &["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"],
-        )?;
+        for forwarding in ["net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1"] {
+            exec_ok(&node_netns, &["sysctl", "-q", "-w", forwarding])?;
+        }
+        skip_dad(&node_netns)?;
         Ok(Self {
             prefix,
             node_netns,
@@ -241,60 +275,78 @@ impl MiniNode {
         let peer = format!("{}c{index}", self.prefix);
         let ip = Ipv4Addr::new(10, 200, index, 2);
         let gateway = Ipv4Addr::new(10, 200, index, 1);
+        let (ip6, gateway6) = (pod_ip6(index, 2), pod_ip6(index, 1));
         let netns = self.namespaces.add(name)?;
-        self.link_to_node(&netns, &host_interface, &peer, gateway, ip)?;
+        let link = Link {
+            host_interface: &host_interface,
+            peer: &peer,
+            gateway,
+            ip,
+            gateway6,
+            ip6,
+        };
+        self.link_to_node(&netns, &link)?;
         self.pods.push(Pod {
             name: name.to_string(),
             netns,
             ip,
+            ip6: Some(ip6),
             host_interface,
         });
         Ok(self.pods.last().expect("just pushed"))
     }
 
     /// Adds a host outside the cluster (an external server) at
-    /// 192.168.`subnet`.2/24 behind the node's 192.168.`subnet`.1. Its veth's
-    /// node side is not named like pod interfaces, so no agent attaches to it.
+    /// 192.168.`subnet`.2/24 and fd00:c0a8:`subnet`::2/64 behind the node's
+    /// .1 and ::1. Its veth's node side is not named like pod interfaces, so
+    /// no agent attaches to it.
     pub fn add_external_host(&mut self, name: &str, subnet: u8) -> anyhow::Result<ExternalHost> {
         let node_interface = format!("{}x{subnet}", self.prefix);
         let peer = format!("{}e{subnet}", self.prefix);
         let ip = Ipv4Addr::new(192, 168, subnet, 2);
-        let gateway = Ipv4Addr::new(192, 168, subnet, 1);
+        let ip6 = Ipv6Addr::new(0xfd00, 0xc0a8, subnet.into(), 0, 0, 0, 0, 2);
         let netns = self.namespaces.add(name)?;
-        self.link_to_node(&netns, &node_interface, &peer, gateway, ip)?;
+        let link = Link {
+            host_interface: &node_interface,
+            peer: &peer,
+            gateway: Ipv4Addr::new(192, 168, subnet, 1),
+            ip,
+            gateway6: Ipv6Addr::new(0xfd00, 0xc0a8, subnet.into(), 0, 0, 0, 0, 1),
+            ip6,
+        };
+        self.link_to_node(&netns, &link)?;
         Ok(ExternalHost {
             netns,
             ip,
+            ip6,
             node_interface,
         })
     }
 
-    /// Joins `netns` to the node by a veth: `host_interface` holds `gateway`
-    /// in the node, `eth0` holds `ip` in `netns` (both /24) and routes
-    /// everything via the gateway. `peer` names `eth0` until it moves.
-    fn link_to_node(
-        &self,
-        netns: &str,
-        host_interface: &str,
-        peer: &str,
-        gateway: Ipv4Addr,
-        ip: Ipv4Addr,
-    ) -> anyhow::Result<()> {
+    /// Joins `netns` to the node by a veth: `host_interface` holds the
+    /// gateways in the node, `eth0` holds the addresses in `netns` (a /24
+    /// and a /64) and routes everything via the gateways. IPv6 addresses
+    /// skip duplicate address detection (`skip_dad`), so they serve at once.
+    fn link_to_node(&self, netns: &str, link: &Link) -> anyhow::Result<()> {
         let node = self.node_netns.as_str();
-        add_veth(node, host_interface, netns, peer, "eth0")?;
-        let gateway_cidr = format!("{gateway}/24");
-        exec_ok(
-            node,
-            &["ip", "addr", "add", &gateway_cidr, "dev", host_interface],
-        )?;
-        exec_ok(
-            netns,
-            &["ip", "addr", "add", &format!("{ip}/24"), "dev", "eth0"],
-        )?;
-        self.exec_ok(
-            netns,
-            &["ip", "route", "add", "default", "via", &gateway.to_string()],
-        )?;
+        skip_dad(netns)?;
+        add_veth(node, link.host_interface, netns, link.peer, "eth0")?;
+        let dev = link.host_interface;
+        for (ns, dev, cidr) in [
+            (node, dev, format!("{}/24", link.gateway)),
+            (netns, "eth0", format!("{}/24", link.ip)),
+        ] {
+            exec_ok(ns, &["ip", "addr", "add", &cidr, "dev", dev])?;
+        }
+        for (ns, dev, cidr) in [
+            (node, dev, format!("{}/64", link.gateway6)),
+            (netns, "eth0", format!("{}/64", link.ip6)),
+        ] {
+            exec_ok(ns, &["ip", "-6", "addr", "add", &cidr, "dev", dev, "nodad"])?;
+        }
+        for gateway in [link.gateway.to_string(), link.gateway6.to_string()] {
+            exec_ok(netns, &["ip", "route", "add", "default", "via", &gateway])?;
+        }
         Ok(())
     }
 

@@ -6,7 +6,7 @@
 use std::{
     ffi::OsStr,
     fs,
-    net::Ipv4Addr,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
     path::{Path, PathBuf},
     time::Duration,
 };
@@ -15,7 +15,7 @@ use crate::{
     agent::{kxdp_bin, Agent},
     manifests::{
         allocated_cluster_ip, echo_endpoint_slice, endpoint_slice, service, write_manifest,
-        Endpoint, ECHO_SERVICE, SLICE_CONTROLLER,
+        Endpoint, ServiceManifest, ECHO_SERVICE, SLICE_CONTROLLER,
     },
     netns::{run, MiniNode},
 };
@@ -112,6 +112,35 @@ impl EchoScenario {
         // Two programs per pod interface: pod_ingress and pod_egress.
         agent.wait_for(&["attached"], 2 * self.node.pods.len(), AGENT_READY)?;
         Ok(agent)
+    }
+
+    /// Makes `echo` dual-stack, as the API server would for `ipFamilyPolicy:
+    /// PreferDualStack`: the ClusterIPs the allocated IPv4 one and `vip6`,
+    /// and an IPv6 EndpointSlice of the backends beside the IPv4 one.
+    pub fn make_dual_stack(&self, vip6: Ipv6Addr) -> anyhow::Result<()> {
+        self.write_echo_service(&[self.vip.into(), vip6.into()])?;
+        let endpoints: Vec<Endpoint> = self
+            .backends_ip6()
+            .into_iter()
+            .map(Endpoint::ready)
+            .collect();
+        let ports = [("80-8080", "TCP", 8080), ("53-5353", "UDP", 5353)];
+        let slice = endpoint_slice("echo", "echo-v6x9k", SLICE_CONTROLLER, &ports, &endpoints);
+        self.write_manifest("slice6.yaml", &slice)
+    }
+
+    /// Rewrites `echo` on `cluster_ips` (see `ServiceManifest::echo`).
+    pub fn write_echo_service(&self, cluster_ips: &[IpAddr]) -> anyhow::Result<()> {
+        let service = ServiceManifest::echo(cluster_ips).to_yaml();
+        self.write_manifest("service.yaml", &service)
+    }
+
+    /// The backends' IPv6 addresses, in backend order.
+    pub fn backends_ip6(&self) -> Vec<Ipv6Addr> {
+        self.node.pods[1..=self.backends.len()]
+            .iter()
+            .map(|pod| pod.ip6.expect("mini node pods are dual-stack"))
+            .collect()
     }
 
     /// Replaces the EndpointSlice (write, then rename: never half a file).
@@ -227,10 +256,12 @@ impl EchoScenario {
     }
 
     /// One HTTP GET from the client pod (curl); the backend's answer.
+    /// `target` may be an IPv6 `[address]:port` (`-g`: brackets are no
+    /// glob to curl).
     pub fn http_get(&self, target: &str) -> Result<String, String> {
         self.client(
             "curl",
-            &["-sS", "--max-time", "3", &format!("http://{target}/")],
+            &["-gsS", "--max-time", "3", &format!("http://{target}/")],
         )
     }
 
@@ -239,7 +270,7 @@ impl EchoScenario {
     pub fn http_get_within(&self, target: &str, max_time: Duration) -> Result<String, String> {
         let max_time = format!("{:.1}", max_time.as_secs_f64());
         let url = format!("http://{target}/");
-        self.client("curl", &["-sS", "--max-time", &max_time, &url])
+        self.client("curl", &["-gsS", "--max-time", &max_time, &url])
     }
 
     /// One UDP request from the client pod; `from=<addr> <answer>`.

@@ -315,6 +315,7 @@ impl TwoNode {
             name: name.to_string(),
             netns: netns.clone(),
             ip,
+            ip6: None,
             host_interface,
         });
         let (http, udp) = (POD_HTTP_PORT.to_string(), POD_UDP_PORT.to_string());

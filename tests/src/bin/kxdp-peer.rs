@@ -16,16 +16,51 @@
 
 use std::{
     io::{BufRead, BufReader, Read, Write},
-    net::{SocketAddr, TcpListener, TcpStream, UdpSocket},
+    net::{Ipv6Addr, SocketAddr, TcpListener, TcpStream, UdpSocket},
     sync::atomic::{AtomicU64, Ordering},
     time::{Duration, Instant},
 };
 
 use anyhow::{bail, Context as _};
 
+/// Servers listen on both families at once (a dual-stack socket on `::`);
+/// where the node has no IPv6, on IPv4 alone.
+fn listen_tcp(port: u16) -> anyhow::Result<TcpListener> {
+    TcpListener::bind((Ipv6Addr::UNSPECIFIED, port))
+        .or_else(|_| TcpListener::bind(("0.0.0.0", port)))
+        .context("bind tcp")
+}
+
+fn bind_udp_server(port: u16) -> anyhow::Result<UdpSocket> {
+    UdpSocket::bind((Ipv6Addr::UNSPECIFIED, port))
+        .or_else(|_| UdpSocket::bind(("0.0.0.0", port)))
+        .context("bind udp")
+}
+
+/// A client socket of `target`'s family.
+fn bind_udp_client(target: SocketAddr) -> std::io::Result<UdpSocket> {
+    if target.is_ipv4() {
+        UdpSocket::bind("0.0.0.0:0")
+    } else {
+        UdpSocket::bind("[::]:0")
+    }
+}
+
+/// An address as its family writes it: an IPv4 peer of a dual-stack socket
+/// (`::ffff:a.b.c.d`) as IPv4.
+fn canonical(addr: SocketAddr) -> SocketAddr {
+    match addr {
+        SocketAddr::V6(v6) => match v6.ip().to_ipv4_mapped() {
+            Some(v4) => SocketAddr::new(v4.into(), v6.port()),
+            None => addr,
+        },
+        v4 => v4,
+    }
+}
+
 fn answer_http(mut stream: TcpStream, name: &str) -> std::io::Result<()> {
     stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-    let peer = stream.peer_addr()?;
+    let peer = canonical(stream.peer_addr()?);
     let mut request = Vec::new();
     let mut buf = [0u8; 1024];
     // Read the request head (bounded), then answer and close.
@@ -50,14 +85,15 @@ fn answer_http(mut stream: TcpStream, name: &str) -> std::io::Result<()> {
 }
 
 fn serve(name: String, tcp: u16, udp: u16) -> anyhow::Result<()> {
-    let listener = TcpListener::bind(("0.0.0.0", tcp)).context("bind tcp")?;
-    let socket = UdpSocket::bind(("0.0.0.0", udp)).context("bind udp")?;
+    let listener = listen_tcp(tcp)?;
+    let socket = bind_udp_server(udp)?;
     let udp_name = name.clone();
     std::thread::spawn(move || {
         let mut buf = [0u8; 2048];
         while let Ok((n, from)) = socket.recv_from(&mut buf) {
             let reply = format!(
-                "backend={udp_name} client={from} payload={}",
+                "backend={udp_name} client={} payload={}",
+                canonical(from),
                 String::from_utf8_lossy(&buf[..n])
             );
             let _ = socket.send_to(reply.as_bytes(), from);
@@ -75,7 +111,7 @@ fn serve(name: String, tcp: u16, udp: u16) -> anyhow::Result<()> {
 }
 
 fn udp_query(target: SocketAddr, payload: &str, timeout: Duration) -> anyhow::Result<()> {
-    let socket = UdpSocket::bind("0.0.0.0:0")?;
+    let socket = bind_udp_client(target)?;
     socket.set_read_timeout(Some(timeout))?;
     socket.send_to(payload.as_bytes(), target)?;
     let mut buf = [0u8; 2048];
@@ -88,7 +124,7 @@ fn udp_query(target: SocketAddr, payload: &str, timeout: Duration) -> anyhow::Re
 /// ICMP port unreachable as ECONNREFUSED: prints "answered" or "refused",
 /// fails on silence.
 fn udp_probe(target: SocketAddr, timeout: Duration) -> anyhow::Result<()> {
-    let socket = UdpSocket::bind("0.0.0.0:0")?;
+    let socket = bind_udp_client(target)?;
     socket.set_read_timeout(Some(timeout))?;
     socket.connect(target)?;
     socket.send(b"probe")?;
@@ -109,7 +145,7 @@ const SESSION_TIMEOUT: Duration = Duration::from_millis(500);
 /// came (a connected socket takes answers from its peer's address only),
 /// `N refused` on an ICMP error, and `done COUNT` at the end.
 fn udp_session(target: SocketAddr, count: u32, interval: Duration) -> anyhow::Result<()> {
-    let socket = UdpSocket::bind("0.0.0.0:0")?;
+    let socket = bind_udp_client(target)?;
     socket.set_read_timeout(Some(SESSION_TIMEOUT))?;
     socket.connect(target)?;
     let mut buf = [0u8; 2048];
@@ -232,7 +268,7 @@ fn conn_rate(target: SocketAddr, duration: Duration, concurrency: usize) -> anyh
 /// Counts what each connection sends until it closes its side, then answers
 /// `bytes=N` and closes: the sender learns how much really arrived.
 fn sink(tcp: u16) -> anyhow::Result<()> {
-    let listener = TcpListener::bind(("0.0.0.0", tcp)).context("bind tcp")?;
+    let listener = listen_tcp(tcp)?;
     println!("ready");
     std::io::stdout().flush()?;
     for stream in listener.incoming() {
@@ -290,7 +326,7 @@ fn stream(target: SocketAddr, duration: Duration) -> anyhow::Result<()> {
 
 /// Answers every line of every connection with `backend=NAME line=LINE`.
 fn echo_lines(name: String, tcp: u16) -> anyhow::Result<()> {
-    let listener = TcpListener::bind(("0.0.0.0", tcp)).context("bind tcp")?;
+    let listener = listen_tcp(tcp)?;
     println!("ready");
     for stream in listener.incoming() {
         let name = name.clone();

@@ -1,0 +1,230 @@
+//! Namespace suite over IPv6: real TCP and UDP through an IPv6 and a
+//! dual-stack ClusterIP in a mini node whose pods are dual-stack, with the
+//! real `kxdp agent`: per packet (pods outside the hooked cgroup), through
+//! the socket hooks (pods and host processes inside it, IPv4-mapped
+//! addresses included), rejects without endpoints, and an IPv6 connection
+//! across an agent restart.
+
+use std::{
+    collections::BTreeSet,
+    io::{BufRead, BufReader},
+    net::{Ipv6Addr, SocketAddr},
+    process::Stdio,
+    sync::mpsc,
+    time::Duration,
+};
+
+use kxdp_testbed::{
+    agent::pod_hook_adopted,
+    manifests::{endpoint_slice, Endpoint, SLICE_CONTROLLER},
+    scenario::EchoScenario,
+};
+
+const WAIT: Duration = Duration::from_secs(10);
+const HOOKED: &str = "reach ClusterIPs through the socket hooks";
+
+fn vip6() -> Ipv6Addr {
+    "fd00:10:96::a".parse().unwrap()
+}
+
+/// The echo scenario with `echo` dual-stack on `vip6()`.
+fn dual_stack() -> EchoScenario {
+    let s = EchoScenario::new(2, env!("CARGO_BIN_EXE_kxdp-peer").into()).expect("echo scenario");
+    s.make_dual_stack(vip6()).unwrap();
+    s
+}
+
+fn target(port: u16) -> String {
+    SocketAddr::new(vip6().into(), port).to_string()
+}
+
+/// `NAME` of an answer `backend=NAME ...`.
+fn backend_of(answer: &str) -> String {
+    let first = answer.split_whitespace().next().unwrap_or_default();
+    first.strip_prefix("backend=").unwrap_or(first).to_string()
+}
+
+#[test]
+fn pods_reach_both_backends_of_a_dual_stack_cluster_ip_in_each_family_per_packet() {
+    let s = dual_stack();
+    let _agent = s.start_agent().unwrap();
+    let client6 = s.node.pod("client").ip6.unwrap();
+
+    let mut seen = BTreeSet::new();
+    for i in 0..24 {
+        let body = s
+            .http_get(&target(80))
+            .unwrap_or_else(|e| panic!("request {i} to {}: {e}", target(80)));
+        // Translated per packet, the client keeps its own address.
+        assert!(body.contains(&format!(" client=[{client6}]:")), "{body}");
+        seen.insert(backend_of(&body));
+    }
+    assert_eq!(seen, BTreeSet::from(["b1".into(), "b2".into()]));
+
+    let reply = s.udp_query(&target(53), "hello").expect("UDP over IPv6");
+    // The answer comes from the VIP and the service port.
+    assert!(
+        reply.starts_with(&format!("from={} backend=b", target(53))),
+        "{reply}"
+    );
+    assert!(reply.ends_with("payload=hello"), "{reply}");
+
+    // The IPv4 family of the same Service, at the same time.
+    let body = s.http_get(&format!("{}:80", s.vip)).expect("IPv4 too");
+    let client4 = s.node.pod("client").ip;
+    assert!(body.contains(&format!(" client={client4}:")), "{body}");
+
+    // `kxdp services` lists the IPv6 frontend with the packets it counted.
+    let (_, packets) = counts(&s, &target(80));
+    assert!(packets > 24, "{packets} packets");
+}
+
+/// (sockets, packets) `kxdp services` shows for pod-scope TCP `frontend`.
+fn counts(s: &EchoScenario, frontend: &str) -> (u64, u64) {
+    let table = s.kxdp(&["services"]).unwrap();
+    let header: Vec<&str> = table.lines().next().unwrap().split_whitespace().collect();
+    let column = |name: &str| header.iter().position(|h| *h == name).unwrap();
+    let row: Vec<&str> = table
+        .lines()
+        .find(|l| {
+            l.split_whitespace()
+                .take(2)
+                .eq([&format!("{frontend}/TCP"), "pod"])
+        })
+        .unwrap_or_else(|| panic!("no row of {frontend} in\n{table}"))
+        .split_whitespace()
+        .collect();
+    let cell = |name| row[column(name)].parse().unwrap();
+    (cell("SOCKETS"), cell("PACKETS"))
+}
+
+#[test]
+fn pods_and_host_processes_reach_an_ipv6_cluster_ip_through_the_socket_hooks() {
+    let s = dual_stack();
+    let mut agent = s.start_agent().unwrap();
+    agent.wait_for(&[HOOKED], 1, WAIT).unwrap();
+    let url = format!("http://{}/", target(80));
+    let curl = ["-gsS", "--max-time", "3", url.as_str()];
+
+    let mut seen = BTreeSet::new();
+    for i in 0..16 {
+        let body = s
+            .from_client_in_cgroup("curl", &curl)
+            .unwrap_or_else(|e| panic!("pod request {i}: {e}"));
+        seen.insert(backend_of(&body));
+    }
+    assert_eq!(seen, BTreeSet::from(["b1".into(), "b2".into()]));
+
+    // The node's own processes: connect6 rewrites their sockets.
+    let in_node = |url: &str| {
+        let argv = ["curl", "-gsS", "--max-time", "3", url];
+        let out = s.node.cgroup.output(&s.node.node_netns, &argv).unwrap();
+        assert!(
+            out.status.success(),
+            "{url} from the node: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let body = in_node(&url);
+    assert!(body.starts_with("backend=b"), "{body}");
+    // An IPv6 socket to the IPv4-mapped ClusterIP reaches the IPv4 Service.
+    let mapped = format!("http://[::ffff:{}]:80/", s.vip);
+    let body = in_node(&mapped);
+    assert!(body.starts_with("backend=b"), "{body}");
+
+    // Every one of those connections went by the hooks: sockets counted,
+    // no packet translated.
+    assert_eq!(counts(&s, &target(80)), (17, 0));
+}
+
+#[test]
+fn an_ipv6_cluster_ip_without_endpoints_refuses_tcp_and_udp_at_once() {
+    let s = EchoScenario::new(1, env!("CARGO_BIN_EXE_kxdp-peer").into()).expect("echo scenario");
+    // IPv6 only, and its only slice is IPv4: no IPv6 endpoint at all.
+    s.write_echo_service(&[vip6().into()]).unwrap();
+    let _agent = s.start_agent().unwrap();
+
+    let err = s
+        .http_get_within(&target(80), Duration::from_secs(2))
+        .expect_err("nothing serves it");
+    // Refused, not timed out, and by the datapath's RST.
+    assert!(err.contains("Couldn't connect"), "{err}");
+    let peer = env!("CARGO_BIN_EXE_kxdp-peer");
+    let probe = s
+        .from_pod("client", peer, &["udp-probe", &target(53), "2000"])
+        .expect("an answer or an ICMPv6 error");
+    assert_eq!(probe, "refused", "ICMPv6 port unreachable");
+    let table = s.kxdp(&["services"]).unwrap();
+    let footer = table.lines().last().unwrap_or_default();
+    assert!(
+        footer.contains(" 1 TCP resets and 1 ICMP unreachables sent"),
+        "{footer}"
+    );
+}
+
+#[test]
+fn an_ipv6_connection_survives_the_agent_killed_and_replaced() {
+    let exchanges = (kxdp_testbed::patience(Duration::from_secs(5)).as_millis() / 100) as usize;
+    const KILL_AFTER: usize = 10;
+    let mut s =
+        EchoScenario::new(1, env!("CARGO_BIN_EXE_kxdp-peer").into()).expect("echo scenario");
+    let netns = s.node.pod("b1").netns.clone();
+    s.start_peer(&netns, &["echo-lines", "--name", "b1", "--tcp", "7007"])
+        .unwrap();
+    // `echo` on IPv6 alone, its port 80 to the line server.
+    s.write_echo_service(&[vip6().into()]).unwrap();
+    let slice = endpoint_slice(
+        "echo",
+        "echo-v6x9k",
+        SLICE_CONTROLLER,
+        &[("80-8080", "TCP", 7007)],
+        &[Endpoint::ready(s.backends_ip6()[0])],
+    );
+    s.write_manifest("slice6.yaml", &slice).unwrap();
+    let agent = s.start_agent().unwrap();
+
+    let peer = env!("CARGO_BIN_EXE_kxdp-peer");
+    let mut chat = s.node.command(&s.node.pod("client").netns, peer);
+    chat.args(["chat", &target(80), &exchanges.to_string(), "100"])
+        .stdout(Stdio::piped());
+    let stdout = s.node.spawn(chat).unwrap().stdout.take().unwrap();
+    let (tx, lines) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let next = || {
+        lines
+            .recv_timeout(WAIT)
+            .expect("the chat ended early or went silent")
+    };
+    let mut answers: Vec<String> = (0..KILL_AFTER).map(|_| next()).collect();
+
+    drop(agent);
+    let mut agent = s.start_agent().unwrap();
+    agent
+        .wait_for(&[pod_hook_adopted()], 2 * s.node.pods.len(), WAIT)
+        .unwrap();
+    agent
+        .wait_for(&["synced", "written=0", "deleted=0"], 1, WAIT)
+        .unwrap();
+    answers.extend(lines.try_iter());
+    let answered_at_resync = answers.len();
+    loop {
+        let line = next();
+        if line == format!("done {exchanges}") {
+            break;
+        }
+        answers.push(line);
+    }
+    assert!(
+        answered_at_resync < exchanges,
+        "the chat ended before the new agent had synced: make it longer"
+    );
+    let expected: Vec<String> = (1..=exchanges).map(|n| format!("{n} backend=b1")).collect();
+    assert_eq!(answers, expected);
+}
