@@ -615,6 +615,13 @@ impl Datapath {
             .expect("insert conntrack");
     }
 
+    /// [`Self::insert_conntrack`] for an IPv6 flow.
+    pub fn insert_conntrack6(&mut self, key: FlowKey6, entry: CtEntry6) {
+        self.hash::<FlowKey6, CtEntry6>("CONNTRACK6")
+            .insert(key, entry, 0)
+            .expect("insert conntrack");
+    }
+
     /// The next hops the NIC program learnt, on any CPU.
     pub fn next_hops(&mut self) -> Vec<NextHop> {
         let map = self.hop_cache();
@@ -644,19 +651,23 @@ impl Datapath {
         PerCpuArray::try_from(map).expect("HOP_CACHE is a per-CPU array")
     }
 
-    /// How many conntrack entries there are.
+    /// How many conntrack entries there are, of both families.
     pub fn conntrack_len(&mut self) -> usize {
-        let map = self.hash::<FlowKey, CtEntry>("CONNTRACK");
-        map.keys()
-            .try_fold(0, |n, key| key.map(|_| n + 1))
-            .expect("read conntrack keys")
+        let v4 = self.hash::<FlowKey, CtEntry>("CONNTRACK").keys().count();
+        let v6 = self.hash::<FlowKey6, CtEntry6>("CONNTRACK6").keys().count();
+        v4 + v6
     }
 
-    /// Removes every conntrack entry.
+    /// Removes every conntrack entry, of both families.
     pub fn clear_conntrack(&mut self) {
         let mut map = self.hash::<FlowKey, CtEntry>("CONNTRACK");
         // Collect first: deleting while iterating would skip keys.
         let keys: Vec<FlowKey> = map.keys().map(|k| k.expect("read key")).collect();
+        for key in keys {
+            map.remove(&key).expect("remove conntrack entry");
+        }
+        let mut map = self.hash::<FlowKey6, CtEntry6>("CONNTRACK6");
+        let keys: Vec<FlowKey6> = map.keys().map(|k| k.expect("read key")).collect();
         for key in keys {
             map.remove(&key).expect("remove conntrack entry");
         }

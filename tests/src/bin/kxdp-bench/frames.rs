@@ -24,34 +24,76 @@ pub(crate) fn client(port: u16) -> SocketAddrV4 {
     SocketAddrV4::new(CLIENT, port)
 }
 
+/// The address family a pod path is measured in: the same paths, the same
+/// roles of addresses, in either.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Family {
+    V4,
+    V6,
+}
+
+impl Family {
+    /// `addr` in the family's test network: IPv4 as is, IPv6 as
+    /// fd00::<the IPv4 address's bytes>.
+    fn addr(self, addr: Ipv4Addr) -> IpAddr {
+        match self {
+            Family::V4 => addr.into(),
+            Family::V6 => {
+                let [a, b, c, d] = addr.octets();
+                let words = [u16::from_be_bytes([a, b]), u16::from_be_bytes([c, d])];
+                Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, words[0], words[1]).into()
+            }
+        }
+    }
+
+    pub(crate) fn at(self, v4: SocketAddrV4) -> SocketAddr {
+        SocketAddr::new(self.addr(*v4.ip()), v4.port())
+    }
+
+    pub(crate) fn client(self, port: u16) -> SocketAddr {
+        self.at(client(port))
+    }
+
+    pub(crate) fn vip(self) -> SocketAddr {
+        self.at(VIP)
+    }
+
+    pub(crate) fn backend(self) -> SocketAddr {
+        self.at(BACKEND)
+    }
+
+    /// A row's label in this family: IPv4's as it always was.
+    pub(crate) fn label(self, label: &str) -> String {
+        match self {
+            Family::V4 => label.to_string(),
+            Family::V6 => format!("IPv6 {label}"),
+        }
+    }
+}
+
+/// `frame` padded to the Ethernet minimum (IPv6 frames are longer already).
 pub(crate) fn pad(mut frame: Vec<u8>) -> Vec<u8> {
-    assert!(frame.len() <= FRAME_LEN);
-    frame.resize(FRAME_LEN, 0);
+    if frame.len() < FRAME_LEN {
+        frame.resize(FRAME_LEN, 0);
+    }
     frame
 }
 
 /// A minimum-size TCP SYN frame.
-pub(crate) fn syn(src: SocketAddrV4, dst: SocketAddrV4) -> Vec<u8> {
+pub(crate) fn syn(src: impl Into<SocketAddr>, dst: impl Into<SocketAddr>) -> Vec<u8> {
     pad(Packet::tcp(src, dst).payload(b"").build())
 }
 
 /// A minimum-size TCP frame with `flags`.
-pub(crate) fn tcp_with_flags(src: SocketAddrV4, dst: SocketAddrV4, flags: u8) -> Vec<u8> {
+pub(crate) fn tcp_with_flags(
+    src: impl Into<SocketAddr>,
+    dst: impl Into<SocketAddr>,
+    flags: u8,
+) -> Vec<u8> {
     pad(Packet::tcp(src, dst).payload(b"").tcp_flags(flags).build())
 }
 
 /// A minimum-size TCP SYN-ACK frame (what a backend answers).
-pub(crate) fn syn_ack(src: SocketAddrV4, dst: SocketAddrV4) -> Vec<u8> {
+pub(crate) fn syn_ack(src: impl Into<SocketAddr>, dst: impl Into<SocketAddr>) -> Vec<u8> {
     tcp_with_flags(src, dst, TCP_SYN | TCP_ACK)
-}
-
-pub(crate) fn flow_key(src: SocketAddrV4, dst: SocketAddrV4) -> FlowKey {
-    FlowKey {
-        src_addr: addr_to_net(*src.ip()),
-        dst_addr: addr_to_net(*dst.ip()),
-        src_port: port_to_net(src.port()),
-        dst_port: port_to_net(dst.port()),
-        proto: PROTO_TCP,
-        _pad: [0; 3],
-    }
 }

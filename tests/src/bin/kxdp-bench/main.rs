@@ -29,7 +29,7 @@
 use std::{
     collections::{BTreeMap, BTreeSet},
     fmt::Write as _,
-    net::{Ipv4Addr, SocketAddrV4},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4},
     path::{Path, PathBuf},
     process::Command,
     time::{Duration, Instant},
@@ -41,17 +41,21 @@ use aya::{
     Ebpf,
 };
 use kxdp_testbed::{
-    datapath::{Datapath, NIC_INGRESS, POD_EGRESS, POD_INGRESS, TC_ACT_OK},
+    datapath::{pod_key, pod_key6, Datapath, NIC_INGRESS, POD_EGRESS, POD_INGRESS, TC_ACT_OK},
     nic_netns,
     packet::{Packet, TCP_ACK, TCP_SYN},
     privileged::require_root,
     scenario::{peer_bin, EchoScenario},
     FLOOR_OBJECT,
 };
-use proxy_common::maps::{
-    addr_to_net, port_to_net, CtEntry, DropReason, FlowKey, FrontendKey, CT_REPLY, PROTO_TCP,
-    SCOPE_POD,
+use proxy_common::{
+    addr::addr6_to_net,
+    maps::{
+        addr_to_net, port_to_net, CtEntry, CtEntry6, DropReason, FlowKey, FlowKey6, CT_REPLY,
+        PROTO_TCP,
+    },
 };
+use proxy_userspace::sync::entries::FrontendMapKey;
 
 mod conn_rate;
 mod control_plane;

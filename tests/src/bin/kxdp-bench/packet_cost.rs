@@ -55,7 +55,7 @@ pub(crate) struct PacketRow {
 pub(crate) fn packet_benches(plan: &Plan, nic: u32) -> anyhow::Result<Vec<PacketBench>> {
     let frame = syn(client(40_003), NOT_A_SERVICE);
     let repeat = plan.repeat;
-    let (cold, warm, calls) = (plan.cold_chain, plan.warm_chain, plan.warm_calls);
+    let warm = plan.warm_chain;
     let single_calls = NODEPORT_CALLS;
     let mut floor_single = bench(
         FLOOR_XDP_SINGLE,
@@ -64,7 +64,7 @@ pub(crate) fn packet_benches(plan: &Plan, nic: u32) -> anyhow::Result<Vec<Packet
         Box::new(Floor::load(true, frame.clone(), 1, single_calls)?),
     );
     floor_single.floor = FLOOR_XDP_SINGLE;
-    Ok(vec![
+    let mut benches = vec![
         bench(
             FLOOR_XDP,
             "floor_xdp",
@@ -89,36 +89,12 @@ pub(crate) fn packet_benches(plan: &Plan, nic: u32) -> anyhow::Result<Vec<Packet
             repeat.to_string(),
             Box::new(Miss::new(repeat, NO_SERVICE_PORT)),
         ),
-        bench(
-            "established (CT hit + DNAT)",
-            POD_INGRESS,
-            repeat.to_string(),
-            Box::new(Established::new(repeat)?),
-        ),
-        bench(
-            &format!("new flow (select + CT insert + DNAT), {cold}-service chain"),
-            POD_INGRESS,
-            cold.to_string(),
-            Box::new(NewFlow::new(cold, 1, false)),
-        ),
-        bench(
-            &format!("new flow (select + CT insert + DNAT), {warm}-service chain"),
-            POD_INGRESS,
-            format!("{warm} × {calls} calls"),
-            Box::new(NewFlow::new(warm, calls, false)),
-        ),
-        bench(
-            &format!("new flow with ClientIP affinity (affinity hit + CT insert + DNAT), {warm}-service chain"),
-            POD_INGRESS,
-            format!("{warm} × {calls} calls"),
-            Box::new(NewFlow::new(warm, calls, true)),
-        ),
-        bench(
-            "reply (CT reply hit + reverse NAT)",
-            POD_EGRESS,
-            repeat.to_string(),
-            Box::new(Reply::new(repeat)?),
-        ),
+    ];
+    // The pod paths in each family, IPv6's rows right after IPv4's.
+    for family in [Family::V4, Family::V6] {
+        benches.extend(pod_paths(plan, family)?);
+    }
+    benches.extend([
         floor_single,
         bench(
             "NodePort established, local backend (CT hit + DNAT)",
@@ -143,6 +119,47 @@ pub(crate) fn packet_benches(plan: &Plan, nic: u32) -> anyhow::Result<Vec<Packet
             NIC_INGRESS,
             format!("1 × {single_calls} calls"),
             Box::new(NodePortNewFlow::new(true, warm, single_calls, nic)),
+        ),
+    ]);
+    Ok(benches)
+}
+
+/// The translating pod paths of `family`: established, new flows (cold and
+/// warm chains, with affinity), reverse NAT.
+fn pod_paths(plan: &Plan, family: Family) -> anyhow::Result<Vec<PacketBench>> {
+    let repeat = plan.repeat;
+    let (cold, warm, calls) = (plan.cold_chain, plan.warm_chain, plan.warm_calls);
+    let label = |text: &str| family.label(text);
+    Ok(vec![
+        bench(
+            &label("established (CT hit + DNAT)"),
+            POD_INGRESS,
+            repeat.to_string(),
+            Box::new(Established::new(repeat, family)?),
+        ),
+        bench(
+            &label(&format!("new flow (select + CT insert + DNAT), {cold}-service chain")),
+            POD_INGRESS,
+            cold.to_string(),
+            Box::new(NewFlow::new(cold, 1, false, family)),
+        ),
+        bench(
+            &label(&format!("new flow (select + CT insert + DNAT), {warm}-service chain")),
+            POD_INGRESS,
+            format!("{warm} × {calls} calls"),
+            Box::new(NewFlow::new(warm, calls, false, family)),
+        ),
+        bench(
+            &label(&format!("new flow with ClientIP affinity (affinity hit + CT insert + DNAT), {warm}-service chain")),
+            POD_INGRESS,
+            format!("{warm} × {calls} calls"),
+            Box::new(NewFlow::new(warm, calls, true, family)),
+        ),
+        bench(
+            &label("reply (CT reply hit + reverse NAT)"),
+            POD_EGRESS,
+            repeat.to_string(),
+            Box::new(Reply::new(repeat, family)?),
         ),
     ])
 }

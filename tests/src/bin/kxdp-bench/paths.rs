@@ -2,25 +2,35 @@
 
 use super::*;
 
-/// Service VIP:80 → BACKEND, and service BACKEND → VIP:80: with both, a
-/// translated packet is again addressed to a service, which is what lets a
-/// repeated run take the same path every time (see `Established`).
-pub(crate) fn two_cycle_datapath() -> Datapath {
+/// Service VIP:80 → BACKEND, and service BACKEND → VIP:80, in `family`:
+/// with both, a translated packet is again addressed to a service, which is
+/// what lets a repeated run take the same path every time (see
+/// `Established`).
+pub(crate) fn two_cycle_datapath(family: Family) -> Datapath {
     let mut dp = Datapath::load_with_arena(proxy_common::sizes::MAGLEV_ARENA_ENTRIES);
-    add_tcp_service(&mut dp, 1, VIP, BACKEND);
-    add_tcp_service(&mut dp, 2, BACKEND, VIP);
+    add_tcp_service(&mut dp, 1, family.vip(), family.backend());
+    add_tcp_service(&mut dp, 2, family.backend(), family.vip());
     dp
 }
 
-/// A TCP ClusterIP service `id` on `frontend` with the single `backend`.
+/// A TCP ClusterIP service `id` on `frontend` with the single `backend`,
+/// both of one family.
 pub(crate) fn add_tcp_service(
     dp: &mut Datapath,
     id: u32,
-    frontend: SocketAddrV4,
-    backend: SocketAddrV4,
+    frontend: impl Into<SocketAddr>,
+    backend: impl Into<SocketAddr>,
 ) {
-    let backends = [(*backend.ip(), backend.port())];
-    dp.add_service(*frontend.ip(), frontend.port(), PROTO_TCP, id, &backends);
+    let (frontend, backend) = (frontend.into(), backend.into());
+    match (frontend.ip(), backend.ip()) {
+        (IpAddr::V4(vip), IpAddr::V4(to)) => {
+            dp.add_service(vip, frontend.port(), PROTO_TCP, id, &[(to, backend.port())])
+        }
+        (IpAddr::V6(vip), IpAddr::V6(to)) => {
+            dp.add_service6(vip, frontend.port(), PROTO_TCP, id, &[(to, backend.port())])
+        }
+        _ => panic!("{frontend} → {backend}: one family"),
+    }
 }
 
 /// Service lookup miss, then conntrack reply lookup miss: the packet (an ACK
@@ -36,7 +46,7 @@ impl Miss {
     /// A packet from a client's port to `dst`, which no frontend has.
     pub(crate) fn new(repeat: u32, dst: SocketAddrV4) -> Self {
         Miss {
-            dp: two_cycle_datapath(),
+            dp: two_cycle_datapath(Family::V4),
             frame: tcp_with_flags(client(40_002), dst, TCP_ACK),
             repeat,
         }
@@ -68,10 +78,11 @@ pub(crate) struct Established {
 }
 
 impl Established {
-    pub(crate) fn new(repeat: u32) -> anyhow::Result<Self> {
-        let mut dp = two_cycle_datapath();
+    pub(crate) fn new(repeat: u32, family: Family) -> anyhow::Result<Self> {
+        let mut dp = two_cycle_datapath(family);
+        let (client, vip, backend) = (family.client(40_000), family.vip(), family.backend());
         // One SYN each way opens both flows (forward + reply entries)...
-        let (syn_to_vip, syn_to_backend) = (syn(client(40_000), VIP), syn(client(40_000), BACKEND));
+        let (syn_to_vip, syn_to_backend) = (syn(client, vip), syn(client, backend));
         run_once(
             &dp,
             POD_INGRESS,
@@ -88,8 +99,8 @@ impl Established {
         )?;
         // ...and the timed packets are the connections' later ones (ACK): a
         // SYN would be balanced afresh.
-        let to_vip = tcp_with_flags(client(40_000), VIP, TCP_ACK);
-        let to_backend = tcp_with_flags(client(40_000), BACKEND, TCP_ACK);
+        let to_vip = tcp_with_flags(client, vip, TCP_ACK);
+        let to_backend = tcp_with_flags(client, backend, TCP_ACK);
         run_once(&dp, POD_INGRESS, "established (VIP)", &to_vip, &to_backend)?;
         run_once(
             &dp,
@@ -147,6 +158,7 @@ impl Case for Established {
 /// run many times per sample, keeps the service entries warm.
 pub(crate) struct NewFlow {
     pub(crate) dp: Datapath,
+    pub(crate) family: Family,
     pub(crate) chain: u32,
     /// BPF_PROG_TEST_RUN calls per sample, each with a new client port.
     pub(crate) calls: u32,
@@ -161,24 +173,23 @@ impl NewFlow {
     /// With `affinity`, every service has ClientIP session affinity: after
     /// the first call, each repetition also finds and checks the client's
     /// affinity entry and refreshes it.
-    pub(crate) fn new(chain: u32, calls: u32, affinity: bool) -> Self {
+    pub(crate) fn new(chain: u32, calls: u32, affinity: bool, family: Family) -> Self {
         assert!(calls < 60_000, "client ports must not repeat within a run");
         let mut dp = Datapath::load_with_arena(proxy_common::sizes::MAGLEV_ARENA_ENTRIES);
+        let vip = |i| family.at(chain_vip(i));
         for i in 0..chain {
-            add_tcp_service(&mut dp, i + 1, chain_vip(i), chain_vip(i + 1));
+            add_tcp_service(&mut dp, i + 1, vip(i), vip(i + 1));
             if affinity {
-                let vip = chain_vip(i);
-                let key = FrontendKey {
-                    addr: addr_to_net(*vip.ip()),
-                    port: port_to_net(vip.port()),
-                    proto: PROTO_TCP,
-                    scope: SCOPE_POD,
+                let key: FrontendMapKey = match vip(i).ip() {
+                    IpAddr::V4(addr) => pod_key(addr, 80, PROTO_TCP).into(),
+                    IpAddr::V6(addr) => pod_key6(addr, 80, PROTO_TCP).into(),
                 };
                 dp.set_affinity(key, 10_800);
             }
         }
         NewFlow {
             dp,
+            family,
             chain,
             calls,
             next_port: 1024,
@@ -195,10 +206,11 @@ impl NewFlow {
     /// One call down the whole chain from a new client port.
     fn one_call(&mut self) -> anyhow::Result<Sample> {
         let port = self.fresh_port();
-        let frame = syn(client(port), chain_vip(0));
+        let (client, vip) = (self.family.client(port), |i| self.family.at(chain_vip(i)));
+        let frame = syn(client, vip(0));
         let timed = time_test_run(self.dp.program(POD_INGRESS), &frame, self.chain)?;
         expect_verdict("new flow", timed.verdict, TC_ACT_OK)?;
-        let end = syn(client(port), chain_vip(self.chain));
+        let end = syn(client, vip(self.chain));
         expect_frame("new flow", &timed.out, &end)?;
         Ok(timed.sample)
     }
@@ -232,21 +244,13 @@ pub(crate) struct Reply {
 }
 
 impl Reply {
-    pub(crate) fn new(repeat: u32) -> anyhow::Result<Self> {
-        let mut dp = two_cycle_datapath();
-        let peer = client(40_001);
-        let reply_to = |nat: SocketAddrV4| CtEntry {
-            nat_addr: addr_to_net(*nat.ip()),
-            nat_port: port_to_net(nat.port()),
-            direction: CT_REPLY,
-            frontend_id: 1,
-            backend_id: Datapath::backend_id(1, 0),
-            ..CtEntry::default()
-        };
-        dp.insert_conntrack(flow_key(BACKEND, peer), reply_to(VIP));
-        dp.insert_conntrack(flow_key(VIP, peer), reply_to(BACKEND));
-        let from_backend = syn_ack(BACKEND, peer);
-        let from_vip = syn_ack(VIP, peer);
+    pub(crate) fn new(repeat: u32, family: Family) -> anyhow::Result<Self> {
+        let mut dp = two_cycle_datapath(family);
+        let (peer, vip, backend) = (family.client(40_001), family.vip(), family.backend());
+        insert_reply(&mut dp, backend, peer, vip);
+        insert_reply(&mut dp, vip, peer, backend);
+        let from_backend = syn_ack(backend, peer);
+        let from_vip = syn_ack(vip, peer);
         // Each step of the cycle, checked once: a repeated run cannot stall.
         run_once(
             &dp,
@@ -280,5 +284,51 @@ impl Case for Reply {
         ensure!(self.dp.conntrack_len() == 2, "reply: conntrack changed");
         expect_no_drops("reply", &self.dp)?;
         Ok(timed.sample)
+    }
+}
+
+/// The reply entry turning `from` → `to` into `nat` → `to`, as the
+/// datapath writes one (frontend 1, its first backend).
+fn insert_reply(dp: &mut Datapath, from: SocketAddr, to: SocketAddr, nat: SocketAddr) {
+    let (frontend_id, backend_id) = (1, Datapath::backend_id(1, 0));
+    let ports = (port_to_net(from.port()), port_to_net(to.port()));
+    match (from.ip(), to.ip(), nat.ip()) {
+        (IpAddr::V4(from), IpAddr::V4(to), IpAddr::V4(nat_addr)) => dp.insert_conntrack(
+            FlowKey {
+                src_addr: addr_to_net(from),
+                dst_addr: addr_to_net(to),
+                src_port: ports.0,
+                dst_port: ports.1,
+                proto: PROTO_TCP,
+                _pad: [0; 3],
+            },
+            CtEntry {
+                nat_addr: addr_to_net(nat_addr),
+                nat_port: port_to_net(nat.port()),
+                direction: CT_REPLY,
+                frontend_id,
+                backend_id,
+                ..CtEntry::default()
+            },
+        ),
+        (IpAddr::V6(from), IpAddr::V6(to), IpAddr::V6(nat_addr)) => dp.insert_conntrack6(
+            FlowKey6 {
+                src_addr: addr6_to_net(from),
+                dst_addr: addr6_to_net(to),
+                src_port: ports.0,
+                dst_port: ports.1,
+                proto: PROTO_TCP,
+                _pad: [0; 3],
+            },
+            CtEntry6 {
+                nat_addr: addr6_to_net(nat_addr),
+                nat_port: port_to_net(nat.port()),
+                direction: CT_REPLY,
+                frontend_id,
+                backend_id,
+                ..CtEntry6::default()
+            },
+        ),
+        _ => panic!("{from} → {to} as {nat}: one family"),
     }
 }
