@@ -76,6 +76,32 @@ pub struct Step {
     pub then: Option<fn(&mut Datapath)>,
 }
 
+/// A case on the pod programs alone (no NIC namespace).
+pub fn pod_case(
+    name: &str,
+    frontends: Vec<Frontend>,
+    steps: Vec<Step>,
+    counts: Vec<Count>,
+) -> Case {
+    Case {
+        name: name.into(),
+        frontends,
+        nic: false,
+        steps,
+        counts,
+    }
+}
+
+/// A step: packet `p` leaving a pod (`pod_ingress`).
+pub fn leaving_pod(what: &str, p: Packet, verdict: u32, expect: Out) -> Step {
+    Step::new(what, Hook::PodIngress, Frame::Built(p), verdict, expect)
+}
+
+/// A step: `frame` entering a pod (`pod_egress`).
+pub fn entering_pod(what: &str, frame: Frame, verdict: u32, expect: Out) -> Step {
+    Step::new(what, Hook::PodEgress, frame, verdict, expect)
+}
+
 /// A frame made from the backend the latest DNAT step chose.
 pub fn from_chosen(make: impl Fn(SocketAddr) -> Packet + Send + 'static) -> Frame {
     Frame::FromChosen(Box::new(make))

@@ -6,13 +6,16 @@
 use std::{
     ffi::OsStr,
     fs,
+    io::{BufRead, BufReader},
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
     path::{Path, PathBuf},
+    process::{ChildStdout, Stdio},
+    sync::mpsc::{self, Receiver},
     time::Duration,
 };
 
 use crate::{
-    agent::{kxdp_bin, Agent},
+    agent::{kxdp_bin, pod_hook_adopted, Agent},
     manifests::{
         allocated_cluster_ip, echo_endpoint_slice, endpoint_slice, service, write_manifest,
         Endpoint, ServiceManifest, ECHO_SERVICE, SLICE_CONTROLLER,
@@ -278,6 +281,64 @@ impl EchoScenario {
         self.client(&self.peer, &["udp-query", target, payload, "2000"])
     }
 
+    /// One connection from the client pod to `target` (a `kxdp-peer
+    /// echo-lines` server behind it), `exchanges` lines 100 ms apart; its
+    /// output lines ("N backend=NAME", then "done N") as they come.
+    pub fn start_chat(&mut self, target: &str, exchanges: usize) -> Receiver<String> {
+        let mut chat = self
+            .node
+            .command(&self.node.pod("client").netns, &self.peer);
+        chat.args(["chat", target, &exchanges.to_string(), "100"])
+            .stdout(Stdio::piped());
+        let stdout = self.node.spawn(chat).unwrap().stdout.take().unwrap();
+        lines_of(stdout)
+    }
+
+    /// A chat of `exchanges` lines to `target` during which `agent` is
+    /// killed (no chance to tidy up) after `kill_after` answers and replaced
+    /// by a new one, which adopts the pinned hooks and maps; the chat's
+    /// answers and the new agent. Panics if the chat ends early, goes
+    /// silent, or is over before the new agent has synced.
+    pub fn chat_across_agent_restart(
+        &mut self,
+        agent: Agent,
+        target: &str,
+        exchanges: usize,
+        kill_after: usize,
+    ) -> (Vec<String>, Agent) {
+        let lines = self.start_chat(target, exchanges);
+        // The chat's errors go to its stderr, shown with the test's output.
+        let next = || {
+            lines
+                .recv_timeout(AGENT_READY)
+                .expect("the chat ended early or went silent")
+        };
+        let mut answers: Vec<String> = (0..kill_after).map(|_| next()).collect();
+        // Dropping an Agent SIGKILLs it.
+        drop(agent);
+        let mut agent = self.start_agent().unwrap();
+        agent
+            .wait_for(&[pod_hook_adopted()], 2 * self.node.pods.len(), AGENT_READY)
+            .unwrap();
+        agent
+            .wait_for(&["synced", "written=0", "deleted=0"], 1, AGENT_READY)
+            .unwrap();
+        answers.extend(lines.try_iter());
+        let answered_at_resync = answers.len();
+        loop {
+            let line = next();
+            if line == format!("done {exchanges}") {
+                break;
+            }
+            answers.push(line);
+        }
+        assert!(
+            answered_at_resync < exchanges,
+            "the chat ended before the new agent had synced: make it longer"
+        );
+        (answers, agent)
+    }
+
     /// Runs `kxdp ARGS --pin-path <this node's pins>` in the node namespace.
     pub fn kxdp(&self, args: &[&str]) -> anyhow::Result<String> {
         let mut command = self.node.command(&self.node.node_netns, kxdp_bin());
@@ -287,6 +348,19 @@ impl EchoScenario {
             .arg(self.node.pin_path());
         Ok(String::from_utf8_lossy(&run(&mut command)?.stdout).into_owned())
     }
+}
+
+/// The lines `stdout` prints, as they come.
+pub fn lines_of(stdout: ChildStdout) -> Receiver<String> {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
 }
 
 impl Drop for EchoScenario {

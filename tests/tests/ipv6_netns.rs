@@ -7,15 +7,11 @@
 
 use std::{
     collections::BTreeSet,
-    io::{BufRead, BufReader},
     net::{Ipv6Addr, SocketAddr},
-    process::Stdio,
-    sync::mpsc,
     time::Duration,
 };
 
 use kxdp_testbed::{
-    agent::pod_hook_adopted,
     manifests::{endpoint_slice, Endpoint, SLICE_CONTROLLER},
     scenario::EchoScenario,
 };
@@ -183,48 +179,7 @@ fn an_ipv6_connection_survives_the_agent_killed_and_replaced() {
     );
     s.write_manifest("slice6.yaml", &slice).unwrap();
     let agent = s.start_agent().unwrap();
-
-    let peer = env!("CARGO_BIN_EXE_kxdp-peer");
-    let mut chat = s.node.command(&s.node.pod("client").netns, peer);
-    chat.args(["chat", &target(80), &exchanges.to_string(), "100"])
-        .stdout(Stdio::piped());
-    let stdout = s.node.spawn(chat).unwrap().stdout.take().unwrap();
-    let (tx, lines) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    let next = || {
-        lines
-            .recv_timeout(WAIT)
-            .expect("the chat ended early or went silent")
-    };
-    let mut answers: Vec<String> = (0..KILL_AFTER).map(|_| next()).collect();
-
-    drop(agent);
-    let mut agent = s.start_agent().unwrap();
-    agent
-        .wait_for(&[pod_hook_adopted()], 2 * s.node.pods.len(), WAIT)
-        .unwrap();
-    agent
-        .wait_for(&["synced", "written=0", "deleted=0"], 1, WAIT)
-        .unwrap();
-    answers.extend(lines.try_iter());
-    let answered_at_resync = answers.len();
-    loop {
-        let line = next();
-        if line == format!("done {exchanges}") {
-            break;
-        }
-        answers.push(line);
-    }
-    assert!(
-        answered_at_resync < exchanges,
-        "the chat ended before the new agent had synced: make it longer"
-    );
+    let (answers, _agent) = s.chat_across_agent_restart(agent, &target(80), exchanges, KILL_AFTER);
     let expected: Vec<String> = (1..=exchanges).map(|n| format!("{n} backend=b1")).collect();
     assert_eq!(answers, expected);
 }

@@ -9,7 +9,10 @@
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 
 use kxdp_testbed::{
-    cases::{self, from_chosen, Case, Count, Frame, Frontend, Hook, Out, Step},
+    cases::{
+        self, entering_pod as into_pod, from_chosen, leaving_pod as out, pod_case as case, Case,
+        Count, Frame, Frontend, Hook, Out, Step,
+    },
     datapath::{pod_key, pod_key6, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT},
     packet::{
         self, Packet, IPV6_DEST_OPTS, IPV6_FRAGMENT, IPV6_HOP_BY_HOP, IPV6_ROUTING, PROTO_ICMPV6,
@@ -75,24 +78,6 @@ fn services() -> Vec<Frontend> {
         frontend(tcp_vip(), PROTO_TCP, TCP_ID, 0, &tcp_backends()),
         frontend(udp_vip(), PROTO_UDP, UDP_ID, 0, &udp_backends()),
     ]
-}
-
-fn case(name: &str, frontends: Vec<Frontend>, steps: Vec<Step>, counts: Vec<Count>) -> Case {
-    Case {
-        name: name.into(),
-        frontends,
-        nic: false,
-        steps,
-        counts,
-    }
-}
-
-fn out(what: &str, p: Packet, verdict: u32, expect: Out) -> Step {
-    Step::new(what, Hook::PodIngress, Frame::Built(p), verdict, expect)
-}
-
-fn into_pod(what: &str, frame: Frame, expect: Out) -> Step {
-    Step::new(what, Hook::PodEgress, frame, TC_ACT_OK, expect)
 }
 
 fn untouched(what: &str, frame: Vec<u8>) -> Step {
@@ -225,6 +210,7 @@ fn ipv6_cases() -> Vec<Case> {
                 into_pod(
                     "SYN-ACK into the client",
                     from_chosen(|b| Packet::tcp(b, client(40000)).tcp_flags(SYN_ACK)),
+                    TC_ACT_OK,
                     Out::ReverseNat(tcp_vip()),
                 ),
                 out(
@@ -251,6 +237,7 @@ fn ipv6_cases() -> Vec<Case> {
                 into_pod(
                     "answer",
                     from_chosen(|b| Packet::udp(b, client(40001))),
+                    TC_ACT_OK,
                     Out::ReverseNat(udp_vip()),
                 ),
             ],

@@ -11,8 +11,8 @@ use std::{collections::BTreeMap, net::Ipv4Addr, net::SocketAddr};
 
 use kxdp_testbed::{
     cases::{
-        self, assert_only_changed, from_chosen, nat_fields, Case, Count, Frame, Frontend, Hook,
-        Out, Step,
+        self, assert_only_changed, entering_pod as into_pod, from_chosen, leaving_pod as out,
+        nat_fields, pod_case as case, Case, Count, Frame, Frontend, Hook, Out, Step,
     },
     datapath::{datapath_now_s, datapath_s_ago, Datapath, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT},
     packet::{self, ethernet, Packet, ETH_P_ARP, ETH_P_IPV4, ETH_P_IPV6, L4, PROTO_ICMP},
@@ -126,24 +126,6 @@ fn services() -> Vec<Frontend> {
         pod_frontend(tcp_vip(), PROTO_TCP, TCP_ID, 0, &TCP_BACKENDS),
         pod_frontend(udp_vip(), PROTO_UDP, UDP_ID, 0, &UDP_BACKENDS),
     ]
-}
-
-fn case(name: &str, frontends: Vec<Frontend>, steps: Vec<Step>, counts: Vec<Count>) -> Case {
-    Case {
-        name: name.into(),
-        frontends,
-        nic: false,
-        steps,
-        counts,
-    }
-}
-
-fn out(what: &str, p: Packet, verdict: u32, expect: Out) -> Step {
-    Step::new(what, Hook::PodIngress, Frame::Built(p), verdict, expect)
-}
-
-fn into_pod(what: &str, frame: Frame, verdict: u32, expect: Out) -> Step {
-    Step::new(what, Hook::PodEgress, frame, verdict, expect)
 }
 
 fn to_tcp_backend(what: &str, p: Packet) -> Step {

@@ -3,17 +3,10 @@
 //! `kxdp services` (the map view). Each Service here has a fixed clusterIP
 //! in 10.96.100.0/24 and lives in its own manifest files, next to `echo`.
 
-use std::{
-    collections::BTreeSet,
-    io::{BufRead, BufReader},
-    net::Ipv4Addr,
-    process::{ChildStdout, Stdio},
-    sync::mpsc::{self, Receiver},
-    time::Duration,
-};
+use std::{collections::BTreeSet, net::Ipv4Addr, time::Duration};
 
 use kxdp_testbed::{
-    agent::{pod_hook_adopted, Agent},
+    agent::Agent,
     datapath::back_date_affinity,
     manifests::{
         endpoint_slice, external_name_service, legacy_endpoints, service, Endpoint,
@@ -432,19 +425,6 @@ fn only_ready_endpoints_serve_and_serving_terminating_ones_only_when_none_is() {
     assert!(Table::read(&s).tcp_resets() > resets);
 }
 
-/// The lines `stdout` prints, as they come.
-fn lines_of(stdout: ChildStdout) -> Receiver<String> {
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    rx
-}
-
 /// Service `name` on `vip`:7000, a line-echo server on port 7007 of each
 /// backend pod, for long-lived connections.
 fn chat_service(s: &mut EchoScenario, name: &str, vip: Ipv4Addr) {
@@ -459,16 +439,6 @@ fn chat_service(s: &mut EchoScenario, name: &str, vip: Ipv4Addr) {
         &service(name, "ClusterIP", vip, Some(name), &ports),
     )
     .unwrap();
-}
-
-/// One connection from the client pod to `target`, `exchanges` lines 100 ms
-/// apart; its output lines ("N backend=NAME", then "done N").
-fn start_chat(s: &mut EchoScenario, target: &str, exchanges: usize) -> Receiver<String> {
-    let peer = env!("CARGO_BIN_EXE_kxdp-peer");
-    let mut chat = s.node.command(&s.node.pod("client").netns, peer);
-    chat.args(["chat", target, &exchanges.to_string(), "100"])
-        .stdout(Stdio::piped());
-    lines_of(s.node.spawn(chat).unwrap().stdout.take().unwrap())
 }
 
 #[test]
@@ -493,38 +463,8 @@ fn a_long_lived_connection_survives_the_agent_killed_and_replaced() {
     );
     s.write_manifest("chat-slice.yaml", &slice).unwrap();
     let agent = s.start_agent().unwrap();
-
-    let lines = start_chat(&mut s, &format!("{vip}:7000"), exchanges);
-    // The chat's errors go to its stderr, shown with the test's output.
-    let next = || {
-        lines
-            .recv_timeout(WAIT)
-            .expect("the chat ended early or went silent")
-    };
-    let mut answers: Vec<String> = (0..KILL_AFTER).map(|_| next()).collect();
-
-    // Dropping an Agent SIGKILLs it: no chance to tidy anything up.
-    drop(agent);
-    let mut agent = s.start_agent().unwrap();
-    agent
-        .wait_for(&[pod_hook_adopted()], 2 * s.node.pods.len(), WAIT)
-        .unwrap();
-    agent
-        .wait_for(&["synced", "written=0", "deleted=0"], 1, WAIT)
-        .unwrap();
-    answers.extend(lines.try_iter());
-    let answered_at_resync = answers.len();
-    loop {
-        let line = next();
-        if line == format!("done {exchanges}") {
-            break;
-        }
-        answers.push(line);
-    }
-    assert!(
-        answered_at_resync < exchanges,
-        "the chat ended before the new agent had synced: make it longer"
-    );
+    let (answers, _agent) =
+        s.chat_across_agent_restart(agent, &format!("{vip}:7000"), exchanges, KILL_AFTER);
 
     // One connection, one backend, every line answered in order.
     let backend = answers[0].split_once(" backend=").map_or("", |(_, b)| b);
@@ -602,7 +542,7 @@ fn a_connection_drains_with_its_terminating_backend_and_is_reset_once_it_leaves(
     .unwrap();
     let mut agent = s.start_agent().unwrap();
 
-    let lines = start_chat(&mut s, &target, EXCHANGES);
+    let lines = s.start_chat(&target, EXCHANGES);
     let next = || lines.recv_timeout(WAIT).expect("the chat went silent");
     let first = next();
     let backend = first
@@ -715,7 +655,7 @@ fn a_stream_survives_backends_coming_and_going_around_it_and_other_services_chan
         .unwrap();
     let mut agent = s.start_agent().unwrap();
 
-    let lines = start_chat(&mut s, &target, EXCHANGES);
+    let lines = s.start_chat(&target, EXCHANGES);
     let next = || lines.recv_timeout(WAIT).expect("the chat went silent");
     let mut answers = vec![next()];
     let backend = answers[0]
