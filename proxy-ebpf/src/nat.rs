@@ -2,10 +2,10 @@
 //! replies so the client sees the VIP and service port (tc: both families;
 //! XDP: IPv4); in XDP both ends at once for flows that are SNATed too.
 //!
-//! Checksums: in tc the L4 checksum goes through the kernel helper, the only
-//! one that knows whether the skb carries a full checksum or a partial one
-//! (veth with offloads on): an IPv4 address as one 4-byte replacement, an
-//! IPv6 address (four words of the pseudo-header) as one difference; the
+//! Checksums: in tc the L4 checksum goes through the kernel helper, which
+//! updates it as the skb carries it, full or partial (veth with offloads
+//! on): an IPv4 address as one 4-byte replacement, an IPv6 address (four
+//! words of the pseudo-header) as one difference; the
 //! IPv4 header checksum is always full, so it is updated in place (IPv6 has
 //! none). XDP frames carry full checksums and have no such helper: there
 //! every checksum is updated in place. The arithmetic is
@@ -13,6 +13,7 @@
 
 use aya_ebpf::{
     bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR},
+    helpers::generated::bpf_csum_update,
     programs::{TcContext, XdpContext},
 };
 use proxy_common::{
@@ -87,7 +88,18 @@ fn l4_replace_addr<F: Family>(
 ) -> Result<(), DropReason> {
     match (from.words(), to.words()) {
         ([from], [to]) => l4_replace(ctx, flow, *from, *to, 4, true),
-        (from, to) => l4_replace(ctx, flow, 0, csum::words_diff(from, to), 0, true),
+        (from, to) => {
+            let diff = csum::words_diff(from, to);
+            l4_replace(ctx, flow, 0, diff, 0, true)?;
+            // On a CHECKSUM_COMPLETE skb the helper also took the
+            // difference out of skb->csum, as IPv4's header checksum
+            // would have changed by it; IPv6 has none, so the sum of the
+            // packet is what it was: give it back (nothing on any other
+            // skb; kernels from 6.16 do this themselves with BPF_F_IPV6).
+            // SAFETY: a plain helper call on our own skb.
+            unsafe { bpf_csum_update(ctx.skb.skb, diff) };
+            Ok(())
+        }
     }
 }
 

@@ -79,7 +79,8 @@ pub struct Flow<A> {
     pub l4_off: usize,
     pub proto: u8,
     /// The IP packet's length, headers included (IPv4 total length; IPv6
-    /// payload length + 40): the TCP payload length follows from it.
+    /// payload length + 40, so 40 for a jumbogram): the TCP payload length
+    /// is it less the headers (`l4_off - l3_off`) and the TCP header.
     pub ip_len: u16,
     pub src_addr: A,
     pub dst_addr: A,
@@ -258,23 +259,26 @@ fn parse_ipv6(ctx: &impl Frame, l3_off: usize) -> Result<Ipv6Flow, Unparsed> {
     let mut next = ip.next_header;
     let mut l4_off = l3_off + IPV6_HLEN;
     for _ in 0..IPV6_MAX_EXT {
-        if next == PROTO_TCP || next == PROTO_UDP {
-            break;
+        match next {
+            PROTO_TCP | PROTO_UDP => break,
+            IPV6_HOP_BY_HOP | IPV6_ROUTING | IPV6_DEST_OPTS | IPV6_FRAGMENT => {}
+            // Read nothing of what is not ours: it costs no pull.
+            _ => return Err(Unparsed::NotOurs),
         }
         // Every extension header begins with its next header and length.
         // SAFETY: `ptr_at` checked that the value lies before `data_end`.
         let ext = unsafe { *ptr_at::<[u8; 4]>(ctx, l4_off).ok_or(short())? };
         match next {
-            IPV6_HOP_BY_HOP | IPV6_ROUTING | IPV6_DEST_OPTS => {
-                l4_off += (ext[1] as usize + 1) * 8;
-            }
             IPV6_FRAGMENT => {
                 if u16::from_be_bytes([ext[2], ext[3]]) & IPV6_FRAGMENTED != 0 {
                     return Err(Unparsed::NotOurs);
                 }
                 l4_off += 8;
             }
-            _ => return Err(Unparsed::NotOurs),
+            // With segments left, the destination is a waypoint and the
+            // checksum covers the final one (RFC 8200 §8.1): not ours.
+            IPV6_ROUTING if ext[3] != 0 => return Err(Unparsed::NotOurs),
+            _ => l4_off += (ext[1] as usize + 1) * 8,
         }
         next = ext[0];
     }

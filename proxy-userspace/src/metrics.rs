@@ -67,7 +67,9 @@ pub struct Sample {
     pub drops: Vec<(String, u64)>,
     pub rejects: Vec<(&'static str, u64)>,
     pub maps: Vec<MapSample>,
-    pub conntrack: Option<(Count, u32)>,
+    /// Per connection-tracking map (`CONNTRACK`, `CONNTRACK6`): entries
+    /// and capacity.
+    pub conntrack: Vec<(&'static str, Count, u32)>,
     pub syncs: u64,
     pub failed_syncs: u64,
     pub rejected_objects: Vec<(&'static str, u64)>,
@@ -197,21 +199,29 @@ pub fn render(sample: &Sample, sync_seconds: &Histogram) -> String {
             .iter()
             .map(|m| (vec![("map", m.map.to_lowercase())], i64::from(m.capacity))),
     );
-    if let Some((count, capacity)) = sample.conntrack {
-        gauge(
+    if !sample.conntrack.is_empty() {
+        let family = |map: &str| vec![("family", fill::conntrack_family(map).to_string())];
+        gauge_family(
             &mut registry,
             "kxdp_conntrack_entries",
             &format!(
-                "Connection-tracking entries (two per connection), counted at scrape time up to \
-                 {CONNTRACK_COUNT_CAP}: at that value there are at least as many."
+                "Connection-tracking entries (two per connection) per IP family, counted at \
+                 scrape time up to {CONNTRACK_COUNT_CAP}: at that value there are at least as many."
             ),
-            i64::from(count.entries),
+            sample
+                .conntrack
+                .iter()
+                .map(|(map, count, _)| (family(map), i64::from(count.entries))),
         );
-        gauge(
+        gauge_family(
             &mut registry,
             "kxdp_conntrack_capacity",
-            "Capacity of the connection-tracking table (LRU: the oldest entries go when full).",
-            i64::from(capacity),
+            "Capacity of the connection-tracking table of each IP family (LRU: the oldest \
+             entries go when full).",
+            sample
+                .conntrack
+                .iter()
+                .map(|(map, _, capacity)| (family(map), i64::from(*capacity))),
         );
     }
     registry.register(
@@ -288,7 +298,8 @@ pub struct Telemetry {
     syncs_seen: u64,
     /// `max_entries` of the agent-written maps (fixed once pinned).
     capacities: Vec<(&'static str, u32)>,
-    conntrack: Option<(Conntrack, u32)>,
+    /// The tables and their capacities (`CONNTRACK`'s, `CONNTRACK6`'s).
+    conntrack: Option<(Conntrack, [u32; 2])>,
 }
 
 impl Telemetry {
@@ -305,7 +316,13 @@ impl Telemetry {
             })
             .collect();
         let conntrack = Conntrack::open(pin_path)
-            .and_then(|ct| Ok((ct, fill::capacity(pin_path, fill::CONNTRACK)?)))
+            .and_then(|ct| {
+                let capacity = |map| fill::capacity(pin_path, map);
+                Ok((
+                    ct,
+                    [capacity(fill::CONNTRACK)?, capacity(fill::CONNTRACK6)?],
+                ))
+            })
             .inspect_err(|e| warn!(error = %e, "no conntrack metrics"))
             .ok();
         Self {
@@ -408,12 +425,22 @@ impl Telemetry {
             entries: used,
             capacity: u32::try_from(total).unwrap_or(u32::MAX),
         });
-        let conntrack = self.conntrack.as_ref().and_then(|(ct, capacity)| {
-            ct.count()
-                .map(|count| (count, *capacity))
-                .inspect_err(|e| failed("conntrack", e))
-                .ok()
-        });
+        let conntrack = self
+            .conntrack
+            .as_ref()
+            .and_then(|(ct, capacities)| {
+                ct.count()
+                    .inspect_err(|e| failed("conntrack", e))
+                    .ok()
+                    .map(|counts| {
+                        counts
+                            .into_iter()
+                            .zip(capacities)
+                            .map(|((map, count), capacity)| (map, count, *capacity))
+                            .collect()
+                    })
+            })
+            .unwrap_or_default();
         let counters = pipeline.counters();
         Sample {
             frontends,
@@ -475,13 +502,24 @@ mod tests {
                 entries: 2,
                 capacity: 65_536,
             }],
-            conntrack: Some((
-                Count {
-                    entries: 6,
-                    complete: true,
-                },
-                524_288,
-            )),
+            conntrack: vec![
+                (
+                    "CONNTRACK",
+                    Count {
+                        entries: 6,
+                        complete: true,
+                    },
+                    524_288,
+                ),
+                (
+                    "CONNTRACK6",
+                    Count {
+                        entries: 2,
+                        complete: true,
+                    },
+                    524_288,
+                ),
+            ],
             syncs: 7,
             failed_syncs: 1,
             rejected_objects: vec![("invalid_port", 2)],
@@ -520,8 +558,16 @@ mod tests {
             ),
             (r#"kxdp_map_entries{map="frontends"}"#.into(), 2.0),
             (r#"kxdp_map_capacity{map="frontends"}"#.into(), 65_536.0),
-            ("kxdp_conntrack_entries".into(), 6.0),
-            ("kxdp_conntrack_capacity".into(), 524_288.0),
+            (r#"kxdp_conntrack_entries{family="ipv4"}"#.into(), 6.0),
+            (r#"kxdp_conntrack_entries{family="ipv6"}"#.into(), 2.0),
+            (
+                r#"kxdp_conntrack_capacity{family="ipv4"}"#.into(),
+                524_288.0,
+            ),
+            (
+                r#"kxdp_conntrack_capacity{family="ipv6"}"#.into(),
+                524_288.0,
+            ),
             ("kxdp_syncs_total".into(), 7.0),
             ("kxdp_failed_syncs_total".into(), 1.0),
             (
@@ -567,7 +613,7 @@ mod tests {
     fn before_the_first_sync_there_is_no_timestamp() {
         let sample = Sample {
             last_successful_sync: None,
-            conntrack: None,
+            conntrack: Vec::new(),
             ..sample()
         };
         let text = render(&sample, &Histogram::new([1.0]));

@@ -11,7 +11,10 @@ use std::{
 };
 
 use kxdp_testbed::{agent::Agent, scenario::EchoScenario};
-use proxy_userspace::{dataplane::probe, features::Feature};
+use proxy_userspace::{
+    dataplane::{probe, sockets::SOCKET_PROGRAMS},
+    features::Feature,
+};
 
 const WAIT: Duration = Duration::from_secs(10);
 const HEALTH: &str = "127.0.0.1:10256";
@@ -133,10 +136,14 @@ fn readiness_follows_the_first_sync_and_metrics_count_the_traffic() {
         f64::from(8u32 << 20)
     );
     assert!(
-        after["kxdp_conntrack_entries"] >= 2.0,
+        after[r#"kxdp_conntrack_entries{family="ipv4"}"#] >= 2.0,
         "the connections' entries"
     );
-    assert_eq!(after["kxdp_conntrack_capacity"], 524_288.0);
+    assert_eq!(after[r#"kxdp_conntrack_entries{family="ipv6"}"#], 0.0);
+    for family in ["ipv4", "ipv6"] {
+        let capacity = format!("kxdp_conntrack_capacity{{family=\"{family}\"}}");
+        assert_eq!(after[&capacity], 524_288.0);
+    }
     assert!(after["kxdp_sync_duration_seconds_count"] >= 1.0);
     assert!(after["kxdp_last_successful_sync_timestamp_seconds"] > 1.7e9);
     assert_eq!(
@@ -179,7 +186,7 @@ fn readiness_follows_the_first_sync_and_metrics_count_the_traffic() {
     }
     assert_eq!(
         programs.iter().filter(|p| p["mode"] == "cgroup").count(),
-        4,
+        SOCKET_PROGRAMS.len(),
         "{status}"
     );
     let maps = status["maps"].as_array().unwrap();
@@ -197,7 +204,9 @@ fn readiness_follows_the_first_sync_and_metrics_count_the_traffic() {
         (Some(144), Some(8 << 20)),
         "{status}"
     );
-    assert!(maps.iter().any(|m| m["map"] == "conntrack"), "{status}");
+    for map in ["conntrack", "conntrack6"] {
+        assert!(maps.iter().any(|m| m["map"] == map), "{map}: {status}");
+    }
     assert_eq!(status["agent"]["report"]["ready"], true, "{status}");
     assert_eq!(status["agent"]["report"]["version"], status["version"]);
 
@@ -250,7 +259,7 @@ fn sigterm_stops_the_agent_within_seconds_and_the_datapath_keeps_serving() {
     assert!(status["agent"]["error"].is_string(), "{status}");
     assert_eq!(
         status["programs"].as_array().unwrap().len(),
-        2 * s.node.pods.len() + 4,
+        2 * s.node.pods.len() + SOCKET_PROGRAMS.len(),
         "still attached: {status}"
     );
 

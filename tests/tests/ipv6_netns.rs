@@ -75,7 +75,8 @@ fn pods_reach_both_backends_of_a_dual_stack_cluster_ip_in_each_family_per_packet
     assert!(packets > 24, "{packets} packets");
 }
 
-/// (sockets, packets) `kxdp services` shows for pod-scope TCP `frontend`.
+/// (sockets, packets) `kxdp services` shows for pod-scope TCP `frontend`
+/// (`ADDR:PORT`).
 fn counts(s: &EchoScenario, frontend: &str) -> (u64, u64) {
     let table = s.kxdp(&["services"]).unwrap();
     let header: Vec<&str> = table.lines().next().unwrap().split_whitespace().collect();
@@ -129,9 +130,30 @@ fn pods_and_host_processes_reach_an_ipv6_cluster_ip_through_the_socket_hooks() {
     let body = in_node(&mapped);
     assert!(body.starts_with("backend=b"), "{body}");
 
+    // Datagrams from a hooked pod: their answers name the VIP
+    // (recvmsg6), also to a socket that asked for the mapped IPv4 VIP
+    // (sendmsg4 balances its datagrams, recvmsg6 names the VIP back).
+    let peer = env!("CARGO_BIN_EXE_kxdp-peer");
+    let reply = s
+        .from_client_in_cgroup(peer, &["udp-query", &target(53), "hi", "2000"])
+        .expect("UDP over IPv6 through the hooks");
+    assert!(
+        reply.starts_with(&format!("from={} backend=b", target(53))),
+        "{reply}"
+    );
+    let mapped_udp = format!("[::ffff:{}]:53", s.vip);
+    let reply = s
+        .from_client_in_cgroup(peer, &["udp-query", &mapped_udp, "hi", "2000"])
+        .expect("UDP to the mapped VIP through the hooks");
+    assert!(
+        reply.starts_with(&format!("from={mapped_udp} backend=b")),
+        "{reply}"
+    );
+
     // Every one of those connections went by the hooks: sockets counted,
-    // no packet translated.
+    // no packet translated; the mapped one on the IPv4 frontend.
     assert_eq!(counts(&s, &target(80)), (17, 0));
+    assert_eq!(counts(&s, &format!("{}:80", s.vip)), (1, 0));
 }
 
 #[test]

@@ -125,6 +125,10 @@ fn untouched_steps() -> Vec<Step> {
         Packet::udp(client(40101), udp_vip()).ipv6_ext(IPV6_FRAGMENT, &[0x05, 0x28, 0, 0, 0, 1]);
     let first_fragment =
         Packet::tcp(client(40102), tcp_vip()).ipv6_ext(IPV6_FRAGMENT, &[0, 1, 0, 0, 0, 1]);
+    // A routing header with a segment left: the VIP would be a waypoint.
+    let mut waypoint = vec![0, 1, 0, 0, 0, 0];
+    waypoint.extend_from_slice(&v6("fd00:10:244:9::1").octets());
+    let routed = Packet::tcp(client(40107), tcp_vip()).ipv6_ext(IPV6_ROUTING, &waypoint);
     // An unknown next header (ESP) in front of the ports.
     let mut esp = Packet::tcp(client(40103), tcp_vip()).build();
     esp[eth + 6] = 50;
@@ -154,6 +158,7 @@ fn untouched_steps() -> Vec<Step> {
         untouched("a later fragment", later_fragment.build()),
         untouched("a first fragment of more", first_fragment.build()),
         untouched("an unknown next header", esp),
+        untouched("a routing header with segments left", routed.build()),
         // BPF_PROG_TEST_RUN refuses untagged frames shorter than the
         // family's header, so the cut IPv6 headers hide behind a VLAN tag.
         untouched("IPv6 header cut at 30 bytes", vsyn[..eth + 4 + 30].to_vec()),

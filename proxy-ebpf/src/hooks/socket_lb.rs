@@ -23,7 +23,10 @@
 //! Both families: the `*4` hooks for IPv4 sockets, the `*6` hooks for IPv6
 //! ones, where an IPv4-mapped address (`::ffff:10.96.0.10`, a dual-stack
 //! socket reaching an IPv4 Service) is balanced as the IPv4 frontend it
-//! names and the backend written back mapped.
+//! names and the backend written back mapped. (A datagram of an IPv6
+//! socket to a mapped address reaches `sendmsg4`, which the kernel runs
+//! for it instead of `sendmsg6`; its answers come back through
+//! `recvmsg6`, mapped.)
 
 use aya_ebpf::{
     bindings::BPF_ANY,

@@ -187,13 +187,14 @@ fn maps(pin_path: &Path) -> anyhow::Result<Vec<MapFill>> {
         capacity: u32::try_from(total).unwrap_or(u32::MAX),
         complete: true,
     });
-    let count = Conntrack::open(pin_path)?.count()?;
-    fills.push(MapFill {
-        map: fill::CONNTRACK.to_lowercase(),
-        entries: count.entries,
-        capacity: fill::capacity(pin_path, fill::CONNTRACK)?,
-        complete: count.complete,
-    });
+    for (map, count) in Conntrack::open(pin_path)?.count()? {
+        fills.push(MapFill {
+            map: map.to_lowercase(),
+            entries: count.entries,
+            capacity: fill::capacity(pin_path, map)?,
+            complete: count.complete,
+        });
+    }
     Ok(fills)
 }
 

@@ -8,11 +8,12 @@ use aya::{
     maps::{HashMap, MapData, MapError, MapInfo},
     Pod,
 };
-use proxy_common::maps::{CtEntry, FlowKey};
+use proxy_common::maps::{CtEntry, CtEntry6, FlowKey, FlowKey6};
 
 use super::DataplaneError;
 
 pub const CONNTRACK: &str = "CONNTRACK";
+pub const CONNTRACK6: &str = "CONNTRACK6";
 /// Connection-tracking entries counted per look (1 µs or so each); past it
 /// the count says "at least".
 pub const CONNTRACK_COUNT_CAP: u32 = 65_536;
@@ -55,21 +56,46 @@ pub fn capacity(pin_path: &Path, name: &'static str) -> Result<u32, DataplaneErr
         .map_err(|e| DataplaneError::Map(name, e))
 }
 
-/// The pinned connection-tracking table, read only.
-pub struct Conntrack(HashMap<MapData, FlowKey, CtEntry>);
+/// The pinned connection-tracking tables of both families, read only.
+pub struct Conntrack {
+    v4: HashMap<MapData, FlowKey, CtEntry>,
+    v6: HashMap<MapData, FlowKey6, CtEntry6>,
+}
+
+fn open_hash<K: Pod, V: Pod>(
+    pin_path: &Path,
+    name: &'static str,
+) -> Result<HashMap<MapData, K, V>, DataplaneError> {
+    MapData::from_pin(pin_path.join(name))
+        .and_then(aya::maps::Map::from_map_data)
+        .and_then(HashMap::try_from)
+        .map_err(|e| DataplaneError::Map(name, e))
+}
 
 impl Conntrack {
     pub fn open(pin_path: &Path) -> Result<Self, DataplaneError> {
-        let map = MapData::from_pin(pin_path.join(CONNTRACK))
-            .and_then(aya::maps::Map::from_map_data)
-            .and_then(HashMap::try_from)
-            .map_err(|e| DataplaneError::Map(CONNTRACK, e))?;
-        Ok(Self(map))
+        Ok(Self {
+            v4: open_hash(pin_path, CONNTRACK)?,
+            v6: open_hash(pin_path, CONNTRACK6)?,
+        })
     }
 
-    /// Entries, up to [`CONNTRACK_COUNT_CAP`].
-    pub fn count(&self) -> Result<Count, MapError> {
-        count_keys(self.0.keys(), CONNTRACK_COUNT_CAP)
+    /// Each table's entries, up to [`CONNTRACK_COUNT_CAP`] each, by map
+    /// name: `CONNTRACK` (IPv4), then `CONNTRACK6`.
+    pub fn count(&self) -> Result<[(&'static str, Count); 2], MapError> {
+        Ok([
+            (CONNTRACK, count_keys(self.v4.keys(), CONNTRACK_COUNT_CAP)?),
+            (CONNTRACK6, count_keys(self.v6.keys(), CONNTRACK_COUNT_CAP)?),
+        ])
+    }
+}
+
+/// The IP family a connection-tracking map holds, as metrics label it.
+pub fn conntrack_family(map: &str) -> &'static str {
+    if map == CONNTRACK6 {
+        "ipv6"
+    } else {
+        "ipv4"
     }
 }
 

@@ -98,7 +98,7 @@ pub const ALL: [PinnedMap; 22] = [
     pinned::<u32, u64>(MAGLEV_ARENA),
     pinned::<u32, u64>(MAGLEV_INDEX),
     pinned::<FlowKey, CtEntry>(super::fill::CONNTRACK),
-    pinned::<FlowKey6, CtEntry6>("CONNTRACK6"),
+    pinned::<FlowKey6, CtEntry6>(super::fill::CONNTRACK6),
     pinned::<u32, FrontendStats>(STATS),
     pinned::<u32, u64>(DROPS),
     pinned::<u32, u64>(VERDICTS),
