@@ -36,6 +36,8 @@ const REQUIRED_ROWS: &[(&str, &[&str])] = &[
             "| established",
             "| new flow",
             "| reply",
+            "| IPv6 established",
+            "| IPv6 reply",
             "| floor (empty XDP), one repetition per call",
             "| NodePort new flow, local backend",
             "| NodePort new flow, remote backend",

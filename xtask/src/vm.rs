@@ -46,6 +46,9 @@ const SUITES: &[&str] = &[
     "kubernetes_netns",
     "two_node_topology",
     "nic_packet_tests",
+    "ipv6_packet_tests",
+    "ipv6_maps",
+    "ipv6_netns",
 ];
 /// Host programs the suites run, copied in with their libraries (busybox's
 /// `ip` makes no veth pairs, its `tc` shows no filters, its ping and

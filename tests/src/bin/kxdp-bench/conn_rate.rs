@@ -4,7 +4,7 @@
 //! one bulk TCP stream; next to the same client talking to the pod IP with
 //! no proxy at all (the floor).
 
-use std::net::SocketAddrV4;
+use std::net::{Ipv6Addr, SocketAddr, SocketAddrV4};
 
 use aya::sys::{enable_stats, Stats};
 
@@ -13,6 +13,10 @@ use super::*;
 /// The `sink` Service for the stream test: port 5001 on every backend.
 const SINK_VIP: Ipv4Addr = Ipv4Addr::new(10, 99, 0, 9);
 const SINK_PORT: u16 = 5001;
+/// `echo`'s IPv6 ClusterIP: the Service is dual-stack, for the IPv6 rows.
+const ECHO_VIP6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x10, 0x96, 0, 0, 0, 0, 0x80);
+/// The paths measured over IPv6 too: no proxy and kxdp's two.
+const IPV6_PROXIES: [Proxy; 3] = [Proxy::None, Proxy::Kxdp, Proxy::KxdpPerPacket];
 
 /// One `kxdp-peer conn-rate` result line.
 pub(crate) struct ConnSample {
@@ -182,6 +186,9 @@ pub(crate) struct StreamRow {
 
 pub(crate) struct ConnReport {
     pub(crate) rows: Vec<ScaleRow>,
+    /// The same short connections over IPv6 (at `rows[0].others` other
+    /// Services), with no proxy and with kxdp's two paths.
+    pub(crate) ipv6: ScaleRow,
     /// Share of CPU time the hypervisor took from this machine while the
     /// part ran: a measure of how noisy the figures are.
     pub(crate) steal: f64,
@@ -224,6 +231,7 @@ struct Bed {
 impl Bed {
     fn new(others: usize) -> anyhow::Result<Self> {
         let mut s = EchoScenario::new(3, peer_bin())?;
+        s.make_dual_stack(ECHO_VIP6)?;
         s.add_sink_service(SINK_VIP, SINK_PORT)?;
         // The client closes first (see `kxdp-peer serve`), so its TIME_WAIT
         // sockets would exhaust the ephemeral ports within seconds; reuse
@@ -283,6 +291,14 @@ impl Bed {
 
     fn node_netns(&self) -> String {
         self.s.node.node_netns.clone()
+    }
+
+    /// Where the client connects for HTTP over IPv6.
+    fn target6(&self, proxy: Proxy) -> String {
+        match proxy {
+            Proxy::None => SocketAddr::new(self.s.backends_ip6()[0].into(), 8080).to_string(),
+            _ => SocketAddr::new(ECHO_VIP6.into(), 80).to_string(),
+        }
     }
 
     /// Where the client connects for HTTP and for the stream.
@@ -352,6 +368,7 @@ pub(crate) fn measure_conn_rate(plan: &Plan) -> anyhow::Result<ConnReport> {
     let (steal_before, total_before) = cpu_ticks()?;
     let mut rows = Vec::new();
     let mut streams = Vec::new();
+    let mut ipv6 = None;
     for (index, &others) in plan.conn_sizes.iter().enumerate() {
         let bed = Bed::new(others)?;
         // Passes over all proxies, so that a slow minute of the shared
@@ -387,6 +404,10 @@ pub(crate) fn measure_conn_rate(plan: &Plan) -> anyhow::Result<ConnReport> {
                 streams.extend(measure_streams(&bed, offloads, plan)?);
             }
             bed.s.node.set_offloads(false)?;
+            ipv6 = Some(ScaleRow {
+                others,
+                modes: measure_ipv6(&bed, plan)?,
+            });
         }
         rows.push(ScaleRow { others, modes });
     }
@@ -394,9 +415,39 @@ pub(crate) fn measure_conn_rate(plan: &Plan) -> anyhow::Result<ConnReport> {
     let steal = (steal_after - steal_before) as f64 / (total_after - total_before).max(1) as f64;
     Ok(ConnReport {
         rows,
+        ipv6: ipv6.context("no Service count to measure at")?,
         steal,
         streams,
     })
+}
+
+/// Short connections over IPv6, in passes over no proxy and kxdp's two
+/// paths, as over IPv4.
+fn measure_ipv6(bed: &Bed, plan: &Plan) -> anyhow::Result<Vec<(Proxy, ConnRow)>> {
+    let mut samples: Vec<Vec<ConnSample>> = IPV6_PROXIES.iter().map(|_| Vec::new()).collect();
+    for pass in 0..plan.conn_passes {
+        for (proxy, samples) in IPV6_PROXIES.into_iter().zip(&mut samples) {
+            eprintln!(
+                "  {} over IPv6, pass {}/{}",
+                proxy.label(),
+                pass + 1,
+                plan.conn_passes
+            );
+            let http = bed.target6(proxy);
+            bed.with_proxy(proxy, || {
+                conn_rate(&bed.s, &http, 300, plan)?;
+                for _ in 0..plan.conn_rounds {
+                    samples.push(conn_rate(&bed.s, &http, plan.conn_ms, plan)?);
+                }
+                Ok(())
+            })?;
+        }
+    }
+    Ok(IPV6_PROXIES
+        .into_iter()
+        .zip(&samples)
+        .map(|(proxy, samples)| (proxy, conn_row(samples)))
+        .collect())
 }
 
 /// One bulk stream per proxy, in cycles (each proxy installed in turn, once

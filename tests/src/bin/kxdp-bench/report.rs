@@ -107,11 +107,16 @@ pub(crate) fn packet_table(rows: &[PacketRow]) -> String {
 }
 
 pub(crate) fn conn_table(report: &ConnReport) -> String {
+    scale_table(&report.rows)
+}
+
+/// Rows of short-connection rates, one per proxy at each Service count.
+fn scale_table(rows: &[ScaleRow]) -> String {
     let mut t = String::from(
         "| other Services | path | conn/s median | min | max | × no proxy | p50 µs (median) | p99 µs (median) | connections | errors |\n\
          |---:|---|---:|---:|---:|---:|---:|---:|---:|---:|\n",
     );
-    for row in &report.rows {
+    for row in rows {
         for (proxy, r) in &row.modes {
             let ratio = row
                 .rate_ratio(*proxy)
@@ -463,6 +468,19 @@ fn packet_verdicts(packets: &[PacketRow]) -> Vec<Verdict> {
             met: ratio <= 10.0,
             limit: "dominated by the two LRU conntrack inserts (`bpf_lru_pop_free`, cold element memory: ≈ 300–400 ns each here); a new flow is once per connection, so the connection-rate figures are the ones users feel",
         });
+    }
+    // Each IPv6 pod path against the same path over IPv4, in this run.
+    for v6 in packets.iter().filter(|r| r.label.starts_with("IPv6 ")) {
+        let v4_label = &v6.label["IPv6 ".len()..];
+        if let Some(v4) = median(&|r| r.label == v4_label) {
+            let ratio = v6.kernel_ns.median / v4;
+            verdicts.push(Verdict {
+                target: format!("{} ≤ 1.2× IPv4's", v6.label),
+                measured: format!("{:.0} ns = {ratio:.2}× IPv4's {v4:.0} ns", v6.kernel_ns.median),
+                met: ratio <= 1.2,
+                limit: "IPv6 keys are 40 bytes where IPv4's are 16 (hashed in every lookup and insert), and its header is longer to parse",
+            });
+        }
     }
     verdicts
 }
@@ -822,6 +840,20 @@ fn packet_section(plan: &Plan, packets: &[PacketRow]) -> String {
     )
 }
 
+/// `proxy`'s median rate over IPv6 as a share of its IPv4 one at the same
+/// Service count, as text.
+fn ipv6_share(conns: &ConnReport, proxy: Proxy) -> String {
+    let v4 = conns
+        .rows
+        .iter()
+        .find(|r| r.others == conns.ipv6.others)
+        .and_then(|r| r.get(proxy));
+    match (conns.ipv6.get(proxy), v4) {
+        (Some(v6), Some(v4)) => format!("{:.0}%", 100.0 * v6.rate.median / v4.rate.median),
+        _ => "–".to_string(),
+    }
+}
+
 fn conn_section(
     plan: &Plan,
     m: &Machine,
@@ -835,7 +867,11 @@ fn conn_section(
         r#"## 2. Through a ClusterIP while N other Services exist: kxdp, kube-proxy, no proxy
 
 {conn_table}
-{rate_figure}{p99_figure}One TCP stream, with {stream_others} other Services:
+{rate_figure}{p99_figure}The same over IPv6 (`echo` is dual-stack), with {stream_others} other Services; "× no proxy" is against
+IPv6 to the pod IP, and kxdp's rate over IPv6 is {kxdp6} and {per_packet6} of its IPv4 rate (sockets, per packet):
+
+{ipv6_table}
+One TCP stream, with {stream_others} other Services:
 
 {stream_table}
 ### Method
@@ -900,6 +936,9 @@ fn conn_section(
   all to one, the kube-proxy modes spread them like kxdp.
 "#,
         conn_table = conn_table(conns),
+        ipv6_table = scale_table(std::slice::from_ref(&conns.ipv6)),
+        kxdp6 = ipv6_share(conns, Proxy::Kxdp),
+        per_packet6 = ipv6_share(conns, Proxy::KxdpPerPacket),
         stream_table = stream_table(conns),
         rate_figure = figure(figures, CONN_RATE_SVG),
         p99_figure = figure(figures, CONN_P99_SVG),
