@@ -371,43 +371,18 @@ pub(crate) fn measure_conn_rate(plan: &Plan) -> anyhow::Result<ConnReport> {
     let mut ipv6 = None;
     for (index, &others) in plan.conn_sizes.iter().enumerate() {
         let bed = Bed::new(others)?;
-        // Passes over all proxies, so that a slow minute of the shared
-        // machine does not land on one proxy only.
-        let mut samples: Vec<Vec<ConnSample>> = Proxy::ALL.iter().map(|_| Vec::new()).collect();
-        for pass in 0..plan.conn_passes {
-            for (proxy, samples) in Proxy::ALL.into_iter().zip(&mut samples) {
-                eprintln!(
-                    "  {} with {others} other Services, pass {}/{}",
-                    proxy.label(),
-                    pass + 1,
-                    plan.conn_passes
-                );
-                let http = bed.targets(proxy).0;
-                bed.with_proxy(proxy, || {
-                    // Warm-up: neighbour entries, page cache, first connections.
-                    conn_rate(&bed.s, &http, 300, plan)?;
-                    for _ in 0..plan.conn_rounds {
-                        samples.push(conn_rate(&bed.s, &http, plan.conn_ms, plan)?);
-                    }
-                    Ok(())
-                })?;
-            }
-        }
-        let modes = Proxy::ALL
-            .into_iter()
-            .zip(&samples)
-            .map(|(proxy, samples)| (proxy, conn_row(samples)))
-            .collect();
+        let what = format!("with {others} other Services");
+        let modes = measure_passes(&bed, &Proxy::ALL, &what, plan, |p| bed.targets(p).0)?;
         if index == 0 {
             for offloads in [false, true] {
                 bed.s.node.set_offloads(offloads)?;
                 streams.extend(measure_streams(&bed, offloads, plan)?);
             }
             bed.s.node.set_offloads(false)?;
-            ipv6 = Some(ScaleRow {
-                others,
-                modes: measure_ipv6(&bed, plan)?,
-            });
+            // The same short connections over IPv6, with no proxy and
+            // kxdp's two paths.
+            let modes = measure_passes(&bed, &IPV6_PROXIES, "over IPv6", plan, |p| bed.target6(p))?;
+            ipv6 = Some(ScaleRow { others, modes });
         }
         rows.push(ScaleRow { others, modes });
     }
@@ -421,20 +396,28 @@ pub(crate) fn measure_conn_rate(plan: &Plan) -> anyhow::Result<ConnReport> {
     })
 }
 
-/// Short connections over IPv6, in passes over no proxy and kxdp's two
-/// paths, as over IPv4.
-fn measure_ipv6(bed: &Bed, plan: &Plan) -> anyhow::Result<Vec<(Proxy, ConnRow)>> {
-    let mut samples: Vec<Vec<ConnSample>> = IPV6_PROXIES.iter().map(|_| Vec::new()).collect();
+/// Short connections to `target(proxy)` for each of `proxies`, in passes
+/// over all of them, so that a slow minute of the shared machine does not
+/// land on one proxy only; `what` names the measurement in the progress.
+fn measure_passes(
+    bed: &Bed,
+    proxies: &[Proxy],
+    what: &str,
+    plan: &Plan,
+    target: impl Fn(Proxy) -> String,
+) -> anyhow::Result<Vec<(Proxy, ConnRow)>> {
+    let mut samples: Vec<Vec<ConnSample>> = proxies.iter().map(|_| Vec::new()).collect();
     for pass in 0..plan.conn_passes {
-        for (proxy, samples) in IPV6_PROXIES.into_iter().zip(&mut samples) {
+        for (&proxy, samples) in proxies.iter().zip(&mut samples) {
             eprintln!(
-                "  {} over IPv6, pass {}/{}",
+                "  {} {what}, pass {}/{}",
                 proxy.label(),
                 pass + 1,
                 plan.conn_passes
             );
-            let http = bed.target6(proxy);
+            let http = target(proxy);
             bed.with_proxy(proxy, || {
+                // Warm-up: neighbour entries, page cache, first connections.
                 conn_rate(&bed.s, &http, 300, plan)?;
                 for _ in 0..plan.conn_rounds {
                     samples.push(conn_rate(&bed.s, &http, plan.conn_ms, plan)?);
@@ -443,10 +426,10 @@ fn measure_ipv6(bed: &Bed, plan: &Plan) -> anyhow::Result<Vec<(Proxy, ConnRow)>>
             })?;
         }
     }
-    Ok(IPV6_PROXIES
-        .into_iter()
+    Ok(proxies
+        .iter()
         .zip(&samples)
-        .map(|(proxy, samples)| (proxy, conn_row(samples)))
+        .map(|(&proxy, samples)| (proxy, conn_row(samples)))
         .collect())
 }
 
