@@ -7,6 +7,8 @@
 //! complement addition is the same in either byte order, so no swapping is
 //! needed as long as every input is read the same way.
 
+use crate::addr::Addr;
+
 /// The one's-complement sum of `data` as big-endian 16-bit words, added to
 /// `acc` (an odd last byte is ignored: every region summed here is even).
 #[inline(always)]
@@ -43,26 +45,33 @@ pub fn replace_u32(check: u16, from: u32, to: u32) -> u16 {
     fold((!check) as u32 + (!(from >> 16) & 0xffff) + (!from & 0xffff) + (to >> 16) + (to & 0xffff))
 }
 
-/// One end of an IPv4 flow as the packet holds it: address, port.
-pub type Endpoint4 = (u32, u16);
+/// One end of a flow as the packet holds it: address (of either family),
+/// port.
+pub type Endpoint<A> = (A, u16);
 
-/// The TCP or UDP checksum of a segment whose IPv4 source and destination
-/// (pseudo-header) and ports changed from `from` to `to`. A UDP checksum of
-/// 0 means "none" and stays 0; a UDP checksum that computes to 0 is sent as
-/// 0xffff (RFC 768).
+/// The TCP or UDP checksum of a segment whose source and destination
+/// addresses (pseudo-header) and ports changed from `from` to `to`, every
+/// address word replaced in turn. A UDP checksum of 0 means "none" and
+/// stays 0 (over IPv6 it is invalid: the receiver drops it either way); a
+/// UDP checksum that computes to 0 is sent as 0xffff (RFC 768).
 #[inline(always)]
-pub fn l4_translated(
+pub fn l4_translated<A: Addr>(
     check: u16,
     udp: bool,
-    from: (Endpoint4, Endpoint4),
-    to: (Endpoint4, Endpoint4),
+    from: (Endpoint<A>, Endpoint<A>),
+    to: (Endpoint<A>, Endpoint<A>),
 ) -> u16 {
     if udp && check == 0 {
         return 0;
     }
     let ((from_src, from_dst), (to_src, to_dst)) = (from, to);
-    let mut check = replace_u32(check, from_src.0, to_src.0);
-    check = replace_u32(check, from_dst.0, to_dst.0);
+    let mut check = check;
+    for (from, to) in from_src.0.words().iter().zip(to_src.0.words()) {
+        check = replace_u32(check, *from, *to);
+    }
+    for (from, to) in from_dst.0.words().iter().zip(to_dst.0.words()) {
+        check = replace_u32(check, *from, *to);
+    }
     check = replace_u16(check, from_src.1, to_src.1);
     check = replace_u16(check, from_dst.1, to_dst.1);
     if udp && check == 0 {
@@ -168,11 +177,11 @@ mod tests {
         u16::from_ne_bytes(check.to_be_bytes())
     }
 
-    fn ends(b: &[u8]) -> (Endpoint4, Endpoint4) {
+    fn ends(b: &[u8]) -> (Endpoint<u32>, Endpoint<u32>) {
         ((ne32(b, 0), ne16(b, 12)), (ne32(b, 4), ne16(b, 14)))
     }
 
-    fn rewrite(b: &mut [u8], (src, dst): (Endpoint4, Endpoint4)) {
+    fn rewrite(b: &mut [u8], (src, dst): (Endpoint<u32>, Endpoint<u32>)) {
         b[0..4].copy_from_slice(&src.0.to_ne_bytes());
         b[4..8].copy_from_slice(&dst.0.to_ne_bytes());
         b[12..14].copy_from_slice(&src.1.to_ne_bytes());
@@ -228,6 +237,37 @@ mod tests {
             );
             let got = l4_translated(ne16(&b, at), udp, from, to);
             rewrite(&mut b, to);
+            assert_eq!(got, full_check(&b, at, udp), "round {round}");
+        }
+    }
+
+    #[test]
+    fn a_translated_ipv6_segment_verifies_with_a_full_checksum() {
+        let mut rng = Rng(8200);
+        let addr = |b: &[u8], at: usize| -> [u32; 4] { core::array::from_fn(|i| ne32(b, at + 4 * i)) };
+        for round in 0..4_000 {
+            let udp = round % 2 == 0;
+            let (hlen, csum_off) = if udp { (8, 6) } else { (20, 16) };
+            let l4_len = hlen + (rng.next() % 64) as usize * 2;
+            // The IPv6 pseudo-header (RFC 8200 §8.1), then the segment.
+            let mut b = rng.bytes(40 + l4_len);
+            b[32..36].copy_from_slice(&(l4_len as u32).to_be_bytes());
+            b[36..39].fill(0);
+            b[39] = if udp { 17 } else { 6 };
+            let at = 40 + csum_off;
+            b[at..at + 2].fill(0);
+            let check = rfc1071(&b);
+            let check = if udp && check == 0 { 0xffff } else { check };
+            b[at..at + 2].copy_from_slice(&check.to_be_bytes());
+            let from = ((addr(&b, 0), ne16(&b, 40)), (addr(&b, 16), ne16(&b, 42)));
+            let fresh = rng.bytes(36);
+            let to = (
+                (addr(&fresh, 0), ne16(&fresh, 32)),
+                (addr(&fresh, 16), ne16(&fresh, 34)),
+            );
+            let got = l4_translated(ne16(&b, at), udp, from, to);
+            b[..32].copy_from_slice(&fresh[..32]);
+            b[40..44].copy_from_slice(&fresh[32..36]);
             assert_eq!(got, full_check(&b, at, udp), "round {round}");
         }
     }

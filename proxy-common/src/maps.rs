@@ -342,30 +342,35 @@ map_type! {
     }
 }
 
-map_type! {
-    /// `HOP_CACHE` slot: the Ethernet addresses the FIB gave for packets
-    /// from `src` to `dst` (network order) leaving by NIC `ifindex`, the one
-    /// they came in on, and when (the datapath's clock): used within that
-    /// second. The source counts: a multipath route hashes it to pick a
-    /// path. An empty slot is all zeros (no NIC has index 0).
-    pub struct NextHop {
-        pub dst: u32,
-        pub src: u32,
+family_map_type! {
+    /// `HOP_CACHE` (`HOP_CACHE6`) slot: the Ethernet addresses the FIB gave
+    /// for packets from `src` to `dst` (network order) leaving by NIC
+    /// `ifindex`, the one they came in on, and when (the datapath's clock):
+    /// used within that second. The source counts: a multipath route hashes
+    /// it to pick a path. An empty slot is all zeros (no NIC has index 0).
+    pub struct NextHopOf<A> {
+        pub dst: A,
+        pub src: A,
         pub ifindex: u32,
         pub stamp: u32,
         pub dmac: [u8; 6],
         pub smac: [u8; 6],
     }
+    NextHop,
+    NextHop6
 }
 
-/// The `HOP_CACHE` slot of packets from `src` to `dst` (network order)
-/// leaving by NIC `ifindex`: a multiplicative hash, so destinations of one
-/// subnet spread over the slots; two hops sharing a slot take turns (each
-/// costs the other a FIB lookup).
+/// The hop-cache slot of packets from `src` to `dst` (network order)
+/// leaving by NIC `ifindex`: a multiplicative hash of the addresses' words
+/// folded together (an IPv4 address is its one word), so destinations of
+/// one subnet spread over the slots; two hops sharing a slot take turns
+/// (each costs the other a FIB lookup).
 #[inline(always)]
-pub fn hop_slot(dst: u32, src: u32, ifindex: u32) -> u32 {
+pub fn hop_slot<A: Addr>(dst: A, src: A, ifindex: u32) -> u32 {
     const GOLDEN: u32 = 0x9e37_79b9;
-    let mixed = (dst ^ (src ^ ifindex).wrapping_mul(GOLDEN)).wrapping_mul(GOLDEN);
+    let fold = |addr: &A| addr.words().iter().fold(0, |acc, word| acc ^ word);
+    let mixed =
+        (fold(&dst) ^ (fold(&src) ^ ifindex).wrapping_mul(GOLDEN)).wrapping_mul(GOLDEN);
     mixed >> (32 - crate::sizes::HOP_CACHE_BITS)
 }
 

@@ -129,7 +129,7 @@ pub fn pair<F: Family>(
 #[inline(always)]
 pub fn record<F: Family>(flow: &Flow<F>, pair: &Pair<F>) -> Result<CtEntryOf<F>, DropReason> {
     F::conntrack()
-        .insert(pair.reply_key, pair.reply, BPF_ANY as u64)
+        .insert(&pair.reply_key, &pair.reply, BPF_ANY as u64)
         .map_err(|_| DropReason::ConntrackFull)?;
     record_forward(flow, pair)
 }
@@ -143,10 +143,10 @@ pub fn record_forward<F: Family>(
 ) -> Result<CtEntryOf<F>, DropReason> {
     let conntrack = F::conntrack();
     if conntrack
-        .insert(flow_key(flow), pair.forward, BPF_ANY as u64)
+        .insert(&flow_key(flow), &pair.forward, BPF_ANY as u64)
         .is_err()
     {
-        let _ = conntrack.remove(pair.reply_key);
+        let _ = conntrack.remove(&pair.reply_key);
         return Err(DropReason::ConntrackFull);
     }
     Ok(pair.forward)

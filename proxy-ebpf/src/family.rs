@@ -6,34 +6,36 @@
 
 use aya_ebpf::{
     bindings::bpf_fib_lookup as FibParams,
-    maps::{Array, HashMap, LpmTrie, LruHashMap},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
 };
 use proxy_common::{
     addr::{Addr, Addr6},
     maps::{
         AffinityKeyOf, AffinityValue, BackendValueOf, CtEntryOf, FlowKeyOf, FrontendKeyOf,
-        FrontendValue, SockRevNatKey, SockRevNatKey6, SockRevNatValueOf, SourceRangeOf,
+        FrontendValue, NextHopOf, SockRevNatKey, SockRevNatKey6, SockRevNatValueOf, SourceRangeOf,
     },
 };
 
 use crate::maps::{
     AFFINITY, AFFINITY6, BACKEND_SLOTS, BACKEND_SLOTS6, CONNTRACK, CONNTRACK6, FRONTENDS,
-    FRONTENDS6, NIC_ADDRS, SOCK_REVNAT, SOCK_REVNAT6, SOURCE_RANGES, SOURCE_RANGES6,
+    FRONTENDS6, HOP_CACHE, HOP_CACHE6, NIC_ADDRS, NIC_ADDRS6, SOCK_REVNAT, SOCK_REVNAT6,
+    SOURCE_RANGES, SOURCE_RANGES6,
 };
-use crate::parse::{ptr_at_mut, Frame};
+use crate::parse::{Ipv4Hdr, Ipv6Hdr};
 
 pub trait Family: Addr {
-    /// Offsets of the source and destination addresses in the IP header.
-    const SRC_OFF: usize;
-    const DST_OFF: usize;
+    /// The fixed IP header: every field the datapath writes lies in it.
+    type IpHeader;
     /// Bits of an address: the source-range trie's prefix length is 32
     /// (the frontend id) plus these.
     const BITS: u32;
     /// IPv4: the IP header has a checksum of its own to update.
     const HEADER_CHECKSUM: bool;
-    /// IPv6: the hop limit's offset in the header (IPv4's TTL is covered by
-    /// the header checksum, and decremented with it).
-    const HOP_LIMIT_OFF: usize;
+    /// The source (`source`) or destination address field of the (bounds-
+    /// checked) IP header: a projection of the header's pointer, so the
+    /// verifier sees it inside the checked range (a pointer computed afresh
+    /// may lose it).
+    fn addr_field(header: *mut Self::IpHeader, source: bool) -> *mut Self;
 
     fn frontends() -> &'static HashMap<FrontendKeyOf<Self>, FrontendValue>;
     fn backends() -> &'static Array<BackendValueOf<Self>>;
@@ -42,9 +44,11 @@ pub trait Family: Addr {
     fn source_ranges() -> &'static LpmTrie<SourceRangeOf<Self>, u8>;
     /// The address flows arriving on NIC `ifindex` are SNATed to.
     fn nic_address(ifindex: u32) -> Option<Self>;
-    /// What the FIB routes by besides the addresses, from the IP header at
-    /// `l3_off`: IPv4's TOS, IPv6's traffic class and flow label.
-    fn traffic_class(ctx: &impl Frame, l3_off: usize) -> Option<u32>;
+    /// The NIC program's next hops.
+    fn hop_cache() -> &'static PerCpuArray<NextHopOf<Self>>;
+    /// What the FIB routes by besides the addresses, from the (bounds-
+    /// checked) IP header: IPv4's TOS, IPv6's traffic class and flow label.
+    fn traffic_class(header: *mut Self::IpHeader) -> u32;
     /// Fills in the family's part of a FIB request.
     fn fib_request(params: &mut FibParams, class: u32, src: Self, dst: Self);
 
@@ -59,11 +63,9 @@ const AF_INET: u8 = 2;
 const AF_INET6: u8 = 10;
 
 impl Family for u32 {
-    const SRC_OFF: usize = 12;
-    const DST_OFF: usize = 16;
+    type IpHeader = Ipv4Hdr;
     const BITS: u32 = 32;
     const HEADER_CHECKSUM: bool = true;
-    const HOP_LIMIT_OFF: usize = 8;
 
     #[inline(always)]
     fn frontends() -> &'static HashMap<FrontendKeyOf<Self>, FrontendValue> {
@@ -91,9 +93,24 @@ impl Family for u32 {
         unsafe { NIC_ADDRS.get(ifindex).copied() }
     }
     #[inline(always)]
-    fn traffic_class(ctx: &impl Frame, l3_off: usize) -> Option<u32> {
-        // SAFETY: bounds-checked by `ptr_at_mut`.
-        ptr_at_mut::<u8>(ctx, l3_off + 1).map(|tos| unsafe { *tos } as u32)
+    fn hop_cache() -> &'static PerCpuArray<NextHopOf<Self>> {
+        &HOP_CACHE
+    }
+    #[inline(always)]
+    fn addr_field(header: *mut Ipv4Hdr, source: bool) -> *mut u32 {
+        // SAFETY: a field projection of a valid pointer, nothing read.
+        unsafe {
+            if source {
+                &raw mut (*header).saddr
+            } else {
+                &raw mut (*header).daddr
+            }
+        }
+    }
+    #[inline(always)]
+    fn traffic_class(header: *mut Ipv4Hdr) -> u32 {
+        // SAFETY: the caller bounds-checked the header.
+        unsafe { (*header).tos as u32 }
     }
     #[inline(always)]
     fn fib_request(params: &mut FibParams, class: u32, src: Self, dst: Self) {
@@ -120,11 +137,9 @@ impl Family for u32 {
 }
 
 impl Family for Addr6 {
-    const SRC_OFF: usize = 8;
-    const DST_OFF: usize = 24;
+    type IpHeader = Ipv6Hdr;
     const BITS: u32 = 128;
     const HEADER_CHECKSUM: bool = false;
-    const HOP_LIMIT_OFF: usize = 7;
 
     #[inline(always)]
     fn frontends() -> &'static HashMap<FrontendKeyOf<Self>, FrontendValue> {
@@ -146,18 +161,32 @@ impl Family for Addr6 {
     fn source_ranges() -> &'static LpmTrie<SourceRangeOf<Self>, u8> {
         &SOURCE_RANGES6
     }
-    /// The NIC program translates IPv4 only (IPv6 passes it untouched),
-    /// so no IPv6 flow is ever SNATed yet.
     #[inline(always)]
-    fn nic_address(_: u32) -> Option<Self> {
-        None
+    fn nic_address(ifindex: u32) -> Option<Self> {
+        // SAFETY: the value is copied out at once.
+        unsafe { NIC_ADDRS6.get(ifindex).copied() }
     }
     #[inline(always)]
-    fn traffic_class(ctx: &impl Frame, l3_off: usize) -> Option<u32> {
-        // SAFETY: bounds-checked by `ptr_at_mut`.
-        let head = unsafe { *ptr_at_mut::<u32>(ctx, l3_off)? };
+    fn hop_cache() -> &'static PerCpuArray<NextHopOf<Self>> {
+        &HOP_CACHE6
+    }
+    #[inline(always)]
+    fn addr_field(header: *mut Ipv6Hdr, source: bool) -> *mut Addr6 {
+        // SAFETY: a field projection of a valid pointer, nothing read.
+        unsafe {
+            if source {
+                &raw mut (*header).saddr
+            } else {
+                &raw mut (*header).daddr
+            }
+        }
+    }
+    #[inline(always)]
+    fn traffic_class(header: *mut Ipv6Hdr) -> u32 {
+        // SAFETY: the caller bounds-checked the header.
+        let head = u32::from_ne_bytes(unsafe { (*header).head });
         // All but the version's four bits, as the packet holds them.
-        Some(head & u32::from_ne_bytes([0x0f, 0xff, 0xff, 0xff]))
+        head & u32::from_ne_bytes([0x0f, 0xff, 0xff, 0xff])
     }
     #[inline(always)]
     fn fib_request(params: &mut FibParams, class: u32, src: Self, dst: Self) {

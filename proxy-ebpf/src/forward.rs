@@ -20,14 +20,13 @@ use aya_ebpf::{
 
 use proxy_common::{
     csum,
-    maps::{hop_slot, DropReason, NextHop},
+    maps::{hop_slot, DropReason, NextHopOf},
 };
 
 use crate::{
     family::Family,
     kernel,
-    maps::HOP_CACHE,
-    parse::{ptr_at_mut, Flow, Ipv4Flow, Ipv4Hdr},
+    parse::{ptr_at_mut, Flow, Ipv4Hdr, Ipv6Hdr},
 };
 
 /// Asks the FIB where a packet of `flow` from `src` to `dst`, arriving on
@@ -63,15 +62,14 @@ fn fib_lookup<F: Family>(
 /// covers). Returns false, changing nothing, when it is spent (the stack
 /// then sends the time-exceeded error).
 #[inline(always)]
-fn decrement_hop_limit<F: Family>(ctx: &impl crate::parse::Frame, l3_off: usize) -> bool {
+fn decrement_hop_limit<F: Family>(ip: *mut F::IpHeader) -> bool {
     if F::HEADER_CHECKSUM {
-        return ptr_at_mut::<Ipv4Hdr>(ctx, l3_off).is_some_and(decrement_ttl);
+        return decrement_ttl(ip as *mut Ipv4Hdr);
     }
-    let Some(hop_limit) = ptr_at_mut::<u8>(ctx, l3_off + F::HOP_LIMIT_OFF) else {
-        return false;
-    };
-    // SAFETY: bounds-checked just above.
+    let ip = ip as *mut Ipv6Hdr;
+    // SAFETY: the caller bounds-checked the header.
     unsafe {
+        let hop_limit = &raw mut (*ip).hop_limit;
         if *hop_limit <= 1 {
             return false;
         }
@@ -102,24 +100,27 @@ fn decrement_ttl(ip: *mut Ipv4Hdr) -> bool {
 /// returns the XDP action: TX back out of the NIC it came in on, redirect to
 /// another interface, or PASS to the stack when the FIB cannot say.
 #[inline(always)]
-pub fn xdp_forward(ctx: &XdpContext, flow: &Ipv4Flow, src: u32, dst: u32) -> u32 {
-    let Some(ip) = ptr_at_mut::<Ipv4Hdr>(ctx, flow.l3_off) else {
+pub fn xdp_forward<F: Family>(ctx: &XdpContext, flow: &Flow<F>, src: F, dst: F) -> u32 {
+    // The Ethernet header first: checked after the IP header, its check is
+    // one LLVM finds implied and drops, where the verifier cannot follow.
+    let Some(eth) = ptr_at_mut::<[[u8; 6]; 2]>(ctx, 0) else {
         return xdp_action::XDP_PASS;
     };
-    let Some(eth) = ptr_at_mut::<[[u8; 6]; 2]>(ctx, 0) else {
+    let Some(ip) = ptr_at_mut::<F::IpHeader>(ctx, flow.l3_off) else {
         return xdp_action::XDP_PASS;
     };
     let ingress = ctx.ingress_ifindex() as u32;
     let now = kernel::now_s();
-    let slot = HOP_CACHE.get_ptr_mut(hop_slot(dst, src, ingress));
+    let slot = F::hop_cache().get_ptr_mut(hop_slot(dst, src, ingress));
     if let Some(slot) = slot {
-        // SAFETY: this CPU's slot, copied out at once.
-        let hop = unsafe { *slot };
+        // SAFETY: this CPU's slot, read in place (an IPv6 copy is 52 bytes
+        // of the NIC program's stack).
+        let hop = unsafe { &*slot };
         // Learnt this second for these addresses and NIC: the FIB would
         // say the same (a packet that came in on this NIC fits its MTU
         // going back out).
         if hop.dst == dst && hop.src == src && hop.ifindex == ingress && hop.stamp == now {
-            if !decrement_ttl(ip) {
+            if !decrement_hop_limit::<F>(ip) {
                 return xdp_action::XDP_PASS;
             }
             // SAFETY: bounds-checked above.
@@ -127,18 +128,12 @@ pub fn xdp_forward(ctx: &XdpContext, flow: &Ipv4Flow, src: u32, dst: u32) -> u32
             return xdp_action::XDP_TX;
         }
     }
-    // SAFETY: bounds-checked above.
-    let tos = unsafe { (*ip).tos };
-    let (rc, params) = fib_lookup(
-        ctx,
-        ingress,
-        (flow.proto, flow.ip_len, tos as u32),
-        (src, dst),
-    );
+    let class = F::traffic_class(ip);
+    let (rc, params) = fib_lookup(ctx, ingress, (flow.proto, flow.ip_len, class), (src, dst));
     // Another interface takes XDP frames only if it is one of ours (a NIC
     // with the program attached); a tunnel or bridge would drop them.
-    let egress_ok = params.ifindex == ingress || u32::nic_address(params.ifindex).is_some();
-    if rc != BPF_FIB_LKUP_RET_SUCCESS as i64 || !egress_ok || !decrement_ttl(ip) {
+    let egress_ok = params.ifindex == ingress || F::nic_address(params.ifindex).is_some();
+    if rc != BPF_FIB_LKUP_RET_SUCCESS as i64 || !egress_ok || !decrement_hop_limit::<F>(ip) {
         // No route or no neighbour entry yet, an egress XDP cannot use, or
         // TTL spent: the stack knows what to do.
         return xdp_action::XDP_PASS;
@@ -150,7 +145,7 @@ pub fn xdp_forward(ctx: &XdpContext, flow: &Ipv4Flow, src: u32, dst: u32) -> u32
             // SAFETY: this CPU's slot; a program run is never interrupted
             // by another on the same CPU.
             unsafe {
-                *slot = NextHop {
+                *slot = NextHopOf {
                     dst,
                     src,
                     ifindex: ingress,
@@ -172,9 +167,10 @@ pub fn xdp_forward(ctx: &XdpContext, flow: &Ipv4Flow, src: u32, dst: u32) -> u32
 /// returns the tc action; without a route, the stack gets it.
 #[inline(always)]
 pub fn tc_forward<F: Family>(ctx: &TcContext, flow: &Flow<F>, src: F, dst: F) -> i32 {
-    let Some(class) = F::traffic_class(ctx, flow.l3_off) else {
+    let Some(ip) = ptr_at_mut::<F::IpHeader>(ctx, flow.l3_off) else {
         return TC_ACT_OK;
     };
+    let class = F::traffic_class(ip);
     // The interface the program runs on, which at tc ingress is the one the
     // packet came in on (as `ingress_ifindex`, which BPF_PROG_TEST_RUN
     // cannot set on 5.10, while it can set this one).
@@ -184,7 +180,7 @@ pub fn tc_forward<F: Family>(ctx: &TcContext, flow: &Flow<F>, src: F, dst: F) ->
     // about GSO (a pod's 64 KB TCP segment is fine, an explicit length not).
     let (rc, params) = fib_lookup(ctx, ingress, (flow.proto, 0, class), (src, dst));
     let routed = rc == BPF_FIB_LKUP_RET_SUCCESS as i64 || rc == BPF_FIB_LKUP_RET_NO_NEIGH as i64;
-    if !routed || !decrement_hop_limit::<F>(ctx, flow.l3_off) {
+    if !routed || !decrement_hop_limit::<F>(ip) {
         return TC_ACT_OK;
     }
     // SAFETY: plain helper call; without neighbour parameters the kernel

@@ -12,7 +12,7 @@ use crate::{
     conntrack,
     family::Family,
     lookup,
-    parse::{Flow, Ipv4Flow},
+    parse::Flow,
     select, snat,
 };
 
@@ -92,7 +92,7 @@ impl<F: Family> Lookups for FlowLookups<'_, F> {
             Recording::Snat => {
                 let node_addr =
                     F::nic_address(self.ingress_ifindex).ok_or(DropReason::NoSnatAddress)?;
-                return snat::create(flow, id, &chosen, node_addr);
+                return snat::create(flow, id, &chosen, &node_addr);
             }
         };
         conntrack::record(flow, &pair)
@@ -121,12 +121,12 @@ pub fn balance<F: Family>(
 /// if any (`None`: the packet is not ours). Every forward entry names its
 /// frontend, for the counters.
 #[inline(always)]
-pub fn balance_conntrack_first(
-    flow: &Ipv4Flow,
+pub fn balance_conntrack_first<F: Family>(
+    flow: &Flow<F>,
     hook: Hook,
     ingress_ifindex: u32,
-    find: impl FnOnce(&Ipv4Flow) -> Option<FrontendValue>,
-) -> Result<Option<Decision<CtEntryOf<u32>>>, DropReason> {
+    find: impl FnOnce(&Flow<F>) -> Option<FrontendValue>,
+) -> Result<Option<Decision<CtEntryOf<F>>>, DropReason> {
     let lookups = FlowLookups::new(flow, hook, ingress_ifindex);
     let packet = flow.packet();
     match lb::carried(&lookups, packet) {

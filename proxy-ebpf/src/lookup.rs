@@ -10,7 +10,7 @@ use proxy_common::maps::{
 use crate::{
     family::Family,
     maps::PORT_ROLES,
-    parse::{Flow, Ipv4Flow},
+    parse::Flow,
 };
 
 /// Whether some frontend or backend uses `port` (network order) in `role`
@@ -76,7 +76,7 @@ pub fn node_frontend_port(port: u16) -> bool {
 /// The frontend a packet from outside is addressed to: a NodePort on a node
 /// address, a LoadBalancer ingress IP or an external IP.
 #[inline(always)]
-pub fn node_frontend(flow: &Ipv4Flow) -> Option<FrontendValue> {
+pub fn node_frontend<F: Family>(flow: &Flow<F>) -> Option<FrontendValue> {
     frontend(flow, SCOPE_NODE)
 }
 

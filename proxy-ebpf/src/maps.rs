@@ -7,10 +7,11 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
 };
 use proxy_common::{
+    addr::Addr6,
     maps::{
         port_roles, AffinityKey, AffinityKey6, AffinityValue, BackendValue, BackendValue6, CtEntry,
         CtEntry6, FlowKey, FlowKey6, FrontendKey, FrontendKey6, FrontendStats, FrontendValue,
-        NextHop, SockAffinityKey, SockRevNatKey, SockRevNatKey6, SockRevNatValue, SockRevNatValue6,
+        NextHop, NextHop6, SockAffinityKey, SockRevNatKey, SockRevNatKey6, SockRevNatValue, SockRevNatValue6,
         SourceRange, SourceRange6, MAGLEV_ARENA_FLAGS,
     },
     sizes,
@@ -104,6 +105,11 @@ pub static SOURCE_RANGES6: LpmTrie<SourceRange6, u8> =
 #[map]
 pub static NIC_ADDRS: HashMap<u32, u32> = HashMap::pinned(sizes::MAX_NICS, 0);
 
+/// NIC ifindex → the IPv6 address IPv6 flows to remote backends are
+/// SNATed to.
+#[map]
+pub static NIC_ADDRS6: HashMap<u32, Addr6> = HashMap::pinned(sizes::MAX_NICS, 0);
+
 /// (frontend id, client address) → the backend its connections go to, for
 /// `sessionAffinity: ClientIP`. LRU: clients that went away age out.
 #[map]
@@ -144,3 +150,7 @@ pub static SOCK_AFFINITY: LruHashMap<SockAffinityKey, AffinityValue> =
 /// so a slot is never read half-written.
 #[map]
 pub static HOP_CACHE: PerCpuArray<NextHop> = PerCpuArray::pinned(sizes::HOP_CACHE_SLOTS, 0);
+
+/// IPv6 next hops, as `HOP_CACHE`.
+#[map]
+pub static HOP_CACHE6: PerCpuArray<NextHop6> = PerCpuArray::pinned(sizes::HOP_CACHE_SLOTS, 0);

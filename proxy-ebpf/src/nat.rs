@@ -1,6 +1,6 @@
-//! Address and port translation: DNAT towards the backend, reverse NAT on
-//! replies so the client sees the VIP and service port (tc: both families;
-//! XDP: IPv4); in XDP both ends at once for flows that are SNATed too.
+//! Address and port translation of either family: DNAT towards the
+//! backend, reverse NAT on replies so the client sees the VIP and service
+//! port; in XDP both ends at once for flows that are SNATed too.
 //!
 //! Checksums: in tc the L4 checksum goes through the kernel helper, which
 //! updates it as the skb carries it, full or partial (veth with offloads
@@ -23,16 +23,14 @@ use proxy_common::{
 
 use crate::{
     family::Family,
-    parse::{ptr_at_mut, Flow, Ipv4Flow, Ipv4Hdr},
+    parse::{ptr_at_mut, Flow, Ipv4Hdr},
 };
 
 const TCP_CSUM_OFF: usize = 16;
 const UDP_CSUM_OFF: usize = 6;
-/// The IPv4 header checksum's offset.
-const IPV4_CSUM_OFF: usize = 10;
 
 /// One end of a flow: address and port, network order.
-pub type Endpoint<F> = (F, u16);
+pub type Endpoint<F> = csum::Endpoint<F>;
 
 /// The offset of the L4 checksum field, and whether it is UDP's.
 #[inline(always)]
@@ -111,9 +109,9 @@ fn rewrite<F: Family>(
     to: Endpoint<F>,
 ) -> Result<(), DropReason> {
     let (addr, port) = to;
-    let (old_addr, old_port, port_index, addr_off) = match end {
-        End::Source => (flow.src_addr, flow.src_port, 0, F::SRC_OFF),
-        End::Destination => (flow.dst_addr, flow.dst_port, 1, F::DST_OFF),
+    let (old_addr, old_port, port_index, source) = match end {
+        End::Source => (flow.src_addr, flow.src_port, 0, true),
+        End::Destination => (flow.dst_addr, flow.dst_port, 1, false),
     };
     // L4 checksum first: the helper may move the packet, so the header
     // pointers are taken afterwards.
@@ -123,19 +121,18 @@ fn rewrite<F: Family>(
     if port != old_port {
         l4_replace(ctx, flow, old_port as u32, port as u32, 2, false)?;
     }
-    let field = ptr_at_mut::<F>(ctx, flow.l3_off + addr_off).ok_or(DropReason::RewriteFailed)?;
+    let ip = ptr_at_mut::<F::IpHeader>(ctx, flow.l3_off).ok_or(DropReason::RewriteFailed)?;
     let ports = ptr_at_mut::<[u16; 2]>(ctx, flow.l4_off).ok_or(DropReason::RewriteFailed)?;
-    if F::HEADER_CHECKSUM {
-        let check =
-            ptr_at_mut::<u16>(ctx, flow.l3_off + IPV4_CSUM_OFF).ok_or(DropReason::RewriteFailed)?;
-        if let ([from], [to]) = (old_addr.words(), addr.words()) {
-            // SAFETY: bounds-checked just above.
-            unsafe { *check = csum::replace_u32(*check, *from, *to) };
-        }
-    }
-    // SAFETY: both pointers were bounds-checked against data_end just above.
+    // SAFETY: every field lies in the header, bounds-checked just above,
+    // as are the ports.
     unsafe {
-        *field = addr;
+        if F::HEADER_CHECKSUM {
+            let ip = ip as *mut Ipv4Hdr;
+            if let ([from], [to]) = (old_addr.words(), addr.words()) {
+                (*ip).check = csum::replace_u32((*ip).check, *from, *to);
+            }
+        }
+        *F::addr_field(ip, source) = addr;
         (*ports)[port_index] = port;
     }
     Ok(())
@@ -163,28 +160,40 @@ pub fn set_source<F: Family>(
     rewrite(ctx, flow, End::Source, source)
 }
 
-/// XDP: rewrites the packet to go from `src` to `dst`, updating the IPv4
-/// and L4 checksums in place.
+/// XDP: rewrites the packet to go from `src` to `dst`, updating the L4
+/// checksum (and IPv4's header checksum) in place.
 #[inline(always)]
-pub fn xdp_translate(
+pub fn xdp_translate<F: Family>(
     ctx: &XdpContext,
-    flow: &Ipv4Flow,
-    src: Endpoint<u32>,
-    dst: Endpoint<u32>,
+    flow: &Flow<F>,
+    src: Endpoint<F>,
+    dst: Endpoint<F>,
 ) -> Result<(), DropReason> {
     let (csum_off, udp) = l4_csum_off(flow);
-    let ip = ptr_at_mut::<Ipv4Hdr>(ctx, flow.l3_off).ok_or(DropReason::RewriteFailed)?;
+    let ip = ptr_at_mut::<F::IpHeader>(ctx, flow.l3_off).ok_or(DropReason::RewriteFailed)?;
     let ports = ptr_at_mut::<[u16; 2]>(ctx, flow.l4_off).ok_or(DropReason::RewriteFailed)?;
     let l4_check = ptr_at_mut::<u16>(ctx, csum_off).ok_or(DropReason::RewriteFailed)?;
     let from = (
         (flow.src_addr, flow.src_port),
         (flow.dst_addr, flow.dst_port),
     );
-    // SAFETY: every pointer was bounds-checked against data_end just above.
+    // SAFETY: every field lies in the header, bounds-checked just above,
+    // as are the ports and the L4 checksum.
     unsafe {
-        (*ip).check = csum::ipv4_translated((*ip).check, (from.0 .0, from.1 .0), (src.0, dst.0));
-        (*ip).saddr = src.0;
-        (*ip).daddr = dst.0;
+        if F::HEADER_CHECKSUM {
+            if let ([from_src], [from_dst], [to_src], [to_dst]) = (
+                from.0 .0.words(),
+                from.1 .0.words(),
+                src.0.words(),
+                dst.0.words(),
+            ) {
+                let ip = ip as *mut Ipv4Hdr;
+                (*ip).check =
+                    csum::ipv4_translated((*ip).check, (*from_src, *from_dst), (*to_src, *to_dst));
+            }
+        }
+        *F::addr_field(ip, true) = src.0;
+        *F::addr_field(ip, false) = dst.0;
         (*ports)[0] = src.1;
         (*ports)[1] = dst.1;
         *l4_check = csum::l4_translated(*l4_check, udp, from, (src, dst));

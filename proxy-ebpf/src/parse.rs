@@ -135,9 +135,19 @@ pub struct Ipv6Hdr {
     pub daddr: Addr6,
 }
 
+/// No header the datapath reads starts this far into a packet (IPv6
+/// extension headers end well before it).
+const MAX_OFFSET: usize = 0x3fff;
+
 /// Returns a pointer to a `T` at `off`, or `None` if it does not fit.
+/// `off` is bounded first: a flow's offsets reach a subprogram through
+/// memory, where the verifier no longer knows their range, and it adds no
+/// unbounded value to a packet pointer.
 #[inline(always)]
 fn ptr_at<T>(ctx: &impl Frame, off: usize) -> Option<*const T> {
+    if off > MAX_OFFSET {
+        return None;
+    }
     let start = ctx.data();
     if start + off + core::mem::size_of::<T>() > ctx.data_end() {
         return None;
@@ -185,15 +195,11 @@ pub fn tc_flow(ctx: &TcContext) -> Option<AnyFlow> {
     }
 }
 
-/// The flow of an IPv4 packet whose headers are in linear memory (always
-/// so in XDP).
+/// The flow of a packet whose headers are in linear memory (always so in
+/// XDP).
 #[inline(always)]
-pub fn ipv4_flow(ctx: &impl Frame) -> Option<Ipv4Flow> {
-    let (ether_type, l3_off) = ether_type(ctx).ok()?;
-    if ether_type != ETH_P_IPV4 {
-        return None;
-    }
-    parse_ipv4(ctx, l3_off).ok()
+pub fn flow(ctx: &impl Frame) -> Option<AnyFlow> {
+    parse(ctx).ok()
 }
 
 /// The EtherType past an optional VLAN tag, and where the L3 header starts.

@@ -24,7 +24,7 @@ use proxy_common::{
 use crate::{
     family::Family,
     forward,
-    parse::{ptr_at_mut, Flow, Frame, Ipv4Flow, ETH_HLEN, IPV4_HLEN, IPV6_HLEN},
+    parse::{ptr_at_mut, Flow, Frame, ETH_HLEN, IPV4_HLEN, IPV6_HLEN},
     stats,
 };
 
@@ -118,11 +118,12 @@ fn sizes<F: Family>(answer: &Answer) -> (usize, usize) {
     }
 }
 
-/// XDP: answers `flow` out of the NIC it came in on.
-#[inline(always)]
-pub fn xdp_reject(ctx: &XdpContext, flow: &Ipv4Flow) -> Result<u32, DropReason> {
+/// XDP: answers `flow` out of the NIC it came in on. A subprogram: the
+/// builders' frames would crowd the NIC program's stack.
+#[inline(never)]
+pub fn xdp_reject<F: Family>(ctx: &XdpContext, flow: &Flow<F>) -> Result<u32, DropReason> {
     let answer = answer(ctx, flow)?;
-    let (keep, grow) = sizes::<u32>(&answer);
+    let (keep, grow) = sizes::<F>(&answer);
     let len = (ctx.data_end() - ctx.data()) as i32;
     // SAFETY: plain helper calls on our context.
     unsafe {
@@ -133,12 +134,13 @@ pub fn xdp_reject(ctx: &XdpContext, flow: &Ipv4Flow) -> Result<u32, DropReason> 
             return Err(DropReason::RejectFailed);
         }
     }
-    rewrite::<u32>(ctx, &answer)?;
+    rewrite::<F>(ctx, &answer)?;
     Ok(xdp_action::XDP_TX)
 }
 
-/// tc, on the host side of a pod interface: answers `flow` back into the pod.
-#[inline(always)]
+/// tc, on the host side of a pod interface: answers `flow` back into the
+/// pod. A subprogram, as `xdp_reject`.
+#[inline(never)]
 pub fn tc_reject<F: Family>(ctx: &TcContext, flow: &Flow<F>) -> Result<i32, DropReason> {
     let answer = answer(ctx, flow)?;
     let (keep, grow) = sizes::<F>(&answer);

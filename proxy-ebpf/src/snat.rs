@@ -50,14 +50,16 @@ pub fn touch<F: Family>(entry: *mut CtEntryOf<F>, flow: &Flow<F>) {
 
 /// Whether the SNAT port held by the reply entry at `reply_key` may go to a
 /// new flow; if so, the old flow's forward entry is removed, so the old
-/// client's next packet opens a flow of its own.
+/// client's next packet opens a flow of its own. Entries are read in place,
+/// not copied: an IPv6 pair of copies would not fit the NIC program's stack.
 #[inline(always)]
 fn reclaim<F: Family>(reply_key: &FlowKeyOf<F>, now: u32) -> bool {
     let conntrack = F::conntrack();
-    // SAFETY: the value is copied out at once.
-    let Some(reply) = (unsafe { conntrack.get(reply_key).copied() }) else {
+    let Some(reply) = conntrack.get_ptr(reply_key) else {
         return true;
     };
+    // SAFETY: map value pointers, valid for this program run.
+    let reply = unsafe { &*reply };
     if reply.direction != CT_REPLY || reply.flags & CT_SNAT == 0 {
         return false;
     }
@@ -66,11 +68,12 @@ fn reclaim<F: Family>(reply_key: &FlowKeyOf<F>, now: u32) -> bool {
         (reply.nat_addr, reply.nat_port),
         reply_key.proto,
     );
-    // SAFETY: the value is copied out at once.
-    let Some(forward) = (unsafe { conntrack.get(forward_key).copied() }) else {
+    let Some(forward) = conntrack.get_ptr(&forward_key) else {
         // Its flow is gone (evicted): the port is free.
         return true;
     };
+    // SAFETY: as above.
+    let forward = unsafe { &*forward };
     let same_flow = forward.direction == CT_FORWARD
         && forward.snat_addr == reply_key.dst_addr
         && forward.snat_port == reply_key.dst_port;
@@ -90,41 +93,47 @@ fn reclaim<F: Family>(reply_key: &FlowKeyOf<F>, now: u32) -> bool {
         if now.saturating_sub(last) <= limit {
             return false;
         }
-        let _ = conntrack.remove(forward_key);
+        let _ = conntrack.remove(&forward_key);
     }
     true
 }
 
 /// Records a new connection that the node SNATs to `node_addr` and returns
 /// its forward translation; the reply entry claims the port (fail closed).
-#[inline(always)]
+/// A subprogram of its own, with one pair of entries whose port each try
+/// changes: an IPv6 pair per try did not fit the NIC program's stack.
+#[inline(never)]
 pub fn create<F: Family>(
     flow: &Flow<F>,
     frontend_id: u32,
     chosen: &Selected<F>,
-    node_addr: F,
+    node_addr: &F,
 ) -> Result<CtEntryOf<F>, DropReason> {
     let conntrack = F::conntrack();
     let span = (SNAT_PORT_MAX - SNAT_PORT_MIN) as u32 + 1;
     let hash = flow_hash(flow);
     let now = now_s();
+    let mut pair = conntrack::pair(
+        flow,
+        frontend_id,
+        chosen,
+        CT_SNAT,
+        Some((*node_addr, 0)),
+        now,
+    );
     for attempt in 0..TRIES {
         let offset = hash.wrapping_add(attempt.wrapping_mul(STRIDE)) % span;
         let port = (SNAT_PORT_MIN + offset as u16).to_be();
-        let pair = conntrack::pair(
-            flow,
-            frontend_id,
-            chosen,
-            CT_SNAT,
-            Some((node_addr, port)),
-            now,
-        );
+        // The node's end of the flow: the reply's destination, the
+        // forward entry's stand-in source.
+        pair.reply_key.dst_port = port;
+        pair.forward.snat_port = port;
         let claimed = conntrack
-            .insert(pair.reply_key, pair.reply, BPF_NOEXIST as u64)
+            .insert(&pair.reply_key, &pair.reply, BPF_NOEXIST as u64)
             .is_ok()
             || (reclaim(&pair.reply_key, now)
                 && conntrack
-                    .insert(pair.reply_key, pair.reply, BPF_ANY as u64)
+                    .insert(&pair.reply_key, &pair.reply, BPF_ANY as u64)
                     .is_ok());
         if claimed {
             return conntrack::record_forward(flow, &pair);

@@ -12,7 +12,13 @@ use proxy_common::{
     maps::{DropReason, CT_REPLY, CT_SNAT, SNAT_PORT_MIN},
 };
 
-use crate::{conntrack, forward, lb, lookup, nat, parse, reject, snat, stats};
+use crate::{
+    conntrack,
+    family::Family,
+    forward, lb, lookup, nat,
+    parse::{self, AnyFlow, Flow},
+    reject, snat, stats,
+};
 
 #[xdp]
 pub fn nic_ingress(ctx: XdpContext) -> u32 {
@@ -22,21 +28,29 @@ pub fn nic_ingress(ctx: XdpContext) -> u32 {
 /// Ok carries the XDP action.
 #[inline(always)]
 fn translate(ctx: &XdpContext) -> Result<u32, DropReason> {
-    let Some(flow) = parse::ipv4_flow(ctx) else {
-        return Ok(xdp_action::XDP_PASS);
-    };
+    match parse::flow(ctx) {
+        Some(AnyFlow::V4(flow)) => translate_flow(ctx, &flow),
+        Some(AnyFlow::V6(flow)) => translate_flow(ctx, &flow),
+        None => Ok(xdp_action::XDP_PASS),
+    }
+}
+
+/// A subprogram per family (a BPF-to-BPF call): inlined side by side, the
+/// two families' stack frames summed past the 512 bytes BPF allows.
+#[inline(never)]
+fn translate_flow<F: Family>(ctx: &XdpContext, flow: &Flow<F>) -> Result<u32, DropReason> {
     // Only SNATed replies use these ports: other traffic skips the lookup.
     if u16::from_be(flow.dst_port) >= SNAT_PORT_MIN {
-        if let Some(reply) = conntrack::entry_mut(&flow, CT_REPLY) {
+        if let Some(reply) = conntrack::entry_mut(flow, CT_REPLY) {
             // SAFETY: a map value pointer, valid for this program run.
             let entry = unsafe { *reply };
             if entry.flags & CT_SNAT != 0 {
-                snat::touch(reply, &flow);
+                snat::touch(reply, flow);
                 // From the frontend the client contacted, to the client.
                 let frontend = (entry.nat_addr, entry.nat_port);
                 let client = (entry.snat_addr, entry.snat_port);
-                nat::xdp_translate(ctx, &flow, frontend, client)?;
-                return Ok(forward::xdp_forward(ctx, &flow, frontend.0, client.0));
+                nat::xdp_translate(ctx, flow, frontend, client)?;
+                return Ok(forward::xdp_forward(ctx, flow, frontend.0, client.0));
             }
         }
     }
@@ -44,20 +58,20 @@ fn translate(ctx: &XdpContext) -> Result<u32, DropReason> {
         return Ok(xdp_action::XDP_PASS);
     }
     let ingress = ctx.ingress_ifindex() as u32;
-    let entry = match lb::balance_conntrack_first(&flow, Hook::Nic, ingress, lookup::node_frontend)?
+    let entry = match lb::balance_conntrack_first(flow, Hook::Nic, ingress, lookup::node_frontend)?
     {
         Some(Decision::Translate(entry)) => entry,
-        Some(Decision::Reject) => return reject::xdp_reject(ctx, &flow),
+        Some(Decision::Reject) => return reject::xdp_reject(ctx, flow),
         None => return Ok(xdp_action::XDP_PASS),
     };
     stats::count_frontend(entry.frontend_id, (ctx.data_end() - ctx.data()) as u32);
     let backend = (entry.nat_addr, entry.nat_port);
     if entry.flags & CT_SNAT != 0 {
         let node = (entry.snat_addr, entry.snat_port);
-        nat::xdp_translate(ctx, &flow, node, backend)?;
-        Ok(forward::xdp_forward(ctx, &flow, node.0, backend.0))
+        nat::xdp_translate(ctx, flow, node, backend)?;
+        Ok(forward::xdp_forward(ctx, flow, node.0, backend.0))
     } else {
-        nat::xdp_translate(ctx, &flow, (flow.src_addr, flow.src_port), backend)?;
+        nat::xdp_translate(ctx, flow, (flow.src_addr, flow.src_port), backend)?;
         Ok(xdp_action::XDP_PASS)
     }
 }
