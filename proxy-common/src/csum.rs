@@ -244,7 +244,8 @@ mod tests {
     #[test]
     fn a_translated_ipv6_segment_verifies_with_a_full_checksum() {
         let mut rng = Rng(8200);
-        let addr = |b: &[u8], at: usize| -> [u32; 4] { core::array::from_fn(|i| ne32(b, at + 4 * i)) };
+        let addr =
+            |b: &[u8], at: usize| -> [u32; 4] { core::array::from_fn(|i| ne32(b, at + 4 * i)) };
         for round in 0..4_000 {
             let udp = round % 2 == 0;
             let (hlen, csum_off) = if udp { (8, 6) } else { (20, 16) };

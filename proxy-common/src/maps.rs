@@ -369,8 +369,7 @@ family_map_type! {
 pub fn hop_slot<A: Addr>(dst: A, src: A, ifindex: u32) -> u32 {
     const GOLDEN: u32 = 0x9e37_79b9;
     let fold = |addr: &A| addr.words().iter().fold(0, |acc, word| acc ^ word);
-    let mixed =
-        (fold(&dst) ^ (fold(&src) ^ ifindex).wrapping_mul(GOLDEN)).wrapping_mul(GOLDEN);
+    let mixed = (fold(&dst) ^ (fold(&src) ^ ifindex).wrapping_mul(GOLDEN)).wrapping_mul(GOLDEN);
     mixed >> (32 - crate::sizes::HOP_CACHE_BITS)
 }
 

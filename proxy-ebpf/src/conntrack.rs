@@ -77,7 +77,9 @@ pub struct Pair<F> {
 /// The entries of `flow`, sent to `chosen` by frontend `frontend_id`, with
 /// `CT_*` `flags`. `stand_in`: the source the backend sees instead of the
 /// client, if any (the entries then hold both ends' translations);
-/// `last_seen`: the clock for entries that record liveness, else 0.
+/// `last_seen`: the clock for entries that record liveness, else 0. Laid
+/// out in this CPU's scratch slot (`PAIR_SCRATCH`), valid until the
+/// program's next new connection.
 #[inline(always)]
 pub fn pair<F: Family>(
     flow: &Flow<F>,
@@ -86,43 +88,43 @@ pub fn pair<F: Family>(
     flags: u8,
     stand_in: Option<Endpoint<F>>,
     last_seen: u32,
-) -> Pair<F> {
+) -> Result<&'static mut Pair<F>, DropReason> {
+    // A one-slot per-CPU array always has slot 0; were it missing, the
+    // flow could not be recorded: fail closed, as for a full table.
+    let slot = F::pair_scratch()
+        .get_ptr_mut(0)
+        .ok_or(DropReason::ConntrackFull)?;
+    // SAFETY: this CPU's slot, used by this program run alone.
+    let pair = unsafe { &mut *slot };
     let client = (flow.src_addr, flow.src_port);
     let backend = (chosen.backend.addr, chosen.backend.port);
-    let reply = CtEntryOf {
+    let seen_as = stand_in.unwrap_or(client);
+    let (reply_snat, forward_snat) = match stand_in {
+        Some(_) => (client, seen_as),
+        None => ((F::default(), 0), (F::default(), 0)),
+    };
+    pair.reply = CtEntryOf {
         nat_addr: flow.dst_addr,
         nat_port: flow.dst_port,
         direction: CT_REPLY,
         flags,
         frontend_id,
         backend_id: chosen.id,
-        snat_addr: if stand_in.is_some() {
-            client.0
-        } else {
-            F::default()
-        },
-        snat_port: if stand_in.is_some() { client.1 } else { 0 },
+        snat_addr: reply_snat.0,
+        snat_port: reply_snat.1,
         _pad: 0,
         last_seen,
     };
-    let seen_as = stand_in.unwrap_or(client);
-    let forward = CtEntryOf {
+    pair.forward = CtEntryOf {
         nat_addr: backend.0,
         nat_port: backend.1,
         direction: CT_FORWARD,
-        snat_addr: if stand_in.is_some() {
-            seen_as.0
-        } else {
-            F::default()
-        },
-        snat_port: if stand_in.is_some() { seen_as.1 } else { 0 },
-        ..reply
+        snat_addr: forward_snat.0,
+        snat_port: forward_snat.1,
+        ..pair.reply
     };
-    Pair {
-        reply_key: tuple_key(backend, seen_as, flow.proto),
-        reply,
-        forward,
-    }
+    pair.reply_key = tuple_key(backend, seen_as, flow.proto);
+    Ok(pair)
 }
 
 /// Records `pair`, reply entry first, and returns its forward entry.

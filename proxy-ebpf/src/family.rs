@@ -21,7 +21,11 @@ use crate::maps::{
     FRONTENDS6, HOP_CACHE, HOP_CACHE6, NIC_ADDRS, NIC_ADDRS6, SOCK_REVNAT, SOCK_REVNAT6,
     SOURCE_RANGES, SOURCE_RANGES6,
 };
-use crate::parse::{Ipv4Hdr, Ipv6Hdr};
+use crate::{
+    conntrack::Pair,
+    maps::{PAIR_SCRATCH, PAIR_SCRATCH6},
+    parse::{self, Flow, Frame, Ipv4Hdr, Ipv6Hdr},
+};
 
 pub trait Family: Addr {
     /// The fixed IP header: every field the datapath writes lies in it.
@@ -36,10 +40,15 @@ pub trait Family: Addr {
     /// verifier sees it inside the checked range (a pointer computed afresh
     /// may lose it).
     fn addr_field(header: *mut Self::IpHeader, source: bool) -> *mut Self;
+    /// The flow of this family's packet whose IP header is at `l3_off`
+    /// and whose headers are in linear memory (always so in XDP).
+    fn linear_flow(ctx: &impl Frame, l3_off: usize) -> Option<Flow<Self>>;
 
     fn frontends() -> &'static HashMap<FrontendKeyOf<Self>, FrontendValue>;
     fn backends() -> &'static Array<BackendValueOf<Self>>;
     fn conntrack() -> &'static LruHashMap<FlowKeyOf<Self>, CtEntryOf<Self>>;
+    /// Where a new connection's entries are laid out before they go in.
+    fn pair_scratch() -> &'static PerCpuArray<Pair<Self>>;
     fn affinity() -> &'static LruHashMap<AffinityKeyOf<Self>, AffinityValue>;
     fn source_ranges() -> &'static LpmTrie<SourceRangeOf<Self>, u8>;
     /// The address flows arriving on NIC `ifindex` are SNATed to.
@@ -67,6 +76,14 @@ impl Family for u32 {
     const BITS: u32 = 32;
     const HEADER_CHECKSUM: bool = true;
 
+    #[inline(always)]
+    fn linear_flow(ctx: &impl Frame, l3_off: usize) -> Option<Flow<Self>> {
+        parse::linear_ipv4(ctx, l3_off)
+    }
+    #[inline(always)]
+    fn pair_scratch() -> &'static PerCpuArray<Pair<Self>> {
+        &PAIR_SCRATCH
+    }
     #[inline(always)]
     fn frontends() -> &'static HashMap<FrontendKeyOf<Self>, FrontendValue> {
         &FRONTENDS
@@ -141,6 +158,14 @@ impl Family for Addr6 {
     const BITS: u32 = 128;
     const HEADER_CHECKSUM: bool = false;
 
+    #[inline(always)]
+    fn linear_flow(ctx: &impl Frame, l3_off: usize) -> Option<Flow<Self>> {
+        parse::linear_ipv6(ctx, l3_off)
+    }
+    #[inline(always)]
+    fn pair_scratch() -> &'static PerCpuArray<Pair<Self>> {
+        &PAIR_SCRATCH6
+    }
     #[inline(always)]
     fn frontends() -> &'static HashMap<FrontendKeyOf<Self>, FrontendValue> {
         &FRONTENDS6

@@ -8,13 +8,7 @@ use proxy_common::{
     maps::{CtEntryOf, DropReason, FrontendValue, CT_FORWARD, CT_FROM_NIC, CT_HAIRPIN, CT_SNAT},
 };
 
-use crate::{
-    conntrack,
-    family::Family,
-    lookup,
-    parse::Flow,
-    select, snat,
-};
+use crate::{conntrack, family::Family, lookup, parse::Flow, select, snat};
 
 struct FlowLookups<'a, F> {
     flow: &'a Flow<F>,
@@ -82,12 +76,12 @@ impl<F: Family> Lookups for FlowLookups<'_, F> {
             backend.flags,
             backend.addr == flow.src_addr,
         ) {
-            Recording::Plain => conntrack::pair(flow, id, &chosen, 0, None, 0),
-            Recording::FromNic => conntrack::pair(flow, id, &chosen, CT_FROM_NIC, None, 0),
+            Recording::Plain => conntrack::pair(flow, id, &chosen, 0, None, 0)?,
+            Recording::FromNic => conntrack::pair(flow, id, &chosen, CT_FROM_NIC, None, 0)?,
             Recording::Hairpin => {
                 // The VIP with the client's port stands in as the source.
                 let stand_in = (flow.dst_addr, flow.src_port);
-                conntrack::pair(flow, id, &chosen, CT_HAIRPIN, Some(stand_in), 0)
+                conntrack::pair(flow, id, &chosen, CT_HAIRPIN, Some(stand_in), 0)?
             }
             Recording::Snat => {
                 let node_addr =
@@ -95,7 +89,7 @@ impl<F: Family> Lookups for FlowLookups<'_, F> {
                 return snat::create(flow, id, &chosen, &node_addr);
             }
         };
-        conntrack::record(flow, &pair)
+        conntrack::record(flow, pair)
     }
 }
 

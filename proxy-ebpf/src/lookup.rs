@@ -7,11 +7,7 @@ use proxy_common::maps::{
     FrontendKeyOf, FrontendValue, SourceRangeOf, SCOPE_NODE, SCOPE_POD,
 };
 
-use crate::{
-    family::Family,
-    maps::PORT_ROLES,
-    parse::Flow,
-};
+use crate::{family::Family, maps::PORT_ROLES, parse::Flow};
 
 /// Whether some frontend or backend uses `port` (network order) in `role`
 /// (`proxy_common::maps::port_roles`): an array read, inlined, where a

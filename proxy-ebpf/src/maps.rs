@@ -11,11 +11,13 @@ use proxy_common::{
     maps::{
         port_roles, AffinityKey, AffinityKey6, AffinityValue, BackendValue, BackendValue6, CtEntry,
         CtEntry6, FlowKey, FlowKey6, FrontendKey, FrontendKey6, FrontendStats, FrontendValue,
-        NextHop, NextHop6, SockAffinityKey, SockRevNatKey, SockRevNatKey6, SockRevNatValue, SockRevNatValue6,
-        SourceRange, SourceRange6, MAGLEV_ARENA_FLAGS,
+        NextHop, NextHop6, SockAffinityKey, SockRevNatKey, SockRevNatKey6, SockRevNatValue,
+        SockRevNatValue6, SourceRange, SourceRange6, MAGLEV_ARENA_FLAGS,
     },
     sizes,
 };
+
+use crate::conntrack::Pair;
 
 /// (VIP, port, protocol, scope) → frontend id and table size.
 #[map]
@@ -154,3 +156,15 @@ pub static HOP_CACHE: PerCpuArray<NextHop> = PerCpuArray::pinned(sizes::HOP_CACH
 /// IPv6 next hops, as `HOP_CACHE`.
 #[map]
 pub static HOP_CACHE6: PerCpuArray<NextHop6> = PerCpuArray::pinned(sizes::HOP_CACHE_SLOTS, 0);
+
+/// A new connection's two entries, laid out here before they go into
+/// conntrack (one slot per CPU; a program run has its CPU to itself): an
+/// IPv6 pair is 144 bytes, which the NIC program's 512-byte stack cannot
+/// spare beside the rest of a new flow's path. Not pinned: it holds
+/// nothing between runs.
+#[map]
+pub static PAIR_SCRATCH: PerCpuArray<Pair<u32>> = PerCpuArray::with_max_entries(1, 0);
+
+/// The IPv6 pair's scratch, as `PAIR_SCRATCH`.
+#[map]
+pub static PAIR_SCRATCH6: PerCpuArray<Pair<Addr6>> = PerCpuArray::with_max_entries(1, 0);

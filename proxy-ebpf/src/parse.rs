@@ -195,11 +195,33 @@ pub fn tc_flow(ctx: &TcContext) -> Option<AnyFlow> {
     }
 }
 
-/// The flow of a packet whose headers are in linear memory (always so in
-/// XDP).
+/// Where a packet's IP header starts, and which family it is (by its
+/// EtherType, past an optional VLAN tag), if it is IP at all.
+pub enum L3 {
+    V4(usize),
+    V6(usize),
+}
+
 #[inline(always)]
-pub fn flow(ctx: &impl Frame) -> Option<AnyFlow> {
-    parse(ctx).ok()
+pub fn l3(ctx: &impl Frame) -> Option<L3> {
+    match ether_type(ctx).ok()? {
+        (ETH_P_IPV4, l3_off) => Some(L3::V4(l3_off)),
+        (ETH_P_IPV6, l3_off) => Some(L3::V6(l3_off)),
+        _ => None,
+    }
+}
+
+/// The flow of an IPv4 packet at `l3_off` whose headers are in linear
+/// memory (always so in XDP).
+#[inline(always)]
+pub fn linear_ipv4(ctx: &impl Frame, l3_off: usize) -> Option<Ipv4Flow> {
+    parse_ipv4(ctx, l3_off).ok()
+}
+
+/// The flow of an IPv6 packet at `l3_off`, as [`linear_ipv4`].
+#[inline(always)]
+pub fn linear_ipv6(ctx: &impl Frame, l3_off: usize) -> Option<Ipv6Flow> {
+    parse_ipv6(ctx, l3_off).ok()
 }
 
 /// The EtherType past an optional VLAN tag, and where the L3 header starts.

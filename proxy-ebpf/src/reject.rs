@@ -118,9 +118,8 @@ fn sizes<F: Family>(answer: &Answer) -> (usize, usize) {
     }
 }
 
-/// XDP: answers `flow` out of the NIC it came in on. A subprogram: the
-/// builders' frames would crowd the NIC program's stack.
-#[inline(never)]
+/// XDP: answers `flow` out of the NIC it came in on.
+#[inline(always)]
 pub fn xdp_reject<F: Family>(ctx: &XdpContext, flow: &Flow<F>) -> Result<u32, DropReason> {
     let answer = answer(ctx, flow)?;
     let (keep, grow) = sizes::<F>(&answer);
@@ -138,9 +137,8 @@ pub fn xdp_reject<F: Family>(ctx: &XdpContext, flow: &Flow<F>) -> Result<u32, Dr
     Ok(xdp_action::XDP_TX)
 }
 
-/// tc, on the host side of a pod interface: answers `flow` back into the
-/// pod. A subprogram, as `xdp_reject`.
-#[inline(never)]
+/// tc, on the host side of a pod interface: answers `flow` back into the pod.
+#[inline(always)]
 pub fn tc_reject<F: Family>(ctx: &TcContext, flow: &Flow<F>) -> Result<i32, DropReason> {
     let answer = answer(ctx, flow)?;
     let (keep, grow) = sizes::<F>(&answer);

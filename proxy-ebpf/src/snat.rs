@@ -100,9 +100,8 @@ fn reclaim<F: Family>(reply_key: &FlowKeyOf<F>, now: u32) -> bool {
 
 /// Records a new connection that the node SNATs to `node_addr` and returns
 /// its forward translation; the reply entry claims the port (fail closed).
-/// A subprogram of its own, with one pair of entries whose port each try
-/// changes: an IPv6 pair per try did not fit the NIC program's stack.
-#[inline(never)]
+/// One pair of entries serves every try, each changing its port.
+#[inline(always)]
 pub fn create<F: Family>(
     flow: &Flow<F>,
     frontend_id: u32,
@@ -113,14 +112,14 @@ pub fn create<F: Family>(
     let span = (SNAT_PORT_MAX - SNAT_PORT_MIN) as u32 + 1;
     let hash = flow_hash(flow);
     let now = now_s();
-    let mut pair = conntrack::pair(
+    let pair = conntrack::pair(
         flow,
         frontend_id,
         chosen,
         CT_SNAT,
         Some((*node_addr, 0)),
         now,
-    );
+    )?;
     for attempt in 0..TRIES {
         let offset = hash.wrapping_add(attempt.wrapping_mul(STRIDE)) % span;
         let port = (SNAT_PORT_MIN + offset as u16).to_be();
@@ -136,7 +135,7 @@ pub fn create<F: Family>(
                     .insert(&pair.reply_key, &pair.reply, BPF_ANY as u64)
                     .is_ok());
         if claimed {
-            return conntrack::record_forward(flow, &pair);
+            return conntrack::record_forward(flow, pair);
         }
     }
     Err(DropReason::SnatPortsExhausted)

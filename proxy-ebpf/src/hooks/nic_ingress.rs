@@ -8,6 +8,7 @@
 
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
 use proxy_common::{
+    addr::Addr6,
     lb::{Decision, Hook},
     maps::{DropReason, CT_REPLY, CT_SNAT, SNAT_PORT_MIN},
 };
@@ -16,7 +17,7 @@ use crate::{
     conntrack,
     family::Family,
     forward, lb, lookup, nat,
-    parse::{self, AnyFlow, Flow},
+    parse::{self, L3},
     reject, snat, stats,
 };
 
@@ -28,17 +29,22 @@ pub fn nic_ingress(ctx: XdpContext) -> u32 {
 /// Ok carries the XDP action.
 #[inline(always)]
 fn translate(ctx: &XdpContext) -> Result<u32, DropReason> {
-    match parse::flow(ctx) {
-        Some(AnyFlow::V4(flow)) => translate_flow(ctx, &flow),
-        Some(AnyFlow::V6(flow)) => translate_flow(ctx, &flow),
+    match parse::l3(ctx) {
+        Some(L3::V4(l3_off)) => translate_family::<u32>(ctx, l3_off),
+        Some(L3::V6(l3_off)) => translate_family::<Addr6>(ctx, l3_off),
         None => Ok(xdp_action::XDP_PASS),
     }
 }
 
-/// A subprogram per family (a BPF-to-BPF call): inlined side by side, the
-/// two families' stack frames summed past the 512 bytes BPF allows.
+/// A subprogram per family (a BPF-to-BPF call), each parsing its own
+/// packet: inlined side by side, the two families' stack frames would be
+/// summed past the 512 bytes BPF allows a program.
 #[inline(never)]
-fn translate_flow<F: Family>(ctx: &XdpContext, flow: &Flow<F>) -> Result<u32, DropReason> {
+fn translate_family<F: Family>(ctx: &XdpContext, l3_off: usize) -> Result<u32, DropReason> {
+    let Some(flow) = F::linear_flow(ctx, l3_off) else {
+        return Ok(xdp_action::XDP_PASS);
+    };
+    let flow = &flow;
     // Only SNATed replies use these ports: other traffic skips the lookup.
     if u16::from_be(flow.dst_port) >= SNAT_PORT_MIN {
         if let Some(reply) = conntrack::entry_mut(flow, CT_REPLY) {
