@@ -129,6 +129,10 @@ pub fn pair<F: Family>(
 
 /// Records `pair`, reply entry first, and returns its forward entry.
 #[inline(always)]
+#[allow(
+    clippy::needless_borrows_for_generic_args,
+    reason = "the entries are passed where they lie, in the scratch slot, not copied to the stack"
+)]
 pub fn record<F: Family>(flow: &Flow<F>, pair: &Pair<F>) -> Result<CtEntryOf<F>, DropReason> {
     F::conntrack()
         .insert(&pair.reply_key, &pair.reply, BPF_ANY as u64)
@@ -139,6 +143,10 @@ pub fn record<F: Family>(flow: &Flow<F>, pair: &Pair<F>) -> Result<CtEntryOf<F>,
 /// Puts the forward entry of `pair`, whose reply entry is in already, and
 /// returns it; if it cannot go in, the reply entry goes too (fail closed).
 #[inline(always)]
+#[allow(
+    clippy::needless_borrows_for_generic_args,
+    reason = "the entries are passed where they lie, in the scratch slot, not copied to the stack"
+)]
 pub fn record_forward<F: Family>(
     flow: &Flow<F>,
     pair: &Pair<F>,

@@ -68,7 +68,7 @@ fn reclaim<F: Family>(reply_key: &FlowKeyOf<F>, now: u32) -> bool {
         (reply.nat_addr, reply.nat_port),
         reply_key.proto,
     );
-    let Some(forward) = conntrack.get_ptr(&forward_key) else {
+    let Some(forward) = conntrack.get_ptr(forward_key) else {
         // Its flow is gone (evicted): the port is free.
         return true;
     };
@@ -93,7 +93,7 @@ fn reclaim<F: Family>(reply_key: &FlowKeyOf<F>, now: u32) -> bool {
         if now.saturating_sub(last) <= limit {
             return false;
         }
-        let _ = conntrack.remove(&forward_key);
+        let _ = conntrack.remove(forward_key);
     }
     true
 }
@@ -102,6 +102,10 @@ fn reclaim<F: Family>(reply_key: &FlowKeyOf<F>, now: u32) -> bool {
 /// its forward translation; the reply entry claims the port (fail closed).
 /// One pair of entries serves every try, each changing its port.
 #[inline(always)]
+#[allow(
+    clippy::needless_borrows_for_generic_args,
+    reason = "the entries are passed where they lie, in the scratch slot, not copied to the stack"
+)]
 pub fn create<F: Family>(
     flow: &Flow<F>,
     frontend_id: u32,

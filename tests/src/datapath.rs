@@ -569,7 +569,7 @@ impl Datapath {
     /// The address flows arriving on NIC `ifindex` are SNATed to.
     pub fn set_nic_addr(&mut self, ifindex: u32, addr: Ipv4Addr) {
         self.maps
-            .put_nic_addr(ifindex, addr)
+            .put_nic_addr(ifindex, addr.into())
             .expect("write NIC address");
         self.nic_addrs.insert(ifindex, addr);
     }
@@ -741,7 +741,7 @@ impl Datapath {
         self.nic_on_loopback = true;
         if let Some(&addr) = self.nic_addrs.get(&ifindex) {
             self.maps
-                .put_nic_addr(LOOPBACK_IFINDEX, addr)
+                .put_nic_addr(LOOPBACK_IFINDEX, addr.into())
                 .expect("write NIC address");
         }
         let (verdict, out) = test_run_once(prog, frame, None);

@@ -1,13 +1,7 @@
 //! Typed access to the pinned maps: the sync writer (`MapStore`) and the
 //! readers behind `kxdp services`.
 
-use std::{
-    borrow::Cow,
-    collections::BTreeMap,
-    net::{IpAddr, Ipv4Addr},
-    os::fd::AsFd,
-    path::Path,
-};
+use std::{borrow::Cow, net::IpAddr, os::fd::AsFd, path::Path};
 
 use aya::{
     maps::{
@@ -21,8 +15,8 @@ use proxy_common::{
     maps::{
         addr_from_net, addr_to_net, AffinityKey, AffinityKey6, AffinityValue, BackendValue,
         BackendValue6, CtEntry, CtEntry6, FlowKey, FlowKey6, FrontendKey, FrontendKey6,
-        FrontendStats, FrontendValue, NextHop, SockAffinityKey, SockRevNatKey, SockRevNatKey6,
-        SockRevNatValue, SockRevNatValue6, SourceRange, SourceRange6,
+        FrontendStats, FrontendValue, NextHop, NextHop6, SockAffinityKey, SockRevNatKey,
+        SockRevNatKey6, SockRevNatValue, SockRevNatValue6, SourceRange, SourceRange6,
     },
 };
 
@@ -34,6 +28,7 @@ use super::{
 };
 use crate::{
     cidr::IpCidr,
+    source::node_addresses::NicAddrs,
     sync::{
         entries::{BackendMapValue, FrontendMapKey},
         store::{MapContents, MapStore, RangeEntry, StoreError, TableSpec},
@@ -60,6 +55,7 @@ pub const VERDICTS: &str = "VERDICTS";
 pub const SOURCE_RANGES: &str = "SOURCE_RANGES";
 pub const SOURCE_RANGES6: &str = "SOURCE_RANGES6";
 pub const NIC_ADDRS: &str = "NIC_ADDRS";
+pub const NIC_ADDRS6: &str = "NIC_ADDRS6";
 /// The maps the agent writes from the Services, whose fill it reports.
 pub const AGENT_WRITTEN: [&str; 6] = [
     FRONTENDS,
@@ -90,7 +86,7 @@ const fn pinned<K, V>(name: &'static str) -> PinnedMap {
 }
 
 /// Every map pinned under the pin path.
-pub const ALL: [PinnedMap; 22] = [
+pub const ALL: [PinnedMap; 24] = [
     pinned::<FrontendKey, FrontendValue>(FRONTENDS),
     pinned::<FrontendKey6, FrontendValue>(FRONTENDS6),
     pinned::<u32, BackendValue>(BACKEND_SLOTS),
@@ -113,6 +109,8 @@ pub const ALL: [PinnedMap; 22] = [
     pinned::<u32, u64>(PORT_ROLES),
     pinned::<SockRevNatKey6, SockRevNatValue6>("SOCK_REVNAT6"),
     pinned::<u32, NextHop>("HOP_CACHE"),
+    pinned::<u32, [u32; 4]>(NIC_ADDRS6),
+    pinned::<u32, NextHop6>("HOP_CACHE6"),
 ];
 
 /// Maps earlier versions pinned and this one no longer uses (`SELECTION`:
@@ -255,6 +253,7 @@ pub struct BpfMaps {
     source_ranges: LpmTrie<MapData, SourceRange, u8>,
     source_ranges6: LpmTrie<MapData, SourceRange6, u8>,
     nic_addrs: HashMap<MapData, u32, u32>,
+    nic_addrs6: HashMap<MapData, u32, [u32; 4]>,
     port_roles: Array<MapData, u64>,
 }
 
@@ -322,6 +321,7 @@ impl BpfMaps {
             source_ranges: typed(SOURCE_RANGES, ebpf.take_map(SOURCE_RANGES))?,
             source_ranges6: typed(SOURCE_RANGES6, ebpf.take_map(SOURCE_RANGES6))?,
             nic_addrs: typed(NIC_ADDRS, ebpf.take_map(NIC_ADDRS))?,
+            nic_addrs6: typed(NIC_ADDRS6, ebpf.take_map(NIC_ADDRS6))?,
             port_roles: typed(PORT_ROLES, ebpf.take_map(PORT_ROLES))?,
         })
     }
@@ -348,6 +348,7 @@ impl BpfMaps {
             source_ranges: typed(SOURCE_RANGES, open(SOURCE_RANGES)?)?,
             source_ranges6: typed(SOURCE_RANGES6, open(SOURCE_RANGES6)?)?,
             nic_addrs: typed(NIC_ADDRS, open(NIC_ADDRS)?)?,
+            nic_addrs6: typed(NIC_ADDRS6, open(NIC_ADDRS6)?)?,
             port_roles: typed(PORT_ROLES, open(PORT_ROLES)?)?,
         })
     }
@@ -428,27 +429,45 @@ impl BpfMaps {
         })
     }
 
-    /// What `NIC_ADDRS` holds: ifindex → SNAT address.
-    pub fn nic_addrs(&self) -> Result<BTreeMap<u32, Ipv4Addr>, StoreError> {
-        self.nic_addrs
-            .iter()
-            .map(|entry| {
-                let (index, addr) = entry.map_err(store_error(NIC_ADDRS))?;
-                Ok((index, addr_from_net(addr)))
-            })
-            .collect()
+    /// What `NIC_ADDRS` and `NIC_ADDRS6` hold: ifindex → SNAT address.
+    pub fn nic_addrs(&self) -> Result<NicAddrs, StoreError> {
+        let mut addrs = NicAddrs::default();
+        for entry in self.nic_addrs.iter() {
+            let (index, addr) = entry.map_err(store_error(NIC_ADDRS))?;
+            addrs.v4.insert(index, addr_from_net(addr));
+        }
+        for entry in self.nic_addrs6.iter() {
+            let (index, addr) = entry.map_err(store_error(NIC_ADDRS6))?;
+            addrs.v6.insert(index, addr6_from_net(addr));
+        }
+        Ok(addrs)
     }
 
-    pub fn put_nic_addr(&mut self, ifindex: u32, addr: Ipv4Addr) -> Result<(), StoreError> {
-        self.nic_addrs
-            .insert(ifindex, addr_to_net(addr), 0)
-            .map_err(store_error(NIC_ADDRS))
+    /// Sets the address NIC `ifindex` SNATs flows of `addr`'s family to.
+    pub fn put_nic_addr(&mut self, ifindex: u32, addr: IpAddr) -> Result<(), StoreError> {
+        match addr {
+            IpAddr::V4(addr) => self
+                .nic_addrs
+                .insert(ifindex, addr_to_net(addr), 0)
+                .map_err(store_error(NIC_ADDRS)),
+            IpAddr::V6(addr) => self
+                .nic_addrs6
+                .insert(ifindex, addr6_to_net(addr), 0)
+                .map_err(store_error(NIC_ADDRS6)),
+        }
     }
 
-    pub fn delete_nic_addr(&mut self, ifindex: u32) -> Result<(), StoreError> {
-        self.nic_addrs
-            .remove(&ifindex)
-            .map_err(store_error(NIC_ADDRS))
+    /// Removes NIC `ifindex`'s SNAT address of one family (`v6`: IPv6's).
+    pub fn delete_nic_addr(&mut self, ifindex: u32, v6: bool) -> Result<(), StoreError> {
+        if v6 {
+            self.nic_addrs6
+                .remove(&ifindex)
+                .map_err(store_error(NIC_ADDRS6))
+        } else {
+            self.nic_addrs
+                .remove(&ifindex)
+                .map_err(store_error(NIC_ADDRS))
+        }
     }
 
     /// One verdict counter (`proxy_common::maps::verdict`), summed over CPUs.
@@ -726,6 +745,7 @@ mod tests {
         assert!(sizes.contains(&(FRONTENDS6, 20, 16)));
         assert!(sizes.contains(&(BACKEND_SLOTS6, 4, 20)));
         assert!(sizes.contains(&(NIC_ADDRS, 4, 4)));
+        assert!(sizes.contains(&(NIC_ADDRS6, 4, 16)));
         assert!(sizes.contains(&(VERDICTS, 4, 8)));
         assert!(sizes.contains(&("SOCK_REVNAT", 16, 8)));
     }

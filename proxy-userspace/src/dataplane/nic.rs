@@ -3,13 +3,13 @@
 //! mode otherwise, and pins each link under
 //! `<pin path>/links/nic_ingress-<ifindex>-<name>`, as the pod links are, so
 //! the program outlives the agent and a restarted agent swaps its program in
-//! atomically. It also keeps `NIC_ADDRS` holding the address each NIC SNATs
-//! flows to remote backends to.
+//! atomically. It also keeps `NIC_ADDRS` and `NIC_ADDRS6` holding the
+//! address of each family each NIC SNATs flows to remote backends to.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
+    fmt::Display,
     fs, io,
-    net::Ipv4Addr,
     path::{Path, PathBuf},
 };
 
@@ -26,7 +26,7 @@ use super::{
     maps::BpfMaps,
     Dataplane, LINKS_DIR,
 };
-use crate::sync::store::StoreError;
+use crate::{source::node_addresses::NicAddrs, sync::store::StoreError};
 
 /// The XDP program of the eBPF object.
 pub const NIC_PROGRAM: &str = "nic_ingress";
@@ -55,12 +55,12 @@ pub fn detach_all(links_dir: &Path) -> io::Result<usize> {
     detach_named(links_dir, parse_pin_name)
 }
 
-/// The writes that bring `NIC_ADDRS` from `current` to `wanted`: entries to
-/// put, then ifindexes to delete.
-fn addr_changes(
-    current: &BTreeMap<u32, Ipv4Addr>,
-    wanted: &BTreeMap<u32, Ipv4Addr>,
-) -> (Vec<(u32, Ipv4Addr)>, Vec<u32>) {
+/// The writes that bring one family's NIC addresses from `current` to
+/// `wanted`: entries to put, then ifindexes to delete.
+fn addr_changes<A: Copy + PartialEq>(
+    current: &BTreeMap<u32, A>,
+    wanted: &BTreeMap<u32, A>,
+) -> (Vec<(u32, A)>, Vec<u32>) {
     let puts = wanted
         .iter()
         .filter(|(index, addr)| current.get(index) != Some(addr))
@@ -74,16 +74,31 @@ fn addr_changes(
     (puts, deletes)
 }
 
-/// Brings `NIC_ADDRS` to `wanted` (ifindex → address), logging each change.
-pub fn sync_addrs(maps: &mut BpfMaps, wanted: &BTreeMap<u32, Ipv4Addr>) -> Result<(), StoreError> {
-    let (puts, deletes) = addr_changes(&maps.nic_addrs()?, wanted);
+/// Brings `NIC_ADDRS` and `NIC_ADDRS6` to `wanted`, logging each change.
+pub fn sync_addrs(maps: &mut BpfMaps, wanted: &NicAddrs) -> Result<(), StoreError> {
+    let current = maps.nic_addrs()?;
+    sync_family(maps, &current.v4, &wanted.v4, false)?;
+    sync_family(maps, &current.v6, &wanted.v6, true)
+}
+
+fn sync_family<A: Copy + PartialEq + Display + Into<std::net::IpAddr>>(
+    maps: &mut BpfMaps,
+    current: &BTreeMap<u32, A>,
+    wanted: &BTreeMap<u32, A>,
+    v6: bool,
+) -> Result<(), StoreError> {
+    let (puts, deletes) = addr_changes(current, wanted);
     for (index, addr) in puts {
-        maps.put_nic_addr(index, addr)?;
+        maps.put_nic_addr(index, addr.into())?;
         info!(ifindex = index, %addr, "NIC SNAT address set");
     }
     for index in deletes {
-        maps.delete_nic_addr(index)?;
-        info!(ifindex = index, "NIC SNAT address removed");
+        maps.delete_nic_addr(index, v6)?;
+        info!(
+            ifindex = index,
+            family = if v6 { "IPv6" } else { "IPv4" },
+            "NIC SNAT address removed"
+        );
     }
     Ok(())
 }
@@ -273,7 +288,7 @@ mod tests {
 
     #[test]
     fn nic_address_changes_put_new_and_changed_and_delete_the_rest() {
-        let addr = |a: &str| a.parse::<Ipv4Addr>().unwrap();
+        let addr = |a: &str| a.parse::<std::net::Ipv4Addr>().unwrap();
         let current = BTreeMap::from([
             (2, addr("192.168.1.10")),
             (3, addr("10.0.0.5")),

@@ -88,13 +88,28 @@ pub fn nodeport_addresses(all: &[InterfaceAddr], filter: &[IpCidr]) -> Vec<IpAdd
     addrs
 }
 
-/// The primary (first) IPv4 address of each interface in `nics` that has
-/// one, by ifindex: what the NIC program SNATs to.
-pub fn nic_addresses(all: &[InterfaceAddr], nics: &[String]) -> BTreeMap<u32, Ipv4Addr> {
-    let mut primary = BTreeMap::new();
+/// The address each NIC SNATs flows to remote backends to, per family, by
+/// ifindex (the agent writes them to `NIC_ADDRS`
+/// and `NIC_ADDRS6`).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct NicAddrs {
+    pub v4: BTreeMap<u32, Ipv4Addr>,
+    pub v6: BTreeMap<u32, Ipv6Addr>,
+}
+
+/// The primary (first) address of each family of each interface in `nics`
+/// that has one, by ifindex: what the NIC program SNATs that family's
+/// flows to.
+pub fn nic_addresses(all: &[InterfaceAddr], nics: &[String]) -> NicAddrs {
+    let mut primary = NicAddrs::default();
     for a in all.iter().filter(|a| nics.contains(&a.interface)) {
-        if let IpAddr::V4(addr) = a.addr {
-            primary.entry(a.index).or_insert(addr);
+        match a.addr {
+            IpAddr::V4(addr) => {
+                primary.v4.entry(a.index).or_insert(addr);
+            }
+            IpAddr::V6(addr) => {
+                primary.v6.entry(a.index).or_insert(addr);
+            }
         }
     }
     primary
@@ -151,15 +166,19 @@ mod tests {
     }
 
     #[test]
-    fn a_nic_snats_to_its_first_ipv4_address() {
+    fn a_nic_snats_to_its_first_address_of_each_family() {
         let mut addrs = host();
-        // An IPv6 address listed first is no SNAT address.
         addrs.insert(0, addr("eth0", 2, "fd00:192:168::1"));
         let nics = nic_addresses(&addrs, &["eth0".into(), "eth9".into()]);
         assert_eq!(
-            nics.into_iter().collect::<Vec<_>>(),
+            nics.v4.into_iter().collect::<Vec<_>>(),
             [(2, "192.168.1.10".parse().unwrap())],
-            "eth9 has no address"
+            "eth9 has no address; eth1 is no NIC of ours"
+        );
+        assert_eq!(
+            nics.v6.into_iter().collect::<Vec<_>>(),
+            [(2, "fd00:192:168::1".parse().unwrap())],
+            "the first IPv6 address listed, not the later fd00:192:168::10"
         );
     }
 
