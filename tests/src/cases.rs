@@ -185,6 +185,7 @@ fn run_case(case: Case) {
     let mut dp = Datapath::load();
     if let Some(nic) = nic {
         dp.set_nic_addr(nic, nic_netns::NODE_ADDR);
+        dp.set_nic_addr(nic, nic_netns::NODE_ADDR6);
     }
     for f in &case.frontends {
         dp.add_frontend_any(f.key, f.id, f.flags, &f.backends);

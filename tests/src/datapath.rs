@@ -165,7 +165,7 @@ pub struct Datapath {
     /// The backends written, by id (ids are one space over both families).
     backends: StdHashMap<u32, BackendMapValue>,
     /// The NIC addresses written, by interface index.
-    nic_addrs: StdHashMap<u32, Ipv4Addr>,
+    nic_addrs: StdHashMap<u32, Vec<IpAddr>>,
     /// `PORT_ROLES` as written, by word: every port any frontend or
     /// backend was written with keeps its role (extra bits cost only a
     /// lookup).
@@ -566,12 +566,14 @@ impl Datapath {
             .expect("insert affinity");
     }
 
-    /// The address flows arriving on NIC `ifindex` are SNATed to.
-    pub fn set_nic_addr(&mut self, ifindex: u32, addr: Ipv4Addr) {
+    /// The address flows of its family arriving on NIC `ifindex` are
+    /// SNATed to.
+    pub fn set_nic_addr(&mut self, ifindex: u32, addr: impl Into<IpAddr>) {
+        let addr = addr.into();
         self.maps
-            .put_nic_addr(ifindex, addr.into())
+            .put_nic_addr(ifindex, addr)
             .expect("write NIC address");
-        self.nic_addrs.insert(ifindex, addr);
+        self.nic_addrs.entry(ifindex).or_default().push(addr);
     }
 
     /// Lets clients in `prefix/len` (either family: `SOURCE_RANGES` or
@@ -739,9 +741,9 @@ impl Datapath {
             return run;
         }
         self.nic_on_loopback = true;
-        if let Some(&addr) = self.nic_addrs.get(&ifindex) {
+        for &addr in self.nic_addrs.get(&ifindex).into_iter().flatten() {
             self.maps
-                .put_nic_addr(LOOPBACK_IFINDEX, addr.into())
+                .put_nic_addr(LOOPBACK_IFINDEX, addr)
                 .expect("write NIC address");
         }
         let (verdict, out) = test_run_once(prog, frame, None);

@@ -7,7 +7,11 @@
 //! spawns start in the new namespace. The namespace and its veth go when
 //! the thread ends, which is when a test ends.
 
-use std::{ffi::CString, net::Ipv4Addr, process::Command};
+use std::{
+    ffi::CString,
+    net::{Ipv4Addr, Ipv6Addr},
+    process::Command,
+};
 
 use crate::{netns::run, privileged::require_root};
 
@@ -22,6 +26,13 @@ pub const REMOTE_PODS: &str = "10.1.2.0/24";
 /// The external client, a neighbour on the NIC's network.
 pub const CLIENT: Ipv4Addr = Ipv4Addr::new(192, 168, 50, 100);
 pub const CLIENT_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0xc1];
+
+/// The same neighbours over IPv6, on the same links: this node's NIC
+/// address, the other node (which routes `REMOTE_PODS6`) and the client.
+pub const NODE_ADDR6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x50, 0, 0, 0, 0, 0, 1);
+pub const OTHER_NODE6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x50, 0, 0, 0, 0, 0, 2);
+pub const REMOTE_PODS6: &str = "fd00:1:2::/64";
+pub const CLIENT6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x50, 0, 0, 0, 0, 0, 0x100);
 
 /// A MAC address as `ip` writes it (`02:00:00:00:00:a1`).
 pub fn mac(bytes: [u8; 6]) -> String {
@@ -88,7 +99,22 @@ pub fn enter() -> u32 {
         ip(&["link", "set", dev, "up"]);
     }
     ip(&["addr", "add", &format!("{NODE_ADDR}/24"), "dev", NIC]);
-    for (addr, lladdr) in [(OTHER_NODE, OTHER_NODE_MAC), (CLIENT, CLIENT_MAC)] {
+    // No duplicate address detection: a tentative address is no source.
+    ip(&[
+        "addr",
+        "add",
+        &format!("{NODE_ADDR6}/64"),
+        "dev",
+        NIC,
+        "nodad",
+    ]);
+    let neighbours: [(std::net::IpAddr, [u8; 6]); 4] = [
+        (OTHER_NODE.into(), OTHER_NODE_MAC),
+        (CLIENT.into(), CLIENT_MAC),
+        (OTHER_NODE6.into(), OTHER_NODE_MAC),
+        (CLIENT6.into(), CLIENT_MAC),
+    ];
+    for (addr, lladdr) in neighbours {
         ip(&[
             "neigh",
             "replace",
@@ -110,10 +136,24 @@ pub fn enter() -> u32 {
         "dev",
         NIC,
     ]);
+    ip(&[
+        "-6",
+        "route",
+        "add",
+        REMOTE_PODS6,
+        "via",
+        &OTHER_NODE6.to_string(),
+        "dev",
+        NIC,
+    ]);
     // The FIB helper refuses to forward where the stack would not.
-    std::fs::write("/proc/sys/net/ipv4/conf/all/forwarding", "1")
-        .and_then(|()| std::fs::write(format!("/proc/sys/net/ipv4/conf/{NIC}/forwarding"), "1"))
-        .unwrap_or_else(|e| panic!("enabling forwarding: {e}"));
+    for path in [
+        "/proc/sys/net/ipv4/conf/all/forwarding".to_string(),
+        format!("/proc/sys/net/ipv4/conf/{NIC}/forwarding"),
+        "/proc/sys/net/ipv6/conf/all/forwarding".to_string(),
+    ] {
+        std::fs::write(&path, "1").unwrap_or_else(|e| panic!("enabling forwarding ({path}): {e}"));
+    }
     ifindex(NIC)
 }
 
