@@ -72,12 +72,18 @@ impl ServiceManifest {
         Self(service)
     }
 
-    /// `echo` (TCP 80 → 8080, UDP 53 → 5353) on `cluster_ips`, the first
-    /// the primary: dual-stack (`PreferDualStack`) with one of each family,
-    /// else single-stack, `ipFamilies` as the API server fills them in.
+    /// `echo` (TCP 80 → 8080, UDP 53 → 5353) on `cluster_ips` (see
+    /// [`Self::cluster_ips`]).
     pub fn echo(cluster_ips: &[IpAddr]) -> Self {
-        let mut service: Service = serde_norway::from_str(ECHO_SERVICE).expect("kubectl fixture");
-        let spec = spec_of(&mut service);
+        let service: Service = serde_norway::from_str(ECHO_SERVICE).expect("kubectl fixture");
+        Self(service).cluster_ips(cluster_ips)
+    }
+
+    /// The Service on `cluster_ips`, the first the primary: dual-stack
+    /// (`PreferDualStack`) with one of each family, else single-stack,
+    /// `ipFamilies` as the API server fills them in.
+    pub fn cluster_ips(mut self, cluster_ips: &[IpAddr]) -> Self {
+        let spec = spec_of(&mut self.0);
         let family = |ip: &IpAddr| if ip.is_ipv4() { "IPv4" } else { "IPv6" }.to_string();
         spec.cluster_ip = cluster_ips.first().map(IpAddr::to_string);
         spec.cluster_ips = Some(cluster_ips.iter().map(IpAddr::to_string).collect());
@@ -88,7 +94,7 @@ impl ServiceManifest {
             "SingleStack"
         };
         spec.ip_family_policy = Some(policy.into());
-        Self(service)
+        self
     }
 
     /// `web`: NodePort 30080/TCP → 8080 behind `cluster_ip`.
@@ -111,19 +117,30 @@ impl ServiceManifest {
         for (port, node_port) in ports.iter_mut().zip(node_ports) {
             port.node_port = Some(node_port.into());
         }
-        let status = manifest.0.status.get_or_insert_with(Default::default);
+        manifest.load_balancer_ingress(&[ingress.into()])
+    }
+
+    pub fn external_ips<A: Into<IpAddr> + Copy>(mut self, ips: &[A]) -> Self {
+        let ips = ips.iter().map(|&ip| ip.into().to_string()).collect();
+        spec_of(&mut self.0).external_ips = Some(ips);
+        self
+    }
+
+    /// `status.loadBalancer.ingress`: the addresses a cloud controller
+    /// announced.
+    pub fn load_balancer_ingress(mut self, ips: &[IpAddr]) -> Self {
+        let ingress = ips
+            .iter()
+            .map(|ip| LoadBalancerIngress {
+                ip: Some(ip.to_string()),
+                ..Default::default()
+            })
+            .collect();
+        let status = self.0.status.get_or_insert_with(Default::default);
         status
             .load_balancer
             .get_or_insert_with(Default::default)
-            .ingress = Some(vec![LoadBalancerIngress {
-            ip: Some(ingress.to_string()),
-            ..Default::default()
-        }]);
-        manifest
-    }
-
-    pub fn external_ips(mut self, ips: &[Ipv4Addr]) -> Self {
-        spec_of(&mut self.0).external_ips = Some(ips.iter().map(Ipv4Addr::to_string).collect());
+            .ingress = Some(ingress);
         self
     }
 

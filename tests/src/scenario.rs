@@ -244,11 +244,18 @@ impl EchoScenario {
         program: impl AsRef<Path>,
         args: &[&str],
     ) -> Result<String, String> {
-        let output = self
-            .node
-            .command(&self.node.pod(pod).netns, program)
-            .args(args)
-            .output();
+        self.from_netns(&self.node.pod(pod).netns, program, args)
+    }
+
+    /// Runs a client program in namespace `netns` (a pod's, an external
+    /// host's); its stdout, or its stderr on failure.
+    pub fn from_netns(
+        &self,
+        netns: &str,
+        program: impl AsRef<Path>,
+        args: &[&str],
+    ) -> Result<String, String> {
+        let output = self.node.command(netns, program).args(args).output();
         match output {
             Ok(o) if o.status.success() => {
                 Ok(String::from_utf8_lossy(&o.stdout).trim().to_string())
@@ -278,7 +285,17 @@ impl EchoScenario {
 
     /// One UDP request from the client pod; `from=<addr> <answer>`.
     pub fn udp_query(&self, target: &str, payload: &str) -> Result<String, String> {
-        self.client(&self.peer, &["udp-query", target, payload, "2000"])
+        self.udp_query_from(&self.node.pod("client").netns, target, payload)
+    }
+
+    /// [`Self::udp_query`] from namespace `netns`.
+    pub fn udp_query_from(
+        &self,
+        netns: &str,
+        target: &str,
+        payload: &str,
+    ) -> Result<String, String> {
+        self.from_netns(netns, &self.peer, &["udp-query", target, payload, "2000"])
     }
 
     /// One connection from the client pod to `target` (a `kxdp-peer

@@ -2,17 +2,19 @@
 //! dual-stack ClusterIP in a mini node whose pods are dual-stack, with the
 //! real `kxdp agent`: per packet (pods outside the hooked cgroup), through
 //! the socket hooks (pods and host processes inside it, IPv4-mapped
-//! addresses included), rejects without endpoints, and an IPv6 connection
-//! across an agent restart.
+//! addresses included), rejects without endpoints, an IPv6 connection
+//! across an agent restart, and a dual-stack LoadBalancer Service reached
+//! from outside the node over IPv6 through the NIC program (NodePort,
+//! ingress IP, external IP).
 
 use std::{
     collections::BTreeSet,
-    net::{Ipv6Addr, SocketAddr},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     time::Duration,
 };
 
 use kxdp_testbed::{
-    manifests::{endpoint_slice, Endpoint, SLICE_CONTROLLER},
+    manifests::{endpoint_slice, Endpoint, ServiceManifest, SLICE_CONTROLLER},
     scenario::EchoScenario,
 };
 
@@ -204,4 +206,116 @@ fn an_ipv6_connection_survives_the_agent_killed_and_replaced() {
     let (answers, _agent) = s.chat_across_agent_restart(agent, &target(80), exchanges, KILL_AFTER);
     let expected: Vec<String> = (1..=exchanges).map(|n| format!("{n} backend=b1")).collect();
     assert_eq!(answers, expected);
+}
+
+/// `n` HTTP GETs from namespace `netns` to `target`, every one answered:
+/// the (backend, client address it saw) pairs.
+fn answers_from(
+    s: &EchoScenario,
+    netns: &str,
+    target: &str,
+    n: usize,
+) -> BTreeSet<(String, String)> {
+    let url = format!("http://{target}/");
+    (0..n)
+        .map(|i| {
+            let body = s
+                .from_netns(netns, "curl", &["-gsS", "--max-time", "3", &url])
+                .unwrap_or_else(|e| panic!("GET {target} #{i}: {e}"));
+            let client = body
+                .split_whitespace()
+                .find_map(|w| w.strip_prefix("client="))
+                .unwrap_or_else(|| panic!("no client= in {body:?}"));
+            let addr = client.rsplit_once(':').map_or(client, |(a, _)| a);
+            (backend_of(&body), addr.to_string())
+        })
+        .collect()
+}
+
+/// The mini node's name, when a test gives its agent one.
+const NODE: &str = "node-a";
+
+#[test]
+fn outside_clients_reach_a_dual_stack_load_balancer_over_ipv6_through_the_nic_program() {
+    let mut s = dual_stack();
+    let outside = s.node.add_external_host("outside", 77).unwrap();
+    // The node's address on the outside link, where NodePorts answer.
+    let mut segments = outside.ip6.segments();
+    segments[7] = 1;
+    let node6 = Ipv6Addr::from(segments);
+    let ingress6: Ipv6Addr = "fd00:c0a8:88::10".parse().unwrap();
+    let external6: Ipv6Addr = "fd00:c0a8:89::10".parse().unwrap();
+    let cluster_ips: [IpAddr; 2] = [
+        Ipv4Addr::new(10, 96, 0, 60).into(),
+        "fd00:10:96::60".parse::<Ipv6Addr>().unwrap().into(),
+    ];
+    let service = ServiceManifest::loadbalancer_web_lb(
+        Ipv4Addr::new(10, 96, 0, 60),
+        [30080, 30053],
+        Ipv4Addr::new(192, 168, 88, 10),
+    )
+    .cluster_ips(&cluster_ips)
+    .load_balancer_ingress(&[Ipv4Addr::new(192, 168, 88, 10).into(), ingress6.into()])
+    .external_ips(&[external6]);
+    s.write_manifest("web-lb.yaml", &service.to_yaml()).unwrap();
+    let ports = [("80-8080", "TCP", 8080), ("53-5353", "UDP", 5353)];
+    let slice = |name: &str, endpoints: Vec<Endpoint>| {
+        endpoint_slice("web-lb", name, SLICE_CONTROLLER, &ports, &endpoints)
+    };
+    // The backends run on this node (the agent's `--node-name`).
+    let local = |addr: IpAddr| Endpoint::ready(addr).on(NODE);
+    let v4 = s.backends.iter().map(|&b| local(b.into())).collect();
+    let v6 = s
+        .backends_ip6()
+        .into_iter()
+        .map(|b| local(b.into()))
+        .collect();
+    s.write_manifest("web-lb-v4.yaml", &slice("web-lb-4xk2p", v4))
+        .unwrap();
+    s.write_manifest("web-lb-v6.yaml", &slice("web-lb-6m9qz", v6))
+        .unwrap();
+    let mut agent = s
+        .start_agent_with(
+            &["--nic", &outside.node_interface, "--node-name", NODE],
+            WAIT,
+        )
+        .unwrap();
+    agent.wait_for(&["attached XDP"], 1, WAIT).unwrap();
+
+    let both = BTreeSet::from(["b1".to_string(), "b2".to_string()]);
+    let outside6 = outside.ip6.to_string();
+    for target in [
+        SocketAddr::new(node6.into(), 30080),
+        SocketAddr::new(ingress6.into(), 80),
+        SocketAddr::new(external6.into(), 80),
+    ] {
+        let seen = answers_from(&s, &outside.netns, &target.to_string(), 16);
+        let backends: BTreeSet<String> = seen.iter().map(|(b, _)| b.clone()).collect();
+        assert_eq!(backends, both, "{target}");
+        // Local backends: the client's own address reaches them.
+        let clients: BTreeSet<&str> = seen.iter().map(|(_, c)| c.as_str()).collect();
+        assert_eq!(
+            clients,
+            BTreeSet::from([format!("[{outside6}]").as_str()]),
+            "{target}"
+        );
+    }
+    // UDP, answered from the address and port the client used.
+    for target in [
+        SocketAddr::new(node6.into(), 30053),
+        SocketAddr::new(ingress6.into(), 53),
+    ] {
+        let target = target.to_string();
+        let reply = s
+            .udp_query_from(&outside.netns, &target, "over-v6")
+            .unwrap_or_else(|e| panic!("UDP {target}: {e}"));
+        assert!(reply.starts_with(&format!("from={target} ")), "{reply}");
+        assert!(reply.ends_with("payload=over-v6"), "{reply}");
+    }
+    // The IPv4 family of the same Service, at the same time.
+    let seen = answers_from(&s, &outside.netns, "192.168.77.1:30080", 4);
+    assert!(
+        seen.iter().all(|(_, c)| *c == outside.ip.to_string()),
+        "{seen:?}"
+    );
 }

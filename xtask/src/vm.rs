@@ -47,6 +47,7 @@ const SUITES: &[&str] = &[
     "two_node_topology",
     "nic_packet_tests",
     "ipv6_packet_tests",
+    "ipv6_nic_packet_tests",
     "ipv6_maps",
     "ipv6_netns",
 ];
