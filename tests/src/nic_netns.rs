@@ -28,10 +28,11 @@ pub const CLIENT: Ipv4Addr = Ipv4Addr::new(192, 168, 50, 100);
 pub const CLIENT_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0xc1];
 
 /// The same neighbours over IPv6, on the same links: this node's NIC
-/// address, the other node (which routes `REMOTE_PODS6`) and the client.
+/// address, the other node (which routes `REMOTE_PODS6`, `REMOTE_PODS`'s
+/// twin fd00::<IPv4 address>) and the client.
 pub const NODE_ADDR6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x50, 0, 0, 0, 0, 0, 1);
 pub const OTHER_NODE6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x50, 0, 0, 0, 0, 0, 2);
-pub const REMOTE_PODS6: &str = "fd00:1:2::/64";
+pub const REMOTE_PODS6: &str = "fd00::a01:200/120";
 pub const CLIENT6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x50, 0, 0, 0, 0, 0, 0x100);
 
 /// A MAC address as `ip` writes it (`02:00:00:00:00:a1`).

@@ -28,7 +28,7 @@ use proxy_common::{
 const NODE_PORT: u16 = 30080;
 const LOCAL_POD: Ipv6Addr = Ipv6Addr::new(0xfd00, 1, 1, 0, 0, 0, 0, 2);
 /// Behind the other node (`nic_netns::REMOTE_PODS6`).
-const REMOTE_POD: Ipv6Addr = Ipv6Addr::new(0xfd00, 1, 2, 0, 0, 0, 0, 2);
+const REMOTE_POD: Ipv6Addr = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0x0a01, 0x0202);
 /// A LoadBalancer ingress IP routed to this node.
 const LB_IP: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x60, 0, 0, 0, 0, 0, 0x10);
 const SYN_ACK: u8 = packet::TCP_SYN | packet::TCP_ACK;

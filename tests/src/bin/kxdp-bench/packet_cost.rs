@@ -55,7 +55,6 @@ pub(crate) struct PacketRow {
 pub(crate) fn packet_benches(plan: &Plan, nic: u32) -> anyhow::Result<Vec<PacketBench>> {
     let frame = syn(client(40_003), NOT_A_SERVICE);
     let repeat = plan.repeat;
-    let warm = plan.warm_chain;
     let single_calls = NODEPORT_CALLS;
     let mut floor_single = bench(
         FLOOR_XDP_SINGLE,
@@ -94,34 +93,46 @@ pub(crate) fn packet_benches(plan: &Plan, nic: u32) -> anyhow::Result<Vec<Packet
     for family in [Family::V4, Family::V6] {
         benches.extend(pod_paths(plan, family)?);
     }
-    benches.extend([
-        floor_single,
-        bench(
-            "NodePort established, local backend (CT hit + DNAT)",
-            NIC_INGRESS,
-            format!("1 × {single_calls} calls"),
-            Box::new(NodePortEstablished::new(false, single_calls, nic)?),
-        ),
-        bench(
-            "NodePort established, remote backend (CT hit + DNAT + SNAT + next hop learnt this second + XDP_TX)",
-            NIC_INGRESS,
-            format!("1 × {single_calls} calls"),
-            Box::new(NodePortEstablished::new(true, single_calls, nic)?),
-        ),
-        bench(
-            &format!("NodePort new flow, local backend (select + CT insert + DNAT), {warm} frontends"),
-            NIC_INGRESS,
-            format!("1 × {single_calls} calls"),
-            Box::new(NodePortNewFlow::new(false, warm, single_calls, nic)),
-        ),
-        bench(
-            &format!("NodePort new flow, remote backend (+ SNAT + FIB lookup + XDP_TX), {warm} frontends"),
-            NIC_INGRESS,
-            format!("1 × {single_calls} calls"),
-            Box::new(NodePortNewFlow::new(true, warm, single_calls, nic)),
-        ),
-    ]);
+    benches.push(floor_single);
+    // The NIC paths in each family, IPv6's rows right after IPv4's.
+    for family in [Family::V4, Family::V6] {
+        benches.extend(nic_paths(plan, family, nic)?);
+    }
     Ok(benches)
+}
+
+/// The NodePort paths of `family` on NIC `nic`: established and new flows,
+/// to a local and a remote backend.
+fn nic_paths(plan: &Plan, family: Family, nic: u32) -> anyhow::Result<Vec<PacketBench>> {
+    let (warm, calls) = (plan.warm_chain, NODEPORT_CALLS);
+    let label = |text: &str| family.label(text);
+    let repeat = format!("1 × {calls} calls");
+    Ok(vec![
+        bench(
+            &label("NodePort established, local backend (CT hit + DNAT)"),
+            NIC_INGRESS,
+            repeat.clone(),
+            Box::new(NodePortEstablished::new(family, false, calls, nic)?),
+        ),
+        bench(
+            &label("NodePort established, remote backend (CT hit + DNAT + SNAT + next hop learnt this second + XDP_TX)"),
+            NIC_INGRESS,
+            repeat.clone(),
+            Box::new(NodePortEstablished::new(family, true, calls, nic)?),
+        ),
+        bench(
+            &label(&format!("NodePort new flow, local backend (select + CT insert + DNAT), {warm} frontends")),
+            NIC_INGRESS,
+            repeat.clone(),
+            Box::new(NodePortNewFlow::new(family, false, warm, calls, nic)),
+        ),
+        bench(
+            &label(&format!("NodePort new flow, remote backend (+ SNAT + FIB lookup + XDP_TX), {warm} frontends")),
+            NIC_INGRESS,
+            repeat,
+            Box::new(NodePortNewFlow::new(family, true, warm, calls, nic)),
+        ),
+    ])
 }
 
 /// The translating pod paths of `family`: established, new flows (cold and
