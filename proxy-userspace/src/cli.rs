@@ -132,7 +132,8 @@ pub struct AgentArgs {
     #[arg(long, env = "KXDP_NODEPORT_RANGE", default_value = "30000-32767")]
     pub nodeport_range: PortRange,
     /// Address the healthCheckNodePort listeners of
-    /// `externalTrafficPolicy: Local` Services bind.
+    /// `externalTrafficPolicy: Local` Services bind; 0.0.0.0 or :: (the
+    /// default): every address of both families.
     #[arg(long, env = "KXDP_HEALTH_CHECK_BIND_ADDRESS", default_value_t = IpAddr::V4(Ipv4Addr::UNSPECIFIED))]
     pub health_check_bind_address: IpAddr,
     /// cgroup (v2 directory) whose processes reach Services through the

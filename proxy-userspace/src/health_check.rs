@@ -82,7 +82,13 @@ impl HealthCheckServer {
                 });
                 continue;
             }
-            match http::bind(SocketAddr::new(self.bind, port)) {
+            // The unspecified address of either family: every address of both.
+            let bound = if self.bind.is_unspecified() {
+                http::bind_all_families(port)
+            } else {
+                http::bind(SocketAddr::new(self.bind, port))
+            };
+            match bound {
                 Ok(socket) => {
                     info!(port, service = %status.service, local_endpoints = status.local_endpoints, "health check serving");
                     let (sender, receiver) = watch::channel(status);
@@ -135,10 +141,10 @@ fn response(status: &Status) -> Response {
 
 #[cfg(test)]
 mod tests {
-    use std::net::Ipv4Addr;
+    use std::net::{Ipv4Addr, Ipv6Addr};
 
     use super::*;
-    use crate::http::testing::{exchange as get, free_port};
+    use crate::http::testing::{exchange as get, exchange_at, free_port};
 
     fn check(port: u16, local_endpoints: usize) -> HealthCheck {
         HealthCheck {
@@ -149,6 +155,23 @@ mod tests {
     }
 
     const GET: &[u8] = b"GET /healthz HTTP/1.1\r\nHost: node\r\n\r\n";
+
+    #[tokio::test]
+    async fn the_unspecified_address_serves_both_families() {
+        let port = free_port();
+        let mut server = HealthCheckServer::new(Ipv4Addr::UNSPECIFIED.into());
+        server.update(&[check(port, 1)]);
+        for addr in [
+            IpAddr::from(Ipv4Addr::LOCALHOST),
+            Ipv6Addr::LOCALHOST.into(),
+        ] {
+            let answer = exchange_at(addr, port, GET).await;
+            assert!(
+                answer.starts_with("HTTP/1.1 200 OK\r\n"),
+                "{addr}: {answer}"
+            );
+        }
+    }
 
     #[tokio::test]
     async fn answers_200_with_local_endpoints_and_503_without() {

@@ -2,7 +2,13 @@
 //! checkers, probes and scrapers. HTTP/1 only, one request per connection
 //! (answered with `Connection: close`), its head bounded in size and time.
 
-use std::{convert::Infallible, future::Future, net::SocketAddr, time::Duration};
+use std::{
+    convert::Infallible,
+    future::Future,
+    io,
+    net::{Ipv4Addr, Ipv6Addr, SocketAddr},
+    time::Duration,
+};
 
 use hyper::{
     header::{HeaderValue, CONTENT_TYPE, X_CONTENT_TYPE_OPTIONS},
@@ -52,10 +58,34 @@ pub trait Handler: Clone + Send + Sync + 'static {
 }
 
 /// A listening socket on `addr` (bound and listening when this returns).
-pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
     let socket = std::net::TcpListener::bind(addr)?;
     socket.set_nonblocking(true)?;
     TcpListener::from_std(socket)
+}
+
+/// A listening socket on `port` of every address of both families: one
+/// IPv6 socket that takes IPv4 too (IPV6_V6ONLY off, whatever the host's
+/// `bindv6only` says), as Go's `:port` listens for kube-proxy; IPv4 alone
+/// where the host has no IPv6.
+pub fn bind_all_families(port: u16) -> io::Result<TcpListener> {
+    match bind_dual_stack(port) {
+        Err(e) if e.raw_os_error() == Some(libc::EAFNOSUPPORT) => {
+            bind(SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), port))
+        }
+        other => other,
+    }
+}
+
+fn bind_dual_stack(port: u16) -> io::Result<TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::IPV6, Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_only_v6(false)?;
+    socket.set_reuse_address(true)?;
+    socket.bind(&SocketAddr::new(Ipv6Addr::UNSPECIFIED.into(), port).into())?;
+    socket.listen(1024)?;
+    socket.set_nonblocking(true)?;
+    TcpListener::from_std(socket.into())
 }
 
 /// Accepts connections until the task is aborted, each answered by its own task.
@@ -108,9 +138,12 @@ pub(crate) mod testing {
 
     /// Sends `request` raw; the whole response.
     pub async fn exchange(port: u16, request: &[u8]) -> String {
-        let mut stream = TcpStream::connect((Ipv4Addr::LOCALHOST, port))
-            .await
-            .unwrap();
+        exchange_at(Ipv4Addr::LOCALHOST.into(), port, request).await
+    }
+
+    /// [`exchange`] with a listener on `addr`.
+    pub async fn exchange_at(addr: std::net::IpAddr, port: u16, request: &[u8]) -> String {
+        let mut stream = TcpStream::connect((addr, port)).await.unwrap();
         stream.write_all(request).await.unwrap();
         let mut response = String::new();
         stream.read_to_string(&mut response).await.unwrap();

@@ -179,8 +179,8 @@ pub struct Pod {
     /// The pod's network namespace.
     pub netns: String,
     pub ip: Ipv4Addr,
-    /// Its IPv6 address: every pod of a mini node is dual-stack; the
-    /// two-node topology is IPv4 only (`None`).
+    /// Its IPv6 address, if it has one (every pod of a mini node and of the
+    /// two-node topology has).
     pub ip6: Option<Ipv6Addr>,
     /// Host side of the pod's veth, in the node namespace.
     pub host_interface: String,
@@ -199,7 +199,7 @@ pub struct ExternalHost {
 /// while a fresh veth's link-local address is tentative, IPv6 between the
 /// namespaces stalls (the first connection took 2 s, measured), and the
 /// addresses here are unique by construction.
-fn skip_dad(netns: &str) -> anyhow::Result<()> {
+pub fn skip_dad(netns: &str) -> anyhow::Result<()> {
     for conf in ["all", "default"] {
         let setting = format!("net.ipv6.conf.{conf}.accept_dad=0");
         exec_ok(netns, &["sysctl", "-q", "-w", &setting])?;

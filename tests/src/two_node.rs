@@ -13,13 +13,17 @@
 //! `ext` routes the LoadBalancer / external IP range via node A, as a router
 //! told by node A about those IPs would. kxdp runs on node A only.
 //!
+//! Every link and pod is dual-stack: each IPv4 address a.b.c.d has its
+//! IPv6 twin fd00:a.b:c::d ([`ipv6_twin`]; a /24 becomes a /64), with the
+//! same routes, and duplicate address detection off (`netns::skip_dad`).
+//!
 //! Checksum offloads are off on every veth end (see `netns`), rp_filter off
 //! in the nodes (paths through a load balancer are asymmetric), and
 //! everything is removed on drop, also when a test panics.
 
 use std::{
     ffi::OsStr,
-    net::Ipv4Addr,
+    net::{Ipv4Addr, Ipv6Addr},
     os::fd::AsRawFd,
     path::{Path, PathBuf},
     time::Duration,
@@ -35,7 +39,7 @@ use crate::{
     agent::{Agent, AgentHost},
     cgroup::TestCgroup,
     manifests::write_manifest,
-    netns::{add_veth, command, exec_ok, Namespaces, Pod},
+    netns::{add_veth, command, exec_ok, skip_dad, Namespaces, Pod},
     privileged::{require_root, PrivateBpffs},
     scenario::{peer_bin, PEER_READY},
     FLOOR_OBJECT,
@@ -49,6 +53,29 @@ pub const LB_INGRESS_IP: Ipv4Addr = Ipv4Addr::new(192, 168, 60, 10);
 pub const EXTERNAL_IP: Ipv4Addr = Ipv4Addr::new(192, 168, 60, 20);
 /// The range `ext` routes via node A.
 pub const EXTERNAL_RANGE: &str = "192.168.60.0/24";
+/// The IPv6 twin of `addr` a.b.c.d in this topology: fd00:a.b:c::d, so a
+/// /24 of IPv4 is a /64 of IPv6.
+pub fn ipv6_twin(addr: Ipv4Addr) -> Ipv6Addr {
+    let [a, b, c, d] = addr.octets();
+    Ipv6Addr::new(
+        0xfd00,
+        u16::from_be_bytes([a, b]),
+        c.into(),
+        0,
+        0,
+        0,
+        0,
+        d.into(),
+    )
+}
+
+/// The IPv6 twin of a /24 IPv4 CIDR (`a.b.c.0/24` → `fd00:a.b:c::/64`).
+pub fn ipv6_twin_cidr(cidr: &str) -> String {
+    let (addr, len) = cidr.split_once('/').expect("a CIDR");
+    assert_eq!(len, "24", "only /24s have a /64 twin");
+    format!("{}/64", ipv6_twin(addr.parse().expect("an IPv4 address")))
+}
+
 /// Ports every pod's `kxdp-peer serve` listens on.
 pub const POD_HTTP_PORT: u16 = 8080;
 pub const POD_UDP_PORT: u16 = 5353;
@@ -174,15 +201,32 @@ impl TwoNode {
 
     fn build(&self) -> anyhow::Result<()> {
         let lan = self.lan.as_str();
-        exec_ok(lan, &["ip", "link", "add", "br0", "type", "bridge"])?;
+        // No multicast snooping: neighbour discovery's multicast reaches
+        // every port without waiting for the bridge to learn listeners.
+        exec_ok(
+            lan,
+            &[
+                "ip",
+                "link",
+                "add",
+                "br0",
+                "type",
+                "bridge",
+                "mcast_snooping",
+                "0",
+            ],
+        )?;
         exec_ok(lan, &["ip", "link", "set", "br0", "up"])?;
 
+        skip_dad(&self.ext)?;
         self.attach_to_lan(&self.ext, 'x', EXT_IP)?;
-        let via_a = NodeId::A.nic_ip().to_string();
-        exec_ok(
-            &self.ext,
-            &["ip", "route", "add", EXTERNAL_RANGE, "via", &via_a],
-        )?;
+        let via_a = NodeId::A.nic_ip();
+        for (range, via) in [
+            (EXTERNAL_RANGE.to_string(), via_a.to_string()),
+            (ipv6_twin_cidr(EXTERNAL_RANGE), ipv6_twin(via_a).to_string()),
+        ] {
+            exec_ok(&self.ext, &["ip", "route", "add", &range, "via", &via])?;
+        }
 
         for node in [NodeId::A, NodeId::B] {
             let ns = self.netns(node);
@@ -192,13 +236,23 @@ impl TwoNode {
                 "net.ipv4.ip_forward=1",
                 "net.ipv4.conf.all.rp_filter=0",
                 "net.ipv4.conf.default.rp_filter=0",
+                "net.ipv6.conf.all.forwarding=1",
             ] {
                 exec_ok(ns, &["sysctl", "-q", "-w", sysctl])?;
             }
+            skip_dad(ns)?;
             self.attach_to_lan(ns, node.letter(), node.nic_ip())?;
             let other = node.other();
-            let via = other.nic_ip().to_string();
-            exec_ok(ns, &["ip", "route", "add", &other.pod_cidr(), "via", &via])?;
+            let via = other.nic_ip();
+            for (cidr, via) in [
+                (other.pod_cidr(), via.to_string()),
+                (
+                    ipv6_twin_cidr(&other.pod_cidr()),
+                    ipv6_twin(via).to_string(),
+                ),
+            ] {
+                exec_ok(ns, &["ip", "route", "add", &cidr, "via", &via])?;
+            }
         }
 
         Ok(())
@@ -237,7 +291,8 @@ impl TwoNode {
         })
     }
 
-    /// Gives `netns` an `eth0` holding `ip`/24, plugged into `br0`.
+    /// Gives `netns` an `eth0` holding `ip`/24 and its twin/64, plugged
+    /// into `br0`.
     fn attach_to_lan(&self, netns: &str, letter: char, ip: Ipv4Addr) -> anyhow::Result<()> {
         let port = format!("{}l{letter}", self.prefix);
         let temp = format!("{}t{letter}", self.prefix);
@@ -247,6 +302,8 @@ impl TwoNode {
             netns,
             &["ip", "addr", "add", &format!("{ip}/24"), "dev", "eth0"],
         )?;
+        let ip6 = format!("{}/64", ipv6_twin(ip));
+        exec_ok(netns, &["ip", "addr", "add", &ip6, "dev", "eth0", "nodad"])?;
         Ok(())
     }
 
@@ -286,36 +343,39 @@ impl TwoNode {
         let ip = node.pod_ip(index);
         let gateway = node.pod_ip(1).to_string();
         let netns = self.namespaces.add(&format!("{}-{name}", node.letter()))?;
+        skip_dad(&netns)?;
         add_veth(&host_ns, &host_interface, &netns, &temp, "eth0")?;
-        // The same gateway on every host veth; each pod is a /32 route.
-        let gateway_32 = format!("{gateway}/32");
-        exec_ok(
-            &host_ns,
-            &["ip", "addr", "add", &gateway_32, "dev", &host_interface],
-        )?;
-        let ip_32 = format!("{ip}/32");
-        exec_ok(
-            &host_ns,
-            &["ip", "route", "add", &ip_32, "dev", &host_interface],
-        )?;
-        exec_ok(&netns, &["ip", "addr", "add", &ip_32, "dev", "eth0"])?;
-        exec_ok(
-            &netns,
-            &[
-                "ip", "route", "add", &gateway, "dev", "eth0", "scope", "link",
-            ],
-        )?;
-        exec_ok(
-            &netns,
-            &[
-                "ip", "route", "add", "default", "via", &gateway, "dev", "eth0",
-            ],
-        )?;
+        let ip6 = ipv6_twin(ip);
+        let gateway6 = ipv6_twin(node.pod_ip(1)).to_string();
+        // The same gateway on every host veth; each pod is a host route.
+        for (gateway, pod) in [
+            (format!("{gateway}/32"), format!("{ip}/32")),
+            (format!("{gateway6}/128"), format!("{ip6}/128")),
+        ] {
+            let dev = host_interface.as_str();
+            exec_ok(&host_ns, &["ip", "addr", "add", &gateway, "dev", dev])?;
+            exec_ok(&host_ns, &["ip", "route", "add", &pod, "dev", dev])?;
+            exec_ok(&netns, &["ip", "addr", "add", &pod, "dev", "eth0"])?;
+        }
+        for gateway in [gateway, gateway6] {
+            exec_ok(
+                &netns,
+                &[
+                    "ip", "route", "add", &gateway, "dev", "eth0", "scope", "link",
+                ],
+            )?;
+            exec_ok(
+                &netns,
+                &[
+                    "ip", "route", "add", "default", "via", &gateway, "dev", "eth0",
+                ],
+            )?;
+        }
         self.pods.push(Pod {
             name: name.to_string(),
             netns: netns.clone(),
             ip,
-            ip6: None,
+            ip6: Some(ip6),
             host_interface,
         });
         let (http, udp) = (POD_HTTP_PORT.to_string(), POD_UDP_PORT.to_string());
@@ -363,7 +423,8 @@ impl TwoNode {
     pub fn curl(&self, netns: &str, target: &str, max_time: Duration) -> Result<String, String> {
         let max_time = format!("{:.1}", max_time.as_secs_f64());
         let url = format!("http://{target}/");
-        self.run_in(netns, "curl", &["-sS", "--max-time", &max_time, &url])
+        // -g: an IPv6 target's brackets are no glob.
+        self.run_in(netns, "curl", &["-gsS", "--max-time", &max_time, &url])
     }
 
     /// One HTTP GET from `ext`; the body.
@@ -387,7 +448,7 @@ impl TwoNode {
         match self.run_in(
             &self.ext,
             "curl",
-            &["-sS", "--connect-timeout", &connect_timeout, &url],
+            &["-gsS", "--connect-timeout", &connect_timeout, &url],
         ) {
             Err(e) if e.contains("Couldn't connect") => Ok(()),
             other => Err(format!("{target}: not refused at once: {other:?}")),
@@ -404,7 +465,14 @@ impl TwoNode {
         let out = self.run_in(
             &self.ext,
             "curl",
-            &["-sS", "--max-time", &max_time, "-w", "\n%{http_code}", &url],
+            &[
+                "-gsS",
+                "--max-time",
+                &max_time,
+                "-w",
+                "\n%{http_code}",
+                &url,
+            ],
         )?;
         let (body, code) = out.rsplit_once('\n').unwrap_or(("", &out));
         let code = code
