@@ -364,3 +364,41 @@ fn an_ipv6_nodeport_to_a_remote_backend_is_snated_and_its_reply_translated_back(
     assert!(entries.iter().all(|(_, e)| e.flags == CT_SNAT));
     assert!(dp.conntrack().is_empty(), "nothing in the IPv4 table");
 }
+
+/// As over IPv4: a backend on this node that the NIC program SNATed as a
+/// remote one (its endpoint named no node) gets its reply translated back
+/// to the client where it leaves the pod.
+#[test]
+fn a_local_ipv6_backend_taken_for_a_remote_one_gets_its_reply_translated_back() {
+    let nic = nic_netns::enter();
+    let mut dp = Datapath::load();
+    dp.set_nic_addr(nic, NODE_ADDR6);
+    let key = key(NODE_ADDR6, NODE_PORT, PROTO_TCP, SCOPE_NODE);
+    let backend = sa(LOCAL_POD, 8080);
+    dp.add_frontend_any(
+        key,
+        1,
+        FRONTEND_SNAT_REMOTE,
+        &[(LOCAL_POD.into(), 8080, false)],
+    );
+    let syn = from_client(Packet::tcp(client(40000), nodeport()));
+    let (verdict, out) = dp.run_nic(&syn.build(), nic);
+    assert_eq!(verdict, XDP_PASS, "no route to it from the NIC's FIB");
+    packet::verify_checksums(&out).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(packet::dst(&out), backend);
+    let snat = packet::src(&out);
+    assert_eq!(snat.ip(), IpAddr::V6(NODE_ADDR6));
+
+    let reply = Packet::tcp(backend, snat).tcp_flags(SYN_ACK);
+    let pod_side = nic_netns::ifindex(nic_netns::POD_SIDE);
+    let (verdict, out) = dp.run_from(&reply.build(), pod_side);
+    assert_eq!(verdict, TC_ACT_REDIRECT, "out of the NIC, past the stack");
+    packet::verify_checksums(&out).unwrap_or_else(|e| panic!("{e}"));
+    let expected = Packet {
+        ttl: reply.ttl - 1,
+        ..reply.clone()
+    }
+    .with_src(nodeport())
+    .with_dst(client(40000));
+    assert_eq!(out, expected.build(), "from the NodePort to the client");
+}

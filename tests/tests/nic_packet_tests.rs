@@ -578,6 +578,36 @@ fn a_remote_backend_without_a_route_is_left_to_the_stack() {
     );
 }
 
+/// A backend on this node whose endpoint names no node (or another) is
+/// SNATed like a remote one and handed to the stack, which routes it to the
+/// pod; the pod's reply comes back through its own interface, where
+/// `pod_ingress` translates it back to the client, as the NIC would.
+#[test]
+fn a_local_backend_taken_for_a_remote_one_gets_its_reply_translated_back() {
+    let backend = sa(LOCAL_POD, 8080);
+    let (mut dp, nic) = nodeport_datapath(FRONTEND_SNAT_REMOTE, &[(LOCAL_POD, 8080, false)]);
+    let syn = from_client(Packet::tcp(client(40000), nodeport()));
+    let (verdict, out) = dp.run_nic(&syn.build(), nic);
+    assert_eq!(verdict, XDP_PASS, "no route to it from the NIC's FIB");
+    packet::verify_checksums(&out).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(packet::dst(&out), backend);
+    let snat = packet::src(&out);
+    assert_eq!(packet::ipv4(snat.ip()), NODE_ADDR);
+
+    let reply = Packet::tcp(backend, snat).tcp_flags(packet::TCP_SYN | packet::TCP_ACK);
+    let pod_side = nic_netns::ifindex(nic_netns::POD_SIDE);
+    let (verdict, out) = dp.run_from(&reply.build(), pod_side);
+    assert_eq!(verdict, TC_ACT_REDIRECT, "out of the NIC, past the stack");
+    packet::verify_checksums(&out).unwrap_or_else(|e| panic!("{e}"));
+    let expected = Packet {
+        ttl: reply.ttl - 1,
+        ..reply.clone()
+    }
+    .with_src(nodeport())
+    .with_dst(client(40000));
+    assert_eq!(out, expected.build(), "from the NodePort to the client");
+}
+
 fn flow_key(src: SocketAddr, dst: SocketAddr, proto: u8) -> FlowKey {
     FlowKey {
         src_addr: addr_to_net(packet::ipv4(src.ip())),

@@ -50,6 +50,7 @@ const SUITES: &[&str] = &[
     "ipv6_nic_packet_tests",
     "ipv6_maps",
     "ipv6_netns",
+    "ipv6_nodeport_netns",
 ];
 /// Host programs the suites run, copied in with their libraries (busybox's
 /// `ip` makes no veth pairs, its `tc` shows no filters, its ping and

@@ -1,7 +1,8 @@
 //! tcx ingress on the host side of each pod interface: packets leaving a pod,
 //! of either family. Pod → ClusterIP is DNATed to a backend, or rejected
 //! when the Service has none. A pod's reply to a client that reached it through the NIC program
-//! (NodePort, external address) gets its frontend back as source here.
+//! (NodePort, external address) gets its frontend back as source here (and
+//! the client back as destination, when the NIC program SNATed it).
 //! Everything else passes untouched; replies to pod clients are
 //! reverse-NATed on their way into the client (`pod_egress`), wherever the
 //! backend is.
@@ -9,7 +10,7 @@
 use aya_ebpf::{bindings::TC_ACT_OK, macros::classifier, programs::TcContext};
 use proxy_common::{
     lb::{Decision, Hook},
-    maps::{DropReason, CT_FROM_NIC, CT_HAIRPIN},
+    maps::{DropReason, CT_FROM_NIC, CT_HAIRPIN, CT_SNAT},
 };
 
 use crate::{
@@ -77,6 +78,20 @@ fn translate_flow<F: Family>(ctx: &TcContext, flow: &Flow<F>) -> Result<i32, Dro
                 flow,
                 entry.nat_addr,
                 flow.dst_addr,
+            ));
+        }
+        if entry.flags & CT_SNAT != 0 {
+            // A backend on this node that the NIC program took for another
+            // node's (its endpoint named no node, or another) and SNATed:
+            // the reply comes back here, not through a NIC. Translated back
+            // as the NIC program would, so the flow works all the same.
+            nat::set_destination(ctx, flow, (entry.snat_addr, entry.snat_port))?;
+            nat::set_source(ctx, flow, (entry.nat_addr, entry.nat_port))?;
+            return Ok(forward::tc_forward(
+                ctx,
+                flow,
+                entry.nat_addr,
+                entry.snat_addr,
             ));
         }
         if entry.flags == CT_HAIRPIN {
