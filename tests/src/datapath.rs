@@ -798,6 +798,11 @@ pub fn back_date_affinity(pin_path: &std::path::Path, secs: u32) -> anyhow::Resu
     back_date::<AffinityKey>(pin_path, "AFFINITY", secs)
 }
 
+/// [`back_date_affinity`] for IPv6 clients' entries (`AFFINITY6`).
+pub fn back_date_affinity6(pin_path: &std::path::Path, secs: u32) -> anyhow::Result<usize> {
+    back_date::<proxy_common::maps::AffinityKey6>(pin_path, "AFFINITY6", secs)
+}
+
 /// [`back_date_affinity`] for the socket hooks' entries (`SOCK_AFFINITY`).
 pub fn back_date_sock_affinity(pin_path: &std::path::Path, secs: u32) -> anyhow::Result<usize> {
     back_date::<SockAffinityKey>(pin_path, "SOCK_AFFINITY", secs)

@@ -153,6 +153,18 @@ impl ServiceManifest {
         self
     }
 
+    /// `sessionAffinity: ClientIP` with `timeout_seconds`.
+    pub fn client_ip_affinity(mut self, timeout_seconds: i32) -> Self {
+        let spec = spec_of(&mut self.0);
+        spec.session_affinity = Some("ClientIP".into());
+        spec.session_affinity_config = Some(k8s_openapi::api::core::v1::SessionAffinityConfig {
+            client_ip: Some(k8s_openapi::api::core::v1::ClientIPConfig {
+                timeout_seconds: Some(timeout_seconds),
+            }),
+        });
+        self
+    }
+
     /// `loadBalancerSourceRanges`: CIDRs allowed to reach the load balancer.
     pub fn source_ranges(mut self, cidrs: &[&str]) -> Self {
         spec_of(&mut self.0).load_balancer_source_ranges =

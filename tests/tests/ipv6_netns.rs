@@ -14,6 +14,7 @@ use std::{
 };
 
 use kxdp_testbed::{
+    datapath::back_date_affinity6,
     manifests::{endpoint_slice, Endpoint, ServiceManifest, SLICE_CONTROLLER},
     scenario::EchoScenario,
 };
@@ -309,4 +310,65 @@ fn outside_clients_reach_a_dual_stack_load_balancer_over_ipv6_through_the_nic_pr
     // The IPv4 family of the same Service, at the same time.
     let seen = answers_from(&s, &outside.netns, "192.168.77.1:30080", 4);
     assert!(seen.iter().all(|(_, c)| c.ip() == outside.ip), "{seen:?}");
+}
+
+#[test]
+fn a_backend_reaching_its_own_ipv6_service_gets_the_vip_as_its_client() {
+    let s = dual_stack();
+    let _agent = s.start_agent().unwrap();
+    let url = format!("http://{}/", target(80));
+    // Until b1 picks itself: with two backends, 24 misses is a 2^-24 chance.
+    let answers: Vec<String> = (0..24)
+        .map(|i| {
+            s.from_pod("b1", "curl", &["-gsS", "--max-time", "3", &url])
+                .unwrap_or_else(|e| panic!("request {i} from b1: {e}"))
+        })
+        .collect();
+    let to_itself: Vec<&String> = answers.iter().filter(|a| backend_of(a) == "b1").collect();
+    assert!(!to_itself.is_empty(), "b1 never chose itself: {answers:?}");
+    // Hairpin: the VIP stands in for b1, which would drop its own address.
+    for answer in to_itself {
+        assert!(
+            answer.contains(&format!(" client=[{}]:", vip6())),
+            "{answer}"
+        );
+    }
+}
+
+#[test]
+fn an_ipv6_client_keeps_its_backend_until_its_affinity_lapses() {
+    let s = EchoScenario::new(3, env!("CARGO_BIN_EXE_kxdp-peer").into()).expect("echo scenario");
+    s.make_dual_stack(vip6()).unwrap();
+    let sticky = ServiceManifest::echo(&[s.vip.into(), vip6().into()]).client_ip_affinity(30);
+    s.write_manifest("service.yaml", &sticky.to_yaml()).unwrap();
+    let _agent = s.start_agent().unwrap();
+    let burst = |n: usize| -> BTreeSet<String> {
+        (0..n)
+            .map(|i| {
+                let body = s
+                    .http_get(&target(80))
+                    .unwrap_or_else(|e| panic!("request {i}: {e}"));
+                backend_of(&body)
+            })
+            .collect()
+    };
+    // Each burst sticks to one backend; between bursts the client's entry
+    // is made 31 s old, so the next is balanced afresh: with 3 backends,
+    // 24 bursts on one is a 1e-11 chance.
+    let mut chosen = BTreeSet::new();
+    for round in 0..24 {
+        let backends = burst(5);
+        assert_eq!(backends.len(), 1, "burst {round}: {backends:?}");
+        chosen.extend(backends);
+        let aged = back_date_affinity6(&s.node.pin_path(), 31).unwrap();
+        assert_eq!(aged, 1, "one IPv6 client, one entry");
+        if chosen.len() > 1 {
+            break;
+        }
+    }
+    assert!(chosen.len() > 1, "never moved: {chosen:?}");
+    // Just inside the timeout, the client stays.
+    let before = burst(1);
+    back_date_affinity6(&s.node.pin_path(), 29).unwrap();
+    assert_eq!(burst(3), before);
 }
