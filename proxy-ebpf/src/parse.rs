@@ -140,8 +140,10 @@ pub struct Ipv6Hdr {
 const MAX_OFFSET: usize = 0x3fff;
 
 /// Zero, in a global the programs never write: the verifier cannot know
-/// its value (.bss is a writable map).
-static mut VERIFIER_ZERO: usize = 0;
+/// its value (.bss is a writable map). 16 bits: what it widens stays a
+/// small positive number, which older verifiers (5.10) need to add it to
+/// a packet pointer.
+static mut VERIFIER_ZERO: u16 = 0;
 
 /// `off`, unchanged, as the verifier sees any offset up to [`MAX_OFFSET`]
 /// (`None`: past it). The L4 offset after IPv6 extension headers is a
@@ -154,7 +156,7 @@ static mut VERIFIER_ZERO: usize = 0;
 fn widened(off: usize) -> Option<usize> {
     // SAFETY: a read of a plain integer nothing writes.
     let zero = unsafe { core::ptr::read_volatile(&raw const VERIFIER_ZERO) };
-    let off = off | zero;
+    let off = off | zero as usize;
     (off <= MAX_OFFSET).then_some(off)
 }
 
