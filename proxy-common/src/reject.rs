@@ -26,10 +26,15 @@ const PROTO_ICMP: u8 = 1;
 const REPLY_TTL: u8 = 64;
 
 const IPV6_HLEN: usize = 40;
-/// What an ICMPv6 error quotes of the request here: its IPv6 header and 8
-/// bytes of L4, the same fixed shape as IPv4's (well within the minimum
-/// MTU RFC 4443 bounds it by).
+/// What an ICMPv6 error quotes of the request at least: its IPv6 header
+/// and 8 bytes of L4, the prefix the builder reads and writes.
 const QUOTE6_LEN: usize = IPV6_HLEN + 8;
+/// The most an ICMPv6 error quotes: as much of the request as keeps the
+/// error within IPv6's minimum MTU (RFC 4443 §2.4 (c)), 1280 bytes less
+/// its own IPv6 and ICMPv6 headers.
+const QUOTE6_MAX: usize = 1280 - IPV6_HLEN - ICMP_HLEN;
+/// The most of the quote past the builder's prefix ([`QuoteRest`]).
+pub const QUOTE6_REST_MAX: usize = QUOTE6_MAX - QUOTE6_LEN;
 /// Ethernet + IPv6 + TCP without options: `tcp_rst6`'s request prefix and
 /// RST.
 pub const RST6_FRAME_LEN: usize = ETH_HLEN + IPV6_HLEN + TCP_HLEN;
@@ -208,13 +213,28 @@ pub fn icmp_port_unreachable(frame: &mut [u8; ICMP_FRAME_LEN]) -> bool {
     true
 }
 
+/// The part of an ICMPv6 error's quote past the request prefix the
+/// builder reads: the request's next bytes, as many as fit
+/// ([`QUOTE6_REST_MAX`]), which stay where they are in the frame. The
+/// caller sums them off the packet.
+#[derive(Clone, Copy, Default)]
+pub struct QuoteRest {
+    /// How many bytes.
+    pub len: u16,
+    /// Their sum as big-endian 16-bit words, an odd last byte as the high
+    /// half of a word (RFC 1071), not folded.
+    pub sum: u32,
+}
+
 /// [`icmp_port_unreachable`] for IPv6: the ICMPv6 destination unreachable,
 /// port unreachable (type 1, code 4; RFC 4443), quoting the request's IPv6
-/// header and 8 bytes of its datagram; the caller grows the frame by
-/// [`ICMP6_GROWTH`] in front and cuts it at [`ICMP6_FRAME_LEN`]. Returns
-/// false for anything but a plain IPv6 UDP datagram.
+/// header, its datagram's first 8 bytes and `rest` of it; the caller grows
+/// the frame by [`ICMP6_GROWTH`] in front and cuts it at
+/// [`ICMP6_FRAME_LEN`] + `rest.len`, and hands the first
+/// [`ICMP6_FRAME_LEN`] bytes here. Returns false for anything but a plain
+/// IPv6 UDP datagram.
 #[inline(always)]
-pub fn icmp6_port_unreachable(frame: &mut [u8; ICMP6_FRAME_LEN]) -> bool {
+pub fn icmp6_port_unreachable(frame: &mut [u8; ICMP6_FRAME_LEN], rest: QuoteRest) -> bool {
     let request = ICMP6_GROWTH;
     if !plain_ipv6(&frame[request..], PROTO_UDP) {
         return false;
@@ -223,14 +243,18 @@ pub fn icmp6_port_unreachable(frame: &mut [u8; ICMP6_FRAME_LEN]) -> bool {
     frame.copy_within(request..request + 6, 6);
     frame.copy_within(request + 12..request + 14, 12);
     frame.copy_within(request + ETH_HLEN..request + ETH_HLEN + IPV6_HLEN, ETH_HLEN);
-    let icmp_len = (ICMP_HLEN + QUOTE6_LEN) as u16;
+    if rest.len as usize > QUOTE6_REST_MAX {
+        return false;
+    }
+    let icmp_len = (ICMP_HLEN + QUOTE6_LEN) as u16 + rest.len;
     reply_ipv6_header(frame, ETH_HLEN, PROTO_ICMPV6, icmp_len);
     let icmp = ETH_HLEN + IPV6_HLEN;
     // Type 1 (destination unreachable), code 4 (port unreachable), unused.
     frame[icmp..icmp + ICMP_HLEN].copy_from_slice(&[1, 4, 0, 0, 0, 0, 0, 0]);
-    // ICMPv6, unlike ICMP, covers the pseudo-header.
+    // ICMPv6, unlike ICMP, covers the pseudo-header. The prefix here is of
+    // even length, so the rest's words line up with the message's.
     let pseudo = pseudo6(frame, PROTO_ICMPV6, icmp_len as u32);
-    let check = fold(sum_be_words(&frame[icmp..], pseudo));
+    let check = fold(sum_be_words(&frame[icmp..], pseudo + rest.sum));
     put_u16(frame, icmp + 2, check);
     true
 }
@@ -426,7 +450,7 @@ mod tests {
         request[54..62].copy_from_slice(&[0x9c, 0x40, 0, 53, 0, 12, 0xab, 0xcd]);
         let mut reply = [0u8; ICMP6_FRAME_LEN];
         reply[ICMP6_GROWTH..].copy_from_slice(&request);
-        assert!(icmp6_port_unreachable(&mut reply));
+        assert!(icmp6_port_unreachable(&mut reply, QuoteRest::default()));
         assert_eq!(&reply[0..6], &[2, 0, 0, 0, 0, 1], "back to the sender");
         assert_eq!(&reply[6..12], &[2, 0, 0, 0, 0, 2]);
         assert_eq!(&reply[12..14], &[0x86, 0xdd]);
@@ -441,6 +465,52 @@ mod tests {
 
         let mut tcp = [0u8; ICMP6_FRAME_LEN];
         tcp[ICMP6_GROWTH..].copy_from_slice(&tcp6_request(0, 0, 0)[..ICMP6_REQUEST_LEN]);
-        assert!(!icmp6_port_unreachable(&mut tcp), "only UDP");
+        assert!(
+            !icmp6_port_unreachable(&mut tcp, QuoteRest::default()),
+            "only UDP"
+        );
+    }
+
+    /// The quote past the prefix, of every length up to the minimum MTU's
+    /// bound, odd ones included: the error's checksum verifies over the
+    /// whole message, which never exceeds 1280 bytes.
+    #[test]
+    fn an_icmpv6_error_quotes_up_to_the_minimum_mtu_and_its_checksum_covers_it() {
+        let mut request = [0u8; ICMP6_REQUEST_LEN];
+        request[..54].copy_from_slice(&tcp6_request(0, 0, 0)[..54]);
+        request[20] = PROTO_UDP;
+        request[54..62].copy_from_slice(&[0x9c, 0x40, 0, 53, 0, 12, 0xab, 0xcd]);
+        for len in (0..=QUOTE6_REST_MAX)
+            .step_by(7)
+            .chain([1, 2, 3, QUOTE6_REST_MAX])
+        {
+            // The tail zero-padded to even length, as RFC 1071 pads it.
+            let mut tail = [0u8; QUOTE6_REST_MAX + 1];
+            for (i, byte) in tail[..len].iter_mut().enumerate() {
+                *byte = (i * 37 + 11) as u8;
+            }
+            let padded = &tail[..len + len % 2];
+            let mut head = [0u8; ICMP6_FRAME_LEN];
+            head[ICMP6_GROWTH..].copy_from_slice(&request);
+            let rest = QuoteRest {
+                len: len as u16,
+                sum: sum_be_words(padded, 0),
+            };
+            assert!(icmp6_port_unreachable(&mut head, rest), "{len}");
+            let icmp_len = (ICMP_HLEN + QUOTE6_LEN + len) as u32;
+            assert_eq!(u16::from_be_bytes([head[18], head[19]]) as u32, icmp_len);
+            assert!(40 + icmp_len <= 1280, "within the minimum MTU");
+            // The whole message: the builder's part, then the tail.
+            let pseudo = pseudo6_sum(&head, PROTO_ICMPV6, icmp_len);
+            let acc = sum_be_words(&head[54..], pseudo);
+            assert!(verifies(padded, acc), "ICMPv6 checksum, rest {len}");
+        }
+        let too_long = QuoteRest {
+            len: QUOTE6_REST_MAX as u16 + 1,
+            sum: 0,
+        };
+        let mut head = [0u8; ICMP6_FRAME_LEN];
+        head[ICMP6_GROWTH..].copy_from_slice(&request);
+        assert!(!icmp6_port_unreachable(&mut head, too_long));
     }
 }

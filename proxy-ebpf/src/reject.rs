@@ -15,9 +15,9 @@ use proxy_common::{
     lb::TCP_RST,
     maps::{DropReason, Verdict, PROTO_TCP},
     reject::{
-        icmp6_port_unreachable, icmp_port_unreachable, tcp_rst, tcp_rst6, ICMP6_FRAME_LEN,
-        ICMP6_GROWTH, ICMP6_REQUEST_LEN, ICMP_FRAME_LEN, ICMP_GROWTH, ICMP_REQUEST_LEN,
-        RST6_FRAME_LEN, RST_FRAME_LEN,
+        icmp6_port_unreachable, icmp_port_unreachable, tcp_rst, tcp_rst6, QuoteRest,
+        ICMP6_FRAME_LEN, ICMP6_GROWTH, ICMP6_REQUEST_LEN, ICMP_FRAME_LEN, ICMP_GROWTH,
+        ICMP_REQUEST_LEN, QUOTE6_REST_MAX, RST6_FRAME_LEN, RST_FRAME_LEN,
     },
 };
 
@@ -33,7 +33,8 @@ use crate::{
 enum Answer {
     /// A RST; the TCP payload length of the request.
     Rst(u16),
-    Unreachable,
+    /// An ICMP error; over IPv6, quoting `QuoteRest` more of the request.
+    Unreachable(QuoteRest),
 }
 
 /// The IP header's length in the requests answered: IPv4 without
@@ -57,7 +58,12 @@ fn answer<F: Family>(ctx: &impl Frame, flow: &Flow<F>) -> Result<Answer, DropRea
         return Err(DropReason::RejectFailed);
     }
     if flow.proto != PROTO_TCP {
-        return Ok(Answer::Unreachable);
+        let rest = if F::HEADER_CHECKSUM {
+            QuoteRest::default()
+        } else {
+            quote_rest(ctx)
+        };
+        return Ok(Answer::Unreachable(rest));
     }
     if flow.tcp_flags & TCP_RST != 0 {
         return Err(DropReason::NoBackend);
@@ -68,6 +74,50 @@ fn answer<F: Family>(ctx: &impl Frame, flow: &Flow<F>) -> Result<Answer, DropRea
     Ok(Answer::Rst(
         flow.ip_len.saturating_sub(ip_len as u16 + header_len),
     ))
+}
+
+/// What an ICMPv6 error quotes of the request past the builder's prefix:
+/// the rest of the (linear) frame, up to the minimum MTU's bound, and its
+/// sum. Words are read as big-endian, as the builder sums.
+#[inline(always)]
+fn quote_rest(ctx: &impl Frame) -> QuoteRest {
+    let start = ICMP6_REQUEST_LEN;
+    let frame_len = ctx.data_end() - ctx.data();
+    let len = frame_len.saturating_sub(start).min(QUOTE6_REST_MAX);
+    let words = len / 4;
+    let mut sum = 0u32;
+    for i in 0..QUOTE6_REST_MAX / 4 {
+        if i >= words {
+            break;
+        }
+        let Some(word) = ptr_at_mut::<u32>(ctx, start + i * 4) else {
+            return QuoteRest::default();
+        };
+        // SAFETY: bounds-checked just above.
+        let word = u32::from_be(unsafe { word.read_unaligned() });
+        sum += (word >> 16) + (word & 0xffff);
+    }
+    let tail = start + words * 4;
+    if len & 2 != 0 {
+        let Some(half) = ptr_at_mut::<[u8; 2]>(ctx, tail) else {
+            return QuoteRest::default();
+        };
+        // SAFETY: bounds-checked just above.
+        sum += u16::from_be_bytes(unsafe { *half }) as u32;
+    }
+    if len & 1 != 0 {
+        // Read with the byte before it: a one-byte bounds check compiles
+        // to a comparison the verifier draws no range from.
+        let Some(pair) = ptr_at_mut::<[u8; 2]>(ctx, tail + (len & 2) - 1) else {
+            return QuoteRest::default();
+        };
+        // SAFETY: bounds-checked just above.
+        sum += (unsafe { *pair }[1] as u32) << 8;
+    }
+    QuoteRest {
+        len: len as u16,
+        sum,
+    }
 }
 
 /// Rewrites the (resized) frame into the answer and counts it.
@@ -88,18 +138,18 @@ fn rewrite<F: Family>(ctx: &impl Frame, answer: &Answer) -> Result<(), DropReaso
             tcp_rst6(unsafe { &mut *frame }, payload_len)
                 .then(|| stats::count_verdict(Verdict::RejectedTcp))
         }
-        (Answer::Unreachable, true) => {
+        (Answer::Unreachable(_), true) => {
             let frame =
                 ptr_at_mut::<[u8; ICMP_FRAME_LEN]>(ctx, 0).ok_or(DropReason::RejectFailed)?;
             // SAFETY: bounds-checked just above.
             icmp_port_unreachable(unsafe { &mut *frame })
                 .then(|| stats::count_verdict(Verdict::RejectedUdp))
         }
-        (Answer::Unreachable, false) => {
+        (Answer::Unreachable(rest), false) => {
             let frame =
                 ptr_at_mut::<[u8; ICMP6_FRAME_LEN]>(ctx, 0).ok_or(DropReason::RejectFailed)?;
             // SAFETY: bounds-checked just above.
-            icmp6_port_unreachable(unsafe { &mut *frame })
+            icmp6_port_unreachable(unsafe { &mut *frame }, rest)
                 .then(|| stats::count_verdict(Verdict::RejectedUdp))
         }
     };
@@ -113,8 +163,8 @@ fn sizes<F: Family>(answer: &Answer) -> (usize, usize) {
     match (answer, F::HEADER_CHECKSUM) {
         (Answer::Rst(_), true) => (RST_FRAME_LEN, 0),
         (Answer::Rst(_), false) => (RST6_FRAME_LEN, 0),
-        (Answer::Unreachable, true) => (ICMP_REQUEST_LEN, ICMP_GROWTH),
-        (Answer::Unreachable, false) => (ICMP6_REQUEST_LEN, ICMP6_GROWTH),
+        (Answer::Unreachable(_), true) => (ICMP_REQUEST_LEN, ICMP_GROWTH),
+        (Answer::Unreachable(rest), false) => (ICMP6_REQUEST_LEN + rest.len as usize, ICMP6_GROWTH),
     }
 }
 
@@ -140,6 +190,12 @@ pub fn xdp_reject<F: Family>(ctx: &XdpContext, flow: &Flow<F>) -> Result<u32, Dr
 /// tc, on the host side of a pod interface: answers `flow` back into the pod.
 #[inline(always)]
 pub fn tc_reject<F: Family>(ctx: &TcContext, flow: &Flow<F>) -> Result<i32, DropReason> {
+    if !F::HEADER_CHECKSUM && flow.proto != PROTO_TCP {
+        // What an ICMPv6 error quotes must be linear to be summed; on
+        // failure it quotes what is.
+        let want = (ICMP6_REQUEST_LEN + QUOTE6_REST_MAX) as u32;
+        let _ = ctx.pull_data(if ctx.len() < want { ctx.len() } else { want });
+    }
     let answer = answer(ctx, flow)?;
     let (keep, grow) = sizes::<F>(&answer);
     let skb = ctx.skb.skb;

@@ -552,7 +552,8 @@ pub fn assert_rst_answers(out: &[u8], request: &Packet) {
 
 /// Checks that `out` is the ICMP (ICMPv6) port unreachable answering
 /// `request` (the request's frame bytes): from its destination to its
-/// source, quoting its IP header and first 8 bytes of UDP, checksums right.
+/// source, quoting its IP header and first 8 bytes of UDP (ICMPv6: as much
+/// of it as fits 1280 bytes), checksums right.
 pub fn assert_port_unreachable_answers(out: &[u8], request: &[u8]) {
     let req = parse(request).expect("request parses");
     assert_eq!(out[0..6], request[6..12], "back to the sender");
@@ -570,7 +571,9 @@ pub fn assert_port_unreachable_answers(out: &[u8], request: &[u8]) {
         assert_eq!(fold(sum_words(icmp, 0)), 0xffff, "ICMP checksum");
         assert_eq!(icmp[8..], request[req.l3_off..req.l4_off + 8], "quote");
     } else {
-        let quote = IPV6_HLEN + 8;
+        // As much of the request as keeps the error within IPv6's minimum
+        // MTU (RFC 4443): 1280 less the error's own 48 bytes of headers.
+        let quote = (request.len() - req.l3_off).min(1280 - IPV6_HLEN - 8);
         assert_eq!(
             out.len(),
             ETH_HLEN + IPV6_HLEN + 8 + quote,

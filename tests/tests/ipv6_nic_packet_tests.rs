@@ -216,11 +216,17 @@ fn nic_cases() -> Vec<Case> {
                     XDP_TX,
                     Out::PortUnreachable,
                 ),
+                arriving(
+                    "datagram longer than the minimum MTU allows to quote",
+                    Packet::udp(client(40002), nodeport()).payload(&[0x5a; 1400]),
+                    XDP_TX,
+                    Out::PortUnreachable,
+                ),
             ],
             vec![
                 Count::ConntrackEntries(0),
                 Count::Verdicts(Verdict::RejectedTcp, 1),
-                Count::Verdicts(Verdict::RejectedUdp, 1),
+                Count::Verdicts(Verdict::RejectedUdp, 2),
             ],
         ),
         nic_case(

@@ -317,6 +317,18 @@ fn ipv6_cases() -> Vec<Case> {
                     Out::PortUnreachable,
                 ),
                 out(
+                    "datagram of odd length, quoted whole",
+                    Packet::udp(client(40009), no_backends_udp).payload(b"query"),
+                    TC_ACT_REDIRECT,
+                    Out::PortUnreachable,
+                ),
+                out(
+                    "datagram longer than the minimum MTU allows to quote",
+                    Packet::udp(client(40010), no_backends_udp).payload(&[0xa5; 1400]),
+                    TC_ACT_REDIRECT,
+                    Out::PortUnreachable,
+                ),
+                out(
                     "RST",
                     Packet::tcp(client(40006), no_backends_tcp).tcp_flags(0x04),
                     TC_ACT_SHOT,
@@ -331,7 +343,7 @@ fn ipv6_cases() -> Vec<Case> {
             ],
             vec![
                 Count::Verdicts(Verdict::RejectedTcp, 2),
-                Count::Verdicts(Verdict::RejectedUdp, 1),
+                Count::Verdicts(Verdict::RejectedUdp, 3),
                 Count::ConntrackEntries(0),
             ],
         ),
