@@ -145,18 +145,20 @@ const MAX_OFFSET: usize = 0x3fff;
 /// a packet pointer.
 static mut VERIFIER_ZERO: u16 = 0;
 
-/// `off`, unchanged, as the verifier sees any offset up to [`MAX_OFFSET`]
+/// `off`, unchanged, as the verifier sees a range up to [`MAX_OFFSET`]
 /// (`None`: past it). The L4 offset after IPv6 extension headers is a
 /// different range for each number of headers, and the verifier walked the
-/// rest of a program once per range; widened, every path past extension
-/// headers is one state (instructions verified, Linux 6.18: the NIC
+/// rest of a program once per range; widened, the paths past extension
+/// headers share their states (instructions verified, Linux 6.18: the NIC
 /// program 260,524 → 126,741, `pod_ingress` 102,703 → 40,388). Packets
 /// without extension headers keep their constant offset, and skip the load.
 #[inline(always)]
 fn widened(off: usize) -> Option<usize> {
     // SAFETY: a read of a plain integer nothing writes.
     let zero = unsafe { core::ptr::read_volatile(&raw const VERIFIER_ZERO) };
-    let off = off | zero as usize;
+    // Added, not ORed: 5.10's verifier forgets all it knows of a value ORed
+    // with an unknown one.
+    let off = off + zero as usize;
     (off <= MAX_OFFSET).then_some(off)
 }
 
