@@ -140,26 +140,25 @@ pub struct Ipv6Hdr {
 const MAX_OFFSET: usize = 0x3fff;
 
 /// Zero, in a global the programs never write: the verifier cannot know
-/// its value (.bss is a writable map). 16 bits: what it widens stays a
-/// small positive number, which older verifiers (5.10) need to add it to
-/// a packet pointer.
+/// its value (.bss is a writable map).
 static mut VERIFIER_ZERO: u16 = 0;
 
-/// `off`, unchanged, as the verifier sees a range up to [`MAX_OFFSET`]
-/// (`None`: past it). The L4 offset after IPv6 extension headers is a
-/// different range for each number of headers, and the verifier walked the
-/// rest of a program once per range; widened, the paths past extension
-/// headers share their states (instructions verified, Linux 6.18: the NIC
-/// program 260,524 → 126,741, `pod_ingress` 102,703 → 40,388). Packets
-/// without extension headers keep their constant offset, and skip the load.
+/// `off`, unchanged, as the verifier sees a range up to [`MAX_OFFSET`].
+/// The L4 offset after IPv6 extension headers is a different range for
+/// each number of headers, and the verifier walked the rest of a program
+/// once per range; widened, the paths past extension headers share their
+/// states (instructions verified, Linux 6.18: the NIC program 260,524 →
+/// 126,741, `pod_ingress` 102,703 → 40,388). Added, then masked (no
+/// offset here reaches the mask): 5.10's verifier forgets a value ORed
+/// with an unknown one, and bounds a packet pointer only below 64 KiB,
+/// which a mask holds for every copy of the value and a comparison only
+/// for the one compared. Packets without extension headers keep their
+/// constant offset, and skip the load.
 #[inline(always)]
-fn widened(off: usize) -> Option<usize> {
+fn widened(off: usize) -> usize {
     // SAFETY: a read of a plain integer nothing writes.
     let zero = unsafe { core::ptr::read_volatile(&raw const VERIFIER_ZERO) };
-    // Added, not ORed: 5.10's verifier forgets all it knows of a value ORed
-    // with an unknown one.
-    let off = off + zero as usize;
-    (off <= MAX_OFFSET).then_some(off)
+    (off + zero as usize) & MAX_OFFSET
 }
 
 /// Returns a pointer to a `T` at `off`, or `None` if it does not fit.
@@ -333,8 +332,11 @@ fn parse_ipv6(ctx: &impl Frame, l3_off: usize) -> Result<Ipv6Flow, Unparsed> {
         }
         next = ext[0];
     }
+    if l4_off > MAX_OFFSET {
+        return Err(Unparsed::NotOurs);
+    }
     if l4_off != l3_off + IPV6_HLEN {
-        l4_off = widened(l4_off).ok_or(Unparsed::NotOurs)?;
+        l4_off = widened(l4_off);
     }
     let (src_port, dst_port, tcp_flags) = ports(ctx, l4_off, next, MAX_HEADERS6)?;
     Ok(Flow {

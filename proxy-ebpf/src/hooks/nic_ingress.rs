@@ -23,24 +23,26 @@ use crate::{
 
 #[xdp]
 pub fn nic_ingress(ctx: XdpContext) -> u32 {
-    stats::xdp_verdict(translate(&ctx))
-}
-
-/// Ok carries the XDP action.
-#[inline(always)]
-fn translate(ctx: &XdpContext) -> Result<u32, DropReason> {
-    match parse::l3(ctx) {
-        Some(L3::V4(l3_off)) => translate_family::<u32>(ctx, l3_off),
-        Some(L3::V6(l3_off)) => translate_family::<Addr6>(ctx, l3_off),
-        None => Ok(xdp_action::XDP_PASS),
+    match parse::l3(&ctx) {
+        Some(L3::V4(l3_off)) => translate_family::<u32>(&ctx, l3_off),
+        Some(L3::V6(l3_off)) => translate_family::<Addr6>(&ctx, l3_off),
+        None => xdp_action::XDP_PASS,
     }
 }
 
 /// A subprogram per family (a BPF-to-BPF call), each parsing its own
 /// packet: inlined side by side, the two families' stack frames would be
-/// summed past the 512 bytes BPF allows a program.
+/// summed past the 512 bytes BPF allows a program. It returns the XDP
+/// action, a plain number: a `Result` may come back through the caller's
+/// stack, which the verifier refuses.
 #[inline(never)]
-fn translate_family<F: Family>(ctx: &XdpContext, l3_off: usize) -> Result<u32, DropReason> {
+fn translate_family<F: Family>(ctx: &XdpContext, l3_off: usize) -> u32 {
+    stats::xdp_verdict(translate::<F>(ctx, l3_off))
+}
+
+/// Ok carries the XDP action.
+#[inline(always)]
+fn translate<F: Family>(ctx: &XdpContext, l3_off: usize) -> Result<u32, DropReason> {
     let Some(flow) = F::linear_flow(ctx, l3_off) else {
         return Ok(xdp_action::XDP_PASS);
     };
