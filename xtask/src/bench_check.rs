@@ -41,6 +41,8 @@ const REQUIRED_ROWS: &[(&str, &[&str])] = &[
             "| floor (empty XDP), one repetition per call",
             "| NodePort new flow, local backend",
             "| NodePort new flow, remote backend",
+            "| IPv6 NodePort established, local backend",
+            "| IPv6 NodePort new flow, remote backend",
         ],
     ),
     (
@@ -156,7 +158,9 @@ mod tests {
          | established (CT hit) | 170 |\n| new flow (x) | 900 |\n| reply (y) | 140 |\n\
          | IPv6 established (CT hit) | 190 |\n| IPv6 reply (y) | 150 |\n\
          | floor (empty XDP), one repetition per call | 70 |\n| NodePort new flow, local backend (z) | 1000 |\n\
-         | NodePort new flow, remote backend (w) | 1100 |\n\n\
+         | NodePort new flow, remote backend (w) | 1100 |\n\
+         | IPv6 NodePort established, local backend (v) | 180 |\n\
+         | IPv6 NodePort new flow, remote backend (w) | 1150 |\n\n\
          ## 2. Through a ClusterIP while N other Services exist\n\n| other | path | conn/s |\n|---:|---|---:|\n\
          | 1 | no proxy (pod IP) | 1 |\n| 1 | kxdp | 1 |\n| 1 | kube-proxy iptables (nft backend) | 1 |\n\
          | 1 | kube-proxy iptables (legacy) | 1 |\n| 1 | kube-proxy nftables | 1 |\n\n\
