@@ -138,6 +138,14 @@ impl Agent {
         bail!("agent did not log {needles:?} {n} times within {timeout:?}")
     }
 
+    /// Makes `change` (to what the agent reads) and waits (bounded) for
+    /// its next sync.
+    pub fn synced_after(&mut self, change: impl FnOnce(), timeout: Duration) -> anyhow::Result<()> {
+        let before = self.count(&["synced"]);
+        change();
+        self.wait_for(&["synced"], before + 1, timeout)
+    }
+
     /// SIGTERM, then wait (bounded) for the exit status.
     pub fn stop(mut self) -> anyhow::Result<ExitStatus> {
         run(Command::new("kill").args(["-TERM", &self.child.id().to_string()]))?;

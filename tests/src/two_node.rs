@@ -22,8 +22,9 @@
 //! everything is removed on drop, also when a test panics.
 
 use std::{
+    collections::BTreeSet,
     ffi::OsStr,
-    net::{Ipv4Addr, Ipv6Addr},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     os::fd::AsRawFd,
     path::{Path, PathBuf},
     time::Duration,
@@ -74,6 +75,22 @@ pub fn ipv6_twin_cidr(cidr: &str) -> String {
     let (addr, len) = cidr.split_once('/').expect("a CIDR");
     assert_eq!(len, "24", "only /24s have a /64 twin");
     format!("{}/64", ipv6_twin(addr.parse().expect("an IPv4 address")))
+}
+
+/// (backend, client address it saw) of a `kxdp-peer serve` answer
+/// `backend=NAME client=ADDR:PORT …` (an IPv6 client in brackets).
+pub fn parse_answer(answer: &str) -> (String, IpAddr) {
+    let field = |key: &str| {
+        answer
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix(key))
+            .unwrap_or_else(|| panic!("no {key} in {answer:?}"))
+            .to_string()
+    };
+    let client: SocketAddr = field("client=")
+        .parse()
+        .unwrap_or_else(|e| panic!("client in {answer:?}: {e}"));
+    (field("backend="), client.ip())
 }
 
 /// Ports every pod's `kxdp-peer serve` listens on.
@@ -498,6 +515,19 @@ impl TwoNode {
         self.run_in(&self.ext, &self.peer, &["udp-probe", target, &timeout_ms])
     }
 
+    /// `n` HTTP GETs from `ext` to `target`, every one answered: the
+    /// (backend, client address seen) pairs.
+    pub fn ext_answers(&self, target: &str, n: usize) -> BTreeSet<(String, IpAddr)> {
+        (0..n)
+            .map(|i| {
+                let answer = self
+                    .ext_http_get(target)
+                    .unwrap_or_else(|e| panic!("GET {target} #{i}: {e}"));
+                parse_answer(&answer)
+            })
+            .collect()
+    }
+
     /// Writes (or replaces) manifest `file` for node A's agent, atomically.
     pub fn write_manifest(&self, file: &str, yaml: &str) -> anyhow::Result<()> {
         Ok(write_manifest(&self.manifests, file, yaml)?)
@@ -522,6 +552,17 @@ impl TwoNode {
         ];
         all.extend_from_slice(flags);
         Agent::start_on(&host, &all)
+    }
+}
+
+impl TwoNode {
+    /// [`Self::start_agent`] without flags, once it has synced and attached
+    /// XDP (each awaited up to `timeout`).
+    pub fn start_agent_attached(&self, timeout: Duration) -> anyhow::Result<Agent> {
+        let mut agent = self.start_agent(&[])?;
+        agent.wait_for(&["synced"], 1, timeout)?;
+        agent.wait_for(&["attached XDP"], 1, timeout)?;
+        Ok(agent)
     }
 }
 

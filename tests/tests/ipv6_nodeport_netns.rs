@@ -122,44 +122,16 @@ fn web_lb() -> ServiceManifest {
         .load_balancer_ingress(&[LB_INGRESS_IP.into(), ipv6_twin(LB_INGRESS_IP).into()])
 }
 
-/// Starts node A's agent and waits until it has synced and attached XDP.
 fn start_agent(t: &TwoNode) -> Agent {
-    let mut agent = t.start_agent(&[]).unwrap();
-    agent.wait_for(&["synced"], 1, WAIT).unwrap();
-    agent.wait_for(&["attached XDP"], 1, WAIT).unwrap();
-    agent
+    t.start_agent_attached(WAIT).unwrap()
 }
 
 fn apply(agent: &mut Agent, change: impl FnOnce()) {
-    let before = agent.count(&["synced"]);
-    change();
-    agent.wait_for(&["synced"], before + 1, WAIT).unwrap();
+    agent.synced_after(change, WAIT).unwrap();
 }
 
-/// (backend, client address it saw) of an answer `backend=NAME client=A:P`
-/// (an IPv6 client in brackets).
-fn parse_answer(answer: &str) -> (String, IpAddr) {
-    let field = |key: &str| {
-        answer
-            .split_whitespace()
-            .find_map(|w| w.strip_prefix(key))
-            .unwrap_or_else(|| panic!("no {key} in {answer:?}"))
-            .to_string()
-    };
-    let client: SocketAddr = field("client=").parse().unwrap();
-    (field("backend="), client.ip())
-}
-
-/// `n` HTTP GETs from the external client to `target`, every one answered.
 fn answers(t: &TwoNode, target: &str, n: usize) -> BTreeSet<(String, IpAddr)> {
-    (0..n)
-        .map(|i| {
-            let answer = t
-                .ext_http_get(target)
-                .unwrap_or_else(|e| panic!("GET {target} #{i}: {e}"));
-            parse_answer(&answer)
-        })
-        .collect()
+    t.ext_answers(target, n)
 }
 
 fn backends(seen: BTreeSet<(String, IpAddr)>) -> BTreeSet<String> {

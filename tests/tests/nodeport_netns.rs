@@ -4,12 +4,16 @@
 //! backends answer with the client address they saw, so SNAT and client
 //! address preservation are visible. Needs root; fails, never skips, without.
 
-use std::{collections::BTreeSet, net::Ipv4Addr, time::Duration};
+use std::{
+    collections::BTreeSet,
+    net::{IpAddr, Ipv4Addr},
+    time::Duration,
+};
 
 use kxdp_testbed::{
     agent::Agent,
     manifests::{endpoint_slice, Endpoint, EndpointPort, ServiceManifest, SLICE_CONTROLLER},
-    two_node::{NodeId, TwoNode, EXTERNAL_IP, EXT_IP, LB_INGRESS_IP},
+    two_node::{parse_answer, NodeId, TwoNode, EXTERNAL_IP, EXT_IP, LB_INGRESS_IP},
 };
 
 const WAIT: Duration = Duration::from_secs(10);
@@ -64,46 +68,16 @@ fn web_lb() -> ServiceManifest {
     ServiceManifest::loadbalancer_web_lb(CLUSTER_IP, LB_NODE_PORTS, LB_INGRESS_IP)
 }
 
-/// Starts node A's agent and waits until it has synced and attached XDP.
 fn start_agent(t: &TwoNode) -> Agent {
-    let mut agent = t.start_agent(&[]).unwrap();
-    agent.wait_for(&["synced"], 1, WAIT).unwrap();
-    agent.wait_for(&["attached XDP"], 1, WAIT).unwrap();
-    agent
+    t.start_agent_attached(WAIT).unwrap()
 }
 
-/// Makes a change and waits for the agent's next sync.
 fn apply(agent: &mut Agent, change: impl FnOnce()) {
-    let before = agent.count(&["synced"]);
-    change();
-    agent.wait_for(&["synced"], before + 1, WAIT).unwrap();
+    agent.synced_after(change, WAIT).unwrap();
 }
 
-/// (backend, client address it saw) of an answer `backend=NAME client=A:P`.
-fn parse_answer(answer: &str) -> (String, Ipv4Addr) {
-    let field = |key: &str| {
-        answer
-            .split_whitespace()
-            .find_map(|w| w.strip_prefix(key))
-            .unwrap_or_else(|| panic!("no {key} in {answer:?}"))
-            .to_string()
-    };
-    let client = field("client=");
-    let addr = client.rsplit_once(':').map_or(client.as_str(), |(a, _)| a);
-    (field("backend="), addr.parse().unwrap())
-}
-
-/// `n` HTTP GETs from the external client to `target`; every one must be
-/// answered: the (backend, client address seen) pairs.
-fn answers(t: &TwoNode, target: &str, n: usize) -> BTreeSet<(String, Ipv4Addr)> {
-    (0..n)
-        .map(|i| {
-            let answer = t
-                .ext_http_get(target)
-                .unwrap_or_else(|e| panic!("GET {target} #{i}: {e}"));
-            parse_answer(&answer)
-        })
-        .collect()
+fn answers(t: &TwoNode, target: &str, n: usize) -> BTreeSet<(String, IpAddr)> {
+    t.ext_answers(target, n)
 }
 
 #[test]
@@ -123,16 +97,19 @@ fn nodeport_with_policy_cluster_reaches_local_and_remote_backends() {
     // which SNATed the flow so the reply comes back through it.
     assert_eq!(
         seen,
-        BTreeSet::from([("a1".into(), EXT_IP), ("b1".into(), node_a())]),
+        BTreeSet::from([("a1".into(), EXT_IP.into()), ("b1".into(), node_a().into())]),
     );
     // A pod on node A reaches the node port too, as itself, on either node.
     let client = t.pod("c1");
-    let from_pod: BTreeSet<(String, Ipv4Addr)> = (0..20)
+    let from_pod: BTreeSet<(String, IpAddr)> = (0..20)
         .map(|_| parse_answer(&t.curl(&client.netns, &target, WAIT).unwrap()))
         .collect();
     assert_eq!(
         from_pod,
-        BTreeSet::from([("a1".into(), client.ip), ("b1".into(), client.ip)]),
+        BTreeSet::from([
+            ("a1".into(), client.ip.into()),
+            ("b1".into(), client.ip.into())
+        ]),
     );
 }
 
@@ -194,7 +171,7 @@ fn policy_local_keeps_the_client_address_and_serves_health_checks() {
         // Only node A's own endpoint, and it sees the real client.
         assert_eq!(
             answers(&t, &target, 20),
-            BTreeSet::from([("a1".into(), EXT_IP)]),
+            BTreeSet::from([("a1".into(), EXT_IP.into())]),
             "{target}"
         );
     }
@@ -255,11 +232,14 @@ fn source_ranges_keep_outside_clients_off_the_load_balancer_address() {
     // The ranges guard the load balancer's address, not the NodePort.
     assert_eq!(
         answers(&t, &format!("{}:{}", node_a(), LB_NODE_PORTS[0]), 3),
-        BTreeSet::from([("a1".into(), EXT_IP)])
+        BTreeSet::from([("a1".into(), EXT_IP.into())])
     );
     apply(&mut agent, || {
         let lan = web_lb().source_ranges(&["10.0.0.0/8", "192.168.50.0/24"]);
         t.write_manifest("web-lb.yaml", &lan.to_yaml()).unwrap()
     });
-    assert_eq!(answers(&t, &lb, 3), BTreeSet::from([("a1".into(), EXT_IP)]));
+    assert_eq!(
+        answers(&t, &lb, 3),
+        BTreeSet::from([("a1".into(), EXT_IP.into())])
+    );
 }
