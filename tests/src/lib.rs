@@ -5,6 +5,7 @@ pub mod datapath;
 pub mod fake_apiserver;
 pub mod manifests;
 pub mod netns;
+pub mod nic_checks;
 pub mod nic_netns;
 pub mod packet;
 pub mod privileged;

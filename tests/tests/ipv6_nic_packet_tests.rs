@@ -13,6 +13,7 @@ use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use kxdp_testbed::{
     cases::{self, Case, Count, Frame, Frontend, Hook, Out, Step},
     datapath::{Datapath, TC_ACT_REDIRECT, XDP_DROP, XDP_PASS, XDP_TX},
+    nic_checks,
     nic_netns::{self, CLIENT6, CLIENT_MAC, NIC_MAC, NODE_ADDR6, OTHER_NODE_MAC},
     packet::{self, Packet, IPV6_FRAGMENT, IPV6_HOP_BY_HOP, PROTO_ICMPV6},
 };
@@ -20,8 +21,7 @@ use proxy_common::{
     addr::addr6_to_net,
     maps::{
         port_to_net, DropReason, FrontendKey6, Verdict, CT_SNAT, FRONTEND_SNAT_REMOTE,
-        FRONTEND_SOURCE_RANGES, PROTO_TCP, PROTO_UDP, SCOPE_NODE, SCOPE_POD, SNAT_PORT_MAX,
-        SNAT_PORT_MIN,
+        FRONTEND_SOURCE_RANGES, PROTO_TCP, PROTO_UDP, SCOPE_NODE, SCOPE_POD,
     },
 };
 
@@ -287,26 +287,8 @@ fn ipv6_nic_packet_cases() {
     cases::run(nic_cases());
 }
 
-/// The SNAT port of a remote backend's flow, checking the rest of the
-/// frame: from the node's IPv6 address, to the backend, towards the other
-/// node's MAC, hop limit spent.
 fn assert_snated(out: &[u8], request: &Packet, backend: SocketAddr) -> u16 {
-    packet::verify_checksums(out).unwrap_or_else(|e| panic!("{e}"));
-    let port = packet::src(out).port();
-    assert!(
-        (SNAT_PORT_MIN..=SNAT_PORT_MAX).contains(&port),
-        "SNAT port {port} out of range"
-    );
-    let expected = Packet {
-        src_mac: NIC_MAC,
-        dst_mac: OTHER_NODE_MAC,
-        ttl: request.ttl - 1,
-        ..request.clone()
-    }
-    .with_src(sa(NODE_ADDR6, port))
-    .with_dst(backend);
-    assert_eq!(out, expected.build(), "forwarded to the other node");
-    port
+    nic_checks::assert_snated(out, request, backend, NODE_ADDR6.into())
 }
 
 #[test]
@@ -371,16 +353,13 @@ fn an_ipv6_nodeport_to_a_remote_backend_is_snated_and_its_reply_translated_back(
     assert!(dp.conntrack().is_empty(), "nothing in the IPv4 table");
 }
 
-/// As over IPv4: a backend on this node that the NIC program SNATed as a
-/// remote one (its endpoint named no node) gets its reply translated back
-/// to the client where it leaves the pod.
+/// See `nic_checks::assert_local_backend_taken_for_remote_is_answered`.
 #[test]
 fn a_local_ipv6_backend_taken_for_a_remote_one_gets_its_reply_translated_back() {
     let nic = nic_netns::enter();
     let mut dp = Datapath::load();
     dp.set_nic_addr(nic, NODE_ADDR6);
     let key = key(NODE_ADDR6, NODE_PORT, PROTO_TCP, SCOPE_NODE);
-    let backend = sa(LOCAL_POD, 8080);
     dp.add_frontend_any(
         key,
         1,
@@ -388,23 +367,11 @@ fn a_local_ipv6_backend_taken_for_a_remote_one_gets_its_reply_translated_back() 
         &[(LOCAL_POD.into(), 8080, false)],
     );
     let syn = from_client(Packet::tcp(client(40000), nodeport()));
-    let (verdict, out) = dp.run_nic(&syn.build(), nic);
-    assert_eq!(verdict, XDP_PASS, "no route to it from the NIC's FIB");
-    packet::verify_checksums(&out).unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(packet::dst(&out), backend);
-    let snat = packet::src(&out);
-    assert_eq!(snat.ip(), IpAddr::V6(NODE_ADDR6));
-
-    let reply = Packet::tcp(backend, snat).tcp_flags(SYN_ACK);
-    let pod_side = nic_netns::ifindex(nic_netns::POD_SIDE);
-    let (verdict, out) = dp.run_from(&reply.build(), pod_side);
-    assert_eq!(verdict, TC_ACT_REDIRECT, "out of the NIC, past the stack");
-    packet::verify_checksums(&out).unwrap_or_else(|e| panic!("{e}"));
-    let expected = Packet {
-        ttl: reply.ttl - 1,
-        ..reply.clone()
-    }
-    .with_src(nodeport())
-    .with_dst(client(40000));
-    assert_eq!(out, expected.build(), "from the NodePort to the client");
+    nic_checks::assert_local_backend_taken_for_remote_is_answered(
+        &mut dp,
+        nic,
+        &syn,
+        sa(LOCAL_POD, 8080),
+        NODE_ADDR6.into(),
+    );
 }

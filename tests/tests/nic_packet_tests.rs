@@ -16,6 +16,7 @@ use kxdp_testbed::{
         datapath_now_s, datapath_s_ago, Datapath, TestBackend, TC_ACT_REDIRECT, XDP_DROP, XDP_PASS,
         XDP_REDIRECT, XDP_TX,
     },
+    nic_checks,
     nic_netns::{self, CLIENT, CLIENT_MAC, NIC_MAC, NODE_ADDR, OTHER_NODE_MAC},
     packet::{self, Packet, L4, PROTO_ICMP},
 };
@@ -361,22 +362,7 @@ fn nic_packet_cases() {
 
 /// The SNAT port a remote-backend flow got, checking the rest of the frame.
 fn assert_snated(out: &[u8], request: &Packet, backend: SocketAddr) -> u16 {
-    packet::verify_checksums(out).unwrap_or_else(|e| panic!("{e}"));
-    let port = packet::src(out).port();
-    assert!(
-        (SNAT_PORT_MIN..=SNAT_PORT_MAX).contains(&port),
-        "SNAT port {port} out of range"
-    );
-    let expected = Packet {
-        src_mac: NIC_MAC,
-        dst_mac: OTHER_NODE_MAC,
-        ttl: request.ttl - 1,
-        ..request.clone()
-    }
-    .with_src(sa(NODE_ADDR, port))
-    .with_dst(backend);
-    assert_eq!(out, expected.build(), "forwarded to the other node");
-    port
+    nic_checks::assert_snated(out, request, backend, NODE_ADDR.into())
 }
 
 #[test]
@@ -578,34 +564,19 @@ fn a_remote_backend_without_a_route_is_left_to_the_stack() {
     );
 }
 
-/// A backend on this node whose endpoint names no node (or another) is
-/// SNATed like a remote one and handed to the stack, which routes it to the
-/// pod; the pod's reply comes back through its own interface, where
-/// `pod_ingress` translates it back to the client, as the NIC would.
+/// See `nic_checks::assert_local_backend_taken_for_remote_is_answered`.
 #[test]
 fn a_local_backend_taken_for_a_remote_one_gets_its_reply_translated_back() {
-    let backend = sa(LOCAL_POD, 8080);
     let (mut dp, nic) = nodeport_datapath(FRONTEND_SNAT_REMOTE, &[(LOCAL_POD, 8080, false)]);
     let syn = from_client(Packet::tcp(client(40000), nodeport()));
-    let (verdict, out) = dp.run_nic(&syn.build(), nic);
-    assert_eq!(verdict, XDP_PASS, "no route to it from the NIC's FIB");
-    packet::verify_checksums(&out).unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(packet::dst(&out), backend);
-    let snat = packet::src(&out);
-    assert_eq!(packet::ipv4(snat.ip()), NODE_ADDR);
-
-    let reply = Packet::tcp(backend, snat).tcp_flags(packet::TCP_SYN | packet::TCP_ACK);
-    let pod_side = nic_netns::ifindex(nic_netns::POD_SIDE);
-    let (verdict, out) = dp.run_from(&reply.build(), pod_side);
-    assert_eq!(verdict, TC_ACT_REDIRECT, "out of the NIC, past the stack");
-    packet::verify_checksums(&out).unwrap_or_else(|e| panic!("{e}"));
-    let expected = Packet {
-        ttl: reply.ttl - 1,
-        ..reply.clone()
-    }
-    .with_src(nodeport())
-    .with_dst(client(40000));
-    assert_eq!(out, expected.build(), "from the NodePort to the client");
+    let backend = sa(LOCAL_POD, 8080);
+    nic_checks::assert_local_backend_taken_for_remote_is_answered(
+        &mut dp,
+        nic,
+        &syn,
+        backend,
+        NODE_ADDR.into(),
+    );
 }
 
 fn flow_key(src: SocketAddr, dst: SocketAddr, proto: u8) -> FlowKey {
