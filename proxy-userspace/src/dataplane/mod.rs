@@ -127,8 +127,40 @@ pub fn retry_interrupted<T, E>(
     }
 }
 
-/// `program.load()` for aya programs, retried when interrupted.
+/// Signals blocked for the calling thread while this lives: the verifier
+/// gives up (EAGAIN) when one is pending for the loading thread, and over
+/// a program it takes a quarter of a second to check, a busy process (a
+/// test binary starting commands on other threads) interrupted every try.
+/// Signals that arrive meanwhile are delivered once this is dropped.
+struct SignalsBlocked(libc::sigset_t);
+
+impl SignalsBlocked {
+    fn new() -> Self {
+        // SAFETY: plain libc calls on sets we own; the mask is this
+        // thread's alone.
+        unsafe {
+            let mut all: libc::sigset_t = std::mem::zeroed();
+            let mut previous: libc::sigset_t = std::mem::zeroed();
+            libc::sigfillset(&mut all);
+            libc::pthread_sigmask(libc::SIG_BLOCK, &all, &mut previous);
+            Self(previous)
+        }
+    }
+}
+
+impl Drop for SignalsBlocked {
+    fn drop(&mut self) {
+        // SAFETY: restores the mask saved in `new`.
+        unsafe {
+            libc::pthread_sigmask(libc::SIG_SETMASK, &self.0, std::ptr::null_mut());
+        }
+    }
+}
+
+/// `program.load()` for aya programs, with signals held off and retried
+/// when interrupted all the same.
 pub fn load_program(load: impl FnMut() -> Result<(), ProgramError>) -> Result<(), ProgramError> {
+    let _held = SignalsBlocked::new();
     retry_interrupted(load, |e| {
         let io_error = match e {
             ProgramError::LoadError { io_error, .. } => io_error,
