@@ -9,6 +9,8 @@
 //! first: a flow is never forwarded unless its replies can be translated
 //! back (fail closed).
 
+use core::mem::MaybeUninit;
+
 use aya_ebpf::bindings::BPF_ANY;
 use proxy_common::maps::{CtEntryOf, DropReason, FlowKeyOf, CT_FORWARD, CT_REPLY};
 
@@ -74,28 +76,39 @@ pub struct Pair<F> {
     pub forward: CtEntryOf<F>,
 }
 
-/// The entries of `flow`, sent to `chosen` by frontend `frontend_id`, with
-/// `CT_*` `flags`. `stand_in`: the source the backend sees instead of the
-/// client, if any (the entries then hold both ends' translations);
-/// `last_seen`: the clock for entries that record liveness, else 0. Laid
-/// out in this CPU's scratch slot (`PAIR_SCRATCH`), valid until the
-/// program's next new connection.
+/// Where a new connection's entries are laid out before they go in.
+pub type PairSlot<F> = MaybeUninit<Pair<F>>;
+
+/// This CPU's scratch slot for a pair (`PAIR_SCRATCH`), for a program whose
+/// stack frame has no room for one (the NIC program's IPv6 path); valid
+/// until the program's next new connection.
 #[inline(always)]
-pub fn pair<F: Family>(
+pub fn scratch_slot<F: Family>() -> Result<&'static mut PairSlot<F>, DropReason> {
+    // A one-slot per-CPU array always has slot 0; were it missing, the
+    // flow could not be recorded: fail closed, as for a full table.
+    let slot = F::pair_scratch()
+        .get_ptr_mut(0)
+        .ok_or(DropReason::ConntrackFull)?;
+    // SAFETY: this CPU's slot, used by this program run alone; every
+    // field is written before it is read.
+    Ok(unsafe { &mut *slot.cast::<PairSlot<F>>() })
+}
+
+/// The entries of `flow`, sent to `chosen` by frontend `frontend_id`, with
+/// `CT_*` `flags`, laid out in `slot`. `stand_in`: the source the backend
+/// sees instead of the client, if any (the entries then hold both ends'
+/// translations); `last_seen`: the clock for entries that record liveness,
+/// else 0.
+#[inline(always)]
+pub fn pair<'a, F: Family>(
+    slot: &'a mut PairSlot<F>,
     flow: &Flow<F>,
     frontend_id: u32,
     chosen: &Selected<F>,
     flags: u8,
     stand_in: Option<Endpoint<F>>,
     last_seen: u32,
-) -> Result<&'static mut Pair<F>, DropReason> {
-    // A one-slot per-CPU array always has slot 0; were it missing, the
-    // flow could not be recorded: fail closed, as for a full table.
-    let slot = F::pair_scratch()
-        .get_ptr_mut(0)
-        .ok_or(DropReason::ConntrackFull)?;
-    // SAFETY: this CPU's slot, used by this program run alone.
-    let pair = unsafe { &mut *slot };
+) -> &'a mut Pair<F> {
     let client = (flow.src_addr, flow.src_port);
     let backend = (chosen.backend.addr, chosen.backend.port);
     let seen_as = stand_in.unwrap_or(client);
@@ -103,7 +116,7 @@ pub fn pair<F: Family>(
         Some(_) => (client, seen_as),
         None => ((F::default(), 0), (F::default(), 0)),
     };
-    pair.reply = CtEntryOf {
+    let reply = CtEntryOf {
         nat_addr: flow.dst_addr,
         nat_port: flow.dst_port,
         direction: CT_REPLY,
@@ -115,23 +128,25 @@ pub fn pair<F: Family>(
         _pad: 0,
         last_seen,
     };
-    pair.forward = CtEntryOf {
-        nat_addr: backend.0,
-        nat_port: backend.1,
-        direction: CT_FORWARD,
-        snat_addr: forward_snat.0,
-        snat_port: forward_snat.1,
-        ..pair.reply
-    };
-    pair.reply_key = tuple_key(backend, seen_as, flow.proto);
-    Ok(pair)
+    slot.write(Pair {
+        reply_key: tuple_key(backend, seen_as, flow.proto),
+        reply,
+        forward: CtEntryOf {
+            nat_addr: backend.0,
+            nat_port: backend.1,
+            direction: CT_FORWARD,
+            snat_addr: forward_snat.0,
+            snat_port: forward_snat.1,
+            ..reply
+        },
+    })
 }
 
 /// Records `pair`, reply entry first, and returns its forward entry.
 #[inline(always)]
 #[allow(
     clippy::needless_borrows_for_generic_args,
-    reason = "the entries are passed where they lie, in the scratch slot, not copied to the stack"
+    reason = "the entries are passed where they lie, not copied"
 )]
 pub fn record<F: Family>(flow: &Flow<F>, pair: &Pair<F>) -> Result<CtEntryOf<F>, DropReason> {
     F::conntrack()
@@ -145,7 +160,7 @@ pub fn record<F: Family>(flow: &Flow<F>, pair: &Pair<F>) -> Result<CtEntryOf<F>,
 #[inline(always)]
 #[allow(
     clippy::needless_borrows_for_generic_args,
-    reason = "the entries are passed where they lie, in the scratch slot, not copied to the stack"
+    reason = "the entries are passed where they lie, not copied"
 )]
 pub fn record_forward<F: Family>(
     flow: &Flow<F>,

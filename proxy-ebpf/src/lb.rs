@@ -8,7 +8,13 @@ use proxy_common::{
     maps::{CtEntryOf, DropReason, FrontendValue, CT_FORWARD, CT_FROM_NIC, CT_HAIRPIN, CT_SNAT},
 };
 
-use crate::{conntrack, family::Family, lookup, parse::Flow, select, snat};
+use crate::{
+    conntrack::{self, PairSlot},
+    family::Family,
+    lookup,
+    parse::Flow,
+    select, snat,
+};
 
 struct FlowLookups<'a, F> {
     flow: &'a Flow<F>,
@@ -70,23 +76,29 @@ impl<F: Family> Lookups for FlowLookups<'_, F> {
         let chosen = select::select_backend(frontend, flow)?;
         let backend = &chosen.backend;
         let id = frontend.id;
+        let mut on_stack = PairSlot::uninit();
+        let slot = match self.hook {
+            // The NIC program's IPv6 frame has no room left for the pair.
+            Hook::Nic => conntrack::scratch_slot()?,
+            Hook::Pod => &mut on_stack,
+        };
         let pair = match lb::recording(
             self.hook,
             frontend,
             backend.flags,
             backend.addr == flow.src_addr,
         ) {
-            Recording::Plain => conntrack::pair(flow, id, &chosen, 0, None, 0)?,
-            Recording::FromNic => conntrack::pair(flow, id, &chosen, CT_FROM_NIC, None, 0)?,
+            Recording::Plain => conntrack::pair(slot, flow, id, &chosen, 0, None, 0),
+            Recording::FromNic => conntrack::pair(slot, flow, id, &chosen, CT_FROM_NIC, None, 0),
             Recording::Hairpin => {
                 // The VIP with the client's port stands in as the source.
                 let stand_in = (flow.dst_addr, flow.src_port);
-                conntrack::pair(flow, id, &chosen, CT_HAIRPIN, Some(stand_in), 0)?
+                conntrack::pair(slot, flow, id, &chosen, CT_HAIRPIN, Some(stand_in), 0)
             }
             Recording::Snat => {
                 let node_addr =
                     F::nic_address(self.ingress_ifindex).ok_or(DropReason::NoSnatAddress)?;
-                return snat::create(flow, id, &chosen, &node_addr);
+                return snat::create(slot, flow, id, &chosen, &node_addr);
             }
         };
         conntrack::record(flow, pair)

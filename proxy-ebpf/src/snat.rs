@@ -16,7 +16,7 @@ use proxy_common::{
 };
 
 use crate::{
-    conntrack,
+    conntrack::{self, PairSlot},
     family::Family,
     kernel::now_s,
     parse::Flow,
@@ -104,9 +104,10 @@ fn reclaim<F: Family>(reply_key: &FlowKeyOf<F>, now: u32) -> bool {
 #[inline(always)]
 #[allow(
     clippy::needless_borrows_for_generic_args,
-    reason = "the entries are passed where they lie, in the scratch slot, not copied to the stack"
+    reason = "the entries are passed where they lie, not copied"
 )]
 pub fn create<F: Family>(
+    slot: &mut PairSlot<F>,
     flow: &Flow<F>,
     frontend_id: u32,
     chosen: &Selected<F>,
@@ -117,13 +118,14 @@ pub fn create<F: Family>(
     let hash = flow_hash(flow);
     let now = now_s();
     let pair = conntrack::pair(
+        slot,
         flow,
         frontend_id,
         chosen,
         CT_SNAT,
         Some((*node_addr, 0)),
         now,
-    )?;
+    );
     for attempt in 0..TRIES {
         let offset = hash.wrapping_add(attempt.wrapping_mul(STRIDE)) % span;
         let port = (SNAT_PORT_MIN + offset as u16).to_be();
