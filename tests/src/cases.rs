@@ -92,6 +92,19 @@ pub fn pod_case(
     }
 }
 
+/// A case on the NIC program (and the pod programs), in a `nic_netns`.
+pub fn nic_case(
+    name: &str,
+    frontends: Vec<Frontend>,
+    steps: Vec<Step>,
+    counts: Vec<Count>,
+) -> Case {
+    Case {
+        nic: true,
+        ..pod_case(name, frontends, steps, counts)
+    }
+}
+
 /// A step: packet `p` leaving a pod (`pod_ingress`).
 pub fn leaving_pod(what: &str, p: Packet, verdict: u32, expect: Out) -> Step {
     Step::new(what, Hook::PodIngress, Frame::Built(p), verdict, expect)

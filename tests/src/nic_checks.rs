@@ -1,14 +1,56 @@
-//! Checks of the NIC program's SNAT that read the same in either family,
-//! shared by the IPv4 and IPv6 NIC packet suites: run in a `nic_netns`,
-//! whose NIC has `NIC_MAC` and knows the other node and the client.
+//! What the IPv4 and IPv6 NIC packet suites share: the case table's
+//! builders for packets arriving from the client, and the checks of the
+//! NIC program's SNAT that read the same in either family. Run in a
+//! `nic_netns`, whose NIC has `NIC_MAC` and knows the other node and the
+//! client.
 
 use std::net::{IpAddr, SocketAddr};
 
+use proxy_userspace::sync::entries::FrontendMapKey;
+
 use crate::{
+    cases::{Frame, Frontend, Hook, Out, Step},
     datapath::{Datapath, TC_ACT_REDIRECT, XDP_PASS},
-    nic_netns::{self, NIC_MAC, OTHER_NODE_MAC},
+    nic_netns::{self, CLIENT_MAC, NIC_MAC, OTHER_NODE_MAC},
     packet::{self, Packet},
 };
+
+/// A packet as it arrives from the client, addressed to our NIC.
+pub fn from_client(p: Packet) -> Packet {
+    Packet {
+        src_mac: CLIENT_MAC,
+        dst_mac: NIC_MAC,
+        ..p
+    }
+}
+
+/// A packet from the client arriving at the NIC.
+pub fn arriving(what: &str, p: Packet, verdict: u32, expect: Out) -> Step {
+    Step::new(
+        what,
+        Hook::Nic,
+        Frame::Built(from_client(p)),
+        verdict,
+        expect,
+    )
+}
+
+/// Frontend `key` (`id`, `FRONTEND_*` `flags`) serving `backends`
+/// (address, port, on this node?) of its family, no source ranges.
+pub fn frontend<A: Into<IpAddr> + Copy>(
+    key: impl Into<FrontendMapKey>,
+    id: u32,
+    flags: u32,
+    backends: &[(A, u16, bool)],
+) -> Frontend {
+    Frontend {
+        key: key.into(),
+        id,
+        flags,
+        backends: backends.iter().map(|&(a, p, l)| (a.into(), p, l)).collect(),
+        sources: Vec::new(),
+    }
+}
 
 /// The SNAT port of a remote backend's flow, checking the rest of
 /// `out`: `request` from the node's `node_addr`, to `backend`, towards the

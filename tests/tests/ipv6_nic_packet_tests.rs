@@ -11,9 +11,9 @@
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 
 use kxdp_testbed::{
-    cases::{self, Case, Count, Frame, Frontend, Hook, Out, Step},
+    cases::{self, nic_case, Case, Count, Frame, Frontend, Hook, Out, Step},
     datapath::{Datapath, TC_ACT_REDIRECT, XDP_DROP, XDP_PASS, XDP_TX},
-    nic_checks,
+    nic_checks::{self, arriving, from_client},
     nic_netns::{self, CLIENT6, CLIENT_MAC, NIC_MAC, NODE_ADDR6, OTHER_NODE_MAC},
     packet::{self, Packet, IPV6_FRAGMENT, IPV6_HOP_BY_HOP, PROTO_ICMPV6},
 };
@@ -54,15 +54,6 @@ fn key(addr: Ipv6Addr, port: u16, proto: u8, scope: u8) -> FrontendKey6 {
     }
 }
 
-/// A packet as it arrives from the client, addressed to our NIC.
-fn from_client(p: Packet) -> Packet {
-    Packet {
-        src_mac: CLIENT_MAC,
-        dst_mac: NIC_MAC,
-        ..p
-    }
-}
-
 fn frontend(
     addr: Ipv6Addr,
     port: u16,
@@ -71,13 +62,7 @@ fn frontend(
     flags: u32,
     backends: &[(Ipv6Addr, u16, bool)],
 ) -> Frontend {
-    Frontend {
-        key: key(addr, port, proto, SCOPE_NODE).into(),
-        id,
-        flags,
-        backends: backends.iter().map(|&(a, p, l)| (a.into(), p, l)).collect(),
-        sources: Vec::new(),
-    }
+    nic_checks::frontend(key(addr, port, proto, SCOPE_NODE), id, flags, backends)
 }
 
 /// The NodePort frontends 1 (TCP) and 2 (UDP) on the node's IPv6 address.
@@ -86,27 +71,6 @@ fn nodeports(flags: u32, backends: &[(Ipv6Addr, u16, bool)]) -> Vec<Frontend> {
         frontend(NODE_ADDR6, NODE_PORT, PROTO_TCP, 1, flags, backends),
         frontend(NODE_ADDR6, NODE_PORT, PROTO_UDP, 2, flags, backends),
     ]
-}
-
-fn nic_case(name: &str, frontends: Vec<Frontend>, steps: Vec<Step>, counts: Vec<Count>) -> Case {
-    Case {
-        name: name.into(),
-        frontends,
-        nic: true,
-        steps,
-        counts,
-    }
-}
-
-/// A packet from the client arriving at the NIC.
-fn arriving(what: &str, p: Packet, verdict: u32, expect: Out) -> Step {
-    Step::new(
-        what,
-        Hook::Nic,
-        Frame::Built(from_client(p)),
-        verdict,
-        expect,
-    )
 }
 
 /// A local pod's answer to a NodePort flow: it leaves the pod through

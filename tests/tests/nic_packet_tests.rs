@@ -11,12 +11,12 @@
 use std::net::{Ipv4Addr, SocketAddr};
 
 use kxdp_testbed::{
-    cases::{self, Case, Count, Frame, Frontend, Hook, Out, Step},
+    cases::{self, nic_case, Case, Count, Frame, Frontend, Hook, Out, Step},
     datapath::{
         datapath_now_s, datapath_s_ago, Datapath, TestBackend, TC_ACT_REDIRECT, XDP_DROP, XDP_PASS,
         XDP_REDIRECT, XDP_TX,
     },
-    nic_checks,
+    nic_checks::{self, arriving, from_client},
     nic_netns::{self, CLIENT, CLIENT_MAC, NIC_MAC, NODE_ADDR, OTHER_NODE_MAC},
     packet::{self, Packet, L4, PROTO_ICMP},
 };
@@ -55,15 +55,6 @@ fn client(port: u16) -> SocketAddr {
     sa(CLIENT, port)
 }
 
-/// A packet as it arrives from the client, addressed to our NIC.
-fn from_client(p: Packet) -> Packet {
-    Packet {
-        src_mac: CLIENT_MAC,
-        dst_mac: NIC_MAC,
-        ..p
-    }
-}
-
 /// A datapath in a private namespace with the NodePort frontend 1 (TCP) and
 /// 2 (UDP) serving `backends`; returns it with the NIC's ifindex.
 fn nodeport_datapath(flags: u32, backends: &[TestBackend]) -> (Datapath, u32) {
@@ -95,13 +86,7 @@ fn nic_frontend(
     flags: u32,
     backends: &[TestBackend],
 ) -> Frontend {
-    Frontend {
-        key: node_key(addr, port, proto).into(),
-        id,
-        flags,
-        backends: backends.iter().map(|&(a, p, l)| (a.into(), p, l)).collect(),
-        sources: Vec::new(),
-    }
+    nic_checks::frontend(node_key(addr, port, proto), id, flags, backends)
 }
 
 /// The NodePort frontends 1 (TCP) and 2 (UDP) of [`nodeport_datapath`].
@@ -110,27 +95,6 @@ fn nodeports(flags: u32, backends: &[TestBackend]) -> Vec<Frontend> {
         nic_frontend(NODE_ADDR, NODE_PORT, PROTO_TCP, 1, flags, backends),
         nic_frontend(NODE_ADDR, NODE_PORT, PROTO_UDP, 2, flags, backends),
     ]
-}
-
-fn nic_case(name: &str, frontends: Vec<Frontend>, steps: Vec<Step>, counts: Vec<Count>) -> Case {
-    Case {
-        name: name.into(),
-        frontends,
-        nic: true,
-        steps,
-        counts,
-    }
-}
-
-/// A packet from the client arriving at the NIC.
-fn arriving(what: &str, p: Packet, verdict: u32, expect: Out) -> Step {
-    Step::new(
-        what,
-        Hook::Nic,
-        Frame::Built(from_client(p)),
-        verdict,
-        expect,
-    )
 }
 
 fn nic_cases() -> Vec<Case> {
