@@ -226,11 +226,7 @@ pub enum L3 {
 
 #[inline(always)]
 pub fn l3(ctx: &impl Frame) -> Option<L3> {
-    match ether_type(ctx).ok()? {
-        (ETH_P_IPV4, l3_off) => Some(L3::V4(l3_off)),
-        (ETH_P_IPV6, l3_off) => Some(L3::V6(l3_off)),
-        _ => None,
-    }
+    classify(ctx).ok()
 }
 
 /// The flow of an IPv4 packet at `l3_off` whose headers are in linear
@@ -246,28 +242,30 @@ pub fn linear_ipv6(ctx: &impl Frame, l3_off: usize) -> Option<Ipv6Flow> {
     parse_ipv6(ctx, l3_off).ok()
 }
 
-/// The EtherType past an optional VLAN tag, and where the L3 header starts.
+/// [`l3`], or why the packet is not ours (or too short to tell).
 #[inline(always)]
-fn ether_type(ctx: &impl Frame) -> Result<(u16, usize), Unparsed> {
+fn classify(ctx: &impl Frame) -> Result<L3, Unparsed> {
+    // The EtherType, past an optional VLAN tag.
     // SAFETY: `ptr_at` checked that the value lies before `data_end`.
-    let ether_type = unsafe { *ptr_at::<u16>(ctx, 12).ok_or(Unparsed::Short(MAX_HEADERS4))? };
-    if ether_type != ETH_P_8021Q {
-        return Ok((ether_type, ETH_HLEN));
+    let mut ether_type = unsafe { *ptr_at::<u16>(ctx, 12).ok_or(Unparsed::Short(MAX_HEADERS4))? };
+    let mut l3_off = ETH_HLEN;
+    if ether_type == ETH_P_8021Q {
+        // SAFETY: as above.
+        ether_type = unsafe { *ptr_at::<u16>(ctx, 16).ok_or(Unparsed::Short(MAX_HEADERS4))? };
+        l3_off += VLAN_HLEN;
     }
-    // SAFETY: `ptr_at` checked that the value lies before `data_end`.
-    let inner = unsafe { *ptr_at::<u16>(ctx, 16).ok_or(Unparsed::Short(MAX_HEADERS4))? };
-    Ok((inner, ETH_HLEN + VLAN_HLEN))
+    match ether_type {
+        ETH_P_IPV4 => Ok(L3::V4(l3_off)),
+        ETH_P_IPV6 => Ok(L3::V6(l3_off)),
+        _ => Err(Unparsed::NotOurs),
+    }
 }
 
 #[inline(always)]
 fn parse(ctx: &impl Frame) -> Result<AnyFlow, Unparsed> {
-    let (ether_type, l3_off) = ether_type(ctx)?;
-    if ether_type == ETH_P_IPV4 {
-        parse_ipv4(ctx, l3_off).map(AnyFlow::V4)
-    } else if ether_type == ETH_P_IPV6 {
-        parse_ipv6(ctx, l3_off).map(AnyFlow::V6)
-    } else {
-        Err(Unparsed::NotOurs)
+    match classify(ctx)? {
+        L3::V4(l3_off) => parse_ipv4(ctx, l3_off).map(AnyFlow::V4),
+        L3::V6(l3_off) => parse_ipv6(ctx, l3_off).map(AnyFlow::V6),
     }
 }
 
