@@ -68,8 +68,9 @@ pub trait Lookups {
 pub enum Decision<E> {
     /// Translate it with this forward entry.
     Translate(E),
-    /// Answer it as refused (TCP RST, ICMP port unreachable).
-    Reject,
+    /// Answer it as refused (TCP RST, ICMP port unreachable), counted
+    /// for the frontend with this id.
+    Reject(u32),
 }
 
 /// The first rule, before any frontend is looked up.
@@ -123,7 +124,7 @@ pub fn decide<L: Lookups>(
     }
     if let Established::BackendGone = established {
         if packet.proto != PROTO_UDP && !packet.opens_connection() {
-            return Ok(Decision::Reject);
+            return Ok(Decision::Reject(frontend.id));
         }
     }
     if frontend.table_size == 0 {
@@ -132,7 +133,7 @@ pub fn decide<L: Lookups>(
         if frontend.flags & FRONTEND_EMPTY_DROP != 0 {
             return Err(DropReason::NoLocalBackend);
         }
-        return Ok(Decision::Reject);
+        return Ok(Decision::Reject(frontend.id));
     }
     lookups.open(frontend).map(Decision::Translate)
 }
@@ -329,7 +330,10 @@ mod tests {
     #[test]
     fn a_flow_whose_backend_is_gone_is_reset_or_balanced_afresh() {
         let fake = Fake::new(Established::BackendGone);
-        assert_eq!(balance(&fake, &frontend(4, 0), ACK), Ok(Decision::Reject));
+        assert_eq!(
+            balance(&fake, &frontend(4, 0), ACK),
+            Ok(Decision::Reject(7))
+        );
         for packet in [SYN, DATAGRAM] {
             let fake = Fake::new(Established::BackendGone);
             assert_eq!(
@@ -345,7 +349,7 @@ mod tests {
             let fake = Fake::new(Established::None);
             assert_eq!(
                 balance(&fake, &frontend(0, 0), packet),
-                Ok(Decision::Reject)
+                Ok(Decision::Reject(7))
             );
             let fake = Fake::new(Established::None);
             assert_eq!(

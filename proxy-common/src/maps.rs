@@ -421,6 +421,62 @@ map_type! {
     }
 }
 
+/// Bytes of a namespace or Service name in a [`FrontendLabel`]: Kubernetes
+/// names them with DNS labels, at most 63 bytes.
+pub const LABEL_NAME_LEN: usize = 64;
+/// Bytes of a port name in a [`FrontendLabel`]: an IANA service name, at
+/// most 15 bytes.
+pub const LABEL_PORT_NAME_LEN: usize = 16;
+
+/// `FRONTEND_LABELS` value, by frontend id: the Service a frontend serves,
+/// for the CLI; no program reads it. Written by the agent with the
+/// frontend, so `kxdp services` names the Services while the agent is
+/// down and the datapath serves on. Strings are UTF-8, NUL-padded.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct FrontendLabel {
+    pub namespace: [u8; LABEL_NAME_LEN],
+    pub name: [u8; LABEL_NAME_LEN],
+    pub port_name: [u8; LABEL_PORT_NAME_LEN],
+    /// The Service port, host order (a node port frontend's own port is
+    /// the node port).
+    pub service_port: u16,
+    /// The port's node port, host order; 0: none.
+    pub node_port: u16,
+    /// Terminating endpoints kept for their connections only (not in the
+    /// frontend's table).
+    pub terminating: u16,
+    /// `LABEL_TYPE_*`.
+    pub service_type: u8,
+    /// `LABEL_VIA_*`: which of the Service's addresses the frontend is.
+    pub via: u8,
+    /// `LABEL_POLICY_*` bits.
+    pub policies: u8,
+    pub _pad: [u8; 3],
+}
+
+#[cfg(feature = "user")]
+// SAFETY: repr(C), every field is plain data, and bytemuck::Pod above
+// proves there is no padding.
+unsafe impl aya::Pod for FrontendLabel {}
+
+/// `FrontendLabel::service_type`.
+pub const LABEL_TYPE_CLUSTER_IP: u8 = 0;
+pub const LABEL_TYPE_NODE_PORT: u8 = 1;
+pub const LABEL_TYPE_LOAD_BALANCER: u8 = 2;
+
+/// `FrontendLabel::via`.
+pub const LABEL_VIA_CLUSTER_IP: u8 = 0;
+pub const LABEL_VIA_EXTERNAL_IP: u8 = 1;
+pub const LABEL_VIA_LOAD_BALANCER_IP: u8 = 2;
+pub const LABEL_VIA_NODE_PORT: u8 = 3;
+
+/// `FrontendLabel::policies`: `externalTrafficPolicy: Local`.
+pub const LABEL_POLICY_EXTERNAL_LOCAL: u8 = 1;
+/// `FrontendLabel::policies`: `internalTrafficPolicy: Local`.
+pub const LABEL_POLICY_INTERNAL_LOCAL: u8 = 2;
+
 /// Why a packet was dropped: the index of its per-CPU `drops` counter.
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -9,6 +9,10 @@
 //! `proxy_common::lb`). docs/ARCHITECTURE.md maps it all.
 #![no_std]
 #![no_main]
+// The BPF target has atomic loads and stores only; a shared counter
+// needs the atomic add the instruction set has (`stats::count_reject`).
+#![feature(core_intrinsics)]
+#![allow(internal_features)]
 
 mod conntrack;
 mod family;

@@ -10,9 +10,9 @@ use proxy_common::{
     addr::Addr6,
     maps::{
         port_roles, AffinityKey, AffinityKey6, AffinityValue, BackendValue, BackendValue6, CtEntry,
-        CtEntry6, FlowKey, FlowKey6, FrontendKey, FrontendKey6, FrontendStats, FrontendValue,
-        NextHop, NextHop6, SockAffinityKey, SockRevNatKey, SockRevNatKey6, SockRevNatValue,
-        SockRevNatValue6, SourceRange, SourceRange6, MAGLEV_ARENA_FLAGS,
+        CtEntry6, FlowKey, FlowKey6, FrontendKey, FrontendKey6, FrontendLabel, FrontendStats,
+        FrontendValue, NextHop, NextHop6, SockAffinityKey, SockRevNatKey, SockRevNatKey6,
+        SockRevNatValue, SockRevNatValue6, SourceRange, SourceRange6, MAGLEV_ARENA_FLAGS,
     },
     sizes,
 };
@@ -83,6 +83,19 @@ pub static STATS: PerCpuArray<FrontendStats> = PerCpuArray::pinned(sizes::MAX_FR
 /// (connects, and datagrams of unconnected UDP sockets), by frontend id.
 #[map]
 pub static SOCK_STATS: PerCpuArray<u64> = PerCpuArray::pinned(sizes::MAX_FRONTENDS, 0);
+
+/// Per-frontend count of packets answered as refused (TCP RST, ICMP port
+/// unreachable) or sockets refused, by frontend id: rare, so one shared
+/// counter per frontend, added to atomically.
+#[map]
+pub static REJECTS: Array<u64> = Array::pinned(sizes::MAX_FRONTENDS, 0);
+
+/// The Service each frontend serves, by frontend id, for the CLI alone
+/// (`proxy_common::maps::FrontendLabel`): no program reads it. Allocated
+/// per entry, as frontends come.
+#[map]
+pub static FRONTEND_LABELS: HashMap<u32, FrontendLabel> =
+    HashMap::pinned(sizes::MAX_FRONTENDS, BPF_F_NO_PREALLOC);
 
 /// Dropped packets by reason (`proxy_common::maps::drop_reason`).
 #[map]

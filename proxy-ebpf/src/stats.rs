@@ -1,10 +1,12 @@
 //! Per-CPU counters: packets and bytes per service, drops per reason.
 
+use core::intrinsics::{atomic_xadd, AtomicOrdering};
+
 use aya_ebpf::bindings::{xdp_action, TC_ACT_SHOT};
 
 use proxy_common::maps::{DropReason, Verdict};
 
-use crate::maps::{DROPS, STATS, VERDICTS};
+use crate::maps::{DROPS, REJECTS, STATS, VERDICTS};
 
 #[inline(always)]
 pub fn count_frontend(frontend_id: u32, bytes: u32) {
@@ -14,6 +16,16 @@ pub fn count_frontend(frontend_id: u32, bytes: u32) {
             (*stats).packets += 1;
             (*stats).bytes += bytes as u64;
         }
+    }
+}
+
+/// A packet or socket of frontend `frontend_id` refused.
+#[inline(always)]
+pub fn count_reject(frontend_id: u32) {
+    if let Some(count) = REJECTS.get_ptr_mut(frontend_id) {
+        // SAFETY: a map value pointer, valid for this program run; shared
+        // by every CPU, hence the atomic add.
+        unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(count, 1) };
     }
 }
 

@@ -52,8 +52,8 @@ pub enum Output {
 pub enum Command {
     /// Load the datapath, attach it, and keep the maps in sync with Services.
     Agent(Box<AgentArgs>),
-    /// Show the services in the pinned maps with their backends and counters.
-    Services(ReadArgs),
+    /// Show the Services the pinned maps serve, by name, with their frontends, backends and counters.
+    Services(ServicesArgs),
     /// Show the attached programs, how full the maps are and the agent's last sync.
     Status(StatusArgs),
     /// Detach the programs and remove every pin.
@@ -74,6 +74,33 @@ pub struct ReadArgs {
     /// table for people, json for scripts (stable field names).
     #[arg(long, short = 'o', env = "KXDP_OUTPUT", value_enum, default_value_t = Output::Table)]
     pub output: Output,
+}
+
+/// How `kxdp services` prints, as kubectl's `-o`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ListOutput {
+    Table,
+    /// The table with each frontend's id, affinity, sockets and backends.
+    Wide,
+    Json,
+    Yaml,
+}
+
+#[derive(Debug, Args)]
+pub struct ServicesArgs {
+    #[command(flatten)]
+    pub pin: PinArgs,
+    /// Only the Service of this name.
+    pub name: Option<String>,
+    /// Namespace of the Services shown.
+    #[arg(long, short = 'n', env = "KXDP_NAMESPACE", default_value = "default")]
+    pub namespace: String,
+    /// Services of every namespace (overrides --namespace).
+    #[arg(long, short = 'A', env = "KXDP_ALL_NAMESPACES")]
+    pub all_namespaces: bool,
+    /// table or wide for people, json or yaml for scripts (stable field names).
+    #[arg(long, short = 'o', env = "KXDP_OUTPUT", value_enum, default_value_t = ListOutput::Table)]
+    pub output: ListOutput,
 }
 
 #[derive(Debug, Args)]
@@ -286,7 +313,7 @@ mod tests {
             "kxdp",
             "services",
             "--output",
-            "json",
+            "yaml",
             "--log-format",
             "json",
         ])
@@ -295,7 +322,25 @@ mod tests {
         let Command::Services(args) = cli.command else {
             panic!("not services")
         };
-        assert_eq!(args.output, Output::Json);
+        assert_eq!(args.output, ListOutput::Yaml);
+        assert_eq!(
+            (args.namespace.as_str(), args.all_namespaces),
+            ("default", false)
+        );
+        let cli = Cli::try_parse_from(["kxdp", "services", "web", "-n", "shop", "-o", "wide"]);
+        let Command::Services(args) = cli.unwrap().command else {
+            panic!("not services")
+        };
+        assert_eq!(args.name.as_deref(), Some("web"));
+        assert_eq!(
+            (args.namespace.as_str(), args.output),
+            ("shop", ListOutput::Wide)
+        );
+        let cli = Cli::try_parse_from(["kxdp", "services", "-A"]).unwrap();
+        let Command::Services(args) = cli.command else {
+            panic!("not services")
+        };
+        assert!(args.all_namespaces);
         let cli = Cli::try_parse_from(["kxdp", "status", "-o", "json"]).unwrap();
         let Command::Status(args) = cli.command else {
             panic!("not status")

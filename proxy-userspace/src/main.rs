@@ -35,7 +35,7 @@ fn main() -> std::process::ExitCode {
     }
     let result = match cli.command {
         Command::Agent(args) => run_agent(*args),
-        Command::Services(args) => commands::services::run(&args.pin.pin_path, args.output),
+        Command::Services(args) => commands::services::run(&args),
         Command::Status(args) => commands::status::run(&args),
         Command::Unload(args) => commands::unload::run(&args.pin_path),
     };

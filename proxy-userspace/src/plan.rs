@@ -12,7 +12,7 @@ use std::{
 
 use crate::{
     cidr::IpCidr,
-    model::types::{Backend, ExternalAddr, Protocol, ServiceModel, ServicePortModel},
+    model::types::{Backend, ExternalAddr, Protocol, ServiceModel, ServicePortModel, ServiceType},
     source::{Rejection, RejectionKind, ServiceName},
 };
 
@@ -67,11 +67,28 @@ impl Default for NodeFacts {
     }
 }
 
+/// Which of its Service's addresses a frontend is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reached {
+    ClusterIp,
+    ExternalIp,
+    LoadBalancerIp,
+    NodePort,
+}
+
 /// What one frontend should do.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Frontend {
     pub service: ServiceName,
     pub port_name: String,
+    /// The Service's port (a node port frontend listens on its node port).
+    pub service_port: u16,
+    /// The port's node port, if it has one in the range.
+    pub node_port: Option<u16>,
+    pub service_type: ServiceType,
+    pub reached: Reached,
+    pub external_policy_local: bool,
+    pub internal_policy_local: bool,
     /// In selection order, of the frontend's family.
     pub backends: Vec<Backend>,
     /// Kept for the connections they have, chosen for no new one; of the
@@ -410,9 +427,23 @@ impl Plan {
             }
             _ => None,
         };
+        let reached = match via {
+            Via::ClusterIp => Reached::ClusterIp,
+            Via::External(e) | Via::ExternalFromPod(e) if e.load_balancer => {
+                Reached::LoadBalancerIp
+            }
+            Via::External(_) | Via::ExternalFromPod(_) => Reached::ExternalIp,
+            Via::NodePort | Via::NodePortFromPod => Reached::NodePort,
+        };
         Some(Frontend {
             service: owner.clone(),
             port_name: port.name.clone(),
+            service_port: port.port,
+            node_port: node_port(port, &self.node),
+            service_type: service.service_type,
+            reached,
+            external_policy_local: service.external_policy_local,
+            internal_policy_local: service.internal_policy_local,
             backends,
             draining: of_family(&port.draining, key.addr),
             affinity_timeout: service.affinity_timeout,
@@ -470,6 +501,7 @@ mod tests {
 
     fn service(ns: &str, name: &str, ip: &str, ports: &[(u16, Protocol, &[&str])]) -> ServiceModel {
         ServiceModel {
+            service_type: ServiceType::ClusterIp,
             name: ServiceName::new(ns, name),
             cluster_ips: vec![ip.parse().unwrap()],
             ports: ports

@@ -36,8 +36,8 @@ use proxy_userspace::{
     dataplane::{load_program, maglev_arena::MAGLEV_ARENA, maps::BpfMaps, probe, KXDP_FEATURES},
     ebpf_object::KXDP_OBJECT,
     maglev,
-    model::types::Backend,
-    plan::Frontend,
+    model::types::{Backend, ServiceType},
+    plan::{Frontend, Reached},
     source::ServiceName,
     sync::{
         entries::{BackendMapValue, FrontendMapKey},
@@ -194,6 +194,12 @@ fn plan_frontend(flags: u32, backends: Vec<Backend>) -> Frontend {
             name: "packet-test".into(),
         },
         port_name: String::new(),
+        service_port: 80,
+        node_port: None,
+        service_type: ServiceType::ClusterIp,
+        reached: Reached::ClusterIp,
+        external_policy_local: false,
+        internal_policy_local: false,
         backends,
         draining: Vec::new(),
         // Kubernetes' default timeout; `set_affinity` sets another.

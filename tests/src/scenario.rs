@@ -365,6 +365,21 @@ impl EchoScenario {
             .arg(self.node.pin_path());
         Ok(String::from_utf8_lossy(&run(&mut command)?.stdout).into_owned())
     }
+
+    /// Frontend `frontend` (`ADDR:PORT/PROTO`) of `scope` ("pod" or
+    /// "node") as `kxdp services -A -o json` lists it under its Service.
+    pub fn served(&self, frontend: &str, scope: &str) -> serde_json::Value {
+        let listed = self.kxdp(&["services", "-A", "-o", "json"]).unwrap();
+        let document: serde_json::Value = serde_json::from_str(&listed).unwrap();
+        document["services"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .flat_map(|service| service["frontends"].as_array().into_iter().flatten())
+            .find(|f| f["frontend"] == frontend && f["scope"] == scope)
+            .cloned()
+            .unwrap_or_else(|| panic!("no {frontend} ({scope}) in {document:#}"))
+    }
 }
 
 /// The lines `stdout` prints, as they come.

@@ -210,13 +210,7 @@ fn readiness_follows_the_first_sync_and_metrics_count_the_traffic() {
     assert_eq!(status["agent"]["report"]["ready"], true, "{status}");
     assert_eq!(status["agent"]["report"]["version"], status["version"]);
 
-    let services = json(&s.kxdp(&["services", "--output", "json"]).unwrap());
-    let http = services["frontends"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|f| f["frontend"] == format!("{vip}/TCP"))
-        .unwrap_or_else(|| panic!("{services}"));
+    let http = s.served(&format!("{vip}/TCP"), "pod");
     let mut backends: Vec<String> = http["backends"]
         .as_array()
         .unwrap()

@@ -62,27 +62,19 @@ fn tcp_and_udp_reach_both_backends_through_the_cluster_ip() {
     );
     assert!(reply.ends_with("payload=hello"), "{reply}");
 
-    let table = s.kxdp(&["services"]).unwrap();
-    let http_row = table
-        .lines()
-        .find(|l| l.starts_with(&format!("{}:80/TCP", s.vip)))
-        .unwrap_or_else(|| panic!("{table}"));
-    for backend in &s.backends {
-        assert!(http_row.contains(&format!("{backend}:8080")), "{http_row}");
-    }
-    let header: Vec<&str> = table.lines().next().unwrap().split_whitespace().collect();
-    let column = header
-        .iter()
-        .position(|h| *h == "PACKETS")
-        .expect("PACKETS column");
-    let packets: u64 = http_row
-        .split_whitespace()
-        .nth(column)
+    let http = s.served(&format!("{}:80/TCP", s.vip), "pod");
+    let listed: Vec<&str> = http["backends"]
+        .as_array()
         .unwrap()
-        .parse()
-        .unwrap();
-    assert!(packets >= 31 * 3, "every request is counted: {http_row}");
-    assert!(table.contains(&format!("{}:53/UDP", s.vip)), "{table}");
+        .iter()
+        .map(|b| b["address"].as_str().unwrap())
+        .collect();
+    for backend in &s.backends {
+        assert!(listed.contains(&backend.to_string().as_str()), "{http}");
+    }
+    let packets = http["packets"].as_u64().unwrap();
+    assert!(packets >= 31 * 3, "every request is counted: {http}");
+    s.served(&format!("{}:53/UDP", s.vip), "pod");
 }
 
 #[test]
@@ -155,6 +147,23 @@ fn datapath_outlives_the_agent_until_unload() {
     assert!(started.elapsed() < kxdp_testbed::patience(Duration::from_secs(5)));
     s.http_get(&vip)
         .expect("the datapath keeps serving with the agent stopped");
+    // The CLI names the Services from the pins alone.
+    let listed = s.kxdp(&["services"]).unwrap();
+    let echo = listed.lines().find(|l| l.starts_with("echo "));
+    let echo: Vec<&str> = echo
+        .unwrap_or_else(|| panic!("{listed}"))
+        .split_whitespace()
+        .collect();
+    assert_eq!(
+        echo,
+        [
+            "echo",
+            "ClusterIP",
+            &s.vip.to_string(),
+            "<none>",
+            "53/UDP,80/TCP"
+        ]
+    );
 
     // A new agent adopts the pinned links and maps: nothing is rewritten.
     let mut agent = s.start_agent().unwrap();
@@ -320,14 +329,7 @@ fn a_bulk_stream_through_the_cluster_ip_per_packet_with_veth_offloads_on() {
         .unwrap_or_else(|| panic!("no byte count in {line:?}"));
     assert!(bytes >= 10 << 20, "{line}");
 
-    let services: serde_json::Value =
-        serde_json::from_str(&s.kxdp(&["services", "--output", "json"]).unwrap()).unwrap();
-    let frontend = services["frontends"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|f| f["frontend"] == format!("{target}/TCP"))
-        .unwrap_or_else(|| panic!("{services}"));
+    let frontend = s.served(&format!("{target}/TCP"), "pod");
     let (packets, counted) = (
         frontend["packets"].as_u64().unwrap(),
         frontend["bytes"].as_u64().unwrap(),

@@ -81,21 +81,11 @@ fn pods_reach_both_backends_of_a_dual_stack_cluster_ip_in_each_family_per_packet
 /// (sockets, packets) `kxdp services` shows for pod-scope TCP `frontend`
 /// (`ADDR:PORT`).
 fn counts(s: &EchoScenario, frontend: &str) -> (u64, u64) {
-    let table = s.kxdp(&["services"]).unwrap();
-    let header: Vec<&str> = table.lines().next().unwrap().split_whitespace().collect();
-    let column = |name: &str| header.iter().position(|h| *h == name).unwrap();
-    let row: Vec<&str> = table
-        .lines()
-        .find(|l| {
-            l.split_whitespace()
-                .take(2)
-                .eq([&format!("{frontend}/TCP"), "pod"])
-        })
-        .unwrap_or_else(|| panic!("no row of {frontend} in\n{table}"))
-        .split_whitespace()
-        .collect();
-    let cell = |name| row[column(name)].parse().unwrap();
-    (cell("SOCKETS"), cell("PACKETS"))
+    let served = s.served(&format!("{frontend}/TCP"), "pod");
+    (
+        served["sockets"].as_u64().unwrap(),
+        served["packets"].as_u64().unwrap(),
+    )
 }
 
 #[test]

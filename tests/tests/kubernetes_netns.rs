@@ -67,19 +67,16 @@ fn agent_serves_what_it_lists_from_the_api_server() {
         ["backend=b1", "backend=b2"]
     );
 
-    let table = s.kxdp(&["services"]).unwrap();
-    let row = table
-        .lines()
-        .find(|l| l.starts_with(&format!("{VIP}:80/TCP")))
-        .unwrap_or_else(|| panic!("{table}"));
-    assert!(
-        row.contains(&format!("{}:8080(local)", s.backends[0])),
-        "{row}"
-    );
-    assert!(
-        !row.contains(&format!("{}:8080(local)", s.backends[1])),
-        "{row}"
-    );
+    let served = s.served(&format!("{VIP}:80/TCP"), "pod");
+    let local = |backend: &std::net::Ipv4Addr| {
+        served["backends"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|b| b["address"] == backend.to_string() && b["local"] == true)
+    };
+    assert!(local(&s.backends[0]), "{served}");
+    assert!(!local(&s.backends[1]), "{served}");
 
     // The watch asks for what kube-proxy asks for.
     let requests = server.requests();

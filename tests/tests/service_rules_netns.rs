@@ -72,29 +72,39 @@ fn set(names: &[&str]) -> BTreeSet<String> {
     names.iter().map(|n| n.to_string()).collect()
 }
 
-/// `kxdp services` as a map view.
+/// `kxdp services -A -o wide` as a map view: its frontend rows.
 struct Table(String);
 
 impl Table {
     fn read(s: &EchoScenario) -> Self {
-        Self(s.kxdp(&["services"]).unwrap())
+        Self(s.kxdp(&["services", "-A", "-o", "wide"]).unwrap())
+    }
+
+    /// The frontends' header and rows, split in cells (indented under
+    /// their Services).
+    fn frontend_lines(&self) -> impl Iterator<Item = Vec<&str>> {
+        self.0
+            .lines()
+            .filter(|l| l.starts_with("  "))
+            .map(|l| l.split_whitespace().collect())
     }
 
     /// The row of `frontend` (`ADDR:PORT/PROTO`), if listed.
     fn row(&self, frontend: &str) -> Option<Vec<&str>> {
-        self.0
-            .lines()
-            .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        self.frontend_lines()
             .find(|cols| cols.first() == Some(&frontend))
     }
 
     /// The index of column `name` in the header.
     fn column(&self, name: &str) -> usize {
-        let header = self.0.lines().next().unwrap_or_default();
+        let header = self
+            .frontend_lines()
+            .find(|cols| cols.first() == Some(&"FRONTEND"))
+            .unwrap_or_else(|| panic!("no frontend listed:\n{}", self.0));
         header
-            .split_whitespace()
-            .position(|h| h == name)
-            .unwrap_or_else(|| panic!("no column {name}: {header}"))
+            .iter()
+            .position(|h| *h == name)
+            .unwrap_or_else(|| panic!("no column {name}: {header:?}"))
     }
 
     /// Column `name` of `frontend`'s row, which must be listed.
@@ -113,10 +123,7 @@ impl Table {
     /// The frontends of scope `scope` ("pod" or "node").
     fn frontends_of_scope(&self, scope: &str) -> Vec<&str> {
         let column = self.column("SCOPE");
-        self.0
-            .lines()
-            .skip(1)
-            .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        self.frontend_lines()
             .filter(|cols| cols.get(column) == Some(&scope))
             .map(|cols| cols[0])
             .collect()
@@ -124,7 +131,7 @@ impl Table {
 
     /// How many frontends the maps hold.
     fn frontends(&self) -> usize {
-        self.footer_count("frontends;")
+        self.footer_count("frontends.")
     }
 
     /// TCP resets sent for Services without endpoints.
@@ -423,6 +430,10 @@ fn only_ready_endpoints_serve_and_serving_terminating_ones_only_when_none_is() {
         "{answer:?}"
     );
     assert!(Table::read(&s).tcp_resets() > resets);
+    // Counted for the frontend too, under its Service.
+    let served = s.served(&frontend, "pod");
+    assert!(served["rejects"].as_u64().unwrap() >= 1, "{served}");
+    assert_eq!(served["terminating"], 2, "{served}");
 }
 
 /// Service `name` on `vip`:7000, a line-echo server on port 7007 of each

@@ -168,24 +168,12 @@ fn a_restarted_agent_adopts_the_socket_hooks_and_unload_removes_them() {
     assert!(host_curl(&s, &[]).is_err(), "no hooks after unload");
 }
 
-/// A column of the row of pod-scope `frontend` in `kxdp services`.
-fn services_cell(s: &EchoScenario, frontend: &str, column: &str) -> u64 {
-    let table = s.kxdp(&["services"]).unwrap();
-    let header: Vec<&str> = table.lines().next().unwrap().split_whitespace().collect();
-    let index = header.iter().position(|h| *h == column).unwrap();
-    let row = table
-        .lines()
-        .find(|l| l.split_whitespace().take(2).eq([frontend, "pod"]))
-        .unwrap_or_else(|| panic!("{table}"));
-    row.split_whitespace().nth(index).unwrap().parse().unwrap()
-}
-
 /// (sockets, packets) the datapath counted for the echo HTTP frontend.
 fn http_counts(s: &EchoScenario) -> (u64, u64) {
-    let frontend = format!("{}:80/TCP", s.vip);
+    let served = s.served(&format!("{}:80/TCP", s.vip), "pod");
     (
-        services_cell(s, &frontend, "SOCKETS"),
-        services_cell(s, &frontend, "PACKETS"),
+        served["sockets"].as_u64().unwrap(),
+        served["packets"].as_u64().unwrap(),
     )
 }
 
@@ -275,10 +263,7 @@ fn pods_in_the_hooked_cgroup_connect_straight_to_a_backend() {
     );
     assert!(reply.contains(" client=10.200.1.2:"), "{reply}");
     assert!(reply.ends_with(" payload=hi"), "{reply}");
-    assert_eq!(
-        services_cell(&s, &format!("{}:53/UDP", s.vip), "SOCKETS"),
-        1
-    );
+    assert_eq!(s.served(&format!("{}:53/UDP", s.vip), "pod")["sockets"], 1);
 }
 
 #[test]
@@ -406,8 +391,9 @@ fn a_pods_socket_leaves_source_ranges_and_a_local_policys_drop_to_the_pod_progra
         assert!(body.starts_with("backend=b"), "{body}");
     }
     let lb_frontend = format!("{ingress}:80/TCP");
-    assert_eq!(services_cell(&s, &lb_frontend, "SOCKETS"), 0);
-    assert!(services_cell(&s, &lb_frontend, "PACKETS") > 0);
+    let served = s.served(&lb_frontend, "pod");
+    assert_eq!(served["sockets"], 0, "{served}");
+    assert!(served["packets"].as_u64().unwrap() > 0, "{served}");
 
     // A Local policy without a local endpoint drops too.
     let dropped =

@@ -69,7 +69,10 @@ fn translate<F: Family>(ctx: &XdpContext, l3_off: usize) -> Result<u32, DropReas
     let entry = match lb::balance_conntrack_first(flow, Hook::Nic, ingress, lookup::node_frontend)?
     {
         Some(Decision::Translate(entry)) => entry,
-        Some(Decision::Reject) => return reject::xdp_reject(ctx, flow),
+        Some(Decision::Reject(frontend_id)) => {
+            stats::count_reject(frontend_id);
+            return reject::xdp_reject(ctx, flow);
+        }
         None => return Ok(xdp_action::XDP_PASS),
     };
     stats::count_frontend(entry.frontend_id, (ctx.data_end() - ctx.data()) as u32);

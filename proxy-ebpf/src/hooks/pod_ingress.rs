@@ -46,7 +46,10 @@ fn translate_flow<F: Family>(ctx: &TcContext, flow: &Flow<F>) -> Result<i32, Dro
     if let Some(frontend) = frontend {
         let entry = match lb::balance(flow, &frontend, Hook::Pod, 0)? {
             Decision::Translate(entry) => entry,
-            Decision::Reject => return reject::tc_reject(ctx, flow),
+            Decision::Reject(frontend_id) => {
+                stats::count_reject(frontend_id);
+                return reject::tc_reject(ctx, flow);
+            }
         };
         nat::set_destination(ctx, flow, (entry.nat_addr, entry.nat_port))?;
         stats::count_frontend(entry.frontend_id, ctx.len());

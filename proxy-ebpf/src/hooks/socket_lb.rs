@@ -255,6 +255,7 @@ fn to_backend<F: Family>(
         return PROCEED;
     }
     if frontend.table_size == 0 {
+        stats::count_reject(frontend.id);
         return refuse();
     }
     let cookie = cookie(ctx);

@@ -15,8 +15,9 @@ use proxy_common::{
     maps::{
         addr_from_net, addr_to_net, AffinityKey, AffinityKey6, AffinityValue, BackendValue,
         BackendValue6, CtEntry, CtEntry6, FlowKey, FlowKey6, FrontendKey, FrontendKey6,
-        FrontendStats, FrontendValue, NextHop, NextHop6, SockAffinityKey, SockRevNatKey,
-        SockRevNatKey6, SockRevNatValue, SockRevNatValue6, SourceRange, SourceRange6,
+        FrontendLabel, FrontendStats, FrontendValue, NextHop, NextHop6, SockAffinityKey,
+        SockRevNatKey, SockRevNatKey6, SockRevNatValue, SockRevNatValue6, SourceRange,
+        SourceRange6,
     },
 };
 
@@ -56,6 +57,8 @@ pub const SOURCE_RANGES: &str = "SOURCE_RANGES";
 pub const SOURCE_RANGES6: &str = "SOURCE_RANGES6";
 pub const NIC_ADDRS: &str = "NIC_ADDRS";
 pub const NIC_ADDRS6: &str = "NIC_ADDRS6";
+pub const REJECTS: &str = "REJECTS";
+pub const FRONTEND_LABELS: &str = "FRONTEND_LABELS";
 /// The maps the agent writes from the Services, whose fill it reports.
 pub const AGENT_WRITTEN: [&str; 6] = [
     FRONTENDS,
@@ -86,7 +89,7 @@ const fn pinned<K, V>(name: &'static str) -> PinnedMap {
 }
 
 /// Every map pinned under the pin path.
-pub const ALL: [PinnedMap; 24] = [
+pub const ALL: [PinnedMap; 26] = [
     pinned::<FrontendKey, FrontendValue>(FRONTENDS),
     pinned::<FrontendKey6, FrontendValue>(FRONTENDS6),
     pinned::<u32, BackendValue>(BACKEND_SLOTS),
@@ -111,6 +114,8 @@ pub const ALL: [PinnedMap; 24] = [
     pinned::<u32, NextHop>("HOP_CACHE"),
     pinned::<u32, [u32; 4]>(NIC_ADDRS6),
     pinned::<u32, NextHop6>("HOP_CACHE6"),
+    pinned::<u32, u64>(REJECTS),
+    pinned::<u32, FrontendLabel>(FRONTEND_LABELS),
 ];
 
 /// Maps earlier versions pinned and this one no longer uses (`SELECTION`:
@@ -255,6 +260,8 @@ pub struct BpfMaps {
     nic_addrs: HashMap<MapData, u32, u32>,
     nic_addrs6: HashMap<MapData, u32, [u32; 4]>,
     port_roles: Array<MapData, u64>,
+    rejects: Array<MapData, u64>,
+    labels: HashMap<MapData, u32, FrontendLabel>,
 }
 
 fn typed<T: TryFrom<Map, Error = MapError>>(
@@ -323,6 +330,8 @@ impl BpfMaps {
             nic_addrs: typed(NIC_ADDRS, ebpf.take_map(NIC_ADDRS))?,
             nic_addrs6: typed(NIC_ADDRS6, ebpf.take_map(NIC_ADDRS6))?,
             port_roles: typed(PORT_ROLES, ebpf.take_map(PORT_ROLES))?,
+            rejects: typed(REJECTS, ebpf.take_map(REJECTS))?,
+            labels: typed(FRONTEND_LABELS, ebpf.take_map(FRONTEND_LABELS))?,
         })
     }
 
@@ -350,6 +359,8 @@ impl BpfMaps {
             nic_addrs: typed(NIC_ADDRS, open(NIC_ADDRS)?)?,
             nic_addrs6: typed(NIC_ADDRS6, open(NIC_ADDRS6)?)?,
             port_roles: typed(PORT_ROLES, open(PORT_ROLES)?)?,
+            rejects: typed(REJECTS, open(REJECTS)?)?,
+            labels: typed(FRONTEND_LABELS, open(FRONTEND_LABELS)?)?,
         })
     }
 
@@ -493,6 +504,22 @@ impl BpfMaps {
             }))
     }
 
+    /// Packets and sockets of a frontend refused (no endpoints).
+    pub fn frontend_rejects(&self, frontend_id: u32) -> Result<u64, StoreError> {
+        self.rejects
+            .get(&frontend_id, 0)
+            .map_err(store_error(REJECTS))
+    }
+
+    /// The Service of a frontend, if the agent labelled it.
+    pub fn frontend_label(&self, frontend_id: u32) -> Result<Option<FrontendLabel>, StoreError> {
+        match self.labels.get(&frontend_id, 0) {
+            Ok(label) => Ok(Some(label)),
+            Err(MapError::KeyNotFound) => Ok(None),
+            Err(e) => Err(store_error(FRONTEND_LABELS)(e)),
+        }
+    }
+
     /// Sockets the socket hooks pointed from a frontend at a backend,
     /// summed over CPUs.
     pub fn frontend_sockets(&self, frontend_id: u32) -> Result<u64, StoreError> {
@@ -633,6 +660,17 @@ impl MapStore for BpfMaps {
             FrontendMapKey::V6(key) => self.frontends6.remove(key).map_err(store_error(FRONTENDS6)),
         }
     }
+    fn put_labels(&mut self, labels: &[(u32, FrontendLabel)]) -> Vec<(u32, StoreError)> {
+        batch::put_all(&mut self.labels, FRONTEND_LABELS, labels)
+    }
+    fn delete_label(&mut self, frontend_id: u32) -> Result<(), StoreError> {
+        match self.labels.remove(&frontend_id) {
+            Err(MapError::SyscallError(e)) if e.io_error.kind() == std::io::ErrorKind::NotFound => {
+                Ok(())
+            }
+            done => done.map_err(store_error(FRONTEND_LABELS)),
+        }
+    }
     fn put_source_range(&mut self, entry: &RangeEntry) -> Result<(), StoreError> {
         match range_key(entry) {
             RangeKey::V4(key) => self
@@ -674,6 +712,8 @@ impl MapStore for BpfMaps {
             SOCK_STATS,
             frontend_ids,
         ));
+        let zeros: Vec<(u32, u64)> = frontend_ids.iter().map(|id| (*id, 0)).collect();
+        failed.extend(batch::put_all_indexed(&mut self.rejects, REJECTS, &zeros));
         failed
     }
 }

@@ -7,7 +7,7 @@
 mod endpoints;
 mod service;
 #[cfg(test)]
-mod test_yaml;
+pub(crate) mod test_yaml;
 pub mod types;
 
 use crate::source::{objects::Service, Rejection, RejectionKind, ServiceName, ServiceObjects};
@@ -17,7 +17,7 @@ use self::{
     service::{
         affinity_timeout, cluster_ips, external_addrs, policy_local, service_port, source_ranges,
     },
-    types::{Built, Node, ServiceModel, ServicePortModel},
+    types::{Built, Node, ServiceModel, ServicePortModel, ServiceType},
 };
 
 /// A port field's value as a port number; `None` for 0 or out of range.
@@ -109,8 +109,16 @@ fn build_service(
     // Kept in the plan for as long as the Service lives: no room for ports
     // it does not have (collecting reserves four).
     ports.shrink_to_fit();
+    let service_type = if load_balancer {
+        ServiceType::LoadBalancer
+    } else if node_ports {
+        ServiceType::NodePort
+    } else {
+        ServiceType::ClusterIp
+    };
     Ok(Some(ServiceModel {
         name: name.clone(),
+        service_type,
         cluster_ips,
         ports,
         affinity_timeout,

@@ -13,7 +13,7 @@ use crate::source::{
 };
 
 /// Builds every Service in `yaml` as this node ("node-a") sees it.
-pub(super) fn model_all(yaml: &str) -> BTreeMap<ServiceName, Built> {
+pub(crate) fn model_all(yaml: &str) -> BTreeMap<ServiceName, Built> {
     let mut loaded = Loaded::default();
     parse_stream("test.yaml", yaml, &mut loaded);
     assert!(loaded.rejections.is_empty(), "{:?}", loaded.rejections);

@@ -93,10 +93,19 @@ pub struct ExternalAddr {
     pub load_balancer: bool,
 }
 
+/// `spec.type` of a Service the dataplane proxies.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ServiceType {
+    ClusterIp,
+    NodePort,
+    LoadBalancer,
+}
+
 /// A Service the dataplane proxies.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ServiceModel {
     pub name: ServiceName,
+    pub service_type: ServiceType,
     /// One per family at most, the primary first (`clusterIPs`' order).
     pub cluster_ips: Vec<IpAddr>,
     pub ports: Vec<ServicePortModel>,

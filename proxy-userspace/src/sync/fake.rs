@@ -2,7 +2,7 @@
 
 use std::borrow::Cow;
 
-use proxy_common::maps::FrontendValue;
+use proxy_common::maps::{FrontendLabel, FrontendValue};
 
 use super::{
     entries::{BackendMapValue, FrontendMapKey},
@@ -23,6 +23,8 @@ pub struct FakeStore {
     pub port_roles: std::collections::BTreeMap<u32, u64>,
     /// Log `PORT_ROLES` writes too (most tests follow the other maps only).
     pub log_port_roles: bool,
+    /// `FRONTEND_LABELS` as written, by frontend id (not logged).
+    pub labels: std::collections::BTreeMap<u32, FrontendLabel>,
 }
 
 impl MapStore for FakeStore {
@@ -90,6 +92,14 @@ impl MapStore for FakeStore {
     fn delete_frontend(&mut self, key: &FrontendMapKey) -> Result<(), StoreError> {
         let id = self.maps.frontends.remove(key).map(|v| v.id);
         self.log.push(format!("delete service {id:?}"));
+        Ok(())
+    }
+    fn put_labels(&mut self, labels: &[(u32, FrontendLabel)]) -> Vec<(u32, StoreError)> {
+        self.labels.extend(labels.iter().copied());
+        Vec::new()
+    }
+    fn delete_label(&mut self, frontend_id: u32) -> Result<(), StoreError> {
+        self.labels.remove(&frontend_id);
         Ok(())
     }
     fn reset_stats(&mut self, frontend_ids: &[u32]) -> Vec<(u32, StoreError)> {

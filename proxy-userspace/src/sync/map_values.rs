@@ -6,9 +6,12 @@ use std::net::IpAddr;
 use proxy_common::{
     addr::addr6_to_net,
     maps::{
-        addr_to_net, port_to_net, BackendValueOf, FrontendKeyOf, FrontendValue, BACKEND_LOCAL,
-        FRONTEND_AFFINITY_CLIENT_IP, FRONTEND_EMPTY_DROP, FRONTEND_SNAT_REMOTE,
-        FRONTEND_SOURCE_RANGES, SCOPE_NODE, SCOPE_POD,
+        addr_to_net, port_to_net, BackendValueOf, FrontendKeyOf, FrontendLabel, FrontendValue,
+        BACKEND_LOCAL, FRONTEND_AFFINITY_CLIENT_IP, FRONTEND_EMPTY_DROP, FRONTEND_SNAT_REMOTE,
+        FRONTEND_SOURCE_RANGES, LABEL_POLICY_EXTERNAL_LOCAL, LABEL_POLICY_INTERNAL_LOCAL,
+        LABEL_TYPE_CLUSTER_IP, LABEL_TYPE_LOAD_BALANCER, LABEL_TYPE_NODE_PORT,
+        LABEL_VIA_CLUSTER_IP, LABEL_VIA_EXTERNAL_IP, LABEL_VIA_LOAD_BALANCER_IP,
+        LABEL_VIA_NODE_PORT, SCOPE_NODE, SCOPE_POD,
     },
 };
 
@@ -18,8 +21,8 @@ use super::{
 };
 use crate::{
     maglev::{self, Member},
-    model::types::Backend,
-    plan::{Frontend, FrontendAddr, FrontendScope},
+    model::types::{Backend, ServiceType},
+    plan::{Frontend, FrontendAddr, FrontendScope, Reached},
 };
 
 /// The map key of a frontend, in its family's map.
@@ -99,6 +102,53 @@ pub fn frontend_value(frontend: &Frontend, id: u32, table_size: u32) -> Frontend
         flags: frontend_flags(frontend),
         affinity_timeout: frontend.affinity_timeout.unwrap_or(0),
     }
+}
+
+/// The `FRONTEND_LABELS` value of a frontend: its Service's names, port
+/// and kind, for the CLI.
+pub fn frontend_label(frontend: &Frontend) -> FrontendLabel {
+    let service_type = match frontend.service_type {
+        ServiceType::ClusterIp => LABEL_TYPE_CLUSTER_IP,
+        ServiceType::NodePort => LABEL_TYPE_NODE_PORT,
+        ServiceType::LoadBalancer => LABEL_TYPE_LOAD_BALANCER,
+    };
+    let via = match frontend.reached {
+        Reached::ClusterIp => LABEL_VIA_CLUSTER_IP,
+        Reached::ExternalIp => LABEL_VIA_EXTERNAL_IP,
+        Reached::LoadBalancerIp => LABEL_VIA_LOAD_BALANCER_IP,
+        Reached::NodePort => LABEL_VIA_NODE_PORT,
+    };
+    let policies = [
+        (frontend.external_policy_local, LABEL_POLICY_EXTERNAL_LOCAL),
+        (frontend.internal_policy_local, LABEL_POLICY_INTERNAL_LOCAL),
+    ]
+    .into_iter()
+    .filter(|(on, _)| *on)
+    .fold(0, |bits, (_, bit)| bits | bit);
+    FrontendLabel {
+        namespace: padded(&frontend.service.namespace),
+        name: padded(&frontend.service.name),
+        port_name: padded(&frontend.port_name),
+        service_port: frontend.service_port,
+        node_port: frontend.node_port.unwrap_or(0),
+        terminating: u16::try_from(frontend.draining.len()).unwrap_or(u16::MAX),
+        service_type,
+        via,
+        policies,
+        _pad: [0; 3],
+    }
+}
+
+/// `text` NUL-padded to `N` bytes, cut on a character boundary if longer
+/// (Kubernetes' names fit; a longer one from a manifest still shows).
+fn padded<const N: usize>(text: &str) -> [u8; N] {
+    let mut out = [0; N];
+    let mut end = text.len().min(N);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    out[..end].copy_from_slice(&text.as_bytes()[..end]);
+    out
 }
 
 /// The `loadBalancerSourceRanges` entries of frontend `id`.

@@ -32,7 +32,10 @@ use std::{borrow::Cow, collections::BTreeSet};
 
 use foldhash::{HashMap, HashMapExt as _, HashSet, HashSetExt as _};
 
-use proxy_common::{maps::FrontendValue, sizes};
+use proxy_common::{
+    maps::{FrontendLabel, FrontendValue},
+    sizes,
+};
 
 use crate::{
     frontend_text::frontend_text,
@@ -44,7 +47,9 @@ use self::{
     backend_refs::BackendRefs,
     entries::{BackendMapValue, FrontendMapKey},
     ids::IdCursor,
-    map_values::{backend_value, frontend_key, frontend_value, member, range_entries},
+    map_values::{
+        backend_value, frontend_key, frontend_label, frontend_value, member, range_entries,
+    },
     port_roles::PortRoles,
     store::{MapContents, MapStore, RangeEntry, TableSpec},
 };
@@ -91,6 +96,8 @@ struct Finishing {
     write: bool,
     /// Whether its id is new to it (its counters are zeroed first).
     fresh: bool,
+    /// Its Service for the CLI, written with every sync that stages it.
+    label: FrontendLabel,
 }
 
 /// Tables built at once (in parallel), then written: bounds the slots held
@@ -521,6 +528,7 @@ impl Syncer {
             ranges,
             write: complete && existing != Some(value),
             fresh: existing.is_none(),
+            label: frontend_label(&frontend),
         }
     }
 
@@ -571,6 +579,16 @@ impl Syncer {
                 self.live_frontend_ids.insert(value.id);
                 report.services_written += 1;
             }
+        }
+        // Every live entry staged gets its label, changed or not: a
+        // Service's type or port name may change without its entries.
+        let labels: Vec<(u32, FrontendLabel)> = finishing
+            .iter()
+            .filter(|f| self.current.frontends.get(&f.key).map(|v| v.id) == Some(f.value.id))
+            .map(|f| (f.value.id, f.label))
+            .collect();
+        for (_, e) in store.put_labels(&labels) {
+            report.errors.push(e.to_string());
         }
     }
 
@@ -669,6 +687,9 @@ impl Syncer {
             return;
         }
         self.current.frontends.remove(&key);
+        if let Err(e) = store.delete_label(existing.id) {
+            report.errors.push(e.to_string());
+        }
         self.roles.remove_frontend(&key);
         self.live_frontend_ids.remove(&existing.id);
         self.resting_frontend_ids.insert(existing.id);
@@ -723,12 +744,16 @@ mod tests {
 
     use proxy_common::maps::{
         addr_to_net, port_to_net, BackendValue, BACKEND_LOCAL, FRONTEND_AFFINITY_CLIENT_IP,
-        FRONTEND_EMPTY_DROP, FRONTEND_SNAT_REMOTE, FRONTEND_SOURCE_RANGES, SCOPE_NODE, SCOPE_POD,
+        FRONTEND_EMPTY_DROP, FRONTEND_SNAT_REMOTE, FRONTEND_SOURCE_RANGES,
+        LABEL_TYPE_LOAD_BALANCER, LABEL_VIA_CLUSTER_IP, LABEL_VIA_LOAD_BALANCER_IP, SCOPE_NODE,
+        SCOPE_POD,
     };
 
     use super::*;
     use crate::{
-        model::types::{Backend, ExternalAddr, Protocol, ServiceModel, ServicePortModel},
+        model::types::{
+            Backend, ExternalAddr, Protocol, ServiceModel, ServicePortModel, ServiceType,
+        },
         plan::{FrontendScope, PlanChange},
         source::ServiceName,
         sync::fake::FakeStore,
@@ -736,6 +761,7 @@ mod tests {
 
     fn model_without_ports(name: &ServiceName) -> ServiceModel {
         ServiceModel {
+            service_type: ServiceType::ClusterIp,
             name: name.clone(),
             cluster_ips: vec![],
             ports: vec![],
@@ -765,6 +791,7 @@ mod tests {
         for (vip, port, backends) in frontends {
             let name = ServiceName::new("default", &format!("{vip}-{port}"));
             let model = ServiceModel {
+                service_type: ServiceType::ClusterIp,
                 name: name.clone(),
                 cluster_ips: vec![vip.parse().unwrap()],
                 ports: vec![ServicePortModel {
@@ -1332,6 +1359,7 @@ mod tests {
             local: true,
         };
         let model = ServiceModel {
+            service_type: ServiceType::ClusterIp,
             name: name.clone(),
             cluster_ips: vec!["10.96.0.1".parse().unwrap()],
             ports: vec![ServicePortModel {
@@ -1366,6 +1394,7 @@ mod tests {
             local: false,
         };
         let model = |backends: &[&str], draining: &[&str]| ServiceModel {
+            service_type: ServiceType::ClusterIp,
             name: name.clone(),
             cluster_ips: vec!["10.96.0.1".parse().unwrap()],
             ports: vec![ServicePortModel {
@@ -1428,8 +1457,19 @@ mod tests {
     /// A LoadBalancer `default/lb` with ingress IP 192.0.2.10 port 80 (one
     /// remote backend) and the given source ranges, with no node address.
     fn load_balancer_plan(ranges: Option<&[&str]>, external_local: bool) -> Plan {
+        plan_with(load_balancer_model(ranges, external_local))
+    }
+
+    fn plan_with(model: ServiceModel) -> Plan {
+        let mut plan = Plan::default();
+        plan.set(&model.name.clone(), Some(model), &mut PlanChange::default());
+        plan
+    }
+
+    fn load_balancer_model(ranges: Option<&[&str]>, external_local: bool) -> ServiceModel {
         let name = ServiceName::new("default", "lb");
-        let model = ServiceModel {
+        ServiceModel {
+            service_type: ServiceType::ClusterIp,
             cluster_ips: vec!["10.96.0.1".parse().unwrap()],
             ports: vec![ServicePortModel {
                 name: String::new(),
@@ -1449,10 +1489,7 @@ mod tests {
             external_policy_local: external_local,
             source_ranges: ranges.map(|r| r.iter().map(|c| c.parse().unwrap()).collect()),
             ..model_without_ports(&name)
-        };
-        let mut plan = Plan::default();
-        plan.set(&name, Some(model), &mut PlanChange::default());
-        plan
+        }
     }
 
     fn node_entry(maps: &MapContents) -> (FrontendMapKey, FrontendValue) {
@@ -1492,6 +1529,64 @@ mod tests {
         syncer.reconcile(&load_balancer_plan(None, true), &mut store);
         let (_, value) = node_entry(&store.maps);
         assert_eq!((value.flags, value.table_size), (FRONTEND_EMPTY_DROP, 0));
+    }
+
+    #[test]
+    fn every_live_frontend_is_labelled_with_its_service_until_it_goes() {
+        let mut store = FakeStore::default();
+        let mut syncer = fresh_syncer();
+        syncer.reconcile(&load_balancer_plan(None, true), &mut store);
+        let labels = |store: &FakeStore| -> Vec<(u32, String, u16, u8, u8, u8)> {
+            store
+                .maps
+                .frontends
+                .values()
+                .map(|v| {
+                    let label = store.labels.get(&v.id).expect("a label per live frontend");
+                    let text = |bytes: &[u8]| {
+                        String::from_utf8(bytes.iter().copied().take_while(|b| *b != 0).collect())
+                            .unwrap()
+                    };
+                    let name = format!("{}/{}", text(&label.namespace), text(&label.name));
+                    let l = label;
+                    (
+                        v.id,
+                        name,
+                        l.service_port,
+                        l.service_type,
+                        l.via,
+                        l.policies,
+                    )
+                })
+                .collect()
+        };
+        let cluster_ip = |id| (id, "default/lb".to_string(), 80, 0, LABEL_VIA_CLUSTER_IP, 1);
+        let ingress = |id| {
+            (
+                id,
+                "default/lb".to_string(),
+                80,
+                0,
+                LABEL_VIA_LOAD_BALANCER_IP,
+                1,
+            )
+        };
+        let ids: Vec<u32> = store.maps.frontends.values().map(|v| v.id).collect();
+        assert_eq!(
+            labels(&store),
+            [cluster_ip(ids[0]), ingress(ids[1]), ingress(ids[2])]
+        );
+        // The type alone changes: no entry is rewritten, every label is.
+        let mut model = load_balancer_model(None, true);
+        model.service_type = ServiceType::LoadBalancer;
+        store.log.clear();
+        syncer.reconcile(&plan_with(model), &mut store);
+        assert!(store.log.is_empty(), "{:?}", store.log);
+        let types: Vec<u8> = labels(&store).iter().map(|l| l.3).collect();
+        assert_eq!(types, [LABEL_TYPE_LOAD_BALANCER; 3]);
+        // Gone with its frontends.
+        syncer.reconcile(&Plan::default(), &mut store);
+        assert!(store.labels.is_empty(), "{:?}", store.labels.keys());
     }
 
     #[test]
@@ -1621,6 +1716,7 @@ mod tests {
             load_balancer: true,
         };
         let model = ServiceModel {
+            service_type: ServiceType::ClusterIp,
             cluster_ips: vec![
                 "10.96.0.1".parse().unwrap(),
                 "fd00:10:96::1".parse().unwrap(),
@@ -1685,6 +1781,7 @@ mod tests {
     fn an_ipv6_frontend_gets_its_backend_before_its_table_and_its_table_before_its_entry() {
         let name = ServiceName::new("default", "v6");
         let model = ServiceModel {
+            service_type: ServiceType::ClusterIp,
             cluster_ips: vec!["fd00:10:96::a".parse().unwrap()],
             ports: vec![ServicePortModel {
                 name: String::new(),

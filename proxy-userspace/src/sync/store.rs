@@ -8,7 +8,7 @@ use std::{
     net::{Ipv4Addr, Ipv6Addr},
 };
 
-use proxy_common::maps::FrontendValue;
+use proxy_common::maps::{FrontendLabel, FrontendValue};
 
 use super::{
     backend_table::BackendTable,
@@ -113,9 +113,14 @@ pub trait MapStore {
         entries: &[(FrontendMapKey, FrontendValue)],
     ) -> Vec<(FrontendMapKey, StoreError)>;
     fn delete_frontend(&mut self, key: &FrontendMapKey) -> Result<(), StoreError>;
+    /// Writes the labels (frontend id, label) of live frontends, as few
+    /// calls as the map takes; returns the ones that could not be written.
+    fn put_labels(&mut self, labels: &[(u32, FrontendLabel)]) -> Vec<(u32, StoreError)>;
+    /// Removes the label of `frontend_id`, if it has one.
+    fn delete_label(&mut self, frontend_id: u32) -> Result<(), StoreError>;
     fn put_source_range(&mut self, entry: &RangeEntry) -> Result<(), StoreError>;
     fn delete_source_range(&mut self, entry: &RangeEntry) -> Result<(), StoreError>;
-    /// Zeroes the counters of frontend ids about to be (re)used; returns
+    /// Zeroes the counters (packets, bytes, rejects) of frontend ids about to be (re)used; returns
     /// the ids whose counters could not be zeroed, with why.
     fn reset_stats(&mut self, frontend_ids: &[u32]) -> Vec<(u32, StoreError)>;
     /// Writes words of `PORT_ROLES` (index, bits); returns the ones that

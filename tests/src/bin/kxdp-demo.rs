@@ -50,7 +50,7 @@ fn cluster_ip() -> anyhow::Result<()> {
     }
 
     println!("\n`kxdp services`:\n");
-    print!("{}", s.kxdp(&["services"])?);
+    print!("{}", s.kxdp(&["services", "-A"])?);
 
     println!("\nStopping the agent (the datapath stays attached) and unloading:");
     let status = agent.stop()?;
@@ -118,7 +118,7 @@ fn load_balancer() -> anyhow::Result<()> {
     let table = t.run_in(
         t.netns(NodeId::A),
         &kxdp,
-        &["services", "--pin-path", &pins],
+        &["services", "-A", "--pin-path", &pins],
     );
     print!("{}", table.map_err(anyhow::Error::msg)?);
     let status = agent.stop()?;

@@ -8,7 +8,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use proxy_common::maps::FrontendValue;
+use proxy_common::maps::{FrontendLabel, FrontendValue};
 use proxy_userspace::sync::{
     entries::{BackendMapValue, FrontendMapKey},
     store::{MapStore, RangeEntry, StoreError, TableSpec},
@@ -76,6 +76,14 @@ impl<S: MapStore> MapStore for TimedStore<'_, S> {
         entries: &[(FrontendMapKey, FrontendValue)],
     ) -> Vec<(FrontendMapKey, StoreError)> {
         self.timed(|s| s.put_frontends(entries))
+    }
+
+    fn put_labels(&mut self, labels: &[(u32, FrontendLabel)]) -> Vec<(u32, StoreError)> {
+        self.timed(|s| s.put_labels(labels))
+    }
+
+    fn delete_label(&mut self, frontend_id: u32) -> Result<(), StoreError> {
+        self.timed(|s| s.delete_label(frontend_id))
     }
 
     fn delete_frontend(&mut self, key: &FrontendMapKey) -> Result<(), StoreError> {
