@@ -54,6 +54,8 @@ pub enum Command {
     Agent(Box<AgentArgs>),
     /// Show the Services the pinned maps serve, by name, with their frontends, backends and counters.
     Services(ServicesArgs),
+    /// Explain what the datapath would do now with one packet, step by step.
+    Trace(TraceArgs),
     /// Show the attached programs, how full the maps are and the agent's last sync.
     Status(StatusArgs),
     /// Detach the programs and remove every pin.
@@ -101,6 +103,23 @@ pub struct ServicesArgs {
     /// table or wide for people, json or yaml for scripts (stable field names).
     #[arg(long, short = 'o', env = "KXDP_OUTPUT", value_enum, default_value_t = ListOutput::Table)]
     pub output: ListOutput,
+}
+
+#[derive(Debug, Args)]
+pub struct TraceArgs {
+    #[command(flatten)]
+    pub pin: PinArgs,
+    /// The packet's source: ADDR or ADDR:PORT ([ADDR]:PORT for IPv6).
+    pub source: String,
+    /// Its destination: ADDR:PORT[/tcp|udp] (TCP by default).
+    pub destination: String,
+    /// Where the datapath sees it: leaving a pod, arriving on a NIC, or a
+    /// host process's socket.
+    #[arg(long, env = "KXDP_TRACE_VIA", value_enum, default_value_t = crate::commands::trace::request::Via::Pod)]
+    pub via: crate::commands::trace::request::Via,
+    /// table (one step a line) for people, json for scripts.
+    #[arg(long, short = 'o', env = "KXDP_OUTPUT", value_enum, default_value_t = Output::Table)]
+    pub output: Output,
 }
 
 #[derive(Debug, Args)]

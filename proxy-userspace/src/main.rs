@@ -37,6 +37,7 @@ fn main() -> std::process::ExitCode {
         Command::Agent(args) => run_agent(*args),
         Command::Services(args) => commands::services::run(&args),
         Command::Status(args) => commands::status::run(&args),
+        Command::Trace(args) => commands::trace::run(&args),
         Command::Unload(args) => commands::unload::run(&args.pin_path),
     };
     // One line with the whole cause chain; no backtrace for operator errors.

@@ -701,6 +701,12 @@ impl Datapath {
         v4.chain(v6).collect()
     }
 
+    /// Where the maps are pinned (this datapath's own bpffs mount), for
+    /// readers of the pins such as `kxdp trace`'s.
+    pub fn pin_path(&self) -> &std::path::Path {
+        self._mount.path()
+    }
+
     /// Runs `pod_ingress` (a packet leaving a pod) once on `frame`:
     /// (verdict, frame as the program left it).
     pub fn run(&mut self, frame: &[u8]) -> (u32, Vec<u8>) {

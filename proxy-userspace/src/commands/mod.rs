@@ -3,4 +3,5 @@
 pub mod agent;
 pub mod services;
 pub mod status;
+pub mod trace;
 pub mod unload;

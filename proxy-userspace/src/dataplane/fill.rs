@@ -62,7 +62,7 @@ pub struct Conntrack {
     v6: HashMap<MapData, FlowKey6, CtEntry6>,
 }
 
-fn open_hash<K: Pod, V: Pod>(
+pub(crate) fn open_hash<K: Pod, V: Pod>(
     pin_path: &Path,
     name: &'static str,
 ) -> Result<HashMap<MapData, K, V>, DataplaneError> {

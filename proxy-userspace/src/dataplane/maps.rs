@@ -440,6 +440,55 @@ impl BpfMaps {
         })
     }
 
+    /// The value of frontend `key`, if the map holds it.
+    pub fn frontend(&self, key: &FrontendMapKey) -> Result<Option<FrontendValue>, StoreError> {
+        let found = match key {
+            FrontendMapKey::V4(key) => self.frontends.get(key, 0),
+            FrontendMapKey::V6(key) => self.frontends6.get(key, 0),
+        };
+        match found {
+            Ok(value) => Ok(Some(value)),
+            Err(MapError::KeyNotFound) => Ok(None),
+            Err(e) => Err(store_error(FRONTENDS)(e)),
+        }
+    }
+
+    /// Backend `id` of `family_v6`'s array, if its slot holds one.
+    pub fn backend(&self, id: u32, family_v6: bool) -> Result<Option<BackendMapValue>, StoreError> {
+        let held = if family_v6 {
+            let value = self
+                .backends6
+                .get(&id, 0)
+                .map_err(store_error(BACKEND_SLOTS6))?;
+            (value.addr != [0; 4]).then_some(BackendMapValue::V6(value))
+        } else {
+            let value = self
+                .backends
+                .get(&id, 0)
+                .map_err(store_error(BACKEND_SLOTS))?;
+            (value.addr != 0).then_some(BackendMapValue::V4(value))
+        };
+        Ok(held)
+    }
+
+    /// Whether `loadBalancerSourceRanges` of frontend `frontend_id` admit
+    /// `client`: the datapath's longest-prefix lookup.
+    pub fn source_allowed(&self, frontend_id: u32, client: IpAddr) -> Result<bool, StoreError> {
+        let entry = RangeEntry {
+            frontend_id,
+            cidr: IpCidr::host(client),
+        };
+        let found = match range_key(&entry) {
+            RangeKey::V4(key) => self.source_ranges.get(&key, 0),
+            RangeKey::V6(key) => self.source_ranges6.get(&key, 0),
+        };
+        match found {
+            Ok(_) => Ok(true),
+            Err(MapError::KeyNotFound) => Ok(false),
+            Err(e) => Err(store_error(SOURCE_RANGES)(e)),
+        }
+    }
+
     /// What `NIC_ADDRS` and `NIC_ADDRS6` hold: ifindex → SNAT address.
     pub fn nic_addrs(&self) -> Result<NicAddrs, StoreError> {
         let mut addrs = NicAddrs::default();

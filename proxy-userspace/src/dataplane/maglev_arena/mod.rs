@@ -174,6 +174,14 @@ impl MaglevArena {
 
     /// The slots of `frontend_id`'s table, as the datapath reads them.
     pub fn get(&self, frontend_id: u32) -> Result<Option<Vec<u32>>, ArenaError> {
+        Ok(self
+            .entries(frontend_id)?
+            .and_then(|entries| block::decode(&entries)))
+    }
+
+    /// The entries of `frontend_id`'s table block, as the datapath reads
+    /// them (`maglev_layout`); `None` without a table.
+    pub fn entries(&self, frontend_id: u32) -> Result<Option<Vec<u64>>, ArenaError> {
         let offset = self.block_of(frontend_id)?;
         let Some(block) = self.blocks.get(&offset) else {
             return Ok(None);
@@ -182,7 +190,7 @@ impl MaglevArena {
             .arena
             .read(offset, block.len)
             .map_err(io_error("reading MAGLEV_ARENA"))?;
-        Ok(block::decode(&entries))
+        Ok(Some(entries))
     }
 
     /// Whether some frontend has the table `spec`.
