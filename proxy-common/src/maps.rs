@@ -477,6 +477,65 @@ pub const LABEL_POLICY_EXTERNAL_LOCAL: u8 = 1;
 /// `FrontendLabel::policies`: `internalTrafficPolicy: Local`.
 pub const LABEL_POLICY_INTERNAL_LOCAL: u8 = 2;
 
+map_type! {
+    /// `EVENTS` record: one datapath event for `kxdp monitor`.
+    pub struct MonitorEvent {
+        /// `EVENT_*`.
+        pub kind: u8,
+        /// A drop's [`DropReason`] index.
+        pub reason: u8,
+        /// 4 or 6: how many address words are used (1 or 4).
+        pub family: u8,
+        pub proto: u8,
+        /// The frontend the packet was for.
+        pub frontend_id: u32,
+        /// Addresses as the packet holds them (network order; an IPv4 one
+        /// in the first word).
+        pub src_addr: [u32; 4],
+        pub dst_addr: [u32; 4],
+        /// A new flow's backend.
+        pub backend_addr: [u32; 4],
+        /// Ports, network order.
+        pub src_port: u16,
+        pub dst_port: u16,
+        pub backend_port: u16,
+        pub _pad: u16,
+        /// Events this CPU's rate limit left out since its previous one.
+        pub suppressed: u32,
+    }
+}
+
+/// `MonitorEvent::kind`: a packet dropped (`reason` says why).
+pub const EVENT_DROP: u8 = 1;
+/// `MonitorEvent::kind`: a packet answered as refused (no endpoints).
+pub const EVENT_REJECT: u8 = 2;
+/// `MonitorEvent::kind`: a new flow sent to `backend_addr`.
+pub const EVENT_NEW_FLOW: u8 = 3;
+/// `MonitorEvent::kind`: a socket refused by the socket hooks (no
+/// endpoints); its source is unknown (zero).
+pub const EVENT_SOCKET_REFUSED: u8 = 4;
+
+/// `MONITOR` bits: what a listening `kxdp monitor` asked for. Nothing is
+/// sent without a listener.
+pub const MONITOR_DROPS: u32 = 1;
+pub const MONITOR_NEW_FLOWS: u32 = 2;
+
+/// Events per second each CPU may send, and its burst: a flood of drops
+/// costs the ring buffer and the reader no more than this.
+pub const MONITOR_EVENTS_PER_S: u64 = 5_000;
+pub const MONITOR_BURST: u32 = 500;
+
+map_type! {
+    /// `MONITOR_BUDGET` value (per CPU): the rate limit's token bucket.
+    pub struct MonitorBudget {
+        /// When tokens were last added, on `bpf_ktime_get_ns`.
+        pub refilled_ns: u64,
+        pub tokens: u32,
+        /// Events left out since the last one sent.
+        pub suppressed: u32,
+    }
+}
+
 /// Why a packet was dropped: the index of its per-CPU `drops` counter.
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -11,7 +11,7 @@ use proxy_common::{
 use crate::{
     conntrack::{self, PairSlot},
     family::Family,
-    lookup,
+    lookup, monitor,
     parse::Flow,
     select, snat,
 };
@@ -82,26 +82,33 @@ impl<F: Family> Lookups for FlowLookups<'_, F> {
             Hook::Nic => conntrack::scratch_slot()?,
             Hook::Pod => &mut on_stack,
         };
-        let pair = match lb::recording(
+        let entry = match lb::recording(
             self.hook,
             frontend,
             backend.flags,
             backend.addr == flow.src_addr,
         ) {
-            Recording::Plain => conntrack::pair(slot, flow, id, &chosen, 0, None, 0),
-            Recording::FromNic => conntrack::pair(slot, flow, id, &chosen, CT_FROM_NIC, None, 0),
+            Recording::Plain => {
+                conntrack::record(flow, conntrack::pair(slot, flow, id, &chosen, 0, None, 0))
+            }
+            Recording::FromNic => conntrack::record(
+                flow,
+                conntrack::pair(slot, flow, id, &chosen, CT_FROM_NIC, None, 0),
+            ),
             Recording::Hairpin => {
                 // The VIP with the client's port stands in as the source.
                 let stand_in = (flow.dst_addr, flow.src_port);
-                conntrack::pair(slot, flow, id, &chosen, CT_HAIRPIN, Some(stand_in), 0)
+                let pair = conntrack::pair(slot, flow, id, &chosen, CT_HAIRPIN, Some(stand_in), 0);
+                conntrack::record(flow, pair)
             }
             Recording::Snat => {
                 let node_addr =
                     F::nic_address(self.ingress_ifindex).ok_or(DropReason::NoSnatAddress)?;
-                return snat::create(slot, flow, id, &chosen, &node_addr);
+                snat::create(slot, flow, id, &chosen, &node_addr)
             }
-        };
-        conntrack::record(flow, pair)
+        }?;
+        monitor::new_flow(flow, id, (entry.nat_addr, entry.nat_port));
+        Ok(entry)
     }
 }
 
@@ -118,7 +125,26 @@ pub fn balance<F: Family>(
     ingress_ifindex: u32,
 ) -> Result<Decision<CtEntryOf<F>>, DropReason> {
     let lookups = FlowLookups::new(flow, hook, ingress_ifindex);
-    lb::balance(&lookups, frontend, flow.packet())
+    reported(
+        flow,
+        frontend.id,
+        lb::balance(&lookups, frontend, flow.packet()),
+    )
+}
+
+/// Tells a listening monitor what the core refused or dropped.
+#[inline(always)]
+fn reported<F: Family, E>(
+    flow: &Flow<F>,
+    frontend_id: u32,
+    decided: Result<Decision<E>, DropReason>,
+) -> Result<Decision<E>, DropReason> {
+    match &decided {
+        Err(reason) => monitor::dropped(flow, frontend_id, *reason),
+        Ok(Decision::Reject(_)) => monitor::rejected(flow, frontend_id),
+        Ok(Decision::Translate(_)) => {}
+    }
+    decided
 }
 
 /// [`balance`] with conntrack first, for hooks where nearly every packet on
@@ -138,7 +164,10 @@ pub fn balance_conntrack_first<F: Family>(
     match lb::carried(&lookups, packet) {
         First::Carried(entry) => Ok(Some(Decision::Translate(entry))),
         First::ByFrontend(established) => match find(flow) {
-            Some(frontend) => lb::decide(&lookups, &frontend, packet, established).map(Some),
+            Some(frontend) => {
+                let decided = lb::decide(&lookups, &frontend, packet, established);
+                reported(flow, frontend.id, decided).map(Some)
+            }
             None => Ok(None),
         },
     }

@@ -22,6 +22,7 @@ mod kernel;
 mod lb;
 mod lookup;
 mod maps;
+mod monitor;
 mod nat;
 mod object_runtime;
 mod parse;

@@ -4,15 +4,16 @@
 use aya_ebpf::{
     bindings::BPF_F_NO_PREALLOC,
     macros::map,
-    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
 };
 use proxy_common::{
     addr::Addr6,
     maps::{
         port_roles, AffinityKey, AffinityKey6, AffinityValue, BackendValue, BackendValue6, CtEntry,
         CtEntry6, FlowKey, FlowKey6, FrontendKey, FrontendKey6, FrontendLabel, FrontendStats,
-        FrontendValue, NextHop, NextHop6, SockAffinityKey, SockRevNatKey, SockRevNatKey6,
-        SockRevNatValue, SockRevNatValue6, SourceRange, SourceRange6, MAGLEV_ARENA_FLAGS,
+        FrontendValue, MonitorBudget, NextHop, NextHop6, SockAffinityKey, SockRevNatKey,
+        SockRevNatKey6, SockRevNatValue, SockRevNatValue6, SourceRange, SourceRange6,
+        MAGLEV_ARENA_FLAGS,
     },
     sizes,
 };
@@ -96,6 +97,21 @@ pub static REJECTS: Array<u64> = Array::pinned(sizes::MAX_FRONTENDS, 0);
 #[map]
 pub static FRONTEND_LABELS: HashMap<u32, FrontendLabel> =
     HashMap::pinned(sizes::MAX_FRONTENDS, BPF_F_NO_PREALLOC);
+
+/// `kxdp monitor`'s events (`proxy_common::maps::MonitorEvent`): 256 KiB,
+/// 3,800 events, read as they come.
+#[map]
+pub static EVENTS: RingBuf = RingBuf::pinned(256 * 1024, 0);
+
+/// What a listening `kxdp monitor` asked for (`MONITOR_*` bits, slot 0);
+/// 0: nobody listens, and no event is sent.
+#[map]
+pub static MONITOR: Array<u32> = Array::pinned(1, 0);
+
+/// Each CPU's token bucket for events (`MonitorBudget`), not pinned: a new
+/// object starts with empty buckets.
+#[map]
+pub static MONITOR_BUDGET: PerCpuArray<MonitorBudget> = PerCpuArray::with_max_entries(1, 0);
 
 /// Dropped packets by reason (`proxy_common::maps::drop_reason`).
 #[map]

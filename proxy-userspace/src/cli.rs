@@ -56,6 +56,8 @@ pub enum Command {
     Services(ServicesArgs),
     /// Explain what the datapath would do now with one packet, step by step.
     Trace(TraceArgs),
+    /// Stream the datapath's drops and rejects (and new flows) as they happen.
+    Monitor(MonitorArgs),
     /// Show the attached programs, how full the maps are and the agent's last sync.
     Status(StatusArgs),
     /// Detach the programs and remove every pin.
@@ -103,6 +105,35 @@ pub struct ServicesArgs {
     /// table or wide for people, json or yaml for scripts (stable field names).
     #[arg(long, short = 'o', env = "KXDP_OUTPUT", value_enum, default_value_t = ListOutput::Table)]
     pub output: ListOutput,
+}
+
+#[derive(Debug, Args)]
+pub struct MonitorArgs {
+    #[command(flatten)]
+    pub pin: PinArgs,
+    /// Each new flow too, with the backend it was sent to.
+    #[arg(long, env = "KXDP_MONITOR_NEW_FLOWS")]
+    pub new_flows: bool,
+    /// Only events of these Services (NAMESPACE/NAME), comma-separated.
+    #[arg(long, env = "KXDP_MONITOR_SERVICE", value_delimiter = ',')]
+    pub service: Vec<String>,
+    /// Only these drop reasons (e.g. source_range) or kinds (reject,
+    /// socket_refused, new_flow), comma-separated.
+    #[arg(long, env = "KXDP_MONITOR_REASON", value_delimiter = ',')]
+    pub reason: Vec<String>,
+    /// Only events with one of these addresses as source, destination or
+    /// backend, comma-separated.
+    #[arg(long, env = "KXDP_MONITOR_ADDRESS", value_delimiter = ',')]
+    pub address: Vec<IpAddr>,
+    /// Stop after this many events.
+    #[arg(long, env = "KXDP_MONITOR_COUNT")]
+    pub count: Option<u64>,
+    /// Stop after this many seconds.
+    #[arg(long, env = "KXDP_MONITOR_SECONDS")]
+    pub seconds: Option<u64>,
+    /// table (one line an event) for people, json (one object a line) for scripts.
+    #[arg(long, short = 'o', env = "KXDP_OUTPUT", value_enum, default_value_t = Output::Table)]
+    pub output: Output,
 }
 
 #[derive(Debug, Args)]

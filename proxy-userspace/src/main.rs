@@ -38,6 +38,7 @@ fn main() -> std::process::ExitCode {
         Command::Services(args) => commands::services::run(&args),
         Command::Status(args) => commands::status::run(&args),
         Command::Trace(args) => commands::trace::run(&args),
+        Command::Monitor(args) => commands::monitor::run(&args),
         Command::Unload(args) => commands::unload::run(&args.pin_path),
     };
     // One line with the whole cause chain; no backtrace for operator errors.

@@ -572,6 +572,15 @@ impl Datapath {
             .expect("insert affinity");
     }
 
+    /// Tells the programs a monitor listens for `bits` (`MONITOR_*`; 0:
+    /// nobody), as `kxdp monitor` does.
+    pub fn set_monitor(&mut self, bits: u32) {
+        let map = self.ebpf.map_mut("MONITOR").expect("no map MONITOR");
+        let mut monitor: aya::maps::Array<&mut MapData, u32> =
+            aya::maps::Array::try_from(map).expect("MONITOR is an array");
+        monitor.set(0, bits, 0).expect("write MONITOR");
+    }
+
     /// The address flows of its family arriving on NIC `ifindex` are
     /// SNATed to.
     pub fn set_nic_addr(&mut self, ifindex: u32, addr: impl Into<IpAddr>) {

@@ -9,7 +9,7 @@ use std::{
     io::{BufRead, BufReader},
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
     path::{Path, PathBuf},
-    process::{ChildStdout, Stdio},
+    process::Stdio,
     sync::mpsc::{self, Receiver},
     time::Duration,
 };
@@ -382,8 +382,8 @@ impl EchoScenario {
     }
 }
 
-/// The lines `stdout` prints, as they come.
-pub fn lines_of(stdout: ChildStdout) -> Receiver<String> {
+/// The lines `stdout` (or a stderr) prints, as they come.
+pub fn lines_of(stdout: impl std::io::Read + Send + 'static) -> Receiver<String> {
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {

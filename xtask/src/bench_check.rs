@@ -38,6 +38,7 @@ const REQUIRED_ROWS: &[(&str, &[&str])] = &[
             "| reply",
             "| IPv6 established",
             "| IPv6 reply",
+            "| monitor listening: established",
             "| floor (empty XDP), one repetition per call",
             "| NodePort new flow, local backend",
             "| NodePort new flow, remote backend",

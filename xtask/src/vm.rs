@@ -48,6 +48,8 @@ const SUITES: &[&str] = &[
     "nic_packet_tests",
     "ipv6_packet_tests",
     "ipv6_nic_packet_tests",
+    "trace_agreement",
+    "monitor_netns",
     "ipv6_maps",
     "ipv6_netns",
     "ipv6_nodeport_netns",

@@ -49,6 +49,7 @@ use crate::{
     family::Family,
     kernel, lookup,
     maps::{SOCK_AFFINITY, SOCK_STATS},
+    monitor,
     select::{self, Selected},
     stats,
 };
@@ -256,6 +257,7 @@ fn to_backend<F: Family>(
     }
     if frontend.table_size == 0 {
         stats::count_reject(frontend.id);
+        monitor::socket_refused(frontend.id, proto, (vip, port));
         return refuse();
     }
     let cookie = cookie(ctx);

@@ -59,6 +59,9 @@ pub const NIC_ADDRS: &str = "NIC_ADDRS";
 pub const NIC_ADDRS6: &str = "NIC_ADDRS6";
 pub const REJECTS: &str = "REJECTS";
 pub const FRONTEND_LABELS: &str = "FRONTEND_LABELS";
+/// `kxdp monitor`'s ring buffer of events, and what it asks for.
+pub const EVENTS: &str = "EVENTS";
+pub const MONITOR: &str = "MONITOR";
 /// The maps the agent writes from the Services, whose fill it reports.
 pub const AGENT_WRITTEN: [&str; 6] = [
     FRONTENDS,
@@ -89,7 +92,7 @@ const fn pinned<K, V>(name: &'static str) -> PinnedMap {
 }
 
 /// Every map pinned under the pin path.
-pub const ALL: [PinnedMap; 26] = [
+pub const ALL: [PinnedMap; 28] = [
     pinned::<FrontendKey, FrontendValue>(FRONTENDS),
     pinned::<FrontendKey6, FrontendValue>(FRONTENDS6),
     pinned::<u32, BackendValue>(BACKEND_SLOTS),
@@ -116,6 +119,9 @@ pub const ALL: [PinnedMap; 26] = [
     pinned::<u32, NextHop6>("HOP_CACHE6"),
     pinned::<u32, u64>(REJECTS),
     pinned::<u32, FrontendLabel>(FRONTEND_LABELS),
+    // A ring buffer has neither keys nor values.
+    pinned::<(), ()>(EVENTS),
+    pinned::<u32, u32>(MONITOR),
 ];
 
 /// Maps earlier versions pinned and this one no longer uses (`SELECTION`:

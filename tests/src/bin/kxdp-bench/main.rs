@@ -52,7 +52,7 @@ use proxy_common::{
     addr::addr6_to_net,
     maps::{
         addr_to_net, port_to_net, CtEntry, CtEntry6, DropReason, FlowKey, FlowKey6, CT_REPLY,
-        PROTO_TCP,
+        MONITOR_DROPS, MONITOR_NEW_FLOWS, PROTO_TCP,
     },
 };
 use proxy_userspace::sync::entries::FrontendMapKey;

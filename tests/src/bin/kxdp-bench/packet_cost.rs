@@ -11,6 +11,8 @@ const NODEPORT_CALLS: u32 = 4_800;
 pub(crate) const FLOOR_XDP: &str = "floor (empty XDP)";
 pub(crate) const FLOOR_TC: &str = "floor (empty tc)";
 pub(crate) const FLOOR_XDP_SINGLE: &str = "floor (empty XDP), one repetition per call";
+/// The established path with `kxdp monitor` listening for every event.
+pub(crate) const MONITORED_ESTABLISHED: &str = "monitor listening: established (CT hit + DNAT)";
 
 pub(crate) struct PacketBench {
     pub(crate) label: String,
@@ -93,6 +95,12 @@ pub(crate) fn packet_benches(plan: &Plan, nic: u32) -> anyhow::Result<Vec<Packet
     for family in [Family::V4, Family::V6] {
         benches.extend(pod_paths(plan, family)?);
     }
+    benches.push(bench(
+        MONITORED_ESTABLISHED,
+        POD_INGRESS,
+        plan.repeat.to_string(),
+        Box::new(Established::new(plan.repeat, Family::V4, true)?),
+    ));
     benches.push(floor_single);
     // The NIC paths in each family, IPv6's rows right after IPv4's.
     for family in [Family::V4, Family::V6] {
@@ -146,7 +154,7 @@ fn pod_paths(plan: &Plan, family: Family) -> anyhow::Result<Vec<PacketBench>> {
             &label("established (CT hit + DNAT)"),
             POD_INGRESS,
             repeat.to_string(),
-            Box::new(Established::new(repeat, family)?),
+            Box::new(Established::new(repeat, family, false)?),
         ),
         bench(
             &label(&format!("new flow (select + CT insert + DNAT), {cold}-service chain")),

@@ -78,8 +78,13 @@ pub(crate) struct Established {
 }
 
 impl Established {
-    pub(crate) fn new(repeat: u32, family: Family) -> anyhow::Result<Self> {
+    /// `monitored`: with a `kxdp monitor` listening for every event (drops
+    /// and new flows), which the established path must not pay for.
+    pub(crate) fn new(repeat: u32, family: Family, monitored: bool) -> anyhow::Result<Self> {
         let mut dp = two_cycle_datapath(family);
+        if monitored {
+            dp.set_monitor(MONITOR_DROPS | MONITOR_NEW_FLOWS);
+        }
         let (client, vip, backend) = (family.client(40_000), family.vip(), family.backend());
         // One SYN each way opens both flows (forward + reply entries)...
         let (syn_to_vip, syn_to_backend) = (syn(client, vip), syn(client, backend));

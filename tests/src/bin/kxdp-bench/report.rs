@@ -469,6 +469,18 @@ fn packet_verdicts(packets: &[PacketRow]) -> Vec<Verdict> {
             limit: "dominated by the two LRU conntrack inserts (`bpf_lru_pop_free`, cold element memory: ≈ 300–400 ns each here); a new flow is once per connection, so the connection-rate figures are the ones users feel",
         });
     }
+    if let (Some(monitored), Some(plain)) = (
+        median(&|r| r.label == MONITORED_ESTABLISHED),
+        median(&|r| r.label.starts_with("established")),
+    ) {
+        let ratio = monitored / plain;
+        verdicts.push(Verdict {
+            target: "established with `kxdp monitor` listening ≤ 1.05× without (nothing measurable)".into(),
+            measured: format!("{monitored:.0} ns = {ratio:.2}× {plain:.0} ns"),
+            met: ratio <= 1.05,
+            limit: "the established path never reaches the monitor's code; the rest is run-to-run noise",
+        });
+    }
     // Each IPv6 pod path against the same path over IPv4, in this run.
     for v6 in packets.iter().filter(|r| r.label.starts_with("IPv6 ")) {
         let v4_label = &v6.label["IPv6 ".len()..];
