@@ -382,6 +382,59 @@ impl EchoScenario {
     }
 }
 
+/// A running `kxdp monitor`, listening once [`EchoScenario::monitor`]
+/// returns it; killed when dropped.
+pub struct Monitor {
+    child: std::process::Child,
+    lines: Receiver<String>,
+}
+
+impl EchoScenario {
+    /// Starts `kxdp monitor ARGS` on this node's pins and waits until it
+    /// says it listens.
+    pub fn monitor(&self, args: &[&str]) -> anyhow::Result<Monitor> {
+        let mut command = self.node.command(&self.node.node_netns, kxdp_bin());
+        command
+            .arg("monitor")
+            .args(args)
+            .arg("--pin-path")
+            .arg(self.node.pin_path())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = anyhow::Context::context(command.spawn(), "starting kxdp monitor")?;
+        let said = lines_of(child.stderr.take().expect("piped stderr"));
+        let lines = lines_of(child.stdout.take().expect("piped stdout"));
+        let monitor = Monitor { child, lines };
+        match said.recv_timeout(crate::patience(Duration::from_secs(10))) {
+            Ok(line) if line.contains("monitoring") => Ok(monitor),
+            Ok(line) => anyhow::bail!("kxdp monitor: {line}"),
+            Err(_) => anyhow::bail!("kxdp monitor never said it listens"),
+        }
+    }
+}
+
+impl Monitor {
+    /// Its next line, within `wait` (stretched by the testbed's patience).
+    pub fn next_line(&self, wait: Duration) -> Option<String> {
+        self.lines.recv_timeout(crate::patience(wait)).ok()
+    }
+
+    /// Waits for it to end by itself (`--count`, `--seconds`) and returns
+    /// what it printed since the last line taken.
+    pub fn finish(mut self) -> anyhow::Result<String> {
+        let status = self.child.wait()?;
+        anyhow::ensure!(status.success(), "kxdp monitor: {status}");
+        Ok(self.lines.try_iter().map(|l| l + "\n").collect())
+    }
+}
+
+impl Drop for Monitor {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// The lines `stdout` (or a stderr) prints, as they come.
 pub fn lines_of(stdout: impl std::io::Read + Send + 'static) -> Receiver<String> {
     let (tx, rx) = mpsc::channel();

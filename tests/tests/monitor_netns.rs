@@ -4,17 +4,11 @@
 //! client out (source_range drop), each named by frontend and Service;
 //! new flows with their backend on request; and its filters. Needs root.
 
-use std::{
-    net::Ipv4Addr,
-    process::{Child, Stdio},
-    sync::mpsc::Receiver,
-    time::{Duration, Instant},
-};
+use std::{net::Ipv4Addr, time::Duration};
 
 use kxdp_testbed::{
-    agent::kxdp_bin,
     manifests::{endpoint_slice, service, Endpoint, ServiceManifest, SLICE_CONTROLLER},
-    scenario::{lines_of, EchoScenario},
+    scenario::{EchoScenario, Monitor},
 };
 
 const WAIT: Duration = Duration::from_secs(10);
@@ -53,69 +47,32 @@ fn scenario() -> EchoScenario {
     s
 }
 
-/// A running `kxdp monitor ARGS -o json`, listening once it said so.
-struct Monitor {
-    child: Child,
-    lines: Receiver<String>,
+/// `kxdp monitor ARGS -o json` on the node, listening.
+fn monitor(s: &EchoScenario, args: &[&str]) -> Monitor {
+    let mut all = args.to_vec();
+    all.extend(["-o", "json", "--seconds", "30"]);
+    s.monitor(&all).unwrap()
 }
 
-impl Monitor {
-    fn start(s: &EchoScenario, args: &[&str]) -> Self {
-        let mut command = s.node.command(&s.node.node_netns, kxdp_bin());
-        command
-            .arg("monitor")
-            .args(args)
-            .args(["-o", "json", "--seconds", "30", "--pin-path"])
-            .arg(s.node.pin_path())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let mut child = command.spawn().expect("start kxdp monitor");
-        let said = lines_of(child.stderr.take().unwrap());
-        let started = Instant::now();
-        loop {
-            match said.recv_timeout(Duration::from_millis(100)) {
-                Ok(line) if line.contains("monitoring") => break,
-                Ok(line) => panic!("kxdp monitor: {line}"),
-                Err(_) if started.elapsed() > kxdp_testbed::patience(WAIT) => {
-                    panic!("kxdp monitor never said it listens")
-                }
-                Err(_) => {}
-            }
-        }
-        let lines = lines_of(child.stdout.take().unwrap());
-        Self { child, lines }
-    }
-
-    /// The next event, within the wait.
-    fn next(&self) -> serde_json::Value {
-        let line = self
-            .lines
-            .recv_timeout(kxdp_testbed::patience(WAIT))
-            .expect("an event");
-        serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}"))
-    }
-
-    /// No event within a second.
-    fn quiet(&self) -> bool {
-        self.lines.recv_timeout(Duration::from_secs(1)).is_err()
-    }
+/// The monitor's next event, within the wait.
+fn next(monitor: &Monitor) -> serde_json::Value {
+    let line = monitor.next_line(WAIT).expect("an event");
+    serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}"))
 }
 
-impl Drop for Monitor {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// No event within a second.
+fn quiet(monitor: &Monitor) -> bool {
+    monitor.next_line(Duration::from_secs(1)).is_none()
 }
 
 #[test]
 fn monitor_reports_the_reject_and_the_source_range_drop_curl_provokes() {
     let s = scenario();
     let _agent = s.start_agent().unwrap();
-    let monitor = Monitor::start(&s, &[]);
+    let monitor = monitor(&s, &[]);
     let refused = s.http_get(&format!("{EMPTY_VIP}:80")).unwrap_err();
     assert!(refused.contains("Couldn't connect"), "{refused}");
-    let reject = monitor.next();
+    let reject = next(&monitor);
     assert_eq!(reject["kind"], "reject", "{reject}");
     assert_eq!(
         reject["frontend"],
@@ -133,7 +90,7 @@ fn monitor_reports_the_reject_and_the_source_range_drop_curl_provokes() {
 
     let dropped = s.http_get_within(&format!("{INGRESS}:80"), Duration::from_secs(1));
     assert!(dropped.is_err(), "{dropped:?}");
-    let drop = monitor.next();
+    let drop = next(&monitor);
     assert_eq!(
         (&drop["kind"], &drop["reason"]),
         (&"drop".into(), &"source_range".into()),
@@ -145,16 +102,16 @@ fn monitor_reports_the_reject_and_the_source_range_drop_curl_provokes() {
 
     // A served request is no event: new flows only when asked for.
     s.http_get(&format!("{}:80", s.vip)).unwrap();
-    assert!(monitor.quiet(), "an event for a served request");
+    assert!(quiet(&monitor), "an event for a served request");
 }
 
 #[test]
 fn monitor_shows_new_flows_on_request_and_filters_by_reason_service_and_address() {
     let s = scenario();
     let _agent = s.start_agent().unwrap();
-    let flows = Monitor::start(&s, &["--new-flows", "--service", "default/echo"]);
+    let flows = monitor(&s, &["--new-flows", "--service", "default/echo"]);
     let answer = s.http_get(&format!("{}:80", s.vip)).unwrap();
-    let flow = flows.next();
+    let flow = next(&flows);
     assert_eq!(flow["kind"], "new_flow", "{flow}");
     assert_eq!(flow["service"], "default/echo", "{flow}");
     let backend = flow["backend"].as_str().unwrap().to_string();
@@ -170,10 +127,10 @@ fn monitor_shows_new_flows_on_request_and_filters_by_reason_service_and_address(
     );
     drop(flows);
 
-    let only_ranges = Monitor::start(&s, &["--reason", "source_range", "--address", "10.200.1.2"]);
+    let only_ranges = monitor(&s, &["--reason", "source_range", "--address", "10.200.1.2"]);
     let _ = s.http_get(&format!("{EMPTY_VIP}:80"));
     let _ = s.http_get_within(&format!("{INGRESS}:80"), Duration::from_secs(1));
-    let drop = only_ranges.next();
+    let drop = next(&only_ranges);
     assert_eq!(drop["reason"], "source_range", "{drop}");
-    assert!(only_ranges.quiet(), "the reject was filtered out");
+    assert!(quiet(&only_ranges), "the reject was filtered out");
 }

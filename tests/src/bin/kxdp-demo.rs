@@ -52,6 +52,17 @@ fn cluster_ip() -> anyhow::Result<()> {
     println!("\n`kxdp services`:\n");
     print!("{}", s.kxdp(&["services", "-A"])?);
 
+    let client = s.node.pod("client").ip;
+    let (source, target) = (format!("{client}:40000"), format!("{}:80/tcp", s.vip));
+    println!("\n`kxdp trace {source} {target}` (a new flow from the client pod):\n");
+    print!("{}", s.kxdp(&["trace", &source, &target])?);
+
+    println!("\n`kxdp monitor --new-flows --count 1` while the client asks once more:\n");
+    let monitor = s.monitor(&["--new-flows", "--count", "1", "--seconds", "10"])?;
+    s.http_get(&format!("{}:80", s.vip))
+        .map_err(anyhow::Error::msg)?;
+    print!("{}", monitor.finish()?);
+
     println!("\nStopping the agent (the datapath stays attached) and unloading:");
     let status = agent.stop()?;
     println!("  agent exited: {status}");
