@@ -48,11 +48,26 @@ fn a_malformed_address_is_named() {
 }
 
 #[test]
+fn a_monitor_reason_no_event_has_is_named() {
+    assert_one_line_error(
+        &[
+            "monitor",
+            "--reason",
+            "bogus",
+            "--pin-path",
+            "/nonexistent/kxdp",
+        ],
+        "--reason bogus: no event has it",
+    );
+}
+
+#[test]
 fn a_pin_path_without_a_datapath_is_named() {
     for command in [
         vec!["services"],
         vec!["services", "web", "-n", "shop"],
         vec!["trace", "10.0.0.2:40000", "10.96.0.10:80"],
+        vec!["monitor", "--count", "1"],
     ] {
         let mut args = command.clone();
         args.extend(["--pin-path", "/nonexistent/kxdp"]);

@@ -165,6 +165,15 @@ fn datapath_outlives_the_agent_until_unload() {
         ]
     );
 
+    // An unknown Service is one line, and a failure.
+    let unknown = s.kxdp(&["services", "nope"]).unwrap_err().to_string();
+    assert!(
+        unknown.contains(
+            "(exit status: 1): kxdp: no Service nope in namespace default is served here"
+        ),
+        "{unknown}"
+    );
+
     // A new agent adopts the pinned links and maps: nothing is rewritten.
     let mut agent = s.start_agent().unwrap();
     agent.wait_for(&[pod_hook_adopted()], 6, WAIT).unwrap();

@@ -158,6 +158,7 @@ mod tests {
          ## 1. Per-packet cost of the pod and NIC programs\n\n| path | ns |\n|---|---:|\n| floor (empty XDP) | 26 |\n\
          | established (CT hit) | 170 |\n| new flow (x) | 900 |\n| reply (y) | 140 |\n\
          | IPv6 established (CT hit) | 190 |\n| IPv6 reply (y) | 150 |\n\
+         | monitor listening: established (CT hit) | 171 |\n\
          | floor (empty XDP), one repetition per call | 70 |\n| NodePort new flow, local backend (z) | 1000 |\n\
          | NodePort new flow, remote backend (w) | 1100 |\n\
          | IPv6 NodePort established, local backend (v) | 180 |\n\

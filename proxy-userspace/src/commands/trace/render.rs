@@ -226,9 +226,13 @@ pub fn text(walk: &Walk) -> String {
         );
     }
     if request.via != Via::Host {
+        let idle = walk
+            .seen
+            .conntrack_idle_seconds
+            .map_or_else(String::new, |s| format!(", last seen {s} s ago"));
         let conntrack = match (&walk.seen.conntrack, walk.seen.backend_gone) {
-            (Some(entry), true) => format!("{}: its backend is gone", entry_text(entry)),
-            (Some(entry), false) => entry_text(entry),
+            (Some(entry), true) => format!("{}{idle}: its backend is gone", entry_text(entry)),
+            (Some(entry), false) => format!("{}{idle}", entry_text(entry)),
             (None, _) => "no entry for the tuple: a new flow".into(),
         };
         line("conntrack", conntrack);
@@ -311,6 +315,7 @@ pub fn json(walk: &Walk) -> Value {
         "frontend": frontend,
         "sourceRangesAdmit": walk.seen.source_ranges,
         "conntrack": walk.seen.conntrack,
+        "conntrackIdleSeconds": walk.seen.conntrack_idle_seconds,
         "backendGone": walk.seen.backend_gone,
         "selection": selection,
         "verdict": {
@@ -456,6 +461,7 @@ mod tests {
             [
                 "backendGone",
                 "conntrack",
+                "conntrackIdleSeconds",
                 "destination",
                 "frontend",
                 "opensConnection",

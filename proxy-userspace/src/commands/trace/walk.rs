@@ -212,6 +212,9 @@ pub enum Translation {
 pub struct Seen {
     pub source_ranges: Option<bool>,
     pub conntrack: Option<Entry>,
+    /// Seconds since the entry's flow last passed (SNATed flows record it;
+    /// other entries keep no time).
+    pub conntrack_idle_seconds: Option<u32>,
     pub backend_gone: bool,
     pub affinity: Option<AffinityValue>,
 }
@@ -397,7 +400,12 @@ impl Lookups for MapLookups<'_> {
         let Some(entry) = found.filter(|e| e.direction == CT_FORWARD) else {
             return Established::None;
         };
-        self.seen.borrow_mut().conntrack = Some(entry);
+        {
+            let mut seen = self.seen.borrow_mut();
+            seen.conntrack = Some(entry);
+            seen.conntrack_idle_seconds =
+                (entry.last_seen != 0).then(|| self.now.saturating_sub(entry.last_seen));
+        }
         // `select::backend_still_exists`: the id's slot holds the backend
         // the entry names.
         let backend = self.read(self.maps.backend(entry.backend_id, self.src.ip()));
