@@ -129,7 +129,11 @@ pub fn xdp_forward<F: Family>(ctx: &XdpContext, flow: &Flow<F>, src: F, dst: F) 
         }
     }
     let class = F::traffic_class(ip);
-    let (rc, params) = fib_lookup(ctx, ingress, (flow.proto, flow.ip_len, class), (src, dst));
+    // The FIB checks the MTU against the bytes the frame holds, not its
+    // IP header's claim: a wrong length field must not decide what the
+    // cached hop above would not (found by the differential fuzzer).
+    let on_wire = (ctx.data_end() - ctx.data()).saturating_sub(flow.l3_off) as u16;
+    let (rc, params) = fib_lookup(ctx, ingress, (flow.proto, on_wire, class), (src, dst));
     // Another interface takes XDP frames only if it is one of ours (a NIC
     // with the program attached); a tunnel or bridge would drop them.
     let egress_ok = params.ifindex == ingress || F::nic_address(params.ifindex).is_some();

@@ -46,7 +46,10 @@ use proxy_userspace::{
     },
 };
 
-use crate::privileged::{require_root, PrivateBpffs};
+use crate::{
+    packet,
+    privileged::{require_root, PrivateBpffs},
+};
 
 /// Entries of a test's Maglev arena (1 MiB): room for hundreds of tables,
 /// without 64 MiB of kernel memory per test (the benchmarks, with
@@ -773,6 +776,37 @@ impl Datapath {
             XDP_REDIRECT if sent_from_ifindex => (XDP_TX, out),
             _ => (verdict, out),
         }
+    }
+
+    /// Runs `pod_ingress` (on interface `ifindex`) or `pod_egress` once on
+    /// `frame`, or `None` when the kernel refuses the frame itself (EINVAL:
+    /// too short for its type), for callers that send malformed frames.
+    pub fn try_run_pod(
+        &mut self,
+        name: &str,
+        frame: &[u8],
+        ifindex: u32,
+    ) -> Option<(u32, Vec<u8>)> {
+        let mut ctx = [0u32; 11];
+        ctx[10] = ifindex;
+        let ctx: Vec<u8> = ctx.iter().flat_map(|v| v.to_ne_bytes()).collect();
+        let prog: &SchedClassifier = self
+            .ebpf
+            .program(name)
+            .expect("program loaded")
+            .try_into()
+            .expect("classifier");
+        try_test_run(prog, frame, Some(&ctx))
+    }
+
+    /// As [`Self::run_nic`], or `None` when the kernel refuses the frame.
+    pub fn try_run_nic(&mut self, frame: &[u8], ifindex: u32) -> Option<(u32, Vec<u8>)> {
+        if frame.len() < packet::ETH_HLEN {
+            // Refused before any context is read, on every kernel (a
+            // refusal would otherwise be taken for one of the context).
+            return None;
+        }
+        Some(self.run_nic(frame, ifindex))
     }
 
     /// Whether NIC frames ran on the loopback instead of the NIC (see

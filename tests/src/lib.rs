@@ -3,6 +3,7 @@ pub mod cases;
 pub mod cgroup;
 pub mod datapath;
 pub mod fake_apiserver;
+pub mod fuzz;
 pub mod manifests;
 pub mod netns;
 pub mod nic_checks;

@@ -1,4 +1,4 @@
-//! Developer tasks: `cargo xtask setup | test | demo | bench | vm-test`.
+//! Developer tasks: `cargo xtask setup | test | demo | bench | fuzz | vm-test`.
 //! `test`, `demo` and `bench` run `setup` first, so each works on a fresh
 //! machine with one command.
 
@@ -43,6 +43,20 @@ enum Task {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    /// Differential fuzzing of the datapath: frames for every program
+    /// through the real object (BPF_PROG_TEST_RUN), each verdict and output
+    /// held to the tests' reference model (needs root).
+    Fuzz {
+        /// Frames per program.
+        #[arg(long, default_value_t = 1_000_000)]
+        packets: u64,
+        /// Stop after this many seconds, whatever the count.
+        #[arg(long)]
+        seconds: Option<u64>,
+        /// Replay this seed (decimal or 0x…); a fresh one by default.
+        #[arg(long)]
+        seed: Option<String>,
+    },
     /// The packet and namespace suites inside QEMU, on each kernel in turn (Debian's
     /// cloud kernels, downloaded with apt and cached under target/vm/).
     VmTest {
@@ -53,6 +67,9 @@ enum Task {
         /// Seconds one kernel's boot and suites (or bench) may take.
         #[arg(long, default_value_t = 1800)]
         timeout: u64,
+        /// Run only this suite (repeat for several); all by default.
+        #[arg(long = "suite", value_name = "NAME")]
+        suites: Vec<String>,
         /// Instead of the suites, time the full sync of 30,000 Services ×
         /// 10 endpoints in each VM (`kxdp-bench --only sync`, release
         /// build) and compare the kernels; writes target/vm/bench.md.
@@ -135,7 +152,7 @@ fn test() -> anyhow::Result<()> {
         &["5.10".to_string()],
         Duration::from_secs(1800),
         vm::Mode::Suites {
-            left_out: vm::LEFT_TO_THE_FULL_MATRIX,
+            left_out: vm::LEFT_TO_THE_FULL_MATRIX.to_vec(),
         },
     )?;
     // Benchmark smoke test: the quick run works and fills every section.
@@ -189,9 +206,28 @@ fn main() -> anyhow::Result<()> {
             require_root("bench")?;
             bench(quick, out.as_deref())
         }
+        Task::Fuzz {
+            packets,
+            seconds,
+            seed,
+        } => {
+            setup::run()?;
+            require_root("fuzz")?;
+            let bin = release_build()?;
+            let mut fuzz = Command::new(bin.join("kxdp-fuzz"));
+            fuzz.args(["--packets", &packets.to_string()]);
+            if let Some(seconds) = seconds {
+                fuzz.args(["--seconds", &seconds.to_string()]);
+            }
+            if let Some(seed) = seed {
+                fuzz.args(["--seed", &seed]);
+            }
+            run(&mut fuzz)
+        }
         Task::VmTest {
             kernels,
             timeout,
+            suites,
             bench,
         } => {
             setup::run()?;
@@ -203,7 +239,9 @@ fn main() -> anyhow::Result<()> {
             let mode = if bench {
                 vm::Mode::Bench
             } else {
-                vm::Mode::Suites { left_out: &[] }
+                vm::Mode::Suites {
+                    left_out: vm::left_out_but(&suites)?,
+                }
             };
             vm::vm_test(&kernels, Duration::from_secs(timeout), mode)
         }

@@ -53,6 +53,7 @@ const SUITES: &[&str] = &[
     "ipv6_maps",
     "ipv6_netns",
     "ipv6_nodeport_netns",
+    "packet_fuzz",
 ];
 /// Host programs the suites run, copied in with their libraries (busybox's
 /// `ip` makes no veth pairs, its `tc` shows no filters, its ping and
@@ -336,11 +337,23 @@ fn cargo_executables(args: &[&str]) -> anyhow::Result<Vec<(String, PathBuf)>> {
 /// longest suite under emulation (six minutes of the 5.10 run).
 pub const LEFT_TO_THE_FULL_MATRIX: &[&str] = &["service_rules_netns"];
 
+/// Every suite but those `chosen` (all of them when none is), for
+/// `--suite`; an unknown name is an error.
+pub fn left_out_but(chosen: &[String]) -> anyhow::Result<Vec<&'static str>> {
+    if let Some(unknown) = chosen.iter().find(|c| !SUITES.contains(&c.as_str())) {
+        anyhow::bail!("no suite {unknown:?}; the suites: {}", SUITES.join(", "));
+    }
+    Ok(SUITES
+        .iter()
+        .copied()
+        .filter(|s| !chosen.is_empty() && !chosen.iter().any(|c| c == s))
+        .collect())
+}
+
 /// What the VMs run.
-#[derive(Clone, Copy)]
 pub enum Mode {
     /// The privileged suites (`SUITES`) but those `left_out`.
-    Suites { left_out: &'static [&'static str] },
+    Suites { left_out: Vec<&'static str> },
     /// The full-sync benchmark, compared across the kernels (vm/bench.rs).
     Bench,
 }
@@ -753,10 +766,11 @@ pub fn vm_test(kernel_args: &[String], timeout: Duration, mode: Mode) -> anyhow:
         .iter()
         .map(|k| resolve_kernel(k))
         .collect::<anyhow::Result<Vec<_>>>()?;
-    let payload: Box<dyn Fn(&Kernel) -> Payload> = match mode {
+    let payload: Box<dyn Fn(&Kernel) -> Payload> = match &mode {
         Mode::Suites { left_out } => {
             let built = build()?;
-            Box::new(move |kernel: &Kernel| suites_payload(kernel, &built, left_out))
+            let left_out = left_out.clone();
+            Box::new(move |kernel: &Kernel| suites_payload(kernel, &built, &left_out))
         }
         Mode::Bench => {
             let bench = bench::build()?;
@@ -775,7 +789,7 @@ pub fn vm_test(kernel_args: &[String], timeout: Duration, mode: Mode) -> anyhow:
         boots.push(boot(kernel, &initrd, accel, "", timeout, true)?);
     }
     match mode {
-        Mode::Suites { left_out } => suites_summary(&kernels, &boots, timeout, left_out),
+        Mode::Suites { left_out } => suites_summary(&kernels, &boots, timeout, &left_out),
         Mode::Bench => bench::summary(&kernels, &boots, timeout),
     }
 }
