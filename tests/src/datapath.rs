@@ -176,6 +176,8 @@ pub struct Datapath {
     /// NIC frames ran on the loopback standing in for the NIC (the
     /// kernel's BPF_PROG_TEST_RUN takes no XDP context before 5.15).
     nic_on_loopback: bool,
+    /// NICs' MAC addresses as read (with `ip`, a process each), by index.
+    nic_macs: StdHashMap<u32, [u8; 6]>,
     _mount: PrivateBpffs,
 }
 
@@ -277,6 +279,7 @@ impl Datapath {
             nic_addrs: StdHashMap::new(),
             port_roles: StdHashMap::new(),
             nic_on_loopback: false,
+            nic_macs: StdHashMap::new(),
             _mount: mount,
         }
     }
@@ -761,9 +764,12 @@ impl Datapath {
             .try_into()
             .expect("XDP");
         let context = xdp_md(frame.len(), ifindex);
-        if let Some(run) = try_test_run(prog, frame, Some(&context)) {
-            return run;
+        if !self.nic_on_loopback {
+            if let Some(run) = try_test_run(prog, frame, Some(&context)) {
+                return run;
+            }
         }
+        // A kernel that refused the context once refuses it always.
         self.nic_on_loopback = true;
         for &addr in self.nic_addrs.get(&ifindex).into_iter().flatten() {
             self.maps
@@ -771,7 +777,11 @@ impl Datapath {
                 .expect("write NIC address");
         }
         let (verdict, out) = test_run_once(prog, frame, None);
-        let sent_from_ifindex = out.get(6..12) == Some(&crate::nic_netns::mac_of(ifindex)[..]);
+        let mac = *self
+            .nic_macs
+            .entry(ifindex)
+            .or_insert_with(|| crate::nic_netns::mac_of(ifindex));
+        let sent_from_ifindex = out.get(6..12) == Some(&mac[..]);
         match verdict {
             XDP_REDIRECT if sent_from_ifindex => (XDP_TX, out),
             _ => (verdict, out),

@@ -1,6 +1,7 @@
 //! The datapath's differential fuzzing, bounded for CI: 50,000 frames a
 //! program from a fixed seed and 50,000 from a fresh one (printed, so a
-//! failure replays with `cargo xtask fuzz --seed`). Every verdict and
+//! failure replays with `cargo xtask fuzz --seed`); 5,000 each in the VMs
+//! (`$KXDP_FUZZ_FRAMES`). Every verdict and
 //! output frame of `pod_ingress`, `pod_egress` and `nic_ingress` is held
 //! to the reference model (`kxdp_testbed::fuzz`), and its counters and
 //! conntrack to the model's. `cargo xtask fuzz` runs a million frames a
@@ -8,18 +9,25 @@
 
 use kxdp_testbed::fuzz::{self, Config};
 
-const FRAMES: u64 = 50_000;
+/// Frames a program: `$KXDP_FUZZ_FRAMES` (the VMs run fewer), else 50,000.
+fn frames() -> u64 {
+    std::env::var("KXDP_FUZZ_FRAMES")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(50_000)
+}
 
 fn fuzz_from(seed: u64) {
+    let frames = frames();
     let report = fuzz::run(Config {
-        frames: FRAMES,
+        frames,
         time_limit: None,
         seed,
     });
     println!("{}", report.summary());
     assert!(report.passed(), "{}", report.summary());
     for (program, tally) in &report.tallies {
-        assert_eq!(tally.frames, FRAMES, "{program} ran every frame");
+        assert_eq!(tally.frames, frames, "{program} ran every frame");
     }
     // The run reached every rule, not only the easy ones.
     for rule in [

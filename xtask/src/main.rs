@@ -3,6 +3,7 @@
 //! machine with one command.
 
 mod bench_check;
+mod fuzz;
 mod setup;
 mod vm;
 
@@ -26,9 +27,9 @@ struct Cli {
 enum Task {
     /// Install what building and testing need (idempotent).
     Setup,
-    /// Formatting, clippy, unit, packet and namespace suites, the
-    /// privileged suites again in a 5.10 VM, and the benchmark smoke test
-    /// (needs root).
+    /// Formatting, clippy, unit, packet, fuzzing and namespace suites, the
+    /// privileged suites again in a 5.10 VM, a short run of each libFuzzer
+    /// target, and the benchmark smoke test (needs root).
     Test,
     /// Build a mini node from network namespaces and show a ClusterIP at work (needs root).
     Demo,
@@ -45,7 +46,8 @@ enum Task {
     },
     /// Differential fuzzing of the datapath: frames for every program
     /// through the real object (BPF_PROG_TEST_RUN), each verdict and output
-    /// held to the tests' reference model (needs root).
+    /// held to the tests' reference model; then the libFuzzer targets under
+    /// fuzz/ for a fixed time each, growing their corpus (needs root).
     Fuzz {
         /// Frames per program.
         #[arg(long, default_value_t = 1_000_000)]
@@ -56,6 +58,9 @@ enum Task {
         /// Replay this seed (decimal or 0x…); a fresh one by default.
         #[arg(long)]
         seed: Option<String>,
+        /// Seconds each libFuzzer target runs (0: none).
+        #[arg(long, default_value_t = 120)]
+        target_seconds: u64,
     },
     /// The packet and namespace suites inside QEMU, on each kernel in turn (Debian's
     /// cloud kernels, downloaded with apt and cached under target/vm/).
@@ -115,6 +120,9 @@ fn require_root(task: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// How long `cargo xtask test` runs each libFuzzer target.
+const FUZZ_TARGET_SECONDS_IN_CI: u64 = 15;
+
 fn test() -> anyhow::Result<()> {
     require_root("test")?;
     run(cargo().args(["fmt", "--all", "--check"]))?;
@@ -155,6 +163,9 @@ fn test() -> anyhow::Result<()> {
             left_out: vm::LEFT_TO_THE_FULL_MATRIX.to_vec(),
         },
     )?;
+    // The libFuzzer targets, briefly (`cargo xtask fuzz` runs them longer),
+    // from the repository's corpus; what they find stays out of it.
+    fuzz::run_targets(FUZZ_TARGET_SECONDS_IN_CI, fuzz::Corpus::Scratch)?;
     // Benchmark smoke test: the quick run works and fills every section.
     let report = workspace_root().join("target/bench-smoke/REPORT.md");
     let _ = std::fs::remove_file(&report);
@@ -210,6 +221,7 @@ fn main() -> anyhow::Result<()> {
             packets,
             seconds,
             seed,
+            target_seconds,
         } => {
             setup::run()?;
             require_root("fuzz")?;
@@ -222,7 +234,11 @@ fn main() -> anyhow::Result<()> {
             if let Some(seed) = seed {
                 fuzz.args(["--seed", &seed]);
             }
-            run(&mut fuzz)
+            run(&mut fuzz)?;
+            if target_seconds > 0 {
+                fuzz::run_targets(target_seconds, fuzz::Corpus::Grow)?;
+            }
+            Ok(())
         }
         Task::VmTest {
             kernels,

@@ -12,9 +12,10 @@ use crate::{run as checked, workspace_root};
 
 /// Debian packages: LLVM 22 for bpf-linker (matches rustc's LLVM), the
 /// tools the namespace suites drive, iptables/nftables for the kube-proxy
-/// baselines of the benchmarks, and python3-venv for the manifest
-/// validator's virtualenv.
+/// baselines of the benchmarks, python3-venv for the manifest validator's
+/// virtualenv, and a C++ compiler for libFuzzer (the fuzz targets).
 const APT_PACKAGES: &[&str] = &[
+    "g++",
     "llvm-22-dev",
     "libclang-22-dev",
     "zlib1g-dev",
@@ -29,6 +30,8 @@ const APT_PACKAGES: &[&str] = &[
     "python3-venv",
 ];
 const BPF_LINKER_VERSION: &str = "0.13.0";
+/// Builds and runs the libFuzzer targets under fuzz/.
+const CARGO_FUZZ_VERSION: &str = "0.13.2";
 const LLVM_BIN: &str = "/usr/lib/llvm-22/bin";
 /// Validates deploy/*.yaml against the API's schemas, which it bundles (it
 /// works offline); from PyPI into a virtualenv under target/.
@@ -163,6 +166,22 @@ pub fn run() -> anyhow::Result<()> {
                     ])
                     .env("PATH", path),
             )
+        },
+    )?;
+
+    let cargo_fuzz =
+        output(Command::new("cargo").args(["fuzz", "--version"])).contains(CARGO_FUZZ_VERSION);
+    step(
+        &format!("cargo-fuzz {CARGO_FUZZ_VERSION}"),
+        cargo_fuzz,
+        || {
+            checked(Command::new("cargo").args([
+                "install",
+                "cargo-fuzz",
+                "--version",
+                CARGO_FUZZ_VERSION,
+                "--locked",
+            ]))
         },
     )?;
 

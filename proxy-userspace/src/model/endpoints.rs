@@ -209,6 +209,11 @@ pub(super) fn endpoints_groups(
 /// named targetPort resolves per pod). Ready endpoints serve; when none is
 /// ready, serving terminating ones do, so a rollout's last pods keep working.
 /// Returns (serving, draining): every other listed endpoint drains.
+/// An address listed more than once (slices overlap while the control
+/// plane moves endpoints between them) is one backend, as its first
+/// listing says, as kube-proxy takes it: two listings disagreeing on the
+/// node were two backends of one address, which the Maglev table counted
+/// twice.
 pub(super) fn port_backends(
     groups: &[EndpointGroup],
     name: &str,
@@ -217,6 +222,7 @@ pub(super) fn port_backends(
     let mut ready = BTreeSet::new();
     let mut terminating = BTreeSet::new();
     let mut listed = BTreeSet::new();
+    let mut addresses = BTreeSet::new();
     for group in groups {
         let Some(target) = group
             .ports
@@ -226,8 +232,12 @@ pub(super) fn port_backends(
             continue;
         };
         for endpoint in &group.endpoints {
+            let addr = SocketAddr::new(endpoint.addr, target.port);
+            if !addresses.insert(addr) {
+                continue;
+            }
             let backend = Backend {
-                addr: SocketAddr::new(endpoint.addr, target.port),
+                addr,
                 local: endpoint.local,
             };
             listed.insert(backend);
@@ -285,6 +295,25 @@ mod tests {
         let dns = &service.ports[1];
         assert_eq!((dns.protocol, dns.port), (Protocol::Udp, 53));
         assert_eq!(backends(dns), ["10.244.1.2:5353 local", "10.244.2.2:5353"]);
+    }
+
+    /// The libFuzzer target `api_objects`' find: one address on two nodes
+    /// made two backends, and a Maglev table of both.
+    #[test]
+    fn an_address_listed_twice_is_one_backend_as_first_listed() {
+        let service = model(&format!(
+            "{SERVICE}{}{}",
+            slice("web-a", "- {addresses: [10.244.2.2], nodeName: node-a}\n"),
+            slice(
+                "web-b",
+                "- {addresses: [10.244.2.2], nodeName: node-b}\n- {addresses: [10.244.2.3], conditions: {ready: false}}\n- {addresses: [10.244.2.3]}\n"
+            ),
+        ));
+        assert_eq!(backends(&service.ports[0]), ["10.244.2.2:8080 local"]);
+        assert!(service.ports[0]
+            .draining
+            .iter()
+            .any(|b| b.addr.ip().to_string() == "10.244.2.3"));
     }
 
     #[test]

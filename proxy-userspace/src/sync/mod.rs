@@ -21,8 +21,8 @@
 mod backend_refs;
 pub mod backend_table;
 pub mod entries;
-#[cfg(test)]
-pub(crate) mod fake;
+#[cfg(any(test, feature = "fake-store"))]
+pub mod fake;
 mod ids;
 pub mod map_values;
 mod port_roles;

@@ -69,7 +69,7 @@ impl TableSpec {
 
     /// The spec of a table holding `slots` (the tests' fake store checks
     /// what a build gives with it).
-    #[cfg(test)]
+    #[cfg(any(test, feature = "fake-store"))]
     pub fn of(slots: &[u32]) -> Self {
         Self::new(slots.len() as u32, slots.to_vec())
     }

@@ -8,6 +8,10 @@ export PATH=/usr/local/sbin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/root RUST_BACKTR
 # Under emulation (TCG) everything is many times slower: the suites' bounds
 # on waiting (for the agent's sync, a server's start) grow fivefold.
 export KXDP_TEST_PATIENCE=5
+# The fuzzing suite's frames a program: its run is one test-run syscall and
+# a model step a frame, which emulation slows most; the host runs 50,000
+# and `cargo xtask fuzz` a million.
+export KXDP_FUZZ_FRAMES=5000
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev

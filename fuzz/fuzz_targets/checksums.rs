@@ -1,0 +1,122 @@
+//! The datapath's incremental checksum updates (`proxy_common::csum`)
+//! against a full RFC 1071 recomputation written here: a TCP/UDP segment
+//! and its IP addresses of either family taken from the input, a checksum
+//! computed for them, then the addresses and ports translated to others
+//! from the input. The updated checksum must verify as the recomputed one
+//! does (0 and 0xffff are the same one's-complement number), a UDP
+//! checksum of 0 ("none") must stay 0 and no other may become 0.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use proxy_common::{
+    addr::{addr6_to_net, Addr},
+    csum,
+};
+use std::net::Ipv6Addr;
+
+/// RFC 1071 over big-endian words, an odd last byte padded with zero.
+fn sum(data: &[u8], mut acc: u64) -> u64 {
+    for chunk in data.chunks(2) {
+        acc += u64::from(chunk[0]) << 8 | u64::from(chunk.get(1).copied().unwrap_or(0));
+    }
+    acc
+}
+
+fn complement_of(mut acc: u64) -> u16 {
+    while acc > 0xffff {
+        acc = (acc & 0xffff) + (acc >> 16);
+    }
+    !(acc as u16)
+}
+
+/// The checksum of `segment` (its checksum field zero) with the
+/// pseudo-header of `src`, `dst` (address bytes of one family).
+fn full(src: &[u8], dst: &[u8], proto: u8, segment: &[u8]) -> u16 {
+    let len = segment.len() as u64;
+    complement_of(sum(segment, sum(src, sum(dst, u64::from(proto) + (len >> 16) + (len & 0xffff)))))
+}
+
+fn same_number(a: u16, b: u16) -> bool {
+    a == b || (a == 0 || a == 0xffff) && (b == 0 || b == 0xffff)
+}
+
+struct Input<'a>(&'a [u8]);
+
+impl Input<'_> {
+    fn take<const N: usize>(&mut self) -> Option<[u8; N]> {
+        let (head, rest) = self.0.split_first_chunk::<N>()?;
+        self.0 = rest;
+        Some(*head)
+    }
+}
+
+/// Translates one segment's addresses (`A`: `u32` or IPv6 words, built from
+/// bytes by `addr`) and checks the checksum.
+fn translate<A: Addr + Copy, const N: usize>(input: &mut Input, udp: bool, addr: fn([u8; N]) -> A) -> Option<()> {
+    let (src, dst, new_src, new_dst) = (input.take::<N>()?, input.take::<N>()?, input.take::<N>()?, input.take::<N>()?);
+    let ports: [u8; 8] = input.take()?;
+    let no_checksum = udp && ports[0] & 1 == 1;
+    let mut segment = input.0.to_vec();
+    let header = if udp { 8 } else { 20 };
+    if segment.len() < header {
+        return None;
+    }
+    let csum_off = if udp { 6 } else { 16 };
+    segment[0..4].copy_from_slice(&ports[0..4]);
+    segment[csum_off..csum_off + 2].fill(0);
+    let proto = if udp { 17 } else { 6 };
+    let mut check = full(&src, &dst, proto, &segment);
+    if no_checksum {
+        check = 0;
+    } else if udp && check == 0 {
+        check = 0xffff;
+    }
+    let port = |b: &[u8]| u16::from_ne_bytes([b[0], b[1]]);
+    let updated = csum::l4_translated(
+        u16::from_ne_bytes(check.to_be_bytes()),
+        udp,
+        ((addr(src), port(&ports[0..2])), (addr(dst), port(&ports[2..4]))),
+        ((addr(new_src), port(&ports[4..6])), (addr(new_dst), port(&ports[6..8]))),
+    );
+    let updated = u16::from_be_bytes(updated.to_ne_bytes());
+    segment[0..4].copy_from_slice(&ports[4..8]);
+    let recomputed = full(&new_src, &new_dst, proto, &segment);
+    if no_checksum {
+        assert_eq!(updated, 0, "a UDP datagram without checksum got one");
+    } else {
+        assert!(!(udp && updated == 0), "a UDP checksum became 0 (none)");
+        assert!(same_number(updated, recomputed), "updated {updated:#06x}, recomputed {recomputed:#06x}");
+    }
+    Some(())
+}
+
+/// The IPv4 header checksum after both addresses change.
+fn ipv4_header(input: &mut Input) -> Option<()> {
+    let mut header: [u8; 20] = input.take()?;
+    let new: [u8; 8] = input.take()?;
+    header[10..12].fill(0);
+    let check = complement_of(sum(&header, 0));
+    let word = |b: &[u8]| u32::from_ne_bytes([b[0], b[1], b[2], b[3]]);
+    let updated = csum::ipv4_translated(
+        u16::from_ne_bytes(check.to_be_bytes()),
+        (word(&header[12..16]), word(&header[16..20])),
+        (word(&new[0..4]), word(&new[4..8])),
+    );
+    let updated = u16::from_be_bytes(updated.to_ne_bytes());
+    header[12..20].copy_from_slice(&new);
+    assert!(same_number(updated, complement_of(sum(&header, 0))));
+    Some(())
+}
+
+fuzz_target!(|data: &[u8]| {
+    let mut input = Input(data);
+    let Some([kind]) = input.take::<1>() else {
+        return;
+    };
+    let udp = kind & 1 == 1;
+    let _ = match kind >> 1 & 3 {
+        0 => translate::<u32, 4>(&mut input, udp, u32::from_ne_bytes),
+        1 => translate(&mut input, udp, |b: [u8; 16]| addr6_to_net(Ipv6Addr::from(b))),
+        _ => ipv4_header(&mut input),
+    };
+});

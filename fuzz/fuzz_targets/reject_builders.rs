@@ -1,0 +1,106 @@
+//! The reject builders (`proxy_common::reject`) on any bytes: they never
+//! panic, a frame they decline is left as it was (the caller drops it),
+//! and an answer they build is addressed back to the sender with
+//! checksums that verify by an RFC 1071 sum written here.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use proxy_common::reject::{
+    icmp6_port_unreachable, icmp_port_unreachable, tcp_rst, tcp_rst6, QuoteRest, ICMP6_FRAME_LEN,
+    ICMP6_GROWTH, ICMP_FRAME_LEN, ICMP_GROWTH, RST6_FRAME_LEN, RST_FRAME_LEN,
+};
+
+fn sum(data: &[u8], mut acc: u64) -> u64 {
+    for chunk in data.chunks(2) {
+        acc += u64::from(chunk[0]) << 8 | u64::from(chunk.get(1).copied().unwrap_or(0));
+    }
+    acc
+}
+
+/// Whether `data`, its checksum included, sums to all ones.
+fn verifies(data: &[u8], acc: u64) -> bool {
+    let mut acc = sum(data, acc);
+    while acc > 0xffff {
+        acc = (acc & 0xffff) + (acc >> 16);
+    }
+    acc == 0xffff
+}
+
+/// The IPv6 pseudo-header's sum for a reply of `len` bytes of `proto`.
+fn pseudo6(frame: &[u8], proto: u8, len: usize) -> u64 {
+    sum(&frame[22..54], u64::from(proto) + len as u64)
+}
+
+fn fill<const N: usize>(data: &[u8]) -> [u8; N] {
+    let mut frame = [0u8; N];
+    for (i, byte) in frame.iter_mut().enumerate() {
+        *byte = data.get(i).copied().unwrap_or(0);
+    }
+    frame
+}
+
+/// Checks an answer whose request had addresses `src`, `dst` at the
+/// family's offsets: swapped, and the MACs with them.
+fn answered(request: &[u8], answer: &[u8], addr_len: usize) {
+    let (src, dst) = if addr_len == 4 { (26, 30) } else { (22, 38) };
+    assert_eq!(answer[0..6], request[6..12], "back to the sender's MAC");
+    assert_eq!(answer[src..src + addr_len], request[dst..dst + addr_len]);
+    assert_eq!(answer[dst..dst + addr_len], request[src..src + addr_len]);
+}
+
+fuzz_target!(|data: &[u8]| {
+    let Some((&[kind, len_hi, len_lo], data)) = data.split_first_chunk::<3>().map(|(h, r)| (h, r))
+    else {
+        return;
+    };
+    let payload_len = u16::from_be_bytes([len_hi, len_lo]);
+    match kind % 4 {
+        0 => {
+            let request: [u8; RST_FRAME_LEN] = fill(data);
+            let mut frame = request;
+            if !tcp_rst(&mut frame, payload_len) {
+                assert_eq!(frame, request, "a declined frame is left as it was");
+                return;
+            }
+            answered(&request, &frame, 4);
+            assert!(verifies(&frame[14..34], 0), "IPv4 header checksum");
+            assert_eq!(frame[47] & 0x04, 0x04, "a RST");
+            assert!(verifies(&frame[34..], sum(&frame[26..34], 6 + 20)), "TCP checksum");
+        }
+        1 => {
+            let request: [u8; RST6_FRAME_LEN] = fill(data);
+            let mut frame = request;
+            if !tcp_rst6(&mut frame, payload_len) {
+                assert_eq!(frame, request, "a declined frame is left as it was");
+                return;
+            }
+            answered(&request, &frame, 16);
+            assert_eq!(frame[67] & 0x04, 0x04, "a RST");
+            assert!(verifies(&frame[54..], pseudo6(&frame, 6, 20)), "TCP checksum");
+        }
+        2 => {
+            let mut frame: [u8; ICMP_FRAME_LEN] = fill(data);
+            let request = frame[ICMP_GROWTH..].to_vec();
+            if !icmp_port_unreachable(&mut frame) {
+                return;
+            }
+            answered(&request, &frame, 4);
+            assert!(verifies(&frame[14..34], 0), "IPv4 header checksum");
+            assert_eq!(frame[34..36], [3, 3], "port unreachable");
+            assert!(verifies(&frame[34..], 0), "ICMP checksum");
+            assert_eq!(frame[42..], request[14..], "the quote");
+        }
+        _ => {
+            let mut frame: [u8; ICMP6_FRAME_LEN] = fill(data);
+            let request = frame[ICMP6_GROWTH..].to_vec();
+            if !icmp6_port_unreachable(&mut frame, QuoteRest::default()) {
+                return;
+            }
+            answered(&request, &frame, 16);
+            assert_eq!(frame[54..56], [1, 4], "port unreachable");
+            let len = ICMP6_FRAME_LEN - 54;
+            assert!(verifies(&frame[54..], pseudo6(&frame, 58, len)), "ICMPv6 checksum");
+            assert_eq!(frame[62..], request[14..], "the quote");
+        }
+    }
+});
