@@ -16,15 +16,25 @@ use proxy_userspace::source::{
 #[path = "common/pipeline.rs"]
 mod pipeline;
 
-fn decode(text: &str) -> Objects {
+/// The objects of `text`'s lines (every other one unless `every_line`), by
+/// their `kind`.
+fn decode(text: &str, every_line: bool) -> Objects {
     let mut objects = Objects::default();
-    for line in text.lines() {
-        if line.contains("\"EndpointSlice\"") {
-            if let Ok(slice) = serde_json::from_str::<EndpointSlice>(line) {
-                objects.endpoint_slices.push(Arc::new(slice));
+    for line in text.lines().step_by(if every_line { 1 } else { 2 }) {
+        let Ok(value) = serde_json::from_str::<serde_json::Value>(line) else {
+            continue;
+        };
+        match value.get("kind").and_then(|k| k.as_str()) {
+            Some("EndpointSlice") => {
+                if let Ok(slice) = serde_json::from_value::<EndpointSlice>(value) {
+                    objects.endpoint_slices.push(Arc::new(slice));
+                }
             }
-        } else if let Ok(service) = serde_json::from_str::<Service>(line) {
-            objects.services.push(Arc::new(service));
+            _ => {
+                if let Ok(service) = serde_json::from_value::<Service>(value) {
+                    objects.services.push(Arc::new(service));
+                }
+            }
         }
     }
     objects
@@ -34,5 +44,5 @@ fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else {
         return;
     };
-    pipeline::check(|| pipeline::full_update(decode(text)));
+    pipeline::check(|whole| pipeline::full_update(decode(text, whole)));
 });

@@ -33,7 +33,13 @@ fn complement_of(mut acc: u64) -> u16 {
 /// pseudo-header of `src`, `dst` (address bytes of one family).
 fn full(src: &[u8], dst: &[u8], proto: u8, segment: &[u8]) -> u16 {
     let len = segment.len() as u64;
-    complement_of(sum(segment, sum(src, sum(dst, u64::from(proto) + (len >> 16) + (len & 0xffff)))))
+    complement_of(sum(
+        segment,
+        sum(
+            src,
+            sum(dst, u64::from(proto) + (len >> 16) + (len & 0xffff)),
+        ),
+    ))
 }
 
 fn same_number(a: u16, b: u16) -> bool {
@@ -52,10 +58,20 @@ impl Input<'_> {
 
 /// Translates one segment's addresses (`A`: `u32` or IPv6 words, built from
 /// bytes by `addr`) and checks the checksum.
-fn translate<A: Addr + Copy, const N: usize>(input: &mut Input, udp: bool, addr: fn([u8; N]) -> A) -> Option<()> {
-    let (src, dst, new_src, new_dst) = (input.take::<N>()?, input.take::<N>()?, input.take::<N>()?, input.take::<N>()?);
+fn translate<A: Addr + Copy, const N: usize>(
+    input: &mut Input,
+    udp: bool,
+    no_checksum: bool,
+    addr: fn([u8; N]) -> A,
+) -> Option<()> {
+    let (src, dst, new_src, new_dst) = (
+        input.take::<N>()?,
+        input.take::<N>()?,
+        input.take::<N>()?,
+        input.take::<N>()?,
+    );
     let ports: [u8; 8] = input.take()?;
-    let no_checksum = udp && ports[0] & 1 == 1;
+    let no_checksum = udp && no_checksum;
     let mut segment = input.0.to_vec();
     let header = if udp { 8 } else { 20 };
     if segment.len() < header {
@@ -75,8 +91,14 @@ fn translate<A: Addr + Copy, const N: usize>(input: &mut Input, udp: bool, addr:
     let updated = csum::l4_translated(
         u16::from_ne_bytes(check.to_be_bytes()),
         udp,
-        ((addr(src), port(&ports[0..2])), (addr(dst), port(&ports[2..4]))),
-        ((addr(new_src), port(&ports[4..6])), (addr(new_dst), port(&ports[6..8]))),
+        (
+            (addr(src), port(&ports[0..2])),
+            (addr(dst), port(&ports[2..4])),
+        ),
+        (
+            (addr(new_src), port(&ports[4..6])),
+            (addr(new_dst), port(&ports[6..8])),
+        ),
     );
     let updated = u16::from_be_bytes(updated.to_ne_bytes());
     segment[0..4].copy_from_slice(&ports[4..8]);
@@ -85,7 +107,10 @@ fn translate<A: Addr + Copy, const N: usize>(input: &mut Input, udp: bool, addr:
         assert_eq!(updated, 0, "a UDP datagram without checksum got one");
     } else {
         assert!(!(udp && updated == 0), "a UDP checksum became 0 (none)");
-        assert!(same_number(updated, recomputed), "updated {updated:#06x}, recomputed {recomputed:#06x}");
+        assert!(
+            same_number(updated, recomputed),
+            "updated {updated:#06x}, recomputed {recomputed:#06x}"
+        );
     }
     Some(())
 }
@@ -114,9 +139,13 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let udp = kind & 1 == 1;
+    // A UDP datagram sent without checksum.
+    let none = kind & 8 == 8;
     let _ = match kind >> 1 & 3 {
-        0 => translate::<u32, 4>(&mut input, udp, u32::from_ne_bytes),
-        1 => translate(&mut input, udp, |b: [u8; 16]| addr6_to_net(Ipv6Addr::from(b))),
+        0 => translate::<u32, 4>(&mut input, udp, none, u32::from_ne_bytes),
+        1 => translate(&mut input, udp, none, |b: [u8; 16]| {
+            addr6_to_net(Ipv6Addr::from(b))
+        }),
         _ => ipv4_header(&mut input),
     };
 });

@@ -79,9 +79,10 @@ pub struct Flow<A> {
     pub l4_off: usize,
     pub proto: u8,
     /// The IP packet's length, headers included (IPv4 total length; IPv6
-    /// payload length + 40, so 40 for a jumbogram): the TCP payload length
-    /// is it less the headers (`l4_off - l3_off`) and the TCP header.
-    pub ip_len: u16,
+    /// payload length + 40, so 40 for a jumbogram, and up to 65,575: wider
+    /// than 16 bits): the TCP payload length is it less the headers
+    /// (`l4_off - l3_off`) and the TCP header.
+    pub ip_len: u32,
     pub src_addr: A,
     pub dst_addr: A,
     pub src_port: u16,
@@ -284,7 +285,7 @@ fn parse_ipv4(ctx: &impl Frame, l3_off: usize) -> Result<Ipv4Flow, Unparsed> {
         l3_off,
         l4_off,
         proto: ip.proto,
-        ip_len: u16::from_be(ip.tot_len),
+        ip_len: u16::from_be(ip.tot_len) as u32,
         src_addr: ip.saddr,
         dst_addr: ip.daddr,
         src_port,
@@ -341,7 +342,7 @@ fn parse_ipv6(ctx: &impl Frame, l3_off: usize) -> Result<Ipv6Flow, Unparsed> {
         l3_off,
         l4_off,
         proto: next,
-        ip_len: u16::from_be(ip.payload_len).saturating_add(IPV6_HLEN as u16),
+        ip_len: u16::from_be(ip.payload_len) as u32 + IPV6_HLEN as u32,
         src_addr: ip.saddr,
         dst_addr: ip.daddr,
         src_port,

@@ -849,6 +849,13 @@ impl Datapath {
         self.maps.drops(reason.index()).expect("read DROPS")
     }
 
+    /// Packets (and sockets) refused for want of endpoints, of a frontend.
+    pub fn rejects(&self, frontend_id: u32) -> u64 {
+        self.maps
+            .frontend_rejects(frontend_id)
+            .expect("read REJECTS")
+    }
+
     /// Packet and byte counters of a service, summed over CPUs.
     pub fn stats(&self, frontend_id: u32) -> FrontendStats {
         self.maps.frontend_stats(frontend_id).expect("read STATS")

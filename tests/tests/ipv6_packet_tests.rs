@@ -461,3 +461,26 @@ fn hairpin(pod: SocketAddr, vip: SocketAddr) -> Case {
 fn ipv6_pod_packet_cases() {
     cases::run(ipv6_cases());
 }
+
+/// The RST's ack counts the segment's data as its IPv6 payload length says,
+/// past 16 bits of total length (the differential fuzzer's find: a payload
+/// length of 65,504 plus the header saturated at 65,535, nine short).
+#[test]
+fn a_rst_acknowledges_a_payload_length_past_16_bits_of_total_length() {
+    let vip = sa6("fd00:10:96::14", 80);
+    let mut dp = kxdp_testbed::datapath::Datapath::load();
+    let IpAddr::V6(vip_addr) = vip.ip() else {
+        unreachable!()
+    };
+    dp.add_frontend_any(pod_key6(vip_addr, vip.port(), PROTO_TCP), 3, 0, &[]);
+    let mut syn = Packet::tcp(client(40006), vip).build();
+    let payload_len = packet::ETH_HLEN + 4;
+    syn[payload_len..payload_len + 2].copy_from_slice(&0xffe0u16.to_be_bytes());
+    let (verdict, out) = dp.run(&syn);
+    assert_eq!(verdict, TC_ACT_REDIRECT, "answered");
+    let tcp = packet::ETH_HLEN + 40;
+    let ack = u32::from_be_bytes(out[tcp + 8..tcp + 12].try_into().unwrap());
+    // The SYN's sequence number, its data (65,504 less the TCP header) and
+    // the SYN itself.
+    assert_eq!(ack, 0x0102_0304 + (0xffe0 - 20) + 1);
+}

@@ -24,24 +24,35 @@ fn cargo_fuzz() -> Command {
     command
 }
 
-/// Where a run writes the inputs it finds: the repository's corpus, which
-/// then grows (commit it), or a scratch copy beside it (CI), the
-/// repository's read as a second corpus.
+/// How the targets run: `Long` (`cargo xtask fuzz`) optimized, writing
+/// what it finds into the repository's corpus, which then grows (commit
+/// it); `Brief` (`cargo xtask test`) a debug build (3 minutes to build
+/// from scratch here, the optimized one 10), writing into a scratch corpus
+/// beside the repository's, which it reads.
 #[derive(Clone, Copy)]
-pub enum Corpus {
-    Grow,
-    Scratch,
+pub enum Run {
+    Long,
+    Brief,
+}
+
+impl Run {
+    fn profile(self) -> &'static str {
+        match self {
+            Run::Long => "-O",
+            Run::Brief => "--dev",
+        }
+    }
 }
 
 /// Builds every target, then runs each for `seconds`; prints and returns
 /// (target, executions).
-pub fn run_targets(seconds: u64, corpus: Corpus) -> anyhow::Result<Vec<(&'static str, u64)>> {
-    run(cargo_fuzz().args(["build", "-O"]))?;
+pub fn run_targets(seconds: u64, how: Run) -> anyhow::Result<Vec<(&'static str, u64)>> {
+    run(cargo_fuzz().args(["build", how.profile()]))?;
     let mut executions = Vec::new();
     for &target in TARGETS {
         let kept = workspace_root().join("fuzz/corpus").join(target);
         let mut dirs: Vec<PathBuf> = Vec::new();
-        if let Corpus::Scratch = corpus {
+        if let Run::Brief = how {
             let scratch = workspace_root().join("target/fuzz-corpus").join(target);
             let _ = std::fs::remove_dir_all(&scratch);
             std::fs::create_dir_all(&scratch).context("scratch corpus")?;
@@ -50,7 +61,7 @@ pub fn run_targets(seconds: u64, corpus: Corpus) -> anyhow::Result<Vec<(&'static
         dirs.push(kept);
         eprintln!("xtask: fuzzing {target} for {seconds} s");
         let output = cargo_fuzz()
-            .args(["run", "-O", target])
+            .args(["run", how.profile(), target])
             .args(&dirs)
             .args(["--", &format!("-max_total_time={seconds}")])
             .output()

@@ -126,6 +126,8 @@ const FUZZ_TARGET_SECONDS_IN_CI: u64 = 15;
 fn test() -> anyhow::Result<()> {
     require_root("test")?;
     run(cargo().args(["fmt", "--all", "--check"]))?;
+    // The fuzz targets, outside the workspace.
+    run(cargo().args(["fmt", "--check", "--manifest-path", "fuzz/Cargo.toml"]))?;
     // Default members: every crate but the eBPF one, which only builds for bpfel.
     run(cargo().args(["clippy", "--all-targets", "--", "-D", "warnings"]))?;
     // The eBPF crate alone, for its own target.
@@ -165,7 +167,7 @@ fn test() -> anyhow::Result<()> {
     )?;
     // The libFuzzer targets, briefly (`cargo xtask fuzz` runs them longer),
     // from the repository's corpus; what they find stays out of it.
-    fuzz::run_targets(FUZZ_TARGET_SECONDS_IN_CI, fuzz::Corpus::Scratch)?;
+    fuzz::run_targets(FUZZ_TARGET_SECONDS_IN_CI, fuzz::Run::Brief)?;
     // Benchmark smoke test: the quick run works and fills every section.
     let report = workspace_root().join("target/bench-smoke/REPORT.md");
     let _ = std::fs::remove_file(&report);
@@ -236,7 +238,7 @@ fn main() -> anyhow::Result<()> {
             }
             run(&mut fuzz)?;
             if target_seconds > 0 {
-                fuzz::run_targets(target_seconds, fuzz::Corpus::Grow)?;
+                fuzz::run_targets(target_seconds, fuzz::Run::Long)?;
             }
             Ok(())
         }

@@ -1,9 +1,10 @@
 //! What the object targets check of an update, whatever it held: the
 //! agent's pipeline (model → plan → sync) takes it into a store in memory
 //! without panicking; every rejection names the object and the reason;
-//! every frontend the plan holds is in the maps, whole (its table's
-//! members all written backends); the syncer's view of the maps is what it
-//! wrote; and the same update again writes nothing.
+//! the maps hold exactly the frontends the plan holds, each whole (its
+//! table's members all written backends); the syncer's view of the maps is
+//! what it wrote; the same update again writes nothing; and after an
+//! update keeping a part of it, all this holds again.
 
 use proxy_userspace::{
     maglev,
@@ -17,12 +18,18 @@ use proxy_userspace::{
 /// A node with an address of each family, so node ports get frontends.
 fn node_facts() -> NodeFacts {
     NodeFacts {
-        addresses: vec!["192.168.50.1".parse().unwrap(), "fd00:50::1".parse().unwrap()],
+        addresses: vec![
+            "192.168.50.1".parse().unwrap(),
+            "fd00:50::1".parse().unwrap(),
+        ],
         ..NodeFacts::default()
     }
 }
 
-pub fn check(make_update: impl Fn() -> Update) {
+/// Runs `make_update(true)` (everything) into the maps, checks them, the
+/// same again (nothing written), then `make_update(false)` (a part of it:
+/// the sync's diff and removals) and checks them again.
+pub fn check(make_update: impl Fn(bool) -> Update) {
     let mut store = FakeStore::default();
     let mut pipeline = Pipeline::new(
         Node {
@@ -32,18 +39,45 @@ pub fn check(make_update: impl Fn() -> Update) {
         MapContents::default(),
         maglev::DEFAULT_MAX_TABLE_SIZE,
     );
-    let outcome = pipeline.apply(make_update(), &mut store);
+    apply_and_check(&mut pipeline, &mut store, make_update(true));
+    let before = store.log.len();
+    apply_and_check(&mut pipeline, &mut store, make_update(true));
+    assert_eq!(
+        store.log[before..],
+        [] as [String; 0],
+        "the same update again wrote"
+    );
+    apply_and_check(&mut pipeline, &mut store, make_update(false));
+}
+
+fn apply_and_check(pipeline: &mut Pipeline, store: &mut FakeStore, update: Update) {
+    let outcome = pipeline.apply(update, store);
     for rejection in &outcome.rejections {
-        assert!(!rejection.object.is_empty(), "a rejection names no object: {rejection:?}");
-        assert!(!rejection.reason.is_empty(), "a rejection gives no reason: {rejection:?}");
+        assert!(
+            !rejection.object.is_empty(),
+            "a rejection names no object: {rejection:?}"
+        );
+        assert!(
+            !rejection.reason.is_empty(),
+            "a rejection gives no reason: {rejection:?}"
+        );
     }
-    assert!(outcome.report.errors.is_empty(), "{:?}", outcome.report.errors);
+    assert!(
+        outcome.report.errors.is_empty(),
+        "{:?}",
+        outcome.report.errors
+    );
     let maps = &store.maps;
-    for key in pipeline.plan().frontend_keys() {
-        let map_key = frontend_key(key);
+    let planned: Vec<_> = pipeline.plan().frontend_keys().collect();
+    assert_eq!(
+        planned.len(),
+        maps.frontends.len(),
+        "the maps hold the planned frontends, no more"
+    );
+    for key in planned {
         let value = maps
             .frontends
-            .get(&map_key)
+            .get(&frontend_key(key))
             .unwrap_or_else(|| panic!("frontend {key:?} of the plan is not in the maps"));
         if value.table_size > 0 {
             let table = maps
@@ -51,14 +85,18 @@ pub fn check(make_update: impl Fn() -> Update) {
                 .get(&value.id)
                 .unwrap_or_else(|| panic!("frontend {key:?} has no table"));
             for member in &table.members {
-                assert!(maps.backends.contains(*member), "{key:?}: backend {member} missing");
+                assert!(
+                    maps.backends.contains(*member),
+                    "{key:?}: backend {member} missing"
+                );
             }
         }
     }
-    assert_eq!(pipeline.contents(), maps, "the syncer's view is what it wrote");
-    let before = store.log.len();
-    pipeline.apply(make_update(), &mut store);
-    assert_eq!(store.log[before..], [] as [String; 0], "the same update again wrote");
+    assert_eq!(
+        pipeline.contents(),
+        maps,
+        "the syncer's view is what it wrote"
+    );
 }
 
 /// A full update of `objects`, grouped per Service as the sources do.

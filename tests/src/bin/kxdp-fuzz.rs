@@ -7,14 +7,6 @@ use std::time::Duration;
 
 use kxdp_testbed::fuzz::{self, Config};
 
-fn fresh_seed() -> u64 {
-    let mut seed = [0u8; 8];
-    // SAFETY: a valid buffer of its length.
-    let n = unsafe { libc::getrandom(seed.as_mut_ptr().cast(), seed.len(), 0) };
-    assert_eq!(n, 8, "getrandom");
-    u64::from_ne_bytes(seed)
-}
-
 fn parse_number(flag: &str, value: Option<String>) -> u64 {
     let value = value.unwrap_or_else(|| usage(&format!("{flag} needs a value")));
     let parsed = match value.strip_prefix("0x") {
@@ -33,7 +25,7 @@ fn main() {
     let mut config = Config {
         frames: 1_000_000,
         time_limit: None,
-        seed: fresh_seed(),
+        seed: fuzz::fresh_seed(),
     };
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {

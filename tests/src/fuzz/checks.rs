@@ -164,6 +164,9 @@ pub fn rejected(
             "a refusal: verdict {verdict}, expected {verdict_wanted}"
         ));
     }
+    if out.len() < 14 {
+        return Err(format!("a refusal of {} bytes", out.len()));
+    }
     if out[0..6] != input[6..12] || out[6..12] != input[0..6] {
         return Err("a refusal goes back to the sender's MAC".into());
     }
@@ -182,6 +185,24 @@ fn rst(input: &[u8], p: &Parsed, out: &[u8]) -> Result<(), String> {
     let ip_len = if p.is_v4() { 20 } else { 40 };
     if out.len() != o.l3 + ip_len + 20 || o.l4 != o.l3 + ip_len {
         return Err(format!("RST of {} bytes: headers only", out.len()));
+    }
+    // Its own lengths say so too, and it has hops to go.
+    let (said, ttl) = if p.is_v4() {
+        (
+            u16::from_be_bytes([out[o.l3 + 2], out[o.l3 + 3]]),
+            out[o.l3 + 8],
+        )
+    } else {
+        (
+            u16::from_be_bytes([out[o.l3 + 4], out[o.l3 + 5]]) + 40,
+            out[o.l3 + 7],
+        )
+    };
+    if usize::from(said) != ip_len + 20 || ttl == 0 || out[o.l4 + 12] != 5 << 4 {
+        return Err(format!(
+            "RST's IP length {said}, TTL {ttl}, data offset {:#04x}",
+            out[o.l4 + 12]
+        ));
     }
     valid_checksums(out, &o)?;
     let tcp = p.l4;
@@ -256,6 +277,14 @@ fn port_unreachable(input: &[u8], p: &Parsed, out: &[u8]) -> Result<(), String> 
             out.len(),
             icmp + 8 + quote.len()
         ));
+    }
+    let said = if v6 {
+        usize::from(u16::from_be_bytes([out[l3 + 4], out[l3 + 5]])) + 40
+    } else {
+        usize::from(u16::from_be_bytes([out[l3 + 2], out[l3 + 3]]))
+    };
+    if said != out.len() - l3 {
+        return Err(format!("the ICMP error's IP length says {said}"));
     }
     let (src_off, dst_off, proto) = if v6 {
         (l3 + 8, l3 + 24, out[l3 + 6])

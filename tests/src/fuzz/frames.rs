@@ -12,7 +12,7 @@ use proxy_common::maps::{PROTO_TCP, PROTO_UDP};
 
 use super::{
     model::{Model, Program, Tuple},
-    parse::{TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
+    parse::{self, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
     rng::Rng,
     world::Scope,
 };
@@ -93,10 +93,10 @@ fn to_frontend(rng: &mut Rng, model: &Model, scope: Scope) -> Packet {
     p
 }
 
-/// A packet of a flow the model has seen: on in its direction, or back.
-fn of_known(rng: &mut Rng, tuples: &[Tuple]) -> Option<Packet> {
+/// A packet of a flow the model has seen, in the direction of `tuples`.
+fn of_known(rng: &mut Rng, tuples: &[Tuple]) -> Packet {
     let t = *rng.pick(tuples);
-    Some(packet(rng, t.proto, t.src, t.dst))
+    packet(rng, t.proto, t.src, t.dst)
 }
 
 /// Between addresses that are neither frontends nor their clients.
@@ -126,11 +126,11 @@ fn at_nic(p: Packet) -> Packet {
 fn base(rng: &mut Rng, model: &Model, program: Program) -> Packet {
     let known = |rng: &mut Rng, forward: bool| {
         let list = if forward {
-            &model.recent_forward
+            model.recent_forward.tuples()
         } else {
-            &model.recent_reply
+            model.recent_reply.tuples()
         };
-        (!list.is_empty()).then(|| of_known(rng, list)).flatten()
+        (!list.is_empty()).then(|| of_known(rng, list))
     };
     let roll = rng.below(100);
     let p = match program {
@@ -198,13 +198,14 @@ fn mutate_packet(rng: &mut Rng, mut p: Packet) -> Packet {
         p = p.no_udp_checksum();
     }
     if rng.chance(2) {
-        // An ICMP error (or echo) about the flow instead of the flow.
-        let proto = if p.src.is_ipv4() { 1 } else { 58 };
+        // An ICMP (ICMPv6) port unreachable quoting the flow, instead of it.
+        let (proto, kind) = if p.src.is_ipv4() { (1, 3) } else { (58, 1) };
         let quoted = p.build();
+        let l3 = 14 + if p.vlan.is_some() { 4 } else { 0 };
         p.l4 = L4::Other { proto };
-        p.payload = vec![3, 3, 0, 0, 0, 0, 0, 0];
+        p.payload = vec![kind, if proto == 1 { 3 } else { 4 }, 0, 0, 0, 0, 0, 0];
         p.payload
-            .extend_from_slice(&quoted[14..quoted.len().min(14 + 48)]);
+            .extend_from_slice(&quoted[l3..quoted.len().min(l3 + 48)]);
     }
     p
 }
@@ -222,18 +223,23 @@ fn mutate_bytes(rng: &mut Rng, mut f: Vec<u8>) -> Vec<u8> {
         }
     }
     if rng.chance(5) && f.len() > 2 {
-        // A checksum (or any word near the L4 header) wrong or zero.
-        let i = rng.below(f.len() - 1);
+        // The L4 checksum (where there is one; else any word) wrong or zero.
+        let i = match parse::parse(&f) {
+            Some(p) => p.csum_off(),
+            None => rng.below(f.len() - 1),
+        };
         let v = if rng.chance(50) { 0 } else { rng.byte() };
         f[i] = v;
         f[i + 1] = v;
     }
-    if rng.chance(3) && f.len() > 20 {
-        // An IP length field (v4 total length, v6 payload length) wrong.
-        let off = if f[12..14] == [0x86, 0xdd] { 18 } else { 16 };
-        if off + 1 < f.len() {
-            f[off] = rng.byte();
-            f[off + 1] = rng.byte();
+    if rng.chance(3) {
+        // An IP length field (IPv4 total length, IPv6 payload length) wrong.
+        if let Some((l3, v6)) = parse::l3(&f) {
+            let off = l3 + if v6 { 4 } else { 2 };
+            if off + 1 < f.len() {
+                f[off] = rng.byte();
+                f[off + 1] = rng.byte();
+            }
         }
     }
     f

@@ -125,6 +125,15 @@ impl Report {
     }
 }
 
+/// A seed from the kernel's random numbers, for a run of its own.
+pub fn fresh_seed() -> u64 {
+    let mut seed = [0u8; 8];
+    // SAFETY: a valid buffer of its length.
+    let n = unsafe { libc::getrandom(seed.as_mut_ptr().cast(), seed.len(), 0) };
+    assert_eq!(n, 8, "getrandom");
+    u64::from_ne_bytes(seed)
+}
+
 pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
@@ -210,6 +219,16 @@ fn compare_counters(dp: &mut Datapath, model: &Model, after: u64) -> Vec<String>
             errors.push(format!(
                 "after {after} frames, frontend {} ({}): packets/bytes {}/{}, model {}/{}",
                 s.id, s.vip, stats.packets, stats.bytes, want.0, want.1
+            ));
+        }
+    }
+    for s in &model.world.services {
+        let want = model.counts.rejects.get(&s.id).copied().unwrap_or(0);
+        let got = dp.rejects(s.id);
+        if got != want {
+            errors.push(format!(
+                "after {after} frames, frontend {} ({}): {got} refused, model {want}",
+                s.id, s.vip
             ));
         }
     }

@@ -13,7 +13,10 @@ use std::{
     net::{IpAddr, SocketAddr},
 };
 
-use proxy_common::maps::{DropReason, PROTO_TCP, PROTO_UDP, SNAT_PORT_MAX, SNAT_PORT_MIN};
+use proxy_common::maps::{
+    DropReason, PROTO_TCP, PROTO_UDP, SNAT_CLOSED_REUSE_S, SNAT_PORT_MAX, SNAT_PORT_MIN,
+    SNAT_TCP_REUSE_S, SNAT_UDP_REUSE_S,
+};
 
 use super::{
     checks,
@@ -126,6 +129,9 @@ pub struct Counts {
     pub frontends: HashMap<u32, (u64, u64)>,
     /// Drops by reason (`DropReason::index`).
     pub drops: HashMap<u32, u64>,
+    /// Frontend id → packets refused for want of endpoints (answered or
+    /// not).
+    pub rejects: HashMap<u32, u64>,
 }
 
 pub struct Model {
@@ -137,25 +143,33 @@ pub struct Model {
     /// How often each rule decided a frame: what the run exercised.
     pub seen: BTreeMap<&'static str, u64>,
     /// Tuples of recent entries, for the generator to answer and continue.
-    pub recent_forward: Vec<Tuple>,
-    pub recent_reply: Vec<Tuple>,
+    pub recent_forward: Recent,
+    pub recent_reply: Recent,
+}
+
+/// The latest tuples of one direction (a ring: the oldest goes first).
+#[derive(Default)]
+pub struct Recent {
+    tuples: Vec<Tuple>,
+    next: usize,
 }
 
 /// How many recent tuples the generator may pick from.
 const RECENT: usize = 512;
 
-/// SNAT ports are reclaimed from flows idle this long (seconds; the
-/// datapath's reuse times, `SNAT_*_REUSE_S`), less a second for the two
-/// clocks' rounding.
-const CLOSED_REUSE: u32 = 10;
-const UDP_REUSE: u32 = 60;
-const TCP_REUSE: u32 = 3600;
-
-fn remember(list: &mut Vec<Tuple>, t: Tuple) {
-    if list.len() == RECENT {
-        list.swap_remove(t.src.port() as usize % RECENT);
+impl Recent {
+    fn push(&mut self, t: Tuple) {
+        if self.tuples.len() < RECENT {
+            self.tuples.push(t);
+        } else {
+            self.tuples[self.next] = t;
+            self.next = (self.next + 1) % RECENT;
+        }
     }
-    list.push(t);
+
+    pub fn tuples(&self) -> &[Tuple] {
+        &self.tuples
+    }
 }
 
 impl Model {
@@ -166,8 +180,8 @@ impl Model {
             affinity: HashMap::new(),
             counts: Counts::default(),
             seen: BTreeMap::new(),
-            recent_forward: Vec::new(),
-            recent_reply: Vec::new(),
+            recent_forward: Recent::default(),
+            recent_reply: Recent::default(),
         }
     }
 
@@ -320,13 +334,16 @@ impl Model {
                 .destination(client);
             return xdp_forward(expected, input, p, client.ip(), verdict, out);
         }
-        // Conntrack first: a live entry the NIC recorded carries its flow
-        // (the NIC serves node ports, LoadBalancer and external IPs only:
-        // a pod's connection to a ClusterIP is not its to carry).
+        // Only a port some node frontend has is looked at (core rule 1);
+        // there, conntrack first: a live entry carries its flow.
+        if !self.world.node_frontend_port(p.dst.port()) {
+            self.saw("passed: not a node frontend's port");
+            return untouched(XDP_PASS, input, verdict, out);
+        }
         if let Some(&Entry::Forward {
             service,
             backend,
-            kind: kind @ (Kind::FromNic | Kind::Snat { .. }),
+            kind,
             closing,
             ..
         }) = self.conntrack.get(&tuple)
@@ -375,7 +392,7 @@ impl Model {
             DropReason::NoLocalBackend => "drop: no local backend",
             DropReason::RejectFailed => "drop: refusal not built (tag, options)",
             DropReason::NoBackend => "drop: a RST not answered",
-            _ => "drop: other",
+            other => unreachable!("the model drops for no {other:?}"),
         });
         *self.counts.drops.entry(reason.index()).or_default() += 1;
         expect_verdict(program.drop(), verdict, &format!("a drop ({reason:?})"))
@@ -434,15 +451,16 @@ impl Model {
             if s.empty_drop {
                 return self.dropped(program, DropReason::NoLocalBackend, verdict);
             }
-            return self.refuse(program, p, input, verdict, out);
+            return self.refuse(program, service, p, input, verdict, out);
         }
         // A new flow: any backend, or the one its client has (affinity).
-        let Some(chosen) = parse::parse(out).map(|o| o.dst) else {
+        let Some(translated) = parse::parse(out) else {
             return Err(format!(
                 "a new flow to {} must be translated, verdict {verdict}",
                 s.vip
             ));
         };
+        let chosen = translated.dst;
         let Some(&(backend, local)) = s.backends.iter().find(|(b, _)| *b == chosen) else {
             return Err(format!("{chosen} is no backend of {}", s.vip));
         };
@@ -461,7 +479,7 @@ impl Model {
         let kind = match program {
             Program::NicIngress if local || !s.snat_remote => Kind::FromNic,
             Program::NicIngress => {
-                let node = parse::parse(out).map(|o| o.src).unwrap_or(p.src);
+                let node = translated.src;
                 self.snat_port_allowed(node, backend, p.proto, now)?;
                 Kind::Snat { node }
             }
@@ -493,11 +511,14 @@ impl Model {
     fn refuse(
         &mut self,
         program: Program,
+        service: usize,
         p: &Parsed,
         input: &[u8],
         verdict: u32,
         out: &[u8],
     ) -> Result<(), String> {
+        let id = self.world.services[service].id;
+        *self.counts.rejects.entry(id).or_default() += 1;
         let plain_ip = if p.is_v4() { 20 } else { 40 };
         if p.l3 != 14 || p.l4 != p.l3 + plain_ip {
             return self.dropped(program, DropReason::RejectFailed, verdict);
@@ -535,15 +556,20 @@ impl Model {
             dst: node,
             proto,
         };
-        let Some(&Entry::Reply {
-            client,
-            frontend,
-            closing,
-            last,
-            ..
-        }) = self.conntrack.get(&reply)
-        else {
-            return Ok(());
+        let (client, frontend, closing, last) = match self.conntrack.get(&reply) {
+            None => return Ok(()),
+            Some(&Entry::Reply {
+                client,
+                frontend,
+                closing,
+                last,
+                kind: Kind::Snat { .. },
+            }) => (client, frontend, closing, last),
+            Some(other) => {
+                return Err(format!(
+                    "SNAT port {node} taken over another connection's entry {other:?}"
+                ))
+            }
         };
         let forward = Tuple {
             src: client,
@@ -559,14 +585,16 @@ impl Model {
             return Ok(());
         }
         let limit = if closing || self.closing(&forward) {
-            CLOSED_REUSE
+            SNAT_CLOSED_REUSE_S
         } else if proto == PROTO_UDP {
-            UDP_REUSE
+            SNAT_UDP_REUSE_S
         } else {
-            TCP_REUSE
+            SNAT_TCP_REUSE_S
         };
+        // Reclaimed once idle past the limit; the model's clock is read a
+        // moment after the program's, so up to a second later.
         let last = last.max(self.last_seen(&forward).unwrap_or(0));
-        if now.saturating_sub(last) + 1 < limit {
+        if now.saturating_sub(last) < limit {
             return Err(format!(
                 "SNAT port {node} taken from a live flow of {client} (idle {} s)",
                 now.saturating_sub(last)
@@ -623,8 +651,8 @@ impl Model {
                 last: now,
             },
         );
-        remember(&mut self.recent_reply, reply);
-        remember(&mut self.recent_forward, forward);
+        self.recent_reply.push(reply);
+        self.recent_forward.push(forward);
     }
 
     fn translate_pod(

@@ -367,6 +367,13 @@ impl World {
         }
     }
 
+    /// Whether some node frontend has `port` (any address, protocol).
+    pub fn node_frontend_port(&self, port: u16) -> bool {
+        self.services
+            .iter()
+            .any(|s| s.scope == Scope::Node && s.vip.port() == port)
+    }
+
     /// The frontend at `dst` for `proto` in `scope`.
     pub fn frontend(&self, dst: SocketAddr, proto: u8, scope: Scope) -> Option<&Service> {
         self.services

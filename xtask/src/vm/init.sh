@@ -11,7 +11,7 @@ export KXDP_TEST_PATIENCE=5
 # The fuzzing suite's frames a program: its run is one test-run syscall and
 # a model step a frame, which emulation slows most; the host runs 50,000
 # and `cargo xtask fuzz` a million.
-export KXDP_FUZZ_FRAMES=5000
+export KXDP_FUZZ_FRAMES=20000
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
