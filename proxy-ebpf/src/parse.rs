@@ -78,11 +78,14 @@ pub struct Flow<A> {
     /// extension headers).
     pub l4_off: usize,
     pub proto: u8,
-    /// The IP packet's length, headers included (IPv4 total length; IPv6
-    /// payload length + 40, so 40 for a jumbogram, and up to 65,575: wider
-    /// than 16 bits): the TCP payload length is it less the headers
-    /// (`l4_off - l3_off`) and the TCP header.
-    pub ip_len: u32,
+    /// What the IP header says follows its fixed part: IPv4's total length
+    /// less 20 (options included), IPv6's payload length (extension
+    /// headers included; 0 for a jumbogram). Behind a plain header the TCP
+    /// payload is it less the TCP header. Kept in 16 bits, as the header
+    /// has it: an IPv6 total length can pass them, and `pod_ingress`'s
+    /// frame has no room to grow (5.10 rounds each call's frame up to 32
+    /// bytes within the 512).
+    pub ip_payload_len: u16,
     pub src_addr: A,
     pub dst_addr: A,
     pub src_port: u16,
@@ -285,7 +288,7 @@ fn parse_ipv4(ctx: &impl Frame, l3_off: usize) -> Result<Ipv4Flow, Unparsed> {
         l3_off,
         l4_off,
         proto: ip.proto,
-        ip_len: u16::from_be(ip.tot_len) as u32,
+        ip_payload_len: u16::from_be(ip.tot_len).saturating_sub(IPV4_HLEN as u16),
         src_addr: ip.saddr,
         dst_addr: ip.daddr,
         src_port,
@@ -342,7 +345,7 @@ fn parse_ipv6(ctx: &impl Frame, l3_off: usize) -> Result<Ipv6Flow, Unparsed> {
         l3_off,
         l4_off,
         proto: next,
-        ip_len: u16::from_be(ip.payload_len) as u32 + IPV6_HLEN as u32,
+        ip_payload_len: u16::from_be(ip.payload_len),
         src_addr: ip.saddr,
         dst_addr: ip.daddr,
         src_port,

@@ -71,11 +71,7 @@ fn answer<F: Family>(ctx: &impl Frame, flow: &Flow<F>) -> Result<Answer, DropRea
     let data_offset = ptr_at_mut::<u8>(ctx, flow.l4_off + 12).ok_or(DropReason::RejectFailed)?;
     // SAFETY: bounds-checked just above.
     let header_len = ((unsafe { *data_offset } >> 4) as u16) * 4;
-    // At most 65,535 less the TCP header: it fits 16 bits.
-    Ok(Answer::Rst(
-        flow.ip_len
-            .saturating_sub(ip_len as u32 + header_len as u32) as u16,
-    ))
+    Ok(Answer::Rst(flow.ip_payload_len.saturating_sub(header_len)))
 }
 
 /// What an ICMPv6 error quotes of the request past the builder's prefix:
