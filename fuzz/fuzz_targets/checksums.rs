@@ -1,8 +1,8 @@
 //! The datapath's incremental checksum updates (`proxy_common::csum`)
-//! against a full RFC 1071 recomputation written here: a TCP/UDP segment
-//! and its IP addresses of either family taken from the input, a checksum
-//! computed for them, then the addresses and ports translated to others
-//! from the input. The updated checksum must verify as the recomputed one
+//! against a full RFC 1071 recomputation of its own (`common/rfc1071.rs`):
+//! a TCP/UDP segment and its IP addresses of either family taken from the
+//! input, a checksum computed for them, then the addresses and ports
+//! translated to others from the input. The updated checksum must verify as the recomputed one
 //! does (0 and 0xffff are the same one's-complement number), a UDP
 //! checksum of 0 ("none") must stay 0 and no other may become 0.
 #![no_main]
@@ -14,19 +14,12 @@ use proxy_common::{
 };
 use std::net::Ipv6Addr;
 
-/// RFC 1071 over big-endian words, an odd last byte padded with zero.
-fn sum(data: &[u8], mut acc: u64) -> u64 {
-    for chunk in data.chunks(2) {
-        acc += u64::from(chunk[0]) << 8 | u64::from(chunk.get(1).copied().unwrap_or(0));
-    }
-    acc
-}
+#[path = "common/rfc1071.rs"]
+mod rfc1071;
+use rfc1071::{folded, sum};
 
-fn complement_of(mut acc: u64) -> u16 {
-    while acc > 0xffff {
-        acc = (acc & 0xffff) + (acc >> 16);
-    }
-    !(acc as u16)
+fn complement_of(acc: u64) -> u16 {
+    !folded(acc)
 }
 
 /// The checksum of `segment` (its checksum field zero) with the

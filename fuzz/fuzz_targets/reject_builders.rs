@@ -1,7 +1,7 @@
 //! The reject builders (`proxy_common::reject`) on any bytes: they never
 //! panic, a frame they decline is left as it was (the caller drops it),
 //! and an answer they build is addressed back to the sender with
-//! checksums that verify by an RFC 1071 sum written here.
+//! checksums that verify by an RFC 1071 sum of its own (`common/rfc1071.rs`).
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -10,20 +10,13 @@ use proxy_common::reject::{
     ICMP6_GROWTH, ICMP_FRAME_LEN, ICMP_GROWTH, RST6_FRAME_LEN, RST_FRAME_LEN,
 };
 
-fn sum(data: &[u8], mut acc: u64) -> u64 {
-    for chunk in data.chunks(2) {
-        acc += u64::from(chunk[0]) << 8 | u64::from(chunk.get(1).copied().unwrap_or(0));
-    }
-    acc
-}
+#[path = "common/rfc1071.rs"]
+mod rfc1071;
+use rfc1071::{folded, sum};
 
 /// Whether `data`, its checksum included, sums to all ones.
 fn verifies(data: &[u8], acc: u64) -> bool {
-    let mut acc = sum(data, acc);
-    while acc > 0xffff {
-        acc = (acc & 0xffff) + (acc >> 16);
-    }
-    acc == 0xffff
+    folded(sum(data, acc)) == 0xffff
 }
 
 /// The IPv6 pseudo-header's sum for a reply of `len` bytes of `proto`.

@@ -105,6 +105,15 @@ pub fn datapath_s_ago(secs: u32) -> u32 {
     datapath_now_s() - secs
 }
 
+/// A tc test run's context: struct __sk_buff up to ifindex (the eleventh
+/// u32: the interface the skb is on, which every kernel from 5.10 lets a
+/// test run set); the kernel zeroes the rest.
+fn skb_context(ifindex: u32) -> Vec<u8> {
+    let mut ctx = [0u32; 11];
+    ctx[10] = ifindex;
+    ctx.iter().flat_map(|v| v.to_ne_bytes()).collect()
+}
+
 /// The loopback interface's index in every network namespace.
 const LOOPBACK_IFINDEX: u32 = 1;
 
@@ -731,13 +740,7 @@ impl Datapath {
     /// Runs `pod_ingress` once on `frame` as if it came in on interface
     /// `ifindex` of the calling thread's network namespace.
     pub fn run_from(&mut self, frame: &[u8], ifindex: u32) -> (u32, Vec<u8>) {
-        // struct __sk_buff up to ifindex (the eleventh u32: the interface the
-        // skb is on, which every kernel from 5.10 lets a test run set); the
-        // kernel zeroes the rest.
-        let mut ctx = [0u32; 11];
-        ctx[10] = ifindex;
-        let ctx: Vec<u8> = ctx.iter().flat_map(|v| v.to_ne_bytes()).collect();
-        self.run_program_in(POD_INGRESS, frame, Some(&ctx))
+        self.run_program_in(POD_INGRESS, frame, Some(&skb_context(ifindex)))
     }
 
     /// Runs `pod_egress` (a packet entering a pod) once on `frame`.
@@ -797,16 +800,13 @@ impl Datapath {
         frame: &[u8],
         ifindex: u32,
     ) -> Option<(u32, Vec<u8>)> {
-        let mut ctx = [0u32; 11];
-        ctx[10] = ifindex;
-        let ctx: Vec<u8> = ctx.iter().flat_map(|v| v.to_ne_bytes()).collect();
         let prog: &SchedClassifier = self
             .ebpf
             .program(name)
             .expect("program loaded")
             .try_into()
             .expect("classifier");
-        try_test_run(prog, frame, Some(&ctx))
+        try_test_run(prog, frame, Some(&skb_context(ifindex)))
     }
 
     /// As [`Self::run_nic`], or `None` when the kernel refuses the frame.

@@ -11,7 +11,7 @@ use std::net::{IpAddr, SocketAddr};
 use proxy_common::maps::{PROTO_TCP, PROTO_UDP};
 
 use super::parse::{self, Parsed, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN};
-use crate::packet::{fold, pseudo_header_sum, sum_words};
+use crate::packet::{self, fold, pseudo_header_sum, sum_words};
 
 /// The input with the fields a translation changes replaced.
 pub struct Rewrite<'a> {
@@ -204,7 +204,7 @@ fn rst(input: &[u8], p: &Parsed, out: &[u8]) -> Result<(), String> {
             out[o.l4 + 12]
         ));
     }
-    valid_checksums(out, &o)?;
+    packet::verify_checksums(out).map_err(|e| format!("RST: {e}"))?;
     let tcp = p.l4;
     let flags = p.flags;
     let (seq, ack, out_flags) = (be32(out, o.l4 + 4), be32(out, o.l4 + 8), out[o.l4 + 13]);
@@ -229,24 +229,6 @@ fn rst(input: &[u8], p: &Parsed, out: &[u8]) -> Result<(), String> {
         return Err(format!(
             "RST to a segment without ACK: flags {out_flags:#04x} seq {seq:#x} ack {ack:#x}, expected RST|ACK, 0, {want:#x}"
         ));
-    }
-    Ok(())
-}
-
-fn valid_checksums(out: &[u8], o: &Parsed) -> Result<(), String> {
-    if o.is_v4() {
-        let ihl = usize::from(out[o.l3] & 0x0f) * 4;
-        if fold(sum_words(&out[o.l3..o.l3 + ihl], 0)) != 0xffff {
-            return Err("IPv4 header checksum wrong".into());
-        }
-    }
-    let seg = &out[o.l4..];
-    let sum = fold(sum_words(
-        seg,
-        pseudo_header_sum(o.src.ip(), o.dst.ip(), o.proto, seg.len()),
-    ));
-    if sum != 0xffff {
-        return Err(format!("L4 checksum wrong (sum {sum:#06x})"));
     }
     Ok(())
 }

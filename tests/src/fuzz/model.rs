@@ -366,8 +366,7 @@ impl Model {
     }
 
     fn frontend(&self, p: &Parsed, scope: Scope) -> Option<usize> {
-        let found = self.world.frontend(p.dst, p.proto, scope)?;
-        self.world.services.iter().position(|s| s.id == found.id)
+        self.world.frontend(p.dst, p.proto, scope)
     }
 
     fn count(&mut self, service: usize, len: usize) {
@@ -576,15 +575,17 @@ impl Model {
             dst: frontend,
             proto,
         };
-        let same_flow = matches!(
-            self.conntrack.get(&forward),
-            Some(Entry::Forward { kind: Kind::Snat { node: n }, .. }) if *n == node
-        );
-        if !same_flow {
+        let (forward_closing, forward_last) = match self.conntrack.get(&forward) {
+            Some(&Entry::Forward {
+                kind: Kind::Snat { node: n },
+                closing,
+                last,
+                ..
+            }) if n == node => (closing, last),
             // Its flow is gone or holds another port: the port is free.
-            return Ok(());
-        }
-        let limit = if closing || self.closing(&forward) {
+            _ => return Ok(()),
+        };
+        let limit = if closing || forward_closing {
             SNAT_CLOSED_REUSE_S
         } else if proto == PROTO_UDP {
             SNAT_UDP_REUSE_S
@@ -593,7 +594,7 @@ impl Model {
         };
         // Reclaimed once idle past the limit; the model's clock is read a
         // moment after the program's, so up to a second later.
-        let last = last.max(self.last_seen(&forward).unwrap_or(0));
+        let last = last.max(forward_last);
         if now.saturating_sub(last) < limit {
             return Err(format!(
                 "SNAT port {node} taken from a live flow of {client} (idle {} s)",
@@ -603,20 +604,6 @@ impl Model {
         // Reclaimed: the old client's next packet opens a flow of its own.
         self.conntrack.remove(&forward);
         Ok(())
-    }
-
-    fn closing(&self, t: &Tuple) -> bool {
-        matches!(
-            self.conntrack.get(t),
-            Some(Entry::Forward { closing: true, .. })
-        )
-    }
-
-    fn last_seen(&self, t: &Tuple) -> Option<u32> {
-        match self.conntrack.get(t) {
-            Some(Entry::Forward { last, .. }) => Some(*last),
-            _ => None,
-        }
     }
 
     /// Both entries of a new connection (the reply first: fail closed).

@@ -374,11 +374,12 @@ impl World {
             .any(|s| s.scope == Scope::Node && s.vip.port() == port)
     }
 
-    /// The frontend at `dst` for `proto` in `scope`.
-    pub fn frontend(&self, dst: SocketAddr, proto: u8, scope: Scope) -> Option<&Service> {
+    /// The index in `services` of the frontend at `dst` for `proto` in
+    /// `scope`.
+    pub fn frontend(&self, dst: SocketAddr, proto: u8, scope: Scope) -> Option<usize> {
         self.services
             .iter()
-            .find(|s| s.vip == dst && s.proto == proto && s.scope == scope)
+            .position(|s| s.vip == dst && s.proto == proto && s.scope == scope)
     }
 }
 
