@@ -11,6 +11,7 @@ pub mod nic_netns;
 pub mod packet;
 pub mod privileged;
 pub mod scenario;
+pub mod served;
 pub mod two_node;
 
 use std::time::Duration;

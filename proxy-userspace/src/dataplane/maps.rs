@@ -24,7 +24,7 @@ use proxy_common::{
 use super::{
     batch,
     fill::{count_keys, Count},
-    maglev_arena::{ArenaError, MaglevArena, MAGLEV_ARENA, MAGLEV_INDEX},
+    maglev_arena::{ArenaError, MaglevArena, Opening, MAGLEV_ARENA, MAGLEV_INDEX},
     DataplaneError,
 };
 use crate::{
@@ -279,7 +279,11 @@ fn typed<T: TryFrom<Map, Error = MapError>>(
 }
 
 /// The arena and its index, mapped.
-fn maglev(arena: Option<Map>, index: Option<Map>) -> Result<MaglevArena, DataplaneError> {
+fn maglev(
+    arena: Option<Map>,
+    index: Option<Map>,
+    opening: Opening,
+) -> Result<MaglevArena, DataplaneError> {
     let array = |name: &'static str, map: Option<Map>| match map {
         Some(Map::Array(data)) => {
             let entries = data
@@ -301,6 +305,7 @@ fn maglev(arena: Option<Map>, index: Option<Map>) -> Result<MaglevArena, Datapla
         arena_entries,
         index.fd().as_fd(),
         index_entries,
+        opening,
     )
     .map_err(DataplaneError::Arena)
 }
@@ -326,7 +331,11 @@ impl BpfMaps {
             frontends6: typed(FRONTENDS6, ebpf.take_map(FRONTENDS6))?,
             backends: typed(BACKEND_SLOTS, ebpf.take_map(BACKEND_SLOTS))?,
             backends6: typed(BACKEND_SLOTS6, ebpf.take_map(BACKEND_SLOTS6))?,
-            maglev: maglev(ebpf.take_map(MAGLEV_ARENA), ebpf.take_map(MAGLEV_INDEX))?,
+            maglev: maglev(
+                ebpf.take_map(MAGLEV_ARENA),
+                ebpf.take_map(MAGLEV_INDEX),
+                Opening::Owner,
+            )?,
             stats: typed(STATS, ebpf.take_map(STATS))?,
             sock_stats: typed(SOCK_STATS, ebpf.take_map(SOCK_STATS))?,
             drops: typed(DROPS, ebpf.take_map(DROPS))?,
@@ -341,7 +350,8 @@ impl BpfMaps {
         })
     }
 
-    /// Opens the maps a running (or stopped) agent pinned under `pin_path`.
+    /// Opens the maps a running (or stopped) agent pinned under `pin_path`,
+    /// to read: the Maglev tables are not taken over (see [`Opening`]).
     pub fn open_pinned(pin_path: &Path) -> Result<Self, DataplaneError> {
         let open = |name: &'static str| {
             let data =
@@ -355,7 +365,7 @@ impl BpfMaps {
             frontends6: typed(FRONTENDS6, open(FRONTENDS6)?)?,
             backends: typed(BACKEND_SLOTS, open(BACKEND_SLOTS)?)?,
             backends6: typed(BACKEND_SLOTS6, open(BACKEND_SLOTS6)?)?,
-            maglev: maglev(open(MAGLEV_ARENA)?, open(MAGLEV_INDEX)?)?,
+            maglev: maglev(open(MAGLEV_ARENA)?, open(MAGLEV_INDEX)?, Opening::Reader)?,
             stats: typed(STATS, open(STATS)?)?,
             sock_stats: typed(SOCK_STATS, open(SOCK_STATS)?)?,
             drops: typed(DROPS, open(DROPS)?)?,

@@ -13,15 +13,17 @@ use std::{
     env,
     path::{Path, PathBuf},
     sync::Arc,
+    time::Duration,
 };
 
-use futures::{stream::BoxStream, FutureExt, StreamExt};
+use futures::{stream::BoxStream, FutureExt, Stream, StreamExt};
 use k8s_openapi::{apimachinery::pkg::apis::meta::v1::ObjectMeta, NamespaceResourceScope};
 use kube::{
     config::{InClusterError, KubeConfigOptions, Kubeconfig, KubeconfigError},
     runtime::{
-        watcher::{self, Event},
-        WatchStreamExt,
+        utils::Backoff as _,
+        utils::ResetTimerBackoff,
+        watcher::{self, Event, ExponentialBackoff},
     },
     Api, Client, Config, Resource,
 };
@@ -47,6 +49,16 @@ const SLICE_LABEL_SELECTOR: &str = "!service.kubernetes.io/headless";
 
 /// Most events folded into one update, so a long burst still yields updates.
 const MAX_BATCH: usize = 4096;
+
+/// First retry delay after a watch or list fails.
+const RETRY_FIRST: Duration = Duration::from_millis(500);
+/// Longest retry delay before jitter, which adds up to as much again: an
+/// API server back from an outage is found within 4 s (client-go's 30 s cap
+/// left a node on stale Services for up to a minute), and the jitter spreads
+/// the nodes' relists over those seconds.
+const RETRY_MAX: Duration = Duration::from_secs(2);
+/// A watcher that has run this long without an error starts its delays over.
+const RETRY_RESET: Duration = Duration::from_secs(120);
 
 #[derive(Debug, thiserror::Error)]
 pub enum KubeError {
@@ -194,6 +206,62 @@ pub struct KubernetesSource {
     unlabelled: BTreeSet<Key>,
 }
 
+/// The delays between a watcher's retries: exponential from [`RETRY_FIRST`]
+/// to [`RETRY_MAX`], each plus up to as much again at random.
+fn retry_backoff() -> ResetTimerBackoff<ExponentialBackoff> {
+    let delays = backon::ExponentialBuilder::default()
+        .with_min_delay(RETRY_FIRST)
+        .with_max_delay(RETRY_MAX)
+        .with_factor(2.0)
+        .with_jitter()
+        .without_max_times();
+    ResetTimerBackoff::new(ExponentialBackoff::from(delays), RETRY_RESET)
+}
+
+/// `events` with a delay after each error before the watcher is asked for
+/// more ([`retry_backoff`]; the error itself comes at once), the delays
+/// starting over after every event. An answer of 410 Gone (the version a
+/// watch resumed from is no longer kept: after an API server restart, a
+/// long outage or a compaction) shows the server is back: the relist it
+/// calls for starts at once, not after the longest delay an outage led up
+/// to. A second 410 in a row waits as any error does.
+fn with_retries<K: Send + 'static>(
+    events: impl Stream<Item = watcher::Result<Event<K>>> + Send + 'static,
+) -> impl Stream<Item = watcher::Result<Event<K>>> {
+    struct Retries {
+        delays: ResetTimerBackoff<ExponentialBackoff>,
+        /// Owed before the next item is asked for.
+        wait: Option<Duration>,
+        last_gone: bool,
+    }
+    let retries = Retries {
+        delays: retry_backoff(),
+        wait: None,
+        last_gone: false,
+    };
+    futures::stream::unfold(
+        (events.boxed(), retries),
+        |(mut events, mut retries)| async move {
+            if let Some(wait) = retries.wait.take() {
+                tokio::time::sleep(wait).await;
+            }
+            let item = events.next().await?;
+            let gone = item.as_ref().err().is_some_and(is_gone);
+            match &item {
+                Ok(_) => retries.delays.reset(),
+                Err(_) if gone && !retries.last_gone => retries.delays.reset(),
+                Err(_) => retries.wait = retries.delays.next(),
+            }
+            retries.last_gone = gone;
+            Some((item, (events, retries)))
+        },
+    )
+}
+
+fn is_gone(error: &watcher::Error) -> bool {
+    matches!(error, watcher::Error::WatchError(status) if status.code == 410)
+}
+
 impl KubernetesSource {
     /// Starts nothing yet: the watches begin when [`next`](Self::next) is
     /// first awaited.
@@ -204,11 +272,10 @@ impl KubernetesSource {
         let slice_config = watcher::Config::default().labels(SLICE_LABEL_SELECTOR);
         // The backoff delays the retry after each error, so an unreachable
         // API server is not hammered while the last known state keeps serving.
-        let service_events = watcher::watcher(Api::all(client.clone()), service_config)
-            .default_backoff()
-            .map(|item| Observed::Service(Box::new(item)));
-        let slice_events = watcher::watcher(Api::all(client), slice_config)
-            .default_backoff()
+        let service_events =
+            with_retries(watcher::watcher(Api::all(client.clone()), service_config))
+                .map(|item| Observed::Service(Box::new(item)));
+        let slice_events = with_retries(watcher::watcher(Api::all(client), slice_config))
             .map(|item| Observed::Slice(Box::new(item)));
         Self {
             observed: futures::stream::select(service_events, slice_events).boxed(),
@@ -705,6 +772,58 @@ mod tests {
         let db = objects(&update, "default", "db");
         assert!(db.service.is_none());
         assert!(db.slices.is_empty());
+    }
+
+    #[tokio::test]
+    async fn retries_come_within_four_seconds_however_long_the_outage() {
+        let mut delays = retry_backoff();
+        let taken: Vec<Duration> = delays.by_ref().take(40).collect();
+        assert!(
+            taken[0] >= RETRY_FIRST && taken[0] <= 2 * RETRY_FIRST,
+            "{taken:?}"
+        );
+        assert!(taken.iter().all(|d| *d <= 2 * RETRY_MAX), "{taken:?}");
+        // Past the doubling, every delay is at least the cap.
+        assert!(taken[3..].iter().all(|d| *d >= RETRY_MAX), "{taken:?}");
+        delays.reset();
+        let after_reset = delays.next().unwrap();
+        assert!(after_reset <= 2 * RETRY_FIRST, "{after_reset:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_gone_answer_after_an_outage_relists_at_once() {
+        let failure = |code| {
+            Err(watcher::Error::WatchError(Box::new(kube::core::Status {
+                code,
+                ..Default::default()
+            })))
+        };
+        // Refused four times, then 410 Gone twice, then a relist.
+        let items: Vec<watcher::Result<Event<()>>> = vec![
+            failure(503),
+            failure(503),
+            failure(503),
+            failure(503),
+            failure(410),
+            Ok(Event::Init),
+            failure(410),
+            failure(410),
+            Ok(Event::InitDone),
+        ];
+        let start = tokio::time::Instant::now();
+        let at: Vec<Duration> = with_retries(futures::stream::iter(items))
+            .map(|_| start.elapsed())
+            .collect()
+            .await;
+        let waited: Vec<Duration> = at.windows(2).map(|w| w[1] - w[0]).collect();
+        // The failures wait, longer and longer up to the cap.
+        assert!(waited[..4].iter().all(|w| *w >= RETRY_FIRST), "{waited:?}");
+        assert!(waited[3] >= RETRY_MAX, "{waited:?}");
+        // The first 410 shows the server back: the relist comes at once.
+        assert_eq!(waited[4], Duration::ZERO, "{waited:?}");
+        // A 410 after an event, likewise; a second in a row waits.
+        assert_eq!(waited[6], Duration::ZERO, "{waited:?}");
+        assert!(waited[7] >= RETRY_FIRST, "{waited:?}");
     }
 
     #[tokio::test(start_paused = true)]

@@ -77,6 +77,15 @@ struct Block {
     refs: u32,
 }
 
+/// Who opens the arena: the agent, which writes it, or a command that only
+/// reads it (`kxdp services`, `trace`, `status`, `monitor`) while an agent
+/// may be writing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Opening {
+    Owner,
+    Reader,
+}
+
 /// `MAGLEV_ARENA` and `MAGLEV_INDEX`, read and written.
 pub struct MaglevArena {
     arena: MappedArray,
@@ -88,16 +97,19 @@ pub struct MaglevArena {
     alloc: Allocator,
     /// Made on the first release: a reader (`kxdp services`) needs none.
     grace: Option<GracePeriods>,
+    opening: Opening,
 }
 
 impl MaglevArena {
     /// Maps the arena (`arena_entries` entries) and the index
-    /// (`index_entries`), and takes over the tables they hold.
+    /// (`index_entries`), and takes over the tables they hold (`Owner`) or
+    /// only reads them (`Reader`).
     pub fn open(
         arena: BorrowedFd<'_>,
         arena_entries: u32,
         index: BorrowedFd<'_>,
         index_entries: u32,
+        opening: Opening,
     ) -> Result<Self, ArenaError> {
         let arena = MappedArray::new(arena, arena_entries, ARENA_WINDOW)
             .map_err(io_error("mapping MAGLEV_ARENA"))?;
@@ -126,9 +138,11 @@ impl MaglevArena {
                     let spec = Arc::new(spec);
                     blocks.insert(offset, Block { spec, len, refs });
                 }
-                None => {
-                    // Not a table this version can read: the next sync
-                    // writes these frontends' tables afresh.
+                // Not a table this version can read: the owner clears these
+                // frontends' entries and its next sync writes their tables
+                // afresh. A reader leaves them: it may have read a block
+                // the agent is rewriting, and only the agent writes.
+                None if opening == Opening::Owner => {
                     tracing::warn!(
                         ?frontend_ids,
                         offset,
@@ -140,6 +154,7 @@ impl MaglevArena {
                             .map_err(io_error("writing MAGLEV_INDEX"))?;
                     }
                 }
+                None => {}
             }
         }
         let live: Vec<(u32, u32)> = blocks.iter().map(|(o, b)| (*o, b.len)).collect();
@@ -154,6 +169,7 @@ impl MaglevArena {
             by_spec,
             alloc,
             grace: None,
+            opening,
         })
     }
 
@@ -165,9 +181,14 @@ impl MaglevArena {
             .map_err(io_error("reading MAGLEV_INDEX"))?;
         Ok((0u32..)
             .zip(offsets)
-            .filter_map(|(id, offset)| {
-                let block = self.blocks.get(&(offset as u32))?;
-                Some((id, TableSpec::clone(&block.spec)))
+            .filter_map(|(id, offset)| match self.blocks.get(&(offset as u32)) {
+                Some(block) => Some((id, TableSpec::clone(&block.spec))),
+                // A reader's blocks are those of its opening: the agent has
+                // moved this table since, and it is read where it is now.
+                None if self.opening == Opening::Reader && offset != NO_TABLE => {
+                    read_block(&self.arena, offset as u32).map(|(spec, _)| (id, spec))
+                }
+                None => None,
             })
             .collect())
     }
