@@ -73,6 +73,8 @@ pub struct Sample {
     pub syncs: u64,
     pub failed_syncs: u64,
     pub rejected_objects: Vec<(&'static str, u64)>,
+    /// Services left out until the maps have room: (namespace, name).
+    pub waiting_for_room: Vec<(String, String)>,
     /// Seconds since the epoch.
     pub last_successful_sync: Option<f64>,
     /// Map reads that failed during this scrape.
@@ -224,6 +226,19 @@ pub fn render(sample: &Sample, sync_seconds: &Histogram) -> String {
                 .map(|(map, _, capacity)| (family(map), i64::from(*capacity))),
         );
     }
+    gauge_family(
+        &mut registry,
+        "kxdp_service_waiting_for_room",
+        "1 for each Service left out, whole, because its frontends or backends would not fit \
+         in the maps; it is written once they have room.",
+        sample.waiting_for_room.iter().map(|(namespace, name)| {
+            let labels = vec![
+                ("service_namespace", namespace.clone()),
+                ("service_name", name.clone()),
+            ];
+            (labels, 1)
+        }),
+    );
     registry.register(
         "kxdp_sync_duration_seconds",
         "Time one sync took, from a source update to the maps written.",
@@ -457,6 +472,11 @@ impl Telemetry {
                     (kind.as_str(), n)
                 })
                 .collect(),
+            waiting_for_room: pipeline
+                .plan()
+                .waiting()
+                .map(|name| (name.namespace.to_string(), name.name.to_string()))
+                .collect(),
             last_successful_sync: counters.last_successful_sync.and_then(|t| {
                 t.duration_since(SystemTime::UNIX_EPOCH)
                     .ok()
@@ -523,6 +543,7 @@ mod tests {
             syncs: 7,
             failed_syncs: 1,
             rejected_objects: vec![("invalid_port", 2)],
+            waiting_for_room: vec![("shop".into(), "big".into())],
             last_successful_sync: Some(1_700_000_000.5),
             read_errors: 0,
         }
@@ -573,6 +594,11 @@ mod tests {
             (
                 r#"kxdp_rejected_objects_total{reason="invalid_port"}"#.into(),
                 2.0,
+            ),
+            (
+                r#"kxdp_service_waiting_for_room{service_namespace="shop",service_name="big"}"#
+                    .into(),
+                1.0,
             ),
             (
                 "kxdp_last_successful_sync_timestamp_seconds".into(),

@@ -156,6 +156,22 @@ impl Pipeline {
     }
 
     /// Retries a sync that left entries unwritten.
+    /// Whether Services wait for room an earlier sync may have freed.
+    pub fn may_admit(&self) -> bool {
+        self.plan.may_admit()
+    }
+
+    /// Admits the waiting Services that fit now and writes them.
+    pub fn admit_waiting(&mut self, store: &mut impl MapStore) -> Outcome {
+        let started = Instant::now();
+        let mut change = PlanChange::default();
+        self.plan.admit_waiting(&mut change);
+        let mut outcome = Outcome::default();
+        (outcome.frontends_touched, outcome.report) = self.sync(&change, store);
+        self.count(started, &outcome.report);
+        outcome
+    }
+
     pub fn retry(&mut self, store: &mut impl MapStore) -> SyncReport {
         let started = Instant::now();
         let (_, report) = self.sync(&PlanChange::default(), store);

@@ -4,11 +4,13 @@
 //! touches; `sync` turns those into map entries.
 
 use std::{
-    collections::{BTreeMap, BTreeSet},
+    collections::{BTreeMap, BTreeSet, HashMap},
     fmt,
     net::{IpAddr, SocketAddr},
     ops::RangeInclusive,
 };
+
+use proxy_common::sizes;
 
 use crate::{
     cidr::IpCidr,
@@ -116,12 +118,38 @@ pub struct HealthCheck {
     pub local_endpoints: usize,
 }
 
-/// The desired state, kept per Service.
+/// What the maps have room for: frontends and distinct backends over both
+/// families (each is one id space).
+#[derive(Clone, Copy, Debug)]
+pub struct Room {
+    pub frontends: usize,
+    pub backends: usize,
+}
+
+impl Default for Room {
+    fn default() -> Self {
+        Self {
+            frontends: sizes::MAX_FRONTENDS as usize,
+            backends: sizes::MAX_BACKENDS as usize,
+        }
+    }
+}
+
+/// The desired state, kept per Service. A Service is in it whole or not at
+/// all: one whose frontends or backends would not fit in the maps' [`Room`]
+/// waits, reported, and its earlier version (if any) stays.
 #[derive(Debug, Default)]
 pub struct Plan {
     /// Boxed: a tree node holds eleven entries, and a model inline made
     /// each node 2.5 KiB, most of it in nodes' spare room.
     services: BTreeMap<ServiceName, Box<ServiceModel>>,
+    room: Room,
+    /// How many admitted Services name each backend (serving or draining).
+    backend_users: HashMap<SocketAddr, u32>,
+    /// Services (or new versions of them) that did not fit, newest version.
+    waiting: BTreeMap<ServiceName, Box<ServiceModel>>,
+    /// Room was freed since waiting Services were last tried.
+    room_freed: bool,
     /// Every Service claiming a frontend, sorted; the first by namespace/name
     /// serves it. A Vec: nearly every frontend has one claimant, and a set
     /// would allocate a whole tree node for it.
@@ -206,6 +234,16 @@ fn keys_of(service: &ServiceModel, node: &NodeFacts) -> BTreeSet<FrontendAddr> {
         }
     }
     keys
+}
+
+/// Every backend `service` names, serving or draining, of both families.
+fn backends_of(service: &ServiceModel) -> BTreeSet<SocketAddr> {
+    service
+        .ports
+        .iter()
+        .flat_map(|p| p.backends.iter().chain(&p.draining))
+        .map(|b| b.addr)
+        .collect()
 }
 
 /// One rejection per node port outside the range; the other ports serve.
@@ -296,21 +334,141 @@ fn policy_backends(backends: Vec<Backend>, local: bool) -> (Vec<Backend>, bool) 
 }
 
 impl Plan {
+    /// An empty plan for maps with `room`.
+    pub fn with_room(room: Room) -> Self {
+        Self {
+            room,
+            ..Self::default()
+        }
+    }
+
     /// Puts the model of Service `name` (`None`: nothing to proxy) into the
-    /// plan and records the frontends it touches in `change`.
+    /// plan and records the frontends it touches in `change`. A Service
+    /// that would not fit waits, with a rejection saying so.
     pub fn set(
         &mut self,
         name: &ServiceName,
         service: Option<ServiceModel>,
         change: &mut PlanChange,
     ) {
+        self.waiting.remove(name);
+        let Some(service) = service else {
+            self.put(name, None, change);
+            return;
+        };
+        if self.services.get(name).map(|s| &**s) == Some(&service) {
+            return;
+        }
+        match self.no_room_for(name, &service) {
+            Some(reason) => {
+                change.rejections.push(Rejection::new(
+                    format!("Service {name}"),
+                    RejectionKind::NoRoom,
+                    reason,
+                ));
+                self.waiting.insert(name.clone(), Box::new(service));
+            }
+            None => self.put(name, Some(service), change),
+        }
+    }
+
+    /// Admits the waiting Services that fit now, in name order; call it
+    /// after the sync that freed their room, so the maps have it too.
+    pub fn admit_waiting(&mut self, change: &mut PlanChange) {
+        if !std::mem::take(&mut self.room_freed) {
+            return;
+        }
+        let names: Vec<ServiceName> = self.waiting.keys().cloned().collect();
+        for name in names {
+            let fits = self
+                .waiting
+                .get(&name)
+                .is_some_and(|service| self.no_room_for(&name, service).is_none());
+            if let Some(service) = fits.then(|| self.waiting.remove(&name)).flatten() {
+                self.put(&name, Some(*service), change);
+            }
+        }
+    }
+
+    /// Whether Services wait for room that may have been freed.
+    pub fn may_admit(&self) -> bool {
+        self.room_freed && !self.waiting.is_empty()
+    }
+
+    /// The Services waiting for room.
+    pub fn waiting(&self) -> impl Iterator<Item = &ServiceName> {
+        self.waiting.keys()
+    }
+
+    /// Why `service` would not fit in place of the version of `name` the
+    /// plan holds, if it would not: it may not take the frontends or
+    /// backends past the room (nor further past, if already there).
+    fn no_room_for(&self, name: &ServiceName, service: &ServiceModel) -> Option<String> {
+        let old = self.services.get(name);
+        let old_keys = old.map(|s| keys_of(s, &self.node)).unwrap_or_default();
+        let new_keys = keys_of(service, &self.node);
+        let added = new_keys
+            .iter()
+            .filter(|k| !self.claims.contains_key(k))
+            .count();
+        let freed = old_keys
+            .difference(&new_keys)
+            .filter(|k| self.claims.get(k).is_some_and(|c| c.len() == 1))
+            .count();
+        let frontends = self.claims.len() + added - freed;
+        if frontends > self.room.frontends && added > freed {
+            return Some(format!(
+                "no room: its {} frontends would make {frontends}, past the {} the maps hold",
+                new_keys.len(),
+                self.room.frontends
+            ));
+        }
+        let old_backends = old.map(|s| backends_of(s)).unwrap_or_default();
+        let new_backends = backends_of(service);
+        let added = new_backends
+            .iter()
+            .filter(|b| !self.backend_users.contains_key(b))
+            .count();
+        let freed = old_backends
+            .difference(&new_backends)
+            .filter(|b| self.backend_users.get(b) == Some(&1))
+            .count();
+        let backends = self.backend_users.len() + added - freed;
+        if backends > self.room.backends && added > freed {
+            return Some(format!(
+                "no room: its {} backends would make {backends}, past the {} the maps hold",
+                new_backends.len(),
+                self.room.backends
+            ));
+        }
+        None
+    }
+
+    /// Puts `service` (which fits) in, or takes `name` out, keeping the
+    /// backends' users and the claims.
+    fn put(&mut self, name: &ServiceName, service: Option<ServiceModel>, change: &mut PlanChange) {
+        if let Some(service) = &service {
+            for backend in backends_of(service) {
+                *self.backend_users.entry(backend).or_default() += 1;
+            }
+        }
         let old = match service {
-            Some(service) if self.services.get(name).map(|s| &**s) == Some(&service) => return,
             Some(service) => self.services.insert(name.clone(), Box::new(service)),
             None => self.services.remove(name),
         };
+        for backend in old.iter().flat_map(|old| backends_of(old)) {
+            if let Some(users) = self.backend_users.get_mut(&backend) {
+                *users -= 1;
+                if *users == 0 {
+                    self.backend_users.remove(&backend);
+                    self.room_freed = true;
+                }
+            }
+        }
         let old_keys = old.map(|s| keys_of(&s, &self.node)).unwrap_or_default();
+        let before = self.claims.len();
         self.reclaim(name, old_keys, true, change);
+        self.room_freed |= self.claims.len() < before;
     }
 
     /// Replaces the node facts; every Service with node ports gets its
@@ -388,6 +546,7 @@ impl Plan {
 
     /// Removes every Service not in `keep` (after a full update).
     pub fn retain(&mut self, keep: impl Fn(&ServiceName) -> bool, change: &mut PlanChange) {
+        self.waiting.retain(|name, _| keep(name));
         let gone: Vec<ServiceName> = self.services.keys().filter(|n| !keep(n)).cloned().collect();
         for name in gone {
             self.set(&name, None, change);
@@ -543,6 +702,151 @@ mod tests {
         let name = service.name.clone();
         plan.set(&name, Some(service), &mut change);
         change
+    }
+
+    const TCP: Protocol = Protocol::Tcp;
+
+    /// Which frontends of Service `ip` the plan has, by port.
+    fn ports_of(plan: &Plan, ip: &str) -> Vec<u16> {
+        let ip: IpAddr = ip.parse().unwrap();
+        plan.frontend_keys()
+            .filter(|k| k.addr == ip)
+            .map(|k| k.port)
+            .collect()
+    }
+
+    #[test]
+    fn a_service_that_does_not_fit_waits_whole_and_is_named() {
+        let mut plan = Plan::with_room(Room {
+            frontends: 3,
+            backends: 100,
+        });
+        set(
+            &mut plan,
+            service(
+                "a",
+                "first",
+                "10.96.0.1",
+                &[
+                    (80, TCP, &["10.244.0.1:80"]),
+                    (443, TCP, &["10.244.0.1:443"]),
+                ],
+            ),
+        );
+        let change = set(
+            &mut plan,
+            service(
+                "a",
+                "second",
+                "10.96.0.2",
+                &[
+                    (80, TCP, &["10.244.0.2:80"]),
+                    (443, TCP, &["10.244.0.2:443"]),
+                ],
+            ),
+        );
+        // One frontend would fit, not both: neither is planned.
+        assert_eq!(ports_of(&plan, "10.96.0.2"), Vec::<u16>::new());
+        assert!(change.frontends.is_empty(), "{change:?}");
+        assert_eq!(change.rejections.len(), 1, "{:?}", change.rejections);
+        let rejection = &change.rejections[0];
+        assert_eq!(
+            (rejection.object.as_str(), rejection.kind),
+            ("Service a/second", RejectionKind::NoRoom)
+        );
+        assert!(
+            rejection
+                .reason
+                .contains("frontends would make 4, past the 3"),
+            "{rejection}"
+        );
+        assert_eq!(
+            plan.waiting().map(ToString::to_string).collect::<Vec<_>>(),
+            ["a/second"]
+        );
+
+        // Room freed: admitted at the next round, not in the change that
+        // freed it (the maps free the room only when that change is synced).
+        let mut change = PlanChange::default();
+        plan.set(&ServiceName::new("a", "first"), None, &mut change);
+        assert_eq!(ports_of(&plan, "10.96.0.2"), Vec::<u16>::new());
+        assert!(plan.may_admit());
+        let mut change = PlanChange::default();
+        plan.admit_waiting(&mut change);
+        assert_eq!(ports_of(&plan, "10.96.0.2"), [80, 443]);
+        assert_eq!(change.frontends.len(), 2);
+        assert!(!plan.may_admit());
+        assert_eq!(plan.waiting().count(), 0);
+    }
+
+    #[test]
+    fn a_service_growing_past_the_room_keeps_its_version_and_a_deleted_one_stops_waiting() {
+        let mut plan = Plan::with_room(Room {
+            frontends: 10,
+            backends: 2,
+        });
+        set(
+            &mut plan,
+            service(
+                "a",
+                "web",
+                "10.96.0.1",
+                &[(80, TCP, &["10.244.0.1:80", "10.244.0.2:80"])],
+            ),
+        );
+        // A third backend does not fit: the two-backend version stays.
+        let change = set(
+            &mut plan,
+            service(
+                "a",
+                "web",
+                "10.96.0.1",
+                &[(
+                    80,
+                    TCP,
+                    &["10.244.0.1:80", "10.244.0.2:80", "10.244.0.3:80"],
+                )],
+            ),
+        );
+        assert_eq!(change.rejections[0].kind, RejectionKind::NoRoom);
+        assert!(
+            change.rejections[0]
+                .reason
+                .contains("backends would make 3, past the 2"),
+            "{:?}",
+            change.rejections
+        );
+        let web = plan.frontend(&key("10.96.0.1", 80, TCP)).unwrap();
+        assert_eq!(web.backends.len(), 2);
+        // Shrinking always fits; it also takes it off the waiting list.
+        set(
+            &mut plan,
+            service("a", "web", "10.96.0.1", &[(80, TCP, &["10.244.0.1:80"])]),
+        );
+        assert_eq!(plan.waiting().count(), 0);
+        // A Service that waits and is then deleted waits no more.
+        set(
+            &mut plan,
+            service(
+                "a",
+                "big",
+                "10.96.0.2",
+                &[(80, TCP, &["10.244.0.7:80", "10.244.0.8:80"])],
+            ),
+        );
+        assert_eq!(plan.waiting().count(), 1);
+        plan.set(
+            &ServiceName::new("a", "big"),
+            None,
+            &mut PlanChange::default(),
+        );
+        assert_eq!(plan.waiting().count(), 0);
+        // Services sharing backends count them once.
+        let change = set(
+            &mut plan,
+            service("a", "twin", "10.96.0.3", &[(80, TCP, &["10.244.0.1:80"])]),
+        );
+        assert!(change.rejections.is_empty(), "{:?}", change.rejections);
     }
 
     #[test]

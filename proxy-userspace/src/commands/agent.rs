@@ -37,7 +37,7 @@ use crate::{
         kubernetes::{self, KubernetesSource},
         manifest::ManifestWatch,
         node_addresses::{self, InterfaceAddr},
-        Scope, Update,
+        RejectionKind, Scope, Update,
     },
 };
 
@@ -115,11 +115,15 @@ async fn follow_kubernetes(mut source: KubernetesSource, updates: mpsc::Sender<U
 /// Logs what an update did: every skipped object, and one summary line.
 fn log_outcome(scope: Scope, outcome: &Outcome, pipeline: &Pipeline) {
     for rejection in &outcome.rejections {
+        let message = match rejection.kind {
+            RejectionKind::NoRoom => "left out until the maps have room",
+            _ => "skipping invalid object",
+        };
         warn!(
             object = %rejection.object,
             kind = rejection.kind.as_str(),
             reason = %rejection.reason,
-            "skipping invalid object"
+            "{message}"
         );
     }
     let report = &outcome.report;
@@ -444,6 +448,12 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
                     for e in &report.errors {
                         error!(error = %e, "map update failed again");
                     }
+                    reporting.synced(&pipeline);
+                } else if pipeline.may_admit() {
+                    // The last sync freed room (its frontend and backend ids
+                    // are free from this sync on): Services waiting for it.
+                    let outcome = pipeline.admit_waiting(&mut maps);
+                    log_outcome(Scope::Changed, &outcome, &pipeline);
                     reporting.synced(&pipeline);
                 }
                 if let Err(e) = interfaces.reconcile(&mut dataplane) {

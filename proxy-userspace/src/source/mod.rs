@@ -149,10 +149,13 @@ pub enum RejectionKind {
     InvalidTrafficPolicy,
     /// Another Service already serves the same address, port and protocol.
     FrontendConflict,
+    /// The Service's frontends or backends would not fit in the maps: it
+    /// waits, whole, until they do.
+    NoRoom,
 }
 
 impl RejectionKind {
-    pub const ALL: [Self; 10] = [
+    pub const ALL: [Self; 11] = [
         Self::InvalidDocument,
         Self::MissingServiceLabel,
         Self::InvalidAddress,
@@ -163,6 +166,7 @@ impl RejectionKind {
         Self::InvalidSessionAffinity,
         Self::InvalidTrafficPolicy,
         Self::FrontendConflict,
+        Self::NoRoom,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -177,6 +181,7 @@ impl RejectionKind {
             Self::InvalidSessionAffinity => "invalid_session_affinity",
             Self::InvalidTrafficPolicy => "invalid_traffic_policy",
             Self::FrontendConflict => "frontend_conflict",
+            Self::NoRoom => "no_room",
         }
     }
 }
