@@ -14,6 +14,7 @@
 use std::{
     collections::HashMap as StdHashMap,
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    os::fd::AsFd,
 };
 
 use aya::{
@@ -33,7 +34,9 @@ use proxy_common::{
 };
 use proxy_userspace::{
     cidr::IpCidr,
-    dataplane::{load_program, maglev_arena::MAGLEV_ARENA, maps::BpfMaps, probe, KXDP_FEATURES},
+    dataplane::{
+        bpf_syscall, load_program, maglev_arena::MAGLEV_ARENA, maps::BpfMaps, probe, KXDP_FEATURES,
+    },
     ebpf_object::KXDP_OBJECT,
     maglev,
     model::types::{Backend, ServiceType},
@@ -245,6 +248,9 @@ pub fn pod_key6(vip: Ipv6Addr, port: u16, proto: u8) -> FrontendKey6 {
     }
 }
 
+/// `BPF_MAP_TYPE_HASH`.
+const BPF_MAP_TYPE_HASH: u32 = 1;
+
 impl Datapath {
     /// Loads the object with its maps pinned in a fresh private bpffs.
     pub fn load() -> Self {
@@ -255,9 +261,42 @@ impl Datapath {
     pub fn load_with_arena(arena_entries: u32) -> Self {
         require_root("packet tests");
         let mount = PrivateBpffs::new("kxdp-packet-test").unwrap_or_else(|e| fail(e));
+        Self::load_in(mount, arena_entries, None)
+    }
+
+    /// [`Self::load`] with `CONNTRACK` of `entries` (`None`: its own size)
+    /// and `refusing`: a plain hash map instead of the LRU, pinned before
+    /// the object loads (the loader adopts a map pinned under its name). A
+    /// full one refuses inserts where the LRU would evict, to show the
+    /// datapath failing closed when an insert fails.
+    pub fn load_with_conntrack(entries: u32, refusing: bool) -> Self {
+        require_root("packet tests");
+        let mount = PrivateBpffs::new("kxdp-packet-test").unwrap_or_else(|e| fail(e));
+        if refusing {
+            let spec = bpf_syscall::MapSpec {
+                map_type: BPF_MAP_TYPE_HASH,
+                key_size: std::mem::size_of::<FlowKey>() as u32,
+                value_size: std::mem::size_of::<CtEntry>() as u32,
+                max_entries: entries,
+                flags: 0,
+                inner_map: None,
+            };
+            let map = bpf_syscall::map_create(&spec)
+                .unwrap_or_else(|e| fail(format!("creating a plain CONNTRACK: {e}")));
+            bpf_syscall::obj_pin(map.as_fd(), &mount.path().join("CONNTRACK"))
+                .unwrap_or_else(|e| fail(format!("pinning it: {e}")));
+        }
+        Self::load_in(mount, TEST_ARENA_ENTRIES, Some(entries))
+    }
+
+    fn load_in(mount: PrivateBpffs, arena_entries: u32, conntrack_entries: Option<u32>) -> Self {
         // Loaded for this kernel as the agent loads it.
         let (_, loadout) = probe::this_kernel(false).unwrap_or_else(|e| fail(e));
-        let mut ebpf = EbpfLoader::new()
+        let mut loader = EbpfLoader::new();
+        if let Some(entries) = conntrack_entries {
+            loader.map_max_entries("CONNTRACK", entries);
+        }
+        let mut ebpf = loader
             .default_map_pin_directory(mount.path())
             .map_max_entries(MAGLEV_ARENA, arena_entries)
             .override_global(KXDP_FEATURES, &loadout.datapath_bits, true)

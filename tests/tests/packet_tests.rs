@@ -1228,3 +1228,90 @@ fn a_connection_whose_backend_left_is_reset_on_its_next_segment() {
     let syn = Packet::tcp(client, tcp_vip());
     forward(&mut dp, &syn, &TCP_BACKENDS);
 }
+
+/// A connection-tracking table that refuses inserts (a plain hash map,
+/// full; the real one is an LRU, which evicts instead): a new flow whose
+/// entries cannot both go in is dropped and counted, never forwarded with
+/// half a pair left behind, and the established connection goes on both
+/// ways.
+#[test]
+fn a_flow_that_cannot_be_recorded_is_dropped_and_counted_and_established_ones_go_on() {
+    let mut dp = Datapath::load_with_conntrack(3, true);
+    dp.add_service(TCP_VIP, TCP_PORT, PROTO_TCP, TCP_ID, &TCP_BACKENDS);
+    let client = sa(CLIENT, 40_100);
+    let backend = forward(&mut dp, &Packet::tcp(client, tcp_vip()), &TCP_BACKENDS);
+    assert_eq!(dp.conntrack_len(), 2);
+
+    // One slot left: the reply entry goes in, the forward one cannot, and
+    // the reply entry comes out again.
+    let full = |dp: &Datapath| dp.drops(DropReason::ConntrackFull);
+    let before = full(&dp);
+    let (verdict, _) = dp.run(&Packet::tcp(sa(CLIENT, 40_101), tcp_vip()).build());
+    assert_eq!(verdict, TC_ACT_SHOT);
+    assert_eq!(full(&dp), before + 1);
+    assert_eq!(dp.conntrack_len(), 2, "half a pair was left behind");
+
+    // No slot left: the first entry already fails.
+    let (key, entry) = dp.conntrack()[0];
+    let mut filler = key;
+    filler.src_port = port_to_net(1);
+    dp.insert_conntrack(filler, entry);
+    let (verdict, _) = dp.run(&Packet::tcp(sa(CLIENT, 40_102), tcp_vip()).build());
+    assert_eq!(verdict, TC_ACT_SHOT);
+    assert_eq!(full(&dp), before + 2);
+    assert_eq!(dp.conntrack_len(), 3);
+
+    // The established connection: on to its backend, and its replies back.
+    let data = Packet::tcp(client, tcp_vip()).tcp_flags(packet::TCP_ACK);
+    assert_eq!(forward(&mut dp, &data, &TCP_BACKENDS), backend);
+    let reply = Packet::tcp(backend, client).tcp_flags(packet::TCP_ACK);
+    let input = reply.build();
+    let (verdict, out) = dp.run_egress(&input);
+    assert_translated(verdict, &input, &out, &reply.with_src(tcp_vip()), true);
+}
+
+/// The real table, an LRU, never refuses: flooded with three times as many
+/// new flows as it holds, it evicts the entries no packet used lately, and
+/// a connection that keeps sending keeps its backend and its replies'
+/// translation throughout.
+#[test]
+fn a_flood_of_new_flows_evicts_idle_entries_not_an_active_connection() {
+    const ENTRIES: u32 = 2048;
+    let mut dp = Datapath::load_with_conntrack(ENTRIES, false);
+    dp.add_service(TCP_VIP, TCP_PORT, PROTO_TCP, TCP_ID, &TCP_BACKENDS);
+    let client = sa(CLIENT, 40_200);
+    let backend = forward(&mut dp, &Packet::tcp(client, tcp_vip()), &TCP_BACKENDS);
+    let data = Packet::tcp(client, tcp_vip()).tcp_flags(packet::TCP_ACK);
+    let reply = Packet::tcp(backend, client).tcp_flags(packet::TCP_ACK);
+    let before = dp.drops(DropReason::ConntrackFull);
+    for n in 0..3 * ENTRIES {
+        let other = sa(
+            ip(10, 0, 9, (n / 50_000) as u8 + 1),
+            1024 + (n % 50_000) as u16,
+        );
+        forward(&mut dp, &Packet::tcp(other, tcp_vip()), &TCP_BACKENDS);
+        // The active connection: a segment each way every few new flows.
+        if n % 8 == 0 {
+            assert_eq!(
+                forward(&mut dp, &data, &TCP_BACKENDS),
+                backend,
+                "after {n} new flows"
+            );
+            let input = reply.build();
+            let (verdict, out) = dp.run_egress(&input);
+            assert_translated(
+                verdict,
+                &input,
+                &out,
+                &reply.clone().with_src(tcp_vip()),
+                true,
+            );
+        }
+    }
+    assert_eq!(
+        dp.drops(DropReason::ConntrackFull),
+        before,
+        "the LRU refused an insert"
+    );
+    assert!(dp.conntrack_len() <= ENTRIES as usize);
+}
