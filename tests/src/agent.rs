@@ -13,6 +13,8 @@ use std::{
 use anyhow::{bail, Context as _};
 
 use crate::{
+    api_objects::NODE_NAME,
+    fake_apiserver::FakeApiServer,
     netns::{command, run, MiniNode},
     patience,
     privileged::kernel_has_tcx,
@@ -74,6 +76,19 @@ impl Agent {
             cgroup_path: node.cgroup.path(),
         };
         Self::start_on(&host, source)
+    }
+
+    /// An agent of node `node-a` watching the API server stand-in `server`.
+    pub fn start_with_api(node: &MiniNode, server: &FakeApiServer) -> anyhow::Result<Self> {
+        Self::start_with(
+            node,
+            &[
+                "--kubeconfig".as_ref(),
+                server.kubeconfig().as_os_str(),
+                "--node-name".as_ref(),
+                NODE_NAME.as_ref(),
+            ],
+        )
     }
 
     /// An agent on `host` with `flags` (its source of Services and any other).

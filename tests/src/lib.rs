@@ -1,4 +1,5 @@
 pub mod agent;
+pub mod api_objects;
 pub mod cases;
 pub mod cgroup;
 pub mod datapath;

@@ -66,7 +66,14 @@ fn read_once(pin_path: &Path) -> anyhow::Result<Served> {
                 continue;
             };
             for id in &table.members {
-                match contents.backends.get(*id) {
+                // A backend the agent wrote after the backends were read
+                // (it writes them before the tables naming them) is read
+                // again where it is now.
+                let backend = match contents.backends.get(*id) {
+                    Some(backend) => Some(backend),
+                    None => maps.backend(*id, key.addr().is_ipv6())?,
+                };
+                match backend {
                     Some(backend) => {
                         backends.insert(backend.addr());
                     }

@@ -23,12 +23,13 @@ use std::{
 
 use kxdp_testbed::{
     agent::Agent,
+    api_objects::{self, count_from_env, nth_address},
     fake_apiserver::FakeApiServer,
     patience,
     scenario::EchoScenario,
     served::{read_served, Served},
 };
-use serde_json::{json, Value};
+use serde_json::Value;
 
 const NAMESPACE: &str = "load";
 /// Services whose backends are the scenario's real pods: `LIVE` carry the
@@ -50,26 +51,18 @@ const CHAT_INTERVAL_MS: u64 = 100;
 const HTTP: u16 = 8080;
 const ECHO_LINES: u16 = 7007;
 
-/// `$KXDP_FAULT_SERVICES` (the VM suites' smaller count), else 10,000.
-fn service_count() -> usize {
-    std::env::var("KXDP_FAULT_SERVICES")
-        .ok()
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(10_000)
-}
-
 fn vip(i: usize) -> Ipv4Addr {
-    Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 100, 0, 1)) + i as u32)
+    nth_address(Ipv4Addr::new(10, 100, 0, 1), i)
 }
 
 fn churn_vip(k: u32) -> Ipv4Addr {
-    Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 101, 0, 1)) + k)
+    nth_address(Ipv4Addr::new(10, 101, 0, 1), k as usize)
 }
 
 /// The made-up backend addresses of change `counter`: a Service's
 /// endpoints say which change wrote them.
 fn fake_backend(counter: u32) -> Ipv4Addr {
-    Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 128, 0, 0)) + counter)
+    nth_address(Ipv4Addr::new(10, 128, 0, 0), counter as usize)
 }
 
 fn counter_of(backend: IpAddr) -> Option<u32> {
@@ -80,30 +73,11 @@ fn counter_of(backend: IpAddr) -> Option<u32> {
 }
 
 fn service(name: &str, vip: Ipv4Addr) -> Value {
-    json!({
-        "apiVersion": "v1", "kind": "Service",
-        "metadata": {"name": name, "namespace": NAMESPACE},
-        "spec": {"type": "ClusterIP", "clusterIP": vip.to_string(), "clusterIPs": [vip.to_string()],
-                 "ports": [{"name": "http", "port": 80, "protocol": "TCP", "targetPort": 8080}]}
-    })
+    api_objects::service(NAMESPACE, name, vip, &[80])
 }
 
 fn slice(service: &str, backends: &[Ipv4Addr], port: u16) -> Value {
-    let endpoints: Vec<Value> = backends
-        .iter()
-        .map(|b| {
-            json!({"addresses": [b.to_string()], "nodeName": "node-a",
-                   "conditions": {"ready": true, "serving": true, "terminating": false}})
-        })
-        .collect();
-    json!({
-        "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
-        "metadata": {"name": format!("{service}-1"), "namespace": NAMESPACE,
-                     "labels": {"kubernetes.io/service-name": service}},
-        "addressType": "IPv4",
-        "ports": [{"name": "http", "port": port, "protocol": "TCP"}],
-        "endpoints": endpoints,
-    })
+    api_objects::slice(NAMESPACE, service, backends, &[80], port)
 }
 
 /// What the changer has done so far.
@@ -404,7 +378,8 @@ fn chat_kept(lines: &Receiver<String>, first: &str, exchanges: usize) -> Result<
 
 #[test]
 fn an_api_server_outage_under_changes_loses_no_connection_and_converges() {
-    let services = service_count();
+    // `$KXDP_FAULT_SERVICES`: the VM suites' smaller count.
+    let services = count_from_env("KXDP_FAULT_SERVICES", 10_000);
     let mut s = EchoScenario::new(2, env!("CARGO_BIN_EXE_kxdp-peer").into()).expect("scenario");
     let real = [s.backends[0], s.backends[1]];
     for backend in ["b1", "b2"] {
@@ -434,16 +409,7 @@ fn an_api_server_outage_under_changes_loses_no_connection_and_converges() {
     }
     let server =
         FakeApiServer::start(Some(&s.node.node_netns), first_services, first_slices).expect("API");
-    let mut agent = Agent::start_with(
-        &s.node,
-        &[
-            "--kubeconfig".as_ref(),
-            server.kubeconfig().as_os_str(),
-            "--node-name".as_ref(),
-            "node-a".as_ref(),
-        ],
-    )
-    .expect("agent");
+    let mut agent = Agent::start_with_api(&s.node, &server).expect("agent");
     agent
         .wait_for(&["synced", "full=true"], 1, Duration::from_secs(30))
         .unwrap();

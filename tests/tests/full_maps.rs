@@ -11,50 +11,22 @@ use std::{
 
 use kxdp_testbed::{
     agent::Agent,
+    api_objects::{nth_address, service, slice},
     fake_apiserver::FakeApiServer,
     patience,
     scenario::EchoScenario,
     served::{read_served, Served},
 };
 use proxy_common::sizes::MAX_FRONTENDS;
-use serde_json::{json, Value};
 
 const NAMESPACE: &str = "bulk";
-const PORTS: u16 = 5;
+const PORTS: [u16; 5] = [80, 81, 82, 83, 84];
 /// Services of five frontends each, 93 past what the map holds.
 const SERVICES: usize = 13_200;
 const METRICS: &str = "127.0.0.1:10249";
 
 fn vip(i: usize) -> Ipv4Addr {
-    (u32::from(Ipv4Addr::new(10, 100, 0, 1)) + i as u32).into()
-}
-
-fn service(i: usize) -> Value {
-    let ports: Vec<Value> = (0..PORTS)
-        .map(|p| json!({"name": format!("p{p}"), "port": 80 + p, "protocol": "TCP", "targetPort": 8080}))
-        .collect();
-    json!({
-        "apiVersion": "v1", "kind": "Service",
-        "metadata": {"name": format!("svc-{i}"), "namespace": NAMESPACE},
-        "spec": {"type": "ClusterIP", "clusterIP": vip(i).to_string(),
-                 "clusterIPs": [vip(i).to_string()], "ports": ports}
-    })
-}
-
-fn slice(i: usize, endpoints: &[Ipv4Addr]) -> Value {
-    let endpoints: Vec<Value> = endpoints
-        .iter()
-        .map(|b| json!({"addresses": [b.to_string()], "conditions": {"ready": true}}))
-        .collect();
-    let ports: Vec<Value> = (0..PORTS)
-        .map(|p| json!({"name": format!("p{p}"), "port": 8080, "protocol": "TCP"}))
-        .collect();
-    json!({
-        "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
-        "metadata": {"name": format!("svc-{i}-1"), "namespace": NAMESPACE,
-                     "labels": {"kubernetes.io/service-name": format!("svc-{i}")}},
-        "addressType": "IPv4", "ports": ports, "endpoints": endpoints,
-    })
+    nth_address(Ipv4Addr::new(10, 100, 0, 1), i)
 }
 
 /// How many ports of each Service the maps serve, by Service index.
@@ -99,29 +71,23 @@ fn waiting_in_metrics(text: &str) -> BTreeSet<String> {
 #[test]
 fn services_past_the_maps_room_wait_whole_and_go_in_when_room_is_freed() {
     let s = EchoScenario::new(2, env!("CARGO_BIN_EXE_kxdp-peer").into()).expect("scenario");
-    let fake = |i: usize| Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 128, 0, 0)) + i as u32);
+    let name = |i: usize| format!("svc-{i}");
+    let fake = |i: usize| nth_address(Ipv4Addr::new(10, 128, 0, 0), i);
     let slices = (0..SERVICES)
         .map(|i| match i {
-            0 => slice(0, &s.backends),
-            _ => slice(i, &[fake(i)]),
+            0 => slice(NAMESPACE, &name(0), &s.backends, &PORTS, 8080),
+            _ => slice(NAMESPACE, &name(i), &[fake(i)], &PORTS, 8080),
         })
         .collect();
     let server = FakeApiServer::start(
         Some(&s.node.node_netns),
-        (0..SERVICES).map(service).collect(),
+        (0..SERVICES)
+            .map(|i| service(NAMESPACE, &name(i), vip(i), &PORTS))
+            .collect(),
         slices,
     )
     .expect("API");
-    let mut agent = Agent::start_with(
-        &s.node,
-        &[
-            "--kubeconfig".as_ref(),
-            server.kubeconfig().as_os_str(),
-            "--node-name".as_ref(),
-            "node-a".as_ref(),
-        ],
-    )
-    .expect("agent");
+    let mut agent = Agent::start_with_api(&s.node, &server).expect("agent");
     agent
         .wait_for(&["synced", "full=true"], 1, Duration::from_secs(60))
         .unwrap();
@@ -129,14 +95,14 @@ fn services_past_the_maps_room_wait_whole_and_go_in_when_room_is_freed() {
     // The Services go in by name until the next would not fit.
     let mut by_name: Vec<usize> = (0..SERVICES).collect();
     by_name.sort_by_key(|i| format!("svc-{i}"));
-    let fitting = MAX_FRONTENDS as usize / PORTS as usize;
+    let fitting = MAX_FRONTENDS as usize / PORTS.len();
     let waiting: BTreeSet<usize> = by_name[fitting..].iter().copied().collect();
     assert_eq!(waiting.len(), 93);
     let served = read_served(&s.node.pin_path()).expect("the maps");
     assert!(served.broken.is_empty(), "{:?}", served.broken);
     let ports = ports_served(&served);
     assert!(
-        ports.values().all(|n| *n == PORTS as usize),
+        ports.values().all(|n| *n == PORTS.len()),
         "a Service served in part"
     );
     let absent: BTreeSet<usize> = (0..SERVICES).filter(|i| !ports.contains_key(i)).collect();
@@ -186,9 +152,7 @@ fn services_past_the_maps_room_wait_whole_and_go_in_when_room_is_freed() {
     let settled = loop {
         let served = read_served(&s.node.pin_path()).expect("the maps");
         let ports = ports_served(&served);
-        let done = waiting
-            .iter()
-            .all(|i| ports.get(i) == Some(&(PORTS as usize)))
+        let done = waiting.iter().all(|i| ports.get(i) == Some(&(PORTS.len())))
             && deleted.iter().all(|i| !ports.contains_key(i));
         if done || Instant::now() > deadline {
             break (served, ports);
@@ -198,11 +162,11 @@ fn services_past_the_maps_room_wait_whole_and_go_in_when_room_is_freed() {
     let (served, ports) = settled;
     assert!(served.broken.is_empty(), "{:?}", served.broken);
     assert!(
-        ports.values().all(|n| *n == PORTS as usize),
+        ports.values().all(|n| *n == PORTS.len()),
         "a Service served in part"
     );
     for i in &waiting {
-        assert_eq!(ports.get(i), Some(&(PORTS as usize)), "svc-{i} went in");
+        assert_eq!(ports.get(i), Some(&(PORTS.len())), "svc-{i} went in");
     }
     assert_eq!(ports.len(), SERVICES - deleted.len());
     assert_eq!(waiting_in_metrics(&metrics(&s)), BTreeSet::new());

@@ -35,16 +35,7 @@ fn agent_serves_what_it_lists_from_the_api_server() {
     });
     let server = FakeApiServer::start(Some(&s.node.node_netns), vec![service], vec![slice])
         .expect("fake API server");
-    let mut agent = Agent::start_with(
-        &s.node,
-        &[
-            "--kubeconfig".as_ref(),
-            server.kubeconfig().as_os_str(),
-            "--node-name".as_ref(),
-            "node-a".as_ref(),
-        ],
-    )
-    .expect("agent");
+    let mut agent = Agent::start_with_api(&s.node, &server).expect("agent");
     agent
         .wait_for(&["attached"], 2 * s.node.pods.len(), WAIT)
         .unwrap();

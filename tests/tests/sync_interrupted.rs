@@ -4,92 +4,61 @@
 //! table and every backend the table names), and the next agent finishes
 //! the sync: every frontend, exactly as the API has it, served.
 
-use std::time::{Duration, Instant};
+use std::{
+    collections::BTreeSet,
+    net::{IpAddr, Ipv4Addr},
+    time::{Duration, Instant},
+};
 
 use kxdp_testbed::{
-    agent::Agent, fake_apiserver::FakeApiServer, patience, scenario::EchoScenario,
+    agent::Agent,
+    api_objects::{count_from_env, nth_address, service, slice},
+    fake_apiserver::FakeApiServer,
+    patience,
+    scenario::EchoScenario,
     served::read_served,
 };
 use proxy_userspace::dataplane::maps::BpfMaps;
-use serde_json::{json, Value};
 
 const NAMESPACE: &str = "bulk";
-const PORTS: u16 = 5;
+const PORTS: [u16; 5] = [80, 81, 82, 83, 84];
 
-/// `$KXDP_KILL_SERVICES` (the VM suites' smaller count), else 10,000.
-fn service_count() -> usize {
-    std::env::var("KXDP_KILL_SERVICES")
-        .ok()
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(10_000)
-}
-
-fn vip(i: usize) -> std::net::Ipv4Addr {
-    (u32::from(std::net::Ipv4Addr::new(10, 100, 0, 1)) + i as u32).into()
+fn vip(i: usize) -> Ipv4Addr {
+    nth_address(Ipv4Addr::new(10, 100, 0, 1), i)
 }
 
 /// Two made-up endpoints of Service `i`, none shared.
-fn backends(i: usize) -> [std::net::Ipv4Addr; 2] {
-    let first = u32::from(std::net::Ipv4Addr::new(10, 128, 0, 0)) + 2 * i as u32;
-    [first.into(), (first + 1).into()]
-}
-
-fn service(i: usize) -> Value {
-    let ports: Vec<Value> = (0..PORTS)
-        .map(|p| json!({"name": format!("p{p}"), "port": 80 + p, "protocol": "TCP", "targetPort": 8080}))
-        .collect();
-    json!({
-        "apiVersion": "v1", "kind": "Service",
-        "metadata": {"name": format!("svc-{i}"), "namespace": NAMESPACE},
-        "spec": {"type": "ClusterIP", "clusterIP": vip(i).to_string(),
-                 "clusterIPs": [vip(i).to_string()], "ports": ports}
-    })
-}
-
-fn slice(i: usize, endpoints: &[std::net::Ipv4Addr]) -> Value {
-    let endpoints: Vec<Value> = endpoints
-        .iter()
-        .map(|b| json!({"addresses": [b.to_string()], "conditions": {"ready": true}}))
-        .collect();
-    let ports: Vec<Value> = (0..PORTS)
-        .map(|p| json!({"name": format!("p{p}"), "port": 8080, "protocol": "TCP"}))
-        .collect();
-    json!({
-        "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
-        "metadata": {"name": format!("svc-{i}-1"), "namespace": NAMESPACE,
-                     "labels": {"kubernetes.io/service-name": format!("svc-{i}")}},
-        "addressType": "IPv4", "ports": ports, "endpoints": endpoints,
-    })
+fn backends(i: usize) -> [Ipv4Addr; 2] {
+    let first = nth_address(Ipv4Addr::new(10, 128, 0, 0), 2 * i);
+    [first, nth_address(first, 1)]
 }
 
 #[test]
 fn an_agent_killed_mid_sync_leaves_no_half_frontend_and_the_next_finishes() {
-    let services = service_count();
-    let frontends = services * PORTS as usize;
+    // `$KXDP_KILL_SERVICES`: the VM suites' smaller count.
+    let services = count_from_env("KXDP_KILL_SERVICES", 10_000);
+    let frontends = services * PORTS.len();
     let s = EchoScenario::new(2, env!("CARGO_BIN_EXE_kxdp-peer").into()).expect("scenario");
     // Service 0 is served by the scenario's real backends.
+    let name = |i: usize| format!("svc-{i}");
     let slices = (0..services)
         .map(|i| match i {
-            0 => slice(0, &s.backends),
-            _ => slice(i, &backends(i)),
+            0 => slice(NAMESPACE, &name(0), &s.backends, &PORTS, 8080),
+            _ => slice(NAMESPACE, &name(i), &backends(i), &PORTS, 8080),
         })
         .collect();
     let server = FakeApiServer::start(
         Some(&s.node.node_netns),
-        (0..services).map(service).collect(),
+        (0..services)
+            .map(|i| service(NAMESPACE, &name(i), vip(i), &PORTS))
+            .collect(),
         slices,
     )
     .expect("API");
-    let flags = [
-        "--kubeconfig".as_ref(),
-        server.kubeconfig().as_os_str(),
-        "--node-name".as_ref(),
-        "node-a".as_ref(),
-    ];
     let pin_path = s.node.pin_path();
 
     // Killed as soon as its sync's first frontends are in.
-    let mut agent = Agent::start_with(&s.node, &flags).expect("agent");
+    let mut agent = Agent::start_with_api(&s.node, &server).expect("agent");
     agent
         .wait_for(&["maps ready"], 1, Duration::from_secs(30))
         .unwrap();
@@ -118,20 +87,19 @@ fn an_agent_killed_mid_sync_leaves_no_half_frontend_and_the_next_finishes() {
     // What is there is what the API says.
     for ((address, port, _), frontend) in &left.frontends {
         let i = (u32::from(match address {
-            std::net::IpAddr::V4(v4) => *v4,
-            std::net::IpAddr::V6(v6) => panic!("an IPv6 frontend {v6}"),
+            IpAddr::V4(v4) => *v4,
+            IpAddr::V6(v6) => panic!("an IPv6 frontend {v6}"),
         }) - u32::from(vip(0))) as usize;
         let wanted = match i {
             0 => s.backends.clone(),
             _ => backends(i).to_vec(),
         };
-        let wanted: std::collections::BTreeSet<std::net::IpAddr> =
-            wanted.into_iter().map(Into::into).collect();
+        let wanted: BTreeSet<IpAddr> = wanted.into_iter().map(Into::into).collect();
         assert_eq!(frontend.backends, wanted, "{address}:{port}");
     }
 
     // The next agent adopts the maps and finishes the sync.
-    let mut agent = Agent::start_with(&s.node, &flags).expect("agent");
+    let mut agent = Agent::start_with_api(&s.node, &server).expect("agent");
     agent
         .wait_for(&["synced", "full=true"], 1, Duration::from_secs(60))
         .unwrap();
@@ -139,7 +107,7 @@ fn an_agent_killed_mid_sync_leaves_no_half_frontend_and_the_next_finishes() {
     assert!(done.broken.is_empty(), "half-written: {:?}", done.broken);
     assert_eq!(done.frontends.len(), frontends);
     for i in [0, 1, services / 2, services - 1] {
-        for port in 80..80 + PORTS {
+        for port in PORTS {
             let frontend = &done.frontends[&(vip(i).into(), port, "pod")];
             assert_eq!(frontend.backends.len(), 2, "svc-{i}:{port}");
         }
