@@ -23,12 +23,15 @@ pub struct ServedFrontend {
     pub backends: BTreeSet<IpAddr>,
 }
 
+/// A frontend's address, port and scope (`pod`, `node`: `scope_label`).
+pub type FrontendId = (IpAddr, u16, &'static str);
+
 #[derive(Debug, Default)]
 pub struct Served {
-    /// By address, port and scope (`pod`, `node`: `scope_label`).
-    pub frontends: BTreeMap<(IpAddr, u16, &'static str), ServedFrontend>,
-    /// Frontends the datapath cannot serve whole, as `ADDR:PORT/PROTO: why`.
-    pub broken: Vec<String>,
+    pub frontends: BTreeMap<FrontendId, ServedFrontend>,
+    /// Frontends the datapath cannot serve whole (not in `frontends`), as
+    /// `ADDR:PORT/PROTO: why`.
+    pub broken: BTreeMap<FrontendId, String>,
 }
 
 /// Reads the maps pinned under `pin_path` (opened afresh: the Maglev
@@ -44,9 +47,17 @@ pub fn read_served(pin_path: &Path) -> anyhow::Result<Served> {
             break;
         }
         std::thread::sleep(std::time::Duration::from_millis(10));
-        let again = read_once(pin_path)?;
-        served.broken.retain(|b| again.broken.contains(b));
-        served.frontends = again.frontends;
+        let mut again = read_once(pin_path)?;
+        // Broken before and whole now: as it is now.
+        served
+            .broken
+            .retain(|id, _| match again.frontends.remove(id) {
+                Some(frontend) => {
+                    served.frontends.insert(*id, frontend);
+                    false
+                }
+                None => again.broken.contains_key(id),
+            });
     }
     Ok(served)
 }
@@ -57,34 +68,39 @@ fn read_once(pin_path: &Path) -> anyhow::Result<Served> {
     let mut served = Served::default();
     for (key, value) in &contents.frontends {
         let name = frontend_text(key);
+        let id = (key.addr(), key.port(), scope_label(key));
         let mut backends = BTreeSet::new();
         // The datapath reads a table's size off the table; the frontend's
         // says only whether it has one.
         if value.table_size > 0 {
             let Some(table) = contents.tables.get(&value.id).filter(|t| t.size > 0) else {
-                served.broken.push(format!("{name}: no Maglev table"));
+                served.broken.insert(id, format!("{name}: no Maglev table"));
                 continue;
             };
-            for id in &table.members {
+            for member in &table.members {
                 // A backend the agent wrote after the backends were read
                 // (it writes them before the tables naming them) is read
                 // again where it is now.
-                let backend = match contents.backends.get(*id) {
+                let backend = match contents.backends.get(*member) {
                     Some(backend) => Some(backend),
-                    None => maps.backend(*id, key.addr().is_ipv6())?,
+                    None => maps.backend(*member, key.addr().is_ipv6())?,
                 };
                 match backend {
                     Some(backend) => {
                         backends.insert(backend.addr());
                     }
-                    None => served
-                        .broken
-                        .push(format!("{name}: backend id {id} is empty")),
+                    None => {
+                        let why = format!("{name}: backend id {member} is empty");
+                        served.broken.insert(id, why);
+                    }
                 }
             }
         }
+        if served.broken.contains_key(&id) {
+            continue;
+        }
         served.frontends.insert(
-            (key.addr(), key.port(), scope_label(key)),
+            id,
             ServedFrontend {
                 table_size: value.table_size,
                 backends,

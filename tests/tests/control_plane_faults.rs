@@ -204,7 +204,7 @@ impl Sampler {
                 while !stop.load(Ordering::Relaxed) && faults.len() < 20 {
                     match read_served(&pin_path) {
                         Ok(served) => {
-                            faults.extend(served.broken.iter().cloned());
+                            faults.extend(served.broken.values().cloned());
                             faults.extend((0..services).filter_map(|i| {
                                 let f = served.frontends.get(&(vip(i).into(), 80, "pod"));
                                 match f {
