@@ -535,7 +535,7 @@ fn watch(
     down: &AtomicBool,
 ) -> std::io::Result<()> {
     stream.write_all(
-        b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n",
     )?;
     let expired = shared.expired.load(Ordering::Relaxed);
     let until = Instant::now() + WATCH_HOLD;

@@ -10,7 +10,10 @@ mod service;
 pub(crate) mod test_yaml;
 pub mod types;
 
-use crate::source::{objects::Service, Rejection, RejectionKind, ServiceName, ServiceObjects};
+use crate::source::{
+    objects::{Service, ServicePort},
+    Rejection, RejectionKind, ServiceName, ServiceObjects,
+};
 
 use self::{
     endpoints::{endpoints_groups, port_backends, slice_group, EndpointGroup},
@@ -23,6 +26,15 @@ use self::{
 /// A port field's value as a port number; `None` for 0 or out of range.
 fn port_number(value: i32) -> Option<u16> {
     u16::try_from(value).ok().filter(|p| *p != 0)
+}
+
+/// A Service port as its manifest names it: `port 99/SCTP "sctp"`.
+fn port_label(port: &ServicePort) -> String {
+    let protocol = port.protocol.as_deref().unwrap_or("TCP");
+    match port.name.as_deref().filter(|n| !n.is_empty()) {
+        Some(name) => format!("port {}/{protocol} {name:?}", port.port),
+        None => format!("port {}/{protocol}", port.port),
+    }
 }
 
 /// Builds the model of the Service `name` from its objects.
@@ -56,12 +68,21 @@ fn build_service(
     let type_ = spec.type_.as_deref();
     let load_balancer = type_ == Some("LoadBalancer");
     let node_ports = load_balancer || type_ == Some("NodePort");
-    let mut ports: Vec<ServicePortModel> = spec
-        .ports
-        .iter()
-        .flatten()
-        .map(|p| service_port(p, node_ports))
-        .collect::<Result<_, _>>()?;
+    // A port that cannot be served costs that port alone, as in kube-proxy.
+    let mut ports: Vec<ServicePortModel> = Vec::new();
+    for port in spec.ports.iter().flatten() {
+        match service_port(port, node_ports) {
+            Ok(model) => ports.push(model),
+            Err((kind, reason)) => built.rejections.push(Rejection::new(
+                format!("Service {name}"),
+                kind,
+                format!(
+                    "{reason} ({}): that port is skipped, the others are served",
+                    port_label(port)
+                ),
+            )),
+        }
+    }
     let affinity_timeout = affinity_timeout(spec)?;
     let external_addrs = external_addrs(spec, service, load_balancer)?;
     // The API server allows Local only where traffic comes from outside.
@@ -153,7 +174,12 @@ mod tests {
              ports: [{port: 8080}]\nendpoints:\n- {addresses: ['::1']}\n- {addresses: ['::']}\n- {addresses: ['fe80::1']}\n\
              - {addresses: ['ff02::1']}\n- {addresses: ['::ffff:10.1.2.4']}\n- {addresses: [10.1.2.5]}\n- {addresses: ['fd00:10:244::6']}\n",
         );
-        let proxied: Vec<_> = built.values().filter_map(|b| b.service.as_ref()).collect();
+        // A Service whose only port cannot be served is proxied on none.
+        let proxied: Vec<_> = built
+            .values()
+            .filter_map(|b| b.service.as_ref())
+            .filter(|s| !s.ports.is_empty())
+            .collect();
         assert_eq!(proxied.len(), 1);
         assert_eq!(proxied[0].name.name, "good");
         // An IPv4 Service: the IPv6 slice's endpoint is kept in the model,
@@ -243,6 +269,53 @@ mod tests {
                 "{reason} does not start with {prefix}"
             );
         }
+    }
+
+    #[test]
+    fn a_port_that_cannot_be_served_costs_only_that_port() {
+        // The `dns` Service a new user tried: DNS over TCP and UDP, and an
+        // SCTP port beside them.
+        let built = model_all(
+            "apiVersion: v1\nkind: Service\nmetadata: {name: dns}\n\
+             spec:\n  clusterIP: 10.96.0.10\n  ports:\n  \
+             - {name: dns-tcp, port: 53, protocol: TCP}\n  \
+             - {name: dns, port: 53, protocol: UDP}\n  \
+             - {name: sctp, port: 99, protocol: SCTP}\n  \
+             - {port: 70000}\n\
+             ---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n\
+             metadata: {name: dns-1, labels: {kubernetes.io/service-name: dns}}\naddressType: IPv4\n\
+             ports: [{name: dns-tcp, port: 53, protocol: TCP}, {name: dns, port: 53, protocol: UDP}]\n\
+             endpoints: [{addresses: [10.244.1.5]}]\n",
+        );
+        let dns = &built[&ServiceName::new("default", "dns")];
+        let model = dns.service.as_ref().expect("the Service is proxied");
+        use crate::model::types::Protocol;
+        let served: Vec<(u16, Protocol)> =
+            model.ports.iter().map(|p| (p.port, p.protocol)).collect();
+        assert_eq!(served, [(53, Protocol::Tcp), (53, Protocol::Udp)]);
+        assert!(model.ports.iter().all(|p| p.backends.len() == 1));
+        let reasons: Vec<(RejectionKind, String)> = dns
+            .rejections
+            .iter()
+            .map(|r| (r.kind, r.to_string()))
+            .collect();
+        assert_eq!(
+            reasons,
+            [
+                (
+                    RejectionKind::UnsupportedProtocol,
+                    "Service default/dns: protocol SCTP is not supported yet (port 99/SCTP \"sctp\"): \
+                     that port is skipped, the others are served"
+                        .to_string()
+                ),
+                (
+                    RejectionKind::InvalidPort,
+                    "Service default/dns: port 70000 is out of range (port 70000/TCP): \
+                     that port is skipped, the others are served"
+                        .to_string()
+                ),
+            ]
+        );
     }
 
     #[test]

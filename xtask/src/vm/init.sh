@@ -12,10 +12,12 @@ export KXDP_TEST_PATIENCE=5
 # a model step a frame, which emulation slows most; the host runs 50,000
 # and `cargo xtask fuzz` a million.
 export KXDP_FUZZ_FRAMES=20000
-# The control-plane fault suites' Services (the host: 10,000 each): what
-# they check does not depend on the count, and emulation slows the agent's
-# syncs and the suites' readings of the maps tenfold.
+# The control-plane fault suites' Services (the host: 10,000 each) and
+# changes a second (the host: 100): what they check does not depend on
+# them, and emulation slows the agent's syncs and the suites' readings of
+# the maps ten to twenty times.
 export KXDP_FAULT_SERVICES=2000
+export KXDP_FAULT_RATE=20
 export KXDP_KILL_SERVICES=2000
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
