@@ -9,6 +9,7 @@
 #![no_std]
 
 pub mod addr;
+pub mod crc32c;
 pub mod csum;
 pub mod hash;
 pub mod kernel;
