@@ -236,6 +236,25 @@ fn keys_of(service: &ServiceModel, node: &NodeFacts) -> BTreeSet<FrontendAddr> {
     keys
 }
 
+/// What a Service's new version does to the entries of one kind the maps
+/// hold: `held` now, `added` by it, `freed` from its old version.
+struct Growth {
+    held: usize,
+    added: usize,
+    freed: usize,
+}
+
+impl Growth {
+    /// Why it does not fit in `room`, if it takes the count past it (or
+    /// further past): its `own` entries of `what`.
+    fn past(&self, room: usize, own: usize, what: &str) -> Option<String> {
+        let total = self.held + self.added - self.freed;
+        (total > room && self.added > self.freed).then(|| {
+            format!("no room: its {own} {what} would make {total}, past the {room} the maps hold")
+        })
+    }
+}
+
 /// Every backend `service` names, serving or draining, of both families.
 fn backends_of(service: &ServiceModel) -> BTreeSet<SocketAddr> {
     service
@@ -407,41 +426,33 @@ impl Plan {
         let old = self.services.get(name);
         let old_keys = old.map(|s| keys_of(s, &self.node)).unwrap_or_default();
         let new_keys = keys_of(service, &self.node);
-        let added = new_keys
-            .iter()
-            .filter(|k| !self.claims.contains_key(k))
-            .count();
-        let freed = old_keys
-            .difference(&new_keys)
-            .filter(|k| self.claims.get(k).is_some_and(|c| c.len() == 1))
-            .count();
-        let frontends = self.claims.len() + added - freed;
-        if frontends > self.room.frontends && added > freed {
-            return Some(format!(
-                "no room: its {} frontends would make {frontends}, past the {} the maps hold",
-                new_keys.len(),
-                self.room.frontends
-            ));
-        }
+        let frontends = Growth {
+            held: self.claims.len(),
+            added: new_keys
+                .iter()
+                .filter(|k| !self.claims.contains_key(k))
+                .count(),
+            freed: old_keys
+                .difference(&new_keys)
+                .filter(|k| self.claims.get(k).is_some_and(|c| c.len() == 1))
+                .count(),
+        };
         let old_backends = old.map(|s| backends_of(s)).unwrap_or_default();
         let new_backends = backends_of(service);
-        let added = new_backends
-            .iter()
-            .filter(|b| !self.backend_users.contains_key(b))
-            .count();
-        let freed = old_backends
-            .difference(&new_backends)
-            .filter(|b| self.backend_users.get(b) == Some(&1))
-            .count();
-        let backends = self.backend_users.len() + added - freed;
-        if backends > self.room.backends && added > freed {
-            return Some(format!(
-                "no room: its {} backends would make {backends}, past the {} the maps hold",
-                new_backends.len(),
-                self.room.backends
-            ));
-        }
-        None
+        let backends = Growth {
+            held: self.backend_users.len(),
+            added: new_backends
+                .iter()
+                .filter(|b| !self.backend_users.contains_key(b))
+                .count(),
+            freed: old_backends
+                .difference(&new_backends)
+                .filter(|b| self.backend_users.get(b) == Some(&1))
+                .count(),
+        };
+        frontends
+            .past(self.room.frontends, new_keys.len(), "frontends")
+            .or_else(|| backends.past(self.room.backends, new_backends.len(), "backends"))
     }
 
     /// Puts `service` (which fits) in, or takes `name` out, keeping the

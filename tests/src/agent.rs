@@ -153,6 +153,12 @@ impl Agent {
         bail!("agent did not log {needles:?} {n} times within {timeout:?}")
     }
 
+    /// Waits (bounded) until the agent has attached both programs to every
+    /// pod interface of `node`.
+    pub fn wait_attached(&mut self, node: &MiniNode) -> anyhow::Result<()> {
+        self.wait_for(&["attached"], 2 * node.pods.len(), Duration::from_secs(10))
+    }
+
     /// Makes `change` (to what the agent reads) and waits (bounded) for
     /// its next sync.
     pub fn synced_after(&mut self, change: impl FnOnce(), timeout: Duration) -> anyhow::Result<()> {

@@ -288,6 +288,17 @@ impl EchoScenario {
         self.udp_query_from(&self.node.pod("client").netns, target, payload)
     }
 
+    /// Which backend answers an HTTP request to `target` from the client
+    /// pod (`backend=NAME`, the first word of its answer).
+    pub fn http_backend(&self, target: &str) -> Result<String, String> {
+        let body = self.http_get(target)?;
+        let first = body.split_whitespace().next().unwrap_or_default();
+        match first.starts_with("backend=") {
+            true => Ok(first.to_string()),
+            false => Err(format!("not a backend's answer: {body:?}")),
+        }
+    }
+
     /// [`Self::udp_query`] from namespace `netns`.
     pub fn udp_query_from(
         &self,
