@@ -155,7 +155,6 @@ impl Pipeline {
         Some(outcome)
     }
 
-    /// Retries a sync that left entries unwritten.
     /// Whether Services wait for room an earlier sync may have freed.
     pub fn may_admit(&self) -> bool {
         self.plan.may_admit()
@@ -172,6 +171,7 @@ impl Pipeline {
         outcome
     }
 
+    /// Retries a sync that left entries unwritten.
     pub fn retry(&mut self, store: &mut impl MapStore) -> SyncReport {
         let started = Instant::now();
         let (_, report) = self.sync(&PlanChange::default(), store);

@@ -255,6 +255,22 @@ impl Growth {
     }
 }
 
+/// The frontends and backends one version of a Service wants.
+#[derive(Default)]
+struct Wanted {
+    keys: BTreeSet<FrontendAddr>,
+    backends: BTreeSet<SocketAddr>,
+}
+
+impl Wanted {
+    fn of(service: &ServiceModel, node: &NodeFacts) -> Self {
+        Self {
+            keys: keys_of(service, node),
+            backends: backends_of(service),
+        }
+    }
+}
+
 /// Every backend `service` names, serving or draining, of both families.
 fn backends_of(service: &ServiceModel) -> BTreeSet<SocketAddr> {
     service
@@ -372,13 +388,14 @@ impl Plan {
     ) {
         self.waiting.remove(name);
         let Some(service) = service else {
-            self.put(name, None, change);
+            self.put(name, None, Wanted::default(), change);
             return;
         };
         if self.services.get(name).map(|s| &**s) == Some(&service) {
             return;
         }
-        match self.no_room_for(name, &service) {
+        let wanted = Wanted::of(&service, &self.node);
+        match self.no_room_for(name, &wanted) {
             Some(reason) => {
                 change.rejections.push(Rejection::new(
                     format!("Service {name}"),
@@ -387,7 +404,7 @@ impl Plan {
                 ));
                 self.waiting.insert(name.clone(), Box::new(service));
             }
-            None => self.put(name, Some(service), change),
+            None => self.put(name, Some(service), wanted, change),
         }
     }
 
@@ -399,12 +416,15 @@ impl Plan {
         }
         let names: Vec<ServiceName> = self.waiting.keys().cloned().collect();
         for name in names {
-            let fits = self
-                .waiting
-                .get(&name)
-                .is_some_and(|service| self.no_room_for(&name, service).is_none());
-            if let Some(service) = fits.then(|| self.waiting.remove(&name)).flatten() {
-                self.put(&name, Some(*service), change);
+            let Some(service) = self.waiting.remove(&name) else {
+                continue;
+            };
+            let wanted = Wanted::of(&service, &self.node);
+            match self.no_room_for(&name, &wanted) {
+                Some(_) => {
+                    self.waiting.insert(name, service);
+                }
+                None => self.put(&name, Some(*service), wanted, change),
             }
         }
     }
@@ -419,49 +439,61 @@ impl Plan {
         self.waiting.keys()
     }
 
-    /// Why `service` would not fit in place of the version of `name` the
-    /// plan holds, if it would not: it may not take the frontends or
-    /// backends past the room (nor further past, if already there).
-    fn no_room_for(&self, name: &ServiceName, service: &ServiceModel) -> Option<String> {
+    /// Why a version of `name` that wants `wanted` would not fit in place of
+    /// the version the plan holds, if it would not: it may not take the
+    /// frontends or backends past the room (nor further past, if already
+    /// there).
+    fn no_room_for(&self, name: &ServiceName, wanted: &Wanted) -> Option<String> {
+        // Fits even if nothing it wants were there yet: the usual case,
+        // decided without the old version's entries.
+        if self.claims.len() + wanted.keys.len() <= self.room.frontends
+            && self.backend_users.len() + wanted.backends.len() <= self.room.backends
+        {
+            return None;
+        }
         let old = self.services.get(name);
         let old_keys = old.map(|s| keys_of(s, &self.node)).unwrap_or_default();
-        let new_keys = keys_of(service, &self.node);
         let frontends = Growth {
             held: self.claims.len(),
-            added: new_keys
+            added: wanted
+                .keys
                 .iter()
                 .filter(|k| !self.claims.contains_key(k))
                 .count(),
             freed: old_keys
-                .difference(&new_keys)
+                .difference(&wanted.keys)
                 .filter(|k| self.claims.get(k).is_some_and(|c| c.len() == 1))
                 .count(),
         };
         let old_backends = old.map(|s| backends_of(s)).unwrap_or_default();
-        let new_backends = backends_of(service);
         let backends = Growth {
             held: self.backend_users.len(),
-            added: new_backends
+            added: wanted
+                .backends
                 .iter()
                 .filter(|b| !self.backend_users.contains_key(b))
                 .count(),
             freed: old_backends
-                .difference(&new_backends)
+                .difference(&wanted.backends)
                 .filter(|b| self.backend_users.get(b) == Some(&1))
                 .count(),
         };
         frontends
-            .past(self.room.frontends, new_keys.len(), "frontends")
-            .or_else(|| backends.past(self.room.backends, new_backends.len(), "backends"))
+            .past(self.room.frontends, wanted.keys.len(), "frontends")
+            .or_else(|| backends.past(self.room.backends, wanted.backends.len(), "backends"))
     }
 
-    /// Puts `service` (which fits) in, or takes `name` out, keeping the
-    /// backends' users and the claims.
-    fn put(&mut self, name: &ServiceName, service: Option<ServiceModel>, change: &mut PlanChange) {
-        if let Some(service) = &service {
-            for backend in backends_of(service) {
-                *self.backend_users.entry(backend).or_default() += 1;
-            }
+    /// Puts `service` (which fits; it wants `wanted`) in, or with `None`
+    /// takes `name` out, keeping the backends' users and the claims.
+    fn put(
+        &mut self,
+        name: &ServiceName,
+        service: Option<ServiceModel>,
+        wanted: Wanted,
+        change: &mut PlanChange,
+    ) {
+        for backend in &wanted.backends {
+            *self.backend_users.entry(*backend).or_default() += 1;
         }
         let old = match service {
             Some(service) => self.services.insert(name.clone(), Box::new(service)),
@@ -478,7 +510,7 @@ impl Plan {
         }
         let old_keys = old.map(|s| keys_of(&s, &self.node)).unwrap_or_default();
         let before = self.claims.len();
-        self.reclaim(name, old_keys, true, change);
+        self.reclaim(name, old_keys, wanted.keys, true, change);
         self.room_freed |= self.claims.len() < before;
     }
 
@@ -497,7 +529,12 @@ impl Plan {
         self.node = node;
         // The model is the same: frontends kept keep their content.
         for (name, old_keys) in affected {
-            self.reclaim(&name, old_keys, false, change);
+            let new_keys = self
+                .services
+                .get(&name)
+                .map(|s| keys_of(s, &self.node))
+                .unwrap_or_default();
+            self.reclaim(&name, old_keys, new_keys, false, change);
         }
     }
 
@@ -505,18 +542,17 @@ impl Plan {
         &self.node
     }
 
-    /// Moves the claims of `name` from `old_keys` to what it claims now;
-    /// `touch_kept`: the frontends in both may have new content.
+    /// Moves the claims of `name` from `old_keys` to `new_keys`, what it
+    /// claims now; `touch_kept`: the frontends in both may have new content.
     fn reclaim(
         &mut self,
         name: &ServiceName,
         old_keys: BTreeSet<FrontendAddr>,
+        new_keys: BTreeSet<FrontendAddr>,
         touch_kept: bool,
         change: &mut PlanChange,
     ) {
-        let service = self.services.get(name);
-        let new_keys = service.map(|s| keys_of(s, &self.node)).unwrap_or_default();
-        if let Some(service) = service {
+        if let Some(service) = self.services.get(name) {
             change
                 .rejections
                 .extend(node_port_rejections(service, &self.node));
