@@ -153,10 +153,11 @@ impl Agent {
         bail!("agent did not log {needles:?} {n} times within {timeout:?}")
     }
 
-    /// Waits (bounded) until the agent has attached both programs to every
-    /// pod interface of `node`.
-    pub fn wait_attached(&mut self, node: &MiniNode) -> anyhow::Result<()> {
-        self.wait_for(&["attached"], 2 * node.pods.len(), Duration::from_secs(10))
+    /// Waits (`within`, stretched by the patience) until the agent has
+    /// attached both programs, pod_ingress and pod_egress, to every pod
+    /// interface of `node`.
+    pub fn wait_attached(&mut self, node: &MiniNode, within: Duration) -> anyhow::Result<()> {
+        self.wait_for(&["attached"], 2 * node.pods.len(), within)
     }
 
     /// Makes `change` (to what the agent reads) and waits (bounded) for

@@ -112,8 +112,7 @@ impl EchoScenario {
         let mut agent = Agent::start_with(&self.node, &all)?;
         // The first sync comes before the attachments.
         agent.wait_for(&["synced"], 1, ready)?;
-        // Two programs per pod interface: pod_ingress and pod_egress.
-        agent.wait_for(&["attached"], 2 * self.node.pods.len(), AGENT_READY)?;
+        agent.wait_attached(&self.node, AGENT_READY)?;
         Ok(agent)
     }
 
@@ -286,6 +285,22 @@ impl EchoScenario {
     /// One UDP request from the client pod; `from=<addr> <answer>`.
     pub fn udp_query(&self, target: &str, payload: &str) -> Result<String, String> {
         self.udp_query_from(&self.node.pod("client").netns, target, payload)
+    }
+
+    /// `GET http://{addr}{path}` from the node namespace, given at most
+    /// `max_time`: (status code, body); code 0 when nothing answered.
+    pub fn get_from_node(&self, addr: &str, path: &str, max_time: Duration) -> (u16, String) {
+        let url = format!("http://{addr}{path}");
+        let output = self
+            .node
+            .command(&self.node.node_netns, "curl")
+            .args(["-sS", "--max-time", &max_time.as_secs().to_string()])
+            .args(["-w", "\n%{http_code}", &url])
+            .output()
+            .expect("curl");
+        let text = String::from_utf8_lossy(&output.stdout);
+        let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+        (code.trim().parse().unwrap_or(0), body.to_string())
     }
 
     /// Which backend answers an HTTP request to `target` from the client

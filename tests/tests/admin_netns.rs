@@ -27,16 +27,7 @@ fn scenario() -> EchoScenario {
 /// `GET http://{addr}{path}` from the node namespace: (status code, body);
 /// code 0 when nothing answered.
 fn get(s: &EchoScenario, addr: &str, path: &str) -> (u16, String) {
-    let url = format!("http://{addr}{path}");
-    let output = s
-        .node
-        .command(&s.node.node_netns, "curl")
-        .args(["-sS", "--max-time", "3", "-w", "\n%{http_code}", &url])
-        .output()
-        .expect("curl");
-    let text = String::from_utf8_lossy(&output.stdout);
-    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
-    (code.trim().parse().unwrap_or(0), body.to_string())
+    s.get_from_node(addr, path, Duration::from_secs(3))
 }
 
 /// Polls `GET addr path` (bounded) until it answers `code`.
@@ -79,9 +70,7 @@ fn readiness_follows_the_first_sync_and_metrics_count_the_traffic() {
     // waits for its first full sync.
     let later: PathBuf = s.manifests.with_extension("later");
     let mut agent = Agent::start(&s.node, &later).unwrap();
-    agent
-        .wait_for(&["attached"], 2 * s.node.pods.len(), WAIT)
-        .unwrap();
+    agent.wait_attached(&s.node, WAIT).unwrap();
     let body = wait_for_code(&s, HEALTH, "/readyz", 503);
     let report = json(&body);
     assert_eq!(report["ready"], false, "{report}");

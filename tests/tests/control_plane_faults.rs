@@ -420,7 +420,9 @@ fn an_api_server_outage_under_changes_loses_no_connection_and_converges() {
     agent
         .wait_for(&["synced", "full=true"], 1, Duration::from_secs(30))
         .unwrap();
-    agent.wait_attached(&s.node).unwrap();
+    agent
+        .wait_attached(&s.node, Duration::from_secs(10))
+        .unwrap();
 
     // Long-lived connections through the live Services, one line a 100 ms
     // for longer than the whole run.

@@ -43,19 +43,9 @@ fn ports_served(served: &Served) -> BTreeMap<usize, usize> {
 
 /// `GET http://127.0.0.1:10249/metrics` from the node namespace.
 fn metrics(s: &EchoScenario) -> String {
-    let output = s
-        .node
-        .command(&s.node.node_netns, "curl")
-        .args([
-            "-sS",
-            "--max-time",
-            "20",
-            &format!("http://{METRICS}/metrics"),
-        ])
-        .output()
-        .expect("curl");
-    assert!(output.status.success(), "curl: {output:?}");
-    String::from_utf8_lossy(&output.stdout).into_owned()
+    let (code, text) = s.get_from_node(METRICS, "/metrics", Duration::from_secs(20));
+    assert_eq!(code, 200, "/metrics: {text}");
+    text
 }
 
 fn waiting_in_metrics(text: &str) -> BTreeSet<String> {
@@ -125,7 +115,9 @@ fn services_past_the_maps_room_wait_whole_and_go_in_when_room_is_freed() {
     assert_eq!(waiting_in_metrics(&metrics(&s)), expected);
 
     // The rest is served.
-    agent.wait_attached(&s.node).unwrap();
+    agent
+        .wait_attached(&s.node, Duration::from_secs(10))
+        .unwrap();
     s.http_backend(&format!("{}:80", vip(0)))
         .expect("through a Service that fits");
 

@@ -36,7 +36,7 @@ fn agent_serves_what_it_lists_from_the_api_server() {
     let server = FakeApiServer::start(Some(&s.node.node_netns), vec![service], vec![slice])
         .expect("fake API server");
     let mut agent = Agent::start_with_api(&s.node, &server).expect("agent");
-    agent.wait_attached(&s.node).unwrap();
+    agent.wait_attached(&s.node, WAIT).unwrap();
     agent.wait_for(&["synced", "full=true"], 1, WAIT).unwrap();
 
     let mut answered = BTreeSet::new();

@@ -218,9 +218,7 @@ fn agent_with(s: &EchoScenario, socket_lb: &str) -> Agent {
     ];
     let mut agent = Agent::start_with(&s.node, &flags).unwrap();
     agent.wait_for(&["synced"], 1, WAIT).unwrap();
-    agent
-        .wait_for(&["attached"], 2 * s.node.pods.len(), WAIT)
-        .unwrap();
+    agent.wait_attached(&s.node, WAIT).unwrap();
     agent
 }
 

@@ -112,7 +112,9 @@ fn an_agent_killed_mid_sync_leaves_no_half_frontend_and_the_next_finishes() {
             assert_eq!(frontend.backends.len(), 2, "svc-{i}:{port}");
         }
     }
-    agent.wait_attached(&s.node).unwrap();
+    agent
+        .wait_attached(&s.node, Duration::from_secs(10))
+        .unwrap();
     s.http_backend(&format!("{}:80", vip(0)))
         .expect("through svc-0 after the restart");
     agent.stop().unwrap();
