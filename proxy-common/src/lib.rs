@@ -16,4 +16,5 @@ pub mod kernel;
 pub mod lb;
 pub mod maps;
 pub mod reject;
+pub mod sctp;
 pub mod sizes;

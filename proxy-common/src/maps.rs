@@ -5,6 +5,7 @@ pub use crate::addr::{addr_from_net, addr_to_net, Addr, Addr6};
 /// IP protocol numbers the datapath translates.
 pub const PROTO_TCP: u8 = 6;
 pub const PROTO_UDP: u8 = 17;
+pub const PROTO_SCTP: u8 = 132;
 
 /// `FrontendKey::scope` of a frontend reached from pods (tc on pod
 /// interfaces): ClusterIPs, and external addresses short-circuited to the
@@ -607,13 +608,16 @@ pub enum Verdict {
     /// A socket's connect or send to a frontend without endpoints failed
     /// with ECONNREFUSED (EPERM before Linux 6.1) in the socket hooks.
     RefusedSocket = 2,
+    /// SCTP ABORT sent for a frontend without endpoints.
+    RejectedSctp = 3,
 }
 
 impl Verdict {
-    pub const ALL: [Verdict; 3] = [
+    pub const ALL: [Verdict; 4] = [
         Verdict::RejectedTcp,
         Verdict::RejectedUdp,
         Verdict::RefusedSocket,
+        Verdict::RejectedSctp,
     ];
 
     /// Its counter's index in `verdicts`.
@@ -628,6 +632,7 @@ impl Verdict {
             Verdict::RejectedTcp => "tcp_rst",
             Verdict::RejectedUdp => "icmp_port_unreachable",
             Verdict::RefusedSocket => "socket_refused",
+            Verdict::RejectedSctp => "sctp_abort",
         }
     }
 }

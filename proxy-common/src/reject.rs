@@ -1,5 +1,8 @@
 //! Reject replies, as kube-proxy's REJECT sends them for a Service without
-//! endpoints: a TCP RST for TCP, an ICMP port unreachable for UDP. Pure
+//! endpoints: a TCP RST for TCP, an ICMP port unreachable for UDP; for SCTP
+//! the ABORT a host without a listener sends (RFC 9260 §8.4), not
+//! kube-proxy's ICMP, which an SCTP client only reads as a soft error and
+//! so retries its INIT for minutes, where an ABORT fails it at once. Pure
 //! functions over fixed-size frames, shared by the XDP and tc programs and
 //! unit-tested on the host. Only untagged frames whose IPv4 header has no
 //! options, or whose IPv6 header has no extension headers, are answered
@@ -45,11 +48,20 @@ pub const ICMP6_FRAME_LEN: usize = ETH_HLEN + IPV6_HLEN + ICMP_HLEN + QUOTE6_LEN
 /// How much an ICMPv6 error is longer than the request prefix it quotes.
 pub const ICMP6_GROWTH: usize = ICMP6_FRAME_LEN - ICMP6_REQUEST_LEN;
 const PROTO_ICMPV6: u8 = 58;
+/// Ethernet + IPv4 + an SCTP common header and one ABORT chunk: the
+/// length of the ABORT `sctp_abort` writes.
+pub const ABORT_FRAME_LEN: usize = ETH_HLEN + IP_HLEN + ABORT_LEN;
+/// [`ABORT_FRAME_LEN`] over IPv6.
+pub const ABORT6_FRAME_LEN: usize = ETH_HLEN + IPV6_HLEN + ABORT_LEN;
+/// An SCTP packet holding one ABORT chunk without causes.
+const ABORT_LEN: usize = sctp::COMMON_HLEN + 4;
 
 use crate::{
+    crc32c,
     csum::{fold, sum_be_words},
     lb::{TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
-    maps::{PROTO_TCP, PROTO_UDP},
+    maps::{PROTO_SCTP, PROTO_TCP, PROTO_UDP},
+    sctp,
 };
 
 #[inline(always)]
@@ -257,6 +269,61 @@ pub fn icmp6_port_unreachable(frame: &mut [u8; ICMP6_FRAME_LEN], rest: QuoteRest
     let check = fold(sum_be_words(&frame[icmp..], pseudo + rest.sum));
     put_u16(frame, icmp + 2, check);
     true
+}
+
+/// The verification tag of an SCTP ABORT answering an out-of-the-blue
+/// packet (RFC 9260 §8.4), as the datapath reads it from the request
+/// before cutting it to the answer's length.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AbortTag {
+    /// As the packet holds it.
+    pub tag: [u8; 4],
+    /// The T bit: the tag is the request's own verification tag (any
+    /// chunk but an INIT); clear for an INIT, whose Initiate Tag it is.
+    pub reflected: bool,
+}
+
+/// Turns an SCTP packet (its first [`ABORT_FRAME_LEN`] bytes, the frame
+/// cut there by the caller) into the ABORT answering it, tagged with
+/// `tag`. Returns false for anything but plain IPv4 SCTP.
+#[inline(always)]
+pub fn sctp_abort(frame: &mut [u8; ABORT_FRAME_LEN], tag: AbortTag) -> bool {
+    if !plain_ipv4(frame) || frame[ETH_HLEN + 9] != PROTO_SCTP {
+        return false;
+    }
+    swap::<6>(frame, 0, 6);
+    reply_ip_header(frame, ETH_HLEN, PROTO_SCTP, (IP_HLEN + ABORT_LEN) as u16);
+    abort_packet(&mut frame[ETH_HLEN + IP_HLEN..], tag);
+    true
+}
+
+/// [`sctp_abort`] for IPv6 (no extension headers; the first
+/// [`ABORT6_FRAME_LEN`] bytes).
+#[inline(always)]
+pub fn sctp_abort6(frame: &mut [u8; ABORT6_FRAME_LEN], tag: AbortTag) -> bool {
+    if !plain_ipv6(frame, PROTO_SCTP) {
+        return false;
+    }
+    swap::<6>(frame, 0, 6);
+    reply_ipv6_header(frame, ETH_HLEN, PROTO_SCTP, ABORT_LEN as u16);
+    abort_packet(&mut frame[ETH_HLEN + IPV6_HLEN..], tag);
+    true
+}
+
+/// Turns the SCTP packet at the start of `packet` into an ABORT: ports
+/// swapped, `tag`, one ABORT chunk without causes, its CRC32c (no
+/// pseudo-header: addresses do not enter it).
+#[inline(always)]
+fn abort_packet(packet: &mut [u8], tag: AbortTag) {
+    swap::<2>(packet, 0, 2);
+    packet[4..8].copy_from_slice(&tag.tag);
+    packet[8..12].fill(0);
+    let flags = if tag.reflected { sctp::ABORT_T_BIT } else { 0 };
+    packet[12..16].copy_from_slice(&[sctp::CHUNK_ABORT, flags, 0, 4]);
+    let word =
+        |i: usize| u32::from_le_bytes([packet[i], packet[i + 1], packet[i + 2], packet[i + 3]]);
+    let crc = crc32c::of_words([word(0), word(4), word(8), word(12)]);
+    packet[8..12].copy_from_slice(&crc.to_le_bytes());
 }
 
 #[cfg(test)]
@@ -512,5 +579,83 @@ mod tests {
         let mut head = [0u8; ICMP6_FRAME_LEN];
         head[ICMP6_GROWTH..].copy_from_slice(&request);
         assert!(!icmp6_port_unreachable(&mut head, too_long));
+    }
+
+    /// An SCTP INIT (first 16 bytes: common header and chunk header) from
+    /// 10.0.1.5:40000 to 10.96.0.10:3868, vtag 0.
+    fn sctp_request() -> [u8; ABORT_FRAME_LEN] {
+        let mut f = [0u8; ABORT_FRAME_LEN];
+        f[0..6].copy_from_slice(&[2, 0, 0, 0, 0, 2]);
+        f[6..12].copy_from_slice(&[2, 0, 0, 0, 0, 1]);
+        f[12..14].copy_from_slice(&[0x08, 0x00]);
+        f[14] = 0x45;
+        f[14 + 8] = 63;
+        f[14 + 9] = PROTO_SCTP;
+        f[26..30].copy_from_slice(&[10, 0, 1, 5]);
+        f[30..34].copy_from_slice(&[10, 96, 0, 10]);
+        f[34..36].copy_from_slice(&40000u16.to_be_bytes());
+        f[36..38].copy_from_slice(&3868u16.to_be_bytes());
+        f[46..50].copy_from_slice(&[sctp::CHUNK_INIT, 0, 0, 20]);
+        f
+    }
+
+    #[test]
+    fn an_sctp_request_gets_an_abort_with_the_tag_given() {
+        for reflected in [false, true] {
+            let mut frame = sctp_request();
+            let tag = AbortTag {
+                tag: [0xde, 0xad, 0xbe, 0xef],
+                reflected,
+            };
+            assert!(sctp_abort(&mut frame, tag));
+            assert_eq!(
+                &frame[0..6],
+                &[2, 0, 0, 0, 0, 1],
+                "back to the sender's MAC"
+            );
+            assert_eq!(&frame[26..30], &[10, 96, 0, 10], "from the VIP");
+            assert_eq!(&frame[30..34], &[10, 0, 1, 5], "to the client");
+            assert!(verifies(&frame[14..34], 0), "IP checksum");
+            assert_eq!(u16::from_be_bytes([frame[16], frame[17]]), 36);
+            let sctp = &frame[34..];
+            assert_eq!(u16::from_be_bytes([sctp[0], sctp[1]]), 3868);
+            assert_eq!(u16::from_be_bytes([sctp[2], sctp[3]]), 40000);
+            assert_eq!(&sctp[4..8], &tag.tag);
+            assert_eq!(&sctp[12..16], &[sctp::CHUNK_ABORT, reflected as u8, 0, 4]);
+            let mut zeroed = [0u8; ABORT_LEN];
+            zeroed.copy_from_slice(sctp);
+            zeroed[8..12].fill(0);
+            let crc = u32::from_le_bytes([sctp[8], sctp[9], sctp[10], sctp[11]]);
+            assert_eq!(
+                crc,
+                crc32c::crc32c(&zeroed),
+                "CRC32c, least significant byte first"
+            );
+        }
+    }
+
+    #[test]
+    fn an_abort_is_built_over_ipv6_too_and_only_over_sctp() {
+        let mut frame = [0u8; ABORT6_FRAME_LEN];
+        frame[12..14].copy_from_slice(&[0x86, 0xdd]);
+        frame[14] = 0x60;
+        frame[14 + 6] = PROTO_SCTP;
+        frame[14 + 8..14 + 24]
+            .copy_from_slice(&[0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 5]);
+        frame[14 + 24..14 + 40]
+            .copy_from_slice(&[0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 9]);
+        let tag = AbortTag {
+            tag: [1, 2, 3, 4],
+            reflected: true,
+        };
+        assert!(sctp_abort6(&mut frame, tag));
+        assert_eq!(frame[14 + 23], 9, "from the address it was sent to");
+        assert_eq!(frame[14 + 39], 5);
+        assert_eq!(u16::from_be_bytes([frame[18], frame[19]]), ABORT_LEN as u16);
+        let mut tcp = sctp_request();
+        tcp[14 + 9] = PROTO_TCP;
+        let before = tcp;
+        assert!(!sctp_abort(&mut tcp, tag));
+        assert_eq!(tcp, before, "left as it was");
     }
 }

@@ -1,14 +1,16 @@
 //! Header parsing with direct packet access, for tc and XDP alike. Every
 //! read is bounds-checked against `data_end`; anything that is not an
-//! unfragmented IPv4 or IPv6 TCP/UDP packet yields `None` and is passed on
-//! untouched (ICMP, ICMPv6 with neighbour discovery, router advertisements
-//! and MLD among them).
+//! unfragmented IPv4 or IPv6 TCP, UDP or SCTP packet yields `None` and is
+//! passed on untouched (ICMP, ICMPv6 with neighbour discovery, router
+//! advertisements and MLD among them). Of SCTP only the common header and
+//! the first chunk's type are read (`proxy_common::sctp`).
 
 use aya_ebpf::programs::{TcContext, XdpContext};
 use proxy_common::{
     addr::Addr6,
     lb::Packet,
-    maps::{PROTO_TCP, PROTO_UDP},
+    maps::{PROTO_SCTP, PROTO_TCP, PROTO_UDP},
+    sctp,
 };
 
 /// A packet in linear memory: what direct packet access needs of a context.
@@ -90,7 +92,8 @@ pub struct Flow<A> {
     pub dst_addr: A,
     pub src_port: u16,
     pub dst_port: u16,
-    /// TCP flags byte (0 for UDP).
+    /// TCP flags byte (0 for UDP; for SCTP, what its first chunk means as
+    /// TCP flags: `sctp::as_tcp_flags`).
     pub tcp_flags: u8,
 }
 
@@ -163,6 +166,18 @@ fn widened(off: usize) -> usize {
     // SAFETY: a read of a plain integer nothing writes.
     let zero = unsafe { core::ptr::read_volatile(&raw const VERIFIER_ZERO) };
     (off + zero as usize) & MAX_OFFSET
+}
+
+/// `value` masked below 64 KiB where the verifier sees the mask. LLVM
+/// drops a mask it can prove has no effect, and the verifier, which may
+/// know less, then finds an index derived from the value unbounded (the
+/// SCTP checksum update's table lookups, from the packet's length); added
+/// to an unknown zero first, the value is one LLVM knows nothing of.
+#[inline(always)]
+pub fn below_64k(value: u32) -> u32 {
+    // SAFETY: a read of a plain integer nothing writes.
+    let zero = unsafe { core::ptr::read_volatile(&raw const VERIFIER_ZERO) };
+    (value + zero as u32) & 0xffff
 }
 
 /// Returns a pointer to a `T` at `off`, or `None` if it does not fit.
@@ -312,7 +327,7 @@ fn parse_ipv6(ctx: &impl Frame, l3_off: usize) -> Result<Ipv6Flow, Unparsed> {
     let mut l4_off = l3_off + IPV6_HLEN;
     for _ in 0..IPV6_MAX_EXT {
         match next {
-            PROTO_TCP | PROTO_UDP => break,
+            PROTO_TCP | PROTO_UDP | PROTO_SCTP => break,
             IPV6_HOP_BY_HOP | IPV6_ROUTING | IPV6_DEST_OPTS | IPV6_FRAGMENT => {}
             // Read nothing of what is not ours: it costs no pull.
             _ => return Err(Unparsed::NotOurs),
@@ -354,8 +369,9 @@ fn parse_ipv6(ctx: &impl Frame, l3_off: usize) -> Result<Ipv6Flow, Unparsed> {
     })
 }
 
-/// The ports and TCP flags of the TCP/UDP header at `l4_off`; `longest`:
-/// the header chain to pull if it is short.
+/// The ports and TCP flags of the TCP/UDP/SCTP header at `l4_off`;
+/// `longest`: the header chain to pull if it is short. An SCTP packet
+/// shorter than its common header and one chunk header is not ours.
 #[inline(always)]
 fn ports(
     ctx: &impl Frame,
@@ -366,6 +382,7 @@ fn ports(
     let l4_len = match proto {
         PROTO_TCP => TCP_HLEN,
         PROTO_UDP => UDP_HLEN,
+        PROTO_SCTP => sctp::MIN_LEN,
         _ => return Err(Unparsed::NotOurs),
     };
     // The whole L4 header must be present: the checksum field is rewritten later.
@@ -374,11 +391,15 @@ fn ports(
     }
     // SAFETY: `ptr_at` checked that the value lies before `data_end`.
     let ports = unsafe { &*ptr_at::<[u16; 2]>(ctx, l4_off).ok_or(Unparsed::Short(longest))? };
-    let tcp_flags = if proto == PROTO_TCP {
+    let tcp_flags = match proto {
         // SAFETY: `ptr_at` checked that the value lies before `data_end`.
-        unsafe { *ptr_at::<u8>(ctx, l4_off + 13).ok_or(Unparsed::Short(longest))? }
-    } else {
-        0
+        PROTO_TCP => unsafe { *ptr_at::<u8>(ctx, l4_off + 13).ok_or(Unparsed::Short(longest))? },
+        PROTO_SCTP => {
+            let chunk = ptr_at::<u8>(ctx, l4_off + sctp::COMMON_HLEN);
+            // SAFETY: as above.
+            sctp::as_tcp_flags(unsafe { *chunk.ok_or(Unparsed::Short(longest))? })
+        }
+        _ => 0,
     };
     Ok((ports[0], ports[1], tcp_flags))
 }

@@ -1,6 +1,6 @@
 //! Rejecting a flow to a Service without endpoints, as kube-proxy does: the
-//! request is turned into its answer in place (TCP RST, or ICMP / ICMPv6
-//! port unreachable for UDP) and sent back where it came from, so the
+//! request is turned into its answer in place (TCP RST, ICMP / ICMPv6
+//! port unreachable for UDP, SCTP ABORT) and sent back where it came from, so the
 //! client fails at once instead of timing out. `proxy_common::reject` rewrites the
 //! bytes; this module only resizes the packet and sends it.
 
@@ -12,13 +12,15 @@ use aya_ebpf::{
     programs::{TcContext, XdpContext},
 };
 use proxy_common::{
-    lb::TCP_RST,
-    maps::{DropReason, Verdict, PROTO_TCP},
+    lb::{TCP_RST, TCP_SYN},
+    maps::{DropReason, Verdict, PROTO_SCTP, PROTO_TCP, PROTO_UDP},
     reject::{
-        icmp6_port_unreachable, icmp_port_unreachable, tcp_rst, tcp_rst6, QuoteRest,
-        ICMP6_FRAME_LEN, ICMP6_GROWTH, ICMP6_REQUEST_LEN, ICMP_FRAME_LEN, ICMP_GROWTH,
-        ICMP_REQUEST_LEN, QUOTE6_REST_MAX, RST6_FRAME_LEN, RST_FRAME_LEN,
+        icmp6_port_unreachable, icmp_port_unreachable, sctp_abort, sctp_abort6, tcp_rst, tcp_rst6,
+        AbortTag, QuoteRest, ABORT6_FRAME_LEN, ABORT_FRAME_LEN, ICMP6_FRAME_LEN, ICMP6_GROWTH,
+        ICMP6_REQUEST_LEN, ICMP_FRAME_LEN, ICMP_GROWTH, ICMP_REQUEST_LEN, QUOTE6_REST_MAX,
+        RST6_FRAME_LEN, RST_FRAME_LEN,
     },
+    sctp,
 };
 
 use crate::{
@@ -35,6 +37,8 @@ enum Answer {
     Rst(u16),
     /// An ICMP error; over IPv6, quoting `QuoteRest` more of the request.
     Unreachable(QuoteRest),
+    /// An SCTP ABORT with this verification tag.
+    Abort(AbortTag),
 }
 
 /// The IP header's length in the requests answered: IPv4 without
@@ -50,12 +54,28 @@ fn plain_ip_len<F: Family>() -> usize {
 
 /// Decides the answer, before the request is cut: only untagged IPv4
 /// without options or IPv6 without extension headers is answered, and a
-/// RST never is.
+/// RST, an SCTP ABORT or SHUTDOWN COMPLETE never is. An ABORT answering an
+/// INIT carries its Initiate Tag, any other its own tag reflected (RFC
+/// 9260 §8.4).
 #[inline(always)]
 fn answer<F: Family>(ctx: &impl Frame, flow: &Flow<F>) -> Result<Answer, DropReason> {
     let ip_len = plain_ip_len::<F>();
     if flow.l3_off != ETH_HLEN || flow.l4_off != ETH_HLEN + ip_len {
         return Err(DropReason::RejectFailed);
+    }
+    if flow.proto == PROTO_SCTP {
+        if flow.tcp_flags & TCP_RST != 0 {
+            return Err(DropReason::NoBackend);
+        }
+        let init = flow.tcp_flags & TCP_SYN != 0;
+        // The INIT chunk's Initiate Tag follows its chunk header.
+        let at = if init { sctp::MIN_LEN } else { 4 };
+        let tag = ptr_at_mut::<[u8; 4]>(ctx, flow.l4_off + at).ok_or(DropReason::RejectFailed)?;
+        return Ok(Answer::Abort(AbortTag {
+            // SAFETY: bounds-checked just above.
+            tag: unsafe { *tag },
+            reflected: !init,
+        }));
     }
     if flow.proto != PROTO_TCP {
         let rest = if F::HEADER_CHECKSUM {
@@ -150,6 +170,20 @@ fn rewrite<F: Family>(ctx: &impl Frame, answer: &Answer) -> Result<(), DropReaso
             icmp6_port_unreachable(unsafe { &mut *frame }, rest)
                 .then(|| stats::count_verdict(Verdict::RejectedUdp))
         }
+        (Answer::Abort(tag), true) => {
+            let frame =
+                ptr_at_mut::<[u8; ABORT_FRAME_LEN]>(ctx, 0).ok_or(DropReason::RejectFailed)?;
+            // SAFETY: bounds-checked just above.
+            sctp_abort(unsafe { &mut *frame }, tag)
+                .then(|| stats::count_verdict(Verdict::RejectedSctp))
+        }
+        (Answer::Abort(tag), false) => {
+            let frame =
+                ptr_at_mut::<[u8; ABORT6_FRAME_LEN]>(ctx, 0).ok_or(DropReason::RejectFailed)?;
+            // SAFETY: bounds-checked just above.
+            sctp_abort6(unsafe { &mut *frame }, tag)
+                .then(|| stats::count_verdict(Verdict::RejectedSctp))
+        }
     };
     done.ok_or(DropReason::RejectFailed)
 }
@@ -163,6 +197,8 @@ fn sizes<F: Family>(answer: &Answer) -> (usize, usize) {
         (Answer::Rst(_), false) => (RST6_FRAME_LEN, 0),
         (Answer::Unreachable(_), true) => (ICMP_REQUEST_LEN, ICMP_GROWTH),
         (Answer::Unreachable(rest), false) => (ICMP6_REQUEST_LEN + rest.len as usize, ICMP6_GROWTH),
+        (Answer::Abort(_), true) => (ABORT_FRAME_LEN, 0),
+        (Answer::Abort(_), false) => (ABORT6_FRAME_LEN, 0),
     }
 }
 
@@ -188,7 +224,7 @@ pub fn xdp_reject<F: Family>(ctx: &XdpContext, flow: &Flow<F>) -> Result<u32, Dr
 /// tc, on the host side of a pod interface: answers `flow` back into the pod.
 #[inline(always)]
 pub fn tc_reject<F: Family>(ctx: &TcContext, flow: &Flow<F>) -> Result<i32, DropReason> {
-    if !F::HEADER_CHECKSUM && flow.proto != PROTO_TCP {
+    if !F::HEADER_CHECKSUM && flow.proto == PROTO_UDP {
         // What an ICMPv6 error quotes must be linear to be summed; on
         // failure it quotes what is.
         let want = (ICMP6_REQUEST_LEN + QUOTE6_REST_MAX) as u32;

@@ -409,7 +409,7 @@ mod tests {
         };
         let mut pipeline = pipeline();
         let bad = "---\napiVersion: v1\nkind: Service\nmetadata: {name: bad}\n\
-                   spec: {clusterIP: 10.96.0.9, ports: [{port: 80, protocol: SCTP}]}\n";
+                   spec: {clusterIP: 10.96.0.9, ports: [{port: 80, protocol: ICMP}]}\n";
         let a = service("a", "10.96.0.1", "ClusterIP", "{addresses: [10.244.0.2]}");
         let outcome = pipeline.apply(update(Scope::Full, &format!("{a}{bad}")), &mut store);
         assert_eq!(outcome.rejections.len(), 1);

@@ -61,6 +61,8 @@ pub enum Out {
     Rst,
     /// The ICMP port unreachable answering the input.
     PortUnreachable,
+    /// The SCTP ABORT answering the input.
+    Abort,
     /// Dropped, this step counted under this reason (the output frame is
     /// not looked at: a dropped packet has none).
     Dropped(DropReason),
@@ -291,6 +293,7 @@ fn run_step(dp: &mut Datapath, nic: Option<u32>, step: &Step, chosen: &mut Optio
         }
         Out::Rst => packet::assert_rst_answers(&out, &packet()),
         Out::PortUnreachable => packet::assert_port_unreachable_answers(&out, &input),
+        Out::Abort => packet::assert_abort_answers(&out, &packet()),
         Out::Dropped(reason) => assert_eq!(
             dp.drops(*reason),
             dropped_before + 1,
@@ -316,7 +319,7 @@ pub fn assert_only_changed(input: &[u8], out: &[u8], fields: &[(usize, usize)]) 
 pub fn nat_fields(frame: &[u8], source: bool) -> Vec<(usize, usize)> {
     let h = packet::parse(frame).expect("parsable input");
     let port = if source { 0 } else { 2 };
-    let mut fields = vec![(h.l4_off + port, 2), (h.l4_csum_off(), 2)];
+    let mut fields = vec![(h.l4_off + port, 2), (h.l4_csum_off(), h.l4_csum_len())];
     if h.src.is_ipv4() {
         let addr = if source {
             packet::IP_SADDR_OFF

@@ -12,6 +12,7 @@ pub mod nic_netns;
 pub mod packet;
 pub mod privileged;
 pub mod scenario;
+pub mod sctp_socket;
 pub mod served;
 pub mod two_node;
 

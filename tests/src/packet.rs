@@ -13,6 +13,15 @@ pub const ETH_P_IPV6: u16 = 0x86dd;
 pub const PROTO_ICMP: u8 = 1;
 pub const PROTO_TCP: u8 = 6;
 pub const PROTO_UDP: u8 = 17;
+pub const PROTO_SCTP: u8 = 132;
+/// SCTP chunk types the tests send.
+pub const SCTP_DATA: u8 = 0;
+pub const SCTP_INIT: u8 = 1;
+pub const SCTP_INIT_ACK: u8 = 2;
+pub const SCTP_ABORT: u8 = 6;
+pub const SCTP_SHUTDOWN_COMPLETE: u8 = 14;
+/// The Initiate Tag of the INIT [`Packet::sctp`] builds.
+pub const SCTP_INITIATE_TAG: u32 = 0x1357_9bdf;
 pub const PROTO_ICMPV6: u8 = 58;
 /// IPv6 extension headers the builder and parser know.
 pub const IPV6_HOP_BY_HOP: u8 = 0;
@@ -102,6 +111,14 @@ pub enum L4 {
     Udp {
         checksum: bool,
     },
+    /// SCTP: a common header with `vtag` and one chunk of type `chunk`
+    /// whose value is `payload` (padded to 4 bytes); `crc: false` leaves
+    /// the checksum zero, as a sender with CRC offload hands it over.
+    Sctp {
+        chunk: u8,
+        vtag: u32,
+        crc: bool,
+    },
     /// Any other protocol: `payload` follows the IP header as is.
     Other {
         proto: u8,
@@ -165,6 +182,47 @@ impl Packet {
         Packet::new(src, dst, L4::Udp { checksum: true })
     }
 
+    /// An SCTP INIT from `src` to `dst` (verification tag 0, Initiate Tag
+    /// [`SCTP_INITIATE_TAG`]).
+    pub fn sctp(src: impl Into<SocketAddr>, dst: impl Into<SocketAddr>) -> Self {
+        let mut init = SCTP_INITIATE_TAG.to_be_bytes().to_vec();
+        // a_rwnd, outbound and inbound streams, initial TSN.
+        init.extend_from_slice(&[0, 1, 0, 0, 0, 10, 0, 10, 0, 0, 0, 1]);
+        Packet::new(
+            src,
+            dst,
+            L4::Sctp {
+                chunk: SCTP_INIT,
+                vtag: 0,
+                crc: true,
+            },
+        )
+        .payload(&init)
+    }
+
+    /// An SCTP packet with a chunk of this type and this verification tag
+    /// instead (its value the payload as it is).
+    pub fn sctp_chunk(mut self, chunk: u8, vtag: u32) -> Self {
+        self.l4 = L4::Sctp {
+            chunk,
+            vtag,
+            crc: true,
+        };
+        self
+    }
+
+    /// The SCTP packet with a zero checksum, as CRC offload leaves it.
+    pub fn no_sctp_crc(mut self) -> Self {
+        if let L4::Sctp { chunk, vtag, .. } = self.l4 {
+            self.l4 = L4::Sctp {
+                chunk,
+                vtag,
+                crc: false,
+            };
+        }
+        self
+    }
+
     /// Another protocol's packet (ICMP, ICMPv6, ...) carrying `payload` as is.
     pub fn other(src: impl Into<SocketAddr>, dst: impl Into<SocketAddr>, proto: u8) -> Self {
         Packet::new(src, dst, L4::Other { proto })
@@ -226,6 +284,7 @@ impl Packet {
         match self.l4 {
             L4::Tcp { .. } => PROTO_TCP,
             L4::Udp { .. } => PROTO_UDP,
+            L4::Sctp { .. } => PROTO_SCTP,
             L4::Other { proto } => proto,
         }
     }
@@ -252,6 +311,22 @@ impl Packet {
                 seg.extend_from_slice(&((8 + self.payload.len()) as u16).to_be_bytes());
                 seg.extend_from_slice(&[0, 0]);
                 checksum.then_some(6)
+            }
+            L4::Sctp { chunk, vtag, crc } => {
+                seg.extend_from_slice(&sport);
+                seg.extend_from_slice(&dport);
+                seg.extend_from_slice(&vtag.to_be_bytes());
+                seg.extend_from_slice(&[0, 0, 0, 0]);
+                let len = (4 + self.payload.len()) as u16;
+                seg.extend_from_slice(&[chunk, 0]);
+                seg.extend_from_slice(&len.to_be_bytes());
+                seg.extend_from_slice(&self.payload);
+                seg.resize(seg.len().next_multiple_of(4), 0);
+                if crc {
+                    let crc = crc32c::crc32c(&seg);
+                    seg[8..12].copy_from_slice(&crc.to_le_bytes());
+                }
+                return seg;
             }
             L4::Other { .. } => None,
         };
@@ -356,7 +431,21 @@ pub struct Headers {
 impl Headers {
     /// Offset of the L4 checksum field.
     pub fn l4_csum_off(&self) -> usize {
-        self.l4_off + if self.proto == PROTO_TCP { 16 } else { 6 }
+        self.l4_off
+            + match self.proto {
+                PROTO_TCP => 16,
+                PROTO_SCTP => 8,
+                _ => 6,
+            }
+    }
+
+    /// Length of the L4 checksum field: SCTP's CRC32c is 4 bytes.
+    pub fn l4_csum_len(&self) -> usize {
+        if self.proto == PROTO_SCTP {
+            4
+        } else {
+            2
+        }
     }
 }
 
@@ -440,7 +529,9 @@ pub fn parse(frame: &[u8]) -> Result<Headers, String> {
     let l4_len = match proto {
         PROTO_TCP => 20,
         PROTO_UDP => 8,
-        p => return Err(format!("not TCP/UDP: protocol {p}")),
+        // The common header and a chunk header.
+        PROTO_SCTP => 16,
+        p => return Err(format!("not TCP/UDP/SCTP: protocol {p}")),
     };
     if end < l4_off + l4_len {
         return Err("L4 header cut short".into());
@@ -486,6 +577,9 @@ pub fn verify_checksums(frame: &[u8]) -> Result<(), String> {
             return Err(format!("IPv4 header checksum wrong (sum {ip_sum:#06x})"));
         }
     }
+    if h.proto == PROTO_SCTP {
+        return verify_sctp_crc(&frame[h.l4_off..h.end]);
+    }
     let csum_field = be16(frame, h.l4_csum_off())?;
     if h.proto == PROTO_UDP && csum_field == 0 {
         return if h.src.is_ipv4() {
@@ -508,6 +602,26 @@ pub fn verify_checksums(frame: &[u8]) -> Result<(), String> {
     Ok(())
 }
 
+/// Checks an SCTP packet's CRC32c (least significant byte first, taken
+/// with the field zero), by the `crc32c` crate; a zero field is an error.
+fn verify_sctp_crc(packet: &[u8]) -> Result<(), String> {
+    let field = u32::from_le_bytes(packet[8..12].try_into().expect("4 bytes"));
+    let mut zeroed = packet.to_vec();
+    zeroed[8..12].fill(0);
+    let crc = crc32c::crc32c(&zeroed);
+    if field != crc {
+        return Err(format!("SCTP checksum {field:#010x}, CRC32c {crc:#010x}"));
+    }
+    Ok(())
+}
+
+/// The SCTP checksum field of a frame, as a number (panics if unparsable).
+pub fn sctp_crc_field(frame: &[u8]) -> u32 {
+    let h = parse(frame).expect("parsable frame");
+    let at = h.l4_csum_off();
+    u32::from_le_bytes(frame[at..at + 4].try_into().expect("4 bytes"))
+}
+
 fn ipv4_header_len(frame: &[u8], h: &Headers) -> usize {
     usize::from(frame[h.l3_off] & 0x0f) * 4
 }
@@ -516,6 +630,37 @@ fn ipv4_header_len(frame: &[u8], h: &Headers) -> usize {
 
 fn be32(frame: &[u8], off: usize) -> u32 {
     u32::from_be_bytes([frame[off], frame[off + 1], frame[off + 2], frame[off + 3]])
+}
+
+/// Checks that `out` is the SCTP ABORT answering `request` (an SCTP packet
+/// built by [`Packet`]) as RFC 9260 §8.4 has it: MACs, addresses and ports
+/// swapped, one ABORT chunk without causes, tagged with an INIT's Initiate
+/// Tag (T bit clear) or any other packet's own tag (T bit set), and a
+/// CRC32c the `crc32c` crate agrees with.
+pub fn assert_abort_answers(out: &[u8], request: &Packet) {
+    let L4::Sctp { chunk, vtag, .. } = request.l4 else {
+        panic!("request is not SCTP")
+    };
+    let (tag, t_bit) = if chunk == SCTP_INIT {
+        (be32(&request.payload, 0), 0)
+    } else {
+        (vtag, 1)
+    };
+    verify_checksums(out).unwrap_or_else(|e| panic!("ABORT checksums: {e}"));
+    let h = parse(out).expect("an IP packet");
+    assert_eq!(&out[0..6], &request.src_mac, "back to the sender's MAC");
+    assert_eq!(&out[6..12], &request.dst_mac);
+    assert_eq!(
+        (h.src, h.dst),
+        (request.dst, request.src),
+        "endpoints swapped"
+    );
+    assert_eq!(h.proto, PROTO_SCTP);
+    assert_eq!(h.end - h.l4_off, 16, "a common header and one chunk");
+    assert_eq!(out.len(), h.end, "nothing past the ABORT");
+    let sctp = &out[h.l4_off..];
+    assert_eq!(be32(sctp, 4), tag, "verification tag");
+    assert_eq!(&sctp[12..16], &[SCTP_ABORT, t_bit, 0, 4], "ABORT chunk");
 }
 
 /// Checks that `out` is the RST answering `request` (a TCP segment built by

@@ -63,6 +63,7 @@ fn frame(src: SocketAddr, dst: SocketAddr, proto: Protocol) -> Vec<u8> {
     match proto {
         Protocol::Tcp => Packet::tcp(src, dst).build(),
         Protocol::Udp => Packet::udp(src, dst).build(),
+        Protocol::Sctp => Packet::sctp(src, dst).build(),
     }
 }
 

@@ -48,6 +48,8 @@ const SUITES: &[&str] = &[
     "nic_packet_tests",
     "ipv6_packet_tests",
     "ipv6_nic_packet_tests",
+    "sctp_packet_tests",
+    "sctp_netns",
     "trace_agreement",
     "monitor_netns",
     "ipv6_maps",
@@ -72,7 +74,9 @@ const PROGRAMS: &[(&str, &str)] = &[("kxdp", "KXDP_BIN"), ("kxdp-peer", "KXDP_PE
 /// Modules to load when the kernel's config builds them as modules (Debian's
 /// cloud kernels do), in the order they load (a module after those it
 /// depends on): veth for namespace suites, the bridge for the two-node
-/// topology, clsact and cls_bpf for the classic tc attach below 6.6.
+/// topology, clsact and cls_bpf for the classic tc attach below 6.6, SCTP
+/// (with the CRC32c and UDP tunnel modules it needs) for real SCTP
+/// associations.
 const MODULES: &[(&str, &str)] = &[
     ("CONFIG_VETH", "kernel/drivers/net/veth.ko"),
     ("CONFIG_LLC", "kernel/net/llc/llc.ko"),
@@ -80,7 +84,15 @@ const MODULES: &[(&str, &str)] = &[
     ("CONFIG_BRIDGE", "kernel/net/bridge/bridge.ko"),
     ("CONFIG_NET_SCH_INGRESS", "kernel/net/sched/sch_ingress.ko"),
     ("CONFIG_NET_CLS_BPF", "kernel/net/sched/cls_bpf.ko"),
+    ("CONFIG_CRYPTO_CRC32C", "kernel/crypto/crc32c_generic.ko"),
+    ("CONFIG_LIBCRC32C", "kernel/lib/libcrc32c.ko"),
+    ("CONFIG_NET_UDP_TUNNEL", "kernel/net/ipv4/udp_tunnel.ko"),
+    ("CONFIG_NET_UDP_TUNNEL", "kernel/net/ipv6/ip6_udp_tunnel.ko"),
+    ("CONFIG_IP_SCTP", "kernel/net/sctp/sctp.ko"),
 ];
+/// Suites whose tests the host cannot run are ignored there (with the
+/// reason) and run here: the arguments they are run with in the VMs.
+const SUITE_ARGS: &[(&str, &str)] = &[("sctp_netns", "--include-ignored")];
 /// `kernel_versions` when `--kernel` is not given.
 pub const DEFAULT_KERNELS: &[&str] = &["5.10", "6.1", "6.12"];
 /// How long the KVM probe may take to reach init.
@@ -434,7 +446,11 @@ fn suites_payload(kernel: &Kernel, built: &Built, left_out: &[&str]) -> Payload 
             continue;
         }
         programs.push((exe.clone(), Path::new("/suites").join(suite)));
-        script.push_str(&format!("run_suite {suite}\n"));
+        let args = SUITE_ARGS
+            .iter()
+            .find(|(s, _)| s == suite)
+            .map_or("", |(_, args)| args);
+        script.push_str(&format!("run_suite {suite} {args}\n"));
     }
     Payload { programs, script }
 }

@@ -176,6 +176,11 @@ fn mapped(addr: u32) -> Addr6 {
     [0, 0, 0xffff_u32.to_be(), addr]
 }
 
+/// The socket's protocol, if the hooks balance it. Not SCTP: Linux runs no
+/// connect or sendmsg hook for an SCTP socket (`sctp_inet_connect`,
+/// `sctp_sendmsg`), only getpeername, whose answer is the address the
+/// socket really connected to; a pod's SCTP is balanced by its packets on
+/// tc instead.
 #[inline(always)]
 fn protocol(ctx: &SockAddrContext) -> Option<u8> {
     // SAFETY: as above.

@@ -162,12 +162,12 @@ mod tests {
             "apiVersion: v1\nkind: Service\nmetadata: {name: bad-ip}\nspec: {clusterIP: 10.96.0.300, ports: [{port: 80}]}\n\
              ---\napiVersion: v1\nkind: Service\nmetadata: {name: bad-port}\nspec: {clusterIP: 10.96.0.4, ports: [{port: 70000}]}\n\
              ---\napiVersion: v1\nkind: Service\nmetadata: {name: bad-target}\nspec: {clusterIP: 10.96.0.5, ports: [{port: 80, targetPort: 0}]}\n\
-             ---\napiVersion: v1\nkind: Service\nmetadata: {name: sctp}\nspec: {clusterIP: 10.96.0.6, ports: [{port: 80, protocol: SCTP}]}\n\
+             ---\napiVersion: v1\nkind: Service\nmetadata: {name: icmp}\nspec: {clusterIP: 10.96.0.6, ports: [{port: 80, protocol: ICMP}]}\n\
              ---\napiVersion: v1\nkind: Service\nmetadata: {name: no-ip}\nspec: {ports: [{port: 80}]}\n\
              ---\napiVersion: v1\nkind: Service\nmetadata: {name: good}\nspec: {clusterIP: 10.96.0.7, ports: [{port: 80}]}\n\
              ---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n\
              metadata: {name: good-1, labels: {kubernetes.io/service-name: good}}\naddressType: IPv4\n\
-             ports: [{port: 8080}, {port: 8081, protocol: SCTP}]\nendpoints:\n- {addresses: [127.0.0.1]}\n- {addresses: [169.254.1.1]}\n\
+             ports: [{port: 8080}, {port: 8081, protocol: ICMP}]\nendpoints:\n- {addresses: [127.0.0.1]}\n- {addresses: [169.254.1.1]}\n\
              - {addresses: [224.0.0.5]}\n- {addresses: [not-an-ip]}\n- {addresses: [10.1.2.3]}\n- {addresses: ['fd00:10:244::5']}\n\
              ---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n\
              metadata: {name: good-2, labels: {kubernetes.io/service-name: good}}\naddressType: IPv6\n\
@@ -209,7 +209,7 @@ mod tests {
             ),
             (
                 UnsupportedProtocol,
-                "EndpointSlice default/good-1: protocol SCTP",
+                "EndpointSlice default/good-1: protocol ICMP",
             ),
             (
                 InvalidAddress,
@@ -258,7 +258,7 @@ mod tests {
             (NoClusterIp, "Service default/no-ip: no clusterIP"),
             (
                 UnsupportedProtocol,
-                "Service default/sctp: protocol SCTP is not supported yet",
+                "Service default/icmp: protocol ICMP is not TCP, UDP or SCTP",
             ),
         ];
         assert_eq!(reasons.len(), expect.len(), "{reasons:#?}");
@@ -274,7 +274,7 @@ mod tests {
     #[test]
     fn a_port_that_cannot_be_served_costs_only_that_port() {
         // The `dns` Service a new user tried: DNS over TCP and UDP, and an
-        // SCTP port beside them.
+        // SCTP port beside them; then a port out of range.
         let built = model_all(
             "apiVersion: v1\nkind: Service\nmetadata: {name: dns}\n\
              spec:\n  clusterIP: 10.96.0.10\n  ports:\n  \
@@ -284,7 +284,8 @@ mod tests {
              - {port: 70000}\n\
              ---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n\
              metadata: {name: dns-1, labels: {kubernetes.io/service-name: dns}}\naddressType: IPv4\n\
-             ports: [{name: dns-tcp, port: 53, protocol: TCP}, {name: dns, port: 53, protocol: UDP}]\n\
+             ports: [{name: dns-tcp, port: 53, protocol: TCP}, {name: dns, port: 53, protocol: UDP}, \
+             {name: sctp, port: 99, protocol: SCTP}]\n\
              endpoints: [{addresses: [10.244.1.5]}]\n",
         );
         let dns = &built[&ServiceName::new("default", "dns")];
@@ -292,7 +293,14 @@ mod tests {
         use crate::model::types::Protocol;
         let served: Vec<(u16, Protocol)> =
             model.ports.iter().map(|p| (p.port, p.protocol)).collect();
-        assert_eq!(served, [(53, Protocol::Tcp), (53, Protocol::Udp)]);
+        assert_eq!(
+            served,
+            [
+                (53, Protocol::Tcp),
+                (53, Protocol::Udp),
+                (99, Protocol::Sctp)
+            ]
+        );
         assert!(model.ports.iter().all(|p| p.backends.len() == 1));
         let reasons: Vec<(RejectionKind, String)> = dns
             .rejections
@@ -301,20 +309,12 @@ mod tests {
             .collect();
         assert_eq!(
             reasons,
-            [
-                (
-                    RejectionKind::UnsupportedProtocol,
-                    "Service default/dns: protocol SCTP is not supported yet (port 99/SCTP \"sctp\"): \
+            [(
+                RejectionKind::InvalidPort,
+                "Service default/dns: port 70000 is out of range (port 70000/TCP): \
                      that port is skipped, the others are served"
-                        .to_string()
-                ),
-                (
-                    RejectionKind::InvalidPort,
-                    "Service default/dns: port 70000 is out of range (port 70000/TCP): \
-                     that port is skipped, the others are served"
-                        .to_string()
-                ),
-            ]
+                    .to_string()
+            ),]
         );
     }
 

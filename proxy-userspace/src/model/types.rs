@@ -6,7 +6,7 @@ use std::{
     net::{IpAddr, SocketAddr},
 };
 
-use proxy_common::maps::{PROTO_TCP, PROTO_UDP};
+use proxy_common::maps::{PROTO_SCTP, PROTO_TCP, PROTO_UDP};
 
 use crate::{
     cidr::IpCidr,
@@ -17,6 +17,7 @@ use crate::{
 pub enum Protocol {
     Tcp,
     Udp,
+    Sctp,
 }
 
 impl Protocol {
@@ -25,9 +26,10 @@ impl Protocol {
         match field.unwrap_or("TCP") {
             "TCP" => Ok(Self::Tcp),
             "UDP" => Ok(Self::Udp),
+            "SCTP" => Ok(Self::Sctp),
             other => Err((
                 RejectionKind::UnsupportedProtocol,
-                format!("protocol {other} is not supported yet"),
+                format!("protocol {other} is not TCP, UDP or SCTP"),
             )),
         }
     }
@@ -36,6 +38,7 @@ impl Protocol {
         match self {
             Self::Tcp => PROTO_TCP,
             Self::Udp => PROTO_UDP,
+            Self::Sctp => PROTO_SCTP,
         }
     }
 
@@ -43,6 +46,7 @@ impl Protocol {
         match proto {
             PROTO_TCP => Some(Self::Tcp),
             PROTO_UDP => Some(Self::Udp),
+            PROTO_SCTP => Some(Self::Sctp),
             _ => None,
         }
     }
@@ -53,6 +57,7 @@ impl fmt::Display for Protocol {
         f.write_str(match self {
             Self::Tcp => "TCP",
             Self::Udp => "UDP",
+            Self::Sctp => "SCTP",
         })
     }
 }

@@ -13,6 +13,8 @@
 //!   kxdp-peer conn-rate ADDR:PORT DURATION_MS CONCURRENCY
 //!   kxdp-peer echo-lines --name NAME --tcp PORT
 //!   kxdp-peer chat ADDR:PORT COUNT INTERVAL_MS
+//!   kxdp-peer sctp-serve --name NAME --sctp PORT
+//!   kxdp-peer sctp-query ADDR:PORT TIMEOUT_MS
 
 use std::{
     io::{BufRead, BufReader, Read, Write},
@@ -395,6 +397,50 @@ fn chat_lines(target: SocketAddr, count: u32, interval: Duration) -> anyhow::Res
     Ok(())
 }
 
+/// Answers each SCTP association's first message with its name and the
+/// client address it saw, then waits for the client to end it.
+fn sctp_serve(name: String, port: u16) -> anyhow::Result<()> {
+    let listener = kxdp_testbed::sctp_socket::listen(port).context("SCTP listen")?;
+    println!("ready");
+    for association in listener.incoming() {
+        let name = name.clone();
+        let Ok(association) = association else {
+            continue;
+        };
+        std::thread::spawn(move || sctp_answer(association, &name));
+    }
+    Ok(())
+}
+
+fn sctp_answer(mut association: TcpStream, name: &str) -> std::io::Result<()> {
+    association.set_read_timeout(Some(Duration::from_secs(5)))?;
+    let peer = canonical(association.peer_addr()?);
+    let mut message = [0u8; 1024];
+    association.read(&mut message)?;
+    association.write_all(format!("backend={name} client={peer}\n").as_bytes())?;
+    // Until the client shuts the association down (or the timeout).
+    while association.read(&mut message)? > 0 {}
+    Ok(())
+}
+
+/// One SCTP association to `target`: a message out, the answer printed;
+/// `refused` when an ABORT answers the INIT.
+fn sctp_query(target: SocketAddr, timeout: Duration) -> anyhow::Result<()> {
+    let mut association = match kxdp_testbed::sctp_socket::connect(target, timeout) {
+        Ok(association) => association,
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+            println!("refused");
+            return Ok(());
+        }
+        Err(e) => return Err(e).context("SCTP connect"),
+    };
+    association.write_all(b"hello\n").context("send")?;
+    let mut answer = [0u8; 1024];
+    let n = association.read(&mut answer).context("no answer")?;
+    print!("{}", String::from_utf8_lossy(&answer[..n]));
+    Ok(())
+}
+
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let arg = |i: usize| args.get(i).map(String::as_str);
@@ -431,6 +477,12 @@ fn main() -> anyhow::Result<()> {
         (Some("chat"), Some(target), Some(count), Some(interval_ms), ..) => {
             chat(target.parse()?, count.parse()?, Duration::from_millis(interval_ms.parse()?))
         }
-        _ => bail!("usage: kxdp-peer serve --name NAME --tcp PORT --udp PORT | sink --tcp PORT | stream ADDR:PORT DURATION_MS | udp-query ADDR:PORT PAYLOAD [TIMEOUT_MS] | udp-probe ADDR:PORT TIMEOUT_MS | udp-session ADDR:PORT COUNT INTERVAL_MS | conn-rate ADDR:PORT DURATION_MS CONCURRENCY | echo-lines --name NAME --tcp PORT | chat ADDR:PORT COUNT INTERVAL_MS"),
+        (Some("sctp-serve"), Some("--name"), Some(name), Some("--sctp"), Some(port), ..) => {
+            sctp_serve(name.to_string(), port.parse()?)
+        }
+        (Some("sctp-query"), Some(target), Some(timeout_ms), ..) => {
+            sctp_query(target.parse()?, Duration::from_millis(timeout_ms.parse()?))
+        }
+        _ => bail!("usage: kxdp-peer serve --name NAME --tcp PORT --udp PORT | sink --tcp PORT | stream ADDR:PORT DURATION_MS | udp-query ADDR:PORT PAYLOAD [TIMEOUT_MS] | udp-probe ADDR:PORT TIMEOUT_MS | udp-session ADDR:PORT COUNT INTERVAL_MS | conn-rate ADDR:PORT DURATION_MS CONCURRENCY | echo-lines --name NAME --tcp PORT | chat ADDR:PORT COUNT INTERVAL_MS | sctp-serve --name NAME --sctp PORT | sctp-query ADDR:PORT TIMEOUT_MS"),
     }
 }
