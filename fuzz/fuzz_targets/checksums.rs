@@ -4,13 +4,15 @@
 //! input, a checksum computed for them, then the addresses and ports
 //! translated to others from the input. The updated checksum must verify as the recomputed one
 //! does (0 and 0xffff are the same one's-complement number), a UDP
-//! checksum of 0 ("none") must stay 0 and no other may become 0.
+//! checksum of 0 ("none") must stay 0 and no other may become 0. SCTP's
+//! CRC32c after a port rewrite (`proxy_common::crc32c::update_ports`)
+//! against a bitwise CRC32c of the rewritten packet, written here.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 use proxy_common::{
     addr::{addr6_to_net, Addr},
-    csum,
+    crc32c, csum,
 };
 use std::net::Ipv6Addr;
 
@@ -126,6 +128,45 @@ fn ipv4_header(input: &mut Input) -> Option<()> {
     Some(())
 }
 
+/// CRC32c bit by bit, reflected (RFC 9260 appendix A's polynomial).
+fn bitwise_crc32c(data: &[u8]) -> u32 {
+    let mut crc = !0u32;
+    for byte in data {
+        crc ^= u32::from(*byte);
+        for _ in 0..8 {
+            crc = (crc >> 1) ^ (0x82F6_3B78 & (crc & 1).wrapping_neg());
+        }
+    }
+    !crc
+}
+
+/// An SCTP packet (the rest of the input, below 64 KiB) whose ports become
+/// the input's next four bytes.
+fn sctp_ports(input: &mut Input) -> Option<()> {
+    let new: [u8; 4] = input.take()?;
+    let mut packet = input.0.to_vec();
+    if packet.len() < 12 || packet.len() >= 1 << 16 {
+        return None;
+    }
+    packet[8..12].fill(0);
+    let ports = |b: &[u8]| {
+        [
+            u16::from_ne_bytes([b[0], b[1]]),
+            u16::from_ne_bytes([b[2], b[3]]),
+        ]
+    };
+    let old = ports(&packet[0..4]);
+    let before = bitwise_crc32c(&packet);
+    let updated = crc32c::update_ports(before, old, ports(&new), packet.len() as u32);
+    packet[0..4].copy_from_slice(&new);
+    let recomputed = bitwise_crc32c(&packet);
+    assert_eq!(
+        updated, recomputed,
+        "updated {updated:#010x}, recomputed {recomputed:#010x}"
+    );
+    Some(())
+}
+
 fuzz_target!(|data: &[u8]| {
     let mut input = Input(data);
     let Some([kind]) = input.take::<1>() else {
@@ -139,6 +180,7 @@ fuzz_target!(|data: &[u8]| {
         1 => translate(&mut input, udp, none, |b: [u8; 16]| {
             addr6_to_net(Ipv6Addr::from(b))
         }),
-        _ => ipv4_header(&mut input),
+        2 => ipv4_header(&mut input),
+        _ => sctp_ports(&mut input),
     };
 });

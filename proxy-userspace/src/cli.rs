@@ -142,7 +142,7 @@ pub struct TraceArgs {
     pub pin: PinArgs,
     /// The packet's source: ADDR or ADDR:PORT ([ADDR]:PORT for IPv6).
     pub source: String,
-    /// Its destination: ADDR:PORT[/tcp|udp] (TCP by default).
+    /// Its destination: ADDR:PORT[/tcp|udp|sctp] (TCP by default).
     pub destination: String,
     /// Where the datapath sees it: leaving a pod, arriving on a NIC, or a
     /// host process's socket.

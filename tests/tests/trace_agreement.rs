@@ -15,8 +15,8 @@ use kxdp_testbed::{
 };
 use proxy_common::maps::{
     addr_to_net, port_to_net, DropReason, FrontendKey, FRONTEND_AFFINITY_CLIENT_IP,
-    FRONTEND_EMPTY_DROP, FRONTEND_SNAT_REMOTE, FRONTEND_SOURCE_RANGES, PROTO_TCP, PROTO_UDP,
-    SCOPE_NODE,
+    FRONTEND_EMPTY_DROP, FRONTEND_SNAT_REMOTE, FRONTEND_SOURCE_RANGES, PROTO_SCTP, PROTO_TCP,
+    PROTO_UDP, SCOPE_NODE,
 };
 use proxy_userspace::{
     commands::trace::{
@@ -111,13 +111,22 @@ fn the_backend_traced_for_a_new_flow_is_the_one_it_gets() {
         .map(|i| (Ipv6Addr::new(0xfd00, 0x10, 0x244, 4, 0, 0, 0, 10 + i), 8080))
         .collect();
     dp.add_service6(vip6, 80, PROTO_TCP, 4, &v6);
+    let sctp = SocketAddr::from((Ipv4Addr::new(10, 96, 0, 99), 99));
+    dp.add_service(
+        Ipv4Addr::new(10, 96, 0, 99),
+        99,
+        PROTO_SCTP,
+        5,
+        &backends4(5, 4),
+    );
     let maps = TraceMaps::open(dp.pin_path()).unwrap();
     let (mut by_affinity, mut spread) = (0, std::collections::BTreeSet::new());
     for i in 0..200 {
-        let (dst, proto) = match i % 4 {
+        let (dst, proto) = match i % 5 {
             0 => (web, Protocol::Tcp),
             1 => (dns, Protocol::Udp),
             2 => (sticky, Protocol::Tcp),
+            3 => (sctp, Protocol::Sctp),
             _ => (web6, Protocol::Tcp),
         };
         let client: IpAddr = match dst {

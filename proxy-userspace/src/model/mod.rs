@@ -255,11 +255,11 @@ mod tests {
                 InvalidAddress,
                 "EndpointSlice default/good-2: endpoint address 10.1.2.5 is IPv4 in an addressType IPv6 slice",
             ),
-            (NoClusterIp, "Service default/no-ip: no clusterIP"),
             (
                 UnsupportedProtocol,
                 "Service default/icmp: protocol ICMP is not TCP, UDP or SCTP",
             ),
+            (NoClusterIp, "Service default/no-ip: no clusterIP"),
         ];
         assert_eq!(reasons.len(), expect.len(), "{reasons:#?}");
         for ((kind, reason), (want_kind, prefix)) in reasons.iter().zip(expect) {

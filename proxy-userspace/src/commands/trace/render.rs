@@ -4,7 +4,7 @@ use std::{fmt::Write as _, net::SocketAddr};
 
 use proxy_common::maps::{
     FrontendLabel, CT_CLOSING, CT_FROM_NIC, CT_HAIRPIN, CT_SNAT, FRONTEND_AFFINITY_CLIENT_IP,
-    FRONTEND_EMPTY_DROP, FRONTEND_SNAT_REMOTE, FRONTEND_SOURCE_RANGES, PROTO_TCP,
+    FRONTEND_EMPTY_DROP, FRONTEND_SNAT_REMOTE, FRONTEND_SOURCE_RANGES,
 };
 use serde_json::{json, Value};
 
@@ -12,7 +12,10 @@ use super::{
     request::Via,
     walk::{Choice, Chosen, Entry, Found, Outcome, Translation, Walk},
 };
-use crate::frontend_text::{frontend_text, scope_label};
+use crate::{
+    frontend_text::{frontend_text, scope_label},
+    model::types::Protocol,
+};
 
 fn text_of(bytes: &[u8]) -> String {
     let end = bytes.iter().position(|b| *b == 0).unwrap_or(bytes.len());
@@ -73,12 +76,13 @@ fn hook_name(via: Via) -> &'static str {
 
 fn reject_reply(walk: &Walk) -> &'static str {
     match (
-        walk.request.destination.protocol.ip_proto() == PROTO_TCP,
+        walk.request.destination.protocol,
         walk.request.source.addr.is_ipv4(),
     ) {
-        (true, _) => "TCP RST",
-        (false, true) => "ICMP port unreachable",
-        (false, false) => "ICMPv6 port unreachable",
+        (Protocol::Tcp, _) => "TCP RST",
+        (Protocol::Sctp, _) => "SCTP ABORT",
+        (Protocol::Udp, true) => "ICMP port unreachable",
+        (Protocol::Udp, false) => "ICMPv6 port unreachable",
     }
 }
 
@@ -339,6 +343,7 @@ mod tests {
         request::{Request, Source},
         walk::Seen,
     };
+    use proxy_common::maps::PROTO_TCP;
 
     fn walk(via: Via, outcome: Outcome, labelled: bool) -> Walk {
         let request = Request::new(

@@ -48,7 +48,7 @@ impl FromStr for Source {
     }
 }
 
-/// `DST:PORT[/tcp|udp]`: the address the packet is sent to (TCP if the
+/// `DST:PORT[/tcp|udp|sctp]`: the address the packet is sent to (TCP if the
 /// protocol is not given).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Destination {
@@ -60,13 +60,15 @@ impl FromStr for Destination {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, String> {
-        let bad =
-            || format!("'{s}' is not a destination (ADDR:PORT[/tcp|udp], [ADDR]:PORT for IPv6)");
+        let bad = || {
+            format!("'{s}' is not a destination (ADDR:PORT[/tcp|udp|sctp], [ADDR]:PORT for IPv6)")
+        };
         let (addr, protocol) = match s.rsplit_once('/') {
             Some((addr, proto)) => {
                 let protocol = match proto.to_ascii_lowercase().as_str() {
                     "tcp" => Protocol::Tcp,
                     "udp" => Protocol::Udp,
+                    "sctp" => Protocol::Sctp,
                     _ => return Err(bad()),
                 };
                 (addr, protocol)
@@ -148,12 +150,16 @@ mod tests {
         assert_eq!((dns.addr.port(), dns.protocol), (53, Protocol::Udp));
         assert_eq!(parse("10.96.0.10:80").unwrap().protocol, Protocol::Tcp);
         assert_eq!(
+            parse("10.96.0.10:99/SCTP").unwrap().protocol,
+            Protocol::Sctp
+        );
+        assert_eq!(
             parse("[fd00::a]:80/TCP").unwrap().to_string(),
             "[fd00::a]:80/TCP"
         );
         for bad in [
             "10.96.0.10",
-            "10.96.0.10:80/sctp",
+            "10.96.0.10:80/icmp",
             "10.96.0.10:80/",
             "fd00::a:80",
         ] {

@@ -20,7 +20,7 @@ use proxy_common::{
         addr_from_net, addr_to_net, maglev_layout, port_from_net, port_to_net, AffinityKey,
         AffinityKey6, AffinityValue, CtEntryOf, DropReason, FlowKey, FlowKey6, FrontendKeyOf,
         FrontendLabel, FrontendValue, BACKEND_LOCAL, CT_FORWARD, CT_SNAT,
-        FRONTEND_AFFINITY_CLIENT_IP, PROTO_TCP, SCOPE_NODE, SCOPE_POD, SNAT_PORT_MAX,
+        FRONTEND_AFFINITY_CLIENT_IP, PROTO_UDP, SCOPE_NODE, SCOPE_POD, SNAT_PORT_MAX,
         SNAT_PORT_MIN,
     },
 };
@@ -533,12 +533,14 @@ pub fn walk(maps: &TraceMaps, request: Request, now: u32) -> anyhow::Result<Walk
         .is_some_and(|e| e.direction == CT_FORWARD);
     let packet = Packet {
         proto,
-        tcp_flags: if proto == PROTO_TCP && !live {
-            TCP_SYN
-        } else if proto == PROTO_TCP {
+        // A connection's first packet or a later one; SCTP's chunks read
+        // as these flags (an INIT, a DATA).
+        tcp_flags: if proto == PROTO_UDP {
+            0
+        } else if live {
             lb::TCP_ACK
         } else {
-            0
+            TCP_SYN
         },
     };
     // Each hook's order (`hooks/pod_ingress.rs`, `hooks/nic_ingress.rs`):
@@ -565,7 +567,7 @@ pub fn walk(maps: &TraceMaps, request: Request, now: u32) -> anyhow::Result<Walk
     };
     Ok(Walk {
         request,
-        opens_connection: packet.opens_connection() || proto != PROTO_TCP && !live,
+        opens_connection: packet.opens_connection() || proto == PROTO_UDP && !live,
         frontend,
         seen: lookups.seen.into_inner(),
         outcome,

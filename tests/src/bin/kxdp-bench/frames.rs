@@ -97,3 +97,23 @@ pub(crate) fn tcp_with_flags(
 pub(crate) fn syn_ack(src: impl Into<SocketAddr>, dst: impl Into<SocketAddr>) -> Vec<u8> {
     tcp_with_flags(src, dst, TCP_SYN | TCP_ACK)
 }
+
+/// An SCTP INIT frame (66 bytes: over the Ethernet minimum already).
+pub(crate) fn sctp_init(src: impl Into<SocketAddr>, dst: impl Into<SocketAddr>) -> Vec<u8> {
+    Packet::sctp(src, dst).build()
+}
+
+/// An SCTP frame of one DATA chunk whose value is `value_len` bytes, padded
+/// to the Ethernet minimum. Its verification tag is arbitrary: the datapath
+/// does not read it.
+pub(crate) fn sctp_data(
+    src: impl Into<SocketAddr>,
+    dst: impl Into<SocketAddr>,
+    value_len: usize,
+) -> Vec<u8> {
+    let value: Vec<u8> = (0..value_len).map(|i| i as u8).collect();
+    pad(Packet::sctp(src, dst)
+        .sctp_chunk(SCTP_DATA, 0x2468_ace0)
+        .payload(&value)
+        .build())
+}

@@ -43,7 +43,7 @@ use aya::{
 use kxdp_testbed::{
     datapath::{pod_key, pod_key6, Datapath, NIC_INGRESS, POD_EGRESS, POD_INGRESS, TC_ACT_OK},
     nic_netns,
-    packet::{Packet, TCP_ACK, TCP_SYN},
+    packet::{Packet, SCTP_DATA, TCP_ACK, TCP_SYN},
     privileged::require_root,
     scenario::{peer_bin, EchoScenario},
     FLOOR_OBJECT,
@@ -52,11 +52,12 @@ use proxy_common::{
     addr::addr6_to_net,
     maps::{
         addr_to_net, port_to_net, CtEntry, CtEntry6, DropReason, FlowKey, FlowKey6, CT_REPLY,
-        MONITOR_DROPS, MONITOR_NEW_FLOWS, PROTO_TCP,
+        MONITOR_DROPS, MONITOR_NEW_FLOWS, PROTO_SCTP, PROTO_TCP,
     },
 };
 use proxy_userspace::sync::entries::FrontendMapKey;
 
+mod checksum;
 mod conn_rate;
 mod control_plane;
 mod floors;
@@ -76,6 +77,7 @@ mod timed_store;
 mod timing;
 mod traffic;
 
+use checksum::*;
 use conn_rate::*;
 use control_plane::*;
 use floors::*;
@@ -108,12 +110,16 @@ fn main() -> anyhow::Result<()> {
     }
     let machine = machine();
 
-    let mut packets = None;
+    let (mut packets, mut checksums) = (None, None);
     if options.runs("packets") {
         eprintln!("kxdp-bench: part 1, per-packet cost through BPF_PROG_TEST_RUN");
         let rows = measure_packet_costs(&plan)?;
         println!("\n{}", packet_table(&rows));
         packets = Some(rows);
+        eprintln!("kxdp-bench: part 1, SCTP checksum arithmetic on the host");
+        let rows = measure_checksums()?;
+        println!("{}", checksum_table(&rows));
+        checksums = Some(rows);
     }
     let mut conns = None;
     if options.runs("conns") {
@@ -166,6 +172,7 @@ fn main() -> anyhow::Result<()> {
     let figures = write_figures(dir, conns.as_ref(), control.as_deref())?;
     let results = Results {
         packets: packets.as_deref(),
+        checksums: checksums.as_deref(),
         conns: conns.as_ref(),
         control: control.as_deref(),
         sync: sync.as_ref(),

@@ -7,6 +7,11 @@ use super::*;
 /// flows look alive (the conntrack map is emptied before each run).
 const NODEPORT_CALLS: u32 = 4_800;
 
+/// DATA chunk values of the SCTP rows: a small one, whose frame is TCP's
+/// minimum size (60 bytes), and a full-size packet's.
+pub(crate) const SCTP_SMALL_DATA: usize = 4;
+pub(crate) const SCTP_LARGE_DATA: usize = 1_400;
+
 /// Labels of the floor rows, which the other rows name as their baseline.
 pub(crate) const FLOOR_XDP: &str = "floor (empty XDP)";
 pub(crate) const FLOOR_TC: &str = "floor (empty tc)";
@@ -91,15 +96,16 @@ pub(crate) fn packet_benches(plan: &Plan, nic: u32) -> anyhow::Result<Vec<Packet
             Box::new(Miss::new(repeat, NO_SERVICE_PORT)),
         ),
     ];
-    // The pod paths in each family, IPv6's rows right after IPv4's.
-    for family in [Family::V4, Family::V6] {
-        benches.extend(pod_paths(plan, family)?);
-    }
+    // The pod paths in each family, SCTP's established ones right after
+    // IPv4's (to compare with its TCP row), IPv6's after them.
+    benches.extend(pod_paths(plan, Family::V4)?);
+    benches.extend(sctp_paths(plan)?);
+    benches.extend(pod_paths(plan, Family::V6)?);
     benches.push(bench(
         MONITORED_ESTABLISHED,
         POD_INGRESS,
         plan.repeat.to_string(),
-        Box::new(Established::new(plan.repeat, Family::V4, true)?),
+        Box::new(Established::new(plan.repeat, Family::V4, Flows::TCP, true)?),
     ));
     benches.push(floor_single);
     // The NIC paths in each family, IPv6's rows right after IPv4's.
@@ -154,7 +160,7 @@ fn pod_paths(plan: &Plan, family: Family) -> anyhow::Result<Vec<PacketBench>> {
             &label("established (CT hit + DNAT)"),
             POD_INGRESS,
             repeat.to_string(),
-            Box::new(Established::new(repeat, family, false)?),
+            Box::new(Established::new(repeat, family, Flows::TCP, false)?),
         ),
         bench(
             &label(&format!("new flow (select + CT insert + DNAT), {cold}-service chain")),
@@ -179,6 +185,42 @@ fn pod_paths(plan: &Plan, family: Family) -> anyhow::Result<Vec<PacketBench>> {
             POD_EGRESS,
             repeat.to_string(),
             Box::new(Reply::new(repeat, family)?),
+        ),
+    ])
+}
+
+/// The established pod path over SCTP (IPv4): DATA chunks whose DNAT
+/// rewrites the port (and so updates the CRC32c) or keeps it, and one with
+/// a full-size chunk, whose update costs what a small one's does.
+fn sctp_paths(plan: &Plan) -> anyhow::Result<Vec<PacketBench>> {
+    let repeat = plan.repeat;
+    let established = |data_len, port_kept| -> anyhow::Result<Box<dyn Case>> {
+        let transport = Transport::Sctp { data_len };
+        let flows = Flows {
+            transport,
+            port_kept,
+        };
+        let case = Established::new(repeat, Family::V4, flows, false)?;
+        Ok(Box::new(case))
+    };
+    Ok(vec![
+        bench(
+            "SCTP established (CT hit + DNAT + CRC32c update), port rewritten",
+            POD_INGRESS,
+            repeat.to_string(),
+            established(SCTP_SMALL_DATA, false)?,
+        ),
+        bench(
+            "SCTP established (CT hit + DNAT, no CRC32c update), port kept",
+            POD_INGRESS,
+            repeat.to_string(),
+            established(SCTP_SMALL_DATA, true)?,
+        ),
+        bench(
+            "SCTP established (CT hit + DNAT + CRC32c update), port rewritten, 1,400-byte DATA",
+            POD_INGRESS,
+            repeat.to_string(),
+            established(SCTP_LARGE_DATA, false)?,
         ),
     ])
 }

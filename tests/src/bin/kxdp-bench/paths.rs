@@ -2,32 +2,33 @@
 
 use super::*;
 
-/// Service VIP:80 → BACKEND, and service BACKEND → VIP:80, in `family`:
-/// with both, a translated packet is again addressed to a service, which is
-/// what lets a repeated run take the same path every time (see
-/// `Established`).
-pub(crate) fn two_cycle_datapath(family: Family) -> Datapath {
+/// Service `vip` → `backend`, and service `backend` → `vip`, both of
+/// protocol `proto`: with both, a translated packet is again addressed to a
+/// service, which is what lets a repeated run take the same path every time
+/// (see `Established`).
+pub(crate) fn two_cycle_datapath(proto: u8, vip: SocketAddr, backend: SocketAddr) -> Datapath {
     let mut dp = Datapath::load_with_arena(proxy_common::sizes::MAGLEV_ARENA_ENTRIES);
-    add_tcp_service(&mut dp, 1, family.vip(), family.backend());
-    add_tcp_service(&mut dp, 2, family.backend(), family.vip());
+    add_service(&mut dp, 1, proto, vip, backend);
+    add_service(&mut dp, 2, proto, backend, vip);
     dp
 }
 
-/// A TCP ClusterIP service `id` on `frontend` with the single `backend`,
-/// both of one family.
-pub(crate) fn add_tcp_service(
+/// A ClusterIP service `id` of protocol `proto` on `frontend` with the
+/// single `backend`, both of one family.
+pub(crate) fn add_service(
     dp: &mut Datapath,
     id: u32,
+    proto: u8,
     frontend: impl Into<SocketAddr>,
     backend: impl Into<SocketAddr>,
 ) {
     let (frontend, backend) = (frontend.into(), backend.into());
     match (frontend.ip(), backend.ip()) {
         (IpAddr::V4(vip), IpAddr::V4(to)) => {
-            dp.add_service(vip, frontend.port(), PROTO_TCP, id, &[(to, backend.port())])
+            dp.add_service(vip, frontend.port(), proto, id, &[(to, backend.port())])
         }
         (IpAddr::V6(vip), IpAddr::V6(to)) => {
-            dp.add_service6(vip, frontend.port(), PROTO_TCP, id, &[(to, backend.port())])
+            dp.add_service6(vip, frontend.port(), proto, id, &[(to, backend.port())])
         }
         _ => panic!("{frontend} → {backend}: one family"),
     }
@@ -46,7 +47,7 @@ impl Miss {
     /// A packet from a client's port to `dst`, which no frontend has.
     pub(crate) fn new(repeat: u32, dst: SocketAddrV4) -> Self {
         Miss {
-            dp: two_cycle_datapath(Family::V4),
+            dp: two_cycle_datapath(PROTO_TCP, VIP.into(), BACKEND.into()),
             frame: tcp_with_flags(client(40_002), dst, TCP_ACK),
             repeat,
         }
@@ -67,6 +68,65 @@ impl Case for Miss {
     }
 }
 
+/// What the flows of an established cycle carry.
+#[derive(Clone, Copy)]
+pub(crate) enum Transport {
+    Tcp,
+    /// SCTP, its timed DATA chunks holding `data_len` bytes: the CRC32c
+    /// update reads the length, not the bytes, so it costs the same at any.
+    Sctp {
+        data_len: usize,
+    },
+}
+
+/// The flows an `Established` cycle runs on.
+#[derive(Clone, Copy)]
+pub(crate) struct Flows {
+    pub(crate) transport: Transport,
+    /// The backend listens on the service's own port: the DNAT rewrites the
+    /// address alone, which leaves SCTP's CRC32c (no pseudo-header) as it is.
+    pub(crate) port_kept: bool,
+}
+
+impl Flows {
+    pub(crate) const TCP: Flows = Flows {
+        transport: Transport::Tcp,
+        port_kept: false,
+    };
+
+    fn proto(self) -> u8 {
+        match self.transport {
+            Transport::Tcp => PROTO_TCP,
+            Transport::Sctp { .. } => PROTO_SCTP,
+        }
+    }
+
+    fn backend(self, family: Family) -> SocketAddr {
+        let backend = family.backend();
+        if self.port_kept {
+            SocketAddr::new(backend.ip(), family.vip().port())
+        } else {
+            backend
+        }
+    }
+
+    /// A flow's first packet (SYN, INIT), which is balanced afresh.
+    fn opening(self, src: SocketAddr, dst: SocketAddr) -> Vec<u8> {
+        match self.transport {
+            Transport::Tcp => syn(src, dst),
+            Transport::Sctp { .. } => sctp_init(src, dst),
+        }
+    }
+
+    /// A later packet of the flow (ACK, DATA), which conntrack carries.
+    fn later(self, src: SocketAddr, dst: SocketAddr) -> Vec<u8> {
+        match self.transport {
+            Transport::Tcp => tcp_with_flags(src, dst, TCP_ACK),
+            Transport::Sctp { data_len } => sctp_data(src, dst, data_len),
+        }
+    }
+}
+
 /// Conntrack hit + DNAT + checksums on every repetition: client → VIP is
 /// DNATed to client → BACKEND, which is itself a service whose established
 /// flow is DNATed back to client → VIP, and so on.
@@ -80,32 +140,39 @@ pub(crate) struct Established {
 impl Established {
     /// `monitored`: with a `kxdp monitor` listening for every event (drops
     /// and new flows), which the established path must not pay for.
-    pub(crate) fn new(repeat: u32, family: Family, monitored: bool) -> anyhow::Result<Self> {
-        let mut dp = two_cycle_datapath(family);
+    pub(crate) fn new(
+        repeat: u32,
+        family: Family,
+        flows: Flows,
+        monitored: bool,
+    ) -> anyhow::Result<Self> {
+        let (client, vip, backend) = (family.client(40_000), family.vip(), flows.backend(family));
+        let mut dp = two_cycle_datapath(flows.proto(), vip, backend);
         if monitored {
             dp.set_monitor(MONITOR_DROPS | MONITOR_NEW_FLOWS);
         }
-        let (client, vip, backend) = (family.client(40_000), family.vip(), family.backend());
-        // One SYN each way opens both flows (forward + reply entries)...
-        let (syn_to_vip, syn_to_backend) = (syn(client, vip), syn(client, backend));
+        // One opening packet each way opens both flows (forward + reply
+        // entries)...
+        let (open_to_vip, open_to_backend) =
+            (flows.opening(client, vip), flows.opening(client, backend));
         run_once(
             &dp,
             POD_INGRESS,
             "established open (VIP)",
-            &syn_to_vip,
-            &syn_to_backend,
+            &open_to_vip,
+            &open_to_backend,
         )?;
         run_once(
             &dp,
             POD_INGRESS,
             "established open (backend)",
-            &syn_to_backend,
-            &syn_to_vip,
+            &open_to_backend,
+            &open_to_vip,
         )?;
-        // ...and the timed packets are the connections' later ones (ACK): a
-        // SYN would be balanced afresh.
-        let to_vip = tcp_with_flags(client, vip, TCP_ACK);
-        let to_backend = tcp_with_flags(client, backend, TCP_ACK);
+        // ...and the timed packets are the flows' later ones: an opening
+        // one would be balanced afresh.
+        let to_vip = flows.later(client, vip);
+        let to_backend = flows.later(client, backend);
         run_once(&dp, POD_INGRESS, "established (VIP)", &to_vip, &to_backend)?;
         run_once(
             &dp,
@@ -183,7 +250,7 @@ impl NewFlow {
         let mut dp = Datapath::load_with_arena(proxy_common::sizes::MAGLEV_ARENA_ENTRIES);
         let vip = |i| family.at(chain_vip(i));
         for i in 0..chain {
-            add_tcp_service(&mut dp, i + 1, vip(i), vip(i + 1));
+            add_service(&mut dp, i + 1, PROTO_TCP, vip(i), vip(i + 1));
             if affinity {
                 let key: FrontendMapKey = match vip(i).ip() {
                     IpAddr::V4(addr) => pod_key(addr, 80, PROTO_TCP).into(),
@@ -250,8 +317,8 @@ pub(crate) struct Reply {
 
 impl Reply {
     pub(crate) fn new(repeat: u32, family: Family) -> anyhow::Result<Self> {
-        let mut dp = two_cycle_datapath(family);
         let (peer, vip, backend) = (family.client(40_001), family.vip(), family.backend());
+        let mut dp = two_cycle_datapath(PROTO_TCP, vip, backend);
         insert_reply(&mut dp, backend, peer, vip);
         insert_reply(&mut dp, vip, peer, backend);
         let from_backend = syn_ack(backend, peer);

@@ -337,7 +337,7 @@ fn nic_datapath(remote: bool, nic: u32) -> Datapath {
 /// A datapath with the ClusterIP `VIP` → `POD_BACKEND` for pods.
 fn pod_datapath() -> Datapath {
     let mut dp = Datapath::load_with_arena(proxy_common::sizes::MAGLEV_ARENA_ENTRIES);
-    add_tcp_service(&mut dp, 1, VIP, POD_BACKEND);
+    add_service(&mut dp, 1, PROTO_TCP, VIP, POD_BACKEND);
     dp
 }
 
