@@ -10,7 +10,7 @@ use proxy_userspace::sync::entries::FrontendMapKey;
 
 use crate::{
     cases::{Frame, Frontend, Hook, Out, Step},
-    datapath::{Datapath, TC_ACT_REDIRECT, XDP_PASS},
+    datapath::{Datapath, TC_ACT_REDIRECT, XDP_PASS, XDP_TX},
     nic_netns::{self, CLIENT_MAC, NIC_MAC, OTHER_NODE_MAC},
     packet::{self, Packet},
 };
@@ -70,6 +70,36 @@ pub fn assert_snated(out: &[u8], request: &Packet, backend: SocketAddr, node_add
     .with_dst(backend);
     assert_eq!(out, expected.build(), "forwarded to the other node");
     port
+}
+
+/// The reply of a SNATed flow: `reply`, from the backend to the node's
+/// SNAT address and port, arrives from the other node at NIC `nic` and must
+/// leave for `client` from `frontend`, the address and port it contacted,
+/// its TTL (hop limit) spent and its checksums right.
+pub fn assert_reply_translated_back(
+    dp: &mut Datapath,
+    nic: u32,
+    reply: Packet,
+    frontend: SocketAddr,
+    client: SocketAddr,
+) {
+    let reply = Packet {
+        src_mac: OTHER_NODE_MAC,
+        dst_mac: NIC_MAC,
+        ..reply
+    };
+    let (verdict, out) = dp.run_nic(&reply.build(), nic);
+    assert_eq!(verdict, XDP_TX, "back out of the NIC");
+    packet::verify_checksums(&out).unwrap_or_else(|e| panic!("{e}"));
+    let expected = Packet {
+        src_mac: NIC_MAC,
+        dst_mac: CLIENT_MAC,
+        ttl: reply.ttl - 1,
+        ..reply
+    }
+    .with_src(frontend)
+    .with_dst(client);
+    assert_eq!(out, expected.build(), "translated back to the client");
 }
 
 /// A backend on this node whose endpoint names no node (or another) is

@@ -14,7 +14,7 @@ use kxdp_testbed::{
     cases::{self, nic_case, Case, Count, Frame, Frontend, Hook, Out, Step},
     datapath::{Datapath, TC_ACT_REDIRECT, XDP_DROP, XDP_PASS, XDP_TX},
     nic_checks::{self, arriving, from_client},
-    nic_netns::{self, CLIENT6, CLIENT_MAC, NIC_MAC, NODE_ADDR6, OTHER_NODE_MAC},
+    nic_netns::{self, CLIENT6, NODE_ADDR6},
     packet::{self, Packet, IPV6_FRAGMENT, IPV6_HOP_BY_HOP, PROTO_ICMPV6},
 };
 use proxy_common::{
@@ -286,23 +286,8 @@ fn an_ipv6_nodeport_to_a_remote_backend_is_snated_and_its_reply_translated_back(
 
     // The backend's reply reaches the node's address and SNAT port; it
     // leaves for the client from the NodePort the client contacted.
-    let reply = Packet {
-        src_mac: OTHER_NODE_MAC,
-        dst_mac: NIC_MAC,
-        ..Packet::tcp(backend, sa(NODE_ADDR6, port)).tcp_flags(SYN_ACK)
-    };
-    let (verdict, out) = dp.run_nic(&reply.build(), nic);
-    assert_eq!(verdict, XDP_TX);
-    packet::verify_checksums(&out).unwrap_or_else(|e| panic!("{e}"));
-    let expected = Packet {
-        src_mac: NIC_MAC,
-        dst_mac: CLIENT_MAC,
-        ttl: reply.ttl - 1,
-        ..reply.clone()
-    }
-    .with_src(nodeport())
-    .with_dst(client(40000));
-    assert_eq!(out, expected.build(), "translated back to the client");
+    let reply = Packet::tcp(backend, sa(NODE_ADDR6, port)).tcp_flags(SYN_ACK);
+    nic_checks::assert_reply_translated_back(&mut dp, nic, reply, nodeport(), client(40000));
 
     // A datagram without a checksum is invalid over IPv6; one with takes
     // its own SNAT port.

@@ -17,7 +17,7 @@ use kxdp_testbed::{
         XDP_REDIRECT, XDP_TX,
     },
     nic_checks::{self, arriving, from_client},
-    nic_netns::{self, CLIENT, CLIENT_MAC, NIC_MAC, NODE_ADDR, OTHER_NODE_MAC},
+    nic_netns::{self, CLIENT, NIC_MAC, NODE_ADDR, OTHER_NODE_MAC},
     packet::{self, Packet, L4, PROTO_ICMP},
 };
 use proxy_common::maps::{
@@ -453,23 +453,9 @@ fn nodeport_to_a_remote_backend_is_snated_and_its_reply_translated_back() {
 
     // The backend's reply reaches this node's address and SNAT port; it
     // leaves for the client from the NodePort the client contacted.
-    let reply = Packet {
-        src_mac: OTHER_NODE_MAC,
-        dst_mac: NIC_MAC,
-        ..Packet::tcp(backend, sa(NODE_ADDR, port)).tcp_flags(packet::TCP_SYN | packet::TCP_ACK)
-    };
-    let (verdict, out) = dp.run_nic(&reply.build(), nic);
-    assert_eq!(verdict, XDP_TX);
-    packet::verify_checksums(&out).unwrap_or_else(|e| panic!("{e}"));
-    let expected = Packet {
-        src_mac: NIC_MAC,
-        dst_mac: CLIENT_MAC,
-        ttl: reply.ttl - 1,
-        ..reply.clone()
-    }
-    .with_src(nodeport())
-    .with_dst(client(40000));
-    assert_eq!(out, expected.build());
+    let reply =
+        Packet::tcp(backend, sa(NODE_ADDR, port)).tcp_flags(packet::TCP_SYN | packet::TCP_ACK);
+    nic_checks::assert_reply_translated_back(&mut dp, nic, reply, nodeport(), client(40000));
 
     let entries = dp.conntrack();
     assert_eq!(entries.len(), 2, "{entries:?}");

@@ -15,7 +15,7 @@ use kxdp_testbed::{
     },
     datapath::{Datapath, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT, XDP_TX},
     nic_checks::{self, arriving, from_client},
-    nic_netns::{self, CLIENT_MAC, NIC_MAC, NODE_ADDR, OTHER_NODE_MAC},
+    nic_netns::{self, NODE_ADDR},
     packet::{self, Packet, SCTP_ABORT, SCTP_DATA, SCTP_INIT_ACK, SCTP_SHUTDOWN_COMPLETE},
 };
 use proxy_common::maps::{
@@ -356,25 +356,10 @@ fn a_nodeport_to_a_remote_backend_is_snated_and_its_reply_translated_back() {
     assert_eq!(verdict, XDP_TX, "back out of the NIC it came in on");
     let port = nic_checks::assert_snated(&out, &init, remote, NODE_ADDR.into());
 
-    let reply = Packet {
-        src_mac: OTHER_NODE_MAC,
-        dst_mac: NIC_MAC,
-        ..Packet::sctp(remote, sa(NODE_ADDR, port))
-            .sctp_chunk(SCTP_INIT_ACK, packet::SCTP_INITIATE_TAG)
-            .payload(&[3; 100])
-    };
-    let (verdict, out) = dp.run_nic(&reply.build(), nic);
-    assert_eq!(verdict, XDP_TX);
-    packet::verify_checksums(&out).unwrap_or_else(|e| panic!("{e}"));
-    let expected = Packet {
-        src_mac: NIC_MAC,
-        dst_mac: CLIENT_MAC,
-        ttl: reply.ttl - 1,
-        ..reply.clone()
-    }
-    .with_src(nodeport)
-    .with_dst(client);
-    assert_eq!(out, expected.build());
+    let reply = Packet::sctp(remote, sa(NODE_ADDR, port))
+        .sctp_chunk(SCTP_INIT_ACK, packet::SCTP_INITIATE_TAG)
+        .payload(&[3; 100]);
+    nic_checks::assert_reply_translated_back(&mut dp, nic, reply, nodeport, client);
     let entries = dp.conntrack();
     assert_eq!(entries.len(), 2, "{entries:?}");
     assert!(entries.iter().all(|(_, e)| e.flags == CT_SNAT));
