@@ -35,8 +35,8 @@ fn a_malformed_address_is_named() {
             "'10.96.0.10' is not a destination",
         ),
         (
-            ["10.0.0.2", "10.96.0.10:80/sctp"],
-            "'10.96.0.10:80/sctp' is not a destination",
+            ["10.0.0.2", "10.96.0.10:80/icmp"],
+            "'10.96.0.10:80/icmp' is not a destination",
         ),
         (["10.0.0.2", "[fd00::a]:80"], "different families"),
     ] {
